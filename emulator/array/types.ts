@@ -1,0 +1,72 @@
+/**
+ * The array's public model, shared by the control API, the CLI and the array itself.
+ * StorageArray (StorageArray.ts) implements these operations.
+ */
+import type { ClientInfo } from '../block/BlockDevice.js';
+
+export type Provisioning = 'thin' | 'thick';
+export type LogicalBlockSize = 512 | 4096;
+
+/** A volume as the API and CLI show it. */
+export interface VolumeInfo {
+  name: string;
+  /** RFC 4122 UUID, fixed at creation. */
+  uuid: string;
+  /** NAA IEEE Registered Extended identifier (type 6), 32 hex digits, lower case; fixed at creation. */
+  wwn: string;
+  /** Product serial number, fixed at creation (VPD page 0x80). */
+  serial: string;
+  sizeBytes: number;
+  blockSize: LogicalBlockSize;
+  provisioning: Provisioning;
+  /** Exported read-only to every client. */
+  readOnly: boolean;
+  description: string;
+  /** ISO 8601. */
+  createdAt: string;
+  /** Bytes that hold data (allocated in the allocation map). */
+  allocatedBytes: number;
+}
+
+export interface CreateVolumeRequest {
+  name: string;
+  sizeBytes: number;
+  /** Default 512. */
+  blockSize?: LogicalBlockSize;
+  /** Default 'thin'. */
+  provisioning?: Provisioning;
+  readOnly?: boolean;
+  description?: string;
+}
+
+/** One client connected to one volume. */
+export interface ConnectionInfo {
+  volume: string;
+  client: ClientInfo;
+  /** ISO 8601. */
+  openedAt: string;
+}
+
+export type ArrayErrorCode =
+  | 'NOT_FOUND'
+  | 'ALREADY_EXISTS'
+  | 'INVALID_ARGUMENT'
+  | 'FAILED_PRECONDITION'
+  | 'RESOURCE_EXHAUSTED'
+  | 'INTERNAL';
+
+/**
+ * An error of the array's own operations. The message names the thing and the fix, e.g.
+ * "cannot delete volume vol1: it is open by 1 connected client (nbd 127.0.0.1:5000); disconnect it first".
+ */
+export class ArrayError extends Error {
+  readonly code: ArrayErrorCode;
+  constructor(code: ArrayErrorCode, message: string) {
+    super(message);
+    this.name = 'ArrayError';
+    this.code = code;
+  }
+}
+
+/** Volume names double as NBD export names and appear in paths: keep them plain. */
+export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;

@@ -1,0 +1,8 @@
+// Copies non-TypeScript assets the compiled code loads at run time (the .proto files) into dist/.
+import { cpSync, mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+mkdirSync(join(root, 'dist'), { recursive: true });
+cpSync(join(root, 'proto'), join(root, 'dist', 'proto'), { recursive: true });
