@@ -1,0 +1,173 @@
+/**
+ * The array's configuration database: volumes now; copy sessions, hosts and events later.
+ *
+ * SQLite through better-sqlite3, in WAL mode with synchronous=FULL: a change is on stable
+ * storage when its statement returns, which the create/delete ordering in StorageArray
+ * relies on. Calls are synchronous; they sit on the control path only, never on block I/O.
+ *
+ * Schema changes are numbered migrations applied in order inside one transaction each;
+ * schema_version holds the number of the last one applied. Add a migration, never edit one.
+ */
+import Database from 'better-sqlite3';
+import type { LogicalBlockSize, Provisioning } from './types.js';
+
+export const DATABASE_FILE = 'arraylab.db';
+
+/** A volume row as stored. */
+export interface VolumeRecord {
+  name: string;
+  uuid: string;
+  wwn: string;
+  serial: string;
+  sizeBytes: number;
+  blockSize: LogicalBlockSize;
+  provisioning: Provisioning;
+  readOnly: boolean;
+  description: string;
+  createdAt: string;
+}
+
+interface VolumeRow {
+  name: string;
+  uuid: string;
+  wwn: string;
+  serial: string;
+  size_bytes: number;
+  block_size: number;
+  provisioning: string;
+  read_only: number;
+  description: string;
+  created_at: string;
+}
+
+type Migration = (db: Database.Database) => void;
+
+const MIGRATIONS: Migration[] = [
+  // 1: volumes
+  (db) => {
+    db.exec(`
+      CREATE TABLE volumes (
+        uuid         TEXT PRIMARY KEY,
+        name         TEXT NOT NULL UNIQUE,
+        wwn          TEXT NOT NULL UNIQUE,
+        serial       TEXT NOT NULL UNIQUE,
+        size_bytes   INTEGER NOT NULL CHECK (size_bytes > 0 AND size_bytes % block_size = 0),
+        block_size   INTEGER NOT NULL CHECK (block_size IN (512, 4096)),
+        provisioning TEXT NOT NULL CHECK (provisioning IN ('thin', 'thick')),
+        read_only    INTEGER NOT NULL DEFAULT 0 CHECK (read_only IN (0, 1)),
+        description  TEXT NOT NULL DEFAULT '',
+        created_at   TEXT NOT NULL
+      ) STRICT;
+    `);
+  },
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+function toRecord(r: VolumeRow): VolumeRecord {
+  return {
+    name: r.name,
+    uuid: r.uuid,
+    wwn: r.wwn,
+    serial: r.serial,
+    sizeBytes: r.size_bytes,
+    blockSize: r.block_size as LogicalBlockSize,
+    provisioning: r.provisioning as Provisioning,
+    readOnly: r.read_only !== 0,
+    description: r.description,
+    createdAt: r.created_at,
+  };
+}
+
+export class MetadataStore {
+  private readonly db: Database.Database;
+  private readonly stmts: {
+    list: Database.Statement<[], VolumeRow>;
+    insert: Database.Statement<[VolumeRow]>;
+    remove: Database.Statement<[string]>;
+    resize: Database.Statement<[number, string]>;
+  };
+
+  /**
+   * @param file a path, or ':memory:' for the memory backend.
+   * @param opts.exclusive hold the database locked until close(), so that a second process
+   *   opening the same file fails (SQLITE_BUSY) instead of sharing the array's files.
+   */
+  constructor(file: string, opts: { exclusive?: boolean } = {}) {
+    this.db = new Database(file, { timeout: 2000 });
+    try {
+      if (opts.exclusive) this.db.pragma('locking_mode = EXCLUSIVE'); // before WAL: no shared-memory index
+      if (file !== ':memory:') this.db.pragma('journal_mode = WAL');
+      // Take the write lock now rather than at the first change.
+      if (opts.exclusive) this.db.exec('BEGIN EXCLUSIVE; COMMIT');
+      this.db.pragma('synchronous = FULL');
+      this.db.pragma('foreign_keys = ON');
+      this.migrate();
+    } catch (err) {
+      this.db.close();
+      throw err;
+    }
+    this.stmts = {
+      list: this.db.prepare<[], VolumeRow>('SELECT * FROM volumes ORDER BY name'),
+      insert: this.db.prepare<[VolumeRow]>(
+        `INSERT INTO volumes (uuid, name, wwn, serial, size_bytes, block_size, provisioning, read_only, description, created_at)
+         VALUES (@uuid, @name, @wwn, @serial, @size_bytes, @block_size, @provisioning, @read_only, @description, @created_at)`,
+      ),
+      remove: this.db.prepare<[string]>('DELETE FROM volumes WHERE uuid = ?'),
+      resize: this.db.prepare<[number, string]>('UPDATE volumes SET size_bytes = ? WHERE uuid = ?'),
+    };
+  }
+
+  get schemaVersion(): number {
+    return (this.db.prepare('SELECT version FROM schema_version').get() as { version: number }).version;
+  }
+
+  listVolumes(): VolumeRecord[] {
+    return this.stmts.list.all().map(toRecord);
+  }
+
+  insertVolume(v: VolumeRecord): void {
+    this.stmts.insert.run({
+      uuid: v.uuid,
+      name: v.name,
+      wwn: v.wwn,
+      serial: v.serial,
+      size_bytes: v.sizeBytes,
+      block_size: v.blockSize,
+      provisioning: v.provisioning,
+      read_only: v.readOnly ? 1 : 0,
+      description: v.description,
+      created_at: v.createdAt,
+    });
+  }
+
+  deleteVolume(uuid: string): void {
+    this.stmts.remove.run(uuid);
+  }
+
+  setVolumeSize(uuid: string, sizeBytes: number): void {
+    this.stmts.resize.run(sizeBytes, uuid);
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  private migrate(): void {
+    this.db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)');
+    const row = this.db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
+    if (row === undefined) this.db.prepare('INSERT INTO schema_version (version) VALUES (0)').run();
+    const current = row?.version ?? 0;
+    if (current > MIGRATIONS.length) {
+      throw new Error(
+        `the database is at schema version ${current}, newer than this arraylab understands (${MIGRATIONS.length}); run a newer arraylab or use another data directory`,
+      );
+    }
+    for (let v = current; v < MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        MIGRATIONS[v]!(this.db);
+        this.db.prepare('UPDATE schema_version SET version = ?').run(v + 1);
+      })();
+    }
+  }
+}

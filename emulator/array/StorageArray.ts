@@ -1,0 +1,433 @@
+/**
+ * The storage array: volumes, their stores, their identities, and who has them open.
+ *
+ * Layout of a 'file' array's data directory:
+ *   arraylab.db                 volume records (MetadataStore)
+ *   volumes/<uuid>.data         a volume's data (FileBlockStore)
+ *   volumes/<uuid>.map          its allocation map
+ *
+ * Crash safety of volume life cycle (kill -9 at any point leaves no volume or a whole one):
+ *   create  the store's files are created and synced first, the row inserted last (its
+ *           commit is durable: synchronous=FULL). A crash before the commit leaves files
+ *           that no row names: open() removes them as orphans.
+ *   delete  the row is deleted first, the files removed after. A crash in between leaves
+ *           orphan files, removed on the next open.
+ *   resize  the store grows (durably) before the row records the new size. A crash in
+ *           between leaves a store larger than its row: open() takes the store's size.
+ * A row is therefore never without its files, except after outside damage, which open()
+ * reports rather than hides.
+ *
+ * One process per data directory: the database is held with an exclusive lock for the
+ * array's lifetime, so a second arraylab on the same directory fails at once instead of
+ * writing the same files.
+ *
+ * Control operations (create, resize, delete, close) run one at a time; block I/O never
+ * waits for them.
+ */
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { BlockDeviceError, type ClientInfo, type ExportHandle, type ExportProvider, type ExportSummary } from '../block/BlockDevice.js';
+import { FileBlockStore, type FileBlockStorePaths } from '../block/FileBlockStore.js';
+import { MemoryBlockStore } from '../block/MemoryBlockStore.js';
+import { newVolumeIdentity } from './identity.js';
+import { DATABASE_FILE, MetadataStore, type VolumeRecord } from './MetadataStore.js';
+import { ArrayError, VOLUME_NAME_PATTERN, type ConnectionInfo, type CreateVolumeRequest, type LogicalBlockSize, type Provisioning, type VolumeInfo } from './types.js';
+import { Volume, type VolumeStore } from './Volume.js';
+
+export interface StorageArrayOptions {
+  backend: 'file' | 'memory';
+  /** Required for 'file'; created if missing. */
+  dataDir?: string;
+  logger: Logger;
+}
+
+export interface ExportDescription extends ExportSummary {
+  size: number;
+  blockSize: number;
+  readOnly: boolean;
+  thin: boolean;
+}
+
+const VOLUMES_DIR = 'volumes';
+const MAX_DESCRIPTION = 1024;
+
+export class StorageArray implements ExportProvider {
+  private readonly volumes = new Map<string, Volume>();
+  /** Names being created right now: reserved so two creates cannot race to the same name. */
+  private readonly creating = new Set<string>();
+  private queue: Promise<unknown> = Promise.resolve();
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly backend: 'file' | 'memory',
+    private readonly volumesDir: string | undefined,
+    private readonly db: MetadataStore,
+    private readonly log: Logger,
+  ) {}
+
+  static async open(opts: StorageArrayOptions): Promise<StorageArray> {
+    const log = opts.logger;
+    if (opts.backend === 'memory') {
+      return new StorageArray('memory', undefined, new MetadataStore(':memory:'), log);
+    }
+    if (opts.backend !== 'file') {
+      throw new ArrayError('INVALID_ARGUMENT', `unknown backend "${String(opts.backend)}": use file or memory`);
+    }
+    if (!opts.dataDir) {
+      throw new ArrayError('INVALID_ARGUMENT', 'the file backend needs a data directory: set dataDir (--data-dir)');
+    }
+    const dataDir = path.resolve(opts.dataDir);
+    const volumesDir = path.join(dataDir, VOLUMES_DIR);
+    await fsp.mkdir(volumesDir, { recursive: true });
+    let db: MetadataStore;
+    try {
+      db = new MetadataStore(path.join(dataDir, DATABASE_FILE), { exclusive: true });
+    } catch (err) {
+      if (isLockError(err)) {
+        throw new ArrayError('FAILED_PRECONDITION', `data directory ${dataDir} is in use by another arraylab process; stop it or use another data directory`);
+      }
+      throw new ArrayError('INTERNAL', `cannot open the array database in ${dataDir}: ${(err as Error).message}`);
+    }
+    const array = new StorageArray('file', volumesDir, db, log);
+    try {
+      await array.loadVolumes();
+    } catch (err) {
+      await array.closeAll();
+      throw err;
+    }
+    return array;
+  }
+
+  // ---- volumes ----
+
+  createVolume(req: CreateVolumeRequest): Promise<VolumeInfo> {
+    return this.serially(() => this.doCreate(req));
+  }
+
+  listVolumes(): VolumeInfo[] {
+    return [...this.volumes.values()]
+      .filter((v) => !v.deleting)
+      .map((v) => v.info())
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  getVolume(name: string): VolumeInfo {
+    return this.volume(name).info();
+  }
+
+  resizeVolume(name: string, newSizeBytes: number): Promise<VolumeInfo> {
+    return this.serially(() => this.doResize(name, newSizeBytes));
+  }
+
+  deleteVolume(name: string): Promise<void> {
+    return this.serially(() => this.doDelete(name));
+  }
+
+  listConnections(): ConnectionInfo[] {
+    const out: Array<ConnectionInfo & { at: number }> = [];
+    for (const v of this.volumes.values()) {
+      for (const h of v.handles) out.push({ volume: v.name, client: h.client, openedAt: h.openedAt.toISOString(), at: h.openedAt.getTime() });
+    }
+    out.sort((a, b) => (a.volume < b.volume ? -1 : a.volume > b.volume ? 1 : a.at - b.at));
+    return out.map(({ at: _at, ...c }) => c);
+  }
+
+  /** Flushes every volume's store. */
+  async flushAll(): Promise<void> {
+    await Promise.all([...this.volumes.values()].map((v) => v.store.flush()));
+  }
+
+  /** Flushes and closes every store, then the database. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.serially(() => this.closeAll(), true);
+    return this.closing;
+  }
+
+  /** The in-array volume object, for the array's own subsystems (copy sessions, faults). */
+  volumeObject(name: string): Volume {
+    return this.volume(name);
+  }
+
+  // ---- ExportProvider ----
+
+  listExports(): ExportSummary[] {
+    return this.listVolumes().map((v) => ({ name: v.name, description: v.description }));
+  }
+
+  openExport(name: string, client: ClientInfo): ExportHandle | undefined {
+    const v = this.volumes.get(name);
+    if (v === undefined || v.deleting || this.closing !== undefined) return undefined;
+    const handle = v.open(client);
+    this.log.info(
+      { volume: name, protocol: client.protocol, connectionId: client.connectionId, remoteAddress: client.remoteAddress, readOnly: handle.readOnly },
+      'client opened volume',
+    );
+    return handle;
+  }
+
+  describeExport(name: string): ExportDescription | undefined {
+    const v = this.volumes.get(name);
+    if (v === undefined || v.deleting) return undefined;
+    return {
+      name,
+      description: v.record.description,
+      size: v.top.size,
+      blockSize: v.top.blockSize,
+      readOnly: v.record.readOnly,
+      thin: v.top.thin,
+    };
+  }
+
+  // ---- internals ----
+
+  private volume(name: string): Volume {
+    const v = this.volumes.get(name);
+    if (v === undefined || v.deleting) {
+      throw new ArrayError('NOT_FOUND', `no volume named "${name}"; list volumes with "arraylab volume list"`);
+    }
+    return v;
+  }
+
+  /** Runs control operations one at a time, in call order; refused once close() began. */
+  private serially<T>(op: () => Promise<T>, evenWhenClosing = false): Promise<T> {
+    const run = this.queue.then(() => {
+      if (this.closing !== undefined && !evenWhenClosing) {
+        throw new ArrayError('FAILED_PRECONDITION', 'the array is shutting down; retry after it restarts');
+      }
+      return op();
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async doCreate(req: CreateVolumeRequest): Promise<VolumeInfo> {
+    const spec = validateCreate(req);
+    if (this.volumes.has(spec.name) || this.creating.has(spec.name)) {
+      const existing = this.volumes.get(spec.name);
+      throw new ArrayError(
+        'ALREADY_EXISTS',
+        `volume ${spec.name} already exists${existing ? ` (uuid ${existing.record.uuid})` : ''}; choose another name, or delete it first`,
+      );
+    }
+    this.creating.add(spec.name);
+    try {
+      const identity = newVolumeIdentity();
+      const record: VolumeRecord = { ...spec, ...identity, createdAt: new Date().toISOString() };
+      const store = await this.createStore(record);
+      try {
+        this.db.insertVolume(record); // the commit point: before it, only orphan files
+      } catch (err) {
+        await store.close().catch(() => undefined);
+        if (this.volumesDir) await FileBlockStore.remove(this.storePaths(record.uuid));
+        throw new ArrayError('INTERNAL', `cannot record volume ${spec.name}: ${(err as Error).message}`);
+      }
+      const v = new Volume(record, store);
+      this.volumes.set(record.name, v);
+      this.log.info({ volume: record.name, uuid: record.uuid, wwn: record.wwn, sizeBytes: record.sizeBytes, provisioning: record.provisioning }, 'created volume');
+      return v.info();
+    } finally {
+      this.creating.delete(spec.name);
+    }
+  }
+
+  private async createStore(record: VolumeRecord): Promise<VolumeStore> {
+    const thin = record.provisioning === 'thin';
+    if (this.backend === 'memory') {
+      return new MemoryBlockStore({ size: record.sizeBytes, blockSize: record.blockSize, thin });
+    }
+    const paths = this.storePaths(record.uuid);
+    try {
+      return await FileBlockStore.create({ ...paths, size: record.sizeBytes, blockSize: record.blockSize, thin });
+    } catch (err) {
+      await FileBlockStore.remove(paths).catch(() => undefined);
+      throw storeError(`cannot create the files of volume ${record.name}`, err);
+    }
+  }
+
+  private async doResize(name: string, newSize: number): Promise<VolumeInfo> {
+    const v = this.volume(name);
+    const { sizeBytes: oldSize, blockSize } = v.record;
+    checkSize(name, newSize, blockSize);
+    if (newSize < oldSize) {
+      throw new ArrayError(
+        'FAILED_PRECONDITION',
+        `cannot shrink volume ${name} from ${oldSize} to ${newSize} bytes: shrinking loses data; create a new volume and copy`,
+      );
+    }
+    if (newSize === oldSize) return v.info();
+    try {
+      await v.store.resize(newSize); // durable first: a crash after it leaves a larger store, which open() adopts
+    } catch (err) {
+      throw storeError(`cannot grow volume ${name} to ${newSize} bytes`, err);
+    }
+    v.setSize(this.db, newSize);
+    this.log.info({ volume: name, from: oldSize, to: newSize, clients: v.handles.size }, 'resized volume');
+    for (const h of v.handles) {
+      h.notifyResize(newSize, (err) => this.log.error({ err, volume: name }, 'resize listener failed'));
+    }
+    return v.info();
+  }
+
+  private async doDelete(name: string): Promise<void> {
+    const v = this.volume(name);
+    if (v.handles.size > 0) {
+      const n = v.handles.size;
+      const who = [...v.handles].map((h) => describeClient(h.client)).join(', ');
+      throw new ArrayError(
+        'FAILED_PRECONDITION',
+        `cannot delete volume ${name}: it is open by ${n} connected client${n === 1 ? '' : 's'} (${who}); disconnect ${n === 1 ? 'it' : 'them'} first`,
+      );
+    }
+    v.deleting = true; // no new clients from here on (openExport is synchronous, so no race)
+    try {
+      await v.store.close();
+    } catch (err) {
+      // The data is being thrown away; a failing final flush does not stop that.
+      this.log.warn({ err, volume: name }, 'closing the store of a deleted volume failed');
+    }
+    this.db.deleteVolume(v.record.uuid); // the commit point: after it, only orphan files
+    this.volumes.delete(name);
+    if (this.volumesDir) {
+      try {
+        await FileBlockStore.remove(this.storePaths(v.record.uuid));
+      } catch (err) {
+        this.log.warn({ err, volume: name }, 'could not remove the files of a deleted volume; they are removed as orphans at the next start');
+      }
+    }
+    this.log.info({ volume: name, uuid: v.record.uuid }, 'deleted volume');
+  }
+
+  private storePaths(uuid: string): FileBlockStorePaths {
+    const dir = this.volumesDir!;
+    return { dataPath: path.join(dir, `${uuid}.data`), mapPath: path.join(dir, `${uuid}.map`) };
+  }
+
+  /** Opens every volume's store, adopting interrupted resizes and removing orphan files. */
+  private async loadVolumes(): Promise<void> {
+    const records = this.db.listVolumes();
+    const known = new Set(records.map((r) => r.uuid));
+    await this.removeOrphans(known);
+    for (const record of records) {
+      const paths = this.storePaths(record.uuid);
+      let store: FileBlockStore;
+      try {
+        store = await FileBlockStore.open(paths);
+      } catch (err) {
+        throw new ArrayError(
+          'INTERNAL',
+          `cannot open volume ${record.name} (uuid ${record.uuid}): ${(err as Error).message}; restore ${paths.dataPath} and ${paths.mapPath} from a backup, or move the data directory aside`,
+        );
+      }
+      const v = new Volume(record, store);
+      this.volumes.set(record.name, v);
+      if (store.blockSize !== record.blockSize || store.thin !== (record.provisioning === 'thin') || store.size < record.sizeBytes) {
+        throw new ArrayError(
+          'INTERNAL',
+          `volume ${record.name} (uuid ${record.uuid}) does not match its files: recorded ${record.sizeBytes} bytes, ${record.blockSize}-byte blocks, ${record.provisioning}; files hold ${store.size} bytes, ${store.blockSize}-byte blocks, ${store.thin ? 'thin' : 'thick'}`,
+        );
+      }
+      if (store.size > record.sizeBytes) {
+        this.log.warn({ volume: record.name, recorded: record.sizeBytes, actual: store.size }, 'volume grew before a crash but its new size was not recorded; adopting the grown size');
+        v.setSize(this.db, store.size);
+      }
+    }
+    this.log.info({ volumes: records.length, dataDir: path.dirname(this.volumesDir!) }, 'opened array');
+  }
+
+  private async removeOrphans(known: Set<string>): Promise<void> {
+    const dir = this.volumesDir!;
+    for (const file of await fsp.readdir(dir)) {
+      const m = /^([0-9a-f-]{36})\.(data|map)$/.exec(file);
+      if (m === null) {
+        this.log.warn({ file: path.join(dir, file) }, 'unexpected file in the volumes directory; leaving it alone');
+        continue;
+      }
+      if (known.has(m[1]!)) continue;
+      this.log.warn({ file: path.join(dir, file) }, 'removing orphan volume file (left by a create or delete that did not finish)');
+      await fsp.rm(path.join(dir, file), { force: true });
+    }
+    // Make the removals durable before anything reuses the directory.
+    const h = await fsp.open(dir, 'r');
+    try {
+      await h.sync();
+    } finally {
+      await h.close();
+    }
+  }
+
+  private async closeAll(): Promise<void> {
+    const results = await Promise.allSettled([...this.volumes.values()].map((v) => v.store.close()));
+    this.volumes.clear();
+    this.db.close();
+    const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed.length > 0) {
+      throw new ArrayError('INTERNAL', `closing the array: ${failed.length} volume(s) failed to flush: ${(failed[0]!.reason as Error).message}`);
+    }
+  }
+}
+
+interface VolumeSpec {
+  name: string;
+  sizeBytes: number;
+  blockSize: LogicalBlockSize;
+  provisioning: Provisioning;
+  readOnly: boolean;
+  description: string;
+}
+
+function validateCreate(req: CreateVolumeRequest): VolumeSpec {
+  const name = req.name;
+  if (typeof name !== 'string' || !VOLUME_NAME_PATTERN.test(name)) {
+    throw new ArrayError(
+      'INVALID_ARGUMENT',
+      `invalid volume name ${JSON.stringify(name)}: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`,
+    );
+  }
+  const blockSize = req.blockSize ?? 512;
+  if (blockSize !== 512 && blockSize !== 4096) {
+    throw new ArrayError('INVALID_ARGUMENT', `invalid block size ${String(blockSize)} for volume ${name}: use 512 or 4096`);
+  }
+  const provisioning = req.provisioning ?? 'thin';
+  if (provisioning !== 'thin' && provisioning !== 'thick') {
+    throw new ArrayError('INVALID_ARGUMENT', `invalid provisioning ${JSON.stringify(provisioning)} for volume ${name}: use thin or thick`);
+  }
+  checkSize(name, req.sizeBytes, blockSize);
+  const description = req.description ?? '';
+  if (typeof description !== 'string' || description.length > MAX_DESCRIPTION) {
+    throw new ArrayError('INVALID_ARGUMENT', `description of volume ${name} is too long: at most ${MAX_DESCRIPTION} characters`);
+  }
+  return { name, sizeBytes: req.sizeBytes, blockSize, provisioning, readOnly: req.readOnly ?? false, description };
+}
+
+/** A size must be a positive whole number of blocks; the message offers the nearest valid ones. */
+function checkSize(name: string, size: number, blockSize: number): void {
+  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size <= 0) {
+    throw new ArrayError('INVALID_ARGUMENT', `invalid size ${String(size)} for volume ${name}: give a positive whole number of bytes, a multiple of the ${blockSize}-byte block size`);
+  }
+  if (size % blockSize !== 0) {
+    const below = Math.floor(size / blockSize) * blockSize;
+    const above = below + blockSize;
+    const nearest = below > 0 ? `${below} or ${above} bytes` : `${above} bytes`;
+    throw new ArrayError(
+      'INVALID_ARGUMENT',
+      `invalid size ${size} bytes for volume ${name}: not a multiple of the ${blockSize}-byte block size; the nearest valid sizes are ${nearest}`,
+    );
+  }
+}
+
+function describeClient(c: ClientInfo): string {
+  return c.initiator ? `${c.protocol} ${c.initiator} at ${c.remoteAddress}` : `${c.protocol} ${c.remoteAddress}`;
+}
+
+function storeError(what: string, err: unknown): ArrayError {
+  if (err instanceof BlockDeviceError && err.code === 'ENOSPC') {
+    return new ArrayError('RESOURCE_EXHAUSTED', `${what}: no space left in the data directory; free space or use a thin volume`);
+  }
+  return new ArrayError('INTERNAL', `${what}: ${(err as Error).message}`);
+}
+
+function isLockError(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED' || /database is locked/.test(String((err as Error).message));
+}

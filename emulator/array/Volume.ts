@@ -1,0 +1,203 @@
+/**
+ * A volume inside the array: its stored record, its block store, and the one place the
+ * array hands out its device.
+ *
+ * Every connection, whichever protocol, gets a VolumeDevice: a fixed facade that forwards
+ * each call to the top of the volume's layer stack. The stack starts as the bare store;
+ * copy sessions (copy-on-write, mirroring, write protection) and fault injection will push
+ * layers onto it later, and connections already open see them at once, because they hold
+ * the facade rather than any layer. All connections share one store, so one flush covers
+ * every connection's writes (NBD multi-conn relies on it).
+ */
+import {
+  BlockDeviceError,
+  type BlockDevice,
+  type ClientInfo,
+  type ExportHandle,
+  type Extent,
+  type WriteOptions,
+  type ZeroOptions,
+} from '../block/BlockDevice.js';
+import type { MetadataStore, VolumeRecord } from './MetadataStore.js';
+import type { VolumeInfo } from './types.js';
+
+/** What the array needs of a block store beyond BlockDevice. */
+export interface VolumeStore extends BlockDevice {
+  /** Bytes allocated in the store's allocation map. */
+  readonly allocatedBytes: number;
+  /** Grows the store; durable when it resolves (file stores). */
+  resize(newSize: number): void | Promise<void>;
+  /** Flushes and releases the store; later calls fail ESHUTDOWN. */
+  close(): Promise<void>;
+}
+
+/** Makes a layer over the device below it. */
+export type LayerFactory = (below: BlockDevice) => BlockDevice;
+
+/** Forwards to the volume's current top layer; refuses writes when read-only. */
+class VolumeDevice implements BlockDevice {
+  constructor(
+    private readonly volume: Volume,
+    private readonly forceReadOnly: boolean,
+  ) {}
+
+  get size(): number {
+    return this.volume.top.size;
+  }
+  get blockSize(): number {
+    return this.volume.top.blockSize;
+  }
+  get readOnly(): boolean {
+    return this.forceReadOnly || this.volume.top.readOnly;
+  }
+  get thin(): boolean {
+    return this.volume.top.thin;
+  }
+
+  read(offset: number, into: Buffer): Promise<void> {
+    return this.volume.top.read(offset, into);
+  }
+  write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
+    if (this.forceReadOnly) return this.refuse('write');
+    return this.volume.top.write(offset, data, opts);
+  }
+  flush(): Promise<void> {
+    return this.volume.top.flush();
+  }
+  trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
+    if (this.forceReadOnly) return this.refuse('trim');
+    return this.volume.top.trim(offset, length, opts);
+  }
+  writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
+    if (this.forceReadOnly) return this.refuse('write-zeroes');
+    return this.volume.top.writeZeroes(offset, length, opts);
+  }
+  blockStatus(offset: number, length: number, maxExtents?: number): Promise<Extent[]> {
+    return this.volume.top.blockStatus(offset, length, maxExtents);
+  }
+  cache(offset: number, length: number): Promise<void> {
+    return this.volume.top.cache(offset, length);
+  }
+
+  private refuse(op: string): Promise<never> {
+    return Promise.reject(new BlockDeviceError('EPERM', `${op} refused: volume ${this.volume.name} is open read-only for this client`));
+  }
+}
+
+/** One client's open of a volume. */
+export class VolumeHandle implements ExportHandle {
+  readonly openedAt = new Date();
+  private readonly listeners = new Set<(newSize: number) => void>();
+  private closed = false;
+
+  constructor(
+    private readonly volume: Volume,
+    readonly client: ClientInfo,
+    readonly readOnly: boolean,
+    readonly device: BlockDevice,
+  ) {}
+
+  get name(): string {
+    return this.volume.name;
+  }
+  get description(): string {
+    return this.volume.record.description;
+  }
+
+  onResize(listener: (newSize: number) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Calls every listener; a throwing listener does not stop the others. */
+  notifyResize(newSize: number, onError: (err: unknown) => void): void {
+    for (const l of [...this.listeners]) {
+      try {
+        l(newSize);
+      } catch (err) {
+        onError(err);
+      }
+    }
+  }
+
+  /** Idempotent: a second close is ignored rather than corrupting the connection count. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.listeners.clear();
+    this.volume.handles.delete(this);
+  }
+}
+
+export class Volume {
+  readonly handles = new Set<VolumeHandle>();
+  /** Layers above the store, lowest first. */
+  private readonly layers: BlockDevice[] = [];
+  private readonly readWrite: VolumeDevice;
+  private readonly readOnlyView: VolumeDevice;
+  /** Set while the volume is being deleted: it accepts no new clients. */
+  deleting = false;
+
+  constructor(
+    public record: VolumeRecord,
+    readonly store: VolumeStore,
+  ) {
+    this.readWrite = new VolumeDevice(this, false);
+    this.readOnlyView = new VolumeDevice(this, true);
+  }
+
+  get name(): string {
+    return this.record.name;
+  }
+
+  /** The device every I/O goes to: the top layer, or the store when there are none. */
+  get top(): BlockDevice {
+    return this.layers.length === 0 ? this.store : this.layers[this.layers.length - 1]!;
+  }
+
+  /** Adds a layer on top of the stack; returns it. */
+  pushLayer(make: LayerFactory): BlockDevice {
+    const layer = make(this.top);
+    this.layers.push(layer);
+    return layer;
+  }
+
+  /** Removes a layer, which must be the top one (layers unwind in order). */
+  popLayer(layer: BlockDevice): void {
+    if (this.top !== layer || this.layers.length === 0) {
+      throw new Error(`volume ${this.name}: layers must be removed top first`);
+    }
+    this.layers.pop();
+  }
+
+  /** Opens the volume for one client. */
+  open(client: ClientInfo): VolumeHandle {
+    const readOnly = this.record.readOnly || client.readOnly;
+    const handle = new VolumeHandle(this, client, readOnly, readOnly ? this.readOnlyView : this.readWrite);
+    this.handles.add(handle);
+    return handle;
+  }
+
+  info(): VolumeInfo {
+    const r = this.record;
+    return {
+      name: r.name,
+      uuid: r.uuid,
+      wwn: r.wwn,
+      serial: r.serial,
+      sizeBytes: r.sizeBytes,
+      blockSize: r.blockSize,
+      provisioning: r.provisioning,
+      readOnly: r.readOnly,
+      description: r.description,
+      createdAt: r.createdAt,
+      allocatedBytes: this.store.allocatedBytes,
+    };
+  }
+
+  /** Records a new size in the database and in memory. */
+  setSize(db: MetadataStore, sizeBytes: number): void {
+    db.setVolumeSize(this.record.uuid, sizeBytes);
+    this.record = { ...this.record, sizeBytes };
+  }
+}
