@@ -1,0 +1,207 @@
+/**
+ * One client connection, from accept to close: handshake, transmission, teardown.
+ *
+ * Teardown runs exactly once whatever ends the connection (DISC, EOF, reset, protocol error,
+ * server shutdown, a bug): in-flight requests are allowed to finish, the socket is closed,
+ * and the export handle is closed once.
+ */
+import type { Socket } from 'node:net';
+import { TLSSocket, type SecureContext } from 'node:tls';
+import type { ExportHandle, ExportProvider } from '../block/BlockDevice.js';
+import { negotiate, type HandshakeHost } from './handshake.js';
+import { InputQueue } from './InputQueue.js';
+import { Output } from './Output.js';
+import { Transmission } from './transmission.js';
+import type { NbdLogger } from './types.js';
+
+export interface ConnectionContext {
+  provider: ExportProvider;
+  logger: NbdLogger;
+  tls?: { context: SecureContext; require: boolean; verifyClient: boolean };
+}
+
+/** How long a closing socket may take to flush before it is destroyed. */
+const CLOSE_GRACE_MS = 5000;
+
+let nextId = 1;
+
+export class Connection implements HandshakeHost {
+  readonly id = `nbd-${nextId++}`;
+  readonly log: NbdLogger;
+  readonly provider: ExportProvider;
+  readonly remoteAddress: string;
+  input: InputQueue;
+  out: Output;
+  tlsActive = false;
+  /** Resolves when the connection is fully closed and its handle released. */
+  readonly done: Promise<void>;
+
+  private socket: Socket;
+  private handle: ExportHandle | undefined;
+  private transmission: Transmission | undefined;
+  private shuttingDown = false;
+  private finished = false;
+
+  constructor(
+    socket: Socket,
+    private readonly ctx: ConnectionContext,
+  ) {
+    this.socket = socket;
+    this.provider = ctx.provider;
+    const host = socket.remoteAddress ?? 'unknown';
+    this.remoteAddress = host.includes(':') ? `[${host}]:${socket.remotePort}` : `${host}:${socket.remotePort}`;
+    this.log = ctx.logger.child({ conn: this.id, remote: this.remoteAddress });
+    socket.setNoDelay(true);
+    socket.on('error', this.onSocketError);
+    this.input = new InputQueue(socket);
+    this.out = new Output(socket);
+    // run() handles its own errors; the catch is only so that a bug there can never become an unhandled rejection.
+    this.done = this.run().catch((err: unknown) => this.log.error({ err }, 'connection teardown failed'));
+  }
+
+  get tlsAvailable(): boolean {
+    return this.ctx.tls !== undefined;
+  }
+
+  get tlsRequired(): boolean {
+    return this.ctx.tls?.require === true;
+  }
+
+  openExport(name: string): ExportHandle | undefined {
+    const readOnly = this.provider.describeExport(name)?.readOnly ?? false;
+    const handle = this.provider.openExport(name, { protocol: 'nbd', connectionId: this.id, remoteAddress: this.remoteAddress, readOnly });
+    // Owned from the moment it exists, so teardown closes it even if negotiation fails after the open.
+    if (handle !== undefined) this.handle = handle;
+    return handle;
+  }
+
+  /**
+   * After the STARTTLS ACK: forget all buffered plaintext (a client may not smuggle options
+   * past the upgrade) and speak TLS on the same socket.
+   */
+  startTls(): Promise<boolean> {
+    const tls = this.ctx.tls!;
+    this.input.detach();
+    this.out.flush();
+    const secure = new TLSSocket(this.socket, {
+      isServer: true,
+      secureContext: tls.context,
+      requestCert: tls.verifyClient,
+      rejectUnauthorized: tls.verifyClient,
+    });
+    secure.on('error', this.onSocketError);
+    this.socket = secure;
+    this.input = new InputQueue(secure);
+    this.out.retarget(secure);
+    return new Promise((resolve) => {
+      const settle = (ok: boolean) => {
+        secure.off('secure', onSecure);
+        secure.off('close', onFail);
+        secure.off('error', onFail);
+        resolve(ok);
+      };
+      const onSecure = () => {
+        this.tlsActive = true;
+        this.log.debug({ protocol: secure.getProtocol() }, 'TLS established');
+        settle(true);
+      };
+      const onFail = (err?: unknown) => {
+        this.log.warn({ err: err instanceof Error ? err.message : undefined }, 'TLS handshake failed: closing');
+        settle(false);
+      };
+      secure.once('secure', onSecure);
+      secure.once('close', onFail);
+      secure.once('error', onFail);
+    });
+  }
+
+  /** Server shutdown: finish what is running, refuse the rest with ESHUTDOWN, then close. */
+  shutdown(): void {
+    if (this.shuttingDown) return;
+    this.shuttingDown = true;
+    const t = this.transmission;
+    if (t === undefined) {
+      // Still negotiating: nothing to finish. Dropping the input ends the option loop at once.
+      this.input.detach();
+      this.endSocket();
+      return;
+    }
+    t.shuttingDown = true;
+    void t.drained().then(() => this.endSocket());
+  }
+
+  /** Forcibly closes the socket (server close() timed out). */
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  private async run(): Promise<void> {
+    try {
+      const neg = await negotiate(this);
+      if (neg === undefined) return;
+      this.log.info({ export: neg.handle.name, size: neg.size, readOnly: neg.handle.readOnly, structured: neg.structured, tls: this.tlsActive }, 'client connected to export');
+      if (this.shuttingDown) return;
+      const t = new Transmission(this, neg);
+      this.transmission = t;
+      if (this.socket.closed) t.socketClosed();
+      else this.socket.once('close', () => t.socketClosed());
+      const why = await t.run();
+      if (why === 'disc') this.log.debug('client sent DISC');
+      await t.drained();
+    } catch (err) {
+      this.log.error({ err }, 'connection failed');
+    } finally {
+      await this.teardown();
+    }
+  }
+
+  private async teardown(): Promise<void> {
+    if (this.finished) return;
+    this.finished = true;
+    try {
+      await this.transmission?.drained();
+    } catch {
+      // drained() never rejects; belt and braces for teardown.
+    }
+    try {
+      this.transmission?.dispose();
+    } catch (err) {
+      this.log.error({ err }, 'resize unsubscribe failed');
+    }
+    this.endSocket();
+    if (this.handle !== undefined) {
+      const h = this.handle;
+      this.handle = undefined;
+      try {
+        h.close();
+      } catch (err) {
+        this.log.error({ err }, 'export handle close failed');
+      }
+    }
+    await this.closed();
+    this.log.debug('connection closed');
+  }
+
+  /** Flushes replies, then ends the socket (for TLS, with close_notify); destroys it if it lingers. */
+  private endSocket(): void {
+    const s = this.socket;
+    this.out.flush();
+    if (!s.destroyed && !s.writableEnded) s.end();
+    setTimeout(() => s.destroy(), CLOSE_GRACE_MS).unref();
+  }
+
+  private closed(): Promise<void> {
+    const s = this.socket;
+    if (s.destroyed && s.closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      s.once('close', () => resolve());
+      // A socket may be destroyed without a close event still to come.
+      if (s.closed) resolve();
+    });
+  }
+
+  private readonly onSocketError = (err: Error & { code?: string }): void => {
+    // Resets and aborts are how clients leave; the connection closes through EOF handling.
+    this.log.debug({ code: err.code, msg: err.message }, 'socket error');
+  };
+}

@@ -1,0 +1,175 @@
+/**
+ * Everything the server sends on one connection.
+ *
+ * Small messages (reply headers, option replies) are encoded straight into a shared slab and
+ * sent as one write per tick, so a burst of completions costs one syscall and no per-reply
+ * allocation. Messages with data (read replies) arrive as one prepared Buffer, header and data
+ * together, and go out in a single write after whatever the slab holds.
+ */
+import type { Writable } from 'node:stream';
+import {
+  CHUNK_HEADER_SIZE,
+  OPT_REPLY_MAGIC_HI,
+  OPT_REPLY_MAGIC_LO,
+  REPLY_FLAG_DONE,
+  REPLY_TYPE_BLOCK_STATUS,
+  REPLY_TYPE_ERROR,
+  REPLY_TYPE_NONE,
+  SIMPLE_REPLY_MAGIC,
+  SIMPLE_REPLY_SIZE,
+  STRUCTURED_REPLY_MAGIC,
+} from './constants.js';
+
+const SLAB = 64 * 1024;
+
+export class Output {
+  private slab = Buffer.allocUnsafe(SLAB);
+  /** [start, used) is encoded but not yet handed to the socket. */
+  private start = 0;
+  private used = 0;
+  private scheduled = false;
+
+  constructor(private target: Writable) {}
+
+  /** Bytes handed to the socket but not yet sent: part of the connection's memory budget. */
+  get pending(): number {
+    return this.target.writableLength + (this.used - this.start);
+  }
+
+  get closed(): boolean {
+    return this.target.destroyed || this.target.writableEnded;
+  }
+
+  /** Calls fn each time the socket has sent everything it was given after being full. */
+  onDrain(fn: () => void): void {
+    this.target.on('drain', fn);
+  }
+
+  /** Switches to a new stream (STARTTLS), dropping nothing already written. */
+  retarget(target: Writable): void {
+    this.flush();
+    this.target = target;
+  }
+
+  /** Sends a prepared message after everything encoded so far. */
+  send(buf: Buffer): void {
+    this.flush();
+    if (!this.closed) this.target.write(buf);
+  }
+
+  /** Writes everything encoded so far, now. */
+  flush(): void {
+    if (this.used === this.start) return;
+    const part = this.slab.subarray(this.start, this.used);
+    // The socket keeps a reference to `part` until it is sent: never write over it again.
+    this.start = this.used;
+    if (!this.closed) this.target.write(part);
+  }
+
+  /** Space for n bytes (n <= SLAB) at the returned offset in `slab`, sent at the end of this tick. */
+  private reserve(n: number): number {
+    if (this.used + n > SLAB) {
+      this.flush();
+      this.slab = Buffer.allocUnsafe(SLAB);
+      this.start = this.used = 0;
+    }
+    const at = this.used;
+    this.used += n;
+    if (!this.scheduled) {
+      this.scheduled = true;
+      process.nextTick(this.onTick);
+    }
+    return at;
+  }
+
+  private readonly onTick = (): void => {
+    this.scheduled = false;
+    this.flush();
+  };
+
+  // ---- Handshake ----
+
+  /** An option reply; `data` (if any) must fit in the slab. */
+  optionReply(option: number, type: number, data?: Buffer | string): void {
+    const len = data === undefined ? 0 : Buffer.byteLength(data);
+    let b = this.slab;
+    let at = 0;
+    if (20 + len > SLAB) b = Buffer.allocUnsafe(20 + len);
+    else at = this.reserve(20 + len);
+    b.writeUInt32BE(OPT_REPLY_MAGIC_HI, at);
+    b.writeUInt32BE(OPT_REPLY_MAGIC_LO, at + 4);
+    b.writeUInt32BE(option, at + 8);
+    b.writeUInt32BE(type, at + 12);
+    b.writeUInt32BE(len, at + 16);
+    if (typeof data === 'string') b.write(data, at + 20, 'utf8');
+    else if (data !== undefined) data.copy(b, at + 20);
+    if (b !== this.slab) this.send(b);
+  }
+
+  /** Raw handshake bytes (greeting, EXPORT_NAME reply). */
+  raw(data: Buffer): void {
+    const at = this.reserve(data.length);
+    data.copy(this.slab, at);
+  }
+
+  // ---- Transmission ----
+
+  simpleReply(errno: number, cookieHi: number, cookieLo: number): void {
+    const at = this.reserve(SIMPLE_REPLY_SIZE);
+    const b = this.slab;
+    b.writeUInt32BE(SIMPLE_REPLY_MAGIC, at);
+    b.writeUInt32BE(errno, at + 4);
+    b.writeUInt32BE(cookieHi, at + 8);
+    b.writeUInt32BE(cookieLo, at + 12);
+  }
+
+  /** NBD_REPLY_TYPE_NONE with DONE: success of a structured reply. */
+  doneChunk(cookieHi: number, cookieLo: number): void {
+    const at = this.reserve(CHUNK_HEADER_SIZE);
+    writeChunkHeader(this.slab, at, REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookieHi, cookieLo, 0);
+  }
+
+  /** NBD_REPLY_TYPE_ERROR with DONE and a message for the user. */
+  errorChunk(errno: number, message: string, cookieHi: number, cookieLo: number): void {
+    // Messages are ours and short; cut at 1 KiB anyway so one always fits.
+    const msg = message.length > 1024 ? message.slice(0, 1024) : message;
+    const mlen = Buffer.byteLength(msg);
+    const at = this.reserve(CHUNK_HEADER_SIZE + 6 + mlen);
+    const b = this.slab;
+    writeChunkHeader(b, at, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, cookieHi, cookieLo, 6 + mlen);
+    b.writeUInt32BE(errno, at + 20);
+    b.writeUInt16BE(mlen, at + 24);
+    b.write(msg, at + 26, 'utf8');
+  }
+
+  /** One NBD_REPLY_TYPE_BLOCK_STATUS chunk with DONE; `lengths`/`flags` hold n descriptors. */
+  blockStatusChunk(cookieHi: number, cookieLo: number, contextId: number, lengths: number[], flags: number[], n: number): void {
+    const size = CHUNK_HEADER_SIZE + 4 + 8 * n;
+    let b: Buffer;
+    let at: number;
+    if (size <= 4096) {
+      at = this.reserve(size);
+      b = this.slab;
+    } else {
+      b = Buffer.allocUnsafe(size);
+      at = 0;
+    }
+    writeChunkHeader(b, at, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, cookieHi, cookieLo, 4 + 8 * n);
+    b.writeUInt32BE(contextId, at + 20);
+    let p = at + 24;
+    for (let i = 0; i < n; i++, p += 8) {
+      b.writeUInt32BE(lengths[i]!, p);
+      b.writeUInt32BE(flags[i]!, p + 4);
+    }
+    if (b !== this.slab) this.send(b);
+  }
+}
+
+export function writeChunkHeader(b: Buffer, at: number, flags: number, type: number, cookieHi: number, cookieLo: number, length: number): void {
+  b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, at);
+  b.writeUInt16BE(flags, at + 4);
+  b.writeUInt16BE(type, at + 6);
+  b.writeUInt32BE(cookieHi, at + 8);
+  b.writeUInt32BE(cookieLo, at + 12);
+  b.writeUInt32BE(length, at + 16);
+}

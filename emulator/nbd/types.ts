@@ -1,0 +1,26 @@
+/** The NBD server's public option types. */
+import type { ExportProvider } from '../block/BlockDevice.js';
+
+/** The subset of pino's Logger the server uses; a pino logger fits as is. */
+export interface NbdLogger {
+  debug(o: object | string, msg?: string): void;
+  info(o: object | string, msg?: string): void;
+  warn(o: object | string, msg?: string): void;
+  error(o: object | string, msg?: string): void;
+  child(bindings: object): NbdLogger;
+}
+
+export interface NbdTlsOptions {
+  key: Buffer | string;
+  cert: Buffer | string;
+  /** When set, clients must present a certificate signed by this CA. */
+  ca?: Buffer | string;
+  /** Refuse everything but STARTTLS (and ABORT) before TLS (the spec's FORCEDTLS mode). */
+  require?: boolean;
+}
+
+export interface NbdServerOptions {
+  provider: ExportProvider;
+  logger: NbdLogger;
+  tls?: NbdTlsOptions;
+}
