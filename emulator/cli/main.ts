@@ -1,0 +1,117 @@
+/**
+ * The arraylab command line: `serve` runs the array; `volume`, `export` and `status` talk to a
+ * running one over the control API. Every command takes --json.
+ *
+ * Failures print exactly one line, `arraylab: ...`, on stderr: exit status 2 for a wrong command
+ * line or config (with a pointer to --help), 1 for an operation that failed.
+ */
+import yargs from 'yargs';
+import { ApiError } from '../api/errors.js';
+import { ARRAYLAB_VERSION } from '../api/version.js';
+import { withApiOption } from './client.js';
+import { CommandError, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './errors.js';
+import { exportCommands } from './exports.js';
+import { serveOptions } from './serveOptions.js';
+import { statusCommand } from './status.js';
+import { volumeCommands } from './volume.js';
+
+const EPILOGUE = `Sizes take binary units K/M/G/T (= KiB/MiB/GiB/TiB) or decimal KB/MB/GB/TB, e.g. 64MiB, 10G, 4k.
+
+Environment:
+  ARRAYLAB_API        control API address for client commands (default 127.0.0.1:7390)
+  ARRAYLAB_LOG_LEVEL  serve's log level
+
+Exit status: 0 success, 1 the operation failed, 2 wrong command line or config.`;
+
+export async function main(argv: string[]): Promise<void> {
+  const code = await run(argv);
+  process.exit(code);
+}
+
+/** Parses and runs one command line; returns the exit status. */
+export async function run(argv: string[]): Promise<number> {
+  let exitCode = EXIT_OK;
+  let suggestion: string | undefined;
+  const parser = yargs(argv)
+    .scriptName('arraylab')
+    .usage('$0 <command> [options]\n\nEmulates an enterprise storage array: volumes served as block devices over NBD, managed over a gRPC control API.')
+    .option('json', { type: 'boolean', default: false, describe: 'machine-readable JSON on stdout (sizes in bytes)' })
+    .command(
+      'serve',
+      'run the array: serve volumes over NBD and the control API until SIGTERM/SIGINT',
+      (y) => serveOptions(y),
+      async (a) => {
+        const { serve } = await import('./serve.js');
+        exitCode = await serve(a);
+      },
+    )
+    .command('volume', 'create, list, show, resize and delete volumes', (y) => volumeCommands(y))
+    .command('export', 'list exports and their connected clients', (y) => exportCommands(y))
+    .command('status', "show the running array's status", (y) => withApiOption(y), (a) => statusCommand(a))
+    .demandCommand(1, 'give a command: serve, volume, export or status')
+    .recommendCommands()
+    .strict()
+    .help()
+    .alias('h', 'help')
+    .version(ARRAYLAB_VERSION)
+    .epilogue(EPILOGUE)
+    .wrap(Math.min(110, process.stdout.columns || 100))
+    .exitProcess(false)
+    .fail((message, err) => {
+      // yargs' own validation errors (YError) are usage errors like the messages it passes alone.
+      if (err && err.name !== 'YError') throw err;
+      // recommendCommands reports "Did you mean X?" first, then the unknown argument: say both.
+      if (/^Did you mean/.test(message)) {
+        suggestion = message;
+        return;
+      }
+      throw new UsageError(suggestion ? `${message}. ${suggestion}` : message);
+    });
+
+  try {
+    await parser.parseAsync();
+    return exitCode;
+  } catch (err) {
+    return report(err, argv);
+  }
+}
+
+/** Prints the one-line error and returns the exit status for it. */
+function report(err: unknown, argv: string[]): number {
+  const say = (line: string) => process.stderr.write(`arraylab: ${line}\n`);
+  if (err instanceof UsageError) {
+    say(err.message.replace(/\s*\n\s*/g, ' '));
+    const command = err.command ?? commandPath(argv);
+    process.stderr.write(`hint: see 'arraylab ${command ? command + ' ' : ''}--help'\n`);
+    return EXIT_USAGE;
+  }
+  if (err instanceof CommandError) {
+    say(err.message);
+    return err.exitCode;
+  }
+  if (err instanceof ApiError) {
+    say(err.message);
+    return EXIT_FAILURE;
+  }
+  // A bug: still one line, but enough to find it.
+  say(`unexpected error: ${err instanceof Error ? err.message : String(err)}; please report it with the command line used`);
+  if (process.env.ARRAYLAB_DEBUG) console.error(err);
+  return EXIT_FAILURE;
+}
+
+const COMMANDS: Record<string, string[]> = {
+  '': ['serve', 'volume', 'export', 'status'],
+  volume: ['create', 'list', 'ls', 'show', 'resize', 'delete', 'rm'],
+  export: ['list', 'ls'],
+};
+
+/** The known command words at the start of argv, e.g. "volume create", for the --help hint. */
+function commandPath(argv: string[]): string {
+  const words: string[] = [];
+  for (const word of argv) {
+    const known = COMMANDS[words.join(' ')];
+    if (!known || !known.includes(word)) break;
+    words.push(word);
+  }
+  return words.join(' ');
+}

@@ -1,0 +1,43 @@
+/** `arraylab status`: what the server is, where it listens, and what it holds. */
+import type { ArrayStatus, ListenerStatus } from '../api/model.js';
+import { formatHostPort } from '../api/address.js';
+import { formatSize } from '../units.js';
+import { withClient } from './client.js';
+import { keyValues, print, printJson } from './output.js';
+
+export async function statusCommand(a: { api?: string | undefined; json: boolean }): Promise<void> {
+  const status = await withClient(a, (client) => client.getStatus());
+  if (a.json) return printJson(status);
+  print(statusText(status));
+}
+
+function listener(l: ListenerStatus, scheme = ''): string {
+  if (!l.available) return `not available${l.note ? ` (${l.note})` : ''}`;
+  return `${scheme}${formatHostPort(l)}${scheme ? '/' : ''}`;
+}
+
+export function statusText(s: ArrayStatus): string {
+  return keyValues([
+    ['version', s.version],
+    ['pid', String(s.pid)],
+    ['uptime', formatUptime(s.uptimeSeconds)],
+    ['backend', s.backend],
+    ['data dir', s.dataDir || '-'],
+    ['nbd', listener(s.listeners.nbd, 'nbd://')],
+    ['iscsi', listener(s.listeners.iscsi)],
+    ['api', listener(s.listeners.api)],
+    ['volumes', String(s.volumeCount)],
+    ['provisioned', formatSize(s.totalBytes)],
+    ['allocated', formatSize(s.allocatedBytes)],
+    ['connections', String(s.connectionCount)],
+  ]);
+}
+
+function formatUptime(seconds: number): string {
+  const s = Math.floor(seconds);
+  const d = Math.floor(s / 86400);
+  const h = Math.floor((s % 86400) / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const parts = [d && `${d}d`, (d || h) && `${h}h`, (d || h || m) && `${m}m`, `${s % 60}s`].filter(Boolean);
+  return parts.join(' ');
+}

@@ -1,0 +1,139 @@
+/** `arraylab volume create|list|show|resize|delete`. */
+import type { Argv } from 'yargs';
+import type { LogicalBlockSize, VolumeInfo } from '../array/types.js';
+import { formatSize, parseSize, parseSizeChange, SizeError } from '../units.js';
+import { withApiOption, withClient } from './client.js';
+import { UsageError } from './errors.js';
+import { keyValues, print, printJson, table, yesNo } from './output.js';
+
+function sizeOption(flag: string, command: string, allowGrowth: boolean) {
+  return (text: unknown) => {
+    try {
+      if (typeof text !== 'string' && typeof text !== 'number') throw new SizeError('is missing; give a size such as 64MiB');
+      return allowGrowth ? parseSizeChange(String(text)) : parseSize(String(text));
+    } catch (err) {
+      if (err instanceof SizeError) throw new UsageError(`--${flag}: ${err.message}`, command);
+      throw err;
+    }
+  };
+}
+
+function blockSizeOption(text: unknown): LogicalBlockSize {
+  let bytes: number | undefined;
+  try {
+    bytes = parseSize(String(text));
+  } catch {
+    // reported below
+  }
+  if (bytes !== 512 && bytes !== 4096) throw new UsageError(`--block-size: ${JSON.stringify(String(text))} is not a supported block size; use 512 or 4096`, 'volume create');
+  return bytes;
+}
+
+export function volumeCommands(y: Argv<{ json: boolean }>) {
+  return withApiOption(y)
+    .command(
+      'create <name>',
+      'create a volume (served at once as an NBD export of the same name)',
+      (c) =>
+        c
+          .positional('name', { type: 'string', demandOption: true, describe: "volume name: letters, digits, '.', '_', '-'" })
+          .option('size', { type: 'string', demandOption: true, requiresArg: true, describe: 'size, e.g. 64MiB, 10GiB, 1T (K/M/G/T and KiB.. are binary, KB/MB.. decimal)' })
+          .option('block-size', { type: 'string', default: '512', requiresArg: true, describe: 'logical block size: 512 or 4096' })
+          .option('thin', { type: 'boolean', describe: 'thin provisioning: space allocated on write (default)' })
+          .option('thick', { type: 'boolean', describe: 'thick provisioning: all space allocated at creation' })
+          .option('read-only', { type: 'boolean', default: false, describe: 'export read-only to every client' })
+          .option('description', { type: 'string', default: '', requiresArg: true, describe: 'free text shown by list and show' })
+          .conflicts('thin', 'thick'),
+      async (a) => {
+        const sizeBytes = sizeOption('size', 'volume create', false)(a.size) as number;
+        const blockSize = blockSizeOption(a['block-size']);
+        const volume = await withClient(a, (client) =>
+          client.createVolume({
+            name: a.name,
+            sizeBytes,
+            blockSize,
+            provisioning: a.thick ? 'thick' : 'thin',
+            readOnly: a['read-only'],
+            description: a.description,
+          }),
+        );
+        if (a.json) printJson(volume);
+        else print(`created volume ${volume.name}: ${formatSize(volume.sizeBytes)} ${volume.provisioning}, ${volume.blockSize}-byte blocks${volume.readOnly ? ', read-only' : ''}`);
+      },
+    )
+    .command(
+      ['list', 'ls'],
+      'list volumes',
+      (c) => c,
+      async (a) => {
+        const volumes = await withClient(a, (client) => client.listVolumes());
+        if (a.json) return printJson({ volumes });
+        if (volumes.length === 0) return print('no volumes; create one with: arraylab volume create NAME --size 1GiB');
+        print(volumeTable(volumes));
+      },
+    )
+    .command(
+      'show <name>',
+      'show one volume in full',
+      (c) => c.positional('name', { type: 'string', demandOption: true }),
+      async (a) => {
+        const v = await withClient(a, (client) => client.getVolume(a.name));
+        if (a.json) return printJson(v);
+        print(volumeDetails(v));
+      },
+    )
+    .command(
+      'resize <name>',
+      'grow a volume (volumes never shrink)',
+      (c) =>
+        c
+          .positional('name', { type: 'string', demandOption: true })
+          .option('size', { type: 'string', demandOption: true, requiresArg: true, describe: 'new size (e.g. 2GiB), or +SIZE to grow by that much (e.g. +1GiB)' }),
+      async (a) => {
+        const change = sizeOption('size', 'volume resize', true)(a.size) as ReturnType<typeof parseSizeChange>;
+        const v = await withClient(a, (client) => client.resizeVolume(a.name, change));
+        if (a.json) return printJson(v);
+        print(`resized volume ${v.name} to ${formatSize(v.sizeBytes)} (${v.sizeBytes} bytes)`);
+      },
+    )
+    .command(
+      ['delete <name>', 'rm <name>'],
+      'delete a volume and its data (refused while a client has it open)',
+      (c) => c.positional('name', { type: 'string', demandOption: true }),
+      async (a) => {
+        await withClient(a, (client) => client.deleteVolume(a.name));
+        if (a.json) return printJson({ deleted: a.name });
+        print(`deleted volume ${a.name}`);
+      },
+    )
+    .demandCommand(1, 'volume needs a subcommand: create, list, show, resize or delete');
+}
+
+function volumeTable(volumes: VolumeInfo[]): string {
+  return table(volumes, [
+    { header: 'NAME', value: (v) => v.name },
+    { header: 'SIZE', value: (v) => formatSize(v.sizeBytes), right: true },
+    { header: 'ALLOCATED', value: (v) => formatSize(v.allocatedBytes), right: true },
+    { header: 'BLOCK', value: (v) => String(v.blockSize), right: true },
+    { header: 'PROVISIONING', value: (v) => v.provisioning },
+    { header: 'ACCESS', value: (v) => (v.readOnly ? 'ro' : 'rw') },
+    { header: 'DESCRIPTION', value: (v) => v.description },
+  ]);
+}
+
+function volumeDetails(v: VolumeInfo): string {
+  const percent = v.sizeBytes > 0 ? ` (${((100 * v.allocatedBytes) / v.sizeBytes).toFixed(1)}%)` : '';
+  return keyValues([
+    ['name', v.name],
+    ['size', `${formatSize(v.sizeBytes)} (${v.sizeBytes} bytes)`],
+    ['allocated', `${formatSize(v.allocatedBytes)}${percent}`],
+    ['block size', `${v.blockSize} bytes`],
+    ['provisioning', v.provisioning],
+    ['read-only', yesNo(v.readOnly)],
+    ['description', v.description],
+    ['uuid', v.uuid],
+    ['wwn', v.wwn],
+    ['serial', v.serial],
+    ['created', v.createdAt],
+  ]);
+}

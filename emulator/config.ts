@@ -1,0 +1,281 @@
+/**
+ * The emulator's configuration: a YAML file, or the built-in default below, then CLI flags.
+ *
+ * Validation is strict (unknown keys are errors, so a typo does not silently fall back to a
+ * default) and every error is one line naming the file, the key path and the fix:
+ *   config /etc/arraylab.yaml: volumes[1].size: "10XB" is not a size; use a number with a unit such as 64MiB or 10GiB
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import { formatHostPort, parseHostPort, type HostPort } from './api/address.js';
+import { VOLUME_NAME_PATTERN, type LogicalBlockSize, type Provisioning } from './array/types.js';
+import { isLogLevel, LOG_LEVELS, type LogLevel } from './log.js';
+import { parseSize, SizeError } from './units.js';
+
+/** Used when no --config is given. Paths in it are relative to the working directory. */
+export const DEFAULT_CONFIG_YAML = `# arraylab built-in default configuration
+dataDir: ./arraylab-data
+backend: file
+listen:
+  nbd: 127.0.0.1:10809
+  # The iSCSI target is not available in this version; this address is reserved for it.
+  iscsi: 127.0.0.1:3260
+  api: 127.0.0.1:7390
+log:
+  level: info
+volumes:
+  - name: demo
+    size: 1GiB
+    blockSize: 512
+    provisioning: thin
+    description: demo volume
+`;
+
+export const DEFAULT_CONFIG_SOURCE = 'built-in default';
+
+export interface VolumeSpec {
+  name: string;
+  sizeBytes: number;
+  blockSize: LogicalBlockSize;
+  provisioning: Provisioning;
+  readOnly: boolean;
+  description: string;
+  /** Where it was declared, for error messages: "config F: volumes[0]". */
+  origin: string;
+}
+
+export interface NbdTlsConfig {
+  /** Absolute paths. */
+  cert: string;
+  key: string;
+  ca?: string;
+  /** Refuse clients that do not start TLS. */
+  require: boolean;
+}
+
+export interface ArraylabConfig {
+  /** The config file's path, or DEFAULT_CONFIG_SOURCE. */
+  source: string;
+  /** Absolute. Unused by the memory backend. */
+  dataDir: string;
+  backend: 'file' | 'memory';
+  listen: {
+    nbd: HostPort;
+    /** Reserved for the iSCSI target (not available in this version); null when not configured. */
+    iscsi: HostPort | null;
+    api: HostPort;
+  };
+  nbd: { tls?: NbdTlsConfig };
+  log: { level: LogLevel };
+  volumes: VolumeSpec[];
+}
+
+/** A configuration that cannot be used; the message is the whole one-line explanation. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export { formatHostPort, parseHostPort, type HostPort };
+
+/** Loads the config file at `path`, or the built-in default when there is none. */
+export function loadConfig(path?: string): ArraylabConfig {
+  if (path === undefined) return parseConfig(DEFAULT_CONFIG_YAML, DEFAULT_CONFIG_SOURCE, process.cwd());
+  const file = resolve(path);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message;
+    throw new ConfigError(`config ${file}: cannot read it: ${reason}; check the --config path`);
+  }
+  return parseConfig(text, file, dirname(file));
+}
+
+/** Parses and validates config text; relative paths in it are resolved against baseDir. */
+export function parseConfig(text: string, source: string, baseDir: string): ArraylabConfig {
+  const fail = (path: string, message: string): never => {
+    throw new ConfigError(`config ${source}: ${path ? `${path}: ` : ''}${message}`);
+  };
+
+  const doc = parseDocument(text, { uniqueKeys: true });
+  const syntax = doc.errors[0];
+  if (syntax) {
+    const pos = syntax.linePos?.[0];
+    const where = pos ? `line ${pos.line}, column ${pos.col}` : 'unknown position';
+    const what = syntax.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
+    fail('', `YAML syntax error at ${where}: ${what}; fix the YAML`);
+  }
+  const root: unknown = doc.toJS() ?? {};
+  if (!isPlainObject(root)) fail('', 'the top level must be a mapping of keys such as dataDir, listen and volumes');
+  const top = root as Record<string, unknown>;
+  checkKeys(top, ['dataDir', 'backend', 'listen', 'nbd', 'log', 'volumes'], '', fail);
+
+  const dataDirRaw = top.dataDir ?? './arraylab-data';
+  if (typeof dataDirRaw !== 'string' || dataDirRaw === '') fail('dataDir', `${show(dataDirRaw)} is not a directory path; use a path such as ./arraylab-data`);
+  const dataDir = resolve(baseDir, dataDirRaw as string);
+
+  const backend = top.backend ?? 'file';
+  if (backend !== 'file' && backend !== 'memory') fail('backend', `${show(backend)} is not a backend; use file or memory`);
+
+  const listenRaw = top.listen ?? {};
+  if (!isPlainObject(listenRaw)) fail('listen', 'must be a mapping with nbd, iscsi and api addresses');
+  const listen = listenRaw as Record<string, unknown>;
+  checkKeys(listen, ['nbd', 'iscsi', 'api'], 'listen', fail);
+  const address = (key: string, fallback: string | null): HostPort | null => {
+    const value = listen[key] === undefined ? fallback : listen[key];
+    if (value === null || value === '') return null;
+    if (typeof value !== 'string') return fail(`listen.${key}`, `${show(value)} is not an address; use HOST:PORT such as 127.0.0.1:10809`);
+    try {
+      return parseHostPort(value);
+    } catch (err) {
+      return fail(`listen.${key}`, (err as Error).message);
+    }
+  };
+  const nbdAddr = address('nbd', '127.0.0.1:10809');
+  const apiAddr = address('api', '127.0.0.1:7390');
+  if (!nbdAddr) fail('listen.nbd', 'is empty; the NBD server needs an address such as 127.0.0.1:10809');
+  if (!apiAddr) fail('listen.api', 'is empty; the control API needs an address such as 127.0.0.1:7390');
+  const iscsiAddr = address('iscsi', null);
+
+  const nbd: ArraylabConfig['nbd'] = {};
+  if (top.nbd !== undefined && top.nbd !== null) {
+    if (!isPlainObject(top.nbd)) fail('nbd', 'must be a mapping, e.g. nbd: {tls: {cert: server.crt, key: server.key}}');
+    const nbdRaw = top.nbd as Record<string, unknown>;
+    checkKeys(nbdRaw, ['tls'], 'nbd', fail);
+    if (nbdRaw.tls !== undefined && nbdRaw.tls !== null) {
+      if (!isPlainObject(nbdRaw.tls)) fail('nbd.tls', 'must be a mapping with cert and key file paths');
+      const tls = nbdRaw.tls as Record<string, unknown>;
+      checkKeys(tls, ['cert', 'key', 'ca', 'require'], 'nbd.tls', fail);
+      const path = (key: string, required: boolean): string | undefined => {
+        const value = tls[key];
+        if (value === undefined || value === null) {
+          if (required) fail(`nbd.tls.${key}`, `is missing; give the path of the PEM ${key} file`);
+          return undefined;
+        }
+        if (typeof value !== 'string' || value === '') fail(`nbd.tls.${key}`, `${show(value)} is not a file path; give the path of a PEM file`);
+        return resolve(baseDir, value as string);
+      };
+      const requireTls = tls.require ?? false;
+      if (typeof requireTls !== 'boolean') fail('nbd.tls.require', `${show(requireTls)} is not true or false`);
+      const ca = path('ca', false);
+      nbd.tls = { cert: path('cert', true)!, key: path('key', true)!, ...(ca ? { ca } : {}), require: requireTls as boolean };
+    }
+  }
+
+  let level: LogLevel = 'info';
+  if (top.log !== undefined && top.log !== null) {
+    if (!isPlainObject(top.log)) fail('log', 'must be a mapping, e.g. log: {level: info}');
+    const log = top.log as Record<string, unknown>;
+    checkKeys(log, ['level'], 'log', fail);
+    if (log.level !== undefined) {
+      if (!isLogLevel(log.level)) fail('log.level', `${show(log.level)} is not a log level; use one of ${LOG_LEVELS.join(', ')}`);
+      level = log.level as LogLevel;
+    }
+  }
+
+  const volumes: VolumeSpec[] = [];
+  const volumesRaw = top.volumes ?? [];
+  if (!Array.isArray(volumesRaw)) fail('volumes', 'must be a list of volumes, each with at least a name and a size');
+  (volumesRaw as unknown[]).forEach((raw, i) => {
+    const at = `volumes[${i}]`;
+    if (!isPlainObject(raw)) return fail(at, 'must be a mapping with at least name and size, e.g. {name: vol1, size: 1GiB}');
+    const v = raw as Record<string, unknown>;
+    checkKeys(v, ['name', 'size', 'blockSize', 'provisioning', 'readOnly', 'description'], at, fail);
+    if (v.name === undefined) fail(`${at}.name`, 'is missing; every volume needs a name');
+    if (typeof v.name !== 'string' || !VOLUME_NAME_PATTERN.test(v.name)) {
+      fail(`${at}.name`, `${show(v.name)} is not a volume name; use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+    }
+    const name = v.name as string;
+    const dup = volumes.findIndex((s) => s.name === name);
+    if (dup >= 0) fail(`${at}.name`, `volume ${name} is declared twice (also volumes[${dup}]); remove one`);
+    if (v.size === undefined) fail(`${at}.size`, 'is missing; give a size such as 64MiB or 10GiB');
+    let sizeBytes = 0;
+    if (typeof v.size !== 'string' && typeof v.size !== 'number') fail(`${at}.size`, `${show(v.size)} is not a size; use a number with a unit such as 64MiB or 10GiB`);
+    try {
+      sizeBytes = parseSize(v.size as string | number);
+    } catch (err) {
+      if (err instanceof SizeError) fail(`${at}.size`, err.message);
+      throw err;
+    }
+    const blockSize = v.blockSize ?? 512;
+    if (blockSize !== 512 && blockSize !== 4096) fail(`${at}.blockSize`, `${show(blockSize)} is not a block size; use 512 or 4096`);
+    if (sizeBytes === 0) fail(`${at}.size`, 'is zero; a volume needs at least one block');
+    if (sizeBytes % (blockSize as number) !== 0) {
+      fail(`${at}.size`, `${sizeBytes} bytes is not a multiple of the block size ${blockSize}; round it to a multiple, e.g. ${Math.ceil(sizeBytes / (blockSize as number)) * (blockSize as number)}`);
+    }
+    const provisioning = v.provisioning ?? 'thin';
+    if (provisioning !== 'thin' && provisioning !== 'thick') fail(`${at}.provisioning`, `${show(provisioning)} is not a provisioning type; use thin or thick`);
+    const readOnly = v.readOnly ?? false;
+    if (typeof readOnly !== 'boolean') fail(`${at}.readOnly`, `${show(readOnly)} is not true or false`);
+    const description = v.description ?? '';
+    if (typeof description !== 'string') fail(`${at}.description`, `${show(description)} is not text; quote it`);
+    volumes.push({
+      name,
+      sizeBytes,
+      blockSize: blockSize as LogicalBlockSize,
+      provisioning: provisioning as Provisioning,
+      readOnly: readOnly as boolean,
+      description: description as string,
+      origin: `config ${source}: ${at}`,
+    });
+  });
+
+  return {
+    source,
+    dataDir,
+    backend: backend as 'file' | 'memory',
+    listen: { nbd: nbdAddr!, iscsi: iscsiAddr, api: apiAddr! },
+    nbd,
+    log: { level },
+    volumes,
+  };
+}
+
+/** What the serve command's flags may change; they win over the config. */
+export interface ConfigOverrides {
+  dataDir?: string;
+  memory?: boolean;
+  nbd?: string;
+  api?: string;
+}
+
+/** Applies CLI flags; flag errors name the flag. Relative --data-dir is relative to the working directory. */
+export function applyOverrides(config: ArraylabConfig, o: ConfigOverrides): ArraylabConfig {
+  const flagAddress = (flag: string, value: string): HostPort => {
+    try {
+      return parseHostPort(value);
+    } catch (err) {
+      throw new ConfigError(`--${flag}: ${(err as Error).message}`);
+    }
+  };
+  return {
+    ...config,
+    dataDir: o.dataDir !== undefined ? resolve(o.dataDir) : config.dataDir,
+    backend: o.memory ? 'memory' : config.backend,
+    listen: {
+      ...config.listen,
+      nbd: o.nbd !== undefined ? flagAddress('nbd', o.nbd) : config.listen.nbd,
+      api: o.api !== undefined ? flagAddress('api', o.api) : config.listen.api,
+    },
+  };
+}
+
+function checkKeys(obj: Record<string, unknown>, allowed: string[], path: string, fail: (path: string, message: string) => never): void {
+  for (const key of Object.keys(obj)) {
+    if (!allowed.includes(key)) {
+      fail(path ? `${path}.${key}` : key, `unknown key; expected one of ${allowed.join(', ')}`);
+    }
+  }
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function show(value: unknown): string {
+  return value === undefined ? 'nothing' : JSON.stringify(value);
+}
