@@ -1,0 +1,81 @@
+/**
+ * Puts an export on a kernel block device without an NBD or iSCSI initiator in the kernel:
+ * qemu-storage-daemon connects with qemu's own NBD client and exports the volume as a FUSE
+ * file, and losetup turns that file into /dev/loopN for mkfs and mount.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { requireTool } from './tools.js';
+
+export interface AttachedVolume {
+  /** /dev/loopN backed by the FUSE export. */
+  loop: string;
+  /** The FUSE file qemu-storage-daemon serves. */
+  file: string;
+  detach(): Promise<void>;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function attachNbd(opts: { port: number; exportName: string; dir: string; readOnly?: boolean }): Promise<AttachedVolume> {
+  const qsd = requireTool('qemu-storage-daemon');
+  requireTool('losetup');
+  const file = join(opts.dir, `${opts.exportName}.fuse`);
+  closeSync(openSync(file, 'a'));
+  const writable = opts.readOnly ? 'off' : 'on';
+  const child: ChildProcess = spawn(
+    qsd,
+    [
+      '--blockdev',
+      `driver=nbd,node-name=n0,server.type=inet,server.host=127.0.0.1,server.port=${opts.port},export=${opts.exportName}`,
+      '--export',
+      `type=fuse,id=e0,node-name=n0,mountpoint=${file},writable=${writable}`,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let log = '';
+  child.stdout!.on('data', (d) => (log += d));
+  child.stderr!.on('data', (d) => (log += d));
+  // The FUSE mount replaces the empty placeholder file with the export's size.
+  for (let i = 0; ; i++) {
+    if (child.exitCode !== null) throw new Error(`qemu-storage-daemon exited (${child.exitCode}): ${log}`);
+    if (existsSync(file) && statSync(file).size > 0) break;
+    if (i > 200) {
+      child.kill('SIGKILL');
+      throw new Error(`qemu-storage-daemon did not export ${opts.exportName} over FUSE: ${log}`);
+    }
+    await sleep(50);
+  }
+  const loop = execFileSync('losetup', ['-f', '--show', ...(opts.readOnly ? ['-r'] : []), file], { encoding: 'utf8' }).trim();
+  let detached = false;
+  return {
+    loop,
+    file,
+    async detach() {
+      if (detached) return;
+      detached = true;
+      try {
+        execFileSync('losetup', ['-d', loop]);
+      } catch {
+        // already gone
+      }
+      // losetup -d is asynchronous in the kernel: wait until the loop device lets go of the file.
+      for (let i = 0; i < 100; i++) {
+        const status = execFileSync('losetup', ['-j', file], { encoding: 'utf8' }).trim();
+        if (!status) break;
+        await sleep(50);
+      }
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        for (let i = 0; i < 100 && child.exitCode === null; i++) await sleep(50);
+        if (child.exitCode === null) child.kill('SIGKILL');
+      }
+      try {
+        execFileSync('umount', ['-l', file], { stdio: 'ignore' });
+      } catch {
+        // qemu-storage-daemon unmounts its export on exit
+      }
+    },
+  };
+}
