@@ -1,0 +1,248 @@
+#!/usr/bin/env node
+// NBD benchmark: arraylab against nbdkit (file plugin) and qemu-nbd (writeback cache), side by
+// side in one run, on backing files of the same size, driven by fio's nbd engine. Prints each
+// peer's figure and arraylab's ratio to it; then arraylab's RSS with 100 thin 10 GiB volumes and
+// 16 connected clients. Ratios, not absolute times, are what compare across machines.
+//
+//   node scripts/bench/nbd.mjs [--runtime SECONDS] [--size 1GiB] [--json FILE] [--only arraylab,nbdkit,qemu-nbd]
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createConnection } from 'node:net';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const cli = join(root, 'dist', 'emulator', 'cli', 'arraylab.js');
+
+const args = process.argv.slice(2);
+const opt = (name, dflt) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : dflt;
+};
+const RUNTIME = Number(opt('runtime', '10'));
+const SIZE_GIB = Number(String(opt('size', '1GiB')).replace(/GiB$/i, ''));
+const SIZE = SIZE_GIB * 1024 ** 3;
+const JSON_OUT = opt('json', undefined);
+const ONLY = opt('only', 'arraylab,nbdkit,qemu-nbd').split(',');
+const SKIP_MEMORY = args.includes('--no-memory');
+
+const TESTS = [
+  { name: '4k randread QD16', rw: 'randread', bs: '4k', iodepth: 16, metric: 'iops' },
+  { name: '4k randwrite QD16', rw: 'randwrite', bs: '4k', iodepth: 16, metric: 'iops' },
+  { name: '1M seqread QD8', rw: 'read', bs: '1M', iodepth: 8, metric: 'MiB/s' },
+  { name: '1M seqwrite QD8', rw: 'write', bs: '1M', iodepth: 8, metric: 'MiB/s' },
+];
+
+for (const tool of ['fio', 'nbdkit', 'qemu-nbd', 'nbdinfo']) {
+  try {
+    execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'pipe' });
+  } catch {
+    console.error(`bench: ${tool} is not installed; run bash scripts/setup.sh`);
+    process.exit(2);
+  }
+}
+if (!existsSync(cli)) {
+  console.error(`bench: ${cli} is missing; run npm run build`);
+  process.exit(2);
+}
+
+const work = mkdtempSync(join(tmpdir(), 'arraylab-bench-'));
+const children = new Set();
+function cleanup() {
+  for (const c of children) {
+    try {
+      c.kill('SIGKILL');
+    } catch {}
+  }
+  rmSync(work, { recursive: true, force: true });
+}
+process.on('exit', cleanup);
+process.on('SIGINT', () => process.exit(130));
+process.on('SIGTERM', () => process.exit(143));
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function freePort() {
+  const { createServer } = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+async function waitForPort(port, child, what) {
+  for (let i = 0; i < 200; i++) {
+    if (child.exitCode !== null) throw new Error(`${what} exited early with code ${child.exitCode}`);
+    const ok = await new Promise((resolve) => {
+      const s = createConnection({ host: '127.0.0.1', port }, () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`${what} did not listen on 127.0.0.1:${port}`);
+}
+
+function start(cmd, argv, what, env = process.env) {
+  const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env });
+  children.add(child);
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  child.output = () => out;
+  child.on('exit', () => children.delete(child));
+  child.what = what;
+  return child;
+}
+
+async function stop(child) {
+  if (child.exitCode !== null) return;
+  child.kill('SIGTERM');
+  for (let i = 0; i < 100 && child.exitCode === null; i++) await sleep(50);
+  if (child.exitCode === null) child.kill('SIGKILL');
+}
+
+/** Starts arraylab serve with one file-backed thin volume and returns its NBD URI. */
+async function startArraylab(extraVolumes = []) {
+  const dataDir = join(work, `arraylab-${Date.now()}`);
+  const config = join(work, 'arraylab.yaml');
+  const vols = [{ name: 'bench', size: `${SIZE_GIB}GiB` }, ...extraVolumes]
+    .map((v) => `  - name: ${v.name}\n    size: ${v.size}\n    provisioning: thin\n    blockSize: 512\n`)
+    .join('');
+  writeFileSync(config, `dataDir: ${dataDir}\nlog:\n  level: warn\nvolumes:\n${vols}`);
+  const child = start('node', [cli, 'serve', '--config', config, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--json'], 'arraylab');
+  let line;
+  for (let i = 0; i < 400 && !line; i++) {
+    if (child.exitCode !== null) throw new Error(`arraylab exited early:\n${child.output()}`);
+    line = child.output().split('\n').find((l) => l.startsWith('{') && l.includes('"nbd"'));
+    if (!line) await sleep(50);
+  }
+  if (!line) throw new Error(`arraylab did not report its listeners:\n${child.output()}`);
+  const info = JSON.parse(line);
+  return { child, port: info.nbd.port, uri: (name = 'bench') => `nbd://127.0.0.1:${info.nbd.port}/${name}` };
+}
+
+async function startNbdkit() {
+  const file = join(work, 'nbdkit.img');
+  execFileSync('truncate', ['-s', String(SIZE), file]);
+  const port = await freePort();
+  const child = start('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), 'file', file], 'nbdkit');
+  await waitForPort(port, child, 'nbdkit');
+  return { child, uri: () => `nbd://127.0.0.1:${port}/` };
+}
+
+async function startQemuNbd() {
+  const file = join(work, 'qemu-nbd.img');
+  execFileSync('truncate', ['-s', String(SIZE), file]);
+  const port = await freePort();
+  const child = start('qemu-nbd', ['-f', 'raw', '--cache=writeback', '--aio=threads', '-t', '-e', '32', '-b', '127.0.0.1', '-p', String(port), '-x', '', file], 'qemu-nbd');
+  await waitForPort(port, child, 'qemu-nbd');
+  return { child, uri: () => `nbd://127.0.0.1:${port}/` };
+}
+
+function fio(uri, args) {
+  const out = execFileSync('fio', ['--name=bench', '--ioengine=nbd', `--uri=${uri}`, '--output-format=json', ...args], {
+    encoding: 'utf8',
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  return JSON.parse(out.slice(out.indexOf('{')));
+}
+
+/** Writes the whole export once so that reads see real data on every peer. */
+function prefill(uri) {
+  fio(uri, ['--rw=write', '--bs=1M', '--iodepth=8', `--size=${SIZE}`, '--buffer_compress_percentage=0', '--refill_buffers=0']);
+}
+
+function measure(uri, t) {
+  const j = fio(uri, [`--rw=${t.rw}`, `--bs=${t.bs}`, `--iodepth=${t.iodepth}`, `--runtime=${RUNTIME}`, '--time_based', '--ramp_time=1', '--norandommap', '--randrepeat=0']);
+  const job = j.jobs[0];
+  const side = t.rw.includes('read') ? job.read : job.write;
+  if (job.error) throw new Error(`fio error ${job.error}`);
+  return t.metric === 'iops' ? side.iops : side.bw / 1024;
+}
+
+const peers = {
+  arraylab: startArraylab,
+  nbdkit: startNbdkit,
+  'qemu-nbd': startQemuNbd,
+};
+
+const results = {};
+for (const name of ONLY) {
+  process.stderr.write(`bench: ${name}: starting\n`);
+  const peer = await peers[name]();
+  try {
+    prefill(peer.uri());
+    results[name] = {};
+    for (const t of TESTS) {
+      process.stderr.write(`bench: ${name}: ${t.name}\n`);
+      results[name][t.name] = measure(peer.uri(), t);
+    }
+  } finally {
+    await stop(peer.child);
+  }
+}
+
+const fmt = (v, metric) => (v === undefined ? '-' : metric === 'iops' ? `${Math.round(v)} IOPS` : `${v.toFixed(0)} MiB/s`);
+const ratio = (a, b) => (a === undefined || b === undefined ? '-' : `${(a / b).toFixed(2)}x`);
+const rows = [['test', 'arraylab', 'nbdkit', 'qemu-nbd', 'vs nbdkit', 'vs qemu-nbd']];
+for (const t of TESTS) {
+  const a = results.arraylab?.[t.name];
+  const k = results.nbdkit?.[t.name];
+  const q = results['qemu-nbd']?.[t.name];
+  rows.push([t.name, fmt(a, t.metric), fmt(k, t.metric), fmt(q, t.metric), ratio(a, k), ratio(a, q)]);
+}
+const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+const line = (r) => '| ' + r.map((c, i) => c.padEnd(widths[i])).join(' | ') + ' |';
+console.log(`\nNBD benchmark: fio nbd engine, ${RUNTIME} s per test, ${SIZE_GIB} GiB backing, prefilled`);
+console.log(line(rows[0]));
+console.log('|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|');
+for (const r of rows.slice(1)) console.log(line(r));
+
+// Memory: 100 thin 10 GiB volumes, 16 clients connected, each having written and read 4 MiB.
+let memory;
+if (!SKIP_MEMORY && ONLY.includes('arraylab')) {
+  const vols = Array.from({ length: 100 }, (_, i) => ({ name: `mem${String(i).padStart(3, '0')}`, size: '10GiB' }));
+  const peer = await startArraylab(vols);
+  try {
+    const script = `
+import nbd, sys, time
+port = int(sys.argv[1])
+hs = []
+for i in range(16):
+    h = nbd.NBD()
+    h.connect_uri("nbd://127.0.0.1:%d/mem%03d" % (port, i * 6))
+    buf = bytearray(b"%c" % (65 + i)) * (1 << 20)
+    for k in range(4):
+        h.pwrite(buf, (k * 977 + i) * (1 << 20))
+        h.pread(1 << 20, (k * 977 + i) * (1 << 20))
+    hs.append(h)
+print("connected", flush=True)
+sys.stdin.readline()
+`;
+    const py = spawn('/usr/bin/python3', ['-c', script, String(peer.port)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    children.add(py);
+    await new Promise((resolve, reject) => {
+      py.stdout.on('data', (d) => String(d).includes('connected') && resolve());
+      py.on('exit', (code) => reject(new Error(`memory client exited with ${code}`)));
+    });
+    await sleep(1000);
+    const status = readFileSync(`/proc/${peer.child.pid}/status`, 'utf8');
+    const kb = (key) => Number(status.match(new RegExp(`${key}:\\s+(\\d+)`))[1]);
+    memory = { rssMB: (kb('VmRSS') * 1024) / 1e6, peakRssMB: (kb('VmHWM') * 1024) / 1e6, volumes: 100, clients: 16 };
+    py.stdin.end('\n');
+    console.log(`\nMemory: RSS ${memory.rssMB.toFixed(1)} MB (peak ${memory.peakRssMB.toFixed(1)} MB) with 100 thin 10 GiB volumes and 16 connected clients (target <= 150 MB)`);
+  } finally {
+    await stop(peer.child);
+  }
+}
+
+if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ runtime: RUNTIME, sizeGiB: SIZE_GIB, results, memory }, null, 2));
