@@ -30,6 +30,7 @@ import type { Logger } from 'pino';
 import { BlockDeviceError, type ClientInfo, type ExportHandle, type ExportProvider, type ExportSummary } from '../block/BlockDevice.js';
 import { FileBlockStore, type FileBlockStorePaths } from '../block/FileBlockStore.js';
 import { MemoryBlockStore } from '../block/MemoryBlockStore.js';
+import { formatSize } from '../units.js';
 import { newVolumeIdentity } from './identity.js';
 import { DATABASE_FILE, MetadataStore, type VolumeRecord } from './MetadataStore.js';
 import { ArrayError, VOLUME_NAME_PATTERN, type ConnectionInfo, type CreateVolumeRequest, type LogicalBlockSize, type Provisioning, type VolumeInfo } from './types.js';
@@ -252,7 +253,7 @@ export class StorageArray implements ExportProvider {
     if (newSize < oldSize) {
       throw new ArrayError(
         'FAILED_PRECONDITION',
-        `cannot shrink volume ${name} from ${oldSize} to ${newSize} bytes: shrinking loses data; create a new volume and copy`,
+        `cannot shrink volume ${name} from ${formatSize(oldSize)} to ${formatSize(newSize)}: shrinking loses data; create a new volume and copy`,
       );
     }
     if (newSize === oldSize) return v.info();
@@ -423,6 +424,9 @@ function describeClient(c: ClientInfo): string {
 function storeError(what: string, err: unknown): ArrayError {
   if (err instanceof BlockDeviceError && err.code === 'ENOSPC') {
     return new ArrayError('RESOURCE_EXHAUSTED', `${what}: no space left in the data directory; free space or use a thin volume`);
+  }
+  if (/EFBIG|File too large/.test(String((err as Error).message))) {
+    return new ArrayError('INVALID_ARGUMENT', `${what}: larger than the biggest file the data directory's filesystem allows; use a smaller size`);
   }
   return new ArrayError('INTERNAL', `${what}: ${(err as Error).message}`);
 }

@@ -80,9 +80,11 @@ export async function run(argv: string[]): Promise<number> {
 function report(err: unknown, argv: string[]): number {
   const say = (line: string) => process.stderr.write(`arraylab: ${line}\n`);
   if (err instanceof UsageError) {
-    say(err.message.replace(/\s*\n\s*/g, ' '));
+    // One line. Our own messages end in their fix ("...; use 512 or 4096"); yargs' own
+    // ("Missing required argument: size") do not, so they point at the command's help.
+    const message = err.message.replace(/\s*\n\s*/g, ' ');
     const command = err.command ?? commandPath(argv);
-    process.stderr.write(`hint: see 'arraylab ${command ? command + ' ' : ''}--help'\n`);
+    say(message.includes('; ') ? message : `${message} (see 'arraylab ${command ? command + ' ' : ''}--help')`);
     return EXIT_USAGE;
   }
   if (err instanceof CommandError) {

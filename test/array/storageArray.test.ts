@@ -129,7 +129,7 @@ describe('StorageArray (memory backend)', () => {
 
     e = await arrayError(a.resizeVolume('v', MiB / 2));
     expect(e.code).toBe('FAILED_PRECONDITION');
-    expect(e.message).toBe(`cannot shrink volume v from ${MiB} to ${MiB / 2} bytes: shrinking loses data; create a new volume and copy`);
+    expect(e.message).toBe('cannot shrink volume v from 1 MiB to 512 KiB: shrinking loses data; create a new volume and copy');
     e = await arrayError(a.resizeVolume('v', MiB + 1));
     expect(e.code).toBe('INVALID_ARGUMENT');
     expect(e.message).toMatch(/nearest valid sizes are 1048576 or 1049088 bytes/);
