@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { formatHostPort, parseHostPort, type HostPort } from './api/address.js';
-import { VOLUME_NAME_PATTERN, type LogicalBlockSize, type Provisioning } from './array/types.js';
+import { VOLUME_NAME_PATTERN, type LogicalBlockSize, type Provisioning, type VolumeSpec as ArrayVolumeSpec } from './array/types.js';
 import { isLogLevel, LOG_LEVELS, type LogLevel } from './log.js';
 import { parseSize, SizeError } from './units.js';
 
@@ -34,13 +34,7 @@ volumes:
 
 export const DEFAULT_CONFIG_SOURCE = 'built-in default';
 
-export interface VolumeSpec {
-  name: string;
-  sizeBytes: number;
-  blockSize: LogicalBlockSize;
-  provisioning: Provisioning;
-  readOnly: boolean;
-  description: string;
+export interface VolumeSpec extends ArrayVolumeSpec {
   /** Where it was declared, for error messages: "config F: volumes[0]". */
   origin: string;
 }

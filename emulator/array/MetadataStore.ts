@@ -9,23 +9,12 @@
  * schema_version holds the number of the last one applied. Add a migration, never edit one.
  */
 import Database from 'better-sqlite3';
-import type { LogicalBlockSize, Provisioning } from './types.js';
+import type { LogicalBlockSize, Provisioning, VolumeInfo } from './types.js';
 
 export const DATABASE_FILE = 'arraylab.db';
 
-/** A volume row as stored. */
-export interface VolumeRecord {
-  name: string;
-  uuid: string;
-  wwn: string;
-  serial: string;
-  sizeBytes: number;
-  blockSize: LogicalBlockSize;
-  provisioning: Provisioning;
-  readOnly: boolean;
-  description: string;
-  createdAt: string;
-}
+/** A volume row as stored: everything the API shows but the live allocation count. */
+export type VolumeRecord = Omit<VolumeInfo, 'allocatedBytes'>;
 
 interface VolumeRow {
   name: string;

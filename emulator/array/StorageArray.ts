@@ -33,7 +33,7 @@ import { MemoryBlockStore } from '../block/MemoryBlockStore.js';
 import { formatSize } from '../units.js';
 import { newVolumeIdentity } from './identity.js';
 import { DATABASE_FILE, MetadataStore, type VolumeRecord } from './MetadataStore.js';
-import { ArrayError, VOLUME_NAME_PATTERN, type ConnectionInfo, type CreateVolumeRequest, type LogicalBlockSize, type Provisioning, type VolumeInfo } from './types.js';
+import { ArrayError, VOLUME_NAME_PATTERN, type ConnectionInfo, type CreateVolumeRequest, type VolumeInfo, type VolumeSpec } from './types.js';
 import { Volume, type VolumeStore } from './Volume.js';
 
 export interface StorageArrayOptions {
@@ -366,15 +366,6 @@ export class StorageArray implements ExportProvider {
       throw new ArrayError('INTERNAL', `closing the array: ${failed.length} volume(s) failed to flush: ${(failed[0]!.reason as Error).message}`);
     }
   }
-}
-
-interface VolumeSpec {
-  name: string;
-  sizeBytes: number;
-  blockSize: LogicalBlockSize;
-  provisioning: Provisioning;
-  readOnly: boolean;
-  description: string;
 }
 
 function validateCreate(req: CreateVolumeRequest): VolumeSpec {

@@ -39,6 +39,9 @@ export interface CreateVolumeRequest {
   description?: string;
 }
 
+/** A volume's settable properties, validated, with every default applied. */
+export type VolumeSpec = Required<CreateVolumeRequest>;
+
 /** One client connected to one volume. */
 export interface ConnectionInfo {
   volume: string;
