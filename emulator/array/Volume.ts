@@ -137,11 +137,14 @@ export class Volume {
   private readonly readOnlyView: VolumeDevice;
   /** Set while the volume is being deleted: it accepts no new clients. */
   deleting = false;
+  /** Cached top of the stack (read on every I/O); updated by pushLayer/popLayer. */
+  private _top: BlockDevice;
 
   constructor(
     public record: VolumeRecord,
     readonly store: VolumeStore,
   ) {
+    this._top = store;
     this.readWrite = new VolumeDevice(this, false);
     this.readOnlyView = new VolumeDevice(this, true);
   }
@@ -152,13 +155,14 @@ export class Volume {
 
   /** The device every I/O goes to: the top layer, or the store when there are none. */
   get top(): BlockDevice {
-    return this.layers.length === 0 ? this.store : this.layers[this.layers.length - 1]!;
+    return this._top;
   }
 
   /** Adds a layer on top of the stack; returns it. */
   pushLayer(make: LayerFactory): BlockDevice {
     const layer = make(this.top);
     this.layers.push(layer);
+    this._top = layer;
     return layer;
   }
 
@@ -168,6 +172,7 @@ export class Volume {
       throw new Error(`volume ${this.name}: layers must be removed top first`);
     }
     this.layers.pop();
+    this._top = this.layers.length === 0 ? this.store : this.layers[this.layers.length - 1]!;
   }
 
   /** Opens the volume for one client. */

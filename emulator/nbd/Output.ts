@@ -1,10 +1,14 @@
 /**
  * Everything the server sends on one connection.
  *
- * Small messages (reply headers, option replies) are encoded straight into a shared slab and
- * sent as one write per tick, so a burst of completions costs one syscall and no per-reply
- * allocation. Messages with data (read replies) arrive as one prepared Buffer, header and data
- * together, and go out in a single write after whatever the slab holds.
+ * Small messages (reply headers, option replies) are encoded straight into a shared slab;
+ * prepared messages (read replies: header and data in one Buffer) are copied into the slab
+ * when small (COPY_MAX), so their buffer is free again at once, or else queued by reference.
+ * Everything produced in one tick goes to the socket at the end of the tick as one write (one
+ * writev when large replies are queued): a burst of completions costs one syscall.
+ *
+ * A slab region or queued buffer handed to the socket is never written again: the slab moves
+ * on past it (a fresh slab when full), and queued buffers belong to the socket.
  */
 import type { Writable } from 'node:stream';
 import {
@@ -20,7 +24,9 @@ import {
   STRUCTURED_REPLY_MAGIC,
 } from './constants.js';
 
-const SLAB = 64 * 1024;
+const SLAB = 128 * 1024;
+/** Prepared messages up to this size are copied into the slab rather than queued by reference. */
+export const COPY_MAX = 16 * 1024 + 64;
 
 export class Output {
   private slab = Buffer.allocUnsafe(SLAB);
@@ -28,12 +34,15 @@ export class Output {
   private start = 0;
   private used = 0;
   private scheduled = false;
+  /** Messages sealed for this tick's write, in order: slab regions and queued buffers. */
+  private parts: Buffer[] = [];
+  private partsBytes = 0;
 
   constructor(private target: Writable) {}
 
-  /** Bytes handed to the socket but not yet sent: part of the connection's memory budget. */
+  /** Bytes handed to the socket but not yet sent, or waiting for this tick's write: part of the connection's memory budget. */
   get pending(): number {
-    return this.target.writableLength + (this.used - this.start);
+    return this.target.writableLength + this.partsBytes + (this.used - this.start);
   }
 
   get closed(): boolean {
@@ -51,34 +60,69 @@ export class Output {
     this.target = target;
   }
 
-  /** Sends a prepared message after everything encoded so far. */
-  send(buf: Buffer): void {
-    this.flush();
-    if (!this.closed) this.target.write(buf);
+  /**
+   * Sends a prepared message after everything encoded so far, at the end of this tick.
+   * Returns true when its bytes were copied (the caller may reuse `buf` at once), false when
+   * the socket keeps a reference to it (the caller must never write into it again).
+   */
+  send(buf: Buffer): boolean {
+    if (buf.length <= COPY_MAX) {
+      const at = this.reserve(buf.length);
+      buf.copy(this.slab, at);
+      return true;
+    }
+    this.seal();
+    this.parts.push(buf);
+    this.partsBytes += buf.length;
+    this.schedule();
+    return false;
   }
 
   /** Writes everything encoded so far, now. */
   flush(): void {
+    this.seal();
+    const parts = this.parts;
+    if (parts.length === 0) return;
+    this.parts = [];
+    this.partsBytes = 0;
+    if (this.closed) return;
+    const t = this.target;
+    if (parts.length === 1) {
+      t.write(parts[0]);
+      return;
+    }
+    // One writev for the lot.
+    t.cork();
+    for (const p of parts) t.write(p);
+    t.uncork();
+  }
+
+  /** Moves the slab's unsent region into parts; the socket will own it, so it is never written again. */
+  private seal(): void {
     if (this.used === this.start) return;
     const part = this.slab.subarray(this.start, this.used);
-    // The socket keeps a reference to `part` until it is sent: never write over it again.
     this.start = this.used;
-    if (!this.closed) this.target.write(part);
+    this.parts.push(part);
+    this.partsBytes += part.length;
+  }
+
+  private schedule(): void {
+    if (!this.scheduled) {
+      this.scheduled = true;
+      process.nextTick(this.onTick);
+    }
   }
 
   /** Space for n bytes (n <= SLAB) at the returned offset in `slab`, sent at the end of this tick. */
   private reserve(n: number): number {
     if (this.used + n > SLAB) {
-      this.flush();
+      this.seal();
       this.slab = Buffer.allocUnsafe(SLAB);
       this.start = this.used = 0;
     }
     const at = this.used;
     this.used += n;
-    if (!this.scheduled) {
-      this.scheduled = true;
-      process.nextTick(this.onTick);
-    }
+    this.schedule();
     return at;
   }
 

@@ -46,12 +46,14 @@ import { wireError } from './errors.js';
 import { writeU64 } from './exportInfo.js';
 import type { Negotiated } from './handshake.js';
 import type { InputQueue } from './InputQueue.js';
-import { writeChunkHeader, type Output } from './Output.js';
+import { COPY_MAX, writeChunkHeader, type Output } from './Output.js';
 import type { NbdLogger } from './types.js';
 
 /** Reply bytes queued on the socket beyond which no new request is started. */
 const OUTPUT_LIMIT = 16 * 1024 * 1024;
 const READ_HEADER = CHUNK_HEADER_SIZE + 8;
+/** Small read buffers kept per connection for reuse (each COPY_MAX bytes). */
+const POOL_MAX = 16;
 /** Refused requests logged at warn per connection before the rest go to debug. */
 const MAX_WARNINGS = 20;
 
@@ -102,6 +104,8 @@ export class Transmission {
   // Scratch for block status replies, used synchronously in one completion at a time.
   private readonly extLengths: number[] = [];
   private readonly extFlags: number[] = [];
+  /** Free small read buffers (see read()). */
+  private readonly pool: Buffer[] = [];
 
   constructor(
     private readonly host: TransmissionHost,
@@ -317,29 +321,37 @@ export class Transmission {
     return op.then(() => this.host.out.simpleReply(0, cookieHi, cookieLo));
   }
 
-  /** READ: the reply header and data share one buffer; the device fills the data in place. */
+  /**
+   * READ: the reply header and data share one buffer; the device fills the data in place.
+   * Small replies use a buffer from this connection's pool: Output copies them into its slab,
+   * so the buffer is free again as soon as send() returns (never while the socket holds it).
+   */
   private async read(offset: number, length: number, cookieHi: number, cookieLo: number): Promise<void> {
     const out = this.host.out;
-    if (this.neg.structured) {
-      if (length === 0) {
-        out.doneChunk(cookieHi, cookieLo);
-        return;
-      }
+    const structured = this.neg.structured;
+    if (length === 0) {
+      if (structured) out.doneChunk(cookieHi, cookieLo);
+      else out.simpleReply(0, cookieHi, cookieLo);
+      return;
+    }
+    const hdr = structured ? READ_HEADER : SIMPLE_REPLY_SIZE;
+    const total = hdr + length;
+    const pooled = total <= COPY_MAX;
+    const whole = pooled ? (this.pool.pop() ?? Buffer.allocUnsafe(COPY_MAX)) : Buffer.allocUnsafe(total);
+    const buf = pooled ? whole.subarray(0, total) : whole;
+    // On failure the buffer is dropped, not pooled: a device may still be writing into it.
+    await this.device.read(offset, buf.subarray(hdr));
+    if (structured) {
       // One OFFSET_DATA chunk, always: that is what makes NBD_CMD_FLAG_DF free to honour.
-      const buf = Buffer.allocUnsafe(READ_HEADER + length);
-      await this.device.read(offset, buf.subarray(READ_HEADER));
       writeChunkHeader(buf, 0, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, cookieHi, cookieLo, 8 + length);
       writeU64(buf, CHUNK_HEADER_SIZE, offset);
-      out.send(buf);
     } else {
-      const buf = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE + length);
-      if (length > 0) await this.device.read(offset, buf.subarray(SIMPLE_REPLY_SIZE));
       buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
       buf.writeUInt32BE(0, 4);
       buf.writeUInt32BE(cookieHi, 8);
       buf.writeUInt32BE(cookieLo, 12);
-      out.send(buf);
     }
+    if (out.send(buf) && pooled && this.pool.length < POOL_MAX) this.pool.push(whole);
   }
 
   /**

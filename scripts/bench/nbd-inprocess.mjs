@@ -6,7 +6,10 @@
 //   npx tsc -p tsconfig.json && node scripts/bench/nbd-inprocess.mjs \
 //     [--runtime 10] [--size-mib 1024] [--only arraylab,qemu-nbd,nbdkit] [--tests 0,1,2,3]
 //     [--threads 16] [--block-size 512] [--node-args "--cpu-prof --cpu-prof-dir=/tmp/prof"]
-//     [--json FILE] [--reps 1]
+//     [--json FILE] [--reps 1] [--before DIR]
+//
+// --before DIR adds the peer "before": the same server built from another checkout's dist/
+// (e.g. the previous commit), for before/after figures from one run.
 //
 // The arraylab server runs in a child node process (this file with --server), so node flags
 // such as --cpu-prof apply to it alone and fio never shares its event loop.
@@ -32,6 +35,7 @@ if (args[0] === '--server') {
   const dataDir = args[1];
   const sizeBytes = Number(args[2]);
   const blockSize = Number(args[3]);
+  const root = args[4] ?? join(dirname(here), '..', '..');
   const { default: pino } = await import('pino');
   const { StorageArray } = await import(join(root, 'dist/emulator/array/StorageArray.js'));
   const { NbdServer } = await import(join(root, 'dist/emulator/nbd/index.js'));
@@ -55,12 +59,13 @@ if (args[0] === '--server') {
 async function main() {
   const RUNTIME = Number(opt('runtime', '10'));
   const SIZE = Number(opt('size-mib', '1024')) * 1024 * 1024;
-  const ONLY = opt('only', 'arraylab,qemu-nbd,nbdkit').split(',');
+  const ONLY = opt('only', opt('before', undefined) ? 'before,arraylab,qemu-nbd,nbdkit' : 'arraylab,qemu-nbd,nbdkit').split(',');
   const THREADS = opt('threads', '16');
   const BLOCK = opt('block-size', '512');
   const NODE_ARGS = (opt('node-args', '') || '').split(' ').filter(Boolean);
   const REPS = Number(opt('reps', '1'));
   const JSON_OUT = opt('json', undefined);
+  const BEFORE = opt('before', undefined);
   const ALL_TESTS = [
     { name: '4k randread QD16', rw: 'randread', bs: '4k', iodepth: 16, metric: 'iops' },
     { name: '4k randwrite QD16', rw: 'randwrite', bs: '4k', iodepth: 16, metric: 'iops' },
@@ -120,11 +125,10 @@ async function main() {
     throw new Error(`${what} did not listen on ${port}`);
   }
 
-  const peers = {
-    async arraylab() {
+  const startArraylab = async (distRoot) => {
       const dataDir = join(work, `arraylab-${Date.now()}`);
       const env = { ...process.env, UV_THREADPOOL_SIZE: THREADS };
-      const child = start('node', [...NODE_ARGS, here, '--server', dataDir, String(SIZE), BLOCK], env);
+      const child = start('node', [...NODE_ARGS, here, '--server', dataDir, String(SIZE), BLOCK, distRoot], env);
       let port;
       for (let i = 0; i < 400 && !port; i++) {
         if (child.exitCode !== null) throw new Error(`arraylab exited early:\n${child.output()}`);
@@ -132,7 +136,10 @@ async function main() {
         if (!port) await sleep(50);
       }
       return { child, uri: `nbd://127.0.0.1:${port}/bench` };
-    },
+  };
+  const peers = {
+    arraylab: () => startArraylab(root),
+    before: () => startArraylab(BEFORE),
     async 'qemu-nbd'() {
       const file = join(work, 'qemu-nbd.img');
       execFileSync('truncate', ['-s', String(SIZE), file]);
@@ -174,6 +181,8 @@ async function main() {
       const peer = await peers[name]();
       try {
         prefill(peer.uri);
+        // Start every peer's tests with no dirty pages from its prefill (same for all peers).
+        execFileSync('sync');
         results[name] ??= {};
         for (const t of TESTS) {
           const v = measure(peer.uri, t);
@@ -189,11 +198,17 @@ async function main() {
   const fmt = (v, m) => (v === undefined ? '-' : m === 'iops' ? `${Math.round(v)} IOPS` : `${v.toFixed(0)} MiB/s`);
   const ratio = (a, b) => (a === undefined || b === undefined ? '-' : `${(a / b).toFixed(2)}x`);
   const rows = [['test', 'arraylab', 'qemu-nbd', 'nbdkit', 'vs qemu-nbd', 'vs nbdkit']];
+  if (results.before) rows[0].push('before', 'before vs qemu-nbd', 'before vs nbdkit');
   for (const t of TESTS) {
     const a = med(results.arraylab?.[t.name]);
     const q = med(results['qemu-nbd']?.[t.name]);
     const k = med(results.nbdkit?.[t.name]);
-    rows.push([t.name, fmt(a, t.metric), fmt(q, t.metric), fmt(k, t.metric), ratio(a, q), ratio(a, k)]);
+    const row = [t.name, fmt(a, t.metric), fmt(q, t.metric), fmt(k, t.metric), ratio(a, q), ratio(a, k)];
+    if (results.before) {
+      const b = med(results.before[t.name]);
+      row.push(fmt(b, t.metric), ratio(b, q), ratio(b, k));
+    }
+    rows.push(row);
   }
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   const line = (r) => '| ' + r.map((c, i) => c.padEnd(widths[i])).join(' | ') + ' |';
