@@ -18,6 +18,7 @@ export interface ConnectionContext {
   provider: ExportProvider;
   logger: NbdLogger;
   tls?: { context: SecureContext; require: boolean; verifyClient: boolean };
+  handshakeTimeoutMs: number;
 }
 
 /** How long a closing socket may take to flush before it is destroyed. */
@@ -136,8 +137,14 @@ export class Connection implements HandshakeHost {
   }
 
   private async run(): Promise<void> {
+    // A client that never finishes negotiating must not hold a socket forever.
+    const timer = setTimeout(() => {
+      this.log.warn({ timeoutMs: this.ctx.handshakeTimeoutMs }, 'handshake did not complete in time: closing');
+      this.input.detach();
+      this.socket.destroy();
+    }, this.ctx.handshakeTimeoutMs);
     try {
-      const neg = await negotiate(this);
+      const neg = await negotiate(this).finally(() => clearTimeout(timer));
       if (neg === undefined) return;
       this.log.info({ export: neg.handle.name, size: neg.size, readOnly: neg.handle.readOnly, structured: neg.structured, tls: this.tlsActive }, 'client connected to export');
       if (this.shuttingDown) return;

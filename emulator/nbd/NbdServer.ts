@@ -2,7 +2,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createSecureContext } from 'node:tls';
 import { Connection, type ConnectionContext } from './Connection.js';
-import type { NbdServerOptions } from './types.js';
+import { DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, type NbdServerOptions } from './types.js';
 
 /** How long close() lets connections finish in-flight requests before destroying them. */
 const CLOSE_TIMEOUT_MS = 10_000;
@@ -14,7 +14,7 @@ export class NbdServer {
   private closing: Promise<void> | undefined;
 
   constructor(opts: NbdServerOptions) {
-    this.ctx = { provider: opts.provider, logger: opts.logger };
+    this.ctx = { provider: opts.provider, logger: opts.logger, handshakeTimeoutMs: opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS };
     if (opts.tls !== undefined) {
       const { key, cert, ca } = opts.tls;
       this.ctx.tls = {
@@ -25,6 +25,8 @@ export class NbdServer {
     }
     this.server = createServer((socket) => this.accept(socket));
     this.server.on('error', (err) => opts.logger.error({ err }, 'NBD listener error'));
+    this.server.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    this.server.on('drop', (d) => opts.logger.warn({ remote: `${d?.remoteAddress}:${d?.remotePort}`, limit: this.server.maxConnections }, 'connection refused: too many connections'));
   }
 
   get connectionCount(): number {

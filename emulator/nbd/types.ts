@@ -23,4 +23,14 @@ export interface NbdServerOptions {
   provider: ExportProvider;
   logger: NbdLogger;
   tls?: NbdTlsOptions;
+  /**
+   * A client must finish the handshake (including any TLS upgrade) within this time or be
+   * disconnected, so that idle or trickling sockets cannot pile up. Default 30 s.
+   */
+  handshakeTimeoutMs?: number;
+  /** Connections beyond this many are refused at accept. Default 1024. */
+  maxConnections?: number;
 }
+
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
+export const DEFAULT_MAX_CONNECTIONS = 1024;

@@ -39,9 +39,9 @@ export interface Started {
   at(level: LogEntry['level']): LogEntry[];
 }
 
-export async function startServer(provider: MemoryProvider, tls?: NbdTlsOptions): Promise<Started> {
+export async function startServer(provider: MemoryProvider, tls?: NbdTlsOptions, limits: { handshakeTimeoutMs?: number; maxConnections?: number } = {}): Promise<Started> {
   const logger = captureLogger();
-  const server = new NbdServer({ provider, logger, tls });
+  const server = new NbdServer({ provider, logger, tls, ...limits });
   const { port } = await server.listen(0);
   return {
     server,

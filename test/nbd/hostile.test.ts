@@ -13,12 +13,12 @@ const MiB = 1024 * 1024;
 let s: Started;
 let provider: MemoryProvider;
 
-async function serve(setup?: (p: MemoryProvider) => void): Promise<Started> {
+async function serve(setup?: (p: MemoryProvider) => void, limits?: { handshakeTimeoutMs?: number; maxConnections?: number }): Promise<Started> {
   provider = new MemoryProvider();
   provider.add('disk', { size: 8 * MiB });
   provider.add('ro', { size: MiB, readOnly: true });
   setup?.(provider);
-  s = await startServer(provider);
+  s = await startServer(provider, undefined, limits);
   return s;
 }
 
@@ -202,6 +202,48 @@ describe('handshake', () => {
     expect(connWarnings()).toEqual([]);
     expect(provider.opens).toEqual([]);
     await stillServing();
+  });
+});
+
+describe('idle and excess clients', () => {
+  test('a client that stalls in the handshake is disconnected after the timeout, with one warning', async () => {
+    await serve(undefined, { handshakeTimeoutMs: 300 });
+    const idle = await WireClient.connect(s.port);
+    await idle.greet();
+    const trickle = await WireClient.connect(s.port);
+    await trickle.greet();
+    trickle.write(WireClient.option(OPT.GO, WireClient.goData('disk')).subarray(0, 10));
+    expect(await idle.closedWithin(3000)).toBe(true);
+    expect(await trickle.closedWithin(3000)).toBe(true);
+    const warnings = connWarnings().filter((w) => w.msg.includes('handshake did not complete'));
+    expect(warnings).toHaveLength(2);
+    expect(new Set(warnings.map((w) => w.conn)).size).toBe(2);
+    expect(provider.opens).toEqual([]);
+    // A client that completes in time is not affected, even while idle afterwards.
+    const c = await WireClient.connect(s.port);
+    await c.connectExport('disk');
+    await new Promise((r) => setTimeout(r, 600));
+    c.sendRequest(CMD.READ, { cookie: 5n, offset: 0, length: 512 });
+    expect((await c.readReply(512)).error).toBe(0);
+    c.sendRequest(CMD.DISC);
+    expect(await c.closedWithin(2000)).toBe(true);
+  });
+
+  test('connections beyond the limit are refused and logged; the others keep working', async () => {
+    await serve(undefined, { maxConnections: 2 });
+    const a = await WireClient.connect(s.port);
+    await a.connectExport('disk');
+    const b = await WireClient.connect(s.port);
+    await b.connectExport('disk');
+    const extra = await WireClient.connect(s.port);
+    expect(await extra.closedWithin(2000)).toBe(true);
+    expect(s.at('warn').some((e) => e.msg.includes('too many connections'))).toBe(true);
+    a.sendRequest(CMD.READ, { cookie: 9n, offset: 0, length: 512 });
+    expect((await a.readReply(512)).error).toBe(0);
+    for (const c of [a, b]) {
+      c.sendRequest(CMD.DISC);
+      expect(await c.closedWithin(2000)).toBe(true);
+    }
   });
 });
 
