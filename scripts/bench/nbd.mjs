@@ -4,7 +4,7 @@
 // peer's figure and arraylab's ratio to it; then arraylab's RSS with 100 thin 10 GiB volumes and
 // 16 connected clients. Ratios, not absolute times, are what compare across machines.
 //
-//   node scripts/bench/nbd.mjs [--runtime SECONDS] [--size 1GiB] [--json FILE] [--only arraylab,nbdkit,qemu-nbd]
+//   node scripts/bench/nbd.mjs [--runtime SECONDS] [--reps N] [--size 1GiB] [--json FILE] [--only arraylab,nbdkit,qemu-nbd] [--no-memory]
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,7 +20,8 @@ const opt = (name, dflt) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 ? args[i + 1] : dflt;
 };
-const RUNTIME = Number(opt('runtime', '10'));
+const RUNTIME = Number(opt('runtime', '5'));
+const REPS = Number(opt('reps', '3'));
 const SIZE_GIB = Number(String(opt('size', '1GiB')).replace(/GiB$/i, ''));
 const SIZE = SIZE_GIB * 1024 ** 3;
 const JSON_OUT = opt('json', undefined);
@@ -175,20 +176,35 @@ const peers = {
   'qemu-nbd': startQemuNbd,
 };
 
+// All peers run at once and are measured in turn, test by test, REPS times each, and the
+// median is kept: load from anything else on the machine then falls on every peer alike,
+// which is what makes the ratios comparable.
+const running = {};
 const results = {};
-for (const name of ONLY) {
-  process.stderr.write(`bench: ${name}: starting\n`);
-  const peer = await peers[name]();
-  try {
-    prefill(peer.uri());
+const samples = {};
+try {
+  for (const name of ONLY) {
+    process.stderr.write(`bench: ${name}: starting and prefilling\n`);
+    running[name] = await peers[name]();
+    prefill(running[name].uri());
     results[name] = {};
-    for (const t of TESTS) {
-      process.stderr.write(`bench: ${name}: ${t.name}\n`);
-      results[name][t.name] = measure(peer.uri(), t);
-    }
-  } finally {
-    await stop(peer.child);
+    samples[name] = {};
   }
+  execFileSync('sync');
+  for (const t of TESTS) {
+    for (let rep = 0; rep < REPS; rep++) {
+      for (const name of ONLY) {
+        process.stderr.write(`bench: ${t.name}: ${name} (${rep + 1}/${REPS})\n`);
+        (samples[name][t.name] ??= []).push(measure(running[name].uri(), t));
+      }
+    }
+    for (const name of ONLY) {
+      const sorted = [...samples[name][t.name]].sort((a, b) => a - b);
+      results[name][t.name] = sorted[Math.floor(sorted.length / 2)];
+    }
+  }
+} finally {
+  for (const peer of Object.values(running)) await stop(peer.child);
 }
 
 const fmt = (v, metric) => (v === undefined ? '-' : metric === 'iops' ? `${Math.round(v)} IOPS` : `${v.toFixed(0)} MiB/s`);
@@ -202,7 +218,7 @@ for (const t of TESTS) {
 }
 const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
 const line = (r) => '| ' + r.map((c, i) => c.padEnd(widths[i])).join(' | ') + ' |';
-console.log(`\nNBD benchmark: fio nbd engine, ${RUNTIME} s per test, ${SIZE_GIB} GiB backing, prefilled`);
+console.log(`\nNBD benchmark: fio nbd engine, one job, one connection; median of ${REPS} runs of ${RUNTIME} s per test and peer, interleaved; ${SIZE_GIB} GiB backing, prefilled`);
 console.log(line(rows[0]));
 console.log('|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|');
 for (const r of rows.slice(1)) console.log(line(r));
@@ -245,4 +261,4 @@ sys.stdin.readline()
   }
 }
 
-if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ runtime: RUNTIME, sizeGiB: SIZE_GIB, results, memory }, null, 2));
+if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify({ runtime: RUNTIME, reps: REPS, sizeGiB: SIZE_GIB, results, samples, memory }, null, 2));
