@@ -1,0 +1,659 @@
+/**
+ * The copy engine: owns the sessions, adopts volumes (one VolumeTap layer each), enforces
+ * the refusal rules, takes cuts, runs the background copier, and recovers from the journal.
+ *
+ * Control operations (start, suspend, resume, reverse, split, rejoin, cancel, rate) and
+ * background copy steps run one at a time through one queue, so a step never runs beside a
+ * control operation on the same session. Block I/O never waits for that queue (it waits at
+ * most for a cut's hold and for per-unit locks).
+ *
+ * Clock. 'timers' (default): each copying session with a non-zero rate has one timer; a tick
+ * copies as many units as the rate allows for the tick's length (unthrottled: a batch per
+ * setImmediate turn), then re-arms. No busy loop: a session with nothing to copy has no timer.
+ * 'manual': no timers at all; the caller drives step() (tests, the simulator).
+ *
+ * Wiring (StorageArray): adopt each volume with addVolume() right after it is opened or
+ * created and before any client can open it (the tap must see every write to drain it at a
+ * cut), then call recover() once.
+ */
+import { randomUUID } from 'node:crypto';
+import type { BlockDevice } from '../block/BlockDevice.js';
+import { holdVolumes, type GroupAction } from './ConsistencyGroup.js';
+import {
+  CopyError,
+  DEFAULT_UNIT_SIZE,
+  invariant,
+  MAX_SNAP_GENERATIONS,
+  type CopyEvent,
+  type CopyType,
+  type SessionInfo,
+  type SessionRecord,
+} from './CopySession.js';
+import { EcSession } from './equivalentCopy.js';
+import { OpcSession } from './opc.js';
+import type { SessionBase, SessionContext } from './SessionBase.js';
+import type { JournalSession, SessionJournal } from './SessionJournal.js';
+import { SnapChain, SnapGeneration } from './snapOpcPlus.js';
+import { VolumeTap } from './VolumeTap.js';
+
+/** What the engine needs of a volume; the array's Volume satisfies it. */
+export interface CopyVolume {
+  readonly name: string;
+  pushLayer(make: (below: BlockDevice) => BlockDevice): BlockDevice;
+  popLayer(layer: BlockDevice): void;
+}
+
+export interface CopyEngineOptions {
+  journal: SessionJournal;
+  clock?: 'timers' | 'manual';
+  /** Milliseconds; default Date.now. */
+  now?: () => number;
+  defaultUnitSize?: number;
+  /** Most units one step copies per session (default 64). */
+  stepUnits?: number;
+  newId?: () => string;
+  /** Events kept for list/inspection (default 1000). */
+  maxEvents?: number;
+}
+
+export interface StartOptions {
+  /** Bytes per second: 0 = no background copy, Infinity (default) = unthrottled. */
+  rate?: number;
+  /** Copy granularity in bytes (default 64 KiB). */
+  unitSize?: number;
+}
+
+export interface SnapStartOptions {
+  unitSize?: number;
+  /** With 8 generations already: refuse instead of dropping the oldest. */
+  refuseIfFull?: boolean;
+}
+
+const TICK_MS = 50;
+
+export class CopyEngine {
+  private readonly taps = new Map<string, { volume: CopyVolume; tap: VolumeTap }>();
+  private readonly sessions = new Map<string, SessionBase>();
+  private readonly chains = new Map<string, SnapChain>();
+  private readonly timers = new Map<string, NodeJS.Timeout | NodeJS.Immediate>();
+  private readonly listeners = new Set<(e: CopyEvent) => void>();
+  readonly events: CopyEvent[] = [];
+  private queue: Promise<unknown> = Promise.resolve();
+  private closed = false;
+  private readonly ctx: SessionContext;
+  private readonly journal: SessionJournal;
+  private readonly clock: 'timers' | 'manual';
+  private readonly now: () => number;
+  private readonly unitSize: number;
+  private readonly stepUnits: number;
+  private readonly newId: () => string;
+  private readonly maxEvents: number;
+
+  constructor(opts: CopyEngineOptions) {
+    this.journal = opts.journal;
+    this.clock = opts.clock ?? 'timers';
+    this.now = opts.now ?? Date.now;
+    this.unitSize = opts.defaultUnitSize ?? DEFAULT_UNIT_SIZE;
+    this.stepUnits = opts.stepUnits ?? 64;
+    this.newId = opts.newId ?? (() => randomUUID());
+    this.maxEvents = opts.maxEvents ?? 1000;
+    this.ctx = {
+      journal: this.journal,
+      tap: (name) => this.tapOf(name),
+      emit: (e) => this.emit(e),
+      now: this.now,
+    };
+  }
+
+  // ---- volumes ----
+
+  /** Puts the engine's layer on a volume (once); returns the tap. */
+  addVolume(volume: CopyVolume): VolumeTap {
+    const have = this.taps.get(volume.name);
+    if (have !== undefined) return have.tap;
+    let tap: VolumeTap | undefined;
+    volume.pushLayer((below) => (tap = new VolumeTap(volume.name, below)));
+    invariant(tap !== undefined, 'pushLayer did not call the factory');
+    this.taps.set(volume.name, { volume, tap });
+    return tap;
+  }
+
+  /** Takes the layer off a volume (before deleting it); refused while it is in a session. */
+  removeVolume(name: string): void {
+    const t = this.taps.get(name);
+    if (t === undefined) return;
+    const s = this.sessionsOf(name)[0];
+    if (s !== undefined) throw new CopyError('FAILED_PRECONDITION', `volume ${name} is in copy session ${s.id} (${s.type}, ${s.state}); cancel the session first`);
+    t.volume.popLayer(t.tap);
+    this.taps.delete(name);
+  }
+
+  // ---- recovery ----
+
+  /** Rebuilds the sessions the journal holds (call once, after every volume is added). */
+  recover(): Promise<SessionInfo[]> {
+    return this.serially(async () => {
+      const saved = await this.journal.load();
+      saved.sort((a, b) => (a.record.generation ?? 0) - (b.record.generation ?? 0));
+      for (const j of saved) {
+        const r = j.record;
+        if (!this.taps.has(r.source) || !this.taps.has(r.destination)) {
+          this.journal.deleteSession(r.id);
+          this.emit({ sessionId: r.id, kind: 'cancelled', message: `session ${r.id} dropped at recovery: volume ${this.taps.has(r.source) ? r.destination : r.source} no longer exists` });
+          continue;
+        }
+        const s = this.build(j);
+        await this.cut([r.source, r.destination], async () => this.install(s));
+        if (s instanceof EcSession) s.recover();
+      }
+      await this.journal.sync();
+      for (const s of this.sessions.values()) this.schedule(s);
+      return this.list();
+    });
+  }
+
+  // ---- starting sessions ----
+
+  startOpc(source: string, destination: string, opts: StartOptions = {}): Promise<SessionInfo> {
+    return this.control([source, destination], () => this.doStartCopy('opc', source, destination, opts));
+  }
+
+  /** Starts a QuickOPC session, or restarts the tracking one of this pair (differential). */
+  startQuickOpc(source: string, destination: string, opts: StartOptions = {}): Promise<SessionInfo> {
+    return this.control([source, destination], () => this.doStartCopy('quickopc', source, destination, opts));
+  }
+
+  startEc(source: string, destination: string, opts: StartOptions = {}): Promise<SessionInfo> {
+    return this.control([source, destination], () => this.doStartCopy('ec', source, destination, opts));
+  }
+
+  startSnapOpcPlus(source: string, snapVolume: string, opts: SnapStartOptions = {}): Promise<SessionInfo> {
+    return this.control([source, snapVolume, ...this.snapVolumesOf(source)], () => this.doStartSnap(source, snapVolume, opts));
+  }
+
+  // ---- EC control ----
+
+  suspend(id: string): Promise<SessionInfo> {
+    return this.controlOn(id, (s) => this.ec(s, 'suspend').freeze('suspended'));
+  }
+  split(id: string): Promise<SessionInfo> {
+    return this.controlOn(id, (s) => this.ec(s, 'split').freeze('split'));
+  }
+  resume(id: string): Promise<SessionInfo> {
+    return this.controlOn(id, async (s) => this.ec(s, 'resume').resume('suspended'));
+  }
+  rejoin(id: string): Promise<SessionInfo> {
+    return this.controlOn(id, async (s) => this.ec(s, 'rejoin').resume('split'));
+  }
+  reverse(id: string): Promise<SessionInfo> {
+    return this.controlOn(id, async (s) => this.doReverse(this.ec(s, 'reverse')));
+  }
+  /** Copies the clone (destination) back onto the original: reverse, then resync. */
+  restoreFromClone(id: string): Promise<SessionInfo> {
+    return this.controlOn(id, async (s) => {
+      const ec = this.ec(s, 'restore from clone');
+      const from = ec.state;
+      if (from !== 'split' && from !== 'suspended') {
+        throw new CopyError('FAILED_PRECONDITION', `cannot restore from clone in EC session ${id}: it is ${from}; split or suspend it first`);
+      }
+      this.doReverse(ec);
+      ec.resume(from);
+    });
+  }
+
+  // ---- any session ----
+
+  cancel(id: string, opts: { force?: boolean } = {}): Promise<void> {
+    return this.serially(async () => {
+      const s = this.session(id);
+      const vols = s instanceof SnapGeneration ? [s.record.source, ...this.snapVolumesOf(s.record.source)] : [s.record.source, s.record.destination];
+      await this.cut(vols, async () => this.doCancel(s, opts.force ?? false, 'cancelled'));
+      await this.journal.sync();
+    });
+  }
+
+  setRate(id: string, rate: number): Promise<SessionInfo> {
+    checkRate(rate);
+    return this.serially(async () => {
+      const s = this.session(id);
+      s.setRate(rate);
+      await this.journal.sync();
+      this.unschedule(s.id);
+      this.schedule(s);
+      return s.info();
+    });
+  }
+
+  /** Several starts, suspends and splits at one instant (see ConsistencyGroup.ts). */
+  group(actions: GroupAction[]): Promise<SessionInfo[]> {
+    return this.serially(async () => {
+      const vols: string[] = [];
+      for (const a of actions) {
+        if ('id' in a) {
+          const s = this.session(a.id);
+          vols.push(s.record.source, s.record.destination);
+        } else {
+          vols.push(a.source, a.destination);
+          if (a.op === 'snapopcplus') vols.push(...this.snapVolumesOf(a.source));
+        }
+      }
+      this.preflight(actions);
+      const out = await this.cut(vols, async () => {
+        const infos: SessionInfo[] = [];
+        for (const a of actions) {
+          if ('id' in a) {
+            const ec = this.ec(this.session(a.id), a.op);
+            await ec.freeze(a.op === 'suspend' ? 'suspended' : 'split');
+            infos.push(ec.info());
+          } else if (a.op === 'snapopcplus') {
+            infos.push(await this.doStartSnap(a.source, a.destination, a));
+          } else {
+            infos.push(await this.doStartCopy(a.op, a.source, a.destination, a));
+          }
+        }
+        await this.journal.sync(); // one commit for the whole group
+        return infos;
+      });
+      for (const s of this.sessions.values()) this.schedule(s);
+      return out;
+    });
+  }
+
+  /** Refuses a group before any of it happens: a group is all or nothing. */
+  private preflight(actions: GroupAction[]): void {
+    const dests = new Set<string>();
+    const sources = new Set<string>();
+    for (const a of actions) {
+      if ('id' in a) {
+        const s = this.session(a.id);
+        const ok = s.state === 'equivalent' || (a.op === 'split' && s.state === 'suspended');
+        if (!(s instanceof EcSession) || !ok) {
+          throw new CopyError('FAILED_PRECONDITION', `cannot ${a.op} session ${a.id} in a group: backup cannot run before the pair is equivalent; it is a ${s.type} session, ${s.state}`);
+        }
+        continue;
+      }
+      if (a.op === 'quickopc' && this.sessionsOf(a.destination).some((s) => s.type === 'quickopc' && s.record.source === a.source)) {
+        throw new CopyError('FAILED_PRECONDITION', `QuickOPC restarts of ${a.source} -> ${a.destination} cannot be grouped; restart it on its own`);
+      }
+      this.checkPair(a.op, a.source, a.destination);
+      if (dests.has(a.destination) || sources.has(a.destination) || dests.has(a.source)) {
+        throw new CopyError('INVALID_ARGUMENT', `volume ${dests.has(a.source) ? a.source : a.destination} appears twice in the group as a destination or as both source and destination`);
+      }
+      if (a.op === 'ec' && [...actions].some((b) => b !== a && !('id' in b) && b.op === 'ec' && b.source === a.source)) {
+        throw new CopyError('FAILED_PRECONDITION', `two EC pairs from ${a.source} in one group; one EC pair per source volume`);
+      }
+      dests.add(a.destination);
+      sources.add(a.source);
+    }
+  }
+
+  // ---- inspection ----
+
+  list(): SessionInfo[] {
+    return [...this.sessions.values()].map((s) => s.info());
+  }
+
+  get(id: string): SessionInfo {
+    return this.session(id).info();
+  }
+
+  /** Session ids a volume is in, as source or destination. */
+  sessionsOfVolume(name: string): string[] {
+    return this.sessionsOf(name).map((s) => s.id);
+  }
+
+  onEvent(listener: (e: CopyEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** The tap (engine layer) of a volume, for tests and diagnostics. */
+  tapOf(name: string): VolumeTap {
+    const t = this.taps.get(name);
+    if (t === undefined) throw new CopyError('NOT_FOUND', `no volume named ${name} is known to the copy engine`);
+    return t.tap;
+  }
+
+  // ---- background copy ----
+
+  /**
+   * One copy step for every session with work to do and a non-zero rate: at most maxUnits
+   * units each. Returns the units copied. The only way data moves in 'manual' clock mode.
+   */
+  step(maxUnits = this.stepUnits): Promise<number> {
+    return this.serially(async () => {
+      let total = 0;
+      for (const s of [...this.sessions.values()]) {
+        if (s.record.rate === 0) continue;
+        total += await this.stepSession(s, maxUnits);
+      }
+      return total;
+    });
+  }
+
+  /** Steps one session regardless of its rate (tests). */
+  stepOne(id: string, maxUnits = this.stepUnits): Promise<number> {
+    return this.serially(() => this.stepSession(this.session(id), maxUnits));
+  }
+
+  /** Stops the timers and waits for the running operation; sessions stay in the journal. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const id of [...this.timers.keys()]) this.unschedule(id);
+    await this.queue.catch(() => undefined);
+  }
+
+  // ---- internals ----
+
+  private async stepSession(s: SessionBase, maxUnits: number): Promise<number> {
+    if (s.done || !this.sessions.has(s.id)) return 0;
+    if (s.state !== 'copying') return 0;
+    const n = await s.copyStep(maxUnits);
+    if (s.done) await this.finish(s);
+    return n;
+  }
+
+  /** An OPC that finished copying: detach and forget it. */
+  private async finish(s: SessionBase): Promise<void> {
+    await this.cut([s.record.source, s.record.destination], async () => this.doCancel(s, false, 'completed'));
+    await this.journal.sync();
+  }
+
+  private build(j: JournalSession): SessionBase {
+    const blockSize = this.tapOf(j.record.source).blockSize;
+    switch (j.record.type) {
+      case 'opc':
+      case 'quickopc':
+        return new OpcSession(this.ctx, j, blockSize);
+      case 'ec':
+        return new EcSession(this.ctx, j, blockSize);
+      case 'snapopcplus':
+        return new SnapGeneration(this.ctx, j, blockSize);
+    }
+  }
+
+  /** Registers a session and attaches its roles (under the cut's hold). */
+  private install(s: SessionBase): void {
+    this.sessions.set(s.id, s);
+    if (s instanceof SnapGeneration) {
+      let chain = this.chains.get(s.record.source);
+      if (chain === undefined) {
+        chain = new SnapChain(s.record.source, this.ctx);
+        this.chains.set(s.record.source, chain);
+        this.tapOf(s.record.source).addSource(chain);
+      }
+      chain.add(s);
+    }
+    s.attach();
+  }
+
+  private async doStartCopy(type: CopyType, source: string, destination: string, opts: StartOptions): Promise<SessionInfo> {
+    if (type === 'quickopc') {
+      const existing = this.sessionsOf(destination).find((s) => s.type === 'quickopc' && s.record.source === source && s.record.destination === destination);
+      if (existing instanceof OpcSession) {
+        if (existing.state !== 'tracking') {
+          throw new CopyError('FAILED_PRECONDITION', `QuickOPC session ${existing.id} (${source} -> ${destination}) is still ${existing.state}; restart it once it is tracking`);
+        }
+        await this.tapOf(source).below.flush(); // J4
+        existing.restart();
+        return existing.info();
+      }
+    }
+    const { src } = this.checkPair(type, source, destination);
+    const rate = opts.rate ?? Number.POSITIVE_INFINITY;
+    checkRate(rate);
+    const record = this.newRecord(type, source, destination, src, opts.unitSize, rate);
+    const units = Math.ceil(record.sizeBytes / record.unitSize);
+    await src.below.flush(); // J4: the point-in-time data is durable on the source
+    this.journal.putSession(record);
+    if (type === 'ec') this.journal.setBits(record.id, 'diff', 0, units);
+    const s = this.build({ record, bitmaps: type === 'ec' ? { diff: [[0, units]] } : {} });
+    this.install(s);
+    this.emit({ sessionId: s.id, kind: 'started', state: s.state, message: `${type} ${source} -> ${destination} started` });
+    return s.info();
+  }
+
+  private async doStartSnap(source: string, snapVolume: string, opts: SnapStartOptions): Promise<SessionInfo> {
+    const { src, dst } = this.checkPair('snapopcplus', source, snapVolume);
+    const chain = this.chains.get(source);
+    if (chain !== undefined && chain.gens.length >= MAX_SNAP_GENERATIONS) {
+      if (opts.refuseIfFull) {
+        throw new CopyError(
+          'RESOURCE_EXHAUSTED',
+          `source ${source} already has ${MAX_SNAP_GENERATIONS} SnapOPC+ generations; cancel the oldest (${chain.gens[0]!.id}) or start without refuse-if-full to drop it`,
+        );
+      }
+      const oldest = chain.gens[0]!;
+      this.doCancel(oldest, false, 'dropped');
+    }
+    const last = this.chains.get(source)?.gens.at(-1);
+    const record = this.newRecord('snapopcplus', source, snapVolume, src, opts.unitSize ?? last?.record.unitSize, 0);
+    record.generation = (last?.generation ?? 0) + 1;
+    if (dst.below.thin) await dst.below.writeZeroes(0, record.sizeBytes); // give the old content's space back
+    await src.below.flush(); // J4
+    this.journal.putSession(record);
+    const g = this.build({ record, bitmaps: {} });
+    this.install(g);
+    this.emit({ sessionId: g.id, kind: 'started', state: g.state, message: `SnapOPC+ generation ${record.generation} of ${source} on ${snapVolume} started` });
+    return g.info();
+  }
+
+  private newRecord(type: CopyType, source: string, destination: string, src: VolumeTap, unitSize: number | undefined, rate: number): SessionRecord {
+    const unit = unitSize ?? this.unitSize;
+    if (!Number.isSafeInteger(unit) || unit <= 0 || unit % src.blockSize !== 0) {
+      throw new CopyError('INVALID_ARGUMENT', `invalid copy granularity ${unit}: use a positive multiple of ${source}'s ${src.blockSize}-byte block size`);
+    }
+    return {
+      id: this.newId(),
+      type,
+      state: type === 'snapopcplus' ? 'snap' : 'copying',
+      source,
+      destination,
+      unitSize: unit,
+      sizeBytes: src.size,
+      rate,
+      createdAt: new Date(this.now()).toISOString(),
+    };
+  }
+
+  /** The refusal rules for a new pair. */
+  private checkPair(type: CopyType, source: string, destination: string): { src: VolumeTap; dst: VolumeTap } {
+    const src = this.tapOf(source);
+    const dst = this.tapOf(destination);
+    if (source === destination) throw new CopyError('INVALID_ARGUMENT', `source and destination are both ${source}; copy to another volume`);
+    if (dst.blockSize !== src.blockSize) {
+      throw new CopyError('INVALID_ARGUMENT', `destination ${destination} has ${dst.blockSize}-byte blocks and source ${source} ${src.blockSize}-byte blocks; use volumes of one block size`);
+    }
+    if (dst.size < src.size) {
+      throw new CopyError('INVALID_ARGUMENT', `destination ${destination} (${dst.size} bytes) is smaller than source ${source} (${src.size} bytes); use a destination at least as large`);
+    }
+    if (dst.below.readOnly) throw new CopyError('FAILED_PRECONDITION', `destination ${destination} is read-only; choose a writable volume`);
+    const busy = this.sessionsOf(destination)[0] ?? (this.chains.has(destination) ? this.chains.get(destination)!.gens[0] : undefined);
+    if (busy !== undefined) {
+      const role = busy.record.destination === destination ? 'destination' : 'source';
+      throw new CopyError(
+        'FAILED_PRECONDITION',
+        `destination ${destination} is already the ${role} of ${busy.type} session ${busy.id} (${busy.state}); cancel that session or choose another destination`,
+      );
+    }
+    const asDest = this.sessionsOf(source).find((s) => s.record.destination === source);
+    if (asDest !== undefined) {
+      throw new CopyError(
+        'FAILED_PRECONDITION',
+        `source ${source} is the destination of ${asDest.type} session ${asDest.id} (${asDest.state}); a destination cannot be copied from while it is in a session`,
+      );
+    }
+    if (type === 'ec') {
+      const other = this.sessionsOf(source).find((s) => s.type === 'ec');
+      if (other !== undefined) {
+        throw new CopyError('FAILED_PRECONDITION', `source ${source} is already in EC session ${other.id}; one EC pair per source volume`);
+      }
+    }
+    return { src, dst };
+  }
+
+  private doReverse(ec: EcSession): void {
+    ec.checkSwap(); // every refusal before the roles come off
+    for (const v of [ec.record.source, ec.record.destination]) {
+      const other = this.sessionsOf(v).find((s) => s !== ec);
+      if (other !== undefined) {
+        throw new CopyError('FAILED_PRECONDITION', `cannot reverse EC session ${ec.id}: volume ${v} is also in ${other.type} session ${other.id}; cancel that first`);
+      }
+    }
+    ec.detach();
+    ec.swap();
+    ec.attach();
+  }
+
+  /** Removes a session (and for SnapOPC+ with force, the older generations). Under a cut. */
+  private doCancel(s: SessionBase, force: boolean, why: 'cancelled' | 'completed' | 'dropped'): void {
+    let victims: SessionBase[] = [s];
+    if (s instanceof SnapGeneration) {
+      const chain = s.chain;
+      const i = chain.gens.indexOf(s);
+      if (i > 0 && !force) {
+        throw new CopyError(
+          'FAILED_PRECONDITION',
+          `cannot cancel SnapOPC+ generation ${s.generation} (session ${s.id}) alone: ${i} older generation(s) of ${s.record.source} read through it; cancel with force to remove them too, or cancel the oldest first`,
+        );
+      }
+      victims = chain.gens.slice(0, i + 1).reverse();
+    }
+    for (const v of victims) {
+      v.detach();
+      if (v instanceof SnapGeneration) {
+        const chain = v.chain;
+        chain.remove(v);
+        if (chain.gens.length === 0) {
+          this.tapOf(chain.source).removeSource(chain);
+          this.chains.delete(chain.source);
+        }
+      }
+      v.done = true;
+      this.sessions.delete(v.id);
+      this.unschedule(v.id);
+      this.journal.deleteSession(v.id);
+      const msg = why === 'completed' ? `${v.type} ${v.record.source} -> ${v.record.destination} finished copying` : `${v.type} ${v.record.source} -> ${v.record.destination} ${v === s ? why : 'removed with a newer generation (force)'}`;
+      this.emit({ sessionId: v.id, kind: v === s ? why : 'cancelled', message: msg });
+    }
+  }
+
+  private ec(s: SessionBase, op: string): EcSession {
+    if (!(s instanceof EcSession)) throw new CopyError('FAILED_PRECONDITION', `cannot ${op} session ${s.id}: it is a ${s.type} session; only EC sessions ${op}`);
+    return s;
+  }
+
+  private session(id: string): SessionBase {
+    const s = this.sessions.get(id);
+    if (s === undefined) throw new CopyError('NOT_FOUND', `no copy session ${id}; list sessions to see their ids`);
+    return s;
+  }
+
+  private sessionsOf(volume: string): SessionBase[] {
+    return [...this.sessions.values()].filter((s) => s.record.source === volume || s.record.destination === volume);
+  }
+
+  private snapVolumesOf(source: string): string[] {
+    return this.chains.get(source)?.gens.map((g) => g.record.destination) ?? [];
+  }
+
+  /** A control operation on fixed volumes: one cut, one sync. */
+  private control(volumes: string[], op: () => Promise<SessionInfo>): Promise<SessionInfo> {
+    return this.serially(async () => {
+      const info = await this.cut(volumes, async () => {
+        const r = await op();
+        await this.journal.sync();
+        return r;
+      });
+      const s = this.sessions.get(info.id);
+      if (s) this.schedule(s);
+      return info;
+    });
+  }
+
+  private controlOn(id: string, op: (s: SessionBase) => Promise<void>): Promise<SessionInfo> {
+    return this.serially(async () => {
+      const s = this.session(id);
+      await this.cut([s.record.source, s.record.destination], async () => {
+        await op(s);
+        await this.journal.sync();
+      });
+      this.schedule(s);
+      return s.info();
+    });
+  }
+
+  private async cut<T>(volumes: string[], fn: () => Promise<T>): Promise<T> {
+    const taps = volumes.map((v) => this.tapOf(v));
+    const release = await holdVolumes(taps);
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+
+  private serially<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(() => {
+      if (this.closed) throw new CopyError('FAILED_PRECONDITION', 'the copy engine is shutting down');
+      return op();
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private emit(e: Omit<CopyEvent, 'at'>): void {
+    const ev: CopyEvent = { at: new Date(this.now()).toISOString(), ...e };
+    this.events.push(ev);
+    if (this.events.length > this.maxEvents) this.events.splice(0, this.events.length - this.maxEvents);
+    for (const l of [...this.listeners]) {
+      try {
+        l(ev);
+      } catch {
+        // a listener's failure is its own
+      }
+    }
+  }
+
+  // ---- timers ----
+
+  private schedule(s: SessionBase): void {
+    if (this.clock !== 'timers' || this.closed || this.timers.has(s.id)) return;
+    if (s.done || s.state !== 'copying' || s.record.rate === 0) return;
+    const rate = s.record.rate;
+    const fire = (): void => {
+      this.timers.delete(s.id);
+      const units = Number.isFinite(rate) ? Math.max(1, Math.floor((rate * TICK_MS) / 1000 / s.record.unitSize)) : this.stepUnits;
+      this.serially(() => this.stepSession(s, Math.min(units, this.stepUnits)))
+        .then(
+          () => this.schedule(s),
+          (err: unknown) => {
+            if (this.closed) return;
+            this.emit({ sessionId: s.id, kind: 'error', state: s.state, message: `background copy failed: ${(err as Error).message}; retrying` });
+            this.timers.set(s.id, setTimeout(() => { this.timers.delete(s.id); this.schedule(s); }, 1000));
+          },
+        );
+    };
+    if (!Number.isFinite(rate)) {
+      this.timers.set(s.id, setImmediate(fire));
+    } else {
+      const unitsPerTick = (rate * TICK_MS) / 1000 / s.record.unitSize;
+      const delay = unitsPerTick >= 1 ? TICK_MS : Math.ceil(s.record.unitSize / (rate / 1000));
+      this.timers.set(s.id, setTimeout(fire, delay));
+    }
+  }
+
+  private unschedule(id: string): void {
+    const t = this.timers.get(id);
+    if (t === undefined) return;
+    clearTimeout(t as NodeJS.Timeout);
+    clearImmediate(t as NodeJS.Immediate);
+    this.timers.delete(id);
+  }
+}
+
+function checkRate(rate: number): void {
+  if (typeof rate !== 'number' || Number.isNaN(rate) || rate < 0) {
+    throw new CopyError('INVALID_ARGUMENT', `invalid copy rate ${String(rate)}: give bytes per second, 0 for none, or Infinity for unthrottled`);
+  }
+}

@@ -1,0 +1,128 @@
+/**
+ * What every copy session shares: its types, its states, the record the journal keeps, the
+ * error the engine raises, and the one interface the engine drives each session type through.
+ *
+ * Vocabulary
+ *   unit        the copy granularity (default 64 KiB): bitmaps, locks and copies work on whole
+ *               units; the last unit of a volume may be shorter.
+ *   cut         the instant a session starts, suspends or splits: I/O to the volumes involved
+ *               is held and drained, the sources are flushed, the journal records the change.
+ *   below       the device under the engine's layer on a volume (its store, normally): the
+ *               engine reads and writes data there, where hosts' layers cannot see it.
+ */
+import type { BlockDevice, WriteOptions, ZeroOptions } from '../block/BlockDevice.js';
+
+export type CopyType = 'opc' | 'quickopc' | 'snapopcplus' | 'ec';
+
+export type CopyState = 'copying' | 'equivalent' | 'suspended' | 'tracking' | 'snap' | 'split' | 'error-suspended';
+
+/** Default copy granularity. */
+export const DEFAULT_UNIT_SIZE = 64 * 1024;
+
+/** Maximum SnapOPC+ generations per source volume. */
+export const MAX_SNAP_GENERATIONS = 8;
+
+/** Why a control operation was refused; the wiring step maps these to gRPC codes. */
+export type CopyErrorCode = 'INVALID_ARGUMENT' | 'NOT_FOUND' | 'ALREADY_EXISTS' | 'FAILED_PRECONDITION' | 'RESOURCE_EXHAUSTED';
+
+export class CopyError extends Error {
+  readonly code: CopyErrorCode;
+  constructor(code: CopyErrorCode, message: string) {
+    super(message);
+    this.name = 'CopyError';
+    this.code = code;
+  }
+}
+
+/** Invariant check: a failure is a bug in the engine, never a user error. */
+export function invariant(cond: unknown, msg: string): asserts cond {
+  if (!cond) throw new Error(`copy engine invariant: ${msg}`);
+}
+
+/** What the journal keeps of a session (bitmaps are kept beside it, by name). */
+export interface SessionRecord {
+  id: string;
+  type: CopyType;
+  state: CopyState;
+  /** Volume names. For EC after reverse, source is the volume data now flows from. */
+  source: string;
+  destination: string;
+  unitSize: number;
+  /** Bytes covered by the session: the source's size at the start. */
+  sizeBytes: number;
+  /** Background copy rate in bytes per second: 0 = none, Infinity = unthrottled (encodeRate for JSON). */
+  rate: number;
+  createdAt: string;
+  /** SnapOPC+: generation number, increasing per source (older = smaller). */
+  generation?: number;
+  /** EC: true after reverse (data flows from the original destination). */
+  reversed?: boolean;
+  /** error-suspended: why. */
+  error?: string;
+}
+
+/** Bitmap names used in the journal. */
+export type BitmapName = 'copied' | 'tracked' | 'diff' | 'intent' | 'saved';
+
+export interface SessionInfo {
+  id: string;
+  type: CopyType;
+  state: CopyState;
+  source: string;
+  destination: string;
+  unitSize: number;
+  /** Copy units already copied (or equal) and all units of the session. */
+  copiedBlocks: number;
+  totalBlocks: number;
+  /** Bytes per second; 0 = no background copy, Infinity = unthrottled. */
+  rate: number;
+  /** Seconds to finish at the current rate, or undefined when unknown or not copying. */
+  etaSeconds: number | undefined;
+  generation?: number;
+  reversed?: boolean;
+  error?: string;
+  createdAt: string;
+}
+
+export type CopyEventKind = 'started' | 'state' | 'completed' | 'cancelled' | 'dropped' | 'error';
+
+export interface CopyEvent {
+  at: string;
+  sessionId: string;
+  kind: CopyEventKind;
+  state?: CopyState;
+  message: string;
+}
+
+/** The engine's view of one session. */
+export interface CopySession {
+  readonly id: string;
+  readonly type: CopyType;
+  readonly state: CopyState;
+  readonly record: SessionRecord;
+  info(): SessionInfo;
+  /** Units the background copier still has to copy now (0 when nothing to do). */
+  pendingUnits(): number;
+  /**
+   * Copies at most maxUnits units in the background; returns how many it copied. Runs under
+   * the engine's control queue, never beside another step or control operation.
+   */
+  copyStep(maxUnits: number): Promise<number>;
+}
+
+/** A host's modifying request, normalised: trim is zeroing (one of the results trim allows). */
+export type Mutation =
+  | { kind: 'write'; offset: number; length: number; data: Buffer; opts?: WriteOptions }
+  | { kind: 'zero'; offset: number; length: number; opts?: ZeroOptions };
+
+export function applyMutation(dev: BlockDevice, m: Mutation, shift = 0): Promise<void> {
+  return m.kind === 'write' ? dev.write(m.offset + shift, m.data, m.opts) : dev.writeZeroes(m.offset + shift, m.length, m.opts);
+}
+
+/** Rate as stored in JSON (Infinity does not survive JSON). */
+export function encodeRate(rate: number): number {
+  return rate === Number.POSITIVE_INFINITY ? -1 : rate;
+}
+export function decodeRate(rate: number): number {
+  return rate < 0 ? Number.POSITIVE_INFINITY : rate;
+}

@@ -1,0 +1,198 @@
+/**
+ * What the session types share: identity, state changes through the journal, progress and
+ * rate, unit locks, and the small data moves (copy a unit, persist bits) every type uses.
+ */
+import type { BlockDevice } from '../block/BlockDevice.js';
+import { CopyBitmap, UnitGeometry } from './CopyBitmap.js';
+import {
+  invariant,
+  type BitmapName,
+  type CopyEvent,
+  type CopySession,
+  type CopyState,
+  type CopyType,
+  type SessionInfo,
+  type SessionRecord,
+} from './CopySession.js';
+import type { SessionJournal } from './SessionJournal.js';
+import { UnitLocks } from './UnitLocks.js';
+import type { VolumeTap } from './VolumeTap.js';
+
+/** What the engine gives each session. */
+export interface SessionContext {
+  readonly journal: SessionJournal;
+  tap(volume: string): VolumeTap;
+  emit(ev: Omit<CopyEvent, 'at'>): void;
+  now(): number;
+}
+
+export abstract class SessionBase implements CopySession {
+  readonly geo: UnitGeometry;
+  readonly locks = new UnitLocks();
+  /** Set once the session has ended; the engine then forgets it. */
+  done = false;
+  private copiedWindow: Array<[at: number, units: number]> = [];
+
+  constructor(
+    protected readonly ctx: SessionContext,
+    public record: SessionRecord,
+    blockSize: number,
+  ) {
+    this.geo = new UnitGeometry(record.sizeBytes, record.unitSize, blockSize);
+  }
+
+  get id(): string {
+    return this.record.id;
+  }
+  get type(): CopyType {
+    return this.record.type;
+  }
+  get state(): CopyState {
+    return this.record.state;
+  }
+  get src(): VolumeTap {
+    return this.ctx.tap(this.record.source);
+  }
+  get dst(): VolumeTap {
+    return this.ctx.tap(this.record.destination);
+  }
+
+  /** Units copied (or known equal) so far. */
+  abstract copiedUnits(): number;
+  abstract pendingUnits(): number;
+  abstract copyStep(maxUnits: number): Promise<number>;
+  /** Attaches the session's roles to its volumes' taps (under their holds). */
+  abstract attach(): void;
+  abstract detach(): void;
+
+  /** Records a new state: appended to the journal (the caller syncs) and announced. */
+  protected setState(state: CopyState, message: string, extra: Partial<SessionRecord> = {}): void {
+    this.record = { ...this.record, ...extra, state };
+    this.ctx.journal.putSession(this.record);
+    this.ctx.emit({ sessionId: this.id, kind: state === 'error-suspended' ? 'error' : 'state', state, message });
+  }
+
+  setRate(rate: number): void {
+    this.record = { ...this.record, rate };
+    this.ctx.journal.putSession(this.record);
+  }
+
+  info(): SessionInfo {
+    const r = this.record;
+    const copied = this.copiedUnits();
+    const pending = this.pendingUnits();
+    return {
+      id: r.id,
+      type: r.type,
+      state: r.state,
+      source: r.source,
+      destination: r.destination,
+      unitSize: r.unitSize,
+      copiedBlocks: copied,
+      totalBlocks: this.geo.units,
+      rate: r.rate,
+      etaSeconds: pending === 0 ? undefined : this.eta(pending),
+      createdAt: r.createdAt,
+      ...(r.generation !== undefined ? { generation: r.generation } : {}),
+      ...(r.reversed ? { reversed: true } : {}),
+      ...(r.error !== undefined ? { error: r.error } : {}),
+    };
+  }
+
+  /** Notes units copied by the background copier, for the measured rate. */
+  protected noteCopied(units: number): void {
+    const now = this.ctx.now();
+    this.copiedWindow.push([now, units]);
+    while (this.copiedWindow.length > 0 && now - this.copiedWindow[0]![0] > 10_000) this.copiedWindow.shift();
+  }
+
+  private eta(pendingUnits: number): number | undefined {
+    const bytes = pendingUnits * this.record.unitSize;
+    const w = this.copiedWindow;
+    if (w.length >= 2) {
+      const span = (w[w.length - 1]![0] - w[0]![0]) / 1000;
+      const units = w.slice(1).reduce((a, [, n]) => a + n, 0);
+      if (span > 0 && units > 0) return bytes / ((units * this.record.unitSize) / span);
+    }
+    if (this.record.rate > 0 && Number.isFinite(this.record.rate)) return bytes / this.record.rate;
+    return undefined;
+  }
+
+  // ---- data moves ----
+
+  /** Copies unit u from one device to the other, at the same offset. */
+  protected async copyUnit(from: BlockDevice, to: BlockDevice, u: number): Promise<void> {
+    const buf = Buffer.allocUnsafe(this.geo.length(u));
+    await from.read(this.geo.start(u), buf);
+    await to.write(this.geo.start(u), buf);
+  }
+
+  /**
+   * Makes bits durable (J1..J3: the caller has already made the data they describe durable),
+   * then sets them in memory (J6). Each entry: bitmap name, the bitmap, units to set.
+   */
+  protected async persistSet(entries: Array<[BitmapName, CopyBitmap, number[]]>): Promise<void> {
+    let any = false;
+    for (const [name, , units] of entries) {
+      for (const [s, n] of toRuns(units)) {
+        this.ctx.journal.setBits(this.id, name, s, n);
+        any = true;
+      }
+    }
+    if (!any) return;
+    await this.ctx.journal.sync();
+    for (const [, bitmap, units] of entries) for (const u of units) bitmap.set(u);
+  }
+
+  /** Units of [u0, u1) whose bit is clear. */
+  protected clearIn(bitmap: CopyBitmap, u0: number, u1: number): number[] {
+    const out: number[] = [];
+    for (let u = bitmap.nextClear(u0, u1); u < u1; u = bitmap.nextClear(u + 1, u1)) out.push(u);
+    return out;
+  }
+
+  /** Locks up to max units in ascending order starting at the first bit in `want` at or after the cursor. */
+  protected async lockBatch(want: (from: number) => number, stillWanted: (u: number) => boolean, from: number, max: number): Promise<number[]> {
+    const got: number[] = [];
+    const n = this.geo.units;
+    let u = want(from);
+    if (u >= n && from > 0) u = want(0);
+    while (u < n && got.length < max) {
+      const p = this.locks.lock(u);
+      if (p !== undefined) await p;
+      if (stillWanted(u)) got.push(u);
+      else this.locks.unlock(u);
+      u = want(u + 1);
+    }
+    return got;
+  }
+
+  protected unlockAll(units: number[]): void {
+    for (const u of units) this.locks.unlock(u);
+  }
+
+  protected check(cond: unknown, msg: string): asserts cond {
+    invariant(cond, `session ${this.id}: ${msg}`);
+  }
+}
+
+/** Ascending unit list -> runs. */
+export function toRuns(units: number[]): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (const u of units) {
+    const last = out[out.length - 1];
+    if (last !== undefined && last[0] + last[1] === u) last[1]++;
+    else out.push([u, 1]);
+  }
+  return out;
+}
+
+/** Reads the parts of units `units` that overlap [offset, offset + into.length) from dev. */
+export async function overlayUnits(dev: BlockDevice, geo: UnitGeometry, units: number[], offset: number, into: Buffer): Promise<void> {
+  const end = offset + into.length;
+  for (const [s, n] of toRuns(units)) {
+    const a = Math.max(offset, geo.start(s));
+    const b = Math.min(end, geo.start(s + n - 1) + geo.length(s + n - 1));
+    if (b > a) await dev.read(a, into.subarray(a - offset, b - offset));
+  }
+}

@@ -1,0 +1,176 @@
+/**
+ * Where sessions, their states and their bitmaps are kept across restarts.
+ *
+ * The interface is a write-ahead log of small records plus one durability point:
+ *   putSession / deleteSession / setBits / clearBits   append; nothing is durable yet
+ *   sync()                                             makes every record appended before it
+ *                                                      durable, all or none (one transaction)
+ *   load()                                             the durable state, for recovery
+ * A SQLite implementation (MetadataStore) maps this to: a copy_sessions table (id primary
+ * key, record as JSON), a copy_bitmaps table (session id, bitmap name, chunk index, chunk
+ * bytes: AllocationMap chunk layout), appends buffered in memory and written in one
+ * transaction per sync() (synchronous=FULL), concurrent sync() calls coalesced into one
+ * transaction (group commit).
+ *
+ * Ordering rules (what makes a crash at any instant safe; each is asserted in the sessions):
+ *   J1 data before metadata: a bit that says "this unit's data is on the destination/snap"
+ *      is appended only after that data was written AND the destination flushed.
+ *   J2 before-image before overwrite: a source write that needs copy-on-write is issued to
+ *      the source only after the before-image's bit is durable (J1, then sync()).
+ *   J3 track before write: a bit that says "this unit may differ" (QuickOPC tracking, EC
+ *      suspended changes, EC write intent) is durable before the write it covers is issued.
+ *      Durable too early is harmless: it only makes a later resync copy more.
+ *   J4 cut: a session's start, suspend or split flushes the volumes involved, then appends
+ *      the new state and syncs, all while their I/O is held; a crash before the sync leaves
+ *      the previous state, after it the new one, both exact.
+ *   J5 clearing is lazy: a bit that says "nothing to do here" (EC diff cleared after a copy,
+ *      EC intent cleared after a flush) may reach the journal late; a lost clear only makes
+ *      recovery copy more. It is appended only after the data that justifies it is flushed.
+ *   J6 in memory after durable: the copier and copy-on-write set a "copied/saved" bit in
+ *      memory only after sync(), so the hot path never skips a copy on a bit a crash could
+ *      take away.
+ */
+import { AllocationMap } from '../block/AllocationMap.js';
+import { invariant, type BitmapName, type SessionRecord } from './CopySession.js';
+import type { UnitRun } from './CopyBitmap.js';
+
+export interface JournalSession {
+  record: SessionRecord;
+  bitmaps: Partial<Record<BitmapName, UnitRun[]>>;
+}
+
+export interface SessionJournal {
+  putSession(record: SessionRecord): void;
+  deleteSession(id: string): void;
+  setBits(id: string, bitmap: BitmapName, start: number, count: number): void;
+  clearBits(id: string, bitmap: BitmapName, start: number, count: number): void;
+  /** Makes every record appended so far durable, atomically. */
+  sync(): Promise<void>;
+  /** The durable state, sessions in creation order. */
+  load(): Promise<JournalSession[]>;
+}
+
+type Op =
+  | { op: 'put'; record: SessionRecord }
+  | { op: 'delete'; id: string }
+  | { op: 'set' | 'clear'; id: string; bitmap: BitmapName; start: number; count: number };
+
+interface Durable {
+  record: SessionRecord;
+  units: number;
+  bitmaps: Map<BitmapName, AllocationMap>;
+}
+
+/**
+ * In memory, for tests and the 'memory' backend. crash() returns the journal a restarted
+ * process would see: everything synced, nothing that was only appended; the old object
+ * refuses further use, like a dead process's file descriptors.
+ */
+export class MemoryJournal implements SessionJournal {
+  private pending: Op[] = [];
+  private dead = false;
+  /** Number of sync() calls, for tests. */
+  syncs = 0;
+
+  /**
+   * @param delay how long a commit takes (tests: a random number of microtasks, so a crash
+   *              can land inside it); default one microtask.
+   */
+  constructor(
+    private readonly durable = new Map<string, Durable>(),
+    private readonly delay: () => Promise<void> = () => Promise.resolve(),
+  ) {}
+
+  putSession(record: SessionRecord): void {
+    this.live();
+    this.pending.push({ op: 'put', record: { ...record } });
+  }
+  deleteSession(id: string): void {
+    this.live();
+    this.pending.push({ op: 'delete', id });
+  }
+  setBits(id: string, bitmap: BitmapName, start: number, count: number): void {
+    this.live();
+    if (count > 0) this.pending.push({ op: 'set', id, bitmap, start, count });
+  }
+  clearBits(id: string, bitmap: BitmapName, start: number, count: number): void {
+    this.live();
+    if (count > 0) this.pending.push({ op: 'clear', id, bitmap, start, count });
+  }
+
+  async sync(): Promise<void> {
+    this.live();
+    const ops = this.pending;
+    this.pending = [];
+    await this.delay(); // a real commit takes time: let a crash land in between
+    if (this.dead) return; // the process died during the commit: it did not happen
+    for (const o of ops) this.apply(o);
+    this.syncs++;
+  }
+
+  async load(): Promise<JournalSession[]> {
+    this.live();
+    return [...this.durable.values()].map((d) => ({
+      record: { ...d.record },
+      bitmaps: Object.fromEntries([...d.bitmaps].map(([name, map]) => [name, runsOf(map)])),
+    }));
+  }
+
+  /** The journal after a crash: only what was synced. */
+  crash(): MemoryJournal {
+    this.dead = true;
+    const copy = new Map<string, Durable>();
+    for (const [id, d] of this.durable) {
+      const maps = new Map<BitmapName, AllocationMap>();
+      for (const [name, map] of d.bitmaps) {
+        const m = new AllocationMap(d.units);
+        for (const [s, n] of runsOf(map)) m.set(s, n);
+        maps.set(name, m);
+      }
+      copy.set(id, { record: { ...d.record }, units: d.units, bitmaps: maps });
+    }
+    return new MemoryJournal(copy, this.delay);
+  }
+
+  private apply(o: Op): void {
+    switch (o.op) {
+      case 'put': {
+        const d = this.durable.get(o.record.id);
+        if (d) d.record = o.record;
+        else this.durable.set(o.record.id, { record: o.record, units: Math.ceil(o.record.sizeBytes / o.record.unitSize), bitmaps: new Map() });
+        return;
+      }
+      case 'delete':
+        this.durable.delete(o.id);
+        return;
+      case 'set':
+      case 'clear': {
+        const d = this.durable.get(o.id);
+        invariant(d !== undefined, `journal: bits for unknown session ${o.id}`);
+        let map = d.bitmaps.get(o.bitmap);
+        if (map === undefined) {
+          map = new AllocationMap(d.units);
+          d.bitmaps.set(o.bitmap, map);
+        }
+        if (o.op === 'set') map.set(o.start, o.count);
+        else map.clear(o.start, o.count);
+        return;
+      }
+    }
+  }
+
+  private live(): void {
+    if (this.dead) throw new Error('journal used after a crash');
+  }
+}
+
+function runsOf(map: AllocationMap): UnitRun[] {
+  const out: UnitRun[] = [];
+  let u = map.nextSet(0, map.blocks);
+  while (u < map.blocks) {
+    const end = map.nextClear(u, map.blocks);
+    out.push([u, end - u]);
+    u = map.nextSet(end, map.blocks);
+  }
+  return out;
+}

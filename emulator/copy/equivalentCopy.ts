@@ -1,0 +1,271 @@
+/**
+ * EC (equivalent copy): a mirror pair, with suspend/resume, reverse, split/rejoin and
+ * restore-from-clone.
+ *
+ * Bitmaps (per unit)
+ *   diff     the unit may differ between the two volumes: copied by the background copier
+ *            while 'copying'; recorded for changes on either side while 'suspended'/'split'.
+ *   intent   write intent while mirroring: set durably before the first mirrored write to a
+ *            unit (J3), cleared after a flush of both volumes (J5). Recovery adds intent to
+ *            diff, so a crash between the two halves of a mirrored write is resynced.
+ *
+ * States
+ *   copying     initial copy or resync: source writes are mirrored, the copier copies diff;
+ *               hosts may neither read nor write the destination (EACCES).
+ *   equivalent  every source write is mirrored before it is acknowledged; the destination
+ *               is read-only for hosts (EPERM on writes).
+ *   suspended   destination frozen as of the suspend instant, usable by hosts; changes on
+ *   split       either side are recorded in diff. resume/rejoin resyncs diff only.
+ */
+import { BlockDeviceError } from '../block/BlockDevice.js';
+import { CopyBitmap } from './CopyBitmap.js';
+import { applyMutation, CopyError, type Mutation } from './CopySession.js';
+import { SessionBase, type SessionContext } from './SessionBase.js';
+import type { JournalSession } from './SessionJournal.js';
+import type { DestRole, Next, SourceRole } from './VolumeTap.js';
+
+export class EcSession extends SessionBase implements SourceRole, DestRole {
+  readonly diff: CopyBitmap;
+  readonly intent: CopyBitmap;
+  private cursor = 0;
+  /** Units written since each running flush began (their intent must stay). */
+  private readonly flushWatchers = new Set<Set<number>>();
+
+  constructor(ctx: SessionContext, j: JournalSession, blockSize: number) {
+    super(ctx, j.record, blockSize);
+    this.check(j.record.type === 'ec', `not an EC record: ${j.record.type}`);
+    this.diff = CopyBitmap.fromRuns(this.geo.units, j.bitmaps.diff ?? []);
+    this.intent = CopyBitmap.fromRuns(this.geo.units, j.bitmaps.intent ?? []);
+  }
+
+  get sessionId(): string {
+    return this.id;
+  }
+
+  get mirroring(): boolean {
+    return this.state === 'copying' || this.state === 'equivalent';
+  }
+
+  get hostReadOnly(): boolean {
+    return this.mirroring;
+  }
+
+  attach(): void {
+    this.src.addSource(this);
+    this.dst.setDest(this);
+  }
+
+  detach(): void {
+    this.src.removeSource(this);
+    this.dst.setDest(undefined);
+  }
+
+  copiedUnits(): number {
+    return this.geo.units - this.diff.count;
+  }
+
+  pendingUnits(): number {
+    return this.state === 'copying' ? this.diff.count : 0;
+  }
+
+  /** After a restart: whatever a mirrored write may have left half done is resynced. */
+  recover(): void {
+    if (!this.mirroring) return;
+    const j = this.ctx.journal;
+    for (const [s, n] of this.intent.runs()) {
+      this.diff.set(s, n);
+      j.setBits(this.id, 'diff', s, n);
+    }
+    this.intent.reset();
+    j.clearBits(this.id, 'intent', 0, this.geo.units);
+    if (this.diff.count > 0 && this.state === 'equivalent') this.setState('copying', `resync of ${this.diff.count} units after restart`);
+  }
+
+  // ---- control (the engine holds both volumes around each) ----
+
+  /** suspend or split, from equivalent (split also from suspended). Caller syncs. */
+  async freeze(to: 'suspended' | 'split'): Promise<void> {
+    const ok = this.state === 'equivalent' || (to === 'split' && this.state === 'suspended');
+    if (!ok) {
+      throw new CopyError(
+        'FAILED_PRECONDITION',
+        `cannot ${to === 'split' ? 'split' : 'suspend'} EC session ${this.id} (${this.record.source} -> ${this.record.destination}): ` +
+          `backup cannot run before the pair is equivalent; it is ${this.state} (${this.copiedUnits()}/${this.geo.units} units copied); wait for state equivalent`,
+      );
+    }
+    if (this.state === 'equivalent') {
+      await Promise.all([this.src.below.flush(), this.dst.below.flush()]); // J4: the frozen image is durable
+      this.intent.reset();
+      this.ctx.journal.clearBits(this.id, 'intent', 0, this.geo.units);
+      this.check(this.diff.count === 0, 'equivalent pair with units to copy');
+    }
+    this.setState(to, to === 'split' ? 'split: the destination is an independent copy' : 'suspended: destination frozen; changes are recorded');
+  }
+
+  /** resume (from suspended) or rejoin (from split): resync changed units only. */
+  resume(from: 'suspended' | 'split'): void {
+    if (this.state !== from) {
+      throw new CopyError('FAILED_PRECONDITION', `cannot ${from === 'split' ? 'rejoin' : 'resume'} EC session ${this.id}: it is ${this.state}, not ${from}`);
+    }
+    this.cursor = 0;
+    this.setState('copying', `resync of ${this.diff.count} changed units`);
+  }
+
+  /** Throws unless the pair may be reversed now (suspended or split). */
+  checkSwap(): void {
+    if (this.state !== 'suspended' && this.state !== 'split') {
+      throw new CopyError('FAILED_PRECONDITION', `cannot reverse EC session ${this.id}: it is ${this.state}; suspend or split it first`);
+    }
+  }
+
+  /** Swaps direction; the engine detaches the roles before and attaches them after. */
+  swap(): void {
+    this.checkSwap();
+    const r = this.record;
+    this.record = { ...r, source: r.destination, destination: r.source, reversed: !r.reversed };
+    this.ctx.journal.putSession(this.record);
+    this.ctx.emit({ sessionId: this.id, kind: 'state', state: this.state, message: `reversed: ${this.record.source} -> ${this.record.destination}` });
+  }
+
+  // ---- roles ----
+
+  sourceWrite(m: Mutation, next: Next): Promise<void> {
+    const [u0, u1] = this.geo.unitsOf(m.offset, m.length);
+    if (u0 === u1) return next();
+    if (!this.mirroring) {
+      if (this.diff.allSet(u0, u1)) return next();
+      return this.trackThen(u0, u1, next);
+    }
+    return this.mirror(u0, u1, m, next);
+  }
+
+  private async mirror(u0: number, u1: number, m: Mutation, next: Next): Promise<void> {
+    const unlock = await this.locks.lockRange(u0, u1);
+    try {
+      for (const w of this.flushWatchers) for (let u = u0; u < u1; u++) w.add(u);
+      await this.persistSet([['intent', this.intent, this.clearIn(this.intent, u0, u1)]]); // J3
+      if (!this.mirroring) return await this.trackLocked(u0, u1, next); // suspended while we waited
+      const results = await Promise.allSettled([next(), this.mirrorWrite(m)]);
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed !== undefined) {
+        // One side may have the write and the other not: resync those units.
+        const units = this.clearIn(this.diff, u0, u1);
+        await this.persistSet([['diff', this.diff, units]]);
+        if (this.state === 'equivalent') {
+          this.setState('copying', `mirrored write failed (${(failed.reason as Error).message}); resyncing`);
+          await this.ctx.journal.sync();
+        }
+        throw failed.reason;
+      }
+    } finally {
+      unlock();
+    }
+  }
+
+  /** The part of m inside the pair (after a reverse the source may be the larger volume). */
+  private mirrorWrite(m: Mutation): Promise<void> {
+    const end = Math.min(m.offset + m.length, this.geo.sizeBytes);
+    if (end <= m.offset) return Promise.resolve();
+    if (end === m.offset + m.length) return applyMutation(this.dst.below, m);
+    const len = end - m.offset;
+    return m.kind === 'write'
+      ? this.dst.below.write(m.offset, m.data.subarray(0, len), m.opts)
+      : this.dst.below.writeZeroes(m.offset, len, m.opts);
+  }
+
+  private async trackThen(u0: number, u1: number, next: Next): Promise<void> {
+    const unlock = await this.locks.lockRange(u0, u1);
+    try {
+      await this.trackLocked(u0, u1, next);
+    } finally {
+      unlock();
+    }
+  }
+
+  private async trackLocked(u0: number, u1: number, next: Next): Promise<void> {
+    await this.persistSet([['diff', this.diff, this.clearIn(this.diff, u0, u1)]]); // J3
+    await next();
+  }
+
+  async sourceFlush(next: Next): Promise<void> {
+    if (!this.mirroring || this.intent.count === 0) return next();
+    const touched = new Set<number>(this.locks.lockedUnits());
+    this.flushWatchers.add(touched);
+    try {
+      await Promise.all([next(), this.dst.below.flush()]);
+    } finally {
+      this.flushWatchers.delete(touched);
+    }
+    // J5: both sides durable for every write that completed before the flush.
+    for (const [s, n] of this.intent.runs()) {
+      for (let u = s; u < s + n; u++) {
+        if (touched.has(u) || this.locks.isLocked(u)) continue;
+        this.intent.clear(u);
+        this.ctx.journal.clearBits(this.id, 'intent', u, 1);
+      }
+    }
+  }
+
+  checkRead(op: string): void {
+    if (this.state === 'copying') {
+      throw new BlockDeviceError(
+        'EACCES',
+        `${op} refused: volume ${this.record.destination} is the destination of EC session ${this.id}, still copying ` +
+          `(${this.copiedUnits()}/${this.geo.units} units); wait until the pair is equivalent, or suspend or cancel the session`,
+      );
+    }
+  }
+
+  destRead(_offset: number, _into: Buffer, next: Next): Promise<void> {
+    return next();
+  }
+
+  destWrite(m: Mutation, next: Next): Promise<void> {
+    if (this.mirroring) {
+      this.checkRead('write');
+      return Promise.reject(
+        new BlockDeviceError(
+          'EPERM',
+          `write refused: volume ${this.record.destination} is the read-only destination of EC session ${this.id} (equivalent); suspend or split the session to write to it`,
+        ),
+      );
+    }
+    const [u0, u1] = this.geo.unitsOf(m.offset, m.length);
+    if (u0 === u1 || this.diff.allSet(u0, u1)) return next();
+    return this.trackThen(u0, u1, next);
+  }
+
+  // ---- background copy ----
+
+  async copyStep(maxUnits: number): Promise<number> {
+    if (this.state !== 'copying' || this.done) return 0;
+    const units = await this.lockBatch(
+      (from) => this.diff.nextSet(from),
+      (u) => this.diff.test(u),
+      this.cursor,
+      maxUnits,
+    );
+    try {
+      if (units.length > 0) {
+        for (const u of units) await this.copyUnit(this.src.below, this.dst.below, u);
+        // J5: both sides durable before the diff bits go (the source too: an unflushed
+        // source write copied here must not be lost on one side only).
+        await Promise.all([this.src.below.flush(), this.dst.below.flush()]);
+        for (const u of units) {
+          this.diff.clear(u);
+          this.ctx.journal.clearBits(this.id, 'diff', u, 1);
+        }
+        await this.ctx.journal.sync();
+        this.cursor = units[units.length - 1]! + 1;
+        this.noteCopied(units.length);
+      }
+    } finally {
+      this.unlockAll(units);
+    }
+    if (this.state === 'copying' && this.diff.count === 0) {
+      this.setState('equivalent', 'equivalent: every source write is now mirrored');
+      await this.ctx.journal.sync();
+    }
+    return units.length;
+  }
+}

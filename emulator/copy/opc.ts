@@ -1,0 +1,163 @@
+/**
+ * OPC and QuickOPC: a point-in-time copy of a source onto a destination.
+ *
+ * Bitmaps (per unit)
+ *   copied   the destination holds the unit's point-in-time data (J1: durable first)
+ *   tracked  QuickOPC only: the unit changed on either side since the start instant (J3)
+ *
+ * Reads of the destination: units not yet copied come from the source (which still holds
+ * their point-in-time data: any write to them first copies them over). Writes:
+ *   source write to an uncopied unit: copy-on-write, then the write (J2).
+ *   destination write to an uncopied unit: the unit is first brought over from the source
+ *   (so a partial-unit write lands on point-in-time data), then the write.
+ * The hot path, a write to a copied unit, is one bitmap test (two for QuickOPC).
+ *
+ * OPC ends when every unit is copied. QuickOPC then goes to 'tracking': it keeps recording
+ * changed units, and a restart (start again on the same pair) takes a new instant, marks
+ * only the tracked units uncopied, and copies those: changes on the destination roll back.
+ */
+import { CopyBitmap } from './CopyBitmap.js';
+import type { Mutation } from './CopySession.js';
+import { overlayUnits, SessionBase, type SessionContext } from './SessionBase.js';
+import type { JournalSession } from './SessionJournal.js';
+import type { DestRole, Next, SourceRole } from './VolumeTap.js';
+
+export class OpcSession extends SessionBase implements SourceRole, DestRole {
+  readonly copied: CopyBitmap;
+  readonly tracked: CopyBitmap | undefined;
+  readonly hostReadOnly = false;
+  private cursor = 0;
+
+  constructor(ctx: SessionContext, j: JournalSession, blockSize: number) {
+    super(ctx, j.record, blockSize);
+    this.copied = CopyBitmap.fromRuns(this.geo.units, j.bitmaps.copied ?? []);
+    this.tracked = j.record.type === 'quickopc' ? CopyBitmap.fromRuns(this.geo.units, j.bitmaps.tracked ?? []) : undefined;
+    this.check(j.record.type === 'opc' || j.record.type === 'quickopc', `not an OPC record: ${j.record.type}`);
+    this.check(j.record.state === 'copying' || (j.record.state === 'tracking' && this.copied.full), `bad OPC state ${j.record.state}`);
+  }
+
+  get sessionId(): string {
+    return this.id;
+  }
+
+  attach(): void {
+    this.src.addSource(this);
+    this.dst.setDest(this);
+  }
+
+  detach(): void {
+    this.src.removeSource(this);
+    this.dst.setDest(undefined);
+  }
+
+  copiedUnits(): number {
+    return this.copied.count;
+  }
+
+  pendingUnits(): number {
+    return this.state === 'copying' ? this.geo.units - this.copied.count : 0;
+  }
+
+  /**
+   * QuickOPC restart, at a cut (the engine holds both volumes and has flushed the source):
+   * every tracked unit is copied again, the rest are already equal.
+   */
+  restart(): void {
+    this.check(this.tracked !== undefined && this.state === 'tracking', 'restart of a session that is not tracking');
+    const j = this.ctx.journal;
+    const redo = this.tracked.runs();
+    for (const [s, n] of redo) {
+      this.copied.clear(s, n);
+      j.clearBits(this.id, 'copied', s, n);
+    }
+    this.tracked.reset();
+    j.clearBits(this.id, 'tracked', 0, this.geo.units);
+    this.cursor = 0;
+    this.setState('copying', `restarted: ${redo.reduce((a, [, n]) => a + n, 0)} changed units to copy`);
+  }
+
+  // ---- roles ----
+
+  sourceWrite(m: Mutation, next: Next): Promise<void> {
+    const [u0, u1] = this.geo.unitsOf(m.offset, m.length);
+    if (u0 === u1) return next();
+    if (this.copied.allSet(u0, u1) && (this.tracked === undefined || this.tracked.allSet(u0, u1))) return next();
+    return this.prepareThen(u0, u1, next);
+  }
+
+  checkRead(): void {}
+
+  async destRead(offset: number, into: Buffer, next: Next): Promise<void> {
+    const [u0, u1] = this.geo.unitsOf(offset, into.length);
+    if (this.state !== 'copying' || this.copied.allSet(u0, u1)) return next();
+    const unlock = await this.locks.lockRange(u0, u1);
+    try {
+      await next();
+      await overlayUnits(this.src.below, this.geo, this.clearIn(this.copied, u0, u1), offset, into);
+    } finally {
+      unlock();
+    }
+  }
+
+  destWrite(m: Mutation, next: Next): Promise<void> {
+    const [u0, u1] = this.geo.unitsOf(m.offset, m.length);
+    if (u0 === u1) return next();
+    if (this.copied.allSet(u0, u1) && (this.tracked === undefined || this.tracked.allSet(u0, u1))) return next();
+    return this.prepareThen(u0, u1, next);
+  }
+
+  /** Under the units' locks: copy what is uncopied, track what is untracked (durably), then write. */
+  private async prepareThen(u0: number, u1: number, next: Next): Promise<void> {
+    const unlock = await this.locks.lockRange(u0, u1);
+    try {
+      const toCopy = this.state === 'copying' ? this.clearIn(this.copied, u0, u1) : [];
+      if (toCopy.length > 0) {
+        for (const u of toCopy) await this.copyUnit(this.src.below, this.dst.below, u);
+        await this.dst.below.flush(); // J1
+      }
+      const toTrack = this.tracked ? this.clearIn(this.tracked, u0, u1) : [];
+      await this.persistSet([
+        ['copied', this.copied, toCopy],
+        ['tracked', this.tracked!, toTrack],
+      ]); // J2, J3
+      this.check(this.state !== 'copying' || this.copied.allSet(u0, u1), 'writing over uncopied units');
+      await next();
+    } finally {
+      unlock();
+    }
+  }
+
+  // ---- background copy ----
+
+  async copyStep(maxUnits: number): Promise<number> {
+    if (this.state !== 'copying' || this.done) return 0;
+    const units = await this.lockBatch(
+      (from) => this.copied.nextClear(from),
+      (u) => !this.copied.test(u),
+      this.cursor,
+      maxUnits,
+    );
+    try {
+      if (units.length > 0) {
+        for (const u of units) await this.copyUnit(this.src.below, this.dst.below, u);
+        await this.dst.below.flush(); // J1
+        await this.persistSet([['copied', this.copied, units]]);
+        this.cursor = units[units.length - 1]! + 1;
+        this.noteCopied(units.length);
+      }
+    } finally {
+      this.unlockAll(units);
+    }
+    if (this.copied.full) await this.copyDone();
+    return units.length;
+  }
+
+  private async copyDone(): Promise<void> {
+    if (this.tracked === undefined) {
+      this.done = true; // the engine detaches the roles and deletes the record
+      return;
+    }
+    this.setState('tracking', 'physical copy finished; tracking changes for the next restart');
+    await this.ctx.journal.sync();
+  }
+}
