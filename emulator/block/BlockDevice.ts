@@ -54,6 +54,12 @@ export interface Extent {
   flags: number;
 }
 
+/**
+ * Buffers: `into` (read) and `data` (write) belong to the device only until the returned
+ * promise resolves; the caller may reuse them at once afterwards (the NBD server pools large
+ * buffers), so a device must never keep a reference past that, e.g. in a deferred mirror
+ * write. After a rejection the caller drops the buffer instead of reusing it.
+ */
 export interface BlockDevice {
   /** Size in bytes; a multiple of blockSize. May grow while the device is open (see onResize). */
   readonly size: number;

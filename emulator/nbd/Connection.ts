@@ -8,6 +8,7 @@
 import type { Socket } from 'node:net';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import type { ExportHandle, ExportProvider } from '../block/BlockDevice.js';
+import type { BufferPool } from './BufferPool.js';
 import { negotiate, type HandshakeHost } from './handshake.js';
 import { InputQueue } from './InputQueue.js';
 import { Output } from './Output.js';
@@ -19,6 +20,8 @@ export interface ConnectionContext {
   logger: NbdLogger;
   tls?: { context: SecureContext; require: boolean; verifyClient: boolean };
   handshakeTimeoutMs: number;
+  /** Large I/O buffers shared by the server's connections. */
+  pool: BufferPool;
 }
 
 /** How long a closing socket may take to flush before it is destroyed. */
@@ -31,6 +34,7 @@ export class Connection implements HandshakeHost {
   readonly log: NbdLogger;
   readonly provider: ExportProvider;
   readonly remoteAddress: string;
+  readonly pool: BufferPool;
   input: InputQueue;
   out: Output;
   tlsActive = false;
@@ -49,6 +53,7 @@ export class Connection implements HandshakeHost {
   ) {
     this.socket = socket;
     this.provider = ctx.provider;
+    this.pool = ctx.pool;
     const host = socket.remoteAddress ?? 'unknown';
     this.remoteAddress = host.includes(':') ? `[${host}]:${socket.remotePort}` : `${host}:${socket.remotePort}`;
     this.log = ctx.logger.child({ conn: this.id, remote: this.remoteAddress });

@@ -71,22 +71,45 @@ export class InputQueue {
       return;
     }
     const out = into ?? Buffer.allocUnsafe(n);
-    let done = 0;
-    while (done < n) {
-      const c = this.chunks[0]!;
-      const k = Math.min(c.length - this.pos, n - done);
-      c.copy(out, done, this.pos, this.pos + k);
-      done += k;
-      this.advance(k);
-    }
+    this.copyOut(out, 0, n);
     this.buf = out;
     this.off = 0;
+  }
+
+  /** Moves n buffered bytes (n <= length) into out at `at`. */
+  private copyOut(out: Buffer, at: number, n: number): void {
+    const end = at + n;
+    while (at < end) {
+      const c = this.chunks[0]!;
+      const k = Math.min(c.length - this.pos, end - at);
+      c.copy(out, at, this.pos, this.pos + k);
+      at += k;
+      this.advance(k);
+    }
   }
 
   /** Consumes n bytes (n <= length) as a Buffer of their own or a view of one chunk. */
   take(n: number): Buffer {
     this.consume(n);
     return this.off === 0 && this.buf.length === n ? this.buf : this.buf.subarray(this.off, this.off + n);
+  }
+
+  /**
+   * Copies the next n bytes into `into` (at least n long) as they arrive, waiting for at most
+   * `step` bytes at a time, so that no more than about max(step, highWater) of them are
+   * ever buffered. Resolves false if the stream ends first.
+   */
+  async fill(into: Buffer, n: number, step: number): Promise<boolean> {
+    let done = 0;
+    for (;;) {
+      const k = Math.min(n - done, this.length);
+      if (k > 0) {
+        this.copyOut(into, done, k);
+        done += k;
+      }
+      if (done === n) return true;
+      if (!(await this.need(Math.min(n - done, step)))) return false;
+    }
   }
 
   /**

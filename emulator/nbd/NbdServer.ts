@@ -1,6 +1,7 @@
 /** The NBD server: a TCP listener and its connections. */
 import { createServer, type Server, type Socket } from 'node:net';
 import { createSecureContext } from 'node:tls';
+import { BufferPool } from './BufferPool.js';
 import { Connection, type ConnectionContext } from './Connection.js';
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, type NbdServerOptions } from './types.js';
 
@@ -14,7 +15,12 @@ export class NbdServer {
   private closing: Promise<void> | undefined;
 
   constructor(opts: NbdServerOptions) {
-    this.ctx = { provider: opts.provider, logger: opts.logger, handshakeTimeoutMs: opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS };
+    this.ctx = {
+      provider: opts.provider,
+      logger: opts.logger,
+      handshakeTimeoutMs: opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
+      pool: new BufferPool(),
+    };
     if (opts.tls !== undefined) {
       const { key, cert, ca } = opts.tls;
       this.ctx.tls = {

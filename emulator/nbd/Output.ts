@@ -8,7 +8,9 @@
  * writev when large replies are queued): a burst of completions costs one syscall.
  *
  * A slab region or queued buffer handed to the socket is never written again: the slab moves
- * on past it (a fresh slab when full), and queued buffers belong to the socket.
+ * on past it (a fresh slab when full), and queued buffers belong to the socket. A buffer
+ * sent with sendOwned() is handed back through its callback once the socket write that
+ * carried it has completed (true) or was abandoned (false: the caller must drop it).
  */
 import type { Writable } from 'node:stream';
 import {
@@ -28,6 +30,9 @@ const SLAB = 128 * 1024;
 /** Prepared messages up to this size are copied into the slab rather than queued by reference. */
 export const COPY_MAX = 16 * 1024 + 64;
 
+/** Told whether the socket is done with a sendOwned() buffer: true once it was written, false if it never will be (or failed). */
+export type SentCallback = (ok: boolean) => void;
+
 export class Output {
   private slab = Buffer.allocUnsafe(SLAB);
   /** [start, used) is encoded but not yet handed to the socket. */
@@ -36,6 +41,8 @@ export class Output {
   private scheduled = false;
   /** Messages sealed for this tick's write, in order: slab regions and queued buffers. */
   private parts: Buffer[] = [];
+  /** Per part: the owner's callback for a sendOwned() buffer, else undefined. */
+  private cbs: Array<SentCallback | undefined> = [];
   private partsBytes = 0;
 
   constructor(private target: Writable) {}
@@ -71,11 +78,30 @@ export class Output {
       buf.copy(this.slab, at);
       return true;
     }
+    this.queue(buf, undefined);
+    return false;
+  }
+
+  /**
+   * Reserves `head` bytes in the slab for a message's header (the caller fills them at once,
+   * at the returned offset in `slab`), followed by `data` sent by reference, at the end of
+   * this tick. `onSent` is called exactly once: true when the socket has written `data` and
+   * keeps no reference to it, false when it was not or may not have been (closed socket,
+   * write error); then the caller must not reuse `data`.
+   */
+  sendOwned(head: number, data: Buffer, onSent: SentCallback): { slab: Buffer; at: number } {
+    const at = this.reserve(head);
+    const slab = this.slab;
+    this.queue(data, onSent);
+    return { slab, at };
+  }
+
+  private queue(buf: Buffer, cb: SentCallback | undefined): void {
     this.seal();
     this.parts.push(buf);
+    this.cbs.push(cb);
     this.partsBytes += buf.length;
     this.schedule();
-    return false;
   }
 
   /** Writes everything encoded so far, now. */
@@ -83,17 +109,22 @@ export class Output {
     this.seal();
     const parts = this.parts;
     if (parts.length === 0) return;
+    const cbs = this.cbs;
     this.parts = [];
+    this.cbs = [];
     this.partsBytes = 0;
-    if (this.closed) return;
+    if (this.closed) {
+      for (const cb of cbs) cb?.(false);
+      return;
+    }
     const t = this.target;
     if (parts.length === 1) {
-      t.write(parts[0]);
+      t.write(parts[0], written(cbs[0]));
       return;
     }
     // One writev for the lot.
     t.cork();
-    for (const p of parts) t.write(p);
+    for (let i = 0; i < parts.length; i++) t.write(parts[i], written(cbs[i]));
     t.uncork();
   }
 
@@ -103,6 +134,7 @@ export class Output {
     const part = this.slab.subarray(this.start, this.used);
     this.start = this.used;
     this.parts.push(part);
+    this.cbs.push(undefined);
     this.partsBytes += part.length;
   }
 
@@ -207,6 +239,12 @@ export class Output {
     }
     if (b !== this.slab) this.send(b);
   }
+}
+
+/** A stream write callback that reports to `cb` whether the write succeeded. */
+function written(cb: SentCallback | undefined): ((err?: Error | null) => void) | undefined {
+  if (cb === undefined) return undefined;
+  return (err) => cb(err === undefined || err === null);
 }
 
 export function writeChunkHeader(b: Buffer, at: number, flags: number, type: number, cookieHi: number, cookieLo: number, length: number): void {

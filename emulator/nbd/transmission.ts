@@ -42,6 +42,7 @@ import {
   SIMPLE_REPLY_MAGIC,
   SIMPLE_REPLY_SIZE,
 } from './constants.js';
+import { BufferPool } from './BufferPool.js';
 import { wireError } from './errors.js';
 import { writeU64 } from './exportInfo.js';
 import type { Negotiated } from './handshake.js';
@@ -54,6 +55,18 @@ const OUTPUT_LIMIT = 16 * 1024 * 1024;
 const READ_HEADER = CHUNK_HEADER_SIZE + 8;
 /** Small read buffers kept per connection for reuse (each COPY_MAX bytes). */
 const POOL_MAX = 16;
+/**
+ * WRITE payloads larger than this are copied, as they arrive, into a buffer from the server's
+ * BufferPool; smaller ones are handed to the device as they sit in the input (a view when
+ * the payload lies in one socket chunk).
+ */
+const POOLED_WRITE_MIN = 64 * 1024;
+/**
+ * Bytes of a pooled WRITE payload waited for at a time: less than a socket chunk, so each
+ * chunk is copied (while still in cache) and released as soon as it arrives. Measured against
+ * 128 KiB and whole-payload waits: 1 MiB sequential writes went faster in 6 of 7 paired runs.
+ */
+const FILL_STEP = 32 * 1024;
 /** Refused requests logged at warn per connection before the rest go to debug. */
 const MAX_WARNINGS = 20;
 
@@ -78,6 +91,8 @@ export interface TransmissionHost {
   readonly input: InputQueue;
   readonly out: Output;
   readonly log: NbdLogger;
+  /** The server's pool of large buffers (READ replies and WRITE payloads above 16/64 KiB). */
+  readonly pool: BufferPool;
 }
 
 /** Why the request loop stopped. */
@@ -158,19 +173,28 @@ export class Transmission {
           this.refuse(errno, type, cookieHi, cookieLo, offset, length);
           continue;
         }
-        if (!this.canAdmit(length) && !(await this.admission(length))) return 'eof';
-        if (input.length < length && !(await input.need(length))) return 'eof';
-        const data = input.take(length);
-        this.start(type, flags, offset, length, cookieHi, cookieLo, data);
+        const pooled = length > POOLED_WRITE_MIN;
+        const cost = pooled ? BufferPool.bufferSize(length) : length;
+        if (!this.canAdmit(cost) && !(await this.admission(cost))) return 'eof';
+        if (!pooled) {
+          if (input.length < length && !(await input.need(length))) return 'eof';
+          this.start(type, flags, offset, length, cookieHi, cookieLo, cost, input.take(length), undefined);
+          continue;
+        }
+        // Copy the payload into a pooled buffer as it streams in: no concatenation, no fresh
+        // 1 MiB allocation, and the socket chunks are released as they are copied.
+        const whole = this.host.pool.acquire(length);
+        if (!(await input.fill(whole, length, FILL_STEP))) return 'eof';
+        this.start(type, flags, offset, length, cookieHi, cookieLo, cost, whole.subarray(0, length), whole);
         continue;
       }
       if (errno !== 0) {
         this.refuse(errno, type, cookieHi, cookieLo, offset, length);
         continue;
       }
-      const cost = type === CMD_READ ? length : 0;
+      const cost = type === CMD_READ ? readBytes(length, this.neg.structured) : 0;
       if (!this.canAdmit(cost) && !(await this.admission(cost))) return 'eof';
-      this.start(type, flags, offset, length, cookieHi, cookieLo, undefined);
+      this.start(type, flags, offset, length, cookieHi, cookieLo, cost, undefined, undefined);
     }
   }
 
@@ -271,8 +295,21 @@ export class Transmission {
     this.wakeAdmission();
   }
 
-  private start(type: number, flags: number, offset: number, length: number, cookieHi: number, cookieLo: number, data: Buffer | undefined): void {
-    const cost = type === CMD_READ || type === CMD_WRITE ? length : 0;
+  /**
+   * `cost`: the request's share of MAX_IN_FLIGHT_BYTES (the buffer it holds). `whole`: the
+   * pooled buffer `data` is a view of, returned to the pool once the device is done with it.
+   */
+  private start(
+    type: number,
+    flags: number,
+    offset: number,
+    length: number,
+    cookieHi: number,
+    cookieLo: number,
+    cost: number,
+    data: Buffer | undefined,
+    whole: Buffer | undefined,
+  ): void {
     this.inflight++;
     this.inflightBytes += cost;
     let p: Promise<void>;
@@ -283,8 +320,13 @@ export class Transmission {
       p = Promise.reject(err);
     }
     p.then(
-      () => this.finish(cost),
+      () => {
+        // The write succeeded: the device is done with the payload.
+        if (whole !== undefined) this.host.pool.release(whole);
+        this.finish(cost);
+      },
       (err: unknown) => {
+        // A failed write's payload is dropped, not pooled: a layer may still be writing from it.
         this.deviceError(err, type, offset, length, cookieHi, cookieLo);
         this.finish(cost);
       },
@@ -322,9 +364,11 @@ export class Transmission {
   }
 
   /**
-   * READ: the reply header and data share one buffer; the device fills the data in place.
-   * Small replies use a buffer from this connection's pool: Output copies them into its slab,
-   * so the buffer is free again as soon as send() returns (never while the socket holds it).
+   * READ: the device fills the data in place. Small replies (header and data in one buffer
+   * of this connection's small pool) are copied into Output's slab, so the buffer is free
+   * again as soon as send() returns. Larger ones read into a buffer of the server's
+   * BufferPool, sent by reference after a header in the slab, and go back to the pool only
+   * when the socket write that carried them has completed (never while the socket holds it).
    */
   private async read(offset: number, length: number, cookieHi: number, cookieLo: number): Promise<void> {
     const out = this.host.out;
@@ -336,22 +380,24 @@ export class Transmission {
     }
     const hdr = structured ? READ_HEADER : SIMPLE_REPLY_SIZE;
     const total = hdr + length;
-    const pooled = total <= COPY_MAX;
-    const whole = pooled ? (this.pool.pop() ?? Buffer.allocUnsafe(COPY_MAX)) : Buffer.allocUnsafe(total);
-    const buf = pooled ? whole.subarray(0, total) : whole;
+    if (total > COPY_MAX) return this.readLarge(offset, length, hdr, cookieHi, cookieLo);
+    const whole = this.pool.pop() ?? Buffer.allocUnsafe(COPY_MAX);
+    const buf = whole.subarray(0, total);
     // On failure the buffer is dropped, not pooled: a device may still be writing into it.
     await this.device.read(offset, buf.subarray(hdr));
-    if (structured) {
-      // One OFFSET_DATA chunk, always: that is what makes NBD_CMD_FLAG_DF free to honour.
-      writeChunkHeader(buf, 0, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, cookieHi, cookieLo, 8 + length);
-      writeU64(buf, CHUNK_HEADER_SIZE, offset);
-    } else {
-      buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
-      buf.writeUInt32BE(0, 4);
-      buf.writeUInt32BE(cookieHi, 8);
-      buf.writeUInt32BE(cookieLo, 12);
-    }
-    if (out.send(buf) && pooled && this.pool.length < POOL_MAX) this.pool.push(whole);
+    writeReadHeader(buf, 0, structured, cookieHi, cookieLo, offset, length);
+    if (out.send(buf) && this.pool.length < POOL_MAX) this.pool.push(whole);
+  }
+
+  private async readLarge(offset: number, length: number, hdr: number, cookieHi: number, cookieLo: number): Promise<void> {
+    const pool = this.host.pool;
+    const whole = pool.acquire(length);
+    // On failure the buffer is dropped, not pooled: a device may still be writing into it.
+    await this.device.read(offset, whole.subarray(0, length));
+    const { slab, at } = this.host.out.sendOwned(hdr, whole.subarray(0, length), (ok) => {
+      if (ok) pool.release(whole);
+    });
+    writeReadHeader(slab, at, this.neg.structured, cookieHi, cookieLo, offset, length);
   }
 
   /**
@@ -400,4 +446,23 @@ export class Transmission {
     if (this.neg.structured) this.host.out.errorChunk(errno, message, cookieHi, cookieLo);
     else this.host.out.simpleReply(errno, cookieHi, cookieLo);
   }
+}
+
+/** READ reply header for `length` bytes at `offset`: one OFFSET_DATA chunk with DONE, or a simple reply. */
+function writeReadHeader(b: Buffer, at: number, structured: boolean, cookieHi: number, cookieLo: number, offset: number, length: number): void {
+  if (structured) {
+    // One OFFSET_DATA chunk, always: that is what makes NBD_CMD_FLAG_DF free to honour.
+    writeChunkHeader(b, at, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, cookieHi, cookieLo, 8 + length);
+    writeU64(b, at + CHUNK_HEADER_SIZE, offset);
+  } else {
+    b.writeUInt32BE(SIMPLE_REPLY_MAGIC, at);
+    b.writeUInt32BE(0, at + 4);
+    b.writeUInt32BE(cookieHi, at + 8);
+    b.writeUInt32BE(cookieLo, at + 12);
+  }
+}
+
+/** Bytes a READ of `length` holds until its reply is sent: its pooled buffer, or the length for small ones. */
+function readBytes(length: number, structured: boolean): number {
+  return length + (structured ? READ_HEADER : SIMPLE_REPLY_SIZE) > COPY_MAX ? BufferPool.bufferSize(length) : length;
 }
