@@ -1,5 +1,5 @@
 /**
- * The array's configuration database: volumes now; copy sessions, hosts and events later.
+ * The array's configuration database: volumes and copy sessions now; hosts and events later.
  *
  * SQLite through better-sqlite3, in WAL mode with synchronous=FULL: a change is on stable
  * storage when its statement returns, which the create/delete ordering in StorageArray
@@ -49,7 +49,42 @@ const MIGRATIONS: Migration[] = [
       ) STRICT;
     `);
   },
+  // 2: copy sessions (SqliteSessionJournal): the record as JSON (rate encoded with encodeRate),
+  // and each bitmap as AllocationMap chunks (LSB-first, CHUNK_BYTES each); a missing chunk is
+  // all clear. seq keeps creation order across updates.
+  (db) => {
+    db.exec(`
+      CREATE TABLE copy_sessions (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        id     TEXT NOT NULL UNIQUE,
+        record TEXT NOT NULL
+      ) STRICT;
+      CREATE TABLE copy_bitmaps (
+        session_id  TEXT NOT NULL REFERENCES copy_sessions (id) ON DELETE CASCADE,
+        bitmap      TEXT NOT NULL,
+        chunk_index INTEGER NOT NULL CHECK (chunk_index >= 0),
+        bits        BLOB NOT NULL,
+        PRIMARY KEY (session_id, bitmap, chunk_index)
+      ) STRICT, WITHOUT ROWID;
+    `);
+  },
 ];
+
+/** One commit of the copy-session journal (SqliteSessionJournal.sync). */
+export interface CopyJournalBatch {
+  /** Session ids to delete (with their bitmaps), applied first. */
+  deletes: string[];
+  /** id -> record JSON, inserted or replaced. */
+  puts: Map<string, string>;
+  /** Chunks to write; bits === undefined deletes the chunk (all clear). */
+  chunks: Array<{ sessionId: string; bitmap: string; index: number; bits: Buffer | undefined }>;
+}
+
+export interface CopySessionRow {
+  id: string;
+  record: string;
+  chunks: Array<{ bitmap: string; index: number; bits: Buffer }>;
+}
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -75,7 +110,12 @@ export class MetadataStore {
     insert: Database.Statement<[VolumeRow]>;
     remove: Database.Statement<[string]>;
     resize: Database.Statement<[number, string]>;
+    copyPut: Database.Statement<[string, string]>;
+    copyDelete: Database.Statement<[string]>;
+    chunkPut: Database.Statement<[string, string, number, Buffer]>;
+    chunkDelete: Database.Statement<[string, string, number]>;
   };
+  private readonly commitCopy: (batch: CopyJournalBatch) => void;
 
   /**
    * @param file a path, or ':memory:' for the memory backend.
@@ -104,7 +144,44 @@ export class MetadataStore {
       ),
       remove: this.db.prepare<[string]>('DELETE FROM volumes WHERE uuid = ?'),
       resize: this.db.prepare<[number, string]>('UPDATE volumes SET size_bytes = ? WHERE uuid = ?'),
+      copyPut: this.db.prepare<[string, string]>('INSERT INTO copy_sessions (id, record) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET record = excluded.record'),
+      copyDelete: this.db.prepare<[string]>('DELETE FROM copy_sessions WHERE id = ?'),
+      chunkPut: this.db.prepare<[string, string, number, Buffer]>(
+        'INSERT INTO copy_bitmaps (session_id, bitmap, chunk_index, bits) VALUES (?, ?, ?, ?) ON CONFLICT (session_id, bitmap, chunk_index) DO UPDATE SET bits = excluded.bits',
+      ),
+      chunkDelete: this.db.prepare<[string, string, number]>('DELETE FROM copy_bitmaps WHERE session_id = ? AND bitmap = ? AND chunk_index = ?'),
     };
+    this.commitCopy = this.db.transaction((batch: CopyJournalBatch) => {
+      for (const id of batch.deletes) this.stmts.copyDelete.run(id);
+      for (const [id, json] of batch.puts) this.stmts.copyPut.run(id, json);
+      for (const c of batch.chunks) {
+        if (c.bits === undefined) this.stmts.chunkDelete.run(c.sessionId, c.bitmap, c.index);
+        else this.stmts.chunkPut.run(c.sessionId, c.bitmap, c.index, c.bits);
+      }
+    });
+  }
+
+  /** Writes one journal batch in one transaction (durable on return: synchronous=FULL). */
+  commitCopyJournal(batch: CopyJournalBatch): void {
+    this.commitCopy(batch);
+  }
+
+  /** Every copy session with its bitmap chunks, in creation order. */
+  listCopySessions(): CopySessionRow[] {
+    const sessions = this.db.prepare('SELECT id, record FROM copy_sessions ORDER BY seq').all() as Array<{ id: string; record: string }>;
+    const chunks = this.db.prepare('SELECT session_id, bitmap, chunk_index, bits FROM copy_bitmaps ORDER BY session_id, bitmap, chunk_index').all() as Array<{
+      session_id: string;
+      bitmap: string;
+      chunk_index: number;
+      bits: Buffer;
+    }>;
+    const byId = new Map<string, CopySessionRow>(sessions.map((s) => [s.id, { id: s.id, record: s.record, chunks: [] }]));
+    for (const c of chunks) byId.get(c.session_id)?.chunks.push({ bitmap: c.bitmap, index: c.chunk_index, bits: c.bits });
+    return [...byId.values()];
+  }
+
+  get isOpen(): boolean {
+    return this.db.open;
   }
 
   get schemaVersion(): number {

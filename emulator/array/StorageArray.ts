@@ -17,6 +17,14 @@
  * A row is therefore never without its files, except after outside damage, which open()
  * reports rather than hides.
  *
+ * Copy sessions. The array owns one CopyEngine (emulator/copy/). Every volume is adopted by
+ * it (its layer pushed) before any client can reach the volume, and the sessions in the
+ * journal (SqliteSessionJournal, in the same database) are recovered once at open. Copy
+ * control operations that start sessions or change their volumes' roles run through the same
+ * queue as create/resize/delete, so a volume cannot be deleted while a session on it is
+ * being started. Delete is refused while a volume is in a session; resize is refused while it
+ * is in an EC or SnapOPC+ session (a session covers the source's size at its start).
+ *
  * One process per data directory: the database is held with an exclusive lock for the
  * array's lifetime, so a second arraylab on the same directory fails at once instead of
  * writing the same files.
@@ -30,9 +38,12 @@ import type { Logger } from 'pino';
 import { BlockDeviceError, type ClientInfo, type ExportHandle, type ExportProvider, type ExportSummary } from '../block/BlockDevice.js';
 import { FileBlockStore, type FileBlockStorePaths } from '../block/FileBlockStore.js';
 import { MemoryBlockStore } from '../block/MemoryBlockStore.js';
+import { CopyEngine, type StartOptions } from '../copy/CopyEngine.js';
+import { CopyError, type CopyEvent, type CopyType, type SessionInfo } from '../copy/CopySession.js';
 import { formatSize } from '../units.js';
 import { newVolumeIdentity } from './identity.js';
 import { DATABASE_FILE, MetadataStore, type VolumeRecord } from './MetadataStore.js';
+import { SqliteSessionJournal } from './SqliteSessionJournal.js';
 import { ArrayError, VOLUME_NAME_PATTERN, type ConnectionInfo, type CreateVolumeRequest, type VolumeInfo, type VolumeSpec } from './types.js';
 import { Volume, type VolumeStore } from './Volume.js';
 
@@ -41,7 +52,25 @@ export interface StorageArrayOptions {
   /** Required for 'file'; created if missing. */
   dataDir?: string;
   logger: Logger;
+  /** Copy engine clock (tests: 'manual' drives the copier with array.copy.step()). */
+  copyClock?: 'timers' | 'manual';
 }
+
+export interface StartCopyRequest {
+  type: CopyType;
+  source: string;
+  destination: string;
+  /** Background copy rate in bytes/s: 0 = none; undefined or Infinity = unthrottled. */
+  rate?: number;
+  /** Consistency group label. */
+  group?: string;
+  /** Start even if the destination is exported read-write to a connected client. */
+  force?: boolean;
+  /** Copy granularity in bytes (default 64 KiB). */
+  unitSize?: number;
+}
+
+const COPY_TYPE_NAMES: Record<CopyType, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC' };
 
 export interface ExportDescription extends ExportSummary {
   size: number;
@@ -59,18 +88,32 @@ export class StorageArray implements ExportProvider {
   private readonly creating = new Set<string>();
   private queue: Promise<unknown> = Promise.resolve();
   private closing: Promise<void> | undefined;
+  private readonly journal: SqliteSessionJournal;
+  /** The copy engine; control operations that start sessions go through startCopy() etc. */
+  readonly copy: CopyEngine;
 
   private constructor(
     private readonly backend: 'file' | 'memory',
     private readonly volumesDir: string | undefined,
     private readonly db: MetadataStore,
     private readonly log: Logger,
-  ) {}
+    copyClock: 'timers' | 'manual' = 'timers',
+  ) {
+    this.journal = new SqliteSessionJournal(db);
+    this.copy = new CopyEngine({ journal: this.journal, clock: copyClock });
+    this.copy.onEvent((e) => {
+      const fields = { sessionId: e.sessionId, kind: e.kind, state: e.state };
+      if (e.kind === 'error') this.log.warn(fields, e.message);
+      else this.log.info(fields, e.message);
+    });
+  }
 
   static async open(opts: StorageArrayOptions): Promise<StorageArray> {
     const log = opts.logger;
     if (opts.backend === 'memory') {
-      return new StorageArray('memory', undefined, new MetadataStore(':memory:'), log);
+      const array = new StorageArray('memory', undefined, new MetadataStore(':memory:'), log, opts.copyClock);
+      await array.copy.recover();
+      return array;
     }
     if (opts.backend !== 'file') {
       throw new ArrayError('INVALID_ARGUMENT', `unknown backend "${String(opts.backend)}": use file or memory`);
@@ -90,9 +133,11 @@ export class StorageArray implements ExportProvider {
       }
       throw new ArrayError('INTERNAL', `cannot open the array database in ${dataDir}: ${(err as Error).message}`);
     }
-    const array = new StorageArray('file', volumesDir, db, log);
+    const array = new StorageArray('file', volumesDir, db, log, opts.copyClock);
     try {
       await array.loadVolumes();
+      const sessions = await array.copy.recover();
+      if (sessions.length > 0) log.info({ sessions: sessions.map((s) => ({ id: s.id, type: s.type, state: s.state })) }, 'recovered copy sessions');
     } catch (err) {
       await array.closeAll();
       throw err;
@@ -132,6 +177,84 @@ export class StorageArray implements ExportProvider {
     }
     out.sort((a, b) => (a.volume < b.volume ? -1 : a.volume > b.volume ? 1 : a.at - b.at));
     return out.map(({ at: _at, ...c }) => c);
+  }
+
+  // ---- copy sessions ----
+
+  startCopy(req: StartCopyRequest): Promise<SessionInfo> {
+    return this.serially(() =>
+      copyCall(async () => {
+        const { type, source, destination } = req;
+        if (!(type in COPY_TYPE_NAMES)) throw new ArrayError('INVALID_ARGUMENT', `unknown copy type ${JSON.stringify(type)}: use opc, quickopc, snapopcplus or ec`);
+        const what = `cannot start ${COPY_TYPE_NAMES[type]} ${source} -> ${destination}`;
+        for (const name of [source, destination]) {
+          const v = this.volumes.get(name);
+          if (v === undefined || v.deleting) throw new ArrayError('NOT_FOUND', `${what}: no volume named "${name}"; list volumes with "arraylab volume list"`);
+        }
+        if (!req.force) {
+          const rw = [...this.volumes.get(destination)!.handles].filter((h) => !h.readOnly).length;
+          if (rw > 0) {
+            throw new ArrayError(
+              'FAILED_PRECONDITION',
+              `${what}: ${destination} is exported read-write to ${rw} connected client${rw === 1 ? '' : 's'}; dismount it first or pass --force`,
+            );
+          }
+        }
+        const opts: StartOptions = {
+          ...(req.rate !== undefined ? { rate: req.rate } : {}),
+          ...(req.unitSize !== undefined ? { unitSize: req.unitSize } : {}),
+          ...(req.group ? { group: req.group } : {}),
+        };
+        switch (type) {
+          case 'opc':
+            return this.copy.startOpc(source, destination, opts);
+          case 'quickopc':
+            return this.copy.startQuickOpc(source, destination, opts);
+          case 'ec':
+            return this.copy.startEc(source, destination, opts);
+          case 'snapopcplus':
+            return this.copy.startSnapOpcPlus(source, destination, { ...(req.unitSize !== undefined ? { unitSize: req.unitSize } : {}), ...(req.group ? { group: req.group } : {}) });
+        }
+      }),
+    );
+  }
+
+  listCopies(): SessionInfo[] {
+    return this.copy.list();
+  }
+
+  getCopy(id: string): SessionInfo {
+    return copyCallSync(() => this.copy.get(id));
+  }
+
+  suspendCopy(id: string): Promise<SessionInfo> {
+    return this.serially(() => copyCall(() => this.copy.suspend(id)));
+  }
+
+  /** Resumes a suspended EC pair, or rejoins a split one (differential resync). */
+  resumeCopy(id: string): Promise<SessionInfo> {
+    return this.serially(() => copyCall(() => (this.copy.get(id).state === 'split' ? this.copy.rejoin(id) : this.copy.resume(id))));
+  }
+
+  reverseCopy(id: string): Promise<SessionInfo> {
+    return this.serially(() => copyCall(() => this.copy.reverse(id)));
+  }
+
+  splitCopy(id: string): Promise<SessionInfo> {
+    return this.serially(() => copyCall(() => this.copy.split(id)));
+  }
+
+  cancelCopy(id: string, opts: { force?: boolean } = {}): Promise<void> {
+    return this.serially(() => copyCall(() => this.copy.cancel(id, opts)));
+  }
+
+  /** Bytes per second: 0 = no background copy, Infinity = unthrottled. */
+  setCopyRate(id: string, rate: number): Promise<SessionInfo> {
+    return copyCall(() => this.copy.setRate(id, rate));
+  }
+
+  onCopyEvent(listener: (e: CopyEvent) => void): () => void {
+    return this.copy.onEvent(listener);
   }
 
   /** Flushes every volume's store. */
@@ -224,6 +347,7 @@ export class StorageArray implements ExportProvider {
         throw new ArrayError('INTERNAL', `cannot record volume ${spec.name}: ${(err as Error).message}`);
       }
       const v = new Volume(record, store);
+      this.copy.addVolume(v); // before any client can reach it
       this.volumes.set(record.name, v);
       this.log.info({ volume: record.name, uuid: record.uuid, wwn: record.wwn, sizeBytes: record.sizeBytes, provisioning: record.provisioning }, 'created volume');
       return v.info();
@@ -257,6 +381,15 @@ export class StorageArray implements ExportProvider {
       );
     }
     if (newSize === oldSize) return v.info();
+    for (const id of this.copy.sessionsOfVolume(name)) {
+      const s = this.copy.get(id);
+      if (s.type === 'ec' || s.type === 'snapopcplus') {
+        throw new ArrayError(
+          'FAILED_PRECONDITION',
+          `cannot resize volume ${name}: it is in ${COPY_TYPE_NAMES[s.type]} session ${s.id} (${s.source} -> ${s.destination}, ${s.state}), which covers the source's size at its start; cancel the session first`,
+        );
+      }
+    }
     try {
       await v.store.resize(newSize); // durable first: a crash after it leaves a larger store, which open() adopts
     } catch (err) {
@@ -279,6 +412,12 @@ export class StorageArray implements ExportProvider {
         'FAILED_PRECONDITION',
         `cannot delete volume ${name}: it is open by ${n} connected client${n === 1 ? '' : 's'} (${who}); disconnect ${n === 1 ? 'it' : 'them'} first`,
       );
+    }
+    try {
+      this.copy.removeVolume(name); // refused while the volume is in a session
+    } catch (err) {
+      if (err instanceof CopyError) throw new ArrayError(err.code, `cannot delete volume ${name}: ${err.message}`);
+      throw err;
     }
     v.deleting = true; // no new clients from here on (openExport is synchronous, so no race)
     try {
@@ -321,6 +460,7 @@ export class StorageArray implements ExportProvider {
         );
       }
       const v = new Volume(record, store);
+      this.copy.addVolume(v); // before any client can reach it
       this.volumes.set(record.name, v);
       if (store.blockSize !== record.blockSize || store.thin !== (record.provisioning === 'thin') || store.size < record.sizeBytes) {
         throw new ArrayError(
@@ -358,6 +498,12 @@ export class StorageArray implements ExportProvider {
   }
 
   private async closeAll(): Promise<void> {
+    await this.copy.close(); // no more background copies; sessions stay in the journal
+    try {
+      if (this.db.isOpen) this.journal.commit(); // lazy clears appended since the last sync
+    } catch (err) {
+      this.log.warn({ err }, 'writing the last copy journal records failed; recovery will copy more');
+    }
     const results = await Promise.allSettled([...this.volumes.values()].map((v) => v.store.close()));
     this.volumes.clear();
     this.db.close();
@@ -365,6 +511,25 @@ export class StorageArray implements ExportProvider {
     if (failed.length > 0) {
       throw new ArrayError('INTERNAL', `closing the array: ${failed.length} volume(s) failed to flush: ${(failed[0]!.reason as Error).message}`);
     }
+  }
+}
+
+/** Runs a copy engine operation, turning its refusals into ArrayErrors (same codes). */
+async function copyCall<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof CopyError) throw new ArrayError(err.code, err.message);
+    throw err;
+  }
+}
+
+function copyCallSync<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    if (err instanceof CopyError) throw new ArrayError(err.code, err.message);
+    throw err;
   }
 }
 

@@ -61,12 +61,15 @@ export interface StartOptions {
   rate?: number;
   /** Copy granularity in bytes (default 64 KiB). */
   unitSize?: number;
+  /** Consistency group label, kept in the record. */
+  group?: string;
 }
 
 export interface SnapStartOptions {
   unitSize?: number;
   /** With 8 generations already: refuse instead of dropping the oldest. */
   refuseIfFull?: boolean;
+  group?: string;
 }
 
 const TICK_MS = 50;
@@ -403,6 +406,7 @@ export class CopyEngine {
     const rate = opts.rate ?? Number.POSITIVE_INFINITY;
     checkRate(rate);
     const record = this.newRecord(type, source, destination, src, opts.unitSize, rate);
+    if (opts.group) record.group = opts.group;
     const units = Math.ceil(record.sizeBytes / record.unitSize);
     await src.below.flush(); // J4: the point-in-time data is durable on the source
     this.journal.putSession(record);
@@ -429,6 +433,7 @@ export class CopyEngine {
     const last = this.chains.get(source)?.gens.at(-1);
     const record = this.newRecord('snapopcplus', source, snapVolume, src, opts.unitSize ?? last?.record.unitSize, 0);
     record.generation = (last?.generation ?? 0) + 1;
+    if (opts.group) record.group = opts.group;
     if (dst.below.thin) await dst.below.writeZeroes(0, record.sizeBytes); // give the old content's space back
     await src.below.flush(); // J4
     this.journal.putSession(record);

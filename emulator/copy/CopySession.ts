@@ -59,6 +59,8 @@ export interface SessionRecord {
   reversed?: boolean;
   /** error-suspended: why. */
   error?: string;
+  /** Consistency group label given at the start (informational). */
+  group?: string;
 }
 
 /** Bitmap names used in the journal. */
@@ -81,6 +83,7 @@ export interface SessionInfo {
   generation?: number;
   reversed?: boolean;
   error?: string;
+  group?: string;
   createdAt: string;
 }
 

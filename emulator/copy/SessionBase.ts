@@ -96,6 +96,7 @@ export abstract class SessionBase implements CopySession {
       ...(r.generation !== undefined ? { generation: r.generation } : {}),
       ...(r.reversed ? { reversed: true } : {}),
       ...(r.error !== undefined ? { error: r.error } : {}),
+      ...(r.group !== undefined ? { group: r.group } : {}),
     };
   }
 
