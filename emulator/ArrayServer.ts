@@ -70,7 +70,7 @@ export class ArrayServer {
       this.nbd = new NbdServer({ provider: this.storage, logger: this.log, ...(tls ? { tls } : {}) });
       const nbd = await listenOrExplain('NBD', config.listen.nbd, '--nbd HOST:PORT or listen.nbd', () => this.nbd!.listen(config.listen.nbd.port, config.listen.nbd.host));
 
-      this.api = new ArrayApiServer({ array: this.storage, status: () => this.serverStatus(), logger: this.log });
+      this.api = new ArrayApiServer({ array: this.storage, copy: this.storage, status: () => this.serverStatus(), logger: this.log });
       const api = await this.api.listen(config.listen.api);
 
       this.bound = { nbd: { host: nbd.host, port: nbd.port }, api };

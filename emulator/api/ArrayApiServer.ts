@@ -1,5 +1,6 @@
 /**
- * The control API: arraylab.v1.ArrayService over gRPC, in front of a StorageArray.
+ * The control API: arraylab.v1.ArrayService and arraylab.v1.CopyService over gRPC, in front
+ * of a StorageArray.
  *
  * Array errors keep their message and map one-to-one onto gRPC status codes; anything else is
  * a bug, logged with its stack and returned as INTERNAL. While the server shuts down, new calls
@@ -10,8 +11,14 @@ import type { Logger } from 'pino';
 import { ArrayError, type ArrayErrorCode, type ConnectionInfo, type CreateVolumeRequest, type LogicalBlockSize, type VolumeInfo } from '../array/types.js';
 import { DEFAULT_API_ADDRESS, formatHostPort, type HostPort } from './address.js';
 import type { ArrayStatus, ExportInfo } from './model.js';
-import { arrayServiceDefinition } from './proto.js';
+import { CopyError, type CopyEvent, type SessionInfo } from '../copy/CopySession.js';
+import type { StartCopyRequest } from '../array/StorageArray.js';
+import { arrayServiceDefinition, copyServiceDefinition } from './proto.js';
 import {
+  copySessionToWire,
+  rateFromWire,
+  type WireCopyEvent,
+  type WireStartCopyRequest,
   exportToWire,
   provisioningFromWire,
   statusToWire,
@@ -33,11 +40,29 @@ export interface ArrayControl {
   listConnections(): ConnectionInfo[];
 }
 
+/** What the copy API needs of the array; StorageArray provides it. */
+export interface CopyControl {
+  startCopy(req: StartCopyRequest): Promise<SessionInfo>;
+  listCopies(): SessionInfo[];
+  getCopy(id: string): SessionInfo;
+  suspendCopy(id: string): Promise<SessionInfo>;
+  resumeCopy(id: string): Promise<SessionInfo>;
+  reverseCopy(id: string): Promise<SessionInfo>;
+  splitCopy(id: string): Promise<SessionInfo>;
+  cancelCopy(id: string, opts?: { force?: boolean }): Promise<void>;
+  setCopyRate(id: string, rate: number): Promise<SessionInfo>;
+  onCopyEvent(listener: (e: CopyEvent) => void): () => void;
+}
+
+const COPY_TYPES = new Set(['opc', 'quickopc', 'snapopcplus', 'ec']);
+
 /** The server-wide part of the status, which the array does not know. */
 export type ServerStatus = Pick<ArrayStatus, 'version' | 'startedAt' | 'dataDir' | 'backend' | 'listeners'>;
 
 export interface ArrayApiServerOptions {
   array: ArrayControl;
+  /** The copy sessions; CopyService is served only when given. */
+  copy?: CopyControl;
   status: () => ServerStatus;
   logger: Logger;
 }
@@ -58,6 +83,8 @@ export class ArrayApiServer {
   private readonly log: Logger;
   private draining = false;
   private listening = false;
+  /** Open WatchCopies streams, ended when the server drains. */
+  private readonly watches = new Set<() => void>();
 
   constructor(opts: ArrayApiServerOptions) {
     this.array = opts.array;
@@ -75,6 +102,77 @@ export class ArrayApiServer {
       ListExports: this.unary('ListExports', () => ({ exports: this.listExports().map(exportToWire) })),
       GetStatus: this.unary('GetStatus', () => statusToWire(this.status())),
     });
+    const copy = opts.copy;
+    if (copy) {
+      const id = (req: { id: string }) => req.id;
+      this.server.addService(copyServiceDefinition(), {
+        StartCopy: this.unary('StartCopy', async (req: WireStartCopyRequest) => copySessionToWire(await copy.startCopy(startFromWire(req)))),
+        ListCopies: this.unary('ListCopies', () => ({ sessions: copy.listCopies().map(copySessionToWire) })),
+        GetCopy: this.unary('GetCopy', (req: { id: string }) => copySessionToWire(copy.getCopy(id(req)))),
+        SuspendCopy: this.unary('SuspendCopy', async (req: { id: string }) => copySessionToWire(await copy.suspendCopy(id(req)))),
+        ResumeCopy: this.unary('ResumeCopy', async (req: { id: string }) => copySessionToWire(await copy.resumeCopy(id(req)))),
+        ReverseCopy: this.unary('ReverseCopy', async (req: { id: string }) => copySessionToWire(await copy.reverseCopy(id(req)))),
+        SplitCopy: this.unary('SplitCopy', async (req: { id: string }) => copySessionToWire(await copy.splitCopy(id(req)))),
+        CancelCopy: this.unary('CancelCopy', async (req: { id: string; force: boolean }) => {
+          await copy.cancelCopy(req.id, { force: req.force });
+          return {};
+        }),
+        SetCopyRate: this.unary('SetCopyRate', async (req: { id: string; rateMibS?: number | null }) =>
+          copySessionToWire(await copy.setCopyRate(req.id, rateFromWire(req.rateMibS))),
+        ),
+        WatchCopies: (call: grpc.ServerWritableStream<{ id: string; progressIntervalMs: number }, WireCopyEvent>) => this.watchCopies(copy, call),
+      });
+    }
+  }
+
+  /** WatchCopies: a snapshot, then engine events and periodic progress, until the client leaves. */
+  private watchCopies(copy: CopyControl, call: grpc.ServerWritableStream<{ id: string; progressIntervalMs: number }, WireCopyEvent>): void {
+    if (this.draining) {
+      call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'the arraylab server is shutting down; retry when it is back' });
+      return;
+    }
+    const only = call.request.id;
+    const interval = Math.max(50, call.request.progressIntervalMs || 1000);
+    const wanted = (id: string) => only === '' || only === id;
+    const current = (id: string): SessionInfo | undefined => copy.listCopies().find((s) => s.id === id);
+    const send = (e: WireCopyEvent) => {
+      if (!call.writableEnded && !call.cancelled) call.write(e);
+    };
+    const lastCopied = new Map<string, number>();
+    const snapshot = copy.listCopies().filter((s) => wanted(s.id));
+    if (only !== '' && snapshot.length === 0) {
+      call.emit('error', { code: grpc.status.NOT_FOUND, details: `no copy session ${only}; list sessions to see their ids` });
+      return;
+    }
+    const now = () => new Date().toISOString();
+    for (const s of snapshot) {
+      lastCopied.set(s.id, s.copiedBlocks);
+      send({ at: now(), sessionId: s.id, kind: 'snapshot', state: s.state, message: `${s.type} ${s.source} -> ${s.destination} ${s.state}`, session: copySessionToWire(s) });
+    }
+    const off = copy.onCopyEvent((e) => {
+      if (!wanted(e.sessionId)) return;
+      const s = current(e.sessionId);
+      if (s) lastCopied.set(s.id, s.copiedBlocks);
+      else lastCopied.delete(e.sessionId);
+      send({ at: e.at, sessionId: e.sessionId, kind: e.kind, state: s?.state ?? '', message: e.message, session: s ? copySessionToWire(s) : null });
+    });
+    const timer = setInterval(() => {
+      for (const s of copy.listCopies()) {
+        if (!wanted(s.id) || s.state !== 'copying' || lastCopied.get(s.id) === s.copiedBlocks) continue;
+        lastCopied.set(s.id, s.copiedBlocks);
+        send({ at: now(), sessionId: s.id, kind: 'progress', state: s.state, message: `${s.copiedBlocks}/${s.totalBlocks} units copied`, session: copySessionToWire(s) });
+      }
+    }, interval);
+    const stop = () => {
+      clearInterval(timer);
+      off();
+      this.watches.delete(stop);
+      if (!call.writableEnded) call.end();
+    };
+    this.watches.add(stop);
+    call.on('cancelled', stop);
+    call.on('error', stop);
+    call.on('close', stop);
   }
 
   /** Binds and starts serving; returns the bound address (the real port when asked for port 0). */
@@ -98,11 +196,12 @@ export class ArrayApiServer {
   /** Refuses new calls with UNAVAILABLE from now on; calls in progress complete. */
   drain(): void {
     this.draining = true;
+    for (const stop of [...this.watches]) stop();
   }
 
   /** Stops serving: waits briefly for calls in progress, then cancels them. */
   async close(graceMs = 2000): Promise<void> {
-    this.draining = true;
+    this.drain();
     if (!this.listening) {
       this.server.forceShutdown();
       return;
@@ -204,7 +303,7 @@ export class ArrayApiServer {
             callback(null, response);
           },
           (err: unknown) => {
-            if (err instanceof ArrayError) {
+            if (err instanceof ArrayError || err instanceof CopyError) {
               this.log.debug({ method, code: err.code, err: err.message }, 'api call refused');
               callback({ code: GRPC_CODE[err.code] ?? grpc.status.INTERNAL, details: err.message });
             } else {
@@ -216,6 +315,20 @@ export class ArrayApiServer {
         );
     };
   }
+}
+
+function startFromWire(req: WireStartCopyRequest): StartCopyRequest {
+  if (!COPY_TYPES.has(req.type)) {
+    throw new ArrayError('INVALID_ARGUMENT', `unknown copy type ${JSON.stringify(req.type)}: use opc, quickopc, snapopcplus or ec`);
+  }
+  return {
+    type: req.type as StartCopyRequest['type'],
+    source: req.source,
+    destination: req.destination,
+    rate: rateFromWire(req.rateMibS),
+    ...(req.group ? { group: req.group } : {}),
+    force: req.force,
+  };
 }
 
 function elapsedMs(started: bigint): number {

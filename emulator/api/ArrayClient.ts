@@ -1,5 +1,6 @@
 /**
- * A typed promise client for arraylab.v1.ArrayService, used by the CLI and by tests.
+ * A typed promise client for arraylab.v1.ArrayService and arraylab.v1.CopyService, used by
+ * the CLI and by tests.
  *
  * Every call has a deadline, and failures become ApiError with a message fit to show as is:
  * the server's own message for array errors, and for an unreachable server, where it looked
@@ -10,9 +11,14 @@ import type { ArrayErrorCode, CreateVolumeRequest, VolumeInfo } from '../array/t
 import type { SizeChange } from '../units.js';
 import { formatHostPort, parseHostPort, type HostPort } from './address.js';
 import { ApiError } from './errors.js';
-import type { ArrayStatus, ExportInfo } from './model.js';
-import { arrayServiceClientConstructor } from './proto.js';
+import type { ArrayStatus, CopyEventView, CopySessionView, ExportInfo, StartCopyParams } from './model.js';
+import { arrayServiceClientConstructor, copyServiceClientConstructor } from './proto.js';
 import {
+  copyEventFromWire,
+  copySessionFromWire,
+  type WireCopyEvent,
+  type WireCopySession,
+  type WireStartCopyRequest,
   exportFromWire,
   provisioningToWire,
   statusFromWire,
@@ -49,6 +55,7 @@ type Unary = (req: unknown, metadata: grpc.Metadata, options: grpc.CallOptions, 
 export class ArrayClient {
   readonly address: string;
   private readonly client: grpc.Client;
+  private copyStub: grpc.Client | undefined;
   private readonly deadlineMs: number;
   private readonly metadata: Record<string, string>;
 
@@ -105,16 +112,111 @@ export class ArrayClient {
     return statusFromWire(await this.call<WireStatus>('GetStatus', {}));
   }
 
-  close(): void {
-    this.client.close();
+  // ---- copy sessions (CopyService) ----
+
+  async startCopy(p: StartCopyParams): Promise<CopySessionView> {
+    const req: WireStartCopyRequest = {
+      type: p.type,
+      source: p.source,
+      destination: p.destination,
+      ...(p.rateMiBs !== undefined ? { rateMibS: p.rateMiBs } : {}),
+      group: p.group ?? '',
+      force: p.force ?? false,
+    };
+    return copySessionFromWire(await this.copyCall<WireCopySession>('StartCopy', req));
   }
 
-  private call<Res>(method: string, req: unknown): Promise<Res> {
-    const fn = (this.client as unknown as Record<string, Unary>)[method]!;
+  async listCopies(): Promise<CopySessionView[]> {
+    const res = await this.copyCall<{ sessions: WireCopySession[] }>('ListCopies', {});
+    return res.sessions.map(copySessionFromWire);
+  }
+
+  async getCopy(id: string): Promise<CopySessionView> {
+    return copySessionFromWire(await this.copyCall<WireCopySession>('GetCopy', { id }));
+  }
+
+  async suspendCopy(id: string): Promise<CopySessionView> {
+    return copySessionFromWire(await this.copyCall<WireCopySession>('SuspendCopy', { id }));
+  }
+
+  /** Resumes a suspended EC pair or rejoins a split one. */
+  async resumeCopy(id: string): Promise<CopySessionView> {
+    return copySessionFromWire(await this.copyCall<WireCopySession>('ResumeCopy', { id }));
+  }
+
+  async reverseCopy(id: string): Promise<CopySessionView> {
+    return copySessionFromWire(await this.copyCall<WireCopySession>('ReverseCopy', { id }));
+  }
+
+  async splitCopy(id: string): Promise<CopySessionView> {
+    return copySessionFromWire(await this.copyCall<WireCopySession>('SplitCopy', { id }));
+  }
+
+  async cancelCopy(id: string, opts: { force?: boolean } = {}): Promise<void> {
+    await this.copyCall('CancelCopy', { id, force: opts.force ?? false });
+  }
+
+  /** MiB/s: 0 = no background copy; undefined = unthrottled. */
+  async setCopyRate(id: string, rateMiBs: number | undefined): Promise<CopySessionView> {
+    return copySessionFromWire(await this.copyCall<WireCopySession>('SetCopyRate', { id, ...(rateMiBs !== undefined ? { rateMibS: rateMiBs } : {}) }));
+  }
+
+  /**
+   * Streams copy events (first a "snapshot" of each current session) until cancel() or the
+   * server ends the stream; `done` resolves then, or rejects with an ApiError.
+   */
+  watchCopies(opts: { id?: string; progressIntervalMs?: number }, onEvent: (e: CopyEventView) => void): { cancel: () => void; done: Promise<void> } {
+    const stub = this.copyClient() as unknown as Record<string, (req: unknown, md: grpc.Metadata) => grpc.ClientReadableStream<WireCopyEvent>>;
+    const stream = stub.WatchCopies!.call(this.copyClient(), { id: opts.id ?? '', progressIntervalMs: opts.progressIntervalMs ?? 0 }, this.callMetadata());
+    let cancelled = false;
+    const done = new Promise<void>((resolve, reject) => {
+      stream.on('data', (w: WireCopyEvent) => onEvent(copyEventFromWire(w)));
+      stream.on('end', () => resolve());
+      stream.on('error', (err: grpc.ServiceError) => {
+        if (cancelled && err.code === grpc.status.CANCELLED) resolve();
+        else reject(this.toApiError(err));
+      });
+    });
+    return {
+      cancel: () => {
+        cancelled = true;
+        stream.cancel();
+      },
+      done,
+    };
+  }
+
+  close(): void {
+    this.client.close();
+    this.copyStub?.close();
+  }
+
+  private copyClient(): grpc.Client {
+    if (!this.copyStub) {
+      const Client = copyServiceClientConstructor();
+      this.copyStub = new Client(this.address, grpc.credentials.createInsecure(), {
+        'grpc.enable_retries': 0,
+        'grpc.initial_reconnect_backoff_ms': 100,
+      });
+    }
+    return this.copyStub;
+  }
+
+  private copyCall<Res>(method: string, req: unknown): Promise<Res> {
+    return this.call<Res>(method, req, this.copyClient());
+  }
+
+  private callMetadata(): grpc.Metadata {
     const metadata = new grpc.Metadata();
     for (const [key, value] of Object.entries(this.metadata)) metadata.set(key, value);
+    return metadata;
+  }
+
+  private call<Res>(method: string, req: unknown, client: grpc.Client = this.client): Promise<Res> {
+    const fn = (client as unknown as Record<string, Unary>)[method]!;
+    const metadata = this.callMetadata();
     return new Promise((resolve, reject) => {
-      fn.call(this.client, req, metadata, { deadline: Date.now() + this.deadlineMs }, (err, res) => {
+      fn.call(client, req, metadata, { deadline: Date.now() + this.deadlineMs }, (err, res) => {
         if (err) reject(this.toApiError(err));
         else resolve(res as Res);
       });

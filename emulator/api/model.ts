@@ -49,3 +49,52 @@ export interface ArrayStatus {
   connectionCount: number;
   pid: number;
 }
+
+/** A copy session as the API and CLI show it (`copy show --json`). */
+export interface CopySessionView {
+  id: string;
+  type: 'opc' | 'quickopc' | 'snapopcplus' | 'ec';
+  state: 'copying' | 'equivalent' | 'suspended' | 'tracking' | 'snap' | 'split' | 'error-suspended';
+  source: string;
+  destination: string;
+  /** Copy units copied and in all (unitSize bytes each). */
+  copiedBlocks: number;
+  totalBlocks: number;
+  unitSize: number;
+  /** MiB/s; 0 = no background copy; null = unthrottled. */
+  rateMiBs: number | null;
+  /** Seconds to finish; null when unknown or nothing to copy. */
+  etaSeconds: number | null;
+  /** Consistency group label; empty if none. */
+  group: string;
+  /** ISO 8601. */
+  createdAt: string;
+  /** SnapOPC+ generation; 0 otherwise. */
+  generation: number;
+  reversed: boolean;
+  /** error-suspended: why; empty otherwise. */
+  error: string;
+}
+
+/** One event of WatchCopies. */
+export interface CopyEventView {
+  at: string;
+  sessionId: string;
+  /** snapshot | progress | started | state | completed | cancelled | dropped | error */
+  kind: string;
+  /** Empty once the session has ended. */
+  state: string;
+  message: string;
+  /** The session after the event; null once it has ended. */
+  session: CopySessionView | null;
+}
+
+export interface StartCopyParams {
+  type: CopySessionView['type'];
+  source: string;
+  destination: string;
+  /** MiB/s: 0 = no background copy; undefined = unthrottled. */
+  rateMiBs?: number;
+  group?: string;
+  force?: boolean;
+}

@@ -10,7 +10,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { fileURLToPath } from 'node:url';
 
 export const PROTO_ROOT = fileURLToPath(new URL('../../proto/', import.meta.url));
-const PROTO_FILES = ['arraylab/v1/array.proto'];
+const PROTO_FILES = ['arraylab/v1/array.proto', 'arraylab/v1/copy.proto'];
 
 /**
  * uint64 fields arrive as decimal strings (longs: String) so a value of 2^53 or more is caught
@@ -44,4 +44,13 @@ export function arrayServiceDefinition(): grpc.ServiceDefinition {
 export function arrayServiceClientConstructor(): grpc.ServiceClientConstructor {
   const v1 = (packageObject().arraylab as grpc.GrpcObject).v1 as grpc.GrpcObject;
   return v1.ArrayService as grpc.ServiceClientConstructor;
+}
+
+export function copyServiceClientConstructor(): grpc.ServiceClientConstructor {
+  const v1 = (packageObject().arraylab as grpc.GrpcObject).v1 as grpc.GrpcObject;
+  return v1.CopyService as grpc.ServiceClientConstructor;
+}
+
+export function copyServiceDefinition(): grpc.ServiceDefinition {
+  return copyServiceClientConstructor().service;
 }

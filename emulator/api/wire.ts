@@ -3,7 +3,8 @@
  * proto-loader presents them (camelCase fields, enums as names, uint64 as decimal strings).
  */
 import { ArrayError, type LogicalBlockSize, type Provisioning, type VolumeInfo } from '../array/types.js';
-import type { ArrayStatus, ExportConnection, ExportInfo, ListenerStatus } from './model.js';
+import type { SessionInfo } from '../copy/CopySession.js';
+import type { ArrayStatus, CopyEventView, CopySessionView, ExportConnection, ExportInfo, ListenerStatus } from './model.js';
 
 /** A uint64 as it may arrive (string from proto-loader) or be sent (number). */
 export type WireUint64 = string | number;
@@ -179,5 +180,108 @@ export function statusFromWire(w: WireStatus): ArrayStatus {
     allocatedBytes: toByteCount(w.allocatedBytes, 'allocatedBytes'),
     connectionCount: w.connectionCount,
     pid: w.pid,
+  };
+}
+
+// ---- copy.proto ----
+
+export interface WireCopySession {
+  id: string;
+  type: string;
+  state: string;
+  source: string;
+  destination: string;
+  copiedBlocks: WireUint64;
+  totalBlocks: WireUint64;
+  unitSize: number;
+  rateMibS: number;
+  unthrottled: boolean;
+  etaSeconds?: number | null;
+  group: string;
+  createdAt: string;
+  generation: number;
+  reversed: boolean;
+  error: string;
+}
+
+export interface WireStartCopyRequest {
+  type: string;
+  source: string;
+  destination: string;
+  rateMibS?: number | null;
+  group: string;
+  force: boolean;
+}
+
+export interface WireCopyEvent {
+  at: string;
+  sessionId: string;
+  kind: string;
+  state: string;
+  message: string;
+  session?: WireCopySession | null;
+}
+
+const MiB = 1024 * 1024;
+
+/** A rate in MiB/s from the wire (absent = unthrottled) as bytes/s (Infinity = unthrottled). */
+export function rateFromWire(rateMibS: number | null | undefined): number {
+  if (rateMibS === undefined || rateMibS === null) return Number.POSITIVE_INFINITY;
+  if (typeof rateMibS !== 'number' || !Number.isFinite(rateMibS) || rateMibS < 0) {
+    throw new ArrayError('INVALID_ARGUMENT', `invalid copy rate ${String(rateMibS)} MiB/s: give a non-negative number, 0 for no background copy, or leave it out for unthrottled`);
+  }
+  return Math.round(rateMibS * MiB);
+}
+
+export function copySessionToWire(s: SessionInfo): WireCopySession {
+  const unthrottled = !Number.isFinite(s.rate);
+  return {
+    id: s.id,
+    type: s.type,
+    state: s.state,
+    source: s.source,
+    destination: s.destination,
+    copiedBlocks: s.copiedBlocks,
+    totalBlocks: s.totalBlocks,
+    unitSize: s.unitSize,
+    rateMibS: unthrottled ? 0 : s.rate / MiB,
+    unthrottled,
+    ...(s.etaSeconds !== undefined && Number.isFinite(s.etaSeconds) ? { etaSeconds: s.etaSeconds } : {}),
+    group: s.group ?? '',
+    createdAt: s.createdAt,
+    generation: s.generation ?? 0,
+    reversed: s.reversed ?? false,
+    error: s.error ?? '',
+  };
+}
+
+export function copySessionFromWire(w: WireCopySession): CopySessionView {
+  return {
+    id: w.id,
+    type: w.type as CopySessionView['type'],
+    state: w.state as CopySessionView['state'],
+    source: w.source,
+    destination: w.destination,
+    copiedBlocks: toByteCount(w.copiedBlocks, 'copiedBlocks'),
+    totalBlocks: toByteCount(w.totalBlocks, 'totalBlocks'),
+    unitSize: w.unitSize,
+    rateMiBs: w.unthrottled ? null : w.rateMibS,
+    etaSeconds: w.etaSeconds === undefined || w.etaSeconds === null ? null : w.etaSeconds,
+    group: w.group,
+    createdAt: w.createdAt,
+    generation: w.generation,
+    reversed: w.reversed,
+    error: w.error,
+  };
+}
+
+export function copyEventFromWire(w: WireCopyEvent): CopyEventView {
+  return {
+    at: w.at,
+    sessionId: w.sessionId,
+    kind: w.kind,
+    state: w.state,
+    message: w.message,
+    session: w.session ? copySessionFromWire(w.session) : null,
   };
 }

@@ -1,0 +1,187 @@
+/**
+ * CopyService over gRPC in front of a real StorageArray (memory backend, real timers).
+ */
+import pino from 'pino';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { ArrayApiServer } from '../../emulator/api/ArrayApiServer.js';
+import { ApiError, ArrayClient } from '../../emulator/api/ArrayClient.js';
+import type { CopyEventView } from '../../emulator/api/model.js';
+import { StorageArray } from '../../emulator/array/StorageArray.js';
+
+const logger = pino({ level: 'silent' });
+const MiB = 2 ** 20;
+const SIZE = 4 * MiB;
+
+async function apiError(p: Promise<unknown>): Promise<ApiError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ApiError);
+  return err as ApiError;
+}
+
+async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+describe('CopyService', () => {
+  let array: StorageArray;
+  let server: ArrayApiServer;
+  let client: ArrayClient;
+  let names = 0;
+  let src: string;
+  let dst: string;
+
+  beforeAll(async () => {
+    array = await StorageArray.open({ backend: 'memory', logger });
+    server = new ArrayApiServer({
+      array,
+      copy: array,
+      logger,
+      status: () => ({
+        version: '0',
+        startedAt: new Date().toISOString(),
+        dataDir: '',
+        backend: 'memory',
+        listeners: {
+          nbd: { available: false, host: '', port: 0, note: '' },
+          iscsi: { available: false, host: '', port: 0, note: '' },
+          api: { available: true, host: '127.0.0.1', port: 0, note: '' },
+        },
+      }),
+    });
+    const addr = await server.listen({ host: '127.0.0.1', port: 0 });
+    client = new ArrayClient(addr, { deadlineMs: 5000 });
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await server?.close();
+    await array?.close();
+  });
+
+  beforeEach(async () => {
+    src = `s${++names}`;
+    dst = `d${names}`;
+    await array.createVolume({ name: src, sizeBytes: SIZE });
+    await array.createVolume({ name: dst, sizeBytes: SIZE });
+    const h = array.openExport(src, { protocol: 'nbd', connectionId: 'w', remoteAddress: 'x', readOnly: false })!;
+    for (let u = 0; u < SIZE / 65536; u++) await h.device.write(u * 65536, Buffer.alloc(65536, u + 1));
+    h.close();
+  });
+
+  afterEach(async () => {
+    for (const s of array.listCopies()) await array.cancelCopy(s.id, { force: true }).catch(() => undefined);
+  });
+
+  it('starts an OPC with no background copy, shows it, then finishes it unthrottled', async () => {
+    const s = await client.startCopy({ type: 'opc', source: src, destination: dst, rateMiBs: 0, group: 'nightly' });
+    expect(s).toMatchObject({
+      type: 'opc',
+      state: 'copying',
+      source: src,
+      destination: dst,
+      copiedBlocks: 0,
+      totalBlocks: 64,
+      unitSize: 65536,
+      rateMiBs: 0,
+      etaSeconds: null,
+      group: 'nightly',
+      generation: 0,
+      reversed: false,
+      error: '',
+    });
+    expect(s.id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(Date.parse(s.createdAt)).toBeGreaterThan(0);
+    expect((await client.listCopies()).map((x) => x.id)).toEqual([s.id]);
+    expect(await client.getCopy(s.id)).toEqual(s);
+    // The destination reads the image at once.
+    const d = array.openExport(dst, { protocol: 'nbd', connectionId: 'r', remoteAddress: 'x', readOnly: true })!;
+    const b = Buffer.alloc(65536);
+    await d.device.read(5 * 65536, b);
+    expect(b.equals(Buffer.alloc(65536, 6))).toBe(true);
+    d.close();
+    const fast = await client.setCopyRate(s.id, undefined);
+    expect(fast.rateMiBs).toBeNull();
+    await until('the OPC to finish', async () => (await client.listCopies()).length === 0);
+    expect((await apiError(client.getCopy(s.id))).code).toBe('NOT_FOUND');
+  });
+
+  it('a rate in MiB/s is kept and gives an ETA', async () => {
+    const s = await client.startCopy({ type: 'quickopc', source: src, destination: dst, rateMiBs: 0.5 });
+    expect(s.rateMiBs).toBe(0.5);
+    expect(s.etaSeconds).toBeGreaterThan(0);
+    const t = await client.setCopyRate(s.id, 2);
+    expect(t.rateMiBs).toBe(2);
+  });
+
+  it('runs the EC life cycle: equivalent, suspend, resume, split, rejoin, reverse, cancel', async () => {
+    const s = await client.startCopy({ type: 'ec', source: src, destination: dst });
+    expect(s.rateMiBs).toBeNull();
+    await until('equivalent', async () => (await client.getCopy(s.id)).state === 'equivalent');
+    expect((await client.suspendCopy(s.id)).state).toBe('suspended');
+    expect((await client.resumeCopy(s.id)).state).toMatch(/copying|equivalent/);
+    await until('equivalent again', async () => (await client.getCopy(s.id)).state === 'equivalent');
+    expect((await client.splitCopy(s.id)).state).toBe('split');
+    const r = await client.reverseCopy(s.id);
+    expect(r).toMatchObject({ state: 'split', source: dst, destination: src, reversed: true });
+    expect((await client.resumeCopy(s.id)).state).toMatch(/copying|equivalent/);
+    await client.cancelCopy(s.id);
+    expect(await client.listCopies()).toEqual([]);
+  });
+
+  it('SnapOPC+ generations', async () => {
+    const g = await client.startCopy({ type: 'snapopcplus', source: src, destination: dst });
+    expect(g).toMatchObject({ type: 'snapopcplus', state: 'snap', generation: 1 });
+    await client.cancelCopy(g.id);
+  });
+
+  it('refusals map to gRPC codes with their messages', async () => {
+    expect((await apiError(client.getCopy('nope'))).code).toBe('NOT_FOUND');
+    expect((await apiError(client.startCopy({ type: 'bogus' as 'opc', source: src, destination: dst }))).code).toBe('INVALID_ARGUMENT');
+    expect((await apiError(client.startCopy({ type: 'opc', source: src, destination: src }))).code).toBe('INVALID_ARGUMENT');
+    expect((await apiError(client.startCopy({ type: 'opc', source: src, destination: dst, rateMiBs: -1 }))).code).toBe('INVALID_ARGUMENT');
+    expect((await apiError(client.startCopy({ type: 'opc', source: src, destination: 'missing' }))).code).toBe('NOT_FOUND');
+    const ec = await client.startCopy({ type: 'ec', source: src, destination: dst, rateMiBs: 0 });
+    const e = await apiError(client.suspendCopy(ec.id));
+    expect(e.code).toBe('FAILED_PRECONDITION');
+    expect(e.message).toMatch(/backup cannot run before the pair is equivalent/);
+    const d = await apiError(client.deleteVolume(dst));
+    expect(d.message).toContain(`cannot delete volume ${dst}: volume ${dst} is in copy session ${ec.id}`);
+  });
+
+  it('refuses a destination exported read-write to a connected client unless forced', async () => {
+    const h = array.openExport(dst, { protocol: 'nbd', connectionId: 'rw', remoteAddress: 'x', readOnly: false })!;
+    try {
+      const e = await apiError(client.startCopy({ type: 'ec', source: src, destination: dst }));
+      expect(e.code).toBe('FAILED_PRECONDITION');
+      expect(e.message).toBe(`cannot start EC ${src} -> ${dst}: ${dst} is exported read-write to 1 connected client; dismount it first or pass --force`);
+      const s = await client.startCopy({ type: 'ec', source: src, destination: dst, force: true, rateMiBs: 0 });
+      expect(s.state).toBe('copying');
+    } finally {
+      h.close();
+    }
+  });
+
+  it('WatchCopies: snapshot, progress and the end of the session', { timeout: 20_000 }, async () => {
+    const s = await client.startCopy({ type: 'opc', source: src, destination: dst, rateMiBs: 1 }); // 4 MiB: about 4 s
+    const events: CopyEventView[] = [];
+    const w = client.watchCopies({ id: s.id, progressIntervalMs: 100 }, (e) => events.push(e));
+    await until('progress events', () => events.filter((e) => e.kind === 'progress').length >= 2);
+    expect(events[0]).toMatchObject({ kind: 'snapshot', sessionId: s.id, state: 'copying' });
+    const p = events.filter((e) => e.kind === 'progress');
+    expect(p[1]!.session!.copiedBlocks).toBeGreaterThan(p[0]!.session!.copiedBlocks);
+    await client.setCopyRate(s.id, undefined);
+    await until('completed', () => events.some((e) => e.kind === 'completed'));
+    const done = events.find((e) => e.kind === 'completed')!;
+    expect(done).toMatchObject({ state: '', session: null });
+    w.cancel();
+    await w.done;
+    expect((await apiError(client.watchCopies({ id: 'nope' }, () => undefined).done)).code).toBe('NOT_FOUND');
+  });
+});
