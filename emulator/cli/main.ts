@@ -1,5 +1,5 @@
 /**
- * The arraylab command line: `serve` runs the array; `volume`, `export` and `status` talk to a
+ * The arraylab command line: `serve` runs the array; `volume`, `copy`, `export` and `status` talk to a
  * running one over the control API. Every command takes --json.
  *
  * Failures print exactly one line, `arraylab: ...`, on stderr: exit status 2 for a wrong command
@@ -9,6 +9,7 @@ import yargs from 'yargs';
 import { ApiError } from '../api/errors.js';
 import { ARRAYLAB_VERSION } from '../api/version.js';
 import { withApiOption } from './client.js';
+import { copyCommands } from './copy.js';
 import { CommandError, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './errors.js';
 import { exportCommands } from './exports.js';
 import { serveOptions } from './serveOptions.js';
@@ -46,9 +47,10 @@ export async function run(argv: string[]): Promise<number> {
       },
     )
     .command('volume', 'create, list, show, resize and delete volumes', (y) => volumeCommands(y))
+    .command('copy', 'start, list, show, control and watch copy sessions (OPC, QuickOPC, SnapOPC+, EC)', (y) => copyCommands(y))
     .command('export', 'list exports and their connected clients', (y) => exportCommands(y))
     .command('status', "show the running array's status", (y) => withApiOption(y), (a) => statusCommand(a))
-    .demandCommand(1, 'give a command: serve, volume, export or status')
+    .demandCommand(1, 'give a command: serve, volume, export, copy or status')
     .recommendCommands()
     .strict()
     .help()
@@ -102,7 +104,8 @@ function report(err: unknown, argv: string[]): number {
 }
 
 const COMMANDS: Record<string, string[]> = {
-  '': ['serve', 'volume', 'export', 'status'],
+  '': ['serve', 'volume', 'copy', 'export', 'status'],
+  copy: ['start', 'list', 'ls', 'show', 'suspend', 'resume', 'reverse', 'split', 'cancel', 'rate', 'watch'],
   volume: ['create', 'list', 'ls', 'show', 'resize', 'delete', 'rm'],
   export: ['list', 'ls'],
 };

@@ -1,0 +1,237 @@
+/** `arraylab copy start|list|show|suspend|resume|reverse|split|cancel|rate|watch`. */
+import type { Argv } from 'yargs';
+import type { CopyEventView, CopySessionView } from '../api/model.js';
+import { withApiOption, withClient } from './client.js';
+import { UsageError } from './errors.js';
+import { keyValues, print, printJson, table, yesNo } from './output.js';
+
+const TYPES = ['opc', 'quickopc', 'snapopcplus', 'ec'] as const;
+const TYPE_NAMES: Record<string, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC' };
+
+function parseRate(text: unknown, command: string): number | undefined {
+  if (text === undefined) return undefined;
+  const s = String(text).trim().replace(/\s*MiB\/s$/i, '');
+  if (/^unthrottled$/i.test(s)) return undefined;
+  const n = Number(s);
+  if (s === '' || !Number.isFinite(n) || n < 0) {
+    throw new UsageError(`--rate: ${JSON.stringify(String(text))} is not a rate; give MiB/s as a number (0 = no background copy) or "unthrottled"`, command);
+  }
+  return n;
+}
+
+export function formatRate(s: CopySessionView): string {
+  if (s.rateMiBs === null) return 'unthrottled';
+  if (s.rateMiBs === 0) return 'none';
+  return `${s.rateMiBs} MiB/s`;
+}
+
+function formatEta(s: CopySessionView): string {
+  if (s.etaSeconds === null) return '-';
+  const t = Math.ceil(s.etaSeconds);
+  if (t < 60) return `${t}s`;
+  if (t < 3600) return `${Math.floor(t / 60)}m${String(t % 60).padStart(2, '0')}s`;
+  return `${Math.floor(t / 3600)}h${String(Math.floor((t % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+function percent(s: CopySessionView): string {
+  return s.totalBlocks === 0 ? '100%' : `${Math.floor((100 * s.copiedBlocks) / s.totalBlocks)}%`;
+}
+
+function progress(s: CopySessionView): string {
+  return `${s.copiedBlocks}/${s.totalBlocks} (${percent(s)})`;
+}
+
+function copyTable(sessions: CopySessionView[]): string {
+  return table(sessions, [
+    { header: 'ID', value: (s) => s.id },
+    { header: 'TYPE', value: (s) => s.type },
+    { header: 'STATE', value: (s) => s.state },
+    { header: 'SOURCE', value: (s) => s.source },
+    { header: 'DESTINATION', value: (s) => s.destination },
+    { header: 'PROGRESS', value: progress, right: true },
+    { header: 'RATE', value: formatRate },
+    { header: 'ETA', value: formatEta, right: true },
+    { header: 'GROUP', value: (s) => s.group },
+  ]);
+}
+
+function showSession(s: CopySessionView): string {
+  const pairs: [string, string][] = [
+    ['id', s.id],
+    ['type', `${s.type} (${TYPE_NAMES[s.type] ?? s.type})`],
+    ['state', s.state],
+    ['source', s.source],
+    ['destination', s.destination],
+    ['progress', `${progress(s)} units of ${s.unitSize} bytes`],
+    ['rate', formatRate(s)],
+    ['eta', formatEta(s)],
+    ['group', s.group || '-'],
+    ['created', s.createdAt],
+  ];
+  if (s.type === 'snapopcplus') pairs.push(['generation', String(s.generation)]);
+  if (s.type === 'ec') pairs.push(['reversed', yesNo(s.reversed)]);
+  if (s.error) pairs.push(['error', s.error]);
+  return keyValues(pairs);
+}
+
+function summary(verb: string, s: CopySessionView): string {
+  return `${verb} ${TYPE_NAMES[s.type] ?? s.type} ${s.source} -> ${s.destination}: session ${s.id}, ${s.state}, ${progress(s)} units copied`;
+}
+
+const idPositional = <T>(c: Argv<T>) => c.positional('id', { type: 'string', demandOption: true, describe: 'session id (see arraylab copy list)' });
+
+export function copyCommands(y: Argv<{ json: boolean }>) {
+  const control = (name: 'suspend' | 'resume' | 'reverse' | 'split', describe: string, verb: string) =>
+    [
+      `${name} <id>`,
+      describe,
+      (c: Argv<{ json: boolean; api: string | undefined }>) => idPositional(c),
+      async (a: { id: string; json: boolean; api?: string | undefined }) => {
+        const s = await withClient(a, (client) =>
+          name === 'suspend' ? client.suspendCopy(a.id)
+          : name === 'resume' ? client.resumeCopy(a.id)
+          : name === 'reverse' ? client.reverseCopy(a.id)
+          : client.splitCopy(a.id),
+        );
+        if (a.json) printJson(s);
+        else print(summary(verb, s));
+      },
+    ] as const;
+
+  return withApiOption(y)
+    .command(
+      'start',
+      'start a copy session from --src to --dst',
+      (c) =>
+        c
+          .option('type', { choices: TYPES, demandOption: true, describe: 'opc: full point-in-time copy; quickopc: opc + change tracking; snapopcplus: before-image snapshot generation; ec: mirror' })
+          .option('src', { type: 'string', demandOption: true, requiresArg: true, describe: 'source volume' })
+          .option('dst', { type: 'string', demandOption: true, requiresArg: true, describe: 'destination volume (snap volume for snapopcplus)' })
+          .option('rate', { type: 'string', requiresArg: true, describe: 'background copy rate in MiB/s; 0 = no background copy [default: unthrottled]' })
+          .option('group', { type: 'string', requiresArg: true, describe: 'consistency group label' })
+          .option('force', { type: 'boolean', default: false, describe: 'start even if the destination is exported read-write to a connected client' }),
+      async (a) => {
+        const rateMiBs = parseRate(a.rate, 'copy start');
+        const s = await withClient(a, (client) =>
+          client.startCopy({
+            type: a.type,
+            source: a.src,
+            destination: a.dst,
+            ...(rateMiBs !== undefined ? { rateMiBs } : {}),
+            ...(a.group ? { group: a.group } : {}),
+            force: a.force,
+          }),
+        );
+        if (a.json) printJson(s);
+        else print(summary('started', s));
+      },
+    )
+    .command(
+      ['list', 'ls'],
+      'list copy sessions',
+      (c) => c,
+      async (a) => {
+        const sessions = await withClient(a, (client) => client.listCopies());
+        if (a.json) return printJson({ sessions });
+        if (sessions.length === 0) return print('no copy sessions; start one with: arraylab copy start --type opc --src VOL --dst VOL');
+        print(copyTable(sessions));
+      },
+    )
+    .command(
+      'show <id>',
+      'show one copy session in full',
+      (c) => idPositional(c),
+      async (a) => {
+        const s = await withClient(a, (client) => client.getCopy(a.id));
+        if (a.json) printJson(s);
+        else print(showSession(s));
+      },
+    )
+    .command(...control('suspend', 'EC: freeze the destination as of now (equivalent -> suspended)', 'suspended'))
+    .command(...control('resume', 'EC: resync a suspended or split pair (differential)', 'resumed'))
+    .command(...control('reverse', 'EC: swap the direction of a suspended or split pair (restore)', 'reversed'))
+    .command(...control('split', 'EC: make the destination independent (equivalent or suspended -> split)', 'split'))
+    .command(
+      'cancel <id>',
+      'end a copy session; the destination keeps what it has',
+      (c) => idPositional(c).option('force', { type: 'boolean', default: false, describe: 'SnapOPC+: also remove the older generations that read through this one' }),
+      async (a) => {
+        await withClient(a, (client) => client.cancelCopy(a.id, { force: a.force }));
+        if (a.json) printJson({ cancelled: a.id });
+        else print(`cancelled copy session ${a.id}`);
+      },
+    )
+    .command(
+      'rate <id>',
+      'change the background copy rate of a session',
+      (c) => idPositional(c).option('rate', { type: 'string', demandOption: true, requiresArg: true, describe: 'MiB/s; 0 = none; "unthrottled"' }),
+      async (a) => {
+        const rateMiBs = parseRate(a.rate, 'copy rate');
+        const s = await withClient(a, (client) => client.setCopyRate(a.id, rateMiBs));
+        if (a.json) printJson(s);
+        else print(`copy session ${s.id}: rate ${formatRate(s)}`);
+      },
+    )
+    .command(
+      'watch [id]',
+      'follow copy sessions: progress bars on a terminal, JSON lines with --json; with an id, ends when that session ends',
+      (c) =>
+        c
+          .positional('id', { type: 'string', describe: 'only this session' })
+          .option('interval', { type: 'number', default: 1000, requiresArg: true, describe: 'progress update interval in ms' }),
+      async (a) => {
+        await withClient(a, (client) => watch(client, a.id, a.interval, a.json));
+      },
+    )
+    .demandCommand(1, 'give a copy command: start, list, show, suspend, resume, reverse, split, cancel, rate or watch');
+}
+
+const ENDED = new Set(['completed', 'cancelled', 'dropped']);
+
+async function watch(client: import('../api/ArrayClient.js').ArrayClient, id: string | undefined, interval: number, json: boolean): Promise<void> {
+  if (!Number.isFinite(interval) || interval <= 0) throw new UsageError('--interval: give a positive number of milliseconds', 'copy watch');
+  const tty = !json && process.stdout.isTTY === true;
+  const sessions = new Map<string, CopySessionView>();
+  let drawn = 0;
+  const redraw = () => {
+    const lines = [...sessions.values()].map(bar);
+    if (drawn > 0) process.stdout.write(`\x1b[${drawn}A`);
+    for (const l of lines) process.stdout.write(`\x1b[2K${l}\n`);
+    for (let i = lines.length; i < drawn; i++) process.stdout.write('\x1b[2K\n');
+    drawn = Math.max(drawn, lines.length);
+  };
+  let w: { cancel: () => void; done: Promise<void> } | undefined;
+  const onSignal = () => w?.cancel();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    w = client.watchCopies({ ...(id ? { id } : {}), progressIntervalMs: interval }, (e: CopyEventView) => {
+      if (json) printJson(e);
+      if (e.session) sessions.set(e.sessionId, e.session);
+      if (tty) {
+        if (!e.session && e.kind !== 'snapshot') {
+          const last = sessions.get(e.sessionId);
+          sessions.delete(e.sessionId);
+          if (last) sessions.set(e.sessionId, { ...last, state: e.kind as CopySessionView['state'], copiedBlocks: e.kind === 'completed' ? last.totalBlocks : last.copiedBlocks, etaSeconds: null });
+        }
+        redraw();
+      } else if (!json && e.kind !== 'progress') {
+        print(`${e.at} ${e.sessionId} ${e.kind}${e.state ? ` (${e.state})` : ''}: ${e.message}`);
+      } else if (!json) {
+        print(`${e.at} ${e.sessionId} progress: ${e.session ? progress(e.session) : e.message}`);
+      }
+      if (id && ENDED.has(e.kind)) w?.cancel();
+    });
+    await w.done;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+function bar(s: CopySessionView): string {
+  const width = 30;
+  const frac = s.totalBlocks === 0 ? 1 : s.copiedBlocks / s.totalBlocks;
+  const full = Math.round(frac * width);
+  return `${s.id.slice(0, 8)}  ${s.type.padEnd(11)} ${`${s.source} -> ${s.destination}`.padEnd(24)} [${'#'.repeat(full)}${'.'.repeat(width - full)}] ${percent(s).padStart(4)}  ${s.state.padEnd(10)} eta ${formatEta(s)}`;
+}

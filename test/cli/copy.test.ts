@@ -1,0 +1,144 @@
+/** `arraylab copy ...` end to end: the real CLI against a spawned `arraylab serve`, real NBD clients. */
+import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { holdNbdConnection, makeTempDir, startArraylab, type Arraylab } from '../support/arraylab.js';
+import { requireTool } from '../support/tools.js';
+
+const run = promisify(execFile);
+const MiB = 2 ** 20;
+
+describe('arraylab copy', () => {
+  let lab: Arraylab;
+
+  beforeAll(async () => {
+    lab = await startArraylab({ config: { volumes: [] } });
+  });
+  afterAll(async () => {
+    await lab?.stop();
+  });
+
+  const ok = async (args: string[]) => {
+    const r = await lab.cli(args);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    return r.stdout;
+  };
+  const json = async (args: string[]) => JSON.parse(await ok([...args, '--json'])) as Record<string, unknown>;
+  const until = async (what: string, cond: () => Promise<boolean>, ms = 20_000) => {
+    const end = Date.now() + ms;
+    while (!(await cond())) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+
+  it('OPC: the destination reads the point-in-time image over NBD while the rate-limited copy runs', async () => {
+    const qemuIo = requireTool('qemu-io');
+    const qemuImg = requireTool('qemu-img');
+    await ok(['volume', 'create', 'src1', '--size', '16MiB']);
+    await ok(['volume', 'create', 'dst1', '--size', '16MiB']);
+    await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0xab 0 16M', lab.nbdUri('src1')]);
+
+    const started = await json(['copy', 'start', '--type', 'opc', '--src', 'src1', '--dst', 'dst1', '--rate', '1', '--group', 'g']);
+    expect(started).toMatchObject({ state: 'copying', type: 'opc', source: 'src1', destination: 'dst1', rateMiBs: 1, group: 'g', totalBlocks: 256 });
+    const id = started.id as string;
+    expect(id).toMatch(/^[0-9a-f-]{36}$/);
+
+    // Overwrite half the source after the start: the destination must not see it.
+    await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0xcd 0 8M', lab.nbdUri('src1')]);
+    const ref = join(makeTempDir(), 'ref.img');
+    writeFileSync(ref, Buffer.alloc(16 * MiB, 0xab));
+    const cmp = await run(qemuImg, ['compare', '-f', 'raw', '-F', 'raw', ref, lab.nbdUri('dst1')]);
+    expect(cmp.stdout).toMatch(/Images are identical/);
+
+    const shown = await json(['copy', 'show', id]);
+    expect(shown).toMatchObject({ id, type: 'opc', state: 'copying' });
+    expect(shown.copiedBlocks as number).toBeLessThan(shown.totalBlocks as number); // still running
+    expect(shown.copiedBlocks as number).toBeGreaterThanOrEqual(128); // the copy-on-writes
+
+    const human = await ok(['copy', 'show', id]);
+    expect(human).toMatch(new RegExp(`^id:\\s+${id}$`, 'm'));
+    expect(human).toMatch(/^state:\s+copying$/m);
+    expect(human).toMatch(/^rate:\s+1 MiB\/s$/m);
+    const list = await ok(['copy', 'list']);
+    expect(list.split('\n')[0]).toMatch(/^ID\s+TYPE\s+STATE\s+SOURCE\s+DESTINATION\s+PROGRESS\s+RATE\s+ETA\s+GROUP$/);
+    expect(list).toContain(id);
+    expect(((await json(['copy', 'list'])).sessions as Array<{ id: string }>).map((s) => s.id)).toContain(id);
+
+    // Watch it to the end in JSON lines while the rate is lifted.
+    const watching = lab.cli(['copy', 'watch', id, '--json', '--interval', '100']);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await json(['copy', 'rate', id, '--rate', 'unthrottled'])).toMatchObject({ id, rateMiBs: null });
+    const w = await watching;
+    expect(w.stderr).toBe('');
+    expect(w.code).toBe(0);
+    const events = w.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as { kind: string; sessionId: string });
+    expect(events[0]).toMatchObject({ kind: 'snapshot', sessionId: id });
+    expect(events.at(-1)).toMatchObject({ kind: 'completed', sessionId: id });
+    expect(await json(['copy', 'list'])).toEqual({ sessions: [] });
+    const cmp2 = await run(qemuImg, ['compare', '-f', 'raw', '-F', 'raw', ref, lab.nbdUri('dst1')]);
+    expect(cmp2.stdout).toMatch(/Images are identical/);
+  }, 60_000);
+
+  it('EC life cycle: start, equivalent, suspend, resume, split, reverse, cancel', async () => {
+    await ok(['volume', 'create', 'ea', '--size', '4MiB']);
+    await ok(['volume', 'create', 'eb', '--size', '4MiB']);
+    const out = await ok(['copy', 'start', '--type', 'ec', '--src', 'ea', '--dst', 'eb']);
+    const m = /^started EC ea -> eb: session (\S+), (copying|equivalent), \d+\/64 \(\d+%\) units copied\n$/.exec(out);
+    expect(m, out).not.toBeNull();
+    const id = m![1]!;
+    await until('equivalent', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    expect(await json(['copy', 'suspend', id])).toMatchObject({ state: 'suspended' });
+    expect((await json(['copy', 'resume', id])).state).toMatch(/copying|equivalent/);
+    await until('equivalent again', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    expect(await ok(['copy', 'split', id])).toMatch(/^split EC ea -> eb: session \S+, split,/);
+    expect(await json(['copy', 'reverse', id])).toMatchObject({ state: 'split', source: 'eb', destination: 'ea', reversed: true });
+    const del = await lab.cli(['volume', 'delete', 'ea']);
+    expect(del.code).toBe(1);
+    expect(del.stderr).toBe(`arraylab: cannot delete volume ea: volume ea is in copy session ${id} (ec, split); cancel the session first\n`);
+    expect(await ok(['copy', 'cancel', id])).toBe(`cancelled copy session ${id}\n`);
+    expect(await json(['copy', 'ls'])).toEqual({ sessions: [] });
+  }, 60_000);
+
+  it('refuses a destination exported read-write to a connected client unless --force', async () => {
+    await ok(['volume', 'create', 'fa', '--size', '1MiB']);
+    await ok(['volume', 'create', 'fb', '--size', '1MiB']);
+    const held = await holdNbdConnection(lab.nbdPort, 'fb');
+    try {
+      const r = await lab.cli(['copy', 'start', '--type', 'ec', '--src', 'fa', '--dst', 'fb']);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toBe('arraylab: cannot start EC fa -> fb: fb is exported read-write to 1 connected client; dismount it first or pass --force\n');
+      const s = await json(['copy', 'start', '--type', 'ec', '--src', 'fa', '--dst', 'fb', '--force', '--rate', '0']);
+      expect(s.state).toBe('copying');
+      await ok(['copy', 'cancel', s.id as string]);
+    } finally {
+      held.destroy();
+    }
+  });
+
+  it('fails with one line: exit 1 for operations, 2 for usage', async () => {
+    const missing = await lab.cli(['copy', 'show', 'nope']);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toBe('arraylab: no copy session nope; list sessions to see their ids\n');
+    const badType = await lab.cli(['copy', 'start', '--type', 'bogus', '--src', 'a', '--dst', 'b']);
+    expect(badType.code).toBe(2);
+    expect(badType.stderr.trimEnd().split('\n')).toHaveLength(1);
+    expect(badType.stderr).toMatch(/^arraylab: Invalid values: Argument: type, Given: "bogus", Choices: "opc", "quickopc", "snapopcplus", "ec" \(see 'arraylab copy start --help'\)\n$/);
+    const badRate = await lab.cli(['copy', 'start', '--type', 'opc', '--src', 'a', '--dst', 'b', '--rate', 'fast']);
+    expect(badRate.code).toBe(2);
+    expect(badRate.stderr).toBe('arraylab: --rate: "fast" is not a rate; give MiB/s as a number (0 = no background copy) or "unthrottled"\n');
+    const noSrc = await lab.cli(['copy', 'start', '--type', 'opc', '--dst', 'b']);
+    expect(noSrc.code).toBe(2);
+    expect(noSrc.stderr).toMatch(/^arraylab: Missing required argument: src \(see 'arraylab copy start --help'\)\n$/);
+    const noVol = await lab.cli(['copy', 'start', '--type', 'opc', '--src', 'a', '--dst', 'b']);
+    expect(noVol.code).toBe(1);
+    expect(noVol.stderr).toBe('arraylab: cannot start OPC a -> b: no volume named "a"; list volumes with "arraylab volume list"\n');
+    const unreachable = await lab.cli(['copy', 'list', '--api', '127.0.0.1:1']);
+    expect(unreachable.code).toBe(1);
+    expect(unreachable.stderr).toMatch(/^arraylab: cannot reach the arraylab API at 127\.0\.0\.1:1: connection refused;/);
+  });
+});
