@@ -14,9 +14,8 @@
  * that started after the call, and a commit carries everything appended before it started.
  */
 import { AllocationMap, CHUNK_BYTES } from '../block/AllocationMap.js';
-import type { UnitRun } from '../copy/CopyBitmap.js';
 import { decodeRate, encodeRate, invariant, type BitmapName, type SessionRecord } from '../copy/CopySession.js';
-import type { JournalSession, SessionJournal } from '../copy/SessionJournal.js';
+import { runsOf, type JournalSession, type SessionJournal } from '../copy/SessionJournal.js';
 import type { CopyJournalBatch, MetadataStore } from './MetadataStore.js';
 
 interface Mirror {
@@ -144,13 +143,3 @@ function isZero(b: Buffer): boolean {
   return true;
 }
 
-function runsOf(map: AllocationMap): UnitRun[] {
-  const out: UnitRun[] = [];
-  let u = map.nextSet(0, map.blocks);
-  while (u < map.blocks) {
-    const end = map.nextClear(u, map.blocks);
-    out.push([u, end - u]);
-    u = map.nextSet(end, map.blocks);
-  }
-  return out;
-}

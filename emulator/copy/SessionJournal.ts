@@ -164,7 +164,8 @@ export class MemoryJournal implements SessionJournal {
   }
 }
 
-function runsOf(map: AllocationMap): UnitRun[] {
+/** The set bits of a bitmap as [start, length] runs: the journal's form of a bitmap. */
+export function runsOf(map: AllocationMap): UnitRun[] {
   const out: UnitRun[] = [];
   let u = map.nextSet(0, map.blocks);
   while (u < map.blocks) {

@@ -1,17 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { AllocationMap, CHUNK_BITS, CHUNK_BYTES } from '../../emulator/block/AllocationMap.js';
+import { rng } from '../support/rng.js';
 
-/** Small seeded PRNG (mulberry32) so failures reproduce. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('AllocationMap', () => {
   it('starts empty and costs no chunks', () => {

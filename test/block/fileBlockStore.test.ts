@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDeviceError, EXTENT_HOLE, EXTENT_ZERO, type Extent } from '../../emulator/block/BlockDevice.js';
 import { FileBlockStore } from '../../emulator/block/FileBlockStore.js';
+import { rng } from '../support/rng.js';
 
 const HOLE = EXTENT_HOLE | EXTENT_ZERO;
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -24,16 +25,6 @@ function paths(): { dataPath: string; mapPath: string } {
   return { dataPath: path.join(tmp, `v${seq}.data`), mapPath: path.join(tmp, `v${seq}.map`) };
 }
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 async function expectCode(p: Promise<unknown>, code: string): Promise<void> {
   const err = await p.then(

@@ -73,17 +73,6 @@ export async function errCode(p: Promise<unknown>): Promise<string | undefined> 
   }
 }
 
-/** mulberry32: small, fast, seeded. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * A 4 KiB-block store that can crash. Writes are volatile until flush(); crash() returns the
@@ -208,6 +197,8 @@ export class SimStore implements VolumeStore {
 
 import { CopyEngine } from '../../emulator/copy/CopyEngine.js';
 import { MemoryJournal } from '../../emulator/copy/SessionJournal.js';
+import { rng } from '../support/rng.js';
+export { rng };
 
 export interface Rig {
   engine: CopyEngine;
