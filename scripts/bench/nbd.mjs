@@ -4,7 +4,7 @@
 // peer's figure and arraylab's ratio to it; then arraylab's RSS with 100 thin 10 GiB volumes and
 // 16 connected clients. Ratios, not absolute times, are what compare across machines.
 //
-//   node scripts/bench/nbd.mjs [--runtime SECONDS] [--reps N] [--size 1GiB] [--json FILE] [--only arraylab,nbdkit,qemu-nbd] [--no-memory]
+//   node scripts/bench/nbd.mjs [--tests randread,randwrite,read,write] [--runtime SECONDS] [--reps N] [--size 1GiB] [--json FILE] [--only arraylab,nbdkit,qemu-nbd] [--no-memory]
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,12 +28,20 @@ const JSON_OUT = opt('json', undefined);
 const ONLY = opt('only', 'arraylab,nbdkit,qemu-nbd').split(',');
 const SKIP_MEMORY = args.includes('--no-memory');
 
-const TESTS = [
+const ALL_TESTS = [
   { name: '4k randread QD16', rw: 'randread', bs: '4k', iodepth: 16, metric: 'iops' },
   { name: '4k randwrite QD16', rw: 'randwrite', bs: '4k', iodepth: 16, metric: 'iops' },
   { name: '1M seqread QD8', rw: 'read', bs: '1M', iodepth: 8, metric: 'MiB/s' },
   { name: '1M seqwrite QD8', rw: 'write', bs: '1M', iodepth: 8, metric: 'MiB/s' },
 ];
+
+// --tests randread,write picks tests by fio rw mode (default: all four).
+const TEST_FILTER = opt('tests', undefined)?.split(',');
+const TESTS = TEST_FILTER ? ALL_TESTS.filter((t) => TEST_FILTER.includes(t.rw)) : ALL_TESTS;
+if (TESTS.length === 0) {
+  console.error(`bench: --tests matches none of ${ALL_TESTS.map((t) => t.rw).join(', ')}`);
+  process.exit(2);
+}
 
 for (const tool of ['fio', 'nbdkit', 'qemu-nbd', 'nbdinfo']) {
   try {
