@@ -4,7 +4,7 @@
 // peer's figure and arraylab's ratio to it; then arraylab's RSS with 100 thin 10 GiB volumes and
 // 16 connected clients. Ratios, not absolute times, are what compare across machines.
 //
-//   node scripts/bench/nbd.mjs [--tests randread,randwrite,read,write] [--runtime SECONDS] [--reps N] [--size 1GiB] [--json FILE] [--only arraylab,nbdkit,qemu-nbd] [--no-memory]
+//   node scripts/bench/nbd.mjs [--tests randread,randwrite,read,write] [--runtime SECONDS] [--reps N] [--size 1GiB] [--json FILE] [--only arraylab,nbdkit,qemu-nbd] [--no-memory] [--node-args FLAGS]
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -27,6 +27,8 @@ const SIZE = SIZE_GIB * 1024 ** 3;
 const JSON_OUT = opt('json', undefined);
 const ONLY = opt('only', 'arraylab,nbdkit,qemu-nbd').split(',');
 const SKIP_MEMORY = args.includes('--no-memory');
+// Extra node flags for arraylab, e.g. --node-args "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it.
+const NODE_ARGS = String(opt('node-args', '')).split(' ').filter(Boolean);
 
 const ALL_TESTS = [
   { name: '4k randread QD16', rw: 'randread', bs: '4k', iodepth: 16, metric: 'iops' },
@@ -127,7 +129,7 @@ async function startArraylab(extraVolumes = []) {
     .map((v) => `  - name: ${v.name}\n    size: ${v.size}\n    provisioning: thin\n    blockSize: 512\n`)
     .join('');
   writeFileSync(config, `dataDir: ${dataDir}\nlog:\n  level: warn\nvolumes:\n${vols}`);
-  const child = start('node', [cli, 'serve', '--config', config, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--json'], 'arraylab');
+  const child = start('node', [...NODE_ARGS, cli, 'serve', '--config', config, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--json'], 'arraylab');
   let line;
   for (let i = 0; i < 400 && !line; i++) {
     if (child.exitCode !== null) throw new Error(`arraylab exited early:\n${child.output()}`);

@@ -4,7 +4,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { holdNbdConnection, makeTempDir, startArraylab, type Arraylab } from '../support/arraylab.js';
+import { cliJson, cliOk, holdNbdConnection, makeTempDir, startArraylab, type Arraylab } from '../support/arraylab.js';
 import { requireTool } from '../support/tools.js';
 
 const run = promisify(execFile);
@@ -20,13 +20,8 @@ describe('arraylab copy', () => {
     await lab?.stop();
   });
 
-  const ok = async (args: string[]) => {
-    const r = await lab.cli(args);
-    expect(r.stderr).toBe('');
-    expect(r.code).toBe(0);
-    return r.stdout;
-  };
-  const json = async (args: string[]) => JSON.parse(await ok([...args, '--json'])) as Record<string, unknown>;
+  const ok = (args: string[]) => cliOk(lab, args);
+  const json = (args: string[]) => cliJson(lab, args);
   const until = async (what: string, cond: () => Promise<boolean>, ms = 20_000) => {
     const end = Date.now() + ms;
     while (!(await cond())) {

@@ -1,6 +1,6 @@
 /** `arraylab volume ...` end to end: the real CLI against a spawned `arraylab serve`. */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startArraylab, type Arraylab } from '../support/arraylab.js';
+import { cliJson, cliOk, startArraylab, type Arraylab } from '../support/arraylab.js';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -15,13 +15,8 @@ describe('arraylab volume', () => {
     await lab?.stop();
   });
 
-  const ok = async (args: string[]) => {
-    const r = await lab.cli(args);
-    expect(r.stderr).toBe('');
-    expect(r.code).toBe(0);
-    return r.stdout;
-  };
-  const json = async (args: string[]) => JSON.parse(await ok([...args, '--json'])) as Record<string, unknown>;
+  const ok = (args: string[]) => cliOk(lab, args);
+  const json = (args: string[]) => cliJson(lab, args);
 
   it('creates, lists, shows, resizes and deletes a volume (human output)', async () => {
     expect(await ok(['volume', 'create', 'vol1', '--size', '64MiB', '--description', 'first volume'])).toBe(

@@ -116,6 +116,18 @@ export function makeTempDir(prefix = 'arraylab-test-'): string {
   return dir;
 }
 
+/** Runs a CLI command against lab that must succeed quietly; returns its stdout. */
+export async function cliOk(lab: Arraylab, args: string[]): Promise<string> {
+  const r = await lab.cli(args);
+  if (r.code !== 0 || r.stderr !== '') throw new Error(`arraylab ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** The same with --json, parsed. */
+export async function cliJson(lab: Arraylab, args: string[]): Promise<Record<string, unknown>> {
+  return JSON.parse(await cliOk(lab, [...args, '--json'])) as Record<string, unknown>;
+}
+
 /** Runs `arraylab ...args` to completion. Without a server: for usage errors, unreachable API, --help. */
 export function runCli(args: string[], opts: CliOptions = {}): Promise<CliResult> {
   assertBuilt();
