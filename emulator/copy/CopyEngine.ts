@@ -188,8 +188,16 @@ export class CopyEngine {
   rejoin(id: string): Promise<SessionInfo> {
     return this.controlOn(id, async (s) => this.ec(s, 'rejoin').resume('split'));
   }
+  /**
+   * EC (suspended or split): swaps the direction. QuickOPC (tracking): restore — swaps the
+   * direction and restarts, so the changed units are copied back as of this instant.
+   */
   reverse(id: string): Promise<SessionInfo> {
-    return this.controlOn(id, async (s) => this.doReverse(this.ec(s, 'reverse')));
+    return this.controlOn(id, async (s) => {
+      if (s instanceof OpcSession && s.type === 'quickopc') return this.doReverseQuickOpc(s);
+      if (!(s instanceof EcSession)) throw new CopyError('FAILED_PRECONDITION', `cannot reverse session ${s.id}: it is an ${s.type} session; only EC and QuickOPC sessions reverse`);
+      this.doReverse(s);
+    });
   }
   /** Copies the clone (destination) back onto the original: reverse, then resync. */
   restoreFromClone(id: string): Promise<SessionInfo> {
@@ -392,10 +400,18 @@ export class CopyEngine {
 
   private async doStartCopy(type: CopyType, source: string, destination: string, opts: StartOptions): Promise<SessionInfo> {
     if (type === 'quickopc') {
-      const existing = this.sessionsOf(destination).find((s) => s.type === 'quickopc' && s.record.source === source && s.record.destination === destination);
+      // The pair's session, in either direction: after a restore (reverse) the next backup
+      // turns it round again and still copies only the changes.
+      const existing = this.sessionsOf(destination).find(
+        (s) => s.type === 'quickopc' && [s.record.source, s.record.destination].sort().join('\0') === [source, destination].sort().join('\0'),
+      );
       if (existing instanceof OpcSession) {
         if (existing.state !== 'tracking') {
-          throw new CopyError('FAILED_PRECONDITION', `QuickOPC session ${existing.id} (${source} -> ${destination}) is still ${existing.state}; restart it once it is tracking`);
+          throw new CopyError('FAILED_PRECONDITION', `QuickOPC session ${existing.id} (${existing.record.source} -> ${existing.record.destination}) is still ${existing.state}; restart it once it is tracking`);
+        }
+        if (existing.record.source !== source) {
+          await this.doReverseQuickOpc(existing);
+          return existing.info();
         }
         await this.tapOf(source).below.flush(); // J4
         existing.restart();
@@ -499,15 +515,32 @@ export class CopyEngine {
 
   private doReverse(ec: EcSession): void {
     ec.checkSwap(); // every refusal before the roles come off
-    for (const v of [ec.record.source, ec.record.destination]) {
-      const other = this.sessionsOf(v).find((s) => s !== ec);
-      if (other !== undefined) {
-        throw new CopyError('FAILED_PRECONDITION', `cannot reverse EC session ${ec.id}: volume ${v} is also in ${other.type} session ${other.id}; cancel that first`);
-      }
-    }
+    this.checkAlone(ec);
     ec.detach();
     ec.swap();
     ec.attach();
+  }
+
+  private async doReverseQuickOpc(s: OpcSession): Promise<void> {
+    if (s.state !== 'tracking') {
+      throw new CopyError('FAILED_PRECONDITION', `cannot reverse QuickOPC session ${s.id}: it is ${s.state}; wait until it is tracking (the physical copy has finished)`);
+    }
+    this.checkAlone(s);
+    s.detach();
+    s.swap();
+    s.attach();
+    await this.tapOf(s.record.source).below.flush(); // J4: the restore instant is durable on the new source
+    s.restart();
+  }
+
+  /** Reversing makes a source a destination: neither volume may be in another session. */
+  private checkAlone(s: SessionBase): void {
+    for (const v of [s.record.source, s.record.destination]) {
+      const other = this.sessionsOf(v).find((o) => o !== s) ?? (this.chains.has(v) ? this.chains.get(v)!.gens[0] : undefined);
+      if (other !== undefined) {
+        throw new CopyError('FAILED_PRECONDITION', `cannot reverse ${s.type} session ${s.id}: volume ${v} is also in ${other.type} session ${other.id}; cancel that first`);
+      }
+    }
   }
 
   /** Removes a session (and for SnapOPC+ with force, the older generations). Under a cut. */

@@ -76,6 +76,19 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
     this.setState('copying', `restarted: ${redo.reduce((a, [, n]) => a + n, 0)} changed units to copy`);
   }
 
+  /**
+   * QuickOPC reverse (restore): swaps the direction; the engine detaches the roles before,
+   * attaches them after, flushes the new source and then restarts, so only the tracked units
+   * are copied back, as a new instant.
+   */
+  swap(): void {
+    this.check(this.tracked !== undefined && this.state === 'tracking', 'reverse of a session that is not tracking');
+    const r = this.record;
+    this.record = { ...r, source: r.destination, destination: r.source, reversed: !r.reversed };
+    this.ctx.journal.putSession(this.record);
+    this.ctx.emit({ sessionId: this.id, kind: 'state', state: this.state, message: `reversed: ${this.record.source} -> ${this.record.destination}` });
+  }
+
   // ---- roles ----
 
   sourceWrite(m: Mutation, next: Next): Promise<void> {

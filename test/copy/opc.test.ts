@@ -176,3 +176,42 @@ describe('QuickOPC', () => {
     await expect(engine.startQuickOpc('a', 'b')).rejects.toThrow(/still copying/);
   });
 });
+
+describe('QuickOPC reverse (restore)', () => {
+  it('copies back only the changed units, at once, and the next start turns the pair round again', async () => {
+    const { engine, dev } = rig(['a', 'b']);
+    for (let b = 0; b < 64; b++) await put(dev.a!, b, 100 + b);
+    const s = await engine.startQuickOpc('a', 'b');
+    await drain(engine);
+    // The transaction volume is damaged after the backup; the backup volume is untouched.
+    await put(dev.a!, 0, 1);
+    await put(dev.a!, 41, 2);
+    const r = await engine.reverse(s.id);
+    expect(r).toMatchObject({ id: s.id, source: 'b', destination: 'a', state: 'copying', reversed: true, copiedBlocks: 14 });
+    // Restored as of the reverse instant, before any physical copy.
+    const image = Array.from({ length: 64 }, (_, b) => 100 + b);
+    expect(await readTags(dev.a!)).toEqual(image);
+    await drain(engine);
+    expect(engine.get(s.id).state).toBe('tracking');
+    expect(await readTags(dev.a!)).toEqual(image);
+    // Work goes on; the next backup a -> b reverses back and copies only unit 5.
+    await put(dev.a!, 20, 3);
+    const again = await engine.startQuickOpc('a', 'b', { rate: 0 });
+    expect(again).toMatchObject({ id: s.id, source: 'a', destination: 'b', state: 'copying', copiedBlocks: 15 });
+    expect(again.reversed).toBeFalsy();
+    expect(await readTags(dev.b!, 20, 1)).toEqual([3]);
+  });
+
+  it('is refused while copying, for OPC, and while a volume is in another session', async () => {
+    const { engine } = rig(['a', 'b', 'c']);
+    const q = await engine.startQuickOpc('a', 'b', { rate: 0 });
+    await expect(engine.reverse(q.id)).rejects.toThrow(/it is copying; wait until it is tracking/);
+    const o = await engine.startOpc('b', 'c', { rate: 0 }).catch((e: Error) => e);
+    expect(String(o)).toMatch(/destination of quickopc session/);
+    await drain(engine);
+    await engine.startOpc('a', 'c', { rate: 0 });
+    await expect(engine.reverse(q.id)).rejects.toThrow(/volume a is also in opc session/);
+    const other = engine.list().find((x) => x.type === 'opc')!;
+    await expect(engine.reverse(other.id)).rejects.toThrow(/only EC and QuickOPC sessions reverse/);
+  });
+});
