@@ -48,7 +48,10 @@ export interface CopyControl {
   suspendCopy(id: string): Promise<SessionInfo>;
   resumeCopy(id: string): Promise<SessionInfo>;
   reverseCopy(id: string): Promise<SessionInfo>;
-  splitCopy(id: string): Promise<SessionInfo>;
+  splitCopy(id: string, opts?: { newName?: string }): Promise<SessionInfo>;
+  restoreFromClone(id: string): Promise<SessionInfo>;
+  startCopyGroup(group: string, reqs: StartCopyRequest[]): Promise<SessionInfo[]>;
+  cutCopyGroup(op: 'suspend' | 'split', sel: { ids?: string[]; group?: string }): Promise<SessionInfo[]>;
   cancelCopy(id: string, opts?: { force?: boolean }): Promise<void>;
   setCopyRate(id: string, rate: number): Promise<SessionInfo>;
   onCopyEvent(listener: (e: CopyEvent) => void): () => void;
@@ -112,7 +115,19 @@ export class ArrayApiServer {
         SuspendCopy: this.unary('SuspendCopy', async (req: { id: string }) => copySessionToWire(await copy.suspendCopy(id(req)))),
         ResumeCopy: this.unary('ResumeCopy', async (req: { id: string }) => copySessionToWire(await copy.resumeCopy(id(req)))),
         ReverseCopy: this.unary('ReverseCopy', async (req: { id: string }) => copySessionToWire(await copy.reverseCopy(id(req)))),
-        SplitCopy: this.unary('SplitCopy', async (req: { id: string }) => copySessionToWire(await copy.splitCopy(id(req)))),
+        SplitCopy: this.unary('SplitCopy', async (req: { id: string; newName: string }) =>
+          copySessionToWire(await copy.splitCopy(id(req), req.newName ? { newName: req.newName } : {})),
+        ),
+        RestoreFromClone: this.unary('RestoreFromClone', async (req: { id: string }) => copySessionToWire(await copy.restoreFromClone(id(req)))),
+        StartCopyGroup: this.unary('StartCopyGroup', async (req: { group: string; pairs: WireStartCopyRequest[] }) => ({
+          sessions: (await copy.startCopyGroup(req.group, req.pairs.map(startFromWire))).map(copySessionToWire),
+        })),
+        SuspendCopyGroup: this.unary('SuspendCopyGroup', async (req: { group: string; ids: string[] }) => ({
+          sessions: (await copy.cutCopyGroup('suspend', groupSelection(req))).map(copySessionToWire),
+        })),
+        SplitCopyGroup: this.unary('SplitCopyGroup', async (req: { group: string; ids: string[] }) => ({
+          sessions: (await copy.cutCopyGroup('split', groupSelection(req))).map(copySessionToWire),
+        })),
         CancelCopy: this.unary('CancelCopy', async (req: { id: string; force: boolean }) => {
           await copy.cancelCopy(req.id, { force: req.force });
           return {};
@@ -329,6 +344,10 @@ function startFromWire(req: WireStartCopyRequest): StartCopyRequest {
     ...(req.group ? { group: req.group } : {}),
     force: req.force,
   };
+}
+
+function groupSelection(req: { group: string; ids: string[] }): { ids: string[]; group?: string } {
+  return { ids: req.ids ?? [], ...(req.group ? { group: req.group } : {}) };
 }
 
 function elapsedMs(started: bigint): number {

@@ -115,15 +115,24 @@ export class ArrayClient {
   // ---- copy sessions (CopyService) ----
 
   async startCopy(p: StartCopyParams): Promise<CopySessionView> {
-    const req: WireStartCopyRequest = {
-      type: p.type,
-      source: p.source,
-      destination: p.destination,
-      ...(p.rateMiBs !== undefined ? { rateMibS: p.rateMiBs } : {}),
-      group: p.group ?? '',
-      force: p.force ?? false,
-    };
-    return copySessionFromWire(await this.copyCall<WireCopySession>('StartCopy', req));
+    return copySessionFromWire(await this.copyCall<WireCopySession>('StartCopy', startToWire(p)));
+  }
+
+  /** Starts every pair at one instant as consistency group `group` (all or none). */
+  async startCopyGroup(group: string, pairs: StartCopyParams[]): Promise<CopySessionView[]> {
+    const res = await this.copyCall<{ sessions: WireCopySession[] }>('StartCopyGroup', { group, pairs: pairs.map(startToWire) });
+    return res.sessions.map(copySessionFromWire);
+  }
+
+  /** EC suspends or splits at one instant: the sessions named and every EC session of `group`. */
+  async cutCopyGroup(op: 'suspend' | 'split', sel: { ids?: string[]; group?: string }): Promise<CopySessionView[]> {
+    const res = await this.copyCall<{ sessions: WireCopySession[] }>(op === 'suspend' ? 'SuspendCopyGroup' : 'SplitCopyGroup', { group: sel.group ?? '', ids: sel.ids ?? [] });
+    return res.sessions.map(copySessionFromWire);
+  }
+
+  /** EC: copies the split (or suspended) clone back onto the original. */
+  async restoreFromClone(id: string): Promise<CopySessionView> {
+    return copySessionFromWire(await this.copyCall<WireCopySession>('RestoreFromClone', { id }));
   }
 
   async listCopies(): Promise<CopySessionView[]> {
@@ -148,8 +157,9 @@ export class ArrayClient {
     return copySessionFromWire(await this.copyCall<WireCopySession>('ReverseCopy', { id }));
   }
 
-  async splitCopy(id: string): Promise<CopySessionView> {
-    return copySessionFromWire(await this.copyCall<WireCopySession>('SplitCopy', { id }));
+  /** newName: rename the split clone, with a new serial and WWN. */
+  async splitCopy(id: string, opts: { newName?: string } = {}): Promise<CopySessionView> {
+    return copySessionFromWire(await this.copyCall<WireCopySession>('SplitCopy', { id, newName: opts.newName ?? '' }));
   }
 
   async cancelCopy(id: string, opts: { force?: boolean } = {}): Promise<void> {
@@ -246,4 +256,15 @@ function describeUnreachable(details: string): string {
   if (/ETIMEDOUT/.test(details)) return 'connection timed out';
   if (/ECONNRESET|Connection dropped|socket hang up/i.test(details)) return 'the connection was reset (is something other than arraylab listening there?)';
   return details;
+}
+
+function startToWire(p: StartCopyParams): WireStartCopyRequest {
+  return {
+    type: p.type,
+    source: p.source,
+    destination: p.destination,
+    ...(p.rateMiBs !== undefined ? { rateMibS: p.rateMiBs } : {}),
+    group: p.group ?? '',
+    force: p.force ?? false,
+  };
 }

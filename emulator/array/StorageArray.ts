@@ -185,21 +185,7 @@ export class StorageArray implements ExportProvider {
     return this.serially(() =>
       copyCall(async () => {
         const { type, source, destination } = req;
-        if (!(type in COPY_TYPE_NAMES)) throw new ArrayError('INVALID_ARGUMENT', `unknown copy type ${JSON.stringify(type)}: use opc, quickopc, snapopcplus or ec`);
-        const what = `cannot start ${COPY_TYPE_NAMES[type]} ${source} -> ${destination}`;
-        for (const name of [source, destination]) {
-          const v = this.volumes.get(name);
-          if (v === undefined || v.deleting) throw new ArrayError('NOT_FOUND', `${what}: no volume named "${name}"; list volumes with "arraylab volume list"`);
-        }
-        if (!req.force) {
-          const rw = [...this.volumes.get(destination)!.handles].filter((h) => !h.readOnly).length;
-          if (rw > 0) {
-            throw new ArrayError(
-              'FAILED_PRECONDITION',
-              `${what}: ${destination} is exported read-write to ${rw} connected client${rw === 1 ? '' : 's'}; dismount it first or pass --force`,
-            );
-          }
-        }
+        this.checkCopyStart(req);
         const opts: StartOptions = {
           ...(req.rate !== undefined ? { rate: req.rate } : {}),
           ...(req.unitSize !== undefined ? { unitSize: req.unitSize } : {}),
@@ -219,6 +205,78 @@ export class StorageArray implements ExportProvider {
     );
   }
 
+  /**
+   * A consistency group start: every pair at one instant, under one label; refused as a whole
+   * if any pair would be.
+   */
+  startCopyGroup(group: string, reqs: StartCopyRequest[]): Promise<SessionInfo[]> {
+    return this.serially(() =>
+      copyCall(async () => {
+        checkGroupName(group);
+        if (reqs.length === 0) throw new ArrayError('INVALID_ARGUMENT', `consistency group ${group}: give at least one pair to start`);
+        for (const r of reqs) this.checkCopyStart(r);
+        return this.copy.group(
+          reqs.map((r) => ({
+            op: r.type,
+            source: r.source,
+            destination: r.destination,
+            group,
+            ...(r.rate !== undefined ? { rate: r.rate } : {}),
+            ...(r.unitSize !== undefined ? { unitSize: r.unitSize } : {}),
+          })),
+        );
+      }),
+    );
+  }
+
+  /**
+   * EC suspends or splits of several pairs at one instant: the sessions named, or every EC
+   * session started with the group label.
+   */
+  cutCopyGroup(op: 'suspend' | 'split', sel: { ids?: string[]; group?: string }): Promise<SessionInfo[]> {
+    return this.serially(() =>
+      copyCall(async () => {
+        const ids = [...(sel.ids ?? [])];
+        if (sel.group) {
+          const members = this.copy.list().filter((s) => s.group === sel.group);
+          const ec = members.filter((s) => s.type === 'ec');
+          if (ec.length === 0) {
+            throw new ArrayError(
+              'NOT_FOUND',
+              members.length === 0
+                ? `no copy sessions in consistency group ${sel.group}; start them with --group ${sel.group}`
+                : `consistency group ${sel.group} has no EC sessions (${members.length} other); only EC pairs ${op}`,
+            );
+          }
+          ids.push(...ec.map((s) => s.id));
+        }
+        if (ids.length === 0) throw new ArrayError('INVALID_ARGUMENT', `${op}: give session ids or a group`);
+        return this.copy.group([...new Set(ids)].map((id) => ({ op, id })));
+      }),
+    );
+  }
+
+  /** The refusals the array adds to the engine's for a new session. */
+  private checkCopyStart(req: StartCopyRequest): void {
+    const { type, source, destination } = req;
+    if (req.group) checkGroupName(req.group);
+    if (!(type in COPY_TYPE_NAMES)) throw new ArrayError('INVALID_ARGUMENT', `unknown copy type ${JSON.stringify(type)}: use opc, quickopc, snapopcplus or ec`);
+    const what = `cannot start ${COPY_TYPE_NAMES[type]} ${source} -> ${destination}`;
+    for (const name of [source, destination]) {
+      const v = this.volumes.get(name);
+      if (v === undefined || v.deleting) throw new ArrayError('NOT_FOUND', `${what}: no volume named "${name}"; list volumes with "arraylab volume list"`);
+    }
+    if (!req.force) {
+      const rw = [...this.volumes.get(destination)!.handles].filter((h) => !h.readOnly).length;
+      if (rw > 0) {
+        throw new ArrayError(
+          'FAILED_PRECONDITION',
+          `${what}: ${destination} is exported read-write to ${rw} connected client${rw === 1 ? '' : 's'}; dismount it first or pass --force`,
+        );
+      }
+    }
+  }
+
   listCopies(): SessionInfo[] {
     return this.copy.list();
   }
@@ -236,12 +294,27 @@ export class StorageArray implements ExportProvider {
     return this.serially(() => copyCall(() => (this.copy.get(id).state === 'split' ? this.copy.rejoin(id) : this.copy.resume(id))));
   }
 
+  /** EC (suspended or split): swap the direction; QuickOPC (tracking): restore, differential. */
   reverseCopy(id: string): Promise<SessionInfo> {
     return this.serially(() => copyCall(() => this.copy.reverse(id)));
   }
 
-  splitCopy(id: string): Promise<SessionInfo> {
-    return this.serially(() => copyCall(() => this.copy.split(id)));
+  /** EC (split or suspended): copies the clone back onto the original (reverse + resync). */
+  restoreFromClone(id: string): Promise<SessionInfo> {
+    return this.serially(() => copyCall(() => this.copy.restoreFromClone(id)));
+  }
+
+  /**
+   * EC split. newName: the clone also takes a new identity (name, serial, WWN), checked
+   * before the split so that a refused rename leaves the pair as it was.
+   */
+  splitCopy(id: string, opts: { newName?: string } = {}): Promise<SessionInfo> {
+    return this.serially(() =>
+      copyCall(async () => {
+        if (opts.newName === undefined) return this.copy.split(id);
+        throw new ArrayError('FAILED_PRECONDITION', `cannot split session ${id} with a new name: renaming split clones is not available in this version; split, then rename the volume`);
+      }),
+    );
   }
 
   cancelCopy(id: string, opts: { force?: boolean } = {}): Promise<void> {
@@ -530,6 +603,16 @@ function copyCallSync<T>(fn: () => T): T {
   } catch (err) {
     if (err instanceof CopyError) throw new ArrayError(err.code, err.message);
     throw err;
+  }
+}
+
+/** Group labels look like volume names: they appear in commands and tables. */
+function checkGroupName(group: string): void {
+  if (typeof group !== 'string' || !VOLUME_NAME_PATTERN.test(group)) {
+    throw new ArrayError(
+      'INVALID_ARGUMENT',
+      `invalid consistency group name ${JSON.stringify(group)}: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`,
+    );
   }
 }
 

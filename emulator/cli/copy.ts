@@ -1,4 +1,4 @@
-/** `arraylab copy start|list|show|suspend|resume|reverse|split|cancel|rate|watch`. */
+/** `arraylab copy start|list|show|suspend|resume|reverse|split|restore|cancel|rate|watch`. */
 import type { Argv } from 'yargs';
 import type { CopyEventView, CopySessionView } from '../api/model.js';
 import { withApiOption, withClient } from './client.js';
@@ -81,49 +81,92 @@ function summary(verb: string, s: CopySessionView): string {
 const idPositional = <T>(c: Argv<T>) => c.positional('id', { type: 'string', demandOption: true, describe: 'session id (see arraylab copy list)' });
 
 export function copyCommands(y: Argv<{ json: boolean }>) {
-  const control = (name: 'suspend' | 'resume' | 'reverse' | 'split', describe: string, verb: string) =>
+  const control = (name: 'resume' | 'reverse' | 'restore', describe: string, verb: string) =>
     [
       `${name} <id>`,
       describe,
       (c: Argv<{ json: boolean; api: string | undefined }>) => idPositional(c),
       async (a: { id: string; json: boolean; api?: string | undefined }) => {
         const s = await withClient(a, (client) =>
-          name === 'suspend' ? client.suspendCopy(a.id)
-          : name === 'resume' ? client.resumeCopy(a.id)
+          name === 'resume' ? client.resumeCopy(a.id)
           : name === 'reverse' ? client.reverseCopy(a.id)
-          : client.splitCopy(a.id),
+          : client.restoreFromClone(a.id),
         );
         if (a.json) printJson(s);
         else print(summary(verb, s));
       },
     ] as const;
 
+  // suspend and split: one session, or several at one instant (ids and/or --group).
+  const cut = (name: 'suspend' | 'split', describe: string) =>
+    [
+      `${name} [ids..]`,
+      describe,
+      (c: Argv<{ json: boolean; api: string | undefined }>) => {
+        const o = c
+          .positional('ids', { type: 'string', array: true, describe: 'session ids (see arraylab copy list); several are cut at one instant' })
+          .option('group', { type: 'string', requiresArg: true, describe: 'every EC session of this consistency group, at one instant' });
+        return name === 'split'
+          ? o.option('rename', { type: 'string', requiresArg: true, describe: 'give the split clone a new name, serial and WWN' })
+          : o.option('rename', { type: 'string', hidden: true });
+      },
+      async (a: { ids?: string[]; group?: string; rename?: string; json: boolean; api?: string | undefined }) => {
+        const ids = a.ids ?? [];
+        const command = `copy ${name}`;
+        if (ids.length === 0 && !a.group) throw new UsageError(`give a session id, several ids, or --group NAME`, command);
+        if (a.rename !== undefined && (ids.length !== 1 || a.group)) throw new UsageError('--rename renames one split clone: give exactly one session id and no --group', command);
+        if (ids.length === 1 && !a.group) {
+          const s = await withClient(a, (client) => (name === 'suspend' ? client.suspendCopy(ids[0]!) : client.splitCopy(ids[0]!, a.rename ? { newName: a.rename } : {})));
+          if (a.json) printJson(s);
+          else print(summary(name === 'suspend' ? 'suspended' : 'split', s));
+          return;
+        }
+        const sessions = await withClient(a, (client) => client.cutCopyGroup(name, { ids, ...(a.group ? { group: a.group } : {}) }));
+        if (a.json) return printJson({ ...(a.group ? { group: a.group } : {}), sessions });
+        print(`${name === 'suspend' ? 'suspended' : 'split'} ${sessions.length} session${sessions.length === 1 ? '' : 's'} at one instant${a.group ? ` (group ${a.group})` : ''}:`);
+        print(copyTable(sessions));
+      },
+    ] as const;
+
   return withApiOption(y)
     .command(
       'start',
-      'start a copy session from --src to --dst',
+      'start a copy session from --src to --dst; several --src/--dst pairs start at one instant as a consistency group',
       (c) =>
         c
           .option('type', { choices: TYPES, demandOption: true, describe: 'opc: full point-in-time copy; quickopc: opc + change tracking; snapopcplus: before-image snapshot generation; ec: mirror' })
-          .option('src', { type: 'string', demandOption: true, requiresArg: true, describe: 'source volume' })
-          .option('dst', { type: 'string', demandOption: true, requiresArg: true, describe: 'destination volume (snap volume for snapopcplus)' })
+          .option('src', { type: 'string', array: true, demandOption: true, requiresArg: true, describe: 'source volume (repeat with --dst for a group)' })
+          .option('dst', { type: 'string', array: true, demandOption: true, requiresArg: true, describe: 'destination volume (snap volume for snapopcplus)' })
           .option('rate', { type: 'string', requiresArg: true, describe: 'background copy rate in MiB/s; 0 = no background copy [default: unthrottled]' })
-          .option('group', { type: 'string', requiresArg: true, describe: 'consistency group label' })
+          .option('group', { type: 'string', requiresArg: true, describe: 'consistency group name; needed with several pairs' })
           .option('force', { type: 'boolean', default: false, describe: 'start even if the destination is exported read-write to a connected client' }),
       async (a) => {
         const rateMiBs = parseRate(a.rate, 'copy start');
-        const s = await withClient(a, (client) =>
-          client.startCopy({
-            type: a.type,
-            source: a.src,
-            destination: a.dst,
-            ...(rateMiBs !== undefined ? { rateMiBs } : {}),
-            ...(a.group ? { group: a.group } : {}),
-            force: a.force,
-          }),
-        );
-        if (a.json) printJson(s);
-        else print(summary('started', s));
+        const srcs = a.src.map(String);
+        const dsts = a.dst.map(String);
+        if (srcs.length !== dsts.length) {
+          throw new UsageError(`give one --dst for each --src (got ${srcs.length} --src and ${dsts.length} --dst)`, 'copy start');
+        }
+        const pairs = srcs.map((source, i) => ({
+          type: a.type,
+          source,
+          destination: dsts[i]!,
+          ...(rateMiBs !== undefined ? { rateMiBs } : {}),
+          ...(a.group ? { group: a.group } : {}),
+          force: a.force,
+        }));
+        if (pairs.length === 1) {
+          const s = await withClient(a, (client) => client.startCopy(pairs[0]!));
+          if (a.json) printJson(s);
+          else print(summary('started', s));
+          return;
+        }
+        if (!a.group) throw new UsageError('several pairs start as one consistency group: name it with --group NAME (later: arraylab copy suspend --group NAME)', 'copy start');
+        const group = a.group;
+        const sessions = await withClient(a, (client) => client.startCopyGroup(group, pairs));
+        if (a.json) return printJson({ group, sessions });
+        print(`started ${sessions.length} ${TYPE_NAMES[a.type] ?? a.type} sessions at one instant as consistency group ${group}:`);
+        print(copyTable(sessions));
       },
     )
     .command(
@@ -147,10 +190,11 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
         else print(showSession(s));
       },
     )
-    .command(...control('suspend', 'EC: freeze the destination as of now (equivalent -> suspended)', 'suspended'))
+    .command(...cut('suspend', 'EC: freeze the destination as of now (equivalent -> suspended)'))
     .command(...control('resume', 'EC: resync a suspended or split pair (differential)', 'resumed'))
-    .command(...control('reverse', 'EC: swap the direction of a suspended or split pair (restore)', 'reversed'))
-    .command(...control('split', 'EC: make the destination independent (equivalent or suspended -> split)', 'split'))
+    .command(...control('reverse', 'EC: swap the direction of a suspended or split pair; QuickOPC: restore the destination onto the source (tracking, differential)', 'reversed'))
+    .command(...cut('split', 'EC: make the destination an independent clone (equivalent or suspended -> split)'))
+    .command(...control('restore', 'EC: copy a split or suspended clone back onto the original (restore from clone)', 'restoring'))
     .command(
       'cancel <id>',
       'end a copy session; the destination keeps what it has',
@@ -183,7 +227,7 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
         await withClient(a, (client) => watch(client, a.id, a.interval, a.json));
       },
     )
-    .demandCommand(1, 'give a copy command: start, list, show, suspend, resume, reverse, split, cancel, rate or watch');
+    .demandCommand(1, 'give a copy command: start, list, show, suspend, resume, reverse, split, restore, cancel, rate or watch');
 }
 
 const ENDED = new Set(['completed', 'cancelled', 'dropped']);

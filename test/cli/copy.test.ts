@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cliJson, cliOk, holdNbdConnection, makeTempDir, startArraylab, type Arraylab } from '../support/arraylab.js';
-import { requireTool } from '../support/tools.js';
+import { requireNbdsh, requireTool } from '../support/tools.js';
 
 const run = promisify(execFile);
 const MiB = 2 ** 20;
@@ -96,6 +96,98 @@ describe('arraylab copy', () => {
     expect(del.stderr).toBe(`arraylab: cannot delete volume ea: volume ea is in copy session ${id} (ec, split); cancel the session first\n`);
     expect(await ok(['copy', 'cancel', id])).toBe(`cancelled copy session ${id}\n`);
     expect(await json(['copy', 'ls'])).toEqual({ sessions: [] });
+  }, 60_000);
+
+  it('consistency group: EC pairs started and suspended at one instant while a host writes log then data', async () => {
+    const python = requireNbdsh();
+    for (const v of ['log', 'data', 'logc', 'datac']) await ok(['volume', 'create', v, '--size', '2MiB']);
+    const g = await json(['copy', 'start', '--type', 'ec', '--src', 'log', '--dst', 'logc', '--src', 'data', '--dst', 'datac', '--group', 'db']);
+    const sessions = g.sessions as Array<{ id: string; group: string; source: string }>;
+    expect(g.group).toBe('db');
+    expect(sessions.map((s) => [s.source, s.group])).toEqual([['log', 'db'], ['data', 'db']]);
+    await until('both equivalent', async () => ((await json(['copy', 'list'])).sessions as Array<{ group: string; state: string }>).filter((s) => s.group === 'db').every((s) => s.state === 'equivalent'));
+
+    // A database's order: each log record is acknowledged before its data page is written.
+    // A cut that is one instant for both volumes can hold data n only with log n.
+    const script = [
+      'import nbd, struct, sys, time',
+      `log = nbd.NBD(); log.connect_uri("${lab.nbdUri('log')}")`,
+      `data = nbd.NBD(); data.connect_uri("${lab.nbdUri('data')}")`,
+      'end = time.time() + 4',
+      'n = 0',
+      'while time.time() < end:',
+      '    n += 1',
+      '    b = struct.pack("<Q", n) * 64',
+      '    log.pwrite(b, 0)',
+      '    data.pwrite(b, 0)',
+      'print(n)',
+    ].join('\n');
+    const running = run(python, ['-c', script]);
+    await new Promise((r) => setTimeout(r, 1500));
+    const cut = await json(['copy', 'suspend', '--group', 'db']);
+    expect((cut.sessions as Array<{ state: string }>).map((s) => s.state)).toEqual(['suspended', 'suspended']);
+    const total = Number((await running).stdout.trim());
+    const seqOf = async (vol: string) => {
+      const r = await run(python, ['-c', `import nbd, struct\nh = nbd.NBD(); h.connect_uri("${lab.nbdUri(vol)}")\nprint(struct.unpack("<Q", h.pread(512, 0)[:8])[0])`]);
+      return Number(r.stdout.trim());
+    };
+    const [logAt, dataAt] = [await seqOf('logc'), await seqOf('datac')];
+    expect(dataAt).toBeGreaterThan(0); // the cut fell inside the run
+    expect(logAt).toBeLessThan(total);
+    expect(logAt === dataAt || logAt === dataAt + 1, `log copy ${logAt}, data copy ${dataAt}`).toBe(true);
+
+    // Usage: a group needs a name; pairs need both ends; --rename is for one clone.
+    const noName = await lab.cli(['copy', 'start', '--type', 'ec', '--src', 'a', '--dst', 'b', '--src', 'c', '--dst', 'd']);
+    expect(noName.code).toBe(2);
+    expect(noName.stderr).toMatch(/^arraylab: several pairs start as one consistency group: name it with --group NAME/);
+    const uneven = await lab.cli(['copy', 'start', '--type', 'ec', '--src', 'a', '--src', 'c', '--dst', 'b', '--group', 'x']);
+    expect(uneven.code).toBe(2);
+    expect(uneven.stderr).toMatch(/^arraylab: give one --dst for each --src \(got 2 --src and 1 --dst\)/);
+    const renameMany = await lab.cli(['copy', 'split', '--group', 'db', '--rename', 'x']);
+    expect(renameMany.code).toBe(2);
+    const noGroup = await lab.cli(['copy', 'suspend', '--group', 'nosuch']);
+    expect(noGroup.code).toBe(1);
+    expect(noGroup.stderr).toBe('arraylab: no copy sessions in consistency group nosuch; start them with --group nosuch\n');
+    // All or none: one member of the group is not equivalent any more, so the split is refused.
+    const notAll = await lab.cli(['copy', 'split', sessions[0]!.id, 'bogus-id']);
+    expect(notAll.code).toBe(1);
+    expect(notAll.stderr).toMatch(/no copy session bogus-id/);
+    expect((await json(['copy', 'show', sessions[0]!.id])).state).toBe('suspended');
+    for (const s of sessions) await ok(['copy', 'cancel', s.id]);
+  }, 60_000);
+
+  it('restores: QuickOPC reverse and EC restore from clone', async () => {
+    const qemuIo = requireTool('qemu-io');
+    for (const v of ['qa', 'qb', 'ca', 'cb']) await ok(['volume', 'create', v, '--size', '4MiB']);
+    const pattern = async (vol: string, byte: number, off = '0', len = '4M') => run(qemuIo, ['-f', 'raw', '-c', `write -P ${byte} ${off} ${len}`, lab.nbdUri(vol)]);
+    const verify = async (vol: string, byte: number) => {
+      const r = await run(qemuIo, ['-f', 'raw', '-c', `read -P ${byte} 0 4M`, lab.nbdUri(vol)]);
+      return !/Pattern verification failed/.test(r.stdout);
+    };
+
+    await pattern('qa', 0x11);
+    const q = await json(['copy', 'start', '--type', 'quickopc', '--src', 'qa', '--dst', 'qb']);
+    await until('tracking', async () => (await json(['copy', 'show', q.id as string])).state === 'tracking');
+    await pattern('qa', 0x22, '1M', '64k'); // damage after the backup
+    const r = await json(['copy', 'reverse', q.id as string]);
+    expect(r).toMatchObject({ source: 'qb', destination: 'qa', reversed: true });
+    expect(await verify('qa', 0x11)).toBe(true);
+    await until('tracking again', async () => (await json(['copy', 'show', q.id as string])).state === 'tracking');
+    // The next backup turns the pair round again.
+    expect(await json(['copy', 'start', '--type', 'quickopc', '--src', 'qa', '--dst', 'qb'])).toMatchObject({ id: q.id, source: 'qa', destination: 'qb', reversed: false });
+    await ok(['copy', 'cancel', q.id as string]);
+
+    await pattern('ca', 0x33);
+    const e = await json(['copy', 'start', '--type', 'ec', '--src', 'ca', '--dst', 'cb']);
+    await until('equivalent', async () => (await json(['copy', 'show', e.id as string])).state === 'equivalent');
+    expect(await json(['copy', 'split', e.id as string])).toMatchObject({ state: 'split' });
+    await pattern('ca', 0x44, '2M', '1M');
+    const restoring = await ok(['copy', 'restore', e.id as string]);
+    expect(restoring).toMatch(/^restoring EC cb -> ca: session \S+, (copying|equivalent),/);
+    await until('restored', async () => (await json(['copy', 'show', e.id as string])).state === 'equivalent');
+    await ok(['copy', 'suspend', e.id as string]);
+    expect(await verify('ca', 0x33)).toBe(true);
+    await ok(['copy', 'cancel', e.id as string]);
   }, 60_000);
 
   it('refuses a destination exported read-write to a connected client unless --force', async () => {
