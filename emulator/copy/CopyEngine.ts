@@ -54,6 +54,12 @@ export interface CopyEngineOptions {
   newId?: () => string;
   /** Events kept for list/inspection (default 1000). */
   maxEvents?: number;
+  /**
+   * EC write intent granularity in bytes (default 64 MiB, md's write-intent chunk): only the
+   * first write to a region after a flush pays a journal commit; a crash resyncs at most the
+   * regions written since the last flush. Recorded per unit, nearly every random write paid one.
+   */
+  intentRegion?: number;
 }
 
 export interface StartOptions {
@@ -73,6 +79,11 @@ export interface SnapStartOptions {
 }
 
 const TICK_MS = 50;
+/**
+ * Most bytes one timer-driven step copies (unthrottled, or a high rate): each step ends with a
+ * destination flush and a journal commit, so at 4 MiB (64 units) those dominated an OPC.
+ */
+const TIMER_STEP_BYTES = 32 * 1024 * 1024;
 
 export class CopyEngine {
   private readonly taps = new Map<string, { volume: CopyVolume; tap: VolumeTap }>();
@@ -105,6 +116,7 @@ export class CopyEngine {
       tap: (name) => this.tapOf(name),
       emit: (e) => this.emit(e),
       now: this.now,
+      intentRegion: opts.intentRegion ?? 64 * 1024 * 1024,
     };
   }
 
@@ -129,6 +141,66 @@ export class CopyEngine {
     if (s !== undefined) throw new CopyError('FAILED_PRECONDITION', `volume ${name} is in copy session ${s.id} (${s.type}, ${s.state}); cancel the session first`);
     t.volume.popLayer(t.tap);
     this.taps.delete(name);
+  }
+
+  /**
+   * Renames a volume the engine knows, in every session that names it (e.g. the split clone
+   * of an EC pair, which stays in its session for a later rejoin).
+   *
+   * `persist` is the caller's durable step (StorageArray: one SQLite transaction that renames
+   * the volume row and rewrites the source/destination of the journal's session records). It
+   * must be synchronous; if it throws, nothing has changed.
+   *
+   * Why this order is crash-atomic and safe against concurrent journal commits:
+   *  - It runs in the control queue (no control operation or copy step beside it) and under a
+   *    cut of the volume (no write to it in flight).
+   *  - persist() comes first: durable before in memory, as everywhere else. A crash before it
+   *    leaves the old name everywhere; after it, the new name everywhere, because the journal's
+   *    records are rewritten in the same transaction as the volume row.
+   *  - From persist() to the re-puts below everything is synchronous: no journal commit (which
+   *    runs on its own setImmediate turn), no I/O completion and no lookup by name can run in
+   *    between, so nothing sees the maps half renamed.
+   *  - A record appended before (still pending in the journal, old name) would overwrite the
+   *    rewritten one at the next commit; re-putting every affected record replaces it, so that
+   *    commit writes the new name again. Records appended later come from the renamed
+   *    in-memory records. Sessions look volumes up by name on every use (ctx.tap), never by
+   *    a name kept across an await, so in-flight work on other volumes follows at once.
+   *  - The final sync() makes the rename durable where persist() does not (engines on other
+   *    journals, e.g. the tests' MemoryJournal); for StorageArray it rewrites the same rows.
+   */
+  renameVolume(oldName: string, newName: string, persist: () => void = () => undefined): Promise<void> {
+    return this.serially(async () => {
+      const t = this.taps.get(oldName);
+      if (t === undefined) throw new CopyError('NOT_FOUND', `no volume named ${oldName} is known to the copy engine`);
+      if (newName !== oldName && this.taps.has(newName)) {
+        throw new CopyError('ALREADY_EXISTS', `cannot rename volume ${oldName} to ${newName}: a volume named ${newName} exists; choose another name`);
+      }
+      await this.cut([oldName], async () => {
+        persist();
+        if (newName === oldName) return; // e.g. a new identity only
+        this.taps.delete(oldName);
+        this.taps.set(newName, t);
+        t.tap.volumeName = newName;
+        const chain = this.chains.get(oldName);
+        if (chain !== undefined) {
+          this.chains.delete(oldName);
+          chain.source = newName;
+          this.chains.set(newName, chain);
+        }
+        const renamed: SessionBase[] = [];
+        for (const s of this.sessions.values()) {
+          const r = s.record;
+          if (r.source !== oldName && r.destination !== oldName) continue;
+          s.record = { ...r, source: r.source === oldName ? newName : r.source, destination: r.destination === oldName ? newName : r.destination };
+          this.journal.putSession(s.record);
+          renamed.push(s);
+        }
+        for (const s of renamed) {
+          this.emit({ sessionId: s.id, kind: 'state', state: s.state, message: `volume ${oldName} renamed to ${newName}: ${s.type} ${s.record.source} -> ${s.record.destination}` });
+        }
+        await this.journal.sync();
+      });
+    });
   }
 
   // ---- recovery ----
@@ -435,6 +507,7 @@ export class CopyEngine {
 
   private async doStartSnap(source: string, snapVolume: string, opts: SnapStartOptions): Promise<SessionInfo> {
     const { src, dst } = this.checkPair('snapopcplus', source, snapVolume);
+    let drop: SnapGeneration | undefined;
     const chain = this.chains.get(source);
     if (chain !== undefined && chain.gens.length >= MAX_SNAP_GENERATIONS) {
       if (opts.refuseIfFull) {
@@ -443,8 +516,7 @@ export class CopyEngine {
           `source ${source} already has ${MAX_SNAP_GENERATIONS} SnapOPC+ generations; cancel the oldest (${chain.gens[0]!.id}) or start without refuse-if-full to drop it`,
         );
       }
-      const oldest = chain.gens[0]!;
-      this.doCancel(oldest, false, 'dropped');
+      drop = chain.gens[0]!;
     }
     const last = this.chains.get(source)?.gens.at(-1);
     const record = this.newRecord('snapopcplus', source, snapVolume, src, opts.unitSize ?? last?.record.unitSize, 0);
@@ -452,6 +524,9 @@ export class CopyEngine {
     if (opts.group) record.group = opts.group;
     if (dst.below.thin) await dst.below.writeZeroes(0, record.sizeBytes); // give the old content's space back
     await src.below.flush(); // J4
+    // The oldest goes in the same commit as the new one: a commit during the awaits above (or
+    // a failed zero or flush) must not leave the oldest dropped and no new generation.
+    if (drop !== undefined) this.doCancel(drop, false, 'dropped');
     this.journal.putSession(record);
     const g = this.build({ record, bitmaps: {} });
     this.install(g);
@@ -526,10 +601,13 @@ export class CopyEngine {
       throw new CopyError('FAILED_PRECONDITION', `cannot reverse QuickOPC session ${s.id}: it is ${s.state}; wait until it is tracking (the physical copy has finished)`);
     }
     this.checkAlone(s);
+    // J4: the restore instant is durable on the new source (today's destination) before any
+    // record changes. Nothing may await between swap() and restart(): a commit beside them (a
+    // copy-on-write on another volume) would make the swap durable without the restart.
+    await this.tapOf(s.record.destination).below.flush();
     s.detach();
     s.swap();
     s.attach();
-    await this.tapOf(s.record.source).below.flush(); // J4: the restore instant is durable on the new source
     s.restart();
   }
 
@@ -655,16 +733,19 @@ export class CopyEngine {
 
   // ---- timers ----
 
-  private schedule(s: SessionBase): void {
+  /** spentMs: how long the previous step took; the next tick comes that much sooner, so the rate holds. */
+  private schedule(s: SessionBase, spentMs = 0): void {
     if (this.clock !== 'timers' || this.closed || this.timers.has(s.id)) return;
     if (s.done || s.state !== 'copying' || s.record.rate === 0) return;
     const rate = s.record.rate;
+    const maxUnits = Math.max(this.stepUnits, Math.floor(TIMER_STEP_BYTES / s.record.unitSize));
     const fire = (): void => {
       this.timers.delete(s.id);
-      const units = Number.isFinite(rate) ? Math.max(1, Math.floor((rate * TICK_MS) / 1000 / s.record.unitSize)) : this.stepUnits;
-      this.serially(() => this.stepSession(s, Math.min(units, this.stepUnits)))
+      const began = this.now();
+      const units = Number.isFinite(rate) ? Math.max(1, Math.floor((rate * TICK_MS) / 1000 / s.record.unitSize)) : maxUnits;
+      this.serially(() => this.stepSession(s, Math.min(units, maxUnits)))
         .then(
-          () => this.schedule(s),
+          () => this.schedule(s, this.now() - began),
           (err: unknown) => {
             if (this.closed) return;
             this.emit({ sessionId: s.id, kind: 'error', state: s.state, message: `background copy failed: ${(err as Error).message}; retrying` });
@@ -677,7 +758,7 @@ export class CopyEngine {
     } else {
       const unitsPerTick = (rate * TICK_MS) / 1000 / s.record.unitSize;
       const delay = unitsPerTick >= 1 ? TICK_MS : Math.ceil(s.record.unitSize / (rate / 1000));
-      this.timers.set(s.id, setTimeout(fire, delay));
+      this.timers.set(s.id, setTimeout(fire, Math.max(0, delay - spentMs)));
     }
   }
 

@@ -2,7 +2,7 @@
  * What the session types share: identity, state changes through the journal, progress and
  * rate, unit locks, and the small data moves (copy a unit, persist bits) every type uses.
  */
-import type { BlockDevice } from '../block/BlockDevice.js';
+import { EXTENT_ZERO, type BlockDevice } from '../block/BlockDevice.js';
 import { CopyBitmap, UnitGeometry } from './CopyBitmap.js';
 import {
   invariant,
@@ -24,7 +24,17 @@ export interface SessionContext {
   tap(volume: string): VolumeTap;
   emit(ev: Omit<CopyEvent, 'at'>): void;
   now(): number;
+  /** EC write intent is recorded this many bytes at a time (CopyEngineOptions.intentRegion). */
+  readonly intentRegion: number;
 }
+
+/**
+ * Largest read/write one copy issues: a run of adjacent units moves in pieces of this size
+ * (one pread on the threadpool, one pwrite) rather than a 64 KiB read and write per unit.
+ */
+const COPY_PIECE = 1024 * 1024;
+/** Copy buffers, reused: a fresh 64 KiB Buffer per unit cost 23% of an OPC in GC (profile). */
+const copyBuffers: Buffer[] = [];
 
 export abstract class SessionBase implements CopySession {
   readonly geo: UnitGeometry;
@@ -121,11 +131,33 @@ export abstract class SessionBase implements CopySession {
 
   // ---- data moves ----
 
-  /** Copies unit u from one device to the other, at the same offset. */
-  protected async copyUnit(from: BlockDevice, to: BlockDevice, u: number): Promise<void> {
-    const buf = Buffer.allocUnsafe(this.geo.length(u));
-    await from.read(this.geo.start(u), buf);
-    await to.write(this.geo.start(u), buf);
+  /**
+   * Copies units (ascending) from one device to the other, at the same offsets: adjacent units
+   * as one run, in COPY_PIECE pieces through a pooled buffer. Parts of the source that read as
+   * zeroes (block status) become write-zeroes, so a thin destination stays thin.
+   */
+  protected async copyUnits(from: BlockDevice, to: BlockDevice, units: number[]): Promise<void> {
+    if (units.length === 0) return;
+    const buf = copyBuffers.pop() ?? Buffer.allocUnsafeSlow(COPY_PIECE);
+    try {
+      for (const [s, n] of toRuns(units)) {
+        const end = this.geo.start(s + n - 1) + this.geo.length(s + n - 1);
+        for (let pos = this.geo.start(s); pos < end; ) {
+          const [ext] = await from.blockStatus(pos, Math.min(COPY_PIECE, end - pos), 1);
+          const len = Math.min(ext!.length, COPY_PIECE, end - pos);
+          if ((ext!.flags & EXTENT_ZERO) !== 0) {
+            await to.writeZeroes(pos, len);
+          } else {
+            const piece = buf.subarray(0, len);
+            await from.read(pos, piece);
+            await to.write(pos, piece);
+          }
+          pos += len;
+        }
+      }
+    } finally {
+      if (copyBuffers.length < 8) copyBuffers.push(buf);
+    }
   }
 
   /**

@@ -68,6 +68,8 @@ interface Durable {
  */
 export class MemoryJournal implements SessionJournal {
   private pending: Op[] = [];
+  /** Batches of syncs still committing, oldest first. */
+  private committing: Op[][] = [];
   private dead = false;
   /** Number of sync() calls, for tests. */
   syncs = 0;
@@ -102,9 +104,13 @@ export class MemoryJournal implements SessionJournal {
     this.live();
     const ops = this.pending;
     this.pending = [];
+    this.committing.push(ops);
     await this.delay(); // a real commit takes time: let a crash land in between
     if (this.dead) return; // the process died during the commit: it did not happen
-    for (const o of ops) this.apply(o);
+    // Commits land in order, as SQLite's do: a later sync carries everything appended before
+    // it, so a batch still waiting on its own delay is applied first.
+    const i = this.committing.indexOf(ops);
+    if (i >= 0) for (const batch of this.committing.splice(0, i + 1)) for (const o of batch) this.apply(o);
     this.syncs++;
   }
 

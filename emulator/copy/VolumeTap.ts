@@ -61,7 +61,8 @@ export class VolumeTap implements BlockDevice {
   private drainWaiters: Array<() => void> = [];
 
   constructor(
-    readonly volumeName: string,
+    /** Changed only by CopyEngine.renameVolume, under a hold. */
+    public volumeName: string,
     readonly below: BlockDevice,
   ) {}
 
@@ -77,6 +78,11 @@ export class VolumeTap implements BlockDevice {
   get thin(): boolean {
     return this.below.thin;
   }
+  /** Throws BlockDeviceError when hosts may not attach to the volume now (they could not read it). */
+  checkAttach(): void {
+    this.dest?.checkRead('attach');
+  }
+
   get hasRoles(): boolean {
     return this.sources.length > 0 || this.dest !== undefined;
   }

@@ -24,6 +24,7 @@ import { SessionBase, type SessionContext } from './SessionBase.js';
 import type { JournalSession } from './SessionJournal.js';
 import type { DestRole, Next, SourceRole } from './VolumeTap.js';
 
+
 export class EcSession extends SessionBase implements SourceRole, DestRole {
   readonly diff: CopyBitmap;
   readonly intent: CopyBitmap;
@@ -143,7 +144,14 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
     const unlock = await this.locks.lockRange(u0, u1);
     try {
       for (const w of this.flushWatchers) for (let u = u0; u < u1; u++) w.add(u);
-      await this.persistSet([['intent', this.intent, this.clearIn(this.intent, u0, u1)]]); // J3
+      if (!this.intent.allSet(u0, u1)) {
+        // Intent is set a whole region at a time, so only the first write to a region after a
+        // flush pays a journal commit; recovery resyncs at most the regions written since.
+        const region = Math.max(1, Math.floor(this.ctx.intentRegion / this.record.unitSize));
+        const r0 = u0 - (u0 % region);
+        const r1 = Math.min(this.geo.units, Math.ceil(u1 / region) * region);
+        await this.persistSet([['intent', this.intent, this.clearIn(this.intent, r0, r1)]]); // J3
+      }
       if (!this.mirroring) return await this.trackLocked(u0, u1, next); // suspended while we waited
       const results = await Promise.allSettled([next(), this.mirrorWrite(m)]);
       const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -247,7 +255,7 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
     );
     try {
       if (units.length > 0) {
-        for (const u of units) await this.copyUnit(this.src.below, this.dst.below, u);
+        await this.copyUnits(this.src.below, this.dst.below, units);
         // J5: both sides durable before the diff bits go (the source too: an unflushed
         // source write copied here must not be lost on one side only).
         await Promise.all([this.src.below.flush(), this.dst.below.flush()]);

@@ -125,7 +125,7 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
     try {
       const toCopy = this.state === 'copying' ? this.clearIn(this.copied, u0, u1) : [];
       if (toCopy.length > 0) {
-        for (const u of toCopy) await this.copyUnit(this.src.below, this.dst.below, u);
+        await this.copyUnits(this.src.below, this.dst.below, toCopy);
         await this.dst.below.flush(); // J1
       }
       const toTrack = this.tracked ? this.clearIn(this.tracked, u0, u1) : [];
@@ -152,7 +152,7 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
     );
     try {
       if (units.length > 0) {
-        for (const u of units) await this.copyUnit(this.src.below, this.dst.below, u);
+        await this.copyUnits(this.src.below, this.dst.below, units);
         await this.dst.below.flush(); // J1
         await this.persistSet([['copied', this.copied, units]]);
         this.cursor = units[units.length - 1]! + 1;

@@ -100,7 +100,8 @@ export class SnapChain implements SourceRole {
   readonly locks = new UnitLocks();
 
   constructor(
-    readonly source: string,
+    /** Renamed with the volume (CopyEngine.renameVolume). */
+    public source: string,
     private readonly ctx: SessionContext,
   ) {}
 

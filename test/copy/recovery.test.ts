@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { Volume } from '../../emulator/array/Volume.js';
 import { CopyEngine } from '../../emulator/copy/CopyEngine.js';
 import { MemoryJournal } from '../../emulator/copy/SessionJournal.js';
-import { client, drain, makeVolume, put, readTags, rng, SimStore } from './support.js';
+import { client, drain, makeVolume, memVolume, put, readTags, rng, SimStore } from './support.js';
 
 /** Volumes over SimStores that can crash, and an engine that can be restarted over them. */
 class Machine {
@@ -15,7 +15,7 @@ class Machine {
     for (const name of names) this.stores.set(name, new SimStore(64 * 4096, rand));
   }
   async boot(recover: boolean): Promise<void> {
-    this.engine = new CopyEngine({ journal: this.journal, clock: 'manual', defaultUnitSize: 16384, newId: () => `s${++this.n}` });
+    this.engine = new CopyEngine({ journal: this.journal, clock: 'manual', defaultUnitSize: 16384, intentRegion: 16384, newId: () => `s${++this.n}` });
     let i = 0;
     for (const [name, store] of this.stores) {
       const v = makeVolume(name, store, i++);
@@ -65,6 +65,28 @@ describe('recovery from the journal', () => {
     await drain(m.engine);
     expect(m.engine.get(s.id).state).toBe('equivalent');
     expect(await readTags(m.dev('b'))).toEqual(await readTags(m.dev('a')));
+  });
+
+  it('EC: write intent is kept per region, so a crash resyncs the whole region of a write', async () => {
+    const journal = new MemoryJournal();
+    const a = memVolume('a', 64);
+    const b = memVolume('b', 64, 1);
+    const engine = new CopyEngine({ journal, clock: 'manual', defaultUnitSize: 16384, intentRegion: 4 * 16384, newId: () => 'r1' });
+    engine.addVolume(a);
+    engine.addVolume(b);
+    await engine.startEc('a', 'b');
+    await drain(engine);
+    const before = journal.syncs;
+    await put(client(a), 20, 1); // unit 5: region 4..7
+    await put(client(a), 23, 2); // unit 5 again, and unit 5 is in the same region: no commit
+    await put(client(a), 28, 3); // unit 7: same region, no commit
+    expect(journal.syncs - before).toBe(1);
+    const recovered = new CopyEngine({ journal: journal.crash(), clock: 'manual', defaultUnitSize: 16384, intentRegion: 4 * 16384 });
+    recovered.addVolume(memVolume('a', 64));
+    recovered.addVolume(memVolume('b', 64, 1));
+    await recovered.recover();
+    const info = recovered.get('r1');
+    expect(info.totalBlocks - info.copiedBlocks).toBe(4);
   });
 
   it('EC: a flush clears the write intent, so a crash after it needs no resync', async () => {

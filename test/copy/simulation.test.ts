@@ -8,25 +8,36 @@
  *
  * Each step is one random action: host writes / write-zeroes / trims / flushes on any
  * volume (refused ones must be refused with the right code), session starts of every type
- * (refusals predicted by the model), EC suspend / resume / split / rejoin / reverse /
- * restore, cancel (with and without force), background copy steps, consistency-group
- * starts and suspends, bursts of concurrent I/O (with a copy step, a racing flush and reads
- * of point-in-time images inside), and crash-restart points: between steps, in the middle of
- * a burst, and in the middle of a session start (the journal's commits take a random number
- * of microtasks, so crashes land inside them too).
+ * (refusals predicted by the model, QuickOPC restarts and reverses by a start in the other
+ * direction included), EC suspend / resume / split / rejoin / reverse / restore, QuickOPC
+ * reverse (restore), cancel (with and without force), rate changes, background copy steps,
+ * consistency-group starts and suspends/splits, bursts of concurrent I/O (with a copy step,
+ * a racing flush and reads of point-in-time images inside), and crash-restart points:
+ * between steps, in the middle of a burst, and inside a control operation (any start,
+ * suspend, split, resume, rejoin, reverse, restore, cancel, rate change or group), with or
+ * without host writes to other volumes beside it. The journal's commits take a random
+ * number of microtasks (in order), so crashes land inside them too.
+ *
+ * Control operations are Controls: a prediction (done or refused), the model change once
+ * done, and, for a crash inside one, how to tell from the recovered engine whether it became
+ * durable. It must be one or the other as a whole (a group: with writes beside it, any subset
+ * of its members), and every volume must be exact either way.
  *
  * The model knows nothing of units, bitmaps or layers: each volume is an array of block
  * tags as hosts must see them, plus the set of values each block may hold after a crash
  * (the last flushed one and any written since). After every step every volume is read
- * through its client device and compared with the model.
+ * through its client device and compared with the model, and every session's type,
+ * direction, state, rate and reversed flag with the engine's.
  *
- *   SEED=n  run only seed n (prints the action log on failure)    SEEDS, STEPS  sizes
+ *   SEED=n  run only seed n (prints the action log on failure; LOG=lines)
+ *   SEEDS, FIRST, STEPS  sizes    MAX_FAILURES=n  collect up to n failing seeds
+ *   STATS=1  print how often each kind of interrupted operation was durable or not
  */
 import { describe, expect, it } from 'vitest';
 import type { BlockDevice } from '../../emulator/block/BlockDevice.js';
 import type { Volume } from '../../emulator/array/Volume.js';
 import { CopyEngine } from '../../emulator/copy/CopyEngine.js';
-import type { CopyType, SessionInfo } from '../../emulator/copy/CopySession.js';
+import { CopyError, type CopyType, type SessionInfo } from '../../emulator/copy/CopySession.js';
 import { MemoryJournal } from '../../emulator/copy/SessionJournal.js';
 import { client, makeVolume, rng, SimStore, tagged, tagsOf } from './support.js';
 
@@ -54,6 +65,37 @@ interface MSess {
   src: string;
   dst: string;
   gen?: number;
+  rate: number;
+  reversed: boolean;
+}
+
+type EcOp = 'suspend' | 'split' | 'resume' | 'rejoin' | 'reverse' | 'restore';
+const EC_OPS: readonly EcOp[] = ['suspend', 'split', 'resume', 'rejoin', 'reverse', 'restore'];
+/** A crash inside a control operation lands after 0..CRASH_TICKS-1 microtask ticks. */
+const CRASH_TICKS = 40;
+
+/**
+ * A control operation as the model sees it: perform() runs it and checks the refusal
+ * prediction, then applies it; performThenCrash() lets a crash land inside it, and crash()
+ * asks outcome() which of its two results the recovered engine shows (one of them, whole),
+ * and applies it if it became durable.
+ */
+interface Control {
+  /** For statistics. */
+  kind: string;
+  /** For the log. */
+  what: string;
+  /** Predicted: the engine does it (true) or refuses it (false). */
+  ok: boolean;
+  /** The volumes its cut holds (host writes to the others run beside it). */
+  held: string[];
+  run(): Promise<SessionInfo[]>;
+  /** The model change once it happened; infos: what run() returned (or outcome() found). */
+  apply(infos: SessionInfo[]): void;
+  /** After a crash inside it: the recovered sessions it shows if it became durable, else undefined. */
+  outcome(eng: Map<string, SessionInfo>): SessionInfo[] | undefined;
+  /** Before a crash can land inside it: what it may have done to the model even if it does not become durable. */
+  mayHave?(): void;
 }
 
 type Access = 'ok' | 'EACCES' | 'EPERM' | 'EIO';
@@ -76,13 +118,28 @@ class Sim {
   /** OPC sessions that completed: after a crash they may come back (completion not yet durable). */
   private readonly completed = new Map<string, MSess>();
   crashes = 0;
+  /** QuickOPC reverses that happened (by reverse() or a start in the other direction). */
+  qReverses = 0;
+  /** Crashes inside control operations, by kind: [became durable, did not]. */
+  readonly outcomes = new Map<string, [number, number]>();
 
   constructor(readonly seed: number) {
     this.rand = rng(seed);
     this.storeRand = rng(seed ^ 0x5eed);
     const jr = rng(seed ^ 0x10a1);
-    this.journal = new MemoryJournal(undefined, async () => {
-      for (let n = Math.floor(jr() * 6); n >= 0; n--) await Promise.resolve();
+    // A commit takes a random number of microtasks, so a crash can land inside it. Commits
+    // complete in the order they began, like the real journal's (one SQLite transaction after
+    // another). MemoryJournal applies each sync's records when that sync's delay ends, so
+    // delays that overtook each other would apply an earlier sync's stale records (a lazy
+    // intent clear) after a later one's (that unit's new intent bit): no real journal does
+    // that, and a crash then loses a resync the engine relies on.
+    let commits: Promise<void> = Promise.resolve();
+    this.journal = new MemoryJournal(undefined, () => {
+      const n = Math.floor(jr() * 6);
+      commits = commits.then(async () => {
+        for (let i = n; i >= 0; i--) await Promise.resolve();
+      });
+      return commits;
     });
     for (const [name, blocks] of Object.entries(SIZES)) {
       this.stores.set(name, new SimStore(blocks * BLOCK, this.storeRand, SNAPS.includes(name) ? SNAP_CAPACITY : Number.POSITIVE_INFINITY, undefined, BLOCK));
@@ -108,7 +165,7 @@ class Sim {
   async boot(recover: boolean): Promise<void> {
     this.vols = new Map();
     this.devs = new Map();
-    this.engine = new CopyEngine({ journal: this.journal, clock: 'manual', defaultUnitSize: UNIT, newId: () => `s${++this.ids}` });
+    this.engine = new CopyEngine({ journal: this.journal, clock: 'manual', defaultUnitSize: UNIT, intentRegion: UNIT * 4, newId: () => `s${++this.ids}` });
     let i = 0;
     for (const [name, store] of this.stores) {
       const v = makeVolume(name, store, i++);
@@ -232,11 +289,20 @@ class Sim {
     }
   }
 
-  predictStart(type: CopyType, src: string, dst: string): 'ok' | 'restart' | 'refuse' {
+  /** No other session has either of s's volumes (as source or destination): reverse may run. */
+  alone(s: MSess): boolean {
+    return ![...this.sessions.values()].some((o) => o !== s && [o.src, o.dst].some((v) => v === s.src || v === s.dst));
+  }
+
+  predictStart(type: CopyType, src: string, dst: string): 'ok' | 'restart' | 'reverse' | 'refuse' {
     const all = [...this.sessions.values()];
     if (type === 'quickopc') {
+      // The pair's session in either direction: the same direction restarts it, the other
+      // direction turns it round (a reverse), both only while it is tracking.
       const q = all.find((s) => s.type === 'quickopc' && s.src === src && s.dst === dst);
       if (q) return q.state === 'tracking' ? 'restart' : 'refuse';
+      const back = all.find((s) => s.type === 'quickopc' && s.src === dst && s.dst === src);
+      if (back) return back.state === 'tracking' && this.alone(back) ? 'reverse' : 'refuse';
     }
     if (SIZES[dst]! < SIZES[src]!) return 'refuse';
     if (all.some((s) => s.src === dst || s.dst === dst)) return 'refuse';
@@ -245,95 +311,377 @@ class Sim {
     return 'ok';
   }
 
-  applyStart(info: SessionInfo, type: CopyType, src: string, dst: string): void {
+  applyStart(id: string, type: CopyType, src: string, dst: string, rate: number, gen?: number): void {
     this.markFlushed(src); // J4
     this.copyImage(src, dst);
-    const existing = this.sessions.get(info.id);
-    if (existing) existing.state = 'copying';
-    else this.sessions.set(info.id, { id: info.id, type, state: info.state, src, dst, gen: info.generation });
+    const existing = this.sessions.get(id);
+    if (existing) existing.state = 'copying'; // a QuickOPC restart keeps its rate
+    else this.sessions.set(id, { id, type, state: type === 'snapopcplus' ? 'snap' : 'copying', src, dst, gen, rate: type === 'snapopcplus' ? 0 : rate, reversed: false });
+  }
+
+  /**
+   * QuickOPC reverse (restore): dst := src as of this instant, the direction swapped, and
+   * copying (the session restarts). info: what the engine says (returned, or recovered).
+   */
+  applyQuickOpcReverse(s: MSess, info: SessionInfo | undefined): void {
+    if (info !== undefined && (info.source !== s.dst || info.destination !== s.src || info.state !== 'copying')) {
+      this.fail(`${s.id} after its reverse is ${info.source}->${info.destination} ${info.state}; expected ${s.dst}->${s.src} copying (restarted as of the reverse)`);
+    }
+    [s.src, s.dst] = [s.dst, s.src];
+    s.reversed = !s.reversed;
+    s.state = 'copying';
+    this.markFlushed(s.src); // J4 on the new source
+    this.copyImage(s.src, s.dst);
+    this.qReverses++;
+  }
+
+  /** The engine's session the model does not know yet that a start of type src->dst made. */
+  newSession(eng: Map<string, SessionInfo>, type: CopyType, src: string, dst: string): SessionInfo | undefined {
+    return [...eng.values()].find((e) => !this.sessions.has(e.id) && !this.completed.has(e.id) && e.type === type && e.source === src && e.destination === dst);
+  }
+
+  /** A crash may leave a multi-part operation whole or not at all, never half. */
+  allOrNone(what: string, parts: boolean[]): boolean {
+    if (parts.every((p) => p)) return true;
+    if (parts.every((p) => !p)) return false;
+    return this.fail(`after the crash only part of ${what} is durable (${parts.join(', ')})`);
+  }
+
+  /**
+   * The members of a group operation that a crash left durable. One commit records the
+   * group, so alone it is all or nothing; but a commit for a host write beside it (on another
+   * volume) may make members recorded before it durable early, each exact on its own
+   * (ConsistencyGroup.ts), so with I/O beside it any subset may survive.
+   */
+  members(what: string, parts: Array<SessionInfo | undefined>): SessionInfo[] | undefined {
+    if (!this.ioBeside) this.allOrNone(what, parts.map((p) => p !== undefined));
+    const got = parts.filter((p): p is SessionInfo => p !== undefined);
+    return got.length > 0 ? got : undefined;
+  }
+
+  snapVolumesOf(src: string): string[] {
+    return [...this.sessions.values()].filter((s) => s.type === 'snapopcplus' && s.src === src).map((s) => s.dst);
+  }
+
+  // ---- control operations ----
+
+  startControl(type: CopyType, src: string, dst: string, rate: number): Control {
+    const expect = this.predictStart(type, src, dst);
+    const q = expect === 'restart' || expect === 'reverse' ? [...this.sessions.values()].find((s) => s.type === 'quickopc' && [s.src, s.dst].sort().join() === [src, dst].sort().join()) : undefined;
+    const e = this.engine;
+    return {
+      kind: expect === 'reverse' ? 'quickopc reverse (start)' : expect === 'restart' ? 'quickopc restart' : `start ${type}`,
+      what: `start ${type} ${src}->${dst}${rate === 0 ? ' rate 0' : ''} (${expect})`,
+      ok: expect !== 'refuse',
+      held: [src, dst, ...this.snapVolumesOf(src)],
+      run: async () => [
+        type === 'opc'
+          ? await e.startOpc(src, dst, { rate })
+          : type === 'quickopc'
+            ? await e.startQuickOpc(src, dst, { rate })
+            : type === 'ec'
+              ? await e.startEc(src, dst, { rate })
+              : await e.startSnapOpcPlus(src, dst),
+      ],
+      apply: (infos) => {
+        if (expect === 'reverse') return this.applyQuickOpcReverse(q!, infos[0]);
+        if (q !== undefined && infos[0]!.id !== q.id) this.fail(`restart of ${q.id} returned session ${infos[0]!.id}`);
+        this.applyStart(infos[0]!.id, type, src, dst, rate, infos[0]!.generation);
+      },
+      outcome: (eng) => {
+        if (q !== undefined) {
+          const s = eng.get(q.id);
+          const did = s !== undefined && (expect === 'reverse' ? s.source === src : s.state === 'copying');
+          return did ? [s] : undefined;
+        }
+        const s = this.newSession(eng, type, src, dst);
+        return s ? [s] : undefined;
+      },
+      // Starting a generation reclaims (zeroes) the snap volume before the start is durable.
+      mayHave: type === 'snapopcplus' ? () => this.unknown(dst) : undefined,
+    };
+  }
+
+  randomStart(types: CopyType[] = ['opc', 'quickopc', 'quickopc', 'ec', 'ec', 'snapopcplus', 'snapopcplus']): Control {
+    const type = this.pick(types);
+    const src = this.pick(DATA);
+    const dst = type === 'snapopcplus' ? this.pick(SNAPS) : this.pick(DATA.filter((d) => d !== src));
+    const rate = this.rand() < 0.8 ? Number.POSITIVE_INFINITY : 0;
+    return this.startControl(type, src, dst, rate);
+  }
+
+  ecControl(s: MSess, op: EcOp): Control {
+    const from = s.state;
+    const src0 = s.src;
+    const frozen = from === 'suspended' || from === 'split';
+    const ok =
+      s.type === 'ec' &&
+      (op === 'suspend'
+        ? from === 'equivalent'
+        : op === 'split'
+          ? from === 'equivalent' || from === 'suspended'
+          : op === 'resume'
+            ? from === 'suspended'
+            : op === 'rejoin'
+              ? from === 'split'
+              : frozen && this.alone(s));
+    const e = this.engine;
+    return {
+      kind: `ec ${op}`,
+      what: `${op} ${s.id} (${s.type} ${from} ${s.src}->${s.dst})`,
+      ok,
+      held: [s.src, s.dst],
+      run: async () => [
+        op === 'suspend' ? await e.suspend(s.id) : op === 'split' ? await e.split(s.id) : op === 'resume' ? await e.resume(s.id) : op === 'rejoin' ? await e.rejoin(s.id) : op === 'reverse' ? await e.reverse(s.id) : await e.restoreFromClone(s.id),
+      ],
+      apply: () => {
+        if (op === 'suspend' || op === 'split') this.freeze(s, op === 'suspend' ? 'suspended' : 'split');
+        if (op === 'reverse' || op === 'restore') {
+          [s.src, s.dst] = [s.dst, s.src];
+          s.reversed = !s.reversed;
+        }
+        if (op === 'resume' || op === 'rejoin' || op === 'restore') {
+          s.state = 'copying';
+          this.copyImage(s.src, s.dst);
+        }
+      },
+      outcome: (eng) => {
+        const x = eng.get(s.id);
+        if (x === undefined) return undefined; // reconcile reports it
+        const did = op === 'suspend' ? x.state === 'suspended' : op === 'split' ? x.state === 'split' : op === 'resume' || op === 'rejoin' ? x.state !== from : x.source !== src0;
+        return did ? [x] : undefined;
+      },
+    };
+  }
+
+  /** engine.reverse of a session that is not EC: QuickOPC while tracking and alone; OPC and SnapOPC+ never. */
+  reverseControl(s: MSess): Control {
+    const dst0 = s.dst;
+    return {
+      kind: 'quickopc reverse',
+      what: `reverse ${s.id} (${s.type} ${s.state} ${s.src}->${s.dst})`,
+      ok: s.type === 'quickopc' && s.state === 'tracking' && this.alone(s),
+      held: [s.src, s.dst],
+      run: async () => [await this.engine.reverse(s.id)],
+      apply: (infos) => this.applyQuickOpcReverse(s, infos[0]),
+      outcome: (eng) => {
+        const x = eng.get(s.id);
+        return x !== undefined && x.source === dst0 ? [x] : undefined;
+      },
+    };
+  }
+
+  cancelControl(s: MSess, force: boolean): Control {
+    const all = [...this.sessions.values()];
+    const older = all.filter((o) => o.type === 'snapopcplus' && s.type === 'snapopcplus' && o.src === s.src && o.gen! < s.gen!);
+    const victims = [s, ...older];
+    return {
+      kind: `cancel${older.length > 0 ? ' (generations)' : ''}`,
+      what: `cancel ${s.id} (${s.type} ${s.state}) force=${force}${older.length > 0 ? ` with ${older.map((o) => o.id).join(',')} behind it` : ''}`,
+      ok: older.length === 0 || force,
+      held: s.type === 'snapopcplus' ? [s.src, ...this.snapVolumesOf(s.src)] : [s.src, s.dst],
+      run: async () => {
+        await this.engine.cancel(s.id, { force });
+        return [];
+      },
+      apply: () => {
+        for (const v of victims) {
+          this.sessions.delete(v.id);
+          if (v.type === 'snapopcplus' || v.state === 'copying') this.unknown(v.dst);
+        }
+      },
+      outcome: (eng) => (this.allOrNone(`cancel ${s.id}`, victims.map((v) => !eng.has(v.id))) ? [] : undefined),
+    };
+  }
+
+  rateControl(s: MSess, rate: number): Control {
+    return {
+      kind: 'rate',
+      what: `rate ${s.id} ${rate}`,
+      ok: true,
+      held: [], // no cut: the new rate is one journal record
+      run: async () => [await this.engine.setRate(s.id, rate)],
+      apply: () => {
+        s.rate = rate;
+      },
+      outcome: (eng) => {
+        const x = eng.get(s.id);
+        return x !== undefined && x.rate === rate ? [x] : undefined;
+      },
+    };
+  }
+
+  groupFreezeControl(picks: MSess[], op: 'suspend' | 'split'): Control {
+    const to = op === 'suspend' ? 'suspended' : 'split';
+    return {
+      kind: `group ${op}`,
+      what: `group ${op} ${picks.map((s) => `${s.id} (${s.state})`).join(', ')}`,
+      ok: picks.every((s) => s.state === 'equivalent' || (op === 'split' && s.state === 'suspended')),
+      held: picks.flatMap((s) => [s.src, s.dst]),
+      run: () => this.engine.group(picks.map((s) => ({ op, id: s.id }))),
+      apply: (infos) => {
+        for (const s of picks) if (infos.some((i) => i.id === s.id)) this.freeze(s, to);
+      },
+      outcome: (eng) => this.members(`group ${op}`, picks.map((s) => (eng.get(s.id)?.state === to ? eng.get(s.id) : undefined))),
+    };
+  }
+
+  groupStartControl(): Control {
+    const [a, b, c, d] = [...DATA].sort(() => this.rand() - 0.5) as [string, string, string, string];
+    const t1 = this.pick<CopyType>(['opc', 'ec', 'quickopc']);
+    const t2 = this.pick<CopyType>(['opc', 'ec', 'quickopc']);
+    const inf = Number.POSITIVE_INFINITY;
+    return {
+      kind: 'group start',
+      what: `group start ${t1} ${a}->${b}, ${t2} ${c}->${d}`,
+      // A QuickOPC restart or reverse cannot be grouped: only new pairs.
+      ok: this.predictStart(t1, a, b) === 'ok' && this.predictStart(t2, c, d) === 'ok',
+      held: [a, b, c, d],
+      run: () =>
+        this.engine.group([
+          { op: t1 as 'opc', source: a, destination: b },
+          { op: t2 as 'opc', source: c, destination: d },
+        ]),
+      apply: (infos) => {
+        const x = infos.find((i) => i.source === a && i.destination === b);
+        const y = infos.find((i) => i.source === c && i.destination === d);
+        if (x !== undefined) this.applyStart(x.id, t1, a, b, inf);
+        if (y !== undefined) this.applyStart(y.id, t2, c, d, inf);
+      },
+      outcome: (eng) => this.members('group start', [this.newSession(eng, t1, a, b), this.newSession(eng, t2, c, d)]),
+    };
+  }
+
+  /** Runs a control operation; it must be refused exactly when the model says so. */
+  async perform(c: Control): Promise<boolean> {
+    this.log.push(`${c.what} expect ${c.ok ? 'ok' : 'refusal'}`);
+    let infos: SessionInfo[];
+    try {
+      infos = await c.run();
+    } catch (e) {
+      if (!(e instanceof CopyError)) this.fail(`${c.what} failed: ${(e as Error).message}`);
+      if (c.ok) this.fail(`${c.what} refused: ${e.message}`);
+      return false;
+    }
+    if (!c.ok) this.fail(`${c.what} succeeded; expected a refusal`);
+    c.apply(infos);
+    return true;
+  }
+
+  /**
+   * Issues a control operation, lets a random number of microtask ticks pass, crashes. The
+   * operation is then either durable or not at all; crash() asks the recovered engine which
+   * (c.outcome) and applies it, and every volume must be exact either way.
+   */
+  async performThenCrash(c: Control): Promise<void> {
+    if (!c.ok) return;
+    const ticks = this.int(CRASH_TICKS);
+    this.log.push(`${c.what}, crash after ${ticks} ticks`);
+    c.mayHave?.();
+    const p = c.run().catch(() => undefined);
+    // Host writes beside it, to volumes its cut does not hold, issued at random ticks: their
+    // copy-on-writes, tracking and intent bits commit the journal while it is under way.
+    const plan = this.rand() < 0.5 ? this.planWritesBeside(new Set(c.held), 1 + this.int(4)) : [];
+    const at = plan.map(() => this.int(ticks + 1));
+    this.ioBeside = plan.length > 0;
+    const io: Promise<void>[] = [];
+    for (let i = 0; i <= ticks; i++) {
+      plan.forEach((w, k) => {
+        if (at[k] === i) io.push(this.hostMutate(w.vol, w.b, w.n, 'write', ['EIO']));
+      });
+      if (i < ticks) await Promise.resolve();
+    }
+    this.pending = c;
+    try {
+      await this.crash();
+    } finally {
+      this.pending = undefined;
+      this.ioBeside = false;
+    }
+    await p;
+    const errors: unknown[] = [];
+    await Promise.all(io.map((q) => q.catch((e: unknown) => errors.push(e))));
+    for (const e of errors) if (!(e instanceof Failure) || !/ESHUTDOWN|after a crash/.test(e.message)) throw e;
+  }
+
+  /**
+   * Up to n host writes to distinct blocks of volumes not in `held` (nor mirrored onto one),
+   * half of them to sources of sessions (their writes commit the journal).
+   */
+  planWritesBeside(held: Set<string>, n: number): Array<{ vol: string; b: number; n: number }> {
+    const used = new Map<string, Set<number>>();
+    const out: Array<{ vol: string; b: number; n: number }> = [];
+    const sources = [...new Set([...this.sessions.values()].map((s) => s.src))].filter((v) => !held.has(v));
+    for (let i = 0; i < n; i++) {
+      const vol = sources.length > 0 && this.rand() < 0.5 ? this.pick(sources) : this.writeTarget();
+      const len = 1 + this.int(3);
+      const b = this.int(this.mv(vol).blocks - len + 1);
+      const blocks = Array.from({ length: len }, (_, k) => b + k);
+      if (held.has(vol) || blocks.some((k) => this.mirrorsOf(vol, k).some((d) => held.has(d)))) continue;
+      const u = used.get(vol) ?? new Set<number>();
+      used.set(vol, u);
+      if (blocks.some((k) => u.has(k))) continue;
+      for (const k of blocks) {
+        u.add(k);
+        for (const d of this.mirrorsOf(vol, k)) (used.get(d) ?? used.set(d, new Set()).get(d)!).add(k);
+      }
+      out.push({ vol, b, n: len });
+    }
+    return out;
+  }
+
+  /** Host I/O runs beside the operation a crash interrupts. */
+  private ioBeside = false;
+
+  /** The operation a crash is about to interrupt (see performThenCrash). */
+  private pending: Control | undefined;
+
+  /** Every control operation the model expects to succeed now, by kind. */
+  controlsNow(): Map<string, Control[]> {
+    const out = new Map<string, Control[]>();
+    const add = (c: Control): void => {
+      if (!c.ok) return;
+      const l = out.get(c.kind);
+      if (l === undefined) out.set(c.kind, [c]);
+      else l.push(c);
+    };
+    for (let i = 0; i < 3; i++) add(this.randomStart());
+    const all = [...this.sessions.values()];
+    for (const s of all) {
+      if (s.type === 'ec') for (const op of EC_OPS) add(this.ecControl(s, op));
+      if (s.type === 'quickopc') {
+        add(this.reverseControl(s));
+        add(this.startControl('quickopc', s.dst, s.src, Number.POSITIVE_INFINITY));
+        add(this.startControl('quickopc', s.src, s.dst, Number.POSITIVE_INFINITY));
+      }
+      add(this.cancelControl(s, this.rand() < 0.5));
+      add(this.rateControl(s, s.rate === 0 ? Number.POSITIVE_INFINITY : 0));
+    }
+    const ecs = all.filter((s) => s.type === 'ec');
+    if (ecs.length > 0) add(this.groupFreezeControl([...new Set([this.pick(ecs), this.pick(ecs)])], this.pick(['suspend', 'split'] as const)));
+    add(this.groupStartControl());
+    return out;
+  }
+
+  /** A crash inside a control operation: a random kind among those that would succeed now. */
+  async controlThenCrash(): Promise<void> {
+    const byKind = this.controlsNow();
+    if (byKind.size === 0) return this.crash();
+    const c = this.pick(this.pick([...byKind.values()]));
+    await this.performThenCrash(c);
   }
 
   async start(): Promise<void> {
-    const type = this.pick<CopyType>(['opc', 'quickopc', 'quickopc', 'ec', 'ec', 'snapopcplus', 'snapopcplus']);
-    const src = this.pick(DATA);
-    const dst = type === 'snapopcplus' ? this.pick(SNAPS) : this.pick(DATA.filter((d) => d !== src));
-    const expect = this.predictStart(type, src, dst);
-    const rate = this.rand() < 0.8 ? Number.POSITIVE_INFINITY : 0;
-    this.log.push(`start ${type} ${src}->${dst} expect ${expect}`);
-    let info: SessionInfo;
-    try {
-      info =
-        type === 'opc'
-          ? await this.engine.startOpc(src, dst, { rate })
-          : type === 'quickopc'
-            ? await this.engine.startQuickOpc(src, dst, { rate })
-            : type === 'ec'
-              ? await this.engine.startEc(src, dst, { rate })
-              : await this.engine.startSnapOpcPlus(src, dst);
-    } catch (e) {
-      if (expect !== 'refuse') this.fail(`start ${type} ${src}->${dst} refused: ${(e as Error).message}`);
-      return;
-    }
-    if (expect === 'refuse') this.fail(`start ${type} ${src}->${dst} succeeded; expected a refusal`);
-    this.applyStart(info, type, src, dst);
+    await this.perform(this.randomStart());
   }
-
-  /** A start that a crash interrupts: afterwards the session exists (and is exact) or does not. */
-  async startThenCrash(): Promise<void> {
-    const type = this.pick<CopyType>(['opc', 'quickopc', 'ec', 'snapopcplus']);
-    const src = this.pick(DATA);
-    const dst = type === 'snapopcplus' ? this.pick(SNAPS) : this.pick(DATA.filter((d) => d !== src));
-    if (this.predictStart(type, src, dst) !== 'ok') return;
-    const ticks = this.int(16);
-    this.log.push(`start ${type} ${src}->${dst}, crash after ${ticks} ticks`);
-    const e = this.engine;
-    const p = (type === 'opc' ? e.startOpc(src, dst) : type === 'quickopc' ? e.startQuickOpc(src, dst) : type === 'ec' ? e.startEc(src, dst) : e.startSnapOpcPlus(src, dst)).catch(() => undefined);
-    for (let i = 0; i < ticks; i++) await Promise.resolve();
-    const srcVal = [...this.mv(src).val];
-    if (type === 'snapopcplus') this.unknown(dst); // starting reclaims the snap volume's space
-    this.pendingStart = { type, src, dst, srcVal };
-    await this.crash();
-    this.pendingStart = undefined;
-    await p;
-  }
-
-  private pendingStart: { type: CopyType; src: string; dst: string; srcVal: number[] } | undefined;
 
   async group(): Promise<void> {
     const ecs = [...this.sessions.values()].filter((s) => s.type === 'ec');
     if (this.rand() < 0.4 && ecs.length > 0) {
-      const picks = [...new Set([this.pick(ecs), this.pick(ecs)])];
-      const op = this.pick(['suspend', 'split'] as const);
-      const ok = picks.every((s) => s.state === 'equivalent' || (op === 'split' && s.state === 'suspended'));
-      this.log.push(`group ${op} ${picks.map((s) => s.id).join(',')} expect ${ok}`);
-      try {
-        await this.engine.group(picks.map((s) => ({ op, id: s.id })));
-      } catch (e) {
-        if (ok) this.fail(`group ${op} refused: ${(e as Error).message}`);
-        return;
-      }
-      if (!ok) this.fail(`group ${op} succeeded; expected a refusal`);
-      for (const s of picks) this.freeze(s, op === 'suspend' ? 'suspended' : 'split');
+      await this.perform(this.groupFreezeControl([...new Set([this.pick(ecs), this.pick(ecs)])], this.pick(['suspend', 'split'] as const)));
       return;
     }
-    const [a, b, c, d] = [...DATA].sort(() => this.rand() - 0.5) as [string, string, string, string];
-    const t1 = this.pick<CopyType>(['opc', 'ec']);
-    const t2 = this.pick<CopyType>(['opc', 'ec']);
-    const ok = this.predictStart(t1, a, b) === 'ok' && this.predictStart(t2, c, d) === 'ok';
-    this.log.push(`group start ${t1} ${a}->${b}, ${t2} ${c}->${d} expect ${ok}`);
-    let infos: SessionInfo[];
-    try {
-      infos = await this.engine.group([
-        { op: t1 as 'opc', source: a, destination: b },
-        { op: t2 as 'opc', source: c, destination: d },
-      ]);
-    } catch (e) {
-      if (ok) this.fail(`group start refused: ${(e as Error).message}`);
-      return;
-    }
-    if (!ok) this.fail('group start succeeded; expected a refusal');
-    this.applyStart(infos[0]!, t1, a, b);
-    this.applyStart(infos[1]!, t2, c, d);
+    await this.perform(this.groupStartControl());
   }
 
   freeze(s: MSess, to: 'suspended' | 'split'): void {
@@ -347,56 +695,30 @@ class Sim {
   async ecOp(): Promise<void> {
     const ecs = [...this.sessions.values()].filter((s) => s.type === 'ec');
     if (ecs.length === 0) return this.start();
-    const s = this.pick(ecs);
-    const op = this.pick(['suspend', 'split', 'resume', 'rejoin', 'reverse', 'restore'] as const);
-    const alone = () => ![...this.sessions.values()].some((o) => o !== s && (o.src === s.src || o.dst === s.src || o.src === s.dst || o.dst === s.dst));
-    const frozen = s.state === 'suspended' || s.state === 'split';
-    const ok =
-      op === 'suspend'
-        ? s.state === 'equivalent'
-        : op === 'split'
-          ? s.state === 'equivalent' || s.state === 'suspended'
-          : op === 'resume'
-            ? s.state === 'suspended'
-            : op === 'rejoin'
-              ? s.state === 'split'
-              : frozen && alone();
-    this.log.push(`${op} ${s.id} (${s.state} ${s.src}->${s.dst}) expect ${ok}`);
-    try {
-      const e = this.engine;
-      await (op === 'suspend' ? e.suspend(s.id) : op === 'split' ? e.split(s.id) : op === 'resume' ? e.resume(s.id) : op === 'rejoin' ? e.rejoin(s.id) : op === 'reverse' ? e.reverse(s.id) : e.restoreFromClone(s.id));
-    } catch (err) {
-      if (ok) this.fail(`${op} ${s.id} refused: ${(err as Error).message}`);
+    await this.perform(this.ecControl(this.pick(ecs), this.pick(EC_OPS)));
+  }
+
+  /** QuickOPC reverse (restore), by reverse() or by a start in the other direction; now and then a reverse that must be refused (OPC, SnapOPC+). */
+  async reverse(): Promise<void> {
+    const all = [...this.sessions.values()].filter((s) => s.type !== 'ec');
+    const qs = all.filter((s) => s.type === 'quickopc');
+    if (qs.length === 0 && (all.length === 0 || this.rand() < 0.5)) {
+      await this.perform(this.randomStart(['quickopc']));
       return;
     }
-    if (!ok) this.fail(`${op} ${s.id} succeeded in state ${s.state}; expected a refusal`);
-    if (op === 'suspend' || op === 'split') this.freeze(s, op === 'suspend' ? 'suspended' : 'split');
-    if (op === 'reverse' || op === 'restore') [s.src, s.dst] = [s.dst, s.src];
-    if (op === 'resume' || op === 'rejoin' || op === 'restore') {
-      s.state = 'copying';
-      this.copyImage(s.src, s.dst);
+    const s = qs.length > 0 && this.rand() < 0.9 ? this.pick(qs) : this.pick(all);
+    if (s.type === 'quickopc' && this.rand() < 0.3) {
+      await this.perform(this.startControl('quickopc', s.dst, s.src, this.rand() < 0.8 ? Number.POSITIVE_INFINITY : 0));
+      return;
     }
+    await this.perform(this.reverseControl(s));
   }
 
   async cancel(): Promise<void> {
     const all = [...this.sessions.values()];
     if (all.length === 0) return;
     const s = this.pick(all);
-    const force = this.rand() < 0.5;
-    const older = all.filter((o) => o.type === 'snapopcplus' && s.type === 'snapopcplus' && o.src === s.src && o.gen! < s.gen!);
-    const ok = older.length === 0 || force;
-    this.log.push(`cancel ${s.id} (${s.type} ${s.state}) force=${force} expect ${ok}`);
-    try {
-      await this.engine.cancel(s.id, { force });
-    } catch (e) {
-      if (ok) this.fail(`cancel ${s.id} refused: ${(e as Error).message}`);
-      return;
-    }
-    if (!ok) this.fail(`cancel ${s.id} succeeded; expected a refusal (older generations)`);
-    for (const v of [s, ...older]) {
-      this.sessions.delete(v.id);
-      if (v.type === 'snapopcplus' || v.state === 'copying') this.unknown(v.dst);
-    }
+    await this.perform(this.cancelControl(s, this.rand() < 0.5));
   }
 
   async step(): Promise<void> {
@@ -409,9 +731,7 @@ class Sim {
     const all = [...this.sessions.values()];
     if (all.length === 0) return;
     const s = this.pick(all);
-    const rate = this.rand() < 0.5 ? 0 : Number.POSITIVE_INFINITY;
-    this.log.push(`rate ${s.id} ${rate}`);
-    await this.engine.setRate(s.id, rate);
+    await this.perform(this.rateControl(s, this.rand() < 0.5 ? 0 : Number.POSITIVE_INFINITY));
   }
 
   /** Concurrent I/O (and maybe a copy step), then either all complete or a crash hits. */
@@ -513,6 +833,7 @@ class Sim {
     for (const [name, st] of this.stores) this.stores.set(name, st.crash());
     this.journal = this.journal.crash();
     await this.boot(true);
+    this.resolvePending();
     this.reconcile(true);
     // Resolve what survived: each block must hold a value it may hold after a crash.
     const mirrorDests: MSess[] = [];
@@ -532,10 +853,23 @@ class Sim {
     for (const s of mirrorDests) {
       this.copyImage(s.src, s.dst);
       // Past the source's end the destination is its own, but unreadable until equivalent:
-      // blocks with unflushed writes there may hold any of their values.
+      // blocks with unflushed writes there may hold any of their values, and so may blocks
+      // whose durable value was never known (read back after a cancel, never flushed since).
       const d = this.mv(s.dst);
-      for (let b = this.mv(s.src).blocks; b < d.blocks; b++) if (d.pending.has(b)) (d.val[b] = UNKNOWN), (d.flushed[b] = UNKNOWN);
+      for (let b = this.mv(s.src).blocks; b < d.blocks; b++) if (d.pending.has(b) || d.flushed[b] === UNKNOWN) (d.val[b] = UNKNOWN), (d.flushed[b] = UNKNOWN);
     }
+  }
+
+  /** The control operation a crash interrupted: durable or not, as the recovered engine shows. */
+  resolvePending(): void {
+    const c = this.pending;
+    if (c === undefined) return;
+    const infos = c.outcome(new Map(this.engine.list().map((s) => [s.id, s])));
+    this.log.push(`  (the interrupted ${c.what} ${infos !== undefined ? 'is durable' : 'did not happen'})`);
+    const o = this.outcomes.get(c.kind) ?? [0, 0];
+    o[infos !== undefined ? 0 : 1]++;
+    this.outcomes.set(c.kind, o);
+    if (infos !== undefined) c.apply(infos);
   }
 
   /** Aligns the model with the engine's sessions, allowing only legal engine-driven changes. */
@@ -552,6 +886,8 @@ class Sim {
         this.fail(`session ${s.id} (${s.type} ${s.state}) disappeared${afterCrash ? ' in a crash' : ''}`);
       }
       if (e.source !== s.src || e.destination !== s.dst) this.fail(`session ${s.id} is ${e.source}->${e.destination}; model ${s.src}->${s.dst}`);
+      if (e.rate !== s.rate) this.fail(`session ${s.id} has rate ${e.rate}; model ${s.rate}`);
+      if ((e.reversed ?? false) !== s.reversed) this.fail(`session ${s.id} has reversed=${String(e.reversed)}; model ${s.reversed}`);
       if (e.state !== s.state) {
         const legal =
           (s.type === 'quickopc' && s.state === 'copying' && e.state === 'tracking') ||
@@ -565,17 +901,6 @@ class Sim {
     }
     for (const e of eng.values()) {
       if (this.sessions.has(e.id)) continue;
-      const ps = this.pendingStart;
-      if (afterCrash && ps !== undefined && e.type === ps.type && e.source === ps.src && e.destination === ps.dst) {
-        // The interrupted start made it: its image is the source as of the start (J4 flushed it).
-        this.log.push(`  (the interrupted start survived as ${e.id})`);
-        this.mv(ps.src).val = [...ps.srcVal];
-        this.markFlushed(ps.src);
-        this.copyImage(ps.src, ps.dst);
-        this.sessions.set(e.id, { id: e.id, type: e.type, state: e.state, src: ps.src, dst: ps.dst, gen: e.generation });
-        this.ids = Math.max(this.ids, Number(e.id.slice(1)));
-        continue;
-      }
       const c = this.completed.get(e.id);
       if (afterCrash && c !== undefined && e.state === 'copying') {
         this.completed.delete(e.id);
@@ -625,18 +950,18 @@ class Sim {
     for (let i = 0; i < steps; i++) {
       const r = this.rand() * 100;
       this.log.push(`#${i}`);
-      if (r < 28) await this.write();
-      else if (r < 34) await this.flush();
-      else if (r < 44) await this.start();
-      else if (r < 53) await this.ecOp();
-      else if (r < 57) await this.cancel();
-      else if (r < 75) await this.step();
-      else if (r < 88) await this.burst();
-      else if (r < 91) await this.crash();
-      else if (r < 93) await this.setRate();
-      else if (r < 95) await this.group();
-      else if (r < 96) await this.startThenCrash();
-      else await this.step();
+      if (r < 27) await this.write();
+      else if (r < 33) await this.flush();
+      else if (r < 42) await this.start();
+      else if (r < 50) await this.ecOp();
+      else if (r < 54) await this.cancel();
+      else if (r < 71) await this.step();
+      else if (r < 83) await this.burst();
+      else if (r < 86) await this.crash();
+      else if (r < 88) await this.setRate();
+      else if (r < 90) await this.group();
+      else if (r < 95) await this.reverse();
+      else await this.controlThenCrash();
       await this.checkAll();
     }
     await this.engine.close();
@@ -657,12 +982,49 @@ export async function runSeed(seed: number, steps: number): Promise<Sim> {
 describe('copy engine simulation', () => {
   const only = process.env.SEED !== undefined ? Number(process.env.SEED) : undefined;
   const seeds = Number(process.env.SEEDS ?? 200);
+  const first = Number(process.env.FIRST ?? 1);
   const steps = Number(process.env.STEPS ?? 300);
+  /** Big runs: how many failing seeds to collect before stopping (the first one's log is shown). */
+  const maxFailures = Number(process.env.MAX_FAILURES ?? 1);
 
-  it(only !== undefined ? `seed ${only}` : `${seeds} seeds x ${steps} steps`, async () => {
+  it(only !== undefined ? `seed ${only}` : `${seeds} seeds (from ${first}) x ${steps} steps`, async () => {
     let crashes = 0;
-    const list = only !== undefined ? [only] : Array.from({ length: seeds }, (_, i) => i + 1);
-    for (const seed of list) crashes += (await runSeed(seed, steps)).crashes;
+    let qReverses = 0;
+    const outcomes = new Map<string, [number, number]>();
+    const failures: Error[] = [];
+    const list = only !== undefined ? [only] : Array.from({ length: seeds }, (_, i) => first + i);
+    for (const seed of list) {
+      let sim: Sim;
+      try {
+        sim = await runSeed(seed, steps);
+      } catch (e) {
+        failures.push(e as Error);
+        if (failures.length >= maxFailures) break;
+        continue;
+      }
+      crashes += sim.crashes;
+      qReverses += sim.qReverses;
+      for (const [k, [y, n]] of sim.outcomes) {
+        const o = outcomes.get(k) ?? [0, 0];
+        outcomes.set(k, [o[0] + y, o[1] + n]);
+      }
+    }
+    if (process.env.STATS) {
+      console.log(`crashes ${crashes}, QuickOPC reverses ${qReverses}; crashes inside control operations (durable / not):`);
+      for (const [k, [y, n]] of [...outcomes].sort()) console.log(`  ${k.padEnd(26)} ${y} / ${n}`);
+    }
+    if (failures.length > 0) {
+      const seedsFailed = failures.map((f) => /SEED=(\d+)/.exec(f.message)?.[1]).join(', ');
+      throw new Error(`${failures.length} failing seed(s): ${seedsFailed}\n${failures[0]!.message}`, { cause: failures[0] });
+    }
     expect(crashes).toBeGreaterThan(0);
-  });
+    if (only === undefined && seeds >= 50 && steps >= 100) {
+      // The new paths must actually run: QuickOPC reverses, and crashes inside control
+      // operations that land both before and after the operation became durable.
+      expect(qReverses).toBeGreaterThan(0);
+      const both = [...outcomes.values()].reduce((a, [y, n]) => [a[0] + y, a[1] + n], [0, 0]);
+      expect(both[0]).toBeGreaterThan(0);
+      expect(both[1]).toBeGreaterThan(0);
+    }
+  }, Math.max(120_000, (only !== undefined ? 1 : seeds) * steps * 2)); // big SEEDS runs: ~2 ms a step is plenty
 });

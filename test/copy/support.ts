@@ -98,15 +98,19 @@ export class SimStore implements VolumeStore {
     image?: Buffer,
     readonly blockSize: 512 | 4096 = BS,
   ) {
-    this.cur = Buffer.alloc(size);
-    this.durable = Buffer.alloc(size);
+    // (Unzeroed buffers where the image fills them: the simulator restarts thousands of times.)
+    const copyOf = (img: Buffer | undefined): Buffer => {
+      const b = img !== undefined && img.length >= size ? Buffer.allocUnsafe(size) : Buffer.alloc(size);
+      img?.copy(b, 0, 0, Math.min(size, img.length));
+      return b;
+    };
+    this.cur = copyOf(image);
+    this.durable = copyOf(image);
     if (image) {
-      image.copy(this.cur);
-      image.copy(this.durable);
       const bs = blockSize;
       const zero = Buffer.alloc(bs);
       // Only a capacity-limited store needs to know what is allocated.
-      if (Number.isFinite(capacityBlocks)) for (let b = 0; b < size / bs; b++) if (!image.subarray(b * bs, (b + 1) * bs).equals(zero)) this.alloc.add(b);
+      if (Number.isFinite(capacityBlocks)) for (let b = 0; b < size / bs; b++) if ((b + 1) * bs > image.length || zero.compare(image, b * bs, (b + 1) * bs) !== 0) this.alloc.add(b);
     }
   }
 
@@ -186,7 +190,8 @@ export class SimStore implements VolumeStore {
   /** The store after a crash; this one is dead from now on. */
   crash(): SimStore {
     this.dead = true;
-    const image = Buffer.from(this.durable);
+    const image = Buffer.allocUnsafe(this.size);
+    this.durable.copy(image);
     for (const [b, values] of this.hist) {
       const k = Math.floor(this.rand() * (values.length + 1));
       if (k > 0) values[k - 1]!.copy(image, b * this.blockSize);
