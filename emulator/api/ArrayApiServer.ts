@@ -8,7 +8,15 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { ArrayError, type ArrayErrorCode, type ConnectionInfo, type CreateVolumeRequest, type LogicalBlockSize, type VolumeInfo } from '../array/types.js';
+import {
+  ArrayError,
+  type ArrayErrorCode,
+  type ConnectionInfo,
+  type CreateVolumeRequest,
+  type LogicalBlockSize,
+  type RenameVolumeOptions,
+  type VolumeInfo,
+} from '../array/types.js';
 import { DEFAULT_API_ADDRESS, formatHostPort, type HostPort } from './address.js';
 import type { ArrayStatus, ExportInfo } from './model.js';
 import { CopyError, type CopyEvent, type SessionInfo } from '../copy/CopySession.js';
@@ -25,7 +33,9 @@ import {
   toByteCount,
   volumeToWire,
   type WireCreateVolumeRequest,
+  type WireRenameVolumeRequest,
   type WireResizeVolumeRequest,
+  type WireUpdateVolumeRequest,
 } from './wire.js';
 
 export { DEFAULT_API_ADDRESS };
@@ -37,6 +47,9 @@ export interface ArrayControl {
   getVolume(name: string): VolumeInfo;
   resizeVolume(name: string, newSizeBytes: number): Promise<VolumeInfo>;
   deleteVolume(name: string): Promise<void>;
+  /** null removes the limit. */
+  setVolumeAllocLimit(name: string, limitBytes: number | null): Promise<VolumeInfo>;
+  renameVolume(oldName: string, newName: string, opts?: RenameVolumeOptions): Promise<VolumeInfo>;
   listConnections(): ConnectionInfo[];
 }
 
@@ -102,6 +115,10 @@ export class ArrayApiServer {
         await this.array.deleteVolume(req.name);
         return {};
       }),
+      UpdateVolume: this.unary('UpdateVolume', (req: WireUpdateVolumeRequest) => this.updateVolume(req)),
+      RenameVolume: this.unary('RenameVolume', async (req: WireRenameVolumeRequest) =>
+        volumeToWire(await this.array.renameVolume(req.name, req.newName, { newIdentity: req.newIdentity })),
+      ),
       ListExports: this.unary('ListExports', () => ({ exports: this.listExports().map(exportToWire) })),
       GetStatus: this.unary('GetStatus', () => statusToWire(this.status())),
     });
@@ -281,8 +298,18 @@ export class ArrayApiServer {
       provisioning: provisioningFromWire(req.provisioning) ?? 'thin',
       readOnly: req.readOnly,
       description: req.description,
+      allocLimitBytes: req.allocLimitBytes === undefined || req.allocLimitBytes === null ? null : toByteCount(req.allocLimitBytes, 'alloc_limit_bytes'),
     });
     return volumeToWire(volume);
+  }
+
+  private async updateVolume(req: WireUpdateVolumeRequest) {
+    if (req.allocLimit === 'allocLimitBytes') {
+      return volumeToWire(await this.array.setVolumeAllocLimit(req.name, toByteCount(req.allocLimitBytes, 'alloc_limit_bytes')));
+    }
+    if (req.allocLimit === 'noAllocLimit' && req.noAllocLimit) return volumeToWire(await this.array.setVolumeAllocLimit(req.name, null));
+    // Nothing to change: answer with the volume as it is (NOT_FOUND if there is none).
+    return volumeToWire(this.array.getVolume(req.name));
   }
 
   private async resizeVolume(req: WireResizeVolumeRequest) {

@@ -7,7 +7,7 @@
  * and how to point it elsewhere.
  */
 import * as grpc from '@grpc/grpc-js';
-import type { ArrayErrorCode, CreateVolumeRequest, VolumeInfo } from '../array/types.js';
+import type { ArrayErrorCode, CreateVolumeRequest, RenameVolumeOptions, VolumeInfo } from '../array/types.js';
 import type { SizeChange } from '../units.js';
 import { formatHostPort, parseHostPort, type HostPort } from './address.js';
 import { ApiError } from './errors.js';
@@ -25,7 +25,9 @@ import {
   volumeFromWire,
   type WireCreateVolumeRequest,
   type WireExport,
+  type WireRenameVolumeRequest,
   type WireResizeVolumeRequest,
+  type WireUpdateVolumeRequest,
   type WireStatus,
   type WireVolume,
 } from './wire.js';
@@ -79,6 +81,7 @@ export class ArrayClient {
       provisioning: provisioningToWire(req.provisioning ?? 'thin'),
       readOnly: req.readOnly ?? false,
       description: req.description ?? '',
+      ...(req.allocLimitBytes !== undefined && req.allocLimitBytes !== null ? { allocLimitBytes: req.allocLimitBytes } : {}),
     };
     return volumeFromWire(await this.call<WireVolume>('CreateVolume', wire));
   }
@@ -101,6 +104,18 @@ export class ArrayClient {
 
   async deleteVolume(name: string): Promise<void> {
     await this.call('DeleteVolume', { name });
+  }
+
+  /** Sets a thin volume's allocation limit in bytes; null removes it. */
+  async setVolumeAllocLimit(name: string, limitBytes: number | null): Promise<VolumeInfo> {
+    const req: WireUpdateVolumeRequest = limitBytes === null ? { name, noAllocLimit: true } : { name, allocLimitBytes: limitBytes };
+    return volumeFromWire(await this.call<WireVolume>('UpdateVolume', req));
+  }
+
+  /** Renames a volume; newIdentity also gives it a new serial and WWN. */
+  async renameVolume(name: string, newName: string, opts: RenameVolumeOptions = {}): Promise<VolumeInfo> {
+    const req: WireRenameVolumeRequest = { name, newName, newIdentity: opts.newIdentity ?? false };
+    return volumeFromWire(await this.call<WireVolume>('RenameVolume', req));
   }
 
   async listExports(): Promise<ExportInfo[]> {

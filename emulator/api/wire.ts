@@ -21,6 +21,8 @@ export interface WireVolume {
   description: string;
   createdAt: string;
   allocatedBytes: WireUint64;
+  /** Optional: absent (undefined or null) when there is no limit. */
+  allocLimitBytes?: WireUint64 | null;
 }
 
 export interface WireConnection {
@@ -69,6 +71,21 @@ export interface WireCreateVolumeRequest {
   provisioning: string;
   readOnly: boolean;
   description: string;
+  allocLimitBytes?: WireUint64 | null;
+}
+
+export interface WireUpdateVolumeRequest {
+  name: string;
+  allocLimitBytes?: WireUint64;
+  noAllocLimit?: boolean;
+  /** Which of the oneof is set (oneofs: true); absent when neither. */
+  allocLimit?: 'allocLimitBytes' | 'noAllocLimit';
+}
+
+export interface WireRenameVolumeRequest {
+  name: string;
+  newName: string;
+  newIdentity: boolean;
 }
 
 export interface WireResizeVolumeRequest {
@@ -111,6 +128,7 @@ export function volumeToWire(v: VolumeInfo): WireVolume {
     description: v.description,
     createdAt: v.createdAt,
     allocatedBytes: v.allocatedBytes,
+    ...(v.allocLimitBytes !== null ? { allocLimitBytes: v.allocLimitBytes } : {}),
   };
 }
 
@@ -127,6 +145,7 @@ export function volumeFromWire(w: WireVolume): VolumeInfo {
     description: w.description,
     createdAt: w.createdAt,
     allocatedBytes: toByteCount(w.allocatedBytes, 'allocatedBytes'),
+    allocLimitBytes: w.allocLimitBytes === undefined || w.allocLimitBytes === null ? null : toByteCount(w.allocLimitBytes, 'allocLimitBytes'),
   };
 }
 

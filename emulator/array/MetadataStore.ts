@@ -13,8 +13,11 @@ import type { LogicalBlockSize, Provisioning, VolumeInfo } from './types.js';
 
 export const DATABASE_FILE = 'arraylab.db';
 
-/** A volume row as stored: everything the API shows but the live allocation count. */
-export type VolumeRecord = Omit<VolumeInfo, 'allocatedBytes'>;
+/**
+ * A volume row as stored: everything the API shows but the live allocation count. The
+ * allocation limit is optional here (absent or null: none).
+ */
+export type VolumeRecord = Omit<VolumeInfo, 'allocatedBytes' | 'allocLimitBytes'> & { allocLimitBytes?: number | null };
 
 interface VolumeRow {
   name: string;
@@ -27,6 +30,7 @@ interface VolumeRow {
   read_only: number;
   description: string;
   created_at: string;
+  alloc_limit_bytes: number | null;
 }
 
 type Migration = (db: Database.Database) => void;
@@ -68,6 +72,16 @@ const MIGRATIONS: Migration[] = [
       ) STRICT, WITHOUT ROWID;
     `);
   },
+  // 3: allocation limit of thin volumes (NULL: none)
+  (db) => {
+    db.exec(`
+      ALTER TABLE volumes ADD COLUMN alloc_limit_bytes INTEGER DEFAULT NULL CHECK (
+        alloc_limit_bytes IS NULL OR (
+          provisioning = 'thin' AND alloc_limit_bytes > 0 AND alloc_limit_bytes % block_size = 0 AND alloc_limit_bytes <= size_bytes
+        )
+      );
+    `);
+  },
 ];
 
 /** One commit of the copy-session journal (SqliteSessionJournal.sync). */
@@ -100,6 +114,7 @@ function toRecord(r: VolumeRow): VolumeRecord {
     readOnly: r.read_only !== 0,
     description: r.description,
     createdAt: r.created_at,
+    allocLimitBytes: r.alloc_limit_bytes,
   };
 }
 
@@ -110,12 +125,14 @@ export class MetadataStore {
     insert: Database.Statement<[VolumeRow]>;
     remove: Database.Statement<[string]>;
     resize: Database.Statement<[number, string]>;
+    setAllocLimit: Database.Statement<[number | null, string]>;
     copyPut: Database.Statement<[string, string]>;
     copyDelete: Database.Statement<[string]>;
     chunkPut: Database.Statement<[string, string, number, Buffer]>;
     chunkDelete: Database.Statement<[string, string, number]>;
   };
   private readonly commitCopy: (batch: CopyJournalBatch) => void;
+  private readonly renameTx: (uuid: string, oldName: string, newName: string, identity: { wwn: string; serial: string } | undefined) => void;
 
   /**
    * @param file a path, or ':memory:' for the memory backend.
@@ -139,11 +156,12 @@ export class MetadataStore {
     this.stmts = {
       list: this.db.prepare<[], VolumeRow>('SELECT * FROM volumes ORDER BY name'),
       insert: this.db.prepare<[VolumeRow]>(
-        `INSERT INTO volumes (uuid, name, wwn, serial, size_bytes, block_size, provisioning, read_only, description, created_at)
-         VALUES (@uuid, @name, @wwn, @serial, @size_bytes, @block_size, @provisioning, @read_only, @description, @created_at)`,
+        `INSERT INTO volumes (uuid, name, wwn, serial, size_bytes, block_size, provisioning, read_only, description, created_at, alloc_limit_bytes)
+         VALUES (@uuid, @name, @wwn, @serial, @size_bytes, @block_size, @provisioning, @read_only, @description, @created_at, @alloc_limit_bytes)`,
       ),
       remove: this.db.prepare<[string]>('DELETE FROM volumes WHERE uuid = ?'),
       resize: this.db.prepare<[number, string]>('UPDATE volumes SET size_bytes = ? WHERE uuid = ?'),
+      setAllocLimit: this.db.prepare<[number | null, string]>('UPDATE volumes SET alloc_limit_bytes = ? WHERE uuid = ?'),
       copyPut: this.db.prepare<[string, string]>('INSERT INTO copy_sessions (id, record) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET record = excluded.record'),
       copyDelete: this.db.prepare<[string]>('DELETE FROM copy_sessions WHERE id = ?'),
       chunkPut: this.db.prepare<[string, string, number, Buffer]>(
@@ -157,6 +175,21 @@ export class MetadataStore {
       for (const c of batch.chunks) {
         if (c.bits === undefined) this.stmts.chunkDelete.run(c.sessionId, c.bitmap, c.index);
         else this.stmts.chunkPut.run(c.sessionId, c.bitmap, c.index, c.bits);
+      }
+    });
+    const renameRow = this.db.prepare<[string, string | null, string | null, string, string]>(
+      'UPDATE volumes SET name = ?, wwn = coalesce(?, wwn), serial = coalesce(?, serial) WHERE uuid = ? AND name = ?',
+    );
+    const allSessions = this.db.prepare<[], { id: string; record: string }>('SELECT id, record FROM copy_sessions');
+    const setRecord = this.db.prepare<[string, string]>('UPDATE copy_sessions SET record = ? WHERE id = ?');
+    this.renameTx = this.db.transaction((uuid: string, oldName: string, newName: string, identity: { wwn: string; serial: string } | undefined) => {
+      const changed = renameRow.run(newName, identity?.wwn ?? null, identity?.serial ?? null, uuid, oldName).changes;
+      if (changed !== 1) throw new Error(`no volume ${oldName} with uuid ${uuid} in the database`);
+      for (const row of allSessions.all()) {
+        const r = JSON.parse(row.record) as { source?: unknown; destination?: unknown };
+        if (r.source !== oldName && r.destination !== oldName) continue;
+        const renamed = { ...r, ...(r.source === oldName ? { source: newName } : {}), ...(r.destination === oldName ? { destination: newName } : {}) };
+        setRecord.run(JSON.stringify(renamed), row.id);
       }
     });
   }
@@ -204,6 +237,7 @@ export class MetadataStore {
       read_only: v.readOnly ? 1 : 0,
       description: v.description,
       created_at: v.createdAt,
+      alloc_limit_bytes: v.allocLimitBytes ?? null,
     });
   }
 
@@ -213,6 +247,23 @@ export class MetadataStore {
 
   setVolumeSize(uuid: string, sizeBytes: number): void {
     this.stmts.resize.run(sizeBytes, uuid);
+  }
+
+  /** null removes the limit. */
+  setVolumeAllocLimit(uuid: string, limitBytes: number | null): void {
+    this.stmts.setAllocLimit.run(limitBytes, uuid);
+  }
+
+  /**
+   * Renames a volume, optionally with a new WWN and serial, and rewrites the source and
+   * destination of every copy-session record that names it, in ONE transaction: after a crash
+   * the database holds either the old name everywhere or the new one everywhere (the copy
+   * journal's records live in this database, so they cannot disagree with the volume row).
+   * Bitmaps are keyed by session id and need no change. Throws (and changes nothing) if the
+   * row is not (uuid, oldName) or a record does not parse.
+   */
+  renameVolume(uuid: string, oldName: string, newName: string, identity?: { wwn: string; serial: string }): void {
+    this.renameTx(uuid, oldName, newName, identity);
   }
 
   close(): void {

@@ -14,6 +14,11 @@
  *           orphan files, removed on the next open.
  *   resize  the store grows (durably) before the row records the new size. A crash in
  *           between leaves a store larger than its row: open() takes the store's size.
+ *   rename  one SQLite transaction renames the row (and with a new identity sets its WWN and
+ *           serial) and rewrites the copy-session records that name the volume; files are
+ *           named by UUID and do not move. In memory the array's and the engine's maps change
+ *           in the same synchronous step, under the engine's queue and a cut of the volume
+ *           (CopyEngine.renameVolume explains the order). Refused while clients have it open.
  * A row is therefore never without its files, except after outside damage, which open()
  * reports rather than hides.
  *
@@ -41,10 +46,19 @@ import { MemoryBlockStore } from '../block/MemoryBlockStore.js';
 import { CopyEngine, type StartOptions } from '../copy/CopyEngine.js';
 import { CopyError, type CopyEvent, type CopyType, type SessionInfo } from '../copy/CopySession.js';
 import { formatSize } from '../units.js';
-import { newVolumeIdentity } from './identity.js';
+import { newVolumeIdentity, renewedIdentity } from './identity.js';
 import { DATABASE_FILE, MetadataStore, type VolumeRecord } from './MetadataStore.js';
 import { SqliteSessionJournal } from './SqliteSessionJournal.js';
-import { ArrayError, VOLUME_NAME_PATTERN, type ConnectionInfo, type CreateVolumeRequest, type VolumeInfo, type VolumeSpec } from './types.js';
+import {
+  ArrayError,
+  VOLUME_NAME_PATTERN,
+  type ConnectionInfo,
+  type CreateVolumeRequest,
+  type Provisioning,
+  type RenameVolumeOptions,
+  type VolumeInfo,
+  type VolumeSpec,
+} from './types.js';
 import { Volume, type VolumeStore } from './Volume.js';
 
 export interface StorageArrayOptions {
@@ -168,6 +182,24 @@ export class StorageArray implements ExportProvider {
 
   deleteVolume(name: string): Promise<void> {
     return this.serially(() => this.doDelete(name));
+  }
+
+  /**
+   * Sets a thin volume's allocation limit in bytes (null: none): writes that would allocate
+   * past it fail ENOSPC. A limit below what is allocated already is allowed: overwrites go on,
+   * new allocations fail until trims bring the volume under it.
+   */
+  setVolumeAllocLimit(name: string, limitBytes: number | null): Promise<VolumeInfo> {
+    return this.serially(async () => this.doSetAllocLimit(name, limitBytes));
+  }
+
+  /**
+   * Renames a volume (and its export); with newIdentity it also gets a fresh serial and WWN
+   * (the UUID stays). Allowed while the volume is in a copy session, refused while a client
+   * has it open. Crash-atomic: see "rename" at the top of this file.
+   */
+  renameVolume(oldName: string, newName: string, opts: RenameVolumeOptions = {}): Promise<VolumeInfo> {
+    return this.serially(() => this.doRename(oldName, newName, opts.newIdentity ?? false));
   }
 
   listConnections(): ConnectionInfo[] {
@@ -312,7 +344,11 @@ export class StorageArray implements ExportProvider {
     return this.serially(() =>
       copyCall(async () => {
         if (opts.newName === undefined) return this.copy.split(id);
-        throw new ArrayError('FAILED_PRECONDITION', `cannot split session ${id} with a new name: renaming split clones is not available in this version; split, then rename the volume`);
+        const clone = this.copy.get(id).destination;
+        this.checkRename(clone, opts.newName); // before the split: a refused rename changes nothing
+        await this.copy.split(id);
+        await this.doRename(clone, opts.newName, true);
+        return this.copy.get(id);
       }),
     );
   }
@@ -355,6 +391,7 @@ export class StorageArray implements ExportProvider {
   openExport(name: string, client: ClientInfo): ExportHandle | undefined {
     const v = this.volumes.get(name);
     if (v === undefined || v.deleting || this.closing !== undefined) return undefined;
+    this.copy.tapOf(name).checkAttach(); // e.g. an EC destination before equivalent: refused with the reason
     const handle = v.open(client);
     this.log.info(
       { volume: name, protocol: client.protocol, connectionId: client.connectionId, remoteAddress: client.remoteAddress, readOnly: handle.readOnly },
@@ -476,16 +513,67 @@ export class StorageArray implements ExportProvider {
     return v.info();
   }
 
-  private async doDelete(name: string): Promise<void> {
+  private doSetAllocLimit(name: string, limitBytes: number | null): VolumeInfo {
     const v = this.volume(name);
-    if (v.handles.size > 0) {
-      const n = v.handles.size;
-      const who = [...v.handles].map((h) => describeClient(h.client)).join(', ');
+    const r = v.record;
+    const limit = checkAllocLimit(name, limitBytes, r.sizeBytes, r.blockSize, r.provisioning);
+    v.setAllocLimit(this.db, limit);
+    this.log.info({ volume: name, allocLimitBytes: limit, allocatedBytes: v.store.allocatedBytes }, 'set volume allocation limit');
+    return v.info();
+  }
+
+  /**
+   * The refusals of a rename, changing nothing; returns the volume. For callers that must
+   * check before doing something else first (e.g. an EC split that renames the clone). Note:
+   * renameVolume() queues on this array's control queue, so code already running in it
+   * (inside serially) must call doRename() rather than renameVolume(), or it waits for itself.
+   */
+  private checkRename(oldName: string, newName: string): Volume {
+    const v = this.volume(oldName);
+    checkVolumeName(newName);
+    if (newName !== oldName && (this.volumes.has(newName) || this.creating.has(newName))) {
+      const existing = this.volumes.get(newName);
       throw new ArrayError(
-        'FAILED_PRECONDITION',
-        `cannot delete volume ${name}: it is open by ${n} connected client${n === 1 ? '' : 's'} (${who}); disconnect ${n === 1 ? 'it' : 'them'} first`,
+        'ALREADY_EXISTS',
+        `cannot rename volume ${oldName} to ${newName}: volume ${newName} already exists${existing ? ` (uuid ${existing.record.uuid})` : ''}; choose another name, or delete it first`,
       );
     }
+    refuseIfOpen(v, `rename volume ${oldName}`);
+    return v;
+  }
+
+  private async doRename(oldName: string, newName: string, newIdentity: boolean): Promise<VolumeInfo> {
+    const v = this.checkRename(oldName, newName);
+    if (newName === oldName && !newIdentity) return v.info();
+    const old = v.record;
+    const identity = newIdentity ? renewedIdentity(old.uuid) : undefined;
+    const record: VolumeRecord = { ...old, name: newName, ...(identity ? { wwn: identity.wwn, serial: identity.serial } : {}) };
+    await copyCall(() =>
+      this.copy.renameVolume(oldName, newName, () => {
+        // Synchronous, under the engine's cut: a client may have connected while the rename
+        // waited for the engine's queue, so look again; then the one transaction, then the
+        // array's own map, with nothing able to run in between (openExport is synchronous).
+        refuseIfOpen(v, `rename volume ${oldName}`);
+        try {
+          this.db.renameVolume(old.uuid, oldName, newName, identity && { wwn: identity.wwn, serial: identity.serial });
+        } catch (err) {
+          throw new ArrayError('INTERNAL', `cannot rename volume ${oldName} to ${newName} in the database: ${(err as Error).message}`);
+        }
+        this.volumes.delete(oldName);
+        this.volumes.set(newName, v);
+        v.renamed(record);
+      }),
+    );
+    this.log.info(
+      { volume: newName, from: oldName, uuid: old.uuid, ...(identity ? { wwn: identity.wwn, serial: identity.serial, oldWwn: old.wwn, oldSerial: old.serial } : {}), sessions: this.copy.sessionsOfVolume(newName) },
+      identity ? 'renamed volume with a new identity' : 'renamed volume',
+    );
+    return v.info();
+  }
+
+  private async doDelete(name: string): Promise<void> {
+    const v = this.volume(name);
+    refuseIfOpen(v, `delete volume ${name}`);
     try {
       this.copy.removeVolume(name); // refused while the volume is in a session
     } catch (err) {
@@ -616,14 +704,58 @@ function checkGroupName(group: string): void {
   }
 }
 
-function validateCreate(req: CreateVolumeRequest): VolumeSpec {
-  const name = req.name;
+/** Refuses an operation on a volume that clients have open, naming them. */
+function refuseIfOpen(v: Volume, what: string): void {
+  const n = v.handles.size;
+  if (n === 0) return;
+  const who = [...v.handles].map((h) => describeClient(h.client)).join(', ');
+  throw new ArrayError(
+    'FAILED_PRECONDITION',
+    `cannot ${what}: it is open by ${n} connected client${n === 1 ? '' : 's'} (${who}); disconnect ${n === 1 ? 'it' : 'them'} first`,
+  );
+}
+
+function checkVolumeName(name: unknown): asserts name is string {
   if (typeof name !== 'string' || !VOLUME_NAME_PATTERN.test(name)) {
     throw new ArrayError(
       'INVALID_ARGUMENT',
       `invalid volume name ${JSON.stringify(name)}: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`,
     );
   }
+}
+
+/** An allocation limit: thin only, a positive block multiple, at most the size; null = none. */
+function checkAllocLimit(name: string, limit: number | null | undefined, sizeBytes: number, blockSize: number, provisioning: Provisioning): number | null {
+  if (limit === null || limit === undefined) return null;
+  if (provisioning !== 'thin') {
+    throw new ArrayError(
+      'INVALID_ARGUMENT',
+      `volume ${name} is thick: all its space is allocated at creation, so it cannot have an allocation limit; use a thin volume`,
+    );
+  }
+  if (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit <= 0) {
+    throw new ArrayError('INVALID_ARGUMENT', `invalid allocation limit ${String(limit)} for volume ${name}: give a positive size, a multiple of the ${blockSize}-byte block size, or none`);
+  }
+  if (limit % blockSize !== 0) {
+    const below = Math.floor(limit / blockSize) * blockSize;
+    const nearest = below > 0 ? `${below} or ${below + blockSize} bytes` : `${blockSize} bytes`;
+    throw new ArrayError(
+      'INVALID_ARGUMENT',
+      `invalid allocation limit ${limit} bytes for volume ${name}: not a multiple of the ${blockSize}-byte block size; the nearest valid limits are ${nearest}`,
+    );
+  }
+  if (limit > sizeBytes) {
+    throw new ArrayError(
+      'INVALID_ARGUMENT',
+      `allocation limit ${formatSize(limit)} of volume ${name} is larger than its size (${formatSize(sizeBytes)}); give at most ${sizeBytes} bytes, or none for no limit`,
+    );
+  }
+  return limit;
+}
+
+function validateCreate(req: CreateVolumeRequest): VolumeSpec {
+  const name = req.name;
+  checkVolumeName(name);
   const blockSize = req.blockSize ?? 512;
   if (blockSize !== 512 && blockSize !== 4096) {
     throw new ArrayError('INVALID_ARGUMENT', `invalid block size ${String(blockSize)} for volume ${name}: use 512 or 4096`);
@@ -637,7 +769,8 @@ function validateCreate(req: CreateVolumeRequest): VolumeSpec {
   if (typeof description !== 'string' || description.length > MAX_DESCRIPTION) {
     throw new ArrayError('INVALID_ARGUMENT', `description of volume ${name} is too long: at most ${MAX_DESCRIPTION} characters`);
   }
-  return { name, sizeBytes: req.sizeBytes, blockSize, provisioning, readOnly: req.readOnly ?? false, description };
+  const allocLimitBytes = checkAllocLimit(name, req.allocLimitBytes, req.sizeBytes, blockSize, provisioning);
+  return { name, sizeBytes: req.sizeBytes, blockSize, provisioning, readOnly: req.readOnly ?? false, description, allocLimitBytes };
 }
 
 /** A size must be a positive whole number of blocks; the message offers the nearest valid ones. */

@@ -18,6 +18,7 @@ import {
   type WriteOptions,
   type ZeroOptions,
 } from '../block/BlockDevice.js';
+import type { AllocationLimitLabels } from '../block/allocationLimit.js';
 import type { MetadataStore, VolumeRecord } from './MetadataStore.js';
 import type { VolumeInfo } from './types.js';
 
@@ -29,6 +30,8 @@ export interface VolumeStore extends BlockDevice {
   resize(newSize: number): void | Promise<void>;
   /** Flushes and releases the store; later calls fail ESHUTDOWN. */
   close(): Promise<void>;
+  /** Thin stores: sets or (undefined) removes the allocation limit (both built-in stores have it). */
+  setAllocationLimit?(limitBytes: number | undefined, labels?: AllocationLimitLabels): void;
 }
 
 /** Makes a layer over the device below it. */
@@ -93,9 +96,14 @@ export class VolumeHandle implements ExportHandle {
   constructor(
     private readonly volume: Volume,
     readonly client: ClientInfo,
-    readonly readOnly: boolean,
+    private readonly fixedReadOnly: boolean,
     readonly device: BlockDevice,
   ) {}
+
+  /** By policy or the client's choice, or for now (a layer makes the volume read-only). */
+  get readOnly(): boolean {
+    return this.fixedReadOnly || this.device.readOnly;
+  }
 
   get name(): string {
     return this.volume.name;
@@ -147,6 +155,7 @@ export class Volume {
     this._top = store;
     this.readWrite = new VolumeDevice(this, false);
     this.readOnlyView = new VolumeDevice(this, true);
+    if (record.allocLimitBytes != null) this.applyAllocLimit(record.allocLimitBytes);
   }
 
   get name(): string {
@@ -197,7 +206,42 @@ export class Volume {
       description: r.description,
       createdAt: r.createdAt,
       allocatedBytes: this.store.allocatedBytes,
+      allocLimitBytes: r.allocLimitBytes ?? null,
     };
+  }
+
+  /** Records a new allocation limit (null: none): in the store first (it validates), then the database. */
+  setAllocLimit(db: MetadataStore, limitBytes: number | null): void {
+    const old = this.record.allocLimitBytes ?? null;
+    this.applyAllocLimit(limitBytes);
+    try {
+      db.setVolumeAllocLimit(this.record.uuid, limitBytes);
+    } catch (err) {
+      this.applyAllocLimit(old);
+      throw err;
+    }
+    this.record = { ...this.record, allocLimitBytes: limitBytes };
+  }
+
+  /**
+   * Takes a renamed record (new name, perhaps a new WWN and serial) that the database already
+   * holds; the store's limit messages follow the new name.
+   */
+  renamed(record: VolumeRecord): void {
+    this.record = record;
+    if (record.allocLimitBytes != null) this.applyAllocLimit(record.allocLimitBytes);
+  }
+
+  private applyAllocLimit(limitBytes: number | null): void {
+    if (this.store.setAllocationLimit === undefined) {
+      if (limitBytes === null) return;
+      throw new BlockDeviceError('ENOTSUP', `the store of volume ${this.name} has no allocation limit`);
+    }
+    const name = this.name;
+    this.store.setAllocationLimit(limitBytes ?? undefined, {
+      subject: `volume ${name}`,
+      fix: `raise it with 'arraylab volume set ${name} --alloc-limit SIZE', trim data, or use a larger volume`,
+    });
   }
 
   /** Records a new size in the database and in memory. */

@@ -11,6 +11,9 @@
  * as the UUIDs.
  *
  * Serial: "ALB" and 12 upper-case base-36 characters from 60 further UUID bits.
+ *
+ * A rename with a new identity (renewedIdentity) keeps the UUID but takes the WWN and serial
+ * of a fresh random UUID, so after it the WWN no longer derives from the volume's own UUID.
  */
 import { randomUUID } from 'node:crypto';
 
@@ -31,6 +34,16 @@ export interface VolumeIdentity {
 /** A fresh identity for a new volume. */
 export function newVolumeIdentity(): VolumeIdentity {
   return identityFromUuid(randomUUID());
+}
+
+/**
+ * The same volume under a new identity: a fresh WWN and serial (from a new random UUID's
+ * bits), the UUID kept, since it is the array's internal key and names the volume's files.
+ * For a volume that must look like a different LUN to hosts, e.g. a split clone.
+ */
+export function renewedIdentity(uuid: string): VolumeIdentity {
+  const { wwn, serial } = newVolumeIdentity();
+  return { uuid, wwn, serial };
 }
 
 /** The identity a UUID determines (deterministic, for tests and for rebuilding rows). */

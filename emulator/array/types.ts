@@ -26,6 +26,11 @@ export interface VolumeInfo {
   createdAt: string;
   /** Bytes that hold data (allocated in the allocation map). */
   allocatedBytes: number;
+  /**
+   * Thin volumes: the most bytes that may be allocated (a write past it fails ENOSPC), like a
+   * snap pool's physical capacity behind a larger logical size; null when there is no limit.
+   */
+  allocLimitBytes: number | null;
 }
 
 export interface CreateVolumeRequest {
@@ -37,10 +42,18 @@ export interface CreateVolumeRequest {
   provisioning?: Provisioning;
   readOnly?: boolean;
   description?: string;
+  /** Thin only: allocation limit in bytes, a block multiple, at most sizeBytes. Default: none. */
+  allocLimitBytes?: number | null;
 }
 
-/** A volume's settable properties, validated, with every default applied. */
-export type VolumeSpec = Required<CreateVolumeRequest>;
+/** A volume's settable properties, validated, with every default applied (limit: absent or null for none). */
+export type VolumeSpec = Required<Omit<CreateVolumeRequest, 'allocLimitBytes'>> & { allocLimitBytes?: number | null };
+
+/** Options of StorageArray.renameVolume. */
+export interface RenameVolumeOptions {
+  /** Give the volume a fresh serial number and WWN (the UUID stays: it is the internal key). */
+  newIdentity?: boolean;
+}
 
 /** One client connected to one volume. */
 export interface ConnectionInfo {

@@ -111,7 +111,10 @@ export interface ExportHandle {
   readonly name: string;
   readonly description: string;
   readonly device: BlockDevice;
-  /** The device is read-only for this client (export policy or client's choice). */
+  /**
+   * The device is read-only for this client (export policy, client's choice, or the array's
+   * state, e.g. the destination of an equivalent mirror); read at open for the protocol's flag.
+   */
   readonly readOnly: boolean;
   /** Called when the device's size changes; returns a function that unsubscribes. */
   onResize(listener: (newSize: number) => void): () => void;
@@ -121,7 +124,11 @@ export interface ExportHandle {
 /** What a protocol front end needs from the array. */
 export interface ExportProvider {
   listExports(): ExportSummary[];
-  /** Opens an export by name, or returns undefined if there is none of that name. */
+  /**
+   * Opens an export by name, or returns undefined if there is none of that name. Throws a
+   * BlockDeviceError to refuse this client now (EACCES: e.g. a copy destination hosts may not
+   * use yet); its message says why and what to do, and front ends pass it to the client.
+   */
   openExport(name: string, client: ClientInfo): ExportHandle | undefined;
   /** Cheap lookup without opening, for NBD_OPT_INFO. */
   describeExport(name: string): (ExportSummary & { size: number; blockSize: number; readOnly: boolean; thin: boolean }) | undefined;

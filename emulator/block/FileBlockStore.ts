@@ -59,6 +59,10 @@
  *   1 MiB writes lose nothing measurable (about 5 GB/s either way, far above what the socket
  *   delivers). So a volume filled by large sequential writes (an image copy) stays cheap to
  *   update in small random writes afterwards.
+ *
+ * Allocation limit (thin only; allocationLimit.ts): a request that would allocate past it
+ * fails ENOSPC before any byte is written. It is not stored in the files: the array keeps it
+ * in its database and sets it again at open.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -66,6 +70,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { AllocationMap, CHUNK_BITS, CHUNK_BYTES } from './AllocationMap.js';
+import { checkAllocation, fitsAnyway, makeAllocationLimit, type AllocationLimit, type AllocationLimitLabels } from './allocationLimit.js';
 import {
   BlockDeviceError,
   type BlockDevice,
@@ -303,6 +308,10 @@ export class FileBlockStore implements BlockDevice {
   private closed = false;
   private closing: Promise<void> | undefined;
 
+  private limit: AllocationLimit | undefined;
+  /** Blocks that asynchronous requests in flight will allocate (counted against the limit). */
+  private reserved = 0;
+
   private constructor(paths: FileBlockStorePaths, dataFd: number, mapFd: number, header: MapHeader, map: AllocationMap, readOnly: boolean) {
     this.dataPath = paths.dataPath;
     this.mapPath = paths.mapPath;
@@ -393,6 +402,19 @@ export class FileBlockStore implements BlockDevice {
     return this.map.allocated * this.blockSize;
   }
 
+  /** The allocation limit in bytes; undefined when there is none. */
+  get allocLimitBytes(): number | undefined {
+    return this.limit === undefined ? undefined : this.limit.blocks * this.blockSize;
+  }
+
+  /**
+   * Sets (or with undefined removes) the allocation limit of a thin store; labels name the
+   * volume and the fix in the ENOSPC message. Takes effect for the next request.
+   */
+  setAllocationLimit(limitBytes: number | undefined, labels?: AllocationLimitLabels): void {
+    this.limit = makeAllocationLimit(this, limitBytes, labels);
+  }
+
   // ---- BlockDevice ----
 
   async read(offset: number, into: Buffer): Promise<void> {
@@ -438,7 +460,11 @@ export class FileBlockStore implements BlockDevice {
     if (this.readOnly) throw readOnlyError('write');
     checkIo(this, 'write', offset, data.length, 'ENOSPC');
     if (data.length === 0) return;
+    const limit = this.limit;
     if (data.length <= SYNC_WRITE_MAX) {
+      if (limit !== undefined && !fitsAnyway(this.map, limit, data.length / this.blockSize, this.reserved)) {
+        checkAllocation(this.map, limit, this.blockSize, 'write', offset / this.blockSize, data.length / this.blockSize, this.reserved);
+      }
       // Synchronous: nothing else runs between the pwrite and the bit (see "Hot path").
       for (let o = 0; o < data.length; o += WRITE_PIECE) {
         pwriteSyncFull(this.dataFd, data, o, Math.min(WRITE_PIECE, data.length - o), offset + o);
@@ -446,6 +472,8 @@ export class FileBlockStore implements BlockDevice {
       this.map.set(offset / this.blockSize, data.length / this.blockSize);
       this.completedGen++;
     } else {
+      const reserve = limit === undefined ? 0 : checkAllocation(this.map, limit, this.blockSize, 'write', offset / this.blockSize, data.length / this.blockSize, this.reserved);
+      this.reserved += reserve;
       this.inflight++;
       try {
         await pwritePieces(this.dataFd, data, 0, data.length, offset);
@@ -454,6 +482,7 @@ export class FileBlockStore implements BlockDevice {
         this.map.set(offset / this.blockSize, data.length / this.blockSize);
         this.completedGen++;
       } finally {
+        this.reserved -= reserve;
         this.done();
       }
     }
@@ -491,6 +520,8 @@ export class FileBlockStore implements BlockDevice {
           `fast zero refused: zeroing ${length} bytes at ${offset} ${this.thin ? 'with no-hole' : 'on a thick volume'} means writing zeroes`,
         );
       }
+      const reserve = this.limit === undefined ? 0 : checkAllocation(this.map, this.limit, this.blockSize, 'write-zeroes', offset / this.blockSize, length / this.blockSize, this.reserved);
+      this.reserved += reserve;
       this.inflight++;
       try {
         const writes: Promise<void>[] = [];
@@ -502,6 +533,7 @@ export class FileBlockStore implements BlockDevice {
         this.map.set(offset / this.blockSize, length / this.blockSize);
         this.completedGen++;
       } finally {
+        this.reserved -= reserve;
         this.done();
       }
     }

@@ -12,12 +12,15 @@
  *   thick  every block is allocated from the start and stays allocated. trim is a no-op
  *          (the data stays: a thick device has nothing to give back, and the interface lets
  *          trimmed data read back either way); write-zeroes zeroes the data.
+ *   limit  a thin store may have an allocation limit (allocationLimit.ts): a request that
+ *          would allocate past it fails ENOSPC before anything is written.
  *
  * FAST_ZERO: zeroing memory is a memset or a free, never slower than a plain write, so a
  * fastZero request never fails ENOTSUP here (FileBlockStore, which must write zero bytes to
  * its file for noHole/thick zeroing, does refuse).
  */
 import { AllocationMap } from './AllocationMap.js';
+import { checkAllocation, fitsAnyway, makeAllocationLimit, type AllocationLimit, type AllocationLimitLabels } from './allocationLimit.js';
 import {
   EXTENT_HOLE,
   EXTENT_ZERO,
@@ -48,6 +51,7 @@ export class MemoryBlockStore implements BlockDevice {
   private readonly map: AllocationMap;
   private readonly data = new Map<number, Buffer>();
   private closed = false;
+  private limit: AllocationLimit | undefined;
 
   constructor(opts: MemoryBlockStoreOptions) {
     checkGeometry(opts.size, opts.blockSize);
@@ -67,6 +71,19 @@ export class MemoryBlockStore implements BlockDevice {
   /** Bytes allocated in the allocation map (what the array reports as used). */
   get allocatedBytes(): number {
     return this.map.allocated * this.blockSize;
+  }
+
+  /** The allocation limit in bytes; undefined when there is none. */
+  get allocLimitBytes(): number | undefined {
+    return this.limit === undefined ? undefined : this.limit.blocks * this.blockSize;
+  }
+
+  /**
+   * Sets (or with undefined removes) the allocation limit of a thin store; labels name the
+   * volume and the fix in the ENOSPC message. Takes effect for the next request.
+   */
+  setAllocationLimit(limitBytes: number | undefined, labels?: AllocationLimitLabels): void {
+    this.limit = makeAllocationLimit(this, limitBytes, labels);
   }
 
   /** Bytes of memory holding data, for tests of laziness. */
@@ -97,6 +114,10 @@ export class MemoryBlockStore implements BlockDevice {
     if (this.readOnly) throw readOnlyError('write');
     checkIo(this, 'write', offset, data.length, 'ENOSPC');
     if (data.length === 0) return;
+    const limit = this.limit;
+    if (limit !== undefined && !fitsAnyway(this.map, limit, data.length / this.blockSize, 0)) {
+      checkAllocation(this.map, limit, this.blockSize, 'write', offset / this.blockSize, data.length / this.blockSize, 0);
+    }
     let pos = offset;
     let done = 0;
     const end = offset + data.length;
@@ -137,6 +158,7 @@ export class MemoryBlockStore implements BlockDevice {
       this.deallocate(offset, length);
       return;
     }
+    if (this.limit !== undefined) checkAllocation(this.map, this.limit, this.blockSize, 'write-zeroes', offset / this.blockSize, length / this.blockSize, 0);
     this.zeroData(offset, length);
     this.map.set(offset / this.blockSize, length / this.blockSize);
   }

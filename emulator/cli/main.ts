@@ -46,7 +46,7 @@ export async function run(argv: string[]): Promise<number> {
         exitCode = await serve(a);
       },
     )
-    .command('volume', 'create, list, show, resize and delete volumes', (y) => volumeCommands(y))
+    .command('volume', 'create, list, show, resize, set, rename and delete volumes', (y) => volumeCommands(y))
     .command('copy', 'start, list, show, control and watch copy sessions (OPC, QuickOPC, SnapOPC+, EC)', (y) => copyCommands(y))
     .command('export', 'list exports and their connected clients', (y) => exportCommands(y))
     .command('status', "show the running array's status", (y) => withApiOption(y), (a) => statusCommand(a))
@@ -106,7 +106,7 @@ function report(err: unknown, argv: string[]): number {
 const COMMANDS: Record<string, string[]> = {
   '': ['serve', 'volume', 'copy', 'export', 'status'],
   copy: ['start', 'list', 'ls', 'show', 'suspend', 'resume', 'reverse', 'split', 'cancel', 'rate', 'watch'],
-  volume: ['create', 'list', 'ls', 'show', 'resize', 'delete', 'rm'],
+  volume: ['create', 'list', 'ls', 'show', 'resize', 'set', 'rename', 'delete', 'rm'],
   export: ['list', 'ls'],
 };
 

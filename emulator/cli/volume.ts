@@ -1,4 +1,4 @@
-/** `arraylab volume create|list|show|resize|delete`. */
+/** `arraylab volume create|list|show|resize|set|rename|delete`. */
 import type { Argv } from 'yargs';
 import type { LogicalBlockSize, VolumeInfo } from '../array/types.js';
 import { formatSize, parseSize, parseSizeChange, SizeError } from '../units.js';
@@ -29,6 +29,22 @@ function blockSizeOption(text: unknown): LogicalBlockSize {
   return bytes;
 }
 
+/** --alloc-limit: a size, or "none" (only where removing is allowed). */
+function allocLimitOption(text: unknown, command: string, allowNone: boolean): number | null {
+  const raw = String(text ?? '').trim();
+  if (allowNone && raw.toLowerCase() === 'none') return null;
+  const hint = allowNone ? 'give a size such as 64MiB, or none to remove the limit' : 'give a size such as 64MiB';
+  let bytes: number;
+  try {
+    bytes = parseSize(raw);
+  } catch (err) {
+    if (err instanceof SizeError) throw new UsageError(`--alloc-limit: ${err.message}${allowNone ? ', or none to remove the limit' : ''}`, command);
+    throw err;
+  }
+  if (bytes === 0) throw new UsageError(`--alloc-limit: 0 is not a limit; ${hint}`, command);
+  return bytes;
+}
+
 export function volumeCommands(y: Argv<{ json: boolean }>) {
   return withApiOption(y)
     .command(
@@ -43,10 +59,19 @@ export function volumeCommands(y: Argv<{ json: boolean }>) {
           .option('thick', { type: 'boolean', describe: 'thick provisioning: all space allocated at creation' })
           .option('read-only', { type: 'boolean', default: false, describe: 'export read-only to every client' })
           .option('description', { type: 'string', default: '', requiresArg: true, describe: 'free text shown by list and show' })
+          .option('alloc-limit', {
+            type: 'string',
+            requiresArg: true,
+            describe: 'thin only: the most space the volume may allocate (e.g. 1GiB); writes past it fail with ENOSPC',
+          })
           .conflicts('thin', 'thick'),
       async (a) => {
         const sizeBytes = sizeOption('size', 'volume create', false)(a.size) as number;
         const blockSize = blockSizeOption(a['block-size']);
+        const allocLimitBytes = a['alloc-limit'] === undefined ? null : allocLimitOption(a['alloc-limit'], 'volume create', false);
+        if (allocLimitBytes !== null && a.thick) {
+          throw new UsageError('--alloc-limit: a thick volume has all its space allocated at creation, so it cannot have an allocation limit; drop --thick or --alloc-limit', 'volume create');
+        }
         const volume = await withClient(a, (client) =>
           client.createVolume({
             name: a.name,
@@ -55,10 +80,14 @@ export function volumeCommands(y: Argv<{ json: boolean }>) {
             provisioning: a.thick ? 'thick' : 'thin',
             readOnly: a['read-only'],
             description: a.description,
+            allocLimitBytes,
           }),
         );
         if (a.json) printJson(volume);
-        else print(`created volume ${volume.name}: ${formatSize(volume.sizeBytes)} ${volume.provisioning}, ${volume.blockSize}-byte blocks${volume.readOnly ? ', read-only' : ''}`);
+        else {
+          const limit = volume.allocLimitBytes !== null ? `, allocation limit ${formatSize(volume.allocLimitBytes)}` : '';
+          print(`created volume ${volume.name}: ${formatSize(volume.sizeBytes)} ${volume.provisioning}, ${volume.blockSize}-byte blocks${volume.readOnly ? ', read-only' : ''}${limit}`);
+        }
       },
     )
     .command(
@@ -97,6 +126,44 @@ export function volumeCommands(y: Argv<{ json: boolean }>) {
       },
     )
     .command(
+      'set <name>',
+      "change a volume's settings",
+      (c) =>
+        c
+          .positional('name', { type: 'string', demandOption: true })
+          .option('alloc-limit', {
+            type: 'string',
+            requiresArg: true,
+            describe: 'thin volumes: the most space it may allocate (e.g. 1GiB), or none; writes past it fail with ENOSPC',
+          }),
+      async (a) => {
+        if (a['alloc-limit'] === undefined) throw new UsageError('volume set needs a setting to change: --alloc-limit SIZE|none', 'volume set');
+        const limit = allocLimitOption(a['alloc-limit'], 'volume set', true);
+        const v = await withClient(a, (client) => client.setVolumeAllocLimit(a.name, limit));
+        if (a.json) return printJson(v);
+        print(
+          v.allocLimitBytes === null
+            ? `volume ${v.name}: no allocation limit (${formatSize(v.allocatedBytes)} allocated)`
+            : `volume ${v.name}: allocation limit ${formatSize(v.allocLimitBytes)} (${formatSize(v.allocatedBytes)} allocated)`,
+        );
+      },
+    )
+    .command(
+      'rename <name> <new-name>',
+      'rename a volume and its export (refused while a client has it open)',
+      (c) =>
+        c
+          .positional('name', { type: 'string', demandOption: true })
+          .positional('new-name', { type: 'string', demandOption: true, describe: "the new name: letters, digits, '.', '_', '-'" })
+          .option('new-identity', { type: 'boolean', default: false, describe: 'also give it a new serial number and WWN, so hosts see a different LUN' }),
+      async (a) => {
+        const newName = String(a['new-name']);
+        const v = await withClient(a, (client) => client.renameVolume(a.name, newName, { newIdentity: a['new-identity'] }));
+        if (a.json) return printJson(v);
+        print(`renamed volume ${a.name} to ${v.name}${a['new-identity'] ? ` with a new identity: serial ${v.serial}, wwn ${v.wwn}` : ''}`);
+      },
+    )
+    .command(
       ['delete <name>', 'rm <name>'],
       'delete a volume and its data (refused while a client has it open)',
       (c) => c.positional('name', { type: 'string', demandOption: true }),
@@ -106,7 +173,7 @@ export function volumeCommands(y: Argv<{ json: boolean }>) {
         print(`deleted volume ${a.name}`);
       },
     )
-    .demandCommand(1, 'volume needs a subcommand: create, list, show, resize or delete');
+    .demandCommand(1, 'volume needs a subcommand: create, list, show, resize, set, rename or delete');
 }
 
 function volumeTable(volumes: VolumeInfo[]): string {
@@ -114,6 +181,7 @@ function volumeTable(volumes: VolumeInfo[]): string {
     { header: 'NAME', value: (v) => v.name },
     { header: 'SIZE', value: (v) => formatSize(v.sizeBytes), right: true },
     { header: 'ALLOCATED', value: (v) => formatSize(v.allocatedBytes), right: true },
+    { header: 'LIMIT', value: (v) => (v.allocLimitBytes === null ? '-' : formatSize(v.allocLimitBytes)), right: true },
     { header: 'BLOCK', value: (v) => String(v.blockSize), right: true },
     { header: 'PROVISIONING', value: (v) => v.provisioning },
     { header: 'ACCESS', value: (v) => (v.readOnly ? 'ro' : 'rw') },
@@ -127,6 +195,7 @@ function volumeDetails(v: VolumeInfo): string {
     ['name', v.name],
     ['size', `${formatSize(v.sizeBytes)} (${v.sizeBytes} bytes)`],
     ['allocated', `${formatSize(v.allocatedBytes)}${percent}`],
+    ['alloc limit', v.allocLimitBytes === null ? 'none' : `${formatSize(v.allocLimitBytes)} (${((100 * v.allocatedBytes) / v.allocLimitBytes).toFixed(1)}% used)`],
     ['block size', `${v.blockSize} bytes`],
     ['provisioning', v.provisioning],
     ['read-only', yesNo(v.readOnly)],

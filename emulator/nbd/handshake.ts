@@ -5,7 +5,7 @@
  * Option payloads are read whole only up to MAX_OPTION; longer ones are discarded as they
  * stream in and refused, so a client cannot make the server buffer what it declares.
  */
-import type { ExportHandle, ExportProvider } from '../block/BlockDevice.js';
+import { BlockDeviceError, type ExportHandle, type ExportProvider } from '../block/BlockDevice.js';
 import {
   FLAG_C_FIXED_NEWSTYLE,
   FLAG_C_NO_ZEROES,
@@ -211,10 +211,15 @@ function invalid(host: HandshakeHost, opt: number, why: string): void {
   host.out.optionReply(opt, REP_ERR_INVALID, why);
 }
 
-function open(host: HandshakeHost, name: string): ExportHandle | undefined {
+/** The handle; undefined for no such export; a string: the provider refused, and why. */
+function open(host: HandshakeHost, name: string): ExportHandle | string | undefined {
   try {
     return host.openExport(name);
   } catch (err) {
+    if (err instanceof BlockDeviceError) {
+      host.log.info({ export: name, code: err.code }, `export refused: ${err.message}`);
+      return err.message;
+    }
     host.log.error({ err, export: name }, 'provider failed to open export');
     return undefined;
   }
@@ -227,9 +232,9 @@ function exportName(host: HandshakeHost, state: State, data: Buffer, noZeroes: b
   }
   const name = data.toString('utf8');
   const handle = open(host, name);
-  if (handle === undefined) {
+  if (handle === undefined || typeof handle === 'string') {
     // EXPORT_NAME cannot fail with an error: the spec says to close.
-    host.log.warn({ export: name }, 'EXPORT_NAME for an unknown export: closing');
+    if (handle === undefined) host.log.warn({ export: name }, 'EXPORT_NAME for an unknown export: closing');
     return undefined;
   }
   const size = handle.device.size;
@@ -256,11 +261,17 @@ function infoOrGo(host: HandshakeHost, state: State, opt: number, data: Buffer):
   let description: string;
   let handle: ExportHandle | undefined;
   if (opt === OPT_GO) {
-    handle = open(host, req.name);
-    if (handle === undefined) {
+    const opened = open(host, req.name);
+    if (opened === undefined) {
       unknownExport(host, state, opt, req.name);
       return undefined;
     }
+    if (typeof opened === 'string') {
+      // The export exists but may not be used now; the client may try again later.
+      host.out.optionReply(opt, REP_ERR_POLICY, opened);
+      return undefined;
+    }
+    handle = opened;
     ({ readOnly, name: canonical, description } = handle);
     ({ size, blockSize } = handle.device);
   } else {

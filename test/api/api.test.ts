@@ -59,6 +59,7 @@ describe('ArrayApiServer and ArrayClient', () => {
       description: 'd',
       createdAt: '2025-01-01T00:00:00.000Z',
       allocatedBytes: 0,
+      allocLimitBytes: null,
     });
     expect(array.volumes.get('vol1')?.provisioning).toBe('thick');
     expect(await client.listVolumes()).toEqual([created]);

@@ -2,7 +2,7 @@
  * An in-memory stand-in for StorageArray's control surface, so the API's mapping of requests,
  * responses and errors is tested on its own.
  */
-import { ArrayError, type ConnectionInfo, type CreateVolumeRequest, type VolumeInfo } from '../../emulator/array/types.js';
+import { ArrayError, type ConnectionInfo, type CreateVolumeRequest, type RenameVolumeOptions, type VolumeInfo } from '../../emulator/array/types.js';
 import type { ArrayControl } from '../../emulator/api/ArrayApiServer.js';
 
 export class FakeArray implements ArrayControl {
@@ -34,6 +34,7 @@ export class FakeArray implements ArrayControl {
       description: req.description ?? '',
       createdAt: '2025-01-01T00:00:00.000Z',
       allocatedBytes: 0,
+      allocLimitBytes: req.allocLimitBytes ?? null,
     };
     this.volumes.set(v.name, v);
     return { ...v };
@@ -61,6 +62,23 @@ export class FakeArray implements ArrayControl {
   async deleteVolume(name: string): Promise<void> {
     this.getVolume(name);
     this.volumes.delete(name);
+  }
+
+  async setVolumeAllocLimit(name: string, limitBytes: number | null): Promise<VolumeInfo> {
+    this.check();
+    const v = this.getVolume(name);
+    if (limitBytes !== null && limitBytes > v.sizeBytes) throw new ArrayError('INVALID_ARGUMENT', `allocation limit of volume ${name} is larger than its size; give at most ${v.sizeBytes} bytes`);
+    this.volumes.set(name, { ...v, allocLimitBytes: limitBytes });
+    return this.getVolume(name);
+  }
+
+  async renameVolume(oldName: string, newName: string, opts: RenameVolumeOptions = {}): Promise<VolumeInfo> {
+    this.check();
+    const v = this.getVolume(oldName);
+    if (this.volumes.has(newName)) throw new ArrayError('ALREADY_EXISTS', `volume ${newName} already exists; choose another name`);
+    this.volumes.delete(oldName);
+    this.volumes.set(newName, { ...v, name: newName, ...(opts.newIdentity ? { serial: 'AL0002', wwn: '6' + '1'.repeat(31) } : {}) });
+    return this.getVolume(newName);
   }
 
   listConnections(): ConnectionInfo[] {

@@ -190,6 +190,29 @@ describe('arraylab copy', () => {
     await ok(['copy', 'cancel', e.id as string]);
   }, 60_000);
 
+  it('split --rename: the clone gets a new name, serial and WWN, and can rejoin', async () => {
+    await ok(['volume', 'create', 'ra', '--size', '1MiB']);
+    await ok(['volume', 'create', 'rb', '--size', '1MiB']);
+    await ok(['volume', 'create', 'taken', '--size', '1MiB']);
+    const before = await json(['volume', 'show', 'rb']);
+    const s = await json(['copy', 'start', '--type', 'ec', '--src', 'ra', '--dst', 'rb']);
+    const id = s.id as string;
+    await until('equivalent', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    const clash = await lab.cli(['copy', 'split', id, '--rename', 'taken']);
+    expect(clash.code).toBe(1);
+    expect(clash.stderr).toMatch(/^arraylab: cannot rename volume rb to taken: volume taken already exists/);
+    expect((await json(['copy', 'show', id])).state).toBe('equivalent'); // refused before the split
+    expect(await json(['copy', 'split', id, '--rename', 'rb-clone'])).toMatchObject({ state: 'split', destination: 'rb-clone' });
+    const after = await json(['volume', 'show', 'rb-clone']);
+    expect(after.uuid).toBe(before.uuid);
+    expect(after.serial).not.toBe(before.serial);
+    expect(after.wwn).not.toBe(before.wwn);
+    expect((await lab.cli(['volume', 'show', 'rb'])).code).toBe(1);
+    expect((await json(['copy', 'resume', id])).destination).toBe('rb-clone');
+    await until('equivalent again', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    await ok(['copy', 'cancel', id]);
+  }, 30_000);
+
   it('refuses a destination exported read-write to a connected client unless --force', async () => {
     await ok(['volume', 'create', 'fa', '--size', '1MiB']);
     await ok(['volume', 'create', 'fb', '--size', '1MiB']);

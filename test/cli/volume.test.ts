@@ -25,8 +25,8 @@ describe('arraylab volume', () => {
     const list = await ok(['volume', 'list']);
     const [header, row, ...rest] = list.trimEnd().split('\n');
     expect(rest).toEqual([]);
-    expect(header).toMatch(/^NAME\s+SIZE\s+ALLOCATED\s+BLOCK\s+PROVISIONING\s+ACCESS\s+DESCRIPTION$/);
-    expect(row).toMatch(/^vol1\s+64 MiB\s+\S+ \S*B\s+512\s+thin\s+rw\s+first volume$/);
+    expect(header).toMatch(/^NAME\s+SIZE\s+ALLOCATED\s+LIMIT\s+BLOCK\s+PROVISIONING\s+ACCESS\s+DESCRIPTION$/);
+    expect(row).toMatch(/^vol1\s+64 MiB\s+\S+ \S*B\s+-\s+512\s+thin\s+rw\s+first volume$/);
     // Columns line up: SIZE is right-aligned under its header.
     expect(row!.indexOf('64 MiB') + '64 MiB'.length).toBe(header!.indexOf('SIZE') + 'SIZE'.length);
 
@@ -103,7 +103,7 @@ describe('arraylab volume', () => {
       [['volume', 'create', 'x', '--size', '1G', '--thin', '--thick'], /^arraylab: Arguments thin and thick are mutually exclusive$/, 'volume create'],
       [['volume', 'resize', 'x', '--size', '+junk'], /^arraylab: --size: "junk" is not a size/, 'volume resize'],
       [['volume', 'list', '--colour'], /^arraylab: Unknown argument: colour$/, 'volume list'],
-      [['volume'], /^arraylab: volume needs a subcommand: create, list, show, resize or delete$/, 'volume'],
+      [['volume'], /^arraylab: volume needs a subcommand: create, list, show, resize, set, rename or delete$/, 'volume'],
       [['volume', 'creat', 'x'], /^arraylab: Unknown arguments: creat, x\. Did you mean create\?$/, 'volume'],
       [['volume', 'show'], /^arraylab: Not enough non-option arguments: got 0, need at least 1$/, 'volume show'],
     ];
