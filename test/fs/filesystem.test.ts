@@ -5,58 +5,18 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import { startArraylab, type ArraylabProcess } from '../support/arraylab.js';
 import { attachNbd } from '../support/blockAttach.js';
+import { checksums, writeTree } from '../support/fsTree.js';
 import { requireTool } from '../support/tools.js';
 
 const FILESYSTEMS = [
   { type: 'ext4', mkfs: ['mkfs.ext4', '-q', '-F'], fsck: (dev: string) => ['fsck.ext4', '-n', '-f', dev] },
   { type: 'xfs', mkfs: ['mkfs.xfs', '-q', '-f'], fsck: (dev: string) => ['xfs_repair', '-n', dev] },
 ] as const;
-
-/** A deterministic tree of files of assorted sizes, some sparse-looking, some odd-sized. */
-function writeTree(root: string, seed: number): void {
-  let x = seed >>> 0;
-  const rand = () => {
-    // xorshift32: a seeded generator so a failure can be replayed
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-  for (let d = 0; d < 6; d++) {
-    const dir = join(root, `dir${d}`, `sub${d % 3}`);
-    mkdirSync(dir, { recursive: true });
-    for (let f = 0; f < 12; f++) {
-      const size = [0, 1, 511, 4096, 65537, 1 << 20, 3 * (1 << 20) + 123][rand() % 7]!;
-      const buf = Buffer.allocUnsafe(size);
-      for (let i = 0; i + 4 <= size; i += 4) buf.writeUInt32LE(rand(), i);
-      for (let i = size - (size % 4); i < size; i++) buf[i] = rand() & 0xff;
-      writeFileSync(join(dir, `file${f}.bin`), buf);
-    }
-  }
-  writeFileSync(join(root, 'README.txt'), `arraylab filesystem test, seed ${seed}\n`);
-}
-
-function checksums(root: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (dir: string) => {
-    for (const name of readdirSync(dir)) {
-      const p = join(dir, name);
-      if (name === 'lost+found') continue;
-      if (statSync(p).isDirectory()) walk(p);
-      else out.set(relative(root, p), createHash('sha256').update(readFileSync(p)).digest('hex'));
-    }
-  };
-  walk(root);
-  return out;
-}
 
 function sh(argv: readonly string[]): string {
   return execFileSync(argv[0]!, argv.slice(1), { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });

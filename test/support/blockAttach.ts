@@ -4,7 +4,7 @@
  * file, and losetup turns that file into /dev/loopN for mkfs and mount.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, existsSync, statSync } from 'node:fs';
+import { closeSync, openSync, existsSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { requireTool } from './tools.js';
 
@@ -18,22 +18,44 @@ export interface AttachedVolume {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export async function attachNbd(opts: { port: number; exportName: string; dir: string; readOnly?: boolean }): Promise<AttachedVolume> {
+export interface AttachOptions {
+  port: number;
+  exportName: string;
+  dir: string;
+  readOnly?: boolean;
+  /**
+   * Writable, but every write goes to a throwaway qcow2 overlay in dir and the volume is only
+   * read: to replay a filesystem journal on a copy that must stay as it is (or is read-only).
+   */
+  overlay?: boolean;
+}
+
+export async function attachNbd(opts: AttachOptions): Promise<AttachedVolume> {
   const qsd = requireTool('qemu-storage-daemon');
   requireTool('losetup');
   const file = join(opts.dir, `${opts.exportName}.fuse`);
   closeSync(openSync(file, 'a'));
-  const writable = opts.readOnly ? 'off' : 'on';
-  const child: ChildProcess = spawn(
-    qsd,
-    [
+  const nbd = `driver=nbd,node-name=n0,server.type=inet,server.host=127.0.0.1,server.port=${opts.port},export=${opts.exportName}`;
+  let overlay: string | undefined;
+  let args: string[];
+  if (opts.overlay) {
+    overlay = join(opts.dir, `${opts.exportName}.overlay.qcow2`);
+    // qemu-img reads the export's size; the daemon is given the backing node explicitly.
+    execFileSync(requireTool('qemu-img'), ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', `nbd://127.0.0.1:${opts.port}/${opts.exportName}`, overlay]);
+    args = [
       '--blockdev',
-      `driver=nbd,node-name=n0,server.type=inet,server.host=127.0.0.1,server.port=${opts.port},export=${opts.exportName}`,
+      `${nbd},read-only=on`,
+      '--blockdev',
+      `driver=file,node-name=ovf,filename=${overlay}`,
+      '--blockdev',
+      'driver=qcow2,node-name=ov,file=ovf,backing=n0',
       '--export',
-      `type=fuse,id=e0,node-name=n0,mountpoint=${file},writable=${writable}`,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+      `type=fuse,id=e0,node-name=ov,mountpoint=${file},writable=on`,
+    ];
+  } else {
+    args = ['--blockdev', nbd, '--export', `type=fuse,id=e0,node-name=n0,mountpoint=${file},writable=${opts.readOnly ? 'off' : 'on'}`];
+  }
+  const child: ChildProcess = spawn(qsd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout!.on('data', (d) => (log += d));
   child.stderr!.on('data', (d) => (log += d));
@@ -76,6 +98,7 @@ export async function attachNbd(opts: { port: number; exportName: string; dir: s
       } catch {
         // qemu-storage-daemon unmounts its export on exit
       }
+      if (overlay) rmSync(overlay, { force: true });
     },
   };
 }
