@@ -138,7 +138,17 @@ export abstract class SessionBase implements CopySession {
    */
   protected async copyUnits(from: BlockDevice, to: BlockDevice, units: number[]): Promise<void> {
     if (units.length === 0) return;
-    const buf = copyBuffers.pop() ?? Buffer.allocUnsafeSlow(COPY_PIECE);
+    // Two buffers: the next piece is read (on the threadpool) while the last one is written.
+    const bufs = [copyBuffers.pop() ?? Buffer.allocUnsafeSlow(COPY_PIECE), copyBuffers.pop() ?? Buffer.allocUnsafeSlow(COPY_PIECE)] as const;
+    let pending: { pos: number; piece: Buffer; read: Promise<void> } | undefined;
+    const writePending = async (): Promise<void> => {
+      if (pending === undefined) return;
+      const p = pending;
+      pending = undefined;
+      await p.read;
+      await to.write(p.pos, p.piece);
+    };
+    let k = 0;
     try {
       for (const [s, n] of toRuns(units)) {
         const end = this.geo.start(s + n - 1) + this.geo.length(s + n - 1);
@@ -146,17 +156,22 @@ export abstract class SessionBase implements CopySession {
           const [ext] = await from.blockStatus(pos, Math.min(COPY_PIECE, end - pos), 1);
           const len = Math.min(ext!.length, COPY_PIECE, end - pos);
           if ((ext!.flags & EXTENT_ZERO) !== 0) {
+            await writePending();
             await to.writeZeroes(pos, len);
           } else {
-            const piece = buf.subarray(0, len);
-            await from.read(pos, piece);
-            await to.write(pos, piece);
+            const piece = bufs[k++ & 1].subarray(0, len);
+            const read = from.read(pos, piece);
+            read.catch(() => undefined); // awaited in writePending; not unhandled if a write fails first
+            await writePending();
+            pending = { pos, piece, read };
           }
           pos += len;
         }
       }
+      await writePending();
     } finally {
-      if (copyBuffers.length < 8) copyBuffers.push(buf);
+      if (pending !== undefined) await pending.read.catch(() => undefined); // the buffer is ours again
+      for (const b of bufs) if (copyBuffers.length < 8) copyBuffers.push(b);
     }
   }
 
