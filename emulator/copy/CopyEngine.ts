@@ -424,6 +424,10 @@ export class CopyEngine {
     this.closed = true;
     for (const id of [...this.timers.keys()]) this.unschedule(id);
     await this.queue.catch(() => undefined);
+    // Writes a SnapOPC+ chain acknowledged but has not applied yet (write-behind) must reach
+    // the source before its store closes; their errors were already reported or are lost
+    // with the process, like an unflushed write-back cache.
+    await Promise.allSettled([...this.chains.values()].map((c) => c.settle()));
   }
 
   // ---- internals ----

@@ -16,7 +16,9 @@
  *   J1 data before metadata: a bit that says "this unit's data is on the destination/snap"
  *      is appended only after that data was written AND the destination flushed.
  *   J2 before-image before overwrite: a source write that needs copy-on-write is issued to
- *      the source only after the before-image's bit is durable (J1, then sync()).
+ *      the source only after the before-image's bit is durable (J1, then sync()). The host
+ *      may be answered earlier (SnapOPC+ write-behind holds the write in memory until then;
+ *      a flush of the source waits for it).
  *   J3 track before write: a bit that says "this unit may differ" (QuickOPC tracking, EC
  *      suspended changes, EC write intent) is durable before the write it covers is issued.
  *      Durable too early is harmless: it only makes a later resync copy more.

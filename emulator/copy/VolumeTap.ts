@@ -16,6 +16,10 @@
  * Roles are only attached or detached under a hold, so a request never sees its roles
  * change half way. Reads are not held: a cut changes nothing a read depends on until the
  * roles change, and that change is atomic (single-threaded) between two awaits.
+ * A role that acknowledges a write before applying it (SnapChain's write-behind) keeps the
+ * write's in-flight token (pin/unpin) until it is applied, so a hold also waits for those:
+ * an acknowledged write is in every later point-in-time copy. A flush first waits for every
+ * role's settle() (writes acknowledged before it applied), then runs the flush chain.
  *
  * Trim is turned into write-zeroes while any role is attached: both sides of a copy must
  * agree on what a trimmed block reads as, and zeroes is one of the results trim allows.
@@ -38,6 +42,20 @@ export interface SourceRole {
   sourceWrite(m: Mutation, next: Next): Promise<void>;
   /** Wraps a flush of the source; must call next() (which flushes the source) once. */
   sourceFlush?(next: Next): Promise<void>;
+  /**
+   * Serves a host read of the source: next() reads the source's own blocks into `into`; a
+   * role that acknowledged writes it has not yet applied below (write-behind) overlays them,
+   * so a host reads its own writes.
+   */
+  sourceRead?(offset: number, into: Buffer, next: Next): Promise<void>;
+  /**
+   * Resolves when every write this role acknowledged before the call has been applied to the
+   * source below; rejects (once) with a deferred error of such a write. A flush of the source
+   * waits for it before flushing.
+   */
+  settle?(): Promise<void>;
+  /** True when the role holds acknowledged, unapplied writes overlapping the range (block status then reports data). */
+  holdsWrites?(offset: number, length: number): boolean;
 }
 
 export interface DestRole {
@@ -108,6 +126,24 @@ export class VolumeTap implements BlockDevice {
     return this.holds > 0;
   }
 
+  /** A role keeps an acknowledged write in flight (until unpin) so holds wait for it. */
+  pin(): void {
+    this.inflight++;
+  }
+
+  unpin(): void {
+    invariant(this.inflight > 0, `volume ${this.volumeName}: unpin without pin`);
+    this.finished();
+  }
+
+  private finished(): void {
+    if (--this.inflight === 0 && this.drainWaiters.length > 0) {
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
   // ---- roles (attach and detach only under a hold) ----
 
   addSource(role: SourceRole): void {
@@ -133,13 +169,22 @@ export class VolumeTap implements BlockDevice {
 
   read(offset: number, into: Buffer): Promise<void> {
     const d = this.dest;
-    if (d === undefined) return this.below.read(offset, into);
+    const sources = this.sources;
+    if (d === undefined && sources.length === 0) return this.below.read(offset, into);
+    let own: Next = () => this.below.read(offset, into);
+    for (let i = sources.length - 1; i >= 0; i--) {
+      const role = sources[i]!;
+      if (role.sourceRead === undefined) continue;
+      const inner = own;
+      own = () => role.sourceRead!(offset, into, inner);
+    }
+    if (d === undefined) return own();
     try {
       d.checkRead('read');
     } catch (err) {
       return Promise.reject(err);
     }
-    return d.destRead(offset, into, () => this.below.read(offset, into));
+    return d.destRead(offset, into, own);
   }
 
   write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
@@ -156,6 +201,20 @@ export class VolumeTap implements BlockDevice {
   }
 
   flush(): Promise<void> {
+    let settles: Promise<void>[] | undefined;
+    for (const role of this.sources) if (role.settle !== undefined) (settles ??= []).push(role.settle());
+    if (settles === undefined) return this.flushChain();
+    return this.settledFlush(settles);
+  }
+
+  /** Writes acknowledged before the flush are applied first; a deferred write error fails the flush (after it flushed). */
+  private async settledFlush(settles: Promise<void>[]): Promise<void> {
+    const results = await Promise.allSettled(settles);
+    await this.flushChain();
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
+  }
+
+  private flushChain(): Promise<void> {
     let next: Next = () => this.below.flush();
     for (const role of this.sources) {
       if (role.sourceFlush === undefined) continue;
@@ -167,7 +226,15 @@ export class VolumeTap implements BlockDevice {
 
   blockStatus(offset: number, length: number, maxExtents?: number): Promise<Extent[]> {
     const d = this.dest;
-    if (d === undefined) return this.below.blockStatus(offset, length, maxExtents);
+    if (d === undefined) {
+      // A held (acknowledged, not yet applied) write reads as data: report data, always correct.
+      for (const role of this.sources) {
+        if (role.holdsWrites?.(offset, length) !== true) continue;
+        const len = Math.min(length, this.size - offset);
+        if (len > 0 && offset % this.blockSize === 0) return Promise.resolve([{ length: len, flags: 0 }]);
+      }
+      return this.below.blockStatus(offset, length, maxExtents);
+    }
     try {
       d.checkRead('block-status');
     } catch (err) {
@@ -210,11 +277,7 @@ export class VolumeTap implements BlockDevice {
       }
       await next();
     } finally {
-      if (--this.inflight === 0 && this.drainWaiters.length > 0) {
-        const waiters = this.drainWaiters;
-        this.drainWaiters = [];
-        for (const w of waiters) w();
-      }
+      this.finished();
     }
   }
 }

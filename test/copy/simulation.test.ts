@@ -39,6 +39,7 @@ import type { Volume } from '../../emulator/array/Volume.js';
 import { CopyEngine } from '../../emulator/copy/CopyEngine.js';
 import { CopyError, type CopyType, type SessionInfo } from '../../emulator/copy/CopySession.js';
 import { MemoryJournal } from '../../emulator/copy/SessionJournal.js';
+import { SnapChain } from '../../emulator/copy/snapOpcPlus.js';
 import { client, makeVolume, rng, SimStore, tagged, tagsOf } from './support.js';
 
 const BLOCK = 512;
@@ -118,6 +119,9 @@ class Sim {
   /** OPC sessions that completed: after a crash they may come back (completion not yet durable). */
   private readonly completed = new Map<string, MSess>();
   crashes = 0;
+  /** Crashes with SnapOPC+ writes acknowledged but not yet applied (write-behind), and inside a round's commit. */
+  crashesHeld = 0;
+  crashesInRound = 0;
   /** QuickOPC reverses that happened (by reverse() or a start in the other direction). */
   qReverses = 0;
   /** Crashes inside control operations, by kind: [became durable, did not]. */
@@ -828,6 +832,8 @@ class Sim {
 
   async crash(): Promise<void> {
     this.crashes++;
+    if (SnapChain.stats.queued > 0) this.crashesHeld++;
+    if (SnapChain.stats.committing > 0) this.crashesInRound++;
     this.log.push('CRASH + restart');
     void this.engine.close().catch(() => undefined);
     for (const [name, st] of this.stores) this.stores.set(name, st.crash());
@@ -989,6 +995,9 @@ describe('copy engine simulation', () => {
 
   it(only !== undefined ? `seed ${only}` : `${seeds} seeds (from ${first}) x ${steps} steps`, async () => {
     let crashes = 0;
+    let crashesHeld = 0;
+    let crashesInRound = 0;
+    const held0 = SnapChain.stats.held;
     let qReverses = 0;
     const outcomes = new Map<string, [number, number]>();
     const failures: Error[] = [];
@@ -1003,6 +1012,8 @@ describe('copy engine simulation', () => {
         continue;
       }
       crashes += sim.crashes;
+      crashesHeld += sim.crashesHeld;
+      crashesInRound += sim.crashesInRound;
       qReverses += sim.qReverses;
       for (const [k, [y, n]] of sim.outcomes) {
         const o = outcomes.get(k) ?? [0, 0];
@@ -1010,6 +1021,8 @@ describe('copy engine simulation', () => {
       }
     }
     if (process.env.STATS) {
+      const st = SnapChain.stats;
+      console.log(`SnapOPC+ write-behind: ${st.held - held0} writes held, ${st.waited} waited, ${st.rounds} rounds, ${st.failedRounds} failed; crashes with held writes ${crashesHeld}, inside a round ${crashesInRound}`);
       console.log(`crashes ${crashes}, QuickOPC reverses ${qReverses}; crashes inside control operations (durable / not):`);
       for (const [k, [y, n]] of [...outcomes].sort()) console.log(`  ${k.padEnd(26)} ${y} / ${n}`);
     }
@@ -1022,6 +1035,10 @@ describe('copy engine simulation', () => {
       // The new paths must actually run: QuickOPC reverses, and crashes inside control
       // operations that land both before and after the operation became durable.
       expect(qReverses).toBeGreaterThan(0);
+      // SnapOPC+ write-behind: writes acknowledged before their round, crashes while held and mid-round.
+      expect(SnapChain.stats.held - held0).toBeGreaterThan(0);
+      expect(crashesHeld).toBeGreaterThan(0);
+      expect(crashesInRound).toBeGreaterThan(0);
       const both = [...outcomes.values()].reduce((a, [y, n]) => [a[0] + y, a[1] + n], [0, 0]);
       expect(both[0]).toBeGreaterThan(0);
       expect(both[1]).toBeGreaterThan(0);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { CopyEngine } from '../../emulator/copy/CopyEngine.js';
 import { MemoryJournal } from '../../emulator/copy/SessionJournal.js';
-import { BS, client, errCode, makeVolume, memVolume, put, readTags, rig, rng, SimStore } from './support.js';
+import { BS, client, errCode, makeVolume, memVolume, put, readTags, rig, rng, SimStore, tagged, tagsOf } from './support.js';
 
 describe('SnapOPC+', () => {
   it('each generation reads as the source at its start; only before-images are stored', async () => {
@@ -84,5 +84,125 @@ describe('SnapOPC+', () => {
     await engine.cancel('g1');
     await engine.cancel('g2');
     expect(engine.list()).toEqual([]);
+  });
+
+  describe('write-behind', () => {
+    /** An engine whose journal commits wait for open() while closed. */
+    function gated() {
+      let closed = false;
+      let waiting: Array<() => void> = [];
+      let failNext = false;
+      const journal = new MemoryJournal(undefined, async () => {
+        if (closed) await new Promise<void>((r) => waiting.push(r));
+        if (failNext) {
+          failNext = false;
+          throw new Error('journal I/O error');
+        }
+      });
+      let n = 0;
+      const engine = new CopyEngine({ journal, clock: 'manual', defaultUnitSize: 16384, newId: () => `g${++n}` });
+      const vols = { a: memVolume('a', 64), s1: memVolume('s1', 64, 1), s2: memVolume('s2', 64, 2) };
+      for (const v of Object.values(vols)) engine.addVolume(v);
+      const gate = {
+        close: () => void (closed = true),
+        open: () => {
+          closed = false;
+          const w = waiting;
+          waiting = [];
+          for (const r of w) r();
+        },
+        failNext: () => void (failNext = true),
+        get waiting() {
+          return waiting.length;
+        },
+      };
+      return { engine, journal, vols, gate, da: client(vols.a), ds1: client(vols.s1) };
+    }
+    const settle = async () => {
+      for (let i = 0; i < 50; i++) await Promise.resolve();
+    };
+    const storeTag = async (v: { store: { read(o: number, b: Buffer): Promise<void> } }, b: number) => {
+      const buf = Buffer.alloc(BS);
+      await v.store.read(b * BS, buf);
+      return tagsOf(buf)[0];
+    };
+
+    it('acknowledges a first write before its before-image is durable; reads, generation reads, flush and FUA stay exact', async () => {
+      const { engine, vols, gate, da, ds1 } = gated();
+      for (let b = 0; b < 64; b++) await put(da, b, 100 + b);
+      await engine.startSnapOpcPlus('a', 's1');
+      gate.close();
+      const buf = tagged(7);
+      await da.write(0, buf); // acknowledged while the round's journal commit is blocked
+      buf.fill(0); // the caller owns its buffer again
+      await settle();
+      expect(gate.waiting).toBe(1); // the round's commit is still blocked
+      expect(await storeTag(vols.a, 0)).toBe(100); // W1: the source store has not received it
+      expect(await readTags(da, 0, 2)).toEqual([7, 101]); // read your own write
+      expect(await readTags(ds1, 0, 2)).toEqual([100, 101]); // the generation is point-in-time
+      await put(da, 0, 8); // same block: held behind the first (W2)
+      await put(da, 1, 9); // same unit
+      expect(await readTags(da, 0, 3)).toEqual([8, 9, 102]);
+      let flushed = false;
+      const f = da.flush().then(() => (flushed = true));
+      let fua = false;
+      const w = da.write(8 * BS, tagged(10), { fua: true }).then(() => (fua = true));
+      await settle();
+      expect([flushed, fua]).toEqual([false, false]);
+      gate.open();
+      await Promise.all([f, w]);
+      expect(await storeTag(vols.a, 0)).toBe(8);
+      expect(await storeTag(vols.a, 8)).toBe(10);
+      expect(await readTags(ds1, 0, 9)).toEqual([100, 101, 102, 103, 104, 105, 106, 107, 108]);
+      expect(await readTags(da, 0, 9)).toEqual([8, 9, 102, 103, 104, 105, 106, 107, 10]);
+    });
+
+    it('block status reports data where a write is held', async () => {
+      const { engine, gate, da } = gated();
+      await engine.startSnapOpcPlus('a', 's1');
+      expect((await da.blockStatus(20 * BS, BS))[0]!.flags).not.toBe(0); // a hole
+      gate.close();
+      await put(da, 20, 5);
+      expect((await da.blockStatus(20 * BS, BS))[0]).toEqual({ length: BS, flags: 0 });
+      gate.open();
+      await da.flush();
+      expect((await da.blockStatus(20 * BS, BS))[0]!.flags).toBe(0);
+      expect(await readTags(da, 20, 1)).toEqual([5]);
+    });
+
+    it('a cut waits for held writes: an acknowledged write is in the next generation', async () => {
+      const { engine, gate, da, vols } = gated();
+      for (let b = 0; b < 64; b++) await put(da, b, 100 + b);
+      await engine.startSnapOpcPlus('a', 's1');
+      gate.close();
+      await put(da, 4, 5);
+      const g2 = engine.startSnapOpcPlus('a', 's2');
+      await settle();
+      gate.open();
+      await g2;
+      await put(da, 4, 6);
+      expect(await readTags(client(vols.s2), 4, 1)).toEqual([5]);
+      expect(await readTags(client(vols.s1), 4, 1)).toEqual([104]);
+      expect(await readTags(da, 4, 1)).toEqual([6]);
+    });
+
+    it('a round whose journal commit fails drops its held writes and reports it on the next flush', async () => {
+      const { engine, gate, da, vols, ds1 } = gated();
+      for (let b = 0; b < 64; b++) await put(da, b, 100 + b);
+      await engine.startSnapOpcPlus('a', 's1');
+      gate.close();
+      await put(da, 0, 7);
+      gate.failNext();
+      gate.open();
+      await settle();
+      expect(await storeTag(vols.a, 0)).toBe(100); // never applied over a before-image that is not durable
+      await expect(da.flush()).rejects.toThrow(/journal I\/O error/);
+      await da.flush(); // reported once
+      expect(await readTags(ds1, 0, 1)).toEqual([100]);
+      await put(da, 0, 8); // saves again
+      await da.flush();
+      expect(await readTags(da, 0, 1)).toEqual([8]);
+      expect(await readTags(ds1, 0, 1)).toEqual([100]);
+    });
   });
 });
