@@ -1,0 +1,3 @@
+export { ScsiLogicalUnits, type ScsiLogicalUnitsOptions } from './scsiTarget.js';
+export type { CommandDescriptor, CommandAccess } from './dispatch.js';
+export * from './types.js';
