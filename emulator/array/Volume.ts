@@ -111,6 +111,10 @@ export class VolumeHandle implements ExportHandle {
   get description(): string {
     return this.volume.record.description;
   }
+  get identity(): { wwn: string; serial: string } {
+    const r = this.volume.record;
+    return { wwn: r.wwn, serial: r.serial };
+  }
 
   onResize(listener: (newSize: number) => void): () => void {
     this.listeners.add(listener);

@@ -116,6 +116,12 @@ export interface ExportHandle {
    * state, e.g. the destination of an equivalent mirror); read at open for the protocol's flag.
    */
   readonly readOnly: boolean;
+  /**
+   * The array's identity of the device: the WWN (32 hex digits, NAA-6) and serial number that
+   * SCSI reports in VPD pages 0x83 and 0x80, so hosts can map a disk to a volume. Read at each
+   * use: a split clone may take a new identity while clients are attached.
+   */
+  readonly identity?: { readonly wwn: string; readonly serial: string };
   /** Called when the device's size changes; returns a function that unsubscribes. */
   onResize(listener: (newSize: number) => void): () => void;
   close(): void;
