@@ -397,6 +397,9 @@ describe('COMPARE AND WRITE', () => {
     expect(s.readUInt32BE(3)).toBe(bs + 3);
     expect((await exec(rw10(0x28, 50, 2))).dataIn!.equals(next)).toBe(true);
     expectGood(await exec(caw(50, 0)));
+    // 256 blocks wrap to 0 in the one-byte field: with data attached that is past the maximum, not a no-op.
+    expectSense(await exec(caw(0, 256 & 0xff), Buffer.alloc(2 * 256 * bs)), ILLEGAL, 0x24);
+    expect((await exec(rw10(0x28, 50, 2))).dataIn!.equals(next)).toBe(true);
     expectSense(await exec(caw(blocks - 1, 2), Buffer.alloc(4 * bs)), ILLEGAL, 0x21);
     expectSense(await exec(caw(0, 2), Buffer.alloc(2 * bs)), ILLEGAL, 0x0e, 0x03);
   });

@@ -2,8 +2,10 @@
 import { capacityCommands } from './capacity.js';
 import { compareAndWriteCommands } from './compareAndWrite.js';
 import type { CommandDescriptor } from './dispatch.js';
+import { thirdPartyCopyCommands } from './extendedCopy.js';
 import { inquiryCommands } from './inquiry.js';
 import { modeCommands } from './modePages.js';
+import { reservationCommands } from './persistentReserveCommands.js';
 import { readWriteCommands } from './readWrite.js';
 import { reportLunsCommands } from './reportLuns.js';
 import { rsocCommands } from './rsoc.js';
@@ -19,7 +21,9 @@ export const allCommands: readonly CommandDescriptor[] = [
   ...syncCommands,
   ...unmapCommands,
   ...compareAndWriteCommands,
+  ...thirdPartyCopyCommands,
   ...modeCommands,
   ...reportLunsCommands,
+  ...reservationCommands,
   ...rsocCommands,
 ];

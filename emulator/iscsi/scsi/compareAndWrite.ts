@@ -133,7 +133,9 @@ async function compareAndWrite(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUn
   const nb = dev.size / bs;
   if (lba > nb || n > nb - lba) return lbaOutOfRange();
   if (n > MAX_COMPARE_AND_WRITE_BLOCKS) return invalidFieldInCdb(13);
-  if (n === 0) return { status: GOOD };
+  // 0 blocks is a no-op (SBC-3), but not with data attached: an initiator that sends data for
+  // "0" meant 256 (a one-byte field cannot say it), which is past our maximum.
+  if (n === 0) return cmd.dataOut.length === 0 ? { status: GOOD } : invalidFieldInCdb(13);
   if (lu.readOnly || dev.readOnly) return writeProtected();
   const len = n * bs;
   if (cmd.dataOut.length < 2 * len) return dataOutTooShort();
