@@ -1,0 +1,271 @@
+/**
+ * The iSCSI target: listener, connections, sessions (TSIH, reinstatement), the SCSI device
+ * server they share, host affinity changes, target resets and shutdown. See README.md.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import type { BlockDevice } from '../block/BlockDevice.js';
+import { BufferPool } from '../nbd/BufferPool.js';
+import { Connection, type ConnectionContext } from './Connection.js';
+import { FullFeature, type FullFeatureHost } from './FullFeature.js';
+import { LoginFailure, type LoginIdentity } from './login.js';
+import { DEFAULT_TARGET_CONFIG, type SessionParams, type TargetNegotiationConfig } from './negotiation.js';
+import {
+  LOGIN_CLASS_INITIATOR_ERROR,
+  LOGIN_CLASS_TARGET_ERROR,
+  LOGIN_SERVICE_UNAVAILABLE,
+  LOGIN_SESSION_DOES_NOT_EXIST,
+  LOGIN_TOO_MANY_CONNECTIONS,
+  TMF_RSP_COMPLETE,
+  TMF_TARGET_COLD_RESET,
+} from './opcodes.js';
+import type { TaskMgmtRequestPdu } from './pdu.js';
+import { ASC_CAPACITY_DATA_CHANGED, ASC_REPORTED_LUNS_DATA_CHANGED } from './scsi/sense.js';
+import { endCopyNexus } from './scsi/copyManager.js';
+import { ScsiLogicalUnits } from './scsi/scsiTarget.js';
+import type { LunDevice, Nexus } from './scsi/types.js';
+import { Session, isidHex } from './Session.js';
+import { taskManagement, type TmfScope } from './taskManagement.js';
+import { DEFAULT_LOGIN_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, type IscsiSessionInfo, type IscsiTargetOptions } from './types.js';
+
+/** How long close() lets sessions finish running commands before destroying their sockets. */
+const CLOSE_TIMEOUT_MS = 10_000;
+const EMPTY_LUNS: ReadonlyMap<number, LunDevice> = new Map();
+
+export class IscsiTarget {
+  readonly scsi: ScsiLogicalUnits;
+  private readonly server: Server;
+  private readonly connections = new Set<Connection>();
+  /** Live sessions by TSIH. */
+  private readonly sessionsByTsih = new Map<number, { session: Session; conn: Connection; ffp?: FullFeature }>();
+  /** Sessions by initiator port ("<iqn>,i,0x<isid>"): the nexus the SCSI layer asks about. */
+  private readonly byPort = new Map<string, Session>();
+  private readonly ctx: ConnectionContext;
+  private readonly host: FullFeatureHost;
+  private readonly tmfScope: TmfScope;
+  private nextTsih = 1;
+  private closing: Promise<void> | undefined;
+
+  constructor(readonly opts: IscsiTargetOptions) {
+    this.scsi = new ScsiLogicalUnits((nexus) => this.byPort.get(nexus.initiatorPort)?.lunDevices ?? EMPTY_LUNS, {
+      ...(opts.reservations === undefined ? {} : { reservations: opts.reservations }),
+      logger: opts.logger,
+      abortTasks: (wwn, nexuses) => this.abortTasksOf(wwn, nexuses),
+    });
+    const config: TargetNegotiationConfig = {
+      ...DEFAULT_TARGET_CONFIG,
+      authMethods: opts.auth === undefined ? ['None'] : ['CHAP'],
+      ...(opts.targetAlias === undefined ? {} : { targetAlias: opts.targetAlias }),
+    };
+    const pool = new BufferPool();
+    this.ctx = {
+      targetName: opts.targetName,
+      auth: opts.auth,
+      config,
+      logger: opts.logger,
+      loginTimeoutMs: opts.loginTimeoutMs ?? DEFAULT_LOGIN_TIMEOUT_MS,
+      pool,
+      openSession: (conn, params, id) => this.openSession(conn, params, id),
+      startFullFeature: (conn, session) => this.startFullFeature(conn, session),
+      connectionClosed: (conn) => this.connectionClosed(conn),
+    };
+    this.tmfScope = {
+      allSessions: () => this.fullFeatureSessions(),
+      unitAttention: (ffp, lun, code) => this.scsi.establishUnitAttention(ffp.session.nexus, lun, code),
+      resetLogicalUnit: (d: BlockDevice) => this.scsi.resetLogicalUnit(d),
+    };
+    this.host = {
+      scsi: this.scsi,
+      targetName: opts.targetName,
+      taskManagement: (ffp, pdu) => taskManagement(this.tmfScope, ffp, pdu),
+      afterTmfResponse: (ffp, pdu, response) => this.afterTmf(ffp, pdu, response),
+    };
+    this.server = createServer((socket) => this.accept(socket));
+    this.server.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    this.server.on('error', (err) => opts.logger.error({ err }, 'iSCSI listener error'));
+    this.server.on('drop', (d) =>
+      opts.logger.warn({ remote: `${d?.remoteAddress}:${d?.remotePort}`, limit: this.server.maxConnections }, 'iSCSI connection refused: too many connections (raise maxConnections)'),
+    );
+  }
+
+  listen(port: number, host = '127.0.0.1'): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(err);
+      this.server.once('error', onError);
+      this.server.listen(port, host, () => {
+        this.server.off('error', onError);
+        const addr = this.server.address();
+        if (addr === null || typeof addr === 'string') {
+          reject(new Error('iSCSI target is not listening on TCP'));
+          return;
+        }
+        this.opts.logger.info({ host: addr.address, port: addr.port, target: this.opts.targetName, auth: this.opts.auth === undefined ? 'None' : 'CHAP' }, 'iSCSI target listening');
+        resolve({ host: addr.address, port: addr.port });
+      });
+    });
+  }
+
+  /** No new connections; sessions finish running commands and close; export handles close. */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    const stopped = new Promise<void>((resolve) => {
+      if (!this.server.listening) resolve();
+      else this.server.close(() => resolve());
+    });
+    const conns = [...this.connections];
+    // Stop reading everywhere: running commands finish (and answer), nothing new starts.
+    for (const c of conns) c.stop();
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), CLOSE_TIMEOUT_MS);
+    });
+    const all = Promise.all(conns.map((c) => c.done));
+    if ((await Promise.race([all, timedOut])) === 'timeout') {
+      this.opts.logger.warn({ connections: this.connections.size }, 'iSCSI connections did not finish in time: destroying them');
+      for (const c of this.connections) c.destroy();
+      await all;
+    }
+    clearTimeout(timer);
+    await stopped;
+    this.opts.logger.info('iSCSI target closed');
+  }
+
+  /** Host affinity or the volume list changed: remap every session, tell initiators whose LUNs changed. */
+  lunsChanged(): void {
+    for (const { session, conn } of this.sessionsByTsih.values()) {
+      if (session.discovery || session.closed) continue;
+      const changed = session.mapLuns(this.opts.luns.lunsFor(session.initiatorName), this.openContext(conn, session));
+      if (changed.length === 0) continue;
+      session.log.info({ changed, luns: session.luns.size }, 'LUN map changed');
+      // REPORTED LUNS DATA HAS CHANGED on every LUN the session still sees (SPC-4 §5.14): the
+      // initiator rescans on the next command to any of them.
+      for (const lun of session.luns.keys()) this.scsi.establishUnitAttention(session.nexus, lun, ASC_REPORTED_LUNS_DATA_CHANGED);
+    }
+  }
+
+  sessions(): IscsiSessionInfo[] {
+    return [...this.sessionsByTsih.values()].map(({ session }) => session.info());
+  }
+
+  // ------------------------------------------------------------------ internals
+
+  private accept(socket: Socket): void {
+    if (this.closing !== undefined) {
+      socket.destroy();
+      return;
+    }
+    const conn = new Connection(socket, this.ctx);
+    this.connections.add(conn);
+    conn.log.debug('initiator connected');
+    void conn.done.finally(() => this.connections.delete(conn));
+  }
+
+  private *fullFeatureSessions(): Iterable<FullFeature> {
+    for (const e of this.sessionsByTsih.values()) if (e.ffp !== undefined && !e.session.closed) yield e.ffp;
+  }
+
+  private openContext(conn: Connection, session: Session) {
+    return {
+      provider: this.opts.provider,
+      connectionId: conn.id,
+      remoteAddress: conn.remoteAddress,
+      initiator: session.initiatorName,
+      log: session.log,
+      onResize: (lun: number) => {
+        session.log.info({ lun }, 'LUN capacity changed');
+        this.scsi.establishUnitAttention(session.nexus, lun, ASC_CAPACITY_DATA_CHANGED);
+      },
+    };
+  }
+
+  private openSession(conn: Connection, params: SessionParams, id: LoginIdentity): Session {
+    if (this.closing !== undefined) throw new LoginFailure('the target is shutting down', LOGIN_CLASS_TARGET_ERROR, LOGIN_SERVICE_UNAVAILABLE);
+    if (id.tsih !== 0) {
+      // Adding a connection to a session: MaxConnections=1, so only a session that does not exist is an answer of its own.
+      if (!this.sessionsByTsih.has(id.tsih)) {
+        throw new LoginFailure(`TSIH ${id.tsih} names no session of this target; log in with TSIH 0`, LOGIN_CLASS_INITIATOR_ERROR, LOGIN_SESSION_DOES_NOT_EXIST);
+      }
+      throw new LoginFailure(`session ${id.tsih} already has its one connection (MaxConnections=1)`, LOGIN_CLASS_INITIATOR_ERROR, LOGIN_TOO_MANY_CONNECTIONS);
+    }
+    const initiator = params.initiatorName ?? '';
+    // Session reinstatement (RFC 7143 §6.3.5): same initiator and ISID, TSIH 0 -> the old session ends.
+    for (const e of [...this.sessionsByTsih.values()]) {
+      if (e.session.initiatorName === initiator && e.session.isid === id.isid && !e.session.closed) {
+        e.session.log.info({ initiator, isid: isidHex(id.isid), tsih: e.session.tsih }, 'session reinstated by a new login: closing the old one');
+        this.endSession(e.session);
+        e.conn.destroy();
+      }
+    }
+    const tsih = this.allocateTsih();
+    const log = conn.log.child({ tsih });
+    const session = new Session(tsih, id.isid, params, this.opts.targetName, this.ctx.config.targetPortalGroupTag, id.cmdSN, conn.remoteAddress, log);
+    this.sessionsByTsih.set(tsih, { session, conn });
+    if (!session.discovery) {
+      this.byPort.set(session.nexus.initiatorPort, session);
+      session.mapLuns(this.opts.luns.lunsFor(initiator), this.openContext(conn, session));
+      if (session.luns.size === 0) log.warn({ initiator }, 'initiator may see no LUNs (host affinity): it logs in but REPORT LUNS lists nothing');
+      this.scsi.addNexus(session.nexus);
+    }
+    return session;
+  }
+
+  private allocateTsih(): number {
+    for (;;) {
+      const t = this.nextTsih;
+      this.nextTsih = this.nextTsih >= 0xffff ? 1 : this.nextTsih + 1;
+      if (!this.sessionsByTsih.has(t)) return t; // 0 is reserved (§11.12.6)
+    }
+  }
+
+  private startFullFeature(conn: Connection, session: Session): FullFeature {
+    const ffp = new FullFeature(conn, session, conn.negotiator!, this.host);
+    const e = this.sessionsByTsih.get(session.tsih);
+    if (e !== undefined) e.ffp = ffp;
+    return ffp;
+  }
+
+  private connectionClosed(conn: Connection): void {
+    const s = conn.session;
+    if (s !== undefined) this.endSession(s);
+  }
+
+  /** Ends a session once: forgets it, closes its export handles. */
+  private endSession(session: Session): void {
+    if (session.closed) return;
+    session.closed = true;
+    const e = this.sessionsByTsih.get(session.tsih);
+    if (e?.session === session) this.sessionsByTsih.delete(session.tsih);
+    if (this.byPort.get(session.nexus.initiatorPort) === session) {
+      this.byPort.delete(session.nexus.initiatorPort);
+      this.scsi.removeNexus(session.nexus);
+      endCopyNexus(this.scsi, session.nexus); // SPC-4: held copy results end with the I_T nexus
+    }
+    // Running commands must not lose their device under them: close handles once they are done.
+    const running = [...session.tasks.values()].map((t) => t.finished);
+    void Promise.all(running).then(() => session.unmapAll());
+    session.log.debug({ initiator: session.initiatorName }, 'session ended');
+  }
+
+  /** PREEMPT AND ABORT: the preempted nexuses' tasks on that logical unit end (SPC-4 §5.13.11.2.6). */
+  private abortTasksOf(wwn: string, nexuses: readonly Nexus[]): void {
+    for (const ffp of this.fullFeatureSessions()) {
+      if (!nexuses.some((n) => n.initiatorPort === ffp.session.nexus.initiatorPort)) continue;
+      for (const t of [...ffp.tasks.values()]) {
+        if (ffp.session.lunDevices.get(t.lun)?.identity.wwn === wwn) ffp.abortTask(t);
+      }
+    }
+  }
+
+  private afterTmf(ffp: FullFeature, pdu: TaskMgmtRequestPdu, response: number): void {
+    if (pdu.function !== TMF_TARGET_COLD_RESET || response !== TMF_RSP_COMPLETE) return;
+    // Cold reset: the response goes out, then every connection closes (RFC 7143 §11.5.1).
+    ffp.log.warn({ initiator: ffp.session.initiatorName }, 'TARGET COLD RESET: closing every connection');
+    for (const c of [...this.connections]) {
+      c.stop();
+      c.endSocket();
+    }
+  }
+}
