@@ -1,11 +1,14 @@
 /**
- * One running array: the StorageArray, its NBD server and its control API, built from a
- * resolved configuration.
+ * One running array: the StorageArray, its NBD server, its iSCSI target and its control API,
+ * built from a resolved configuration.
  *
  * start() brings them up in dependency order and returns the addresses actually bound (the real
  * ports when asked for port 0); stop() takes them down so no acknowledged write is lost: refuse
- * new API calls, stop NBD (no new clients, existing ones closed), flush and close the array,
- * then stop the API.
+ * new API calls, stop NBD and iSCSI (no new clients, existing ones closed), flush and close the
+ * array, then stop the API.
+ *
+ * The iSCSI target sees volumes through the same ExportProvider as NBD, asks the array's host
+ * affinity which LUNs an initiator may see, and is told (lunsChanged) after every change to it.
  */
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
@@ -13,31 +16,65 @@ import { ArrayApiServer, type ServerStatus } from './api/ArrayApiServer.js';
 import { ARRAYLAB_VERSION } from './api/version.js';
 import { StorageArray } from './array/StorageArray.js';
 import { ArrayError, type VolumeInfo } from './array/types.js';
-import { formatHostPort, type ArraylabConfig, type HostPort, type VolumeSpec } from './config.js';
+import { defaultTargetName, formatHostPort, type ArraylabConfig, type HostPort, type VolumeSpec } from './config.js';
+import type { IscsiSessionInfo, IscsiTargetOptions } from './iscsi/types.js';
 import { NbdServer } from './nbd/index.js';
 import { formatSize } from './units.js';
 
 export interface ServerAddresses {
   nbd: HostPort;
   api: HostPort;
+  /** null when iSCSI is not served (no listen.iscsi). */
+  iscsi: HostPort | null;
 }
 
-export const ISCSI_NOT_AVAILABLE = 'the iSCSI target is not available in this version';
+/** What the server uses of the iSCSI target (emulator/iscsi/index.ts's IscsiTarget). */
+export interface IscsiTargetLike {
+  listen(port: number, host: string): Promise<{ host: string; port: number }>;
+  close(): Promise<void>;
+  lunsChanged(): void;
+  sessions(): IscsiSessionInfo[];
+}
+
+export interface ArrayServerOptions {
+  /** Makes the iSCSI target (tests); default: emulator/iscsi's IscsiTarget. */
+  iscsiTarget?: (opts: IscsiTargetOptions) => IscsiTargetLike;
+}
+
+/** Why status shows iSCSI as not available when listen.iscsi is not set. */
+export const ISCSI_NOT_CONFIGURED = 'not configured: set listen.iscsi in the config or pass --iscsi HOST:PORT';
+
+/** The one place the target library is loaded; only when iSCSI is served. */
+async function loadIscsiTarget(opts: IscsiTargetOptions): Promise<IscsiTargetLike> {
+  const { IscsiTarget } = await import('./iscsi/index.js');
+  return new IscsiTarget(opts);
+}
 
 export class ArrayServer {
   private readonly config: ArraylabConfig;
   private readonly log: Logger;
   private storage?: StorageArray;
   private nbd?: NbdServer;
+  private iscsi?: IscsiTargetLike;
+  private iscsiTargetName = '';
+  private offHostChanges?: () => void;
   private api?: ArrayApiServer;
   private bound?: ServerAddresses;
   private startedAt = new Date();
   private starting?: Promise<ServerAddresses>;
   private stopping?: Promise<void>;
 
-  constructor(config: ArraylabConfig, logger: Logger) {
+  private readonly opts: ArrayServerOptions;
+
+  constructor(config: ArraylabConfig, logger: Logger, opts: ArrayServerOptions = {}) {
     this.config = config;
     this.log = logger;
+    this.opts = opts;
+  }
+
+  /** The iSCSI target's name (IQN) once started with iSCSI; empty otherwise. */
+  get targetName(): string {
+    return this.iscsiTargetName;
   }
 
   /** The array, once started. */
@@ -64,23 +101,64 @@ export class ArrayServer {
         backend: config.backend,
         ...(config.backend === 'file' ? { dataDir: config.dataDir } : {}),
         logger: this.log,
+        requireHostAffinity: config.iscsi.requireHostAffinity,
       });
       await reconcileVolumes(this.storage, config.volumes, this.log);
 
       this.nbd = new NbdServer({ provider: this.storage, logger: this.log, ...(tls ? { tls } : {}) });
       const nbd = await listenOrExplain('NBD', config.listen.nbd, '--nbd HOST:PORT or listen.nbd', () => this.nbd!.listen(config.listen.nbd.port, config.listen.nbd.host));
 
-      this.api = new ArrayApiServer({ array: this.storage, copy: this.storage, status: () => this.serverStatus(), logger: this.log });
+      const iscsi = config.listen.iscsi ? await this.startIscsi(config.listen.iscsi) : null;
+
+      this.api = new ArrayApiServer({
+        array: this.storage,
+        copy: this.storage,
+        hosts: this.storage.hosts,
+        iscsiSessions: () => this.iscsi?.sessions() ?? [],
+        status: () => this.serverStatus(),
+        logger: this.log,
+      });
       const api = await this.api.listen(config.listen.api);
 
-      this.bound = { nbd: { host: nbd.host, port: nbd.port }, api };
-      if (config.listen.iscsi) this.log.debug({ address: formatHostPort(config.listen.iscsi) }, `listen.iscsi ignored: ${ISCSI_NOT_AVAILABLE}`);
+      this.bound = { nbd: { host: nbd.host, port: nbd.port }, api, iscsi };
       return this.bound;
     } catch (err) {
       this.stopping ??= this.shutdown();
       await this.stopping.catch((stopErr: unknown) => this.log.error({ err: stopErr }, 'clean-up after a failed start failed'));
       throw err;
     }
+  }
+
+  private async startIscsi(addr: HostPort): Promise<HostPort> {
+    const storage = this.storage!;
+    const { iscsi } = this.config;
+    this.iscsiTargetName = iscsi.targetName ?? defaultTargetName(storage.arrayId);
+    const chap = iscsi.chap;
+    const opts: IscsiTargetOptions = {
+      targetName: this.iscsiTargetName,
+      targetAlias: 'arraylab',
+      provider: storage,
+      luns: storage.hosts,
+      logger: this.log.child({ component: 'iscsi' }),
+      reservations: storage.reservations,
+      ...(chap
+        ? {
+            auth: {
+              initiator: { username: chap.username, secret: chap.secret },
+              ...(chap.mutualUsername !== undefined ? { target: { username: chap.mutualUsername, secret: chap.mutualSecret! } } : {}),
+            },
+          }
+        : {}),
+    };
+    this.iscsi = await (this.opts.iscsiTarget ? this.opts.iscsiTarget(opts) : loadIscsiTarget(opts));
+    // Subscribed before listening: no session can log in under a LUN map it is not told about.
+    this.offHostChanges = storage.hosts.onChange(() => this.iscsi?.lunsChanged());
+    const bound = await listenOrExplain('iSCSI', addr, '--iscsi HOST:PORT or listen.iscsi', () => this.iscsi!.listen(addr.port, addr.host));
+    this.log.info(
+      { address: formatHostPort(bound), targetName: this.iscsiTargetName, hostAffinity: storage.hosts.hostAffinity, chap: chap ? (chap.mutualUsername ? 'mutual' : 'one-way') : 'none' },
+      'iSCSI target listening',
+    );
+    return { host: bound.host, port: bound.port };
   }
 
   /** Idempotent; waits for a start in progress, and is safe after a failed one. */
@@ -95,6 +173,11 @@ export class ArrayServer {
     if (this.nbd) {
       this.log.info('stopping NBD: no new clients; closing connected ones');
       await this.nbd.close();
+    }
+    this.offHostChanges?.();
+    if (this.iscsi) {
+      this.log.info('stopping iSCSI: no new logins; closing sessions');
+      await this.iscsi.close();
     }
     if (this.storage) {
       this.log.info('flushing and closing the array');
@@ -115,9 +198,10 @@ export class ArrayServer {
       backend: this.config.backend,
       listeners: {
         nbd: listener(this.bound?.nbd),
-        iscsi: { available: false, host: '', port: 0, note: ISCSI_NOT_AVAILABLE },
+        iscsi: this.bound?.iscsi ? listener(this.bound.iscsi) : { available: false, host: '', port: 0, note: this.config.listen.iscsi ? 'not listening' : ISCSI_NOT_CONFIGURED },
         api: listener(this.bound?.api),
       },
+      iscsiTargetName: this.bound?.iscsi ? this.iscsiTargetName : '',
     };
   }
 }

@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { formatHostPort, parseHostPort, type HostPort } from './api/address.js';
+import { checkIscsiName, IscsiNameError } from './array/iscsiNames.js';
 import { VOLUME_NAME_PATTERN, type LogicalBlockSize, type Provisioning, type VolumeSpec as ArrayVolumeSpec } from './array/types.js';
 import { isLogLevel, LOG_LEVELS, type LogLevel } from './log.js';
 import { parseSize, SizeError } from './units.js';
@@ -19,9 +20,12 @@ dataDir: ./arraylab-data
 backend: file
 listen:
   nbd: 127.0.0.1:10809
-  # The iSCSI target is not available in this version; this address is reserved for it.
   iscsi: 127.0.0.1:3260
   api: 127.0.0.1:7390
+# Target name iqn.2026-11.lab.arraylab:array-<array id>; until a host is defined
+# (arraylab host add), every initiator sees every volume.
+iscsi:
+  requireHostAffinity: false
 log:
   level: info
 volumes:
@@ -48,6 +52,35 @@ export interface NbdTlsConfig {
   require: boolean;
 }
 
+/** CHAP the iSCSI target requires of every initiator; mutual: it also proves itself. */
+export interface IscsiChapConfig {
+  username: string;
+  secret: string;
+  mutualUsername?: string;
+  mutualSecret?: string;
+}
+
+export interface IscsiConfig {
+  /** Canonical; null: defaultTargetName(the array's id). */
+  targetName: string | null;
+  /** Host affinity even with no host defined: no initiator sees a volume until mapped. */
+  requireHostAffinity: boolean;
+  chap: IscsiChapConfig | null;
+}
+
+/** The target name used when the config gives none: stable for a data directory. */
+export const TARGET_NAME_PREFIX = 'iqn.2026-11.lab.arraylab:array-';
+export function defaultTargetName(arrayId: string): string {
+  return TARGET_NAME_PREFIX + arrayId;
+}
+
+/**
+ * CHAP secrets: RFC 7143 asks for at least 96 bits (12 bytes) where the link is not protected
+ * by IPsec; 255 bytes is what open-iscsi and libiscsi hold. Windows initiators take 12 to 16.
+ */
+export const CHAP_SECRET_MIN_BYTES = 12;
+export const CHAP_TEXT_MAX_BYTES = 255;
+
 export interface ArraylabConfig {
   /** The config file's path, or DEFAULT_CONFIG_SOURCE. */
   source: string;
@@ -56,11 +89,12 @@ export interface ArraylabConfig {
   backend: 'file' | 'memory';
   listen: {
     nbd: HostPort;
-    /** Reserved for the iSCSI target (not available in this version); null when not configured. */
+    /** The iSCSI target's portal; null: no iSCSI. */
     iscsi: HostPort | null;
     api: HostPort;
   };
   nbd: { tls?: NbdTlsConfig };
+  iscsi: IscsiConfig;
   log: { level: LogLevel };
   volumes: VolumeSpec[];
 }
@@ -106,7 +140,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
   const root: unknown = doc.toJS() ?? {};
   if (!isPlainObject(root)) fail('', 'the top level must be a mapping of keys such as dataDir, listen and volumes');
   const top = root as Record<string, unknown>;
-  checkKeys(top, ['dataDir', 'backend', 'listen', 'nbd', 'log', 'volumes'], '', fail);
+  checkKeys(top, ['dataDir', 'backend', 'listen', 'nbd', 'iscsi', 'log', 'volumes'], '', fail);
 
   const dataDirRaw = top.dataDir ?? './arraylab-data';
   if (typeof dataDirRaw !== 'string' || dataDirRaw === '') fail('dataDir', `${show(dataDirRaw)} is not a directory path; use a path such as ./arraylab-data`);
@@ -159,6 +193,8 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
       nbd.tls = { cert: path('cert', true)!, key: path('key', true)!, ...(ca ? { ca } : {}), require: requireTls as boolean };
     }
   }
+
+  const iscsi = parseIscsi(top.iscsi, fail);
 
   let level: LogLevel = 'info';
   if (top.log !== undefined && top.log !== null) {
@@ -224,9 +260,65 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
     backend: backend as 'file' | 'memory',
     listen: { nbd: nbdAddr!, iscsi: iscsiAddr, api: apiAddr! },
     nbd,
+    iscsi,
     log: { level },
     volumes,
   };
+}
+
+type Fail = (path: string, message: string) => never;
+
+function parseIscsi(raw: unknown, fail: Fail): IscsiConfig {
+  const out: IscsiConfig = { targetName: null, requireHostAffinity: false, chap: null };
+  if (raw === undefined || raw === null) return out;
+  if (!isPlainObject(raw)) return fail('iscsi', 'must be a mapping, e.g. iscsi: {requireHostAffinity: true}');
+  checkKeys(raw, ['targetName', 'requireHostAffinity', 'chap'], 'iscsi', fail);
+  if (raw.targetName !== undefined && raw.targetName !== null) {
+    try {
+      out.targetName = checkIscsiName(raw.targetName);
+    } catch (err) {
+      if (err instanceof IscsiNameError) fail('iscsi.targetName', err.message);
+      throw err;
+    }
+  }
+  const require = raw.requireHostAffinity ?? false;
+  if (typeof require !== 'boolean') fail('iscsi.requireHostAffinity', `${show(require)} is not true or false`);
+  out.requireHostAffinity = require as boolean;
+  if (raw.chap !== undefined && raw.chap !== null) out.chap = parseChap(raw.chap, fail);
+  return out;
+}
+
+/** Secrets never appear in messages: only their length. */
+function parseChap(raw: unknown, fail: Fail): IscsiChapConfig {
+  if (!isPlainObject(raw)) return fail('iscsi.chap', 'must be a mapping with username and secret (and optionally mutualUsername and mutualSecret)');
+  checkKeys(raw, ['username', 'secret', 'mutualUsername', 'mutualSecret'], 'iscsi.chap', fail);
+  const text = (key: string, secret: boolean): string | undefined => {
+    const value = raw[key];
+    if (value === undefined || value === null) return undefined;
+    const at = `iscsi.chap.${key}`;
+    if (typeof value !== 'string') return fail(at, `${secret ? 'is not text' : `${show(value)} is not text`}; quote it`);
+    const bytes = Buffer.byteLength(value, 'utf8');
+    if (bytes === 0) fail(at, 'is empty; give a value or remove the key');
+    if (/[\u0000-\u001f\u007f]/.test(value)) fail(at, 'contains a control character; use printable characters only');
+    if (bytes > CHAP_TEXT_MAX_BYTES) fail(at, `is ${bytes} bytes, more than the ${CHAP_TEXT_MAX_BYTES} initiators accept; shorten it`);
+    if (secret && bytes < CHAP_SECRET_MIN_BYTES) {
+      fail(at, `is ${bytes} bytes; a CHAP secret needs at least ${CHAP_SECRET_MIN_BYTES} bytes (96 bits, RFC 7143) and Windows initiators take at most 16: use 12 to 16 characters`);
+    }
+    return value;
+  };
+  const username = text('username', false);
+  const secret = text('secret', true);
+  if (username === undefined) fail('iscsi.chap.username', 'is missing; give the user name initiators log in with (their CHAP_N)');
+  if (secret === undefined) fail('iscsi.chap.secret', 'is missing; give the secret initiators log in with, 12 to 16 characters');
+  const mutualUsername = text('mutualUsername', false);
+  const mutualSecret = text('mutualSecret', true);
+  if ((mutualUsername === undefined) !== (mutualSecret === undefined)) {
+    fail(mutualUsername === undefined ? 'iscsi.chap.mutualUsername' : 'iscsi.chap.mutualSecret', 'is missing; mutual CHAP needs both mutualUsername and mutualSecret (or neither, for one-way CHAP)');
+  }
+  if (mutualSecret !== undefined && mutualSecret === secret) {
+    fail('iscsi.chap.mutualSecret', 'is the same as secret; RFC 7143 forbids one secret for both directions: give the target its own secret');
+  }
+  return { username: username!, secret: secret!, ...(mutualUsername !== undefined ? { mutualUsername, mutualSecret: mutualSecret! } : {}) };
 }
 
 /** What the serve command's flags may change; they win over the config. */
@@ -235,6 +327,8 @@ export interface ConfigOverrides {
   memory?: boolean;
   nbd?: string;
   api?: string;
+  iscsi?: string;
+  requireHostAffinity?: boolean;
 }
 
 /** Applies CLI flags; flag errors name the flag. Relative --data-dir is relative to the working directory. */
@@ -253,8 +347,10 @@ export function applyOverrides(config: ArraylabConfig, o: ConfigOverrides): Arra
     listen: {
       ...config.listen,
       nbd: o.nbd !== undefined ? flagAddress('nbd', o.nbd) : config.listen.nbd,
+      iscsi: o.iscsi !== undefined ? flagAddress('iscsi', o.iscsi) : config.listen.iscsi,
       api: o.api !== undefined ? flagAddress('api', o.api) : config.listen.api,
     },
+    iscsi: { ...config.iscsi, requireHostAffinity: o.requireHostAffinity || config.iscsi.requireHostAffinity },
   };
 }
 

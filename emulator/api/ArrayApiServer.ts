@@ -1,6 +1,6 @@
 /**
- * The control API: arraylab.v1.ArrayService and arraylab.v1.CopyService over gRPC, in front
- * of a StorageArray.
+ * The control API: arraylab.v1.ArrayService, CopyService and HostAffinityService over gRPC, in
+ * front of a StorageArray.
  *
  * Array errors keep their message and map one-to-one onto gRPC status codes; anything else is
  * a bug, logged with its stack and returned as INTERNAL. While the server shuts down, new calls
@@ -21,7 +21,8 @@ import { DEFAULT_API_ADDRESS, formatHostPort, type HostPort } from './address.js
 import type { ArrayStatus, ExportInfo } from './model.js';
 import { CopyError, type CopyEvent, type SessionInfo } from '../copy/CopySession.js';
 import type { StartCopyRequest } from '../array/StorageArray.js';
-import { arrayServiceDefinition, copyServiceDefinition } from './proto.js';
+import { hostAffinityHandlers, type HostControl, type SessionSource } from './hostService.js';
+import { arrayServiceDefinition, copyServiceDefinition, hostAffinityServiceDefinition } from './proto.js';
 import {
   copySessionToWire,
   rateFromWire,
@@ -73,7 +74,7 @@ export interface CopyControl {
 const COPY_TYPES = new Set(['opc', 'quickopc', 'snapopcplus', 'ec']);
 
 /** The server-wide part of the status, which the array does not know. */
-export type ServerStatus = Pick<ArrayStatus, 'version' | 'startedAt' | 'dataDir' | 'backend' | 'listeners'>;
+export type ServerStatus = Pick<ArrayStatus, 'version' | 'startedAt' | 'dataDir' | 'backend' | 'listeners'> & { iscsiTargetName?: string };
 
 export interface ArrayApiServerOptions {
   array: ArrayControl;
@@ -81,6 +82,10 @@ export interface ArrayApiServerOptions {
   copy?: CopyControl;
   status: () => ServerStatus;
   logger: Logger;
+  /** Host affinity; HostAffinityService is served only when given. */
+  hosts?: HostControl;
+  /** The iSCSI target's logged-in sessions (absent: none). */
+  iscsiSessions?: SessionSource;
 }
 
 const GRPC_CODE: Record<ArrayErrorCode, grpc.status> = {
@@ -96,6 +101,7 @@ export class ArrayApiServer {
   private readonly server = new grpc.Server();
   private readonly array: ArrayControl;
   private readonly serverStatus: () => ServerStatus;
+  private readonly sessions: SessionSource;
   private readonly log: Logger;
   private draining = false;
   private listening = false;
@@ -105,6 +111,7 @@ export class ArrayApiServer {
   constructor(opts: ArrayApiServerOptions) {
     this.array = opts.array;
     this.serverStatus = opts.status;
+    this.sessions = opts.iscsiSessions ?? (() => []);
     this.log = opts.logger.child({ component: 'api' });
     this.server.addService(arrayServiceDefinition(), {
       CreateVolume: this.unary('CreateVolume', (req: WireCreateVolumeRequest) => this.createVolume(req)),
@@ -122,6 +129,9 @@ export class ArrayApiServer {
       ListExports: this.unary('ListExports', () => ({ exports: this.listExports().map(exportToWire) })),
       GetStatus: this.unary('GetStatus', () => statusToWire(this.status())),
     });
+    if (opts.hosts) {
+      this.server.addService(hostAffinityServiceDefinition(), hostAffinityHandlers(opts.hosts, this.sessions, (method, fn) => this.unary(method, fn)));
+    }
     const copy = opts.copy;
     if (copy) {
       const id = (req: { id: string }) => req.id;
@@ -274,10 +284,12 @@ export class ArrayApiServer {
   }
 
   status(): ArrayStatus {
-    const server = this.serverStatus();
+    const { iscsiTargetName, ...server } = this.serverStatus();
     const volumes = this.array.listVolumes();
     return {
       ...server,
+      iscsiTargetName: iscsiTargetName ?? '',
+      iscsiSessionCount: this.sessions().length,
       uptimeSeconds: Math.max(0, (Date.now() - Date.parse(server.startedAt)) / 1000),
       volumeCount: volumes.length,
       totalBytes: volumes.reduce((sum, v) => sum + v.sizeBytes, 0),

@@ -1,18 +1,19 @@
 /**
- * A typed promise client for arraylab.v1.ArrayService and arraylab.v1.CopyService, used by
- * the CLI and by tests.
+ * A typed promise client for arraylab.v1.ArrayService, CopyService and HostAffinityService,
+ * used by the CLI and by tests.
  *
  * Every call has a deadline, and failures become ApiError with a message fit to show as is:
  * the server's own message for array errors, and for an unreachable server, where it looked
  * and how to point it elsewhere.
  */
 import * as grpc from '@grpc/grpc-js';
-import type { ArrayErrorCode, CreateVolumeRequest, RenameVolumeOptions, VolumeInfo } from '../array/types.js';
+import type { ArrayErrorCode, CreateVolumeRequest, HostLun, RenameVolumeOptions, VolumeInfo } from '../array/types.js';
 import type { SizeChange } from '../units.js';
 import { formatHostPort, parseHostPort, type HostPort } from './address.js';
 import { ApiError } from './errors.js';
-import type { ArrayStatus, CopyEventView, CopySessionView, ExportInfo, StartCopyParams } from './model.js';
-import { arrayServiceClientConstructor, copyServiceClientConstructor } from './proto.js';
+import { hostFromWire, hostListFromWire, hostLunFromWire, type WireHost, type WireHostLun, type WireListHostsResponse, type WireMapVolumeResponse } from './hostWire.js';
+import type { ArrayStatus, CopyEventView, CopySessionView, ExportInfo, HostListView, HostView, StartCopyParams } from './model.js';
+import { arrayServiceClientConstructor, copyServiceClientConstructor, hostAffinityServiceClientConstructor } from './proto.js';
 import {
   copyEventFromWire,
   copySessionFromWire,
@@ -58,6 +59,7 @@ export class ArrayClient {
   readonly address: string;
   private readonly client: grpc.Client;
   private copyStub: grpc.Client | undefined;
+  private hostStub: grpc.Client | undefined;
   private readonly deadlineMs: number;
   private readonly metadata: Record<string, string>;
 
@@ -211,24 +213,72 @@ export class ArrayClient {
     };
   }
 
+  // ---- host affinity (HostAffinityService) ----
+
+  async createHost(name: string, initiators: string[]): Promise<HostView> {
+    return hostFromWire(await this.hostCall<WireHost>('CreateHost', { name, initiators }));
+  }
+
+  /** force: also when LUNs are mapped (they are unmapped). Returns the LUNs the host had. */
+  async deleteHost(name: string, opts: { force?: boolean } = {}): Promise<{ unmapped: HostLun[] }> {
+    const res = await this.hostCall<{ unmapped: WireHostLun[] }>('DeleteHost', { name, force: opts.force ?? false });
+    return { unmapped: (res.unmapped ?? []).map(hostLunFromWire) };
+  }
+
+  async addHostInitiator(host: string, initiator: string): Promise<HostView> {
+    return hostFromWire(await this.hostCall<WireHost>('AddHostInitiator', { host, initiator }));
+  }
+
+  async removeHostInitiator(host: string, initiator: string): Promise<HostView> {
+    return hostFromWire(await this.hostCall<WireHost>('RemoveHostInitiator', { host, initiator }));
+  }
+
+  /** Maps a volume to a host at `lun`, or the lowest free LUN when undefined. */
+  async mapVolume(host: string, volume: string, lun?: number): Promise<{ host: HostView; lun: number }> {
+    const res = await this.hostCall<WireMapVolumeResponse>('MapVolume', { host, volume, ...(lun !== undefined ? { lun } : {}) });
+    return { host: hostFromWire(res.host!), lun: res.lun };
+  }
+
+  /** Returns the host after the change and the LUN the volume had. */
+  async unmapVolume(host: string, volume: string): Promise<{ host: HostView; lun: number }> {
+    const res = await this.hostCall<WireMapVolumeResponse>('UnmapVolume', { host, volume });
+    return { host: hostFromWire(res.host!), lun: res.lun };
+  }
+
+  async listHosts(): Promise<HostListView> {
+    return hostListFromWire(await this.hostCall<WireListHostsResponse>('ListHosts', {}));
+  }
+
+  async getHost(name: string): Promise<HostView> {
+    return hostFromWire(await this.hostCall<WireHost>('GetHost', { name }));
+  }
+
   close(): void {
     this.client.close();
     this.copyStub?.close();
+    this.hostStub?.close();
+  }
+
+  private stub(ctor: () => grpc.ServiceClientConstructor): grpc.Client {
+    const Client = ctor();
+    return new Client(this.address, grpc.credentials.createInsecure(), {
+      'grpc.enable_retries': 0,
+      'grpc.initial_reconnect_backoff_ms': 100,
+    });
   }
 
   private copyClient(): grpc.Client {
-    if (!this.copyStub) {
-      const Client = copyServiceClientConstructor();
-      this.copyStub = new Client(this.address, grpc.credentials.createInsecure(), {
-        'grpc.enable_retries': 0,
-        'grpc.initial_reconnect_backoff_ms': 100,
-      });
-    }
+    this.copyStub ??= this.stub(copyServiceClientConstructor);
     return this.copyStub;
   }
 
   private copyCall<Res>(method: string, req: unknown): Promise<Res> {
     return this.call<Res>(method, req, this.copyClient());
+  }
+
+  private hostCall<Res>(method: string, req: unknown): Promise<Res> {
+    this.hostStub ??= this.stub(hostAffinityServiceClientConstructor);
+    return this.call<Res>(method, req, this.hostStub);
   }
 
   private callMetadata(): grpc.Metadata {

@@ -3,7 +3,7 @@
  * exports with their connected clients, and the server's status. The CLI prints these and
  * `--json` emits them as they are.
  */
-import type { LogicalBlockSize } from '../array/types.js';
+import type { HostInfo, HostLun, LogicalBlockSize } from '../array/types.js';
 
 export interface ExportConnection {
   connectionId: string;
@@ -48,6 +48,9 @@ export interface ArrayStatus {
   allocatedBytes: number;
   connectionCount: number;
   pid: number;
+  /** The iSCSI target's IQN; empty when iSCSI is not served. */
+  iscsiTargetName: string;
+  iscsiSessionCount: number;
 }
 
 /** A copy session as the API and CLI show it (`copy show --json`). */
@@ -97,4 +100,30 @@ export interface StartCopyParams {
   rateMiBs?: number;
   group?: string;
   force?: boolean;
+}
+
+/** A logged-in iSCSI session as the API shows it. */
+export interface IscsiSessionView {
+  initiatorName: string;
+  isid: string;
+  tsih: number;
+  connections: number;
+  remoteAddresses: string[];
+  luns: Array<{ lun: number; volume: string }>;
+}
+
+/** A host with the sessions its initiators have logged in (`host show --json`). */
+export interface HostView extends HostInfo {
+  sessions: IscsiSessionView[];
+}
+
+/** `host list --json`: the hosts and what initiators see while host affinity is off. */
+export interface HostListView {
+  /** True: initiators see only their host's LUN map; false: everyone sees defaultLuns. */
+  hostAffinity: boolean;
+  requireHostAffinity: boolean;
+  hosts: HostView[];
+  defaultLuns: HostLun[];
+  /** Sessions whose initiator is in no host. */
+  otherSessions: IscsiSessionView[];
 }

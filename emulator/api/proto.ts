@@ -3,14 +3,14 @@
  *
  * The path is relative to this module: emulator/api/ in the sources (vitest) and
  * dist/emulator/api/ once compiled sit two levels below proto/ and dist/proto/ respectively.
- * Later services (copy.proto, host.proto) are added to PROTO_FILES and read from the same package.
+ * Each service's file is in PROTO_FILES; all share the package arraylab.v1.
  */
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { fileURLToPath } from 'node:url';
 
 export const PROTO_ROOT = fileURLToPath(new URL('../../proto/', import.meta.url));
-const PROTO_FILES = ['arraylab/v1/array.proto', 'arraylab/v1/copy.proto'];
+const PROTO_FILES = ['arraylab/v1/array.proto', 'arraylab/v1/copy.proto', 'arraylab/v1/affinity.proto'];
 
 /**
  * uint64 fields arrive as decimal strings (longs: String) so a value of 2^53 or more is caught
@@ -53,4 +53,13 @@ export function copyServiceClientConstructor(): grpc.ServiceClientConstructor {
 
 export function copyServiceDefinition(): grpc.ServiceDefinition {
   return copyServiceClientConstructor().service;
+}
+
+export function hostAffinityServiceClientConstructor(): grpc.ServiceClientConstructor {
+  const v1 = (packageObject().arraylab as grpc.GrpcObject).v1 as grpc.GrpcObject;
+  return v1.HostAffinityService as grpc.ServiceClientConstructor;
+}
+
+export function hostAffinityServiceDefinition(): grpc.ServiceDefinition {
+  return hostAffinityServiceClientConstructor().service;
 }

@@ -62,6 +62,8 @@ export interface WireStatus {
   allocatedBytes: WireUint64;
   connectionCount: number;
   pid: number;
+  iscsiTargetName?: string;
+  iscsiSessionCount?: number;
 }
 
 export interface WireCreateVolumeRequest {
@@ -199,6 +201,8 @@ export function statusFromWire(w: WireStatus): ArrayStatus {
     allocatedBytes: toByteCount(w.allocatedBytes, 'allocatedBytes'),
     connectionCount: w.connectionCount,
     pid: w.pid,
+    iscsiTargetName: w.iscsiTargetName ?? '',
+    iscsiSessionCount: w.iscsiSessionCount ?? 0,
   };
 }
 

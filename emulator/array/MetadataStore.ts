@@ -1,5 +1,6 @@
 /**
- * The array's configuration database: volumes and copy sessions now; hosts and events later.
+ * The array's configuration database: volumes, copy sessions, hosts and their LUN maps, SCSI
+ * persistent reservations; events later.
  *
  * SQLite through better-sqlite3, in WAL mode with synchronous=FULL: a change is on stable
  * storage when its statement returns, which the create/delete ordering in StorageArray
@@ -8,6 +9,7 @@
  * Schema changes are numbered migrations applied in order inside one transaction each;
  * schema_version holds the number of the last one applied. Add a migration, never edit one.
  */
+import { randomBytes } from 'node:crypto';
 import Database from 'better-sqlite3';
 import type { LogicalBlockSize, Provisioning, VolumeInfo } from './types.js';
 
@@ -81,6 +83,54 @@ const MIGRATIONS: Migration[] = [
         )
       );
     `);
+  },
+  // 4: host affinity (HostRecords), the array's id, and SCSI persistent reservations.
+  // Maps name volumes by UUID, so a rename follows and deleting the volume row removes its
+  // mappings in the same statement (ON DELETE CASCADE). An initiator belongs to at most one
+  // host (its PRIMARY KEY). default_luns: each volume's LUN while no host is defined (the lab
+  // default), kept for the volume's life so a delete never renumbers the others.
+  // Reservations are keyed by WWN; the triggers drop them with the LU they belong to (a volume
+  // deleted, or given a new identity: hosts then see a different LU).
+  (db) => {
+    db.exec(`
+      CREATE TABLE array_properties (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+      ) STRICT;
+      CREATE TABLE hosts (
+        id         INTEGER PRIMARY KEY,
+        name       TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+      ) STRICT;
+      CREATE TABLE host_initiators (
+        initiator TEXT PRIMARY KEY,
+        host_id   INTEGER NOT NULL REFERENCES hosts (id) ON DELETE CASCADE
+      ) STRICT;
+      CREATE INDEX host_initiators_by_host ON host_initiators (host_id);
+      CREATE TABLE host_luns (
+        host_id     INTEGER NOT NULL REFERENCES hosts (id) ON DELETE CASCADE,
+        lun         INTEGER NOT NULL CHECK (lun BETWEEN 0 AND 16383),
+        volume_uuid TEXT NOT NULL REFERENCES volumes (uuid) ON DELETE CASCADE,
+        PRIMARY KEY (host_id, lun),
+        UNIQUE (host_id, volume_uuid)
+      ) STRICT;
+      CREATE INDEX host_luns_by_volume ON host_luns (volume_uuid);
+      CREATE TABLE default_luns (
+        volume_uuid TEXT PRIMARY KEY REFERENCES volumes (uuid) ON DELETE CASCADE,
+        lun         INTEGER NOT NULL UNIQUE CHECK (lun BETWEEN 0 AND 16383)
+      ) STRICT;
+      CREATE TABLE scsi_reservations (
+        wwn   TEXT PRIMARY KEY,
+        state BLOB NOT NULL
+      ) STRICT;
+      CREATE TRIGGER scsi_reservations_volume_deleted AFTER DELETE ON volumes BEGIN
+        DELETE FROM scsi_reservations WHERE wwn IN (OLD.wwn, 'naa.' || OLD.wwn);
+      END;
+      CREATE TRIGGER scsi_reservations_identity_renewed AFTER UPDATE OF wwn ON volumes WHEN OLD.wwn <> NEW.wwn BEGIN
+        DELETE FROM scsi_reservations WHERE wwn IN (OLD.wwn, 'naa.' || OLD.wwn);
+      END;
+    `);
+    db.prepare("INSERT INTO array_properties (key, value) VALUES ('array_id', ?)").run(randomBytes(6).toString('hex'));
   },
 ];
 
@@ -211,6 +261,19 @@ export class MetadataStore {
     const byId = new Map<string, CopySessionRow>(sessions.map((s) => [s.id, { id: s.id, record: s.record, chunks: [] }]));
     for (const c of chunks) byId.get(c.session_id)?.chunks.push({ bitmap: c.bitmap, index: c.chunk_index, bits: c.bits });
     return [...byId.values()];
+  }
+
+  /**
+   * The connection, for the array's other record stores (HostRecords, SqliteReservationStore),
+   * which own their statements; the schema stays here, in the migrations.
+   */
+  get sqlite(): Database.Database {
+    return this.db;
+  }
+
+  /** A random id made once per database (12 hex digits): the default target name's suffix. */
+  get arrayId(): string {
+    return (this.db.prepare("SELECT value FROM array_properties WHERE key = 'array_id'").get() as { value: string }).value;
   }
 
   get isOpen(): boolean {

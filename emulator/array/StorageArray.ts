@@ -30,6 +30,10 @@
  * being started. Delete is refused while a volume is in a session; resize is refused while it
  * is in an EC or SnapOPC+ session (a session covers the source's size at its start).
  *
+ * Host affinity (HostAffinity.ts) decides which iSCSI initiator sees which volume at which LUN;
+ * its records sit in the same database and follow volumes by UUID. The array tells it when
+ * volumes come, go or are renamed; it tells its listeners (the iSCSI target).
+ *
  * One process per data directory: the database is held with an exclusive lock for the
  * array's lifetime, so a second arraylab on the same directory fails at once instead of
  * writing the same files.
@@ -46,8 +50,11 @@ import { MemoryBlockStore } from '../block/MemoryBlockStore.js';
 import { CopyEngine, type StartOptions } from '../copy/CopyEngine.js';
 import { CopyError, type CopyEvent, type CopyType, type SessionInfo } from '../copy/CopySession.js';
 import { formatSize } from '../units.js';
+import { HostAffinity, type VolumeDirectory } from './HostAffinity.js';
+import { HostRecords } from './HostRecords.js';
 import { newVolumeIdentity, renewedIdentity } from './identity.js';
 import { DATABASE_FILE, MetadataStore, type VolumeRecord } from './MetadataStore.js';
+import { SqliteReservationStore } from './SqliteReservationStore.js';
 import { SqliteSessionJournal } from './SqliteSessionJournal.js';
 import {
   ArrayError,
@@ -68,6 +75,8 @@ export interface StorageArrayOptions {
   logger: Logger;
   /** Copy engine clock (tests: 'manual' drives the copier with array.copy.step()). */
   copyClock?: 'timers' | 'manual';
+  /** Host affinity even while no host is defined (iscsi.requireHostAffinity). */
+  requireHostAffinity?: boolean;
 }
 
 export interface StartCopyRequest {
@@ -98,6 +107,8 @@ const MAX_DESCRIPTION = 1024;
 
 export class StorageArray implements ExportProvider {
   private readonly volumes = new Map<string, Volume>();
+  /** The same volumes by UUID, for host affinity's LUN maps (which name volumes by UUID). */
+  private readonly byUuid = new Map<string, Volume>();
   /** Names being created right now: reserved so two creates cannot race to the same name. */
   private readonly creating = new Set<string>();
   private queue: Promise<unknown> = Promise.resolve();
@@ -105,6 +116,10 @@ export class StorageArray implements ExportProvider {
   private readonly journal: SqliteSessionJournal;
   /** The copy engine; control operations that start sessions go through startCopy() etc. */
   readonly copy: CopyEngine;
+  /** Hosts, their initiators and LUN maps; the iSCSI target's LUN source. */
+  readonly hosts: HostAffinity;
+  /** Persistent reservations that survive restarts (APTPL), for the iSCSI target. */
+  readonly reservations: SqliteReservationStore;
 
   private constructor(
     private readonly backend: 'file' | 'memory',
@@ -112,8 +127,11 @@ export class StorageArray implements ExportProvider {
     private readonly db: MetadataStore,
     private readonly log: Logger,
     copyClock: 'timers' | 'manual' = 'timers',
+    requireHostAffinity = false,
   ) {
     this.journal = new SqliteSessionJournal(db);
+    this.hosts = new HostAffinity(new HostRecords(db), this.volumeDirectory(), log, { requireHostAffinity });
+    this.reservations = new SqliteReservationStore(db);
     this.copy = new CopyEngine({ journal: this.journal, clock: copyClock });
     this.copy.onEvent((e) => {
       const fields = { sessionId: e.sessionId, kind: e.kind, state: e.state };
@@ -125,7 +143,8 @@ export class StorageArray implements ExportProvider {
   static async open(opts: StorageArrayOptions): Promise<StorageArray> {
     const log = opts.logger;
     if (opts.backend === 'memory') {
-      const array = new StorageArray('memory', undefined, new MetadataStore(':memory:'), log, opts.copyClock);
+      const array = new StorageArray('memory', undefined, new MetadataStore(':memory:'), log, opts.copyClock, opts.requireHostAffinity);
+      array.hosts.load();
       await array.copy.recover();
       return array;
     }
@@ -147,9 +166,10 @@ export class StorageArray implements ExportProvider {
       }
       throw new ArrayError('INTERNAL', `cannot open the array database in ${dataDir}: ${(err as Error).message}`);
     }
-    const array = new StorageArray('file', volumesDir, db, log, opts.copyClock);
+    const array = new StorageArray('file', volumesDir, db, log, opts.copyClock, opts.requireHostAffinity);
     try {
       await array.loadVolumes();
+      array.hosts.load();
       const sessions = await array.copy.recover();
       if (sessions.length > 0) log.info({ sessions: sessions.map((s) => ({ id: s.id, type: s.type, state: s.state })) }, 'recovered copy sessions');
     } catch (err) {
@@ -157,6 +177,11 @@ export class StorageArray implements ExportProvider {
       throw err;
     }
     return array;
+  }
+
+  /** A random id made with the database (12 hex digits); stable for a data directory. */
+  get arrayId(): string {
+    return this.db.arrayId;
   }
 
   // ---- volumes ----
@@ -415,6 +440,22 @@ export class StorageArray implements ExportProvider {
 
   // ---- internals ----
 
+  /** Host affinity's view of the volumes: UUIDs and current names, deleting ones left out. */
+  private volumeDirectory(): VolumeDirectory {
+    return {
+      uuidOf: (name) => this.volume(name).record.uuid,
+      nameOf: (uuid) => {
+        const v = this.byUuid.get(uuid);
+        return v === undefined || v.deleting ? undefined : v.name;
+      },
+      inCreationOrder: () =>
+        [...this.volumes.values()]
+          .map((v) => v.record)
+          .sort((a, b) => (a.createdAt < b.createdAt ? -1 : a.createdAt > b.createdAt ? 1 : a.name < b.name ? -1 : 1))
+          .map((r) => ({ uuid: r.uuid, name: r.name })),
+    };
+  }
+
   private volume(name: string): Volume {
     const v = this.volumes.get(name);
     if (v === undefined || v.deleting) {
@@ -459,7 +500,14 @@ export class StorageArray implements ExportProvider {
       const v = new Volume(record, store);
       this.copy.addVolume(v); // before any client can reach it
       this.volumes.set(record.name, v);
+      this.byUuid.set(record.uuid, v);
       this.log.info({ volume: record.name, uuid: record.uuid, wwn: record.wwn, sizeBytes: record.sizeBytes, provisioning: record.provisioning }, 'created volume');
+      try {
+        this.hosts.volumeCreated(record.uuid);
+      } catch (err) {
+        // The volume is whole; the next start gives it its default LUN.
+        this.log.error({ err, volume: record.name }, 'could not record the default LUN of the new volume');
+      }
       return v.info();
     } finally {
       this.creating.delete(spec.name);
@@ -568,6 +616,7 @@ export class StorageArray implements ExportProvider {
       { volume: newName, from: oldName, uuid: old.uuid, ...(identity ? { wwn: identity.wwn, serial: identity.serial, oldWwn: old.wwn, oldSerial: old.serial } : {}), sessions: this.copy.sessionsOfVolume(newName) },
       identity ? 'renamed volume with a new identity' : 'renamed volume',
     );
+    this.hosts.volumesChanged(); // LUN maps follow the UUID; the export name they resolve to changed
     return v.info();
   }
 
@@ -587,8 +636,12 @@ export class StorageArray implements ExportProvider {
       // The data is being thrown away; a failing final flush does not stop that.
       this.log.warn({ err, volume: name }, 'closing the store of a deleted volume failed');
     }
-    this.db.deleteVolume(v.record.uuid); // the commit point: after it, only orphan files
+    const mappings = this.hosts.mappingsOf(v.record.uuid);
+    this.db.deleteVolume(v.record.uuid); // the commit point (it also drops the volume's LUN mappings): after it, only orphan files
     this.volumes.delete(name);
+    this.byUuid.delete(v.record.uuid);
+    if (mappings.length > 0) this.log.info({ volume: name, mappings }, 'unmapped the deleted volume from its hosts');
+    this.hosts.volumesChanged();
     if (this.volumesDir) {
       try {
         await FileBlockStore.remove(this.storePaths(v.record.uuid));
@@ -623,6 +676,7 @@ export class StorageArray implements ExportProvider {
       const v = new Volume(record, store);
       this.copy.addVolume(v); // before any client can reach it
       this.volumes.set(record.name, v);
+      this.byUuid.set(record.uuid, v);
       if (store.blockSize !== record.blockSize || store.thin !== (record.provisioning === 'thin') || store.size < record.sizeBytes) {
         throw new ArrayError(
           'INTERNAL',
@@ -667,6 +721,7 @@ export class StorageArray implements ExportProvider {
     }
     const results = await Promise.allSettled([...this.volumes.values()].map((v) => v.store.close()));
     this.volumes.clear();
+    this.byUuid.clear();
     this.db.close();
     const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed.length > 0) {

@@ -86,3 +86,35 @@ export class ArrayError extends Error {
 
 /** Volume names double as NBD export names and appear in paths: keep them plain. */
 export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+/** Host names appear in commands and tables like volume names: the same plain form. */
+export const HOST_NAME_PATTERN = VOLUME_NAME_PATTERN;
+
+/** The highest LUN a host's map may use: SAM's flat space addressing holds 14 bits. */
+export const MAX_LUN = 16383;
+
+/** One entry of a LUN map: the LUN number and the volume behind it (by UUID, so renames follow). */
+export interface HostLun {
+  lun: number;
+  /** The volume's current name. */
+  volume: string;
+  volumeUuid: string;
+}
+
+/** A host: the initiators it logs in with and the volumes it may see, at which LUNs. */
+export interface HostInfo {
+  name: string;
+  /** Canonical (lower-case) iSCSI names, each in exactly one host. */
+  initiators: string[];
+  /** Ascending by LUN. */
+  luns: HostLun[];
+  /** ISO 8601. */
+  createdAt: string;
+}
+
+/** What an initiator may see: a LUN and the export (volume name) behind it. */
+export interface InitiatorLun {
+  readonly lun: number;
+  readonly exportName: string;
+}
+

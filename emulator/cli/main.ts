@@ -1,6 +1,6 @@
 /**
- * The arraylab command line: `serve` runs the array; `volume`, `copy`, `export` and `status` talk to a
- * running one over the control API. Every command takes --json.
+ * The arraylab command line: `serve` runs the array; `volume`, `copy`, `host`, `export` and `status`
+ * talk to a running one over the control API. Every command takes --json.
  *
  * Failures print exactly one line, `arraylab: ...`, on stderr: exit status 2 for a wrong command
  * line or config (with a pointer to --help), 1 for an operation that failed.
@@ -12,6 +12,7 @@ import { withApiOption } from './client.js';
 import { copyCommands } from './copy.js';
 import { CommandError, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './errors.js';
 import { exportCommands } from './exports.js';
+import { hostCommands } from './host.js';
 import { serveOptions } from './serveOptions.js';
 import { statusCommand } from './status.js';
 import { volumeCommands } from './volume.js';
@@ -35,11 +36,11 @@ export async function run(argv: string[]): Promise<number> {
   let suggestion: string | undefined;
   const parser = yargs(argv)
     .scriptName('arraylab')
-    .usage('$0 <command> [options]\n\nEmulates an enterprise storage array: volumes served as block devices over NBD, managed over a gRPC control API.')
+    .usage('$0 <command> [options]\n\nEmulates an enterprise storage array: volumes served as block devices over NBD and iSCSI, managed over a gRPC control API.')
     .option('json', { type: 'boolean', default: false, describe: 'machine-readable JSON on stdout (sizes in bytes)' })
     .command(
       'serve',
-      'run the array: serve volumes over NBD and the control API until SIGTERM/SIGINT',
+      'run the array: serve volumes over NBD and iSCSI and the control API until SIGTERM/SIGINT',
       (y) => serveOptions(y),
       async (a) => {
         const { serve } = await import('./serve.js');
@@ -48,9 +49,10 @@ export async function run(argv: string[]): Promise<number> {
     )
     .command('volume', 'create, list, show, resize, set, rename and delete volumes', (y) => volumeCommands(y))
     .command('copy', 'start, list, show, control and watch copy sessions (OPC, QuickOPC, SnapOPC+, EC)', (y) => copyCommands(y))
+    .command('host', 'define hosts by initiator name and map volumes to them at LUNs (iSCSI host affinity)', (y) => hostCommands(y))
     .command('export', 'list exports and their connected clients', (y) => exportCommands(y))
     .command('status', "show the running array's status", (y) => withApiOption(y), (a) => statusCommand(a))
-    .demandCommand(1, 'give a command: serve, volume, export, copy or status')
+    .demandCommand(1, 'give a command: serve, volume, copy, host, export or status')
     .recommendCommands()
     .strict()
     .help()
@@ -104,10 +106,11 @@ function report(err: unknown, argv: string[]): number {
 }
 
 const COMMANDS: Record<string, string[]> = {
-  '': ['serve', 'volume', 'copy', 'export', 'status'],
+  '': ['serve', 'volume', 'copy', 'host', 'export', 'status'],
   copy: ['start', 'list', 'ls', 'show', 'suspend', 'resume', 'reverse', 'split', 'cancel', 'rate', 'watch'],
   volume: ['create', 'list', 'ls', 'show', 'resize', 'set', 'rename', 'delete', 'rm'],
   export: ['list', 'ls'],
+  host: ['add', 'remove', 'rm', 'map', 'unmap', 'list', 'ls', 'show', 'add-initiator', 'remove-initiator'],
 };
 
 /** The known command words at the start of argv, e.g. "volume create", for the --help hint. */

@@ -6,7 +6,7 @@
  * Logs go to stderr.
  */
 import type { Logger } from 'pino';
-import { ArrayServer, ISCSI_NOT_AVAILABLE, type ServerAddresses } from '../ArrayServer.js';
+import { ArrayServer, type ServerAddresses } from '../ArrayServer.js';
 import { ARRAYLAB_VERSION } from '../api/version.js';
 import { applyOverrides, ConfigError, formatHostPort, loadConfig, type ArraylabConfig } from '../config.js';
 import { createLogger, resolveLogLevel } from '../log.js';
@@ -20,21 +20,24 @@ export interface ServeArgs {
   iscsi?: string | undefined;
   api?: string | undefined;
   memory: boolean;
+  'require-host-affinity'?: boolean | undefined;
   'log-level'?: string | undefined;
   json: boolean;
 }
 
 /** Runs until stopped; resolves with the exit status. */
 export async function serve(a: ServeArgs): Promise<number> {
-  if (a.iscsi !== undefined) {
-    throw new UsageError(`--iscsi: ${ISCSI_NOT_AVAILABLE}; remove --iscsi (NBD is served on --nbd)`, 'serve');
-  }
   let config: ArraylabConfig;
   try {
-    config = applyOverrides(loadConfig(a.config), {
-      ...(a['data-dir'] !== undefined ? { dataDir: a['data-dir'] } : {}),
-      ...(a.nbd !== undefined ? { nbd: a.nbd } : {}),
-      ...(a.api !== undefined ? { api: a.api } : {}),
+    // A flag given twice arrives as an array; the last one wins, as in most commands.
+    const last = (v: string | string[] | undefined) => (Array.isArray(v) ? v[v.length - 1] : v);
+    const [dataDir, nbd, api, iscsi] = [last(a['data-dir']), last(a.nbd), last(a.api), last(a.iscsi)];
+    config = applyOverrides(loadConfig(last(a.config)), {
+      ...(dataDir !== undefined ? { dataDir } : {}),
+      ...(nbd !== undefined ? { nbd } : {}),
+      ...(api !== undefined ? { api } : {}),
+      ...(iscsi !== undefined ? { iscsi } : {}),
+      ...(a['require-host-affinity'] ? { requireHostAffinity: true } : {}),
       memory: a.memory,
     });
   } catch (err) {
@@ -61,7 +64,7 @@ export async function serve(a: ServeArgs): Promise<number> {
     throw new CommandError((err as Error).message);
   }
   announce(config, addresses, server, a.json);
-  logger.info({ nbd: formatHostPort(addresses.nbd), api: formatHostPort(addresses.api) }, 'serving');
+  logger.info({ nbd: formatHostPort(addresses.nbd), api: formatHostPort(addresses.api), iscsi: addresses.iscsi ? formatHostPort(addresses.iscsi) : null }, 'serving');
   return stopped;
 }
 
@@ -73,7 +76,7 @@ function announce(config: ArraylabConfig, addresses: ServerAddresses, server: Ar
       pid: process.pid,
       nbd: addresses.nbd,
       api: addresses.api,
-      iscsi: null,
+      iscsi: addresses.iscsi ? { ...addresses.iscsi, targetName: server.targetName } : null,
       backend: config.backend,
       dataDir: config.backend === 'file' ? config.dataDir : null,
       volumes,
@@ -81,11 +84,13 @@ function announce(config: ArraylabConfig, addresses: ServerAddresses, server: Ar
     return;
   }
   const exportNames = volumes.length ? volumes.map((v) => v.name).join(', ') : 'none yet';
+  const hosts = server.array.hosts;
+  const who = hosts.hostAffinity ? 'host affinity on: initiators see their host\'s LUNs (arraylab host list)' : 'every initiator sees every volume until a host is defined';
   print(
     [
       `NBD     nbd://${formatHostPort(addresses.nbd)}/  (exports: ${exportNames})`,
       `API     ${formatHostPort(addresses.api)}  (arraylab status --api ${formatHostPort(addresses.api)})`,
-      `iSCSI   not available in this version`,
+      addresses.iscsi ? `iSCSI   iscsi://${formatHostPort(addresses.iscsi)}/${server.targetName}  (${who})` : 'iSCSI   not served (set listen.iscsi or --iscsi HOST:PORT)',
       `DATA    ${config.backend === 'file' ? config.dataDir : 'in memory (lost at exit)'}`,
     ].join('\n'),
   );

@@ -32,14 +32,16 @@ afterAll(() => {
 describe('arraylab serve', () => {
   it('prints one line per listener with the real ports, and exits 0 on SIGINT', async () => {
     const dataDir = makeTempDir();
-    const s = serveHuman(['--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--data-dir', dataDir]);
+    const s = serveHuman(['--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--iscsi', '127.0.0.1:0', '--data-dir', dataDir]);
     children.push(s.child);
     const out = await s.ready;
     const lines = out.trimEnd().split('\n');
     expect(lines).toHaveLength(4);
     expect(lines[0]).toMatch(/^NBD {5}nbd:\/\/127\.0\.0\.1:([1-9]\d*)\/ {2}\(exports: demo\)$/);
     expect(lines[1]).toMatch(/^API {5}127\.0\.0\.1:([1-9]\d*) {2}\(arraylab status --api 127\.0\.0\.1:\d+\)$/);
-    expect(lines[2]).toBe('iSCSI   not available in this version');
+    expect(lines[2]).toMatch(
+      /^iSCSI {3}iscsi:\/\/127\.0\.0\.1:([1-9]\d*)\/iqn\.2026-11\.lab\.arraylab:array-[0-9a-f]{12} {2}\(every initiator sees every volume until a host is defined\)$/,
+    );
     expect(lines[3]).toBe(`DATA    ${dataDir}`);
     const apiPort = /127\.0\.0\.1:(\d+)/.exec(lines[1]!)![1];
     const status = await runCli(['status', '--json', '--api', `127.0.0.1:${apiPort}`]);
@@ -80,8 +82,10 @@ describe('arraylab serve', () => {
     await again.stop('SIGINT');
   });
 
-  it('reports its status, with iSCSI not available', async () => {
-    const lab = await startArraylab();
+  it('reports its status, with the iSCSI portal and target name', async () => {
+    const lab = await startArraylab({ extraArgs: ['--iscsi', '127.0.0.1:0'] });
+    const iscsi = (lab.info as unknown as { iscsi: { host: string; port: number; targetName: string } }).iscsi;
+    expect(iscsi).toEqual({ host: '127.0.0.1', port: expect.any(Number), targetName: expect.stringMatching(/^iqn\.2026-11\.lab\.arraylab:array-[0-9a-f]{12}$/) });
     const r = await lab.cli(['status', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const s = JSON.parse(r.stdout);
@@ -95,14 +99,17 @@ describe('arraylab serve', () => {
       listeners: {
         nbd: { available: true, host: '127.0.0.1', port: lab.nbdPort },
         api: { available: true, host: '127.0.0.1', port: lab.apiPort },
-        iscsi: { available: false, note: 'the iSCSI target is not available in this version' },
+        iscsi: { available: true, host: '127.0.0.1', port: iscsi.port, note: '' },
       },
+      iscsiTargetName: iscsi.targetName,
+      iscsiSessionCount: 0,
     });
     expect(s.version).toMatch(/^\d+\.\d+\.\d+/);
     expect(s.uptimeSeconds).toBeGreaterThanOrEqual(0);
     const human = await lab.cli(['status']);
     expect(human.stdout).toMatch(new RegExp(`^nbd:\\s+nbd://127\\.0\\.0\\.1:${lab.nbdPort}/$`, 'm'));
-    expect(human.stdout).toMatch(/^iscsi:\s+not available \(the iSCSI target is not available in this version\)$/m);
+    expect(human.stdout).toMatch(new RegExp(`^iscsi:\\s+iscsi://127\\.0\\.0\\.1:${iscsi.port}/$`, 'm'));
+    expect(human.stdout).toMatch(new RegExp(`^iscsi target:\\s+${iscsi.targetName.replace(/\./g, '\\.')}$`, 'm'));
     expect(human.stdout).toMatch(/^volumes:\s+1$/m);
     expect(human.stdout).toMatch(/^provisioned:\s+1 GiB$/m);
     await lab.stop();
@@ -117,10 +124,10 @@ describe('arraylab serve', () => {
     await lab.stop();
   });
 
-  it('refuses --iscsi with one clear line', async () => {
-    const r = await runCli(['serve', '--iscsi', '127.0.0.1:3260', '--memory']);
+  it('refuses a bad --iscsi address with one clear line', async () => {
+    const r = await runCli(['serve', '--iscsi', '3260', '--memory']);
     expect(r.code).toBe(2);
-    expect(r.stderr.split('\n')[0]).toBe('arraylab: --iscsi: the iSCSI target is not available in this version; remove --iscsi (NBD is served on --nbd)');
+    expect(r.stderr).toBe('arraylab: --iscsi: "3260" is not an address; use HOST:PORT such as 127.0.0.1:10809 (port 0 picks a free port)\n');
     expect(r.stdout).toBe('');
   });
 
@@ -189,6 +196,6 @@ describe('arraylab --help and --version', () => {
   it('asks for a command', async () => {
     const r = await runCli([]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe("arraylab: give a command: serve, volume, export, copy or status (see 'arraylab --help')\n");
+    expect(r.stderr).toBe("arraylab: give a command: serve, volume, copy, host, export or status (see 'arraylab --help')\n");
   });
 });

@@ -23,6 +23,7 @@ describe('built-in default config', () => {
       api: { host: '127.0.0.1', port: 7390 },
     });
     expect(c.log.level).toBe('info');
+    expect(c.iscsi).toEqual({ targetName: null, requireHostAffinity: false, chap: null });
     expect(c.volumes).toEqual([
       expect.objectContaining({ name: 'demo', sizeBytes: 2 ** 30, blockSize: 512, provisioning: 'thin', readOnly: false }),
     ]);
@@ -75,7 +76,7 @@ volumes:
 
   it.each([
     ['[1, 2]', 'config /etc/arraylab.yaml: the top level must be a mapping'],
-    ['dataDirr: x', 'config /etc/arraylab.yaml: dataDirr: unknown key; expected one of dataDir, backend, listen, nbd, log, volumes'],
+    ['dataDirr: x', 'config /etc/arraylab.yaml: dataDirr: unknown key; expected one of dataDir, backend, listen, nbd, iscsi, log, volumes'],
     ['backend: disk', 'backend: "disk" is not a backend; use file or memory'],
     ['listen: {nbd: localhost}', 'listen.nbd: "localhost" is not an address; use HOST:PORT such as 127.0.0.1:10809'],
     ['listen: {nbd: "1.2.3.4:70000"}', 'listen.nbd: "1.2.3.4:70000" is not an address'],

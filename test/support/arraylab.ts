@@ -37,6 +37,11 @@ export interface StartOptions {
   extraArgs?: string[];
   /** How long to wait for the server to listen; default 30 s. */
   startTimeoutMs?: number;
+  /**
+   * Serve iSCSI on a free loopback port (default true): the embedded config's 3260 would make
+   * parallel test files collide. False leaves listen.iscsi to the config.
+   */
+  iscsi?: boolean;
 }
 
 export interface CliResult {
@@ -52,6 +57,7 @@ export interface ServeInfo {
   pid: number;
   nbd: { host: string; port: number };
   api: { host: string; port: number };
+  iscsi: { host: string; port: number; targetName: string } | null;
   backend: 'file' | 'memory';
   dataDir: string | null;
   volumes: Array<{ name: string; sizeBytes: number; blockSize: number; [key: string]: unknown }>;
@@ -180,6 +186,7 @@ export async function startArraylab(opts: StartOptions = {}): Promise<Arraylab> 
   } else if (!configHasDataDir) {
     args.push('--data-dir', makeTempDir('arraylab-data-'));
   }
+  if (opts.iscsi !== false && !(opts.extraArgs ?? []).includes('--iscsi')) args.push('--iscsi', '127.0.0.1:0');
   args.push(...(opts.extraArgs ?? []));
 
   const child = spawn(process.execPath, [CLI_PATH, ...args], {

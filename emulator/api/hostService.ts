@@ -1,0 +1,78 @@
+/**
+ * arraylab.v1.HostAffinityService: hosts, their initiators and LUN maps, with the iSCSI
+ * sessions logged in now. ArrayApiServer serves it through its common call wrapper (draining,
+ * error mapping, logging); this file only turns requests into host affinity calls.
+ */
+import type * as grpc from '@grpc/grpc-js';
+import { ArrayError, type HostInfo, type HostLun, type InitiatorLun } from '../array/types.js';
+import type { IscsiSessionInfo } from '../iscsi/types.js';
+import { hostListToWire, hostToWire, type WireMapVolumeRequest } from './hostWire.js';
+import type { HostListView, HostView, IscsiSessionView } from './model.js';
+
+/** What the API needs of host affinity; StorageArray.hosts (HostAffinity) provides it. */
+export interface HostControl {
+  readonly hostAffinity: boolean;
+  readonly requireHostAffinity: boolean;
+  createHost(name: string, initiators: readonly string[]): HostInfo;
+  deleteHost(name: string, opts?: { force?: boolean }): { unmapped: HostLun[] };
+  addInitiator(host: string, initiator: string): HostInfo;
+  removeInitiator(host: string, initiator: string): HostInfo;
+  mapVolume(host: string, volume: string, lun?: number): { host: HostInfo; lun: number };
+  unmapVolume(host: string, volume: string): { host: HostInfo; lun: number };
+  listHosts(): HostInfo[];
+  getHost(name: string): HostInfo;
+  defaultLuns(): HostLun[];
+  hostOf(initiatorName: string): string | undefined;
+}
+
+/** The logged-in sessions, from the iSCSI target; none when iSCSI is not served. */
+export type SessionSource = () => readonly IscsiSessionInfo[];
+
+type Unary = <Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>) => grpc.handleUnaryCall<Req, Res>;
+
+export function hostAffinityHandlers(hosts: HostControl, sessions: SessionSource, unary: Unary): grpc.UntypedServiceImplementation {
+  const withSessions = (h: HostInfo): HostView => ({ ...h, sessions: sessionsOf(hosts, sessions(), h.name) });
+  return {
+    CreateHost: unary('CreateHost', (req: { name: string; initiators: string[] }) => hostToWire(withSessions(hosts.createHost(req.name, req.initiators ?? [])))),
+    DeleteHost: unary('DeleteHost', (req: { name: string; force: boolean }) => hosts.deleteHost(req.name, { force: req.force })),
+    AddHostInitiator: unary('AddHostInitiator', (req: { host: string; initiator: string }) => hostToWire(withSessions(hosts.addInitiator(req.host, req.initiator)))),
+    RemoveHostInitiator: unary('RemoveHostInitiator', (req: { host: string; initiator: string }) => hostToWire(withSessions(hosts.removeInitiator(req.host, req.initiator)))),
+    MapVolume: unary('MapVolume', (req: WireMapVolumeRequest) => {
+      const lun = req.lun === undefined || req.lun === null ? undefined : req.lun;
+      if (!req.volume) throw new ArrayError('INVALID_ARGUMENT', `map to host ${req.host}: give the volume to map`);
+      const r = hosts.mapVolume(req.host, req.volume, lun);
+      return { host: hostToWire(withSessions(r.host)), lun: r.lun };
+    }),
+    UnmapVolume: unary('UnmapVolume', (req: { host: string; volume: string }) => {
+      const r = hosts.unmapVolume(req.host, req.volume);
+      return { host: hostToWire(withSessions(r.host)), lun: r.lun };
+    }),
+    ListHosts: unary('ListHosts', () => hostListToWire(listView(hosts, sessions()))),
+    GetHost: unary('GetHost', (req: { name: string }) => hostToWire(withSessions(hosts.getHost(req.name)))),
+  };
+}
+
+export function listView(hosts: HostControl, all: readonly IscsiSessionInfo[]): HostListView {
+  return {
+    hostAffinity: hosts.hostAffinity,
+    requireHostAffinity: hosts.requireHostAffinity,
+    hosts: hosts.listHosts().map((h) => ({ ...h, sessions: sessionsOf(hosts, all, h.name) })),
+    defaultLuns: hosts.defaultLuns(),
+    otherSessions: all.filter((s) => hosts.hostOf(s.initiatorName) === undefined).map(sessionView),
+  };
+}
+
+function sessionsOf(hosts: HostControl, all: readonly IscsiSessionInfo[], host: string): IscsiSessionView[] {
+  return all.filter((s) => hosts.hostOf(s.initiatorName) === host).map(sessionView);
+}
+
+function sessionView(s: IscsiSessionInfo): IscsiSessionView {
+  return {
+    initiatorName: s.initiatorName,
+    isid: s.isid,
+    tsih: s.tsih,
+    connections: s.connections,
+    remoteAddresses: [...s.remoteAddresses],
+    luns: s.luns.map((l: InitiatorLun) => ({ lun: l.lun, volume: l.exportName })),
+  };
+}
