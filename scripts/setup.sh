@@ -9,6 +9,8 @@ PACKAGES=(
   qemu-utils            # qemu-img, qemu-io, qemu-nbd
   qemu-system-common    # qemu-storage-daemon (FUSE export of an NBD/iSCSI volume)
   qemu-block-extra      # qemu's iSCSI and other block drivers
+  libiscsi-bin          # iscsi-test-cu (conformance suite), iscsi-ls, iscsi-inq, iscsi-readcapacity16
+  tgt                   # tgtd, the reference iSCSI target (tests run their own on private ports)
   nbdkit                # reference NBD server for benchmarks
   libnbd-bin            # nbdinfo, nbdcopy, nbdfuse
   python3-libnbd        # nbdsh and the python bindings (Debian's /usr/bin/python3)
@@ -32,6 +34,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Where systemd runs, installing tgt starts a tgt service listening on 0.0.0.0:3260, the port
+# arraylab's built-in config serves iSCSI on. The tests never use it (each starts its own tgtd
+# with a private control socket and port): in CI stop it; elsewhere say what holds the port.
+if [ -d /run/systemd/system ] && systemctl is-active --quiet tgt 2>/dev/null; then
+  if [ -n "${CI:-}" ]; then
+    echo "setup: stopping and disabling the tgt service (it holds port 3260; tests run their own tgtd)"
+    $SUDO systemctl disable --now tgt
+  else
+    echo "setup: note: the tgt service is running on port 3260, which arraylab's built-in config also uses; stop it with: sudo systemctl disable --now tgt"
+  fi
 fi
 
 # /dev/fuse and loop devices are needed by the filesystem tests.

@@ -31,20 +31,40 @@ export interface AttachOptions {
 }
 
 export async function attachNbd(opts: AttachOptions): Promise<AttachedVolume> {
+  const nbd = `driver=nbd,node-name=n0,server.type=inet,server.host=127.0.0.1,server.port=${opts.port},export=${opts.exportName}`;
+  return attachBlockdev(nbd, `nbd://127.0.0.1:${opts.port}/${opts.exportName}`, opts);
+}
+
+export interface IscsiAttachOptions {
+  /** qemu's iscsi driver options without node-name, e.g. support/iscsi.ts qemuIscsiOpts(). */
+  blockdev: string;
+  /** Names the FUSE file in dir. */
+  name: string;
+  dir: string;
+  readOnly?: boolean;
+}
+
+/** The same through qemu's iSCSI initiator (libiscsi): blockdev driver=iscsi. */
+export async function attachIscsi(opts: IscsiAttachOptions): Promise<AttachedVolume> {
+  return attachBlockdev(`${opts.blockdev},node-name=n0`, undefined, { port: 0, exportName: opts.name, dir: opts.dir, readOnly: opts.readOnly ?? false });
+}
+
+/** node: a --blockdev named n0; backingUrl: what qemu-img opens for an overlay's backing file. */
+async function attachBlockdev(node: string, backingUrl: string | undefined, opts: AttachOptions): Promise<AttachedVolume> {
   const qsd = requireTool('qemu-storage-daemon');
   requireTool('losetup');
   const file = join(opts.dir, `${opts.exportName}.fuse`);
   closeSync(openSync(file, 'a'));
-  const nbd = `driver=nbd,node-name=n0,server.type=inet,server.host=127.0.0.1,server.port=${opts.port},export=${opts.exportName}`;
   let overlay: string | undefined;
   let args: string[];
   if (opts.overlay) {
     overlay = join(opts.dir, `${opts.exportName}.overlay.qcow2`);
     // qemu-img reads the export's size; the daemon is given the backing node explicitly.
-    execFileSync(requireTool('qemu-img'), ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', `nbd://127.0.0.1:${opts.port}/${opts.exportName}`, overlay]);
+    if (backingUrl === undefined) throw new Error('overlay is only supported for NBD exports');
+    execFileSync(requireTool('qemu-img'), ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', backingUrl, overlay]);
     args = [
       '--blockdev',
-      `${nbd},read-only=on`,
+      `${node},read-only=on`,
       '--blockdev',
       `driver=file,node-name=ovf,filename=${overlay}`,
       '--blockdev',
@@ -53,7 +73,7 @@ export async function attachNbd(opts: AttachOptions): Promise<AttachedVolume> {
       `type=fuse,id=e0,node-name=ov,mountpoint=${file},writable=on`,
     ];
   } else {
-    args = ['--blockdev', nbd, '--export', `type=fuse,id=e0,node-name=n0,mountpoint=${file},writable=${opts.readOnly ? 'off' : 'on'}`];
+    args = ['--blockdev', node, '--export', `type=fuse,id=e0,node-name=n0,mountpoint=${file},writable=${opts.readOnly ? 'off' : 'on'}`];
   }
   const child: ChildProcess = spawn(qsd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';

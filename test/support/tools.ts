@@ -22,6 +22,11 @@ const PACKAGE_OF: Record<string, string> = {
   losetup: 'mount',
   fusermount3: 'fuse3',
   openssl: 'openssl',
+  'iscsi-ls': 'libiscsi-bin',
+  'iscsi-inq': 'libiscsi-bin',
+  'iscsi-test-cu': 'libiscsi-bin',
+  tgtd: 'tgt',
+  tgtadm: 'tgt',
 };
 
 const found = new Map<string, string>();
