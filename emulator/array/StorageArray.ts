@@ -416,7 +416,15 @@ export class StorageArray implements ExportProvider {
   openExport(name: string, client: ClientInfo): ExportHandle | undefined {
     const v = this.volumes.get(name);
     if (v === undefined || v.deleting || this.closing !== undefined) return undefined;
-    this.copy.tapOf(name).checkAttach(); // e.g. an EC destination before equivalent: refused with the reason
+    try {
+      this.copy.tapOf(name).checkAttach(); // e.g. an EC destination before equivalent: refused with the reason
+    } catch (err) {
+      // NBD refuses at GO with the reason. SCSI has no way to say why at login, and a LUN that
+      // is left out would only appear after a rescan: the LUN stays visible, and every I/O gets
+      // NOT READY (manual intervention) until the copy session allows it.
+      if (client.protocol !== 'iscsi') throw err;
+      this.log.warn({ volume: name, connectionId: client.connectionId, initiator: client.initiator, reason: (err as Error).message }, 'iSCSI session sees a volume hosts may not use yet: its I/O gets NOT READY');
+    }
     const handle = v.open(client);
     this.log.info(
       { volume: name, protocol: client.protocol, connectionId: client.connectionId, remoteAddress: client.remoteAddress, readOnly: handle.readOnly },
