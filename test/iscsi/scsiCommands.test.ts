@@ -373,7 +373,10 @@ describe('provisioning: UNMAP, GET LBA STATUS, WRITE SAME', () => {
     expectGood(await exec(rw16(0x93, 6300, 10, 0x01)));
     expect((await exec(rw10(0x28, 6300, 10))).dataIn!.equals(Buffer.alloc(10 * bs))).toBe(true);
     expect(lbaStatus(await exec(lbaStatusCdb(6300)))[0]).toEqual([6300, 10, 0]);
-    expectSense(await exec(rw10(0x41, 0, 0), block), ILLEGAL, 0x24); // WSNZ
+    // NUMBER OF LOGICAL BLOCKS 0 (WSNZ 0): from the LBA to the last block.
+    expectGood(await exec(rw10(0x41, blocks - 8, 0), block));
+    const tail = (await exec(rw10(0x28, blocks - 8, 8))).dataIn!;
+    for (let i = 0; i < 8; i++) expect(tail.subarray(i * bs, (i + 1) * bs).equals(block)).toBe(true);
     expectSense(await exec(rw10(0x41, 0, 1, 0x10), block), ILLEGAL, 0x24); // ANCHOR
     expectSense(await exec(rw10(0x41, 0, 1, 0x01), block), ILLEGAL, 0x24); // NDOB only in (16)
     expectSense(await exec(rw10(0x41, blocks - 1, 2), block), ILLEGAL, 0x21);

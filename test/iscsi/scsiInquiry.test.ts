@@ -53,7 +53,7 @@ describe('INQUIRY', () => {
     const { exec } = setup();
     const d = expectGood(await exec(inquiry(0, 0)));
     expect(d.length).toBe(74);
-    expect([...d.subarray(0, 8)]).toEqual([0x00, 0x00, 0x06, 0x12, 69, 0x00, 0x00, 0x02]);
+    expect([...d.subarray(0, 8)]).toEqual([0x00, 0x00, 0x06, 0x12, 69, 0x08, 0x00, 0x02]); // 3PC: EXTENDED COPY
     expect(d.toString('latin1', 8, 16)).toBe('ARRAYLAB');
     expect(d.toString('latin1', 16, 32)).toBe('VOLUME          ');
     expect(d.toString('latin1', 32, 36)).toBe('0.1 ');
@@ -69,6 +69,7 @@ describe('INQUIRY', () => {
     const { exec } = setup();
     const d = expectGood(await exec(inquiry(0, 0), undefined, 5));
     expect(d[0]).toBe(0x7f);
+    expect(d[5]).toBe(0); // no device, no copy manager
     expect(d.length).toBe(74);
     expectSense(await exec([0, 0, 0, 0, 0, 0], undefined, 5), ILLEGAL, 0x25);
     expectSense(await exec([0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], undefined, 5), ILLEGAL, 0x25);
@@ -81,7 +82,12 @@ describe('INQUIRY', () => {
 
   it('VPD 00h lists the supported pages; 80h the serial', async () => {
     const { exec } = setup();
-    expect([...expectGood(await exec(inquiry(1, 0)))]).toEqual([0, 0, 0, 6, 0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]);
+    expect([...expectGood(await exec(inquiry(1, 0)))]).toEqual([0, 0, 0, 7, 0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2]);
+    // Every listed page answers (8Fh's content: scsiExtendedCopy.test.ts).
+    for (const page of [0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2]) {
+      const p = expectGood(await exec(inquiry(1, page)));
+      expect([p[0], p[1], p.readUInt16BE(2)]).toEqual([0, page, p.length - 4]);
+    }
     const sn = expectGood(await exec(inquiry(1, 0x80)));
     expect([...sn.subarray(0, 4)]).toEqual([0, 0x80, 0, 6]);
     expect(sn.toString('latin1', 4)).toBe('AL0001');
@@ -127,12 +133,14 @@ describe('INQUIRY', () => {
       const b0 = expectGood(await exec(inquiry(1, 0xb0)));
       expect(b0.length).toBe(64);
       expect([b0[1], b0.readUInt16BE(2)]).toEqual([0xb0, 0x3c]);
-      expect(b0[4]).toBe(0x01); // WSNZ
+      expect(b0[4]).toBe(0x00); // WSNZ 0: WRITE SAME of 0 blocks runs to the end of the medium
       expect(b0[5]).toBe(255);
       expect(b0.readUInt32BE(8)).toBe((32 * MiB) / 512);
       expect(b0.readUInt32BE(24)).toBe(thin ? 256 : 0);
       expect(b0.readUInt32BE(20)).toBe(thin ? 1024 * 1024 : 0);
       expect(b0.readBigUInt64BE(36)).toBe(BigInt((1024 * MiB) / 512));
+      // WRITE ATOMIC: 1 MiB at most, aligned to and a multiple of the 4 KiB physical block; no boundaries.
+      expect([b0.readUInt32BE(44), b0.readUInt32BE(48), b0.readUInt32BE(52), b0.readUInt32BE(56), b0.readUInt32BE(60)]).toEqual([2048, 8, 8, 0, 0]);
       const b1 = expectGood(await exec(inquiry(1, 0xb1)));
       expect([b1.length, b1.readUInt16BE(2), b1.readUInt16BE(4)]).toEqual([64, 0x3c, 1]);
       const b2 = expectGood(await exec(inquiry(1, 0xb2)));

@@ -29,7 +29,11 @@ function readCapacity16(cmd: ScsiCommand, lu: LunDevice): ScsiResult {
   data.writeUInt32BE(Math.floor(last / 0x1_0000_0000), 0);
   data.writeUInt32BE(last % 0x1_0000_0000, 4);
   data.writeUInt32BE(dev.blockSize, 8);
-  // byte 12: no protection; byte 13: one logical block per physical block.
+  // byte 12: no protection. Byte 13, LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT, stays 0 although
+  // a 512-byte LUN sits on 4 KiB pages (3 would be true): libiscsi 1.19's GetLBAStatus.UnmapSingle
+  // then asks for LBA i+1 and wants the first descriptor at i+8, which contradicts SBC-3 (the first
+  // descriptor holds the starting LBA; qemu insists on it too). The 4 KiB page is still advertised
+  // where it does no harm: Block Limits VPD granularities (inquiry.ts).
   if (lbpme(lu)) data[14] = 0xc0; // LBPME, LBPRZ; LOWEST ALIGNED LBA 0
   return { status: GOOD, dataIn: truncate(data, cdb.readUInt32BE(10)) };
 }

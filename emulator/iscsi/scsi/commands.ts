@@ -5,13 +5,16 @@ import type { CommandDescriptor } from './dispatch.js';
 import { thirdPartyCopyCommands } from './extendedCopy.js';
 import { inquiryCommands } from './inquiry.js';
 import { modeCommands } from './modePages.js';
+import { orWriteCommands } from './orWrite.js';
 import { reservationCommands } from './persistentReserveCommands.js';
+import { readDefectDataCommands } from './readDefectData.js';
 import { readWriteCommands } from './readWrite.js';
 import { reportLunsCommands } from './reportLuns.js';
 import { rsocCommands } from './rsoc.js';
 import { syncCommands } from './sync.js';
 import { unitCommands } from './unit.js';
 import { unmapCommands } from './unmap.js';
+import { writeAtomicCommands } from './writeAtomic.js';
 
 export const allCommands: readonly CommandDescriptor[] = [
   ...unitCommands,
@@ -21,6 +24,9 @@ export const allCommands: readonly CommandDescriptor[] = [
   ...syncCommands,
   ...unmapCommands,
   ...compareAndWriteCommands,
+  ...orWriteCommands,
+  ...writeAtomicCommands,
+  ...readDefectDataCommands,
   ...thirdPartyCopyCommands,
   ...modeCommands,
   ...reportLunsCommands,

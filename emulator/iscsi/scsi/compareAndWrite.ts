@@ -1,15 +1,17 @@
 /**
  * COMPARE AND WRITE (SBC-3 §5.2), atomic per device: the read, compare and write of one
- * command run under a range lock that excludes overlapping COMPARE AND WRITEs; writes (WRITE,
- * WRITE SAME, UNMAP...) that start while it is held wait for it, and it waits for the writes
- * already in flight when it took the lock (each write holds a ticket: a Set add and delete,
- * no promise or closure while no COMPARE AND WRITE is running).
+ * command run under a range lock that excludes overlapping COMPARE AND WRITEs (and ORWRITEs,
+ * WRITE ATOMICs: they take the same lock); reads and writes (READ, WRITE, WRITE SAME, UNMAP...)
+ * that start while it is held wait for it, and it waits for the ones already in flight when it
+ * took the lock (each holds a ticket: a Set add and delete, no promise or closure while no lock
+ * is held). Commands through other front ends (NBD) do not see these locks.
  */
 import type { BlockDevice } from '../../block/BlockDevice.js';
 import { MAX_COMPARE_AND_WRITE_BLOCKS } from './limits.js';
 import {
   ASC_MISCOMPARE_DURING_VERIFY,
   checkCondition,
+  dataOutTooLong,
   dataOutTooShort,
   invalidFieldInCdb,
   lbaOutOfRange,
@@ -46,8 +48,9 @@ export class RangeLocks {
   }
 
   /**
-   * Registers a write to [start, end) of dev, first waiting out overlapping locks; returns the
-   * ticket for endWrite(). Callers take the fast path `active === 0 ? beginWrite() : enterWrite()`.
+   * Registers a write (or a read: see READ in readWrite.ts) to [start, end) of dev, first
+   * waiting out overlapping locks; returns the ticket for endWrite(). Callers take the fast
+   * path `active === 0 ? beginWrite() : enterWrite()`.
    */
   async enterWrite(dev: BlockDevice, start: number, end: number): Promise<number> {
     for (let h = this.overlapping(dev, start, end); h !== undefined; h = this.overlapping(dev, start, end)) await h.done;
@@ -139,6 +142,9 @@ async function compareAndWrite(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUn
   if (lu.readOnly || dev.readOnly) return writeProtected();
   const len = n * bs;
   if (cmd.dataOut.length < 2 * len) return dataOutTooShort();
+  // More data than the verify and write instances of NUMBER OF LOGICAL BLOCKS: the CDB and the
+  // expected transfer length disagree, so which blocks were meant is unknown; write nothing.
+  if (cmd.dataOut.length > 2 * len) return dataOutTooLong();
   const offset = lba * bs;
   const lock = await t.locks.acquire(dev, offset, offset + len);
   try {

@@ -1,6 +1,7 @@
 /**
- * INQUIRY (SPC-4 §6.6): standard data and the VPD pages 00h, 80h, 83h, B0h, B1h, B2h (SBC-3).
- * An unmapped LUN answers standard INQUIRY with peripheral qualifier 011b, device type 1Fh.
+ * INQUIRY (SPC-4 §6.6): standard data and the VPD pages 00h, 80h, 83h, 8Fh (third-party copy,
+ * thirdPartyCopyVpd.ts), B0h, B1h, B2h (SBC-3). An unmapped LUN answers standard INQUIRY with
+ * peripheral qualifier 011b, device type 1Fh.
  */
 import { lbpme } from './capacity.js';
 import type { CommandDescriptor } from './dispatch.js';
@@ -9,15 +10,18 @@ import {
   MAX_UNMAP_BLOCKS,
   MAX_UNMAP_DESCRIPTORS,
   MAX_WRITE_SAME_BYTES,
+  logicalPerPhysical,
   maxTransferBlocks,
   OPTIMAL_TRANSFER_BYTES,
 } from './limits.js';
 import { invalidFieldInCdb, truncate } from './sense.js';
 import type { ScsiLogicalUnits } from './scsiTarget.js';
+import { THIRD_PARTY_COPY_PAGE, thirdPartyCopyVpd } from './thirdPartyCopyVpd.js';
+import { maxAtomicTransferBlocks } from './writeAtomic.js';
 import { GOOD, type LunDevice, type LunIdentity, type Nexus, type ScsiCommand, type ScsiResult } from './types.js';
 
 export const STANDARD_INQUIRY_LENGTH = 74;
-export const SUPPORTED_VPD_PAGES = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2] as const;
+export const SUPPORTED_VPD_PAGES = [0x00, 0x80, 0x83, THIRD_PARTY_COPY_PAGE, 0xb0, 0xb1, 0xb2] as const;
 
 /** Version descriptors: SAM-5, SPC-4, SBC-3, iSCSI (no version claimed). */
 const VERSION_DESCRIPTORS = [0x00a0, 0x0460, 0x04c0, 0x0960];
@@ -33,6 +37,8 @@ export function standardInquiry(identity: LunIdentity | undefined): Buffer {
   d[2] = 0x06; // VERSION: SPC-4
   d[3] = 0x12; // HISUP, RESPONSE DATA FORMAT 2
   d[4] = STANDARD_INQUIRY_LENGTH - 5; // ADDITIONAL LENGTH
+  // 3PC: EXTENDED COPY and RECEIVE COPY RESULTS run (extendedCopy.ts), described in VPD 8Fh.
+  if (identity !== undefined) d[5] = 0x08;
   d[7] = 0x02; // CMDQUE
   ascii(d, 8, 8, identity?.vendor ?? '');
   ascii(d, 16, 16, identity?.product ?? '');
@@ -90,18 +96,24 @@ export function blockLimits(lu: LunDevice): Buffer {
   const bs = lu.device.blockSize;
   const b = Buffer.alloc(0x3c);
   // Offsets below are page offsets minus 4.
-  b[0] = 0x01; // WSNZ: WRITE SAME with 0 blocks is refused
+  // b[0] WSNZ 0: WRITE SAME with 0 blocks writes to the end of the medium (unmap.ts).
   b[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
-  b.writeUInt16BE(Math.max(1, 4096 / bs), 2); // OPTIMAL TRANSFER LENGTH GRANULARITY
+  b.writeUInt16BE(logicalPerPhysical(bs), 2); // OPTIMAL TRANSFER LENGTH GRANULARITY: the 4 KiB page
   b.writeUInt32BE(maxTransferBlocks(bs), 4); // MAXIMUM TRANSFER LENGTH
   b.writeUInt32BE(OPTIMAL_TRANSFER_BYTES / bs, 8); // OPTIMAL TRANSFER LENGTH
   // MAXIMUM PREFETCH LENGTH (12) 0: not reported (see PRE-FETCH: CONDITION MET vs GOOD).
   if (lbpme(lu)) {
     b.writeUInt32BE(MAX_UNMAP_BLOCKS, 16); // MAXIMUM UNMAP LBA COUNT
     b.writeUInt32BE(MAX_UNMAP_DESCRIPTORS, 20); // MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
-    b.writeUInt32BE(Math.max(1, 4096 / bs), 24); // OPTIMAL UNMAP GRANULARITY
+    b.writeUInt32BE(logicalPerPhysical(bs), 24); // OPTIMAL UNMAP GRANULARITY
   }
   b.writeUInt32BE(Math.floor(MAX_WRITE_SAME_BYTES / bs), 36); // MAXIMUM WRITE SAME LENGTH (low half)
+  // WRITE ATOMIC (writeAtomic.ts): whole 4 KiB pages, so no page holds part of two atomic writes.
+  b.writeUInt32BE(maxAtomicTransferBlocks(bs), 40); // MAXIMUM ATOMIC TRANSFER LENGTH
+  b.writeUInt32BE(logicalPerPhysical(bs), 44); // ATOMIC ALIGNMENT
+  b.writeUInt32BE(logicalPerPhysical(bs), 48); // ATOMIC TRANSFER LENGTH GRANULARITY
+  // 52, 56: MAXIMUM ATOMIC TRANSFER LENGTH WITH ATOMIC BOUNDARY, MAXIMUM ATOMIC BOUNDARY SIZE 0:
+  // no atomic boundaries (WRITE ATOMIC's ATOMIC BOUNDARY must be 0).
   return vpdPage(0xb0, b);
 }
 
@@ -120,7 +132,7 @@ function logicalBlockProvisioning(lu: LunDevice): Buffer {
   return vpdPage(0xb2, b);
 }
 
-function vpd(page: number, lu: LunDevice, nexus: Nexus): Buffer | undefined {
+function vpd(page: number, lu: LunDevice, nexus: Nexus, t: ScsiLogicalUnits): Buffer | undefined {
   switch (page) {
     case 0x00:
       return vpdPage(0x00, Buffer.from(SUPPORTED_VPD_PAGES));
@@ -128,6 +140,8 @@ function vpd(page: number, lu: LunDevice, nexus: Nexus): Buffer | undefined {
       return vpdPage(0x80, Buffer.from(lu.identity.serial, 'latin1'));
     case 0x83:
       return deviceIdentification(lu, nexus);
+    case THIRD_PARTY_COPY_PAGE:
+      return thirdPartyCopyVpd(t);
     case 0xb0:
       return blockLimits(lu);
     case 0xb1:
@@ -139,7 +153,7 @@ function vpd(page: number, lu: LunDevice, nexus: Nexus): Buffer | undefined {
   }
 }
 
-function inquiry(cmd: ScsiCommand, lu: LunDevice | undefined): ScsiResult {
+function inquiry(cmd: ScsiCommand, lu: LunDevice | undefined, t: ScsiLogicalUnits): ScsiResult {
   const cdb = cmd.cdb;
   const evpd = (cdb[1]! & 0x01) !== 0;
   const page = cdb[2]!;
@@ -152,7 +166,7 @@ function inquiry(cmd: ScsiCommand, lu: LunDevice | undefined): ScsiResult {
     const head = Buffer.from([0x7f, page, 0, 0]);
     return { status: GOOD, dataIn: truncate(head, alloc) };
   }
-  const data = vpd(page, lu, cmd.nexus);
+  const data = vpd(page, lu, cmd.nexus, t);
   if (data === undefined) return invalidFieldInCdb(2);
   return { status: GOOD, dataIn: truncate(data, alloc) };
 }
@@ -165,6 +179,6 @@ export const inquiryCommands: CommandDescriptor[] = [
     access: 'none',
     ua: 'report',
     handler: inquiry,
-    unmapped: (cmd: ScsiCommand, _t: ScsiLogicalUnits) => inquiry(cmd, undefined),
+    unmapped: (cmd: ScsiCommand, t: ScsiLogicalUnits) => inquiry(cmd, undefined, t),
   },
 ];

@@ -15,3 +15,24 @@ export const MAX_LBA_STATUS_DESCRIPTORS = 512;
 export function maxTransferBlocks(blockSize: number): number {
   return Math.floor(MAX_TRANSFER_BYTES / blockSize);
 }
+
+/**
+ * The array stores volumes in 4 KiB pages (the file store's allocation unit, the page cache's
+ * page): a 512-byte LUN is "512e", eight logical blocks per page. Block Limits VPD advertises it
+ * as the optimal transfer and unmap granularity and as WRITE ATOMIC's alignment and granularity
+ * (READ CAPACITY(16) does not: see capacity.ts).
+ */
+export const PHYSICAL_BLOCK_BYTES = 4096;
+
+export function logicalPerPhysical(blockSize: number): number {
+  return Math.max(1, PHYSICAL_BLOCK_BYTES / blockSize);
+}
+
+/**
+ * WRITE ATOMIC: the largest atomic write. Atomic against every other command through this
+ * target (range locks, see compareAndWrite.ts); 1 MiB is also the most the file store writes
+ * in one synchronous step of the event loop. At 4096-byte blocks that is 256 blocks, the most
+ * libiscsi's WRITE ATOMIC tests send.
+ */
+export const MAX_ATOMIC_TRANSFER_BYTES = 1024 * 1024;
+

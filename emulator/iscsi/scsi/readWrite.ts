@@ -15,7 +15,11 @@ import { CONDITION_MET, GOOD, type LunDevice, type ScsiCommand, type ScsiResult 
 import type { ScsiLogicalUnits } from './scsiTarget.js';
 import { usage10, usage12, usage16, usage6 } from './usage.js';
 
-async function read(cmd: ScsiCommand, lu: LunDevice): Promise<ScsiResult> {
+/**
+ * READ. It holds a ticket like a write: WRITE ATOMIC, ORWRITE and COMPARE AND WRITE wait for
+ * reads in flight on their range and reads wait for them, so a read never sees half of one.
+ */
+async function read(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): Promise<ScsiResult> {
   const cdb = cmd.cdb;
   const dev = lu.device;
   const bs = dev.blockSize;
@@ -26,8 +30,16 @@ async function read(cmd: ScsiCommand, lu: LunDevice): Promise<ScsiResult> {
   if (lba > nb || n > nb - lba) return lbaOutOfRange();
   if (n > maxTransferBlocks(bs)) return invalidFieldInCdb(transferLengthByte(cdb[0]!));
   if (n === 0) return { status: GOOD };
-  const buf = Buffer.allocUnsafe(n * bs);
-  await dev.read(lba * bs, buf);
+  const len = n * bs;
+  const offset = lba * bs;
+  const buf = Buffer.allocUnsafe(len);
+  const locks = t.locks;
+  const ticket = locks.active === 0 ? locks.beginWrite() : await locks.enterWrite(dev, offset, offset + len);
+  try {
+    await dev.read(offset, buf);
+  } finally {
+    locks.endWrite(ticket);
+  }
   return { status: GOOD, dataIn: buf };
 }
 

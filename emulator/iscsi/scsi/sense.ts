@@ -92,6 +92,14 @@ export function dataOutTooShort(): ScsiResult {
   return checkCondition(ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_COMMAND_IU);
 }
 
+/**
+ * The expected data transfer length holds more data-out than a command of fixed data size
+ * (WRITE SAME's one block, COMPARE AND WRITE's two instances) takes: refused, nothing written.
+ */
+export function dataOutTooLong(): ScsiResult {
+  return checkCondition(ILLEGAL_REQUEST, ASC_INVALID_FIELD_IN_COMMAND_IU);
+}
+
 export function parameterListLengthError(): ScsiResult {
   return checkCondition(ILLEGAL_REQUEST, ASC_PARAMETER_LIST_LENGTH_ERROR);
 }

@@ -17,6 +17,7 @@ import {
   MAX_WRITE_SAME_BYTES,
 } from './limits.js';
 import {
+  dataOutTooLong,
   dataOutTooShort,
   invalidFieldInCdb,
   invalidFieldInParameterList,
@@ -73,9 +74,13 @@ function isZero(buf: Buffer): boolean {
 }
 
 /**
- * WRITE SAME: NUMBER OF LOGICAL BLOCKS 0 is refused (WSNZ is set in VPD B0h). A zero block
- * (or NDOB) becomes writeZeroes: deallocating on a thin LUN when UNMAP is set, kept allocated
- * (noHole) otherwise. Any other block is repeated into a bounded buffer and written in pieces.
+ * WRITE SAME: NUMBER OF LOGICAL BLOCKS 0 means from the LBA to the end of the medium (WSNZ is 0
+ * in VPD B0h); like any count it is bounded by MAXIMUM WRITE SAME LENGTH, so one command does a
+ * bounded amount of work. UNMAP on a thin LUN deallocates the range whatever the data block holds
+ * (the initiator asked for an unmap; LBPRZ says it then reads zeroes: libiscsi's UnmapUntilEnd
+ * sends 0xFF blocks and checks for zeroes). Otherwise a zero block (or NDOB) is writeZeroes kept
+ * allocated (noHole), and any other block is repeated into a bounded buffer written in pieces.
+ * The data-out must be exactly one block (none with NDOB).
  */
 async function writeSame(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): Promise<ScsiResult> {
   const cdb = cmd.cdb;
@@ -83,21 +88,26 @@ async function writeSame(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): 
   const dev = lu.device;
   const bs = dev.blockSize;
   const lba = cdbLba(cdb);
-  const n = cdbTransferLength(cdb);
+  let n = cdbTransferLength(cdb);
   const nb = dev.size / bs;
   if (lba > nb || n > nb - lba) return lbaOutOfRange();
-  if (n === 0 || n > Math.floor(MAX_WRITE_SAME_BYTES / bs)) return invalidFieldInCdb(transferLengthByte(op));
+  if (n === 0) n = nb - lba;
+  if (n > Math.floor(MAX_WRITE_SAME_BYTES / bs)) return invalidFieldInCdb(transferLengthByte(op));
   if (lu.readOnly || dev.readOnly) return writeProtected();
   const ndob = op === 0x93 && (cdb[1]! & 0x01) !== 0;
   const unmapBit = (cdb[1]! & 0x08) !== 0;
-  if (!ndob && cmd.dataOut.length < bs) return dataOutTooShort();
+  const expected = ndob ? 0 : bs;
+  if (cmd.dataOut.length < expected) return dataOutTooShort();
+  if (cmd.dataOut.length > expected) return dataOutTooLong();
+  if (n === 0) return { status: GOOD }; // LBA is the end of the medium: nothing left to write
   const offset = lba * bs;
   const len = n * bs;
   const ticket = t.locks.active === 0 ? t.locks.beginWrite() : await t.locks.enterWrite(dev, offset, offset + len);
   try {
     const block = ndob ? undefined : cmd.dataOut.subarray(0, bs);
-    if (block === undefined || isZero(block)) {
-      await dev.writeZeroes(offset, len, unmapBit && lbpme(lu) ? undefined : { noHole: true });
+    const deallocate = unmapBit && lbpme(lu);
+    if (deallocate || block === undefined || isZero(block)) {
+      await dev.writeZeroes(offset, len, deallocate ? undefined : { noHole: true });
       return { status: GOOD };
     }
     const chunk = Buffer.allocUnsafe(Math.min(len, Math.floor(WRITE_SAME_CHUNK / bs) * bs));
