@@ -382,6 +382,7 @@ function startFromWire(req: WireStartCopyRequest): StartCopyRequest {
     rate: rateFromWire(req.rateMibS),
     ...(req.group ? { group: req.group } : {}),
     force: req.force,
+    ...(req.refuseIfFull ? { refuseIfFull: true } : {}),
   };
 }
 

@@ -331,5 +331,6 @@ function startToWire(p: StartCopyParams): WireStartCopyRequest {
     ...(p.rateMiBs !== undefined ? { rateMibS: p.rateMiBs } : {}),
     group: p.group ?? '',
     force: p.force ?? false,
+    refuseIfFull: p.refuseIfFull ?? false,
   };
 }

@@ -100,6 +100,8 @@ export interface StartCopyParams {
   rateMiBs?: number;
   group?: string;
   force?: boolean;
+  /** SnapOPC+: with 8 generations, refuse instead of dropping the oldest. */
+  refuseIfFull?: boolean;
 }
 
 /** A logged-in iSCSI session as the API shows it. */

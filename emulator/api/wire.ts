@@ -234,6 +234,7 @@ export interface WireStartCopyRequest {
   rateMibS?: number | null;
   group: string;
   force: boolean;
+  refuseIfFull?: boolean;
 }
 
 export interface WireCopyEvent {

@@ -91,6 +91,8 @@ export interface StartCopyRequest {
   force?: boolean;
   /** Copy granularity in bytes (default 64 KiB). */
   unitSize?: number;
+  /** SnapOPC+: with 8 generations already, refuse instead of dropping the oldest. */
+  refuseIfFull?: boolean;
 }
 
 const COPY_TYPE_NAMES: Record<CopyType, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC' };
@@ -256,7 +258,11 @@ export class StorageArray implements ExportProvider {
           case 'ec':
             return this.copy.startEc(source, destination, opts);
           case 'snapopcplus':
-            return this.copy.startSnapOpcPlus(source, destination, { ...(req.unitSize !== undefined ? { unitSize: req.unitSize } : {}), ...(req.group ? { group: req.group } : {}) });
+            return this.copy.startSnapOpcPlus(source, destination, {
+              ...(req.unitSize !== undefined ? { unitSize: req.unitSize } : {}),
+              ...(req.group ? { group: req.group } : {}),
+              ...(req.refuseIfFull ? { refuseIfFull: true } : {}),
+            });
         }
       }),
     );
@@ -272,6 +278,10 @@ export class StorageArray implements ExportProvider {
         checkGroupName(group);
         if (reqs.length === 0) throw new ArrayError('INVALID_ARGUMENT', `consistency group ${group}: give at least one pair to start`);
         for (const r of reqs) this.checkCopyStart(r);
+        if (reqs.some((r) => r.refuseIfFull)) {
+          // A group is all or none, and a refusal is decided in the middle of the cut.
+          throw new ArrayError('INVALID_ARGUMENT', `consistency group ${group}: --refuse-if-full applies to single starts; start the pairs one by one, or cancel the oldest generations first`);
+        }
         return this.copy.group(
           reqs.map((r) => ({
             op: r.type,

@@ -139,7 +139,8 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
           .option('dst', { type: 'string', array: true, demandOption: true, requiresArg: true, describe: 'destination volume (snap volume for snapopcplus)' })
           .option('rate', { type: 'string', requiresArg: true, describe: 'background copy rate in MiB/s; 0 = no background copy [default: unthrottled]' })
           .option('group', { type: 'string', requiresArg: true, describe: 'consistency group name; needed with several pairs' })
-          .option('force', { type: 'boolean', default: false, describe: 'start even if the destination is exported read-write to a connected client' }),
+          .option('force', { type: 'boolean', default: false, describe: 'start even if the destination is exported read-write to a connected client' })
+          .option('refuse-if-full', { type: 'boolean', default: false, describe: 'snapopcplus: with 8 generations already, refuse instead of dropping the oldest' }),
       async (a) => {
         const rateMiBs = parseRate(a.rate, 'copy start');
         const srcs = a.src.map(String);
@@ -154,6 +155,7 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
           ...(rateMiBs !== undefined ? { rateMiBs } : {}),
           ...(a.group ? { group: a.group } : {}),
           force: a.force,
+          ...(a['refuse-if-full'] ? { refuseIfFull: true } : {}),
         }));
         if (pairs.length === 1) {
           const s = await withClient(a, (client) => client.startCopy(pairs[0]!));

@@ -30,6 +30,35 @@ describe('arraylab copy', () => {
     }
   };
 
+  it('SnapOPC+: a 9th generation drops the oldest, or is refused with --refuse-if-full', async () => {
+    await ok(['volume', 'create', 'gsrc', '--size', '4MiB']);
+    for (let i = 1; i <= 10; i++) await ok(['volume', 'create', `gsnap${i}`, '--size', '4MiB']);
+    const ids: string[] = [];
+    for (let i = 1; i <= 8; i++) {
+      const g = await json(['copy', 'start', '--type', 'snapopcplus', '--src', 'gsrc', '--dst', `gsnap${i}`, '--refuse-if-full']);
+      expect(g).toMatchObject({ state: 'snap', generation: i });
+      ids.push(g.id as string);
+    }
+    const refused = await lab.cli(['copy', 'start', '--type', 'snapopcplus', '--src', 'gsrc', '--dst', 'gsnap9', '--refuse-if-full']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toBe(
+      `arraylab: source gsrc already has 8 SnapOPC+ generations; cancel the oldest (${ids[0]}) or start without refuse-if-full to drop it\n`,
+    );
+    expect(((await json(['copy', 'list'])).sessions as Array<{ id: string }>).map((s) => s.id)).toContain(ids[0]);
+    const ninth = await json(['copy', 'start', '--type', 'snapopcplus', '--src', 'gsrc', '--dst', 'gsnap10']);
+    expect(ninth).toMatchObject({ state: 'snap', generation: 9 });
+    const left = ((await json(['copy', 'list'])).sessions as Array<{ id: string; source: string }>).filter((s) => s.source === 'gsrc').map((s) => s.id);
+    expect(left).not.toContain(ids[0]);
+    expect(left).toHaveLength(8);
+    await ok(['volume', 'create', 'hsrc', '--size', '4MiB']);
+    await ok(['volume', 'create', 'hsnap', '--size', '4MiB']);
+    const group = await lab.cli(['copy', 'start', '--type', 'snapopcplus', '--src', 'gsrc', '--dst', 'gsnap1', '--src', 'hsrc', '--dst', 'hsnap', '--group', 'gg', '--refuse-if-full']);
+    expect(group.code).toBe(1);
+    expect(group.stderr).toMatch(/--refuse-if-full applies to single starts/);
+    await ok(['copy', 'cancel', ninth.id as string, '--force']); // the newest, and with --force every older generation
+    expect(((await json(['copy', 'list'])).sessions as Array<{ source: string }>).filter((s) => s.source === 'gsrc')).toEqual([]);
+  }, 60_000);
+
   it('OPC: the destination reads the point-in-time image over NBD while the rate-limited copy runs', async () => {
     const qemuIo = requireTool('qemu-io');
     const qemuImg = requireTool('qemu-img');
