@@ -5,6 +5,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { BlockDevice } from '../block/BlockDevice.js';
 import { BufferPool } from '../nbd/BufferPool.js';
+import { drainConnections, listenTcp } from '../util/tcpListener.js';
 import { Connection, type ConnectionContext } from './Connection.js';
 import { FullFeature, type FullFeatureHost } from './FullFeature.js';
 import { LoginFailure, type LoginIdentity } from './login.js';
@@ -87,21 +88,10 @@ export class IscsiTarget {
     );
   }
 
-  listen(port: number, host = '127.0.0.1'): Promise<{ host: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      const onError = (err: Error) => reject(err);
-      this.server.once('error', onError);
-      this.server.listen(port, host, () => {
-        this.server.off('error', onError);
-        const addr = this.server.address();
-        if (addr === null || typeof addr === 'string') {
-          reject(new Error('iSCSI target is not listening on TCP'));
-          return;
-        }
-        this.opts.logger.info({ host: addr.address, port: addr.port, target: this.opts.targetName, auth: this.opts.auth === undefined ? 'None' : 'CHAP' }, 'iSCSI target listening');
-        resolve({ host: addr.address, port: addr.port });
-      });
-    });
+  async listen(port: number, host = '127.0.0.1'): Promise<{ host: string; port: number }> {
+    const addr = await listenTcp(this.server, port, host, 'iSCSI target');
+    this.opts.logger.info({ ...addr, target: this.opts.targetName, auth: this.opts.auth === undefined ? 'None' : 'CHAP' }, 'iSCSI target listening');
+    return addr;
   }
 
   /** No new connections; sessions finish running commands and close; export handles close. */
@@ -111,25 +101,10 @@ export class IscsiTarget {
   }
 
   private async doClose(): Promise<void> {
-    const stopped = new Promise<void>((resolve) => {
-      if (!this.server.listening) resolve();
-      else this.server.close(() => resolve());
-    });
-    const conns = [...this.connections];
     // Stop reading everywhere: running commands finish (and answer), nothing new starts.
-    for (const c of conns) c.stop();
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), CLOSE_TIMEOUT_MS);
-    });
-    const all = Promise.all(conns.map((c) => c.done));
-    if ((await Promise.race([all, timedOut])) === 'timeout') {
-      this.opts.logger.warn({ connections: this.connections.size }, 'iSCSI connections did not finish in time: destroying them');
-      for (const c of this.connections) c.destroy();
-      await all;
-    }
-    clearTimeout(timer);
-    await stopped;
+    await drainConnections(this.server, this.connections, (c) => c.stop(), CLOSE_TIMEOUT_MS, (open) =>
+      this.opts.logger.warn({ connections: open }, 'iSCSI connections did not finish in time: destroying them'),
+    );
     this.opts.logger.info('iSCSI target closed');
   }
 

@@ -4,6 +4,7 @@ import { createSecureContext } from 'node:tls';
 import { BufferPool } from './BufferPool.js';
 import { Connection, type ConnectionContext } from './Connection.js';
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, type NbdServerOptions } from './types.js';
+import { drainConnections, listenTcp } from '../util/tcpListener.js';
 
 /** How long close() lets connections finish in-flight requests before destroying them. */
 const CLOSE_TIMEOUT_MS = 10_000;
@@ -39,21 +40,10 @@ export class NbdServer {
     return this.connections.size;
   }
 
-  listen(port: number, host = '127.0.0.1'): Promise<{ host: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      const onError = (err: Error) => reject(err);
-      this.server.once('error', onError);
-      this.server.listen(port, host, () => {
-        this.server.off('error', onError);
-        const addr = this.server.address();
-        if (addr === null || typeof addr === 'string') {
-          reject(new Error('NBD server is not listening on TCP'));
-          return;
-        }
-        this.ctx.logger.info({ host: addr.address, port: addr.port, tls: this.ctx.tls === undefined ? 'off' : this.ctx.tls.require ? 'require' : 'on' }, 'NBD server listening');
-        resolve({ host: addr.address, port: addr.port });
-      });
-    });
+  async listen(port: number, host = '127.0.0.1'): Promise<{ host: string; port: number }> {
+    const addr = await listenTcp(this.server, port, host, 'NBD server');
+    this.ctx.logger.info({ ...addr, tls: this.ctx.tls === undefined ? 'off' : this.ctx.tls.require ? 'require' : 'on' }, 'NBD server listening');
+    return addr;
   }
 
   /** Stop accepting; tell connected clients (ESHUTDOWN on new requests, finish in-flight ones), close all sockets. */
@@ -63,24 +53,9 @@ export class NbdServer {
   }
 
   private async doClose(): Promise<void> {
-    const stopped = new Promise<void>((resolve) => {
-      if (!this.server.listening) resolve();
-      else this.server.close(() => resolve());
-    });
-    const conns = [...this.connections];
-    for (const c of conns) c.shutdown();
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), CLOSE_TIMEOUT_MS);
-    });
-    const all = Promise.all(conns.map((c) => c.done));
-    if ((await Promise.race([all, timedOut])) === 'timeout') {
-      this.ctx.logger.warn({ connections: this.connections.size }, 'connections did not finish in time: destroying them');
-      for (const c of this.connections) c.destroy();
-      await all;
-    }
-    clearTimeout(timer);
-    await stopped;
+    await drainConnections(this.server, this.connections, (c) => c.shutdown(), CLOSE_TIMEOUT_MS, (open) =>
+      this.ctx.logger.warn({ connections: open }, 'connections did not finish in time: destroying them'),
+    );
     this.ctx.logger.info('NBD server closed');
   }
 
