@@ -1,0 +1,174 @@
+/**
+ * `arraylab-agent serve`: AgentService over gRPC, each method a thin call into AgentCore.
+ *
+ * Every call must carry `authorization: Bearer <token>`; the token is compared in constant time
+ * (as SHA-256 digests, so lengths do not leak either). Errors keep their message and get the
+ * status code of their kind: AgentError's code, the array's ApiError code, else INTERNAL.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Logger } from 'pino';
+import { ApiError } from '../../emulator/api/errors.js';
+import { AgentError, type AgentCore, type AgentErrorCode, type DoctorCheck, type ProgressEvent } from '../types.js';
+import { agentServiceDefinition } from './proto.js';
+import { backupReportToWire, restoreReportToWire } from './wire.js';
+
+export interface AgentApiServerOptions {
+  core: AgentCore;
+  doctor: () => Promise<DoctorCheck[]>;
+  token: string;
+  log: Logger;
+  /** PEM; both or neither. */
+  tls?: { cert: Buffer; key: Buffer };
+}
+
+const STATUS_OF: Record<AgentErrorCode | string, grpc.status> = {
+  NOT_FOUND: grpc.status.NOT_FOUND,
+  ALREADY_EXISTS: grpc.status.ALREADY_EXISTS,
+  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
+  FAILED_PRECONDITION: grpc.status.FAILED_PRECONDITION,
+  RESOURCE_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
+  ABORTED: grpc.status.ABORTED,
+  UNAVAILABLE: grpc.status.UNAVAILABLE,
+  DEADLINE_EXCEEDED: grpc.status.UNAVAILABLE,
+  INTERNAL: grpc.status.INTERNAL,
+};
+
+export function statusOf(err: unknown): grpc.status {
+  if (err instanceof AgentError || err instanceof ApiError) return STATUS_OF[err.code] ?? grpc.status.UNKNOWN;
+  return grpc.status.INTERNAL;
+}
+
+type Call = grpc.ServerUnaryCall<Record<string, unknown>, unknown> | grpc.ServerWritableStream<Record<string, unknown>, unknown>;
+
+export class AgentApiServer {
+  private readonly server = new grpc.Server();
+  private readonly tokenDigest: Buffer;
+  private readonly opts: AgentApiServerOptions;
+
+  constructor(opts: AgentApiServerOptions) {
+    if (opts.token.length < 16) throw new Error('the agent token must be at least 16 characters; generate one with: openssl rand -hex 32');
+    this.opts = opts;
+    this.tokenDigest = createHash('sha256').update(opts.token).digest();
+    const c = opts.core;
+    const req = (r: Record<string, unknown>, k: string) => (typeof r[k] === 'string' ? (r[k] as string) : '');
+    this.server.addService(agentServiceDefinition(), {
+      RegisterTransaction: this.unary((r) =>
+        c.registerTransaction(req(r, 'volume'), {
+          ...(r.lock ? { lock: r.lock as 'unmount' | 'freeze' } : {}),
+          ...(r.generations ? { generations: r.generations as number } : {}),
+          flushOnly: r.flushOnly === true,
+          ...(r.defaultType ? { defaultType: r.defaultType as 'opc' } : {}),
+        }),
+      ),
+      RegisterBackup: this.unary((r) => c.registerBackup(req(r, 'volume'))),
+      Unregister: this.unary(async (r) => {
+        await c.unregister(req(r, 'volume'), { force: r.force === true });
+        return {};
+      }),
+      Backup: this.stream(async (r, progress) => {
+        const report = await c.backup(r.volumes as string[], {
+          ...(r.type ? { type: r.type as 'opc' } : {}),
+          flushOnly: r.flushOnly === true,
+          ...(r.to ? { to: r.to as 'disk' } : {}),
+          ...(r.cartridge ? { cartridge: r.cartridge as string } : {}),
+          onProgress: progress,
+        });
+        return { backup: backupReportToWire(report) };
+      }),
+      StartSync: this.stream(async (r, progress) => ({ sync: await c.startSync(req(r, 'volume'), { onProgress: progress }) })),
+      CancelSync: this.unary(async (r) => {
+        await c.cancelSync(req(r, 'volume'));
+        return {};
+      }),
+      Restore: this.stream(async (r, progress) => {
+        const report = await c.restore(req(r, 'volume'), {
+          ...(r.generation ? { generation: r.generation as number } : {}),
+          ...(r.to ? { to: r.to as string } : {}),
+          fromTape: r.fromTape === true,
+          onProgress: progress,
+        });
+        return { restore: restoreReportToWire(report) };
+      }),
+      History: this.unary(async (r) => ({ entries: await c.history(req(r, 'volume') || undefined) })),
+      Status: this.unary(() => c.status()),
+      Devices: this.unary(async () => ({ devices: await c.devices() })),
+      ResourceMatch: this.unary(() => c.resourceMatch()),
+      Doctor: this.unary(async () => ({ checks: await opts.doctor() })),
+    });
+  }
+
+  /** Binds host:port (port 0 = any free port) and returns the port bound. */
+  async listen(host: string, port: number): Promise<number> {
+    const creds = this.opts.tls
+      ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: this.opts.tls.cert, private_key: this.opts.tls.key }], false)
+      : grpc.ServerCredentials.createInsecure();
+    const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+    return new Promise((resolve, reject) => {
+      this.server.bindAsync(address, creds, (err, bound) => (err ? reject(new Error(`cannot listen on ${address}: ${err.message}; choose another --listen address`)) : resolve(bound)));
+    });
+  }
+
+  /** Stops taking calls; running ones finish (a backup in progress runs its post-processing). */
+  close(): Promise<void> {
+    return new Promise((resolve) => this.server.tryShutdown(() => resolve()));
+  }
+
+  private authorized(call: Call): boolean {
+    const header = call.metadata.get('authorization')[0];
+    if (typeof header !== 'string' || !header.startsWith('Bearer ')) return false;
+    const digest = createHash('sha256').update(header.slice('Bearer '.length)).digest();
+    return timingSafeEqual(digest, this.tokenDigest);
+  }
+
+  private denied(call: Call): grpc.ServiceError {
+    this.opts.log.warn({ peer: call.getPeer() }, 'agent API call refused: missing or wrong token');
+    return Object.assign(new Error('missing or wrong token'), {
+      code: grpc.status.UNAUTHENTICATED,
+      details: "missing or wrong token; pass the agent's token (its token file, or ARRAYLAB_AGENT_TOKEN)",
+      metadata: new grpc.Metadata(),
+    });
+  }
+
+  private failure(err: unknown, method: string): grpc.ServiceError {
+    const message = err instanceof Error ? err.message : String(err);
+    const code = statusOf(err);
+    if (code === grpc.status.INTERNAL) this.opts.log.error({ err, method }, 'agent API call failed unexpectedly');
+    return Object.assign(new Error(message), { code, details: message, metadata: new grpc.Metadata() });
+  }
+
+  private unary(fn: (req: Record<string, unknown>) => Promise<unknown>): grpc.handleUnaryCall<Record<string, unknown>, unknown> {
+    return (call, callback) => {
+      if (!this.authorized(call)) return callback(this.denied(call));
+      fn(call.request).then(
+        (res) => callback(null, res),
+        (err) => callback(this.failure(err, call.getPath())),
+      );
+    };
+  }
+
+  private stream(fn: (req: Record<string, unknown>, progress: (p: ProgressEvent) => void) => Promise<object>): grpc.handleServerStreamingCall<Record<string, unknown>, unknown> {
+    return (call) => {
+      if (!this.authorized(call)) {
+        call.emit('error', this.denied(call));
+        return;
+      }
+      // A client that goes away does not stop the operation: its post-processing must run.
+      const progress = (p: ProgressEvent) => {
+        if (!call.cancelled && !call.destroyed) call.write({ progress: p });
+      };
+      fn(call.request, progress).then(
+        (last) => {
+          if (!call.cancelled && !call.destroyed) {
+            call.write(last);
+            call.end();
+          }
+        },
+        (err) => {
+          if (!call.cancelled && !call.destroyed) call.emit('error', this.failure(err, call.getPath()));
+        },
+      );
+    };
+  }
+}
+

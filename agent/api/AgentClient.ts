@@ -1,0 +1,155 @@
+/**
+ * AgentCore over gRPC: the CLI with --agent HOST:PORT, and lab tools, drive a remote agent with
+ * the same calls as a local one. Failures become AgentError with the agent's own message.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { formatHostPort, parseHostPort } from '../../emulator/api/address.js';
+import {
+  AgentError,
+  type AgentCore,
+  type AgentErrorCode,
+  type AgentStatus,
+  type BackupOptions,
+  type BackupReport,
+  type BackupVolumeRecord,
+  type DeviceMapping,
+  type DoctorCheck,
+  type HistoryEntry,
+  type LockMode,
+  type ProgressEvent,
+  type ResourceMatchReport,
+  type RestoreOptions,
+  type RestoreReport,
+  type SyncView,
+  type TransactionVolumeRecord,
+} from '../types.js';
+import { agentServiceClientConstructor } from './proto.js';
+import { backupReportFromWire, historyFromWire, progressFromWire, restoreReportFromWire, statusFromWire } from './wire.js';
+
+export interface AgentClientOptions {
+  token: string;
+  /** PEM of the CA that signed the agent's certificate: use TLS. */
+  tlsCa?: Buffer;
+  /** Unary calls; default 30 s. Streams (backup, restore, start-sync) have none. */
+  deadlineMs?: number;
+}
+
+const CODES: Partial<Record<grpc.status, AgentErrorCode>> = {
+  [grpc.status.NOT_FOUND]: 'NOT_FOUND',
+  [grpc.status.ALREADY_EXISTS]: 'ALREADY_EXISTS',
+  [grpc.status.INVALID_ARGUMENT]: 'INVALID_ARGUMENT',
+  [grpc.status.FAILED_PRECONDITION]: 'FAILED_PRECONDITION',
+  [grpc.status.RESOURCE_EXHAUSTED]: 'RESOURCE_EXHAUSTED',
+  [grpc.status.ABORTED]: 'ABORTED',
+  [grpc.status.INTERNAL]: 'INTERNAL',
+};
+
+type Unary = (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
+type Streaming = (req: unknown, md: grpc.Metadata) => grpc.ClientReadableStream<Record<string, unknown>>;
+
+export class AgentClient implements AgentCore {
+  readonly address: string;
+  private readonly client: grpc.Client;
+  private readonly opts: AgentClientOptions;
+
+  constructor(address: string, opts: AgentClientOptions) {
+    this.address = formatHostPort(parseHostPort(address));
+    this.opts = opts;
+    const Client = agentServiceClientConstructor();
+    const creds = opts.tlsCa ? grpc.credentials.createSsl(opts.tlsCa) : grpc.credentials.createInsecure();
+    this.client = new Client(this.address, creds, { 'grpc.enable_retries': 0, 'grpc.initial_reconnect_backoff_ms': 100 });
+  }
+
+  async registerTransaction(volume: string, o: { lock?: LockMode; generations?: number; flushOnly?: boolean; defaultType?: 'opc' | 'quickopc' | 'snapopcplus' } = {}): Promise<TransactionVolumeRecord> {
+    return this.unary('RegisterTransaction', { volume, lock: o.lock ?? '', generations: o.generations ?? 0, flushOnly: o.flushOnly ?? false, defaultType: o.defaultType ?? '' });
+  }
+
+  async registerBackup(volume: string): Promise<BackupVolumeRecord> {
+    return this.unary('RegisterBackup', { volume });
+  }
+
+  async unregister(volume: string, o: { force?: boolean } = {}): Promise<void> {
+    await this.unary('Unregister', { volume, force: o.force ?? false });
+  }
+
+  async backup(volumes: string[], o: BackupOptions = {}): Promise<BackupReport> {
+    const last = await this.stream('Backup', { volumes, type: o.type ?? '', flushOnly: o.flushOnly ?? false, to: o.to ?? '', cartridge: o.cartridge ?? '' }, o.onProgress);
+    return backupReportFromWire(last.backup as BackupReport);
+  }
+
+  async startSync(volume: string, o: { onProgress?: (p: ProgressEvent) => void } = {}): Promise<SyncView> {
+    const last = await this.stream('StartSync', { volume }, o.onProgress);
+    return last.sync as SyncView;
+  }
+
+  async cancelSync(volume: string): Promise<void> {
+    await this.unary('CancelSync', { volume });
+  }
+
+  async restore(volume: string, o: RestoreOptions = {}): Promise<RestoreReport> {
+    const last = await this.stream('Restore', { volume, generation: o.generation ?? 0, to: o.to ?? '', fromTape: o.fromTape ?? false }, o.onProgress);
+    return restoreReportFromWire(last.restore as RestoreReport);
+  }
+
+  async history(volume?: string): Promise<HistoryEntry[]> {
+    const res = await this.unary<{ entries: HistoryEntry[] }>('History', { volume: volume ?? '' });
+    return res.entries.map(historyFromWire);
+  }
+
+  async status(): Promise<AgentStatus> {
+    return statusFromWire(await this.unary<AgentStatus>('Status', {}));
+  }
+
+  async devices(): Promise<DeviceMapping[]> {
+    return (await this.unary<{ devices: DeviceMapping[] }>('Devices', {})).devices;
+  }
+
+  async resourceMatch(): Promise<ResourceMatchReport> {
+    return this.unary('ResourceMatch', {});
+  }
+
+  async doctor(): Promise<DoctorCheck[]> {
+    return (await this.unary<{ checks: DoctorCheck[] }>('Doctor', {})).checks;
+  }
+
+  async close(): Promise<void> {
+    this.client.close();
+  }
+
+  private metadata(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    md.set('authorization', `Bearer ${this.opts.token}`);
+    return md;
+  }
+
+  private unary<T>(method: string, req: unknown): Promise<T> {
+    const fn = (this.client as unknown as Record<string, Unary>)[method]!;
+    return new Promise((resolve, reject) => {
+      fn.call(this.client, req, this.metadata(), { deadline: Date.now() + (this.opts.deadlineMs ?? 30_000) }, (err, res) => (err ? reject(this.toError(err)) : resolve(res as T)));
+    });
+  }
+
+  /** Resolves with the stream's last message (the result); progress messages go to onProgress. */
+  private stream(method: string, req: unknown, onProgress?: (p: ProgressEvent) => void): Promise<Record<string, unknown>> {
+    const fn = (this.client as unknown as Record<string, Streaming>)[method]!;
+    const call = fn.call(this.client, req, this.metadata());
+    return new Promise((resolve, reject) => {
+      let last: Record<string, unknown> | undefined;
+      call.on('data', (m: Record<string, unknown>) => {
+        if (m.progress) onProgress?.(progressFromWire(m.progress as ProgressEvent & { doneBytes: number; totalBytes: number }));
+        else last = m;
+      });
+      call.on('error', (err: grpc.ServiceError) => reject(this.toError(err)));
+      call.on('end', () => (last ? resolve(last) : reject(new AgentError('UNAVAILABLE', `the agent at ${this.address} ended ${method} without a result; see its log`))));
+    });
+  }
+
+  private toError(err: grpc.ServiceError): AgentError {
+    const code = CODES[err.code];
+    if (code) return new AgentError(code, err.details);
+    if (err.code === grpc.status.UNAUTHENTICATED) return new AgentError('FAILED_PRECONDITION', `the agent at ${this.address} refused the call: ${err.details}`);
+    if (err.code === grpc.status.UNAVAILABLE) return new AgentError('UNAVAILABLE', `cannot reach the agent at ${this.address}: ${err.details}; is \`arraylab-agent serve\` running there? (set --agent or ARRAYLAB_AGENT)`);
+    if (err.code === grpc.status.DEADLINE_EXCEEDED) return new AgentError('UNAVAILABLE', `the agent at ${this.address} did not answer in time`);
+    return new AgentError('INTERNAL', `the agent at ${this.address} failed: ${grpc.status[err.code] ?? err.code}: ${err.details}`);
+  }
+}
