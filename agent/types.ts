@@ -53,6 +53,8 @@ export interface MountEntry {
   mountOptions: string;
   /** Per-superblock options (after the separator), e.g. "rw,errors=remount-ro". */
   superOptions: string;
+  /** The mount's root within its filesystem (field 4): "/" unless a bind mount of a subdirectory. */
+  root?: string;
 }
 
 /**
@@ -147,7 +149,7 @@ export interface HostSide {
   runHook(ctx: HookContext, opts?: { timeoutMs?: number }): Promise<HookResult>;
   /** Copies a whole device onto another (host-side restore), with progress. */
   copyDevice(from: string, to: string, onProgress?: (p: HostProgress) => void): Promise<void>;
-  /** Frozen filesystems this agent left behind per the given records: thaw them. */
+  /** Best effort: is the filesystem at mountPoint frozen? (A write probe that blocks for 1 s.) */
   isFrozen(mountPoint: string): Promise<boolean>;
 }
 
@@ -241,6 +243,8 @@ export interface VolumeOutcome {
   hooks: HookResult[];
   /** Set when post-processing failed and the volume now needs a resource match. */
   needsResourceMatch?: string;
+  /** Set when not ok: the error's code (e.g. RESOURCE_EXHAUSTED, ABORTED), for the API. */
+  code?: AgentErrorCode;
 }
 
 /** One backup command over a set of volumes (one consistency group). */

@@ -41,6 +41,7 @@ export function backupReportFromWire(w: BackupReport): BackupReport {
       if (v.generation) out.generation = historyFromWire(v.generation);
       if (v.error) out.error = v.error;
       if (v.needsResourceMatch) out.needsResourceMatch = v.needsResourceMatch;
+      if (v.code) out.code = v.code;
       return out;
     }),
   };

@@ -1,0 +1,140 @@
+/**
+ * Hook scripts: HOOKS_DIR/PHASE, run with the phase, volume, device and mount point as
+ * arguments and ARRAYLAB_* in the environment, under a timeout after which the script's whole
+ * process group is killed (SIGTERM, then SIGKILL 2 s later). Exit codes follow the seed's rule:
+ * 0 success, 100-255 the user's own errors, 1-99 reserved for arraylab-agent.
+ */
+import { spawn } from 'node:child_process';
+import { access, constants, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { HookContext, HookResult } from '../types.js';
+
+export const HOOK_OUTPUT_BYTES = 4096;
+const KILL_GRACE_MS = 2000;
+
+/** Keeps the last `limit` bytes written to it. */
+class Tail {
+  private chunks: Buffer[] = [];
+  private size = 0;
+  constructor(private readonly limit: number) {}
+  push(b: Buffer): void {
+    this.chunks.push(b);
+    this.size += b.length;
+    while (this.size - this.chunks[0].length >= this.limit) this.size -= this.chunks.shift()!.length;
+  }
+  text(): string {
+    const all = Buffer.concat(this.chunks);
+    return all.subarray(Math.max(0, all.length - this.limit)).toString('utf8');
+  }
+}
+
+export async function runHook(hooksDir: string, ctx: HookContext, timeoutMs: number): Promise<HookResult> {
+  const started = Date.now();
+  const script = hooksDir ? join(hooksDir, ctx.phase) : '';
+  const base = { phase: ctx.phase, exitCode: null, signal: null, output: '' };
+  const result = (r: Pick<HookResult, 'verdict' | 'message'> & Partial<Pick<HookResult, 'exitCode' | 'signal' | 'output' | 'script'>>): HookResult => ({
+    ...base,
+    script,
+    ...r,
+    durationMs: Date.now() - started,
+  });
+
+  let st;
+  try {
+    st = script ? await stat(script) : undefined;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return result({ verdict: 'spawn-error', message: `${ctx.phase} script ${script} cannot be read: ${(err as Error).message}; fix its permissions` });
+  }
+  if (!st) return result({ script: '', verdict: 'none', message: `no ${ctx.phase} script${hooksDir ? ` in ${hooksDir}` : ''}` });
+  if (!st.isFile()) return result({ verdict: 'spawn-error', message: `${ctx.phase} script ${script} is not a regular file; replace it with an executable script` });
+  try {
+    await access(script, constants.X_OK);
+  } catch {
+    return result({ verdict: 'spawn-error', message: `${ctx.phase} script ${script} is not executable; chmod +x ${script}` });
+  }
+
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    ARRAYLAB_PHASE: ctx.phase,
+    ARRAYLAB_VOLUME: ctx.volume,
+    ARRAYLAB_DEVICE: ctx.device,
+    ARRAYLAB_MOUNTPOINT: ctx.mountPoint,
+    ARRAYLAB_BACKUP_VOLUME: ctx.backupVolume ?? '',
+    ARRAYLAB_GENERATION: ctx.generation === undefined ? '' : String(ctx.generation),
+  };
+  const out = new Tail(HOOK_OUTPUT_BYTES);
+
+  return new Promise<HookResult>((resolve) => {
+    const child = spawn(script, [ctx.phase, ctx.volume, ctx.device, ctx.mountPoint], {
+      detached: true, // its own process group, so that a timeout kills its children too
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env,
+      cwd: '/',
+    });
+    let timedOut = false;
+    let killTimer: NodeJS.Timeout | undefined;
+    const killGroup = (sig: NodeJS.Signals) => {
+      try {
+        process.kill(-child.pid!, sig);
+      } catch {
+        // the group is gone already
+      }
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      killGroup('SIGTERM');
+      killTimer = setTimeout(() => killGroup('SIGKILL'), KILL_GRACE_MS);
+    }, timeoutMs);
+    child.stdout!.on('data', (b: Buffer) => out.push(b));
+    child.stderr!.on('data', (b: Buffer) => out.push(b));
+
+    let settled = false;
+    const finish = (r: HookResult) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve(r);
+    };
+    child.once('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(killTimer);
+      const fix = err.code === 'ENOEXEC' ? 'start it with a #! line' : err.code === 'EACCES' ? `chmod +x ${script}` : 'check the script';
+      finish(result({ verdict: 'spawn-error', output: out.text(), message: `${ctx.phase} script ${script} could not be run: ${err.message}; ${fix}` }));
+    });
+    child.once('exit', (code, signal) => {
+      const done = () => {
+        const output = out.text();
+        if (timedOut) {
+          // Children that outlived the script (still in its group) get the same treatment.
+          killGroup('SIGTERM');
+          setTimeout(() => killGroup('SIGKILL'), KILL_GRACE_MS).unref();
+          clearTimeout(killTimer);
+          return finish(
+            result({ verdict: 'timeout', exitCode: code, signal, output, message: `${ctx.phase} script ${script} did not finish within ${fmtSeconds(timeoutMs)} and was killed with its process group; make it finish sooner or raise --hook-timeout` }),
+          );
+        }
+        clearTimeout(killTimer);
+        if (signal) return finish(result({ verdict: 'signal', exitCode: null, signal, output, message: `${ctx.phase} script ${script} was killed by ${signal}` }));
+        if (code === 0) return finish(result({ verdict: 'ok', exitCode: 0, output, message: `${ctx.phase} script ${script} exited 0` }));
+        if (code !== null && code >= 100) return finish(result({ verdict: 'user-error', exitCode: code, output, message: `${ctx.phase} script ${script} exited ${code} (the script's own error code)` }));
+        return finish(
+          result({ verdict: 'reserved-code', exitCode: code, output, message: `${ctx.phase} script ${script} exited ${code}, a code reserved for arraylab-agent (0-99); use 100-255 for your own errors` }),
+        );
+      };
+      // Wait for its output to drain, but not for a child that kept the pipes (it may never close them).
+      if (child.stdout!.readableEnded && child.stderr!.readableEnded) return done();
+      const grace = setTimeout(() => {
+        child.stdout!.destroy();
+        child.stderr!.destroy();
+        done();
+      }, 200);
+      child.once('close', () => {
+        clearTimeout(grace);
+        done();
+      });
+    });
+  });
+}
+
+function fmtSeconds(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000} s` : `${(ms / 1000).toFixed(1)} s`;
+}
