@@ -1,0 +1,12 @@
+/** The part of the array's API that backup management uses (emulator/api/ArrayClient). */
+import type { ArrayClient } from '../../emulator/api/ArrayClient.js';
+
+export type ArrayPort = Pick<
+  ArrayClient,
+  'getVolume' | 'listVolumes' | 'listExports' | 'startCopy' | 'startCopyGroup' | 'cutCopyGroup' | 'getCopy' | 'listCopies' | 'suspendCopy' | 'resumeCopy' | 'reverseCopy' | 'cancelCopy'
+>;
+
+/** True when an array call failed because the thing is gone (ApiError NOT_FOUND). */
+export function isNotFound(err: unknown): boolean {
+  return (err as { code?: unknown } | null)?.code === 'NOT_FOUND';
+}

@@ -1,0 +1,860 @@
+/**
+ * Backup management (the seeds' storage-server role): registrations, generations, snapshot and
+ * synchronized backups, restore, history, status and resource match, over the agent's store
+ * (AgentStore), the array (ArrayPort) and the host (HostSide). See README.md here.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { CopySessionView, StartCopyParams } from '../../emulator/api/model.js';
+import type { VolumeInfo } from '../../emulator/array/types.js';
+import { formatSize } from '../../emulator/units.js';
+import { AGENT_DATABASE_FILE, AgentStore, BusyError, type SyncPairRecord } from '../store/AgentStore.js';
+import {
+  AgentError,
+  type AgentCore,
+  type AgentStatus,
+  type BackupOptions,
+  type BackupReport,
+  type BackupType,
+  type BackupVolumeRecord,
+  type DeviceMapping,
+  type GenerationRecord,
+  type HistoryEntry,
+  type HookContext,
+  type HookPhase,
+  type HookResult,
+  type LockMode,
+  type ProgressEvent,
+  type RestoreOptions,
+  type RestoreReport,
+  type ResourceMatchReport,
+  type SyncView,
+  type TapeCopyRecord,
+  type TapePort,
+  type TransactionPrep,
+  type TransactionVolumeRecord,
+  type HostSide,
+  type VolumeOutcome,
+} from '../types.js';
+import { isNotFound, type ArrayPort } from './ArrayPort.js';
+import { LockLedger } from './LockLedger.js';
+import { codeOf, deviceOf, hookOk, isAlive, percent, type ManagerContext } from './context.js';
+import { resourceMatch } from './resourceMatch.js';
+import { restore } from './restore.js';
+
+export interface BackupManagerOptions {
+  store: AgentStore;
+  array: ArrayPort;
+  tape: TapePort;
+  host: HostSide;
+  log: Logger;
+  /** Passed to every hook run. */
+  hookTimeoutMs?: number;
+  /** Passed to lockTransaction for --lock freeze. */
+  freezeDeadlineMs?: number;
+  now?: () => Date;
+  /** How often a restore polls its copy session; default 100 ms. */
+  pollMs?: number;
+}
+
+/** SnapOPC+ keeps at most this many generations per source (the array drops or refuses the 9th). */
+export const MAX_SNAP_GENERATIONS = 8;
+const SNAPSHOT_TYPES = ['opc', 'quickopc', 'snapopcplus'] as const;
+
+const RM_FIX = 'run arraylab-agent resource-match';
+
+/** One volume of one backup command, from claim to report. */
+interface Job {
+  volume: string;
+  tv: TransactionVolumeRecord;
+  outcome: VolumeOutcome;
+  failed: boolean;
+  kind: 'snapshot' | 'sync';
+  type: BackupType;
+  prep: TransactionPrep;
+  bv: string;
+  bvDevice: string;
+  tvDevice: string;
+  mountPoint: string;
+  /** Held generations released before the copy (snapshot), oldest first. */
+  release: GenerationRecord[];
+  /** A QuickOPC tracking session of this very pair that the backup restarts (differential). */
+  restartSession: string;
+  sync: SyncPairRecord | undefined;
+  ledger: LockLedger;
+  claimed: string[];
+  sessionId: string;
+  /** Reached the array step: post-processing is due. */
+  locked: boolean;
+  copied: boolean;
+  at: string;
+  generation: number;
+}
+
+export class BackupManager implements AgentCore {
+  readonly store: AgentStore;
+  private readonly array: ArrayPort;
+  private readonly tape: TapePort;
+  private readonly host: HostSide;
+  private readonly log: Logger;
+  private readonly hookTimeoutMs: number | undefined;
+  private readonly freezeDeadlineMs: number | undefined;
+  private readonly now: () => Date;
+  private readonly pollMs: number;
+  /** Tells this manager's operation rows from another's in the same process. */
+  readonly owner = randomUUID();
+
+  constructor(opts: BackupManagerOptions) {
+    this.store = opts.store;
+    this.array = opts.array;
+    this.tape = opts.tape;
+    this.host = opts.host;
+    this.log = opts.log;
+    this.hookTimeoutMs = opts.hookTimeoutMs;
+    this.freezeDeadlineMs = opts.freezeDeadlineMs;
+    this.now = opts.now ?? (() => new Date());
+    this.pollMs = opts.pollMs ?? 100;
+  }
+
+  /** Opens (creating) the store at <stateDir>/agent.db. */
+  static async open(stateDir: string, opts: Omit<BackupManagerOptions, 'store'>): Promise<BackupManager> {
+    try {
+      mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    } catch (err) {
+      throw new AgentError('FAILED_PRECONDITION', `cannot create the agent state directory ${stateDir}: ${(err as Error).message}; choose another with --state-dir`);
+    }
+    const store = new AgentStore(join(stateDir, AGENT_DATABASE_FILE));
+    return new BackupManager({ ...opts, store });
+  }
+
+  async close(): Promise<void> {
+    this.store.close();
+  }
+
+  // ---- registration ----
+
+  async registerTransaction(volume: string, opts: { lock?: LockMode; generations?: number; flushOnly?: boolean; defaultType?: Exclude<BackupType, 'ec'> } = {}): Promise<TransactionVolumeRecord> {
+    if (this.store.getBackupVolume(volume)) {
+      throw new AgentError('ALREADY_EXISTS', `${volume} is registered as a backup volume; a volume has one role: unregister it first (arraylab-agent unregister ${volume})`);
+    }
+    await this.arrayVolume(volume);
+    const existing = this.store.getTransaction(volume);
+    const lock = opts.lock ?? existing?.lock ?? 'unmount';
+    if (lock !== 'unmount' && lock !== 'freeze') throw new AgentError('INVALID_ARGUMENT', `--lock ${String(lock)} is not a lock mode; use unmount or freeze`);
+    const defaultType = opts.defaultType ?? existing?.defaultType ?? 'opc';
+    if (!(SNAPSHOT_TYPES as readonly string[]).includes(defaultType)) throw new AgentError('INVALID_ARGUMENT', `--type ${String(defaultType)} is not a snapshot type; use opc, quickopc or snapopcplus`);
+    const generations = opts.generations ?? existing?.generations ?? 1;
+    if (!Number.isInteger(generations) || generations < 1) throw new AgentError('INVALID_ARGUMENT', `--generations ${generations} for ${volume}: give a whole number from 1`);
+    if (defaultType === 'snapopcplus' && generations > MAX_SNAP_GENERATIONS) {
+      throw new AgentError('INVALID_ARGUMENT', `--generations ${generations} for ${volume}: SnapOPC+ keeps at most ${MAX_SNAP_GENERATIONS} generations per volume; use --generations ${MAX_SNAP_GENERATIONS} or less`);
+    }
+    const rec: TransactionVolumeRecord = {
+      volume,
+      lock,
+      flushOnly: opts.flushOnly ?? existing?.flushOnly ?? false,
+      generations,
+      defaultType,
+      registeredAt: existing?.registeredAt ?? this.iso(),
+      needsResourceMatch: existing?.needsResourceMatch ?? '',
+    };
+    this.store.putTransaction(rec);
+    this.log.info({ volume, lock, generations, defaultType }, 'transaction volume registered');
+    return this.store.getTransaction(volume)!;
+  }
+
+  async registerBackup(volume: string): Promise<BackupVolumeRecord> {
+    if (this.store.getTransaction(volume)) {
+      throw new AgentError('ALREADY_EXISTS', `${volume} is registered as a transaction volume; a volume has one role: unregister it first (arraylab-agent unregister ${volume})`);
+    }
+    const info = await this.arrayVolume(volume);
+    const existing = this.store.getBackupVolume(volume);
+    this.store.putBackupVolume({ volume, sizeBytes: info.sizeBytes, blockSize: info.blockSize, registeredAt: existing?.registeredAt ?? this.iso(), inUseBy: '', needsResourceMatch: existing?.needsResourceMatch ?? '' });
+    this.log.info({ volume, sizeBytes: info.sizeBytes }, 'backup volume registered');
+    return publicBv(this.store.getBackupVolume(volume)!);
+  }
+
+  async unregister(volume: string, opts: { force?: boolean } = {}): Promise<void> {
+    const tv = this.store.getTransaction(volume);
+    const bv = this.store.getBackupVolume(volume);
+    if (!tv && !bv) throw new AgentError('NOT_FOUND', `${volume} is not registered; arraylab-agent status lists the registered volumes`);
+    const claimed = this.claim([volume], 'unregister');
+    try {
+      if (tv) {
+        const held = this.store.heldGenerations(volume);
+        const sync = this.store.getSync(volume);
+        if ((held.length > 0 || sync) && !opts.force) {
+          throw new AgentError(
+            'FAILED_PRECONDITION',
+            `cannot unregister ${volume}: it holds ${held.length} generation${held.length === 1 ? '' : 's'}${sync ? ` and a sync pair with ${sync.backupVolume}` : ''}; cancel-sync / let them go first, or pass --force (their records go)`,
+          );
+        }
+        for (const g of held) await this.cancelQuietly(g.sessionId);
+        if (sync) await this.cancelQuietly(sync.sessionId);
+        this.store.deleteTransaction(volume);
+      } else {
+        const inUse = this.store.getBackupVolume(volume)!.inUseBy;
+        if (inUse && !opts.force) {
+          throw new AgentError('FAILED_PRECONDITION', `cannot unregister backup volume ${volume}: it is in use by ${inUse} (a held generation or sync pair); let the generation go, cancel-sync, or pass --force`);
+        }
+        for (const g of this.store.generationsOn(volume).filter((x) => x.status === 'held')) {
+          await this.cancelQuietly(g.sessionId);
+          this.store.updateGeneration(g.transactionVolume, g.number, { status: 'released', sessionId: '', error: `backup volume ${volume} was unregistered` });
+        }
+        for (const s of this.store.listSync().filter((x) => x.backupVolume === volume)) {
+          await this.cancelQuietly(s.sessionId);
+          this.store.deleteSync(s.transactionVolume);
+        }
+        this.store.deleteBackupVolume(volume);
+      }
+      this.log.info({ volume }, 'unregistered');
+    } finally {
+      this.store.releaseOperation(claimed, this.owner);
+    }
+  }
+
+  // ---- backup ----
+
+  async backup(volumes: string[], opts: BackupOptions = {}): Promise<BackupReport> {
+    if (volumes.length === 0) throw new AgentError('INVALID_ARGUMENT', 'backup: name at least one transaction volume');
+    const dup = volumes.find((v, i) => volumes.indexOf(v) !== i);
+    if (dup !== undefined) throw new AgentError('INVALID_ARGUMENT', `backup: ${dup} is named twice; name each volume once`);
+    if (opts.type !== undefined && !(['opc', 'quickopc', 'snapopcplus', 'ec'] as string[]).includes(opts.type)) {
+      throw new AgentError('INVALID_ARGUMENT', `--type ${String(opts.type)} is not a backup type; use opc, quickopc or snapopcplus`);
+    }
+    const to = opts.to ?? 'disk';
+    if (!['disk', 'tape', 'both'].includes(to)) throw new AgentError('INVALID_ARGUMENT', `--to ${String(to)}: use disk, tape or both`);
+
+    let arrayVolumes: Map<string, VolumeInfo>;
+    let devices: DeviceMapping[];
+    try {
+      const list = await this.array.listVolumes();
+      arrayVolumes = new Map(list.map((v) => [v.name, v]));
+      devices = await this.host.devices(list);
+    } catch (err) {
+      throw new AgentError('UNAVAILABLE', `cannot back up ${volumes.join(', ')}: ${(err as Error).message}`);
+    }
+    const jobs: Job[] = [];
+    try {
+      // 1-3: claim, choose the backup volume, pre-process; a volume that fails is left out.
+      for (const volume of volumes) {
+        const job = this.newJob(volume);
+        jobs.push(job);
+        try {
+          this.planJob(job, opts, arrayVolumes, devices);
+          // Refused before anything is locked; the array refuses the cut too if it changed since.
+          if (job.sync) await this.checkEquivalent(volume, job.sync);
+          await this.preProcess(job, opts);
+        } catch (err) {
+          this.failJob(job, err);
+        }
+      }
+      // 4: the array, at one instant for the volumes still in.
+      await this.copyStep(jobs.filter((j) => !j.failed && j.locked));
+      // 5: post-processing, always, for every volume that was locked.
+      for (const job of jobs.filter((j) => j.locked)) await this.postProcess(job, opts);
+      // Synchronized backups release the oldest generation after the copy (N+1 volumes).
+      for (const job of jobs.filter((j) => j.copied && j.kind === 'sync')) await this.releaseBeyond(job.volume, job.tv.generations);
+      // 6: tape copies from the backup volumes.
+      if (to !== 'disk') for (const job of jobs.filter((j) => j.copied)) await this.tapeCopy(job, opts);
+    } finally {
+      for (const job of jobs) this.store.releaseOperation(job.claimed, this.owner);
+    }
+    for (const job of jobs) {
+      if (job.copied) job.outcome.generation = this.historyEntry(job.volume, job.generation);
+      job.outcome.ok = !job.failed;
+    }
+    return { ok: jobs.every((j) => !j.failed), volumes: jobs.map((j) => j.outcome) };
+  }
+
+  private newJob(volume: string): Job {
+    const tv = this.store.getTransaction(volume);
+    const job: Job = {
+      volume,
+      tv: tv!,
+      outcome: { volume, ok: false, hooks: [] },
+      failed: false,
+      kind: 'snapshot',
+      type: 'opc',
+      prep: 'unmount',
+      bv: '',
+      bvDevice: '',
+      tvDevice: '',
+      mountPoint: '',
+      release: [],
+      restartSession: '',
+      sync: undefined,
+      ledger: new LockLedger(this.store, this.host, this.log, volume, this.owner),
+      claimed: [],
+      sessionId: '',
+      locked: false,
+      copied: false,
+      at: '',
+      generation: 0,
+    };
+    return job;
+  }
+
+  private failJob(job: Job, err: unknown, prefix = ''): void {
+    job.failed = true;
+    const msg = (err as Error).message;
+    job.outcome.error = job.outcome.error ? `${job.outcome.error}; ${prefix}${msg}` : `${prefix}${msg}`;
+    if (err instanceof AgentError && job.outcome.code === undefined) job.outcome.code = err.code;
+    this.log.warn({ volume: job.volume, err: msg }, 'backup of volume failed');
+  }
+
+  /** Claims the volume, picks the type and the backup volume (no side effect on the array). */
+  private planJob(job: Job, opts: BackupOptions, arrayVolumes: Map<string, VolumeInfo>, devices: DeviceMapping[]): void {
+    const { volume } = job;
+    if (!job.tv) {
+      throw new AgentError(
+        this.store.getBackupVolume(volume) ? 'FAILED_PRECONDITION' : 'NOT_FOUND',
+        this.store.getBackupVolume(volume)
+          ? `${volume} is a backup volume; back up its transaction volume instead`
+          : `${volume} is not a registered transaction volume; register it with: arraylab-agent register transaction ${volume}`,
+      );
+    }
+    job.claimed.push(...this.claim([volume], 'backup'));
+    const tvInfo = arrayVolumes.get(volume);
+    if (!tvInfo) throw new AgentError('NOT_FOUND', `transaction volume ${volume} does not exist on the array; recreate it, or ${RM_FIX} to flag its records`);
+    job.prep = opts.flushOnly || job.tv.flushOnly ? 'flush' : job.tv.lock;
+    job.tvDevice = deviceOf(devices, volume);
+    job.sync = this.store.getSync(volume);
+    if (job.sync) {
+      if (opts.type !== undefined && opts.type !== 'ec') {
+        throw new AgentError('FAILED_PRECONDITION', `${volume} has a sync pair with ${job.sync.backupVolume}: back it up without --type (the EC pair is the backup), or cancel-sync first for a ${opts.type} backup`);
+      }
+      job.kind = 'sync';
+      job.type = 'ec';
+      job.bv = job.sync.backupVolume;
+      job.bvDevice = deviceOf(devices, job.bv);
+      return;
+    }
+    if (opts.type === 'ec') throw new AgentError('FAILED_PRECONDITION', `${volume} has no sync pair; start one with: arraylab-agent start-sync ${volume}`);
+    job.type = opts.type ?? job.tv.defaultType;
+    const n = job.tv.generations;
+    if (job.type === 'snapopcplus' && n > MAX_SNAP_GENERATIONS) {
+      throw new AgentError('INVALID_ARGUMENT', `${volume} keeps ${n} generations but SnapOPC+ keeps at most ${MAX_SNAP_GENERATIONS}; register it with --generations ${MAX_SNAP_GENERATIONS} or less`);
+    }
+    const held = this.store.heldGenerations(volume);
+    if (held.length < n) {
+      job.bv = this.pickUnused(volume, tvInfo, held.length, arrayVolumes, job);
+    } else {
+      // N held: the oldest goes first and its volume is reused, so N volumes serve N generations.
+      job.release = held.slice(0, held.length - n + 1);
+      const oldest = job.release[0]!;
+      job.bv = oldest.backupVolume;
+      job.claimed.push(...this.claim([job.bv], 'backup'));
+      if (oldest.type === 'quickopc' && job.type === 'quickopc' && oldest.sessionId) job.restartSession = oldest.sessionId;
+      const bvInfo = arrayVolumes.get(job.bv);
+      if (!bvInfo) throw new AgentError('NOT_FOUND', `backup volume ${job.bv} of ${volume}'s oldest generation ${oldest.number} does not exist on the array; ${RM_FIX}`);
+    }
+    job.bvDevice = deviceOf(devices, job.bv);
+  }
+
+  /** An unused registered backup volume of the transaction volume's size and block size, claimed. */
+  private pickUnused(volume: string, tvInfo: VolumeInfo, heldCount: number, arrayVolumes: Map<string, VolumeInfo>, job: Job | undefined, purpose = 'backup'): string {
+    const sameSize = this.store.listBackupVolumes().filter((b) => {
+      const a = arrayVolumes.get(b.volume);
+      return a !== undefined && a.sizeBytes === tvInfo.sizeBytes && a.blockSize === tvInfo.blockSize;
+    });
+    for (const b of sameSize) {
+      if (b.inUseBy !== '' || b.needsResourceMatch !== '') continue;
+      try {
+        const got = this.claim([b.volume], purpose);
+        job?.claimed.push(...got);
+        return b.volume;
+      } catch (err) {
+        if (err instanceof AgentError && err.code === 'ABORTED') continue; // another operation took it
+        throw err;
+      }
+    }
+    throw new AgentError(
+      'RESOURCE_EXHAUSTED',
+      `no unused backup volume of ${formatSize(tvInfo.sizeBytes)} for ${volume} (${heldCount} generation${heldCount === 1 ? '' : 's'} held, ${sameSize.length} registered backup volume${sameSize.length === 1 ? '' : 's'} of that size); register one with: arraylab-agent register backup VOL`,
+    );
+  }
+
+  /** Hook backup-pre, lock the backup volume (snapshot), lock or flush the transaction volume. */
+  private async preProcess(job: Job, opts: BackupOptions): Promise<void> {
+    const progress = this.progressOf(opts.onProgress, job.volume);
+    job.mountPoint = await this.mountPointOf(job.tvDevice);
+    const hook = await this.runHook('backup-pre', job.volume, job.tvDevice, job.mountPoint, job.bv, this.store.peekGenerationNumber(job.volume));
+    job.outcome.hooks.push(hook);
+    if (!hookOk(hook)) {
+      const reason = `backup-pre hook failed: ${hook.message}`;
+      this.flag(job.volume, reason);
+      job.outcome.needsResourceMatch = reason;
+      throw new AgentError('ABORTED', `backup of ${job.volume} aborted: ${hook.message}; ${job.volume} needs a resource match: ${RM_FIX}`);
+    }
+    progress('lock', `locking ${job.volume} (${job.prep})`);
+    try {
+      if (job.kind === 'snapshot' && job.bvDevice) await job.ledger.take(() => this.host.lockBackup(job.bv, job.bvDevice));
+      await job.ledger.take(() => this.host.lockTransaction(job.volume, job.tvDevice, job.prep, this.freezeDeadlineMs !== undefined ? { freezeDeadlineMs: this.freezeDeadlineMs } : undefined));
+    } catch (err) {
+      const undo = await job.ledger.undoAll();
+      if (undo.length > 0) {
+        const reason = `pre-processing failed and could not be undone: ${undo.join('; ')}`;
+        this.flag(job.volume, reason);
+        job.outcome.needsResourceMatch = reason;
+      }
+      throw new AgentError('FAILED_PRECONDITION', `pre-processing of ${job.volume} failed: ${(err as Error).message}${undo.length ? `; ${job.volume} needs a resource match: ${RM_FIX}` : ''}`);
+    }
+    job.locked = true;
+  }
+
+  /** Releases the oldest generations, starts the copies (one group), cuts the EC pairs. */
+  private async copyStep(jobs: Job[]): Promise<void> {
+    const snap = jobs.filter((j) => j.kind === 'snapshot');
+    for (const job of snap) {
+      try {
+        await this.releaseForReuse(job);
+      } catch (err) {
+        this.failJob(job, err, `cannot release the oldest generation of ${job.volume}: `);
+      }
+    }
+    const starting = snap.filter((j) => !j.failed);
+    const at = this.iso();
+    for (const j of jobs) j.at = at;
+    // A QuickOPC restart is refused inside a group by the array; start those on their own
+    // (each transaction volume is locked, so the set is still consistent).
+    const fresh = starting.filter((j) => !j.restartSession);
+    if (fresh.length > 1) {
+      const label = `agent-${Date.now()}`;
+      try {
+        const sessions = await this.array.startCopyGroup(label, fresh.map((j) => this.pair(j)));
+        fresh.forEach((j, i) => this.copyDone(j, sessions[i]!.id));
+      } catch (err) {
+        this.log.warn({ group: label, err: (err as Error).message }, 'group start refused; starting each volume on its own');
+        for (const j of fresh) await this.startOne(j);
+      }
+    } else {
+      for (const j of fresh) await this.startOne(j);
+    }
+    for (const j of starting.filter((x) => x.restartSession)) await this.startOne(j);
+
+    const ec = jobs.filter((j) => j.kind === 'sync');
+    const ready = ec;
+    let cut = false;
+    if (ready.length > 1) {
+      try {
+        await this.array.cutCopyGroup('suspend', { ids: ready.map((j) => j.sync!.sessionId) });
+        cut = true;
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, 'group suspend refused; suspending each pair on its own');
+      }
+    }
+    for (const j of ready) {
+      try {
+        if (!cut) await this.array.suspendCopy(j.sync!.sessionId);
+      } catch (err) {
+        this.failJob(j, err, `cannot suspend the EC pair ${j.volume} -> ${j.bv}: `);
+        continue;
+      }
+      // One EC pair per source: the next start-sync needs a new pair; the BV keeps the image.
+      try {
+        await this.array.cancelCopy(j.sync!.sessionId);
+      } catch (err) {
+        if (!isNotFound(err)) {
+          const reason = `EC session ${j.sync!.sessionId} (${j.volume} -> ${j.bv}) could not be ended after the cut: ${(err as Error).message}`;
+          this.flag(j.volume, reason);
+          j.outcome.needsResourceMatch = reason;
+        }
+      }
+      j.generation = this.store.nextGenerationNumber(j.volume);
+      this.store.syncToGeneration(this.genRecord(j, ''));
+      j.copied = true;
+    }
+  }
+
+  private pair(j: Job): StartCopyParams {
+    // force: the agent has just locked the backup volume on this host.
+    return { type: j.type, source: j.volume, destination: j.bv, force: true };
+  }
+
+  private async startOne(j: Job): Promise<void> {
+    try {
+      const s = await this.array.startCopy(this.pair(j));
+      this.copyDone(j, s.id);
+    } catch (err) {
+      this.failJob(j, err, `cannot start ${j.type} ${j.volume} -> ${j.bv}: `);
+    }
+  }
+
+  private copyDone(j: Job, sessionId: string): void {
+    j.sessionId = sessionId;
+    j.generation = this.store.nextGenerationNumber(j.volume);
+    this.store.insertGeneration(this.genRecord(j, sessionId));
+    j.copied = true;
+    this.log.info({ volume: j.volume, backupVolume: j.bv, type: j.type, generation: j.generation, sessionId }, 'backup copied');
+  }
+
+  private genRecord(j: Job, sessionId: string): GenerationRecord {
+    return { number: j.generation, transactionVolume: j.volume, backupVolume: j.bv, type: j.type, sessionId, at: j.at, status: 'held', prep: j.prep, tape: null, error: '' };
+  }
+
+  /** The oldest generations go before the copy; a QuickOPC one of the same pair keeps its session. */
+  private async releaseForReuse(job: Job): Promise<void> {
+    for (const g of job.release) {
+      if (g.sessionId && g.sessionId !== job.restartSession) await this.cancelSession(g.sessionId);
+      this.store.updateGeneration(g.transactionVolume, g.number, { status: 'released', sessionId: '' });
+      this.log.info({ volume: g.transactionVolume, generation: g.number, backupVolume: g.backupVolume }, 'oldest generation released for reuse');
+    }
+  }
+
+  /** After a synchronized backup: release the oldest while more than n are held. */
+  private async releaseBeyond(volume: string, n: number): Promise<void> {
+    const held = this.store.heldGenerations(volume);
+    for (const g of held.slice(0, Math.max(0, held.length - n))) {
+      try {
+        if (g.sessionId) await this.cancelSession(g.sessionId);
+        this.store.updateGeneration(volume, g.number, { status: 'released', sessionId: '' });
+      } catch (err) {
+        this.flag(volume, `cannot release generation ${g.number}: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  /** Unlock the transaction volume, drop the backup volume's cache, unlock it, hook backup-post. */
+  private async postProcess(job: Job, opts: BackupOptions): Promise<void> {
+    const progress = this.progressOf(opts.onProgress, job.volume);
+    progress('unlock', `unlocking ${job.volume}`);
+    const errors: string[] = [];
+    try {
+      await job.ledger.undo(job.volume);
+    } catch (err) {
+      errors.push(`cannot unlock ${job.volume}: ${(err as Error).message}`);
+    }
+    if (job.bvDevice) {
+      try {
+        await this.host.invalidate(job.bvDevice);
+      } catch (err) {
+        errors.push(`cannot drop the cached blocks of ${job.bv} (${job.bvDevice}): ${(err as Error).message}`);
+      }
+    }
+    errors.push(...(await job.ledger.undoAll()));
+    const hook = await this.runHook('backup-post', job.volume, job.tvDevice, job.mountPoint, job.bv, job.copied ? job.generation : this.store.peekGenerationNumber(job.volume));
+    job.outcome.hooks.push(hook);
+    if (!hookOk(hook)) errors.push(`backup-post hook failed: ${hook.message}`);
+    if (errors.length > 0) {
+      const reason = `post-processing failed: ${errors.join('; ')}`;
+      this.flag(job.volume, reason);
+      job.outcome.needsResourceMatch = reason;
+      const done = job.copied ? `generation ${job.generation} was made, but ` : '';
+      this.failJob(job, new AgentError('INTERNAL', `${done}${reason}; ${job.volume} needs a resource match: ${RM_FIX}`));
+    }
+  }
+
+  private async tapeCopy(job: Job, opts: BackupOptions): Promise<void> {
+    const progress = this.progressOf(opts.onProgress, job.volume);
+    const g = job.generation;
+    progress('tape', `writing ${job.bv} (${job.volume} generation ${g}) to tape`);
+    let tape: TapeCopyRecord;
+    try {
+      const rec = await this.tape.writeTape({ volume: job.bv, ...(opts.cartridge ? { cartridge: opts.cartridge } : {}), tag: `${job.volume} gen ${g}` }, (p) =>
+        progress('tape', `tape ${job.volume} generation ${g}`, p.doneBytes, p.totalBytes),
+      );
+      tape = { cartridge: rec.cartridge, record: rec.record, sha256: rec.sha256, at: rec.createdAt, status: 'ok', error: '' };
+    } catch (err) {
+      const msg = (err as Error).message;
+      this.store.updateGeneration(job.volume, g, { tape: { cartridge: opts.cartridge ?? '', record: 0, sha256: '', at: this.iso(), status: 'failed', error: msg } });
+      this.failJob(job, new AgentError('INTERNAL', `the tape copy of ${job.volume} generation ${g} failed: ${msg}; the disk generation is kept; back up again with --to tape to retry`));
+      return;
+    }
+    this.store.updateGeneration(job.volume, g, { tape });
+    if (opts.to !== 'tape') return;
+    // --to tape: the disk generation only staged the copy; free its backup volume.
+    try {
+      if (job.sessionId) await this.cancelSession(job.sessionId);
+      this.store.updateGeneration(job.volume, g, { status: 'tape-only', sessionId: '' });
+    } catch (err) {
+      // e.g. a SnapOPC+ generation with older ones behind it cannot be cancelled alone.
+      this.store.updateGeneration(job.volume, g, { error: `kept on disk after the tape copy: ${(err as Error).message}` });
+      this.log.warn({ volume: job.volume, generation: g, err: (err as Error).message }, 'tape-staged generation kept on disk');
+    }
+  }
+
+  // ---- synchronized backup ----
+
+  async startSync(volume: string, opts: { onProgress?: (p: ProgressEvent) => void } = {}): Promise<SyncView> {
+    const tv = this.requireTransaction(volume);
+    const existing = this.store.getSync(volume);
+    if (existing) {
+      throw new AgentError('ALREADY_EXISTS', `${volume} already has a sync pair with ${existing.backupVolume} (session ${existing.sessionId}); back it up, or cancel it with: arraylab-agent cancel-sync ${volume}`);
+    }
+    const progress = this.progressOf(opts.onProgress, volume);
+    const claimed = this.claim([volume], 'start-sync');
+    const ledger = new LockLedger(this.store, this.host, this.log, volume, this.owner);
+    try {
+      const list = await this.array.listVolumes();
+      const vols = new Map(list.map((v) => [v.name, v]));
+      const tvInfo = vols.get(volume);
+      if (!tvInfo) throw new AgentError('NOT_FOUND', `transaction volume ${volume} does not exist on the array; recreate it, or ${RM_FIX}`);
+      const held = this.store.heldGenerations(volume).length;
+      let bv: string;
+      try {
+        bv = this.pickUnused(volume, tvInfo, held, vols, undefined, 'start-sync');
+      } catch (err) {
+        if (err instanceof AgentError && err.code === 'RESOURCE_EXHAUSTED' && held >= tv.generations) {
+          throw new AgentError('RESOURCE_EXHAUSTED', `${err.message.replace(/; register one.*$/, '')}; a synchronized backup needs N+1 backup volumes for N generations: register one with: arraylab-agent register backup VOL`);
+        }
+        throw err;
+      }
+      claimed.push(bv);
+      const devices = await this.host.devices(list);
+      const tvDevice = deviceOf(devices, volume);
+      const bvDevice = deviceOf(devices, bv);
+      const mountPoint = await this.mountPointOf(tvDevice);
+      const pre = await this.runHook('sync-start-pre', volume, tvDevice, mountPoint, bv);
+      if (!hookOk(pre)) {
+        this.flag(volume, `sync-start-pre hook failed: ${pre.message}`);
+        throw new AgentError('ABORTED', `start-sync of ${volume} aborted: ${pre.message}; ${volume} needs a resource match: ${RM_FIX}`);
+      }
+      progress('lock', `locking backup volume ${bv}`);
+      if (bvDevice) await ledger.take(() => this.host.lockBackup(bv, bvDevice));
+      let session: CopySessionView | undefined;
+      let startErr: unknown;
+      try {
+        session = await this.array.startCopy({ type: 'ec', source: volume, destination: bv, force: true });
+        this.store.putSync({ transactionVolume: volume, backupVolume: bv, sessionId: session.id, startedAt: this.iso() });
+      } catch (err) {
+        startErr = err;
+      }
+      // Post-processing for synchronous processing: dismount and unlock the backup volume.
+      const errors = await ledger.undoAll();
+      const post = await this.runHook('sync-start-post', volume, tvDevice, mountPoint, bv);
+      if (!hookOk(post)) errors.push(`sync-start-post hook failed: ${post.message}`);
+      if (errors.length > 0) this.flag(volume, `start-sync post-processing failed: ${errors.join('; ')}`);
+      if (startErr !== undefined) {
+        throw new AgentError(codeOf(startErr), `cannot start the EC pair ${volume} -> ${bv}: ${(startErr as Error).message}${errors.length ? `; post-processing failed too (${errors.join('; ')}): ${RM_FIX}` : ''}`);
+      }
+      if (errors.length > 0) throw new AgentError('INTERNAL', `the EC pair ${volume} -> ${bv} started, but post-processing failed: ${errors.join('; ')}; ${volume} needs a resource match: ${RM_FIX}`);
+      progress('copy', `EC ${volume} -> ${bv} started`);
+      return syncView(volume, bv, session!);
+    } finally {
+      this.store.releaseOperation(claimed, this.owner);
+    }
+  }
+
+  async cancelSync(volume: string): Promise<void> {
+    this.requireTransaction(volume);
+    const sync = this.store.getSync(volume);
+    if (!sync) throw new AgentError('NOT_FOUND', `${volume} has no sync pair; arraylab-agent status shows the sync pairs`);
+    const claimed = this.claim([volume], 'cancel-sync');
+    try {
+      await this.cancelSession(sync.sessionId);
+      this.store.deleteSync(volume);
+      this.log.info({ volume, backupVolume: sync.backupVolume }, 'sync pair cancelled');
+    } finally {
+      this.store.releaseOperation(claimed, this.owner);
+    }
+  }
+
+  private async checkEquivalent(volume: string, sync: SyncPairRecord): Promise<void> {
+    let s: CopySessionView;
+    try {
+      s = await this.array.getCopy(sync.sessionId);
+    } catch (err) {
+      if (isNotFound(err)) {
+        throw new AgentError('FAILED_PRECONDITION', `cannot back up ${volume}: its EC session ${sync.sessionId} to ${sync.backupVolume} is gone from the array; ${RM_FIX}, then start-sync again`);
+      }
+      throw err;
+    }
+    if (s.state !== 'equivalent') {
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `cannot back up ${volume}: its copy to ${sync.backupVolume} is not yet equivalent (${s.state}, ${percent(s)}%); wait for equivalency (arraylab-agent status) and retry`,
+      );
+    }
+  }
+
+  // ---- restore ----
+
+  async restore(volume: string, opts: RestoreOptions = {}): Promise<RestoreReport> {
+    return restore(this.ctx(), volume, opts);
+  }
+
+  // ---- history and status ----
+
+  async history(volume?: string): Promise<HistoryEntry[]> {
+    if (volume !== undefined && !this.store.getTransaction(volume) && this.store.listGenerations(volume).length === 0) {
+      throw new AgentError('NOT_FOUND', `${volume} is not a registered transaction volume; arraylab-agent status lists them`);
+    }
+    const gens = this.store.listGenerations(volume);
+    const rel = relativeNumbers(gens);
+    return gens.map((g) => ({ ...g, generation: rel.get(key(g)) ?? 0 }));
+  }
+
+  /** One generation as history shows it (absolute number in, relative number out). */
+  historyEntry(volume: string, number: number): HistoryEntry {
+    const gens = this.store.listGenerations(volume);
+    const rel = relativeNumbers(gens);
+    const g = gens.find((x) => x.number === number)!;
+    return { ...g, generation: rel.get(key(g)) ?? 0 };
+  }
+
+  async status(): Promise<AgentStatus> {
+    let list: VolumeInfo[] | undefined;
+    let copies: CopySessionView[] | undefined;
+    try {
+      list = await this.array.listVolumes();
+      copies = await this.array.listCopies();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'status without the array');
+    }
+    const devices = list ? await this.host.devices(list) : [];
+    const ops = this.store.listOperations();
+    const transactionVolumes = [];
+    for (const tv of this.store.listTransactions()) {
+      const device = deviceOf(devices, tv.volume);
+      const mountPoint = await this.mountPointOf(device);
+      const sync = this.store.getSync(tv.volume);
+      let view: SyncView | null = null;
+      if (sync) {
+        const s = copies?.find((c) => c.id === sync.sessionId);
+        view = s ? syncView(tv.volume, sync.backupVolume, s) : { transactionVolume: tv.volume, backupVolume: sync.backupVolume, sessionId: sync.sessionId, state: copies ? 'gone' : 'unknown', copiedPercent: 0 };
+      }
+      const op = ops.find((o) => o.volume === tv.volume && isAlive(o.pid));
+      transactionVolumes.push({
+        ...tv,
+        device,
+        mountPoint,
+        sync: view,
+        heldGenerations: this.store.heldGenerations(tv.volume).length,
+        busy: op ? `${op.op} by pid ${op.pid} since ${op.startedAt}` : '',
+      });
+    }
+    return { transactionVolumes, backupVolumes: this.store.listBackupVolumes().map(publicBv), outstandingLocks: this.store.listLocks().map((l) => l.record) };
+  }
+
+  async devices(): Promise<DeviceMapping[]> {
+    return this.host.devices(await this.array.listVolumes());
+  }
+
+  async resourceMatch(): Promise<ResourceMatchReport> {
+    return resourceMatch(this.ctx());
+  }
+
+  // ---- shared helpers (also for restore.ts and resourceMatch.ts) ----
+
+  /** What the other files of backup/ need from the manager. */
+  ctx(): ManagerContext {
+    return {
+      store: this.store,
+      array: this.array,
+      tape: this.tape,
+      host: this.host,
+      log: this.log,
+      owner: this.owner,
+      pollMs: this.pollMs,
+      iso: () => this.iso(),
+      claim: (v, op) => this.claim(v, op),
+      flag: (v, r) => this.flag(v, r),
+      runHook: (phase, volume, device, mountPoint, bv, gen) => this.runHook(phase, volume, device, mountPoint, bv, gen),
+      mountPointOf: (d) => this.mountPointOf(d),
+      cancelSession: (id) => this.cancelSession(id),
+      historyEntry: (v, n) => this.historyEntry(v, n),
+      requireTransaction: (v) => this.requireTransaction(v),
+      progressOf: (cb, v) => this.progressOf(cb, v),
+    };
+  }
+
+  private iso(): string {
+    return this.now().toISOString();
+  }
+
+  private requireTransaction(volume: string): TransactionVolumeRecord {
+    const tv = this.store.getTransaction(volume);
+    if (!tv) throw new AgentError('NOT_FOUND', `${volume} is not a registered transaction volume; register it with: arraylab-agent register transaction ${volume}`);
+    return tv;
+  }
+
+  private async arrayVolume(volume: string): Promise<VolumeInfo> {
+    try {
+      return await this.array.getVolume(volume);
+    } catch (err) {
+      if (isNotFound(err)) throw new AgentError('NOT_FOUND', `no volume named ${volume} on the array; create it (arraylab volume create ${volume} --size SIZE) or check the name`);
+      throw new AgentError(codeOf(err), (err as Error).message);
+    }
+  }
+
+  /** Claims volumes for an operation; a live holder is ABORTED, a dead one's row is taken over and flagged. */
+  private claim(volumes: string[], op: string): string[] {
+    try {
+      const { tookOver } = this.store.claimOperation(volumes, this.owner, process.pid, op, this.iso(), isAlive);
+      for (const t of tookOver) {
+        this.flag(t.volume, `a ${t.op} started by pid ${t.pid} at ${t.startedAt} did not finish (the process is gone)`);
+        this.log.warn({ volume: t.volume, pid: t.pid, op: t.op }, 'took over the operation row of a process that is gone');
+      }
+      return volumes;
+    } catch (err) {
+      if (err instanceof BusyError) {
+        const h = err.holder;
+        throw new AgentError('ABORTED', `${h.volume} is in a ${h.op} started by pid ${h.pid} at ${h.startedAt}; wait for it or, if that process is gone, ${RM_FIX}`);
+      }
+      throw err;
+    }
+  }
+
+  private flag(volume: string, reason: string): void {
+    this.store.setNeedsResourceMatch(volume, reason);
+    this.log.warn({ volume, reason }, 'volume needs a resource match');
+  }
+
+  private async runHook(phase: HookPhase, volume: string, device: string, mountPoint: string, backupVolume?: string, generation?: number): Promise<HookResult> {
+    const ctx: HookContext = { phase, volume, device, mountPoint, ...(backupVolume ? { backupVolume } : {}), ...(generation !== undefined ? { generation } : {}) };
+    return this.host.runHook(ctx, this.hookTimeoutMs !== undefined ? { timeoutMs: this.hookTimeoutMs } : undefined);
+  }
+
+  private async mountPointOf(device: string): Promise<string> {
+    if (!device) return '';
+    return (await this.host.mountsOf(device))[0]?.mountPoint ?? '';
+  }
+
+  /** Cancels a copy session; one that is already gone is fine. */
+  private async cancelSession(id: string): Promise<void> {
+    try {
+      await this.array.cancelCopy(id);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+  }
+
+  private async cancelQuietly(id: string): Promise<void> {
+    if (!id) return;
+    try {
+      await this.cancelSession(id);
+    } catch (err) {
+      this.log.warn({ sessionId: id, err: (err as Error).message }, 'cannot cancel copy session');
+    }
+  }
+
+  private progressOf(cb: ((p: ProgressEvent) => void) | undefined, volume: string): (step: string, message: string, doneBytes?: number, totalBytes?: number) => void {
+    return (step, message, doneBytes, totalBytes) => {
+      this.log.debug({ volume, step }, message);
+      cb?.({ volume, step, message, ...(doneBytes !== undefined ? { doneBytes } : {}), ...(totalBytes !== undefined ? { totalBytes } : {}) });
+    };
+  }
+}
+
+function syncView(tv: string, bv: string, s: CopySessionView): SyncView {
+  return { transactionVolume: tv, backupVolume: bv, sessionId: s.id, state: s.state, copiedPercent: percent(s) };
+}
+
+function publicBv(b: BackupVolumeRecord & { blockSize?: number }): BackupVolumeRecord {
+  return { volume: b.volume, sizeBytes: b.sizeBytes, registeredAt: b.registeredAt, inUseBy: b.inUseBy, needsResourceMatch: b.needsResourceMatch };
+}
+
+function key(g: GenerationRecord): string {
+  return `${g.transactionVolume}\0${g.number}`;
+}
+
+/** Relative generation numbers: 1 = newest held, per transaction volume. */
+function relativeNumbers(gens: GenerationRecord[]): Map<string, number> {
+  const out = new Map<string, number>();
+  const byTv = new Map<string, GenerationRecord[]>();
+  for (const g of gens) if (g.status === 'held') byTv.set(g.transactionVolume, [...(byTv.get(g.transactionVolume) ?? []), g]);
+  for (const list of byTv.values()) list.sort((a, b) => b.number - a.number).forEach((g, i) => out.set(key(g), i + 1));
+  return out;
+}
