@@ -10,7 +10,9 @@
  * The iSCSI target sees volumes through the same ExportProvider as NBD, asks the array's host
  * affinity which LUNs an initiator may see, and is told (lunsChanged) after every change to it.
  */
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ArrayApiServer, type ServerStatus } from './api/ArrayApiServer.js';
 import { ARRAYLAB_VERSION } from './api/version.js';
@@ -20,6 +22,9 @@ import { defaultTargetName, formatHostPort, type ArraylabConfig, type HostPort, 
 import type { IscsiSessionInfo, IscsiTargetOptions } from './iscsi/types.js';
 import { NbdServer } from './nbd/index.js';
 import { formatSize } from './units.js';
+import { arrayTapeVolumes } from './tape/arrayVolumes.js'; // tape
+import { TapeLibrary } from './tape/TapeLibrary.js'; // tape
+import { TapeError } from './tape/types.js'; // tape
 
 export interface ServerAddresses {
   nbd: HostPort;
@@ -59,6 +64,9 @@ export class ArrayServer {
   private iscsiTargetName = '';
   private offHostChanges?: () => void;
   private api?: ArrayApiServer;
+  /** tape: the tape library, and its temp directory for the memory backend (removed at stop). */
+  private tapeLibrary?: TapeLibrary;
+  private tapeTempDir?: string;
   private bound?: ServerAddresses;
   private startedAt = new Date();
   private starting?: Promise<ServerAddresses>;
@@ -83,6 +91,12 @@ export class ArrayServer {
     return this.storage;
   }
 
+  /** tape: the tape library, once started. */
+  get tape(): TapeLibrary {
+    if (!this.tapeLibrary) throw new Error('ArrayServer.tape used before start()');
+    return this.tapeLibrary;
+  }
+
   get addresses(): ServerAddresses | undefined {
     return this.bound;
   }
@@ -105,6 +119,14 @@ export class ArrayServer {
       });
       await reconcileVolumes(this.storage, config.volumes, this.log);
 
+      // tape: cartridges are files in <dataDir>/tape; the memory backend keeps them in a temp
+      // dir for the server's life, so nothing survives a restart, as for its volumes.
+      let tapeDir: string;
+      if (config.backend === 'file') tapeDir = join(config.dataDir, 'tape');
+      else tapeDir = this.tapeTempDir = mkdtempSync(join(tmpdir(), 'arraylab-tape-'));
+      this.tapeLibrary = await TapeLibrary.open({ dir: tapeDir, volumes: arrayTapeVolumes(this.storage), logger: this.log });
+      await reconcileCartridges(this.tapeLibrary, config.tape?.cartridges ?? [], this.log);
+
       this.nbd = new NbdServer({ provider: this.storage, logger: this.log, ...(tls ? { tls } : {}) });
       const nbd = await listenOrExplain('NBD', config.listen.nbd, '--nbd HOST:PORT or listen.nbd', () => this.nbd!.listen(config.listen.nbd.port, config.listen.nbd.host));
 
@@ -115,6 +137,7 @@ export class ArrayServer {
         copy: this.storage,
         hosts: this.storage.hosts,
         iscsiSessions: () => this.iscsi?.sessions() ?? [],
+        tape: this.tapeLibrary, // tape
         status: () => this.serverStatus(),
         logger: this.log,
       });
@@ -179,11 +202,16 @@ export class ArrayServer {
       this.log.info('stopping iSCSI: no new logins; closing sessions');
       await this.iscsi.close();
     }
+    if (this.tapeLibrary) {
+      // tape: running writes/restores are cancelled (a write keeps nothing) before the volumes close.
+      await this.tapeLibrary.close();
+    }
     if (this.storage) {
       this.log.info('flushing and closing the array');
       await this.storage.flushAll();
       await this.storage.close();
     }
+    if (this.tapeTempDir) rmSync(this.tapeTempDir, { recursive: true, force: true }); // tape
     await this.api?.close();
     this.log.info('stopped');
   }
@@ -253,6 +281,30 @@ export async function reconcileVolumes(array: StorageArray, specs: VolumeSpec[],
         'volume exists with other provisioning or read-only settings than the config declares; keeping the existing ones',
       );
     }
+  }
+}
+
+/**
+ * tape: creates the cartridges the config declares that are missing. One that exists with
+ * another capacity is kept as it is (its records matter more), with a warning.
+ */
+export async function reconcileCartridges(tape: TapeLibrary, specs: Array<{ label: string; capacityBytes: number; origin: string }>, log: Logger): Promise<void> {
+  const existing = new Map(tape.list().map((c) => [c.label, c]));
+  for (const spec of specs) {
+    const have = existing.get(spec.label);
+    if (have) {
+      if (have.capacityBytes !== spec.capacityBytes) {
+        log.warn({ cartridge: spec.label, capacityBytes: have.capacityBytes, declared: spec.capacityBytes }, 'cartridge exists with another capacity than the config declares; keeping it');
+      }
+      continue;
+    }
+    try {
+      await tape.add(spec.label, spec.capacityBytes);
+    } catch (err) {
+      if (err instanceof TapeError) throw new ArrayError('FAILED_PRECONDITION', `${spec.origin}: ${err.message}`);
+      throw err;
+    }
+    log.info({ cartridge: spec.label, capacityBytes: spec.capacityBytes }, 'created cartridge declared in config');
   }
 }
 

@@ -81,6 +81,14 @@ export function defaultTargetName(arrayId: string): string {
 export const CHAP_SECRET_MIN_BYTES = 12;
 export const CHAP_TEXT_MAX_BYTES = 255;
 
+/** tape: a cartridge the config declares; created at start-up if missing. */
+export interface CartridgeSpec {
+  label: string;
+  capacityBytes: number;
+  /** Where it was declared, for error messages: "config F: tape.cartridges[0]". */
+  origin: string;
+}
+
 export interface ArraylabConfig {
   /** The config file's path, or DEFAULT_CONFIG_SOURCE. */
   source: string;
@@ -97,6 +105,8 @@ export interface ArraylabConfig {
   iscsi: IscsiConfig;
   log: { level: LogLevel };
   volumes: VolumeSpec[];
+  /** tape: the tape library (cartridges live in <dataDir>/tape; memory backend: a temp dir). */
+  tape: { cartridges: CartridgeSpec[] };
 }
 
 /** A configuration that cannot be used; the message is the whole one-line explanation. */
@@ -140,7 +150,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
   const root: unknown = doc.toJS() ?? {};
   if (!isPlainObject(root)) fail('', 'the top level must be a mapping of keys such as dataDir, listen and volumes');
   const top = root as Record<string, unknown>;
-  checkKeys(top, ['dataDir', 'backend', 'listen', 'nbd', 'iscsi', 'log', 'volumes'], '', fail);
+  checkKeys(top, ['dataDir', 'backend', 'listen', 'nbd', 'iscsi', 'log', 'volumes', 'tape'], '', fail);
 
   const dataDirRaw = top.dataDir ?? './arraylab-data';
   if (typeof dataDirRaw !== 'string' || dataDirRaw === '') fail('dataDir', `${show(dataDirRaw)} is not a directory path; use a path such as ./arraylab-data`);
@@ -254,6 +264,8 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
     });
   });
 
+  const tape = parseTape(top.tape, source, fail);
+
   return {
     source,
     dataDir,
@@ -263,7 +275,40 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
     iscsi,
     log: { level },
     volumes,
+    tape,
   };
+}
+
+/** tape: `tape: {cartridges: [{label: T0001, capacity: 1GiB}]}`. */
+function parseTape(raw: unknown, source: string, fail: Fail): ArraylabConfig['tape'] {
+  const out: ArraylabConfig['tape'] = { cartridges: [] };
+  if (raw === undefined || raw === null) return out;
+  if (!isPlainObject(raw)) return fail('tape', 'must be a mapping, e.g. tape: {cartridges: [{label: T0001, capacity: 1GiB}]}');
+  checkKeys(raw, ['cartridges'], 'tape', fail);
+  const list = raw.cartridges ?? [];
+  if (!Array.isArray(list)) return fail('tape.cartridges', 'must be a list of cartridges, each with a label and a capacity');
+  (list as unknown[]).forEach((c, i) => {
+    const at = `tape.cartridges[${i}]`;
+    if (!isPlainObject(c)) return fail(at, 'must be a mapping with label and capacity, e.g. {label: T0001, capacity: 1GiB}');
+    checkKeys(c, ['label', 'capacity'], at, fail);
+    if (typeof c.label !== 'string' || !VOLUME_NAME_PATTERN.test(c.label)) {
+      fail(`${at}.label`, `${show(c.label)} is not a cartridge label; use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit, e.g. T0001`);
+    }
+    const label = c.label as string;
+    const dup = out.cartridges.findIndex((x) => x.label === label);
+    if (dup >= 0) fail(`${at}.label`, `cartridge ${label} is declared twice (also tape.cartridges[${dup}]); remove one`);
+    if (typeof c.capacity !== 'string' && typeof c.capacity !== 'number') fail(`${at}.capacity`, `${show(c.capacity)} is not a size; give a capacity such as 1GiB`);
+    let capacityBytes = 0;
+    try {
+      capacityBytes = parseSize(c.capacity as string | number);
+    } catch (err) {
+      if (err instanceof SizeError) fail(`${at}.capacity`, err.message);
+      throw err;
+    }
+    if (capacityBytes < 64 * 1024) fail(`${at}.capacity`, `${capacityBytes} bytes is too small for a cartridge; give at least 64KiB, e.g. 1GiB`);
+    out.cartridges.push({ label, capacityBytes, origin: `config ${source}: ${at}` });
+  });
+  return out;
 }
 
 type Fail = (path: string, message: string) => never;

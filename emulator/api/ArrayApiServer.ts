@@ -22,7 +22,8 @@ import type { ArrayStatus, ExportInfo } from './model.js';
 import { CopyError, type CopyEvent, type SessionInfo } from '../copy/CopySession.js';
 import type { StartCopyRequest } from '../array/StorageArray.js';
 import { hostAffinityHandlers, type HostControl, type SessionSource } from './hostService.js';
-import { arrayServiceDefinition, copyServiceDefinition, hostAffinityServiceDefinition } from './proto.js';
+import { arrayServiceDefinition, copyServiceDefinition, hostAffinityServiceDefinition, tapeServiceDefinition } from './proto.js';
+import { tapeGrpcCode, tapeHandlers, type TapeControl } from './tapeService.js'; // tape
 import {
   copySessionToWire,
   rateFromWire,
@@ -86,6 +87,8 @@ export interface ArrayApiServerOptions {
   hosts?: HostControl;
   /** The iSCSI target's logged-in sessions (absent: none). */
   iscsiSessions?: SessionSource;
+  /** tape: the tape library; TapeService is served only when given. */
+  tape?: TapeControl;
 }
 
 const GRPC_CODE: Record<ArrayErrorCode, grpc.status> = {
@@ -131,6 +134,13 @@ export class ArrayApiServer {
     });
     if (opts.hosts) {
       this.server.addService(hostAffinityServiceDefinition(), hostAffinityHandlers(opts.hosts, this.sessions, (method, fn) => this.unary(method, fn)));
+    }
+    // tape: TapeService (emulator/api/tapeService.ts)
+    if (opts.tape) {
+      this.server.addService(
+        tapeServiceDefinition(),
+        tapeHandlers(opts.tape, { unary: (method, fn) => this.unary(method, fn), draining: () => this.draining, logger: this.log }),
+      );
     }
     const copy = opts.copy;
     if (copy) {
@@ -357,6 +367,12 @@ export class ArrayApiServer {
             callback(null, response);
           },
           (err: unknown) => {
+            const tapeCode = tapeGrpcCode(err); // tape: TapeError codes include DATA_LOSS
+            if (tapeCode !== undefined) {
+              this.log.debug({ method, code: grpc.status[tapeCode], err: (err as Error).message }, 'api call refused');
+              callback({ code: tapeCode, details: (err as Error).message });
+              return;
+            }
             if (err instanceof ArrayError || err instanceof CopyError) {
               this.log.debug({ method, code: err.code, err: err.message }, 'api call refused');
               callback({ code: GRPC_CODE[err.code] ?? grpc.status.INTERNAL, details: err.message });

@@ -13,7 +13,9 @@ import { formatHostPort, parseHostPort, type HostPort } from './address.js';
 import { ApiError } from './errors.js';
 import { hostFromWire, hostListFromWire, hostLunFromWire, type WireHost, type WireHostLun, type WireListHostsResponse, type WireMapVolumeResponse } from './hostWire.js';
 import type { ArrayStatus, CopyEventView, CopySessionView, ExportInfo, HostListView, HostView, StartCopyParams } from './model.js';
-import { arrayServiceClientConstructor, copyServiceClientConstructor, hostAffinityServiceClientConstructor } from './proto.js';
+import { arrayServiceClientConstructor, copyServiceClientConstructor, hostAffinityServiceClientConstructor, tapeServiceClientConstructor } from './proto.js';
+import type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView } from '../tape/types.js'; // tape
+import { cartridgeFromWire, tapeRecordFromWire, tapeRestoreFromWire, type WireCartridge, type WireTapeProgress, type WireTapeRecord } from './tapeService.js'; // tape
 import {
   copyEventFromWire,
   copySessionFromWire,
@@ -60,6 +62,7 @@ export class ArrayClient {
   private readonly client: grpc.Client;
   private copyStub: grpc.Client | undefined;
   private hostStub: grpc.Client | undefined;
+  private tapeStub: grpc.Client | undefined; // tape
   private readonly deadlineMs: number;
   private readonly metadata: Record<string, string>;
 
@@ -253,10 +256,109 @@ export class ArrayClient {
     return hostFromWire(await this.hostCall<WireHost>('GetHost', { name }));
   }
 
+  // ---- tape library (TapeService) ----
+  // Streaming calls have no deadline (a big volume takes a while), but the server sends
+  // progress at least every second: TAPE_SILENCE_MS without a message fails the call.
+
+  async addCartridge(label: string, capacityBytes: number): Promise<CartridgeView> {
+    return cartridgeFromWire(await this.tapeCall<WireCartridge>('AddCartridge', { label, capacityBytes }));
+  }
+
+  async listCartridges(): Promise<CartridgeView[]> {
+    const res = await this.tapeCall<{ cartridges: WireCartridge[] }>('ListCartridges', {});
+    return res.cartridges.map(cartridgeFromWire);
+  }
+
+  async getCartridge(label: string): Promise<{ cartridge: CartridgeView; records: TapeRecordView[] }> {
+    const res = await this.tapeCall<{ cartridge: WireCartridge; records: WireTapeRecord[] }>('GetCartridge', { label });
+    return { cartridge: cartridgeFromWire(res.cartridge), records: (res.records ?? []).map(tapeRecordFromWire) };
+  }
+
+  async eraseCartridge(label: string): Promise<CartridgeView> {
+    return cartridgeFromWire(await this.tapeCall<WireCartridge>('EraseCartridge', { label }));
+  }
+
+  async removeCartridge(label: string): Promise<void> {
+    await this.tapeCall('RemoveCartridge', { label });
+  }
+
+  async writeTape(req: { volume: string; cartridge?: string; tag?: string }, onProgress?: (p: HostProgress) => void): Promise<TapeRecordView> {
+    const last = await this.tapeStream('WriteTape', { volume: req.volume, cartridge: req.cartridge ?? '', tag: req.tag ?? '' }, `the tape write of volume ${req.volume}`, onProgress);
+    if (!last.record) throw new ApiError('UNKNOWN', `the arraylab API at ${this.address} ended the tape write of volume ${req.volume} without a result; see arraylab tape list`);
+    return tapeRecordFromWire(last.record);
+  }
+
+  async restoreTape(req: { cartridge: string; record: number; volume: string; force?: boolean }, onProgress?: (p: HostProgress) => void): Promise<TapeRestoreView> {
+    const what = `the restore of cartridge ${req.cartridge} record ${req.record} onto ${req.volume}`;
+    const last = await this.tapeStream('RestoreTape', { cartridge: req.cartridge, record: req.record, volume: req.volume, force: req.force ?? false }, what, onProgress);
+    if (!last.restored) throw new ApiError('UNKNOWN', `the arraylab API at ${this.address} ended ${what} without a result; restore again`);
+    return tapeRestoreFromWire(last.restored);
+  }
+
+  async verifyTape(req: { cartridge: string; record?: number }, onProgress?: (p: HostProgress) => void): Promise<Array<{ record: number; ok: boolean; error: string }>> {
+    const last = await this.tapeStream('VerifyTape', { cartridge: req.cartridge, record: req.record ?? 0 }, `the verify of cartridge ${req.cartridge}`, onProgress);
+    if (!last.verified) throw new ApiError('UNKNOWN', `the arraylab API at ${this.address} ended the verify of cartridge ${req.cartridge} without a result; verify again`);
+    return (last.verified.checks ?? []).map((c) => ({ record: c.record, ok: c.ok, error: c.error }));
+  }
+
+  private tapeClient(): grpc.Client {
+    this.tapeStub ??= this.stub(tapeServiceClientConstructor);
+    return this.tapeStub;
+  }
+
+  private tapeCall<Res>(method: string, req: unknown): Promise<Res> {
+    return this.call<Res>(method, req, this.tapeClient()).catch((err: unknown) => {
+      throw tapeApiError(err);
+    });
+  }
+
+  /** Runs a streaming tape call to its end; resolves with the last message (the result). */
+  private tapeStream(method: string, req: unknown, what: string, onProgress?: (p: HostProgress) => void): Promise<WireTapeProgress> {
+    const client = this.tapeClient();
+    const fn = (client as unknown as Record<string, (req: unknown, md: grpc.Metadata) => grpc.ClientReadableStream<WireTapeProgress>>)[method]!;
+    const stream = fn.call(client, req, this.callMetadata());
+    return new Promise((resolve, reject) => {
+      let last: WireTapeProgress | undefined;
+      let heard = false;
+      let silent: NodeJS.Timeout | undefined;
+      let failed: ApiError | undefined;
+      const arm = () => {
+        clearTimeout(silent);
+        silent = setTimeout(() => {
+          failed = new ApiError('DEADLINE_EXCEEDED', `the arraylab API at ${this.address} sent nothing for ${TAPE_SILENCE_MS / 1000} s during ${what}; is the server still running? (the operation may still finish: see arraylab tape show)`);
+          stream.cancel();
+        }, TAPE_SILENCE_MS);
+      };
+      arm();
+      stream.on('data', (m: WireTapeProgress) => {
+        heard = true;
+        arm();
+        last = m;
+        if (onProgress && !m.result) onProgress({ doneBytes: Number(m.doneBytes), totalBytes: Number(m.totalBytes) });
+      });
+      stream.on('end', () => {
+        clearTimeout(silent);
+        if (last && onProgress) onProgress({ doneBytes: Number(last.doneBytes), totalBytes: Number(last.totalBytes) });
+        if (failed) reject(failed);
+        else if (last) resolve(last);
+        else reject(new ApiError('UNKNOWN', `the arraylab API at ${this.address} ended ${what} without a result`));
+      });
+      stream.on('error', (err: grpc.ServiceError) => {
+        clearTimeout(silent);
+        if (failed) return reject(failed);
+        if (heard && err.code === grpc.status.UNAVAILABLE && !/shutting down/.test(err.details)) {
+          return reject(new ApiError('UNAVAILABLE', `the arraylab API at ${this.address} went away during ${what} (${describeUnreachable(err.details)}); when it is back, check with arraylab tape show and run it again`));
+        }
+        reject(tapeApiError(err, this.toApiError(err)));
+      });
+    });
+  }
+
   close(): void {
     this.client.close();
     this.copyStub?.close();
     this.hostStub?.close();
+    this.tapeStub?.close(); // tape
   }
 
   private stub(ctor: () => grpc.ServiceClientConstructor): grpc.Client {
@@ -321,6 +423,19 @@ function describeUnreachable(details: string): string {
   if (/ETIMEDOUT/.test(details)) return 'connection timed out';
   if (/ECONNRESET|Connection dropped|socket hang up/i.test(details)) return 'the connection was reset (is something other than arraylab listening there?)';
   return details;
+}
+
+/** tape: a streaming call that has been silent this long has lost its server. */
+export const TAPE_SILENCE_MS = 30_000;
+
+/** tape: DATA_LOSS keeps its code (a checksum failed); CANCELLED has no ApiErrorCode of its own. The message is kept. */
+function tapeApiError(err: unknown, mapped?: ApiError): unknown {
+  const e = err as grpc.ServiceError;
+  if (e && typeof e === 'object' && 'code' in e && typeof e.details === 'string') {
+    if (e.code === grpc.status.DATA_LOSS) return new ApiError('DATA_LOSS', e.details);
+    if (e.code === grpc.status.CANCELLED) return new ApiError('UNKNOWN', e.details);
+  }
+  return mapped ?? err;
 }
 
 function startToWire(p: StartCopyParams): WireStartCopyRequest {

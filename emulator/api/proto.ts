@@ -10,7 +10,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { fileURLToPath } from 'node:url';
 
 export const PROTO_ROOT = fileURLToPath(new URL('../../proto/', import.meta.url));
-const PROTO_FILES = ['arraylab/v1/array.proto', 'arraylab/v1/copy.proto', 'arraylab/v1/affinity.proto'];
+const PROTO_FILES = ['arraylab/v1/array.proto', 'arraylab/v1/copy.proto', 'arraylab/v1/affinity.proto', 'arraylab/v1/tape.proto' /* tape: TapeService */];
 
 /**
  * uint64 fields arrive as decimal strings (longs: String) so a value of 2^53 or more is caught
@@ -62,4 +62,15 @@ export function hostAffinityServiceClientConstructor(): grpc.ServiceClientConstr
 
 export function hostAffinityServiceDefinition(): grpc.ServiceDefinition {
   return hostAffinityServiceClientConstructor().service;
+}
+
+// ---- tape: TapeService (proto/arraylab/v1/tape.proto) ----
+
+export function tapeServiceClientConstructor(): grpc.ServiceClientConstructor {
+  const v1 = (packageObject().arraylab as grpc.GrpcObject).v1 as grpc.GrpcObject;
+  return v1.TapeService as grpc.ServiceClientConstructor;
+}
+
+export function tapeServiceDefinition(): grpc.ServiceDefinition {
+  return tapeServiceClientConstructor().service;
 }

@@ -1,5 +1,5 @@
 /**
- * The arraylab command line: `serve` runs the array; `volume`, `copy`, `host`, `export` and `status`
+ * The arraylab command line: `serve` runs the array; `volume`, `copy`, `host`, `tape`, `export` and `status`
  * talk to a running one over the control API. Every command takes --json.
  *
  * Failures print exactly one line, `arraylab: ...`, on stderr: exit status 2 for a wrong command
@@ -15,6 +15,7 @@ import { exportCommands } from './exports.js';
 import { hostCommands } from './host.js';
 import { serveOptions } from './serveOptions.js';
 import { statusCommand } from './status.js';
+import { tapeCommands } from './tape.js'; // tape
 import { volumeCommands } from './volume.js';
 
 const EPILOGUE = `Sizes take binary units K/M/G/T (= KiB/MiB/GiB/TiB) or decimal KB/MB/GB/TB, e.g. 64MiB, 10G, 4k.
@@ -50,9 +51,10 @@ export async function run(argv: string[]): Promise<number> {
     .command('volume', 'create, list, show, resize, set, rename and delete volumes', (y) => volumeCommands(y))
     .command('copy', 'start, list, show, control and watch copy sessions (OPC, QuickOPC, SnapOPC+, EC)', (y) => copyCommands(y))
     .command('host', 'define hosts by initiator name and map volumes to them at LUNs (iSCSI host affinity)', (y) => hostCommands(y))
+    .command('tape', "the array's virtual tape library: cartridges, and volumes written to and restored from them", (y) => tapeCommands(y)) // tape
     .command('export', 'list exports and their connected clients', (y) => exportCommands(y))
     .command('status', "show the running array's status", (y) => withApiOption(y), (a) => statusCommand(a))
-    .demandCommand(1, 'give a command: serve, volume, copy, host, export or status')
+    .demandCommand(1, 'give a command: serve, volume, copy, host, export, tape or status')
     .recommendCommands()
     .strict()
     .help()
@@ -106,10 +108,11 @@ function report(err: unknown, argv: string[]): number {
 }
 
 const COMMANDS: Record<string, string[]> = {
-  '': ['serve', 'volume', 'copy', 'host', 'export', 'status'],
+  '': ['serve', 'volume', 'copy', 'host', 'tape', 'export', 'status'],
   copy: ['start', 'list', 'ls', 'show', 'suspend', 'resume', 'reverse', 'split', 'cancel', 'rate', 'watch'],
   volume: ['create', 'list', 'ls', 'show', 'resize', 'set', 'rename', 'delete', 'rm'],
   export: ['list', 'ls'],
+  tape: ['add', 'list', 'ls', 'show', 'erase', 'remove', 'rm', 'write', 'restore', 'verify'], // tape
   host: ['add', 'remove', 'rm', 'map', 'unmap', 'list', 'ls', 'show', 'add-initiator', 'remove-initiator'],
 };
 

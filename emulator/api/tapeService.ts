@@ -1,0 +1,210 @@
+/**
+ * arraylab.v1.TapeService: the tape library's gRPC handlers, and the wire conversions both the
+ * server and ArrayClient use. Unary calls go through ArrayApiServer's common wrapper (draining,
+ * error mapping, logging); the three streaming calls are wrapped here: progress at most every
+ * 200 ms and at least every second (a heartbeat, so a client can tell a stalled server from a
+ * slow tape), then one last message with the result. A client that cancels the stream cancels
+ * the operation.
+ */
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { ArrayError } from '../array/types.js';
+import {
+  TapeError,
+  type CartridgeView,
+  type HostProgress,
+  type RecordCheck,
+  type TapeErrorCode,
+  type TapeRecordView,
+  type TapeRestoreView,
+} from '../tape/types.js';
+import { toByteCount, type WireUint64 } from './wire.js';
+
+/** What the API needs of the tape library; TapeLibrary provides it. */
+export interface TapeControl {
+  add(label: string, capacityBytes: number): Promise<CartridgeView>;
+  list(): CartridgeView[];
+  get(label: string): { cartridge: CartridgeView; records: TapeRecordView[] };
+  erase(label: string): Promise<CartridgeView>;
+  remove(label: string): Promise<void>;
+  write(req: { volume: string; cartridge?: string; tag?: string }, onProgress: (p: HostProgress) => void, signal?: AbortSignal): Promise<TapeRecordView>;
+  restore(req: { cartridge: string; record: number; volume: string; force?: boolean }, onProgress: (p: HostProgress) => void, signal?: AbortSignal): Promise<TapeRestoreView>;
+  verify(req: { cartridge: string; record?: number }, onProgress: (p: HostProgress) => void, signal?: AbortSignal): Promise<RecordCheck[]>;
+}
+
+// ---- wire shapes (proto-loader: camelCase, uint64 as decimal strings on receipt) ----
+
+export interface WireCartridge {
+  label: string;
+  capacityBytes: WireUint64;
+  usedBytes: WireUint64;
+  recordCount: number;
+  createdAt: string;
+}
+
+export interface WireTapeRecord {
+  cartridge: string;
+  record: number;
+  volume: string;
+  tag: string;
+  sizeBytes: WireUint64;
+  blockSize: number;
+  dataBytes: WireUint64;
+  sha256: string;
+  createdAt: string;
+}
+
+export interface WireTapeRestoreResult {
+  cartridge: string;
+  record: number;
+  volume: string;
+  bytes: WireUint64;
+  sha256: string;
+}
+
+export interface WireTapeProgress {
+  doneBytes: WireUint64;
+  totalBytes: WireUint64;
+  record?: WireTapeRecord | null;
+  restored?: WireTapeRestoreResult | null;
+  verified?: { checks: RecordCheck[] } | null;
+  /** oneof case name, set by proto-loader on receipt. */
+  result?: 'record' | 'restored' | 'verified';
+}
+
+export function cartridgeFromWire(w: WireCartridge): CartridgeView {
+  return { label: w.label, capacityBytes: toByteCount(w.capacityBytes, 'capacity'), usedBytes: toByteCount(w.usedBytes, 'used'), recordCount: w.recordCount, createdAt: w.createdAt };
+}
+
+export function tapeRecordFromWire(w: WireTapeRecord): TapeRecordView {
+  return {
+    cartridge: w.cartridge,
+    record: w.record,
+    volume: w.volume,
+    tag: w.tag,
+    sizeBytes: toByteCount(w.sizeBytes, 'size'),
+    blockSize: w.blockSize,
+    dataBytes: toByteCount(w.dataBytes, 'data bytes'),
+    sha256: w.sha256,
+    createdAt: w.createdAt,
+  };
+}
+
+export function tapeRestoreFromWire(w: WireTapeRestoreResult): TapeRestoreView {
+  return { cartridge: w.cartridge, record: w.record, volume: w.volume, bytes: toByteCount(w.bytes, 'bytes'), sha256: w.sha256 };
+}
+
+const TAPE_GRPC_CODE: Record<TapeErrorCode, grpc.status> = {
+  NOT_FOUND: grpc.status.NOT_FOUND,
+  ALREADY_EXISTS: grpc.status.ALREADY_EXISTS,
+  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
+  FAILED_PRECONDITION: grpc.status.FAILED_PRECONDITION,
+  RESOURCE_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
+  DATA_LOSS: grpc.status.DATA_LOSS,
+  CANCELLED: grpc.status.CANCELLED,
+  UNAVAILABLE: grpc.status.UNAVAILABLE,
+  INTERNAL: grpc.status.INTERNAL,
+};
+
+/** The gRPC code of a tape library error; undefined for anything else. */
+export function tapeGrpcCode(err: unknown): grpc.status | undefined {
+  return err instanceof TapeError ? TAPE_GRPC_CODE[err.code] : undefined;
+}
+
+type Unary = <Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>) => grpc.handleUnaryCall<Req, Res>;
+
+export interface TapeHandlerContext {
+  unary: Unary;
+  /** True once the server drains: new streams are refused. */
+  draining: () => boolean;
+  logger: Logger;
+  /** Open streams register a stop here, called when the server drains (default: none). */
+  track?: (stop: () => void) => () => void;
+}
+
+const HEARTBEAT_MS = 1000;
+const PROGRESS_MIN_MS = 200;
+
+export function tapeHandlers(tape: TapeControl, ctx: TapeHandlerContext): grpc.UntypedServiceImplementation {
+  const { unary } = ctx;
+  return {
+    AddCartridge: unary('AddCartridge', async (req: { label: string; capacityBytes: WireUint64 }) => await tape.add(req.label, toByteCount(req.capacityBytes, 'capacity'))),
+    ListCartridges: unary('ListCartridges', () => ({ cartridges: tape.list() })),
+    GetCartridge: unary('GetCartridge', (req: { label: string }) => tape.get(req.label)),
+    EraseCartridge: unary('EraseCartridge', (req: { label: string }) => tape.erase(req.label)),
+    RemoveCartridge: unary('RemoveCartridge', async (req: { label: string }) => {
+      await tape.remove(req.label);
+      return {};
+    }),
+    WriteTape: stream(ctx, 'WriteTape', async (req: { volume: string; cartridge: string; tag: string }, onProgress, signal) => ({
+      record: await tape.write({ volume: req.volume, ...(req.cartridge ? { cartridge: req.cartridge } : {}), tag: req.tag ?? '' }, onProgress, signal),
+    })),
+    RestoreTape: stream(ctx, 'RestoreTape', async (req: { cartridge: string; record: number; volume: string; force: boolean }, onProgress, signal) => {
+      if (!req.record) throw new ArrayError('INVALID_ARGUMENT', `restore from cartridge ${req.cartridge}: give the record number (from 1; see arraylab tape show ${req.cartridge})`);
+      return { restored: await tape.restore({ cartridge: req.cartridge, record: req.record, volume: req.volume, force: req.force }, onProgress, signal) };
+    }),
+    VerifyTape: stream(ctx, 'VerifyTape', async (req: { cartridge: string; record: number }, onProgress, signal) => ({
+      verified: { checks: await tape.verify({ cartridge: req.cartridge, ...(req.record ? { record: req.record } : {}) }, onProgress, signal) },
+    })),
+  };
+}
+
+function stream<Req>(
+  ctx: TapeHandlerContext,
+  method: string,
+  run: (req: Req, onProgress: (p: HostProgress) => void, signal: AbortSignal) => Promise<Partial<WireTapeProgress>>,
+): grpc.handleServerStreamingCall<Req, WireTapeProgress> {
+  const log = ctx.logger;
+  return (call) => {
+    if (ctx.draining()) {
+      call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'the arraylab server is shutting down; retry when it is back' });
+      return;
+    }
+    const abort = new AbortController();
+    call.on('cancelled', () => abort.abort());
+    let latest: HostProgress = { doneBytes: 0, totalBytes: 0 };
+    let lastSent = 0;
+    const send = (m: WireTapeProgress) => {
+      if (call.cancelled || call.writableEnded) return;
+      lastSent = Date.now();
+      call.write(m);
+    };
+    const heartbeat = setInterval(() => {
+      if (Date.now() - lastSent >= HEARTBEAT_MS - 50) send({ ...latest });
+    }, HEARTBEAT_MS);
+    const untrack = ctx.track?.(() => abort.abort()) ?? (() => {});
+    const onProgress = (p: HostProgress) => {
+      latest = p;
+      if (Date.now() - lastSent >= PROGRESS_MIN_MS) send({ ...p });
+    };
+    const started = process.hrtime.bigint();
+    Promise.resolve()
+      .then(() => run(call.request, onProgress, abort.signal))
+      .then(
+        (result) => {
+          clearInterval(heartbeat);
+          untrack();
+          send({ ...latest, ...result });
+          if (!call.writableEnded) call.end();
+          log.debug({ method, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'api call');
+        },
+        (err: unknown) => {
+          clearInterval(heartbeat);
+          untrack();
+          const code = tapeGrpcCode(err) ?? (err instanceof ArrayError ? grpcOfArray(err) : undefined);
+          if (code !== undefined) {
+            log.debug({ method, code: grpc.status[code], err: (err as Error).message }, 'api call refused');
+            call.emit('error', { code, details: (err as Error).message });
+          } else {
+            log.error({ method, err }, 'api call failed unexpectedly');
+            const message = err instanceof Error ? err.message : String(err);
+            call.emit('error', { code: grpc.status.INTERNAL, details: `internal error in ${method}: ${message}; see the server log` });
+          }
+        },
+      );
+  };
+}
+
+function grpcOfArray(err: ArrayError): grpc.status {
+  return TAPE_GRPC_CODE[err.code as TapeErrorCode] ?? grpc.status.INTERNAL;
+}
