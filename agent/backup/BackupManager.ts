@@ -250,14 +250,21 @@ export class BackupManager implements AgentCore {
           this.failJob(job, err);
         }
       }
-      // 4: the array, at one instant for the volumes still in.
-      await this.copyStep(jobs.filter((j) => !j.failed && j.locked));
+      // 4: the array, at one instant for the volumes still in. A freeze its guard has ended at
+      // the deadline no longer holds the image still: such a volume is not copied, and a copy
+      // whose call returned after the deadline may have been cut after the thaw, so it fails.
+      const live = jobs.filter((j) => !j.failed && j.locked);
+      for (const j of live) this.checkFreezeHeld(j);
+      await this.copyStep(live.filter((j) => !j.failed));
+      for (const j of live.filter((x) => x.copied && !x.failed)) {
+        if (this.checkFreezeHeld(j)) this.store.updateGeneration(j.volume, j.generation, { status: 'failed', error: j.outcome.error ?? '' });
+      }
       // 5: post-processing, always, for every volume that was locked.
       for (const job of jobs.filter((j) => j.locked)) await this.postProcess(job, opts);
       // Synchronized backups release the oldest generation after the copy (N+1 volumes).
       for (const job of jobs.filter((j) => j.copied && j.kind === 'sync')) await this.releaseBeyond(job.volume, job.tv.generations);
       // 6: tape copies from the backup volumes.
-      if (to !== 'disk') for (const job of jobs.filter((j) => j.copied)) await this.tapeCopy(job, opts);
+      if (to !== 'disk') for (const job of jobs.filter((j) => j.copied && !j.failed)) await this.tapeCopy(job, opts);
     } finally {
       for (const job of jobs) this.store.releaseOperation(job.claimed, this.owner);
     }
@@ -294,6 +301,24 @@ export class BackupManager implements AgentCore {
       generation: 0,
     };
     return job;
+  }
+
+  /** Fails the job (and returns true) when a freeze of it has passed its thaw deadline. */
+  private checkFreezeHeld(job: Job): boolean {
+    const now = Date.now();
+    for (const rec of job.ledger.records) {
+      if (rec.action !== 'frozen' || !rec.thawDeadline || now < Date.parse(rec.thawDeadline)) continue;
+      const seconds = this.freezeDeadlineMs !== undefined ? `${this.freezeDeadlineMs / 1000} s` : 'the default';
+      this.failJob(
+        job,
+        new AgentError(
+          'ABORTED',
+          `the freeze of ${rec.mounts[0]?.mountPoint ?? rec.device} reached its deadline at ${rec.thawDeadline} and was thawed before the copy of ${job.volume} was cut, so a copy would not be the frozen image; raise --freeze-deadline (now ${seconds}) or find what slowed the array`,
+        ),
+      );
+      return true;
+    }
+    return false;
   }
 
   private failJob(job: Job, err: unknown, prefix = ''): void {

@@ -4,14 +4,13 @@
  */
 import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
-import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pino from 'pino';
 import { ArrayClient } from '../../../emulator/api/ArrayClient.js';
 import type { CreateVolumeRequest } from '../../../emulator/array/types.js';
 import { parseSize } from '../../../emulator/units.js';
 import { BackupManager } from '../../../agent/backup/BackupManager.js';
-import type { CartridgeView, HostProgress, TapePort, TapeRecordView, TapeRestoreView } from '../../../agent/types.js';
+import type { TapePort } from '../../../agent/types.js';
 import { makeTempDir, startArraylab, type Arraylab } from '../../support/arraylab.js';
 import { requireTool } from '../../support/tools.js';
 import { RecordingHost } from './RecordingHost.js';
@@ -41,7 +40,9 @@ export async function startLab(): Promise<Lab> {
   const lab = await startArraylab({ iscsi: false });
   const array = new ArrayClient(lab.apiAddress);
   const managers: BackupManager[] = [];
-  const tape = await realTapeOr(array, () => new FileTape(lab, qemuImg));
+  // The array's own tape library, with one cartridge.
+  await array.addCartridge('T00001', 1 << 30);
+  const tape: TapePort = array;
   return {
     lab,
     array,
@@ -94,59 +95,6 @@ export async function startLab(): Promise<Lab> {
       await lab.stop();
     },
   };
-}
-
-/**
- * The array's own tape library when ArrayClient has it and the server built into dist/ serves
- * it (a cartridge can be added); otherwise FileTape. Work on the tape service is landing in
- * parallel: the fallback goes once it is in every build.
- */
-async function realTapeOr(array: ArrayClient, fallback: () => TapePort): Promise<TapePort> {
-  const client = array as unknown as Partial<TapePort> & { addCartridge?: (label: string, capacityBytes: number) => Promise<unknown> };
-  if (typeof client.writeTape !== 'function' || typeof client.addCartridge !== 'function') return fallback();
-  try {
-    await client.addCartridge('T00001', 1 << 30);
-    return array as unknown as TapePort;
-  } catch (err) {
-    console.warn(`backup tests: the array's tape service is not usable (${(err as Error).message}); using a file-backed tape double`);
-    return fallback();
-  }
-}
-
-/**
- * A tape library for the tests until ArrayClient has the array's own (writeTape/restoreTape):
- * each record is the volume's image copied with qemu-img into a file.
- */
-class FileTape implements TapePort {
-  private readonly dir = makeTempDir('agent-tape-');
-  private readonly records: TapeRecordView[] = [];
-  readonly writes: string[] = [];
-
-  constructor(
-    private readonly lab: Arraylab,
-    private readonly qemuImg: string,
-  ) {}
-
-  async listCartridges(): Promise<CartridgeView[]> {
-    return [{ label: 'T00001', capacityBytes: 1 << 30, usedBytes: 0, recordCount: this.records.length, createdAt: new Date().toISOString() }];
-  }
-
-  async writeTape(req: { volume: string; cartridge?: string; tag?: string }, onProgress?: (p: HostProgress) => void): Promise<TapeRecordView> {
-    if (req.cartridge === 'BROKEN') throw new Error(`cartridge BROKEN is write-protected; choose another cartridge`);
-    const record = this.records.length + 1;
-    const file = join(this.dir, `r${record}.img`);
-    await run(this.qemuImg, ['convert', '-f', 'raw', '-O', 'raw', this.lab.nbdUri(req.volume), file]);
-    onProgress?.({ doneBytes: 1, totalBytes: 1 });
-    const rec: TapeRecordView = { cartridge: req.cartridge ?? 'T00001', record, volume: req.volume, tag: req.tag ?? '', sizeBytes: 0, blockSize: 512, dataBytes: 0, sha256: 'f'.repeat(64), createdAt: new Date().toISOString() };
-    this.records.push(rec);
-    return rec;
-  }
-
-  async restoreTape(req: { cartridge: string; record: number; volume: string; force?: boolean }): Promise<TapeRestoreView> {
-    const file = join(this.dir, `r${req.record}.img`);
-    await run(this.qemuImg, ['convert', '-n', '-f', 'raw', '-O', 'raw', file, this.lab.nbdUri(req.volume)]);
-    return { cartridge: req.cartridge, record: req.record, volume: req.volume, bytes: 0, sha256: 'f'.repeat(64) };
-  }
 }
 
 export function cleanup(dir: string): void {
