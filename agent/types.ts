@@ -340,7 +340,7 @@ export interface AgentCore {
 }
 
 /** Codes of AgentError, mapped to gRPC status codes by api/. */
-export type AgentErrorCode = 'NOT_FOUND' | 'ALREADY_EXISTS' | 'INVALID_ARGUMENT' | 'FAILED_PRECONDITION' | 'RESOURCE_EXHAUSTED' | 'ABORTED' | 'UNAVAILABLE' | 'INTERNAL';
+export type AgentErrorCode = 'NOT_FOUND' | 'ALREADY_EXISTS' | 'INVALID_ARGUMENT' | 'FAILED_PRECONDITION' | 'RESOURCE_EXHAUSTED' | 'ABORTED' | 'UNAVAILABLE' | 'DATA_LOSS' | 'INTERNAL';
 
 export class AgentError extends Error {
   constructor(

@@ -9,3 +9,4 @@ cpSync(join(root, 'proto'), join(root, 'dist', 'proto'), { recursive: true });
 
 // The CLI entry is run directly through its shebang (npm's bin link, ./dist/... by hand).
 chmodSync(join(root, 'dist', 'emulator', 'cli', 'arraylab.js'), 0o755);
+chmodSync(join(root, 'dist', 'agent', 'cli', 'arraylab-agent.js'), 0o755);

@@ -31,6 +31,7 @@ const STATUS_OF: Record<AgentErrorCode | string, grpc.status> = {
   ABORTED: grpc.status.ABORTED,
   UNAVAILABLE: grpc.status.UNAVAILABLE,
   DEADLINE_EXCEEDED: grpc.status.UNAVAILABLE,
+  DATA_LOSS: grpc.status.DATA_LOSS,
   INTERNAL: grpc.status.INTERNAL,
 };
 

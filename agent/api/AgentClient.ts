@@ -41,6 +41,7 @@ const CODES: Partial<Record<grpc.status, AgentErrorCode>> = {
   [grpc.status.FAILED_PRECONDITION]: 'FAILED_PRECONDITION',
   [grpc.status.RESOURCE_EXHAUSTED]: 'RESOURCE_EXHAUSTED',
   [grpc.status.ABORTED]: 'ABORTED',
+  [grpc.status.DATA_LOSS]: 'DATA_LOSS',
   [grpc.status.INTERNAL]: 'INTERNAL',
 };
 

@@ -1,0 +1,41 @@
+/**
+ * `arraylab-agent serve`: one local agent for the daemon's life behind AgentService. SIGTERM or
+ * SIGINT stops taking calls, lets running ones finish (a backup's post-processing must run),
+ * then closes the records.
+ */
+import { readFileSync } from 'node:fs';
+import { parseHostPort } from '../../emulator/api/address.js';
+import { createLogger } from '../../emulator/log.js';
+import { AgentApiServer } from '../api/AgentApiServer.js';
+import type { AgentSettings } from '../config.js';
+import { openLocalAgent } from '../runtime.js';
+import { ensureToken } from './token.js';
+
+export async function serve(settings: AgentSettings, json: boolean): Promise<number> {
+  const log = await createLogger({ level: settings.logLevel });
+  const { token, created } = ensureToken(settings.tokenFile);
+  if (created) log.info({ tokenFile: settings.tokenFile }, 'made a new agent token');
+  const agent = await openLocalAgent(settings, log);
+  const tls = settings.tls ? { cert: readFileSync(settings.tls.cert), key: readFileSync(settings.tls.key) } : undefined;
+  const server = new AgentApiServer({ core: agent.core, doctor: agent.doctor, token, log, ...(tls ? { tls } : {}) });
+  const { host, port } = parseHostPort(settings.listen);
+  let bound: number;
+  try {
+    bound = await server.listen(host, port);
+  } catch (err) {
+    await agent.close();
+    throw err;
+  }
+  const info = { pid: process.pid, listen: { host, port: bound }, tls: tls !== undefined, array: settings.array, stateDir: settings.stateDir };
+  log.info(info, 'arraylab-agent serving');
+  if (json) process.stdout.write(JSON.stringify(info) + '\n');
+  else process.stdout.write(`arraylab-agent serving on ${host}:${bound}${tls ? ' (TLS)' : ''}; array ${settings.array}; state ${settings.stateDir}\n`);
+  await new Promise<void>((resolve) => {
+    process.once('SIGTERM', resolve);
+    process.once('SIGINT', resolve);
+  });
+  log.info('arraylab-agent stopping');
+  await server.close();
+  await agent.close();
+  return 0;
+}
