@@ -21,6 +21,8 @@ PACKAGES=(
   openssl               # test certificates for NBD STARTTLS
   procps                # ps, for memory measurements
   build-essential python3 # node-gyp builds better-sqlite3 from source
+  qemu-system-x86       # guests on the array (emulator/vm, vm-images)
+  busybox-static cpio lz4 kmod binutils dash  # the guest image build (vm-images/build.sh)
 )
 
 SUDO=""
