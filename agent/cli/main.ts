@@ -184,12 +184,14 @@ export async function run(argv: string[]): Promise<number> {
         c
           .positional('volumes', { type: 'string', array: true, demandOption: true })
           .option('type', { choices: ['opc', 'quickopc', 'snapopcplus'] as const, describe: 'snapshot type (default: the volume\'s; a synchronized volume is backed up by its EC pair)' })
+          .option('differential', { type: 'boolean', describe: 'QuickOPC: copy only what changed since the last backup to that volume (= --type quickopc)' })
+          .conflicts('differential', 'type')
           .option('flush-only', { type: 'boolean', default: false, describe: 'flush the filesystem buffers instead of locking (Xflush)' })
           .option('to', { choices: ['disk', 'tape', 'both'] as const, default: 'disk' as const, describe: 'where the backup goes; tape copies are made from the backup volume' })
           .option('cartridge', { type: 'string', requiresArg: true, describe: 'tape cartridge label (default: one with room)' }),
       async (a) => {
         const report = await withAgent(a, (core) =>
-          core.backup(a.volumes as string[], { ...(a.type ? { type: a.type } : {}), flushOnly: a['flush-only'], to: a.to, ...(a.cartridge ? { cartridge: a.cartridge } : {}), onProgress: progress(a) }),
+          core.backup(a.volumes as string[], { ...(a.type ? { type: a.type } : a.differential ? { type: 'quickopc' as const } : {}), flushOnly: a['flush-only'], to: a.to, ...(a.cartridge ? { cartridge: a.cartridge } : {}), onProgress: progress(a) }),
         );
         out(a, report, renderBackup(report));
         if (!report.ok) exitCode = EXIT_FAILURE;

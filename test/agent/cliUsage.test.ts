@@ -39,6 +39,7 @@ describe('arraylab-agent command line', () => {
   });
 
   it('refuses bad values with the allowed ones', async () => {
+    await usage(['backup', 'vol1', '--differential', '--type', 'opc'], /Arguments differential and type are mutually exclusive/);
     await usage(['backup', 'vol1', '--to', 'cloud'], /Invalid values:.*to.*"disk", "tape", "both"/s);
     await usage(['register', 'transaction', 'vol1', '--lock', 'stop'], /Invalid values:.*"unmount", "freeze"/s);
     await usage(['register', 'transaction', 'vol1', '--generations', '0', '--state-dir', dir], /--generations: give a whole number from 1 to 64/);
