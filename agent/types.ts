@@ -39,8 +39,12 @@ export interface DeviceMapping {
   volume: string;
   /** e.g. /dev/sdb, /dev/nbd0, /dev/loop3 */
   device: string;
-  /** 'wwn': VPD 0x83; 'serial': VPD 0x80; 'nbd': NBD export name; 'map': the --device-map file */
-  how: 'wwn' | 'serial' | 'nbd' | 'map';
+  /**
+   * 'wwn': VPD 0x83; 'serial': VPD 0x80; 'nbd': NBD export name; 'virtio': a virtio-blk disk's
+   * serial (a guest's NBD volume: qemu sets it to the export name, truncated to 20 bytes);
+   * 'map': the --device-map file
+   */
+  how: 'wwn' | 'serial' | 'nbd' | 'virtio' | 'map';
 }
 
 /** One line of /proc/self/mountinfo that concerns a device. */

@@ -15,6 +15,7 @@ import { ConfigError, resolveSettings, type AgentSettings } from '../config.js';
 import { AgentError, type AgentCore, type DoctorCheck } from '../types.js';
 import { renderBackup, renderDevices, renderDoctor, renderHistory, renderMatch, renderRestore, renderStatus, renderSync, progressPrinter } from './render.js';
 import { readToken } from './token.js';
+import { DEFAULT_GUEST_PORT } from '../guest/protocol.js'; // [G1]
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
@@ -47,6 +48,8 @@ interface GlobalArgs {
   'tls-ca'?: string;
   'log-level'?: string;
   progress?: boolean;
+  /** [G1] the guest's agent socket: the host side is the agent in that guest. */
+  guest?: string;
 }
 
 export async function main(argv: string[]): Promise<void> {
@@ -86,6 +89,7 @@ async function cliLogger(a: GlobalArgs, settings: AgentSettings): Promise<Logger
 async function withAgent<R>(a: GlobalArgs, fn: (core: AgentCore & { doctor?: () => Promise<DoctorCheck[]> }) => Promise<R>): Promise<R> {
   const settings = settingsOf(a);
   const remote = a.agent ?? (process.env.ARRAYLAB_AGENT || undefined);
+  checkGuestArgs(a, remote); // [G1]
   if (remote) {
     const { AgentClient } = await import('../api/AgentClient.js');
     const { readFileSync } = await import('node:fs');
@@ -99,11 +103,22 @@ async function withAgent<R>(a: GlobalArgs, fn: (core: AgentCore & { doctor?: () 
   }
   const log = await cliLogger(a, settings);
   const { openLocalAgent } = await import('../runtime.js');
-  const agent = await openLocalAgent(settings, log);
+  const agent = await openLocalAgent(settings, log, a.guest ? { guestSocket: a.guest } : {});
   try {
     return await fn(Object.assign(agent.core, { doctor: agent.doctor }));
   } finally {
     await agent.close();
+  }
+}
+
+// [G1] With --guest, backup management runs here and the host side in the guest: the host-side
+// settings belong to guest-serve there, and a remote agent has its own host side.
+const GUEST_SIDE_FLAGS = ['device-map', 'hooks-dir', 'hook-timeout', 'freeze-deadline'] as const;
+function checkGuestArgs(a: GlobalArgs, remote: string | undefined): void {
+  if (a.guest === undefined) return;
+  if (remote) throw new UsageError(`--guest cannot be used with --agent${a.agent ? '' : ' (ARRAYLAB_AGENT is set)'}: --guest runs the command here and reaches the agent in the guest; drop one of them`);
+  for (const flag of GUEST_SIDE_FLAGS) {
+    if (a[flag] !== undefined) throw new UsageError(`--${flag} applies in the guest with --guest; give it to \`arraylab-agent guest-serve\` in the guest instead`);
   }
 }
 
@@ -137,6 +152,7 @@ export async function run(argv: string[]): Promise<number> {
     .option('tls-ca', { type: 'string', requiresArg: true, describe: "with --agent: CA certificate (PEM) of the daemon's TLS certificate" })
     .option('log-level', { type: 'string', requiresArg: true, describe: 'fatal|error|warn|info|debug|trace|silent [env ARRAYLAB_LOG_LEVEL]' })
     .option('progress', { type: 'boolean', describe: 'show progress on stderr (default: when stderr is a terminal)' })
+    .option('guest', { type: 'string', requiresArg: true, describe: "the host side is the agent in a guest: its virtio-serial socket (guest-serve runs there)" })
     .command('register', 'register a transaction volume (with its backup policy) or a backup volume', (y: Argv<GlobalArgs>) =>
       y
         .command(
@@ -266,11 +282,36 @@ export async function run(argv: string[]): Promise<number> {
           .option('tls-cert', { type: 'string', requiresArg: true, describe: 'serve TLS with this certificate (PEM)' })
           .option('tls-key', { type: 'string', requiresArg: true, describe: 'and this private key (PEM)' }),
       async (a) => {
+        if (a.guest !== undefined) throw new UsageError('serve does not take --guest yet: run the command with --guest directly, or serve in the guest with guest-serve'); // [G1]
         const { serve } = await import('./serve.js');
         exitCode = await serve(settingsOf(a), a.json);
       },
     )
-    .demandCommand(1, 'give a command: register, backup, start-sync, cancel-sync, restore, history, status, devices, resource-match, doctor or serve')
+    // [G1] the agent in a guest, and a check of it from the host
+    .command(
+      'guest-serve',
+      'in a guest: serve the host side (devices, locks, freeze, hooks) to the host over the virtio-serial port, until SIGTERM/SIGINT',
+      (c) => c.option('port', { type: 'string', requiresArg: true, default: DEFAULT_GUEST_PORT, describe: 'the virtio-serial port' }),
+      async (a) => {
+        if (a.guest !== undefined || a.agent !== undefined) throw new UsageError('guest-serve runs in the guest and serves the host; it takes no --guest or --agent');
+        const settings = settingsOf(a);
+        const { guestServe } = await import('../guest/guestServe.js');
+        const log = await createLogger({ level: settings.logLevel });
+        exitCode = await guestServe({ port: a.port, deviceMap: settings.deviceMap, hooksDir: settings.hooksDir, hookTimeoutMs: settings.hookTimeoutMs, freezeDeadlineMs: settings.freezeDeadlineMs, log });
+      },
+    )
+    .command('guest-status', 'with --guest SOCKET: is the agent in the guest up (its version, hostname, kernel)', (c) => c, async (a) => {
+      if (a.guest === undefined) throw new UsageError('guest-status needs --guest SOCKET (the guest\'s agent socket)');
+      const { GuestHostSide } = await import('../guest/GuestHostSide.js');
+      const guest = new GuestHostSide(a.guest, { log: await cliLogger(a, settingsOf(a)), handshakeTimeoutMs: 10_000 });
+      try {
+        const hello = await guest.hello();
+        out(a, hello, `guest agent ${hello.version} on ${hello.hostname} (kernel ${hello.kernel}, pid ${hello.pid}): hook timeout ${hello.hookTimeoutMs / 1000} s, freeze deadline ${hello.freezeDeadlineMs / 1000} s`);
+      } finally {
+        await guest.close();
+      }
+    })
+    .demandCommand(1, 'give a command: register, backup, start-sync, cancel-sync, restore, history, status, devices, resource-match, doctor, serve, guest-serve or guest-status')
     .recommendCommands()
     .strict()
     .help()
@@ -308,7 +349,7 @@ async function doctor(a: GlobalArgs): Promise<DoctorCheck[]> {
     // The records could not be opened: still check everything else, and say why.
     const settings = settingsOf(a);
     const { doctorWithoutStore } = await import('../runtime.js');
-    const checks = await doctorWithoutStore(settings, await cliLogger(a, settings));
+    const checks = await doctorWithoutStore(settings, await cliLogger(a, settings), a.guest ? { guestSocket: a.guest } : {});
     checks.push({ name: 'records', ok: false, detail: (err as Error).message, fix: `check the state directory ${settings.stateDir} (--state-dir)` });
     return checks;
   }

@@ -7,6 +7,9 @@
  *   3. SCSI disks by serial (VPD 0x80): /sys/block/X/device/vpd_pg80 (4-byte header, then the serial);
  *   4. NBD devices by export name: /sys/block/nbdN/pid -> /proc/PID/cmdline of the client
  *      ("-N NAME", "--name NAME", or an nbd:// URI), or /sys/block/nbdN/backend.
+ *   5. virtio-blk disks (a guest's NBD volumes) by serial: /sys/block/vdX/serial is the export
+ *      name, cut to 20 bytes by virtio; a cut serial is matched as a prefix only when exactly one
+ *      volume has it (otherwise the device map must say).
  *
  * The /sys, /dev and /proc roots are parameters so that discovery is tested on a fake tree.
  */
@@ -170,7 +173,27 @@ export async function discoverDevices(volumes: VolumeInfo[], roots: DeviceRoots 
     const v = exportName !== null ? byName.get(exportName) : undefined;
     if (v && !found.has(v.name)) found.set(v.name, { volume: v.name, device: join(dev, name), how: 'nbd' });
   }
+
+  // [G1] virtio-blk: qemu gives a guest's NBD disk the export name as its serial.
+  for (const name of blocks.filter((n) => /^vd[a-z]+$/.test(n))) {
+    const serial = (await readText(join(sys, 'block', name, 'serial')))?.replace(/[\0\s]+$/, '');
+    const v = serial ? volumeOfVirtioSerial(serial, volumes) : undefined;
+    if (v && !found.has(v.name)) found.set(v.name, { volume: v.name, device: join(dev, name), how: 'virtio' });
+  }
   return [...found.values()];
+}
+
+/** virtio-blk serials hold at most 20 bytes (VIRTIO_BLK_ID_BYTES). */
+export const VIRTIO_SERIAL_BYTES = 20;
+
+/**
+ * The volume a virtio-blk serial names: the one whose name, cut to 20 bytes, is the serial.
+ * Two volumes whose names share the first 20 bytes cannot be told apart: none is returned.
+ */
+export function volumeOfVirtioSerial<V extends { name: string }>(serial: string, volumes: V[]): V | undefined {
+  const cut = (s: string) => Buffer.from(s, 'utf8').subarray(0, VIRTIO_SERIAL_BYTES).toString('utf8');
+  const candidates = volumes.filter((v) => v.name === serial || cut(v.name) === serial);
+  return candidates.length === 1 ? candidates[0] : undefined;
 }
 
 /** Every volume with a local device: map file entries first (they win), then discovery. */

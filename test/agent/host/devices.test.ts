@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { discoverDevices, nbdExportFromCmdline, parseDeviceMap, parseVpdSerial } from '../../../agent/host/devices.js';
+import { discoverDevices, nbdExportFromCmdline, parseDeviceMap, parseVpdSerial, volumeOfVirtioSerial } from '../../../agent/host/devices.js';
 import { LinuxHost } from '../../../agent/host/LinuxHost.js';
 import { parseMountinfo } from '../../../agent/host/mounts.js';
 import type { VolumeInfo } from '../../../emulator/array/types.js';
@@ -121,6 +121,50 @@ describe('discovery on a fake sysfs tree', () => {
     expect(nbdExportFromCmdline(['qemu-nbd', '-c', '/dev/nbd0', 'nbd+unix:///exp%201?socket=/s'])).toBe('exp 1');
     expect(nbdExportFromCmdline(['qemu-nbd', '--image-opts', 'driver=nbd,server.type=inet,server.host=h,server.port=1,export=w'])).toBe('w');
     expect(nbdExportFromCmdline(['nbd-client', 'h', '/dev/nbd0'])).toBeNull();
+  });
+});
+
+// [G1] a guest's NBD volumes are virtio-blk disks whose serial is the export name (20 bytes at most)
+describe('virtio-blk disks in a guest', () => {
+  const guestVolumes = [
+    ...volumes,
+    vol('guestvol', '6001405a0000000000000000000000a1', 'ALSER0010'),
+    vol('a-very-long-volume-name-1', '6001405a0000000000000000000000a2', 'ALSER0011'),
+    vol('twin-volumes-with-long-names-1', '6001405a0000000000000000000000a3', 'ALSER0012'),
+    vol('twin-volumes-with-long-names-2', '6001405a0000000000000000000000a4', 'ALSER0013'),
+  ];
+
+  it('maps vdX by its serial: exact, or a 20-byte cut when only one volume has that prefix', async () => {
+    // The kernel's /sys/block/vdX/serial: the serial qemu was given, newline-terminated.
+    put('sys/block/vdb/serial', 'guestvol\n');
+    put('sys/block/vdc/serial', 'a-very-long-volume-n\n');
+    put('sys/block/vdd/serial', 'twin-volumes-with-lo\n'); // two volumes share it: not guessed
+    put('sys/block/vde/serial', 'no-such-volume\n');
+    put('sys/block/vdf/serial', ''); // a disk given no serial
+    const found = await discoverDevices(guestVolumes, roots());
+    const dev = (n: string) => join(root, 'dev', n);
+    const virtio = found.filter((d) => d.how === 'virtio').sort((a, b) => a.device.localeCompare(b.device));
+    expect(virtio).toEqual([
+      { volume: 'guestvol', device: dev('vdb'), how: 'virtio' },
+      { volume: 'a-very-long-volume-name-1', device: dev('vdc'), how: 'virtio' },
+    ]);
+    // the fake tree's SCSI and NBD devices are still found as before
+    expect(found.filter((d) => d.how !== 'virtio')).toHaveLength(5);
+  });
+
+  it('a WWN match wins over a virtio serial naming the same volume', async () => {
+    put('sys/block/vdb/serial', 'sda-by-wwid\n');
+    const found = await discoverDevices(volumes, roots());
+    expect(found.find((d) => d.volume === 'sda-by-wwid')).toEqual({ volume: 'sda-by-wwid', device: join(root, 'dev', 'sdb'), how: 'wwn' });
+  });
+
+  it('volumeOfVirtioSerial: exact names, unambiguous prefixes, nothing when ambiguous', () => {
+    const vs = [{ name: 'short' }, { name: '12345678901234567890' }, { name: '12345678901234567890x' }, { name: 'abcdefghijklmnopqrstuvwxyz' }];
+    expect(volumeOfVirtioSerial('short', vs)?.name).toBe('short');
+    expect(volumeOfVirtioSerial('abcdefghijklmnopqrst', vs)?.name).toBe('abcdefghijklmnopqrstuvwxyz');
+    // a 20-byte name and a longer one with the same first 20 bytes: the disk could be either
+    expect(volumeOfVirtioSerial('12345678901234567890', vs)).toBeUndefined();
+    expect(volumeOfVirtioSerial('shor', vs)).toBeUndefined(); // a prefix shorter than 20 bytes is not a cut
   });
 });
 
