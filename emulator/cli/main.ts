@@ -17,6 +17,8 @@ import { serveOptions } from './serveOptions.js';
 import { statusCommand } from './status.js';
 import { tapeCommands } from './tape.js'; // tape
 import { volumeCommands } from './volume.js';
+import { vmCommands } from './vm.js'; // vm, lab (issue 6)
+import { labCommands } from './lab.js'; // vm, lab (issue 6)
 
 const EPILOGUE = `Sizes take binary units K/M/G/T (= KiB/MiB/GiB/TiB) or decimal KB/MB/GB/TB, e.g. 64MiB, 10G, 4k.
 
@@ -54,7 +56,9 @@ export async function run(argv: string[]): Promise<number> {
     .command('tape', "the array's virtual tape library: cartridges, and volumes written to and restored from them", (y) => tapeCommands(y)) // tape
     .command('export', 'list exports and their connected clients', (y) => exportCommands(y))
     .command('status', "show the running array's status", (y) => withApiOption(y), (a) => statusCommand(a))
-    .demandCommand(1, 'give a command: serve, volume, copy, host, export, tape or status')
+    .command('vm', 'lab VMs on the array: start (volumes over NBD or iSCSI), list, stop, console', (y) => vmCommands(y)) // vm, lab (issue 6)
+    .command('lab', 'bring a lab file (arrays, volumes, hosts, VMs) up, down, or show its status', (y) => labCommands(y)) // vm, lab (issue 6)
+    .demandCommand(1, 'give a command: serve, volume, copy, host, export, tape, status, vm or lab')
     .recommendCommands()
     .strict()
     .help()
@@ -108,7 +112,9 @@ function report(err: unknown, argv: string[]): number {
 }
 
 const COMMANDS: Record<string, string[]> = {
-  '': ['serve', 'volume', 'copy', 'host', 'tape', 'export', 'status'],
+  '': ['serve', 'volume', 'copy', 'host', 'tape', 'export', 'status', 'vm', 'lab'],
+  vm: ['start', 'list', 'ls', 'stop', 'console'], // vm, lab (issue 6)
+  lab: ['up', 'down', 'status'], // vm, lab (issue 6)
   copy: ['start', 'list', 'ls', 'show', 'suspend', 'resume', 'reverse', 'split', 'cancel', 'rate', 'watch'],
   volume: ['create', 'list', 'ls', 'show', 'resize', 'set', 'rename', 'delete', 'rm'],
   export: ['list', 'ls'],

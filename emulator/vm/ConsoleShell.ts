@@ -23,6 +23,16 @@ export interface RunOptions {
   timeoutMs?: number;
 }
 
+/** /init's ready line, then the first prompt: the guest's shell takes commands from here on. */
+export const GUEST_READY = /arraylab-guest: ready \(kernel [^\n]*\n[\s\S]*?arraylab-guest[^\n]*# /;
+
+/**
+ * What powers a guest off from its console: Ctrl-C first (a command still running would
+ * otherwise swallow the line), sync (NBD/iSCSI writes still in the guest's page cache), then
+ * poweroff -f (there is no ACPI in the initramfs, so QMP system_powerdown would do nothing).
+ */
+export const POWEROFF_KEYS = '\x03\nsync; poweroff -f\n';
+
 /** Console output kept for output() and waitFor(): the tail, so a long-running guest stays bounded. */
 const KEEP_BYTES = 8 * 1024 * 1024;
 const CHUNK = 1024;

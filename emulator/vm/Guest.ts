@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { ConsoleShell, type RunOptions, type RunResult } from './ConsoleShell.js';
+import { ConsoleShell, GUEST_READY, POWEROFF_KEYS, type RunOptions, type RunResult } from './ConsoleShell.js';
 import { qemuArgs, type GuestDisk } from './qemuArgs.js';
 
 export type { GuestDisk, IscsiDisk, NbdDisk } from './qemuArgs.js';
@@ -77,9 +77,6 @@ export interface Guest {
   /** Resolves when qemu exits. */
   readonly exited: Promise<Exit>;
 }
-
-// /init's ready line, then the first prompt.
-const READY = /arraylab-guest: ready \(kernel [^\n]*\n[\s\S]*?arraylab-guest[^\n]*# /;
 
 const running = new Set<ChildProcess>();
 // Last resort: never leave a qemu behind if the caller forgets stop() or crashes.
@@ -160,8 +157,7 @@ export async function launchGuest(opts: GuestOptions): Promise<Guest> {
   async function stopGuest(timeoutMs: number): Promise<Exit> {
     if (child.exitCode === null && child.signalCode === null) {
       try {
-        // Ctrl-C first: a command still running would otherwise swallow the poweroff line.
-        shell.write('\x03\nsync; poweroff -f\n');
+        shell.write(POWEROFF_KEYS);
       } catch {
         // the console is gone; the kill below still runs
       }
@@ -180,7 +176,7 @@ export async function launchGuest(opts: GuestOptions): Promise<Guest> {
 
   if (opts.waitForShell === false) return guest;
   try {
-    await shell.waitFor(READY, opts.bootTimeoutMs ?? 60_000);
+    await shell.waitFor(GUEST_READY, opts.bootTimeoutMs ?? 60_000);
   } catch (err) {
     child.kill('SIGKILL');
     await exited;

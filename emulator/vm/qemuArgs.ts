@@ -44,6 +44,16 @@ export interface QemuArgsOptions {
   agentSocket: string;
   /** Appended to the kernel command line. */
   cmdline?: string;
+  /**
+   * Where the serial console goes: qemu's stdio (default: the in-process launch), or a unix
+   * socket qemu listens on (detached guests: `arraylab vm console` attaches to it), with
+   * everything it prints also appended to logFile.
+   */
+  console?: { socket: string; logFile?: string };
+  /** Unix socket for QMP (status, quit), qemu listens. */
+  qmpSocket?: string;
+  /** qemu writes its pid here. */
+  pidFile?: string;
 }
 
 /** The name of the virtio-serial port (/dev/virtio-ports/NAME in the guest). */
@@ -83,10 +93,14 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
     '-cpu', 'max',
     '-smp', String(o.cpus),
     '-m', String(o.memoryMiB),
-    '-nographic',
+    // A detached qemu has no terminal: no display at all rather than -nographic's stdio.
+    o.console ? '-display' : '-nographic',
+    ...(o.console ? ['none'] : []),
     '-nodefaults',
     '-no-reboot',
-    '-chardev', 'stdio,id=console,signal=off',
+    '-chardev', o.console
+      ? `socket,id=console,path=${noComma('console socket path', o.console.socket)},server=on,wait=off${o.console.logFile ? `,logfile=${noComma('console log path', o.console.logFile)},logappend=on` : ''}`
+      : 'stdio,id=console,signal=off',
     '-serial', 'chardev:console',
     '-kernel', o.kernel,
     '-initrd', o.initrd,
@@ -117,6 +131,9 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
     '-chardev', `socket,id=agent,path=${noComma('agent socket path', o.agentSocket)},server=on,wait=off`,
     '-device', `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
   );
+
+  if (o.qmpSocket) args.push('-qmp', `unix:${noComma('QMP socket path', o.qmpSocket)},server=on,wait=off`);
+  if (o.pidFile) args.push('-pidfile', noComma('pidfile path', o.pidFile));
 
   const cmdline = [...BASE_CMDLINE, `arraylab.disks=${o.disks.length}`];
   if (o.cmdline) cmdline.push(o.cmdline);

@@ -54,4 +54,15 @@ describe('qemuArgs', () => {
     expect(() => qemuArgs({ ...base, name: 'a b' })).toThrow(/guest name "a b" must be/);
     expect(defaultInitiatorName('Lab_VM1')).toBe('iqn.2026-11.lab.arraylab.guest:lab-vm1');
   });
+
+  it('detached guests: console on a unix socket with a log file, no display, QMP and a pidfile', () => {
+    const args = qemuArgs({ ...base, console: { socket: '/run/vm/c.sock', logFile: '/run/vm/console.log' }, qmpSocket: '/run/vm/q.sock', pidFile: '/run/vm/qemu.pid' });
+    expect(args).not.toContain('-nographic');
+    expect(values(args, '-display')).toEqual(['none']);
+    expect(values(args, '-chardev')).toContain('socket,id=console,path=/run/vm/c.sock,server=on,wait=off,logfile=/run/vm/console.log,logappend=on');
+    expect(values(args, '-serial')).toEqual(['chardev:console']);
+    expect(values(args, '-qmp')).toEqual(['unix:/run/vm/q.sock,server=on,wait=off']);
+    expect(values(args, '-pidfile')).toEqual(['/run/vm/qemu.pid']);
+    expect(() => qemuArgs({ ...base, console: { socket: '/run/a,b/c.sock' } })).toThrow(/console socket path "\/run\/a,b\/c.sock" holds a comma/);
+  });
 });

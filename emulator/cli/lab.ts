@@ -1,0 +1,70 @@
+/** `arraylab lab up|down|status FILE`: a lab file's arrays, volumes, hosts and VMs (emulator/lab/). */
+import type { Argv } from 'yargs';
+import type { LabItem } from '../lab/apply.js';
+import { EXIT_USAGE, CommandError } from './errors.js';
+import { print, printJson, table } from './output.js';
+import { asCommandError, cliLogger, runDirOf, withRunDirOption } from './vm.js';
+
+async function load(file: string) {
+  const { loadLab, LabError } = await import('../lab/schema.js');
+  try {
+    return loadLab(file);
+  } catch (err) {
+    // A lab file that does not validate is like a bad config: exit 2.
+    if (err instanceof LabError) throw new CommandError(err.message, EXIT_USAGE);
+    throw err;
+  }
+}
+
+function line(i: LabItem): string {
+  return `${i.kind} ${i.name}: ${i.state}${i.detail ? ` (${i.detail})` : ''}`;
+}
+
+export function labCommands(y: Argv<{ json: boolean }>) {
+  return withRunDirOption(y)
+    .command(
+      'up <file>',
+      "create what the lab file declares and is missing (start its array, volumes, hosts, VMs); leaves what exists",
+      (c) => c.positional('file', { type: 'string', demandOption: true }),
+      async (a) => {
+        const lab = await load(String(a.file));
+        const { labUp } = await import('../lab/apply.js');
+        const items = await labUp(lab, { runDir: await runDirOf(a), log: await cliLogger(), ...(a.json ? {} : { onItem: (i: LabItem) => print(line(i)) }) }).catch(asCommandError);
+        if (a.json) printJson({ file: lab.file, items });
+      },
+    )
+    .command(
+      'down <file>',
+      'stop the lab\'s VMs and the array lab up started; keeps data unless --purge',
+      (c) =>
+        c
+          .positional('file', { type: 'string', demandOption: true })
+          .option('purge', { type: 'boolean', default: false, describe: "also delete the lab's hosts and volumes, and the data directory of an array lab up started" }),
+      async (a) => {
+        const lab = await load(String(a.file));
+        const { labDown } = await import('../lab/apply.js');
+        const items = await labDown(lab, { runDir: await runDirOf(a), log: await cliLogger(), purge: a.purge, ...(a.json ? {} : { onItem: (i: LabItem) => print(line(i)) }) }).catch(asCommandError);
+        if (a.json) printJson({ file: lab.file, items });
+      },
+    )
+    .command(
+      'status <file>',
+      "show the state of each of the lab's items",
+      (c) => c.positional('file', { type: 'string', demandOption: true }),
+      async (a) => {
+        const lab = await load(String(a.file));
+        const { labStatus } = await import('../lab/apply.js');
+        const items = await labStatus(lab, { runDir: await runDirOf(a), log: await cliLogger() }).catch(asCommandError);
+        if (a.json) return printJson({ file: lab.file, items });
+        print(
+          table(items, [
+            { header: 'KIND', value: (i) => i.kind },
+            { header: 'NAME', value: (i) => i.name },
+            { header: 'STATE', value: (i) => i.state },
+            { header: 'DETAIL', value: (i) => i.detail ?? '' },
+          ]),
+        );
+      },
+    )
+    .demandCommand(1, 'lab needs a subcommand: up, down or status');
+}
