@@ -65,9 +65,14 @@ export class GuestHostSide implements HostSide {
     return this.call('mountsOf', [device], { timeoutMs: 30_000 }) as Promise<MountEntry[]>;
   }
 
-  lockTransaction(volume: string, device: string, prep: TransactionPrep, opts?: { freezeDeadlineMs?: number }): Promise<LockRecord> {
+  async lockTransaction(volume: string, device: string, prep: TransactionPrep, opts?: { freezeDeadlineMs?: number }): Promise<LockRecord> {
     // An unmount waits for busy mounts, a freeze for the filesystem to flush (its guard: 120 s).
-    return this.call('lockTransaction', [volume, device, prep, opts ?? null], { timeoutMs: 150_000 }) as Promise<LockRecord>;
+    const rec = (await this.call('lockTransaction', [volume, device, prep, opts ?? null], { timeoutMs: 150_000 })) as LockRecord;
+    if (!rec.thawDeadline) return rec;
+    // The guard thaws at a time on the guest's clock, and the backup manager compares it with
+    // this host's: say it on this host's clock, as early as it can be.
+    const thawAt = await this.toHostClock(Date.parse(rec.thawDeadline));
+    return thawAt === null ? rec : { ...rec, thawDeadline: new Date(thawAt).toISOString() };
   }
 
   lockBackup(volume: string, device: string): Promise<LockRecord> {
@@ -103,6 +108,22 @@ export class GuestHostSide implements HostSide {
     if (this.helloCache) return this.helloCache;
     this.helloCache = (await this.call('hello', [], { timeoutMs: 15_000 })) as GuestHello;
     return this.helloCache;
+  }
+
+  /**
+   * A time on the guest's clock as the earliest it can be on this host's: hello says the guest's
+   * clock at some host instant between sending and receiving, so the guest is ahead by at least
+   * guestNow - received and the time is at most that much later here. Null from a guest agent
+   * that does not send its clock.
+   */
+  async toHostClock(guestMs: number): Promise<number | null> {
+    const sent = Date.now();
+    const hello = (await this.call('hello', [], { timeoutMs: 15_000 })) as GuestHello;
+    const received = Date.now();
+    if (typeof hello.now !== 'number') return null;
+    const ahead = hello.now - received;
+    if (Math.abs(ahead) > 1000) this.log.info({ guestAheadMs: ahead, roundTripMs: received - sent }, 'the guest clock differs from this host\'s; guest times are translated');
+    return guestMs - ahead - (received - sent);
   }
 
   /** Drops the connection (calls in flight fail). The next call connects again. */

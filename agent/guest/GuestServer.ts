@@ -20,6 +20,8 @@ export interface GuestServerOptions {
   /** What hello reports: the settings the LinuxHost applies. */
   hookTimeoutMs: number;
   freezeDeadlineMs: number;
+  /** The guest's wall clock (default Date.now); tests skew it. */
+  clock?: () => number;
 }
 
 class BadParams extends Error {
@@ -132,6 +134,7 @@ export class GuestServer {
       pid: process.pid,
       hookTimeoutMs: this.opts.hookTimeoutMs,
       freezeDeadlineMs: this.opts.freezeDeadlineMs,
+      now: (this.opts.clock ?? Date.now)(),
     };
   }
 

@@ -54,6 +54,12 @@ export interface GuestHello {
   /** guest-serve's --hook-timeout and --freeze-deadline (the host times its calls by them). */
   hookTimeoutMs: number;
   freezeDeadlineMs: number;
+  /**
+   * The guest's wall clock when it answered (ms since the epoch). The host measures the guest's
+   * clock against its own with it, since a guest's RTC starts from whole seconds and drifts.
+   * Absent from agents before it was added.
+   */
+  now?: number;
 }
 
 export function encodeLine(msg: GuestRequest | GuestReply): string {

@@ -17,7 +17,7 @@ import { GuestServer } from '../../../agent/guest/GuestServer.js';
 import { fromWireError, LineReader, toWireError } from '../../../agent/guest/protocol.js';
 import { waitForGuestAgent } from '../../../agent/guest/waitAgent.js';
 import { LinuxHost } from '../../../agent/host/LinuxHost.js';
-import { AgentError, type HostProgress } from '../../../agent/types.js';
+import { AgentError, type HostProgress, type HostSide } from '../../../agent/types.js';
 import { ARRAYLAB_VERSION } from '../../../emulator/api/version.js';
 import type { VolumeInfo } from '../../../emulator/array/types.js';
 import { cleanupLoops, makeLoopDisk, makeLoopFs, mountLine, writeCompletes } from '../host/loopFs.js';
@@ -56,13 +56,29 @@ function client(handshakeTimeoutMs = 10_000): GuestHostSide {
 }
 
 /** The guest side: a LinuxHost with the test's device map and hooks dir, served over the fake port. */
-async function startGuest(deviceMap = ''): Promise<FakeQemuPort> {
-  const host = new LinuxHost({ log, hooksDir: join(dir, 'hooks'), hookTimeoutMs: HOOK_TIMEOUT_MS, freezeDeadlineMs: FREEZE_DEADLINE_MS, ...(deviceMap ? { deviceMapFile: deviceMap } : {}) });
+async function startGuest(deviceMap = '', clockSkewMs = 0): Promise<FakeQemuPort> {
+  let host: HostSide = new LinuxHost({ log, hooksDir: join(dir, 'hooks'), hookTimeoutMs: HOOK_TIMEOUT_MS, freezeDeadlineMs: FREEZE_DEADLINE_MS, ...(deviceMap ? { deviceMapFile: deviceMap } : {}) });
+  if (clockSkewMs) host = skewedClock(host, clockSkewMs);
   port = new FakeQemuPort(join(dir, 'agent.sock'));
   await port.listen();
-  server = new GuestServer({ host, port, log, hookTimeoutMs: HOOK_TIMEOUT_MS, freezeDeadlineMs: FREEZE_DEADLINE_MS });
+  const clock = () => Date.now() + clockSkewMs;
+  server = new GuestServer({ host, port, log, hookTimeoutMs: HOOK_TIMEOUT_MS, freezeDeadlineMs: FREEZE_DEADLINE_MS, clock });
   void server.start();
   return port;
+}
+
+/** A guest whose wall clock is skewMs ahead of this host's: its lock records say its times. */
+function skewedClock(host: HostSide, skewMs: number): HostSide {
+  const shift = (iso: string) => new Date(Date.parse(iso) + skewMs).toISOString();
+  return new Proxy(host, {
+    get(target, prop, receiver) {
+      if (prop !== 'lockTransaction') return Reflect.get(target, prop, receiver);
+      return async (...args: Parameters<HostSide['lockTransaction']>) => {
+        const rec = await target.lockTransaction(...args);
+        return { ...rec, at: shift(rec.at), ...(rec.thawDeadline ? { thawDeadline: shift(rec.thawDeadline) } : {}) };
+      };
+    },
+  });
 }
 
 function hook(name: string, body: string): void {
@@ -106,7 +122,7 @@ describe('guest agent over the port', () => {
     const guest = client();
 
     const hello = await guest.hello();
-    expect(hello).toEqual({ protocol: 1, version: ARRAYLAB_VERSION, hostname: hostname(), kernel: release(), pid: process.pid, hookTimeoutMs: HOOK_TIMEOUT_MS, freezeDeadlineMs: FREEZE_DEADLINE_MS });
+    expect(hello).toEqual({ protocol: 1, version: ARRAYLAB_VERSION, hostname: hostname(), kernel: release(), pid: process.pid, hookTimeoutMs: HOOK_TIMEOUT_MS, freezeDeadlineMs: FREEZE_DEADLINE_MS, now: expect.any(Number) });
     expect(await guest.devices([vol('tv1'), vol('elsewhere')])).toEqual([{ volume: 'tv1', device: disk.device, how: 'map' }]);
     expect(await guest.mountsOf(disk.device)).toEqual([]);
 
@@ -142,6 +158,28 @@ describe('guest agent over the port', () => {
     await guest.unlock(unmounted);
     expect(mountLine(fs.mountPoint)).toEqual(before);
     await guest.unlock(unmounted); // idempotent, as resource-match needs
+  });
+
+  it('a guest clock an hour off: the thaw deadline comes back on this host\'s clock, so the backup manager judges the freeze right', async () => {
+    for (const skew of [3_600_000, -3_600_000]) {
+      const fs = makeLoopFs('ext4', 'noatime');
+      await startGuest('', skew);
+      const guest = client();
+      const before = Date.now();
+      const frozen = await guest.lockTransaction('tv1', fs.device, 'freeze', { freezeDeadlineMs: 15_000 });
+      const after = Date.now();
+      const thawAt = Date.parse(frozen.thawDeadline!);
+      // The guard thaws 15 s after it froze, between before and after on this host's clock; the
+      // translation may only make it earlier, by at most the hello round trip.
+      expect(thawAt).toBeLessThanOrEqual(after + 15_000);
+      expect(thawAt).toBeGreaterThan(before + 15_000 - 1000);
+      await guest.unlock(frozen);
+      expect(await writeCompletes(fs.mountPoint, 5000)).toBe(true);
+      for (const c of clients) await c.close();
+      clients = [];
+      await server!.stop();
+      server = undefined;
+    }
   });
 
   it('runs hooks in the guest: environment, the user\'s exit code, concurrent calls', async () => {
