@@ -282,9 +282,9 @@ export async function run(argv: string[]): Promise<number> {
           .option('tls-cert', { type: 'string', requiresArg: true, describe: 'serve TLS with this certificate (PEM)' })
           .option('tls-key', { type: 'string', requiresArg: true, describe: 'and this private key (PEM)' }),
       async (a) => {
-        if (a.guest !== undefined) throw new UsageError('serve does not take --guest yet: run the command with --guest directly, or serve in the guest with guest-serve'); // [G1]
+        checkGuestArgs(a, undefined); // [G1] the daemon's host side may be the agent in a guest
         const { serve } = await import('./serve.js');
-        exitCode = await serve(settingsOf(a), a.json);
+        exitCode = await serve(settingsOf(a), a.json, a.guest);
       },
     )
     // [G1] the agent in a guest, and a check of it from the host

@@ -11,11 +11,12 @@ import type { AgentSettings } from '../config.js';
 import { openLocalAgent } from '../runtime.js';
 import { ensureToken } from './token.js';
 
-export async function serve(settings: AgentSettings, json: boolean): Promise<number> {
+/** guestSocket: the daemon's host side is the agent in that guest (as with --guest on a command). */
+export async function serve(settings: AgentSettings, json: boolean, guestSocket?: string): Promise<number> {
   const log = await createLogger({ level: settings.logLevel });
   const { token, created } = ensureToken(settings.tokenFile);
   if (created) log.info({ tokenFile: settings.tokenFile }, 'made a new agent token');
-  const agent = await openLocalAgent(settings, log);
+  const agent = await openLocalAgent(settings, log, guestSocket ? { guestSocket } : {});
   const tls = settings.tls ? { cert: readFileSync(settings.tls.cert), key: readFileSync(settings.tls.key) } : undefined;
   const server = new AgentApiServer({ core: agent.core, doctor: agent.doctor, token, log, ...(tls ? { tls } : {}) });
   const { host, port } = parseHostPort(settings.listen);
@@ -26,10 +27,10 @@ export async function serve(settings: AgentSettings, json: boolean): Promise<num
     await agent.close();
     throw err;
   }
-  const info = { pid: process.pid, listen: { host, port: bound }, tls: tls !== undefined, array: settings.array, stateDir: settings.stateDir };
+  const info = { pid: process.pid, listen: { host, port: bound }, tls: tls !== undefined, array: settings.array, stateDir: settings.stateDir, ...(guestSocket ? { guest: guestSocket } : {}) };
   log.info(info, 'arraylab-agent serving');
   if (json) process.stdout.write(JSON.stringify(info) + '\n');
-  else process.stdout.write(`arraylab-agent serving on ${host}:${bound}${tls ? ' (TLS)' : ''}; array ${settings.array}; state ${settings.stateDir}\n`);
+  else process.stdout.write(`arraylab-agent serving on ${host}:${bound}${tls ? ' (TLS)' : ''}; array ${settings.array}; state ${settings.stateDir}${guestSocket ? `; host side: the agent in the guest on ${guestSocket}` : ''}\n`);
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);
