@@ -15,6 +15,11 @@ export interface DoctorDeps {
   /** The agent's records; undefined when the store cannot be opened (reported by its own check). */
   status?: () => Promise<AgentStatus>;
   env?: NodeJS.ProcessEnv;
+  /**
+   * With --guest the host side is the agent in a guest: root, tools and hooks are checked there
+   * (its hostChecks), not here.
+   */
+  guest?: { doctor(): Promise<DoctorCheck[]>; socketPath: string };
 }
 
 /** Commands the host side runs, and the Debian package of each. */
@@ -41,20 +46,37 @@ export function findOnPath(command: string, env: NodeJS.ProcessEnv = process.env
   return undefined;
 }
 
-export async function runDoctor(d: DoctorDeps): Promise<DoctorCheck[]> {
+/** What the host side itself needs where it runs: root, its tools, its hooks directory. */
+export function hostChecks(o: { hooksDir?: string; env?: NodeJS.ProcessEnv }): DoctorCheck[] {
   const checks: DoctorCheck[] = [];
   const add = (name: string, ok: boolean, detail: string, fix = '') => checks.push({ name, ok, detail, fix: ok ? '' : fix });
-
   const uid = process.getuid?.() ?? -1;
   add('root', uid === 0, uid === 0 ? 'running as root' : `running as uid ${uid}`, 'run arraylab-agent as root: unmounting, freezing and holding block devices need it');
 
-  const missing = TOOLS.filter(([t]) => findOnPath(t, d.env) === undefined);
+  const missing = TOOLS.filter(([t]) => findOnPath(t, o.env) === undefined);
   add(
     'tools',
     missing.length === 0,
     missing.length === 0 ? `found ${TOOLS.map(([t]) => t).join(', ')}` : `not found: ${missing.map(([t]) => t).join(', ')}`,
     `install them: apt-get install ${[...new Set(missing.map(([, p]) => p))].join(' ')}`,
   );
+  if (o.hooksDir !== undefined) add(...hooksCheck(o.hooksDir));
+  return checks;
+}
+
+export async function runDoctor(d: DoctorDeps): Promise<DoctorCheck[]> {
+  const checks: DoctorCheck[] = [];
+  const add = (name: string, ok: boolean, detail: string, fix = '') => checks.push({ name, ok, detail, fix: ok ? '' : fix });
+
+  if (d.guest) {
+    try {
+      for (const c of await d.guest.doctor()) checks.push({ ...c, name: `guest ${c.name}` });
+    } catch (err) {
+      add('guest agent', false, (err as Error).message, `start \`arraylab-agent guest-serve\` in the guest (arraylab vm start does) and check the socket ${d.guest.socketPath}`);
+    }
+  } else {
+    checks.push(...hostChecks({ ...(d.env ? { env: d.env } : {}) }));
+  }
 
   try {
     mkdirSync(d.settings.stateDir, { recursive: true, mode: 0o700 });
@@ -82,7 +104,7 @@ export async function runDoctor(d: DoctorDeps): Promise<DoctorCheck[]> {
     }
   }
 
-  add(...hooksCheck(d.settings.hooksDir));
+  if (!d.guest) add(...hooksCheck(d.settings.hooksDir));
 
   if (d.status) {
     try {

@@ -24,10 +24,10 @@ export interface LocalAgentOptions {
   guestSocket?: string;
 }
 
-function hostSideFor(settings: AgentSettings, log: Logger, opts: LocalAgentOptions): { host: HostSide; close(): Promise<void> } {
+function hostSideFor(settings: AgentSettings, log: Logger, opts: LocalAgentOptions): { host: HostSide; guest?: GuestHostSide; close(): Promise<void> } {
   if (opts.guestSocket) {
     const guest = new GuestHostSide(opts.guestSocket, { log });
-    return { host: guest, close: () => guest.close() };
+    return { host: guest, guest, close: () => guest.close() };
   }
   const host = new LinuxHost({
     ...(settings.deviceMap ? { deviceMapFile: settings.deviceMap } : {}),
@@ -55,7 +55,7 @@ export async function openLocalAgent(settings: AgentSettings, log: Logger, opts:
   }
   return {
     core,
-    doctor: () => runDoctor({ settings, array, host, status: () => core.status() }),
+    doctor: () => runDoctor({ settings, array, host, status: () => core.status(), ...(side.guest ? { guest: side.guest } : {}) }),
     async close() {
       await core.close();
       array.close();
@@ -69,7 +69,7 @@ export async function doctorWithoutStore(settings: AgentSettings, log: Logger, o
   const array = new ArrayClient(settings.array);
   const side = hostSideFor(settings, log, opts);
   try {
-    return await runDoctor({ settings, array, host: side.host });
+    return await runDoctor({ settings, array, host: side.host, ...(side.guest ? { guest: side.guest } : {}) });
   } finally {
     array.close();
     await side.close();

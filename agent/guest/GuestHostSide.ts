@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { VolumeInfo } from '../../emulator/array/types.js';
-import type { DeviceMapping, HookContext, HookResult, HostProgress, HostSide, LockRecord, MountEntry, TransactionPrep } from '../types.js';
+import type { DeviceMapping, DoctorCheck, HookContext, HookResult, HostProgress, HostSide, LockRecord, MountEntry, TransactionPrep } from '../types.js';
 import { encodeLine, fromWireError, LineReader, parseObject, type GuestHello, type GuestMethod, type WireError } from './protocol.js';
 
 export interface GuestHostSideOptions {
@@ -124,6 +124,11 @@ export class GuestHostSide implements HostSide {
     const ahead = hello.now - received;
     if (Math.abs(ahead) > 1000) this.log.info({ guestAheadMs: ahead, roundTripMs: received - sent }, 'the guest clock differs from this host\'s; guest times are translated');
     return guestMs - ahead - (received - sent);
+  }
+
+  /** doctor's root, tools and hooks checks, run in the guest. */
+  doctor(): Promise<DoctorCheck[]> {
+    return this.call('doctor', [], { timeoutMs: 30_000 }) as Promise<DoctorCheck[]>;
   }
 
   /** Drops the connection (calls in flight fail). The next call connects again. */

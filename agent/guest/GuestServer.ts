@@ -9,6 +9,7 @@
 import { hostname, release } from 'node:os';
 import type { Logger } from 'pino';
 import { ARRAYLAB_VERSION } from '../../emulator/api/version.js';
+import { hostChecks } from '../doctor.js';
 import { HOOK_PHASES, type HookContext, type HostSide, type LockRecord, type TransactionPrep } from '../types.js';
 import type { GuestPort } from './port.js';
 import { encodeLine, HOST_METHODS, LineReader, parseObject, PROTOCOL_VERSION, toWireError, type GuestHello, type GuestReply, type HostMethod } from './protocol.js';
@@ -20,6 +21,8 @@ export interface GuestServerOptions {
   /** What hello reports: the settings the LinuxHost applies. */
   hookTimeoutMs: number;
   freezeDeadlineMs: number;
+  /** guest-serve's hooks directory, for doctor's hooks check (none: not checked). */
+  hooksDir?: string;
   /** The guest's wall clock (default Date.now); tests skew it. */
   clock?: () => number;
 }
@@ -140,6 +143,7 @@ export class GuestServer {
 
   private async dispatch(id: number, method: string, p: unknown[], epoch: number): Promise<unknown> {
     if (method === 'hello') return this.hello();
+    if (method === 'doctor') return hostChecks(this.opts.hooksDir !== undefined ? { hooksDir: this.opts.hooksDir } : {});
     if (!(HOST_METHODS as readonly string[]).includes(method)) {
       throw new Error(`guest agent: unknown method ${JSON.stringify(method)}; the host and guest agents may be different versions (rebuild the guest image)`);
     }

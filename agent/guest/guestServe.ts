@@ -26,7 +26,7 @@ export async function guestServe(o: GuestServeOptions): Promise<number> {
     freezeDeadlineMs: o.freezeDeadlineMs,
     log: o.log,
   });
-  const server = new GuestServer({ host, port, log: o.log, hookTimeoutMs: o.hookTimeoutMs, freezeDeadlineMs: o.freezeDeadlineMs });
+  const server = new GuestServer({ host, port, log: o.log, hooksDir: o.hooksDir, hookTimeoutMs: o.hookTimeoutMs, freezeDeadlineMs: o.freezeDeadlineMs });
   o.log.info({ port: o.port, pid: process.pid, hooksDir: o.hooksDir, deviceMap: o.deviceMap || null }, 'arraylab-agent guest-serve: serving the host side');
   const done = server.start();
   const signalled = new Promise<NodeJS.Signals>((resolve) => {

@@ -23,7 +23,7 @@ export const PROTOCOL_VERSION = 1;
 /** The HostSide methods the guest serves, plus the protocol's own. */
 export const HOST_METHODS = ['devices', 'mountsOf', 'lockTransaction', 'lockBackup', 'unlock', 'invalidate', 'runHook', 'copyDevice', 'isFrozen'] as const;
 export type HostMethod = (typeof HOST_METHODS)[number];
-export type GuestMethod = HostMethod | 'sync' | 'hello';
+export type GuestMethod = HostMethod | 'sync' | 'hello' | 'doctor';
 
 export interface GuestRequest {
   id: number;

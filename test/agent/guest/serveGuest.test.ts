@@ -5,7 +5,7 @@
  * real CLI against a real array, driven by remote callers (--agent).
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
@@ -28,6 +28,7 @@ let port: FakeQemuPort;
 let server: GuestServer;
 let daemon: ChildProcess;
 let remote: string[];
+let guestHooks: string;
 /** What the guest's host side locked, as the guest saw it. */
 const locked: LockRecord[] = [];
 
@@ -63,7 +64,8 @@ beforeAll(async () => {
   });
   port = new FakeQemuPort(join(dir, 'agent.sock'));
   await port.listen();
-  server = new GuestServer({ host, port, log, hookTimeoutMs: 10_000, freezeDeadlineMs: 30_000 });
+  guestHooks = join(dir, 'hooks');
+  server = new GuestServer({ host, port, log, hooksDir: guestHooks, hookTimeoutMs: 10_000, freezeDeadlineMs: 30_000 });
   void server.start();
 
   const stateDir = join(dir, 'state');
@@ -99,6 +101,22 @@ describe('arraylab-agent serve --guest', () => {
     // The guest froze its filesystem for the copy and thawed it after.
     expect(locked.map((r) => [r.volume, r.device, r.action])).toEqual([['tv', fs.device, 'frozen']]);
     expect(await writeCompletes(fs.mountPoint, 5000)).toBe(true);
+  });
+
+  it('doctor checks root, tools and hooks in the guest, with guest-serve\'s hooks directory', async () => {
+    type Check = { name: string; ok: boolean; detail: string; fix: string };
+    const doctor = async () => JSON.parse((await agent(['doctor', ...remote])).stdout) as Check[];
+    const first = await doctor();
+    expect(first.find((c) => c.name === 'guest root')).toMatchObject({ ok: true });
+    expect(first.find((c) => c.name === 'guest tools')).toMatchObject({ ok: true, detail: expect.stringMatching(/fsfreeze/) });
+    expect(first.find((c) => c.name === 'guest hooks')).toMatchObject({ ok: true, detail: `${guestHooks} holds no scripts` });
+    // This host's own root/tools/hooks are not what matters with --guest.
+    expect(first.map((c) => c.name)).not.toContain('hooks');
+
+    writeFileSync(join(guestHooks, 'pre-backp'), '#!/bin/sh\n', { mode: 0o755 });
+    const second = await doctor();
+    expect(second.find((c) => c.name === 'guest hooks')).toMatchObject({ ok: false, detail: expect.stringMatching(/pre-backp is not a phase/) });
+    rmSync(join(guestHooks, 'pre-backp'));
   });
 
   it('refuses host-side settings that belong to guest-serve, before starting', async () => {
