@@ -36,7 +36,7 @@ async function agent(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ cod
 const remote = () => ['--agent', agentAddress, '--token-file', join(stateDir, 'agent.token'), '--json'];
 
 beforeAll(async () => {
-  lab = await startArraylab({ iscsi: false });
+  lab = await startArraylab();
   for (const [name, size] of [['tv', '16MiB'], ['bv1', '16MiB'], ['bv2', '16MiB']] as const) await lab.cli(['volume', 'create', name, '--size', size]);
   stateDir = makeTempDir('agent-serve-');
   daemon = spawn(process.execPath, [AGENT_CLI, 'serve', '--listen', '127.0.0.1:0', '--array', lab.apiAddress, '--state-dir', stateDir, '--json', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });

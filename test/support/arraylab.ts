@@ -39,7 +39,8 @@ export interface StartOptions {
   startTimeoutMs?: number;
   /**
    * Serve iSCSI on a free loopback port (default true): the embedded config's 3260 would make
-   * parallel test files collide. False leaves listen.iscsi to the config.
+   * parallel test files collide. False leaves listen.iscsi to the config: with the built-in
+   * config that is the fixed 3260, so only for a test's own config file.
    */
   iscsi?: boolean;
 }

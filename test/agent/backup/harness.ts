@@ -37,7 +37,7 @@ export interface Lab {
 export async function startLab(): Promise<Lab> {
   const qemuIo = requireTool('qemu-io');
   const qemuImg = requireTool('qemu-img');
-  const lab = await startArraylab({ iscsi: false });
+  const lab = await startArraylab();
   const array = new ArrayClient(lab.apiAddress);
   const managers: BackupManager[] = [];
   // The array's own tape library, with one cartridge.

@@ -43,7 +43,7 @@ async function agent(args: string[]): Promise<{ code: number; stdout: string; st
 }
 
 beforeAll(async () => {
-  lab = await startArraylab({ iscsi: false });
+  lab = await startArraylab();
   for (const name of ['tv', 'bv']) await lab.cli(['volume', 'create', name, '--size', '16MiB']);
   const dir = makeTempDir('agent-serve-guest-');
   mkdirSync(join(dir, 'hooks'));
