@@ -1,17 +1,7 @@
 /** How the client commands find the API, and what they say when it is not there. */
-import { createServer } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { runCli, startArraylab } from '../support/arraylab.js';
-
-/** A loopback port nothing listens on (bound, then released). */
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
+import { freePort } from '../support/ports.js';
 
 describe('reaching the API', () => {
   it('says where it looked and how to point elsewhere, for every client command', async () => {

@@ -6,7 +6,6 @@
  */
 import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pino from 'pino';
@@ -16,23 +15,13 @@ import { stopDetachedGuest } from '../../emulator/vm/detached.js';
 import { isQemuAlive, listRecords } from '../../emulator/vm/registry.js';
 import { makeTempDir, REPO_ROOT, runCli } from '../support/arraylab.js';
 import { requireTool } from '../support/tools.js';
+import { freePort } from '../support/ports.js';
 
 const run = promisify(execFile);
 const log = pino({ level: 'warn' });
 const EXAMPLE = join(REPO_ROOT, 'vm-images', 'labs', 'backup-restore.yaml');
 let dir: string;
 let runDir: string;
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** arraylab serve processes lab up started (from its state files). */
 function servePids(): number[] {

@@ -18,13 +18,13 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll } from 'vitest';
 import type { Arraylab } from './arraylab.js';
 import { parseConformance, parseListing, type ConformanceResult } from './conformanceParse.mjs';
 import { requireTool } from './tools.js';
+import { freePort } from './ports.js';
 
 /** Debian packages of the iSCSI peers (tools.ts names the NBD ones). */
 const ISCSI_PACKAGE_OF: Record<string, string> = {
@@ -241,18 +241,6 @@ process.once('exit', () => {
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** A loopback port nothing listens on right now (the kernel's ephemeral range: never 3260). */
-export function freePort(): Promise<number> {
-  return new Promise((resolvePromise, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolvePromise(port));
-    });
-  });
-}
 
 /** Sends signal (none: just waits), then SIGKILL after graceMs; resolves once it exited. */
 async function stopChild(child: ChildProcess, signal: NodeJS.Signals | undefined, graceMs: number): Promise<void> {

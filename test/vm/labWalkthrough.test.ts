@@ -16,7 +16,8 @@ import { stopDetachedGuest } from '../../emulator/vm/detached.js';
 import { isQemuAlive, listRecords } from '../../emulator/vm/registry.js';
 import { makeTempDir, REPO_ROOT } from '../support/arraylab.js';
 import { requireTool } from '../support/tools.js';
-import { freePort, sha256 } from './guestBackup.js';
+import { freePort } from '../support/ports.js';
+import { sha256 } from './guestBackup.js';
 
 const log = pino({ level: 'warn' });
 const EXAMPLE_PATH = 'vm-images/labs/backup-restore.yaml';
