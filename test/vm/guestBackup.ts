@@ -6,39 +6,20 @@
  * sha256 of `SEQ EPOCH`), one `echo` per line (one write(2): a freeze lands between lines),
  * `sync` every 5 lines, until /tmp/writer.stop exists; then it touches /tmp/writer.done.
  */
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../support/arraylab.js';
+import { runProcess, type ProcessRun } from '../support/process.js';
 
 export const AGENT_CLI = join(REPO_ROOT, 'dist', 'agent', 'cli', 'arraylab-agent.js');
 
-export interface AgentRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-}
+export type AgentRun = ProcessRun;
 
 /** `arraylab-agent ARGS` on the host, with none of the caller's ARRAYLAB_* settings leaking in. */
 export function hostAgent(args: string[], timeoutMs = 150_000): Promise<AgentRun> {
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const k of Object.keys(env)) if (k.startsWith('ARRAYLAB_')) delete env[k];
-  const started = performance.now();
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [AGENT_CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'], cwd: '/' });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    // A hung agent must fail the test, not hang it (and not outlive it).
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr, ms: performance.now() - started });
-    });
-  });
+  return runProcess(process.execPath, [AGENT_CLI, ...args], { env, cwd: '/', timeoutMs });
 }
 
 /** The same with --json; it must exit 0. */

@@ -18,6 +18,7 @@ import { makeTempDir, REPO_ROOT } from '../support/arraylab.js';
 import { requireTool } from '../support/tools.js';
 import { freePort } from '../support/ports.js';
 import { sha256 } from './guestBackup.js';
+import { runProcess } from '../support/process.js';
 
 const log = pino({ level: 'warn' });
 const EXAMPLE_PATH = 'vm-images/labs/backup-restore.yaml';
@@ -58,19 +59,9 @@ function shellQuote(s: string): string {
 }
 
 /** Runs bash with the script; resolves with its combined output and status. */
-function bash(script: string, timeoutMs: number): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('bash', ['-c', script], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, out });
-    });
-  });
+async function bash(script: string, timeoutMs: number): Promise<{ code: number | null; out: string }> {
+  const r = await runProcess('bash', ['-c', script], { env, cwd: REPO_ROOT, timeoutMs });
+  return { code: r.code, out: r.output };
 }
 
 beforeAll(async () => {
