@@ -362,9 +362,6 @@ export class CopyEngine {
       if (dests.has(a.destination) || sources.has(a.destination) || dests.has(a.source)) {
         throw new CopyError('INVALID_ARGUMENT', `volume ${dests.has(a.source) ? a.source : a.destination} appears twice in the group as a destination or as both source and destination`);
       }
-      if (a.op === 'ec' && [...actions].some((b) => b !== a && !('id' in b) && b.op === 'ec' && b.source === a.source)) {
-        throw new CopyError('FAILED_PRECONDITION', `two EC pairs from ${a.source} in one group; one EC pair per source volume`);
-      }
       dests.add(a.destination);
       sources.add(a.source);
     }
@@ -582,12 +579,6 @@ export class CopyEngine {
         'FAILED_PRECONDITION',
         `source ${source} is the destination of ${asDest.type} session ${asDest.id} (${asDest.state}); a destination cannot be copied from while it is in a session`,
       );
-    }
-    if (type === 'ec') {
-      const other = this.sessionsOf(source).find((s) => s.type === 'ec');
-      if (other !== undefined) {
-        throw new CopyError('FAILED_PRECONDITION', `source ${source} is already in EC session ${other.id}; one EC pair per source volume`);
-      }
     }
     return { src, dst };
   }

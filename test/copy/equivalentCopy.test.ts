@@ -107,10 +107,29 @@ describe('EC', () => {
     await expect(engine.rejoin(id)).rejects.toThrow(/not split/);
   });
 
-  it('refuses a second EC from one source and reverse while another session uses a volume', async () => {
-    const { engine } = rig(['a', 'b', 'c', 'd']);
+  it('several EC pairs from one source (multi-copy): each mirrors or tracks on its own; a suspended one resumes with only its changes', async () => {
+    const { engine, dev } = rig(['a', 'b', 'c']);
+    for (let b = 0; b < 64; b++) await put(dev.a!, b, 100 + b);
+    const first = await engine.startEc('a', 'b');
+    await drain(engine);
+    await engine.suspend(first.id);
+    const second = await engine.startEc('a', 'c');
+    await drain(engine);
+    expect(engine.get(second.id).state).toBe('equivalent');
+    await put(dev.a!, 5, 7);
+    expect((await readTags(dev.c!, 5, 1))[0]).toBe(7); // mirrored to the equivalent pair
+    expect((await readTags(dev.b!, 5, 1))[0]).toBe(105); // the suspended one keeps its image
+    await engine.resume(first.id);
+    const s = engine.get(first.id);
+    expect(s.copiedBlocks).toBe(s.totalBlocks - 1); // only the changed unit is copied again
+    await drain(engine);
+    expect(await readTags(dev.b!)).toEqual(await readTags(dev.a!));
+    expect(engine.get(first.id).state).toBe('equivalent');
+  });
+
+  it('refuses reverse while another session uses a volume', async () => {
+    const { engine } = rig(['a', 'b', 'd']);
     await engine.startEc('a', 'b');
-    await expect(engine.startEc('a', 'c')).rejects.toThrow(/one EC pair per source/);
     await engine.startOpc('a', 'd', { rate: 0 });
     await engine.stepOne('s1', 100);
     expect(engine.get('s1').state).toBe('equivalent');

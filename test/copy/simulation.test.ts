@@ -311,7 +311,6 @@ class Sim {
     if (SIZES[dst]! < SIZES[src]!) return 'refuse';
     if (all.some((s) => s.src === dst || s.dst === dst)) return 'refuse';
     if (all.some((s) => s.dst === src)) return 'refuse';
-    if (type === 'ec' && all.some((s) => s.type === 'ec' && s.src === src)) return 'refuse';
     return 'ok';
   }
 
