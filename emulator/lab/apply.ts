@@ -3,7 +3,8 @@
  * up creates what is missing and leaves what exists (it never resizes or deletes); down stops
  * the lab's VMs and the array it started, and with purge deletes its volumes, hosts and, for an
  * array it started, the data directory. What lab up started is remembered in the run
- * directory (.lab-<name>.json), so lab down stops only that.
+ * directory (.lab-<name>.json), so lab down stops only that. A started array runs with a config
+ * of its own (lab-array.yaml in its data directory): none of the built-in config's volumes.
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -11,7 +12,9 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, write
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
+import { formatHostPort } from '../api/address.js';
 import { ArrayClient } from '../api/ArrayClient.js';
+import { loadConfig } from '../config.js';
 import { formatSize } from '../units.js';
 import { stopDetachedGuest } from '../vm/detached.js';
 import { defaultInitiatorName } from '../vm/qemuArgs.js';
@@ -86,26 +89,64 @@ function cliPath(): string {
   return fileURLToPath(new URL('../cli/arraylab.js', import.meta.url));
 }
 
+/** The built-in config's listen addresses: a started lab array's NBD and iSCSI defaults. */
+function defaultListen(): { nbd: string; iscsi: string } {
+  const { listen } = loadConfig();
+  return { nbd: formatHostPort(listen.nbd), iscsi: formatHostPort(listen.iscsi!) };
+}
+
+/**
+ * The config a started lab array runs with: no volumes (the built-in config's `demo` volume is
+ * not the lab's); the lab's volumes are created over the API. Addresses and the data
+ * directory are given as flags.
+ */
+function writeServeConfig(lab: Lab): string {
+  const file = join(lab.arrays[0]!.dataDir, 'lab-array.yaml');
+  writeFileSync(file, `# Written by arraylab lab up for ${lab.file} at every start of its array.\n# No volumes: the lab's volumes are created by lab up; listen addresses and dataDir are flags.\nvolumes: []\n`);
+  return file;
+}
+
+/** The lab key to change when serve could not listen: its last "arraylab: cannot listen for ..." line. */
+function listenFailure(log: string): { key: 'nbd' | 'iscsi' | 'api'; message: string } | undefined {
+  const line = log.trim().split('\n').reverse().find((l) => l.startsWith('arraylab: cannot listen for '));
+  if (!line) return undefined;
+  const what = /^arraylab: cannot listen for (NBD|iSCSI|the control API) on /.exec(line)?.[1];
+  const key = what === 'NBD' ? 'nbd' : what === 'iSCSI' ? 'iscsi' : what ? 'api' : undefined;
+  // serve's own fix names its flags and config keys; a lab's array takes them from the lab file.
+  return key && { key, message: line.slice('arraylab: '.length).replace(/; use --\S+ HOST:PORT or listen\.\w+ in the config to pick another address$/, '') };
+}
+
 async function startArray(lab: Lab, c: ArrayClient, o: LabOptions): Promise<LabState['serve']> {
   const a = lab.arrays[0]!;
   const createdDataDir = !existsSync(a.dataDir);
   mkdirSync(a.dataDir, { recursive: true });
   const logFile = join(a.dataDir, 'serve.log');
-  const args = [cliPath(), 'serve', '--api', a.api, '--data-dir', a.dataDir, ...(a.nbd ? ['--nbd', a.nbd] : []), ...(a.iscsi ? ['--iscsi', a.iscsi] : [])];
+  const listen = defaultListen();
+  const args = [cliPath(), 'serve', '--config', writeServeConfig(lab), '--api', a.api, '--data-dir', a.dataDir, '--nbd', a.nbd ?? listen.nbd, '--iscsi', a.iscsi ?? listen.iscsi];
   const fd = openSync(logFile, 'a');
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, ARRAYLAB_LOG_LEVEL: process.env.ARRAYLAB_LOG_LEVEL ?? 'info' } });
   closeSync(fd);
   child.unref();
   const end = Date.now() + 30_000;
+  let exited = false;
   while (Date.now() < end) {
     if (await answers(c)) return { pid: child.pid!, api: a.api, dataDir: a.dataDir, createdDataDir };
-    if (child.exitCode !== null || !alive(child.pid!)) break;
+    if (child.exitCode !== null || !alive(child.pid!)) {
+      exited = true;
+      break;
+    }
     await sleep(200);
   }
   if (alive(child.pid!)) process.kill(child.pid!, 'SIGKILL');
-  const tail = readFileSync(logFile, 'utf8').trim().split('\n').slice(-5).join('\n');
+  const log = readFileSync(logFile, 'utf8');
   o.log.debug({ args }, 'serve failed');
-  throw new Error(`lab ${lab.file}: arrays[0]: arraylab serve did not answer at ${a.api} within 30 s; its log ${logFile} ends:\n${tail}`);
+  const taken = exited ? listenFailure(log) : undefined;
+  if (taken) {
+    throw new Error(`lab ${lab.file}: arrays[0].${taken.key}: its array did not start: ${taken.message}; set arrays[0].${taken.key} in the lab file to a free address (port 0: any free port), or stop what holds it; log: ${logFile}`);
+  }
+  const tail = log.trim().split('\n').slice(-5).join('\n');
+  const how = exited ? `arraylab serve exited before it answered at ${a.api}` : `arraylab serve did not answer at ${a.api} within 30 s`;
+  throw new Error(`lab ${lab.file}: arrays[0]: ${how}; its log ${logFile} ends:\n${tail}`);
 }
 
 export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
@@ -123,7 +164,9 @@ export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
     } else if (a.start) {
       state.serve = await startArray(lab, c, o);
       writeState(lab, o.runDir, state);
-      say({ kind: 'array', name: a.name, state: 'started', detail: `arraylab serve pid ${state.serve!.pid} at ${a.api}, data in ${a.dataDir}` });
+      const { listeners: l } = await c.getStatus();
+      const ports = `NBD ${l.nbd.host}:${l.nbd.port}${l.iscsi.available ? `, iSCSI ${l.iscsi.host}:${l.iscsi.port}` : ''}`;
+      say({ kind: 'array', name: a.name, state: 'started', detail: `arraylab serve pid ${state.serve!.pid} at ${a.api}, ${ports}, data in ${a.dataDir}` });
     } else {
       throw new Error(`lab ${lab.file}: arrays[0]: nothing answers at ${a.api}; start it with: arraylab serve --api ${a.api}, or set start: true`);
     }

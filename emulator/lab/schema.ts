@@ -20,7 +20,11 @@ export interface LabArray {
   start: boolean;
   /** Absolute; where a started array keeps its data. */
   dataDir: string;
-  /** Listen addresses for a started array (default: serve's, 10809 and 3260). */
+  /**
+   * Listen addresses of a started array: NBD (the VMs' via: nbd disks) and the iSCSI portal
+   * (via: iscsi). Default: the built-in config's, 127.0.0.1:10809 and 127.0.0.1:3260. Unused
+   * when an array already answers at api.
+   */
   nbd?: string;
   iscsi?: string;
 }

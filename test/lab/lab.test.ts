@@ -5,7 +5,7 @@
  * that do not validate fail with file: key: message and exit 2.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pino from 'pino';
@@ -15,6 +15,7 @@ import { stopDetachedGuest } from '../../emulator/vm/detached.js';
 import { isQemuAlive, listRecords } from '../../emulator/vm/registry.js';
 import { makeTempDir, REPO_ROOT, runCli } from '../support/arraylab.js';
 import { requireTool } from '../support/tools.js';
+import { labServePids } from '../support/lab.js';
 import { freePort } from '../support/ports.js';
 
 const run = promisify(execFile);
@@ -24,13 +25,7 @@ let dir: string;
 let runDir: string;
 
 /** arraylab serve processes lab up started (from its state files). */
-function servePids(): number[] {
-  if (!existsSync(runDir)) return [];
-  return readdirSync(runDir)
-    .filter((f) => f.startsWith('.lab-'))
-    .map((f) => (JSON.parse(readFileSync(join(runDir, f), 'utf8')) as { serve?: { pid: number } }).serve?.pid ?? 0)
-    .filter((pid) => pid > 0);
-}
+const servePids = () => labServePids(runDir);
 
 function alive(pid: number): boolean {
   try {
@@ -77,7 +72,7 @@ describe('arraylab lab', () => {
     expect(up.stderr).toBe('');
     expect(up.code).toBe(0);
     const lines = up.stdout.trim().split('\n');
-    expect(lines[0]).toMatch(new RegExp(`^array array0: started \\(arraylab serve pid \\d+ at ${api}, data in ${join(dir, 'data')}\\)$`));
+    expect(lines[0]).toMatch(new RegExp(`^array array0: started \\(arraylab serve pid \\d+ at ${api}, NBD 127\\.0\\.0\\.1:\\d+, iSCSI 127\\.0\\.0\\.1:\\d+, data in ${join(dir, 'data')}\\)$`));
     for (const v of ['tv1', 'bv1', 'bv2']) expect(lines).toContain(`volume ${v}: created (256 MiB thin, 512-byte blocks)`);
     expect(lines.at(-1)).toMatch(new RegExp(`^vm ${vmName}: started \\(booted in [\\d.]+ s; tv1 as /dev/vda; agent socket ${runDir}/${vmName}/agent.sock\\)$`));
     console.log(lines.at(-1));
@@ -86,7 +81,7 @@ describe('arraylab lab', () => {
     const serial = await runCli(['vm', 'console', vmName, '--run-dir', runDir, '-c', 'cat /sys/block/vda/serial']);
     expect(serial.stdout).toBe('tv1');
     const { volumes } = JSON.parse((await runCli(['volume', 'list', '--json', '--api', api])).stdout) as { volumes: Array<{ name: string }> };
-    expect(volumes.map((v) => v.name).sort()).toEqual(['bv1', 'bv2', 'demo', 'tv1']);
+    expect(volumes.map((v) => v.name).sort()).toEqual(['bv1', 'bv2', 'tv1']); // not the built-in config's demo
 
     // Again: nothing created, nothing started.
     const again = await lab(['up', file, '--json']);

@@ -1,0 +1,105 @@
+/**
+ * The array `arraylab lab up` starts for the example lab (vm-images/labs/backup-restore.yaml,
+ * without its VM, so no guest image or qemu is needed): it has the lab's volumes and none of the
+ * built-in config's (no `demo`), it listens where the lab file's nbd: and iscsi: keys say, and
+ * an address that is taken fails lab up naming the key to change, with nothing left running.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse, stringify } from 'yaml';
+import { makeTempDir, REPO_ROOT, runCli } from '../support/arraylab.js';
+import { labServePids } from '../support/lab.js';
+import { freePort } from '../support/ports.js';
+
+const EXAMPLE = join(REPO_ROOT, 'vm-images', 'labs', 'backup-restore.yaml');
+let dir: string;
+let runDir: string;
+
+/** arraylab serve processes lab up started, of the lab NAME.yaml or of every lab. */
+const servePids = (name = '') => labServePids(runDir, name);
+
+function killServes(): void {
+  for (const pid of servePids()) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
+}
+process.once('exit', () => runDir && killServes());
+
+beforeAll(() => {
+  dir = makeTempDir('arraylab-lab-array-');
+  runDir = join(dir, 'run');
+});
+afterAll(() => killServes());
+
+/** The example lab without its VMs, on the given addresses, data in dir/NAME; returns its path. */
+function exampleLab(name: string, addresses: { api: string; nbd: string; iscsi: string }): string {
+  const lab = parse(readFileSync(EXAMPLE, 'utf8')) as { arrays: Array<Record<string, unknown>>; vms?: unknown };
+  Object.assign(lab.arrays[0]!, addresses, { dataDir: `./${name}` });
+  delete lab.vms;
+  const file = join(dir, `${name}.yaml`);
+  writeFileSync(file, stringify(lab));
+  return file;
+}
+
+function lab(args: string[]) {
+  return runCli(['lab', ...args, '--run-dir', runDir], { timeoutMs: 60_000 });
+}
+
+/** A TCP listener holding a loopback port, as another program would. */
+async function holdPort(): Promise<{ port: number; server: Server }> {
+  const server = createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  return { port: (server.address() as { port: number }).port, server };
+}
+
+describe('the array of lab up', () => {
+  it('has the lab\'s volumes and not the built-in demo volume, and listens on the lab\'s nbd and iscsi addresses', async () => {
+    const [api, nbd, iscsi] = [await freePort(), await freePort(), await freePort()];
+    const file = exampleLab('plain', { api: `127.0.0.1:${api}`, nbd: `127.0.0.1:${nbd}`, iscsi: `127.0.0.1:${iscsi}` });
+    const up = await lab(['up', file]);
+    expect(up.stderr).toBe('');
+    expect(up.code).toBe(0);
+    expect(up.stdout.split('\n')[0]).toBe(
+      `array array0: started (arraylab serve pid ${servePids('plain')[0]} at 127.0.0.1:${api}, NBD 127.0.0.1:${nbd}, iSCSI 127.0.0.1:${iscsi}, data in ${join(dir, 'plain')})`,
+    );
+
+    const list = await runCli(['volume', 'list', '--json', '--api', `127.0.0.1:${api}`]);
+    const { volumes } = JSON.parse(list.stdout) as { volumes: Array<{ name: string }> };
+    expect(volumes.map((v) => v.name).sort()).toEqual(['bv1', 'bv2', 'tv1']);
+    const status = JSON.parse((await runCli(['status', '--json', '--api', `127.0.0.1:${api}`])).stdout) as { listeners: Record<string, { port: number }> };
+    expect([status.listeners.nbd!.port, status.listeners.iscsi!.port]).toEqual([nbd, iscsi]);
+
+    const down = await lab(['down', file, '--purge']);
+    expect(down.code).toBe(0);
+    expect(servePids('plain')).toEqual([]);
+  });
+
+  it.each(['nbd', 'iscsi'] as const)('fails lab up naming arrays[0].%s when its address is taken, and leaves nothing running', async (key) => {
+    const held = await holdPort();
+    try {
+      const addresses = { api: `127.0.0.1:${await freePort()}`, nbd: '127.0.0.1:0', iscsi: '127.0.0.1:0', [key]: `127.0.0.1:${held.port}` };
+      const file = exampleLab(`taken-${key}`, addresses);
+      const up = await lab(['up', file]);
+      expect(up.code).toBe(1);
+      const what = key === 'nbd' ? 'NBD' : 'iSCSI';
+      expect(up.stderr).toBe(
+        `arraylab: lab ${file}: arrays[0].${key}: its array did not start: cannot listen for ${what} on 127.0.0.1:${held.port}: the address is in use (is another arraylab running?); ` +
+          `set arrays[0].${key} in the lab file to a free address (port 0: any free port), or stop what holds it; log: ${join(dir, `taken-${key}`, 'serve.log')}\n`,
+      );
+      expect(servePids(`taken-${key}`)).toEqual([]);
+      const status = JSON.parse((await lab(['status', file, '--json'])).stdout) as { items: Array<{ kind: string; state: string }> };
+      expect(status.items[0]).toMatchObject({ kind: 'array', state: 'down' });
+    } finally {
+      held.server.close();
+    }
+  });
+});
