@@ -20,6 +20,7 @@ PACKAGES=(
   util-linux mount      # losetup, fallocate, mount
   openssl               # test certificates for NBD STARTTLS
   procps                # ps, for memory measurements
+  jq                    # JSON on the command line (README.md's examples)
   build-essential python3 # node-gyp builds better-sqlite3 from source
   qemu-system-x86       # guests on the array (emulator/vm, vm-images)
   busybox-static cpio lz4 kmod binutils dash  # the guest image build (vm-images/build.sh)

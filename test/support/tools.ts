@@ -27,6 +27,7 @@ const PACKAGE_OF: Record<string, string> = {
   'iscsi-test-cu': 'libiscsi-bin',
   tgtd: 'tgt',
   tgtadm: 'tgt',
+  jq: 'jq',
 };
 
 const found = new Map<string, string>();

@@ -1,0 +1,80 @@
+/**
+ * README.md's examples run as written, in order, on a fresh array: every ```sh block marked
+ * with a preceding `<!-- example: NAME -->` is taken from the README, `npx arraylab` becomes the
+ * built CLI against a fresh `arraylab serve` on its built-in config (the `demo` volume; free
+ * ports, a temp data dir, ARRAYLAB_API set), and the blocks run one line at a time in one bash
+ * with `set -euo pipefail`, so an example that stops working fails here with its line.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { CLI_PATH, REPO_ROOT, startArraylab } from '../support/arraylab.js';
+import { runProcess } from '../support/process.js';
+import { requireTool } from '../support/tools.js';
+
+/** The marked examples, in README order, in the order the README says they run. */
+const EXAMPLES = ['volumes', 'copy', 'tape'];
+
+/**
+ * Lines that do not run here, each with why: they do not end by themselves. `copy watch`
+ * without an id follows sessions until Ctrl-C; `serve` runs the array (the test starts its own).
+ */
+const SKIP = /^npx arraylab (copy watch|serve)\b/;
+
+interface Example {
+  name: string;
+  lines: string[];
+}
+
+function readmeExamples(): Example[] {
+  const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
+  return [...readme.matchAll(/^<!-- example: ([\w-]+) -->\n```sh\n([\s\S]*?)^```$/gm)].map((m) => ({
+    name: m[1]!,
+    // A line ending in a backslash goes on on the next one; blank and comment lines are left out.
+    lines: m[2]!
+      .replace(/\\\n/g, ' ')
+      .split('\n')
+      .filter((l) => l.trim() !== '' && !l.trim().startsWith('#')),
+  }));
+}
+
+const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+
+describe('README examples', () => {
+  it('marks the volume, copy-session and tape examples', () => {
+    expect(readmeExamples().map((e) => e.name)).toEqual(EXAMPLES);
+  });
+
+  it('run line by line, in order, on a fresh array', async () => {
+    requireTool('jq');
+    const examples = readmeExamples();
+    expect(examples.map((e) => e.name)).toEqual(EXAMPLES);
+    const lab = await startArraylab();
+    const cli = `${shellQuote(process.execPath)} ${shellQuote(CLI_PATH)}`;
+    const script = ['set -euo pipefail'];
+    const ran: string[] = [];
+    const skipped: string[] = [];
+    for (const e of examples) {
+      for (const [i, line] of e.lines.entries()) {
+        if (SKIP.test(line)) {
+          skipped.push(line);
+          continue;
+        }
+        ran.push(line);
+        script.push(`echo ${shellQuote(`@@ example ${e.name}, line ${i + 1}: ${line}`)}`, line.replace(/\bnpx arraylab(?![\w-])/g, cli));
+      }
+    }
+    script.push('echo "@@ done"');
+    expect(skipped.every((l) => l.startsWith('npx arraylab copy watch'))).toBe(true);
+    const env: NodeJS.ProcessEnv = { ...process.env, ARRAYLAB_API: lab.apiAddress, NO_COLOR: '1' };
+    for (const k of ['ARRAYLAB_RUN_DIR', 'ARRAYLAB_LOG_LEVEL']) delete env[k];
+
+    const r = await runProcess('bash', ['-c', script.join('\n')], { env, cwd: REPO_ROOT, timeoutMs: 180_000 });
+    const failedAt = r.stdout.split('\n').filter((l) => l.startsWith('@@ ')).at(-1);
+    expect(r.code, `README example failed at\n${failedAt}\noutput:\n${r.output}`).toBe(0);
+    expect(r.stdout.trimEnd().endsWith('@@ done')).toBe(true);
+    expect(r.stderr, `README examples wrote to stderr; output:\n${r.output}`).toBe('');
+    console.log(`README examples: ${ran.length} lines ran in ${(r.ms / 1000).toFixed(1)} s; skipped: ${skipped.join(' | ')}`);
+    await lab.stop();
+  }, 240_000);
+});
