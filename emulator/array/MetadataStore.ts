@@ -10,7 +10,9 @@
  * schema_version holds the number of the last one applied. Add a migration, never edit one.
  */
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
 import Database from 'better-sqlite3';
+import { CopyError } from '../copy/CopySession.js';
 import type { LogicalBlockSize, Provisioning, VolumeInfo } from './types.js';
 
 export const DATABASE_FILE = 'arraylab.db';
@@ -181,7 +183,7 @@ export class MetadataStore {
     chunkPut: Database.Statement<[string, string, number, Buffer]>;
     chunkDelete: Database.Statement<[string, string, number]>;
   };
-  private readonly commitCopy: (batch: CopyJournalBatch) => void;
+  private readonly commitCopy: (batches: CopyJournalBatch[]) => void;
   private readonly renameTx: (uuid: string, oldName: string, newName: string, identity: { wwn: string; serial: string } | undefined) => void;
 
   /**
@@ -189,7 +191,10 @@ export class MetadataStore {
    * @param opts.exclusive hold the database locked until close(), so that a second process
    *   opening the same file fails (SQLITE_BUSY) instead of sharing the array's files.
    */
-  constructor(file: string, opts: { exclusive?: boolean } = {}) {
+  constructor(
+    private readonly file: string,
+    opts: { exclusive?: boolean } = {},
+  ) {
     this.db = new Database(file, { timeout: 2000 });
     try {
       if (opts.exclusive) this.db.pragma('locking_mode = EXCLUSIVE'); // before WAL: no shared-memory index
@@ -219,12 +224,14 @@ export class MetadataStore {
       ),
       chunkDelete: this.db.prepare<[string, string, number]>('DELETE FROM copy_bitmaps WHERE session_id = ? AND bitmap = ? AND chunk_index = ?'),
     };
-    this.commitCopy = this.db.transaction((batch: CopyJournalBatch) => {
-      for (const id of batch.deletes) this.stmts.copyDelete.run(id);
-      for (const [id, json] of batch.puts) this.stmts.copyPut.run(id, json);
-      for (const c of batch.chunks) {
-        if (c.bits === undefined) this.stmts.chunkDelete.run(c.sessionId, c.bitmap, c.index);
-        else this.stmts.chunkPut.run(c.sessionId, c.bitmap, c.index, c.bits);
+    this.commitCopy = this.db.transaction((batches: CopyJournalBatch[]) => {
+      for (const batch of batches) {
+        for (const id of batch.deletes) this.stmts.copyDelete.run(id);
+        for (const [id, json] of batch.puts) this.stmts.copyPut.run(id, json);
+        for (const c of batch.chunks) {
+          if (c.bits === undefined) this.stmts.chunkDelete.run(c.sessionId, c.bitmap, c.index);
+          else this.stmts.chunkPut.run(c.sessionId, c.bitmap, c.index, c.bits);
+        }
       }
     });
     const renameRow = this.db.prepare<[string, string | null, string | null, string, string]>(
@@ -244,9 +251,20 @@ export class MetadataStore {
     });
   }
 
-  /** Writes one journal batch in one transaction (durable on return: synchronous=FULL). */
-  commitCopyJournal(batch: CopyJournalBatch): void {
-    this.commitCopy(batch);
+  /** Writes journal batches, in order, in one transaction (durable on return: synchronous=FULL). */
+  commitCopyJournal(...batches: CopyJournalBatch[]): void {
+    this.commitCopy(batches);
+  }
+
+  /**
+   * A failed write as users should see it: a full disk (SQLITE_FULL) becomes a CopyError
+   * RESOURCE_EXHAUSTED naming the data directory and the fix (nothing was written: the
+   * transaction rolled back); anything else is returned as it is.
+   */
+  explainWriteError(err: unknown): unknown {
+    if ((err as { code?: unknown } | undefined)?.code !== 'SQLITE_FULL') return err;
+    const where = this.file === ':memory:' ? "the array's in-memory database is full" : `the array's data directory ${path.dirname(path.resolve(this.file))} is full`;
+    return new CopyError('RESOURCE_EXHAUSTED', `${where} (SQLITE_FULL); free space there and retry`);
   }
 
   /** Every copy session with its bitmap chunks, in creation order. */

@@ -48,7 +48,7 @@ import { BlockDeviceError, type ClientInfo, type ExportHandle, type ExportProvid
 import { FileBlockStore, type FileBlockStorePaths } from '../block/FileBlockStore.js';
 import { MemoryBlockStore } from '../block/MemoryBlockStore.js';
 import { CopyEngine, type StartOptions } from '../copy/CopyEngine.js';
-import { CopyError, type CopyEvent, type CopyType, type SessionInfo } from '../copy/CopySession.js';
+import { COPY_TYPE_NAMES, CopyError, type CopyEvent, type CopyType, type SessionInfo } from '../copy/CopySession.js';
 import { formatSize } from '../units.js';
 import { HostAffinity, type VolumeDirectory } from './HostAffinity.js';
 import { HostRecords } from './HostRecords.js';
@@ -94,8 +94,6 @@ export interface StartCopyRequest {
   /** SnapOPC+: with 8 generations already, refuse instead of dropping the oldest. */
   refuseIfFull?: boolean;
 }
-
-const COPY_TYPE_NAMES: Record<CopyType, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC' };
 
 export interface ExportDescription extends ExportSummary {
   size: number;

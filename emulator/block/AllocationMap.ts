@@ -212,6 +212,34 @@ export class AllocationMap {
   }
 
   /** Extends the map; new blocks are clear. */
+  /** A copy of the bits, with no dirty chunks (dirty tracking if asked). */
+  clone(trackDirty = false): AllocationMap {
+    const m = new AllocationMap(this._blocks, trackDirty);
+    m.assign(this);
+    m.dirty?.clear();
+    return m;
+  }
+
+  /** Makes the bits those of `other` (same size); every chunk that changes becomes dirty. */
+  assign(other: AllocationMap): void {
+    assert(other._blocks === this._blocks, `assigning a ${other._blocks}-block map to a ${this._blocks}-block one`);
+    for (const ci of new Set([...this.chunks.keys(), ...other.chunks.keys()])) {
+      const theirs = other.chunks.get(ci);
+      const mine = this.chunks.get(ci);
+      if (theirs === undefined) {
+        this._allocated -= mine!.count;
+        this.chunks.delete(ci);
+      } else {
+        const copy = new Chunk();
+        copy.words.set(theirs.words);
+        copy.count = theirs.count;
+        this._allocated += copy.count - (mine?.count ?? 0);
+        this.chunks.set(ci, copy);
+      }
+      this.dirty?.add(ci);
+    }
+  }
+
   grow(newBlocks: number): void {
     assert(Number.isSafeInteger(newBlocks) && newBlocks >= this._blocks, `cannot shrink map from ${this._blocks} to ${newBlocks} blocks`);
     this._blocks = newBlocks;

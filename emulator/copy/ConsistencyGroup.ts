@@ -11,10 +11,10 @@
  * Each single-session control operation takes the same kind of cut on its own two volumes;
  * a group just takes one cut around all of them (holds nest, so the inner ones are free).
  *
- * The journal records the group's changes in one sync() after the last of them, so a crash
- * during a group operation normally leaves all of it or none. (One exception, harmless: a
- * copy-on-write on another volume may sync() the journal during the cut and make some of the
- * group's records durable early; each such session is then complete and exact on its own.)
+ * The journal records the group's changes in one commit after the last of them, so a crash
+ * during a group operation leaves all of it or none: its records are staged (J7), so a
+ * copy-on-write on another volume that commits the journal during the cut does not carry
+ * them, and a failed commit leaves none of the group behind (CopyEngine.atomically).
  */
 import type { VolumeTap } from './VolumeTap.js';
 

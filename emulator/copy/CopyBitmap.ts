@@ -74,6 +74,17 @@ export class CopyBitmap {
     return out;
   }
 
+  /** A copy, for putting back with restore() (a control operation whose commit failed). */
+  snapshot(): CopyBitmap {
+    const b = new CopyBitmap(this.units);
+    b.map.assign(this.map);
+    return b;
+  }
+
+  restore(from: CopyBitmap): void {
+    this.map.assign(from.map);
+  }
+
   setRuns(runs: Iterable<UnitRun>): void {
     for (const [s, n] of runs) this.map.set(s, n);
   }

@@ -12,6 +12,14 @@
  * setImmediate turn), then re-arms. No busy loop: a session with nothing to copy has no timer.
  * 'manual': no timers at all; the caller drives step() (tests, the simulator).
  *
+ * All or nothing (J7 in SessionJournal.ts). Each control operation runs inside its cut as a
+ * transaction (atomically()): the journal stages the appends of every session on the cut's
+ * volumes and commits them in one commit at the end; until that commit succeeded nothing is
+ * announced, and if the operation is refused half way or the commit fails (e.g. SQLITE_FULL:
+ * the data directory's disk is full) the engine's memory is put back as it was (sessions,
+ * SnapOPC+ chains, records, bitmaps, the taps' roles). The cut is what makes this safe: no
+ * host write to those volumes runs meanwhile, so no hot-path append is staged.
+ *
  * Wiring (StorageArray): adopt each volume with addVolume() right after it is opened or
  * created and before any client can open it (the tap must see every write to drain it at a
  * cut), then call recover() once.
@@ -20,6 +28,7 @@ import { randomUUID } from 'node:crypto';
 import type { BlockDevice } from '../block/BlockDevice.js';
 import { holdVolumes, type GroupAction } from './ConsistencyGroup.js';
 import {
+  COPY_TYPE_NAMES,
   CopyError,
   DEFAULT_UNIT_SIZE,
   invariant,
@@ -94,6 +103,8 @@ export class CopyEngine {
   readonly events: CopyEvent[] = [];
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
+  /** The control operation running now (atomically): its sessions, and their events held back until it commits. */
+  private tx: { ids: Set<string>; events: CopyEvent[] } | undefined;
   private readonly ctx: SessionContext;
   private readonly journal: SessionJournal;
   private readonly clock: 'timers' | 'manual';
@@ -230,42 +241,42 @@ export class CopyEngine {
   // ---- starting sessions ----
 
   startOpc(source: string, destination: string, opts: StartOptions = {}): Promise<SessionInfo> {
-    return this.control([source, destination], () => this.doStartCopy('opc', source, destination, opts));
+    return this.control('opc', [source, destination], () => this.doStartCopy('opc', source, destination, opts));
   }
 
   /** Starts a QuickOPC session, or restarts the tracking one of this pair (differential). */
   startQuickOpc(source: string, destination: string, opts: StartOptions = {}): Promise<SessionInfo> {
-    return this.control([source, destination], () => this.doStartCopy('quickopc', source, destination, opts));
+    return this.control('quickopc', [source, destination], () => this.doStartCopy('quickopc', source, destination, opts));
   }
 
   startEc(source: string, destination: string, opts: StartOptions = {}): Promise<SessionInfo> {
-    return this.control([source, destination], () => this.doStartCopy('ec', source, destination, opts));
+    return this.control('ec', [source, destination], () => this.doStartCopy('ec', source, destination, opts));
   }
 
   startSnapOpcPlus(source: string, snapVolume: string, opts: SnapStartOptions = {}): Promise<SessionInfo> {
-    return this.control([source, snapVolume, ...this.snapVolumesOf(source)], () => this.doStartSnap(source, snapVolume, opts));
+    return this.control('snapopcplus', [source, snapVolume, ...this.snapVolumesOf(source)], () => this.doStartSnap(source, snapVolume, opts));
   }
 
   // ---- EC control ----
 
   suspend(id: string): Promise<SessionInfo> {
-    return this.controlOn(id, (s) => this.ec(s, 'suspend').freeze('suspended'));
+    return this.controlOn(id, 'suspend', (s) => this.ec(s, 'suspend').freeze('suspended'));
   }
   split(id: string): Promise<SessionInfo> {
-    return this.controlOn(id, (s) => this.ec(s, 'split').freeze('split'));
+    return this.controlOn(id, 'split', (s) => this.ec(s, 'split').freeze('split'));
   }
   resume(id: string): Promise<SessionInfo> {
-    return this.controlOn(id, async (s) => this.ec(s, 'resume').resume('suspended'));
+    return this.controlOn(id, 'resume', async (s) => this.ec(s, 'resume').resume('suspended'));
   }
   rejoin(id: string): Promise<SessionInfo> {
-    return this.controlOn(id, async (s) => this.ec(s, 'rejoin').resume('split'));
+    return this.controlOn(id, 'rejoin', async (s) => this.ec(s, 'rejoin').resume('split'));
   }
   /**
    * EC (suspended or split): swaps the direction. QuickOPC (tracking): restore — swaps the
    * direction and restarts, so the changed units are copied back as of this instant.
    */
   reverse(id: string): Promise<SessionInfo> {
-    return this.controlOn(id, async (s) => {
+    return this.controlOn(id, 'reverse', async (s) => {
       if (s instanceof OpcSession && s.type === 'quickopc') return this.doReverseQuickOpc(s);
       if (!(s instanceof EcSession)) throw new CopyError('FAILED_PRECONDITION', `cannot reverse session ${s.id}: it is an ${s.type} session; only EC and QuickOPC sessions reverse`);
       this.doReverse(s);
@@ -273,7 +284,7 @@ export class CopyEngine {
   }
   /** Copies the clone (destination) back onto the original: reverse, then resync. */
   restoreFromClone(id: string): Promise<SessionInfo> {
-    return this.controlOn(id, async (s) => {
+    return this.controlOn(id, 'restore from clone', async (s) => {
       const ec = this.ec(s, 'restore from clone');
       const from = ec.state;
       if (from !== 'split' && from !== 'suspended') {
@@ -290,8 +301,7 @@ export class CopyEngine {
     return this.serially(async () => {
       const s = this.session(id);
       const vols = s instanceof SnapGeneration ? [s.record.source, ...this.snapVolumesOf(s.record.source)] : [s.record.source, s.record.destination];
-      await this.cut(vols, async () => this.doCancel(s, opts.force ?? false, 'cancelled'));
-      await this.journal.sync();
+      await this.cut(vols, () => this.atomically(`cancel ${describe(s)}`, vols, async () => this.doCancel(s, opts.force ?? false, 'cancelled')));
     });
   }
 
@@ -299,8 +309,8 @@ export class CopyEngine {
     checkRate(rate);
     return this.serially(async () => {
       const s = this.session(id);
-      s.setRate(rate);
-      await this.journal.sync();
+      const vols = [s.record.source, s.record.destination];
+      await this.cut(vols, () => this.atomically(`set the rate of ${describe(s)}`, vols, async () => s.setRate(rate)));
       this.unschedule(s.id);
       this.schedule(s);
       return s.info();
@@ -321,7 +331,8 @@ export class CopyEngine {
         }
       }
       this.preflight(actions);
-      const out = await this.cut(vols, async () => {
+      const what = actions.map((a) => ('id' in a ? `${a.op} ${describe(this.session(a.id))}` : `start ${COPY_TYPE_NAMES[a.op]} ${a.source} -> ${a.destination}`)).join(', ');
+      const out = await this.cut(vols, () => this.atomically(`${what} at one instant`, vols, async () => {
         const infos: SessionInfo[] = [];
         for (const a of actions) {
           if ('id' in a) {
@@ -334,11 +345,10 @@ export class CopyEngine {
             infos.push(await this.doStartCopy(a.op, a.source, a.destination, a));
           }
         }
-        await this.journal.sync(); // one commit for the whole group
-        return infos;
-      });
+        return infos; // one commit for the whole group
+      }));
       for (const s of this.sessions.values()) this.schedule(s);
-      return out;
+      return out.map((i) => this.sessions.get(i.id)?.info() ?? i);
     });
   }
 
@@ -439,8 +449,13 @@ export class CopyEngine {
 
   /** An OPC that finished copying: detach and forget it. */
   private async finish(s: SessionBase): Promise<void> {
-    await this.cut([s.record.source, s.record.destination], async () => this.doCancel(s, false, 'completed'));
-    await this.journal.sync();
+    const vols = [s.record.source, s.record.destination];
+    try {
+      await this.cut(vols, () => this.atomically(`end ${describe(s)}`, vols, async () => this.doCancel(s, false, 'completed')));
+    } catch (err) {
+      s.done = false; // still in the engine and the journal: the next step finishes it again
+      throw err;
+    }
   }
 
   private build(j: JournalSession): SessionBase {
@@ -540,8 +555,13 @@ export class CopyEngine {
     if (!Number.isSafeInteger(unit) || unit <= 0 || unit % src.blockSize !== 0) {
       throw new CopyError('INVALID_ARGUMENT', `invalid copy granularity ${unit}: use a positive multiple of ${source}'s ${src.blockSize}-byte block size`);
     }
+    const id = this.newId();
+    if (this.tx !== undefined) {
+      this.tx.ids.add(id); // J7: the new session's appends belong to this operation
+      this.journal.stage([id]);
+    }
     return {
-      id: this.newId(),
+      id,
       type,
       state: type === 'snapopcplus' ? 'snap' : 'copying',
       source,
@@ -669,29 +689,86 @@ export class CopyEngine {
   }
 
   /** A control operation on fixed volumes: one cut, one sync. */
-  private control(volumes: string[], op: () => Promise<SessionInfo>): Promise<SessionInfo> {
+  /** A start on fixed volumes: one cut, one commit (volumes[0] -> volumes[1] names it). */
+  private control(type: CopyType, volumes: string[], op: () => Promise<SessionInfo>): Promise<SessionInfo> {
     return this.serially(async () => {
-      const info = await this.cut(volumes, async () => {
-        const r = await op();
-        await this.journal.sync();
-        return r;
-      });
+      const info = await this.cut(volumes, () => this.atomically(`start ${COPY_TYPE_NAMES[type]} ${volumes[0]} -> ${volumes[1]}`, volumes, op));
       const s = this.sessions.get(info.id);
       if (s) this.schedule(s);
-      return info;
+      return s?.info() ?? info;
     });
   }
 
-  private controlOn(id: string, op: (s: SessionBase) => Promise<void>): Promise<SessionInfo> {
+  private controlOn(id: string, verb: string, op: (s: SessionBase) => Promise<void>): Promise<SessionInfo> {
     return this.serially(async () => {
       const s = this.session(id);
-      await this.cut([s.record.source, s.record.destination], async () => {
-        await op(s);
-        await this.journal.sync();
-      });
+      const vols = [s.record.source, s.record.destination];
+      await this.cut(vols, () => this.atomically(`${verb} ${describe(s)}`, vols, () => op(s)));
       this.schedule(s);
       return s.info();
     });
+  }
+
+  /**
+   * Runs a control operation under its cut of `volumes`, all or nothing (J7): the appends of
+   * every session on those volumes (and of sessions it creates, see newRecord) are staged and
+   * committed in one commit after it; their events wait for that commit. If the operation
+   * throws, or the commit fails, the engine is put back as it was and nothing is announced; a
+   * failed commit is reported as `cannot <what>: <why>`, with the journal's code (a full
+   * disk: RESOURCE_EXHAUSTED).
+   */
+  private async atomically<T>(what: string, volumes: string[], op: () => Promise<T>): Promise<T> {
+    invariant(this.tx === undefined, 'two control operations at once');
+    // Only sessions with both volumes under the cut: no host write can append for them now.
+    // (Another EC pair from a held source may still track writes to its own destination.)
+    const held = new Set(volumes);
+    const involved = [...this.sessions.values()].filter((s) => held.has(s.record.source) && held.has(s.record.destination));
+    const undo = this.checkpoint(volumes, involved);
+    const tx = { ids: new Set(involved.map((s) => s.id)), events: [] as CopyEvent[] };
+    this.tx = tx;
+    this.journal.stage(tx.ids);
+    let out: T;
+    try {
+      try {
+        out = await op();
+      } catch (err) {
+        this.journal.dropStaged();
+        throw err;
+      }
+      try {
+        await this.journal.commitStaged();
+      } catch (err) {
+        throw err instanceof CopyError
+          ? new CopyError(err.code, `cannot ${what}: ${err.message}`)
+          : new Error(`cannot ${what}: the copy journal could not be written (${(err as Error).message}); nothing changed`, { cause: err });
+      }
+    } catch (err) {
+      this.tx = undefined;
+      undo();
+      throw err;
+    }
+    this.tx = undefined;
+    for (const e of tx.events) this.emit(e);
+    return out;
+  }
+
+  /** The engine's memory around a control operation (under its cut), and how to put it back. */
+  private checkpoint(volumes: string[], involved: SessionBase[]): () => void {
+    const sessions = new Map(this.sessions);
+    const chains = new Map(this.chains);
+    const gens = new Map([...this.chains.values()].map((c) => [c, [...c.gens]]));
+    const states = involved.map((s) => s.checkpoint());
+    const roles = volumes.map((v) => this.tapOf(v).checkpoint());
+    return () => {
+      for (const id of this.sessions.keys()) if (!sessions.has(id)) this.unschedule(id);
+      this.sessions.clear();
+      for (const [id, s] of sessions) this.sessions.set(id, s);
+      this.chains.clear();
+      for (const [v, c] of chains) this.chains.set(v, c);
+      for (const [c, g] of gens) c.gens.splice(0, c.gens.length, ...g);
+      for (const put of [...states, ...roles]) put();
+      for (const s of involved) this.schedule(s); // a cancel unscheduled it
+    };
   }
 
   private async cut<T>(volumes: string[], fn: () => Promise<T>): Promise<T> {
@@ -713,8 +790,9 @@ export class CopyEngine {
     return run;
   }
 
-  private emit(e: Omit<CopyEvent, 'at'>): void {
+  private emit(e: Omit<CopyEvent, 'at'> & { at?: string }): void {
     const ev: CopyEvent = { at: new Date(this.now()).toISOString(), ...e };
+    if (this.tx?.ids.has(ev.sessionId)) return void this.tx.events.push(ev); // announced once committed
     this.events.push(ev);
     if (this.events.length > this.maxEvents) this.events.splice(0, this.events.length - this.maxEvents);
     for (const l of [...this.listeners]) {
@@ -770,4 +848,9 @@ function checkRate(rate: number): void {
   if (typeof rate !== 'number' || Number.isNaN(rate) || rate < 0) {
     throw new CopyError('INVALID_ARGUMENT', `invalid copy rate ${String(rate)}: give bytes per second, 0 for none, or Infinity for unthrottled`);
   }
+}
+
+/** A session as error messages name it: `EC session ID (vol1 -> vol2)`. */
+function describe(s: SessionBase): string {
+  return `${COPY_TYPE_NAMES[s.type]} session ${s.id} (${s.record.source} -> ${s.record.destination})`;
 }

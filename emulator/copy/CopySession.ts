@@ -14,6 +14,9 @@ import type { BlockDevice, WriteOptions, ZeroOptions } from '../block/BlockDevic
 
 export type CopyType = 'opc' | 'quickopc' | 'snapopcplus' | 'ec';
 
+/** The types as the array's messages name them. */
+export const COPY_TYPE_NAMES: Record<CopyType, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC' };
+
 export type CopyState = 'copying' | 'equivalent' | 'suspended' | 'tracking' | 'snap' | 'split' | 'error-suspended';
 
 /** Default copy granularity. */

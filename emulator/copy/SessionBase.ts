@@ -74,6 +74,22 @@ export abstract class SessionBase implements CopySession {
   /** Attaches the session's roles to its volumes' taps (under their holds). */
   abstract attach(): void;
   abstract detach(): void;
+  /** Every bitmap of the session (what checkpoint() keeps). */
+  protected abstract bitmaps(): CopyBitmap[];
+
+  /**
+   * The session's state now, and how to put it back: CopyEngine's undo of a control
+   * operation whose commit failed (J7). Records are replaced, never changed in place.
+   */
+  checkpoint(): () => void {
+    const { record, done } = this;
+    const maps = this.bitmaps().map((b) => [b, b.snapshot()] as const);
+    return () => {
+      this.record = record;
+      this.done = done;
+      for (const [b, copy] of maps) b.restore(copy);
+    };
+  }
 
   /** Records a new state: appended to the journal (the caller syncs) and announced. */
   protected setState(state: CopyState, message: string, extra: Partial<SessionRecord> = {}): void {

@@ -31,6 +31,11 @@
  *   J6 in memory after durable: the copier and copy-on-write set a "copied/saved" bit in
  *      memory only after sync(), so the hot path never skips a copy on a bit a crash could
  *      take away.
+ *   J7 control operations are all or nothing: the engine stages the appends of the sessions
+ *      an operation touches (stage), commits them in one commit with everything else
+ *      (commitStaged), and puts its memory back if that commit fails. Staged appends never
+ *      ride on another caller's sync(), so a group cannot become durable in part, and a
+ *      failed commit does not carry them to the next one.
  */
 import { AllocationMap } from '../block/AllocationMap.js';
 import { invariant, type BitmapName, type SessionRecord } from './CopySession.js';
@@ -46,8 +51,21 @@ export interface SessionJournal {
   deleteSession(id: string): void;
   setBits(id: string, bitmap: BitmapName, start: number, count: number): void;
   clearBits(id: string, bitmap: BitmapName, start: number, count: number): void;
-  /** Makes every record appended so far durable, atomically. */
+  /** Makes every record appended so far durable, atomically (not staged ones: J7). */
   sync(): Promise<void>;
+  /**
+   * From now until commitStaged() or dropStaged(), appends for these sessions are staged:
+   * no sync() carries them. Called again, it adds sessions (one the operation creates). One
+   * stage at a time (the engine's control queue).
+   */
+  stage(ids: Iterable<string>): void;
+  /**
+   * One commit of every append, staged or not, and the end of the stage. If it fails, the
+   * staged appends are gone, as if never made; the others are carried to the next commit.
+   */
+  commitStaged(): Promise<void>;
+  /** Forgets the staged appends and ends the stage (the operation was refused). */
+  dropStaged(): void;
   /** The durable state, sessions in creation order. */
   load(): Promise<JournalSession[]>;
 }
@@ -73,8 +91,16 @@ export class MemoryJournal implements SessionJournal {
   /** Batches of syncs still committing, oldest first. */
   private committing: Op[][] = [];
   private dead = false;
+  private stageIds: Set<string> | undefined;
+  private staged: Op[] = [];
   /** Number of sync() calls, for tests. */
   syncs = 0;
+  /**
+   * Fault injection (tests, the simulator): called as each commit lands; an error returned
+   * fails that commit (nothing of it is applied), like SQLITE_FULL. staged: it carries a
+   * control operation (commitStaged).
+   */
+  failCommit: ((commit: { staged: boolean }) => Error | undefined) | undefined;
 
   /**
    * @param delay how long a commit takes (tests: a random number of microtasks, so a crash
@@ -86,33 +112,71 @@ export class MemoryJournal implements SessionJournal {
   ) {}
 
   putSession(record: SessionRecord): void {
-    this.live();
-    this.pending.push({ op: 'put', record: { ...record } });
+    this.append({ op: 'put', record: { ...record } });
   }
   deleteSession(id: string): void {
-    this.live();
-    this.pending.push({ op: 'delete', id });
+    this.append({ op: 'delete', id });
   }
   setBits(id: string, bitmap: BitmapName, start: number, count: number): void {
-    this.live();
-    if (count > 0) this.pending.push({ op: 'set', id, bitmap, start, count });
+    if (count > 0) this.append({ op: 'set', id, bitmap, start, count });
+    else this.live();
   }
   clearBits(id: string, bitmap: BitmapName, start: number, count: number): void {
-    this.live();
-    if (count > 0) this.pending.push({ op: 'clear', id, bitmap, start, count });
+    if (count > 0) this.append({ op: 'clear', id, bitmap, start, count });
+    else this.live();
   }
 
-  async sync(): Promise<void> {
+  sync(): Promise<void> {
+    return this.commit(undefined);
+  }
+
+  stage(ids: Iterable<string>): void {
     this.live();
-    const ops = this.pending;
+    this.stageIds ??= new Set();
+    for (const id of ids) this.stageIds.add(id);
+  }
+
+  commitStaged(): Promise<void> {
+    const staged = this.staged;
+    this.dropStaged();
+    return this.commit(staged);
+  }
+
+  dropStaged(): void {
+    this.stageIds = undefined;
+    this.staged = [];
+  }
+
+  private append(o: Op): void {
+    this.live();
+    const id = o.op === 'put' ? o.record.id : o.id;
+    (this.stageIds?.has(id) ? this.staged : this.pending).push(o);
+  }
+
+  /** staged: the operations of commitStaged(); undefined for a plain sync(). */
+  private async commit(staged: Op[] | undefined): Promise<void> {
+    this.live();
+    const carried = this.pending;
     this.pending = [];
+    const ops = [...carried, ...(staged ?? [])];
     this.committing.push(ops);
     await this.delay(); // a real commit takes time: let a crash land in between
     if (this.dead) return; // the process died during the commit: it did not happen
     // Commits land in order, as SQLite's do: a later sync carries everything appended before
     // it, so a batch still waiting on its own delay is applied first.
     const i = this.committing.indexOf(ops);
-    if (i >= 0) for (const batch of this.committing.splice(0, i + 1)) for (const o of batch) this.apply(o);
+    if (i < 0) {
+      this.syncs++;
+      return;
+    }
+    const failure = this.failCommit?.({ staged: staged !== undefined });
+    if (failure !== undefined) {
+      for (const batch of this.committing.splice(0, i)) for (const o of batch) this.apply(o);
+      this.committing.shift();
+      this.pending.unshift(...carried); // J7: plain appends go with the next commit, staged ones are gone
+      throw failure;
+    }
+    for (const batch of this.committing.splice(0, i + 1)) for (const o of batch) this.apply(o);
     this.syncs++;
   }
 

@@ -159,6 +159,17 @@ export class VolumeTap implements BlockDevice {
     this.sources.splice(i, 1);
   }
 
+  /** The roles now, and how to put them back (under a hold): CopyEngine's undo of a failed control operation. */
+  checkpoint(): () => void {
+    const sources = [...this.sources];
+    const dest = this.dest;
+    return () => {
+      invariant(this.holds > 0, `volume ${this.volumeName}: roles put back without a hold`);
+      this.sources.splice(0, this.sources.length, ...sources);
+      this.dest = dest;
+    };
+  }
+
   setDest(role: DestRole | undefined): void {
     invariant(this.holds > 0, `volume ${this.volumeName}: destination role changed without a hold`);
     invariant(role === undefined || this.dest === undefined, `volume ${this.volumeName} is already a destination`);

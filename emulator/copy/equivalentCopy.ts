@@ -61,6 +61,10 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
     this.dst.setDest(undefined);
   }
 
+  protected bitmaps(): CopyBitmap[] {
+    return [this.diff, this.intent];
+  }
+
   copiedUnits(): number {
     return this.geo.units - this.diff.count;
   }

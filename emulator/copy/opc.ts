@@ -50,6 +50,10 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
     this.dst.setDest(undefined);
   }
 
+  protected bitmaps(): CopyBitmap[] {
+    return this.tracked ? [this.copied, this.tracked] : [this.copied];
+  }
+
   copiedUnits(): number {
     return this.copied.count;
   }

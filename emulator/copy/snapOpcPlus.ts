@@ -93,6 +93,9 @@ export class SnapGeneration extends SessionBase implements DestRole {
   detach(): void {
     this.dst.setDest(undefined);
   }
+  protected bitmaps(): CopyBitmap[] {
+    return [this.saved];
+  }
 
   copiedUnits(): number {
     return this.saved.count;

@@ -666,6 +666,40 @@ class Sim {
     return out;
   }
 
+  /** Control operations whose commit failed (injected, like SQLITE_FULL). */
+  failedCommits = 0;
+
+  /**
+   * A control operation that would succeed, whose commit fails (a full disk): it must fail
+   * with RESOURCE_EXHAUSTED and leave nothing behind, in memory (checkAll after this step) or
+   * in the journal (the next crash recovers only what the model holds).
+   */
+  async controlThenFail(): Promise<void> {
+    const byKind = this.controlsNow();
+    if (byKind.size === 0) return this.start();
+    const c = this.pick(this.pick([...byKind.values()]));
+    this.log.push(`${c.what}, its commit fails`);
+    c.mayHave?.();
+    const journal = this.journal;
+    journal.failCommit = (commit) => {
+      if (!commit.staged) return undefined;
+      journal.failCommit = undefined;
+      return new CopyError('RESOURCE_EXHAUSTED', 'the disk is full');
+    };
+    try {
+      await c.run();
+    } catch (e) {
+      if (!(e instanceof CopyError) || e.code !== 'RESOURCE_EXHAUSTED' || !/^cannot .+: the disk is full$/.test(e.message)) {
+        this.fail(`${c.what} with a failing commit failed with ${(e as Error).message}; expected RESOURCE_EXHAUSTED "cannot ...: the disk is full"`);
+      }
+      this.failedCommits++;
+      return;
+    } finally {
+      journal.failCommit = undefined;
+    }
+    this.fail(`${c.what} succeeded although its commit failed`);
+  }
+
   /** A crash inside a control operation: a random kind among those that would succeed now. */
   async controlThenCrash(): Promise<void> {
     const byKind = this.controlsNow();
@@ -966,7 +1000,8 @@ class Sim {
       else if (r < 88) await this.setRate();
       else if (r < 90) await this.group();
       else if (r < 95) await this.reverse();
-      else await this.controlThenCrash();
+      else if (r < 97) await this.controlThenCrash();
+      else await this.controlThenFail();
       await this.checkAll();
     }
     await this.engine.close();
@@ -998,6 +1033,7 @@ describe('copy engine simulation', () => {
     let crashesInRound = 0;
     const held0 = SnapChain.stats.held;
     let qReverses = 0;
+    let failedCommits = 0;
     const outcomes = new Map<string, [number, number]>();
     const failures: Error[] = [];
     const list = only !== undefined ? [only] : Array.from({ length: seeds }, (_, i) => first + i);
@@ -1014,6 +1050,7 @@ describe('copy engine simulation', () => {
       crashesHeld += sim.crashesHeld;
       crashesInRound += sim.crashesInRound;
       qReverses += sim.qReverses;
+      failedCommits += sim.failedCommits;
       for (const [k, [y, n]] of sim.outcomes) {
         const o = outcomes.get(k) ?? [0, 0];
         outcomes.set(k, [o[0] + y, o[1] + n]);
@@ -1022,7 +1059,7 @@ describe('copy engine simulation', () => {
     if (process.env.STATS) {
       const st = SnapChain.stats;
       console.log(`SnapOPC+ write-behind: ${st.held - held0} writes held, ${st.waited} waited, ${st.rounds} rounds, ${st.failedRounds} failed; crashes with held writes ${crashesHeld}, inside a round ${crashesInRound}`);
-      console.log(`crashes ${crashes}, QuickOPC reverses ${qReverses}; crashes inside control operations (durable / not):`);
+      console.log(`crashes ${crashes}, QuickOPC reverses ${qReverses}, control operations whose commit failed ${failedCommits}; crashes inside control operations (durable / not):`);
       for (const [k, [y, n]] of [...outcomes].sort()) console.log(`  ${k.padEnd(26)} ${y} / ${n}`);
     }
     if (failures.length > 0) {
@@ -1034,6 +1071,7 @@ describe('copy engine simulation', () => {
       // The new paths must actually run: QuickOPC reverses, and crashes inside control
       // operations that land both before and after the operation became durable.
       expect(qReverses).toBeGreaterThan(0);
+      expect(failedCommits).toBeGreaterThan(0);
       // SnapOPC+ write-behind: writes acknowledged before their round, crashes while held and mid-round.
       expect(SnapChain.stats.held - held0).toBeGreaterThan(0);
       expect(crashesHeld).toBeGreaterThan(0);
