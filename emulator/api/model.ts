@@ -75,8 +75,12 @@ export interface CopySessionView {
   /** SnapOPC+ generation; 0 otherwise. */
   generation: number;
   reversed: boolean;
-  /** error-suspended: why; empty otherwise. */
+  /** error-suspended: why; or why the background copy keeps failing (retried with back-off); empty otherwise. */
   error: string;
+  /** A failing background copy: since when (ISO 8601); empty otherwise. */
+  errorSince: string;
+  /** A failing background copy: the next retry (ISO 8601); empty when none is due. */
+  retryAt: string;
 }
 
 /** One event of WatchCopies. */

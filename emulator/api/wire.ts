@@ -225,6 +225,8 @@ export interface WireCopySession {
   generation: number;
   reversed: boolean;
   error: string;
+  errorSince?: string;
+  retryAt?: string;
 }
 
 export interface WireStartCopyRequest {
@@ -276,6 +278,8 @@ export function copySessionToWire(s: SessionInfo): WireCopySession {
     generation: s.generation ?? 0,
     reversed: s.reversed ?? false,
     error: s.error ?? '',
+    errorSince: s.errorSince ?? '',
+    retryAt: s.retryAt ?? '',
   };
 }
 
@@ -296,6 +300,8 @@ export function copySessionFromWire(w: WireCopySession): CopySessionView {
     generation: w.generation,
     reversed: w.reversed,
     error: w.error,
+    errorSince: w.errorSince ?? '',
+    retryAt: w.retryAt ?? '',
   };
 }
 

@@ -41,7 +41,13 @@ function progress(s: CopySessionView): string {
   return `${s.copiedBlocks}/${s.totalBlocks} (${percent(s)})`;
 }
 
+/** The session table, then one line per session whose copy is failing (its error and next retry). */
 function copyTable(sessions: CopySessionView[]): string {
+  const errors = sessions.filter((s) => s.error).map((s) => `${s.id}: ${s.error}${s.retryAt ? ` (next retry ${s.retryAt})` : ''}\n`);
+  return sessionTable(sessions) + (errors.length > 0 ? `\n${errors.join('')}` : '');
+}
+
+function sessionTable(sessions: CopySessionView[]): string {
   return table(sessions, [
     { header: 'ID', value: (s) => s.id },
     { header: 'TYPE', value: (s) => s.type },
@@ -71,6 +77,8 @@ function showSession(s: CopySessionView): string {
   if (s.type === 'snapopcplus') pairs.push(['generation', String(s.generation)]);
   if (s.type === 'ec') pairs.push(['reversed', yesNo(s.reversed)]);
   if (s.error) pairs.push(['error', s.error]);
+  if (s.errorSince) pairs.push(['failing since', s.errorSince]);
+  if (s.retryAt) pairs.push(['next retry', s.retryAt]);
   return keyValues(pairs);
 }
 

@@ -20,6 +20,11 @@
  * SnapOPC+ chains, records, bitmaps, the taps' roles). The cut is what makes this safe: no
  * host write to those volumes runs meanwhile, so no hot-path append is staged.
  *
+ * Background copy failures (e.g. a destination write fails ENOSPC) are one episode per
+ * session: one 'error' event when it begins, retries with exponential back-off (1 s
+ * doubling to 60 s), the error shown in the session's info, one 'state' event when a step
+ * works again.
+ *
  * Wiring (StorageArray): adopt each volume with addVolume() right after it is opened or
  * created and before any client can open it (the tap must see every write to drain it at a
  * cut), then call recover() once.
@@ -88,6 +93,9 @@ export interface SnapStartOptions {
 }
 
 const TICK_MS = 50;
+/** Background copy retry back-off after a failure: the first delay, doubled per failure up to the cap. */
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 60_000;
 /**
  * Most bytes one timer-driven step copies (unthrottled, or a high rate): each step ends with a
  * destination flush and a journal commit, so at 4 MiB (64 units) those dominated an OPC.
@@ -442,9 +450,15 @@ export class CopyEngine {
   private async stepSession(s: SessionBase, maxUnits: number): Promise<number> {
     if (s.done || !this.sessions.has(s.id)) return 0;
     if (s.state !== 'copying') return 0;
-    const n = await s.copyStep(maxUnits);
-    if (s.done) await this.finish(s);
-    return n;
+    try {
+      const n = await s.copyStep(maxUnits);
+      this.copyWorks(s);
+      if (s.done) await this.finish(s);
+      return n;
+    } catch (err) {
+      this.copyFailed(s, err);
+      throw err;
+    }
   }
 
   /** An OPC that finished copying: detach and forget it. */
@@ -456,6 +470,31 @@ export class CopyEngine {
       s.done = false; // still in the engine and the journal: the next step finishes it again
       throw err;
     }
+  }
+
+  /** A background copy step failed: the first failure of an episode is announced, later ones only back off. */
+  private copyFailed(s: SessionBase, err: unknown): void {
+    if (this.closed || !this.sessions.has(s.id)) return;
+    const reason = err instanceof Error ? err.message : String(err);
+    const now = this.now();
+    const f = s.copyFailure;
+    const attempts = (f?.attempts ?? 0) + 1;
+    const delay = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** Math.min(attempts - 1, 16));
+    s.copyFailure = {
+      message: `background copy of ${s.record.source} -> ${s.record.destination} failed: ${reason}; retrying with back-off (1 s doubling to 60 s) until it works: fix the cause, or cancel the session`,
+      since: f?.since ?? new Date(now).toISOString(),
+      attempts,
+      retryAt: now + delay,
+    };
+    if (f === undefined) this.emit({ sessionId: s.id, kind: 'error', state: s.state, message: s.copyFailure.message });
+  }
+
+  /** A background copy step worked: a failure episode ends. */
+  private copyWorks(s: SessionBase): void {
+    const f = s.copyFailure;
+    if (f === undefined) return;
+    s.copyFailure = undefined;
+    this.emit({ sessionId: s.id, kind: 'state', state: s.state, message: `background copy of ${s.record.source} -> ${s.record.destination} works again (it had failed ${f.attempts} time${f.attempts === 1 ? '' : 's'} since ${f.since})` });
   }
 
   private build(j: JournalSession): SessionBase {
@@ -819,10 +858,10 @@ export class CopyEngine {
       this.serially(() => this.stepSession(s, Math.min(units, maxUnits)))
         .then(
           () => this.schedule(s, this.now() - began),
-          (err: unknown) => {
-            if (this.closed) return;
-            this.emit({ sessionId: s.id, kind: 'error', state: s.state, message: `background copy failed: ${(err as Error).message}; retrying` });
-            this.timers.set(s.id, setTimeout(() => { this.timers.delete(s.id); this.schedule(s); }, 1000));
+          () => {
+            // stepSession noted the failure (one event per episode) and when to retry.
+            if (this.closed || s.copyFailure === undefined) return;
+            this.timers.set(s.id, setTimeout(() => { this.timers.delete(s.id); this.schedule(s); }, Math.max(0, s.copyFailure.retryAt - this.now())));
           },
         );
     };

@@ -85,7 +85,12 @@ export interface SessionInfo {
   etaSeconds: number | undefined;
   generation?: number;
   reversed?: boolean;
+  /** Why the session is error-suspended, or why its background copy keeps failing (retried). */
   error?: string;
+  /** A failing background copy: when the failures began (ISO 8601). */
+  errorSince?: string;
+  /** A failing background copy: when it is retried next (ISO 8601); absent when no retry is due. */
+  retryAt?: string;
   group?: string;
   createdAt: string;
 }

@@ -41,6 +41,11 @@ export abstract class SessionBase implements CopySession {
   readonly locks = new UnitLocks();
   /** Set once the session has ended; the engine then forgets it. */
   done = false;
+  /**
+   * The background copy's current failure episode (CopyEngine: back-off and one event per
+   * episode); not journalled: it describes now, not the session.
+   */
+  copyFailure: { message: string; since: string; attempts: number; retryAt: number } | undefined;
   private copiedWindow: Array<[at: number, units: number]> = [];
 
   constructor(
@@ -121,9 +126,16 @@ export abstract class SessionBase implements CopySession {
       createdAt: r.createdAt,
       ...(r.generation !== undefined ? { generation: r.generation } : {}),
       ...(r.reversed ? { reversed: true } : {}),
-      ...(r.error !== undefined ? { error: r.error } : {}),
+      ...(r.error !== undefined ? { error: r.error } : this.failureInfo()),
       ...(r.group !== undefined ? { group: r.group } : {}),
     };
+  }
+
+  private failureInfo(): Pick<SessionInfo, 'error' | 'errorSince' | 'retryAt'> {
+    const f = this.copyFailure;
+    if (f === undefined) return {};
+    const retrying = this.state === 'copying' && this.record.rate !== 0;
+    return { error: f.message, errorSince: f.since, ...(retrying ? { retryAt: new Date(f.retryAt).toISOString() } : {}) };
   }
 
   /** Notes units copied by the background copier, for the measured rate. */
