@@ -64,7 +64,7 @@ export interface CopyControl {
   resumeCopy(id: string): Promise<SessionInfo>;
   reverseCopy(id: string): Promise<SessionInfo>;
   splitCopy(id: string, opts?: { newName?: string }): Promise<SessionInfo>;
-  restoreFromClone(id: string): Promise<SessionInfo>;
+  restoreFromClone(id: string, opts?: { force?: boolean }): Promise<SessionInfo>;
   startCopyGroup(group: string, reqs: StartCopyRequest[]): Promise<SessionInfo[]>;
   cutCopyGroup(op: 'suspend' | 'split', sel: { ids?: string[]; group?: string }): Promise<SessionInfo[]>;
   cancelCopy(id: string, opts?: { force?: boolean }): Promise<void>;
@@ -155,7 +155,7 @@ export class ArrayApiServer {
         SplitCopy: this.unary('SplitCopy', async (req: { id: string; newName: string }) =>
           copySessionToWire(await copy.splitCopy(id(req), req.newName ? { newName: req.newName } : {})),
         ),
-        RestoreFromClone: this.unary('RestoreFromClone', async (req: { id: string }) => copySessionToWire(await copy.restoreFromClone(id(req)))),
+        RestoreFromClone: this.unary('RestoreFromClone', async (req: { id: string; force: boolean }) => copySessionToWire(await copy.restoreFromClone(id(req), { force: req.force }))),
         StartCopyGroup: this.unary('StartCopyGroup', async (req: { group: string; pairs: WireStartCopyRequest[] }) => ({
           sessions: (await copy.startCopyGroup(req.group, req.pairs.map(startFromWire))).map(copySessionToWire),
         })),

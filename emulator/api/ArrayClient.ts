@@ -150,9 +150,9 @@ export class ArrayClient {
     return res.sessions.map(copySessionFromWire);
   }
 
-  /** EC: copies the split (or suspended) clone back onto the original. */
-  async restoreFromClone(id: string): Promise<CopySessionView> {
-    return copySessionFromWire(await this.copyCall<WireCopySession>('RestoreFromClone', { id }));
+  /** EC: copies the split (or suspended) clone back onto the original; force: even while clients write to the original. */
+  async restoreFromClone(id: string, opts: { force?: boolean } = {}): Promise<CopySessionView> {
+    return copySessionFromWire(await this.copyCall<WireCopySession>('RestoreFromClone', { id, force: opts.force ?? false }));
   }
 
   async listCopies(): Promise<CopySessionView[]> {

@@ -331,14 +331,17 @@ export class StorageArray implements ExportProvider {
       const v = this.volumes.get(name);
       if (v === undefined || v.deleting) throw new ArrayError('NOT_FOUND', `${what}: no volume named "${name}"; list volumes with "arraylab volume list"`);
     }
-    if (!req.force) {
-      const rw = [...this.volumes.get(destination)!.handles].filter((h) => !h.readOnly).length;
-      if (rw > 0) {
-        throw new ArrayError(
-          'FAILED_PRECONDITION',
-          `${what}: ${destination} is exported read-write to ${rw} connected client${rw === 1 ? '' : 's'}; dismount it first or pass --force`,
-        );
-      }
+    if (!req.force) this.refuseIfWritten(destination, what);
+  }
+
+  /**
+   * Refuses to overwrite a volume that clients have open read-write (their next I/O would
+   * fail): copy start onto a destination, restore from clone onto the original.
+   */
+  private refuseIfWritten(name: string, what: string): void {
+    const rw = [...this.volume(name).handles].filter((h) => !h.readOnly).length;
+    if (rw > 0) {
+      throw new ArrayError('FAILED_PRECONDITION', `${what}: ${name} is exported read-write to ${rw} connected client${rw === 1 ? '' : 's'}; dismount it first or pass --force`);
     }
   }
 
@@ -364,9 +367,22 @@ export class StorageArray implements ExportProvider {
     return this.serially(() => copyCall(() => this.copy.reverse(id)));
   }
 
-  /** EC (split or suspended): copies the clone back onto the original (reverse + resync). */
-  restoreFromClone(id: string): Promise<SessionInfo> {
-    return this.serially(() => copyCall(() => this.copy.restoreFromClone(id)));
+  /**
+   * EC (split or suspended): copies the clone back onto the original (reverse + resync). The
+   * original is overwritten and hosts can no longer use it until the pair is equivalent (then
+   * read-only), so it is refused while clients have the original open read-write, unless
+   * force; the check runs under the engine's cut, so no client can slip in after it.
+   */
+  restoreFromClone(id: string, opts: { force?: boolean } = {}): Promise<SessionInfo> {
+    return this.serially(() =>
+      copyCall(() =>
+        this.copy.restoreFromClone(id, {
+          check: (original, clone) => {
+            if (!opts.force) this.refuseIfWritten(original, `cannot restore ${original} from clone ${clone} (EC session ${id})`);
+          },
+        }),
+      ),
+    );
   }
 
   /**

@@ -82,6 +82,31 @@ function showSession(s: CopySessionView): string {
   return keyValues(pairs);
 }
 
+/**
+ * What a restore from clone leaves: the pair reversed (clone -> original), so the original is
+ * the destination: no host access while copying, read-only while equivalent. What makes it
+ * writable again, for the output of `copy restore` (human and --json).
+ */
+function restoreState(s: CopySessionView): { original: string; clone: string; originalAccess: string; makeWritable: string[]; explanation: string } {
+  const original = s.destination;
+  const clone = s.source;
+  const originalAccess = s.state === 'copying' ? 'none until the pair is equivalent, then read-only' : s.state === 'equivalent' ? 'read-only' : 'read-write';
+  const makeWritable = [
+    `arraylab copy suspend ${s.id} && arraylab copy reverse ${s.id}`,
+    `arraylab copy cancel ${s.id}`,
+    `arraylab copy split ${s.id}`,
+  ];
+  const explanation =
+    `The pair is reversed: clone ${clone} is copied back onto the original ${original}, which is now the pair's destination. ` +
+    `Hosts cannot read or write ${original} until the pair is equivalent (follow it with: arraylab copy watch ${s.id}); ` +
+    `then it is read-only, and writes to ${clone} are mirrored onto it.\n` +
+    `To write to ${original} again, once the pair is equivalent:\n` +
+    `  ${makeWritable[0]}   (back to ${original} -> ${clone}, suspended; arraylab copy resume ${s.id} mirrors ${original} onto ${clone} again)\n` +
+    `  ${makeWritable[1]}   (ends the pair; ${original} keeps the restored data)\n` +
+    `  ${makeWritable[2]}   (${original} becomes independent; a later resume copies ${clone} onto it again)`;
+  return { original, clone, originalAccess, makeWritable, explanation };
+}
+
 function summary(verb: string, s: CopySessionView): string {
   return `${verb} ${TYPE_NAMES[s.type] ?? s.type} ${s.source} -> ${s.destination}: session ${s.id}, ${s.state}, ${progress(s)} units copied`;
 }
@@ -89,17 +114,13 @@ function summary(verb: string, s: CopySessionView): string {
 const idPositional = <T>(c: Argv<T>) => c.positional('id', { type: 'string', demandOption: true, describe: 'session id (see arraylab copy list)' });
 
 export function copyCommands(y: Argv<{ json: boolean }>) {
-  const control = (name: 'resume' | 'reverse' | 'restore', describe: string, verb: string) =>
+  const control = (name: 'resume' | 'reverse', describe: string, verb: string) =>
     [
       `${name} <id>`,
       describe,
       (c: Argv<{ json: boolean; api: string | undefined }>) => idPositional(c),
       async (a: { id: string; json: boolean; api?: string | undefined }) => {
-        const s = await withClient(a, (client) =>
-          name === 'resume' ? client.resumeCopy(a.id)
-          : name === 'reverse' ? client.reverseCopy(a.id)
-          : client.restoreFromClone(a.id),
-        );
+        const s = await withClient(a, (client) => (name === 'resume' ? client.resumeCopy(a.id) : client.reverseCopy(a.id)));
         if (a.json) printJson(s);
         else print(summary(verb, s));
       },
@@ -204,7 +225,18 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
     .command(...control('resume', 'EC: resync a suspended or split pair (differential)', 'resumed'))
     .command(...control('reverse', 'EC: swap the direction of a suspended or split pair; QuickOPC: restore the destination onto the source (tracking, differential)', 'reversed'))
     .command(...cut('split', 'EC: make the destination an independent clone (equivalent or suspended -> split)'))
-    .command(...control('restore', 'EC: copy a split or suspended clone back onto the original (restore from clone)', 'restoring'))
+    .command(
+      'restore <id>',
+      'EC: copy a split or suspended clone back onto the original (restore from clone); refused while a client writes to the original',
+      (c) => idPositional(c).option('force', { type: 'boolean', default: false, describe: 'restore even if the original is exported read-write to a connected client (its I/O then fails)' }),
+      async (a) => {
+        const s = await withClient(a, (client) => client.restoreFromClone(a.id, { force: a.force }));
+        const state = restoreState(s);
+        if (a.json) return printJson({ ...s, restore: state });
+        print(summary('restoring', s));
+        print(state.explanation);
+      },
+    )
     .command(
       'cancel <id>',
       'end a copy session; the destination keeps what it has',

@@ -290,14 +290,19 @@ export class CopyEngine {
       this.doReverse(s);
     });
   }
-  /** Copies the clone (destination) back onto the original: reverse, then resync. */
-  restoreFromClone(id: string): Promise<SessionInfo> {
+  /**
+   * Copies the clone (destination) back onto the original: reverse, then resync. `check`
+   * runs under the cut just before the pair turns round, with the volume about to be
+   * overwritten (the original); it throws to refuse (StorageArray: clients writing to it).
+   */
+  restoreFromClone(id: string, opts: { check?: (original: string, clone: string) => void } = {}): Promise<SessionInfo> {
     return this.controlOn(id, 'restore from clone', async (s) => {
       const ec = this.ec(s, 'restore from clone');
       const from = ec.state;
       if (from !== 'split' && from !== 'suspended') {
         throw new CopyError('FAILED_PRECONDITION', `cannot restore from clone in EC session ${id}: it is ${from}; split or suspend it first`);
       }
+      opts.check?.(ec.record.source, ec.record.destination);
       this.doReverse(ec);
       ec.resume(from);
     });

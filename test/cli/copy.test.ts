@@ -1,10 +1,11 @@
 /** `arraylab copy ...` end to end: the real CLI against a spawned `arraylab serve`, real NBD clients. */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cliJson, cliOk, holdNbdConnection, makeTempDir, startArraylab, type Arraylab } from '../support/arraylab.js';
+import { cliJson, cliOk, holdNbdConnection, makeTempDir, startArraylab, until, type Arraylab } from '../support/arraylab.js';
 import { requireNbdsh, requireTool } from '../support/tools.js';
 
 const run = promisify(execFile);
@@ -22,13 +23,6 @@ describe('arraylab copy', () => {
 
   const ok = (args: string[]) => cliOk(lab, args);
   const json = (args: string[]) => cliJson(lab, args);
-  const until = async (what: string, cond: () => Promise<boolean>, ms = 20_000) => {
-    const end = Date.now() + ms;
-    while (!(await cond())) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
 
   it('SnapOPC+: a 9th generation drops the oldest, or is refused with --refuse-if-full', async () => {
     await ok(['volume', 'create', 'gsrc', '--size', '4MiB']);
@@ -217,6 +211,86 @@ describe('arraylab copy', () => {
     await ok(['copy', 'suspend', e.id as string]);
     expect(await verify('ca', 0x33)).toBe(true);
     await ok(['copy', 'cancel', e.id as string]);
+  }, 60_000);
+
+  it('restore from clone: refused while a client writes to the original, unless --force; the output says what the pair is now and how to write the original again', async () => {
+    const python = requireNbdsh();
+    const qemuIo = requireTool('qemu-io');
+    for (const v of ['oa', 'ob']) await ok(['volume', 'create', v, '--size', '4MiB']);
+    await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0x61 0 4M', lab.nbdUri('oa')]);
+    const id = (await json(['copy', 'start', '--type', 'ec', '--src', 'oa', '--dst', 'ob'])).id as string;
+    await until('equivalent', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    await ok(['copy', 'split', id]);
+
+    // A real client (libnbd) has the original open read-write; on a line from us it writes again.
+    const script = [
+      'import errno, nbd, sys',
+      `h = nbd.NBD(); h.connect_uri("${lab.nbdUri('oa')}")`,
+      'h.pwrite(b"\\x62" * 4096, 0)',
+      'print("ready", flush=True)',
+      'sys.stdin.readline()',
+      'try:',
+      '    h.pwrite(b"\\x63" * 4096, 0); print("wrote", flush=True)',
+      'except nbd.Error as e:',
+      '    print("failed", errno.errorcode.get(e.errno, e.errno), flush=True)',
+    ].join('\n');
+    const holder = spawn(python, ['-c', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const lines = createInterface({ input: holder.stdout })[Symbol.asyncIterator]();
+    try {
+      expect((await lines.next()).value).toBe('ready');
+      const refused = await lab.cli(['copy', 'restore', id]);
+      expect(refused.code).toBe(1);
+      expect(refused.stdout).toBe('');
+      expect(refused.stderr).toBe(`arraylab: cannot restore oa from clone ob (EC session ${id}): oa is exported read-write to 1 connected client; dismount it first or pass --force\n`);
+      expect(await json(['copy', 'show', id])).toMatchObject({ state: 'split', source: 'oa', destination: 'ob', reversed: false });
+
+      const forced = await json(['copy', 'restore', id, '--force']);
+      expect(forced).toMatchObject({
+        id,
+        source: 'ob',
+        destination: 'oa',
+        reversed: true,
+        restore: {
+          original: 'oa',
+          clone: 'ob',
+          makeWritable: [`arraylab copy suspend ${id} && arraylab copy reverse ${id}`, `arraylab copy cancel ${id}`, `arraylab copy split ${id}`],
+        },
+      });
+      expect(['copying', 'equivalent']).toContain(forced.state);
+      expect((forced.restore as { originalAccess: string }).originalAccess).toBe(forced.state === 'copying' ? 'none until the pair is equivalent, then read-only' : 'read-only');
+      // What --force risks: the client's next write fails.
+      holder.stdin.write('\n');
+      expect((await lines.next()).value).toBe('failed EPERM');
+    } finally {
+      holder.kill();
+    }
+
+    // The way back the output names works: once equivalent, suspend and reverse make oa writable.
+    await until('restored', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    await ok(['copy', 'suspend', id]);
+    expect(await json(['copy', 'reverse', id])).toMatchObject({ source: 'oa', destination: 'ob', state: 'suspended' });
+    await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0x64 0 64k', lab.nbdUri('oa')]);
+
+    // The human output, from a restore with no client on the original.
+    const text = await ok(['copy', 'restore', id]);
+    const [first, ...rest] = text.split('\n');
+    expect(first).toMatch(new RegExp(`^restoring EC ob -> oa: session ${id}, (copying|equivalent), \\d+/64 \\(\\d+%\\) units copied$`));
+    expect(rest.join('\n')).toBe(
+      [
+        "The pair is reversed: clone ob is copied back onto the original oa, which is now the pair's destination. " +
+          `Hosts cannot read or write oa until the pair is equivalent (follow it with: arraylab copy watch ${id}); then it is read-only, and writes to ob are mirrored onto it.`,
+        'To write to oa again, once the pair is equivalent:',
+        `  arraylab copy suspend ${id} && arraylab copy reverse ${id}   (back to oa -> ob, suspended; arraylab copy resume ${id} mirrors oa onto ob again)`,
+        `  arraylab copy cancel ${id}   (ends the pair; oa keeps the restored data)`,
+        `  arraylab copy split ${id}   (oa becomes independent; a later resume copies ob onto it again)`,
+        '',
+      ].join('\n'),
+    );
+    await until('restored again', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    await ok(['copy', 'cancel', id]);
+    const r = await run(qemuIo, ['-f', 'raw', '-c', 'read -P 0x61 0 4M', lab.nbdUri('oa')]); // the clone's image, and writable
+    expect(r.stdout).not.toMatch(/Pattern verification failed/);
+    await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0x65 0 64k', lab.nbdUri('oa')]);
   }, 60_000);
 
   it('split --rename: the clone gets a new name, serial and WWN, and can rejoin', async () => {
