@@ -106,11 +106,24 @@ export class TapeLibrary {
     if (this.cartridges.has(label) || this.busy.has(label)) throw new TapeError('ALREADY_EXISTS', `cartridge ${label} already exists; pick another label or remove it first (arraylab tape remove ${label})`);
     if (this.broken.has(label)) throw new TapeError('ALREADY_EXISTS', `a cartridge file for ${label} exists but cannot be read (${this.broken.get(label)}); remove it first (arraylab tape remove ${label})`);
     return this.exclusive(label, 'being added', async () => {
-      const c = await Cartridge.create(this.fileOf(label), label, capacityBytes);
+      const c = await Cartridge.create(this.fileOf(label), label, capacityBytes).catch((err: unknown) => this.addFailed(label, err));
       this.cartridges.set(label, c);
       this.log.info({ cartridge: label, capacityBytes }, 'added cartridge');
       return c.view();
     });
+  }
+
+  /**
+   * A cartridge file that could not be made: no part of it is left (create removes what it
+   * wrote, but not after a failed close or directory sync), and a full disk says so.
+   */
+  private async addFailed(label: string, err: unknown): Promise<never> {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'EEXIST') await this.removeFile(label).catch(() => undefined); // EEXIST: not ours to remove
+    if (code === 'ENOSPC' || code === 'EDQUOT') {
+      throw new TapeError('RESOURCE_EXHAUSTED', `cannot add cartridge ${label}: the tape directory ${this.dir} is full (${code}); free space there and retry`);
+    }
+    throw err;
   }
 
   async erase(label: string): Promise<CartridgeView> {
