@@ -72,8 +72,18 @@ export interface CopySessionView {
   group: string;
   /** ISO 8601. */
   createdAt: string;
-  /** SnapOPC+ generation; 0 otherwise. */
+  /** SnapOPC+: the generation's sequence number per source, counting up (newer = larger); 0 otherwise. */
   generation: number;
+  /** SnapOPC+: place among the source's current generations, 1 = newest (as the agent counts); 0 otherwise. */
+  generationIndex: number;
+  /** SnapOPC+: how many generations the source has now; 0 otherwise. */
+  generationCount: number;
+  /**
+   * ISO 8601: the point-in-time instant of the image the destination holds or will hold
+   * (OPC, SnapOPC+: the start; QuickOPC: the last start or restart; EC: the last suspend or
+   * split); empty while an EC pair mirrors (the destination follows the source).
+   */
+  imageAt: string;
   reversed: boolean;
   /** error-suspended: why; or why the background copy keeps failing (retried with back-off); empty otherwise. */
   error: string;

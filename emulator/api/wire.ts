@@ -223,8 +223,11 @@ export interface WireCopySession {
   group: string;
   createdAt: string;
   generation: number;
+  generationIndex?: number;
+  generationCount?: number;
   reversed: boolean;
   error: string;
+  imageAt?: string;
   errorSince?: string;
   retryAt?: string;
 }
@@ -276,8 +279,11 @@ export function copySessionToWire(s: SessionInfo): WireCopySession {
     group: s.group ?? '',
     createdAt: s.createdAt,
     generation: s.generation ?? 0,
+    generationIndex: s.generationIndex ?? 0,
+    generationCount: s.generationCount ?? 0,
     reversed: s.reversed ?? false,
     error: s.error ?? '',
+    imageAt: s.imageAt ?? '',
     errorSince: s.errorSince ?? '',
     retryAt: s.retryAt ?? '',
   };
@@ -298,8 +304,11 @@ export function copySessionFromWire(w: WireCopySession): CopySessionView {
     group: w.group,
     createdAt: w.createdAt,
     generation: w.generation,
+    generationIndex: w.generationIndex ?? 0,
+    generationCount: w.generationCount ?? 0,
     reversed: w.reversed,
     error: w.error,
+    imageAt: w.imageAt ?? '',
     errorSince: w.errorSince ?? '',
     retryAt: w.retryAt ?? '',
   };

@@ -57,6 +57,7 @@ function sessionTable(sessions: CopySessionView[]): string {
     { header: 'PROGRESS', value: progress, right: true },
     { header: 'RATE', value: formatRate },
     { header: 'ETA', value: formatEta, right: true },
+    { header: 'GEN(1=newest)', value: (s) => (s.type === 'snapopcplus' ? `${s.generationIndex}/${s.generationCount} (#${s.generation})` : '') },
     { header: 'GROUP', value: (s) => s.group },
   ]);
 }
@@ -73,8 +74,10 @@ function showSession(s: CopySessionView): string {
     ['eta', formatEta(s)],
     ['group', s.group || '-'],
     ['created', s.createdAt],
+    ['image at', s.imageAt || (s.type === 'ec' && (s.state === 'copying' || s.state === 'equivalent') ? '- (follows the source until suspended or split)' : '-')],
   ];
-  if (s.type === 'snapopcplus') pairs.push(['generation', String(s.generation)]);
+  // The agent numbers generations 1 = newest; the array's sequence number counts up.
+  if (s.type === 'snapopcplus') pairs.push(['generation', `${s.generationIndex} of ${s.generationCount} (1 = newest; sequence #${s.generation})`]);
   if (s.type === 'ec') pairs.push(['reversed', yesNo(s.reversed)]);
   if (s.error) pairs.push(['error', s.error]);
   if (s.errorSince) pairs.push(['failing since', s.errorSince]);

@@ -599,6 +599,7 @@ export class CopyEngine {
     if (!Number.isSafeInteger(unit) || unit <= 0 || unit % src.blockSize !== 0) {
       throw new CopyError('INVALID_ARGUMENT', `invalid copy granularity ${unit}: use a positive multiple of ${source}'s ${src.blockSize}-byte block size`);
     }
+    const createdAt = new Date(this.now()).toISOString();
     const id = this.newId();
     if (this.tx !== undefined) {
       this.tx.ids.add(id); // J7: the new session's appends belong to this operation
@@ -613,7 +614,9 @@ export class CopyEngine {
       unitSize: unit,
       sizeBytes: src.size,
       rate,
-      createdAt: new Date(this.now()).toISOString(),
+      createdAt,
+      // Point-in-time copies hold the start's image; an EC pair gets one at its suspend or split.
+      ...(type === 'ec' ? {} : { imageAt: createdAt }),
     };
   }
 

@@ -56,7 +56,15 @@ export interface SessionRecord {
   /** Background copy rate in bytes per second: 0 = none, Infinity = unthrottled (encodeRate for JSON). */
   rate: number;
   createdAt: string;
-  /** SnapOPC+: generation number, increasing per source (older = smaller). */
+  /**
+   * The point-in-time instant (ISO 8601) of the image the destination holds or will hold:
+   * OPC, SnapOPC+: the start; QuickOPC: the start or last restart (a reverse restarts it);
+   * EC: the last suspend or split (a split of a suspended pair keeps the suspend instant),
+   * absent while mirroring and after a reverse. Records written before it existed load with
+   * createdAt (EC: absent; see SessionBase).
+   */
+  imageAt?: string;
+  /** SnapOPC+: generation sequence number, counting up per source (newer = larger). */
   generation?: number;
   /** EC: true after reverse (data flows from the original destination). */
   reversed?: boolean;
@@ -84,6 +92,10 @@ export interface SessionInfo {
   /** Seconds to finish at the current rate, or undefined when unknown or not copying. */
   etaSeconds: number | undefined;
   generation?: number;
+  /** SnapOPC+: place among the source's current generations, 1 = newest (the agent's numbering). */
+  generationIndex?: number;
+  /** SnapOPC+: how many generations the source has now. */
+  generationCount?: number;
   reversed?: boolean;
   /** Why the session is error-suspended, or why its background copy keeps failing (retried). */
   error?: string;
@@ -93,6 +105,8 @@ export interface SessionInfo {
   retryAt?: string;
   group?: string;
   createdAt: string;
+  /** See SessionRecord.imageAt. */
+  imageAt?: string;
 }
 
 export type CopyEventKind = 'started' | 'state' | 'completed' | 'cancelled' | 'dropped' | 'error';

@@ -54,6 +54,9 @@ export abstract class SessionBase implements CopySession {
     blockSize: number,
   ) {
     this.geo = new UnitGeometry(record.sizeBytes, record.unitSize, blockSize);
+    // Records journalled before imageAt existed: a point-in-time copy's image is of its
+    // start; an EC pair's suspend instant was never kept, so it stays unknown.
+    if (record.imageAt === undefined && record.type !== 'ec') this.record = { ...record, imageAt: record.createdAt };
   }
 
   get id(): string {
@@ -98,7 +101,7 @@ export abstract class SessionBase implements CopySession {
 
   /** Records a new state: appended to the journal (the caller syncs) and announced. */
   protected setState(state: CopyState, message: string, extra: Partial<SessionRecord> = {}): void {
-    this.record = { ...this.record, ...extra, state };
+    this.record = withoutUndefined({ ...this.record, ...extra, state });
     this.ctx.journal.putSession(this.record);
     this.ctx.emit({ sessionId: this.id, kind: state === 'error-suspended' ? 'error' : 'state', state, message });
   }
@@ -124,6 +127,7 @@ export abstract class SessionBase implements CopySession {
       rate: r.rate,
       etaSeconds: pending === 0 ? undefined : this.eta(pending),
       createdAt: r.createdAt,
+      ...(r.imageAt !== undefined ? { imageAt: r.imageAt } : {}),
       ...(r.generation !== undefined ? { generation: r.generation } : {}),
       ...(r.reversed ? { reversed: true } : {}),
       ...(r.error !== undefined ? { error: r.error } : this.failureInfo()),
@@ -250,6 +254,12 @@ export abstract class SessionBase implements CopySession {
   protected check(cond: unknown, msg: string): asserts cond {
     invariant(cond, `session ${this.id}: ${msg}`);
   }
+}
+
+/** The record without keys set to undefined (setState's way to drop a field, e.g. imageAt). */
+function withoutUndefined(r: SessionRecord): SessionRecord {
+  for (const k of Object.keys(r) as Array<keyof SessionRecord>) if (r[k] === undefined) delete r[k];
+  return r;
 }
 
 /** Ascending unit list -> runs. */

@@ -104,7 +104,9 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
       this.ctx.journal.clearBits(this.id, 'intent', 0, this.geo.units);
       this.check(this.diff.count === 0, 'equivalent pair with units to copy');
     }
-    this.setState(to, to === 'split' ? 'split: the destination is an independent copy' : 'suspended: destination frozen; changes are recorded');
+    // A split of a suspended pair does not change the destination: its image stays the suspend's.
+    const imageAt = this.state === 'equivalent' ? new Date(this.ctx.now()).toISOString() : this.record.imageAt;
+    this.setState(to, to === 'split' ? 'split: the destination is an independent copy' : 'suspended: destination frozen; changes are recorded', { imageAt });
   }
 
   /** resume (from suspended) or rejoin (from split): resync changed units only. */
@@ -113,7 +115,7 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
       throw new CopyError('FAILED_PRECONDITION', `cannot ${from === 'split' ? 'rejoin' : 'resume'} EC session ${this.id}: it is ${this.state}, not ${from}`);
     }
     this.cursor = 0;
-    this.setState('copying', `resync of ${this.diff.count} changed units`);
+    this.setState('copying', `resync of ${this.diff.count} changed units`, { imageAt: undefined });
   }
 
   /** Throws unless the pair may be reversed now (suspended or split). */
@@ -126,7 +128,8 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
   /** Swaps direction; the engine detaches the roles before and attaches them after. */
   swap(): void {
     this.checkSwap();
-    const r = this.record;
+    // The new destination (the original) holds no image of the new source: no instant.
+    const { imageAt: _, ...r } = this.record;
     this.record = { ...r, source: r.destination, destination: r.source, reversed: !r.reversed };
     this.ctx.journal.putSession(this.record);
     this.ctx.emit({ sessionId: this.id, kind: 'state', state: this.state, message: `reversed: ${this.record.source} -> ${this.record.destination}` });

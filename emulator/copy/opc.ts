@@ -77,7 +77,7 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
     this.tracked.reset();
     j.clearBits(this.id, 'tracked', 0, this.geo.units);
     this.cursor = 0;
-    this.setState('copying', `restarted: ${redo.reduce((a, [, n]) => a + n, 0)} changed units to copy`);
+    this.setState('copying', `restarted: ${redo.reduce((a, [, n]) => a + n, 0)} changed units to copy`, { imageAt: new Date(this.ctx.now()).toISOString() });
   }
 
   /**

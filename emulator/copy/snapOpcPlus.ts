@@ -59,7 +59,7 @@
  */
 import { BlockDeviceError } from '../block/BlockDevice.js';
 import { CopyBitmap } from './CopyBitmap.js';
-import { CopyError, invariant, type Mutation } from './CopySession.js';
+import { CopyError, invariant, type Mutation, type SessionInfo } from './CopySession.js';
 import { OpcSession } from './opc.js';
 import { SessionBase, type SessionContext } from './SessionBase.js';
 import type { JournalSession } from './SessionJournal.js';
@@ -85,6 +85,13 @@ export class SnapGeneration extends SessionBase implements DestRole {
   }
   get healthy(): boolean {
     return this.state === 'snap';
+  }
+
+  /** Adds the place in the chain as the host agent numbers generations (1 = newest). */
+  override info(): SessionInfo {
+    const gens = this.chain?.gens ?? [];
+    const i = gens.indexOf(this);
+    return i < 0 ? super.info() : { ...super.info(), generationIndex: gens.length - i, generationCount: gens.length };
   }
 
   attach(): void {

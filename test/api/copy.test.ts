@@ -141,6 +141,30 @@ describe('CopyService', () => {
     await client.cancelCopy(g.id);
   });
 
+  it('imageAt: the instant of the destination image; SnapOPC+ generationIndex counts 1 = newest', async () => {
+    await array.createVolume({ name: `${dst}b`, sizeBytes: SIZE });
+    const before = Date.now();
+    const g1 = await client.startCopy({ type: 'snapopcplus', source: src, destination: dst });
+    await new Promise((r) => setTimeout(r, 20));
+    const g2 = await client.startCopy({ type: 'snapopcplus', source: src, destination: `${dst}b` });
+    expect(Date.parse(g1.imageAt)).toBeGreaterThanOrEqual(before);
+    expect(Date.parse(g2.imageAt)).toBeGreaterThan(Date.parse(g1.imageAt));
+    expect(await client.getCopy(g1.id)).toMatchObject({ generation: 1, generationIndex: 2, generationCount: 2, imageAt: g1.imageAt });
+    expect(g2).toMatchObject({ generation: 2, generationIndex: 1, generationCount: 2 });
+
+    await array.createVolume({ name: `${src}e`, sizeBytes: SIZE });
+    await array.createVolume({ name: `${dst}e`, sizeBytes: SIZE });
+    const ec = await client.startCopy({ type: 'ec', source: `${src}e`, destination: `${dst}e` });
+    expect(ec).toMatchObject({ imageAt: '', generation: 0, generationIndex: 0, generationCount: 0 });
+    await until('equivalent', async () => (await client.getCopy(ec.id)).state === 'equivalent');
+    expect((await client.getCopy(ec.id)).imageAt).toBe('');
+    const t = Date.now();
+    const suspended = await client.suspendCopy(ec.id);
+    expect(Date.parse(suspended.imageAt)).toBeGreaterThanOrEqual(t);
+    expect(Date.parse(suspended.imageAt)).toBeLessThanOrEqual(Date.now());
+    expect((await client.listCopies()).find((s) => s.id === ec.id)!.imageAt).toBe(suspended.imageAt);
+  });
+
   it('refusals map to gRPC codes with their messages', async () => {
     expect((await apiError(client.getCopy('nope'))).code).toBe('NOT_FOUND');
     expect((await apiError(client.startCopy({ type: 'bogus' as 'opc', source: src, destination: dst }))).code).toBe('INVALID_ARGUMENT');

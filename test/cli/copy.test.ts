@@ -44,6 +44,14 @@ describe('arraylab copy', () => {
     const left = ((await json(['copy', 'list'])).sessions as Array<{ id: string; source: string }>).filter((s) => s.source === 'gsrc').map((s) => s.id);
     expect(left).not.toContain(ids[0]);
     expect(left).toHaveLength(8);
+    // The array's sequence number counts up; the agent's numbering (1 = newest) is beside it.
+    expect(await json(['copy', 'show', ninth.id as string])).toMatchObject({ generation: 9, generationIndex: 1, generationCount: 8 });
+    expect(await json(['copy', 'show', ids[1]!])).toMatchObject({ generation: 2, generationIndex: 8, generationCount: 8 });
+    expect(await ok(['copy', 'show', ids[1]!])).toMatch(/^generation:\s+8 of 8 \(1 = newest; sequence #2\)$/m);
+    const table = (await ok(['copy', 'list'])).split('\n');
+    const col = table[0]!.indexOf('GEN(1=newest)');
+    expect(col).toBeGreaterThan(0);
+    expect(table.find((l) => l.startsWith(ninth.id as string))!.slice(col)).toMatch(/^1\/8 \(#9\)/);
     await ok(['volume', 'create', 'hsrc', '--size', '4MiB']);
     await ok(['volume', 'create', 'hsnap', '--size', '4MiB']);
     const group = await lab.cli(['copy', 'start', '--type', 'snapopcplus', '--src', 'gsrc', '--dst', 'gsnap1', '--src', 'hsrc', '--dst', 'hsnap', '--group', 'gg', '--refuse-if-full']);
@@ -82,7 +90,8 @@ describe('arraylab copy', () => {
     expect(human).toMatch(/^state:\s+copying$/m);
     expect(human).toMatch(/^rate:\s+1 MiB\/s$/m);
     const list = await ok(['copy', 'list']);
-    expect(list.split('\n')[0]).toMatch(/^ID\s+TYPE\s+STATE\s+SOURCE\s+DESTINATION\s+PROGRESS\s+RATE\s+ETA\s+GROUP$/);
+    expect(list.split('\n')[0]).toMatch(/^ID\s+TYPE\s+STATE\s+SOURCE\s+DESTINATION\s+PROGRESS\s+RATE\s+ETA\s+GEN\(1=newest\)\s+GROUP$/);
+    expect(human).toMatch(new RegExp(`^image at:\\s+${started.imageAt as string}$`, 'm'));
     expect(list).toContain(id);
     expect(((await json(['copy', 'list'])).sessions as Array<{ id: string }>).map((s) => s.id)).toContain(id);
 
