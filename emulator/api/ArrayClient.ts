@@ -282,8 +282,10 @@ export class ArrayClient {
     await this.tapeCall('RemoveCartridge', { label });
   }
 
-  async writeTape(req: { volume: string; cartridge?: string; tag?: string }, onProgress?: (p: HostProgress) => void): Promise<TapeRecordView> {
-    const last = await this.tapeStream('WriteTape', { volume: req.volume, cartridge: req.cartridge ?? '', tag: req.tag ?? '' }, `the tape write of volume ${req.volume}`, onProgress);
+  /** pointInTime (ISO 8601): the instant the volume's image is of; default: the array derives it. */
+  async writeTape(req: { volume: string; cartridge?: string; tag?: string; pointInTime?: string }, onProgress?: (p: HostProgress) => void): Promise<TapeRecordView> {
+    const wire = { volume: req.volume, cartridge: req.cartridge ?? '', tag: req.tag ?? '', pointInTime: req.pointInTime ?? '' };
+    const last = await this.tapeStream('WriteTape', wire, `the tape write of volume ${req.volume}`, onProgress);
     if (!last.record) throw new ApiError('UNKNOWN', `the arraylab API at ${this.address} ended the tape write of volume ${req.volume} without a result; see arraylab tape list`);
     return tapeRecordFromWire(last.record);
   }

@@ -27,7 +27,7 @@ export interface TapeControl {
   get(label: string): { cartridge: CartridgeView; records: TapeRecordView[] };
   erase(label: string): Promise<CartridgeView>;
   remove(label: string): Promise<void>;
-  write(req: { volume: string; cartridge?: string; tag?: string }, onProgress: (p: HostProgress) => void, signal?: AbortSignal): Promise<TapeRecordView>;
+  write(req: { volume: string; cartridge?: string; tag?: string; pointInTime?: string }, onProgress: (p: HostProgress) => void, signal?: AbortSignal): Promise<TapeRecordView>;
   restore(req: { cartridge: string; record: number; volume: string; force?: boolean }, onProgress: (p: HostProgress) => void, signal?: AbortSignal): Promise<TapeRestoreView>;
   verify(req: { cartridge: string; record?: number }, onProgress: (p: HostProgress) => void, signal?: AbortSignal): Promise<RecordCheck[]>;
 }
@@ -52,6 +52,8 @@ export interface WireTapeRecord {
   dataBytes: WireUint64;
   sha256: string;
   createdAt: string;
+  /** Empty from a server that predates it: read as createdAt. */
+  imageAt?: string;
 }
 
 export interface WireTapeRestoreResult {
@@ -87,6 +89,7 @@ export function tapeRecordFromWire(w: WireTapeRecord): TapeRecordView {
     dataBytes: toByteCount(w.dataBytes, 'data bytes'),
     sha256: w.sha256,
     createdAt: w.createdAt,
+    imageAt: w.imageAt || w.createdAt,
   };
 }
 
@@ -136,8 +139,12 @@ export function tapeHandlers(tape: TapeControl, ctx: TapeHandlerContext): grpc.U
       await tape.remove(req.label);
       return {};
     }),
-    WriteTape: stream(ctx, 'WriteTape', async (req: { volume: string; cartridge: string; tag: string }, onProgress, signal) => ({
-      record: await tape.write({ volume: req.volume, ...(req.cartridge ? { cartridge: req.cartridge } : {}), tag: req.tag ?? '' }, onProgress, signal),
+    WriteTape: stream(ctx, 'WriteTape', async (req: { volume: string; cartridge: string; tag: string; pointInTime: string }, onProgress, signal) => ({
+      record: await tape.write(
+        { volume: req.volume, ...(req.cartridge ? { cartridge: req.cartridge } : {}), tag: req.tag ?? '', ...(req.pointInTime ? { pointInTime: req.pointInTime } : {}) },
+        onProgress,
+        signal,
+      ),
     })),
     RestoreTape: stream(ctx, 'RestoreTape', async (req: { cartridge: string; record: number; volume: string; force: boolean }, onProgress, signal) => {
       if (!req.record) throw new ArrayError('INVALID_ARGUMENT', `restore from cartridge ${req.cartridge}: give the record number (from 1; see arraylab tape show ${req.cartridge})`);

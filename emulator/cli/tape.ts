@@ -3,6 +3,7 @@ import type { Argv } from 'yargs';
 import type { CartridgeView, HostProgress, TapeRecordView } from '../tape/types.js';
 import { formatSize, parseSize, SizeError } from '../units.js';
 import { withApiOption, withClient } from './client.js';
+import { parsePointInTime } from '../tape/TapeLibrary.js';
 import { CommandError, UsageError } from './errors.js';
 import { keyValues, print, printJson, table } from './output.js';
 
@@ -108,15 +109,28 @@ export function tapeCommands(y: Argv<{ json: boolean }>) {
         c
           .positional('volume', { type: 'string', demandOption: true })
           .option('cartridge', { type: 'string', requiresArg: true, describe: 'cartridge label; default: the first (by label) with room' })
-          .option('tag', { type: 'string', default: '', requiresArg: true, describe: 'free text kept with the record (at most 128 bytes)' }),
+          .option('tag', { type: 'string', default: '', requiresArg: true, describe: 'free text kept with the record (at most 128 bytes)' })
+          .option('point-in-time', {
+            type: 'string',
+            requiresArg: true,
+            describe: "the instant the volume's image is of (ISO 8601, e.g. 2026-01-31T12:00:00Z) [default: its copy session's snapshot, start or suspend instant; for a volume in no session, when the write starts]",
+          }),
       async (a) => {
+        const pointInTime = a['point-in-time'];
+        if (pointInTime !== undefined) {
+          try {
+            parsePointInTime(pointInTime);
+          } catch (err) {
+            throw new UsageError(`--point-in-time: ${(err as Error).message}`, 'tape write');
+          }
+        }
         const rec = await withClient(a, (client) =>
           withProgress(`writing ${a.volume} to tape`, a.json, (onProgress) =>
-            client.writeTape({ volume: a.volume, ...(a.cartridge ? { cartridge: a.cartridge } : {}), tag: a.tag }, onProgress),
+            client.writeTape({ volume: a.volume, ...(a.cartridge ? { cartridge: a.cartridge } : {}), tag: a.tag, ...(pointInTime !== undefined ? { pointInTime } : {}) }, onProgress),
           ),
         );
         if (a.json) return printJson(rec);
-        print(`wrote volume ${rec.volume} to cartridge ${rec.cartridge} record ${rec.record}: ${formatSize(rec.sizeBytes)} image, ${formatSize(rec.dataBytes)} of data stored, sha256 ${rec.sha256}`);
+        print(`wrote volume ${rec.volume} to cartridge ${rec.cartridge} record ${rec.record}: ${formatSize(rec.sizeBytes)} image of ${rec.imageAt}, ${formatSize(rec.dataBytes)} of data stored, sha256 ${rec.sha256}`);
       },
     )
     .command(
@@ -188,7 +202,8 @@ function recordTable(rs: TapeRecordView[]): string {
     { header: 'SIZE', value: (r) => formatSize(r.sizeBytes), right: true },
     { header: 'DATA', value: (r) => formatSize(r.dataBytes), right: true },
     { header: 'BLOCK', value: (r) => String(r.blockSize), right: true },
-    { header: 'CREATED', value: (r) => r.createdAt },
+    { header: 'IMAGE AT', value: (r) => r.imageAt },
+    { header: 'WRITTEN', value: (r) => r.createdAt },
     { header: 'SHA256', value: (r) => r.sha256.slice(0, 16) },
     { header: 'TAG', value: (r) => r.tag },
   ]);

@@ -60,6 +60,8 @@ export interface NewRecord {
   /** Upper bounds from block status; the header is corrected if fewer are stored. */
   extents: number;
   dataBytes: number;
+  /** The image's point in time (ms); undefined: the record's start (a live volume read now). */
+  imageMs?: number;
 }
 
 /** One piece of volume data to store, in increasing offset order, at most EXTENT_MAX bytes. */
@@ -117,6 +119,7 @@ export class Cartridge {
       dataBytes: e.trailer.dataBytes,
       sha256: e.trailer.sha256,
       createdAt: new Date(e.header.createdMs).toISOString(),
+      imageAt: new Date(e.header.imageMs).toISOString(),
     };
   }
 
@@ -236,7 +239,17 @@ export class Cartridge {
     const start = this.end;
     const number = this.entries.length + 1;
     const createdMs = Date.now();
-    const header: RecordHeader = { record: number, blockSize: rec.blockSize, sizeBytes: rec.sizeBytes, extentCount: rec.extents, dataBytes: rec.dataBytes, createdMs, volume: rec.volume, tag: rec.tag };
+    const header: RecordHeader = {
+      record: number,
+      blockSize: rec.blockSize,
+      sizeBytes: rec.sizeBytes,
+      extentCount: rec.extents,
+      dataBytes: rec.dataBytes,
+      createdMs,
+      imageMs: rec.imageMs ?? createdMs,
+      volume: rec.volume,
+      tag: rec.tag,
+    };
     const fh = await fsp.open(this.file, 'r+');
     try {
       try {

@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import { BlockDeviceError } from '../block/BlockDevice.js';
 import { formatSize } from '../units.js';
 import { VOLUME_NAME_PATTERN } from '../array/types.js';
-import { Cartridge, syncDir, type RecordEntry } from './Cartridge.js';
+import { Cartridge, syncDir, type DataPiece, type RecordEntry } from './Cartridge.js';
 import { CARTRIDGE_HEADER_SIZE, EOD_SIZE, EXTENT_MAX, FormatError, recordBytes, RECORD_HEADER_SIZE, TAG_MAX, TRAILER_SIZE } from './format.js';
 import { breather, dataPieces, planData } from './volumeData.js';
 import {
@@ -23,6 +23,7 @@ import {
   type TapeRestoreView,
   type TapeVolume,
   type TapeVolumes,
+  type VolumeImage,
 } from './types.js';
 
 /** Smallest cartridge: its header, one small record and the end-of-data marker, with room to spare. */
@@ -152,17 +153,22 @@ export class TapeLibrary {
     this.log.info({ cartridge: label }, 'removed cartridge');
   }
 
-  /** Writes the volume's current image (as hosts read it) to a new record. */
-  async write(req: { volume: string; cartridge?: string; tag?: string }, onProgress: Progress = () => {}, signal?: AbortSignal): Promise<TapeRecordView> {
+  /**
+   * Writes the volume's current image (as hosts read it) to a new record. pointInTime (ISO
+   * 8601): the instant the image is of, when the caller knows it; else the array's (VolumeImage).
+   */
+  async write(req: { volume: string; cartridge?: string; tag?: string; pointInTime?: string }, onProgress: Progress = () => {}, signal?: AbortSignal): Promise<TapeRecordView> {
     this.checkOpen();
     const tag = req.tag ?? '';
     if (Buffer.byteLength(tag, 'utf8') > TAG_MAX) throw new TapeError('INVALID_ARGUMENT', `tag is ${Buffer.byteLength(tag, 'utf8')} bytes; a tape record's tag holds at most ${TAG_MAX}: shorten it`);
+    const given = req.pointInTime ? parsePointInTime(req.pointInTime) : undefined;
     const vol = this.volumes.open(req.volume);
     const what = `tape write of volume ${vol.name}`;
+    imageInstant(vol, vol.image(), given); // refused before any planning
     this.refuseVolumeInUse(vol.name, 'write it to tape');
     if (req.cartridge !== undefined && req.cartridge !== '') {
       const c = this.cartridge(req.cartridge);
-      return this.exclusive(c.label, `writing volume ${vol.name}`, (s) => this.writeTo(c, vol, tag, onProgress, s), signal);
+      return this.exclusive(c.label, `writing volume ${vol.name}`, (s) => this.writeTo(c, vol, tag, given, onProgress, s), signal);
     }
     // No cartridge given: the plan says how much room the record needs, then the first
     // cartridge (by label) that has it and is free takes it.
@@ -188,10 +194,18 @@ export class TapeLibrary {
         `no cartridge has room for volume ${vol.name}: the copy needs ${need} bytes (${formatSize(plan.dataBytes)} of data in ${plan.extents} extents plus headers)${largest}; add a cartridge: arraylab tape add LABEL --capacity SIZE`,
       );
     }
-    return this.exclusive(free.label, `writing volume ${vol.name}`, (s) => this.writeTo(free, vol, tag, onProgress, s, plan), signal);
+    return this.exclusive(free.label, `writing volume ${vol.name}`, (s) => this.writeTo(free, vol, tag, given, onProgress, s, plan), signal);
   }
 
-  private async writeTo(c: Cartridge, vol: TapeVolume, tag: string, onProgress: Progress, signal: AbortSignal, known?: { extents: number; dataBytes: number }): Promise<TapeRecordView> {
+  private async writeTo(
+    c: Cartridge,
+    vol: TapeVolume,
+    tag: string,
+    given: number | undefined,
+    onProgress: Progress,
+    signal: AbortSignal,
+    known?: { extents: number; dataBytes: number },
+  ): Promise<TapeRecordView> {
     const what = `tape write of volume ${vol.name} to cartridge ${c.label}`;
     if (c.damage) throw new TapeError('FAILED_PRECONDITION', `cartridge ${c.label} is damaged (${c.damage}); it takes no more records: erase it (arraylab tape erase ${c.label}) or use another`);
     const release = this.useVolume(vol.name, `being written to cartridge ${c.label}`);
@@ -211,11 +225,13 @@ export class TapeLibrary {
           `cartridge ${c.label} has ${c.freeBytes} bytes free; the copy of volume ${vol.name} needs ${need} (${formatSize(plan.dataBytes)} of data in ${plan.extents} extents plus headers); use a cartridge with room, or add one: arraylab tape add LABEL --capacity SIZE`,
         );
       }
-      this.log.info({ cartridge: c.label, volume: vol.name, sizeBytes: size, planned: plan }, 'tape write started');
+      const image = vol.image();
+      const imageMs = imageInstant(vol, image, given);
+      this.log.info({ cartridge: c.label, volume: vol.name, sizeBytes: size, planned: plan, imageAt: imageMs && new Date(imageMs).toISOString() }, 'tape write started');
       const entry = await deviceCall(what, () =>
         c.append(
-          { volume: vol.name, tag, blockSize: dev.blockSize, sizeBytes: size, extents: plan.extents, dataBytes: plan.dataBytes },
-          dataPieces(dev, size, signal, (scanned) => onProgress({ doneBytes: scanned, totalBytes: size })),
+          { volume: vol.name, tag, blockSize: dev.blockSize, sizeBytes: size, extents: plan.extents, dataBytes: plan.dataBytes, imageMs },
+          sameImage(vol, image, dataPieces(dev, size, signal, (scanned) => onProgress({ doneBytes: scanned, totalBytes: size }))),
           (done) => onProgress({ doneBytes: done, totalBytes: size }),
         ),
       );
@@ -432,6 +448,48 @@ async function deviceCall<T>(what: string, fn: () => Promise<T>): Promise<T> {
       throw new TapeError(code, `${what} failed: ${err.message}`);
     }
     throw err;
+  }
+}
+
+/** ISO 8601 with a time and a zone (what toISOString writes; an offset instead of Z is fine). */
+const ISO_INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$/i;
+
+/** A caller's point in time (ISO 8601) in ms; TapeError INVALID_ARGUMENT naming the fix. */
+export function parsePointInTime(text: string): number {
+  const ms = ISO_INSTANT.test(text.trim()) ? Date.parse(text.trim()) : Number.NaN;
+  if (!Number.isFinite(ms) || ms <= 0) {
+    throw new TapeError('INVALID_ARGUMENT', `point in time ${JSON.stringify(text)} is not an ISO 8601 instant after 1970; give a date, time and zone, e.g. 2026-01-31T12:00:00Z`);
+  }
+  return ms;
+}
+
+/**
+ * The instant a record of this volume is of: the caller's, else the copy session's; undefined
+ * for a live volume (the record's own start). Refuses an image that moves or is not known.
+ */
+function imageInstant(vol: TapeVolume, image: VolumeImage, given: number | undefined): number | undefined {
+  if (image.kind === 'moving' || (image.kind === 'unknown' && given === undefined)) {
+    throw new TapeError('FAILED_PRECONDITION', `cannot write volume ${vol.name} to tape: ${image.why}`);
+  }
+  if (given !== undefined && given > Date.now()) {
+    throw new TapeError('INVALID_ARGUMENT', `point in time ${new Date(given).toISOString()} for volume ${vol.name} is later than now (${new Date().toISOString()}); an image cannot be of a later instant than it is read: give the instant it was taken`);
+  }
+  return given ?? (image.kind === 'point-in-time' ? image.at : undefined);
+}
+
+/**
+ * Passes the pieces through, then checks the volume still holds the image it held when the
+ * write began (a QuickOPC restart, an EC resume, a cancelled or dropped session during the
+ * write would mix two images; an OPC that finished copying changed nothing); throwing here
+ * makes append() keep nothing.
+ */
+async function* sameImage(vol: TapeVolume, before: VolumeImage, pieces: AsyncIterable<DataPiece>): AsyncGenerator<DataPiece> {
+  yield* pieces;
+  const after = vol.image();
+  const finished = before.kind === 'point-in-time' && after.kind === 'live' && vol.copyFinished(before.session);
+  if (JSON.stringify(after) !== JSON.stringify(before) && !finished) {
+    const now = after.kind === 'point-in-time' ? `an image of ${new Date(after.at).toISOString()}` : after.kind === 'live' ? 'no copy session' : after.why;
+    throw new TapeError('FAILED_PRECONDITION', `volume ${vol.name} changed image during the tape write (now: ${now}); nothing was kept: write it again once its copy session is stable`);
   }
 }
 

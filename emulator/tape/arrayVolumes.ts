@@ -7,7 +7,7 @@ import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../block/Bl
 import type { StorageArray } from '../array/StorageArray.js';
 import { ArrayError } from '../array/types.js';
 import type { Volume } from '../array/Volume.js';
-import { TapeError, type TapeVolume, type TapeVolumes } from './types.js';
+import { TapeError, type TapeVolume, type TapeVolumes, type VolumeImage } from './types.js';
 
 class TopDevice implements BlockDevice {
   constructor(private readonly v: Volume) {}
@@ -64,7 +64,26 @@ export function arrayTapeVolumes(array: StorageArray): TapeVolumes {
           return device.readOnly;
         },
         readWriteClients: () => [...v.handles].filter((h) => !h.readOnly).length,
+        image: () => imageOf(array, v.name),
+        copyFinished: (id) => array.copy.events.some((e) => e.sessionId === id && e.kind === 'completed'),
       };
     },
   };
+}
+
+/** The instant a volume's image is of, from the copy session it is the destination of. */
+function imageOf(array: StorageArray, name: string): VolumeImage {
+  const s = array.copy.sessionsOfVolume(name).map((id) => array.copy.get(id)).find((i) => i.destination === name);
+  if (s === undefined) return { kind: 'live' };
+  const pair = `EC session ${s.id} (${s.source} -> ${name})`;
+  if (s.type === 'ec' && (s.state === 'copying' || s.state === 'equivalent')) {
+    return { kind: 'moving', why: `volume ${name} is the destination of ${pair}, ${s.state}: its image follows the source; suspend or split the session first (arraylab copy suspend ${s.id}), or write the source` };
+  }
+  if (s.imageAt === undefined) {
+    const why = s.reversed
+      ? `was reversed, so it is not an image of its source; give the instant its data is of with --point-in-time ISO-8601 (API point_in_time)`
+      : `was suspended before arraylab recorded suspend instants; give the image's instant with --point-in-time ISO-8601 (API point_in_time), or resume and suspend the pair again`;
+    return { kind: 'unknown', why: `volume ${name} is the destination of ${pair}, ${s.state}, which ${why}` };
+  }
+  return { kind: 'point-in-time', at: Date.parse(s.imageAt), session: s.id };
 }

@@ -50,6 +50,11 @@ export interface RecordHeader {
   extentCount: number;
   dataBytes: number;
   createdMs: number;
+  /**
+   * The point-in-time instant of the image (ms), at 244: bytes records written before it
+   * existed left zero, so 0 reads as createdMs (decode) and readers that predate it skip it.
+   */
+  imageMs: number;
   volume: string;
   tag: string;
 }
@@ -158,6 +163,7 @@ export function encodeRecordHeader(h: RecordHeader): Buffer {
   putU64(b, 40, h.createdMs);
   putText(b, 48, 1, 49, LABEL_MAX, h.volume, 'volume name');
   putText(b, 112, 2, 114, TAG_MAX, h.tag, 'tag');
+  putU64(b, 244, h.imageMs);
   return seal(b);
 }
 
@@ -172,9 +178,11 @@ export function decodeRecordHeader(b: Buffer): RecordHeader {
     extentCount: u64(b, 24, 'extent count'),
     dataBytes: u64(b, 32, 'data bytes'),
     createdMs: u64(b, 40, 'creation time'),
+    imageMs: u64(b, 244, 'image time'),
     volume: text(b, 48, 1, 49, LABEL_MAX, 'volume name'),
     tag: text(b, 112, 2, 114, TAG_MAX, 'tag'),
   };
+  if (h.imageMs === 0) h.imageMs = h.createdMs;
   if (h.sizeBytes === 0 || h.sizeBytes % blockSize !== 0) throw new FormatError(`record size ${h.sizeBytes} is not a positive multiple of its block size ${blockSize}`);
   if (h.dataBytes > h.sizeBytes) throw new FormatError(`record data bytes ${h.dataBytes} exceed its size ${h.sizeBytes}`);
   if (h.extentCount > Math.ceil(h.sizeBytes / blockSize)) throw new FormatError(`record extent count ${h.extentCount} exceeds its ${h.sizeBytes / blockSize} blocks`);

@@ -3,9 +3,16 @@
  * agent's contracts (agent/types.ts: CartridgeView, TapeRecordView, TapeRestoreView,
  * HostProgress), re-exported here so emulator code imports them from one place.
  */
+import type { TapeRecordView as AgentTapeRecordView } from '../../agent/types.js';
 import type { BlockDevice } from '../block/BlockDevice.js';
 
-export type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView } from '../../agent/types.js';
+export type { CartridgeView, HostProgress, TapeRestoreView } from '../../agent/types.js';
+
+/** The agent's view of a record; the array always knows its image's instant. */
+export interface TapeRecordView extends AgentTapeRecordView {
+  /** ISO 8601: the point-in-time instant of the image the record holds (see tape.proto). */
+  imageAt: string;
+}
 
 /** A volume as a host sees it. */
 export interface TapeVolume {
@@ -17,7 +24,24 @@ export interface TapeVolume {
   readonly readOnly: boolean;
   /** Clients that have it open read-write now (NBD connections, iSCSI sessions). */
   readWriteClients(): number;
+  /** What the volume holds now: the instant its image is of, as the array knows it. */
+  image(): VolumeImage;
+  /** Copy session `id` ended by finishing its copy (an OPC): its destination holds the image as it is. */
+  copyFinished(id: string): boolean;
 }
+
+/**
+ * The point in time of a volume's image. `why` says what the volume is and the fix.
+ *   live           no copy session holds it: the image is of the instant it is read
+ *   point-in-time  a copy session's destination (snap volume, OPC/QuickOPC destination,
+ *                  suspended or split EC destination): the image is of `at` (ms)
+ *   moving         an EC destination that is copying or equivalent: it follows the source
+ *   unknown        an EC destination whose instant the array did not record
+ */
+export type VolumeImage =
+  | { kind: 'live' }
+  | { kind: 'point-in-time'; at: number; session: string }
+  | { kind: 'moving' | 'unknown'; why: string };
 
 export interface TapeVolumes {
   /** Throws TapeError NOT_FOUND (message naming the volume and the fix) when there is none. */

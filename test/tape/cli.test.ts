@@ -101,12 +101,17 @@ describe('arraylab tape (real server, CLI and NBD clients)', () => {
     const before = ['write -P 0x11 0 8M', 'write -P 0x22 16M 1M'];
     await qemuIo(l.nbdUri('src'), ...before);
     await qemuIo(l.nbdUri('ref'), ...before); // the image as of the snapshot, for comparison
-    await cliJson(l, ['copy', 'start', '--type', 'snapopcplus', '--src', 'src', '--dst', 'snap']);
+    const g = await cliJson(l, ['copy', 'start', '--type', 'snapopcplus', '--src', 'src', '--dst', 'snap']);
     await qemuIo(l.nbdUri('src'), 'write -P 0x99 4M 8M', 'write -P 0x98 30M 1M');
 
     await cliOk(l, ['tape', 'add', 'T1', '--capacity', '128MiB']);
     const rec = await cliJson(l, ['tape', 'write', 'snap']); // no --cartridge: the library picks T1
-    expect(rec).toMatchObject({ cartridge: 'T1', volume: 'snap' });
+    expect(rec).toMatchObject({ cartridge: 'T1', volume: 'snap', imageAt: g.imageAt });
+    expect(rec.createdAt > (rec.imageAt as string)).toBe(true);
+    // Both instants in tape show: the image's (the snapshot) and the write's.
+    const text = await cliOk(l, ['tape', 'show', 'T1']);
+    expect(text).toMatch(/\nRECORD\s+VOLUME\s+SIZE\s+DATA\s+BLOCK\s+IMAGE AT\s+WRITTEN\s+SHA256\s+TAG\n/);
+    expect(text).toMatch(new RegExp(`\\s1\\s+snap\\s.*\\s${g.imageAt as string}\\s+${rec.createdAt as string}\\s`));
     expect(rec.dataBytes).toBeLessThan(16 * MiB); // all-zero pieces of the snap volume's image are left out
     await cliJson(l, ['tape', 'restore', 'T1', String(rec.record), '--to', 'back']);
     expect((await compare(l.nbdUri('ref'), l.nbdUri('back'))).code).toBe(0);
@@ -150,7 +155,11 @@ describe('arraylab tape (real server, CLI and NBD clients)', () => {
     expect(await cliJson(l, ['tape', 'list'])).toMatchObject({ cartridges: [{ label: 'CFG1', capacityBytes: 64 * MiB, recordCount: 0 }] });
     await cliOk(l, ['volume', 'create', 'v', '--size', '8MiB']);
     await qemuIo(l.nbdUri('v'), 'write -P 0x42 0 2M');
-    const rec = await cliJson(l, ['tape', 'write', 'v', '--tag', 'before restart']);
+    const rec = await cliJson(l, ['tape', 'write', 'v', '--tag', 'before restart', '--point-in-time', '2026-01-02T03:04:05Z']);
+    expect(rec.imageAt).toBe('2026-01-02T03:04:05.000Z');
+    const badTime = await l.cli(['tape', 'write', 'v', '--point-in-time', '2026-01-02']);
+    expect(badTime.code).toBe(2);
+    expect(badTime.stderr).toMatch(/--point-in-time: point in time "2026-01-02" is not an ISO 8601 instant/);
     await l.stop();
 
     l = await lab({ dataDir, config });

@@ -17,13 +17,17 @@ import {
   CARTRIDGE_HEADER_SIZE,
   decodeExtentHeader,
   encodeCartridgeHeader,
+  encodeEod,
+  encodeExtentHeader,
   encodeRecordHeader,
+  encodeTrailer,
   EXTENT_HEADER_SIZE,
   FormatError,
   RECORD_HEADER_SIZE,
+  TRAILER_SIZE,
 } from '../../emulator/tape/format.js';
 import { TapeLibrary } from '../../emulator/tape/TapeLibrary.js';
-import { TapeError, type HostProgress } from '../../emulator/tape/types.js';
+import { TapeError, type HostProgress, type TapeVolumes, type VolumeImage } from '../../emulator/tape/types.js';
 
 const logger = pino({ level: 'silent' });
 const MiB = 1024 * 1024;
@@ -270,7 +274,7 @@ describe('tape library', () => {
     fs.writeFileSync(path.join(dir, 'JUNK.tape'), Buffer.alloc(4096, 0x5a));
     // A good header followed by a sealed record header claiming 2^40 extents and a huge size.
     const good = encodeCartridgeHeader({ label: 'HUGE', capacityBytes: MiB, createdMs: 0 });
-    const rec = encodeRecordHeader({ record: 1, blockSize: 512, sizeBytes: 2 ** 50, extentCount: 2 ** 40, dataBytes: 2 ** 49, createdMs: 0, volume: 'v', tag: '' });
+    const rec = encodeRecordHeader({ record: 1, blockSize: 512, sizeBytes: 2 ** 50, extentCount: 2 ** 40, dataBytes: 2 ** 49, createdMs: 0, imageMs: 0, volume: 'v', tag: '' });
     fs.writeFileSync(path.join(dir, 'HUGE.tape'), Buffer.concat([good, rec, Buffer.alloc(100)]));
 
     const lib = await reopen(array, dir);
@@ -288,7 +292,7 @@ describe('tape library', () => {
     Buffer.from('ARLTEXT\n', 'latin1').copy(ext, 0);
     ext.writeUInt32LE(0xffffffff, 16);
     ext.writeUInt32LE(crc32c(ext, 0, 28), 28);
-    expect(() => decodeExtentHeader(ext, { record: 1, blockSize: 512, sizeBytes: 2 ** 40, extentCount: 1, dataBytes: 0, createdMs: 0, volume: 'v', tag: '' }, 0)).toThrow(FormatError);
+    expect(() => decodeExtentHeader(ext, { record: 1, blockSize: 512, sizeBytes: 2 ** 40, extentCount: 1, dataBytes: 0, createdMs: 0, imageMs: 0, volume: 'v', tag: '' }, 0)).toThrow(FormatError);
   });
 
   it('restore is refused for a wrong block size, a volume too small, and a volume exported read-write unless force', async () => {
@@ -339,5 +343,218 @@ describe('tape library', () => {
     expect(await lib.write({ volume: 'snap', cartridge: 'T2' })).toMatchObject({ sha256: sha(pointInTime), dataBytes: rec.dataBytes });
     // A snap volume is read-only to hosts: no restore onto it.
     expect((await failure(lib.restore({ cartridge: 'T1', record: 1, volume: 'snap' }))).message).toMatch(/read-only/);
+  });
+});
+
+/** A record header exactly as arraylab wrote it before imageAt: bytes 242-251 left zero. */
+function recordHeaderBeforeImageAt(h: { record: number; sizeBytes: number; extentCount: number; dataBytes: number; createdMs: number; volume: string; tag: string }): Buffer {
+  const b = Buffer.alloc(RECORD_HEADER_SIZE);
+  b.write('ARLTREC\n', 0, 'latin1');
+  b.writeUInt32LE(h.record, 8);
+  b.writeUInt32LE(512, 12);
+  b.writeBigUInt64LE(BigInt(h.sizeBytes), 16);
+  b.writeBigUInt64LE(BigInt(h.extentCount), 24);
+  b.writeBigUInt64LE(BigInt(h.dataBytes), 32);
+  b.writeBigUInt64LE(BigInt(h.createdMs), 40);
+  b.writeUInt8(Buffer.byteLength(h.volume), 48);
+  b.write(h.volume, 49);
+  b.writeUInt16LE(Buffer.byteLength(h.tag), 112);
+  b.write(h.tag, 114);
+  b.writeUInt32LE(crc32c(b, 0, 252), 252);
+  return b;
+}
+
+describe('tape records keep the point in time of their image', () => {
+  const T = (ms: number) => new Date(ms).toISOString();
+
+  it('a snap volume written seconds after the snapshot records the snapshot instant; a live volume the write start', async () => {
+    const { array, lib, dir } = await setup();
+    await sparseVolume(array, 'src');
+    await array.createVolume({ name: 'snap', sizeBytes: SIZE });
+    const g = await array.startCopy({ type: 'snapopcplus', source: 'src', destination: 'snap' });
+    await withDevice(array, 'src', (d) => d.write(0, Buffer.alloc(MiB, 0xee)));
+    await new Promise((r) => setTimeout(r, 1500));
+    await lib.add('T1', 64 * MiB);
+    const rec = await lib.write({ volume: 'snap', cartridge: 'T1' });
+    expect(rec.imageAt).toBe(g.imageAt);
+    expect(Date.parse(rec.createdAt) - Date.parse(rec.imageAt)).toBeGreaterThanOrEqual(1500);
+
+    const before = Date.now();
+    const live = await lib.write({ volume: 'src', cartridge: 'T1' });
+    expect(Date.parse(live.imageAt)).toBeGreaterThanOrEqual(before);
+    expect(live.imageAt).toBe(live.createdAt);
+
+    // Both instants are in the cartridge file: a reopened library reads them back.
+    const again = await reopen(array, dir);
+    expect(again.get('T1').records).toEqual([rec, live]);
+  });
+
+  it('keeps an explicit point in time across a reopen; refuses one that is not ISO 8601 or is in the future', async () => {
+    const { array, lib, dir } = await setup();
+    await sparseVolume(array, 'vol1');
+    await lib.add('T1', 64 * MiB);
+    const rec = await lib.write({ volume: 'vol1', cartridge: 'T1', pointInTime: '2026-01-02T03:04:05.678Z' });
+    expect(rec.imageAt).toBe('2026-01-02T03:04:05.678Z');
+    expect(rec.createdAt).not.toBe(rec.imageAt);
+    const offset = await lib.write({ volume: 'vol1', cartridge: 'T1', pointInTime: '2026-01-02T04:04:05+01:00' });
+    expect(offset.imageAt).toBe('2026-01-02T03:04:05.000Z');
+    expect((await reopen(array, dir)).get('T1').records.map((r) => r.imageAt)).toEqual(['2026-01-02T03:04:05.678Z', '2026-01-02T03:04:05.000Z']);
+
+    const bad = await failure(lib.write({ volume: 'vol1', cartridge: 'T1', pointInTime: 'yesterday' }));
+    expect(bad.code).toBe('INVALID_ARGUMENT');
+    expect(bad.message).toBe('point in time "yesterday" is not an ISO 8601 instant after 1970; give a date, time and zone, e.g. 2026-01-31T12:00:00Z');
+    const later = await failure(lib.write({ volume: 'vol1', cartridge: 'T1', pointInTime: T(Date.now() + 3_600_000) }));
+    expect(later.code).toBe('INVALID_ARGUMENT');
+    expect(later.message).toMatch(/^point in time \S+ for volume vol1 is later than now \(\S+\); an image cannot be of a later instant than it is read/);
+    expect(lib.get('T1').records).toHaveLength(2);
+  });
+
+  /** Volume a (data) copied to b by a new session of `type`, and an empty cartridge T1. */
+  async function pairAndCartridge(type: 'ec' | 'quickopc') {
+    const { array, lib } = await setup();
+    await sparseVolume(array, 'a');
+    await array.createVolume({ name: 'b', sizeBytes: SIZE });
+    await lib.add('T1', 64 * MiB);
+    const s = await array.startCopy({ type, source: 'a', destination: 'b' });
+    const copied = async () => {
+      while (array.getCopy(s.id).state === 'copying') await array.copy.stepOne(s.id, 1000);
+    };
+    return { array, lib, s, copied };
+  }
+
+  it('EC destinations: refused while the image moves (copying, equivalent); the suspend instant once suspended', async () => {
+    const { array, lib, s: ec, copied } = await pairAndCartridge('ec');
+    const copying = await failure(lib.write({ volume: 'b', cartridge: 'T1' }));
+    expect(copying.code).toBe('FAILED_PRECONDITION');
+    expect(copying.message).toBe(
+      `cannot write volume b to tape: volume b is the destination of EC session ${ec.id} (a -> b), copying: its image follows the source; suspend or split the session first (arraylab copy suspend ${ec.id}), or write the source`,
+    );
+    await copied();
+    const equivalent = await failure(lib.write({ volume: 'b', cartridge: 'T1', pointInTime: '2026-01-02T03:04:05Z' }));
+    expect(equivalent.message).toMatch(/^cannot write volume b to tape: volume b is the destination of EC session \S+ \(a -> b\), equivalent: its image follows the source; suspend or split/);
+    expect(lib.get('T1').records).toEqual([]);
+
+    const suspended = await array.suspendCopy(ec.id);
+    await new Promise((r) => setTimeout(r, 20));
+    const rec = await lib.write({ volume: 'b', cartridge: 'T1' });
+    expect(rec.imageAt).toBe(suspended.imageAt);
+    expect(rec.createdAt > rec.imageAt).toBe(true);
+
+    // Reversed, the destination is the original: the array does not know an instant for it.
+    await array.reverseCopy(ec.id);
+    const unknown = await failure(lib.write({ volume: 'a', cartridge: 'T1' }));
+    expect(unknown.code).toBe('FAILED_PRECONDITION');
+    expect(unknown.message).toMatch(/^cannot write volume a to tape: volume a is the destination of EC session \S+ \(b -> a\), suspended, which was reversed, .*--point-in-time ISO-8601/);
+    expect((await lib.write({ volume: 'a', cartridge: 'T1', pointInTime: '2026-01-02T03:04:05Z' })).imageAt).toBe('2026-01-02T03:04:05.000Z');
+  });
+
+  it('a QuickOPC destination records its last restart', async () => {
+    const { array, lib, s: q, copied } = await pairAndCartridge('quickopc');
+    await copied();
+    await new Promise((r) => setTimeout(r, 20));
+    const restarted = await array.startCopy({ type: 'quickopc', source: 'a', destination: 'b' });
+    expect(restarted.imageAt! > q.imageAt!).toBe(true);
+    expect((await lib.write({ volume: 'b', cartridge: 'T1' })).imageAt).toBe(restarted.imageAt);
+  });
+
+  it('a write during which the volume changes image keeps nothing', async () => {
+    const { array, dir } = await setup();
+    await sparseVolume(array, 'vol1');
+    const real = arrayTapeVolumes(array);
+    let calls = 0;
+    const volumes: TapeVolumes = {
+      open: (name) => {
+        const v = real.open(name);
+        // The first two looks (refusal check, write start) see one image, the one after the data another.
+        return { ...v, image: (): VolumeImage => ({ kind: 'point-in-time', at: ++calls <= 2 ? 1000 : 2000, session: 's1' }) };
+      },
+    };
+    const lib = await TapeLibrary.open({ dir, volumes, logger });
+    libs.push(lib);
+    await lib.add('T1', 64 * MiB);
+    const err = await failure(lib.write({ volume: 'vol1', cartridge: 'T1' }));
+    expect(err.code).toBe('FAILED_PRECONDITION');
+    expect(err.message).toBe(`volume vol1 changed image during the tape write (now: an image of ${T(2000)}); nothing was kept: write it again once its copy session is stable`);
+    expect(lib.get('T1').records).toEqual([]);
+    expect(lib.list()[0]!.usedBytes).toBe(CARTRIDGE_HEADER_SIZE);
+  });
+
+  it('an OPC that finishes during the write keeps the record; a snapshot cancelled during it keeps nothing', async () => {
+    const { array, dir } = await setup();
+    await sparseVolume(array, 'src');
+    for (const v of ['opc', 'snap']) await array.createVolume({ name: v, sizeBytes: SIZE });
+    // The first data read of a write waits (reading: resolved) until the test releases it.
+    let release!: () => void;
+    let reading!: Promise<void>;
+    const real = arrayTapeVolumes(array);
+    const volumes: TapeVolumes = {
+      open: (name) => {
+        const v = real.open(name);
+        const gate = new Promise<void>((r) => (release = r));
+        let reached!: () => void;
+        reading = new Promise<void>((r) => (reached = r));
+        let first = true;
+        const read = async (offset: number, into: Buffer) => {
+          if (first) {
+            first = false;
+            reached();
+            await gate;
+          }
+          return v.device.read(offset, into);
+        };
+        return { ...v, device: Object.assign(Object.create(v.device) as BlockDevice, { read }) };
+      },
+    };
+    const lib = await TapeLibrary.open({ dir, volumes, logger });
+    libs.push(lib);
+    await lib.add('T1', 64 * MiB);
+
+    const opc = await array.startCopy({ type: 'opc', source: 'src', destination: 'opc', rate: 0 });
+    const writing = lib.write({ volume: 'opc', cartridge: 'T1' });
+    await reading;
+    while (array.listCopies().some((s) => s.id === opc.id)) await array.copy.stepOne(opc.id, 1000);
+    release();
+    expect(await writing).toMatchObject({ record: 1, imageAt: opc.imageAt, sha256: sha(await image(array, 'src')) });
+
+    const g = await array.startCopy({ type: 'snapopcplus', source: 'src', destination: 'snap' });
+    const failing = failure(lib.write({ volume: 'snap', cartridge: 'T1' }));
+    await reading;
+    await array.cancelCopy(g.id);
+    release();
+    expect((await failing).message).toBe('volume snap changed image during the tape write (now: no copy session); nothing was kept: write it again once its copy session is stable');
+    expect(lib.get('T1').records).toHaveLength(1);
+  });
+
+  it('a cartridge written before imageAt lists, verifies and restores, with imageAt = createdAt, and takes new records', async () => {
+    const { array, dir } = await setup();
+    fs.mkdirSync(dir, { recursive: true });
+    const createdMs = Date.parse('2025-11-05T08:09:10.123Z');
+    const data = Buffer.alloc(4096, 0x5c);
+    const whole = Buffer.concat([data, Buffer.alloc(4096)]);
+    const records = CARTRIDGE_HEADER_SIZE + RECORD_HEADER_SIZE + EXTENT_HEADER_SIZE + data.length + TRAILER_SIZE;
+    fs.writeFileSync(
+      path.join(dir, 'OLD1.tape'),
+      Buffer.concat([
+        encodeCartridgeHeader({ label: 'OLD1', capacityBytes: 4 * MiB, createdMs }),
+        recordHeaderBeforeImageAt({ record: 1, sizeBytes: whole.length, extentCount: 1, dataBytes: data.length, createdMs, volume: 'vol0', tag: 'old' }),
+        encodeExtentHeader({ offset: 0, length: data.length, dataCrc: crc32c(data) }),
+        data,
+        encodeTrailer({ record: 1, dataBytes: data.length, sha256: sha(whole) }),
+        encodeEod({ recordCount: 1, offset: records }),
+      ]),
+    );
+    const lib = await reopen(array, dir);
+    expect(lib.get('OLD1').records).toEqual([
+      { cartridge: 'OLD1', record: 1, volume: 'vol0', tag: 'old', sizeBytes: 8192, blockSize: 512, dataBytes: 4096, sha256: sha(whole), createdAt: T(createdMs), imageAt: T(createdMs) },
+    ]);
+    expect(await lib.verify({ cartridge: 'OLD1' })).toEqual([{ record: 1, ok: true, error: '' }]);
+    await array.createVolume({ name: 'back', sizeBytes: 8192 });
+    expect((await lib.restore({ cartridge: 'OLD1', record: 1, volume: 'back' })).sha256).toBe(sha(whole));
+    const rec = await lib.write({ volume: 'back', cartridge: 'OLD1', pointInTime: '2026-01-02T03:04:05Z' });
+    expect(rec).toMatchObject({ record: 2, imageAt: '2026-01-02T03:04:05.000Z' });
+    expect((await reopen(array, dir)).get('OLD1').records.map((r) => [r.record, r.imageAt])).toEqual([
+      [1, T(createdMs)],
+      [2, '2026-01-02T03:04:05.000Z'],
+    ]);
   });
 });
