@@ -109,12 +109,20 @@ export async function runDoctor(d: DoctorDeps): Promise<DoctorCheck[]> {
   if (d.status) {
     try {
       const st = await d.status();
-      const noDevice = st.transactionVolumes.filter((t) => t.device === '');
+      // --lock none needs no device here: it does nothing on the host by choice.
+      const noDevice = st.transactionVolumes.filter((t) => t.device === '' && (t.lock !== 'none' || t.flushOnly));
       add(
         'transaction volumes',
         noDevice.length === 0,
         noDevice.length === 0 ? `${st.transactionVolumes.length} registered, each with a device here` : `no block device on this host for: ${noDevice.map((t) => t.volume).join(', ')}`,
         'attach the volume (iSCSI login, nbd-client) or add "VOLUME DEVICE" to the device map (--device-map)',
+      );
+      const unhealthy = st.transactionVolumes.flatMap((t) => t.unhealthy.map((u) => `${t.volume} ${u}`));
+      add(
+        'generations',
+        unhealthy.length === 0,
+        unhealthy.length === 0 ? 'every held generation is intact on the array' : unhealthy.join('; '),
+        'run: arraylab-agent resource-match (records them), then back those volumes up again',
       );
       const flagged = [...st.transactionVolumes, ...st.backupVolumes].filter((v) => v.needsResourceMatch !== '');
       const pending = st.outstandingLocks.length + flagged.length;

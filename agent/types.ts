@@ -5,7 +5,7 @@
  *             dismounting, hook scripts, cache invalidation, host-side copies (HostSide)
  *   store/    the agent's own records in SQLite: registrations, generations, sync pairs,
  *             operations in progress, locks not yet undone (AgentStore)
- *   backup/   backup management, the seeds' storage-server role: policies, generations,
+ *   backup/   backup management, ACM's storage-server role: policies, generations,
  *             backup, start-sync, restore, history, resource match (BackupManager)
  *   api/      AgentService over gRPC, cli/  `arraylab-agent`
  *
@@ -13,14 +13,24 @@
  */
 import type { VolumeInfo } from '../emulator/array/types.js';
 
-/** How a transaction volume is locked for a backup (the seed's "locked"). */
-export type LockMode = 'unmount' | 'freeze';
+/**
+ * How a transaction volume is locked for a backup (ACM's "locked"): unmount, freeze, or none:
+ * no host-side processing at all (an explicit choice; hooks still run).
+ */
+export type LockMode = 'unmount' | 'freeze' | 'none';
 
 /**
- * What pre-processing does to a transaction volume: lock it (LockMode), or with --flush-only
- * (the seed's Xflush / BufferFlushOnly) only flush its filesystem buffers.
+ * What pre-processing is asked to do to a transaction volume: lock it (unmount or freeze), or
+ * with --flush-only (ACM's Xflush / BufferFlushOnly) only flush its filesystem buffers.
  */
-export type TransactionPrep = LockMode | 'flush';
+export type TransactionPrep = 'unmount' | 'freeze' | 'flush';
+
+/**
+ * What pre-processing really did to a transaction volume (history's PREP): unmount, freeze,
+ * flush; not-mounted: its device was found with no filesystem mounted (its buffers were
+ * flushed, nothing to lock); none: --lock none, nothing was done on the host.
+ */
+export type PrepDone = 'unmount' | 'freeze' | 'flush' | 'not-mounted' | 'none';
 
 /** Snapshot types, and 'ec' for a synchronized (start-sync) backup. */
 export type BackupType = 'opc' | 'quickopc' | 'snapopcplus' | 'ec';
@@ -163,7 +173,9 @@ export interface HostSide {
 export interface TransactionVolumeRecord {
   volume: string;
   lock: LockMode;
-  /** --flush-only by default for this volume (the seed's BufferFlushOnly=on). */
+  /** Synchronized backups: resume the EC pair right after each backup (DISCARD-COPY=*YES). */
+  resyncAfterBackup: boolean;
+  /** --flush-only by default for this volume (ACM's BufferFlushOnly=on). */
   flushOnly: boolean;
   /** Preservation generations N. */
   generations: number;
@@ -183,17 +195,29 @@ export interface BackupVolumeRecord {
   needsResourceMatch: string;
 }
 
-export type GenerationStatus = 'held' | 'released' | 'tape-only' | 'failed';
+/**
+ * held: on its backup volume; released: that volume was reused (a tape copy may remain:
+ * tape-only); failed: the backup did not complete; error: the array reports the image broken
+ * (e.g. a SnapOPC+ generation error-suspended by a full pool); lost: the image is gone (its
+ * session was cancelled, its backup volume deleted or overwritten). error and lost are also
+ * shown for held generations before a resource match records them.
+ */
+export type GenerationStatus = 'held' | 'released' | 'tape-only' | 'failed' | 'error' | 'lost';
 
 export interface TapeCopyRecord {
   cartridge: string;
   /** Record (file) number on the cartridge. */
   record: number;
   sha256: string;
-  /** ISO 8601 */
+  /** ISO 8601: when the tape copy was written (pending: when it was queued). */
   at: string;
-  status: 'ok' | 'failed';
+  /** ISO 8601: the point in time of the image it holds (the generation's copy instant). */
+  pointInTime: string;
+  /** pending: queued or running in the background (backup --complete-after disk). */
+  status: 'ok' | 'failed' | 'pending';
   error: string;
+  /** pending: the process writing it (a pending copy of a process that is gone failed). */
+  pid?: number;
 }
 
 /** One backup (history line). */
@@ -208,15 +232,19 @@ export interface GenerationRecord {
   /** ISO 8601: the instant of the copy (the lock). */
   at: string;
   status: GenerationStatus;
-  /** How pre-processing treated the transaction volume. */
-  prep: TransactionPrep;
+  /** What pre-processing really did to the transaction volume. */
+  prep: PrepDone;
   tape: TapeCopyRecord | null;
   error: string;
 }
 
-/** History as shown: relative generation 1 = newest held. */
+/** History as shown: relative generation 1 = newest restorable. */
 export interface HistoryEntry extends GenerationRecord {
-  /** 1 = newest held generation; 0 for released, tape-only or failed ones. */
+  /**
+   * 1 = the newest restorable generation (held on disk, or with a good tape copy), 2 the next
+   * older...; 0 for generations that cannot be restored. restore --generation takes this number,
+   * from disk and from tape alike.
+   */
   generation: number;
 }
 
@@ -226,6 +254,16 @@ export interface BackupOptions {
   to?: BackupTarget;
   /** Tape cartridge label; default: the library picks one with room. */
   cartridge?: string;
+  /**
+   * --to both: return when the disk history is set ('disk'; the tape copy goes on in the
+   * background and history shows it pending) or only once the tape copy is in the tape history
+   * ('tape', the default).
+   */
+  completeAfter?: 'disk' | 'tape';
+  /** Synchronized: resume the EC pair after the backup (default: the volume's registration). */
+  resync?: boolean;
+  /** Synchronized: wait up to this many seconds for the pair to be equivalent (default 0). */
+  waitEquivalentSeconds?: number;
   onProgress?: (msg: ProgressEvent) => void;
 }
 
@@ -249,6 +287,10 @@ export interface VolumeOutcome {
   needsResourceMatch?: string;
   /** Set when not ok: the error's code (e.g. RESOURCE_EXHAUSTED, ABORTED), for the API. */
   code?: AgentErrorCode;
+  /** Synchronized with resync: the pair resumed after the backup. */
+  resync?: SyncView;
+  /** Synchronized with resync: why the resume failed (the backup itself is good). */
+  resyncError?: string;
 }
 
 /** One backup command over a set of volumes (one consistency group). */
@@ -258,11 +300,16 @@ export interface BackupReport {
 }
 
 export interface RestoreOptions {
-  /** Relative generation (1 = newest held; default 1). */
+  /** Relative generation as history shows it (1 = newest; default 1). */
   generation?: number;
   /** Restore onto this volume instead of the transaction volume. */
   to?: string;
   fromTape?: boolean;
+  /**
+   * Restore even onto a target that is a registered transaction volume, or is exported
+   * read-write to connected clients, or is mounted on this host (never implied).
+   */
+  force?: boolean;
   onProgress?: (msg: ProgressEvent) => void;
 }
 
@@ -288,6 +335,24 @@ export interface SyncView {
   state: string;
   /** 0-100 */
   copiedPercent: number;
+  /**
+   * How start-sync began: 'resume' (a suspended pair resumed: only the differences are copied),
+   * 'full' (a new pair: initial copy of everything); '' when not known (status).
+   */
+  start: 'resume' | 'full' | '';
+  /** Copy units the start had to copy (resume: the changed ones), and all units of the pair. */
+  unitsToCopy: number;
+  totalUnits: number;
+}
+
+export interface StartSyncOptions {
+  /** Start a new pair (full copy) even where a suspended pair could be resumed. */
+  full?: boolean;
+  /** Wait until the pair is equivalent (progress meanwhile). */
+  wait?: boolean;
+  /** Background copy rate in MiB/s (0 = none, default unthrottled). */
+  rateMiBs?: number;
+  onProgress?: (p: ProgressEvent) => void;
 }
 
 export interface RestoreReport {
@@ -298,10 +363,13 @@ export interface RestoreReport {
   generation: HistoryEntry;
   from: 'disk' | 'tape';
   /** array-opc: an OPC from the backup volume; array-reverse: a QuickOPC reversed (differential);
-   * host-copy: the agent copied the device (SnapOPC+ snap volumes cannot be copy sources);
-   * tape: the array restored the tape record, checked against its checksums. */
-  method: 'array-opc' | 'array-reverse' | 'host-copy' | 'tape';
+   * array-clone: the generation's suspended EC pair restored from clone (differential) and
+   * suspended again; host-copy: the agent copied the device (SnapOPC+ snap volumes cannot be copy
+   * sources); tape: the array restored the tape record, checked against its checksums. */
+  method: 'array-opc' | 'array-reverse' | 'array-clone' | 'host-copy' | 'tape';
   hooks: HookResult[];
+  /** What the restore changed besides the target (sessions it cancelled, the pair's state). */
+  notes: string[];
 }
 
 export interface TransactionVolumeStatus extends TransactionVolumeRecord {
@@ -310,6 +378,8 @@ export interface TransactionVolumeStatus extends TransactionVolumeRecord {
   mountPoint: string;
   sync: SyncView | null;
   heldGenerations: number;
+  /** Held generations the array reports broken or gone: "generation G (#N): error|lost: why". */
+  unhealthy: string[];
   /** The operation running on it now (another process), or ''. */
   busy: string;
 }
@@ -325,14 +395,30 @@ export interface AgentStatus {
  * Backup management: what the CLI and AgentService call. Each method refuses with an Error
  * whose message names the volume and the fix (AgentError carries a code for the API).
  */
+export interface RegisterTransactionOptions {
+  lock?: LockMode;
+  generations?: number;
+  flushOnly?: boolean;
+  defaultType?: Exclude<BackupType, 'ec'>;
+  resyncAfterBackup?: boolean;
+}
+
+/** A registration and what the user should know about it. */
+export interface RegisteredTransaction extends TransactionVolumeRecord {
+  /** e.g. no block device found on this host for a volume that is to be locked. */
+  warnings: string[];
+  /** e.g. which generations a lower --generations releases, and when. */
+  notes: string[];
+}
+
 export interface AgentCore {
-  registerTransaction(volume: string, opts?: { lock?: LockMode; generations?: number; flushOnly?: boolean; defaultType?: Exclude<BackupType, 'ec'> }): Promise<TransactionVolumeRecord>;
+  registerTransaction(volume: string, opts?: RegisterTransactionOptions): Promise<RegisteredTransaction>;
   registerBackup(volume: string): Promise<BackupVolumeRecord>;
   /** Refused while the volume holds generations or a sync pair, unless force. */
   unregister(volume: string, opts?: { force?: boolean }): Promise<void>;
   /** One volume, or a set as one consistency group; failures are per volume in the report. */
   backup(volumes: string[], opts?: BackupOptions): Promise<BackupReport>;
-  startSync(volume: string, opts?: { onProgress?: (p: ProgressEvent) => void }): Promise<SyncView>;
+  startSync(volume: string, opts?: StartSyncOptions): Promise<SyncView>;
   cancelSync(volume: string): Promise<void>;
   restore(volume: string, opts?: RestoreOptions): Promise<RestoreReport>;
   /** Newest first; every transaction volume when volume is undefined. */
@@ -367,6 +453,8 @@ export interface TapeRecordView {
   volume: string;
   /** Free text given at write time (the agent puts "TV generation N"). */
   tag: string;
+  /** ISO 8601: the point in time of the image (given, or the array's session instant). */
+  imageAt?: string;
   sizeBytes: number;
   blockSize: number;
   /** Bytes of data stored (holes are not stored). */
@@ -396,7 +484,7 @@ export interface TapeRestoreView {
 export interface TapePort {
   listCartridges(): Promise<CartridgeView[]>;
   /** Writes the volume's current image to a cartridge (given, or one with room). */
-  writeTape(req: { volume: string; cartridge?: string; tag?: string }, onProgress?: (p: HostProgress) => void): Promise<TapeRecordView>;
+  writeTape(req: { volume: string; cartridge?: string; tag?: string; pointInTime?: string }, onProgress?: (p: HostProgress) => void): Promise<TapeRecordView>;
   /** Writes a record back onto a volume, verifying every extent's CRC and the image's SHA-256. */
   restoreTape(req: { cartridge: string; record: number; volume: string; force?: boolean }, onProgress?: (p: HostProgress) => void): Promise<TapeRestoreView>;
 }

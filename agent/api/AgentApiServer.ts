@@ -9,7 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
 import { ApiError } from '../../emulator/api/errors.js';
-import { AgentError, type AgentCore, type AgentErrorCode, type DoctorCheck, type ProgressEvent } from '../types.js';
+import { AgentError, type AgentCore, type AgentErrorCode, type DoctorCheck, type LockMode, type ProgressEvent } from '../types.js';
 import { agentServiceDefinition } from './proto.js';
 import { backupReportToWire, restoreReportToWire } from './wire.js';
 
@@ -56,10 +56,11 @@ export class AgentApiServer {
     this.server.addService(agentServiceDefinition(), {
       RegisterTransaction: this.unary((r) =>
         c.registerTransaction(req(r, 'volume'), {
-          ...(r.lock ? { lock: r.lock as 'unmount' | 'freeze' } : {}),
+          ...(r.lock ? { lock: r.lock as LockMode } : {}),
           ...(r.generations ? { generations: r.generations as number } : {}),
-          flushOnly: r.flushOnly === true,
+          ...(typeof r.flushOnly === 'boolean' ? { flushOnly: r.flushOnly } : {}),
           ...(r.defaultType ? { defaultType: r.defaultType as 'opc' } : {}),
+          ...(typeof r.resyncAfterBackup === 'boolean' ? { resyncAfterBackup: r.resyncAfterBackup } : {}),
         }),
       ),
       RegisterBackup: this.unary((r) => c.registerBackup(req(r, 'volume'))),
@@ -73,11 +74,21 @@ export class AgentApiServer {
           flushOnly: r.flushOnly === true,
           ...(r.to ? { to: r.to as 'disk' } : {}),
           ...(r.cartridge ? { cartridge: r.cartridge as string } : {}),
+          ...(r.completeAfter ? { completeAfter: r.completeAfter as 'disk' } : {}),
+          ...(typeof r.resync === 'boolean' ? { resync: r.resync } : {}),
+          ...(typeof r.waitEquivalentSeconds === 'number' && r.waitEquivalentSeconds > 0 ? { waitEquivalentSeconds: r.waitEquivalentSeconds } : {}),
           onProgress: progress,
         });
         return { backup: backupReportToWire(report) };
       }),
-      StartSync: this.stream(async (r, progress) => ({ sync: await c.startSync(req(r, 'volume'), { onProgress: progress }) })),
+      StartSync: this.stream(async (r, progress) => ({
+        sync: await c.startSync(req(r, 'volume'), {
+          full: r.full === true,
+          wait: r.wait === true,
+          ...(typeof r.rateMibS === 'number' ? { rateMiBs: r.rateMibS } : {}),
+          onProgress: progress,
+        }),
+      })),
       CancelSync: this.unary(async (r) => {
         await c.cancelSync(req(r, 'volume'));
         return {};
@@ -87,6 +98,7 @@ export class AgentApiServer {
           ...(r.generation ? { generation: r.generation as number } : {}),
           ...(r.to ? { to: r.to as string } : {}),
           fromTape: r.fromTape === true,
+          force: r.force === true,
           onProgress: progress,
         });
         return { restore: restoreReportToWire(report) };

@@ -15,16 +15,17 @@ import {
   type DeviceMapping,
   type DoctorCheck,
   type HistoryEntry,
-  type LockMode,
   type ProgressEvent,
+  type RegisteredTransaction,
+  type RegisterTransactionOptions,
+  type StartSyncOptions,
   type ResourceMatchReport,
   type RestoreOptions,
   type RestoreReport,
   type SyncView,
-  type TransactionVolumeRecord,
 } from '../types.js';
 import { agentServiceClientConstructor } from './proto.js';
-import { backupReportFromWire, historyFromWire, progressFromWire, restoreReportFromWire, statusFromWire } from './wire.js';
+import { backupReportFromWire, historyFromWire, progressFromWire, restoreReportFromWire, statusFromWire, syncFromWire } from './wire.js';
 
 export interface AgentClientOptions {
   token: string;
@@ -61,8 +62,15 @@ export class AgentClient implements AgentCore {
     this.client = new Client(this.address, creds, { 'grpc.enable_retries': 0, 'grpc.initial_reconnect_backoff_ms': 100 });
   }
 
-  async registerTransaction(volume: string, o: { lock?: LockMode; generations?: number; flushOnly?: boolean; defaultType?: 'opc' | 'quickopc' | 'snapopcplus' } = {}): Promise<TransactionVolumeRecord> {
-    return this.unary('RegisterTransaction', { volume, lock: o.lock ?? '', generations: o.generations ?? 0, flushOnly: o.flushOnly ?? false, defaultType: o.defaultType ?? '' });
+  async registerTransaction(volume: string, o: RegisterTransactionOptions = {}): Promise<RegisteredTransaction> {
+    return this.unary('RegisterTransaction', {
+      volume,
+      lock: o.lock ?? '',
+      generations: o.generations ?? 0,
+      ...(o.flushOnly !== undefined ? { flushOnly: o.flushOnly } : {}),
+      defaultType: o.defaultType ?? '',
+      ...(o.resyncAfterBackup !== undefined ? { resyncAfterBackup: o.resyncAfterBackup } : {}),
+    });
   }
 
   async registerBackup(volume: string): Promise<BackupVolumeRecord> {
@@ -74,13 +82,26 @@ export class AgentClient implements AgentCore {
   }
 
   async backup(volumes: string[], o: BackupOptions = {}): Promise<BackupReport> {
-    const last = await this.stream('Backup', { volumes, type: o.type ?? '', flushOnly: o.flushOnly ?? false, to: o.to ?? '', cartridge: o.cartridge ?? '' }, o.onProgress);
+    const last = await this.stream(
+      'Backup',
+      {
+        volumes,
+        type: o.type ?? '',
+        flushOnly: o.flushOnly ?? false,
+        to: o.to ?? '',
+        cartridge: o.cartridge ?? '',
+        completeAfter: o.completeAfter ?? '',
+        ...(o.resync !== undefined ? { resync: o.resync } : {}),
+        waitEquivalentSeconds: o.waitEquivalentSeconds ?? 0,
+      },
+      o.onProgress,
+    );
     return backupReportFromWire(last.backup as BackupReport);
   }
 
-  async startSync(volume: string, o: { onProgress?: (p: ProgressEvent) => void } = {}): Promise<SyncView> {
-    const last = await this.stream('StartSync', { volume }, o.onProgress);
-    return last.sync as SyncView;
+  async startSync(volume: string, o: StartSyncOptions = {}): Promise<SyncView> {
+    const last = await this.stream('StartSync', { volume, full: o.full ?? false, wait: o.wait ?? false, ...(o.rateMiBs !== undefined ? { rateMibS: o.rateMiBs } : {}) }, o.onProgress);
+    return syncFromWire(last.sync as SyncView);
   }
 
   async cancelSync(volume: string): Promise<void> {
@@ -88,7 +109,7 @@ export class AgentClient implements AgentCore {
   }
 
   async restore(volume: string, o: RestoreOptions = {}): Promise<RestoreReport> {
-    const last = await this.stream('Restore', { volume, generation: o.generation ?? 0, to: o.to ?? '', fromTape: o.fromTape ?? false }, o.onProgress);
+    const last = await this.stream('Restore', { volume, generation: o.generation ?? 0, to: o.to ?? '', fromTape: o.fromTape ?? false, force: o.force ?? false }, o.onProgress);
     return restoreReportFromWire(last.restore as RestoreReport);
   }
 

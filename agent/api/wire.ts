@@ -30,7 +30,14 @@ export function backupReportToWire(r: BackupReport): object {
 }
 
 export function historyFromWire(w: HistoryEntry): HistoryEntry {
-  return { ...w, tape: w.tape ?? null } as HistoryEntry;
+  if (!w.tape) return { ...w, tape: null };
+  const { pid, ...tape } = w.tape;
+  return { ...w, tape: { ...tape, ...(pid ? { pid } : {}) } };
+}
+
+/** proto3 has no null: an absent SyncView arrives as null, numbers as numbers. */
+export function syncFromWire(w: SyncView): SyncView {
+  return { ...w, start: (w.start || '') as SyncView['start'] };
 }
 
 export function backupReportFromWire(w: BackupReport): BackupReport {
@@ -42,6 +49,8 @@ export function backupReportFromWire(w: BackupReport): BackupReport {
       if (v.error) out.error = v.error;
       if (v.needsResourceMatch) out.needsResourceMatch = v.needsResourceMatch;
       if (v.code) out.code = v.code;
+      if (v.resync) out.resync = syncFromWire(v.resync);
+      if (v.resyncError) out.resyncError = v.resyncError;
       return out;
     }),
   };
@@ -71,7 +80,7 @@ export function lockFromWire(w: LockRecord & { freezeGuardPid: number; thawDeadl
 
 export function statusFromWire(w: AgentStatus): AgentStatus {
   return {
-    transactionVolumes: w.transactionVolumes.map((t): TransactionVolumeStatus => ({ ...t, sync: (t.sync as SyncView | null) ?? null })),
+    transactionVolumes: w.transactionVolumes.map((t): TransactionVolumeStatus => ({ ...t, sync: t.sync ? syncFromWire(t.sync) : null })),
     backupVolumes: w.backupVolumes,
     outstandingLocks: w.outstandingLocks.map((l) => lockFromWire(l as LockRecord & { freezeGuardPid: number; thawDeadline: string })),
   };

@@ -3,7 +3,7 @@ import type { ArrayClient } from '../../emulator/api/ArrayClient.js';
 
 export type ArrayPort = Pick<
   ArrayClient,
-  'getVolume' | 'listVolumes' | 'listExports' | 'startCopy' | 'startCopyGroup' | 'cutCopyGroup' | 'getCopy' | 'listCopies' | 'suspendCopy' | 'resumeCopy' | 'reverseCopy' | 'cancelCopy'
+  'getVolume' | 'listVolumes' | 'listExports' | 'startCopy' | 'startCopyGroup' | 'cutCopyGroup' | 'getCopy' | 'listCopies' | 'suspendCopy' | 'resumeCopy' | 'reverseCopy' | 'cancelCopy' | 'restoreFromClone' | 'setCopyRate'
 >;
 
 /** True when an array call failed because the thing is gone (ApiError NOT_FOUND). */

@@ -1,7 +1,11 @@
 /**
- * Backup management (the seeds' storage-server role): registrations, generations, snapshot and
+ * Backup management (ACM's storage-server role): registrations, generations, snapshot and
  * synchronized backups, restore, history, status and resource match, over the agent's store
  * (AgentStore), the array (ArrayPort) and the host (HostSide). See README.md here.
+ *
+ * Truthfulness: a backup is reported, and history records it, only as it really happened:
+ * PREP is what pre-processing did, a volume that is to be locked but has no device here fails,
+ * and generations are shown with the array's verdict on them (generations.ts).
  */
 import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
@@ -11,6 +15,8 @@ import type { CopySessionView, StartCopyParams } from '../../emulator/api/model.
 import type { VolumeInfo } from '../../emulator/array/types.js';
 import { formatSize } from '../../emulator/units.js';
 import { AGENT_DATABASE_FILE, AgentStore, BusyError, type SyncPairRecord } from '../store/AgentStore.js';
+import { assess, key, relativeNumbers, toHistory, type ArrayState } from './generations.js';
+import { cancelSync, leftoverPairs, startSync, syncView, waitEquivalent } from './sync.js';
 import {
   AgentError,
   type AgentCore,
@@ -25,8 +31,12 @@ import {
   type HookContext,
   type HookPhase,
   type HookResult,
-  type LockMode,
+  type LockRecord,
+  type PrepDone,
   type ProgressEvent,
+  type RegisteredTransaction,
+  type RegisterTransactionOptions,
+  type StartSyncOptions,
   type RestoreOptions,
   type RestoreReport,
   type ResourceMatchReport,
@@ -40,7 +50,7 @@ import {
 } from '../types.js';
 import { isNotFound, type ArrayPort } from './ArrayPort.js';
 import { LockLedger } from './LockLedger.js';
-import { codeOf, deviceOf, hookOk, isAlive, percent, type ManagerContext } from './context.js';
+import { codeOf, deviceOf, hookOk, isAlive, noDeviceMessage, type ManagerContext } from './context.js';
 import { resourceMatch } from './resourceMatch.js';
 import { restore } from './restore.js';
 
@@ -73,7 +83,12 @@ interface Job {
   failed: boolean;
   kind: 'snapshot' | 'sync';
   type: BackupType;
-  prep: TransactionPrep;
+  /** What pre-processing is to do to the transaction volume ('none': --lock none). */
+  prep: TransactionPrep | 'none';
+  /** What it did (history's PREP). */
+  prepDone: PrepDone;
+  /** Synchronized: resume the pair after the backup. */
+  resync: boolean;
   bv: string;
   bvDevice: string;
   tvDevice: string;
@@ -90,6 +105,8 @@ interface Job {
   locked: boolean;
   copied: boolean;
   at: string;
+  /** The array's own instant of the image (its session's imageAt; '' when not known). */
+  imageAt: string;
   generation: number;
 }
 
@@ -129,20 +146,24 @@ export class BackupManager implements AgentCore {
     return new BackupManager({ ...opts, store });
   }
 
+  /** Waits for background tape copies (--complete-after disk), then closes the store. */
   async close(): Promise<void> {
+    await this.settled();
     this.store.close();
   }
 
   // ---- registration ----
 
-  async registerTransaction(volume: string, opts: { lock?: LockMode; generations?: number; flushOnly?: boolean; defaultType?: Exclude<BackupType, 'ec'> } = {}): Promise<TransactionVolumeRecord> {
+  async registerTransaction(volume: string, opts: RegisterTransactionOptions = {}): Promise<RegisteredTransaction> {
     if (this.store.getBackupVolume(volume)) {
       throw new AgentError('ALREADY_EXISTS', `${volume} is registered as a backup volume; a volume has one role: unregister it first (arraylab-agent unregister ${volume})`);
     }
-    await this.arrayVolume(volume);
+    const info = await this.arrayVolume(volume);
     const existing = this.store.getTransaction(volume);
     const lock = opts.lock ?? existing?.lock ?? 'unmount';
-    if (lock !== 'unmount' && lock !== 'freeze') throw new AgentError('INVALID_ARGUMENT', `--lock ${String(lock)} is not a lock mode; use unmount or freeze`);
+    if (lock !== 'unmount' && lock !== 'freeze' && lock !== 'none') throw new AgentError('INVALID_ARGUMENT', `--lock ${String(lock)} is not a lock mode; use unmount, freeze or none`);
+    const flushOnly = opts.flushOnly ?? existing?.flushOnly ?? false;
+    if (lock === 'none' && flushOnly) throw new AgentError('INVALID_ARGUMENT', `--lock none and --flush-only contradict each other for ${volume}: none does nothing on the host, flush-only flushes; choose one`);
     const defaultType = opts.defaultType ?? existing?.defaultType ?? 'opc';
     if (!(SNAPSHOT_TYPES as readonly string[]).includes(defaultType)) throw new AgentError('INVALID_ARGUMENT', `--type ${String(defaultType)} is not a snapshot type; use opc, quickopc or snapopcplus`);
     const generations = opts.generations ?? existing?.generations ?? 1;
@@ -153,7 +174,8 @@ export class BackupManager implements AgentCore {
     const rec: TransactionVolumeRecord = {
       volume,
       lock,
-      flushOnly: opts.flushOnly ?? existing?.flushOnly ?? false,
+      resyncAfterBackup: opts.resyncAfterBackup ?? existing?.resyncAfterBackup ?? false,
+      flushOnly,
       generations,
       defaultType,
       registeredAt: existing?.registeredAt ?? this.iso(),
@@ -161,7 +183,32 @@ export class BackupManager implements AgentCore {
     };
     this.store.putTransaction(rec);
     this.log.info({ volume, lock, generations, defaultType }, 'transaction volume registered');
-    return this.store.getTransaction(volume)!;
+    const warnings: string[] = [];
+    if (lock !== 'none' || flushOnly) {
+      // Said now rather than at the first backup, which will fail for it.
+      try {
+        if (deviceOf(await this.host.devices([info]), volume) === '') warnings.push(`${volume} cannot be ${flushOnly ? 'flushed' : lock === 'freeze' ? 'frozen' : 'locked'} yet: ${noDeviceMessage(volume, info)}`);
+      } catch (err) {
+        warnings.push(`cannot check for a block device of ${volume} on this host: ${(err as Error).message}`);
+      }
+    }
+    const notes = existing && generations < existing.generations ? this.releaseNotes(volume, generations) : [];
+    return { ...this.store.getTransaction(volume)!, warnings, notes };
+  }
+
+  /** What a lower --generations releases, and when (the next backup's rule). */
+  private releaseNotes(volume: string, n: number): string[] {
+    const held = this.store.heldGenerations(volume);
+    const sync = this.store.getSync(volume) !== undefined;
+    // Snapshot: the oldest go before the copy, so that with the new one N are held.
+    // Synchronized: after the copy, down to N. Either way, these are the same ones.
+    const go = held.length + 1 - n;
+    if (go <= 0) return [];
+    const victims = held.slice(0, go);
+    const rel = relativeNumbers(this.store.listGenerations(volume));
+    const list = victims.map((g) => `generation ${rel.get(key(g)) ?? '-'} (#${g.number} of ${g.at}, on ${g.backupVolume})`).join(', ');
+    const when = sync ? 'after the copy of the next synchronized backup' : 'at the next backup, before its copy';
+    return [`${volume} now keeps ${n} generation${n === 1 ? '' : 's'} and holds ${held.length}: ${list} will be released ${when}${victims.some((g) => g.tape?.status === 'ok') ? ' (tape copies stay restorable)' : ''}`];
   }
 
   async registerBackup(volume: string): Promise<BackupVolumeRecord> {
@@ -192,6 +239,9 @@ export class BackupManager implements AgentCore {
         }
         for (const g of held) await this.cancelQuietly(g.sessionId);
         if (sync) await this.cancelQuietly(sync.sessionId);
+        // Suspended pairs of released generations (kept for Suspend/Resume) go too.
+        const bvs = new Set(this.store.listBackupVolumes().map((b) => b.volume));
+        for (const c of await this.copiesQuietly()) if (c.type === 'ec' && c.source === volume && bvs.has(c.destination)) await this.cancelQuietly(c.id);
         this.store.deleteTransaction(volume);
       } else {
         const inUse = this.store.getBackupVolume(volume)!.inUseBy;
@@ -206,6 +256,7 @@ export class BackupManager implements AgentCore {
           await this.cancelQuietly(s.sessionId);
           this.store.deleteSync(s.transactionVolume);
         }
+        for (const c of leftoverPairs(this.ctx(), await this.copiesQuietly(), volume)) await this.cancelQuietly(c.id);
         this.store.deleteBackupVolume(volume);
       }
       this.log.info({ volume }, 'unregistered');
@@ -225,6 +276,13 @@ export class BackupManager implements AgentCore {
     }
     const to = opts.to ?? 'disk';
     if (!['disk', 'tape', 'both'].includes(to)) throw new AgentError('INVALID_ARGUMENT', `--to ${String(to)}: use disk, tape or both`);
+    const completeAfter = opts.completeAfter ?? 'tape';
+    if (completeAfter !== 'disk' && completeAfter !== 'tape') throw new AgentError('INVALID_ARGUMENT', `--complete-after ${String(completeAfter)}: use disk or tape`);
+    if (opts.completeAfter === 'disk' && to !== 'both') {
+      throw new AgentError('INVALID_ARGUMENT', `--complete-after disk applies to --to both (the tape copy then goes on in the background); drop it, or back up with --to both`);
+    }
+    const waitSeconds = opts.waitEquivalentSeconds ?? 0;
+    if (!(Number.isFinite(waitSeconds) && waitSeconds >= 0)) throw new AgentError('INVALID_ARGUMENT', `--wait-equivalent ${waitSeconds}: give seconds, 0 or more`);
 
     let arrayVolumes: Map<string, VolumeInfo>;
     let devices: DeviceMapping[];
@@ -236,6 +294,7 @@ export class BackupManager implements AgentCore {
       throw new AgentError('UNAVAILABLE', `cannot back up ${volumes.join(', ')}: ${(err as Error).message}`);
     }
     const jobs: Job[] = [];
+    const background: Job[] = [];
     try {
       // 1-3: claim, choose the backup volume, pre-process; a volume that fails is left out.
       for (const volume of volumes) {
@@ -244,7 +303,7 @@ export class BackupManager implements AgentCore {
         try {
           this.planJob(job, opts, arrayVolumes, devices);
           // Refused before anything is locked; the array refuses the cut too if it changed since.
-          if (job.sync) await this.checkEquivalent(volume, job.sync);
+          if (job.sync) await waitEquivalent(this.ctx(), volume, job.sync, waitSeconds, opts.onProgress);
           await this.preProcess(job, opts);
         } catch (err) {
           this.failJob(job, err);
@@ -261,18 +320,71 @@ export class BackupManager implements AgentCore {
       }
       // 5: post-processing, always, for every volume that was locked.
       for (const job of jobs.filter((j) => j.locked)) await this.postProcess(job, opts);
-      // Synchronized backups release the oldest generation after the copy (N+1 volumes).
+      // 6: tape copies from the backup volumes; with --complete-after disk in the background,
+      // holding the backup volume (not the transaction volume) until written.
+      if (to !== 'disk') {
+        for (const job of jobs.filter((j) => j.copied && !j.failed)) {
+          if (completeAfter === 'disk') {
+            this.store.updateGeneration(job.volume, job.generation, { tape: { cartridge: opts.cartridge ?? '', record: 0, sha256: '', at: this.iso(), pointInTime: job.imageAt || job.at, status: 'pending', error: '', pid: process.pid } });
+            background.push(job);
+          } else {
+            await this.tapeCopy(job, opts);
+          }
+        }
+      }
+      // Synchronized backups release the oldest generation after the copy (N+1 volumes); after
+      // the tape step, so that a --to tape generation that only staged its copy counts as such.
       for (const job of jobs.filter((j) => j.copied && j.kind === 'sync')) await this.releaseBeyond(job.volume, job.tv.generations);
-      // 6: tape copies from the backup volumes.
-      if (to !== 'disk') for (const job of jobs.filter((j) => j.copied && !j.failed)) await this.tapeCopy(job, opts);
     } finally {
-      for (const job of jobs) this.store.releaseOperation(job.claimed, this.owner);
+      for (const job of jobs) {
+        if (background.includes(job)) this.store.releaseOperation(job.claimed.filter((v) => v !== job.bv), this.owner);
+        else this.store.releaseOperation(job.claimed, this.owner);
+      }
     }
     for (const job of jobs) {
       if (job.copied) job.outcome.generation = this.historyEntry(job.volume, job.generation);
       job.outcome.ok = !job.failed;
     }
+    // Automatic re-mirroring (HSMS: mirroring recommences after the backup unless
+    // DISCARD-COPY=*NO): once the copy is safe, i.e. after its tape copy where there is one.
+    const resyncs = jobs.filter((j) => j.kind === 'sync' && j.copied && !j.failed && j.resync);
+    for (const job of resyncs.filter((j) => !background.includes(j))) await this.resync(job, opts);
+    for (const job of background) this.runInBackground(job, opts);
     return { ok: jobs.every((j) => !j.failed), volumes: jobs.map((j) => j.outcome) };
+  }
+
+  /** Background work (tape copies of --complete-after disk) still running; close() waits for it. */
+  private readonly pending = new Set<Promise<void>>();
+
+  /** Resolves when every background tape copy (and its resync) has ended. */
+  async settled(): Promise<void> {
+    while (this.pending.size > 0) await Promise.allSettled([...this.pending]);
+  }
+
+  private runInBackground(job: Job, opts: BackupOptions): void {
+    const bgOpts: BackupOptions = { ...opts, completeAfter: 'tape' };
+    delete bgOpts.onProgress; // the caller has its answer; progress goes to the log
+    const p = (async () => {
+      try {
+        await this.tapeCopy(job, bgOpts);
+        if (job.kind === 'sync' && job.resync && !job.failed) await this.resync(job, bgOpts);
+      } catch (err) {
+        this.log.error({ volume: job.volume, generation: job.generation, err: (err as Error).message }, 'background tape copy failed');
+      } finally {
+        this.store.releaseOperation([job.bv], this.owner);
+      }
+    })();
+    this.pending.add(p);
+    void p.finally(() => this.pending.delete(p));
+  }
+
+  private async resync(job: Job, opts: BackupOptions): Promise<void> {
+    try {
+      job.outcome.resync = await startSync(this.ctx(), job.volume, { ...(opts.onProgress ? { onProgress: opts.onProgress } : {}) });
+    } catch (err) {
+      job.outcome.resyncError = `${job.volume} was backed up, but resuming its mirroring failed: ${(err as Error).message}; start it with: arraylab-agent start-sync ${job.volume}`;
+      this.log.warn({ volume: job.volume, err: (err as Error).message }, 'resync after backup failed');
+    }
   }
 
   private newJob(volume: string): Job {
@@ -285,6 +397,8 @@ export class BackupManager implements AgentCore {
       kind: 'snapshot',
       type: 'opc',
       prep: 'unmount',
+      prepDone: 'none',
+      resync: false,
       bv: '',
       bvDevice: '',
       tvDevice: '',
@@ -298,6 +412,7 @@ export class BackupManager implements AgentCore {
       locked: false,
       copied: false,
       at: '',
+      imageAt: '',
       generation: 0,
     };
     return job;
@@ -345,7 +460,13 @@ export class BackupManager implements AgentCore {
     if (!tvInfo) throw new AgentError('NOT_FOUND', `transaction volume ${volume} does not exist on the array; recreate it, or ${RM_FIX} to flag its records`);
     job.prep = opts.flushOnly || job.tv.flushOnly ? 'flush' : job.tv.lock;
     job.tvDevice = deviceOf(devices, volume);
+    // Never a backup "with a lock" that locked nothing: only --lock none goes without a device.
+    if (job.prep !== 'none' && job.tvDevice === '') {
+      const what = job.prep === 'flush' ? 'flush it' : job.prep === 'freeze' ? 'freeze it (--lock freeze)' : 'lock it (--lock unmount)';
+      throw new AgentError('FAILED_PRECONDITION', `cannot back up ${volume}: the agent must ${what}, but ${noDeviceMessage(volume, tvInfo)}`);
+    }
     job.sync = this.store.getSync(volume);
+    job.resync = opts.resync ?? job.tv.resyncAfterBackup;
     if (job.sync) {
       if (opts.type !== undefined && opts.type !== 'ec') {
         throw new AgentError('FAILED_PRECONDITION', `${volume} has a sync pair with ${job.sync.backupVolume}: back it up without --type (the EC pair is the backup), or cancel-sync first for a ${opts.type} backup`);
@@ -356,6 +477,7 @@ export class BackupManager implements AgentCore {
       job.bvDevice = deviceOf(devices, job.bv);
       return;
     }
+    if (opts.resync === true) throw new AgentError('FAILED_PRECONDITION', `--resync is for synchronized backups, and ${volume} has no sync pair; start one with: arraylab-agent start-sync ${volume}, or drop --resync`);
     if (opts.type === 'ec') throw new AgentError('FAILED_PRECONDITION', `${volume} has no sync pair; start one with: arraylab-agent start-sync ${volume}`);
     job.type = opts.type ?? job.tv.defaultType;
     const n = job.tv.generations;
@@ -363,8 +485,21 @@ export class BackupManager implements AgentCore {
       throw new AgentError('INVALID_ARGUMENT', `${volume} keeps ${n} generations but SnapOPC+ keeps at most ${MAX_SNAP_GENERATIONS}; register it with --generations ${MAX_SNAP_GENERATIONS} or less`);
     }
     const held = this.store.heldGenerations(volume);
+    let picked = '';
     if (held.length < n) {
-      job.bv = this.pickUnused(volume, tvInfo, held.length, arrayVolumes, job);
+      picked = this.pickUnused(volume, tvInfo, held.length, arrayVolumes, 'backup');
+    } else if (opts.to === 'tape') {
+      // A tape-only backup only stages its copy: an unused volume if there is one, so that no
+      // held disk generation is given up for it.
+      try {
+        picked = this.pickUnused(volume, tvInfo, held.length, arrayVolumes, 'backup');
+      } catch (err) {
+        if (!(err instanceof AgentError && err.code === 'RESOURCE_EXHAUSTED')) throw err;
+      }
+    }
+    if (picked) {
+      job.bv = picked;
+      job.claimed.push(picked);
     } else {
       // N held: the oldest goes first and its volume is reused, so N volumes serve N generations.
       job.release = held.slice(0, held.length - n + 1);
@@ -378,17 +513,21 @@ export class BackupManager implements AgentCore {
     job.bvDevice = deviceOf(devices, job.bv);
   }
 
-  /** An unused registered backup volume of the transaction volume's size and block size, claimed. */
-  private pickUnused(volume: string, tvInfo: VolumeInfo, heldCount: number, arrayVolumes: Map<string, VolumeInfo>, job: Job | undefined, purpose = 'backup'): string {
+  /**
+   * An unused registered backup volume of the transaction volume's size and block size, claimed
+   * (the caller records the claim). prefer: such volumes are taken first (start-sync: the ones
+   * with a pair to resume).
+   */
+  private pickUnused(volume: string, tvInfo: VolumeInfo, heldCount: number, arrayVolumes: Map<string, VolumeInfo>, purpose: string, prefer?: (bv: string) => boolean): string {
     const sameSize = this.store.listBackupVolumes().filter((b) => {
       const a = arrayVolumes.get(b.volume);
       return a !== undefined && a.sizeBytes === tvInfo.sizeBytes && a.blockSize === tvInfo.blockSize;
     });
-    for (const b of sameSize) {
+    const order = prefer ? [...sameSize.filter((b) => prefer(b.volume)), ...sameSize.filter((b) => !prefer(b.volume))] : sameSize;
+    for (const b of order) {
       if (b.inUseBy !== '' || b.needsResourceMatch !== '') continue;
       try {
-        const got = this.claim([b.volume], purpose);
-        job?.claimed.push(...got);
+        this.claim([b.volume], purpose);
         return b.volume;
       } catch (err) {
         if (err instanceof AgentError && err.code === 'ABORTED') continue; // another operation took it
@@ -413,10 +552,12 @@ export class BackupManager implements AgentCore {
       job.outcome.needsResourceMatch = reason;
       throw new AgentError('ABORTED', `backup of ${job.volume} aborted: ${hook.message}; ${job.volume} needs a resource match: ${RM_FIX}`);
     }
-    progress('lock', `locking ${job.volume} (${job.prep})`);
+    progress('lock', job.prep === 'none' ? `${job.volume}: --lock none, nothing done on the host` : `locking ${job.volume} (${job.prep})`);
     try {
       if (job.kind === 'snapshot' && job.bvDevice) await job.ledger.take(() => this.host.lockBackup(job.bv, job.bvDevice));
-      await job.ledger.take(() => this.host.lockTransaction(job.volume, job.tvDevice, job.prep, this.freezeDeadlineMs !== undefined ? { freezeDeadlineMs: this.freezeDeadlineMs } : undefined));
+      const prep = job.prep;
+      if (prep === 'none') job.prepDone = 'none';
+      else job.prepDone = prepDone(await job.ledger.take(() => this.host.lockTransaction(job.volume, job.tvDevice, prep, this.freezeDeadlineMs !== undefined ? { freezeDeadlineMs: this.freezeDeadlineMs } : undefined)));
     } catch (err) {
       const undo = await job.ledger.undoAll();
       if (undo.length > 0) {
@@ -432,9 +573,17 @@ export class BackupManager implements AgentCore {
   /** Releases the oldest generations, starts the copies (one group), cuts the EC pairs. */
   private async copyStep(jobs: Job[]): Promise<void> {
     const snap = jobs.filter((j) => j.kind === 'snapshot');
-    for (const job of snap) {
+    let copies: CopySessionView[] = [];
+    if (snap.length > 0) {
       try {
-        await this.releaseForReuse(job);
+        copies = await this.array.listCopies();
+      } catch (err) {
+        for (const job of snap) this.failJob(job, err, `cannot list the array's copy sessions: `);
+      }
+    }
+    for (const job of snap.filter((j) => !j.failed)) {
+      try {
+        await this.releaseForReuse(job, copies);
       } catch (err) {
         this.failJob(job, err, `cannot release the oldest generation of ${job.volume}: `);
       }
@@ -449,7 +598,7 @@ export class BackupManager implements AgentCore {
       const label = `agent-${Date.now()}`;
       try {
         const sessions = await this.array.startCopyGroup(label, fresh.map((j) => this.pair(j)));
-        fresh.forEach((j, i) => this.copyDone(j, sessions[i]!.id));
+        fresh.forEach((j, i) => this.copyDone(j, sessions[i]!));
       } catch (err) {
         this.log.warn({ group: label, err: (err as Error).message }, 'group start refused; starting each volume on its own');
         for (const j of fresh) await this.startOne(j);
@@ -459,37 +608,31 @@ export class BackupManager implements AgentCore {
     }
     for (const j of starting.filter((x) => x.restartSession)) await this.startOne(j);
 
+    // Synchronized: the cut suspends each pair, which stays suspended while its generation is
+    // held (Suspend/Resume: the backup volume keeps the image, the array tracks the changes).
     const ec = jobs.filter((j) => j.kind === 'sync');
-    const ready = ec;
     let cut = false;
-    if (ready.length > 1) {
+    if (ec.length > 1) {
       try {
-        await this.array.cutCopyGroup('suspend', { ids: ready.map((j) => j.sync!.sessionId) });
+        const views = await this.array.cutCopyGroup('suspend', { ids: ec.map((j) => j.sync!.sessionId) });
+        for (const j of ec) j.imageAt = views.find((v) => v.id === j.sync!.sessionId)?.imageAt ?? '';
         cut = true;
       } catch (err) {
         this.log.warn({ err: (err as Error).message }, 'group suspend refused; suspending each pair on its own');
       }
     }
-    for (const j of ready) {
+    for (const j of ec) {
       try {
-        if (!cut) await this.array.suspendCopy(j.sync!.sessionId);
+        if (!cut) j.imageAt = (await this.array.suspendCopy(j.sync!.sessionId)).imageAt ?? '';
       } catch (err) {
         this.failJob(j, err, `cannot suspend the EC pair ${j.volume} -> ${j.bv}: `);
         continue;
       }
-      // One EC pair per source: the next start-sync needs a new pair; the BV keeps the image.
-      try {
-        await this.array.cancelCopy(j.sync!.sessionId);
-      } catch (err) {
-        if (!isNotFound(err)) {
-          const reason = `EC session ${j.sync!.sessionId} (${j.volume} -> ${j.bv}) could not be ended after the cut: ${(err as Error).message}`;
-          this.flag(j.volume, reason);
-          j.outcome.needsResourceMatch = reason;
-        }
-      }
+      j.sessionId = j.sync!.sessionId;
       j.generation = this.store.nextGenerationNumber(j.volume);
-      this.store.syncToGeneration(this.genRecord(j, ''));
+      this.store.syncToGeneration(this.genRecord(j, j.sessionId));
       j.copied = true;
+      this.log.info({ volume: j.volume, backupVolume: j.bv, generation: j.generation, sessionId: j.sessionId }, 'synchronized backup: pair suspended');
     }
   }
 
@@ -500,15 +643,16 @@ export class BackupManager implements AgentCore {
 
   private async startOne(j: Job): Promise<void> {
     try {
-      const s = await this.array.startCopy(this.pair(j));
-      this.copyDone(j, s.id);
+      this.copyDone(j, await this.array.startCopy(this.pair(j)));
     } catch (err) {
       this.failJob(j, err, `cannot start ${j.type} ${j.volume} -> ${j.bv}: `);
     }
   }
 
-  private copyDone(j: Job, sessionId: string): void {
+  private copyDone(j: Job, s: CopySessionView): void {
+    const sessionId = s.id;
     j.sessionId = sessionId;
+    j.imageAt = s.imageAt ?? '';
     j.generation = this.store.nextGenerationNumber(j.volume);
     this.store.insertGeneration(this.genRecord(j, sessionId));
     j.copied = true;
@@ -516,25 +660,39 @@ export class BackupManager implements AgentCore {
   }
 
   private genRecord(j: Job, sessionId: string): GenerationRecord {
-    return { number: j.generation, transactionVolume: j.volume, backupVolume: j.bv, type: j.type, sessionId, at: j.at, status: 'held', prep: j.prep, tape: null, error: '' };
+    return { number: j.generation, transactionVolume: j.volume, backupVolume: j.bv, type: j.type, sessionId, at: j.at, status: 'held', prep: j.prepDone, tape: null, error: '' };
   }
 
-  /** The oldest generations go before the copy; a QuickOPC one of the same pair keeps its session. */
-  private async releaseForReuse(job: Job): Promise<void> {
+  /**
+   * The oldest generations go before the copy; a QuickOPC one of the same pair keeps its
+   * session. A suspended EC pair left on the chosen volume by a released synchronized
+   * generation makes way too.
+   */
+  private async releaseForReuse(job: Job, copies: CopySessionView[]): Promise<void> {
     for (const g of job.release) {
       if (g.sessionId && g.sessionId !== job.restartSession) await this.cancelSession(g.sessionId);
-      this.store.updateGeneration(g.transactionVolume, g.number, { status: 'released', sessionId: '' });
+      this.store.updateGeneration(g.transactionVolume, g.number, { status: releasedStatus(g), sessionId: '' });
       this.log.info({ volume: g.transactionVolume, generation: g.number, backupVolume: g.backupVolume }, 'oldest generation released for reuse');
+    }
+    const released = new Set(job.release.map((g) => g.sessionId));
+    for (const s of leftoverPairs(this.ctx(), copies, job.bv)) {
+      if (released.has(s.id)) continue;
+      await this.cancelSession(s.id);
+      this.log.info({ volume: job.volume, backupVolume: job.bv, sessionId: s.id }, 'suspended EC pair of a released generation cancelled for reuse');
     }
   }
 
-  /** After a synchronized backup: release the oldest while more than n are held. */
+  /**
+   * After a synchronized backup: release the oldest while more than n are held. A released
+   * synchronized generation keeps its pair suspended on the array, for the next start-sync to
+   * resume; other types' sessions end.
+   */
   private async releaseBeyond(volume: string, n: number): Promise<void> {
     const held = this.store.heldGenerations(volume);
     for (const g of held.slice(0, Math.max(0, held.length - n))) {
       try {
-        if (g.sessionId) await this.cancelSession(g.sessionId);
-        this.store.updateGeneration(volume, g.number, { status: 'released', sessionId: '' });
+        if (g.sessionId && g.type !== 'ec') await this.cancelSession(g.sessionId);
+        this.store.updateGeneration(volume, g.number, { status: releasedStatus(g), sessionId: '' });
       } catch (err) {
         this.flag(volume, `cannot release generation ${g.number}: ${(err as Error).message}`);
       }
@@ -574,124 +732,46 @@ export class BackupManager implements AgentCore {
   private async tapeCopy(job: Job, opts: BackupOptions): Promise<void> {
     const progress = this.progressOf(opts.onProgress, job.volume);
     const g = job.generation;
-    progress('tape', `writing ${job.bv} (${job.volume} generation ${g}) to tape`);
+    progress('tape', `writing ${job.bv} (${job.volume} generation #${g}) to tape`);
     let tape: TapeCopyRecord;
     try {
-      const rec = await this.tape.writeTape({ volume: job.bv, ...(opts.cartridge ? { cartridge: opts.cartridge } : {}), tag: `${job.volume} gen ${g}` }, (p) =>
-        progress('tape', `tape ${job.volume} generation ${g}`, p.doneBytes, p.totalBytes),
+      // The array's own instant of the image: the agent's clock may differ from the array's.
+      const rec = await this.tape.writeTape({ volume: job.bv, ...(opts.cartridge ? { cartridge: opts.cartridge } : {}), tag: `${job.volume} gen ${g}`, ...(job.imageAt ? { pointInTime: job.imageAt } : {}) }, (p) =>
+        progress('tape', `tape ${job.volume} generation #${g}`, p.doneBytes, p.totalBytes),
       );
-      tape = { cartridge: rec.cartridge, record: rec.record, sha256: rec.sha256, at: rec.createdAt, status: 'ok', error: '' };
+      tape = { cartridge: rec.cartridge, record: rec.record, sha256: rec.sha256, at: rec.createdAt, pointInTime: rec.imageAt || job.imageAt || job.at, status: 'ok', error: '' };
     } catch (err) {
       const msg = (err as Error).message;
-      this.store.updateGeneration(job.volume, g, { tape: { cartridge: opts.cartridge ?? '', record: 0, sha256: '', at: this.iso(), status: 'failed', error: msg } });
-      this.failJob(job, new AgentError('INTERNAL', `the tape copy of ${job.volume} generation ${g} failed: ${msg}; the disk generation is kept; back up again with --to tape to retry`));
+      this.store.updateGeneration(job.volume, g, { tape: { cartridge: opts.cartridge ?? '', record: 0, sha256: '', at: this.iso(), pointInTime: job.imageAt || job.at, status: 'failed', error: msg } });
+      this.failJob(job, new AgentError('INTERNAL', `the tape copy of ${job.volume} generation #${g} failed: ${msg}; the disk generation is kept; back up again with --to tape to retry`));
+      job.outcome.generation = this.historyEntry(job.volume, g);
+      job.outcome.ok = false;
       return;
     }
     this.store.updateGeneration(job.volume, g, { tape });
+    job.outcome.generation = this.historyEntry(job.volume, g);
     if (opts.to !== 'tape') return;
-    // --to tape: the disk generation only staged the copy; free its backup volume.
+    // --to tape: the disk generation only staged the copy; free its backup volume (a
+    // synchronized one keeps its suspended pair for the next start-sync to resume).
     try {
-      if (job.sessionId) await this.cancelSession(job.sessionId);
+      if (job.sessionId && job.kind !== 'sync') await this.cancelSession(job.sessionId);
       this.store.updateGeneration(job.volume, g, { status: 'tape-only', sessionId: '' });
     } catch (err) {
       // e.g. a SnapOPC+ generation with older ones behind it cannot be cancelled alone.
       this.store.updateGeneration(job.volume, g, { error: `kept on disk after the tape copy: ${(err as Error).message}` });
       this.log.warn({ volume: job.volume, generation: g, err: (err as Error).message }, 'tape-staged generation kept on disk');
     }
+    job.outcome.generation = this.historyEntry(job.volume, g);
   }
 
   // ---- synchronized backup ----
 
-  async startSync(volume: string, opts: { onProgress?: (p: ProgressEvent) => void } = {}): Promise<SyncView> {
-    const tv = this.requireTransaction(volume);
-    const existing = this.store.getSync(volume);
-    if (existing) {
-      throw new AgentError('ALREADY_EXISTS', `${volume} already has a sync pair with ${existing.backupVolume} (session ${existing.sessionId}); back it up, or cancel it with: arraylab-agent cancel-sync ${volume}`);
-    }
-    const progress = this.progressOf(opts.onProgress, volume);
-    const claimed = this.claim([volume], 'start-sync');
-    const ledger = new LockLedger(this.store, this.host, this.log, volume, this.owner);
-    try {
-      const list = await this.array.listVolumes();
-      const vols = new Map(list.map((v) => [v.name, v]));
-      const tvInfo = vols.get(volume);
-      if (!tvInfo) throw new AgentError('NOT_FOUND', `transaction volume ${volume} does not exist on the array; recreate it, or ${RM_FIX}`);
-      const held = this.store.heldGenerations(volume).length;
-      let bv: string;
-      try {
-        bv = this.pickUnused(volume, tvInfo, held, vols, undefined, 'start-sync');
-      } catch (err) {
-        if (err instanceof AgentError && err.code === 'RESOURCE_EXHAUSTED' && held >= tv.generations) {
-          throw new AgentError('RESOURCE_EXHAUSTED', `${err.message.replace(/; register one.*$/, '')}; a synchronized backup needs N+1 backup volumes for N generations: register one with: arraylab-agent register backup VOL`);
-        }
-        throw err;
-      }
-      claimed.push(bv);
-      const devices = await this.host.devices(list);
-      const tvDevice = deviceOf(devices, volume);
-      const bvDevice = deviceOf(devices, bv);
-      const mountPoint = await this.mountPointOf(tvDevice);
-      const pre = await this.runHook('sync-start-pre', volume, tvDevice, mountPoint, bv);
-      if (!hookOk(pre)) {
-        this.flag(volume, `sync-start-pre hook failed: ${pre.message}`);
-        throw new AgentError('ABORTED', `start-sync of ${volume} aborted: ${pre.message}; ${volume} needs a resource match: ${RM_FIX}`);
-      }
-      progress('lock', `locking backup volume ${bv}`);
-      if (bvDevice) await ledger.take(() => this.host.lockBackup(bv, bvDevice));
-      let session: CopySessionView | undefined;
-      let startErr: unknown;
-      try {
-        session = await this.array.startCopy({ type: 'ec', source: volume, destination: bv, force: true });
-        this.store.putSync({ transactionVolume: volume, backupVolume: bv, sessionId: session.id, startedAt: this.iso() });
-      } catch (err) {
-        startErr = err;
-      }
-      // Post-processing for synchronous processing: dismount and unlock the backup volume.
-      const errors = await ledger.undoAll();
-      const post = await this.runHook('sync-start-post', volume, tvDevice, mountPoint, bv);
-      if (!hookOk(post)) errors.push(`sync-start-post hook failed: ${post.message}`);
-      if (errors.length > 0) this.flag(volume, `start-sync post-processing failed: ${errors.join('; ')}`);
-      if (startErr !== undefined) {
-        throw new AgentError(codeOf(startErr), `cannot start the EC pair ${volume} -> ${bv}: ${(startErr as Error).message}${errors.length ? `; post-processing failed too (${errors.join('; ')}): ${RM_FIX}` : ''}`);
-      }
-      if (errors.length > 0) throw new AgentError('INTERNAL', `the EC pair ${volume} -> ${bv} started, but post-processing failed: ${errors.join('; ')}; ${volume} needs a resource match: ${RM_FIX}`);
-      progress('copy', `EC ${volume} -> ${bv} started`);
-      return syncView(volume, bv, session!);
-    } finally {
-      this.store.releaseOperation(claimed, this.owner);
-    }
+  async startSync(volume: string, opts: StartSyncOptions = {}): Promise<SyncView> {
+    return startSync(this.ctx(), volume, opts);
   }
 
   async cancelSync(volume: string): Promise<void> {
-    this.requireTransaction(volume);
-    const sync = this.store.getSync(volume);
-    if (!sync) throw new AgentError('NOT_FOUND', `${volume} has no sync pair; arraylab-agent status shows the sync pairs`);
-    const claimed = this.claim([volume], 'cancel-sync');
-    try {
-      await this.cancelSession(sync.sessionId);
-      this.store.deleteSync(volume);
-      this.log.info({ volume, backupVolume: sync.backupVolume }, 'sync pair cancelled');
-    } finally {
-      this.store.releaseOperation(claimed, this.owner);
-    }
-  }
-
-  private async checkEquivalent(volume: string, sync: SyncPairRecord): Promise<void> {
-    let s: CopySessionView;
-    try {
-      s = await this.array.getCopy(sync.sessionId);
-    } catch (err) {
-      if (isNotFound(err)) {
-        throw new AgentError('FAILED_PRECONDITION', `cannot back up ${volume}: its EC session ${sync.sessionId} to ${sync.backupVolume} is gone from the array; ${RM_FIX}, then start-sync again`);
-      }
-      throw err;
-    }
-    if (s.state !== 'equivalent') {
-      throw new AgentError(
-        'FAILED_PRECONDITION',
-        `cannot back up ${volume}: its copy to ${sync.backupVolume} is not yet equivalent (${s.state}, ${percent(s)}%); wait for equivalency (arraylab-agent status) and retry`,
-      );
-    }
+    return cancelSync(this.ctx(), volume);
   }
 
   // ---- restore ----
@@ -706,28 +786,28 @@ export class BackupManager implements AgentCore {
     if (volume !== undefined && !this.store.getTransaction(volume) && this.store.listGenerations(volume).length === 0) {
       throw new AgentError('NOT_FOUND', `${volume} is not a registered transaction volume; arraylab-agent status lists them`);
     }
-    const gens = this.store.listGenerations(volume);
-    const rel = relativeNumbers(gens);
-    return gens.map((g) => ({ ...g, generation: rel.get(key(g)) ?? 0 }));
+    return toHistory(this.store.listGenerations(volume), await this.arrayState());
   }
 
   /** One generation as history shows it (absolute number in, relative number out). */
   historyEntry(volume: string, number: number): HistoryEntry {
-    const gens = this.store.listGenerations(volume);
-    const rel = relativeNumbers(gens);
-    const g = gens.find((x) => x.number === number)!;
-    return { ...g, generation: rel.get(key(g)) ?? 0 };
+    return toHistory(this.store.listGenerations(volume), undefined).find((x) => x.number === number)!;
+  }
+
+  /** The array's volumes and sessions, or undefined (logged) when it cannot be reached. */
+  async arrayState(): Promise<ArrayState | undefined> {
+    try {
+      const [list, copies] = [await this.array.listVolumes(), await this.array.listCopies()];
+      return { volumes: new Map(list.map((v) => [v.name, v])), copies: new Map(copies.map((c) => [c.id, c])) };
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'the array could not be reached: generations not checked');
+      return undefined;
+    }
   }
 
   async status(): Promise<AgentStatus> {
-    let list: VolumeInfo[] | undefined;
-    let copies: CopySessionView[] | undefined;
-    try {
-      list = await this.array.listVolumes();
-      copies = await this.array.listCopies();
-    } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'status without the array');
-    }
+    const a = await this.arrayState();
+    const list = a ? [...a.volumes.values()] : undefined;
     const devices = list ? await this.host.devices(list) : [];
     const ops = this.store.listOperations();
     const transactionVolumes = [];
@@ -737,16 +817,25 @@ export class BackupManager implements AgentCore {
       const sync = this.store.getSync(tv.volume);
       let view: SyncView | null = null;
       if (sync) {
-        const s = copies?.find((c) => c.id === sync.sessionId);
-        view = s ? syncView(tv.volume, sync.backupVolume, s) : { transactionVolume: tv.volume, backupVolume: sync.backupVolume, sessionId: sync.sessionId, state: copies ? 'gone' : 'unknown', copiedPercent: 0 };
+        const s = a?.copies.get(sync.sessionId);
+        view = s
+          ? syncView(tv.volume, sync.backupVolume, s)
+          : { transactionVolume: tv.volume, backupVolume: sync.backupVolume, sessionId: sync.sessionId, state: a ? 'gone' : 'unknown', copiedPercent: 0, start: '', unitsToCopy: 0, totalUnits: 0 };
       }
       const op = ops.find((o) => o.volume === tv.volume && isAlive(o.pid));
+      const rel = relativeNumbers(this.store.listGenerations(tv.volume));
+      const unhealthy: string[] = [];
+      for (const g of a ? this.store.heldGenerations(tv.volume) : []) {
+        const h = assess(g, a!);
+        if (h) unhealthy.push(`generation ${rel.get(key(g)) ?? '-'} (#${g.number}): ${h.status}: ${h.reason}`);
+      }
       transactionVolumes.push({
         ...tv,
         device,
         mountPoint,
         sync: view,
         heldGenerations: this.store.heldGenerations(tv.volume).length,
+        unhealthy,
         busy: op ? `${op.op} by pid ${op.pid} since ${op.startedAt}` : '',
       });
     }
@@ -782,7 +871,19 @@ export class BackupManager implements AgentCore {
       historyEntry: (v, n) => this.historyEntry(v, n),
       requireTransaction: (v) => this.requireTransaction(v),
       progressOf: (cb, v) => this.progressOf(cb, v),
+      pickUnused: (v, info, held, vols, purpose, prefer) => this.pickUnused(v, info, held, vols, purpose, prefer),
+      arrayState: () => this.arrayState(),
     };
+  }
+
+  /** The array's copy sessions, or none (logged) when it cannot be reached. */
+  private async copiesQuietly(): Promise<CopySessionView[]> {
+    try {
+      return await this.array.listCopies();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, "cannot list the array's copy sessions");
+      return [];
+    }
   }
 
   private iso(): string {
@@ -863,23 +964,25 @@ export class BackupManager implements AgentCore {
   }
 }
 
-function syncView(tv: string, bv: string, s: CopySessionView): SyncView {
-  return { transactionVolume: tv, backupVolume: bv, sessionId: s.id, state: s.state, copiedPercent: percent(s) };
+/** What pre-processing did, from its lock record (history's PREP). */
+function prepDone(rec: LockRecord): PrepDone {
+  switch (rec.action) {
+    case 'unmounted':
+      return 'unmount';
+    case 'frozen':
+      return 'freeze';
+    case 'flushed':
+      return 'flush';
+    default:
+      return rec.device ? 'not-mounted' : 'none';
+  }
+}
+
+/** A generation whose disk copy goes: restorable from tape still, or released. */
+function releasedStatus(g: GenerationRecord): GenerationRecord['status'] {
+  return g.tape?.status === 'ok' ? 'tape-only' : 'released';
 }
 
 function publicBv(b: BackupVolumeRecord & { blockSize?: number }): BackupVolumeRecord {
   return { volume: b.volume, sizeBytes: b.sizeBytes, registeredAt: b.registeredAt, inUseBy: b.inUseBy, needsResourceMatch: b.needsResourceMatch };
-}
-
-function key(g: GenerationRecord): string {
-  return `${g.transactionVolume}\0${g.number}`;
-}
-
-/** Relative generation numbers: 1 = newest held, per transaction volume. */
-function relativeNumbers(gens: GenerationRecord[]): Map<string, number> {
-  const out = new Map<string, number>();
-  const byTv = new Map<string, GenerationRecord[]>();
-  for (const g of gens) if (g.status === 'held') byTv.set(g.transactionVolume, [...(byTv.get(g.transactionVolume) ?? []), g]);
-  for (const list of byTv.values()) list.sort((a, b) => b.number - a.number).forEach((g, i) => out.set(key(g), i + 1));
-  return out;
 }

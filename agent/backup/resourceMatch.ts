@@ -1,16 +1,18 @@
 /**
- * Resource match (the seed's swstsrsemtch): reconcile the agent's records with the host and
+ * Resource match (ACM's swstsrsemtch): reconcile the agent's records with the host and
  * the array after a failure or a crash.
  *
  *   1. undo lock records nobody is working on (host.unlock is idempotent);
  *   2. drop operation rows of processes that are gone;
- *   3. compare held generations and sync pairs with the array's sessions and volumes;
+ *   3. compare held generations and sync pairs with the array's sessions and volumes: a
+ *      generation the array reports broken or gone is recorded as error or lost (generations.ts);
  *   4. clear the needs-resource-match flag of every volume with nothing left to fix.
  */
 import type { CopySessionView } from '../../emulator/api/model.js';
 import type { VolumeInfo } from '../../emulator/array/types.js';
 import { AgentError, type ResourceMatchReport } from '../types.js';
 import { isAlive, type ManagerContext } from './context.js';
+import { assess } from './generations.js';
 
 export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchReport> {
   const repaired: string[] = [];
@@ -69,35 +71,44 @@ export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchRep
       unresolved.set(tv.volume, msg);
     }
     for (const g of m.store.heldGenerations(tv.volume)) {
-      if (!vols.has(g.backupVolume)) {
-        const why = `its backup volume ${g.backupVolume} no longer exists on the array`;
-        m.store.updateGeneration(tv.volume, g.number, { status: 'failed', sessionId: '', error: why });
-        repaired.push(`${tv.volume} generation ${g.number} marked failed: ${why}`);
-        continue;
-      }
-      if (!g.sessionId) continue;
-      const s = copies.get(g.sessionId);
-      if (s !== undefined) {
-        const ends = [s.source, s.destination].sort().join(' ');
-        if (ends !== [tv.volume, g.backupVolume].sort().join(' ')) {
-          const msg = `${tv.volume} generation ${g.number}: session ${s.id} is now ${s.source} -> ${s.destination}, not ${tv.volume} -> ${g.backupVolume}; check it with arraylab copy show ${s.id}`;
-          remaining.push(msg);
-          unresolved.set(tv.volume, msg);
-        }
-        continue;
-      }
-      if (g.type === 'opc' || g.type === 'ec') {
-        // These sessions end by design (OPC after its copy, EC after the cut): the image stays.
+      const s = g.sessionId ? copies.get(g.sessionId) : undefined;
+      if (g.sessionId && s === undefined && g.type === 'opc' && vols.has(g.backupVolume)) {
+        // An OPC session ends by design after its copy: the image stays.
         m.store.updateGeneration(tv.volume, g.number, { sessionId: '' });
-        repaired.push(`${tv.volume} generation ${g.number}: its ${g.type.toUpperCase()} session ${g.sessionId} has ended; the image on ${g.backupVolume} is kept`);
+        repaired.push(`${tv.volume} generation #${g.number}: its OPC session ${g.sessionId} has ended; the image on ${g.backupVolume} is kept`);
         continue;
       }
-      const why =
-        g.type === 'snapopcplus'
-          ? `its SnapOPC+ session ${g.sessionId} is gone: a snap volume holds only before-images, so the image is no longer reliable`
-          : `its QuickOPC session ${g.sessionId} is gone: the differential base is lost, and whether ${g.backupVolume} holds the whole image is unknown`;
-      m.store.updateGeneration(tv.volume, g.number, { status: 'failed', sessionId: '', error: why });
-      repaired.push(`${tv.volume} generation ${g.number} marked failed: ${why}; back it up again`);
+      const h = assess(g, { volumes: vols, copies });
+      if (h === undefined) continue;
+      if (h.status === 'error' && s !== undefined && s.state !== 'error-suspended') {
+        // Not the array's fault but a change made out of band (a split, a reverse, other
+        // ends): the agent cannot tell what the image is now; leave the session to the user.
+        remaining.push(`${tv.volume} generation #${g.number}: ${h.reason}; undo that on the array, or release the generation by backing up again`);
+        unresolved.set(tv.volume, h.reason);
+        continue;
+      }
+      // Recorded as the array sees it: the generation is no longer held, and its session (if
+      // any is left) is ended, so that its backup volume can serve again.
+      let sessionId = '';
+      if (s !== undefined) {
+        try {
+          await m.cancelSession(s.id);
+        } catch (err) {
+          // A SnapOPC+ generation that older ones read through cannot go alone: it stays on
+          // the array (and keeps its volume) until they are released.
+          sessionId = s.id;
+          m.log.info({ volume: tv.volume, generation: g.number, err: (err as Error).message }, 'session of a broken generation kept for now');
+        }
+      }
+      m.store.updateGeneration(tv.volume, g.number, { status: h.status, sessionId, error: h.reason });
+      repaired.push(`${tv.volume} generation #${g.number} marked ${h.status}: ${h.reason}${sessionId ? ` (its session ${sessionId} stays until the older generations are released)` : ''}; back it up again`);
+    }
+    // Tape copies left pending by a process that is gone (--complete-after disk) never finish.
+    for (const g of m.store.listGenerations(tv.volume)) {
+      if (g.tape?.status !== 'pending' || (g.tape.pid !== undefined && isAlive(g.tape.pid))) continue;
+      const why = `the tape copy was interrupted: the agent process ${g.tape.pid ?? '?'} writing it is gone`;
+      m.store.updateGeneration(tv.volume, g.number, { tape: { ...g.tape, status: 'failed', error: why } });
+      repaired.push(`${tv.volume} generation #${g.number}: ${why}; back it up again with --to tape`);
     }
     const sync = m.store.getSync(tv.volume);
     if (sync) {

@@ -13,7 +13,7 @@ import { ARRAYLAB_VERSION } from '../../emulator/api/version.js';
 import { createLogger, type Logger } from '../../emulator/log.js';
 import { ConfigError, resolveSettings, type AgentSettings } from '../config.js';
 import { AgentError, type AgentCore, type DoctorCheck } from '../types.js';
-import { renderBackup, renderDevices, renderDoctor, renderHistory, renderMatch, renderRestore, renderStatus, renderSync, progressPrinter } from './render.js';
+import { renderBackup, renderDevices, renderDoctor, renderHistory, renderMatch, renderRegistered, renderRestore, renderStatus, renderSync, progressPrinter } from './render.js';
 import { readToken } from './token.js';
 import { DEFAULT_GUEST_PORT } from '../guest/protocol.js'; // [G1]
 
@@ -74,12 +74,13 @@ function settingsOf(a: GlobalArgs & { listen?: string; 'tls-cert'?: string; 'tls
 }
 
 /**
- * A CLI command's logger: warnings and errors only (the command prints its own result), unless
- * --log-level or ARRAYLAB_LOG_LEVEL asks for more; the config's logLevel is the daemon's.
+ * A CLI command's logger: silent (the command prints its result, and a failure as one line on
+ * stderr), unless --log-level or ARRAYLAB_LOG_LEVEL asks for logs; the config's logLevel is the
+ * daemon's.
  */
 async function cliLogger(a: GlobalArgs, settings: AgentSettings): Promise<Logger> {
   const asked = a['log-level'] !== undefined || (process.env.ARRAYLAB_LOG_LEVEL ?? '') !== '';
-  return createLogger({ level: asked ? settings.logLevel : 'warn' });
+  return createLogger({ level: asked ? settings.logLevel : 'silent' });
 }
 
 /**
@@ -161,16 +162,26 @@ export async function run(argv: string[]): Promise<number> {
           (c) =>
             c
               .positional('volume', { type: 'string', demandOption: true })
-              .option('lock', { choices: ['unmount', 'freeze'] as const, describe: 'unmount (default; remounted afterwards) or freeze (fsfreeze; stays mounted)' })
+              .option('lock', {
+                choices: ['unmount', 'freeze', 'none'] as const,
+                describe: 'unmount (default; remounted afterwards), freeze (fsfreeze; stays mounted) or none (no host-side processing: a crash-consistent copy at best)',
+              })
               .option('generations', { type: 'number', requiresArg: true, describe: 'preservation generations (default 1)' })
               .option('flush-only', { type: 'boolean', describe: 'by default only flush the filesystem buffers, without locking (BufferFlushOnly)' })
-              .option('type', { choices: ['opc', 'quickopc', 'snapopcplus'] as const, describe: 'snapshot type of backups (default opc)' }),
+              .option('type', { choices: ['opc', 'quickopc', 'snapopcplus'] as const, describe: 'snapshot type of backups (default opc)' })
+              .option('resync-after-backup', { type: 'boolean', describe: 'synchronized backups: resume the EC pair right after each backup (--no-resync-after-backup: not)' }),
           async (a) => {
             const generations = positiveInt('generations', a.generations, 64);
             const rec = await withAgent(a, (core) =>
-              core.registerTransaction(a.volume, { ...(a.lock ? { lock: a.lock } : {}), ...(generations ? { generations } : {}), flushOnly: a['flush-only'] ?? false, ...(a.type ? { defaultType: a.type } : {}) }),
+              core.registerTransaction(a.volume, {
+                ...(a.lock ? { lock: a.lock } : {}),
+                ...(generations ? { generations } : {}),
+                ...(a['flush-only'] !== undefined ? { flushOnly: a['flush-only'] } : {}),
+                ...(a.type ? { defaultType: a.type } : {}),
+                ...(a['resync-after-backup'] !== undefined ? { resyncAfterBackup: a['resync-after-backup'] } : {}),
+              }),
             );
-            out(a, rec, `registered transaction volume ${rec.volume}: lock ${rec.flushOnly ? 'none (flush only)' : rec.lock}, ${rec.generations} generation${rec.generations === 1 ? '' : 's'}, ${rec.defaultType}`);
+            out(a, rec, renderRegistered(rec));
           },
         )
         .command(
@@ -204,21 +215,50 @@ export async function run(argv: string[]): Promise<number> {
           .conflicts('differential', 'type')
           .option('flush-only', { type: 'boolean', default: false, describe: 'flush the filesystem buffers instead of locking (Xflush)' })
           .option('to', { choices: ['disk', 'tape', 'both'] as const, default: 'disk' as const, describe: 'where the backup goes; tape copies are made from the backup volume' })
-          .option('cartridge', { type: 'string', requiresArg: true, describe: 'tape cartridge label (default: one with room)' }),
+          .option('cartridge', { type: 'string', requiresArg: true, describe: 'tape cartridge label (default: one with room)' })
+          .option('complete-after', {
+            choices: ['disk', 'tape'] as const,
+            describe: 'with --to both: return when the disk history is set (the tape copy goes on in the agent daemon; history shows it pending), or when the tape copy is in the history (default)',
+          })
+          .option('resync', { type: 'boolean', describe: "synchronized: resume the EC pair after the backup (default: the volume's --resync-after-backup; --no-resync: not this time)" })
+          .option('wait-equivalent', { type: 'number', requiresArg: true, describe: 'synchronized: wait up to SECONDS for the pair to be equivalent instead of refusing at once' }),
       async (a) => {
-        const report = await withAgent(a, (core) =>
-          core.backup(a.volumes as string[], { ...(a.type ? { type: a.type } : a.differential ? { type: 'quickopc' as const } : {}), flushOnly: a['flush-only'], to: a.to, ...(a.cartridge ? { cartridge: a.cartridge } : {}), onProgress: progress(a) }),
-        );
-        out(a, report, renderBackup(report));
-        if (!report.ok) exitCode = EXIT_FAILURE;
+        const wait = a['wait-equivalent'];
+        if (wait !== undefined && !(Number.isFinite(wait) && wait >= 0)) throw new UsageError(`--wait-equivalent ${wait}: give seconds, 0 or more`);
+        await withAgent(a, async (core) => {
+          const report = await core.backup(a.volumes as string[], {
+            ...(a.type ? { type: a.type } : a.differential ? { type: 'quickopc' as const } : {}),
+            flushOnly: a['flush-only'],
+            to: a.to,
+            ...(a.cartridge ? { cartridge: a.cartridge } : {}),
+            ...(a['complete-after'] ? { completeAfter: a['complete-after'] } : {}),
+            ...(a.resync !== undefined ? { resync: a.resync } : {}),
+            ...(wait !== undefined ? { waitEquivalentSeconds: wait } : {}),
+            onProgress: progress(a),
+          });
+          out(a, report, renderBackup(report));
+          if (!report.ok || report.volumes.some((v) => v.resyncError)) exitCode = EXIT_FAILURE;
+          // Local: the tape copies of --complete-after disk run in this process; it stays until
+          // they end (a daemon, --agent, returns at once).
+          const pending = report.volumes.filter((v) => v.generation?.tape?.status === 'pending');
+          if (pending.length > 0 && !a.json && !(a.agent ?? process.env.ARRAYLAB_AGENT)) {
+            process.stderr.write(`arraylab-agent: the tape copy of ${pending.map((v) => v.volume).join(', ')} goes on; waiting for it here (a daemon, arraylab-agent serve with --agent, would return at once)\n`);
+          }
+        });
       },
     )
     .command(
       'start-sync <volume>',
-      'start synchronous processing: an EC pair to an unused backup volume of the same size',
-      (c) => c.positional('volume', { type: 'string', demandOption: true }),
+      'start synchronous processing: resume the suspended EC pair of an unused backup volume (only the changes are copied), or start a new pair to one',
+      (c) =>
+        c
+          .positional('volume', { type: 'string', demandOption: true })
+          .option('full', { type: 'boolean', default: false, describe: 'a new pair with a full copy, even where a suspended pair could be resumed' })
+          .option('wait', { type: 'boolean', default: false, describe: 'return only once the pair is equivalent (progress meanwhile)' })
+          .option('rate', { type: 'number', requiresArg: true, describe: 'background copy rate in MiB/s (0 = none; default unthrottled)' }),
       async (a) => {
-        const sync = await withAgent(a, (core) => core.startSync(a.volume, { onProgress: progress(a) }));
+        if (a.rate !== undefined && !(Number.isFinite(a.rate) && a.rate >= 0)) throw new UsageError(`--rate ${a.rate}: give MiB/s, 0 or more`);
+        const sync = await withAgent(a, (core) => core.startSync(a.volume, { full: a.full, wait: a.wait, ...(a.rate !== undefined ? { rateMiBs: a.rate } : {}), onProgress: progress(a) }));
         out(a, sync, renderSync(sync));
       },
     )
@@ -237,12 +277,15 @@ export async function run(argv: string[]): Promise<number> {
       (c) =>
         c
           .positional('volume', { type: 'string', demandOption: true })
-          .option('generation', { type: 'number', requiresArg: true, describe: 'relative generation: 1 = newest (default)' })
+          .option('generation', { type: 'number', requiresArg: true, describe: "generation as history numbers it: 1 = newest (default), from disk or tape" })
           .option('to', { type: 'string', requiresArg: true, describe: 'restore onto this volume instead' })
-          .option('from', { choices: ['disk', 'tape'] as const, default: 'disk' as const, describe: "restore from the backup volume or from the generation's tape copy" }),
+          .option('from', { choices: ['disk', 'tape'] as const, default: 'disk' as const, describe: "restore from the backup volume or from the generation's tape copy" })
+          .option('force', { type: 'boolean', default: false, describe: '--to: also onto a registered transaction volume, or one mounted here or open read-write elsewhere' }),
       async (a) => {
         const generation = positiveInt('generation', a.generation, 1_000_000);
-        const report = await withAgent(a, (core) => core.restore(a.volume, { ...(generation ? { generation } : {}), ...(a.to ? { to: a.to } : {}), fromTape: a.from === 'tape', onProgress: progress(a) }));
+        const report = await withAgent(a, (core) =>
+          core.restore(a.volume, { ...(generation ? { generation } : {}), ...(a.to ? { to: a.to } : {}), fromTape: a.from === 'tape', force: a.force, onProgress: progress(a) }),
+        );
         out(a, report, renderRestore(report));
       },
     )

@@ -1,15 +1,37 @@
 /** What `arraylab-agent` prints for people (--json prints the records as they are). */
 import { table } from '../../emulator/cli/output.js';
 import { formatSize } from '../../emulator/units.js';
-import type { AgentStatus, BackupReport, DeviceMapping, DoctorCheck, HistoryEntry, HookResult, ProgressEvent, ResourceMatchReport, RestoreReport, SyncView } from '../types.js';
+import type { AgentStatus, BackupReport, DeviceMapping, DoctorCheck, HistoryEntry, HookResult, ProgressEvent, RegisteredTransaction, ResourceMatchReport, RestoreReport, SyncView, TapeCopyRecord } from '../types.js';
 
+/** Every hook that ran: its verdict, and what it printed (indented), so people see it too. */
 function hookLines(hooks: HookResult[]): string[] {
-  return hooks.filter((h) => h.verdict !== 'none' && h.verdict !== 'ok').map((h) => `  hook ${h.phase}: ${h.message}`);
+  const lines: string[] = [];
+  for (const h of hooks) {
+    if (h.verdict === 'none') continue;
+    lines.push(h.verdict === 'ok' ? `  hook ${h.phase}: ok (${h.script}, ${h.durationMs} ms)` : `  hook ${h.phase}: ${h.message}`);
+    for (const l of h.output.replace(/\s+$/, '').split('\n')) if (l !== '') lines.push(`    | ${l}`);
+  }
+  return lines;
+}
+
+function tapeText(t: TapeCopyRecord): string {
+  if (t.status === 'pending') return `tape copy pending (queued ${t.at})`;
+  if (t.status === 'failed') return `tape copy failed: ${t.error}`;
+  return `tape ${t.cartridge} record ${t.record} (image of ${t.pointInTime || '?'}, written ${t.at})`;
 }
 
 function generationText(g: HistoryEntry): string {
-  const tape = g.tape ? `, tape ${g.tape.cartridge} record ${g.tape.record}${g.tape.status === 'ok' ? '' : ` (${g.tape.status}: ${g.tape.error})`}` : '';
-  return `generation ${g.generation || '-'} (#${g.number}, ${g.type}) on ${g.backupVolume} at ${g.at}${tape}`;
+  const tape = g.tape ? `, ${tapeText(g.tape)}` : '';
+  return `generation ${g.generation || '-'} (#${g.number}, ${g.type}, prep ${g.prep}) on ${g.backupVolume} at ${g.at}${tape}`;
+}
+
+export function renderRegistered(r: RegisteredTransaction): string {
+  for (const w of r.warnings) process.stderr.write(`arraylab-agent: warning: ${w}\n`);
+  const lock = r.flushOnly ? 'flush only' : r.lock === 'none' ? 'none (no host-side processing)' : r.lock;
+  return [
+    `registered transaction volume ${r.volume}: lock ${lock}, ${r.generations} generation${r.generations === 1 ? '' : 's'}, ${r.defaultType}${r.resyncAfterBackup ? ', resync after backup' : ''}`,
+    ...r.notes.map((n) => `note: ${n}`),
+  ].join('\n');
 }
 
 export function renderBackup(r: BackupReport): string {
@@ -19,6 +41,8 @@ export function renderBackup(r: BackupReport): string {
     else lines.push(`${v.volume}: FAILED: ${v.error ?? 'unknown error'}`);
     lines.push(...hookLines(v.hooks));
     if (v.needsResourceMatch) lines.push(`  needs a resource match: ${v.needsResourceMatch}; run: arraylab-agent resource-match`);
+    if (v.resync) lines.push(`  mirroring resumed: ${renderSync(v.resync)}`);
+    if (v.resyncError) lines.push(`  resync FAILED: ${v.resyncError}`);
   }
   const failed = r.volumes.filter((v) => !v.ok).length;
   if (r.volumes.length > 1) lines.push(`${r.volumes.length - failed} of ${r.volumes.length} volumes backed up`);
@@ -26,26 +50,30 @@ export function renderBackup(r: BackupReport): string {
 }
 
 export function renderSync(s: SyncView): string {
-  return `${s.transactionVolume} -> ${s.backupVolume}: EC session ${s.sessionId}, ${s.state}, ${s.copiedPercent.toFixed(1)}% copied`;
+  const how = s.start === 'resume' ? `resumed (${s.unitsToCopy} of ${s.totalUnits} units changed since its backup)` : s.start === 'full' ? `new pair (${s.unitsToCopy} of ${s.totalUnits} units to copy)` : '';
+  return `${s.transactionVolume} -> ${s.backupVolume}: EC session ${s.sessionId}${how ? `, ${how}` : ''}, ${s.state}, ${s.copiedPercent.toFixed(1)}% copied`;
 }
 
 export function renderRestore(r: RestoreReport): string {
-  return [`restored ${r.volume} ${generationText(r.generation)} onto ${r.target} from ${r.from} (${r.method})`, ...hookLines(r.hooks)].join('\n');
+  return [`restored ${r.volume} ${generationText(r.generation)} onto ${r.target} from ${r.from} (${r.method})`, ...r.notes.map((n) => `  note: ${n}`), ...hookLines(r.hooks)].join('\n');
 }
 
 export function renderHistory(entries: HistoryEntry[]): string {
   if (entries.length === 0) return 'no backups';
-  return table(entries, [
-    { header: 'VOLUME', value: (e) => e.transactionVolume },
-    { header: 'GEN', value: (e) => (e.generation ? String(e.generation) : '-'), right: true },
-    { header: 'NO', value: (e) => String(e.number), right: true },
-    { header: 'TIME', value: (e) => e.at },
-    { header: 'BACKUP-VOLUME', value: (e) => e.backupVolume },
-    { header: 'TYPE', value: (e) => e.type },
-    { header: 'PREP', value: (e) => e.prep },
-    { header: 'STATUS', value: (e) => e.status + (e.error ? ` (${e.error})` : '') },
-    { header: 'TAPE', value: (e) => (e.tape ? `${e.tape.cartridge}#${e.tape.record} ${e.tape.status}` : '-') },
-  ]);
+  // GEN is what restore --generation takes (1 = newest, disk and tape alike); NO never changes.
+  return (
+    table(entries, [
+      { header: 'VOLUME', value: (e) => e.transactionVolume },
+      { header: 'GEN', value: (e) => (e.generation ? String(e.generation) : '-'), right: true },
+      { header: 'NO', value: (e) => `#${e.number}`, right: true },
+      { header: 'TIME', value: (e) => e.at },
+      { header: 'BACKUP-VOLUME', value: (e) => e.backupVolume },
+      { header: 'TYPE', value: (e) => e.type },
+      { header: 'PREP', value: (e) => e.prep },
+      { header: 'STATUS', value: (e) => e.status + (e.error ? ` (${e.error})` : '') },
+      { header: 'TAPE', value: (e) => (e.tape ? (e.tape.status === 'ok' ? `${e.tape.cartridge}#${e.tape.record} written ${e.tape.at}` : e.tape.status) : '-') },
+    ]) + 'GEN: 1 = newest restorable generation (restore --generation); NO: the backup\'s own number, never reused; TIME: the point in time of the image\n'
+  );
 }
 
 export function renderStatus(s: AgentStatus): string {
@@ -61,7 +89,10 @@ export function renderStatus(s: AgentStatus): string {
         { header: 'DEVICE', value: (t) => t.device || '-' },
         { header: 'MOUNT', value: (t) => t.mountPoint || '-' },
         { header: 'SYNC', value: (t) => (t.sync ? `${t.sync.backupVolume} ${t.sync.state} ${t.sync.copiedPercent.toFixed(0)}%` : '-') },
-        { header: 'NOTE', value: (t) => [t.busy && `busy: ${t.busy}`, t.needsResourceMatch && `resource match needed: ${t.needsResourceMatch}`].filter(Boolean).join('; ') },
+        {
+          header: 'NOTE',
+          value: (t) => [t.busy && `busy: ${t.busy}`, t.needsResourceMatch && `resource match needed: ${t.needsResourceMatch}`, ...t.unhealthy, t.resyncAfterBackup ? 'resync after backup' : ''].filter(Boolean).join('; '),
+        },
       ]),
     );
   if (s.backupVolumes.length > 0)

@@ -10,7 +10,7 @@
  * is one IMMEDIATE transaction, so claiming a volume for an operation is atomic across them.
  */
 import Database from 'better-sqlite3';
-import type { BackupType, BackupVolumeRecord, GenerationRecord, GenerationStatus, LockMode, LockRecord, TapeCopyRecord, TransactionPrep, TransactionVolumeRecord } from '../types.js';
+import type { BackupType, BackupVolumeRecord, GenerationRecord, GenerationStatus, LockMode, LockRecord, PrepDone, TapeCopyRecord, TransactionVolumeRecord } from '../types.js';
 
 export const AGENT_DATABASE_FILE = 'agent.db';
 
@@ -74,6 +74,45 @@ const MIGRATIONS: Migration[] = [
       ) STRICT;
     `);
   },
+  // 2: --lock none, --resync-after-backup, generations in error or lost (SQLite cannot alter a
+  // CHECK: the two tables are rebuilt with their rows).
+  (db) => {
+    db.exec(`
+      CREATE TABLE transaction_volumes_new (
+        volume               TEXT PRIMARY KEY,
+        lock                 TEXT NOT NULL CHECK (lock IN ('unmount', 'freeze', 'none')),
+        flush_only           INTEGER NOT NULL CHECK (flush_only IN (0, 1)),
+        generations          INTEGER NOT NULL CHECK (generations >= 1),
+        default_type         TEXT NOT NULL CHECK (default_type IN ('opc', 'quickopc', 'snapopcplus')),
+        registered_at        TEXT NOT NULL,
+        needs_resource_match TEXT NOT NULL DEFAULT '',
+        last_generation      INTEGER NOT NULL DEFAULT 0,
+        resync_after_backup  INTEGER NOT NULL DEFAULT 0 CHECK (resync_after_backup IN (0, 1))
+      ) STRICT;
+      INSERT INTO transaction_volumes_new (volume, lock, flush_only, generations, default_type, registered_at, needs_resource_match, last_generation)
+        SELECT volume, lock, flush_only, generations, default_type, registered_at, needs_resource_match, last_generation FROM transaction_volumes;
+      DROP TABLE transaction_volumes;
+      ALTER TABLE transaction_volumes_new RENAME TO transaction_volumes;
+
+      CREATE TABLE generations_new (
+        transaction_volume TEXT NOT NULL,
+        number             INTEGER NOT NULL,
+        backup_volume      TEXT NOT NULL,
+        type               TEXT NOT NULL CHECK (type IN ('opc', 'quickopc', 'snapopcplus', 'ec')),
+        session_id         TEXT NOT NULL DEFAULT '',
+        at                 TEXT NOT NULL,
+        status             TEXT NOT NULL CHECK (status IN ('held', 'released', 'tape-only', 'failed', 'error', 'lost')),
+        prep               TEXT NOT NULL,
+        tape               TEXT,
+        error              TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (transaction_volume, number)
+      ) STRICT;
+      INSERT INTO generations_new SELECT * FROM generations;
+      DROP TABLE generations;
+      ALTER TABLE generations_new RENAME TO generations;
+      CREATE INDEX generations_by_backup_volume ON generations (backup_volume, status);
+    `);
+  },
 ];
 
 export const AGENT_SCHEMA_VERSION = MIGRATIONS.length;
@@ -124,6 +163,7 @@ export class BusyError extends Error {
 interface TvRow {
   volume: string;
   lock: string;
+  resync_after_backup: number;
   flush_only: number;
   generations: number;
   default_type: string;
@@ -157,6 +197,7 @@ function tvFromRow(r: TvRow): TransactionVolumeRecord {
   return {
     volume: r.volume,
     lock: r.lock as LockMode,
+    resyncAfterBackup: r.resync_after_backup !== 0,
     flushOnly: r.flush_only !== 0,
     generations: r.generations,
     defaultType: r.default_type as TransactionVolumeRecord['defaultType'],
@@ -185,16 +226,18 @@ function genFromRow(r: GenRow): GenerationRecord {
     sessionId: r.session_id,
     at: r.at,
     status: r.status as GenerationStatus,
-    prep: r.prep as TransactionPrep,
+    prep: r.prep as PrepDone,
     tape: r.tape === null ? null : (JSON.parse(r.tape) as TapeCopyRecord),
     error: r.error,
   };
 }
 
-// A backup volume is in use while a held generation or a sync pair names it.
+// A backup volume is in use while a held generation or a sync pair names it, or a generation
+// whose session is still on the array (an error-suspended SnapOPC+ generation that older ones
+// read through cannot be cancelled yet).
 const BV_SELECT = `
   SELECT b.*, coalesce(
-    (SELECT g.transaction_volume FROM generations g WHERE g.backup_volume = b.volume AND g.status = 'held' LIMIT 1),
+    (SELECT g.transaction_volume FROM generations g WHERE g.backup_volume = b.volume AND (g.status = 'held' OR g.session_id != '') LIMIT 1),
     (SELECT s.transaction_volume FROM sync_pairs s WHERE s.backup_volume = b.volume)
   ) AS in_use_by
   FROM backup_volumes b`;
@@ -242,12 +285,12 @@ export class AgentStore {
   putTransaction(rec: TransactionVolumeRecord): void {
     this.db
       .prepare(
-        `INSERT INTO transaction_volumes (volume, lock, flush_only, generations, default_type, registered_at, needs_resource_match)
-         VALUES (?, ?, ?, ?, ?, ?, ?)
+        `INSERT INTO transaction_volumes (volume, lock, flush_only, generations, default_type, registered_at, needs_resource_match, resync_after_backup)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (volume) DO UPDATE SET lock = excluded.lock, flush_only = excluded.flush_only,
-           generations = excluded.generations, default_type = excluded.default_type`,
+           generations = excluded.generations, default_type = excluded.default_type, resync_after_backup = excluded.resync_after_backup`,
       )
-      .run(rec.volume, rec.lock, rec.flushOnly ? 1 : 0, rec.generations, rec.defaultType, rec.registeredAt, rec.needsResourceMatch);
+      .run(rec.volume, rec.lock, rec.flushOnly ? 1 : 0, rec.generations, rec.defaultType, rec.registeredAt, rec.needsResourceMatch, rec.resyncAfterBackup ? 1 : 0);
   }
 
   /** Forgets a transaction volume with its generations and sync pair. */

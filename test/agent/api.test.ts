@@ -38,7 +38,18 @@ const core: AgentCore = {
   async registerTransaction(volume, opts) {
     calls.push(['registerTransaction', [volume, opts]]);
     if (volume === 'missing') throw new AgentError('NOT_FOUND', 'no volume named missing on the array; create it first');
-    return { volume, lock: opts?.lock ?? 'unmount', flushOnly: opts?.flushOnly ?? false, generations: opts?.generations ?? 1, defaultType: opts?.defaultType ?? 'opc', registeredAt: 'now', needsResourceMatch: '' };
+    return {
+      volume,
+      lock: opts?.lock ?? 'unmount',
+      resyncAfterBackup: opts?.resyncAfterBackup ?? false,
+      flushOnly: opts?.flushOnly ?? false,
+      generations: opts?.generations ?? 1,
+      defaultType: opts?.defaultType ?? 'opc',
+      registeredAt: 'now',
+      needsResourceMatch: '',
+      warnings: opts?.lock === 'freeze' ? ['no block device of tv1 was found on this host'] : [],
+      notes: [],
+    };
   },
   async registerBackup(volume) {
     return { volume, sizeBytes: 1 << 20, registeredAt: 'now', inUseBy: '', needsResourceMatch: '' };
@@ -58,22 +69,40 @@ const core: AgentCore = {
     };
     return report;
   },
-  async startSync(volume) {
-    return { transactionVolume: volume, backupVolume: 'bv2', sessionId: 's2', state: 'copying', copiedPercent: 12.5 };
+  async startSync(volume, opts) {
+    calls.push(['startSync', [volume, { ...opts, onProgress: typeof opts?.onProgress }]]);
+    return { transactionVolume: volume, backupVolume: 'bv2', sessionId: 's2', state: 'copying', copiedPercent: 12.5, start: 'resume', unitsToCopy: 3, totalUnits: 16 };
   },
   async cancelSync(volume) {
     throw new AgentError('FAILED_PRECONDITION', `${volume} has no sync pair; start one with arraylab-agent start-sync ${volume}`);
   },
   async restore(volume, opts) {
     calls.push(['restore', [volume, { ...opts, onProgress: typeof opts?.onProgress }]]);
-    return { volume, target: opts?.to ?? volume, generation: gen, from: opts?.fromTape ? 'tape' : 'disk', method: 'array-opc', hooks: [] };
+    return { volume, target: opts?.to ?? volume, generation: gen, from: opts?.fromTape ? 'tape' : 'disk', method: 'array-opc', hooks: [], notes: ['a note'] };
   },
   async history() {
-    return [gen, { ...gen, generation: 0, number: 6, status: 'released', tape: { cartridge: 'T1', record: 2, sha256: 'ab', at: 'then', status: 'ok', error: '' } }];
+    return [gen, { ...gen, generation: 0, number: 6, status: 'released', tape: { cartridge: 'T1', record: 2, sha256: 'ab', at: 'then', pointInTime: 'before', status: 'ok', error: '' } }];
   },
   async status() {
     return {
-      transactionVolumes: [{ volume: 'tv1', lock: 'freeze', flushOnly: false, generations: 2, defaultType: 'opc', registeredAt: 'now', needsResourceMatch: '', device: '/dev/loop1', mountPoint: '/mnt', sync: null, heldGenerations: 1, busy: '' }],
+      transactionVolumes: [
+        {
+          volume: 'tv1',
+          lock: 'freeze',
+          resyncAfterBackup: true,
+          flushOnly: false,
+          generations: 2,
+          defaultType: 'opc',
+          registeredAt: 'now',
+          needsResourceMatch: '',
+          device: '/dev/loop1',
+          mountPoint: '/mnt',
+          sync: null,
+          heldGenerations: 1,
+          unhealthy: ['generation 2 (#5): lost: its SnapOPC+ session s9 was cancelled on the array'],
+          busy: '',
+        },
+      ],
       backupVolumes: [],
       outstandingLocks: [{ volume: 'tv1', role: 'transaction', device: '/dev/loop1', action: 'frozen', mounts: [{ mountPoint: '/mnt', fsType: 'ext4', source: '/dev/loop1', mountOptions: 'rw', superOptions: 'rw' }], freezeGuardPid: 42, thawDeadline: 'soon', at: 'now' }],
     };
@@ -112,14 +141,25 @@ describe('AgentService', () => {
     const c = new AgentClient(`127.0.0.1:${port}`, { token: TOKEN });
     calls.length = 0;
     const rec = await c.registerTransaction('tv1', { lock: 'freeze', generations: 3, defaultType: 'snapopcplus' });
-    expect(rec).toMatchObject({ volume: 'tv1', lock: 'freeze', generations: 3, defaultType: 'snapopcplus', flushOnly: false });
-    expect(calls[0]).toEqual(['registerTransaction', ['tv1', { lock: 'freeze', generations: 3, flushOnly: false, defaultType: 'snapopcplus' }]]);
+    expect(rec).toMatchObject({ volume: 'tv1', lock: 'freeze', generations: 3, defaultType: 'snapopcplus', flushOnly: false, warnings: ['no block device of tv1 was found on this host'], notes: [] });
+    expect(calls[0]).toEqual(['registerTransaction', ['tv1', { lock: 'freeze', generations: 3, defaultType: 'snapopcplus' }]]);
+    // resync-after-backup: absent leaves the registration as it is; given, it passes.
+    await c.registerTransaction('tv1', { lock: 'none', resyncAfterBackup: true });
+    expect(calls.at(-1)).toEqual(['registerTransaction', ['tv1', { lock: 'none', resyncAfterBackup: true }]]);
+    await c.registerTransaction('tv1', { resyncAfterBackup: false, flushOnly: true });
+    expect(calls.at(-1)).toEqual(['registerTransaction', ['tv1', { flushOnly: true, resyncAfterBackup: false }]]);
     const st = await c.status();
     expect(st.transactionVolumes[0]!.sync).toBeNull();
+    expect(st.transactionVolumes[0]).toMatchObject({ resyncAfterBackup: true, unhealthy: [expect.stringMatching(/lost/)] });
+    const sync = await c.startSync('tv1', { full: true, wait: true, rateMiBs: 0 });
+    expect(sync).toEqual({ transactionVolume: 'tv1', backupVolume: 'bv2', sessionId: 's2', state: 'copying', copiedPercent: 12.5, start: 'resume', unitsToCopy: 3, totalUnits: 16 });
+    expect(calls.at(-1)).toEqual(['startSync', ['tv1', { full: true, wait: true, rateMiBs: 0, onProgress: 'function' }]]);
+    await c.startSync('tv1');
+    expect(calls.at(-1)).toEqual(['startSync', ['tv1', { full: false, wait: false, onProgress: 'function' }]]);
     expect(st.outstandingLocks[0]).toMatchObject({ action: 'frozen', freezeGuardPid: 42, mounts: [{ fsType: 'ext4', mountPoint: '/mnt' }] });
     const hist = await c.history('tv1');
     expect(hist[0]!.tape).toBeNull();
-    expect(hist[1]!.tape).toMatchObject({ cartridge: 'T1', record: 2 });
+    expect(hist[1]!.tape).toEqual({ cartridge: 'T1', record: 2, sha256: 'ab', at: 'then', pointInTime: 'before', status: 'ok', error: '' });
     expect(await c.devices()).toEqual([{ volume: 'tv1', device: '/dev/loop1', how: 'map' }]);
     await c.unregister('bv9', { force: true });
     expect(calls.at(-1)).toEqual(['unregister', ['bv9', { force: true }]]);
@@ -129,7 +169,8 @@ describe('AgentService', () => {
   it('streams progress before the result, and keeps per-volume failures and hook results', async () => {
     const c = new AgentClient(`127.0.0.1:${port}`, { token: TOKEN });
     const seen: unknown[] = [];
-    const report = await c.backup(['tv1', 'tv2'], { type: 'quickopc', to: 'both', onProgress: (p) => seen.push(p) });
+    const report = await c.backup(['tv1', 'tv2'], { type: 'quickopc', to: 'both', completeAfter: 'disk', resync: false, waitEquivalentSeconds: 2.5, onProgress: (p) => seen.push(p) });
+    expect(calls.at(-1)).toEqual(['backup', [['tv1', 'tv2'], { type: 'quickopc', flushOnly: false, to: 'both', completeAfter: 'disk', resync: false, waitEquivalentSeconds: 2.5, onProgress: 'function' }]]);
     expect(seen).toEqual([{ volume: 'tv1', step: 'copy', message: 'copying', doneBytes: 5, totalBytes: 10 }]);
     expect(report.ok).toBe(false);
     expect(report.volumes[0]).toMatchObject({ ok: true, generation: { number: 7, prep: 'freeze' } });
@@ -137,8 +178,10 @@ describe('AgentService', () => {
     expect(report.volumes[1]).toMatchObject({ ok: false, error: 'lock failed', needsResourceMatch: 'pre-processing failed' });
     expect(report.volumes[1]!.hooks[0]).toMatchObject({ verdict: 'timeout', exitCode: null, signal: 'SIGKILL' });
     const restored = await c.restore('tv1', { generation: 2, to: 'other', fromTape: true });
-    expect(restored).toMatchObject({ target: 'other', from: 'tape', generation: { number: 7 } });
-    expect(calls.at(-1)).toEqual(['restore', ['tv1', { generation: 2, to: 'other', fromTape: true, onProgress: 'function' }]]);
+    expect(restored).toMatchObject({ target: 'other', from: 'tape', generation: { number: 7 }, notes: ['a note'] });
+    expect(calls.at(-1)).toEqual(['restore', ['tv1', { generation: 2, to: 'other', fromTape: true, force: false, onProgress: 'function' }]]);
+    await c.restore('tv1', { to: 'other', force: true });
+    expect(calls.at(-1)).toEqual(['restore', ['tv1', { to: 'other', fromTape: false, force: true, onProgress: 'function' }]]);
     await c.close();
   });
 

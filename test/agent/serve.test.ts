@@ -67,7 +67,7 @@ describe('arraylab-agent serve', () => {
   });
 
   it('registers, backs up with generation rotation, and keeps history, for a remote caller', async () => {
-    expect((await agent(['register', 'transaction', 'tv', '--generations', '1', ...remote()])).code).toBe(0);
+    expect((await agent(['register', 'transaction', 'tv', '--lock', 'none', '--generations', '1', ...remote()])).code).toBe(0); // filled over NBD: nothing to lock here
     for (const bv of ['bv1', 'bv2']) expect((await agent(['register', 'backup', bv, ...remote()])).code).toBe(0);
     const first = await agent(['backup', 'tv', ...remote()]);
     expect(first.code).toBe(0);

@@ -6,9 +6,8 @@
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BackupManager } from '../../../agent/backup/BackupManager.js';
-import { AgentError } from '../../../agent/types.js';
 import { RecordingHost } from './RecordingHost.js';
-import { silent, startLab, type Lab } from './harness.js';
+import { registerAttached, rejects, silent, startLab, type Lab } from './harness.js';
 
 let L: Lab;
 
@@ -20,20 +19,10 @@ afterAll(async () => {
   await L?.stop();
 });
 
-async function rejects(p: Promise<unknown>): Promise<AgentError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(AgentError);
-    return err as AgentError;
-  }
-  throw new Error('expected a rejection');
-}
-
 describe('registration', () => {
   it('refuses unknown volumes, a second role, and bad generation counts', async () => {
     await L.mk(['rg-tv', 'rg-bv']);
-    const { m } = await L.manager();
+    const { m, host } = await L.manager();
     const e1 = await rejects(m.registerTransaction('rg-nope'));
     expect(e1.code).toBe('NOT_FOUND');
     expect(e1.message).toMatch(/no volume named rg-nope on the array/);
@@ -69,7 +58,7 @@ describe('snapshot generations', () => {
   it('OPC, N=2 over 3 backup volumes: the oldest is released before the copy and its volume reused', async () => {
     await L.mk(['op-tv', 'op-b1', 'op-b2', 'op-b3']);
     const { m, host } = await L.manager();
-    await m.registerTransaction('op-tv', { generations: 2 });
+    await registerAttached(m, host, 'op-tv', { generations: 2 });
     for (const b of ['op-b1', 'op-b2', 'op-b3']) await m.registerBackup(b);
     const bvs: string[] = [];
     for (const p of [0x11, 0x22, 0x33]) {
@@ -100,8 +89,8 @@ describe('snapshot generations', () => {
 
   it('OPC, N=2 over 2 backup volumes: 2 volumes serve 2 generations', async () => {
     await L.mk(['o2-tv', 'o2-b1', 'o2-b2']);
-    const { m } = await L.manager();
-    await m.registerTransaction('o2-tv', { generations: 2 });
+    const { m, host } = await L.manager();
+    await registerAttached(m, host, 'o2-tv', { generations: 2 });
     await m.registerBackup('o2-b1');
     await m.registerBackup('o2-b2');
     for (let i = 0; i < 4; i++) {
@@ -117,8 +106,8 @@ describe('snapshot generations', () => {
 
   it('QuickOPC reuse restarts the same session and copies only the change', async () => {
     await L.mk(['qo-tv', 'qo-bv']);
-    const { m } = await L.manager();
-    await m.registerTransaction('qo-tv', { generations: 1, defaultType: 'quickopc' });
+    const { m, host } = await L.manager();
+    await registerAttached(m, host, 'qo-tv', { generations: 1, defaultType: 'quickopc' });
     await m.registerBackup('qo-bv');
     await L.write('qo-tv', 0x51, 0, '8M');
     const r1 = await m.backup(['qo-tv']);
@@ -144,8 +133,8 @@ describe('snapshot generations', () => {
   it('SnapOPC+ rotation: N=2 over 2 snap volumes keeps the two newest generations readable', async () => {
     await L.mk(['sn-tv']);
     await L.mk(['sn-s1', 'sn-s2'], '64MiB', { allocLimitBytes: 16 << 20 });
-    const { m } = await L.manager();
-    await m.registerTransaction('sn-tv', { generations: 2, defaultType: 'snapopcplus' });
+    const { m, host } = await L.manager();
+    await registerAttached(m, host, 'sn-tv', { generations: 2, defaultType: 'snapopcplus' });
     await m.registerBackup('sn-s1');
     await m.registerBackup('sn-s2');
     const gens = [];
@@ -168,7 +157,7 @@ describe('snapshot generations', () => {
     await L.mk(['nv-tv']);
     await L.mk(['nv-small'], '32MiB');
     const { m, host } = await L.manager();
-    await m.registerTransaction('nv-tv');
+    await registerAttached(m, host, 'nv-tv');
     await m.registerBackup('nv-small');
     const r = await m.backup(['nv-tv']);
     expect(r.ok).toBe(false);
@@ -185,8 +174,10 @@ describe('one operation per volume', () => {
     await L.mk(['cc-tv', 'cc-b1', 'cc-b2']);
     const host = new RecordingHost();
     const { m: m1, stateDir } = await L.manager({ host });
-    const { m: m2 } = await L.manager({ stateDir, host: new RecordingHost() });
-    await m1.registerTransaction('cc-tv', { generations: 2 });
+    const host2 = new RecordingHost();
+    host2.deviceMap.set('cc-tv', '/dev/fake-cc-tv');
+    const { m: m2 } = await L.manager({ stateDir, host: host2 });
+    await registerAttached(m1, host, 'cc-tv', { generations: 2 });
     await m1.registerBackup('cc-b1');
     await m1.registerBackup('cc-b2');
     const gate = host.gate('lockTransaction', 'cc-tv');
@@ -209,8 +200,8 @@ describe('one operation per volume', () => {
 
   it('a row of a live process refuses; once that process is gone the row is taken over and flagged', async () => {
     await L.mk(['st-tv', 'st-bv']);
-    const { m } = await L.manager();
-    await m.registerTransaction('st-tv');
+    const { m, host } = await L.manager();
+    await registerAttached(m, host, 'st-tv');
     await m.registerBackup('st-bv');
     const sleeper = spawn('sleep', ['60'], { stdio: 'ignore' });
     try {
@@ -236,7 +227,7 @@ describe('sets of volumes', () => {
   it('one consistency group; a volume whose lock fails is reported and the others get generations', async () => {
     await L.mk(['set-a', 'set-b', 'set-c', 'set-ba', 'set-bb', 'set-bc']);
     const { m, host } = await L.manager();
-    for (const v of ['set-a', 'set-b', 'set-c']) await m.registerTransaction(v);
+    for (const v of ['set-a', 'set-b', 'set-c']) await registerAttached(m, host, v);
     for (const v of ['set-ba', 'set-bb', 'set-bc']) await m.registerBackup(v);
     host.failOn('lockTransaction', 'set-b', 'cannot unmount /mnt/b: target is busy (pid 4242 has files open); stop the writer or use --lock freeze');
     const r = await m.backup(['set-a', 'set-b', 'set-c']);
@@ -263,7 +254,7 @@ describe('hooks and post-processing', () => {
   it('a failed pre hook aborts, undoes, flags the volume; resource-match clears the flag', async () => {
     await L.mk(['hk-tv', 'hk-bv']);
     const { m, host } = await L.manager();
-    await m.registerTransaction('hk-tv');
+    await registerAttached(m, host, 'hk-tv');
     await m.registerBackup('hk-bv');
     host.hookVerdicts.set('backup-pre', 'user-error');
     const r = await m.backup(['hk-tv']);
@@ -297,7 +288,7 @@ describe('hooks and post-processing', () => {
     host.deviceMap.set('pp-tv', '/dev/fake-tv');
     host.deviceMap.set('pp-bv', '/dev/fake-bv');
     host.mounts.set('/dev/fake-tv', [{ mountPoint: '/mnt/pp', fsType: 'ext4', source: '/dev/fake-tv', mountOptions: 'rw,relatime', superOptions: 'rw' }]);
-    await m.registerTransaction('pp-tv');
+    await registerAttached(m, host, 'pp-tv');
     await m.registerBackup('pp-bv');
     let locksWhileLocked = -1;
     host.onCall = async (c) => {
@@ -322,7 +313,7 @@ describe('hooks and post-processing', () => {
     await L.mk(['ul-tv', 'ul-bv']);
     const { m, host } = await L.manager();
     host.deviceMap.set('ul-tv', '/dev/fake-ul');
-    await m.registerTransaction('ul-tv', { lock: 'freeze' });
+    await registerAttached(m, host, 'ul-tv', { lock: 'freeze' });
     await m.registerBackup('ul-bv');
     host.failOn('unlock', 'ul-tv', 'cannot thaw /mnt/ul: device gone');
     const r = await m.backup(['ul-tv']);
@@ -343,14 +334,16 @@ describe('hooks and post-processing', () => {
 describe('the store', () => {
   it('keeps every record across a reopen', async () => {
     await L.mk(['ro-tv', 'ro-bv']);
-    const { m, stateDir } = await L.manager();
-    await m.registerTransaction('ro-tv', { lock: 'freeze', generations: 1, flushOnly: true });
+    const { m, host, stateDir } = await L.manager();
+    await registerAttached(m, host, 'ro-tv', { lock: 'freeze', generations: 1, flushOnly: true });
     await m.registerBackup('ro-bv');
     const r = await m.backup(['ro-tv']);
     expect(r.ok, r.volumes[0]!.error).toBe(true);
     const before = { h: await m.history(), s: await m.status() };
     await m.close();
-    const m2 = await BackupManager.open(stateDir, { array: L.array, tape: L.tape, host: new RecordingHost(), log: silent });
+    const host2 = new RecordingHost();
+    host2.deviceMap.set('ro-tv', '/dev/fake-ro-tv');
+    const m2 = await BackupManager.open(stateDir, { array: L.array, tape: L.tape, host: host2, log: silent });
     try {
       expect(await m2.history()).toEqual(before.h);
       expect(await m2.status()).toEqual(before.s);

@@ -6,11 +6,12 @@ import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { promisify } from 'node:util';
 import pino from 'pino';
+import { expect } from 'vitest';
 import { ArrayClient } from '../../../emulator/api/ArrayClient.js';
 import type { CreateVolumeRequest } from '../../../emulator/array/types.js';
 import { parseSize } from '../../../emulator/units.js';
 import { BackupManager } from '../../../agent/backup/BackupManager.js';
-import type { TapePort } from '../../../agent/types.js';
+import { AgentError, type TapePort } from '../../../agent/types.js';
 import { makeTempDir, startArraylab, type Arraylab } from '../../support/arraylab.js';
 import { requireTool } from '../../support/tools.js';
 import { RecordingHost } from './RecordingHost.js';
@@ -95,6 +96,26 @@ export async function startLab(): Promise<Lab> {
       await lab.stop();
     },
   };
+}
+
+/**
+ * Registers a transaction volume that is attached to the RecordingHost (a fake device, not
+ * mounted), as one must be to be locked: the agent refuses to back up a volume it cannot find.
+ */
+export async function registerAttached(m: BackupManager, host: RecordingHost, volume: string, opts: Parameters<BackupManager['registerTransaction']>[1] = {}): ReturnType<BackupManager['registerTransaction']> {
+  if (!host.deviceMap.has(volume)) host.deviceMap.set(volume, `/dev/fake-${volume}`);
+  return m.registerTransaction(volume, opts);
+}
+
+/** The AgentError an operation is refused with (fails the test when it is not refused). */
+export async function rejects(p: Promise<unknown>): Promise<AgentError> {
+  try {
+    await p;
+  } catch (err) {
+    expect(err).toBeInstanceOf(AgentError);
+    return err as AgentError;
+  }
+  throw new Error('expected a rejection');
 }
 
 export function cleanup(dir: string): void {

@@ -56,7 +56,8 @@ describe('generations through arraylab-agent', () => {
   async function setUp(tv: string, type: 'opc' | 'snapopcplus', gens: number, backups: number, size = SIZE): Promise<{ agent: Agent; bvs: string[] }> {
     const agent = env.newAgent();
     await env.createVolume(tv, size);
-    await agent.json(['register', 'transaction', tv, '--generations', String(gens), '--type', type]);
+    // No filesystem here (the volumes are filled over NBD): nothing to lock on this host.
+    await agent.json(['register', 'transaction', tv, '--lock', 'none', '--generations', String(gens), '--type', type]);
     const bvs: string[] = [];
     for (let i = 1; i <= backups; i++) {
       const bv = `${tv}-b${i}`;
@@ -170,7 +171,7 @@ describe('generations through arraylab-agent', () => {
   it('no backup volume registered: backup fails naming the fix', async () => {
     const agent = env.newAgent();
     await env.createVolume('rot-none', SIZE);
-    await agent.json(['register', 'transaction', 'rot-none']);
+    await agent.json(['register', 'transaction', 'rot-none', '--lock', 'none']);
     const r = await agent.run(['backup', 'rot-none']);
     expect(r.code).toBe(1);
     const out = r.stdout + r.stderr;
@@ -183,8 +184,8 @@ describe('generations through arraylab-agent', () => {
     await env.createVolume('set-a', SIZE);
     await env.createVolume('set-a-b1', SIZE);
     await env.createVolume('set-b', SIZE);
-    await agent.json(['register', 'transaction', 'set-a']);
-    await agent.json(['register', 'transaction', 'set-b']);
+    await agent.json(['register', 'transaction', 'set-a', '--lock', 'none']);
+    await agent.json(['register', 'transaction', 'set-b', '--lock', 'none']);
     await agent.json(['register', 'backup', 'set-a-b1']);
     fill('set-a', 0x21);
     const r = await agent.run(['backup', 'set-a', 'set-b']);
@@ -203,7 +204,7 @@ describe('generations through arraylab-agent', () => {
     await env.createVolume('busy', SIZE);
     await env.createVolume('busy-b1', SIZE);
     await env.createVolume('busy-b2', SIZE);
-    await agent.json(['register', 'transaction', 'busy', '--generations', '2']);
+    await agent.json(['register', 'transaction', 'busy', '--lock', 'none', '--generations', '2']);
     await agent.json(['register', 'backup', 'busy-b1']);
     await agent.json(['register', 'backup', 'busy-b2']);
     const ran = `${env.work}/busy.hook-ran`;

@@ -57,7 +57,7 @@ describe('arraylab-agent backup to tape', () => {
     const tv = 'tape-tv';
     await env.createVolume(tv, SIZE);
     await env.createVolume(`${tv}-b1`, SIZE);
-    await agent.json(['register', 'transaction', tv]);
+    await agent.json(['register', 'transaction', tv, '--lock', 'none']); // filled over NBD, no filesystem here
     await agent.json(['register', 'backup', `${tv}-b1`]);
     fill(tv, 0x77);
 
@@ -85,7 +85,7 @@ describe('arraylab-agent backup to tape', () => {
     const tv = 'tape-only';
     await env.createVolume(tv, SIZE);
     await env.createVolume(`${tv}-b1`, SIZE);
-    await agent.json(['register', 'transaction', tv]);
+    await agent.json(['register', 'transaction', tv, '--lock', 'none']); // filled over NBD, no filesystem here
     await agent.json(['register', 'backup', `${tv}-b1`]);
     fill(tv, 0x99);
     const r = await agent.run(['backup', tv, '--to', 'tape']);
@@ -107,7 +107,7 @@ describe('arraylab-agent backup to tape', () => {
     const tv = 'tape-bad';
     await env.createVolume(tv, SIZE);
     await env.createVolume(`${tv}-b1`, SIZE);
-    await agent.json(['register', 'transaction', tv]);
+    await agent.json(['register', 'transaction', tv, '--lock', 'none']); // filled over NBD, no filesystem here
     await agent.json(['register', 'backup', `${tv}-b1`]);
     fill(tv, 0x5a);
     const r = await agent.run(['backup', tv, '--to', 'both', '--cartridge', 'T2']);

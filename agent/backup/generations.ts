@@ -1,0 +1,93 @@
+/**
+ * Generations as users see them: their relative numbers (1 = newest restorable, the same in
+ * history, status and restore, from disk or tape) and their health as the array reports it.
+ *
+ * A held generation is only as good as what the array still has: its backup volume, and for
+ * the types whose image depends on a live session (QuickOPC, SnapOPC+, and EC with
+ * Suspend/Resume) that session in the right state. The agent's records alone would call a
+ * generation "held" after its pool filled up or its session was cancelled out of band; every
+ * reader goes through assess() instead.
+ */
+import type { CopySessionView } from '../../emulator/api/model.js';
+import type { VolumeInfo } from '../../emulator/array/types.js';
+import type { GenerationRecord, HistoryEntry } from '../types.js';
+
+/** What the array has now, for assess(). */
+export interface ArrayState {
+  volumes: Map<string, VolumeInfo>;
+  copies: Map<string, CopySessionView>;
+}
+
+export interface Health {
+  status: 'error' | 'lost';
+  /** The array's reason, naming the session or volume, and what it means for the image. */
+  reason: string;
+}
+
+export function key(g: Pick<GenerationRecord, 'transactionVolume' | 'number'>): string {
+  return `${g.transactionVolume}\0${g.number}`;
+}
+
+/** Restorable: held on disk, or with a good tape copy. */
+export function restorable(g: GenerationRecord): boolean {
+  return g.status === 'held' || g.tape?.status === 'ok';
+}
+
+/** Relative generation numbers: 1 = newest restorable, per transaction volume; others 0. */
+export function relativeNumbers(gens: GenerationRecord[]): Map<string, number> {
+  const out = new Map<string, number>();
+  const byTv = new Map<string, GenerationRecord[]>();
+  for (const g of gens) if (restorable(g)) byTv.set(g.transactionVolume, [...(byTv.get(g.transactionVolume) ?? []), g]);
+  for (const list of byTv.values()) list.sort((a, b) => b.number - a.number).forEach((g, i) => out.set(key(g), i + 1));
+  return out;
+}
+
+/**
+ * The health of a held generation on the array, or undefined when it is good (or cannot be
+ * checked from the session: an OPC generation whose session ended after its copy, or one whose
+ * session the agent itself ended, keeping the image).
+ */
+export function assess(g: GenerationRecord, a: ArrayState): Health | undefined {
+  if (g.status !== 'held') return undefined;
+  const gen = `${g.transactionVolume} generation #${g.number}`;
+  if (!a.volumes.has(g.backupVolume)) return { status: 'lost', reason: `its backup volume ${g.backupVolume} no longer exists on the array` };
+  if (!g.sessionId) return undefined;
+  const s = a.copies.get(g.sessionId);
+  if (s === undefined) {
+    switch (g.type) {
+      case 'opc':
+        return undefined; // an OPC session ends by itself once the copy is done
+      case 'quickopc':
+        return { status: 'lost', reason: `its QuickOPC session ${g.sessionId} was cancelled on the array: ${g.backupVolume} is no longer protected and may have been overwritten` };
+      case 'snapopcplus':
+        return { status: 'lost', reason: `its SnapOPC+ session ${g.sessionId} was cancelled on the array: the snap volume ${g.backupVolume} no longer holds the image` };
+      case 'ec':
+        return { status: 'lost', reason: `its suspended EC pair ${g.sessionId} was cancelled on the array: ${g.backupVolume} is no longer protected and may have been overwritten` };
+    }
+  }
+  const ends = [s.source, s.destination].sort().join(' ');
+  if (ends !== [g.transactionVolume, g.backupVolume].sort().join(' ')) {
+    return { status: 'error', reason: `session ${s.id} is now ${s.source} -> ${s.destination}, not ${g.transactionVolume} -> ${g.backupVolume} (arraylab copy show ${s.id})` };
+  }
+  if (s.state === 'error-suspended') return { status: 'error', reason: `the array error-suspended session ${s.id}: ${s.error || 'no reason given'}` };
+  if (g.type === 'ec') {
+    if (s.state === 'copying' || s.state === 'equivalent') {
+      return { status: 'lost', reason: `its EC pair ${s.id} was resumed on the array (now ${s.state}): ${g.backupVolume} follows ${g.transactionVolume} again and no longer holds ${gen}` };
+    }
+    if (s.state === 'split') return { status: 'error', reason: `its EC pair ${s.id} was split on the array: ${g.backupVolume} is writable and may have changed since the backup` };
+    if (s.reversed) return { status: 'error', reason: `its EC pair ${s.id} was reversed on the array (${s.source} -> ${s.destination})` };
+  }
+  return undefined;
+}
+
+/** History entries (newest first) with relative numbers and the array's verdict on held ones. */
+export function toHistory(gens: GenerationRecord[], a: ArrayState | undefined): HistoryEntry[] {
+  const rel = relativeNumbers(gens);
+  return gens.map((g) => {
+    const e: HistoryEntry = { ...g, generation: rel.get(key(g)) ?? 0 };
+    if (g.status !== 'held') return e;
+    if (a === undefined) return { ...e, error: e.error || 'not checked: the array could not be reached' };
+    const h = assess(g, a);
+    return h ? { ...e, status: h.status, error: h.reason } : e;
+  });
+}
