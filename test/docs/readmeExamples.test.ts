@@ -1,5 +1,6 @@
 /**
- * README.md's examples run as written, in order, on a fresh array: every ```sh block marked
+ * README.md's examples run as written, in order, on a fresh array (as root: the agent example
+ * mounts a filesystem on a volume through FUSE and a loop device): every ```sh block marked
  * with a preceding `<!-- example: NAME -->` is taken from the README, `npx arraylab` becomes the
  * built CLI against a fresh `arraylab serve` on its built-in config (the `demo` volume; free
  * ports, a temp data dir, ARRAYLAB_API set), and the blocks run one line at a time in one bash
@@ -13,7 +14,21 @@ import { runProcess } from '../support/process.js';
 import { requireTool } from '../support/tools.js';
 
 /** The marked examples, in README order, in the order the README says they run. */
-const EXAMPLES = ['volumes', 'copy', 'tape'];
+const EXAMPLES = ['volumes', 'copy', 'tape', 'agent'];
+
+/**
+ * What the agent example sets up on this host (it attaches a volume through FUSE and a loop
+ * device, as root): undone after the run whatever happened, so a failing line leaves nothing.
+ */
+const AGENT_EXAMPLE_CLEANUP = [
+  'set +e', // also as the EXIT trap of a `set -e` script: every step is tried, none fails it
+  'umount /mnt/app 2>/dev/null',
+  'for d in $(losetup -j /tmp/app.img -O NAME -n 2>/dev/null); do losetup -d "$d"; done',
+  '[ -f /tmp/app-qsd.pid ] && kill "$(cat /tmp/app-qsd.pid)" 2>/dev/null',
+  'for i in $(seq 50); do mountpoint -q /tmp/app.img || break; sleep 0.1; done',
+  'rm -rf /tmp/app.img /tmp/app-qsd.pid /tmp/app.devices /tmp/app-agent.yaml /tmp/app-agent',
+  'true',
+].join('; ');
 
 /**
  * Lines that do not run here, each with why: they do not end by themselves. `copy watch`
@@ -41,17 +56,20 @@ function readmeExamples(): Example[] {
 const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 describe('README examples', () => {
-  it('marks the volume, copy-session and tape examples', () => {
+  it('marks the volume, copy-session, tape and agent examples', () => {
     expect(readmeExamples().map((e) => e.name)).toEqual(EXAMPLES);
   });
 
   it('run line by line, in order, on a fresh array', async () => {
-    requireTool('jq');
+    for (const tool of ['jq', 'qemu-storage-daemon', 'losetup', 'mkfs.ext4']) requireTool(tool);
     const examples = readmeExamples();
     expect(examples.map((e) => e.name)).toEqual(EXAMPLES);
     const lab = await startArraylab();
     const cli = `${shellQuote(process.execPath)} ${shellQuote(CLI_PATH)}`;
-    const script = ['set -euo pipefail'];
+    const agentCli = `${shellQuote(process.execPath)} ${shellQuote(join(REPO_ROOT, 'dist', 'agent', 'cli', 'arraylab-agent.js'))}`;
+    // The agent example's paths are fixed: start from none of them, and clean them up after.
+    await runProcess('bash', ['-c', AGENT_EXAMPLE_CLEANUP], { timeoutMs: 30_000 });
+    const script = ['set -euo pipefail', `trap ${shellQuote(AGENT_EXAMPLE_CLEANUP)} EXIT`];
     const ran: string[] = [];
     const skipped: string[] = [];
     for (const e of examples) {
@@ -61,13 +79,18 @@ describe('README examples', () => {
           continue;
         }
         ran.push(line);
-        script.push(`echo ${shellQuote(`@@ example ${e.name}, line ${i + 1}: ${line}`)}`, line.replace(/\bnpx arraylab(?![\w-])/g, cli));
+        // The README's NBD port is the built-in config's; the test's array has its own.
+        const here = line
+          .replace(/\bnpx arraylab-agent\b/g, agentCli)
+          .replace(/\bnpx arraylab(?![\w-])/g, cli)
+          .replace(/\bserver\.port=10809\b/g, `server.port=${lab.info.nbd.port}`);
+        script.push(`echo ${shellQuote(`@@ example ${e.name}, line ${i + 1}: ${line}`)}`, here);
       }
     }
     script.push('echo "@@ done"');
     expect(skipped.every((l) => l.startsWith('npx arraylab copy watch'))).toBe(true);
     const env: NodeJS.ProcessEnv = { ...process.env, ARRAYLAB_API: lab.apiAddress, NO_COLOR: '1' };
-    for (const k of ['ARRAYLAB_RUN_DIR', 'ARRAYLAB_LOG_LEVEL']) delete env[k];
+    for (const k of ['ARRAYLAB_RUN_DIR', 'ARRAYLAB_LOG_LEVEL', 'ARRAYLAB_AGENT', 'ARRAYLAB_AGENT_CONFIG', 'ARRAYLAB_AGENT_STATE', 'ARRAYLAB_AGENT_TOKEN']) delete env[k];
 
     const r = await runProcess('bash', ['-c', script.join('\n')], { env, cwd: REPO_ROOT, timeoutMs: 180_000 });
     const failedAt = r.stdout.split('\n').filter((l) => l.startsWith('@@ ')).at(-1);
