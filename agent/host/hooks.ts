@@ -1,8 +1,9 @@
 /**
  * Hook scripts: HOOKS_DIR/PHASE, run with the phase, volume, device and mount point as
  * arguments and ARRAYLAB_* in the environment, under a timeout after which the script's whole
- * process group is killed (SIGTERM, then SIGKILL 2 s later). Exit codes follow the seed's rule:
- * 0 success, 100-255 the user's own errors, 1-99 reserved for arraylab-agent.
+ * process group is killed (SIGTERM, then SIGKILL 2 s later). Exit codes follow ACM's rule
+ * (Operator's Guide, table A.2): 0 success, 100-255 the user's own errors, 1-99 reserved for
+ * arraylab-agent.
  */
 import { spawn } from 'node:child_process';
 import { access, constants, stat } from 'node:fs/promises';
