@@ -97,6 +97,26 @@ describe('a transaction volume without a device here', () => {
   });
 });
 
+describe('registration', () => {
+  it('lowering --generations says which generations go, and when; raising it says nothing', async () => {
+    await L.mk(['lg-tv', 'lg-b1', 'lg-b2', 'lg-b3']);
+    const { m, host } = await L.manager();
+    await registerAttached(m, host, 'lg-tv', { generations: 3 });
+    for (const b of ['lg-b1', 'lg-b2', 'lg-b3']) await m.registerBackup(b);
+    for (let i = 0; i < 3; i++) expect((await m.backup(['lg-tv'])).ok).toBe(true);
+    const h = await m.history('lg-tv');
+    const lower = await m.registerTransaction('lg-tv', { generations: 1 });
+    expect(lower.notes).toEqual([
+      `lg-tv now keeps 1 generation and holds 3: generation 3 (#1 of ${h[2]!.at}, on lg-b1), generation 2 (#2 of ${h[1]!.at}, on lg-b2), generation 1 (#3 of ${h[0]!.at}, on lg-b3) will be released at the next backup, before its copy`,
+    ]);
+    expect((await m.registerTransaction('lg-tv', { generations: 2 })).notes).toEqual([]);
+    // Nothing was released by saying so: the next backup does it.
+    expect((await m.history('lg-tv')).filter((g) => g.status === 'held')).toHaveLength(3);
+    expect((await m.backup(['lg-tv'])).ok).toBe(true);
+    expect((await m.history('lg-tv')).filter((g) => g.status === 'held').map((g) => g.number)).toEqual([4, 3]);
+  });
+});
+
 describe('generation health', () => {
   it('a SnapOPC+ generation error-suspended by a full pool shows as error with the array\'s reason; restore is refused with it; resource-match records it', async () => {
     await L.mk(['gh-tv']);
