@@ -61,8 +61,8 @@ export interface CopyControl {
   listCopies(): SessionInfo[];
   getCopy(id: string): SessionInfo;
   suspendCopy(id: string): Promise<SessionInfo>;
-  resumeCopy(id: string): Promise<SessionInfo>;
-  reverseCopy(id: string): Promise<SessionInfo>;
+  resumeCopy(id: string, opts?: { force?: boolean }): Promise<SessionInfo>;
+  reverseCopy(id: string, opts?: { force?: boolean }): Promise<SessionInfo>;
   splitCopy(id: string, opts?: { newName?: string }): Promise<SessionInfo>;
   restoreFromClone(id: string, opts?: { force?: boolean }): Promise<SessionInfo>;
   startCopyGroup(group: string, reqs: StartCopyRequest[]): Promise<SessionInfo[]>;
@@ -150,8 +150,8 @@ export class ArrayApiServer {
         ListCopies: this.unary('ListCopies', () => ({ sessions: copy.listCopies().map(copySessionToWire) })),
         GetCopy: this.unary('GetCopy', (req: { id: string }) => copySessionToWire(copy.getCopy(id(req)))),
         SuspendCopy: this.unary('SuspendCopy', async (req: { id: string }) => copySessionToWire(await copy.suspendCopy(id(req)))),
-        ResumeCopy: this.unary('ResumeCopy', async (req: { id: string }) => copySessionToWire(await copy.resumeCopy(id(req)))),
-        ReverseCopy: this.unary('ReverseCopy', async (req: { id: string }) => copySessionToWire(await copy.reverseCopy(id(req)))),
+        ResumeCopy: this.unary('ResumeCopy', async (req: { id: string; force: boolean }) => copySessionToWire(await copy.resumeCopy(id(req), { force: req.force }))),
+        ReverseCopy: this.unary('ReverseCopy', async (req: { id: string; force: boolean }) => copySessionToWire(await copy.reverseCopy(id(req), { force: req.force }))),
         SplitCopy: this.unary('SplitCopy', async (req: { id: string; newName: string }) =>
           copySessionToWire(await copy.splitCopy(id(req), req.newName ? { newName: req.newName } : {})),
         ),

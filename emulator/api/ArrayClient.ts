@@ -168,13 +168,14 @@ export class ArrayClient {
     return copySessionFromWire(await this.copyCall<WireCopySession>('SuspendCopy', { id }));
   }
 
-  /** Resumes a suspended EC pair or rejoins a split one. */
-  async resumeCopy(id: string): Promise<CopySessionView> {
-    return copySessionFromWire(await this.copyCall<WireCopySession>('ResumeCopy', { id }));
+  /** Resumes a suspended EC pair or rejoins a split one; force: even while clients write to the destination. */
+  async resumeCopy(id: string, opts: { force?: boolean } = {}): Promise<CopySessionView> {
+    return copySessionFromWire(await this.copyCall<WireCopySession>('ResumeCopy', { id, force: opts.force ?? false }));
   }
 
-  async reverseCopy(id: string): Promise<CopySessionView> {
-    return copySessionFromWire(await this.copyCall<WireCopySession>('ReverseCopy', { id }));
+  /** EC: swaps the direction; QuickOPC: restore. force: even while clients write to the source (the new destination). */
+  async reverseCopy(id: string, opts: { force?: boolean } = {}): Promise<CopySessionView> {
+    return copySessionFromWire(await this.copyCall<WireCopySession>('ReverseCopy', { id, force: opts.force ?? false }));
   }
 
   /** newName: rename the split clone, with a new serial and WWN. */

@@ -47,7 +47,7 @@ import type { Logger } from 'pino';
 import { BlockDeviceError, type ClientInfo, type ExportHandle, type ExportProvider, type ExportSummary } from '../block/BlockDevice.js';
 import { FileBlockStore, type FileBlockStorePaths } from '../block/FileBlockStore.js';
 import { MemoryBlockStore } from '../block/MemoryBlockStore.js';
-import { CopyEngine, type StartOptions } from '../copy/CopyEngine.js';
+import { CopyEngine, type OverwriteCheck, type StartOptions } from '../copy/CopyEngine.js';
 import { COPY_TYPE_NAMES, CopyError, type CopyEvent, type CopyType, type SessionInfo } from '../copy/CopySession.js';
 import { formatSize } from '../units.js';
 import { HostAffinity, type VolumeDirectory } from './HostAffinity.js';
@@ -336,7 +336,7 @@ export class StorageArray implements ExportProvider {
 
   /**
    * Refuses to overwrite a volume that clients have open read-write (their next I/O would
-   * fail): copy start onto a destination, restore from clone onto the original.
+   * fail): copy start onto a destination; resume, reverse and restore from clone (overwriteCheck).
    */
   private refuseIfWritten(name: string, what: string): void {
     const rw = [...this.volume(name).handles].filter((h) => !h.readOnly).length;
@@ -357,14 +357,33 @@ export class StorageArray implements ExportProvider {
     return this.serially(() => copyCall(() => this.copy.suspend(id)));
   }
 
-  /** Resumes a suspended EC pair, or rejoins a split one (differential resync). */
-  resumeCopy(id: string): Promise<SessionInfo> {
-    return this.serially(() => copyCall(() => (this.copy.get(id).state === 'split' ? this.copy.rejoin(id) : this.copy.resume(id))));
+  /**
+   * Resumes a suspended EC pair, or rejoins a split one (differential resync). The destination
+   * is overwritten and hosts lose it until the pair is equivalent, so it is refused while
+   * clients have it open read-write, unless force (the check runs under the engine's cut).
+   */
+  resumeCopy(id: string, opts: { force?: boolean } = {}): Promise<SessionInfo> {
+    return this.serially(() =>
+      copyCall(() => {
+        const s = this.copy.get(id);
+        const check = this.overwriteCheck(opts.force, (dst, src) => `cannot resume ${COPY_TYPE_NAMES[s.type]} ${src} -> ${dst} (session ${id})`);
+        return s.state === 'split' ? this.copy.rejoin(id, { check }) : this.copy.resume(id, { check });
+      }),
+    );
   }
 
-  /** EC (suspended or split): swap the direction; QuickOPC (tracking): restore, differential. */
-  reverseCopy(id: string): Promise<SessionInfo> {
-    return this.serially(() => copyCall(() => this.copy.reverse(id)));
+  /**
+   * EC (suspended or split): swap the direction; QuickOPC (tracking): restore, differential.
+   * The source becomes the destination and is overwritten, so it is refused while clients have
+   * it open read-write, unless force (the check runs under the engine's cut).
+   */
+  reverseCopy(id: string, opts: { force?: boolean } = {}): Promise<SessionInfo> {
+    return this.serially(() =>
+      copyCall(() => {
+        const type = COPY_TYPE_NAMES[this.copy.get(id).type];
+        return this.copy.reverse(id, { check: this.overwriteCheck(opts.force, (src, dst) => `cannot reverse ${type} ${src} -> ${dst} (session ${id})`) });
+      }),
+    );
   }
 
   /**
@@ -375,14 +394,17 @@ export class StorageArray implements ExportProvider {
    */
   restoreFromClone(id: string, opts: { force?: boolean } = {}): Promise<SessionInfo> {
     return this.serially(() =>
-      copyCall(() =>
-        this.copy.restoreFromClone(id, {
-          check: (original, clone) => {
-            if (!opts.force) this.refuseIfWritten(original, `cannot restore ${original} from clone ${clone} (EC session ${id})`);
-          },
-        }),
-      ),
+      copyCall(() => this.copy.restoreFromClone(id, { check: this.overwriteCheck(opts.force, (original, clone) => `cannot restore ${original} from clone ${clone} (EC session ${id})`) })),
     );
+  }
+
+  /**
+   * The engine's check (OverwriteCheck) for a control operation that overwrites a volume:
+   * refused while clients have it open read-write (refuseIfWritten), none with force. `what`
+   * names the operation from the overwritten volume and the pair's other one.
+   */
+  private overwriteCheck(force: boolean | undefined, what: (overwritten: string, other: string) => string): OverwriteCheck | undefined {
+    return force ? undefined : (overwritten, other) => this.refuseIfWritten(overwritten, what(overwritten, other));
   }
 
   /**

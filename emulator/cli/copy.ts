@@ -117,13 +117,15 @@ function summary(verb: string, s: CopySessionView): string {
 const idPositional = <T>(c: Argv<T>) => c.positional('id', { type: 'string', demandOption: true, describe: 'session id (see arraylab copy list)' });
 
 export function copyCommands(y: Argv<{ json: boolean }>) {
-  const control = (name: 'resume' | 'reverse', describe: string, verb: string) =>
+  // resume and reverse overwrite a volume (force: even while a client writes to it).
+  const control = (name: 'resume' | 'reverse', describe: string, verb: string, force: string) =>
     [
       `${name} <id>`,
       describe,
-      (c: Argv<{ json: boolean; api: string | undefined }>) => idPositional(c),
-      async (a: { id: string; json: boolean; api?: string | undefined }) => {
-        const s = await withClient(a, (client) => (name === 'resume' ? client.resumeCopy(a.id) : client.reverseCopy(a.id)));
+      (c: Argv<{ json: boolean; api: string | undefined }>) => idPositional(c).option('force', { type: 'boolean', default: false, describe: force }),
+      async (a: { id: string; json: boolean; api?: string | undefined; force: boolean }) => {
+        const opts = { force: a.force };
+        const s = await withClient(a, (client) => (name === 'resume' ? client.resumeCopy(a.id, opts) : client.reverseCopy(a.id, opts)));
         if (a.json) printJson(s);
         else print(summary(verb, s));
       },
@@ -225,8 +227,22 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
       },
     )
     .command(...cut('suspend', 'EC: freeze the destination as of now (equivalent -> suspended)'))
-    .command(...control('resume', 'EC: resync a suspended or split pair (differential)', 'resumed'))
-    .command(...control('reverse', 'EC: swap the direction of a suspended or split pair; QuickOPC: restore the destination onto the source (tracking, differential)', 'reversed'))
+    .command(
+      ...control(
+        'resume',
+        'EC: resync a suspended or split pair (differential); refused while a client writes to the destination',
+        'resumed',
+        'resume even if the destination is exported read-write to a connected client (its I/O then fails)',
+      ),
+    )
+    .command(
+      ...control(
+        'reverse',
+        'EC: swap the direction of a suspended or split pair; QuickOPC: restore the destination onto the source (tracking, differential); refused while a client writes to the source',
+        'reversed',
+        'reverse even if the source (the new destination) is exported read-write to a connected client (it is overwritten)',
+      ),
+    )
     .command(...cut('split', 'EC: make the destination an independent clone (equivalent or suspended -> split)'))
     .command(
       'restore <id>',

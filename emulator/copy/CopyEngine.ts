@@ -92,6 +92,19 @@ export interface SnapStartOptions {
   group?: string;
 }
 
+/**
+ * The caller's last refusal of a control operation that overwrites a volume hosts may have
+ * open (resume and rejoin: the destination; reverse and restore from clone: the source, which
+ * becomes the destination). It gets that volume and the pair's other one, and throws to refuse
+ * (StorageArray: clients writing to it). The engine calls it under the cut, after its own
+ * refusals and synchronously before the change, so no client can open the volume in between.
+ */
+export type OverwriteCheck = (overwritten: string, other: string) => void;
+
+export interface OverwriteOptions {
+  check?: OverwriteCheck;
+}
+
 const TICK_MS = 50;
 /** Background copy retry back-off after a failure: the first delay, doubled per failure up to the cap. */
 const RETRY_FIRST_MS = 1000;
@@ -273,37 +286,37 @@ export class CopyEngine {
   split(id: string): Promise<SessionInfo> {
     return this.controlOn(id, 'split', (s) => this.ec(s, 'split').freeze('split'));
   }
-  resume(id: string): Promise<SessionInfo> {
-    return this.controlOn(id, 'resume', async (s) => this.ec(s, 'resume').resume('suspended'));
+  /** The destination is overwritten (the changed units) and hosts lose it until equivalent. */
+  resume(id: string, opts: OverwriteOptions = {}): Promise<SessionInfo> {
+    return this.controlOn(id, 'resume', async (s) => this.doResume(this.ec(s, 'resume'), 'suspended', opts.check));
   }
-  rejoin(id: string): Promise<SessionInfo> {
-    return this.controlOn(id, 'rejoin', async (s) => this.ec(s, 'rejoin').resume('split'));
+  rejoin(id: string, opts: OverwriteOptions = {}): Promise<SessionInfo> {
+    return this.controlOn(id, 'rejoin', async (s) => this.doResume(this.ec(s, 'rejoin'), 'split', opts.check));
   }
   /**
    * EC (suspended or split): swaps the direction. QuickOPC (tracking): restore — swaps the
-   * direction and restarts, so the changed units are copied back as of this instant.
+   * direction and restarts, so the changed units are copied back as of this instant. Either
+   * way the source becomes the destination: `check` gets it (see OverwriteOptions).
    */
-  reverse(id: string): Promise<SessionInfo> {
+  reverse(id: string, opts: OverwriteOptions = {}): Promise<SessionInfo> {
     return this.controlOn(id, 'reverse', async (s) => {
-      if (s instanceof OpcSession && s.type === 'quickopc') return this.doReverseQuickOpc(s);
+      if (s instanceof OpcSession && s.type === 'quickopc') return this.doReverseQuickOpc(s, opts.check);
       if (!(s instanceof EcSession)) throw new CopyError('FAILED_PRECONDITION', `cannot reverse session ${s.id}: it is an ${s.type} session; only EC and QuickOPC sessions reverse`);
-      this.doReverse(s);
+      this.doReverse(s, opts.check);
     });
   }
   /**
    * Copies the clone (destination) back onto the original: reverse, then resync. `check`
-   * runs under the cut just before the pair turns round, with the volume about to be
-   * overwritten (the original); it throws to refuse (StorageArray: clients writing to it).
+   * gets the original (see OverwriteOptions).
    */
-  restoreFromClone(id: string, opts: { check?: (original: string, clone: string) => void } = {}): Promise<SessionInfo> {
+  restoreFromClone(id: string, opts: OverwriteOptions = {}): Promise<SessionInfo> {
     return this.controlOn(id, 'restore from clone', async (s) => {
       const ec = this.ec(s, 'restore from clone');
       const from = ec.state;
       if (from !== 'split' && from !== 'suspended') {
         throw new CopyError('FAILED_PRECONDITION', `cannot restore from clone in EC session ${id}: it is ${from}; split or suspend it first`);
       }
-      opts.check?.(ec.record.source, ec.record.destination);
-      this.doReverse(ec);
+      this.doReverse(ec, opts.check);
       ec.resume(from);
     });
   }
@@ -542,7 +555,7 @@ export class CopyEngine {
           throw new CopyError('FAILED_PRECONDITION', `QuickOPC session ${existing.id} (${existing.record.source} -> ${existing.record.destination}) is still ${existing.state}; restart it once it is tracking`);
         }
         if (existing.record.source !== source) {
-          await this.doReverseQuickOpc(existing);
+          await this.doReverseQuickOpc(existing); // a start: its caller checked the destination already
           return existing.info();
         }
         await this.tapOf(source).below.flush(); // J4
@@ -650,15 +663,22 @@ export class CopyEngine {
     return { src, dst };
   }
 
-  private doReverse(ec: EcSession): void {
+  private doResume(ec: EcSession, from: 'suspended' | 'split', check: OverwriteCheck | undefined): void {
+    ec.checkResume(from);
+    check?.(ec.record.destination, ec.record.source); // last: nothing can run between it and the change
+    ec.resume(from);
+  }
+
+  private doReverse(ec: EcSession, check: OverwriteCheck | undefined): void {
     ec.checkSwap(); // every refusal before the roles come off
     this.checkAlone(ec);
+    check?.(ec.record.source, ec.record.destination);
     ec.detach();
     ec.swap();
     ec.attach();
   }
 
-  private async doReverseQuickOpc(s: OpcSession): Promise<void> {
+  private async doReverseQuickOpc(s: OpcSession, check?: OverwriteCheck): Promise<void> {
     if (s.state !== 'tracking') {
       throw new CopyError('FAILED_PRECONDITION', `cannot reverse QuickOPC session ${s.id}: it is ${s.state}; wait until it is tracking (the physical copy has finished)`);
     }
@@ -667,6 +687,7 @@ export class CopyEngine {
     // record changes. Nothing may await between swap() and restart(): a commit beside them (a
     // copy-on-write on another volume) would make the swap durable without the restart.
     await this.tapOf(s.record.destination).below.flush();
+    check?.(s.record.source, s.record.destination); // after the await: nothing runs between it and the swap
     s.detach();
     s.swap();
     s.attach();

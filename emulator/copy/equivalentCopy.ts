@@ -111,11 +111,16 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
 
   /** resume (from suspended) or rejoin (from split): resync changed units only. */
   resume(from: 'suspended' | 'split'): void {
+    this.checkResume(from);
+    this.cursor = 0;
+    this.setState('copying', `resync of ${this.diff.count} changed units`, { imageAt: undefined });
+  }
+
+  /** Throws unless the pair may be resumed (from suspended) or rejoined (from split) now. */
+  checkResume(from: 'suspended' | 'split'): void {
     if (this.state !== from) {
       throw new CopyError('FAILED_PRECONDITION', `cannot ${from === 'split' ? 'rejoin' : 'resume'} EC session ${this.id}: it is ${this.state}, not ${from}`);
     }
-    this.cursor = 0;
-    this.setState('copying', `resync of ${this.diff.count} changed units`, { imageAt: undefined });
   }
 
   /** Throws unless the pair may be reversed now (suspended or split). */

@@ -135,6 +135,27 @@ describe('CopyService', () => {
     expect(await client.listCopies()).toEqual([]);
   });
 
+  it('resume and reverse refuse a volume a client writes to unless force; a request without force (an older client) is refused too', async () => {
+    const s = await client.startCopy({ type: 'ec', source: src, destination: dst });
+    await until('equivalent', async () => (await client.getCopy(s.id)).state === 'equivalent');
+    await client.suspendCopy(s.id);
+    const h = array.openExport(dst, { protocol: 'nbd', connectionId: 'rw', remoteAddress: 'x', readOnly: false })!;
+    const busy = `cannot resume EC ${src} -> ${dst} (session ${s.id}): ${dst} is exported read-write to 1 connected client; dismount it first or pass --force`;
+    expect(await apiError(client.resumeCopy(s.id))).toMatchObject({ code: 'FAILED_PRECONDITION', message: busy });
+    // What a client built before the force field sends: the id alone (CopyId), same field number.
+    const old = client as unknown as { copyCall(method: string, req: object): Promise<unknown> };
+    expect(await apiError(old.copyCall('ResumeCopy', { id: s.id }))).toMatchObject({ code: 'FAILED_PRECONDITION', message: busy });
+    h.close();
+    const w = array.openExport(src, { protocol: 'nbd', connectionId: 'rw2', remoteAddress: 'x', readOnly: false })!;
+    const reverse = `cannot reverse EC ${src} -> ${dst} (session ${s.id}): ${src} is exported read-write to 1 connected client; dismount it first or pass --force`;
+    expect(await apiError(client.reverseCopy(s.id))).toMatchObject({ code: 'FAILED_PRECONDITION', message: reverse });
+    expect(await apiError(old.copyCall('ReverseCopy', { id: s.id }))).toMatchObject({ code: 'FAILED_PRECONDITION', message: reverse });
+    expect((await client.getCopy(s.id)).state).toBe('suspended');
+    expect(await client.reverseCopy(s.id, { force: true })).toMatchObject({ source: dst, destination: src, state: 'suspended' });
+    expect((await client.resumeCopy(s.id, { force: true })).state).toMatch(/copying|equivalent/);
+    w.close();
+  });
+
   it('SnapOPC+ generations', async () => {
     const g = await client.startCopy({ type: 'snapopcplus', source: src, destination: dst });
     expect(g).toMatchObject({ type: 'snapopcplus', state: 'snap', generation: 1 });

@@ -233,6 +233,49 @@ describe('StorageArray owns the copy engine (file backend)', () => {
     rw.close();
   });
 
+  it('resume, rejoin and reverse (EC, QuickOPC) refuse the volume they overwrite while a client writes to it, unless forced', async () => {
+    const a = await fileArray(freshDir());
+    await twoVolumes(a);
+    const busy = 'is exported read-write to 1 connected client; dismount it first or pass --force';
+    /** Expects op refused with `message`, the session as it was; then op with force works. */
+    const refusedUnlessForced = async (id: string, message: string, op: (force: boolean) => Promise<unknown>) => {
+      const before = a.getCopy(id);
+      const err = await arrayError(op(false));
+      expect(err.code).toBe('FAILED_PRECONDITION');
+      expect(err.message).toBe(message);
+      expect(a.getCopy(id)).toEqual(before);
+      await op(true);
+    };
+    const ec = await a.startCopy({ type: 'ec', source: 'src', destination: 'dst' });
+    while ((await a.copy.step(16)) > 0);
+    await a.suspendCopy(ec.id);
+    const ro = dev(a, 'dst', true); // read-only clients do not count
+    let rw = dev(a, 'dst');
+    await refusedUnlessForced(ec.id, `cannot resume EC src -> dst (session ${ec.id}): dst ${busy}`, (force) => a.resumeCopy(ec.id, { force }));
+    expect(a.getCopy(ec.id).state).toBe('copying');
+    rw.close();
+    while ((await a.copy.step(16)) > 0);
+    await a.splitCopy(ec.id);
+    rw = dev(a, 'dst');
+    await refusedUnlessForced(ec.id, `cannot resume EC src -> dst (session ${ec.id}): dst ${busy}`, (force) => a.resumeCopy(ec.id, { force })); // rejoin
+    rw.close();
+    ro.close();
+    while ((await a.copy.step(16)) > 0);
+    await a.suspendCopy(ec.id);
+    rw = dev(a, 'dst'); // the destination stays a destination's: reverse overwrites the source
+    expect(await a.reverseCopy(ec.id)).toMatchObject({ source: 'dst', destination: 'src', state: 'suspended' });
+    await refusedUnlessForced(ec.id, `cannot reverse EC dst -> src (session ${ec.id}): dst ${busy}`, (force) => a.reverseCopy(ec.id, { force }));
+    rw.close();
+    await a.cancelCopy(ec.id);
+
+    const q = await a.startCopy({ type: 'quickopc', source: 'src', destination: 'dst' });
+    while ((await a.copy.step(16)) > 0);
+    rw = dev(a, 'src');
+    await refusedUnlessForced(q.id, `cannot reverse QuickOPC src -> dst (session ${q.id}): src ${busy}`, (force) => a.reverseCopy(q.id, { force }));
+    expect(a.getCopy(q.id)).toMatchObject({ source: 'dst', destination: 'src', reversed: true });
+    rw.close();
+  });
+
   it('maps engine refusals to array errors', async () => {
     const a = await fileArray(freshDir());
     await twoVolumes(a, SIZE / 2);

@@ -223,7 +223,6 @@ describe('arraylab copy', () => {
   }, 60_000);
 
   it('restore from clone: refused while a client writes to the original, unless --force; the output says what the pair is now and how to write the original again', async () => {
-    const python = requireNbdsh();
     const qemuIo = requireTool('qemu-io');
     for (const v of ['oa', 'ob']) await ok(['volume', 'create', v, '--size', '4MiB']);
     await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0x61 0 4M', lab.nbdUri('oa')]);
@@ -231,22 +230,9 @@ describe('arraylab copy', () => {
     await until('equivalent', async () => (await json(['copy', 'show', id])).state === 'equivalent');
     await ok(['copy', 'split', id]);
 
-    // A real client (libnbd) has the original open read-write; on a line from us it writes again.
-    const script = [
-      'import errno, nbd, sys',
-      `h = nbd.NBD(); h.connect_uri("${lab.nbdUri('oa')}")`,
-      'h.pwrite(b"\\x62" * 4096, 0)',
-      'print("ready", flush=True)',
-      'sys.stdin.readline()',
-      'try:',
-      '    h.pwrite(b"\\x63" * 4096, 0); print("wrote", flush=True)',
-      'except nbd.Error as e:',
-      '    print("failed", errno.errorcode.get(e.errno, e.errno), flush=True)',
-    ].join('\n');
-    const holder = spawn(python, ['-c', script], { stdio: ['pipe', 'pipe', 'inherit'] });
-    const lines = createInterface({ input: holder.stdout })[Symbol.asyncIterator]();
+    // A real client (libnbd) has the original open read-write.
+    const holder = await nbdWriter(lab.nbdUri('oa'));
     try {
-      expect((await lines.next()).value).toBe('ready');
       const refused = await lab.cli(['copy', 'restore', id]);
       expect(refused.code).toBe(1);
       expect(refused.stdout).toBe('');
@@ -268,10 +254,9 @@ describe('arraylab copy', () => {
       expect(['copying', 'equivalent']).toContain(forced.state);
       expect((forced.restore as { originalAccess: string }).originalAccess).toBe(forced.state === 'copying' ? 'none until the pair is equivalent, then read-only' : 'read-only');
       // What --force risks: the client's next write fails.
-      holder.stdin.write('\n');
-      expect((await lines.next()).value).toBe('failed EPERM');
+      expect(await holder.write()).toBe('failed EPERM');
     } finally {
-      holder.kill();
+      holder.close();
     }
 
     // The way back the output names works: once equivalent, suspend and reverse make oa writable.
@@ -300,6 +285,64 @@ describe('arraylab copy', () => {
     const r = await run(qemuIo, ['-f', 'raw', '-c', 'read -P 0x61 0 4M', lab.nbdUri('oa')]); // the clone's image, and writable
     expect(r.stdout).not.toMatch(/Pattern verification failed/);
     await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0x65 0 64k', lab.nbdUri('oa')]);
+  }, 60_000);
+
+  it('resume and reverse: refused while a client writes to the volume they overwrite, unless --force', async () => {
+    const qemuIo = requireTool('qemu-io');
+    for (const v of ['wa', 'wb', 'wq', 'wr']) await ok(['volume', 'create', v, '--size', '4MiB']);
+    const busy = 'is exported read-write to 1 connected client; dismount it first or pass --force';
+    /** `copy <args>` is refused with exactly `message` and leaves the session as it was. */
+    const refused = async (id: string, args: string[], message: string) => {
+      const before = await json(['copy', 'show', id]);
+      const r = await lab.cli(['copy', ...args]);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toBe(`arraylab: ${message}\n`);
+      expect(await json(['copy', 'show', id])).toMatchObject({ state: before.state, source: before.source, destination: before.destination, reversed: before.reversed });
+    };
+    await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0x71 0 4M', lab.nbdUri('wa')]);
+    const id = (await json(['copy', 'start', '--type', 'ec', '--src', 'wa', '--dst', 'wb'])).id as string;
+    await until('equivalent', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    await ok(['copy', 'suspend', id]);
+
+    // EC resume: the destination (a suspended one is read-write) is overwritten and hosts lose it.
+    let holder = await nbdWriter(lab.nbdUri('wb'));
+    try {
+      await refused(id, ['resume', id], `cannot resume EC wa -> wb (session ${id}): wb ${busy}`);
+      expect(await holder.write()).toBe('wrote'); // the client was not disturbed
+      expect(['copying', 'equivalent']).toContain((await json(['copy', 'resume', id, '--force'])).state);
+      expect(await holder.write()).toBe('failed EPERM'); // what --force risks (NBD has no EACCES)
+    } finally {
+      holder.close();
+    }
+    await until('equivalent again', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    await ok(['copy', 'suspend', id]);
+
+    // EC reverse: the source becomes the destination.
+    holder = await nbdWriter(lab.nbdUri('wa'));
+    try {
+      await refused(id, ['reverse', id], `cannot reverse EC wa -> wb (session ${id}): wa ${busy}`);
+      expect(await json(['copy', 'reverse', id, '--force'])).toMatchObject({ source: 'wb', destination: 'wa', state: 'suspended', reversed: true });
+    } finally {
+      holder.close();
+    }
+    await ok(['copy', 'cancel', id]);
+
+    // QuickOPC reverse (restore): the source is overwritten with the backup.
+    await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0x72 0 4M', lab.nbdUri('wq')]);
+    const q = (await json(['copy', 'start', '--type', 'quickopc', '--src', 'wq', '--dst', 'wr'])).id as string;
+    await until('tracking', async () => (await json(['copy', 'show', q])).state === 'tracking');
+    holder = await nbdWriter(lab.nbdUri('wq'));
+    try {
+      await refused(q, ['reverse', q], `cannot reverse QuickOPC wq -> wr (session ${q}): wq ${busy}`);
+      expect(await json(['copy', 'reverse', q, '--force'])).toMatchObject({ source: 'wr', destination: 'wq', reversed: true });
+    } finally {
+      holder.close();
+    }
+    await until('restored', async () => (await json(['copy', 'show', q])).state === 'tracking');
+    const r = await run(qemuIo, ['-f', 'raw', '-r', '-c', 'read -P 0x72 0 4M', lab.nbdUri('wq')]); // the backup's image, the client's write undone
+    expect(r.stdout).not.toMatch(/Pattern verification failed/);
+    await ok(['copy', 'cancel', q]);
   }, 60_000);
 
   it('split --rename: the clone gets a new name, serial and WWN, and can rejoin', async () => {
@@ -364,3 +407,36 @@ describe('arraylab copy', () => {
     expect(unreachable.stderr).toMatch(/^arraylab: cannot reach the arraylab API at 127\.0\.0\.1:1: connection refused;/);
   });
 });
+
+/**
+ * A real client (libnbd) holding `uri` open read-write: it writes 4 KiB (0x62) at offset 0 once
+ * connected, and again (0x63) on each write(), which resolves with "wrote" or "failed <errno>".
+ */
+async function nbdWriter(uri: string): Promise<{ write: () => Promise<string>; close: () => void }> {
+  const script = [
+    'import errno, nbd, sys',
+    `h = nbd.NBD(); h.connect_uri("${uri}")`,
+    'h.pwrite(b"\\x62" * 4096, 0)',
+    'print("ready", flush=True)',
+    'while sys.stdin.readline():',
+    '    try:',
+    '        h.pwrite(b"\\x63" * 4096, 0); print("wrote", flush=True)',
+    '    except nbd.Error as e:',
+    '        print("failed", errno.errorcode.get(e.errno, e.errno), flush=True)',
+  ].join('\n');
+  const holder = spawn(requireNbdsh(), ['-c', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: holder.stdout })[Symbol.asyncIterator]();
+  const next = async () => String((await lines.next()).value);
+  const first = await next();
+  if (first !== 'ready') {
+    holder.kill();
+    throw new Error(`the libnbd client could not write to ${uri} (it said: ${first})`);
+  }
+  return {
+    write: () => {
+      holder.stdin.write('\n');
+      return next();
+    },
+    close: () => holder.kill(),
+  };
+}
