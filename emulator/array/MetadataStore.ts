@@ -262,9 +262,22 @@ export class MetadataStore {
    * transaction rolled back); anything else is returned as it is.
    */
   explainWriteError(err: unknown): unknown {
-    if ((err as { code?: unknown } | undefined)?.code !== 'SQLITE_FULL') return err;
-    const where = this.file === ':memory:' ? "the array's in-memory database is full" : `the array's data directory ${path.dirname(path.resolve(this.file))} is full`;
-    return new CopyError('RESOURCE_EXHAUSTED', `${where} (SQLITE_FULL); free space there and retry`);
+    const failure = this.writeFailure(err);
+    return failure?.code === 'RESOURCE_EXHAUSTED' ? new CopyError(failure.code, failure.reason) : err;
+  }
+
+  /**
+   * Why a write of this database failed, in users' words: a full disk (SQLITE_FULL) is
+   * RESOURCE_EXHAUSTED naming the data directory and the fix, another SQLite error INTERNAL;
+   * undefined for an error that is not SQLite's. A failed statement or transaction wrote nothing.
+   */
+  writeFailure(err: unknown): { code: 'RESOURCE_EXHAUSTED' | 'INTERNAL'; reason: string } | undefined {
+    if ((err as { code?: unknown } | undefined)?.code === 'SQLITE_FULL') {
+      const where = this.file === ':memory:' ? "the array's in-memory database is full" : `the array's data directory ${path.dirname(path.resolve(this.file))} is full`;
+      return { code: 'RESOURCE_EXHAUSTED', reason: `${where} (SQLITE_FULL); free space there and retry` };
+    }
+    if (err instanceof Database.SqliteError) return { code: 'INTERNAL', reason: `the array database could not be written (${err.code}: ${err.message}); nothing changed` };
+    return undefined;
   }
 
   /** Every copy session with its bitmap chunks, in creation order. */

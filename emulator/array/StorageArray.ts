@@ -9,9 +9,12 @@
  * Crash safety of volume life cycle (kill -9 at any point leaves no volume or a whole one):
  *   create  the store's files are created and synced first, the row inserted last (its
  *           commit is durable: synchronous=FULL). A crash before the commit leaves files
- *           that no row names: open() removes them as orphans.
+ *           that no row names: open() removes them as orphans; a failed commit (a full disk)
+ *           removes them at once.
  *   delete  the row is deleted first, the files removed after. A crash in between leaves
- *           orphan files, removed on the next open.
+ *           orphan files, removed on the next open. The refusals, the row and the array's
+ *           memory change in one synchronous step, so a failed delete (a full disk) leaves
+ *           the volume whole and in use, as if it had not been asked.
  *   resize  the store grows (durably) before the row records the new size. A crash in
  *           between leaves a store larger than its row: open() takes the store's size.
  *   rename  one SQLite transaction renames the row (and with a new identity sets its WWN and
@@ -20,7 +23,9 @@
  *           in the same synchronous step, under the engine's queue and a cut of the volume
  *           (CopyEngine.renameVolume explains the order). Refused while clients have it open.
  * A row is therefore never without its files, except after outside damage, which open()
- * reports rather than hides.
+ * reports rather than hides. A database write that fails (SQLITE_FULL on a full disk) changes
+ * nothing and is RESOURCE_EXHAUSTED naming the data directory (dbWrite); only a resize leaves
+ * its grown store behind (a store cannot shrink), which a retry or the next start records.
  *
  * Copy sessions. The array owns one CopyEngine (emulator/copy/). Every volume is adopted by
  * it (its layer pushed) before any client can reach the volume, and the sessions in the
@@ -545,11 +550,11 @@ export class StorageArray implements ExportProvider {
       const record: VolumeRecord = { ...spec, ...identity, createdAt: new Date().toISOString() };
       const store = await this.createStore(record);
       try {
-        this.db.insertVolume(record); // the commit point: before it, only orphan files
+        this.dbWrite(`create volume ${spec.name}`, () => this.db.insertVolume(record)); // the commit point: before it, only orphan files
       } catch (err) {
         await store.close().catch(() => undefined);
         if (this.volumesDir) await FileBlockStore.remove(this.storePaths(record.uuid));
-        throw new ArrayError('INTERNAL', `cannot record volume ${spec.name}: ${(err as Error).message}`);
+        throw err;
       }
       const v = new Volume(record, store);
       this.copy.addVolume(v); // before any client can reach it
@@ -578,7 +583,7 @@ export class StorageArray implements ExportProvider {
       return await FileBlockStore.create({ ...paths, size: record.sizeBytes, blockSize: record.blockSize, thin });
     } catch (err) {
       await FileBlockStore.remove(paths).catch(() => undefined);
-      throw storeError(`cannot create the files of volume ${record.name}`, err);
+      throw storeError(`cannot create volume ${record.name}`, err, this.dataDir, !thin);
     }
   }
 
@@ -605,9 +610,12 @@ export class StorageArray implements ExportProvider {
     try {
       await v.store.resize(newSize); // durable first: a crash after it leaves a larger store, which open() adopts
     } catch (err) {
-      throw storeError(`cannot grow volume ${name} to ${newSize} bytes`, err);
+      throw storeError(`cannot grow volume ${name} to ${newSize} bytes`, err, this.dataDir, v.record.provisioning === 'thick');
     }
-    v.setSize(this.db, newSize);
+    // A failure here leaves the store grown but the row and the volume's size as they were (a
+    // store cannot shrink): a retry records it, and so does the next start (as after a crash).
+    // Until then, hosts that connect see the grown size.
+    this.dbWrite(`resize volume ${name}`, () => v.setSize(this.db, newSize));
     this.log.info({ volume: name, from: oldSize, to: newSize, clients: v.handles.size }, 'resized volume');
     for (const h of v.handles) {
       h.notifyResize(newSize, (err) => this.log.error({ err, volume: name }, 'resize listener failed'));
@@ -619,7 +627,7 @@ export class StorageArray implements ExportProvider {
     const v = this.volume(name);
     const r = v.record;
     const limit = checkAllocLimit(name, limitBytes, r.sizeBytes, r.blockSize, r.provisioning);
-    v.setAllocLimit(this.db, limit);
+    this.dbWrite(`set the allocation limit of volume ${name}`, () => v.setAllocLimit(this.db, limit)); // puts the store's limit back if the write fails
     this.log.info({ volume: name, allocLimitBytes: limit, allocatedBytes: v.store.allocatedBytes }, 'set volume allocation limit');
     return v.info();
   }
@@ -650,22 +658,28 @@ export class StorageArray implements ExportProvider {
     const old = v.record;
     const identity = newIdentity ? renewedIdentity(old.uuid) : undefined;
     const record: VolumeRecord = { ...old, name: newName, ...(identity ? { wwn: identity.wwn, serial: identity.serial } : {}) };
-    await copyCall(() =>
-      this.copy.renameVolume(oldName, newName, () => {
-        // Synchronous, under the engine's cut: a client may have connected while the rename
-        // waited for the engine's queue, so look again; then the one transaction, then the
-        // array's own map, with nothing able to run in between (openExport is synchronous).
-        refuseIfOpen(v, `rename volume ${oldName}`);
-        try {
-          this.db.renameVolume(old.uuid, oldName, newName, identity && { wwn: identity.wwn, serial: identity.serial });
-        } catch (err) {
-          throw new ArrayError('INTERNAL', `cannot rename volume ${oldName} to ${newName} in the database: ${(err as Error).message}`);
-        }
-        this.volumes.delete(oldName);
-        this.volumes.set(newName, v);
-        v.renamed(record);
-      }),
-    );
+    let renamed = false;
+    try {
+      await copyCall(() =>
+        this.copy.renameVolume(oldName, newName, () => {
+          // Synchronous, under the engine's cut: a client may have connected while the rename
+          // waited for the engine's queue, so look again; then the one transaction (a failure,
+          // e.g. a full disk, changes nothing), then the array's own map, with nothing able to
+          // run in between (openExport is synchronous).
+          refuseIfOpen(v, `rename volume ${oldName}`);
+          this.dbWrite(`rename volume ${oldName} to ${newName}`, () => this.db.renameVolume(old.uuid, oldName, newName, identity && { wwn: identity.wwn, serial: identity.serial }));
+          this.volumes.delete(oldName);
+          this.volumes.set(newName, v);
+          v.renamed(record);
+          renamed = true;
+        }),
+      );
+    } catch (err) {
+      if (!renamed) throw err;
+      // The rename is durable and done in memory; only the engine's journal sync after it
+      // failed (it writes the same records again, and carries them to its next commit).
+      this.log.warn({ err, volume: newName, from: oldName }, 'renamed volume, but the copy journal could not be synced after it; its next commit writes the records again');
+    }
     this.log.info(
       { volume: newName, from: oldName, uuid: old.uuid, ...(identity ? { wwn: identity.wwn, serial: identity.serial, oldWwn: old.wwn, oldSerial: old.serial } : {}), sessions: this.copy.sessionsOfVolume(newName) },
       identity ? 'renamed volume with a new identity' : 'renamed volume',
@@ -677,25 +691,27 @@ export class StorageArray implements ExportProvider {
   private async doDelete(name: string): Promise<void> {
     const v = this.volume(name);
     refuseIfOpen(v, `delete volume ${name}`);
+    const mappings = this.hosts.mappingsOf(v.record.uuid);
+    // All or nothing: the refusals, the commit point (deleting the row also drops the volume's
+    // LUN mappings), then memory, in one synchronous step. A refused or failed delete (a full
+    // disk) changes nothing, and no client can connect in between (openExport is synchronous).
     try {
-      this.copy.removeVolume(name); // refused while the volume is in a session
+      this.copy.removeVolume(name, () => this.dbWrite(`delete volume ${name}`, () => this.db.deleteVolume(v.record.uuid)));
     } catch (err) {
       if (err instanceof CopyError) throw new ArrayError(err.code, `cannot delete volume ${name}: ${err.message}`);
       throw err;
     }
-    v.deleting = true; // no new clients from here on (openExport is synchronous, so no race)
+    v.deleting = true; // for holders of the Volume object: it is gone
+    this.volumes.delete(name);
+    this.byUuid.delete(v.record.uuid);
+    if (mappings.length > 0) this.log.info({ volume: name, mappings }, 'unmapped the deleted volume from its hosts');
+    this.hosts.volumesChanged();
     try {
       await v.store.close();
     } catch (err) {
       // The data is being thrown away; a failing final flush does not stop that.
       this.log.warn({ err, volume: name }, 'closing the store of a deleted volume failed');
     }
-    const mappings = this.hosts.mappingsOf(v.record.uuid);
-    this.db.deleteVolume(v.record.uuid); // the commit point (it also drops the volume's LUN mappings): after it, only orphan files
-    this.volumes.delete(name);
-    this.byUuid.delete(v.record.uuid);
-    if (mappings.length > 0) this.log.info({ volume: name, mappings }, 'unmapped the deleted volume from its hosts');
-    this.hosts.volumesChanged();
     if (this.volumesDir) {
       try {
         await FileBlockStore.remove(this.storePaths(v.record.uuid));
@@ -704,6 +720,27 @@ export class StorageArray implements ExportProvider {
       }
     }
     this.log.info({ volume: name, uuid: v.record.uuid }, 'deleted volume');
+  }
+
+  /**
+   * One write of the array database for `what` (a volume operation). A failed write changed
+   * nothing there (one statement or transaction); it is thrown as an ArrayError: a full disk
+   * is RESOURCE_EXHAUSTED naming the data directory and the fix, another SQLite error
+   * INTERNAL. Errors that are not SQLite's pass through as they are.
+   */
+  private dbWrite<T>(what: string, write: () => T): T {
+    try {
+      return write();
+    } catch (err) {
+      const failure = this.db.writeFailure(err);
+      if (failure === undefined) throw err;
+      throw new ArrayError(failure.code, `cannot ${what}: ${failure.reason}`);
+    }
+  }
+
+  /** The file backend's data directory. */
+  private get dataDir(): string | undefined {
+    return this.volumesDir === undefined ? undefined : path.dirname(this.volumesDir);
   }
 
   private storePaths(uuid: string): FileBlockStorePaths {
@@ -738,11 +775,19 @@ export class StorageArray implements ExportProvider {
         );
       }
       if (store.size > record.sizeBytes) {
-        this.log.warn({ volume: record.name, recorded: record.sizeBytes, actual: store.size }, 'volume grew before a crash but its new size was not recorded; adopting the grown size');
-        v.setSize(this.db, store.size);
+        this.log.warn({ volume: record.name, recorded: record.sizeBytes, actual: store.size }, 'volume grew before a crash or a failed resize but its new size was not recorded; adopting the grown size');
+        try {
+          v.setSize(this.db, store.size);
+        } catch (err) {
+          // A full disk must not keep the array from starting: adopt it in memory, record it next time.
+          const failure = this.db.writeFailure(err);
+          if (failure === undefined) throw err;
+          v.record = { ...v.record, sizeBytes: store.size };
+          this.log.warn({ volume: record.name, reason: failure.reason }, 'could not record the adopted size now; the next start records it');
+        }
       }
     }
-    this.log.info({ volumes: records.length, dataDir: path.dirname(this.volumesDir!) }, 'opened array');
+    this.log.info({ volumes: records.length, dataDir: this.dataDir }, 'opened array');
   }
 
   private async removeOrphans(known: Set<string>): Promise<void> {
@@ -902,9 +947,11 @@ function describeClient(c: ClientInfo): string {
   return c.initiator ? `${c.protocol} ${c.initiator} at ${c.remoteAddress}` : `${c.protocol} ${c.remoteAddress}`;
 }
 
-function storeError(what: string, err: unknown): ArrayError {
+/** A store that could not be made or grown; dataDir: where it lives (the file backend). */
+function storeError(what: string, err: unknown, dataDir: string | undefined, thick: boolean): ArrayError {
   if (err instanceof BlockDeviceError && err.code === 'ENOSPC') {
-    return new ArrayError('RESOURCE_EXHAUSTED', `${what}: no space left in the data directory; free space or use a thin volume`);
+    const where = dataDir === undefined ? "the array's data directory" : `the array's data directory ${dataDir}`;
+    return new ArrayError('RESOURCE_EXHAUSTED', `${what}: ${where} is full (ENOSPC); free space there and retry${thick ? ', or use a thin volume' : ''}`);
   }
   if (/EFBIG|File too large/.test(String((err as Error).message))) {
     return new ArrayError('INVALID_ARGUMENT', `${what}: larger than the biggest file the data directory's filesystem allows; use a smaller size`);

@@ -165,12 +165,17 @@ export class CopyEngine {
     return tap;
   }
 
-  /** Takes the layer off a volume (before deleting it); refused while it is in a session. */
-  removeVolume(name: string): void {
+  /**
+   * Takes the layer off a volume (deleting it); refused while it is in a session. `persist` is
+   * the caller's durable step (StorageArray: deleting the volume's row), run after the refusal
+   * and before anything changes, synchronously: if it throws, nothing has changed.
+   */
+  removeVolume(name: string, persist: () => void = () => undefined): void {
     const t = this.taps.get(name);
-    if (t === undefined) return;
     const s = this.sessionsOf(name)[0];
     if (s !== undefined) throw new CopyError('FAILED_PRECONDITION', `volume ${name} is in copy session ${s.id} (${s.type}, ${s.state}); cancel the session first`);
+    persist();
+    if (t === undefined) return;
     t.volume.popLayer(t.tap);
     this.taps.delete(name);
   }

@@ -1,8 +1,9 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { pino } from 'pino';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { BlockDeviceError, type BlockDevice, type ClientInfo } from '../../emulator/block/BlockDevice.js';
 import { FileBlockStore } from '../../emulator/block/FileBlockStore.js';
 import { identityFromUuid, SERIAL_PATTERN, WWN_PATTERN } from '../../emulator/array/identity.js';
@@ -348,6 +349,45 @@ describe('StorageArray (file backend)', () => {
     await b.close();
     const c = await fileArray(dir);
     expect(c.getVolume('v').sizeBytes).toBe(4 * MiB);
+  });
+
+  it('a database write that fails (SQLITE_FULL) leaves delete, create, rename and set undone, RESOURCE_EXHAUSTED', async () => {
+    const dir = freshDir();
+    const a = await fileArray(dir);
+    await a.createVolume({ name: 'v', sizeBytes: MiB });
+    await a.createVolume({ name: 'w', sizeBytes: MiB });
+    const db = (a as unknown as { db: MetadataStore }).db;
+    const diskFullOnce = (method: 'deleteVolume' | 'insertVolume' | 'renameVolume' | 'setVolumeAllocLimit') =>
+      vi.spyOn(db, method).mockImplementationOnce(() => {
+        throw new Database.SqliteError('database or disk is full', 'SQLITE_FULL');
+      });
+    const full = (what: string) => `cannot ${what}: the array's data directory ${dir} is full (SQLITE_FULL); free space there and retry`;
+    const before = a.getVolume('v');
+    const files = fs.readdirSync(path.join(dir, 'volumes')).sort();
+
+    diskFullOnce('deleteVolume');
+    expect(await arrayError(a.deleteVolume('v'))).toMatchObject({ code: 'RESOURCE_EXHAUSTED', message: full('delete volume v') });
+    diskFullOnce('insertVolume');
+    expect(await arrayError(a.createVolume({ name: 'x', sizeBytes: MiB }))).toMatchObject({ code: 'RESOURCE_EXHAUSTED', message: full('create volume x') });
+    diskFullOnce('renameVolume');
+    expect(await arrayError(a.renameVolume('v', 'v2', { newIdentity: true }))).toMatchObject({ code: 'RESOURCE_EXHAUSTED', message: full('rename volume v to v2') });
+    diskFullOnce('setVolumeAllocLimit');
+    expect(await arrayError(a.setVolumeAllocLimit('v', 4096))).toMatchObject({ code: 'RESOURCE_EXHAUSTED', message: full('set the allocation limit of volume v') });
+
+    // Nothing of them happened: v is whole (listed, usable, in the copy engine), x left no files.
+    expect(a.listVolumes().map((v) => v.name)).toEqual(['v', 'w']);
+    expect(a.getVolume('v')).toEqual(before);
+    expect(fs.readdirSync(path.join(dir, 'volumes')).sort()).toEqual(files);
+    const h = a.openExport('v', client())!;
+    await h.device.write(0, Buffer.alloc(8192, 7)); // no allocation limit of 4096 bytes
+    h.close();
+    const opc = await a.startCopy({ type: 'opc', source: 'v', destination: 'w' });
+    await a.cancelCopy(opc.id);
+    await a.close();
+    const b = await fileArray(dir);
+    expect(b.listVolumes().map((v) => v.name)).toEqual(['v', 'w']);
+    await b.deleteVolume('v');
+    expect(b.listVolumes().map((v) => v.name)).toEqual(['w']);
   });
 
   it('reports a volume whose files are missing instead of hiding it', async () => {

@@ -6,11 +6,15 @@
  *    `copy list`, the EC destination attachable, deletable once there is room, and no session
  *    after a restart; with space again the same start works.
  *  - `tape add` on the full disk says so, and leaves no cartridge file.
+ *  - `volume delete`, `create`, `rename` and `set` are refused with one clear line and change
+ *    nothing: the volume is listed as it was, attachable over NBD, its data intact. A refused
+ *    resize leaves its grown store (a store cannot shrink), which a restart on the full disk
+ *    adopts. With room again the delete works, also after a restart (no files left).
  *  - A background copy whose destination writes fail (ENOSPC) shows the error in `copy list`
  *    and `copy show` (--json too), logs it once, backs off, and clears it when space is back.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupLoops, makeLoopDisk } from '../agent/host/loopFs.js';
@@ -100,6 +104,50 @@ describe('a full data directory', () => {
     expect(await cliJson(l, ['copy', 'start', '--type', 'opc', '--src', 'vol1', '--dst', 'vol2'])).toMatchObject({ type: 'opc', source: 'vol1', destination: 'vol2' });
     expect(await cliJson(l, ['tape', 'add', 'T0001', '--capacity', '1GiB'])).toMatchObject({ label: 'T0001' });
     await until('the OPC finished', async () => ((await cliJson(l, ['copy', 'list'])).sessions as unknown[]).length === 0);
+    await l.stop();
+    lab = undefined;
+  }, 120_000);
+
+  it('volume delete, create, rename and set are refused whole; the volume stays attachable with its data; a resize is adopted at restart; with room, delete works', async () => {
+    const qemuIo = requireTool('qemu-io');
+    free();
+    let l = await start('data3');
+    await cliOk(l, ['volume', 'create', 'keep', '--size', '4MiB']);
+    execFileSync(qemuIo, ['-f', 'raw', '-c', 'write -P 0x5c 0 1M', l.nbdUri('keep')], { stdio: 'pipe' });
+    const keep = await cliJson(l, ['volume', 'show', 'keep']);
+    fill();
+    const refused = async (args: string[], what: string, code = 'SQLITE_FULL') => {
+      const r = await l.cli(args);
+      const stderr = `arraylab: cannot ${what}: the array's data directory ${dataDir} is full (${code}); free space there and retry\n`;
+      expect({ code: r.code, stdout: r.stdout, stderr: r.stderr }).toEqual({ code: 1, stdout: '', stderr });
+    };
+
+    await refused(['volume', 'delete', 'keep'], 'delete volume keep');
+    await refused(['volume', 'create', 'more', '--size', '4MiB'], 'create volume more', 'ENOSPC'); // its files do not fit
+    await refused(['volume', 'rename', 'keep', 'kept'], 'rename volume keep to kept');
+    await refused(['volume', 'set', 'keep', '--alloc-limit', '2MiB'], 'set the allocation limit of volume keep');
+    // Nothing of them happened: keep is listed as it was, attachable over NBD, its data intact.
+    expect(((await cliJson(l, ['volume', 'list'])).volumes as Array<{ name: string }>).map((v) => v.name)).toEqual(['keep']);
+    expect(await cliJson(l, ['volume', 'show', 'keep'])).toEqual(keep);
+    // Read-write (an overwrite in place needs no new space), then every byte as written.
+    const data = execFileSync(qemuIo, ['-f', 'raw', '-c', 'write -P 0x5c 0 64k', '-c', 'read -P 0x5c 0 1M', l.nbdUri('keep')], { encoding: 'utf8' });
+    expect(data).toMatch(/read 1048576\/1048576 bytes/);
+    expect(data).not.toMatch(/Pattern verification failed/);
+    expect(readdirSync(join(dataDir, 'volumes'))).toHaveLength(2); // keep's data and map; none of "more"
+
+    // A resize cannot undo its grown store: a restart on the full disk adopts it, as after a crash.
+    await refused(['volume', 'resize', 'keep', '--size', '8MiB'], 'resize volume keep');
+    await l.stop();
+    l = await start('data3');
+    expect(await cliJson(l, ['volume', 'show', 'keep'])).toEqual({ ...keep, sizeBytes: 8 * 2 ** 20 });
+
+    free();
+    await cliOk(l, ['volume', 'delete', 'keep']);
+    expect(await cliJson(l, ['volume', 'list'])).toEqual({ volumes: [] });
+    await l.stop();
+    l = await start('data3');
+    expect(await cliJson(l, ['volume', 'list'])).toEqual({ volumes: [] });
+    expect(readdirSync(join(dataDir, 'volumes'))).toEqual([]);
     await l.stop();
     lab = undefined;
   }, 120_000);
