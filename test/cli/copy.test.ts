@@ -23,6 +23,14 @@ describe('arraylab copy', () => {
 
   const ok = (args: string[]) => cliOk(lab, args);
   const json = (args: string[]) => cliJson(lab, args);
+  /** New 4 MiB volumes src (filled with byte) and dst in an EC pair; its id, once equivalent. */
+  const equivalentEc = async (src: string, dst: string, byte: number) => {
+    for (const v of [src, dst]) await ok(['volume', 'create', v, '--size', '4MiB']);
+    await run(requireTool('qemu-io'), ['-f', 'raw', '-c', `write -P ${byte} 0 4M`, lab.nbdUri(src)]);
+    const id = (await json(['copy', 'start', '--type', 'ec', '--src', src, '--dst', dst])).id as string;
+    await until('equivalent', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    return id;
+  };
 
   it('SnapOPC+: a 9th generation drops the oldest, or is refused with --refuse-if-full', async () => {
     await ok(['volume', 'create', 'gsrc', '--size', '4MiB']);
@@ -224,10 +232,7 @@ describe('arraylab copy', () => {
 
   it('restore from clone: refused while a client writes to the original, unless --force; the output says what the pair is now and how to write the original again', async () => {
     const qemuIo = requireTool('qemu-io');
-    for (const v of ['oa', 'ob']) await ok(['volume', 'create', v, '--size', '4MiB']);
-    await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0x61 0 4M', lab.nbdUri('oa')]);
-    const id = (await json(['copy', 'start', '--type', 'ec', '--src', 'oa', '--dst', 'ob'])).id as string;
-    await until('equivalent', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    const id = await equivalentEc('oa', 'ob', 0x61);
     await ok(['copy', 'split', id]);
 
     // A real client (libnbd) has the original open read-write.
@@ -289,7 +294,7 @@ describe('arraylab copy', () => {
 
   it('resume and reverse: refused while a client writes to the volume they overwrite, unless --force', async () => {
     const qemuIo = requireTool('qemu-io');
-    for (const v of ['wa', 'wb', 'wq', 'wr']) await ok(['volume', 'create', v, '--size', '4MiB']);
+    for (const v of ['wq', 'wr']) await ok(['volume', 'create', v, '--size', '4MiB']);
     const busy = 'is exported read-write to 1 connected client; dismount it first or pass --force';
     /** `copy <args>` is refused with exactly `message` and leaves the session as it was. */
     const refused = async (id: string, args: string[], message: string) => {
@@ -300,9 +305,7 @@ describe('arraylab copy', () => {
       expect(r.stderr).toBe(`arraylab: ${message}\n`);
       expect(await json(['copy', 'show', id])).toMatchObject({ state: before.state, source: before.source, destination: before.destination, reversed: before.reversed });
     };
-    await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0x71 0 4M', lab.nbdUri('wa')]);
-    const id = (await json(['copy', 'start', '--type', 'ec', '--src', 'wa', '--dst', 'wb'])).id as string;
-    await until('equivalent', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    const id = await equivalentEc('wa', 'wb', 0x71);
     await ok(['copy', 'suspend', id]);
 
     // EC resume: the destination (a suspended one is read-write) is overwritten and hosts lose it.
