@@ -126,7 +126,8 @@ export async function restore(m: ManagerContext, volume: string, opts: RestoreOp
       } else if (method === 'host-copy') {
         await m.host.copyDevice(bvDevice, targetDevice, (p) => progress('copy', 'host copy', p.doneBytes, p.totalBytes));
       } else if (method === 'array-reverse') {
-        const s = await m.array.reverseCopy(sessionId);
+        // force: the target was checked (checkInUse) and is locked on this host.
+        const s = await m.array.reverseCopy(sessionId, { force: true });
         await waitCopy(m, s.id, 'tracking', (done, total) => progress('copy', 'differential restore', done, total));
       } else if (method === 'array-clone') {
         // Reverse and resync (only the changed units), then suspend and turn the pair round
@@ -134,7 +135,7 @@ export async function restore(m: ManagerContext, volume: string, opts: RestoreOp
         await m.array.restoreFromClone(sessionId, { force: true });
         await waitCopy(m, sessionId, 'equivalent', (done, total) => progress('copy', 'restore from clone', done, total));
         await m.array.suspendCopy(sessionId);
-        await m.array.reverseCopy(sessionId);
+        await m.array.reverseCopy(sessionId, { force: true });
         notes.push(`the EC pair ${volume} -> ${g.backupVolume} (session ${sessionId}) is suspended again: ${g.backupVolume} keeps generation #${g.number}, ${volume} is writable`);
       } else {
         const s = await m.array.startCopy({ type: 'opc', source: g.backupVolume, destination: target, force: true });

@@ -83,7 +83,8 @@ export async function startSync(m: ManagerContext, volume: string, opts: StartSy
         // The rate first (an unthrottled resume may be done before a later change); without
         // --rate, unthrottled, whatever an earlier start-sync of the pair set.
         await m.array.setCopyRate(resume.id, opts.rateMiBs);
-        session = await m.array.resumeCopy(resume.id);
+        // force: the agent has just locked the backup volume on this host (as for a new pair).
+        session = await m.array.resumeCopy(resume.id, { force: true });
       } else {
         // Pairs left on this volume (by a released generation, or --full) make way for a new one.
         for (const s of leftoverPairs(m, copies, bv)) {
