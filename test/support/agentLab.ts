@@ -21,6 +21,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, connect as tcpConnect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll } from 'vitest';
 import { cliOk, makeTempDir, REPO_ROOT, startArraylab, type Arraylab, type StartOptions } from './arraylab.js';
 import { attachNbd, type AttachedVolume } from './blockAttach.js';
 import { requireTool } from './tools.js';
@@ -115,6 +116,31 @@ export interface RecordCheck {
   lastTime: number;
   /** Why the scan stopped before the end, '' if it reached the end. */
   stoppedAt: string;
+}
+
+
+/**
+ * The usual life of an agent lab in a describe block: started before its tests, each test's
+ * set-up undone after it, closed at the end. Returns the lab (usable once beforeAll has run).
+ */
+export function useAgentLab(opts: StartOptions = {}): AgentLab {
+  let lab: AgentLab | undefined;
+  beforeAll(async () => {
+    lab = await startAgentLab(opts);
+  });
+  afterEach(async () => {
+    await lab?.cleanup();
+  });
+  afterAll(async () => {
+    await lab?.close();
+  });
+  return new Proxy({} as AgentLab, {
+    get(_, key) {
+      if (lab === undefined) throw new Error('the agent lab is used before its beforeAll started it');
+      const v = Reflect.get(lab, key) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(lab) : v;
+    },
+  });
 }
 
 /** Scans a writer file: how many records from the start are whole, in sequence and checksum. */

@@ -14,10 +14,10 @@
  * the backup's files (sha256 of each) and, with nothing mounted, the same blocks (qemu-img
  * compare over NBD).
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { checkRecords, FILESYSTEMS, fileChecksums, mountAt, openBackupCopy, RECORD_BYTES, sh, shTry, startAgentLab, type Agent, type AgentLab, type FsKind, type MountedFs, type Writer } from '../../support/agentLab.js';
+import { checkRecords, FILESYSTEMS, fileChecksums, mountAt, openBackupCopy, RECORD_BYTES, sh, shTry, useAgentLab, type Agent, type FsKind, type MountedFs, type Writer } from '../../support/agentLab.js';
 import type { BackupReport, RestoreReport } from '../../../agent/types.js';
 
 /** Hook bodies that quiesce / resume the writer: it closes its file, so umount can go on. */
@@ -47,17 +47,7 @@ function expectRemounted(tv: MountedFs): void {
 }
 
 describe.each(FILESYSTEMS)('arraylab-agent backup of a busy $type filesystem', (fs: FsKind) => {
-  let env: AgentLab;
-
-  beforeAll(async () => {
-    env = await startAgentLab();
-  });
-  afterEach(async () => {
-    await env.cleanup();
-  });
-  afterAll(async () => {
-    await env?.close();
-  });
+  const env = useAgentLab();
 
   async function setUp(name: string, lock: 'unmount' | 'freeze') {
     const agent = env.newAgent();

@@ -11,24 +11,14 @@
  * Why a gate and not SIGSTOP of the array: the volume's block I/O goes to the same process, so a
  * stopped array hangs the filesystem itself (fsfreeze's sync included), not only the copy call.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { EXT4, mountAt, shTry, sleep, startAgentLab, startApiGate, writeCompletes, type Agent, type AgentLab, type ApiGate } from '../../support/agentLab.js';
+import { EXT4, mountAt, shTry, sleep, useAgentLab, startApiGate, writeCompletes, type Agent, type ApiGate } from '../../support/agentLab.js';
 import type { AgentStatus, BackupReport, ResourceMatchReport } from '../../../agent/types.js';
 
 describe('arraylab-agent killed with -9 mid-backup', () => {
-  let env: AgentLab;
-
-  beforeAll(async () => {
-    env = await startAgentLab();
-  });
-  afterEach(async () => {
-    await env.cleanup();
-  });
-  afterAll(async () => {
-    await env?.close();
-  });
+  const env = useAgentLab();
 
   /**
    * A backup-pre hook that says it ran and waits until the test has closed the gate: the

@@ -10,10 +10,10 @@
  *                     needed, so with 1 volume a second start-sync fails naming the fix
  *   none              no backup volume registered: backup fails naming the fix
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { existsSync, writeFileSync } from 'node:fs';
 import { ArrayClient } from '../../../emulator/api/ArrayClient.js';
-import { shTry, sleep, startAgentLab, type Agent, type AgentLab } from '../../support/agentLab.js';
+import { shTry, sleep, useAgentLab, type Agent } from '../../support/agentLab.js';
 import type { AgentStatus, BackupReport, HistoryEntry, RestoreReport, SyncView } from '../../../agent/types.js';
 
 const SIZE = '16MiB';
@@ -21,17 +21,7 @@ const SYNC_SIZE = '256MiB';
 const MiB = 1 << 20;
 
 describe('generations through arraylab-agent', () => {
-  let env: AgentLab;
-
-  beforeAll(async () => {
-    env = await startAgentLab();
-  });
-  afterEach(async () => {
-    await env.cleanup();
-  });
-  afterAll(async () => {
-    await env?.close();
-  });
+  const env = useAgentLab();
 
   /** Fills the first 4 MiB of a volume with one byte over NBD. */
   function fill(volume: string, pattern: number, bytes = 4 * MiB): void {

@@ -16,10 +16,10 @@
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { BackupReport, DoctorCheck, HistoryEntry, RegisteredTransaction, SyncView } from '../../../agent/types.js';
 import { ArrayClient } from '../../../emulator/api/ArrayClient.js';
-import { AGENT_CLI, EXT4, FILESYSTEMS, fileChecksums, mountAt, openBackupCopy, sh, startAgentLab, writeCompletes, type Agent, type AgentLab, type FsKind } from '../../support/agentLab.js';
+import { AGENT_CLI, EXT4, FILESYSTEMS, fileChecksums, mountAt, openBackupCopy, sh, useAgentLab, writeCompletes, type Agent, type FsKind } from '../../support/agentLab.js';
 
 /** The agent CLI as people run it: text output (the harness's flags without --json). */
 function runText(agent: Agent, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -39,17 +39,7 @@ function writeFiles(dir: string, prefix: string, n: number): void {
 }
 
 describe('arraylab-agent tells the truth on real filesystems', () => {
-  let env: AgentLab;
-
-  beforeAll(async () => {
-    env = await startAgentLab();
-  });
-  afterEach(async () => {
-    await env.cleanup();
-  });
-  afterAll(async () => {
-    await env?.close();
-  });
+  const env = useAgentLab();
 
   it('a mounted ext4 the agent cannot find is never reported frozen; --lock none backs it up as none', async () => {
     const agent = env.newAgent();
