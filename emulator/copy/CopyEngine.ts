@@ -115,6 +115,9 @@ const RETRY_MAX_MS = 60_000;
  */
 const TIMER_STEP_BYTES = 32 * 1024 * 1024;
 
+/** How many ended sessions endedAs() remembers. */
+const ENDED_KEPT = 10_000;
+
 export class CopyEngine {
   private readonly taps = new Map<string, { volume: CopyVolume; tap: VolumeTap }>();
   private readonly sessions = new Map<string, SessionBase>();
@@ -122,6 +125,12 @@ export class CopyEngine {
   private readonly timers = new Map<string, NodeJS.Timeout | NodeJS.Immediate>();
   private readonly listeners = new Set<(e: CopyEvent) => void>();
   readonly events: CopyEvent[] = [];
+  /**
+   * How recently removed sessions ended, set when they are removed (their events wait for the
+   * commit): a reader that finds a session gone can tell an OPC that finished from one that was
+   * cancelled at once. Bounded: the oldest entries go first.
+   */
+  private readonly ended = new Map<string, 'completed' | 'cancelled' | 'dropped'>();
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
   /** The control operation running now (atomically): its sessions, and their events held back until it commits. */
@@ -409,6 +418,11 @@ export class CopyEngine {
   }
 
   // ---- inspection ----
+
+  /** How a session that is gone ended, if it ended recently (undefined: unknown or not gone). */
+  endedAs(id: string): 'completed' | 'cancelled' | 'dropped' | undefined {
+    return this.sessions.has(id) ? undefined : this.ended.get(id);
+  }
 
   list(): SessionInfo[] {
     return [...this.sessions.values()].map((s) => s.info());
@@ -735,6 +749,8 @@ export class CopyEngine {
       }
       v.done = true;
       this.sessions.delete(v.id);
+      this.ended.set(v.id, v === s ? why : 'cancelled');
+      if (this.ended.size > ENDED_KEPT) this.ended.delete(this.ended.keys().next().value!);
       this.unschedule(v.id);
       this.journal.deleteSession(v.id);
       const msg = why === 'completed' ? `${v.type} ${v.record.source} -> ${v.record.destination} finished copying` : `${v.type} ${v.record.source} -> ${v.record.destination} ${v === s ? why : 'removed with a newer generation (force)'}`;

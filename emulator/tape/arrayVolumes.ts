@@ -65,7 +65,7 @@ export function arrayTapeVolumes(array: StorageArray): TapeVolumes {
         },
         readWriteClients: () => [...v.handles].filter((h) => !h.readOnly).length,
         image: () => imageOf(array, v.name),
-        copyFinished: (id) => array.copy.events.some((e) => e.sessionId === id && e.kind === 'completed'),
+        copyFinished: (id) => array.copy.endedAs(id) === 'completed',
       };
     },
   };

@@ -148,6 +148,33 @@ describe('OPC', () => {
   });
 });
 
+describe('ended sessions', () => {
+  it('a finished OPC is known as completed the moment it is gone, before its commit, and a cancelled one as cancelled', async () => {
+    const { engine, journal } = rig(['a', 'b', 'c']);
+    const done = await engine.startOpc('a', 'b', { rate: 0 });
+    // Hold the commit that removes the session: readers see it gone while its event waits.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const commit = journal.commitStaged.bind(journal);
+    journal.commitStaged = async () => {
+      journal.commitStaged = commit;
+      await gate;
+      return commit();
+    };
+    const finishing = drain(engine);
+    for (let i = 0; i < 100 && engine.list().some((x) => x.id === done.id); i++) await new Promise((r) => setImmediate(r));
+    expect(engine.list().map((x) => x.id)).not.toContain(done.id);
+    expect(engine.events.some((e) => e.sessionId === done.id && e.kind === 'completed')).toBe(false); // not yet announced
+    expect(engine.endedAs(done.id)).toBe('completed');
+    release();
+    await finishing;
+    const gone = await engine.startOpc('a', 'c', { rate: 0 });
+    await engine.cancel(gone.id);
+    expect(engine.endedAs(gone.id)).toBe('cancelled');
+    expect(engine.endedAs('no-such-session')).toBeUndefined();
+  });
+});
+
 describe('QuickOPC', () => {
   it('tracks after the copy; a restart copies only changed units and rolls back the destination', async () => {
     const { engine, dev } = rig(['a', 'b']);

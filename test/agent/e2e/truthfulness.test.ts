@@ -192,6 +192,7 @@ describe('arraylab-agent tells the truth on real filesystems', () => {
     // 6 files of 256 KiB: at least 24 units of 64 KiB; far below the volume's units.
     expect(s3.unitsToCopy).toBeGreaterThanOrEqual(24);
     expect(s3.unitsToCopy).toBeLessThan(s3.totalUnits / 10);
+    console.log(`${fs.type}: start-sync resumed ${s3.unitsToCopy} of ${s3.totalUnits} units (a new pair copied ${s2.unitsToCopy})`);
     const g3 = await backupSync();
     expect(g3.gen).toMatchObject({ number: 3, backupVolume: `${tv.volume}-b1` });
 
