@@ -18,8 +18,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { parseHostPort } from '../emulator/api/address.js';
-import { isLogLevel, type LogLevel } from '../emulator/log.js';
+import { parseHostPort } from '../proto/util/address.js';
+import { isLogLevel, type LogLevel } from '../proto/util/log.js';
 
 export const DEFAULT_CONFIG_FILE = '/etc/arraylab-agent/agent.yaml';
 export const DEFAULT_STATE_DIR = '/var/lib/arraylab-agent';

@@ -4,7 +4,7 @@
  */
 import { accessSync, constants, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import type { VolumeInfo } from '../emulator/array/types.js';
+import type { VolumeInfo } from '../proto/views.js';
 import type { AgentSettings } from './config.js';
 import { HOOK_PHASES, type AgentStatus, type DoctorCheck, type HostSide } from './types.js';
 

@@ -4,7 +4,7 @@
  * one for the daemon's life.
  */
 import type { Logger } from 'pino';
-import { ArrayClient } from '../emulator/api/ArrayClient.js';
+import { ArrayClient } from '../proto/ArrayClient.js';
 import { BackupManager } from './backup/BackupManager.js';
 import type { AgentSettings } from './config.js';
 import { runDoctor } from './doctor.js';

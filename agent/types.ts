@@ -9,9 +9,13 @@
  *             backup, start-sync, restore, history, resource match (BackupManager)
  *   api/      AgentService over gRPC, cli/  `arraylab-agent`
  *
- * The array is reached through emulator/api/ArrayClient (ArrayPort below is the part used).
+ * The array is reached through proto/'s ArrayClient (backup/ArrayPort.ts is the part used); the
+ * agent imports nothing of the array's own code.
  */
-import type { VolumeInfo } from '../emulator/array/types.js';
+import type { AgentErrorCode } from '../proto/errors.js';
+import type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView, VolumeInfo } from '../proto/views.js';
+
+export type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView } from '../proto/views.js';
 
 /**
  * How a transaction volume is locked for a backup (ACM's "locked"): unmount, freeze, or none:
@@ -128,10 +132,6 @@ export interface HookResult {
   message: string;
 }
 
-export interface HostProgress {
-  doneBytes: number;
-  totalBytes: number;
-}
 
 /**
  * Everything the agent does on the host. Every method either does all of its work or throws
@@ -429,57 +429,12 @@ export interface AgentCore {
   close(): Promise<void>;
 }
 
-/** Codes of AgentError, mapped to gRPC status codes by api/. */
-export type AgentErrorCode = 'NOT_FOUND' | 'ALREADY_EXISTS' | 'INVALID_ARGUMENT' | 'FAILED_PRECONDITION' | 'RESOURCE_EXHAUSTED' | 'ABORTED' | 'UNAVAILABLE' | 'DATA_LOSS' | 'INTERNAL';
-
-export class AgentError extends Error {
-  constructor(
-    readonly code: AgentErrorCode,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'AgentError';
-  }
-}
+// The agent's refusals: a StatusError of the contract (proto/errors.ts), which the guest
+// protocol and AgentService carry with their code.
+export { AgentError, type AgentErrorCode } from '../proto/errors.js';
 
 // ---------------------------------------------------------------------------------------------
-// The array's tape library, as the agent uses it (implemented by emulator/api/ArrayClient).
-
-export interface TapeRecordView {
-  cartridge: string;
-  /** Record (file) number on the cartridge, from 1. */
-  record: number;
-  /** The volume it was written from. */
-  volume: string;
-  /** Free text given at write time (the agent puts "TV generation N"). */
-  tag: string;
-  /** ISO 8601: the point in time of the image (given, or the array's session instant). */
-  imageAt?: string;
-  sizeBytes: number;
-  blockSize: number;
-  /** Bytes of data stored (holes are not stored). */
-  dataBytes: number;
-  /** SHA-256 of the whole volume image (holes read as zeroes), hex. */
-  sha256: string;
-  createdAt: string;
-}
-
-export interface CartridgeView {
-  label: string;
-  capacityBytes: number;
-  usedBytes: number;
-  recordCount: number;
-  createdAt: string;
-}
-
-export interface TapeRestoreView {
-  cartridge: string;
-  record: number;
-  volume: string;
-  bytes: number;
-  /** Recomputed over what was written and equal to the record's; otherwise the call fails. */
-  sha256: string;
-}
+// The array's tape library, as the agent uses it (implemented by ArrayClient, proto/).
 
 export interface TapePort {
   listCartridges(): Promise<CartridgeView[]>;

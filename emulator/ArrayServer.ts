@@ -15,13 +15,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ArrayApiServer, type ServerStatus } from './api/ArrayApiServer.js';
-import { ARRAYLAB_VERSION } from './api/version.js';
+import { ARRAYLAB_VERSION } from '../proto/util/version.js';
 import { StorageArray } from './array/StorageArray.js';
 import { ArrayError, type VolumeInfo } from './array/types.js';
 import { defaultTargetName, formatHostPort, type ArraylabConfig, type HostPort, type VolumeSpec } from './config.js';
 import type { IscsiSessionInfo, IscsiTargetOptions } from './iscsi/types.js';
 import { NbdServer } from './nbd/index.js';
-import { formatSize } from './units.js';
+import { formatSize } from '../proto/util/units.js';
 import { arrayTapeVolumes } from './tape/arrayVolumes.js'; // tape
 import { TapeLibrary } from './tape/TapeLibrary.js'; // tape
 import { TapeError } from './tape/types.js'; // tape

@@ -8,11 +8,11 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
-import { formatHostPort, parseHostPort, type HostPort } from './api/address.js';
+import { formatHostPort, parseHostPort, type HostPort } from '../proto/util/address.js';
 import { checkIscsiName, IscsiNameError } from './array/iscsiNames.js';
 import { VOLUME_NAME_PATTERN, type LogicalBlockSize, type Provisioning, type VolumeSpec as ArrayVolumeSpec } from './array/types.js';
-import { isLogLevel, LOG_LEVELS, type LogLevel } from './log.js';
-import { parseSize, SizeError } from './units.js';
+import { isLogLevel, LOG_LEVELS, type LogLevel } from '../proto/util/log.js';
+import { parseSize, SizeError } from '../proto/util/units.js';
 
 /** Used when no --config is given. Paths in it are relative to the working directory. */
 export const DEFAULT_CONFIG_YAML = `# arraylab built-in default configuration

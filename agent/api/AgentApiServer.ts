@@ -8,9 +8,9 @@
 import * as grpc from '@grpc/grpc-js';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
-import { ApiError } from '../../emulator/api/errors.js';
-import { AgentError, type AgentCore, type AgentErrorCode, type DoctorCheck, type LockMode, type ProgressEvent } from '../types.js';
-import { agentServiceDefinition } from './proto.js';
+import { grpcStatusOfError } from '../../proto/errors.js';
+import type { AgentCore, DoctorCheck, LockMode, ProgressEvent } from '../types.js';
+import { agentServiceDefinition } from '../../proto/loader.js';
 import { backupReportToWire, restoreReportToWire } from './wire.js';
 
 export interface AgentApiServerOptions {
@@ -22,22 +22,14 @@ export interface AgentApiServerOptions {
   tls?: { cert: Buffer; key: Buffer };
 }
 
-const STATUS_OF: Record<AgentErrorCode | string, grpc.status> = {
-  NOT_FOUND: grpc.status.NOT_FOUND,
-  ALREADY_EXISTS: grpc.status.ALREADY_EXISTS,
-  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
-  FAILED_PRECONDITION: grpc.status.FAILED_PRECONDITION,
-  RESOURCE_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
-  ABORTED: grpc.status.ABORTED,
-  UNAVAILABLE: grpc.status.UNAVAILABLE,
-  DEADLINE_EXCEEDED: grpc.status.UNAVAILABLE,
-  DATA_LOSS: grpc.status.DATA_LOSS,
-  INTERNAL: grpc.status.INTERNAL,
-};
-
+/**
+ * The gRPC status of a failed call: the contract's one mapping (anything else is a bug), but
+ * the array's own deadline is UNAVAILABLE here, so that a client does not take it for this
+ * agent's.
+ */
 export function statusOf(err: unknown): grpc.status {
-  if (err instanceof AgentError || err instanceof ApiError) return STATUS_OF[err.code] ?? grpc.status.UNKNOWN;
-  return grpc.status.INTERNAL;
+  const s = grpcStatusOfError(err);
+  return s === grpc.status.DEADLINE_EXCEEDED ? grpc.status.UNAVAILABLE : s;
 }
 
 type Call = grpc.ServerUnaryCall<Record<string, unknown>, unknown> | grpc.ServerWritableStream<Record<string, unknown>, unknown>;

@@ -3,7 +3,7 @@
  * the same calls as a local one. Failures become AgentError with the agent's own message.
  */
 import * as grpc from '@grpc/grpc-js';
-import { formatHostPort, parseHostPort } from '../../emulator/api/address.js';
+import { formatHostPort, parseHostPort } from '../../proto/util/address.js';
 import {
   AgentError,
   type AgentCore,
@@ -24,8 +24,12 @@ import {
   type RestoreReport,
   type SyncView,
 } from '../types.js';
-import { agentServiceClientConstructor } from './proto.js';
-import { backupReportFromWire, historyFromWire, progressFromWire, restoreReportFromWire, statusFromWire, syncFromWire } from './wire.js';
+import { agentServiceClientConstructor } from '../../proto/loader.js';
+import { statusCodeOf } from '../../proto/errors.js';
+
+/** The codes an AgentError may carry; other statuses are described below. */
+const AGENT_CODES = ['NOT_FOUND', 'ALREADY_EXISTS', 'INVALID_ARGUMENT', 'FAILED_PRECONDITION', 'RESOURCE_EXHAUSTED', 'ABORTED', 'DATA_LOSS', 'INTERNAL'] as const;
+import { backupReportFromWire, backupVolumeFromWire, historyFromWire, progressFromWire, restoreReportFromWire, statusFromWire, syncFromWire } from './wire.js';
 
 export interface AgentClientOptions {
   token: string;
@@ -35,16 +39,6 @@ export interface AgentClientOptions {
   deadlineMs?: number;
 }
 
-const CODES: Partial<Record<grpc.status, AgentErrorCode>> = {
-  [grpc.status.NOT_FOUND]: 'NOT_FOUND',
-  [grpc.status.ALREADY_EXISTS]: 'ALREADY_EXISTS',
-  [grpc.status.INVALID_ARGUMENT]: 'INVALID_ARGUMENT',
-  [grpc.status.FAILED_PRECONDITION]: 'FAILED_PRECONDITION',
-  [grpc.status.RESOURCE_EXHAUSTED]: 'RESOURCE_EXHAUSTED',
-  [grpc.status.ABORTED]: 'ABORTED',
-  [grpc.status.DATA_LOSS]: 'DATA_LOSS',
-  [grpc.status.INTERNAL]: 'INTERNAL',
-};
 
 type Unary = (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 type Streaming = (req: unknown, md: grpc.Metadata) => grpc.ClientReadableStream<Record<string, unknown>>;
@@ -74,7 +68,7 @@ export class AgentClient implements AgentCore {
   }
 
   async registerBackup(volume: string): Promise<BackupVolumeRecord> {
-    return this.unary('RegisterBackup', { volume });
+    return backupVolumeFromWire(await this.unary('RegisterBackup', { volume }));
   }
 
   async unregister(volume: string, o: { force?: boolean } = {}): Promise<void> {
@@ -101,7 +95,7 @@ export class AgentClient implements AgentCore {
 
   async startSync(volume: string, o: StartSyncOptions = {}): Promise<SyncView> {
     const last = await this.stream('StartSync', { volume, full: o.full ?? false, wait: o.wait ?? false, ...(o.rateMiBs !== undefined ? { rateMibS: o.rateMiBs } : {}) }, o.onProgress);
-    return syncFromWire(last.sync as SyncView);
+    return syncFromWire(last.sync as Parameters<typeof syncFromWire>[0]);
   }
 
   async cancelSync(volume: string): Promise<void> {
@@ -158,7 +152,7 @@ export class AgentClient implements AgentCore {
     return new Promise((resolve, reject) => {
       let last: Record<string, unknown> | undefined;
       call.on('data', (m: Record<string, unknown>) => {
-        if (m.progress) onProgress?.(progressFromWire(m.progress as ProgressEvent & { doneBytes: number; totalBytes: number }));
+        if (m.progress) onProgress?.(progressFromWire(m.progress as Parameters<typeof progressFromWire>[0]));
         else last = m;
       });
       call.on('error', (err: grpc.ServiceError) => reject(this.toError(err)));
@@ -167,8 +161,8 @@ export class AgentClient implements AgentCore {
   }
 
   private toError(err: grpc.ServiceError): AgentError {
-    const code = CODES[err.code];
-    if (code) return new AgentError(code, err.details);
+    const code = statusCodeOf(err.code);
+    if ((AGENT_CODES as readonly string[]).includes(code) && code !== 'UNAVAILABLE') return new AgentError(code as AgentErrorCode, err.details);
     if (err.code === grpc.status.UNAUTHENTICATED) return new AgentError('FAILED_PRECONDITION', `the agent at ${this.address} refused the call: ${err.details}`);
     if (err.code === grpc.status.UNAVAILABLE) return new AgentError('UNAVAILABLE', `cannot reach the agent at ${this.address}: ${err.details}; is \`arraylab-agent serve\` running there? (set --agent or ARRAYLAB_AGENT)`);
     if (err.code === grpc.status.DEADLINE_EXCEEDED) return new AgentError('UNAVAILABLE', `the agent at ${this.address} did not answer in time`);

@@ -1,10 +1,13 @@
 /**
  * AgentService messages <-> the agent's records (agent/types.ts). Field names agree, so sending
  * is the record itself (protobufjs skips null and undefined fields); receiving turns proto3's
- * defaults back into the records' nulls and optionals.
+ * defaults back into the records' nulls and optionals, and uint64s (decimal strings from the
+ * contract's one loader) into numbers.
  */
+import { toByteCount, type WireUint64 } from '../../proto/wire/wire.js';
 import type {
   AgentStatus,
+  BackupVolumeRecord,
   BackupReport,
   HistoryEntry,
   HookResult,
@@ -35,9 +38,14 @@ export function historyFromWire(w: HistoryEntry): HistoryEntry {
   return { ...w, tape: { ...tape, ...(pid ? { pid } : {}) } };
 }
 
-/** proto3 has no null: an absent SyncView arrives as null, numbers as numbers. */
-export function syncFromWire(w: SyncView): SyncView {
-  return { ...w, start: (w.start || '') as SyncView['start'] };
+type Wire<T, K extends keyof T> = Omit<T, K> & { [P in K]: WireUint64 };
+
+export function syncFromWire(w: Wire<SyncView, 'unitsToCopy' | 'totalUnits'>): SyncView {
+  return { ...w, start: (w.start || '') as SyncView['start'], unitsToCopy: toByteCount(w.unitsToCopy, 'units_to_copy'), totalUnits: toByteCount(w.totalUnits, 'total_units') };
+}
+
+export function backupVolumeFromWire(w: Wire<BackupVolumeRecord, 'sizeBytes'>): BackupVolumeRecord {
+  return { ...w, sizeBytes: toByteCount(w.sizeBytes, 'size_bytes') };
 }
 
 export function backupReportFromWire(w: BackupReport): BackupReport {
@@ -49,7 +57,7 @@ export function backupReportFromWire(w: BackupReport): BackupReport {
       if (v.error) out.error = v.error;
       if (v.needsResourceMatch) out.needsResourceMatch = v.needsResourceMatch;
       if (v.code) out.code = v.code;
-      if (v.resync) out.resync = syncFromWire(v.resync);
+      if (v.resync) out.resync = syncFromWire(v.resync as Wire<SyncView, 'unitsToCopy' | 'totalUnits'>);
       if (v.resyncError) out.resyncError = v.resyncError;
       return out;
     }),
@@ -64,11 +72,12 @@ export function restoreReportFromWire(w: RestoreReport): RestoreReport {
   return { ...w, generation: historyFromWire(w.generation), hooks: w.hooks.map((h) => hookFromWire(h as HookResult & { exitCode: number })) };
 }
 
-export function progressFromWire(w: ProgressEvent & { doneBytes: number; totalBytes: number }): ProgressEvent {
+export function progressFromWire(w: ProgressEvent & { doneBytes: WireUint64; totalBytes: WireUint64 }): ProgressEvent {
   const p: ProgressEvent = { volume: w.volume, step: w.step, message: w.message };
-  if (w.totalBytes > 0) {
-    p.doneBytes = w.doneBytes;
-    p.totalBytes = w.totalBytes;
+  const total = toByteCount(w.totalBytes, 'total_bytes');
+  if (total > 0) {
+    p.doneBytes = toByteCount(w.doneBytes, 'done_bytes');
+    p.totalBytes = total;
   }
   return p;
 }
@@ -80,8 +89,8 @@ export function lockFromWire(w: LockRecord & { freezeGuardPid: number; thawDeadl
 
 export function statusFromWire(w: AgentStatus): AgentStatus {
   return {
-    transactionVolumes: w.transactionVolumes.map((t): TransactionVolumeStatus => ({ ...t, sync: t.sync ? syncFromWire(t.sync) : null })),
-    backupVolumes: w.backupVolumes,
+    transactionVolumes: w.transactionVolumes.map((t): TransactionVolumeStatus => ({ ...t, sync: t.sync ? syncFromWire(t.sync as Wire<SyncView, 'unitsToCopy' | 'totalUnits'>) : null })),
+    backupVolumes: w.backupVolumes.map((b) => backupVolumeFromWire(b as Wire<BackupVolumeRecord, 'sizeBytes'>)),
     outstandingLocks: w.outstandingLocks.map((l) => lockFromWire(l as LockRecord & { freezeGuardPid: number; thawDeadline: string })),
   };
 }

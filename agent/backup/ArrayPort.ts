@@ -1,5 +1,5 @@
-/** The part of the array's API that backup management uses (emulator/api/ArrayClient). */
-import type { ArrayClient } from '../../emulator/api/ArrayClient.js';
+/** The part of the array's API that backup management uses (proto/ArrayClient). */
+import type { ArrayClient } from '../../proto/ArrayClient.js';
 
 export type ArrayPort = Pick<
   ArrayClient,

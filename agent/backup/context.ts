@@ -2,8 +2,8 @@
  * What restore.ts and resourceMatch.ts share with BackupManager, and small helpers.
  */
 import type { Logger } from 'pino';
-import type { CopySessionView } from '../../emulator/api/model.js';
-import type { VolumeInfo } from '../../emulator/array/types.js';
+import type { CopySessionView } from '../../proto/views.js';
+import type { VolumeInfo } from '../../proto/views.js';
 import type { AgentStore } from '../store/AgentStore.js';
 import type { AgentErrorCode, DeviceMapping, HistoryEntry, HookPhase, HookResult, HostSide, ProgressEvent, TapePort, TransactionVolumeRecord } from '../types.js';
 import type { ArrayPort } from './ArrayPort.js';

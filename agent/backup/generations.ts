@@ -8,8 +8,8 @@
  * generation "held" after its pool filled up or its session was cancelled out of band; every
  * reader goes through assess() instead.
  */
-import type { CopySessionView } from '../../emulator/api/model.js';
-import type { VolumeInfo } from '../../emulator/array/types.js';
+import type { CopySessionView } from '../../proto/views.js';
+import type { VolumeInfo } from '../../proto/views.js';
 import type { GenerationRecord, HistoryEntry } from '../types.js';
 
 /** What the array has now, for assess(). */

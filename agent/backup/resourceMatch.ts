@@ -8,8 +8,8 @@
  *      generation the array reports broken or gone is recorded as error or lost (generations.ts);
  *   4. clear the needs-resource-match flag of every volume with nothing left to fix.
  */
-import type { CopySessionView } from '../../emulator/api/model.js';
-import type { VolumeInfo } from '../../emulator/array/types.js';
+import type { CopySessionView } from '../../proto/views.js';
+import type { VolumeInfo } from '../../proto/views.js';
 import { AgentError, type ResourceMatchReport } from '../types.js';
 import { isAlive, type ManagerContext } from './context.js';
 import { assess } from './generations.js';

@@ -1,7 +1,7 @@
 /**
  * Restore: copy a generation back onto its transaction volume (or --to another volume).
  *
- * How depends on what the array allows (emulator/copy/README.md):
+ * How depends on what the array allows (the copy engine's README in the array's sources):
  *   - EC generation whose suspended pair is still there, onto the transaction volume: restore
  *     from clone (HSMS RESTORE-FROM-CLONE): the pair is reversed and resynchronized, copying back
  *     only what changed, then suspended and turned round again, so the generation keeps its pair.
@@ -21,9 +21,9 @@
  * the generation's size, and a target other than the transaction volume must be no registered
  * transaction volume, not mounted here and not open read-write elsewhere, unless --force.
  */
-import type { CopySessionView } from '../../emulator/api/model.js';
-import type { VolumeInfo } from '../../emulator/array/types.js';
-import { formatSize } from '../../emulator/units.js';
+import type { CopySessionView } from '../../proto/views.js';
+import type { VolumeInfo } from '../../proto/views.js';
+import { formatSize } from '../../proto/util/units.js';
 import { AgentError, type GenerationRecord, type RestoreOptions, type RestoreReport } from '../types.js';
 import { isNotFound } from './ArrayPort.js';
 import { codeOf, deviceOf, hookOk, percent, type ManagerContext } from './context.js';

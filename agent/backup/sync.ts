@@ -9,7 +9,7 @@
  * copies only what changed since that backup. A volume without one (or --full) gets a new pair
  * and a full initial copy. N generations still need N+1 backup volumes.
  */
-import type { CopySessionView } from '../../emulator/api/model.js';
+import type { CopySessionView } from '../../proto/views.js';
 import { AgentError, type ProgressEvent, type StartSyncOptions, type SyncView } from '../types.js';
 import type { SyncPairRecord } from '../store/AgentStore.js';
 import { isNotFound } from './ArrayPort.js';

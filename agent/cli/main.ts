@@ -8,14 +8,14 @@
  * included: the others' results are still printed).
  */
 import yargs, { type Argv } from 'yargs';
-import { ApiError } from '../../emulator/api/errors.js';
-import { ARRAYLAB_VERSION } from '../../emulator/api/version.js';
-import { createLogger, type Logger } from '../../emulator/log.js';
+import { StatusError } from '../../proto/errors.js';
+import { ARRAYLAB_VERSION } from '../../proto/util/version.js';
+import { createLogger, type Logger } from '../../proto/util/log.js';
 import { ConfigError, resolveSettings, type AgentSettings } from '../config.js';
-import { AgentError, type AgentCore, type DoctorCheck } from '../types.js';
+import type { AgentCore, DoctorCheck } from '../types.js';
 import { renderBackup, renderDevices, renderDoctor, renderHistory, renderMatch, renderRegistered, renderRestore, renderStatus, renderSync, progressPrinter } from './render.js';
 import { readToken } from './token.js';
-import { DEFAULT_GUEST_PORT } from '../guest/protocol.js'; // [G1]
+import { DEFAULT_GUEST_PORT } from '../../proto/guest/protocol.js'; // [G1]
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
@@ -408,7 +408,7 @@ function report(err: unknown): number {
     say(err.message);
     return EXIT_USAGE;
   }
-  if (err instanceof AgentError || err instanceof ApiError) {
+  if (err instanceof StatusError) {
     say(err.message);
     return EXIT_FAILURE;
   }

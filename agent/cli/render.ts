@@ -1,6 +1,6 @@
 /** What `arraylab-agent` prints for people (--json prints the records as they are). */
-import { table } from '../../emulator/cli/output.js';
-import { formatSize } from '../../emulator/units.js';
+import { table } from '../../proto/util/table.js';
+import { formatSize } from '../../proto/util/units.js';
 import type { AgentStatus, BackupReport, DeviceMapping, DoctorCheck, HistoryEntry, HookResult, ProgressEvent, RegisteredTransaction, ResourceMatchReport, RestoreReport, SyncView, TapeCopyRecord } from '../types.js';
 
 /** Every hook that ran: its verdict, and what it printed (indented), so people see it too. */

@@ -4,8 +4,8 @@
  * then closes the records.
  */
 import { readFileSync } from 'node:fs';
-import { parseHostPort } from '../../emulator/api/address.js';
-import { createLogger } from '../../emulator/log.js';
+import { parseHostPort } from '../../proto/util/address.js';
+import { createLogger } from '../../proto/util/log.js';
 import { AgentApiServer } from '../api/AgentApiServer.js';
 import type { AgentSettings } from '../config.js';
 import { openLocalAgent } from '../runtime.js';

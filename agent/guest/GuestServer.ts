@@ -8,11 +8,11 @@
  */
 import { hostname, release } from 'node:os';
 import type { Logger } from 'pino';
-import { ARRAYLAB_VERSION } from '../../emulator/api/version.js';
+import { ARRAYLAB_VERSION } from '../../proto/util/version.js';
 import { hostChecks } from '../doctor.js';
 import { HOOK_PHASES, type HookContext, type HostSide, type LockRecord, type TransactionPrep } from '../types.js';
 import type { GuestPort } from './port.js';
-import { encodeLine, HOST_METHODS, LineReader, parseObject, PROTOCOL_VERSION, toWireError, type GuestHello, type GuestReply, type HostMethod } from './protocol.js';
+import { encodeLine, HOST_METHODS, LineReader, parseObject, PROTOCOL_VERSION, toWireError, type GuestHello, type GuestReply, type HostMethod } from '../../proto/guest/protocol.js';
 
 export interface GuestServerOptions {
   host: HostSide;

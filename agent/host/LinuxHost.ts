@@ -5,7 +5,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import type { VolumeInfo } from '../../emulator/array/types.js';
+import type { VolumeInfo } from '../../proto/views.js';
 import type { DeviceMapping, HookContext, HookResult, HostProgress, HostSide, LockRecord, MountEntry, TransactionPrep } from '../types.js';
 import { holdExclusive } from './backupHold.js';
 import { copyWholeDevice } from './copyDevice.js';

@@ -15,7 +15,7 @@
  */
 import { readdir, readFile, readlink, stat } from 'node:fs/promises';
 import { basename, join, resolve as resolvePath } from 'node:path';
-import type { VolumeInfo } from '../../emulator/array/types.js';
+import type { VolumeInfo } from '../../proto/views.js';
 import type { DeviceMapping } from '../types.js';
 
 export interface DeviceRoots {

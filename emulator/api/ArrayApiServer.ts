@@ -10,23 +10,22 @@ import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import {
   ArrayError,
-  type ArrayErrorCode,
   type ConnectionInfo,
   type CreateVolumeRequest,
   type LogicalBlockSize,
   type RenameVolumeOptions,
   type VolumeInfo,
 } from '../array/types.js';
-import { DEFAULT_API_ADDRESS, formatHostPort, type HostPort } from './address.js';
-import type { ArrayStatus, ExportInfo } from './model.js';
-import { CopyError, type CopyEvent, type SessionInfo } from '../copy/CopySession.js';
+import { DEFAULT_API_ADDRESS, formatHostPort, type HostPort } from '../../proto/util/address.js';
+import type { ArrayStatus, ExportInfo } from '../../proto/views.js';
+import type { CopyEvent, SessionInfo } from '../copy/CopySession.js';
+import { grpcStatusOf, StatusError } from '../../proto/errors.js';
 import type { StartCopyRequest } from '../array/StorageArray.js';
 import { hostAffinityHandlers, type HostControl, type SessionSource } from './hostService.js';
-import { arrayServiceDefinition, copyServiceDefinition, hostAffinityServiceDefinition, tapeServiceDefinition } from './proto.js';
-import { tapeGrpcCode, tapeHandlers, type TapeControl } from './tapeService.js'; // tape
+import { arrayServiceDefinition, copyServiceDefinition, hostAffinityServiceDefinition, tapeServiceDefinition } from '../../proto/loader.js';
+import { tapeHandlers, type TapeControl } from './tapeService.js'; // tape
+import { copySessionToWire, rateFromWire } from './copyWire.js';
 import {
-  copySessionToWire,
-  rateFromWire,
   type WireCopyEvent,
   type WireStartCopyRequest,
   exportToWire,
@@ -38,7 +37,7 @@ import {
   type WireRenameVolumeRequest,
   type WireResizeVolumeRequest,
   type WireUpdateVolumeRequest,
-} from './wire.js';
+} from '../../proto/wire/wire.js';
 
 export { DEFAULT_API_ADDRESS };
 
@@ -91,14 +90,6 @@ export interface ArrayApiServerOptions {
   tape?: TapeControl;
 }
 
-const GRPC_CODE: Record<ArrayErrorCode, grpc.status> = {
-  NOT_FOUND: grpc.status.NOT_FOUND,
-  ALREADY_EXISTS: grpc.status.ALREADY_EXISTS,
-  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
-  FAILED_PRECONDITION: grpc.status.FAILED_PRECONDITION,
-  RESOURCE_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
-  INTERNAL: grpc.status.INTERNAL,
-};
 
 export class ArrayApiServer {
   private readonly server = new grpc.Server();
@@ -367,15 +358,9 @@ export class ArrayApiServer {
             callback(null, response);
           },
           (err: unknown) => {
-            const tapeCode = tapeGrpcCode(err); // tape: TapeError codes include DATA_LOSS
-            if (tapeCode !== undefined) {
-              this.log.debug({ method, code: grpc.status[tapeCode], err: (err as Error).message }, 'api call refused');
-              callback({ code: tapeCode, details: (err as Error).message });
-              return;
-            }
-            if (err instanceof ArrayError || err instanceof CopyError) {
+            if (err instanceof StatusError) {
               this.log.debug({ method, code: err.code, err: err.message }, 'api call refused');
-              callback({ code: GRPC_CODE[err.code] ?? grpc.status.INTERNAL, details: err.message });
+              callback({ code: grpcStatusOf(err.code), details: err.message });
             } else {
               this.log.error({ method, err }, 'api call failed unexpectedly');
               const message = err instanceof Error ? err.message : String(err);

@@ -6,8 +6,8 @@
 import type * as grpc from '@grpc/grpc-js';
 import { ArrayError, type HostInfo, type HostLun, type InitiatorLun } from '../array/types.js';
 import type { IscsiSessionInfo } from '../iscsi/types.js';
-import { hostListToWire, hostToWire, type WireMapVolumeRequest } from './hostWire.js';
-import type { HostListView, HostView, IscsiSessionView } from './model.js';
+import { hostListToWire, hostToWire, type WireMapVolumeRequest } from '../../proto/wire/hostWire.js';
+import type { HostListView, HostView, IscsiSessionView } from '../../proto/views.js';
 
 /** What the API needs of host affinity; StorageArray.hosts (HostAffinity) provides it. */
 export interface HostControl {

@@ -9,16 +9,10 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { ArrayError } from '../array/types.js';
-import {
-  TapeError,
-  type CartridgeView,
-  type HostProgress,
-  type RecordCheck,
-  type TapeErrorCode,
-  type TapeRecordView,
-  type TapeRestoreView,
-} from '../tape/types.js';
-import { toByteCount, type WireUint64 } from './wire.js';
+import type { CartridgeView, HostProgress, RecordCheck, TapeRecordView, TapeRestoreView } from '../tape/types.js';
+import { grpcStatusOf, StatusError } from '../../proto/errors.js';
+import { toByteCount, type WireUint64 } from '../../proto/wire/wire.js';
+import type { WireTapeProgress } from '../../proto/wire/tapeWire.js';
 
 /** What the API needs of the tape library; TapeLibrary provides it. */
 export interface TapeControl {
@@ -30,88 +24,6 @@ export interface TapeControl {
   write(req: { volume: string; cartridge?: string; tag?: string; pointInTime?: string }, onProgress: (p: HostProgress) => void, signal?: AbortSignal): Promise<TapeRecordView>;
   restore(req: { cartridge: string; record: number; volume: string; force?: boolean }, onProgress: (p: HostProgress) => void, signal?: AbortSignal): Promise<TapeRestoreView>;
   verify(req: { cartridge: string; record?: number }, onProgress: (p: HostProgress) => void, signal?: AbortSignal): Promise<RecordCheck[]>;
-}
-
-// ---- wire shapes (proto-loader: camelCase, uint64 as decimal strings on receipt) ----
-
-export interface WireCartridge {
-  label: string;
-  capacityBytes: WireUint64;
-  usedBytes: WireUint64;
-  recordCount: number;
-  createdAt: string;
-}
-
-export interface WireTapeRecord {
-  cartridge: string;
-  record: number;
-  volume: string;
-  tag: string;
-  sizeBytes: WireUint64;
-  blockSize: number;
-  dataBytes: WireUint64;
-  sha256: string;
-  createdAt: string;
-  /** Empty from a server that predates it: read as createdAt. */
-  imageAt?: string;
-}
-
-export interface WireTapeRestoreResult {
-  cartridge: string;
-  record: number;
-  volume: string;
-  bytes: WireUint64;
-  sha256: string;
-}
-
-export interface WireTapeProgress {
-  doneBytes: WireUint64;
-  totalBytes: WireUint64;
-  record?: WireTapeRecord | null;
-  restored?: WireTapeRestoreResult | null;
-  verified?: { checks: RecordCheck[] } | null;
-  /** oneof case name, set by proto-loader on receipt. */
-  result?: 'record' | 'restored' | 'verified';
-}
-
-export function cartridgeFromWire(w: WireCartridge): CartridgeView {
-  return { label: w.label, capacityBytes: toByteCount(w.capacityBytes, 'capacity'), usedBytes: toByteCount(w.usedBytes, 'used'), recordCount: w.recordCount, createdAt: w.createdAt };
-}
-
-export function tapeRecordFromWire(w: WireTapeRecord): TapeRecordView {
-  return {
-    cartridge: w.cartridge,
-    record: w.record,
-    volume: w.volume,
-    tag: w.tag,
-    sizeBytes: toByteCount(w.sizeBytes, 'size'),
-    blockSize: w.blockSize,
-    dataBytes: toByteCount(w.dataBytes, 'data bytes'),
-    sha256: w.sha256,
-    createdAt: w.createdAt,
-    imageAt: w.imageAt || w.createdAt,
-  };
-}
-
-export function tapeRestoreFromWire(w: WireTapeRestoreResult): TapeRestoreView {
-  return { cartridge: w.cartridge, record: w.record, volume: w.volume, bytes: toByteCount(w.bytes, 'bytes'), sha256: w.sha256 };
-}
-
-const TAPE_GRPC_CODE: Record<TapeErrorCode, grpc.status> = {
-  NOT_FOUND: grpc.status.NOT_FOUND,
-  ALREADY_EXISTS: grpc.status.ALREADY_EXISTS,
-  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
-  FAILED_PRECONDITION: grpc.status.FAILED_PRECONDITION,
-  RESOURCE_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
-  DATA_LOSS: grpc.status.DATA_LOSS,
-  CANCELLED: grpc.status.CANCELLED,
-  UNAVAILABLE: grpc.status.UNAVAILABLE,
-  INTERNAL: grpc.status.INTERNAL,
-};
-
-/** The gRPC code of a tape library error; undefined for anything else. */
-export function tapeGrpcCode(err: unknown): grpc.status | undefined {
-  return err instanceof TapeError ? TAPE_GRPC_CODE[err.code] : undefined;
 }
 
 type Unary = <Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>) => grpc.handleUnaryCall<Req, Res>;
@@ -198,10 +110,9 @@ function stream<Req>(
         (err: unknown) => {
           clearInterval(heartbeat);
           untrack();
-          const code = tapeGrpcCode(err) ?? (err instanceof ArrayError ? grpcOfArray(err) : undefined);
-          if (code !== undefined) {
-            log.debug({ method, code: grpc.status[code], err: (err as Error).message }, 'api call refused');
-            call.emit('error', { code, details: (err as Error).message });
+          if (err instanceof StatusError) {
+            log.debug({ method, code: err.code, err: err.message }, 'api call refused');
+            call.emit('error', { code: grpcStatusOf(err.code), details: err.message });
           } else {
             log.error({ method, err }, 'api call failed unexpectedly');
             const message = err instanceof Error ? err.message : String(err);
@@ -210,8 +121,4 @@ function stream<Req>(
         },
       );
   };
-}
-
-function grpcOfArray(err: ArrayError): grpc.status {
-  return TAPE_GRPC_CODE[err.code as TapeErrorCode] ?? grpc.status.INTERNAL;
 }

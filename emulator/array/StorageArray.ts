@@ -54,7 +54,7 @@ import { FileBlockStore, type FileBlockStorePaths } from '../block/FileBlockStor
 import { MemoryBlockStore } from '../block/MemoryBlockStore.js';
 import { CopyEngine, type OverwriteCheck, type StartOptions } from '../copy/CopyEngine.js';
 import { COPY_TYPE_NAMES, CopyError, type CopyEvent, type CopyType, type SessionInfo } from '../copy/CopySession.js';
-import { formatSize } from '../units.js';
+import { formatSize } from '../../proto/util/units.js';
 import { HostAffinity, type VolumeDirectory } from './HostAffinity.js';
 import { HostRecords } from './HostRecords.js';
 import { newVolumeIdentity, renewedIdentity } from './identity.js';

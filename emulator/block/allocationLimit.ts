@@ -18,7 +18,7 @@
  * overlapping requests in flight at once may each reserve the same blocks, which can only
  * refuse early, never overshoot.
  */
-import { formatSize } from '../units.js';
+import { formatSize } from '../../proto/util/units.js';
 import type { AllocationMap } from './AllocationMap.js';
 import { BlockDeviceError } from './BlockDevice.js';
 

@@ -3,8 +3,8 @@
  * Precedence: --api, then ARRAYLAB_API, then 127.0.0.1:7390.
  */
 import type { Argv } from 'yargs';
-import { DEFAULT_API_ADDRESS, formatHostPort, parseHostPort } from '../api/address.js';
-import type { ArrayClient } from '../api/ArrayClient.js';
+import { DEFAULT_API_ADDRESS, formatHostPort, parseHostPort } from '../../proto/util/address.js';
+import type { ArrayClient } from '../../proto/ArrayClient.js';
 import { UsageError } from './errors.js';
 
 export interface ApiArgs {
@@ -31,7 +31,7 @@ export async function connect(args: { api?: string | undefined }, env: NodeJS.Pr
     const source = args.api !== undefined ? '--api' : 'ARRAYLAB_API';
     throw new UsageError(`${source}: ${(err as Error).message}`);
   }
-  const { ArrayClient } = await import('../api/ArrayClient.js');
+  const { ArrayClient } = await import('../../proto/ArrayClient.js');
   return new ArrayClient(address);
 }
 

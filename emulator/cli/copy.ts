@@ -1,9 +1,9 @@
 /** `arraylab copy start|list|show|suspend|resume|reverse|split|restore|cancel|rate|watch`. */
 import type { Argv } from 'yargs';
-import type { CopyEventView, CopySessionView } from '../api/model.js';
+import type { CopyEventView, CopySessionView } from '../../proto/views.js';
 import { withApiOption, withClient } from './client.js';
 import { UsageError } from './errors.js';
-import { keyValues, print, printJson, table, yesNo } from './output.js';
+import { keyValues, print, printJson, table, yesNo } from '../../proto/util/table.js';
 
 const TYPES = ['opc', 'quickopc', 'snapopcplus', 'ec'] as const;
 const TYPE_NAMES: Record<string, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC' };
@@ -293,7 +293,7 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
 
 const ENDED = new Set(['completed', 'cancelled', 'dropped']);
 
-async function watch(client: import('../api/ArrayClient.js').ArrayClient, id: string | undefined, interval: number, json: boolean): Promise<void> {
+async function watch(client: import('../../proto/ArrayClient.js').ArrayClient, id: string | undefined, interval: number, json: boolean): Promise<void> {
   if (!Number.isFinite(interval) || interval <= 0) throw new UsageError('--interval: give a positive number of milliseconds', 'copy watch');
   const tty = !json && process.stdout.isTTY === true;
   const sessions = new Map<string, CopySessionView>();

@@ -1,9 +1,9 @@
 /** `arraylab export list`: every export with the clients connected to it. */
 import type { Argv } from 'yargs';
-import type { ExportInfo } from '../api/model.js';
-import { formatSize } from '../units.js';
+import type { ExportInfo } from '../../proto/views.js';
+import { formatSize } from '../../proto/util/units.js';
 import { withApiOption, withClient } from './client.js';
-import { print, printJson, table } from './output.js';
+import { print, printJson, table } from '../../proto/util/table.js';
 
 export function exportCommands(y: Argv<{ json: boolean }>) {
   return withApiOption(y)

@@ -1,11 +1,11 @@
 /** `arraylab host add|remove|map|unmap|list|show|add-initiator|remove-initiator`: host affinity. */
 import type { Argv } from 'yargs';
-import type { HostListView, HostView, IscsiSessionView } from '../api/model.js';
+import type { HostListView, HostView, IscsiSessionView } from '../../proto/views.js';
 import { checkIscsiName, IscsiNameError } from '../array/iscsiNames.js';
 import { HOST_NAME_PATTERN, MAX_LUN } from '../array/types.js';
 import { withApiOption, withClient } from './client.js';
 import { UsageError } from './errors.js';
-import { keyValues, print, printJson, table } from './output.js';
+import { keyValues, print, printJson, table } from '../../proto/util/table.js';
 
 /** Checked here too, so a typo is a usage error (exit 2) before anything is sent. */
 function hostName(text: unknown, command: string): string {

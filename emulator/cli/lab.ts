@@ -2,7 +2,7 @@
 import type { Argv } from 'yargs';
 import type { LabItem } from '../lab/apply.js';
 import { EXIT_USAGE, CommandError } from './errors.js';
-import { print, printJson, table } from './output.js';
+import { print, printJson, table } from '../../proto/util/table.js';
 import { asCommandError, cliLogger, runDirOf, withRunDirOption } from './vm.js';
 
 async function load(file: string) {

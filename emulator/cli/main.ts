@@ -6,8 +6,8 @@
  * line or config (with a pointer to --help), 1 for an operation that failed.
  */
 import yargs from 'yargs';
-import { ApiError } from '../api/errors.js';
-import { ARRAYLAB_VERSION } from '../api/version.js';
+import { ApiError } from '../../proto/errors.js';
+import { ARRAYLAB_VERSION } from '../../proto/util/version.js';
 import { withApiOption } from './client.js';
 import { copyCommands } from './copy.js';
 import { CommandError, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './errors.js';

@@ -7,11 +7,11 @@
  */
 import type { Logger } from 'pino';
 import { ArrayServer, type ServerAddresses } from '../ArrayServer.js';
-import { ARRAYLAB_VERSION } from '../api/version.js';
+import { ARRAYLAB_VERSION } from '../../proto/util/version.js';
 import { applyOverrides, ConfigError, formatHostPort, loadConfig, type ArraylabConfig } from '../config.js';
-import { createLogger, resolveLogLevel } from '../log.js';
+import { createLogger, resolveLogLevel } from '../../proto/util/log.js';
 import { CommandError, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './errors.js';
-import { print, printJson } from './output.js';
+import { print, printJson } from '../../proto/util/table.js';
 
 export interface ServeArgs {
   config?: string | undefined;

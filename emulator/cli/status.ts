@@ -1,9 +1,9 @@
 /** `arraylab status`: what the server is, where it listens, and what it holds. */
-import type { ArrayStatus, ListenerStatus } from '../api/model.js';
-import { formatHostPort } from '../api/address.js';
-import { formatSize } from '../units.js';
+import type { ArrayStatus, ListenerStatus } from '../../proto/views.js';
+import { formatHostPort } from '../../proto/util/address.js';
+import { formatSize } from '../../proto/util/units.js';
 import { withClient } from './client.js';
-import { keyValues, print, printJson } from './output.js';
+import { keyValues, print, printJson } from '../../proto/util/table.js';
 
 export async function statusCommand(a: { api?: string | undefined; json: boolean }): Promise<void> {
   const status = await withClient(a, (client) => client.getStatus());

@@ -1,11 +1,11 @@
 /** `arraylab tape add|list|show|erase|remove|write|restore|verify`: the array's virtual tape library. */
 import type { Argv } from 'yargs';
 import type { CartridgeView, HostProgress, TapeRecordView } from '../tape/types.js';
-import { formatSize, parseSize, SizeError } from '../units.js';
+import { formatSize, parseSize, SizeError } from '../../proto/util/units.js';
 import { withApiOption, withClient } from './client.js';
 import { parsePointInTime } from '../tape/TapeLibrary.js';
 import { CommandError, UsageError } from './errors.js';
-import { keyValues, print, printJson, table } from './output.js';
+import { keyValues, print, printJson, table } from '../../proto/util/table.js';
 
 function recordNumber(value: unknown, command: string): number {
   const n = Number(value);

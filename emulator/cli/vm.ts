@@ -5,11 +5,11 @@
  */
 import type { Argv } from 'yargs';
 import type { Socket } from 'node:net';
-import { createLogger, isLogLevel, type Logger } from '../log.js';
+import { createLogger, isLogLevel, type Logger } from '../../proto/util/log.js';
 import type { AttachRequest } from '../vm/attach.js';
 import { withApiOption, withClient } from './client.js';
 import { CommandError, UsageError } from './errors.js';
-import { print, printJson, table } from './output.js';
+import { print, printJson, table } from '../../proto/util/table.js';
 
 export interface RunDirArgs {
   'run-dir'?: string | undefined;

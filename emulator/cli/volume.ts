@@ -1,10 +1,10 @@
 /** `arraylab volume create|list|show|resize|set|rename|delete`. */
 import type { Argv } from 'yargs';
 import type { LogicalBlockSize, VolumeInfo } from '../array/types.js';
-import { formatSize, parseSize, parseSizeChange, SizeError } from '../units.js';
+import { formatSize, parseSize, parseSizeChange, SizeError } from '../../proto/util/units.js';
 import { withApiOption, withClient } from './client.js';
 import { UsageError } from './errors.js';
-import { keyValues, print, printJson, table, yesNo } from './output.js';
+import { keyValues, print, printJson, table, yesNo } from '../../proto/util/table.js';
 
 function sizeOption(flag: string, command: string, allowGrowth: boolean) {
   return (text: unknown) => {

@@ -10,6 +10,7 @@
  *   below       the device under the engine's layer on a volume (its store, normally): the
  *               engine reads and writes data there, where hosts' layers cannot see it.
  */
+import { StatusError } from '../../proto/errors.js';
 import type { BlockDevice, WriteOptions, ZeroOptions } from '../block/BlockDevice.js';
 
 export type CopyType = 'opc' | 'quickopc' | 'snapopcplus' | 'ec';
@@ -28,12 +29,11 @@ export const MAX_SNAP_GENERATIONS = 8;
 /** Why a control operation was refused; the wiring step maps these to gRPC codes. */
 export type CopyErrorCode = 'INVALID_ARGUMENT' | 'NOT_FOUND' | 'ALREADY_EXISTS' | 'FAILED_PRECONDITION' | 'RESOURCE_EXHAUSTED';
 
-export class CopyError extends Error {
-  readonly code: CopyErrorCode;
+export class CopyError extends StatusError {
+  declare readonly code: CopyErrorCode;
   constructor(code: CopyErrorCode, message: string) {
-    super(message);
+    super(code, message);
     this.name = 'CopyError';
-    this.code = code;
   }
 }
 

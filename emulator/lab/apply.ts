@@ -12,10 +12,10 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, write
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
-import { formatHostPort } from '../api/address.js';
-import { ArrayClient } from '../api/ArrayClient.js';
+import { formatHostPort } from '../../proto/util/address.js';
+import { ArrayClient } from '../../proto/ArrayClient.js';
 import { loadConfig } from '../config.js';
-import { formatSize } from '../units.js';
+import { formatSize } from '../../proto/util/units.js';
 import { stopDetachedGuest } from '../vm/detached.js';
 import { defaultInitiatorName } from '../vm/qemuArgs.js';
 import { readRecord, vmState } from '../vm/registry.js';

@@ -7,10 +7,10 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
-import { formatHostPort, parseHostPort } from '../api/address.js';
+import { formatHostPort, parseHostPort } from '../../proto/util/address.js';
 import { checkIscsiName, IscsiNameError } from '../array/iscsiNames.js';
 import { MAX_LUN, VOLUME_NAME_PATTERN } from '../array/types.js';
-import { parseSize, SizeError } from '../units.js';
+import { parseSize, SizeError } from '../../proto/util/units.js';
 
 export interface LabArray {
   name: string;

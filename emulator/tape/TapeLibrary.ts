@@ -9,7 +9,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { BlockDeviceError } from '../block/BlockDevice.js';
-import { formatSize } from '../units.js';
+import { formatSize } from '../../proto/util/units.js';
 import { VOLUME_NAME_PATTERN } from '../array/types.js';
 import { Cartridge, syncDir, type DataPiece, type RecordEntry } from './Cartridge.js';
 import { CARTRIDGE_HEADER_SIZE, EOD_SIZE, EXTENT_MAX, FormatError, recordBytes, RECORD_HEADER_SIZE, TAG_MAX, TRAILER_SIZE } from './format.js';

@@ -1,18 +1,13 @@
 /**
  * What the tape library needs from the array, and how it fails. The views it returns are the
- * agent's contracts (agent/types.ts: CartridgeView, TapeRecordView, TapeRestoreView,
- * HostProgress), re-exported here so emulator code imports them from one place.
+ * contract's (proto/views.ts: CartridgeView, TapeRecordView, TapeRestoreView, HostProgress),
+ * re-exported here so emulator code imports them from one place.
  */
-import type { TapeRecordView as AgentTapeRecordView } from '../../agent/types.js';
+import { StatusError } from '../../proto/errors.js';
 import type { BlockDevice } from '../block/BlockDevice.js';
 
-export type { CartridgeView, HostProgress, TapeRestoreView } from '../../agent/types.js';
+export type { CartridgeView, HostProgress, RecordCheck, TapeRecordView, TapeRestoreView } from '../../proto/views.js';
 
-/** The agent's view of a record; the array always knows its image's instant. */
-export interface TapeRecordView extends AgentTapeRecordView {
-  /** ISO 8601: the point-in-time instant of the image the record holds (see tape.proto). */
-  imageAt: string;
-}
 
 /** A volume as a host sees it. */
 export interface TapeVolume {
@@ -60,17 +55,11 @@ export type TapeErrorCode =
   | 'INTERNAL';
 
 /** A refused or failed tape operation; the message names the cartridge/record/volume and the fix. */
-export class TapeError extends Error {
-  readonly code: TapeErrorCode;
+export class TapeError extends StatusError {
+  declare readonly code: TapeErrorCode;
   constructor(code: TapeErrorCode, message: string) {
-    super(message);
+    super(code, message);
     this.name = 'TapeError';
-    this.code = code;
   }
 }
 
-export interface RecordCheck {
-  record: number;
-  ok: boolean;
-  error: string;
-}

@@ -3,8 +3,8 @@
  * NBD and iSCSI listeners (`arraylab status`), the target name, and the LUN the guest's
  * initiator sees the volume at (its host's LUN map, or the default LUNs while no host exists).
  */
-import type { ArrayClient } from '../api/ArrayClient.js';
-import type { ArrayStatus, HostListView, ListenerStatus } from '../api/model.js';
+import type { ArrayClient } from '../../proto/ArrayClient.js';
+import type { ArrayStatus, HostListView, ListenerStatus } from '../../proto/views.js';
 import { defaultInitiatorName } from './qemuArgs.js';
 import type { VmDisk } from './registry.js';
 

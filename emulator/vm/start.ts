@@ -3,7 +3,7 @@
  * array where the volumes are, start the guest detached, and optionally wait for the agent.
  */
 import type { Logger } from 'pino';
-import type { ArrayClient } from '../api/ArrayClient.js';
+import type { ArrayClient } from '../../proto/ArrayClient.js';
 import { resolveDisks, type AttachRequest } from './attach.js';
 import { findQemu, startDetachedGuest } from './detached.js';
 import { readGuestImage } from './image.js';
@@ -54,7 +54,7 @@ export async function startVm(o: StartVmOptions): Promise<StartedVm> {
   if (o.waitAgentMs !== undefined) {
     const t0 = Date.now();
     // The agent's own handshake (agent/guest/, loaded only when asked for).
-    const { waitForGuestAgent } = await import('../../agent/guest/waitAgent.js');
+    const { waitForGuestAgent } = await import('../../proto/guest/waitAgent.js');
     rec.agentHello = await waitForGuestAgent(rec.sockets.agent, o.waitAgentMs, o.log).catch((err: Error) => {
       throw new Error(`vm ${o.name}: ${err.message}; look with: arraylab vm console ${o.name}`);
     });

@@ -1,7 +1,7 @@
 import pino from 'pino';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ArrayApiServer } from '../../emulator/api/ArrayApiServer.js';
-import { ApiError, ArrayClient } from '../../emulator/api/ArrayClient.js';
+import { ApiError, ArrayClient } from '../../proto/ArrayClient.js';
 import { ArrayError } from '../../emulator/array/types.js';
 import { FakeArray } from './fakeArray.js';
 

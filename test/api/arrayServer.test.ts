@@ -3,7 +3,7 @@ import { createServer, type Server } from 'node:net';
 import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { ArrayServer, reconcileVolumes } from '../../emulator/ArrayServer.js';
-import { ArrayClient } from '../../emulator/api/ArrayClient.js';
+import { ArrayClient } from '../../proto/ArrayClient.js';
 import { StorageArray } from '../../emulator/array/StorageArray.js';
 import { parseConfig, type VolumeSpec } from '../../emulator/config.js';
 import { holdNbdConnection } from '../support/arraylab.js';

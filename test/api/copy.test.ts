@@ -4,8 +4,8 @@
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ArrayApiServer } from '../../emulator/api/ArrayApiServer.js';
-import { ApiError, ArrayClient } from '../../emulator/api/ArrayClient.js';
-import type { CopyEventView } from '../../emulator/api/model.js';
+import { ApiError, ArrayClient } from '../../proto/ArrayClient.js';
+import type { CopyEventView } from '../../proto/views.js';
 import { StorageArray } from '../../emulator/array/StorageArray.js';
 
 const logger = pino({ level: 'silent' });

@@ -3,8 +3,8 @@ import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ArrayApiServer } from '../../emulator/api/ArrayApiServer.js';
-import { ApiError, ArrayClient } from '../../emulator/api/ArrayClient.js';
-import { arrayServiceClientConstructor } from '../../emulator/api/proto.js';
+import { ApiError, ArrayClient } from '../../proto/ArrayClient.js';
+import { arrayServiceClientConstructor } from '../../proto/loader.js';
 import { FakeArray } from './fakeArray.js';
 
 const logger = pino({ level: 'silent' });

@@ -11,7 +11,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ArrayServer, type IscsiTargetLike } from '../../emulator/ArrayServer.js';
-import { ArrayClient } from '../../emulator/api/ArrayClient.js';
+import { ArrayClient } from '../../proto/ArrayClient.js';
 import { parseConfig } from '../../emulator/config.js';
 import type { IscsiTargetOptions } from '../../emulator/iscsi/types.js';
 

@@ -10,8 +10,8 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ArrayClient } from '../../emulator/api/ArrayClient.js';
-import type { CopyEventView } from '../../emulator/api/model.js';
+import { ArrayClient } from '../../proto/ArrayClient.js';
+import type { CopyEventView } from '../../proto/views.js';
 import { cliJson, cliOk, startArraylab, type Arraylab } from '../support/arraylab.js';
 import { requireTool } from '../support/tools.js';
 

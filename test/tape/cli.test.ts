@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { ApiError, ArrayClient } from '../../emulator/api/ArrayClient.js';
+import { ApiError, ArrayClient } from '../../proto/ArrayClient.js';
 import type { HostProgress } from '../../emulator/tape/types.js';
 import { cliJson, cliOk, makeTempDir, startArraylab, type Arraylab } from '../support/arraylab.js';
 import { requireNbdsh, requireTool } from '../support/tools.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatSize, parseSize, parseSizeChange, SizeError } from '../../emulator/units.js';
+import { formatSize, parseSize, parseSizeChange, SizeError } from '../../proto/util/units.js';
 
 describe('parseSize', () => {
   it.each([

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { waitForGuestAgent } from '../../agent/guest/waitAgent.js';
+import { waitForGuestAgent } from '../../proto/guest/waitAgent.js';
 import { launchGuest, type Guest, type GuestDisk } from '../../emulator/vm/Guest.js';
 import { readGuestImage, type GuestImage } from '../../emulator/vm/image.js';
 import { cliJson, cliOk, makeTempDir, REPO_ROOT, startArraylab, type Arraylab } from '../support/arraylab.js';

@@ -12,7 +12,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { existsSync, writeFileSync } from 'node:fs';
-import { ArrayClient } from '../../../emulator/api/ArrayClient.js';
+import { ArrayClient } from '../../../proto/ArrayClient.js';
 import { shTry, sleep, useAgentLab, type Agent } from '../../support/agentLab.js';
 import type { AgentStatus, BackupReport, HistoryEntry, RestoreReport, SyncView } from '../../../agent/types.js';
 

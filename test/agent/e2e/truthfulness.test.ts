@@ -18,7 +18,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { BackupReport, DoctorCheck, HistoryEntry, RegisteredTransaction, SyncView } from '../../../agent/types.js';
-import { ArrayClient } from '../../../emulator/api/ArrayClient.js';
+import { ArrayClient } from '../../../proto/ArrayClient.js';
 import { AGENT_CLI, EXT4, FILESYSTEMS, fileChecksums, mountAt, openBackupCopy, sh, useAgentLab, writeCompletes, type Agent, type FsKind } from '../../support/agentLab.js';
 
 /** The agent CLI as people run it: text output (the harness's flags without --json). */

@@ -7,15 +7,15 @@
  * and how to point it elsewhere.
  */
 import * as grpc from '@grpc/grpc-js';
-import type { ArrayErrorCode, CreateVolumeRequest, HostLun, RenameVolumeOptions, VolumeInfo } from '../array/types.js';
-import type { SizeChange } from '../units.js';
-import { formatHostPort, parseHostPort, type HostPort } from './address.js';
-import { ApiError } from './errors.js';
-import { hostFromWire, hostListFromWire, hostLunFromWire, type WireHost, type WireHostLun, type WireListHostsResponse, type WireMapVolumeResponse } from './hostWire.js';
-import type { ArrayStatus, CopyEventView, CopySessionView, ExportInfo, HostListView, HostView, StartCopyParams } from './model.js';
-import { arrayServiceClientConstructor, copyServiceClientConstructor, hostAffinityServiceClientConstructor, tapeServiceClientConstructor } from './proto.js';
-import type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView } from '../tape/types.js'; // tape
-import { cartridgeFromWire, tapeRecordFromWire, tapeRestoreFromWire, type WireCartridge, type WireTapeProgress, type WireTapeRecord } from './tapeService.js'; // tape
+import type { CreateVolumeRequest, HostLun, RenameVolumeOptions, VolumeInfo } from './views.js';
+import type { SizeChange } from './util/units.js';
+import { formatHostPort, parseHostPort, type HostPort } from './util/address.js';
+import { ApiError, statusCodeOf } from './errors.js';
+import { hostFromWire, hostListFromWire, hostLunFromWire, type WireHost, type WireHostLun, type WireListHostsResponse, type WireMapVolumeResponse } from './wire/hostWire.js';
+import type { ArrayStatus, CopyEventView, CopySessionView, ExportInfo, HostListView, HostView, StartCopyParams } from './views.js';
+import { arrayServiceClientConstructor, copyServiceClientConstructor, hostAffinityServiceClientConstructor, tapeServiceClientConstructor } from './loader.js';
+import type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView } from './views.js'; // tape
+import { cartridgeFromWire, tapeRecordFromWire, tapeRestoreFromWire, type WireCartridge, type WireTapeProgress, type WireTapeRecord } from './wire/tapeWire.js'; // tape
 import {
   copyEventFromWire,
   copySessionFromWire,
@@ -33,7 +33,7 @@ import {
   type WireUpdateVolumeRequest,
   type WireStatus,
   type WireVolume,
-} from './wire.js';
+} from './wire/wire.js';
 
 export { ApiError, type ApiErrorCode } from './errors.js';
 
@@ -46,14 +46,6 @@ export interface ArrayClientOptions {
 
 export const DEFAULT_DEADLINE_MS = 10_000;
 
-const ARRAY_CODES: Partial<Record<grpc.status, ArrayErrorCode>> = {
-  [grpc.status.NOT_FOUND]: 'NOT_FOUND',
-  [grpc.status.ALREADY_EXISTS]: 'ALREADY_EXISTS',
-  [grpc.status.INVALID_ARGUMENT]: 'INVALID_ARGUMENT',
-  [grpc.status.FAILED_PRECONDITION]: 'FAILED_PRECONDITION',
-  [grpc.status.RESOURCE_EXHAUSTED]: 'RESOURCE_EXHAUSTED',
-  [grpc.status.INTERNAL]: 'INTERNAL',
-};
 
 type Unary = (req: unknown, metadata: grpc.Metadata, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 
@@ -404,8 +396,9 @@ export class ArrayClient {
   }
 
   private toApiError(err: grpc.ServiceError): ApiError {
-    const arrayCode = ARRAY_CODES[err.code];
-    if (arrayCode) return new ApiError(arrayCode, err.details);
+    const code = statusCodeOf(err.code);
+    // The array's own refusals carry the thing and the fix: kept as they are.
+    if (!['UNAVAILABLE', 'DEADLINE_EXCEEDED', 'UNKNOWN', 'CANCELLED', 'UNIMPLEMENTED'].includes(code)) return new ApiError(code, err.details);
     const hint = 'is `arraylab serve` running? (set --api or ARRAYLAB_API)';
     if (err.code === grpc.status.UNAVAILABLE) {
       if (/shutting down/.test(err.details)) return new ApiError('UNAVAILABLE', err.details);

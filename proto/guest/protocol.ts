@@ -9,7 +9,7 @@
  * line until the echo of its random token, so bytes left in the port by an earlier connection
  * never confuse it. Lines are bounded (MAX_LINE_BYTES): the reader never buffers more.
  */
-import { AgentError, type AgentErrorCode } from '../types.js';
+import { AgentError, type AgentErrorCode } from '../errors.js';
 
 /** The port's name; in the guest /dev/virtio-ports/NAME (emulator/vm/qemuArgs.ts names it). */
 export const AGENT_PORT_NAME = 'org.arraylab.agent';

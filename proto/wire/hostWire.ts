@@ -2,8 +2,8 @@
  * Conversions between host affinity's model and the messages of arraylab/v1/affinity.proto as
  * proto-loader presents them (camelCase fields; repeated fields always arrays).
  */
-import type { HostLun } from '../array/types.js';
-import type { HostListView, HostView, IscsiSessionView } from './model.js';
+import type { HostLun } from '../views.js';
+import type { HostListView, HostView, IscsiSessionView } from '../views.js';
 
 export interface WireHostLun {
   lun: number;

@@ -1,9 +1,9 @@
 /**
- * The control API's views that are not part of the array's own model (array/types.ts):
- * exports with their connected clients, and the server's status. The CLI prints these and
- * `--json` emits them as they are.
+ * What clients see of the array (the contract's views): volumes, exports with their connected
+ * clients, the server's status, copy sessions, hosts, tape cartridges and records. The CLIs print
+ * these and `--json` emits them as they are; the array (emulator/) and the agent (agent/) both
+ * use these types, and this file imports nothing of either.
  */
-import type { HostInfo, HostLun, LogicalBlockSize } from '../array/types.js';
 
 export interface ExportConnection {
   connectionId: string;
@@ -142,4 +142,141 @@ export interface HostListView {
   defaultLuns: HostLun[];
   /** Sessions whose initiator is in no host. */
   otherSessions: IscsiSessionView[];
+}
+
+// ---- volumes and hosts (the array's model as clients see it) ----
+
+export type Provisioning = 'thin' | 'thick';
+export type LogicalBlockSize = 512 | 4096;
+
+/** A volume as the API and CLI show it. */
+export interface VolumeInfo {
+  name: string;
+  /** RFC 4122 UUID, fixed at creation. */
+  uuid: string;
+  /** NAA IEEE Registered Extended identifier (type 6), 32 hex digits, lower case; fixed at creation. */
+  wwn: string;
+  /** Product serial number, fixed at creation (VPD page 0x80). */
+  serial: string;
+  sizeBytes: number;
+  blockSize: LogicalBlockSize;
+  provisioning: Provisioning;
+  /** Exported read-only to every client. */
+  readOnly: boolean;
+  description: string;
+  /** ISO 8601. */
+  createdAt: string;
+  /** Bytes that hold data (allocated in the allocation map). */
+  allocatedBytes: number;
+  /**
+   * Thin volumes: the most bytes that may be allocated (a write past it fails ENOSPC), like a
+   * snap pool's physical capacity behind a larger logical size; null when there is no limit.
+   */
+  allocLimitBytes: number | null;
+}
+
+export interface CreateVolumeRequest {
+  name: string;
+  sizeBytes: number;
+  /** Default 512. */
+  blockSize?: LogicalBlockSize;
+  /** Default 'thin'. */
+  provisioning?: Provisioning;
+  readOnly?: boolean;
+  description?: string;
+  /** Thin only: allocation limit in bytes, a block multiple, at most sizeBytes. Default: none. */
+  allocLimitBytes?: number | null;
+}
+
+/** Options of StorageArray.renameVolume. */
+export interface RenameVolumeOptions {
+  /** Give the volume a fresh serial number and WWN (the UUID stays: it is the internal key). */
+  newIdentity?: boolean;
+}
+
+export type ArrayErrorCode =
+  | 'NOT_FOUND'
+  | 'ALREADY_EXISTS'
+  | 'INVALID_ARGUMENT'
+  | 'FAILED_PRECONDITION'
+  | 'RESOURCE_EXHAUSTED'
+  | 'INTERNAL';
+
+/** Volume names double as NBD export names and appear in paths: keep them plain. */
+export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+/** Host names appear in commands and tables like volume names: the same plain form. */
+export const HOST_NAME_PATTERN = VOLUME_NAME_PATTERN;
+
+/** The highest LUN a host's map may use: SAM's flat space addressing holds 14 bits. */
+export const MAX_LUN = 16383;
+
+/** One entry of a LUN map: the LUN number and the volume behind it (by UUID, so renames follow). */
+export interface HostLun {
+  lun: number;
+  /** The volume's current name. */
+  volume: string;
+  volumeUuid: string;
+}
+
+/** A host: the initiators it logs in with and the volumes it may see, at which LUNs. */
+export interface HostInfo {
+  name: string;
+  /** Canonical (lower-case) iSCSI names, each in exactly one host. */
+  initiators: string[];
+  /** Ascending by LUN. */
+  luns: HostLun[];
+  /** ISO 8601. */
+  createdAt: string;
+}
+
+// ---- tape (the array's virtual tape library) ----
+
+/** Progress of a long operation in bytes. */
+export interface HostProgress {
+  doneBytes: number;
+  totalBytes: number;
+}
+
+export interface TapeRecordView {
+  cartridge: string;
+  /** Record (file) number on the cartridge, from 1. */
+  record: number;
+  /** The volume it was written from. */
+  volume: string;
+  /** Free text given at write time (the agent puts "TV generation N"). */
+  tag: string;
+  /** ISO 8601: the point in time of the image (given, or the array's session instant; see tape.proto). */
+  imageAt: string;
+  sizeBytes: number;
+  blockSize: number;
+  /** Bytes of data stored (holes are not stored). */
+  dataBytes: number;
+  /** SHA-256 of the whole volume image (holes read as zeroes), hex. */
+  sha256: string;
+  createdAt: string;
+}
+
+export interface CartridgeView {
+  label: string;
+  capacityBytes: number;
+  usedBytes: number;
+  recordCount: number;
+  createdAt: string;
+}
+
+export interface TapeRestoreView {
+  cartridge: string;
+  record: number;
+  volume: string;
+  bytes: number;
+  /** Recomputed over what was written and equal to the record's; otherwise the call fails. */
+  sha256: string;
+}
+
+/** One record's verification. */
+export interface RecordCheck {
+  record: number;
+  ok: boolean;
+  error: string;
 }

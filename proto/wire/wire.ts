@@ -2,9 +2,8 @@
  * Conversions between the array's model and the messages of arraylab/v1/array.proto as
  * proto-loader presents them (camelCase fields, enums as names, uint64 as decimal strings).
  */
-import { ArrayError, type LogicalBlockSize, type Provisioning, type VolumeInfo } from '../array/types.js';
-import type { SessionInfo } from '../copy/CopySession.js';
-import type { ArrayStatus, CopyEventView, CopySessionView, ExportConnection, ExportInfo, ListenerStatus } from './model.js';
+import { ApiError } from '../errors.js';
+import type { ArrayStatus, CopyEventView, CopySessionView, ExportConnection, ExportInfo, ListenerStatus, LogicalBlockSize, Provisioning, VolumeInfo } from '../views.js';
 
 /** A uint64 as it may arrive (string from proto-loader) or be sent (number). */
 export type WireUint64 = string | number;
@@ -102,7 +101,7 @@ export interface WireResizeVolumeRequest {
 export function toByteCount(value: WireUint64 | undefined | null, field: string): number {
   const n = typeof value === 'number' ? value : Number(value ?? 0);
   if (!Number.isSafeInteger(n) || n < 0) {
-    throw new ArrayError('INVALID_ARGUMENT', `${field} ${String(value)} is out of range; sizes must be below 2^53 bytes`);
+    throw new ApiError('INVALID_ARGUMENT', `${field} ${String(value)} is out of range; sizes must be below 2^53 bytes`);
   }
   return n;
 }
@@ -251,43 +250,7 @@ export interface WireCopyEvent {
   session?: WireCopySession | null;
 }
 
-const MiB = 1024 * 1024;
-
-/** A rate in MiB/s from the wire (absent = unthrottled) as bytes/s (Infinity = unthrottled). */
-export function rateFromWire(rateMibS: number | null | undefined): number {
-  if (rateMibS === undefined || rateMibS === null) return Number.POSITIVE_INFINITY;
-  if (typeof rateMibS !== 'number' || !Number.isFinite(rateMibS) || rateMibS < 0) {
-    throw new ArrayError('INVALID_ARGUMENT', `invalid copy rate ${String(rateMibS)} MiB/s: give a non-negative number, 0 for no background copy, or leave it out for unthrottled`);
-  }
-  return Math.round(rateMibS * MiB);
-}
-
-export function copySessionToWire(s: SessionInfo): WireCopySession {
-  const unthrottled = !Number.isFinite(s.rate);
-  return {
-    id: s.id,
-    type: s.type,
-    state: s.state,
-    source: s.source,
-    destination: s.destination,
-    copiedBlocks: s.copiedBlocks,
-    totalBlocks: s.totalBlocks,
-    unitSize: s.unitSize,
-    rateMibS: unthrottled ? 0 : s.rate / MiB,
-    unthrottled,
-    ...(s.etaSeconds !== undefined && Number.isFinite(s.etaSeconds) ? { etaSeconds: s.etaSeconds } : {}),
-    group: s.group ?? '',
-    createdAt: s.createdAt,
-    generation: s.generation ?? 0,
-    generationIndex: s.generationIndex ?? 0,
-    generationCount: s.generationCount ?? 0,
-    reversed: s.reversed ?? false,
-    error: s.error ?? '',
-    imageAt: s.imageAt ?? '',
-    errorSince: s.errorSince ?? '',
-    retryAt: s.retryAt ?? '',
-  };
-}
+export const MiB = 1024 * 1024;
 
 export function copySessionFromWire(w: WireCopySession): CopySessionView {
   return {

@@ -1,16 +1,16 @@
 /**
- * Loads the control API's .proto files at run time with @grpc/proto-loader.
+ * The one loader of the contract's .proto files (@grpc/proto-loader, at run time), with one set
+ * of options for every service: the array's (array, copy, host affinity, tape) and the agent's.
  *
- * The path is relative to this module: emulator/api/ in the sources (vitest) and
- * dist/emulator/api/ once compiled sit two levels below proto/ and dist/proto/ respectively.
- * Each service's file is in PROTO_FILES; all share the package arraylab.v1.
+ * The .proto files sit next to this module: proto/ in the sources (vitest), dist/proto/ once
+ * compiled (scripts/copy-assets.mjs copies them). All share the package arraylab.v1.
  */
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { fileURLToPath } from 'node:url';
 
-export const PROTO_ROOT = fileURLToPath(new URL('../../proto/', import.meta.url));
-const PROTO_FILES = ['arraylab/v1/array.proto', 'arraylab/v1/copy.proto', 'arraylab/v1/affinity.proto', 'arraylab/v1/tape.proto' /* tape: TapeService */];
+export const PROTO_ROOT = fileURLToPath(new URL('./', import.meta.url));
+const PROTO_FILES = ['arraylab/v1/array.proto', 'arraylab/v1/copy.proto', 'arraylab/v1/affinity.proto', 'arraylab/v1/tape.proto', 'arraylab/v1/agent.proto'];
 
 /**
  * uint64 fields arrive as decimal strings (longs: String) so a value of 2^53 or more is caught
@@ -27,6 +27,10 @@ const LOADER_OPTIONS: protoLoader.Options = {
 
 let loaded: grpc.GrpcObject | undefined;
 
+function v1(): grpc.GrpcObject {
+  return (packageObject().arraylab as grpc.GrpcObject).v1 as grpc.GrpcObject;
+}
+
 function packageObject(): grpc.GrpcObject {
   if (!loaded) {
     // grpc-js writes its own lines to stderr (e.g. "E No address added..."); our errors already
@@ -42,13 +46,11 @@ export function arrayServiceDefinition(): grpc.ServiceDefinition {
 }
 
 export function arrayServiceClientConstructor(): grpc.ServiceClientConstructor {
-  const v1 = (packageObject().arraylab as grpc.GrpcObject).v1 as grpc.GrpcObject;
-  return v1.ArrayService as grpc.ServiceClientConstructor;
+  return v1().ArrayService as grpc.ServiceClientConstructor;
 }
 
 export function copyServiceClientConstructor(): grpc.ServiceClientConstructor {
-  const v1 = (packageObject().arraylab as grpc.GrpcObject).v1 as grpc.GrpcObject;
-  return v1.CopyService as grpc.ServiceClientConstructor;
+  return v1().CopyService as grpc.ServiceClientConstructor;
 }
 
 export function copyServiceDefinition(): grpc.ServiceDefinition {
@@ -56,8 +58,7 @@ export function copyServiceDefinition(): grpc.ServiceDefinition {
 }
 
 export function hostAffinityServiceClientConstructor(): grpc.ServiceClientConstructor {
-  const v1 = (packageObject().arraylab as grpc.GrpcObject).v1 as grpc.GrpcObject;
-  return v1.HostAffinityService as grpc.ServiceClientConstructor;
+  return v1().HostAffinityService as grpc.ServiceClientConstructor;
 }
 
 export function hostAffinityServiceDefinition(): grpc.ServiceDefinition {
@@ -67,10 +68,19 @@ export function hostAffinityServiceDefinition(): grpc.ServiceDefinition {
 // ---- tape: TapeService (proto/arraylab/v1/tape.proto) ----
 
 export function tapeServiceClientConstructor(): grpc.ServiceClientConstructor {
-  const v1 = (packageObject().arraylab as grpc.GrpcObject).v1 as grpc.GrpcObject;
-  return v1.TapeService as grpc.ServiceClientConstructor;
+  return v1().TapeService as grpc.ServiceClientConstructor;
 }
 
 export function tapeServiceDefinition(): grpc.ServiceDefinition {
   return tapeServiceClientConstructor().service;
+}
+
+// ---- AgentService (proto/arraylab/v1/agent.proto): the host agent's own API ----
+
+export function agentServiceClientConstructor(): grpc.ServiceClientConstructor {
+  return v1().AgentService as grpc.ServiceClientConstructor;
+}
+
+export function agentServiceDefinition(): grpc.ServiceDefinition {
+  return agentServiceClientConstructor().service;
 }

@@ -4,14 +4,14 @@
  * opened the port yet; each try is a full handshake, so stale bytes in the port do not matter.
  */
 import type { Logger } from 'pino';
-import { GuestHostSide } from './GuestHostSide.js';
+import { GuestChannel } from './GuestChannel.js';
 import type { GuestHello } from './protocol.js';
 
 export async function waitForGuestAgent(socketPath: string, timeoutMs: number, log: Logger): Promise<GuestHello> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   while (Date.now() < deadline) {
-    const guest = new GuestHostSide(socketPath, { log, handshakeTimeoutMs: Math.max(1000, Math.min(10_000, deadline - Date.now())) });
+    const guest = new GuestChannel(socketPath, { log, handshakeTimeoutMs: Math.max(1000, Math.min(10_000, deadline - Date.now())) });
     try {
       return await guest.hello();
     } catch (err) {

@@ -1,0 +1,45 @@
+/**
+ * The array server's side of copy sessions on the wire: the engine's SessionInfo as the
+ * contract's CopySession message, and a rate from a request. Clients read them back with
+ * proto/wire/wire.ts.
+ */
+import type { SessionInfo } from '../copy/CopySession.js';
+import { ArrayError } from '../array/types.js';
+import { MiB, type WireCopySession } from '../../proto/wire/wire.js';
+
+/** A rate in MiB/s from the wire (absent = unthrottled) as bytes/s (Infinity = unthrottled). */
+export function rateFromWire(rateMibS: number | null | undefined): number {
+  if (rateMibS === undefined || rateMibS === null) return Number.POSITIVE_INFINITY;
+  if (typeof rateMibS !== 'number' || !Number.isFinite(rateMibS) || rateMibS < 0) {
+    throw new ArrayError('INVALID_ARGUMENT', `invalid copy rate ${String(rateMibS)} MiB/s: give a non-negative number, 0 for no background copy, or leave it out for unthrottled`);
+  }
+  return Math.round(rateMibS * MiB);
+}
+
+export function copySessionToWire(s: SessionInfo): WireCopySession {
+  const unthrottled = !Number.isFinite(s.rate);
+  return {
+    id: s.id,
+    type: s.type,
+    state: s.state,
+    source: s.source,
+    destination: s.destination,
+    copiedBlocks: s.copiedBlocks,
+    totalBlocks: s.totalBlocks,
+    unitSize: s.unitSize,
+    rateMibS: unthrottled ? 0 : s.rate / MiB,
+    unthrottled,
+    ...(s.etaSeconds !== undefined && Number.isFinite(s.etaSeconds) ? { etaSeconds: s.etaSeconds } : {}),
+    group: s.group ?? '',
+    createdAt: s.createdAt,
+    generation: s.generation ?? 0,
+    generationIndex: s.generationIndex ?? 0,
+    generationCount: s.generationCount ?? 0,
+    reversed: s.reversed ?? false,
+    error: s.error ?? '',
+    imageAt: s.imageAt ?? '',
+    errorSince: s.errorSince ?? '',
+    retryAt: s.retryAt ?? '',
+  };
+}
+
