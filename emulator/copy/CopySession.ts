@@ -37,10 +37,8 @@ export class CopyError extends StatusError {
   }
 }
 
-/** Invariant check: a failure is a bug in the engine, never a user error. */
-export function invariant(cond: unknown, msg: string): asserts cond {
-  if (!cond) throw new Error(`copy engine invariant: ${msg}`);
-}
+/** Invariant check: a failure is a bug in the engine, never a user error (proto's one assert). */
+export { assert as invariant } from '../../proto/util/assert.js';
 
 /** What the journal keeps of a session (bitmaps are kept beside it, by name). */
 export interface SessionRecord {
