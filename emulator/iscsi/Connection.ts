@@ -9,9 +9,8 @@
  * connection; running SCSI commands finish before the session's export handles close.
  */
 import type { Socket } from 'node:net';
-import type { BufferPool } from '../nbd/BufferPool.js';
-import { InputQueue } from '../nbd/InputQueue.js';
-import { readDigest } from './crc32c.js';
+import type { BufferPool } from '../net/BufferPool.js';
+import { InputQueue } from '../net/InputQueue.js';
 import type { FullFeature } from './FullFeature.js';
 import { LOGIN_MRDSL, LoginExchange, LoginFailure, type LoginHost, type LoginIdentity } from './login.js';
 import type { SessionParams, TargetNegotiationConfig } from './negotiation.js';
@@ -37,6 +36,7 @@ import {
   frameSize,
   IscsiPduError,
   parseBhs,
+  readDigest,
   sealHeader,
   verifyHeaderDigest,
   type FrameLimits,

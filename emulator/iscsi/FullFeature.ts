@@ -13,7 +13,7 @@
  * capped at WRITE_BUDGET in total; a command beyond the budget keeps only its unsolicited data
  * (at most FirstBurstLength) and is not solicited until a buffer frees.
  */
-import { BufferPool } from '../nbd/BufferPool.js';
+import { BufferPool } from '../net/BufferPool.js';
 import { ConnectionError, type Connection } from './Connection.js';
 import type { Negotiator } from './negotiation.js';
 import { NegotiationError, sendTargetsResponse } from './negotiation.js';

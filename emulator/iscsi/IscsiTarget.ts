@@ -4,8 +4,8 @@
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import type { BlockDevice } from '../block/BlockDevice.js';
-import { BufferPool } from '../nbd/BufferPool.js';
-import { drainConnections, listenTcp } from '../util/tcpListener.js';
+import { BufferPool } from '../net/BufferPool.js';
+import { drainConnections, listenTcp } from '../net/tcpListener.js';
 import { Connection, type ConnectionContext } from './Connection.js';
 import { FullFeature, type FullFeatureHost } from './FullFeature.js';
 import { LoginFailure, type LoginIdentity } from './login.js';

@@ -12,7 +12,7 @@
  *
  * Builders for the initiator's PDUs exist too: tests and the hostile-client harness need them.
  */
-import { crc32c, crc32cFinal, crc32cUpdate, CRC32C_INIT, readDigest, writeDigest } from './crc32c.js';
+import { crc32c, crc32cFinal, crc32cUpdate, CRC32C_INIT } from '../net/crc32c.js';
 import {
   BHS_LENGTH,
   CMD_ATTR_MASK,
@@ -554,6 +554,21 @@ export class PduFramer {
   rest(): void {
     this.pending = null;
   }
+}
+
+/**
+ * Wire order: iSCSI sends the 32-bit digest least-significant byte first (RFC 3720 appendix
+ * B.4 lists the CRC of 32 zero bytes as the bytes "aa 36 91 8a"; libiscsi and the Linux target
+ * write and read it the same way). writeDigest/readDigest do that; don't use writeUInt32BE for
+ * digests even though every other iSCSI field is big-endian.
+ */
+export function writeDigest(buf: Buffer, offset: number, digest: number): void {
+  buf.writeUInt32LE(digest >>> 0, offset);
+}
+
+/** Reads a digest stored in iSCSI wire order. */
+export function readDigest(buf: Buffer, offset: number): number {
+  return buf.readUInt32LE(offset);
 }
 
 /** CRC32C over a BHS and its AHS, as the header digest (§11.2.3 HeaderDigest covers both). */

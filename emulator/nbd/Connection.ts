@@ -8,9 +8,9 @@
 import type { Socket } from 'node:net';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import type { ExportHandle, ExportProvider } from '../block/BlockDevice.js';
-import type { BufferPool } from './BufferPool.js';
+import type { BufferPool } from '../net/BufferPool.js';
 import { negotiate, type HandshakeHost } from './handshake.js';
-import { InputQueue } from './InputQueue.js';
+import { InputQueue } from '../net/InputQueue.js';
 import { Output } from './Output.js';
 import { Transmission } from './transmission.js';
 import type { NbdLogger } from './types.js';

@@ -1,10 +1,10 @@
 /** The NBD server: a TCP listener and its connections. */
 import { createServer, type Server, type Socket } from 'node:net';
 import { createSecureContext } from 'node:tls';
-import { BufferPool } from './BufferPool.js';
+import { BufferPool } from '../net/BufferPool.js';
 import { Connection, type ConnectionContext } from './Connection.js';
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, type NbdServerOptions } from './types.js';
-import { drainConnections, listenTcp } from '../util/tcpListener.js';
+import { drainConnections, listenTcp } from '../net/tcpListener.js';
 
 /** How long close() lets connections finish in-flight requests before destroying them. */
 const CLOSE_TIMEOUT_MS = 10_000;

@@ -42,7 +42,7 @@ import {
   REP_SERVER,
 } from './constants.js';
 import { infoBlockSize, infoExport, infoString, transmissionFlags, writeU64 } from './exportInfo.js';
-import type { InputQueue } from './InputQueue.js';
+import type { InputQueue } from '../net/InputQueue.js';
 import { parseExportRequest, parseMetaRequest, selectMetaContexts } from './optionParsers.js';
 import type { Output } from './Output.js';
 import type { NbdLogger } from './types.js';

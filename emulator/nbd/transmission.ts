@@ -42,11 +42,11 @@ import {
   SIMPLE_REPLY_MAGIC,
   SIMPLE_REPLY_SIZE,
 } from './constants.js';
-import { BufferPool } from './BufferPool.js';
+import { BufferPool } from '../net/BufferPool.js';
 import { wireError } from './errors.js';
 import { writeU64 } from './exportInfo.js';
 import type { Negotiated } from './handshake.js';
-import type { InputQueue } from './InputQueue.js';
+import type { InputQueue } from '../net/InputQueue.js';
 import { COPY_MAX, writeChunkHeader, type Output } from './Output.js';
 import type { NbdLogger } from './types.js';
 

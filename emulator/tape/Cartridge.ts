@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import fsp, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { crc32c } from '../iscsi/crc32c.js';
+import { crc32c } from '../net/crc32c.js';
 import {
   CARTRIDGE_HEADER_SIZE,
   decodeCartridgeHeader,

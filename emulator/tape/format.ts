@@ -3,7 +3,7 @@
  * the bytes before it. See README.md for the layout. Every length a header gives is checked
  * against a fixed bound here, before anyone allocates or reads by it.
  */
-import { crc32c } from '../iscsi/crc32c.js';
+import { crc32c } from '../net/crc32c.js';
 import { VOLUME_NAME_PATTERN } from '../array/types.js';
 
 export const FORMAT_VERSION = 1;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { crc32c } from '../../emulator/iscsi/crc32c.js';
+import { crc32c } from '../../emulator/net/crc32c.js';
 import * as op from '../../emulator/iscsi/opcodes.js';
 import {
   buildAsyncMessage,
@@ -25,9 +25,11 @@ import {
   parseAhs,
   parseBhs,
   PduFramer,
+  readDigest,
   readLun,
   sealHeader,
   verifyHeaderDigest,
+  writeDigest,
   writeLun,
   writeSenseSegment,
 } from '../../emulator/iscsi/pdu.js';
@@ -296,6 +298,13 @@ describe('framing', () => {
     const e = thrown(() => verifyHeaderDigest(b, 0, 0));
     expect(e.code).toBe('header-digest');
     expect(e.fatal).toBe(true);
+  });
+
+  it('stores digests least-significant byte first, as RFC 3720 B.4 lists them ("aa 36 91 8a")', () => {
+    const b = Buffer.alloc(4);
+    writeDigest(b, 0, crc32c(Buffer.alloc(32)));
+    expect([...b]).toEqual([0xaa, 0x36, 0x91, 0x8a]);
+    expect(readDigest(b, 0)).toBe(0x8a9136aa);
   });
 
   it('data digest covers the zero padding', () => {

@@ -5,9 +5,9 @@
  */
 import { connect, type Socket } from 'node:net';
 import { IscsiTarget } from '../../emulator/iscsi/IscsiTarget.js';
-import { readDigest, writeDigest, crc32c } from '../../emulator/iscsi/crc32c.js';
+import { crc32c } from '../../emulator/net/crc32c.js';
 import * as op from '../../emulator/iscsi/opcodes.js';
-import { buildInitiatorBhs, dataDigest, pad4, type InitiatorPdu } from '../../emulator/iscsi/pdu.js';
+import { buildInitiatorBhs, dataDigest, pad4, readDigest, writeDigest, type InitiatorPdu } from '../../emulator/iscsi/pdu.js';
 import { buildText, parseText, type TextPair } from '../../emulator/iscsi/text.js';
 import type { IscsiAuthOptions, IscsiLogger, LunMapping } from '../../emulator/iscsi/types.js';
 import { MemoryProvider } from './memoryProvider.js';

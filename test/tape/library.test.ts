@@ -11,7 +11,7 @@ import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { BlockDevice } from '../../emulator/block/BlockDevice.js';
 import { StorageArray } from '../../emulator/array/StorageArray.js';
-import { crc32c } from '../../emulator/iscsi/crc32c.js';
+import { crc32c } from '../../emulator/net/crc32c.js';
 import { arrayTapeVolumes } from '../../emulator/tape/arrayVolumes.js';
 import {
   CARTRIDGE_HEADER_SIZE,

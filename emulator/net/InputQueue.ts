@@ -1,5 +1,5 @@
 /**
- * Bytes received from a socket, waiting to be parsed.
+ * Bytes received from a socket, waiting to be parsed (NBD requests, iSCSI PDUs).
  *
  * Chunks are kept as the socket delivered them; fixed-size headers are parsed in place and a
  * payload that sits inside one chunk is handed out as a view, so the common case copies

@@ -1,5 +1,6 @@
 /**
- * Large I/O buffers kept for reuse, one pool per server.
+ * Large I/O buffers kept for reuse, one pool per server (NBD READ replies and WRITE payloads,
+ * iSCSI write data).
  *
  * Why: a READ reply or WRITE payload of 1 MiB allocated fresh per request is served by glibc
  * with mmap/munmap (it is above the malloc mmap threshold), so every request paid ~256 page
@@ -10,7 +11,7 @@
  * Buffers come in power-of-two size classes from MIN_CLASS to MAX_CLASS (the largest
  * request). A buffer goes back to the pool only once nothing refers to it any more: the
  * caller releases it after the device call that used it succeeded and, for read replies,
- * after the socket write that sent it completed (see Output.sendOwned). A buffer whose
+ * after the socket write that sent it completed (see nbd/Output.ts, sendOwned). A buffer whose
  * request failed is never released (a device or the socket may still hold it): it is simply
  * dropped and garbage-collected. Free buffers are capped at `maxBytes` in total; beyond
  * that, released buffers are dropped.

@@ -1,17 +1,14 @@
 /**
- * CRC32C (Castagnoli, reflected polynomial 0x82F63B78), the iSCSI header and data digest
- * (RFC 7143 §13.1, RFC 3385).
+ * CRC32C (Castagnoli, reflected polynomial 0x82F63B78): the iSCSI header and data digest
+ * (RFC 7143 §13.1, RFC 3385) and the tape format's record and extent checksums. It lives in
+ * net/ because both use it and neither should import the other; how iSCSI puts a digest on the
+ * wire (least-significant byte first) is iSCSI's, in iscsi/pdu.ts.
  *
  * Why slicing-by-8: a byte-at-a-time table loop runs at ~200 MB/s in V8, which would make
  * DataDigest=CRC32C the bottleneck of a 1 MiB READ. Eight 256-entry tables let the inner loop
  * consume 8 bytes (two 32-bit words) per iteration with independent lookups: 0.6-0.9 GB/s on
- * the development machine (test/iscsi/crc32c.test.ts prints it). Node has no built-in CRC32C
+ * the development machine (test/net/crc32c.test.ts prints it). Node has no built-in CRC32C
  * (zlib's crc32 is the IEEE polynomial), so this is the whole implementation.
- *
- * Wire order: iSCSI sends the 32-bit digest least-significant byte first (RFC 3720 appendix
- * B.4 lists the CRC of 32 zero bytes as the bytes "aa 36 91 8a"; libiscsi and the Linux target
- * write and read it the same way). writeDigest/readDigest below do that; don't use
- * writeUInt32BE for digests even though every other iSCSI field is big-endian.
  */
 
 const POLY = 0x82f63b78;
@@ -85,14 +82,4 @@ export function crc32cFinal(state: number): number {
 /** CRC32C of buf[start, end), as an unsigned 32-bit number. */
 export function crc32c(buf: Uint8Array, start = 0, end = buf.length): number {
   return crc32cFinal(crc32cUpdate(CRC32C_INIT, buf, start, end));
-}
-
-/** Stores a digest in iSCSI wire order (least-significant byte first). */
-export function writeDigest(buf: Buffer, offset: number, digest: number): void {
-  buf.writeUInt32LE(digest >>> 0, offset);
-}
-
-/** Reads a digest stored in iSCSI wire order. */
-export function readDigest(buf: Buffer, offset: number): number {
-  return buf.readUInt32LE(offset);
 }

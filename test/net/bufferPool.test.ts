@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BufferPool, MAX_CLASS, MIN_CLASS } from '../../emulator/nbd/BufferPool.js';
+import { BufferPool, MAX_CLASS, MIN_CLASS } from '../../emulator/net/BufferPool.js';
 
 describe('BufferPool', () => {
   it('rounds requests up to power-of-two classes and reuses released buffers', () => {
