@@ -11,29 +11,20 @@ import type { CreateVolumeRequest, HostLun, RenameVolumeOptions, VolumeInfo } fr
 import type { SizeChange } from './util/units.js';
 import { formatHostPort, parseHostPort, type HostPort } from './util/address.js';
 import { ApiError, statusCodeOf } from './errors.js';
-import { hostFromWire, hostListFromWire, hostLunFromWire, type WireHost, type WireHostLun, type WireListHostsResponse, type WireMapVolumeResponse } from './wire/hostWire.js';
+import type * as pb from './gen/index.js';
+import { openStream, unaryCall, type RequestOf, type ResponseOf, type StreamMethod, type StreamRequestOf, type UnaryMethod } from './rpc.js';
+import { hostFromWire, hostListFromWire, hostLunFromWire } from './wire/hostWire.js';
 import type { ArrayStatus, CopyEventView, CopySessionView, ExportInfo, HostListView, HostView, StartCopyParams } from './views.js';
-import { arrayServiceClientConstructor, copyServiceClientConstructor, hostAffinityServiceClientConstructor, tapeServiceClientConstructor } from './loader.js';
-import type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView } from './views.js'; // tape
-import { cartridgeFromWire, tapeRecordFromWire, tapeRestoreFromWire, type WireCartridge, type WireTapeProgress, type WireTapeRecord } from './wire/tapeWire.js'; // tape
 import {
-  copyEventFromWire,
-  copySessionFromWire,
-  type WireCopyEvent,
-  type WireCopySession,
-  type WireStartCopyRequest,
-  exportFromWire,
-  provisioningToWire,
-  statusFromWire,
-  volumeFromWire,
-  type WireCreateVolumeRequest,
-  type WireExport,
-  type WireRenameVolumeRequest,
-  type WireResizeVolumeRequest,
-  type WireUpdateVolumeRequest,
-  type WireStatus,
-  type WireVolume,
-} from './wire/wire.js';
+  arrayServiceClientConstructor,
+  copyServiceClientConstructor,
+  hostAffinityServiceClientConstructor,
+  tapeServiceClientConstructor,
+  type ClientConstructor,
+} from './loader.js';
+import type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView } from './views.js';
+import { cartridgeFromWire, tapeRecordFromWire, tapeRestoreFromWire } from './wire/tapeWire.js';
+import { copyEventFromWire, copySessionFromWire, copyTypeToWire, exportFromWire, provisioningToWire, statusFromWire, volumeFromWire } from './wire/wire.js';
 
 export { ApiError, type ApiErrorCode } from './errors.js';
 
@@ -47,31 +38,24 @@ export interface ArrayClientOptions {
 export const DEFAULT_DEADLINE_MS = 10_000;
 
 
-type Unary = (req: unknown, metadata: grpc.Metadata, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
-
 export class ArrayClient {
   readonly address: string;
-  private readonly client: grpc.Client;
-  private copyStub: grpc.Client | undefined;
-  private hostStub: grpc.Client | undefined;
-  private tapeStub: grpc.Client | undefined; // tape
+  private readonly client: pb.ArrayServiceClient;
+  private copyStub: pb.CopyServiceClient | undefined;
+  private hostStub: pb.HostAffinityServiceClient | undefined;
+  private tapeStub: pb.TapeServiceClient | undefined;
   private readonly deadlineMs: number;
   private readonly metadata: Record<string, string>;
 
   constructor(address: HostPort | string, opts: ArrayClientOptions = {}) {
     this.address = typeof address === 'string' ? formatHostPort(parseHostPort(address)) : formatHostPort(address);
-    const Client = arrayServiceClientConstructor();
-    // No retries or reconnect back-off hidden behind a call: a CLI wants a prompt answer.
-    this.client = new Client(this.address, grpc.credentials.createInsecure(), {
-      'grpc.enable_retries': 0,
-      'grpc.initial_reconnect_backoff_ms': 100,
-    });
+    this.client = this.stub(arrayServiceClientConstructor);
     this.deadlineMs = opts.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.metadata = opts.metadata ?? {};
   }
 
   async createVolume(req: CreateVolumeRequest): Promise<VolumeInfo> {
-    const wire: WireCreateVolumeRequest = {
+    const wire: pb.CreateVolumeRequest = {
       name: req.name,
       sizeBytes: req.sizeBytes,
       blockSize: req.blockSize ?? 512,
@@ -80,108 +64,108 @@ export class ArrayClient {
       description: req.description ?? '',
       ...(req.allocLimitBytes !== undefined && req.allocLimitBytes !== null ? { allocLimitBytes: req.allocLimitBytes } : {}),
     };
-    return volumeFromWire(await this.call<WireVolume>('CreateVolume', wire));
+    return volumeFromWire(await this.call(this.client, 'CreateVolume', wire));
   }
 
   async listVolumes(): Promise<VolumeInfo[]> {
-    const res = await this.call<{ volumes: WireVolume[] }>('ListVolumes', {});
+    const res = await this.call(this.client, 'ListVolumes', {});
     return res.volumes.map(volumeFromWire);
   }
 
   async getVolume(name: string): Promise<VolumeInfo> {
-    return volumeFromWire(await this.call<WireVolume>('GetVolume', { name }));
+    return volumeFromWire(await this.call(this.client, 'GetVolume', { name }));
   }
 
   /** Resizes to a size in bytes, or by a SizeChange ({kind: 'grow'} grows by that much). */
   async resizeVolume(name: string, size: number | SizeChange): Promise<VolumeInfo> {
     const change: SizeChange = typeof size === 'number' ? { kind: 'absolute', bytes: size } : size;
-    const req: WireResizeVolumeRequest = change.kind === 'grow' ? { name, growByBytes: change.bytes } : { name, sizeBytes: change.bytes };
-    return volumeFromWire(await this.call<WireVolume>('ResizeVolume', req));
+    const req: pb.ResizeVolumeRequest = change.kind === 'grow' ? { name, growByBytes: change.bytes } : { name, sizeBytes: change.bytes };
+    return volumeFromWire(await this.call(this.client, 'ResizeVolume', req));
   }
 
   async deleteVolume(name: string): Promise<void> {
-    await this.call('DeleteVolume', { name });
+    await this.call(this.client, 'DeleteVolume', { name });
   }
 
   /** Sets a thin volume's allocation limit in bytes; null removes it. */
   async setVolumeAllocLimit(name: string, limitBytes: number | null): Promise<VolumeInfo> {
-    const req: WireUpdateVolumeRequest = limitBytes === null ? { name, noAllocLimit: true } : { name, allocLimitBytes: limitBytes };
-    return volumeFromWire(await this.call<WireVolume>('UpdateVolume', req));
+    const req: pb.UpdateVolumeRequest = limitBytes === null ? { name, noAllocLimit: true } : { name, allocLimitBytes: limitBytes };
+    return volumeFromWire(await this.call(this.client, 'UpdateVolume', req));
   }
 
   /** Renames a volume; newIdentity also gives it a new serial and WWN. */
   async renameVolume(name: string, newName: string, opts: RenameVolumeOptions = {}): Promise<VolumeInfo> {
-    const req: WireRenameVolumeRequest = { name, newName, newIdentity: opts.newIdentity ?? false };
-    return volumeFromWire(await this.call<WireVolume>('RenameVolume', req));
+    const req: pb.RenameVolumeRequest = { name, newName, newIdentity: opts.newIdentity ?? false };
+    return volumeFromWire(await this.call(this.client, 'RenameVolume', req));
   }
 
   async listExports(): Promise<ExportInfo[]> {
-    const res = await this.call<{ exports: WireExport[] }>('ListExports', {});
+    const res = await this.call(this.client, 'ListExports', {});
     return res.exports.map(exportFromWire);
   }
 
   async getStatus(): Promise<ArrayStatus> {
-    return statusFromWire(await this.call<WireStatus>('GetStatus', {}));
+    return statusFromWire(await this.call(this.client, 'GetStatus', {}));
   }
 
   // ---- copy sessions (CopyService) ----
 
   async startCopy(p: StartCopyParams): Promise<CopySessionView> {
-    return copySessionFromWire(await this.copyCall<WireCopySession>('StartCopy', startToWire(p)));
+    return copySessionFromWire(await this.call(this.copyClient(), 'StartCopy', startToWire(p)));
   }
 
   /** Starts every pair at one instant as consistency group `group` (all or none). */
   async startCopyGroup(group: string, pairs: StartCopyParams[]): Promise<CopySessionView[]> {
-    const res = await this.copyCall<{ sessions: WireCopySession[] }>('StartCopyGroup', { group, pairs: pairs.map(startToWire) });
+    const res = await this.call(this.copyClient(), 'StartCopyGroup', { group, pairs: pairs.map(startToWire) });
     return res.sessions.map(copySessionFromWire);
   }
 
   /** EC suspends or splits at one instant: the sessions named and every EC session of `group`. */
   async cutCopyGroup(op: 'suspend' | 'split', sel: { ids?: string[]; group?: string }): Promise<CopySessionView[]> {
-    const res = await this.copyCall<{ sessions: WireCopySession[] }>(op === 'suspend' ? 'SuspendCopyGroup' : 'SplitCopyGroup', { group: sel.group ?? '', ids: sel.ids ?? [] });
+    const res = await this.call(this.copyClient(), op === 'suspend' ? 'SuspendCopyGroup' : 'SplitCopyGroup', { group: sel.group ?? '', ids: sel.ids ?? [] });
     return res.sessions.map(copySessionFromWire);
   }
 
   /** EC: copies the split (or suspended) clone back onto the original; force: even while clients write to the original. */
   async restoreFromClone(id: string, opts: { force?: boolean } = {}): Promise<CopySessionView> {
-    return copySessionFromWire(await this.copyCall<WireCopySession>('RestoreFromClone', { id, force: opts.force ?? false }));
+    return copySessionFromWire(await this.call(this.copyClient(), 'RestoreFromClone', { id, force: opts.force ?? false }));
   }
 
   async listCopies(): Promise<CopySessionView[]> {
-    const res = await this.copyCall<{ sessions: WireCopySession[] }>('ListCopies', {});
+    const res = await this.call(this.copyClient(), 'ListCopies', {});
     return res.sessions.map(copySessionFromWire);
   }
 
   async getCopy(id: string): Promise<CopySessionView> {
-    return copySessionFromWire(await this.copyCall<WireCopySession>('GetCopy', { id }));
+    return copySessionFromWire(await this.call(this.copyClient(), 'GetCopy', { id }));
   }
 
   async suspendCopy(id: string): Promise<CopySessionView> {
-    return copySessionFromWire(await this.copyCall<WireCopySession>('SuspendCopy', { id }));
+    return copySessionFromWire(await this.call(this.copyClient(), 'SuspendCopy', { id }));
   }
 
   /** Resumes a suspended EC pair or rejoins a split one; force: even while clients write to the destination. */
   async resumeCopy(id: string, opts: { force?: boolean } = {}): Promise<CopySessionView> {
-    return copySessionFromWire(await this.copyCall<WireCopySession>('ResumeCopy', { id, force: opts.force ?? false }));
+    return copySessionFromWire(await this.call(this.copyClient(), 'ResumeCopy', { id, force: opts.force ?? false }));
   }
 
   /** EC: swaps the direction; QuickOPC: restore. force: even while clients write to the source (the new destination). */
   async reverseCopy(id: string, opts: { force?: boolean } = {}): Promise<CopySessionView> {
-    return copySessionFromWire(await this.copyCall<WireCopySession>('ReverseCopy', { id, force: opts.force ?? false }));
+    return copySessionFromWire(await this.call(this.copyClient(), 'ReverseCopy', { id, force: opts.force ?? false }));
   }
 
   /** newName: rename the split clone, with a new serial and WWN. */
   async splitCopy(id: string, opts: { newName?: string } = {}): Promise<CopySessionView> {
-    return copySessionFromWire(await this.copyCall<WireCopySession>('SplitCopy', { id, newName: opts.newName ?? '' }));
+    return copySessionFromWire(await this.call(this.copyClient(), 'SplitCopy', { id, newName: opts.newName ?? '' }));
   }
 
   async cancelCopy(id: string, opts: { force?: boolean } = {}): Promise<void> {
-    await this.copyCall('CancelCopy', { id, force: opts.force ?? false });
+    await this.call(this.copyClient(), 'CancelCopy', { id, force: opts.force ?? false });
   }
 
   /** MiB/s: 0 = no background copy; undefined = unthrottled. */
   async setCopyRate(id: string, rateMiBs: number | undefined): Promise<CopySessionView> {
-    return copySessionFromWire(await this.copyCall<WireCopySession>('SetCopyRate', { id, ...(rateMiBs !== undefined ? { rateMibS: rateMiBs } : {}) }));
+    return copySessionFromWire(await this.call(this.copyClient(), 'SetCopyRate', { id, ...(rateMiBs !== undefined ? { rateMibS: rateMiBs } : {}) }));
   }
 
   /**
@@ -189,11 +173,10 @@ export class ArrayClient {
    * server ends the stream; `done` resolves then, or rejects with an ApiError.
    */
   watchCopies(opts: { id?: string; progressIntervalMs?: number }, onEvent: (e: CopyEventView) => void): { cancel: () => void; done: Promise<void> } {
-    const stub = this.copyClient() as unknown as Record<string, (req: unknown, md: grpc.Metadata) => grpc.ClientReadableStream<WireCopyEvent>>;
-    const stream = stub.WatchCopies!.call(this.copyClient(), { id: opts.id ?? '', progressIntervalMs: opts.progressIntervalMs ?? 0 }, this.callMetadata());
+    const stream = this.copyClient().WatchCopies({ id: opts.id ?? '', progressIntervalMs: opts.progressIntervalMs ?? 0 }, this.callMetadata());
     let cancelled = false;
     const done = new Promise<void>((resolve, reject) => {
-      stream.on('data', (w: WireCopyEvent) => onEvent(copyEventFromWire(w)));
+      stream.on('data', (w: pb.CopyEvent__Output) => onEvent(copyEventFromWire(w)));
       stream.on('end', () => resolve());
       stream.on('error', (err: grpc.ServiceError) => {
         if (cancelled && err.code === grpc.status.CANCELLED) resolve();
@@ -212,41 +195,41 @@ export class ArrayClient {
   // ---- host affinity (HostAffinityService) ----
 
   async createHost(name: string, initiators: string[]): Promise<HostView> {
-    return hostFromWire(await this.hostCall<WireHost>('CreateHost', { name, initiators }));
+    return hostFromWire(await this.call(this.hostClient(), 'CreateHost', { name, initiators }));
   }
 
   /** force: also when LUNs are mapped (they are unmapped). Returns the LUNs the host had. */
   async deleteHost(name: string, opts: { force?: boolean } = {}): Promise<{ unmapped: HostLun[] }> {
-    const res = await this.hostCall<{ unmapped: WireHostLun[] }>('DeleteHost', { name, force: opts.force ?? false });
+    const res = await this.call(this.hostClient(), 'DeleteHost', { name, force: opts.force ?? false });
     return { unmapped: (res.unmapped ?? []).map(hostLunFromWire) };
   }
 
   async addHostInitiator(host: string, initiator: string): Promise<HostView> {
-    return hostFromWire(await this.hostCall<WireHost>('AddHostInitiator', { host, initiator }));
+    return hostFromWire(await this.call(this.hostClient(), 'AddHostInitiator', { host, initiator }));
   }
 
   async removeHostInitiator(host: string, initiator: string): Promise<HostView> {
-    return hostFromWire(await this.hostCall<WireHost>('RemoveHostInitiator', { host, initiator }));
+    return hostFromWire(await this.call(this.hostClient(), 'RemoveHostInitiator', { host, initiator }));
   }
 
   /** Maps a volume to a host at `lun`, or the lowest free LUN when undefined. */
   async mapVolume(host: string, volume: string, lun?: number): Promise<{ host: HostView; lun: number }> {
-    const res = await this.hostCall<WireMapVolumeResponse>('MapVolume', { host, volume, ...(lun !== undefined ? { lun } : {}) });
+    const res = await this.call(this.hostClient(), 'MapVolume', { host, volume, ...(lun !== undefined ? { lun } : {}) });
     return { host: hostFromWire(res.host!), lun: res.lun };
   }
 
   /** Returns the host after the change and the LUN the volume had. */
   async unmapVolume(host: string, volume: string): Promise<{ host: HostView; lun: number }> {
-    const res = await this.hostCall<WireMapVolumeResponse>('UnmapVolume', { host, volume });
+    const res = await this.call(this.hostClient(), 'UnmapVolume', { host, volume });
     return { host: hostFromWire(res.host!), lun: res.lun };
   }
 
   async listHosts(): Promise<HostListView> {
-    return hostListFromWire(await this.hostCall<WireListHostsResponse>('ListHosts', {}));
+    return hostListFromWire(await this.call(this.hostClient(), 'ListHosts', {}));
   }
 
   async getHost(name: string): Promise<HostView> {
-    return hostFromWire(await this.hostCall<WireHost>('GetHost', { name }));
+    return hostFromWire(await this.call(this.hostClient(), 'GetHost', { name }));
   }
 
   // ---- tape library (TapeService) ----
@@ -254,21 +237,22 @@ export class ArrayClient {
   // progress at least every second: TAPE_SILENCE_MS without a message fails the call.
 
   async addCartridge(label: string, capacityBytes: number): Promise<CartridgeView> {
-    return cartridgeFromWire(await this.tapeCall<WireCartridge>('AddCartridge', { label, capacityBytes }));
+    return cartridgeFromWire(await this.tapeCall('AddCartridge', { label, capacityBytes }));
   }
 
   async listCartridges(): Promise<CartridgeView[]> {
-    const res = await this.tapeCall<{ cartridges: WireCartridge[] }>('ListCartridges', {});
+    const res = await this.tapeCall('ListCartridges', {});
     return res.cartridges.map(cartridgeFromWire);
   }
 
   async getCartridge(label: string): Promise<{ cartridge: CartridgeView; records: TapeRecordView[] }> {
-    const res = await this.tapeCall<{ cartridge: WireCartridge; records: WireTapeRecord[] }>('GetCartridge', { label });
+    const res = await this.tapeCall('GetCartridge', { label });
+    if (!res.cartridge) throw new ApiError('UNKNOWN', `the arraylab API at ${this.address} answered GetCartridge ${label} without the cartridge`);
     return { cartridge: cartridgeFromWire(res.cartridge), records: (res.records ?? []).map(tapeRecordFromWire) };
   }
 
   async eraseCartridge(label: string): Promise<CartridgeView> {
-    return cartridgeFromWire(await this.tapeCall<WireCartridge>('EraseCartridge', { label }));
+    return cartridgeFromWire(await this.tapeCall('EraseCartridge', { label }));
   }
 
   async removeCartridge(label: string): Promise<void> {
@@ -296,24 +280,22 @@ export class ArrayClient {
     return (last.verified.checks ?? []).map((c) => ({ record: c.record, ok: c.ok, error: c.error }));
   }
 
-  private tapeClient(): grpc.Client {
+  private tapeClient(): pb.TapeServiceClient {
     this.tapeStub ??= this.stub(tapeServiceClientConstructor);
     return this.tapeStub;
   }
 
-  private tapeCall<Res>(method: string, req: unknown): Promise<Res> {
-    return this.call<Res>(method, req, this.tapeClient()).catch((err: unknown) => {
+  private tapeCall<K extends UnaryMethod<pb.TapeServiceClient>>(method: K, req: RequestOf<pb.TapeServiceClient, K>): Promise<ResponseOf<pb.TapeServiceClient, K>> {
+    return this.call(this.tapeClient(), method, req).catch((err: unknown) => {
       throw tapeApiError(err);
     });
   }
 
   /** Runs a streaming tape call to its end; resolves with the last message (the result). */
-  private tapeStream(method: string, req: unknown, what: string, onProgress?: (p: HostProgress) => void): Promise<WireTapeProgress> {
-    const client = this.tapeClient();
-    const fn = (client as unknown as Record<string, (req: unknown, md: grpc.Metadata) => grpc.ClientReadableStream<WireTapeProgress>>)[method]!;
-    const stream = fn.call(client, req, this.callMetadata());
+  private tapeStream<K extends StreamMethod<pb.TapeServiceClient>>(method: K, req: StreamRequestOf<pb.TapeServiceClient, K>, what: string, onProgress?: (p: HostProgress) => void): Promise<pb.TapeProgress__Output> {
+    const stream = openStream(this.tapeClient(), method, req, this.callMetadata()) as grpc.ClientReadableStream<pb.TapeProgress__Output>;
     return new Promise((resolve, reject) => {
-      let last: WireTapeProgress | undefined;
+      let last: pb.TapeProgress__Output | undefined;
       let heard = false;
       let silent: NodeJS.Timeout | undefined;
       let failed: ApiError | undefined;
@@ -325,7 +307,7 @@ export class ArrayClient {
         }, TAPE_SILENCE_MS);
       };
       arm();
-      stream.on('data', (m: WireTapeProgress) => {
+      stream.on('data', (m: pb.TapeProgress__Output) => {
         heard = true;
         arm();
         last = m;
@@ -356,26 +338,23 @@ export class ArrayClient {
     this.tapeStub?.close(); // tape
   }
 
-  private stub(ctor: () => grpc.ServiceClientConstructor): grpc.Client {
+  private stub<C extends grpc.Client>(ctor: () => ClientConstructor<C>): C {
     const Client = ctor();
+    // No retries or reconnect back-off hidden behind a call: a CLI wants a prompt answer.
     return new Client(this.address, grpc.credentials.createInsecure(), {
       'grpc.enable_retries': 0,
       'grpc.initial_reconnect_backoff_ms': 100,
     });
   }
 
-  private copyClient(): grpc.Client {
+  private copyClient(): pb.CopyServiceClient {
     this.copyStub ??= this.stub(copyServiceClientConstructor);
     return this.copyStub;
   }
 
-  private copyCall<Res>(method: string, req: unknown): Promise<Res> {
-    return this.call<Res>(method, req, this.copyClient());
-  }
-
-  private hostCall<Res>(method: string, req: unknown): Promise<Res> {
+  private hostClient(): pb.HostAffinityServiceClient {
     this.hostStub ??= this.stub(hostAffinityServiceClientConstructor);
-    return this.call<Res>(method, req, this.hostStub);
+    return this.hostStub;
   }
 
   private callMetadata(): grpc.Metadata {
@@ -384,14 +363,10 @@ export class ArrayClient {
     return metadata;
   }
 
-  private call<Res>(method: string, req: unknown, client: grpc.Client = this.client): Promise<Res> {
-    const fn = (client as unknown as Record<string, Unary>)[method]!;
-    const metadata = this.callMetadata();
-    return new Promise((resolve, reject) => {
-      fn.call(client, req, metadata, { deadline: Date.now() + this.deadlineMs }, (err, res) => {
-        if (err) reject(this.toApiError(err));
-        else resolve(res as Res);
-      });
+  /** A unary call of a generated client, typed by its method, with the deadline and metadata. */
+  private call<C extends grpc.Client, K extends UnaryMethod<C>>(client: C, method: K, req: RequestOf<C, K>): Promise<ResponseOf<C, K>> {
+    return unaryCall(client, method, req, this.callMetadata(), { deadline: Date.now() + this.deadlineMs }).catch((err: grpc.ServiceError) => {
+      throw this.toApiError(err);
     });
   }
 
@@ -434,9 +409,9 @@ function tapeApiError(err: unknown, mapped?: ApiError): unknown {
   return mapped ?? err;
 }
 
-function startToWire(p: StartCopyParams): WireStartCopyRequest {
+function startToWire(p: StartCopyParams): pb.StartCopyRequest {
   return {
-    type: p.type,
+    type: copyTypeToWire(p.type),
     source: p.source,
     destination: p.destination,
     ...(p.rateMiBs !== undefined ? { rateMibS: p.rateMiBs } : {}),

@@ -8,6 +8,7 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { fileURLToPath } from 'node:url';
+import type * as pb from './gen/index.js';
 
 export const PROTO_ROOT = fileURLToPath(new URL('./', import.meta.url));
 const PROTO_FILES = ['arraylab/v1/array.proto', 'arraylab/v1/copy.proto', 'arraylab/v1/affinity.proto', 'arraylab/v1/tape.proto', 'arraylab/v1/agent.proto'];
@@ -41,46 +42,29 @@ function packageObject(): grpc.GrpcObject {
   return loaded;
 }
 
-export function arrayServiceDefinition(): grpc.ServiceDefinition {
-  return arrayServiceClientConstructor().service;
+/** A generated client interface's constructor, and its service's definition for servers. */
+export type ClientConstructor<C extends grpc.Client> = (new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ClientOptions) => C) & { service: grpc.ServiceDefinition };
+
+function service<C extends grpc.Client>(name: string): ClientConstructor<C> {
+  return v1()[name] as unknown as ClientConstructor<C>;
 }
 
-export function arrayServiceClientConstructor(): grpc.ServiceClientConstructor {
-  return v1().ArrayService as grpc.ServiceClientConstructor;
-}
+export const arrayServiceClientConstructor = (): ClientConstructor<pb.ArrayServiceClient> => service('ArrayService');
+export const copyServiceClientConstructor = (): ClientConstructor<pb.CopyServiceClient> => service('CopyService');
+export const hostAffinityServiceClientConstructor = (): ClientConstructor<pb.HostAffinityServiceClient> => service('HostAffinityService');
+export const tapeServiceClientConstructor = (): ClientConstructor<pb.TapeServiceClient> => service('TapeService');
+export const agentServiceClientConstructor = (): ClientConstructor<pb.AgentServiceClient> => service('AgentService');
 
-export function copyServiceClientConstructor(): grpc.ServiceClientConstructor {
-  return v1().CopyService as grpc.ServiceClientConstructor;
-}
+export const arrayServiceDefinition = (): grpc.ServiceDefinition => arrayServiceClientConstructor().service;
+export const copyServiceDefinition = (): grpc.ServiceDefinition => copyServiceClientConstructor().service;
+export const hostAffinityServiceDefinition = (): grpc.ServiceDefinition => hostAffinityServiceClientConstructor().service;
+export const tapeServiceDefinition = (): grpc.ServiceDefinition => tapeServiceClientConstructor().service;
+export const agentServiceDefinition = (): grpc.ServiceDefinition => agentServiceClientConstructor().service;
 
-export function copyServiceDefinition(): grpc.ServiceDefinition {
-  return copyServiceClientConstructor().service;
-}
-
-export function hostAffinityServiceClientConstructor(): grpc.ServiceClientConstructor {
-  return v1().HostAffinityService as grpc.ServiceClientConstructor;
-}
-
-export function hostAffinityServiceDefinition(): grpc.ServiceDefinition {
-  return hostAffinityServiceClientConstructor().service;
-}
-
-// ---- tape: TapeService (proto/arraylab/v1/tape.proto) ----
-
-export function tapeServiceClientConstructor(): grpc.ServiceClientConstructor {
-  return v1().TapeService as grpc.ServiceClientConstructor;
-}
-
-export function tapeServiceDefinition(): grpc.ServiceDefinition {
-  return tapeServiceClientConstructor().service;
-}
-
-// ---- AgentService (proto/arraylab/v1/agent.proto): the host agent's own API ----
-
-export function agentServiceClientConstructor(): grpc.ServiceClientConstructor {
-  return v1().AgentService as grpc.ServiceClientConstructor;
-}
-
-export function agentServiceDefinition(): grpc.ServiceDefinition {
-  return agentServiceClientConstructor().service;
+/**
+ * Adds a service to a server with handlers typed by its generated interface (the generated
+ * interfaces have no index signature, which grpc-js's untyped one wants).
+ */
+export function addService<H extends object>(server: grpc.Server, definition: grpc.ServiceDefinition, handlers: H): void {
+  server.addService(definition, handlers as unknown as grpc.UntypedServiceImplementation);
 }

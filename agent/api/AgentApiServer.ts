@@ -10,7 +10,8 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
 import { grpcStatusOfError } from '../../proto/errors.js';
 import type { AgentCore, DoctorCheck, LockMode, ProgressEvent } from '../types.js';
-import { agentServiceDefinition } from '../../proto/loader.js';
+import type * as pb from '../../proto/gen/index.js';
+import { addService, agentServiceDefinition } from '../../proto/loader.js';
 import { backupReportToWire, restoreReportToWire } from './wire.js';
 
 export interface AgentApiServerOptions {
@@ -32,7 +33,7 @@ export function statusOf(err: unknown): grpc.status {
   return s === grpc.status.DEADLINE_EXCEEDED ? grpc.status.UNAVAILABLE : s;
 }
 
-type Call = grpc.ServerUnaryCall<Record<string, unknown>, unknown> | grpc.ServerWritableStream<Record<string, unknown>, unknown>;
+type Call = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>;
 
 export class AgentApiServer {
   private readonly server = new grpc.Server();
@@ -44,63 +45,63 @@ export class AgentApiServer {
     this.opts = opts;
     this.tokenDigest = createHash('sha256').update(opts.token).digest();
     const c = opts.core;
-    const req = (r: Record<string, unknown>, k: string) => (typeof r[k] === 'string' ? (r[k] as string) : '');
-    this.server.addService(agentServiceDefinition(), {
+    const handlers: pb.AgentServiceHandlers = {
       RegisterTransaction: this.unary((r) =>
-        c.registerTransaction(req(r, 'volume'), {
+        c.registerTransaction(r.volume, {
           ...(r.lock ? { lock: r.lock as LockMode } : {}),
-          ...(r.generations ? { generations: r.generations as number } : {}),
-          ...(typeof r.flushOnly === 'boolean' ? { flushOnly: r.flushOnly } : {}),
+          ...(r.generations ? { generations: r.generations } : {}),
+          ...(r.flushOnly !== undefined ? { flushOnly: r.flushOnly } : {}),
           ...(r.defaultType ? { defaultType: r.defaultType as 'opc' } : {}),
-          ...(typeof r.resyncAfterBackup === 'boolean' ? { resyncAfterBackup: r.resyncAfterBackup } : {}),
+          ...(r.resyncAfterBackup !== undefined ? { resyncAfterBackup: r.resyncAfterBackup } : {}),
         }),
       ),
-      RegisterBackup: this.unary((r) => c.registerBackup(req(r, 'volume'))),
+      RegisterBackup: this.unary((r) => c.registerBackup(r.volume)),
       Unregister: this.unary(async (r) => {
-        await c.unregister(req(r, 'volume'), { force: r.force === true });
+        await c.unregister(r.volume, { force: r.force });
         return {};
       }),
       Backup: this.stream(async (r, progress) => {
-        const report = await c.backup(r.volumes as string[], {
+        const report = await c.backup(r.volumes, {
           ...(r.type ? { type: r.type as 'opc' } : {}),
-          flushOnly: r.flushOnly === true,
+          flushOnly: r.flushOnly,
           ...(r.to ? { to: r.to as 'disk' } : {}),
-          ...(r.cartridge ? { cartridge: r.cartridge as string } : {}),
+          ...(r.cartridge ? { cartridge: r.cartridge } : {}),
           ...(r.completeAfter ? { completeAfter: r.completeAfter as 'disk' } : {}),
-          ...(typeof r.resync === 'boolean' ? { resync: r.resync } : {}),
-          ...(typeof r.waitEquivalentSeconds === 'number' && r.waitEquivalentSeconds > 0 ? { waitEquivalentSeconds: r.waitEquivalentSeconds } : {}),
+          ...(r.resync !== undefined ? { resync: r.resync } : {}),
+          ...(r.waitEquivalentSeconds > 0 ? { waitEquivalentSeconds: r.waitEquivalentSeconds } : {}),
           onProgress: progress,
         });
         return { backup: backupReportToWire(report) };
       }),
       StartSync: this.stream(async (r, progress) => ({
-        sync: await c.startSync(req(r, 'volume'), {
-          full: r.full === true,
-          wait: r.wait === true,
-          ...(typeof r.rateMibS === 'number' ? { rateMiBs: r.rateMibS } : {}),
+        sync: await c.startSync(r.volume, {
+          full: r.full,
+          wait: r.wait,
+          ...(r.rateMibS !== undefined ? { rateMiBs: r.rateMibS } : {}),
           onProgress: progress,
         }),
       })),
       CancelSync: this.unary(async (r) => {
-        await c.cancelSync(req(r, 'volume'));
+        await c.cancelSync(r.volume);
         return {};
       }),
       Restore: this.stream(async (r, progress) => {
-        const report = await c.restore(req(r, 'volume'), {
-          ...(r.generation ? { generation: r.generation as number } : {}),
-          ...(r.to ? { to: r.to as string } : {}),
-          fromTape: r.fromTape === true,
-          force: r.force === true,
+        const report = await c.restore(r.volume, {
+          ...(r.generation ? { generation: r.generation } : {}),
+          ...(r.to ? { to: r.to } : {}),
+          fromTape: r.fromTape,
+          force: r.force,
           onProgress: progress,
         });
         return { restore: restoreReportToWire(report) };
       }),
-      History: this.unary(async (r) => ({ entries: await c.history(req(r, 'volume') || undefined) })),
+      History: this.unary(async (r) => ({ entries: await c.history(r.volume || undefined) })),
       Status: this.unary(() => c.status()),
       Devices: this.unary(async () => ({ devices: await c.devices() })),
       ResourceMatch: this.unary(() => c.resourceMatch()),
       Doctor: this.unary(async () => ({ checks: await opts.doctor() })),
-    });
+    };
+    addService(this.server, agentServiceDefinition(), handlers);
   }
 
   /** Binds host:port (port 0 = any free port) and returns the port bound. */
@@ -142,7 +143,7 @@ export class AgentApiServer {
     return Object.assign(new Error(message), { code, details: message, metadata: new grpc.Metadata() });
   }
 
-  private unary(fn: (req: Record<string, unknown>) => Promise<unknown>): grpc.handleUnaryCall<Record<string, unknown>, unknown> {
+  private unary<Req, Res>(fn: (req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
     return (call, callback) => {
       if (!this.authorized(call)) return callback(this.denied(call));
       fn(call.request).then(
@@ -152,7 +153,7 @@ export class AgentApiServer {
     };
   }
 
-  private stream(fn: (req: Record<string, unknown>, progress: (p: ProgressEvent) => void) => Promise<object>): grpc.handleServerStreamingCall<Record<string, unknown>, unknown> {
+  private stream<Req>(fn: (req: Req, progress: (p: ProgressEvent) => void) => Promise<pb.AgentProgress>): grpc.handleServerStreamingCall<Req, pb.AgentProgress> {
     return (call) => {
       if (!this.authorized(call)) {
         call.emit('error', this.denied(call));

@@ -29,7 +29,20 @@ import { statusCodeOf } from '../../proto/errors.js';
 
 /** The codes an AgentError may carry; other statuses are described below. */
 const AGENT_CODES = ['NOT_FOUND', 'ALREADY_EXISTS', 'INVALID_ARGUMENT', 'FAILED_PRECONDITION', 'RESOURCE_EXHAUSTED', 'ABORTED', 'DATA_LOSS', 'INTERNAL'] as const;
-import { backupReportFromWire, backupVolumeFromWire, historyFromWire, progressFromWire, restoreReportFromWire, statusFromWire, syncFromWire } from './wire.js';
+import type * as pb from '../../proto/gen/index.js';
+import { openStream, unaryCall, type RequestOf, type ResponseOf, type StreamMethod, type StreamRequestOf, type UnaryMethod } from '../../proto/rpc.js';
+import {
+  backupReportFromWire,
+  backupVolumeFromWire,
+  deviceFromWire,
+  doctorCheckFromWire,
+  historyFromWire,
+  progressFromWire,
+  restoreReportFromWire,
+  statusFromWire,
+  syncFromWire,
+  transactionFromWire,
+} from './wire.js';
 
 export interface AgentClientOptions {
   token: string;
@@ -40,12 +53,9 @@ export interface AgentClientOptions {
 }
 
 
-type Unary = (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
-type Streaming = (req: unknown, md: grpc.Metadata) => grpc.ClientReadableStream<Record<string, unknown>>;
-
 export class AgentClient implements AgentCore {
   readonly address: string;
-  private readonly client: grpc.Client;
+  private readonly client: pb.AgentServiceClient;
   private readonly opts: AgentClientOptions;
 
   constructor(address: string, opts: AgentClientOptions) {
@@ -57,7 +67,7 @@ export class AgentClient implements AgentCore {
   }
 
   async registerTransaction(volume: string, o: RegisterTransactionOptions = {}): Promise<RegisteredTransaction> {
-    return this.unary('RegisterTransaction', {
+    const res = await this.unary('RegisterTransaction', {
       volume,
       lock: o.lock ?? '',
       generations: o.generations ?? 0,
@@ -65,6 +75,7 @@ export class AgentClient implements AgentCore {
       defaultType: o.defaultType ?? '',
       ...(o.resyncAfterBackup !== undefined ? { resyncAfterBackup: o.resyncAfterBackup } : {}),
     });
+    return transactionFromWire(res);
   }
 
   async registerBackup(volume: string): Promise<BackupVolumeRecord> {
@@ -90,12 +101,14 @@ export class AgentClient implements AgentCore {
       },
       o.onProgress,
     );
-    return backupReportFromWire(last.backup as BackupReport);
+    if (!last.backup) throw this.noResult('Backup');
+    return backupReportFromWire(last.backup);
   }
 
   async startSync(volume: string, o: StartSyncOptions = {}): Promise<SyncView> {
     const last = await this.stream('StartSync', { volume, full: o.full ?? false, wait: o.wait ?? false, ...(o.rateMiBs !== undefined ? { rateMibS: o.rateMiBs } : {}) }, o.onProgress);
-    return syncFromWire(last.sync as Parameters<typeof syncFromWire>[0]);
+    if (!last.sync) throw this.noResult('StartSync');
+    return syncFromWire(last.sync);
   }
 
   async cancelSync(volume: string): Promise<void> {
@@ -104,28 +117,30 @@ export class AgentClient implements AgentCore {
 
   async restore(volume: string, o: RestoreOptions = {}): Promise<RestoreReport> {
     const last = await this.stream('Restore', { volume, generation: o.generation ?? 0, to: o.to ?? '', fromTape: o.fromTape ?? false, force: o.force ?? false }, o.onProgress);
-    return restoreReportFromWire(last.restore as RestoreReport);
+    if (!last.restore) throw this.noResult('Restore');
+    return restoreReportFromWire(last.restore);
   }
 
   async history(volume?: string): Promise<HistoryEntry[]> {
-    const res = await this.unary<{ entries: HistoryEntry[] }>('History', { volume: volume ?? '' });
+    const res = await this.unary('History', { volume: volume ?? '' });
     return res.entries.map(historyFromWire);
   }
 
   async status(): Promise<AgentStatus> {
-    return statusFromWire(await this.unary<AgentStatus>('Status', {}));
+    return statusFromWire(await this.unary('Status', {}));
   }
 
   async devices(): Promise<DeviceMapping[]> {
-    return (await this.unary<{ devices: DeviceMapping[] }>('Devices', {})).devices;
+    return (await this.unary('Devices', {})).devices.map(deviceFromWire);
   }
 
   async resourceMatch(): Promise<ResourceMatchReport> {
-    return this.unary('ResourceMatch', {});
+    const r = await this.unary('ResourceMatch', {});
+    return { repaired: [...r.repaired], remaining: [...r.remaining] };
   }
 
   async doctor(): Promise<DoctorCheck[]> {
-    return (await this.unary<{ checks: DoctorCheck[] }>('Doctor', {})).checks;
+    return (await this.unary('Doctor', {})).checks.map(doctorCheckFromWire);
   }
 
   async close(): Promise<void> {
@@ -138,26 +153,28 @@ export class AgentClient implements AgentCore {
     return md;
   }
 
-  private unary<T>(method: string, req: unknown): Promise<T> {
-    const fn = (this.client as unknown as Record<string, Unary>)[method]!;
-    return new Promise((resolve, reject) => {
-      fn.call(this.client, req, this.metadata(), { deadline: Date.now() + (this.opts.deadlineMs ?? 30_000) }, (err, res) => (err ? reject(this.toError(err)) : resolve(res as T)));
+  private unary<K extends UnaryMethod<pb.AgentServiceClient>>(method: K, req: RequestOf<pb.AgentServiceClient, K>): Promise<ResponseOf<pb.AgentServiceClient, K>> {
+    return unaryCall(this.client, method, req, this.metadata(), { deadline: Date.now() + (this.opts.deadlineMs ?? 30_000) }).catch((err: grpc.ServiceError) => {
+      throw this.toError(err);
     });
   }
 
   /** Resolves with the stream's last message (the result); progress messages go to onProgress. */
-  private stream(method: string, req: unknown, onProgress?: (p: ProgressEvent) => void): Promise<Record<string, unknown>> {
-    const fn = (this.client as unknown as Record<string, Streaming>)[method]!;
-    const call = fn.call(this.client, req, this.metadata());
+  private stream<K extends StreamMethod<pb.AgentServiceClient>>(method: K, req: StreamRequestOf<pb.AgentServiceClient, K>, onProgress?: (p: ProgressEvent) => void): Promise<pb.AgentProgress__Output> {
+    const call = openStream(this.client, method, req, this.metadata()) as grpc.ClientReadableStream<pb.AgentProgress__Output>;
     return new Promise((resolve, reject) => {
-      let last: Record<string, unknown> | undefined;
-      call.on('data', (m: Record<string, unknown>) => {
-        if (m.progress) onProgress?.(progressFromWire(m.progress as Parameters<typeof progressFromWire>[0]));
+      let last: pb.AgentProgress__Output | undefined;
+      call.on('data', (m: pb.AgentProgress__Output) => {
+        if (m.progress) onProgress?.(progressFromWire(m.progress));
         else last = m;
       });
       call.on('error', (err: grpc.ServiceError) => reject(this.toError(err)));
-      call.on('end', () => (last ? resolve(last) : reject(new AgentError('UNAVAILABLE', `the agent at ${this.address} ended ${method} without a result; see its log`))));
+      call.on('end', () => (last ? resolve(last) : reject(this.noResult(method))));
     });
+  }
+
+  private noResult(method: string): AgentError {
+    return new AgentError('UNAVAILABLE', `the agent at ${this.address} ended ${method} without a result; see its log`);
   }
 
   private toError(err: grpc.ServiceError): AgentError {

@@ -22,22 +22,11 @@ import type { CopyEvent, SessionInfo } from '../copy/CopySession.js';
 import { grpcStatusOf, StatusError } from '../../proto/errors.js';
 import type { StartCopyRequest } from '../array/StorageArray.js';
 import { hostAffinityHandlers, type HostControl, type SessionSource } from './hostService.js';
-import { arrayServiceDefinition, copyServiceDefinition, hostAffinityServiceDefinition, tapeServiceDefinition } from '../../proto/loader.js';
+import { addService, arrayServiceDefinition, copyServiceDefinition, hostAffinityServiceDefinition, tapeServiceDefinition } from '../../proto/loader.js';
 import { tapeHandlers, type TapeControl } from './tapeService.js'; // tape
 import { copySessionToWire, rateFromWire } from './copyWire.js';
-import {
-  type WireCopyEvent,
-  type WireStartCopyRequest,
-  exportToWire,
-  provisioningFromWire,
-  statusToWire,
-  toByteCount,
-  volumeToWire,
-  type WireCreateVolumeRequest,
-  type WireRenameVolumeRequest,
-  type WireResizeVolumeRequest,
-  type WireUpdateVolumeRequest,
-} from '../../proto/wire/wire.js';
+import type * as pb from '../../proto/gen/index.js';
+import { copyStateToWire, copyTypeFromWire, exportToWire, provisioningFromWire, statusToWire, toByteCount, volumeToWire } from '../../proto/wire/wire.js';
 
 export { DEFAULT_API_ADDRESS };
 
@@ -70,8 +59,6 @@ export interface CopyControl {
   setCopyRate(id: string, rate: number): Promise<SessionInfo>;
   onCopyEvent(listener: (e: CopyEvent) => void): () => void;
 }
-
-const COPY_TYPES = new Set(['opc', 'quickopc', 'snapopcplus', 'ec']);
 
 /** The server-wide part of the status, which the array does not know. */
 export type ServerStatus = Pick<ArrayStatus, 'version' | 'startedAt' | 'dataDir' | 'backend' | 'listeners'> & { iscsiTargetName?: string };
@@ -107,69 +94,61 @@ export class ArrayApiServer {
     this.serverStatus = opts.status;
     this.sessions = opts.iscsiSessions ?? (() => []);
     this.log = opts.logger.child({ component: 'api' });
-    this.server.addService(arrayServiceDefinition(), {
-      CreateVolume: this.unary('CreateVolume', (req: WireCreateVolumeRequest) => this.createVolume(req)),
+    const arrayHandlers: pb.ArrayServiceHandlers = {
+      CreateVolume: this.unary('CreateVolume', (req) => this.createVolume(req)),
       ListVolumes: this.unary('ListVolumes', () => ({ volumes: this.array.listVolumes().map(volumeToWire) })),
-      GetVolume: this.unary('GetVolume', (req: { name: string }) => volumeToWire(this.array.getVolume(req.name))),
-      ResizeVolume: this.unary('ResizeVolume', (req: WireResizeVolumeRequest) => this.resizeVolume(req)),
-      DeleteVolume: this.unary('DeleteVolume', async (req: { name: string }) => {
+      GetVolume: this.unary('GetVolume', (req) => volumeToWire(this.array.getVolume(req.name))),
+      ResizeVolume: this.unary('ResizeVolume', (req) => this.resizeVolume(req)),
+      DeleteVolume: this.unary('DeleteVolume', async (req) => {
         await this.array.deleteVolume(req.name);
         return {};
       }),
-      UpdateVolume: this.unary('UpdateVolume', (req: WireUpdateVolumeRequest) => this.updateVolume(req)),
-      RenameVolume: this.unary('RenameVolume', async (req: WireRenameVolumeRequest) =>
-        volumeToWire(await this.array.renameVolume(req.name, req.newName, { newIdentity: req.newIdentity })),
-      ),
+      UpdateVolume: this.unary('UpdateVolume', (req) => this.updateVolume(req)),
+      RenameVolume: this.unary('RenameVolume', async (req) => volumeToWire(await this.array.renameVolume(req.name, req.newName, { newIdentity: req.newIdentity }))),
       ListExports: this.unary('ListExports', () => ({ exports: this.listExports().map(exportToWire) })),
       GetStatus: this.unary('GetStatus', () => statusToWire(this.status())),
-    });
+    };
+    addService(this.server, arrayServiceDefinition(), arrayHandlers);
     if (opts.hosts) {
-      this.server.addService(hostAffinityServiceDefinition(), hostAffinityHandlers(opts.hosts, this.sessions, (method, fn) => this.unary(method, fn)));
+      addService(this.server, hostAffinityServiceDefinition(), hostAffinityHandlers(opts.hosts, this.sessions, (method, fn) => this.unary(method, fn)));
     }
     // tape: TapeService (emulator/api/tapeService.ts)
     if (opts.tape) {
-      this.server.addService(
-        tapeServiceDefinition(),
-        tapeHandlers(opts.tape, { unary: (method, fn) => this.unary(method, fn), draining: () => this.draining, logger: this.log }),
-      );
+      addService(this.server, tapeServiceDefinition(), tapeHandlers(opts.tape, { unary: (method, fn) => this.unary(method, fn), draining: () => this.draining, logger: this.log }));
     }
     const copy = opts.copy;
     if (copy) {
-      const id = (req: { id: string }) => req.id;
-      this.server.addService(copyServiceDefinition(), {
-        StartCopy: this.unary('StartCopy', async (req: WireStartCopyRequest) => copySessionToWire(await copy.startCopy(startFromWire(req)))),
+      const copyHandlers: pb.CopyServiceHandlers = {
+        StartCopy: this.unary('StartCopy', async (req) => copySessionToWire(await copy.startCopy(startFromWire(req)))),
         ListCopies: this.unary('ListCopies', () => ({ sessions: copy.listCopies().map(copySessionToWire) })),
-        GetCopy: this.unary('GetCopy', (req: { id: string }) => copySessionToWire(copy.getCopy(id(req)))),
-        SuspendCopy: this.unary('SuspendCopy', async (req: { id: string }) => copySessionToWire(await copy.suspendCopy(id(req)))),
-        ResumeCopy: this.unary('ResumeCopy', async (req: { id: string; force: boolean }) => copySessionToWire(await copy.resumeCopy(id(req), { force: req.force }))),
-        ReverseCopy: this.unary('ReverseCopy', async (req: { id: string; force: boolean }) => copySessionToWire(await copy.reverseCopy(id(req), { force: req.force }))),
-        SplitCopy: this.unary('SplitCopy', async (req: { id: string; newName: string }) =>
-          copySessionToWire(await copy.splitCopy(id(req), req.newName ? { newName: req.newName } : {})),
-        ),
-        RestoreFromClone: this.unary('RestoreFromClone', async (req: { id: string; force: boolean }) => copySessionToWire(await copy.restoreFromClone(id(req), { force: req.force }))),
-        StartCopyGroup: this.unary('StartCopyGroup', async (req: { group: string; pairs: WireStartCopyRequest[] }) => ({
+        GetCopy: this.unary('GetCopy', (req) => copySessionToWire(copy.getCopy(req.id))),
+        SuspendCopy: this.unary('SuspendCopy', async (req) => copySessionToWire(await copy.suspendCopy(req.id))),
+        ResumeCopy: this.unary('ResumeCopy', async (req) => copySessionToWire(await copy.resumeCopy(req.id, { force: req.force }))),
+        ReverseCopy: this.unary('ReverseCopy', async (req) => copySessionToWire(await copy.reverseCopy(req.id, { force: req.force }))),
+        SplitCopy: this.unary('SplitCopy', async (req) => copySessionToWire(await copy.splitCopy(req.id, req.newName ? { newName: req.newName } : {}))),
+        RestoreFromClone: this.unary('RestoreFromClone', async (req) => copySessionToWire(await copy.restoreFromClone(req.id, { force: req.force }))),
+        StartCopyGroup: this.unary('StartCopyGroup', async (req) => ({
           sessions: (await copy.startCopyGroup(req.group, req.pairs.map(startFromWire))).map(copySessionToWire),
         })),
-        SuspendCopyGroup: this.unary('SuspendCopyGroup', async (req: { group: string; ids: string[] }) => ({
+        SuspendCopyGroup: this.unary('SuspendCopyGroup', async (req) => ({
           sessions: (await copy.cutCopyGroup('suspend', groupSelection(req))).map(copySessionToWire),
         })),
-        SplitCopyGroup: this.unary('SplitCopyGroup', async (req: { group: string; ids: string[] }) => ({
+        SplitCopyGroup: this.unary('SplitCopyGroup', async (req) => ({
           sessions: (await copy.cutCopyGroup('split', groupSelection(req))).map(copySessionToWire),
         })),
-        CancelCopy: this.unary('CancelCopy', async (req: { id: string; force: boolean }) => {
+        CancelCopy: this.unary('CancelCopy', async (req) => {
           await copy.cancelCopy(req.id, { force: req.force });
           return {};
         }),
-        SetCopyRate: this.unary('SetCopyRate', async (req: { id: string; rateMibS?: number | null }) =>
-          copySessionToWire(await copy.setCopyRate(req.id, rateFromWire(req.rateMibS))),
-        ),
-        WatchCopies: (call: grpc.ServerWritableStream<{ id: string; progressIntervalMs: number }, WireCopyEvent>) => this.watchCopies(copy, call),
-      });
+        SetCopyRate: this.unary('SetCopyRate', async (req) => copySessionToWire(await copy.setCopyRate(req.id, rateFromWire(req.rateMibS)))),
+        WatchCopies: (call) => this.watchCopies(copy, call),
+      };
+      addService(this.server, copyServiceDefinition(), copyHandlers);
     }
   }
 
   /** WatchCopies: a snapshot, then engine events and periodic progress, until the client leaves. */
-  private watchCopies(copy: CopyControl, call: grpc.ServerWritableStream<{ id: string; progressIntervalMs: number }, WireCopyEvent>): void {
+  private watchCopies(copy: CopyControl, call: grpc.ServerWritableStream<pb.WatchCopiesRequest__Output, pb.CopyEvent>): void {
     if (this.draining) {
       call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'the arraylab server is shutting down; retry when it is back' });
       return;
@@ -178,7 +157,7 @@ export class ArrayApiServer {
     const interval = Math.max(50, call.request.progressIntervalMs || 1000);
     const wanted = (id: string) => only === '' || only === id;
     const current = (id: string): SessionInfo | undefined => copy.listCopies().find((s) => s.id === id);
-    const send = (e: WireCopyEvent) => {
+    const send = (e: pb.CopyEvent) => {
       if (!call.writableEnded && !call.cancelled) call.write(e);
     };
     const lastCopied = new Map<string, number>();
@@ -190,20 +169,20 @@ export class ArrayApiServer {
     const now = () => new Date().toISOString();
     for (const s of snapshot) {
       lastCopied.set(s.id, s.copiedBlocks);
-      send({ at: now(), sessionId: s.id, kind: 'snapshot', state: s.state, message: `${s.type} ${s.source} -> ${s.destination} ${s.state}`, session: copySessionToWire(s) });
+      send({ at: now(), sessionId: s.id, kind: 'snapshot', state: copyStateToWire(s.state), message: `${s.type} ${s.source} -> ${s.destination} ${s.state}`, session: copySessionToWire(s) });
     }
     const off = copy.onCopyEvent((e) => {
       if (!wanted(e.sessionId)) return;
       const s = current(e.sessionId);
       if (s) lastCopied.set(s.id, s.copiedBlocks);
       else lastCopied.delete(e.sessionId);
-      send({ at: e.at, sessionId: e.sessionId, kind: e.kind, state: s?.state ?? '', message: e.message, session: s ? copySessionToWire(s) : null });
+      send({ at: e.at, sessionId: e.sessionId, kind: e.kind, state: copyStateToWire(s?.state ?? ''), message: e.message, session: s ? copySessionToWire(s) : null });
     });
     const timer = setInterval(() => {
       for (const s of copy.listCopies()) {
         if (!wanted(s.id) || s.state !== 'copying' || lastCopied.get(s.id) === s.copiedBlocks) continue;
         lastCopied.set(s.id, s.copiedBlocks);
-        send({ at: now(), sessionId: s.id, kind: 'progress', state: s.state, message: `${s.copiedBlocks}/${s.totalBlocks} units copied`, session: copySessionToWire(s) });
+        send({ at: now(), sessionId: s.id, kind: 'progress', state: copyStateToWire(s.state), message: `${s.copiedBlocks}/${s.totalBlocks} units copied`, session: copySessionToWire(s) });
       }
     }, interval);
     const stop = () => {
@@ -300,7 +279,7 @@ export class ArrayApiServer {
     };
   }
 
-  private async createVolume(req: WireCreateVolumeRequest) {
+  private async createVolume(req: pb.CreateVolumeRequest__Output) {
     if (req.blockSize !== 0 && req.blockSize !== 512 && req.blockSize !== 4096) {
       throw new ArrayError('INVALID_ARGUMENT', `block size ${req.blockSize} is not supported; use 512 or 4096`);
     }
@@ -316,7 +295,7 @@ export class ArrayApiServer {
     return volumeToWire(volume);
   }
 
-  private async updateVolume(req: WireUpdateVolumeRequest) {
+  private async updateVolume(req: pb.UpdateVolumeRequest__Output) {
     if (req.allocLimit === 'allocLimitBytes') {
       return volumeToWire(await this.array.setVolumeAllocLimit(req.name, toByteCount(req.allocLimitBytes, 'alloc_limit_bytes')));
     }
@@ -325,7 +304,7 @@ export class ArrayApiServer {
     return volumeToWire(this.array.getVolume(req.name));
   }
 
-  private async resizeVolume(req: WireResizeVolumeRequest) {
+  private async resizeVolume(req: pb.ResizeVolumeRequest__Output) {
     let newSize: number;
     if (req.size === 'growByBytes') {
       const current = this.array.getVolume(req.name).sizeBytes;
@@ -372,12 +351,13 @@ export class ArrayApiServer {
   }
 }
 
-function startFromWire(req: WireStartCopyRequest): StartCopyRequest {
-  if (!COPY_TYPES.has(req.type)) {
+function startFromWire(req: pb.StartCopyRequest__Output): StartCopyRequest {
+  const type = copyTypeFromWire(req.type);
+  if (type === '') {
     throw new ArrayError('INVALID_ARGUMENT', `unknown copy type ${JSON.stringify(req.type)}: use opc, quickopc, snapopcplus or ec`);
   }
   return {
-    type: req.type as StartCopyRequest['type'],
+    type,
     source: req.source,
     destination: req.destination,
     rate: rateFromWire(req.rateMibS),

@@ -5,7 +5,8 @@
  */
 import type { SessionInfo } from '../copy/CopySession.js';
 import { ArrayError } from '../array/types.js';
-import { MiB, type WireCopySession } from '../../proto/wire/wire.js';
+import type * as pb from '../../proto/gen/index.js';
+import { copyStateToWire, copyTypeToWire, MiB } from '../../proto/wire/wire.js';
 
 /** A rate in MiB/s from the wire (absent = unthrottled) as bytes/s (Infinity = unthrottled). */
 export function rateFromWire(rateMibS: number | null | undefined): number {
@@ -16,12 +17,12 @@ export function rateFromWire(rateMibS: number | null | undefined): number {
   return Math.round(rateMibS * MiB);
 }
 
-export function copySessionToWire(s: SessionInfo): WireCopySession {
+export function copySessionToWire(s: SessionInfo): pb.CopySession {
   const unthrottled = !Number.isFinite(s.rate);
   return {
     id: s.id,
-    type: s.type,
-    state: s.state,
+    type: copyTypeToWire(s.type),
+    state: copyStateToWire(s.state),
     source: s.source,
     destination: s.destination,
     copiedBlocks: s.copiedBlocks,

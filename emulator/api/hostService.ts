@@ -6,7 +6,8 @@
 import type * as grpc from '@grpc/grpc-js';
 import { ArrayError, type HostInfo, type HostLun, type InitiatorLun } from '../array/types.js';
 import type { IscsiSessionInfo } from '../iscsi/types.js';
-import { hostListToWire, hostToWire, type WireMapVolumeRequest } from '../../proto/wire/hostWire.js';
+import type * as pb from '../../proto/gen/index.js';
+import { hostListToWire, hostToWire } from '../../proto/wire/hostWire.js';
 import type { HostListView, HostView, IscsiSessionView } from '../../proto/views.js';
 
 /** What the API needs of host affinity; StorageArray.hosts (HostAffinity) provides it. */
@@ -30,25 +31,25 @@ export type SessionSource = () => readonly IscsiSessionInfo[];
 
 type Unary = <Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>) => grpc.handleUnaryCall<Req, Res>;
 
-export function hostAffinityHandlers(hosts: HostControl, sessions: SessionSource, unary: Unary): grpc.UntypedServiceImplementation {
+export function hostAffinityHandlers(hosts: HostControl, sessions: SessionSource, unary: Unary): pb.HostAffinityServiceHandlers {
   const withSessions = (h: HostInfo): HostView => ({ ...h, sessions: sessionsOf(hosts, sessions(), h.name) });
   return {
-    CreateHost: unary('CreateHost', (req: { name: string; initiators: string[] }) => hostToWire(withSessions(hosts.createHost(req.name, req.initiators ?? [])))),
-    DeleteHost: unary('DeleteHost', (req: { name: string; force: boolean }) => hosts.deleteHost(req.name, { force: req.force })),
-    AddHostInitiator: unary('AddHostInitiator', (req: { host: string; initiator: string }) => hostToWire(withSessions(hosts.addInitiator(req.host, req.initiator)))),
-    RemoveHostInitiator: unary('RemoveHostInitiator', (req: { host: string; initiator: string }) => hostToWire(withSessions(hosts.removeInitiator(req.host, req.initiator)))),
-    MapVolume: unary('MapVolume', (req: WireMapVolumeRequest) => {
+    CreateHost: unary('CreateHost', (req) => hostToWire(withSessions(hosts.createHost(req.name, req.initiators ?? [])))),
+    DeleteHost: unary('DeleteHost', (req) => hosts.deleteHost(req.name, { force: req.force })),
+    AddHostInitiator: unary('AddHostInitiator', (req) => hostToWire(withSessions(hosts.addInitiator(req.host, req.initiator)))),
+    RemoveHostInitiator: unary('RemoveHostInitiator', (req) => hostToWire(withSessions(hosts.removeInitiator(req.host, req.initiator)))),
+    MapVolume: unary('MapVolume', (req) => {
       const lun = req.lun === undefined || req.lun === null ? undefined : req.lun;
       if (!req.volume) throw new ArrayError('INVALID_ARGUMENT', `map to host ${req.host}: give the volume to map`);
       const r = hosts.mapVolume(req.host, req.volume, lun);
       return { host: hostToWire(withSessions(r.host)), lun: r.lun };
     }),
-    UnmapVolume: unary('UnmapVolume', (req: { host: string; volume: string }) => {
+    UnmapVolume: unary('UnmapVolume', (req) => {
       const r = hosts.unmapVolume(req.host, req.volume);
       return { host: hostToWire(withSessions(r.host)), lun: r.lun };
     }),
     ListHosts: unary('ListHosts', () => hostListToWire(listView(hosts, sessions()))),
-    GetHost: unary('GetHost', (req: { name: string }) => hostToWire(withSessions(hosts.getHost(req.name)))),
+    GetHost: unary('GetHost', (req) => hostToWire(withSessions(hosts.getHost(req.name)))),
   };
 }
 

@@ -11,8 +11,8 @@ import type { Logger } from 'pino';
 import { ArrayError } from '../array/types.js';
 import type { CartridgeView, HostProgress, RecordCheck, TapeRecordView, TapeRestoreView } from '../tape/types.js';
 import { grpcStatusOf, StatusError } from '../../proto/errors.js';
-import { toByteCount, type WireUint64 } from '../../proto/wire/wire.js';
-import type { WireTapeProgress } from '../../proto/wire/tapeWire.js';
+import { toByteCount } from '../../proto/wire/wire.js';
+import type * as pb from '../../proto/gen/index.js';
 
 /** What the API needs of the tape library; TapeLibrary provides it. */
 export interface TapeControl {
@@ -40,29 +40,29 @@ export interface TapeHandlerContext {
 const HEARTBEAT_MS = 1000;
 const PROGRESS_MIN_MS = 200;
 
-export function tapeHandlers(tape: TapeControl, ctx: TapeHandlerContext): grpc.UntypedServiceImplementation {
+export function tapeHandlers(tape: TapeControl, ctx: TapeHandlerContext): pb.TapeServiceHandlers {
   const { unary } = ctx;
   return {
-    AddCartridge: unary('AddCartridge', async (req: { label: string; capacityBytes: WireUint64 }) => await tape.add(req.label, toByteCount(req.capacityBytes, 'capacity'))),
+    AddCartridge: unary('AddCartridge', async (req) => await tape.add(req.label, toByteCount(req.capacityBytes, 'capacity'))),
     ListCartridges: unary('ListCartridges', () => ({ cartridges: tape.list() })),
-    GetCartridge: unary('GetCartridge', (req: { label: string }) => tape.get(req.label)),
-    EraseCartridge: unary('EraseCartridge', (req: { label: string }) => tape.erase(req.label)),
-    RemoveCartridge: unary('RemoveCartridge', async (req: { label: string }) => {
+    GetCartridge: unary('GetCartridge', (req) => tape.get(req.label)),
+    EraseCartridge: unary('EraseCartridge', (req) => tape.erase(req.label)),
+    RemoveCartridge: unary('RemoveCartridge', async (req) => {
       await tape.remove(req.label);
       return {};
     }),
-    WriteTape: stream(ctx, 'WriteTape', async (req: { volume: string; cartridge: string; tag: string; pointInTime: string }, onProgress, signal) => ({
+    WriteTape: stream(ctx, 'WriteTape', async (req, onProgress, signal) => ({
       record: await tape.write(
         { volume: req.volume, ...(req.cartridge ? { cartridge: req.cartridge } : {}), tag: req.tag ?? '', ...(req.pointInTime ? { pointInTime: req.pointInTime } : {}) },
         onProgress,
         signal,
       ),
     })),
-    RestoreTape: stream(ctx, 'RestoreTape', async (req: { cartridge: string; record: number; volume: string; force: boolean }, onProgress, signal) => {
+    RestoreTape: stream(ctx, 'RestoreTape', async (req, onProgress, signal) => {
       if (!req.record) throw new ArrayError('INVALID_ARGUMENT', `restore from cartridge ${req.cartridge}: give the record number (from 1; see arraylab tape show ${req.cartridge})`);
       return { restored: await tape.restore({ cartridge: req.cartridge, record: req.record, volume: req.volume, force: req.force }, onProgress, signal) };
     }),
-    VerifyTape: stream(ctx, 'VerifyTape', async (req: { cartridge: string; record: number }, onProgress, signal) => ({
+    VerifyTape: stream(ctx, 'VerifyTape', async (req, onProgress, signal) => ({
       verified: { checks: await tape.verify({ cartridge: req.cartridge, ...(req.record ? { record: req.record } : {}) }, onProgress, signal) },
     })),
   };
@@ -71,8 +71,8 @@ export function tapeHandlers(tape: TapeControl, ctx: TapeHandlerContext): grpc.U
 function stream<Req>(
   ctx: TapeHandlerContext,
   method: string,
-  run: (req: Req, onProgress: (p: HostProgress) => void, signal: AbortSignal) => Promise<Partial<WireTapeProgress>>,
-): grpc.handleServerStreamingCall<Req, WireTapeProgress> {
+  run: (req: Req, onProgress: (p: HostProgress) => void, signal: AbortSignal) => Promise<Partial<pb.TapeProgress>>,
+): grpc.handleServerStreamingCall<Req, pb.TapeProgress> {
   const log = ctx.logger;
   return (call) => {
     if (ctx.draining()) {
@@ -83,7 +83,7 @@ function stream<Req>(
     call.on('cancelled', () => abort.abort());
     let latest: HostProgress = { doneBytes: 0, totalBytes: 0 };
     let lastSent = 0;
-    const send = (m: WireTapeProgress) => {
+    const send = (m: pb.TapeProgress) => {
       if (call.cancelled || call.writableEnded) return;
       lastSent = Date.now();
       call.write(m);

@@ -1,59 +1,16 @@
 /**
- * Conversions between host affinity's model and the messages of arraylab/v1/affinity.proto as
- * proto-loader presents them (camelCase fields; repeated fields always arrays).
+ * Conversions between host affinity's views and the messages of arraylab/v1/affinity.proto,
+ * whose types are generated (proto/gen/; repeated fields always arrays on receipt).
  */
-import type { HostLun } from '../views.js';
-import type { HostListView, HostView, IscsiSessionView } from '../views.js';
+import type * as pb from '../gen/index.js';
+import type { HostListView, HostLun, HostView, IscsiSessionView } from '../views.js';
 
-export interface WireHostLun {
-  lun: number;
-  volume: string;
-  volumeUuid: string;
-}
-
-export interface WireIscsiSession {
-  initiatorName: string;
-  isid: string;
-  tsih: number;
-  connections: number;
-  remoteAddresses: string[];
-  luns: Array<{ lun: number; volume: string }>;
-}
-
-export interface WireHost {
-  name: string;
-  initiators: string[];
-  luns: WireHostLun[];
-  createdAt: string;
-  sessions: WireIscsiSession[];
-}
-
-export interface WireListHostsResponse {
-  hosts: WireHost[];
-  hostAffinity: boolean;
-  requireHostAffinity: boolean;
-  defaultLuns: WireHostLun[];
-  otherSessions: WireIscsiSession[];
-}
-
-export interface WireMapVolumeRequest {
-  host: string;
-  volume: string;
-  /** Absent (undefined or null): the lowest free LUN. */
-  lun?: number | null;
-}
-
-export interface WireMapVolumeResponse {
-  host: WireHost | null;
-  lun: number;
-}
-
-/** The wire and model shapes are the same; these copy, so neither side aliases the other's arrays. */
-export function hostLunFromWire(w: WireHostLun): HostLun {
+/** The wire and view shapes are the same; these copy, so neither side aliases the other's arrays. */
+export function hostLunFromWire(w: pb.HostLun__Output): HostLun {
   return { lun: w.lun, volume: w.volume, volumeUuid: w.volumeUuid };
 }
 
-export function sessionFromWire(w: WireIscsiSession): IscsiSessionView {
+export function sessionFromWire(w: pb.IscsiSession__Output): IscsiSessionView {
   return {
     initiatorName: w.initiatorName,
     isid: w.isid,
@@ -64,11 +21,11 @@ export function sessionFromWire(w: WireIscsiSession): IscsiSessionView {
   };
 }
 
-export function hostToWire(h: HostView): WireHost {
+export function hostToWire(h: HostView): pb.Host {
   return { name: h.name, initiators: h.initiators, luns: h.luns, createdAt: h.createdAt, sessions: h.sessions };
 }
 
-export function hostFromWire(w: WireHost): HostView {
+export function hostFromWire(w: pb.Host__Output): HostView {
   return {
     name: w.name,
     initiators: [...(w.initiators ?? [])],
@@ -78,11 +35,11 @@ export function hostFromWire(w: WireHost): HostView {
   };
 }
 
-export function hostListToWire(l: HostListView): WireListHostsResponse {
+export function hostListToWire(l: HostListView): pb.ListHostsResponse {
   return { ...l, hosts: l.hosts.map(hostToWire) };
 }
 
-export function hostListFromWire(w: WireListHostsResponse): HostListView {
+export function hostListFromWire(w: pb.ListHostsResponse__Output): HostListView {
   return {
     hostAffinity: w.hostAffinity,
     requireHostAffinity: w.requireHostAffinity,

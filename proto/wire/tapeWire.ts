@@ -1,55 +1,16 @@
 /**
- * TapeService messages (arraylab/v1/tape.proto) as proto-loader presents them, and the
- * contract's views read back from them.
+ * The contract's tape views read back from TapeService messages (arraylab/v1/tape.proto),
+ * whose types are generated (proto/gen/).
  */
-import type { CartridgeView, RecordCheck, TapeRecordView, TapeRestoreView } from '../views.js';
-import { toByteCount, type WireUint64 } from './wire.js';
+import type * as pb from '../gen/index.js';
+import type { CartridgeView, TapeRecordView, TapeRestoreView } from '../views.js';
+import { toByteCount } from './wire.js';
 
-export interface WireCartridge {
-  label: string;
-  capacityBytes: WireUint64;
-  usedBytes: WireUint64;
-  recordCount: number;
-  createdAt: string;
-}
-
-export interface WireTapeRecord {
-  cartridge: string;
-  record: number;
-  volume: string;
-  tag: string;
-  sizeBytes: WireUint64;
-  blockSize: number;
-  dataBytes: WireUint64;
-  sha256: string;
-  createdAt: string;
-  /** Empty from a server that predates it: read as createdAt. */
-  imageAt?: string;
-}
-
-export interface WireTapeRestoreResult {
-  cartridge: string;
-  record: number;
-  volume: string;
-  bytes: WireUint64;
-  sha256: string;
-}
-
-export interface WireTapeProgress {
-  doneBytes: WireUint64;
-  totalBytes: WireUint64;
-  record?: WireTapeRecord | null;
-  restored?: WireTapeRestoreResult | null;
-  verified?: { checks: RecordCheck[] } | null;
-  /** oneof case name, set by proto-loader on receipt. */
-  result?: 'record' | 'restored' | 'verified';
-}
-
-export function cartridgeFromWire(w: WireCartridge): CartridgeView {
+export function cartridgeFromWire(w: pb.Cartridge__Output): CartridgeView {
   return { label: w.label, capacityBytes: toByteCount(w.capacityBytes, 'capacity'), usedBytes: toByteCount(w.usedBytes, 'used'), recordCount: w.recordCount, createdAt: w.createdAt };
 }
 
-export function tapeRecordFromWire(w: WireTapeRecord): TapeRecordView {
+export function tapeRecordFromWire(w: pb.TapeRecord__Output): TapeRecordView {
   return {
     cartridge: w.cartridge,
     record: w.record,
@@ -64,7 +25,7 @@ export function tapeRecordFromWire(w: WireTapeRecord): TapeRecordView {
   };
 }
 
-export function tapeRestoreFromWire(w: WireTapeRestoreResult): TapeRestoreView {
+export function tapeRestoreFromWire(w: pb.TapeRestoreResult__Output): TapeRestoreView {
   return { cartridge: w.cartridge, record: w.record, volume: w.volume, bytes: toByteCount(w.bytes, 'bytes'), sha256: w.sha256 };
 }
 

@@ -1,101 +1,15 @@
 /**
- * Conversions between the array's model and the messages of arraylab/v1/array.proto as
- * proto-loader presents them (camelCase fields, enums as names, uint64 as decimal strings).
+ * Conversions between the contract's views (views.ts) and the messages of array.proto and
+ * copy.proto, whose types are generated (proto/gen/: `X` is what may be sent, `X__Output` what
+ * arrives, with the loader's options: camelCase fields, enums as names, uint64 as decimal
+ * strings).
  */
 import { ApiError } from '../errors.js';
+import type * as pb from '../gen/index.js';
 import type { ArrayStatus, CopyEventView, CopySessionView, ExportConnection, ExportInfo, ListenerStatus, LogicalBlockSize, Provisioning, VolumeInfo } from '../views.js';
 
-/** A uint64 as it may arrive (string from proto-loader) or be sent (number). */
-export type WireUint64 = string | number;
-
-export interface WireVolume {
-  name: string;
-  uuid: string;
-  wwn: string;
-  serial: string;
-  sizeBytes: WireUint64;
-  blockSize: number;
-  provisioning: string;
-  readOnly: boolean;
-  description: string;
-  createdAt: string;
-  allocatedBytes: WireUint64;
-  /** Optional: absent (undefined or null) when there is no limit. */
-  allocLimitBytes?: WireUint64 | null;
-}
-
-export interface WireConnection {
-  connectionId: string;
-  protocol: string;
-  remoteAddress: string;
-  initiator: string;
-  readOnly: boolean;
-  openedAt: string;
-}
-
-export interface WireExport {
-  name: string;
-  description: string;
-  sizeBytes: WireUint64;
-  blockSize: number;
-  readOnly: boolean;
-  connections: WireConnection[];
-}
-
-export interface WireListener {
-  available: boolean;
-  host: string;
-  port: number;
-  note: string;
-}
-
-export interface WireStatus {
-  version: string;
-  uptimeSeconds: number;
-  startedAt: string;
-  dataDir: string;
-  backend: string;
-  listeners: { nbd: WireListener | null; iscsi: WireListener | null; api: WireListener | null } | null;
-  volumeCount: number;
-  totalBytes: WireUint64;
-  allocatedBytes: WireUint64;
-  connectionCount: number;
-  pid: number;
-  iscsiTargetName?: string;
-  iscsiSessionCount?: number;
-}
-
-export interface WireCreateVolumeRequest {
-  name: string;
-  sizeBytes: WireUint64;
-  blockSize: number;
-  provisioning: string;
-  readOnly: boolean;
-  description: string;
-  allocLimitBytes?: WireUint64 | null;
-}
-
-export interface WireUpdateVolumeRequest {
-  name: string;
-  allocLimitBytes?: WireUint64;
-  noAllocLimit?: boolean;
-  /** Which of the oneof is set (oneofs: true); absent when neither. */
-  allocLimit?: 'allocLimitBytes' | 'noAllocLimit';
-}
-
-export interface WireRenameVolumeRequest {
-  name: string;
-  newName: string;
-  newIdentity: boolean;
-}
-
-export interface WireResizeVolumeRequest {
-  name: string;
-  sizeBytes?: WireUint64;
-  growByBytes?: WireUint64;
-  /** Which of the oneof is set (oneofs: true). */
-  size?: 'sizeBytes' | 'growByBytes';
-}
+/** A uint64 as it may arrive (a decimal string) or be sent (a number). */
+export type WireUint64 = string | number | { toString(): string };
 
 /** A uint64 from the wire as an exact number, or INVALID_ARGUMENT naming the field. */
 export function toByteCount(value: WireUint64 | undefined | null, field: string): number {
@@ -106,17 +20,17 @@ export function toByteCount(value: WireUint64 | undefined | null, field: string)
   return n;
 }
 
-export function provisioningToWire(p: Provisioning): string {
+export function provisioningToWire(p: Provisioning): pb.Provisioning__Output {
   return p === 'thick' ? 'PROVISIONING_THICK' : 'PROVISIONING_THIN';
 }
 
-export function provisioningFromWire(p: string | undefined): Provisioning | undefined {
+export function provisioningFromWire(p: pb.Provisioning | undefined): Provisioning | undefined {
   if (p === 'PROVISIONING_THICK') return 'thick';
   if (p === 'PROVISIONING_THIN') return 'thin';
   return undefined;
 }
 
-export function volumeToWire(v: VolumeInfo): WireVolume {
+export function volumeToWire(v: VolumeInfo): pb.Volume {
   return {
     name: v.name,
     uuid: v.uuid,
@@ -133,7 +47,7 @@ export function volumeToWire(v: VolumeInfo): WireVolume {
   };
 }
 
-export function volumeFromWire(w: WireVolume): VolumeInfo {
+export function volumeFromWire(w: pb.Volume__Output): VolumeInfo {
   return {
     name: w.name,
     uuid: w.uuid,
@@ -150,14 +64,14 @@ export function volumeFromWire(w: WireVolume): VolumeInfo {
   };
 }
 
-export function exportToWire(e: ExportInfo): WireExport {
+export function exportToWire(e: ExportInfo): pb.Export {
   return {
     ...e,
     connections: e.connections.map((c) => ({ ...c, protocol: c.protocol === 'iscsi' ? 'PROTOCOL_ISCSI' : 'PROTOCOL_NBD' })),
   };
 }
 
-export function exportFromWire(w: WireExport): ExportInfo {
+export function exportFromWire(w: pb.Export__Output): ExportInfo {
   return {
     name: w.name,
     description: w.description,
@@ -177,12 +91,12 @@ export function exportFromWire(w: WireExport): ExportInfo {
   };
 }
 
-export function statusToWire(s: ArrayStatus): WireStatus {
+export function statusToWire(s: ArrayStatus): pb.ArrayStatus {
   return { ...s };
 }
 
-export function statusFromWire(w: WireStatus): ArrayStatus {
-  const listener = (l: WireListener | null | undefined): ListenerStatus => ({
+export function statusFromWire(w: pb.ArrayStatus__Output): ArrayStatus {
+  const listener = (l: pb.Listener__Output | null | undefined): ListenerStatus => ({
     available: l?.available ?? false,
     host: l?.host ?? '',
     port: l?.port ?? 0,
@@ -190,7 +104,7 @@ export function statusFromWire(w: WireStatus): ArrayStatus {
   });
   return {
     version: w.version,
-    uptimeSeconds: w.uptimeSeconds,
+    uptimeSeconds: Number(w.uptimeSeconds),
     startedAt: w.startedAt,
     dataDir: w.dataDir,
     backend: w.backend === 'memory' ? 'memory' : 'file',
@@ -207,56 +121,49 @@ export function statusFromWire(w: WireStatus): ArrayStatus {
 
 // ---- copy.proto ----
 
-export interface WireCopySession {
-  id: string;
-  type: string;
-  state: string;
-  source: string;
-  destination: string;
-  copiedBlocks: WireUint64;
-  totalBlocks: WireUint64;
-  unitSize: number;
-  rateMibS: number;
-  unthrottled: boolean;
-  etaSeconds?: number | null;
-  group: string;
-  createdAt: string;
-  generation: number;
-  generationIndex?: number;
-  generationCount?: number;
-  reversed: boolean;
-  error: string;
-  imageAt?: string;
-  errorSince?: string;
-  retryAt?: string;
-}
-
-export interface WireStartCopyRequest {
-  type: string;
-  source: string;
-  destination: string;
-  rateMibS?: number | null;
-  group: string;
-  force: boolean;
-  refuseIfFull?: boolean;
-}
-
-export interface WireCopyEvent {
-  at: string;
-  sessionId: string;
-  kind: string;
-  state: string;
-  message: string;
-  session?: WireCopySession | null;
-}
-
 export const MiB = 1024 * 1024;
 
-export function copySessionFromWire(w: WireCopySession): CopySessionView {
+const COPY_TYPES: Record<CopySessionView['type'], pb.CopyType__Output> = {
+  opc: 'COPY_TYPE_OPC',
+  quickopc: 'COPY_TYPE_QUICKOPC',
+  snapopcplus: 'COPY_TYPE_SNAPOPCPLUS',
+  ec: 'COPY_TYPE_EC',
+};
+
+const COPY_STATES: Record<CopySessionView['state'], pb.CopyState__Output> = {
+  copying: 'COPY_STATE_COPYING',
+  equivalent: 'COPY_STATE_EQUIVALENT',
+  suspended: 'COPY_STATE_SUSPENDED',
+  tracking: 'COPY_STATE_TRACKING',
+  snap: 'COPY_STATE_SNAP',
+  split: 'COPY_STATE_SPLIT',
+  'error-suspended': 'COPY_STATE_ERROR_SUSPENDED',
+};
+
+/** A copy type as the CLI shows it, on the wire (COPY_TYPE_UNSPECIFIED for anything else). */
+export function copyTypeToWire(t: string): pb.CopyType__Output {
+  return COPY_TYPES[t as CopySessionView['type']] ?? 'COPY_TYPE_UNSPECIFIED';
+}
+
+/** A copy type from the wire as the CLI shows it; '' for UNSPECIFIED (or a newer server's). */
+export function copyTypeFromWire(t: pb.CopyType | undefined): CopySessionView['type'] | '' {
+  return (Object.entries(COPY_TYPES).find(([, w]) => w === t)?.[0] as CopySessionView['type'] | undefined) ?? '';
+}
+
+/** A copy state as the CLI shows it ('' = none: the session has ended), on the wire. */
+export function copyStateToWire(s: string): pb.CopyState__Output {
+  return COPY_STATES[s as CopySessionView['state']] ?? 'COPY_STATE_UNSPECIFIED';
+}
+
+export function copyStateFromWire(s: pb.CopyState | undefined): CopySessionView['state'] | '' {
+  return (Object.entries(COPY_STATES).find(([, w]) => w === s)?.[0] as CopySessionView['state'] | undefined) ?? '';
+}
+
+export function copySessionFromWire(w: pb.CopySession__Output): CopySessionView {
   return {
     id: w.id,
-    type: w.type as CopySessionView['type'],
-    state: w.state as CopySessionView['state'],
+    type: copyTypeFromWire(w.type) as CopySessionView['type'],
+    state: copyStateFromWire(w.state) as CopySessionView['state'],
     source: w.source,
     destination: w.destination,
     copiedBlocks: toByteCount(w.copiedBlocks, 'copiedBlocks'),
@@ -277,12 +184,12 @@ export function copySessionFromWire(w: WireCopySession): CopySessionView {
   };
 }
 
-export function copyEventFromWire(w: WireCopyEvent): CopyEventView {
+export function copyEventFromWire(w: pb.CopyEvent__Output): CopyEventView {
   return {
     at: w.at,
     sessionId: w.sessionId,
     kind: w.kind,
-    state: w.state,
+    state: copyStateFromWire(w.state),
     message: w.message,
     session: w.session ? copySessionFromWire(w.session) : null,
   };

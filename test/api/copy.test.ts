@@ -143,13 +143,13 @@ describe('CopyService', () => {
     const busy = `cannot resume EC ${src} -> ${dst} (session ${s.id}): ${dst} is exported read-write to 1 connected client; dismount it first or pass --force`;
     expect(await apiError(client.resumeCopy(s.id))).toMatchObject({ code: 'FAILED_PRECONDITION', message: busy });
     // What a client built before the force field sends: the id alone (CopyId), same field number.
-    const old = client as unknown as { copyCall(method: string, req: object): Promise<unknown> };
-    expect(await apiError(old.copyCall('ResumeCopy', { id: s.id }))).toMatchObject({ code: 'FAILED_PRECONDITION', message: busy });
+    const old = client as unknown as { call(stub: unknown, method: string, req: object): Promise<unknown>; copyClient(): unknown };
+    expect(await apiError(old.call(old.copyClient(), 'ResumeCopy', { id: s.id }))).toMatchObject({ code: 'FAILED_PRECONDITION', message: busy });
     h.close();
     const w = array.openExport(src, { protocol: 'nbd', connectionId: 'rw2', remoteAddress: 'x', readOnly: false })!;
     const reverse = `cannot reverse EC ${src} -> ${dst} (session ${s.id}): ${src} is exported read-write to 1 connected client; dismount it first or pass --force`;
     expect(await apiError(client.reverseCopy(s.id))).toMatchObject({ code: 'FAILED_PRECONDITION', message: reverse });
-    expect(await apiError(old.copyCall('ReverseCopy', { id: s.id }))).toMatchObject({ code: 'FAILED_PRECONDITION', message: reverse });
+    expect(await apiError(old.call(old.copyClient(), 'ReverseCopy', { id: s.id }))).toMatchObject({ code: 'FAILED_PRECONDITION', message: reverse });
     expect((await client.getCopy(s.id)).state).toBe('suspended');
     expect(await client.reverseCopy(s.id, { force: true })).toMatchObject({ source: dst, destination: src, state: 'suspended' });
     expect((await client.resumeCopy(s.id, { force: true })).state).toMatch(/copying|equivalent/);
