@@ -7,6 +7,7 @@ import { ArrayApiServer } from '../../emulator/api/ArrayApiServer.js';
 import { ApiError, ArrayClient } from '../../proto/ArrayClient.js';
 import type { CopyEventView } from '../../proto/views.js';
 import { StorageArray } from '../../emulator/array/StorageArray.js';
+import { until } from '../support/wait.js';
 
 const logger = pino({ level: 'silent' });
 const MiB = 2 ** 20;
@@ -21,13 +22,8 @@ async function apiError(p: Promise<unknown>): Promise<ApiError> {
   return err as ApiError;
 }
 
-async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+/** How this file waits for the array: every 20 ms, for at most 10 s. */
+const PACE = { timeoutMs: 10_000, intervalMs: 20 };
 
 describe('CopyService', () => {
   let array: StorageArray;
@@ -108,7 +104,7 @@ describe('CopyService', () => {
     d.close();
     const fast = await client.setCopyRate(s.id, undefined);
     expect(fast.rateMiBs).toBeNull();
-    await until('the OPC to finish', async () => (await client.listCopies()).length === 0);
+    await until('the OPC to finish', async () => (await client.listCopies()).length === 0, PACE);
     expect((await apiError(client.getCopy(s.id))).code).toBe('NOT_FOUND');
   });
 
@@ -123,10 +119,10 @@ describe('CopyService', () => {
   it('runs the EC life cycle: equivalent, suspend, resume, split, rejoin, reverse, cancel', async () => {
     const s = await client.startCopy({ type: 'ec', source: src, destination: dst });
     expect(s.rateMiBs).toBeNull();
-    await until('equivalent', async () => (await client.getCopy(s.id)).state === 'equivalent');
+    await until('equivalent', async () => (await client.getCopy(s.id)).state === 'equivalent', PACE);
     expect((await client.suspendCopy(s.id)).state).toBe('suspended');
     expect((await client.resumeCopy(s.id)).state).toMatch(/copying|equivalent/);
-    await until('equivalent again', async () => (await client.getCopy(s.id)).state === 'equivalent');
+    await until('equivalent again', async () => (await client.getCopy(s.id)).state === 'equivalent', PACE);
     expect((await client.splitCopy(s.id)).state).toBe('split');
     const r = await client.reverseCopy(s.id);
     expect(r).toMatchObject({ state: 'split', source: dst, destination: src, reversed: true });
@@ -137,7 +133,7 @@ describe('CopyService', () => {
 
   it('resume and reverse refuse a volume a client writes to unless force; a request without force (an older client) is refused too', async () => {
     const s = await client.startCopy({ type: 'ec', source: src, destination: dst });
-    await until('equivalent', async () => (await client.getCopy(s.id)).state === 'equivalent');
+    await until('equivalent', async () => (await client.getCopy(s.id)).state === 'equivalent', PACE);
     await client.suspendCopy(s.id);
     const h = array.openExport(dst, { protocol: 'nbd', connectionId: 'rw', remoteAddress: 'x', readOnly: false })!;
     const busy = `cannot resume EC ${src} -> ${dst} (session ${s.id}): ${dst} is exported read-write to 1 connected client; dismount it first or pass --force`;
@@ -177,7 +173,7 @@ describe('CopyService', () => {
     await array.createVolume({ name: `${dst}e`, sizeBytes: SIZE });
     const ec = await client.startCopy({ type: 'ec', source: `${src}e`, destination: `${dst}e` });
     expect(ec).toMatchObject({ imageAt: '', generation: 0, generationIndex: 0, generationCount: 0 });
-    await until('equivalent', async () => (await client.getCopy(ec.id)).state === 'equivalent');
+    await until('equivalent', async () => (await client.getCopy(ec.id)).state === 'equivalent', PACE);
     expect((await client.getCopy(ec.id)).imageAt).toBe('');
     const t = Date.now();
     const suspended = await client.suspendCopy(ec.id);
@@ -217,12 +213,12 @@ describe('CopyService', () => {
     const s = await client.startCopy({ type: 'opc', source: src, destination: dst, rateMiBs: 1 }); // 4 MiB: about 4 s
     const events: CopyEventView[] = [];
     const w = client.watchCopies({ id: s.id, progressIntervalMs: 100 }, (e) => events.push(e));
-    await until('progress events', () => events.filter((e) => e.kind === 'progress').length >= 2);
+    await until('progress events', () => events.filter((e) => e.kind === 'progress').length >= 2, PACE);
     expect(events[0]).toMatchObject({ kind: 'snapshot', sessionId: s.id, state: 'copying' });
     const p = events.filter((e) => e.kind === 'progress');
     expect(p[1]!.session!.copiedBlocks).toBeGreaterThan(p[0]!.session!.copiedBlocks);
     await client.setCopyRate(s.id, undefined);
-    await until('completed', () => events.some((e) => e.kind === 'completed'));
+    await until('completed', () => events.some((e) => e.kind === 'completed'), PACE);
     const done = events.find((e) => e.kind === 'completed')!;
     expect(done).toMatchObject({ state: '', session: null });
     w.cancel();

@@ -5,8 +5,9 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cliJson, cliOk, holdNbdConnection, makeTempDir, startArraylab, until, type Arraylab } from '../support/arraylab.js';
+import { cliJson, cliOk, holdNbdConnection, makeTempDir, startArraylab, type Arraylab } from '../support/arraylab.js';
 import { requireNbdsh, requireTool } from '../support/tools.js';
+import { until } from '../support/wait.js';
 
 const run = promisify(execFile);
 const MiB = 2 ** 20;

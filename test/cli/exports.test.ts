@@ -1,6 +1,7 @@
 /** `arraylab export list` with a client holding an NBD connection, and what that connection blocks. */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { holdNbdConnection, startArraylab, type Arraylab } from '../support/arraylab.js';
+import { waitFor } from '../support/wait.js';
 
 describe('arraylab export list', () => {
   let lab: Arraylab;
@@ -11,14 +12,6 @@ describe('arraylab export list', () => {
     await lab?.stop();
   });
 
-  const waitFor = async <T>(fn: () => Promise<T>, ok: (v: T) => boolean): Promise<T> => {
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      const v = await fn();
-      if (ok(v) || Date.now() > deadline) return v;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
   const exportsJson = async () => {
     const r = await lab.cli(['export', 'list', '--json']);
     expect(r.code, r.stderr).toBe(0);
@@ -40,7 +33,7 @@ describe('arraylab export list', () => {
     const socket = await holdNbdConnection(lab.nbdPort, 'vol1');
     try {
       const local = `${socket.localAddress}:${socket.localPort}`;
-      const exports = await waitFor(exportsJson, (e) => e.find((x) => x.name === 'vol1')!.connections.length > 0);
+      const exports = await waitFor(exportsJson, (e) => e.find((x) => x.name === 'vol1')!.connections.length > 0, { timeoutMs: 10_000 });
       const vol1 = exports.find((e) => e.name === 'vol1')!;
       expect(vol1.connections).toEqual([
         { connectionId: expect.any(String), protocol: 'nbd', remoteAddress: local, initiator: '', readOnly: false, openedAt: expect.any(String) },
@@ -59,7 +52,7 @@ describe('arraylab export list', () => {
     } finally {
       socket.destroy();
     }
-    const after = await waitFor(exportsJson, (e) => e.find((x) => x.name === 'vol1')!.connections.length === 0);
+    const after = await waitFor(exportsJson, (e) => e.find((x) => x.name === 'vol1')!.connections.length === 0, { timeoutMs: 10_000 });
     expect(after.find((x) => x.name === 'vol1')!.connections).toEqual([]);
   });
 });

@@ -18,8 +18,9 @@ import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupLoops, makeLoopDisk } from '../agent/host/loopFs.js';
-import { cliJson, cliOk, startArraylab, until, type Arraylab } from '../support/arraylab.js';
+import { cliJson, cliOk, startArraylab, type Arraylab } from '../support/arraylab.js';
 import { requireTool } from '../support/tools.js';
+import { until } from '../support/wait.js';
 
 describe('a full data directory', () => {
   let mnt: string;
@@ -177,7 +178,7 @@ describe('a full data directory', () => {
     expect(warned()).toBe(1);
 
     free();
-    await until('the copy recovered and finished', async () => ((await cliJson(l, ['copy', 'list'])).sessions as unknown[]).length === 0, 30_000);
+    await until('the copy recovered and finished', async () => ((await cliJson(l, ['copy', 'list'])).sessions as unknown[]).length === 0, { timeoutMs: 30_000 });
     expect(warned()).toBe(1);
     expect(l.logs()).toMatch(/background copy of big -> bigcopy works again \(it had failed \d+ times? since /);
     const copied = execFileSync(qemuIo, ['-f', 'raw', '-r', '-c', 'read -P 0x33 0 8M', l.nbdUri('bigcopy')], { encoding: 'utf8' });

@@ -8,17 +8,10 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cliJson, cliOk, holdNbdConnection, makeTempDir, startArraylab, type Arraylab } from '../support/arraylab.js';
 import { requireTool } from '../support/tools.js';
+import { until } from '../support/wait.js';
 
 const run = promisify(execFile);
 const MiB = 2 ** 20;
-
-async function until(what: string, cond: () => Promise<boolean>, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe('arraylab volume create --alloc-limit, set, rename', () => {
   let lab: Arraylab;
@@ -112,7 +105,7 @@ describe('arraylab volume create --alloc-limit, set, rename', () => {
     } finally {
       sock.destroy();
     }
-    await until('the client to go', async () => ((await json(['export', 'list'])).exports as Array<{ name: string; connections: unknown[] }>).every((e) => e.connections.length === 0));
+    await until('the client to go', async () => ((await json(['export', 'list'])).exports as Array<{ name: string; connections: unknown[] }>).every((e) => e.connections.length === 0), { timeoutMs: 30_000 });
     const taken = await lab.cli(['volume', 'rename', 'r4', 'snap1']);
     expect(taken.code).toBe(1);
     expect(taken.stderr).toMatch(/^arraylab: cannot rename volume r4 to snap1: volume snap1 already exists/);
@@ -135,7 +128,7 @@ describe('rename of a split EC clone, then kill -9', () => {
     await ok(['volume', 'create', 'mirror', '--size', '16MiB']);
     await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0x61 0 16M', lab.nbdUri('db')]);
     const id = (await json(['copy', 'start', '--type', 'ec', '--src', 'db', '--dst', 'mirror'])).id as string;
-    await until('equivalent', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    await until('equivalent', async () => (await json(['copy', 'show', id])).state === 'equivalent', { timeoutMs: 30_000 });
     await ok(['copy', 'split', id]);
     const before = await json(['volume', 'show', 'mirror']);
     const renamed = await json(['volume', 'rename', 'mirror', 'clone', '--new-identity']);
@@ -153,7 +146,7 @@ describe('rename of a split EC clone, then kill -9', () => {
     await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0x63 8M 1M', lab.nbdUri('db')]);
     // Rejoin (resume of a split pair): the clone becomes equal to the source again.
     await ok(['copy', 'resume', id]);
-    await until('equivalent again', async () => (await json(['copy', 'show', id])).state === 'equivalent');
+    await until('equivalent again', async () => (await json(['copy', 'show', id])).state === 'equivalent', { timeoutMs: 30_000 });
     await ok(['copy', 'cancel', id]);
     await run(qemuIo, ['-f', 'raw', '-r', '-c', 'read -P 0x61 0 8M', '-c', 'read -P 0x63 8M 1M', '-c', 'read -P 0x61 9M 7M', lab.nbdUri('clone')]);
     await lab.stop();

@@ -16,6 +16,7 @@ import { cliJson, cliOk, makeTempDir, startArraylab, type Arraylab } from '../su
 import { attachNbd, type AttachedVolume } from '../support/blockAttach.js';
 import { checksums, writeTree } from '../support/fsTree.js';
 import { requireTool } from '../support/tools.js';
+import { waitFor } from '../support/wait.js';
 
 interface Fs {
   type: 'ext4' | 'xfs';
@@ -100,12 +101,11 @@ function startWriter(dir: string): Writer {
     count: () => count,
     async progress(n) {
       const target = count + n;
-      const end = Date.now() + 20_000;
-      while (count < target) {
-        if (child.exitCode !== null) throw new Error(`the writer exited (${child.exitCode}): ${err}`);
-        if (Date.now() > end) throw new Error(`the writer made no progress (${count}/${target}): ${err}`);
-        await sleep(20);
-      }
+      const written = () => {
+        if (count < target && child.exitCode !== null) throw new Error(`the writer exited (${child.exitCode}): ${err}`);
+        return count;
+      };
+      await waitFor(written, (c) => c >= target, { timeoutMs: 20_000, intervalMs: 20, onTimeout: (c) => `the writer made no progress (${c}/${target}): ${err}` });
     },
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
@@ -115,8 +115,6 @@ function startWriter(dir: string): Writer {
     },
   };
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('copy sessions of mounted filesystems', () => {
   let lab: Arraylab;
@@ -150,14 +148,11 @@ describe('copy sessions of mounted filesystems', () => {
   const ok = (args: string[]) => cliOk(lab, args);
   const json = async (args: string[]) => (await cliJson(lab, args)) as Session;
 
-  async function waitState(id: string, state: string, ms = 30_000): Promise<Session> {
-    const end = Date.now() + ms;
-    for (;;) {
-      const s = await json(['copy', 'show', id]);
-      if (s.state === state) return s;
-      if (Date.now() > end) throw new Error(`session ${id} is still ${s.state} (${String(s.copiedBlocks)}/${String(s.totalBlocks)}), not ${state}`);
-      await sleep(100);
-    }
+  function waitState(id: string, state: string, ms = 30_000): Promise<Session> {
+    return waitFor(() => json(['copy', 'show', id]), (s) => s.state === state, {
+      timeoutMs: ms,
+      onTimeout: (s) => `session ${id} is still ${s.state} (${String(s.copiedBlocks)}/${String(s.totalBlocks)}), not ${state}`,
+    });
   }
 
   /** Ends the session after the test, whatever state it is in (cleanup only). */
@@ -306,11 +301,8 @@ describe('copy sessions of mounted filesystems', () => {
 
     // Lifted: the session completes and ends; the destination is a plain volume with the image.
     await ok(['copy', 'rate', started.id, '--rate', 'unthrottled']);
-    const end = Date.now() + 30_000;
-    while (((await cliJson(lab, ['copy', 'list'])).sessions as Session[]).some((s) => s.id === started.id)) {
-      if (Date.now() > end) throw new Error('the OPC session did not complete within 30 s');
-      await sleep(100);
-    }
+    const running = async () => ((await cliJson(lab, ['copy', 'list'])).sessions as Session[]).some((s) => s.id === started.id);
+    await waitFor(running, (r) => !r, { timeoutMs: 30_000, onTimeout: () => 'the OPC session did not complete within 30 s' });
     await expectSourceMovedOn(src, frozen);
     await expectImage(EXT4, 'opc-dst', frozen);
   }, 60_000);

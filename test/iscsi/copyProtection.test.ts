@@ -11,16 +11,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cliJson, makeTempDir, startArraylab, type Arraylab } from '../support/arraylab.js';
 import { iscsiPortalOf, iscsiUrl, runTool, type Portal } from '../support/iscsi.js';
 import { requireTool } from '../support/tools.js';
+import { until } from '../support/wait.js';
 
 const MiB = 1024 * 1024;
-
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe('copy sessions over iSCSI', () => {
   let lab: Arraylab;
@@ -64,7 +57,7 @@ describe('copy sessions over iSCSI', () => {
 
     await cliJson(lab, ['copy', 'cancel', session.id as string]);
     const again = await cliJson(lab, ['copy', 'start', '--type', 'ec', '--src', 'src', '--dst', 'dst']);
-    await until('equivalent', async () => (await cliJson(lab, ['copy', 'show', again.id as string])).state === 'equivalent');
+    await until('equivalent', async () => (await cliJson(lab, ['copy', 'show', again.id as string])).state === 'equivalent', { timeoutMs: 30_000 });
     const read = await io('dst', 'read 0 4k', true);
     expect(read.stdout).toMatch(/read 4096\/4096 bytes/);
     // The LUN reports write protection (MODE SENSE WP), so qemu refuses to open it read-write.

@@ -2,6 +2,7 @@
 import { execFile } from 'node:child_process';
 import { NbdServer, type NbdLogger, type NbdTlsOptions } from '../../emulator/nbd/index.js';
 import { requireNbdsh } from '../support/tools.js';
+import { until } from '../support/wait.js';
 import type { MemoryProvider } from '../support/memoryProvider.js';
 
 export interface LogEntry {
@@ -77,12 +78,9 @@ export async function python(script: string, port: number, extra: string[] = [])
   return r.stdout;
 }
 
-export async function waitFor(cond: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
+/** until() with the NBD tests' argument order and pace: every 10 ms, 5 s by default. */
+export function waitFor(cond: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
+  return until(what, cond, { timeoutMs: ms, intervalMs: 10 });
 }
 
 /** A buffer of `n` bytes with a recognisable position-dependent pattern. */

@@ -25,13 +25,14 @@ import { afterAll, afterEach, beforeAll } from 'vitest';
 import { cliOk, makeTempDir, REPO_ROOT, startArraylab, type Arraylab, type StartOptions } from './arraylab.js';
 import { attachNbd, type AttachedVolume } from './blockAttach.js';
 import { requireTool } from './tools.js';
+import { sleep, waitFor } from './wait.js';
 
 export const AGENT_CLI = join(REPO_ROOT, 'dist', 'agent', 'cli', 'arraylab-agent.js');
 export const WRITER_SCRIPT = join(REPO_ROOT, 'test', 'agent', 'e2e', 'writer.mjs');
 /** Bytes per writer record (see writer.mjs). */
 export const RECORD_BYTES = 75;
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+export { sleep } from './wait.js';
 
 // ---------------------------------------------------------------------------------------------
 // Filesystems
@@ -449,28 +450,25 @@ export async function startAgentLab(opts: StartOptions = {}): Promise<AgentLab> 
         output: () => out + err,
         async progress(n, ms = 20_000) {
           const target = synced + n;
-          const end = Date.now() + ms;
-          while (synced < target) {
-            if (gone()) throw new Error(`the writer exited (${child.exitCode ?? child.signalCode}): ${err}`);
-            if (Date.now() > end) throw new Error(`the writer made no progress in ${ms} ms (synced ${synced}, waiting for ${target}): ${err}`);
-            await sleep(20);
-          }
+          const fsynced = () => {
+            if (synced < target && gone()) throw new Error(`the writer exited (${child.exitCode ?? child.signalCode}): ${err}`);
+            return synced;
+          };
+          await waitFor(fsynced, (k) => k >= target, { timeoutMs: ms, intervalMs: 20, onTimeout: (k) => `the writer made no progress in ${ms} ms (synced ${k}, waiting for ${target}): ${err}` });
         },
         async waitFor(re, ms = 20_000) {
-          const end = Date.now() + ms;
-          for (;;) {
+          const printed = () => {
             const line = out.split('\n').find((l) => re.test(l));
-            if (line !== undefined) return line;
-            if (gone()) throw new Error(`the writer exited before printing ${re}: ${err}`);
-            if (Date.now() > end) throw new Error(`the writer did not print ${re} within ${ms} ms; it printed: ${out.slice(-300)}`);
-            await sleep(20);
-          }
+            if (line === undefined && gone()) throw new Error(`the writer exited before printing ${re}: ${err}`);
+            return line;
+          };
+          const line = await waitFor(printed, (l) => l !== undefined, { timeoutMs: ms, intervalMs: 20, onTimeout: () => `the writer did not print ${re} within ${ms} ms; it printed: ${out.slice(-300)}` });
+          return line!;
         },
         async stop() {
           if (gone()) return;
           child.kill('SIGTERM');
-          const end = Date.now() + 10_000;
-          while (!gone() && Date.now() < end) await sleep(20);
+          await waitFor(gone, (g) => g, { timeoutMs: 10_000, intervalMs: 20 });
           if (!gone()) child.kill('SIGKILL');
           await exited;
         },

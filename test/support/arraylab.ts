@@ -123,15 +123,6 @@ export function makeTempDir(prefix = 'arraylab-test-'): string {
   return dir;
 }
 
-/** Polls cond (every 100 ms) until it holds; throws `timed out waiting for <what>` after ms. */
-export async function until(what: string, cond: () => Promise<boolean>, ms = 20_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 /** Runs a CLI command against lab that must succeed quietly; returns its stdout. */
 export async function cliOk(lab: Arraylab, args: string[]): Promise<string> {
   const r = await lab.cli(args);

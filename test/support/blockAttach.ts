@@ -7,6 +7,7 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, existsSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { requireTool } from './tools.js';
+import { sleep } from './wait.js';
 
 export interface AttachedVolume {
   /** /dev/loopN backed by the FUSE export. */
@@ -16,7 +17,6 @@ export interface AttachedVolume {
   detach(): Promise<void>;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export interface AttachOptions {
   port: number;

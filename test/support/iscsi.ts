@@ -25,6 +25,7 @@ import type { Arraylab } from './arraylab.js';
 import { parseConformance, parseListing, type ConformanceResult } from './conformanceParse.mjs';
 import { requireTool } from './tools.js';
 import { freePort } from './ports.js';
+import { sleep } from './wait.js';
 
 /** Debian packages of the iSCSI peers (tools.ts names the NBD ones). */
 const ISCSI_PACKAGE_OF: Record<string, string> = {
@@ -240,7 +241,6 @@ process.once('exit', () => {
   for (const child of tgtdRunning) child.kill('SIGKILL');
 });
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Sends signal (none: just waits), then SIGKILL after graceMs; resolves once it exited. */
 async function stopChild(child: ChildProcess, signal: NodeJS.Signals | undefined, graceMs: number): Promise<void> {

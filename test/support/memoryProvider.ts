@@ -15,6 +15,7 @@ import {
   type ZeroOptions,
 } from '../../emulator/block/BlockDevice.js';
 import { MemoryBlockStore } from '../../emulator/block/MemoryBlockStore.js';
+import { sleep } from './wait.js';
 
 export interface AddExportOptions {
   size: number;
@@ -155,7 +156,6 @@ export class DeviceWrapper implements BlockDevice {
   }
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Reads that start at `slowOffset` take `delayMs`. */
 export class DelayDevice extends DeviceWrapper {

@@ -21,6 +21,7 @@ import { cliJson, cliOk, makeTempDir, REPO_ROOT, startArraylab, type Arraylab } 
 import { attachNbd } from '../support/blockAttach.js';
 import { iscsiPortalOf } from '../support/iscsi.js';
 import { requireTool } from '../support/tools.js';
+import { waitFor } from '../support/wait.js';
 import { checkWriterLines, hostAgent, hostAgentJson, sha256, STOP_WRITER, startWriterScript, stopwatch } from './guestBackup.js';
 
 const run = promisify(execFile);
@@ -75,14 +76,11 @@ async function guestLines(guest: Guest): Promise<number> {
 }
 
 async function waitForLines(guest: Guest, atLeast: number, ms: number): Promise<number> {
-  const end = Date.now() + ms;
-  for (;;) {
-    // The file appears with the writer's first line.
-    const n = Number((await guest.runOk('cat /mnt/tv/writer.log 2>/dev/null | wc -l')).trim());
-    if (n >= atLeast) return n;
-    if (Date.now() > end) throw new Error(`the writer in the guest has ${n} lines after ${ms} ms, expected at least ${atLeast}; its output: ${await guest.runOk('cat /tmp/writer.out; ls -l /tmp/writer.*')}`);
-    await new Promise((r) => setTimeout(r, 300));
-  }
+  // The file appears with the writer's first line.
+  const lines = async () => Number((await guest.runOk('cat /mnt/tv/writer.log 2>/dev/null | wc -l')).trim());
+  const n = await waitFor(lines, (k) => k >= atLeast, { timeoutMs: ms, intervalMs: 300 });
+  if (n < atLeast) throw new Error(`the writer in the guest has ${n} lines after ${ms} ms, expected at least ${atLeast}; its output: ${await guest.runOk('cat /tmp/writer.out; ls -l /tmp/writer.*')}`);
+  return n;
 }
 
 /** sha256 of each file in the guest, by sha256sum. */

@@ -16,6 +16,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { EXT4, mountAt, shTry, sleep, useAgentLab, startApiGate, writeCompletes, type Agent, type ApiGate } from '../../support/agentLab.js';
 import type { AgentStatus, BackupReport, ResourceMatchReport } from '../../../agent/types.js';
+import { until } from '../../support/wait.js';
 
 describe('arraylab-agent killed with -9 mid-backup', () => {
   const env = useAgentLab();
@@ -46,13 +47,8 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     }
   }
 
-  async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 30_000): Promise<void> {
-    const end = Date.now() + ms;
-    while (!(await cond())) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-      await sleep(25);
-    }
-  }
+  /** How this file waits: every 25 ms, 30 s unless a step says otherwise. */
+  const PACE = { timeoutMs: 30_000, intervalMs: 25 };
 
   it('kill -9 while frozen: the guard thaws at once (within the 5 s deadline); resource-match settles the record', async () => {
     const agent = env.newAgent({ freezeDeadlineS: 5 });
@@ -67,7 +63,7 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     await writer.progress(20);
 
     const child = agent.spawn(['backup', tv.volume]);
-    await until('the backup-pre hook', hook.ran);
+    await until('the backup-pre hook', hook.ran, PACE);
     hook.closeGate();
     // Frozen: the writer stops making progress.
     await until(
@@ -77,7 +73,7 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
         await sleep(700);
         return writer.synced() === before;
       },
-      20_000,
+      { ...PACE, timeoutMs: 20_000 },
     );
     expect(await writeCompletes(tv.mnt, 500), 'the filesystem should be frozen now').toBe(false);
 
@@ -122,9 +118,9 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     const hook = gateInHook(agent, gate, 'stuck');
 
     const child = agent.spawn(['backup', tv.volume]);
-    await until('the backup-pre hook', hook.ran);
+    await until('the backup-pre hook', hook.ran, PACE);
     hook.closeGate();
-    await until('the filesystem to freeze', async () => !(await writeCompletes(tv.mnt, 300)), 20_000);
+    await until('the filesystem to freeze', async () => !(await writeCompletes(tv.mnt, 300)), { ...PACE, timeoutMs: 20_000 });
     const frozenAt = Date.now();
     // The agent is alive (its pipe to the guard open) but its array call hangs: the deadline thaws.
     expect(await writeCompletes(tv.mnt, 6000), 'still frozen 6 s after a 3 s deadline').toBe(true);
@@ -152,9 +148,9 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     const hook = gateInHook(agent, gate, 'unmount');
 
     const child = agent.spawn(['backup', tv.volume]);
-    await until('the backup-pre hook', hook.ran);
+    await until('the backup-pre hook', hook.ran, PACE);
     hook.closeGate();
-    await until('the agent to unmount the volume', () => mountAt(tv.mnt) === undefined, 20_000);
+    await until('the agent to unmount the volume', () => mountAt(tv.mnt) === undefined, { ...PACE, timeoutMs: 20_000 });
     await sleep(300);
     const result = await child.kill9();
     expect(result.signal).toBe('SIGKILL');

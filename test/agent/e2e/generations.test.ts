@@ -15,6 +15,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { ArrayClient } from '../../../proto/ArrayClient.js';
 import { shTry, sleep, useAgentLab, type Agent } from '../../support/agentLab.js';
 import type { AgentStatus, BackupReport, HistoryEntry, RestoreReport, SyncView } from '../../../agent/types.js';
+import { until } from '../../support/wait.js';
 
 const SIZE = '16MiB';
 const SYNC_SIZE = '256MiB';
@@ -22,6 +23,8 @@ const MiB = 1 << 20;
 
 describe('generations through arraylab-agent', () => {
   const env = useAgentLab();
+  /** How this file waits: every 50 ms, for at most 30 s. */
+  const PACE = { timeoutMs: 30_000, intervalMs: 50 };
 
   /** Fills the first 4 MiB of a volume with one byte over NBD. */
   function fill(volume: string, pattern: number, bytes = 4 * MiB): void {
@@ -120,7 +123,7 @@ describe('generations through arraylab-agent', () => {
 
     const sync = await agent.json<SyncView>(['start-sync', tv]);
     expect(sync).toMatchObject({ transactionVolume: tv, backupVolume: `${tv}-b1` });
-    await waitFor(() => held.has(sync.sessionId), 'the watcher to hold the pair');
+    await until('the watcher to hold the pair', () => held.has(sync.sessionId), PACE);
     await sleep(200);
     watch.cancel();
     const s = await array.getCopy(sync.sessionId);
@@ -131,7 +134,7 @@ describe('generations through arraylab-agent', () => {
     expect(refused.stdout + refused.stderr).toMatch(/equivalent/);
 
     await array.setCopyRate(sync.sessionId, undefined);
-    await waitFor(async () => (await array.getCopy(sync.sessionId)).state === 'equivalent', 'the pair to become equivalent');
+    await until('the pair to become equivalent', async () => (await array.getCopy(sync.sessionId)).state === 'equivalent', PACE);
     const g1 = await backupOk(agent, tv);
     expect(g1).toMatchObject({ number: 1, type: 'ec', backupVolume: `${tv}-b1`, status: 'held' });
     expect(holds(`${tv}-b1`, 0x55)).toBe(true);
@@ -146,7 +149,7 @@ describe('generations through arraylab-agent', () => {
     fill(tv, 0x66);
     const sync2 = await agent.json<SyncView>(['start-sync', tv]);
     expect(sync2.backupVolume).toBe(`${tv}-b2`);
-    await waitFor(async () => (await array.getCopy(sync2.sessionId)).state === 'equivalent', 'the second pair to become equivalent');
+    await until('the second pair to become equivalent', async () => (await array.getCopy(sync2.sessionId)).state === 'equivalent', PACE);
     const g2 = await backupOk(agent, tv);
     expect(g2).toMatchObject({ number: 2, type: 'ec', backupVolume: `${tv}-b2` });
     const history = await agent.json<HistoryEntry[]>(['history', tv]);
@@ -201,7 +204,7 @@ describe('generations through arraylab-agent', () => {
     const go = `${env.work}/busy.go`;
     agent.hook('backup-pre', `touch ${ran}; i=0; while [ ! -e ${go} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; exit 0`);
     const first = agent.spawn(['backup', 'busy']);
-    await waitFor(() => existsSync(ran), 'the first backup to reach its hook');
+    await until('the first backup to reach its hook', () => existsSync(ran), PACE);
     const second = await agent.run(['backup', 'busy']);
     writeFileSync(go, '');
     expect(second.code).toBe(1);
@@ -211,12 +214,4 @@ describe('generations through arraylab-agent', () => {
     const history = await agent.json<HistoryEntry[]>(['history', 'busy']);
     expect(history.map((h) => [h.number, h.status])).toEqual([[1, 'held']]);
   });
-
-  async function waitFor(cond: () => boolean | Promise<boolean>, what: string, ms = 30_000): Promise<void> {
-    const end = Date.now() + ms;
-    while (!(await cond())) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-      await sleep(50);
-    }
-  }
 });

@@ -16,6 +16,7 @@ import { launchGuest, type Guest } from '../../../emulator/vm/Guest.js';
 import { readGuestImage, type GuestImage } from '../../../emulator/vm/image.js';
 import { cliOk, makeTempDir, REPO_ROOT, startArraylab, type Arraylab } from '../../support/arraylab.js';
 import { requireTool } from '../../support/tools.js';
+import { waitFor } from '../../support/wait.js';
 
 const run = promisify(execFile);
 const log = pino({ level: process.env.ARRAYLAB_LOG_LEVEL ?? 'warn' });
@@ -98,12 +99,11 @@ describe('the agent in a guest over virtio-serial', () => {
 
     // Wait for the agent in the guest (Node starts slowly under TCG).
     const common = ['--guest', guest.agentSocket, '--array', array.apiAddress, '--state-dir', makeTempDir('arraylab-guestagent-')];
-    let hello: Record<string, unknown> | null = null;
-    for (const end = Date.now() + 60_000; !hello && Date.now() < end; ) {
+    const guestStatus = async () => {
       const r = await agent([...common, 'guest-status', '--json'], 30_000);
-      if (r.code === 0) hello = JSON.parse(r.stdout) as Record<string, unknown>;
-      else await new Promise((res) => setTimeout(res, 500));
-    }
+      return r.code === 0 ? (JSON.parse(r.stdout) as Record<string, unknown>) : null;
+    };
+    const hello = await waitFor(guestStatus, (h) => h !== null, { timeoutMs: 60_000, intervalMs: 500 });
     if (!hello) throw new Error(`the guest agent did not come up; its log: ${(await guest.run('cat /tmp/ga.log')).output}`);
     expect(hello).toMatchObject({ hostname: (await guest.runOk('uname -n')).trim(), kernel: image.kernelRelease, hookTimeoutMs: 60_000, freezeDeadlineMs: 30_000 });
     expect(hello.pid).toBe(Number((await guest.runOk('cat /tmp/ga.pid')).trim()));

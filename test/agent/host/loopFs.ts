@@ -103,4 +103,4 @@ export function mountLine(mountPoint: string): { opts: string; fsType: string; s
   return undefined;
 }
 
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+export { sleep } from '../../support/wait.js';
