@@ -16,7 +16,7 @@
  * the same range would destroy that write unless the two were ordered, and the emulator
  * does not need the space back.
  *
- * Durability (tested with kill -9 in test/block/fileBlockStore.test.ts)
+ * Durability (tested with kill -9 in test/durability/fileBlockStoreCrash.test.ts)
  *   flush() makes every write, trim and write-zeroes that completed before the call durable:
  *     1. snapshot the dirty map pages (every bit in them belongs to a completed request),
  *     2. fdatasync the data file,

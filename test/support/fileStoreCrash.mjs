@@ -1,4 +1,4 @@
-// Child process for the FileBlockStore crash test (test/block/fileBlockStore.test.ts).
+// Child process for the FileBlockStore crash test (test/durability/fileBlockStoreCrash.test.ts).
 //
 //   node fileStoreCrash.mjs <compiled FileBlockStore.js> <dataPath> <mapPath> <seed>
 //
