@@ -1,10 +1,14 @@
 /**
- * Shared set-up of the backup manager tests: one real arraylab per test file, an ArrayClient on
- * it, managers over fresh state dirs with a RecordingHost, and qemu-io / qemu-img over NBD.
+ * Shared set-up of the backup manager tests: one array per test file, an ArrayClient on it,
+ * managers over fresh state dirs with a RecordingHost, and a host's I/O on the array's volumes.
+ *
+ * The test files run in two tiers (vitest.config.ts), with the same assertions:
+ *   unit         the real array in this process (inProcessArray.ts: ArrayServer, memory
+ *                backend), I/O through its export handles;
+ *   integration  a real `arraylab serve` from dist/ (servedArray.ts), I/O by qemu-io and
+ *                qemu-img over NBD.
  */
-import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
-import { promisify } from 'node:util';
 import pino from 'pino';
 import { expect } from 'vitest';
 import { ArrayClient } from '../../../proto/ArrayClient.js';
@@ -12,40 +16,53 @@ import type { CreateVolumeRequest } from '../../../emulator/array/types.js';
 import { parseSize } from '../../../proto/util/units.js';
 import { BackupManager } from '../../../agent/backup/BackupManager.js';
 import { AgentError, type TapePort } from '../../../agent/types.js';
-import { makeTempDir, startArraylab, type Arraylab } from '../../support/arraylab.js';
-import { requireTool } from '../../support/tools.js';
+import { makeTempDir } from '../../support/arraylab.js';
+import { testTier } from '../../support/tier.js';
+import { waitFor } from '../../support/wait.js';
+import { startInProcessArray } from './inProcessArray.js';
 import { RecordingHost } from './RecordingHost.js';
-
-const run = promisify(execFile);
+import { startServedArray } from './servedArray.js';
 
 export const silent = pino({ level: 'silent' });
 
-export interface Lab {
-  lab: Arraylab;
+/** What differs between the tiers: where the array runs, and how a host does I/O on its volumes. */
+export interface ArrayUnderTest {
+  /** HOST:PORT of its control API. */
+  apiAddress: string;
+  write(volume: string, pattern: number, offset: number, length: string): Promise<void>;
+  /** Resolves when every byte of the range reads as pattern, rejects otherwise. */
+  expectPattern(volume: string, pattern: number, offset: number, length: string): Promise<void>;
+  /** Whether the two volumes read the same (as qemu-img compare: a larger one's rest reads as zeroes). */
+  compare(a: string, b: string): Promise<boolean>;
+  /** The volume's device for the RecordingHost's device map: one that copyDevice understands. */
+  device(volume: string): string;
+  /** Copies device from onto device to, whole (both from device()). */
+  copyDevice(from: string, to: string): Promise<void>;
+  /** A client that holds the volume open read-write (the array lists it) until stop(). */
+  holdOpen(volume: string): Promise<{ stop(): Promise<void> }>;
+  stop(): Promise<void>;
+}
+
+export interface Lab extends Omit<ArrayUnderTest, 'apiAddress' | 'write' | 'expectPattern'> {
   array: ArrayClient;
   tape: TapePort;
   /** Creates volumes (64 MiB thin by default). */
   mk(names: string[], size?: string, opts?: Partial<CreateVolumeRequest>): Promise<void>;
   manager(opts?: { stateDir?: string; host?: RecordingHost }): Promise<{ m: BackupManager; host: RecordingHost; stateDir: string }>;
+  /** Writes the byte pattern over the range (default: the first MiB). */
   write(volume: string, pattern: number, offset?: number, length?: string): Promise<void>;
-  /** Resolves when every byte of the range reads as pattern, rejects otherwise. */
   expectPattern(volume: string, pattern: number, offset?: number, length?: string): Promise<void>;
-  compare(a: string, b: string): Promise<boolean>;
   waitCopy(id: string, until: (s: { state: string } | undefined) => boolean): Promise<void>;
-  stop(): Promise<void>;
 }
 
 export async function startLab(): Promise<Lab> {
-  const qemuIo = requireTool('qemu-io');
-  const qemuImg = requireTool('qemu-img');
-  const lab = await startArraylab();
-  const array = new ArrayClient(lab.apiAddress);
+  const under = testTier() === 'unit' ? await startInProcessArray(silent) : await startServedArray();
+  const array = new ArrayClient(under.apiAddress);
   const managers: BackupManager[] = [];
   // The array's own tape library, with one cartridge.
   await array.addCartridge('T00001', 1 << 30);
   const tape: TapePort = array;
   return {
-    lab,
     array,
     tape,
     async mk(names, size = '64MiB', opts = {}) {
@@ -59,41 +76,20 @@ export async function startLab(): Promise<Lab> {
       managers.push(m);
       return { m, host, stateDir };
     },
-    async write(volume, pattern, offset = 0, length = '1M') {
-      await run(qemuIo, ['-f', 'raw', '-c', `write -P ${pattern} ${offset} ${length}`, lab.nbdUri(volume)]);
-    },
-    async expectPattern(volume, pattern, offset = 0, length = '1M') {
-      // qemu-io exits 0 even when the pattern differs; it prints "Pattern verification failed".
-      const { stdout, stderr } = await run(qemuIo, ['-r', '-f', 'raw', '-c', `read -P ${pattern} ${offset} ${length}`, lab.nbdUri(volume)]);
-      if (/fail/i.test(stdout + stderr)) throw new Error(`${volume} at ${offset}+${length} does not read as pattern ${pattern}: ${stdout}${stderr}`);
-    },
-    async compare(a, b) {
-      try {
-        await run(qemuImg, ['compare', '-f', 'raw', '-F', 'raw', lab.nbdUri(a), lab.nbdUri(b)]);
-        return true;
-      } catch (err) {
-        if ((err as { code?: number }).code === 1) return false;
-        throw err;
-      }
-    },
+    write: (volume, pattern, offset = 0, length = '1M') => under.write(volume, pattern, offset, length),
+    expectPattern: (volume, pattern, offset = 0, length = '1M') => under.expectPattern(volume, pattern, offset, length),
+    compare: (a, b) => under.compare(a, b),
+    device: (volume) => under.device(volume),
+    copyDevice: (from, to) => under.copyDevice(from, to),
+    holdOpen: (volume) => under.holdOpen(volume),
     async waitCopy(id, until) {
-      const deadline = Date.now() + 60_000;
-      for (;;) {
-        let s: { state: string } | undefined;
-        try {
-          s = await array.getCopy(id);
-        } catch {
-          s = undefined;
-        }
-        if (until(s)) return;
-        if (Date.now() > deadline) throw new Error(`copy session ${id} did not reach the expected state within 60 s (now ${s?.state ?? 'gone'})`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      const state = () => array.getCopy(id).catch(() => undefined);
+      await waitFor(state, until, { timeoutMs: 60_000, intervalMs: 50, onTimeout: (s) => `copy session ${id} did not reach the expected state within 60 s (now ${s?.state ?? 'gone'})` });
     },
     async stop() {
       for (const m of managers) await m.close();
       array.close();
-      await lab.stop();
+      await under.stop();
     },
   };
 }

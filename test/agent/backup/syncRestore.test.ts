@@ -2,13 +2,9 @@
  * BackupManager against the real array: synchronized backups (EC), restore (OPC, reversed
  * QuickOPC, host copy of a snap volume, tape), tape copies, resource match of vanished sessions.
  */
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { requireTool } from '../../support/tools.js';
 import { registerAttached, rejects, startLab, type Lab } from './harness.js';
 
-const run = promisify(execFile);
 let L: Lab;
 
 beforeAll(async () => {
@@ -208,7 +204,6 @@ describe('restore', () => {
   });
 
   it('SnapOPC+ generation: the host copies the snap volume; without a device it refuses naming the fix', async () => {
-    const qemuImg = requireTool('qemu-img');
     await L.mk(['rp-tv', 'rp-s1']);
     const { m, host } = await L.manager();
     await registerAttached(m, host, 'rp-tv', { defaultType: 'snapopcplus' });
@@ -219,12 +214,10 @@ describe('restore', () => {
     const e = await rejects(m.restore('rp-tv'));
     expect(e.message).toMatch(/a snap volume cannot be a copy source on the array, so the host copies it, but rp-s1 has no block device on this host; attach it \(NBD or iSCSI\) or add it to the device map/);
     expect(host.callsOf('lockTransaction', 'rp-tv').length).toBe(1); // only the backup's: refused before locking
-    // "Devices" here are NBD URIs, copied by qemu-img: a real copy through the array.
-    host.deviceMap.set('rp-s1', L.lab.nbdUri('rp-s1'));
-    host.deviceMap.set('rp-tv', L.lab.nbdUri('rp-tv'));
-    host.copyImpl = async (from, to) => {
-      await run(qemuImg, ['convert', '-n', '-f', 'raw', '-O', 'raw', from, to]);
-    };
+    // "Devices" here are the lab's handles on the volumes (harness.ts): a real copy through the array.
+    host.deviceMap.set('rp-s1', L.device('rp-s1'));
+    host.deviceMap.set('rp-tv', L.device('rp-tv'));
+    host.copyImpl = (from, to) => L.copyDevice(from, to);
     const r = await m.restore('rp-tv');
     expect(r.method).toBe('host-copy');
     await L.expectPattern('rp-tv', 0xa1, 0, '2M');

@@ -10,9 +10,7 @@
  *   - tape: one generation numbering for disk and tape, --to tape keeps held generations, tape
  *     records carry the image's point in time.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { requireTool } from '../../support/tools.js';
 import { registerAttached, rejects, startLab, type Lab } from './harness.js';
 
 let L: Lab;
@@ -24,24 +22,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await L?.stop();
 });
-
-/** A real NBD client holding the volume open read-write until stop(). */
-async function holdOpen(uri: string): Promise<{ stop(): Promise<void> }> {
-  const child: ChildProcess = spawn(requireTool('qemu-io'), ['-f', 'raw', uri], { stdio: ['pipe', 'ignore', 'ignore'] });
-  for (let i = 0; i < 100; i++) {
-    const name = uri.slice(uri.lastIndexOf('/') + 1);
-    const exp = (await L.array.listExports()).find((e) => e.name === name);
-    if (exp && exp.connections.length > 0) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    async stop() {
-      const gone = new Promise((r) => child.once('exit', r));
-      child.stdin!.end('quit\n');
-      await gone;
-    },
-  };
-}
 
 describe('a transaction volume without a device here', () => {
   it('is not backed up "with a lock" that locked nothing: registration warns, the backup fails naming the fix; --lock none backs up and says so', async () => {
@@ -199,7 +179,7 @@ describe('restore onto another volume', () => {
     const e2 = await rejects(m.restore('ro-a', { to: 'ro-big', force: true }));
     expect(e2.message).toMatch(/^cannot restore ro-a generation 1 \(#1\) onto ro-big: ro-big is 128 MiB with 512-byte blocks, the generation 64 MiB with 512-byte blocks; restore onto a volume of the same size/);
 
-    const client = await holdOpen(L.lab.nbdUri('ro-free'));
+    const client = await L.holdOpen('ro-free');
     try {
       const e3 = await rejects(m.restore('ro-a', { to: 'ro-free' }));
       expect(e3.message).toMatch(/^cannot restore ro-a generation 1 \(#1\) onto ro-free: ro-free is exported read-write to 1 connected client \(arraylab export list\); dismount it there first or pass --force$/);
