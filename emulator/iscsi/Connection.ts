@@ -10,6 +10,7 @@
  */
 import type { Socket } from 'node:net';
 import type { BufferPool } from '../net/BufferPool.js';
+import { BatchedWriter } from '../net/BatchedWriter.js';
 import { InputQueue } from '../net/InputQueue.js';
 import type { FullFeature } from './FullFeature.js';
 import { LOGIN_MRDSL, LoginExchange, LoginFailure, type LoginHost, type LoginIdentity } from './login.js';
@@ -45,7 +46,6 @@ import {
   type LoginRequestPdu,
   type TargetSeq,
 } from './pdu.js';
-import { PduOutput } from './PduOutput.js';
 import type { Session } from './Session.js';
 import type { IscsiAuthOptions, IscsiLogger } from './types.js';
 
@@ -89,6 +89,8 @@ export class DataDigestError extends Error {
 const CLOSE_GRACE_MS = 5000;
 /** Stop reading while this much output is queued on a client that does not read. */
 const OUTPUT_HIGH_WATER = 16 * 1024 * 1024;
+/** Output slab: 256 KiB holds the headers of a burst of completions (Data-In, SCSI Response, R2T) in one write. */
+const OUTPUT_SLAB = 256 * 1024;
 /** Copy step when streaming a large data segment into its buffer. */
 const FILL_STEP = 256 * 1024;
 
@@ -101,7 +103,7 @@ export class Connection {
   readonly localAddress: string;
   readonly localPort: number;
   readonly input: InputQueue;
-  readonly out: PduOutput;
+  readonly out: BatchedWriter;
   /** Framing limits: 8192 and no digests during login, the negotiated values after. */
   readonly limits: FrameLimits = { maxRecvDataSegmentLength: LOGIN_MRDSL, headerDigest: false, dataDigest: false, maxAhsLength: DEFAULT_MAX_AHS_LENGTH };
   /** The BHS, AHS and header digest of the PDU being handled (its first 48 bytes go into a Reject). */
@@ -134,7 +136,7 @@ export class Connection {
     socket.setNoDelay(true);
     socket.on('error', this.onSocketError);
     this.input = new InputQueue(socket, 512 * 1024);
-    this.out = new PduOutput(socket);
+    this.out = new BatchedWriter(socket, OUTPUT_SLAB);
     this.out.onDrain(() => {
       const w = this.drainWaiter;
       this.drainWaiter = null;

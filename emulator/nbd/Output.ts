@@ -1,18 +1,15 @@
 /**
- * Everything the server sends on one connection.
+ * The NBD server's replies on one connection, encoded into the connection's BatchedWriter
+ * (../net/BatchedWriter.ts: everything produced in one tick goes out in one write).
  *
- * Small messages (reply headers, option replies) are encoded straight into a shared slab;
- * prepared messages (read replies: header and data in one Buffer) are copied into the slab
- * when small (COPY_MAX), so their buffer is free again at once, or else queued by reference.
- * Everything produced in one tick goes to the socket at the end of the tick as one write (one
- * writev when large replies are queued): a burst of completions costs one syscall.
- *
- * A slab region or queued buffer handed to the socket is never written again: the slab moves
- * on past it (a fresh slab when full), and queued buffers belong to the socket. A buffer
- * sent with sendOwned() is handed back through its callback once the socket write that
- * carried it has completed (true) or was abandoned (false: the caller must drop it).
+ * Small messages (reply headers, option replies) are encoded straight into the slab; prepared
+ * messages (read replies: header and data in one Buffer) are copied into the slab when small
+ * (COPY_MAX), so their buffer is free again at once, or else queued by reference. A large read
+ * reply's pooled buffer is queued with sendOwned(), which hands it back once the socket write
+ * that carried it has completed (true) or was abandoned (false: the caller must drop it).
  */
 import type { Writable } from 'node:stream';
+import { BatchedWriter, type SentCallback } from '../net/BatchedWriter.js';
 import {
   CHUNK_HEADER_SIZE,
   OPT_REPLY_MAGIC_HI,
@@ -26,45 +23,14 @@ import {
   STRUCTURED_REPLY_MAGIC,
 } from './constants.js';
 
+/** Slab size: NBD's messages are small (headers, read replies up to COPY_MAX copied in); the iSCSI target uses 256 KiB. */
 const SLAB = 128 * 1024;
 /** Prepared messages up to this size are copied into the slab rather than queued by reference. */
 export const COPY_MAX = 16 * 1024 + 64;
 
-/** Told whether the socket is done with a sendOwned() buffer: true once it was written, false if it never will be (or failed). */
-export type SentCallback = (ok: boolean) => void;
-
-export class Output {
-  private slab = Buffer.allocUnsafe(SLAB);
-  /** [start, used) is encoded but not yet handed to the socket. */
-  private start = 0;
-  private used = 0;
-  private scheduled = false;
-  /** Messages sealed for this tick's write, in order: slab regions and queued buffers. */
-  private parts: Buffer[] = [];
-  /** Per part: the owner's callback for a sendOwned() buffer, else undefined. */
-  private cbs: Array<SentCallback | undefined> = [];
-  private partsBytes = 0;
-
-  constructor(private target: Writable) {}
-
-  /** Bytes handed to the socket but not yet sent, or waiting for this tick's write: part of the connection's memory budget. */
-  get pending(): number {
-    return this.target.writableLength + this.partsBytes + (this.used - this.start);
-  }
-
-  get closed(): boolean {
-    return this.target.destroyed || this.target.writableEnded;
-  }
-
-  /** Calls fn each time the socket has sent everything it was given after being full. */
-  onDrain(fn: () => void): void {
-    this.target.on('drain', fn);
-  }
-
-  /** Switches to a new stream (STARTTLS), dropping nothing already written. */
-  retarget(target: Writable): void {
-    this.flush();
-    this.target = target;
+export class Output extends BatchedWriter {
+  constructor(target: Writable) {
+    super(target, SLAB);
   }
 
   /**
@@ -78,16 +44,14 @@ export class Output {
       buf.copy(this.slab, at);
       return true;
     }
-    this.queue(buf, undefined);
+    this.queue(buf);
     return false;
   }
 
   /**
    * Reserves `head` bytes in the slab for a message's header (the caller fills them at once,
    * at the returned offset in `slab`), followed by `data` sent by reference, at the end of
-   * this tick. `onSent` is called exactly once: true when the socket has written `data` and
-   * keeps no reference to it, false when it was not or may not have been (closed socket,
-   * write error); then the caller must not reuse `data`.
+   * this tick. `onSent` is called exactly once, as BatchedWriter.queue says.
    */
   sendOwned(head: number, data: Buffer, onSent: SentCallback): { slab: Buffer; at: number } {
     const at = this.reserve(head);
@@ -95,73 +59,6 @@ export class Output {
     this.queue(data, onSent);
     return { slab, at };
   }
-
-  private queue(buf: Buffer, cb: SentCallback | undefined): void {
-    this.seal();
-    this.parts.push(buf);
-    this.cbs.push(cb);
-    this.partsBytes += buf.length;
-    this.schedule();
-  }
-
-  /** Writes everything encoded so far, now. */
-  flush(): void {
-    this.seal();
-    const parts = this.parts;
-    if (parts.length === 0) return;
-    const cbs = this.cbs;
-    this.parts = [];
-    this.cbs = [];
-    this.partsBytes = 0;
-    if (this.closed) {
-      for (const cb of cbs) cb?.(false);
-      return;
-    }
-    const t = this.target;
-    if (parts.length === 1) {
-      t.write(parts[0], written(cbs[0]));
-      return;
-    }
-    // One writev for the lot.
-    t.cork();
-    for (let i = 0; i < parts.length; i++) t.write(parts[i], written(cbs[i]));
-    t.uncork();
-  }
-
-  /** Moves the slab's unsent region into parts; the socket will own it, so it is never written again. */
-  private seal(): void {
-    if (this.used === this.start) return;
-    const part = this.slab.subarray(this.start, this.used);
-    this.start = this.used;
-    this.parts.push(part);
-    this.cbs.push(undefined);
-    this.partsBytes += part.length;
-  }
-
-  private schedule(): void {
-    if (!this.scheduled) {
-      this.scheduled = true;
-      process.nextTick(this.onTick);
-    }
-  }
-
-  /** Space for n bytes (n <= SLAB) at the returned offset in `slab`, sent at the end of this tick. */
-  private reserve(n: number): number {
-    if (this.used + n > SLAB) {
-      this.seal();
-      this.slab = Buffer.allocUnsafe(SLAB);
-      this.start = this.used = 0;
-    }
-    const at = this.used;
-    this.used += n;
-    this.schedule();
-    return at;
-  }
-
-  private readonly onTick = (): void => {
-    this.scheduled = false;
-    this.flush();
-  };
 
   // ---- Handshake ----
 
@@ -239,12 +136,6 @@ export class Output {
     }
     if (b !== this.slab) this.send(b);
   }
-}
-
-/** A stream write callback that reports to `cb` whether the write succeeded. */
-function written(cb: SentCallback | undefined): ((err?: Error | null) => void) | undefined {
-  if (cb === undefined) return undefined;
-  return (err) => cb(err === undefined || err === null);
 }
 
 export function writeChunkHeader(b: Buffer, at: number, flags: number, type: number, cookieHi: number, cookieLo: number, length: number): void {

@@ -11,7 +11,7 @@
  * Buffers come in power-of-two size classes from MIN_CLASS to MAX_CLASS (the largest
  * request). A buffer goes back to the pool only once nothing refers to it any more: the
  * caller releases it after the device call that used it succeeded and, for read replies,
- * after the socket write that sent it completed (see nbd/Output.ts, sendOwned). A buffer whose
+ * after the socket write that sent it completed (BatchedWriter.queue's onSent). A buffer whose
  * request failed is never released (a device or the socket may still hold it): it is simply
  * dropped and garbage-collected. Free buffers are capped at `maxBytes` in total; beyond
  * that, released buffers are dropped.
