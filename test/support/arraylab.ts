@@ -18,6 +18,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll } from 'vitest';
 import { parse as parseYaml, stringify as toYaml } from 'yaml';
+import { refuseInUnitTier } from './tier.js';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CLI_PATH = join(REPO_ROOT, 'dist', 'emulator', 'cli', 'arraylab.js');
@@ -114,6 +115,7 @@ process.once('exit', () => {
 });
 
 function assertBuilt(): void {
+  refuseInUnitTier(`arraylab from dist/ (${CLI_PATH})`);
   if (!existsSync(CLI_PATH)) throw new Error(`${CLI_PATH} does not exist; run npm run build first (npm test does)`);
 }
 

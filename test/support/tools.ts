@@ -4,6 +4,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
+import { refuseInUnitTier } from './tier.js';
 
 const PACKAGE_OF: Record<string, string> = {
   'qemu-img': 'qemu-utils',
@@ -34,6 +35,7 @@ const found = new Map<string, string>();
 
 /** Absolute path of a tool, or a thrown error naming the package that provides it. */
 export function requireTool(name: string): string {
+  refuseInUnitTier(`the external tool ${name}`);
   const cached = found.get(name);
   if (cached) return cached;
   for (const dir of ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin']) {
@@ -54,6 +56,7 @@ export function requireTool(name: string): string {
 export const SYSTEM_PYTHON = '/usr/bin/python3';
 
 export function requireNbdsh(): string {
+  refuseInUnitTier('python3 with the libnbd bindings');
   try {
     execFileSync(SYSTEM_PYTHON, ['-c', 'import nbd'], { stdio: 'pipe' });
   } catch {
