@@ -65,10 +65,13 @@ export class Output extends BatchedWriter {
   /** An option reply; `data` (if any) must fit in the slab. */
   optionReply(option: number, type: number, data?: Buffer | string): void {
     const len = data === undefined ? 0 : Buffer.byteLength(data);
-    let b = this.slab;
+    let b: Buffer;
     let at = 0;
     if (20 + len > SLAB) b = Buffer.allocUnsafe(20 + len);
-    else at = this.reserve(20 + len);
+    else {
+      at = this.reserve(20 + len);
+      b = this.slab; // after reserve(): a full slab was just replaced by a fresh one
+    }
     b.writeUInt32BE(OPT_REPLY_MAGIC_HI, at);
     b.writeUInt32BE(OPT_REPLY_MAGIC_LO, at + 4);
     b.writeUInt32BE(option, at + 8);
