@@ -1,13 +1,13 @@
 /**
  * The copy manager's state and limits (SPC-4 §5.17, EXTENDED COPY LID1): what OPERATING
  * PARAMETERS advertises, the held results RECEIVE COPY RESULTS reports, and the seam for an
- * offloaded copy. State lives here, per ScsiLogicalUnits instance (a WeakMap, so a target that
+ * offloaded copy. State lives here, per device server (a WeakMap, so a target that
  * goes away takes its copy results with it), because the device server itself knows nothing of
  * copies.
  */
 import type { BlockDevice } from '../../block/BlockDevice.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
 import type { Nexus } from './types.js';
+import type { DeviceServer } from './dispatch.js';
 
 /** Limits reported by RECEIVE COPY RESULTS / OPERATING PARAMETERS and enforced by EXTENDED COPY. */
 export const MAX_CSCD_DESCRIPTORS = 16;
@@ -64,9 +64,9 @@ interface CopyManagerState {
   active: number;
 }
 
-const states = new WeakMap<ScsiLogicalUnits, CopyManagerState>();
+const states = new WeakMap<DeviceServer, CopyManagerState>();
 
-export function copyManager(target: ScsiLogicalUnits): CopyManagerState {
+export function copyManager(target: DeviceServer): CopyManagerState {
   let s = states.get(target);
   if (s === undefined) {
     s = { options: {}, results: new Map(), active: 0 };
@@ -76,7 +76,7 @@ export function copyManager(target: ScsiLogicalUnits): CopyManagerState {
 }
 
 /** Sets the copy manager's options of a target, e.g. an offloaded copyRange. */
-export function configureCopyManager(target: ScsiLogicalUnits, options: CopyManagerOptions): void {
+export function configureCopyManager(target: DeviceServer, options: CopyManagerOptions): void {
   copyManager(target).options = { ...options };
 }
 
@@ -104,7 +104,7 @@ export function holdResult(s: CopyManagerState, key: string, result: CopyResult)
  * I_T nexus loss (logout, connection drop without reinstatement): SPC-4 discards the results
  * held for that nexus. The transport calls this when a session ends.
  */
-export function endCopyNexus(target: ScsiLogicalUnits, nexus: Nexus): void {
+export function endCopyNexus(target: DeviceServer, nexus: Nexus): void {
   const s = states.get(target);
   if (s === undefined) return;
   const prefix = nexusPrefix(nexus);

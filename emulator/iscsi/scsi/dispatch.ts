@@ -4,14 +4,37 @@
  * descriptor is enforced here (any bit outside it is INVALID FIELD IN CDB), so what RSOC
  * reports and what the device server accepts cannot drift apart.
  */
+import type { PersistentReservations } from './persistentReservations.js';
+import type { RangeLocks } from './rangeLocks.js';
+import type { CommandAccess, Registration } from './reservationTypes.js';
 import { invalidFieldInCdb, invalidOpcode } from './sense.js';
-import type { LunDevice, ScsiCommand, ScsiResult } from './types.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
+import type { LunDevice, Nexus, ScsiCommand, ScsiResult } from './types.js';
 
-/** What a command does to the medium, for the reservation hook (persistent reservations come later). */
-export type CommandAccess = 'none' | 'read' | 'write';
+export type { CommandAccess };
 
-export type Handler = (cmd: ScsiCommand, lu: LunDevice, target: ScsiLogicalUnits) => Promise<ScsiResult> | ScsiResult;
+/**
+ * What a command handler may use of the device server. ScsiLogicalUnits (scsiTarget.ts)
+ * implements it; handlers import this interface, not that class, which imports every handler
+ * through the command table (commands.ts): so the dependencies run one way only.
+ */
+export interface DeviceServer {
+  /** The commands served (REPORT SUPPORTED OPERATION CODES, the third-party copy VPD page). */
+  readonly table: DispatchTable;
+  /** Range locks of COMPARE AND WRITE, ORWRITE and WRITE ATOMIC, which the other writes respect. */
+  readonly locks: RangeLocks;
+  /** Persistent and SPC-2 reservation state of every LU. */
+  readonly reservations: PersistentReservations;
+  /** The LUN map an I_T nexus sees. */
+  lunsFor(nexus: Nexus): ReadonlyMap<number, LunDevice>;
+  /** Takes the oldest pending unit attention of a nexus and LUN, optionally only one of a code. */
+  takeUnitAttention(nexus: Nexus, lun: number, only?: number): number | undefined;
+  /** Queues a unit attention on the live nexuses of these registrations that see the device. */
+  unitAttentionForRegistrants(wwn: string, ascq16: number, registrations: readonly Registration[]): void;
+  /** PREEMPT AND ABORT: hands the transport the live nexuses of the preempted registrations. */
+  abortTasksOfRegistrants(wwn: string, registrations: readonly Registration[]): void;
+}
+
+export type Handler = (cmd: ScsiCommand, lu: LunDevice, target: DeviceServer) => Promise<ScsiResult> | ScsiResult;
 
 export interface CommandDescriptor {
   readonly name: string;
@@ -31,7 +54,7 @@ export interface CommandDescriptor {
    */
   readonly ua?: 'report';
   /** Runs for an unmapped LUN (INQUIRY, REPORT LUNS, REQUEST SENSE); others get LUN NOT SUPPORTED. */
-  readonly unmapped?: (cmd: ScsiCommand, target: ScsiLogicalUnits) => Promise<ScsiResult> | ScsiResult;
+  readonly unmapped?: (cmd: ScsiCommand, target: DeviceServer) => Promise<ScsiResult> | ScsiResult;
   /** Per-LUN support, e.g. UNMAP only on thin LUNs; unsupported reads as INVALID COMMAND OPERATION CODE. */
   readonly supported?: (lu: LunDevice) => boolean;
   readonly handler: Handler;

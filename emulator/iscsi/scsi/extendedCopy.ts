@@ -9,7 +9,7 @@
  * copyManager.ts) replaces the chunk loop when configured.
  */
 import type { BlockDevice } from '../../block/BlockDevice.js';
-import type { RangeLocks } from './compareAndWrite.js';
+import type { RangeLocks } from './rangeLocks.js';
 import {
   copyManager,
   COPY_CHUNK_BYTES,
@@ -23,10 +23,9 @@ import {
   type CopyResult,
 } from './copyManager.js';
 import { ASC_INSUFFICIENT_RESOURCES, ASC_OPERATION_IN_PROGRESS, copyAborted } from './copySense.js';
-import type { CommandDescriptor } from './dispatch.js';
+import type { CommandDescriptor, DeviceServer } from './dispatch.js';
 import { receiveCopyResultsCommands } from './receiveCopyResults.js';
 import { ASC_NO_ADDITIONAL_SENSE, checkCondition, dataOutTooShort, ILLEGAL_REQUEST, senseForError } from './sense.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
 import { GOOD, type LunDevice, type ScsiCommand, type ScsiResult } from './types.js';
 import { LIST_ID_UNUSED, parseExtendedCopy, type CopySegment } from './xcopyParameters.js';
 
@@ -90,7 +89,7 @@ async function copyOffloaded(seg: CopySegment, locks: RangeLocks, copyRange: Cop
   result.bytesCopied += seg.length;
 }
 
-async function extendedCopy(cmd: ScsiCommand, _lu: LunDevice, t: ScsiLogicalUnits): Promise<ScsiResult> {
+async function extendedCopy(cmd: ScsiCommand, _lu: LunDevice, t: DeviceServer): Promise<ScsiResult> {
   const plen = cmd.cdb.readUInt32BE(10);
   if (plen === 0) return { status: GOOD }; // SPC-4: not an error, nothing to do
   if (cmd.dataOut.length < plen) return dataOutTooShort();

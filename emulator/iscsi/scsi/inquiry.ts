@@ -4,7 +4,7 @@
  * peripheral qualifier 011b, device type 1Fh.
  */
 import { lbpme } from './capacity.js';
-import type { CommandDescriptor } from './dispatch.js';
+import type { CommandDescriptor, DeviceServer } from './dispatch.js';
 import {
   MAX_COMPARE_AND_WRITE_BLOCKS,
   MAX_UNMAP_BLOCKS,
@@ -15,7 +15,6 @@ import {
   OPTIMAL_TRANSFER_BYTES,
 } from './limits.js';
 import { invalidFieldInCdb, truncate } from './sense.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
 import { THIRD_PARTY_COPY_PAGE, thirdPartyCopyVpd } from './thirdPartyCopyVpd.js';
 import { maxAtomicTransferBlocks } from './writeAtomic.js';
 import { GOOD, type LunDevice, type LunIdentity, type Nexus, type ScsiCommand, type ScsiResult } from './types.js';
@@ -132,7 +131,7 @@ function logicalBlockProvisioning(lu: LunDevice): Buffer {
   return vpdPage(0xb2, b);
 }
 
-function vpd(page: number, lu: LunDevice, nexus: Nexus, t: ScsiLogicalUnits): Buffer | undefined {
+function vpd(page: number, lu: LunDevice, nexus: Nexus, t: DeviceServer): Buffer | undefined {
   switch (page) {
     case 0x00:
       return vpdPage(0x00, Buffer.from(SUPPORTED_VPD_PAGES));
@@ -153,7 +152,7 @@ function vpd(page: number, lu: LunDevice, nexus: Nexus, t: ScsiLogicalUnits): Bu
   }
 }
 
-function inquiry(cmd: ScsiCommand, lu: LunDevice | undefined, t: ScsiLogicalUnits): ScsiResult {
+function inquiry(cmd: ScsiCommand, lu: LunDevice | undefined, t: DeviceServer): ScsiResult {
   const cdb = cmd.cdb;
   const evpd = (cdb[1]! & 0x01) !== 0;
   const page = cdb[2]!;
@@ -179,6 +178,6 @@ export const inquiryCommands: CommandDescriptor[] = [
     access: 'none',
     ua: 'report',
     handler: inquiry,
-    unmapped: (cmd: ScsiCommand, t: ScsiLogicalUnits) => inquiry(cmd, undefined, t),
+    unmapped: (cmd: ScsiCommand, t: DeviceServer) => inquiry(cmd, undefined, t),
   },
 ];

@@ -5,10 +5,9 @@
  * ORPROTECT is refused by the usage mask (no protection information), as WRPROTECT is for WRITE.
  */
 import { cdbLba, cdbTransferLength, transferLengthByte } from './cdb.js';
-import type { CommandDescriptor } from './dispatch.js';
+import type { CommandDescriptor, DeviceServer } from './dispatch.js';
 import { maxTransferBlocks } from './limits.js';
 import { dataOutTooShort, invalidFieldInCdb, lbaOutOfRange, writeProtected } from './sense.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
 import { GOOD, type LunDevice, type ScsiCommand, type ScsiResult } from './types.js';
 import { usage16 } from './usage.js';
 
@@ -25,7 +24,7 @@ export function orInto(into: Buffer, from: Buffer, len: number): void {
   for (; i < len; i++) into[i]! |= from[i]!;
 }
 
-async function orWrite(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): Promise<ScsiResult> {
+async function orWrite(cmd: ScsiCommand, lu: LunDevice, t: DeviceServer): Promise<ScsiResult> {
   const cdb = cmd.cdb;
   const dev = lu.device;
   const bs = dev.blockSize;

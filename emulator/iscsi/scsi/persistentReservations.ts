@@ -13,7 +13,6 @@
  * asks for in `notices`, delivered by the caller once the change is durable.
  */
 import type { ReservationStore } from '../types.js';
-import type { CommandDescriptor } from './dispatch.js';
 import { checkCondition, ILLEGAL_REQUEST, invalidFieldInParameterList } from './sense.js';
 import { decodeReservations, encodeReservations } from './reservationCodec.js';
 import {
@@ -30,6 +29,7 @@ import {
   writeExclusive,
   type Registration,
   type Reservation,
+  type ReservedCommand,
 } from './reservationTypes.js';
 import { RESERVATION_CONFLICT, type LunDevice, type Nexus, type ScsiCommand, type ScsiResult } from './types.js';
 
@@ -263,14 +263,14 @@ const READ = 2;
 const WRITE = 3;
 const OWN = 4;
 
-/** By opcode, for commands whose CommandDescriptor access does not tell (0: decide by access). */
+/** By opcode, for commands whose descriptor's access does not tell (0: decide by access). */
 const BY_OPCODE = new Uint8Array(256);
 for (const op of [0x00, 0x03, 0x12, 0x25, 0x4d, 0x5e, 0x86, 0x87, 0xa0]) BY_OPCODE[op] = ALLOWED; // TUR, REQUEST SENSE, INQUIRY, READ CAPACITY(10), LOG SENSE, PR IN, ACCESS CONTROL IN/OUT, REPORT LUNS
 for (const op of [0x16, 0x17, 0x56, 0x57, 0x5f]) BY_OPCODE[op] = OWN; // RESERVE/RELEASE(6/10), PR OUT
 /** MAINTENANCE IN (A3h) reports that are always allowed: TARGET PGS, IDENTIFYING INFORMATION, ALIASES, PRIORITY, TIMESTAMP. */
 const ALLOWED_A3 = new Set([0x05, 0x0a, 0x0b, 0x0e, 0x0f]);
 
-function commandClass(cmd: ScsiCommand, d: CommandDescriptor): number {
+function commandClass(cmd: ScsiCommand, d: ReservedCommand): number {
   const op = d.opcode;
   const fixed = BY_OPCODE[op]!;
   if (fixed !== 0) return fixed;
@@ -292,7 +292,7 @@ function allowedUnderSpc2(op: number): boolean {
 }
 
 /** The rules for one LU's state; the caller has the state already (hot path: no lookups twice). */
-export function reservationConflict(st: LuReservations, cmd: ScsiCommand, d: CommandDescriptor): boolean {
+export function reservationConflict(st: LuReservations, cmd: ScsiCommand, d: ReservedCommand): boolean {
   const spc2 = st.spc2;
   if (spc2 !== undefined) {
     const op = d.opcode;
@@ -341,7 +341,7 @@ export class PersistentReservations {
   }
 
   /** The default `conflictsWithReservation` of ScsiLogicalUnits. */
-  readonly conflicts = (cmd: ScsiCommand, lu: LunDevice, d: CommandDescriptor): boolean => {
+  readonly conflicts = (cmd: ScsiCommand, lu: LunDevice, d: ReservedCommand): boolean => {
     const st = this.of(lu.identity.wwn);
     if (st.spc2 === undefined && st.reservation === undefined) return false;
     return reservationConflict(st, cmd, d);

@@ -8,13 +8,12 @@
  * PARAMETER LIST) and REGISTER AND MOVE (no descriptor, so INVALID FIELD IN CDB and absent from
  * REPORT SUPPORTED OPERATION CODES). Only LU_SCOPE exists.
  */
-import type { CommandDescriptor } from './dispatch.js';
+import type { CommandDescriptor, DeviceServer } from './dispatch.js';
 import { encodeReservations } from './reservationCodec.js';
 import type { LuReservations, Notice, PrOutRequest } from './persistentReservations.js';
 import { isValidPrType, type Registration } from './reservationTypes.js';
 import { reserveReleaseCommands } from './reserveRelease.js';
 import { dataOutTooShort, invalidFieldInCdb, invalidFieldInParameterList, parameterListLengthError, truncate } from './sense.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
 import { GOOD, type LunDevice, type ScsiCommand, type ScsiResult } from './types.js';
 
 export const PERSISTENT_RESERVE_IN = 0x5e;
@@ -53,7 +52,7 @@ function readReservation(st: LuReservations): Buffer {
   return b;
 }
 
-function reportCapabilities(st: LuReservations, t: ScsiLogicalUnits): Buffer {
+function reportCapabilities(st: LuReservations, t: DeviceServer): Buffer {
   const persist = t.reservations.store !== undefined;
   const b = Buffer.alloc(8);
   b.writeUInt16BE(8, 0); // LENGTH
@@ -98,9 +97,9 @@ function readFullStatus(st: LuReservations): Buffer {
   return b;
 }
 
-const PR_IN_FORMATS: readonly ((st: LuReservations, t: ScsiLogicalUnits) => Buffer)[] = [readKeys, readReservation, reportCapabilities, readFullStatus];
+const PR_IN_FORMATS: readonly ((st: LuReservations, t: DeviceServer) => Buffer)[] = [readKeys, readReservation, reportCapabilities, readFullStatus];
 
-function persistentReserveIn(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): ScsiResult {
+function persistentReserveIn(cmd: ScsiCommand, lu: LunDevice, t: DeviceServer): ScsiResult {
   const format = PR_IN_FORMATS[cmd.cdb[1]! & 0x1f]!; // dispatch only lets service actions 0-3 in
   const data = format(t.reservations.of(lu.identity.wwn), t);
   return { status: GOOD, dataIn: truncate(data, cmd.cdb.readUInt16BE(7)) };
@@ -117,7 +116,7 @@ const PREEMPT_AND_ABORT = 0x5;
 const REGISTER_AND_IGNORE_EXISTING_KEY = 0x6;
 
 /** Decodes and checks CDB and parameter list; nothing about the LU's state yet. */
-function decode(cmd: ScsiCommand, t: ScsiLogicalUnits): PrOutRequest | ScsiResult {
+function decode(cmd: ScsiCommand, t: DeviceServer): PrOutRequest | ScsiResult {
   const cdb = cmd.cdb;
   const sa = cdb[1]! & 0x1f;
   const length = cdb.readUInt32BE(5);
@@ -149,7 +148,7 @@ function decode(cmd: ScsiCommand, t: ScsiLogicalUnits): PrOutRequest | ScsiResul
   };
 }
 
-function persistentReserveOut(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): ScsiResult {
+function persistentReserveOut(cmd: ScsiCommand, lu: LunDevice, t: DeviceServer): ScsiResult {
   const req = decode(cmd, t);
   if ('status' in req) return req;
   const wwn = lu.identity.wwn;

@@ -8,18 +8,17 @@
  */
 import { cdbLba, cdbTransferLength, transferLengthByte } from './cdb.js';
 import { firstDifference, miscompare } from './compareAndWrite.js';
-import type { CommandDescriptor } from './dispatch.js';
+import type { CommandDescriptor, DeviceServer } from './dispatch.js';
 import { maxTransferBlocks, PREFETCH_CACHE_BYTES } from './limits.js';
 import { dataOutTooShort, invalidFieldInCdb, lbaOutOfRange, writeProtected } from './sense.js';
 import { CONDITION_MET, GOOD, type LunDevice, type ScsiCommand, type ScsiResult } from './types.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
 import { usage10, usage12, usage16, usage6 } from './usage.js';
 
 /**
  * READ. It holds a ticket like a write: WRITE ATOMIC, ORWRITE and COMPARE AND WRITE wait for
  * reads in flight on their range and reads wait for them, so a read never sees half of one.
  */
-async function read(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): Promise<ScsiResult> {
+async function read(cmd: ScsiCommand, lu: LunDevice, t: DeviceServer): Promise<ScsiResult> {
   const cdb = cmd.cdb;
   const dev = lu.device;
   const bs = dev.blockSize;
@@ -44,7 +43,7 @@ async function read(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): Promi
 }
 
 /** WRITE and WRITE AND VERIFY (which writes with FUA: the data is verified once it is durable). */
-async function write(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): Promise<ScsiResult> {
+async function write(cmd: ScsiCommand, lu: LunDevice, t: DeviceServer): Promise<ScsiResult> {
   const cdb = cmd.cdb;
   const op = cdb[0]!;
   const dev = lu.device;

@@ -15,9 +15,8 @@ import {
   resultKey,
   SEGMENT_BLOCK_TO_BLOCK,
 } from './copyManager.js';
-import type { CommandDescriptor } from './dispatch.js';
+import type { CommandDescriptor, DeviceServer } from './dispatch.js';
 import { invalidFieldInCdb, truncate } from './sense.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
 import { GOOD, type LunDevice, type ScsiCommand, type ScsiResult } from './types.js';
 
 const IMPLEMENTED_DESCRIPTORS = [SEGMENT_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION];
@@ -50,7 +49,7 @@ function operatingParameters(cmd: ScsiCommand): ScsiResult {
 }
 
 /** COPY STATUS: the held status of the list identifier in CDB byte 2, else INVALID FIELD IN CDB. */
-function copyStatus(cmd: ScsiCommand, _lu: LunDevice, t: ScsiLogicalUnits): ScsiResult {
+function copyStatus(cmd: ScsiCommand, _lu: LunDevice, t: DeviceServer): ScsiResult {
   const r = copyManager(t).results.get(resultKey(cmd.nexus, cmd.cdb[2]!));
   if (r === undefined) return invalidFieldInCdb(2);
   const d = Buffer.alloc(12);
@@ -73,7 +72,7 @@ function copyStatus(cmd: ScsiCommand, _lu: LunDevice, t: ScsiLogicalUnits): Scsi
  * FAILED SEGMENT DETAILS: the status and sense data of a copy that stopped on an error; the
  * details are discarded once transferred whole. A copy without a failure has none (0 bytes).
  */
-function failedSegmentDetails(cmd: ScsiCommand, _lu: LunDevice, t: ScsiLogicalUnits): ScsiResult {
+function failedSegmentDetails(cmd: ScsiCommand, _lu: LunDevice, t: DeviceServer): ScsiResult {
   const r = copyManager(t).results.get(resultKey(cmd.nexus, cmd.cdb[2]!));
   if (r === undefined) return invalidFieldInCdb(2);
   const alloc = allocationLength(cmd);

@@ -1,7 +1,6 @@
 /** REPORT LUNS (SPC-4 §6.33): SELECT REPORT 00h and 02h list every LUN of the nexus, 01h none. */
-import type { CommandDescriptor } from './dispatch.js';
+import type { CommandDescriptor, DeviceServer } from './dispatch.js';
 import { ASC_REPORTED_LUNS_DATA_CHANGED, invalidFieldInCdb, truncate } from './sense.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
 import { GOOD, type ScsiCommand, type ScsiResult } from './types.js';
 
 /** SAM-5 single-level LUN: peripheral device addressing below 256, flat space up to 16383. */
@@ -15,7 +14,7 @@ export function encodeLun(lun: number, into: Buffer, offset: number): void {
   }
 }
 
-function reportLuns(cmd: ScsiCommand, t: ScsiLogicalUnits): ScsiResult {
+function reportLuns(cmd: ScsiCommand, t: DeviceServer): ScsiResult {
   const cdb = cmd.cdb;
   const select = cdb[2]!;
   if (select !== 0x00 && select !== 0x01 && select !== 0x02) return invalidFieldInCdb(2);

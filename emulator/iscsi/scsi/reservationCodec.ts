@@ -3,7 +3,6 @@
  * a Buffer, readable with `sqlite3` when an operator needs to see who holds a LUN. Decoding
  * trusts nothing: every field is checked, and bad state is an Error naming the field.
  */
-import type { LuReservations } from './persistentReservations.js';
 import { isAllRegistrants, isValidPrType, MAX_REGISTRATIONS, type Registration, type Reservation } from './reservationTypes.js';
 
 const VERSION = 1;
@@ -33,7 +32,15 @@ export interface DecodedReservations {
   readonly reservation: Reservation | undefined;
 }
 
-export function encodeReservations(st: LuReservations): Buffer {
+/** What encodeReservations reads of one LU's state (persistentReservations.ts's LuReservations). */
+export interface ReservationState {
+  readonly generation: number;
+  readonly aptpl: boolean;
+  readonly reservation: Reservation | undefined;
+  registrations(): Registration[];
+}
+
+export function encodeReservations(st: ReservationState): Buffer {
   const regs = st.registrations();
   const res = st.reservation;
   const out: StoredState = {

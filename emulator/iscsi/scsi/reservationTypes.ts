@@ -52,3 +52,13 @@ export interface Reservation {
   readonly holder: Registration | undefined;
 }
 
+/** What a command does to the medium, as its dispatch descriptor (dispatch.ts) declares it. */
+export type CommandAccess = 'none' | 'read' | 'write';
+
+/** What the reservation rules read of a command's descriptor; dispatch.ts's CommandDescriptor is one. */
+export interface ReservedCommand {
+  readonly opcode: number;
+  /** Present for commands selected by a service action. */
+  readonly serviceAction?: number;
+  readonly access: CommandAccess;
+}

@@ -7,11 +7,10 @@
  * nothing changes; anyone else is refused while any registration exists. The reservation ends
  * with RELEASE, the nexus (logout, connection loss), a LOGICAL UNIT RESET or a target reset.
  */
-import type { CommandDescriptor } from './dispatch.js';
+import type { CommandDescriptor, DeviceServer } from './dispatch.js';
 import type { LuReservations } from './persistentReservations.js';
 import { sameNexus } from './persistentReservations.js';
 import { registrantsShare } from './reservationTypes.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
 import { GOOD, RESERVATION_CONFLICT, type LunDevice, type Nexus, type ScsiCommand, type ScsiResult } from './types.js';
 
 /** With registrations present: 'noop' for the holder (or a sharing registrant), else 'conflict'. */
@@ -23,7 +22,7 @@ function nextToPersistent(st: LuReservations, n: Nexus): 'noop' | 'conflict' | u
   return 'conflict';
 }
 
-function reserve(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): ScsiResult {
+function reserve(cmd: ScsiCommand, lu: LunDevice, t: DeviceServer): ScsiResult {
   const st = t.reservations.of(lu.identity.wwn);
   const pr = nextToPersistent(st, cmd.nexus);
   if (pr === 'noop') return { status: GOOD };
@@ -35,7 +34,7 @@ function reserve(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): ScsiResu
 }
 
 /** Releasing what one does not hold is GOOD and changes nothing (SPC-2 §7.17). */
-function release(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): ScsiResult {
+function release(cmd: ScsiCommand, lu: LunDevice, t: DeviceServer): ScsiResult {
   const st = t.reservations.of(lu.identity.wwn);
   const pr = nextToPersistent(st, cmd.nexus);
   if (pr === 'conflict') return { status: RESERVATION_CONFLICT };

@@ -3,9 +3,8 @@
  * sizes and usage data are the very masks dispatch enforces. Commands a LUN does not support
  * (UNMAP on a thick LUN) are left out for that LUN.
  */
-import type { CommandDescriptor } from './dispatch.js';
+import type { CommandDescriptor, DeviceServer } from './dispatch.js';
 import { invalidFieldInCdb, truncate } from './sense.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
 import { GOOD, type LunDevice, type ScsiCommand, type ScsiResult } from './types.js';
 
 /** Command timeouts descriptor: length 0Ah, no timeouts specified. */
@@ -15,7 +14,7 @@ function supportedBy(d: CommandDescriptor, lu: LunDevice): boolean {
   return d.supported === undefined || d.supported(lu);
 }
 
-function allCommands(t: ScsiLogicalUnits, lu: LunDevice, rctd: boolean): Buffer {
+function allCommands(t: DeviceServer, lu: LunDevice, rctd: boolean): Buffer {
   const list = t.table.commands.filter((d) => supportedBy(d, lu));
   const size = rctd ? 20 : 8;
   const out = Buffer.alloc(4 + size * list.length);
@@ -45,7 +44,7 @@ function oneCommand(d: CommandDescriptor | undefined, rctd: boolean): Buffer {
   return out;
 }
 
-function reportSupportedOperationCodes(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): ScsiResult {
+function reportSupportedOperationCodes(cmd: ScsiCommand, lu: LunDevice, t: DeviceServer): ScsiResult {
   const cdb = cmd.cdb;
   const rctd = (cdb[2]! & 0x80) !== 0;
   const options = cdb[2]! & 0x07;

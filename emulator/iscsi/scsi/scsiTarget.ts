@@ -17,11 +17,11 @@
  */
 import type { BlockDevice } from '../../block/BlockDevice.js';
 import type { ReservationStore } from '../types.js';
-import { checkCdbUsage, DispatchTable, isResult, type CommandDescriptor } from './dispatch.js';
+import { checkCdbUsage, DispatchTable, isResult, type CommandDescriptor, type DeviceServer } from './dispatch.js';
 import { checkCondition, invalidOpcode, lunNotSupported, senseForError, UNIT_ATTENTION } from './sense.js';
-import { RangeLocks } from './compareAndWrite.js';
 import { allCommands } from './commands.js';
 import { PersistentReservations, registrationMatches, type ReservationLogger } from './persistentReservations.js';
+import { RangeLocks } from './rangeLocks.js';
 import type { Registration } from './reservationTypes.js';
 import { RESERVATION_CONFLICT, type LunDevice, type Nexus, type ScsiCommand, type ScsiResult, type ScsiTarget } from './types.js';
 
@@ -52,7 +52,7 @@ function uaKey(nexus: Nexus, lun: number): string {
   return `${nexusKey(nexus)}${lun}`;
 }
 
-export class ScsiLogicalUnits implements ScsiTarget {
+export class ScsiLogicalUnits implements ScsiTarget, DeviceServer {
   readonly table: DispatchTable;
   /** Serialises COMPARE AND WRITE against overlapping COMPARE AND WRITEs and writes. */
   readonly locks = new RangeLocks();

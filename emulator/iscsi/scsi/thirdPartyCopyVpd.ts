@@ -4,7 +4,7 @@
  * lists exactly the service actions that run) and a Supported Descriptors descriptor.
  */
 import { CSCD_IDENTIFICATION, SEGMENT_BLOCK_TO_BLOCK } from './copyManager.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
+import type { DeviceServer } from './dispatch.js';
 
 export const THIRD_PARTY_COPY_PAGE = 0x8f;
 const SUPPORTED_COMMANDS = 0x0001;
@@ -21,7 +21,7 @@ function descriptor(type: number, list: number[]): Buffer {
   return d;
 }
 
-export function thirdPartyCopyVpd(t: ScsiLogicalUnits): Buffer {
+export function thirdPartyCopyVpd(t: DeviceServer): Buffer {
   const commands: number[] = [];
   for (const op of COPY_OPCODES) {
     const sas = t.table.forOpcode(op).list.map((d) => d.serviceAction ?? 0);

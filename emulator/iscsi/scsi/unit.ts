@@ -1,7 +1,6 @@
 /** TEST UNIT READY, REQUEST SENSE and START STOP UNIT (SPC-4, SBC-3). */
-import type { CommandDescriptor } from './dispatch.js';
+import type { CommandDescriptor, DeviceServer } from './dispatch.js';
 import { ASC_LUN_NOT_SUPPORTED, buildSense, ILLEGAL_REQUEST, invalidFieldInCdb, NO_SENSE, truncate, UNIT_ATTENTION } from './sense.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
 import { GOOD, type LunDevice, type ScsiCommand, type ScsiResult } from './types.js';
 
 function testUnitReady(): ScsiResult {
@@ -12,7 +11,7 @@ function testUnitReady(): ScsiResult {
  * REQUEST SENSE: returns (and clears) a pending unit attention, else NO SENSE (autosense has
  * delivered every CHECK CONDITION already). Only fixed format: DESC=1 is INVALID FIELD IN CDB.
  */
-function requestSense(cmd: ScsiCommand, _lu: LunDevice | undefined, t: ScsiLogicalUnits): ScsiResult {
+function requestSense(cmd: ScsiCommand, _lu: LunDevice | undefined, t: DeviceServer): ScsiResult {
   if ((cmd.cdb[1]! & 0x01) !== 0) return invalidFieldInCdb(1, 0);
   const ua = t.takeUnitAttention(cmd.nexus, cmd.lun);
   const sense = ua === undefined ? buildSense(NO_SENSE, 0) : buildSense(UNIT_ATTENTION, ua);

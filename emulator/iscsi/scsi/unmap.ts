@@ -8,7 +8,7 @@
  */
 import { EXTENT_HOLE } from '../../block/BlockDevice.js';
 import { cdbLba, cdbTransferLength, transferLengthByte } from './cdb.js';
-import type { CommandDescriptor } from './dispatch.js';
+import type { CommandDescriptor, DeviceServer } from './dispatch.js';
 import { lbpme } from './capacity.js';
 import {
   MAX_LBA_STATUS_DESCRIPTORS,
@@ -26,14 +26,13 @@ import {
   truncate,
   writeProtected,
 } from './sense.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
 import { GOOD, type LunDevice, type ScsiCommand, type ScsiResult } from './types.js';
 import { usage10, usage16 } from './usage.js';
 
 /** Largest buffer WRITE SAME builds for a non-zero pattern; longer ranges are written in pieces. */
 const WRITE_SAME_CHUNK = 1024 * 1024;
 
-async function unmap(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): Promise<ScsiResult> {
+async function unmap(cmd: ScsiCommand, lu: LunDevice, t: DeviceServer): Promise<ScsiResult> {
   const dev = lu.device;
   const bs = dev.blockSize;
   const plen = cmd.cdb.readUInt16BE(7);
@@ -82,7 +81,7 @@ function isZero(buf: Buffer): boolean {
  * allocated (noHole), and any other block is repeated into a bounded buffer written in pieces.
  * The data-out must be exactly one block (none with NDOB).
  */
-async function writeSame(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): Promise<ScsiResult> {
+async function writeSame(cmd: ScsiCommand, lu: LunDevice, t: DeviceServer): Promise<ScsiResult> {
   const cdb = cmd.cdb;
   const op = cdb[0]!;
   const dev = lu.device;

@@ -10,17 +10,16 @@
  * WRPROTECT is refused (no protection information). Both through the usage mask.
  */
 import { cdbLba } from './cdb.js';
-import type { CommandDescriptor } from './dispatch.js';
+import type { CommandDescriptor, DeviceServer } from './dispatch.js';
 import { logicalPerPhysical, MAX_ATOMIC_TRANSFER_BYTES } from './limits.js';
 import { dataOutTooShort, invalidFieldInCdb, lbaOutOfRange, writeProtected } from './sense.js';
-import type { ScsiLogicalUnits } from './scsiTarget.js';
 import { GOOD, type LunDevice, type ScsiCommand, type ScsiResult } from './types.js';
 
 export function maxAtomicTransferBlocks(blockSize: number): number {
   return Math.floor(MAX_ATOMIC_TRANSFER_BYTES / blockSize);
 }
 
-async function writeAtomic(cmd: ScsiCommand, lu: LunDevice, t: ScsiLogicalUnits): Promise<ScsiResult> {
+async function writeAtomic(cmd: ScsiCommand, lu: LunDevice, t: DeviceServer): Promise<ScsiResult> {
   const cdb = cmd.cdb;
   const dev = lu.device;
   const bs = dev.blockSize;
