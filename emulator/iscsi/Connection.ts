@@ -12,7 +12,6 @@ import type { Socket } from 'node:net';
 import type { BufferPool } from '../net/BufferPool.js';
 import { BatchedWriter } from '../net/BatchedWriter.js';
 import { InputQueue } from '../net/InputQueue.js';
-import type { FullFeature } from './FullFeature.js';
 import { LOGIN_MRDSL, LoginExchange, LoginFailure, type LoginHost, type LoginIdentity } from './login.js';
 import type { SessionParams, TargetNegotiationConfig } from './negotiation.js';
 import {
@@ -49,6 +48,17 @@ import {
 import type { Session } from './Session.js';
 import type { IscsiAuthOptions, IscsiLogger } from './types.js';
 
+/**
+ * What a connection needs of its full feature phase (FullFeature.ts implements it): the small
+ * interface keeps this file from importing FullFeature, which imports it.
+ */
+export interface FullFeaturePhase {
+  /** Handles one PDU whose header is in conn.hdr; reads its data segment. False: stop reading. */
+  handle(pdu: InitiatorPdu, size: FrameSize): Promise<boolean> | boolean;
+  /** The connection is ending: settle the session's tasks; nothing is sent after it resolves. */
+  shutdown(): Promise<void>;
+}
+
 /** What a connection needs from its target. */
 export interface ConnectionContext {
   readonly targetName: string;
@@ -60,7 +70,7 @@ export interface ConnectionContext {
   /** Login complete: create the session (throws LoginFailure). */
   openSession(conn: Connection, params: SessionParams, id: LoginIdentity): Session;
   /** Starts full feature phase on a connection whose session was just created. */
-  startFullFeature(conn: Connection, session: Session): FullFeature;
+  startFullFeature(conn: Connection, session: Session): FullFeaturePhase;
   /** The connection is gone: the session ends with it (MaxConnections=1, ErrorRecoveryLevel 0). */
   connectionClosed(conn: Connection): void;
 }
@@ -114,7 +124,7 @@ export class Connection {
   /** Connection ID the initiator gave at login. */
   cid = 0;
   session: Session | undefined;
-  ffp: FullFeature | undefined;
+  ffp: FullFeaturePhase | undefined;
   /** Resolves once the connection is closed and its session torn down. */
   readonly done: Promise<void>;
   /** Set when the connection must stop reading (logout, error, shutdown). */

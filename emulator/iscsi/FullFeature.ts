@@ -14,7 +14,7 @@
  * (at most FirstBurstLength) and is not solicited until a buffer frees.
  */
 import { BufferPool } from '../net/BufferPool.js';
-import { ConnectionError, type Connection } from './Connection.js';
+import { ConnectionError, type Connection, type FullFeaturePhase } from './Connection.js';
 import type { Negotiator } from './negotiation.js';
 import { NegotiationError, sendTargetsResponse } from './negotiation.js';
 import {
@@ -94,7 +94,7 @@ export interface FullFeatureHost {
   afterTmfResponse?(ffp: FullFeature, pdu: TaskMgmtRequestPdu, response: number): void;
 }
 
-export class FullFeature {
+export class FullFeature implements FullFeaturePhase {
   readonly tasks: Map<number, Task>;
   /** Tasks staging unsolicited data until the budget frees a full buffer, in arrival order. */
   private readonly waiting: Task[] = [];
