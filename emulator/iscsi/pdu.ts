@@ -10,7 +10,7 @@
  * payloads are subarrays of the device buffer, so the payload is never copied. Builders take a
  * plain field object and allocate nothing else.
  *
- * Builders for the initiator's PDUs exist too: tests and the hostile-client harness need them.
+ * Builders for the initiator's PDUs are the tests' (test/support/iscsiInitiatorPdu.ts).
  */
 import { crc32c, crc32cFinal, crc32cUpdate, CRC32C_INIT } from '../net/crc32c.js';
 import {
@@ -975,90 +975,4 @@ export function dataSegmentTrailer(buf: Buffer, off: number, data: Uint8Array, w
   if (!withDigest || data.length === 0) return padLen;
   writeDigest(buf, off + padLen, dataDigest(data));
   return padLen + DIGEST_LENGTH;
-}
-
-// ======================================================================================
-// Building what initiators send (tests, hostile-client harness)
-// ======================================================================================
-
-/** -1 (what readLun returns for unsupported addressing) is written as all-ones. */
-function writeLunOrInvalid(buf: Buffer, off: number, lun: number): void {
-  if (lun >= 0) writeLun(buf, off, lun);
-  else buf.fill(0xff, off, off + 8);
-}
-
-/** Writes an initiator PDU's BHS at buf[off] from a parsed-form object; returns 48. */
-export function buildInitiatorBhs(buf: Buffer, off: number, p: InitiatorPdu): number {
-  const i = p.immediate ? IMMEDIATE_BIT : 0;
-  const ahsWords = p.ahsLength / 4;
-  if (!Number.isInteger(ahsWords) || ahsWords > 255) throw new RangeError(`ahsLength ${p.ahsLength} is not a multiple of 4 up to 1020`);
-  switch (p.kind) {
-    case 'nop-out':
-      writeCommon(buf, off, OP_NOP_OUT | i, FINAL_BIT, p.dataSegmentLength);
-      writeLunOrInvalid(buf, off + 8, p.lun);
-      u32(buf, off + 20, p.ttt);
-      u32(buf, off + 24, p.cmdSN);
-      u32(buf, off + 28, p.expStatSN);
-      break;
-    case 'scsi-cmd':
-      writeCommon(buf, off, OP_SCSI_CMD | i, (p.final ? CMD_FINAL : 0) | (p.read ? CMD_READ : 0) | (p.write ? CMD_WRITE : 0) | (p.attr & CMD_ATTR_MASK), p.dataSegmentLength);
-      writeLunOrInvalid(buf, off + 8, p.lun);
-      u32(buf, off + 20, p.expectedDataTransferLength);
-      u32(buf, off + 24, p.cmdSN);
-      u32(buf, off + 28, p.expStatSN);
-      buf.fill(0, off + 32, off + 48);
-      buf.set(p.cdb.subarray(0, 16), off + 32);
-      break;
-    case 'tmf-req':
-      writeCommon(buf, off, OP_TASK_MGMT_REQ | i, FINAL_BIT | (p.function & TMF_FUNCTION_MASK), p.dataSegmentLength);
-      writeLunOrInvalid(buf, off + 8, p.lun);
-      u32(buf, off + 20, p.referencedTaskTag);
-      u32(buf, off + 24, p.cmdSN);
-      u32(buf, off + 28, p.expStatSN);
-      u32(buf, off + 32, p.refCmdSN);
-      u32(buf, off + 36, p.expDataSN);
-      break;
-    case 'login-req':
-      writeCommon(buf, off, OP_LOGIN_REQ | i, (p.transit ? LOGIN_TRANSIT : 0) | (p.continue ? LOGIN_CONTINUE : 0) | ((p.csg & 3) << 2) | (p.nsg & 3), p.dataSegmentLength);
-      buf[off + 2] = p.versionMax;
-      buf[off + 3] = p.versionMin;
-      buf.writeUIntBE(p.isid, off + 8, 6);
-      buf.writeUInt16BE(p.tsih, off + 14);
-      buf.writeUInt16BE(p.cid, off + 20);
-      u32(buf, off + 24, p.cmdSN);
-      u32(buf, off + 28, p.expStatSN);
-      break;
-    case 'text-req':
-      writeCommon(buf, off, OP_TEXT_REQ | i, (p.final ? FINAL_BIT : 0) | (p.continue ? TEXT_CONTINUE : 0), p.dataSegmentLength);
-      writeLunOrInvalid(buf, off + 8, p.lun);
-      u32(buf, off + 20, p.ttt);
-      u32(buf, off + 24, p.cmdSN);
-      u32(buf, off + 28, p.expStatSN);
-      break;
-    case 'data-out':
-      writeCommon(buf, off, OP_SCSI_DATA_OUT, p.final ? FINAL_BIT : 0, p.dataSegmentLength);
-      writeLunOrInvalid(buf, off + 8, p.lun);
-      u32(buf, off + 20, p.ttt);
-      u32(buf, off + 28, p.expStatSN);
-      u32(buf, off + 36, p.dataSN);
-      u32(buf, off + 40, p.bufferOffset);
-      break;
-    case 'logout-req':
-      writeCommon(buf, off, OP_LOGOUT_REQ | i, FINAL_BIT | (p.reasonCode & LOGOUT_REASON_MASK), p.dataSegmentLength);
-      buf.writeUInt16BE(p.cid, off + 20);
-      u32(buf, off + 24, p.cmdSN);
-      u32(buf, off + 28, p.expStatSN);
-      break;
-    case 'snack':
-      writeCommon(buf, off, OP_SNACK_REQ, FINAL_BIT | (p.type & SNACK_TYPE_MASK), p.dataSegmentLength);
-      writeLunOrInvalid(buf, off + 8, p.lun);
-      u32(buf, off + 20, p.ttt);
-      u32(buf, off + 28, p.expStatSN);
-      u32(buf, off + 40, p.begRun);
-      u32(buf, off + 44, p.runLength);
-      break;
-  }
-  buf[off + 4] = ahsWords;
-  u32(buf, off + 16, p.itt);
-  return BHS_LENGTH;
 }

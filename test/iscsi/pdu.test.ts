@@ -5,7 +5,6 @@ import {
   buildAsyncMessage,
   buildDataIn,
   buildDataInPdus,
-  buildInitiatorBhs,
   buildLoginResponse,
   buildLogoutResponse,
   buildNopIn,
@@ -33,6 +32,7 @@ import {
   writeLun,
   writeSenseSegment,
 } from '../../emulator/iscsi/pdu.js';
+import { buildInitiatorBhs } from '../support/iscsiInitiatorPdu.js';
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 const seq = { statSN: 7, expCmdSN: 2, maxCmdSN: 33 };
