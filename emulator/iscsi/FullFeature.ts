@@ -13,6 +13,7 @@
  * capped at WRITE_BUDGET in total; a command beyond the budget keeps only its unsolicited data
  * (at most FirstBurstLength) and is not solicited until a buffer frees.
  */
+import { assert } from '../../proto/util/assert.js';
 import { BufferPool } from '../net/BufferPool.js';
 import { ConnectionError, type Connection, type FullFeaturePhase } from './Connection.js';
 import type { Negotiator } from './negotiation.js';
@@ -303,6 +304,7 @@ export class FullFeature implements FullFeaturePhase {
   }
 
   private takeBudget(task: Task, size: number): void {
+    assert(this.budgetUsed === 0 || this.budgetUsed + size <= WRITE_BUDGET, 'write buffers: beyond WRITE_BUDGET only when none is held');
     const pooled = this.conn.pool.acquire(task.edtl);
     task.pooled = pooled;
     task.budget = size;
@@ -316,6 +318,7 @@ export class FullFeature implements FullFeaturePhase {
     task.buf = null;
     if (task.budget > 0) {
       this.budgetUsed -= task.budget;
+      assert(this.budgetUsed >= 0, 'write buffers: a task gives back only the budget it took');
       task.budget = 0;
       this.serveWaiting();
     }
@@ -385,6 +388,7 @@ export class FullFeature implements FullFeaturePhase {
       buildR2T(this.conn.out.slab, at, f);
       this.conn.endPdu(at);
     }
+    assert(task.r2tNext <= task.edtl && task.r2ts.length <= p.maxOutstandingR2T, 'R2T: at most MaxOutstandingR2T open, none past the expected data transfer length');
   }
 
   // ================================================================== Data-Out
@@ -422,6 +426,7 @@ export class FullFeature implements FullFeaturePhase {
     // The task may have been aborted while its data streamed in.
     if ((task.state as TaskState) === 'done') return true;
     task.received += len;
+    assert(task.received <= task.edtl, 'Data-Out: a task never takes more data than its expected data transfer length');
     if (r === undefined) {
       task.unsolicitedDataSN++;
       if (pdu.final) task.unsolicitedDone = true;
@@ -455,6 +460,8 @@ export class FullFeature implements FullFeaturePhase {
   // ================================================================== execution and response
 
   private execute(task: Task): void {
+    assert(task.r2ts.length === 0, 'R2T: a task runs with no R2T open');
+    assert(task.failure !== undefined || !task.write || task.received === task.edtl, 'a write runs only once all its data is in');
     task.state = 'running';
     if (task.failure !== undefined) {
       this.complete(task, task.failure, true);
@@ -515,7 +522,10 @@ export class FullFeature implements FullFeaturePhase {
       task.counted = false;
       this.session.window.complete();
     }
-    if (task.immediate) this.immediateTasks--;
+    if (task.immediate) {
+      this.immediateTasks--;
+      assert(this.immediateTasks >= 0, 'immediate commands: each finishes once');
+    }
     task.finish();
   }
 

@@ -8,6 +8,7 @@
  * closes as commands are accepted and opens as they complete, so an initiator can never have
  * more than `depth` commands outstanding, and it never moves backwards.
  */
+import { assert } from '../../proto/util/assert.js';
 
 /** a < b in 32-bit serial number arithmetic. */
 export function snLess(a: number, b: number): boolean {
@@ -62,13 +63,15 @@ export class CommandWindow {
     this.inFlight++;
   }
 
-  /** A command that ends without occupying a slot (Text, NOP-Out, Logout): frees it again. */
+  /** An accepted command has ended (a SCSI task finished or was aborted; Text, NOP-Out, Logout at once): frees its slot. */
   complete(): void {
-    if (this.inFlight > 0) this.inFlight--;
+    assert(this.inFlight > 0, 'CommandWindow: a command completes only once, after accept() counted it');
+    this.inFlight--;
   }
 
   /** Keeps an early command until the gap before it fills. */
   hold(cmdSN: number, item: unknown): void {
+    assert(this.check(cmdSN) === 'later', 'CommandWindow: only a command ahead of ExpCmdSN, inside the window and not held yet waits for the gap');
     this.held.set(cmdSN, item);
   }
 
