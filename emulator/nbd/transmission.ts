@@ -8,6 +8,7 @@
  * the socket: backpressure, never dropping. A single request up to MAX_REQUEST is always
  * admitted once the connection is idle, so the largest legal request never deadlocks.
  */
+import { assert } from '../../proto/util/assert.js';
 import type { BlockDevice, ExportHandle, ZeroOptions } from '../block/BlockDevice.js';
 import {
   CHUNK_HEADER_SIZE,
@@ -310,6 +311,8 @@ export class Transmission {
     data: Buffer | undefined,
     whole: Buffer | undefined,
   ): void {
+    // The run loop starts requests only after canAdmit(); meanwhile the counters only went down.
+    assert(this.inflight < MAX_IN_FLIGHT && (this.inflight === 0 || this.inflightBytes + cost <= MAX_IN_FLIGHT_BYTES), 'NBD: a request starts only within the in-flight bounds');
     this.inflight++;
     this.inflightBytes += cost;
     let p: Promise<void>;
@@ -334,8 +337,10 @@ export class Transmission {
   }
 
   private finish(cost: number): void {
+    assert(this.inflight > 0 && this.inflightBytes >= cost, 'NBD: a request finishes once, giving back the cost it started with');
     this.inflight--;
     this.inflightBytes -= cost;
+    assert(this.inflight > 0 || this.inflightBytes === 0, 'NBD: no payload bytes are counted once no request is in flight');
     this.wakeAdmission();
     if (this.inflight === 0 && this.drainWaiter !== null) {
       const w = this.drainWaiter;
