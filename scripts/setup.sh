@@ -24,6 +24,7 @@ PACKAGES=(
   build-essential python3 # node-gyp builds better-sqlite3 from source
   qemu-system-x86       # guests on the array (emulator/vm, vm-images)
   busybox-static cpio lz4 kmod binutils dash  # the guest image build (vm-images/build.sh)
+  dpkg-dev pandoc       # the agent's Debian package (scripts/package-agent.sh): dpkg-shlibdeps, the man page
 )
 
 SUDO=""
