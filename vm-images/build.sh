@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Builds the arraylab guest: Debian 12's cloud kernel (as vmlinux for PVH boot) and an initramfs with busybox,
 # util-linux, e2fsprogs, xfsprogs, the kernel modules for virtio disks/SCSI/serial and xfs, the
-# Node runtime and the compiled agent (dist/ + production node_modules). No root filesystem.
+# Node runtime and the agent, installed from its Debian package (scripts/package-agent.sh). No
+# root filesystem.
 #
 #   bash vm-images/build.sh            # build into vm-images/build/, or say it is up to date
 #   bash vm-images/build.sh --force    # rebuild even if the stamp matches
+#   bash vm-images/build.sh --stamp    # print the stamp the image has to have, build nothing
 #
 # Outputs: build/vmlinux (or build/vmlinuz), build/initrd.img, build/image.json (kernel version, sizes, stamp).
-# The stamp hashes this script, init, the package versions copied in, dist/ and the lockfile:
-# it rebuilds only when one of them changes. Builds are serialised with a lock (tests in
-# parallel workers may call it at once). Run as root (apt-get, chroot-free but dpkg-deb -x).
+# The stamp hashes this script, init, the package versions copied in and the agent's .deb (not
+# dist/: a change to the emulator alone leaves the image as it is): it rebuilds only when one of
+# them changes. Builds are serialised with a lock (tests in parallel workers may call it at
+# once). Run as root (apt-get, chroot-free but dpkg-deb -x).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -17,7 +20,13 @@ REPO=$(cd "$HERE/.." && pwd)
 BUILD="$HERE/build"
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 FORCE=0
-[ "${1:-}" = "--force" ] && FORCE=1
+PRINT_STAMP=0
+case "${1:-}" in
+  --force) FORCE=1 ;;
+  --stamp) PRINT_STAMP=1 ;;
+  "") ;;
+  *) echo "vm-images: usage: build.sh [--force | --stamp]" >&2; exit 2 ;;
+esac
 
 mkdir -p "$BUILD"
 exec 9>"$BUILD/.lock"
@@ -84,22 +93,22 @@ pkg_versions() {
   echo "$KPKG=$KVER_PKG"
   echo "node=$("$NODE" --version)"
 }
-dist_hash() {
-  if [ -d "$REPO/dist" ]; then
-    (cd "$REPO" && find dist -type f ! -name '*.map' -print0 | sort -z | xargs -0 -r sha256sum | sha256sum | cut -d' ' -f1)
-  else
-    echo none
-  fi
-}
+# The agent: its Debian package, built (or found up to date) by scripts/package-agent.sh from
+# agent/ and proto/ only. It is reproducible, so its hash changes only when what it holds does.
+AGENT_DEB=$(bash "$REPO/scripts/package-agent.sh") || die "scripts/package-agent.sh failed; the guest carries the agent from its package"
+AGENT_DEB_SHA=$(sha256sum "$AGENT_DEB" | cut -d' ' -f1)
 STAMP=$(
   {
     sha256sum "$HERE/build.sh" "$HERE/init" | cut -d' ' -f1
     printf '%s\n' "${TOOLS[@]}" "${MODULES[@]}" "${BOOT_MODULES[@]}"
     pkg_versions
-    echo "dist=$(dist_hash)"
-    echo "lock=$(sha256sum "$REPO/package-lock.json" | cut -d' ' -f1)"
+    echo "agent=${AGENT_DEB##*/} $AGENT_DEB_SHA"
   } | sha256sum | cut -d' ' -f1
 )
+if [ "$PRINT_STAMP" = 1 ]; then
+  echo "$STAMP"
+  exit 0
+fi
 
 print_sizes() {
   log "kernel $KREL ($KPKG $KVER_PKG)"
@@ -167,7 +176,7 @@ KDIR="$WORK/kernel/lib/modules/$KREL"
 depmod -b "$WORK/kernel" "$KREL"
 
 ROOT="$WORK/root"
-mkdir -p "$ROOT"/{usr/bin,usr/sbin,usr/lib64,usr/lib/x86_64-linux-gnu,etc/arraylab,proc,sys,dev,run,tmp,mnt,root,opt/arraylab}
+mkdir -p "$ROOT"/{usr/bin,usr/sbin,usr/lib64,usr/lib/x86_64-linux-gnu,etc/arraylab,proc,sys,dev,run,tmp,mnt,root}
 ln -s usr/bin "$ROOT/bin"; ln -s usr/sbin "$ROOT/sbin"; ln -s usr/lib "$ROOT/lib"; ln -s usr/lib64 "$ROOT/lib64"
 chmod 1777 "$ROOT/tmp"
 
@@ -225,41 +234,16 @@ cp "$NODE" "$ROOT/usr/bin/node"
 strip --strip-all "$ROOT/usr/bin/node"
 copy_libs "$NODE"
 
-# --- the agent: dist/ and the production node_modules ---------------------------------------------
-APP="$ROOT/opt/arraylab"
-cp "$REPO/package.json" "$APP/"   # "type": "module" makes dist/*.js ESM
-if [ -d "$REPO/dist" ]; then
-  (cd "$REPO" && tar -cf - --exclude='*.map' dist) | tar -C "$APP" -xf -
-else
-  log "warning: $REPO/dist does not exist (run npm run build); the guest gets no agent"
-fi
-# npm ls exits non-zero on an extraneous or missing package but still lists the tree.
-(cd "$REPO" && npm ls --omit=dev --parseable --all 2>/dev/null || true) | sed -n "s#^$REPO/##p" | sort >"$WORK/prod"
-: > "$WORK/top"
-while read -r dir; do
-  # Nested packages come along with the package that holds them.
-  parent=$(grep -Fx -f "$WORK/top" <(p="$dir"; while [ "$p" != "${p%/node_modules/*}" ]; do p=${p%/node_modules/*}; echo "$p"; done) | head -1 || true)
-  [ -n "$parent" ] || echo "$dir" >> "$WORK/top"
-done < "$WORK/prod"
-[ -s "$WORK/top" ] || die "npm ls --omit=dev listed no production packages; run npm ci in $REPO"
-# Build leftovers and sources of the native module are not needed at run time.
-(cd "$REPO" && tar -cf - \
-  --exclude='*.map' --exclude='*.d.ts' --exclude='*.md' \
-  --exclude='node_modules/better-sqlite3/deps' --exclude='node_modules/better-sqlite3/src' \
-  --exclude='node_modules/better-sqlite3/build/Release/obj' --exclude='node_modules/better-sqlite3/build/Release/obj.target' \
-  --exclude='node_modules/better-sqlite3/build/Release/.deps' --exclude='node_modules/better-sqlite3/build/Release/*.a' \
-  --exclude='node_modules/better-sqlite3/build/Release/test_extension.node' --exclude='node_modules/better-sqlite3/build/deps' \
-  -T "$WORK/top") | tar -C "$APP" -xf -
-for native in $(find "$APP/node_modules" -name '*.node'); do copy_libs "$native"; done
-
-cat > "$ROOT/usr/bin/arraylab-agent" <<'EOF'
-#!/bin/sh
-# The in-guest agent (dist/ of the project, bundled by vm-images/build.sh).
-entry=/opt/arraylab/dist/agent/cli/arraylab-agent.js
-[ -f "$entry" ] || { echo "arraylab-agent: $entry is not in this image; build the project (npm run build) and rebuild the image (bash vm-images/build.sh)" >&2; exit 127; }
-exec /usr/bin/node "$entry" "$@"
-EOF
-chmod 755 "$ROOT/usr/bin/arraylab-agent"
+# --- the agent: its Debian package's files, where dpkg installs them ----------------------------------
+# /usr/lib/arraylab-agent (the compiled agent/ and proto/, the .proto files, its npm packages) and
+# /usr/bin/arraylab-agent. Left out: the systemd unit (no systemd here), the man page, the doc and
+# the conffile /etc/arraylab-agent/agent.yaml (/init starts `arraylab-agent guest-serve`, which
+# runs on the built-in defaults, as it always has).
+dpkg-deb -x "$AGENT_DEB" "$WORK/agent"
+cp -a "$WORK/agent/usr/lib/arraylab-agent" "$ROOT/usr/lib/"
+cp -a "$WORK/agent/usr/bin/arraylab-agent" "$ROOT/usr/bin/"
+[ -f "$ROOT/usr/bin/arraylab-agent" ] || die "$AGENT_DEB has no /usr/bin/arraylab-agent that resolves"
+for native in $(find "$ROOT/usr/lib/arraylab-agent/node_modules" -name '*.node'); do copy_libs "$native"; done
 
 # --- /init and the few files a libc program expects ---------------------------------------------------
 cp "$HERE/init" "$ROOT/init"
@@ -305,7 +289,9 @@ cat > "$BUILD/image.json" <<EOF
   "kernelPackage": "$KPKG",
   "kernelPackageVersion": "$KVER_PKG",
   "node": "$("$NODE" --version)",
-  "agent": $([ -f "$APP/dist/agent/cli/arraylab-agent.js" ] && echo true || echo false),
+  "agent": true,
+  "agentPackage": "${AGENT_DEB##*/}",
+  "agentPackageSha256": "$AGENT_DEB_SHA",
   "stamp": "$STAMP"
 }
 EOF

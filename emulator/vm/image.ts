@@ -16,8 +16,11 @@ export interface GuestImage {
   kernelPackageVersion: string;
   /** node --version of the runtime in the image. */
   node: string;
-  /** Whether dist/agent/cli/arraylab-agent.js was built into it. */
+  /** Whether the agent is in it (images built from the agent's Debian package always have it). */
   agent: boolean;
+  /** The agent's Debian package installed into it (scripts/package-agent.sh), and its SHA-256. */
+  agentPackage?: string;
+  agentPackageSha256?: string;
   stamp: string;
 }
 

@@ -82,9 +82,13 @@ describe('guest image', () => {
     expect((await guest.runOk('uname -r')).trim()).toBe(image.kernelRelease);
     expect(image.kernelRelease).toMatch(/-cloud-amd64$/);
     expect((await guest.runOk('node --version')).trim()).toBe(image.node);
-    // The native module loads in the guest (ESM, from the bundled production node_modules).
+    // The agent is its Debian package's files (scripts/package-agent.sh), with nothing of the
+    // emulator, and its native module loads in the guest (ESM, from the package's node_modules).
+    expect(await guest.runOk('readlink -f /usr/bin/arraylab-agent; ls -1 /usr/lib/arraylab-agent')).toBe(
+      '/usr/lib/arraylab-agent/agent/cli/arraylab-agent.js\nagent\nnode_modules\npackage.json\nproto\n',
+    );
     const sql = await guest.runOk(
-      `cd /opt/arraylab && node --input-type=module -e 'import Database from "better-sqlite3"; const db = new Database(":memory:"); console.log(db.prepare("select 6 * 7 as x").get().x)'`,
+      `cd /usr/lib/arraylab-agent && node --input-type=module -e 'import Database from "better-sqlite3"; const db = new Database(":memory:"); console.log(db.prepare("select 6 * 7 as x").get().x)'`,
       { timeoutMs: 60_000 },
     );
     expect(sql.trim()).toBe('42');
