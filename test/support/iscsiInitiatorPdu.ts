@@ -57,14 +57,12 @@ export function buildInitiatorBhs(buf: Buffer, off: number, p: InitiatorPdu): nu
       writeLunOrInvalid(buf, off + 8, p.lun);
       u32(buf, off + 20, p.ttt);
       u32(buf, off + 24, p.cmdSN);
-      u32(buf, off + 28, p.expStatSN);
       break;
     case 'scsi-cmd':
       writeCommon(buf, off, OP_SCSI_CMD | i, (p.final ? CMD_FINAL : 0) | (p.read ? CMD_READ : 0) | (p.write ? CMD_WRITE : 0) | (p.attr & CMD_ATTR_MASK), p.dataSegmentLength);
       writeLunOrInvalid(buf, off + 8, p.lun);
       u32(buf, off + 20, p.expectedDataTransferLength);
       u32(buf, off + 24, p.cmdSN);
-      u32(buf, off + 28, p.expStatSN);
       buf.fill(0, off + 32, off + 48);
       buf.set(p.cdb.subarray(0, 16), off + 32);
       break;
@@ -73,7 +71,6 @@ export function buildInitiatorBhs(buf: Buffer, off: number, p: InitiatorPdu): nu
       writeLunOrInvalid(buf, off + 8, p.lun);
       u32(buf, off + 20, p.referencedTaskTag);
       u32(buf, off + 24, p.cmdSN);
-      u32(buf, off + 28, p.expStatSN);
       u32(buf, off + 32, p.refCmdSN);
       u32(buf, off + 36, p.expDataSN);
       break;
@@ -85,20 +82,17 @@ export function buildInitiatorBhs(buf: Buffer, off: number, p: InitiatorPdu): nu
       buf.writeUInt16BE(p.tsih, off + 14);
       buf.writeUInt16BE(p.cid, off + 20);
       u32(buf, off + 24, p.cmdSN);
-      u32(buf, off + 28, p.expStatSN);
       break;
     case 'text-req':
       writeCommon(buf, off, OP_TEXT_REQ | i, (p.final ? FINAL_BIT : 0) | (p.continue ? TEXT_CONTINUE : 0), p.dataSegmentLength);
       writeLunOrInvalid(buf, off + 8, p.lun);
       u32(buf, off + 20, p.ttt);
       u32(buf, off + 24, p.cmdSN);
-      u32(buf, off + 28, p.expStatSN);
       break;
     case 'data-out':
       writeCommon(buf, off, OP_SCSI_DATA_OUT, p.final ? FINAL_BIT : 0, p.dataSegmentLength);
       writeLunOrInvalid(buf, off + 8, p.lun);
       u32(buf, off + 20, p.ttt);
-      u32(buf, off + 28, p.expStatSN);
       u32(buf, off + 36, p.dataSN);
       u32(buf, off + 40, p.bufferOffset);
       break;
@@ -106,18 +100,18 @@ export function buildInitiatorBhs(buf: Buffer, off: number, p: InitiatorPdu): nu
       writeCommon(buf, off, OP_LOGOUT_REQ | i, FINAL_BIT | (p.reasonCode & LOGOUT_REASON_MASK), p.dataSegmentLength);
       buf.writeUInt16BE(p.cid, off + 20);
       u32(buf, off + 24, p.cmdSN);
-      u32(buf, off + 28, p.expStatSN);
       break;
     case 'snack':
       writeCommon(buf, off, OP_SNACK_REQ, FINAL_BIT | (p.type & SNACK_TYPE_MASK), p.dataSegmentLength);
       writeLunOrInvalid(buf, off + 8, p.lun);
       u32(buf, off + 20, p.ttt);
-      u32(buf, off + 28, p.expStatSN);
       u32(buf, off + 40, p.begRun);
       u32(buf, off + 44, p.runLength);
       break;
   }
+  // Fields every initiator PDU has at the same place.
   buf[off + 4] = ahsWords;
   u32(buf, off + 16, p.itt);
+  u32(buf, off + 28, p.expStatSN);
   return BHS_LENGTH;
 }
