@@ -264,7 +264,7 @@ export interface BackupOptions {
   resync?: boolean;
   /** Synchronized: wait up to this many seconds for the pair to be equivalent (default 0). */
   waitEquivalentSeconds?: number;
-  onProgress?: (msg: ProgressEvent) => void;
+  onProgress?: ((msg: ProgressEvent) => void) | undefined;
 }
 
 export interface ProgressEvent {
@@ -310,7 +310,7 @@ export interface RestoreOptions {
    * read-write to connected clients, or is mounted on this host (never implied).
    */
   force?: boolean;
-  onProgress?: (msg: ProgressEvent) => void;
+  onProgress?: ((msg: ProgressEvent) => void) | undefined;
 }
 
 export interface ResourceMatchReport {
@@ -352,7 +352,7 @@ export interface StartSyncOptions {
   wait?: boolean;
   /** Background copy rate in MiB/s (0 = none, default unthrottled). */
   rateMiBs?: number;
-  onProgress?: (p: ProgressEvent) => void;
+  onProgress?: ((p: ProgressEvent) => void) | undefined;
 }
 
 export interface RestoreReport {

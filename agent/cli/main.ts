@@ -36,27 +36,27 @@ Exit status: 0 success, 1 the operation failed, 2 wrong command line or config.`
 
 interface GlobalArgs {
   json: boolean;
-  config?: string;
-  array?: string;
-  'state-dir'?: string;
-  'device-map'?: string;
-  'hooks-dir'?: string;
-  'hook-timeout'?: number;
-  'freeze-deadline'?: number;
-  agent?: string;
-  'token-file'?: string;
-  'tls-ca'?: string;
-  'log-level'?: string;
-  progress?: boolean;
+  config?: string | undefined;
+  array?: string | undefined;
+  'state-dir'?: string | undefined;
+  'device-map'?: string | undefined;
+  'hooks-dir'?: string | undefined;
+  'hook-timeout'?: number | undefined;
+  'freeze-deadline'?: number | undefined;
+  agent?: string | undefined;
+  'token-file'?: string | undefined;
+  'tls-ca'?: string | undefined;
+  'log-level'?: string | undefined;
+  progress?: boolean | undefined;
   /** [G1] the guest's agent socket: the host side is the agent in that guest. */
-  guest?: string;
+  guest?: string | undefined;
 }
 
 export async function main(argv: string[]): Promise<void> {
   process.exit(await run(argv));
 }
 
-function settingsOf(a: GlobalArgs & { listen?: string; 'tls-cert'?: string; 'tls-key'?: string }): AgentSettings {
+function settingsOf(a: GlobalArgs & { listen?: string | undefined; 'tls-cert'?: string | undefined; 'tls-key'?: string | undefined }): AgentSettings {
   return resolveSettings({
     config: a.config,
     array: a.array,

@@ -81,14 +81,15 @@ export class LinuxHost implements HostSide {
       throw new Error(`cannot freeze ${what}: ${device} is not mounted; nothing to freeze; register it with --lock unmount or mount it`);
     }
     const deadlineMs = opts.freezeDeadlineMs ?? this.opts.freezeDeadlineMs ?? 30_000;
+    const mountPoint = mounts[0]!.mountPoint;
     let guard: FreezeGuard;
     try {
-      guard = await FreezeGuard.start(mounts[0].mountPoint, deadlineMs);
+      guard = await FreezeGuard.start(mountPoint, deadlineMs);
     } catch (err) {
-      throw new Error(`cannot freeze ${what} at ${mounts[0].mountPoint}: ${(err as Error).message}; check that the filesystem supports fsfreeze (ext4, xfs do) and that you are root`);
+      throw new Error(`cannot freeze ${what} at ${mountPoint}: ${(err as Error).message}; check that the filesystem supports fsfreeze (ext4, xfs do) and that you are root`);
     }
     this.guards.set(guard.pid, guard);
-    this.log.info({ volume, device, mountPoint: mounts[0].mountPoint, guard: guard.pid, thawDeadline: guard.thawDeadline.toISOString() }, 'frozen');
+    this.log.info({ volume, device, mountPoint, guard: guard.pid, thawDeadline: guard.thawDeadline.toISOString() }, 'frozen');
     return { ...base, action: 'frozen', mounts, freezeGuardPid: guard.pid, thawDeadline: guard.thawDeadline.toISOString() };
   }
 

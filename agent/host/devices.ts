@@ -45,7 +45,7 @@ export function parseDeviceMap(text: string, file: string): DeviceMapEntry[] {
     if (fields.length !== 2) {
       throw new Error(`device map ${file} line ${line}: expected "VOLUME DEVICE" (two fields), got ${JSON.stringify(raw.trim())}; fix the line or comment it out with #`);
     }
-    const [volume, device] = fields;
+    const [volume, device] = fields as [string, string];
     if (!device.startsWith('/')) {
       throw new Error(`device map ${file} line ${line}: device ${JSON.stringify(device)} of volume ${volume} is not an absolute path; write it as /dev/...`);
     }
@@ -100,18 +100,18 @@ export function parseVpdSerial(buf: Buffer): string | null {
 /** The export name an NBD client's command line asks for, if it says. */
 export function nbdExportFromCmdline(args: string[]): string | null {
   for (let i = 0; i < args.length; i++) {
-    const a = args[i];
-    if ((a === '-N' || a === '--name' || a === '-name') && i + 1 < args.length) return args[i + 1];
+    const a = args[i]!;
+    if ((a === '-N' || a === '--name' || a === '-name') && i + 1 < args.length) return args[i + 1]!;
     const eq = /^(?:--name|-N)=?(.+)$/.exec(a);
-    if (eq && a !== '-N') return eq[1];
+    if (eq && a !== '-N') return eq[1]!;
   }
   for (const a of args) {
     // nbd://host:port/NAME, nbds://..., nbd+unix:///NAME?socket=...
     const uri = /^nbds?(?:\+(?:unix|tcp|vsock))?:\/\/[^/]*\/([^?#]*)/.exec(a);
-    if (uri) return decodeURIComponent(uri[1]);
+    if (uri) return decodeURIComponent(uri[1]!);
     // qemu --image-opts / blockdev style: driver=nbd,...,export=NAME
     const opt = /(?:^|,)export=([^,]+)/.exec(a);
-    if (opt && /driver=nbd/.test(a)) return opt[1];
+    if (opt && /driver=nbd/.test(a)) return opt[1]!;
   }
   return null;
 }
@@ -130,7 +130,7 @@ export async function discoverDevices(volumes: VolumeInfo[], roots: DeviceRoots 
   const byIdDir = join(dev, 'disk', 'by-id');
   for (const link of (await readdir(byIdDir).catch(() => [] as string[])).sort()) {
     const m = /^wwn-0x([0-9a-fA-F]+)$/.exec(link);
-    const v = m && byWwn.get(m[1].toLowerCase());
+    const v = m && byWwn.get(m[1]!.toLowerCase());
     if (!v || found.has(v.name)) continue;
     const target = await readlink(join(byIdDir, link)).catch(() => null);
     if (target) found.set(v.name, { volume: v.name, device: join(dev, basename(resolvePath(byIdDir, target))), how: 'wwn' });
@@ -141,7 +141,7 @@ export async function discoverDevices(volumes: VolumeInfo[], roots: DeviceRoots 
   for (const name of blocks) {
     const wwid = (await readText(join(sys, 'block', name, 'device', 'wwid')))?.trim().toLowerCase();
     const m = wwid ? /^naa\.([0-9a-f]+)$/.exec(wwid) : null;
-    const v = m && byWwn.get(m[1]);
+    const v = m && byWwn.get(m[1]!);
     if (v && !found.has(v.name)) found.set(v.name, { volume: v.name, device: join(dev, name), how: 'wwn' });
   }
   const taken = new Set([...found.values()].map((d) => d.device));

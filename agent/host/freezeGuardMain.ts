@@ -15,7 +15,8 @@
  */
 import { execFile } from 'node:child_process';
 
-const [mountPoint, deadlineArg] = process.argv.slice(2);
+const [mountArg, deadlineArg] = process.argv.slice(2);
+const mountPoint = mountArg ?? '';
 const deadlineMs = Number(deadlineArg);
 
 function say(line: string): void {

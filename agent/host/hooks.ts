@@ -21,7 +21,7 @@ class Tail {
   push(b: Buffer): void {
     this.chunks.push(b);
     this.size += b.length;
-    while (this.size - this.chunks[0].length >= this.limit) this.size -= this.chunks.shift()!.length;
+    while (this.chunks.length > 1 && this.size - this.chunks[0]!.length >= this.limit) this.size -= this.chunks.shift()!.length;
   }
   text(): string {
     const all = Buffer.concat(this.chunks);

@@ -35,15 +35,16 @@ export function parseMountinfo(text: string): MountInfoLine[] {
     const fields = line.split(' ');
     const sep = fields.indexOf('-', 6);
     if (sep < 0 || fields.length < sep + 3) continue; // not a line we understand; skip, never guess
+    const f = (i: number) => fields[i]!; // present: checked just above
     out.push({
-      mountId: Number(fields[0]),
-      parentId: Number(fields[1]),
-      devNo: fields[2],
-      root: unescapeMountinfo(fields[3]),
-      mountPoint: unescapeMountinfo(fields[4]),
-      mountOptions: fields[5],
-      fsType: unescapeMountinfo(fields[sep + 1]),
-      source: unescapeMountinfo(fields[sep + 2]),
+      mountId: Number(f(0)),
+      parentId: Number(f(1)),
+      devNo: f(2),
+      root: unescapeMountinfo(f(3)),
+      mountPoint: unescapeMountinfo(f(4)),
+      mountOptions: f(5),
+      fsType: unescapeMountinfo(f(sep + 1)),
+      source: unescapeMountinfo(f(sep + 2)),
       superOptions: fields[sep + 3] ?? '',
     });
   }
