@@ -7,10 +7,12 @@
 # machines. Everything the script starts is stopped when it exits, however it exits.
 #
 # Usage: scripts/bench/iscsi.sh [--size MiB] [--reps N] [--count-4k N] [--count-1m N] [--dir DIR]
-#                               [--subject arraylab|tgtd] [--json FILE]
+#                               [--subject arraylab|tgtd] [--baseline DIR] [--json FILE]
 #   --size MiB       LUN size in MiB (default 1024)
 #   --dir DIR        where the backing files go (default $TMPDIR or /tmp); both peers use it
 #   --subject tgtd   measure a second tgtd in arraylab's place: a harness check, ratios ≈ 1
+#   --baseline DIR   compare with the arraylab built in DIR (a checkout of another commit)
+#                    instead of tgtd: a before/after of a change, under the same load
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -21,6 +23,7 @@ COUNT_1M=2000
 BASE_DIR="${TMPDIR:-/tmp}"
 SUBJECT=arraylab
 JSON_OUT=""
+BASELINE=""
 
 usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -32,6 +35,7 @@ while [ $# -gt 0 ]; do
     --dir) BASE_DIR="$2"; shift 2 ;;
     --subject) SUBJECT="$2"; shift 2 ;;
     --json) JSON_OUT="$2"; shift 2 ;;
+    --baseline) BASELINE="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench: unknown option $1; see --help" >&2; exit 2 ;;
   esac
@@ -41,6 +45,7 @@ for n in "$SIZE_MIB" "$REPS" "$COUNT_4K" "$COUNT_1M"; do
 done
 case "$SUBJECT" in arraylab|tgtd) ;; *) echo "bench: --subject must be arraylab or tgtd, not $SUBJECT" >&2; exit 2 ;; esac
 [ -d "$BASE_DIR" ] || { echo "bench: --dir $BASE_DIR is not a directory" >&2; exit 2; }
+[ -z "$BASELINE" ] || [ -f "$BASELINE/dist/emulator/cli/arraylab.js" ] || { echo "bench: --baseline $BASELINE has no dist/emulator/cli/arraylab.js; run npm run build there" >&2; exit 2; }
 
 WORK=$(mktemp -d "$BASE_DIR/arraylab-bench-iscsi.XXXXXX")
 # shellcheck source=../lib/iscsi-peers.sh
@@ -62,7 +67,14 @@ if [ "$SUBJECT" = arraylab ]; then
 else
   start_tgtd subject "$SIZE_MIB" 512; SUBJECT_URL=$URL; SUBJECT_LABEL=tgtd-subject
 fi
-start_tgtd reference "$SIZE_MIB" 512; REFERENCE_URL=$URL
+if [ -n "$BASELINE" ]; then
+  # start_arraylab runs the build of the current directory, in $WORK/arraylab: the baseline's, in its own WORK.
+  pushd "$BASELINE" >/dev/null
+  WORK="$WORK/baseline" start_arraylab "$SIZE_MIB" 512 thick; REFERENCE_URL=$URL; REFERENCE_LABEL=baseline
+  popd >/dev/null
+else
+  start_tgtd reference "$SIZE_MIB" 512; REFERENCE_URL=$URL; REFERENCE_LABEL=tgtd
+fi
 
 # bench URL SIZE DEPTH COUNT [-w]: prints seconds from qemu-img's "Run completed in X seconds."
 bench() {
@@ -75,7 +87,7 @@ bench() {
 
 echo "iscsi bench: ${SIZE_MIB} MiB LUNs, 512-byte blocks, files in $BASE_DIR, $REPS reps (median)" >&2
 echo "  $SUBJECT_LABEL: $SUBJECT_URL" >&2
-echo "  tgtd:  $REFERENCE_URL" >&2
+echo "  $REFERENCE_LABEL:  $REFERENCE_URL" >&2
 # Write every block once, so both read from allocated data and neither gains from holes.
 for url in "$SUBJECT_URL" "$REFERENCE_URL"; do bench "$url" 1048576 8 "$SIZE_MIB" -w >/dev/null; done
 
@@ -98,7 +110,7 @@ done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-printf '\n%-14s %26s %26s %15s\n' "test" "$SUBJECT_LABEL" "tgtd" "$SUBJECT_LABEL/tgtd"
+printf '\n%-14s %26s %26s %15s\n' "test" "$SUBJECT_LABEL" "$REFERENCE_LABEL" "$SUBJECT_LABEL/$REFERENCE_LABEL"
 json_rows=()
 for t in "${!TESTS[@]}"; do
   IFS='|' read -r name size depth count flag <<<"${TESTS[$t]}"
@@ -107,7 +119,7 @@ for t in "${!TESTS[@]}"; do
   read -r s_iops s_mibs r_iops r_mibs ratio < <(awk -v c="$count" -v sz="$size" -v a="$ss" -v b="$rs" \
     'BEGIN { printf "%.0f %.1f %.0f %.1f %.2f\n", c/a, c*sz/1048576/a, c/b, c*sz/1048576/b, b/a }')
   printf '%-14s %12s IOPS %6s MiB/s %12s IOPS %6s MiB/s %15s\n' "$name" "$s_iops" "$s_mibs" "$r_iops" "$r_mibs" "$ratio"
-  json_rows+=("{\"test\":\"$name\",\"blockBytes\":$size,\"depth\":$depth,\"count\":$count,\"subject\":{\"name\":\"$SUBJECT_LABEL\",\"seconds\":$ss,\"iops\":$s_iops,\"mibPerSec\":$s_mibs},\"tgtd\":{\"seconds\":$rs,\"iops\":$r_iops,\"mibPerSec\":$r_mibs},\"ratio\":$ratio}")
+  json_rows+=("{\"test\":\"$name\",\"blockBytes\":$size,\"depth\":$depth,\"count\":$count,\"subject\":{\"name\":\"$SUBJECT_LABEL\",\"seconds\":$ss,\"iops\":$s_iops,\"mibPerSec\":$s_mibs},\"$REFERENCE_LABEL\":{\"seconds\":$rs,\"iops\":$r_iops,\"mibPerSec\":$r_mibs},\"ratio\":$ratio}")
 done
 if [ -n "$JSON_OUT" ]; then
   (IFS=,; echo "{\"sizeMiB\":$SIZE_MIB,\"reps\":$REPS,\"results\":[${json_rows[*]}]}") >"$JSON_OUT"

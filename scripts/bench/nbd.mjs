@@ -3,8 +3,11 @@
 // side in one run, on backing files of the same size, driven by fio's nbd engine. Prints each
 // peer's figure and arraylab's ratio to it; then arraylab's RSS with 100 thin 10 GiB volumes and
 // 16 connected clients. Ratios, not absolute times, are what compare across machines.
+// --baseline DIR adds another arraylab build (a checkout of an older commit, built there) as
+// the peer "baseline", measured in turn with the others: a before/after of a change under the
+// same load, which a busy machine otherwise makes noisy.
 //
-//   node scripts/bench/nbd.mjs [--tests randread,randwrite,read,write] [--runtime SECONDS] [--reps N] [--size 1GiB] [--json FILE] [--only arraylab,nbdkit,qemu-nbd] [--no-memory] [--node-args FLAGS]
+//   node scripts/bench/nbd.mjs [--tests randread,randwrite,read,write] [--runtime SECONDS] [--reps N] [--size 1GiB] [--json FILE] [--only arraylab,nbdkit,qemu-nbd] [--no-memory] [--node-args FLAGS] [--baseline DIR]
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -25,7 +28,9 @@ const REPS = Number(opt('reps', '3'));
 const SIZE_GIB = Number(String(opt('size', '1GiB')).replace(/GiB$/i, ''));
 const SIZE = SIZE_GIB * 1024 ** 3;
 const JSON_OUT = opt('json', undefined);
-const ONLY = opt('only', 'arraylab,nbdkit,qemu-nbd').split(',');
+const BASELINE = opt('baseline', undefined);
+const baselineCli = BASELINE === undefined ? undefined : join(BASELINE, 'dist', 'emulator', 'cli', 'arraylab.js');
+const ONLY = opt('only', BASELINE === undefined ? 'arraylab,nbdkit,qemu-nbd' : 'arraylab,baseline,nbdkit,qemu-nbd').split(',');
 const SKIP_MEMORY = args.includes('--no-memory');
 // Extra node flags for arraylab, e.g. --node-args "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it.
 const NODE_ARGS = String(opt('node-args', '')).split(' ').filter(Boolean);
@@ -53,8 +58,14 @@ for (const tool of ['fio', 'nbdkit', 'qemu-nbd', 'nbdinfo']) {
     process.exit(2);
   }
 }
-if (!existsSync(cli)) {
-  console.error(`bench: ${cli} is missing; run npm run build`);
+for (const c of [cli, baselineCli]) {
+  if (c !== undefined && !existsSync(c)) {
+    console.error(`bench: ${c} is missing; run npm run build${c === baselineCli ? ' in --baseline DIR' : ''}`);
+    process.exit(2);
+  }
+}
+if (ONLY.includes('baseline') && baselineCli === undefined) {
+  console.error('bench: --only baseline needs --baseline DIR');
   process.exit(2);
 }
 
@@ -121,15 +132,15 @@ async function stop(child) {
   if (child.exitCode === null) child.kill('SIGKILL');
 }
 
-/** Starts arraylab serve with one file-backed thin volume and returns its NBD URI. */
-async function startArraylab(extraVolumes = []) {
+/** Starts arraylab serve (of `cliPath`) with one file-backed thin volume and returns its NBD URI. */
+async function startArraylab(extraVolumes = [], cliPath = cli) {
   const dataDir = join(work, `arraylab-${Date.now()}`);
-  const config = join(work, 'arraylab.yaml');
+  const config = `${dataDir}.yaml`;
   const vols = [{ name: 'bench', size: `${SIZE_GIB}GiB` }, ...extraVolumes]
     .map((v) => `  - name: ${v.name}\n    size: ${v.size}\n    provisioning: thin\n    blockSize: 512\n`)
     .join('');
   writeFileSync(config, `dataDir: ${dataDir}\nlog:\n  level: warn\nvolumes:\n${vols}`);
-  const child = start('node', [...NODE_ARGS, cli, 'serve', '--config', config, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--json'], 'arraylab');
+  const child = start('node', [...NODE_ARGS, cliPath, 'serve', '--config', config, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--json'], 'arraylab');
   let line;
   for (let i = 0; i < 400 && !line; i++) {
     if (child.exitCode !== null) throw new Error(`arraylab exited early:\n${child.output()}`);
@@ -181,7 +192,8 @@ function measure(uri, t) {
 }
 
 const peers = {
-  arraylab: startArraylab,
+  arraylab: () => startArraylab(),
+  baseline: () => startArraylab([], baselineCli),
   nbdkit: startNbdkit,
   'qemu-nbd': startQemuNbd,
 };
@@ -203,7 +215,8 @@ try {
   execFileSync('sync');
   for (const t of TESTS) {
     for (let rep = 0; rep < REPS; rep++) {
-      for (const name of ONLY) {
+      // Every other rep in reverse order, so no peer always runs first on a warmer machine.
+      for (const name of rep % 2 === 0 ? ONLY : [...ONLY].reverse()) {
         process.stderr.write(`bench: ${t.name}: ${name} (${rep + 1}/${REPS})\n`);
         (samples[name][t.name] ??= []).push(measure(running[name].uri(), t));
       }
@@ -219,16 +232,19 @@ try {
 
 const fmt = (v, metric) => (v === undefined ? '-' : metric === 'iops' ? `${Math.round(v)} IOPS` : `${v.toFixed(0)} MiB/s`);
 const ratio = (a, b) => (a === undefined || b === undefined ? '-' : `${(a / b).toFixed(2)}x`);
-const rows = [['test', 'arraylab', 'nbdkit', 'qemu-nbd', 'vs nbdkit', 'vs qemu-nbd']];
+const withBaseline = ONLY.includes('baseline');
+const rows = [['test', 'arraylab', ...(withBaseline ? ['baseline'] : []), 'nbdkit', 'qemu-nbd', ...(withBaseline ? ['vs baseline'] : []), 'vs nbdkit', 'vs qemu-nbd']];
 for (const t of TESTS) {
   const a = results.arraylab?.[t.name];
+  const b = results.baseline?.[t.name];
   const k = results.nbdkit?.[t.name];
   const q = results['qemu-nbd']?.[t.name];
-  rows.push([t.name, fmt(a, t.metric), fmt(k, t.metric), fmt(q, t.metric), ratio(a, k), ratio(a, q)]);
+  rows.push([t.name, fmt(a, t.metric), ...(withBaseline ? [fmt(b, t.metric)] : []), fmt(k, t.metric), fmt(q, t.metric), ...(withBaseline ? [ratio(a, b)] : []), ratio(a, k), ratio(a, q)]);
 }
 const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
 const line = (r) => '| ' + r.map((c, i) => c.padEnd(widths[i])).join(' | ') + ' |';
 console.log(`\nNBD benchmark: fio nbd engine, one job, one connection; median of ${REPS} runs of ${RUNTIME} s per test and peer, interleaved; ${SIZE_GIB} GiB backing, prefilled`);
+if (withBaseline) console.log(`baseline: the arraylab built in ${BASELINE}`);
 console.log(line(rows[0]));
 console.log('|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|');
 for (const r of rows.slice(1)) console.log(line(r));
