@@ -33,7 +33,7 @@ export class BlockDeviceError extends Error {
 
 export interface WriteOptions {
   /** Force unit access: the data is on stable storage when the promise resolves. */
-  fua?: boolean;
+  fua?: boolean | undefined;
 }
 
 export interface ZeroOptions extends WriteOptions {

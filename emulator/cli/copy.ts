@@ -144,7 +144,7 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
           ? o.option('rename', { type: 'string', requiresArg: true, describe: 'give the split clone a new name, serial and WWN' })
           : o.option('rename', { type: 'string', hidden: true });
       },
-      async (a: { ids?: string[]; group?: string; rename?: string; json: boolean; api?: string | undefined }) => {
+      async (a: { ids?: string[] | undefined; group?: string | undefined; rename?: string | undefined; json: boolean; api?: string | undefined }) => {
         const ids = a.ids ?? [];
         const command = `copy ${name}`;
         if (ids.length === 0 && !a.group) throw new UsageError(`give a session id, several ids, or --group NAME`, command);

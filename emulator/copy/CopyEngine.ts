@@ -102,7 +102,7 @@ export interface SnapStartOptions {
 export type OverwriteCheck = (overwritten: string, other: string) => void;
 
 export interface OverwriteOptions {
-  check?: OverwriteCheck;
+  check?: OverwriteCheck | undefined;
 }
 
 const TICK_MS = 50;
@@ -408,7 +408,7 @@ export class CopyEngine {
       if (a.op === 'quickopc' && this.sessionsOf(a.destination).some((s) => s.type === 'quickopc' && s.record.source === a.source)) {
         throw new CopyError('FAILED_PRECONDITION', `QuickOPC restarts of ${a.source} -> ${a.destination} cannot be grouped; restart it on its own`);
       }
-      this.checkPair(a.op, a.source, a.destination);
+      this.checkPair(a.source, a.destination);
       if (dests.has(a.destination) || sources.has(a.destination) || dests.has(a.source)) {
         throw new CopyError('INVALID_ARGUMENT', `volume ${dests.has(a.source) ? a.source : a.destination} appears twice in the group as a destination or as both source and destination`);
       }
@@ -582,7 +582,7 @@ export class CopyEngine {
         return existing.info();
       }
     }
-    const { src } = this.checkPair(type, source, destination);
+    const { src } = this.checkPair(source, destination);
     const rate = opts.rate ?? Number.POSITIVE_INFINITY;
     checkRate(rate);
     const record = this.newRecord(type, source, destination, src, opts.unitSize, rate);
@@ -598,7 +598,7 @@ export class CopyEngine {
   }
 
   private async doStartSnap(source: string, snapVolume: string, opts: SnapStartOptions): Promise<SessionInfo> {
-    const { src, dst } = this.checkPair('snapopcplus', source, snapVolume);
+    const { src, dst } = this.checkPair(source, snapVolume);
     let drop: SnapGeneration | undefined;
     const chain = this.chains.get(source);
     if (chain !== undefined && chain.gens.length >= MAX_SNAP_GENERATIONS) {
@@ -653,7 +653,7 @@ export class CopyEngine {
   }
 
   /** The refusal rules for a new pair. */
-  private checkPair(type: CopyType, source: string, destination: string): { src: VolumeTap; dst: VolumeTap } {
+  private checkPair(source: string, destination: string): { src: VolumeTap; dst: VolumeTap } {
     const src = this.tapOf(source);
     const dst = this.tapOf(destination);
     if (source === destination) throw new CopyError('INVALID_ARGUMENT', `source and destination are both ${source}; copy to another volume`);

@@ -61,7 +61,7 @@ export interface SessionRecord {
    * absent while mirroring and after a reverse. Records written before it existed load with
    * createdAt (EC: absent; see SessionBase).
    */
-  imageAt?: string;
+  imageAt?: string | undefined;
   /** SnapOPC+: generation sequence number, counting up per source (newer = larger). */
   generation?: number;
   /** EC: true after reverse (data flows from the original destination). */
@@ -104,7 +104,7 @@ export interface SessionInfo {
   group?: string;
   createdAt: string;
   /** See SessionRecord.imageAt. */
-  imageAt?: string;
+  imageAt?: string | undefined;
 }
 
 export type CopyEventKind = 'started' | 'state' | 'completed' | 'cancelled' | 'dropped' | 'error';
@@ -135,8 +135,8 @@ export interface CopySession {
 
 /** A host's modifying request, normalised: trim is zeroing (one of the results trim allows). */
 export type Mutation =
-  | { kind: 'write'; offset: number; length: number; data: Buffer; opts?: WriteOptions }
-  | { kind: 'zero'; offset: number; length: number; opts?: ZeroOptions };
+  | { kind: 'write'; offset: number; length: number; data: Buffer; opts?: WriteOptions | undefined }
+  | { kind: 'zero'; offset: number; length: number; opts?: ZeroOptions | undefined };
 
 export function applyMutation(dev: BlockDevice, m: Mutation, shift = 0): Promise<void> {
   return m.kind === 'write' ? dev.write(m.offset + shift, m.data, m.opts) : dev.writeZeroes(m.offset + shift, m.length, m.opts);

@@ -191,7 +191,7 @@ export abstract class SessionBase implements CopySession {
             await writePending();
             await to.writeZeroes(pos, len);
           } else {
-            const piece = bufs[k++ & 1].subarray(0, len);
+            const piece = bufs[k++ & 1]!.subarray(0, len);
             const read = from.read(pos, piece);
             read.catch(() => undefined); // awaited in writePending; not unhandled if a write fails first
             await writePending();

@@ -62,7 +62,7 @@ export interface FullFeaturePhase {
 /** What a connection needs from its target. */
 export interface ConnectionContext {
   readonly targetName: string;
-  readonly auth?: IscsiAuthOptions;
+  readonly auth?: IscsiAuthOptions | undefined;
   readonly config: TargetNegotiationConfig;
   readonly logger: IscsiLogger;
   readonly loginTimeoutMs: number;

@@ -42,7 +42,7 @@ export interface ChapOptions {
   /** What the initiator must present (CHAP_N / secret). */
   initiator: ChapCredentials;
   /** What we present when the initiator asks for mutual CHAP; without it, mutual CHAP fails. */
-  target?: ChapCredentials;
+  target?: ChapCredentials | undefined;
   /** Algorithms we accept; the initiator's order decides among them. Default: all four. */
   algorithms?: readonly number[];
   /** Source of randomness (tests); default crypto.randomBytes. */

@@ -53,7 +53,7 @@ export interface LoginIdentity {
 
 export interface LoginHost {
   readonly targetName: string;
-  readonly auth?: IscsiAuthOptions;
+  readonly auth?: IscsiAuthOptions | undefined;
   readonly config: TargetNegotiationConfig;
   /**
    * The login is complete: create (or refuse) the session. Returns the TSIH, or throws

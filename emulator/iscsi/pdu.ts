@@ -746,7 +746,7 @@ const GOOD_STATUSES = new Set([0x00, 0x04, 0x10, 0x14]);
 export interface DataInFields extends TargetSeq {
   final: boolean;
   /** SCSI status in this PDU (S bit); only on the final PDU, and only if there is no sense data. */
-  status?: number;
+  status?: number | undefined;
   lun: number;
   itt: number;
   ttt: number;
@@ -881,7 +881,7 @@ export interface DataInSequence extends TargetSeq {
   /** DataSN of the first PDU (default 0). */
   dataSN?: number;
   /** Status for phase collapse on the last PDU (omit to send a separate SCSI Response). */
-  status?: number;
+  status?: number | undefined;
   residual?: number;
   headerDigest: boolean;
   dataDigest: boolean;

@@ -56,7 +56,7 @@ export interface IscsiTargetOptions {
   readonly luns: IscsiLunSource;
   readonly logger: IscsiLogger;
   /** Absent: no authentication (AuthMethod=None). */
-  readonly auth?: IscsiAuthOptions;
+  readonly auth?: IscsiAuthOptions | undefined;
   /** For APTPL; absent means reservations are never persisted (APTPL=1 is then refused). */
   readonly reservations?: ReservationStore;
   /** A connection must finish login within this time or be closed. Default 15 s. */

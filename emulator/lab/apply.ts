@@ -27,7 +27,7 @@ export interface LabItem {
   name: string;
   /** up: created, exists, started, running, mapped...; status: the item's state. */
   state: string;
-  detail?: string;
+  detail?: string | undefined;
 }
 
 export interface LabOptions {
@@ -39,7 +39,7 @@ export interface LabOptions {
 interface LabState {
   file: string;
   /** arraylab serve started by lab up. */
-  serve?: { pid: number; api: string; dataDir: string; createdDataDir: boolean };
+  serve?: { pid: number; api: string; dataDir: string; createdDataDir: boolean } | undefined;
 }
 
 function stateFile(lab: Lab, runDir: string): string {

@@ -22,7 +22,7 @@ export interface NbdTlsOptions {
 export interface NbdServerOptions {
   provider: ExportProvider;
   logger: NbdLogger;
-  tls?: NbdTlsOptions;
+  tls?: NbdTlsOptions | undefined;
   /**
    * A client must finish the handshake (including any TLS upgrade) within this time or be
    * disconnected, so that idle or trickling sockets cannot pile up. Default 30 s.

@@ -61,7 +61,7 @@ export interface NewRecord {
   extents: number;
   dataBytes: number;
   /** The image's point in time (ms); undefined: the record's start (a live volume read now). */
-  imageMs?: number;
+  imageMs?: number | undefined;
 }
 
 /** One piece of volume data to store, in increasing offset order, at most EXTENT_MAX bytes. */

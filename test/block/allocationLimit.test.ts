@@ -180,7 +180,8 @@ describe('FileBlockStore allocation limit with asynchronous requests', () => {
     await expect(s.write(0, Buffer.alloc(2 * MiB))).rejects.toThrow(/closed/);
     await closing;
     // A fresh store on the same files: the limit is not stored in them (the array keeps it).
-    const again = await FileBlockStore.open({ dataPath: s.dataPath, mapPath: s.mapPath });
+    const file = s as FileBlockStore; // the file store's case of this test
+    const again = await FileBlockStore.open({ dataPath: file.dataPath, mapPath: file.mapPath });
     expect(again.allocLimitBytes).toBeUndefined();
     await again.close();
   });

@@ -65,7 +65,7 @@ interface MSess {
   state: string;
   src: string;
   dst: string;
-  gen?: number;
+  gen?: number | undefined;
   rate: number;
   reversed: boolean;
 }
@@ -96,7 +96,7 @@ interface Control {
   /** After a crash inside it: the recovered sessions it shows if it became durable, else undefined. */
   outcome(eng: Map<string, SessionInfo>): SessionInfo[] | undefined;
   /** Before a crash can land inside it: what it may have done to the model even if it does not become durable. */
-  mayHave?(): void;
+  mayHave?: (() => void) | undefined;
 }
 
 type Access = 'ok' | 'EACCES' | 'EPERM' | 'EIO';

@@ -294,7 +294,7 @@ describe('framing', () => {
     expect(b.readUInt32LE(48)).toBe(crc32c(b, 0, 48));
     expect(headerDigest(b, 0, 0)).toBe(b.readUInt32LE(48));
     verifyHeaderDigest(b, 0, 0);
-    b[20] ^= 1;
+    b[20]! ^= 1;
     const e = thrown(() => verifyHeaderDigest(b, 0, 0));
     expect(e.code).toBe('header-digest');
     expect(e.fatal).toBe(true);
@@ -376,7 +376,7 @@ describe('hostile headers', () => {
         x ^= x << 5;
         b[i] = x & 0xff;
       }
-      if (n & 1) b[0] &= 0x47; // bias towards valid initiator opcodes
+      if (n & 1) b[0]! &= 0x47; // bias towards valid initiator opcodes
       try {
         frameSize(b, 0, { maxRecvDataSegmentLength: 262144, headerDigest: true, dataDigest: true });
         parseBhs(b);

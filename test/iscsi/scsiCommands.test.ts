@@ -215,7 +215,7 @@ describe('VERIFY, PRE-FETCH, SYNCHRONIZE CACHE', () => {
     expectGood(await exec(rw10(0x2f, 100, 4)));
     expectGood(await exec(rw16(0x8f, 100, 4, 0x02), data));
     const bad = Buffer.from(data);
-    bad[bs + 17] ^= 0xff;
+    bad[bs + 17]! ^= 0xff;
     const s = expectSense(await exec(rw12(0xaf, 100, 4, 0x02), bad), 0xe, 0x1d);
     expect(s[0]).toBe(0xf0); // VALID
     expect(s.readUInt32BE(3)).toBe(bs + 17);
@@ -394,7 +394,7 @@ describe('COMPARE AND WRITE', () => {
     expectGood(await exec(caw(50, 2), Buffer.concat([old, next])));
     expect((await exec(rw10(0x28, 50, 2))).dataIn!.equals(next)).toBe(true);
     const wrong = Buffer.from(next);
-    wrong[bs + 3] ^= 1;
+    wrong[bs + 3]! ^= 1;
     const s = expectSense(await exec(caw(50, 2), Buffer.concat([wrong, old])), 0xe, 0x1d);
     expect(s[0]).toBe(0xf0);
     expect(s.readUInt32BE(3)).toBe(bs + 3);

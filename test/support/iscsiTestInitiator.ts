@@ -125,7 +125,7 @@ export interface LoginOptions {
 }
 
 export class RawInitiator {
-  private buf = Buffer.alloc(0);
+  private buf: Buffer = Buffer.alloc(0);
   private waiter: (() => void) | null = null;
   ended = false;
   readonly closed: Promise<void>;
@@ -317,7 +317,7 @@ export class RawInitiator {
   }
 
   /** A SCSI command; `data` is immediate data. Returns the ITT. CmdSN advances unless immediate or given. */
-  command(f: { cdb: number[] | Buffer; lun?: number; read?: boolean; write?: boolean; edtl: number; final?: boolean; cmdSN?: number; immediate?: boolean; itt?: number }, data = Buffer.alloc(0)): number {
+  command(f: { cdb: number[] | Buffer; lun?: number; read?: boolean; write?: boolean; edtl: number; final?: boolean; cmdSN?: number; immediate?: boolean; itt?: number }, data: Buffer = Buffer.alloc(0)): number {
     const itt = f.itt ?? this.itt++;
     const cdb = Buffer.alloc(16);
     Buffer.from(f.cdb).copy(cdb);
@@ -365,7 +365,7 @@ export class RawInitiator {
     );
   }
 
-  nop(data = Buffer.alloc(0), f: { immediate?: boolean; itt?: number } = {}): number {
+  nop(data: Buffer = Buffer.alloc(0), f: { immediate?: boolean; itt?: number } = {}): number {
     const itt = f.itt ?? this.itt++;
     const immediate = f.immediate ?? true;
     this.send({ kind: 'nop-out', immediate, ahsLength: 0, dataSegmentLength: data.length, itt, lun: 0, ttt: op.RESERVED_TAG, cmdSN: this.cmdSN, expStatSN: this.expStatSN }, data);

@@ -176,7 +176,7 @@ export interface OpRecord {
   op: string;
   offset?: number;
   length?: number;
-  opts?: WriteOptions | ZeroOptions;
+  opts?: WriteOptions | ZeroOptions | undefined;
 }
 
 /** Records every operation in completion order (for FUA, flush ordering, multi-conn). */

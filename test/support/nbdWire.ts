@@ -41,7 +41,7 @@ export interface Reply {
   /** Structured chunks only. */
   flags?: number;
   type?: number;
-  payload?: Buffer;
+  payload?: Buffer | undefined;
 }
 
 export class WireClient {

@@ -16,7 +16,7 @@ export interface ProcessRun {
  * a non-zero exit. A process still running after timeoutMs is killed (SIGKILL), so a hung
  * command fails the test instead of hanging it or outliving it.
  */
-export function runProcess(cmd: string, args: string[], o: { env: NodeJS.ProcessEnv; cwd: string; timeoutMs: number }): Promise<ProcessRun> {
+export function runProcess(cmd: string, args: string[], o: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs: number }): Promise<ProcessRun> {
   const started = performance.now();
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { env: o.env, cwd: o.cwd, stdio: ['ignore', 'pipe', 'pipe'] });

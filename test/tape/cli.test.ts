@@ -107,7 +107,7 @@ describe('arraylab tape (real server, CLI and NBD clients)', () => {
     await cliOk(l, ['tape', 'add', 'T1', '--capacity', '128MiB']);
     const rec = await cliJson(l, ['tape', 'write', 'snap']); // no --cartridge: the library picks T1
     expect(rec).toMatchObject({ cartridge: 'T1', volume: 'snap', imageAt: g.imageAt });
-    expect(rec.createdAt > (rec.imageAt as string)).toBe(true);
+    expect((rec.createdAt as string) > (rec.imageAt as string)).toBe(true);
     // Both instants in tape show: the image's (the snapshot) and the write's.
     const text = await cliOk(l, ['tape', 'show', 'T1']);
     expect(text).toMatch(/\nRECORD\s+VOLUME\s+SIZE\s+DATA\s+BLOCK\s+IMAGE AT\s+WRITTEN\s+SHA256\s+TAG\n/);
@@ -173,7 +173,7 @@ describe('arraylab tape (real server, CLI and NBD clients)', () => {
     const at = 256 + 256 + 32 + 4000;
     const b = Buffer.alloc(1);
     fs.readSync(fd, b, 0, 1, at);
-    b[0] ^= 1;
+    b[0]! ^= 1;
     fs.writeSync(fd, b, 0, 1, at);
     fs.closeSync(fd);
 

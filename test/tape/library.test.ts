@@ -183,7 +183,7 @@ describe('tape library', () => {
     expect(hdr.readBigUInt64LE(8)).toBe(BigInt(8 * MiB)); // the layout the test assumes
     const b = Buffer.alloc(1);
     fs.readSync(fd, b, 0, 1, ext2 + EXTENT_HEADER_SIZE + 12345);
-    b[0] ^= 0x40;
+    b[0]! ^= 0x40;
     fs.writeSync(fd, b, 0, 1, ext2 + EXTENT_HEADER_SIZE + 12345);
     fs.closeSync(fd);
 

@@ -40,7 +40,7 @@ export interface CopyResult {
   segmentsProcessed: number;
   bytesCopied: number;
   /** Status and sense data of a failed copy, for FAILED SEGMENT DETAILS. */
-  failure?: { status: number; sense: Buffer };
+  failure?: { status: number; sense: Buffer } | undefined;
 }
 
 /**

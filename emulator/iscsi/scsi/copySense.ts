@@ -28,7 +28,7 @@ export interface CopyAbort {
   /** Byte of the parameter list the error is about (segment pointer, SD=0). */
   field: number;
   /** Sense data a CSCD returned (fixed format), and whether it was the source or the destination. */
-  cscdSense?: Buffer;
+  cscdSense?: Buffer | undefined;
   cscd?: 'source' | 'destination';
 }
 

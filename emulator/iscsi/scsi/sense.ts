@@ -48,7 +48,7 @@ export interface SenseOptions {
   /** INFORMATION field (VALID bit set); up to 2^32-1. */
   information?: number;
   /** Sense-key-specific field pointer (SKSV): byte of the CDB (cdb true) or of the parameter list. */
-  field?: { cdb: boolean; byte: number; bit?: number };
+  field?: { cdb: boolean; byte: number; bit?: number | undefined };
 }
 
 /** Builds 18 bytes of fixed-format sense data, response code 70h (current error). */

@@ -22,7 +22,7 @@ afterAll(async () => {
 describe('registration', () => {
   it('refuses unknown volumes, a second role, and bad generation counts', async () => {
     await L.mk(['rg-tv', 'rg-bv']);
-    const { m, host } = await L.manager();
+    const { m } = await L.manager();
     const e1 = await rejects(m.registerTransaction('rg-nope'));
     expect(e1.code).toBe('NOT_FOUND');
     expect(e1.message).toMatch(/no volume named rg-nope on the array/);

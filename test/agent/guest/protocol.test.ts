@@ -215,7 +215,7 @@ describe('guest agent over the port', () => {
     await guest.copyDevice(from.device, to.device, (p) => progress.push(p));
     expect(progress.length).toBeGreaterThan(0);
     expect(progress.at(-1)).toEqual({ doneBytes: 96 << 20, totalBytes: 96 << 20 });
-    for (let i = 1; i < progress.length; i++) expect(progress[i].doneBytes).toBeGreaterThanOrEqual(progress[i - 1].doneBytes);
+    for (let i = 1; i < progress.length; i++) expect(progress[i]!.doneBytes).toBeGreaterThanOrEqual(progress[i - 1]!.doneBytes);
     const sha = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
     expect(sha(to.device)).toBe(sha(from.device));
     await expect(guest.copyDevice(from.device, join(dir, 'no-such-device'))).rejects.toThrow(/cannot copy onto .*no-such-device/);

@@ -127,9 +127,9 @@ describe('the agent in a guest over virtio-serial', () => {
     const before = Number((await guest.runOk('wc -l < /mnt/tv/log')).trim());
     const report = (await agentJson([...common, 'backup', 'guesttv'])) as { ok: boolean; volumes: Array<{ ok: boolean; error?: string; generation?: { number: number; backupVolume: string; prep: string; status: string } }> };
     lap('backup done');
-    expect(report.volumes[0].error).toBeUndefined();
+    expect(report.volumes[0]!.error).toBeUndefined();
     expect(report.ok).toBe(true);
-    expect(report.volumes[0].generation).toMatchObject({ number: 1, backupVolume: 'guestbv', prep: 'freeze', status: 'held' });
+    expect(report.volumes[0]!.generation).toMatchObject({ number: 1, backupVolume: 'guestbv', prep: 'freeze', status: 'held' });
     const history = (await agentJson([...common, 'history', 'guesttv'])) as Array<{ number: number; generation: number }>;
     expect(history.map((h) => [h.number, h.generation])).toEqual([[1, 1]]);
 

@@ -59,7 +59,7 @@ async function frozenByChild(device: string, deadlineMs: number): Promise<{ chil
     child.stdout!.setEncoding('utf8');
     child.stdout!.on('data', (d: string) => {
       buf += d;
-      if (buf.includes('\n')) resolve(buf.split('\n')[0]);
+      if (buf.includes('\n')) resolve(buf.split('\n')[0]!);
     });
     child.once('exit', (code) => reject(new Error(`freezeChild exited ${code} before freezing`)));
   });
@@ -83,7 +83,7 @@ describe('lock freeze', () => {
     const rec = await host.lockTransaction('tv1', fs.device, 'freeze', { freezeDeadlineMs: 60_000 });
     guardPids.push(rec.freezeGuardPid!);
     expect(rec).toMatchObject({ action: 'frozen', volume: 'tv1', device: fs.device });
-    expect(rec.mounts[0].mountPoint).toBe(fs.mountPoint);
+    expect(rec.mounts[0]!.mountPoint).toBe(fs.mountPoint);
     expect(Date.parse(rec.thawDeadline!) - Date.now()).toBeGreaterThan(50_000);
     expect(alive(rec.freezeGuardPid!)).toBe(true);
 
@@ -151,7 +151,7 @@ describe('lock freeze', () => {
     const stat = readFileSync(`/proc/${rec.freezeGuardPid}/stat`, 'utf8');
     const pgrp = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]);
     expect(pgrp).toBe(rec.freezeGuardPid);
-    expect(pgrp).not.toBe(Number(readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ')[2]));
+    expect(pgrp).not.toBe(Number(readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ')[2]));
     await host.unlock(rec);
   });
 });

@@ -68,8 +68,8 @@ export function cleanupLoops(): void {
       const f = line.split(' ');
       const sep = f.indexOf('-');
       if (sep > 0 && f[sep + 2] === d.device) {
-        spawnSync('fsfreeze', ['-u', f[4]], { stdio: 'ignore', timeout: 10_000 });
-        spawnSync('umount', ['-l', f[4]], { stdio: 'ignore', timeout: 10_000 });
+        spawnSync('fsfreeze', ['-u', f[4]!], { stdio: 'ignore', timeout: 10_000 });
+        spawnSync('umount', ['-l', f[4]!], { stdio: 'ignore', timeout: 10_000 });
       }
     }
     spawnSync('losetup', ['-d', d.device], { stdio: 'ignore' });
@@ -98,7 +98,7 @@ export function mountLine(mountPoint: string): { opts: string; fsType: string; s
   for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
     const f = line.split(' ');
     const sep = f.indexOf('-');
-    if (sep > 0 && f[4] === mountPoint) return { opts: f[5], fsType: f[sep + 1], source: f[sep + 2], superOpts: f[sep + 3] };
+    if (sep > 0 && f[4] === mountPoint) return { opts: f[5]!, fsType: f[sep + 1]!, source: f[sep + 2]!, superOpts: f[sep + 3]! };
   }
   return undefined;
 }
