@@ -11,10 +11,10 @@ import type * as grpc from '@grpc/grpc-js';
  * read from each method's last overload ((argument, callback) and (argument, options)). `any`
  * only in the patterns: a parameter type every method matches.
  */
-/* eslint-disable @typescript-eslint/no-explicit-any */
+// biome-ignore lint/suspicious/noExplicitAny: a pattern every unary method matches
 type AnyUnary = (argument: any, callback: grpc.requestCallback<any>) => grpc.ClientUnaryCall;
+// biome-ignore lint/suspicious/noExplicitAny: a pattern every streaming method matches
 type AnyStream = (argument: any, options?: grpc.CallOptions) => grpc.ClientReadableStream<any>;
-/* eslint-enable @typescript-eslint/no-explicit-any */
 
 export type UnaryMethod<C> = { [K in keyof C & string]: C[K] extends AnyUnary ? K : never }[keyof C & string];
 export type RequestOf<C, K extends keyof C> = C[K] extends (argument: infer A, callback: infer _) => grpc.ClientUnaryCall ? A : never;

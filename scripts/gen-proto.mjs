@@ -42,7 +42,7 @@ function generate(out) {
     const spec = [...names].sort().map((n) => (values.has(n) ? n : `type ${n}`));
     lines.push(`export { ${spec.join(', ')} } from './${relative(out, file).replace(/\.ts$/, '.js')}';`);
   }
-  writeFileSync(join(out, 'index.ts'), HEADER + '\n' + lines.join('\n') + '\n');
+  writeFileSync(join(out, 'index.ts'), `${HEADER}\n${lines.join('\n')}\n`);
 }
 
 function* walk(dir) {

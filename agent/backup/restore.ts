@@ -44,7 +44,7 @@ export async function restore(m: ManagerContext, volume: string, opts: RestoreOp
   const what = `restore ${volume} generation ${rel} (#${g.number})`;
   if (target !== volume) {
     const bv = m.store.getBackupVolume(target);
-    if (bv && bv.inUseBy) throw new AgentError('FAILED_PRECONDITION', `cannot ${what} onto ${target}: it is a backup volume in use by ${bv.inUseBy}; choose another --to volume`);
+    if (bv?.inUseBy) throw new AgentError('FAILED_PRECONDITION', `cannot ${what} onto ${target}: it is a backup volume in use by ${bv.inUseBy}; choose another --to volume`);
     if (m.store.getTransaction(target) && !force) {
       throw new AgentError('FAILED_PRECONDITION', `cannot ${what} onto ${target}: ${target} is a registered transaction volume, whose data the restore would overwrite; choose another --to volume, or pass --force`);
     }

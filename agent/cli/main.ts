@@ -124,7 +124,7 @@ function checkGuestArgs(a: GlobalArgs, remote: string | undefined): void {
 }
 
 function out(a: GlobalArgs, json: unknown, text: string): void {
-  process.stdout.write(a.json ? JSON.stringify(json) + '\n' : text.endsWith('\n') || text === '' ? text : text + '\n');
+  process.stdout.write(a.json ? `${JSON.stringify(json)}\n` : text.endsWith('\n') || text === '' ? text : `${text}\n`);
 }
 
 function positiveInt(flag: string, v: unknown, max: number): number | undefined {

@@ -62,7 +62,7 @@ export function renderHistory(entries: HistoryEntry[]): string {
   if (entries.length === 0) return 'no backups';
   // GEN is what restore --generation takes (1 = newest, disk and tape alike); NO never changes.
   return (
-    table(entries, [
+    `${table(entries, [
       { header: 'VOLUME', value: (e) => e.transactionVolume },
       { header: 'GEN', value: (e) => (e.generation ? String(e.generation) : '-'), right: true },
       { header: 'NO', value: (e) => `#${e.number}`, right: true },
@@ -72,7 +72,7 @@ export function renderHistory(entries: HistoryEntry[]): string {
       { header: 'PREP', value: (e) => e.prep },
       { header: 'STATUS', value: (e) => e.status + (e.error ? ` (${e.error})` : '') },
       { header: 'TAPE', value: (e) => (e.tape ? (e.tape.status === 'ok' ? `${e.tape.cartridge}#${e.tape.record} written ${e.tape.at}` : e.tape.status) : '-') },
-    ]) + 'GEN: 1 = newest restorable generation (restore --generation); NO: the backup\'s own number, never reused; TIME: the point in time of the image\n'
+    ])}GEN: 1 = newest restorable generation (restore --generation); NO: the backup's own number, never reused; TIME: the point in time of the image\n`
   );
 }
 

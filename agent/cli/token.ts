@@ -25,7 +25,7 @@ export function ensureToken(path: string): { token: string; created: boolean } {
     statSync(path);
   } catch {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    writeFileSync(path, randomBytes(32).toString('hex') + '\n', { mode: 0o600, flag: 'wx' });
+    writeFileSync(path, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600, flag: 'wx' });
     return { token: readToken(path), created: true };
   }
   const mode = statSync(path).mode & 0o077;

@@ -13,6 +13,7 @@
  *
  * The /sys, /dev and /proc roots are parameters so that discovery is tested on a fake tree.
  */
+import type { Stats } from 'node:fs';
 import { readdir, readFile, readlink, stat } from 'node:fs/promises';
 import { basename, join, resolve as resolvePath } from 'node:path';
 import type { VolumeInfo } from '../../proto/views.js';
@@ -67,7 +68,7 @@ export async function readDeviceMap(file: string): Promise<DeviceMapEntry[]> {
   }
   const entries = parseDeviceMap(text, file);
   for (const e of entries) {
-    let st;
+    let st: Stats;
     try {
       st = await stat(e.device);
     } catch {

@@ -21,7 +21,7 @@ const deadlineMs = Number(deadlineArg);
 
 function say(line: string): void {
   try {
-    process.stdout.write(line + '\n');
+    process.stdout.write(`${line}\n`);
   } catch {
     // the agent is gone; nobody to tell
   }

@@ -6,6 +6,7 @@
  * arraylab-agent.
  */
 import { spawn } from 'node:child_process';
+import type { Stats } from 'node:fs';
 import { access, constants, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { HookContext, HookResult } from '../types.js';
@@ -40,7 +41,7 @@ export async function runHook(hooksDir: string, ctx: HookContext, timeoutMs: num
     durationMs: Date.now() - started,
   });
 
-  let st;
+  let st: Stats | undefined;
   try {
     st = script ? await stat(script) : undefined;
   } catch (err) {

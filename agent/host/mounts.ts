@@ -2,6 +2,7 @@
  * Mounts of a block device, from /proc/self/mountinfo, matched by device number (major:minor)
  * rather than by path, so that /dev/disk/by-id/* links and /dev/mapper names all match.
  */
+import type { Stats } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import type { MountEntry } from '../types.js';
 
@@ -53,7 +54,7 @@ export function parseMountinfo(text: string): MountInfoLine[] {
 
 /** "major:minor" of a block device (following symlinks); throws naming the device and the fix. */
 export async function deviceNumber(device: string): Promise<string> {
-  let st;
+  let st: Stats;
   try {
     st = await stat(device);
   } catch (err) {

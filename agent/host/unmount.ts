@@ -59,7 +59,7 @@ async function whyBusy(mountPoint: string, device: string): Promise<string> {
     // fall through: no process list
   }
   const users = devNo ? await processesOnFilesystem(devNo) : [];
-  const nested = (await readMountinfo()).filter((l) => l.mountPoint.startsWith(mountPoint.endsWith('/') ? mountPoint : mountPoint + '/'));
+  const nested = (await readMountinfo()).filter((l) => l.mountPoint.startsWith(mountPoint.endsWith('/') ? mountPoint : `${mountPoint}/`));
   const parts: string[] = [];
   if (users.length) parts.push(`${describeProcesses(users)} ${users.length === 1 ? 'has' : 'have'} files open`);
   if (nested.length) parts.push(`${nested.map((n) => n.mountPoint).join(', ')} ${nested.length === 1 ? 'is' : 'are'} mounted under it`);

@@ -364,10 +364,14 @@ export class AgentStore {
   updateGeneration(volume: string, number: number, patch: Partial<Pick<GenerationRecord, 'sessionId' | 'status' | 'tape' | 'error'>>): void {
     const sets: string[] = [];
     const args: unknown[] = [];
-    if (patch.sessionId !== undefined) (sets.push('session_id = ?'), args.push(patch.sessionId));
-    if (patch.status !== undefined) (sets.push('status = ?'), args.push(patch.status));
-    if (patch.tape !== undefined) (sets.push('tape = ?'), args.push(patch.tape === null ? null : JSON.stringify(patch.tape)));
-    if (patch.error !== undefined) (sets.push('error = ?'), args.push(patch.error));
+    const set = (column: string, value: unknown) => {
+      sets.push(`${column} = ?`);
+      args.push(value);
+    };
+    if (patch.sessionId !== undefined) set('session_id', patch.sessionId);
+    if (patch.status !== undefined) set('status', patch.status);
+    if (patch.tape !== undefined) set('tape', patch.tape === null ? null : JSON.stringify(patch.tape));
+    if (patch.error !== undefined) set('error', patch.error);
     if (sets.length === 0) return;
     this.db.prepare(`UPDATE generations SET ${sets.join(', ')} WHERE transaction_volume = ? AND number = ?`).run(...args, volume, number);
   }

@@ -21,7 +21,7 @@
  * disagrees with what a restart would see.
  */
 import type { Logger } from 'pino';
-import { HostRecords, type HostRow } from './HostRecords.js';
+import type { HostRecords, HostRow } from './HostRecords.js';
 import { checkIscsiName, canonicalIscsiName, IscsiNameError } from './iscsiNames.js';
 import { ArrayError, HOST_NAME_PATTERN, MAX_LUN, type HostInfo, type HostLun, type InitiatorLun } from './types.js';
 

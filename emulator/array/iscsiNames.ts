@@ -49,7 +49,7 @@ export function canonicalIscsiName(name: string): string | undefined {
 export function checkIscsiName(name: unknown): string {
   if (typeof name !== 'string' || name === '') throw new IscsiNameError(`${show(name)} is not an iSCSI name; ${ISCSI_NAME_FORMS}`);
   if (Buffer.byteLength(name, 'utf8') > MAX_ISCSI_NAME_LENGTH) {
-    throw new IscsiNameError(`${show(name.slice(0, 40) + '...')} is longer than the ${MAX_ISCSI_NAME_LENGTH} bytes an iSCSI name may have; use a shorter name`);
+    throw new IscsiNameError(`${show(`${name.slice(0, 40)}...`)} is longer than the ${MAX_ISCSI_NAME_LENGTH} bytes an iSCSI name may have; use a shorter name`);
   }
   const canonical = canonicalIscsiName(name);
   if (canonical !== undefined) return canonical;

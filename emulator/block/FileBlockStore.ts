@@ -150,12 +150,19 @@ function decodeHeader(b: Buffer, mapPath: string): MapHeader {
 function preadFull(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const step = (err: NodeJS.ErrnoException | null, n: number): void => {
-      if (err) return reject(ioError('read', pos, err));
-      if (n === len) return resolve();
+      if (err) {
+        reject(ioError('read', pos, err));
+        return;
+      }
+      if (n === len) {
+        resolve();
+        return;
+      }
       // Short read: past EOF (a data file shorter than the map says) reads as zeroes.
       if (n === 0) {
         buf.fill(0, off, off + len);
-        return resolve();
+        resolve();
+        return;
       }
       off += n;
       pos += n;
@@ -169,8 +176,14 @@ function preadFull(fd: number, buf: Buffer, off: number, len: number, pos: numbe
 function pwriteFull(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const step = (err: NodeJS.ErrnoException | null, n: number): void => {
-      if (err) return reject(ioError('write', pos, err));
-      if (n === len) return resolve();
+      if (err) {
+        reject(ioError('write', pos, err));
+        return;
+      }
+      if (n === len) {
+        resolve();
+        return;
+      }
       off += n;
       pos += n;
       len -= n;
@@ -234,11 +247,17 @@ export const SYNC_WRITE_MAX = 1024 * 1024;
 function pwritePieces(fd: number, buf: Buffer, off: number, len: number, pos: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const step = (err: NodeJS.ErrnoException | null, n: number): void => {
-      if (err) return reject(ioError('write', pos, err));
+      if (err) {
+        reject(ioError('write', pos, err));
+        return;
+      }
       off += n;
       pos += n;
       len -= n;
-      if (len === 0) return resolve();
+      if (len === 0) {
+        resolve();
+        return;
+      }
       fs.write(fd, buf, off, Math.min(len, WRITE_PIECE), pos, step);
     };
     fs.write(fd, buf, off, Math.min(len, WRITE_PIECE), pos, step);
@@ -616,7 +635,10 @@ export class FileBlockStore implements BlockDevice {
   private readSmall(offset: number, into: Buffer, first: number, end: number): void {
     const map = this.map;
     const firstClear = map.nextClear(first, end);
-    if (firstClear === end) return preadSyncFull(this.dataFd, into, 0, into.length, offset);
+    if (firstClear === end) {
+      preadSyncFull(this.dataFd, into, 0, into.length, offset);
+      return;
+    }
     const bs = this.blockSize;
     let b = first;
     while (b < end) {

@@ -3,7 +3,7 @@
  * Precedence: --api, then ARRAYLAB_API, then 127.0.0.1:7390.
  */
 import type { Argv } from 'yargs';
-import { DEFAULT_API_ADDRESS, formatHostPort, parseHostPort } from '../../proto/util/address.js';
+import { DEFAULT_API_ADDRESS, formatHostPort, parseHostPort, type HostPort } from '../../proto/util/address.js';
 import type { ArrayClient } from '../../proto/ArrayClient.js';
 import { UsageError } from './errors.js';
 
@@ -24,7 +24,7 @@ export function withApiOption<T>(y: Argv<T>) {
 export async function connect(args: { api?: string | undefined }, env: NodeJS.ProcessEnv = process.env): Promise<ArrayClient> {
   const fromEnv = env.ARRAYLAB_API !== undefined && env.ARRAYLAB_API !== '' ? env.ARRAYLAB_API : undefined;
   const text = args.api ?? fromEnv ?? formatHostPort(DEFAULT_API_ADDRESS);
-  let address;
+  let address: HostPort;
   try {
     address = parseHostPort(text);
   } catch (err) {

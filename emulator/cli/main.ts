@@ -94,7 +94,7 @@ function report(err: unknown, argv: string[]): number {
     // ("Missing required argument: size") do not, so they point at the command's help.
     const message = err.message.replace(/\s*\n\s*/g, ' ');
     const command = err.command ?? commandPath(argv);
-    say(message.includes('; ') ? message : `${message} (see 'arraylab ${command ? command + ' ' : ''}--help')`);
+    say(message.includes('; ') ? message : `${message} (see 'arraylab ${command ? `${command} ` : ''}--help')`);
     return EXIT_USAGE;
   }
   if (err instanceof CommandError) {
@@ -127,7 +127,7 @@ function commandPath(argv: string[]): string {
   const words: string[] = [];
   for (const word of argv) {
     const known = COMMANDS[words.join(' ')];
-    if (!known || !known.includes(word)) break;
+    if (!known?.includes(word)) break;
     words.push(word);
   }
   return words.join(' ');

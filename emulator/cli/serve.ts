@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { ArrayServer, type ServerAddresses } from '../ArrayServer.js';
 import { ARRAYLAB_VERSION } from '../../proto/util/version.js';
 import { applyOverrides, ConfigError, formatHostPort, loadConfig, type ArraylabConfig } from '../config.js';
-import { createLogger, resolveLogLevel } from '../../proto/util/log.js';
+import { createLogger, resolveLogLevel, type LogLevel } from '../../proto/util/log.js';
 import { CommandError, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './errors.js';
 import { print, printJson } from '../../proto/util/table.js';
 
@@ -45,7 +45,7 @@ export async function serve(a: ServeArgs): Promise<number> {
     if (err instanceof ConfigError) throw new CommandError(err.message, EXIT_USAGE);
     throw err;
   }
-  let level;
+  let level: LogLevel;
   try {
     level = resolveLogLevel(a['log-level'], process.env, config.log.level);
   } catch (err) {

@@ -79,7 +79,7 @@ export function tapeCommands(y: Argv<{ json: boolean }>) {
         const r = await withClient(a, (client) => client.getCartridge(a.label));
         if (a.json) return printJson(r);
         print(cartridgeDetails(r.cartridge));
-        print(r.records.length === 0 ? 'no records' : '\n' + recordTable(r.records));
+        print(r.records.length === 0 ? 'no records' : `\n${recordTable(r.records)}`);
       },
     )
     .command(

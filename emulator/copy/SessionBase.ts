@@ -3,7 +3,7 @@
  * rate, unit locks, and the small data moves (copy a unit, persist bits) every type uses.
  */
 import { EXTENT_ZERO, type BlockDevice } from '../block/BlockDevice.js';
-import { CopyBitmap, UnitGeometry } from './CopyBitmap.js';
+import { type CopyBitmap, UnitGeometry } from './CopyBitmap.js';
 import {
   invariant,
   type BitmapName,

@@ -445,8 +445,12 @@ export class SnapChain implements SourceRole {
       gens = [];
       for (const u of redo) {
         const g = await this.save(u);
-        if (g === undefined) this.pending.delete(u);
-        else units.push(u), gens.push(g);
+        if (g === undefined) {
+          this.pending.delete(u);
+        } else {
+          units.push(u);
+          gens.push(g);
+        }
       }
     }
   }
@@ -495,7 +499,7 @@ export class SnapChain implements SourceRole {
     e.applied = true;
     e.failure = failure;
     // Retired in queue order, so appliedSeq means "everything up to it" (settle).
-    for (let h = this.queue[this.head]; h !== undefined && h.applied; h = this.queue[this.head]) this.retire(h, h.failure);
+    for (let h = this.queue[this.head]; h?.applied; h = this.queue[this.head]) this.retire(h, h.failure);
     this.pumpApply();
   }
 

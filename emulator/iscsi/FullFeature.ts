@@ -378,7 +378,7 @@ export class FullFeature implements FullFeaturePhase {
       f.statSN = s.statSN;
       f.expCmdSN = s.expCmdSN;
       f.maxCmdSN = s.maxCmdSN;
-      f.lun = task.lun < 0 ? 0 : task.lun;
+      f.lun = Math.max(task.lun , 0);
       f.itt = task.itt;
       f.ttt = ttt;
       f.r2tSN = task.r2tSN++;
@@ -559,7 +559,7 @@ export class FullFeature implements FullFeaturePhase {
     s.statSN = seq.statSN;
     s.expCmdSN = seq.expCmdSN;
     s.maxCmdSN = seq.maxCmdSN;
-    s.lun = task.lun < 0 ? 0 : task.lun;
+    s.lun = Math.max(task.lun , 0);
     s.itt = task.itt;
     s.maxRecvDataSegmentLength = conn.sendLimit;
     s.maxBurstLength = this.session.params.maxBurstLength;
@@ -621,7 +621,7 @@ export class FullFeature implements FullFeaturePhase {
     const held = pdu.immediate ? echo : Buffer.from(echo);
     this.ordered(pdu.cmdSN, pdu.immediate, 'NOP-Out', () => {
       const at = this.conn.beginPdu(held.length);
-      buildNopIn(this.conn.out.slab, at, { ...this.conn.seq(true), lun: pdu.lun < 0 ? 0 : pdu.lun, itt: pdu.itt, ttt: RESERVED_TAG, dataSegmentLength: held.length });
+      buildNopIn(this.conn.out.slab, at, { ...this.conn.seq(true), lun: Math.max(pdu.lun , 0), itt: pdu.itt, ttt: RESERVED_TAG, dataSegmentLength: held.length });
       this.conn.endPdu(at, held);
     });
     return true;

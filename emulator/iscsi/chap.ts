@@ -168,5 +168,5 @@ function toBuf(s: string | Buffer): Buffer {
 }
 
 function clip(s: string): string {
-  return (s.length > 64 ? s.slice(0, 64) + '...' : s).replace(/[^\x20-\x7e]/g, '?');
+  return (s.length > 64 ? `${s.slice(0, 64)}...` : s).replace(/[^\x20-\x7e]/g, '?');
 }

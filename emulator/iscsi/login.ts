@@ -8,7 +8,7 @@
  * phase and everything is in order.
  */
 import { ChapAuthenticator, ChapError } from './chap.js';
-import { NegotiationError, Negotiator, type SessionParams, type TargetNegotiationConfig } from './negotiation.js';
+import { NegotiationError, Negotiator, type NegotiationStep, type SessionParams, type TargetNegotiationConfig } from './negotiation.js';
 import {
   LOGIN_AUTH_FAILED,
   LOGIN_CLASS_INITIATOR_ERROR,
@@ -182,7 +182,7 @@ export class LoginExchange {
 
   private negotiate(pdu: LoginRequestPdu, pairs: TextPair[]): TextPair[] {
     const phase = pdu.csg === STAGE_SECURITY ? 'security' : 'operational';
-    let step;
+    let step: NegotiationStep;
     try {
       step = this.negotiator.login(pairs, phase);
     } catch (err) {
@@ -241,5 +241,5 @@ function asFailure(err: unknown): LoginFailure {
 }
 
 function clip(s: string): string {
-  return (s.length > 64 ? s.slice(0, 64) + '...' : s).replace(/[^\x20-\x7e]/g, '?');
+  return (s.length > 64 ? `${s.slice(0, 64)}...` : s).replace(/[^\x20-\x7e]/g, '?');
 }

@@ -26,7 +26,7 @@ function identityOf(handle: ExportHandle): LunIdentity {
   if (id !== undefined) return { wwn: id.wwn, serial: id.serial, vendor: LUN_VENDOR, product: LUN_PRODUCT, revision: LUN_REVISION };
   const h = createHash('sha256').update(handle.name).digest('hex');
   // NAA 6 with a locally made company id: "6" + 31 hex digits.
-  return { wwn: '6' + h.slice(0, 31), serial: 'AL' + h.slice(0, 14).toUpperCase(), vendor: LUN_VENDOR, product: LUN_PRODUCT, revision: LUN_REVISION };
+  return { wwn: `6${h.slice(0, 31)}`, serial: `AL${h.slice(0, 14).toUpperCase()}`, vendor: LUN_VENDOR, product: LUN_PRODUCT, revision: LUN_REVISION };
 }
 
 /** The LunDevice for a handle; identity is read at each use (a split clone may change it). */

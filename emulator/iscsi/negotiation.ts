@@ -457,7 +457,7 @@ export class Negotiator {
 }
 
 function clip(s: string): string {
-  return (s.length > 64 ? s.slice(0, 64) + '...' : s).replace(/[^\x20-\x7e]/g, '?');
+  return (s.length > 64 ? `${s.slice(0, 64)}...` : s).replace(/[^\x20-\x7e]/g, '?');
 }
 
 /** iSCSI names (§4.2.7.2): iqn.yyyy-mm.reversed.domain[:anything], eui. + 16 hex, naa. + 16/32 hex. */

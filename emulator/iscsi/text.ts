@@ -193,7 +193,7 @@ export function decodeBinary(value: string): Buffer | null {
   if (tag === 'x' || tag === 'X') {
     // An odd number of digits is legal: the value is right-aligned (leading zero nibble).
     if (!/^[0-9a-fA-F]+$/.test(body)) return null;
-    return Buffer.from(body.length % 2 ? '0' + body : body, 'hex');
+    return Buffer.from(body.length % 2 ? `0${body}` : body, 'hex');
   }
   if (tag === 'b' || tag === 'B') {
     if (!/^[A-Za-z0-9+/]+={0,2}$/.test(body) || body.length % 4 !== 0) return null;
@@ -204,7 +204,7 @@ export function decodeBinary(value: string): Buffer | null {
 
 /** Encodes binary as the "0x" hex form (what open-iscsi and libiscsi expect by default). */
 export function encodeHex(bytes: Uint8Array): string {
-  return '0x' + Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString('hex');
+  return `0x${Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString('hex')}`;
 }
 
 /**

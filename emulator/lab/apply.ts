@@ -57,7 +57,7 @@ function readState(lab: Lab, runDir: string): LabState {
 
 function writeState(lab: Lab, runDir: string, state: LabState): void {
   mkdirSync(runDir, { recursive: true });
-  writeFileSync(stateFile(lab, runDir), JSON.stringify(state, null, 2) + '\n');
+  writeFileSync(stateFile(lab, runDir), `${JSON.stringify(state, null, 2)}\n`);
 }
 
 function alive(pid: number): boolean {

@@ -32,6 +32,7 @@ import {
   recordBytes,
   TRAILER_SIZE,
   type CartridgeHeader,
+  type ExtentHeader,
   type RecordHeader,
   type RecordTrailer,
 } from './format.js';
@@ -330,7 +331,7 @@ export class Cartridge {
       pos += RECORD_HEADER_SIZE;
       let notBefore = 0;
       for (let i = 0; i < e.header.extentCount; i++) {
-        let ext;
+        let ext: ExtentHeader;
         try {
           ext = decodeExtentHeader(await readAt(fh, pos, EXTENT_HEADER_SIZE), e.header, notBefore);
         } catch (err) {

@@ -137,7 +137,7 @@ export class ConsoleShell {
         `printf '\\n%s%s %s\\n' '<<arraylab-' 'end-${id}>>' $?; rm -f ${file} ${file}.b64`,
     );
     const from = this.length;
-    this.write(lines.join('\n') + '\n');
+    this.write(`${lines.join('\n')}\n`);
     const re = new RegExp(`<<arraylab-begin-${id}>>\\r?\\n([\\s\\S]*?)\\r?\\n<<arraylab-end-${id}>> (\\d+)\\r?\\n`);
     let m: RegExpExecArray;
     try {

@@ -36,10 +36,10 @@ export async function qmpCommand(socketPath: string, execute: string, timeoutMs 
         if ('event' in msg) continue;
         if (stage === 'greeting' && 'QMP' in msg) {
           stage = 'capabilities';
-          socket.write(JSON.stringify({ execute: 'qmp_capabilities' }) + '\n');
+          socket.write(`${JSON.stringify({ execute: 'qmp_capabilities' })}\n`);
         } else if (stage === 'capabilities' && 'return' in msg) {
           stage = 'command';
-          socket.write(JSON.stringify({ execute }) + '\n');
+          socket.write(`${JSON.stringify({ execute })}\n`);
         } else if ('error' in msg) {
           const e = msg.error as { desc?: string };
           finish(new Error(`QMP ${execute}: ${e.desc ?? JSON.stringify(e)}`));

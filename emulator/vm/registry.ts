@@ -66,7 +66,7 @@ export function readRecord(runDir: string, name: string): VmRecord | null {
 export function writeRecord(runDir: string, rec: VmRecord): void {
   mkdirSync(vmDir(runDir, rec.name), { recursive: true });
   const file = recordPath(runDir, rec.name);
-  writeFileSync(`${file}.tmp`, JSON.stringify(rec, null, 2) + '\n');
+  writeFileSync(`${file}.tmp`, `${JSON.stringify(rec, null, 2)}\n`);
   renameSync(`${file}.tmp`, file);
 }
 

@@ -233,7 +233,7 @@ export class GuestChannel {
       });
       socket.once('connect', () => {
         // A newline first ends whatever partial line an earlier host left in the port.
-        const sync = () => socket.write('\n' + encodeLine({ id: syncId, method: 'sync', params: [token] }));
+        const sync = () => socket.write(`\n${encodeLine({ id: syncId, method: 'sync', params: [token] })}`);
         sync();
         // The guest agent may still be starting: qemu holds what we write until it opens the port,
         // but repeat in case an earlier line swallowed ours.

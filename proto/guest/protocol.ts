@@ -63,7 +63,7 @@ export interface GuestHello {
 }
 
 export function encodeLine(msg: GuestRequest | GuestReply): string {
-  return JSON.stringify(msg) + '\n';
+  return `${JSON.stringify(msg)}\n`;
 }
 
 export function toWireError(err: unknown): WireError {

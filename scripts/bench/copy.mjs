@@ -363,7 +363,7 @@ async function benchIops(server) {
   for (const name of ['base', 'snap-src', 'ec-src']) await createFilled(server, name);
   await server.client.createVolume({ name: 'snap-vol', sizeBytes: SIZE, provisioning: 'thin' });
   await server.client.createVolume({ name: 'ec-dst', sizeBytes: SIZE, provisioning: 'thin' });
-  let t = performance.now();
+  const t = performance.now();
   const ec = await server.client.startCopy({ type: 'ec', source: 'ec-src', destination: 'ec-dst' });
   const eq = await server.reached(ec.id, 'equivalent', t);
   const ecInitialS = (eq.t - t) / 1000;
@@ -533,11 +533,11 @@ if (results.rss) {
 }
 
 const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-const line = (r) => '| ' + r.map((c, i) => c.padEnd(widths[i])).join(' | ') + ' |';
+const line = (r) => `| ${r.map((c, i) => c.padEnd(widths[i])).join(' | ')} |`;
 const scope = ONLY.filter((p) => p !== 'rss').length ? `median of ${REPS} interleaved runs each; ${SIZE_TEXT} volumes (64 KiB copy units)${ONLY.includes('iops') ? `; fio ${RUNTIME} s runs, nbd engine, one connection` : ''}` : 'one server';
 console.log(`\nCopy-engine benchmark: ${scope}; load average ${load.start.toFixed(1)} at the start, ${load.end.toFixed(1)} at the end`);
 console.log(line(rows[0]));
-console.log('|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|');
+console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
 for (const r of rows.slice(1)) console.log(line(r));
 
 const details = [];
@@ -567,7 +567,7 @@ if (results.rss) {
   );
 }
 for (const n of notes) details.push(`note: ${n}`);
-if (details.length) console.log('\n' + details.map((d) => `- ${d}`).join('\n'));
+if (details.length) console.log(`\n${details.map((d) => `- ${d}`).join('\n')}`);
 
 if (JSON_OUT) {
   writeFileSync(

@@ -242,11 +242,11 @@ for (const t of TESTS) {
   rows.push([t.name, fmt(a, t.metric), ...(withBaseline ? [fmt(b, t.metric)] : []), fmt(k, t.metric), fmt(q, t.metric), ...(withBaseline ? [ratio(a, b)] : []), ratio(a, k), ratio(a, q)]);
 }
 const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-const line = (r) => '| ' + r.map((c, i) => c.padEnd(widths[i])).join(' | ') + ' |';
+const line = (r) => `| ${r.map((c, i) => c.padEnd(widths[i])).join(' | ')} |`;
 console.log(`\nNBD benchmark: fio nbd engine, one job, one connection; median of ${REPS} runs of ${RUNTIME} s per test and peer, interleaved; ${SIZE_GIB} GiB backing, prefilled`);
 if (withBaseline) console.log(`baseline: the arraylab built in ${BASELINE}`);
 console.log(line(rows[0]));
-console.log('|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|');
+console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
 for (const r of rows.slice(1)) console.log(line(r));
 
 // Memory: 100 thin 10 GiB volumes, 16 clients connected, each having written and read 4 MiB.

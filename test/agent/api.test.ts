@@ -17,7 +17,7 @@ import { AgentClient } from '../../agent/api/AgentClient.js';
 import { AgentError, type AgentCore, type BackupReport, type HistoryEntry } from '../../agent/types.js';
 import { requireTool } from '../support/tools.js';
 
-const TOKEN = 'a'.repeat(20) + 'token';
+const TOKEN = `${'a'.repeat(20)}token`;
 const calls: Array<[string, unknown[]]> = [];
 
 const gen: HistoryEntry = {

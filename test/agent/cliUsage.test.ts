@@ -16,10 +16,18 @@ let stdout = '';
 beforeEach(() => {
   stderr = '';
   stdout = '';
-  vi.spyOn(process.stderr, 'write').mockImplementation((s) => ((stderr += String(s)), true));
-  vi.spyOn(process.stdout, 'write').mockImplementation((s) => ((stdout += String(s)), true));
+  vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
+    stderr += String(s);
+    return true;
+  });
+  vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
+    stdout += String(s);
+    return true;
+  });
   // yargs prints --help and --version with console.log
-  vi.spyOn(console, 'log').mockImplementation((s) => void (stdout += String(s) + '\n'));
+  vi.spyOn(console, 'log').mockImplementation((s) => {
+    stdout += `${String(s)}\n`;
+  });
 });
 afterEach(() => vi.restoreAllMocks());
 

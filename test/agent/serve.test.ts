@@ -60,7 +60,7 @@ describe('arraylab-agent serve', () => {
   it('makes a token file only root can read, and refuses a wrong token', async () => {
     expect(statSync(join(stateDir, 'agent.token')).mode & 0o777).toBe(0o600);
     const wrong = join(stateDir, 'wrong.token');
-    writeFileSync(wrong, 'x'.repeat(40) + '\n', { mode: 0o600 });
+    writeFileSync(wrong, `${'x'.repeat(40)}\n`, { mode: 0o600 });
     const r = await agent(['status', '--agent', agentAddress, '--token-file', wrong]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^arraylab-agent: the agent at 127\.0\.0\.1:\d+ refused the call: missing or wrong token/);

@@ -50,7 +50,7 @@ describe('ArrayApiServer and ArrayClient', () => {
     expect(created).toEqual({
       name: 'vol1',
       uuid: '00000000-0000-4000-8000-000000000001',
-      wwn: '6' + '0'.repeat(31),
+      wwn: `6${'0'.repeat(31)}`,
       serial: 'AL0001',
       sizeBytes: 64 * MiB,
       blockSize: 4096,

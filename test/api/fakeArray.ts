@@ -25,7 +25,7 @@ export class FakeArray implements ArrayControl {
     const v: VolumeInfo = {
       name: req.name,
       uuid: '00000000-0000-4000-8000-000000000001',
-      wwn: '6' + '0'.repeat(31),
+      wwn: `6${'0'.repeat(31)}`,
       serial: 'AL0001',
       sizeBytes: req.sizeBytes,
       blockSize: req.blockSize ?? 512,
@@ -77,7 +77,7 @@ export class FakeArray implements ArrayControl {
     const v = this.getVolume(oldName);
     if (this.volumes.has(newName)) throw new ArrayError('ALREADY_EXISTS', `volume ${newName} already exists; choose another name`);
     this.volumes.delete(oldName);
-    this.volumes.set(newName, { ...v, name: newName, ...(opts.newIdentity ? { serial: 'AL0002', wwn: '6' + '1'.repeat(31) } : {}) });
+    this.volumes.set(newName, { ...v, name: newName, ...(opts.newIdentity ? { serial: 'AL0002', wwn: `6${'1'.repeat(31)}` } : {}) });
     return this.getVolume(newName);
   }
 

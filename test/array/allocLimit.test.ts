@@ -136,7 +136,7 @@ describe('allocation limit persistence', () => {
   });
 
   it('migration 3 adds the column to a version-2 database; existing volumes have no limit', () => {
-    const file = path.join(freshDir() + '.db');
+    const file = path.join(`${freshDir()}.db`);
     const raw = new Database(file);
     // The schema as migrations 1 and 2 left it.
     raw.exec(`

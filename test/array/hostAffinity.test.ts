@@ -408,7 +408,7 @@ describe('persistence', () => {
   });
 
   it('migrates a version-3 database to the host affinity schema, keeping its volumes', async () => {
-    const file = path.join(freshDir() + '.db');
+    const file = path.join(`${freshDir()}.db`);
     new MetadataStore(file).close();
     // Take it back to what migration 3 left.
     const raw = new Database(file);

@@ -93,7 +93,7 @@ describe('MetadataStore.renameVolume', () => {
     JSON.stringify({ id, type: 'ec', state: 'split', source, destination, unitSize: UNIT, sizeBytes: MiB, rate: 'Infinity', createdAt: 'x' });
 
   function storeWithSessions(): { db: MetadataStore; a: VolumeRecord; b: VolumeRecord } {
-    const db = new MetadataStore(path.join(freshDir() + '.db'));
+    const db = new MetadataStore(path.join(`${freshDir()}.db`));
     const a = record('a');
     const b = record('b');
     db.insertVolume(a);
@@ -131,7 +131,7 @@ describe('MetadataStore.renameVolume', () => {
     // A damaged record after the good ones: the row update and s1's rewrite already ran
     // inside the transaction when it fails.
     db.commitCopyJournal({ deletes: [], puts: new Map([['s9', '{not json']]), chunks: [] });
-    expect(() => db.renameVolume(a.uuid, 'a', 'a2', { wwn: a.wwn.slice(0, -1) + 'f', serial: 'ALB00000000000Y' })).toThrow(/JSON/);
+    expect(() => db.renameVolume(a.uuid, 'a', 'a2', { wwn: `${a.wwn.slice(0, -1)}f`, serial: 'ALB00000000000Y' })).toThrow(/JSON/);
     expect(db.listVolumes().find((v) => v.uuid === a.uuid)).toMatchObject({ name: 'a', wwn: a.wwn, serial: a.serial });
     const s1 = JSON.parse(db.listCopySessions().find((s) => s.id === 's1')!.record) as { source: string };
     expect(s1.source).toBe('a');

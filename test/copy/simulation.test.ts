@@ -895,7 +895,10 @@ class Sim {
       // blocks with unflushed writes there may hold any of their values, and so may blocks
       // whose durable value was never known (read back after a cancel, never flushed since).
       const d = this.mv(s.dst);
-      for (let b = this.mv(s.src).blocks; b < d.blocks; b++) if (d.pending.has(b) || d.flushed[b] === UNKNOWN) (d.val[b] = UNKNOWN), (d.flushed[b] = UNKNOWN);
+      for (let b = this.mv(s.src).blocks; b < d.blocks; b++) if (d.pending.has(b) || d.flushed[b] === UNKNOWN) {
+          d.val[b] = UNKNOWN;
+          d.flushed[b] = UNKNOWN;
+        }
     }
   }
 
@@ -1008,7 +1011,7 @@ class Sim {
   }
 }
 
-export async function runSeed(seed: number, steps: number): Promise<Sim> {
+async function runSeed(seed: number, steps: number): Promise<Sim> {
   const sim = new Sim(seed);
   try {
     await sim.run(steps);

@@ -103,7 +103,8 @@ describe('FileBlockStore crash safety (kill -9)', () => {
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       const wantFlushes = 20 + (seed % 10) * 10;
       let killing = false;
-      const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+      // 'close', not 'exit': the report's last lines may still be in the pipe when the child dies.
+      const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
       await new Promise<void>((resolve, reject) => {
         child.stdout.on('data', (d: Buffer) => {
           text += d.toString();

@@ -109,7 +109,7 @@ describe('ChapAuthenticator', () => {
     const a = auth();
     const ch = a.step([['CHAP_A', '5']]);
     const r = chapResponse(CHAP_MD5, Number(get(ch, 'CHAP_I')), SECRET, decodeBinary(get(ch, 'CHAP_C')!)!);
-    expect(a.step([['CHAP_N', USER], ['CHAP_R', '0b' + r.toString('base64')]])).toEqual([]);
+    expect(a.step([['CHAP_N', USER], ['CHAP_R', `0b${r.toString('base64')}`]])).toEqual([]);
   });
 
   it('mutual CHAP: we answer the initiator\'s challenge with the target secret', () => {
@@ -133,7 +133,7 @@ describe('ChapAuthenticator', () => {
     const t = { target: { username: 't', secret: TSECRET } };
     expect(failure(() => answer(auth(t), '5', SECRET, [['CHAP_I', '256'], ['CHAP_C', '0x0102']])).failure).toBe('protocol');
     expect(failure(() => answer(auth(t), '5', SECRET, [['CHAP_I', '1']])).failure).toBe('protocol');
-    expect(failure(() => answer(auth(t), '5', SECRET, [['CHAP_I', '1'], ['CHAP_C', '0x' + '00'.repeat(1025)]])).failure).toBe('protocol');
+    expect(failure(() => answer(auth(t), '5', SECRET, [['CHAP_I', '1'], ['CHAP_C', `0x${'00'.repeat(1025)}`]])).failure).toBe('protocol');
   });
 
   it('refuses configurations that would weaken it', () => {

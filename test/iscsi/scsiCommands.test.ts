@@ -437,10 +437,16 @@ describe('COMPARE AND WRITE against plain writes', () => {
       return realWrite(offset, data, opts);
     };
     const order: string[] = [];
-    const plain = exec(rw10(0x2a, 7, 1), Buffer.alloc(bs, 9)).then((r) => (order.push('write'), r));
+    const plain = exec(rw10(0x2a, 7, 1), Buffer.alloc(bs, 9)).then((r) => {
+      order.push('write');
+      return r;
+    });
     await new Promise((r) => setTimeout(r, 5));
     // Compares against the old zeroes: must see the in-flight write land first, so it miscompares.
-    const c = exec(caw(7, 1), Buffer.concat([Buffer.alloc(bs), Buffer.alloc(bs, 1)])).then((r) => (order.push('caw'), r));
+    const c = exec(caw(7, 1), Buffer.concat([Buffer.alloc(bs), Buffer.alloc(bs, 1)])).then((r) => {
+      order.push('caw');
+      return r;
+    });
     await new Promise((r) => setTimeout(r, 5));
     expect(order).toEqual([]);
     release();

@@ -49,7 +49,7 @@ describe('parseText', () => {
   });
 
   it('allows 8192-byte CHAP values but not more', () => {
-    const big = '0x' + 'ab'.repeat((MAX_LARGE_VALUE_LENGTH - 2) / 2);
+    const big = `0x${'ab'.repeat((MAX_LARGE_VALUE_LENGTH - 2) / 2)}`;
     expect(parseText(t(`CHAP_C=${big}\0`))[0]![1]).toHaveLength(8192);
     expect(code(() => parseText(t(`CHAP_R=${big}ab\0`)))).toBe('value-too-long');
   });

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { startArraylab } from '../support/arraylab.js';
 import { requireNbdsh } from '../support/tools.js';
 
-const CLIENTS = String.raw`
+const CLIENTS = `
 import nbd, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
 hs = []

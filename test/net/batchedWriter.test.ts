@@ -33,7 +33,7 @@ describe('BatchedWriter', () => {
     put(w, 'x'.repeat(20)); // larger than a slab
     expect(w.slab.length).toBe(20);
     await tick();
-    expect(Buffer.concat(calls.flat()).toString('latin1')).toBe('123456abcd' + 'x'.repeat(20));
+    expect(Buffer.concat(calls.flat()).toString('latin1')).toBe(`123456abcd${'x'.repeat(20)}`);
   });
 
   it('scratch space is sent only through the views queued from it', async () => {

@@ -40,7 +40,7 @@ function pattern(block, version) {
   return buf;
 }
 
-const out = (line) => process.stdout.write(line + '\n');
+const out = (line) => process.stdout.write(`${line}\n`);
 
 const store = await FileBlockStore.create({ dataPath, mapPath, size: BLOCK * BLOCKS, blockSize: BLOCK, thin: true });
 let version = 0;

@@ -23,8 +23,14 @@ export function runProcess(cmd: string, args: string[], o: { env?: NodeJS.Proces
     let stdout = '';
     let stderr = '';
     let output = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => ((stdout += d), (output += d)));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => ((stderr += d), (output += d)));
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+      output += d;
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+      output += d;
+    });
     const timer = setTimeout(() => child.kill('SIGKILL'), o.timeoutMs);
     child.on('error', reject);
     child.on('close', (code) => {

@@ -118,7 +118,7 @@ describe('README: a full backup and restore cycle', () => {
 
     // Step 1 and step 3 print the same sha256, that of `seq 1 100000`.
     const sums = [...r.out.matchAll(/^([0-9a-f]{64})\s+\/mnt\/tv1\/data\.txt$/gm)].map((m) => m[1]);
-    const seq = Array.from({ length: 100_000 }, (_, i) => i + 1).join('\n') + '\n';
+    const seq = `${Array.from({ length: 100_000 }, (_, i) => i + 1).join('\n')}\n`;
     expect(sums).toEqual([sha256(seq), sha256(seq)]);
 
     // Before lab down, the lab's qemu and arraylab serve run (so the check after it means something).

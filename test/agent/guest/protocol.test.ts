@@ -240,7 +240,10 @@ describe('resync', () => {
     const p = await startGuest();
     const written: string[] = [];
     const write = p.write.bind(p);
-    p.write = (data: string) => (written.push(data), write(data));
+    p.write = (data: string) => {
+      written.push(data);
+      return write(data);
+    };
     hook('backup-pre', 'sleep 2; echo late');
     const first = client();
     const rec = await first.lockTransaction('tv1', fs.device, 'freeze');
@@ -307,8 +310,8 @@ describe('protocol pieces', () => {
     const r = new LineReader((l) => lines.push(l), (n) => over.push(n), 16);
     r.push(Buffer.from('ab'));
     r.push(Buffer.from('c\nde'));
-    r.push(Buffer.from('f\n' + 'x'.repeat(10)));
-    r.push(Buffer.from('y'.repeat(10) + 'zz\nok\n'));
+    r.push(Buffer.from(`f\n${'x'.repeat(10)}`));
+    r.push(Buffer.from(`${'y'.repeat(10)}zz\nok\n`));
     expect(lines).toEqual(['abc', 'def', 'ok']);
     expect(over).toEqual([22]); // given up on at the chunk that went past 16
     r.push(Buffer.from('partial'));

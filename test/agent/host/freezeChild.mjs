@@ -8,5 +8,5 @@ import { LinuxHost } from '../../../dist/agent/host/LinuxHost.js';
 const [device, deadline] = process.argv.slice(2);
 const host = new LinuxHost({ log: pino({ level: 'silent' }) });
 const rec = await host.lockTransaction('tv1', device, 'freeze', { freezeDeadlineMs: Number(deadline) });
-process.stdout.write(JSON.stringify(rec) + '\n');
+process.stdout.write(`${JSON.stringify(rec)}\n`);
 setInterval(() => undefined, 60_000);

@@ -50,7 +50,7 @@ function mountsUnder(dir: string): string[] {
   const lines = readFileSync('/proc/self/mountinfo', 'utf8').split('\n');
   return lines
     .map((l) => l.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((mp): mp is string => !!mp && (mp === dir || mp.startsWith(dir + '/')))
+    .filter((mp): mp is string => !!mp && (mp === dir || mp.startsWith(`${dir}/`)))
     .sort((a, b) => b.length - a.length);
 }
 
