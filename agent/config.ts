@@ -103,7 +103,8 @@ export function readConfigFile(path: string): FileConfig {
       return value;
     };
     const seconds = () => {
-      if (typeof value !== 'number' || !(value > 0) || value > 86_400) throw new ConfigError(`${where} must be a number of seconds between 0 and 86400, e.g. 30`);
+      if (typeof value !== 'number' || !(value > 0) || value > 86_400)
+        throw new ConfigError(`${where} must be a number of seconds between 0 and 86400, e.g. 30`);
       return value;
     };
     switch (key) {
@@ -161,7 +162,10 @@ export function resolveSettings(o: SettingOverrides, env: NodeJS.ProcessEnv = pr
   if (!isLogLevel(logLevel)) throw new ConfigError(`log level ${JSON.stringify(logLevel)} is not one of fatal, error, warn, info, debug, trace, silent`);
   const array = o.array ?? (env.ARRAYLAB_API || undefined) ?? file.array ?? '127.0.0.1:7390';
   const listen = o.listen ?? file.listen ?? DEFAULT_LISTEN;
-  for (const [flag, v] of [['array', array], ['listen', listen]] as const) {
+  for (const [flag, v] of [
+    ['array', array],
+    ['listen', listen],
+  ] as const) {
     try {
       parseHostPort(v);
     } catch (err) {

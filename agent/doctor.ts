@@ -51,7 +51,12 @@ export function hostChecks(o: { hooksDir?: string; env?: NodeJS.ProcessEnv }): D
   const checks: DoctorCheck[] = [];
   const add = (name: string, ok: boolean, detail: string, fix = '') => checks.push({ name, ok, detail, fix: ok ? '' : fix });
   const uid = process.getuid?.() ?? -1;
-  add('root', uid === 0, uid === 0 ? 'running as root' : `running as uid ${uid}`, 'run arraylab-agent as root: unmounting, freezing and holding block devices need it');
+  add(
+    'root',
+    uid === 0,
+    uid === 0 ? 'running as root' : `running as uid ${uid}`,
+    'run arraylab-agent as root: unmounting, freezing and holding block devices need it',
+  );
 
   const missing = TOOLS.filter(([t]) => findOnPath(t, o.env) === undefined);
   add(
@@ -72,7 +77,12 @@ export async function runDoctor(d: DoctorDeps): Promise<DoctorCheck[]> {
     try {
       for (const c of await d.guest.doctor()) checks.push({ ...c, name: `guest ${c.name}` });
     } catch (err) {
-      add('guest agent', false, (err as Error).message, `start \`arraylab-agent guest-serve\` in the guest (arraylab vm start does) and check the socket ${d.guest.socketPath}`);
+      add(
+        'guest agent',
+        false,
+        (err as Error).message,
+        `start \`arraylab-agent guest-serve\` in the guest (arraylab vm start does) and check the socket ${d.guest.socketPath}`,
+      );
     }
   } else {
     checks.push(...hostChecks({ ...(d.env ? { env: d.env } : {}) }));
@@ -83,7 +93,12 @@ export async function runDoctor(d: DoctorDeps): Promise<DoctorCheck[]> {
     accessSync(d.settings.stateDir, constants.W_OK);
     add('state directory', true, `${d.settings.stateDir} is writable`);
   } catch (err) {
-    add('state directory', false, `${d.settings.stateDir}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 'make it writable by the agent, or choose another with --state-dir');
+    add(
+      'state directory',
+      false,
+      `${d.settings.stateDir}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      'make it writable by the agent, or choose another with --state-dir',
+    );
   }
 
   let volumes: VolumeInfo[] | undefined;
@@ -92,13 +107,22 @@ export async function runDoctor(d: DoctorDeps): Promise<DoctorCheck[]> {
     volumes = await d.array.listVolumes();
     add('array', true, `arraylab ${s.version} at ${d.settings.array}, ${volumes.length} volumes`);
   } catch (err) {
-    add('array', false, (err as Error).message, `start the array (arraylab serve) or point the agent at it with --array HOST:PORT or "array:" in ${d.settings.configFile || 'the config file'}`);
+    add(
+      'array',
+      false,
+      (err as Error).message,
+      `start the array (arraylab serve) or point the agent at it with --array HOST:PORT or "array:" in ${d.settings.configFile || 'the config file'}`,
+    );
   }
 
   if (volumes) {
     try {
       const mapped = await d.host.devices(volumes);
-      add('devices', true, mapped.length === 0 ? 'no array volume has a block device on this host' : mapped.map((m) => `${m.volume}=${m.device} (${m.how})`).join(', '));
+      add(
+        'devices',
+        true,
+        mapped.length === 0 ? 'no array volume has a block device on this host' : mapped.map((m) => `${m.volume}=${m.device} (${m.how})`).join(', '),
+      );
     } catch (err) {
       add('devices', false, (err as Error).message, 'fix the device map file (lines of "VOLUME DEVICE")');
     }
@@ -114,7 +138,9 @@ export async function runDoctor(d: DoctorDeps): Promise<DoctorCheck[]> {
       add(
         'transaction volumes',
         noDevice.length === 0,
-        noDevice.length === 0 ? `${st.transactionVolumes.length} registered, each with a device here` : `no block device on this host for: ${noDevice.map((t) => t.volume).join(', ')}`,
+        noDevice.length === 0
+          ? `${st.transactionVolumes.length} registered, each with a device here`
+          : `no block device on this host for: ${noDevice.map((t) => t.volume).join(', ')}`,
         'attach the volume (iSCSI login, nbd-client) or add "VOLUME DEVICE" to the device map (--device-map)',
       );
       const unhealthy = st.transactionVolumes.flatMap((t) => t.unhealthy.map((u) => `${t.volume} ${u}`));
@@ -131,7 +157,10 @@ export async function runDoctor(d: DoctorDeps): Promise<DoctorCheck[]> {
         pending === 0,
         pending === 0
           ? 'records agree: no lock left behind, no volume flagged'
-          : [...st.outstandingLocks.map((l) => `${l.volume} still ${l.action} since ${l.at}`), ...flagged.map((v) => `${v.volume}: ${v.needsResourceMatch}`)].join('; '),
+          : [
+              ...st.outstandingLocks.map((l) => `${l.volume} still ${l.action} since ${l.at}`),
+              ...flagged.map((v) => `${v.volume}: ${v.needsResourceMatch}`),
+            ].join('; '),
         'run: arraylab-agent resource-match',
       );
     } catch (err) {
@@ -163,6 +192,7 @@ function hooksCheck(dir: string): [string, boolean, string, string] {
       problems.push(`${name} is not executable (chmod +x ${join(dir, name)})`);
     }
   }
-  if (problems.length > 0) return ['hooks', false, `${dir}: ${problems.join('; ')}`, 'rename or chmod the scripts as said; a hook must be named after its phase'];
+  if (problems.length > 0)
+    return ['hooks', false, `${dir}: ${problems.join('; ')}`, 'rename or chmod the scripts as said; a hook must be named after its phase'];
   return ['hooks', true, found.length ? `${dir}: ${found.join(', ')}` : `${dir} holds no scripts`, ''];
 }

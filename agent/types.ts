@@ -132,7 +132,6 @@ export interface HookResult {
   message: string;
 }
 
-
 /**
  * Everything the agent does on the host. Every method either does all of its work or throws
  * an Error whose message names the volume/device/mount point and the fix, having undone what it

@@ -128,7 +128,9 @@ export class ArrayServer {
       await reconcileCartridges(this.tapeLibrary, config.tape?.cartridges ?? [], this.log);
 
       this.nbd = new NbdServer({ provider: this.storage, logger: this.log, ...(tls ? { tls } : {}) });
-      const nbd = await listenOrExplain('NBD', config.listen.nbd, '--nbd HOST:PORT or listen.nbd', () => this.nbd!.listen(config.listen.nbd.port, config.listen.nbd.host));
+      const nbd = await listenOrExplain('NBD', config.listen.nbd, '--nbd HOST:PORT or listen.nbd', () =>
+        this.nbd!.listen(config.listen.nbd.port, config.listen.nbd.host),
+      );
 
       const iscsi = config.listen.iscsi ? await this.startIscsi(config.listen.iscsi) : null;
 
@@ -178,7 +180,12 @@ export class ArrayServer {
     this.offHostChanges = storage.hosts.onChange(() => this.iscsi?.lunsChanged());
     const bound = await listenOrExplain('iSCSI', addr, '--iscsi HOST:PORT or listen.iscsi', () => this.iscsi!.listen(addr.port, addr.host));
     this.log.info(
-      { address: formatHostPort(bound), targetName: this.iscsiTargetName, hostAffinity: storage.hosts.hostAffinity, chap: chap ? (chap.mutualUsername ? 'mutual' : 'one-way') : 'none' },
+      {
+        address: formatHostPort(bound),
+        targetName: this.iscsiTargetName,
+        hostAffinity: storage.hosts.hostAffinity,
+        chap: chap ? (chap.mutualUsername ? 'mutual' : 'one-way') : 'none',
+      },
       'iSCSI target listening',
     );
     return { host: bound.host, port: bound.port };
@@ -226,7 +233,9 @@ export class ArrayServer {
       backend: this.config.backend,
       listeners: {
         nbd: listener(this.bound?.nbd),
-        iscsi: this.bound?.iscsi ? listener(this.bound.iscsi) : { available: false, host: '', port: 0, note: this.config.listen.iscsi ? 'not listening' : ISCSI_NOT_CONFIGURED },
+        iscsi: this.bound?.iscsi
+          ? listener(this.bound.iscsi)
+          : { available: false, host: '', port: 0, note: this.config.listen.iscsi ? 'not listening' : ISCSI_NOT_CONFIGURED },
         api: listener(this.bound?.api),
       },
       iscsiTargetName: this.bound?.iscsi ? this.iscsiTargetName : '',
@@ -288,13 +297,20 @@ export async function reconcileVolumes(array: StorageArray, specs: VolumeSpec[],
  * tape: creates the cartridges the config declares that are missing. One that exists with
  * another capacity is kept as it is (its records matter more), with a warning.
  */
-export async function reconcileCartridges(tape: TapeLibrary, specs: Array<{ label: string; capacityBytes: number; origin: string }>, log: Logger): Promise<void> {
+export async function reconcileCartridges(
+  tape: TapeLibrary,
+  specs: Array<{ label: string; capacityBytes: number; origin: string }>,
+  log: Logger,
+): Promise<void> {
   const existing = new Map(tape.list().map((c) => [c.label, c]));
   for (const spec of specs) {
     const have = existing.get(spec.label);
     if (have) {
       if (have.capacityBytes !== spec.capacityBytes) {
-        log.warn({ cartridge: spec.label, capacityBytes: have.capacityBytes, declared: spec.capacityBytes }, 'cartridge exists with another capacity than the config declares; keeping it');
+        log.warn(
+          { cartridge: spec.label, capacityBytes: have.capacityBytes, declared: spec.capacityBytes },
+          'cartridge exists with another capacity than the config declares; keeping it',
+        );
       }
       continue;
     }
@@ -314,7 +330,9 @@ function readTls(config: ArraylabConfig): { key: Buffer; cert: Buffer; ca?: Buff
     try {
       return readFileSync(path);
     } catch (err) {
-      throw new Error(`config ${config.source}: nbd.tls.${key}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; fix the path`);
+      throw new Error(
+        `config ${config.source}: nbd.tls.${key}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; fix the path`,
+      );
     }
   };
   return {
@@ -331,10 +349,13 @@ async function listenOrExplain<T>(what: string, addr: HostPort, fix: string, lis
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     const reason =
-      code === 'EADDRINUSE' ? 'the address is in use (is another arraylab running?)'
-      : code === 'EADDRNOTAVAIL' ? 'no interface has that address'
-      : code === 'EACCES' ? 'permission denied (ports below 1024 need privileges)'
-      : (err as Error).message;
+      code === 'EADDRINUSE'
+        ? 'the address is in use (is another arraylab running?)'
+        : code === 'EADDRNOTAVAIL'
+          ? 'no interface has that address'
+          : code === 'EACCES'
+            ? 'permission denied (ports below 1024 need privileges)'
+            : (err as Error).message;
     throw new Error(`cannot listen for ${what} on ${formatHostPort(addr)}: ${reason}; use ${fix} in the config to pick another address`);
   }
 }

@@ -234,7 +234,8 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
     if (dup >= 0) fail(`${at}.name`, `volume ${name} is declared twice (also volumes[${dup}]); remove one`);
     if (v.size === undefined) fail(`${at}.size`, 'is missing; give a size such as 64MiB or 10GiB');
     let sizeBytes = 0;
-    if (typeof v.size !== 'string' && typeof v.size !== 'number') fail(`${at}.size`, `${show(v.size)} is not a size; use a number with a unit such as 64MiB or 10GiB`);
+    if (typeof v.size !== 'string' && typeof v.size !== 'number')
+      fail(`${at}.size`, `${show(v.size)} is not a size; use a number with a unit such as 64MiB or 10GiB`);
     try {
       sizeBytes = parseSize(v.size as string | number);
     } catch (err) {
@@ -245,7 +246,10 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
     if (blockSize !== 512 && blockSize !== 4096) fail(`${at}.blockSize`, `${show(blockSize)} is not a block size; use 512 or 4096`);
     if (sizeBytes === 0) fail(`${at}.size`, 'is zero; a volume needs at least one block');
     if (sizeBytes % (blockSize as number) !== 0) {
-      fail(`${at}.size`, `${sizeBytes} bytes is not a multiple of the block size ${blockSize}; round it to a multiple, e.g. ${Math.ceil(sizeBytes / (blockSize as number)) * (blockSize as number)}`);
+      fail(
+        `${at}.size`,
+        `${sizeBytes} bytes is not a multiple of the block size ${blockSize}; round it to a multiple, e.g. ${Math.ceil(sizeBytes / (blockSize as number)) * (blockSize as number)}`,
+      );
     }
     const provisioning = v.provisioning ?? 'thin';
     if (provisioning !== 'thin' && provisioning !== 'thick') fail(`${at}.provisioning`, `${show(provisioning)} is not a provisioning type; use thin or thick`);
@@ -297,7 +301,8 @@ function parseTape(raw: unknown, source: string, fail: Fail): ArraylabConfig['ta
     const label = c.label as string;
     const dup = out.cartridges.findIndex((x) => x.label === label);
     if (dup >= 0) fail(`${at}.label`, `cartridge ${label} is declared twice (also tape.cartridges[${dup}]); remove one`);
-    if (typeof c.capacity !== 'string' && typeof c.capacity !== 'number') fail(`${at}.capacity`, `${show(c.capacity)} is not a size; give a capacity such as 1GiB`);
+    if (typeof c.capacity !== 'string' && typeof c.capacity !== 'number')
+      fail(`${at}.capacity`, `${show(c.capacity)} is not a size; give a capacity such as 1GiB`);
     let capacityBytes = 0;
     try {
       capacityBytes = parseSize(c.capacity as string | number);
@@ -347,7 +352,10 @@ function parseChap(raw: unknown, fail: Fail): IscsiChapConfig {
     if (/[\u0000-\u001f\u007f]/.test(value)) fail(at, 'contains a control character; use printable characters only');
     if (bytes > CHAP_TEXT_MAX_BYTES) fail(at, `is ${bytes} bytes, more than the ${CHAP_TEXT_MAX_BYTES} initiators accept; shorten it`);
     if (secret && bytes < CHAP_SECRET_MIN_BYTES) {
-      fail(at, `is ${bytes} bytes; a CHAP secret needs at least ${CHAP_SECRET_MIN_BYTES} bytes (96 bits, RFC 7143) and Windows initiators take at most 16: use 12 to 16 characters`);
+      fail(
+        at,
+        `is ${bytes} bytes; a CHAP secret needs at least ${CHAP_SECRET_MIN_BYTES} bytes (96 bits, RFC 7143) and Windows initiators take at most 16: use 12 to 16 characters`,
+      );
     }
     return value;
   };
@@ -358,7 +366,10 @@ function parseChap(raw: unknown, fail: Fail): IscsiChapConfig {
   const mutualUsername = text('mutualUsername', false);
   const mutualSecret = text('mutualSecret', true);
   if ((mutualUsername === undefined) !== (mutualSecret === undefined)) {
-    fail(mutualUsername === undefined ? 'iscsi.chap.mutualUsername' : 'iscsi.chap.mutualSecret', 'is missing; mutual CHAP needs both mutualUsername and mutualSecret (or neither, for one-way CHAP)');
+    fail(
+      mutualUsername === undefined ? 'iscsi.chap.mutualUsername' : 'iscsi.chap.mutualSecret',
+      'is missing; mutual CHAP needs both mutualUsername and mutualSecret (or neither, for one-way CHAP)',
+    );
   }
   if (mutualSecret !== undefined && mutualSecret === secret) {
     fail('iscsi.chap.mutualSecret', 'is the same as secret; RFC 7143 forbids one secret for both directions: give the target its own secret');

@@ -37,7 +37,6 @@ export interface ArrayClientOptions {
 
 export const DEFAULT_DEADLINE_MS = 10_000;
 
-
 export class ArrayClient {
   readonly address: string;
   private readonly client: pb.ArrayServiceClient;
@@ -260,23 +259,47 @@ export class ArrayClient {
   }
 
   /** pointInTime (ISO 8601): the instant the volume's image is of; default: the array derives it. */
-  async writeTape(req: { volume: string; cartridge?: string; tag?: string; pointInTime?: string }, onProgress?: (p: HostProgress) => void): Promise<TapeRecordView> {
+  async writeTape(
+    req: { volume: string; cartridge?: string; tag?: string; pointInTime?: string },
+    onProgress?: (p: HostProgress) => void,
+  ): Promise<TapeRecordView> {
     const wire = { volume: req.volume, cartridge: req.cartridge ?? '', tag: req.tag ?? '', pointInTime: req.pointInTime ?? '' };
     const last = await this.tapeStream('WriteTape', wire, `the tape write of volume ${req.volume}`, onProgress);
-    if (!last.record) throw new ApiError('UNKNOWN', `the arraylab API at ${this.address} ended the tape write of volume ${req.volume} without a result; see arraylab tape list`);
+    if (!last.record)
+      throw new ApiError(
+        'UNKNOWN',
+        `the arraylab API at ${this.address} ended the tape write of volume ${req.volume} without a result; see arraylab tape list`,
+      );
     return tapeRecordFromWire(last.record);
   }
 
-  async restoreTape(req: { cartridge: string; record: number; volume: string; force?: boolean }, onProgress?: (p: HostProgress) => void): Promise<TapeRestoreView> {
+  async restoreTape(
+    req: { cartridge: string; record: number; volume: string; force?: boolean },
+    onProgress?: (p: HostProgress) => void,
+  ): Promise<TapeRestoreView> {
     const what = `the restore of cartridge ${req.cartridge} record ${req.record} onto ${req.volume}`;
-    const last = await this.tapeStream('RestoreTape', { cartridge: req.cartridge, record: req.record, volume: req.volume, force: req.force ?? false }, what, onProgress);
+    const last = await this.tapeStream(
+      'RestoreTape',
+      { cartridge: req.cartridge, record: req.record, volume: req.volume, force: req.force ?? false },
+      what,
+      onProgress,
+    );
     if (!last.restored) throw new ApiError('UNKNOWN', `the arraylab API at ${this.address} ended ${what} without a result; restore again`);
     return tapeRestoreFromWire(last.restored);
   }
 
-  async verifyTape(req: { cartridge: string; record?: number }, onProgress?: (p: HostProgress) => void): Promise<Array<{ record: number; ok: boolean; error: string }>> {
-    const last = await this.tapeStream('VerifyTape', { cartridge: req.cartridge, record: req.record ?? 0 }, `the verify of cartridge ${req.cartridge}`, onProgress);
-    if (!last.verified) throw new ApiError('UNKNOWN', `the arraylab API at ${this.address} ended the verify of cartridge ${req.cartridge} without a result; verify again`);
+  async verifyTape(
+    req: { cartridge: string; record?: number },
+    onProgress?: (p: HostProgress) => void,
+  ): Promise<Array<{ record: number; ok: boolean; error: string }>> {
+    const last = await this.tapeStream(
+      'VerifyTape',
+      { cartridge: req.cartridge, record: req.record ?? 0 },
+      `the verify of cartridge ${req.cartridge}`,
+      onProgress,
+    );
+    if (!last.verified)
+      throw new ApiError('UNKNOWN', `the arraylab API at ${this.address} ended the verify of cartridge ${req.cartridge} without a result; verify again`);
     return (last.verified.checks ?? []).map((c) => ({ record: c.record, ok: c.ok, error: c.error }));
   }
 
@@ -285,14 +308,22 @@ export class ArrayClient {
     return this.tapeStub;
   }
 
-  private tapeCall<K extends UnaryMethod<pb.TapeServiceClient>>(method: K, req: RequestOf<pb.TapeServiceClient, K>): Promise<ResponseOf<pb.TapeServiceClient, K>> {
+  private tapeCall<K extends UnaryMethod<pb.TapeServiceClient>>(
+    method: K,
+    req: RequestOf<pb.TapeServiceClient, K>,
+  ): Promise<ResponseOf<pb.TapeServiceClient, K>> {
     return this.call(this.tapeClient(), method, req).catch((err: unknown) => {
       throw tapeApiError(err);
     });
   }
 
   /** Runs a streaming tape call to its end; resolves with the last message (the result). */
-  private tapeStream<K extends StreamMethod<pb.TapeServiceClient>>(method: K, req: StreamRequestOf<pb.TapeServiceClient, K>, what: string, onProgress?: (p: HostProgress) => void): Promise<pb.TapeProgress__Output> {
+  private tapeStream<K extends StreamMethod<pb.TapeServiceClient>>(
+    method: K,
+    req: StreamRequestOf<pb.TapeServiceClient, K>,
+    what: string,
+    onProgress?: (p: HostProgress) => void,
+  ): Promise<pb.TapeProgress__Output> {
     const stream = openStream(this.tapeClient(), method, req, this.callMetadata()) as grpc.ClientReadableStream<pb.TapeProgress__Output>;
     return new Promise((resolve, reject) => {
       let last: pb.TapeProgress__Output | undefined;
@@ -302,7 +333,10 @@ export class ArrayClient {
       const arm = () => {
         clearTimeout(silent);
         silent = setTimeout(() => {
-          failed = new ApiError('DEADLINE_EXCEEDED', `the arraylab API at ${this.address} sent nothing for ${TAPE_SILENCE_MS / 1000} s during ${what}; is the server still running? (the operation may still finish: see arraylab tape show)`);
+          failed = new ApiError(
+            'DEADLINE_EXCEEDED',
+            `the arraylab API at ${this.address} sent nothing for ${TAPE_SILENCE_MS / 1000} s during ${what}; is the server still running? (the operation may still finish: see arraylab tape show)`,
+          );
           stream.cancel();
         }, TAPE_SILENCE_MS);
       };
@@ -324,7 +358,12 @@ export class ArrayClient {
         clearTimeout(silent);
         if (failed) return reject(failed);
         if (heard && err.code === grpc.status.UNAVAILABLE && !/shutting down/.test(err.details)) {
-          return reject(new ApiError('UNAVAILABLE', `the arraylab API at ${this.address} went away during ${what} (${describeUnreachable(err.details)}); when it is back, check with arraylab tape show and run it again`));
+          return reject(
+            new ApiError(
+              'UNAVAILABLE',
+              `the arraylab API at ${this.address} went away during ${what} (${describeUnreachable(err.details)}); when it is back, check with arraylab tape show and run it again`,
+            ),
+          );
         }
         reject(tapeApiError(err, this.toApiError(err)));
       });

@@ -64,7 +64,16 @@ export class ApiError extends StatusError {
 }
 
 /** Codes of the agent's refusals (AgentService, the guest protocol). */
-export type AgentErrorCode = 'NOT_FOUND' | 'ALREADY_EXISTS' | 'INVALID_ARGUMENT' | 'FAILED_PRECONDITION' | 'RESOURCE_EXHAUSTED' | 'ABORTED' | 'UNAVAILABLE' | 'DATA_LOSS' | 'INTERNAL';
+export type AgentErrorCode =
+  | 'NOT_FOUND'
+  | 'ALREADY_EXISTS'
+  | 'INVALID_ARGUMENT'
+  | 'FAILED_PRECONDITION'
+  | 'RESOURCE_EXHAUSTED'
+  | 'ABORTED'
+  | 'UNAVAILABLE'
+  | 'DATA_LOSS'
+  | 'INTERNAL';
 
 /** A refusal of the host agent; the message names the volume and the fix. */
 export class AgentError extends StatusError {

@@ -43,7 +43,11 @@ function packageObject(): grpc.GrpcObject {
 }
 
 /** A generated client interface's constructor, and its service's definition for servers. */
-export type ClientConstructor<C extends grpc.Client> = (new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ClientOptions) => C) & { service: grpc.ServiceDefinition };
+export type ClientConstructor<C extends grpc.Client> = (new (
+  address: string,
+  credentials: grpc.ChannelCredentials,
+  options?: grpc.ClientOptions,
+) => C) & { service: grpc.ServiceDefinition };
 
 function service<C extends grpc.Client>(name: string): ClientConstructor<C> {
   return v1()[name] as unknown as ClientConstructor<C>;

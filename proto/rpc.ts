@@ -20,8 +20,12 @@ export type UnaryMethod<C> = { [K in keyof C & string]: C[K] extends AnyUnary ? 
 export type RequestOf<C, K extends keyof C> = C[K] extends (argument: infer A, callback: infer _) => grpc.ClientUnaryCall ? A : never;
 export type ResponseOf<C, K extends keyof C> = C[K] extends (argument: infer _, callback: grpc.requestCallback<infer R>) => grpc.ClientUnaryCall ? R : never;
 export type StreamMethod<C> = { [K in keyof C & string]: C[K] extends AnyStream ? K : never }[keyof C & string];
-export type StreamRequestOf<C, K extends keyof C> = C[K] extends (argument: infer A, options?: grpc.CallOptions) => grpc.ClientReadableStream<unknown> ? A : never;
-export type StreamMessageOf<C, K extends keyof C> = C[K] extends (argument: infer _, options?: grpc.CallOptions) => grpc.ClientReadableStream<infer M> ? M : never;
+export type StreamRequestOf<C, K extends keyof C> = C[K] extends (argument: infer A, options?: grpc.CallOptions) => grpc.ClientReadableStream<unknown>
+  ? A
+  : never;
+export type StreamMessageOf<C, K extends keyof C> = C[K] extends (argument: infer _, options?: grpc.CallOptions) => grpc.ClientReadableStream<infer M>
+  ? M
+  : never;
 
 /** A unary call; rejects with grpc-js's ServiceError. */
 export function unaryCall<C extends grpc.Client, K extends UnaryMethod<C>>(
@@ -39,7 +43,12 @@ export function unaryCall<C extends grpc.Client, K extends UnaryMethod<C>>(
 }
 
 /** Opens a server-streaming call. */
-export function openStream<C extends grpc.Client, K extends StreamMethod<C>>(client: C, method: K, req: StreamRequestOf<C, K>, metadata: grpc.Metadata): grpc.ClientReadableStream<StreamMessageOf<C, K>> {
+export function openStream<C extends grpc.Client, K extends StreamMethod<C>>(
+  client: C,
+  method: K,
+  req: StreamRequestOf<C, K>,
+  metadata: grpc.Metadata,
+): grpc.ClientReadableStream<StreamMessageOf<C, K>> {
   type Fn = (req: StreamRequestOf<C, K>, md: grpc.Metadata) => grpc.ClientReadableStream<StreamMessageOf<C, K>>;
   return (client[method] as unknown as Fn).call(client, req, metadata);
 }

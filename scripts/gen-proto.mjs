@@ -25,7 +25,11 @@ function generate(out) {
   const bin = join(root, 'node_modules', '.bin', 'proto-loader-gen-types');
   // The loader's options (proto/loader.ts): uint64 as decimal strings, enums as names, defaults
   // for omitted fields, oneof names.
-  execFileSync(bin, ['--longs=String', '--enums=String', '--defaults', '--oneofs', '--includeComments', '--grpcLib=@grpc/grpc-js', '-I', protoDir, '-O', out, ...files], { stdio: ['ignore', 'ignore', 'inherit'] });
+  execFileSync(
+    bin,
+    ['--longs=String', '--enums=String', '--defaults', '--oneofs', '--includeComments', '--grpcLib=@grpc/grpc-js', '-I', protoDir, '-O', out, ...files],
+    { stdio: ['ignore', 'ignore', 'inherit'] },
+  );
   // NodeNext wants explicit extensions on relative imports; the paths are the files' own.
   for (const file of walk(out)) {
     const text = readFileSync(file, 'utf8')
@@ -61,7 +65,9 @@ try {
     const have = existsSync(target) ? new Map([...walk(target)].map((p) => [relative(target, p), readFileSync(p, 'utf8')])) : new Map();
     const drift = [...new Set([...fresh.keys(), ...have.keys()])].filter((k) => fresh.get(k) !== have.get(k)).sort();
     if (drift.length > 0) {
-      console.error(`gen:proto: proto/gen/ is out of date with the .proto files (${drift.length} file(s): ${drift.slice(0, 8).join(', ')}${drift.length > 8 ? ', ...' : ''}); run npm run gen:proto and commit proto/gen/`);
+      console.error(
+        `gen:proto: proto/gen/ is out of date with the .proto files (${drift.length} file(s): ${drift.slice(0, 8).join(', ')}${drift.length > 8 ? ', ...' : ''}); run npm run gen:proto and commit proto/gen/`,
+      );
       process.exit(1);
     }
     console.log(`gen:proto: proto/gen/ matches the .proto files (${fresh.size} files)`);

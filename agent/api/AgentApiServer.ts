@@ -111,7 +111,9 @@ export class AgentApiServer {
       : grpc.ServerCredentials.createInsecure();
     const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
     return new Promise((resolve, reject) => {
-      this.server.bindAsync(address, creds, (err, bound) => (err ? reject(new Error(`cannot listen on ${address}: ${err.message}; choose another --listen address`)) : resolve(bound)));
+      this.server.bindAsync(address, creds, (err, bound) =>
+        err ? reject(new Error(`cannot listen on ${address}: ${err.message}; choose another --listen address`)) : resolve(bound),
+      );
     });
   }
 
@@ -153,7 +155,9 @@ export class AgentApiServer {
     };
   }
 
-  private stream<Req>(fn: (req: Req, progress: (p: ProgressEvent) => void) => Promise<pb.AgentProgress>): grpc.handleServerStreamingCall<Req, pb.AgentProgress> {
+  private stream<Req>(
+    fn: (req: Req, progress: (p: ProgressEvent) => void) => Promise<pb.AgentProgress>,
+  ): grpc.handleServerStreamingCall<Req, pb.AgentProgress> {
     return (call) => {
       if (!this.authorized(call)) {
         call.emit('error', this.denied(call));
@@ -177,4 +181,3 @@ export class AgentApiServer {
     };
   }
 }
-

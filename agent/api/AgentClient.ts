@@ -28,7 +28,16 @@ import { agentServiceClientConstructor } from '../../proto/loader.js';
 import { statusCodeOf } from '../../proto/errors.js';
 
 /** The codes an AgentError may carry; other statuses are described below. */
-const AGENT_CODES = ['NOT_FOUND', 'ALREADY_EXISTS', 'INVALID_ARGUMENT', 'FAILED_PRECONDITION', 'RESOURCE_EXHAUSTED', 'ABORTED', 'DATA_LOSS', 'INTERNAL'] as const;
+const AGENT_CODES = [
+  'NOT_FOUND',
+  'ALREADY_EXISTS',
+  'INVALID_ARGUMENT',
+  'FAILED_PRECONDITION',
+  'RESOURCE_EXHAUSTED',
+  'ABORTED',
+  'DATA_LOSS',
+  'INTERNAL',
+] as const;
 import type * as pb from '../../proto/gen/index.js';
 import { openStream, unaryCall, type RequestOf, type ResponseOf, type StreamMethod, type StreamRequestOf, type UnaryMethod } from '../../proto/rpc.js';
 import {
@@ -51,7 +60,6 @@ export interface AgentClientOptions {
   /** Unary calls; default 30 s. Streams (backup, restore, start-sync) have none. */
   deadlineMs?: number;
 }
-
 
 export class AgentClient implements AgentCore {
   readonly address: string;
@@ -106,7 +114,11 @@ export class AgentClient implements AgentCore {
   }
 
   async startSync(volume: string, o: StartSyncOptions = {}): Promise<SyncView> {
-    const last = await this.stream('StartSync', { volume, full: o.full ?? false, wait: o.wait ?? false, ...(o.rateMiBs !== undefined ? { rateMibS: o.rateMiBs } : {}) }, o.onProgress);
+    const last = await this.stream(
+      'StartSync',
+      { volume, full: o.full ?? false, wait: o.wait ?? false, ...(o.rateMiBs !== undefined ? { rateMibS: o.rateMiBs } : {}) },
+      o.onProgress,
+    );
     if (!last.sync) throw this.noResult('StartSync');
     return syncFromWire(last.sync);
   }
@@ -116,7 +128,11 @@ export class AgentClient implements AgentCore {
   }
 
   async restore(volume: string, o: RestoreOptions = {}): Promise<RestoreReport> {
-    const last = await this.stream('Restore', { volume, generation: o.generation ?? 0, to: o.to ?? '', fromTape: o.fromTape ?? false, force: o.force ?? false }, o.onProgress);
+    const last = await this.stream(
+      'Restore',
+      { volume, generation: o.generation ?? 0, to: o.to ?? '', fromTape: o.fromTape ?? false, force: o.force ?? false },
+      o.onProgress,
+    );
     if (!last.restore) throw this.noResult('Restore');
     return restoreReportFromWire(last.restore);
   }
@@ -153,14 +169,21 @@ export class AgentClient implements AgentCore {
     return md;
   }
 
-  private unary<K extends UnaryMethod<pb.AgentServiceClient>>(method: K, req: RequestOf<pb.AgentServiceClient, K>): Promise<ResponseOf<pb.AgentServiceClient, K>> {
+  private unary<K extends UnaryMethod<pb.AgentServiceClient>>(
+    method: K,
+    req: RequestOf<pb.AgentServiceClient, K>,
+  ): Promise<ResponseOf<pb.AgentServiceClient, K>> {
     return unaryCall(this.client, method, req, this.metadata(), { deadline: Date.now() + (this.opts.deadlineMs ?? 30_000) }).catch((err: grpc.ServiceError) => {
       throw this.toError(err);
     });
   }
 
   /** Resolves with the stream's last message (the result); progress messages go to onProgress. */
-  private stream<K extends StreamMethod<pb.AgentServiceClient>>(method: K, req: StreamRequestOf<pb.AgentServiceClient, K>, onProgress?: (p: ProgressEvent) => void): Promise<pb.AgentProgress__Output> {
+  private stream<K extends StreamMethod<pb.AgentServiceClient>>(
+    method: K,
+    req: StreamRequestOf<pb.AgentServiceClient, K>,
+    onProgress?: (p: ProgressEvent) => void,
+  ): Promise<pb.AgentProgress__Output> {
     const call = openStream(this.client, method, req, this.metadata()) as grpc.ClientReadableStream<pb.AgentProgress__Output>;
     return new Promise((resolve, reject) => {
       let last: pb.AgentProgress__Output | undefined;
@@ -181,7 +204,11 @@ export class AgentClient implements AgentCore {
     const code = statusCodeOf(err.code);
     if ((AGENT_CODES as readonly string[]).includes(code) && code !== 'UNAVAILABLE') return new AgentError(code as AgentErrorCode, err.details);
     if (err.code === grpc.status.UNAUTHENTICATED) return new AgentError('FAILED_PRECONDITION', `the agent at ${this.address} refused the call: ${err.details}`);
-    if (err.code === grpc.status.UNAVAILABLE) return new AgentError('UNAVAILABLE', `cannot reach the agent at ${this.address}: ${err.details}; is \`arraylab-agent serve\` running there? (set --agent or ARRAYLAB_AGENT)`);
+    if (err.code === grpc.status.UNAVAILABLE)
+      return new AgentError(
+        'UNAVAILABLE',
+        `cannot reach the agent at ${this.address}: ${err.details}; is \`arraylab-agent serve\` running there? (set --agent or ARRAYLAB_AGENT)`,
+      );
     if (err.code === grpc.status.DEADLINE_EXCEEDED) return new AgentError('UNAVAILABLE', `the agent at ${this.address} did not answer in time`);
     return new AgentError('INTERNAL', `the agent at ${this.address} failed: ${grpc.status[err.code] ?? err.code}: ${err.details}`);
   }

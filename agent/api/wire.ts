@@ -48,7 +48,13 @@ export function restoreReportToWire(r: RestoreReport): pb.RestoreReport {
 // ---- receiving (the client) ----
 
 export function hookFromWire(w: pb.HookResult__Output): HookResult {
-  return { ...w, phase: w.phase as HookResult['phase'], verdict: w.verdict as HookResult['verdict'], exitCode: w.exitCode < 0 ? null : w.exitCode, signal: w.signal === '' ? null : w.signal };
+  return {
+    ...w,
+    phase: w.phase as HookResult['phase'],
+    verdict: w.verdict as HookResult['verdict'],
+    exitCode: w.exitCode < 0 ? null : w.exitCode,
+    signal: w.signal === '' ? null : w.signal,
+  };
 }
 
 function tapeFromWire(w: pb.TapeCopyRecord__Output | null): TapeCopyRecord | null {
@@ -62,7 +68,12 @@ export function historyFromWire(w: pb.HistoryEntry__Output): HistoryEntry {
 }
 
 export function syncFromWire(w: pb.SyncView__Output): SyncView {
-  return { ...w, start: (w.start || '') as SyncView['start'], unitsToCopy: toByteCount(w.unitsToCopy, 'units_to_copy'), totalUnits: toByteCount(w.totalUnits, 'total_units') };
+  return {
+    ...w,
+    start: (w.start || '') as SyncView['start'],
+    unitsToCopy: toByteCount(w.unitsToCopy, 'units_to_copy'),
+    totalUnits: toByteCount(w.totalUnits, 'total_units'),
+  };
 }
 
 export function backupVolumeFromWire(w: pb.BackupVolumeRecord__Output): BackupVolumeRecord {
@@ -126,7 +137,14 @@ export function progressFromWire(w: pb.ProgressEvent__Output): ProgressEvent {
 }
 
 function mountFromWire(w: pb.MountEntry__Output): MountEntry {
-  return { mountPoint: w.mountPoint, fsType: w.fsType, source: w.source, mountOptions: w.mountOptions, superOptions: w.superOptions, ...(w.root ? { root: w.root } : {}) };
+  return {
+    mountPoint: w.mountPoint,
+    fsType: w.fsType,
+    source: w.source,
+    mountOptions: w.mountOptions,
+    superOptions: w.superOptions,
+    ...(w.root ? { root: w.root } : {}),
+  };
 }
 
 export function lockFromWire(w: pb.LockRecord__Output): LockRecord {

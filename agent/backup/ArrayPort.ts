@@ -3,7 +3,20 @@ import type { ArrayClient } from '../../proto/ArrayClient.js';
 
 export type ArrayPort = Pick<
   ArrayClient,
-  'getVolume' | 'listVolumes' | 'listExports' | 'startCopy' | 'startCopyGroup' | 'cutCopyGroup' | 'getCopy' | 'listCopies' | 'suspendCopy' | 'resumeCopy' | 'reverseCopy' | 'cancelCopy' | 'restoreFromClone' | 'setCopyRate'
+  | 'getVolume'
+  | 'listVolumes'
+  | 'listExports'
+  | 'startCopy'
+  | 'startCopyGroup'
+  | 'cutCopyGroup'
+  | 'getCopy'
+  | 'listCopies'
+  | 'suspendCopy'
+  | 'resumeCopy'
+  | 'reverseCopy'
+  | 'cancelCopy'
+  | 'restoreFromClone'
+  | 'setCopyRate'
 >;
 
 /** True when an array call failed because the thing is gone (ApiError NOT_FOUND). */

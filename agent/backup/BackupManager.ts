@@ -140,7 +140,10 @@ export class BackupManager implements AgentCore {
     try {
       mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     } catch (err) {
-      throw new AgentError('FAILED_PRECONDITION', `cannot create the agent state directory ${stateDir}: ${(err as Error).message}; choose another with --state-dir`);
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `cannot create the agent state directory ${stateDir}: ${(err as Error).message}; choose another with --state-dir`,
+      );
     }
     const store = new AgentStore(join(stateDir, AGENT_DATABASE_FILE));
     return new BackupManager({ ...opts, store });
@@ -156,20 +159,33 @@ export class BackupManager implements AgentCore {
 
   async registerTransaction(volume: string, opts: RegisterTransactionOptions = {}): Promise<RegisteredTransaction> {
     if (this.store.getBackupVolume(volume)) {
-      throw new AgentError('ALREADY_EXISTS', `${volume} is registered as a backup volume; a volume has one role: unregister it first (arraylab-agent unregister ${volume})`);
+      throw new AgentError(
+        'ALREADY_EXISTS',
+        `${volume} is registered as a backup volume; a volume has one role: unregister it first (arraylab-agent unregister ${volume})`,
+      );
     }
     const info = await this.arrayVolume(volume);
     const existing = this.store.getTransaction(volume);
     const lock = opts.lock ?? existing?.lock ?? 'unmount';
-    if (lock !== 'unmount' && lock !== 'freeze' && lock !== 'none') throw new AgentError('INVALID_ARGUMENT', `--lock ${String(lock)} is not a lock mode; use unmount, freeze or none`);
+    if (lock !== 'unmount' && lock !== 'freeze' && lock !== 'none')
+      throw new AgentError('INVALID_ARGUMENT', `--lock ${String(lock)} is not a lock mode; use unmount, freeze or none`);
     const flushOnly = opts.flushOnly ?? existing?.flushOnly ?? false;
-    if (lock === 'none' && flushOnly) throw new AgentError('INVALID_ARGUMENT', `--lock none and --flush-only contradict each other for ${volume}: none does nothing on the host, flush-only flushes; choose one`);
+    if (lock === 'none' && flushOnly)
+      throw new AgentError(
+        'INVALID_ARGUMENT',
+        `--lock none and --flush-only contradict each other for ${volume}: none does nothing on the host, flush-only flushes; choose one`,
+      );
     const defaultType = opts.defaultType ?? existing?.defaultType ?? 'opc';
-    if (!(SNAPSHOT_TYPES as readonly string[]).includes(defaultType)) throw new AgentError('INVALID_ARGUMENT', `--type ${String(defaultType)} is not a snapshot type; use opc, quickopc or snapopcplus`);
+    if (!(SNAPSHOT_TYPES as readonly string[]).includes(defaultType))
+      throw new AgentError('INVALID_ARGUMENT', `--type ${String(defaultType)} is not a snapshot type; use opc, quickopc or snapopcplus`);
     const generations = opts.generations ?? existing?.generations ?? 1;
-    if (!Number.isInteger(generations) || generations < 1) throw new AgentError('INVALID_ARGUMENT', `--generations ${generations} for ${volume}: give a whole number from 1`);
+    if (!Number.isInteger(generations) || generations < 1)
+      throw new AgentError('INVALID_ARGUMENT', `--generations ${generations} for ${volume}: give a whole number from 1`);
     if (defaultType === 'snapopcplus' && generations > MAX_SNAP_GENERATIONS) {
-      throw new AgentError('INVALID_ARGUMENT', `--generations ${generations} for ${volume}: SnapOPC+ keeps at most ${MAX_SNAP_GENERATIONS} generations per volume; use --generations ${MAX_SNAP_GENERATIONS} or less`);
+      throw new AgentError(
+        'INVALID_ARGUMENT',
+        `--generations ${generations} for ${volume}: SnapOPC+ keeps at most ${MAX_SNAP_GENERATIONS} generations per volume; use --generations ${MAX_SNAP_GENERATIONS} or less`,
+      );
     }
     const rec: TransactionVolumeRecord = {
       volume,
@@ -187,7 +203,8 @@ export class BackupManager implements AgentCore {
     if (lock !== 'none' || flushOnly) {
       // Said now rather than at the first backup, which will fail for it.
       try {
-        if (deviceOf(await this.host.devices([info]), volume) === '') warnings.push(`${volume} cannot be ${flushOnly ? 'flushed' : lock === 'freeze' ? 'frozen' : 'locked'} yet: ${noDeviceMessage(volume, info)}`);
+        if (deviceOf(await this.host.devices([info]), volume) === '')
+          warnings.push(`${volume} cannot be ${flushOnly ? 'flushed' : lock === 'freeze' ? 'frozen' : 'locked'} yet: ${noDeviceMessage(volume, info)}`);
       } catch (err) {
         warnings.push(`cannot check for a block device of ${volume} on this host: ${(err as Error).message}`);
       }
@@ -208,16 +225,28 @@ export class BackupManager implements AgentCore {
     const rel = relativeNumbers(this.store.listGenerations(volume));
     const list = victims.map((g) => `generation ${rel.get(key(g)) ?? '-'} (#${g.number} of ${g.at}, on ${g.backupVolume})`).join(', ');
     const when = sync ? 'after the copy of the next synchronized backup' : 'at the next backup, before its copy';
-    return [`${volume} now keeps ${n} generation${n === 1 ? '' : 's'} and holds ${held.length}: ${list} will be released ${when}${victims.some((g) => g.tape?.status === 'ok') ? ' (tape copies stay restorable)' : ''}`];
+    return [
+      `${volume} now keeps ${n} generation${n === 1 ? '' : 's'} and holds ${held.length}: ${list} will be released ${when}${victims.some((g) => g.tape?.status === 'ok') ? ' (tape copies stay restorable)' : ''}`,
+    ];
   }
 
   async registerBackup(volume: string): Promise<BackupVolumeRecord> {
     if (this.store.getTransaction(volume)) {
-      throw new AgentError('ALREADY_EXISTS', `${volume} is registered as a transaction volume; a volume has one role: unregister it first (arraylab-agent unregister ${volume})`);
+      throw new AgentError(
+        'ALREADY_EXISTS',
+        `${volume} is registered as a transaction volume; a volume has one role: unregister it first (arraylab-agent unregister ${volume})`,
+      );
     }
     const info = await this.arrayVolume(volume);
     const existing = this.store.getBackupVolume(volume);
-    this.store.putBackupVolume({ volume, sizeBytes: info.sizeBytes, blockSize: info.blockSize, registeredAt: existing?.registeredAt ?? this.iso(), inUseBy: '', needsResourceMatch: existing?.needsResourceMatch ?? '' });
+    this.store.putBackupVolume({
+      volume,
+      sizeBytes: info.sizeBytes,
+      blockSize: info.blockSize,
+      registeredAt: existing?.registeredAt ?? this.iso(),
+      inUseBy: '',
+      needsResourceMatch: existing?.needsResourceMatch ?? '',
+    });
     this.log.info({ volume, sizeBytes: info.sizeBytes }, 'backup volume registered');
     return publicBv(this.store.getBackupVolume(volume)!);
   }
@@ -246,7 +275,10 @@ export class BackupManager implements AgentCore {
       } else {
         const inUse = this.store.getBackupVolume(volume)!.inUseBy;
         if (inUse && !opts.force) {
-          throw new AgentError('FAILED_PRECONDITION', `cannot unregister backup volume ${volume}: it is in use by ${inUse} (a held generation or sync pair); let the generation go, cancel-sync, or pass --force`);
+          throw new AgentError(
+            'FAILED_PRECONDITION',
+            `cannot unregister backup volume ${volume}: it is in use by ${inUse} (a held generation or sync pair); let the generation go, cancel-sync, or pass --force`,
+          );
         }
         for (const g of this.store.generationsOn(volume).filter((x) => x.status === 'held')) {
           await this.cancelQuietly(g.sessionId);
@@ -277,12 +309,17 @@ export class BackupManager implements AgentCore {
     const to = opts.to ?? 'disk';
     if (!['disk', 'tape', 'both'].includes(to)) throw new AgentError('INVALID_ARGUMENT', `--to ${String(to)}: use disk, tape or both`);
     const completeAfter = opts.completeAfter ?? 'tape';
-    if (completeAfter !== 'disk' && completeAfter !== 'tape') throw new AgentError('INVALID_ARGUMENT', `--complete-after ${String(completeAfter)}: use disk or tape`);
+    if (completeAfter !== 'disk' && completeAfter !== 'tape')
+      throw new AgentError('INVALID_ARGUMENT', `--complete-after ${String(completeAfter)}: use disk or tape`);
     if (opts.completeAfter === 'disk' && to !== 'both') {
-      throw new AgentError('INVALID_ARGUMENT', `--complete-after disk applies to --to both (the tape copy then goes on in the background); drop it, or back up with --to both`);
+      throw new AgentError(
+        'INVALID_ARGUMENT',
+        `--complete-after disk applies to --to both (the tape copy then goes on in the background); drop it, or back up with --to both`,
+      );
     }
     const waitSeconds = opts.waitEquivalentSeconds ?? 0;
-    if (!(Number.isFinite(waitSeconds) && waitSeconds >= 0)) throw new AgentError('INVALID_ARGUMENT', `--wait-equivalent ${waitSeconds}: give seconds, 0 or more`);
+    if (!(Number.isFinite(waitSeconds) && waitSeconds >= 0))
+      throw new AgentError('INVALID_ARGUMENT', `--wait-equivalent ${waitSeconds}: give seconds, 0 or more`);
 
     let arrayVolumes: Map<string, VolumeInfo>;
     let devices: DeviceMapping[];
@@ -325,7 +362,18 @@ export class BackupManager implements AgentCore {
       if (to !== 'disk') {
         for (const job of jobs.filter((j) => j.copied && !j.failed)) {
           if (completeAfter === 'disk') {
-            this.store.updateGeneration(job.volume, job.generation, { tape: { cartridge: opts.cartridge ?? '', record: 0, sha256: '', at: this.iso(), pointInTime: job.imageAt || job.at, status: 'pending', error: '', pid: process.pid } });
+            this.store.updateGeneration(job.volume, job.generation, {
+              tape: {
+                cartridge: opts.cartridge ?? '',
+                record: 0,
+                sha256: '',
+                at: this.iso(),
+                pointInTime: job.imageAt || job.at,
+                status: 'pending',
+                error: '',
+                pid: process.pid,
+              },
+            });
             background.push(job);
           } else {
             await this.tapeCopy(job, opts);
@@ -337,7 +385,11 @@ export class BackupManager implements AgentCore {
       for (const job of jobs.filter((j) => j.copied && j.kind === 'sync')) await this.releaseBeyond(job.volume, job.tv.generations);
     } finally {
       for (const job of jobs) {
-        if (background.includes(job)) this.store.releaseOperation(job.claimed.filter((v) => v !== job.bv), this.owner);
+        if (background.includes(job))
+          this.store.releaseOperation(
+            job.claimed.filter((v) => v !== job.bv),
+            this.owner,
+          );
         else this.store.releaseOperation(job.claimed, this.owner);
       }
     }
@@ -469,7 +521,10 @@ export class BackupManager implements AgentCore {
     job.resync = opts.resync ?? job.tv.resyncAfterBackup;
     if (job.sync) {
       if (opts.type !== undefined && opts.type !== 'ec') {
-        throw new AgentError('FAILED_PRECONDITION', `${volume} has a sync pair with ${job.sync.backupVolume}: back it up without --type (the EC pair is the backup), or cancel-sync first for a ${opts.type} backup`);
+        throw new AgentError(
+          'FAILED_PRECONDITION',
+          `${volume} has a sync pair with ${job.sync.backupVolume}: back it up without --type (the EC pair is the backup), or cancel-sync first for a ${opts.type} backup`,
+        );
       }
       job.kind = 'sync';
       job.type = 'ec';
@@ -477,12 +532,19 @@ export class BackupManager implements AgentCore {
       job.bvDevice = deviceOf(devices, job.bv);
       return;
     }
-    if (opts.resync === true) throw new AgentError('FAILED_PRECONDITION', `--resync is for synchronized backups, and ${volume} has no sync pair; start one with: arraylab-agent start-sync ${volume}, or drop --resync`);
+    if (opts.resync === true)
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `--resync is for synchronized backups, and ${volume} has no sync pair; start one with: arraylab-agent start-sync ${volume}, or drop --resync`,
+      );
     if (opts.type === 'ec') throw new AgentError('FAILED_PRECONDITION', `${volume} has no sync pair; start one with: arraylab-agent start-sync ${volume}`);
     job.type = opts.type ?? job.tv.defaultType;
     const n = job.tv.generations;
     if (job.type === 'snapopcplus' && n > MAX_SNAP_GENERATIONS) {
-      throw new AgentError('INVALID_ARGUMENT', `${volume} keeps ${n} generations but SnapOPC+ keeps at most ${MAX_SNAP_GENERATIONS}; register it with --generations ${MAX_SNAP_GENERATIONS} or less`);
+      throw new AgentError(
+        'INVALID_ARGUMENT',
+        `${volume} keeps ${n} generations but SnapOPC+ keeps at most ${MAX_SNAP_GENERATIONS}; register it with --generations ${MAX_SNAP_GENERATIONS} or less`,
+      );
     }
     const held = this.store.heldGenerations(volume);
     let picked = '';
@@ -508,7 +570,8 @@ export class BackupManager implements AgentCore {
       job.claimed.push(...this.claim([job.bv], 'backup'));
       if (oldest.type === 'quickopc' && job.type === 'quickopc' && oldest.sessionId) job.restartSession = oldest.sessionId;
       const bvInfo = arrayVolumes.get(job.bv);
-      if (!bvInfo) throw new AgentError('NOT_FOUND', `backup volume ${job.bv} of ${volume}'s oldest generation ${oldest.number} does not exist on the array; ${RM_FIX}`);
+      if (!bvInfo)
+        throw new AgentError('NOT_FOUND', `backup volume ${job.bv} of ${volume}'s oldest generation ${oldest.number} does not exist on the array; ${RM_FIX}`);
     }
     job.bvDevice = deviceOf(devices, job.bv);
   }
@@ -518,7 +581,14 @@ export class BackupManager implements AgentCore {
    * (the caller records the claim). prefer: such volumes are taken first (start-sync: the ones
    * with a pair to resume).
    */
-  private pickUnused(volume: string, tvInfo: VolumeInfo, heldCount: number, arrayVolumes: Map<string, VolumeInfo>, purpose: string, prefer?: (bv: string) => boolean): string {
+  private pickUnused(
+    volume: string,
+    tvInfo: VolumeInfo,
+    heldCount: number,
+    arrayVolumes: Map<string, VolumeInfo>,
+    purpose: string,
+    prefer?: (bv: string) => boolean,
+  ): string {
     const sameSize = this.store.listBackupVolumes().filter((b) => {
       const a = arrayVolumes.get(b.volume);
       return a !== undefined && a.sizeBytes === tvInfo.sizeBytes && a.blockSize === tvInfo.blockSize;
@@ -557,7 +627,17 @@ export class BackupManager implements AgentCore {
       if (job.kind === 'snapshot' && job.bvDevice) await job.ledger.take(() => this.host.lockBackup(job.bv, job.bvDevice));
       const prep = job.prep;
       if (prep === 'none') job.prepDone = 'none';
-      else job.prepDone = prepDone(await job.ledger.take(() => this.host.lockTransaction(job.volume, job.tvDevice, prep, this.freezeDeadlineMs !== undefined ? { freezeDeadlineMs: this.freezeDeadlineMs } : undefined)));
+      else
+        job.prepDone = prepDone(
+          await job.ledger.take(() =>
+            this.host.lockTransaction(
+              job.volume,
+              job.tvDevice,
+              prep,
+              this.freezeDeadlineMs !== undefined ? { freezeDeadlineMs: this.freezeDeadlineMs } : undefined,
+            ),
+          ),
+        );
     } catch (err) {
       const undo = await job.ledger.undoAll();
       if (undo.length > 0) {
@@ -565,7 +645,10 @@ export class BackupManager implements AgentCore {
         this.flag(job.volume, reason);
         job.outcome.needsResourceMatch = reason;
       }
-      throw new AgentError('FAILED_PRECONDITION', `pre-processing of ${job.volume} failed: ${(err as Error).message}${undo.length ? `; ${job.volume} needs a resource match: ${RM_FIX}` : ''}`);
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `pre-processing of ${job.volume} failed: ${(err as Error).message}${undo.length ? `; ${job.volume} needs a resource match: ${RM_FIX}` : ''}`,
+      );
     }
     job.locked = true;
   }
@@ -597,7 +680,10 @@ export class BackupManager implements AgentCore {
     if (fresh.length > 1) {
       const label = `agent-${Date.now()}`;
       try {
-        const sessions = await this.array.startCopyGroup(label, fresh.map((j) => this.pair(j)));
+        const sessions = await this.array.startCopyGroup(
+          label,
+          fresh.map((j) => this.pair(j)),
+        );
         fresh.forEach((j, i) => this.copyDone(j, sessions[i]!));
       } catch (err) {
         this.log.warn({ group: label, err: (err as Error).message }, 'group start refused; starting each volume on its own');
@@ -660,7 +746,18 @@ export class BackupManager implements AgentCore {
   }
 
   private genRecord(j: Job, sessionId: string): GenerationRecord {
-    return { number: j.generation, transactionVolume: j.volume, backupVolume: j.bv, type: j.type, sessionId, at: j.at, status: 'held', prep: j.prepDone, tape: null, error: '' };
+    return {
+      number: j.generation,
+      transactionVolume: j.volume,
+      backupVolume: j.bv,
+      type: j.type,
+      sessionId,
+      at: j.at,
+      status: 'held',
+      prep: j.prepDone,
+      tape: null,
+      error: '',
+    };
   }
 
   /**
@@ -717,7 +814,14 @@ export class BackupManager implements AgentCore {
       }
     }
     errors.push(...(await job.ledger.undoAll()));
-    const hook = await this.runHook('backup-post', job.volume, job.tvDevice, job.mountPoint, job.bv, job.copied ? job.generation : this.store.peekGenerationNumber(job.volume));
+    const hook = await this.runHook(
+      'backup-post',
+      job.volume,
+      job.tvDevice,
+      job.mountPoint,
+      job.bv,
+      job.copied ? job.generation : this.store.peekGenerationNumber(job.volume),
+    );
     job.outcome.hooks.push(hook);
     if (!hookOk(hook)) errors.push(`backup-post hook failed: ${hook.message}`);
     if (errors.length > 0) {
@@ -736,14 +840,36 @@ export class BackupManager implements AgentCore {
     let tape: TapeCopyRecord;
     try {
       // The array's own instant of the image: the agent's clock may differ from the array's.
-      const rec = await this.tape.writeTape({ volume: job.bv, ...(opts.cartridge ? { cartridge: opts.cartridge } : {}), tag: `${job.volume} gen ${g}`, ...(job.imageAt ? { pointInTime: job.imageAt } : {}) }, (p) =>
-        progress('tape', `tape ${job.volume} generation #${g}`, p.doneBytes, p.totalBytes),
+      const rec = await this.tape.writeTape(
+        {
+          volume: job.bv,
+          ...(opts.cartridge ? { cartridge: opts.cartridge } : {}),
+          tag: `${job.volume} gen ${g}`,
+          ...(job.imageAt ? { pointInTime: job.imageAt } : {}),
+        },
+        (p) => progress('tape', `tape ${job.volume} generation #${g}`, p.doneBytes, p.totalBytes),
       );
-      tape = { cartridge: rec.cartridge, record: rec.record, sha256: rec.sha256, at: rec.createdAt, pointInTime: rec.imageAt || job.imageAt || job.at, status: 'ok', error: '' };
+      tape = {
+        cartridge: rec.cartridge,
+        record: rec.record,
+        sha256: rec.sha256,
+        at: rec.createdAt,
+        pointInTime: rec.imageAt || job.imageAt || job.at,
+        status: 'ok',
+        error: '',
+      };
     } catch (err) {
       const msg = (err as Error).message;
-      this.store.updateGeneration(job.volume, g, { tape: { cartridge: opts.cartridge ?? '', record: 0, sha256: '', at: this.iso(), pointInTime: job.imageAt || job.at, status: 'failed', error: msg } });
-      this.failJob(job, new AgentError('INTERNAL', `the tape copy of ${job.volume} generation #${g} failed: ${msg}; the disk generation is kept; back up again with --to tape to retry`));
+      this.store.updateGeneration(job.volume, g, {
+        tape: { cartridge: opts.cartridge ?? '', record: 0, sha256: '', at: this.iso(), pointInTime: job.imageAt || job.at, status: 'failed', error: msg },
+      });
+      this.failJob(
+        job,
+        new AgentError(
+          'INTERNAL',
+          `the tape copy of ${job.volume} generation #${g} failed: ${msg}; the disk generation is kept; back up again with --to tape to retry`,
+        ),
+      );
       job.outcome.generation = this.historyEntry(job.volume, g);
       job.outcome.ok = false;
       return;
@@ -820,7 +946,16 @@ export class BackupManager implements AgentCore {
         const s = a?.copies.get(sync.sessionId);
         view = s
           ? syncView(tv.volume, sync.backupVolume, s)
-          : { transactionVolume: tv.volume, backupVolume: sync.backupVolume, sessionId: sync.sessionId, state: a ? 'gone' : 'unknown', copiedPercent: 0, start: '', unitsToCopy: 0, totalUnits: 0 };
+          : {
+              transactionVolume: tv.volume,
+              backupVolume: sync.backupVolume,
+              sessionId: sync.sessionId,
+              state: a ? 'gone' : 'unknown',
+              copiedPercent: 0,
+              start: '',
+              unitsToCopy: 0,
+              totalUnits: 0,
+            };
       }
       const op = ops.find((o) => o.volume === tv.volume && isAlive(o.pid));
       const rel = relativeNumbers(this.store.listGenerations(tv.volume));
@@ -892,7 +1027,8 @@ export class BackupManager implements AgentCore {
 
   private requireTransaction(volume: string): TransactionVolumeRecord {
     const tv = this.store.getTransaction(volume);
-    if (!tv) throw new AgentError('NOT_FOUND', `${volume} is not a registered transaction volume; register it with: arraylab-agent register transaction ${volume}`);
+    if (!tv)
+      throw new AgentError('NOT_FOUND', `${volume} is not a registered transaction volume; register it with: arraylab-agent register transaction ${volume}`);
     return tv;
   }
 
@@ -900,7 +1036,8 @@ export class BackupManager implements AgentCore {
     try {
       return await this.array.getVolume(volume);
     } catch (err) {
-      if (isNotFound(err)) throw new AgentError('NOT_FOUND', `no volume named ${volume} on the array; create it (arraylab volume create ${volume} --size SIZE) or check the name`);
+      if (isNotFound(err))
+        throw new AgentError('NOT_FOUND', `no volume named ${volume} on the array; create it (arraylab volume create ${volume} --size SIZE) or check the name`);
       throw new AgentError(codeOf(err), (err as Error).message);
     }
   }
@@ -917,7 +1054,10 @@ export class BackupManager implements AgentCore {
     } catch (err) {
       if (err instanceof BusyError) {
         const h = err.holder;
-        throw new AgentError('ABORTED', `${h.volume} is in a ${h.op} started by pid ${h.pid} at ${h.startedAt}; wait for it or, if that process is gone, ${RM_FIX}`);
+        throw new AgentError(
+          'ABORTED',
+          `${h.volume} is in a ${h.op} started by pid ${h.pid} at ${h.startedAt}; wait for it or, if that process is gone, ${RM_FIX}`,
+        );
       }
       throw err;
     }
@@ -929,7 +1069,14 @@ export class BackupManager implements AgentCore {
   }
 
   private async runHook(phase: HookPhase, volume: string, device: string, mountPoint: string, backupVolume?: string, generation?: number): Promise<HookResult> {
-    const ctx: HookContext = { phase, volume, device, mountPoint, ...(backupVolume ? { backupVolume } : {}), ...(generation !== undefined ? { generation } : {}) };
+    const ctx: HookContext = {
+      phase,
+      volume,
+      device,
+      mountPoint,
+      ...(backupVolume ? { backupVolume } : {}),
+      ...(generation !== undefined ? { generation } : {}),
+    };
     return this.host.runHook(ctx, this.hookTimeoutMs !== undefined ? { timeoutMs: this.hookTimeoutMs } : undefined);
   }
 
@@ -956,7 +1103,10 @@ export class BackupManager implements AgentCore {
     }
   }
 
-  private progressOf(cb: ((p: ProgressEvent) => void) | undefined, volume: string): (step: string, message: string, doneBytes?: number, totalBytes?: number) => void {
+  private progressOf(
+    cb: ((p: ProgressEvent) => void) | undefined,
+    volume: string,
+  ): (step: string, message: string, doneBytes?: number, totalBytes?: number) => void {
     return (step, message, doneBytes, totalBytes) => {
       this.log.debug({ volume, step }, message);
       cb?.({ volume, step, message, ...(doneBytes !== undefined ? { doneBytes } : {}), ...(totalBytes !== undefined ? { totalBytes } : {}) });

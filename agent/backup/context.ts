@@ -5,7 +5,17 @@ import type { Logger } from 'pino';
 import type { CopySessionView } from '../../proto/views.js';
 import type { VolumeInfo } from '../../proto/views.js';
 import type { AgentStore } from '../store/AgentStore.js';
-import type { AgentErrorCode, DeviceMapping, HistoryEntry, HookPhase, HookResult, HostSide, ProgressEvent, TapePort, TransactionVolumeRecord } from '../types.js';
+import type {
+  AgentErrorCode,
+  DeviceMapping,
+  HistoryEntry,
+  HookPhase,
+  HookResult,
+  HostSide,
+  ProgressEvent,
+  TapePort,
+  TransactionVolumeRecord,
+} from '../types.js';
 import type { ArrayPort } from './ArrayPort.js';
 import type { ArrayState } from './generations.js';
 
@@ -27,7 +37,14 @@ export interface ManagerContext {
   requireTransaction(volume: string): TransactionVolumeRecord;
   progressOf(cb: ((p: ProgressEvent) => void) | undefined, volume: string): (step: string, message: string, doneBytes?: number, totalBytes?: number) => void;
   /** An unused registered backup volume of tvInfo's size and block size, claimed for purpose. */
-  pickUnused(volume: string, tvInfo: VolumeInfo, heldCount: number, arrayVolumes: Map<string, VolumeInfo>, purpose: string, prefer?: (bv: string) => boolean): string;
+  pickUnused(
+    volume: string,
+    tvInfo: VolumeInfo,
+    heldCount: number,
+    arrayVolumes: Map<string, VolumeInfo>,
+    purpose: string,
+    prefer?: (bv: string) => boolean,
+  ): string;
   /** The array's volumes and sessions; undefined when it cannot be reached. */
   arrayState(): Promise<ArrayState | undefined>;
 }
@@ -56,17 +73,27 @@ export function percent(s: CopySessionView): number {
 
 export function codeOf(err: unknown): AgentErrorCode {
   const code = (err as { code?: unknown } | null)?.code;
-  const known: AgentErrorCode[] = ['NOT_FOUND', 'ALREADY_EXISTS', 'INVALID_ARGUMENT', 'FAILED_PRECONDITION', 'RESOURCE_EXHAUSTED', 'ABORTED', 'UNAVAILABLE', 'INTERNAL'];
+  const known: AgentErrorCode[] = [
+    'NOT_FOUND',
+    'ALREADY_EXISTS',
+    'INVALID_ARGUMENT',
+    'FAILED_PRECONDITION',
+    'RESOURCE_EXHAUSTED',
+    'ABORTED',
+    'UNAVAILABLE',
+    'INTERNAL',
+  ];
   return known.includes(code as AgentErrorCode) ? (code as AgentErrorCode) : code === 'DEADLINE_EXCEEDED' ? 'UNAVAILABLE' : 'INTERNAL';
 }
-
 
 /**
  * Why a volume that is to be locked, frozen or flushed cannot be: no block device of it was
  * found on this host. Names how the agent looked and every way to fix it.
  */
 export function noDeviceMessage(volume: string, info: Pick<VolumeInfo, 'wwn' | 'serial'> | undefined): string {
-  const how = info ? `by its WWN ${info.wwn}, its serial ${info.serial}, an NBD export named ${volume} or the device map` : `by WWN, serial, NBD export or the device map`;
+  const how = info
+    ? `by its WWN ${info.wwn}, its serial ${info.serial}, an NBD export named ${volume} or the device map`
+    : `by WWN, serial, NBD export or the device map`;
   return (
     `no block device of ${volume} was found on this host (looked ${how}); ` +
     `attach the volume here (iSCSI login or nbd-client), or add "${volume} /dev/DEVICE" to the device map (--device-map), ` +

@@ -58,23 +58,39 @@ export function assess(g: GenerationRecord, a: ArrayState): Health | undefined {
       case 'opc':
         return undefined; // an OPC session ends by itself once the copy is done
       case 'quickopc':
-        return { status: 'lost', reason: `its QuickOPC session ${g.sessionId} was cancelled on the array: ${g.backupVolume} is no longer protected and may have been overwritten` };
+        return {
+          status: 'lost',
+          reason: `its QuickOPC session ${g.sessionId} was cancelled on the array: ${g.backupVolume} is no longer protected and may have been overwritten`,
+        };
       case 'snapopcplus':
-        return { status: 'lost', reason: `its SnapOPC+ session ${g.sessionId} was cancelled on the array: the snap volume ${g.backupVolume} no longer holds the image` };
+        return {
+          status: 'lost',
+          reason: `its SnapOPC+ session ${g.sessionId} was cancelled on the array: the snap volume ${g.backupVolume} no longer holds the image`,
+        };
       case 'ec':
-        return { status: 'lost', reason: `its suspended EC pair ${g.sessionId} was cancelled on the array: ${g.backupVolume} is no longer protected and may have been overwritten` };
+        return {
+          status: 'lost',
+          reason: `its suspended EC pair ${g.sessionId} was cancelled on the array: ${g.backupVolume} is no longer protected and may have been overwritten`,
+        };
     }
   }
   const ends = [s.source, s.destination].sort().join(' ');
   if (ends !== [g.transactionVolume, g.backupVolume].sort().join(' ')) {
-    return { status: 'error', reason: `session ${s.id} is now ${s.source} -> ${s.destination}, not ${g.transactionVolume} -> ${g.backupVolume} (arraylab copy show ${s.id})` };
+    return {
+      status: 'error',
+      reason: `session ${s.id} is now ${s.source} -> ${s.destination}, not ${g.transactionVolume} -> ${g.backupVolume} (arraylab copy show ${s.id})`,
+    };
   }
   if (s.state === 'error-suspended') return { status: 'error', reason: `the array error-suspended session ${s.id}: ${s.error || 'no reason given'}` };
   if (g.type === 'ec') {
     if (s.state === 'copying' || s.state === 'equivalent') {
-      return { status: 'lost', reason: `its EC pair ${s.id} was resumed on the array (now ${s.state}): ${g.backupVolume} follows ${g.transactionVolume} again and no longer holds ${gen}` };
+      return {
+        status: 'lost',
+        reason: `its EC pair ${s.id} was resumed on the array (now ${s.state}): ${g.backupVolume} follows ${g.transactionVolume} again and no longer holds ${gen}`,
+      };
     }
-    if (s.state === 'split') return { status: 'error', reason: `its EC pair ${s.id} was split on the array: ${g.backupVolume} is writable and may have changed since the backup` };
+    if (s.state === 'split')
+      return { status: 'error', reason: `its EC pair ${s.id} was split on the array: ${g.backupVolume} is writable and may have changed since the backup` };
     if (s.reversed) return { status: 'error', reason: `its EC pair ${s.id} was reversed on the array (${s.source} -> ${s.destination})` };
   }
   return undefined;

@@ -35,7 +35,9 @@ export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchRep
   for (const lock of m.store.listLocks().reverse()) {
     const r = lock.record;
     if (isAlive(lock.pid) && busy.has(lock.volume)) {
-      remaining.push(`${r.volume}: its ${r.action} lock belongs to a ${lock.volume} operation of pid ${lock.pid} that is still running; run resource-match again once it has ended`);
+      remaining.push(
+        `${r.volume}: its ${r.action} lock belongs to a ${lock.volume} operation of pid ${lock.pid} that is still running; run resource-match again once it has ended`,
+      );
       continue;
     }
     try {
@@ -101,7 +103,9 @@ export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchRep
         }
       }
       m.store.updateGeneration(tv.volume, g.number, { status: h.status, sessionId, error: h.reason });
-      repaired.push(`${tv.volume} generation #${g.number} marked ${h.status}: ${h.reason}${sessionId ? ` (its session ${sessionId} stays until the older generations are released)` : ''}; back it up again`);
+      repaired.push(
+        `${tv.volume} generation #${g.number} marked ${h.status}: ${h.reason}${sessionId ? ` (its session ${sessionId} stays until the older generations are released)` : ''}; back it up again`,
+      );
     }
     // Tape copies left pending by a process that is gone (--complete-after disk) never finish.
     for (const g of m.store.listGenerations(tv.volume)) {
@@ -115,7 +119,9 @@ export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchRep
       const s = copies.get(sync.sessionId);
       if (s === undefined || s.type !== 'ec') {
         m.store.deleteSync(tv.volume);
-        repaired.push(`removed the sync pair ${tv.volume} -> ${sync.backupVolume}: its EC session ${sync.sessionId} is gone from the array; start it again with: arraylab-agent start-sync ${tv.volume}`);
+        repaired.push(
+          `removed the sync pair ${tv.volume} -> ${sync.backupVolume}: its EC session ${sync.sessionId} is gone from the array; start it again with: arraylab-agent start-sync ${tv.volume}`,
+        );
       }
     }
   }

@@ -38,15 +38,23 @@ export async function restore(m: ManagerContext, volume: string, opts: RestoreOp
   const force = opts.force === true;
   const target = opts.to ?? volume;
   const a = await m.arrayState();
-  if (a === undefined) throw new AgentError('UNAVAILABLE', `cannot restore ${volume}: the array cannot be reached, so neither the generation nor the target can be checked; check --array and retry`);
+  if (a === undefined)
+    throw new AgentError(
+      'UNAVAILABLE',
+      `cannot restore ${volume}: the array cannot be reached, so neither the generation nor the target can be checked; check --array and retry`,
+    );
   const rel = opts.generation ?? 1;
   const g = pickGeneration(m, volume, rel, fromTape, a);
   const what = `restore ${volume} generation ${rel} (#${g.number})`;
   if (target !== volume) {
     const bv = m.store.getBackupVolume(target);
-    if (bv?.inUseBy) throw new AgentError('FAILED_PRECONDITION', `cannot ${what} onto ${target}: it is a backup volume in use by ${bv.inUseBy}; choose another --to volume`);
+    if (bv?.inUseBy)
+      throw new AgentError('FAILED_PRECONDITION', `cannot ${what} onto ${target}: it is a backup volume in use by ${bv.inUseBy}; choose another --to volume`);
     if (m.store.getTransaction(target) && !force) {
-      throw new AgentError('FAILED_PRECONDITION', `cannot ${what} onto ${target}: ${target} is a registered transaction volume, whose data the restore would overwrite; choose another --to volume, or pass --force`);
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `cannot ${what} onto ${target}: ${target} is a registered transaction volume, whose data the restore would overwrite; choose another --to volume, or pass --force`,
+      );
     }
   }
   const targetInfo = a.volumes.get(target);
@@ -74,7 +82,10 @@ export async function restore(m: ManagerContext, volume: string, opts: RestoreOp
       method = 'tape';
     } else if (g.type === 'snapopcplus') {
       method = 'host-copy';
-      for (const [name, dev] of [[g.backupVolume, bvDevice], [target, targetDevice]] as const) {
+      for (const [name, dev] of [
+        [g.backupVolume, bvDevice],
+        [target, targetDevice],
+      ] as const) {
         if (!dev) {
           throw new AgentError(
             'FAILED_PRECONDITION',
@@ -87,13 +98,22 @@ export async function restore(m: ManagerContext, volume: string, opts: RestoreOp
       const involving = (v: string) => copies.filter((s) => s.source === v || s.destination === v);
       const sync = m.store.getSync(volume);
       if (target === volume && sync) {
-        throw new AgentError('FAILED_PRECONDITION', `cannot ${what}: ${volume} is mirrored to ${sync.backupVolume} (sync pair, session ${sync.sessionId}), which would copy the restore over; cancel it first (arraylab-agent cancel-sync ${volume}), then start-sync again after the restore`);
+        throw new AgentError(
+          'FAILED_PRECONDITION',
+          `cannot ${what}: ${volume} is mirrored to ${sync.backupVolume} (sync pair, session ${sync.sessionId}), which would copy the restore over; cancel it first (arraylab-agent cancel-sync ${volume}), then start-sync again after the restore`,
+        );
       }
       if (g.type === 'ec' && target === volume && own?.state === 'suspended' && !own.reversed && own.source === volume) {
         method = 'array-clone';
         sessionId = own.id;
         toCancel = blockers(m, what, target, g, copies, own.id);
-      } else if (g.type === 'quickopc' && target === volume && own?.state === 'tracking' && involving(volume).length === 1 && involving(g.backupVolume).length === 1) {
+      } else if (
+        g.type === 'quickopc' &&
+        target === volume &&
+        own?.state === 'tracking' &&
+        involving(volume).length === 1 &&
+        involving(g.backupVolume).length === 1
+      ) {
         method = 'array-reverse';
         sessionId = own.id;
       } else {
@@ -119,10 +139,15 @@ export async function restore(m: ManagerContext, volume: string, opts: RestoreOp
 
     let copyErr: unknown;
     try {
-      progress('copy', `restoring ${volume} generation #${g.number} from ${fromTape ? `tape ${g.tape!.cartridge} record ${g.tape!.record}` : g.backupVolume} (${method})`);
+      progress(
+        'copy',
+        `restoring ${volume} generation #${g.number} from ${fromTape ? `tape ${g.tape!.cartridge} record ${g.tape!.record}` : g.backupVolume} (${method})`,
+      );
       for (const s of toCancel) notes.push(await cancelInTheWay(m, s));
       if (method === 'tape') {
-        await m.tape.restoreTape({ cartridge: g.tape!.cartridge, record: g.tape!.record, volume: target, force: true }, (p) => progress('copy', 'tape restore', p.doneBytes, p.totalBytes));
+        await m.tape.restoreTape({ cartridge: g.tape!.cartridge, record: g.tape!.record, volume: target, force: true }, (p) =>
+          progress('copy', 'tape restore', p.doneBytes, p.totalBytes),
+        );
       } else if (method === 'host-copy') {
         await m.host.copyDevice(bvDevice, targetDevice, (p) => progress('copy', 'host copy', p.doneBytes, p.totalBytes));
       } else if (method === 'array-reverse') {
@@ -136,7 +161,9 @@ export async function restore(m: ManagerContext, volume: string, opts: RestoreOp
         await waitCopy(m, sessionId, 'equivalent', (done, total) => progress('copy', 'restore from clone', done, total));
         await m.array.suspendCopy(sessionId);
         await m.array.reverseCopy(sessionId, { force: true });
-        notes.push(`the EC pair ${volume} -> ${g.backupVolume} (session ${sessionId}) is suspended again: ${g.backupVolume} keeps generation #${g.number}, ${volume} is writable`);
+        notes.push(
+          `the EC pair ${volume} -> ${g.backupVolume} (session ${sessionId}) is suspended again: ${g.backupVolume} keeps generation #${g.number}, ${volume} is writable`,
+        );
       } else {
         const s = await m.array.startCopy({ type: 'opc', source: g.backupVolume, destination: target, force: true });
         await waitCopy(m, s.id, 'gone', (done, total) => progress('copy', 'restore copy', done, total));
@@ -160,9 +187,13 @@ export async function restore(m: ManagerContext, volume: string, opts: RestoreOp
     if (!hookOk(post)) errors.push(`restore-post hook failed: ${post.message}`);
     if (errors.length > 0) m.flag(volume, `restore post-processing failed: ${errors.join('; ')}`);
     if (copyErr !== undefined) {
-      throw new AgentError(codeOf(copyErr), `restore of ${volume} generation #${g.number} onto ${target} failed: ${(copyErr as Error).message}${errors.length ? `; post-processing failed too (${errors.join('; ')}): ${RM_FIX}` : ''}`);
+      throw new AgentError(
+        codeOf(copyErr),
+        `restore of ${volume} generation #${g.number} onto ${target} failed: ${(copyErr as Error).message}${errors.length ? `; post-processing failed too (${errors.join('; ')}): ${RM_FIX}` : ''}`,
+      );
     }
-    if (errors.length > 0) throw new AgentError('INTERNAL', `${target} was restored, but post-processing failed: ${errors.join('; ')}; ${volume} needs a resource match: ${RM_FIX}`);
+    if (errors.length > 0)
+      throw new AgentError('INTERNAL', `${target} was restored, but post-processing failed: ${errors.join('; ')}; ${volume} needs a resource match: ${RM_FIX}`);
     m.log.info({ volume, target, generation: g.number, method }, 'restored');
     return { volume, target, generation: m.historyEntry(volume, g.number), from: fromTape ? 'tape' : 'disk', method, hooks, notes };
   } finally {
@@ -200,7 +231,10 @@ function pickGeneration(m: ManagerContext, volume: string, rel: number, fromTape
       `${what}: it is ${e.status} on the array: ${e.error}; restore another generation${tapeOk ? ', or this one from its tape copy (--from tape)' : ''}; ${RM_FIX} to record it`,
     );
   } else if (e.status !== 'held') {
-    throw new AgentError('FAILED_PRECONDITION', `${what} from disk: it is ${e.status} (its backup volume was reused) and only its tape copy is left; restore it with --from tape`);
+    throw new AgentError(
+      'FAILED_PRECONDITION',
+      `${what} from disk: it is ${e.status} (its backup volume was reused) and only its tape copy is left; restore it with --from tape`,
+    );
   }
   return m.store.getGeneration(volume, e.number)!;
 }
@@ -238,7 +272,10 @@ async function checkInUse(m: ManagerContext, target: string, targetDevice: strin
   if (target !== volume && targetDevice) {
     const mounted = await m.mountPointOf(targetDevice);
     if (mounted) {
-      throw new AgentError('FAILED_PRECONDITION', `cannot ${what} onto ${target}: it is mounted on this host at ${mounted}; unmount it first, or pass --force (the restore then unmounts it and mounts it back afterwards)`);
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `cannot ${what} onto ${target}: it is mounted on this host at ${mounted}; unmount it first, or pass --force (the restore then unmounts it and mounts it back afterwards)`,
+      );
     }
   }
 }
@@ -257,7 +294,10 @@ function blockers(m: ManagerContext, what: string, target: string, g: Generation
   for (const s of inWay) {
     const which = `${s.type} session ${s.id} (${s.source} -> ${s.destination})`;
     if (s.state === 'copying') {
-      throw new AgentError('FAILED_PRECONDITION', `cannot ${what} onto ${target}: ${which} is still copying (${percent(s)}%); wait for it to finish (arraylab copy show ${s.id}) and retry`);
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `cannot ${what} onto ${target}: ${which} is still copying (${percent(s)}%); wait for it to finish (arraylab copy show ${s.id}) and retry`,
+      );
     }
     if (s.type === 'quickopc' && s.state === 'tracking') {
       cancel.push(s);
@@ -268,9 +308,15 @@ function blockers(m: ManagerContext, what: string, target: string, g: Generation
       continue;
     }
     if (s.type === 'ec') {
-      throw new AgentError('FAILED_PRECONDITION', `cannot ${what} onto ${target}: ${which} (${s.state}) is in the way; cancel it first (arraylab-agent cancel-sync ${s.source}, or arraylab copy cancel ${s.id})`);
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `cannot ${what} onto ${target}: ${which} (${s.state}) is in the way; cancel it first (arraylab-agent cancel-sync ${s.source}, or arraylab copy cancel ${s.id})`,
+      );
     }
-    throw new AgentError('FAILED_PRECONDITION', `cannot ${what} onto ${target}: ${which} (${s.state}) is in the way of the copy; cancelling it would lose those generations, so release them first or restore onto another volume (--to)`);
+    throw new AgentError(
+      'FAILED_PRECONDITION',
+      `cannot ${what} onto ${target}: ${which} (${s.state}) is in the way of the copy; cancelling it would lose those generations, so release them first or restore onto another volume (--to)`,
+    );
   }
   return cancel;
 }
@@ -289,7 +335,12 @@ async function cancelInTheWay(m: ManagerContext, s: CopySessionView): Promise<st
 }
 
 /** Polls a session until it has ended (OPC), is tracking again (reversed QuickOPC) or equivalent (EC). */
-async function waitCopy(m: ManagerContext, id: string, until: 'gone' | 'tracking' | 'equivalent', onProgress: (done: number, total: number) => void): Promise<void> {
+async function waitCopy(
+  m: ManagerContext,
+  id: string,
+  until: 'gone' | 'tracking' | 'equivalent',
+  onProgress: (done: number, total: number) => void,
+): Promise<void> {
   for (;;) {
     let s: CopySessionView;
     try {

@@ -36,7 +36,10 @@ export async function startSync(m: ManagerContext, volume: string, opts: StartSy
   const tv = m.requireTransaction(volume);
   const existing = m.store.getSync(volume);
   if (existing) {
-    throw new AgentError('ALREADY_EXISTS', `${volume} already has a sync pair with ${existing.backupVolume} (session ${existing.sessionId}); back it up, or cancel it with: arraylab-agent cancel-sync ${volume}`);
+    throw new AgentError(
+      'ALREADY_EXISTS',
+      `${volume} already has a sync pair with ${existing.backupVolume} (session ${existing.sessionId}); back it up, or cancel it with: arraylab-agent cancel-sync ${volume}`,
+    );
   }
   if (opts.rateMiBs !== undefined && !(Number.isFinite(opts.rateMiBs) && opts.rateMiBs >= 0)) {
     throw new AgentError('INVALID_ARGUMENT', `--rate ${opts.rateMiBs}: give MiB/s, 0 or more (0 = no background copy)`);
@@ -58,7 +61,10 @@ export async function startSync(m: ManagerContext, volume: string, opts: StartSy
       bv = m.pickUnused(volume, tvInfo, held, vols, 'start-sync', opts.full ? undefined : (b) => resumablePair(copies, volume, b) !== undefined);
     } catch (err) {
       if (err instanceof AgentError && err.code === 'RESOURCE_EXHAUSTED' && held >= tv.generations) {
-        throw new AgentError('RESOURCE_EXHAUSTED', `${err.message.replace(/; register one.*$/, '')}; a synchronized backup needs N+1 backup volumes for N generations: register one with: arraylab-agent register backup VOL`);
+        throw new AgentError(
+          'RESOURCE_EXHAUSTED',
+          `${err.message.replace(/; register one.*$/, '')}; a synchronized backup needs N+1 backup volumes for N generations: register one with: arraylab-agent register backup VOL`,
+        );
       }
       throw err;
     }
@@ -91,7 +97,13 @@ export async function startSync(m: ManagerContext, volume: string, opts: StartSy
           await m.cancelSession(s.id);
           m.log.info({ volume, backupVolume: bv, sessionId: s.id }, 'suspended EC pair of a released generation cancelled for a new pair');
         }
-        session = await m.array.startCopy({ type: 'ec', source: volume, destination: bv, force: true, ...(opts.rateMiBs !== undefined ? { rateMiBs: opts.rateMiBs } : {}) });
+        session = await m.array.startCopy({
+          type: 'ec',
+          source: volume,
+          destination: bv,
+          force: true,
+          ...(opts.rateMiBs !== undefined ? { rateMiBs: opts.rateMiBs } : {}),
+        });
       }
       m.store.putSync({ transactionVolume: volume, backupVolume: bv, sessionId: session.id, startedAt: m.iso() });
     } catch (err) {
@@ -104,16 +116,30 @@ export async function startSync(m: ManagerContext, volume: string, opts: StartSy
     if (errors.length > 0) m.flag(volume, `start-sync post-processing failed: ${errors.join('; ')}`);
     if (startErr !== undefined) {
       const what = resume ? `resume the EC pair ${volume} -> ${bv} (session ${resume.id})` : `start the EC pair ${volume} -> ${bv}`;
-      throw new AgentError(codeOf(startErr), `cannot ${what}: ${(startErr as Error).message}${errors.length ? `; post-processing failed too (${errors.join('; ')}): ${RM_FIX}` : ''}`);
+      throw new AgentError(
+        codeOf(startErr),
+        `cannot ${what}: ${(startErr as Error).message}${errors.length ? `; post-processing failed too (${errors.join('; ')}): ${RM_FIX}` : ''}`,
+      );
     }
-    if (errors.length > 0) throw new AgentError('INTERNAL', `the EC pair ${volume} -> ${bv} started, but post-processing failed: ${errors.join('; ')}; ${volume} needs a resource match: ${RM_FIX}`);
+    if (errors.length > 0)
+      throw new AgentError(
+        'INTERNAL',
+        `the EC pair ${volume} -> ${bv} started, but post-processing failed: ${errors.join('; ')}; ${volume} needs a resource match: ${RM_FIX}`,
+      );
     view = { ...syncView(volume, bv, session!), start: resume ? 'resume' : 'full', unitsToCopy: session!.totalBlocks - session!.copiedBlocks };
     progress('copy', `EC ${volume} -> ${bv} ${resume ? 'resumed' : 'started'}: ${view.unitsToCopy} of ${view.totalUnits} units to copy`);
   } finally {
     m.store.releaseOperation(claimed, m.owner);
   }
   if (!opts.wait) return view;
-  const s = await waitEquivalent(m, volume, { transactionVolume: volume, backupVolume: view.backupVolume, sessionId: view.sessionId, startedAt: '' }, Infinity, opts.onProgress, `wait for ${volume} -> ${view.backupVolume} to be equivalent`);
+  const s = await waitEquivalent(
+    m,
+    volume,
+    { transactionVolume: volume, backupVolume: view.backupVolume, sessionId: view.sessionId, startedAt: '' },
+    Infinity,
+    opts.onProgress,
+    `wait for ${volume} -> ${view.backupVolume} to be equivalent`,
+  );
   return { ...view, state: s.state, copiedPercent: percent(s) };
 }
 
@@ -152,13 +178,19 @@ export async function waitEquivalent(
       s = await m.array.getCopy(sync.sessionId);
     } catch (err) {
       if (isNotFound(err)) {
-        throw new AgentError('FAILED_PRECONDITION', `cannot ${purpose}: its EC session ${sync.sessionId} to ${sync.backupVolume} is gone from the array; ${RM_FIX}, then start-sync again`);
+        throw new AgentError(
+          'FAILED_PRECONDITION',
+          `cannot ${purpose}: its EC session ${sync.sessionId} to ${sync.backupVolume} is gone from the array; ${RM_FIX}, then start-sync again`,
+        );
       }
       throw err;
     }
     if (s.state === 'equivalent') return s;
     if (s.state !== 'copying') {
-      throw new AgentError('FAILED_PRECONDITION', `cannot ${purpose}: its EC pair to ${sync.backupVolume} (session ${s.id}) is ${s.state}${s.error ? ` (${s.error})` : ''}, not equivalent; cancel-sync and start-sync again`);
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `cannot ${purpose}: its EC pair to ${sync.backupVolume} (session ${s.id}) is ${s.state}${s.error ? ` (${s.error})` : ''}, not equivalent; cancel-sync and start-sync again`,
+      );
     }
     if (Date.now() >= deadline) {
       const waited = waitSeconds > 0 ? ` after waiting ${waitSeconds} s` : '';
@@ -173,5 +205,14 @@ export async function waitEquivalent(
 }
 
 export function syncView(tv: string, bv: string, s: CopySessionView): SyncView {
-  return { transactionVolume: tv, backupVolume: bv, sessionId: s.id, state: s.state, copiedPercent: percent(s), start: '', unitsToCopy: 0, totalUnits: s.totalBlocks };
+  return {
+    transactionVolume: tv,
+    backupVolume: bv,
+    sessionId: s.id,
+    state: s.state,
+    copiedPercent: percent(s),
+    start: '',
+    unitsToCopy: 0,
+    totalUnits: s.totalBlocks,
+  };
 }

@@ -13,7 +13,18 @@ import { ARRAYLAB_VERSION } from '../../proto/util/version.js';
 import { createLogger, type Logger } from '../../proto/util/log.js';
 import { ConfigError, resolveSettings, type AgentSettings } from '../config.js';
 import type { AgentCore, DoctorCheck } from '../types.js';
-import { renderBackup, renderDevices, renderDoctor, renderHistory, renderMatch, renderRegistered, renderRestore, renderStatus, renderSync, progressPrinter } from './render.js';
+import {
+  renderBackup,
+  renderDevices,
+  renderDoctor,
+  renderHistory,
+  renderMatch,
+  renderRegistered,
+  renderRestore,
+  renderStatus,
+  renderSync,
+  progressPrinter,
+} from './render.js';
 import { readToken } from './token.js';
 import { DEFAULT_GUEST_PORT } from '../../proto/guest/protocol.js'; // [G1]
 
@@ -117,9 +128,13 @@ async function withAgent<R>(a: GlobalArgs, fn: (core: AgentCore & { doctor?: () 
 const GUEST_SIDE_FLAGS = ['device-map', 'hooks-dir', 'hook-timeout', 'freeze-deadline'] as const;
 function checkGuestArgs(a: GlobalArgs, remote: string | undefined): void {
   if (a.guest === undefined) return;
-  if (remote) throw new UsageError(`--guest cannot be used with --agent${a.agent ? '' : ' (ARRAYLAB_AGENT is set)'}: --guest runs the command here and reaches the agent in the guest; drop one of them`);
+  if (remote)
+    throw new UsageError(
+      `--guest cannot be used with --agent${a.agent ? '' : ' (ARRAYLAB_AGENT is set)'}: --guest runs the command here and reaches the agent in the guest; drop one of them`,
+    );
   for (const flag of GUEST_SIDE_FLAGS) {
-    if (a[flag] !== undefined) throw new UsageError(`--${flag} applies in the guest with --guest; give it to \`arraylab-agent guest-serve\` in the guest instead`);
+    if (a[flag] !== undefined)
+      throw new UsageError(`--${flag} applies in the guest with --guest; give it to \`arraylab-agent guest-serve\` in the guest instead`);
   }
 }
 
@@ -139,7 +154,9 @@ export async function run(argv: string[]): Promise<number> {
   const progress = (a: GlobalArgs) => progressPrinter(a.progress ?? (process.stderr.isTTY === true && !a.json));
   const parser = yargs(argv)
     .scriptName('arraylab-agent')
-    .usage('$0 <command> [options]\n\nThe host side of arraylab backups: locks, freezes or flushes transaction volumes, dismounts backup volumes, runs hook scripts, and keeps backup generations, history and restore.')
+    .usage(
+      '$0 <command> [options]\n\nThe host side of arraylab backups: locks, freezes or flushes transaction volumes, dismounts backup volumes, runs hook scripts, and keeps backup generations, history and restore.',
+    )
     .option('json', { type: 'boolean', default: false, describe: 'machine-readable JSON on stdout' })
     .option('config', { type: 'string', requiresArg: true, describe: 'agent config file (YAML)' })
     .option('array', { type: 'string', requiresArg: true, describe: "the array's control API HOST:PORT [env ARRAYLAB_API]" })
@@ -147,13 +164,21 @@ export async function run(argv: string[]): Promise<number> {
     .option('device-map', { type: 'string', requiresArg: true, describe: 'file of "VOLUME DEVICE" lines for devices not found by WWN, serial or NBD export' })
     .option('hooks-dir', { type: 'string', requiresArg: true, describe: 'directory of hook scripts named after their phase (default STATE-DIR/hooks)' })
     .option('hook-timeout', { type: 'number', requiresArg: true, describe: 'seconds a hook script may run (default 60)' })
-    .option('freeze-deadline', { type: 'number', requiresArg: true, describe: 'seconds after which a frozen filesystem is thawed whatever happens (default 30)' })
+    .option('freeze-deadline', {
+      type: 'number',
+      requiresArg: true,
+      describe: 'seconds after which a frozen filesystem is thawed whatever happens (default 30)',
+    })
     .option('agent', { type: 'string', requiresArg: true, describe: 'send the command to this agent daemon HOST:PORT [env ARRAYLAB_AGENT]' })
     .option('token-file', { type: 'string', requiresArg: true, describe: "the daemon's token file (default STATE-DIR/agent.token) [env ARRAYLAB_AGENT_TOKEN]" })
     .option('tls-ca', { type: 'string', requiresArg: true, describe: "with --agent: CA certificate (PEM) of the daemon's TLS certificate" })
     .option('log-level', { type: 'string', requiresArg: true, describe: 'fatal|error|warn|info|debug|trace|silent [env ARRAYLAB_LOG_LEVEL]' })
     .option('progress', { type: 'boolean', describe: 'show progress on stderr (default: when stderr is a terminal)' })
-    .option('guest', { type: 'string', requiresArg: true, describe: "the host side is the agent in a guest: its virtio-serial socket (guest-serve runs there)" })
+    .option('guest', {
+      type: 'string',
+      requiresArg: true,
+      describe: 'the host side is the agent in a guest: its virtio-serial socket (guest-serve runs there)',
+    })
     .command('register', 'register a transaction volume (with its backup policy) or a backup volume', (y: Argv<GlobalArgs>) =>
       y
         .command(
@@ -164,12 +189,16 @@ export async function run(argv: string[]): Promise<number> {
               .positional('volume', { type: 'string', demandOption: true })
               .option('lock', {
                 choices: ['unmount', 'freeze', 'none'] as const,
-                describe: 'unmount (default; remounted afterwards), freeze (fsfreeze; stays mounted) or none (no host-side processing: a crash-consistent copy at best)',
+                describe:
+                  'unmount (default; remounted afterwards), freeze (fsfreeze; stays mounted) or none (no host-side processing: a crash-consistent copy at best)',
               })
               .option('generations', { type: 'number', requiresArg: true, describe: 'preservation generations (default 1)' })
               .option('flush-only', { type: 'boolean', describe: 'by default only flush the filesystem buffers, without locking (BufferFlushOnly)' })
               .option('type', { choices: ['opc', 'quickopc', 'snapopcplus'] as const, describe: 'snapshot type of backups (default opc)' })
-              .option('resync-after-backup', { type: 'boolean', describe: 'synchronized backups: resume the EC pair right after each backup (--no-resync-after-backup: not)' }),
+              .option('resync-after-backup', {
+                type: 'boolean',
+                describe: 'synchronized backups: resume the EC pair right after each backup (--no-resync-after-backup: not)',
+              }),
           async (a) => {
             const generations = positiveInt('generations', a.generations, 64);
             const rec = await withAgent(a, (core) =>
@@ -198,7 +227,10 @@ export async function run(argv: string[]): Promise<number> {
     .command(
       'unregister <volume>',
       'forget a transaction or backup volume',
-      (c) => c.positional('volume', { type: 'string', demandOption: true }).option('force', { type: 'boolean', default: false, describe: 'also when it holds generations or a sync pair (their records go)' }),
+      (c) =>
+        c
+          .positional('volume', { type: 'string', demandOption: true })
+          .option('force', { type: 'boolean', default: false, describe: 'also when it holds generations or a sync pair (their records go)' }),
       async (a) => {
         await withAgent(a, (core) => core.unregister(a.volume, { force: a.force }));
         out(a, { volume: a.volume, unregistered: true }, `unregistered ${a.volume}`);
@@ -210,18 +242,33 @@ export async function run(argv: string[]): Promise<number> {
       (c) =>
         c
           .positional('volumes', { type: 'string', array: true, demandOption: true })
-          .option('type', { choices: ['opc', 'quickopc', 'snapopcplus'] as const, describe: 'snapshot type (default: the volume\'s; a synchronized volume is backed up by its EC pair)' })
+          .option('type', {
+            choices: ['opc', 'quickopc', 'snapopcplus'] as const,
+            describe: "snapshot type (default: the volume's; a synchronized volume is backed up by its EC pair)",
+          })
           .option('differential', { type: 'boolean', describe: 'QuickOPC: copy only what changed since the last backup to that volume (= --type quickopc)' })
           .conflicts('differential', 'type')
           .option('flush-only', { type: 'boolean', default: false, describe: 'flush the filesystem buffers instead of locking (Xflush)' })
-          .option('to', { choices: ['disk', 'tape', 'both'] as const, default: 'disk' as const, describe: 'where the backup goes; tape copies are made from the backup volume' })
+          .option('to', {
+            choices: ['disk', 'tape', 'both'] as const,
+            default: 'disk' as const,
+            describe: 'where the backup goes; tape copies are made from the backup volume',
+          })
           .option('cartridge', { type: 'string', requiresArg: true, describe: 'tape cartridge label (default: one with room)' })
           .option('complete-after', {
             choices: ['disk', 'tape'] as const,
-            describe: 'with --to both: return when the disk history is set (the tape copy goes on in the agent daemon; history shows it pending), or when the tape copy is in the history (default)',
+            describe:
+              'with --to both: return when the disk history is set (the tape copy goes on in the agent daemon; history shows it pending), or when the tape copy is in the history (default)',
           })
-          .option('resync', { type: 'boolean', describe: "synchronized: resume the EC pair after the backup (default: the volume's --resync-after-backup; --no-resync: not this time)" })
-          .option('wait-equivalent', { type: 'number', requiresArg: true, describe: 'synchronized: wait up to SECONDS for the pair to be equivalent instead of refusing at once' }),
+          .option('resync', {
+            type: 'boolean',
+            describe: "synchronized: resume the EC pair after the backup (default: the volume's --resync-after-backup; --no-resync: not this time)",
+          })
+          .option('wait-equivalent', {
+            type: 'number',
+            requiresArg: true,
+            describe: 'synchronized: wait up to SECONDS for the pair to be equivalent instead of refusing at once',
+          }),
       async (a) => {
         const wait = a['wait-equivalent'];
         if (wait !== undefined && !(Number.isFinite(wait) && wait >= 0)) throw new UsageError(`--wait-equivalent ${wait}: give seconds, 0 or more`);
@@ -242,7 +289,9 @@ export async function run(argv: string[]): Promise<number> {
           // they end (a daemon, --agent, returns at once).
           const pending = report.volumes.filter((v) => v.generation?.tape?.status === 'pending');
           if (pending.length > 0 && !a.json && !(a.agent ?? process.env.ARRAYLAB_AGENT)) {
-            process.stderr.write(`arraylab-agent: the tape copy of ${pending.map((v) => v.volume).join(', ')} goes on; waiting for it here (a daemon, arraylab-agent serve with --agent, would return at once)\n`);
+            process.stderr.write(
+              `arraylab-agent: the tape copy of ${pending.map((v) => v.volume).join(', ')} goes on; waiting for it here (a daemon, arraylab-agent serve with --agent, would return at once)\n`,
+            );
           }
         });
       },
@@ -258,7 +307,9 @@ export async function run(argv: string[]): Promise<number> {
           .option('rate', { type: 'number', requiresArg: true, describe: 'background copy rate in MiB/s (0 = none; default unthrottled)' }),
       async (a) => {
         if (a.rate !== undefined && !(Number.isFinite(a.rate) && a.rate >= 0)) throw new UsageError(`--rate ${a.rate}: give MiB/s, 0 or more`);
-        const sync = await withAgent(a, (core) => core.startSync(a.volume, { full: a.full, wait: a.wait, ...(a.rate !== undefined ? { rateMiBs: a.rate } : {}), onProgress: progress(a) }));
+        const sync = await withAgent(a, (core) =>
+          core.startSync(a.volume, { full: a.full, wait: a.wait, ...(a.rate !== undefined ? { rateMiBs: a.rate } : {}), onProgress: progress(a) }),
+        );
         out(a, sync, renderSync(sync));
       },
     )
@@ -277,14 +328,28 @@ export async function run(argv: string[]): Promise<number> {
       (c) =>
         c
           .positional('volume', { type: 'string', demandOption: true })
-          .option('generation', { type: 'number', requiresArg: true, describe: "generation as history numbers it: 1 = newest (default), from disk or tape" })
+          .option('generation', { type: 'number', requiresArg: true, describe: 'generation as history numbers it: 1 = newest (default), from disk or tape' })
           .option('to', { type: 'string', requiresArg: true, describe: 'restore onto this volume instead' })
-          .option('from', { choices: ['disk', 'tape'] as const, default: 'disk' as const, describe: "restore from the backup volume or from the generation's tape copy" })
-          .option('force', { type: 'boolean', default: false, describe: '--to: also onto a registered transaction volume, or one mounted here or open read-write elsewhere' }),
+          .option('from', {
+            choices: ['disk', 'tape'] as const,
+            default: 'disk' as const,
+            describe: "restore from the backup volume or from the generation's tape copy",
+          })
+          .option('force', {
+            type: 'boolean',
+            default: false,
+            describe: '--to: also onto a registered transaction volume, or one mounted here or open read-write elsewhere',
+          }),
       async (a) => {
         const generation = positiveInt('generation', a.generation, 1_000_000);
         const report = await withAgent(a, (core) =>
-          core.restore(a.volume, { ...(generation ? { generation } : {}), ...(a.to ? { to: a.to } : {}), fromTape: a.from === 'tape', force: a.force, onProgress: progress(a) }),
+          core.restore(a.volume, {
+            ...(generation ? { generation } : {}),
+            ...(a.to ? { to: a.to } : {}),
+            fromTape: a.from === 'tape',
+            force: a.force,
+            onProgress: progress(a),
+          }),
         );
         out(a, report, renderRestore(report));
       },
@@ -298,24 +363,44 @@ export async function run(argv: string[]): Promise<number> {
         out(a, entries, renderHistory(entries));
       },
     )
-    .command('status', 'registered volumes, sync pairs, held generations, and anything needing a resource match', (c) => c, async (a) => {
-      const st = await withAgent(a, (core) => core.status());
-      out(a, st, renderStatus(st));
-    })
-    .command('devices', 'which local block device is which array volume, and how the agent knows', (c) => c, async (a) => {
-      const devices = await withAgent(a, (core) => core.devices());
-      out(a, devices, renderDevices(devices));
-    })
-    .command('resource-match', "reconcile the agent's records with the host and the array; repair what it can", (c) => c, async (a) => {
-      const report = await withAgent(a, (core) => core.resourceMatch());
-      out(a, report, renderMatch(report));
-      if (report.remaining.length > 0) exitCode = EXIT_FAILURE;
-    })
-    .command('doctor', 'check what the agent needs on this host and say what to fix', (c) => c, async (a) => {
-      const checks = await doctor(a);
-      out(a, checks, renderDoctor(checks));
-      if (checks.some((c) => !c.ok)) exitCode = EXIT_FAILURE;
-    })
+    .command(
+      'status',
+      'registered volumes, sync pairs, held generations, and anything needing a resource match',
+      (c) => c,
+      async (a) => {
+        const st = await withAgent(a, (core) => core.status());
+        out(a, st, renderStatus(st));
+      },
+    )
+    .command(
+      'devices',
+      'which local block device is which array volume, and how the agent knows',
+      (c) => c,
+      async (a) => {
+        const devices = await withAgent(a, (core) => core.devices());
+        out(a, devices, renderDevices(devices));
+      },
+    )
+    .command(
+      'resource-match',
+      "reconcile the agent's records with the host and the array; repair what it can",
+      (c) => c,
+      async (a) => {
+        const report = await withAgent(a, (core) => core.resourceMatch());
+        out(a, report, renderMatch(report));
+        if (report.remaining.length > 0) exitCode = EXIT_FAILURE;
+      },
+    )
+    .command(
+      'doctor',
+      'check what the agent needs on this host and say what to fix',
+      (c) => c,
+      async (a) => {
+        const checks = await doctor(a);
+        out(a, checks, renderDoctor(checks));
+        if (checks.some((c) => !c.ok)) exitCode = EXIT_FAILURE;
+      },
+    )
     .command(
       'serve',
       'run the agent daemon: AgentService over gRPC (token required) until SIGTERM/SIGINT',
@@ -336,25 +421,45 @@ export async function run(argv: string[]): Promise<number> {
       'in a guest: serve the host side (devices, locks, freeze, hooks) to the host over the virtio-serial port, until SIGTERM/SIGINT',
       (c) => c.option('port', { type: 'string', requiresArg: true, default: DEFAULT_GUEST_PORT, describe: 'the virtio-serial port' }),
       async (a) => {
-        if (a.guest !== undefined || a.agent !== undefined) throw new UsageError('guest-serve runs in the guest and serves the host; it takes no --guest or --agent');
+        if (a.guest !== undefined || a.agent !== undefined)
+          throw new UsageError('guest-serve runs in the guest and serves the host; it takes no --guest or --agent');
         const settings = settingsOf(a);
         const { guestServe } = await import('../guest/guestServe.js');
         const log = await createLogger({ level: settings.logLevel });
-        exitCode = await guestServe({ port: a.port, deviceMap: settings.deviceMap, hooksDir: settings.hooksDir, hookTimeoutMs: settings.hookTimeoutMs, freezeDeadlineMs: settings.freezeDeadlineMs, log });
+        exitCode = await guestServe({
+          port: a.port,
+          deviceMap: settings.deviceMap,
+          hooksDir: settings.hooksDir,
+          hookTimeoutMs: settings.hookTimeoutMs,
+          freezeDeadlineMs: settings.freezeDeadlineMs,
+          log,
+        });
       },
     )
-    .command('guest-status', 'with --guest SOCKET: is the agent in the guest up (its version, hostname, kernel)', (c) => c, async (a) => {
-      if (a.guest === undefined) throw new UsageError('guest-status needs --guest SOCKET (the guest\'s agent socket)');
-      const { GuestHostSide } = await import('../guest/GuestHostSide.js');
-      const guest = new GuestHostSide(a.guest, { log: await cliLogger(a, settingsOf(a)), handshakeTimeoutMs: 10_000 });
-      try {
-        const hello = await guest.hello();
-        out(a, hello, `guest agent ${hello.version} on ${hello.hostname} (kernel ${hello.kernel}, pid ${hello.pid}): hook timeout ${hello.hookTimeoutMs / 1000} s, freeze deadline ${hello.freezeDeadlineMs / 1000} s`);
-      } finally {
-        await guest.close();
-      }
-    })
-    .demandCommand(1, 'give a command: register, backup, start-sync, cancel-sync, restore, history, status, devices, resource-match, doctor, serve, guest-serve or guest-status')
+    .command(
+      'guest-status',
+      'with --guest SOCKET: is the agent in the guest up (its version, hostname, kernel)',
+      (c) => c,
+      async (a) => {
+        if (a.guest === undefined) throw new UsageError("guest-status needs --guest SOCKET (the guest's agent socket)");
+        const { GuestHostSide } = await import('../guest/GuestHostSide.js');
+        const guest = new GuestHostSide(a.guest, { log: await cliLogger(a, settingsOf(a)), handshakeTimeoutMs: 10_000 });
+        try {
+          const hello = await guest.hello();
+          out(
+            a,
+            hello,
+            `guest agent ${hello.version} on ${hello.hostname} (kernel ${hello.kernel}, pid ${hello.pid}): hook timeout ${hello.hookTimeoutMs / 1000} s, freeze deadline ${hello.freezeDeadlineMs / 1000} s`,
+          );
+        } finally {
+          await guest.close();
+        }
+      },
+    )
+    .demandCommand(
+      1,
+      'give a command: register, backup, start-sync, cancel-sync, restore, history, status, devices, resource-match, doctor, serve, guest-serve or guest-status',
+    )
     .recommendCommands()
     .strict()
     .help()

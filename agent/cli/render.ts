@@ -1,7 +1,20 @@
 /** What `arraylab-agent` prints for people (--json prints the records as they are). */
 import { table } from '../../proto/util/table.js';
 import { formatSize } from '../../proto/util/units.js';
-import type { AgentStatus, BackupReport, DeviceMapping, DoctorCheck, HistoryEntry, HookResult, ProgressEvent, RegisteredTransaction, ResourceMatchReport, RestoreReport, SyncView, TapeCopyRecord } from '../types.js';
+import type {
+  AgentStatus,
+  BackupReport,
+  DeviceMapping,
+  DoctorCheck,
+  HistoryEntry,
+  HookResult,
+  ProgressEvent,
+  RegisteredTransaction,
+  ResourceMatchReport,
+  RestoreReport,
+  SyncView,
+  TapeCopyRecord,
+} from '../types.js';
 
 /** Every hook that ran: its verdict, and what it printed (indented), so people see it too. */
 function hookLines(hooks: HookResult[]): string[] {
@@ -50,30 +63,37 @@ export function renderBackup(r: BackupReport): string {
 }
 
 export function renderSync(s: SyncView): string {
-  const how = s.start === 'resume' ? `resumed (${s.unitsToCopy} of ${s.totalUnits} units changed since its backup)` : s.start === 'full' ? `new pair (${s.unitsToCopy} of ${s.totalUnits} units to copy)` : '';
+  const how =
+    s.start === 'resume'
+      ? `resumed (${s.unitsToCopy} of ${s.totalUnits} units changed since its backup)`
+      : s.start === 'full'
+        ? `new pair (${s.unitsToCopy} of ${s.totalUnits} units to copy)`
+        : '';
   return `${s.transactionVolume} -> ${s.backupVolume}: EC session ${s.sessionId}${how ? `, ${how}` : ''}, ${s.state}, ${s.copiedPercent.toFixed(1)}% copied`;
 }
 
 export function renderRestore(r: RestoreReport): string {
-  return [`restored ${r.volume} ${generationText(r.generation)} onto ${r.target} from ${r.from} (${r.method})`, ...r.notes.map((n) => `  note: ${n}`), ...hookLines(r.hooks)].join('\n');
+  return [
+    `restored ${r.volume} ${generationText(r.generation)} onto ${r.target} from ${r.from} (${r.method})`,
+    ...r.notes.map((n) => `  note: ${n}`),
+    ...hookLines(r.hooks),
+  ].join('\n');
 }
 
 export function renderHistory(entries: HistoryEntry[]): string {
   if (entries.length === 0) return 'no backups';
   // GEN is what restore --generation takes (1 = newest, disk and tape alike); NO never changes.
-  return (
-    `${table(entries, [
-      { header: 'VOLUME', value: (e) => e.transactionVolume },
-      { header: 'GEN', value: (e) => (e.generation ? String(e.generation) : '-'), right: true },
-      { header: 'NO', value: (e) => `#${e.number}`, right: true },
-      { header: 'TIME', value: (e) => e.at },
-      { header: 'BACKUP-VOLUME', value: (e) => e.backupVolume },
-      { header: 'TYPE', value: (e) => e.type },
-      { header: 'PREP', value: (e) => e.prep },
-      { header: 'STATUS', value: (e) => e.status + (e.error ? ` (${e.error})` : '') },
-      { header: 'TAPE', value: (e) => (e.tape ? (e.tape.status === 'ok' ? `${e.tape.cartridge}#${e.tape.record} written ${e.tape.at}` : e.tape.status) : '-') },
-    ])}GEN: 1 = newest restorable generation (restore --generation); NO: the backup's own number, never reused; TIME: the point in time of the image\n`
-  );
+  return `${table(entries, [
+    { header: 'VOLUME', value: (e) => e.transactionVolume },
+    { header: 'GEN', value: (e) => (e.generation ? String(e.generation) : '-'), right: true },
+    { header: 'NO', value: (e) => `#${e.number}`, right: true },
+    { header: 'TIME', value: (e) => e.at },
+    { header: 'BACKUP-VOLUME', value: (e) => e.backupVolume },
+    { header: 'TYPE', value: (e) => e.type },
+    { header: 'PREP', value: (e) => e.prep },
+    { header: 'STATUS', value: (e) => e.status + (e.error ? ` (${e.error})` : '') },
+    { header: 'TAPE', value: (e) => (e.tape ? (e.tape.status === 'ok' ? `${e.tape.cartridge}#${e.tape.record} written ${e.tape.at}` : e.tape.status) : '-') },
+  ])}GEN: 1 = newest restorable generation (restore --generation); NO: the backup's own number, never reused; TIME: the point in time of the image\n`;
 }
 
 export function renderStatus(s: AgentStatus): string {
@@ -91,7 +111,15 @@ export function renderStatus(s: AgentStatus): string {
         { header: 'SYNC', value: (t) => (t.sync ? `${t.sync.backupVolume} ${t.sync.state} ${t.sync.copiedPercent.toFixed(0)}%` : '-') },
         {
           header: 'NOTE',
-          value: (t) => [t.busy && `busy: ${t.busy}`, t.needsResourceMatch && `resource match needed: ${t.needsResourceMatch}`, ...t.unhealthy, t.resyncAfterBackup ? 'resync after backup' : ''].filter(Boolean).join('; '),
+          value: (t) =>
+            [
+              t.busy && `busy: ${t.busy}`,
+              t.needsResourceMatch && `resource match needed: ${t.needsResourceMatch}`,
+              ...t.unhealthy,
+              t.resyncAfterBackup ? 'resync after backup' : '',
+            ]
+              .filter(Boolean)
+              .join('; '),
         },
       ]),
     );
@@ -119,7 +147,7 @@ export function renderDevices(d: DeviceMapping[]): string {
 
 export function renderMatch(r: ResourceMatchReport): string {
   const lines = [...r.repaired.map((x) => `repaired: ${x}`), ...r.remaining.map((x) => `NOT repaired: ${x}`)];
-  return lines.length ? lines.join('\n') : "records agree with the host and the array: nothing to repair";
+  return lines.length ? lines.join('\n') : 'records agree with the host and the array: nothing to repair';
 }
 
 export function renderDoctor(checks: DoctorCheck[]): string {

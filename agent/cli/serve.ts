@@ -27,10 +27,20 @@ export async function serve(settings: AgentSettings, json: boolean, guestSocket?
     await agent.close();
     throw err;
   }
-  const info = { pid: process.pid, listen: { host, port: bound }, tls: tls !== undefined, array: settings.array, stateDir: settings.stateDir, ...(guestSocket ? { guest: guestSocket } : {}) };
+  const info = {
+    pid: process.pid,
+    listen: { host, port: bound },
+    tls: tls !== undefined,
+    array: settings.array,
+    stateDir: settings.stateDir,
+    ...(guestSocket ? { guest: guestSocket } : {}),
+  };
   log.info(info, 'arraylab-agent serving');
   if (json) process.stdout.write(`${JSON.stringify(info)}\n`);
-  else process.stdout.write(`arraylab-agent serving on ${host}:${bound}${tls ? ' (TLS)' : ''}; array ${settings.array}; state ${settings.stateDir}${guestSocket ? `; host side: the agent in the guest on ${guestSocket}` : ''}\n`);
+  else
+    process.stdout.write(
+      `arraylab-agent serving on ${host}:${bound}${tls ? ' (TLS)' : ''}; array ${settings.array}; state ${settings.stateDir}${guestSocket ? `; host side: the agent in the guest on ${guestSocket}` : ''}\n`,
+    );
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);

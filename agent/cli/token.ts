@@ -12,10 +12,13 @@ export function readToken(path: string): string {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new Error(`cannot read the agent token ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; pass --token-file or set ARRAYLAB_AGENT_TOKEN`);
+    throw new Error(
+      `cannot read the agent token ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; pass --token-file or set ARRAYLAB_AGENT_TOKEN`,
+    );
   }
   const token = text.trim();
-  if (token.length < 16 || /\s/.test(token)) throw new Error(`the agent token in ${path} must be one word of at least 16 characters; generate one with: openssl rand -hex 32 > ${path}`);
+  if (token.length < 16 || /\s/.test(token))
+    throw new Error(`the agent token in ${path} must be one word of at least 16 characters; generate one with: openssl rand -hex 32 > ${path}`);
   return token;
 }
 

@@ -12,7 +12,17 @@ import { ARRAYLAB_VERSION } from '../../proto/util/version.js';
 import { hostChecks } from '../doctor.js';
 import { HOOK_PHASES, type HookContext, type HostSide, type LockRecord, type TransactionPrep } from '../types.js';
 import type { GuestPort } from './port.js';
-import { encodeLine, HOST_METHODS, LineReader, parseObject, PROTOCOL_VERSION, toWireError, type GuestHello, type GuestReply, type HostMethod } from '../../proto/guest/protocol.js';
+import {
+  encodeLine,
+  HOST_METHODS,
+  LineReader,
+  parseObject,
+  PROTOCOL_VERSION,
+  toWireError,
+  type GuestHello,
+  type GuestReply,
+  type HostMethod,
+} from '../../proto/guest/protocol.js';
 
 export interface GuestServerOptions {
   host: HostSide;
@@ -170,13 +180,19 @@ export class GuestServer {
         const prep = str(2, 'prep');
         if (!['unmount', 'freeze', 'flush'].includes(prep)) throw new BadParams(m, `prep ${JSON.stringify(prep)} is not unmount, freeze or flush`);
         const o = opt(3);
-        return host.lockTransaction(str(0, 'volume'), str(1, 'device'), prep as TransactionPrep, typeof o?.freezeDeadlineMs === 'number' ? { freezeDeadlineMs: o.freezeDeadlineMs } : undefined);
+        return host.lockTransaction(
+          str(0, 'volume'),
+          str(1, 'device'),
+          prep as TransactionPrep,
+          typeof o?.freezeDeadlineMs === 'number' ? { freezeDeadlineMs: o.freezeDeadlineMs } : undefined,
+        );
       }
       case 'lockBackup':
         return host.lockBackup(str(0, 'volume'), str(1, 'device'));
       case 'unlock': {
         const rec = obj(0, 'record') as unknown as LockRecord;
-        if (typeof rec.volume !== 'string' || typeof rec.action !== 'string' || !Array.isArray(rec.mounts)) throw new BadParams(m, 'record is not a LockRecord');
+        if (typeof rec.volume !== 'string' || typeof rec.action !== 'string' || !Array.isArray(rec.mounts))
+          throw new BadParams(m, 'record is not a LockRecord');
         await host.unlock(rec);
         return null;
       }

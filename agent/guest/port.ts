@@ -46,7 +46,9 @@ export class CharDevicePort implements GuestPort {
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
       if (e.code === 'ENOENT') {
-        throw new Error(`cannot open the agent port ${path}: it does not exist; start the guest with the virtio-serial port org.arraylab.agent (arraylab vm start does), or give --port`);
+        throw new Error(
+          `cannot open the agent port ${path}: it does not exist; start the guest with the virtio-serial port org.arraylab.agent (arraylab vm start does), or give --port`,
+        );
       }
       if (e.code === 'EBUSY') {
         throw new Error(`cannot open the agent port ${path}: it is already open; is another arraylab-agent guest-serve running? (ps; stop it first)`);

@@ -86,7 +86,9 @@ export class LinuxHost implements HostSide {
     try {
       guard = await FreezeGuard.start(mountPoint, deadlineMs);
     } catch (err) {
-      throw new Error(`cannot freeze ${what} at ${mountPoint}: ${(err as Error).message}; check that the filesystem supports fsfreeze (ext4, xfs do) and that you are root`);
+      throw new Error(
+        `cannot freeze ${what} at ${mountPoint}: ${(err as Error).message}; check that the filesystem supports fsfreeze (ext4, xfs do) and that you are root`,
+      );
     }
     this.guards.set(guard.pid, guard);
     this.log.info({ volume, device, mountPoint, guard: guard.pid, thawDeadline: guard.thawDeadline.toISOString() }, 'frozen');
@@ -100,7 +102,8 @@ export class LinuxHost implements HostSide {
     const held = this.holds.get(volume);
     if (held && held.device === device) return { ...base, action: 'held', mounts: [] }; // already ours
     const mounts = await this.currentMounts(`backup volume ${volume}`, device);
-    if (mounts.length) await unmountAll(mounts, device, `backup volume ${volume}`, 'stop what uses it; a backup volume must not be in use while the array writes it', this.log);
+    if (mounts.length)
+      await unmountAll(mounts, device, `backup volume ${volume}`, 'stop what uses it; a backup volume must not be in use while the array writes it', this.log);
     const fh = await holdExclusive(volume, device); // a backup volume is never remounted, even if this fails
     this.holds.set(volume, { device, fh });
     this.log.info({ volume, device, unmounted: mounts.map((m) => m.mountPoint) }, 'backup volume held');

@@ -44,14 +44,17 @@ export function parseDeviceMap(text: string, file: string): DeviceMapEntry[] {
     if (!content) return;
     const fields = content.split(/\s+/);
     if (fields.length !== 2) {
-      throw new Error(`device map ${file} line ${line}: expected "VOLUME DEVICE" (two fields), got ${JSON.stringify(raw.trim())}; fix the line or comment it out with #`);
+      throw new Error(
+        `device map ${file} line ${line}: expected "VOLUME DEVICE" (two fields), got ${JSON.stringify(raw.trim())}; fix the line or comment it out with #`,
+      );
     }
     const [volume, device] = fields as [string, string];
     if (!device.startsWith('/')) {
       throw new Error(`device map ${file} line ${line}: device ${JSON.stringify(device)} of volume ${volume} is not an absolute path; write it as /dev/...`);
     }
     const before = seen.get(volume);
-    if (before !== undefined) throw new Error(`device map ${file} line ${line}: volume ${volume} is already mapped on line ${before}; keep one line per volume`);
+    if (before !== undefined)
+      throw new Error(`device map ${file} line ${line}: volume ${volume} is already mapped on line ${before}; keep one line per volume`);
     seen.set(volume, line);
     out.push({ volume, device, line });
   });
@@ -74,7 +77,8 @@ export async function readDeviceMap(file: string): Promise<DeviceMapEntry[]> {
     } catch {
       throw new Error(`device map ${file} line ${e.line}: device ${e.device} of volume ${e.volume} does not exist; attach the volume or fix the line`);
     }
-    if (!st.isBlockDevice()) throw new Error(`device map ${file} line ${e.line}: ${e.device} (volume ${e.volume}) is not a block device; map the volume to its /dev node`);
+    if (!st.isBlockDevice())
+      throw new Error(`device map ${file} line ${e.line}: ${e.device} (volume ${e.volume}) is not a block device; map the volume to its /dev node`);
   }
   return entries;
 }

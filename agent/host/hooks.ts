@@ -45,10 +45,12 @@ export async function runHook(hooksDir: string, ctx: HookContext, timeoutMs: num
   try {
     st = script ? await stat(script) : undefined;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return result({ verdict: 'spawn-error', message: `${ctx.phase} script ${script} cannot be read: ${(err as Error).message}; fix its permissions` });
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT')
+      return result({ verdict: 'spawn-error', message: `${ctx.phase} script ${script} cannot be read: ${(err as Error).message}; fix its permissions` });
   }
   if (!st) return result({ script: '', verdict: 'none', message: `no ${ctx.phase} script${hooksDir ? ` in ${hooksDir}` : ''}` });
-  if (!st.isFile()) return result({ verdict: 'spawn-error', message: `${ctx.phase} script ${script} is not a regular file; replace it with an executable script` });
+  if (!st.isFile())
+    return result({ verdict: 'spawn-error', message: `${ctx.phase} script ${script} is not a regular file; replace it with an executable script` });
   try {
     await access(script, constants.X_OK);
   } catch {
@@ -111,15 +113,30 @@ export async function runHook(hooksDir: string, ctx: HookContext, timeoutMs: num
           setTimeout(() => killGroup('SIGKILL'), KILL_GRACE_MS).unref();
           clearTimeout(killTimer);
           return finish(
-            result({ verdict: 'timeout', exitCode: code, signal, output, message: `${ctx.phase} script ${script} did not finish within ${fmtSeconds(timeoutMs)} and was killed with its process group; make it finish sooner or raise --hook-timeout` }),
+            result({
+              verdict: 'timeout',
+              exitCode: code,
+              signal,
+              output,
+              message: `${ctx.phase} script ${script} did not finish within ${fmtSeconds(timeoutMs)} and was killed with its process group; make it finish sooner or raise --hook-timeout`,
+            }),
           );
         }
         clearTimeout(killTimer);
-        if (signal) return finish(result({ verdict: 'signal', exitCode: null, signal, output, message: `${ctx.phase} script ${script} was killed by ${signal}` }));
+        if (signal)
+          return finish(result({ verdict: 'signal', exitCode: null, signal, output, message: `${ctx.phase} script ${script} was killed by ${signal}` }));
         if (code === 0) return finish(result({ verdict: 'ok', exitCode: 0, output, message: `${ctx.phase} script ${script} exited 0` }));
-        if (code !== null && code >= 100) return finish(result({ verdict: 'user-error', exitCode: code, output, message: `${ctx.phase} script ${script} exited ${code} (the script's own error code)` }));
+        if (code !== null && code >= 100)
+          return finish(
+            result({ verdict: 'user-error', exitCode: code, output, message: `${ctx.phase} script ${script} exited ${code} (the script's own error code)` }),
+          );
         return finish(
-          result({ verdict: 'reserved-code', exitCode: code, output, message: `${ctx.phase} script ${script} exited ${code}, a code reserved for arraylab-agent (0-99); use 100-255 for your own errors` }),
+          result({
+            verdict: 'reserved-code',
+            exitCode: code,
+            output,
+            message: `${ctx.phase} script ${script} exited ${code}, a code reserved for arraylab-agent (0-99); use 100-255 for your own errors`,
+          }),
         );
       };
       // Wait for its output to drain, but not for a child that kept the pipes (it may never close them).

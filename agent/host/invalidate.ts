@@ -22,7 +22,8 @@ export async function invalidateDevice(device: string): Promise<void> {
   if (backing) {
     // Write back dirty pages first: fadvise(DONTNEED), which dd's nocache uses, keeps dirty ones.
     const s = await run('sync', [backing]);
-    if (s.code !== 0) throw new Error(`cannot drop the cache of ${device}: sync of its backing file ${backing} failed: ${said(s)}; check that the file is reachable`);
+    if (s.code !== 0)
+      throw new Error(`cannot drop the cache of ${device}: sync of its backing file ${backing} failed: ${said(s)}; check that the file is reachable`);
     // count=0 with iflag=nocache drops the whole file's cache (coreutils dd).
     const d = await run('dd', [`if=${backing}`, 'iflag=nocache', 'count=0', 'status=none']);
     if (d.code !== 0) throw new Error(`cannot drop the page cache of ${backing} (backing file of ${device}): ${said(d)}; check that the file is readable`);

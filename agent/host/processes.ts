@@ -90,7 +90,6 @@ async function anyFd(procRoot: string, pid: number, test: (path: string) => Prom
 async function scan(procRoot: string, test: (pid: number) => Promise<boolean>): Promise<ProcessUse[]> {
   const out: ProcessUse[] = [];
   for (const pid of await pids(procRoot)) {
-
     if (await test(pid)) out.push({ pid, command: await commandOf(procRoot, pid) });
   }
   return out;
@@ -118,4 +117,3 @@ export async function cmdlineOf(pid: number, procRoot = '/proc'): Promise<string
     return [];
   }
 }
-

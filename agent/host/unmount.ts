@@ -114,7 +114,8 @@ export async function remountAll(mounts: HostMountEntry[], device: string, log: 
 async function mountOnce(m: MountEntry, source: string, target: string): Promise<void> {
   const opts = remountOptions(m);
   const r = await run('mount', ['-t', m.fsType, '-o', opts, source, target]);
-  if (r.code !== 0) throw new Error(`cannot mount ${source} back at ${target} (-t ${m.fsType} -o ${opts}): ${said(r)}; mount it by hand, then run resource-match`);
+  if (r.code !== 0)
+    throw new Error(`cannot mount ${source} back at ${target} (-t ${m.fsType} -o ${opts}): ${said(r)}; mount it by hand, then run resource-match`);
 }
 
 async function sameDevice(path: string, devNo: string): Promise<boolean> {

@@ -10,7 +10,17 @@
  * is one IMMEDIATE transaction, so claiming a volume for an operation is atomic across them.
  */
 import Database from 'better-sqlite3';
-import type { BackupType, BackupVolumeRecord, GenerationRecord, GenerationStatus, LockMode, LockRecord, PrepDone, TapeCopyRecord, TransactionVolumeRecord } from '../types.js';
+import type {
+  BackupType,
+  BackupVolumeRecord,
+  GenerationRecord,
+  GenerationStatus,
+  LockMode,
+  LockRecord,
+  PrepDone,
+  TapeCopyRecord,
+  TransactionVolumeRecord,
+} from '../types.js';
 
 export const AGENT_DATABASE_FILE = 'agent.db';
 
@@ -290,7 +300,16 @@ export class AgentStore {
          ON CONFLICT (volume) DO UPDATE SET lock = excluded.lock, flush_only = excluded.flush_only,
            generations = excluded.generations, default_type = excluded.default_type, resync_after_backup = excluded.resync_after_backup`,
       )
-      .run(rec.volume, rec.lock, rec.flushOnly ? 1 : 0, rec.generations, rec.defaultType, rec.registeredAt, rec.needsResourceMatch, rec.resyncAfterBackup ? 1 : 0);
+      .run(
+        rec.volume,
+        rec.lock,
+        rec.flushOnly ? 1 : 0,
+        rec.generations,
+        rec.defaultType,
+        rec.registeredAt,
+        rec.needsResourceMatch,
+        rec.resyncAfterBackup ? 1 : 0,
+      );
   }
 
   /** Forgets a transaction volume with its generations and sync pair. */
@@ -304,12 +323,14 @@ export class AgentStore {
 
   /** The next absolute generation number (the counter only moves forward). */
   nextGenerationNumber(volume: string): number {
-    return this.db.transaction(() => {
-      this.db.prepare('UPDATE transaction_volumes SET last_generation = last_generation + 1 WHERE volume = ?').run(volume);
-      const r = this.db.prepare('SELECT last_generation FROM transaction_volumes WHERE volume = ?').get(volume) as { last_generation: number } | undefined;
-      if (r === undefined) throw new Error(`transaction volume ${volume} is not registered`);
-      return r.last_generation;
-    }).immediate();
+    return this.db
+      .transaction(() => {
+        this.db.prepare('UPDATE transaction_volumes SET last_generation = last_generation + 1 WHERE volume = ?').run(volume);
+        const r = this.db.prepare('SELECT last_generation FROM transaction_volumes WHERE volume = ?').get(volume) as { last_generation: number } | undefined;
+        if (r === undefined) throw new Error(`transaction volume ${volume} is not registered`);
+        return r.last_generation;
+      })
+      .immediate();
   }
 
   /** The number the next backup will get (for hook scripts; not reserved). */
@@ -358,7 +379,18 @@ export class AgentStore {
         `INSERT INTO generations (transaction_volume, number, backup_volume, type, session_id, at, status, prep, tape, error)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
-      .run(g.transactionVolume, g.number, g.backupVolume, g.type, g.sessionId, g.at, g.status, g.prep, g.tape === null ? null : JSON.stringify(g.tape), g.error);
+      .run(
+        g.transactionVolume,
+        g.number,
+        g.backupVolume,
+        g.type,
+        g.sessionId,
+        g.at,
+        g.status,
+        g.prep,
+        g.tape === null ? null : JSON.stringify(g.tape),
+        g.error,
+      );
   }
 
   updateGeneration(volume: string, number: number, patch: Partial<Pick<GenerationRecord, 'sessionId' | 'status' | 'tape' | 'error'>>): void {
@@ -392,12 +424,16 @@ export class AgentStore {
 
   /** Held generations of a transaction volume, oldest first. */
   heldGenerations(volume: string): GenerationRecord[] {
-    return (this.db.prepare("SELECT * FROM generations WHERE transaction_volume = ? AND status = 'held' ORDER BY number").all(volume) as GenRow[]).map(genFromRow);
+    return (this.db.prepare("SELECT * FROM generations WHERE transaction_volume = ? AND status = 'held' ORDER BY number").all(volume) as GenRow[]).map(
+      genFromRow,
+    );
   }
 
   /** Generations (any status) stored on a backup volume. */
   generationsOn(backupVolume: string): GenerationRecord[] {
-    return (this.db.prepare('SELECT * FROM generations WHERE backup_volume = ? ORDER BY transaction_volume, number').all(backupVolume) as GenRow[]).map(genFromRow);
+    return (this.db.prepare('SELECT * FROM generations WHERE backup_volume = ? ORDER BY transaction_volume, number').all(backupVolume) as GenRow[]).map(
+      genFromRow,
+    );
   }
 
   // ---- sync pairs ----
@@ -410,12 +446,19 @@ export class AgentStore {
   }
 
   listSync(): SyncPairRecord[] {
-    const rows = this.db.prepare('SELECT * FROM sync_pairs ORDER BY transaction_volume').all() as Array<{ transaction_volume: string; backup_volume: string; session_id: string; started_at: string }>;
+    const rows = this.db.prepare('SELECT * FROM sync_pairs ORDER BY transaction_volume').all() as Array<{
+      transaction_volume: string;
+      backup_volume: string;
+      session_id: string;
+      started_at: string;
+    }>;
     return rows.map((r) => ({ transactionVolume: r.transaction_volume, backupVolume: r.backup_volume, sessionId: r.session_id, startedAt: r.started_at }));
   }
 
   putSync(p: SyncPairRecord): void {
-    this.db.prepare('INSERT INTO sync_pairs (transaction_volume, backup_volume, session_id, started_at) VALUES (?, ?, ?, ?)').run(p.transactionVolume, p.backupVolume, p.sessionId, p.startedAt);
+    this.db
+      .prepare('INSERT INTO sync_pairs (transaction_volume, backup_volume, session_id, started_at) VALUES (?, ?, ?, ?)')
+      .run(p.transactionVolume, p.backupVolume, p.sessionId, p.startedAt);
   }
 
   deleteSync(volume: string): void {
@@ -437,18 +480,20 @@ export class AgentStore {
    * a BusyError; a row of a dead one is taken over and returned.
    */
   claimOperation(volumes: string[], owner: string, pid: number, op: string, at: string, isAlive: (pid: number) => boolean): ClaimResult {
-    return this.db.transaction(() => {
-      const tookOver: OperationRecord[] = [];
-      for (const volume of volumes) {
-        const held = this.getOperation(volume);
-        if (held !== undefined) {
-          if (isAlive(held.pid)) throw new BusyError(held);
-          tookOver.push(held);
+    return this.db
+      .transaction(() => {
+        const tookOver: OperationRecord[] = [];
+        for (const volume of volumes) {
+          const held = this.getOperation(volume);
+          if (held !== undefined) {
+            if (isAlive(held.pid)) throw new BusyError(held);
+            tookOver.push(held);
+          }
+          this.db.prepare('INSERT OR REPLACE INTO operations (volume, owner, pid, op, started_at) VALUES (?, ?, ?, ?, ?)').run(volume, owner, pid, op, at);
         }
-        this.db.prepare('INSERT OR REPLACE INTO operations (volume, owner, pid, op, started_at) VALUES (?, ?, ?, ?, ?)').run(volume, owner, pid, op, at);
-      }
-      return { tookOver };
-    }).immediate();
+        return { tookOver };
+      })
+      .immediate();
   }
 
   /** Releases the volumes this owner holds (not rows another owner took over since). */
@@ -459,12 +504,20 @@ export class AgentStore {
   }
 
   getOperation(volume: string): OperationRecord | undefined {
-    const r = this.db.prepare('SELECT * FROM operations WHERE volume = ?').get(volume) as { volume: string; owner: string; pid: number; op: string; started_at: string } | undefined;
+    const r = this.db.prepare('SELECT * FROM operations WHERE volume = ?').get(volume) as
+      | { volume: string; owner: string; pid: number; op: string; started_at: string }
+      | undefined;
     return r && { volume: r.volume, owner: r.owner, pid: r.pid, op: r.op, startedAt: r.started_at };
   }
 
   listOperations(): OperationRecord[] {
-    const rows = this.db.prepare('SELECT * FROM operations ORDER BY volume').all() as Array<{ volume: string; owner: string; pid: number; op: string; started_at: string }>;
+    const rows = this.db.prepare('SELECT * FROM operations ORDER BY volume').all() as Array<{
+      volume: string;
+      owner: string;
+      pid: number;
+      op: string;
+      started_at: string;
+    }>;
     return rows.map((r) => ({ volume: r.volume, owner: r.owner, pid: r.pid, op: r.op, startedAt: r.started_at }));
   }
 
@@ -476,7 +529,9 @@ export class AgentStore {
   // ---- locks not yet undone ----
 
   addLock(volume: string, owner: string, pid: number, record: LockRecord): number {
-    return Number(this.db.prepare('INSERT INTO locks (volume, owner, pid, record) VALUES (?, ?, ?, ?)').run(volume, owner, pid, JSON.stringify(record)).lastInsertRowid);
+    return Number(
+      this.db.prepare('INSERT INTO locks (volume, owner, pid, record) VALUES (?, ?, ?, ?)').run(volume, owner, pid, JSON.stringify(record)).lastInsertRowid,
+    );
   }
 
   removeLock(id: number): void {
@@ -500,10 +555,12 @@ export class AgentStore {
       );
     }
     for (let v = current; v < MIGRATIONS.length; v++) {
-      this.db.transaction(() => {
-        MIGRATIONS[v]!(this.db);
-        this.db.prepare('UPDATE schema_version SET version = ?').run(v + 1);
-      }).immediate();
+      this.db
+        .transaction(() => {
+          MIGRATIONS[v]!(this.db);
+          this.db.prepare('UPDATE schema_version SET version = ?').run(v + 1);
+        })
+        .immediate();
     }
   }
 }

@@ -8,14 +8,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import {
-  ArrayError,
-  type ConnectionInfo,
-  type CreateVolumeRequest,
-  type LogicalBlockSize,
-  type RenameVolumeOptions,
-  type VolumeInfo,
-} from '../array/types.js';
+import { ArrayError, type ConnectionInfo, type CreateVolumeRequest, type LogicalBlockSize, type RenameVolumeOptions, type VolumeInfo } from '../array/types.js';
 import { DEFAULT_API_ADDRESS, formatHostPort, type HostPort } from '../../proto/util/address.js';
 import type { ArrayStatus, ExportInfo } from '../../proto/views.js';
 import type { CopyEvent, SessionInfo } from '../copy/CopySession.js';
@@ -77,7 +70,6 @@ export interface ArrayApiServerOptions {
   tape?: TapeControl;
 }
 
-
 export class ArrayApiServer {
   private readonly server = new grpc.Server();
   private readonly array: ArrayControl;
@@ -104,17 +96,27 @@ export class ArrayApiServer {
         return {};
       }),
       UpdateVolume: this.unary('UpdateVolume', (req) => this.updateVolume(req)),
-      RenameVolume: this.unary('RenameVolume', async (req) => volumeToWire(await this.array.renameVolume(req.name, req.newName, { newIdentity: req.newIdentity }))),
+      RenameVolume: this.unary('RenameVolume', async (req) =>
+        volumeToWire(await this.array.renameVolume(req.name, req.newName, { newIdentity: req.newIdentity })),
+      ),
       ListExports: this.unary('ListExports', () => ({ exports: this.listExports().map(exportToWire) })),
       GetStatus: this.unary('GetStatus', () => statusToWire(this.status())),
     };
     addService(this.server, arrayServiceDefinition(), arrayHandlers);
     if (opts.hosts) {
-      addService(this.server, hostAffinityServiceDefinition(), hostAffinityHandlers(opts.hosts, this.sessions, (method, fn) => this.unary(method, fn)));
+      addService(
+        this.server,
+        hostAffinityServiceDefinition(),
+        hostAffinityHandlers(opts.hosts, this.sessions, (method, fn) => this.unary(method, fn)),
+      );
     }
     // tape: TapeService (emulator/api/tapeService.ts)
     if (opts.tape) {
-      addService(this.server, tapeServiceDefinition(), tapeHandlers(opts.tape, { unary: (method, fn) => this.unary(method, fn), draining: () => this.draining, logger: this.log }));
+      addService(
+        this.server,
+        tapeServiceDefinition(),
+        tapeHandlers(opts.tape, { unary: (method, fn) => this.unary(method, fn), draining: () => this.draining, logger: this.log }),
+      );
     }
     const copy = opts.copy;
     if (copy) {
@@ -169,20 +171,41 @@ export class ArrayApiServer {
     const now = () => new Date().toISOString();
     for (const s of snapshot) {
       lastCopied.set(s.id, s.copiedBlocks);
-      send({ at: now(), sessionId: s.id, kind: 'snapshot', state: copyStateToWire(s.state), message: `${s.type} ${s.source} -> ${s.destination} ${s.state}`, session: copySessionToWire(s) });
+      send({
+        at: now(),
+        sessionId: s.id,
+        kind: 'snapshot',
+        state: copyStateToWire(s.state),
+        message: `${s.type} ${s.source} -> ${s.destination} ${s.state}`,
+        session: copySessionToWire(s),
+      });
     }
     const off = copy.onCopyEvent((e) => {
       if (!wanted(e.sessionId)) return;
       const s = current(e.sessionId);
       if (s) lastCopied.set(s.id, s.copiedBlocks);
       else lastCopied.delete(e.sessionId);
-      send({ at: e.at, sessionId: e.sessionId, kind: e.kind, state: copyStateToWire(s?.state ?? ''), message: e.message, session: s ? copySessionToWire(s) : null });
+      send({
+        at: e.at,
+        sessionId: e.sessionId,
+        kind: e.kind,
+        state: copyStateToWire(s?.state ?? ''),
+        message: e.message,
+        session: s ? copySessionToWire(s) : null,
+      });
     });
     const timer = setInterval(() => {
       for (const s of copy.listCopies()) {
         if (!wanted(s.id) || s.state !== 'copying' || lastCopied.get(s.id) === s.copiedBlocks) continue;
         lastCopied.set(s.id, s.copiedBlocks);
-        send({ at: now(), sessionId: s.id, kind: 'progress', state: copyStateToWire(s.state), message: `${s.copiedBlocks}/${s.totalBlocks} units copied`, session: copySessionToWire(s) });
+        send({
+          at: now(),
+          sessionId: s.id,
+          kind: 'progress',
+          state: copyStateToWire(s.state),
+          message: `${s.copiedBlocks}/${s.totalBlocks} units copied`,
+          session: copySessionToWire(s),
+        });
       }
     }, interval);
     const stop = () => {
@@ -205,7 +228,9 @@ export class ArrayApiServer {
         if (err) {
           const inUse = /EADDRINUSE|address already in use/i.test(err.message);
           const reason = inUse ? 'the address is in use (is another arraylab running?)' : err.message;
-          reject(new Error(`cannot listen for the control API on ${target}: ${reason}; use --api HOST:PORT or listen.api in the config to pick another address`));
+          reject(
+            new Error(`cannot listen for the control API on ${target}: ${reason}; use --api HOST:PORT or listen.api in the config to pick another address`),
+          );
           return;
         }
         this.listening = true;

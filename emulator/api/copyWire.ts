@@ -12,7 +12,10 @@ import { copyStateToWire, copyTypeToWire, MiB } from '../../proto/wire/wire.js';
 export function rateFromWire(rateMibS: number | null | undefined): number {
   if (rateMibS === undefined || rateMibS === null) return Number.POSITIVE_INFINITY;
   if (typeof rateMibS !== 'number' || !Number.isFinite(rateMibS) || rateMibS < 0) {
-    throw new ArrayError('INVALID_ARGUMENT', `invalid copy rate ${String(rateMibS)} MiB/s: give a non-negative number, 0 for no background copy, or leave it out for unthrottled`);
+    throw new ArrayError(
+      'INVALID_ARGUMENT',
+      `invalid copy rate ${String(rateMibS)} MiB/s: give a non-negative number, 0 for no background copy, or leave it out for unthrottled`,
+    );
   }
   return Math.round(rateMibS * MiB);
 }
@@ -43,4 +46,3 @@ export function copySessionToWire(s: SessionInfo): pb.CopySession {
     retryAt: s.retryAt ?? '',
   };
 }
-

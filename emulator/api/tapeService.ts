@@ -21,8 +21,16 @@ export interface TapeControl {
   get(label: string): { cartridge: CartridgeView; records: TapeRecordView[] };
   erase(label: string): Promise<CartridgeView>;
   remove(label: string): Promise<void>;
-  write(req: { volume: string; cartridge?: string; tag?: string; pointInTime?: string }, onProgress: (p: HostProgress) => void, signal?: AbortSignal): Promise<TapeRecordView>;
-  restore(req: { cartridge: string; record: number; volume: string; force?: boolean }, onProgress: (p: HostProgress) => void, signal?: AbortSignal): Promise<TapeRestoreView>;
+  write(
+    req: { volume: string; cartridge?: string; tag?: string; pointInTime?: string },
+    onProgress: (p: HostProgress) => void,
+    signal?: AbortSignal,
+  ): Promise<TapeRecordView>;
+  restore(
+    req: { cartridge: string; record: number; volume: string; force?: boolean },
+    onProgress: (p: HostProgress) => void,
+    signal?: AbortSignal,
+  ): Promise<TapeRestoreView>;
   verify(req: { cartridge: string; record?: number }, onProgress: (p: HostProgress) => void, signal?: AbortSignal): Promise<RecordCheck[]>;
 }
 
@@ -53,13 +61,22 @@ export function tapeHandlers(tape: TapeControl, ctx: TapeHandlerContext): pb.Tap
     }),
     WriteTape: stream(ctx, 'WriteTape', async (req, onProgress, signal) => ({
       record: await tape.write(
-        { volume: req.volume, ...(req.cartridge ? { cartridge: req.cartridge } : {}), tag: req.tag ?? '', ...(req.pointInTime ? { pointInTime: req.pointInTime } : {}) },
+        {
+          volume: req.volume,
+          ...(req.cartridge ? { cartridge: req.cartridge } : {}),
+          tag: req.tag ?? '',
+          ...(req.pointInTime ? { pointInTime: req.pointInTime } : {}),
+        },
         onProgress,
         signal,
       ),
     })),
     RestoreTape: stream(ctx, 'RestoreTape', async (req, onProgress, signal) => {
-      if (!req.record) throw new ArrayError('INVALID_ARGUMENT', `restore from cartridge ${req.cartridge}: give the record number (from 1; see arraylab tape show ${req.cartridge})`);
+      if (!req.record)
+        throw new ArrayError(
+          'INVALID_ARGUMENT',
+          `restore from cartridge ${req.cartridge}: give the record number (from 1; see arraylab tape show ${req.cartridge})`,
+        );
       return { restored: await tape.restore({ cartridge: req.cartridge, record: req.record, volume: req.volume, force: req.force }, onProgress, signal) };
     }),
     VerifyTape: stream(ctx, 'VerifyTape', async (req, onProgress, signal) => ({

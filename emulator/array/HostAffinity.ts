@@ -126,14 +126,21 @@ export class HostAffinity {
   createHost(name: string, initiators: readonly string[]): HostInfo {
     checkHostName(name);
     if (this.hosts.has(name)) {
-      throw new ArrayError('ALREADY_EXISTS', `host ${name} already exists; choose another name, or add an initiator to it with "arraylab host add-initiator ${name} IQN"`);
+      throw new ArrayError(
+        'ALREADY_EXISTS',
+        `host ${name} already exists; choose another name, or add an initiator to it with "arraylab host add-initiator ${name} IQN"`,
+      );
     }
-    if (this.hosts.size >= MAX_HOSTS) throw new ArrayError('RESOURCE_EXHAUSTED', `cannot add host ${name}: the array holds at most ${MAX_HOSTS} hosts; remove one first`);
+    if (this.hosts.size >= MAX_HOSTS)
+      throw new ArrayError('RESOURCE_EXHAUSTED', `cannot add host ${name}: the array holds at most ${MAX_HOSTS} hosts; remove one first`);
     if (!Array.isArray(initiators) || initiators.length === 0) {
       throw new ArrayError('INVALID_ARGUMENT', `host ${name} needs at least one initiator name; give --initiator IQN`);
     }
     if (initiators.length > MAX_INITIATORS_PER_HOST) {
-      throw new ArrayError('INVALID_ARGUMENT', `host ${name}: ${initiators.length} initiators are more than the ${MAX_INITIATORS_PER_HOST} a host may have; split them over several hosts`);
+      throw new ArrayError(
+        'INVALID_ARGUMENT',
+        `host ${name}: ${initiators.length} initiators are more than the ${MAX_INITIATORS_PER_HOST} a host may have; split them over several hosts`,
+      );
     }
     const canonical: string[] = [];
     for (const i of initiators) {
@@ -152,7 +159,11 @@ export class HostAffinity {
     const h = this.host(name);
     const luns = this.resolve(h.luns);
     if (luns.length > 0 && !opts.force) {
-      const list = luns.slice(0, 4).map((l) => `LUN ${l.lun} ${l.volume}`).join(', ') + (luns.length > 4 ? ', ...' : '');
+      const list =
+        luns
+          .slice(0, 4)
+          .map((l) => `LUN ${l.lun} ${l.volume}`)
+          .join(', ') + (luns.length > 4 ? ', ...' : '');
       throw new ArrayError(
         'FAILED_PRECONDITION',
         `cannot remove host ${name}: it has ${luns.length} LUN${luns.length === 1 ? '' : 's'} mapped (${list}); unmap ${luns.length === 1 ? 'it' : 'them'} first with "arraylab host unmap ${name} VOLUME", or pass --force`,
@@ -160,7 +171,8 @@ export class HostAffinity {
     }
     this.write(`remove host ${name}`, () => this.records.deleteHost(h.id));
     this.log.info({ host: name, unmapped: luns.map((l) => ({ lun: l.lun, volume: l.volume })) }, 'removed host');
-    if (!this.hostAffinity) this.log.warn('no host is defined any more: host affinity is off, every initiator sees every volume (set iscsi.requireHostAffinity to prevent this)');
+    if (!this.hostAffinity)
+      this.log.warn('no host is defined any more: host affinity is off, every initiator sees every volume (set iscsi.requireHostAffinity to prevent this)');
     this.changed();
     return { unmapped: luns };
   }
@@ -168,7 +180,10 @@ export class HostAffinity {
   addInitiator(hostName: string, initiator: string): HostInfo {
     const h = this.host(hostName);
     if (h.initiators.length >= MAX_INITIATORS_PER_HOST) {
-      throw new ArrayError('RESOURCE_EXHAUSTED', `host ${hostName} has ${MAX_INITIATORS_PER_HOST} initiators, the most a host may have; remove one first or use another host`);
+      throw new ArrayError(
+        'RESOURCE_EXHAUSTED',
+        `host ${hostName} has ${MAX_INITIATORS_PER_HOST} initiators, the most a host may have; remove one first or use another host`,
+      );
     }
     const c = this.freeInitiator(hostName, initiator);
     this.write(`add initiator ${c} to host ${hostName}`, () => this.records.addInitiator(h.id, c));
@@ -184,7 +199,10 @@ export class HostAffinity {
       throw new ArrayError('NOT_FOUND', `host ${hostName} has no initiator ${JSON.stringify(initiator)}; its initiators are ${h.initiators.join(', ')}`);
     }
     if (h.initiators.length === 1) {
-      throw new ArrayError('FAILED_PRECONDITION', `cannot remove ${c} from host ${hostName}: it is the host's only initiator; add another first, or remove the host with "arraylab host remove ${hostName}"`);
+      throw new ArrayError(
+        'FAILED_PRECONDITION',
+        `cannot remove ${c} from host ${hostName}: it is the host's only initiator; add another first, or remove the host with "arraylab host remove ${hostName}"`,
+      );
     }
     this.write(`remove initiator ${c} from host ${hostName}`, () => this.records.removeInitiator(h.id, c));
     this.log.info({ host: hostName, initiator: c }, 'removed initiator from host');
@@ -207,11 +225,18 @@ export class HostAffinity {
     const used = new Set(h.luns.map((l) => l.lun));
     if (lun !== undefined && used.has(lun)) {
       const holder = this.volumes.nameOf(h.luns.find((l) => l.lun === lun)!.volumeUuid) ?? 'a volume';
-      throw new ArrayError('ALREADY_EXISTS', `LUN ${lun} of host ${hostName} already maps volume ${holder}; choose another --lun, or leave --lun out for the lowest free one`);
+      throw new ArrayError(
+        'ALREADY_EXISTS',
+        `LUN ${lun} of host ${hostName} already maps volume ${holder}; choose another --lun, or leave --lun out for the lowest free one`,
+      );
     }
     let mappings = 0;
     for (const other of this.hosts.values()) mappings += other.luns.length;
-    if (mappings >= MAX_MAPPINGS) throw new ArrayError('RESOURCE_EXHAUSTED', `cannot map volume ${volume} to host ${hostName}: the array holds at most ${MAX_MAPPINGS} LUN mappings over all hosts; unmap some first`);
+    if (mappings >= MAX_MAPPINGS)
+      throw new ArrayError(
+        'RESOURCE_EXHAUSTED',
+        `cannot map volume ${volume} to host ${hostName}: the array holds at most ${MAX_MAPPINGS} LUN mappings over all hosts; unmap some first`,
+      );
     const chosen = lun ?? lowestFree(used);
     if (chosen === undefined) throw new ArrayError('RESOURCE_EXHAUSTED', `host ${hostName} has all ${MAX_LUN + 1} LUNs mapped; unmap one first`);
     this.write(`map volume ${volume} to host ${hostName}`, () => this.records.mapLun(h.id, chosen, uuid));
@@ -287,7 +312,10 @@ export class HostAffinity {
     for (const volumeUuid of uuids) {
       const lun = lowestFree(used);
       if (lun === undefined) {
-        this.log.warn({ volumeUuid }, `all ${MAX_LUN + 1} default LUNs are taken: the volume has none, so with host affinity off no initiator sees it; map it to a host`);
+        this.log.warn(
+          { volumeUuid },
+          `all ${MAX_LUN + 1} default LUNs are taken: the volume has none, so with host affinity off no initiator sees it; map it to a host`,
+        );
         continue;
       }
       used.add(lun);
@@ -340,13 +368,19 @@ export class HostAffinity {
 
 function checkHostName(name: unknown): asserts name is string {
   if (typeof name !== 'string' || !HOST_NAME_PATTERN.test(name)) {
-    throw new ArrayError('INVALID_ARGUMENT', `invalid host name ${JSON.stringify(name)}: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+    throw new ArrayError(
+      'INVALID_ARGUMENT',
+      `invalid host name ${JSON.stringify(name)}: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`,
+    );
   }
 }
 
 function checkLun(lun: number): void {
   if (!Number.isInteger(lun) || lun < 0 || lun > MAX_LUN) {
-    throw new ArrayError('INVALID_ARGUMENT', `LUN ${String(lun)} is out of range; use a whole number from 0 to ${MAX_LUN}, or leave it out for the lowest free one`);
+    throw new ArrayError(
+      'INVALID_ARGUMENT',
+      `LUN ${String(lun)} is out of range; use a whole number from 0 to ${MAX_LUN}, or leave it out for the lowest free one`,
+    );
   }
 }
 

@@ -217,7 +217,9 @@ export class MetadataStore {
       remove: this.db.prepare<[string]>('DELETE FROM volumes WHERE uuid = ?'),
       resize: this.db.prepare<[number, string]>('UPDATE volumes SET size_bytes = ? WHERE uuid = ?'),
       setAllocLimit: this.db.prepare<[number | null, string]>('UPDATE volumes SET alloc_limit_bytes = ? WHERE uuid = ?'),
-      copyPut: this.db.prepare<[string, string]>('INSERT INTO copy_sessions (id, record) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET record = excluded.record'),
+      copyPut: this.db.prepare<[string, string]>(
+        'INSERT INTO copy_sessions (id, record) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET record = excluded.record',
+      ),
       copyDelete: this.db.prepare<[string]>('DELETE FROM copy_sessions WHERE id = ?'),
       chunkPut: this.db.prepare<[string, string, number, Buffer]>(
         'INSERT INTO copy_bitmaps (session_id, bitmap, chunk_index, bits) VALUES (?, ?, ?, ?) ON CONFLICT (session_id, bitmap, chunk_index) DO UPDATE SET bits = excluded.bits',
@@ -273,10 +275,12 @@ export class MetadataStore {
    */
   writeFailure(err: unknown): { code: 'RESOURCE_EXHAUSTED' | 'INTERNAL'; reason: string } | undefined {
     if ((err as { code?: unknown } | undefined)?.code === 'SQLITE_FULL') {
-      const where = this.file === ':memory:' ? "the array's in-memory database is full" : `the array's data directory ${path.dirname(path.resolve(this.file))} is full`;
+      const where =
+        this.file === ':memory:' ? "the array's in-memory database is full" : `the array's data directory ${path.dirname(path.resolve(this.file))} is full`;
       return { code: 'RESOURCE_EXHAUSTED', reason: `${where} (SQLITE_FULL); free space there and retry` };
     }
-    if (err instanceof Database.SqliteError) return { code: 'INTERNAL', reason: `the array database could not be written (${err.code}: ${err.message}); nothing changed` };
+    if (err instanceof Database.SqliteError)
+      return { code: 'INTERNAL', reason: `the array database could not be written (${err.code}: ${err.message}); nothing changed` };
     return undefined;
   }
 

@@ -237,4 +237,3 @@ function isZero(b: Buffer): boolean {
   for (let i = 0; i < b.length; i += 8) if (b.readBigUInt64LE(i) !== 0n) return false;
   return true;
 }
-

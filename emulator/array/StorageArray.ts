@@ -283,7 +283,10 @@ export class StorageArray implements ExportProvider {
         for (const r of reqs) this.checkCopyStart(r);
         if (reqs.some((r) => r.refuseIfFull)) {
           // A group is all or none, and a refusal is decided in the middle of the cut.
-          throw new ArrayError('INVALID_ARGUMENT', `consistency group ${group}: --refuse-if-full applies to single starts; start the pairs one by one, or cancel the oldest generations first`);
+          throw new ArrayError(
+            'INVALID_ARGUMENT',
+            `consistency group ${group}: --refuse-if-full applies to single starts; start the pairs one by one, or cancel the oldest generations first`,
+          );
         }
         return this.copy.group(
           reqs.map((r) => ({
@@ -346,7 +349,10 @@ export class StorageArray implements ExportProvider {
   private refuseIfWritten(name: string, what: string): void {
     const rw = [...this.volume(name).handles].filter((h) => !h.readOnly).length;
     if (rw > 0) {
-      throw new ArrayError('FAILED_PRECONDITION', `${what}: ${name} is exported read-write to ${rw} connected client${rw === 1 ? '' : 's'}; dismount it first or pass --force`);
+      throw new ArrayError(
+        'FAILED_PRECONDITION',
+        `${what}: ${name} is exported read-write to ${rw} connected client${rw === 1 ? '' : 's'}; dismount it first or pass --force`,
+      );
     }
   }
 
@@ -399,7 +405,11 @@ export class StorageArray implements ExportProvider {
    */
   restoreFromClone(id: string, opts: { force?: boolean } = {}): Promise<SessionInfo> {
     return this.serially(() =>
-      copyCall(() => this.copy.restoreFromClone(id, { check: this.overwriteCheck(opts.force, (original, clone) => `cannot restore ${original} from clone ${clone} (EC session ${id})`) })),
+      copyCall(() =>
+        this.copy.restoreFromClone(id, {
+          check: this.overwriteCheck(opts.force, (original, clone) => `cannot restore ${original} from clone ${clone} (EC session ${id})`),
+        }),
+      ),
     );
   }
 
@@ -474,7 +484,10 @@ export class StorageArray implements ExportProvider {
       // is left out would only appear after a rescan: the LUN stays visible, and every I/O gets
       // NOT READY (manual intervention) until the copy session allows it.
       if (client.protocol !== 'iscsi') throw err;
-      this.log.warn({ volume: name, connectionId: client.connectionId, initiator: client.initiator, reason: (err as Error).message }, 'iSCSI session sees a volume hosts may not use yet: its I/O gets NOT READY');
+      this.log.warn(
+        { volume: name, connectionId: client.connectionId, initiator: client.initiator, reason: (err as Error).message },
+        'iSCSI session sees a volume hosts may not use yet: its I/O gets NOT READY',
+      );
     }
     const handle = v.open(client);
     this.log.info(
@@ -560,7 +573,10 @@ export class StorageArray implements ExportProvider {
       this.copy.addVolume(v); // before any client can reach it
       this.volumes.set(record.name, v);
       this.byUuid.set(record.uuid, v);
-      this.log.info({ volume: record.name, uuid: record.uuid, wwn: record.wwn, sizeBytes: record.sizeBytes, provisioning: record.provisioning }, 'created volume');
+      this.log.info(
+        { volume: record.name, uuid: record.uuid, wwn: record.wwn, sizeBytes: record.sizeBytes, provisioning: record.provisioning },
+        'created volume',
+      );
       try {
         this.hosts.volumeCreated(record.uuid);
       } catch (err) {
@@ -667,7 +683,9 @@ export class StorageArray implements ExportProvider {
           // e.g. a full disk, changes nothing), then the array's own map, with nothing able to
           // run in between (openExport is synchronous).
           refuseIfOpen(v, `rename volume ${oldName}`);
-          this.dbWrite(`rename volume ${oldName} to ${newName}`, () => this.db.renameVolume(old.uuid, oldName, newName, identity && { wwn: identity.wwn, serial: identity.serial }));
+          this.dbWrite(`rename volume ${oldName} to ${newName}`, () =>
+            this.db.renameVolume(old.uuid, oldName, newName, identity && { wwn: identity.wwn, serial: identity.serial }),
+          );
           this.volumes.delete(oldName);
           this.volumes.set(newName, v);
           v.renamed(record);
@@ -678,10 +696,19 @@ export class StorageArray implements ExportProvider {
       if (!renamed) throw err;
       // The rename is durable and done in memory; only the engine's journal sync after it
       // failed (it writes the same records again, and carries them to its next commit).
-      this.log.warn({ err, volume: newName, from: oldName }, 'renamed volume, but the copy journal could not be synced after it; its next commit writes the records again');
+      this.log.warn(
+        { err, volume: newName, from: oldName },
+        'renamed volume, but the copy journal could not be synced after it; its next commit writes the records again',
+      );
     }
     this.log.info(
-      { volume: newName, from: oldName, uuid: old.uuid, ...(identity ? { wwn: identity.wwn, serial: identity.serial, oldWwn: old.wwn, oldSerial: old.serial } : {}), sessions: this.copy.sessionsOfVolume(newName) },
+      {
+        volume: newName,
+        from: oldName,
+        uuid: old.uuid,
+        ...(identity ? { wwn: identity.wwn, serial: identity.serial, oldWwn: old.wwn, oldSerial: old.serial } : {}),
+        sessions: this.copy.sessionsOfVolume(newName),
+      },
       identity ? 'renamed volume with a new identity' : 'renamed volume',
     );
     this.hosts.volumesChanged(); // LUN maps follow the UUID; the export name they resolve to changed
@@ -775,7 +802,10 @@ export class StorageArray implements ExportProvider {
         );
       }
       if (store.size > record.sizeBytes) {
-        this.log.warn({ volume: record.name, recorded: record.sizeBytes, actual: store.size }, 'volume grew before a crash or a failed resize but its new size was not recorded; adopting the grown size');
+        this.log.warn(
+          { volume: record.name, recorded: record.sizeBytes, actual: store.size },
+          'volume grew before a crash or a failed resize but its new size was not recorded; adopting the grown size',
+        );
         try {
           v.setSize(this.db, store.size);
         } catch (err) {
@@ -888,7 +918,10 @@ function checkAllocLimit(name: string, limit: number | null | undefined, sizeByt
     );
   }
   if (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit <= 0) {
-    throw new ArrayError('INVALID_ARGUMENT', `invalid allocation limit ${String(limit)} for volume ${name}: give a positive size, a multiple of the ${blockSize}-byte block size, or none`);
+    throw new ArrayError(
+      'INVALID_ARGUMENT',
+      `invalid allocation limit ${String(limit)} for volume ${name}: give a positive size, a multiple of the ${blockSize}-byte block size, or none`,
+    );
   }
   if (limit % blockSize !== 0) {
     const below = Math.floor(limit / blockSize) * blockSize;
@@ -930,7 +963,10 @@ function validateCreate(req: CreateVolumeRequest): VolumeSpec {
 /** A size must be a positive whole number of blocks; the message offers the nearest valid ones. */
 function checkSize(name: string, size: number, blockSize: number): void {
   if (typeof size !== 'number' || !Number.isSafeInteger(size) || size <= 0) {
-    throw new ArrayError('INVALID_ARGUMENT', `invalid size ${String(size)} for volume ${name}: give a positive whole number of bytes, a multiple of the ${blockSize}-byte block size`);
+    throw new ArrayError(
+      'INVALID_ARGUMENT',
+      `invalid size ${String(size)} for volume ${name}: give a positive whole number of bytes, a multiple of the ${blockSize}-byte block size`,
+    );
   }
   if (size % blockSize !== 0) {
     const below = Math.floor(size / blockSize) * blockSize;

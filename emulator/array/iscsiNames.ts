@@ -21,7 +21,8 @@ const EUI = /^eui\.[0-9a-f]{16}$/;
 const NAA = /^naa\.(?:[0-9a-f]{16}|[0-9a-f]{32})$/;
 
 /** The fix every refusal ends with. */
-export const ISCSI_NAME_FORMS = 'use iqn.YYYY-MM.reversed.domain[:name] (e.g. iqn.1994-05.com.redhat:web1), eui. and 16 hex digits, or naa. and 16 or 32 hex digits';
+export const ISCSI_NAME_FORMS =
+  'use iqn.YYYY-MM.reversed.domain[:name] (e.g. iqn.1994-05.com.redhat:web1), eui. and 16 hex digits, or naa. and 16 or 32 hex digits';
 
 export class IscsiNameError extends Error {
   constructor(message: string) {
@@ -59,7 +60,9 @@ export function checkIscsiName(name: unknown): string {
     const date = /^iqn\.(\d{4})-(\d{2})\./.exec(lower);
     if (!date) why = 'is not an iqn. name: it needs a date YYYY-MM after "iqn."';
     else if (Number(date[2]) < 1 || Number(date[2]) > 12) why = `is not an iqn. name: month ${date[2]} is not 01 to 12`;
-    else why = "is not an iqn. name: only letters, digits, '.', '-' and ':' may follow the date, the domain part has no empty labels, and ':' is followed by at least one character";
+    else
+      why =
+        "is not an iqn. name: only letters, digits, '.', '-' and ':' may follow the date, the domain part has no empty labels, and ':' is followed by at least one character";
   } else if (lower.startsWith('eui.')) {
     why = 'is not an eui. name: it needs exactly 16 hex digits after "eui."';
   } else if (lower.startsWith('naa.')) {

@@ -7,7 +7,16 @@ import { StatusError } from '../../proto/errors.js';
 import type { ArrayErrorCode, CreateVolumeRequest } from '../../proto/views.js';
 
 // The model's views (what the API and CLI show) are the contract's: proto/views.ts.
-export type { ArrayErrorCode, CreateVolumeRequest, HostInfo, HostLun, LogicalBlockSize, Provisioning, RenameVolumeOptions, VolumeInfo } from '../../proto/views.js';
+export type {
+  ArrayErrorCode,
+  CreateVolumeRequest,
+  HostInfo,
+  HostLun,
+  LogicalBlockSize,
+  Provisioning,
+  RenameVolumeOptions,
+  VolumeInfo,
+} from '../../proto/views.js';
 export { HOST_NAME_PATTERN, MAX_LUN, VOLUME_NAME_PATTERN } from '../../proto/views.js';
 
 /** A volume's settable properties, validated, with every default applied (limit: absent or null for none). */
@@ -38,4 +47,3 @@ export interface InitiatorLun {
   readonly lun: number;
   readonly exportName: string;
 }
-

@@ -390,7 +390,7 @@ function scanBits(words: Uint32Array, lo: number, hi: number, invert: number): n
   for (;;) {
     if (x !== 0) {
       const bit = (w << 5) + ctz(x);
-      return Math.min(bit , hi);
+      return Math.min(bit, hi);
     }
     if (++w > last) return hi;
     x = words[w]! ^ invert;

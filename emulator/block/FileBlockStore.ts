@@ -71,13 +71,7 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { AllocationMap, CHUNK_BITS, CHUNK_BYTES } from './AllocationMap.js';
 import { checkAllocation, fitsAnyway, makeAllocationLimit, type AllocationLimit, type AllocationLimitLabels } from './allocationLimit.js';
-import {
-  BlockDeviceError,
-  type BlockDevice,
-  type Extent,
-  type WriteOptions,
-  type ZeroOptions,
-} from './BlockDevice.js';
+import { BlockDeviceError, type BlockDevice, type Extent, type WriteOptions, type ZeroOptions } from './BlockDevice.js';
 import { mapExtents } from './MemoryBlockStore.js';
 import { checkGeometry, checkIo, checkQuery, checkResize, readOnlyError, shutdownError } from './requestChecks.js';
 
@@ -491,7 +485,10 @@ export class FileBlockStore implements BlockDevice {
       this.map.set(offset / this.blockSize, data.length / this.blockSize);
       this.completedGen++;
     } else {
-      const reserve = limit === undefined ? 0 : checkAllocation(this.map, limit, this.blockSize, 'write', offset / this.blockSize, data.length / this.blockSize, this.reserved);
+      const reserve =
+        limit === undefined
+          ? 0
+          : checkAllocation(this.map, limit, this.blockSize, 'write', offset / this.blockSize, data.length / this.blockSize, this.reserved);
       this.reserved += reserve;
       this.inflight++;
       try {
@@ -539,7 +536,10 @@ export class FileBlockStore implements BlockDevice {
           `fast zero refused: zeroing ${length} bytes at ${offset} ${this.thin ? 'with no-hole' : 'on a thick volume'} means writing zeroes`,
         );
       }
-      const reserve = this.limit === undefined ? 0 : checkAllocation(this.map, this.limit, this.blockSize, 'write-zeroes', offset / this.blockSize, length / this.blockSize, this.reserved);
+      const reserve =
+        this.limit === undefined
+          ? 0
+          : checkAllocation(this.map, this.limit, this.blockSize, 'write-zeroes', offset / this.blockSize, length / this.blockSize, this.reserved);
       this.reserved += reserve;
       this.inflight++;
       try {

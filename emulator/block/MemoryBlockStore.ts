@@ -21,14 +21,7 @@
  */
 import { AllocationMap } from './AllocationMap.js';
 import { checkAllocation, fitsAnyway, makeAllocationLimit, type AllocationLimit, type AllocationLimitLabels } from './allocationLimit.js';
-import {
-  EXTENT_HOLE,
-  EXTENT_ZERO,
-  type BlockDevice,
-  type Extent,
-  type WriteOptions,
-  type ZeroOptions,
-} from './BlockDevice.js';
+import { EXTENT_HOLE, EXTENT_ZERO, type BlockDevice, type Extent, type WriteOptions, type ZeroOptions } from './BlockDevice.js';
 import { checkGeometry, checkIo, checkQuery, checkResize, readOnlyError, shutdownError } from './requestChecks.js';
 
 /** Bytes per data chunk: small enough that scattered 4 KiB writes waste little. */

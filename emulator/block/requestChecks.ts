@@ -31,15 +31,9 @@ export function checkIo(dev: Geometry, op: string, offset: number, length: numbe
     throw new BlockDeviceError('EINVAL', `${op} at offset ${offset} length ${length}: offset and length must be non-negative integers`);
   }
   if (offset % bs !== 0 || length % bs !== 0) {
-    throw new BlockDeviceError(
-      'EINVAL',
-      `${op} at offset ${offset} length ${length}: offset and length must be multiples of the ${bs}-byte block size`,
-    );
+    throw new BlockDeviceError('EINVAL', `${op} at offset ${offset} length ${length}: offset and length must be multiples of the ${bs}-byte block size`);
   }
-  throw new BlockDeviceError(
-    pastEnd,
-    `${op} at offset ${offset} length ${length} runs past the end of the ${dev.size}-byte device`,
-  );
+  throw new BlockDeviceError(pastEnd, `${op} at offset ${offset} length ${length} runs past the end of the ${dev.size}-byte device`);
 }
 
 /**
@@ -48,14 +42,7 @@ export function checkIo(dev: Geometry, op: string, offset: number, length: numbe
  */
 export function checkQuery(dev: Geometry, op: string, offset: number, length: number): void {
   const bs = dev.blockSize;
-  if (
-    Number.isSafeInteger(offset) &&
-    Number.isSafeInteger(length) &&
-    offset >= 0 &&
-    length > 0 &&
-    offset % bs === 0 &&
-    offset + length <= dev.size
-  ) {
+  if (Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length > 0 && offset % bs === 0 && offset + length <= dev.size) {
     return;
   }
   if (offset % bs !== 0) {

@@ -10,7 +10,9 @@ const TYPE_NAMES: Record<string, string> = { opc: 'OPC', quickopc: 'QuickOPC', s
 
 function parseRate(text: unknown, command: string): number | undefined {
   if (text === undefined) return undefined;
-  const s = String(text).trim().replace(/\s*MiB\/s$/i, '');
+  const s = String(text)
+    .trim()
+    .replace(/\s*MiB\/s$/i, '');
   if (/^unthrottled$/i.test(s)) return undefined;
   const n = Number(s);
   if (s === '' || !Number.isFinite(n) || n < 0) {
@@ -74,7 +76,10 @@ function showSession(s: CopySessionView): string {
     ['eta', formatEta(s)],
     ['group', s.group || '-'],
     ['created', s.createdAt],
-    ['image at', s.imageAt || (s.type === 'ec' && (s.state === 'copying' || s.state === 'equivalent') ? '- (follows the source until suspended or split)' : '-')],
+    [
+      'image at',
+      s.imageAt || (s.type === 'ec' && (s.state === 'copying' || s.state === 'equivalent') ? '- (follows the source until suspended or split)' : '-'),
+    ],
   ];
   // The agent numbers generations 1 = newest; the array's sequence number counts up.
   if (s.type === 'snapopcplus') pairs.push(['generation', `${s.generationIndex} of ${s.generationCount} (1 = newest; sequence #${s.generation})`]);
@@ -94,11 +99,7 @@ function restoreState(s: CopySessionView): { original: string; clone: string; or
   const original = s.destination;
   const clone = s.source;
   const originalAccess = s.state === 'copying' ? 'none until the pair is equivalent, then read-only' : s.state === 'equivalent' ? 'read-only' : 'read-write';
-  const makeWritable = [
-    `arraylab copy suspend ${s.id} && arraylab copy reverse ${s.id}`,
-    `arraylab copy cancel ${s.id}`,
-    `arraylab copy split ${s.id}`,
-  ];
+  const makeWritable = [`arraylab copy suspend ${s.id} && arraylab copy reverse ${s.id}`, `arraylab copy cancel ${s.id}`, `arraylab copy split ${s.id}`];
   const explanation =
     `The pair is reversed: clone ${clone} is copied back onto the original ${original}, which is now the pair's destination. ` +
     `Hosts cannot read or write ${original} until the pair is equivalent (follow it with: arraylab copy watch ${s.id}); ` +
@@ -148,16 +149,21 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
         const ids = a.ids ?? [];
         const command = `copy ${name}`;
         if (ids.length === 0 && !a.group) throw new UsageError(`give a session id, several ids, or --group NAME`, command);
-        if (a.rename !== undefined && (ids.length !== 1 || a.group)) throw new UsageError('--rename renames one split clone: give exactly one session id and no --group', command);
+        if (a.rename !== undefined && (ids.length !== 1 || a.group))
+          throw new UsageError('--rename renames one split clone: give exactly one session id and no --group', command);
         if (ids.length === 1 && !a.group) {
-          const s = await withClient(a, (client) => (name === 'suspend' ? client.suspendCopy(ids[0]!) : client.splitCopy(ids[0]!, a.rename ? { newName: a.rename } : {})));
+          const s = await withClient(a, (client) =>
+            name === 'suspend' ? client.suspendCopy(ids[0]!) : client.splitCopy(ids[0]!, a.rename ? { newName: a.rename } : {}),
+          );
           if (a.json) printJson(s);
           else print(summary(name === 'suspend' ? 'suspended' : 'split', s));
           return;
         }
         const sessions = await withClient(a, (client) => client.cutCopyGroup(name, { ids, ...(a.group ? { group: a.group } : {}) }));
         if (a.json) return printJson({ ...(a.group ? { group: a.group } : {}), sessions });
-        print(`${name === 'suspend' ? 'suspended' : 'split'} ${sessions.length} session${sessions.length === 1 ? '' : 's'} at one instant${a.group ? ` (group ${a.group})` : ''}:`);
+        print(
+          `${name === 'suspend' ? 'suspended' : 'split'} ${sessions.length} session${sessions.length === 1 ? '' : 's'} at one instant${a.group ? ` (group ${a.group})` : ''}:`,
+        );
         print(copyTable(sessions));
       },
     ] as const;
@@ -168,13 +174,21 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
       'start a copy session from --src to --dst; several --src/--dst pairs start at one instant as a consistency group',
       (c) =>
         c
-          .option('type', { choices: TYPES, demandOption: true, describe: 'opc: full point-in-time copy; quickopc: opc + change tracking; snapopcplus: before-image snapshot generation; ec: mirror' })
+          .option('type', {
+            choices: TYPES,
+            demandOption: true,
+            describe: 'opc: full point-in-time copy; quickopc: opc + change tracking; snapopcplus: before-image snapshot generation; ec: mirror',
+          })
           .option('src', { type: 'string', array: true, demandOption: true, requiresArg: true, describe: 'source volume (repeat with --dst for a group)' })
           .option('dst', { type: 'string', array: true, demandOption: true, requiresArg: true, describe: 'destination volume (snap volume for snapopcplus)' })
           .option('rate', { type: 'string', requiresArg: true, describe: 'background copy rate in MiB/s; 0 = no background copy [default: unthrottled]' })
           .option('group', { type: 'string', requiresArg: true, describe: 'consistency group name; needed with several pairs' })
           .option('force', { type: 'boolean', default: false, describe: 'start even if the destination is exported read-write to a connected client' })
-          .option('refuse-if-full', { type: 'boolean', default: false, describe: 'snapopcplus: with 8 generations already, refuse instead of dropping the oldest' }),
+          .option('refuse-if-full', {
+            type: 'boolean',
+            default: false,
+            describe: 'snapopcplus: with 8 generations already, refuse instead of dropping the oldest',
+          }),
       async (a) => {
         const rateMiBs = parseRate(a.rate, 'copy start');
         const srcs = a.src.map(String);
@@ -197,7 +211,11 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
           else print(summary('started', s));
           return;
         }
-        if (!a.group) throw new UsageError('several pairs start as one consistency group: name it with --group NAME (later: arraylab copy suspend --group NAME)', 'copy start');
+        if (!a.group)
+          throw new UsageError(
+            'several pairs start as one consistency group: name it with --group NAME (later: arraylab copy suspend --group NAME)',
+            'copy start',
+          );
         const group = a.group;
         const sessions = await withClient(a, (client) => client.startCopyGroup(group, pairs));
         if (a.json) return printJson({ group, sessions });
@@ -247,7 +265,12 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
     .command(
       'restore <id>',
       'EC: copy a split or suspended clone back onto the original (restore from clone); refused while a client writes to the original',
-      (c) => idPositional(c).option('force', { type: 'boolean', default: false, describe: 'restore even if the original is exported read-write to a connected client (its I/O then fails)' }),
+      (c) =>
+        idPositional(c).option('force', {
+          type: 'boolean',
+          default: false,
+          describe: 'restore even if the original is exported read-write to a connected client (its I/O then fails)',
+        }),
       async (a) => {
         const s = await withClient(a, (client) => client.restoreFromClone(a.id, { force: a.force }));
         const state = restoreState(s);
@@ -259,7 +282,12 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
     .command(
       'cancel <id>',
       'end a copy session; the destination keeps what it has',
-      (c) => idPositional(c).option('force', { type: 'boolean', default: false, describe: 'SnapOPC+: also remove the older generations that read through this one' }),
+      (c) =>
+        idPositional(c).option('force', {
+          type: 'boolean',
+          default: false,
+          describe: 'SnapOPC+: also remove the older generations that read through this one',
+        }),
       async (a) => {
         await withClient(a, (client) => client.cancelCopy(a.id, { force: a.force }));
         if (a.json) printJson({ cancelled: a.id });
@@ -317,7 +345,13 @@ async function watch(client: import('../../proto/ArrayClient.js').ArrayClient, i
         if (!e.session && e.kind !== 'snapshot') {
           const last = sessions.get(e.sessionId);
           sessions.delete(e.sessionId);
-          if (last) sessions.set(e.sessionId, { ...last, state: e.kind as CopySessionView['state'], copiedBlocks: e.kind === 'completed' ? last.totalBlocks : last.copiedBlocks, etaSeconds: null });
+          if (last)
+            sessions.set(e.sessionId, {
+              ...last,
+              state: e.kind as CopySessionView['state'],
+              copiedBlocks: e.kind === 'completed' ? last.totalBlocks : last.copiedBlocks,
+              etaSeconds: null,
+            });
         }
         redraw();
       } else if (!json && e.kind !== 'progress') {

@@ -11,7 +11,10 @@ import { keyValues, print, printJson, table } from '../../proto/util/table.js';
 function hostName(text: unknown, command: string): string {
   const name = String(text);
   if (!HOST_NAME_PATTERN.test(name)) {
-    throw new UsageError(`host name ${JSON.stringify(name)} is not valid; use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`, command);
+    throw new UsageError(
+      `host name ${JSON.stringify(name)} is not valid; use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`,
+      command,
+    );
   }
   return name;
 }
@@ -30,7 +33,10 @@ function lunOption(text: unknown, command: string): number | undefined {
   const s = String(text).trim();
   const n = Number(s);
   if (!/^\d+$/.test(s) || n > MAX_LUN) {
-    throw new UsageError(`--lun: ${JSON.stringify(String(text))} is not a LUN; give a whole number from 0 to ${MAX_LUN}, or leave --lun out for the lowest free one`, command);
+    throw new UsageError(
+      `--lun: ${JSON.stringify(String(text))} is not a LUN; give a whole number from 0 to ${MAX_LUN}, or leave --lun out for the lowest free one`,
+      command,
+    );
   }
   return n;
 }
@@ -54,7 +60,9 @@ export function hostCommands(y: Argv<{ json: boolean }>) {
         const initiators = many(a.initiator).map((i) => initiatorName(i, '--initiator', 'host add'));
         const host = await withClient(a, (client) => client.createHost(name, initiators));
         if (a.json) return printJson(host);
-        print(`added host ${host.name} with initiator${host.initiators.length === 1 ? '' : 's'} ${host.initiators.join(', ')}; map volumes to it with: arraylab host map ${host.name} VOLUME`);
+        print(
+          `added host ${host.name} with initiator${host.initiators.length === 1 ? '' : 's'} ${host.initiators.join(', ')}; map volumes to it with: arraylab host map ${host.name} VOLUME`,
+        );
       },
     )
     .command(
@@ -68,7 +76,9 @@ export function hostCommands(y: Argv<{ json: boolean }>) {
         const name = hostName(a.name, 'host remove');
         const { unmapped } = await withClient(a, (client) => client.deleteHost(name, { force: a.force }));
         if (a.json) return printJson({ removed: name, unmapped });
-        const luns = unmapped.length ? ` and unmapped its ${unmapped.length === 1 ? 'LUN' : `${unmapped.length} LUNs`} (${unmapped.map((l) => `LUN ${l.lun} ${l.volume}`).join(', ')})` : '';
+        const luns = unmapped.length
+          ? ` and unmapped its ${unmapped.length === 1 ? 'LUN' : `${unmapped.length} LUNs`} (${unmapped.map((l) => `LUN ${l.lun} ${l.volume}`).join(', ')})`
+          : '';
         print(`removed host ${name}${luns}`);
       },
     )
@@ -153,7 +163,9 @@ function hostList(l: HostListView): string {
   const lines: string[] = [];
   if (l.hosts.length === 0) {
     if (l.hostAffinity) {
-      lines.push('no hosts, and host affinity is required (iscsi.requireHostAffinity): no initiator sees any volume; add one with: arraylab host add NAME --initiator IQN');
+      lines.push(
+        'no hosts, and host affinity is required (iscsi.requireHostAffinity): no initiator sees any volume; add one with: arraylab host add NAME --initiator IQN',
+      );
     } else {
       const seen = l.defaultLuns.length ? l.defaultLuns.map((d) => `LUN ${d.lun} ${d.volume}`).join(', ') : 'no volumes yet';
       lines.push(`no hosts: host affinity is off, so every initiator sees every volume (${seen}); add one with: arraylab host add NAME --initiator IQN`);

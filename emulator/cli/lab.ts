@@ -24,26 +24,37 @@ export function labCommands(y: Argv<{ json: boolean }>) {
   return withRunDirOption(y)
     .command(
       'up <file>',
-      "create what the lab file declares and is missing (start its array, volumes, hosts, VMs); leaves what exists",
+      'create what the lab file declares and is missing (start its array, volumes, hosts, VMs); leaves what exists',
       (c) => c.positional('file', { type: 'string', demandOption: true }),
       async (a) => {
         const lab = await load(String(a.file));
         const { labUp } = await import('../lab/apply.js');
-        const items = await labUp(lab, { runDir: await runDirOf(a), log: await cliLogger(), ...(a.json ? {} : { onItem: (i: LabItem) => print(line(i)) }) }).catch(asCommandError);
+        const items = await labUp(lab, {
+          runDir: await runDirOf(a),
+          log: await cliLogger(),
+          ...(a.json ? {} : { onItem: (i: LabItem) => print(line(i)) }),
+        }).catch(asCommandError);
         if (a.json) printJson({ file: lab.file, items });
       },
     )
     .command(
       'down <file>',
-      'stop the lab\'s VMs and the array lab up started; keeps data unless --purge',
+      "stop the lab's VMs and the array lab up started; keeps data unless --purge",
       (c) =>
-        c
-          .positional('file', { type: 'string', demandOption: true })
-          .option('purge', { type: 'boolean', default: false, describe: "also delete the lab's hosts and volumes, and the data directory of an array lab up started" }),
+        c.positional('file', { type: 'string', demandOption: true }).option('purge', {
+          type: 'boolean',
+          default: false,
+          describe: "also delete the lab's hosts and volumes, and the data directory of an array lab up started",
+        }),
       async (a) => {
         const lab = await load(String(a.file));
         const { labDown } = await import('../lab/apply.js');
-        const items = await labDown(lab, { runDir: await runDirOf(a), log: await cliLogger(), purge: a.purge, ...(a.json ? {} : { onItem: (i: LabItem) => print(line(i)) }) }).catch(asCommandError);
+        const items = await labDown(lab, {
+          runDir: await runDirOf(a),
+          log: await cliLogger(),
+          purge: a.purge,
+          ...(a.json ? {} : { onItem: (i: LabItem) => print(line(i)) }),
+        }).catch(asCommandError);
         if (a.json) printJson({ file: lab.file, items });
       },
     )

@@ -39,7 +39,9 @@ export async function run(argv: string[]): Promise<number> {
   let suggestion: string | undefined;
   const parser = yargs(argv)
     .scriptName('arraylab')
-    .usage('$0 <command> [options]\n\nEmulates an enterprise storage array: volumes served as block devices over NBD and iSCSI, managed over a gRPC control API.')
+    .usage(
+      '$0 <command> [options]\n\nEmulates an enterprise storage array: volumes served as block devices over NBD and iSCSI, managed over a gRPC control API.',
+    )
     .option('json', { type: 'boolean', default: false, describe: 'machine-readable JSON on stdout (sizes in bytes)' })
     .command(
       'serve',
@@ -55,7 +57,12 @@ export async function run(argv: string[]): Promise<number> {
     .command('host', 'define hosts by initiator name and map volumes to them at LUNs (iSCSI host affinity)', (y) => hostCommands(y))
     .command('tape', "the array's virtual tape library: cartridges, and volumes written to and restored from them", (y) => tapeCommands(y)) // tape
     .command('export', 'list exports and their connected clients', (y) => exportCommands(y))
-    .command('status', "show the running array's status", (y) => withApiOption(y), (a) => statusCommand(a))
+    .command(
+      'status',
+      "show the running array's status",
+      (y) => withApiOption(y),
+      (a) => statusCommand(a),
+    )
     .command('vm', 'lab VMs on the array: start (volumes over NBD or iSCSI), list, stop, console', (y) => vmCommands(y)) // vm, lab (issue 6)
     .command('lab', 'bring a lab file (arrays, volumes, hosts, VMs) up, down, or show its status', (y) => labCommands(y)) // vm, lab (issue 6)
     .demandCommand(1, 'give a command: serve, volume, copy, host, export, tape, status, vm or lab')

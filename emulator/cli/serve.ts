@@ -52,7 +52,10 @@ export async function serve(a: ServeArgs): Promise<number> {
     throw new UsageError((err as Error).message, 'serve');
   }
   const logger = await createLogger({ level });
-  logger.info({ version: ARRAYLAB_VERSION, config: config.source, backend: config.backend, ...(config.backend === 'file' ? { dataDir: config.dataDir } : {}) }, 'starting');
+  logger.info(
+    { version: ARRAYLAB_VERSION, config: config.source, backend: config.backend, ...(config.backend === 'file' ? { dataDir: config.dataDir } : {}) },
+    'starting',
+  );
 
   const server = new ArrayServer(config, logger);
   const stopped = handleSignals(server, logger);
@@ -64,7 +67,10 @@ export async function serve(a: ServeArgs): Promise<number> {
     throw new CommandError((err as Error).message);
   }
   announce(config, addresses, server, a.json);
-  logger.info({ nbd: formatHostPort(addresses.nbd), api: formatHostPort(addresses.api), iscsi: addresses.iscsi ? formatHostPort(addresses.iscsi) : null }, 'serving');
+  logger.info(
+    { nbd: formatHostPort(addresses.nbd), api: formatHostPort(addresses.api), iscsi: addresses.iscsi ? formatHostPort(addresses.iscsi) : null },
+    'serving',
+  );
   return stopped;
 }
 
@@ -85,12 +91,16 @@ function announce(config: ArraylabConfig, addresses: ServerAddresses, server: Ar
   }
   const exportNames = volumes.length ? volumes.map((v) => v.name).join(', ') : 'none yet';
   const hosts = server.array.hosts;
-  const who = hosts.hostAffinity ? 'host affinity on: initiators see their host\'s LUNs (arraylab host list)' : 'every initiator sees every volume until a host is defined';
+  const who = hosts.hostAffinity
+    ? "host affinity on: initiators see their host's LUNs (arraylab host list)"
+    : 'every initiator sees every volume until a host is defined';
   print(
     [
       `NBD     nbd://${formatHostPort(addresses.nbd)}/  (exports: ${exportNames})`,
       `API     ${formatHostPort(addresses.api)}  (arraylab status --api ${formatHostPort(addresses.api)})`,
-      addresses.iscsi ? `iSCSI   iscsi://${formatHostPort(addresses.iscsi)}/${server.targetName}  (${who})` : 'iSCSI   not served (set listen.iscsi or --iscsi HOST:PORT)',
+      addresses.iscsi
+        ? `iSCSI   iscsi://${formatHostPort(addresses.iscsi)}/${server.targetName}  (${who})`
+        : 'iSCSI   not served (set listen.iscsi or --iscsi HOST:PORT)',
       `DATA    ${config.backend === 'file' ? config.dataDir : 'in memory (lost at exit)'}`,
     ].join('\n'),
   );

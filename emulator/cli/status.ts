@@ -25,7 +25,12 @@ export function statusText(s: ArrayStatus): string {
     ['data dir', s.dataDir || '-'],
     ['nbd', listener(s.listeners.nbd, 'nbd://')],
     ['iscsi', listener(s.listeners.iscsi, 'iscsi://')],
-    ...(s.listeners.iscsi.available ? ([['iscsi target', s.iscsiTargetName], ['iscsi sessions', String(s.iscsiSessionCount)]] as [string, string][]) : []),
+    ...(s.listeners.iscsi.available
+      ? ([
+          ['iscsi target', s.iscsiTargetName],
+          ['iscsi sessions', String(s.iscsiSessionCount)],
+        ] as [string, string][])
+      : []),
     ['api', listener(s.listeners.api)],
     ['volumes', String(s.volumeCount)],
     ['provisioned', formatSize(s.totalBytes)],

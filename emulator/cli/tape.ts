@@ -9,7 +9,8 @@ import { keyValues, print, printJson, table } from '../../proto/util/table.js';
 
 function recordNumber(value: unknown, command: string): number {
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 0xffffffff) throw new UsageError(`record ${JSON.stringify(String(value))} is not a record number; give a number from 1 (see arraylab tape show LABEL)`, command);
+  if (!Number.isInteger(n) || n < 1 || n > 0xffffffff)
+    throw new UsageError(`record ${JSON.stringify(String(value))} is not a record number; give a number from 1 (see arraylab tape show LABEL)`, command);
   return n;
 }
 
@@ -46,7 +47,12 @@ export function tapeCommands(y: Argv<{ json: boolean }>) {
       (c) =>
         c
           .positional('label', { type: 'string', demandOption: true, describe: "cartridge label: letters, digits, '.', '_', '-' (e.g. T0001)" })
-          .option('capacity', { type: 'string', demandOption: true, requiresArg: true, describe: 'capacity, e.g. 1GiB (headers and stored data count; holes do not)' }),
+          .option('capacity', {
+            type: 'string',
+            demandOption: true,
+            requiresArg: true,
+            describe: 'capacity, e.g. 1GiB (headers and stored data count; holes do not)',
+          }),
       async (a) => {
         let capacity: number;
         try {
@@ -113,7 +119,8 @@ export function tapeCommands(y: Argv<{ json: boolean }>) {
           .option('point-in-time', {
             type: 'string',
             requiresArg: true,
-            describe: "the instant the volume's image is of (ISO 8601, e.g. 2026-01-31T12:00:00Z) [default: its copy session's snapshot, start or suspend instant; for a volume in no session, when the write starts]",
+            describe:
+              "the instant the volume's image is of (ISO 8601, e.g. 2026-01-31T12:00:00Z) [default: its copy session's snapshot, start or suspend instant; for a volume in no session, when the write starts]",
           }),
       async (a) => {
         const pointInTime = a['point-in-time'];
@@ -126,11 +133,16 @@ export function tapeCommands(y: Argv<{ json: boolean }>) {
         }
         const rec = await withClient(a, (client) =>
           withProgress(`writing ${a.volume} to tape`, a.json, (onProgress) =>
-            client.writeTape({ volume: a.volume, ...(a.cartridge ? { cartridge: a.cartridge } : {}), tag: a.tag, ...(pointInTime !== undefined ? { pointInTime } : {}) }, onProgress),
+            client.writeTape(
+              { volume: a.volume, ...(a.cartridge ? { cartridge: a.cartridge } : {}), tag: a.tag, ...(pointInTime !== undefined ? { pointInTime } : {}) },
+              onProgress,
+            ),
           ),
         );
         if (a.json) return printJson(rec);
-        print(`wrote volume ${rec.volume} to cartridge ${rec.cartridge} record ${rec.record}: ${formatSize(rec.sizeBytes)} image of ${rec.imageAt}, ${formatSize(rec.dataBytes)} of data stored, sha256 ${rec.sha256}`);
+        print(
+          `wrote volume ${rec.volume} to cartridge ${rec.cartridge} record ${rec.record}: ${formatSize(rec.sizeBytes)} image of ${rec.imageAt}, ${formatSize(rec.dataBytes)} of data stored, sha256 ${rec.sha256}`,
+        );
       },
     )
     .command(
@@ -155,7 +167,7 @@ export function tapeCommands(y: Argv<{ json: boolean }>) {
     )
     .command(
       'verify <label> [record]',
-      "re-read records and check every CRC32C and SHA-256 (exit status 1 if one is bad)",
+      're-read records and check every CRC32C and SHA-256 (exit status 1 if one is bad)',
       (c) => c.positional('label', { type: 'string', demandOption: true }).positional('record', { type: 'string', describe: 'one record; default: all' }),
       async (a) => {
         const record = a.record === undefined ? undefined : recordNumber(a.record, 'tape verify');
@@ -167,7 +179,9 @@ export function tapeCommands(y: Argv<{ json: boolean }>) {
         else if (checks.length === 0) print(`cartridge ${a.label} has no records`);
         else print(checks.map((x) => `record ${x.record}: ${x.ok ? 'ok' : `BAD: ${x.error}`}`).join('\n'));
         if (bad.length > 0) {
-          throw new CommandError(`cartridge ${a.label}: ${bad.length} of ${checks.length} record${checks.length === 1 ? '' : 's'} failed verification (${bad.map((x) => x.record).join(', ')}); restore those backups from another copy`);
+          throw new CommandError(
+            `cartridge ${a.label}: ${bad.length} of ${checks.length} record${checks.length === 1 ? '' : 's'} failed verification (${bad.map((x) => x.record).join(', ')}); restore those backups from another copy`,
+          );
         }
       },
     )

@@ -36,7 +36,10 @@ export function cliLogger(): Promise<Logger> {
 
 /** "vol1,vol2:iscsi" (repeatable) with a default --via, into attach requests. */
 export function parseAttach(values: unknown, via: string, command: string): AttachRequest[] {
-  const list = (Array.isArray(values) ? values : [values]).flatMap((v) => String(v).split(',')).map((s) => s.trim()).filter(Boolean);
+  const list = (Array.isArray(values) ? values : [values])
+    .flatMap((v) => String(v).split(','))
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (list.length === 0) throw new UsageError('--attach: give at least one volume, e.g. --attach vol1,vol2', command);
   return list.map((item) => {
     const m = /^([^:]+)(?::(nbd|iscsi))?$/.exec(item);
@@ -60,24 +63,39 @@ export function vmCommands(y: Argv<{ json: boolean }>) {
   return withRunDirOption(y)
     .command(
       'start <name>',
-      "boot a lab VM (qemu, detached) with array volumes attached; waits for its shell and prints the boot time",
+      'boot a lab VM (qemu, detached) with array volumes attached; waits for its shell and prints the boot time',
       (c) =>
         withApiOption(c)
           .positional('name', { type: 'string', demandOption: true, describe: "VM name: letters, digits, '.', '_', '-'" })
-          .option('attach', { type: 'string', demandOption: true, requiresArg: true, describe: 'volumes, comma-separated (VOL or VOL:nbd / VOL:iscsi); repeatable' })
+          .option('attach', {
+            type: 'string',
+            demandOption: true,
+            requiresArg: true,
+            describe: 'volumes, comma-separated (VOL or VOL:nbd / VOL:iscsi); repeatable',
+          })
           .option('via', { choices: ['nbd', 'iscsi'] as const, default: 'nbd' as const, describe: 'how volumes attach: NBD as /dev/vdX, iSCSI as /dev/sdX' })
           .option('memory', { type: 'number', default: 1024, requiresArg: true, describe: 'guest memory in MiB (the initramfs lives in it: at least 512)' })
           .option('wait-agent', { type: 'boolean', default: false, describe: 'also wait until the in-guest agent says hello on its port' })
           .option('boot-timeout', { type: 'number', default: 90, requiresArg: true, describe: 'seconds the boot may take' }),
       async (a) => {
         const memory = Number(a.memory);
-        if (!Number.isInteger(memory) || memory < 256) throw new UsageError(`--memory: ${a.memory} is not a memory size in MiB; give a whole number of at least 512, e.g. 1024`, 'vm start');
+        if (!Number.isInteger(memory) || memory < 256)
+          throw new UsageError(`--memory: ${a.memory} is not a memory size in MiB; give a whole number of at least 512, e.g. 1024`, 'vm start');
         const attach = parseAttach(a.attach, a.via, 'vm start');
         const runDir = await runDirOf(a);
         const log = await cliLogger();
         const { startVm } = await import('../vm/start.js');
         const rec = await withClient(a, (client) =>
-          startVm({ client, name: String(a.name), attach, memoryMiB: memory, runDir, log, bootTimeoutMs: a['boot-timeout'] * 1000, ...(a['wait-agent'] ? { waitAgentMs: 120_000 } : {}) }),
+          startVm({
+            client,
+            name: String(a.name),
+            attach,
+            memoryMiB: memory,
+            runDir,
+            log,
+            bootTimeoutMs: a['boot-timeout'] * 1000,
+            ...(a['wait-agent'] ? { waitAgentMs: 120_000 } : {}),
+          }),
         ).catch(asCommandError);
         if (a.json) return printJson({ ...rec, state: 'running' });
         const disks = rec.disks.map((d) => `${d.volume} (${d.via}) as ${d.guestDevice}`).join(', ');
@@ -130,7 +148,14 @@ export function vmCommands(y: Argv<{ json: boolean }>) {
         const { readRecord, listRecords } = await import('../vm/registry.js');
         const { stopDetachedGuest } = await import('../vm/detached.js');
         const rec = readRecord(runDir, name);
-        if (!rec) throw new CommandError(unknownVm(name, runDir, listRecords(runDir).map((r) => r.name)));
+        if (!rec)
+          throw new CommandError(
+            unknownVm(
+              name,
+              runDir,
+              listRecords(runDir).map((r) => r.name),
+            ),
+          );
         const { how, ms } = await stopDetachedGuest(rec, { force: a.force, runDir, log: await cliLogger() }).catch(asCommandError);
         if (a.json) return printJson({ name, stopped: how, ms });
         print(`vm ${name} ${how === 'had already exited' ? 'had already exited; removed its record' : `${how} in ${seconds(ms)}`}`);
@@ -142,14 +167,26 @@ export function vmCommands(y: Argv<{ json: boolean }>) {
       (c) =>
         c
           .positional('name', { type: 'string', demandOption: true })
-          .option('command', { alias: 'c', type: 'string', requiresArg: true, describe: 'run this shell command in the guest, print its output, exit with failure unless it exits 0' })
+          .option('command', {
+            alias: 'c',
+            type: 'string',
+            requiresArg: true,
+            describe: 'run this shell command in the guest, print its output, exit with failure unless it exits 0',
+          })
           .option('timeout', { type: 'number', default: 120, requiresArg: true, describe: 'seconds --command may take' }),
       async (a) => {
         const name = String(a.name);
         const runDir = await runDirOf(a);
         const { readRecord, listRecords, vmState } = await import('../vm/registry.js');
         const rec = readRecord(runDir, name);
-        if (!rec) throw new CommandError(unknownVm(name, runDir, listRecords(runDir).map((r) => r.name)));
+        if (!rec)
+          throw new CommandError(
+            unknownVm(
+              name,
+              runDir,
+              listRecords(runDir).map((r) => r.name),
+            ),
+          );
         if (vmState(rec) === 'exited') throw new CommandError(`vm ${name} has exited; see ${rec.files.consoleLog}, remove it with: arraylab vm stop ${name}`);
         const { openConsole } = await import('../vm/detached.js');
         const { shell, socket } = await openConsole(rec).catch(asCommandError);

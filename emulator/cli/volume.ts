@@ -25,7 +25,8 @@ function blockSizeOption(text: unknown): LogicalBlockSize {
   } catch {
     // reported below
   }
-  if (bytes !== 512 && bytes !== 4096) throw new UsageError(`--block-size: ${JSON.stringify(String(text))} is not a supported block size; use 512 or 4096`, 'volume create');
+  if (bytes !== 512 && bytes !== 4096)
+    throw new UsageError(`--block-size: ${JSON.stringify(String(text))} is not a supported block size; use 512 or 4096`, 'volume create');
   return bytes;
 }
 
@@ -53,7 +54,12 @@ export function volumeCommands(y: Argv<{ json: boolean }>) {
       (c) =>
         c
           .positional('name', { type: 'string', demandOption: true, describe: "volume name: letters, digits, '.', '_', '-'" })
-          .option('size', { type: 'string', demandOption: true, requiresArg: true, describe: 'size, e.g. 64MiB, 10GiB, 1T (K/M/G/T and KiB.. are binary, KB/MB.. decimal)' })
+          .option('size', {
+            type: 'string',
+            demandOption: true,
+            requiresArg: true,
+            describe: 'size, e.g. 64MiB, 10GiB, 1T (K/M/G/T and KiB.. are binary, KB/MB.. decimal)',
+          })
           .option('block-size', { type: 'string', default: '512', requiresArg: true, describe: 'logical block size: 512 or 4096' })
           .option('thin', { type: 'boolean', describe: 'thin provisioning: space allocated on write (default)' })
           .option('thick', { type: 'boolean', describe: 'thick provisioning: all space allocated at creation' })
@@ -70,7 +76,10 @@ export function volumeCommands(y: Argv<{ json: boolean }>) {
         const blockSize = blockSizeOption(a['block-size']);
         const allocLimitBytes = a['alloc-limit'] === undefined ? null : allocLimitOption(a['alloc-limit'], 'volume create', false);
         if (allocLimitBytes !== null && a.thick) {
-          throw new UsageError('--alloc-limit: a thick volume has all its space allocated at creation, so it cannot have an allocation limit; drop --thick or --alloc-limit', 'volume create');
+          throw new UsageError(
+            '--alloc-limit: a thick volume has all its space allocated at creation, so it cannot have an allocation limit; drop --thick or --alloc-limit',
+            'volume create',
+          );
         }
         const volume = await withClient(a, (client) =>
           client.createVolume({
@@ -86,7 +95,9 @@ export function volumeCommands(y: Argv<{ json: boolean }>) {
         if (a.json) printJson(volume);
         else {
           const limit = volume.allocLimitBytes !== null ? `, allocation limit ${formatSize(volume.allocLimitBytes)}` : '';
-          print(`created volume ${volume.name}: ${formatSize(volume.sizeBytes)} ${volume.provisioning}, ${volume.blockSize}-byte blocks${volume.readOnly ? ', read-only' : ''}${limit}`);
+          print(
+            `created volume ${volume.name}: ${formatSize(volume.sizeBytes)} ${volume.provisioning}, ${volume.blockSize}-byte blocks${volume.readOnly ? ', read-only' : ''}${limit}`,
+          );
         }
       },
     )
@@ -115,9 +126,12 @@ export function volumeCommands(y: Argv<{ json: boolean }>) {
       'resize <name>',
       'grow a volume (volumes never shrink)',
       (c) =>
-        c
-          .positional('name', { type: 'string', demandOption: true })
-          .option('size', { type: 'string', demandOption: true, requiresArg: true, describe: 'new size (e.g. 2GiB), or +SIZE to grow by that much (e.g. +1GiB)' }),
+        c.positional('name', { type: 'string', demandOption: true }).option('size', {
+          type: 'string',
+          demandOption: true,
+          requiresArg: true,
+          describe: 'new size (e.g. 2GiB), or +SIZE to grow by that much (e.g. +1GiB)',
+        }),
       async (a) => {
         const change = sizeOption('size', 'volume resize', true)(a.size) as ReturnType<typeof parseSizeChange>;
         const v = await withClient(a, (client) => client.resizeVolume(a.name, change));
@@ -129,13 +143,11 @@ export function volumeCommands(y: Argv<{ json: boolean }>) {
       'set <name>',
       "change a volume's settings",
       (c) =>
-        c
-          .positional('name', { type: 'string', demandOption: true })
-          .option('alloc-limit', {
-            type: 'string',
-            requiresArg: true,
-            describe: 'thin volumes: the most space it may allocate (e.g. 1GiB), or none; writes past it fail with ENOSPC',
-          }),
+        c.positional('name', { type: 'string', demandOption: true }).option('alloc-limit', {
+          type: 'string',
+          requiresArg: true,
+          describe: 'thin volumes: the most space it may allocate (e.g. 1GiB), or none; writes past it fail with ENOSPC',
+        }),
       async (a) => {
         if (a['alloc-limit'] === undefined) throw new UsageError('volume set needs a setting to change: --alloc-limit SIZE|none', 'volume set');
         const limit = allocLimitOption(a['alloc-limit'], 'volume set', true);
@@ -195,7 +207,10 @@ function volumeDetails(v: VolumeInfo): string {
     ['name', v.name],
     ['size', `${formatSize(v.sizeBytes)} (${v.sizeBytes} bytes)`],
     ['allocated', `${formatSize(v.allocatedBytes)}${percent}`],
-    ['alloc limit', v.allocLimitBytes === null ? 'none' : `${formatSize(v.allocLimitBytes)} (${((100 * v.allocatedBytes) / v.allocLimitBytes).toFixed(1)}% used)`],
+    [
+      'alloc limit',
+      v.allocLimitBytes === null ? 'none' : `${formatSize(v.allocLimitBytes)} (${((100 * v.allocatedBytes) / v.allocLimitBytes).toFixed(1)}% used)`,
+    ],
     ['block size', `${v.blockSize} bytes`],
     ['provisioning', v.provisioning],
     ['read-only', yesNo(v.readOnly)],

@@ -44,5 +44,13 @@ export async function holdVolumes(taps: Iterable<VolumeTap>): Promise<() => void
 
 /** One member of a group operation. */
 export type GroupAction =
-  | { op: 'opc' | 'quickopc' | 'ec' | 'snapopcplus'; source: string; destination: string; rate?: number; unitSize?: number; refuseIfFull?: boolean; group?: string }
+  | {
+      op: 'opc' | 'quickopc' | 'ec' | 'snapopcplus';
+      source: string;
+      destination: string;
+      rate?: number;
+      unitSize?: number;
+      refuseIfFull?: boolean;
+      group?: string;
+    }
   | { op: 'suspend' | 'split'; id: string };

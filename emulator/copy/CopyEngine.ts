@@ -182,7 +182,8 @@ export class CopyEngine {
   removeVolume(name: string, persist: () => void = () => undefined): void {
     const t = this.taps.get(name);
     const s = this.sessionsOf(name)[0];
-    if (s !== undefined) throw new CopyError('FAILED_PRECONDITION', `volume ${name} is in copy session ${s.id} (${s.type}, ${s.state}); cancel the session first`);
+    if (s !== undefined)
+      throw new CopyError('FAILED_PRECONDITION', `volume ${name} is in copy session ${s.id} (${s.type}, ${s.state}); cancel the session first`);
     persist();
     if (t === undefined) return;
     t.volume.popLayer(t.tap);
@@ -242,7 +243,12 @@ export class CopyEngine {
           renamed.push(s);
         }
         for (const s of renamed) {
-          this.emit({ sessionId: s.id, kind: 'state', state: s.state, message: `volume ${oldName} renamed to ${newName}: ${s.type} ${s.record.source} -> ${s.record.destination}` });
+          this.emit({
+            sessionId: s.id,
+            kind: 'state',
+            state: s.state,
+            message: `volume ${oldName} renamed to ${newName}: ${s.type} ${s.record.source} -> ${s.record.destination}`,
+          });
         }
         await this.journal.sync();
       });
@@ -260,7 +266,11 @@ export class CopyEngine {
         const r = j.record;
         if (!this.taps.has(r.source) || !this.taps.has(r.destination)) {
           this.journal.deleteSession(r.id);
-          this.emit({ sessionId: r.id, kind: 'cancelled', message: `session ${r.id} dropped at recovery: volume ${this.taps.has(r.source) ? r.destination : r.source} no longer exists` });
+          this.emit({
+            sessionId: r.id,
+            kind: 'cancelled',
+            message: `session ${r.id} dropped at recovery: volume ${this.taps.has(r.source) ? r.destination : r.source} no longer exists`,
+          });
           continue;
         }
         const s = this.build(j);
@@ -315,7 +325,8 @@ export class CopyEngine {
   reverse(id: string, opts: OverwriteOptions = {}): Promise<SessionInfo> {
     return this.controlOn(id, 'reverse', async (s) => {
       if (s instanceof OpcSession && s.type === 'quickopc') return this.doReverseQuickOpc(s, opts.check);
-      if (!(s instanceof EcSession)) throw new CopyError('FAILED_PRECONDITION', `cannot reverse session ${s.id}: it is an ${s.type} session; only EC and QuickOPC sessions reverse`);
+      if (!(s instanceof EcSession))
+        throw new CopyError('FAILED_PRECONDITION', `cannot reverse session ${s.id}: it is an ${s.type} session; only EC and QuickOPC sessions reverse`);
       this.doReverse(s, opts.check);
     });
   }
@@ -371,22 +382,26 @@ export class CopyEngine {
         }
       }
       this.preflight(actions);
-      const what = actions.map((a) => ('id' in a ? `${a.op} ${describe(this.session(a.id))}` : `start ${COPY_TYPE_NAMES[a.op]} ${a.source} -> ${a.destination}`)).join(', ');
-      const out = await this.cut(vols, () => this.atomically(`${what} at one instant`, vols, async () => {
-        const infos: SessionInfo[] = [];
-        for (const a of actions) {
-          if ('id' in a) {
-            const ec = this.ec(this.session(a.id), a.op);
-            await ec.freeze(a.op === 'suspend' ? 'suspended' : 'split');
-            infos.push(ec.info());
-          } else if (a.op === 'snapopcplus') {
-            infos.push(await this.doStartSnap(a.source, a.destination, a));
-          } else {
-            infos.push(await this.doStartCopy(a.op, a.source, a.destination, a));
+      const what = actions
+        .map((a) => ('id' in a ? `${a.op} ${describe(this.session(a.id))}` : `start ${COPY_TYPE_NAMES[a.op]} ${a.source} -> ${a.destination}`))
+        .join(', ');
+      const out = await this.cut(vols, () =>
+        this.atomically(`${what} at one instant`, vols, async () => {
+          const infos: SessionInfo[] = [];
+          for (const a of actions) {
+            if ('id' in a) {
+              const ec = this.ec(this.session(a.id), a.op);
+              await ec.freeze(a.op === 'suspend' ? 'suspended' : 'split');
+              infos.push(ec.info());
+            } else if (a.op === 'snapopcplus') {
+              infos.push(await this.doStartSnap(a.source, a.destination, a));
+            } else {
+              infos.push(await this.doStartCopy(a.op, a.source, a.destination, a));
+            }
           }
-        }
-        return infos; // one commit for the whole group
-      }));
+          return infos; // one commit for the whole group
+        }),
+      );
       for (const s of this.sessions.values()) this.schedule(s);
       return out.map((i) => this.sessions.get(i.id)?.info() ?? i);
     });
@@ -401,7 +416,10 @@ export class CopyEngine {
         const s = this.session(a.id);
         const ok = s.state === 'equivalent' || (a.op === 'split' && s.state === 'suspended');
         if (!(s instanceof EcSession) || !ok) {
-          throw new CopyError('FAILED_PRECONDITION', `cannot ${a.op} session ${a.id} in a group: backup cannot run before the pair is equivalent; it is a ${s.type} session, ${s.state}`);
+          throw new CopyError(
+            'FAILED_PRECONDITION',
+            `cannot ${a.op} session ${a.id} in a group: backup cannot run before the pair is equivalent; it is a ${s.type} session, ${s.state}`,
+          );
         }
         continue;
       }
@@ -410,7 +428,10 @@ export class CopyEngine {
       }
       this.checkPair(a.source, a.destination);
       if (dests.has(a.destination) || sources.has(a.destination) || dests.has(a.source)) {
-        throw new CopyError('INVALID_ARGUMENT', `volume ${dests.has(a.source) ? a.source : a.destination} appears twice in the group as a destination or as both source and destination`);
+        throw new CopyError(
+          'INVALID_ARGUMENT',
+          `volume ${dests.has(a.source) ? a.source : a.destination} appears twice in the group as a destination or as both source and destination`,
+        );
       }
       dests.add(a.destination);
       sources.add(a.source);
@@ -531,7 +552,12 @@ export class CopyEngine {
     const f = s.copyFailure;
     if (f === undefined) return;
     s.copyFailure = undefined;
-    this.emit({ sessionId: s.id, kind: 'state', state: s.state, message: `background copy of ${s.record.source} -> ${s.record.destination} works again (it had failed ${f.attempts} time${f.attempts === 1 ? '' : 's'} since ${f.since})` });
+    this.emit({
+      sessionId: s.id,
+      kind: 'state',
+      state: s.state,
+      message: `background copy of ${s.record.source} -> ${s.record.destination} works again (it had failed ${f.attempts} time${f.attempts === 1 ? '' : 's'} since ${f.since})`,
+    });
   }
 
   private build(j: JournalSession): SessionBase {
@@ -571,7 +597,10 @@ export class CopyEngine {
       );
       if (existing instanceof OpcSession) {
         if (existing.state !== 'tracking') {
-          throw new CopyError('FAILED_PRECONDITION', `QuickOPC session ${existing.id} (${existing.record.source} -> ${existing.record.destination}) is still ${existing.state}; restart it once it is tracking`);
+          throw new CopyError(
+            'FAILED_PRECONDITION',
+            `QuickOPC session ${existing.id} (${existing.record.source} -> ${existing.record.destination}) is still ${existing.state}; restart it once it is tracking`,
+          );
         }
         if (existing.record.source !== source) {
           await this.doReverseQuickOpc(existing); // a start: its caller checked the destination already
@@ -658,10 +687,16 @@ export class CopyEngine {
     const dst = this.tapOf(destination);
     if (source === destination) throw new CopyError('INVALID_ARGUMENT', `source and destination are both ${source}; copy to another volume`);
     if (dst.blockSize !== src.blockSize) {
-      throw new CopyError('INVALID_ARGUMENT', `destination ${destination} has ${dst.blockSize}-byte blocks and source ${source} ${src.blockSize}-byte blocks; use volumes of one block size`);
+      throw new CopyError(
+        'INVALID_ARGUMENT',
+        `destination ${destination} has ${dst.blockSize}-byte blocks and source ${source} ${src.blockSize}-byte blocks; use volumes of one block size`,
+      );
     }
     if (dst.size < src.size) {
-      throw new CopyError('INVALID_ARGUMENT', `destination ${destination} (${dst.size} bytes) is smaller than source ${source} (${src.size} bytes); use a destination at least as large`);
+      throw new CopyError(
+        'INVALID_ARGUMENT',
+        `destination ${destination} (${dst.size} bytes) is smaller than source ${source} (${src.size} bytes); use a destination at least as large`,
+      );
     }
     if (dst.below.readOnly) throw new CopyError('FAILED_PRECONDITION', `destination ${destination} is read-only; choose a writable volume`);
     const busy = this.sessionsOf(destination)[0] ?? (this.chains.has(destination) ? this.chains.get(destination)!.gens[0] : undefined);
@@ -699,7 +734,10 @@ export class CopyEngine {
 
   private async doReverseQuickOpc(s: OpcSession, check?: OverwriteCheck): Promise<void> {
     if (s.state !== 'tracking') {
-      throw new CopyError('FAILED_PRECONDITION', `cannot reverse QuickOPC session ${s.id}: it is ${s.state}; wait until it is tracking (the physical copy has finished)`);
+      throw new CopyError(
+        'FAILED_PRECONDITION',
+        `cannot reverse QuickOPC session ${s.id}: it is ${s.state}; wait until it is tracking (the physical copy has finished)`,
+      );
     }
     this.checkAlone(s);
     // J4: the restore instant is durable on the new source (today's destination) before any
@@ -718,7 +756,10 @@ export class CopyEngine {
     for (const v of [s.record.source, s.record.destination]) {
       const other = this.sessionsOf(v).find((o) => o !== s) ?? (this.chains.has(v) ? this.chains.get(v)!.gens[0] : undefined);
       if (other !== undefined) {
-        throw new CopyError('FAILED_PRECONDITION', `cannot reverse ${s.type} session ${s.id}: volume ${v} is also in ${other.type} session ${other.id}; cancel that first`);
+        throw new CopyError(
+          'FAILED_PRECONDITION',
+          `cannot reverse ${s.type} session ${s.id}: volume ${v} is also in ${other.type} session ${other.id}; cancel that first`,
+        );
       }
     }
   }
@@ -753,13 +794,17 @@ export class CopyEngine {
       if (this.ended.size > ENDED_KEPT) this.ended.delete(this.ended.keys().next().value!);
       this.unschedule(v.id);
       this.journal.deleteSession(v.id);
-      const msg = why === 'completed' ? `${v.type} ${v.record.source} -> ${v.record.destination} finished copying` : `${v.type} ${v.record.source} -> ${v.record.destination} ${v === s ? why : 'removed with a newer generation (force)'}`;
+      const msg =
+        why === 'completed'
+          ? `${v.type} ${v.record.source} -> ${v.record.destination} finished copying`
+          : `${v.type} ${v.record.source} -> ${v.record.destination} ${v === s ? why : 'removed with a newer generation (force)'}`;
       this.emit({ sessionId: v.id, kind: v === s ? why : 'cancelled', message: msg });
     }
   }
 
   private ec(s: SessionBase, op: string): EcSession {
-    if (!(s instanceof EcSession)) throw new CopyError('FAILED_PRECONDITION', `cannot ${op} session ${s.id}: it is a ${s.type} session; only EC sessions ${op}`);
+    if (!(s instanceof EcSession))
+      throw new CopyError('FAILED_PRECONDITION', `cannot ${op} session ${s.id}: it is a ${s.type} session; only EC sessions ${op}`);
     return s;
   }
 
@@ -905,15 +950,23 @@ export class CopyEngine {
       this.timers.delete(s.id);
       const began = this.now();
       const units = Number.isFinite(rate) ? Math.max(1, Math.floor((rate * TICK_MS) / 1000 / s.record.unitSize)) : maxUnits;
-      this.serially(() => this.stepSession(s, Math.min(units, maxUnits)))
-        .then(
-          () => this.schedule(s, this.now() - began),
-          () => {
-            // stepSession noted the failure (one event per episode) and when to retry.
-            if (this.closed || s.copyFailure === undefined) return;
-            this.timers.set(s.id, setTimeout(() => { this.timers.delete(s.id); this.schedule(s); }, Math.max(0, s.copyFailure.retryAt - this.now())));
-          },
-        );
+      this.serially(() => this.stepSession(s, Math.min(units, maxUnits))).then(
+        () => this.schedule(s, this.now() - began),
+        () => {
+          // stepSession noted the failure (one event per episode) and when to retry.
+          if (this.closed || s.copyFailure === undefined) return;
+          this.timers.set(
+            s.id,
+            setTimeout(
+              () => {
+                this.timers.delete(s.id);
+                this.schedule(s);
+              },
+              Math.max(0, s.copyFailure.retryAt - this.now()),
+            ),
+          );
+        },
+      );
     };
     if (!Number.isFinite(rate)) {
       this.timers.set(s.id, setImmediate(fire));

@@ -24,13 +24,7 @@
  * Trim is turned into write-zeroes while any role is attached: both sides of a copy must
  * agree on what a trimmed block reads as, and zeroes is one of the results trim allows.
  */
-import {
-  BlockDeviceError,
-  type BlockDevice,
-  type Extent,
-  type WriteOptions,
-  type ZeroOptions,
-} from '../block/BlockDevice.js';
+import { BlockDeviceError, type BlockDevice, type Extent, type WriteOptions, type ZeroOptions } from '../block/BlockDevice.js';
 import { checkIo } from '../block/requestChecks.js';
 import { applyMutation, invariant, type Mutation } from './CopySession.js';
 

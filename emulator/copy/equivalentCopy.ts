@@ -24,7 +24,6 @@ import { SessionBase, type SessionContext } from './SessionBase.js';
 import type { JournalSession } from './SessionJournal.js';
 import type { DestRole, Next, SourceRole } from './VolumeTap.js';
 
-
 export class EcSession extends SessionBase implements SourceRole, DestRole {
   readonly diff: CopyBitmap;
   readonly intent: CopyBitmap;
@@ -188,9 +187,7 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
     if (end <= m.offset) return Promise.resolve();
     if (end === m.offset + m.length) return applyMutation(this.dst.below, m);
     const len = end - m.offset;
-    return m.kind === 'write'
-      ? this.dst.below.write(m.offset, m.data.subarray(0, len), m.opts)
-      : this.dst.below.writeZeroes(m.offset, len, m.opts);
+    return m.kind === 'write' ? this.dst.below.write(m.offset, m.data.subarray(0, len), m.opts) : this.dst.below.writeZeroes(m.offset, len, m.opts);
   }
 
   private async trackThen(u0: number, u1: number, next: Next): Promise<void> {

@@ -312,10 +312,7 @@ export class SnapChain implements SourceRole {
     const cost = m.kind === 'write' ? m.length : HELD_ZERO_COST;
     // FUA must be durable when answered; a fast zero must be able to answer ENOTSUP itself.
     const ack =
-      m.opts?.fua !== true &&
-      !(m.kind === 'zero' && m.opts?.fastZero === true) &&
-      this.heldBytes + cost <= HELD_BYTES_MAX &&
-      this.writeBehindAllowed();
+      m.opts?.fua !== true && !(m.kind === 'zero' && m.opts?.fastZero === true) && this.heldBytes + cost <= HELD_BYTES_MAX && this.writeBehindAllowed();
     // The caller owns its buffer again once we resolve: hold a copy. `next` closes over this
     // same Mutation object, so replacing its data makes every inner role apply the copy.
     if (ack && m.kind === 'write') m.data = Buffer.from(m.data);

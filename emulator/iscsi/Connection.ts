@@ -395,7 +395,12 @@ export class Connection {
       if (!(err instanceof LoginFailure)) this.log.error({ err }, 'login failed on a target error');
       const p = this.login.params;
       this.log.warn(
-        { initiator: p.initiatorName, sessionType: p.sessionType, status: `0x${((f.statusClass << 8) | f.statusDetail).toString(16).padStart(4, '0')}`, reason: f.message },
+        {
+          initiator: p.initiatorName,
+          sessionType: p.sessionType,
+          status: `0x${((f.statusClass << 8) | f.statusDetail).toString(16).padStart(4, '0')}`,
+          reason: f.message,
+        },
         'login refused',
       );
       this.sendLoginFailure(pdu, f.statusClass, f.statusDetail);

@@ -107,7 +107,17 @@ export class FullFeature implements FullFeaturePhase {
   private readonly textIn = new TextReassembler();
   private textOut: { itt: number; ttt: number; parts: Buffer[] } | undefined;
   // Reused field objects: no allocation per PDU for these.
-  private readonly resp: ScsiResponseFields = { statSN: 0, expCmdSN: 0, maxCmdSN: 0, itt: 0, response: 0, status: 0, dataSegmentLength: 0, expDataSN: 0, residual: 0 };
+  private readonly resp: ScsiResponseFields = {
+    statSN: 0,
+    expCmdSN: 0,
+    maxCmdSN: 0,
+    itt: 0,
+    response: 0,
+    status: 0,
+    dataSegmentLength: 0,
+    expDataSN: 0,
+    residual: 0,
+  };
   private readonly r2t: R2TFields = { statSN: 0, expCmdSN: 0, maxCmdSN: 0, lun: 0, itt: 0, ttt: 0, r2tSN: 0, bufferOffset: 0, desiredDataTransferLength: 0 };
   private readonly dataIn: DataInSequence = {
     statSN: 0,
@@ -242,9 +252,13 @@ export class FullFeature implements FullFeaturePhase {
     if (imm > 0 && !pdu.write) throw new ConnectionError('SCSI Command carries data but has no W bit', REJECT_PROTOCOL_ERROR);
     if (imm > 0 && !p.immediateData) throw new ConnectionError('immediate data sent although ImmediateData=No was negotiated', REJECT_PROTOCOL_ERROR);
     if (imm > edtl) throw new ConnectionError(`immediate data (${imm} bytes) exceeds the Expected Data Transfer Length ${edtl}`, REJECT_PROTOCOL_ERROR);
-    if (imm > p.firstBurstLength) throw new ConnectionError(`immediate data (${imm} bytes) exceeds FirstBurstLength ${p.firstBurstLength}`, REJECT_PROTOCOL_ERROR);
+    if (imm > p.firstBurstLength)
+      throw new ConnectionError(`immediate data (${imm} bytes) exceeds FirstBurstLength ${p.firstBurstLength}`, REJECT_PROTOCOL_ERROR);
     if (!pdu.final && (p.initialR2T || !pdu.write)) {
-      throw new ConnectionError('SCSI Command without the F bit, but no unsolicited Data-Out may follow (InitialR2T=Yes or not a write)', REJECT_PROTOCOL_ERROR);
+      throw new ConnectionError(
+        'SCSI Command without the F bit, but no unsolicited Data-Out may follow (InitialR2T=Yes or not a write)',
+        REJECT_PROTOCOL_ERROR,
+      );
     }
     const w = this.session.window;
     const admission = pdu.immediate ? 'now' : w.check(pdu.cmdSN);
@@ -378,7 +392,7 @@ export class FullFeature implements FullFeaturePhase {
       f.statSN = s.statSN;
       f.expCmdSN = s.expCmdSN;
       f.maxCmdSN = s.maxCmdSN;
-      f.lun = Math.max(task.lun , 0);
+      f.lun = Math.max(task.lun, 0);
       f.itt = task.itt;
       f.ttt = ttt;
       f.r2tSN = task.r2tSN++;
@@ -388,7 +402,10 @@ export class FullFeature implements FullFeaturePhase {
       buildR2T(this.conn.out.slab, at, f);
       this.conn.endPdu(at);
     }
-    assert(task.r2tNext <= task.edtl && task.r2ts.length <= p.maxOutstandingR2T, 'R2T: at most MaxOutstandingR2T open, none past the expected data transfer length');
+    assert(
+      task.r2tNext <= task.edtl && task.r2ts.length <= p.maxOutstandingR2T,
+      'R2T: at most MaxOutstandingR2T open, none past the expected data transfer length',
+    );
   }
 
   // ================================================================== Data-Out
@@ -406,15 +423,22 @@ export class FullFeature implements FullFeaturePhase {
     let r: R2TState | undefined;
     if (pdu.ttt === RESERVED_TAG) {
       if (task.unsolicitedDone) throw new ConnectionError('unsolicited Data-Out after the F bit, or with InitialR2T=Yes', REJECT_PROTOCOL_ERROR);
-      if (pdu.dataSN !== task.unsolicitedDataSN) return this.dataSequenceError(task, size, `Data-Out DataSN ${pdu.dataSN}, expected ${task.unsolicitedDataSN}`, ASC_DATA_PHASE_ERROR);
-      if (pdu.bufferOffset !== task.received) return this.dataSequenceError(task, size, `Data-Out BufferOffset ${pdu.bufferOffset}, expected ${task.received}`, ASC_DATA_OFFSET_ERROR);
+      if (pdu.dataSN !== task.unsolicitedDataSN)
+        return this.dataSequenceError(task, size, `Data-Out DataSN ${pdu.dataSN}, expected ${task.unsolicitedDataSN}`, ASC_DATA_PHASE_ERROR);
+      if (pdu.bufferOffset !== task.received)
+        return this.dataSequenceError(task, size, `Data-Out BufferOffset ${pdu.bufferOffset}, expected ${task.received}`, ASC_DATA_OFFSET_ERROR);
       if (pdu.bufferOffset + len > task.unsolicitedEnd) {
-        throw new ConnectionError(`unsolicited data up to ${pdu.bufferOffset + len} exceeds FirstBurstLength/EDTL (${task.unsolicitedEnd})`, REJECT_PROTOCOL_ERROR);
+        throw new ConnectionError(
+          `unsolicited data up to ${pdu.bufferOffset + len} exceeds FirstBurstLength/EDTL (${task.unsolicitedEnd})`,
+          REJECT_PROTOCOL_ERROR,
+        );
       }
     } else {
       for (const x of task.r2ts) if (x.ttt === pdu.ttt) r = x;
-      if (r === undefined) throw new ConnectionError(`Data-Out with Target Transfer Tag 0x${pdu.ttt.toString(16)}, which no open R2T of the task has`, REJECT_PROTOCOL_ERROR);
-      if (pdu.dataSN !== r.nextDataSN) return this.dataSequenceError(task, size, `Data-Out DataSN ${pdu.dataSN}, expected ${r.nextDataSN}`, ASC_DATA_PHASE_ERROR);
+      if (r === undefined)
+        throw new ConnectionError(`Data-Out with Target Transfer Tag 0x${pdu.ttt.toString(16)}, which no open R2T of the task has`, REJECT_PROTOCOL_ERROR);
+      if (pdu.dataSN !== r.nextDataSN)
+        return this.dataSequenceError(task, size, `Data-Out DataSN ${pdu.dataSN}, expected ${r.nextDataSN}`, ASC_DATA_PHASE_ERROR);
       if (pdu.bufferOffset !== r.offset + r.received) {
         return this.dataSequenceError(task, size, `Data-Out BufferOffset ${pdu.bufferOffset}, expected ${r.offset + r.received}`, ASC_DATA_OFFSET_ERROR);
       }
@@ -559,7 +583,7 @@ export class FullFeature implements FullFeaturePhase {
     s.statSN = seq.statSN;
     s.expCmdSN = seq.expCmdSN;
     s.maxCmdSN = seq.maxCmdSN;
-    s.lun = Math.max(task.lun , 0);
+    s.lun = Math.max(task.lun, 0);
     s.itt = task.itt;
     s.maxRecvDataSegmentLength = conn.sendLimit;
     s.maxBurstLength = this.session.params.maxBurstLength;
@@ -621,7 +645,13 @@ export class FullFeature implements FullFeaturePhase {
     const held = pdu.immediate ? echo : Buffer.from(echo);
     this.ordered(pdu.cmdSN, pdu.immediate, 'NOP-Out', () => {
       const at = this.conn.beginPdu(held.length);
-      buildNopIn(this.conn.out.slab, at, { ...this.conn.seq(true), lun: Math.max(pdu.lun , 0), itt: pdu.itt, ttt: RESERVED_TAG, dataSegmentLength: held.length });
+      buildNopIn(this.conn.out.slab, at, {
+        ...this.conn.seq(true),
+        lun: Math.max(pdu.lun, 0),
+        itt: pdu.itt,
+        ttt: RESERVED_TAG,
+        dataSegmentLength: held.length,
+      });
       this.conn.endPdu(at, held);
     });
     return true;
@@ -757,7 +787,14 @@ export class FullFeature implements FullFeaturePhase {
     this.conn.stop();
     await this.quiesce();
     this.sendLogout(pdu, LOGOUT_RSP_SUCCESS);
-    this.log.info({ initiator: this.session.initiatorName, tsih: this.session.tsih, reason: pdu.reasonCode === LOGOUT_CLOSE_SESSION ? 'close session' : 'close connection' }, 'initiator logged out');
+    this.log.info(
+      {
+        initiator: this.session.initiatorName,
+        tsih: this.session.tsih,
+        reason: pdu.reasonCode === LOGOUT_CLOSE_SESSION ? 'close session' : 'close connection',
+      },
+      'initiator logged out',
+    );
     return false;
   }
 

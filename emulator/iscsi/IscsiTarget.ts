@@ -84,7 +84,10 @@ export class IscsiTarget {
     this.server.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     this.server.on('error', (err) => opts.logger.error({ err }, 'iSCSI listener error'));
     this.server.on('drop', (d) =>
-      opts.logger.warn({ remote: `${d?.remoteAddress}:${d?.remotePort}`, limit: this.server.maxConnections }, 'iSCSI connection refused: too many connections (raise maxConnections)'),
+      opts.logger.warn(
+        { remote: `${d?.remoteAddress}:${d?.remotePort}`, limit: this.server.maxConnections },
+        'iSCSI connection refused: too many connections (raise maxConnections)',
+      ),
     );
   }
 
@@ -102,8 +105,12 @@ export class IscsiTarget {
 
   private async doClose(): Promise<void> {
     // Stop reading everywhere: running commands finish (and answer), nothing new starts.
-    await drainConnections(this.server, this.connections, (c) => c.stop(), CLOSE_TIMEOUT_MS, (open) =>
-      this.opts.logger.warn({ connections: open }, 'iSCSI connections did not finish in time: destroying them'),
+    await drainConnections(
+      this.server,
+      this.connections,
+      (c) => c.stop(),
+      CLOSE_TIMEOUT_MS,
+      (open) => this.opts.logger.warn({ connections: open }, 'iSCSI connections did not finish in time: destroying them'),
     );
     this.opts.logger.info('iSCSI target closed');
   }
@@ -161,7 +168,11 @@ export class IscsiTarget {
     if (id.tsih !== 0) {
       // Adding a connection to a session: MaxConnections=1, so only a session that does not exist is an answer of its own.
       if (!this.sessionsByTsih.has(id.tsih)) {
-        throw new LoginFailure(`TSIH ${id.tsih} names no session of this target; log in with TSIH 0`, LOGIN_CLASS_INITIATOR_ERROR, LOGIN_SESSION_DOES_NOT_EXIST);
+        throw new LoginFailure(
+          `TSIH ${id.tsih} names no session of this target; log in with TSIH 0`,
+          LOGIN_CLASS_INITIATOR_ERROR,
+          LOGIN_SESSION_DOES_NOT_EXIST,
+        );
       }
       throw new LoginFailure(`session ${id.tsih} already has its one connection (MaxConnections=1)`, LOGIN_CLASS_INITIATOR_ERROR, LOGIN_TOO_MANY_CONNECTIONS);
     }

@@ -12,7 +12,7 @@ import { assert } from '../../proto/util/assert.js';
 
 /** a < b in 32-bit serial number arithmetic. */
 export function snLess(a: number, b: number): boolean {
-  return a !== b && ((b - a) >>> 0) < 0x80000000;
+  return a !== b && (b - a) >>> 0 < 0x80000000;
 }
 
 export function snAdd(a: number, n: number): number {

@@ -106,7 +106,12 @@ export class LoginExchange {
     this.checkHeader(pdu);
     // Our own response continued over several PDUs: the initiator asks for the next part.
     if (this.pendingText.length > 0) {
-      if (data.length !== 0) throw new LoginFailure('Login Request with text while the target was still sending a continued response', LOGIN_CLASS_INITIATOR_ERROR, LOGIN_INIT_ERROR);
+      if (data.length !== 0)
+        throw new LoginFailure(
+          'Login Request with text while the target was still sending a continued response',
+          LOGIN_CLASS_INITIATOR_ERROR,
+          LOGIN_INIT_ERROR,
+        );
       return this.nextPart();
     }
     let text: Buffer | null;
@@ -117,7 +122,17 @@ export class LoginExchange {
     }
     if (text === null) {
       // More text to come (C bit): acknowledge with an empty response in the same stage.
-      return { transit: false, continue: false, csg: pdu.csg, nsg: 0, tsih: 0, statusClass: LOGIN_CLASS_SUCCESS, statusDetail: 0, text: EMPTY, fullFeature: false };
+      return {
+        transit: false,
+        continue: false,
+        csg: pdu.csg,
+        nsg: 0,
+        tsih: 0,
+        statusClass: LOGIN_CLASS_SUCCESS,
+        statusDetail: 0,
+        text: EMPTY,
+        fullFeature: false,
+      };
     }
     if (pdu.continue) throw new LoginFailure('Login Request with both C and T bits', LOGIN_CLASS_INITIATOR_ERROR, LOGIN_INIT_ERROR);
     let pairs: TextPair[];
@@ -162,11 +177,19 @@ export class LoginExchange {
   private checkHeader(pdu: LoginRequestPdu): void {
     if (this.id === undefined) {
       if (pdu.versionMin > ISCSI_VERSION || pdu.versionMax < ISCSI_VERSION) {
-        throw new LoginFailure(`initiator supports iSCSI versions ${pdu.versionMin}..${pdu.versionMax}; this target speaks only version 0`, LOGIN_CLASS_INITIATOR_ERROR, LOGIN_UNSUPPORTED_VERSION);
+        throw new LoginFailure(
+          `initiator supports iSCSI versions ${pdu.versionMin}..${pdu.versionMax}; this target speaks only version 0`,
+          LOGIN_CLASS_INITIATOR_ERROR,
+          LOGIN_UNSUPPORTED_VERSION,
+        );
       }
       this.id = { isid: pdu.isid, tsih: pdu.tsih, cid: pdu.cid, cmdSN: pdu.cmdSN };
       if (pdu.csg !== STAGE_SECURITY && pdu.csg !== STAGE_OPERATIONAL) {
-        throw new LoginFailure(`first Login Request has CSG ${pdu.csg}; login starts in the security (0) or operational (1) stage`, LOGIN_CLASS_INITIATOR_ERROR, LOGIN_INIT_ERROR);
+        throw new LoginFailure(
+          `first Login Request has CSG ${pdu.csg}; login starts in the security (0) or operational (1) stage`,
+          LOGIN_CLASS_INITIATOR_ERROR,
+          LOGIN_INIT_ERROR,
+        );
       }
       this.stage = pdu.csg;
     } else if (pdu.isid !== this.id.isid || pdu.tsih !== this.id.tsih || pdu.cid !== this.id.cid) {
@@ -190,7 +213,11 @@ export class LoginExchange {
     }
     const p = this.negotiator.params;
     if (p.sessionType === 'Normal' && p.targetName !== undefined && p.targetName !== this.host.targetName) {
-      throw new LoginFailure(`TargetName "${clip(p.targetName)}" is not this target (${this.host.targetName}); use the name SendTargets reports`, LOGIN_CLASS_INITIATOR_ERROR, LOGIN_NOT_FOUND);
+      throw new LoginFailure(
+        `TargetName "${clip(p.targetName)}" is not this target (${this.host.targetName}); use the name SendTargets reports`,
+        LOGIN_CLASS_INITIATOR_ERROR,
+        LOGIN_NOT_FOUND,
+      );
     }
     const response = step.response;
     if (phase === 'security') {

@@ -83,7 +83,13 @@ export function syncLuns(current: Map<number, MappedLun>, wanted: readonly LunMa
     if (current.has(lun)) continue;
     let handle: ExportHandle | undefined;
     try {
-      handle = ctx.provider.openExport(name, { protocol: 'iscsi', connectionId: ctx.connectionId, remoteAddress: ctx.remoteAddress, initiator: ctx.initiator, readOnly: false });
+      handle = ctx.provider.openExport(name, {
+        protocol: 'iscsi',
+        connectionId: ctx.connectionId,
+        remoteAddress: ctx.remoteAddress,
+        initiator: ctx.initiator,
+        readOnly: false,
+      });
     } catch (err) {
       ctx.log.warn({ lun, export: name, err: err instanceof Error ? err.message : String(err) }, 'export refused for this session: LUN not mapped');
       continue;

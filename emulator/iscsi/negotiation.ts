@@ -11,12 +11,7 @@
  * initiator may not send at this point, missing InitiatorName): the error carries the Login
  * Response status class/detail.
  */
-import {
-  LOGIN_CLASS_INITIATOR_ERROR,
-  LOGIN_INIT_ERROR,
-  LOGIN_MISSING_PARAMETER,
-  LOGIN_SESSION_TYPE_NOT_SUPPORTED,
-} from './opcodes.js';
+import { LOGIN_CLASS_INITIATOR_ERROR, LOGIN_INIT_ERROR, LOGIN_MISSING_PARAMETER, LOGIN_SESSION_TYPE_NOT_SUPPORTED } from './opcodes.js';
 import { parseNumber, type TextPair } from './text.js';
 
 // ---- Configuration: what this target offers (its own values in each key's result function) ----
@@ -206,17 +201,46 @@ const KEYS: Record<string, KeyInfo> = {
   },
   // TaskReporting (§13.23): we implement only the RFC 3720 semantics.
   TaskReporting: { loginOnly: true, normalOnly: true, rule: { kind: 'list', apply: (_n, offered) => (offered.includes('RFC3720') ? 'RFC3720' : null) } },
-  MaxConnections: { loginOnly: true, normalOnly: true, rule: { kind: 'num', fn: 'min', lo: 1, hi: 65535, ours: (c) => c.maxConnections, set: (p, v) => (p.maxConnections = v) } },
+  MaxConnections: {
+    loginOnly: true,
+    normalOnly: true,
+    rule: { kind: 'num', fn: 'min', lo: 1, hi: 65535, ours: (c) => c.maxConnections, set: (p, v) => (p.maxConnections = v) },
+  },
   InitialR2T: { loginOnly: true, normalOnly: true, rule: { kind: 'bool', fn: 'or', ours: (c) => c.initialR2T, set: (p, v) => (p.initialR2T = v) } },
   ImmediateData: { loginOnly: true, normalOnly: true, rule: { kind: 'bool', fn: 'and', ours: (c) => c.immediateData, set: (p, v) => (p.immediateData = v) } },
-  MaxBurstLength: { loginOnly: true, normalOnly: true, rule: { kind: 'num', fn: 'min', lo: 512, hi: 0xffffff, ours: (c) => c.maxBurstLength, set: (p, v) => (p.maxBurstLength = v) } },
-  FirstBurstLength: { loginOnly: true, normalOnly: true, rule: { kind: 'num', fn: 'min', lo: 512, hi: 0xffffff, ours: (c) => c.firstBurstLength, set: (p, v) => (p.firstBurstLength = v) } },
-  DefaultTime2Wait: { loginOnly: true, rule: { kind: 'num', fn: 'max', lo: 0, hi: 3600, ours: (c) => c.defaultTime2Wait, set: (p, v) => (p.defaultTime2Wait = v) } },
-  DefaultTime2Retain: { loginOnly: true, rule: { kind: 'num', fn: 'min', lo: 0, hi: 3600, ours: (c) => c.defaultTime2Retain, set: (p, v) => (p.defaultTime2Retain = v) } },
-  MaxOutstandingR2T: { loginOnly: true, normalOnly: true, rule: { kind: 'num', fn: 'min', lo: 1, hi: 65535, ours: (c) => c.maxOutstandingR2T, set: (p, v) => (p.maxOutstandingR2T = v) } },
+  MaxBurstLength: {
+    loginOnly: true,
+    normalOnly: true,
+    rule: { kind: 'num', fn: 'min', lo: 512, hi: 0xffffff, ours: (c) => c.maxBurstLength, set: (p, v) => (p.maxBurstLength = v) },
+  },
+  FirstBurstLength: {
+    loginOnly: true,
+    normalOnly: true,
+    rule: { kind: 'num', fn: 'min', lo: 512, hi: 0xffffff, ours: (c) => c.firstBurstLength, set: (p, v) => (p.firstBurstLength = v) },
+  },
+  DefaultTime2Wait: {
+    loginOnly: true,
+    rule: { kind: 'num', fn: 'max', lo: 0, hi: 3600, ours: (c) => c.defaultTime2Wait, set: (p, v) => (p.defaultTime2Wait = v) },
+  },
+  DefaultTime2Retain: {
+    loginOnly: true,
+    rule: { kind: 'num', fn: 'min', lo: 0, hi: 3600, ours: (c) => c.defaultTime2Retain, set: (p, v) => (p.defaultTime2Retain = v) },
+  },
+  MaxOutstandingR2T: {
+    loginOnly: true,
+    normalOnly: true,
+    rule: { kind: 'num', fn: 'min', lo: 1, hi: 65535, ours: (c) => c.maxOutstandingR2T, set: (p, v) => (p.maxOutstandingR2T = v) },
+  },
   DataPDUInOrder: { loginOnly: true, normalOnly: true, rule: { kind: 'bool', fn: 'or', ours: (c) => c.dataPDUInOrder, set: (p, v) => (p.dataPDUInOrder = v) } },
-  DataSequenceInOrder: { loginOnly: true, normalOnly: true, rule: { kind: 'bool', fn: 'or', ours: (c) => c.dataSequenceInOrder, set: (p, v) => (p.dataSequenceInOrder = v) } },
-  ErrorRecoveryLevel: { loginOnly: true, rule: { kind: 'num', fn: 'min', lo: 0, hi: 2, ours: (c) => c.errorRecoveryLevel, set: (p, v) => (p.errorRecoveryLevel = v) } },
+  DataSequenceInOrder: {
+    loginOnly: true,
+    normalOnly: true,
+    rule: { kind: 'bool', fn: 'or', ours: (c) => c.dataSequenceInOrder, set: (p, v) => (p.dataSequenceInOrder = v) },
+  },
+  ErrorRecoveryLevel: {
+    loginOnly: true,
+    rule: { kind: 'num', fn: 'min', lo: 0, hi: 2, ours: (c) => c.errorRecoveryLevel, set: (p, v) => (p.errorRecoveryLevel = v) },
+  },
   // Declarative keys: handled in Negotiator.declare.
   MaxRecvDataSegmentLength: { rule: { kind: 'declarative' } },
   InitiatorName: { loginOnly: true, rule: { kind: 'declarative' } },

@@ -252,15 +252,7 @@ export interface SnackRequestPdu extends Common {
   runLength: number;
 }
 
-export type InitiatorPdu =
-  | NopOutPdu
-  | ScsiCommandPdu
-  | TaskMgmtRequestPdu
-  | LoginRequestPdu
-  | TextRequestPdu
-  | DataOutPdu
-  | LogoutRequestPdu
-  | SnackRequestPdu;
+export type InitiatorPdu = NopOutPdu | ScsiCommandPdu | TaskMgmtRequestPdu | LoginRequestPdu | TextRequestPdu | DataOutPdu | LogoutRequestPdu | SnackRequestPdu;
 
 /**
  * Parses the BHS at buf[off, off+48). Length limits are the framer's job (frameSize); this only
@@ -284,7 +276,17 @@ export function parseBhs(buf: Buffer, off = 0): InitiatorPdu {
   const itt = buf.readUInt32BE(off + 16);
   switch (opcode) {
     case OP_NOP_OUT:
-      return { kind: 'nop-out', immediate, ahsLength, dataSegmentLength, itt, lun: readLun(buf, off + 8), ttt: buf.readUInt32BE(off + 20), cmdSN: buf.readUInt32BE(off + 24), expStatSN: buf.readUInt32BE(off + 28) };
+      return {
+        kind: 'nop-out',
+        immediate,
+        ahsLength,
+        dataSegmentLength,
+        itt,
+        lun: readLun(buf, off + 8),
+        ttt: buf.readUInt32BE(off + 20),
+        cmdSN: buf.readUInt32BE(off + 24),
+        expStatSN: buf.readUInt32BE(off + 28),
+      };
     case OP_SCSI_CMD: {
       const cdb = Buffer.allocUnsafe(16);
       buf.copy(cdb, 0, off + 32, off + 48);
@@ -452,7 +454,12 @@ export function parseAhs(buf: Buffer, off: number, len: number): AhsContents {
       if (ahsLen !== 5) throw new IscsiPduError('bad-ahs', `Bidirectional Read Length AHS has AHSLength ${ahsLen}, expected 5`, REJECT_PROTOCOL_ERROR, false);
       out.bidiReadLength = buf.readUInt32BE(p + 4);
     } else {
-      throw new IscsiPduError('bad-ahs', `AHS type ${type} is not supported (only 1 Extended CDB and 2 Bidirectional Read Length)`, REJECT_PROTOCOL_ERROR, false);
+      throw new IscsiPduError(
+        'bad-ahs',
+        `AHS type ${type} is not supported (only 1 Extended CDB and 2 Bidirectional Read Length)`,
+        REJECT_PROTOCOL_ERROR,
+        false,
+      );
     }
     p += pad4(3 + ahsLen);
   }

@@ -102,13 +102,20 @@ function defaultListen(): { nbd: string; iscsi: string } {
  */
 function writeServeConfig(lab: Lab): string {
   const file = join(lab.arrays[0]!.dataDir, 'lab-array.yaml');
-  writeFileSync(file, `# Written by arraylab lab up for ${lab.file} at every start of its array.\n# No volumes: the lab's volumes are created by lab up; listen addresses and dataDir are flags.\nvolumes: []\n`);
+  writeFileSync(
+    file,
+    `# Written by arraylab lab up for ${lab.file} at every start of its array.\n# No volumes: the lab's volumes are created by lab up; listen addresses and dataDir are flags.\nvolumes: []\n`,
+  );
   return file;
 }
 
 /** The lab key to change when serve could not listen: its last "arraylab: cannot listen for ..." line. */
 function listenFailure(log: string): { key: 'nbd' | 'iscsi' | 'api'; message: string } | undefined {
-  const line = log.trim().split('\n').reverse().find((l) => l.startsWith('arraylab: cannot listen for '));
+  const line = log
+    .trim()
+    .split('\n')
+    .reverse()
+    .find((l) => l.startsWith('arraylab: cannot listen for '));
   if (!line) return undefined;
   const what = /^arraylab: cannot listen for (NBD|iSCSI|the control API) on /.exec(line)?.[1];
   const key = what === 'NBD' ? 'nbd' : what === 'iSCSI' ? 'iscsi' : what ? 'api' : undefined;
@@ -122,9 +129,26 @@ async function startArray(lab: Lab, c: ArrayClient, o: LabOptions): Promise<LabS
   mkdirSync(a.dataDir, { recursive: true });
   const logFile = join(a.dataDir, 'serve.log');
   const listen = defaultListen();
-  const args = [cliPath(), 'serve', '--config', writeServeConfig(lab), '--api', a.api, '--data-dir', a.dataDir, '--nbd', a.nbd ?? listen.nbd, '--iscsi', a.iscsi ?? listen.iscsi];
+  const args = [
+    cliPath(),
+    'serve',
+    '--config',
+    writeServeConfig(lab),
+    '--api',
+    a.api,
+    '--data-dir',
+    a.dataDir,
+    '--nbd',
+    a.nbd ?? listen.nbd,
+    '--iscsi',
+    a.iscsi ?? listen.iscsi,
+  ];
   const fd = openSync(logFile, 'a');
-  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, ARRAYLAB_LOG_LEVEL: process.env.ARRAYLAB_LOG_LEVEL ?? 'info' } });
+  const child = spawn(process.execPath, args, {
+    detached: true,
+    stdio: ['ignore', fd, fd],
+    env: { ...process.env, ARRAYLAB_LOG_LEVEL: process.env.ARRAYLAB_LOG_LEVEL ?? 'info' },
+  });
   closeSync(fd);
   child.unref();
   const end = Date.now() + 30_000;
@@ -142,7 +166,9 @@ async function startArray(lab: Lab, c: ArrayClient, o: LabOptions): Promise<LabS
   o.log.debug({ args }, 'serve failed');
   const taken = exited ? listenFailure(log) : undefined;
   if (taken) {
-    throw new Error(`lab ${lab.file}: arrays[0].${taken.key}: its array did not start: ${taken.message}; set arrays[0].${taken.key} in the lab file to a free address (port 0: any free port), or stop what holds it; log: ${logFile}`);
+    throw new Error(
+      `lab ${lab.file}: arrays[0].${taken.key}: its array did not start: ${taken.message}; set arrays[0].${taken.key} in the lab file to a free address (port 0: any free port), or stop what holds it; log: ${logFile}`,
+    );
   }
   const tail = log.trim().split('\n').slice(-5).join('\n');
   const how = exited ? `arraylab serve exited before it answered at ${a.api}` : `arraylab serve did not answer at ${a.api} within 30 s`;
@@ -175,10 +201,19 @@ export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
     for (const v of lab.volumes) {
       const cur = have.get(v.name);
       if (!cur) {
-        await c.createVolume({ name: v.name, sizeBytes: v.sizeBytes, blockSize: v.blockSize, provisioning: v.provisioning, description: `lab ${basename(lab.file)}` });
+        await c.createVolume({
+          name: v.name,
+          sizeBytes: v.sizeBytes,
+          blockSize: v.blockSize,
+          provisioning: v.provisioning,
+          description: `lab ${basename(lab.file)}`,
+        });
         say({ kind: 'volume', name: v.name, state: 'created', detail: `${formatSize(v.sizeBytes)} ${v.provisioning}, ${v.blockSize}-byte blocks` });
       } else {
-        const differs = cur.sizeBytes !== v.sizeBytes || cur.blockSize !== v.blockSize ? ` (the lab says ${formatSize(v.sizeBytes)}/${v.blockSize}, the array has ${formatSize(cur.sizeBytes)}/${cur.blockSize}; left as is)` : '';
+        const differs =
+          cur.sizeBytes !== v.sizeBytes || cur.blockSize !== v.blockSize
+            ? ` (the lab says ${formatSize(v.sizeBytes)}/${v.blockSize}, the array has ${formatSize(cur.sizeBytes)}/${cur.blockSize}; left as is)`
+            : '';
         say({ kind: 'volume', name: v.name, state: 'exists', detail: `${formatSize(cur.sizeBytes)}${differs}` });
       }
     }
@@ -205,7 +240,12 @@ export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
           const r = await c.mapVolume(h.name, l.volume, l.lun);
           done.push(`mapped ${l.volume} at LUN ${r.lun}`);
         }
-        say({ kind: 'host', name: h.name, state: done.length ? done[0] === 'created' ? 'created' : 'updated' : 'exists', detail: done.join(', ') || undefined });
+        say({
+          kind: 'host',
+          name: h.name,
+          state: done.length ? (done[0] === 'created' ? 'created' : 'updated') : 'exists',
+          detail: done.join(', ') || undefined,
+        });
       }
     }
 
@@ -298,12 +338,22 @@ export async function labStatus(lab: Lab, o: LabOptions): Promise<LabItem[]> {
     const vols = up ? new Map((await c.listVolumes()).map((v) => [v.name, v])) : null;
     for (const v of lab.volumes) {
       const cur = vols?.get(v.name);
-      items.push({ kind: 'volume', name: v.name, state: !vols ? 'unknown' : cur ? 'present' : 'missing', ...(cur ? { detail: formatSize(cur.sizeBytes) } : {}) });
+      items.push({
+        kind: 'volume',
+        name: v.name,
+        state: !vols ? 'unknown' : cur ? 'present' : 'missing',
+        ...(cur ? { detail: formatSize(cur.sizeBytes) } : {}),
+      });
     }
     const hosts = up && lab.hosts.length ? new Map((await c.listHosts()).hosts.map((h) => [h.name, h])) : null;
     for (const h of lab.hosts) {
       const cur = hosts?.get(h.name);
-      items.push({ kind: 'host', name: h.name, state: !hosts ? 'unknown' : cur ? 'present' : 'missing', ...(cur ? { detail: cur.luns.map((l) => `LUN ${l.lun} ${l.volume}`).join(', ') } : {}) });
+      items.push({
+        kind: 'host',
+        name: h.name,
+        state: !hosts ? 'unknown' : cur ? 'present' : 'missing',
+        ...(cur ? { detail: cur.luns.map((l) => `LUN ${l.lun} ${l.volume}`).join(', ') } : {}),
+      });
     }
   } finally {
     c.close();

@@ -80,7 +80,8 @@ function checkKeys(o: Obj, allowed: string[], at: string, fail: Fail): void {
 
 function name(v: unknown, at: string, what: string, fail: Fail): string {
   if (v === undefined) fail(at, `is missing; every ${what} needs a name`);
-  if (typeof v !== 'string' || !VOLUME_NAME_PATTERN.test(v)) fail(at, `${show(v)} is not a ${what} name; use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+  if (typeof v !== 'string' || !VOLUME_NAME_PATTERN.test(v))
+    fail(at, `${show(v)} is not a ${what} name; use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
   return v as string;
 }
 
@@ -119,7 +120,11 @@ export function parseLab(text: string, file: string): Lab {
   const baseDir = dirname(file);
 
   const arraysRaw = list(root.arrays, 'arrays', '[{name: array0, api: 127.0.0.1:7390, start: true, dataDir: ./lab-data}]', fail);
-  if (arraysRaw.length !== 1) fail('arrays', `declares ${arraysRaw.length} arrays; a lab has exactly one for now, e.g. [{name: array0, api: 127.0.0.1:7390, start: true, dataDir: ./lab-data}]`);
+  if (arraysRaw.length !== 1)
+    fail(
+      'arrays',
+      `declares ${arraysRaw.length} arrays; a lab has exactly one for now, e.g. [{name: array0, api: 127.0.0.1:7390, start: true, dataDir: ./lab-data}]`,
+    );
   const arrays = arraysRaw.map((raw, i): LabArray => {
     const at = `arrays[${i}]`;
     if (!isObj(raw)) return fail(at, 'must be a mapping, e.g. {name: array0, api: 127.0.0.1:7390, start: true, dataDir: ./lab-data}');
@@ -137,7 +142,8 @@ export function parseLab(text: string, file: string): Lab {
     const start = raw.start ?? false;
     if (typeof start !== 'boolean') fail(`${at}.start`, `${show(start)} is not true or false`);
     const dataDir = raw.dataDir ?? './lab-data';
-    if (typeof dataDir !== 'string' || dataDir === '') fail(`${at}.dataDir`, `${show(dataDir)} is not a directory path; use a path such as ./lab-data (relative to the lab file)`);
+    if (typeof dataDir !== 'string' || dataDir === '')
+      fail(`${at}.dataDir`, `${show(dataDir)} is not a directory path; use a path such as ./lab-data (relative to the lab file)`);
     const nbd = addr('nbd', false);
     const iscsi = addr('iscsi', false);
     return {
@@ -159,7 +165,8 @@ export function parseLab(text: string, file: string): Lab {
     const dup = volumes.findIndex((v) => v.name === n);
     if (dup >= 0) fail(`${at}.name`, `volume ${n} is declared twice (also volumes[${dup}]); remove one`);
     if (raw.size === undefined) fail(`${at}.size`, 'is missing; give a size such as 256MiB or 1GiB');
-    if (typeof raw.size !== 'string' && typeof raw.size !== 'number') fail(`${at}.size`, `${show(raw.size)} is not a size; use a number with a unit such as 256MiB`);
+    if (typeof raw.size !== 'string' && typeof raw.size !== 'number')
+      fail(`${at}.size`, `${show(raw.size)} is not a size; use a number with a unit such as 256MiB`);
     let sizeBytes = 0;
     try {
       sizeBytes = parseSize(raw.size as string | number);
@@ -169,14 +176,16 @@ export function parseLab(text: string, file: string): Lab {
     }
     const blockSize = raw.blockSize ?? 512;
     if (blockSize !== 512 && blockSize !== 4096) fail(`${at}.blockSize`, `${show(blockSize)} is not a block size; use 512 or 4096`);
-    if (sizeBytes === 0 || sizeBytes % (blockSize as number) !== 0) fail(`${at}.size`, `${sizeBytes} bytes is not a positive multiple of the block size ${blockSize}; round it, e.g. 256MiB`);
+    if (sizeBytes === 0 || sizeBytes % (blockSize as number) !== 0)
+      fail(`${at}.size`, `${sizeBytes} bytes is not a positive multiple of the block size ${blockSize}; round it, e.g. 256MiB`);
     const provisioning = raw.provisioning ?? 'thin';
     if (provisioning !== 'thin' && provisioning !== 'thick') fail(`${at}.provisioning`, `${show(provisioning)} is not a provisioning type; use thin or thick`);
     volumes.push({ name: n, sizeBytes, blockSize: blockSize as 512 | 4096, provisioning: provisioning as 'thin' | 'thick' });
   });
   const volumeRef = (v: unknown, at: string): string => {
     const n = name(v, at, 'volume', fail);
-    if (!volumes.some((x) => x.name === n)) fail(at, `volume ${n} is not declared in volumes (${volumes.map((x) => x.name).join(', ') || 'there are none'}); declare it there`);
+    if (!volumes.some((x) => x.name === n))
+      fail(at, `volume ${n} is not declared in volumes (${volumes.map((x) => x.name).join(', ') || 'there are none'}); declare it there`);
     return n;
   };
 
@@ -189,7 +198,8 @@ export function parseLab(text: string, file: string): Lab {
     const dup = vms.findIndex((v) => v.name === n);
     if (dup >= 0) fail(`${at}.name`, `VM ${n} is declared twice (also vms[${dup}]); remove one`);
     const memory = raw.memory ?? 1024;
-    if (typeof memory !== 'number' || !Number.isInteger(memory) || memory < 512) fail(`${at}.memory`, `${show(memory)} is not a memory size; give MiB as a whole number of at least 512, e.g. 1024`);
+    if (typeof memory !== 'number' || !Number.isInteger(memory) || memory < 512)
+      fail(`${at}.memory`, `${show(memory)} is not a memory size; give MiB as a whole number of at least 512, e.g. 1024`);
     const attach = list(raw.attach, `${at}.attach`, '[{volume: tv1, via: nbd}]', fail).map((a, j) => {
       const aat = `${at}.attach[${j}]`;
       if (typeof a === 'string') return { volume: volumeRef(a, aat), via: 'nbd' as const };
@@ -224,13 +234,15 @@ export function parseLab(text: string, file: string): Lab {
       if (!vms.some((x) => x.name === vn)) fail(`${at}.vms[${j}]`, `VM ${vn} is not declared in vms; declare it there`);
       return vn;
     });
-    if (initiators.length === 0 && hvms.length === 0) fail(at, 'has no initiators and no vms; a host needs at least one (vms: [NAME] uses the VM\'s initiator name)');
+    if (initiators.length === 0 && hvms.length === 0)
+      fail(at, "has no initiators and no vms; a host needs at least one (vms: [NAME] uses the VM's initiator name)");
     const luns = list(raw.luns, `${at}.luns`, '[{volume: tv1, lun: 0}]', fail).map((l, j) => {
       const lat = `${at}.luns[${j}]`;
       if (typeof l === 'string') return { volume: volumeRef(l, lat) };
       if (!isObj(l)) return fail(lat, 'must be a volume name or a mapping {volume: tv1, lun: 0}');
       checkKeys(l, ['volume', 'lun'], lat, fail);
-      if (l.lun !== undefined && (typeof l.lun !== 'number' || !Number.isInteger(l.lun) || l.lun < 0 || l.lun > MAX_LUN)) fail(`${lat}.lun`, `${show(l.lun)} is not a LUN; give a whole number from 0 to ${MAX_LUN}, or leave it out for the lowest free one`);
+      if (l.lun !== undefined && (typeof l.lun !== 'number' || !Number.isInteger(l.lun) || l.lun < 0 || l.lun > MAX_LUN))
+        fail(`${lat}.lun`, `${show(l.lun)} is not a LUN; give a whole number from 0 to ${MAX_LUN}, or leave it out for the lowest free one`);
       return { volume: volumeRef(l.volume, `${lat}.volume`), ...(l.lun !== undefined ? { lun: l.lun as number } : {}) };
     });
     hosts.push({ name: n, initiators, vms: hvms, luns });

@@ -151,7 +151,10 @@ export class Connection implements HandshakeHost {
     try {
       const neg = await negotiate(this).finally(() => clearTimeout(timer));
       if (neg === undefined) return;
-      this.log.info({ export: neg.handle.name, size: neg.size, readOnly: neg.handle.readOnly, structured: neg.structured, tls: this.tlsActive }, 'client connected to export');
+      this.log.info(
+        { export: neg.handle.name, size: neg.size, readOnly: neg.handle.readOnly, structured: neg.structured, tls: this.tlsActive },
+        'client connected to export',
+      );
       if (this.shuttingDown) return;
       const t = new Transmission(this, neg);
       this.transmission = t;

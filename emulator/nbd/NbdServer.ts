@@ -33,7 +33,9 @@ export class NbdServer {
     this.server = createServer((socket) => this.accept(socket));
     this.server.on('error', (err) => opts.logger.error({ err }, 'NBD listener error'));
     this.server.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
-    this.server.on('drop', (d) => opts.logger.warn({ remote: `${d?.remoteAddress}:${d?.remotePort}`, limit: this.server.maxConnections }, 'connection refused: too many connections'));
+    this.server.on('drop', (d) =>
+      opts.logger.warn({ remote: `${d?.remoteAddress}:${d?.remotePort}`, limit: this.server.maxConnections }, 'connection refused: too many connections'),
+    );
   }
 
   get connectionCount(): number {
@@ -53,8 +55,12 @@ export class NbdServer {
   }
 
   private async doClose(): Promise<void> {
-    await drainConnections(this.server, this.connections, (c) => c.shutdown(), CLOSE_TIMEOUT_MS, (open) =>
-      this.ctx.logger.warn({ connections: open }, 'connections did not finish in time: destroying them'),
+    await drainConnections(
+      this.server,
+      this.connections,
+      (c) => c.shutdown(),
+      CLOSE_TIMEOUT_MS,
+      (open) => this.ctx.logger.warn({ connections: open }, 'connections did not finish in time: destroying them'),
     );
     this.ctx.logger.info('NBD server closed');
   }

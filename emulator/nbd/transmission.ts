@@ -267,11 +267,7 @@ export class Transmission {
   }
 
   private canAdmit(cost: number): boolean {
-    return (
-      this.inflight < MAX_IN_FLIGHT &&
-      this.host.out.pending <= OUTPUT_LIMIT &&
-      (this.inflight === 0 || this.inflightBytes + cost <= MAX_IN_FLIGHT_BYTES)
-    );
+    return this.inflight < MAX_IN_FLIGHT && this.host.out.pending <= OUTPUT_LIMIT && (this.inflight === 0 || this.inflightBytes + cost <= MAX_IN_FLIGHT_BYTES);
   }
 
   /** Waits until the request can start: true, or false if the connection closed meanwhile. */
@@ -312,7 +308,10 @@ export class Transmission {
     whole: Buffer | undefined,
   ): void {
     // The run loop starts requests only after canAdmit(); meanwhile the counters only went down.
-    assert(this.inflight < MAX_IN_FLIGHT && (this.inflight === 0 || this.inflightBytes + cost <= MAX_IN_FLIGHT_BYTES), 'NBD: a request starts only within the in-flight bounds');
+    assert(
+      this.inflight < MAX_IN_FLIGHT && (this.inflight === 0 || this.inflightBytes + cost <= MAX_IN_FLIGHT_BYTES),
+      'NBD: a request starts only within the in-flight bounds',
+    );
     this.inflight++;
     this.inflightBytes += cost;
     let p: Promise<void>;
@@ -358,7 +357,8 @@ export class Transmission {
     let op: Promise<void>;
     if (type === CMD_WRITE) op = length === 0 ? Promise.resolve() : dev.write(offset, data!, fua ? FUA : undefined);
     else if (type === CMD_FLUSH) op = dev.flush();
-    else if (length === 0) op = Promise.resolve(); // the spec leaves empty ranges unspecified: succeed, touch nothing
+    else if (length === 0)
+      op = Promise.resolve(); // the spec leaves empty ranges unspecified: succeed, touch nothing
     else if (type === CMD_TRIM) op = dev.trim(offset, length, fua ? FUA : undefined);
     else if (type === CMD_CACHE) op = dev.cache(offset, length);
     else {

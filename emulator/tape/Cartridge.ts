@@ -236,7 +236,11 @@ export class Cartridge {
    * (the volume changed meanwhile) is refused here before it is written.
    */
   async append(rec: NewRecord, pieces: AsyncIterable<DataPiece>, onDone: (doneBytes: number) => void): Promise<RecordEntry> {
-    if (this.damage) throw new TapeError('FAILED_PRECONDITION', `cartridge ${this.label} is damaged (${this.damage}); it takes no more records: read what you can, then erase it`);
+    if (this.damage)
+      throw new TapeError(
+        'FAILED_PRECONDITION',
+        `cartridge ${this.label} is damaged (${this.damage}); it takes no more records: read what you can, then erase it`,
+      );
     const start = this.end;
     const number = this.entries.length + 1;
     const createdMs = Date.now();
@@ -374,7 +378,10 @@ export class Cartridge {
     hashZeroes(sha, e.header.sizeBytes - hashed);
     const digest = sha.digest('hex');
     if (digest !== e.trailer.sha256) {
-      throw new TapeError('DATA_LOSS', `cartridge ${this.label} record ${e.header.record} is damaged: its image's SHA-256 is ${digest}, not the recorded ${e.trailer.sha256}; use another copy of this backup`);
+      throw new TapeError(
+        'DATA_LOSS',
+        `cartridge ${this.label} record ${e.header.record} is damaged: its image's SHA-256 is ${digest}, not the recorded ${e.trailer.sha256}; use another copy of this backup`,
+      );
     }
     onDone(e.header.sizeBytes);
   }
@@ -417,7 +424,8 @@ async function scanRecord(fh: FileHandle, pos: number, fileSize: number, head: B
   }
   if (data !== header.dataBytes) throw new FormatError(`extents hold ${data} bytes, the header says ${header.dataBytes}`);
   const trailer = decodeTrailer(await readAt(fh, at, TRAILER_SIZE));
-  if (trailer.record !== header.record || trailer.dataBytes !== data) throw new FormatError(`trailer (record ${trailer.record}, ${trailer.dataBytes} bytes) does not match the header`);
+  if (trailer.record !== header.record || trailer.dataBytes !== data)
+    throw new FormatError(`trailer (record ${trailer.record}, ${trailer.dataBytes} bytes) does not match the header`);
   return { header, trailer, offset: pos, end: at + TRAILER_SIZE };
 }
 

@@ -74,8 +74,16 @@ export class TapeLibrary {
       try {
         const { cartridge, notes } = await Cartridge.open(full);
         if (cartridge.label !== label) throw new FormatError(`the file holds cartridge ${cartridge.label}, not ${label}`);
-        if (notes.tail) log.warn({ cartridge: label, detail: notes.tail }, 'ignoring an incomplete record at the end of the cartridge (a write cut short); the next write overwrites it');
-        if (cartridge.damage) log.error({ cartridge: label, detail: cartridge.damage }, 'cartridge is damaged: records after the damage cannot be read; it takes no more writes until erased');
+        if (notes.tail)
+          log.warn(
+            { cartridge: label, detail: notes.tail },
+            'ignoring an incomplete record at the end of the cartridge (a write cut short); the next write overwrites it',
+          );
+        if (cartridge.damage)
+          log.error(
+            { cartridge: label, detail: cartridge.damage },
+            'cartridge is damaged: records after the damage cannot be read; it takes no more writes until erased',
+          );
         lib.cartridges.set(label, cartridge);
       } catch (err) {
         const reason = err instanceof FormatError ? err.message : (err as Error).message;
@@ -99,13 +107,24 @@ export class TapeLibrary {
   async add(label: string, capacityBytes: number): Promise<CartridgeView> {
     this.checkOpen();
     if (!VOLUME_NAME_PATTERN.test(label)) {
-      throw new TapeError('INVALID_ARGUMENT', `${JSON.stringify(label)} is not a cartridge label; use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit (e.g. T0001)`);
+      throw new TapeError(
+        'INVALID_ARGUMENT',
+        `${JSON.stringify(label)} is not a cartridge label; use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit (e.g. T0001)`,
+      );
     }
     if (!Number.isSafeInteger(capacityBytes) || capacityBytes < MIN_CAPACITY) {
-      throw new TapeError('INVALID_ARGUMENT', `capacity ${capacityBytes} of cartridge ${label} is too small; give at least ${formatSize(MIN_CAPACITY)}, e.g. --capacity 1GiB`);
+      throw new TapeError(
+        'INVALID_ARGUMENT',
+        `capacity ${capacityBytes} of cartridge ${label} is too small; give at least ${formatSize(MIN_CAPACITY)}, e.g. --capacity 1GiB`,
+      );
     }
-    if (this.cartridges.has(label) || this.busy.has(label)) throw new TapeError('ALREADY_EXISTS', `cartridge ${label} already exists; pick another label or remove it first (arraylab tape remove ${label})`);
-    if (this.broken.has(label)) throw new TapeError('ALREADY_EXISTS', `a cartridge file for ${label} exists but cannot be read (${this.broken.get(label)}); remove it first (arraylab tape remove ${label})`);
+    if (this.cartridges.has(label) || this.busy.has(label))
+      throw new TapeError('ALREADY_EXISTS', `cartridge ${label} already exists; pick another label or remove it first (arraylab tape remove ${label})`);
+    if (this.broken.has(label))
+      throw new TapeError(
+        'ALREADY_EXISTS',
+        `a cartridge file for ${label} exists but cannot be read (${this.broken.get(label)}); remove it first (arraylab tape remove ${label})`,
+      );
     return this.exclusive(label, 'being added', async () => {
       const c = await Cartridge.create(this.fileOf(label), label, capacityBytes).catch((err: unknown) => this.addFailed(label, err));
       this.cartridges.set(label, c);
@@ -157,10 +176,15 @@ export class TapeLibrary {
    * Writes the volume's current image (as hosts read it) to a new record. pointInTime (ISO
    * 8601): the instant the image is of, when the caller knows it; else the array's (VolumeImage).
    */
-  async write(req: { volume: string; cartridge?: string; tag?: string; pointInTime?: string }, onProgress: Progress = () => {}, signal?: AbortSignal): Promise<TapeRecordView> {
+  async write(
+    req: { volume: string; cartridge?: string; tag?: string; pointInTime?: string },
+    onProgress: Progress = () => {},
+    signal?: AbortSignal,
+  ): Promise<TapeRecordView> {
     this.checkOpen();
     const tag = req.tag ?? '';
-    if (Buffer.byteLength(tag, 'utf8') > TAG_MAX) throw new TapeError('INVALID_ARGUMENT', `tag is ${Buffer.byteLength(tag, 'utf8')} bytes; a tape record's tag holds at most ${TAG_MAX}: shorten it`);
+    if (Buffer.byteLength(tag, 'utf8') > TAG_MAX)
+      throw new TapeError('INVALID_ARGUMENT', `tag is ${Buffer.byteLength(tag, 'utf8')} bytes; a tape record's tag holds at most ${TAG_MAX}: shorten it`);
     const given = req.pointInTime ? parsePointInTime(req.pointInTime) : undefined;
     const vol = this.volumes.open(req.volume);
     const what = `tape write of volume ${vol.name}`;
@@ -185,7 +209,10 @@ export class TapeLibrary {
     const free = roomy.find((c) => !this.busy.has(c.label));
     if (!free) {
       if (roomy.length > 0) {
-        throw new TapeError('FAILED_PRECONDITION', `every cartridge with room for volume ${vol.name} is busy (${roomy.map((c) => `${c.label}: ${this.busy.get(c.label)!.what}`).join('; ')}); wait for one to finish, or add one: arraylab tape add LABEL --capacity SIZE`);
+        throw new TapeError(
+          'FAILED_PRECONDITION',
+          `every cartridge with room for volume ${vol.name} is busy (${roomy.map((c) => `${c.label}: ${this.busy.get(c.label)!.what}`).join('; ')}); wait for one to finish, or add one: arraylab tape add LABEL --capacity SIZE`,
+        );
       }
       const best = all.reduce<Cartridge | undefined>((m, c) => (m === undefined || c.freeBytes > m.freeBytes ? c : m), undefined);
       const largest = best ? `; the most free is ${best.freeBytes} bytes on ${best.label}` : '; the library has no cartridges';
@@ -207,7 +234,11 @@ export class TapeLibrary {
     known?: { extents: number; dataBytes: number },
   ): Promise<TapeRecordView> {
     const what = `tape write of volume ${vol.name} to cartridge ${c.label}`;
-    if (c.damage) throw new TapeError('FAILED_PRECONDITION', `cartridge ${c.label} is damaged (${c.damage}); it takes no more records: erase it (arraylab tape erase ${c.label}) or use another`);
+    if (c.damage)
+      throw new TapeError(
+        'FAILED_PRECONDITION',
+        `cartridge ${c.label} is damaged (${c.damage}); it takes no more records: erase it (arraylab tape erase ${c.label}) or use another`,
+      );
     const release = this.useVolume(vol.name, `being written to cartridge ${c.label}`);
     try {
       const dev = vol.device;
@@ -227,11 +258,18 @@ export class TapeLibrary {
       }
       const image = vol.image();
       const imageMs = imageInstant(vol, image, given);
-      this.log.info({ cartridge: c.label, volume: vol.name, sizeBytes: size, planned: plan, imageAt: imageMs && new Date(imageMs).toISOString() }, 'tape write started');
+      this.log.info(
+        { cartridge: c.label, volume: vol.name, sizeBytes: size, planned: plan, imageAt: imageMs && new Date(imageMs).toISOString() },
+        'tape write started',
+      );
       const entry = await deviceCall(what, () =>
         c.append(
           { volume: vol.name, tag, blockSize: dev.blockSize, sizeBytes: size, extents: plan.extents, dataBytes: plan.dataBytes, imageMs },
-          sameImage(vol, image, dataPieces(dev, size, signal, (scanned) => onProgress({ doneBytes: scanned, totalBytes: size }))),
+          sameImage(
+            vol,
+            image,
+            dataPieces(dev, size, signal, (scanned) => onProgress({ doneBytes: scanned, totalBytes: size })),
+          ),
           (done) => onProgress({ doneBytes: done, totalBytes: size }),
         ),
       );
@@ -244,7 +282,11 @@ export class TapeLibrary {
   }
 
   /** Writes a record back onto a volume through the host write path, then checks it. */
-  async restore(req: { cartridge: string; record: number; volume: string; force?: boolean }, onProgress: Progress = () => {}, signal?: AbortSignal): Promise<TapeRestoreView> {
+  async restore(
+    req: { cartridge: string; record: number; volume: string; force?: boolean },
+    onProgress: Progress = () => {},
+    signal?: AbortSignal,
+  ): Promise<TapeRestoreView> {
     this.checkOpen();
     const c = this.cartridge(req.cartridge);
     const entry = c.record(req.record);
@@ -253,25 +295,44 @@ export class TapeLibrary {
     const dev = vol.device;
     const what = `cannot restore cartridge ${c.label} record ${rec.record} onto ${vol.name}`;
     if (dev.blockSize !== rec.blockSize) {
-      throw new TapeError('INVALID_ARGUMENT', `${what}: the record has ${rec.blockSize}-byte blocks, the volume ${dev.blockSize}-byte; restore onto a volume with ${rec.blockSize}-byte blocks`);
+      throw new TapeError(
+        'INVALID_ARGUMENT',
+        `${what}: the record has ${rec.blockSize}-byte blocks, the volume ${dev.blockSize}-byte; restore onto a volume with ${rec.blockSize}-byte blocks`,
+      );
     }
     if (dev.size < rec.sizeBytes) {
-      throw new TapeError('INVALID_ARGUMENT', `${what}: the record holds ${rec.sizeBytes} bytes, the volume only ${dev.size}; grow it first (arraylab volume resize ${vol.name} --size ${rec.sizeBytes}) or use a larger volume`);
+      throw new TapeError(
+        'INVALID_ARGUMENT',
+        `${what}: the record holds ${rec.sizeBytes} bytes, the volume only ${dev.size}; grow it first (arraylab volume resize ${vol.name} --size ${rec.sizeBytes}) or use a larger volume`,
+      );
     }
-    if (vol.readOnly) throw new TapeError('FAILED_PRECONDITION', `${what}: the volume is read-only to hosts (a read-only volume, a snap volume or an equivalent EC destination); restore onto a writable volume`);
+    if (vol.readOnly)
+      throw new TapeError(
+        'FAILED_PRECONDITION',
+        `${what}: the volume is read-only to hosts (a read-only volume, a snap volume or an equivalent EC destination); restore onto a writable volume`,
+      );
     if (!req.force) {
       const rw = vol.readWriteClients();
-      if (rw > 0) throw new TapeError('FAILED_PRECONDITION', `${what}: ${vol.name} is exported read-write to ${rw} connected client${rw === 1 ? '' : 's'}; dismount it first or pass --force`);
+      if (rw > 0)
+        throw new TapeError(
+          'FAILED_PRECONDITION',
+          `${what}: ${vol.name} is exported read-write to ${rw} connected client${rw === 1 ? '' : 's'}; dismount it first or pass --force`,
+        );
     }
     this.refuseVolumeInUse(vol.name, 'restore onto it');
-    return this.exclusive(c.label, `restoring record ${rec.record} onto volume ${vol.name}`, async (s) => {
-      const release = this.useVolume(vol.name, `being restored from cartridge ${c.label} record ${rec.record}`);
-      try {
-        return await this.restoreOnto(c, entry, vol, onProgress, s);
-      } finally {
-        release();
-      }
-    }, signal);
+    return this.exclusive(
+      c.label,
+      `restoring record ${rec.record} onto volume ${vol.name}`,
+      async (s) => {
+        const release = this.useVolume(vol.name, `being restored from cartridge ${c.label} record ${rec.record}`);
+        try {
+          return await this.restoreOnto(c, entry, vol, onProgress, s);
+        } finally {
+          release();
+        }
+      },
+      signal,
+    );
   }
 
   private async restoreOnto(c: Cartridge, entry: RecordEntry, vol: TapeVolume, onProgress: Progress, signal: AbortSignal): Promise<TapeRestoreView> {
@@ -334,29 +395,38 @@ export class TapeLibrary {
     this.checkOpen();
     const c = this.cartridge(req.cartridge);
     const entries = req.record !== undefined && req.record !== 0 ? [c.record(req.record)] : [...c.records];
-    return this.exclusive(c.label, req.record ? `verifying record ${req.record}` : 'verifying', async (s) => {
-      const total = entries.reduce((sum, e) => sum + e.header.sizeBytes, 0);
-      let before = 0;
-      const checks: RecordCheck[] = [];
-      for (const e of entries) {
-        s.throwIfAborted();
-        try {
-          await c.verify(e, (done) => onProgress({ doneBytes: before + done, totalBytes: total }));
-          checks.push({ record: e.header.record, ok: true, error: '' });
-        } catch (err) {
-          if (!(err instanceof TapeError) || err.code !== 'DATA_LOSS') throw err;
-          checks.push({ record: e.header.record, ok: false, error: err.message });
+    return this.exclusive(
+      c.label,
+      req.record ? `verifying record ${req.record}` : 'verifying',
+      async (s) => {
+        const total = entries.reduce((sum, e) => sum + e.header.sizeBytes, 0);
+        let before = 0;
+        const checks: RecordCheck[] = [];
+        for (const e of entries) {
+          s.throwIfAborted();
+          try {
+            await c.verify(e, (done) => onProgress({ doneBytes: before + done, totalBytes: total }));
+            checks.push({ record: e.header.record, ok: true, error: '' });
+          } catch (err) {
+            if (!(err instanceof TapeError) || err.code !== 'DATA_LOSS') throw err;
+            checks.push({ record: e.header.record, ok: false, error: err.message });
+          }
+          before += e.header.sizeBytes;
+          onProgress({ doneBytes: before, totalBytes: total });
         }
-        before += e.header.sizeBytes;
-        onProgress({ doneBytes: before, totalBytes: total });
-      }
-      if (c.damage && !req.record) {
-        checks.push({ record: c.records.length + 1, ok: false, error: `cartridge ${c.label} is damaged after record ${c.records.length}: ${c.damage}; later records cannot be read` });
-      }
-      const bad = checks.filter((x) => !x.ok).length;
-      (bad ? this.log.warn : this.log.info).call(this.log, { cartridge: c.label, records: checks.length, bad }, 'tape verify done');
-      return checks;
-    }, signal);
+        if (c.damage && !req.record) {
+          checks.push({
+            record: c.records.length + 1,
+            ok: false,
+            error: `cartridge ${c.label} is damaged after record ${c.records.length}: ${c.damage}; later records cannot be read`,
+          });
+        }
+        const bad = checks.filter((x) => !x.ok).length;
+        (bad ? this.log.warn : this.log.info).call(this.log, { cartridge: c.label, records: checks.length, bad }, 'tape verify done');
+        return checks;
+      },
+      signal,
+    );
   }
 
   /** Cancels running operations (they undo what they did) and waits for them. */
@@ -382,8 +452,12 @@ export class TapeLibrary {
     const c = this.cartridges.get(label);
     if (c) return c;
     const broken = this.broken.get(label);
-    if (broken !== undefined) throw new TapeError('FAILED_PRECONDITION', `cartridge ${label} cannot be read (${broken}); remove it: arraylab tape remove ${label}`);
-    throw new TapeError('NOT_FOUND', `no cartridge labelled ${JSON.stringify(label)}; list them with arraylab tape list, or add it: arraylab tape add ${VOLUME_NAME_PATTERN.test(label) ? label : 'LABEL'} --capacity SIZE`);
+    if (broken !== undefined)
+      throw new TapeError('FAILED_PRECONDITION', `cartridge ${label} cannot be read (${broken}); remove it: arraylab tape remove ${label}`);
+    throw new TapeError(
+      'NOT_FOUND',
+      `no cartridge labelled ${JSON.stringify(label)}; list them with arraylab tape list, or add it: arraylab tape add ${VOLUME_NAME_PATTERN.test(label) ? label : 'LABEL'} --capacity SIZE`,
+    );
   }
 
   private checkOpen(): void {
@@ -391,7 +465,10 @@ export class TapeLibrary {
   }
 
   private busyError(label: string, b: Busy): TapeError {
-    return new TapeError('FAILED_PRECONDITION', `cartridge ${label} is busy ${b.what} (since ${b.since}); one tape operation at a time per cartridge: wait for it to finish`);
+    return new TapeError(
+      'FAILED_PRECONDITION',
+      `cartridge ${label} is busy ${b.what} (since ${b.since}); one tape operation at a time per cartridge: wait for it to finish`,
+    );
   }
 
   /** Runs fn as the cartridge's one operation; refused if another is running. */
@@ -430,7 +507,11 @@ export class TapeLibrary {
 
 function cancelled(label: string, what: string, reason: unknown): TapeError {
   if (reason instanceof TapeError) return reason;
-  const after = what.startsWith('writing') ? 'nothing was kept on the cartridge' : what.startsWith('restoring') ? 'the volume holds a partial image: restore again' : 'nothing changed';
+  const after = what.startsWith('writing')
+    ? 'nothing was kept on the cartridge'
+    : what.startsWith('restoring')
+      ? 'the volume holds a partial image: restore again'
+      : 'nothing changed';
   return new TapeError('CANCELLED', `cartridge ${label}: ${what} was cancelled; ${after}`);
 }
 
@@ -441,10 +522,13 @@ async function deviceCall<T>(what: string, fn: () => Promise<T>): Promise<T> {
   } catch (err) {
     if (err instanceof BlockDeviceError) {
       const code =
-        err.code === 'EACCES' || err.code === 'EPERM' ? 'FAILED_PRECONDITION'
-        : err.code === 'ENOSPC' ? 'RESOURCE_EXHAUSTED'
-        : err.code === 'ESHUTDOWN' ? 'UNAVAILABLE'
-        : 'INTERNAL';
+        err.code === 'EACCES' || err.code === 'EPERM'
+          ? 'FAILED_PRECONDITION'
+          : err.code === 'ENOSPC'
+            ? 'RESOURCE_EXHAUSTED'
+            : err.code === 'ESHUTDOWN'
+              ? 'UNAVAILABLE'
+              : 'INTERNAL';
       throw new TapeError(code, `${what} failed: ${err.message}`);
     }
     throw err;
@@ -458,7 +542,10 @@ const ISO_INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\
 export function parsePointInTime(text: string): number {
   const ms = ISO_INSTANT.test(text.trim()) ? Date.parse(text.trim()) : Number.NaN;
   if (!Number.isFinite(ms) || ms <= 0) {
-    throw new TapeError('INVALID_ARGUMENT', `point in time ${JSON.stringify(text)} is not an ISO 8601 instant after 1970; give a date, time and zone, e.g. 2026-01-31T12:00:00Z`);
+    throw new TapeError(
+      'INVALID_ARGUMENT',
+      `point in time ${JSON.stringify(text)} is not an ISO 8601 instant after 1970; give a date, time and zone, e.g. 2026-01-31T12:00:00Z`,
+    );
   }
   return ms;
 }
@@ -472,7 +559,10 @@ function imageInstant(vol: TapeVolume, image: VolumeImage, given: number | undef
     throw new TapeError('FAILED_PRECONDITION', `cannot write volume ${vol.name} to tape: ${image.why}`);
   }
   if (given !== undefined && given > Date.now()) {
-    throw new TapeError('INVALID_ARGUMENT', `point in time ${new Date(given).toISOString()} for volume ${vol.name} is later than now (${new Date().toISOString()}); an image cannot be of a later instant than it is read: give the instant it was taken`);
+    throw new TapeError(
+      'INVALID_ARGUMENT',
+      `point in time ${new Date(given).toISOString()} for volume ${vol.name} is later than now (${new Date().toISOString()}); an image cannot be of a later instant than it is read: give the instant it was taken`,
+    );
   }
   return given ?? (image.kind === 'point-in-time' ? image.at : undefined);
 }
@@ -489,7 +579,10 @@ async function* sameImage(vol: TapeVolume, before: VolumeImage, pieces: AsyncIte
   const finished = before.kind === 'point-in-time' && after.kind === 'live' && vol.copyFinished(before.session);
   if (JSON.stringify(after) !== JSON.stringify(before) && !finished) {
     const now = after.kind === 'point-in-time' ? `an image of ${new Date(after.at).toISOString()}` : after.kind === 'live' ? 'no copy session' : after.why;
-    throw new TapeError('FAILED_PRECONDITION', `volume ${vol.name} changed image during the tape write (now: ${now}); nothing was kept: write it again once its copy session is stable`);
+    throw new TapeError(
+      'FAILED_PRECONDITION',
+      `volume ${vol.name} changed image during the tape write (now: ${now}); nothing was kept: write it again once its copy session is stable`,
+    );
   }
 }
 

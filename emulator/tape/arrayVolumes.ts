@@ -73,11 +73,17 @@ export function arrayTapeVolumes(array: StorageArray): TapeVolumes {
 
 /** The instant a volume's image is of, from the copy session it is the destination of. */
 function imageOf(array: StorageArray, name: string): VolumeImage {
-  const s = array.copy.sessionsOfVolume(name).map((id) => array.copy.get(id)).find((i) => i.destination === name);
+  const s = array.copy
+    .sessionsOfVolume(name)
+    .map((id) => array.copy.get(id))
+    .find((i) => i.destination === name);
   if (s === undefined) return { kind: 'live' };
   const pair = `EC session ${s.id} (${s.source} -> ${name})`;
   if (s.type === 'ec' && (s.state === 'copying' || s.state === 'equivalent')) {
-    return { kind: 'moving', why: `volume ${name} is the destination of ${pair}, ${s.state}: its image follows the source; suspend or split the session first (arraylab copy suspend ${s.id}), or write the source` };
+    return {
+      kind: 'moving',
+      why: `volume ${name} is the destination of ${pair}, ${s.state}: its image follows the source; suspend or split the session first (arraylab copy suspend ${s.id}), or write the source`,
+    };
   }
   if (s.imageAt === undefined) {
     const why = s.reversed

@@ -183,9 +183,11 @@ export function decodeRecordHeader(b: Buffer): RecordHeader {
     tag: text(b, 112, 2, 114, TAG_MAX, 'tag'),
   };
   if (h.imageMs === 0) h.imageMs = h.createdMs;
-  if (h.sizeBytes === 0 || h.sizeBytes % blockSize !== 0) throw new FormatError(`record size ${h.sizeBytes} is not a positive multiple of its block size ${blockSize}`);
+  if (h.sizeBytes === 0 || h.sizeBytes % blockSize !== 0)
+    throw new FormatError(`record size ${h.sizeBytes} is not a positive multiple of its block size ${blockSize}`);
   if (h.dataBytes > h.sizeBytes) throw new FormatError(`record data bytes ${h.dataBytes} exceed its size ${h.sizeBytes}`);
-  if (h.extentCount > Math.ceil(h.sizeBytes / blockSize)) throw new FormatError(`record extent count ${h.extentCount} exceeds its ${h.sizeBytes / blockSize} blocks`);
+  if (h.extentCount > Math.ceil(h.sizeBytes / blockSize))
+    throw new FormatError(`record extent count ${h.extentCount} exceeds its ${h.sizeBytes / blockSize} blocks`);
   return h;
 }
 
@@ -205,7 +207,8 @@ export function decodeExtentHeader(b: Buffer, rec: RecordHeader, notBefore: numb
   check(b, 'extent', EXTENT_HEADER_SIZE);
   const e = { offset: u64(b, 8, 'extent offset'), length: b.readUInt32LE(16), dataCrc: b.readUInt32LE(20) };
   if (e.length === 0 || e.length > EXTENT_MAX) throw new FormatError(`extent length ${e.length} is not between 1 and ${EXTENT_MAX}`);
-  if (e.offset % rec.blockSize !== 0 || e.length % rec.blockSize !== 0) throw new FormatError(`extent at ${e.offset} (+${e.length}) is not aligned to the ${rec.blockSize}-byte block size`);
+  if (e.offset % rec.blockSize !== 0 || e.length % rec.blockSize !== 0)
+    throw new FormatError(`extent at ${e.offset} (+${e.length}) is not aligned to the ${rec.blockSize}-byte block size`);
   if (e.offset < notBefore) throw new FormatError(`extent at ${e.offset} overlaps or precedes the previous one (ends at ${notBefore})`);
   if (e.offset + e.length > rec.sizeBytes) throw new FormatError(`extent at ${e.offset} (+${e.length}) runs past the record's size ${rec.sizeBytes}`);
   return e;

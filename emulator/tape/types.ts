@@ -8,7 +8,6 @@ import type { BlockDevice } from '../block/BlockDevice.js';
 
 export type { CartridgeView, HostProgress, RecordCheck, TapeRecordView, TapeRestoreView } from '../../proto/views.js';
 
-
 /** A volume as a host sees it. */
 export interface TapeVolume {
   readonly name: string;
@@ -33,10 +32,7 @@ export interface TapeVolume {
  *   moving         an EC destination that is copying or equivalent: it follows the source
  *   unknown        an EC destination whose instant the array did not record
  */
-export type VolumeImage =
-  | { kind: 'live' }
-  | { kind: 'point-in-time'; at: number; session: string }
-  | { kind: 'moving' | 'unknown'; why: string };
+export type VolumeImage = { kind: 'live' } | { kind: 'point-in-time'; at: number; session: string } | { kind: 'moving' | 'unknown'; why: string };
 
 export interface TapeVolumes {
   /** Throws TapeError NOT_FOUND (message naming the volume and the fix) when there is none. */
@@ -62,4 +58,3 @@ export class TapeError extends StatusError {
     this.name = 'TapeError';
   }
 }
-

@@ -112,7 +112,10 @@ export async function launchGuest(opts: GuestOptions): Promise<Guest> {
   const exited = new Promise<Exit>((resolve) => {
     child.on('error', (err) => {
       running.delete(child);
-      const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? `${qemu} is not installed; install Debian package qemu-system-x86 (bash vm-images/build.sh does)` : err.message;
+      const reason =
+        (err as NodeJS.ErrnoException).code === 'ENOENT'
+          ? `${qemu} is not installed; install Debian package qemu-system-x86 (bash vm-images/build.sh does)`
+          : err.message;
       shell.close(new Error(reason));
       rmSync(runDir, { recursive: true, force: true });
       resolve({ code: null, signal: null });

@@ -33,7 +33,10 @@ function lunFor(vm: string, volume: string, hosts: HostListView, initiator: stri
     );
   }
   const lun = host.luns.find((l) => l.volume === volume);
-  if (!lun) throw new Error(`vm ${vm}: volume ${volume} is not mapped to host ${host.name} (the guest's initiator ${initiator}); map it with: arraylab host map ${host.name} ${volume}`);
+  if (!lun)
+    throw new Error(
+      `vm ${vm}: volume ${volume} is not mapped to host ${host.name} (the guest's initiator ${initiator}); map it with: arraylab host map ${host.name} ${volume}`,
+    );
   return lun.lun;
 }
 
@@ -45,7 +48,9 @@ export async function resolveDisks(client: ArrayClient, vm: string, requests: At
   const unknown = requests.filter((r) => !names.has(r.volume)).map((r) => r.volume);
   if (unknown.length > 0) {
     const have = volumes.length ? `it has ${volumes.map((v) => v.name).join(', ')}` : 'it has no volumes';
-    throw new Error(`unknown volume${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} on the array at ${api} (${have}); create it with: arraylab volume create ${unknown[0]} --size 1GiB`);
+    throw new Error(
+      `unknown volume${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} on the array at ${api} (${have}); create it with: arraylab volume create ${unknown[0]} --size 1GiB`,
+    );
   }
   const seen = new Set<string>();
   for (const r of requests) {
@@ -55,7 +60,9 @@ export async function resolveDisks(client: ArrayClient, vm: string, requests: At
   let hosts: HostListView | null = null;
   if (requests.some((r) => r.via === 'iscsi')) {
     if (!status.listeners.iscsi.available) {
-      throw new Error(`the array at ${api} does not serve iSCSI${status.listeners.iscsi.note ? ` (${status.listeners.iscsi.note})` : ''}; attach --via nbd, or start it with: arraylab serve --iscsi 127.0.0.1:3260`);
+      throw new Error(
+        `the array at ${api} does not serve iSCSI${status.listeners.iscsi.note ? ` (${status.listeners.iscsi.note})` : ''}; attach --via nbd, or start it with: arraylab serve --iscsi 127.0.0.1:3260`,
+      );
     }
     hosts = await client.listHosts();
   }

@@ -37,7 +37,12 @@ export interface DetachedStartOptions {
 
 /** Throws with the install command unless qemu is on PATH (or the path given is executable). */
 export function findQemu(qemu = QEMU): string {
-  const candidates = qemu.includes('/') ? [qemu] : (process.env.PATH ?? '').split(delimiter).filter(Boolean).map((d) => join(d, qemu));
+  const candidates = qemu.includes('/')
+    ? [qemu]
+    : (process.env.PATH ?? '')
+        .split(delimiter)
+        .filter(Boolean)
+        .map((d) => join(d, qemu));
   for (const path of candidates) {
     try {
       accessSync(path, constants.X_OK);
@@ -113,7 +118,9 @@ export async function startDetachedGuest(o: DetachedStartOptions): Promise<VmRec
   const dir = vmDir(o.runDir, o.name);
   const existing = readRecord(o.runDir, o.name);
   if (existing && vmState(existing) !== 'exited') {
-    throw new Error(`vm ${o.name} is already running (pid ${existing.pid}, started ${existing.started}); stop it with: arraylab vm stop ${o.name}, or choose another name`);
+    throw new Error(
+      `vm ${o.name} is already running (pid ${existing.pid}, started ${existing.started}); stop it with: arraylab vm stop ${o.name}, or choose another name`,
+    );
   }
   // An exited VM's leftovers (or a start that crashed) make way for the new one.
   removeVm(o.runDir, o.name);
@@ -165,7 +172,9 @@ export async function startDetachedGuest(o: DetachedStartOptions): Promise<VmRec
     const qemuSaid = tailOf(files.qemuLog);
     const consoleSaid = tailOf(files.consoleLog, 15);
     removeVm(o.runDir, o.name);
-    return new Error(`vm ${o.name} did not boot to its shell: ${why}${qemuSaid ? `\nqemu: ${qemuSaid}` : ''}${consoleSaid ? `\nconsole:\n${consoleSaid}` : ''}`);
+    return new Error(
+      `vm ${o.name} did not boot to its shell: ${why}${qemuSaid ? `\nqemu: ${qemuSaid}` : ''}${consoleSaid ? `\nconsole:\n${consoleSaid}` : ''}`,
+    );
   };
 
   const up = await waitUntil(() => spawnError !== null || child.exitCode !== null || existsSync(sockets.console), 10_000, 20);
@@ -200,7 +209,10 @@ export type StopHow = 'powered off' | 'quit (QMP)' | 'killed' | 'had already exi
  * Stops a detached guest: `sync; poweroff -f` on its console (unless force), then QMP quit,
  * then SIGKILL; each step waits for qemu to go. Removes the VM's directory.
  */
-export async function stopDetachedGuest(rec: VmRecord, opts: { force?: boolean; timeoutMs?: number; runDir: string; log: Logger }): Promise<{ how: StopHow; ms: number }> {
+export async function stopDetachedGuest(
+  rec: VmRecord,
+  opts: { force?: boolean; timeoutMs?: number; runDir: string; log: Logger },
+): Promise<{ how: StopHow; ms: number }> {
   const started = Date.now();
   const gone = () => !isQemuAlive(rec);
   let how: StopHow | null = gone() ? 'had already exited' : null;

@@ -43,7 +43,8 @@ export function readGuestImage(buildDir = join(vmImagesDir(), 'build')): GuestIm
   image.kernel = resolve(buildDir, image.kernel);
   image.initrd = resolve(buildDir, image.initrd);
   for (const path of [image.kernel, image.initrd]) {
-    if (!existsSync(path)) throw new Error(`guest image ${file} names ${path}, which is missing; rebuild it with: bash ${join(dirname(buildDir), 'build.sh')} --force`);
+    if (!existsSync(path))
+      throw new Error(`guest image ${file} names ${path}, which is missing; rebuild it with: bash ${join(dirname(buildDir), 'build.sh')} --force`);
   }
   return image;
 }

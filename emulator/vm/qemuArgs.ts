@@ -68,8 +68,16 @@ export const AGENT_PORT_NAME = 'org.arraylab.agent';
  * virtio-serial).
  */
 const BASE_CMDLINE = [
-  'console=ttyS0', 'quiet', 'mitigations=off', 'tsc=reliable', 'no_timer_check', 'panic=-1',
-  'cryptomgr.notests', 'security=none', 'audit=0', 'ipv6.disable=1',
+  'console=ttyS0',
+  'quiet',
+  'mitigations=off',
+  'tsc=reliable',
+  'no_timer_check',
+  'panic=-1',
+  'cryptomgr.notests',
+  'security=none',
+  'audit=0',
+  'ipv6.disable=1',
 ];
 
 export function defaultInitiatorName(guestName: string): string {
@@ -91,24 +99,34 @@ function splitPortal(portal: string): { host: string; port: number } {
 export function qemuArgs(o: QemuArgsOptions): string[] {
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(o.name)) throw new Error(`guest name ${JSON.stringify(o.name)} must be letters, digits, '.', '_' or '-'`);
   const args = [
-    '-name', o.name,
-    '-accel', 'tcg',
-    '-M', 'q35',
+    '-name',
+    o.name,
+    '-accel',
+    'tcg',
+    '-M',
+    'q35',
     // Node's V8 wants SSE4/AVX-era instructions; qemu64 lacks some, max has all TCG can do.
-    '-cpu', 'max',
-    '-smp', String(o.cpus),
-    '-m', String(o.memoryMiB),
+    '-cpu',
+    'max',
+    '-smp',
+    String(o.cpus),
+    '-m',
+    String(o.memoryMiB),
     // A detached qemu has no terminal: no display at all rather than -nographic's stdio.
     o.console ? '-display' : '-nographic',
     ...(o.console ? ['none'] : []),
     '-nodefaults',
     '-no-reboot',
-    '-chardev', o.console
+    '-chardev',
+    o.console
       ? `socket,id=console,path=${noComma('console socket path', o.console.socket)},server=on,wait=off${o.console.logFile ? `,logfile=${noComma('console log path', o.console.logFile)},logappend=on` : ''}`
       : 'stdio,id=console,signal=off',
-    '-serial', 'chardev:console',
-    '-kernel', o.kernel,
-    '-initrd', o.initrd,
+    '-serial',
+    'chardev:console',
+    '-kernel',
+    o.kernel,
+    '-initrd',
+    o.initrd,
   ];
 
   let scsiController = false;
@@ -116,7 +134,10 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
     const node = `disk${i}`;
     const ro = disk.readOnly ? ',read-only=on' : '';
     if (disk.via === 'nbd') {
-      args.push('-blockdev', `driver=nbd,node-name=${node},server.type=inet,server.host=${noComma('NBD host', disk.host)},server.port=${disk.port},export=${noComma('export', disk.export)}${ro}`);
+      args.push(
+        '-blockdev',
+        `driver=nbd,node-name=${node},server.type=inet,server.host=${noComma('NBD host', disk.host)},server.port=${disk.port},export=${noComma('export', disk.export)}${ro}`,
+      );
       // The export name as the disk's serial (/sys/block/vdX/serial, at most 20 bytes).
       args.push('-device', `virtio-blk-pci,drive=${node},serial=${disk.export.slice(0, 20)}`);
     } else {
@@ -126,15 +147,21 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
         scsiController = true;
       }
       const initiator = disk.initiatorName ?? defaultInitiatorName(o.name);
-      args.push('-blockdev', `driver=iscsi,node-name=${node},transport=tcp,portal=${noComma('portal host', host)}:${port},target=${noComma('target name', disk.targetName)},lun=${disk.lun},initiator-name=${noComma('initiator name', initiator)}${ro}`);
+      args.push(
+        '-blockdev',
+        `driver=iscsi,node-name=${node},transport=tcp,portal=${noComma('portal host', host)}:${port},target=${noComma('target name', disk.targetName)},lun=${disk.lun},initiator-name=${noComma('initiator name', initiator)}${ro}`,
+      );
       args.push('-device', `${disk.device ?? 'scsi-block'},drive=${node},bus=scsi0.0,channel=0,scsi-id=${i},lun=0`);
     }
   });
 
   args.push(
-    '-device', 'virtio-serial-pci,id=vser0',
-    '-chardev', `socket,id=agent,path=${noComma('agent socket path', o.agentSocket)},server=on,wait=off`,
-    '-device', `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
+    '-device',
+    'virtio-serial-pci,id=vser0',
+    '-chardev',
+    `socket,id=agent,path=${noComma('agent socket path', o.agentSocket)},server=on,wait=off`,
+    '-device',
+    `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
   );
 
   if (o.qmpSocket) args.push('-qmp', `unix:${noComma('QMP socket path', o.qmpSocket)},server=on,wait=off`);

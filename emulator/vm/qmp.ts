@@ -19,7 +19,9 @@ export async function qmpCommand(socketPath: string, execute: string, timeoutMs 
     socket.setEncoding('utf8');
     socket.on('error', (err) => finish(new Error(`QMP socket ${socketPath}: ${err.message}`)));
     // quit: qemu may close the socket before or after it answers; either way it is going.
-    socket.on('close', () => (stage === 'command' && execute === 'quit' ? finish(null, {}) : finish(new Error(`QMP socket ${socketPath} closed before ${execute} answered`))));
+    socket.on('close', () =>
+      stage === 'command' && execute === 'quit' ? finish(null, {}) : finish(new Error(`QMP socket ${socketPath} closed before ${execute} answered`)),
+    );
     socket.on('data', (d: string) => {
       buf += d;
       let nl: number;

@@ -30,10 +30,13 @@ export interface StartedVm extends VmRecord {
 }
 
 export async function startVm(o: StartVmOptions): Promise<StartedVm> {
-  if (!VM_NAME_PATTERN.test(o.name)) throw new Error(`vm name ${JSON.stringify(o.name)} is not valid; use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+  if (!VM_NAME_PATTERN.test(o.name))
+    throw new Error(`vm name ${JSON.stringify(o.name)} is not valid; use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
   const existing = readRecord(o.runDir, o.name);
   if (existing && vmState(existing) !== 'exited') {
-    throw new Error(`vm name ${o.name} is taken: it is running (pid ${existing.pid}, since ${existing.started}); stop it with: arraylab vm stop ${o.name}, or choose another name`);
+    throw new Error(
+      `vm name ${o.name} is taken: it is running (pid ${existing.pid}, since ${existing.started}); stop it with: arraylab vm stop ${o.name}, or choose another name`,
+    );
   }
   findQemu();
   const image = readGuestImage();

@@ -74,7 +74,8 @@ export class GuestChannel {
     const received = Date.now();
     if (typeof hello.now !== 'number') return null;
     const ahead = hello.now - received;
-    if (Math.abs(ahead) > 1000) this.log.info({ guestAheadMs: ahead, roundTripMs: received - sent }, 'the guest clock differs from this host\'s; guest times are translated');
+    if (Math.abs(ahead) > 1000)
+      this.log.info({ guestAheadMs: ahead, roundTripMs: received - sent }, "the guest clock differs from this host's; guest times are translated");
     return guestMs - ahead - (received - sent);
   }
 
@@ -98,7 +99,11 @@ export class GuestChannel {
         conn.pending.delete(id);
         this.idle(conn);
         // The connection stays: a late answer is ignored (unknown id).
-        reject(new Error(`the guest agent on ${this.socketPath} did not finish ${method} within ${Math.round(timeoutMs / 1000)} s; check the guest (its console and guest-serve's log), then run resource-match`));
+        reject(
+          new Error(
+            `the guest agent on ${this.socketPath} did not finish ${method} within ${Math.round(timeoutMs / 1000)} s; check the guest (its console and guest-serve's log), then run resource-match`,
+          ),
+        );
       };
       const p: Pending = {
         method,
@@ -174,7 +179,10 @@ export class GuestChannel {
         reject(new Error(msg));
       };
       const deadline = setTimeout(
-        () => fail(`the guest agent on ${path} did not answer within ${Math.round(handshakeMs / 1000)} s; is \`arraylab-agent guest-serve\` running in the guest? (start it there; its log says why it stopped)`),
+        () =>
+          fail(
+            `the guest agent on ${path} did not answer within ${Math.round(handshakeMs / 1000)} s; is \`arraylab-agent guest-serve\` running in the guest? (start it there; its log says why it stopped)`,
+          ),
         handshakeMs,
       );
       const reader = new LineReader(
@@ -194,7 +202,12 @@ export class GuestChannel {
             return;
           }
           if (!msg || typeof msg.id !== 'number') {
-            this.drop(conn, new Error(`the guest agent on ${path} sent something that is not the protocol (${JSON.stringify(line.slice(0, 80))}); the connection was dropped, the next call reconnects`));
+            this.drop(
+              conn,
+              new Error(
+                `the guest agent on ${path} sent something that is not the protocol (${JSON.stringify(line.slice(0, 80))}); the connection was dropped, the next call reconnects`,
+              ),
+            );
             return;
           }
           const id = msg.id;
@@ -215,13 +228,19 @@ export class GuestChannel {
             this.log.warn({ bytes: seen }, 'discarded a line longer than 1 MiB before the sync answer');
             return;
           }
-          this.drop(conn, new Error(`the guest agent on ${path} sent a line longer than 1 MiB (a protocol error); the connection was dropped, the next call reconnects`));
+          this.drop(
+            conn,
+            new Error(`the guest agent on ${path} sent a line longer than 1 MiB (a protocol error); the connection was dropped, the next call reconnects`),
+          );
         },
       );
       socket.on('data', (d: Buffer) => reader.push(d));
       socket.on('error', (err: NodeJS.ErrnoException) => {
         if (!synced) {
-          const why = err.code === 'ENOENT' || err.code === 'ECONNREFUSED' ? 'no guest is listening there; start the guest (arraylab vm start) and check the socket path' : err.message;
+          const why =
+            err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
+              ? 'no guest is listening there; start the guest (arraylab vm start) and check the socket path'
+              : err.message;
           fail(`cannot reach the guest agent on ${path}: ${why}`);
           return;
         }
@@ -229,7 +248,12 @@ export class GuestChannel {
       });
       socket.on('close', () => {
         if (!synced) return fail(`the guest agent socket ${path} closed before the agent answered; check that the guest is running`);
-        this.drop(conn, new Error(`the connection to the guest agent on ${path} closed; check that the guest is running, then run resource-match if a backup was interrupted`));
+        this.drop(
+          conn,
+          new Error(
+            `the connection to the guest agent on ${path} closed; check that the guest is running, then run resource-match if a backup was interrupted`,
+          ),
+        );
       });
       socket.once('connect', () => {
         // A newline first ends whatever partial line an earlier host left in the port.

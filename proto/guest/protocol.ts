@@ -38,10 +38,7 @@ export interface WireError {
   code?: AgentErrorCode;
 }
 
-export type GuestReply =
-  | { id: number; progress: unknown }
-  | { id: number; result: unknown }
-  | { id: number; error: WireError };
+export type GuestReply = { id: number; progress: unknown } | { id: number; result: unknown } | { id: number; error: WireError };
 
 /** What `hello` answers: who the guest agent is, and the settings it applies in the guest. */
 export interface GuestHello {

@@ -21,5 +21,7 @@ export async function waitForGuestAgent(socketPath: string, timeoutMs: number, l
       await guest.close();
     }
   }
-  throw new Error(`the agent in the guest did not answer on ${socketPath} within ${Math.round(timeoutMs / 1000)} s (${last}); start \`arraylab-agent guest-serve\` in the guest`);
+  throw new Error(
+    `the agent in the guest did not answer on ${socketPath} within ${Math.round(timeoutMs / 1000)} s (${last}); start \`arraylab-agent guest-serve\` in the guest`,
+  );
 }

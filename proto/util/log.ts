@@ -28,7 +28,10 @@ export async function createLogger(opts: LoggerOptions): Promise<Logger> {
   const pretty = opts.pretty ?? process.stderr.isTTY === true;
   if (pretty) {
     const { default: prettyStream } = await import('pino-pretty');
-    return pino(base, prettyStream({ destination: 2, sync: true, colorize: true, singleLine: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' }));
+    return pino(
+      base,
+      prettyStream({ destination: 2, sync: true, colorize: true, singleLine: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,name' }),
+    );
   }
   // Synchronous writes: the last lines before an exit (e.g. a start-up failure) are never lost.
   return pino(base, pino.destination({ fd: 2, sync: true }));

@@ -7,7 +7,13 @@ import type { CartridgeView, TapeRecordView, TapeRestoreView } from '../views.js
 import { toByteCount } from './wire.js';
 
 export function cartridgeFromWire(w: pb.Cartridge__Output): CartridgeView {
-  return { label: w.label, capacityBytes: toByteCount(w.capacityBytes, 'capacity'), usedBytes: toByteCount(w.usedBytes, 'used'), recordCount: w.recordCount, createdAt: w.createdAt };
+  return {
+    label: w.label,
+    capacityBytes: toByteCount(w.capacityBytes, 'capacity'),
+    usedBytes: toByteCount(w.usedBytes, 'used'),
+    recordCount: w.recordCount,
+    createdAt: w.createdAt,
+  };
 }
 
 export function tapeRecordFromWire(w: pb.TapeRecord__Output): TapeRecordView {
@@ -28,4 +34,3 @@ export function tapeRecordFromWire(w: pb.TapeRecord__Output): TapeRecordView {
 export function tapeRestoreFromWire(w: pb.TapeRestoreResult__Output): TapeRestoreView {
   return { cartridge: w.cartridge, record: w.record, volume: w.volume, bytes: toByteCount(w.bytes, 'bytes'), sha256: w.sha256 };
 }
-

@@ -6,7 +6,17 @@
  */
 import { ApiError } from '../errors.js';
 import type * as pb from '../gen/index.js';
-import type { ArrayStatus, CopyEventView, CopySessionView, ExportConnection, ExportInfo, ListenerStatus, LogicalBlockSize, Provisioning, VolumeInfo } from '../views.js';
+import type {
+  ArrayStatus,
+  CopyEventView,
+  CopySessionView,
+  ExportConnection,
+  ExportInfo,
+  ListenerStatus,
+  LogicalBlockSize,
+  Provisioning,
+  VolumeInfo,
+} from '../views.js';
 
 /** A uint64 as it may arrive (a decimal string) or be sent (a number). */
 export type WireUint64 = string | number | { toString(): string };

@@ -185,7 +185,9 @@ async function startServer(tag) {
   const dataDir = join(work, `data-${tag}`);
   const config = join(work, `arraylab-${tag}.yaml`);
   writeFileSync(config, `dataDir: ${dataDir}\nlog:\n  level: warn\nvolumes: []\n`);
-  const child = spawn('node', [...NODE_ARGS, cli, 'serve', '--config', config, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('node', [...NODE_ARGS, cli, 'serve', '--config', config, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--json'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   children.add(child);
   let out = '';
   child.stdout.on('data', (d) => (out += d));
@@ -259,10 +261,20 @@ async function startServer(tag) {
       });
     },
     ended(id, since) {
-      return this.waitFor((e) => e.sessionId === id && ['completed', 'cancelled', 'dropped'].includes(e.kind), since, `session ${id} to end`, async () => !(await client.listCopies()).some((s) => s.id === id));
+      return this.waitFor(
+        (e) => e.sessionId === id && ['completed', 'cancelled', 'dropped'].includes(e.kind),
+        since,
+        `session ${id} to end`,
+        async () => !(await client.listCopies()).some((s) => s.id === id),
+      );
     },
     reached(id, state, since) {
-      return this.waitFor((e) => e.sessionId === id && e.kind === 'state' && e.state === state, since, `session ${id} to be ${state}`, async () => (await client.getCopy(id)).state === state);
+      return this.waitFor(
+        (e) => e.sessionId === id && e.kind === 'state' && e.state === state,
+        since,
+        `session ${id} to be ${state}`,
+        async () => (await client.getCopy(id)).state === state,
+      );
     },
     async stop() {
       watch.cancel();
@@ -281,7 +293,15 @@ async function startServer(tag) {
 async function createFilled(server, name) {
   await server.client.createVolume({ name, sizeBytes: SIZE, provisioning: 'thin' });
   const t = performance.now();
-  await fio(server.uri(name), ['--rw=write', '--bs=1M', '--iodepth=8', `--size=${SIZE}`, '--refill_buffers', '--buffer_compress_percentage=0', '--end_fsync=1']);
+  await fio(server.uri(name), [
+    '--rw=write',
+    '--bs=1M',
+    '--iodepth=8',
+    `--size=${SIZE}`,
+    '--refill_buffers',
+    '--buffer_compress_percentage=0',
+    '--end_fsync=1',
+  ]);
   const s = (performance.now() - t) / 1000;
   log(`  filled ${name}: ${SIZE_TEXT} in ${s.toFixed(1)} s (${(SIZE / MiB / s).toFixed(0)} MiB/s over NBD)`);
 }
@@ -338,7 +358,16 @@ async function benchQuickOpc(server, source) {
     let e = await server.reached(s.id, 'tracking', t);
     const fullS = (e.t - t) / 1000;
     // 1% of the units, distinct (fio's random map), 64 KiB aligned: one unit each.
-    await fio(server.uri(source), ['--rw=randwrite', '--bs=64k', `--number_ios=${changed}`, '--iodepth=16', `--size=${SIZE}`, '--randrepeat=0', '--refill_buffers', '--end_fsync=1']);
+    await fio(server.uri(source), [
+      '--rw=randwrite',
+      '--bs=64k',
+      `--number_ios=${changed}`,
+      '--iodepth=16',
+      `--size=${SIZE}`,
+      '--randrepeat=0',
+      '--refill_buffers',
+      '--end_fsync=1',
+    ]);
     await dropCaches();
     t = performance.now();
     await server.client.startCopy({ type: 'quickopc', source, destination: dst });
@@ -386,7 +415,16 @@ async function benchIops(server) {
         if (gen) await server.client.cancelCopy(gen.id);
         gen = await server.client.startCopy({ type: 'snapopcplus', source: 'snap-src', destination: 'snap-vol' });
       }
-      const job = await fio(uri, ['--rw=randwrite', '--bs=4k', '--iodepth=16', `--size=${SIZE}`, `--runtime=${RUNTIME}`, '--time_based', '--norandommap', '--randrepeat=0']);
+      const job = await fio(uri, [
+        '--rw=randwrite',
+        '--bs=4k',
+        '--iodepth=16',
+        `--size=${SIZE}`,
+        `--runtime=${RUNTIME}`,
+        '--time_based',
+        '--norandommap',
+        '--randrepeat=0',
+      ]);
       samples[p.name].push(job.write.iops);
       let extra = '';
       if (p.name === 'snap') {
@@ -464,7 +502,9 @@ for name in sys.argv[4:]:
     const sessions = await server.client.listCopies();
     const states = {};
     for (const s of sessions) states[`${s.type} ${s.state}`] = (states[`${s.type} ${s.state}`] ?? 0) + 1;
-    log(`rss: ${after.rssMB.toFixed(1)} MB (peak ${after.peakMB.toFixed(1)} MB) after ${pairs.length * WRITES_PER_SOURCE} writes in ${writeS.toFixed(1)} s; sessions: ${JSON.stringify(states)}`);
+    log(
+      `rss: ${after.rssMB.toFixed(1)} MB (peak ${after.peakMB.toFixed(1)} MB) after ${pairs.length * WRITES_PER_SOURCE} writes in ${writeS.toFixed(1)} s; sessions: ${JSON.stringify(states)}`,
+    );
     return { volumesOnly, sessionsOnly, after, sessions: sessions.length, states, writes: pairs.length * WRITES_PER_SOURCE, writeS };
   } finally {
     await server.stop();
@@ -511,30 +551,80 @@ const add = (r) => {
 if (results.opc) {
   const o = results.opc;
   const r1 = o.cp / o.opc;
-  add({ measurement: `OPC ${SIZE_TEXT} physical copy vs cp`, arraylab: `${secs(o.opc)} (${mibs(o.opc)})`, peer: `cp ${secs(o.cp)} (${mibs(o.cp)})`, ratio: `${r1.toFixed(2)}x`, target: '>= 0.50x', result: verdict(r1 >= 0.5), value: r1 });
+  add({
+    measurement: `OPC ${SIZE_TEXT} physical copy vs cp`,
+    arraylab: `${secs(o.opc)} (${mibs(o.opc)})`,
+    peer: `cp ${secs(o.cp)} (${mibs(o.cp)})`,
+    ratio: `${r1.toFixed(2)}x`,
+    target: '>= 0.50x',
+    result: verdict(r1 >= 0.5),
+    value: r1,
+  });
   const r2 = o.cpSync / o.opc;
-  add({ measurement: `OPC ${SIZE_TEXT} vs cp + fsync (durable, like OPC)`, arraylab: `${secs(o.opc)} (${mibs(o.opc)})`, peer: `cp+fsync ${secs(o.cpSync)} (${mibs(o.cpSync)})`, ratio: `${r2.toFixed(2)}x`, target: '>= 0.50x', result: verdict(r2 >= 0.5), value: r2 });
+  add({
+    measurement: `OPC ${SIZE_TEXT} vs cp + fsync (durable, like OPC)`,
+    arraylab: `${secs(o.opc)} (${mibs(o.opc)})`,
+    peer: `cp+fsync ${secs(o.cpSync)} (${mibs(o.cpSync)})`,
+    ratio: `${r2.toFixed(2)}x`,
+    target: '>= 0.50x',
+    result: verdict(r2 >= 0.5),
+    value: r2,
+  });
 }
 if (results.quickopc) {
   const q = results.quickopc;
   const r = q.recopy / q.full;
-  add({ measurement: `QuickOPC re-copy after 1% (${q.changedTarget} units) changed`, arraylab: `re-copy ${secs(q.recopy)}`, peer: `full copy ${secs(q.full)}`, ratio: `${(r * 100).toFixed(1)}%`, target: '<= 3%', result: verdict(r <= 0.03), value: r });
+  add({
+    measurement: `QuickOPC re-copy after 1% (${q.changedTarget} units) changed`,
+    arraylab: `re-copy ${secs(q.recopy)}`,
+    peer: `full copy ${secs(q.full)}`,
+    ratio: `${(r * 100).toFixed(1)}%`,
+    target: '<= 3%',
+    result: verdict(r <= 0.03),
+    value: r,
+  });
 }
 if (results.iops) {
   const i = results.iops;
   const rs = i.snap / i.none;
-  add({ measurement: '4k randwrite QD16, SnapOPC+ gen (fresh: COW on 1st write/unit)', arraylab: `${Math.round(i.snap)} IOPS`, peer: `no session ${Math.round(i.none)} IOPS`, ratio: `${rs.toFixed(2)}x`, target: '>= 0.50x', result: verdict(rs >= 0.5), value: rs });
+  add({
+    measurement: '4k randwrite QD16, SnapOPC+ gen (fresh: COW on 1st write/unit)',
+    arraylab: `${Math.round(i.snap)} IOPS`,
+    peer: `no session ${Math.round(i.none)} IOPS`,
+    ratio: `${rs.toFixed(2)}x`,
+    target: '>= 0.50x',
+    result: verdict(rs >= 0.5),
+    value: rs,
+  });
   const re = i.ec / i.none;
-  add({ measurement: '4k randwrite QD16, EC equivalent (mirrored)', arraylab: `${Math.round(i.ec)} IOPS`, peer: `no session ${Math.round(i.none)} IOPS`, ratio: `${re.toFixed(2)}x`, target: '>= 0.50x', result: verdict(re >= 0.5), value: re });
+  add({
+    measurement: '4k randwrite QD16, EC equivalent (mirrored)',
+    arraylab: `${Math.round(i.ec)} IOPS`,
+    peer: `no session ${Math.round(i.none)} IOPS`,
+    ratio: `${re.toFixed(2)}x`,
+    target: '>= 0.50x',
+    result: verdict(re >= 0.5),
+    value: re,
+  });
 }
 if (results.rss) {
   const m = results.rss;
-  add({ measurement: `RSS, ${m.sessions} sessions on 200 thin 10 GiB volumes`, arraylab: `${m.after.rssMB.toFixed(1)} MB`, peer: `no sessions ${m.volumesOnly.rssMB.toFixed(1)} MB`, ratio: `+${(m.after.rssMB - m.volumesOnly.rssMB).toFixed(1)} MB`, target: '<= 200 MB', result: verdict(m.after.rssMB <= 200), value: m.after.rssMB });
+  add({
+    measurement: `RSS, ${m.sessions} sessions on 200 thin 10 GiB volumes`,
+    arraylab: `${m.after.rssMB.toFixed(1)} MB`,
+    peer: `no sessions ${m.volumesOnly.rssMB.toFixed(1)} MB`,
+    ratio: `+${(m.after.rssMB - m.volumesOnly.rssMB).toFixed(1)} MB`,
+    target: '<= 200 MB',
+    result: verdict(m.after.rssMB <= 200),
+    value: m.after.rssMB,
+  });
 }
 
 const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
 const line = (r) => `| ${r.map((c, i) => c.padEnd(widths[i])).join(' | ')} |`;
-const scope = ONLY.filter((p) => p !== 'rss').length ? `median of ${REPS} interleaved runs each; ${SIZE_TEXT} volumes (64 KiB copy units)${ONLY.includes('iops') ? `; fio ${RUNTIME} s runs, nbd engine, one connection` : ''}` : 'one server';
+const scope = ONLY.filter((p) => p !== 'rss').length
+  ? `median of ${REPS} interleaved runs each; ${SIZE_TEXT} volumes (64 KiB copy units)${ONLY.includes('iops') ? `; fio ${RUNTIME} s runs, nbd engine, one connection` : ''}`
+  : 'one server';
 console.log(`\nCopy-engine benchmark: ${scope}; load average ${load.start.toFixed(1)} at the start, ${load.end.toFixed(1)} at the end`);
 console.log(line(rows[0]));
 console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
@@ -542,20 +632,29 @@ for (const r of rows.slice(1)) console.log(line(r));
 
 const details = [];
 if (dropWorks) details.push('page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before every timed cp, OPC and QuickOPC run');
-if (results.opc) details.push(`OPC: from StartCopy to the 'completed' event (WatchCopies); cp --sparse=never of the source's data file; samples OPC ${results.opc.samples.opc.map(secs).join(', ')}; cp ${results.opc.samples.cp.map(secs).join(', ')}; cp+fsync ${results.opc.samples.cpSync.map(secs).join(', ')}`);
+if (results.opc)
+  details.push(
+    `OPC: from StartCopy to the 'completed' event (WatchCopies); cp --sparse=never of the source's data file; samples OPC ${results.opc.samples.opc.map(secs).join(', ')}; cp ${results.opc.samples.cp.map(secs).join(', ')}; cp+fsync ${results.opc.samples.cpSync.map(secs).join(', ')}`,
+  );
 if (results.quickopc) {
   const q = results.quickopc;
-  details.push(`QuickOPC: full copy until 'tracking' ${q.samples.full.map(secs).join(', ')}; re-copy ${q.samples.recopy.map(secs).join(', ')} of ${q.samples.changedUnits.join(', ')} changed units (fio randwrite bs=64k, ${q.changedTarget} of ${q.units} units)`);
+  details.push(
+    `QuickOPC: full copy until 'tracking' ${q.samples.full.map(secs).join(', ')}; re-copy ${q.samples.recopy.map(secs).join(', ')} of ${q.samples.changedUnits.join(', ')} changed units (fio randwrite bs=64k, ${q.changedTarget} of ${q.units} units)`,
+  );
 }
 if (results.iops) {
   const i = results.iops;
-  details.push(`IOPS samples: none ${i.samples.none.map(Math.round).join(', ')}; SnapOPC+ ${i.samples.snap.map(Math.round).join(', ')}; EC ${i.samples.ec.map(Math.round).join(', ')}`);
+  details.push(
+    `IOPS samples: none ${i.samples.none.map(Math.round).join(', ')}; SnapOPC+ ${i.samples.snap.map(Math.round).join(', ')}; EC ${i.samples.ec.map(Math.round).join(', ')}`,
+  );
   details.push(
     `SnapOPC+: a new generation (the previous one cancelled) before each run, so it measures the realistic case of a fresh snapshot: ` +
       `the first write to each 64 KiB unit pays a copy-on-write. Median ${i.snapSavedUnits} of ${i.units} units saved by ${i.snapWrites} writes ` +
       `(${((100 * i.snapSavedUnits) / i.snapWrites).toFixed(0)}% of the writes paid a copy-on-write)`,
   );
-  details.push(`EC: pair equivalent for every run (initial copy ${i.ecInitialS.toFixed(1)} s); every write mirrored; a host flush before each run clears the write intent, so the first write to each unit after it pays a journal commit`);
+  details.push(
+    `EC: pair equivalent for every run (initial copy ${i.ecInitialS.toFixed(1)} s); every write mirrored; a host flush before each run clears the write intent, so the first write to each unit after it pays a journal commit`,
+  );
 }
 if (results.rss) {
   const m = results.rss;
@@ -563,7 +662,9 @@ if (results.rss) {
     `RSS: VmRSS of the server: ${m.volumesOnly.rssMB.toFixed(1)} MB with 200 volumes and no session; ${m.sessionsOnly.rssMB.toFixed(1)} MB after starting ` +
       `${RSS_MIX.quickopc} QuickOPC (rate 0: copying, no background copy), ${RSS_MIX.ec} EC (rate 0: copying, full diff bitmap), ${RSS_MIX.snapopcplus} SnapOPC+ generations ` +
       `(one per source); ${m.after.rssMB.toFixed(1)} MB (peak ${m.after.peakMB.toFixed(1)} MB) after ${m.writes} host writes of 64 KiB spread over the sources ` +
-      `(copy-on-write, tracking, mirroring), clients disconnected. States: ${Object.entries(m.states).map(([k, v]) => `${v} ${k}`).join(', ')}`,
+      `(copy-on-write, tracking, mirroring), clients disconnected. States: ${Object.entries(m.states)
+        .map(([k, v]) => `${v} ${k}`)
+        .join(', ')}`,
   );
 }
 for (const n of notes) details.push(`note: ${n}`);

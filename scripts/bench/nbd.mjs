@@ -144,7 +144,10 @@ async function startArraylab(extraVolumes = [], cliPath = cli) {
   let line;
   for (let i = 0; i < 400 && !line; i++) {
     if (child.exitCode !== null) throw new Error(`arraylab exited early:\n${child.output()}`);
-    line = child.output().split('\n').find((l) => l.startsWith('{') && l.includes('"nbd"'));
+    line = child
+      .output()
+      .split('\n')
+      .find((l) => l.startsWith('{') && l.includes('"nbd"'));
     if (!line) await sleep(50);
   }
   if (!line) throw new Error(`arraylab did not report its listeners:\n${child.output()}`);
@@ -165,7 +168,11 @@ async function startQemuNbd() {
   const file = join(work, 'qemu-nbd.img');
   execFileSync('truncate', ['-s', String(SIZE), file]);
   const port = await freePort();
-  const child = start('qemu-nbd', ['-f', 'raw', '--cache=writeback', '--aio=threads', '-t', '-e', '32', '-b', '127.0.0.1', '-p', String(port), '-x', '', file], 'qemu-nbd');
+  const child = start(
+    'qemu-nbd',
+    ['-f', 'raw', '--cache=writeback', '--aio=threads', '-t', '-e', '32', '-b', '127.0.0.1', '-p', String(port), '-x', '', file],
+    'qemu-nbd',
+  );
   await waitForPort(port, child, 'qemu-nbd');
   return { child, uri: () => `nbd://127.0.0.1:${port}/` };
 }
@@ -184,7 +191,16 @@ function prefill(uri) {
 }
 
 function measure(uri, t) {
-  const j = fio(uri, [`--rw=${t.rw}`, `--bs=${t.bs}`, `--iodepth=${t.iodepth}`, `--runtime=${RUNTIME}`, '--time_based', '--ramp_time=1', '--norandommap', '--randrepeat=0']);
+  const j = fio(uri, [
+    `--rw=${t.rw}`,
+    `--bs=${t.bs}`,
+    `--iodepth=${t.iodepth}`,
+    `--runtime=${RUNTIME}`,
+    '--time_based',
+    '--ramp_time=1',
+    '--norandommap',
+    '--randrepeat=0',
+  ]);
   const job = j.jobs[0];
   const side = t.rw.includes('read') ? job.read : job.write;
   if (job.error) throw new Error(`fio error ${job.error}`);
@@ -233,17 +249,30 @@ try {
 const fmt = (v, metric) => (v === undefined ? '-' : metric === 'iops' ? `${Math.round(v)} IOPS` : `${v.toFixed(0)} MiB/s`);
 const ratio = (a, b) => (a === undefined || b === undefined ? '-' : `${(a / b).toFixed(2)}x`);
 const withBaseline = ONLY.includes('baseline');
-const rows = [['test', 'arraylab', ...(withBaseline ? ['baseline'] : []), 'nbdkit', 'qemu-nbd', ...(withBaseline ? ['vs baseline'] : []), 'vs nbdkit', 'vs qemu-nbd']];
+const rows = [
+  ['test', 'arraylab', ...(withBaseline ? ['baseline'] : []), 'nbdkit', 'qemu-nbd', ...(withBaseline ? ['vs baseline'] : []), 'vs nbdkit', 'vs qemu-nbd'],
+];
 for (const t of TESTS) {
   const a = results.arraylab?.[t.name];
   const b = results.baseline?.[t.name];
   const k = results.nbdkit?.[t.name];
   const q = results['qemu-nbd']?.[t.name];
-  rows.push([t.name, fmt(a, t.metric), ...(withBaseline ? [fmt(b, t.metric)] : []), fmt(k, t.metric), fmt(q, t.metric), ...(withBaseline ? [ratio(a, b)] : []), ratio(a, k), ratio(a, q)]);
+  rows.push([
+    t.name,
+    fmt(a, t.metric),
+    ...(withBaseline ? [fmt(b, t.metric)] : []),
+    fmt(k, t.metric),
+    fmt(q, t.metric),
+    ...(withBaseline ? [ratio(a, b)] : []),
+    ratio(a, k),
+    ratio(a, q),
+  ]);
 }
 const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
 const line = (r) => `| ${r.map((c, i) => c.padEnd(widths[i])).join(' | ')} |`;
-console.log(`\nNBD benchmark: fio nbd engine, one job, one connection; median of ${REPS} runs of ${RUNTIME} s per test and peer, interleaved; ${SIZE_GIB} GiB backing, prefilled`);
+console.log(
+  `\nNBD benchmark: fio nbd engine, one job, one connection; median of ${REPS} runs of ${RUNTIME} s per test and peer, interleaved; ${SIZE_GIB} GiB backing, prefilled`,
+);
 if (withBaseline) console.log(`baseline: the arraylab built in ${BASELINE}`);
 console.log(line(rows[0]));
 console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
@@ -281,7 +310,9 @@ sys.stdin.readline()
     const kb = (key) => Number(status.match(new RegExp(`${key}:\\s+(\\d+)`))[1]);
     memory = { rssMB: (kb('VmRSS') * 1024) / 1e6, peakRssMB: (kb('VmHWM') * 1024) / 1e6, volumes: 100, clients: 16 };
     py.stdin.end('\n');
-    console.log(`\nMemory: RSS ${memory.rssMB.toFixed(1)} MB (peak ${memory.peakRssMB.toFixed(1)} MB) with 100 thin 10 GiB volumes and 16 connected clients (target <= 150 MB)`);
+    console.log(
+      `\nMemory: RSS ${memory.rssMB.toFixed(1)} MB (peak ${memory.peakRssMB.toFixed(1)} MB) with 100 thin 10 GiB volumes and 16 connected clients (target <= 150 MB)`,
+    );
   } finally {
     await stop(peer.child);
   }

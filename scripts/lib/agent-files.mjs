@@ -35,13 +35,20 @@ function fail(message) {
 /** The compiled .js of each source of a TypeScript project, as its tsconfig.json says. */
 function compiledFiles(project) {
   const configPath = join(REPO, project, 'tsconfig.json');
-  const parsed = ts.getParsedCommandLineOfConfigFile(configPath, {}, { ...ts.sys, onUnRecoverableConfigFileDiagnostic: (d) => fail(ts.flattenDiagnosticMessageText(d.messageText, '\n')) });
+  const parsed = ts.getParsedCommandLineOfConfigFile(
+    configPath,
+    {},
+    { ...ts.sys, onUnRecoverableConfigFileDiagnostic: (d) => fail(ts.flattenDiagnosticMessageText(d.messageText, '\n')) },
+  );
   if (!parsed) fail(`cannot read ${configPath}`);
   const { rootDir, outDir } = parsed.options;
   const out = [];
   for (const src of parsed.fileNames) {
     if (/\.d\.[cm]?ts$/.test(src)) continue;
-    const js = join(outDir, relative(rootDir, src)).replace(/\.ts$/, '.js').replace(/\.mts$/, '.mjs').replace(/\.cts$/, '.cjs');
+    const js = join(outDir, relative(rootDir, src))
+      .replace(/\.ts$/, '.js')
+      .replace(/\.mts$/, '.mjs')
+      .replace(/\.cts$/, '.cjs');
     if (!existsSync(js)) fail(`${relative(REPO, js)} is not built (from ${relative(REPO, src)}); run: npx tsc -b ${project}`);
     out.push({ project, src: js, rel: join(project, relative(outDir, js)) });
   }

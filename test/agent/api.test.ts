@@ -63,15 +63,46 @@ const core: AgentCore = {
     const report: BackupReport = {
       ok: false,
       volumes: [
-        { volume: volumes[0]!, ok: true, generation: gen, hooks: [{ phase: 'backup-pre', script: '/h/backup-pre', verdict: 'ok', exitCode: 0, signal: null, durationMs: 3, output: '', message: 'ok' }] },
-        { volume: volumes[1]!, ok: false, error: 'lock failed', hooks: [{ phase: 'backup-pre', script: '/h/backup-pre', verdict: 'timeout', exitCode: null, signal: 'SIGKILL', durationMs: 2000, output: 'x', message: 'timed out' }], needsResourceMatch: 'pre-processing failed' },
+        {
+          volume: volumes[0]!,
+          ok: true,
+          generation: gen,
+          hooks: [{ phase: 'backup-pre', script: '/h/backup-pre', verdict: 'ok', exitCode: 0, signal: null, durationMs: 3, output: '', message: 'ok' }],
+        },
+        {
+          volume: volumes[1]!,
+          ok: false,
+          error: 'lock failed',
+          hooks: [
+            {
+              phase: 'backup-pre',
+              script: '/h/backup-pre',
+              verdict: 'timeout',
+              exitCode: null,
+              signal: 'SIGKILL',
+              durationMs: 2000,
+              output: 'x',
+              message: 'timed out',
+            },
+          ],
+          needsResourceMatch: 'pre-processing failed',
+        },
       ],
     };
     return report;
   },
   async startSync(volume, opts) {
     calls.push(['startSync', [volume, { ...opts, onProgress: typeof opts?.onProgress }]]);
-    return { transactionVolume: volume, backupVolume: 'bv2', sessionId: 's2', state: 'copying', copiedPercent: 12.5, start: 'resume', unitsToCopy: 3, totalUnits: 16 };
+    return {
+      transactionVolume: volume,
+      backupVolume: 'bv2',
+      sessionId: 's2',
+      state: 'copying',
+      copiedPercent: 12.5,
+      start: 'resume',
+      unitsToCopy: 3,
+      totalUnits: 16,
+    };
   },
   async cancelSync(volume) {
     throw new AgentError('FAILED_PRECONDITION', `${volume} has no sync pair; start one with arraylab-agent start-sync ${volume}`);
@@ -81,7 +112,16 @@ const core: AgentCore = {
     return { volume, target: opts?.to ?? volume, generation: gen, from: opts?.fromTape ? 'tape' : 'disk', method: 'array-opc', hooks: [], notes: ['a note'] };
   },
   async history() {
-    return [gen, { ...gen, generation: 0, number: 6, status: 'released', tape: { cartridge: 'T1', record: 2, sha256: 'ab', at: 'then', pointInTime: 'before', status: 'ok', error: '' } }];
+    return [
+      gen,
+      {
+        ...gen,
+        generation: 0,
+        number: 6,
+        status: 'released',
+        tape: { cartridge: 'T1', record: 2, sha256: 'ab', at: 'then', pointInTime: 'before', status: 'ok', error: '' },
+      },
+    ];
   },
   async status() {
     return {
@@ -104,7 +144,18 @@ const core: AgentCore = {
         },
       ],
       backupVolumes: [],
-      outstandingLocks: [{ volume: 'tv1', role: 'transaction', device: '/dev/loop1', action: 'frozen', mounts: [{ mountPoint: '/mnt', fsType: 'ext4', source: '/dev/loop1', mountOptions: 'rw', superOptions: 'rw' }], freezeGuardPid: 42, thawDeadline: 'soon', at: 'now' }],
+      outstandingLocks: [
+        {
+          volume: 'tv1',
+          role: 'transaction',
+          device: '/dev/loop1',
+          action: 'frozen',
+          mounts: [{ mountPoint: '/mnt', fsType: 'ext4', source: '/dev/loop1', mountOptions: 'rw', superOptions: 'rw' }],
+          freezeGuardPid: 42,
+          thawDeadline: 'soon',
+          at: 'now',
+        },
+      ],
     };
   },
   async devices() {
@@ -141,7 +192,15 @@ describe('AgentService', () => {
     const c = new AgentClient(`127.0.0.1:${port}`, { token: TOKEN });
     calls.length = 0;
     const rec = await c.registerTransaction('tv1', { lock: 'freeze', generations: 3, defaultType: 'snapopcplus' });
-    expect(rec).toMatchObject({ volume: 'tv1', lock: 'freeze', generations: 3, defaultType: 'snapopcplus', flushOnly: false, warnings: ['no block device of tv1 was found on this host'], notes: [] });
+    expect(rec).toMatchObject({
+      volume: 'tv1',
+      lock: 'freeze',
+      generations: 3,
+      defaultType: 'snapopcplus',
+      flushOnly: false,
+      warnings: ['no block device of tv1 was found on this host'],
+      notes: [],
+    });
     expect(calls[0]).toEqual(['registerTransaction', ['tv1', { lock: 'freeze', generations: 3, defaultType: 'snapopcplus' }]]);
     // resync-after-backup: absent leaves the registration as it is; given, it passes.
     await c.registerTransaction('tv1', { lock: 'none', resyncAfterBackup: true });
@@ -152,7 +211,16 @@ describe('AgentService', () => {
     expect(st.transactionVolumes[0]!.sync).toBeNull();
     expect(st.transactionVolumes[0]).toMatchObject({ resyncAfterBackup: true, unhealthy: [expect.stringMatching(/lost/)] });
     const sync = await c.startSync('tv1', { full: true, wait: true, rateMiBs: 0 });
-    expect(sync).toEqual({ transactionVolume: 'tv1', backupVolume: 'bv2', sessionId: 's2', state: 'copying', copiedPercent: 12.5, start: 'resume', unitsToCopy: 3, totalUnits: 16 });
+    expect(sync).toEqual({
+      transactionVolume: 'tv1',
+      backupVolume: 'bv2',
+      sessionId: 's2',
+      state: 'copying',
+      copiedPercent: 12.5,
+      start: 'resume',
+      unitsToCopy: 3,
+      totalUnits: 16,
+    });
     expect(calls.at(-1)).toEqual(['startSync', ['tv1', { full: true, wait: true, rateMiBs: 0, onProgress: 'function' }]]);
     await c.startSync('tv1');
     expect(calls.at(-1)).toEqual(['startSync', ['tv1', { full: false, wait: false, onProgress: 'function' }]]);
@@ -169,8 +237,21 @@ describe('AgentService', () => {
   it('streams progress before the result, and keeps per-volume failures and hook results', async () => {
     const c = new AgentClient(`127.0.0.1:${port}`, { token: TOKEN });
     const seen: unknown[] = [];
-    const report = await c.backup(['tv1', 'tv2'], { type: 'quickopc', to: 'both', completeAfter: 'disk', resync: false, waitEquivalentSeconds: 2.5, onProgress: (p) => seen.push(p) });
-    expect(calls.at(-1)).toEqual(['backup', [['tv1', 'tv2'], { type: 'quickopc', flushOnly: false, to: 'both', completeAfter: 'disk', resync: false, waitEquivalentSeconds: 2.5, onProgress: 'function' }]]);
+    const report = await c.backup(['tv1', 'tv2'], {
+      type: 'quickopc',
+      to: 'both',
+      completeAfter: 'disk',
+      resync: false,
+      waitEquivalentSeconds: 2.5,
+      onProgress: (p) => seen.push(p),
+    });
+    expect(calls.at(-1)).toEqual([
+      'backup',
+      [
+        ['tv1', 'tv2'],
+        { type: 'quickopc', flushOnly: false, to: 'both', completeAfter: 'disk', resync: false, waitEquivalentSeconds: 2.5, onProgress: 'function' },
+      ],
+    ]);
     expect(seen).toEqual([{ volume: 'tv1', step: 'copy', message: 'copying', doneBytes: 5, totalBytes: 10 }]);
     expect(report.ok).toBe(false);
     expect(report.volumes[0]).toMatchObject({ ok: true, generation: { number: 7, prep: 'freeze' } });
@@ -187,7 +268,10 @@ describe('AgentService', () => {
 
   it("keeps an agent error's code and message", async () => {
     const c = new AgentClient(`127.0.0.1:${port}`, { token: TOKEN });
-    await expect(c.registerTransaction('missing')).rejects.toMatchObject({ code: 'NOT_FOUND', message: 'no volume named missing on the array; create it first' });
+    await expect(c.registerTransaction('missing')).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+      message: 'no volume named missing on the array; create it first',
+    });
     await expect(c.cancelSync('tv1')).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', message: expect.stringMatching(/start-sync tv1$/) });
     await c.close();
   });
@@ -202,7 +286,27 @@ describe('AgentService', () => {
     const openssl = requireTool('openssl');
     const dir = mkdtempSync(join(tmpdir(), 'agent-tls-'));
     try {
-      execFileSync(openssl, ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
+      execFileSync(
+        openssl,
+        [
+          'req',
+          '-x509',
+          '-newkey',
+          'rsa:2048',
+          '-nodes',
+          '-days',
+          '1',
+          '-subj',
+          '/CN=127.0.0.1',
+          '-addext',
+          'subjectAltName=IP:127.0.0.1',
+          '-keyout',
+          join(dir, 'key.pem'),
+          '-out',
+          join(dir, 'cert.pem'),
+        ],
+        { stdio: 'ignore' },
+      );
       const cert = readFileSync(join(dir, 'cert.pem'));
       const tls = new AgentApiServer({ core, doctor: async () => [], token: TOKEN, log, tls: { cert, key: readFileSync(join(dir, 'key.pem')) } });
       const tlsPort = await tls.listen('127.0.0.1', 0);

@@ -37,9 +37,18 @@ const remote = () => ['--agent', agentAddress, '--token-file', join(stateDir, 'a
 
 beforeAll(async () => {
   lab = await startArraylab();
-  for (const [name, size] of [['tv', '16MiB'], ['bv1', '16MiB'], ['bv2', '16MiB']] as const) await lab.cli(['volume', 'create', name, '--size', size]);
+  for (const [name, size] of [
+    ['tv', '16MiB'],
+    ['bv1', '16MiB'],
+    ['bv2', '16MiB'],
+  ] as const)
+    await lab.cli(['volume', 'create', name, '--size', size]);
   stateDir = makeTempDir('agent-serve-');
-  daemon = spawn(process.execPath, [AGENT_CLI, 'serve', '--listen', '127.0.0.1:0', '--array', lab.apiAddress, '--state-dir', stateDir, '--json', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  daemon = spawn(
+    process.execPath,
+    [AGENT_CLI, 'serve', '--listen', '127.0.0.1:0', '--array', lab.apiAddress, '--state-dir', stateDir, '--json', '--log-level', 'warn'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   exited = new Promise((resolve) => daemon.once('exit', (code) => resolve(code)));
   let errText = '';
   daemon.stderr!.on('data', (d) => (errText += d));

@@ -121,8 +121,16 @@ describe('ArrayApiServer and ArrayClient', () => {
     await client.createVolume({ name: 'a', sizeBytes: MiB, description: 'first' });
     await client.createVolume({ name: 'b', sizeBytes: 2 * MiB });
     array.connections = [
-      { volume: 'a', openedAt: '2025-01-01T00:00:01.000Z', client: { protocol: 'nbd', connectionId: 'nbd-1', remoteAddress: '127.0.0.1:5000', readOnly: false } },
-      { volume: 'a', openedAt: '2025-01-01T00:00:02.000Z', client: { protocol: 'iscsi', connectionId: 'iscsi-1', remoteAddress: '10.0.0.1:4000', initiator: 'iqn.x', readOnly: true } },
+      {
+        volume: 'a',
+        openedAt: '2025-01-01T00:00:01.000Z',
+        client: { protocol: 'nbd', connectionId: 'nbd-1', remoteAddress: '127.0.0.1:5000', readOnly: false },
+      },
+      {
+        volume: 'a',
+        openedAt: '2025-01-01T00:00:02.000Z',
+        client: { protocol: 'iscsi', connectionId: 'iscsi-1', remoteAddress: '10.0.0.1:4000', initiator: 'iqn.x', readOnly: true },
+      },
     ];
     expect(await client.listExports()).toEqual([
       {
@@ -133,7 +141,14 @@ describe('ArrayApiServer and ArrayClient', () => {
         readOnly: false,
         connections: [
           { connectionId: 'nbd-1', protocol: 'nbd', remoteAddress: '127.0.0.1:5000', initiator: '', readOnly: false, openedAt: '2025-01-01T00:00:01.000Z' },
-          { connectionId: 'iscsi-1', protocol: 'iscsi', remoteAddress: '10.0.0.1:4000', initiator: 'iqn.x', readOnly: true, openedAt: '2025-01-01T00:00:02.000Z' },
+          {
+            connectionId: 'iscsi-1',
+            protocol: 'iscsi',
+            remoteAddress: '10.0.0.1:4000',
+            initiator: 'iqn.x',
+            readOnly: true,
+            openedAt: '2025-01-01T00:00:02.000Z',
+          },
         ],
       },
       { name: 'b', description: '', sizeBytes: 2 * MiB, blockSize: 512, readOnly: false, connections: [] },

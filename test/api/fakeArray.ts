@@ -67,7 +67,8 @@ export class FakeArray implements ArrayControl {
   async setVolumeAllocLimit(name: string, limitBytes: number | null): Promise<VolumeInfo> {
     this.check();
     const v = this.getVolume(name);
-    if (limitBytes !== null && limitBytes > v.sizeBytes) throw new ArrayError('INVALID_ARGUMENT', `allocation limit of volume ${name} is larger than its size; give at most ${v.sizeBytes} bytes`);
+    if (limitBytes !== null && limitBytes > v.sizeBytes)
+      throw new ArrayError('INVALID_ARGUMENT', `allocation limit of volume ${name} is larger than its size; give at most ${v.sizeBytes} bytes`);
     this.volumes.set(name, { ...v, allocLimitBytes: limitBytes });
     return this.getVolume(name);
   }

@@ -57,8 +57,10 @@ describe('ArrayService UpdateVolume and RenameVolume', () => {
     const Raw = arrayServiceClientConstructor();
     const raw = new Raw(address, grpc.credentials.createInsecure());
     const wire = await new Promise<Record<string, unknown>>((resolve, reject) =>
-      (raw as unknown as Record<string, (req: unknown, cb: (e: Error | null, r: Record<string, unknown>) => void) => void>).GetVolume!.call(raw, { name: 'plain' }, (e, r) =>
-        e ? reject(e) : resolve(r),
+      (raw as unknown as Record<string, (req: unknown, cb: (e: Error | null, r: Record<string, unknown>) => void) => void>).GetVolume!.call(
+        raw,
+        { name: 'plain' },
+        (e, r) => (e ? reject(e) : resolve(r)),
       ),
     );
     raw.close();
@@ -73,7 +75,7 @@ describe('ArrayService UpdateVolume and RenameVolume', () => {
     const err = await client.setVolumeAllocLimit('v', 16 * MiB).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ApiError);
     expect((err as ApiError).code).toBe('INVALID_ARGUMENT');
-    expect((await client.setVolumeAllocLimit('nope', MiB).catch((e: ApiError) => e.code))).toBe('NOT_FOUND');
+    expect(await client.setVolumeAllocLimit('nope', MiB).catch((e: ApiError) => e.code)).toBe('NOT_FOUND');
   });
 
   it('RenameVolume passes the new name and the new-identity flag', async () => {
@@ -83,6 +85,9 @@ describe('ArrayService UpdateVolume and RenameVolume', () => {
     const fresh = await client.renameVolume('b', 'c', { newIdentity: true });
     expect(fresh).toMatchObject({ name: 'c', serial: 'AL0002' });
     await client.createVolume({ name: 'd', sizeBytes: MiB });
-    expect(await client.renameVolume('c', 'd').catch((e: ApiError) => [e.code, e.message])).toEqual(['ALREADY_EXISTS', 'volume d already exists; choose another name']);
+    expect(await client.renameVolume('c', 'd').catch((e: ApiError) => [e.code, e.message])).toEqual([
+      'ALREADY_EXISTS',
+      'volume d already exists; choose another name',
+    ]);
   });
 });

@@ -93,7 +93,9 @@ describe.each(['memory', 'file'] as const)('StorageArray allocation limit (%s ba
     const big = await failure(a.createVolume({ name: 'b', sizeBytes: MiB, allocLimitBytes: 2 * MiB }), ArrayError);
     expect(big.message).toBe('allocation limit 2 MiB of volume b is larger than its size (1 MiB); give at most 1048576 bytes, or none for no limit');
     const odd = await failure(a.createVolume({ name: 'o', sizeBytes: MiB, blockSize: 4096, allocLimitBytes: 5000 }), ArrayError);
-    expect(odd.message).toBe('invalid allocation limit 5000 bytes for volume o: not a multiple of the 4096-byte block size; the nearest valid limits are 4096 or 8192 bytes');
+    expect(odd.message).toBe(
+      'invalid allocation limit 5000 bytes for volume o: not a multiple of the 4096-byte block size; the nearest valid limits are 4096 or 8192 bytes',
+    );
     const zero = await failure(a.createVolume({ name: 'z', sizeBytes: MiB, allocLimitBytes: 0 }), ArrayError);
     expect(zero.message).toMatch(/^invalid allocation limit 0 for volume z: give a positive size/);
     expect(a.listVolumes()).toEqual([]);

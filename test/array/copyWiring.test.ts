@@ -127,7 +127,16 @@ describe('StorageArray owns the copy engine (file backend)', () => {
 
     a = await fileArray(dir);
     const after = a.getCopy(info.id);
-    expect(after).toMatchObject({ id: info.id, type: 'opc', state: 'copying', copiedBlocks: 6, totalBlocks: 64, rate: 0, group: 'g1', createdAt: info.createdAt });
+    expect(after).toMatchObject({
+      id: info.id,
+      type: 'opc',
+      state: 'copying',
+      copiedBlocks: 6,
+      totalBlocks: 64,
+      rate: 0,
+      group: 'g1',
+      createdAt: info.createdAt,
+    });
     const d = dev(a, 'dst', true);
     expect((await readAll(d.device)).equals(image(7))).toBe(true);
     d.close();
@@ -185,7 +194,9 @@ describe('StorageArray owns the copy engine (file backend)', () => {
     for (const name of ['src', 'dst']) {
       const err = await arrayError(a.deleteVolume(name));
       expect(err.code).toBe('FAILED_PRECONDITION');
-      expect(err.message).toMatch(new RegExp(`^cannot delete volume ${name}: volume ${name} is in copy session ${info.id} \\(opc, copying\\); cancel the session first$`));
+      expect(err.message).toMatch(
+        new RegExp(`^cannot delete volume ${name}: volume ${name} is in copy session ${info.id} \\(opc, copying\\); cancel the session first$`),
+      );
     }
     expect(a.getVolume('dst').name).toBe('dst');
     await a.cancelCopy(info.id);

@@ -78,7 +78,9 @@ describe('iSCSI names', () => {
       }
       throw new Error(`${String(name)} was accepted`);
     };
-    expect(reason('web1')).toBe('"web1" is not an iSCSI name; use iqn.YYYY-MM.reversed.domain[:name] (e.g. iqn.1994-05.com.redhat:web1), eui. and 16 hex digits, or naa. and 16 or 32 hex digits');
+    expect(reason('web1')).toBe(
+      '"web1" is not an iSCSI name; use iqn.YYYY-MM.reversed.domain[:name] (e.g. iqn.1994-05.com.redhat:web1), eui. and 16 hex digits, or naa. and 16 or 32 hex digits',
+    );
     expect(reason('iqn.com.redhat:web1')).toMatch(/^"iqn.com.redhat:web1" is not an iqn. name: it needs a date YYYY-MM after "iqn."; use iqn\./);
     expect(reason('iqn.1994-13.com.redhat:x')).toMatch(/month 13 is not 01 to 12; use/);
     expect(reason('iqn.1994-05.com.redhat:web_1')).toMatch(/only letters, digits, '.', '-' and ':' may follow the date/);
@@ -213,7 +215,10 @@ describe('hosts', () => {
     expect(a.hosts.listHosts().map((h) => h.name)).toEqual(['web']); // nothing half-made
 
     e = refusal(() => a.hosts.mapVolume('web', 'v1', 3));
-    expect(e).toMatchObject({ code: 'ALREADY_EXISTS', message: 'LUN 3 of host web already maps volume v0; choose another --lun, or leave --lun out for the lowest free one' });
+    expect(e).toMatchObject({
+      code: 'ALREADY_EXISTS',
+      message: 'LUN 3 of host web already maps volume v0; choose another --lun, or leave --lun out for the lowest free one',
+    });
     e = refusal(() => a.hosts.mapVolume('web', 'v0', 4));
     expect(e).toMatchObject({
       code: 'ALREADY_EXISTS',
@@ -271,7 +276,10 @@ describe('hosts', () => {
       code: 'FAILED_PRECONDITION',
       message: `cannot remove ${WEB2} from host web: it is the host's only initiator; add another first, or remove the host with "arraylab host remove web"`,
     });
-    expect(refusal(() => a.hosts.removeInitiator('web', WEB1))).toMatchObject({ code: 'NOT_FOUND', message: `host web has no initiator "${WEB1}"; its initiators are ${WEB2}` });
+    expect(refusal(() => a.hosts.removeInitiator('web', WEB1))).toMatchObject({
+      code: 'NOT_FOUND',
+      message: `host web has no initiator "${WEB1}"; its initiators are ${WEB2}`,
+    });
   });
 
   it('drops a deleted volume from every LUN map and follows renames by UUID', async () => {
@@ -427,7 +435,9 @@ describe('persistence', () => {
       expect(db.listVolumes().map((v) => v.name)).toEqual(['old']);
       expect(db.arrayId).toMatch(/^[0-9a-f]{12}$/);
       const tables = db.sqlite.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as Array<{ name: string }>;
-      expect(tables.map((t) => t.name)).toEqual(expect.arrayContaining(['hosts', 'host_initiators', 'host_luns', 'default_luns', 'scsi_reservations', 'array_properties']));
+      expect(tables.map((t) => t.name)).toEqual(
+        expect.arrayContaining(['hosts', 'host_initiators', 'host_luns', 'default_luns', 'scsi_reservations', 'array_properties']),
+      );
       // The schema's own checks back HostAffinity's: LUN range, one volume per host, real volumes only.
       db.sqlite.exec("INSERT INTO hosts (name, created_at) VALUES ('h', 'now')");
       const map = db.sqlite.prepare('INSERT INTO host_luns (host_id, lun, volume_uuid) VALUES (1, ?, ?)');

@@ -41,7 +41,16 @@ class RecordingTarget implements IscsiTargetLike {
     this.changes++;
   }
   sessions() {
-    return [{ initiatorName: WEB.toUpperCase(), isid: '400001370000', tsih: 1, connections: 1, remoteAddresses: ['127.0.0.1:40000'], luns: [{ lun: 0, exportName: 'v1' }] }];
+    return [
+      {
+        initiatorName: WEB.toUpperCase(),
+        isid: '400001370000',
+        tsih: 1,
+        connections: 1,
+        remoteAddresses: ['127.0.0.1:40000'],
+        luns: [{ lun: 0, exportName: 'v1' }],
+      },
+    ];
   }
 }
 
@@ -67,7 +76,9 @@ function serverWith(yaml: string) {
 describe('ArrayServer with an iSCSI target', () => {
   it('gives the target the array as provider and LUN source, the default name, CHAP and the reservation store', async () => {
     const dataDir = path.join(tmp, 'a');
-    const { server, target } = serverWith(`dataDir: ${dataDir}\nvolumes: [{name: v1, size: 1MiB}]\niscsi: {chap: {username: lab, secret: twelve-chars, mutualUsername: arr, mutualSecret: another-secret}}`);
+    const { server, target } = serverWith(
+      `dataDir: ${dataDir}\nvolumes: [{name: v1, size: 1MiB}]\niscsi: {chap: {username: lab, secret: twelve-chars, mutualUsername: arr, mutualSecret: another-secret}}`,
+    );
     await server.start();
     try {
       const t = target();
@@ -114,7 +125,10 @@ describe('ArrayServer with an iSCSI target', () => {
         message: 'LUN 70000 is out of range; use a whole number from 0 to 16383, or leave it out for the lowest free one',
       });
       const many = Array.from({ length: 65 }, (_, i) => `iqn.2026-01.lab.example:h${i}`);
-      await expect(client.createHost('big', many)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/more than the 64 a host may have/) });
+      await expect(client.createHost('big', many)).rejects.toMatchObject({
+        code: 'INVALID_ARGUMENT',
+        message: expect.stringMatching(/more than the 64 a host may have/),
+      });
       await expect(client.createHost('bad', ['not-an-iqn'])).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
       await expect(client.deleteHost('tmp', { force: false })).resolves.toEqual({ unmapped: [] });
       expect(t.changes).toBe(9);
@@ -122,11 +136,22 @@ describe('ArrayServer with an iSCSI target', () => {
       await client.createHost('web', [WEB]);
       const list = await client.listHosts();
       expect(list.hosts[0]!.sessions).toEqual([
-        { initiatorName: WEB.toUpperCase(), isid: '400001370000', tsih: 1, connections: 1, remoteAddresses: ['127.0.0.1:40000'], luns: [{ lun: 0, volume: 'v1' }] },
+        {
+          initiatorName: WEB.toUpperCase(),
+          isid: '400001370000',
+          tsih: 1,
+          connections: 1,
+          remoteAddresses: ['127.0.0.1:40000'],
+          luns: [{ lun: 0, volume: 'v1' }],
+        },
       ]);
       expect(list.otherSessions).toEqual([]);
       const status = await client.getStatus();
-      expect(status).toMatchObject({ iscsiTargetName: 'iqn.2026-11.lab.arraylab:wired', iscsiSessionCount: 1, listeners: { iscsi: { available: true, host: '127.0.0.1' } } });
+      expect(status).toMatchObject({
+        iscsiTargetName: 'iqn.2026-11.lab.arraylab:wired',
+        iscsiSessionCount: 1,
+        listeners: { iscsi: { available: true, host: '127.0.0.1' } },
+      });
     } finally {
       client.close();
       await server.stop();

@@ -117,7 +117,9 @@ describe('MetadataStore.renameVolume', () => {
     const row = db.listVolumes().find((v) => v.uuid === a.uuid)!;
     expect(row).toMatchObject({ name: 'a2', serial: 'ALB00000000000Z', sizeBytes: MiB });
     expect(row.wwn).not.toBe(a.wwn);
-    const records = Object.fromEntries(db.listCopySessions().map((s) => [s.id, JSON.parse(s.record) as { source: string; destination: string; rate: unknown }]));
+    const records = Object.fromEntries(
+      db.listCopySessions().map((s) => [s.id, JSON.parse(s.record) as { source: string; destination: string; rate: unknown }]),
+    );
     expect([records.s1!.source, records.s1!.destination]).toEqual(['a2', 'b']);
     expect([records.s2!.source, records.s2!.destination]).toEqual(['c', 'a2']);
     expect([records.s3!.source, records.s3!.destination]).toEqual(['c', 'c2']);
@@ -166,7 +168,9 @@ describe.each(['memory', 'file'] as const)('StorageArray.renameVolume (%s backen
     const d2 = dev(a, 'vol2');
     expect((await readAll(d2.device, MiB)).equals(Buffer.alloc(MiB, 0x5a))).toBe(true);
     // The allocation limit's message follows the name.
-    await expect(d2.device.write(2 * MiB, Buffer.alloc(1.5 * MiB))).rejects.toThrow(/^volume vol2 has reached its allocation limit .*'arraylab volume set vol2 --alloc-limit SIZE'/);
+    await expect(d2.device.write(2 * MiB, Buffer.alloc(1.5 * MiB))).rejects.toThrow(
+      /^volume vol2 has reached its allocation limit .*'arraylab volume set vol2 --alloc-limit SIZE'/,
+    );
     d2.close();
     expect((await arrayError(a.deleteVolume('vol1'))).code).toBe('NOT_FOUND');
 
@@ -398,7 +402,11 @@ describe('CopyEngine.renameVolume', () => {
     await put(clientOf(vols.a), 0, 3, 64);
     const opc = await engine.startOpc('a', 'b', { rate: 0 });
     const syncs = journal.syncs;
-    await expect(engine.renameVolume('b', 'c', () => { throw new Error('disk on fire'); })).rejects.toThrow('disk on fire');
+    await expect(
+      engine.renameVolume('b', 'c', () => {
+        throw new Error('disk on fire');
+      }),
+    ).rejects.toThrow('disk on fire');
     expect(engine.get(opc.id).destination).toBe('b');
     expect(engine.tapOf('b').volumeName).toBe('b');
     expect(journal.syncs).toBe(syncs);

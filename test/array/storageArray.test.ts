@@ -311,7 +311,11 @@ describe('StorageArray (file backend)', () => {
     await a.flushAll();
     // Read what is durable now, as a restarted array would, without closing this one.
     const uuid = a.getVolume('v').uuid;
-    const store = await FileBlockStore.open({ dataPath: path.join(dir, 'volumes', `${uuid}.data`), mapPath: path.join(dir, 'volumes', `${uuid}.map`), readOnly: true });
+    const store = await FileBlockStore.open({
+      dataPath: path.join(dir, 'volumes', `${uuid}.data`),
+      mapPath: path.join(dir, 'volumes', `${uuid}.map`),
+      readOnly: true,
+    });
     expect(store.allocatedBytes).toBe(8192);
     await store.close();
     h.close();
@@ -325,7 +329,12 @@ describe('StorageArray (file backend)', () => {
     const volumesDir = path.join(dir, 'volumes');
     // a create that crashed after making its files but before recording the row
     const orphan = '00000000-0000-4000-8000-000000000001';
-    const s = await FileBlockStore.create({ dataPath: path.join(volumesDir, `${orphan}.data`), mapPath: path.join(volumesDir, `${orphan}.map`), size: MiB, blockSize: 512 });
+    const s = await FileBlockStore.create({
+      dataPath: path.join(volumesDir, `${orphan}.data`),
+      mapPath: path.join(volumesDir, `${orphan}.map`),
+      size: MiB,
+      blockSize: 512,
+    });
     await s.close();
     // a delete that crashed after dropping the row, with only the data file left
     fs.writeFileSync(path.join(volumesDir, '00000000-0000-4000-8000-000000000002.data'), 'x');
@@ -370,9 +379,15 @@ describe('StorageArray (file backend)', () => {
     diskFullOnce('insertVolume');
     expect(await arrayError(a.createVolume({ name: 'x', sizeBytes: MiB }))).toMatchObject({ code: 'RESOURCE_EXHAUSTED', message: full('create volume x') });
     diskFullOnce('renameVolume');
-    expect(await arrayError(a.renameVolume('v', 'v2', { newIdentity: true }))).toMatchObject({ code: 'RESOURCE_EXHAUSTED', message: full('rename volume v to v2') });
+    expect(await arrayError(a.renameVolume('v', 'v2', { newIdentity: true }))).toMatchObject({
+      code: 'RESOURCE_EXHAUSTED',
+      message: full('rename volume v to v2'),
+    });
     diskFullOnce('setVolumeAllocLimit');
-    expect(await arrayError(a.setVolumeAllocLimit('v', 4096))).toMatchObject({ code: 'RESOURCE_EXHAUSTED', message: full('set the allocation limit of volume v') });
+    expect(await arrayError(a.setVolumeAllocLimit('v', 4096))).toMatchObject({
+      code: 'RESOURCE_EXHAUSTED',
+      message: full('set the allocation limit of volume v'),
+    });
 
     // Nothing of them happened: v is whole (listed, usable, in the copy engine), x left no files.
     expect(a.listVolumes().map((v) => v.name)).toEqual(['v', 'w']);

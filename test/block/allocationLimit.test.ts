@@ -93,7 +93,9 @@ describe.each(backends)('%s allocation limit', (_name, make) => {
     await s.write(256 * KiB, Buffer.alloc(64 * KiB, 0x55)); // overwrite: no new space
     expect(uniform(await readBack(s, 256 * KiB, 64 * KiB), 0x55)).toBe(true);
     const full = await rejection(s.write(2 * MiB, Buffer.alloc(4 * KiB, 1)));
-    expect(full.message).toMatch(/^the device has reached its allocation limit of 1 MiB \(1 MiB allocated, the write needs 4 KiB more\); raise the limit, trim data, or use a larger device$/);
+    expect(full.message).toMatch(
+      /^the device has reached its allocation limit of 1 MiB \(1 MiB allocated, the write needs 4 KiB more\); raise the limit, trim data, or use a larger device$/,
+    );
     await s.trim(0, 64 * KiB);
     expect(s.allocatedBytes).toBe(MiB - 64 * KiB);
     await s.write(2 * MiB, Buffer.alloc(64 * KiB, 0x66));

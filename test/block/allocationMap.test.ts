@@ -2,7 +2,6 @@ import { describe, expect, it } from 'vitest';
 import { AllocationMap, CHUNK_BITS, CHUNK_BYTES } from '../../emulator/block/AllocationMap.js';
 import { rng } from '../support/rng.js';
 
-
 describe('AllocationMap', () => {
   it('starts empty and costs no chunks', () => {
     const m = new AllocationMap(20 * 1024 * 1024 * 2); // 20 GiB of 512-byte blocks
@@ -57,11 +56,19 @@ describe('AllocationMap', () => {
       const op = next();
       if (op < 0.45) {
         let fresh = 0;
-        for (let b = start; b < start + len; b++) if (!model[b]) { model[b] = 1; fresh++; }
+        for (let b = start; b < start + len; b++)
+          if (!model[b]) {
+            model[b] = 1;
+            fresh++;
+          }
         expect(m.set(start, len)).toBe(fresh);
       } else if (op < 0.9) {
         let gone = 0;
-        for (let b = start; b < start + len; b++) if (model[b]) { model[b] = 0; gone++; }
+        for (let b = start; b < start + len; b++)
+          if (model[b]) {
+            model[b] = 0;
+            gone++;
+          }
         expect(m.clear(start, len)).toBe(gone);
       } else {
         let c = 0;

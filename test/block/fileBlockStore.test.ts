@@ -22,7 +22,6 @@ function paths(): { dataPath: string; mapPath: string } {
   return { dataPath: path.join(tmp, `v${seq}.data`), mapPath: path.join(tmp, `v${seq}.map`) };
 }
 
-
 async function expectCode(p: Promise<unknown>, code: string): Promise<void> {
   const err = await p.then(
     () => undefined,
@@ -161,7 +160,12 @@ describe('FileBlockStore', () => {
     expect(buf.subarray(512, 1536).every((x) => x === 0)).toBe(true);
     expect(buf.subarray(1536).every((x) => x === 0x5a)).toBe(true);
     // the old bytes are still in the file: the map alone makes them read as zeroes
-    expect(fs.readFileSync(p.dataPath).subarray(512, 1536).every((x) => x === 0x5a)).toBe(true);
+    expect(
+      fs
+        .readFileSync(p.dataPath)
+        .subarray(512, 1536)
+        .every((x) => x === 0x5a),
+    ).toBe(true);
     expect(await store.blockStatus(0, 8192)).toEqual([
       { length: 512, flags: 0 },
       { length: 1024, flags: HOLE },
@@ -262,7 +266,7 @@ describe('FileBlockStore', () => {
       const b = Buffer.alloc(1);
       fs.readSync(fd, b, 0, 1, 4096 + Math.floor(block / 8));
       fs.closeSync(fd);
-      return (b[0]! & (1 << block % 8)) !== 0;
+      return (b[0]! & (1 << (block % 8))) !== 0;
     };
     for (let i = 0; i < 200; i++) {
       const block = (i * 32771) % ((64 << 20) / 512); // spread over several map pages

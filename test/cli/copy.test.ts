@@ -63,7 +63,23 @@ describe('arraylab copy', () => {
     expect(table.find((l) => l.startsWith(ninth.id as string))!.slice(col)).toMatch(/^1\/8 \(#9\)/);
     await ok(['volume', 'create', 'hsrc', '--size', '4MiB']);
     await ok(['volume', 'create', 'hsnap', '--size', '4MiB']);
-    const group = await lab.cli(['copy', 'start', '--type', 'snapopcplus', '--src', 'gsrc', '--dst', 'gsnap1', '--src', 'hsrc', '--dst', 'hsnap', '--group', 'gg', '--refuse-if-full']);
+    const group = await lab.cli([
+      'copy',
+      'start',
+      '--type',
+      'snapopcplus',
+      '--src',
+      'gsrc',
+      '--dst',
+      'gsnap1',
+      '--src',
+      'hsrc',
+      '--dst',
+      'hsnap',
+      '--group',
+      'gg',
+      '--refuse-if-full',
+    ]);
     expect(group.code).toBe(1);
     expect(group.stderr).toMatch(/--refuse-if-full applies to single starts/);
     await ok(['copy', 'cancel', ninth.id as string, '--force']); // the newest, and with --force every older generation
@@ -111,7 +127,10 @@ describe('arraylab copy', () => {
     const w = await watching;
     expect(w.stderr).toBe('');
     expect(w.code).toBe(0);
-    const events = w.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as { kind: string; sessionId: string });
+    const events = w.stdout
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { kind: string; sessionId: string });
     expect(events[0]).toMatchObject({ kind: 'snapshot', sessionId: id });
     expect(events.at(-1)).toMatchObject({ kind: 'completed', sessionId: id });
     expect(await json(['copy', 'list'])).toEqual({ sessions: [] });
@@ -145,8 +164,15 @@ describe('arraylab copy', () => {
     const g = await json(['copy', 'start', '--type', 'ec', '--src', 'log', '--dst', 'logc', '--src', 'data', '--dst', 'datac', '--group', 'db']);
     const sessions = g.sessions as Array<{ id: string; group: string; source: string }>;
     expect(g.group).toBe('db');
-    expect(sessions.map((s) => [s.source, s.group])).toEqual([['log', 'db'], ['data', 'db']]);
-    await until('both equivalent', async () => ((await json(['copy', 'list'])).sessions as Array<{ group: string; state: string }>).filter((s) => s.group === 'db').every((s) => s.state === 'equivalent'));
+    expect(sessions.map((s) => [s.source, s.group])).toEqual([
+      ['log', 'db'],
+      ['data', 'db'],
+    ]);
+    await until('both equivalent', async () =>
+      ((await json(['copy', 'list'])).sessions as Array<{ group: string; state: string }>)
+        .filter((s) => s.group === 'db')
+        .every((s) => s.state === 'equivalent'),
+    );
 
     // A database's order: each log record is acknowledged before its data page is written.
     // A cut that is one instant for both volumes can hold data n only with log n.
@@ -169,7 +195,10 @@ describe('arraylab copy', () => {
     expect((cut.sessions as Array<{ state: string }>).map((s) => s.state)).toEqual(['suspended', 'suspended']);
     const total = Number((await running).stdout.trim());
     const seqOf = async (vol: string) => {
-      const r = await run(python, ['-c', `import nbd, struct\nh = nbd.NBD(); h.connect_uri("${lab.nbdUri(vol)}")\nprint(struct.unpack("<Q", h.pread(512, 0)[:8])[0])`]);
+      const r = await run(python, [
+        '-c',
+        `import nbd, struct\nh = nbd.NBD(); h.connect_uri("${lab.nbdUri(vol)}")\nprint(struct.unpack("<Q", h.pread(512, 0)[:8])[0])`,
+      ]);
       return Number(r.stdout.trim());
     };
     const [logAt, dataAt] = [await seqOf('logc'), await seqOf('datac')];
@@ -200,7 +229,8 @@ describe('arraylab copy', () => {
   it('restores: QuickOPC reverse and EC restore from clone', async () => {
     const qemuIo = requireTool('qemu-io');
     for (const v of ['qa', 'qb', 'ca', 'cb']) await ok(['volume', 'create', v, '--size', '4MiB']);
-    const pattern = async (vol: string, byte: number, off = '0', len = '4M') => run(qemuIo, ['-f', 'raw', '-c', `write -P ${byte} ${off} ${len}`, lab.nbdUri(vol)]);
+    const pattern = async (vol: string, byte: number, off = '0', len = '4M') =>
+      run(qemuIo, ['-f', 'raw', '-c', `write -P ${byte} ${off} ${len}`, lab.nbdUri(vol)]);
     const verify = async (vol: string, byte: number) => {
       const r = await run(qemuIo, ['-f', 'raw', '-c', `read -P ${byte} 0 4M`, lab.nbdUri(vol)]);
       return !/Pattern verification failed/.test(r.stdout);
@@ -215,7 +245,12 @@ describe('arraylab copy', () => {
     expect(await verify('qa', 0x11)).toBe(true);
     await until('tracking again', async () => (await json(['copy', 'show', q.id as string])).state === 'tracking');
     // The next backup turns the pair round again.
-    expect(await json(['copy', 'start', '--type', 'quickopc', '--src', 'qa', '--dst', 'qb'])).toMatchObject({ id: q.id, source: 'qa', destination: 'qb', reversed: false });
+    expect(await json(['copy', 'start', '--type', 'quickopc', '--src', 'qa', '--dst', 'qb'])).toMatchObject({
+      id: q.id,
+      source: 'qa',
+      destination: 'qb',
+      reversed: false,
+    });
     await ok(['copy', 'cancel', q.id as string]);
 
     await pattern('ca', 0x33);
@@ -242,7 +277,9 @@ describe('arraylab copy', () => {
       const refused = await lab.cli(['copy', 'restore', id]);
       expect(refused.code).toBe(1);
       expect(refused.stdout).toBe('');
-      expect(refused.stderr).toBe(`arraylab: cannot restore oa from clone ob (EC session ${id}): oa is exported read-write to 1 connected client; dismount it first or pass --force\n`);
+      expect(refused.stderr).toBe(
+        `arraylab: cannot restore oa from clone ob (EC session ${id}): oa is exported read-write to 1 connected client; dismount it first or pass --force\n`,
+      );
       expect(await json(['copy', 'show', id])).toMatchObject({ state: 'split', source: 'oa', destination: 'ob', reversed: false });
 
       const forced = await json(['copy', 'restore', id, '--force']);
@@ -258,7 +295,9 @@ describe('arraylab copy', () => {
         },
       });
       expect(['copying', 'equivalent']).toContain(forced.state);
-      expect((forced.restore as { originalAccess: string }).originalAccess).toBe(forced.state === 'copying' ? 'none until the pair is equivalent, then read-only' : 'read-only');
+      expect((forced.restore as { originalAccess: string }).originalAccess).toBe(
+        forced.state === 'copying' ? 'none until the pair is equivalent, then read-only' : 'read-only',
+      );
       // What --force risks: the client's next write fails.
       expect(await holder.write()).toBe('failed EPERM');
     } finally {
@@ -304,7 +343,12 @@ describe('arraylab copy', () => {
       expect(r.code).toBe(1);
       expect(r.stdout).toBe('');
       expect(r.stderr).toBe(`arraylab: ${message}\n`);
-      expect(await json(['copy', 'show', id])).toMatchObject({ state: before.state, source: before.source, destination: before.destination, reversed: before.reversed });
+      expect(await json(['copy', 'show', id])).toMatchObject({
+        state: before.state,
+        source: before.source,
+        destination: before.destination,
+        reversed: before.reversed,
+      });
     };
     const id = await equivalentEc('wa', 'wb', 0x71);
     await ok(['copy', 'suspend', id]);
@@ -396,7 +440,9 @@ describe('arraylab copy', () => {
     const badType = await lab.cli(['copy', 'start', '--type', 'bogus', '--src', 'a', '--dst', 'b']);
     expect(badType.code).toBe(2);
     expect(badType.stderr.trimEnd().split('\n')).toHaveLength(1);
-    expect(badType.stderr).toMatch(/^arraylab: Invalid values: Argument: type, Given: "bogus", Choices: "opc", "quickopc", "snapopcplus", "ec" \(see 'arraylab copy start --help'\)\n$/);
+    expect(badType.stderr).toMatch(
+      /^arraylab: Invalid values: Argument: type, Given: "bogus", Choices: "opc", "quickopc", "snapopcplus", "ec" \(see 'arraylab copy start --help'\)\n$/,
+    );
     const badRate = await lab.cli(['copy', 'start', '--type', 'opc', '--src', 'a', '--dst', 'b', '--rate', 'fast']);
     expect(badRate.code).toBe(2);
     expect(badRate.stderr).toBe('arraylab: --rate: "fast" is not a rate; give MiB/s as a number (0 = no background copy) or "unthrottled"\n');

@@ -6,7 +6,14 @@ import { waitFor } from '../support/wait.js';
 describe('arraylab export list', () => {
   let lab: Arraylab;
   beforeAll(async () => {
-    lab = await startArraylab({ config: { volumes: [{ name: 'vol1', size: '64MiB', description: 'held' }, { name: 'idle', size: '1MiB' }] } });
+    lab = await startArraylab({
+      config: {
+        volumes: [
+          { name: 'vol1', size: '64MiB', description: 'held' },
+          { name: 'idle', size: '1MiB' },
+        ],
+      },
+    });
   });
   afterAll(async () => {
     await lab?.stop();

@@ -86,14 +86,18 @@ describe('a full data directory', () => {
     expect(ec.stdout).toBe('');
     expect(ec.stderr).toBe(`arraylab: cannot start EC vol1 -> vol3: the array's data directory ${dataDir} is full (SQLITE_FULL); free space there and retry\n`);
     const opc = await l.cli(['copy', 'start', '--type', 'opc', '--src', 'vol1', '--dst', 'vol2', '--rate', '0']);
-    expect(opc.stderr).toBe(`arraylab: cannot start OPC vol1 -> vol2: the array's data directory ${dataDir} is full (SQLITE_FULL); free space there and retry\n`);
+    expect(opc.stderr).toBe(
+      `arraylab: cannot start OPC vol1 -> vol2: the array's data directory ${dataDir} is full (SQLITE_FULL); free space there and retry\n`,
+    );
     expect(await cliJson(l, ['copy', 'list'])).toEqual({ sessions: [] });
     // The EC destination is no copy's destination: hosts attach it (a copying EC destination is refused).
     execFileSync(qemuIo, ['-f', 'raw', '-r', '-c', 'read 0 64k', l.nbdUri('vol3')], { stdio: 'pipe' });
 
     const tape = await l.cli(['tape', 'add', 'T0001', '--capacity', '1GiB']);
     expect(tape.code).toBe(1);
-    expect(tape.stderr).toBe(`arraylab: cannot add cartridge T0001: the tape directory ${join(dataDir, 'tape')} is full (ENOSPC); free space there and retry\n`);
+    expect(tape.stderr).toBe(
+      `arraylab: cannot add cartridge T0001: the tape directory ${join(dataDir, 'tape')} is full (ENOSPC); free space there and retry\n`,
+    );
     expect(existsSync(join(dataDir, 'tape', 'T0001.tape'))).toBe(false);
     expect(await cliJson(l, ['tape', 'list'])).toEqual({ cartridges: [] });
 
@@ -102,7 +106,11 @@ describe('a full data directory', () => {
     await l.stop(); // its last journal commit has room now: it must not write the refused sessions
     l = await start('data1');
     expect(await cliJson(l, ['copy', 'list'])).toEqual({ sessions: [] });
-    expect(await cliJson(l, ['copy', 'start', '--type', 'opc', '--src', 'vol1', '--dst', 'vol2'])).toMatchObject({ type: 'opc', source: 'vol1', destination: 'vol2' });
+    expect(await cliJson(l, ['copy', 'start', '--type', 'opc', '--src', 'vol1', '--dst', 'vol2'])).toMatchObject({
+      type: 'opc',
+      source: 'vol1',
+      destination: 'vol2',
+    });
     expect(await cliJson(l, ['tape', 'add', 'T0001', '--capacity', '1GiB'])).toMatchObject({ label: 'T0001' });
     await until('the OPC finished', async () => ((await cliJson(l, ['copy', 'list'])).sessions as unknown[]).length === 0);
     await l.stop();
@@ -167,18 +175,26 @@ describe('a full data directory', () => {
     await until('the copy failed', async () => ((await cliJson(l, ['copy', 'show', id])).error as string) !== '');
     const shown = await cliJson(l, ['copy', 'show', id]);
     expect(shown.state).toBe('copying');
-    expect(shown.error).toMatch(/^background copy of big -> bigcopy failed: .*; retrying with back-off \(1 s doubling to 60 s\) until it works: fix the cause, or cancel the session$/);
+    expect(shown.error).toMatch(
+      /^background copy of big -> bigcopy failed: .*; retrying with back-off \(1 s doubling to 60 s\) until it works: fix the cause, or cancel the session$/,
+    );
     expect(Date.parse(shown.errorSince as string)).toBeGreaterThan(0);
     expect(Date.parse(shown.retryAt as string)).toBeGreaterThan(Date.parse(shown.errorSince as string));
     const table = await cliOk(l, ['copy', 'list']);
     expect(table).toContain(`\n${id}: background copy of big -> bigcopy failed: `);
     expect(table).toMatch(/\(next retry \d{4}-\d\d-\d\dT[\d:.]+Z\)\n$/);
     await new Promise((r) => setTimeout(r, 3500)); // retries at +1 s and +3 s: still one log line
-    const warned = () => l.logs().split('\n').filter((line) => line.includes('background copy of big -> bigcopy failed')).length;
+    const warned = () =>
+      l
+        .logs()
+        .split('\n')
+        .filter((line) => line.includes('background copy of big -> bigcopy failed')).length;
     expect(warned()).toBe(1);
 
     free();
-    await until('the copy recovered and finished', async () => ((await cliJson(l, ['copy', 'list'])).sessions as unknown[]).length === 0, { timeoutMs: 30_000 });
+    await until('the copy recovered and finished', async () => ((await cliJson(l, ['copy', 'list'])).sessions as unknown[]).length === 0, {
+      timeoutMs: 30_000,
+    });
     expect(warned()).toBe(1);
     expect(l.logs()).toMatch(/background copy of big -> bigcopy works again \(it had failed \d+ times? since /);
     const copied = execFileSync(qemuIo, ['-f', 'raw', '-r', '-c', 'read -P 0x33 0 8M', l.nbdUri('bigcopy')], { encoding: 'utf8' });

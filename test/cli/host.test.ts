@@ -10,7 +10,15 @@ describe('arraylab host', () => {
   let lab: Arraylab;
 
   beforeAll(async () => {
-    lab = await startArraylab({ config: { volumes: [{ name: 'vol0', size: '1MiB' }, { name: 'vol1', size: '1MiB' }, { name: 'vol2', size: '1MiB' }] } });
+    lab = await startArraylab({
+      config: {
+        volumes: [
+          { name: 'vol0', size: '1MiB' },
+          { name: 'vol1', size: '1MiB' },
+          { name: 'vol2', size: '1MiB' },
+        ],
+      },
+    });
   });
   afterAll(async () => {
     await lab?.stop();
@@ -130,7 +138,9 @@ describe('arraylab host', () => {
     expect(await fails(['host', 'map', 'h1', 'nope'], 1)).toBe('arraylab: no volume named "nope"; list volumes with "arraylab volume list"\n');
     expect(await fails(['host', 'show', 'nohost'], 1)).toBe('arraylab: no host named "nohost"; list hosts with "arraylab host list"\n');
     expect(await fails(['host', 'unmap', 'h1', 'vol2'], 1)).toBe('arraylab: volume vol2 is not mapped to host h1; see its LUNs with "arraylab host show h1"\n');
-    expect(await fails(['host', 'remove-initiator', 'h1', WEB1], 1)).toMatch(/^arraylab: cannot remove .* it is the host's only initiator; add another first, or remove the host/);
+    expect(await fails(['host', 'remove-initiator', 'h1', WEB1], 1)).toMatch(
+      /^arraylab: cannot remove .* it is the host's only initiator; add another first, or remove the host/,
+    );
     // Nothing changed.
     expect(await json(['host', 'show', 'h1'])).toMatchObject({ initiators: [WEB1], luns: [{ lun: 1, volume: 'vol0' }] });
     await ok(['host', 'remove', 'h1', '--force']);
@@ -146,7 +156,9 @@ describe('arraylab host', () => {
       return r.stderr;
     };
     expect(await bad(['host', 'add', 'web'])).toBe("arraylab: Missing required argument: initiator (see 'arraylab host add --help')\n");
-    expect(await bad(['host', 'add', 'web', '--initiator', 'web1'])).toMatch(/^arraylab: --initiator: "web1" is not an iSCSI name; use iqn\.YYYY-MM\.reversed\.domain\[:name\]/);
+    expect(await bad(['host', 'add', 'web', '--initiator', 'web1'])).toMatch(
+      /^arraylab: --initiator: "web1" is not an iSCSI name; use iqn\.YYYY-MM\.reversed\.domain\[:name\]/,
+    );
     expect(await bad(['host', 'add', 'bad/name', '--initiator', WEB1])).toMatch(/^arraylab: host name "bad\/name" is not valid; use 1 to 63 letters/);
     for (const lun of ['-1', '16384', 'two', '1.5']) {
       expect(await bad(['host', 'map', 'web', 'vol0', '--lun', lun])).toBe(
@@ -154,15 +166,28 @@ describe('arraylab host', () => {
       );
     }
     expect(await bad(['host', 'map', 'web'])).toMatch(/^arraylab: Not enough non-option arguments.*\(see 'arraylab host map --help'\)\n$/);
-    expect(await bad(['host'])).toMatch(/^arraylab: host needs a subcommand: add, remove, map, unmap, list, show, add-initiator or remove-initiator \(see 'arraylab host --help'\)\n$/);
+    expect(await bad(['host'])).toMatch(
+      /^arraylab: host needs a subcommand: add, remove, map, unmap, list, show, add-initiator or remove-initiator \(see 'arraylab host --help'\)\n$/,
+    );
     expect(await bad(['host', 'frob'])).toMatch(/^arraylab: Unknown argument: frob.*\(see 'arraylab host --help'\)\n$/);
-    expect(await bad(['host', 'add-initiator', 'web', 'eui.123'])).toMatch(/^arraylab: initiator: "eui.123" is not an eui. name: it needs exactly 16 hex digits/);
+    expect(await bad(['host', 'add-initiator', 'web', 'eui.123'])).toMatch(
+      /^arraylab: initiator: "eui.123" is not an eui. name: it needs exactly 16 hex digits/,
+    );
   });
 
   it('lists its commands in --help', async () => {
     const r = await runCli(['host', '--help']);
     expect(r.code).toBe(0);
-    for (const sub of ['add <name>', 'remove <name>', 'map <name> <volume>', 'unmap <name> <volume>', 'list', 'show <name>', 'add-initiator', 'remove-initiator']) {
+    for (const sub of [
+      'add <name>',
+      'remove <name>',
+      'map <name> <volume>',
+      'unmap <name> <volume>',
+      'list',
+      'show <name>',
+      'add-initiator',
+      'remove-initiator',
+    ]) {
       expect(r.stdout).toContain(`arraylab host ${sub}`);
     }
   });

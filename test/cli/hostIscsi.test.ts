@@ -125,9 +125,7 @@ describe('host affinity over iSCSI', () => {
     let qsdErr = '';
     qsd.stderr!.setEncoding('utf8').on('data', (d: string) => (qsdErr += d));
     try {
-      await expect
-        .poll(async () => ((await cliJson(lab, ['host', 'show', 'web'])).sessions as unknown[]).length, { timeout: 20_000, interval: 500 })
-        .toBe(1);
+      await expect.poll(async () => ((await cliJson(lab, ['host', 'show', 'web'])).sessions as unknown[]).length, { timeout: 20_000, interval: 500 }).toBe(1);
     } catch (err) {
       throw new Error(`no session listed for qemu-storage-daemon's login: ${(err as Error).message}\nqemu-storage-daemon said: ${qsdErr}`);
     }

@@ -9,7 +9,10 @@ const run = promisify(execFile);
 
 /** Starts serve without --json and collects stdout until the NBD/API/iSCSI/DATA lines are in. */
 function serveHuman(args: string[]) {
-  const child = spawn(process.execPath, [CLI_PATH, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ARRAYLAB_LOG_LEVEL: 'warn' } });
+  const child = spawn(process.execPath, [CLI_PATH, 'serve', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ARRAYLAB_LOG_LEVEL: 'warn' },
+  });
   let stdout = '';
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
@@ -85,7 +88,11 @@ describe('arraylab serve', () => {
   it('reports its status, with the iSCSI portal and target name', async () => {
     const lab = await startArraylab({ extraArgs: ['--iscsi', '127.0.0.1:0'] });
     const iscsi = (lab.info as unknown as { iscsi: { host: string; port: number; targetName: string } }).iscsi;
-    expect(iscsi).toEqual({ host: '127.0.0.1', port: expect.any(Number), targetName: expect.stringMatching(/^iqn\.2026-11\.lab\.arraylab:array-[0-9a-f]{12}$/) });
+    expect(iscsi).toEqual({
+      host: '127.0.0.1',
+      port: expect.any(Number),
+      targetName: expect.stringMatching(/^iqn\.2026-11\.lab\.arraylab:array-[0-9a-f]{12}$/),
+    });
     const r = await lab.cli(['status', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const s = JSON.parse(r.stdout);
@@ -165,7 +172,11 @@ describe('arraylab serve', () => {
     const lab = await startArraylab({ memory: true, env: { ARRAYLAB_LOG_LEVEL: 'debug' } });
     await lab.cli(['volume', 'list']);
     await lab.stop();
-    const lines = lab.logs().trimEnd().split('\n').map((l) => JSON.parse(l) as { level: number; msg: string });
+    const lines = lab
+      .logs()
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { level: number; msg: string });
     expect(lines.some((l) => l.level === 20)).toBe(true);
     const quiet = await startArraylab({ memory: true, extraArgs: ['--log-level', 'warn'] });
     await quiet.stop();

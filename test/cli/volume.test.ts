@@ -62,7 +62,13 @@ describe('arraylab volume', () => {
   });
 
   it('takes sizes in binary and decimal units', async () => {
-    for (const [size, bytes] of [['4k', 4096], ['1M', MiB], ['3mib', 3 * MiB], ['1024KB', 1_024_000], ['1.5MiB', 1.5 * MiB]] as const) {
+    for (const [size, bytes] of [
+      ['4k', 4096],
+      ['1M', MiB],
+      ['3mib', 3 * MiB],
+      ['1024KB', 1_024_000],
+      ['1.5MiB', 1.5 * MiB],
+    ] as const) {
       const name = `u${bytes}`;
       expect(await json(['volume', 'create', name, '--size', size])).toMatchObject({ name, sizeBytes: bytes });
       await ok(['volume', 'rm', name]);
@@ -93,13 +99,21 @@ describe('arraylab volume', () => {
 
   it('refuses bad arguments with one line that points to help, and exit status 2', async () => {
     const cases: Array<[string[], RegExp, string]> = [
-      [['volume', 'create', 'x', '--size', '10XB'], /^arraylab: --size: "10XB" is not a size: unknown unit "XB"; use a number with a unit such as 64MiB or 10GiB$/, 'volume create'],
+      [
+        ['volume', 'create', 'x', '--size', '10XB'],
+        /^arraylab: --size: "10XB" is not a size: unknown unit "XB"; use a number with a unit such as 64MiB or 10GiB$/,
+        'volume create',
+      ],
       [['volume', 'create', 'x', '--size', '-1G'], /^arraylab: --size: "-1G" is negative/, 'volume create'],
       [['volume', 'create', 'x', '--size', '1.1K'], /^arraylab: --size: "1.1K" is not a whole number of bytes/, 'volume create'],
       [['volume', 'create', 'x', '--size', '9PiB'], /^arraylab: --size: "9PiB" is too large/, 'volume create'],
       [['volume', 'create', 'x'], /^arraylab: Missing required argument: size$/, 'volume create'],
       [['volume', 'create', 'x', '--size'], /^arraylab: Not enough arguments following: size$/, 'volume create'],
-      [['volume', 'create', 'x', '--size', '1G', '--block-size', '1024'], /^arraylab: --block-size: "1024" is not a supported block size; use 512 or 4096$/, 'volume create'],
+      [
+        ['volume', 'create', 'x', '--size', '1G', '--block-size', '1024'],
+        /^arraylab: --block-size: "1024" is not a supported block size; use 512 or 4096$/,
+        'volume create',
+      ],
       [['volume', 'create', 'x', '--size', '1G', '--thin', '--thick'], /^arraylab: Arguments thin and thick are mutually exclusive$/, 'volume create'],
       [['volume', 'resize', 'x', '--size', '+junk'], /^arraylab: --size: "junk" is not a size/, 'volume resize'],
       [['volume', 'list', '--colour'], /^arraylab: Unknown argument: colour$/, 'volume list'],

@@ -40,7 +40,9 @@ describe('arraylab volume create --alloc-limit, set, rename', () => {
     expect(await ok(['volume', 'set', 'snap1', '--alloc-limit', '4MiB'])).toBe('volume snap1: allocation limit 4 MiB (0 B allocated)\n');
     expect(await json(['volume', 'set', 'snap1', '--alloc-limit', 'none'])).toMatchObject({ name: 'snap1', allocLimitBytes: null });
     expect(await ok(['volume', 'show', 'snap1'])).toMatch(/^alloc limit:\s+none$/m);
-    expect(((await json(['volume', 'list'])).volumes as Array<{ name: string; allocLimitBytes: unknown }>).find((v) => v.name === 'snap1')!.allocLimitBytes).toBeNull();
+    expect(
+      ((await json(['volume', 'list'])).volumes as Array<{ name: string; allocLimitBytes: unknown }>).find((v) => v.name === 'snap1')!.allocLimitBytes,
+    ).toBeNull();
     expect(await json(['volume', 'set', 'snap1', '--alloc-limit', '2MiB'])).toMatchObject({ allocLimitBytes: 2 * MiB });
     expect(await json(['volume', 'create', 'nolimit', '--size', '1MiB'])).toMatchObject({ allocLimitBytes: null });
     await ok(['volume', 'delete', 'nolimit']);
@@ -48,18 +50,50 @@ describe('arraylab volume create --alloc-limit, set, rename', () => {
 
   it('refuses a limit on a thick volume, above the size or unparsable, and set without a setting', async () => {
     const cases: Array<[string[], number, RegExp]> = [
-      [['volume', 'create', 't', '--size', '1MiB', '--thick', '--alloc-limit', '512k'], 2, /^arraylab: --alloc-limit: a thick volume has all its space allocated at creation, so it cannot have an allocation limit; drop --thick or --alloc-limit$/],
-      [['volume', 'create', 'b', '--size', '1MiB', '--alloc-limit', '2MiB'], 1, /^arraylab: allocation limit 2 MiB of volume b is larger than its size \(1 MiB\); give at most 1048576 bytes, or none for no limit$/],
-      [['volume', 'create', 'o', '--size', '1MiB', '--alloc-limit', '1000'], 1, /^arraylab: invalid allocation limit 1000 bytes for volume o: not a multiple of the 512-byte block size; the nearest valid limits are 512 or 1024 bytes$/],
-      [['volume', 'create', 'j', '--size', '1MiB', '--alloc-limit', 'none'], 2, /^arraylab: --alloc-limit: "none" is not a size; use a number with a unit such as 64MiB or 10GiB$/],
+      [
+        ['volume', 'create', 't', '--size', '1MiB', '--thick', '--alloc-limit', '512k'],
+        2,
+        /^arraylab: --alloc-limit: a thick volume has all its space allocated at creation, so it cannot have an allocation limit; drop --thick or --alloc-limit$/,
+      ],
+      [
+        ['volume', 'create', 'b', '--size', '1MiB', '--alloc-limit', '2MiB'],
+        1,
+        /^arraylab: allocation limit 2 MiB of volume b is larger than its size \(1 MiB\); give at most 1048576 bytes, or none for no limit$/,
+      ],
+      [
+        ['volume', 'create', 'o', '--size', '1MiB', '--alloc-limit', '1000'],
+        1,
+        /^arraylab: invalid allocation limit 1000 bytes for volume o: not a multiple of the 512-byte block size; the nearest valid limits are 512 or 1024 bytes$/,
+      ],
+      [
+        ['volume', 'create', 'j', '--size', '1MiB', '--alloc-limit', 'none'],
+        2,
+        /^arraylab: --alloc-limit: "none" is not a size; use a number with a unit such as 64MiB or 10GiB$/,
+      ],
       [['volume', 'set', 'snap1'], 2, /^arraylab: volume set needs a setting to change: --alloc-limit SIZE\|none \(see 'arraylab volume set --help'\)$/],
-      [['volume', 'set', 'snap1', '--alloc-limit', 'lots'], 2, /^arraylab: --alloc-limit: "lots" is not a size; use a number with a unit such as 64MiB or 10GiB, or none to remove the limit$/],
-      [['volume', 'set', 'snap1', '--alloc-limit', '0'], 2, /^arraylab: --alloc-limit: 0 is not a limit; give a size such as 64MiB, or none to remove the limit$/],
-      [['volume', 'set', 'snap1', '--alloc-limit', '1GiB'], 1, /^arraylab: allocation limit 1 GiB of volume snap1 is larger than its size \(64 MiB\); give at most 67108864 bytes, or none for no limit$/],
+      [
+        ['volume', 'set', 'snap1', '--alloc-limit', 'lots'],
+        2,
+        /^arraylab: --alloc-limit: "lots" is not a size; use a number with a unit such as 64MiB or 10GiB, or none to remove the limit$/,
+      ],
+      [
+        ['volume', 'set', 'snap1', '--alloc-limit', '0'],
+        2,
+        /^arraylab: --alloc-limit: 0 is not a limit; give a size such as 64MiB, or none to remove the limit$/,
+      ],
+      [
+        ['volume', 'set', 'snap1', '--alloc-limit', '1GiB'],
+        1,
+        /^arraylab: allocation limit 1 GiB of volume snap1 is larger than its size \(64 MiB\); give at most 67108864 bytes, or none for no limit$/,
+      ],
       [['volume', 'set', 'nope', '--alloc-limit', '1MiB', '--json'], 1, /^arraylab: no volume named "nope"; list volumes with "arraylab volume list"$/],
     ];
     await ok(['volume', 'create', 'thick1', '--size', '1MiB', '--thick']);
-    cases.push([['volume', 'set', 'thick1', '--alloc-limit', '512k'], 1, /^arraylab: volume thick1 is thick: all its space is allocated at creation, so it cannot have an allocation limit; use a thin volume$/]);
+    cases.push([
+      ['volume', 'set', 'thick1', '--alloc-limit', '512k'],
+      1,
+      /^arraylab: volume thick1 is thick: all its space is allocated at creation, so it cannot have an allocation limit; use a thin volume$/,
+    ]);
     for (const [args, code, message] of cases) {
       const r = await lab.cli(args);
       expect(r.code, args.join(' ')).toBe(code);
@@ -105,7 +139,11 @@ describe('arraylab volume create --alloc-limit, set, rename', () => {
     } finally {
       sock.destroy();
     }
-    await until('the client to go', async () => ((await json(['export', 'list'])).exports as Array<{ name: string; connections: unknown[] }>).every((e) => e.connections.length === 0), { timeoutMs: 30_000 });
+    await until(
+      'the client to go',
+      async () => ((await json(['export', 'list'])).exports as Array<{ name: string; connections: unknown[] }>).every((e) => e.connections.length === 0),
+      { timeoutMs: 30_000 },
+    );
     const taken = await lab.cli(['volume', 'rename', 'r4', 'snap1']);
     expect(taken.code).toBe(1);
     expect(taken.stderr).toMatch(/^arraylab: cannot rename volume r4 to snap1: volume snap1 already exists/);

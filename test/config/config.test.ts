@@ -24,9 +24,7 @@ describe('built-in default config', () => {
     });
     expect(c.log.level).toBe('info');
     expect(c.iscsi).toEqual({ targetName: null, requireHostAffinity: false, chap: null });
-    expect(c.volumes).toEqual([
-      expect.objectContaining({ name: 'demo', sizeBytes: 2 ** 30, blockSize: 512, provisioning: 'thin', readOnly: false }),
-    ]);
+    expect(c.volumes).toEqual([expect.objectContaining({ name: 'demo', sizeBytes: 2 ** 30, blockSize: 512, provisioning: 'thin', readOnly: false })]);
   });
 });
 
@@ -50,7 +48,15 @@ volumes:
     expect(c.log.level).toBe('debug');
     expect(c.volumes).toEqual([
       { name: 'a', sizeBytes: 64 * 2 ** 20, blockSize: 512, provisioning: 'thin', readOnly: false, description: '', origin: `config ${SRC}: volumes[0]` },
-      { name: 'b.2', sizeBytes: 4096, blockSize: 4096, provisioning: 'thick', readOnly: true, description: 'the b volume', origin: `config ${SRC}: volumes[1]` },
+      {
+        name: 'b.2',
+        sizeBytes: 4096,
+        blockSize: 4096,
+        provisioning: 'thick',
+        readOnly: true,
+        description: 'the b volume',
+        origin: `config ${SRC}: volumes[1]`,
+      },
     ]);
   });
 

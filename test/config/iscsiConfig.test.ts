@@ -55,16 +55,28 @@ iscsi:
     ['iscsi: {chap: {username: u, secret: 123456789012}}', 'iscsi.chap.secret: is not text; quote it'],
     ['iscsi: {chap: {username: 7, secret: "123456789012"}}', 'iscsi.chap.username: 7 is not text; quote it'],
     ['iscsi: {chap: {username: "", secret: "123456789012"}}', 'iscsi.chap.username: is empty; give a value or remove the key'],
-    [`iscsi: {chap: {username: "${'u'.repeat(256)}", secret: "123456789012"}}`, 'iscsi.chap.username: is 256 bytes, more than the 255 initiators accept; shorten it'],
+    [
+      `iscsi: {chap: {username: "${'u'.repeat(256)}", secret: "123456789012"}}`,
+      'iscsi.chap.username: is 256 bytes, more than the 255 initiators accept; shorten it',
+    ],
     ['iscsi: {chap: {username: "a\\tb", secret: "123456789012"}}', 'iscsi.chap.username: contains a control character; use printable characters only'],
-    ['iscsi: {chap: {username: u, secret: "123456789012", mutualUsername: t}}', 'iscsi.chap.mutualSecret: is missing; mutual CHAP needs both mutualUsername and mutualSecret'],
+    [
+      'iscsi: {chap: {username: u, secret: "123456789012", mutualUsername: t}}',
+      'iscsi.chap.mutualSecret: is missing; mutual CHAP needs both mutualUsername and mutualSecret',
+    ],
     ['iscsi: {chap: {username: u, secret: "123456789012", mutualSecret: "abcdefghijkl"}}', 'iscsi.chap.mutualUsername: is missing; mutual CHAP needs both'],
-    ['iscsi: {chap: {username: u, secret: "123456789012", mutualUsername: t, mutualSecret: "12345"}}', 'iscsi.chap.mutualSecret: is 5 bytes; a CHAP secret needs at least 12 bytes'],
+    [
+      'iscsi: {chap: {username: u, secret: "123456789012", mutualUsername: t, mutualSecret: "12345"}}',
+      'iscsi.chap.mutualSecret: is 5 bytes; a CHAP secret needs at least 12 bytes',
+    ],
     [
       'iscsi: {chap: {username: u, secret: "123456789012", mutualUsername: t, mutualSecret: "123456789012"}}',
       'iscsi.chap.mutualSecret: is the same as secret; RFC 7143 forbids one secret for both directions: give the target its own secret',
     ],
-    ['iscsi: {chap: {username: u, secret: "123456789012", colour: red}}', 'iscsi.chap.colour: unknown key; expected one of username, secret, mutualUsername, mutualSecret'],
+    [
+      'iscsi: {chap: {username: u, secret: "123456789012", colour: red}}',
+      'iscsi.chap.colour: unknown key; expected one of username, secret, mutualUsername, mutualSecret',
+    ],
   ])('refuses %j', (yaml, message) => {
     const m = errorOf(yaml);
     expect(m.startsWith(`config ${SRC}: ${message}`), m).toBe(true);

@@ -17,7 +17,12 @@ describe('config-declared volumes', () => {
     const dataDir = makeTempDir();
     const first = await startArraylab({
       dataDir,
-      config: { volumes: [{ name: 'a', size: '8MiB', description: 'from config' }, { name: 'b', size: '1MiB', blockSize: 4096, provisioning: 'thick' }] },
+      config: {
+        volumes: [
+          { name: 'a', size: '8MiB', description: 'from config' },
+          { name: 'b', size: '1MiB', blockSize: 4096, provisioning: 'thick' },
+        ],
+      },
     });
     expect(first.info.volumes.map((v) => [v.name, v.sizeBytes, v.blockSize])).toEqual([
       ['a', 8 * MiB, 512],
@@ -27,7 +32,15 @@ describe('config-declared volumes', () => {
     await first.cli(['volume', 'create', 'extra', '--size', '1MiB']);
     await first.stop();
 
-    const second = await startArraylab({ dataDir, config: { volumes: [{ name: 'a', size: '16MiB' }, { name: 'b', size: '1MiB', blockSize: 4096 }] } });
+    const second = await startArraylab({
+      dataDir,
+      config: {
+        volumes: [
+          { name: 'a', size: '16MiB' },
+          { name: 'b', size: '1MiB', blockSize: 4096 },
+        ],
+      },
+    });
     const a = JSON.parse((await second.cli(['volume', 'show', 'a', '--json'])).stdout);
     expect(a).toMatchObject({ sizeBytes: 16 * MiB, uuid: created.uuid, description: 'from config' });
     expect(second.info.volumes.map((v) => v.name).sort()).toEqual(['a', 'b', 'extra']);
@@ -39,7 +52,9 @@ describe('config-declared volumes', () => {
     const first = await startArraylab({ dataDir, config: { volumes: [{ name: 'big', size: '4MiB' }] } });
     await first.stop();
     const file = writeConfig('volumes:\n  - {name: big, size: 2MiB}\n');
-    const r = await runCli(['serve', '--config', file, '--data-dir', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0'], { env: { ARRAYLAB_LOG_LEVEL: 'silent' } });
+    const r = await runCli(['serve', '--config', file, '--data-dir', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0'], {
+      env: { ARRAYLAB_LOG_LEVEL: 'silent' },
+    });
     expect(r.code).toBe(1);
     expect(r.stderr).toBe(
       `arraylab: config ${file}: volumes[0]: volume big exists with 4 MiB (4194304 bytes), more than the 2 MiB declared; volumes never shrink: raise size to at least 4194304 or delete the volume\n`,
@@ -54,7 +69,9 @@ describe('config-declared volumes', () => {
     const first = await startArraylab({ dataDir, config: { volumes: [{ name: 'v', size: '1MiB', blockSize: 512 }] } });
     await first.stop();
     const file = writeConfig('volumes:\n  - {name: v, size: 1MiB, blockSize: 4096}\n');
-    const r = await runCli(['serve', '--config', file, '--data-dir', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0'], { env: { ARRAYLAB_LOG_LEVEL: 'silent' } });
+    const r = await runCli(['serve', '--config', file, '--data-dir', dataDir, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0'], {
+      env: { ARRAYLAB_LOG_LEVEL: 'silent' },
+    });
     expect(r.code).toBe(1);
     expect(r.stderr).toBe(
       `arraylab: config ${file}: volumes[0]: volume v exists with block size 512, not 4096; the block size cannot change: set blockSize: 512 or delete the volume\n`,
@@ -78,7 +95,10 @@ describe('corrupt config files', () => {
   };
 
   it.each([
-    ['volumes:\n  - {name: a, size: 1GiB}\n  - {name: b, size: 10XB}\n', 'volumes[1].size: "10XB" is not a size: unknown unit "XB"; use a number with a unit such as 64MiB or 10GiB'],
+    [
+      'volumes:\n  - {name: a, size: 1GiB}\n  - {name: b, size: 10XB}\n',
+      'volumes[1].size: "10XB" is not a size: unknown unit "XB"; use a number with a unit such as 64MiB or 10GiB',
+    ],
     ['volumes:\n  - name: a\n   size: 3\n', /^YAML syntax error at line 3, column \d+: .*; fix the YAML$/],
     ['listen:\n  nbd: 10809\n', 'listen.nbd: 10809 is not an address; use HOST:PORT such as 127.0.0.1:10809'],
     ['volume: []\n', 'volume: unknown key; expected one of dataDir, backend, listen, nbd, iscsi, log, volumes, tape'],

@@ -76,7 +76,9 @@ describe('a background copy that keeps failing', () => {
     // Space again: the next retry copies, the error clears, one event says so, and the OPC ends.
     store.full = false;
     await vi.advanceTimersByTimeAsync(61_000);
-    expect(events.filter((e) => e.startsWith('state'))).toEqual([expect.stringMatching(/^state: background copy of a -> b works again \(it had failed \d+ times since /)]);
+    expect(events.filter((e) => e.startsWith('state'))).toEqual([
+      expect.stringMatching(/^state: background copy of a -> b works again \(it had failed \d+ times since /),
+    ]);
     expect(engine.list()).toEqual([]);
     expect(events.at(-1)).toBe('completed: opc a -> b finished copying');
     await engine.close();

@@ -102,7 +102,10 @@ async function allOrNothing(x: Array, what: RegExp, op: () => Promise<unknown>):
   for (const v of Object.values(x.vols)) again.addVolume(fresh(v));
   const recovered = await again.recover();
   expect(recovered.map((s) => [s.id, s.type, s.state, s.source, s.destination]).sort()).toEqual(
-    x.engine.list().map((s) => [s.id, s.type, s.state, s.source, s.destination]).sort(),
+    x.engine
+      .list()
+      .map((s) => [s.id, s.type, s.state, s.source, s.destination])
+      .sort(),
   );
   await again.close();
   await op(); // with space again
@@ -130,7 +133,12 @@ describe('a control operation whose commit fails (SQLITE_FULL) changes nothing',
     await allOrNothing(x, /^cannot start EC d -> s1: /, () => x.engine.startEc('d', 's1', { rate: 0 }));
     await allOrNothing(x, /^cannot start SnapOPC\+ d -> s2: /, () => x.engine.startSnapOpcPlus('d', 's2'));
     // The failed EC start left no role behind: its destination is usable (the phantom session made it unattachable).
-    expect(x.engine.list().map((s) => s.type).sort()).toEqual(['ec', 'opc', 'quickopc', 'snapopcplus'].sort());
+    expect(
+      x.engine
+        .list()
+        .map((s) => s.type)
+        .sort(),
+    ).toEqual(['ec', 'opc', 'quickopc', 'snapopcplus'].sort());
   });
 
   it('a 9th SnapOPC+ generation, which drops the oldest in the same commit', async () => {

@@ -95,7 +95,10 @@ describe('cuts and consistency groups', () => {
     await drain(engine);
     await put(dev.a!, 0, 1);
     await put(dev.c!, 0, 2);
-    await engine.group([{ op: 'suspend', id: e1.id }, { op: 'suspend', id: e2.id }]);
+    await engine.group([
+      { op: 'suspend', id: e1.id },
+      { op: 'suspend', id: e2.id },
+    ]);
     await put(dev.a!, 0, 3);
     await put(dev.c!, 0, 4);
     expect([(await readTags(dev.b!, 0, 1))[0], (await readTags(dev.d!, 0, 1))[0]]).toEqual([1, 2]);

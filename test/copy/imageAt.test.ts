@@ -108,8 +108,24 @@ describe('imageAt: the instant the destination holds', () => {
   it('journal records from before imageAt: createdAt for OPC, QuickOPC and SnapOPC+, none for EC', async () => {
     const journal = new MemoryJournal();
     const created = '2025-12-24T18:00:00.000Z';
-    const old = (id: string, type: SessionRecord['type'], state: SessionRecord['state'], source: string, destination: string, extra: Partial<SessionRecord> = {}): SessionRecord => ({
-      id, type, state, source, destination, unitSize: 16384, sizeBytes: 64 * 4096, rate: 0, createdAt: created, ...extra,
+    const old = (
+      id: string,
+      type: SessionRecord['type'],
+      state: SessionRecord['state'],
+      source: string,
+      destination: string,
+      extra: Partial<SessionRecord> = {},
+    ): SessionRecord => ({
+      id,
+      type,
+      state,
+      source,
+      destination,
+      unitSize: 16384,
+      sizeBytes: 64 * 4096,
+      rate: 0,
+      createdAt: created,
+      ...extra,
     });
     // Exactly the fields the previous version journalled (no imageAt).
     journal.putSession(old('o1', 'opc', 'copying', 'a', 'b'));

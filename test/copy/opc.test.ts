@@ -17,7 +17,7 @@ describe('OPC', () => {
     for (let b = 0; b < 64; b++) await put(dev.a!, b, 100 + b);
     await engine.startOpc('a', 'b', { rate: 0 });
     await put(dev.a!, 5, 999); // block 5 = second block of unit 1
-    expect((await readTags(dev.a!, 4, 4))).toEqual([104, 999, 106, 107]);
+    expect(await readTags(dev.a!, 4, 4)).toEqual([104, 999, 106, 107]);
     expect(await readTags(dev.b!, 4, 4)).toEqual([104, 105, 106, 107]);
     expect(engine.get('s1').copiedBlocks).toBe(1);
   });

@@ -11,7 +11,10 @@ class Machine {
   engine!: CopyEngine;
   vols = new Map<string, Volume>();
   private n = 0;
-  constructor(names: string[], readonly rand = rng(7)) {
+  constructor(
+    names: string[],
+    readonly rand = rng(7),
+  ) {
     for (const name of names) this.stores.set(name, new SimStore(64 * 4096, rand));
   }
   async boot(recover: boolean): Promise<void> {

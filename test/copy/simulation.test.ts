@@ -245,7 +245,8 @@ class Sim {
     const tag = kind === 'write' ? this.tag++ : 0;
     const acc = this.access(vol).write;
     this.log.push(`${kind} ${vol}[${b}+${n}]${tag ? `=${tag}` : ''} expect ${acc}`);
-    const p = kind === 'write' ? dev.write(b * BLOCK, tagged(tag, n, BLOCK)) : kind === 'zero' ? dev.writeZeroes(b * BLOCK, n * BLOCK) : dev.trim(b * BLOCK, n * BLOCK);
+    const p =
+      kind === 'write' ? dev.write(b * BLOCK, tagged(tag, n, BLOCK)) : kind === 'zero' ? dev.writeZeroes(b * BLOCK, n * BLOCK) : dev.trim(b * BLOCK, n * BLOCK);
     if (acc === 'ok') {
       for (let k = b; k < b + n; k++) {
         this.setVal(vol, k, tag);
@@ -318,8 +319,19 @@ class Sim {
     this.markFlushed(src); // J4
     this.copyImage(src, dst);
     const existing = this.sessions.get(id);
-    if (existing) existing.state = 'copying'; // a QuickOPC restart keeps its rate
-    else this.sessions.set(id, { id, type, state: type === 'snapopcplus' ? 'snap' : 'copying', src, dst, gen, rate: type === 'snapopcplus' ? 0 : rate, reversed: false });
+    if (existing)
+      existing.state = 'copying'; // a QuickOPC restart keeps its rate
+    else
+      this.sessions.set(id, {
+        id,
+        type,
+        state: type === 'snapopcplus' ? 'snap' : 'copying',
+        src,
+        dst,
+        gen,
+        rate: type === 'snapopcplus' ? 0 : rate,
+        reversed: false,
+      });
   }
 
   /**
@@ -328,7 +340,9 @@ class Sim {
    */
   applyQuickOpcReverse(s: MSess, info: SessionInfo | undefined): void {
     if (info !== undefined && (info.source !== s.dst || info.destination !== s.src || info.state !== 'copying')) {
-      this.fail(`${s.id} after its reverse is ${info.source}->${info.destination} ${info.state}; expected ${s.dst}->${s.src} copying (restarted as of the reverse)`);
+      this.fail(
+        `${s.id} after its reverse is ${info.source}->${info.destination} ${info.state}; expected ${s.dst}->${s.src} copying (restarted as of the reverse)`,
+      );
     }
     [s.src, s.dst] = [s.dst, s.src];
     s.reversed = !s.reversed;
@@ -357,7 +371,11 @@ class Sim {
    * (ConsistencyGroup.ts), so with I/O beside it any subset may survive.
    */
   members(what: string, parts: Array<SessionInfo | undefined>): SessionInfo[] | undefined {
-    if (!this.ioBeside) this.allOrNone(what, parts.map((p) => p !== undefined));
+    if (!this.ioBeside)
+      this.allOrNone(
+        what,
+        parts.map((p) => p !== undefined),
+      );
     const got = parts.filter((p): p is SessionInfo => p !== undefined);
     return got.length > 0 ? got : undefined;
   }
@@ -370,7 +388,10 @@ class Sim {
 
   startControl(type: CopyType, src: string, dst: string, rate: number): Control {
     const expect = this.predictStart(type, src, dst);
-    const q = expect === 'restart' || expect === 'reverse' ? [...this.sessions.values()].find((s) => s.type === 'quickopc' && [s.src, s.dst].sort().join() === [src, dst].sort().join()) : undefined;
+    const q =
+      expect === 'restart' || expect === 'reverse'
+        ? [...this.sessions.values()].find((s) => s.type === 'quickopc' && [s.src, s.dst].sort().join() === [src, dst].sort().join())
+        : undefined;
     const e = this.engine;
     return {
       kind: expect === 'reverse' ? 'quickopc reverse (start)' : expect === 'restart' ? 'quickopc restart' : `start ${type}`,
@@ -435,7 +456,17 @@ class Sim {
       ok,
       held: [s.src, s.dst],
       run: async () => [
-        op === 'suspend' ? await e.suspend(s.id) : op === 'split' ? await e.split(s.id) : op === 'resume' ? await e.resume(s.id) : op === 'rejoin' ? await e.rejoin(s.id) : op === 'reverse' ? await e.reverse(s.id) : await e.restoreFromClone(s.id),
+        op === 'suspend'
+          ? await e.suspend(s.id)
+          : op === 'split'
+            ? await e.split(s.id)
+            : op === 'resume'
+              ? await e.resume(s.id)
+              : op === 'rejoin'
+                ? await e.rejoin(s.id)
+                : op === 'reverse'
+                  ? await e.reverse(s.id)
+                  : await e.restoreFromClone(s.id),
       ],
       apply: () => {
         if (op === 'suspend' || op === 'split') this.freeze(s, op === 'suspend' ? 'suspended' : 'split');
@@ -451,7 +482,14 @@ class Sim {
       outcome: (eng) => {
         const x = eng.get(s.id);
         if (x === undefined) return undefined; // reconcile reports it
-        const did = op === 'suspend' ? x.state === 'suspended' : op === 'split' ? x.state === 'split' : op === 'resume' || op === 'rejoin' ? x.state !== from : x.source !== src0;
+        const did =
+          op === 'suspend'
+            ? x.state === 'suspended'
+            : op === 'split'
+              ? x.state === 'split'
+              : op === 'resume' || op === 'rejoin'
+                ? x.state !== from
+                : x.source !== src0;
         return did ? [x] : undefined;
       },
     };
@@ -493,7 +531,13 @@ class Sim {
           if (v.type === 'snapopcplus' || v.state === 'copying') this.unknown(v.dst);
         }
       },
-      outcome: (eng) => (this.allOrNone(`cancel ${s.id}`, victims.map((v) => !eng.has(v.id))) ? [] : undefined),
+      outcome: (eng) =>
+        this.allOrNone(
+          `cancel ${s.id}`,
+          victims.map((v) => !eng.has(v.id)),
+        )
+          ? []
+          : undefined,
     };
   }
 
@@ -525,7 +569,11 @@ class Sim {
       apply: (infos) => {
         for (const s of picks) if (infos.some((i) => i.id === s.id)) this.freeze(s, to);
       },
-      outcome: (eng) => this.members(`group ${op}`, picks.map((s) => (eng.get(s.id)?.state === to ? eng.get(s.id) : undefined))),
+      outcome: (eng) =>
+        this.members(
+          `group ${op}`,
+          picks.map((s) => (eng.get(s.id)?.state === to ? eng.get(s.id) : undefined)),
+        ),
     };
   }
 
@@ -819,7 +867,13 @@ class Sim {
           ),
       );
     }
-    if (hasStep) ps.push(this.engine.step(1 + this.int(3)).then(() => undefined, () => undefined));
+    if (hasStep)
+      ps.push(
+        this.engine.step(1 + this.int(3)).then(
+          () => undefined,
+          () => undefined,
+        ),
+      );
     // A flush racing the writes: on completion, blocks no write of this burst touched are durable.
     if (this.rand() < 0.5) {
       const vol = this.pick(DATA);
@@ -895,7 +949,8 @@ class Sim {
       // blocks with unflushed writes there may hold any of their values, and so may blocks
       // whose durable value was never known (read back after a cancel, never flushed since).
       const d = this.mv(s.dst);
-      for (let b = this.mv(s.src).blocks; b < d.blocks; b++) if (d.pending.has(b) || d.flushed[b] === UNKNOWN) {
+      for (let b = this.mv(s.src).blocks; b < d.blocks; b++)
+        if (d.pending.has(b) || d.flushed[b] === UNKNOWN) {
           d.val[b] = UNKNOWN;
           d.flushed[b] = UNKNOWN;
         }
@@ -973,7 +1028,8 @@ class Sim {
       try {
         got = await this.readAll(name);
       } catch (e) {
-        if ((e as { code?: string }).code !== acc) this.fail(`read of ${name} failed ${(e as { code?: string }).code}: ${(e as Error).message}; expected ${acc}`);
+        if ((e as { code?: string }).code !== acc)
+          this.fail(`read of ${name} failed ${(e as { code?: string }).code}: ${(e as Error).message}; expected ${acc}`);
         continue;
       }
       if (acc !== 'ok') this.fail(`read of ${name} succeeded; expected ${acc}`);
@@ -1017,7 +1073,10 @@ async function runSeed(seed: number, steps: number): Promise<Sim> {
     await sim.run(steps);
   } catch (e) {
     const tail = sim.log.slice(-Number(process.env.LOG ?? 40)).join('\n  ');
-    throw new Error(`simulation failed: SEED=${seed} (replay: SEED=${seed} npx vitest run test/copy/simulation.test.ts)\n  ${(e as Error).message}\n  last actions:\n  ${tail}`, { cause: e });
+    throw new Error(
+      `simulation failed: SEED=${seed} (replay: SEED=${seed} npx vitest run test/copy/simulation.test.ts)\n  ${(e as Error).message}\n  last actions:\n  ${tail}`,
+      { cause: e },
+    );
   }
   return sim;
 }
@@ -1030,58 +1089,66 @@ describe('copy engine simulation', () => {
   /** Big runs: how many failing seeds to collect before stopping (the first one's log is shown). */
   const maxFailures = Number(process.env.MAX_FAILURES ?? 1);
 
-  it(only !== undefined ? `seed ${only}` : `${seeds} seeds (from ${first}) x ${steps} steps`, async () => {
-    let crashes = 0;
-    let crashesHeld = 0;
-    let crashesInRound = 0;
-    const held0 = SnapChain.stats.held;
-    let qReverses = 0;
-    let failedCommits = 0;
-    const outcomes = new Map<string, [number, number]>();
-    const failures: Error[] = [];
-    const list = only !== undefined ? [only] : Array.from({ length: seeds }, (_, i) => first + i);
-    for (const seed of list) {
-      let sim: Sim;
-      try {
-        sim = await runSeed(seed, steps);
-      } catch (e) {
-        failures.push(e as Error);
-        if (failures.length >= maxFailures) break;
-        continue;
+  it(
+    only !== undefined ? `seed ${only}` : `${seeds} seeds (from ${first}) x ${steps} steps`,
+    async () => {
+      let crashes = 0;
+      let crashesHeld = 0;
+      let crashesInRound = 0;
+      const held0 = SnapChain.stats.held;
+      let qReverses = 0;
+      let failedCommits = 0;
+      const outcomes = new Map<string, [number, number]>();
+      const failures: Error[] = [];
+      const list = only !== undefined ? [only] : Array.from({ length: seeds }, (_, i) => first + i);
+      for (const seed of list) {
+        let sim: Sim;
+        try {
+          sim = await runSeed(seed, steps);
+        } catch (e) {
+          failures.push(e as Error);
+          if (failures.length >= maxFailures) break;
+          continue;
+        }
+        crashes += sim.crashes;
+        crashesHeld += sim.crashesHeld;
+        crashesInRound += sim.crashesInRound;
+        qReverses += sim.qReverses;
+        failedCommits += sim.failedCommits;
+        for (const [k, [y, n]] of sim.outcomes) {
+          const o = outcomes.get(k) ?? [0, 0];
+          outcomes.set(k, [o[0] + y, o[1] + n]);
+        }
       }
-      crashes += sim.crashes;
-      crashesHeld += sim.crashesHeld;
-      crashesInRound += sim.crashesInRound;
-      qReverses += sim.qReverses;
-      failedCommits += sim.failedCommits;
-      for (const [k, [y, n]] of sim.outcomes) {
-        const o = outcomes.get(k) ?? [0, 0];
-        outcomes.set(k, [o[0] + y, o[1] + n]);
+      if (process.env.STATS) {
+        const st = SnapChain.stats;
+        console.log(
+          `SnapOPC+ write-behind: ${st.held - held0} writes held, ${st.waited} waited, ${st.rounds} rounds, ${st.failedRounds} failed; crashes with held writes ${crashesHeld}, inside a round ${crashesInRound}`,
+        );
+        console.log(
+          `crashes ${crashes}, QuickOPC reverses ${qReverses}, control operations whose commit failed ${failedCommits}; crashes inside control operations (durable / not):`,
+        );
+        for (const [k, [y, n]] of [...outcomes].sort()) console.log(`  ${k.padEnd(26)} ${y} / ${n}`);
       }
-    }
-    if (process.env.STATS) {
-      const st = SnapChain.stats;
-      console.log(`SnapOPC+ write-behind: ${st.held - held0} writes held, ${st.waited} waited, ${st.rounds} rounds, ${st.failedRounds} failed; crashes with held writes ${crashesHeld}, inside a round ${crashesInRound}`);
-      console.log(`crashes ${crashes}, QuickOPC reverses ${qReverses}, control operations whose commit failed ${failedCommits}; crashes inside control operations (durable / not):`);
-      for (const [k, [y, n]] of [...outcomes].sort()) console.log(`  ${k.padEnd(26)} ${y} / ${n}`);
-    }
-    if (failures.length > 0) {
-      const seedsFailed = failures.map((f) => /SEED=(\d+)/.exec(f.message)?.[1]).join(', ');
-      throw new Error(`${failures.length} failing seed(s): ${seedsFailed}\n${failures[0]!.message}`, { cause: failures[0] });
-    }
-    expect(crashes).toBeGreaterThan(0);
-    if (only === undefined && seeds >= 50 && steps >= 100) {
-      // The new paths must actually run: QuickOPC reverses, and crashes inside control
-      // operations that land both before and after the operation became durable.
-      expect(qReverses).toBeGreaterThan(0);
-      expect(failedCommits).toBeGreaterThan(0);
-      // SnapOPC+ write-behind: writes acknowledged before their round, crashes while held and mid-round.
-      expect(SnapChain.stats.held - held0).toBeGreaterThan(0);
-      expect(crashesHeld).toBeGreaterThan(0);
-      expect(crashesInRound).toBeGreaterThan(0);
-      const both = [...outcomes.values()].reduce((a, [y, n]) => [a[0] + y, a[1] + n], [0, 0]);
-      expect(both[0]).toBeGreaterThan(0);
-      expect(both[1]).toBeGreaterThan(0);
-    }
-  }, Math.max(120_000, (only !== undefined ? 1 : seeds) * steps * 2)); // big SEEDS runs: ~2 ms a step is plenty
+      if (failures.length > 0) {
+        const seedsFailed = failures.map((f) => /SEED=(\d+)/.exec(f.message)?.[1]).join(', ');
+        throw new Error(`${failures.length} failing seed(s): ${seedsFailed}\n${failures[0]!.message}`, { cause: failures[0] });
+      }
+      expect(crashes).toBeGreaterThan(0);
+      if (only === undefined && seeds >= 50 && steps >= 100) {
+        // The new paths must actually run: QuickOPC reverses, and crashes inside control
+        // operations that land both before and after the operation became durable.
+        expect(qReverses).toBeGreaterThan(0);
+        expect(failedCommits).toBeGreaterThan(0);
+        // SnapOPC+ write-behind: writes acknowledged before their round, crashes while held and mid-round.
+        expect(SnapChain.stats.held - held0).toBeGreaterThan(0);
+        expect(crashesHeld).toBeGreaterThan(0);
+        expect(crashesInRound).toBeGreaterThan(0);
+        const both = [...outcomes.values()].reduce((a, [y, n]) => [a[0] + y, a[1] + n], [0, 0]);
+        expect(both[0]).toBeGreaterThan(0);
+        expect(both[1]).toBeGreaterThan(0);
+      }
+    },
+    Math.max(120_000, (only !== undefined ? 1 : seeds) * steps * 2),
+  ); // big SEEDS runs: ~2 ms a step is plenty
 });

@@ -53,7 +53,12 @@ describe('SnapOPC+', () => {
     await expect(engine.cancel(g2.id)).rejects.toThrow(/1 older generation.*force/);
     await engine.cancel(g2.id, { force: true });
     expect(engine.list().map((s) => s.id)).toEqual([g3.id]);
-    expect(engine.events.filter((e) => e.kind === 'cancelled').map((e) => e.sessionId).sort()).toEqual([g1.id, g2.id].sort());
+    expect(
+      engine.events
+        .filter((e) => e.kind === 'cancelled')
+        .map((e) => e.sessionId)
+        .sort(),
+    ).toEqual([g1.id, g2.id].sort());
     await put(dev.a!, 0, 4);
     expect(await readTags(dev.s3!, 0, 1)).toEqual([3]);
   });

@@ -73,7 +73,6 @@ export async function errCode(p: Promise<unknown>): Promise<string | undefined> 
   }
 }
 
-
 /**
  * A 4 KiB-block store that can crash. Writes are volatile until flush(); crash() returns the
  * store a restarted process sees: for every block written since the last flush, the value of
@@ -110,7 +109,8 @@ export class SimStore implements VolumeStore {
       const bs = blockSize;
       const zero = Buffer.alloc(bs);
       // Only a capacity-limited store needs to know what is allocated.
-      if (Number.isFinite(capacityBlocks)) for (let b = 0; b < size / bs; b++) if ((b + 1) * bs > image.length || zero.compare(image, b * bs, (b + 1) * bs) !== 0) this.alloc.add(b);
+      if (Number.isFinite(capacityBlocks))
+        for (let b = 0; b < size / bs; b++) if ((b + 1) * bs > image.length || zero.compare(image, b * bs, (b + 1) * bs) !== 0) this.alloc.add(b);
     }
   }
 
@@ -137,7 +137,8 @@ export class SimStore implements VolumeStore {
     const n = data.length / this.blockSize;
     let fresh = 0;
     for (let b = first; b < first + n; b++) if (!this.alloc.has(b)) fresh++;
-    if (this.alloc.size + fresh > this.capacityBlocks) throw new BlockDeviceError('ENOSPC', `pool full: ${this.alloc.size} of ${this.capacityBlocks} blocks in use`);
+    if (this.alloc.size + fresh > this.capacityBlocks)
+      throw new BlockDeviceError('ENOSPC', `pool full: ${this.alloc.size} of ${this.capacityBlocks} blocks in use`);
     data.copy(this.cur, offset);
     for (let b = first; b < first + n; b++) {
       this.alloc.add(b);

@@ -90,10 +90,14 @@ describe('README examples', () => {
     script.push('echo "@@ done"');
     expect(skipped.every((l) => l.startsWith('npx arraylab copy watch'))).toBe(true);
     const env: NodeJS.ProcessEnv = { ...process.env, ARRAYLAB_API: lab.apiAddress, NO_COLOR: '1' };
-    for (const k of ['ARRAYLAB_RUN_DIR', 'ARRAYLAB_LOG_LEVEL', 'ARRAYLAB_AGENT', 'ARRAYLAB_AGENT_CONFIG', 'ARRAYLAB_AGENT_STATE', 'ARRAYLAB_AGENT_TOKEN']) delete env[k];
+    for (const k of ['ARRAYLAB_RUN_DIR', 'ARRAYLAB_LOG_LEVEL', 'ARRAYLAB_AGENT', 'ARRAYLAB_AGENT_CONFIG', 'ARRAYLAB_AGENT_STATE', 'ARRAYLAB_AGENT_TOKEN'])
+      delete env[k];
 
     const r = await runProcess('bash', ['-c', script.join('\n')], { env, cwd: REPO_ROOT, timeoutMs: 180_000 });
-    const failedAt = r.stdout.split('\n').filter((l) => l.startsWith('@@ ')).at(-1);
+    const failedAt = r.stdout
+      .split('\n')
+      .filter((l) => l.startsWith('@@ '))
+      .at(-1);
     expect(r.code, `README example failed at\n${failedAt}\noutput:\n${r.output}`).toBe(0);
     expect(r.stdout.trimEnd().endsWith('@@ done')).toBe(true);
     expect(r.stderr, `README examples wrote to stderr; output:\n${r.output}`).toBe('');

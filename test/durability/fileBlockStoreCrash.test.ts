@@ -25,7 +25,7 @@ function decodeBlock(buf: Buffer, block: number): number {
       buf.readUInt32LE(o) !== MAGIC ||
       buf.readUInt32LE(o + 4) !== block ||
       buf.readUInt32LE(o + 8) !== version ||
-      buf.readUInt32LE(o + 12) !== ((MAGIC ^ block ^ version) >>> 0)
+      buf.readUInt32LE(o + 12) !== (MAGIC ^ block ^ version) >>> 0
     ) {
       return -1;
     }
@@ -74,13 +74,25 @@ describe('FileBlockStore crash safety (kill -9)', () => {
     fs.writeFileSync(path.join(out, 'package.json'), '{"type":"module"}\n');
     try {
       execFileSync(
-      path.join(repoRoot, 'node_modules/.bin/tsc'),
-      [
-        '--outDir', out, '--rootDir', repoRoot, '--module', 'NodeNext', '--moduleResolution', 'NodeNext',
-        '--target', 'ES2022', '--types', 'node', '--strict', '--skipLibCheck',
-        path.join(repoRoot, 'emulator/block/FileBlockStore.ts'),
-      ],
-      { cwd: repoRoot, stdio: 'pipe' },
+        path.join(repoRoot, 'node_modules/.bin/tsc'),
+        [
+          '--outDir',
+          out,
+          '--rootDir',
+          repoRoot,
+          '--module',
+          'NodeNext',
+          '--moduleResolution',
+          'NodeNext',
+          '--target',
+          'ES2022',
+          '--types',
+          'node',
+          '--strict',
+          '--skipLibCheck',
+          path.join(repoRoot, 'emulator/block/FileBlockStore.ts'),
+        ],
+        { cwd: repoRoot, stdio: 'pipe' },
       );
     } catch (err) {
       const e = err as { stdout?: Buffer };
@@ -111,10 +123,13 @@ describe('FileBlockStore crash safety (kill -9)', () => {
           if (!killing && (text.match(/^F$/gm)?.length ?? 0) >= wantFlushes) {
             killing = true;
             // let it run a little past the last flush, into unflushed territory
-            setTimeout(() => {
-              child.kill('SIGKILL');
-              resolve();
-            }, (seed % 10) * 7);
+            setTimeout(
+              () => {
+                child.kill('SIGKILL');
+                resolve();
+              },
+              (seed % 10) * 7,
+            );
           }
         });
         child.on('exit', (code, signal) => {

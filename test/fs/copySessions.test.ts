@@ -35,8 +35,22 @@ interface Fs {
   size: string;
 }
 
-const EXT4: Fs = { type: 'ext4', mkfs: ['mkfs.ext4', '-q', '-F'], fsck: (dev) => ['fsck.ext4', '-n', '-f', dev], replayBeforeFsck: false, mountOptions: '', size: '256MiB' };
-const XFS: Fs = { type: 'xfs', mkfs: ['mkfs.xfs', '-q', '-f'], fsck: (dev) => ['xfs_repair', '-n', dev], replayBeforeFsck: true, mountOptions: 'nouuid', size: '320MiB' }; // mkfs.xfs: more than 300 MB
+const EXT4: Fs = {
+  type: 'ext4',
+  mkfs: ['mkfs.ext4', '-q', '-F'],
+  fsck: (dev) => ['fsck.ext4', '-n', '-f', dev],
+  replayBeforeFsck: false,
+  mountOptions: '',
+  size: '256MiB',
+};
+const XFS: Fs = {
+  type: 'xfs',
+  mkfs: ['mkfs.xfs', '-q', '-f'],
+  fsck: (dev) => ['xfs_repair', '-n', dev],
+  replayBeforeFsck: true,
+  mountOptions: 'nouuid',
+  size: '320MiB',
+}; // mkfs.xfs: more than 300 MB
 
 /** About 10 MiB of files: enough to span many copy units, small enough for a 2-core runner. */
 const TREE = { dirs: 4, files: 6 };
@@ -105,7 +119,11 @@ function startWriter(dir: string): Writer {
         if (count < target && child.exitCode !== null) throw new Error(`the writer exited (${child.exitCode}): ${err}`);
         return count;
       };
-      await waitFor(written, (c) => c >= target, { timeoutMs: 20_000, intervalMs: 20, onTimeout: (c) => `the writer made no progress (${c}/${target}): ${err}` });
+      await waitFor(written, (c) => c >= target, {
+        timeoutMs: 20_000,
+        intervalMs: 20,
+        onTimeout: (c) => `the writer made no progress (${c}/${target}): ${err}`,
+      });
     },
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
@@ -149,10 +167,14 @@ describe('copy sessions of mounted filesystems', () => {
   const json = async (args: string[]) => (await cliJson(lab, args)) as Session;
 
   function waitState(id: string, state: string, ms = 30_000): Promise<Session> {
-    return waitFor(() => json(['copy', 'show', id]), (s) => s.state === state, {
-      timeoutMs: ms,
-      onTimeout: (s) => `session ${id} is still ${s.state} (${String(s.copiedBlocks)}/${String(s.totalBlocks)}), not ${state}`,
-    });
+    return waitFor(
+      () => json(['copy', 'show', id]),
+      (s) => s.state === state,
+      {
+        timeoutMs: ms,
+        onTimeout: (s) => `session ${id} is still ${s.state} (${String(s.copiedBlocks)}/${String(s.totalBlocks)}), not ${state}`,
+      },
+    );
   }
 
   /** Ends the session after the test, whatever state it is in (cleanup only). */
@@ -286,7 +308,9 @@ describe('copy sessions of mounted filesystems', () => {
   it('ext4, OPC: the destination is the freeze-instant image while still copying at 1 MiB/s, and after', async () => {
     await createVolumes(EXT4, 'opc-src', 'opc-dst');
     const src = await busySource(EXT4, 'opc-src');
-    const { frozen, result: started } = await atFreeze(src.mnt, () => json(['copy', 'start', '--type', 'opc', '--src', 'opc-src', '--dst', 'opc-dst', '--rate', '1']));
+    const { frozen, result: started } = await atFreeze(src.mnt, () =>
+      json(['copy', 'start', '--type', 'opc', '--src', 'opc-src', '--dst', 'opc-dst', '--rate', '1']),
+    );
     cancelAfter(started.id);
     expect(started).toMatchObject({ type: 'opc', state: 'copying', source: 'opc-src', destination: 'opc-dst', rateMiBs: 1 });
     expect(frozen.size).toBeGreaterThan(25);
@@ -354,7 +378,9 @@ describe('copy sessions of mounted filesystems', () => {
   it('xfs, SnapOPC+: the snap volume reads as the freeze-instant image', async () => {
     await createVolumes(XFS, 'snap-src', 'snap-gen');
     const src = await busySource(XFS, 'snap-src');
-    const { frozen, result: started } = await atFreeze(src.mnt, () => json(['copy', 'start', '--type', 'snapopcplus', '--src', 'snap-src', '--dst', 'snap-gen']));
+    const { frozen, result: started } = await atFreeze(src.mnt, () =>
+      json(['copy', 'start', '--type', 'snapopcplus', '--src', 'snap-src', '--dst', 'snap-gen']),
+    );
     cancelAfter(started.id);
     expect(started).toMatchObject({ type: 'snapopcplus', state: 'snap', source: 'snap-src', destination: 'snap-gen', generation: 1 });
     expect(frozen.size).toBeGreaterThan(25);

@@ -1,14 +1,6 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import {
-  CHAP_MD5,
-  CHAP_SHA1,
-  CHAP_SHA256,
-  CHAP_SHA3_256,
-  ChapAuthenticator,
-  ChapError,
-  chapResponse,
-} from '../../emulator/iscsi/chap.js';
+import { CHAP_MD5, CHAP_SHA1, CHAP_SHA256, CHAP_SHA3_256, ChapAuthenticator, ChapError, chapResponse } from '../../emulator/iscsi/chap.js';
 import * as op from '../../emulator/iscsi/opcodes.js';
 import { decodeBinary, encodeHex, type TextPair } from '../../emulator/iscsi/text.js';
 
@@ -57,7 +49,9 @@ describe('CHAP response function', () => {
     expect(chapResponse(CHAP_SHA3_256, 7, Buffer.from('s3cret'), c).equals(createHash('sha3-256').update(input).digest())).toBe(true);
     // RFC 1994 MD5 known answer: id 1, secret "secret", challenge of 16 zero bytes.
     expect(chapResponse(CHAP_MD5, 1, 'secret', Buffer.alloc(16)).toString('hex')).toBe(
-      createHash('md5').update(Buffer.concat([Buffer.from([1]), Buffer.from('secret'), Buffer.alloc(16)])).digest('hex'),
+      createHash('md5')
+        .update(Buffer.concat([Buffer.from([1]), Buffer.from('secret'), Buffer.alloc(16)]))
+        .digest('hex'),
     );
     expect(() => chapResponse(99, 0, 'x', c)).toThrow(/not supported/);
   });
@@ -93,13 +87,34 @@ describe('ChapAuthenticator', () => {
     expect(failure(() => auth().step([])).failure).toBe('protocol');
     const a = auth();
     a.step([['CHAP_A', '5']]);
-    expect(failure(() => a.step([['CHAP_N', 'someone-else'], ['CHAP_R', '0x00']])).failure).toBe('unknown-user');
+    expect(
+      failure(() =>
+        a.step([
+          ['CHAP_N', 'someone-else'],
+          ['CHAP_R', '0x00'],
+        ]),
+      ).failure,
+    ).toBe('unknown-user');
     const b = auth();
     b.step([['CHAP_A', '5']]);
-    expect(failure(() => b.step([['CHAP_N', USER], ['CHAP_R', 'plain']])).failure).toBe('protocol');
+    expect(
+      failure(() =>
+        b.step([
+          ['CHAP_N', USER],
+          ['CHAP_R', 'plain'],
+        ]),
+      ).failure,
+    ).toBe('protocol');
     const c = auth();
     c.step([['CHAP_A', '5']]);
-    expect(failure(() => c.step([['CHAP_N', USER], ['CHAP_R', '0x0011']])).failure).toBe('bad-response'); // wrong length
+    expect(
+      failure(() =>
+        c.step([
+          ['CHAP_N', USER],
+          ['CHAP_R', '0x0011'],
+        ]),
+      ).failure,
+    ).toBe('bad-response'); // wrong length
     const d = auth();
     d.step([['CHAP_A', '5']]);
     expect(failure(() => d.step([['CHAP_N', USER]])).failure).toBe('protocol');
@@ -109,13 +124,21 @@ describe('ChapAuthenticator', () => {
     const a = auth();
     const ch = a.step([['CHAP_A', '5']]);
     const r = chapResponse(CHAP_MD5, Number(get(ch, 'CHAP_I')), SECRET, decodeBinary(get(ch, 'CHAP_C')!)!);
-    expect(a.step([['CHAP_N', USER], ['CHAP_R', `0b${r.toString('base64')}`]])).toEqual([]);
+    expect(
+      a.step([
+        ['CHAP_N', USER],
+        ['CHAP_R', `0b${r.toString('base64')}`],
+      ]),
+    ).toEqual([]);
   });
 
-  it('mutual CHAP: we answer the initiator\'s challenge with the target secret', () => {
+  it("mutual CHAP: we answer the initiator's challenge with the target secret", () => {
     const a = auth({ target: { username: 'iqn.2026-01.lab.arraylab:vol1', secret: TSECRET } });
     const ic = Buffer.alloc(16, 0x42);
-    const { reply } = answer(a, '5', SECRET, [['CHAP_I', '200'], ['CHAP_C', encodeHex(ic)]]);
+    const { reply } = answer(a, '5', SECRET, [
+      ['CHAP_I', '200'],
+      ['CHAP_C', encodeHex(ic)],
+    ]);
     expect(get(reply, 'CHAP_N')).toBe('iqn.2026-01.lab.arraylab:vol1');
     expect(decodeBinary(get(reply, 'CHAP_R')!)!.equals(chapResponse(CHAP_MD5, 200, TSECRET, ic))).toBe(true);
     expect(a.done).toBe(true);
@@ -126,14 +149,42 @@ describe('ChapAuthenticator', () => {
     const a = auth({ target: { username: 't', secret: TSECRET } });
     const ch = a.step([['CHAP_A', '5']]);
     const r = encodeHex(chapResponse(CHAP_MD5, Number(get(ch, 'CHAP_I')), SECRET, decodeBinary(get(ch, 'CHAP_C')!)!));
-    const e = failure(() => a.step([['CHAP_N', USER], ['CHAP_R', r], ['CHAP_I', '1'], ['CHAP_C', get(ch, 'CHAP_C')!]]));
+    const e = failure(() =>
+      a.step([
+        ['CHAP_N', USER],
+        ['CHAP_R', r],
+        ['CHAP_I', '1'],
+        ['CHAP_C', get(ch, 'CHAP_C')!],
+      ]),
+    );
     expect(e.failure).toBe('reflection');
 
-    expect(failure(() => answer(auth(), '5', SECRET, [['CHAP_I', '1'], ['CHAP_C', '0x0102']])).failure).toBe('mutual-unavailable');
+    expect(
+      failure(() =>
+        answer(auth(), '5', SECRET, [
+          ['CHAP_I', '1'],
+          ['CHAP_C', '0x0102'],
+        ]),
+      ).failure,
+    ).toBe('mutual-unavailable');
     const t = { target: { username: 't', secret: TSECRET } };
-    expect(failure(() => answer(auth(t), '5', SECRET, [['CHAP_I', '256'], ['CHAP_C', '0x0102']])).failure).toBe('protocol');
+    expect(
+      failure(() =>
+        answer(auth(t), '5', SECRET, [
+          ['CHAP_I', '256'],
+          ['CHAP_C', '0x0102'],
+        ]),
+      ).failure,
+    ).toBe('protocol');
     expect(failure(() => answer(auth(t), '5', SECRET, [['CHAP_I', '1']])).failure).toBe('protocol');
-    expect(failure(() => answer(auth(t), '5', SECRET, [['CHAP_I', '1'], ['CHAP_C', `0x${'00'.repeat(1025)}`]])).failure).toBe('protocol');
+    expect(
+      failure(() =>
+        answer(auth(t), '5', SECRET, [
+          ['CHAP_I', '1'],
+          ['CHAP_C', `0x${'00'.repeat(1025)}`],
+        ]),
+      ).failure,
+    ).toBe('protocol');
   });
 
   it('refuses configurations that would weaken it', () => {

@@ -129,7 +129,9 @@ describe('iscsi-test-cu against arraylab, with tgtd as the yardstick', () => {
     const r = await arraylabRun;
     const reference = await tgtdRun;
     console.log(formatConformance('arraylab conformance (512-byte blocks)', r));
-    console.log(`arraylab really passed ${r.passed}, tgtd ${reference.passed}; failed ${r.failed} vs ${reference.failed}; skipped ${r.skipped} vs ${reference.skipped}`);
+    console.log(
+      `arraylab really passed ${r.passed}, tgtd ${reference.passed}; failed ${r.failed} vs ${reference.failed}; skipped ${r.skipped} vs ${reference.skipped}`,
+    );
     expect(r.total).toBe(reference.total);
     expect(r.tests.filter((t) => t.outcome === 'failed').map((t) => `${t.name}: ${t.reason ?? ''}`)).toEqual([]);
     expect(r.passed).toBeGreaterThan(reference.passed);

@@ -35,7 +35,14 @@ Run Summary:    Type  Total    Ran Passed Failed Inactive
              asserts     20     20     17      3      n/a
 `;
 
-const LISTING = ['ALL.CompareAndWrite.Simple', 'ALL.CompareAndWrite.Unwritten', 'ALL.Reserve6.2Initiators', 'ALL.Reserve6.LUNReset', 'iSCSI.iSCSIdatasn.iSCSIDataSnInvalid', 'SCSI.Sanitize.BlockErase'];
+const LISTING = [
+  'ALL.CompareAndWrite.Simple',
+  'ALL.CompareAndWrite.Unwritten',
+  'ALL.Reserve6.2Initiators',
+  'ALL.Reserve6.LUNReset',
+  'iSCSI.iSCSIdatasn.iSCSIDataSnInvalid',
+  'SCSI.Sanitize.BlockErase',
+];
 
 describe('parseConformance', () => {
   it('counts skips inside CUnit passes as skips, once per test, and names tests by family', () => {

@@ -33,7 +33,12 @@ beforeAll(async () => {
   work = makeTempDir('arraylab-iscsi-fs-');
   // 512 MiB: xfs wants at least 300 MiB. 512-byte blocks: see realClients.test.ts on qemu and thin 4096-byte LUNs.
   lab = await startArraylab({
-    config: { volumes: [{ name: 'fs-ext4', size: '512MiB' }, { name: 'fs-xfs', size: '512MiB' }] },
+    config: {
+      volumes: [
+        { name: 'fs-ext4', size: '512MiB' },
+        { name: 'fs-xfs', size: '512MiB' },
+      ],
+    },
     extraArgs: ['--iscsi', '127.0.0.1:0'],
   });
   portal = iscsiPortalOf(lab);

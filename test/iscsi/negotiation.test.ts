@@ -96,15 +96,22 @@ describe('open-iscsi and libiscsi default offers', () => {
   it('open-iscsi discovery session: operational keys of Normal sessions are Irrelevant', () => {
     const n = new Negotiator();
     n.login(kv(`InitiatorName=${INITIATOR} SessionType=Discovery AuthMethod=None`), 'security');
-    const r = n.login(kv('HeaderDigest=None DataDigest=None DefaultTime2Wait=2 ErrorRecoveryLevel=0 MaxRecvDataSegmentLength=32768 MaxBurstLength=262144 InitialR2T=No'), 'operational');
-    expect(r.response).toEqual(kv('HeaderDigest=None DataDigest=None DefaultTime2Wait=2 ErrorRecoveryLevel=0 MaxRecvDataSegmentLength=262144 MaxBurstLength=Irrelevant InitialR2T=Irrelevant'));
+    const r = n.login(
+      kv('HeaderDigest=None DataDigest=None DefaultTime2Wait=2 ErrorRecoveryLevel=0 MaxRecvDataSegmentLength=32768 MaxBurstLength=262144 InitialR2T=No'),
+      'operational',
+    );
+    expect(r.response).toEqual(
+      kv(
+        'HeaderDigest=None DataDigest=None DefaultTime2Wait=2 ErrorRecoveryLevel=0 MaxRecvDataSegmentLength=262144 MaxBurstLength=Irrelevant InitialR2T=Irrelevant',
+      ),
+    );
     expect(n.params.sessionType).toBe('Discovery');
     expect(n.params.initiatorMaxRecvDataSegmentLength).toBe(32768);
   });
 });
 
-describe('each key\'s result function', () => {
-  it('digests: first of the initiator\'s list that we support', () => {
+describe("each key's result function", () => {
+  it("digests: first of the initiator's list that we support", () => {
     expect(answer(normal(), 'HeaderDigest', 'CRC32C,None')).toBe('CRC32C');
     expect(answer(normal(), 'HeaderDigest', 'None,CRC32C')).toBe('None');
     expect(answer(normal({ headerDigests: ['CRC32C'] }), 'HeaderDigest', 'None,CRC32C')).toBe('CRC32C');
@@ -156,7 +163,10 @@ describe('each key\'s result function', () => {
     expect(r2.response).toEqual(kv('MaxBurstLength=16384 FirstBurstLength=16384'));
     expect(m.params.firstBurstLength).toBe(16384);
     const q = normal();
-    expect(q.login(kv('MaxBurstLength=16384 InitialR2T=Yes ImmediateData=No FirstBurstLength=65536'), 'operational').response[3]).toEqual(['FirstBurstLength', 'Irrelevant']);
+    expect(q.login(kv('MaxBurstLength=16384 InitialR2T=Yes ImmediateData=No FirstBurstLength=65536'), 'operational').response[3]).toEqual([
+      'FirstBurstLength',
+      'Irrelevant',
+    ]);
     expect(q.params.firstBurstLength).toBe(16384); // the effective value never exceeds MaxBurstLength
   });
 
@@ -179,11 +189,18 @@ describe('each key\'s result function', () => {
   });
 
   it('unknown keys are NotUnderstood, target-only keys Reject, obsolete markers per RFC 7143 §13.25', () => {
-    const r = normal().login(kv('X-com.example.Foo=1 FancyKey=2 TargetAlias=x TargetPortalGroupTag=1 IFMarker=Yes OFMarker=No IFMarkInt=2048 OFMarkInt=1~65535'), 'operational');
-    expect(r.response).toEqual(kv('X-com.example.Foo=NotUnderstood FancyKey=NotUnderstood TargetAlias=Reject TargetPortalGroupTag=Reject IFMarker=No OFMarker=No IFMarkInt=Reject OFMarkInt=Reject'));
+    const r = normal().login(
+      kv('X-com.example.Foo=1 FancyKey=2 TargetAlias=x TargetPortalGroupTag=1 IFMarker=Yes OFMarker=No IFMarkInt=2048 OFMarkInt=1~65535'),
+      'operational',
+    );
+    expect(r.response).toEqual(
+      kv(
+        'X-com.example.Foo=NotUnderstood FancyKey=NotUnderstood TargetAlias=Reject TargetPortalGroupTag=Reject IFMarker=No OFMarker=No IFMarkInt=Reject OFMarkInt=Reject',
+      ),
+    );
   });
 
-  it('AuthMethod: first of the initiator\'s list we allow; CHAP keys go to the authenticator', () => {
+  it("AuthMethod: first of the initiator's list we allow; CHAP keys go to the authenticator", () => {
     const n = new Negotiator({ ...DEFAULT_TARGET_CONFIG, authMethods: ['CHAP'] });
     const r = n.login(kv(`InitiatorName=${INITIATOR} TargetName=${TARGET} AuthMethod=None,CHAP`), 'security');
     expect(r.response[0]).toEqual(['AuthMethod', 'CHAP']);
@@ -287,6 +304,7 @@ describe('Text requests in full feature phase', () => {
 describe('isIscsiName', () => {
   it('accepts iqn/eui/naa and refuses the rest', () => {
     for (const ok of [INITIATOR, 'eui.02004567A425678D', 'naa.52004567BA64678D', 'naa.62004567BA64678D0123456789ABCDEF']) expect(isIscsiName(ok)).toBe(true);
-    for (const bad of ['', 'iqn', 'iqn.20-01.x', 'eui.123', 'naa.1234', 'iqn.2026-01.a b', `iqn.2026-01.${'a'.repeat(300)}`]) expect(isIscsiName(bad)).toBe(false);
+    for (const bad of ['', 'iqn', 'iqn.20-01.x', 'eui.123', 'naa.1234', 'iqn.2026-01.a b', `iqn.2026-01.${'a'.repeat(300)}`])
+      expect(isIscsiName(bad)).toBe(false);
   });
 });

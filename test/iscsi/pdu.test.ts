@@ -81,22 +81,59 @@ describe('target PDU builders: byte-exact layouts', () => {
   it('Login Response failure keeps NSG zero when T is clear and carries class/detail', () => {
     const b = built((buf, off) =>
       buildLoginResponse(buf, off, {
-        ...seq, transit: false, continue: false, csg: 0, nsg: 3, versionMax: 0, versionActive: 0, isid: 1, tsih: 0, itt: 9,
-        statusClass: op.LOGIN_CLASS_INITIATOR_ERROR, statusDetail: op.LOGIN_AUTH_FAILED, dataSegmentLength: 0,
+        ...seq,
+        transit: false,
+        continue: false,
+        csg: 0,
+        nsg: 3,
+        versionMax: 0,
+        versionActive: 0,
+        isid: 1,
+        tsih: 0,
+        itt: 9,
+        statusClass: op.LOGIN_CLASS_INITIATOR_ERROR,
+        statusDetail: op.LOGIN_AUTH_FAILED,
+        dataSegmentLength: 0,
       }),
     );
     expect(b[1]).toBe(0x00);
     expect(b[36]).toBe(2);
     expect(b[37]).toBe(1);
-    expect(() => buildLoginResponse(Buffer.alloc(48), 0, { ...seq, transit: true, continue: true, csg: 0, nsg: 1, versionMax: 0, versionActive: 0, isid: 0, tsih: 0, itt: 0, statusClass: 0, statusDetail: 0, dataSegmentLength: 0 })).toThrow(/both T and C/);
+    expect(() =>
+      buildLoginResponse(Buffer.alloc(48), 0, {
+        ...seq,
+        transit: true,
+        continue: true,
+        csg: 0,
+        nsg: 1,
+        versionMax: 0,
+        versionActive: 0,
+        isid: 0,
+        tsih: 0,
+        itt: 0,
+        statusClass: 0,
+        statusDetail: 0,
+        dataSegmentLength: 0,
+      }),
+    ).toThrow(/both T and C/);
   });
 
   it('SCSI Response with CHECK CONDITION, sense segment and underflow residual', () => {
     const b = built((buf, off) =>
-      buildScsiResponse(buf, off, { ...seq, itt: 0xabcdef01, response: op.RESPONSE_COMPLETED, status: 0x02, dataSegmentLength: 20, expDataSN: 3, residual: 512 }),
+      buildScsiResponse(buf, off, {
+        ...seq,
+        itt: 0xabcdef01,
+        response: op.RESPONSE_COMPLETED,
+        status: 0x02,
+        dataSegmentLength: 20,
+        expDataSN: 3,
+        residual: 512,
+      }),
     );
     expect(b.toString('hex')).toBe(hex(`21820002 00000014 0000000000000000 abcdef01 00000000 ${SEQ_HEX} 00000003 00000000 00000200`).toString('hex'));
-    const over = built((buf, off) => buildScsiResponse(buf, off, { ...seq, itt: 1, response: 0, status: 0, dataSegmentLength: 0, expDataSN: 0, residual: -4096 }));
+    const over = built((buf, off) =>
+      buildScsiResponse(buf, off, { ...seq, itt: 1, response: 0, status: 0, dataSegmentLength: 0, expDataSN: 0, residual: -4096 }),
+    );
     expect(over[1]).toBe(0x80 | op.RESP_OVERFLOW);
     expect(over.readUInt32BE(44)).toBe(4096);
     const seg = Buffer.alloc(20);
@@ -106,21 +143,42 @@ describe('target PDU builders: byte-exact layouts', () => {
 
   it('SCSI Data-In: final with status and underflow; non-final has no StatSN', () => {
     const b = built((buf, off) =>
-      buildDataIn(buf, off, { ...seq, final: true, status: 0, lun: 1, itt: 0x11, ttt: op.RESERVED_TAG, dataSN: 4, bufferOffset: 0x10000, dataSegmentLength: 0x2000, residual: 100 }),
+      buildDataIn(buf, off, {
+        ...seq,
+        final: true,
+        status: 0,
+        lun: 1,
+        itt: 0x11,
+        ttt: op.RESERVED_TAG,
+        dataSN: 4,
+        bufferOffset: 0x10000,
+        dataSegmentLength: 0x2000,
+        residual: 100,
+      }),
     );
     expect(b.toString('hex')).toBe(hex(`25830000 00002000 0001000000000000 00000011 ffffffff ${SEQ_HEX} 00000004 00010000 00000064`).toString('hex'));
-    const mid = built((buf, off) => buildDataIn(buf, off, { ...seq, final: false, lun: 1, itt: 0x11, ttt: op.RESERVED_TAG, dataSN: 0, bufferOffset: 0, dataSegmentLength: 8 }));
+    const mid = built((buf, off) =>
+      buildDataIn(buf, off, { ...seq, final: false, lun: 1, itt: 0x11, ttt: op.RESERVED_TAG, dataSN: 0, bufferOffset: 0, dataSegmentLength: 8 }),
+    );
     expect(mid[1]).toBe(0);
     expect(mid.readUInt32BE(24)).toBe(0); // StatSN reserved without S
     expect(mid.readUInt32BE(28)).toBe(2);
-    expect(() => buildDataIn(Buffer.alloc(48), 0, { ...seq, final: false, status: 0, lun: 0, itt: 0, ttt: 0, dataSN: 0, bufferOffset: 0, dataSegmentLength: 0 })).toThrow(/must also be final/);
-    expect(() => buildDataIn(Buffer.alloc(48), 0, { ...seq, final: true, status: 0x02, lun: 0, itt: 0, ttt: 0, dataSN: 0, bufferOffset: 0, dataSegmentLength: 0 })).toThrow(/send a SCSI Response/);
+    expect(() =>
+      buildDataIn(Buffer.alloc(48), 0, { ...seq, final: false, status: 0, lun: 0, itt: 0, ttt: 0, dataSN: 0, bufferOffset: 0, dataSegmentLength: 0 }),
+    ).toThrow(/must also be final/);
+    expect(() =>
+      buildDataIn(Buffer.alloc(48), 0, { ...seq, final: true, status: 0x02, lun: 0, itt: 0, ttt: 0, dataSN: 0, bufferOffset: 0, dataSegmentLength: 0 }),
+    ).toThrow(/send a SCSI Response/);
   });
 
   it('R2T', () => {
-    const b = built((buf, off) => buildR2T(buf, off, { ...seq, lun: 1, itt: 0x22, ttt: 0x33, r2tSN: 1, bufferOffset: 65536, desiredDataTransferLength: 262144 }));
+    const b = built((buf, off) =>
+      buildR2T(buf, off, { ...seq, lun: 1, itt: 0x22, ttt: 0x33, r2tSN: 1, bufferOffset: 65536, desiredDataTransferLength: 262144 }),
+    );
     expect(b.toString('hex')).toBe(hex(`31800000 00000000 0001000000000000 00000022 00000033 ${SEQ_HEX} 00000001 00010000 00040000`).toString('hex'));
-    expect(() => buildR2T(Buffer.alloc(48), 0, { ...seq, lun: 0, itt: 0, ttt: 0, r2tSN: 0, bufferOffset: 0, desiredDataTransferLength: 0 })).toThrow(/must not be 0/);
+    expect(() => buildR2T(Buffer.alloc(48), 0, { ...seq, lun: 0, itt: 0, ttt: 0, r2tSN: 0, bufferOffset: 0, desiredDataTransferLength: 0 })).toThrow(
+      /must not be 0/,
+    );
   });
 
   it('Reject carries the 48-byte header as its data segment', () => {
@@ -144,11 +202,21 @@ describe('target PDU builders: byte-exact layouts', () => {
 
 describe('initiator PDUs: parse', () => {
   it('parses a SCSI Command byte layout (READ(10), LUN 1, immediate)', () => {
-    const b = hex(
-      '41c10000 00000000 0001000000000000 00000010 00001000 00000005 00000003 ' + '28000000 00100000 08000000 00000000',
-    );
+    const b = hex('41c10000 00000000 0001000000000000 00000010 00001000 00000005 00000003 ' + '28000000 00100000 08000000 00000000');
     const p = parseBhs(b);
-    expect(p).toMatchObject({ kind: 'scsi-cmd', immediate: true, final: true, read: true, write: false, attr: op.ATTR_SIMPLE, lun: 1, itt: 0x10, expectedDataTransferLength: 4096, cmdSN: 5, expStatSN: 3 });
+    expect(p).toMatchObject({
+      kind: 'scsi-cmd',
+      immediate: true,
+      final: true,
+      read: true,
+      write: false,
+      attr: op.ATTR_SIMPLE,
+      lun: 1,
+      itt: 0x10,
+      expectedDataTransferLength: 4096,
+      cmdSN: 5,
+      expStatSN: 3,
+    });
     if (p.kind !== 'scsi-cmd') throw new Error('kind');
     expect(p.cdb.toString('hex')).toBe('28000000001000000800000000000000');
     b.fill(0); // the CDB is a copy, not a view
@@ -157,19 +225,126 @@ describe('initiator PDUs: parse', () => {
 
   it('parses a Login Request: CSG/NSG, ISID, CID', () => {
     const b = hex('43810000 0000004c 23d0000000010000 00000000 00010000 00000000 00000000 00000000 00000000 00000000 00000000');
-    expect(parseBhs(b)).toMatchObject({ kind: 'login-req', immediate: true, transit: true, continue: false, csg: 0, nsg: 1, isid: 0x23d000000001, tsih: 0, cid: 1, dataSegmentLength: 0x4c });
+    expect(parseBhs(b)).toMatchObject({
+      kind: 'login-req',
+      immediate: true,
+      transit: true,
+      continue: false,
+      csg: 0,
+      nsg: 1,
+      isid: 0x23d000000001,
+      tsih: 0,
+      cid: 1,
+      dataSegmentLength: 0x4c,
+    });
   });
 
   const samples: InitiatorPdu[] = [
     { kind: 'nop-out', immediate: true, ahsLength: 0, dataSegmentLength: 0, itt: 1, lun: 0, ttt: op.RESERVED_TAG, cmdSN: 10, expStatSN: 11 },
-    { kind: 'scsi-cmd', immediate: false, ahsLength: 0, dataSegmentLength: 512, itt: 2, final: false, read: false, write: true, attr: 1, lun: 300, expectedDataTransferLength: 1 << 20, cmdSN: 12, expStatSN: 13, cdb: hex('2a000000000000000800000000000000') },
-    { kind: 'tmf-req', immediate: true, ahsLength: 0, dataSegmentLength: 0, itt: 3, function: op.TMF_ABORT_TASK, lun: 4, referencedTaskTag: 2, cmdSN: 14, expStatSN: 15, refCmdSN: 12, expDataSN: 0 },
-    { kind: 'login-req', immediate: true, ahsLength: 0, dataSegmentLength: 100, itt: 4, transit: true, continue: false, csg: 1, nsg: 3, versionMax: 0, versionMin: 0, isid: 0x400001370000, tsih: 0, cid: 0, cmdSN: 1, expStatSN: 0 },
-    { kind: 'text-req', immediate: false, ahsLength: 0, dataSegmentLength: 16, itt: 5, final: true, continue: false, lun: 0, ttt: op.RESERVED_TAG, cmdSN: 2, expStatSN: 1 },
-    { kind: 'data-out', immediate: false, ahsLength: 0, dataSegmentLength: 8192, itt: 6, final: true, lun: 1, ttt: 0x1000, expStatSN: 5, dataSN: 3, bufferOffset: 24576 },
+    {
+      kind: 'scsi-cmd',
+      immediate: false,
+      ahsLength: 0,
+      dataSegmentLength: 512,
+      itt: 2,
+      final: false,
+      read: false,
+      write: true,
+      attr: 1,
+      lun: 300,
+      expectedDataTransferLength: 1 << 20,
+      cmdSN: 12,
+      expStatSN: 13,
+      cdb: hex('2a000000000000000800000000000000'),
+    },
+    {
+      kind: 'tmf-req',
+      immediate: true,
+      ahsLength: 0,
+      dataSegmentLength: 0,
+      itt: 3,
+      function: op.TMF_ABORT_TASK,
+      lun: 4,
+      referencedTaskTag: 2,
+      cmdSN: 14,
+      expStatSN: 15,
+      refCmdSN: 12,
+      expDataSN: 0,
+    },
+    {
+      kind: 'login-req',
+      immediate: true,
+      ahsLength: 0,
+      dataSegmentLength: 100,
+      itt: 4,
+      transit: true,
+      continue: false,
+      csg: 1,
+      nsg: 3,
+      versionMax: 0,
+      versionMin: 0,
+      isid: 0x400001370000,
+      tsih: 0,
+      cid: 0,
+      cmdSN: 1,
+      expStatSN: 0,
+    },
+    {
+      kind: 'text-req',
+      immediate: false,
+      ahsLength: 0,
+      dataSegmentLength: 16,
+      itt: 5,
+      final: true,
+      continue: false,
+      lun: 0,
+      ttt: op.RESERVED_TAG,
+      cmdSN: 2,
+      expStatSN: 1,
+    },
+    {
+      kind: 'data-out',
+      immediate: false,
+      ahsLength: 0,
+      dataSegmentLength: 8192,
+      itt: 6,
+      final: true,
+      lun: 1,
+      ttt: 0x1000,
+      expStatSN: 5,
+      dataSN: 3,
+      bufferOffset: 24576,
+    },
     { kind: 'logout-req', immediate: true, ahsLength: 0, dataSegmentLength: 0, itt: 7, reasonCode: op.LOGOUT_CLOSE_SESSION, cid: 0, cmdSN: 9, expStatSN: 8 },
-    { kind: 'snack', immediate: false, ahsLength: 0, dataSegmentLength: 0, itt: 8, type: op.SNACK_STATUS, lun: 0, ttt: 0, expStatSN: 3, begRun: 1, runLength: 2 },
-    { kind: 'scsi-cmd', immediate: false, ahsLength: 8, dataSegmentLength: 0, itt: 9, final: true, read: true, write: true, attr: 0, lun: -1, expectedDataTransferLength: 0, cmdSN: 0, expStatSN: 0, cdb: Buffer.alloc(16) },
+    {
+      kind: 'snack',
+      immediate: false,
+      ahsLength: 0,
+      dataSegmentLength: 0,
+      itt: 8,
+      type: op.SNACK_STATUS,
+      lun: 0,
+      ttt: 0,
+      expStatSN: 3,
+      begRun: 1,
+      runLength: 2,
+    },
+    {
+      kind: 'scsi-cmd',
+      immediate: false,
+      ahsLength: 8,
+      dataSegmentLength: 0,
+      itt: 9,
+      final: true,
+      read: true,
+      write: true,
+      attr: 0,
+      lun: -1,
+      expectedDataTransferLength: 0,
+      cmdSN: 0,
+      expStatSN: 0,
+      cdb: Buffer.alloc(16),
+    },
   ];
   for (const s of samples) {
     it(`round-trips ${s.kind} build → parse → build`, () => {
@@ -332,7 +507,14 @@ describe('Data-In sequences', () => {
     expect(out.map((b) => b.length)).toEqual([48, 4096, 48, 4096, 48, 1809, 3]);
     for (const i of [1, 3, 5]) expect(out[i]!.buffer).toBe(payload.buffer);
     expect(Buffer.concat([out[1]!, out[3]!, out[5]!]).equals(payload)).toBe(true);
-    const hs = [out[0]!, out[2]!, out[4]!].map((h) => ({ flags: h[1], dsl: h.readUIntBE(5, 3), dataSN: h.readUInt32BE(36), off: h.readUInt32BE(40), statSN: h.readUInt32BE(24), res: h.readUInt32BE(44) }));
+    const hs = [out[0]!, out[2]!, out[4]!].map((h) => ({
+      flags: h[1],
+      dsl: h.readUIntBE(5, 3),
+      dataSN: h.readUInt32BE(36),
+      off: h.readUInt32BE(40),
+      statSN: h.readUInt32BE(24),
+      res: h.readUInt32BE(44),
+    }));
     expect(hs).toEqual([
       { flags: 0, dsl: 4096, dataSN: 0, off: 0, statSN: 0, res: 0 },
       { flags: 0, dsl: 4096, dataSN: 1, off: 4096, statSN: 0, res: 0 },
@@ -343,7 +525,14 @@ describe('Data-In sequences', () => {
   it('sets F at each MaxBurstLength boundary, continues DataSN/offsets, adds digests', () => {
     const out: Buffer[] = [];
     const headers = Buffer.alloc(dataInHeaderSpace(payload.length, 4096));
-    const next = buildDataInPdus(out, headers, payload, { ...base, maxBurstLength: 8192, dataSN: 10, bufferOffset: 65536, headerDigest: true, dataDigest: true });
+    const next = buildDataInPdus(out, headers, payload, {
+      ...base,
+      maxBurstLength: 8192,
+      dataSN: 10,
+      bufferOffset: 65536,
+      headerDigest: true,
+      dataDigest: true,
+    });
     expect(next).toBe(13);
     expect(out.map((b) => b.length)).toEqual([52, 4096, 4, 52, 4096, 4, 52, 1809, 7]);
     const h = [out[0]!, out[3]!, out[6]!];

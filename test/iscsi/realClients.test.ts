@@ -94,7 +94,10 @@ describe('libiscsi and qemu against arraylab serve --iscsi', () => {
   });
 
   it('READ CAPACITY(16) gives each volume its exact size and block length', async () => {
-    for (const [lun, name] of [[0, 'clients'], [1, 'clients4k']] as const) {
+    for (const [lun, name] of [
+      [0, 'clients'],
+      [1, 'clients4k'],
+    ] as const) {
       const vol = await cliJson(lab, ['volume', 'show', name]);
       const out = await runToolOk('iscsi-readcapacity16', [iscsiUrl(portal, lun)]);
       expect(Number(/^LOGICAL BLOCK LENGTH IN BYTES:(\d+)/m.exec(out)?.[1]), out).toBe(vol.blockSize);
@@ -156,7 +159,12 @@ describe('libiscsi and qemu against arraylab serve --iscsi', () => {
     expect(inq.code, inq.output).toBe(0);
     await runToolOk('qemu-io', ['--image-opts', '-c', `read -P ${pattern} 1M 4M`, qemuIscsiOpts(portal, 0, { headerDigest: 'crc32c' })]);
     // Without the option qemu offers no digest: the target's login records must tell the two apart.
-    await runToolOk('qemu-io', ['--image-opts', '-c', 'read 0 4k', qemuIscsiOpts(portal, 0, { headerDigest: 'none', initiatorName: 'iqn.2026-11.lab.arraylab.test:no-digest' })]);
+    await runToolOk('qemu-io', [
+      '--image-opts',
+      '-c',
+      'read 0 4k',
+      qemuIscsiOpts(portal, 0, { headerDigest: 'none', initiatorName: 'iqn.2026-11.lab.arraylab.test:no-digest' }),
+    ]);
     const digestOf = (initiator: string): unknown[] =>
       lab
         .logs()
@@ -221,10 +229,21 @@ describe('CHAP', () => {
 
       // qemu: user= and a secret object.
       const dir = makeTempDir('arraylab-iscsi-chap-');
-      const info = await runTool('qemu-img', ['info', '--output=json', ...qemuSecretArgs('chap0', oneWay.secret, dir), '--image-opts', qemuIscsiOpts(portal, 0, { user: oneWay.username, passwordSecretId: 'chap0' })]);
+      const info = await runTool('qemu-img', [
+        'info',
+        '--output=json',
+        ...qemuSecretArgs('chap0', oneWay.secret, dir),
+        '--image-opts',
+        qemuIscsiOpts(portal, 0, { user: oneWay.username, passwordSecretId: 'chap0' }),
+      ]);
       expect(info.code, info.output).toBe(0);
       expect(JSON.parse(info.stdout)['virtual-size']).toBe(16 * MiB);
-      const bad = await runTool('qemu-img', ['info', ...qemuSecretArgs('chap1', 'wrong-secret-99', dir), '--image-opts', qemuIscsiOpts(portal, 0, { user: oneWay.username, passwordSecretId: 'chap1' })]);
+      const bad = await runTool('qemu-img', [
+        'info',
+        ...qemuSecretArgs('chap1', 'wrong-secret-99', dir),
+        '--image-opts',
+        qemuIscsiOpts(portal, 0, { user: oneWay.username, passwordSecretId: 'chap1' }),
+      ]);
       expect(bad.code).not.toBe(0);
       expect(bad.output).toMatch(/auth|login/i);
       // The refusal is logged by the target with the user name, never the secret.
@@ -263,7 +282,12 @@ describe('CHAP', () => {
 
 describe('host affinity', () => {
   it('an initiator sees the LUNs mapped to its host, another initiator sees none', async () => {
-    const lab = await startIscsiLab({ volumes: [{ name: 'mapped', size: '16MiB' }, { name: 'other', size: '8MiB' }] });
+    const lab = await startIscsiLab({
+      volumes: [
+        { name: 'mapped', size: '16MiB' },
+        { name: 'other', size: '8MiB' },
+      ],
+    });
     try {
       const portal = iscsiPortalOf(lab);
       await cliOk(lab, ['host', 'add', 'h1', '--initiator', IQN1]);

@@ -3,15 +3,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { BlockDeviceError } from '../../emulator/block/BlockDevice.js';
 import { MemoryBlockStore } from '../../emulator/block/MemoryBlockStore.js';
 import { ScsiLogicalUnits } from '../../emulator/iscsi/scsi/scsiTarget.js';
-import {
-  CHECK_CONDITION,
-  CONDITION_MET,
-  GOOD,
-  RESERVATION_CONFLICT,
-  type LunDevice,
-  type Nexus,
-  type ScsiResult,
-} from '../../emulator/iscsi/scsi/types.js';
+import { CHECK_CONDITION, CONDITION_MET, GOOD, RESERVATION_CONFLICT, type LunDevice, type Nexus, type ScsiResult } from '../../emulator/iscsi/scsi/types.js';
 
 const MiB = 1024 * 1024;
 const nexus: Nexus = {

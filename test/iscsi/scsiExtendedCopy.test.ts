@@ -44,7 +44,8 @@ function setup(opts: { readOnly1?: boolean } = {}) {
     return t.execute({ cdb: padded, lun, nexus: nx, dataOut, expectedDataInLength: 0 });
   };
   const xcopy = (list: Buffer, nx = nexus, plen = list.length) => exec([0x83, 0, 0, 0, 0, 0, 0, 0, 0, 0, ...be(plen, 4), 0, 0], list, nx);
-  const rcr = (sa: number, listId: number, alloc = 1024, nx = nexus) => exec([0x84, sa, listId, 0, 0, 0, 0, 0, 0, 0, ...be(alloc, 4), 0, 0], Buffer.alloc(0), nx);
+  const rcr = (sa: number, listId: number, alloc = 1024, nx = nexus) =>
+    exec([0x84, sa, listId, 0, 0, 0, 0, 0, 0, 0, ...be(alloc, 4), 0, 0], Buffer.alloc(0), nx);
   return { devs, lus, t, exec, xcopy, rcr };
 }
 

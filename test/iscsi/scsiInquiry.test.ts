@@ -253,7 +253,9 @@ describe('REPORT SUPPORTED OPERATION CODES and the dispatch table', () => {
       const invalidOpcode = r.status === CHECK_CONDITION && r.sense![12] === 0x20;
       expect({ op, invalidOpcode }).toEqual({ op, invalidOpcode: !listed.has(op) });
     }
-    expect(list.map((c) => c.op)).toEqual(expect.arrayContaining([0x00, 0x03, 0x12, 0x1a, 0x25, 0x28, 0x2a, 0x35, 0x41, 0x42, 0x5a, 0x88, 0x89, 0x8a, 0x93, 0x9e, 0xa0, 0xa3]));
+    expect(list.map((c) => c.op)).toEqual(
+      expect.arrayContaining([0x00, 0x03, 0x12, 0x1a, 0x25, 0x28, 0x2a, 0x35, 0x41, 0x42, 0x5a, 0x88, 0x89, 0x8a, 0x93, 0x9e, 0xa0, 0xa3]),
+    );
   });
 
   it('RCTD adds command timeouts descriptors', async () => {
@@ -301,10 +303,14 @@ describe('REPORT SUPPORTED OPERATION CODES and the dispatch table', () => {
     expect(s.readUInt16BE(16)).toBe(1);
     const o = expectSense(await exec([0xc1, 0, 0, 0, 0, 0]), ILLEGAL, 0x20);
     expect([o[15], o.readUInt16BE(16)]).toEqual([0xcf, 0]);
-    expectSense(await (async () => {
-      const { t } = setup();
-      return t.execute({ cdb: Buffer.from([0x28, 0, 0, 0]), lun: 0, nexus, dataOut: Buffer.alloc(0), expectedDataInLength: 0 });
-    })(), ILLEGAL, 0x24); // CDB shorter than the command
+    expectSense(
+      await (async () => {
+        const { t } = setup();
+        return t.execute({ cdb: Buffer.from([0x28, 0, 0, 0]), lun: 0, nexus, dataOut: Buffer.alloc(0), expectedDataInLength: 0 });
+      })(),
+      ILLEGAL,
+      0x24,
+    ); // CDB shorter than the command
   });
 });
 

@@ -11,7 +11,11 @@ import { ScsiLogicalUnits, type ScsiLogicalUnitsOptions } from '../../emulator/i
 import { CHECK_CONDITION, GOOD, RESERVATION_CONFLICT, type LunDevice, type Nexus, type ScsiResult } from '../../emulator/iscsi/scsi/types.js';
 
 const TARGET = 'iqn.2026-01.dev.arraylab:array1,t,0x0001';
-const nexusOf = (host: string, isid = '023d00000001'): Nexus => ({ initiatorPort: `iqn.1994-05.com.redhat:${host},i,0x${isid}`, targetPort: TARGET, relativePort: 1 });
+const nexusOf = (host: string, isid = '023d00000001'): Nexus => ({
+  initiatorPort: `iqn.1994-05.com.redhat:${host},i,0x${isid}`,
+  targetPort: TARGET,
+  relativePort: 1,
+});
 const A = nexusOf('alpha');
 const B = nexusOf('bravo');
 const C = nexusOf('charlie');
@@ -256,7 +260,13 @@ describe('RESERVE, RELEASE, READ RESERVATION, READ FULL STATUS, REPORT CAPABILIT
       expect(id[0]).toBe(0x45); // format 01b, iSCSI
       expect(id.readUInt16BE(2) % 4).toBe(0);
       expect(len).toBeGreaterThanOrEqual(24);
-      seen.push({ key: d.readBigUInt64BE(p), flags: d[p + 12]!, type: d[p + 13]!, rel: d.readUInt16BE(p + 18), id: id.subarray(4).toString('utf8').replace(/\0+$/, '') });
+      seen.push({
+        key: d.readBigUInt64BE(p),
+        flags: d[p + 12]!,
+        type: d[p + 13]!,
+        rel: d.readUInt16BE(p + 18),
+        id: id.subarray(4).toString('utf8').replace(/\0+$/, ''),
+      });
       p += 24 + len;
     }
     expect(seen).toEqual([
@@ -310,7 +320,14 @@ describe('conflict matrix (SPC-4 §5.13.1, libiscsi ProutReserve.Access*)', () =
       await outcome(read10(exec, C), unregRead);
       await outcome(write10(exec, C), unregWrite);
       // Always allowed: INQUIRY, REPORT LUNS, TEST UNIT READY, READ CAPACITY, PR IN, REQUEST SENSE.
-      for (const cdb of [[0x12, 0, 0, 0, 36, 0], [0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0], [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0], [0x03, 0, 0, 0, 18, 0]]) {
+      for (const cdb of [
+        [0x12, 0, 0, 0, 36, 0],
+        [0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0],
+        [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        [0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0],
+        [0x03, 0, 0, 0, 18, 0],
+      ]) {
         expectGood(await exec(C, cdb));
       }
       // MODE SENSE reads (allowed under WE types), MODE SELECT and SYNCHRONIZE CACHE write.
@@ -426,7 +443,12 @@ describe('unit attentions, CLEAR and PREEMPT', () => {
 
   it('PREEMPT with SARK 0 under an all-registrants reservation removes everyone else', async () => {
     const { exec } = setup();
-    for (const [n, k] of [[A, 1n], [B, 2n], [C, 3n]] as const) expectGood(await prOut(exec, n, REGISTER, { sark: k }));
+    for (const [n, k] of [
+      [A, 1n],
+      [B, 2n],
+      [C, 3n],
+    ] as const)
+      expectGood(await prOut(exec, n, REGISTER, { sark: k }));
     expectGood(await prOut(exec, A, RESERVE, { key: 1n, type: WE_AR }));
     expectGood(await prOut(exec, C, PREEMPT, { key: 3n, sark: 0n, type: WE_AR }));
     expect((await readKeys(exec, C)).keys).toEqual([3n]);
@@ -559,7 +581,16 @@ describe('APTPL', () => {
 describe('SPC-2 RESERVE / RELEASE', () => {
   it('one initiator reserves; the other conflicts but may INQUIRY, REPORT LUNS, REQUEST SENSE and RELEASE (Reserve6.2Initiators)', async () => {
     const { exec } = setup();
-    for (const [res, rel] of [[[0x16, 0, 0, 0, 0, 0], [0x17, 0, 0, 0, 0, 0]], [[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]]]) {
+    for (const [res, rel] of [
+      [
+        [0x16, 0, 0, 0, 0, 0],
+        [0x17, 0, 0, 0, 0, 0],
+      ],
+      [
+        [0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        [0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+      ],
+    ]) {
       expectGood(await exec(A, res!));
       expectGood(await exec(A, res!)); // again by the holder
       expectConflict(await exec(B, res!));

@@ -36,7 +36,12 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 describe('discovery and inquiry with libiscsi tools', () => {
   let f: TargetFixture;
   beforeAll(async () => {
-    f = await startTarget({ exports: [{ name: 'vol0', size: 64 * MiB }, { name: 'vol1', size: 8 * MiB, blockSize: 4096 }] });
+    f = await startTarget({
+      exports: [
+        { name: 'vol0', size: 64 * MiB },
+        { name: 'vol1', size: 8 * MiB, blockSize: 4096 },
+      ],
+    });
   });
   afterAll(() => f.close());
 
@@ -71,7 +76,12 @@ describe('discovery and inquiry with libiscsi tools', () => {
 describe('qemu-img over iscsi://', () => {
   let f: TargetFixture;
   beforeAll(async () => {
-    f = await startTarget({ exports: [{ name: 'vol0', size: 64 * MiB }, { name: 'small', size: 4 * MiB }] });
+    f = await startTarget({
+      exports: [
+        { name: 'vol0', size: 64 * MiB },
+        { name: 'small', size: 4 * MiB },
+      ],
+    });
   });
   afterAll(() => f.close());
 

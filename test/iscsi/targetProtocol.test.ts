@@ -277,7 +277,12 @@ describe('NOP, logout, task management', () => {
   });
 
   it('lunsChanged raises REPORTED LUNS DATA HAS CHANGED; a resize raises CAPACITY DATA HAS CHANGED', async () => {
-    f = await startTarget({ exports: [{ name: 'vol0', size: 8 * MiB }, { name: 'vol1', size: 8 * MiB }] });
+    f = await startTarget({
+      exports: [
+        { name: 'vol0', size: 8 * MiB },
+        { name: 'vol1', size: 8 * MiB },
+      ],
+    });
     f.affinity.set('*', [{ lun: 0, exportName: 'vol0' }]);
     const c = await session();
     f.affinity.set('*', [

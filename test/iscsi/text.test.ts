@@ -80,12 +80,19 @@ describe('parseText', () => {
 
 describe('buildText / reassembly / splitting', () => {
   it('builds key=value\\0 and round-trips', () => {
-    const pairs = [['TargetName', 'iqn.2026-01.lab:t1'], ['TargetAddress', '10.0.0.1:3260,1'], ['TargetAddress', '[fe80::1]:3260,1']] as const;
+    const pairs = [
+      ['TargetName', 'iqn.2026-01.lab:t1'],
+      ['TargetAddress', '10.0.0.1:3260,1'],
+      ['TargetAddress', '[fe80::1]:3260,1'],
+    ] as const;
     const b = buildText(pairs);
     expect(b.toString()).toBe('TargetName=iqn.2026-01.lab:t1\0TargetAddress=10.0.0.1:3260,1\0TargetAddress=[fe80::1]:3260,1\0');
     expect(() => buildText([['A', 'x\0y']])).toThrow(TextError);
     expect(() => buildText([['', 'x']])).toThrow(TextError);
-    const single = [['HeaderDigest', 'None'], ['MaxBurstLength', '262144']] as const;
+    const single = [
+      ['HeaderDigest', 'None'],
+      ['MaxBurstLength', '262144'],
+    ] as const;
     expect(parseText(buildText(single))).toEqual(single);
   });
 

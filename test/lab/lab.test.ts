@@ -61,7 +61,11 @@ function lab(args: string[]) {
 
 describe('arraylab lab', () => {
   it('brings the example lab up (array, volumes, VM), is idempotent, shows status, and takes it down keeping the data', async () => {
-    const example = parse(readFileSync(EXAMPLE, 'utf8')) as { arrays: Array<Record<string, unknown>>; volumes: Array<{ name: string }>; vms: Array<{ name: string }> };
+    const example = parse(readFileSync(EXAMPLE, 'utf8')) as {
+      arrays: Array<Record<string, unknown>>;
+      volumes: Array<{ name: string }>;
+      vms: Array<{ name: string }>;
+    };
     const api = `127.0.0.1:${await freePort()}`;
     Object.assign(example.arrays[0]!, { api, dataDir: './data', nbd: '127.0.0.1:0', iscsi: '127.0.0.1:0' });
     const file = join(dir, 'backup-restore.yaml');
@@ -72,7 +76,11 @@ describe('arraylab lab', () => {
     expect(up.stderr).toBe('');
     expect(up.code).toBe(0);
     const lines = up.stdout.trim().split('\n');
-    expect(lines[0]).toMatch(new RegExp(`^array array0: started \\(arraylab serve pid \\d+ at ${api}, NBD 127\\.0\\.0\\.1:\\d+, iSCSI 127\\.0\\.0\\.1:\\d+, data in ${join(dir, 'data')}\\)$`));
+    expect(lines[0]).toMatch(
+      new RegExp(
+        `^array array0: started \\(arraylab serve pid \\d+ at ${api}, NBD 127\\.0\\.0\\.1:\\d+, iSCSI 127\\.0\\.0\\.1:\\d+, data in ${join(dir, 'data')}\\)$`,
+      ),
+    );
     for (const v of ['tv1', 'bv1', 'bv2']) expect(lines).toContain(`volume ${v}: created (256 MiB thin, 512-byte blocks)`);
     expect(lines.at(-1)).toMatch(new RegExp(`^vm ${vmName}: started \\(booted in [\\d.]+ s; tv1 as /dev/vda; agent socket ${runDir}/${vmName}/agent.sock\\)$`));
     console.log(lines.at(-1));
@@ -86,7 +94,13 @@ describe('arraylab lab', () => {
     // Again: nothing created, nothing started.
     const again = await lab(['up', file, '--json']);
     const items = (JSON.parse(again.stdout) as { items: Array<{ kind: string; name: string; state: string }> }).items;
-    expect(items.map((i) => `${i.kind} ${i.name} ${i.state}`)).toEqual(['array array0 running', 'volume tv1 exists', 'volume bv1 exists', 'volume bv2 exists', `vm ${vmName} running`]);
+    expect(items.map((i) => `${i.kind} ${i.name} ${i.state}`)).toEqual([
+      'array array0 running',
+      'volume tv1 exists',
+      'volume bv1 exists',
+      'volume bv2 exists',
+      `vm ${vmName} running`,
+    ]);
 
     const status = await lab(['status', file]);
     expect(status.stdout).toMatch(/^KIND\s+NAME\s+STATE\s+DETAIL\n/);
@@ -108,10 +122,19 @@ describe('arraylab lab', () => {
 
   it.each([
     ['arrays: [\n  {name: a, api: 127.0.0.1:7390\n', /: YAML syntax error at line \d+, column \d+: .*; fix the YAML$/],
-    ['arrays: [{name: a, api: 127.0.0.1:7390}]\nvolumes: [{name: v, size: 1GiB, colour: red}]\n', /: volumes\[0\]\.colour: unknown key; use one of name, size, blockSize, provisioning$/],
+    [
+      'arrays: [{name: a, api: 127.0.0.1:7390}]\nvolumes: [{name: v, size: 1GiB, colour: red}]\n',
+      /: volumes\[0\]\.colour: unknown key; use one of name, size, blockSize, provisioning$/,
+    ],
     ['arrays: [{name: a, api: 127.0.0.1:7390}, {name: b, api: 127.0.0.1:7391}]\n', /: arrays: declares 2 arrays; a lab has exactly one for now/],
-    ['arrays: [{name: a, api: 127.0.0.1:7390}]\nvolumes: [{name: v, size: 1GiB}]\nvms: [{name: m, attach: [{volume: v, via: scsi}]}]\n', /: vms\[0\]\.attach\[0\]\.via: "scsi" is not a transport; use nbd or iscsi$/],
-    ['arrays: [{name: a, api: 127.0.0.1:7390}]\nvms: [{name: m, attach: [w]}]\n', /: vms\[0\]\.attach\[0\]: volume w is not declared in volumes \(there are none\); declare it there$/],
+    [
+      'arrays: [{name: a, api: 127.0.0.1:7390}]\nvolumes: [{name: v, size: 1GiB}]\nvms: [{name: m, attach: [{volume: v, via: scsi}]}]\n',
+      /: vms\[0\]\.attach\[0\]\.via: "scsi" is not a transport; use nbd or iscsi$/,
+    ],
+    [
+      'arrays: [{name: a, api: 127.0.0.1:7390}]\nvms: [{name: m, attach: [w]}]\n',
+      /: vms\[0\]\.attach\[0\]: volume w is not declared in volumes \(there are none\); declare it there$/,
+    ],
     ['arrays: [{name: a, api: nowhere}]\n', /: arrays\[0\]\.api: /],
     ['arrays: [{name: a, api: 127.0.0.1:7390}]\nvolumes: [{name: v, size: 10XB}]\n', /: volumes\[0\]\.size: /],
   ])('refuses a lab file that does not validate, naming the file and key: %#', async (text, message) => {
@@ -128,6 +151,8 @@ describe('arraylab lab', () => {
   it('says where the lab file is missing', async () => {
     const r = await lab(['up', join(dir, 'nope.yaml')]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe(`arraylab: lab ${join(dir, 'nope.yaml')}: cannot read it: no such file; check the path (an example: vm-images/labs/backup-restore.yaml)\n`);
+    expect(r.stderr).toBe(
+      `arraylab: lab ${join(dir, 'nope.yaml')}: cannot read it: no such file; check the path (an example: vm-images/labs/backup-restore.yaml)\n`,
+    );
   });
 });

@@ -62,7 +62,7 @@ async function holdPort(): Promise<{ port: number; server: Server }> {
 }
 
 describe('the array of lab up', () => {
-  it('has the lab\'s volumes and not the built-in demo volume, and listens on the lab\'s nbd and iscsi addresses', async () => {
+  it("has the lab's volumes and not the built-in demo volume, and listens on the lab's nbd and iscsi addresses", async () => {
     const [api, nbd, iscsi] = [await freePort(), await freePort(), await freePort()];
     const file = exampleLab('plain', { api: `127.0.0.1:${api}`, nbd: `127.0.0.1:${nbd}`, iscsi: `127.0.0.1:${iscsi}` });
     const up = await lab(['up', file]);

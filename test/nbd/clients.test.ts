@@ -109,11 +109,16 @@ describe('nbdinfo', () => {
     const qemuIo = requireTool('qemu-io');
     const s = await serve((p) => p.add('disk', { size: 8 * MiB }));
     const io = await run(qemuIo, [
-      '-f', 'raw',
-      '-c', 'write -P 0x11 0 4M',
-      '-c', 'discard 1M 1M',
-      '-c', 'write -z -u 2M 512k',
-      '-c', 'write -z 3M 512k',
+      '-f',
+      'raw',
+      '-c',
+      'write -P 0x11 0 4M',
+      '-c',
+      'discard 1M 1M',
+      '-c',
+      'write -z -u 2M 512k',
+      '-c',
+      'write -z 3M 512k',
       s.uri('disk'),
     ]);
     expect(io.code, io.stderr + io.stdout).toBe(0);
@@ -128,7 +133,20 @@ describe('nbdinfo', () => {
     expect(typeAt(3 * MiB)).toBe(0); // zeroed with NO_HOLE: stays allocated
     expect(typeAt(5 * MiB)).toBe(3); // never written
     // And the contents agree with the map.
-    const check = await run(qemuIo, ['-f', 'raw', '-r', '-c', 'read -P 0 1M 1M', '-c', 'read -P 0 2M 512k', '-c', 'read -P 0 3M 512k', '-c', 'read -P 0x11 3584k 512k', s.uri('disk')]);
+    const check = await run(qemuIo, [
+      '-f',
+      'raw',
+      '-r',
+      '-c',
+      'read -P 0 1M 1M',
+      '-c',
+      'read -P 0 2M 512k',
+      '-c',
+      'read -P 0 3M 512k',
+      '-c',
+      'read -P 0x11 3584k 512k',
+      s.uri('disk'),
+    ]);
     expect(check.code, check.stdout + check.stderr).toBe(0);
     expect(check.stdout).not.toMatch(/Pattern verification failed/);
   });
@@ -142,13 +160,21 @@ describe('qemu', () => {
     expect(w.code, w.stderr).toBe(0);
     // Read back in a new process (and connection): what the server holds, not a client cache.
     const r = await run(qemuIo, [
-      '-f', 'raw', '-r',
-      '-c', 'read -P 0 0 1000',
-      '-c', 'read -P 0xab 1000 3000',
-      '-c', 'read -P 0 4000 1001',
-      '-c', 'read -P 0xcd 5001 7',
-      '-c', 'read -P 0 5008 1000',
-      '-c', 'read -P 0xef 1048575 2',
+      '-f',
+      'raw',
+      '-r',
+      '-c',
+      'read -P 0 0 1000',
+      '-c',
+      'read -P 0xab 1000 3000',
+      '-c',
+      'read -P 0 4000 1001',
+      '-c',
+      'read -P 0xcd 5001 7',
+      '-c',
+      'read -P 0 5008 1000',
+      '-c',
+      'read -P 0xef 1048575 2',
       s.uri('disk'),
     ]);
     expect(r.code, r.stderr).toBe(0);
@@ -221,21 +247,25 @@ describe('fio', () => {
   test('random 4k writes at queue depth 16, verified with crc32c', async () => {
     const fio = requireTool('fio');
     const s = await serve((p) => p.add('disk', { size: 64 * MiB }));
-    const r = await run(fio, [
-      '--name=nbdverify',
-      '--ioengine=nbd',
-      `--uri=${s.uri('disk')}`,
-      '--rw=randwrite',
-      '--bs=4k',
-      '--size=32m',
-      '--iodepth=16',
-      '--verify=crc32c',
-      '--do_verify=1',
-      '--verify_fatal=1',
-      '--randrepeat=1',
-      '--verify_state_save=0',
-      '--output-format=json',
-    ], { timeoutMs: 110_000, cwd: dir });
+    const r = await run(
+      fio,
+      [
+        '--name=nbdverify',
+        '--ioengine=nbd',
+        `--uri=${s.uri('disk')}`,
+        '--rw=randwrite',
+        '--bs=4k',
+        '--size=32m',
+        '--iodepth=16',
+        '--verify=crc32c',
+        '--do_verify=1',
+        '--verify_fatal=1',
+        '--randrepeat=1',
+        '--verify_state_save=0',
+        '--output-format=json',
+      ],
+      { timeoutMs: 110_000, cwd: dir },
+    );
     expect(r.code, r.stderr + r.stdout.slice(-2000)).toBe(0);
     const job = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))).jobs[0];
     expect(job.error).toBe(0);

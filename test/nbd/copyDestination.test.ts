@@ -50,7 +50,9 @@ describe('NBD clients and copy destinations', () => {
       () => 'opened',
       (e: { stderr: string }) => e.stderr,
     );
-    expect(info).toContain(`attach refused: volume eb is the destination of EC session ${id}, still copying (0/64 units); wait until the pair is equivalent, or suspend or cancel the session`);
+    expect(info).toContain(
+      `attach refused: volume eb is the destination of EC session ${id}, still copying (0/64 units); wait until the pair is equivalent, or suspend or cancel the session`,
+    );
     expect(await attach('eb')).toMatch(/^refused .*server policy prevents NBD_OPT_GO/); // libnbd keeps the text in its debug log
     expect(await attach('ea')).toBe('rw'); // the source is unaffected
 

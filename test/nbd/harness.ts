@@ -19,7 +19,13 @@ export function captureLogger(entries: LogEntry[] = [], bindings: object = {}): 
     (o: object | string, msg?: string): void => {
       const entry = typeof o === 'string' ? { level, bindings, obj: {}, msg: o } : { level, bindings, obj: o, msg: msg ?? '' };
       entries.push(entry);
-      if (process.env.NBD_TEST_LOG) console.log(level, JSON.stringify(bindings), entry.msg, JSON.stringify(entry.obj, (_k, v) => (v instanceof Error ? v.stack : v)));
+      if (process.env.NBD_TEST_LOG)
+        console.log(
+          level,
+          JSON.stringify(bindings),
+          entry.msg,
+          JSON.stringify(entry.obj, (_k, v) => (v instanceof Error ? v.stack : v)),
+        );
     };
   return {
     entries,
@@ -40,7 +46,11 @@ export interface Started {
   at(level: LogEntry['level']): LogEntry[];
 }
 
-export async function startServer(provider: MemoryProvider, tls?: NbdTlsOptions, limits: { handshakeTimeoutMs?: number; maxConnections?: number } = {}): Promise<Started> {
+export async function startServer(
+  provider: MemoryProvider,
+  tls?: NbdTlsOptions,
+  limits: { handshakeTimeoutMs?: number; maxConnections?: number } = {},
+): Promise<Started> {
   const logger = captureLogger();
   const server = new NbdServer({ provider, logger, tls, ...limits });
   const { port } = await server.listen(0);
@@ -62,10 +72,15 @@ export interface RunResult {
 /** Runs a program; never throws on a non-zero exit (tests assert the code). */
 export function run(cmd: string, args: string[], opts: { timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<RunResult> {
   return new Promise((resolve) => {
-    const child = execFile(cmd, args, { timeout: opts.timeoutMs ?? 60_000, maxBuffer: 64 * 1024 * 1024, env: opts.env ?? process.env, cwd: opts.cwd }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1) : 0;
-      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
-    });
+    const child = execFile(
+      cmd,
+      args,
+      { timeout: opts.timeoutMs ?? 60_000, maxBuffer: 64 * 1024 * 1024, env: opts.env ?? process.env, cwd: opts.cwd },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
+        resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+      },
+    );
     if (opts.input !== undefined) child.stdin!.end(opts.input);
   });
 }

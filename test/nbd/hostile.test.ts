@@ -179,21 +179,30 @@ describe('handshake', () => {
 
   test.each([
     ['during the greeting', async (c: WireClient) => c.close()],
-    ['after half the client flags', async (c: WireClient) => {
-      await c.read(18);
-      c.write(Buffer.from([0, 0]));
-      c.close();
-    }],
-    ['inside an option header', async (c: WireClient) => {
-      await c.greet();
-      c.write(WireClient.option(OPT.GO, WireClient.goData('disk')).subarray(0, 9));
-      c.close();
-    }],
-    ['inside option data', async (c: WireClient) => {
-      await c.greet();
-      c.write(WireClient.option(OPT.GO, WireClient.goData('disk')).subarray(0, 20));
-      c.close();
-    }],
+    [
+      'after half the client flags',
+      async (c: WireClient) => {
+        await c.read(18);
+        c.write(Buffer.from([0, 0]));
+        c.close();
+      },
+    ],
+    [
+      'inside an option header',
+      async (c: WireClient) => {
+        await c.greet();
+        c.write(WireClient.option(OPT.GO, WireClient.goData('disk')).subarray(0, 9));
+        c.close();
+      },
+    ],
+    [
+      'inside option data',
+      async (c: WireClient) => {
+        await c.greet();
+        c.write(WireClient.option(OPT.GO, WireClient.goData('disk')).subarray(0, 20));
+        c.close();
+      },
+    ],
   ])('a truncated handshake (%s) is cleaned up quietly', async (_name, act) => {
     await serve();
     const c = await WireClient.connect(s.port);
@@ -309,7 +318,14 @@ describe('transmission', () => {
       const r = await c.readReply();
       replies.set(r.cookie, r.error);
     }
-    expect(replies).toEqual(new Map([[1n, ERR.EINVAL], [2n, ERR.ENOSPC], [3n, ERR.ENOSPC], [4n, 0]]));
+    expect(replies).toEqual(
+      new Map([
+        [1n, ERR.EINVAL],
+        [2n, ERR.ENOSPC],
+        [3n, ERR.ENOSPC],
+        [4n, 0],
+      ]),
+    );
     c.sendRequest(CMD.DISC);
     await c.closedWithin(2000);
     expect(connWarnings()).toHaveLength(3);
@@ -331,7 +347,15 @@ describe('transmission', () => {
       // Structured replies: errors are ERROR chunks with DONE, even for a READ.
       expect(r.kind).toBe('chunk');
     }
-    expect(got).toEqual(new Map([[1n, ERR.EINVAL], [2n, ERR.EINVAL], [3n, ERR.EINVAL], [4n, ERR.EINVAL], [5n, 0]]));
+    expect(got).toEqual(
+      new Map([
+        [1n, ERR.EINVAL],
+        [2n, ERR.EINVAL],
+        [3n, ERR.EINVAL],
+        [4n, ERR.EINVAL],
+        [5n, 0],
+      ]),
+    );
     c.sendRequest(CMD.DISC);
     await c.closedWithin(2000);
     expect(connWarnings()).toHaveLength(4);

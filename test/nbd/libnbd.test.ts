@@ -309,9 +309,18 @@ for name in ["acc", "shut", "bug"]:
 print(json.dumps(res))
 `);
     expect(r).toEqual({
-      'acc-sr': 'EPERM', 'acc-sr-ok': 512, acc: 'EPERM', 'acc-ok': 512,
-      'shut-sr': 'ESHUTDOWN', 'shut-sr-ok': 512, shut: 'ESHUTDOWN', 'shut-ok': 512,
-      'bug-sr': 'EIO', 'bug-sr-ok': 512, bug: 'EIO', 'bug-ok': 512,
+      'acc-sr': 'EPERM',
+      'acc-sr-ok': 512,
+      acc: 'EPERM',
+      'acc-ok': 512,
+      'shut-sr': 'ESHUTDOWN',
+      'shut-sr-ok': 512,
+      shut: 'ESHUTDOWN',
+      'shut-ok': 512,
+      'bug-sr': 'EIO',
+      'bug-sr-ok': 512,
+      bug: 'EIO',
+      'bug-ok': 512,
     });
     await waitFor(() => provider.openCount === 0);
     expect(s.at('error').filter((e) => e.msg.includes('device failed'))).toHaveLength(2);

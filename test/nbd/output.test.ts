@@ -7,7 +7,8 @@ import { nextTurn, streamRecorder } from '../support/streamRecorder.js';
 function optionReplies(bytes: Buffer): Buffer[] {
   const out: Buffer[] = [];
   for (let off = 0; off < bytes.length; ) {
-    if (bytes.readUInt32BE(off) !== OPT_REPLY_MAGIC_HI || bytes.readUInt32BE(off + 4) !== OPT_REPLY_MAGIC_LO) throw new Error(`no option reply magic at byte ${off}`);
+    if (bytes.readUInt32BE(off) !== OPT_REPLY_MAGIC_HI || bytes.readUInt32BE(off + 4) !== OPT_REPLY_MAGIC_LO)
+      throw new Error(`no option reply magic at byte ${off}`);
     const len = bytes.readUInt32BE(off + 16);
     out.push(bytes.subarray(off + 20, off + 20 + len));
     off += 20 + len;

@@ -37,7 +37,13 @@ describe('crc32c', () => {
       x = (x * 1103515245 + 12345) >>> 0;
       data[i] = x >>> 24;
     }
-    for (const [s, e] of [[0, 4099], [1, 4098], [3, 11], [7, 7], [5, 1029]] as const) {
+    for (const [s, e] of [
+      [0, 4099],
+      [1, 4098],
+      [3, 11],
+      [7, 7],
+      [5, 1029],
+    ] as const) {
       const want = reference(data.subarray(s, e));
       expect(crc32c(data, s, e)).toBe(want);
       const mid = s + ((e - s) >> 1) + 1;

@@ -58,10 +58,17 @@ describe('the arraylab-agent Debian package', () => {
     expect(readFileSync(again).equals(readFileSync(deb)), `${again} differs from ${deb}`).toBe(true);
 
     expect(deb).toBe(join(REPO_ROOT, 'build', 'agent', `arraylab-agent_${VERSION}_amd64.deb`));
-    const [pkg, version, arch, depends] = (await dpkgDeb('-f', deb, 'Package', 'Version', 'Architecture', 'Depends')).trim().split('\n').map((l) => l.replace(/^\w+: /, ''));
+    const [pkg, version, arch, depends] = (await dpkgDeb('-f', deb, 'Package', 'Version', 'Architecture', 'Depends'))
+      .trim()
+      .split('\n')
+      .map((l) => l.replace(/^\w+: /, ''));
     expect([pkg, version, arch]).toEqual(['arraylab-agent', VERSION, 'amd64']);
     // better-sqlite3 is native: built for this Node's ABI, so the same major version only.
-    expect(depends).toMatch(new RegExp(`^nodejs \\(>= ${NODE_MAJOR}(\\.\\d+)?\\), nodejs \\(<< ${NODE_MAJOR + 1}\\), libc6 \\(>= [\\d.]+\\), libstdc\\+\\+6 \\(>= \\d+\\), util-linux, mount, coreutils$`));
+    expect(depends).toMatch(
+      new RegExp(
+        `^nodejs \\(>= ${NODE_MAJOR}(\\.\\d+)?\\), nodejs \\(<< ${NODE_MAJOR + 1}\\), libc6 \\(>= [\\d.]+\\), libstdc\\+\\+6 \\(>= \\d+\\), util-linux, mount, coreutils$`,
+      ),
+    );
     const description = await dpkgDeb('-f', deb, 'Description');
     expect(description).toMatch(/runs on the host's Node\.js, which this package does not include/);
     expect(description).toContain(`NODE_MODULE_VERSION ${process.versions.modules}`);
@@ -77,18 +84,20 @@ describe('the arraylab-agent Debian package', () => {
     await dpkg(root, '-i', deb);
     const files = (await dpkg(root, '-L', 'arraylab-agent')).trim().split('\n');
     expect(files.filter((f) => /\/(emulator|dist|test)(\/|$)/.test(f) && !f.includes('/node_modules/'))).toEqual([]);
-    expect(files).toEqual(expect.arrayContaining([
-      '/usr/bin/arraylab-agent',
-      '/usr/lib/arraylab-agent/package.json',
-      '/usr/lib/arraylab-agent/agent/cli/arraylab-agent.js',
-      '/usr/lib/arraylab-agent/agent/host/freezeGuardMain.js',
-      '/usr/lib/arraylab-agent/proto/arraylab/v1/agent.proto',
-      '/usr/lib/arraylab-agent/node_modules/better-sqlite3/build/Release/better_sqlite3.node',
-      '/usr/lib/systemd/system/arraylab-agent.service',
-      '/etc/arraylab-agent/agent.yaml',
-      '/usr/share/man/man8/arraylab-agent.8.gz',
-      '/usr/share/doc/arraylab-agent/copyright',
-    ]));
+    expect(files).toEqual(
+      expect.arrayContaining([
+        '/usr/bin/arraylab-agent',
+        '/usr/lib/arraylab-agent/package.json',
+        '/usr/lib/arraylab-agent/agent/cli/arraylab-agent.js',
+        '/usr/lib/arraylab-agent/agent/host/freezeGuardMain.js',
+        '/usr/lib/arraylab-agent/proto/arraylab/v1/agent.proto',
+        '/usr/lib/arraylab-agent/node_modules/better-sqlite3/build/Release/better_sqlite3.node',
+        '/usr/lib/systemd/system/arraylab-agent.service',
+        '/etc/arraylab-agent/agent.yaml',
+        '/usr/share/man/man8/arraylab-agent.8.gz',
+        '/usr/share/doc/arraylab-agent/copyright',
+      ]),
+    );
     expect(readlinkSync(join(root, 'usr/bin/arraylab-agent'))).toBe('../lib/arraylab-agent/agent/cli/arraylab-agent.js');
     // No development packages, no native sources; every npm package is in the copyright file.
     const topPackages = files.map((f) => /^\/usr\/lib\/arraylab-agent\/node_modules\/(@[^/]+\/[^/]+|[^@/][^/]*)$/.exec(f)?.[1]).filter((p) => p !== undefined);
@@ -102,7 +111,9 @@ describe('the arraylab-agent Debian package', () => {
     expect(man).toMatch(/^\.TH "ARRAYLAB-AGENT" "8" "\d{4}-\d\d-\d\d" "arraylab-agent [\d.]+" "arraylab"$/m);
     expect(man).toMatch(/^\.SH NAME\n\.PP\narraylab-agent - the host side of arraylab backups$/m);
     // The unit runs the installed command; the default config is a registered conffile.
-    expect(readFileSync(join(root, 'usr/lib/systemd/system/arraylab-agent.service'), 'utf8')).toMatch(/^ExecStart=\/usr\/bin\/arraylab-agent serve --config \/etc\/arraylab-agent\/agent\.yaml$/m);
+    expect(readFileSync(join(root, 'usr/lib/systemd/system/arraylab-agent.service'), 'utf8')).toMatch(
+      /^ExecStart=\/usr\/bin\/arraylab-agent serve --config \/etc\/arraylab-agent\/agent\.yaml$/m,
+    );
     expect(await dpkg(root, '-s', 'arraylab-agent')).toMatch(/^Conffiles:\n \/etc\/arraylab-agent\/agent\.yaml [0-9a-f]{32}$/m);
 
     // Remove keeps the conffile, purge takes it; nothing else is left.
@@ -124,7 +135,16 @@ describe('the arraylab-agent Debian package', () => {
       const state = join(work, 'state');
       // Exactly this environment: no NODE_PATH, no ARRAYLAB_*; node is the host's /usr/bin/node.
       const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: work, LANG: 'C.UTF-8' };
-      const common = ['--config', join(root, 'etc/arraylab-agent/agent.yaml'), '--array', lab.apiAddress, '--state-dir', state, '--hooks-dir', join(work, 'hooks')];
+      const common = [
+        '--config',
+        join(root, 'etc/arraylab-agent/agent.yaml'),
+        '--array',
+        lab.apiAddress,
+        '--state-dir',
+        state,
+        '--hooks-dir',
+        join(work, 'hooks'),
+      ];
       const agent = async (args: string[]) => {
         const r = await runProcess(join(root, 'usr/bin/arraylab-agent'), args, { env, cwd: work, timeoutMs: 60_000 });
         expect(r.code, `arraylab-agent ${args.join(' ')}:\n${r.output}`).toBe(0);
@@ -136,7 +156,9 @@ describe('the arraylab-agent Debian package', () => {
 
       const doctor = JSON.parse(await agent(['doctor', ...common, '--json'])) as Array<{ name: string; ok: boolean; detail: string }>;
       expect(doctor.filter((c) => !c.ok)).toEqual([]);
-      expect(doctor.find((c) => c.name === 'array')?.detail).toMatch(new RegExp(`^arraylab ${VERSION.replace(/\./g, '\\.')} at ${lab.apiAddress}, \\d+ volumes$`));
+      expect(doctor.find((c) => c.name === 'array')?.detail).toMatch(
+        new RegExp(`^arraylab ${VERSION.replace(/\./g, '\\.')} at ${lab.apiAddress}, \\d+ volumes$`),
+      );
       expect(doctor.find((c) => c.name === 'tools')?.detail).toMatch(/^found fsfreeze, mount, umount, blockdev, sync, dd$/);
 
       // A real backup: what was written to tv is on bv, and history records it.
@@ -145,7 +167,10 @@ describe('the arraylab-agent Debian package', () => {
       await agent(['register', 'transaction', 'tv', '--lock', 'none', '--generations', '1', ...common]);
       await agent(['register', 'backup', 'bv', ...common]);
       const report = JSON.parse(await agent(['backup', 'tv', ...common, '--json']));
-      expect(report).toMatchObject({ ok: true, volumes: [{ volume: 'tv', ok: true, generation: { number: 1, generation: 1, backupVolume: 'bv', status: 'held' } }] });
+      expect(report).toMatchObject({
+        ok: true,
+        volumes: [{ volume: 'tv', ok: true, generation: { number: 1, generation: 1, backupVolume: 'bv', status: 'held' } }],
+      });
       const history = JSON.parse(await agent(['history', 'tv', ...common, '--json'])) as Array<Record<string, unknown>>;
       expect(history).toEqual([expect.objectContaining({ number: 1, generation: 1, backupVolume: 'bv', status: 'held', prep: 'none' })]);
       await run('qemu-io', ['-r', '-f', 'raw', '-c', `read -P ${pattern} 0 1M`, lab.nbdUri('bv')]);

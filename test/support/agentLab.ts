@@ -49,7 +49,13 @@ export interface FsKind {
 
 export const EXT4: FsKind = { type: 'ext4', mkfs: ['mkfs.ext4', '-q', '-F'], fsck: (dev) => ['e2fsck', '-f', '-n', dev], size: '64MiB', copyMountOptions: '' };
 // mkfs.xfs 6.1: "Filesystem must be larger than 300MB"; 300 MiB is.
-export const XFS: FsKind = { type: 'xfs', mkfs: ['mkfs.xfs', '-q', '-f'], fsck: (dev) => ['xfs_repair', '-n', dev], size: '300MiB', copyMountOptions: 'nouuid' };
+export const XFS: FsKind = {
+  type: 'xfs',
+  mkfs: ['mkfs.xfs', '-q', '-f'],
+  fsck: (dev) => ['xfs_repair', '-n', dev],
+  size: '300MiB',
+  copyMountOptions: 'nouuid',
+};
 export const FILESYSTEMS = [EXT4, XFS] as const;
 
 export function sh(argv: readonly string[], opts: { timeoutMs?: number } = {}): string {
@@ -100,7 +106,9 @@ export async function writeCompletes(mnt: string, ms: number): Promise<boolean> 
 /** sha256 of every regular file under root by relative path (lost+found left out). */
 export function fileChecksums(root: string): Map<string, string> {
   const out = new Map<string, string>();
-  const list = sh(['find', root, '-xdev', '-path', join(root, 'lost+found'), '-prune', '-o', '-type', 'f', '-print0']).split('\0').filter(Boolean);
+  const list = sh(['find', root, '-xdev', '-path', join(root, 'lost+found'), '-prune', '-o', '-type', 'f', '-print0'])
+    .split('\0')
+    .filter(Boolean);
   for (const p of list.sort()) out.set(p.slice(root.length + 1), createHash('sha256').update(readFileSync(p)).digest('hex'));
   return out;
 }
@@ -118,7 +126,6 @@ export interface RecordCheck {
   /** Why the scan stopped before the end, '' if it reached the end. */
   stoppedAt: string;
 }
-
 
 /**
  * The usual life of an agent lab in a describe block: started before its tests, each test's
@@ -271,7 +278,8 @@ export interface AgentLab {
 }
 
 export async function startAgentLab(opts: StartOptions = {}): Promise<AgentLab> {
-  for (const tool of ['qemu-storage-daemon', 'qemu-img', 'qemu-io', 'losetup', 'mount', 'umount', 'fsfreeze', 'mkfs.ext4', 'e2fsck', 'mkfs.xfs', 'xfs_repair']) requireTool(tool);
+  for (const tool of ['qemu-storage-daemon', 'qemu-img', 'qemu-io', 'losetup', 'mount', 'umount', 'fsfreeze', 'mkfs.ext4', 'e2fsck', 'mkfs.xfs', 'xfs_repair'])
+    requireTool(tool);
   const lab = await startArraylab({ config: { volumes: [] }, ...opts });
   const work = makeTempDir('arraylab-agent-e2e-');
   let cleanups: Array<() => unknown> = [];
@@ -313,7 +321,8 @@ export async function startAgentLab(opts: StartOptions = {}): Promise<AgentLab> 
       const spawnAgent = (args: string[]): { child: ChildProcess; done: Promise<AgentResult> } => {
         const started = Date.now();
         const env2: NodeJS.ProcessEnv = { ...process.env };
-        for (const k of ['ARRAYLAB_AGENT', 'ARRAYLAB_AGENT_TOKEN', 'ARRAYLAB_AGENT_CONFIG', 'ARRAYLAB_AGENT_STATE', 'ARRAYLAB_API', 'ARRAYLAB_LOG_LEVEL']) delete env2[k];
+        for (const k of ['ARRAYLAB_AGENT', 'ARRAYLAB_AGENT_TOKEN', 'ARRAYLAB_AGENT_CONFIG', 'ARRAYLAB_AGENT_STATE', 'ARRAYLAB_API', 'ARRAYLAB_LOG_LEVEL'])
+          delete env2[k];
         const child = spawn(process.execPath, [AGENT_CLI, ...args, ...flags()], { env: env2, stdio: ['ignore', 'pipe', 'pipe'], cwd: '/' });
         let stdout = '';
         let stderr = '';
@@ -372,7 +381,8 @@ export async function startAgentLab(opts: StartOptions = {}): Promise<AgentLab> 
         },
         async json<T>(args: string[], ro?: { timeoutMs?: number }) {
           const r = await agent.run(args, ro);
-          if (r.code !== 0 || r.json === undefined) throw new Error(`arraylab-agent ${args.join(' ')} exited ${r.code ?? r.signal}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+          if (r.code !== 0 || r.json === undefined)
+            throw new Error(`arraylab-agent ${args.join(' ')} exited ${r.code ?? r.signal}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
           return r.json as T;
         },
         spawn(args) {
@@ -422,7 +432,10 @@ export async function startAgentLab(opts: StartOptions = {}): Promise<AgentLab> 
     },
 
     startWriter(file, o = {}) {
-      const child = spawn(process.execPath, [WRITER_SCRIPT, file, String(o.fsyncEvery ?? 8), String(o.intervalMs ?? 2)], { stdio: ['ignore', 'pipe', 'pipe'], cwd: '/' });
+      const child = spawn(process.execPath, [WRITER_SCRIPT, file, String(o.fsyncEvery ?? 8), String(o.intervalMs ?? 2)], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        cwd: '/',
+      });
       let out = '';
       let err = '';
       let synced = 0;
@@ -454,7 +467,11 @@ export async function startAgentLab(opts: StartOptions = {}): Promise<AgentLab> 
             if (synced < target && gone()) throw new Error(`the writer exited (${child.exitCode ?? child.signalCode}): ${err}`);
             return synced;
           };
-          await waitFor(fsynced, (k) => k >= target, { timeoutMs: ms, intervalMs: 20, onTimeout: (k) => `the writer made no progress in ${ms} ms (synced ${k}, waiting for ${target}): ${err}` });
+          await waitFor(fsynced, (k) => k >= target, {
+            timeoutMs: ms,
+            intervalMs: 20,
+            onTimeout: (k) => `the writer made no progress in ${ms} ms (synced ${k}, waiting for ${target}): ${err}`,
+          });
         },
         async waitFor(re, ms = 20_000) {
           const printed = () => {
@@ -462,7 +479,11 @@ export async function startAgentLab(opts: StartOptions = {}): Promise<AgentLab> 
             if (line === undefined && gone()) throw new Error(`the writer exited before printing ${re}: ${err}`);
             return line;
           };
-          const line = await waitFor(printed, (l) => l !== undefined, { timeoutMs: ms, intervalMs: 20, onTimeout: () => `the writer did not print ${re} within ${ms} ms; it printed: ${out.slice(-300)}` });
+          const line = await waitFor(printed, (l) => l !== undefined, {
+            timeoutMs: ms,
+            intervalMs: 20,
+            onTimeout: () => `the writer did not print ${re} within ${ms} ms; it printed: ${out.slice(-300)}`,
+          });
           return line!;
         },
         async stop() {
@@ -515,7 +536,12 @@ export async function startAgentLab(opts: StartOptions = {}): Promise<AgentLab> 
  * throwaway overlay (journal replay goes there), optionally fsck -n first (as it is on the
  * array), then mounted. check() runs fsck -n after the unmount (after any replay).
  */
-export async function openBackupCopy(env: AgentLab, volume: string, fs: FsKind, opts: { fsckFirst: boolean }): Promise<{ mnt: string; dev: Attached; fsckBefore: { code: number | null; out: string } | null; finish(): Promise<{ code: number | null; out: string }> }> {
+export async function openBackupCopy(
+  env: AgentLab,
+  volume: string,
+  fs: FsKind,
+  opts: { fsckFirst: boolean },
+): Promise<{ mnt: string; dev: Attached; fsckBefore: { code: number | null; out: string } | null; finish(): Promise<{ code: number | null; out: string }> }> {
   const dev = await env.attach(volume, { overlay: true });
   const fsckBefore = opts.fsckFirst ? shTry(fs.fsck(dev.loop)) : null;
   const { mnt, unmount } = env.mount(dev.loop, `copy-${volume}-${Date.now()}`, fs.copyMountOptions || undefined);

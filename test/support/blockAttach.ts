@@ -17,7 +17,6 @@ export interface AttachedVolume {
   detach(): Promise<void>;
 }
 
-
 export interface AttachOptions {
   port: number;
   exportName: string;

@@ -79,7 +79,8 @@ export function parseConformance(output, listing = [], durationMs = 0) {
   const tail = output.trim().split('\n').slice(-25).join('\n');
   if (!summary) throw new Error(`iscsi-test-cu printed no Run Summary (did it log in?); the end of its output:\n${tail}`);
   const unfinished = raws.filter((r) => r.status === undefined);
-  if (unfinished.length) throw new Error(`iscsi-test-cu output has tests without a status: ${unfinished.map((r) => `${r.suite}.${r.test}`).join(', ')}\n${tail}`);
+  if (unfinished.length)
+    throw new Error(`iscsi-test-cu output has tests without a status: ${unfinished.map((r) => `${r.suite}.${r.test}`).join(', ')}\n${tail}`);
 
   // The run order is the listing order, which names the family the output leaves out.
   const named = listing.length === raws.length && listing.every((n, i) => n.endsWith(`.${raws[i].suite}.${raws[i].test}`));
@@ -111,7 +112,10 @@ export function parseConformance(output, listing = [], durationMs = 0) {
 
 /** The FAMILY.Suite.Test lines of `iscsi-test-cu -l`, filtered the way -t filters a run. */
 export function parseListing(text, filter) {
-  const all = text.split('\n').map((l) => l.trim()).filter((l) => l.split('.').length === 3);
+  const all = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l.split('.').length === 3);
   return filter ? all.filter((n) => n === filter || n.startsWith(`${filter}.`)) : all;
 }
 

@@ -75,7 +75,10 @@ export function iscsiPortalOf(lab: Arraylab): Portal {
 
 /** libiscsi's URL keeps user%secret@ literally: characters it splits on cannot be in them. */
 function checkUrlSafe(what: string, value: string): string {
-  if (/[%@/:?&=\s]/.test(value)) throw new Error(`${what} ${JSON.stringify(value)} cannot go in an iscsi:// URL (it holds one of % @ / : ? & = or a space); use LIBISCSI_CHAP_* environment variables (chapEnv) instead`);
+  if (/[%@/:?&=\s]/.test(value))
+    throw new Error(
+      `${what} ${JSON.stringify(value)} cannot go in an iscsi:// URL (it holds one of % @ / : ? & = or a space); use LIBISCSI_CHAP_* environment variables (chapEnv) instead`,
+    );
   return value;
 }
 
@@ -107,7 +110,9 @@ export function chapEnv(chap: InitiatorChap): NodeJS.ProcessEnv {
   return {
     LIBISCSI_CHAP_USERNAME: chap.username,
     LIBISCSI_CHAP_PASSWORD: chap.secret,
-    ...(chap.targetUsername !== undefined ? { LIBISCSI_CHAP_TARGET_USERNAME: chap.targetUsername, LIBISCSI_CHAP_TARGET_PASSWORD: chap.targetSecret ?? '' } : {}),
+    ...(chap.targetUsername !== undefined
+      ? { LIBISCSI_CHAP_TARGET_USERNAME: chap.targetUsername, LIBISCSI_CHAP_TARGET_PASSWORD: chap.targetSecret ?? '' }
+      : {}),
   };
 }
 
@@ -152,13 +157,23 @@ export interface ToolResult {
  * Runs a peer to completion without blocking the event loop; never throws for a non-zero exit
  * (tests assert on code and output). A tool still running after timeoutMs is killed: code -1.
  */
-export function runTool(tool: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; encoding?: 'utf8' | 'latin1' } = {}): Promise<ToolResult> {
+export function runTool(
+  tool: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; encoding?: 'utf8' | 'latin1' } = {},
+): Promise<ToolResult> {
   const path = tool.startsWith('/') ? tool : requireIscsiTool(tool);
   return new Promise((resolvePromise) => {
     execFile(
       path,
       args,
-      { env: { ...process.env, ...opts.env }, timeout: opts.timeoutMs ?? 120_000, killSignal: 'SIGKILL', maxBuffer: 64 * 1024 * 1024, encoding: opts.encoding ?? 'utf8' },
+      {
+        env: { ...process.env, ...opts.env },
+        timeout: opts.timeoutMs ?? 120_000,
+        killSignal: 'SIGKILL',
+        maxBuffer: 64 * 1024 * 1024,
+        encoding: opts.encoding ?? 'utf8',
+      },
       (err, stdout, stderr) => {
         const e = err as (Error & { code?: number | string; killed?: boolean }) | null;
         const code = e === null ? 0 : e.killed ? -1 : typeof e.code === 'number' ? e.code : 1;
@@ -241,7 +256,6 @@ process.once('exit', () => {
   for (const child of tgtdRunning) child.kill('SIGKILL');
 });
 
-
 /** Sends signal (none: just waits), then SIGKILL after graceMs; resolves once it exited. */
 async function stopChild(child: ChildProcess, signal: NodeJS.Signals | undefined, graceMs: number): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
@@ -293,7 +307,19 @@ export async function startTgtd(opts: TgtdOptions): Promise<Tgtd> {
       await adm(['--mode', 'target', '--op', 'new', '--tid', '1', '--targetname', targetName]);
       const luns: number[] = [];
       for (const [i, lun] of opts.luns.entries()) {
-        await adm(['--mode', 'logicalunit', '--op', 'new', '--tid', '1', '--lun', String(i + 1), '--backing-store', backingFiles[i]!, ...(lun.blockSize ? ['--blocksize', String(lun.blockSize)] : [])]);
+        await adm([
+          '--mode',
+          'logicalunit',
+          '--op',
+          'new',
+          '--tid',
+          '1',
+          '--lun',
+          String(i + 1),
+          '--backing-store',
+          backingFiles[i]!,
+          ...(lun.blockSize ? ['--blocksize', String(lun.blockSize)] : []),
+        ]);
         luns.push(i + 1);
       }
       if (opts.chap) {
@@ -313,7 +339,8 @@ export async function startTgtd(opts: TgtdOptions): Promise<Tgtd> {
       // Discovery must list our fresh target name: proof this port is ours, not another listener's.
       // (tgtd's accounts guard the target's Normal sessions, not discovery.)
       const ls = await runTool('iscsi-ls', [portalUrl(portal)], { timeoutMs: 20_000 });
-      if (!parseIscsiLs(ls.stdout).some((t) => t.targetName === targetName)) throw new Error(`port ${port} does not list target ${targetName}: ${ls.output}\ntgtd log: ${log}`);
+      if (!parseIscsiLs(ls.stdout).some((t) => t.targetName === targetName))
+        throw new Error(`port ${port} does not list target ${targetName}: ${ls.output}\ntgtd log: ${log}`);
       return {
         pid: child.pid!,
         portal,
@@ -387,7 +414,13 @@ export async function runConformance(opts: ConformanceOptions): Promise<Conforma
   const started = Date.now();
   const timeoutMs = opts.timeoutMs ?? 15 * 60_000;
   // One stream, in the order it was written: a message belongs to the test it appears inside.
-  const r = await runTool('/bin/sh', ['-c', 'exec "$0" "$@" 2>&1', requireIscsiTool('iscsi-test-cu'), ...args], { timeoutMs, ...(opts.env ? { env: opts.env } : {}) });
-  if (r.code === -1) throw new Error(`iscsi-test-cu ${args.join(' ')} did not finish within ${timeoutMs} ms; the end of its output:\n${r.output.trim().split('\n').slice(-40).join('\n')}`);
+  const r = await runTool('/bin/sh', ['-c', 'exec "$0" "$@" 2>&1', requireIscsiTool('iscsi-test-cu'), ...args], {
+    timeoutMs,
+    ...(opts.env ? { env: opts.env } : {}),
+  });
+  if (r.code === -1)
+    throw new Error(
+      `iscsi-test-cu ${args.join(' ')} did not finish within ${timeoutMs} ms; the end of its output:\n${r.output.trim().split('\n').slice(-40).join('\n')}`,
+    );
   return parseConformance(r.stdout, listing, Date.now() - started);
 }

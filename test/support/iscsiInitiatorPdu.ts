@@ -59,7 +59,13 @@ export function buildInitiatorBhs(buf: Buffer, off: number, p: InitiatorPdu): nu
       u32(buf, off + 24, p.cmdSN);
       break;
     case 'scsi-cmd':
-      writeCommon(buf, off, OP_SCSI_CMD | i, (p.final ? CMD_FINAL : 0) | (p.read ? CMD_READ : 0) | (p.write ? CMD_WRITE : 0) | (p.attr & CMD_ATTR_MASK), p.dataSegmentLength);
+      writeCommon(
+        buf,
+        off,
+        OP_SCSI_CMD | i,
+        (p.final ? CMD_FINAL : 0) | (p.read ? CMD_READ : 0) | (p.write ? CMD_WRITE : 0) | (p.attr & CMD_ATTR_MASK),
+        p.dataSegmentLength,
+      );
       writeLunOrInvalid(buf, off + 8, p.lun);
       u32(buf, off + 20, p.expectedDataTransferLength);
       u32(buf, off + 24, p.cmdSN);
@@ -75,7 +81,13 @@ export function buildInitiatorBhs(buf: Buffer, off: number, p: InitiatorPdu): nu
       u32(buf, off + 36, p.expDataSN);
       break;
     case 'login-req':
-      writeCommon(buf, off, OP_LOGIN_REQ | i, (p.transit ? LOGIN_TRANSIT : 0) | (p.continue ? LOGIN_CONTINUE : 0) | ((p.csg & 3) << 2) | (p.nsg & 3), p.dataSegmentLength);
+      writeCommon(
+        buf,
+        off,
+        OP_LOGIN_REQ | i,
+        (p.transit ? LOGIN_TRANSIT : 0) | (p.continue ? LOGIN_CONTINUE : 0) | ((p.csg & 3) << 2) | (p.nsg & 3),
+        p.dataSegmentLength,
+      );
       buf[off + 2] = p.versionMax;
       buf[off + 3] = p.versionMin;
       buf.writeUIntBE(p.isid, off + 8, 6);

@@ -250,7 +250,8 @@ export class RawInitiator {
       maxCmdSN: bhs.readUInt32BE(32),
     };
     // Data-In without S carries no StatSN; R2T and unsolicited NOP-In do not advance it.
-    const carriesStatus = opcode !== op.OP_R2T && !(opcode === op.OP_SCSI_DATA_IN && (p.flags & op.DATAIN_STATUS) === 0) && !(opcode === op.OP_NOP_IN && p.itt === op.RESERVED_TAG);
+    const carriesStatus =
+      opcode !== op.OP_R2T && !(opcode === op.OP_SCSI_DATA_IN && (p.flags & op.DATAIN_STATUS) === 0) && !(opcode === op.OP_NOP_IN && p.itt === op.RESERVED_TAG);
     if (carriesStatus) this.expStatSN = (p.statSN + 1) >>> 0;
     return p;
   }
@@ -290,7 +291,10 @@ export class RawInitiator {
     return r;
   }
 
-  async loginRequest(f: { csg: number; nsg: number; transit: boolean; isid: number; tsih?: number; cont?: boolean }, keys: TextPair[] | Buffer): Promise<RxPdu> {
+  async loginRequest(
+    f: { csg: number; nsg: number; transit: boolean; isid: number; tsih?: number; cont?: boolean },
+    keys: TextPair[] | Buffer,
+  ): Promise<RxPdu> {
     const data = Buffer.isBuffer(keys) ? keys : buildText(keys);
     this.send(
       {
@@ -317,7 +321,20 @@ export class RawInitiator {
   }
 
   /** A SCSI command; `data` is immediate data. Returns the ITT. CmdSN advances unless immediate or given. */
-  command(f: { cdb: number[] | Buffer; lun?: number; read?: boolean; write?: boolean; edtl: number; final?: boolean; cmdSN?: number; immediate?: boolean; itt?: number }, data: Buffer = Buffer.alloc(0)): number {
+  command(
+    f: {
+      cdb: number[] | Buffer;
+      lun?: number;
+      read?: boolean;
+      write?: boolean;
+      edtl: number;
+      final?: boolean;
+      cmdSN?: number;
+      immediate?: boolean;
+      itt?: number;
+    },
+    data: Buffer = Buffer.alloc(0),
+  ): number {
     const itt = f.itt ?? this.itt++;
     const cdb = Buffer.alloc(16);
     Buffer.from(f.cdb).copy(cdb);
@@ -345,7 +362,11 @@ export class RawInitiator {
     return itt;
   }
 
-  dataOut(f: { itt: number; ttt: number; dataSN: number; bufferOffset: number; final: boolean; lun?: number }, data: Buffer, opts: { corruptDataDigest?: boolean } = {}): void {
+  dataOut(
+    f: { itt: number; ttt: number; dataSN: number; bufferOffset: number; final: boolean; lun?: number },
+    data: Buffer,
+    opts: { corruptDataDigest?: boolean } = {},
+  ): void {
     this.send(
       {
         kind: 'data-out',
@@ -368,7 +389,20 @@ export class RawInitiator {
   nop(data: Buffer = Buffer.alloc(0), f: { immediate?: boolean; itt?: number } = {}): number {
     const itt = f.itt ?? this.itt++;
     const immediate = f.immediate ?? true;
-    this.send({ kind: 'nop-out', immediate, ahsLength: 0, dataSegmentLength: data.length, itt, lun: 0, ttt: op.RESERVED_TAG, cmdSN: this.cmdSN, expStatSN: this.expStatSN }, data);
+    this.send(
+      {
+        kind: 'nop-out',
+        immediate,
+        ahsLength: 0,
+        dataSegmentLength: data.length,
+        itt,
+        lun: 0,
+        ttt: op.RESERVED_TAG,
+        cmdSN: this.cmdSN,
+        expStatSN: this.expStatSN,
+      },
+      data,
+    );
     if (!immediate) this.cmdSN = (this.cmdSN + 1) >>> 0;
     return itt;
   }
@@ -376,7 +410,22 @@ export class RawInitiator {
   text(keys: TextPair[]): number {
     const itt = this.itt++;
     const data = buildText(keys);
-    this.send({ kind: 'text-req', immediate: true, ahsLength: 0, dataSegmentLength: data.length, itt, final: true, continue: false, lun: 0, ttt: op.RESERVED_TAG, cmdSN: this.cmdSN, expStatSN: this.expStatSN }, data);
+    this.send(
+      {
+        kind: 'text-req',
+        immediate: true,
+        ahsLength: 0,
+        dataSegmentLength: data.length,
+        itt,
+        final: true,
+        continue: false,
+        lun: 0,
+        ttt: op.RESERVED_TAG,
+        cmdSN: this.cmdSN,
+        expStatSN: this.expStatSN,
+      },
+      data,
+    );
     return itt;
   }
 
@@ -401,7 +450,17 @@ export class RawInitiator {
 
   logout(reason = op.LOGOUT_CLOSE_SESSION): number {
     const itt = this.itt++;
-    this.send({ kind: 'logout-req', immediate: true, ahsLength: 0, dataSegmentLength: 0, itt, reasonCode: reason, cid: 1, cmdSN: this.cmdSN, expStatSN: this.expStatSN });
+    this.send({
+      kind: 'logout-req',
+      immediate: true,
+      ahsLength: 0,
+      dataSegmentLength: 0,
+      itt,
+      reasonCode: reason,
+      cid: 1,
+      cmdSN: this.cmdSN,
+      expStatSN: this.expStatSN,
+    });
     return itt;
   }
 

@@ -156,7 +156,6 @@ export class DeviceWrapper implements BlockDevice {
   }
 }
 
-
 /** Reads that start at `slowOffset` take `delayMs`. */
 export class DelayDevice extends DeviceWrapper {
   constructor(

@@ -19,7 +19,7 @@ const PACKAGE_OF: Record<string, string> = {
   'mkfs.ext4': 'e2fsprogs',
   'fsck.ext4': 'e2fsprogs',
   'mkfs.xfs': 'xfsprogs',
-  'xfs_repair': 'xfsprogs',
+  xfs_repair: 'xfsprogs',
   losetup: 'mount',
   fusermount3: 'fuse3',
   openssl: 'openssl',

@@ -89,7 +89,9 @@ describe('arraylab tape (real server, CLI and NBD clients)', () => {
     expect(full.code).toBe(0);
     const refused = await l.cli(['tape', 'write', 'src', '--cartridge', 'SMALL']);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/^arraylab: cartridge SMALL has \d+ bytes free; the copy of volume src needs \d+ .*arraylab tape add LABEL --capacity SIZE\n$/);
+    expect(refused.stderr).toMatch(
+      /^arraylab: cartridge SMALL has \d+ bytes free; the copy of volume src needs \d+ .*arraylab tape add LABEL --capacity SIZE\n$/,
+    );
 
     expect(await cliJson(l, ['tape', 'erase', 'SMALL'])).toMatchObject({ label: 'SMALL', recordCount: 0 });
     expect(await cliJson(l, ['tape', 'remove', 'SMALL'])).toEqual({ removed: 'SMALL' });
@@ -128,9 +130,13 @@ describe('arraylab tape (real server, CLI and NBD clients)', () => {
     await cliJson(l, ['tape', 'write', 'src']);
 
     // libnbd holds dst open read-write until its stdin closes.
-    const holder = spawn(python, ['-c', 'import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nprint("connected", flush=True)\nsys.stdin.read()\nh.shutdown()', l.nbdUri('dst')], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
+    const holder = spawn(
+      python,
+      ['-c', 'import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nprint("connected", flush=True)\nsys.stdin.read()\nh.shutdown()', l.nbdUri('dst')],
+      {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      },
+    );
     try {
       await new Promise<void>((resolve, reject) => {
         holder.stdout.on('data', (d: Buffer) => d.toString().includes('connected') && resolve());
@@ -138,7 +144,9 @@ describe('arraylab tape (real server, CLI and NBD clients)', () => {
       });
       const r = await l.cli(['tape', 'restore', 'T1', '1', '--to', 'dst']);
       expect(r.code).toBe(1);
-      expect(r.stderr).toBe('arraylab: cannot restore cartridge T1 record 1 onto dst: dst is exported read-write to 1 connected client; dismount it first or pass --force\n');
+      expect(r.stderr).toBe(
+        'arraylab: cannot restore cartridge T1 record 1 onto dst: dst is exported read-write to 1 connected client; dismount it first or pass --force\n',
+      );
       const forced = await cliJson(l, ['tape', 'restore', 'T1', '1', '--to', 'dst', '--force']);
       expect(forced).toMatchObject({ volume: 'dst', bytes: 16 * MiB });
     } finally {

@@ -109,7 +109,15 @@ describe('tape library', () => {
     const progress: HostProgress[] = [];
     const rec = await lib.write({ volume: 'vol1', cartridge: 'T0001', tag: 'TV vol1 generation 1' }, (p) => progress.push(p));
     const original = await image(array, 'vol1');
-    expect(rec).toMatchObject({ cartridge: 'T0001', record: 1, volume: 'vol1', tag: 'TV vol1 generation 1', sizeBytes: SIZE, blockSize: 512, dataBytes: 2 * MiB + 4096 });
+    expect(rec).toMatchObject({
+      cartridge: 'T0001',
+      record: 1,
+      volume: 'vol1',
+      tag: 'TV vol1 generation 1',
+      sizeBytes: SIZE,
+      blockSize: 512,
+      dataBytes: 2 * MiB + 4096,
+    });
     expect(rec.sha256).toBe(sha(original));
     expect(progress.length).toBeGreaterThan(1);
     expect(progress.at(-1)).toEqual({ doneBytes: SIZE, totalBytes: SIZE });
@@ -232,7 +240,7 @@ describe('tape library', () => {
     const { array, lib } = await setup();
     await array.createVolume({ name: 'big', sizeBytes: 64 * MiB });
     await withDevice(array, 'big', async (d) => {
-      for (let p = 0; p < 64 * MiB; p += MiB) await d.write(p, Buffer.alloc(MiB, (p / MiB) & 0xff | 1));
+      for (let p = 0; p < 64 * MiB; p += MiB) await d.write(p, Buffer.alloc(MiB, ((p / MiB) & 0xff) | 1));
     });
     await lib.add('T1', 256 * MiB);
     const writing = lib.write({ volume: 'big', cartridge: 'T1' });
@@ -274,7 +282,17 @@ describe('tape library', () => {
     fs.writeFileSync(path.join(dir, 'JUNK.tape'), Buffer.alloc(4096, 0x5a));
     // A good header followed by a sealed record header claiming 2^40 extents and a huge size.
     const good = encodeCartridgeHeader({ label: 'HUGE', capacityBytes: MiB, createdMs: 0 });
-    const rec = encodeRecordHeader({ record: 1, blockSize: 512, sizeBytes: 2 ** 50, extentCount: 2 ** 40, dataBytes: 2 ** 49, createdMs: 0, imageMs: 0, volume: 'v', tag: '' });
+    const rec = encodeRecordHeader({
+      record: 1,
+      blockSize: 512,
+      sizeBytes: 2 ** 50,
+      extentCount: 2 ** 40,
+      dataBytes: 2 ** 49,
+      createdMs: 0,
+      imageMs: 0,
+      volume: 'v',
+      tag: '',
+    });
     fs.writeFileSync(path.join(dir, 'HUGE.tape'), Buffer.concat([good, rec, Buffer.alloc(100)]));
 
     const lib = await reopen(array, dir);
@@ -292,7 +310,13 @@ describe('tape library', () => {
     Buffer.from('ARLTEXT\n', 'latin1').copy(ext, 0);
     ext.writeUInt32LE(0xffffffff, 16);
     ext.writeUInt32LE(crc32c(ext, 0, 28), 28);
-    expect(() => decodeExtentHeader(ext, { record: 1, blockSize: 512, sizeBytes: 2 ** 40, extentCount: 1, dataBytes: 0, createdMs: 0, imageMs: 0, volume: 'v', tag: '' }, 0)).toThrow(FormatError);
+    expect(() =>
+      decodeExtentHeader(
+        ext,
+        { record: 1, blockSize: 512, sizeBytes: 2 ** 40, extentCount: 1, dataBytes: 0, createdMs: 0, imageMs: 0, volume: 'v', tag: '' },
+        0,
+      ),
+    ).toThrow(FormatError);
   });
 
   it('restore is refused for a wrong block size, a volume too small, and a volume exported read-write unless force', async () => {
@@ -310,7 +334,9 @@ describe('tape library', () => {
     try {
       const err = await failure(lib.restore({ cartridge: 'T1', record: 1, volume: 'busy' }));
       expect(err.code).toBe('FAILED_PRECONDITION');
-      expect(err.message).toBe('cannot restore cartridge T1 record 1 onto busy: busy is exported read-write to 1 connected client; dismount it first or pass --force');
+      expect(err.message).toBe(
+        'cannot restore cartridge T1 record 1 onto busy: busy is exported read-write to 1 connected client; dismount it first or pass --force',
+      );
       const forced = await lib.restore({ cartridge: 'T1', record: 1, volume: 'busy', force: true });
       expect(forced.sha256).toBe(sha(await image(array, 'vol1')));
     } finally {
@@ -347,7 +373,15 @@ describe('tape library', () => {
 });
 
 /** A record header exactly as arraylab wrote it before imageAt: bytes 242-251 left zero. */
-function recordHeaderBeforeImageAt(h: { record: number; sizeBytes: number; extentCount: number; dataBytes: number; createdMs: number; volume: string; tag: string }): Buffer {
+function recordHeaderBeforeImageAt(h: {
+  record: number;
+  sizeBytes: number;
+  extentCount: number;
+  dataBytes: number;
+  createdMs: number;
+  volume: string;
+  tag: string;
+}): Buffer {
   const b = Buffer.alloc(RECORD_HEADER_SIZE);
   b.write('ARLTREC\n', 0, 'latin1');
   b.writeUInt32LE(h.record, 8);
@@ -431,7 +465,9 @@ describe('tape records keep the point in time of their image', () => {
     );
     await copied();
     const equivalent = await failure(lib.write({ volume: 'b', cartridge: 'T1', pointInTime: '2026-01-02T03:04:05Z' }));
-    expect(equivalent.message).toMatch(/^cannot write volume b to tape: volume b is the destination of EC session \S+ \(a -> b\), equivalent: its image follows the source; suspend or split/);
+    expect(equivalent.message).toMatch(
+      /^cannot write volume b to tape: volume b is the destination of EC session \S+ \(a -> b\), equivalent: its image follows the source; suspend or split/,
+    );
     expect(lib.get('T1').records).toEqual([]);
 
     const suspended = await array.suspendCopy(ec.id);
@@ -444,7 +480,9 @@ describe('tape records keep the point in time of their image', () => {
     await array.reverseCopy(ec.id);
     const unknown = await failure(lib.write({ volume: 'a', cartridge: 'T1' }));
     expect(unknown.code).toBe('FAILED_PRECONDITION');
-    expect(unknown.message).toMatch(/^cannot write volume a to tape: volume a is the destination of EC session \S+ \(b -> a\), suspended, which was reversed, .*--point-in-time ISO-8601/);
+    expect(unknown.message).toMatch(
+      /^cannot write volume a to tape: volume a is the destination of EC session \S+ \(b -> a\), suspended, which was reversed, .*--point-in-time ISO-8601/,
+    );
     expect((await lib.write({ volume: 'a', cartridge: 'T1', pointInTime: '2026-01-02T03:04:05Z' })).imageAt).toBe('2026-01-02T03:04:05.000Z');
   });
 
@@ -474,7 +512,9 @@ describe('tape records keep the point in time of their image', () => {
     await lib.add('T1', 64 * MiB);
     const err = await failure(lib.write({ volume: 'vol1', cartridge: 'T1' }));
     expect(err.code).toBe('FAILED_PRECONDITION');
-    expect(err.message).toBe(`volume vol1 changed image during the tape write (now: an image of ${T(2000)}); nothing was kept: write it again once its copy session is stable`);
+    expect(err.message).toBe(
+      `volume vol1 changed image during the tape write (now: an image of ${T(2000)}); nothing was kept: write it again once its copy session is stable`,
+    );
     expect(lib.get('T1').records).toEqual([]);
     expect(lib.list()[0]!.usedBytes).toBe(CARTRIDGE_HEADER_SIZE);
   });
@@ -521,7 +561,9 @@ describe('tape records keep the point in time of their image', () => {
     await reading;
     await array.cancelCopy(g.id);
     release();
-    expect((await failing).message).toBe('volume snap changed image during the tape write (now: no copy session); nothing was kept: write it again once its copy session is stable');
+    expect((await failing).message).toBe(
+      'volume snap changed image during the tape write (now: no copy session); nothing was kept: write it again once its copy session is stable',
+    );
     expect(lib.get('T1').records).toHaveLength(1);
   });
 
@@ -545,7 +587,18 @@ describe('tape records keep the point in time of their image', () => {
     );
     const lib = await reopen(array, dir);
     expect(lib.get('OLD1').records).toEqual([
-      { cartridge: 'OLD1', record: 1, volume: 'vol0', tag: 'old', sizeBytes: 8192, blockSize: 512, dataBytes: 4096, sha256: sha(whole), createdAt: T(createdMs), imageAt: T(createdMs) },
+      {
+        cartridge: 'OLD1',
+        record: 1,
+        volume: 'vol0',
+        tag: 'old',
+        sizeBytes: 8192,
+        blockSize: 512,
+        dataBytes: 4096,
+        sha256: sha(whole),
+        createdAt: T(createdMs),
+        imageAt: T(createdMs),
+      },
     ]);
     expect(await lib.verify({ cartridge: 'OLD1' })).toEqual([{ record: 1, ok: true, error: '' }]);
     await array.createVolume({ name: 'back', sizeBytes: 8192 });

@@ -79,7 +79,10 @@ async function waitForLines(guest: Guest, atLeast: number, ms: number): Promise<
   // The file appears with the writer's first line.
   const lines = async () => Number((await guest.runOk('cat /mnt/tv/writer.log 2>/dev/null | wc -l')).trim());
   const n = await waitFor(lines, (k) => k >= atLeast, { timeoutMs: ms, intervalMs: 300 });
-  if (n < atLeast) throw new Error(`the writer in the guest has ${n} lines after ${ms} ms, expected at least ${atLeast}; its output: ${await guest.runOk('cat /tmp/writer.out; ls -l /tmp/writer.*')}`);
+  if (n < atLeast)
+    throw new Error(
+      `the writer in the guest has ${n} lines after ${ms} ms, expected at least ${atLeast}; its output: ${await guest.runOk('cat /tmp/writer.out; ls -l /tmp/writer.*')}`,
+    );
   return n;
 }
 
@@ -131,7 +134,9 @@ describe.each([{ via: 'nbd' as const }, { via: 'iscsi' as const }])('a VM backup
     expect(devices).toEqual([{ volume: 'tv', device: dev, how: via === 'nbd' ? 'virtio' : 'wwn' }]);
 
     // 2. In the guest: ext4, a file that stays put, and the writer.
-    await guest.runOk(`mkfs.ext4 -q -F ${dev} && mkdir -p /mnt/tv && mount ${dev} /mnt/tv && head -c 4194304 /dev/urandom > /mnt/tv/data.bin && sync`, { timeoutMs: 90_000 });
+    await guest.runOk(`mkfs.ext4 -q -F ${dev} && mkdir -p /mnt/tv && mount ${dev} /mnt/tv && head -c 4194304 /dev/urandom > /mnt/tv/data.bin && sync`, {
+      timeoutMs: 90_000,
+    });
     await guest.runOk(startWriterScript('/mnt/tv/writer.log'));
     await waitForLines(guest, 10, 30_000);
     sw.lap('mkfs, mount, writer');
@@ -159,7 +164,10 @@ describe.each([{ via: 'nbd' as const }, { via: 'iscsi' as const }])('a VM backup
       .map((l) => JSON.parse(l) as { msg?: string; volume?: string; mountPoint?: string });
     const froze = agentLog.findIndex((e) => e.msg === 'frozen' && e.volume === 'tv' && e.mountPoint === '/mnt/tv');
     expect(froze, JSON.stringify(agentLog)).toBeGreaterThanOrEqual(0);
-    expect(agentLog.slice(froze).some((e) => e.msg === 'thawed' && e.volume === 'tv'), JSON.stringify(agentLog)).toBe(true);
+    expect(
+      agentLog.slice(froze).some((e) => e.msg === 'thawed' && e.volume === 'tv'),
+      JSON.stringify(agentLog),
+    ).toBe(true);
     const history = await hostAgentJson<Array<{ number: number; generation: number; backupVolume?: string }>>([...common, 'history', 'tv']);
     expect(history.map((h) => [h.number, h.generation])).toEqual([[1, 1]]);
 

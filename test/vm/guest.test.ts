@@ -99,11 +99,15 @@ describe('guest image', () => {
     expect((await guest.runOk(`printf 'a b\\n"q" %s\\n' "$HOME"`)).split('\n')).toEqual(['a b', '"q" /root', '']);
 
     // The tools the agent drives are the real ones (util-linux, coreutils), not busybox applets.
-    const tools = await guest.runOk('for t in mount umount fsfreeze blockdev losetup sync dd mkfs.ext4 e2fsck mkfs.xfs xfs_repair; do readlink -f "$(command -v $t)"; done');
+    const tools = await guest.runOk(
+      'for t in mount umount fsfreeze blockdev losetup sync dd mkfs.ext4 e2fsck mkfs.xfs xfs_repair; do readlink -f "$(command -v $t)"; done',
+    );
     expect(tools).not.toMatch(/busybox/);
     expect(tools.trim().split('\n')).toHaveLength(11);
     // ...and they are what runs: busybox's ash would prefer its own applets, so the shell is dash.
-    expect(await guest.runOk('readlink -f /proc/$$/exe; mount --version; sync --version | head -1')).toMatch(/^\/usr\/bin\/dash\nmount from util-linux [\s\S]*\(GNU coreutils\)/);
+    expect(await guest.runOk('readlink -f /proc/$$/exe; mount --version; sync --version | head -1')).toMatch(
+      /^\/usr\/bin\/dash\nmount from util-linux [\s\S]*\(GNU coreutils\)/,
+    );
     await guest.runOk('sync -f /tmp && dd if=/proc/version of=/dev/null iflag=nocache status=none && test -x /usr/bin/arraylab-agent');
 
     // The agent's port: what the guest writes to /dev/virtio-ports/org.arraylab.agent arrives on the host socket.
@@ -127,9 +131,15 @@ describe('guest image', () => {
   it('fails to launch with the reason qemu gives when a disk cannot be attached, and leaves no qemu behind', async () => {
     const array = await lab();
     const err = await launchGuest({
-      name: 'noexport', kernel: image.kernel, initrd: image.initrd, log,
+      name: 'noexport',
+      kernel: image.kernel,
+      initrd: image.initrd,
+      log,
       disks: [{ via: 'nbd', host: '127.0.0.1', port: array.nbdPort, export: 'no-such-volume' }],
-    }).then(() => null, (e: unknown) => e as Error);
+    }).then(
+      () => null,
+      (e: unknown) => e as Error,
+    );
     expect(err?.message).toMatch(/guest noexport did not boot to its shell: .*qemu exited \(code 1\); qemu said: .*no-such-volume/s);
     expect(qemuPidsNamed('noexport')).toEqual([]);
   });

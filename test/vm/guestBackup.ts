@@ -48,7 +48,8 @@ export function startWriterScript(file: string): string {
 }
 
 /** Shell for the guest: asks the writer to stop and waits until it has (after its last line). */
-export const STOP_WRITER = 'touch /tmp/writer.stop; for i in $(seq 1 300); do [ -e /tmp/writer.done ] && break; sleep 0.1; done; [ -e /tmp/writer.done ] && sync';
+export const STOP_WRITER =
+  'touch /tmp/writer.stop; for i in $(seq 1 300); do [ -e /tmp/writer.done ] && break; sleep 0.1; done; [ -e /tmp/writer.done ] && sync';
 
 export interface LinesCheck {
   /** Whole, valid lines from the start, numbered 1..lines. */

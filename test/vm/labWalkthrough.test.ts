@@ -95,7 +95,7 @@ afterAll(async () => {
 describe('README: a full backup and restore cycle', () => {
   it('runs the walkthrough: the restored file has the checksum of step 1, and lab down stops everything', async () => {
     const commands = readmeCommands();
-    const apiNow = String(((parse(readFileSync(labFile, 'utf8')) as { arrays: Array<{ api: string }> }).arrays[0]!).api);
+    const apiNow = String((parse(readFileSync(labFile, 'utf8')) as { arrays: Array<{ api: string }> }).arrays[0]!.api);
     let paths = 0;
     let apis = 0;
     const steps = commands.map((cmd, i) => {
@@ -112,7 +112,11 @@ describe('README: a full backup and restore cycle', () => {
 
     const started = performance.now();
     const r = await bash(['set -euo pipefail', ...steps.slice(0, down)].join('\n'), 240_000);
-    const show = (out: string) => out.split('\n').filter((l) => l.startsWith('@@') || /^[0-9a-f]{64} /.test(l)).join('\n');
+    const show = (out: string) =>
+      out
+        .split('\n')
+        .filter((l) => l.startsWith('@@') || /^[0-9a-f]{64} /.test(l))
+        .join('\n');
     console.log(`README walkthrough (${((performance.now() - started) / 1000).toFixed(1)} s):\n${show(r.out)}`);
     expect(r.code, `the walkthrough failed; its output:\n${r.out}`).toBe(0);
 
@@ -123,8 +127,14 @@ describe('README: a full backup and restore cycle', () => {
 
     // Before lab down, the lab's qemu and arraylab serve run (so the check after it means something).
     const before = processesOfThisLab().map((p) => p.cmd);
-    expect(before.filter((c) => /qemu-system-x86_64/.test(c)), before.join('\n')).toHaveLength(1);
-    expect(before.filter((c) => /arraylab\.js serve/.test(c)), before.join('\n')).toHaveLength(1);
+    expect(
+      before.filter((c) => /qemu-system-x86_64/.test(c)),
+      before.join('\n'),
+    ).toHaveLength(1);
+    expect(
+      before.filter((c) => /arraylab\.js serve/.test(c)),
+      before.join('\n'),
+    ).toHaveLength(1);
     const d = await bash(['set -euo pipefail', steps[down]!].join('\n'), 60_000);
     console.log(show(d.out));
     expect(d.code, `lab down failed:\n${d.out}`).toBe(0);

@@ -30,7 +30,15 @@ describe('qemuArgs', () => {
       disks: [
         { via: 'nbd', host: '127.0.0.1', port: 10809, export: 'vol1' },
         { via: 'iscsi', portal: '127.0.0.1:3260', targetName: 'iqn.2026-11.lab.arraylab:array0', lun: 2 },
-        { via: 'iscsi', portal: '127.0.0.1:3260', targetName: 'iqn.2026-11.lab.arraylab:array0', lun: 3, readOnly: true, device: 'scsi-hd', initiatorName: 'iqn.2026-11.x:h' },
+        {
+          via: 'iscsi',
+          portal: '127.0.0.1:3260',
+          targetName: 'iqn.2026-11.lab.arraylab:array0',
+          lun: 3,
+          readOnly: true,
+          device: 'scsi-hd',
+          initiatorName: 'iqn.2026-11.x:h',
+        },
       ],
     });
     expect(values(args, '-blockdev')).toEqual([
@@ -56,7 +64,12 @@ describe('qemuArgs', () => {
   });
 
   it('detached guests: console on a unix socket with a log file, no display, QMP and a pidfile', () => {
-    const args = qemuArgs({ ...base, console: { socket: '/run/vm/c.sock', logFile: '/run/vm/console.log' }, qmpSocket: '/run/vm/q.sock', pidFile: '/run/vm/qemu.pid' });
+    const args = qemuArgs({
+      ...base,
+      console: { socket: '/run/vm/c.sock', logFile: '/run/vm/console.log' },
+      qmpSocket: '/run/vm/q.sock',
+      pidFile: '/run/vm/qemu.pid',
+    });
     expect(args).not.toContain('-nographic');
     expect(values(args, '-display')).toEqual(['none']);
     expect(values(args, '-chardev')).toContain('socket,id=console,path=/run/vm/c.sock,server=on,wait=off,logfile=/run/vm/console.log,logappend=on');

@@ -54,19 +54,37 @@ describe('arraylab vm', () => {
     const started = await vm(['start', 'g1', '--attach', 'v1,v2:iscsi', '--memory', '768', '--wait-agent', '--json']);
     expect(started.stderr).toBe('');
     expect(started.code).toBe(0);
-    const rec = JSON.parse(started.stdout) as { name: string; pid: number; bootMs: number; disks: Array<{ volume: string; via: string; guestDevice: string }>; sockets: { console: string; qmp: string; agent: string } };
+    const rec = JSON.parse(started.stdout) as {
+      name: string;
+      pid: number;
+      bootMs: number;
+      disks: Array<{ volume: string; via: string; guestDevice: string }>;
+      sockets: { console: string; qmp: string; agent: string };
+    };
     console.log(`vm g1: launch to shell prompt ${(rec.bootMs / 1000).toFixed(2)} s`);
     expect(rec.bootMs).toBeGreaterThan(0);
     expect(rec.bootMs).toBeLessThan(90_000);
     // The agent in the guest came up on its own (init starts it for `vm start`) and answered.
-    expect((rec as unknown as { agentHello: { hostname: string; version: string } }).agentHello).toMatchObject({ hostname: 'arraylab-guest', version: expect.any(String) });
-    expect(rec.disks.map((d) => [d.volume, d.via, d.guestDevice])).toEqual([['v1', 'nbd', '/dev/vda'], ['v2', 'iscsi', '/dev/sda']]);
+    expect((rec as unknown as { agentHello: { hostname: string; version: string } }).agentHello).toMatchObject({
+      hostname: 'arraylab-guest',
+      version: expect.any(String),
+    });
+    expect(rec.disks.map((d) => [d.volume, d.via, d.guestDevice])).toEqual([
+      ['v1', 'nbd', '/dev/vda'],
+      ['v2', 'iscsi', '/dev/sda'],
+    ]);
     for (const s of Object.values(rec.sockets)) expect(existsSync(s)).toBe(true);
     // Detached: qemu outlives the CLI that started it.
     expect(isQemuAlive(rec)).toBe(true);
     expect(readFileSync(`/proc/${rec.pid}/cmdline`, 'utf8').split('\0')).toContain('g1');
 
-    const list = JSON.parse((await vm(['list', '--json'])).stdout) as Array<{ name: string; state: string; pid: number; uptimeSeconds: number; sockets: { agent: string } }>;
+    const list = JSON.parse((await vm(['list', '--json'])).stdout) as Array<{
+      name: string;
+      state: string;
+      pid: number;
+      uptimeSeconds: number;
+      sockets: { agent: string };
+    }>;
     expect(list).toHaveLength(1);
     expect(list[0]).toMatchObject({ name: 'g1', state: 'running', pid: rec.pid, sockets: { agent: rec.sockets.agent } });
     const table = (await vm(['list'])).stdout;
@@ -75,7 +93,12 @@ describe('arraylab vm', () => {
 
     // The guest sees the NBD volume by its export name and the iSCSI one by the array's WWN.
     const wwn = String((await cliJson(array, ['volume', 'show', 'v2'])).wwn).toLowerCase();
-    const seen = await vm(['console', 'g1', '--command', 'cat /sys/block/vda/serial; echo; cat /sys/block/sda/device/wwid; blockdev --getsize64 /dev/vda /dev/sda']);
+    const seen = await vm([
+      'console',
+      'g1',
+      '--command',
+      'cat /sys/block/vda/serial; echo; cat /sys/block/sda/device/wwid; blockdev --getsize64 /dev/vda /dev/sda',
+    ]);
     expect(seen.stderr).toBe('');
     expect(seen.stdout.trim().split('\n')).toEqual(['v1', `naa.${wwn.replace(/^naa\./, '')}`, String(64 << 20), String(64 << 20)]);
 
@@ -98,7 +121,9 @@ describe('arraylab vm', () => {
     // The name is taken while it runs.
     const dup = await vm(['start', 'g1', '--attach', 'v1']);
     expect(dup.code).toBe(1);
-    expect(dup.stderr).toMatch(/^arraylab: vm name g1 is taken: it is running \(pid \d+, since .*\); stop it with: arraylab vm stop g1, or choose another name\n$/);
+    expect(dup.stderr).toMatch(
+      /^arraylab: vm name g1 is taken: it is running \(pid \d+, since .*\); stop it with: arraylab vm stop g1, or choose another name\n$/,
+    );
 
     const stopped = await vm(['stop', 'g1', '--json']);
     expect(JSON.parse(stopped.stdout)).toMatchObject({ name: 'g1', stopped: 'powered off' });
@@ -110,12 +135,16 @@ describe('arraylab vm', () => {
   it('refuses unknown volumes (listing those there are), a stop of an unknown VM, and a bad --attach, and leaves no qemu', async () => {
     const unknown = await vm(['start', 'g2', '--attach', 'v1,nope']);
     expect(unknown.code).toBe(1);
-    expect(unknown.stderr).toBe(`arraylab: unknown volume nope on the array at ${array.apiAddress} (it has demo, v1, v2); create it with: arraylab volume create nope --size 1GiB\n`);
+    expect(unknown.stderr).toBe(
+      `arraylab: unknown volume nope on the array at ${array.apiAddress} (it has demo, v1, v2); create it with: arraylab volume create nope --size 1GiB\n`,
+    );
     expect(listRecords(runDir)).toEqual([]);
 
     const stop = await vm(['stop', 'nosuch']);
     expect(stop.code).toBe(1);
-    expect(stop.stderr).toBe(`arraylab: no vm named nosuch in ${runDir} (there are none); list them with: arraylab vm list, or give the --run-dir it was started with\n`);
+    expect(stop.stderr).toBe(
+      `arraylab: no vm named nosuch in ${runDir} (there are none); list them with: arraylab vm list, or give the --run-dir it was started with\n`,
+    );
 
     const bad = await vm(['start', 'g2', '--attach', 'v1:fc']);
     expect(bad.code).toBe(2);

@@ -15,7 +15,7 @@ function readCapacity10(cmd: ScsiCommand, lu: LunDevice): ScsiResult {
   const dev = lu.device;
   const last = dev.size / dev.blockSize - 1;
   const data = Buffer.alloc(8);
-  data.writeUInt32BE(Math.min(last , 0xffffffff), 0);
+  data.writeUInt32BE(Math.min(last, 0xffffffff), 0);
   data.writeUInt32BE(dev.blockSize, 4);
   return { status: GOOD, dataIn: data };
 }

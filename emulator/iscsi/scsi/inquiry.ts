@@ -73,7 +73,13 @@ export function deviceIdentification(lu: LunDevice, nexus: Nexus): Buffer {
   const id = lu.identity;
   const parts: Buffer[] = [];
   // NAA (type 3), LU association, binary.
-  const wwn = Buffer.from(id.wwn.replace(/[^0-9a-fA-F]/g, '').padEnd(32, '0').slice(0, 32), 'hex');
+  const wwn = Buffer.from(
+    id.wwn
+      .replace(/[^0-9a-fA-F]/g, '')
+      .padEnd(32, '0')
+      .slice(0, 32),
+    'hex',
+  );
   parts.push(designator(0x01, 0x03, wwn));
   // T10 vendor ID (type 1), LU association, ASCII: vendor (8) + serial.
   const t10 = Buffer.alloc(8 + Buffer.byteLength(id.serial, 'latin1'));

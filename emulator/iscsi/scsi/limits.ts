@@ -35,4 +35,3 @@ export function logicalPerPhysical(blockSize: number): number {
  * libiscsi's WRITE ATOMIC tests send.
  */
 export const MAX_ATOMIC_TRANSFER_BYTES = 1024 * 1024;
-

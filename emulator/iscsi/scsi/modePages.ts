@@ -66,7 +66,7 @@ function blockDescriptor(lu: LunDevice, long: boolean): Buffer {
     return d;
   }
   const d = Buffer.alloc(8);
-  d.writeUInt32BE(Math.min(blocks , 0xffffffff), 0);
+  d.writeUInt32BE(Math.min(blocks, 0xffffffff), 0);
   d.writeUIntBE(dev.blockSize, 5, 3);
   return d;
 }

@@ -68,7 +68,13 @@ function decodeRegistration(x: unknown, n: number): Registration {
   if (typeof r.k !== 'string' || !/^[0-9a-f]{16}$/.test(r.k) || /^0+$/.test(r.k)) bad(`registration ${n} key must be 16 hex digits, not zero`);
   if (typeof r.r !== 'number' || !Number.isInteger(r.r) || r.r < 0 || r.r > 0xffff) bad(`registration ${n} relative port must be 0-65535`);
   if (typeof r.a !== 'boolean') bad(`registration ${n} ALL_TG_PT must be a boolean`);
-  return { initiatorPort: portName(r.i, `registration ${n} initiator port`), targetPort: portName(r.t, `registration ${n} target port`), relativePort: r.r, key: BigInt(`0x${r.k}`), allTgPt: r.a };
+  return {
+    initiatorPort: portName(r.i, `registration ${n} initiator port`),
+    targetPort: portName(r.t, `registration ${n} target port`),
+    relativePort: r.r,
+    key: BigInt(`0x${r.k}`),
+    allTgPt: r.a,
+  };
 }
 
 export function decodeReservations(blob: Buffer): DecodedReservations {
@@ -81,7 +87,8 @@ export function decodeReservations(blob: Buffer): DecodedReservations {
   if (typeof raw !== 'object' || raw === null) bad('not an object');
   const s = raw as Partial<StoredState>;
   if (s.v !== VERSION) bad(`version ${String(s.v)} is not ${VERSION}`);
-  if (typeof s.generation !== 'number' || !Number.isInteger(s.generation) || s.generation < 0 || s.generation > 0xffffffff) bad('generation must be a 32-bit unsigned integer');
+  if (typeof s.generation !== 'number' || !Number.isInteger(s.generation) || s.generation < 0 || s.generation > 0xffffffff)
+    bad('generation must be a 32-bit unsigned integer');
   if (typeof s.aptpl !== 'boolean') bad('aptpl must be a boolean');
   if (!Array.isArray(s.registrations) || s.registrations.length > MAX_REGISTRATIONS) bad(`registrations must be a list of at most ${MAX_REGISTRATIONS}`);
   const registrations = s.registrations.map(decodeRegistration);

@@ -27,10 +27,7 @@ export function thirdPartyCopyVpd(t: DeviceServer): Buffer {
     const sas = t.table.forOpcode(op).list.map((d) => d.serviceAction ?? 0);
     if (sas.length !== 0) commands.push(op, sas.length, ...sas);
   }
-  const body = Buffer.concat([
-    descriptor(SUPPORTED_COMMANDS, commands),
-    descriptor(SUPPORTED_DESCRIPTORS, [SEGMENT_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION]),
-  ]);
+  const body = Buffer.concat([descriptor(SUPPORTED_COMMANDS, commands), descriptor(SUPPORTED_DESCRIPTORS, [SEGMENT_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION])]);
   const head = Buffer.alloc(4);
   head[1] = THIRD_PARTY_COPY_PAGE;
   head.writeUInt16BE(body.length, 2);

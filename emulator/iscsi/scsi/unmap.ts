@@ -10,12 +10,7 @@ import { EXTENT_HOLE } from '../../block/BlockDevice.js';
 import { cdbLba, cdbTransferLength, transferLengthByte } from './cdb.js';
 import type { CommandDescriptor, DeviceServer } from './dispatch.js';
 import { lbpme } from './capacity.js';
-import {
-  MAX_LBA_STATUS_DESCRIPTORS,
-  MAX_UNMAP_BLOCKS,
-  MAX_UNMAP_DESCRIPTORS,
-  MAX_WRITE_SAME_BYTES,
-} from './limits.js';
+import { MAX_LBA_STATUS_DESCRIPTORS, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BYTES } from './limits.js';
 import {
   dataOutTooLong,
   dataOutTooShort,

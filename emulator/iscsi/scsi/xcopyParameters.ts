@@ -67,7 +67,11 @@ function u64(b: Buffer, p: number): number {
 
 /** The designator VPD page 83h reports for a LUN (same normalisation as inquiry.ts), as hex. */
 function naaHex(lu: LunDevice): string {
-  return lu.identity.wwn.replace(/[^0-9a-fA-F]/g, '').padEnd(32, '0').slice(0, 32).toLowerCase();
+  return lu.identity.wwn
+    .replace(/[^0-9a-fA-F]/g, '')
+    .padEnd(32, '0')
+    .slice(0, 32)
+    .toLowerCase();
 }
 
 /** Checks the header; returns the end offsets of the CSCD and segment descriptor lists. */

@@ -63,7 +63,8 @@ export class RecordingHost implements HostSide {
   async lockTransaction(volume: string, device: string, prep: TransactionPrep): Promise<LockRecord> {
     await this.step('lockTransaction', volume, [device, prep]);
     const mounts = device ? (this.mounts.get(device) ?? []) : [];
-    const action: LockRecord['action'] = device === '' ? 'none' : prep === 'flush' ? 'flushed' : prep === 'freeze' ? (mounts.length ? 'frozen' : 'none') : mounts.length ? 'unmounted' : 'none';
+    const action: LockRecord['action'] =
+      device === '' ? 'none' : prep === 'flush' ? 'flushed' : prep === 'freeze' ? (mounts.length ? 'frozen' : 'none') : mounts.length ? 'unmounted' : 'none';
     return { volume, role: 'transaction', device, action, mounts, at: new Date().toISOString() };
   }
 

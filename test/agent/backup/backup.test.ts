@@ -83,7 +83,9 @@ describe('snapshot generations', () => {
     expect(st.transactionVolumes.find((t) => t.volume === 'op-tv')!.heldGenerations).toBe(2);
     expect(st.outstandingLocks).toEqual([]);
     // Pre- and post-processing ran for every backup, in order.
-    const seq = host.calls.filter((c) => c.volume === 'op-tv' || c.volume.startsWith('op-b')).map((c) => (c.method === 'runHook' ? (c.args[0] as { phase: string }).phase : c.method));
+    const seq = host.calls
+      .filter((c) => c.volume === 'op-tv' || c.volume.startsWith('op-b'))
+      .map((c) => (c.method === 'runHook' ? (c.args[0] as { phase: string }).phase : c.method));
     expect(seq.slice(0, 4)).toEqual(['backup-pre', 'lockTransaction', 'unlock', 'backup-post']);
   });
 
@@ -259,7 +261,9 @@ describe('hooks and post-processing', () => {
     host.hookVerdicts.set('backup-pre', 'user-error');
     const r = await m.backup(['hk-tv']);
     expect(r.ok).toBe(false);
-    expect(r.volumes[0]!.error).toMatch(/backup of hk-tv aborted: hook \/hooks\/backup-pre exited 101.*needs a resource match: run arraylab-agent resource-match/);
+    expect(r.volumes[0]!.error).toMatch(
+      /backup of hk-tv aborted: hook \/hooks\/backup-pre exited 101.*needs a resource match: run arraylab-agent resource-match/,
+    );
     expect(r.volumes[0]!.hooks.map((h) => h.verdict)).toEqual(['user-error']);
     expect(host.callsOf('lockTransaction')).toEqual([]);
     let st = await m.status();
@@ -302,8 +306,18 @@ describe('hooks and post-processing', () => {
     expect(locksWhileLocked).toBe(1);
     expect(r.ok).toBe(false);
     expect(r.volumes[0]!.error).toMatch(/cannot start opc pp-tv -> pp-bv: .*pp-bv/);
-    const seq = host.calls.filter((c) => c.method !== 'devices').map((c) => `${c.method === 'runHook' ? (c.args[0] as { phase: string }).phase : c.method}:${c.volume}`);
-    expect(seq).toEqual(['backup-pre:pp-tv', 'lockBackup:pp-bv', 'lockTransaction:pp-tv', 'unlock:pp-tv', 'invalidate:pp-bv', 'unlock:pp-bv', 'backup-post:pp-tv']);
+    const seq = host.calls
+      .filter((c) => c.method !== 'devices')
+      .map((c) => `${c.method === 'runHook' ? (c.args[0] as { phase: string }).phase : c.method}:${c.volume}`);
+    expect(seq).toEqual([
+      'backup-pre:pp-tv',
+      'lockBackup:pp-bv',
+      'lockTransaction:pp-tv',
+      'unlock:pp-tv',
+      'invalidate:pp-bv',
+      'unlock:pp-bv',
+      'backup-post:pp-tv',
+    ]);
     expect(host.callsOf('unlock', 'pp-tv')[0]!.args[0]).toMatchObject({ action: 'unmounted', mounts: [{ mountPoint: '/mnt/pp' }] });
     expect((await m.status()).outstandingLocks).toEqual([]);
     expect(await m.history('pp-tv')).toEqual([]);

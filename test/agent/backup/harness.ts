@@ -84,7 +84,11 @@ export async function startLab(): Promise<Lab> {
     holdOpen: (volume) => under.holdOpen(volume),
     async waitCopy(id, until) {
       const state = () => array.getCopy(id).catch(() => undefined);
-      await waitFor(state, until, { timeoutMs: 60_000, intervalMs: 50, onTimeout: (s) => `copy session ${id} did not reach the expected state within 60 s (now ${s?.state ?? 'gone'})` });
+      await waitFor(state, until, {
+        timeoutMs: 60_000,
+        intervalMs: 50,
+        onTimeout: (s) => `copy session ${id} did not reach the expected state within 60 s (now ${s?.state ?? 'gone'})`,
+      });
     },
     async stop() {
       for (const m of managers) await m.close();
@@ -98,7 +102,12 @@ export async function startLab(): Promise<Lab> {
  * Registers a transaction volume that is attached to the RecordingHost (a fake device, not
  * mounted), as one must be to be locked: the agent refuses to back up a volume it cannot find.
  */
-export async function registerAttached(m: BackupManager, host: RecordingHost, volume: string, opts: Parameters<BackupManager['registerTransaction']>[1] = {}): ReturnType<BackupManager['registerTransaction']> {
+export async function registerAttached(
+  m: BackupManager,
+  host: RecordingHost,
+  volume: string,
+  opts: Parameters<BackupManager['registerTransaction']>[1] = {},
+): ReturnType<BackupManager['registerTransaction']> {
   if (!host.deviceMap.has(volume)) host.deviceMap.set(volume, `/dev/fake-${volume}`);
   return m.registerTransaction(volume, opts);
 }

@@ -19,7 +19,11 @@ const CHUNK = 1 << 20;
 const DEVICE_PREFIX = 'in-process:';
 
 export async function startInProcessArray(log: Logger): Promise<ArrayUnderTest> {
-  const config = parseConfig('backend: memory\nlisten: {nbd: "127.0.0.1:0", api: "127.0.0.1:0"}\nvolumes: []\n', 'the backup tests\' in-process array', tmpdir());
+  const config = parseConfig(
+    'backend: memory\nlisten: {nbd: "127.0.0.1:0", api: "127.0.0.1:0"}\nvolumes: []\n',
+    "the backup tests' in-process array",
+    tmpdir(),
+  );
   const server = new ArrayServer(config, log);
   const addresses = await server.start();
   let clients = 0;

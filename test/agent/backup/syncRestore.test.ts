@@ -41,7 +41,10 @@ describe('synchronized backup', () => {
     const view = await m.startSync('sy-tv');
     host.onCall = undefined;
     expect(view).toMatchObject({ transactionVolume: 'sy-tv', backupVolume: 'sy-b1', start: 'full', unitsToCopy: 4096, totalUnits: 4096 });
-    expect(host.calls.filter((c) => c.method === 'lockBackup' || c.method === 'unlock').map((c) => `${c.method}:${c.volume}`)).toEqual(['lockBackup:sy-b1', 'unlock:sy-b1']);
+    expect(host.calls.filter((c) => c.method === 'lockBackup' || c.method === 'unlock').map((c) => `${c.method}:${c.volume}`)).toEqual([
+      'lockBackup:sy-b1',
+      'unlock:sy-b1',
+    ]);
     expect((await rejects(m.startSync('sy-tv'))).code).toBe('ALREADY_EXISTS');
     const early = await m.backup(['sy-tv']);
     expect(early.volumes[0]!.code).toBe('FAILED_PRECONDITION');
@@ -55,7 +58,14 @@ describe('synchronized backup', () => {
     await L.waitCopy(view.sessionId, (s) => s?.state === 'equivalent');
     const r1 = await m.backup(['sy-tv']);
     expect(r1.ok, r1.volumes[0]!.error).toBe(true);
-    expect(r1.volumes[0]!.generation).toMatchObject({ number: 1, type: 'ec', backupVolume: 'sy-b1', sessionId: view.sessionId, generation: 1, prep: 'not-mounted' });
+    expect(r1.volumes[0]!.generation).toMatchObject({
+      number: 1,
+      type: 'ec',
+      backupVolume: 'sy-b1',
+      sessionId: view.sessionId,
+      generation: 1,
+      prep: 'not-mounted',
+    });
     expect(await L.array.getCopy(view.sessionId)).toMatchObject({ state: 'suspended', source: 'sy-tv', destination: 'sy-b1' }); // kept
     await L.write('sy-tv', 0x72, 0, '4M');
     await L.expectPattern('sy-b1', 0x71, 0, '4M'); // the image of the cut
@@ -139,7 +149,9 @@ describe('synchronized backup', () => {
     expect((await m.backup(['s1-tv'])).ok).toBe(true);
     const e = await rejects(m.startSync('s1-tv'));
     expect(e.code).toBe('RESOURCE_EXHAUSTED');
-    expect(e.message).toMatch(/^no unused backup volume of 64 MiB for s1-tv \(1 generation held, 1 registered backup volume of that size\); a synchronized backup needs N\+1 backup volumes for N generations: register one with: arraylab-agent register backup VOL$/);
+    expect(e.message).toMatch(
+      /^no unused backup volume of 64 MiB for s1-tv \(1 generation held, 1 registered backup volume of that size\); a synchronized backup needs N\+1 backup volumes for N generations: register one with: arraylab-agent register backup VOL$/,
+    );
   });
 });
 
@@ -158,7 +170,13 @@ describe('restore', () => {
     await L.expectPattern('rs-tv', 0x83, 0, '2M');
 
     const r = await m.restore('rs-tv', { generation: 2 });
-    expect(r).toMatchObject({ volume: 'rs-tv', target: 'rs-tv', from: 'disk', method: 'array-opc', generation: { number: 1, generation: 2, backupVolume: 'rs-b1' } });
+    expect(r).toMatchObject({
+      volume: 'rs-tv',
+      target: 'rs-tv',
+      from: 'disk',
+      method: 'array-opc',
+      generation: { number: 1, generation: 2, backupVolume: 'rs-b1' },
+    });
     await L.expectPattern('rs-tv', 0x81, 0, '2M');
     expect(await L.compare('rs-tv', 'rs-b1')).toBe(true);
     expect(await L.compare('rs-tv', 'rs-b2')).toBe(false);
@@ -176,7 +194,9 @@ describe('restore', () => {
     expect((await m.backup(['rs-tv'])).ok).toBe(true);
     const e = await rejects(m.restore('rs-tv', { generation: 3 }));
     expect(e.code).toBe('NOT_FOUND');
-    expect(e.message).toMatch(/rs-tv has 2 restorable generations; --generation 3 is not one of them \(1 is the newest; arraylab-agent history rs-tv numbers them\)/);
+    expect(e.message).toMatch(
+      /rs-tv has 2 restorable generations; --generation 3 is not one of them \(1 is the newest; arraylab-agent history rs-tv numbers them\)/,
+    );
   });
 
   it('QuickOPC generation: a reversed session restores differentially and the next backup is differential again', async () => {
@@ -212,7 +232,9 @@ describe('restore', () => {
     expect((await m.backup(['rp-tv'])).ok).toBe(true);
     await L.write('rp-tv', 0xa2, 0, '2M');
     const e = await rejects(m.restore('rp-tv'));
-    expect(e.message).toMatch(/a snap volume cannot be a copy source on the array, so the host copies it, but rp-s1 has no block device on this host; attach it \(NBD or iSCSI\) or add it to the device map/);
+    expect(e.message).toMatch(
+      /a snap volume cannot be a copy source on the array, so the host copies it, but rp-s1 has no block device on this host; attach it \(NBD or iSCSI\) or add it to the device map/,
+    );
     expect(host.callsOf('lockTransaction', 'rp-tv').length).toBe(1); // only the backup's: refused before locking
     // "Devices" here are the lab's handles on the volumes (harness.ts): a real copy through the array.
     host.deviceMap.set('rp-s1', L.device('rp-s1'));
@@ -258,7 +280,9 @@ describe('tape', () => {
     ]);
     // Restore backup #2 (generation 2, as history numbers it) from tape.
     await L.write('tp-tv', 0xb4, 0, '1M');
-    expect((await rejects(m.restore('tp-tv', { fromTape: true, generation: 1 }))).message).toMatch(/generation 1 \(#3\) from tape: it has no good tape copy \(its tape copy failed: /);
+    expect((await rejects(m.restore('tp-tv', { fromTape: true, generation: 1 }))).message).toMatch(
+      /generation 1 \(#3\) from tape: it has no good tape copy \(its tape copy failed: /,
+    );
     const r = await m.restore('tp-tv', { fromTape: true, generation: 2 });
     expect(r).toMatchObject({ method: 'tape', from: 'tape', generation: { number: 2 } });
     await L.expectPattern('tp-tv', 0xb2, 0, '1M');

@@ -29,13 +29,19 @@ describe('a transaction volume without a device here', () => {
     const { m, host } = await L.manager();
     const info = await L.array.getVolume('nd-tv');
     const reg = await m.registerTransaction('nd-tv', { lock: 'freeze' });
-    expect(reg.warnings).toEqual([expect.stringContaining(`nd-tv cannot be frozen yet: no block device of nd-tv was found on this host (looked by its WWN ${info.wwn}, its serial ${info.serial}`)]);
+    expect(reg.warnings).toEqual([
+      expect.stringContaining(
+        `nd-tv cannot be frozen yet: no block device of nd-tv was found on this host (looked by its WWN ${info.wwn}, its serial ${info.serial}`,
+      ),
+    ]);
     expect(reg.warnings[0]).toMatch(/--device-map.*--lock none/);
     await m.registerBackup('nd-bv');
     const r = await m.backup(['nd-tv']);
     expect(r.ok).toBe(false);
     expect(r.volumes[0]).toMatchObject({ ok: false, code: 'FAILED_PRECONDITION' });
-    expect(r.volumes[0]!.error).toMatch(/^cannot back up nd-tv: the agent must freeze it \(--lock freeze\), but no block device of nd-tv was found on this host/);
+    expect(r.volumes[0]!.error).toMatch(
+      /^cannot back up nd-tv: the agent must freeze it \(--lock freeze\), but no block device of nd-tv was found on this host/,
+    );
     expect(r.volumes[0]!.generation).toBeUndefined();
     expect(await m.history('nd-tv')).toEqual([]);
     expect(host.callsOf('lockTransaction')).toEqual([]);
@@ -98,7 +104,7 @@ describe('registration', () => {
 });
 
 describe('generation health', () => {
-  it('a SnapOPC+ generation error-suspended by a full pool shows as error with the array\'s reason; restore is refused with it; resource-match records it', async () => {
+  it("a SnapOPC+ generation error-suspended by a full pool shows as error with the array's reason; restore is refused with it; resource-match records it", async () => {
     await L.mk(['gh-tv']);
     await L.mk(['gh-s1'], '64MiB', { allocLimitBytes: 1 << 20 });
     const { m, host } = await L.manager();
@@ -117,7 +123,9 @@ describe('generation health', () => {
 
     const e = await rejects(m.restore('gh-tv'));
     expect(e.code).toBe('FAILED_PRECONDITION');
-    expect(e.message).toMatch(/^cannot restore gh-tv generation 1 \(#1\): it is error on the array: the array error-suspended session \S+: snap volume gh-s1.*; run arraylab-agent resource-match to record it$/);
+    expect(e.message).toMatch(
+      /^cannot restore gh-tv generation 1 \(#1\): it is error on the array: the array error-suspended session \S+: snap volume gh-s1.*; run arraylab-agent resource-match to record it$/,
+    );
     expect(host.callsOf('lockTransaction').length).toBe(1); // only the backup's
 
     const rm = await m.resourceMatch();
@@ -143,7 +151,10 @@ describe('generation health', () => {
     await L.waitCopy(qid, (s) => s?.state === 'tracking');
     await L.array.cancelCopy(qid);
     await L.write('gl-qb', 0x66, 0, '64k'); // overwritten out of band, now that nothing protects it
-    expect((await m.history('gl-q'))[0]).toMatchObject({ status: 'lost', error: expect.stringMatching(/its QuickOPC session \S+ was cancelled on the array: gl-qb is no longer protected/) });
+    expect((await m.history('gl-q'))[0]).toMatchObject({
+      status: 'lost',
+      error: expect.stringMatching(/its QuickOPC session \S+ was cancelled on the array: gl-qb is no longer protected/),
+    });
     const e = await rejects(m.restore('gl-q'));
     expect(e.message).toMatch(/it is lost on the array: its QuickOPC session/);
 
@@ -173,16 +184,22 @@ describe('restore onto another volume', () => {
     expect((await m.backup(['ro-a'])).ok).toBe(true);
 
     const e1 = await rejects(m.restore('ro-a', { to: 'ro-b' }));
-    expect(e1.message).toBe('cannot restore ro-a generation 1 (#1) onto ro-b: ro-b is a registered transaction volume, whose data the restore would overwrite; choose another --to volume, or pass --force');
+    expect(e1.message).toBe(
+      'cannot restore ro-a generation 1 (#1) onto ro-b: ro-b is a registered transaction volume, whose data the restore would overwrite; choose another --to volume, or pass --force',
+    );
     await L.expectPattern('ro-b', 0x22, 0, '1M');
 
     const e2 = await rejects(m.restore('ro-a', { to: 'ro-big', force: true }));
-    expect(e2.message).toMatch(/^cannot restore ro-a generation 1 \(#1\) onto ro-big: ro-big is 128 MiB with 512-byte blocks, the generation 64 MiB with 512-byte blocks; restore onto a volume of the same size/);
+    expect(e2.message).toMatch(
+      /^cannot restore ro-a generation 1 \(#1\) onto ro-big: ro-big is 128 MiB with 512-byte blocks, the generation 64 MiB with 512-byte blocks; restore onto a volume of the same size/,
+    );
 
     const client = await L.holdOpen('ro-free');
     try {
       const e3 = await rejects(m.restore('ro-a', { to: 'ro-free' }));
-      expect(e3.message).toMatch(/^cannot restore ro-a generation 1 \(#1\) onto ro-free: ro-free is exported read-write to 1 connected client \(arraylab export list\); dismount it there first or pass --force$/);
+      expect(e3.message).toMatch(
+        /^cannot restore ro-a generation 1 \(#1\) onto ro-free: ro-free is exported read-write to 1 connected client \(arraylab export list\); dismount it there first or pass --force$/,
+      );
     } finally {
       await client.stop();
     }
@@ -233,7 +250,9 @@ describe('tape generations', () => {
     // --generation N means history's N, from disk and from tape.
     await L.write('tg-tv', 0x43, 0, '1M');
     const e = await rejects(m.restore('tg-tv', { generation: 1 }));
-    expect(e.message).toBe('cannot restore tg-tv generation 1 (#2) from disk: it is tape-only (its backup volume was reused) and only its tape copy is left; restore it with --from tape');
+    expect(e.message).toBe(
+      'cannot restore tg-tv generation 1 (#2) from disk: it is tape-only (its backup volume was reused) and only its tape copy is left; restore it with --from tape',
+    );
     const t1 = await m.restore('tg-tv', { generation: 1, fromTape: true });
     expect(t1.generation.number).toBe(2);
     await L.expectPattern('tg-tv', 0x42, 0, '1M');

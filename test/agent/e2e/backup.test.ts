@@ -17,7 +17,21 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { checkRecords, FILESYSTEMS, fileChecksums, mountAt, openBackupCopy, RECORD_BYTES, sh, shTry, useAgentLab, type Agent, type FsKind, type MountedFs, type Writer } from '../../support/agentLab.js';
+import {
+  checkRecords,
+  FILESYSTEMS,
+  fileChecksums,
+  mountAt,
+  openBackupCopy,
+  RECORD_BYTES,
+  sh,
+  shTry,
+  useAgentLab,
+  type Agent,
+  type FsKind,
+  type MountedFs,
+  type Writer,
+} from '../../support/agentLab.js';
 import type { BackupReport, RestoreReport } from '../../../agent/types.js';
 
 /** Hook bodies that quiesce / resume the writer: it closes its file, so umount can go on. */
@@ -90,12 +104,17 @@ describe.each(FILESYSTEMS)('arraylab-agent backup of a busy $type filesystem', (
     const c = checkRecords(copy);
     const live = readFileSync(liveFile);
     expect(c.records).toBeGreaterThan(0);
-    expect(copy.subarray(0, c.records * RECORD_BYTES).equals(live.subarray(0, c.records * RECORD_BYTES)), 'the copy is not a prefix of the live file').toBe(true);
+    expect(copy.subarray(0, c.records * RECORD_BYTES).equals(live.subarray(0, c.records * RECORD_BYTES)), 'the copy is not a prefix of the live file').toBe(
+      true,
+    );
     if (allowTail) {
       // A crash-consistent copy may end in a record being written: zeroes or the start of it.
       const t = c.tail;
       const liveTail = live.subarray(c.records * RECORD_BYTES, c.records * RECORD_BYTES + t.length);
-      expect(t.every((b) => b === 0) || t.equals(liveTail), `the copy ends in ${t.length} bytes that are neither zeroes nor the live file's: ${c.stoppedAt}`).toBe(true);
+      expect(
+        t.every((b) => b === 0) || t.equals(liveTail),
+        `the copy ends in ${t.length} bytes that are neither zeroes nor the live file's: ${c.stoppedAt}`,
+      ).toBe(true);
     } else {
       expect({ tailBytes: c.tail.length, stoppedAt: c.stoppedAt }).toEqual({ tailBytes: 0, stoppedAt: '' });
     }

@@ -89,7 +89,11 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     gate.resume();
     const st = await agent.json<AgentStatus>(['status']);
     const lock = st.outstandingLocks.find((l) => l.volume === tv.volume);
-    expect(lock, `status should show the lock the killed agent left: ${JSON.stringify(st.outstandingLocks)}`).toMatchObject({ role: 'transaction', action: 'frozen', device: tv.dev.loop });
+    expect(lock, `status should show the lock the killed agent left: ${JSON.stringify(st.outstandingLocks)}`).toMatchObject({
+      role: 'transaction',
+      action: 'frozen',
+      device: tv.dev.loop,
+    });
     if (lock?.freezeGuardPid) expect(alive(lock.freezeGuardPid), `the freeze guard ${lock.freezeGuardPid} should have exited after thawing`).toBe(false);
 
     const r = await agent.run(['resource-match']);
@@ -165,7 +169,11 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     expect((r.json as ResourceMatchReport).remaining).toEqual([]);
     const m = mountAt(tv.mnt);
     expect(m, 'resource-match should remount the volume').toBeDefined();
-    expect({ source: m!.source, mountOptions: m!.mountOptions, superOptions: m!.superOptions }).toEqual({ source: tv.mount.source, mountOptions: tv.mount.mountOptions, superOptions: tv.mount.superOptions });
+    expect({ source: m!.source, mountOptions: m!.mountOptions, superOptions: m!.superOptions }).toEqual({
+      source: tv.mount.source,
+      mountOptions: tv.mount.mountOptions,
+      superOptions: tv.mount.superOptions,
+    });
     const after = await agent.json<AgentStatus>(['status']);
     expect(after.outstandingLocks).toEqual([]);
     expect(after.transactionVolumes.find((t) => t.volume === tv.volume)!.needsResourceMatch).toBe('');

@@ -78,7 +78,7 @@ describe('generations through arraylab-agent', () => {
     expect(gens.map((g) => g.number)).toEqual([1, 2, 3]);
     expect(gens.map((g) => g.type)).toEqual([type, type, type]);
     expect(new Set([gens[0]!.backupVolume, gens[1]!.backupVolume])).toEqual(new Set(bvs));
-    expect(gens[2]!.backupVolume, 'the 3rd backup should reuse the oldest generation\'s volume').toBe(gens[0]!.backupVolume);
+    expect(gens[2]!.backupVolume, "the 3rd backup should reuse the oldest generation's volume").toBe(gens[0]!.backupVolume);
 
     const history = await agent.json<HistoryEntry[]>(['history', tv]);
     expect(history.map((h) => [h.number, h.generation, h.status, h.backupVolume])).toEqual([

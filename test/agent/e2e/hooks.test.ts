@@ -91,7 +91,7 @@ describe.each(FILESYSTEMS)('backup-pre hooks on $type', (fs: FsKind) => {
     await expectNothingLocked();
   });
 
-  it.each([100, 255])('exit %i: the backup fails with the script\'s own code, flagged, nothing left locked', async (code) => {
+  it.each([100, 255])("exit %i: the backup fails with the script's own code, flagged, nothing left locked", async (code) => {
     agent.hook('backup-pre', `echo "application refused" >&2; exit ${code}`);
     const v = await failingBackup();
     expect(v.hooks[0]).toMatchObject({ verdict: 'user-error', exitCode: code });

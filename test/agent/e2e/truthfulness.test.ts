@@ -19,7 +19,19 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { BackupReport, DoctorCheck, HistoryEntry, RegisteredTransaction, SyncView } from '../../../agent/types.js';
 import { ArrayClient } from '../../../proto/ArrayClient.js';
-import { AGENT_CLI, EXT4, FILESYSTEMS, fileChecksums, mountAt, openBackupCopy, sh, useAgentLab, writeCompletes, type Agent, type FsKind } from '../../support/agentLab.js';
+import {
+  AGENT_CLI,
+  EXT4,
+  FILESYSTEMS,
+  fileChecksums,
+  mountAt,
+  openBackupCopy,
+  sh,
+  useAgentLab,
+  writeCompletes,
+  type Agent,
+  type FsKind,
+} from '../../support/agentLab.js';
 
 /** The agent CLI as people run it: text output (the harness's flags without --json). */
 function runText(agent: Agent, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -49,7 +61,9 @@ describe('arraylab-agent tells the truth on real filesystems', () => {
 
     const reg = await runText(agent, ['register', 'transaction', tv.volume, '--lock', 'freeze']);
     expect(reg.code).toBe(0);
-    expect(reg.stderr).toMatch(/^arraylab-agent: warning: nd-ext4 cannot be frozen yet: no block device of nd-ext4 was found on this host \(looked by its WWN \w+, its serial \w+, an NBD export named nd-ext4 or the device map\); .*--device-map.*--lock none/m);
+    expect(reg.stderr).toMatch(
+      /^arraylab-agent: warning: nd-ext4 cannot be frozen yet: no block device of nd-ext4 was found on this host \(looked by its WWN \w+, its serial \w+, an NBD export named nd-ext4 or the device map\); .*--device-map.*--lock none/m,
+    );
     await agent.json(['register', 'backup', 'nd-ext4-b1']);
     agent.hook('backup-pre', 'echo "quiescing the application"; exit 0');
 
@@ -101,7 +115,9 @@ describe('arraylab-agent tells the truth on real filesystems', () => {
 
     const toB = await agent.run(['restore', a.volume, '--to', b.volume]);
     expect(toB.code).toBe(1);
-    expect(toB.stderr).toMatch(/^arraylab-agent: cannot restore rt-a generation 1 \(#1\) onto rt-b: rt-b is a registered transaction volume, whose data the restore would overwrite; choose another --to volume, or pass --force\n$/);
+    expect(toB.stderr).toMatch(
+      /^arraylab-agent: cannot restore rt-a generation 1 \(#1\) onto rt-b: rt-b is a registered transaction volume, whose data the restore would overwrite; choose another --to volume, or pass --force\n$/,
+    );
     const forced = await agent.run(['restore', a.volume, '--to', b.volume, '--force']);
     expect(forced.code).toBe(1);
     expect(forced.stderr).toMatch(/rt-b is 96 MiB with 512-byte blocks, the generation 64 MiB with 512-byte blocks; restore onto a volume of the same size/);
@@ -120,7 +136,7 @@ describe('arraylab-agent tells the truth on real filesystems', () => {
     expect(fileChecksums(c.mnt)).toEqual(sumsA);
   });
 
-  it('a SnapOPC+ generation whose snap pool filled up: error in history and doctor, restore refused with the array\'s reason, resource-match records it', async () => {
+  it("a SnapOPC+ generation whose snap pool filled up: error in history and doctor, restore refused with the array's reason, resource-match records it", async () => {
     const agent = env.newAgent();
     const tv = await env.mountFs('pf-ext4', EXT4, agent);
     await env.arraylab(['volume', 'create', 'pf-snap', '--size', EXT4.size, '--alloc-limit', '2MiB']);
@@ -129,14 +145,20 @@ describe('arraylab-agent tells the truth on real filesystems', () => {
     writeFiles(tv.mnt, 'a', 4);
     expect((await agent.run(['backup', tv.volume])).code).toBe(0);
     // Overwrite what the generation must keep: far more before-images than 2 MiB hold.
-    sh(['sh', '-c', `for f in ${tv.mnt}/a*; do dd if=/dev/urandom of=$f bs=256k count=1 conv=notrunc status=none; done; dd if=/dev/urandom of=${tv.mnt}/big bs=1M count=8 status=none; sync -f ${tv.mnt}`]);
+    sh([
+      'sh',
+      '-c',
+      `for f in ${tv.mnt}/a*; do dd if=/dev/urandom of=$f bs=256k count=1 conv=notrunc status=none; done; dd if=/dev/urandom of=${tv.mnt}/big bs=1M count=8 status=none; sync -f ${tv.mnt}`,
+    ]);
 
     const hist = await agent.json<HistoryEntry[]>(['history', tv.volume]);
     expect(hist[0]).toMatchObject({ number: 1, generation: 1, status: 'error' });
     expect(hist[0]!.error).toMatch(/the array error-suspended session \S+: snap volume pf-snap .*full/);
     const restore = await agent.run(['restore', tv.volume]);
     expect(restore.code).toBe(1);
-    expect(restore.stderr).toMatch(/^arraylab-agent: cannot restore pf-ext4 generation 1 \(#1\): it is error on the array: the array error-suspended session \S+: snap volume pf-snap/);
+    expect(restore.stderr).toMatch(
+      /^arraylab-agent: cannot restore pf-ext4 generation 1 \(#1\): it is error on the array: the array error-suspended session \S+: snap volume pf-snap/,
+    );
     expect(restore.stderr).not.toMatch(/EIO|input\/output/i);
     expect(mountAt(tv.mnt), 'refused before anything was unmounted').toBeDefined();
     const doctor = await agent.run(['doctor']);

@@ -57,7 +57,13 @@ function client(handshakeTimeoutMs = 10_000): GuestHostSide {
 
 /** The guest side: a LinuxHost with the test's device map and hooks dir, served over the fake port. */
 async function startGuest(deviceMap = '', clockSkewMs = 0): Promise<FakeQemuPort> {
-  let host: HostSide = new LinuxHost({ log, hooksDir: join(dir, 'hooks'), hookTimeoutMs: HOOK_TIMEOUT_MS, freezeDeadlineMs: FREEZE_DEADLINE_MS, ...(deviceMap ? { deviceMapFile: deviceMap } : {}) });
+  let host: HostSide = new LinuxHost({
+    log,
+    hooksDir: join(dir, 'hooks'),
+    hookTimeoutMs: HOOK_TIMEOUT_MS,
+    freezeDeadlineMs: FREEZE_DEADLINE_MS,
+    ...(deviceMap ? { deviceMapFile: deviceMap } : {}),
+  });
   if (clockSkewMs) host = skewedClock(host, clockSkewMs);
   port = new FakeQemuPort(join(dir, 'agent.sock'));
   await port.listen();
@@ -122,12 +128,24 @@ describe('guest agent over the port', () => {
     const guest = client();
 
     const hello = await guest.hello();
-    expect(hello).toEqual({ protocol: 1, version: ARRAYLAB_VERSION, hostname: hostname(), kernel: release(), pid: process.pid, hookTimeoutMs: HOOK_TIMEOUT_MS, freezeDeadlineMs: FREEZE_DEADLINE_MS, now: expect.any(Number) });
+    expect(hello).toEqual({
+      protocol: 1,
+      version: ARRAYLAB_VERSION,
+      hostname: hostname(),
+      kernel: release(),
+      pid: process.pid,
+      hookTimeoutMs: HOOK_TIMEOUT_MS,
+      freezeDeadlineMs: FREEZE_DEADLINE_MS,
+      now: expect.any(Number),
+    });
     expect(await guest.devices([vol('tv1'), vol('elsewhere')])).toEqual([{ volume: 'tv1', device: disk.device, how: 'map' }]);
     expect(await guest.mountsOf(disk.device)).toEqual([]);
 
     // The guest's own error, message and all (a freeze of something that is not mounted).
-    const direct = await new LinuxHost({ log }).lockTransaction('tv1', disk.device, 'freeze').then(() => null, (e: Error) => e.message);
+    const direct = await new LinuxHost({ log }).lockTransaction('tv1', disk.device, 'freeze').then(
+      () => null,
+      (e: Error) => e.message,
+    );
     expect(direct).toMatch(/cannot freeze transaction volume tv1: .* is not mounted/);
     await expect(guest.lockTransaction('tv1', disk.device, 'freeze')).rejects.toThrow(direct!);
     // A broken device map is the guest's error too, and the connection goes on working.
@@ -160,7 +178,7 @@ describe('guest agent over the port', () => {
     await guest.unlock(unmounted); // idempotent, as resource-match needs
   });
 
-  it('a guest clock an hour off: the thaw deadline comes back on this host\'s clock, so the backup manager judges the freeze right', async () => {
+  it("a guest clock an hour off: the thaw deadline comes back on this host's clock, so the backup manager judges the freeze right", async () => {
     for (const skew of [3_600_000, -3_600_000]) {
       const fs = makeLoopFs('ext4', 'noatime');
       await startGuest('', skew);
@@ -182,7 +200,7 @@ describe('guest agent over the port', () => {
     }
   });
 
-  it('runs hooks in the guest: environment, the user\'s exit code, concurrent calls', async () => {
+  it("runs hooks in the guest: environment, the user's exit code, concurrent calls", async () => {
     await startGuest();
     const out = join(dir, 'hook.out');
     hook('backup-pre', `echo "$1 $ARRAYLAB_VOLUME $ARRAYLAB_MOUNTPOINT $ARRAYLAB_GENERATION" > '${out}'; sleep 1`);
@@ -307,7 +325,11 @@ describe('protocol pieces', () => {
   it('LineReader: bounded lines, split across chunks, over-long ones skipped to the next newline', () => {
     const lines: string[] = [];
     const over: number[] = [];
-    const r = new LineReader((l) => lines.push(l), (n) => over.push(n), 16);
+    const r = new LineReader(
+      (l) => lines.push(l),
+      (n) => over.push(n),
+      16,
+    );
     r.push(Buffer.from('ab'));
     r.push(Buffer.from('c\nde'));
     r.push(Buffer.from(`f\n${'x'.repeat(10)}`));

@@ -69,7 +69,11 @@ beforeAll(async () => {
   void server.start();
 
   const stateDir = join(dir, 'state');
-  daemon = spawn(process.execPath, [AGENT_CLI, 'serve', '--listen', '127.0.0.1:0', '--array', lab.apiAddress, '--state-dir', stateDir, '--guest', port.path, '--json', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  daemon = spawn(
+    process.execPath,
+    [AGENT_CLI, 'serve', '--listen', '127.0.0.1:0', '--array', lab.apiAddress, '--state-dir', stateDir, '--guest', port.path, '--json', '--log-level', 'warn'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let errText = '';
   daemon.stderr!.on('data', (d) => (errText += d));
   const first = await new Promise<string>((resolve, reject) => {
@@ -89,7 +93,7 @@ afterAll(async () => {
 });
 
 describe('arraylab-agent serve --guest', () => {
-  it('answers remote callers with the guest\'s devices, and backs up with the freeze done in the guest', async () => {
+  it("answers remote callers with the guest's devices, and backs up with the freeze done in the guest", async () => {
     const devices = JSON.parse((await agent(['devices', ...remote])).stdout) as Array<{ volume: string; device: string; how: string }>;
     expect(devices).toContainEqual(expect.objectContaining({ volume: 'tv', device: fs.device, how: 'map' }));
 
@@ -103,7 +107,7 @@ describe('arraylab-agent serve --guest', () => {
     expect(await writeCompletes(fs.mountPoint, 5000)).toBe(true);
   });
 
-  it('doctor checks root, tools and hooks in the guest, with guest-serve\'s hooks directory', async () => {
+  it("doctor checks root, tools and hooks in the guest, with guest-serve's hooks directory", async () => {
     type Check = { name: string; ok: boolean; detail: string; fix: string };
     const doctor = async () => JSON.parse((await agent(['doctor', ...remote])).stdout) as Check[];
     const first = await doctor();

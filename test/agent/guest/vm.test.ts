@@ -77,7 +77,7 @@ async function agentJson(args: string[]): Promise<unknown> {
 }
 
 describe('the agent in a guest over virtio-serial', () => {
-  it('maps the guest\'s NBD disk by its virtio serial, and backs up a frozen ext4 in the guest with a writer running', async () => {
+  it("maps the guest's NBD disk by its virtio serial, and backs up a frozen ext4 in the guest with a writer running", async () => {
     const timings: string[] = [];
     const t0 = performance.now();
     const lap = (what: string) => timings.push(`${what} ${((performance.now() - t0) / 1000).toFixed(1)} s`);
@@ -86,7 +86,13 @@ describe('the agent in a guest over virtio-serial', () => {
     labs.add(array);
     await cliOk(array, ['volume', 'create', 'guesttv', '--size', '64MiB']);
     await cliOk(array, ['volume', 'create', 'guestbv', '--size', '64MiB']);
-    const guest = await launchGuest({ name: 'agentvm', kernel: image.kernel, initrd: image.initrd, log, disks: [{ via: 'nbd', host: '127.0.0.1', port: array.nbdPort, export: 'guesttv' }] });
+    const guest = await launchGuest({
+      name: 'agentvm',
+      kernel: image.kernel,
+      initrd: image.initrd,
+      log,
+      disks: [{ via: 'nbd', host: '127.0.0.1', port: array.nbdPort, export: 'guesttv' }],
+    });
     guests.add(guest);
     lap('booted');
 
@@ -105,7 +111,12 @@ describe('the agent in a guest over virtio-serial', () => {
     };
     const hello = await waitFor(guestStatus, (h) => h !== null, { timeoutMs: 60_000, intervalMs: 500 });
     if (!hello) throw new Error(`the guest agent did not come up; its log: ${(await guest.run('cat /tmp/ga.log')).output}`);
-    expect(hello).toMatchObject({ hostname: (await guest.runOk('uname -n')).trim(), kernel: image.kernelRelease, hookTimeoutMs: 60_000, freezeDeadlineMs: 30_000 });
+    expect(hello).toMatchObject({
+      hostname: (await guest.runOk('uname -n')).trim(),
+      kernel: image.kernelRelease,
+      hookTimeoutMs: 60_000,
+      freezeDeadlineMs: 30_000,
+    });
     expect(hello.pid).toBe(Number((await guest.runOk('cat /tmp/ga.pid')).trim()));
     lap('guest agent answered');
 
@@ -125,7 +136,10 @@ describe('the agent in a guest over virtio-serial', () => {
     await agentJson([...common, 'register', 'transaction', 'guesttv', '--lock', 'freeze']);
     await agentJson([...common, 'register', 'backup', 'guestbv']);
     const before = Number((await guest.runOk('wc -l < /mnt/tv/log')).trim());
-    const report = (await agentJson([...common, 'backup', 'guesttv'])) as { ok: boolean; volumes: Array<{ ok: boolean; error?: string; generation?: { number: number; backupVolume: string; prep: string; status: string } }> };
+    const report = (await agentJson([...common, 'backup', 'guesttv'])) as {
+      ok: boolean;
+      volumes: Array<{ ok: boolean; error?: string; generation?: { number: number; backupVolume: string; prep: string; status: string } }>;
+    };
     lap('backup done');
     expect(report.volumes[0]!.error).toBeUndefined();
     expect(report.ok).toBe(true);

@@ -170,10 +170,16 @@ describe('virtio-blk disks in a guest', () => {
 
 describe('device map file', () => {
   it('malformed lines are errors naming the file, the line and the fix', () => {
-    expect(() => parseDeviceMap('vol1 /dev/loop0\nvol2\n', '/etc/m')).toThrow('device map /etc/m line 2: expected "VOLUME DEVICE" (two fields), got "vol2"; fix the line or comment it out with #');
+    expect(() => parseDeviceMap('vol1 /dev/loop0\nvol2\n', '/etc/m')).toThrow(
+      'device map /etc/m line 2: expected "VOLUME DEVICE" (two fields), got "vol2"; fix the line or comment it out with #',
+    );
     expect(() => parseDeviceMap('vol1 /dev/a /dev/b', '/etc/m')).toThrow(/line 1: expected "VOLUME DEVICE"/);
-    expect(() => parseDeviceMap('# c\nvol1 loop0', '/etc/m')).toThrow('device map /etc/m line 2: device "loop0" of volume vol1 is not an absolute path; write it as /dev/...');
-    expect(() => parseDeviceMap('v /dev/a\n v /dev/b', '/etc/m')).toThrow('device map /etc/m line 2: volume v is already mapped on line 1; keep one line per volume');
+    expect(() => parseDeviceMap('# c\nvol1 loop0', '/etc/m')).toThrow(
+      'device map /etc/m line 2: device "loop0" of volume vol1 is not an absolute path; write it as /dev/...',
+    );
+    expect(() => parseDeviceMap('v /dev/a\n v /dev/b', '/etc/m')).toThrow(
+      'device map /etc/m line 2: volume v is already mapped on line 1; keep one line per volume',
+    );
     expect(parseDeviceMap('  # only comments\n\n\tv1\t/dev/x  # trailing\n', 'f')).toEqual([{ volume: 'v1', device: '/dev/x', line: 3 }]);
   });
 
@@ -191,6 +197,14 @@ describe('device map file', () => {
 describe('mountinfo', () => {
   it('parses optional fields and octal escapes', () => {
     const [m] = parseMountinfo('36 35 98:0 /sub /mnt/with\\040space\\011tab rw,noatime master:1 shared:2 - ext4 /dev/my\\040disk rw,errors=continue\n');
-    expect(m).toMatchObject({ devNo: '98:0', root: '/sub', mountPoint: '/mnt/with space\ttab', mountOptions: 'rw,noatime', fsType: 'ext4', source: '/dev/my disk', superOptions: 'rw,errors=continue' });
+    expect(m).toMatchObject({
+      devNo: '98:0',
+      root: '/sub',
+      mountPoint: '/mnt/with space\ttab',
+      mountOptions: 'rw,noatime',
+      fsType: 'ext4',
+      source: '/dev/my disk',
+      superOptions: 'rw,errors=continue',
+    });
   });
 });
