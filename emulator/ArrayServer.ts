@@ -126,6 +126,8 @@ export class ArrayServer {
       else tapeDir = this.tapeTempDir = mkdtempSync(join(tmpdir(), 'arraylab-tape-'));
       this.tapeLibrary = await TapeLibrary.open({ dir: tapeDir, volumes: arrayTapeVolumes(this.storage), logger: this.log });
       await reconcileCartridges(this.tapeLibrary, config.tape?.cartridges ?? [], this.log);
+      const tapeLibrary = this.tapeLibrary;
+      this.storage.tapeExists = (label) => tapeLibrary.list().some((c) => c.label === label);
 
       this.nbd = new NbdServer({ provider: this.storage, logger: this.log, ...(tls ? { tls } : {}) });
       const nbd = await listenOrExplain('NBD', config.listen.nbd, '--nbd HOST:PORT or listen.nbd', () =>
@@ -140,6 +142,7 @@ export class ArrayServer {
         hosts: this.storage.hosts,
         iscsiSessions: () => this.iscsi?.sessions() ?? [],
         tape: this.tapeLibrary, // tape
+        faults: this.storage.faults,
         status: () => this.serverStatus(),
         logger: this.log,
       });

@@ -19,11 +19,14 @@ import {
   arrayServiceClientConstructor,
   copyServiceClientConstructor,
   hostAffinityServiceClientConstructor,
+  faultServiceClientConstructor,
   tapeServiceClientConstructor,
   type ClientConstructor,
 } from './loader.js';
 import type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView } from './views.js';
 import { cartridgeFromWire, tapeRecordFromWire, tapeRestoreFromWire } from './wire/tapeWire.js';
+import { faultEventFromWire, faultFromWire, powerCutFromWire } from './wire/faultWire.js';
+import type { FaultEventView, FaultView, PowerCutView } from './views.js';
 import { copyEventFromWire, copySessionFromWire, copyTypeToWire, exportFromWire, provisioningToWire, statusFromWire, volumeFromWire } from './wire/wire.js';
 
 export { ApiError, type ApiErrorCode } from './errors.js';
@@ -43,6 +46,7 @@ export class ArrayClient {
   private copyStub: pb.CopyServiceClient | undefined;
   private hostStub: pb.HostAffinityServiceClient | undefined;
   private tapeStub: pb.TapeServiceClient | undefined;
+  private faultStub: pb.FaultServiceClient | undefined;
   private readonly deadlineMs: number;
   private readonly metadata: Record<string, string>;
 
@@ -189,6 +193,89 @@ export class ArrayClient {
       },
       done,
     };
+  }
+
+  // ---- faults (FaultService) ----
+
+  /** Sets a fault given as the wire's FaultSpec (the CLI's options, one to one). */
+  async addFault(spec: pb.FaultSpec): Promise<FaultView> {
+    return faultFromWire(await this.call(this.faultClient(), 'AddFault', spec));
+  }
+
+  async listFaults(): Promise<FaultView[]> {
+    return (await this.call(this.faultClient(), 'ListFaults', {})).faults.map(faultFromWire);
+  }
+
+  async getFault(id: string): Promise<FaultView> {
+    return faultFromWire(await this.call(this.faultClient(), 'GetFault', { id }));
+  }
+
+  async removeFault(id: string): Promise<FaultView> {
+    return faultFromWire(await this.call(this.faultClient(), 'RemoveFault', { id }));
+  }
+
+  /** Returns how many faults were removed. */
+  async clearFaults(opts: { flags?: boolean } = {}): Promise<number> {
+    return (await this.call(this.faultClient(), 'ClearFaults', { clearFlags: opts.flags ?? false })).removed;
+  }
+
+  async setFaultRate(id: string, rate: { mibs?: number; iops?: number }): Promise<FaultView> {
+    return faultFromWire(await this.call(this.faultClient(), 'SetFaultRate', { id, ...rate }));
+  }
+
+  /** Applies a plan's YAML text; returns the faults it set. */
+  async applyFaultPlan(text: string, source: string): Promise<FaultView[]> {
+    return (await this.call(this.faultClient(), 'ApplyFaultPlan', { text, source })).faults.map(faultFromWire);
+  }
+
+  /** Sets or clears a flag; returns the flags set. */
+  async setFaultFlag(name: string, set: boolean): Promise<string[]> {
+    return (await this.call(this.faultClient(), 'SetFaultFlag', { name, set })).names;
+  }
+
+  async listFaultFlags(): Promise<string[]> {
+    return (await this.call(this.faultClient(), 'ListFaultFlags', {})).names;
+  }
+
+  async powerCut(req: { policy?: string; seed?: number; downMs?: number } = {}): Promise<PowerCutView> {
+    return powerCutFromWire(
+      await this.call(this.faultClient(), 'PowerCut', {
+        policy: req.policy ?? '',
+        ...(req.seed !== undefined ? { seed: req.seed } : {}),
+        downMs: req.downMs ?? 0,
+      }),
+    );
+  }
+
+  /** Events after sinceSeq; with follow, then new ones until cancel(). */
+  watchFaultEvents(opts: { sinceSeq?: number; follow?: boolean }, onEvent: (e: FaultEventView) => void): { cancel: () => void; done: Promise<void> } {
+    const stream = openStream(
+      this.faultClient(),
+      'WatchFaultEvents',
+      { sinceSeq: opts.sinceSeq ?? 0, follow: opts.follow ?? false },
+      this.callMetadata(),
+    ) as grpc.ClientReadableStream<pb.FaultEvent__Output>;
+    let cancelled = false;
+    const done = new Promise<void>((resolve, reject) => {
+      stream.on('data', (w: pb.FaultEvent__Output) => onEvent(faultEventFromWire(w)));
+      stream.on('end', () => resolve());
+      stream.on('error', (err: grpc.ServiceError) => {
+        if (cancelled && err.code === grpc.status.CANCELLED) resolve();
+        else reject(this.toApiError(err));
+      });
+    });
+    return {
+      cancel: () => {
+        cancelled = true;
+        stream.cancel();
+      },
+      done,
+    };
+  }
+
+  private faultClient(): pb.FaultServiceClient {
+    this.faultStub ??= this.stub(faultServiceClientConstructor);
+    return this.faultStub;
   }
 
   // ---- host affinity (HostAffinityService) ----
@@ -375,6 +462,7 @@ export class ArrayClient {
     this.copyStub?.close();
     this.hostStub?.close();
     this.tapeStub?.close(); // tape
+    this.faultStub?.close();
   }
 
   private stub<C extends grpc.Client>(ctor: () => ClientConstructor<C>): C {

@@ -1,6 +1,6 @@
 /**
  * The one loader of the contract's .proto files (@grpc/proto-loader, at run time), with one set
- * of options for every service: the array's (array, copy, host affinity, tape) and the agent's.
+ * of options for every service: the array's (array, copy, host affinity, tape, fault) and the agent's.
  *
  * The .proto files sit next to this module: proto/ in the sources (vitest), dist/proto/ once
  * compiled (scripts/copy-assets.mjs copies them). All share the package arraylab.v1.
@@ -11,7 +11,14 @@ import { fileURLToPath } from 'node:url';
 import type * as pb from './gen/index.js';
 
 export const PROTO_ROOT = fileURLToPath(new URL('./', import.meta.url));
-const PROTO_FILES = ['arraylab/v1/array.proto', 'arraylab/v1/copy.proto', 'arraylab/v1/affinity.proto', 'arraylab/v1/tape.proto', 'arraylab/v1/agent.proto'];
+const PROTO_FILES = [
+  'arraylab/v1/array.proto',
+  'arraylab/v1/copy.proto',
+  'arraylab/v1/affinity.proto',
+  'arraylab/v1/tape.proto',
+  'arraylab/v1/agent.proto',
+  'arraylab/v1/fault.proto',
+];
 
 /**
  * uint64 fields arrive as decimal strings (longs: String) so a value of 2^53 or more is caught
@@ -58,12 +65,14 @@ export const copyServiceClientConstructor = (): ClientConstructor<pb.CopyService
 export const hostAffinityServiceClientConstructor = (): ClientConstructor<pb.HostAffinityServiceClient> => service('HostAffinityService');
 export const tapeServiceClientConstructor = (): ClientConstructor<pb.TapeServiceClient> => service('TapeService');
 export const agentServiceClientConstructor = (): ClientConstructor<pb.AgentServiceClient> => service('AgentService');
+export const faultServiceClientConstructor = (): ClientConstructor<pb.FaultServiceClient> => service('FaultService');
 
 export const arrayServiceDefinition = (): grpc.ServiceDefinition => arrayServiceClientConstructor().service;
 export const copyServiceDefinition = (): grpc.ServiceDefinition => copyServiceClientConstructor().service;
 export const hostAffinityServiceDefinition = (): grpc.ServiceDefinition => hostAffinityServiceClientConstructor().service;
 export const tapeServiceDefinition = (): grpc.ServiceDefinition => tapeServiceClientConstructor().service;
 export const agentServiceDefinition = (): grpc.ServiceDefinition => agentServiceClientConstructor().service;
+export const faultServiceDefinition = (): grpc.ServiceDefinition => faultServiceClientConstructor().service;
 
 /**
  * Adds a service to a server with handlers typed by its generated interface (the generated

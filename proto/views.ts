@@ -274,3 +274,42 @@ export interface RecordCheck {
   ok: boolean;
   error: string;
 }
+
+/** A fault set on the array (FaultService). */
+export interface FaultView {
+  id: string;
+  kind: string;
+  target: string;
+  ops: string[];
+  /** One line: what it does, to which operations and blocks, when. */
+  description: string;
+  seed: number;
+  transient: boolean;
+  label: string;
+  createdAt: string;
+  seen: number;
+  fired: number;
+  flag: string;
+}
+
+/** One injection (FaultService.WatchFaultEvents). */
+export interface FaultEventView {
+  seq: number;
+  at: string;
+  faultId: string;
+  kind: string;
+  target: string;
+  op: string;
+  offset?: number;
+  length?: number;
+  connection: string;
+  detail: string;
+}
+
+/** What a power cut did, per volume with a volatile write cache. */
+export interface PowerCutView {
+  policy: string;
+  seed: number;
+  connectionsDropped: number;
+  volumes: Array<{ name: string; writesLost: number; writesKept: number; writesTorn: number; bytesLost: number }>;
+}

@@ -15,7 +15,16 @@ import type { CopyEvent, SessionInfo } from '../copy/CopySession.js';
 import { grpcStatusOf, StatusError } from '../../proto/errors.js';
 import type { StartCopyRequest } from '../array/StorageArray.js';
 import { hostAffinityHandlers, type HostControl, type SessionSource } from './hostService.js';
-import { addService, arrayServiceDefinition, copyServiceDefinition, hostAffinityServiceDefinition, tapeServiceDefinition } from '../../proto/loader.js';
+import {
+  addService,
+  arrayServiceDefinition,
+  copyServiceDefinition,
+  faultServiceDefinition,
+  hostAffinityServiceDefinition,
+  tapeServiceDefinition,
+} from '../../proto/loader.js';
+import type { FaultEngine } from '../fault/FaultEngine.js';
+import { faultHandlers, type PowerCutControl } from './faultService.js';
 import { tapeHandlers, type TapeControl } from './tapeService.js'; // tape
 import { copySessionToWire, rateFromWire } from './copyWire.js';
 import type * as pb from '../../proto/gen/index.js';
@@ -68,6 +77,10 @@ export interface ArrayApiServerOptions {
   iscsiSessions?: SessionSource;
   /** tape: the tape library; TapeService is served only when given. */
   tape?: TapeControl;
+  /** The fault engine; FaultService is served only when given, and api faults act on every call. */
+  faults?: FaultEngine;
+  /** The power cut of volatile write caches (FaultService.PowerCut). */
+  power?: PowerCutControl;
 }
 
 export class ArrayApiServer {
@@ -80,12 +93,14 @@ export class ArrayApiServer {
   private listening = false;
   /** Open WatchCopies streams, ended when the server drains. */
   private readonly watches = new Set<() => void>();
+  private readonly faults: FaultEngine | undefined;
 
   constructor(opts: ArrayApiServerOptions) {
     this.array = opts.array;
     this.serverStatus = opts.status;
     this.sessions = opts.iscsiSessions ?? (() => []);
     this.log = opts.logger.child({ component: 'api' });
+    this.faults = opts.faults;
     const arrayHandlers: pb.ArrayServiceHandlers = {
       CreateVolume: this.unary('CreateVolume', (req) => this.createVolume(req)),
       ListVolumes: this.unary('ListVolumes', () => ({ volumes: this.array.listVolumes().map(volumeToWire) })),
@@ -116,6 +131,20 @@ export class ArrayApiServer {
         this.server,
         tapeServiceDefinition(),
         tapeHandlers(opts.tape, { unary: (method, fn) => this.unary(method, fn), draining: () => this.draining, logger: this.log }),
+      );
+    }
+    if (opts.faults) {
+      addService(
+        this.server,
+        faultServiceDefinition(),
+        faultHandlers(opts.faults, opts.power, {
+          unary: (method, fn) => this.unary(method, fn),
+          draining: () => this.draining,
+          track: (stop) => {
+            this.watches.add(stop);
+            return () => this.watches.delete(stop);
+          },
+        }),
       );
     }
     const copy = opts.copy;
@@ -354,7 +383,8 @@ export class ArrayApiServer {
         return;
       }
       const started = process.hrtime.bigint();
-      Promise.resolve()
+      const faults = this.faults;
+      (faults === undefined || faults.count === 0 ? Promise.resolve() : faults.apiFault(method))
         .then(() => fn(call.request))
         .then(
           (response) => {

@@ -14,6 +14,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { CopyError } from '../copy/CopySession.js';
 import type { LogicalBlockSize, Provisioning, VolumeInfo } from './types.js';
+import type { Fault, FaultSpec } from '../fault/spec.js';
 
 export const DATABASE_FILE = 'arraylab.db';
 
@@ -133,6 +134,16 @@ const MIGRATIONS: Migration[] = [
       END;
     `);
     db.prepare("INSERT INTO array_properties (key, value) VALUES ('array_id', ?)").run(randomBytes(6).toString('hex'));
+  },
+  // 5: injected faults (emulator/fault), kept across restarts unless transient
+  (db) => {
+    db.exec(`
+      CREATE TABLE faults (
+        id         TEXT PRIMARY KEY,
+        spec       TEXT NOT NULL,
+        created_at TEXT NOT NULL
+      ) STRICT;
+    `);
   },
 ];
 
@@ -362,6 +373,33 @@ export class MetadataStore {
    */
   renameVolume(uuid: string, oldName: string, newName: string, identity?: { wwn: string; serial: string }): void {
     this.renameTx(uuid, oldName, newName, identity);
+  }
+
+  /** Faults kept across restarts, in the order they were added. */
+  loadFaults(): Fault[] {
+    const rows = this.db.prepare<[], { id: string; spec: string; created_at: string }>('SELECT id, spec, created_at FROM faults ORDER BY rowid').all();
+    return rows.map((r) => ({ ...(JSON.parse(r.spec) as FaultSpec), id: r.id, createdAt: r.created_at }));
+  }
+
+  saveFault(f: Fault): void {
+    const { id, createdAt, ...spec } = f;
+    this.db
+      .prepare<[string, string, string]>('INSERT INTO faults (id, spec, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET spec = excluded.spec')
+      .run(id, JSON.stringify(spec), createdAt);
+  }
+
+  /** The next fault number (ids are never reused, transient or not); counts up durably. */
+  takeFaultNumber(): number {
+    const row = this.db
+      .prepare<[], { value: string }>(
+        "INSERT INTO array_properties (key, value) VALUES ('next_fault', '2') ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value",
+      )
+      .get()!;
+    return Number(row.value) - 1;
+  }
+
+  removeFault(id: string): void {
+    this.db.prepare<[string]>('DELETE FROM faults WHERE id = ?').run(id);
   }
 
   close(): void {

@@ -72,6 +72,7 @@ import {
   type VolumeSpec,
 } from './types.js';
 import { Volume, type VolumeStore } from './Volume.js';
+import { FaultEngine } from '../fault/FaultEngine.js';
 
 export interface StorageArrayOptions {
   backend: 'file' | 'memory';
@@ -125,6 +126,10 @@ export class StorageArray implements ExportProvider {
   readonly hosts: HostAffinity;
   /** Persistent reservations that survive restarts (APTPL), for the iSCSI target. */
   readonly reservations: SqliteReservationStore;
+  /** Injected faults (emulator/fault): host I/O, connections, copy sessions, tape, the API. */
+  readonly faults: FaultEngine;
+  /** Set by whoever serves tape (ArrayServer), so faults can name cartridges. */
+  tapeExists: (label: string) => boolean = () => false;
 
   private constructor(
     private readonly backend: 'file' | 'memory',
@@ -138,6 +143,26 @@ export class StorageArray implements ExportProvider {
     this.hosts = new HostAffinity(new HostRecords(db), this.volumeDirectory(), log, { requireHostAffinity });
     this.reservations = new SqliteReservationStore(db);
     this.copy = new CopyEngine({ journal: this.journal, clock: copyClock });
+    this.faults = new FaultEngine({
+      logger: log,
+      store: db,
+      targets: {
+        volumeExists: (name) => this.volumes.has(name),
+        sessionExists: (id) => this.copy.list().some((s) => s.id === id),
+        tapeExists: (label) => this.tapeExists(label),
+        setFaultPoint: (name, point) => {
+          const v = this.volumes.get(name);
+          if (v !== undefined) v.faults = point;
+        },
+        signalExport: (name, event) => {
+          const v = this.volumes.get(name);
+          if (v === undefined) return 0;
+          const handles = [...v.handles];
+          for (const h of handles) h.signal(event);
+          return handles.length;
+        },
+      },
+    });
     this.copy.onEvent((e) => {
       const fields = { sessionId: e.sessionId, kind: e.kind, state: e.state };
       if (e.kind === 'error') this.log.warn(fields, e.message);
@@ -150,6 +175,7 @@ export class StorageArray implements ExportProvider {
     if (opts.backend === 'memory') {
       const array = new StorageArray('memory', undefined, new MetadataStore(':memory:'), log, opts.copyClock, opts.requireHostAffinity);
       array.hosts.load();
+      array.faults.load();
       await array.copy.recover();
       return array;
     }
@@ -175,6 +201,7 @@ export class StorageArray implements ExportProvider {
     try {
       await array.loadVolumes();
       array.hosts.load();
+      array.faults.load();
       const sessions = await array.copy.recover();
       if (sessions.length > 0) log.info({ sessions: sessions.map((s) => ({ id: s.id, type: s.type, state: s.state })) }, 'recovered copy sessions');
     } catch (err) {
@@ -477,6 +504,7 @@ export class StorageArray implements ExportProvider {
   openExport(name: string, client: ClientInfo): ExportHandle | undefined {
     const v = this.volumes.get(name);
     if (v === undefined || v.deleting || this.closing !== undefined) return undefined;
+    this.faults.checkConnect(name, client);
     try {
       this.copy.tapOf(name).checkAttach(); // e.g. an EC destination before equivalent: refused with the reason
     } catch (err) {
@@ -573,6 +601,7 @@ export class StorageArray implements ExportProvider {
       this.copy.addVolume(v); // before any client can reach it
       this.volumes.set(record.name, v);
       this.byUuid.set(record.uuid, v);
+      v.faults = this.faults.pointFor(record.name);
       this.log.info(
         { volume: record.name, uuid: record.uuid, wwn: record.wwn, sizeBytes: record.sizeBytes, provisioning: record.provisioning },
         'created volume',
@@ -689,6 +718,7 @@ export class StorageArray implements ExportProvider {
           this.volumes.delete(oldName);
           this.volumes.set(newName, v);
           v.renamed(record);
+          v.faults = this.faults.pointFor(newName); // faults name volumes: they stay with the old name
           renamed = true;
         }),
       );
@@ -795,6 +825,7 @@ export class StorageArray implements ExportProvider {
       this.copy.addVolume(v); // before any client can reach it
       this.volumes.set(record.name, v);
       this.byUuid.set(record.uuid, v);
+      v.faults = this.faults.pointFor(record.name);
       if (store.blockSize !== record.blockSize || store.thin !== (record.provisioning === 'thin') || store.size < record.sizeBytes) {
         throw new ArrayError(
           'INTERNAL',
@@ -842,6 +873,7 @@ export class StorageArray implements ExportProvider {
   }
 
   private async closeAll(): Promise<void> {
+    this.faults.close(); // paused and delayed operations go on, so the stores can drain
     await this.copy.close(); // no more background copies; sessions stay in the journal
     try {
       if (this.db.isOpen) this.journal.commit(); // lazy clears appended since the last sync

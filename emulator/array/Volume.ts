@@ -15,10 +15,12 @@ import {
   type ClientInfo,
   type ExportHandle,
   type Extent,
+  type HandleEvent,
   type WriteOptions,
   type ZeroOptions,
 } from '../block/BlockDevice.js';
 import type { AllocationLimitLabels } from '../block/allocationLimit.js';
+import type { Caller, FaultPoint } from '../fault/FaultPoint.js';
 import type { MetadataStore, VolumeRecord } from './MetadataStore.js';
 import type { VolumeInfo } from './types.js';
 
@@ -37,11 +39,16 @@ export interface VolumeStore extends BlockDevice {
 /** Makes a layer over the device below it. */
 export type LayerFactory = (below: BlockDevice) => BlockDevice;
 
-/** Forwards to the volume's current top layer; refuses writes when read-only. */
+/**
+ * One client's device: forwards to the volume's current top layer through the volume's fault
+ * point when faults are set on it; refuses writes when read-only. One per open, so a fault
+ * knows which connection an operation came from.
+ */
 class VolumeDevice implements BlockDevice {
   constructor(
     private readonly volume: Volume,
     private readonly forceReadOnly: boolean,
+    private readonly caller: Caller,
   ) {}
 
   get size(): number {
@@ -58,25 +65,31 @@ class VolumeDevice implements BlockDevice {
   }
 
   read(offset: number, into: Buffer): Promise<void> {
-    return this.volume.top.read(offset, into);
+    const f = this.volume.faults;
+    return f === undefined ? this.volume.top.read(offset, into) : f.read(this.caller, this.volume.top, offset, into);
   }
   write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
     if (this.forceReadOnly) return this.refuse('write');
-    return this.volume.top.write(offset, data, opts);
+    const f = this.volume.faults;
+    return f === undefined ? this.volume.top.write(offset, data, opts) : f.write(this.caller, this.volume.top, offset, data, opts);
   }
   flush(): Promise<void> {
-    return this.volume.top.flush();
+    const f = this.volume.faults;
+    return f === undefined ? this.volume.top.flush() : f.flush(this.caller, this.volume.top);
   }
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
     if (this.forceReadOnly) return this.refuse('trim');
-    return this.volume.top.trim(offset, length, opts);
+    const f = this.volume.faults;
+    return f === undefined ? this.volume.top.trim(offset, length, opts) : f.trim(this.caller, this.volume.top, offset, length, opts);
   }
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     if (this.forceReadOnly) return this.refuse('write-zeroes');
-    return this.volume.top.writeZeroes(offset, length, opts);
+    const f = this.volume.faults;
+    return f === undefined ? this.volume.top.writeZeroes(offset, length, opts) : f.writeZeroes(this.caller, this.volume.top, offset, length, opts);
   }
   blockStatus(offset: number, length: number, maxExtents?: number): Promise<Extent[]> {
-    return this.volume.top.blockStatus(offset, length, maxExtents);
+    const f = this.volume.faults;
+    return f === undefined ? this.volume.top.blockStatus(offset, length, maxExtents) : f.blockStatus(this.caller, this.volume.top, offset, length, maxExtents);
   }
   cache(offset: number, length: number): Promise<void> {
     return this.volume.top.cache(offset, length);
@@ -90,15 +103,18 @@ class VolumeDevice implements BlockDevice {
 /** One client's open of a volume. */
 export class VolumeHandle implements ExportHandle {
   readonly openedAt = new Date();
+  readonly device: BlockDevice;
   private readonly listeners = new Set<(newSize: number) => void>();
+  private readonly eventListeners = new Set<(e: HandleEvent) => void>();
   private closed = false;
 
   constructor(
     private readonly volume: Volume,
     readonly client: ClientInfo,
     private readonly fixedReadOnly: boolean,
-    readonly device: BlockDevice,
-  ) {}
+  ) {
+    this.device = new VolumeDevice(volume, fixedReadOnly, { client, connection: this });
+  }
 
   /** By policy or the client's choice, or for now (a layer makes the volume read-only). */
   get readOnly(): boolean {
@@ -132,11 +148,22 @@ export class VolumeHandle implements ExportHandle {
     }
   }
 
+  onEvent(listener: (e: HandleEvent) => void): () => void {
+    this.eventListeners.add(listener);
+    return () => this.eventListeners.delete(listener);
+  }
+
+  /** Tells the front end serving this client to drop it or to act on a reset. */
+  signal(event: HandleEvent): void {
+    for (const l of [...this.eventListeners]) l(event);
+  }
+
   /** Idempotent: a second close is ignored rather than corrupting the connection count. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     this.listeners.clear();
+    this.eventListeners.clear();
     this.volume.handles.delete(this);
   }
 }
@@ -145,8 +172,8 @@ export class Volume {
   readonly handles = new Set<VolumeHandle>();
   /** Layers above the store, lowest first. */
   private readonly layers: BlockDevice[] = [];
-  private readonly readWrite: VolumeDevice;
-  private readonly readOnlyView: VolumeDevice;
+  /** The faults set on this volume's host I/O, installed by the fault engine; undefined: none. */
+  faults: FaultPoint | undefined;
   /** Set while the volume is being deleted: it accepts no new clients. */
   deleting = false;
   /** Cached top of the stack (read on every I/O); updated by pushLayer/popLayer. */
@@ -157,8 +184,6 @@ export class Volume {
     readonly store: VolumeStore,
   ) {
     this._top = store;
-    this.readWrite = new VolumeDevice(this, false);
-    this.readOnlyView = new VolumeDevice(this, true);
     if (record.allocLimitBytes != null) this.applyAllocLimit(record.allocLimitBytes);
   }
 
@@ -191,7 +216,7 @@ export class Volume {
   /** Opens the volume for one client. */
   open(client: ClientInfo): VolumeHandle {
     const readOnly = this.record.readOnly || client.readOnly;
-    const handle = new VolumeHandle(this, client, readOnly, readOnly ? this.readOnlyView : this.readWrite);
+    const handle = new VolumeHandle(this, client, readOnly);
     this.handles.add(handle);
     return handle;
   }

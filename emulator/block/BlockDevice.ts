@@ -20,14 +20,28 @@ export type BlockErrorCode =
   | 'ENOSPC' // no space left (thin pool or snap pool exhausted)
   | 'EOVERFLOW' // request too large
   | 'ENOTSUP' // operation not supported, e.g. a FAST_ZERO that would be slow
+  | 'ENOMEM' // the array is out of memory for this request (injected faults only)
   | 'ESHUTDOWN'; // the device is going away (server shutdown, volume deleted)
+
+/** SCSI sense a device asks for instead of the default mapping of its error code (fault injection). */
+export interface SenseOverride {
+  key: number;
+  asc: number;
+  ascq: number;
+}
 
 export class BlockDeviceError extends Error {
   readonly code: BlockErrorCode;
-  constructor(code: BlockErrorCode, message: string) {
+  /** iSCSI answers with this sense rather than the code's default. */
+  readonly sense: SenseOverride | undefined;
+  /** The first failing logical block, for the sense data's INFORMATION field. */
+  readonly lba: number | undefined;
+  constructor(code: BlockErrorCode, message: string, detail?: { sense?: SenseOverride | undefined; lba?: number | undefined }) {
     super(message);
     this.name = 'BlockDeviceError';
     this.code = code;
+    this.sense = detail?.sense;
+    this.lba = detail?.lba;
   }
 }
 
@@ -106,6 +120,13 @@ export interface ExportSummary {
   description: string;
 }
 
+/**
+ * What the array tells a front end about one client's open export: drop the connection (a
+ * fault, a power cut, the volume going away), or act as if a reset hit the logical unit or the
+ * target (iSCSI answers with a unit attention; NBD has no reset and ignores it).
+ */
+export type HandleEvent = { kind: 'disconnect'; reason: string } | { kind: 'reset'; scope: 'lun' | 'target' };
+
 /** An export opened for one client. close() must be called exactly once, on disconnect. */
 export interface ExportHandle {
   readonly name: string;
@@ -124,6 +145,8 @@ export interface ExportHandle {
   readonly identity?: { readonly wwn: string; readonly serial: string };
   /** Called when the device's size changes; returns a function that unsubscribes. */
   onResize(listener: (newSize: number) => void): () => void;
+  /** Called on a HandleEvent; returns a function that unsubscribes. */
+  onEvent?(listener: (event: HandleEvent) => void): () => void;
   close(): void;
 }
 

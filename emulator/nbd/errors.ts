@@ -1,6 +1,6 @@
 /** Device errors to NBD wire errors. */
 import { BlockDeviceError, type BlockErrorCode } from '../block/BlockDevice.js';
-import { EINVAL, EIO, ENOSPC, ENOTSUP, EOVERFLOW, EPERM, ESHUTDOWN } from './constants.js';
+import { EINVAL, EIO, ENOMEM, ENOSPC, ENOTSUP, EOVERFLOW, EPERM, ESHUTDOWN } from './constants.js';
 
 const WIRE: Record<BlockErrorCode, number> = {
   EIO,
@@ -11,6 +11,7 @@ const WIRE: Record<BlockErrorCode, number> = {
   ENOSPC,
   EOVERFLOW,
   ENOTSUP,
+  ENOMEM,
   ESHUTDOWN,
 };
 

@@ -4,6 +4,7 @@ export { type AddCartridgeRequest, type AddCartridgeRequest__Output } from './ar
 export { type AgentProgress, type AgentProgress__Output } from './arraylab/v1/AgentProgress.js';
 export { type AgentServiceClient, type AgentServiceDefinition, type AgentServiceHandlers } from './arraylab/v1/AgentService.js';
 export { type AgentStatus, type AgentStatus__Output } from './arraylab/v1/AgentStatus.js';
+export { type ApplyFaultPlanRequest, type ApplyFaultPlanRequest__Output } from './arraylab/v1/ApplyFaultPlanRequest.js';
 export { type ArrayServiceClient, type ArrayServiceDefinition, type ArrayServiceHandlers } from './arraylab/v1/ArrayService.js';
 export { type ArrayStatus, type ArrayStatus__Output } from './arraylab/v1/ArrayStatus.js';
 export { type BackupReport, type BackupReport__Output } from './arraylab/v1/BackupReport.js';
@@ -14,6 +15,8 @@ export { type CancelCopyResponse, type CancelCopyResponse__Output } from './arra
 export { type CancelSyncResponse, type CancelSyncResponse__Output } from './arraylab/v1/CancelSyncResponse.js';
 export { type Cartridge, type Cartridge__Output } from './arraylab/v1/Cartridge.js';
 export { type CartridgeLabel, type CartridgeLabel__Output } from './arraylab/v1/CartridgeLabel.js';
+export { type ClearFaultsRequest, type ClearFaultsRequest__Output } from './arraylab/v1/ClearFaultsRequest.js';
+export { type ClearFaultsResponse, type ClearFaultsResponse__Output } from './arraylab/v1/ClearFaultsResponse.js';
 export { type Connection, type Connection__Output } from './arraylab/v1/Connection.js';
 export { type CopyEvent, type CopyEvent__Output } from './arraylab/v1/CopyEvent.js';
 export { type CopyGroupRequest, type CopyGroupRequest__Output } from './arraylab/v1/CopyGroupRequest.js';
@@ -35,6 +38,12 @@ export { type DoctorCheck, type DoctorCheck__Output } from './arraylab/v1/Doctor
 export { type DoctorRequest, type DoctorRequest__Output } from './arraylab/v1/DoctorRequest.js';
 export { type DoctorResponse, type DoctorResponse__Output } from './arraylab/v1/DoctorResponse.js';
 export { type Export, type Export__Output } from './arraylab/v1/Export.js';
+export { type Fault, type Fault__Output } from './arraylab/v1/Fault.js';
+export { type FaultEvent, type FaultEvent__Output } from './arraylab/v1/FaultEvent.js';
+export { type FaultFlags, type FaultFlags__Output } from './arraylab/v1/FaultFlags.js';
+export { type FaultId, type FaultId__Output } from './arraylab/v1/FaultId.js';
+export { type FaultServiceClient, type FaultServiceDefinition, type FaultServiceHandlers } from './arraylab/v1/FaultService.js';
+export { type FaultSpec, type FaultSpec__Output } from './arraylab/v1/FaultSpec.js';
 export { type GetCartridgeResponse, type GetCartridgeResponse__Output } from './arraylab/v1/GetCartridgeResponse.js';
 export { type GetHostRequest, type GetHostRequest__Output } from './arraylab/v1/GetHostRequest.js';
 export { type GetStatusRequest, type GetStatusRequest__Output } from './arraylab/v1/GetStatusRequest.js';
@@ -55,6 +64,9 @@ export { type ListCopiesRequest, type ListCopiesRequest__Output } from './arrayl
 export { type ListCopiesResponse, type ListCopiesResponse__Output } from './arraylab/v1/ListCopiesResponse.js';
 export { type ListExportsRequest, type ListExportsRequest__Output } from './arraylab/v1/ListExportsRequest.js';
 export { type ListExportsResponse, type ListExportsResponse__Output } from './arraylab/v1/ListExportsResponse.js';
+export { type ListFaultFlagsRequest, type ListFaultFlagsRequest__Output } from './arraylab/v1/ListFaultFlagsRequest.js';
+export { type ListFaultsRequest, type ListFaultsRequest__Output } from './arraylab/v1/ListFaultsRequest.js';
+export { type ListFaultsResponse, type ListFaultsResponse__Output } from './arraylab/v1/ListFaultsResponse.js';
 export { type ListHostsRequest, type ListHostsRequest__Output } from './arraylab/v1/ListHostsRequest.js';
 export { type ListHostsResponse, type ListHostsResponse__Output } from './arraylab/v1/ListHostsResponse.js';
 export { type ListVolumesRequest, type ListVolumesRequest__Output } from './arraylab/v1/ListVolumesRequest.js';
@@ -65,6 +77,9 @@ export { type LockRecord, type LockRecord__Output } from './arraylab/v1/LockReco
 export { type MapVolumeRequest, type MapVolumeRequest__Output } from './arraylab/v1/MapVolumeRequest.js';
 export { type MapVolumeResponse, type MapVolumeResponse__Output } from './arraylab/v1/MapVolumeResponse.js';
 export { type MountEntry, type MountEntry__Output } from './arraylab/v1/MountEntry.js';
+export { type PowerCutReport, type PowerCutReport__Output } from './arraylab/v1/PowerCutReport.js';
+export { type PowerCutRequest, type PowerCutRequest__Output } from './arraylab/v1/PowerCutRequest.js';
+export { type PowerCutVolume, type PowerCutVolume__Output } from './arraylab/v1/PowerCutVolume.js';
 export { type ProgressEvent, type ProgressEvent__Output } from './arraylab/v1/ProgressEvent.js';
 export { Protocol, type Protocol__Output } from './arraylab/v1/Protocol.js';
 export { Provisioning, type Provisioning__Output } from './arraylab/v1/Provisioning.js';
@@ -83,6 +98,8 @@ export { type RestoreTapeRequest, type RestoreTapeRequest__Output } from './arra
 export { type ResumeCopyRequest, type ResumeCopyRequest__Output } from './arraylab/v1/ResumeCopyRequest.js';
 export { type ReverseCopyRequest, type ReverseCopyRequest__Output } from './arraylab/v1/ReverseCopyRequest.js';
 export { type SetCopyRateRequest, type SetCopyRateRequest__Output } from './arraylab/v1/SetCopyRateRequest.js';
+export { type SetFaultFlagRequest, type SetFaultFlagRequest__Output } from './arraylab/v1/SetFaultFlagRequest.js';
+export { type SetFaultRateRequest, type SetFaultRateRequest__Output } from './arraylab/v1/SetFaultRateRequest.js';
 export { type SplitCopyRequest, type SplitCopyRequest__Output } from './arraylab/v1/SplitCopyRequest.js';
 export { type StartCopyGroupRequest, type StartCopyGroupRequest__Output } from './arraylab/v1/StartCopyGroupRequest.js';
 export { type StartCopyRequest, type StartCopyRequest__Output } from './arraylab/v1/StartCopyRequest.js';
@@ -106,4 +123,5 @@ export { type Volume, type Volume__Output } from './arraylab/v1/Volume.js';
 export { type VolumeOutcome, type VolumeOutcome__Output } from './arraylab/v1/VolumeOutcome.js';
 export { type VolumeRequest, type VolumeRequest__Output } from './arraylab/v1/VolumeRequest.js';
 export { type WatchCopiesRequest, type WatchCopiesRequest__Output } from './arraylab/v1/WatchCopiesRequest.js';
+export { type WatchFaultEventsRequest, type WatchFaultEventsRequest__Output } from './arraylab/v1/WatchFaultEventsRequest.js';
 export { type WriteTapeRequest, type WriteTapeRequest__Output } from './arraylab/v1/WriteTapeRequest.js';

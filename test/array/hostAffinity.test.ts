@@ -10,7 +10,7 @@ import Database from 'better-sqlite3';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { canonicalIscsiName, checkIscsiName, IscsiNameError } from '../../emulator/array/iscsiNames.js';
-import { MetadataStore } from '../../emulator/array/MetadataStore.js';
+import { MetadataStore, SCHEMA_VERSION } from '../../emulator/array/MetadataStore.js';
 import { StorageArray } from '../../emulator/array/StorageArray.js';
 import { ArrayError } from '../../emulator/array/types.js';
 
@@ -423,7 +423,7 @@ describe('persistence', () => {
     raw.exec(`
       DROP TRIGGER scsi_reservations_volume_deleted; DROP TRIGGER scsi_reservations_identity_renewed;
       DROP TABLE scsi_reservations; DROP TABLE default_luns; DROP TABLE host_luns; DROP TABLE host_initiators;
-      DROP TABLE hosts; DROP TABLE array_properties;
+      DROP TABLE hosts; DROP TABLE array_properties; DROP TABLE faults;
       UPDATE schema_version SET version = 3;
       INSERT INTO volumes (uuid, name, wwn, serial, size_bytes, block_size, provisioning, created_at)
         VALUES ('00000000-0000-4000-8000-000000000001', 'old', '6a21ab00000000000000000000000001', 'ALB000000000001', 1048576, 512, 'thin', '2025-01-01T00:00:00.000Z');
@@ -431,7 +431,7 @@ describe('persistence', () => {
     raw.close();
     const db = new MetadataStore(file);
     try {
-      expect(db.schemaVersion).toBe(4);
+      expect(db.schemaVersion).toBe(SCHEMA_VERSION); // through 4 (host affinity) and every later migration
       expect(db.listVolumes().map((v) => v.name)).toEqual(['old']);
       expect(db.arrayId).toMatch(/^[0-9a-f]{12}$/);
       const tables = db.sqlite.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as Array<{ name: string }>;

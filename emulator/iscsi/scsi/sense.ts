@@ -24,6 +24,7 @@ export const ASC_LUN_NOT_READY_MANUAL_INTERVENTION = 0x0403;
 export const ASC_WRITE_ERROR = 0x0c00;
 export const ASC_INVALID_FIELD_IN_COMMAND_IU = 0x0e03;
 export const ASC_UNRECOVERED_READ_ERROR = 0x1100;
+export const ASC_INSUFFICIENT_RESOURCES = 0x5503;
 export const ASC_PARAMETER_LIST_LENGTH_ERROR = 0x1a00;
 export const ASC_MISCOMPARE_DURING_VERIFY = 0x1d00;
 export const ASC_INVALID_COMMAND_OPERATION_CODE = 0x2000;
@@ -126,6 +127,9 @@ export function lunNotSupported(): ScsiResult {
  */
 export function senseForError(err: unknown, writing: boolean): ScsiResult {
   if (err instanceof BlockDeviceError) {
+    // A device may name its own sense (an injected fault); the failing LBA goes in INFORMATION.
+    const info = err.lba !== undefined && err.lba <= 0xffffffff ? { information: err.lba } : undefined;
+    if (err.sense !== undefined) return checkCondition(err.sense.key, (err.sense.asc << 8) | err.sense.ascq, info);
     switch (err.code) {
       case 'EPERM':
         return writeProtected();
@@ -138,7 +142,10 @@ export function senseForError(err: unknown, writing: boolean): ScsiResult {
       case 'ENOSPC':
         return checkCondition(DATA_PROTECT, ASC_SPACE_ALLOCATION_FAILED_WRITE_PROTECT);
       case 'EIO':
-        return checkCondition(MEDIUM_ERROR, writing ? ASC_WRITE_ERROR : ASC_UNRECOVERED_READ_ERROR);
+        return checkCondition(MEDIUM_ERROR, writing ? ASC_WRITE_ERROR : ASC_UNRECOVERED_READ_ERROR, info);
+      case 'ENOMEM':
+        // SPC: 55/03 INSUFFICIENT RESOURCES; Linux retries it as a transient condition.
+        return checkCondition(HARDWARE_ERROR, ASC_INSUFFICIENT_RESOURCES);
       case 'EINVAL':
       case 'EOVERFLOW':
         // Ranges are checked before the device is called: this is a race with a shrink.

@@ -1,0 +1,549 @@
+/**
+ * The array's fault engine: the faults set on it, the flags that gate them, and the events
+ * of every injection.
+ *
+ * Where faults act:
+ *   volume:NAME, export:NAME  host I/O to the volume (a FaultPoint on its device), and for
+ *                             disconnect/reset and connect faults, its connections;
+ *   session:ID                the copy engine's own I/O for that session (copyFault);
+ *   tape:LABEL                tape reads and writes of that cartridge (tapeFault);
+ *   api                       control-API calls by RPC name (apiFault).
+ * Each check is one map lookup when no fault is set, so the array pays nothing for the
+ * engine it does not use.
+ *
+ * Repeatability: every fault has a seed (given, derived from its plan's seed, or drawn and
+ * shown), and a trigger that counts only the operations its fault matches. The same plan
+ * and the same workload produce the same injections, in the same order.
+ */
+import { parse as parseYaml } from 'yaml';
+import { BlockDeviceError, type ClientInfo, type HandleEvent } from '../block/BlockDevice.js';
+import { StatusError } from '../../proto/errors.js';
+import type { Logger } from '../../proto/util/log.js';
+import { FaultPoint, type ActiveFault, type FiredEvent, opMaskOf } from './FaultPoint.js';
+import type { Injector } from './io.js';
+import { badBlocksInjector } from './injectors/badBlocks.js';
+import { corruptInjector } from './injectors/corrupt.js';
+import { delayInjector } from './injectors/delay.js';
+import { disconnectInjector, resetInjector } from './injectors/disconnect.js';
+import { errorInjector } from './injectors/error.js';
+import { lyingFlushInjector } from './injectors/lyingFlush.js';
+import { pauseInjector } from './injectors/pause.js';
+import { rateInjector, type RateInjector } from './injectors/rate.js';
+import { sleep } from './injectors/sleep.js';
+import { deriveSeed, freshSeed } from './random.js';
+import { describeFault, type Fault, FaultSpecError, type FaultSpec, formatTarget, type LooseFaultSpec, parseFaultSpec, parseFlagName } from './spec.js';
+import { Trigger } from './trigger.js';
+
+/** One injection, as `arraylab fault events` shows it. */
+export interface FaultEvent {
+  /** Increases by one per event, from 1 at the array's start. */
+  seq: number;
+  at: string;
+  faultId: string;
+  kind: string;
+  target: string;
+  /** The operation: read, write, ..., connect, an RPC name, or "add" for faults applied at once. */
+  op: string;
+  /** Bytes, for block operations. */
+  offset?: number | undefined;
+  length?: number | undefined;
+  /** The client's connection, for block operations from a client. */
+  connection?: string | undefined;
+  /** What happened, in words. */
+  detail: string;
+}
+
+/** What the engine needs of the array (kept small: tests give it a fake). */
+export interface FaultTargets {
+  volumeExists(name: string): boolean;
+  sessionExists(id: string): boolean;
+  tapeExists(label: string): boolean;
+  /** Installs (or with undefined removes) the fault point on a volume's host path. */
+  setFaultPoint(volume: string, point: FaultPoint | undefined): void;
+  /** Signals every open connection of an export; returns how many. */
+  signalExport(name: string, event: HandleEvent): number;
+}
+
+/** Where non-transient faults are kept across restarts (the metadata store). */
+export interface FaultStore {
+  loadFaults(): Fault[];
+  saveFault(f: Fault): void;
+  removeFault(id: string): void;
+  /** A fault number never given before in this array (1, 2, ...). */
+  takeFaultNumber(): number;
+}
+
+export interface FaultEngineOptions {
+  targets: FaultTargets;
+  store?: FaultStore | undefined;
+  logger?: Logger | undefined;
+  /** Events kept for late readers (default 10,000). */
+  historySize?: number | undefined;
+  now?: () => number;
+}
+
+interface Held extends ActiveFault {
+  /** Set when the fault is removed (its waiters are released). */
+  removed: boolean;
+}
+
+/** A plan file: a name, one seed, and the faults. */
+export interface FaultPlan {
+  name: string;
+  seed: number;
+  faults: LooseFaultSpec[];
+}
+
+export class FaultEngine {
+  private readonly faults = new Map<string, Held>();
+  private readonly points = new Map<string, FaultPoint>();
+  private readonly flags = new Set<string>();
+  /** Exports whose reconnects are refused until the time (ms). */
+  private readonly refused = new Map<string, { until: number; faultId: string }>();
+  private readonly history: FaultEvent[] = [];
+  private readonly historySize: number;
+  private readonly listeners = new Set<(e: FaultEvent) => void>();
+  private seq = 0;
+  private nextId = 1;
+  private readonly now: () => number;
+  private readonly log: Logger | undefined;
+
+  constructor(private readonly opts: FaultEngineOptions) {
+    this.historySize = opts.historySize ?? 10_000;
+    this.now = opts.now ?? Date.now;
+    this.log = opts.logger?.child({ component: 'fault' });
+  }
+
+  /** Loads the kept faults (at start). A fault whose target is gone is kept and reported. */
+  load(): Fault[] {
+    const loaded = this.opts.store?.loadFaults() ?? [];
+    for (const f of loaded) this.install(f);
+    return loaded;
+  }
+
+  /** True when any fault is set (for `arraylab status`). */
+  get count(): number {
+    return this.faults.size;
+  }
+
+  // ---- faults ----
+
+  /** Validates and sets a fault; applies disconnect and reset faults without a trigger at once. */
+  async add(loose: LooseFaultSpec, opts: { drain?: boolean; seed?: () => number } = {}): Promise<Fault> {
+    const spec = parseFaultSpec(loose, opts.seed ?? freshSeed);
+    this.checkTarget(spec);
+    const n = this.opts.store?.takeFaultNumber() ?? this.nextId++;
+    const fault: Fault = { ...spec, id: `f${n}`, createdAt: new Date(this.now()).toISOString() };
+    if (!fault.transient) this.opts.store?.saveFault(fault);
+    const held = this.install(fault);
+    this.log?.info(
+      { faultId: fault.id, target: formatTarget(fault.target), fault: describeFault(fault) },
+      `fault ${fault.id} set on ${formatTarget(fault.target)}`,
+    );
+    if (loose.every === undefined && loose.after === undefined && loose.once === undefined && loose.probability === undefined && loose.window === undefined) {
+      this.applyAtOnce(held);
+    }
+    if (opts.drain === true && fault.action.kind === 'pause') {
+      const point = this.pointOf(fault);
+      if (point !== undefined) await point.drained();
+    }
+    return fault;
+  }
+
+  /** Removes a fault: waiting operations go on (a pause ends, delays are cut short). */
+  remove(id: string): Fault {
+    const held = this.faults.get(id);
+    if (held === undefined) throw new StatusError('NOT_FOUND', `no fault ${id}; 'arraylab fault list' shows the faults set`);
+    this.uninstall(held);
+    if (!held.fault.transient) this.opts.store?.removeFault(id);
+    this.log?.info({ faultId: id }, `fault ${id} removed`);
+    return held.fault;
+  }
+
+  /** Removes every fault (and with `flags`, clears the flags too); returns how many. */
+  clear(opts: { flags?: boolean } = {}): number {
+    const ids = [...this.faults.keys()];
+    for (const id of ids) this.remove(id);
+    if (opts.flags === true) this.flags.clear();
+    this.refused.clear();
+    return ids.length;
+  }
+
+  list(): Array<Fault & { seen: number; fired: number }> {
+    return [...this.faults.values()].map((h) => ({ ...h.fault, seen: h.trigger.seen, fired: h.trigger.fired }));
+  }
+
+  get(id: string): Fault & { seen: number; fired: number } {
+    const h = this.faults.get(id);
+    if (h === undefined) throw new StatusError('NOT_FOUND', `no fault ${id}; 'arraylab fault list' shows the faults set`);
+    return { ...h.fault, seen: h.trigger.seen, fired: h.trigger.fired };
+  }
+
+  /** Changes a rate fault's caps while it runs. */
+  setRate(id: string, mibs: number | undefined, iops: number | undefined): Fault {
+    const h = this.faults.get(id);
+    if (h === undefined) throw new StatusError('NOT_FOUND', `no fault ${id}; 'arraylab fault list' shows the faults set`);
+    if (h.fault.action.kind !== 'rate') throw new FaultSpecError(`fault ${id} is a ${h.fault.action.kind} fault; only rate faults take a new rate`);
+    if (mibs === undefined && iops === undefined) throw new FaultSpecError('give --mibs or --iops');
+    (h.injector as RateInjector).setRate(mibs, iops);
+    const fault: Fault = { ...h.fault, action: { kind: 'rate', mibs, iops, perConnection: h.fault.action.perConnection } };
+    this.faults.set(id, { ...h, fault });
+    this.rebuildPoints();
+    if (!fault.transient) this.opts.store?.saveFault(fault);
+    return fault;
+  }
+
+  // ---- plans ----
+
+  /**
+   * Applies a plan: removes the faults a plan of the same name set before, then adds the
+   * plan's faults with seeds derived from the plan's seed, in order, so that applying the
+   * same plan again replays the same injections from the start.
+   */
+  async applyPlan(text: string, source = 'plan'): Promise<{ plan: FaultPlan; faults: Fault[] }> {
+    const plan = parsePlan(text, source);
+    const label = `plan:${plan.name}`;
+    const added: Fault[] = [];
+    const planned = plan.faults.map((f, i) => ({ ...f, label, seed: f.seed ?? deriveSeed(plan.seed, i) }));
+    // Validate everything before changing anything.
+    for (const [i, f] of planned.entries()) {
+      try {
+        this.checkTarget(parseFaultSpec(f, () => 0));
+      } catch (err) {
+        throw new FaultSpecError(`${source}: faults[${i}]: ${(err as Error).message}`);
+      }
+    }
+    for (const h of [...this.faults.values()]) if (h.fault.label === label) this.remove(h.fault.id);
+    for (const f of planned) added.push(await this.add(f));
+    return { plan, faults: added };
+  }
+
+  // ---- flags ----
+
+  setFlag(name: string, on: boolean): string[] {
+    parseFlagName(name);
+    if (on) this.flags.add(name);
+    else this.flags.delete(name);
+    this.log?.info({ flag: name, on }, `fault flag ${name} ${on ? 'set' : 'cleared'}`);
+    return this.listFlags();
+  }
+
+  listFlags(): string[] {
+    return [...this.flags].sort();
+  }
+
+  // ---- events ----
+
+  /** Events after `since` (a seq), oldest first. */
+  events(since = 0): FaultEvent[] {
+    const first = this.history.findIndex((e) => e.seq > since);
+    return first < 0 ? [] : this.history.slice(first);
+  }
+
+  onEvent(listener: (e: FaultEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  // ---- checks the rest of the array calls ----
+
+  /** The point to install on a volume (a new or renamed volume); undefined when none. */
+  pointFor(volume: string): FaultPoint | undefined {
+    return this.points.get(volume);
+  }
+
+  /** Throws BlockDeviceError when a client may not connect to the export now. */
+  checkConnect(exportName: string, client: ClientInfo): void {
+    if (this.faults.size === 0) return;
+    const r = this.refused.get(exportName);
+    if (r !== undefined) {
+      const left = r.until - this.now();
+      if (left > 0) {
+        this.emit(r.faultId, 'disconnect', `export:${exportName}`, 'connect', `refused ${client.protocol} connection from ${client.remoteAddress}`, {
+          connection: client.connectionId,
+        });
+        throw new BlockDeviceError('ESHUTDOWN', `export ${exportName} refuses connections for ${Math.ceil(left / 1000)} s more (fault ${r.faultId})`);
+      }
+      this.refused.delete(exportName);
+    }
+    for (const h of this.faults.values()) {
+      const t = h.fault.target;
+      if ((t.kind !== 'volume' && t.kind !== 'export') || t.name !== exportName || h.fault.action.kind !== 'error') continue;
+      if (!h.fault.ops.includes('connect') || !this.flagOk(h) || !h.trigger.fires()) continue;
+      this.emit(h.fault.id, 'error', formatTarget(t), 'connect', `refused ${client.protocol} connection from ${client.remoteAddress}`, {
+        connection: client.connectionId,
+      });
+      throw new BlockDeviceError(
+        h.fault.action.errno === 'EIO' ? 'EACCES' : h.fault.action.errno,
+        `connection to ${exportName} refused by fault ${h.fault.id}`,
+      );
+    }
+  }
+
+  /** Throws BlockDeviceError when a copy-error fault fires on the session's I/O. */
+  copyFault(sessionId: string, op: 'read' | 'write', volume: string, offset: number, length: number): void {
+    if (this.faults.size === 0) return;
+    for (const h of this.faults.values()) {
+      const t = h.fault.target;
+      if (t.kind !== 'session' || t.id !== sessionId || !h.fault.ops.includes(op) || !this.flagOk(h) || !h.trigger.fires()) continue;
+      this.emit(h.fault.id, 'copy-error', formatTarget(t), op, `copy ${op} of volume ${volume} failed`, { offset, length });
+      throw new BlockDeviceError('EIO', `injected copy ${op} error on volume ${volume} at byte ${offset} (fault ${h.fault.id})`);
+    }
+  }
+
+  /** Throws an Error when a tape-error fault fires on a read or write of the cartridge. */
+  tapeFault(label: string, op: 'read' | 'write'): void {
+    if (this.faults.size === 0) return;
+    for (const h of this.faults.values()) {
+      const t = h.fault.target;
+      if (t.kind !== 'tape' || t.label !== label || !h.fault.ops.includes(op) || !this.flagOk(h) || !h.trigger.fires()) continue;
+      this.emit(h.fault.id, 'tape-error', formatTarget(t), op, `tape ${op} of ${label} failed`);
+      throw new StatusError('DATA_LOSS', `tape ${op} error on cartridge ${label} (injected by fault ${h.fault.id}); remove the fault or use another cartridge`);
+    }
+  }
+
+  /** Delays or fails an API call when an api fault fires for the RPC. */
+  async apiFault(method: string): Promise<void> {
+    if (this.faults.size === 0) return;
+    for (const h of this.faults.values()) {
+      const a = h.fault.action;
+      if (h.fault.target.kind !== 'api' || !(h.fault.ops.includes('*') || h.fault.ops.includes(method))) continue;
+      // Fault management itself is never faulted: an operator must always be able to remove one.
+      if (FAULT_RPCS.has(method) || !this.flagOk(h) || !h.trigger.fires()) continue;
+      if (a.kind === 'api-delay') {
+        this.emit(h.fault.id, a.kind, 'api', method, `delayed ${a.ms} ms`);
+        await sleep(a.ms, this.wakersOf(h));
+      } else if (a.kind === 'api-error') {
+        this.emit(h.fault.id, a.kind, 'api', method, `failed with ${a.code}`);
+        throw new StatusError(
+          a.code as never,
+          `${method} failed: injected ${a.code} (fault ${h.fault.id}); remove it with 'arraylab fault remove ${h.fault.id}'`,
+        );
+      }
+    }
+  }
+
+  /** Ends every fault's waits (array shutdown). */
+  close(): void {
+    for (const h of this.faults.values()) h.injector.dispose?.();
+  }
+
+  // ---- internals ----
+
+  private readonly apiWakers = new Map<string, Set<() => void>>();
+
+  private wakersOf(h: Held): Set<() => void> {
+    let w = this.apiWakers.get(h.fault.id);
+    if (w === undefined) {
+      w = new Set();
+      this.apiWakers.set(h.fault.id, w);
+    }
+    return w;
+  }
+
+  private flagOk(h: Held): boolean {
+    return h.fault.flag === undefined || this.flags.has(h.fault.flag);
+  }
+
+  private checkTarget(spec: FaultSpec): void {
+    const t = spec.target;
+    const tg = this.opts.targets;
+    const missing = (what: string, list: string): never => {
+      throw new StatusError('NOT_FOUND', `cannot add a ${spec.action.kind} fault: there is no ${what}; '${list}' shows them`);
+    };
+    if ((t.kind === 'volume' || t.kind === 'export') && !tg.volumeExists(t.name)) missing(`volume ${t.name}`, 'arraylab volume list');
+    if (t.kind === 'session' && !tg.sessionExists(t.id)) missing(`copy session ${t.id}`, 'arraylab copy list');
+    if (t.kind === 'tape' && !tg.tapeExists(t.label)) missing(`cartridge ${t.label}`, 'arraylab tape list');
+  }
+
+  private install(fault: Fault): Held {
+    const held: Held = {
+      fault,
+      trigger: new Trigger(fault.trigger, fault.seed, this.now),
+      injector: this.injectorFor(fault),
+      opMask: opMaskOf(fault.ops),
+      removed: false,
+    };
+    this.faults.set(fault.id, held);
+    this.rebuildPoints();
+    return held;
+  }
+
+  private uninstall(held: Held): void {
+    held.removed = true;
+    this.faults.delete(held.fault.id);
+    this.rebuildPoints();
+    held.injector.dispose?.();
+    const w = this.apiWakers.get(held.fault.id);
+    if (w !== undefined) for (const wake of [...w]) wake();
+    this.apiWakers.delete(held.fault.id);
+    for (const [name, r] of this.refused) if (r.faultId === held.fault.id) this.refused.delete(name);
+  }
+
+  private injectorFor(f: Fault): Injector {
+    const a = f.action;
+    switch (a.kind) {
+      case 'error':
+        return errorInjector(f.id, a);
+      case 'bad-blocks':
+        return badBlocksInjector(f.id, a);
+      case 'delay':
+        return delayInjector(a, deriveSeed(f.seed, 1));
+      case 'rate':
+        return rateInjector(a);
+      case 'pause':
+        return pauseInjector();
+      case 'corrupt':
+        return corruptInjector(a, deriveSeed(f.seed, 2));
+      case 'lying-flush':
+        return lyingFlushInjector();
+      case 'disconnect':
+        return disconnectInjector(f.id);
+      case 'reset':
+        return resetInjector(a);
+      default:
+        // Faults the engine checks itself (copy, tape, api): no block injector.
+        return { before: () => undefined };
+    }
+  }
+
+  /** Faults with no trigger that act on connections act at once, on every connection. */
+  private applyAtOnce(h: Held): void {
+    const a = h.fault.action;
+    const t = h.fault.target;
+    if ((a.kind !== 'disconnect' && a.kind !== 'reset') || (t.kind !== 'export' && t.kind !== 'volume')) return;
+    if (a.kind === 'disconnect' && a.refuseMs > 0) this.refused.set(t.name, { until: this.now() + a.refuseMs, faultId: h.fault.id });
+    const event: HandleEvent =
+      a.kind === 'disconnect' ? { kind: 'disconnect', reason: `fault ${h.fault.id} dropped the connection` } : { kind: 'reset', scope: a.scope };
+    const n = this.opts.targets.signalExport(t.name, event);
+    h.trigger.fires();
+    this.emit(
+      h.fault.id,
+      a.kind,
+      formatTarget(t),
+      'add',
+      `${a.kind === 'disconnect' ? 'dropped' : `${a.scope} reset on`} ${n} connection${n === 1 ? '' : 's'}`,
+    );
+  }
+
+  /** Volumes' fault points follow the faults: a volume with no block fault has none. */
+  private rebuildPoints(): void {
+    const byVolume = new Map<string, Held[]>();
+    for (const h of this.faults.values()) {
+      const t = h.fault.target;
+      if ((t.kind !== 'volume' && t.kind !== 'export') || h.opMask === 0) continue;
+      const list = byVolume.get(t.name);
+      if (list === undefined) byVolume.set(t.name, [h]);
+      else list.push(h);
+    }
+    for (const [name, point] of this.points) {
+      if (!byVolume.has(name)) {
+        this.points.delete(name);
+        this.opts.targets.setFaultPoint(name, undefined);
+        point.faults = [];
+      }
+    }
+    for (const [name, list] of byVolume) {
+      let point = this.points.get(name);
+      if (point === undefined) {
+        point = new FaultPoint(
+          name,
+          (flag) => this.flags.has(flag),
+          (e) => this.fired(e),
+        );
+        this.points.set(name, point);
+        this.opts.targets.setFaultPoint(name, point);
+      }
+      point.faults = list;
+    }
+  }
+
+  private pointOf(f: Fault): FaultPoint | undefined {
+    const t = f.target;
+    return t.kind === 'volume' || t.kind === 'export' ? this.points.get(t.name) : undefined;
+  }
+
+  private fired(e: FiredEvent): void {
+    const f = e.fault.fault;
+    const r = e.req;
+    this.emit(f.id, f.action.kind, formatTarget(f.target), r.op, describeFault(f), {
+      offset: r.op === 'flush' ? undefined : r.offset,
+      length: r.op === 'flush' ? undefined : r.length,
+      connection: r.client?.connectionId,
+    });
+  }
+
+  private emit(
+    faultId: string,
+    kind: string,
+    target: string,
+    op: string,
+    detail: string,
+    where: { offset?: number | undefined; length?: number | undefined; connection?: string | undefined } = {},
+  ): void {
+    const e: FaultEvent = { seq: ++this.seq, at: new Date(this.now()).toISOString(), faultId, kind, target, op, ...where, detail };
+    this.history.push(e);
+    if (this.history.length > this.historySize) this.history.splice(0, this.history.length - this.historySize);
+    // Shaping faults fire on every operation: their events stay out of the info log.
+    const quiet = kind === 'delay' || kind === 'rate' || kind === 'pause';
+    if (this.log !== undefined) {
+      const line = { faultId, kind, target, op, offset: e.offset, length: e.length, connection: e.connection, seq: e.seq };
+      if (quiet) this.log.debug(line, `fault ${faultId} fired: ${op}`);
+      else this.log.info(line, `fault ${faultId} fired: ${kind} on ${op} of ${target}`);
+    }
+    for (const l of [...this.listeners]) l(e);
+  }
+}
+
+/** RPCs of fault management: never faulted themselves. */
+const FAULT_RPCS = new Set([
+  'AddFault',
+  'ListFaults',
+  'GetFault',
+  'RemoveFault',
+  'ClearFaults',
+  'SetFaultRate',
+  'ApplyFaultPlan',
+  'SetFaultFlag',
+  'ListFaultFlags',
+  'WatchFaultEvents',
+  'PowerCut',
+]);
+
+/** Parses a plan file (YAML): `name`, `seed`, and `faults:` as in the lab file. */
+export function parsePlan(text: string, source: string): FaultPlan {
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    throw new FaultSpecError(`${source}: not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+  }
+  const example = 'name: flaky-reads\nseed: 42\nfaults:\n  - kind: error\n    target: volume:vol1\n    ops: [read]\n    probability: 0.01';
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc))
+    throw new FaultSpecError(`${source}: a plan is a mapping with name, seed and faults; for example:\n${example}`);
+  const d = doc as Record<string, unknown>;
+  for (const k of Object.keys(d))
+    if (!['name', 'seed', 'faults'].includes(k)) throw new FaultSpecError(`${source}: unknown key '${k}'; a plan has name, seed and faults`);
+  const name = d.name ?? 'plan';
+  if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(name))
+    throw new FaultSpecError(`${source}: name must be 1 to 64 letters, digits, '_', '.' or '-'`);
+  const seed = d.seed ?? 0;
+  if (typeof seed !== 'number' || !Number.isSafeInteger(seed) || seed < 0 || seed > 2 ** 32 - 1)
+    throw new FaultSpecError(`${source}: seed must be a whole number from 0 to 4294967295`);
+  if (!Array.isArray(d.faults) || d.faults.length === 0)
+    throw new FaultSpecError(`${source}: faults must be a list of at least one fault; for example:\n${example}`);
+  if (d.faults.length > 1000) throw new FaultSpecError(`${source}: at most 1000 faults per plan, not ${d.faults.length}`);
+  const faults = d.faults.map((f, i) => {
+    if (f === null || typeof f !== 'object' || Array.isArray(f)) throw new FaultSpecError(`${source}: faults[${i}] must be a mapping (kind, target, ...)`);
+    return toLoose(f as Record<string, unknown>);
+  });
+  return { name, seed, faults };
+}
+
+/** YAML keys are written kebab-case (jitter-ms) or camelCase (jitterMs); both are accepted. */
+export function toLoose(o: Record<string, unknown>): LooseFaultSpec {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(o))
+    out[k.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase())] = typeof v === 'number' && k === 'lba' ? String(v) : v;
+  return out as LooseFaultSpec;
+}
