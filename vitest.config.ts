@@ -23,7 +23,7 @@ const UNIT = [
   'test/api/**/*.test.ts',
   'test/tape/library.test.ts',
   'test/net/**/*.test.ts',
-  'test/fault/engine.test.ts',
+  'test/fault/unit/**/*.test.ts',
   'test/nbd/{hostile,lifecycle,output}.test.ts',
   'test/iscsi/{chap,conformanceParse,negotiation,pdu,text,targetProtocol}.test.ts',
   'test/iscsi/scsi*.test.ts',

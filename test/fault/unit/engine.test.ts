@@ -8,8 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { BlockDeviceError, type BlockDevice, type HandleEvent } from '../../emulator/block/BlockDevice.js';
-import { StorageArray } from '../../emulator/array/StorageArray.js';
+import { BlockDeviceError, type BlockDevice, type HandleEvent } from '../../../emulator/block/BlockDevice.js';
+import { StorageArray } from '../../../emulator/array/StorageArray.js';
 
 const logger = pino({ level: 'silent' });
 const MiB = 1024 * 1024;
