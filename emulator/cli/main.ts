@@ -1,5 +1,5 @@
 /**
- * The arraylab command line: `serve` runs the array; `volume`, `copy`, `host`, `tape`, `export` and `status`
+ * The arraylab command line: `serve` runs the array; `volume`, `copy`, `host`, `tape`, `export`, `fault` and `status`
  * talk to a running one over the control API. Every command takes --json.
  *
  * Failures print exactly one line, `arraylab: ...`, on stderr: exit status 2 for a wrong command
@@ -12,6 +12,7 @@ import { withApiOption } from './client.js';
 import { copyCommands } from './copy.js';
 import { CommandError, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './errors.js';
 import { exportCommands } from './exports.js';
+import { faultCommands } from './fault.js';
 import { hostCommands } from './host.js';
 import { serveOptions } from './serveOptions.js';
 import { statusCommand } from './status.js';
@@ -57,6 +58,7 @@ export async function run(argv: string[]): Promise<number> {
     .command('host', 'define hosts by initiator name and map volumes to them at LUNs (iSCSI host affinity)', (y) => hostCommands(y))
     .command('tape', "the array's virtual tape library: cartridges, and volumes written to and restored from them", (y) => tapeCommands(y)) // tape
     .command('export', 'list exports and their connected clients', (y) => exportCommands(y))
+    .command('fault', 'inject faults on purpose: I/O errors, bad blocks, delays, rate caps, pauses, disconnects, copy/tape/API errors', (y) => faultCommands(y))
     .command(
       'status',
       "show the running array's status",
@@ -65,7 +67,7 @@ export async function run(argv: string[]): Promise<number> {
     )
     .command('vm', 'lab VMs on the array: start (volumes over NBD or iSCSI), list, stop, console', (y) => vmCommands(y)) // vm, lab (issue 6)
     .command('lab', 'bring a lab file (arrays, volumes, hosts, VMs) up, down, or show its status', (y) => labCommands(y)) // vm, lab (issue 6)
-    .demandCommand(1, 'give a command: serve, volume, copy, host, export, tape, status, vm or lab')
+    .demandCommand(1, 'give a command: serve, volume, copy, host, export, tape, fault, status, vm or lab')
     .recommendCommands()
     .strict()
     .help()
@@ -119,7 +121,9 @@ function report(err: unknown, argv: string[]): number {
 }
 
 const COMMANDS: Record<string, string[]> = {
-  '': ['serve', 'volume', 'copy', 'host', 'tape', 'export', 'status', 'vm', 'lab'],
+  '': ['serve', 'volume', 'copy', 'host', 'tape', 'export', 'fault', 'status', 'vm', 'lab'],
+  fault: ['add', 'list', 'ls', 'show', 'remove', 'rm', 'clear', 'rate', 'apply', 'flag', 'events'],
+  'fault flag': ['set', 'clear', 'list', 'ls'],
   vm: ['start', 'list', 'ls', 'stop', 'console'], // vm, lab (issue 6)
   lab: ['up', 'down', 'status'], // vm, lab (issue 6)
   copy: ['start', 'list', 'ls', 'show', 'suspend', 'resume', 'reverse', 'split', 'cancel', 'rate', 'watch'],

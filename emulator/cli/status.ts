@@ -1,14 +1,14 @@
 /** `arraylab status`: what the server is, where it listens, and what it holds. */
-import type { ArrayStatus, ListenerStatus } from '../../proto/views.js';
+import type { ArrayStatus, FaultView, ListenerStatus } from '../../proto/views.js';
 import { formatHostPort } from '../../proto/util/address.js';
 import { formatSize } from '../../proto/util/units.js';
 import { withClient } from './client.js';
 import { keyValues, print, printJson } from '../../proto/util/table.js';
 
 export async function statusCommand(a: { api?: string | undefined; json: boolean }): Promise<void> {
-  const status = await withClient(a, (client) => client.getStatus());
-  if (a.json) return printJson(status);
-  print(statusText(status));
+  const [status, faults] = await withClient(a, (client) => Promise.all([client.getStatus(), client.listFaults()]));
+  if (a.json) return printJson({ ...status, faults });
+  print(statusText(status, faults));
 }
 
 function listener(l: ListenerStatus, scheme = ''): string {
@@ -16,7 +16,14 @@ function listener(l: ListenerStatus, scheme = ''): string {
   return `${scheme}${formatHostPort(l)}${scheme ? '/' : ''}`;
 }
 
-export function statusText(s: ArrayStatus): string {
+/** The faults line: a lab or a test must never forget that the array is broken on purpose. */
+function faultsLine(faults: FaultView[]): string {
+  if (faults.length === 0) return 'none';
+  const shown = faults.slice(0, 3).map((f) => `${f.id} ${f.kind} on ${f.target}`);
+  return `${faults.length} set (${shown.join(', ')}${faults.length > 3 ? ', ...' : ''}); see arraylab fault list`;
+}
+
+export function statusText(s: ArrayStatus, faults: FaultView[] = []): string {
   return keyValues([
     ['version', s.version],
     ['pid', String(s.pid)],
@@ -36,6 +43,7 @@ export function statusText(s: ArrayStatus): string {
     ['provisioned', formatSize(s.totalBytes)],
     ['allocated', formatSize(s.allocatedBytes)],
     ['connections', String(s.connectionCount)],
+    ['faults', faultsLine(faults)],
   ]);
 }
 

@@ -349,7 +349,7 @@ export class FaultEngine {
     const t = spec.target;
     const tg = this.opts.targets;
     const missing = (what: string, list: string): never => {
-      throw new StatusError('NOT_FOUND', `cannot add a ${spec.action.kind} fault: there is no ${what}; '${list}' shows them`);
+      throw new StatusError('NOT_FOUND', `cannot add the ${spec.action.kind} fault: there is no ${what}; '${list}' shows them`);
     };
     if ((t.kind === 'volume' || t.kind === 'export') && !tg.volumeExists(t.name)) missing(`volume ${t.name}`, 'arraylab volume list');
     if (t.kind === 'session' && !tg.sessionExists(t.id)) missing(`copy session ${t.id}`, 'arraylab copy list');
