@@ -21,9 +21,13 @@ import { defaultInitiatorName } from '../vm/qemuArgs.js';
 import { readRecord, vmState } from '../vm/registry.js';
 import { startVm } from '../vm/start.js';
 import type { Lab } from './schema.js';
+import { stringify as stringifyYaml } from 'yaml';
+
+/** The plan a lab's faults are applied as: applying it again replaces them. */
+const LAB_PLAN = 'lab';
 
 export interface LabItem {
-  kind: 'array' | 'volume' | 'host' | 'vm';
+  kind: 'array' | 'volume' | 'host' | 'vm' | 'fault';
   name: string;
   /** up: created, exists, started, running, mapped...; status: the item's state. */
   state: string;
@@ -263,6 +267,12 @@ export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
         detail: `booted in ${((started.bootMs ?? 0) / 1000).toFixed(2)} s; ${started.disks.map((d) => `${d.volume} as ${d.guestDevice}`).join(', ')}; agent socket ${started.sockets.agent}`,
       });
     }
+
+    // Last, once everything is up: a fault could otherwise break the lab's own set-up (a VM's boot).
+    if (lab.faults.length > 0) {
+      const set = await c.applyFaultPlan(stringifyYaml({ name: LAB_PLAN, seed: lab.seed, faults: lab.faults }), `lab ${lab.file}`);
+      for (const f of set) say({ kind: 'fault', name: f.id, state: 'set', detail: `${f.target}: ${f.description}` });
+    }
   } finally {
     c.close();
   }
@@ -287,6 +297,13 @@ export async function labDown(lab: Lab, o: LabOptions & { purge?: boolean }): Pr
   const state = readState(lab, o.runDir);
   const c = client(lab);
   try {
+    if (lab.faults.length > 0 && (await answers(c))) {
+      for (const f of await c.listFaults()) {
+        if (f.label !== `plan:${LAB_PLAN}`) continue;
+        await c.removeFault(f.id);
+        say({ kind: 'fault', name: f.id, state: 'removed', detail: `${f.target}: ${f.description}` });
+      }
+    }
     if (o.purge && (await answers(c))) {
       for (const h of lab.hosts) {
         try {
@@ -355,6 +372,10 @@ export async function labStatus(lab: Lab, o: LabOptions): Promise<LabItem[]> {
         ...(cur ? { detail: cur.luns.map((l) => `LUN ${l.lun} ${l.volume}`).join(', ') } : {}),
       });
     }
+    // Every fault set on the array, the lab's or not: a trainee must see what is broken.
+    if (up)
+      for (const f of await c.listFaults())
+        items.push({ kind: 'fault', name: f.id, state: `fired ${f.fired}`, detail: `${f.target}: ${f.description}${f.label ? ` [${f.label}]` : ''}` });
   } finally {
     c.close();
   }

@@ -57,6 +57,13 @@ export interface Lab {
   volumes: LabVolume[];
   hosts: LabHost[];
   vms: LabVm[];
+  /**
+   * Faults set once the lab is up, as one plan named "lab" (emulator/fault/README.md); each
+   * entry as in a plan file, checked by the array when it is applied.
+   */
+  faults: Array<Record<string, unknown>>;
+  /** Seeds the lab's randomness (its faults); default 0. */
+  seed: number;
 }
 
 export class LabError extends Error {
@@ -115,8 +122,8 @@ export function parseLab(text: string, file: string): Lab {
     fail('', `YAML syntax error at ${pos ? `line ${pos.line}, column ${pos.col}` : 'unknown position'}: ${what}; fix the YAML`);
   }
   const root: unknown = doc.toJS();
-  if (!isObj(root)) return fail('', 'the top level must be a mapping with arrays, volumes, hosts and vms');
-  checkKeys(root, ['arrays', 'volumes', 'hosts', 'vms'], '', fail);
+  if (!isObj(root)) return fail('', 'the top level must be a mapping with arrays, volumes, hosts, vms and optionally faults and seed');
+  checkKeys(root, ['arrays', 'volumes', 'hosts', 'vms', 'faults', 'seed'], '', fail);
   const baseDir = dirname(file);
 
   const arraysRaw = list(root.arrays, 'arrays', '[{name: array0, api: 127.0.0.1:7390, start: true, dataDir: ./lab-data}]', fail);
@@ -248,5 +255,20 @@ export function parseLab(text: string, file: string): Lab {
     hosts.push({ name: n, initiators, vms: hvms, luns });
   });
 
-  return { file, arrays, volumes, hosts, vms };
+  const faults = list(root.faults, 'faults', '[{kind: error, target: volume:tv1, ops: [read], probability: 0.01}]', fail).map((raw, i) => {
+    const at = `faults[${i}]`;
+    if (!isObj(raw)) return fail(at, 'must be a mapping, e.g. {kind: error, target: volume:tv1, ops: [read], probability: 0.01}');
+    if (typeof raw.kind !== 'string')
+      fail(`${at}.kind`, `${show(raw.kind)} is not a fault kind; use error, bad-blocks, delay, rate, pause, ... (arraylab fault add --help)`);
+    const t = raw.target;
+    if (typeof t === 'string' && /^(volume|export):/.test(t) && !volumes.some((v) => `${t}`.endsWith(`:${v.name}`))) {
+      fail(`${at}.target`, `${t} names no volume of this lab; use one of ${volumes.map((v) => `volume:${v.name}`).join(', ') || '(none declared)'}`);
+    }
+    return raw;
+  });
+  const seed = root.seed ?? 0;
+  if (typeof seed !== 'number' || !Number.isSafeInteger(seed) || seed < 0 || seed > 0xffffffff)
+    fail('seed', `${show(seed)} is not a seed; use a whole number from 0 to 4294967295`);
+
+  return { file, arrays, volumes, hosts, vms, faults, seed: seed as number };
 }

@@ -38,9 +38,10 @@ beforeAll(() => {
 afterAll(() => killServes());
 
 /** The example lab without its VMs, on the given addresses, data in dir/NAME; returns its path. */
-function exampleLab(name: string, addresses: { api: string; nbd: string; iscsi: string }): string {
+function exampleLab(name: string, addresses: { api: string; nbd: string; iscsi: string }, extra: Record<string, unknown> = {}): string {
   const lab = parse(readFileSync(EXAMPLE, 'utf8')) as { arrays: Array<Record<string, unknown>>; vms?: unknown };
   Object.assign(lab.arrays[0]!, addresses, { dataDir: `./${name}` });
+  Object.assign(lab, extra);
   delete lab.vms;
   const file = join(dir, `${name}.yaml`);
   writeFileSync(file, stringify(lab));
@@ -81,6 +82,38 @@ describe('the array of lab up', () => {
     const down = await lab(['down', file, '--purge']);
     expect(down.code).toBe(0);
     expect(servePids('plain')).toEqual([]);
+  });
+
+  it('sets the faults: section once the lab is up (seeded as one plan), shows them in status, and removes them at down', async () => {
+    const api = `127.0.0.1:${await freePort()}`;
+    const faults = [
+      { kind: 'error', target: 'volume:tv1', ops: ['read'], probability: 0.01 },
+      { kind: 'delay', target: 'volume:bv1', ms: 5, 'jitter-ms': 2 },
+    ];
+    const file = exampleLab('faulty', { api, nbd: '127.0.0.1:0', iscsi: '127.0.0.1:0' }, { seed: 7, faults });
+    const up = await lab(['up', file]);
+    expect(up.code, up.stderr).toBe(0);
+    expect(up.stdout).toMatch(/^fault f1: set \(volume:tv1: error EIO on read with probability 0.01 \(seed \d+\)\)$/m);
+    expect(up.stdout).toMatch(/^fault f2: set \(volume:bv1: delay 5 ms ±2 ms \(uniform\) on read,write,flush,trim,zero \(seed \d+\)\)$/m);
+    const listed = JSON.parse((await runCli(['fault', 'list', '--json', '--api', api])).stdout).faults as Array<{ label: string; seed: number }>;
+    expect(listed.map((f) => f.label)).toEqual(['plan:lab', 'plan:lab']);
+    // Seeds come from the lab's seed: a second lab up replaces the faults with the same ones.
+    const again = await lab(['up', file]);
+    expect(again.code, again.stderr).toBe(0);
+    const relisted = JSON.parse((await runCli(['fault', 'list', '--json', '--api', api])).stdout).faults as Array<{ seed: number }>;
+    expect(relisted.map((f) => f.seed)).toEqual(listed.map((f) => f.seed));
+    const status = await lab(['status', file]);
+    expect(status.stdout).toMatch(/^fault\s+f3\s+fired 0\s+volume:tv1: error EIO on read .*\[plan:lab\]$/m);
+    const down = await lab(['down', file, '--purge']);
+    expect(down.stdout).toMatch(/^fault f3: removed/m);
+    expect(servePids('faulty')).toEqual([]);
+
+    const bad = exampleLab('badfault', { api, nbd: '127.0.0.1:0', iscsi: '127.0.0.1:0' }, { faults: [{ kind: 'error', target: 'volume:nope' }] });
+    const r = await lab(['up', bad]);
+    expect([r.code, r.stderr]).toEqual([
+      2,
+      `arraylab: lab ${bad}: faults[0].target: volume:nope names no volume of this lab; use one of volume:tv1, volume:bv1, volume:bv2\n`,
+    ]);
   });
 
   it.each(['nbd', 'iscsi'] as const)('fails lab up naming arrays[0].%s when its address is taken, and leaves nothing running', async (key) => {
