@@ -142,7 +142,7 @@ export class StorageArray implements ExportProvider {
     this.journal = new SqliteSessionJournal(db);
     this.hosts = new HostAffinity(new HostRecords(db), this.volumeDirectory(), log, { requireHostAffinity });
     this.reservations = new SqliteReservationStore(db);
-    this.copy = new CopyEngine({ journal: this.journal, clock: copyClock });
+    this.copy = new CopyEngine({ journal: this.journal, clock: copyClock, faults: { copyFault: (...a) => this.faults.copyFault(...a) } });
     this.faults = new FaultEngine({
       logger: log,
       store: db,

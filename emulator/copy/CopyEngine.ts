@@ -25,6 +25,14 @@
  * doubling to 60 s), the error shown in the session's info, one 'state' event when a step
  * works again.
  *
+ * Injected faults (CopyEngineOptions.faults, the array's fault engine) act on a session's own
+ * I/O: background copy reads and writes, copy-on-writes, EC mirrored writes, SnapOPC+ saves.
+ * One that fires error-suspends the session at once (journalled, an 'error' event, the reason
+ * in its info), as an array's copy path does on a hardware error; no retry. Per type: EC —
+ * source writes go on and are recorded, resume resyncs once the cause is gone, or cancel;
+ * OPC/QuickOPC — copying stops, uncopied destination units fail EIO, cancel; SnapOPC+ — as a
+ * full snap volume. See each type's file.
+ *
  * Wiring (StorageArray): adopt each volume with addVolume() right after it is opened or
  * created and before any client can open it (the tap must see every write to drain it at a
  * cut), then call recover() once.
@@ -35,10 +43,13 @@ import { holdVolumes, type GroupAction } from './ConsistencyGroup.js';
 import {
   COPY_TYPE_NAMES,
   CopyError,
+  CopyFaultError,
   DEFAULT_UNIT_SIZE,
   invariant,
   MAX_SNAP_GENERATIONS,
   type CopyEvent,
+  type CopyFaultHook,
+  type CopyState,
   type CopyType,
   type SessionInfo,
   type SessionRecord,
@@ -74,6 +85,8 @@ export interface CopyEngineOptions {
    * regions written since the last flush. Recorded per unit, nearly every random write paid one.
    */
   intentRegion?: number;
+  /** Injected faults on the sessions' own I/O (the array's fault engine); none by default. */
+  faults?: CopyFaultHook | undefined;
 }
 
 export interface StartOptions {
@@ -158,6 +171,15 @@ export class CopyEngine {
       emit: (e) => this.emit(e),
       now: this.now,
       intentRegion: opts.intentRegion ?? 64 * 1024 * 1024,
+      copyFault: (id, op, volume, offset, length) => {
+        const hook = opts.faults;
+        if (hook === undefined) return;
+        try {
+          hook.copyFault(id, op, volume, offset, length);
+        } catch (err) {
+          throw new CopyFaultError(`copy ${op} of volume ${volume} at byte ${offset}: ${(err as Error).message}`, volume, op);
+        }
+      },
     };
   }
 
@@ -312,7 +334,10 @@ export class CopyEngine {
   }
   /** The destination is overwritten (the changed units) and hosts lose it until equivalent. */
   resume(id: string, opts: OverwriteOptions = {}): Promise<SessionInfo> {
-    return this.controlOn(id, 'resume', async (s) => this.doResume(this.ec(s, 'resume'), 'suspended', opts.check));
+    return this.controlOn(id, 'resume', async (s) => {
+      const ec = this.ec(s, 'resume');
+      this.doResume(ec, ec.state === 'error-suspended' ? 'error-suspended' : 'suspended', opts.check);
+    });
   }
   rejoin(id: string, opts: OverwriteOptions = {}): Promise<SessionInfo> {
     return this.controlOn(id, 'rejoin', async (s) => this.doResume(this.ec(s, 'rejoin'), 'split', opts.check));
@@ -510,6 +535,8 @@ export class CopyEngine {
     if (s.state !== 'copying') return 0;
     try {
       const n = await s.copyStep(maxUnits);
+      // An injected fault error-suspended it: no retry episode, nothing "works again".
+      if ((s.state as CopyState) === 'error-suspended') return n;
       this.copyWorks(s);
       if (s.done) await this.finish(s);
       return n;
@@ -596,6 +623,7 @@ export class CopyEngine {
         (s) => s.type === 'quickopc' && [s.record.source, s.record.destination].sort().join('\0') === [source, destination].sort().join('\0'),
       );
       if (existing instanceof OpcSession) {
+        if (existing.state === 'error-suspended') throw new CopyError('FAILED_PRECONDITION', `cannot restart: ${existing.record.error}`);
         if (existing.state !== 'tracking') {
           throw new CopyError(
             'FAILED_PRECONDITION',
@@ -717,7 +745,7 @@ export class CopyEngine {
     return { src, dst };
   }
 
-  private doResume(ec: EcSession, from: 'suspended' | 'split', check: OverwriteCheck | undefined): void {
+  private doResume(ec: EcSession, from: 'suspended' | 'split' | 'error-suspended', check: OverwriteCheck | undefined): void {
     ec.checkResume(from);
     check?.(ec.record.destination, ec.record.source); // last: nothing can run between it and the change
     ec.resume(from);
@@ -733,6 +761,7 @@ export class CopyEngine {
   }
 
   private async doReverseQuickOpc(s: OpcSession, check?: OverwriteCheck): Promise<void> {
+    if (s.state === 'error-suspended') throw new CopyError('FAILED_PRECONDITION', `cannot reverse: ${s.record.error}`);
     if (s.state !== 'tracking') {
       throw new CopyError(
         'FAILED_PRECONDITION',

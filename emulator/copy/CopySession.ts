@@ -37,6 +37,32 @@ export class CopyError extends StatusError {
   }
 }
 
+/**
+ * An injected fault on a session's own I/O (CopyEngineOptions.faults) fired. Told apart from
+ * real I/O errors because it error-suspends the session at once (a real one is retried or
+ * resynced, see CopyEngine.ts), as an array does when its copy path reports a hardware error.
+ */
+export class CopyFaultError extends Error {
+  constructor(
+    message: string,
+    /** The volume whose I/O failed. */
+    readonly volume: string,
+    readonly op: 'read' | 'write',
+  ) {
+    super(message);
+    this.name = 'CopyFaultError';
+  }
+}
+
+/**
+ * The hook the engine consults on its own I/O for a session (the array's fault engine
+ * implements it): throws when an injected copy-error fault fires. Kept this small so the copy
+ * engine does not depend on emulator/fault.
+ */
+export interface CopyFaultHook {
+  copyFault(sessionId: string, op: 'read' | 'write', volume: string, offset: number, length: number): void;
+}
+
 /** Invariant check: a failure is a bug in the engine, never a user error (proto's one assert). */
 export { assert as invariant } from '../../proto/util/assert.js';
 
@@ -67,7 +93,7 @@ export interface SessionRecord {
   /** EC: true after reverse (data flows from the original destination). */
   reversed?: boolean;
   /** error-suspended: why. */
-  error?: string;
+  error?: string | undefined;
   /** Consistency group label given at the start (informational). */
   group?: string;
 }

@@ -5,6 +5,8 @@
 import { EXTENT_ZERO, type BlockDevice } from '../block/BlockDevice.js';
 import { type CopyBitmap, UnitGeometry } from './CopyBitmap.js';
 import {
+  COPY_TYPE_NAMES,
+  type CopyFaultError,
   invariant,
   type BitmapName,
   type CopyEvent,
@@ -26,6 +28,11 @@ export interface SessionContext {
   now(): number;
   /** EC write intent is recorded this many bytes at a time (CopyEngineOptions.intentRegion). */
   readonly intentRegion: number;
+  /**
+   * Consulted before each of a session's own reads and writes (background copy, copy-on-write,
+   * EC mirroring, SnapOPC+ saves): throws CopyFaultError when an injected fault fires.
+   */
+  copyFault(sessionId: string, op: 'read' | 'write', volume: string, offset: number, length: number): void;
 }
 
 /**
@@ -102,8 +109,33 @@ export abstract class SessionBase implements CopySession {
   /** Records a new state: appended to the journal (the caller syncs) and announced. */
   protected setState(state: CopyState, message: string, extra: Partial<SessionRecord> = {}): void {
     this.record = withoutUndefined({ ...this.record, ...extra, state });
+    // Every error-suspended session says why (copy list/show, the agent's refusals); no other keeps a reason.
+    this.check((state === 'error-suspended') === (this.record.error !== undefined), `state ${state} with error ${String(this.record.error)}`);
     this.ctx.journal.putSession(this.record);
     this.ctx.emit({ sessionId: this.id, kind: state === 'error-suspended' ? 'error' : 'state', state, message });
+  }
+
+  /**
+   * An injected fault fired on the session's own I/O (`during` says which): the session goes
+   * error-suspended with the reason, journalled (the caller syncs) and announced ('error'
+   * event). What it means per type is the type's errorFix() and its roles' behaviour.
+   */
+  protected errorSuspend(err: CopyFaultError, during: string): void {
+    this.check(this.state !== 'error-suspended', 'error-suspended twice');
+    const r = this.record;
+    const msg = `${COPY_TYPE_NAMES[r.type]} session ${r.id} (${r.source} -> ${r.destination}) is error-suspended: ${during} failed: ${err.message}; ${this.errorFix()}`;
+    this.copyFailure = undefined; // not a retried episode any more
+    this.setState('error-suspended', msg, { error: msg, ...(r.type === 'ec' ? { imageAt: undefined } : {}) });
+  }
+
+  /** What an operator does about an error-suspended session of this type (the end of its reason). */
+  protected errorFix(): string {
+    return 'cancel the session';
+  }
+
+  /** The engine's check of the session's own I/O (see SessionContext.copyFault). */
+  protected faultCheck(op: 'read' | 'write', volume: string, offset: number, length: number): void {
+    this.ctx.copyFault(this.id, op, volume, offset, length);
   }
 
   setRate(rate: number): void {
@@ -173,11 +205,14 @@ export abstract class SessionBase implements CopySession {
     // Two buffers: the next piece is read (on the threadpool) while the last one is written.
     const bufs = [copyBuffers.pop() ?? Buffer.allocUnsafeSlow(COPY_PIECE), copyBuffers.pop() ?? Buffer.allocUnsafeSlow(COPY_PIECE)] as const;
     let pending: { pos: number; piece: Buffer; read: Promise<void> } | undefined;
+    // Injected faults act on the pair's names (a copy always runs source -> destination).
+    const { source, destination } = this.record;
     const writePending = async (): Promise<void> => {
       if (pending === undefined) return;
       const p = pending;
       pending = undefined;
       await p.read;
+      this.faultCheck('write', destination, p.pos, p.piece.length);
       await to.write(p.pos, p.piece);
     };
     let k = 0;
@@ -187,8 +222,10 @@ export abstract class SessionBase implements CopySession {
         for (let pos = this.geo.start(s); pos < end; ) {
           const [ext] = await from.blockStatus(pos, Math.min(COPY_PIECE, end - pos), 1);
           const len = Math.min(ext!.length, COPY_PIECE, end - pos);
+          this.faultCheck('read', source, pos, len);
           if ((ext!.flags & EXTENT_ZERO) !== 0) {
             await writePending();
+            this.faultCheck('write', destination, pos, len);
             await to.writeZeroes(pos, len);
           } else {
             const piece = bufs[k++ & 1]!.subarray(0, len);

@@ -16,10 +16,19 @@
  *               is read-only for hosts (EPERM on writes).
  *   suspended   destination frozen as of the suspend instant, usable by hosts; changes on
  *   split       either side are recorded in diff. resume/rejoin resyncs diff only.
+ *   error-suspended
+ *               an injected fault fired on the pair's own I/O (background copy or a mirrored
+ *               write): like suspended for the source, whose host writes go on and are
+ *               recorded in diff (a mirrored write that failed on the destination succeeds
+ *               for the host and its units go to diff); the destination holds no usable image
+ *               and hosts can neither read nor write it (EIO with the reason); resume resyncs
+ *               diff once the cause is gone (if it is not, the copy fails again), or cancel.
+ *               Entering it merges intent into diff (E4), so a crash afterwards still
+ *               resyncs what mirrored writes may have left different; it is journalled.
  */
 import { BlockDeviceError } from '../block/BlockDevice.js';
 import { CopyBitmap } from './CopyBitmap.js';
-import { applyMutation, CopyError, type Mutation } from './CopySession.js';
+import { applyMutation, CopyError, CopyFaultError, type Mutation } from './CopySession.js';
 import { SessionBase, type SessionContext } from './SessionBase.js';
 import type { JournalSession } from './SessionJournal.js';
 import type { DestRole, Next, SourceRole } from './VolumeTap.js';
@@ -47,7 +56,7 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
   }
 
   get hostReadOnly(): boolean {
-    return this.mirroring;
+    return this.mirroring || this.state === 'error-suspended';
   }
 
   attach(): void {
@@ -90,6 +99,12 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
   /** suspend or split, from equivalent (split also from suspended). Caller syncs. */
   async freeze(to: 'suspended' | 'split'): Promise<void> {
     const ok = this.state === 'equivalent' || (to === 'split' && this.state === 'suspended');
+    if (!ok && this.state === 'error-suspended') {
+      throw new CopyError(
+        'FAILED_PRECONDITION',
+        `cannot ${to === 'split' ? 'split' : 'suspend'} EC session ${this.id} (${this.record.source} -> ${this.record.destination}): backup cannot run: ${this.record.error}`,
+      );
+    }
     if (!ok) {
       throw new CopyError(
         'FAILED_PRECONDITION',
@@ -108,18 +123,39 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
     this.setState(to, to === 'split' ? 'split: the destination is an independent copy' : 'suspended: destination frozen; changes are recorded', { imageAt });
   }
 
-  /** resume (from suspended) or rejoin (from split): resync changed units only. */
-  resume(from: 'suspended' | 'split'): void {
+  /** resume (from suspended or error-suspended) or rejoin (from split): resync changed units only. */
+  resume(from: 'suspended' | 'split' | 'error-suspended'): void {
     this.checkResume(from);
     this.cursor = 0;
-    this.setState('copying', `resync of ${this.diff.count} changed units`, { imageAt: undefined });
+    this.check(from !== 'error-suspended' || this.intent.count === 0, 'error-suspended pair with write intent (E4)');
+    this.setState('copying', `resync of ${this.diff.count} changed units`, { imageAt: undefined, error: undefined });
   }
 
-  /** Throws unless the pair may be resumed (from suspended) or rejoined (from split) now. */
-  checkResume(from: 'suspended' | 'split'): void {
+  /** Throws unless the pair may be resumed (from suspended or error-suspended) or rejoined (from split) now. */
+  checkResume(from: 'suspended' | 'split' | 'error-suspended'): void {
     if (this.state !== from) {
       throw new CopyError('FAILED_PRECONDITION', `cannot ${from === 'split' ? 'rejoin' : 'resume'} EC session ${this.id}: it is ${this.state}, not ${from}`);
     }
+  }
+
+  protected override errorFix(): string {
+    return 'the destination holds no usable image; host writes to the source go on and are recorded; fix the cause, then resume the session (it resyncs the changed units), or cancel it';
+  }
+
+  /**
+   * Error-suspends the pair (E4: intent merged into diff first, in the same commit), then
+   * syncs. Under the caller's unit locks, or in a copy step (the control queue).
+   */
+  private async failPair(err: CopyFaultError, during: string): Promise<void> {
+    const j = this.ctx.journal;
+    for (const [s, n] of this.intent.runs()) {
+      this.diff.set(s, n);
+      j.setBits(this.id, 'diff', s, n);
+    }
+    this.intent.reset();
+    j.clearBits(this.id, 'intent', 0, this.geo.units);
+    this.errorSuspend(err, during);
+    await j.sync();
   }
 
   /** Throws unless the pair may be reversed now (suspended or split). */
@@ -165,6 +201,13 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
       }
       if (!this.mirroring) return await this.trackLocked(u0, u1, next); // suspended while we waited
       const results = await Promise.allSettled([next(), this.mirrorWrite(m)]);
+      const [own, mirrored] = results;
+      if (own.status === 'fulfilled' && mirrored.status === 'rejected' && mirrored.reason instanceof CopyFaultError) {
+        // The host's write is done: it stands, and the pair records it for the resync.
+        await this.persistSet([['diff', this.diff, this.clearIn(this.diff, u0, u1)]]);
+        if (this.mirroring) await this.failPair(mirrored.reason, 'a mirrored write');
+        return;
+      }
       const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       if (failed !== undefined) {
         // One side may have the write and the other not: resync those units.
@@ -185,6 +228,11 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
   private mirrorWrite(m: Mutation): Promise<void> {
     const end = Math.min(m.offset + m.length, this.geo.sizeBytes);
     if (end <= m.offset) return Promise.resolve();
+    try {
+      this.faultCheck('write', this.record.destination, m.offset, end - m.offset);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     if (end === m.offset + m.length) return applyMutation(this.dst.below, m);
     const len = end - m.offset;
     return m.kind === 'write' ? this.dst.below.write(m.offset, m.data.subarray(0, len), m.opts) : this.dst.below.writeZeroes(m.offset, len, m.opts);
@@ -224,6 +272,7 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
   }
 
   checkRead(op: string): void {
+    if (this.state === 'error-suspended') throw new BlockDeviceError('EIO', `${op} refused: ${this.record.error}`);
     if (this.state === 'copying') {
       throw new BlockDeviceError(
         'EACCES',
@@ -238,7 +287,7 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
   }
 
   destWrite(m: Mutation, next: Next): Promise<void> {
-    if (this.mirroring) {
+    if (this.mirroring || this.state === 'error-suspended') {
       this.checkRead('write');
       return Promise.reject(
         new BlockDeviceError(
@@ -264,7 +313,15 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
     );
     try {
       if (units.length > 0) {
-        await this.copyUnits(this.src.below, this.dst.below, units);
+        // A mirrored write beside this step may have error-suspended the pair.
+        if (this.state !== 'copying') return 0;
+        try {
+          await this.copyUnits(this.src.below, this.dst.below, units);
+        } catch (err) {
+          if (!(err instanceof CopyFaultError) || this.state !== 'copying') throw err;
+          await this.failPair(err, 'the background copy'); // the units stay in diff
+          return 0;
+        }
         // J5: both sides durable before the diff bits go (the source too: an unflushed
         // source write copied here must not be lost on one side only).
         await Promise.all([this.src.below.flush(), this.dst.below.flush()]);

@@ -15,9 +15,19 @@
  * OPC ends when every unit is copied. QuickOPC then goes to 'tracking': it keeps recording
  * changed units, and a restart (start again on the same pair) takes a new instant, marks
  * only the tracked units uncopied, and copies those: changes on the destination roll back.
+ *
+ * Error-suspended (an injected fault on the session's own I/O: background copy or a
+ * copy-on-write). The point-in-time image can no longer be completed, so the session stops
+ * copying for good and only cancel ends it:
+ *   E1 no unit is copied or tracked any more; source writes go straight through (the
+ *      image's uncopied units are lost anyway), so a host never fails because of the copy;
+ *   E2 destination reads and writes of copied units work; of uncopied units they fail EIO
+ *      with the reason (their point-in-time data is gone);
+ *   E3 the state and reason are journalled: a restart keeps it error-suspended.
  */
+import { BlockDeviceError } from '../block/BlockDevice.js';
 import { CopyBitmap } from './CopyBitmap.js';
-import type { Mutation } from './CopySession.js';
+import { CopyFaultError, type CopyState, type Mutation } from './CopySession.js';
 import { overlayUnits, SessionBase, type SessionContext } from './SessionBase.js';
 import type { JournalSession } from './SessionJournal.js';
 import type { DestRole, Next, SourceRole } from './VolumeTap.js';
@@ -33,7 +43,10 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
     this.copied = CopyBitmap.fromRuns(this.geo.units, j.bitmaps.copied ?? []);
     this.tracked = j.record.type === 'quickopc' ? CopyBitmap.fromRuns(this.geo.units, j.bitmaps.tracked ?? []) : undefined;
     this.check(j.record.type === 'opc' || j.record.type === 'quickopc', `not an OPC record: ${j.record.type}`);
-    this.check(j.record.state === 'copying' || (j.record.state === 'tracking' && this.copied.full), `bad OPC state ${j.record.state}`);
+    this.check(
+      j.record.state === 'copying' || j.record.state === 'error-suspended' || (j.record.state === 'tracking' && this.copied.full),
+      `bad OPC state ${j.record.state}`,
+    );
   }
 
   get sessionId(): string {
@@ -99,16 +112,28 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
     const [u0, u1] = this.geo.unitsOf(m.offset, m.length);
     if (u0 === u1) return next();
     if (this.copied.allSet(u0, u1) && (this.tracked === undefined || this.tracked.allSet(u0, u1))) return next();
-    return this.prepareThen(u0, u1, next);
+    return this.prepareThen(u0, u1, next, 'source');
   }
 
   checkRead(): void {}
 
+  protected override errorFix(): string {
+    return 'its destination can no longer be completed (reads of uncopied parts fail); cancel the session and start the copy again';
+  }
+
+  /** E2: the reason, as hosts get it for uncopied units of an error-suspended session. */
+  private lost(op: string): BlockDeviceError {
+    return new BlockDeviceError('EIO', `${op} refused: ${this.record.error ?? `${this.type} session ${this.id} is ${this.state}`}`);
+  }
+
   async destRead(offset: number, into: Buffer, next: Next): Promise<void> {
     const [u0, u1] = this.geo.unitsOf(offset, into.length);
+    if (this.state === 'error-suspended' && !this.copied.allSet(u0, u1)) throw this.lost('read'); // E2
     if (this.state !== 'copying' || this.copied.allSet(u0, u1)) return next();
     const unlock = await this.locks.lockRange(u0, u1);
     try {
+      // Error-suspended while we waited: source writes no longer keep uncopied units (E1).
+      if ((this.state as CopyState) === 'error-suspended' && !this.copied.allSet(u0, u1)) throw this.lost('read');
       await next();
       await overlayUnits(this.src.below, this.geo, this.clearIn(this.copied, u0, u1), offset, into);
     } finally {
@@ -120,16 +145,24 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
     const [u0, u1] = this.geo.unitsOf(m.offset, m.length);
     if (u0 === u1) return next();
     if (this.copied.allSet(u0, u1) && (this.tracked === undefined || this.tracked.allSet(u0, u1))) return next();
-    return this.prepareThen(u0, u1, next);
+    return this.prepareThen(u0, u1, next, 'destination');
   }
 
   /** Under the units' locks: copy what is uncopied, track what is untracked (durably), then write. */
-  private async prepareThen(u0: number, u1: number, next: Next): Promise<void> {
+  private async prepareThen(u0: number, u1: number, next: Next, side: 'source' | 'destination'): Promise<void> {
     const unlock = await this.locks.lockRange(u0, u1);
     try {
+      if (this.state === 'error-suspended') return await this.writeSuspended(u0, u1, next, side);
       const toCopy = this.state === 'copying' ? this.clearIn(this.copied, u0, u1) : [];
       if (toCopy.length > 0) {
-        await this.copyUnits(this.src.below, this.dst.below, toCopy);
+        try {
+          await this.copyUnits(this.src.below, this.dst.below, toCopy);
+        } catch (err) {
+          if (!(err instanceof CopyFaultError)) throw err;
+          this.errorSuspend(err, `the copy-on-write of a ${side} write`);
+          await this.ctx.journal.sync();
+          return await this.writeSuspended(u0, u1, next, side);
+        }
         await this.dst.below.flush(); // J1
       }
       const toTrack = this.tracked ? this.clearIn(this.tracked, u0, u1) : [];
@@ -144,6 +177,12 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
     }
   }
 
+  /** A host write while error-suspended (units locked): E1 for the source, E2 for the destination. */
+  private writeSuspended(u0: number, u1: number, next: Next, side: 'source' | 'destination'): Promise<void> {
+    if (side === 'destination' && !this.copied.allSet(u0, u1)) return Promise.reject(this.lost('write'));
+    return next();
+  }
+
   // ---- background copy ----
 
   async copyStep(maxUnits: number): Promise<number> {
@@ -156,7 +195,16 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
     );
     try {
       if (units.length > 0) {
-        await this.copyUnits(this.src.below, this.dst.below, units);
+        // A copy-on-write beside this step may have error-suspended the session (E1).
+        if (this.state !== 'copying') return 0;
+        try {
+          await this.copyUnits(this.src.below, this.dst.below, units);
+        } catch (err) {
+          if (!(err instanceof CopyFaultError) || this.state !== 'copying') throw err;
+          this.errorSuspend(err, 'the background copy');
+          await this.ctx.journal.sync();
+          return 0;
+        }
         await this.dst.below.flush(); // J1
         await this.persistSet([['copied', this.copied, units]]);
         this.cursor = units[units.length - 1]! + 1;
@@ -165,7 +213,7 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
     } finally {
       this.unlockAll(units);
     }
-    if (this.copied.full) await this.copyDone();
+    if (this.copied.full && this.state === 'copying') await this.copyDone();
     return units.length;
   }
 

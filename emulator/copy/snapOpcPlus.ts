@@ -14,7 +14,8 @@
  * into generation n, durably, before the source store receives the write (J2; the host may
  * be answered earlier: write-behind, below). Older generations then read it through n.
  *
- * Snap space: a save that fails with ENOSPC puts that generation in 'error-suspended' (an
+ * Snap space: a save that fails with ENOSPC, or whose read or write an injected copy-error
+ * fault fails (CopyFaultError), puts that generation in 'error-suspended' (an
  * 'error' event says which volume is full and what to do); the write goes on, and the save
  * moves to the next older healthy generation. The failed generation's reads fail EIO. Its
  * saved units stay where they are, because older generations may read through them.
@@ -59,7 +60,7 @@
  */
 import { BlockDeviceError } from '../block/BlockDevice.js';
 import { CopyBitmap } from './CopyBitmap.js';
-import { CopyError, invariant, type Mutation, type SessionInfo } from './CopySession.js';
+import { CopyError, CopyFaultError, invariant, type Mutation, type SessionInfo } from './CopySession.js';
 import { OpcSession } from './opc.js';
 import { SessionBase, type SessionContext } from './SessionBase.js';
 import type { JournalSession } from './SessionJournal.js';
@@ -112,6 +113,11 @@ export class SnapGeneration extends SessionBase implements DestRole {
   }
   async copyStep(): Promise<number> {
     return 0; // copy-on-write only: nothing to copy in the background
+  }
+
+  /** The engine's check of this generation's own I/O (a before-image save), for the chain. */
+  checkFault(op: 'read' | 'write', volume: string, offset: number, length: number): void {
+    this.faultCheck(op, volume, offset, length);
   }
 
   /** Records the failure (caller syncs). */
@@ -352,11 +358,13 @@ export class SnapChain implements SourceRole {
       const pooled = saveBuffers.pop();
       const buf = pooled !== undefined && pooled.length >= len ? pooled.subarray(0, len) : Buffer.allocUnsafeSlow(len);
       try {
+        g.checkFault('read', this.source, g.geo.start(u), len);
         await this.src.below.read(g.geo.start(u), buf);
+        g.checkFault('write', g.record.destination, g.geo.start(u), len);
         await g.dst.below.write(g.geo.start(u), buf);
         return g;
       } catch (err) {
-        if (!(err instanceof BlockDeviceError && err.code === 'ENOSPC')) throw err;
+        if (!((err instanceof BlockDeviceError && err.code === 'ENOSPC') || err instanceof CopyFaultError)) throw err;
         if (g.healthy) g.fail(err);
         await this.ctx.journal.sync();
         // the next older healthy generation takes the before-image
