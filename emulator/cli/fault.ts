@@ -159,7 +159,7 @@ export function faultCommands(y: Argv<{ json: boolean }>) {
   return withApiOption(y)
     .command(
       'add <kind>',
-      'inject a fault; prints its id on stdout',
+      'inject a fault; prints its id on stdout (and, on a terminal, what it set on stderr)',
       (c) => {
         let b = c
           .positional('kind', { type: 'string', demandOption: true, choices: KINDS, describe: 'what the fault does' })
@@ -219,8 +219,9 @@ export function faultCommands(y: Argv<{ json: boolean }>) {
         const spec = specFromArgs(a as unknown as AddArgs);
         const f = await withClient(a, (client) => client.addFault(spec));
         if (a.json) return printJson(f);
+        // The id alone on stdout, for ID=$(arraylab fault add ...); what was set, for a person at a terminal.
         print(f.id);
-        process.stderr.write(`added fault ${f.id} on ${f.target}: ${f.description}\n`);
+        if (process.stderr.isTTY === true) process.stderr.write(`added fault ${f.id} on ${f.target}: ${f.description}\n`);
       },
     )
     .command(

@@ -565,7 +565,7 @@ export function describeFault(f: FaultSpec): string {
               ? ' once'
               : ` from ${t.startMs} ms${t.endMs === undefined ? '' : ` to ${t.endMs} ms`}`;
   const range = f.lba ? ` on LBA ${f.lba.first}-${f.lba.last}` : '';
-  const ops = f.ops.length > 0 ? ` on ${f.ops.join(',')}` : '';
+  const ops = f.ops.length > 0 && a.kind !== 'bad-blocks' ? ` on ${f.ops.join(',')}` : '';
   const seeded = t.kind === 'probability' || a.kind === 'corrupt' || (a.kind === 'delay' && a.distribution !== 'fixed') ? ` (seed ${f.seed})` : '';
   return `${what}${ops}${range}${when}${seeded}${f.flag ? ` while flag ${f.flag} is set` : ''}`;
 }

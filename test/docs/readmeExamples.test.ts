@@ -14,7 +14,7 @@ import { runProcess } from '../support/process.js';
 import { requireTool } from '../support/tools.js';
 
 /** The marked examples, in README order, in the order the README says they run. */
-const EXAMPLES = ['volumes', 'copy', 'tape', 'agent'];
+const EXAMPLES = ['volumes', 'copy', 'tape', 'faults', 'agent'];
 
 /**
  * What the agent example sets up on this host (it attaches a volume through FUSE and a loop
@@ -56,7 +56,7 @@ function readmeExamples(): Example[] {
 const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 describe('README examples', () => {
-  it('marks the volume, copy-session, tape and agent examples', () => {
+  it('marks the volume, copy-session, tape, fault and agent examples', () => {
     expect(readmeExamples().map((e) => e.name)).toEqual(EXAMPLES);
   });
 
