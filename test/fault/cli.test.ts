@@ -3,12 +3,14 @@
  * list/show/events/flags/apply work with and without --json, status shows the faults, bad
  * input gets one line with an example, and faults survive a restart unless transient.
  */
+import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir, startArraylab, type Arraylab } from '../support/arraylab.js';
+import { CLI_PATH, makeTempDir, startArraylab, type Arraylab } from '../support/arraylab.js';
 import { runProcess } from '../support/process.js';
 import { requireTool } from '../support/tools.js';
+import { until } from '../support/wait.js';
 
 describe('arraylab fault', () => {
   let lab: Arraylab;
@@ -64,6 +66,27 @@ describe('arraylab fault', () => {
     await ok(['fault', 'flag', 'clear', 'broken']);
     expect((await io('write 0 512')).stdout).toMatch(/wrote 512\/512 bytes/);
     await ok(['fault', 'rm', id]);
+  });
+
+  it('events --follow --json streams new injections as JSON lines until interrupted', async () => {
+    const since = Math.max(0, ...JSON.parse(await ok(['fault', 'events', '--json'])).events.map((e: { seq: number }) => e.seq));
+    const child = spawn(process.execPath, [CLI_PATH, 'fault', 'events', '--follow', '--json', '--since', String(since)], {
+      env: { ...process.env, ARRAYLAB_API: lab.apiAddress },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    try {
+      const id = (await ok(['fault', 'add', 'error', '--volume', 'vol1', '--ops', 'read', '--once'])).trim();
+      expect((await io('read 0 512')).stdout).toMatch(/read failed/);
+      await until('an event line', () => out.includes('\n'), { timeoutMs: 10_000 });
+      expect(JSON.parse(out.split('\n')[0]!)).toMatchObject({ faultId: id, kind: 'error', op: 'read', offset: 0, length: 512 });
+      await ok(['fault', 'rm', id]);
+    } finally {
+      child.kill('SIGINT');
+    }
+    expect(await exited).toBe(0);
   });
 
   it('refuses bad input with one line naming what is wrong and an example', async () => {
