@@ -273,10 +273,7 @@ export class FaultEngine {
       this.emit(h.fault.id, 'error', formatTarget(t), 'connect', `refused ${client.protocol} connection from ${client.remoteAddress}`, {
         connection: client.connectionId,
       });
-      throw new BlockDeviceError(
-        h.fault.action.errno === 'EIO' ? 'EACCES' : h.fault.action.errno,
-        `connection to ${exportName} refused by fault ${h.fault.id}`,
-      );
+      throw new BlockDeviceError(h.fault.action.errno, `connection to ${exportName} refused by fault ${h.fault.id}`, { sense: h.fault.action.sense });
     }
   }
 
