@@ -124,7 +124,8 @@ export class ArrayServer {
       let tapeDir: string;
       if (config.backend === 'file') tapeDir = join(config.dataDir, 'tape');
       else tapeDir = this.tapeTempDir = mkdtempSync(join(tmpdir(), 'arraylab-tape-'));
-      this.tapeLibrary = await TapeLibrary.open({ dir: tapeDir, volumes: arrayTapeVolumes(this.storage), logger: this.log });
+      const faults = this.storage.faults;
+      this.tapeLibrary = await TapeLibrary.open({ dir: tapeDir, volumes: arrayTapeVolumes(this.storage), logger: this.log, faults }); // faults: tape-error
       await reconcileCartridges(this.tapeLibrary, config.tape?.cartridges ?? [], this.log);
       const tapeLibrary = this.tapeLibrary;
       this.storage.tapeExists = (label) => tapeLibrary.list().some((c) => c.label === label);

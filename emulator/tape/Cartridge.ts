@@ -319,7 +319,7 @@ export class Cartridge {
    * Reads a record's extents in order, each checked against its CRC32C before it is yielded,
    * then checks the trailer. Throws TapeError DATA_LOSS naming the cartridge and record.
    */
-  async *extents(e: RecordEntry): AsyncGenerator<DataPiece> {
+  async *extents(e: RecordEntry, beforeRead: () => void = () => undefined): AsyncGenerator<DataPiece> {
     const where = `cartridge ${this.label} record ${e.header.record}`;
     const fh = await fsp.open(this.file, 'r');
     try {
@@ -336,6 +336,7 @@ export class Cartridge {
       let notBefore = 0;
       for (let i = 0; i < e.header.extentCount; i++) {
         let ext: ExtentHeader;
+        beforeRead(); // an injected read fault (TapeLibrary), before the extent is read
         try {
           ext = decodeExtentHeader(await readAt(fh, pos, EXTENT_HEADER_SIZE), e.header, notBefore);
         } catch (err) {
@@ -354,6 +355,7 @@ export class Cartridge {
         notBefore = ext.offset + ext.length;
         pos += EXTENT_HEADER_SIZE + ext.length;
       }
+      beforeRead();
       try {
         const t = decodeTrailer(await readAt(fh, pos, TRAILER_SIZE));
         if (t.sha256 !== e.trailer.sha256 || t.dataBytes !== e.trailer.dataBytes) throw new FormatError('trailer changed since the cartridge was opened');
@@ -366,10 +368,10 @@ export class Cartridge {
   }
 
   /** Re-reads a record and checks every CRC and the image's SHA-256; never touches a volume. */
-  async verify(e: RecordEntry, onDone: (doneBytes: number) => void): Promise<void> {
+  async verify(e: RecordEntry, onDone: (doneBytes: number) => void, beforeRead?: () => void): Promise<void> {
     const sha = createHash('sha256');
     let hashed = 0;
-    for await (const p of this.extents(e)) {
+    for await (const p of this.extents(e, beforeRead)) {
       hashZeroes(sha, p.offset - hashed);
       sha.update(p.data);
       hashed = p.offset + p.data.length;

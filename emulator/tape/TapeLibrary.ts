@@ -37,6 +37,17 @@ export interface TapeLibraryOptions {
   dir: string;
   volumes: TapeVolumes;
   logger: Logger;
+  /** Injected tape faults (the array's fault engine); none by default. */
+  faults?: TapeFaultHook | undefined;
+}
+
+/**
+ * Consulted before each extent a write stores or a restore or verify reads, and before each
+ * record's end (so an empty record is checked too): throws when an injected tape-error fault
+ * fires. Kept this small so the library does not depend on emulator/fault.
+ */
+export interface TapeFaultHook {
+  tapeFault(label: string, op: 'read' | 'write'): void;
 }
 
 export type Progress = (p: HostProgress) => void;
@@ -61,12 +72,13 @@ export class TapeLibrary {
     readonly dir: string,
     private readonly volumes: TapeVolumes,
     private readonly log: Logger,
+    private readonly faults: TapeFaultHook | undefined,
   ) {}
 
   static async open(opts: TapeLibraryOptions): Promise<TapeLibrary> {
     const log = opts.logger.child({ component: 'tape' });
     await fsp.mkdir(opts.dir, { recursive: true });
-    const lib = new TapeLibrary(opts.dir, opts.volumes, log);
+    const lib = new TapeLibrary(opts.dir, opts.volumes, log, opts.faults);
     for (const file of (await fsp.readdir(opts.dir)).sort()) {
       if (!file.endsWith(SUFFIX)) continue;
       const label = file.slice(0, -SUFFIX.length);
@@ -265,10 +277,13 @@ export class TapeLibrary {
       const entry = await deviceCall(what, () =>
         c.append(
           { volume: vol.name, tag, blockSize: dev.blockSize, sizeBytes: size, extents: plan.extents, dataBytes: plan.dataBytes, imageMs },
-          sameImage(
-            vol,
-            image,
-            dataPieces(dev, size, signal, (scanned) => onProgress({ doneBytes: scanned, totalBytes: size })),
+          checkedPieces(
+            sameImage(
+              vol,
+              image,
+              dataPieces(dev, size, signal, (scanned) => onProgress({ doneBytes: scanned, totalBytes: size })),
+            ),
+            () => this.faultCheck(c.label, 'write', `${what} failed`, 'nothing of the record was kept (the cartridge is as before)'),
           ),
           (done) => onProgress({ doneBytes: done, totalBytes: size }),
         ),
@@ -355,7 +370,8 @@ export class TapeLibrary {
     await deviceCall(what, async () => {
       let pos = 0;
       // Each extent is checked against its CRC before it is written (Cartridge.extents).
-      for await (const p of c.extents(entry)) {
+      const fault = () => this.faultCheck(c.label, 'read', `${what} failed`, `${vol.name} holds part of the record; restore it again`);
+      for await (const p of c.extents(entry, fault)) {
         signal.throwIfAborted();
         await zero(pos, p.offset);
         await dev.write(p.offset, p.data);
@@ -405,7 +421,8 @@ export class TapeLibrary {
         for (const e of entries) {
           s.throwIfAborted();
           try {
-            await c.verify(e, (done) => onProgress({ doneBytes: before + done, totalBytes: total }));
+            const fault = () => this.faultCheck(c.label, 'read', `tape verify of cartridge ${c.label} record ${e.header.record} failed`, 'verify it again');
+            await c.verify(e, (done) => onProgress({ doneBytes: before + done, totalBytes: total }), fault);
             checks.push({ record: e.header.record, ok: true, error: '' });
           } catch (err) {
             if (!(err instanceof TapeError) || err.code !== 'DATA_LOSS') throw err;
@@ -438,6 +455,20 @@ export class TapeLibrary {
   }
 
   // ---- internals ----
+
+  /**
+   * An injected tape fault: a drive error, not damage (INTERNAL, not DATA_LOSS, which verify
+   * reports as a bad record). `then` says what is left and what to do.
+   */
+  private faultCheck(label: string, op: 'read' | 'write', what: string, then: string): void {
+    if (this.faults === undefined) return;
+    try {
+      this.faults.tapeFault(label, op);
+    } catch (err) {
+      this.log.warn({ cartridge: label, op, err: (err as Error).message }, `${what}: injected tape ${op} error`);
+      throw new TapeError('INTERNAL', `${what}: ${(err as Error).message}; ${then}`);
+    }
+  }
 
   private fileOf(label: string): string {
     return path.join(this.dir, label + SUFFIX);
@@ -513,6 +544,15 @@ function cancelled(label: string, what: string, reason: unknown): TapeError {
       ? 'the volume holds a partial image: restore again'
       : 'nothing changed';
   return new TapeError('CANCELLED', `cartridge ${label}: ${what} was cancelled; ${after}`);
+}
+
+/** The pieces of a record, with `check` before each and before the end (a tape write fault). */
+async function* checkedPieces(pieces: AsyncIterable<DataPiece>, check: () => void): AsyncGenerator<DataPiece> {
+  for await (const p of pieces) {
+    check();
+    yield p;
+  }
+  check();
 }
 
 /** Runs volume I/O, turning the device's errors into TapeErrors that say what was being done. */
