@@ -29,6 +29,7 @@ import {
 } from './opcodes.js';
 import type { TaskMgmtRequestPdu } from './pdu.js';
 import type { BlockDevice } from '../block/BlockDevice.js';
+import type { LunDevice } from './scsi/types.js';
 import type { Task } from './Task.js';
 
 /** BUS DEVICE RESET FUNCTION OCCURRED: after a LOGICAL UNIT RESET. */
@@ -84,49 +85,24 @@ async function run(scope: TmfScope, ffp: FullFeature, pdu: TaskMgmtRequestPdu): 
     case TMF_ABORT_TASK_SET:
     case TMF_CLEAR_TASK_SET:
     case TMF_LOGICAL_UNIT_RESET: {
-      const device = ffp.session.lunDevices.get(pdu.lun)?.device;
-      if (device === undefined) return TMF_RSP_NO_LUN;
-      const affected: Task[] = [];
+      const lu = ffp.session.lunDevices.get(pdu.lun);
+      if (lu === undefined) return TMF_RSP_NO_LUN;
       if (pdu.function === TMF_ABORT_TASK_SET) {
+        const affected: Task[] = [];
         for (const t of ffp.tasks.values()) if (t.lun === pdu.lun) affected.push(t);
         abortAll(ffp, affected);
+        await settled(affected);
+      } else if (pdu.function === TMF_CLEAR_TASK_SET) {
+        await settled(abortLogicalUnitTasks(scope, lu.identity.wwn));
       } else {
-        for (const other of scope.allSessions()) {
-          const mine: Task[] = [];
-          for (const t of other.tasks.values()) if (other.session.lunDevices.get(t.lun)?.device === device) mine.push(t);
-          abortAll(other, mine);
-          affected.push(...mine);
-        }
-      }
-      await settled(affected);
-      if (pdu.function === TMF_LOGICAL_UNIT_RESET) {
-        scope.resetLogicalUnit?.(device);
-        for (const other of scope.allSessions()) {
-          for (const [lun, lu] of other.session.lunDevices) if (lu.device === device) scope.unitAttention(other, lun, UA_LU_RESET);
-        }
+        await logicalUnitReset(scope, lu);
       }
       return TMF_RSP_COMPLETE;
     }
     case TMF_TARGET_WARM_RESET:
-    case TMF_TARGET_COLD_RESET: {
-      const affected: Task[] = [];
-      const sessions = [...scope.allSessions()];
-      for (const other of sessions) {
-        const all = [...other.tasks.values()];
-        abortAll(other, all);
-        affected.push(...all);
-      }
-      await settled(affected);
-      const reset = new Set<BlockDevice>();
-      for (const other of sessions) {
-        for (const [lun, lu] of other.session.lunDevices) {
-          reset.add(lu.device);
-          scope.unitAttention(other, lun, UA_TARGET_RESET);
-        }
-      }
-      for (const d of reset) scope.resetLogicalUnit?.(d);
+    case TMF_TARGET_COLD_RESET:
+      await targetReset(scope);
       return TMF_RSP_COMPLETE;
-    }
     case TMF_CLEAR_ACA:
       return TMF_RSP_NOT_SUPPORTED; // NACA is never accepted, so there is no ACA to clear
     case TMF_TASK_REASSIGN:
@@ -134,6 +110,53 @@ async function run(scope: TmfScope, ffp: FullFeature, pdu: TaskMgmtRequestPdu): 
     default:
       return TMF_RSP_REJECTED;
   }
+}
+
+/**
+ * LOGICAL UNIT RESET of one logical unit, whoever asks (an initiator's TMF, or the array: a
+ * reset fault): every session's tasks on it are aborted, then its SPC-2 reservation ends and
+ * every nexus that sees it gets BUS DEVICE RESET FUNCTION OCCURRED. Sessions open their own
+ * handle (and device) per volume, so the logical unit is known by its WWN, not by its device.
+ */
+export async function logicalUnitReset(scope: TmfScope, lu: LunDevice): Promise<void> {
+  const wwn = lu.identity.wwn;
+  await settled(abortLogicalUnitTasks(scope, wwn));
+  scope.resetLogicalUnit?.(lu.device);
+  for (const other of scope.allSessions()) {
+    for (const [lun, d] of other.session.lunDevices) if (d.identity.wwn === wwn) scope.unitAttention(other, lun, UA_LU_RESET);
+  }
+}
+
+/** TARGET WARM RESET: every task of the target is aborted, every nexus gets SCSI BUS RESET OCCURRED on each LUN. */
+export async function targetReset(scope: TmfScope): Promise<void> {
+  const affected: Task[] = [];
+  const sessions = [...scope.allSessions()];
+  for (const other of sessions) {
+    const all = [...other.tasks.values()];
+    abortAll(other, all);
+    affected.push(...all);
+  }
+  await settled(affected);
+  const reset = new Set<BlockDevice>();
+  for (const other of sessions) {
+    for (const [lun, lu] of other.session.lunDevices) {
+      reset.add(lu.device);
+      scope.unitAttention(other, lun, UA_TARGET_RESET);
+    }
+  }
+  for (const d of reset) scope.resetLogicalUnit?.(d);
+}
+
+/** Aborts every session's tasks on the logical unit with this WWN (one task set per LU); returns them. */
+function abortLogicalUnitTasks(scope: TmfScope, wwn: string): Task[] {
+  const affected: Task[] = [];
+  for (const other of scope.allSessions()) {
+    const mine: Task[] = [];
+    for (const t of other.tasks.values()) if (other.session.lunDevices.get(t.lun)?.identity.wwn === wwn) mine.push(t);
+    abortAll(other, mine);
+    affected.push(...mine);
+  }
+  return affected;
 }
 
 function abortAll(ffp: FullFeature, tasks: Task[]): void {
