@@ -7,7 +7,7 @@
  */
 import type { Socket } from 'node:net';
 import { TLSSocket, type SecureContext } from 'node:tls';
-import type { ExportHandle, ExportProvider } from '../block/BlockDevice.js';
+import type { ExportHandle, ExportProvider, HandleEvent } from '../block/BlockDevice.js';
 import type { BufferPool } from '../net/BufferPool.js';
 import { negotiate, type HandshakeHost } from './handshake.js';
 import { InputQueue } from '../net/InputQueue.js';
@@ -46,6 +46,9 @@ export class Connection implements HandshakeHost {
   private transmission: Transmission | undefined;
   private shuttingDown = false;
   private finished = false;
+  /** Set once the array told this connection to go (HandleEvent 'disconnect'). */
+  private dropped = false;
+  private unsubscribeEvents: (() => void) | undefined;
 
   constructor(
     socket: Socket,
@@ -77,9 +80,29 @@ export class Connection implements HandshakeHost {
     const readOnly = this.provider.describeExport(name)?.readOnly ?? false;
     const handle = this.provider.openExport(name, { protocol: 'nbd', connectionId: this.id, remoteAddress: this.remoteAddress, readOnly });
     // Owned from the moment it exists, so teardown closes it even if negotiation fails after the open.
-    if (handle !== undefined) this.handle = handle;
+    if (handle !== undefined) {
+      this.handle = handle;
+      // Once per open, not per request: the I/O path is untouched.
+      this.unsubscribeEvents = handle.onEvent?.(this.onHandleEvent);
+    }
     return handle;
   }
+
+  /**
+   * The array's word about the open export. 'disconnect' drops the connection at once, like a
+   * path that fails: no reply is owed to requests in flight (their replies go nowhere), and
+   * teardown still waits for them before it closes the handle, once. 'reset' is ignored: NBD
+   * has no reset and no way to tell a client about one; a client's state is the connection.
+   * Called synchronously from inside a device call (a triggered fault), so it only flags and
+   * closes: nothing here may throw or wait.
+   */
+  private readonly onHandleEvent = (event: HandleEvent): void => {
+    if (event.kind !== 'disconnect' || this.dropped || this.finished) return;
+    this.dropped = true;
+    this.log.warn({ reason: event.reason }, `connection dropped by the array: ${event.reason}`);
+    this.input.detach();
+    this.socket.destroy();
+  };
 
   /**
    * After the STARTTLS ACK: forget all buffered plaintext (a client may not smuggle options
@@ -155,7 +178,7 @@ export class Connection implements HandshakeHost {
         { export: neg.handle.name, size: neg.size, readOnly: neg.handle.readOnly, structured: neg.structured, tls: this.tlsActive },
         'client connected to export',
       );
-      if (this.shuttingDown) return;
+      if (this.shuttingDown || this.dropped) return;
       const t = new Transmission(this, neg);
       this.transmission = t;
       if (this.socket.closed) t.socketClosed();
@@ -180,8 +203,9 @@ export class Connection implements HandshakeHost {
     }
     try {
       this.transmission?.dispose();
+      this.unsubscribeEvents?.();
     } catch (err) {
-      this.log.error({ err }, 'resize unsubscribe failed');
+      this.log.error({ err }, 'resize or event unsubscribe failed');
     }
     this.endSocket();
     if (this.handle !== undefined) {
