@@ -3,7 +3,7 @@
  * server they share, host affinity changes, target resets and shutdown. See README.md.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import type { BlockDevice } from '../block/BlockDevice.js';
+import type { BlockDevice, HandleEvent } from '../block/BlockDevice.js';
 import { BufferPool } from '../net/BufferPool.js';
 import { drainConnections, listenTcp } from '../net/tcpListener.js';
 import { Connection, type ConnectionContext } from './Connection.js';
@@ -25,7 +25,7 @@ import { endCopyNexus } from './scsi/copyManager.js';
 import { ScsiLogicalUnits } from './scsi/scsiTarget.js';
 import type { LunDevice, Nexus } from './scsi/types.js';
 import { Session, isidHex } from './Session.js';
-import { taskManagement, type TmfScope } from './taskManagement.js';
+import { logicalUnitReset, targetReset, taskManagement, type TmfScope } from './taskManagement.js';
 import { DEFAULT_LOGIN_TIMEOUT_MS, DEFAULT_MAX_CONNECTIONS, type IscsiSessionInfo, type IscsiTargetOptions } from './types.js';
 
 /** How long close() lets sessions finish running commands before destroying their sockets. */
@@ -45,6 +45,8 @@ export class IscsiTarget {
   private readonly tmfScope: TmfScope;
   private nextTsih = 1;
   private closing: Promise<void> | undefined;
+  /** Resets the array asked for that are still running, by "target" or "lu:<wwn>": one at a time each. */
+  private readonly arrayResets = new Map<string, Promise<void>>();
 
   constructor(readonly opts: IscsiTargetOptions) {
     this.scsi = new ScsiLogicalUnits((nexus) => this.byPort.get(nexus.initiatorPort)?.lunDevices ?? EMPTY_LUNS, {
@@ -160,7 +162,35 @@ export class IscsiTarget {
         session.log.info({ lun }, 'LUN capacity changed');
         this.scsi.establishUnitAttention(session.nexus, lun, ASC_CAPACITY_DATA_CHANGED);
       },
+      onEvent: (lun: number, event: HandleEvent) => this.arrayEvent(conn, session, lun, event),
     };
+  }
+
+  /**
+   * The array's word about a LUN's export (a disconnect or reset fault). Called synchronously,
+   * possibly from inside a device call of one of this session's commands, so it never throws
+   * and never waits: a disconnect destroys the socket (the initiator sees the connection close;
+   * running commands finish and their handles close in the usual teardown), a reset runs as
+   * the matching task management function would.
+   */
+  private arrayEvent(conn: Connection, session: Session, lun: number, event: HandleEvent): void {
+    if (session.closed) return;
+    if (event.kind === 'disconnect') {
+      session.log.warn({ lun, reason: event.reason }, `connection dropped by the array: ${event.reason}`);
+      conn.destroy();
+      return;
+    }
+    const lu = session.lunDevices.get(lun);
+    if (lu === undefined) return;
+    // One signal per open handle: a reset of a volume seen by several sessions is still one reset.
+    const key = event.scope === 'target' ? 'target' : `lu:${lu.identity.wwn}`;
+    if (this.arrayResets.has(key)) return;
+    const what = event.scope === 'target' ? 'TARGET WARM RESET' : 'LOGICAL UNIT RESET';
+    session.log.warn({ lun, scope: event.scope }, `${what} by the array (a reset fault): tasks aborted, unit attention queued`);
+    const run = (event.scope === 'target' ? targetReset(this.tmfScope) : logicalUnitReset(this.tmfScope, lu))
+      .catch((err: unknown) => session.log.error({ err }, `${what} by the array failed`))
+      .finally(() => this.arrayResets.delete(key));
+    this.arrayResets.set(key, run);
   }
 
   private openSession(conn: Connection, params: SessionParams, id: LoginIdentity): Session {
@@ -188,10 +218,26 @@ export class IscsiTarget {
     const tsih = this.allocateTsih();
     const log = conn.log.child({ tsih });
     const session = new Session(tsih, id.isid, params, this.opts.targetName, this.ctx.config.targetPortalGroupTag, id.cmdSN, conn.remoteAddress, log);
+    if (!session.discovery) {
+      const refused: Array<{ lun: number; exportName: string; reason: string }> = [];
+      session.mapLuns(this.opts.luns.lunsFor(initiator), { ...this.openContext(conn, session), refused });
+      if (refused.length > 0) {
+        // The array turns hosts away from a volume for now (a connect fault, a disconnect's
+        // refuse window): refuse the login as busy, which initiators retry, rather than log in
+        // without the LUN, whose commands would fail LOGICAL UNIT NOT SUPPORTED for good.
+        session.unmapAll();
+        session.closed = true;
+        const r = refused[0]!;
+        throw new LoginFailure(
+          `LUN ${r.lun} (export ${r.exportName}) refuses connections for now: ${r.reason}`,
+          LOGIN_CLASS_TARGET_ERROR,
+          LOGIN_SERVICE_UNAVAILABLE,
+        );
+      }
+    }
     this.sessionsByTsih.set(tsih, { session, conn });
     if (!session.discovery) {
       this.byPort.set(session.nexus.initiatorPort, session);
-      session.mapLuns(this.opts.luns.lunsFor(initiator), this.openContext(conn, session));
       if (session.luns.size === 0) log.warn({ initiator }, 'initiator may see no LUNs (host affinity): it logs in but REPORT LUNS lists nothing');
       this.scsi.addNexus(session.nexus);
     }

@@ -3,7 +3,7 @@
  * ExportProvider for the life of the session (or until host affinity drops it).
  */
 import { createHash } from 'node:crypto';
-import type { ExportHandle, ExportProvider } from '../block/BlockDevice.js';
+import { BlockDeviceError, type ExportHandle, type ExportProvider, type HandleEvent } from '../block/BlockDevice.js';
 import type { LunDevice, LunIdentity } from './scsi/types.js';
 import type { IscsiLogger, LunMapping } from './types.js';
 
@@ -55,12 +55,20 @@ export interface OpenContext {
   initiator: string;
   log: IscsiLogger;
   onResize: (lun: number) => void;
+  /** The array's HandleEvent for a mapped LUN (a disconnect or reset fault); must not throw. */
+  onEvent?: (lun: number, event: HandleEvent) => void;
+  /**
+   * Collects the LUNs whose export the provider refused for now (a BlockDeviceError from
+   * openExport); without it they are only logged. Login uses it to refuse the session.
+   */
+  refused?: Array<{ lun: number; exportName: string; reason: string }>;
 }
 
 /**
  * Opens the exports of `wanted` that are not open yet and closes the ones no longer wanted.
  * Returns the LUNs whose mapping changed (added, removed or now a different export).
- * An export the provider does not know or refuses is logged and left out.
+ * An export the provider does not know or refuses is logged and left out (or, refused with a
+ * BlockDeviceError while ctx.refused is given, listed there for the caller to act on).
  */
 export function syncLuns(current: Map<number, MappedLun>, wanted: readonly LunMapping[], ctx: OpenContext): number[] {
   const changed: number[] = [];
@@ -91,7 +99,9 @@ export function syncLuns(current: Map<number, MappedLun>, wanted: readonly LunMa
         readOnly: false,
       });
     } catch (err) {
-      ctx.log.warn({ lun, export: name, err: err instanceof Error ? err.message : String(err) }, 'export refused for this session: LUN not mapped');
+      const reason = err instanceof Error ? err.message : String(err);
+      if (err instanceof BlockDeviceError && ctx.refused !== undefined) ctx.refused.push({ lun, exportName: name, reason });
+      else ctx.log.warn({ lun, export: name, err: reason }, 'export refused for this session: LUN not mapped');
       continue;
     }
     if (handle === undefined) {
@@ -101,9 +111,16 @@ export function syncLuns(current: Map<number, MappedLun>, wanted: readonly LunMa
     const h = handle;
     const mapped: MappedLun = { lun, exportName: name, handle: h, device: lunDeviceOf(h), unsubscribe: () => {} };
     try {
-      mapped.unsubscribe = h.onResize(() => ctx.onResize(lun));
+      const offResize = h.onResize(() => ctx.onResize(lun));
+      // Once per open: nothing is added to the I/O path.
+      const onEvent = ctx.onEvent;
+      const offEvent = onEvent === undefined ? undefined : h.onEvent?.((e) => onEvent(lun, e));
+      mapped.unsubscribe = () => {
+        offResize();
+        offEvent?.();
+      };
     } catch (err) {
-      ctx.log.error({ err, lun }, 'resize subscription failed');
+      ctx.log.error({ err, lun }, 'resize or event subscription failed');
     }
     current.set(lun, mapped);
     if (!changed.includes(lun)) changed.push(lun);
@@ -115,7 +132,7 @@ export function closeLun(m: MappedLun, log: IscsiLogger): void {
   try {
     m.unsubscribe();
   } catch (err) {
-    log.error({ err, lun: m.lun }, 'resize unsubscribe failed');
+    log.error({ err, lun: m.lun }, 'resize or event unsubscribe failed');
   }
   try {
     m.handle.close();
