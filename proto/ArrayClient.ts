@@ -7,7 +7,7 @@
  * and how to point it elsewhere.
  */
 import * as grpc from '@grpc/grpc-js';
-import type { CreateVolumeRequest, HostLun, RenameVolumeOptions, VolumeInfo } from './views.js';
+import type { CreateVolumeRequest, HostLun, RenameVolumeOptions, VolumeInfo, WriteCacheMode } from './views.js';
 import type { SizeChange } from './util/units.js';
 import { formatHostPort, parseHostPort, type HostPort } from './util/address.js';
 import { ApiError, statusCodeOf } from './errors.js';
@@ -66,6 +66,7 @@ export class ArrayClient {
       readOnly: req.readOnly ?? false,
       description: req.description ?? '',
       ...(req.allocLimitBytes !== undefined && req.allocLimitBytes !== null ? { allocLimitBytes: req.allocLimitBytes } : {}),
+      ...(req.writeCache !== undefined ? { writeCache: req.writeCache } : {}),
     };
     return volumeFromWire(await this.call(this.client, 'CreateVolume', wire));
   }
@@ -94,6 +95,11 @@ export class ArrayClient {
   async setVolumeAllocLimit(name: string, limitBytes: number | null): Promise<VolumeInfo> {
     const req: pb.UpdateVolumeRequest = limitBytes === null ? { name, noAllocLimit: true } : { name, allocLimitBytes: limitBytes };
     return volumeFromWire(await this.call(this.client, 'UpdateVolume', req));
+  }
+
+  /** Volatile write cache on, or off (write-through: the array destages and flushes it first). */
+  async setVolumeWriteCache(name: string, mode: WriteCacheMode): Promise<VolumeInfo> {
+    return volumeFromWire(await this.call(this.client, 'UpdateVolume', { name, writeCache: mode }));
   }
 
   /** Renames a volume; newIdentity also gives it a new serial and WWN. */
@@ -501,6 +507,8 @@ export class ArrayClient {
     const code = statusCodeOf(err.code);
     // The array's own refusals carry the thing and the fix: kept as they are.
     if (!['UNAVAILABLE', 'DEADLINE_EXCEEDED', 'UNKNOWN', 'CANCELLED', 'UNIMPLEMENTED'].includes(code)) return new ApiError(code, err.details);
+    // An api-error fault the array injected (its message names the fault): the server did answer.
+    if (/ failed: injected [A-Z_]+ \(fault f\d+\)/.test(err.details)) return new ApiError(code, err.details);
     const hint = 'is `arraylab serve` running? (set --api or ARRAYLAB_API)';
     if (err.code === grpc.status.UNAVAILABLE) {
       if (/shutting down/.test(err.details)) return new ApiError('UNAVAILABLE', err.details);

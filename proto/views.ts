@@ -173,7 +173,18 @@ export interface VolumeInfo {
    * snap pool's physical capacity behind a larger logical size; null when there is no limit.
    */
   allocLimitBytes: number | null;
+  /**
+   * 'volatile': writes are acknowledged from a volatile write-back cache that a power cut
+   * loses unless flushed; 'write-through' (the default): acknowledged once in the store.
+   * Absent from arrays that predate it: write-through.
+   */
+  writeCache?: WriteCacheMode;
+  /** Volatile cache: bytes of acknowledged, unflushed data a power cut now would lose. */
+  writeCacheDirtyBytes?: number;
 }
+
+/** How a volume acknowledges writes (see VolumeInfo.writeCache). */
+export type WriteCacheMode = 'write-through' | 'volatile';
 
 export interface CreateVolumeRequest {
   name: string;
@@ -186,6 +197,8 @@ export interface CreateVolumeRequest {
   description?: string;
   /** Thin only: allocation limit in bytes, a block multiple, at most sizeBytes. Default: none. */
   allocLimitBytes?: number | null;
+  /** Default 'write-through'. */
+  writeCache?: WriteCacheMode;
 }
 
 /** Options of StorageArray.renameVolume. */

@@ -10,7 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { ArrayError, type ConnectionInfo, type CreateVolumeRequest, type LogicalBlockSize, type RenameVolumeOptions, type VolumeInfo } from '../array/types.js';
 import { DEFAULT_API_ADDRESS, formatHostPort, type HostPort } from '../../proto/util/address.js';
-import type { ArrayStatus, ExportInfo } from '../../proto/views.js';
+import type { ArrayStatus, ExportInfo, WriteCacheMode } from '../../proto/views.js';
 import type { CopyEvent, SessionInfo } from '../copy/CopySession.js';
 import { grpcStatusOf, StatusError } from '../../proto/errors.js';
 import type { StartCopyRequest } from '../array/StorageArray.js';
@@ -41,6 +41,8 @@ export interface ArrayControl {
   deleteVolume(name: string): Promise<void>;
   /** null removes the limit. */
   setVolumeAllocLimit(name: string, limitBytes: number | null): Promise<VolumeInfo>;
+  /** Volatile write cache on or off; absent: the array has none (UNIMPLEMENTED). */
+  setVolumeWriteCache?(name: string, mode: WriteCacheMode): Promise<VolumeInfo>;
   renameVolume(oldName: string, newName: string, opts?: RenameVolumeOptions): Promise<VolumeInfo>;
   listConnections(): ConnectionInfo[];
 }
@@ -345,17 +347,22 @@ export class ArrayApiServer {
       readOnly: req.readOnly,
       description: req.description,
       allocLimitBytes: req.allocLimitBytes === undefined || req.allocLimitBytes === null ? null : toByteCount(req.allocLimitBytes, 'alloc_limit_bytes'),
+      ...(req.writeCache !== '' ? { writeCache: req.writeCache as WriteCacheMode } : {}),
     });
     return volumeToWire(volume);
   }
 
   private async updateVolume(req: pb.UpdateVolumeRequest__Output) {
+    let v: VolumeInfo | undefined;
     if (req.allocLimit === 'allocLimitBytes') {
-      return volumeToWire(await this.array.setVolumeAllocLimit(req.name, toByteCount(req.allocLimitBytes, 'alloc_limit_bytes')));
+      v = await this.array.setVolumeAllocLimit(req.name, toByteCount(req.allocLimitBytes, 'alloc_limit_bytes'));
+    } else if (req.allocLimit === 'noAllocLimit' && req.noAllocLimit) v = await this.array.setVolumeAllocLimit(req.name, null);
+    if (req.writeCache !== '') {
+      if (this.array.setVolumeWriteCache === undefined) throw new StatusError('UNIMPLEMENTED', 'this array has no volatile write cache');
+      v = await this.array.setVolumeWriteCache(req.name, req.writeCache as WriteCacheMode);
     }
-    if (req.allocLimit === 'noAllocLimit' && req.noAllocLimit) return volumeToWire(await this.array.setVolumeAllocLimit(req.name, null));
     // Nothing to change: answer with the volume as it is (NOT_FOUND if there is none).
-    return volumeToWire(this.array.getVolume(req.name));
+    return volumeToWire(v ?? this.array.getVolume(req.name));
   }
 
   private async resizeVolume(req: pb.ResizeVolumeRequest__Output) {

@@ -22,7 +22,7 @@ export const DATABASE_FILE = 'arraylab.db';
  * A volume row as stored: everything the API shows but the live allocation count. The
  * allocation limit is optional here (absent or null: none).
  */
-export type VolumeRecord = Omit<VolumeInfo, 'allocatedBytes' | 'allocLimitBytes'> & { allocLimitBytes?: number | null };
+export type VolumeRecord = Omit<VolumeInfo, 'allocatedBytes' | 'allocLimitBytes' | 'writeCacheDirtyBytes'> & { allocLimitBytes?: number | null };
 
 interface VolumeRow {
   name: string;
@@ -36,6 +36,7 @@ interface VolumeRow {
   description: string;
   created_at: string;
   alloc_limit_bytes: number | null;
+  write_cache: string;
 }
 
 type Migration = (db: Database.Database) => void;
@@ -145,6 +146,12 @@ const MIGRATIONS: Migration[] = [
       ) STRICT;
     `);
   },
+  // 6: a volume's write cache (emulator/fault/WriteCache.ts): write-through (as before) or volatile
+  (db) => {
+    db.exec(`
+      ALTER TABLE volumes ADD COLUMN write_cache TEXT NOT NULL DEFAULT 'write-through' CHECK (write_cache IN ('write-through', 'volatile'));
+    `);
+  },
 ];
 
 /** One commit of the copy-session journal (SqliteSessionJournal.sync). */
@@ -178,6 +185,7 @@ function toRecord(r: VolumeRow): VolumeRecord {
     description: r.description,
     createdAt: r.created_at,
     allocLimitBytes: r.alloc_limit_bytes,
+    writeCache: r.write_cache === 'volatile' ? 'volatile' : 'write-through',
   };
 }
 
@@ -189,6 +197,7 @@ export class MetadataStore {
     remove: Database.Statement<[string]>;
     resize: Database.Statement<[number, string]>;
     setAllocLimit: Database.Statement<[number | null, string]>;
+    setWriteCache: Database.Statement<[string, string]>;
     copyPut: Database.Statement<[string, string]>;
     copyDelete: Database.Statement<[string]>;
     chunkPut: Database.Statement<[string, string, number, Buffer]>;
@@ -222,12 +231,13 @@ export class MetadataStore {
     this.stmts = {
       list: this.db.prepare<[], VolumeRow>('SELECT * FROM volumes ORDER BY name'),
       insert: this.db.prepare<[VolumeRow]>(
-        `INSERT INTO volumes (uuid, name, wwn, serial, size_bytes, block_size, provisioning, read_only, description, created_at, alloc_limit_bytes)
-         VALUES (@uuid, @name, @wwn, @serial, @size_bytes, @block_size, @provisioning, @read_only, @description, @created_at, @alloc_limit_bytes)`,
+        `INSERT INTO volumes (uuid, name, wwn, serial, size_bytes, block_size, provisioning, read_only, description, created_at, alloc_limit_bytes, write_cache)
+         VALUES (@uuid, @name, @wwn, @serial, @size_bytes, @block_size, @provisioning, @read_only, @description, @created_at, @alloc_limit_bytes, @write_cache)`,
       ),
       remove: this.db.prepare<[string]>('DELETE FROM volumes WHERE uuid = ?'),
       resize: this.db.prepare<[number, string]>('UPDATE volumes SET size_bytes = ? WHERE uuid = ?'),
       setAllocLimit: this.db.prepare<[number | null, string]>('UPDATE volumes SET alloc_limit_bytes = ? WHERE uuid = ?'),
+      setWriteCache: this.db.prepare<[string, string]>('UPDATE volumes SET write_cache = ? WHERE uuid = ?'),
       copyPut: this.db.prepare<[string, string]>(
         'INSERT INTO copy_sessions (id, record) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET record = excluded.record',
       ),
@@ -347,6 +357,7 @@ export class MetadataStore {
       description: v.description,
       created_at: v.createdAt,
       alloc_limit_bytes: v.allocLimitBytes ?? null,
+      write_cache: v.writeCache ?? 'write-through',
     });
   }
 
@@ -356,6 +367,10 @@ export class MetadataStore {
 
   setVolumeSize(uuid: string, sizeBytes: number): void {
     this.stmts.resize.run(sizeBytes, uuid);
+  }
+
+  setVolumeWriteCache(uuid: string, mode: 'write-through' | 'volatile'): void {
+    this.stmts.setWriteCache.run(mode, uuid);
   }
 
   /** null removes the limit. */

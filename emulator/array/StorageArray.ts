@@ -73,6 +73,8 @@ import {
 } from './types.js';
 import { Volume, type VolumeStore } from './Volume.js';
 import { FaultEngine } from '../fault/FaultEngine.js';
+import { cutPower, parsePowerCut, type PowerCutResult } from '../fault/powerCut.js';
+import { isWriteCacheMode, type WriteCacheMode } from '../fault/WriteCache.js';
 
 export interface StorageArrayOptions {
   backend: 'file' | 'memory';
@@ -128,6 +130,8 @@ export class StorageArray implements ExportProvider {
   readonly reservations: SqliteReservationStore;
   /** Injected faults (emulator/fault): host I/O, connections, copy sessions, tape, the API. */
   readonly faults: FaultEngine;
+  /** Until when (ms) a power cut keeps connections out. */
+  private poweredOffUntil = 0;
   /** Set by whoever serves tape (ArrayServer), so faults can name cartridges. */
   tapeExists: (label: string) => boolean = () => false;
 
@@ -250,6 +254,55 @@ export class StorageArray implements ExportProvider {
     return this.serially(async () => this.doSetAllocLimit(name, limitBytes));
   }
 
+  /** Volatile write cache on or off (write-through); switching to write-through destages and flushes first. */
+  setVolumeWriteCache(name: string, mode: WriteCacheMode): Promise<VolumeInfo> {
+    return this.serially(async () => {
+      const v = this.volume(name);
+      if (!isWriteCacheMode(mode))
+        throw new ArrayError('INVALID_ARGUMENT', `invalid write cache mode ${JSON.stringify(mode)} for volume ${name}: use volatile or write-through`);
+      await this.dbWrite(`set the write cache of volume ${name}`, () => v.setWriteCacheMode(this.db, mode));
+      this.log.info({ volume: name, writeCache: mode }, 'set volume write cache');
+      return v.info();
+    });
+  }
+
+  /**
+   * A power cut (emulator/fault/powerCut.ts): every connection drops, volatile caches lose
+   * their unflushed writes as the policy says, and connections are refused for downMs.
+   */
+  async powerCut(req: { policy?: string; seed?: number | undefined; downMs?: number }): Promise<PowerCutResult> {
+    const opts = parsePowerCut(req);
+    if (typeof opts === 'string') throw new ArrayError('INVALID_ARGUMENT', opts);
+    this.poweredOffUntil = Number.POSITIVE_INFINITY;
+    let result: PowerCutResult;
+    try {
+      result = await cutPower(
+        [...this.volumes.values()].filter((v) => !v.deleting).map((v) => ({ name: v.name, cache: v.writeCache, connections: v.handles })),
+        opts,
+      );
+    } finally {
+      this.poweredOffUntil = Date.now() + opts.downMs;
+    }
+    const lost = result.volumes.reduce((n, v) => n + v.writesLost, 0);
+    this.log.warn(
+      { ...opts, connectionsDropped: result.connectionsDropped, volumes: result.volumes },
+      `power cut (${opts.policy}): ${lost} unflushed writes lost`,
+    );
+    this.faults.note(
+      'power-cut',
+      'array',
+      `power cut (${opts.policy}, seed ${opts.seed}): dropped ${result.connectionsDropped} connections, down ${opts.downMs} ms`,
+    );
+    for (const v of result.volumes) {
+      this.faults.note(
+        'power-cut',
+        `volume:${v.name}`,
+        `${v.writesLost} unflushed writes lost (${v.bytesLost} bytes), ${v.writesKept} kept, ${v.writesTorn} torn`,
+      );
+    }
+    return result;
+  }
+
   /**
    * Renames a volume (and its export); with newIdentity it also gets a fresh serial and WWN
    * (the UUID stays). Allowed while the volume is in a copy session, refused while a client
@@ -272,29 +325,31 @@ export class StorageArray implements ExportProvider {
 
   startCopy(req: StartCopyRequest): Promise<SessionInfo> {
     return this.serially(() =>
-      copyCall(async () => {
-        const { type, source, destination } = req;
-        this.checkCopyStart(req);
-        const opts: StartOptions = {
-          ...(req.rate !== undefined ? { rate: req.rate } : {}),
-          ...(req.unitSize !== undefined ? { unitSize: req.unitSize } : {}),
-          ...(req.group ? { group: req.group } : {}),
-        };
-        switch (type) {
-          case 'opc':
-            return this.copy.startOpc(source, destination, opts);
-          case 'quickopc':
-            return this.copy.startQuickOpc(source, destination, opts);
-          case 'ec':
-            return this.copy.startEc(source, destination, opts);
-          case 'snapopcplus':
-            return this.copy.startSnapOpcPlus(source, destination, {
-              ...(req.unitSize !== undefined ? { unitSize: req.unitSize } : {}),
-              ...(req.group ? { group: req.group } : {}),
-              ...(req.refuseIfFull ? { refuseIfFull: true } : {}),
-            });
-        }
-      }),
+      this.destaged(() =>
+        copyCall(async () => {
+          const { type, source, destination } = req;
+          this.checkCopyStart(req);
+          const opts: StartOptions = {
+            ...(req.rate !== undefined ? { rate: req.rate } : {}),
+            ...(req.unitSize !== undefined ? { unitSize: req.unitSize } : {}),
+            ...(req.group ? { group: req.group } : {}),
+          };
+          switch (type) {
+            case 'opc':
+              return this.copy.startOpc(source, destination, opts);
+            case 'quickopc':
+              return this.copy.startQuickOpc(source, destination, opts);
+            case 'ec':
+              return this.copy.startEc(source, destination, opts);
+            case 'snapopcplus':
+              return this.copy.startSnapOpcPlus(source, destination, {
+                ...(req.unitSize !== undefined ? { unitSize: req.unitSize } : {}),
+                ...(req.group ? { group: req.group } : {}),
+                ...(req.refuseIfFull ? { refuseIfFull: true } : {}),
+              });
+          }
+        }),
+      ),
     );
   }
 
@@ -304,28 +359,30 @@ export class StorageArray implements ExportProvider {
    */
   startCopyGroup(group: string, reqs: StartCopyRequest[]): Promise<SessionInfo[]> {
     return this.serially(() =>
-      copyCall(async () => {
-        checkGroupName(group);
-        if (reqs.length === 0) throw new ArrayError('INVALID_ARGUMENT', `consistency group ${group}: give at least one pair to start`);
-        for (const r of reqs) this.checkCopyStart(r);
-        if (reqs.some((r) => r.refuseIfFull)) {
-          // A group is all or none, and a refusal is decided in the middle of the cut.
-          throw new ArrayError(
-            'INVALID_ARGUMENT',
-            `consistency group ${group}: --refuse-if-full applies to single starts; start the pairs one by one, or cancel the oldest generations first`,
+      this.destaged(() =>
+        copyCall(async () => {
+          checkGroupName(group);
+          if (reqs.length === 0) throw new ArrayError('INVALID_ARGUMENT', `consistency group ${group}: give at least one pair to start`);
+          for (const r of reqs) this.checkCopyStart(r);
+          if (reqs.some((r) => r.refuseIfFull)) {
+            // A group is all or none, and a refusal is decided in the middle of the cut.
+            throw new ArrayError(
+              'INVALID_ARGUMENT',
+              `consistency group ${group}: --refuse-if-full applies to single starts; start the pairs one by one, or cancel the oldest generations first`,
+            );
+          }
+          return this.copy.group(
+            reqs.map((r) => ({
+              op: r.type,
+              source: r.source,
+              destination: r.destination,
+              group,
+              ...(r.rate !== undefined ? { rate: r.rate } : {}),
+              ...(r.unitSize !== undefined ? { unitSize: r.unitSize } : {}),
+            })),
           );
-        }
-        return this.copy.group(
-          reqs.map((r) => ({
-            op: r.type,
-            source: r.source,
-            destination: r.destination,
-            group,
-            ...(r.rate !== undefined ? { rate: r.rate } : {}),
-            ...(r.unitSize !== undefined ? { unitSize: r.unitSize } : {}),
-          })),
-        );
-      }),
+        }),
+      ),
     );
   }
 
@@ -335,24 +392,26 @@ export class StorageArray implements ExportProvider {
    */
   cutCopyGroup(op: 'suspend' | 'split', sel: { ids?: string[]; group?: string }): Promise<SessionInfo[]> {
     return this.serially(() =>
-      copyCall(async () => {
-        const ids = [...(sel.ids ?? [])];
-        if (sel.group) {
-          const members = this.copy.list().filter((s) => s.group === sel.group);
-          const ec = members.filter((s) => s.type === 'ec');
-          if (ec.length === 0) {
-            throw new ArrayError(
-              'NOT_FOUND',
-              members.length === 0
-                ? `no copy sessions in consistency group ${sel.group}; start them with --group ${sel.group}`
-                : `consistency group ${sel.group} has no EC sessions (${members.length} other); only EC pairs ${op}`,
-            );
+      this.destaged(() =>
+        copyCall(async () => {
+          const ids = [...(sel.ids ?? [])];
+          if (sel.group) {
+            const members = this.copy.list().filter((s) => s.group === sel.group);
+            const ec = members.filter((s) => s.type === 'ec');
+            if (ec.length === 0) {
+              throw new ArrayError(
+                'NOT_FOUND',
+                members.length === 0
+                  ? `no copy sessions in consistency group ${sel.group}; start them with --group ${sel.group}`
+                  : `consistency group ${sel.group} has no EC sessions (${members.length} other); only EC pairs ${op}`,
+              );
+            }
+            ids.push(...ec.map((s) => s.id));
           }
-          ids.push(...ec.map((s) => s.id));
-        }
-        if (ids.length === 0) throw new ArrayError('INVALID_ARGUMENT', `${op}: give session ids or a group`);
-        return this.copy.group([...new Set(ids)].map((id) => ({ op, id })));
-      }),
+          if (ids.length === 0) throw new ArrayError('INVALID_ARGUMENT', `${op}: give session ids or a group`);
+          return this.copy.group([...new Set(ids)].map((id) => ({ op, id })));
+        }),
+      ),
     );
   }
 
@@ -392,7 +451,7 @@ export class StorageArray implements ExportProvider {
   }
 
   suspendCopy(id: string): Promise<SessionInfo> {
-    return this.serially(() => copyCall(() => this.copy.suspend(id)));
+    return this.serially(() => this.destaged(() => copyCall(() => this.copy.suspend(id))));
   }
 
   /**
@@ -402,11 +461,13 @@ export class StorageArray implements ExportProvider {
    */
   resumeCopy(id: string, opts: { force?: boolean } = {}): Promise<SessionInfo> {
     return this.serially(() =>
-      copyCall(() => {
-        const s = this.copy.get(id);
-        const check = this.overwriteCheck(opts.force, (dst, src) => `cannot resume ${COPY_TYPE_NAMES[s.type]} ${src} -> ${dst} (session ${id})`);
-        return s.state === 'split' ? this.copy.rejoin(id, { check }) : this.copy.resume(id, { check });
-      }),
+      this.destaged(() =>
+        copyCall(() => {
+          const s = this.copy.get(id);
+          const check = this.overwriteCheck(opts.force, (dst, src) => `cannot resume ${COPY_TYPE_NAMES[s.type]} ${src} -> ${dst} (session ${id})`);
+          return s.state === 'split' ? this.copy.rejoin(id, { check }) : this.copy.resume(id, { check });
+        }),
+      ),
     );
   }
 
@@ -417,10 +478,12 @@ export class StorageArray implements ExportProvider {
    */
   reverseCopy(id: string, opts: { force?: boolean } = {}): Promise<SessionInfo> {
     return this.serially(() =>
-      copyCall(() => {
-        const type = COPY_TYPE_NAMES[this.copy.get(id).type];
-        return this.copy.reverse(id, { check: this.overwriteCheck(opts.force, (src, dst) => `cannot reverse ${type} ${src} -> ${dst} (session ${id})`) });
-      }),
+      this.destaged(() =>
+        copyCall(() => {
+          const type = COPY_TYPE_NAMES[this.copy.get(id).type];
+          return this.copy.reverse(id, { check: this.overwriteCheck(opts.force, (src, dst) => `cannot reverse ${type} ${src} -> ${dst} (session ${id})`) });
+        }),
+      ),
     );
   }
 
@@ -432,10 +495,12 @@ export class StorageArray implements ExportProvider {
    */
   restoreFromClone(id: string, opts: { force?: boolean } = {}): Promise<SessionInfo> {
     return this.serially(() =>
-      copyCall(() =>
-        this.copy.restoreFromClone(id, {
-          check: this.overwriteCheck(opts.force, (original, clone) => `cannot restore ${original} from clone ${clone} (EC session ${id})`),
-        }),
+      this.destaged(() =>
+        copyCall(() =>
+          this.copy.restoreFromClone(id, {
+            check: this.overwriteCheck(opts.force, (original, clone) => `cannot restore ${original} from clone ${clone} (EC session ${id})`),
+          }),
+        ),
       ),
     );
   }
@@ -455,14 +520,16 @@ export class StorageArray implements ExportProvider {
    */
   splitCopy(id: string, opts: { newName?: string } = {}): Promise<SessionInfo> {
     return this.serially(() =>
-      copyCall(async () => {
-        if (opts.newName === undefined) return this.copy.split(id);
-        const clone = this.copy.get(id).destination;
-        this.checkRename(clone, opts.newName); // before the split: a refused rename changes nothing
-        await this.copy.split(id);
-        await this.doRename(clone, opts.newName, true);
-        return this.copy.get(id);
-      }),
+      this.destaged(() =>
+        copyCall(async () => {
+          if (opts.newName === undefined) return this.copy.split(id);
+          const clone = this.copy.get(id).destination;
+          this.checkRename(clone, opts.newName); // before the split: a refused rename changes nothing
+          await this.copy.split(id);
+          await this.doRename(clone, opts.newName, true);
+          return this.copy.get(id);
+        }),
+      ),
     );
   }
 
@@ -477,6 +544,30 @@ export class StorageArray implements ExportProvider {
 
   onCopyEvent(listener: (e: CopyEvent) => void): () => void {
     return this.copy.onEvent(listener);
+  }
+
+  /**
+   * Runs a copy control operation with every volatile write cache destaged and held, so the
+   * point-in-time images it cuts hold every acknowledged write, and a volume it overwrites has
+   * no older cached write left to land on top.
+   */
+  private async destaged<T>(op: () => Promise<T>): Promise<T> {
+    const held: Array<NonNullable<Volume['writeCache']>> = [];
+    try {
+      for (const v of this.volumes.values()) {
+        const c = v.writeCache;
+        if (c === undefined) continue;
+        held.push(c);
+        await c.hold();
+      }
+      return await op();
+    } finally {
+      for (const c of held) c.release();
+    }
+  }
+
+  private destageFailed(name: string): (err: Error) => void {
+    return (err) => this.log.error({ err, volume: name }, 'a cached write failed to destage and is lost; the next flush reports it');
   }
 
   /** Flushes every volume's store. */
@@ -504,6 +595,13 @@ export class StorageArray implements ExportProvider {
   openExport(name: string, client: ClientInfo): ExportHandle | undefined {
     const v = this.volumes.get(name);
     if (v === undefined || v.deleting || this.closing !== undefined) return undefined;
+    if (this.poweredOffUntil > Date.now()) {
+      const left = this.poweredOffUntil - Date.now();
+      throw new BlockDeviceError(
+        'ESHUTDOWN',
+        `the array is down after a power cut${Number.isFinite(left) ? ` for ${Math.ceil(left / 1000)} s more` : ''}; retry then`,
+      );
+    }
     this.faults.checkConnect(name, client);
     try {
       this.copy.tapOf(name).checkAttach(); // e.g. an EC destination before equivalent: refused with the reason
@@ -597,7 +695,7 @@ export class StorageArray implements ExportProvider {
         if (this.volumesDir) await FileBlockStore.remove(this.storePaths(record.uuid));
         throw err;
       }
-      const v = new Volume(record, store);
+      const v = new Volume(record, store, this.destageFailed(record.name));
       this.copy.addVolume(v); // before any client can reach it
       this.volumes.set(record.name, v);
       this.byUuid.set(record.uuid, v);
@@ -821,7 +919,7 @@ export class StorageArray implements ExportProvider {
           `cannot open volume ${record.name} (uuid ${record.uuid}): ${(err as Error).message}; restore ${paths.dataPath} and ${paths.mapPath} from a backup, or move the data directory aside`,
         );
       }
-      const v = new Volume(record, store);
+      const v = new Volume(record, store, this.destageFailed(record.name));
       this.copy.addVolume(v); // before any client can reach it
       this.volumes.set(record.name, v);
       this.byUuid.set(record.uuid, v);
@@ -874,6 +972,10 @@ export class StorageArray implements ExportProvider {
 
   private async closeAll(): Promise<void> {
     this.faults.close(); // paused and delayed operations go on, so the stores can drain
+    // An orderly shutdown destages volatile caches (only a power cut or a crash loses them),
+    // through the copy engine's layers while they still run.
+    for (const v of this.volumes.values())
+      await v.writeCache?.flush().catch((err: unknown) => this.log.error({ err, volume: v.name }, 'destaging the write cache at shutdown failed'));
     await this.copy.close(); // no more background copies; sessions stay in the journal
     try {
       if (this.db.isOpen) this.journal.commit(); // lazy clears appended since the last sync
@@ -989,7 +1091,10 @@ function validateCreate(req: CreateVolumeRequest): VolumeSpec {
     throw new ArrayError('INVALID_ARGUMENT', `description of volume ${name} is too long: at most ${MAX_DESCRIPTION} characters`);
   }
   const allocLimitBytes = checkAllocLimit(name, req.allocLimitBytes, req.sizeBytes, blockSize, provisioning);
-  return { name, sizeBytes: req.sizeBytes, blockSize, provisioning, readOnly: req.readOnly ?? false, description, allocLimitBytes };
+  const writeCache = req.writeCache ?? 'write-through';
+  if (!isWriteCacheMode(writeCache))
+    throw new ArrayError('INVALID_ARGUMENT', `invalid write cache mode ${JSON.stringify(writeCache)} for volume ${name}: use volatile or write-through`);
+  return { name, sizeBytes: req.sizeBytes, blockSize, provisioning, readOnly: req.readOnly ?? false, description, allocLimitBytes, writeCache };
 }
 
 /** A size must be a positive whole number of blocks; the message offers the nearest valid ones. */

@@ -8,6 +8,10 @@
  * layers onto it later, and connections already open see them at once, because they hold
  * the facade rather than any layer. All connections share one store, so one flush covers
  * every connection's writes (NBD multi-conn relies on it).
+ *
+ * A volume with a volatile write cache (emulator/fault/WriteCache.ts) has it on top of every
+ * layer whenever layers come and go, so hosts (and the tape, which reads and writes `top`)
+ * see their acknowledged writes, and copy sessions see only what was destaged.
  */
 import {
   BlockDeviceError,
@@ -21,6 +25,7 @@ import {
 } from '../block/BlockDevice.js';
 import type { AllocationLimitLabels } from '../block/allocationLimit.js';
 import type { Caller, FaultPoint } from '../fault/FaultPoint.js';
+import { WriteCache, type WriteCacheMode } from '../fault/WriteCache.js';
 import type { MetadataStore, VolumeRecord } from './MetadataStore.js';
 import type { VolumeInfo } from './types.js';
 
@@ -176,15 +181,19 @@ export class Volume {
   faults: FaultPoint | undefined;
   /** Set while the volume is being deleted: it accepts no new clients. */
   deleting = false;
-  /** Cached top of the stack (read on every I/O); updated by pushLayer/popLayer. */
+  /** Cached top of the stack (read on every I/O): the write cache, else the top layer. */
   private _top: BlockDevice;
+  private _cache: WriteCache | undefined;
 
   constructor(
     public record: VolumeRecord,
     readonly store: VolumeStore,
+    /** Called when a cached write fails to destage (it is lost; the next flush fails). */
+    private readonly onDestageError: (err: Error) => void = () => undefined,
   ) {
     this._top = store;
     if (record.allocLimitBytes != null) this.applyAllocLimit(record.allocLimitBytes);
+    if (record.writeCache === 'volatile') this.setCache(new WriteCache(store, undefined, onDestageError));
   }
 
   get name(): string {
@@ -196,21 +205,64 @@ export class Volume {
     return this._top;
   }
 
-  /** Adds a layer on top of the stack; returns it. */
+  /** The volatile write cache, when the volume has one (undefined: write-through). */
+  get writeCache(): WriteCache | undefined {
+    return this._cache;
+  }
+
+  /** The top layer under the write cache (the store when there are none). */
+  private get layerTop(): BlockDevice {
+    return this.layers.length === 0 ? this.store : this.layers[this.layers.length - 1]!;
+  }
+
+  /** Adds a layer on top of the stack (under the write cache); returns it. */
   pushLayer(make: LayerFactory): BlockDevice {
-    const layer = make(this.top);
+    const layer = make(this.layerTop);
     this.layers.push(layer);
-    this._top = layer;
+    this.setCache(this._cache);
     return layer;
   }
 
   /** Removes a layer, which must be the top one (layers unwind in order). */
   popLayer(layer: BlockDevice): void {
-    if (this.top !== layer || this.layers.length === 0) {
+    if (this.layerTop !== layer || this.layers.length === 0) {
       throw new Error(`volume ${this.name}: layers must be removed top first`);
     }
     this.layers.pop();
-    this._top = this.layers.length === 0 ? this.store : this.layers[this.layers.length - 1]!;
+    this.setCache(this._cache);
+  }
+
+  private setCache(cache: WriteCache | undefined): void {
+    this._cache = cache;
+    if (cache !== undefined) cache.below = this.layerTop;
+    this._top = cache ?? this.layerTop;
+  }
+
+  /**
+   * Switches the write cache: to volatile, a new empty cache goes on the path at once; to
+   * write-through, the cache is destaged and the volume flushed under a hold (writes wait),
+   * then it leaves the path. The database records the mode (a failed write changes nothing).
+   */
+  async setWriteCacheMode(db: MetadataStore, mode: WriteCacheMode): Promise<void> {
+    const now = this._cache === undefined ? 'write-through' : 'volatile';
+    if (mode === now) return;
+    if (mode === 'volatile') {
+      db.setVolumeWriteCache(this.record.uuid, mode);
+      this.record = { ...this.record, writeCache: mode };
+      this.setCache(new WriteCache(this.layerTop, undefined, this.onDestageError));
+      return;
+    }
+    const cache = this._cache!;
+    await cache.hold();
+    try {
+      await cache.flush();
+      db.setVolumeWriteCache(this.record.uuid, mode);
+      this.record = { ...this.record, writeCache: mode };
+      cache.detach();
+      this.setCache(undefined);
+    } finally {
+      cache.release();
+    }
   }
 
   /** Opens the volume for one client. */
@@ -236,6 +288,8 @@ export class Volume {
       createdAt: r.createdAt,
       allocatedBytes: this.store.allocatedBytes,
       allocLimitBytes: r.allocLimitBytes ?? null,
+      writeCache: this._cache === undefined ? 'write-through' : 'volatile',
+      writeCacheDirtyBytes: this._cache?.dirtyBytes ?? 0,
     };
   }
 

@@ -20,7 +20,10 @@ export type {
 export { HOST_NAME_PATTERN, MAX_LUN, VOLUME_NAME_PATTERN } from '../../proto/views.js';
 
 /** A volume's settable properties, validated, with every default applied (limit: absent or null for none). */
-export type VolumeSpec = Required<Omit<CreateVolumeRequest, 'allocLimitBytes'>> & { allocLimitBytes?: number | null };
+export type VolumeSpec = Required<Omit<CreateVolumeRequest, 'allocLimitBytes' | 'writeCache'>> & {
+  allocLimitBytes?: number | null;
+  writeCache?: NonNullable<CreateVolumeRequest['writeCache']>;
+};
 
 /** One client connected to one volume. */
 export interface ConnectionInfo {

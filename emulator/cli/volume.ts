@@ -1,6 +1,7 @@
 /** `arraylab volume create|list|show|resize|set|rename|delete`. */
 import type { Argv } from 'yargs';
 import type { LogicalBlockSize, VolumeInfo } from '../array/types.js';
+import type { WriteCacheMode } from '../../proto/views.js';
 import { formatSize, parseSize, parseSizeChange, SizeError } from '../../proto/util/units.js';
 import { withApiOption, withClient } from './client.js';
 import { UsageError } from './errors.js';
@@ -46,6 +47,13 @@ function allocLimitOption(text: unknown, command: string, allowNone: boolean): n
   return bytes;
 }
 
+const WRITE_CACHE_OPTION = {
+  type: 'string',
+  choices: ['volatile', 'write-through'],
+  requiresArg: true,
+  describe: 'volatile: writes are acknowledged from a write-back cache a power cut loses unless flushed; write-through (default)',
+} as const;
+
 export function volumeCommands(y: Argv<{ json: boolean }>) {
   return withApiOption(y)
     .command(
@@ -70,6 +78,7 @@ export function volumeCommands(y: Argv<{ json: boolean }>) {
             requiresArg: true,
             describe: 'thin only: the most space the volume may allocate (e.g. 1GiB); writes past it fail with ENOSPC',
           })
+          .option('write-cache', WRITE_CACHE_OPTION)
           .conflicts('thin', 'thick'),
       async (a) => {
         const sizeBytes = sizeOption('size', 'volume create', false)(a.size) as number;
@@ -90,13 +99,15 @@ export function volumeCommands(y: Argv<{ json: boolean }>) {
             readOnly: a['read-only'],
             description: a.description,
             allocLimitBytes,
+            ...(a['write-cache'] !== undefined ? { writeCache: a['write-cache'] as WriteCacheMode } : {}),
           }),
         );
         if (a.json) printJson(volume);
         else {
           const limit = volume.allocLimitBytes !== null ? `, allocation limit ${formatSize(volume.allocLimitBytes)}` : '';
+          const cache = volume.writeCache === 'volatile' ? ', volatile write cache' : '';
           print(
-            `created volume ${volume.name}: ${formatSize(volume.sizeBytes)} ${volume.provisioning}, ${volume.blockSize}-byte blocks${volume.readOnly ? ', read-only' : ''}${limit}`,
+            `created volume ${volume.name}: ${formatSize(volume.sizeBytes)} ${volume.provisioning}, ${volume.blockSize}-byte blocks${volume.readOnly ? ', read-only' : ''}${limit}${cache}`,
           );
         }
       },
@@ -143,21 +154,41 @@ export function volumeCommands(y: Argv<{ json: boolean }>) {
       'set <name>',
       "change a volume's settings",
       (c) =>
-        c.positional('name', { type: 'string', demandOption: true }).option('alloc-limit', {
-          type: 'string',
-          requiresArg: true,
-          describe: 'thin volumes: the most space it may allocate (e.g. 1GiB), or none; writes past it fail with ENOSPC',
-        }),
+        c
+          .positional('name', { type: 'string', demandOption: true })
+          .option('alloc-limit', {
+            type: 'string',
+            requiresArg: true,
+            describe: 'thin volumes: the most space it may allocate (e.g. 1GiB), or none; writes past it fail with ENOSPC',
+          })
+          .option('write-cache', WRITE_CACHE_OPTION),
       async (a) => {
-        if (a['alloc-limit'] === undefined) throw new UsageError('volume set needs a setting to change: --alloc-limit SIZE|none', 'volume set');
-        const limit = allocLimitOption(a['alloc-limit'], 'volume set', true);
-        const v = await withClient(a, (client) => client.setVolumeAllocLimit(a.name, limit));
+        if (a['alloc-limit'] === undefined && a['write-cache'] === undefined) {
+          throw new UsageError('volume set needs a setting to change: --alloc-limit SIZE|none or --write-cache volatile|write-through', 'volume set');
+        }
+        const limit = a['alloc-limit'] === undefined ? undefined : allocLimitOption(a['alloc-limit'], 'volume set', true);
+        const mode = a['write-cache'] as WriteCacheMode | undefined;
+        const v = await withClient(a, async (client) => {
+          let v: VolumeInfo | undefined;
+          if (limit !== undefined) v = await client.setVolumeAllocLimit(a.name, limit);
+          if (mode !== undefined) v = await client.setVolumeWriteCache(a.name, mode);
+          return v!;
+        });
         if (a.json) return printJson(v);
-        print(
-          v.allocLimitBytes === null
-            ? `volume ${v.name}: no allocation limit (${formatSize(v.allocatedBytes)} allocated)`
-            : `volume ${v.name}: allocation limit ${formatSize(v.allocLimitBytes)} (${formatSize(v.allocatedBytes)} allocated)`,
-        );
+        if (limit !== undefined) {
+          print(
+            v.allocLimitBytes === null
+              ? `volume ${v.name}: no allocation limit (${formatSize(v.allocatedBytes)} allocated)`
+              : `volume ${v.name}: allocation limit ${formatSize(v.allocLimitBytes)} (${formatSize(v.allocatedBytes)} allocated)`,
+          );
+        }
+        if (mode !== undefined) {
+          print(
+            mode === 'volatile'
+              ? `volume ${v.name}: volatile write cache (acknowledged writes a flush has not covered are lost in a power cut)`
+              : `volume ${v.name}: write-through (cache destaged and flushed)`,
+          );
+        }
       },
     )
     .command(
@@ -197,6 +228,7 @@ function volumeTable(volumes: VolumeInfo[]): string {
     { header: 'BLOCK', value: (v) => String(v.blockSize), right: true },
     { header: 'PROVISIONING', value: (v) => v.provisioning },
     { header: 'ACCESS', value: (v) => (v.readOnly ? 'ro' : 'rw') },
+    { header: 'CACHE', value: (v) => v.writeCache ?? 'write-through' },
     { header: 'DESCRIPTION', value: (v) => v.description },
   ]);
 }
@@ -214,6 +246,7 @@ function volumeDetails(v: VolumeInfo): string {
     ['block size', `${v.blockSize} bytes`],
     ['provisioning', v.provisioning],
     ['read-only', yesNo(v.readOnly)],
+    ['write cache', v.writeCache === 'volatile' ? `volatile (${formatSize(v.writeCacheDirtyBytes ?? 0)} unflushed)` : 'write-through'],
     ['description', v.description],
     ['uuid', v.uuid],
     ['wwn', v.wwn],

@@ -240,6 +240,11 @@ export class FaultEngine {
     return first < 0 ? [] : this.history.slice(first);
   }
 
+  /** An event the array reports itself in the same stream (a power cut: faultId "power-cut"). */
+  note(kind: string, target: string, detail: string): void {
+    this.emit(kind, kind, target, kind, detail);
+  }
+
   onEvent(listener: (e: FaultEvent) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);

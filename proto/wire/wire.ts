@@ -54,6 +54,8 @@ export function volumeToWire(v: VolumeInfo): pb.Volume {
     createdAt: v.createdAt,
     allocatedBytes: v.allocatedBytes,
     ...(v.allocLimitBytes !== null ? { allocLimitBytes: v.allocLimitBytes } : {}),
+    writeCache: v.writeCache ?? 'write-through',
+    writeCacheDirtyBytes: v.writeCacheDirtyBytes ?? 0,
   };
 }
 
@@ -71,6 +73,8 @@ export function volumeFromWire(w: pb.Volume__Output): VolumeInfo {
     createdAt: w.createdAt,
     allocatedBytes: toByteCount(w.allocatedBytes, 'allocatedBytes'),
     allocLimitBytes: w.allocLimitBytes === undefined || w.allocLimitBytes === null ? null : toByteCount(w.allocLimitBytes, 'allocLimitBytes'),
+    writeCache: w.writeCache === 'volatile' ? 'volatile' : 'write-through',
+    writeCacheDirtyBytes: toByteCount(w.writeCacheDirtyBytes, 'writeCacheDirtyBytes'),
   };
 }
 

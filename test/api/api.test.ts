@@ -60,6 +60,8 @@ describe('ArrayApiServer and ArrayClient', () => {
       createdAt: '2025-01-01T00:00:00.000Z',
       allocatedBytes: 0,
       allocLimitBytes: null,
+      writeCache: 'write-through', // an array that says nothing has no volatile cache
+      writeCacheDirtyBytes: 0,
     });
     expect(array.volumes.get('vol1')?.provisioning).toBe('thick');
     expect(await client.listVolumes()).toEqual([created]);

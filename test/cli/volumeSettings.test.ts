@@ -34,7 +34,7 @@ describe('arraylab volume create --alloc-limit, set, rename', () => {
     const show = await ok(['volume', 'show', 'snap1']);
     expect(show).toMatch(/^alloc limit:\s+1 MiB \(0\.0% used\)$/m);
     const [header, row] = (await ok(['volume', 'list'])).split('\n');
-    expect(header).toMatch(/^NAME\s+SIZE\s+ALLOCATED\s+LIMIT\s+BLOCK\s+PROVISIONING\s+ACCESS\s+DESCRIPTION$/);
+    expect(header).toMatch(/^NAME\s+SIZE\s+ALLOCATED\s+LIMIT\s+BLOCK\s+PROVISIONING\s+ACCESS\s+CACHE\s+DESCRIPTION$/);
     expect(row).toMatch(/^snap1\s+64 MiB\s+0 B\s+1 MiB\s+512\s+thin\s+rw$/);
 
     expect(await ok(['volume', 'set', 'snap1', '--alloc-limit', '4MiB'])).toBe('volume snap1: allocation limit 4 MiB (0 B allocated)\n');
@@ -70,7 +70,11 @@ describe('arraylab volume create --alloc-limit, set, rename', () => {
         2,
         /^arraylab: --alloc-limit: "none" is not a size; use a number with a unit such as 64MiB or 10GiB$/,
       ],
-      [['volume', 'set', 'snap1'], 2, /^arraylab: volume set needs a setting to change: --alloc-limit SIZE\|none \(see 'arraylab volume set --help'\)$/],
+      [
+        ['volume', 'set', 'snap1'],
+        2,
+        /^arraylab: volume set needs a setting to change: --alloc-limit SIZE\|none or --write-cache volatile\|write-through \(see 'arraylab volume set --help'\)$/,
+      ],
       [
         ['volume', 'set', 'snap1', '--alloc-limit', 'lots'],
         2,

@@ -17,6 +17,10 @@ export interface CreateVolumeRequest {
    * Thin only: allocation limit, a multiple of the block size, at most size_bytes. Absent: none.
    */
   'allocLimitBytes'?: (number | string | Long);
+  /**
+   * "volatile" or "write-through"; empty: write-through.
+   */
+  'writeCache'?: (string);
   '_allocLimitBytes'?: "allocLimitBytes";
 }
 
@@ -34,5 +38,9 @@ export interface CreateVolumeRequest__Output {
    * Thin only: allocation limit, a multiple of the block size, at most size_bytes. Absent: none.
    */
   'allocLimitBytes'?: (string);
+  /**
+   * "volatile" or "write-through"; empty: write-through.
+   */
+  'writeCache': (string);
   '_allocLimitBytes'?: "allocLimitBytes";
 }

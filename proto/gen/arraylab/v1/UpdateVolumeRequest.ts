@@ -14,6 +14,10 @@ export interface UpdateVolumeRequest {
    */
   'noAllocLimit'?: (boolean);
   /**
+   * "volatile" or "write-through" (destages and flushes the cache first); empty: unchanged.
+   */
+  'writeCache'?: (string);
+  /**
    * The allocation limit (thin volumes only; see Volume.alloc_limit_bytes). Unset: unchanged.
    */
   'allocLimit'?: "allocLimitBytes"|"noAllocLimit";
@@ -30,6 +34,10 @@ export interface UpdateVolumeRequest__Output {
    * True removes the limit.
    */
   'noAllocLimit'?: (boolean);
+  /**
+   * "volatile" or "write-through" (destages and flushes the cache first); empty: unchanged.
+   */
+  'writeCache': (string);
   /**
    * The allocation limit (thin volumes only; see Volume.alloc_limit_bytes). Unset: unchanged.
    */

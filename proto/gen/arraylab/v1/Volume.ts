@@ -23,6 +23,15 @@ export interface Volume {
    * fails with ENOSPC. Absent: no limit.
    */
   'allocLimitBytes'?: (number | string | Long);
+  /**
+   * "volatile": writes are acknowledged from a volatile write-back cache that a power cut
+   * (FaultService.PowerCut) loses unless flushed; "write-through" (the default).
+   */
+  'writeCache'?: (string);
+  /**
+   * Volatile cache: bytes acknowledged and not yet flushed (what a power cut now would lose).
+   */
+  'writeCacheDirtyBytes'?: (number | string | Long);
   '_allocLimitBytes'?: "allocLimitBytes";
 }
 
@@ -46,5 +55,14 @@ export interface Volume__Output {
    * fails with ENOSPC. Absent: no limit.
    */
   'allocLimitBytes'?: (string);
+  /**
+   * "volatile": writes are acknowledged from a volatile write-back cache that a power cut
+   * (FaultService.PowerCut) loses unless flushed; "write-through" (the default).
+   */
+  'writeCache': (string);
+  /**
+   * Volatile cache: bytes acknowledged and not yet flushed (what a power cut now would lose).
+   */
+  'writeCacheDirtyBytes': (string);
   '_allocLimitBytes'?: "allocLimitBytes";
 }
