@@ -144,6 +144,7 @@ export class ArrayServer {
         iscsiSessions: () => this.iscsi?.sessions() ?? [],
         tape: this.tapeLibrary, // tape
         faults: this.storage.faults,
+        power: this.storage, // FaultService.PowerCut: volatile write caches lose their unflushed writes
         status: () => this.serverStatus(),
         logger: this.log,
       });

@@ -59,6 +59,7 @@ export async function run(argv: string[]): Promise<number> {
     .command('tape', "the array's virtual tape library: cartridges, and volumes written to and restored from them", (y) => tapeCommands(y)) // tape
     .command('export', 'list exports and their connected clients', (y) => exportCommands(y))
     .command('fault', 'inject faults on purpose: I/O errors, bad blocks, delays, rate caps, pauses, disconnects, copy/tape/API errors', (y) => faultCommands(y))
+    .command((await import('./powerCut.js')).powerCutCommand) // power-cut (issue 15)
     .command(
       'status',
       "show the running array's status",
