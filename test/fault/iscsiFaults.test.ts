@@ -190,6 +190,23 @@ describe('error faults over iSCSI', () => {
   });
 });
 
+describe('connect faults', () => {
+  it('a connect fault on one LUN refuses the login with 0x0301 (initiators retry it); removed, logins succeed', async () => {
+    const f = await add({ kind: 'error', target: 'export:vol2', ops: ['connect'] });
+    const ini = await RawInitiator.connect(portal.port);
+    initiators.push(ini);
+    const r = await ini.login({ initiatorName: HOST_A });
+    expect([r.bhs[36], r.bhs[37]]).toEqual([0x03, 0x01]);
+    expect(lab.logs()).toMatch(/LUN 1 \(export vol2\) refuses connections for now: connection to vol2 refused by fault f\d+/);
+    // qemu over LUN 0 is turned away too: the login is the initiator's, not the LUN's.
+    const q = await qemuIo([`read 0 ${BS}`]);
+    expect(q.code).not.toBe(0);
+    await client.removeFault(f.id);
+    const ok = await loggedIn();
+    expect((await scsi(ok, { cdb: rw10(0x28, 0, 1), readBytes: BS, lun: 1 })).status).toBe(0);
+  });
+});
+
 describe('disconnect', () => {
   it('drops the session: the initiator sees the TCP connection close; with refuseMs logins get 0x0301 until the window ends', async () => {
     const ini = await loggedIn();

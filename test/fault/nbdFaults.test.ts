@@ -181,6 +181,33 @@ describe('pause', () => {
   });
 });
 
+describe('delay', () => {
+  it('each read waits the delay (fixed, then uniform with jitter); writes are untouched', async () => {
+    const py = await nbdsh();
+    await py.ok(`h = connect("${uri}")`);
+    const timed = `
+def timed(f):
+    t = time.monotonic()
+    f()
+    return (time.monotonic() - t) * 1000
+out = {"reads": [timed(lambda: h.pread(4096, i * 4096)) for i in range(8)],
+       "writes": [timed(lambda: h.pwrite(b"d" * 4096, i * 4096)) for i in range(8)]}`;
+    await add({ kind: 'delay', target: 'volume:vol1', ops: ['read'], ms: 60 });
+    const fixed = await py.ok<{ reads: number[]; writes: number[] }>(timed);
+    for (const ms of fixed.reads) expect(ms).toBeGreaterThanOrEqual(59);
+    for (const ms of fixed.reads) expect(ms).toBeLessThan(200);
+    for (const ms of fixed.writes) expect(ms).toBeLessThan(50);
+    await client.clearFaults();
+    await add({ kind: 'delay', target: 'volume:vol1', ops: ['read'], ms: 60, jitterMs: 40, seed: 3 });
+    const uniform = await py.ok<{ reads: number[]; writes: number[] }>(timed);
+    for (const ms of uniform.reads) expect(ms).toBeGreaterThanOrEqual(19);
+    for (const ms of uniform.reads) expect(ms).toBeLessThan(200);
+    // Jitter: not all the same (8 uniform draws over 80 ms).
+    expect(Math.max(...uniform.reads) - Math.min(...uniform.reads)).toBeGreaterThan(10);
+    console.log(`delay 60 ms: reads ${fixed.reads.map((x) => x.toFixed(0)).join(' ')}; 60±40 ms: ${uniform.reads.map((x) => x.toFixed(0)).join(' ')}`);
+  });
+});
+
 describe('rate', () => {
   /** Reads `mib` MiB sequentially in 256 KiB requests on one connection; MiB/s and op/s measured in python. */
   async function readRate(py: NbdshSession, mib: number, chunk = 256 * 1024): Promise<{ mibs: number; iops: number }> {
@@ -342,6 +369,22 @@ describe('disconnect and reset', () => {
     await until('the dropped client to leave export list', async () => (await connections()) === 0, { timeoutMs: 5000 });
     await sleep(2100);
     expect(await py.ok(`h3 = connect("${uri}")\nout = len(h3.pread(${BS}, 0))`)).toBe(BS);
+  });
+
+  it('a disconnect while a request is paused: the client sees the drop at once, the handle is released once the request ends', async () => {
+    const py = await nbdsh();
+    await py.ok(`h = connect("${uri}")`);
+    await until('the client to show in export list', async () => (await connections()) === 1, { timeoutMs: 5000 });
+    const pause = await add({ kind: 'pause', target: 'volume:vol1', ops: ['read'] });
+    const reading = py.run(`h.pread(${BS}, 0)`, 15_000);
+    await sleep(300);
+    await add({ kind: 'disconnect', target: 'export:vol1' });
+    const r = await reading;
+    expect(r.ok).toBe(false);
+    // The paused request still holds the volume: teardown waits for it before closing the handle.
+    expect(await connections()).toBe(1);
+    await client.removeFault(pause.id);
+    await until('the handle to be released', async () => (await connections()) === 0, { timeoutMs: 5000 });
   });
 
   it('a disconnect fault with a trigger drops the connection whose request fired it', async () => {
