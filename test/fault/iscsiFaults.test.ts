@@ -243,6 +243,17 @@ describe('disconnect', () => {
     expect(logins() - before).toBe(2);
     expect(lab.logs()).toContain(`connection dropped by the array: fault ${f.id} dropped the connection`);
   });
+
+  it('qemu-io (libiscsi) retries the login refused during the refuse window and reads on after it', async () => {
+    const run = qemuIo([`write -P 0x5d 0 ${BS}`, 'sleep 1000', `read -P 0x5d 0 ${BS}`], 30_000);
+    await sleep(500);
+    await add({ kind: 'disconnect', target: 'export:vol1', refuseMs: 2000 });
+    const r = await run;
+    console.log(`qemu-io across a 2 s refuse window: ${(r.ms / 1000).toFixed(1)} s, exit ${r.code}`);
+    expect(r.code, r.output).toBe(0);
+    expect(r.output).not.toMatch(/failed/);
+    expect(lab.logs()).toMatch(/login refused/);
+  });
 });
 
 describe('reset', () => {
