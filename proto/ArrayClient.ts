@@ -183,9 +183,14 @@ export class ArrayClient {
    */
   watchCopies(opts: { id?: string; progressIntervalMs?: number }, onEvent: (e: CopyEventView) => void): { cancel: () => void; done: Promise<void> } {
     const stream = this.copyClient().WatchCopies({ id: opts.id ?? '', progressIntervalMs: opts.progressIntervalMs ?? 0 }, this.callMetadata());
+    return this.follow(stream, (w: pb.CopyEvent__Output) => onEvent(copyEventFromWire(w)));
+  }
+
+  /** A server stream as cancel() and a promise: it resolves when the stream ends or is cancelled, rejects with an ApiError. */
+  private follow<M>(stream: grpc.ClientReadableStream<M>, onMessage: (m: M) => void): { cancel: () => void; done: Promise<void> } {
     let cancelled = false;
     const done = new Promise<void>((resolve, reject) => {
-      stream.on('data', (w: pb.CopyEvent__Output) => onEvent(copyEventFromWire(w)));
+      stream.on('data', onMessage);
       stream.on('end', () => resolve());
       stream.on('error', (err: grpc.ServiceError) => {
         if (cancelled && err.code === grpc.status.CANCELLED) resolve();
@@ -255,28 +260,9 @@ export class ArrayClient {
 
   /** Events after sinceSeq; with follow, then new ones until cancel(). */
   watchFaultEvents(opts: { sinceSeq?: number; follow?: boolean }, onEvent: (e: FaultEventView) => void): { cancel: () => void; done: Promise<void> } {
-    const stream = openStream(
-      this.faultClient(),
-      'WatchFaultEvents',
-      { sinceSeq: opts.sinceSeq ?? 0, follow: opts.follow ?? false },
-      this.callMetadata(),
-    ) as grpc.ClientReadableStream<pb.FaultEvent__Output>;
-    let cancelled = false;
-    const done = new Promise<void>((resolve, reject) => {
-      stream.on('data', (w: pb.FaultEvent__Output) => onEvent(faultEventFromWire(w)));
-      stream.on('end', () => resolve());
-      stream.on('error', (err: grpc.ServiceError) => {
-        if (cancelled && err.code === grpc.status.CANCELLED) resolve();
-        else reject(this.toApiError(err));
-      });
-    });
-    return {
-      cancel: () => {
-        cancelled = true;
-        stream.cancel();
-      },
-      done,
-    };
+    const req = { sinceSeq: opts.sinceSeq ?? 0, follow: opts.follow ?? false };
+    const stream = openStream(this.faultClient(), 'WatchFaultEvents', req, this.callMetadata()) as grpc.ClientReadableStream<pb.FaultEvent__Output>;
+    return this.follow(stream, (w) => onEvent(faultEventFromWire(w)));
   }
 
   private faultClient(): pb.FaultServiceClient {

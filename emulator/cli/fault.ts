@@ -6,26 +6,11 @@
 import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
 import type * as pb from '../../proto/gen/index.js';
+import { FAULT_KINDS } from '../fault/kinds.js';
 import type { FaultEventView, FaultView } from '../../proto/views.js';
 import { keyValues, print, printJson, table } from '../../proto/util/table.js';
 import { withApiOption, withClient } from './client.js';
 import { CommandError, UsageError } from './errors.js';
-
-const KINDS = [
-  'error',
-  'bad-blocks',
-  'delay',
-  'rate',
-  'pause',
-  'corrupt',
-  'lying-flush',
-  'disconnect',
-  'reset',
-  'copy-error',
-  'tape-error',
-  'api-error',
-  'api-delay',
-] as const;
 
 const ADD_EXAMPLES = [
   ['$0 fault add error --volume vol1 --ops read --lba 1000-2000 --errno EIO --probability 0.1 --seed 7', 'fail 10 % of reads of blocks 1000-2000'],
@@ -162,7 +147,7 @@ export function faultCommands(y: Argv<{ json: boolean }>) {
       'inject a fault; prints its id on stdout (and, on a terminal, what it set on stderr)',
       (c) => {
         let b = c
-          .positional('kind', { type: 'string', demandOption: true, choices: KINDS, describe: 'what the fault does' })
+          .positional('kind', { type: 'string', demandOption: true, choices: FAULT_KINDS, describe: 'what the fault does' })
           .option('volume', { type: 'string', requiresArg: true, describe: "target: a volume's host I/O", group: 'Target:' })
           .option('export', { type: 'string', requiresArg: true, describe: "target: an export's connections and I/O", group: 'Target:' })
           .option('session', { type: 'string', requiresArg: true, describe: "target: a copy session's own I/O (copy-error)", group: 'Target:' })

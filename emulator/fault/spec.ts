@@ -7,7 +7,8 @@
  * A spec is plain data (JSON-safe): the metadata store keeps it as JSON and the API returns
  * it as it was given, with the defaults filled in.
  */
-import { StatusError } from '../../proto/errors.js';
+import { STATUS_CODES, StatusError } from '../../proto/errors.js';
+import { FAULT_KINDS, type FaultKind } from './kinds.js';
 
 /** The operations a fault can apply to. */
 export const FAULT_OPS = ['read', 'write', 'flush', 'trim', 'zero', 'block-status', 'connect'] as const;
@@ -55,22 +56,11 @@ export type ActionSpec =
   | { kind: 'api-error'; code: string }
   | { kind: 'api-delay'; ms: number };
 
-export type FaultKind = ActionSpec['kind'];
-export const FAULT_KINDS: readonly FaultKind[] = [
-  'error',
-  'bad-blocks',
-  'delay',
-  'rate',
-  'pause',
-  'corrupt',
-  'lying-flush',
-  'disconnect',
-  'reset',
-  'copy-error',
-  'tape-error',
-  'api-error',
-  'api-delay',
-];
+export { FAULT_KINDS, type FaultKind } from './kinds.js';
+// The action union and the kinds list must agree: a kind without an action (or the reverse) fails here.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : never) : never;
+const kindsAgree: Same<ActionSpec['kind'], FaultKind> = true;
+void kindsAgree;
 
 export interface FaultSpec {
   target: FaultTarget;
@@ -161,25 +151,8 @@ export function exampleOf(kind: FaultKind): string {
   return EXAMPLES[kind];
 }
 
-/** gRPC status names an api-error fault may return. */
-export const API_ERROR_CODES = [
-  'CANCELLED',
-  'UNKNOWN',
-  'INVALID_ARGUMENT',
-  'DEADLINE_EXCEEDED',
-  'NOT_FOUND',
-  'ALREADY_EXISTS',
-  'PERMISSION_DENIED',
-  'RESOURCE_EXHAUSTED',
-  'FAILED_PRECONDITION',
-  'ABORTED',
-  'OUT_OF_RANGE',
-  'UNIMPLEMENTED',
-  'INTERNAL',
-  'UNAVAILABLE',
-  'DATA_LOSS',
-  'UNAUTHENTICATED',
-] as const;
+/** gRPC status names an api-error fault may return: all but OK. */
+export const API_ERROR_CODES = STATUS_CODES;
 
 /**
  * The loose form a fault arrives in: the API request, a plan's entry or a lab file's entry.
