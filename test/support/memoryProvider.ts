@@ -1,6 +1,7 @@
 /**
  * An ExportProvider over in-memory devices for protocol tests: counts every open and close so
- * tests can assert that each handle is closed exactly once, and fires onResize listeners.
+ * tests can assert that each handle is closed exactly once, and fires onResize listeners and
+ * (signal) HandleEvents the way the array's faults do; refuseOpen makes openExport refuse.
  * Also small device wrappers to make a device slow, observable or picky.
  */
 import {
@@ -11,6 +12,7 @@ import {
   type ExportProvider,
   type ExportSummary,
   type Extent,
+  type HandleEvent,
   type WriteOptions,
   type ZeroOptions,
 } from '../../emulator/block/BlockDevice.js';
@@ -34,6 +36,7 @@ interface Entry {
   device: BlockDevice;
   readOnly: boolean;
   listeners: Set<(size: number) => void>;
+  eventListeners: Set<(event: HandleEvent) => void>;
 }
 
 export interface OpenRecord {
@@ -46,11 +49,21 @@ export interface OpenRecord {
 export class MemoryProvider implements ExportProvider {
   readonly opens: OpenRecord[] = [];
   private readonly entries = new Map<string, Entry>();
+  /** Export name -> the error openExport throws instead of opening (a refused connect). */
+  readonly refuseOpen = new Map<string, () => Error>();
 
   add(name: string, opts: AddExportOptions): MemoryBlockStore {
     const store = new MemoryBlockStore({ size: opts.size, blockSize: opts.blockSize ?? 512, thin: opts.thin ?? true, readOnly: opts.readOnly ?? false });
     const device = opts.wrap ? opts.wrap(store) : store;
-    this.entries.set(name, { name, description: opts.description ?? '', store, device, readOnly: opts.readOnly ?? false, listeners: new Set() });
+    this.entries.set(name, {
+      name,
+      description: opts.description ?? '',
+      store,
+      device,
+      readOnly: opts.readOnly ?? false,
+      listeners: new Set(),
+      eventListeners: new Set(),
+    });
     return store;
   }
 
@@ -63,6 +76,13 @@ export class MemoryProvider implements ExportProvider {
     const e = this.entry(name);
     e.store.resize(newSize);
     for (const l of e.listeners) l(newSize);
+  }
+
+  /** Tells every open handle of the export (a disconnect or reset, as a fault would); returns how many listeners. */
+  signal(name: string, event: HandleEvent): number {
+    const listeners = [...this.entry(name).eventListeners];
+    for (const l of listeners) l(event);
+    return listeners.length;
   }
 
   /** Handles opened and not yet closed. */
@@ -88,9 +108,12 @@ export class MemoryProvider implements ExportProvider {
   openExport(name: string, client: ClientInfo): ExportHandle | undefined {
     const e = this.entries.get(name);
     if (e === undefined) return undefined;
+    const refusal = this.refuseOpen.get(name);
+    if (refusal !== undefined) throw refusal();
     const record: OpenRecord = { export: name, client, closes: 0 };
     this.opens.push(record);
     const mine = new Set<(size: number) => void>();
+    const myEvents = new Set<(event: HandleEvent) => void>();
     return {
       name: e.name,
       description: e.description,
@@ -104,9 +127,18 @@ export class MemoryProvider implements ExportProvider {
           mine.delete(listener);
         };
       },
+      onEvent(listener) {
+        e.eventListeners.add(listener);
+        myEvents.add(listener);
+        return () => {
+          e.eventListeners.delete(listener);
+          myEvents.delete(listener);
+        };
+      },
       close() {
         record.closes++;
         for (const l of mine) e.listeners.delete(l);
+        for (const l of myEvents) e.eventListeners.delete(l);
       },
     };
   }
