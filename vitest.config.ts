@@ -25,7 +25,7 @@ const UNIT = [
   'test/net/**/*.test.ts',
   'test/fault/unit/**/*.test.ts',
   'test/nbd/{hostile,lifecycle,output}.test.ts',
-  'test/iscsi/{chap,conformanceParse,negotiation,pdu,text,targetProtocol}.test.ts',
+  'test/iscsi/{chap,commandWindow,conformanceParse,negotiation,pdu,text,targetProtocol}.test.ts',
   'test/iscsi/scsi*.test.ts',
   'test/vm/qemuArgs.test.ts',
   'test/agent/{cliUsage,config}.test.ts',

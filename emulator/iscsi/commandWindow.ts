@@ -51,9 +51,12 @@ export class CommandWindow {
 
   /** Classifies a non-immediate command's CmdSN. */
   check(cmdSN: number): Admission {
-    if (cmdSN === this.expCmdSN) return 'now';
     if (snLess(cmdSN, this.expCmdSN)) return 'duplicate';
+    // Before 'now': a full window announces MaxCmdSN = ExpCmdSN - 1 (§4.2.2.1: zero-size), so
+    // even the next expected command is outside it; taking it would let an initiator run
+    // more than `depth` commands at once.
     if (snLess(this.announced, cmdSN)) return 'outside';
+    if (cmdSN === this.expCmdSN) return 'now';
     return this.held.has(cmdSN) ? 'duplicate' : 'later';
   }
 
