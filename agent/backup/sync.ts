@@ -186,6 +186,13 @@ export async function waitEquivalent(
       throw err;
     }
     if (s.state === 'equivalent') return s;
+    if (s.state === 'error-suspended') {
+      // The array's reason names the session, the failure and the fault; it never heals by waiting.
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `cannot ${purpose}: the array error-suspended its EC pair to ${sync.backupVolume}: ${s.error || 'no reason given'}; resume it once the cause is fixed (arraylab copy resume ${s.id}) and wait for equivalency, or cancel-sync and start-sync again`,
+      );
+    }
     if (s.state !== 'copying') {
       throw new AgentError(
         'FAILED_PRECONDITION',

@@ -1,0 +1,173 @@
+/**
+ * The agent under the array's injected faults (issue 15), against the real array with a
+ * RecordingHost. It never reports a backup that did not happen as described:
+ *   - a copy-error fault puts the EC pair of a synchronized backup in error-suspended; the
+ *     backup fails with the array's reason (at once, also with --wait-equivalent), history
+ *     records no generation, nothing is locked; fixed and resumed, the next backup works;
+ *   - the pair goes error-suspended after the checks, while the volume is being frozen: the
+ *     array refuses the cut with its reason, post-processing thaws and runs backup-post, and
+ *     no generation is recorded;
+ *   - a seeded fault plan (1 % of reads of the transaction volume, writes of a backup volume
+ *     and the pair's copy writes failing) over many backup cycles: every failed backup says
+ *     why and records no generation, every reported one holds the image it claims, and every
+ *     freeze is thawed, every backup-pre has its backup-post.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { MountEntry } from '../../../agent/types.js';
+import { registerAttached, startLab, type Lab } from './harness.js';
+import type { RecordingHost } from './RecordingHost.js';
+
+let L: Lab;
+
+beforeAll(async () => {
+  L = await startLab();
+});
+
+afterAll(async () => {
+  await L?.stop();
+});
+
+/** A transaction volume mounted on the RecordingHost (so --lock freeze freezes), and two backup volumes. */
+async function setup(prefix: string) {
+  await L.mk([`${prefix}-tv`, `${prefix}-b1`, `${prefix}-b2`]);
+  const { m, host } = await L.manager();
+  const device = `/dev/fake-${prefix}-tv`;
+  host.deviceMap.set(`${prefix}-tv`, device);
+  const mount: MountEntry = { mountPoint: `/mnt/${prefix}`, fsType: 'ext4', source: device, mountOptions: 'rw', superOptions: 'rw' };
+  host.mounts.set(device, [mount]);
+  await registerAttached(m, host, `${prefix}-tv`, { lock: 'freeze', generations: 1 });
+  await m.registerBackup(`${prefix}-b1`);
+  await m.registerBackup(`${prefix}-b2`);
+  return { m, host, tv: `${prefix}-tv` };
+}
+
+/** Every freeze (lock) of the volume was undone (unlocked), in order. */
+function expectAllThawed(host: RecordingHost, volume: string): void {
+  const seq = host.calls.filter((c) => (c.method === 'lockTransaction' || c.method === 'unlock') && c.volume === volume).map((c) => c.method);
+  const locks = seq.filter((x) => x === 'lockTransaction').length;
+  expect(seq.filter((x) => x === 'unlock').length, seq.join(',')).toBe(locks);
+  for (let i = 0; i < seq.length; i += 2) expect(seq.slice(i, i + 2)).toEqual(['lockTransaction', 'unlock']);
+}
+
+describe('a copy-error fault on the EC pair of a synchronized backup', () => {
+  it('fails the backup at once with the array reason and records no generation; resumed once fixed, the next backup works', async () => {
+    const { m, host, tv } = await setup('cf');
+    const v = await m.startSync(tv, { wait: true });
+    const f = await L.array.addFault({ kind: 'copy-error', target: `session:${v.sessionId}`, ops: ['write'], once: true });
+    await L.write(tv, 0x21, 0, '64K'); // a mirrored write: its copy to the backup volume fails; the host's write stands
+    const s = await L.array.getCopy(v.sessionId);
+    expect(s.state).toBe('error-suspended');
+    expect(s.error).toMatch(new RegExp(`is error-suspended: a mirrored write failed: .*\\(fault ${f.id}\\)`));
+    await L.expectPattern(tv, 0x21, 0, '64K');
+
+    const began = Date.now();
+    const r = await m.backup([tv], { waitEquivalentSeconds: 30 });
+    expect(Date.now() - began).toBeLessThan(10_000); // error-suspended never becomes equivalent by itself
+    expect(r.ok).toBe(false);
+    expect(r.volumes[0]).toMatchObject({ ok: false, code: 'FAILED_PRECONDITION' });
+    expect(r.volumes[0]!.error).toContain(s.error);
+    expect(r.volumes[0]!.error).toMatch(
+      /^cannot back up cf-tv: the array error-suspended its EC pair to cf-b1: EC session .*; resume it once the cause is fixed \(arraylab copy resume \S+\) and wait for equivalency, or cancel-sync and start-sync again$/,
+    );
+    expect(r.volumes[0]!.generation).toBeUndefined();
+    expect(await m.history(tv)).toEqual([]);
+    expect(host.callsOf('lockTransaction')).toEqual([]); // refused before anything was locked
+    expect((await m.status()).transactionVolumes.find((t) => t.volume === tv)!.sync).toMatchObject({ state: 'error-suspended' });
+
+    await L.array.removeFault(f.id);
+    await L.array.resumeCopy(v.sessionId, { force: true });
+    await L.waitCopy(v.sessionId, (x) => x?.state === 'equivalent');
+    const ok = await m.backup([tv]);
+    expect(ok.ok, ok.volumes[0]!.error).toBe(true);
+    expect(ok.volumes[0]!.generation).toMatchObject({ number: 1, type: 'ec', status: 'held' });
+    await L.expectPattern(`${tv.slice(0, -3)}-b1`, 0x21, 0, '64K');
+    expectAllThawed(host, tv);
+  });
+
+  it('that fires while the volume is being frozen: the cut is refused with the reason, post-processing thaws, no generation', async () => {
+    const { m, host, tv } = await setup('cg');
+    const v = await m.startSync(tv, { wait: true });
+    let reason = '';
+    host.onCall = async (c) => {
+      if (c.method !== 'lockTransaction' || c.volume !== tv) return;
+      // Writes still in flight as the freeze begins: the first mirrored one fails.
+      await L.array.addFault({ kind: 'copy-error', target: `session:${v.sessionId}`, ops: ['write'], once: true });
+      await L.write(tv, 0x31, 0, '64K');
+      reason = (await L.array.getCopy(v.sessionId)).error;
+    };
+    const r = await m.backup([tv]);
+    host.onCall = undefined;
+    expect(reason).toMatch(/error-suspended: a mirrored write failed/);
+    expect(r.ok).toBe(false);
+    expect(r.volumes[0]!.error).toContain(`cannot suspend the EC pair ${tv} -> cg-b1: `);
+    expect(r.volumes[0]!.error).toContain(reason);
+    expect(r.volumes[0]!.generation).toBeUndefined();
+    expect(await m.history(tv)).toEqual([]);
+    expect(r.volumes[0]!.hooks.map((h) => h.phase)).toEqual(['backup-pre', 'backup-post']);
+    const unlock = host.callsOf('unlock', tv);
+    expect(unlock).toHaveLength(1);
+    expect(unlock[0]!.args[0]).toMatchObject({ action: 'frozen', role: 'transaction' }); // thawed
+    expectAllThawed(host, tv);
+    expect((await m.status()).transactionVolumes.find((t) => t.volume === tv)!.needsResourceMatch).toBe('');
+  });
+});
+
+describe('backups under a seeded fault plan', () => {
+  it('every failure says why and records nothing, every success holds its image, every freeze is thawed', async () => {
+    const { m, host, tv } = await setup('fp');
+    const v = await m.startSync(tv, { wait: true });
+    const plan = [
+      'name: agent-flaky',
+      'seed: 20261206',
+      'faults:',
+      `  - {kind: error, target: 'volume:${tv}', ops: [read], probability: 0.01}`,
+      `  - {kind: error, target: 'volume:fp-b1', ops: [write], probability: 0.01}`,
+      `  - {kind: error, target: 'volume:fp-b2', ops: [write], probability: 0.01}`,
+      `  - {kind: copy-error, target: 'session:${v.sessionId}', ops: [read, write], probability: 0.05}`,
+    ].join('\n');
+    const faults = await L.array.applyFaultPlan(plan, 'agent-flaky.yaml');
+    expect(faults).toHaveLength(4);
+    let ok = 0;
+    let failed = 0;
+    for (let cycle = 0; cycle < 12; cycle++) {
+      const pattern = 0x40 + cycle;
+      for (let i = 0; i < 8; i++) await L.write(tv, pattern, i * 1024 * 1024, '1M'); // 8 mirrored writes
+      const before = (await m.history(tv)).length;
+      const r = await m.backup([tv], { resync: true });
+      const out = r.volumes[0]!;
+      const pre = out.hooks.filter((h) => h.phase === 'backup-pre').length;
+      expect(out.hooks.filter((h) => h.phase === 'backup-post').length).toBe(pre); // post-processing always ran
+      if (r.ok) {
+        ok++;
+        expect(out.generation).toMatchObject({ type: 'ec', status: 'held', generation: 1 });
+        await L.expectPattern(out.generation!.backupVolume, pattern, 0, '8M'); // the image it claims
+      } else {
+        failed++;
+        expect(out.error, 'a failed backup says why').toMatch(/\S/);
+        const after = await m.history(tv);
+        // No generation of this backup (older ones may be released only by a successful one).
+        expect(after.filter((g) => g.status === 'held').length).toBeLessThanOrEqual(Math.max(before, 1));
+        expect(after.every((g) => g.number <= before || g.status !== 'held')).toBe(true);
+      }
+      expectAllThawed(host, tv);
+      // The pair back to equivalent for the next cycle (a resync may itself fail under the plan).
+      for (let tries = 0; tries < 20; tries++) {
+        const sync = (await m.status()).transactionVolumes.find((t) => t.volume === tv)!.sync;
+        if (sync === null) {
+          await m.startSync(tv, { wait: true }).catch(() => undefined);
+          continue;
+        }
+        const s = await L.array.getCopy(sync.sessionId);
+        if (s.state === 'equivalent') break;
+        if (s.state === 'error-suspended' || s.state === 'suspended') await L.array.resumeCopy(s.id, { force: true });
+        await L.waitCopy(s.id, (x) => x?.state !== 'copying');
+      }
+    }
+    const fired = (await L.array.listFaults()).filter((f) => f.label === 'plan:agent-flaky').reduce((n, f) => n + f.fired, 0);
+    expect(fired, 'the plan injected faults').toBeGreaterThan(0);
+    expect(ok + failed).toBe(12);
+    expect(ok, 'some backups still succeed').toBeGreaterThan(0);
+    expect(failed, 'some backups fail').toBeGreaterThan(0);
+    await L.array.clearFaults();
+  });
+});
