@@ -156,19 +156,27 @@ export class WriteCache implements BlockDevice {
     // is below must not leave a block that was cached at the start reading as older data.
     const lo = Math.max(first, this.minBlock);
     const hi = Math.min(end, this.maxBlock + 1);
+    // Runs of blocks read from one entry: [block in the read, entry's data, block in the entry, count].
     let snap: Array<Buffer | undefined | number> | undefined;
+    let last: Entry | undefined;
+    let lastBlock = -2;
     for (let b = lo; b < hi; b++) {
       const e = this.index.get(b);
       if (e === undefined) continue;
-      (snap ??= []).push(b - first, e.data, b - e.first);
+      if (e === last && b === lastBlock + 1) (snap![snap!.length - 1] as number)++;
+      else (snap ??= []).push(b - first, e.data, b - e.first, 1);
+      last = e;
+      lastBlock = b;
     }
     if (snap === undefined) return this.below.read(offset, into);
     return this.below.read(offset, into).then(() => {
-      for (let i = 0; i < snap.length; i += 3) {
+      for (let i = 0; i < snap.length; i += 4) {
         const at = (snap[i] as number) * bs;
         const data = snap[i + 1] as Buffer | undefined;
-        if (data === undefined) into.fill(0, at, at + bs);
-        else data.copy(into, at, (snap[i + 2] as number) * bs, ((snap[i + 2] as number) + 1) * bs);
+        const from = (snap[i + 2] as number) * bs;
+        const len = (snap[i + 3] as number) * bs;
+        if (data === undefined) into.fill(0, at, at + len);
+        else data.copy(into, at, from, from + len);
       }
     });
   }
@@ -354,7 +362,8 @@ export class WriteCache implements BlockDevice {
         data.copy(e.data);
       }
       for (let b = first; b < first + count; b++) {
-        this.unmap(b);
+        const old = this.index.get(b);
+        if (old !== undefined) this.takeFrom(old);
         this.index.set(b, e);
       }
       e.live = count;
@@ -386,6 +395,11 @@ export class WriteCache implements BlockDevice {
     const old = this.index.get(b);
     if (old === undefined) return;
     this.index.delete(b);
+    this.takeFrom(old);
+  }
+
+  /** One of the entry's blocks was taken from it. */
+  private takeFrom(old: Entry): void {
     if (--old.live === 0) {
       this.bytes -= old.cost;
       old.data = undefined; // superseded entirely: its memory is free before it leaves the log

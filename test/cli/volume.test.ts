@@ -26,7 +26,7 @@ describe('arraylab volume', () => {
     const [header, row, ...rest] = list.trimEnd().split('\n');
     expect(rest).toEqual([]);
     expect(header).toMatch(/^NAME\s+SIZE\s+ALLOCATED\s+LIMIT\s+BLOCK\s+PROVISIONING\s+ACCESS\s+CACHE\s+DESCRIPTION$/);
-    expect(row).toMatch(/^vol1\s+64 MiB\s+\S+ \S*B\s+-\s+512\s+thin\s+rw\s+first volume$/);
+    expect(row).toMatch(/^vol1\s+64 MiB\s+\S+ \S*B\s+-\s+512\s+thin\s+rw\s+write-through\s+first volume$/);
     // Columns line up: SIZE is right-aligned under its header.
     expect(row!.indexOf('64 MiB') + '64 MiB'.length).toBe(header!.indexOf('SIZE') + 'SIZE'.length);
 

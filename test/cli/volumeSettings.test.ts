@@ -35,7 +35,7 @@ describe('arraylab volume create --alloc-limit, set, rename', () => {
     expect(show).toMatch(/^alloc limit:\s+1 MiB \(0\.0% used\)$/m);
     const [header, row] = (await ok(['volume', 'list'])).split('\n');
     expect(header).toMatch(/^NAME\s+SIZE\s+ALLOCATED\s+LIMIT\s+BLOCK\s+PROVISIONING\s+ACCESS\s+CACHE\s+DESCRIPTION$/);
-    expect(row).toMatch(/^snap1\s+64 MiB\s+0 B\s+1 MiB\s+512\s+thin\s+rw$/);
+    expect(row).toMatch(/^snap1\s+64 MiB\s+0 B\s+1 MiB\s+512\s+thin\s+rw\s+write-through$/);
 
     expect(await ok(['volume', 'set', 'snap1', '--alloc-limit', '4MiB'])).toBe('volume snap1: allocation limit 4 MiB (0 B allocated)\n');
     expect(await json(['volume', 'set', 'snap1', '--alloc-limit', 'none'])).toMatchObject({ name: 'snap1', allocLimitBytes: null });
