@@ -194,14 +194,16 @@ out = {"reads": [timed(lambda: h.pread(4096, i * 4096)) for i in range(8)],
        "writes": [timed(lambda: h.pwrite(b"d" * 4096, i * 4096)) for i in range(8)]}`;
     await add({ kind: 'delay', target: 'volume:vol1', ops: ['read'], ms: 60 });
     const fixed = await py.ok<{ reads: number[]; writes: number[] }>(timed);
-    for (const ms of fixed.reads) expect(ms).toBeGreaterThanOrEqual(59);
-    for (const ms of fixed.reads) expect(ms).toBeLessThan(200);
-    for (const ms of fixed.writes) expect(ms).toBeLessThan(50);
+    // Lower bounds per read (a delay is a minimum); upper ones on the median, which a loaded CI machine does not move.
+    const median = (xs: number[]): number => [...xs].sort((x, y) => x - y)[xs.length >> 1]!;
+    for (const ms of fixed.reads) expect(ms).toBeGreaterThanOrEqual(58);
+    expect(median(fixed.reads)).toBeLessThan(100);
+    expect(median(fixed.writes)).toBeLessThan(30);
     await client.clearFaults();
     await add({ kind: 'delay', target: 'volume:vol1', ops: ['read'], ms: 60, jitterMs: 40, seed: 3 });
     const uniform = await py.ok<{ reads: number[]; writes: number[] }>(timed);
-    for (const ms of uniform.reads) expect(ms).toBeGreaterThanOrEqual(19);
-    for (const ms of uniform.reads) expect(ms).toBeLessThan(200);
+    for (const ms of uniform.reads) expect(ms).toBeGreaterThanOrEqual(18);
+    expect(median(uniform.reads)).toBeLessThan(120);
     // Jitter: not all the same (8 uniform draws over 80 ms).
     expect(Math.max(...uniform.reads) - Math.min(...uniform.reads)).toBeGreaterThan(10);
     console.log(`delay 60 ms: reads ${fixed.reads.map((x) => x.toFixed(0)).join(' ')}; 60±40 ms: ${uniform.reads.map((x) => x.toFixed(0)).join(' ')}`);
