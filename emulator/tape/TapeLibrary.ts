@@ -595,7 +595,7 @@ export function parsePointInTime(text: string): number {
  * for a live volume (the record's own start). Refuses an image that moves or is not known.
  */
 function imageInstant(vol: TapeVolume, image: VolumeImage, given: number | undefined): number | undefined {
-  if (image.kind === 'moving' || (image.kind === 'unknown' && given === undefined)) {
+  if (image.kind === 'moving' || image.kind === 'broken' || (image.kind === 'unknown' && given === undefined)) {
     throw new TapeError('FAILED_PRECONDITION', `cannot write volume ${vol.name} to tape: ${image.why}`);
   }
   if (given !== undefined && given > Date.now()) {

@@ -78,6 +78,10 @@ function imageOf(array: StorageArray, name: string): VolumeImage {
     .map((id) => array.copy.get(id))
     .find((i) => i.destination === name);
   if (s === undefined) return { kind: 'live' };
+  if (s.state === 'error-suspended') {
+    // Not "unknown instant" (an EC pair's imageAt is cleared): there is no whole image to write.
+    return { kind: 'broken', why: `volume ${name} is the destination of a copy session the array error-suspended: ${s.error ?? 'no reason given'}` };
+  }
   const pair = `EC session ${s.id} (${s.source} -> ${name})`;
   if (s.type === 'ec' && (s.state === 'copying' || s.state === 'equivalent')) {
     return {

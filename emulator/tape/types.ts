@@ -31,8 +31,11 @@ export interface TapeVolume {
  *                  suspended or split EC destination): the image is of `at` (ms)
  *   moving         an EC destination that is copying or equivalent: it follows the source
  *   unknown        an EC destination whose instant the array did not record
+ *   broken         the destination of an error-suspended session: it holds no complete image
+ *                  (an OPC's uncopied units, a SnapOPC+ generation, an EC pair's destination
+ *                  fail reads); refused even with a given point in time
  */
-export type VolumeImage = { kind: 'live' } | { kind: 'point-in-time'; at: number; session: string } | { kind: 'moving' | 'unknown'; why: string };
+export type VolumeImage = { kind: 'live' } | { kind: 'point-in-time'; at: number; session: string } | { kind: 'moving' | 'unknown' | 'broken'; why: string };
 
 export interface TapeVolumes {
   /** Throws TapeError NOT_FOUND (message naming the volume and the fix) when there is none. */

@@ -60,6 +60,27 @@ async function failure(p: Promise<unknown>): Promise<TapeError> {
   return err as TapeError;
 }
 
+describe('copy-error faults seen by tape', () => {
+  it('the destination of an error-suspended session is refused with the array reason, also with a point in time', async () => {
+    const { array, lib } = await setup();
+    const ec = await array.copy.startEc('v', 'w');
+    while ((await array.copy.step(1000)) > 0);
+    expect(array.copy.get(ec.id).state).toBe('equivalent');
+    await array.faults.add({ kind: 'copy-error', target: `session:${ec.id}`, ops: ['write'], once: true });
+    const h = array.openExport('v', { protocol: 'nbd', connectionId: 'c2', remoteAddress: '127.0.0.1:2', readOnly: false })!;
+    await h.device.write(0, Buffer.alloc(4096, 0x5a)); // the mirrored half fails; the host write stands
+    h.close();
+    const reason = array.copy.get(ec.id).error!;
+    expect(array.copy.get(ec.id).state).toBe('error-suspended');
+    for (const pointInTime of [undefined, new Date(Date.now() - 1000).toISOString()]) {
+      const err = await failure(lib.write({ volume: 'w', cartridge: 'T1', ...(pointInTime ? { pointInTime } : {}) }));
+      expect(err.code).toBe('FAILED_PRECONDITION');
+      expect(err.message).toBe(`cannot write volume w to tape: volume w is the destination of a copy session the array error-suspended: ${reason}`);
+    }
+    expect(lib.get('T1').records).toEqual([]);
+  });
+});
+
 describe('tape-error faults', () => {
   it('a write that fails half way keeps nothing: no record, the same space used, also after a reopen', async () => {
     const { array, lib, open } = await setup();
