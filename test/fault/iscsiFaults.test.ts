@@ -18,7 +18,7 @@ import { iscsiPortalOf, iscsiUrl, type Portal } from '../support/iscsi.js';
 import { RawInitiator, rw10, TARGET_IQN } from '../support/iscsiTestInitiator.js';
 import { runProcess } from '../support/process.js';
 import { requireTool } from '../support/tools.js';
-import { sleep } from '../support/wait.js';
+import { sleep, until } from '../support/wait.js';
 
 const BS = 512;
 const HOST_A = 'iqn.2026-11.lab.arraylab.test:fault-a';
@@ -95,6 +95,14 @@ function qemuIo(cmds: string[], timeoutMs = 30_000): Promise<{ code: number | nu
   for (const c of cmds) args.push('-c', c);
   args.push(iscsiUrl(portal, 0));
   return runProcess(requireTool('qemu-io'), args, { env: process.env, timeoutMs });
+}
+
+/** The server's log reaches us through a pipe, a little after the client saw the effect. */
+async function logged(what: RegExp | string): Promise<void> {
+  await until(`the server to log ${String(what)}`, () => (typeof what === 'string' ? lab.logs().includes(what) : what.test(lab.logs())), {
+    timeoutMs: 5000,
+    intervalMs: 20,
+  });
 }
 
 const hex = (s: Sense | undefined): string =>
@@ -197,7 +205,7 @@ describe('connect faults', () => {
     initiators.push(ini);
     const r = await ini.login({ initiatorName: HOST_A });
     expect([r.bhs[36], r.bhs[37]]).toEqual([0x03, 0x01]);
-    expect(lab.logs()).toMatch(/LUN 1 \(export vol2\) refuses connections for now: connection to vol2 refused by fault f\d+/);
+    await logged(/LUN 1 \(export vol2\) refuses connections for now: connection to vol2 refused by fault f\d+/);
     // qemu over LUN 0 is turned away too: the login is the initiator's, not the LUN's.
     const q = await qemuIo([`read 0 ${BS}`]);
     expect(q.code).not.toBe(0);
@@ -219,7 +227,7 @@ describe('disconnect', () => {
     const refused = await again.login({ initiatorName: HOST_A });
     // Target error / service unavailable: initiators retry it.
     expect([refused.bhs[36], refused.bhs[37]]).toEqual([0x03, 0x01]);
-    expect(lab.logs()).toMatch(/LUN 0 \(export vol1\) refuses connections for now: export vol1 refuses connections for \d+ s more/);
+    await logged(/LUN 0 \(export vol1\) refuses connections for now: export vol1 refuses connections for \d+ s more/);
 
     await sleep(2100);
     const back = await loggedIn();
@@ -240,8 +248,9 @@ describe('disconnect', () => {
     expect(r.code, r.output).toBe(0);
     expect(r.output).not.toMatch(/failed/);
     expect(r.output).toMatch(/read 512\/512 bytes/);
+    await until('the second login to be logged', () => logins() - before >= 2, { timeoutMs: 5000, intervalMs: 20 });
     expect(logins() - before).toBe(2);
-    expect(lab.logs()).toContain(`connection dropped by the array: fault ${f.id} dropped the connection`);
+    await logged(`connection dropped by the array: fault ${f.id} dropped the connection`);
   });
 
   it('qemu-io (libiscsi) retries the login refused during the refuse window and reads on after it', async () => {
@@ -252,7 +261,7 @@ describe('disconnect', () => {
     console.log(`qemu-io across a 2 s refuse window: ${(r.ms / 1000).toFixed(1)} s, exit ${r.code}`);
     expect(r.code, r.output).toBe(0);
     expect(r.output).not.toMatch(/failed/);
-    expect(lab.logs()).toMatch(/login refused/);
+    await logged(/login refused/);
   });
 });
 
