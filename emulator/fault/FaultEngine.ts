@@ -140,7 +140,7 @@ export class FaultEngine {
       { faultId: fault.id, target: formatTarget(fault.target), fault: describeFault(fault) },
       `fault ${fault.id} set on ${formatTarget(fault.target)}`,
     );
-    if (loose.every === undefined && loose.after === undefined && loose.once === undefined && loose.probability === undefined && loose.window === undefined) {
+    if (fault.ops.length === 0) {
       this.applyAtOnce(held);
     }
     if (opts.drain === true && fault.action.kind === 'pause') {

@@ -270,6 +270,11 @@ export function parseFaultSpec(loose: LooseFaultSpec, defaultSeed: SeedSource): 
   const flag = loose.flag === undefined ? undefined : parseFlagName(loose.flag, bad);
   const action = parseAction(loose, kind, bad);
   if (action.kind === 'bad-blocks' && lba !== undefined) throw bad('bad blocks are listed with --lba once, not as a range and a list');
+  // disconnect and reset act at once on every connection, or with --ops on the connection of each
+  // matching request: a trigger or a range has nothing to count or match without operations.
+  if ((action.kind === 'disconnect' || action.kind === 'reset') && ops.length === 0 && (trigger.kind !== 'always' || lba !== undefined)) {
+    throw bad(`a trigger or --lba needs --ops (e.g. --ops write --once); without --ops the ${kind} acts at once on every connection`);
+  }
   if (loose.label !== undefined && typeof loose.label !== 'string') throw bad('label must be text');
   return {
     target,

@@ -186,6 +186,14 @@ describe('fault engine', () => {
     expect(() => attach(a, 'vol1')).toThrow(/refuses connections for 1 s more/);
     await new Promise((r) => setTimeout(r, 250));
     attach(a, 'vol1').close();
+    // With --ops: only the connection of a matching request, when its trigger fires.
+    const c3 = attach(a, 'vol1');
+    const c4 = attach(a, 'vol1');
+    await a.faults.add({ kind: 'disconnect', target: 'export:vol1', ops: ['write'], every: 2 });
+    expect([c3.events, c4.events]).toEqual([[], []]);
+    await c3.device.write(0, Buffer.alloc(512));
+    expect((await errorOf(c3.device.write(0, Buffer.alloc(512)))).code).toBe('ESHUTDOWN');
+    expect([c3.events.length, c4.events.length]).toEqual([1, 0]);
   });
 
   it('lying flush acknowledges a flush without doing it and drops FUA', async () => {
@@ -212,6 +220,7 @@ describe('fault engine', () => {
     await expect(a.faults.add({ kind: 'error', target: 'volume:vol1', every: 2, once: true })).rejects.toThrow(/at most one trigger/);
     await expect(a.faults.add({ kind: 'copy-error', target: 'session:99' })).rejects.toThrow(/no copy session 99/);
     await expect(a.faults.applyPlan('faults: 3', 'p.yaml')).rejects.toThrow(/p.yaml: faults must be a list/);
+    await expect(a.faults.add({ kind: 'disconnect', target: 'export:vol1', once: true })).rejects.toThrow(/a trigger or --lba needs --ops/);
     expect(a.faults.list()).toEqual([]);
   });
 

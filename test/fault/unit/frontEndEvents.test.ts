@@ -10,13 +10,13 @@
  * else thrown leaves the LUN out as before.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { BlockDeviceError } from '../../emulator/block/BlockDevice.js';
-import * as op from '../../emulator/iscsi/opcodes.js';
-import { CMD, OPT, REP, WireClient } from '../support/nbdWire.js';
-import { DeviceWrapper, MemoryProvider } from '../support/memoryProvider.js';
-import { RawInitiator, rw10, startTarget, type TargetFixture } from '../support/iscsiTestInitiator.js';
-import { until } from '../support/wait.js';
-import { startServer, type Started } from '../nbd/harness.js';
+import { BlockDeviceError } from '../../../emulator/block/BlockDevice.js';
+import * as op from '../../../emulator/iscsi/opcodes.js';
+import { CMD, OPT, REP, WireClient } from '../../support/nbdWire.js';
+import { DeviceWrapper, MemoryProvider } from '../../support/memoryProvider.js';
+import { RawInitiator, rw10, startTarget, type TargetFixture } from '../../support/iscsiTestInitiator.js';
+import { until } from '../../support/wait.js';
+import { startServer, type Started } from '../../nbd/harness.js';
 
 const MiB = 1024 * 1024;
 const cleanups: Array<() => Promise<void> | void> = [];
