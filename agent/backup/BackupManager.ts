@@ -15,7 +15,7 @@ import type { CopySessionView, StartCopyParams } from '../../proto/views.js';
 import type { VolumeInfo } from '../../proto/views.js';
 import { formatSize } from '../../proto/util/units.js';
 import { AGENT_DATABASE_FILE, AgentStore, BusyError, type SyncPairRecord } from '../store/AgentStore.js';
-import { assess, key, relativeNumbers, toHistory, type ArrayState } from './generations.js';
+import { assess, ERROR_SUSPENDED, errorSeen, key, relativeNumbers, toHistory, type ArrayState } from './generations.js';
 import { cancelSync, leftoverPairs, startSync, syncView, waitEquivalent } from './sync.js';
 import {
   AgentError,
@@ -922,12 +922,31 @@ export class BackupManager implements AgentCore {
 
   /** The array's volumes and sessions, or undefined (logged) when it cannot be reached. */
   async arrayState(): Promise<ArrayState | undefined> {
+    let a: ArrayState;
     try {
       const [list, copies] = [await this.array.listVolumes(), await this.array.listCopies()];
-      return { volumes: new Map(list.map((v) => [v.name, v])), copies: new Map(copies.map((c) => [c.id, c])) };
+      a = { volumes: new Map(list.map((v) => [v.name, v])), copies: new Map(copies.map((c) => [c.id, c])) };
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'the array could not be reached: generations not checked');
       return undefined;
+    }
+    this.rememberErrorSuspended(a);
+    return a;
+  }
+
+  /**
+   * Held generations whose session the array error-suspended keep that verdict in their record
+   * (generations.ts, ERROR_SUSPENDED): the array forgets it when the session is cancelled, and
+   * an OPC session that is gone would then read as one whose copy finished.
+   */
+  private rememberErrorSuspended(a: ArrayState): void {
+    for (const g of this.store.listGenerations()) {
+      if (g.status !== 'held' || !g.sessionId || errorSeen(g)) continue;
+      const s = a.copies.get(g.sessionId);
+      if (s?.state !== 'error-suspended') continue;
+      const reason = `${ERROR_SUSPENDED}${s.id}: ${s.error || 'no reason given'}`;
+      this.store.updateGeneration(g.transactionVolume, g.number, { error: reason });
+      this.log.warn({ volume: g.transactionVolume, generation: g.number, sessionId: s.id }, reason);
     }
   }
 

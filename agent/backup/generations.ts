@@ -24,6 +24,19 @@ export interface Health {
   reason: string;
 }
 
+/**
+ * How assess()'s reason for a held generation whose session the array error-suspended
+ * begins. BackupManager keeps that reason in the record once it sees it, because the array
+ * forgets: once the session is cancelled out of band, an OPC generation's missing session
+ * would otherwise read as a copy that finished, with only part of the image on its volume.
+ */
+export const ERROR_SUSPENDED = 'the array error-suspended session ';
+
+/** The record keeps the array's verdict that its session was error-suspended. */
+export function errorSeen(g: Pick<GenerationRecord, 'error'>): boolean {
+  return g.error.startsWith(ERROR_SUSPENDED);
+}
+
 export function key(g: Pick<GenerationRecord, 'transactionVolume' | 'number'>): string {
   return `${g.transactionVolume}\0${g.number}`;
 }
@@ -51,6 +64,9 @@ export function assess(g: GenerationRecord, a: ArrayState): Health | undefined {
   if (g.status !== 'held') return undefined;
   const gen = `${g.transactionVolume} generation #${g.number}`;
   if (!a.volumes.has(g.backupVolume)) return { status: 'lost', reason: `its backup volume ${g.backupVolume} no longer exists on the array` };
+  if (errorSeen(g) && (!g.sessionId || !a.copies.has(g.sessionId))) {
+    return { status: 'error', reason: `${g.error}; the session has since ended, so ${g.backupVolume} may hold only part of ${gen}` };
+  }
   if (!g.sessionId) return undefined;
   const s = a.copies.get(g.sessionId);
   if (s === undefined) {
@@ -81,7 +97,7 @@ export function assess(g: GenerationRecord, a: ArrayState): Health | undefined {
       reason: `session ${s.id} is now ${s.source} -> ${s.destination}, not ${g.transactionVolume} -> ${g.backupVolume} (arraylab copy show ${s.id})`,
     };
   }
-  if (s.state === 'error-suspended') return { status: 'error', reason: `the array error-suspended session ${s.id}: ${s.error || 'no reason given'}` };
+  if (s.state === 'error-suspended') return { status: 'error', reason: `${ERROR_SUSPENDED}${s.id}: ${s.error || 'no reason given'}` };
   if (g.type === 'ec') {
     if (s.state === 'copying' || s.state === 'equivalent') {
       return {
@@ -102,7 +118,7 @@ export function toHistory(gens: GenerationRecord[], a: ArrayState | undefined): 
   return gens.map((g) => {
     const e: HistoryEntry = { ...g, generation: rel.get(key(g)) ?? 0 };
     if (g.status !== 'held') return e;
-    if (a === undefined) return { ...e, error: e.error || 'not checked: the array could not be reached' };
+    if (a === undefined) return errorSeen(g) ? { ...e, status: 'error' } : { ...e, error: e.error || 'not checked: the array could not be reached' };
     const h = assess(g, a);
     return h ? { ...e, status: h.status, error: h.reason } : e;
   });

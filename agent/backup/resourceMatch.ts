@@ -12,7 +12,7 @@ import type { CopySessionView } from '../../proto/views.js';
 import type { VolumeInfo } from '../../proto/views.js';
 import { AgentError, type ResourceMatchReport } from '../types.js';
 import { isAlive, type ManagerContext } from './context.js';
-import { assess } from './generations.js';
+import { assess, errorSeen } from './generations.js';
 
 export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchReport> {
   const repaired: string[] = [];
@@ -74,7 +74,8 @@ export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchRep
     }
     for (const g of m.store.heldGenerations(tv.volume)) {
       const s = g.sessionId ? copies.get(g.sessionId) : undefined;
-      if (g.sessionId && s === undefined && g.type === 'opc' && vols.has(g.backupVolume)) {
+      // (Unless the array error-suspended it before: then the copy never finished; assess says so.)
+      if (g.sessionId && s === undefined && g.type === 'opc' && vols.has(g.backupVolume) && !errorSeen(g)) {
         // An OPC session ends by design after its copy: the image stays.
         m.store.updateGeneration(tv.volume, g.number, { sessionId: '' });
         repaired.push(`${tv.volume} generation #${g.number}: its OPC session ${g.sessionId} has ended; the image on ${g.backupVolume} is kept`);

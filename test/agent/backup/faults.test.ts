@@ -14,7 +14,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MountEntry } from '../../../agent/types.js';
-import { registerAttached, startLab, type Lab } from './harness.js';
+import { registerAttached, rejects, startLab, type Lab } from './harness.js';
 import type { RecordingHost } from './RecordingHost.js';
 
 let L: Lab;
@@ -109,6 +109,47 @@ describe('a copy-error fault on the EC pair of a synchronized backup', () => {
     expect(unlock[0]!.args[0]).toMatchObject({ action: 'frozen', role: 'transaction' }); // thawed
     expectAllThawed(host, tv);
     expect((await m.status()).transactionVolumes.find((t) => t.volume === tv)!.needsResourceMatch).toBe('');
+  });
+});
+
+describe('a copy-error fault on the copy of an OPC backup', () => {
+  it('the generation is error once the array error-suspends its copy, and stays error after the session is cancelled out of band', async () => {
+    await L.mk(['oe-tv', 'oe-b1'], '256MiB');
+    const { m, host } = await L.manager();
+    await registerAttached(m, host, 'oe-tv', { generations: 1, defaultType: 'opc' });
+    await m.registerBackup('oe-b1');
+    await L.write('oe-tv', 0x61, 0, '256M'); // enough data that the copy is still running below
+    let id = '';
+    host.onCall = async (c) => {
+      if (c.method !== 'unlock' || c.volume !== 'oe-tv') return;
+      // Post-processing: the OPC has started. Hold its copy, set the fault, let it go on.
+      id = (await L.array.listCopies()).find((x) => x.source === 'oe-tv' && x.type === 'opc')!.id;
+      await L.array.setCopyRate(id, 0);
+      await L.array.addFault({ kind: 'copy-error', target: `session:${id}`, ops: ['write'], once: true });
+      await L.array.setCopyRate(id, undefined);
+    };
+    const r = await m.backup(['oe-tv']);
+    host.onCall = undefined;
+    expect(r.ok, r.volumes[0]!.error).toBe(true); // the point-in-time copy was made: the truth then
+    await L.waitCopy(id, (s) => s?.state === 'error-suspended');
+    const reason = (await L.array.getCopy(id)).error;
+    expect(reason).toMatch(/OPC session .* is error-suspended: the background copy failed: .*cancel the session/);
+    expect((await m.history('oe-tv'))[0]).toMatchObject({ number: 1, status: 'error', error: `the array error-suspended session ${id}: ${reason}` });
+
+    // An operator cancels it on the array (as its reason says): the array forgets the session,
+    // and an OPC session that is gone would read as a finished copy. The agent remembers.
+    await L.array.cancelCopy(id);
+    const h = (await m.history('oe-tv'))[0]!;
+    expect(h.status).toBe('error');
+    expect(h.error).toBe(`the array error-suspended session ${id}: ${reason}; the session has since ended, so oe-b1 may hold only part of oe-tv generation #1`);
+    const e = await rejects(m.restore('oe-tv'));
+    expect(e.message).toContain('it is error on the array: the array error-suspended session');
+    const rm = await m.resourceMatch();
+    expect(rm.repaired.join('\n')).toMatch(/oe-tv generation #1 marked error: the array error-suspended session/);
+    expect(rm.repaired.join('\n')).not.toMatch(/the image on oe-b1 is kept/);
+    expect((await m.history('oe-tv'))[0]).toMatchObject({ status: 'error', generation: 0 });
+    // The next backup works (the volume serves again).
+    expect((await m.backup(['oe-tv'])).ok).toBe(true);
   });
 });
 
