@@ -25,10 +25,18 @@
  * were decided (the ordered range lock `below*`), since a store may complete concurrent
  * writes to the same block in either order.
  *
+ * Memory: cached data lives in 4 KiB pages from the cache's own pool, reused as entries
+ * destage or are superseded, so a busy cache allocates nothing per request once warm (fresh
+ * buffers per write cost more in garbage collection than the copy itself). Nothing outside
+ * the cache holds a page across an await: a read decides at its start which blocks were
+ * cached, and after reading below copies them from the entries cached at its end, or reads
+ * again below those that were destaged meanwhile.
+ *
  * A destage that fails (ENOSPC past an allocation limit, EIO) loses that entry, as a real
  * array's failed destage does, and the next flush reports it once (Linux's writeback error).
  *
- * Power cut policies, applied to the entries still in the log, in log order, with one seeded
+ * Power cut policies, applied to the entries still in the log (every request acknowledged and
+ * not flushed, counted even when newer requests took all its blocks), in log order, with one seeded
  * generator (the reference model in test/fault/unit/writeCache.test.ts draws the same way):
  *   drop-unflushed  every entry is lost;
  *   keep-random     each entry draws once: below 0.5 it is applied (its live blocks), else lost;
@@ -47,9 +55,13 @@ export const POWER_CUT_POLICIES: readonly PowerCutPolicy[] = ['drop-unflushed', 
 
 /** 64 MiB per volume unless the array says otherwise. */
 export const DEFAULT_WRITE_CACHE_BYTES = 64 * 1024 * 1024;
-/** What a cached block costs in the index, charged against the limit beside the data. */
-const INDEX_COST = 32;
+/** What a cached block costs in the index (a Map entry, about), charged against the limit beside the data. */
+const INDEX_COST = 64;
 const SECTOR = 512;
+/** Cached data is kept in pages of this size. */
+const PAGE = 4096;
+/** The longest write a destage issues below (a longer run of blocks is split). */
+const MAX_DESTAGE = 1024 * 1024;
 
 const KIND_WRITE = 0;
 const KIND_ZERO = 1;
@@ -61,8 +73,8 @@ interface Entry {
   /** First block and block count. */
   first: number;
   count: number;
-  /** KIND_WRITE: the cache's copy of the data. */
-  data: Buffer | undefined;
+  /** KIND_WRITE: the cache's copy of the data, in pages (empty for zeroes and trims). */
+  readonly pages: Buffer[];
   noHole: boolean;
   /** Blocks the index still maps to this entry. */
   live: number;
@@ -105,6 +117,9 @@ export class WriteCache implements BlockDevice {
   private maxBlock = -1;
   private bytes = 0;
   private free: Entry | undefined;
+  private readonly freePages: Buffer[] = [];
+  /** The destage's contiguous copy of a run (destages run one at a time). */
+  private scratch: Buffer | undefined;
   private readonly ops: BelowOp[] = [];
   private destaging: Promise<void> | undefined;
   private failed: Error | undefined;
@@ -152,33 +167,62 @@ export class WriteCache implements BlockDevice {
     const first = offset / bs;
     const end = first + into.length / bs;
     if (this.index.size === 0 || end <= this.minBlock || first > this.maxBlock || !Number.isInteger(first)) return this.below.read(offset, into);
-    // Which cached data this read returns is decided now: a destage finishing while the read
-    // is below must not leave a block that was cached at the start reading as older data.
+    // The blocks cached now, as [first, end) runs: each reads as cache data (or, if destaged
+    // meanwhile, as what is below after the destage), never as the data below from before.
     const lo = Math.max(first, this.minBlock);
     const hi = Math.min(end, this.maxBlock + 1);
-    // Runs of blocks read from one entry: [block in the read, entry's data, block in the entry, count].
-    let snap: Array<Buffer | undefined | number> | undefined;
-    let last: Entry | undefined;
-    let lastBlock = -2;
+    let runs: number[] | undefined;
     for (let b = lo; b < hi; b++) {
-      const e = this.index.get(b);
-      if (e === undefined) continue;
-      if (e === last && b === lastBlock + 1) (snap![snap!.length - 1] as number)++;
-      else (snap ??= []).push(b - first, e.data, b - e.first, 1);
-      last = e;
-      lastBlock = b;
+      if (!this.index.has(b)) continue;
+      if (runs !== undefined && runs[runs.length - 1] === b) runs[runs.length - 1] = b + 1;
+      else (runs ??= []).push(b, b + 1);
     }
-    if (snap === undefined) return this.below.read(offset, into);
-    return this.below.read(offset, into).then(() => {
-      for (let i = 0; i < snap.length; i += 4) {
-        const at = (snap[i] as number) * bs;
-        const data = snap[i + 1] as Buffer | undefined;
-        const from = (snap[i + 2] as number) * bs;
-        const len = (snap[i + 3] as number) * bs;
-        if (data === undefined) into.fill(0, at, at + len);
-        else data.copy(into, at, from, from + len);
+    if (runs === undefined) return this.below.read(offset, into);
+    return this.below.read(offset, into).then(() => this.overlay(first, into, runs));
+  }
+
+  private async overlay(first: number, into: Buffer, runs: number[]): Promise<void> {
+    const bs = this.below.blockSize;
+    let again: number[] | undefined;
+    for (let i = 0; i < runs.length; i += 2) {
+      const end = runs[i + 1]!;
+      for (let b = runs[i]!; b < end; ) {
+        const e = this.index.get(b);
+        if (e === undefined) {
+          if (again !== undefined && again[again.length - 1] === b) again[again.length - 1] = b + 1;
+          else (again ??= []).push(b, b + 1);
+          b++;
+          continue;
+        }
+        // The run of blocks this entry holds, copied at once.
+        let r = b + 1;
+        while (r < end && this.index.get(r) === e) r++;
+        this.copyOut(e, (b - e.first) * bs, into, (b - first) * bs, (r - b) * bs);
+        b = r;
       }
-    });
+    }
+    if (again === undefined) return;
+    // Destaged while the read was below: below holds them now (a destage leaves the index last).
+    for (let i = 0; i < again.length; i += 2) {
+      await this.below.read(again[i]! * bs, into.subarray((again[i]! - first) * bs, (again[i + 1]! - first) * bs));
+    }
+  }
+
+  /** Copies `len` bytes of an entry's data from byte `from` (zeroes for zero and trim entries). */
+  private copyOut(e: Entry, from: number, to: Buffer, at: number, len: number): void {
+    if (e.kind !== KIND_WRITE) {
+      to.fill(0, at, at + len);
+      return;
+    }
+    while (len > 0) {
+      const page = e.pages[Math.floor(from / PAGE)]!;
+      const off = from % PAGE;
+      const n = Math.min(len, PAGE - off);
+      page.copy(to, at, off, off + n);
+      from += n;
+      at += n;
+      len -= n;
+    }
   }
 
   write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
@@ -305,22 +349,18 @@ export class WriteCache implements BlockDevice {
         else if (applied === total) report.writesKept++;
         else report.writesTorn++;
       }
-      const survivors = apply.map((a) => ({ ...a, data: a.e.data, kind: a.e.kind, noHole: a.e.noHole }));
+      // The entries leave the cache now; their pages stay theirs until the survivors are written.
+      const gone = this.head;
       this.clear();
       let firstErr: unknown;
-      for (const s of survivors) {
+      for (const a of apply) {
         try {
-          await this.applyBlock(
-            s.block,
-            s.kind,
-            s.data === undefined ? undefined : s.data.subarray((s.block - s.e.first) * bs, (s.block - s.e.first + 1) * bs),
-            s.noHole,
-            s.sectors,
-          );
+          await this.applyBlock(a.e, a.block, a.sectors);
         } catch (err) {
           firstErr ??= err;
         }
       }
+      this.recycle(gone);
       await this.below.flush();
       if (firstErr !== undefined) throw firstErr;
       return report;
@@ -340,7 +380,7 @@ export class WriteCache implements BlockDevice {
     const bs = this.below.blockSize;
     const first = offset / bs;
     const count = length / bs;
-    const cost = (data?.length ?? 0) + count * INDEX_COST;
+    const cost = (data === undefined ? 0 : Math.ceil(data.length / PAGE) * PAGE) + count * INDEX_COST;
     this.inflight++;
     try {
       if (fua || cost > this.limitBytes) {
@@ -358,8 +398,11 @@ export class WriteCache implements BlockDevice {
       e.noHole = noHole;
       e.cost = cost;
       if (data !== undefined) {
-        e.data = Buffer.allocUnsafe(data.length);
-        data.copy(e.data);
+        for (let at = 0; at < data.length; at += PAGE) {
+          const page = this.freePages.pop() ?? Buffer.allocUnsafeSlow(PAGE);
+          data.copy(page, 0, at, Math.min(at + PAGE, data.length));
+          e.pages.push(page);
+        }
       }
       for (let b = first; b < first + count; b++) {
         const old = this.index.get(b);
@@ -402,16 +445,21 @@ export class WriteCache implements BlockDevice {
   private takeFrom(old: Entry): void {
     if (--old.live === 0) {
       this.bytes -= old.cost;
-      old.data = undefined; // superseded entirely: its memory is free before it leaves the log
+      this.freeData(old); // superseded entirely: its memory is free before it leaves the log
     }
   }
 
   private entry(): Entry {
     const e = this.free;
-    if (e === undefined) return { seq: 0, kind: 0, first: 0, count: 0, data: undefined, noHole: false, live: 0, cost: 0, next: undefined };
+    if (e === undefined) return { seq: 0, kind: 0, first: 0, count: 0, pages: [], noHole: false, live: 0, cost: 0, next: undefined };
     this.free = e.next;
     e.next = undefined;
     return e;
+  }
+
+  private freeData(e: Entry): void {
+    for (const p of e.pages) this.freePages.push(p);
+    e.pages.length = 0;
   }
 
   /** Destages log entries up to seq (inclusive), one at a time, oldest first. */
@@ -442,9 +490,15 @@ export class WriteCache implements BlockDevice {
           continue;
         }
         let r = b + 1;
-        while (r < end && this.index.get(r) === e) r++;
-        const data = e.data?.subarray((b - e.first) * bs, (r - e.first) * bs);
-        await this.ordered(b, r - b, () => this.direct(e.kind, b * bs, (r - b) * bs, data, false, e.noHole));
+        while (r < end && r - b < MAX_DESTAGE / bs && this.index.get(r) === e) r++;
+        const len = (r - b) * bs;
+        let data: Buffer | undefined;
+        if (e.kind === KIND_WRITE) {
+          if (this.scratch === undefined || this.scratch.length < len) this.scratch = Buffer.allocUnsafeSlow(Math.max(len, 64 * 1024));
+          data = this.scratch.subarray(0, len);
+          this.copyOut(e, (b - e.first) * bs, data, 0, len);
+        }
+        await this.ordered(b, r - b, () => this.direct(e.kind, b * bs, len, data, false, e.noHole));
         b = r;
       }
     } catch (err) {
@@ -461,7 +515,7 @@ export class WriteCache implements BlockDevice {
       this.minBlock = Number.POSITIVE_INFINITY;
       this.maxBlock = -1;
     }
-    e.data = undefined;
+    this.freeData(e);
     e.next = this.free;
     this.free = e;
   }
@@ -484,15 +538,8 @@ export class WriteCache implements BlockDevice {
     }
   }
 
-  /** Empties the cache without writing anything (the power cut's loss). */
+  /** Empties the cache without writing anything (the power cut's loss); the caller recycles the entries. */
   private clear(): void {
-    for (let e = this.head; e !== undefined; ) {
-      const next = e.next;
-      e.data = undefined;
-      e.next = this.free;
-      this.free = e;
-      e = next;
-    }
     this.head = this.tail = undefined;
     this.entries = 0;
     this.index.clear();
@@ -501,17 +548,30 @@ export class WriteCache implements BlockDevice {
     this.maxBlock = -1;
   }
 
-  /** Writes one block of a surviving entry below; sectors: -1 for all, else a bit mask (read-modify-write). */
-  private async applyBlock(block: number, kind: number, data: Buffer | undefined, noHole: boolean, sectors: number): Promise<void> {
-    const bs = this.below.blockSize;
-    if (sectors === -1) return this.direct(kind, block * bs, bs, data, false, noHole);
-    const buf = Buffer.alloc(bs);
-    await this.below.read(block * bs, buf);
-    for (let s = 0; s < bs / SECTOR; s++) {
-      if ((sectors & (1 << s)) === 0) continue;
-      if (data === undefined) buf.fill(0, s * SECTOR, (s + 1) * SECTOR);
-      else data.copy(buf, s * SECTOR, s * SECTOR, (s + 1) * SECTOR);
+  /** Entries (a detached log from `e` on) back to the pools. */
+  private recycle(e: Entry | undefined): void {
+    while (e !== undefined) {
+      const next = e.next;
+      this.freeData(e);
+      e.next = this.free;
+      this.free = e;
+      e = next;
     }
+  }
+
+  /** Writes one block of a surviving entry below; sectors: -1 for all, else a bit mask (read-modify-write). */
+  private async applyBlock(e: Entry, block: number, sectors: number): Promise<void> {
+    const bs = this.below.blockSize;
+    const buf = Buffer.alloc(bs);
+    if (sectors === -1) {
+      if (e.kind !== KIND_WRITE) return this.direct(e.kind, block * bs, bs, undefined, false, e.noHole);
+      this.copyOut(e, (block - e.first) * bs, buf, 0, bs);
+      return this.below.write(block * bs, buf);
+    }
+    const data = Buffer.alloc(bs);
+    this.copyOut(e, (block - e.first) * bs, data, 0, bs);
+    await this.below.read(block * bs, buf);
+    for (let s = 0; s < bs / SECTOR; s++) if ((sectors & (1 << s)) !== 0) data.copy(buf, s * SECTOR, s * SECTOR, (s + 1) * SECTOR);
     await this.below.write(block * bs, buf);
   }
 }
