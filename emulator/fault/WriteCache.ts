@@ -490,7 +490,8 @@ export class WriteCache implements BlockDevice {
           continue;
         }
         let r = b + 1;
-        while (r < end && r - b < MAX_DESTAGE / bs && this.index.get(r) === e) r++;
+        // Data goes through the scratch buffer, so a write is split; zeroes and trims are not.
+        while (r < end && (e.kind !== KIND_WRITE || r - b < MAX_DESTAGE / bs) && this.index.get(r) === e) r++;
         const len = (r - b) * bs;
         let data: Buffer | undefined;
         if (e.kind === KIND_WRITE) {

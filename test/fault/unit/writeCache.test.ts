@@ -316,6 +316,24 @@ describe('WriteCache ordering below', () => {
     expect((await contents(store))[2 * MiB - 1]).toBe(0x55);
   });
 
+  it('a cached write longer than one destage (1 MiB) destages whole, around blocks newer writes took', async () => {
+    const store = new MemoryBlockStore({ size: 8 * MiB, blockSize: 4096, thin: true });
+    const cache = new WriteCache(store);
+    const big = Buffer.alloc(3 * MiB + 4096);
+    for (let i = 0; i < big.length; i += 4096) big.fill((i / 4096) & 0xff, i, i + 4096);
+    await cache.write(4096, big);
+    await cache.write(MiB, Buffer.alloc(8192, 0xee)); // takes two blocks from the middle
+    await cache.trim(2 * MiB, 4096);
+    const want = Buffer.alloc(8 * MiB);
+    big.copy(want, 4096);
+    want.fill(0xee, MiB, MiB + 8192);
+    want.fill(0, 2 * MiB, 2 * MiB + 4096);
+    expect((await contents(cache)).equals(want)).toBe(true);
+    await cache.flush();
+    expect(cache.stats).toEqual({ entries: 0, bytes: 0, blocks: 0 });
+    expect((await contents(store)).equals(want)).toBe(true);
+  });
+
   it('a failed destage is reported once, by the next flush', async () => {
     const store = new MemoryBlockStore({ size: MiB, blockSize: 512, thin: true });
     store.setAllocationLimit?.(4096);
