@@ -570,9 +570,9 @@ export class StorageArray implements ExportProvider {
     return (err) => this.log.error({ err, volume: name }, 'a cached write failed to destage and is lost; the next flush reports it');
   }
 
-  /** Flushes every volume's store. */
+  /** Flushes every volume's store (a volatile write cache destages first, through the copy engine's layer). */
   async flushAll(): Promise<void> {
-    await Promise.all([...this.volumes.values()].map((v) => v.store.flush()));
+    await Promise.all([...this.volumes.values()].map((v) => (v.writeCache ?? v.store).flush()));
   }
 
   /** Flushes and closes every store, then the database. Idempotent. */

@@ -468,11 +468,15 @@ describe('the write cache in the array', () => {
     await a.createVolume({ name: 'v', sizeBytes: MiB, writeCache: 'volatile' });
     const h = client(a, 'v');
     await h.device.write(0, Buffer.alloc(4096, 5));
+    await a.flushAll(); // what ArrayServer.stop calls first
+    expect(a.getVolume('v').writeCacheDirtyBytes).toBe(0);
+    await h.device.write(4096, Buffer.alloc(4096, 6)); // and close() destages again
     h.close();
     await a.close();
     a = await openArray(dir);
-    const b = Buffer.alloc(4096);
+    const b = Buffer.alloc(8192);
     await client(a, 'v').device.read(0, b);
     expect(b[0]).toBe(5);
+    expect(b[4096]).toBe(6);
   });
 });
