@@ -599,7 +599,7 @@ export class StorageArray implements ExportProvider {
       const left = this.poweredOffUntil - Date.now();
       throw new BlockDeviceError(
         'ESHUTDOWN',
-        `the array is down after a power cut${Number.isFinite(left) ? ` for ${Math.ceil(left / 1000)} s more` : ''}; retry then`,
+        `export ${name} is down after a power cut (arraylab power-cut --down-ms); it is back in ${Number.isFinite(left) ? `${Math.ceil(left / 1000)} s` : 'a moment'}, retry then`,
       );
     }
     this.faults.checkConnect(name, client);

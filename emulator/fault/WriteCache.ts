@@ -353,12 +353,24 @@ export class WriteCache implements BlockDevice {
       const gone = this.head;
       this.clear();
       let firstErr: unknown;
-      for (const a of apply) {
-        try {
-          await this.applyBlock(a.e, a.block, a.sectors);
-        } catch (err) {
-          firstErr ??= err;
+      if (apply.length > 0) {
+        // Ordered before anything newer below: a request that was past the door may cache a
+        // block again and destage it while the survivors are being written.
+        let lo = apply[0]!.block;
+        let hi = lo;
+        for (const a of apply) {
+          lo = Math.min(lo, a.block);
+          hi = Math.max(hi, a.block);
         }
+        await this.ordered(lo, hi - lo + 1, async () => {
+          for (const a of apply) {
+            try {
+              await this.applyBlock(a.e, a.block, a.sectors);
+            } catch (err) {
+              firstErr ??= err;
+            }
+          }
+        });
       }
       this.recycle(gone);
       await this.below.flush();
