@@ -9,11 +9,12 @@
  * sessions stay as the array keeps them (their records are in the journal, and they only ever
  * saw destaged writes). The caller refuses new connections until `downMs` after the cut.
  *
- * One generator, seeded by the request (or a fresh seed that the report shows), draws for the
- * volumes in name order, so the same seed and the same unflushed writes lose the same data.
+ * Each volume draws from its own generator, seeded from the request's seed (or a fresh one the
+ * report shows) and the volume's name, so the same seed and the same unflushed writes of a
+ * volume lose the same data, whatever other volumes held.
  */
 import type { HandleEvent } from '../block/BlockDevice.js';
-import { freshSeed, SeededRandom } from './random.js';
+import { deriveSeed, freshSeed, SeededRandom } from './random.js';
 import { type CacheCutReport, POWER_CUT_POLICIES, type PowerCutPolicy, type WriteCache } from './WriteCache.js';
 
 export interface PowerCutVolume {
@@ -64,11 +65,17 @@ export async function cutPower(volumes: readonly PowerCutVolume[], opts: PowerCu
       dropped++;
     }
   }
-  const rng = new SeededRandom(opts.seed);
   const out: PowerCutResult = { policy: opts.policy, seed: opts.seed, connectionsDropped: dropped, volumes: [] };
   for (const v of sorted) {
     if (v.cache === undefined) continue;
-    out.volumes.push({ name: v.name, ...(await v.cache.powerCut(opts.policy, rng)) });
+    out.volumes.push({ name: v.name, ...(await v.cache.powerCut(opts.policy, new SeededRandom(volumeSeed(opts.seed, v.name)))) });
   }
   return out;
+}
+
+/** A volume's generator seed: the cut's seed mixed with an FNV-1a hash of the volume's name. */
+export function volumeSeed(seed: number, name: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193) >>> 0;
+  return deriveSeed(seed, h);
 }
