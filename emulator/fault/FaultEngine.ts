@@ -242,7 +242,7 @@ export class FaultEngine {
 
   /** An event the array reports itself in the same stream (a power cut: faultId "power-cut"). */
   note(kind: string, target: string, detail: string): void {
-    this.emit(kind, kind, target, kind, detail);
+    this.emit(kind, kind, target, kind, detail, {}, detail);
   }
 
   onEvent(listener: (e: FaultEvent) => void): () => void {
@@ -482,6 +482,8 @@ export class FaultEngine {
     op: string,
     detail: string,
     where: { offset?: number | undefined; length?: number | undefined; connection?: string | undefined } = {},
+    /** The log line, when it is not a fault firing (an event the array notes itself). */
+    message?: string,
   ): void {
     const e: FaultEvent = { seq: ++this.seq, at: new Date(this.now()).toISOString(), faultId, kind, target, op, ...where, detail };
     this.history.push(e);
@@ -491,7 +493,7 @@ export class FaultEngine {
     if (this.log !== undefined) {
       const line = { faultId, kind, target, op, offset: e.offset, length: e.length, connection: e.connection, seq: e.seq };
       if (quiet) this.log.debug(line, `fault ${faultId} fired: ${op}`);
-      else this.log.info(line, `fault ${faultId} fired: ${kind} on ${op} of ${target}`);
+      else this.log.info(line, message ?? `fault ${faultId} fired: ${kind} on ${op} of ${target}`);
     }
     for (const l of [...this.listeners]) l(e);
   }
