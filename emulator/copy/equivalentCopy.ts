@@ -25,6 +25,8 @@
  *               diff once the cause is gone (if it is not, the copy fails again), or cancel.
  *               Entering it merges intent into diff (E4), so a crash afterwards still
  *               resyncs what mirrored writes may have left different; it is journalled.
+ *               Writes in flight then may still set intent (they track in diff instead of
+ *               mirroring), so resume merges it again.
  */
 import { BlockDeviceError } from '../block/BlockDevice.js';
 import { CopyBitmap } from './CopyBitmap.js';
@@ -127,7 +129,8 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
   resume(from: 'suspended' | 'split' | 'error-suspended'): void {
     this.checkResume(from);
     this.cursor = 0;
-    this.check(from !== 'error-suspended' || this.intent.count === 0, 'error-suspended pair with write intent (E4)');
+    if (from === 'error-suspended') this.mergeIntent(); // E4: set by writes that found it error-suspended
+    this.check(from !== 'error-suspended' || this.intent.count === 0, 'error-suspended pair resumed with write intent (E4)');
     this.setState('copying', `resync of ${this.diff.count} changed units`, { imageAt: undefined, error: undefined });
   }
 
@@ -147,6 +150,13 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
    * syncs. Under the caller's unit locks, or in a copy step (the control queue).
    */
   private async failPair(err: CopyFaultError, during: string): Promise<void> {
+    this.mergeIntent();
+    this.errorSuspend(err, during);
+    await this.ctx.journal.sync();
+  }
+
+  /** Units with write intent go to diff (journalled with the caller's next sync); intent clears. */
+  private mergeIntent(): void {
     const j = this.ctx.journal;
     for (const [s, n] of this.intent.runs()) {
       this.diff.set(s, n);
@@ -154,8 +164,6 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
     }
     this.intent.reset();
     j.clearBits(this.id, 'intent', 0, this.geo.units);
-    this.errorSuspend(err, during);
-    await j.sync();
   }
 
   /** Throws unless the pair may be reversed now (suspended or split). */
@@ -318,9 +326,9 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
         try {
           await this.copyUnits(this.src.below, this.dst.below, units);
         } catch (err) {
-          if (!(err instanceof CopyFaultError) || this.state !== 'copying') throw err;
-          await this.failPair(err, 'the background copy'); // the units stay in diff
-          return 0;
+          if (!(err instanceof CopyFaultError)) throw err;
+          if (this.state === 'copying') await this.failPair(err, 'the background copy'); // the units stay in diff
+          return 0; // error-suspended (by this failure or a mirrored write beside it)
         }
         // J5: both sides durable before the diff bits go (the source too: an unflushed
         // source write copied here must not be lost on one side only).

@@ -20,7 +20,9 @@
  * copy-on-write). The point-in-time image can no longer be completed, so the session stops
  * copying for good and only cancel ends it:
  *   E1 no unit is copied or tracked any more; source writes go straight through (the
- *      image's uncopied units are lost anyway), so a host never fails because of the copy;
+ *      image's uncopied units are lost anyway), so a host never fails because of the copy,
+ *      but only once the error-suspended state is durable (J6): a crash before it would
+ *      recover a copying session whose uncopied units the write already overwrote;
  *   E2 destination reads and writes of copied units work; of uncopied units they fail EIO
  *      with the reason (their point-in-time data is gone);
  *   E3 the state and reason are journalled: a restart keeps it error-suspended.
@@ -159,8 +161,11 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
           await this.copyUnits(this.src.below, this.dst.below, toCopy);
         } catch (err) {
           if (!(err instanceof CopyFaultError)) throw err;
-          this.errorSuspend(err, `the copy-on-write of a ${side} write`);
-          await this.ctx.journal.sync();
+          // Another write or the copier may have error-suspended it during the copy.
+          if ((this.state as CopyState) !== 'error-suspended') {
+            this.errorSuspend(err, `the copy-on-write of a ${side} write`);
+            await this.ctx.journal.sync();
+          }
           return await this.writeSuspended(u0, u1, next, side);
         }
         await this.dst.below.flush(); // J1
@@ -178,8 +183,13 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
   }
 
   /** A host write while error-suspended (units locked): E1 for the source, E2 for the destination. */
-  private writeSuspended(u0: number, u1: number, next: Next, side: 'source' | 'destination'): Promise<void> {
-    if (side === 'destination' && !this.copied.allSet(u0, u1)) return Promise.reject(this.lost('write'));
+  private async writeSuspended(u0: number, u1: number, next: Next, side: 'source' | 'destination'): Promise<void> {
+    if (side === 'destination') {
+      if (!this.copied.allSet(u0, u1)) throw this.lost('write');
+      return next();
+    }
+    // E1: the state is in memory at once, durable with the next sync; this write relies on it.
+    if (!this.copied.allSet(u0, u1)) await this.ctx.journal.sync();
     return next();
   }
 
@@ -200,10 +210,12 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
         try {
           await this.copyUnits(this.src.below, this.dst.below, units);
         } catch (err) {
-          if (!(err instanceof CopyFaultError) || this.state !== 'copying') throw err;
-          this.errorSuspend(err, 'the background copy');
-          await this.ctx.journal.sync();
-          return 0;
+          if (!(err instanceof CopyFaultError)) throw err;
+          if (this.state === 'copying') {
+            this.errorSuspend(err, 'the background copy');
+            await this.ctx.journal.sync();
+          }
+          return 0; // error-suspended (by this failure or one beside it): nothing more to copy
         }
         await this.dst.below.flush(); // J1
         await this.persistSet([['copied', this.copied, units]]);

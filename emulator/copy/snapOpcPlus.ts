@@ -51,6 +51,10 @@
  *      waits until every write held before it is applied (settle), then flushes.
  *   W6 held payload is bounded (HELD_BYTES_MAX per source); past it, and for FUA writes, the
  *      write is queued the same way but the host waits until it is applied.
+ *   W7 a generation's failure is durable before any write relies on it: a writer that finds
+ *      no healthy generation needing its unit (so saves nothing), or saves into an older one
+ *      instead, first syncs the journal (failures > synced); else a crash would recover the
+ *      failed generation healthy, without the before-image, reading the new data through.
  * Errors: a store flush that fails in a round error-suspends that generation (as ENOSPC on
  * the save does) and the round re-saves its units into the next older healthy generation
  * (the source below still holds them, W3). A journal sync that fails fails the round: its
@@ -215,6 +219,9 @@ export class SnapChain implements SourceRole {
   private deferred: unknown;
   /** Rounds that failed to commit: their held writes are dropped. */
   private readonly roundErrors = new Map<number, unknown>();
+  /** Generation failures so far, and how many of them a finished sync made durable (W7). */
+  private failures = 0;
+  private syncedFailures = 0;
 
   constructor(
     /** Renamed with the volume (CopyEngine.renameVolume). */
@@ -351,6 +358,9 @@ export class SnapChain implements SourceRole {
    */
   private async save(u: number): Promise<SnapGeneration | undefined> {
     for (;;) {
+      // W7; checked again after each wait (a failure beside us), and no await between the last
+      // check and reading the generations' health.
+      while (this.syncedFailures < this.failures) await this.failuresDurable();
       const n = this.newestHealthy();
       if (n < 0 || this.coveredFrom(n, u)) return undefined;
       const g = this.gens[n]!;
@@ -365,13 +375,27 @@ export class SnapChain implements SourceRole {
         return g;
       } catch (err) {
         if (!((err instanceof BlockDeviceError && err.code === 'ENOSPC') || err instanceof CopyFaultError)) throw err;
-        if (g.healthy) g.fail(err);
-        await this.ctx.journal.sync();
+        if (g.healthy) this.failGeneration(g, err);
+        await this.failuresDurable();
         // the next older healthy generation takes the before-image
       } finally {
         if (saveBuffers.length < 64) saveBuffers.push(pooled !== undefined && pooled.length >= len ? pooled : buf);
       }
     }
+  }
+
+  /** Error-suspends a generation (journalled by the next sync; W7). */
+  private failGeneration(g: SnapGeneration, err: Error): void {
+    g.fail(err);
+    this.failures++;
+  }
+
+  /** W7: every generation failure so far is durable (a sync that began after it finished). */
+  private async failuresDurable(): Promise<void> {
+    const upTo = this.failures;
+    if (this.syncedFailures >= upTo) return;
+    await this.ctx.journal.sync(); // a failed sync throws to the writer, and the next one retries
+    if (this.syncedFailures < upTo) this.syncedFailures = upTo;
   }
 
   // ---- rounds (group commit) ----
@@ -423,7 +447,7 @@ export class SnapChain implements SourceRole {
           try {
             await g.dst.below.flush();
           } catch (err) {
-            if (g.healthy) g.fail(err as Error); // synced with the bits below
+            if (g.healthy) this.failGeneration(g, err as Error); // synced with the bits below too
           }
         }),
       );

@@ -9,6 +9,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { Volume } from '../../emulator/array/Volume.js';
+import { MemoryBlockStore } from '../../emulator/block/MemoryBlockStore.js';
 import { CopyEngine } from '../../emulator/copy/CopyEngine.js';
 import type { CopyEvent, CopyFaultHook } from '../../emulator/copy/CopySession.js';
 import { MemoryJournal } from '../../emulator/copy/SessionJournal.js';
@@ -209,6 +210,79 @@ describe('copy-error faults: OPC and QuickOPC', () => {
     expect(m.engine.get(s.id).state).toBe('error-suspended');
     await expect(m.engine.startQuickOpc('a', 'b')).rejects.toThrow(/cannot restart: QuickOPC session s1 .*error-suspended/);
     await expect(m.engine.reverse(s.id)).rejects.toThrow(/cannot reverse: QuickOPC session s1/);
+  });
+});
+
+/**
+ * A rig whose journal commits wait while `hold` is set: what a write does before the
+ * error-suspended state is durable can be seen (found by the simulation).
+ */
+function heldJournalRig(names: string[]) {
+  const gate = { hold: false, waiting: [] as Array<() => void> };
+  const journal = new MemoryJournal(undefined, () => (gate.hold ? new Promise<void>((r) => gate.waiting.push(r)) : Promise.resolve()));
+  const faults = new Faults();
+  let n = 0;
+  const engine = new CopyEngine({ journal, clock: 'manual', defaultUnitSize: 16384, faults, newId: () => `s${++n}` });
+  const stores: Record<string, MemoryBlockStore> = {};
+  const dev: Record<string, ReturnType<typeof client>> = {};
+  names.forEach((name, i) => {
+    stores[name] = new MemoryBlockStore({ size: 64 * BS, blockSize: 4096 });
+    const v = makeVolume(name, stores[name]!, i);
+    engine.addVolume(v);
+    dev[name] = client(v);
+  });
+  const release = () => {
+    gate.hold = false;
+    for (const w of gate.waiting.splice(0)) w();
+  };
+  return { engine, faults, stores, dev, gate, release };
+}
+
+/** Whether the promise settled within a few event-loop turns. */
+async function settled(p: Promise<unknown>): Promise<boolean> {
+  let done = false;
+  p.then(
+    () => (done = true),
+    () => (done = true),
+  );
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  return done;
+}
+
+describe('copy-error faults: nothing relies on an error-suspended state before it is durable', () => {
+  it('OPC: a source write that skips the copy-on-write waits until the state is durable (E1)', async () => {
+    const { engine, faults, stores, dev, gate, release } = heldJournalRig(['a', 'b']);
+    for (let b = 0; b < 64; b++) await put(dev.a!, b, 100 + b);
+    const s = await engine.startOpc('a', 'b', { rate: 0 });
+    faults.add(s.id, 'read', 1);
+    gate.hold = true;
+    const first = put(dev.a!, 0, 1); // its copy-on-write fails: error-suspended, not yet durable
+    await settled(first);
+    expect(engine.get(s.id).state).toBe('error-suspended');
+    const second = put(dev.a!, 40, 2); // an uncopied unit: no copy-on-write any more, but only once durable
+    expect(await settled(second)).toBe(false);
+    expect((await readTags(stores.a!, 40, 1))[0]).toBe(140); // a crash now keeps a copying session: its image intact
+    release();
+    await Promise.all([first, second]);
+    expect((await readTags(dev.a!, 40, 1))[0]).toBe(2);
+  });
+
+  it('SnapOPC+: a write that finds no healthy generation left waits until the failure is durable (W7)', async () => {
+    const { engine, faults, stores, dev, gate, release } = heldJournalRig(['a', 's1']);
+    for (let b = 0; b < 64; b++) await put(dev.a!, b, 100 + b);
+    await dev.a!.flush();
+    const g = await engine.startSnapOpcPlus('a', 's1');
+    faults.add(g.id, 'read', 1);
+    gate.hold = true;
+    const first = put(dev.a!, 0, 1); // its save fails: the only generation is error-suspended, not yet durable
+    await settled(first);
+    expect(engine.get(g.id).state).toBe('error-suspended');
+    const second = put(dev.a!, 40, 2); // nothing to save into: applied only once the failure is durable
+    expect(await settled(second)).toBe(false);
+    expect((await readTags(stores.a!, 40, 1))[0]).toBe(140);
+    release();
+    await Promise.all([first, second]);
+    expect((await readTags(dev.a!, 40, 1))[0]).toBe(2);
   });
 });
 

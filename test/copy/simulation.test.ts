@@ -18,6 +18,14 @@
  * without host writes to other volumes beside it. The journal's commits take a random
  * number of microtasks (in order), so crashes land inside them too.
  *
+ * Injected copy faults (CopyEngineOptions.faults): an action arms a random session (a seeded
+ * probability per copy read or write of its own) or disarms them all. A session whose fault
+ * fired may go error-suspended (EC from copying or equivalent, OPC/QuickOPC from copying,
+ * SnapOPC+ as when its pool fills); the model then takes its destination's content as
+ * unknown: an EC destination refuses reads and writes (EIO) until resumed, an OPC/QuickOPC
+ * one may read or write (copied units) or fail EIO (uncopied units) until cancelled. Host
+ * writes to sources never fail for it; EC resume from error-suspended is predicted to work.
+ *
  * Control operations are Controls: a prediction (done or refused), the model change once
  * done, and, for a crash inside one, how to tell from the recovered engine whether it became
  * durable. It must be one or the other as a whole (a group: with writes beside it, any subset
@@ -99,7 +107,8 @@ interface Control {
   mayHave?: (() => void) | undefined;
 }
 
-type Access = 'ok' | 'EACCES' | 'EPERM' | 'EIO';
+/** maybe-EIO: an error-suspended OPC/QuickOPC destination: copied units work, uncopied ones fail EIO. */
+type Access = 'ok' | 'EACCES' | 'EPERM' | 'EIO' | 'maybe-EIO';
 
 class Failure extends Error {}
 
@@ -124,12 +133,19 @@ class Sim {
   crashesInRound = 0;
   /** QuickOPC reverses that happened (by reverse() or a start in the other direction). */
   qReverses = 0;
+  /** Injected copy faults: armed sessions (probability per copy I/O), those whose fault fired, and how often. */
+  readonly armed = new Map<string, number>();
+  readonly fired = new Set<string>();
+  faultsFired = 0;
+  errorSuspended = 0;
+  private readonly faultRand: () => number;
   /** Crashes inside control operations, by kind: [became durable, did not]. */
   readonly outcomes = new Map<string, [number, number]>();
 
   constructor(readonly seed: number) {
     this.rand = rng(seed);
     this.storeRand = rng(seed ^ 0x5eed);
+    this.faultRand = rng(seed ^ 0xfa17);
     const jr = rng(seed ^ 0x10a1);
     // A commit takes a random number of microtasks, so a crash can land inside it. Commits
     // complete in the order they began, like the real journal's (one SQLite transaction after
@@ -169,7 +185,23 @@ class Sim {
   async boot(recover: boolean): Promise<void> {
     this.vols = new Map();
     this.devs = new Map();
-    this.engine = new CopyEngine({ journal: this.journal, clock: 'manual', defaultUnitSize: UNIT, intentRegion: UNIT * 4, newId: () => `s${++this.ids}` });
+    const faults = {
+      copyFault: (id: string, op: string, volume: string, offset: number): void => {
+        const p = this.armed.get(id);
+        if (p === undefined || this.faultRand() >= p) return;
+        this.fired.add(id);
+        this.faultsFired++;
+        throw new Error(`injected copy ${op} error on ${volume} at ${offset}`);
+      },
+    };
+    this.engine = new CopyEngine({
+      journal: this.journal,
+      clock: 'manual',
+      defaultUnitSize: UNIT,
+      intentRegion: UNIT * 4,
+      newId: () => `s${++this.ids}`,
+      faults,
+    });
     let i = 0;
     for (const [name, store] of this.stores) {
       const v = makeVolume(name, store, i++);
@@ -186,7 +218,9 @@ class Sim {
       if (s.type === 'ec') {
         if (s.state === 'copying') return { read: 'EACCES', write: 'EACCES' };
         if (s.state === 'equivalent') return { read: 'ok', write: 'EPERM' };
+        if (s.state === 'error-suspended') return { read: 'EIO', write: 'EIO' };
       }
+      if ((s.type === 'opc' || s.type === 'quickopc') && s.state === 'error-suspended') return { read: 'maybe-EIO', write: 'maybe-EIO' };
       if (s.type === 'snapopcplus') return { read: s.state === 'snap' ? 'ok' : 'EIO', write: 'EPERM' };
     }
     return { read: 'ok', write: 'ok' };
@@ -198,6 +232,13 @@ class Sim {
       .filter((s) => s.type === 'ec' && s.src === vol && (s.state === 'copying' || s.state === 'equivalent'))
       .filter((s) => block < Math.min(SIZES[s.src]!, SIZES[s.dst]!)) // the pair covers the smaller volume
       .map((s) => s.dst);
+  }
+
+  /** The destination of an armed OPC/QuickOPC session still copying: a write's copy-on-write may fail it (EIO). */
+  armedCopyDest(vol: string): boolean {
+    return [...this.sessions.values()].some(
+      (s) => s.dst === vol && (s.type === 'opc' || s.type === 'quickopc') && s.state === 'copying' && this.armed.has(s.id),
+    );
   }
 
   isMirrorDest(vol: string): boolean {
@@ -244,6 +285,8 @@ class Sim {
     const dev = this.devs.get(vol)!;
     const tag = kind === 'write' ? this.tag++ : 0;
     const acc = this.access(vol).write;
+    // A failed copy-on-write fails the write (EIO) and error-suspends the session (reconcile).
+    if (this.armedCopyDest(vol)) allowAlso = [...allowAlso, 'EIO'];
     this.log.push(`${kind} ${vol}[${b}+${n}]${tag ? `=${tag}` : ''} expect ${acc}`);
     const p =
       kind === 'write' ? dev.write(b * BLOCK, tagged(tag, n, BLOCK)) : kind === 'zero' ? dev.writeZeroes(b * BLOCK, n * BLOCK) : dev.trim(b * BLOCK, n * BLOCK);
@@ -255,10 +298,13 @@ class Sim {
     }
     return p.then(
       () => {
-        if (acc !== 'ok') this.fail(`${kind} ${vol}[${b}+${n}] succeeded; expected ${acc}`);
+        if (acc === 'maybe-EIO')
+          for (let k = b; k < b + n; k++) this.setVal(vol, k, tag); // copied units: written
+        else if (acc !== 'ok') this.fail(`${kind} ${vol}[${b}+${n}] succeeded; expected ${acc}`);
       },
       (e: { code?: string; message?: string }) => {
         if (e.code === 'ESHUTDOWN' || /after a crash/.test(String(e.message))) return; // killed by a crash
+        if (acc === 'maybe-EIO' && e.code === 'EIO') return;
         if (e.code !== acc && !allowAlso.includes(e.code as Access)) this.fail(`${kind} ${vol}[${b}+${n}] failed ${e.code} (${e.message}); expected ${acc}`);
       },
     );
@@ -445,7 +491,7 @@ class Sim {
         : op === 'split'
           ? from === 'equivalent' || from === 'suspended'
           : op === 'resume'
-            ? from === 'suspended'
+            ? from === 'suspended' || from === 'error-suspended'
             : op === 'rejoin'
               ? from === 'split'
               : frozen && this.alone(s));
@@ -528,7 +574,8 @@ class Sim {
       apply: () => {
         for (const v of victims) {
           this.sessions.delete(v.id);
-          if (v.type === 'snapopcplus' || v.state === 'copying') this.unknown(v.dst);
+          if (v.type === 'snapopcplus' || v.state === 'copying' || v.state === 'error-suspended') this.unknown(v.dst);
+          this.armed.delete(v.id);
         }
       },
       outcome: (eng) =>
@@ -806,6 +853,20 @@ class Sim {
     await this.perform(this.cancelControl(s, this.rand() < 0.5));
   }
 
+  /** Arms a random session's copy I/O with a fault (or disarms every session). */
+  async fault(): Promise<void> {
+    const all = [...this.sessions.values()];
+    if (all.length === 0 || (this.armed.size > 0 && this.rand() < 0.5)) {
+      this.log.push('disarm copy faults');
+      this.armed.clear();
+      return;
+    }
+    const s = this.pick(all);
+    const p = [0.05, 0.3, 1][this.int(3)]!;
+    this.log.push(`arm copy faults on ${s.id} (${s.type} ${s.state}) p=${p}`);
+    this.armed.set(s.id, p);
+  }
+
   async step(): Promise<void> {
     const n = 1 + this.int(4);
     this.log.push(`step ${n}`);
@@ -842,7 +903,7 @@ class Sim {
       ps.push(this.hostMutate(vol, b, n, this.rand() < 0.85 ? 'write' : 'zero', hasStep ? ['EACCES', 'EPERM', 'EIO'] : ['EIO']));
     }
     // A read of a point-in-time image (or a plain volume) in the middle of it all.
-    const readable = [...DATA].filter((v) => this.access(v).read === 'ok' && !this.isMirrorDest(v));
+    const readable = [...DATA].filter((v) => this.access(v).read === 'ok' && !this.isMirrorDest(v) && !this.armedCopyDest(v));
     if (readable.length > 0) {
       const vol = this.pick(readable);
       const mv = this.mv(vol);
@@ -991,8 +1052,15 @@ class Sim {
           (s.type === 'ec' && s.state === 'copying' && e.state === 'equivalent') ||
           (s.type === 'snapopcplus' && s.state === 'snap' && e.state === 'error-suspended') ||
           (afterCrash && s.type === 'ec' && s.state === 'equivalent' && e.state === 'copying') ||
-          (afterCrash && s.type === 'quickopc' && s.state === 'tracking' && e.state === 'copying'); // a restart's copy lost with its completion
+          (afterCrash && s.type === 'quickopc' && s.state === 'tracking' && e.state === 'copying') || // a restart's copy lost with its completion
+          (this.fired.has(s.id) && e.state === 'error-suspended' && (s.state === 'copying' || (s.type === 'ec' && s.state === 'equivalent')));
         if (!legal) this.fail(`session ${s.id} (${s.type}) went ${s.state} -> ${e.state}`);
+        if (e.state === 'error-suspended' && !e.error) this.fail(`session ${s.id} is error-suspended without a reason`);
+        if (e.state === 'error-suspended' && s.type !== 'snapopcplus') {
+          // Its destination holds no image the model can name: learnt again once readable.
+          this.unknown(s.dst);
+          this.errorSuspended++;
+        }
         s.state = e.state;
       }
     }
@@ -1028,11 +1096,18 @@ class Sim {
       try {
         got = await this.readAll(name);
       } catch (e) {
-        if ((e as { code?: string }).code !== acc)
+        // SnapOPC+ write-behind applies a held write (and a round redoes a save) after the host
+        // was answered: an armed fault may error-suspend a generation, or an OPC/QuickOPC session
+        // of the same source (its copy-on-write), while we read. The model follows the engine.
+        if ((e as { code?: string }).code === 'EIO' && acc === 'ok' && this.fired.size > 0) {
+          this.reconcile(false);
+          if (this.access(name).read !== 'ok') continue;
+        }
+        if ((e as { code?: string }).code !== acc && !(acc === 'maybe-EIO' && (e as { code?: string }).code === 'EIO'))
           this.fail(`read of ${name} failed ${(e as { code?: string }).code}: ${(e as Error).message}; expected ${acc}`);
         continue;
       }
-      if (acc !== 'ok') this.fail(`read of ${name} succeeded; expected ${acc}`);
+      if (acc !== 'ok' && acc !== 'maybe-EIO') this.fail(`read of ${name} succeeded; expected ${acc}`);
       for (let b = 0; b < v.blocks; b++) {
         if (v.val[b] === UNKNOWN) {
           v.val[b] = got[b]!;
@@ -1060,7 +1135,8 @@ class Sim {
       else if (r < 90) await this.group();
       else if (r < 95) await this.reverse();
       else if (r < 97) await this.controlThenCrash();
-      else await this.controlThenFail();
+      else if (r < 99) await this.controlThenFail();
+      else await this.fault();
       await this.checkAll();
     }
     await this.engine.close();
@@ -1098,6 +1174,8 @@ describe('copy engine simulation', () => {
       const held0 = SnapChain.stats.held;
       let qReverses = 0;
       let failedCommits = 0;
+      let faultsFired = 0;
+      let errorSuspended = 0;
       const outcomes = new Map<string, [number, number]>();
       const failures: Error[] = [];
       const list = only !== undefined ? [only] : Array.from({ length: seeds }, (_, i) => first + i);
@@ -1115,6 +1193,8 @@ describe('copy engine simulation', () => {
         crashesInRound += sim.crashesInRound;
         qReverses += sim.qReverses;
         failedCommits += sim.failedCommits;
+        faultsFired += sim.faultsFired;
+        errorSuspended += sim.errorSuspended;
         for (const [k, [y, n]] of sim.outcomes) {
           const o = outcomes.get(k) ?? [0, 0];
           outcomes.set(k, [o[0] + y, o[1] + n]);
@@ -1126,7 +1206,7 @@ describe('copy engine simulation', () => {
           `SnapOPC+ write-behind: ${st.held - held0} writes held, ${st.waited} waited, ${st.rounds} rounds, ${st.failedRounds} failed; crashes with held writes ${crashesHeld}, inside a round ${crashesInRound}`,
         );
         console.log(
-          `crashes ${crashes}, QuickOPC reverses ${qReverses}, control operations whose commit failed ${failedCommits}; crashes inside control operations (durable / not):`,
+          `crashes ${crashes}, QuickOPC reverses ${qReverses}, control operations whose commit failed ${failedCommits}, copy faults fired ${faultsFired} (EC/OPC/QuickOPC sessions error-suspended ${errorSuspended}); crashes inside control operations (durable / not):`,
         );
         for (const [k, [y, n]] of [...outcomes].sort()) console.log(`  ${k.padEnd(26)} ${y} / ${n}`);
       }
@@ -1140,6 +1220,9 @@ describe('copy engine simulation', () => {
         // operations that land both before and after the operation became durable.
         expect(qReverses).toBeGreaterThan(0);
         expect(failedCommits).toBeGreaterThan(0);
+        // Injected copy faults: sessions of every kind go error-suspended and the model follows.
+        expect(faultsFired).toBeGreaterThan(0);
+        expect(errorSuspended).toBeGreaterThan(0);
         // SnapOPC+ write-behind: writes acknowledged before their round, crashes while held and mid-round.
         expect(SnapChain.stats.held - held0).toBeGreaterThan(0);
         expect(crashesHeld).toBeGreaterThan(0);
