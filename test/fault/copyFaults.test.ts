@@ -1,0 +1,120 @@
+/**
+ * copy-error faults on the real server, through the CLI and real NBD clients: an EC pair and
+ * an OPC go error-suspended with the reason, which `copy show`, `copy list` and WatchCopies
+ * give, and which survives a kill -9 and restart (the journal); hosts get EIO with the reason
+ * where the session says so; EC resume recovers once the fault is removed, OPC is cancelled.
+ */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ArrayClient } from '../../proto/ArrayClient.js';
+import type { CopyEventView } from '../../proto/views.js';
+import { cliJson, cliOk, makeTempDir, startArraylab, type Arraylab } from '../support/arraylab.js';
+import { requireTool } from '../support/tools.js';
+import { waitFor } from '../support/wait.js';
+
+const run = promisify(execFile);
+const qemuIo = (uri: string, cmd: string) =>
+  run(requireTool('qemu-io'), ['-f', 'raw', '-c', cmd, uri]).then(
+    (r) => ({ ok: true, out: r.stdout + r.stderr }),
+    (e: { stdout?: string; stderr?: string }) => ({ ok: false, out: `${e.stdout ?? ''}${e.stderr ?? ''}` }),
+  );
+
+describe('copy-error faults (real server, CLI, qemu-io)', () => {
+  const labs: Arraylab[] = [];
+  afterAll(async () => {
+    for (const l of labs) await l.stop().catch(() => undefined);
+  });
+  const start = async (dataDir: string): Promise<Arraylab> => {
+    const l = await startArraylab({ dataDir, config: { volumes: [] } });
+    labs.push(l);
+    return l;
+  };
+  const state = async (l: Arraylab, id: string) => (await cliJson(l, ['copy', 'show', id])) as { state: string; error: string };
+
+  it('EC: error-suspended with the reason in show, list and WatchCopies, kept across kill -9; resume recovers once the fault is gone', async () => {
+    const dataDir = makeTempDir('arraylab-copyfault-');
+    let lab = await start(dataDir);
+    for (const v of ['src', 'dst']) await cliOk(lab, ['volume', 'create', v, '--size', '16MiB']);
+    expect((await qemuIo(lab.nbdUri('src'), 'write -P 0x11 0 1M')).ok).toBe(true);
+    const id = ((await cliJson(lab, ['copy', 'start', '--type', 'ec', '--src', 'src', '--dst', 'dst'])) as { id: string }).id;
+    await waitFor(
+      () => state(lab, id),
+      (s) => s.state === 'equivalent',
+      { timeoutMs: 30_000, intervalMs: 100 },
+    );
+
+    const client = new ArrayClient(lab.apiAddress);
+    const events: CopyEventView[] = [];
+    const watch = client.watchCopies({ id }, (e) => events.push(e));
+    const fault = (await cliOk(lab, ['fault', 'add', 'copy-error', '--session', id, '--ops', 'write', '--once'])).trim();
+    expect((await qemuIo(lab.nbdUri('src'), 'write -P 0x22 0 64k')).ok).toBe(true); // the host's write stands
+
+    const s = await state(lab, id);
+    expect(s.state).toBe('error-suspended');
+    expect(s.error).toMatch(
+      new RegExp(`^EC session ${id} \\(src -> dst\\) is error-suspended: a mirrored write failed: .*\\(fault ${fault}\\); .*resume the session`),
+    );
+    const shown = await cliOk(lab, ['copy', 'show', id]);
+    expect(shown).toMatch(/^state:\s+error-suspended$/m);
+    expect(shown).toMatch(/^error:\s+EC session /m);
+    expect(shown).toContain(s.error);
+    expect(await cliOk(lab, ['copy', 'list'])).toContain(`${id}: ${s.error}`);
+    await waitFor(
+      () => events,
+      (es) => es.some((e) => e.kind === 'error'),
+      { timeoutMs: 10_000, intervalMs: 50 },
+    );
+    expect(events.find((e) => e.kind === 'error')).toMatchObject({ sessionId: id, state: 'error-suspended', message: s.error });
+    watch.cancel();
+    client.close();
+    // Hosts cannot use the destination: it holds no usable image.
+    const r = await qemuIo(lab.nbdUri('dst'), 'read 0 512');
+    expect(r.ok).toBe(false);
+    expect(r.out).toMatch(/error-suspended/);
+
+    await lab.kill9();
+    lab = await start(dataDir);
+    expect(await state(lab, id)).toMatchObject({ state: 'error-suspended', error: s.error });
+    await cliOk(lab, ['fault', 'remove', fault]);
+    await cliOk(lab, ['copy', 'resume', id]);
+    await waitFor(
+      () => state(lab, id),
+      (x) => x.state === 'equivalent',
+      { timeoutMs: 30_000, intervalMs: 100 },
+    );
+    const cmp = await run(requireTool('qemu-img'), ['compare', '-f', 'raw', '-F', 'raw', lab.nbdUri('src'), lab.nbdUri('dst')]);
+    expect(cmp.stdout).toMatch(/Images are identical/);
+    await cliOk(lab, ['copy', 'cancel', id]);
+    await lab.stop();
+    labs.splice(labs.indexOf(lab), 1);
+  });
+
+  it('OPC: the background copy fails; copied parts of the destination read, the rest fail with the reason; cancel ends it', async () => {
+    const lab = await start(makeTempDir('arraylab-copyfault-'));
+    for (const v of ['o-src', 'o-dst']) await cliOk(lab, ['volume', 'create', v, '--size', '16MiB']);
+    expect((await qemuIo(lab.nbdUri('o-src'), 'write -P 0x33 0 16M')).ok).toBe(true);
+    const id = ((await cliJson(lab, ['copy', 'start', '--type', 'opc', '--src', 'o-src', '--dst', 'o-dst', '--rate', '0'])) as { id: string }).id;
+    // Unit 0 copied by a destination write (it brings the unit over first), then the copier fails.
+    expect((await qemuIo(lab.nbdUri('o-dst'), 'write -P 0x44 0 512')).ok).toBe(true);
+    const fault = (await cliOk(lab, ['fault', 'add', 'copy-error', '--session', id, '--ops', 'read'])).trim();
+    await cliOk(lab, ['copy', 'rate', id, '--rate', 'unthrottled']);
+    await waitFor(
+      () => state(lab, id),
+      (s) => s.state === 'error-suspended',
+      { timeoutMs: 30_000, intervalMs: 100 },
+    );
+    const s = await state(lab, id);
+    expect(s.error).toMatch(
+      new RegExp(
+        `^OPC session ${id} \\(o-src -> o-dst\\) is error-suspended: the background copy failed: copy read of volume o-src .*\\(fault ${fault}\\); .*cancel the session`,
+      ),
+    );
+    expect((await qemuIo(lab.nbdUri('o-dst'), 'read -P 0x44 0 512')).ok).toBe(true); // a copied unit
+    const bad = await qemuIo(lab.nbdUri('o-dst'), 'read 8M 512');
+    expect(bad.out).toMatch(/Input\/output error/);
+    expect((await qemuIo(lab.nbdUri('o-src'), 'write -P 0x55 8M 64k')).ok).toBe(true); // the source is not held back
+    await cliOk(lab, ['copy', 'cancel', id]);
+    await cliOk(lab, ['fault', 'clear']);
+  });
+});
