@@ -95,6 +95,8 @@ interface Job {
   mountPoint: string;
   /** Held generations released before the copy (snapshot), oldest first. */
   release: GenerationRecord[];
+  /** Those actually released, and whether the array still holds their image (nothing was cancelled). */
+  released: Array<{ g: GenerationRecord; intact: boolean }>;
   /** A QuickOPC tracking session of this very pair that the backup restarts (differential). */
   restartSession: string;
   sync: SyncPairRecord | undefined;
@@ -355,6 +357,7 @@ export class BackupManager implements AgentCore {
       for (const j of live.filter((x) => x.copied && !x.failed)) {
         if (this.checkFreezeHeld(j)) this.store.updateGeneration(j.volume, j.generation, { status: 'failed', error: j.outcome.error ?? '' });
       }
+      for (const j of live) this.settleReleased(j);
       // 5: post-processing, always, for every volume that was locked.
       for (const job of jobs.filter((j) => j.locked)) await this.postProcess(job, opts);
       // 6: tape copies from the backup volumes; with --complete-after disk in the background,
@@ -456,6 +459,7 @@ export class BackupManager implements AgentCore {
       tvDevice: '',
       mountPoint: '',
       release: [],
+      released: [],
       restartSession: '',
       sync: undefined,
       ledger: new LockLedger(this.store, this.host, this.log, volume, this.owner),
@@ -767,8 +771,11 @@ export class BackupManager implements AgentCore {
    */
   private async releaseForReuse(job: Job, copies: CopySessionView[]): Promise<void> {
     for (const g of job.release) {
+      // An OPC whose copy finished has no session left: releasing it changes only the record.
+      const live = g.sessionId !== '' && g.sessionId !== job.restartSession && copies.some((c) => c.id === g.sessionId);
       if (g.sessionId && g.sessionId !== job.restartSession) await this.cancelSession(g.sessionId);
       this.store.updateGeneration(g.transactionVolume, g.number, { status: releasedStatus(g), sessionId: '' });
+      job.released.push({ g, intact: !live });
       this.log.info({ volume: g.transactionVolume, generation: g.number, backupVolume: g.backupVolume }, 'oldest generation released for reuse');
     }
     const released = new Set(job.release.map((g) => g.sessionId));
@@ -777,6 +784,29 @@ export class BackupManager implements AgentCore {
       await this.cancelSession(s.id);
       this.log.info({ volume: job.volume, backupVolume: job.bv, sessionId: s.id }, 'suspended EC pair of a released generation cancelled for reuse');
     }
+  }
+
+  /**
+   * A backup that failed after releasing the oldest generations for reuse: those the array
+   * still holds whole (the new copy never started on their volume and nothing was cancelled)
+   * are held again; the others are gone, and the failure says so, so that a failed backup
+   * never hides that it cost the previous one.
+   */
+  private settleReleased(job: Job): void {
+    if (!job.failed) return;
+    const gone: string[] = [];
+    for (const { g, intact } of job.released) {
+      if (intact && !job.copied) {
+        this.store.updateGeneration(g.transactionVolume, g.number, { status: 'held', sessionId: g.sessionId });
+        this.log.info({ volume: g.transactionVolume, generation: g.number }, 'the backup failed before its copy: the generation it released is held again');
+        continue;
+      }
+      gone.push(
+        `generation #${g.number} (${g.type} on ${g.backupVolume}, of ${g.at}) was released before the copy to reuse its volume, and is gone with it${g.tape?.status === 'ok' ? ' (its tape copy stays restorable)' : ''}`,
+      );
+    }
+    job.released = [];
+    if (gone.length > 0) job.outcome.error = `${job.outcome.error ?? 'the backup failed'}; ${gone.join('; ')}`;
   }
 
   /**

@@ -153,6 +153,46 @@ describe('a copy-error fault on the copy of an OPC backup', () => {
   });
 });
 
+describe('an api-error fault on the copy of a backup that reuses the oldest generation', () => {
+  it('the failed backup does not lose the generation it released for nothing, and says what it released when it did', async () => {
+    await L.mk(['ap-tv', 'ap-b1', 'ap-s1']);
+    const { m, host } = await L.manager();
+    await registerAttached(m, host, 'ap-tv', { generations: 1 });
+    await m.registerBackup('ap-b1');
+    await L.write('ap-tv', 0x71, 0, '1M');
+    expect((await m.backup(['ap-tv'])).ok).toBe(true);
+    await L.waitCopy((await m.history('ap-tv'))[0]!.sessionId, (s) => s === undefined); // the OPC finished
+
+    // The second backup releases generation 1 to reuse ap-b1, then the array refuses the copy.
+    const f = await L.array.addFault({ kind: 'api-error', target: 'api', ops: ['StartCopy'], code: 'UNAVAILABLE', once: true });
+    const r = await m.backup(['ap-tv']);
+    expect(r.ok).toBe(false);
+    expect(r.volumes[0]!.error).toContain(`StartCopy failed: injected UNAVAILABLE (fault ${f.id})`);
+    // Nothing touched ap-b1: generation 1 is still held and restorable.
+    expect((await m.history('ap-tv')).map((g) => [g.number, g.status, g.generation])).toEqual([[1, 'held', 1]]);
+    await L.expectPattern('ap-b1', 0x71, 0, '1M');
+
+    // SnapOPC+: releasing the oldest generation cancels its session, which drops its image:
+    // a copy refused after that must say the generation is gone.
+    await registerAttached(m, host, 'ap-tv', { generations: 1, defaultType: 'snapopcplus' });
+    await m.unregister('ap-b1', { force: true });
+    await m.registerBackup('ap-s1');
+    await m.backup(['ap-tv']); // releases the OPC generation: ap-b1 is no longer registered
+    const snap = (await m.history('ap-tv')).find((g) => g.status === 'held')!;
+    expect(snap).toMatchObject({ type: 'snapopcplus', backupVolume: 'ap-s1' });
+    await L.array.addFault({ kind: 'api-error', target: 'api', ops: ['StartCopy'], code: 'UNAVAILABLE', once: true });
+    const r2 = await m.backup(['ap-tv']);
+    expect(r2.ok).toBe(false);
+    expect(r2.volumes[0]!.error).toMatch(
+      new RegExp(
+        `; generation #${snap.number} \\(snapopcplus on ap-s1, of ${snap.at}\\) was released before the copy to reuse its volume, and is gone with it`,
+      ),
+    );
+    expect((await m.history('ap-tv')).find((g) => g.number === snap.number)!.status).toBe('released');
+    await L.array.clearFaults();
+  });
+});
+
 describe('backups under a seeded fault plan', () => {
   it('every failure says why and records nothing, every success holds its image, every freeze is thawed', async () => {
     const { m, host, tv } = await setup('fp');
