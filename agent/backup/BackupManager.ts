@@ -97,6 +97,8 @@ interface Job {
   release: GenerationRecord[];
   /** Those actually released, and whether the array still holds their image (nothing was cancelled). */
   released: Array<{ g: GenerationRecord; intact: boolean }>;
+  /** The start call failed without the array saying no: it may have started the copy all the same. */
+  startUncertain: boolean;
   /** A QuickOPC tracking session of this very pair that the backup restarts (differential). */
   restartSession: string;
   sync: SyncPairRecord | undefined;
@@ -460,6 +462,7 @@ export class BackupManager implements AgentCore {
       mountPoint: '',
       release: [],
       released: [],
+      startUncertain: false,
       restartSession: '',
       sync: undefined,
       ledger: new LockLedger(this.store, this.host, this.log, volume, this.owner),
@@ -690,6 +693,7 @@ export class BackupManager implements AgentCore {
         );
         fresh.forEach((j, i) => this.copyDone(j, sessions[i]!));
       } catch (err) {
+        for (const j of fresh) j.startUncertain = !refused(err); // a group that may have started after all
         this.log.warn({ group: label, err: (err as Error).message }, 'group start refused; starting each volume on its own');
         for (const j of fresh) await this.startOne(j);
       }
@@ -735,6 +739,7 @@ export class BackupManager implements AgentCore {
     try {
       this.copyDone(j, await this.array.startCopy(this.pair(j)));
     } catch (err) {
+      j.startUncertain ||= !refused(err);
       this.failJob(j, err, `cannot start ${j.type} ${j.volume} -> ${j.bv}: `);
     }
   }
@@ -796,6 +801,12 @@ export class BackupManager implements AgentCore {
     if (!job.failed) return;
     const gone: string[] = [];
     for (const { g, intact } of job.released) {
+      if (job.startUncertain) {
+        gone.push(
+          `generation #${g.number} (${g.type} on ${g.backupVolume}, of ${g.at}) was released before the copy to reuse its volume; the array did not answer whether it started the copy there, so take it as gone${g.tape?.status === 'ok' ? ' (its tape copy stays restorable)' : ''}`,
+        );
+        continue;
+      }
       if (intact && !job.copied) {
         this.store.updateGeneration(g.transactionVolume, g.number, { status: 'held', sessionId: g.sessionId });
         this.log.info({ volume: g.transactionVolume, generation: g.number }, 'the backup failed before its copy: the generation it released is held again');
@@ -1175,6 +1186,15 @@ function prepDone(rec: LockRecord): PrepDone {
     default:
       return rec.device ? 'not-mounted' : 'none';
   }
+}
+
+/**
+ * The array answered no (the call did nothing): not a call that failed on the way, timed out or
+ * ended without an answer, after which the operation may still have happened on the array.
+ */
+function refused(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && !['UNAVAILABLE', 'DEADLINE_EXCEEDED', 'UNKNOWN', 'CANCELLED', 'INTERNAL'].includes(code);
 }
 
 /** A generation whose disk copy goes: restorable from tape still, or released. */

@@ -164,13 +164,25 @@ describe('an api-error fault on the copy of a backup that reuses the oldest gene
     await L.waitCopy((await m.history('ap-tv'))[0]!.sessionId, (s) => s === undefined); // the OPC finished
 
     // The second backup releases generation 1 to reuse ap-b1, then the array refuses the copy.
-    const f = await L.array.addFault({ kind: 'api-error', target: 'api', ops: ['StartCopy'], code: 'UNAVAILABLE', once: true });
+    const f = await L.array.addFault({ kind: 'api-error', target: 'api', ops: ['StartCopy'], code: 'FAILED_PRECONDITION', once: true });
     const r = await m.backup(['ap-tv']);
     expect(r.ok).toBe(false);
-    expect(r.volumes[0]!.error).toContain(`StartCopy failed: injected UNAVAILABLE (fault ${f.id})`);
+    expect(r.volumes[0]!.error).toBe(
+      `cannot start opc ap-tv -> ap-b1: StartCopy failed: injected FAILED_PRECONDITION (fault ${f.id}); remove it with 'arraylab fault remove ${f.id}'`,
+    );
     // Nothing touched ap-b1: generation 1 is still held and restorable.
     expect((await m.history('ap-tv')).map((g) => [g.number, g.status, g.generation])).toEqual([[1, 'held', 1]]);
     await L.expectPattern('ap-b1', 0x71, 0, '1M');
+
+    // A call that failed without the array saying no (UNAVAILABLE: it may have run all the
+    // same): the generation is not claimed as held, and the error says why.
+    await L.array.addFault({ kind: 'api-error', target: 'api', ops: ['StartCopy'], code: 'UNAVAILABLE', once: true });
+    const u = await m.backup(['ap-tv']);
+    expect(u.volumes[0]!.error).toMatch(
+      /; generation #1 \(opc on ap-b1, of \S+\) was released before the copy to reuse its volume; the array did not answer whether it started the copy there, so take it as gone$/,
+    );
+    expect((await m.history('ap-tv')).map((g) => [g.number, g.status])).toEqual([[1, 'released']]);
+    expect((await m.backup(['ap-tv'])).ok).toBe(true); // ap-b1 is free: the next backup takes it
 
     // SnapOPC+: releasing the oldest generation cancels its session, which drops its image:
     // a copy refused after that must say the generation is gone.
@@ -180,7 +192,7 @@ describe('an api-error fault on the copy of a backup that reuses the oldest gene
     await m.backup(['ap-tv']); // releases the OPC generation: ap-b1 is no longer registered
     const snap = (await m.history('ap-tv')).find((g) => g.status === 'held')!;
     expect(snap).toMatchObject({ type: 'snapopcplus', backupVolume: 'ap-s1' });
-    await L.array.addFault({ kind: 'api-error', target: 'api', ops: ['StartCopy'], code: 'UNAVAILABLE', once: true });
+    await L.array.addFault({ kind: 'api-error', target: 'api', ops: ['StartCopy'], code: 'RESOURCE_EXHAUSTED', once: true });
     const r2 = await m.backup(['ap-tv']);
     expect(r2.ok).toBe(false);
     expect(r2.volumes[0]!.error).toMatch(
