@@ -28,8 +28,8 @@ afterAll(async () => {
 });
 
 /** A transaction volume mounted on the RecordingHost (so --lock freeze freezes), and two backup volumes. */
-async function setup(prefix: string) {
-  await L.mk([`${prefix}-tv`, `${prefix}-b1`, `${prefix}-b2`]);
+async function setup(prefix: string, size = '64MiB') {
+  await L.mk([`${prefix}-tv`, `${prefix}-b1`, `${prefix}-b2`], size);
   const { m, host } = await L.manager();
   const device = `/dev/fake-${prefix}-tv`;
   host.deviceMap.set(`${prefix}-tv`, device);
@@ -202,6 +202,54 @@ describe('an api-error fault on the copy of a backup that reuses the oldest gene
     );
     expect((await m.history('ap-tv')).find((g) => g.number === snap.number)!.status).toBe('released');
     await L.array.clearFaults();
+  });
+});
+
+describe('tape-error and copy-error faults around synchronized backups and restores', () => {
+  it('start-sync --wait fails at once with the reason when the initial copy is error-suspended', async () => {
+    const { m, host, tv } = await setup('sw', '256MiB');
+    await L.write(tv, 0x91, 0, '256M'); // enough to copy that the initial copy is still running below
+    host.deviceMap.set('sw-b1', '/dev/fake-sw-b1');
+    host.onCall = async (c) => {
+      if (c.method !== 'unlock' || c.volume !== 'sw-b1') return; // start-sync's post-processing: the pair exists
+      const ec = (await L.array.listCopies()).find((x) => x.source === tv && x.type === 'ec')!;
+      await L.array.setCopyRate(ec.id, 0);
+      await L.array.addFault({ kind: 'copy-error', target: `session:${ec.id}`, ops: ['read'], once: true });
+      await L.array.setCopyRate(ec.id, undefined);
+    };
+    const began = Date.now();
+    const e = await rejects(m.startSync(tv, { wait: true }));
+    host.onCall = undefined;
+    expect(Date.now() - began).toBeLessThan(10_000);
+    expect(e.code).toBe('FAILED_PRECONDITION');
+    expect(e.message).toMatch(
+      /^cannot wait for sw-tv -> sw-b1 to be equivalent: the array error-suspended its EC pair to sw-b1: EC session .* the background copy failed: copy read of volume sw-tv/,
+    );
+    await L.array.clearFaults();
+  });
+
+  it('a tape restore whose tape read fails reports it, and post-processing mounts the volume back and runs restore-post', async () => {
+    const { m, host, tv } = await setup('tr');
+    await L.write(tv, 0x81, 0, '1M');
+    const b = await m.backup([tv], { to: 'both' });
+    expect(b.ok, b.volumes[0]!.error).toBe(true);
+    const f = await L.array.addFault({ kind: 'tape-error', target: 'tape:T00001', ops: ['read'] });
+    const e = await rejects(m.restore(tv, { fromTape: true }));
+    expect(e.message).toMatch(
+      new RegExp(`^restore of tr-tv generation #1 onto tr-tv failed: .*tape read error on cartridge T00001 \\(injected by fault ${f.id}\\)`),
+    );
+    const mine = host.calls.filter((c) => c.volume === tv && (c.method === 'lockTransaction' || c.method === 'unlock')).map((c) => c.method);
+    expect(mine.slice(-2)).toEqual(['lockTransaction', 'unlock']); // unmounted for the restore, mounted back
+    expect(
+      host
+        .callsOf('runHook', tv)
+        .map((c) => (c.args[0] as { phase: string }).phase)
+        .slice(-2),
+    ).toEqual(['restore-pre', 'restore-post']);
+    await L.array.removeFault(f.id);
+    const r = await m.restore(tv, { fromTape: true });
+    expect(r.from).toBe('tape');
+    await L.expectPattern(tv, 0x81, 0, '1M');
   });
 });
 
