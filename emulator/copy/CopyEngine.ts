@@ -177,7 +177,8 @@ export class CopyEngine {
         try {
           hook.copyFault(id, op, volume, offset, length);
         } catch (err) {
-          throw new CopyFaultError(`copy ${op} of volume ${volume} at byte ${offset}: ${(err as Error).message}`, volume, op);
+          // The hook's message names the volume, the byte and the fault (FaultEngine.copyFault).
+          throw new CopyFaultError((err as Error).message, volume, op);
         }
       },
     };

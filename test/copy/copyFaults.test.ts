@@ -101,7 +101,7 @@ describe('copy-error faults: EC', () => {
     const info = m.engine.get(id);
     expect(info.state).toBe('error-suspended');
     expect(info.error).toMatch(
-      /EC session s1 \(a -> b\) is error-suspended: a mirrored write failed: copy write of volume b at byte \d+: injected .*\(fault f1\)/,
+      /EC session s1 \(a -> b\) is error-suspended: a mirrored write failed: injected copy write error on volume b at byte \d+ \(fault f1\)/,
     );
     expect(info.error).toMatch(/fix the cause, then resume the session .*or cancel it/);
     expect(info.retryAt).toBeUndefined();
@@ -141,7 +141,7 @@ describe('copy-error faults: EC', () => {
     expect(await m.engine.stepOne(s.id, 2)).toBe(0);
     const info = m.engine.get(s.id);
     expect(info).toMatchObject({ state: 'error-suspended', copiedBlocks: 2 });
-    expect(info.error).toMatch(/the background copy failed: copy read of volume a/);
+    expect(info.error).toMatch(/the background copy failed: injected copy read error on volume a at byte \d+/);
     expect(info.errorSince).toBeUndefined();
     expect(await m.engine.stepOne(s.id, 2)).toBe(0); // stays suspended: nothing is copied
     await m.engine.cancel(s.id);
@@ -176,7 +176,9 @@ describe('copy-error faults: OPC and QuickOPC', () => {
     await m.engine.stepOne(s.id, 2);
     const info = m.engine.get(s.id);
     expect(info).toMatchObject({ state: 'error-suspended', copiedBlocks: 2 });
-    expect(info.error).toMatch(/OPC session s1 \(a -> b\) is error-suspended: the background copy failed: copy write of volume b .*cancel the session/);
+    expect(info.error).toMatch(
+      /OPC session s1 \(a -> b\) is error-suspended: the background copy failed: injected copy write error on volume b .*cancel the session/,
+    );
     expect(await readTags(m.dev('b'), 0, 8)).toEqual(Array.from({ length: 8 }, (_, b) => 100 + b));
     const err = await m
       .dev('b')
@@ -199,7 +201,7 @@ describe('copy-error faults: OPC and QuickOPC', () => {
     m.faults.add(s.id, 'read', 1);
     await put(m.dev('a'), 3, 77);
     expect((await readTags(m.dev('a'), 3, 1))[0]).toBe(77);
-    expect(m.engine.get(s.id).error).toMatch(/the copy-on-write of a source write failed: copy read of volume a/);
+    expect(m.engine.get(s.id).error).toMatch(/the copy-on-write of a source write failed: injected copy read error on volume a at byte \d+/);
   });
 
   it('QuickOPC: a restart or reverse of an error-suspended session is refused with the reason', async () => {
@@ -295,7 +297,7 @@ describe('copy-error faults: SnapOPC+', () => {
     await put(m.dev('a'), 0, 1);
     await m.dev('a').flush();
     expect(m.engine.get(g2.id).state).toBe('error-suspended');
-    expect(m.engine.get(g2.id).error).toMatch(/snap volume s2 of SnapOPC\+ generation 2 .*failed: copy write of volume s2.*cancel it/);
+    expect(m.engine.get(g2.id).error).toMatch(/snap volume s2 of SnapOPC\+ generation 2 .*failed: injected copy write error on volume s2.*cancel it/);
     expect(m.engine.get(g1.id).state).toBe('snap');
     expect((await readTags(m.dev('s1'), 0, 1))[0]).toBe(100); // the older generation kept the image
     expect(await errCode(m.dev('s2').read(0, Buffer.alloc(BS)))).toBe('EIO');

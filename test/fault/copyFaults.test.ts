@@ -107,7 +107,7 @@ describe('copy-error faults (real server, CLI, qemu-io)', () => {
     const s = await state(lab, id);
     expect(s.error).toMatch(
       new RegExp(
-        `^OPC session ${id} \\(o-src -> o-dst\\) is error-suspended: the background copy failed: copy read of volume o-src .*\\(fault ${fault}\\); .*cancel the session`,
+        `^OPC session ${id} \\(o-src -> o-dst\\) is error-suspended: the background copy failed: injected copy read error on volume o-src at byte \\d+ \\(fault ${fault}\\); .*cancel the session`,
       ),
     );
     expect((await qemuIo(lab.nbdUri('o-dst'), 'read -P 0x44 0 512')).ok).toBe(true); // a copied unit

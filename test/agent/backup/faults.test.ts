@@ -223,7 +223,7 @@ describe('tape-error and copy-error faults around synchronized backups and resto
     expect(Date.now() - began).toBeLessThan(10_000);
     expect(e.code).toBe('FAILED_PRECONDITION');
     expect(e.message).toMatch(
-      /^cannot wait for sw-tv -> sw-b1 to be equivalent: the array error-suspended its EC pair to sw-b1: EC session .* the background copy failed: copy read of volume sw-tv/,
+      /^cannot wait for sw-tv -> sw-b1 to be equivalent: the array error-suspended its EC pair to sw-b1: EC session .* the background copy failed: injected copy read error on volume sw-tv/,
     );
     await L.array.clearFaults();
   });
