@@ -961,16 +961,21 @@ export class BackupManager implements AgentCore {
     return toHistory(this.store.listGenerations(volume), undefined).find((x) => x.number === number)!;
   }
 
-  /** The array's volumes and sessions, or undefined (logged) when it cannot be reached. */
+  /** Why the last arrayState() had none (the API's error, which says whether the array answered). */
+  private arrayStateError = '';
+
+  /** The array's volumes and sessions, or undefined (logged; arrayStateError says why) when they cannot be read. */
   async arrayState(): Promise<ArrayState | undefined> {
     let a: ArrayState;
     try {
       const [list, copies] = [await this.array.listVolumes(), await this.array.listCopies()];
       a = { volumes: new Map(list.map((v) => [v.name, v])), copies: new Map(copies.map((c) => [c.id, c])) };
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'the array could not be reached: generations not checked');
+      this.arrayStateError = (err as Error).message;
+      this.log.warn({ err: this.arrayStateError }, "the array's volumes and sessions could not be read: generations not checked");
       return undefined;
     }
+    this.arrayStateError = '';
     this.rememberErrorSuspended(a);
     return a;
   }
@@ -1068,6 +1073,7 @@ export class BackupManager implements AgentCore {
       progressOf: (cb, v) => this.progressOf(cb, v),
       pickUnused: (v, info, held, vols, purpose, prefer) => this.pickUnused(v, info, held, vols, purpose, prefer),
       arrayState: () => this.arrayState(),
+      arrayStateError: () => this.arrayStateError,
     };
   }
 

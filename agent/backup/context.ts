@@ -45,8 +45,10 @@ export interface ManagerContext {
     purpose: string,
     prefer?: (bv: string) => boolean,
   ): string;
-  /** The array's volumes and sessions; undefined when it cannot be reached. */
+  /** The array's volumes and sessions; undefined when they cannot be read (arrayStateError says why). */
   arrayState(): Promise<ArrayState | undefined>;
+  /** Why the last arrayState() had none: the array unreachable, or its answer an error (e.g. an injected api-error). */
+  arrayStateError(): string;
 }
 
 export function hookOk(h: HookResult): boolean {

@@ -118,7 +118,9 @@ export function toHistory(gens: GenerationRecord[], a: ArrayState | undefined): 
   return gens.map((g) => {
     const e: HistoryEntry = { ...g, generation: rel.get(key(g)) ?? 0 };
     if (g.status !== 'held') return e;
-    if (a === undefined) return errorSeen(g) ? { ...e, status: 'error' } : { ...e, error: e.error || 'not checked: the array could not be reached' };
+    // Not "unreachable": an array that answers with an error (an api-error fault) is reachable.
+    if (a === undefined)
+      return errorSeen(g) ? { ...e, status: 'error' } : { ...e, error: e.error || "not checked: the array's volumes and sessions could not be read" };
     const h = assess(g, a);
     return h ? { ...e, status: h.status, error: h.reason } : e;
   });

@@ -41,7 +41,7 @@ export async function restore(m: ManagerContext, volume: string, opts: RestoreOp
   if (a === undefined)
     throw new AgentError(
       'UNAVAILABLE',
-      `cannot restore ${volume}: the array cannot be reached, so neither the generation nor the target can be checked; check --array and retry`,
+      `cannot restore ${volume}: the array's volumes and sessions could not be read (${m.arrayStateError()}), so neither the generation nor the target can be checked; fix that and retry`,
     );
   const rel = opts.generation ?? 1;
   const g = pickGeneration(m, volume, rel, fromTape, a);

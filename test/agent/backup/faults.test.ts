@@ -253,6 +253,24 @@ describe('tape-error and copy-error faults around synchronized backups and resto
   });
 });
 
+describe('an api-error fault on ListCopies', () => {
+  it('history says the array state could not be read, and restore says why, not that the array is unreachable', async () => {
+    await L.mk(['al-tv', 'al-b1']);
+    const { m, host } = await L.manager();
+    await registerAttached(m, host, 'al-tv', { generations: 1 });
+    await m.registerBackup('al-b1');
+    expect((await m.backup(['al-tv'])).ok).toBe(true);
+    const f = await L.array.addFault({ kind: 'api-error', target: 'api', ops: ['ListCopies'], code: 'FAILED_PRECONDITION' });
+    expect((await m.history('al-tv'))[0]).toMatchObject({ status: 'held', error: "not checked: the array's volumes and sessions could not be read" });
+    const e = await rejects(m.restore('al-tv'));
+    expect(e.message).toBe(
+      `cannot restore al-tv: the array's volumes and sessions could not be read (ListCopies failed: injected FAILED_PRECONDITION (fault ${f.id}); remove it with 'arraylab fault remove ${f.id}'), so neither the generation nor the target can be checked; fix that and retry`,
+    );
+    await L.array.removeFault(f.id);
+    expect((await m.history('al-tv'))[0]!.error).toBe('');
+  });
+});
+
 describe('backups under a seeded fault plan', () => {
   it('every failure says why and records nothing, every success holds its image, every freeze is thawed', async () => {
     const { m, host, tv } = await setup('fp');
