@@ -132,7 +132,12 @@ export class ArrayApiServer {
       addService(
         this.server,
         tapeServiceDefinition(),
-        tapeHandlers(opts.tape, { unary: (method, fn) => this.unary(method, fn), draining: () => this.draining, logger: this.log }),
+        tapeHandlers(opts.tape, {
+          unary: (method, fn) => this.unary(method, fn),
+          draining: () => this.draining,
+          logger: this.log,
+          apiFault: (method) => (this.faults === undefined || this.faults.count === 0 ? Promise.resolve() : this.faults.apiFault(method)), // api faults on the tape streams
+        }),
       );
     }
     if (opts.faults) {

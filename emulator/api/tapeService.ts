@@ -43,6 +43,11 @@ export interface TapeHandlerContext {
   logger: Logger;
   /** Open streams register a stop here, called when the server drains (default: none). */
   track?: (stop: () => void) => () => void;
+  /**
+   * Injected api faults (api-error, api-delay) for a streaming call, as the unary wrapper
+   * applies them to the others: without it `--ops WriteTape` would be accepted and never fire.
+   */
+  apiFault?: (method: string) => Promise<void>;
 }
 
 const HEARTBEAT_MS = 1000;
@@ -115,6 +120,7 @@ function stream<Req>(
     };
     const started = process.hrtime.bigint();
     Promise.resolve()
+      .then(() => ctx.apiFault?.(method))
       .then(() => run(call.request, onProgress, abort.signal))
       .then(
         (result) => {

@@ -83,6 +83,17 @@ describe('api faults (real server and CLI)', () => {
     }
   });
 
+  it('api-error acts on the streaming tape calls too (WriteTape, VerifyTape)', async () => {
+    await cliOk(lab, ['tape', 'add', 'TA01', '--capacity', '64MiB']);
+    const id = await add(['api-error', '--ops', 'WriteTape,VerifyTape', '--code', 'RESOURCE_EXHAUSTED', '--once']);
+    const w = await lab.cli(['tape', 'write', 'vol1', '--cartridge', 'TA01']);
+    expect(w.code).toBe(1);
+    expect(w.stderr.trim()).toBe(`arraylab: WriteTape failed: injected RESOURCE_EXHAUSTED (fault ${id}); remove it with 'arraylab fault remove ${id}'`);
+    await cliOk(lab, ['tape', 'write', 'vol1', '--cartridge', 'TA01']); // once: fired
+    await cliOk(lab, ['tape', 'verify', 'TA01']); // once per fault, not per RPC
+    await cliOk(lab, ['fault', 'remove', id]);
+  });
+
   it('api-delay delays the named RPC only, and never fault management', async () => {
     const id = await add(['api-delay', '--ops', 'ListVolumes,ListFaults', '--ms', '1500']);
     const timed = async (args: string[]): Promise<number> => {

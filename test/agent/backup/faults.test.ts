@@ -253,6 +253,22 @@ describe('tape-error and copy-error faults around synchronized backups and resto
   });
 });
 
+describe('an api-error fault on WriteTape', () => {
+  it('backup --to tape keeps the disk generation, records the tape copy as failed, and says so', async () => {
+    const { m, tv } = await setup('wt');
+    await L.write(tv, 0x99, 0, '1M');
+    const f = await L.array.addFault({ kind: 'api-error', target: 'api', ops: ['WriteTape'], code: 'RESOURCE_EXHAUSTED', once: true });
+    const r = await m.backup([tv], { to: 'tape' });
+    expect(r.ok).toBe(false);
+    expect(r.volumes[0]!.error).toBe(
+      `the tape copy of wt-tv generation #1 failed: WriteTape failed: injected RESOURCE_EXHAUSTED (fault ${f.id}); remove it with 'arraylab fault remove ${f.id}'; the disk generation is kept; back up again with --to tape to retry`,
+    );
+    expect((await m.history(tv))[0]).toMatchObject({ number: 1, status: 'held', tape: { status: 'failed' } });
+    const again = await m.backup([tv], { to: 'tape' });
+    expect(again.ok, again.volumes[0]!.error).toBe(true);
+  });
+});
+
 describe('an api-error fault on ListCopies', () => {
   it('history says the array state could not be read, and restore says why, not that the array is unreachable', async () => {
     await L.mk(['al-tv', 'al-b1']);
