@@ -150,6 +150,25 @@ export async function runDoctor(d: DoctorDeps): Promise<DoctorCheck[]> {
         unhealthy.length === 0 ? 'every held generation is intact on the array' : unhealthy.join('; '),
         'run: arraylab-agent resource-match (records them), then back those volumes up again',
       );
+      // A sync pair the next synchronized backup would refuse: error-suspended by the array (its
+      // copy failed), gone, or suspended or split out of band. Copying is on its way.
+      const pairs = st.transactionVolumes.filter((t) => t.sync !== null);
+      const stuck = pairs.filter((t) => !['copying', 'equivalent', 'unknown'].includes(t.sync!.state));
+      add(
+        'sync pairs',
+        stuck.length === 0,
+        stuck.length === 0
+          ? pairs.length === 0
+            ? 'no synchronized backups'
+            : `${pairs.length} sync pair${pairs.length === 1 ? '' : 's'}, each copying or equivalent${pairs.some((t) => t.sync!.state === 'unknown') ? ' (or not checked: the array did not answer)' : ''}`
+          : stuck
+              .map(
+                (t) =>
+                  `${t.volume} -> ${t.sync!.backupVolume} is ${t.sync!.state}${t.sync!.state === 'gone' ? '' : ` (arraylab copy show ${t.sync!.sessionId} says why)`}`,
+              )
+              .join('; '),
+        'error-suspended: fix the cause, then arraylab copy resume SESSION; otherwise (or gone): arraylab-agent cancel-sync VOLUME (gone: resource-match) and start-sync again',
+      );
       const flagged = [...st.transactionVolumes, ...st.backupVolumes].filter((v) => v.needsResourceMatch !== '');
       const pending = st.outstandingLocks.length + flagged.length;
       add(

@@ -13,6 +13,8 @@
  *     freeze is thawed, every backup-pre has its backup-post.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resolveSettings } from '../../../agent/config.js';
+import { runDoctor } from '../../../agent/doctor.js';
 import type { MountEntry } from '../../../agent/types.js';
 import { registerAttached, rejects, startLab, type Lab } from './harness.js';
 import type { RecordingHost } from './RecordingHost.js';
@@ -30,7 +32,7 @@ afterAll(async () => {
 /** A transaction volume mounted on the RecordingHost (so --lock freeze freezes), and two backup volumes. */
 async function setup(prefix: string, size = '64MiB') {
   await L.mk([`${prefix}-tv`, `${prefix}-b1`, `${prefix}-b2`], size);
-  const { m, host } = await L.manager();
+  const { m, host, stateDir } = await L.manager();
   const device = `/dev/fake-${prefix}-tv`;
   host.deviceMap.set(`${prefix}-tv`, device);
   const mount: MountEntry = { mountPoint: `/mnt/${prefix}`, fsType: 'ext4', source: device, mountOptions: 'rw', superOptions: 'rw' };
@@ -38,7 +40,7 @@ async function setup(prefix: string, size = '64MiB') {
   await registerAttached(m, host, `${prefix}-tv`, { lock: 'freeze', generations: 1 });
   await m.registerBackup(`${prefix}-b1`);
   await m.registerBackup(`${prefix}-b2`);
-  return { m, host, tv: `${prefix}-tv` };
+  return { m, host, stateDir, tv: `${prefix}-tv` };
 }
 
 /** Every freeze (lock) of the volume was undone (unlocked), in order. */
@@ -51,7 +53,7 @@ function expectAllThawed(host: RecordingHost, volume: string): void {
 
 describe('a copy-error fault on the EC pair of a synchronized backup', () => {
   it('fails the backup at once with the array reason and records no generation; resumed once fixed, the next backup works', async () => {
-    const { m, host, tv } = await setup('cf');
+    const { m, host, stateDir, tv } = await setup('cf');
     const v = await m.startSync(tv, { wait: true });
     const f = await L.array.addFault({ kind: 'copy-error', target: `session:${v.sessionId}`, ops: ['write'], once: true });
     await L.write(tv, 0x21, 0, '64K'); // a mirrored write: its copy to the backup volume fails; the host's write stands
@@ -73,6 +75,14 @@ describe('a copy-error fault on the EC pair of a synchronized backup', () => {
     expect(await m.history(tv)).toEqual([]);
     expect(host.callsOf('lockTransaction')).toEqual([]); // refused before anything was locked
     expect((await m.status()).transactionVolumes.find((t) => t.volume === tv)!.sync).toMatchObject({ state: 'error-suspended' });
+    // doctor says what the next backup needs.
+    const settings = { ...resolveSettings({ stateDir }), hooksDir: '' };
+    const doctor = await runDoctor({ settings, array: L.array, host, status: () => m.status() });
+    expect(doctor.find((c) => c.name === 'sync pairs')).toMatchObject({
+      ok: false,
+      detail: `cf-tv -> cf-b1 is error-suspended (arraylab copy show ${v.sessionId} says why)`,
+      fix: expect.stringMatching(/^error-suspended: fix the cause, then arraylab copy resume SESSION/),
+    });
 
     await L.array.removeFault(f.id);
     await L.array.resumeCopy(v.sessionId, { force: true });
@@ -81,6 +91,8 @@ describe('a copy-error fault on the EC pair of a synchronized backup', () => {
     expect(ok.ok, ok.volumes[0]!.error).toBe(true);
     expect(ok.volumes[0]!.generation).toMatchObject({ number: 1, type: 'ec', status: 'held' });
     await L.expectPattern(`${tv.slice(0, -3)}-b1`, 0x21, 0, '64K');
+    const after = await runDoctor({ settings, array: L.array, host, status: () => m.status() });
+    expect(after.find((c) => c.name === 'sync pairs')).toMatchObject({ ok: true, detail: 'no synchronized backups' });
     expectAllThawed(host, tv);
   });
 
