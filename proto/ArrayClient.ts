@@ -145,6 +145,16 @@ export class ArrayClient {
     return res.sessions.map(copySessionFromWire);
   }
 
+  /**
+   * How sessions that are gone ended, by id: completed (an OPC that finished its copy),
+   * cancelled, dropped, or unknown (the array forgets at a restart; an older array never says).
+   * Ids of current sessions are left out.
+   */
+  async copyEndings(ids: string[]): Promise<Map<string, string>> {
+    const res = await this.call(this.copyClient(), 'ListCopies', { endedIds: ids });
+    return new Map((res.ended ?? []).map((e) => [e.id, e.how || 'unknown']));
+  }
+
   async getCopy(id: string): Promise<CopySessionView> {
     return copySessionFromWire(await this.call(this.copyClient(), 'GetCopy', { id }));
   }

@@ -11,6 +11,7 @@ export type ArrayPort = Pick<
   | 'cutCopyGroup'
   | 'getCopy'
   | 'listCopies'
+  | 'copyEndings'
   | 'suspendCopy'
   | 'resumeCopy'
   | 'reverseCopy'

@@ -15,7 +15,7 @@ import type { CopySessionView, StartCopyParams } from '../../proto/views.js';
 import type { VolumeInfo } from '../../proto/views.js';
 import { formatSize } from '../../proto/util/units.js';
 import { AGENT_DATABASE_FILE, AgentStore, BusyError, type SyncPairRecord } from '../store/AgentStore.js';
-import { assess, ERROR_SUSPENDED, errorSeen, key, relativeNumbers, toHistory, type ArrayState } from './generations.js';
+import { assess, ENDED_UNFINISHED, endedUnfinished, ERROR_SUSPENDED, errorSeen, key, relativeNumbers, toHistory, type ArrayState } from './generations.js';
 import { cancelSync, leftoverPairs, startSync, syncView, waitEquivalent } from './sync.js';
 import {
   AgentError,
@@ -953,7 +953,8 @@ export class BackupManager implements AgentCore {
     if (volume !== undefined && !this.store.getTransaction(volume) && this.store.listGenerations(volume).length === 0) {
       throw new AgentError('NOT_FOUND', `${volume} is not a registered transaction volume; arraylab-agent status lists them`);
     }
-    return toHistory(this.store.listGenerations(volume), await this.arrayState());
+    const a = await this.arrayState(); // first: it records what it learns in the generations
+    return toHistory(this.store.listGenerations(volume), a);
   }
 
   /** One generation as history shows it (absolute number in, relative number out). */
@@ -977,7 +978,36 @@ export class BackupManager implements AgentCore {
     }
     this.arrayStateError = '';
     this.rememberErrorSuspended(a);
+    await this.rememberOpcEndings(a);
     return a;
+  }
+
+  /**
+   * Held OPC generations whose session is gone: the array says whether the copy finished or
+   * the session was cancelled first (the backup volume holds part of the image: recorded,
+   * generations.ts ENDED_UNFINISHED). Unknown (the array restarted since, or does not say)
+   * stays as it is: a finished copy, as before. (resource-match clears finished ones' ids.)
+   */
+  private async rememberOpcEndings(a: ArrayState): Promise<void> {
+    const gone = this.store
+      .listGenerations()
+      .filter((g) => g.status === 'held' && g.type === 'opc' && g.sessionId !== '' && !a.copies.has(g.sessionId) && !errorSeen(g) && !endedUnfinished(g));
+    if (gone.length === 0) return;
+    let endings: Map<string, string>;
+    try {
+      endings = await this.array.copyEndings(gone.map((g) => g.sessionId));
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'the array did not say how ended OPC sessions ended');
+      return;
+    }
+    for (const g of gone) {
+      const how = endings.get(g.sessionId);
+      if (how === 'cancelled' || how === 'dropped') {
+        const reason = `${ENDED_UNFINISHED}${g.sessionId} was ${how} on the array before its copy finished: ${g.backupVolume} holds only part of ${g.transactionVolume} generation #${g.number}`;
+        this.store.updateGeneration(g.transactionVolume, g.number, { error: reason });
+        this.log.warn({ volume: g.transactionVolume, generation: g.number, sessionId: g.sessionId }, reason);
+      }
+    }
   }
 
   /**

@@ -37,6 +37,17 @@ export function errorSeen(g: Pick<GenerationRecord, 'error'>): boolean {
   return g.error.startsWith(ERROR_SUSPENDED);
 }
 
+/**
+ * How the reason begins for a held OPC generation whose session the array says ended before
+ * its copy finished (cancelled out of band: ListCopies' ended). Kept in the record, like
+ * ERROR_SUSPENDED, since the array forgets how sessions ended.
+ */
+export const ENDED_UNFINISHED = 'its OPC session ';
+
+export function endedUnfinished(g: Pick<GenerationRecord, 'error' | 'type'>): boolean {
+  return g.type === 'opc' && g.error.startsWith(ENDED_UNFINISHED);
+}
+
 export function key(g: Pick<GenerationRecord, 'transactionVolume' | 'number'>): string {
   return `${g.transactionVolume}\0${g.number}`;
 }
@@ -64,6 +75,7 @@ export function assess(g: GenerationRecord, a: ArrayState): Health | undefined {
   if (g.status !== 'held') return undefined;
   const gen = `${g.transactionVolume} generation #${g.number}`;
   if (!a.volumes.has(g.backupVolume)) return { status: 'lost', reason: `its backup volume ${g.backupVolume} no longer exists on the array` };
+  if (endedUnfinished(g)) return { status: 'lost', reason: g.error };
   if (errorSeen(g) && (!g.sessionId || !a.copies.has(g.sessionId))) {
     return { status: 'error', reason: `${g.error}; the session has since ended, so ${g.backupVolume} may hold only part of ${gen}` };
   }
@@ -119,8 +131,10 @@ export function toHistory(gens: GenerationRecord[], a: ArrayState | undefined): 
     const e: HistoryEntry = { ...g, generation: rel.get(key(g)) ?? 0 };
     if (g.status !== 'held') return e;
     // Not "unreachable": an array that answers with an error (an api-error fault) is reachable.
-    if (a === undefined)
+    if (a === undefined) {
+      if (endedUnfinished(g)) return { ...e, status: 'lost' };
       return errorSeen(g) ? { ...e, status: 'error' } : { ...e, error: e.error || "not checked: the array's volumes and sessions could not be read" };
+    }
     const h = assess(g, a);
     return h ? { ...e, status: h.status, error: h.reason } : e;
   });

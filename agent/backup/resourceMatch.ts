@@ -12,7 +12,7 @@ import type { CopySessionView } from '../../proto/views.js';
 import type { VolumeInfo } from '../../proto/views.js';
 import { AgentError, type ResourceMatchReport } from '../types.js';
 import { isAlive, type ManagerContext } from './context.js';
-import { assess, errorSeen } from './generations.js';
+import { assess, endedUnfinished, errorSeen } from './generations.js';
 
 export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchReport> {
   const repaired: string[] = [];
@@ -51,15 +51,14 @@ export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchRep
     }
   }
 
-  // 3: the array.
-  let vols: Map<string, VolumeInfo>;
-  let copies: Map<string, CopySessionView>;
-  try {
-    vols = new Map((await m.array.listVolumes()).map((v) => [v.name, v]));
-    copies = new Map((await m.array.listCopies()).map((c) => [c.id, c]));
-  } catch (err) {
-    throw new AgentError('UNAVAILABLE', `resource-match cannot reach the array: ${(err as Error).message}; ${repaired.length} host-side repair(s) were done`);
+  // 3: the array (through arrayState, which records its verdicts on held generations first:
+  // an OPC session it says was cancelled before its copy finished is no finished copy).
+  const a = await m.arrayState();
+  if (a === undefined) {
+    throw new AgentError('UNAVAILABLE', `resource-match cannot reach the array: ${m.arrayStateError()}; ${repaired.length} host-side repair(s) were done`);
   }
+  const vols: Map<string, VolumeInfo> = a.volumes;
+  const copies: Map<string, CopySessionView> = a.copies;
 
   for (const tv of m.store.listTransactions()) {
     if (busy.has(tv.volume)) {
@@ -75,7 +74,7 @@ export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchRep
     for (const g of m.store.heldGenerations(tv.volume)) {
       const s = g.sessionId ? copies.get(g.sessionId) : undefined;
       // (Unless the array error-suspended it before: then the copy never finished; assess says so.)
-      if (g.sessionId && s === undefined && g.type === 'opc' && vols.has(g.backupVolume) && !errorSeen(g)) {
+      if (g.sessionId && s === undefined && g.type === 'opc' && vols.has(g.backupVolume) && !errorSeen(g) && !endedUnfinished(g)) {
         // An OPC session ends by design after its copy: the image stays.
         m.store.updateGeneration(tv.volume, g.number, { sessionId: '' });
         repaired.push(`${tv.volume} generation #${g.number}: its OPC session ${g.sessionId} has ended; the image on ${g.backupVolume} is kept`);

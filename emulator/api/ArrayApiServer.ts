@@ -51,6 +51,8 @@ export interface ArrayControl {
 export interface CopyControl {
   startCopy(req: StartCopyRequest): Promise<SessionInfo>;
   listCopies(): SessionInfo[];
+  /** How a session that is gone ended, if known (optional: fakes leave it out: unknown). */
+  copyEndedAs?(id: string): 'completed' | 'cancelled' | 'dropped' | undefined;
   getCopy(id: string): SessionInfo;
   suspendCopy(id: string): Promise<SessionInfo>;
   resumeCopy(id: string, opts?: { force?: boolean }): Promise<SessionInfo>;
@@ -158,7 +160,12 @@ export class ArrayApiServer {
     if (copy) {
       const copyHandlers: pb.CopyServiceHandlers = {
         StartCopy: this.unary('StartCopy', async (req) => copySessionToWire(await copy.startCopy(startFromWire(req)))),
-        ListCopies: this.unary('ListCopies', () => ({ sessions: copy.listCopies().map(copySessionToWire) })),
+        ListCopies: this.unary('ListCopies', (req) => {
+          const sessions = copy.listCopies();
+          const live = new Set(sessions.map((s) => s.id));
+          const ended = (req.endedIds ?? []).filter((id) => !live.has(id)).map((id) => ({ id, how: copy.copyEndedAs?.(id) ?? 'unknown' }));
+          return { sessions: sessions.map(copySessionToWire), ended };
+        }),
         GetCopy: this.unary('GetCopy', (req) => copySessionToWire(copy.getCopy(req.id))),
         SuspendCopy: this.unary('SuspendCopy', async (req) => copySessionToWire(await copy.suspendCopy(req.id))),
         ResumeCopy: this.unary('ResumeCopy', async (req) => copySessionToWire(await copy.resumeCopy(req.id, { force: req.force }))),

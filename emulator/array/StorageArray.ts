@@ -446,6 +446,11 @@ export class StorageArray implements ExportProvider {
     return this.copy.list();
   }
 
+  /** How a session that is gone ended, if the engine still knows (ListCopies' ended). */
+  copyEndedAs(id: string): 'completed' | 'cancelled' | 'dropped' | undefined {
+    return this.copy.endedAs(id);
+  }
+
   getCopy(id: string): SessionInfo {
     return copyCallSync(() => this.copy.get(id));
   }

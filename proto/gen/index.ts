@@ -18,6 +18,7 @@ export { type CartridgeLabel, type CartridgeLabel__Output } from './arraylab/v1/
 export { type ClearFaultsRequest, type ClearFaultsRequest__Output } from './arraylab/v1/ClearFaultsRequest.js';
 export { type ClearFaultsResponse, type ClearFaultsResponse__Output } from './arraylab/v1/ClearFaultsResponse.js';
 export { type Connection, type Connection__Output } from './arraylab/v1/Connection.js';
+export { type CopyEnding, type CopyEnding__Output } from './arraylab/v1/CopyEnding.js';
 export { type CopyEvent, type CopyEvent__Output } from './arraylab/v1/CopyEvent.js';
 export { type CopyGroupRequest, type CopyGroupRequest__Output } from './arraylab/v1/CopyGroupRequest.js';
 export { type CopyId, type CopyId__Output } from './arraylab/v1/CopyId.js';

@@ -104,6 +104,31 @@ describe('registration', () => {
 });
 
 describe('generation health', () => {
+  it('an OPC generation whose session was cancelled on the array before its copy finished is lost, not a finished copy', async () => {
+    await L.mk(['oc-tv', 'oc-b1'], '256MiB');
+    const { m, host } = await L.manager();
+    await registerAttached(m, host, 'oc-tv', { generations: 1, defaultType: 'opc' });
+    await m.registerBackup('oc-b1');
+    await L.write('oc-tv', 0x62, 0, '256M');
+    let id = '';
+    host.onCall = async (c) => {
+      if (c.method !== 'unlock' || c.volume !== 'oc-tv') return; // post-processing: the OPC has started
+      id = (await L.array.listCopies()).find((x) => x.source === 'oc-tv' && x.type === 'opc')!.id;
+      await L.array.setCopyRate(id, 0); // still copying when cancelled below
+    };
+    const r = await m.backup(['oc-tv']);
+    host.onCall = undefined;
+    expect(r.ok, r.volumes[0]!.error).toBe(true);
+    await L.array.cancelCopy(id); // out of band: the copy never finished
+    const why = `its OPC session ${id} was cancelled on the array before its copy finished: oc-b1 holds only part of oc-tv generation #1`;
+    expect((await m.history('oc-tv'))[0]).toMatchObject({ number: 1, status: 'lost', error: why });
+    expect((await rejects(m.restore('oc-tv'))).message).toContain(why);
+    const rm = await m.resourceMatch();
+    expect(rm.repaired.join('\n')).toContain(`oc-tv generation #1 marked lost: ${why}`);
+    expect(rm.repaired.join('\n')).not.toMatch(/the image on oc-b1 is kept/);
+    expect((await m.history('oc-tv'))[0]).toMatchObject({ status: 'lost', generation: 0 });
+  });
+
   it("a SnapOPC+ generation error-suspended by a full pool shows as error with the array's reason; restore is refused with it; resource-match records it", async () => {
     await L.mk(['gh-tv']);
     await L.mk(['gh-s1'], '64MiB', { allocLimitBytes: 1 << 20 });

@@ -2,7 +2,17 @@
 
 
 export interface ListCopiesRequest {
+  /**
+   * Sessions to say how they ended if they are gone (ListCopiesResponse.ended): an OPC that
+   * is gone finished its copy, or was cancelled (its destination holds part of the image).
+   */
+  'endedIds'?: (string)[];
 }
 
 export interface ListCopiesRequest__Output {
+  /**
+   * Sessions to say how they ended if they are gone (ListCopiesResponse.ended): an OPC that
+   * is gone finished its copy, or was cancelled (its destination holds part of the image).
+   */
+  'endedIds': (string)[];
 }
