@@ -13,7 +13,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import * as op from '../../emulator/iscsi/opcodes.js';
 import { ArrayClient } from '../../proto/ArrayClient.js';
 import type * as pb from '../../proto/gen/index.js';
-import { startArraylab, type Arraylab } from '../support/arraylab.js';
+import { startArraylab, type Arraylab, loggedErrors } from '../support/arraylab.js';
 import { iscsiPortalOf, iscsiUrl, type Portal } from '../support/iscsi.js';
 import { RawInitiator, rw10, TARGET_IQN } from '../support/iscsiTestInitiator.js';
 import { runProcess } from '../support/process.js';
@@ -131,11 +131,7 @@ afterEach(async () => {
 afterAll(async () => {
   client?.close();
   // Dropped connections, refused opens and resets are warnings; nothing may have been an error.
-  const errors =
-    lab
-      ?.logs()
-      .split('\n')
-      .filter((l) => /"level":(50|60)/.test(l)) ?? [];
+  const errors = loggedErrors(lab);
   await lab?.stop();
   expect(errors).toEqual([]);
 });

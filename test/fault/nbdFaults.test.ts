@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ArrayClient } from '../../proto/ArrayClient.js';
 import type * as pb from '../../proto/gen/index.js';
-import { cliJson, startArraylab, type Arraylab } from '../support/arraylab.js';
+import { cliJson, startArraylab, type Arraylab, loggedErrors } from '../support/arraylab.js';
 import { startNbdsh, type NbdshSession } from '../support/nbdshSession.js';
 import { runProcess } from '../support/process.js';
 import { requireNbdsh, requireTool } from '../support/tools.js';
@@ -65,11 +65,7 @@ afterEach(async () => {
 afterAll(async () => {
   client?.close();
   // Dropped connections, refused opens and resets are warnings; nothing may have been an error.
-  const errors =
-    lab
-      ?.logs()
-      .split('\n')
-      .filter((l) => /"level":(50|60)/.test(l)) ?? [];
+  const errors = loggedErrors(lab);
   await lab?.stop();
   expect(errors).toEqual([]);
 });

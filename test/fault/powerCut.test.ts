@@ -11,7 +11,7 @@ import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:c
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ArrayClient } from '../../proto/ArrayClient.js';
 import type { PowerCutView } from '../../proto/views.js';
-import { cliJson, startArraylab, type Arraylab } from '../support/arraylab.js';
+import { cliJson, startArraylab, type Arraylab, loggedErrors } from '../support/arraylab.js';
 import { iscsiPortalOf, iscsiUrl, type Portal } from '../support/iscsi.js';
 import { requireNbdsh, requireTool, SYSTEM_PYTHON } from '../support/tools.js';
 import { sleep } from '../support/wait.js';
@@ -107,11 +107,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   client?.close();
-  const errors =
-    lab
-      ?.logs()
-      .split('\n')
-      .filter((l) => /"level":(50|60)/.test(l)) ?? [];
+  const errors = loggedErrors(lab);
   await lab?.stop();
   expect(errors).toEqual([]);
 });

@@ -91,6 +91,16 @@ export interface Arraylab {
   stdout(): string;
 }
 
+/** The server's log lines at level error or fatal: a test that expects none asserts this is empty. */
+export function loggedErrors(lab: Arraylab | undefined): string[] {
+  return (
+    lab
+      ?.logs()
+      .split('\n')
+      .filter((l) => /"level":(50|60)/.test(l)) ?? []
+  );
+}
+
 /** The same, by the name the filesystem and durability tests use. */
 export type ArraylabProcess = Arraylab;
 
