@@ -1,5 +1,5 @@
 /**
- * The arraylab command line: `serve` runs the array; `volume`, `copy`, `host`, `tape`, `export`, `fault` and `status`
+ * The arraylab command line: `serve` runs the array; `volume`, `copy`, `host`, `tape`, `export`, `fault`, `power-cut` and `status`
  * talk to a running one over the control API. Every command takes --json.
  *
  * Failures print exactly one line, `arraylab: ...`, on stderr: exit status 2 for a wrong command
@@ -13,6 +13,7 @@ import { copyCommands } from './copy.js';
 import { CommandError, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './errors.js';
 import { exportCommands } from './exports.js';
 import { faultCommands } from './fault.js';
+import { powerCutCommand } from './powerCut.js';
 import { hostCommands } from './host.js';
 import { serveOptions } from './serveOptions.js';
 import { statusCommand } from './status.js';
@@ -59,7 +60,7 @@ export async function run(argv: string[]): Promise<number> {
     .command('tape', "the array's virtual tape library: cartridges, and volumes written to and restored from them", (y) => tapeCommands(y)) // tape
     .command('export', 'list exports and their connected clients', (y) => exportCommands(y))
     .command('fault', 'inject faults on purpose: I/O errors, bad blocks, delays, rate caps, pauses, disconnects, copy/tape/API errors', (y) => faultCommands(y))
-    .command((await import('./powerCut.js')).powerCutCommand) // power-cut (issue 15)
+    .command(powerCutCommand)
     .command(
       'status',
       "show the running array's status",
@@ -68,7 +69,7 @@ export async function run(argv: string[]): Promise<number> {
     )
     .command('vm', 'lab VMs on the array: start (volumes over NBD or iSCSI), list, stop, console', (y) => vmCommands(y)) // vm, lab (issue 6)
     .command('lab', 'bring a lab file (arrays, volumes, hosts, VMs) up, down, or show its status', (y) => labCommands(y)) // vm, lab (issue 6)
-    .demandCommand(1, 'give a command: serve, volume, copy, host, export, tape, fault, status, vm or lab')
+    .demandCommand(1, 'give a command: serve, volume, copy, host, export, tape, fault, power-cut, status, vm or lab')
     .recommendCommands()
     .strict()
     .help()
@@ -122,7 +123,7 @@ function report(err: unknown, argv: string[]): number {
 }
 
 const COMMANDS: Record<string, string[]> = {
-  '': ['serve', 'volume', 'copy', 'host', 'tape', 'export', 'fault', 'status', 'vm', 'lab'],
+  '': ['serve', 'volume', 'copy', 'host', 'tape', 'export', 'fault', 'power-cut', 'status', 'vm', 'lab'],
   fault: ['add', 'list', 'ls', 'show', 'remove', 'rm', 'clear', 'rate', 'apply', 'flag', 'events'],
   'fault flag': ['set', 'clear', 'list', 'ls'],
   vm: ['start', 'list', 'ls', 'stop', 'console'], // vm, lab (issue 6)
