@@ -22,6 +22,10 @@ const ADD_EXAMPLES = [
   ['$0 fault add disconnect --export vol1 --refuse-ms 5000', 'drop the clients now and refuse them for 5 s'],
   ['$0 fault add copy-error --session 3', "the session's copy fails: the pair goes error-suspended"],
   ['$0 fault add api-error --ops StartCopy --code UNAVAILABLE --once', 'the next StartCopy call fails'],
+  ['$0 fault add link-down --remote site-b --window 5s-20s', 'the link to remote array site-b is down from 5 s to 20 s'],
+  ['$0 fault add link-delay --remote site-b --ms 20 --jitter-ms 5', 'every transfer to site-b takes 15 to 25 ms longer'],
+  ['$0 fault add link-rate --remote site-b --mibs 5', 'cap the link to site-b at 5 MiB/s'],
+  ['$0 fault add link-loss --remote site-b --probability 0.01', '1 % of transfers to site-b drop the connection'],
 ] as const;
 
 type AddArgs = {
@@ -30,6 +34,7 @@ type AddArgs = {
   export?: string | undefined;
   session?: string | undefined;
   tape?: string | undefined;
+  remote?: string | undefined;
   ops?: string | undefined;
   lba?: string | undefined;
   probability?: number | undefined;
@@ -70,7 +75,7 @@ function num(a: Record<string, unknown>, key: string, flag: string, opts: { inte
 
 /** The command line to the wire's FaultSpec: exactly the options given. */
 export function specFromArgs(a: AddArgs): pb.FaultSpec {
-  const targets = (['volume', 'export', 'session', 'tape'] as const).filter((t) => a[t] !== undefined);
+  const targets = (['volume', 'export', 'session', 'tape', 'remote'] as const).filter((t) => a[t] !== undefined);
   if (targets.length > 1) throw new UsageError(`give one target, not ${targets.map((t) => `--${t}`).join(' and ')}`, 'fault add');
   const t = targets[0];
   const spec: pb.FaultSpec = { kind: a.kind };
@@ -152,10 +157,17 @@ export function faultCommands(y: Argv<{ json: boolean }>) {
           .option('export', { type: 'string', requiresArg: true, describe: "target: an export's connections and I/O", group: 'Target:' })
           .option('session', { type: 'string', requiresArg: true, describe: "target: a copy session's own I/O (copy-error)", group: 'Target:' })
           .option('tape', { type: 'string', requiresArg: true, describe: "target: a cartridge's reads and writes (tape-error)", group: 'Target:' })
+          .option('remote', {
+            type: 'string',
+            requiresArg: true,
+            describe: 'target: the link to a remote array (link-*), by its name in arraylab remote add',
+            group: 'Target:',
+          })
           .option('ops', {
             type: 'string',
             requiresArg: true,
-            describe: 'operations, comma-separated: read, write, flush, trim, zero, block-status, connect; RPC names for api faults',
+            describe:
+              'operations, comma-separated: read, write, flush, trim, zero, block-status, connect; RPC names for api faults; write, read, flush, control for link faults',
             group: 'Target:',
           })
           .option('lba', {
@@ -164,7 +176,12 @@ export function faultCommands(y: Argv<{ json: boolean }>) {
             describe: 'logical blocks FIRST-LAST; bad-blocks: a list, e.g. 4096,4097,5000-5010',
             group: 'Target:',
           })
-          .option('probability', { type: 'number', requiresArg: true, describe: 'fire with this probability (0..1) per operation', group: 'Trigger (one):' })
+          .option('probability', {
+            type: 'number',
+            requiresArg: true,
+            describe: 'fire with this probability (0..1) per operation (link faults: per transfer)',
+            group: 'Trigger (one):',
+          })
           .option('every', { type: 'number', requiresArg: true, describe: 'fire on every Nth matching operation', group: 'Trigger (one):' })
           .option('after', { type: 'number', requiresArg: true, describe: 'fire on every operation after the first N', group: 'Trigger (one):' })
           .option('once', { type: 'boolean', default: false, describe: 'fire on the next matching operation only', group: 'Trigger (one):' })
@@ -183,10 +200,21 @@ export function faultCommands(y: Argv<{ json: boolean }>) {
           .option('seed', { type: 'number', requiresArg: true, describe: "seed of the fault's randomness (default: drawn and shown)", group: 'Trigger (one):' })
           .option('errno', { type: 'string', requiresArg: true, describe: 'error: EIO (default), ENOSPC, EPERM, EINVAL, ENOMEM, ESHUTDOWN', group: 'Action:' })
           .option('sense', { type: 'string', requiresArg: true, describe: 'error: iSCSI sense KEY/ASC/ASCQ in hex, e.g. 03/11/00', group: 'Action:' })
-          .option('ms', { type: 'number', requiresArg: true, describe: 'delay, api-delay: milliseconds (log-normal: the median)', group: 'Action:' })
-          .option('jitter-ms', { type: 'number', requiresArg: true, describe: 'delay: ± milliseconds (log-normal: the spread)', group: 'Action:' })
-          .option('distribution', { type: 'string', requiresArg: true, choices: ['fixed', 'uniform', 'lognormal'], describe: 'delay', group: 'Action:' })
-          .option('mibs', { type: 'number', requiresArg: true, describe: 'rate: MiB/s cap', group: 'Action:' })
+          .option('ms', {
+            type: 'number',
+            requiresArg: true,
+            describe: 'delay, api-delay, link-delay: milliseconds (log-normal: the median)',
+            group: 'Action:',
+          })
+          .option('jitter-ms', { type: 'number', requiresArg: true, describe: 'delay, link-delay: ± milliseconds (log-normal: the spread)', group: 'Action:' })
+          .option('distribution', {
+            type: 'string',
+            requiresArg: true,
+            choices: ['fixed', 'uniform', 'lognormal'],
+            describe: 'delay, link-delay',
+            group: 'Action:',
+          })
+          .option('mibs', { type: 'number', requiresArg: true, describe: 'rate, link-rate: MiB/s cap', group: 'Action:' })
           .option('iops', { type: 'number', requiresArg: true, describe: 'rate: operations per second cap', group: 'Action:' })
           .option('per-connection', { type: 'boolean', default: false, describe: 'rate: a cap for each connection, not the volume', group: 'Action:' })
           .option('bits', { type: 'number', requiresArg: true, describe: 'corrupt: bits flipped per operation (default 1)', group: 'Action:' })
@@ -256,7 +284,7 @@ export function faultCommands(y: Argv<{ json: boolean }>) {
     )
     .command(
       'rate <id>',
-      "change a rate fault's caps while it runs",
+      "change a rate or link-rate fault's caps while it runs",
       (c) =>
         c
           .positional('id', { type: 'string', demandOption: true })

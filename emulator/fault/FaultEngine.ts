@@ -7,7 +7,9 @@
  *                             disconnect/reset and connect faults, its connections;
  *   session:ID                the copy engine's own I/O for that session (copyFault);
  *   tape:LABEL                tape reads and writes of that cartridge (tapeFault);
- *   api                       control-API calls by RPC name (apiFault).
+ *   api                       control-API calls by RPC name (apiFault);
+ *   remote:NAME               transfers on the link to a remote array (linkSend, linkDown:
+ *                             the engine is the links' LinkFaultHook, link.ts).
  * Each check is one map lookup when no fault is set, so the array pays nothing for the
  * engine it does not use.
  *
@@ -23,14 +25,15 @@ import { FaultPoint, type ActiveFault, type FiredEvent, opMaskOf } from './Fault
 import type { Injector } from './io.js';
 import { badBlocksInjector } from './injectors/badBlocks.js';
 import { corruptInjector } from './injectors/corrupt.js';
-import { delayInjector } from './injectors/delay.js';
+import { delayInjector, delayMs } from './injectors/delay.js';
 import { disconnectInjector, resetInjector } from './injectors/disconnect.js';
 import { errorInjector } from './injectors/error.js';
 import { lyingFlushInjector } from './injectors/lyingFlush.js';
 import { pauseInjector } from './injectors/pause.js';
 import { rateInjector, type RateInjector } from './injectors/rate.js';
 import { sleep } from './injectors/sleep.js';
-import { deriveSeed, freshSeed } from './random.js';
+import { LinkFaultError, type LinkFaultHook, type LinkOp } from './link.js';
+import { deriveSeed, freshSeed, SeededRandom } from './random.js';
 import { describeFault, type Fault, FaultSpecError, type FaultSpec, formatTarget, type LooseFaultSpec, parseFaultSpec, parseFlagName } from './spec.js';
 import { Trigger } from './trigger.js';
 
@@ -85,6 +88,10 @@ export interface FaultEngineOptions {
 interface Held extends ActiveFault {
   /** Set when the fault is removed (its waiters are released). */
   removed: boolean;
+  /** link-delay: the generator of its delays. */
+  rng?: SeededRandom | undefined;
+  /** link-down with a window: tells the links when the window opens. */
+  timer?: NodeJS.Timeout | undefined;
 }
 
 /** A plan file: a name, one seed, and the faults. */
@@ -94,8 +101,18 @@ export interface FaultPlan {
   faults: LooseFaultSpec[];
 }
 
-export class FaultEngine {
+export class FaultEngine implements LinkFaultHook {
   private readonly faults = new Map<string, Held>();
+  /** Link faults by remote name, in the order added (rebuilt with the fault points). */
+  private readonly links = new Map<string, Held[]>();
+  /** The links' drop callbacks, by remote name (onLinkDown). */
+  private readonly linkListeners = new Map<string, Set<(err: LinkFaultError) => void>>();
+  /**
+   * Set by whoever owns the remote arrays (emulator/remote), so a link fault can only name a
+   * registered one. Until it is set (an array that serves no remote copy yet, unit tests), any
+   * valid name is taken: such a fault does nothing until a link of that name sends.
+   */
+  remoteExists: ((name: string) => boolean) | undefined = undefined;
   private readonly points = new Map<string, FaultPoint>();
   private readonly flags = new Set<string>();
   /** Exports whose reconnects are refused until the time (ms). */
@@ -143,6 +160,7 @@ export class FaultEngine {
     if (fault.ops.length === 0) {
       this.applyAtOnce(held);
     }
+    if (fault.action.kind === 'link-down') this.linkWentDown(held, 'add');
     if (opts.drain === true && fault.action.kind === 'pause') {
       const point = this.pointOf(fault);
       if (point !== undefined) await point.drained();
@@ -183,10 +201,19 @@ export class FaultEngine {
   setRate(id: string, mibs: number | undefined, iops: number | undefined): Fault {
     const h = this.faults.get(id);
     if (h === undefined) throw new StatusError('NOT_FOUND', `no fault ${id}; 'arraylab fault list' shows the faults set`);
-    if (h.fault.action.kind !== 'rate') throw new FaultSpecError(`fault ${id} is a ${h.fault.action.kind} fault; only rate faults take a new rate`);
+    const a = h.fault.action;
+    if (a.kind !== 'rate' && a.kind !== 'link-rate')
+      throw new FaultSpecError(`fault ${id} is a ${a.kind} fault; only rate and link-rate faults take a new rate`);
+    if (a.kind === 'link-rate') {
+      // A link is capped in bytes only: its transfers are few and large, so IOPS say nothing.
+      if (iops !== undefined || mibs === undefined)
+        throw new FaultSpecError(`fault ${id} is a link-rate fault: it takes --mibs only, e.g. arraylab fault rate ${id} --mibs 10`);
+      if (!Number.isFinite(mibs) || mibs < 0.001 || mibs > 1_000_000) throw new FaultSpecError(`mibs must be a number from 0.001 to 1000000, not ${mibs}`);
+    }
     if (mibs === undefined && iops === undefined) throw new FaultSpecError('give --mibs or --iops');
     (h.injector as RateInjector).setRate(mibs, iops);
-    const fault: Fault = { ...h.fault, action: { kind: 'rate', mibs, iops, perConnection: h.fault.action.perConnection } };
+    const action: Fault['action'] = a.kind === 'link-rate' ? { kind: 'link-rate', mibs: mibs! } : { kind: 'rate', mibs, iops, perConnection: a.perConnection };
+    const fault: Fault = { ...h.fault, action };
     this.faults.set(id, { ...h, fault });
     this.rebuildPoints();
     if (!fault.transient) this.opts.store?.saveFault(fault);
@@ -222,9 +249,11 @@ export class FaultEngine {
 
   setFlag(name: string, on: boolean): string[] {
     parseFlagName(name);
+    const was = this.flags.has(name);
     if (on) this.flags.add(name);
     else this.flags.delete(name);
     this.log?.info({ flag: name, on }, `fault flag ${name} ${on ? 'set' : 'cleared'}`);
+    if (on && !was) for (const h of [...this.faults.values()]) if (h.fault.flag === name && h.fault.action.kind === 'link-down') this.linkWentDown(h, 'flag');
     return this.listFlags();
   }
 
@@ -325,9 +354,71 @@ export class FaultEngine {
     }
   }
 
+  // ---- links to remote arrays (LinkFaultHook) ----
+
+  linkSend(remote: string, op: LinkOp, bytes: number): Promise<void> | undefined {
+    if (this.faults.size === 0) return undefined;
+    const list = this.links.get(remote);
+    if (list === undefined) return undefined;
+    // A down link fails every transfer at once, before any delay or cap added before it.
+    for (const h of list) {
+      if (h.fault.action.kind !== 'link-down' || !this.flagOk(h) || !h.trigger.fires()) continue;
+      this.emit(h.fault.id, 'link-down', `remote:${remote}`, op, `${op} of ${bytes} bytes failed: the link is down`, { length: bytes });
+      return Promise.reject(new LinkFaultError(remote, 'link-down', h.fault.id));
+    }
+    let wait: Promise<void> | undefined;
+    for (const h of list) {
+      const a = h.fault.action;
+      if (a.kind === 'link-down' || !h.fault.ops.includes(op) || !this.flagOk(h) || !h.trigger.fires()) continue;
+      const target = `remote:${remote}`;
+      if (a.kind === 'link-loss') {
+        this.emit(h.fault.id, a.kind, target, op, `${op} of ${bytes} bytes lost: the link drops its connection`, { length: bytes });
+        const err = new LinkFaultError(remote, 'link-loss', h.fault.id);
+        return wait === undefined ? Promise.reject(err) : wait.then(() => Promise.reject(err));
+      }
+      if (a.kind === 'link-delay') {
+        const ms = delayMs(a, h.rng!);
+        this.emit(h.fault.id, a.kind, target, op, `delayed ${Math.round(ms * 10) / 10} ms`, { length: bytes });
+        const wakers = this.wakersOf(h);
+        wait = wait === undefined ? sleep(ms, wakers) : wait.then(() => (h.removed ? undefined : sleep(ms, wakers)));
+      } else if (a.kind === 'link-rate') {
+        this.emit(h.fault.id, a.kind, target, op, `${bytes} bytes through ${a.mibs} MiB/s`, { length: bytes });
+        const bucket = h.injector as RateInjector;
+        wait = wait === undefined ? bucket.take(bytes) : wait.then(() => bucket.take(bytes));
+      }
+    }
+    return wait;
+  }
+
+  linkDown(remote: string): boolean {
+    if (this.faults.size === 0) return false;
+    const list = this.links.get(remote);
+    if (list === undefined) return false;
+    for (const h of list) if (h.fault.action.kind === 'link-down' && this.flagOk(h) && h.trigger.openNow()) return true;
+    return false;
+  }
+
+  onLinkDown(remote: string, drop: (err: LinkFaultError) => void): () => void {
+    let set = this.linkListeners.get(remote);
+    if (set === undefined) {
+      set = new Set();
+      this.linkListeners.set(remote, set);
+    }
+    set.add(drop);
+    return () => {
+      const s = this.linkListeners.get(remote);
+      if (s === undefined) return;
+      s.delete(drop);
+      if (s.size === 0) this.linkListeners.delete(remote);
+    };
+  }
+
   /** Ends every fault's waits (array shutdown). */
   close(): void {
-    for (const h of this.faults.values()) h.injector.dispose?.();
+    for (const h of this.faults.values()) {
+      h.injector.dispose?.();
+      if (h.timer !== undefined) clearTimeout(h.timer);
+    }
   }
 
   // ---- internals ----
@@ -356,6 +447,7 @@ export class FaultEngine {
     if ((t.kind === 'volume' || t.kind === 'export') && !tg.volumeExists(t.name)) missing(`volume ${t.name}`, 'arraylab volume list');
     if (t.kind === 'session' && !tg.sessionExists(t.id)) missing(`copy session ${t.id}`, 'arraylab copy list');
     if (t.kind === 'tape' && !tg.tapeExists(t.label)) missing(`cartridge ${t.label}`, 'arraylab tape list');
+    if (t.kind === 'remote' && this.remoteExists !== undefined && !this.remoteExists(t.name)) missing(`remote array ${t.name}`, 'arraylab remote list');
   }
 
   private install(fault: Fault): Held {
@@ -366,6 +458,16 @@ export class FaultEngine {
       opMask: opMaskOf(fault.ops),
       removed: false,
     };
+    const a = fault.action;
+    if (a.kind === 'link-delay') held.rng = new SeededRandom(deriveSeed(fault.seed, 1));
+    if (a.kind === 'link-down' && fault.trigger.kind === 'window' && fault.trigger.startMs > 0) {
+      // The links learn when the window opens, not at their next transfer (+1: a timer may run a ms early).
+      held.timer = setTimeout(() => {
+        held.timer = undefined;
+        if (!held.removed) this.linkWentDown(held, 'window');
+      }, fault.trigger.startMs + 1);
+      held.timer.unref();
+    }
     this.faults.set(fault.id, held);
     this.rebuildPoints();
     return held;
@@ -373,6 +475,7 @@ export class FaultEngine {
 
   private uninstall(held: Held): void {
     held.removed = true;
+    if (held.timer !== undefined) clearTimeout(held.timer);
     this.faults.delete(held.fault.id);
     this.rebuildPoints();
     held.injector.dispose?.();
@@ -393,6 +496,9 @@ export class FaultEngine {
         return delayInjector(a, deriveSeed(f.seed, 1));
       case 'rate':
         return rateInjector(a);
+      case 'link-rate':
+        // The rate fault's bucket, shared by every transfer on the link; setRate works alike.
+        return rateInjector({ kind: 'rate', mibs: a.mibs, iops: undefined, perConnection: false });
       case 'pause':
         return pauseInjector();
       case 'corrupt':
@@ -428,8 +534,37 @@ export class FaultEngine {
     );
   }
 
+  /**
+   * A link-down fault began to apply (added, its flag set, its window opened): the links to
+   * the remote drop their connection now. Counted as a firing, as a disconnect at once is.
+   */
+  private linkWentDown(h: Held, why: 'add' | 'flag' | 'window'): void {
+    const t = h.fault.target;
+    if (t.kind !== 'remote' || !this.flagOk(h) || !h.trigger.openNow()) return;
+    h.trigger.fires();
+    const drops = [...(this.linkListeners.get(t.name) ?? [])];
+    const when = why === 'add' ? 'added' : why === 'flag' ? `flag ${h.fault.flag ?? ''} set` : 'window opened';
+    this.emit(
+      h.fault.id,
+      'link-down',
+      `remote:${t.name}`,
+      why,
+      `link down (${when}): ${drops.length === 0 ? 'no link open to drop' : `${drops.length} link${drops.length === 1 ? '' : 's'} told to drop the connection`}`,
+    );
+    const err = new LinkFaultError(t.name, 'link-down', h.fault.id);
+    for (const drop of drops) {
+      try {
+        drop(err);
+      } catch (e) {
+        // A link's failure to drop is its own bug: the fault stands, and later transfers still fail.
+        this.log?.warn({ faultId: h.fault.id, remote: t.name, err: (e as Error).message }, `link to remote ${t.name} failed to drop its connection`);
+      }
+    }
+  }
+
   /** Volumes' fault points follow the faults: a volume with no block fault has none. */
   private rebuildPoints(): void {
+    this.rebuildLinks();
     const byVolume = new Map<string, Held[]>();
     for (const h of this.faults.values()) {
       const t = h.fault.target;
@@ -457,6 +592,18 @@ export class FaultEngine {
         this.opts.targets.setFaultPoint(name, point);
       }
       point.faults = list;
+    }
+  }
+
+  /** Link faults by remote: a remote with none is absent, so linkSend is one lookup. */
+  private rebuildLinks(): void {
+    this.links.clear();
+    for (const h of this.faults.values()) {
+      const t = h.fault.target;
+      if (t.kind !== 'remote') continue;
+      const list = this.links.get(t.name);
+      if (list === undefined) this.links.set(t.name, [h]);
+      else list.push(h);
     }
   }
 
@@ -489,7 +636,7 @@ export class FaultEngine {
     this.history.push(e);
     if (this.history.length > this.historySize) this.history.splice(0, this.history.length - this.historySize);
     // Shaping faults fire on every operation: their events stay out of the info log.
-    const quiet = kind === 'delay' || kind === 'rate' || kind === 'pause';
+    const quiet = kind === 'delay' || kind === 'rate' || kind === 'pause' || kind === 'link-delay' || kind === 'link-rate';
     if (this.log !== undefined) {
       const line = { faultId, kind, target, op, offset: e.offset, length: e.length, connection: e.connection, seq: e.seq };
       if (quiet) this.log.debug(line, `fault ${faultId} fired: ${op}`);

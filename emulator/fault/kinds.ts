@@ -16,6 +16,10 @@ export const FAULT_KINDS = [
   'tape-error',
   'api-error',
   'api-delay',
+  'link-down',
+  'link-delay',
+  'link-rate',
+  'link-loss',
 ] as const;
 
 export type FaultKind = (typeof FAULT_KINDS)[number];

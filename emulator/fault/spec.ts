@@ -9,6 +9,7 @@
  */
 import { STATUS_CODES, StatusError } from '../../proto/errors.js';
 import { FAULT_KINDS, type FaultKind } from './kinds.js';
+import { LINK_OPS, REMOTE_NAME } from './link.js';
 
 /** The operations a fault can apply to. */
 export const FAULT_OPS = ['read', 'write', 'flush', 'trim', 'zero', 'block-status', 'connect'] as const;
@@ -23,6 +24,8 @@ export type FaultTarget =
   | { kind: 'export'; name: string }
   | { kind: 'session'; id: string }
   | { kind: 'tape'; label: string }
+  /** The link to a remote array (remote copy), by the name it was registered with. */
+  | { kind: 'remote'; name: string }
   | { kind: 'api' };
 
 export type TriggerSpec =
@@ -54,7 +57,11 @@ export type ActionSpec =
   | { kind: 'copy-error' }
   | { kind: 'tape-error' }
   | { kind: 'api-error'; code: string }
-  | { kind: 'api-delay'; ms: number };
+  | { kind: 'api-delay'; ms: number }
+  | { kind: 'link-down' }
+  | { kind: 'link-delay'; ms: number; jitterMs: number; distribution: 'fixed' | 'uniform' | 'lognormal' }
+  | { kind: 'link-rate'; mibs: number }
+  | { kind: 'link-loss' };
 
 export { FAULT_KINDS, type FaultKind } from './kinds.js';
 // The action union and the kinds list must agree: a kind without an action (or the reverse) fails here.
@@ -112,6 +119,10 @@ const DEFAULT_OPS: Record<FaultKind, string[]> = {
   'tape-error': ['read', 'write'],
   'api-error': ['*'],
   'api-delay': ['*'],
+  'link-down': [...LINK_OPS],
+  'link-delay': [...LINK_OPS],
+  'link-rate': [...LINK_OPS],
+  'link-loss': [...LINK_OPS],
 };
 
 /** Which targets each kind takes. */
@@ -129,6 +140,10 @@ const TARGETS: Record<FaultKind, ReadonlyArray<FaultTarget['kind']>> = {
   'tape-error': ['tape'],
   'api-error': ['api'],
   'api-delay': ['api'],
+  'link-down': ['remote'],
+  'link-delay': ['remote'],
+  'link-rate': ['remote'],
+  'link-loss': ['remote'],
 };
 
 const EXAMPLES: Record<FaultKind, string> = {
@@ -145,6 +160,10 @@ const EXAMPLES: Record<FaultKind, string> = {
   'tape-error': 'arraylab fault add tape-error --tape TAPE01 --ops write',
   'api-error': 'arraylab fault add api-error --ops StartCopy --code UNAVAILABLE --once',
   'api-delay': 'arraylab fault add api-delay --ops ListVolumes --ms 2000',
+  'link-down': 'arraylab fault add link-down --remote site-b --window 5s-20s',
+  'link-delay': 'arraylab fault add link-delay --remote site-b --ms 20 --jitter-ms 5',
+  'link-rate': 'arraylab fault add link-rate --remote site-b --mibs 5',
+  'link-loss': 'arraylab fault add link-loss --remote site-b --probability 0.01 --seed 7',
 };
 
 export function exampleOf(kind: FaultKind): string {
@@ -234,6 +253,10 @@ const ACTION_KEYS: Record<FaultKind, readonly string[]> = {
   'tape-error': [],
   'api-error': ['code'],
   'api-delay': ['ms'],
+  'link-down': [],
+  'link-delay': ['ms', 'jitterMs', 'distribution'],
+  'link-rate': ['mibs'],
+  'link-loss': [],
 };
 const ALL_ACTION_KEYS = new Set(Object.values(ACTION_KEYS).flat());
 
@@ -275,6 +298,7 @@ export function parseFaultSpec(loose: LooseFaultSpec, defaultSeed: SeedSource): 
   if ((action.kind === 'disconnect' || action.kind === 'reset') && ops.length === 0 && (trigger.kind !== 'always' || lba !== undefined)) {
     throw bad(`a trigger or --lba needs --ops (e.g. --ops write --once); without --ops the ${kind} acts at once on every connection`);
   }
+  if (target.kind === 'remote') checkLinkFault(kind, loose, trigger, bad);
   if (loose.label !== undefined && typeof loose.label !== 'string') throw bad('label must be text');
   return {
     target,
@@ -287,6 +311,27 @@ export function parseFaultSpec(loose: LooseFaultSpec, defaultSeed: SeedSource): 
     transient: loose.transient === true,
     label: loose.label,
   };
+}
+
+/**
+ * What link faults take beyond the common checks. A link carries transfers, not blocks: no
+ * --lba. link-down and link-rate are states of the link in time (the link is down, the link is
+ * slow), so of the triggers only --window makes sense for them (and --flag, which any fault
+ * takes); per-transfer counting belongs to link-loss and link-delay. link-loss with no trigger
+ * would drop every transfer's connection: link-down says that better, so it needs one.
+ */
+function checkLinkFault(kind: FaultKind, loose: LooseFaultSpec, trigger: TriggerSpec, bad: (w: string) => FaultSpecError): void {
+  if (loose.lba !== undefined) throw bad('--lba does not apply to a link (it carries transfers, not blocks)');
+  if (kind === 'link-down' && loose.ops !== undefined && (Array.isArray(loose.ops) ? loose.ops.length > 0 : loose.ops !== '')) {
+    throw bad('a down link fails every transfer, so it takes no --ops; to fail some transfers use link-loss --ops write --probability P');
+  }
+  if ((kind === 'link-down' || kind === 'link-rate') && trigger.kind !== 'always' && trigger.kind !== 'window') {
+    const what = kind === 'link-down' ? 'a down link is a state in time' : 'a rate cap applies to every transfer';
+    throw bad(`${what}: it takes --window START-END and --flag NAME, not --${trigger.kind}; to fail some transfers use link-loss`);
+  }
+  if (kind === 'link-loss' && trigger.kind === 'always') {
+    throw bad('give a trigger (--probability P, --every N, --after N, --once or --window); to fail every transfer use link-down');
+  }
 }
 
 export function parseFlagName(name: unknown, bad: (what: string) => Error = (w) => new FaultSpecError(w)): string {
@@ -319,6 +364,11 @@ function parseTarget(text: string | undefined, kind: FaultKind, bad: (w: string)
       return { kind: 'export', name };
     case 'session':
       return { kind: 'session', id: name };
+    case 'remote':
+      if (!REMOTE_NAME.test(name)) {
+        throw bad(`remote name ${JSON.stringify(name)} must be 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+      }
+      return { kind: 'remote', name };
     default:
       return { kind: 'tape', label: name };
   }
@@ -333,6 +383,8 @@ export function formatTarget(t: FaultTarget): string {
       return `session:${t.id}`;
     case 'tape':
       return `tape:${t.label}`;
+    case 'remote':
+      return `remote:${t.name}`;
     case 'api':
       return 'api';
   }
@@ -351,6 +403,12 @@ function parseOps(raw: string[] | string | undefined, kind: FaultKind, bad: (w: 
   }
   if (kind === 'copy-error') {
     for (const op of list) if (op !== 'read' && op !== 'write') throw bad(`copy faults apply to the session's read or write, not '${op}'`);
+    return [...new Set(list)];
+  }
+  if (kind.startsWith('link-')) {
+    for (const op of list) {
+      if (!(LINK_OPS as readonly string[]).includes(op)) throw bad(`link faults apply to transfers: ${LINK_OPS.join(', ')}, not '${op}'`);
+    }
     return [...new Set(list)];
   }
   for (const op of list) {
@@ -454,7 +512,8 @@ function parseAction(l: LooseFaultSpec, kind: FaultKind, bad: (w: string) => Fau
       if (count > 1_000_000) throw bad(`at most 1,000,000 bad blocks per fault, not ${count}`);
       return { kind, lbas, permanent: l.permanent === true };
     }
-    case 'delay': {
+    case 'delay':
+    case 'link-delay': {
       const ms = checkNumber(l.ms, 'ms', 0, 600_000, bad);
       const jitterMs = l.jitterMs === undefined ? 0 : checkNumber(l.jitterMs, 'jitter-ms', 0, 600_000, bad);
       const distribution = l.distribution ?? (jitterMs > 0 ? 'uniform' : 'fixed');
@@ -486,6 +545,10 @@ function parseAction(l: LooseFaultSpec, kind: FaultKind, bad: (w: string) => Fau
     }
     case 'api-delay':
       return { kind, ms: checkNumber(l.ms, 'ms', 0, 600_000, bad) };
+    case 'link-rate':
+      return { kind, mibs: checkNumber(l.mibs, 'mibs', 0.001, 1_000_000, bad) };
+    case 'link-down':
+    case 'link-loss':
     case 'pause':
     case 'lying-flush':
     case 'copy-error':
@@ -526,24 +589,43 @@ export function describeFault(f: FaultSpec): string {
     case 'api-delay':
       what = `api delay ${a.ms} ms`;
       break;
+    case 'link-down':
+      what = 'link down';
+      break;
+    case 'link-delay':
+      what = `link delay ${a.ms} ms${a.jitterMs ? ` ±${a.jitterMs} ms` : ''}${a.distribution === 'fixed' ? '' : ` (${a.distribution})`}`;
+      break;
+    case 'link-rate':
+      what = `link rate ${a.mibs} MiB/s`;
+      break;
+    case 'link-loss':
+      what = 'link loss (drops the connection)';
+      break;
     default:
       what = a.kind;
   }
   const t = f.trigger;
+  const link = f.target.kind === 'remote';
+  const unit = link ? 'transfer' : 'op';
   const when =
     t.kind === 'always'
       ? ''
       : t.kind === 'probability'
         ? ` with probability ${t.probability}`
         : t.kind === 'every'
-          ? ` every ${t.n}th op`
+          ? ` every ${t.n}th ${unit}`
           : t.kind === 'after'
-            ? ` after ${t.n} ops`
+            ? ` after ${t.n} ${unit}s`
             : t.kind === 'once'
               ? ' once'
               : ` from ${t.startMs} ms${t.endMs === undefined ? '' : ` to ${t.endMs} ms`}`;
   const range = f.lba ? ` on LBA ${f.lba.first}-${f.lba.last}` : '';
-  const ops = f.ops.length > 0 && a.kind !== 'bad-blocks' ? ` on ${f.ops.join(',')}` : '';
-  const seeded = t.kind === 'probability' || a.kind === 'corrupt' || (a.kind === 'delay' && a.distribution !== 'fixed') ? ` (seed ${f.seed})` : '';
+  // A link fault on every kind of transfer (the default) says nothing of them.
+  const allOps = a.kind === 'bad-blocks' || (link && f.ops.length === LINK_OPS.length);
+  const ops = f.ops.length > 0 && !allOps ? ` on ${f.ops.join(',')}` : '';
+  const seeded =
+    t.kind === 'probability' || a.kind === 'corrupt' || ((a.kind === 'delay' || a.kind === 'link-delay') && a.distribution !== 'fixed')
+      ? ` (seed ${f.seed})`
+      : '';
   return `${what}${ops}${range}${when}${seeded}${f.flag ? ` while flag ${f.flag} is set` : ''}`;
 }

@@ -55,6 +55,19 @@ export class Trigger {
     return yes;
   }
 
+  /**
+   * Whether a state trigger (always, a window) applies now, without counting an operation: a
+   * link-down fault's link is down while it does. A counting trigger: whether it can still fire.
+   */
+  openNow(): boolean {
+    const t = this.spec;
+    if (t.kind === 'window') {
+      const el = this.now() - this.startedAt;
+      return el >= t.startMs && (t.endMs === undefined || el < t.endMs);
+    }
+    return !this.spent;
+  }
+
   /** True when the trigger can never fire again (a once that fired, a window that closed). */
   get spent(): boolean {
     const t = this.spec;

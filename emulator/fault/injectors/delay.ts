@@ -8,7 +8,8 @@ import { SeededRandom } from '../random.js';
 import type { ActionSpec } from '../spec.js';
 import { sleep } from './sleep.js';
 
-export function delayMs(a: Extract<ActionSpec, { kind: 'delay' }>, rng: SeededRandom): number {
+/** One delay drawn from the action's distribution (delay, and link-delay on a remote link). */
+export function delayMs(a: Pick<Extract<ActionSpec, { kind: 'delay' }>, 'ms' | 'jitterMs' | 'distribution'>, rng: SeededRandom): number {
   switch (a.distribution) {
     case 'fixed':
       return a.ms;

@@ -54,6 +54,8 @@ class Bucket {
 
 export interface RateInjector extends Injector {
   setRate(mibs: number | undefined, iops: number | undefined): void;
+  /** Waits for `bytes` from the shared bucket (in order with the others): a link-rate fault's transfers. */
+  take(bytes: number): Promise<void> | undefined;
 }
 
 export function rateInjector(a: Extract<ActionSpec, { kind: 'rate' }>): RateInjector {
@@ -79,6 +81,10 @@ export function rateInjector(a: Extract<ActionSpec, { kind: 'rate' }>): RateInje
       }
       const bytes = req.op === 'read' || req.op === 'write' ? req.length : 0;
       return b.take(bytes, wakers, () => !disposed);
+    },
+    take(bytes: number): Promise<void> | undefined {
+      if (disposed) return undefined;
+      return shared.take(bytes, wakers, () => !disposed);
     },
     setRate(mibs: number | undefined, iops: number | undefined): void {
       caps = { bytesPerSec: mibs === undefined ? undefined : mibs * MiB, opsPerSec: iops };

@@ -4,15 +4,16 @@
 export interface FaultSpec {
   /**
    * error, bad-blocks, delay, rate, pause, corrupt, lying-flush, disconnect, reset,
-   * copy-error, tape-error, api-error, api-delay
+   * copy-error, tape-error, api-error, api-delay, link-down, link-delay, link-rate, link-loss
    */
   'kind'?: (string);
   /**
-   * volume:NAME, export:NAME, session:ID, tape:LABEL or api
+   * volume:NAME, export:NAME, session:ID, tape:LABEL, remote:NAME (link-*) or api
    */
   'target'?: (string);
   /**
-   * read, write, flush, trim, zero, block-status, connect; RPC names for api faults
+   * read, write, flush, trim, zero, block-status, connect; RPC names for api faults;
+   * write, read, flush, control for link faults
    */
   'ops'?: (string)[];
   /**
@@ -41,7 +42,7 @@ export interface FaultSpec {
   'errno'?: (string);
   'sense'?: (string);
   /**
-   * delay, api-delay
+   * delay, api-delay, link-delay
    */
   'ms'?: (number | string);
   'jitterMs'?: (number | string);
@@ -50,7 +51,7 @@ export interface FaultSpec {
    */
   'distribution'?: (string);
   /**
-   * rate
+   * rate, link-rate
    */
   'mibs'?: (number | string);
   'iops'?: (number | string);
@@ -99,15 +100,16 @@ export interface FaultSpec {
 export interface FaultSpec__Output {
   /**
    * error, bad-blocks, delay, rate, pause, corrupt, lying-flush, disconnect, reset,
-   * copy-error, tape-error, api-error, api-delay
+   * copy-error, tape-error, api-error, api-delay, link-down, link-delay, link-rate, link-loss
    */
   'kind': (string);
   /**
-   * volume:NAME, export:NAME, session:ID, tape:LABEL or api
+   * volume:NAME, export:NAME, session:ID, tape:LABEL, remote:NAME (link-*) or api
    */
   'target': (string);
   /**
-   * read, write, flush, trim, zero, block-status, connect; RPC names for api faults
+   * read, write, flush, trim, zero, block-status, connect; RPC names for api faults;
+   * write, read, flush, control for link faults
    */
   'ops': (string)[];
   /**
@@ -136,7 +138,7 @@ export interface FaultSpec__Output {
   'errno': (string);
   'sense': (string);
   /**
-   * delay, api-delay
+   * delay, api-delay, link-delay
    */
   'ms'?: (number);
   'jitterMs'?: (number);
@@ -145,7 +147,7 @@ export interface FaultSpec__Output {
    */
   'distribution': (string);
   /**
-   * rate
+   * rate, link-rate
    */
   'mibs'?: (number);
   'iops'?: (number);
