@@ -145,6 +145,7 @@ export class ArrayServer {
         tape: this.tapeLibrary, // tape
         faults: this.storage.faults,
         power: this.storage, // FaultService.PowerCut: volatile write caches lose their unflushed writes
+        remote: this.storage, // RemoteService, RemoteCopyService (REC)
         status: () => this.serverStatus(),
         logger: this.log,
       });
@@ -244,6 +245,7 @@ export class ArrayServer {
         api: listener(this.bound?.api),
       },
       iscsiTargetName: this.bound?.iscsi ? this.iscsiTargetName : '',
+      arrayId: this.storage?.arrayId ?? '',
     };
   }
 }

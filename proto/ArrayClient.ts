@@ -20,14 +20,25 @@ import {
   copyServiceClientConstructor,
   hostAffinityServiceClientConstructor,
   faultServiceClientConstructor,
+  remoteCopyServiceClientConstructor,
+  remoteServiceClientConstructor,
   tapeServiceClientConstructor,
   type ClientConstructor,
 } from './loader.js';
 import type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView } from './views.js';
 import { cartridgeFromWire, tapeRecordFromWire, tapeRestoreFromWire } from './wire/tapeWire.js';
 import { faultEventFromWire, faultFromWire, powerCutFromWire } from './wire/faultWire.js';
-import type { FaultEventView, FaultView, PowerCutView } from './views.js';
-import { copyEventFromWire, copySessionFromWire, copyTypeToWire, exportFromWire, provisioningToWire, statusFromWire, volumeFromWire } from './wire/wire.js';
+import type { FaultEventView, FaultView, PowerCutView, RemoteView } from './views.js';
+import {
+  copyEventFromWire,
+  copySessionFromWire,
+  copyTypeToWire,
+  exportFromWire,
+  provisioningToWire,
+  remoteFromWire,
+  statusFromWire,
+  volumeFromWire,
+} from './wire/wire.js';
 
 export { ApiError, type ApiErrorCode } from './errors.js';
 
@@ -47,6 +58,8 @@ export class ArrayClient {
   private hostStub: pb.HostAffinityServiceClient | undefined;
   private tapeStub: pb.TapeServiceClient | undefined;
   private faultStub: pb.FaultServiceClient | undefined;
+  private remoteStub: pb.RemoteServiceClient | undefined;
+  private remoteCopyStub: pb.RemoteCopyServiceClient | undefined;
   private readonly deadlineMs: number;
   private readonly metadata: Record<string, string>;
 
@@ -185,6 +198,48 @@ export class ArrayClient {
   /** MiB/s: 0 = no background copy; undefined = unthrottled. */
   async setCopyRate(id: string, rateMiBs: number | undefined): Promise<CopySessionView> {
     return copySessionFromWire(await this.call(this.copyClient(), 'SetCopyRate', { id, ...(rateMiBs !== undefined ? { rateMibS: rateMiBs } : {}) }));
+  }
+
+  /** REC: switches the transfer mode (sync, stack, through). */
+  async setCopyMode(id: string, mode: string): Promise<CopySessionView> {
+    return copySessionFromWire(await this.call(this.copyClient(), 'SetCopyMode', { id, mode }));
+  }
+
+  // ---- remote arrays (RemoteService) ----
+
+  async addRemote(name: string, api: string, opts: { offline?: boolean } = {}): Promise<RemoteView> {
+    return remoteFromWire(await this.call(this.remoteClient(), 'AddRemote', { name, api, offline: opts.offline ?? false }));
+  }
+
+  async listRemotes(): Promise<RemoteView[]> {
+    return (await this.call(this.remoteClient(), 'ListRemotes', {})).remotes.map(remoteFromWire);
+  }
+
+  /** probe: ask the remote now rather than what is known. */
+  async getRemote(name: string, opts: { probe?: boolean } = {}): Promise<RemoteView> {
+    return remoteFromWire(await this.call(this.remoteClient(), 'GetRemote', { name, probe: opts.probe ?? false }));
+  }
+
+  async removeRemote(name: string, opts: { force?: boolean } = {}): Promise<void> {
+    await this.call(this.remoteClient(), 'RemoveRemote', { name, force: opts.force ?? false });
+  }
+
+  // ---- array to array (RemoteCopyService), for the source array of a REC pair ----
+
+  async openRemoteEnd(req: pb.OpenRemoteEndRequest): Promise<pb.RemoteEnd__Output> {
+    return this.call(this.remoteCopyClient(), 'OpenRemoteEnd', req);
+  }
+
+  async setRemoteEndState(req: pb.SetRemoteEndStateRequest): Promise<pb.RemoteEnd__Output> {
+    return this.call(this.remoteCopyClient(), 'SetRemoteEndState', req);
+  }
+
+  async resumeRemoteEnd(pairId: string, force: boolean): Promise<pb.RemoteEndChanges__Output> {
+    return this.call(this.remoteCopyClient(), 'ResumeRemoteEnd', { pairId, force });
+  }
+
+  async closeRemoteEnd(pairId: string): Promise<pb.RemoteEnd__Output> {
+    return this.call(this.remoteCopyClient(), 'CloseRemoteEnd', { pairId });
   }
 
   /**
@@ -465,6 +520,18 @@ export class ArrayClient {
     this.hostStub?.close();
     this.tapeStub?.close(); // tape
     this.faultStub?.close();
+    this.remoteStub?.close();
+    this.remoteCopyStub?.close();
+  }
+
+  private remoteClient(): pb.RemoteServiceClient {
+    this.remoteStub ??= this.stub(remoteServiceClientConstructor);
+    return this.remoteStub;
+  }
+
+  private remoteCopyClient(): pb.RemoteCopyServiceClient {
+    this.remoteCopyStub ??= this.stub(remoteCopyServiceClientConstructor);
+    return this.remoteCopyStub;
   }
 
   private stub<C extends grpc.Client>(ctor: () => ClientConstructor<C>): C {
@@ -549,5 +616,8 @@ function startToWire(p: StartCopyParams): pb.StartCopyRequest {
     group: p.group ?? '',
     force: p.force ?? false,
     refuseIfFull: p.refuseIfFull ?? false,
+    mode: p.mode ?? '',
+    split: p.split ?? '',
+    recovery: p.recovery ?? '',
   };
 }

@@ -18,6 +18,7 @@ const PROTO_FILES = [
   'arraylab/v1/tape.proto',
   'arraylab/v1/agent.proto',
   'arraylab/v1/fault.proto',
+  'arraylab/v1/remote.proto',
 ];
 
 /**
@@ -66,6 +67,8 @@ export const hostAffinityServiceClientConstructor = (): ClientConstructor<pb.Hos
 export const tapeServiceClientConstructor = (): ClientConstructor<pb.TapeServiceClient> => service('TapeService');
 export const agentServiceClientConstructor = (): ClientConstructor<pb.AgentServiceClient> => service('AgentService');
 export const faultServiceClientConstructor = (): ClientConstructor<pb.FaultServiceClient> => service('FaultService');
+export const remoteServiceClientConstructor = (): ClientConstructor<pb.RemoteServiceClient> => service('RemoteService');
+export const remoteCopyServiceClientConstructor = (): ClientConstructor<pb.RemoteCopyServiceClient> => service('RemoteCopyService');
 
 export const arrayServiceDefinition = (): grpc.ServiceDefinition => arrayServiceClientConstructor().service;
 export const copyServiceDefinition = (): grpc.ServiceDefinition => copyServiceClientConstructor().service;
@@ -73,6 +76,8 @@ export const hostAffinityServiceDefinition = (): grpc.ServiceDefinition => hostA
 export const tapeServiceDefinition = (): grpc.ServiceDefinition => tapeServiceClientConstructor().service;
 export const agentServiceDefinition = (): grpc.ServiceDefinition => agentServiceClientConstructor().service;
 export const faultServiceDefinition = (): grpc.ServiceDefinition => faultServiceClientConstructor().service;
+export const remoteServiceDefinition = (): grpc.ServiceDefinition => remoteServiceClientConstructor().service;
+export const remoteCopyServiceDefinition = (): grpc.ServiceDefinition => remoteCopyServiceClientConstructor().service;
 
 /**
  * Adds a service to a server with handlers typed by its generated interface (the generated

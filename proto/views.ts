@@ -51,13 +51,15 @@ export interface ArrayStatus {
   /** The iSCSI target's IQN; empty when iSCSI is not served. */
   iscsiTargetName: string;
   iscsiSessionCount: number;
+  /** The array's id (12 hex digits). */
+  arrayId: string;
 }
 
 /** A copy session as the API and CLI show it (`copy show --json`). */
 export interface CopySessionView {
   id: string;
-  type: 'opc' | 'quickopc' | 'snapopcplus' | 'ec';
-  state: 'copying' | 'equivalent' | 'suspended' | 'tracking' | 'snap' | 'split' | 'error-suspended';
+  type: 'opc' | 'quickopc' | 'snapopcplus' | 'ec' | 'rec';
+  state: 'copying' | 'equivalent' | 'suspended' | 'tracking' | 'snap' | 'split' | 'error-suspended' | 'halt';
   source: string;
   destination: string;
   /** Copy units copied and in all (unitSize bytes each). */
@@ -91,6 +93,43 @@ export interface CopySessionView {
   errorSince: string;
   /** A failing background copy: the next retry (ISO 8601); empty when none is due. */
   retryAt: string;
+  /** REC only: the pair beyond a local session; null otherwise. */
+  remote: RemoteCopyView | null;
+}
+
+/** A REC pair as one of its two arrays sees it. */
+export interface RemoteCopyView {
+  /** source: this array sends; remote-end: this array holds the destination. */
+  role: 'source' | 'remote-end';
+  /** The other array: its registered name, or array-ID. */
+  peer: string;
+  mode: 'sync' | 'stack' | 'through';
+  split: 'auto' | 'manual';
+  recovery: 'auto' | 'manual';
+  /** halt: link-down | remote-failed; empty otherwise. */
+  haltReason: string;
+  haltDetail: string;
+  /** Source: whether the data path is connected now. */
+  linkUp: boolean;
+  /** Bytes written here and not yet on the remote. */
+  pendingBytes: number;
+  /** Asynchronous modes: the last instant the remote held every write; empty if pending. */
+  drainedAt: string;
+}
+
+/** Another array this one knows (arraylab remote). */
+export interface RemoteView {
+  name: string;
+  /** HOST:PORT of its control API. */
+  api: string;
+  arrayId: string;
+  /** HOST:PORT of its NBD server (learnt from it). */
+  nbd: string;
+  reachable: boolean;
+  error: string;
+  addedAt: string;
+  sessionCount: number;
+  version: string;
 }
 
 /** One event of WatchCopies. */
@@ -116,6 +155,10 @@ export interface StartCopyParams {
   force?: boolean;
   /** SnapOPC+: with 8 generations, refuse instead of dropping the oldest. */
   refuseIfFull?: boolean;
+  /** REC: sync | stack | through; split auto | manual; recovery auto | manual. */
+  mode?: string;
+  split?: string;
+  recovery?: string;
 }
 
 /** A logged-in iSCSI session as the API shows it. */

@@ -21,12 +21,15 @@ import {
   copyServiceDefinition,
   faultServiceDefinition,
   hostAffinityServiceDefinition,
+  remoteCopyServiceDefinition,
+  remoteServiceDefinition,
   tapeServiceDefinition,
 } from '../../proto/loader.js';
 import type { FaultEngine } from '../fault/FaultEngine.js';
 import { faultHandlers, type PowerCutControl } from './faultService.js';
 import { tapeHandlers, type TapeControl } from './tapeService.js'; // tape
 import { copySessionToWire, rateFromWire } from './copyWire.js';
+import { remoteCopyHandlers, remoteHandlers, type RemoteControl } from './remoteService.js';
 import type * as pb from '../../proto/gen/index.js';
 import { copyStateToWire, copyTypeFromWire, exportToWire, provisioningFromWire, statusToWire, toByteCount, volumeToWire } from '../../proto/wire/wire.js';
 
@@ -63,11 +66,13 @@ export interface CopyControl {
   cutCopyGroup(op: 'suspend' | 'split', sel: { ids?: string[]; group?: string }): Promise<SessionInfo[]>;
   cancelCopy(id: string, opts?: { force?: boolean }): Promise<void>;
   setCopyRate(id: string, rate: number): Promise<SessionInfo>;
+  /** REC: the transfer mode; absent: UNIMPLEMENTED. */
+  setCopyMode?(id: string, mode: string): Promise<SessionInfo>;
   onCopyEvent(listener: (e: CopyEvent) => void): () => void;
 }
 
 /** The server-wide part of the status, which the array does not know. */
-export type ServerStatus = Pick<ArrayStatus, 'version' | 'startedAt' | 'dataDir' | 'backend' | 'listeners'> & { iscsiTargetName?: string };
+export type ServerStatus = Pick<ArrayStatus, 'version' | 'startedAt' | 'dataDir' | 'backend' | 'listeners'> & { iscsiTargetName?: string; arrayId?: string };
 
 export interface ArrayApiServerOptions {
   array: ArrayControl;
@@ -85,6 +90,8 @@ export interface ArrayApiServerOptions {
   faults?: FaultEngine;
   /** The power cut of volatile write caches (FaultService.PowerCut). */
   power?: PowerCutControl;
+  /** Remote arrays and REC remote ends; RemoteService and RemoteCopyService are served only when given. */
+  remote?: RemoteControl;
 }
 
 export class ArrayApiServer {
@@ -156,6 +163,11 @@ export class ArrayApiServer {
         }),
       );
     }
+    if (opts.remote) {
+      const unary = <Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>) => this.unary(method, fn);
+      addService(this.server, remoteServiceDefinition(), remoteHandlers(opts.remote, unary));
+      addService(this.server, remoteCopyServiceDefinition(), remoteCopyHandlers(opts.remote, unary));
+    }
     const copy = opts.copy;
     if (copy) {
       const copyHandlers: pb.CopyServiceHandlers = {
@@ -186,6 +198,10 @@ export class ArrayApiServer {
           return {};
         }),
         SetCopyRate: this.unary('SetCopyRate', async (req) => copySessionToWire(await copy.setCopyRate(req.id, rateFromWire(req.rateMibS)))),
+        SetCopyMode: this.unary('SetCopyMode', async (req) => {
+          if (copy.setCopyMode === undefined) throw new StatusError('UNIMPLEMENTED', 'this array has no remote copy');
+          return copySessionToWire(await copy.setCopyMode(req.id, req.mode));
+        }),
         WatchCopies: (call) => this.watchCopies(copy, call),
       };
       addService(this.server, copyServiceDefinition(), copyHandlers);
@@ -332,11 +348,12 @@ export class ArrayApiServer {
   }
 
   status(): ArrayStatus {
-    const { iscsiTargetName, ...server } = this.serverStatus();
+    const { iscsiTargetName, arrayId, ...server } = this.serverStatus();
     const volumes = this.array.listVolumes();
     return {
       ...server,
       iscsiTargetName: iscsiTargetName ?? '',
+      arrayId: arrayId ?? '',
       iscsiSessionCount: this.sessions().length,
       uptimeSeconds: Math.max(0, (Date.now() - Date.parse(server.startedAt)) / 1000),
       volumeCount: volumes.length,
@@ -428,7 +445,7 @@ export class ArrayApiServer {
 function startFromWire(req: pb.StartCopyRequest__Output): StartCopyRequest {
   const type = copyTypeFromWire(req.type);
   if (type === '') {
-    throw new ArrayError('INVALID_ARGUMENT', `unknown copy type ${JSON.stringify(req.type)}: use opc, quickopc, snapopcplus or ec`);
+    throw new ArrayError('INVALID_ARGUMENT', `unknown copy type ${JSON.stringify(req.type)}: use opc, quickopc, snapopcplus, ec or rec`);
   }
   return {
     type,
@@ -438,6 +455,9 @@ function startFromWire(req: pb.StartCopyRequest__Output): StartCopyRequest {
     ...(req.group ? { group: req.group } : {}),
     force: req.force,
     ...(req.refuseIfFull ? { refuseIfFull: true } : {}),
+    ...(req.mode ? { mode: req.mode } : {}),
+    ...(req.split ? { split: req.split } : {}),
+    ...(req.recovery ? { recovery: req.recovery } : {}),
   };
 }
 

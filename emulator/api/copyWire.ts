@@ -44,5 +44,21 @@ export function copySessionToWire(s: SessionInfo): pb.CopySession {
     imageAt: s.imageAt ?? '',
     errorSince: s.errorSince ?? '',
     retryAt: s.retryAt ?? '',
+    ...(s.remote !== undefined
+      ? {
+          remote: {
+            role: s.remote.role,
+            peer: s.remote.peer,
+            mode: s.remote.mode,
+            split: s.remote.split,
+            recovery: s.remote.recovery,
+            haltReason: s.remote.haltReason ?? '',
+            haltDetail: s.remote.haltDetail ?? '',
+            linkUp: s.remote.linkUp,
+            pendingBytes: s.remote.pendingBytes,
+            drainedAt: s.remote.drainedAt ?? '',
+          },
+        }
+      : {}),
   };
 }

@@ -152,7 +152,28 @@ const MIGRATIONS: Migration[] = [
       ALTER TABLE volumes ADD COLUMN write_cache TEXT NOT NULL DEFAULT 'write-through' CHECK (write_cache IN ('write-through', 'volatile'));
     `);
   },
+  // 7: remote arrays (emulator/remote): REC pairs reach them by name
+  (db) => {
+    db.exec(`
+      CREATE TABLE remotes (
+        name     TEXT PRIMARY KEY,
+        api      TEXT NOT NULL,
+        array_id TEXT NOT NULL DEFAULT '',
+        nbd      TEXT NOT NULL DEFAULT '',
+        added_at TEXT NOT NULL
+      ) STRICT;
+    `);
+  },
 ];
+
+/** A remote array as the metadata store keeps it. */
+export interface RemoteRow {
+  name: string;
+  api: string;
+  arrayId: string;
+  nbd: string;
+  addedAt: string;
+}
 
 /** One commit of the copy-session journal (SqliteSessionJournal.sync). */
 export interface CopyJournalBatch {
@@ -272,6 +293,26 @@ export class MetadataStore {
         setRecord.run(JSON.stringify(renamed), row.id);
       }
     });
+  }
+
+  listRemotes(): RemoteRow[] {
+    return this.db
+      .prepare<[], { name: string; api: string; array_id: string; nbd: string; added_at: string }>('SELECT * FROM remotes ORDER BY name')
+      .all()
+      .map((r) => ({ name: r.name, api: r.api, arrayId: r.array_id, nbd: r.nbd, addedAt: r.added_at }));
+  }
+
+  /** Inserts or replaces a remote (what add and a learnt address write). */
+  putRemote(r: RemoteRow): void {
+    this.db
+      .prepare<[string, string, string, string, string]>(
+        'INSERT INTO remotes (name, api, array_id, nbd, added_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET api = excluded.api, array_id = excluded.array_id, nbd = excluded.nbd',
+      )
+      .run(r.name, r.api, r.arrayId, r.nbd, r.addedAt);
+  }
+
+  deleteRemote(name: string): void {
+    this.db.prepare<[string]>('DELETE FROM remotes WHERE name = ?').run(name);
   }
 
   /** Writes journal batches, in order, in one transaction (durable on return: synchronous=FULL). */

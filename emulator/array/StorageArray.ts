@@ -53,7 +53,10 @@ import { BlockDeviceError, type ClientInfo, type ExportHandle, type ExportProvid
 import { FileBlockStore, type FileBlockStorePaths } from '../block/FileBlockStore.js';
 import { MemoryBlockStore } from '../block/MemoryBlockStore.js';
 import { CopyEngine, type OverwriteCheck, type StartOptions } from '../copy/CopyEngine.js';
-import { COPY_TYPE_NAMES, CopyError, type CopyEvent, type CopyType, type SessionInfo } from '../copy/CopySession.js';
+import { COPY_TYPE_NAMES, CopyError, type CopyEvent, type CopyType, isRemoteVolume, REC_MODES, type RecMode, type SessionInfo } from '../copy/CopySession.js';
+import type { RemoteEndState } from '../copy/SessionBase.js';
+import { RemoteArrays } from '../remote/RemoteArrays.js';
+import { REPLICA_EXPORT_PREFIX, recOptions, replicaHandle } from '../remote/replica.js';
 import { formatSize } from '../../proto/util/units.js';
 import { HostAffinity, type VolumeDirectory } from './HostAffinity.js';
 import { HostRecords } from './HostRecords.js';
@@ -97,6 +100,10 @@ export interface StartCopyRequest {
   group?: string;
   /** Start even if the destination is exported read-write to a connected client. */
   force?: boolean;
+  /** REC: sync | stack | through (default sync); split auto | manual; recovery auto | manual. */
+  mode?: string | undefined;
+  split?: string | undefined;
+  recovery?: string | undefined;
   /** Copy granularity in bytes (default 64 KiB). */
   unitSize?: number;
   /** SnapOPC+: with 8 generations already, refuse instead of dropping the oldest. */
@@ -128,8 +135,10 @@ export class StorageArray implements ExportProvider {
   readonly hosts: HostAffinity;
   /** Persistent reservations that survive restarts (APTPL), for the iSCSI target. */
   readonly reservations: SqliteReservationStore;
-  /** Injected faults (emulator/fault): host I/O, connections, copy sessions, tape, the API. */
+  /** Injected faults (emulator/fault): host I/O, connections, copy sessions, tape, the API, remote links. */
   readonly faults: FaultEngine;
+  /** The other arrays this one knows (REC). */
+  readonly remotes: RemoteArrays;
   /** Until when (ms) a power cut keeps connections out. */
   private poweredOffUntil = 0;
   /** Set by whoever serves tape (ArrayServer), so faults can name cartridges. */
@@ -146,7 +155,19 @@ export class StorageArray implements ExportProvider {
     this.journal = new SqliteSessionJournal(db);
     this.hosts = new HostAffinity(new HostRecords(db), this.volumeDirectory(), log, { requireHostAffinity });
     this.reservations = new SqliteReservationStore(db);
-    this.copy = new CopyEngine({ journal: this.journal, clock: copyClock, faults: { copyFault: (...a) => this.faults.copyFault(...a) } });
+    this.remotes = new RemoteArrays({
+      db,
+      log,
+      arrayId: db.arrayId,
+      faults: () => this.faults,
+      sessionsUsing: (remote) => this.copy.list().filter((s) => s.remote?.role === 'source' && s.remote.peer === remote).length,
+    });
+    this.copy = new CopyEngine({
+      journal: this.journal,
+      clock: copyClock,
+      faults: { copyFault: (...a) => this.faults.copyFault(...a) },
+      remote: this.remotes,
+    });
     this.faults = new FaultEngine({
       logger: log,
       store: db,
@@ -167,6 +188,7 @@ export class StorageArray implements ExportProvider {
         },
       },
     });
+    this.faults.remoteExists = (name) => this.remotes.list().some((r) => r.name === name);
     this.copy.onEvent((e) => {
       const fields = { sessionId: e.sessionId, kind: e.kind, state: e.state };
       if (e.kind === 'error') this.log.warn(fields, e.message);
@@ -180,6 +202,7 @@ export class StorageArray implements ExportProvider {
       const array = new StorageArray('memory', undefined, new MetadataStore(':memory:'), log, opts.copyClock, opts.requireHostAffinity);
       array.hosts.load();
       array.faults.load();
+      array.remotes.load();
       await array.copy.recover();
       return array;
     }
@@ -206,6 +229,7 @@ export class StorageArray implements ExportProvider {
       await array.loadVolumes();
       array.hosts.load();
       array.faults.load();
+      array.remotes.load();
       const sessions = await array.copy.recover();
       if (sessions.length > 0) log.info({ sessions: sessions.map((s) => ({ id: s.id, type: s.type, state: s.state })) }, 'recovered copy sessions');
     } catch (err) {
@@ -347,6 +371,12 @@ export class StorageArray implements ExportProvider {
                 ...(req.group ? { group: req.group } : {}),
                 ...(req.refuseIfFull ? { refuseIfFull: true } : {}),
               });
+            case 'rec':
+              return this.copy.startRec(source, destination, {
+                ...opts,
+                ...recOptions(req),
+                ...(req.force ? { force: true } : {}),
+              });
           }
         }),
       ),
@@ -364,6 +394,9 @@ export class StorageArray implements ExportProvider {
           checkGroupName(group);
           if (reqs.length === 0) throw new ArrayError('INVALID_ARGUMENT', `consistency group ${group}: give at least one pair to start`);
           for (const r of reqs) this.checkCopyStart(r);
+          if (reqs.some((r) => r.type === 'rec')) {
+            throw new ArrayError('INVALID_ARGUMENT', `consistency group ${group}: REC pairs cannot be started in a group yet; start them one by one`);
+          }
           if (reqs.some((r) => r.refuseIfFull)) {
             // A group is all or none, and a refusal is decided in the middle of the cut.
             throw new ArrayError(
@@ -373,7 +406,7 @@ export class StorageArray implements ExportProvider {
           }
           return this.copy.group(
             reqs.map((r) => ({
-              op: r.type,
+              op: r.type as Exclude<CopyType, 'rec'>,
               source: r.source,
               destination: r.destination,
               group,
@@ -419,8 +452,17 @@ export class StorageArray implements ExportProvider {
   private checkCopyStart(req: StartCopyRequest): void {
     const { type, source, destination } = req;
     if (req.group) checkGroupName(req.group);
-    if (!(type in COPY_TYPE_NAMES)) throw new ArrayError('INVALID_ARGUMENT', `unknown copy type ${JSON.stringify(type)}: use opc, quickopc, snapopcplus or ec`);
+    if (!(type in COPY_TYPE_NAMES))
+      throw new ArrayError('INVALID_ARGUMENT', `unknown copy type ${JSON.stringify(type)}: use opc, quickopc, snapopcplus, ec or rec`);
     const what = `cannot start ${COPY_TYPE_NAMES[type]} ${source} -> ${destination}`;
+    if (type === 'rec' || isRemoteVolume(destination)) {
+      if (type !== 'rec') throw new ArrayError('INVALID_ARGUMENT', `${what}: a destination on another array (REMOTE:VOLUME) takes --type rec`);
+      if (!isRemoteVolume(destination))
+        throw new ArrayError('INVALID_ARGUMENT', `${what}: a REC destination is REMOTE:VOLUME, a volume of a registered remote array`);
+      const v = this.volumes.get(source);
+      if (v === undefined || v.deleting) throw new ArrayError('NOT_FOUND', `${what}: no volume named "${source}"; list volumes with "arraylab volume list"`);
+      return; // the remote array checks its volume (OpenRemoteEnd)
+    }
     for (const name of [source, destination]) {
       const v = this.volumes.get(name);
       if (v === undefined || v.deleting) throw new ArrayError('NOT_FOUND', `${what}: no volume named "${name}"; list volumes with "arraylab volume list"`);
@@ -469,6 +511,7 @@ export class StorageArray implements ExportProvider {
       this.destaged(() =>
         copyCall(() => {
           const s = this.copy.get(id);
+          if (s.type === 'rec') return this.copy.resume(id, { force: opts.force ?? false });
           const check = this.overwriteCheck(opts.force, (dst, src) => `cannot resume ${COPY_TYPE_NAMES[s.type]} ${src} -> ${dst} (session ${id})`);
           return s.state === 'split' ? this.copy.rejoin(id, { check }) : this.copy.resume(id, { check });
         }),
@@ -547,6 +590,73 @@ export class StorageArray implements ExportProvider {
     return copyCall(() => this.copy.setRate(id, rate));
   }
 
+  /** REC: the transfer mode (sync, stack, through). */
+  setCopyMode(id: string, mode: string): Promise<SessionInfo> {
+    return copyCall(() => this.copy.setRecMode(id, mode as RecMode));
+  }
+
+  // ---- REC remote ends (RemoteCopyService: the source array calls these) ----
+
+  openRemoteEnd(req: {
+    pairId: string;
+    sourceArrayId: string;
+    sourceVolume: string;
+    volume: string;
+    sizeBytes: number;
+    blockSize: number;
+    unitSize: number;
+    mode: string;
+    secret: string;
+    force: boolean;
+  }): Promise<SessionInfo> {
+    return copyCall(async () => {
+      const what = `cannot make ${req.volume} the remote end of REC ${req.sourceVolume} (array ${req.sourceArrayId})`;
+      const v = this.volumes.get(req.volume);
+      if (v === undefined || v.deleting) throw new ArrayError('NOT_FOUND', `${what}: no volume named "${req.volume}" on this array; create it first`);
+      if (!/^[0-9a-f]{32}$/.test(req.secret)) throw new ArrayError('INVALID_ARGUMENT', `${what}: the pair's secret is malformed`);
+      if (!(REC_MODES as readonly string[]).includes(req.mode))
+        throw new ArrayError('INVALID_ARGUMENT', `${what}: mode ${req.mode} is not one of ${REC_MODES.join(', ')}`);
+      const peer = this.remotes.nameOf(req.sourceArrayId) ?? `array-${req.sourceArrayId}`;
+      return this.copy.openRemoteEnd(
+        {
+          pairId: req.pairId,
+          source: `${peer}:${req.sourceVolume}`,
+          peer,
+          sourceVolume: req.sourceVolume,
+          volume: req.volume,
+          sizeBytes: req.sizeBytes,
+          blockSize: req.blockSize,
+          unitSize: req.unitSize,
+          mode: req.mode as RecMode,
+          secret: req.secret,
+        },
+        req.force ? undefined : (name) => this.refuseIfWritten(name, what),
+      );
+    });
+  }
+
+  setRemoteEndState(id: string, state: string, extra: { imageAt?: string; haltReason?: string }): Promise<SessionInfo> {
+    return copyCall(async () => {
+      const states = ['equivalent', 'suspended', 'split', 'halt'];
+      if (!states.includes(state)) throw new ArrayError('INVALID_ARGUMENT', `remote end state ${state} is not one of ${states.join(', ')}`);
+      return this.copy.setRemoteEndState(id, state as RemoteEndState, {
+        ...(extra.imageAt ? { imageAt: extra.imageAt } : {}),
+        ...(extra.haltReason === 'remote-failed' ? { haltReason: 'remote-failed' as const } : {}),
+      });
+    });
+  }
+
+  resumeRemoteEnd(id: string, force: boolean): Promise<{ info: SessionInfo; runs: Array<[number, number]> }> {
+    return copyCall(() =>
+      this.copy.resumeRemoteEnd(id, force ? undefined : (name) => this.refuseIfWritten(name, `cannot resume REC session ${id} into ${name}`)),
+    );
+  }
+
+  /** The source ended the pair: the remote end goes (the volume keeps what it has). */
+  closeRemoteEnd(id: string): Promise<void> {
+    return copyCall(() => this.copy.cancel(id, { force: true }));
+  }
+
   onCopyEvent(listener: (e: CopyEvent) => void): () => void {
     return this.copy.onEvent(listener);
   }
@@ -598,6 +708,7 @@ export class StorageArray implements ExportProvider {
   }
 
   openExport(name: string, client: ClientInfo): ExportHandle | undefined {
+    if (name.startsWith(REPLICA_EXPORT_PREFIX)) return this.openReplica(name, client);
     const v = this.volumes.get(name);
     if (v === undefined || v.deleting || this.closing !== undefined) return undefined;
     if (this.poweredOffUntil > Date.now()) {
@@ -626,6 +737,22 @@ export class StorageArray implements ExportProvider {
       'client opened volume',
     );
     return handle;
+  }
+
+  /**
+   * A REC source array's data connection: `.rec/PAIR/SECRET` writes the pair's remote end under
+   * the engine's layer (as the engine writes an EC destination), so the guard hosts see stays.
+   * Not a host: it is not counted among the volume's clients. Its loss halts the remote end.
+   */
+  private openReplica(name: string, client: ClientInfo): ExportHandle | undefined {
+    const [, id = '', secret = ''] = name.slice(REPLICA_EXPORT_PREFIX.length - 1).split('/');
+    const end = this.copy.remoteEndFor(id, secret);
+    if (end === undefined || this.closing !== undefined) return undefined;
+    this.log.info({ pair: id, volume: end.volume, remoteAddress: client.remoteAddress }, 'REC source array connected');
+    return replicaHandle(end.volume, end.tap.below, () => {
+      if (this.closing !== undefined) return;
+      void this.copy.remoteEndLinkLost(id, `the data connection from the source array (${client.remoteAddress}) closed`).catch(() => undefined);
+    });
   }
 
   describeExport(name: string): ExportDescription | undefined {
@@ -982,6 +1109,7 @@ export class StorageArray implements ExportProvider {
     for (const v of this.volumes.values())
       await v.writeCache?.flush().catch((err: unknown) => this.log.error({ err, volume: v.name }, 'destaging the write cache at shutdown failed'));
     await this.copy.close(); // no more background copies; sessions stay in the journal
+    this.remotes.close();
     try {
       if (this.db.isOpen) this.journal.commit(); // lazy clears appended since the last sync
     } catch (err) {

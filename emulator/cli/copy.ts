@@ -1,12 +1,13 @@
-/** `arraylab copy start|list|show|suspend|resume|reverse|split|restore|cancel|rate|watch`. */
+/** `arraylab copy start|list|show|suspend|resume|reverse|split|restore|cancel|rate|mode|watch`. */
 import type { Argv } from 'yargs';
 import type { CopyEventView, CopySessionView } from '../../proto/views.js';
 import { withApiOption, withClient } from './client.js';
 import { UsageError } from './errors.js';
 import { keyValues, print, printJson, table, yesNo } from '../../proto/util/table.js';
 
-const TYPES = ['opc', 'quickopc', 'snapopcplus', 'ec'] as const;
-const TYPE_NAMES: Record<string, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC' };
+const TYPES = ['opc', 'quickopc', 'snapopcplus', 'ec', 'rec'] as const;
+const TYPE_NAMES: Record<string, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC', rec: 'REC' };
+const REC_MODES = ['sync', 'stack', 'through'] as const;
 
 function parseRate(text: unknown, command: string): number | undefined {
   if (text === undefined) return undefined;
@@ -61,6 +62,13 @@ function sessionTable(sessions: CopySessionView[]): string {
     { header: 'ETA', value: formatEta, right: true },
     { header: 'GEN(1=newest)', value: (s) => (s.type === 'snapopcplus' ? `${s.generationIndex}/${s.generationCount} (#${s.generation})` : '') },
     { header: 'GROUP', value: (s) => s.group },
+    {
+      header: 'REMOTE',
+      value: (s) =>
+        s.remote === null
+          ? ''
+          : `${s.remote.role === 'source' ? 'to' : 'from'} ${s.remote.peer} ${s.remote.mode}${s.remote.haltReason ? ` (${s.remote.haltReason})` : ''}`,
+    },
   ]);
 }
 
@@ -87,6 +95,17 @@ function showSession(s: CopySessionView): string {
   if (s.error) pairs.push(['error', s.error]);
   if (s.errorSince) pairs.push(['failing since', s.errorSince]);
   if (s.retryAt) pairs.push(['next retry', s.retryAt]);
+  const r = s.remote;
+  if (r !== null) {
+    pairs.push(['role', r.role === 'source' ? `source (the destination is on remote ${r.peer})` : `remote end (the source is on ${r.peer})`]);
+    pairs.push(['mode', `${r.mode}; on link loss: split ${r.split}; when it returns: recovery ${r.recovery}`]);
+    if (r.role === 'source') {
+      pairs.push(['link', r.linkUp ? 'up' : 'down (or not used yet)']);
+      pairs.push(['pending', `${r.pendingBytes} bytes not yet on the remote`]);
+      if (r.mode !== 'sync') pairs.push(['remote drained at', r.drainedAt || '- (units are pending)']);
+    }
+    if (r.haltReason) pairs.push(['halt reason', `${r.haltReason}${r.haltDetail ? `: ${r.haltDetail}` : ''}`]);
+  }
   return keyValues(pairs);
 }
 
@@ -188,6 +207,18 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
             type: 'boolean',
             default: false,
             describe: 'snapopcplus: with 8 generations already, refuse instead of dropping the oldest',
+          })
+          .option('mode', {
+            choices: REC_MODES,
+            describe: 'rec: sync (a write is acknowledged once the remote has it), stack (sent in the background), through (stack, draining) [default: sync]',
+          })
+          .option('split', {
+            choices: ['auto', 'manual'] as const,
+            describe: 'rec, on link loss: auto (halt; writes go on, tracked) or manual (writes fail) [default: auto]',
+          })
+          .option('recovery', {
+            choices: ['auto', 'manual'] as const,
+            describe: 'rec, when the link returns: auto (resume) or manual (wait for copy resume) [default: auto]',
           }),
       async (a) => {
         const rateMiBs = parseRate(a.rate, 'copy start');
@@ -195,6 +226,9 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
         const dsts = a.dst.map(String);
         if (srcs.length !== dsts.length) {
           throw new UsageError(`give one --dst for each --src (got ${srcs.length} --src and ${dsts.length} --dst)`, 'copy start');
+        }
+        if (a.type !== 'rec' && (a.mode !== undefined || a.split !== undefined || a.recovery !== undefined)) {
+          throw new UsageError('--mode, --split and --recovery are for --type rec', 'copy start');
         }
         const pairs = srcs.map((source, i) => ({
           type: a.type,
@@ -204,6 +238,9 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
           ...(a.group ? { group: a.group } : {}),
           force: a.force,
           ...(a['refuse-if-full'] ? { refuseIfFull: true } : {}),
+          ...(a.mode !== undefined ? { mode: a.mode } : {}),
+          ...(a.split !== undefined ? { split: a.split } : {}),
+          ...(a.recovery !== undefined ? { recovery: a.recovery } : {}),
         }));
         if (pairs.length === 1) {
           const s = await withClient(a, (client) => client.startCopy(pairs[0]!));
@@ -306,6 +343,16 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
       },
     )
     .command(
+      'mode <id> <mode>',
+      'REC: switch the transfer mode (e.g. to through, to drain a stack-mode backlog before a suspend)',
+      (c) => idPositional(c).positional('mode', { choices: REC_MODES, demandOption: true, describe: 'sync, stack or through' }),
+      async (a) => {
+        const s = await withClient(a, (client) => client.setCopyMode(a.id, a.mode));
+        if (a.json) printJson(s);
+        else print(`copy session ${s.id}: mode ${s.remote?.mode ?? a.mode}, ${s.state}`);
+      },
+    )
+    .command(
       'watch [id]',
       'follow copy sessions: progress bars on a terminal, JSON lines with --json; with an id, ends when that session ends',
       (c) =>
@@ -316,7 +363,7 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
         await withClient(a, (client) => watch(client, a.id, a.interval, a.json));
       },
     )
-    .demandCommand(1, 'give a copy command: start, list, show, suspend, resume, reverse, split, restore, cancel, rate or watch');
+    .demandCommand(1, 'give a copy command: start, list, show, suspend, resume, reverse, split, restore, cancel, rate, mode or watch');
 }
 
 const ENDED = new Set(['completed', 'cancelled', 'dropped']);

@@ -1,5 +1,5 @@
 /**
- * The arraylab command line: `serve` runs the array; `volume`, `copy`, `host`, `tape`, `export`, `fault`, `power-cut` and `status`
+ * The arraylab command line: `serve` runs the array; `volume`, `copy`, `remote`, `host`, `tape`, `export`, `fault`, `power-cut` and `status`
  * talk to a running one over the control API. Every command takes --json.
  *
  * Failures print exactly one line, `arraylab: ...`, on stderr: exit status 2 for a wrong command
@@ -14,6 +14,7 @@ import { CommandError, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from './e
 import { exportCommands } from './exports.js';
 import { faultCommands } from './fault.js';
 import { powerCutCommand } from './powerCut.js';
+import { remoteCommands } from './remote.js';
 import { hostCommands } from './host.js';
 import { serveOptions } from './serveOptions.js';
 import { statusCommand } from './status.js';
@@ -55,7 +56,8 @@ export async function run(argv: string[]): Promise<number> {
       },
     )
     .command('volume', 'create, list, show, resize, set, rename and delete volumes', (y) => volumeCommands(y))
-    .command('copy', 'start, list, show, control and watch copy sessions (OPC, QuickOPC, SnapOPC+, EC)', (y) => copyCommands(y))
+    .command('copy', 'start, list, show, control and watch copy sessions (OPC, QuickOPC, SnapOPC+, EC, REC)', (y) => copyCommands(y))
+    .command('remote', 'add, list, show and remove the other arrays REC pairs mirror to', (y) => remoteCommands(y))
     .command('host', 'define hosts by initiator name and map volumes to them at LUNs (iSCSI host affinity)', (y) => hostCommands(y))
     .command('tape', "the array's virtual tape library: cartridges, and volumes written to and restored from them", (y) => tapeCommands(y)) // tape
     .command('export', 'list exports and their connected clients', (y) => exportCommands(y))

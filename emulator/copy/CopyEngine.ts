@@ -51,12 +51,19 @@ import {
   type CopyFaultHook,
   type CopyState,
   type CopyType,
+  isRemoteVolume,
+  type HaltReason,
+  type RecMode,
+  REC_MODES,
+  RemoteLinkError,
   type SessionInfo,
   type SessionRecord,
 } from './CopySession.js';
 import { EcSession } from './equivalentCopy.js';
+import { RecRemoteEnd } from './recRemoteEnd.js';
+import { RecSession } from './remoteEquivalentCopy.js';
 import { OpcSession } from './opc.js';
-import type { SessionBase, SessionContext } from './SessionBase.js';
+import type { RecLink, RecLinkEvents, RemoteEndState, SessionBase, SessionContext } from './SessionBase.js';
 import type { JournalSession, SessionJournal } from './SessionJournal.js';
 import { SnapChain, SnapGeneration } from './snapOpcPlus.js';
 import { VolumeTap } from './VolumeTap.js';
@@ -87,6 +94,43 @@ export interface CopyEngineOptions {
   intentRegion?: number;
   /** Injected faults on the sessions' own I/O (the array's fault engine); none by default. */
   faults?: CopyFaultHook | undefined;
+  /** REC: links to other arrays (emulator/remote); without it REC sessions cannot start or run. */
+  remote?: RemoteCopyHook | undefined;
+}
+
+/** What the engine needs of the other arrays for REC (emulator/remote's RemoteArrays implements it). */
+export interface RemoteCopyHook {
+  /** Checks a REC destination REMOTE:VOLUME names a registered remote; throws a CopyError naming the fix. */
+  checkRemote(remote: string): void;
+  /** Registers the pair's remote end on the remote array (OpenRemoteEnd); throws RemoteLinkError or the remote's refusal. */
+  openRemoteEnd(record: SessionRecord, blockSize: number, force: boolean): Promise<void>;
+  /** Tells the remote array the pair ended (CloseRemoteEnd). */
+  closeRemoteEnd(record: SessionRecord): Promise<void>;
+  /** The data path and control calls of one pair. */
+  link(record: SessionRecord, events: RecLinkEvents): RecLink;
+}
+
+export interface RecStartOptions extends StartOptions {
+  mode?: RecMode;
+  split?: 'auto' | 'manual';
+  recovery?: 'auto' | 'manual';
+  /** Start even if the remote volume is exported read-write to a connected client there. */
+  force?: boolean;
+}
+
+/** What the source array asks of a remote end at OpenRemoteEnd. */
+export interface RemoteEndRequest {
+  pairId: string;
+  /** The source as this array shows it: PEER:VOLUME. */
+  source: string;
+  peer: string;
+  sourceVolume: string;
+  volume: string;
+  sizeBytes: number;
+  blockSize: number;
+  unitSize: number;
+  mode: RecMode;
+  secret: string;
 }
 
 export interface StartOptions {
@@ -116,6 +160,8 @@ export type OverwriteCheck = (overwritten: string, other: string) => void;
 
 export interface OverwriteOptions {
   check?: OverwriteCheck | undefined;
+  /** REC: passed to the remote end, whose array makes the check there. */
+  force?: boolean | undefined;
 }
 
 const TICK_MS = 50;
@@ -181,8 +227,21 @@ export class CopyEngine {
           throw new CopyFaultError((err as Error).message, volume, op);
         }
       },
+      recLink: (record, events) => {
+        if (opts.remote === undefined)
+          throw new RemoteLinkError(`this array has no remote links; REC session ${record.id} cannot reach ${record.destination}`, 'link-down');
+        return opts.remote.link(record, events);
+      },
+      linkEvent: (id, event, err) => this.linkEvent(id, event, err),
+      wake: (id) => {
+        const s = this.sessions.get(id);
+        if (s !== undefined) this.schedule(s);
+      },
     };
+    this.remote = opts.remote;
   }
+
+  private readonly remote: RemoteCopyHook | undefined;
 
   // ---- volumes ----
 
@@ -287,18 +346,19 @@ export class CopyEngine {
       saved.sort((a, b) => (a.record.generation ?? 0) - (b.record.generation ?? 0));
       for (const j of saved) {
         const r = j.record;
-        if (!this.taps.has(r.source) || !this.taps.has(r.destination)) {
+        const missing = [r.source, r.destination].find((v) => !isRemoteVolume(v) && !this.taps.has(v));
+        if (missing !== undefined) {
           this.journal.deleteSession(r.id);
           this.emit({
             sessionId: r.id,
             kind: 'cancelled',
-            message: `session ${r.id} dropped at recovery: volume ${this.taps.has(r.source) ? r.destination : r.source} no longer exists`,
+            message: `session ${r.id} dropped at recovery: volume ${missing} no longer exists`,
           });
           continue;
         }
         const s = this.build(j);
         await this.cut([r.source, r.destination], async () => this.install(s));
-        if (s instanceof EcSession) s.recover();
+        if (s instanceof EcSession || s instanceof RecSession) s.recover();
       }
       await this.journal.sync();
       for (const s of this.sessions.values()) this.schedule(s);
@@ -321,6 +381,223 @@ export class CopyEngine {
     return this.control('ec', [source, destination], () => this.doStartCopy('ec', source, destination, opts));
   }
 
+  /**
+   * Starts a REC pair: source (a volume here) -> destination REMOTE:VOLUME. The remote end is
+   * opened on the remote array first (its refusals come back as they are); then the pair is
+   * committed here under a cut of the source. If that commit fails the remote end is closed.
+   */
+  startRec(source: string, destination: string, opts: RecStartOptions = {}): Promise<SessionInfo> {
+    return this.serially(async () => {
+      const remote = this.remote;
+      if (remote === undefined) throw new CopyError('FAILED_PRECONDITION', `cannot start REC ${source} -> ${destination}: this array has no remote links`);
+      const sep = destination.indexOf(':');
+      const peer = destination.slice(0, sep);
+      const peerVolume = destination.slice(sep + 1);
+      if (sep <= 0 || peerVolume === '' || peerVolume.includes(':')) {
+        throw new CopyError(
+          'INVALID_ARGUMENT',
+          `REC destination ${destination} is not REMOTE:VOLUME; name a registered remote array and a volume on it, e.g. site-b:vol1`,
+        );
+      }
+      remote.checkRemote(peer);
+      const mode = opts.mode ?? 'sync';
+      if (!(REC_MODES as readonly string[]).includes(mode)) {
+        throw new CopyError('INVALID_ARGUMENT', `REC mode ${String(mode)} is not one of ${REC_MODES.join(', ')} (consistency mode is not supported yet)`);
+      }
+      const src = this.tapOf(source);
+      const asDest = this.sessionsOf(source).find((x) => x.record.destination === source);
+      if (asDest !== undefined) {
+        throw new CopyError(
+          'FAILED_PRECONDITION',
+          `source ${source} is the destination of ${asDest.type} session ${asDest.id} (${asDest.state}); a destination cannot be copied from while it is in a session`,
+        );
+      }
+      const rate = opts.rate ?? Number.POSITIVE_INFINITY;
+      checkRate(rate);
+      const record = this.newRecord('rec', source, destination, src, opts.unitSize, rate);
+      record.rec = {
+        role: 'source',
+        peer,
+        peerVolume,
+        mode,
+        split: opts.split ?? 'auto',
+        recovery: opts.recovery ?? 'auto',
+        secret: randomUUID().replaceAll('-', ''),
+      };
+      if (opts.group) record.group = opts.group;
+      try {
+        await remote.openRemoteEnd(record, src.blockSize, opts.force ?? false);
+      } catch (err) {
+        if (err instanceof RemoteLinkError) {
+          throw new CopyError(
+            'FAILED_PRECONDITION',
+            `cannot start REC ${source} -> ${destination}: ${err.message}; check that the remote array runs, or remove link faults`,
+          );
+        }
+        throw err;
+      }
+      const units = Math.ceil(record.sizeBytes / record.unitSize);
+      let info: SessionInfo;
+      try {
+        info = await this.cut([source], () =>
+          this.atomically(`start REC ${source} -> ${destination}`, [source], async () => {
+            this.tx?.ids.add(record.id);
+            this.journal.stage([record.id]);
+            await src.below.flush(); // J4
+            this.journal.putSession(record);
+            this.journal.setBits(record.id, 'diff', 0, units);
+            const s = this.build({ record, bitmaps: { diff: [[0, units]] } });
+            this.install(s);
+            this.emit({ sessionId: s.id, kind: 'started', state: s.state, message: `REC ${source} -> ${destination} (${mode}) started` });
+            return s.info();
+          }),
+        );
+      } catch (err) {
+        await remote.closeRemoteEnd(record).catch(() => undefined);
+        throw err;
+      }
+      const s = this.sessions.get(info.id);
+      if (s) this.schedule(s);
+      return s?.info() ?? info;
+    });
+  }
+
+  /** REC: switches a pair's transfer mode (sync, stack, through). */
+  setRecMode(id: string, mode: RecMode): Promise<SessionInfo> {
+    if (!(REC_MODES as readonly string[]).includes(mode)) {
+      throw new CopyError('INVALID_ARGUMENT', `REC mode ${String(mode)} is not one of ${REC_MODES.join(', ')}`);
+    }
+    return this.controlOn(id, `set mode ${mode} of`, async (s) => {
+      if (!(s instanceof RecSession)) throw new CopyError('FAILED_PRECONDITION', `cannot set the mode of session ${s.id}: it is not the source of a REC pair`);
+      s.setMode(mode);
+    });
+  }
+
+  // ---- REC remote ends (called by the source array through RemoteCopyService) ----
+
+  /** Makes a volume of this array the remote end of a pair; `check` is the array's client check (under the cut). */
+  openRemoteEnd(req: RemoteEndRequest, check?: (volume: string) => void): Promise<SessionInfo> {
+    return this.serially(async () => {
+      const have = this.sessions.get(req.pairId);
+      if (have instanceof RecRemoteEnd && have.record.destination === req.volume) return have.info(); // a retried open
+      if (have !== undefined) throw new CopyError('ALREADY_EXISTS', `copy session ${req.pairId} exists already on this array`);
+      const dst = this.tapOf(req.volume);
+      this.checkDestination(req.volume, dst, req.source, req.sizeBytes, req.blockSize);
+      if (!Number.isSafeInteger(req.unitSize) || req.unitSize <= 0 || req.unitSize % dst.blockSize !== 0) {
+        throw new CopyError('INVALID_ARGUMENT', `invalid copy granularity ${req.unitSize} for ${req.volume}`);
+      }
+      return this.cut([req.volume], () =>
+        this.atomically(`open the remote end of REC ${req.source} -> ${req.volume}`, [req.volume], async () => {
+          check?.(req.volume);
+          this.tx?.ids.add(req.pairId);
+          this.journal.stage([req.pairId]);
+          const record: SessionRecord = {
+            id: req.pairId,
+            type: 'rec',
+            state: 'copying',
+            source: req.source,
+            destination: req.volume,
+            unitSize: req.unitSize,
+            sizeBytes: req.sizeBytes,
+            rate: 0,
+            createdAt: new Date(this.now()).toISOString(),
+            rec: { role: 'remote-end', peer: req.peer, peerVolume: req.sourceVolume, mode: req.mode, split: 'auto', recovery: 'auto', secret: req.secret },
+          };
+          this.journal.putSession(record);
+          const s = this.build({ record, bitmaps: {} });
+          this.install(s);
+          this.emit({ sessionId: s.id, kind: 'started', state: s.state, message: `remote end of REC ${req.source} -> ${req.volume} opened` });
+          return s.info();
+        }),
+      );
+    });
+  }
+
+  setRemoteEndState(
+    id: string,
+    state: RemoteEndState,
+    extra: { imageAt?: string | undefined; haltReason?: HaltReason | undefined; mode?: RecMode | undefined } = {},
+  ): Promise<SessionInfo> {
+    return this.controlOn(id, `set ${state}:`, async (s) => this.remoteEnd(s, `set the state of`).setRemoteState(state, extra));
+  }
+
+  /** The pair resyncs; returns the units hosts changed here. `check` refuses while clients write here (under the cut). */
+  resumeRemoteEnd(id: string, check?: (volume: string) => void): Promise<{ info: SessionInfo; runs: Array<[number, number]> }> {
+    return this.serially(async () => {
+      const s = this.remoteEnd(this.session(id), 'resume');
+      let runs: Array<[number, number]> = [];
+      await this.cut([s.record.destination], () =>
+        this.atomically(`resume ${describe(s)}`, [s.record.destination], async () => {
+          if (s.state === 'suspended' || s.state === 'split') check?.(s.record.destination);
+          runs = s.resumeEnd();
+        }),
+      );
+      return { info: s.info(), runs };
+    });
+  }
+
+  /** The data connection of a remote end closed (the array's .rec export). */
+  remoteEndLinkLost(id: string, reason: string): Promise<void> {
+    return this.serially(async () => {
+      const s = this.sessions.get(id);
+      if (!(s instanceof RecRemoteEnd)) return;
+      if (s.linkLost(reason)) await this.journal.sync();
+    });
+  }
+
+  /** The remote end with this id and secret, for the array's .rec export. */
+  remoteEndFor(id: string, secret: string): { volume: string; tap: VolumeTap } | undefined {
+    const s = this.sessions.get(id);
+    if (!(s instanceof RecRemoteEnd) || s.rec.secret !== secret) return undefined;
+    return { volume: s.record.destination, tap: this.tapOf(s.record.destination) };
+  }
+
+  private remoteEnd(s: SessionBase, op: string): RecRemoteEnd {
+    if (!(s instanceof RecRemoteEnd)) throw new CopyError('FAILED_PRECONDITION', `cannot ${op} session ${s.id}: it is not the remote end of a REC pair`);
+    return s;
+  }
+
+  /** A link event of a REC source, in the queue: down halts it, up resumes it (recovery auto). */
+  private linkEvent(id: string, event: 'up' | 'down', err?: RemoteLinkError): void {
+    const s = this.sessions.get(id);
+    if (!(s instanceof RecSession) || this.closed) return;
+    if (event === 'down') {
+      void this.serially(() => s.halt(err ?? new RemoteLinkError('the link was lost', 'link-down'))).catch(() => undefined);
+      return;
+    }
+    if (s.state !== 'halt' || s.rec.recovery !== 'auto') return;
+    this.resume(id).catch((e: unknown) => {
+      // Still unreachable (or refused there): keep watching; the next reconnect tries again.
+      this.emit({ sessionId: id, kind: 'error', state: s.state, message: `automatic resume of ${describe(s)} failed: ${(e as Error).message}` });
+      if (s.state === 'halt' && !s.done) s.link.watch(true);
+    });
+  }
+
+  /** The destination refusals shared by local pairs and remote ends. */
+  private checkDestination(destination: string, dst: VolumeTap, source: string, sizeBytes: number, blockSize: number): void {
+    if (dst.blockSize !== blockSize) {
+      throw new CopyError(
+        'INVALID_ARGUMENT',
+        `destination ${destination} has ${dst.blockSize}-byte blocks and source ${source} ${blockSize}-byte blocks; use volumes of one block size`,
+      );
+    }
+    if (dst.size < sizeBytes) {
+      throw new CopyError(
+        'INVALID_ARGUMENT',
+        `destination ${destination} (${dst.size} bytes) is smaller than source ${source} (${sizeBytes} bytes); use a destination at least as large`,
+      );
+    }
+    if (dst.below.readOnly) throw new CopyError('FAILED_PRECONDITION', `destination ${destination} is read-only; choose a writable volume`);
+    const busy = this.sessionsOf(destination)[0] ?? (this.chains.has(destination) ? this.chains.get(destination)!.gens[0] : undefined);
+    if (busy !== undefined) {
+      const role = busy.record.destination === destination ? 'destination' : 'source';
+      throw new CopyError(
+        'FAILED_PRECONDITION',
+        `destination ${destination} is already the ${role} of ${busy.type} session ${busy.id} (${busy.state}); cancel that session or choose another destination`,
+      );
+    }
+  }
+
   startSnapOpcPlus(source: string, snapVolume: string, opts: SnapStartOptions = {}): Promise<SessionInfo> {
     return this.control('snapopcplus', [source, snapVolume, ...this.snapVolumesOf(source)], () => this.doStartSnap(source, snapVolume, opts));
   }
@@ -328,20 +605,27 @@ export class CopyEngine {
   // ---- EC control ----
 
   suspend(id: string): Promise<SessionInfo> {
-    return this.controlOn(id, 'suspend', (s) => this.ec(s, 'suspend').freeze('suspended'));
+    return this.controlOn(id, 'suspend', (s) => (s instanceof RecSession ? s.freeze('suspended') : this.ec(s, 'suspend').freeze('suspended')));
   }
   split(id: string): Promise<SessionInfo> {
-    return this.controlOn(id, 'split', (s) => this.ec(s, 'split').freeze('split'));
+    return this.controlOn(id, 'split', async (s) => {
+      if (s instanceof RecSession) return s.freeze('split');
+      if (s instanceof RecRemoteEnd) return s.split(); // failover at the remote site
+      return this.ec(s, 'split').freeze('split');
+    });
   }
   /** The destination is overwritten (the changed units) and hosts lose it until equivalent. */
   resume(id: string, opts: OverwriteOptions = {}): Promise<SessionInfo> {
     return this.controlOn(id, 'resume', async (s) => {
+      if (s instanceof RecSession) return s.resume(opts.force ?? false);
       const ec = this.ec(s, 'resume');
       this.doResume(ec, ec.state === 'error-suspended' ? 'error-suspended' : 'suspended', opts.check);
     });
   }
   rejoin(id: string, opts: OverwriteOptions = {}): Promise<SessionInfo> {
-    return this.controlOn(id, 'rejoin', async (s) => this.doResume(this.ec(s, 'rejoin'), 'split', opts.check));
+    return this.controlOn(id, 'rejoin', async (s) =>
+      s instanceof RecSession ? s.resume(opts.force ?? false) : this.doResume(this.ec(s, 'rejoin'), 'split', opts.check),
+    );
   }
   /**
    * EC (suspended or split): swaps the direction. QuickOPC (tracking): restore — swaps the
@@ -377,8 +661,24 @@ export class CopyEngine {
   cancel(id: string, opts: { force?: boolean } = {}): Promise<void> {
     return this.serially(async () => {
       const s = this.session(id);
+      if (s instanceof RecRemoteEnd && !opts.force && s.state !== 'split' && s.state !== 'suspended') {
+        throw new CopyError(
+          'FAILED_PRECONDITION',
+          `cannot cancel ${describe(s)} here: it is the remote end of a pair the source array still runs (${s.state}); cancel it at the source, or pass --force if the source is lost`,
+        );
+      }
       const vols = s instanceof SnapGeneration ? [s.record.source, ...this.snapVolumesOf(s.record.source)] : [s.record.source, s.record.destination];
       await this.cut(vols, () => this.atomically(`cancel ${describe(s)}`, vols, async () => this.doCancel(s, opts.force ?? false, 'cancelled')));
+      if (s instanceof RecSession) {
+        s.closeLink();
+        await this.remote?.closeRemoteEnd(s.record).catch((err: unknown) => {
+          this.emit({
+            sessionId: s.id,
+            kind: 'error',
+            message: `REC ${s.record.source} -> ${s.record.destination} cancelled here, but the remote array was not told (${(err as Error).message}); cancel its remote end there with 'arraylab copy cancel ${s.id} --force'`,
+          });
+        });
+      }
     });
   }
 
@@ -523,6 +823,7 @@ export class CopyEngine {
     this.closed = true;
     for (const id of [...this.timers.keys()]) this.unschedule(id);
     await this.queue.catch(() => undefined);
+    for (const s of this.sessions.values()) if (s instanceof RecSession) s.closeLink();
     // Writes a SnapOPC+ chain acknowledged but has not applied yet (write-behind) must reach
     // the source before its store closes; their errors were already reported or are lost
     // with the process, like an unflushed write-back cache.
@@ -589,7 +890,8 @@ export class CopyEngine {
   }
 
   private build(j: JournalSession): SessionBase {
-    const blockSize = this.tapOf(j.record.source).blockSize;
+    const local = isRemoteVolume(j.record.source) ? j.record.destination : j.record.source;
+    const blockSize = this.tapOf(local).blockSize;
     switch (j.record.type) {
       case 'opc':
       case 'quickopc':
@@ -598,6 +900,10 @@ export class CopyEngine {
         return new EcSession(this.ctx, j, blockSize);
       case 'snapopcplus':
         return new SnapGeneration(this.ctx, j, blockSize);
+      case 'rec':
+        return j.record.rec?.role === 'remote-end'
+          ? new RecRemoteEnd(this.ctx, j, this.tapOf(j.record.destination).blockSize)
+          : new RecSession(this.ctx, j, blockSize);
     }
   }
 
@@ -922,7 +1228,7 @@ export class CopyEngine {
     const chains = new Map(this.chains);
     const gens = new Map([...this.chains.values()].map((c) => [c, [...c.gens]]));
     const states = involved.map((s) => s.checkpoint());
-    const roles = volumes.map((v) => this.tapOf(v).checkpoint());
+    const roles = volumes.filter((v) => !isRemoteVolume(v)).map((v) => this.tapOf(v).checkpoint());
     return () => {
       for (const id of this.sessions.keys()) if (!sessions.has(id)) this.unschedule(id);
       this.sessions.clear();
@@ -936,7 +1242,7 @@ export class CopyEngine {
   }
 
   private async cut<T>(volumes: string[], fn: () => Promise<T>): Promise<T> {
-    const taps = volumes.map((v) => this.tapOf(v));
+    const taps = volumes.filter((v) => !isRemoteVolume(v)).map((v) => this.tapOf(v));
     const release = await holdVolumes(taps);
     try {
       return await fn();
@@ -974,6 +1280,7 @@ export class CopyEngine {
   private schedule(s: SessionBase, spentMs = 0): void {
     if (this.clock !== 'timers' || this.closed || this.timers.has(s.id)) return;
     if (s.done || s.state !== 'copying' || s.record.rate === 0) return;
+    if (s instanceof RecSession && s.idleWhenDrained && s.pendingUnits() === 0) return; // woken by the next recorded write
     const rate = s.record.rate;
     const maxUnits = Math.max(this.stepUnits, Math.floor(TIMER_STEP_BYTES / s.record.unitSize));
     const fire = (): void => {

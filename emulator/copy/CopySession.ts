@@ -13,12 +13,62 @@
 import { StatusError } from '../../proto/errors.js';
 import type { BlockDevice, WriteOptions, ZeroOptions } from '../block/BlockDevice.js';
 
-export type CopyType = 'opc' | 'quickopc' | 'snapopcplus' | 'ec';
+export type CopyType = 'opc' | 'quickopc' | 'snapopcplus' | 'ec' | 'rec';
 
 /** The types as the array's messages name them. */
-export const COPY_TYPE_NAMES: Record<CopyType, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC' };
+export const COPY_TYPE_NAMES: Record<CopyType, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC', rec: 'REC' };
 
-export type CopyState = 'copying' | 'equivalent' | 'suspended' | 'tracking' | 'snap' | 'split' | 'error-suspended';
+export type CopyState = 'copying' | 'equivalent' | 'suspended' | 'tracking' | 'snap' | 'split' | 'error-suspended' | 'halt';
+
+/** REC transfer modes (consistency: not yet). */
+export const REC_MODES = ['sync', 'stack', 'through'] as const;
+export type RecMode = (typeof REC_MODES)[number];
+/** Why a REC pair halted. */
+export type HaltReason = 'link-down' | 'remote-failed';
+
+/**
+ * A volume name with a colon is a volume of another array: REMOTE:VOLUME (volume names have no
+ * colon). The engine holds and journals only its own volumes; a REC pair's other end is
+ * reached through CopyEngineOptions.remote.
+ */
+export function isRemoteVolume(name: string): boolean {
+  return name.includes(':');
+}
+
+/** What a REC session keeps beyond a local one (SessionRecord.rec). */
+export interface RecRecord {
+  /** source: this array sends; remote-end: this array holds the destination. */
+  role: 'source' | 'remote-end';
+  /** Source: the remote array's registered name. Remote end: the source array's id. */
+  peer: string;
+  /** The volume on the other array. */
+  peerVolume: string;
+  mode: RecMode;
+  split: 'auto' | 'manual';
+  recovery: 'auto' | 'manual';
+  /** Opens the pair's data export on the remote end (.rec/ID/SECRET). */
+  secret: string;
+  haltReason?: HaltReason | undefined;
+  /** halt: what failed, in words. */
+  haltDetail?: string | undefined;
+  /** Asynchronous modes: the last instant the remote held every write (ISO 8601). */
+  drainedAt?: string | undefined;
+}
+
+/**
+ * A REC pair's link to its remote end failed: the connection is lost or refused, a link fault
+ * fired (link-down), or the remote array answered a transfer with an error (remote-failed).
+ * The pair halts; it never error-suspends for these.
+ */
+export class RemoteLinkError extends Error {
+  constructor(
+    message: string,
+    readonly reason: HaltReason,
+  ) {
+    super(message);
+    this.name = 'RemoteLinkError';
+  }
+}
 
 /** Default copy granularity. */
 export const DEFAULT_UNIT_SIZE = 64 * 1024;
@@ -96,6 +146,8 @@ export interface SessionRecord {
   error?: string | undefined;
   /** Consistency group label given at the start (informational). */
   group?: string;
+  /** REC only. */
+  rec?: RecRecord | undefined;
 }
 
 /** Bitmap names used in the journal. */
@@ -131,6 +183,24 @@ export interface SessionInfo {
   createdAt: string;
   /** See SessionRecord.imageAt. */
   imageAt?: string | undefined;
+  /** REC only. */
+  remote?: RecInfo;
+}
+
+/** What copy show/list say of a REC pair beyond a local session. */
+export interface RecInfo {
+  role: 'source' | 'remote-end';
+  peer: string;
+  mode: RecMode;
+  split: 'auto' | 'manual';
+  recovery: 'auto' | 'manual';
+  haltReason?: HaltReason;
+  haltDetail?: string;
+  /** Source: the data path is connected now. */
+  linkUp: boolean;
+  /** Bytes to send before the remote holds every write (units pending times the unit size). */
+  pendingBytes: number;
+  drainedAt?: string;
 }
 
 export type CopyEventKind = 'started' | 'state' | 'completed' | 'cancelled' | 'dropped' | 'error';

@@ -4,8 +4,11 @@
  */
 import { EXTENT_ZERO, type BlockDevice } from '../block/BlockDevice.js';
 import { type CopyBitmap, UnitGeometry } from './CopyBitmap.js';
+import type { WriteOptions, ZeroOptions } from '../block/BlockDevice.js';
 import {
   COPY_TYPE_NAMES,
+  type HaltReason,
+  type RemoteLinkError,
   type CopyFaultError,
   invariant,
   type BitmapName,
@@ -33,7 +36,42 @@ export interface SessionContext {
    * EC mirroring, SnapOPC+ saves): throws CopyFaultError when an injected fault fires.
    */
   copyFault(sessionId: string, op: 'read' | 'write', volume: string, offset: number, length: number): void;
+  /** REC: the pair's link to its remote end (CopyEngineOptions.remote); throws when there is none. */
+  recLink(record: SessionRecord, events: RecLinkEvents): RecLink;
+  /** REC: the link of a session went down or came back (the engine halts or auto-resumes it, in its queue). */
+  linkEvent(sessionId: string, event: 'up' | 'down', err?: RemoteLinkError): void;
+  /** A session that idles when drained (REC stack) has work again: the engine schedules its copier. */
+  wake(sessionId: string): void;
 }
+
+/** What a REC link tells its session (through the engine). */
+export interface RecLinkEvents {
+  up(): void;
+  down(err: RemoteLinkError): void;
+}
+
+/**
+ * A REC pair's link to its remote end: the data path (writes, flush) and the pair's control
+ * calls to the remote array. emulator/remote implements it; every failure is a RemoteLinkError.
+ */
+export interface RecLink {
+  /** The data path is connected now. */
+  readonly up: boolean;
+  write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void>;
+  writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void>;
+  flush(): Promise<void>;
+  /** Tells the remote end the pair's state. */
+  setRemoteState(state: RemoteEndState, extra?: { imageAt?: string | undefined; haltReason?: HaltReason | undefined }): Promise<void>;
+  /** The remote end goes copying; returns the runs of units its hosts changed ([start, count]). */
+  resumeRemote(force: boolean): Promise<Array<[number, number]>>;
+  /** While on, a link that is down reconnects with back-off and calls events.up() once it is. */
+  watch(on: boolean): void;
+  /** Stops the link for good (the session ended or the engine closes). */
+  close(): void;
+}
+
+/** The states a remote end takes. */
+export type RemoteEndState = 'copying' | 'equivalent' | 'suspended' | 'split' | 'halt';
 
 /**
  * Largest read/write one copy issues: a run of adjacent units moves in pieces of this size
@@ -200,7 +238,7 @@ export abstract class SessionBase implements CopySession {
    * as one run, in COPY_PIECE pieces through a pooled buffer. Parts of the source that read as
    * zeroes (block status) become write-zeroes, so a thin destination stays thin.
    */
-  protected async copyUnits(from: BlockDevice, to: BlockDevice, units: number[]): Promise<void> {
+  protected async copyUnits(from: BlockDevice, to: Pick<BlockDevice, 'write' | 'writeZeroes'>, units: number[]): Promise<void> {
     if (units.length === 0) return;
     // Two buffers: the next piece is read (on the threadpool) while the last one is written.
     const bufs = [copyBuffers.pop() ?? Buffer.allocUnsafeSlow(COPY_PIECE), copyBuffers.pop() ?? Buffer.allocUnsafeSlow(COPY_PIECE)] as const;

@@ -12,9 +12,11 @@ import type { CopyServiceClient as _arraylab_v1_CopyServiceClient, CopyServiceDe
 import type { CopySession as _arraylab_v1_CopySession, CopySession__Output as _arraylab_v1_CopySession__Output } from './arraylab/v1/CopySession.js';
 import type { ListCopiesRequest as _arraylab_v1_ListCopiesRequest, ListCopiesRequest__Output as _arraylab_v1_ListCopiesRequest__Output } from './arraylab/v1/ListCopiesRequest.js';
 import type { ListCopiesResponse as _arraylab_v1_ListCopiesResponse, ListCopiesResponse__Output as _arraylab_v1_ListCopiesResponse__Output } from './arraylab/v1/ListCopiesResponse.js';
+import type { RemoteCopyInfo as _arraylab_v1_RemoteCopyInfo, RemoteCopyInfo__Output as _arraylab_v1_RemoteCopyInfo__Output } from './arraylab/v1/RemoteCopyInfo.js';
 import type { RestoreFromCloneRequest as _arraylab_v1_RestoreFromCloneRequest, RestoreFromCloneRequest__Output as _arraylab_v1_RestoreFromCloneRequest__Output } from './arraylab/v1/RestoreFromCloneRequest.js';
 import type { ResumeCopyRequest as _arraylab_v1_ResumeCopyRequest, ResumeCopyRequest__Output as _arraylab_v1_ResumeCopyRequest__Output } from './arraylab/v1/ResumeCopyRequest.js';
 import type { ReverseCopyRequest as _arraylab_v1_ReverseCopyRequest, ReverseCopyRequest__Output as _arraylab_v1_ReverseCopyRequest__Output } from './arraylab/v1/ReverseCopyRequest.js';
+import type { SetCopyModeRequest as _arraylab_v1_SetCopyModeRequest, SetCopyModeRequest__Output as _arraylab_v1_SetCopyModeRequest__Output } from './arraylab/v1/SetCopyModeRequest.js';
 import type { SetCopyRateRequest as _arraylab_v1_SetCopyRateRequest, SetCopyRateRequest__Output as _arraylab_v1_SetCopyRateRequest__Output } from './arraylab/v1/SetCopyRateRequest.js';
 import type { SplitCopyRequest as _arraylab_v1_SplitCopyRequest, SplitCopyRequest__Output as _arraylab_v1_SplitCopyRequest__Output } from './arraylab/v1/SplitCopyRequest.js';
 import type { StartCopyGroupRequest as _arraylab_v1_StartCopyGroupRequest, StartCopyGroupRequest__Output as _arraylab_v1_StartCopyGroupRequest__Output } from './arraylab/v1/StartCopyGroupRequest.js';
@@ -40,9 +42,11 @@ export interface ProtoGrpcType {
       CopyType: EnumTypeDefinition
       ListCopiesRequest: MessageTypeDefinition<_arraylab_v1_ListCopiesRequest, _arraylab_v1_ListCopiesRequest__Output>
       ListCopiesResponse: MessageTypeDefinition<_arraylab_v1_ListCopiesResponse, _arraylab_v1_ListCopiesResponse__Output>
+      RemoteCopyInfo: MessageTypeDefinition<_arraylab_v1_RemoteCopyInfo, _arraylab_v1_RemoteCopyInfo__Output>
       RestoreFromCloneRequest: MessageTypeDefinition<_arraylab_v1_RestoreFromCloneRequest, _arraylab_v1_RestoreFromCloneRequest__Output>
       ResumeCopyRequest: MessageTypeDefinition<_arraylab_v1_ResumeCopyRequest, _arraylab_v1_ResumeCopyRequest__Output>
       ReverseCopyRequest: MessageTypeDefinition<_arraylab_v1_ReverseCopyRequest, _arraylab_v1_ReverseCopyRequest__Output>
+      SetCopyModeRequest: MessageTypeDefinition<_arraylab_v1_SetCopyModeRequest, _arraylab_v1_SetCopyModeRequest__Output>
       SetCopyRateRequest: MessageTypeDefinition<_arraylab_v1_SetCopyRateRequest, _arraylab_v1_SetCopyRateRequest__Output>
       SplitCopyRequest: MessageTypeDefinition<_arraylab_v1_SplitCopyRequest, _arraylab_v1_SplitCopyRequest__Output>
       StartCopyGroupRequest: MessageTypeDefinition<_arraylab_v1_StartCopyGroupRequest, _arraylab_v1_StartCopyGroupRequest__Output>

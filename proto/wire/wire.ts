@@ -15,6 +15,8 @@ import type {
   ListenerStatus,
   LogicalBlockSize,
   Provisioning,
+  RemoteCopyView,
+  RemoteView,
   VolumeInfo,
 } from '../views.js';
 
@@ -130,6 +132,7 @@ export function statusFromWire(w: pb.ArrayStatus__Output): ArrayStatus {
     pid: w.pid,
     iscsiTargetName: w.iscsiTargetName ?? '',
     iscsiSessionCount: w.iscsiSessionCount ?? 0,
+    arrayId: w.arrayId ?? '',
   };
 }
 
@@ -142,6 +145,7 @@ const COPY_TYPES: Record<CopySessionView['type'], pb.CopyType__Output> = {
   quickopc: 'COPY_TYPE_QUICKOPC',
   snapopcplus: 'COPY_TYPE_SNAPOPCPLUS',
   ec: 'COPY_TYPE_EC',
+  rec: 'COPY_TYPE_REC',
 };
 
 const COPY_STATES: Record<CopySessionView['state'], pb.CopyState__Output> = {
@@ -152,6 +156,7 @@ const COPY_STATES: Record<CopySessionView['state'], pb.CopyState__Output> = {
   snap: 'COPY_STATE_SNAP',
   split: 'COPY_STATE_SPLIT',
   'error-suspended': 'COPY_STATE_ERROR_SUSPENDED',
+  halt: 'COPY_STATE_HALT',
 };
 
 /** A copy type as the CLI shows it, on the wire (COPY_TYPE_UNSPECIFIED for anything else). */
@@ -195,6 +200,36 @@ export function copySessionFromWire(w: pb.CopySession__Output): CopySessionView 
     imageAt: w.imageAt ?? '',
     errorSince: w.errorSince ?? '',
     retryAt: w.retryAt ?? '',
+    remote: w.remote ? remoteCopyFromWire(w.remote) : null,
+  };
+}
+
+function remoteCopyFromWire(w: pb.RemoteCopyInfo__Output): RemoteCopyView {
+  return {
+    role: w.role === 'remote-end' ? 'remote-end' : 'source',
+    peer: w.peer,
+    mode: w.mode as RemoteCopyView['mode'],
+    split: w.split === 'manual' ? 'manual' : 'auto',
+    recovery: w.recovery === 'manual' ? 'manual' : 'auto',
+    haltReason: w.haltReason,
+    haltDetail: w.haltDetail,
+    linkUp: w.linkUp,
+    pendingBytes: toByteCount(w.pendingBytes, 'pendingBytes'),
+    drainedAt: w.drainedAt,
+  };
+}
+
+export function remoteFromWire(w: pb.Remote__Output): RemoteView {
+  return {
+    name: w.name,
+    api: w.api,
+    arrayId: w.arrayId,
+    nbd: w.nbd,
+    reachable: w.reachable,
+    error: w.error,
+    addedAt: w.addedAt,
+    sessionCount: w.sessionCount,
+    version: w.version,
   };
 }
 

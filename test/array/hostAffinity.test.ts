@@ -423,7 +423,7 @@ describe('persistence', () => {
     raw.exec(`
       DROP TRIGGER scsi_reservations_volume_deleted; DROP TRIGGER scsi_reservations_identity_renewed;
       DROP TABLE scsi_reservations; DROP TABLE default_luns; DROP TABLE host_luns; DROP TABLE host_initiators;
-      DROP TABLE hosts; DROP TABLE array_properties; DROP TABLE faults; ALTER TABLE volumes DROP COLUMN write_cache;
+      DROP TABLE hosts; DROP TABLE array_properties; DROP TABLE faults; DROP TABLE remotes; ALTER TABLE volumes DROP COLUMN write_cache;
       UPDATE schema_version SET version = 3;
       INSERT INTO volumes (uuid, name, wwn, serial, size_bytes, block_size, provisioning, created_at)
         VALUES ('00000000-0000-4000-8000-000000000001', 'old', '6a21ab00000000000000000000000001', 'ALB000000000001', 1048576, 512, 'thin', '2025-01-01T00:00:00.000Z');

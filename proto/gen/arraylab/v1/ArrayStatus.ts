@@ -35,6 +35,10 @@ export interface ArrayStatus {
    * Logged-in iSCSI sessions.
    */
   'iscsiSessionCount'?: (number);
+  /**
+   * The array's id: 12 hex digits made once per data directory (memory backend: per start).
+   */
+  'arrayId'?: (string);
 }
 
 export interface ArrayStatus__Output {
@@ -69,4 +73,8 @@ export interface ArrayStatus__Output {
    * Logged-in iSCSI sessions.
    */
   'iscsiSessionCount': (number);
+  /**
+   * The array's id: 12 hex digits made once per data directory (memory backend: per start).
+   */
+  'arrayId': (string);
 }

@@ -3,10 +3,18 @@
 
 export interface CancelCopyRequest {
   'id'?: (string);
+  /**
+   * SnapOPC+: cancel older generations too. REC remote end: cancel here although the source
+   * array still has the pair (it is lost, or will be cancelled there too).
+   */
   'force'?: (boolean);
 }
 
 export interface CancelCopyRequest__Output {
   'id': (string);
+  /**
+   * SnapOPC+: cancel older generations too. REC remote end: cancel here although the source
+   * array still has the pair (it is lost, or will be cancelled there too).
+   */
   'force': (boolean);
 }

@@ -13,6 +13,7 @@ import type { ListCopiesResponse as _arraylab_v1_ListCopiesResponse, ListCopiesR
 import type { RestoreFromCloneRequest as _arraylab_v1_RestoreFromCloneRequest, RestoreFromCloneRequest__Output as _arraylab_v1_RestoreFromCloneRequest__Output } from '../../arraylab/v1/RestoreFromCloneRequest.js';
 import type { ResumeCopyRequest as _arraylab_v1_ResumeCopyRequest, ResumeCopyRequest__Output as _arraylab_v1_ResumeCopyRequest__Output } from '../../arraylab/v1/ResumeCopyRequest.js';
 import type { ReverseCopyRequest as _arraylab_v1_ReverseCopyRequest, ReverseCopyRequest__Output as _arraylab_v1_ReverseCopyRequest__Output } from '../../arraylab/v1/ReverseCopyRequest.js';
+import type { SetCopyModeRequest as _arraylab_v1_SetCopyModeRequest, SetCopyModeRequest__Output as _arraylab_v1_SetCopyModeRequest__Output } from '../../arraylab/v1/SetCopyModeRequest.js';
 import type { SetCopyRateRequest as _arraylab_v1_SetCopyRateRequest, SetCopyRateRequest__Output as _arraylab_v1_SetCopyRateRequest__Output } from '../../arraylab/v1/SetCopyRateRequest.js';
 import type { SplitCopyRequest as _arraylab_v1_SplitCopyRequest, SplitCopyRequest__Output as _arraylab_v1_SplitCopyRequest__Output } from '../../arraylab/v1/SplitCopyRequest.js';
 import type { StartCopyGroupRequest as _arraylab_v1_StartCopyGroupRequest, StartCopyGroupRequest__Output as _arraylab_v1_StartCopyGroupRequest__Output } from '../../arraylab/v1/StartCopyGroupRequest.js';
@@ -119,6 +120,21 @@ export interface CopyServiceClient extends grpc.Client {
   reverseCopy(argument: _arraylab_v1_ReverseCopyRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
   reverseCopy(argument: _arraylab_v1_ReverseCopyRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
   reverseCopy(argument: _arraylab_v1_ReverseCopyRequest, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
+  
+  /**
+   * REC: switches the transfer mode (e.g. stack -> through to drain before a suspend).
+   */
+  SetCopyMode(argument: _arraylab_v1_SetCopyModeRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
+  SetCopyMode(argument: _arraylab_v1_SetCopyModeRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
+  SetCopyMode(argument: _arraylab_v1_SetCopyModeRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
+  SetCopyMode(argument: _arraylab_v1_SetCopyModeRequest, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
+  /**
+   * REC: switches the transfer mode (e.g. stack -> through to drain before a suspend).
+   */
+  setCopyMode(argument: _arraylab_v1_SetCopyModeRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
+  setCopyMode(argument: _arraylab_v1_SetCopyModeRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
+  setCopyMode(argument: _arraylab_v1_SetCopyModeRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
+  setCopyMode(argument: _arraylab_v1_SetCopyModeRequest, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
   
   SetCopyRate(argument: _arraylab_v1_SetCopyRateRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
   SetCopyRate(argument: _arraylab_v1_SetCopyRateRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
@@ -276,6 +292,11 @@ export interface CopyServiceHandlers extends grpc.UntypedServiceImplementation {
    */
   ReverseCopy: grpc.handleUnaryCall<_arraylab_v1_ReverseCopyRequest__Output, _arraylab_v1_CopySession>;
   
+  /**
+   * REC: switches the transfer mode (e.g. stack -> through to drain before a suspend).
+   */
+  SetCopyMode: grpc.handleUnaryCall<_arraylab_v1_SetCopyModeRequest__Output, _arraylab_v1_CopySession>;
+  
   SetCopyRate: grpc.handleUnaryCall<_arraylab_v1_SetCopyRateRequest__Output, _arraylab_v1_CopySession>;
   
   /**
@@ -326,6 +347,7 @@ export interface CopyServiceDefinition extends grpc.ServiceDefinition {
   RestoreFromClone: MethodDefinition<_arraylab_v1_RestoreFromCloneRequest, _arraylab_v1_CopySession, _arraylab_v1_RestoreFromCloneRequest__Output, _arraylab_v1_CopySession__Output>
   ResumeCopy: MethodDefinition<_arraylab_v1_ResumeCopyRequest, _arraylab_v1_CopySession, _arraylab_v1_ResumeCopyRequest__Output, _arraylab_v1_CopySession__Output>
   ReverseCopy: MethodDefinition<_arraylab_v1_ReverseCopyRequest, _arraylab_v1_CopySession, _arraylab_v1_ReverseCopyRequest__Output, _arraylab_v1_CopySession__Output>
+  SetCopyMode: MethodDefinition<_arraylab_v1_SetCopyModeRequest, _arraylab_v1_CopySession, _arraylab_v1_SetCopyModeRequest__Output, _arraylab_v1_CopySession__Output>
   SetCopyRate: MethodDefinition<_arraylab_v1_SetCopyRateRequest, _arraylab_v1_CopySession, _arraylab_v1_SetCopyRateRequest__Output, _arraylab_v1_CopySession__Output>
   SplitCopy: MethodDefinition<_arraylab_v1_SplitCopyRequest, _arraylab_v1_CopySession, _arraylab_v1_SplitCopyRequest__Output, _arraylab_v1_CopySession__Output>
   SplitCopyGroup: MethodDefinition<_arraylab_v1_CopyGroupRequest, _arraylab_v1_ListCopiesResponse, _arraylab_v1_CopyGroupRequest__Output, _arraylab_v1_ListCopiesResponse__Output>

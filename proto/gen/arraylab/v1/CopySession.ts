@@ -2,6 +2,7 @@
 
 import type { CopyType as _arraylab_v1_CopyType, CopyType__Output as _arraylab_v1_CopyType__Output } from '../../arraylab/v1/CopyType.js';
 import type { CopyState as _arraylab_v1_CopyState, CopyState__Output as _arraylab_v1_CopyState__Output } from '../../arraylab/v1/CopyState.js';
+import type { RemoteCopyInfo as _arraylab_v1_RemoteCopyInfo, RemoteCopyInfo__Output as _arraylab_v1_RemoteCopyInfo__Output } from '../../arraylab/v1/RemoteCopyInfo.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface CopySession {
@@ -66,6 +67,10 @@ export interface CopySession {
    */
   'errorSince'?: (string);
   'retryAt'?: (string);
+  /**
+   * REC only; absent otherwise.
+   */
+  'remote'?: (_arraylab_v1_RemoteCopyInfo | null);
   '_etaSeconds'?: "etaSeconds";
 }
 
@@ -131,5 +136,9 @@ export interface CopySession__Output {
    */
   'errorSince': (string);
   'retryAt': (string);
+  /**
+   * REC only; absent otherwise.
+   */
+  'remote': (_arraylab_v1_RemoteCopyInfo__Output | null);
   '_etaSeconds'?: "etaSeconds";
 }

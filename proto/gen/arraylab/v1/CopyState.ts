@@ -12,6 +12,10 @@ export const CopyState = {
   COPY_STATE_SNAP: 'COPY_STATE_SNAP',
   COPY_STATE_SPLIT: 'COPY_STATE_SPLIT',
   COPY_STATE_ERROR_SUSPENDED: 'COPY_STATE_ERROR_SUSPENDED',
+  /**
+   * REC: the link to the remote array was lost (or the remote failed); see halt_reason.
+   */
+  COPY_STATE_HALT: 'COPY_STATE_HALT',
 } as const;
 
 export type CopyState =
@@ -34,5 +38,10 @@ export type CopyState =
   | 6
   | 'COPY_STATE_ERROR_SUSPENDED'
   | 7
+  /**
+   * REC: the link to the remote array was lost (or the remote failed); see halt_reason.
+   */
+  | 'COPY_STATE_HALT'
+  | 8
 
 export type CopyState__Output = typeof CopyState[keyof typeof CopyState]

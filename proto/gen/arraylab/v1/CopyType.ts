@@ -9,6 +9,7 @@ export const CopyType = {
   COPY_TYPE_QUICKOPC: 'COPY_TYPE_QUICKOPC',
   COPY_TYPE_SNAPOPCPLUS: 'COPY_TYPE_SNAPOPCPLUS',
   COPY_TYPE_EC: 'COPY_TYPE_EC',
+  COPY_TYPE_REC: 'COPY_TYPE_REC',
 } as const;
 
 export type CopyType =
@@ -25,5 +26,7 @@ export type CopyType =
   | 3
   | 'COPY_TYPE_EC'
   | 4
+  | 'COPY_TYPE_REC'
+  | 5
 
 export type CopyType__Output = typeof CopyType[keyof typeof CopyType]

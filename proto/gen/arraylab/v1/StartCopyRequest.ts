@@ -20,6 +20,13 @@ export interface StartCopyRequest {
    * of dropping the oldest. Single starts only: a group start with it is INVALID_ARGUMENT.
    */
   'refuseIfFull'?: (boolean);
+  /**
+   * REC: sync (default) | stack | through; split: auto (default) | manual; recovery: auto
+   * (default) | manual. See RemoteCopyInfo.
+   */
+  'mode'?: (string);
+  'split'?: (string);
+  'recovery'?: (string);
   '_rateMibS'?: "rateMibS";
 }
 
@@ -41,5 +48,12 @@ export interface StartCopyRequest__Output {
    * of dropping the oldest. Single starts only: a group start with it is INVALID_ARGUMENT.
    */
   'refuseIfFull': (boolean);
+  /**
+   * REC: sync (default) | stack | through; split: auto (default) | manual; recovery: auto
+   * (default) | manual. See RemoteCopyInfo.
+   */
+  'mode': (string);
+  'split': (string);
+  'recovery': (string);
   '_rateMibS'?: "rateMibS";
 }

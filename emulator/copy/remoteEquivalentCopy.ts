@@ -1,0 +1,492 @@
+/**
+ * REC (remote equivalent copy), the source side: a volume of this array mirrored to a volume of
+ * another array over a RecLink (emulator/remote: NBD for data, the remote's API for control).
+ * The destination's side is RecRemoteEnd (recRemoteEnd.ts), a session on the other array.
+ *
+ * Bitmaps (per unit), as EC's
+ *   diff     the unit may differ between here and the remote: copied by the background copier
+ *            while 'copying'; recorded for host writes while not mirroring.
+ *   intent   sync mode: set durably before the first mirrored write to a region (J3), cleared
+ *            after a flush of both sides (J5); merged into diff by a halt or a restart.
+ *
+ * Modes
+ *   sync     a host write is acknowledged once both this array and the remote have it.
+ *   stack    host writes are recorded in diff only; the copier sends them in the background
+ *            (the remote is not consistent while units are pending). The copier idles while
+ *            nothing is pending and is woken by the next recorded write.
+ *   through  as stack; the mode an operator switches to so the backlog drains while hosts
+ *            run, before a suspend (which in either mode drains what is left under its cut).
+ *
+ * States (record.state)
+ *   copying      initial copy or resync (sync: writes are mirrored meanwhile); async modes
+ *                stay here while the pair runs.
+ *   equivalent   sync only: every host write is mirrored before it is acknowledged.
+ *   suspended,   the remote is frozen as of the cut and usable by its hosts; changes on this
+ *   split        side go to diff, changes there are fetched at resume (ResumeRemoteEnd).
+ *   halt         the link failed (haltReason: link-down, remote-failed). split auto: host
+ *                writes go on and are recorded; split manual: they fail EIO until the link
+ *                returns or the pair is suspended. recovery auto: the link reconnects with
+ *                back-off and the pair resumes by itself; manual: it waits for resume.
+ *   error-suspended
+ *                an injected copy fault fired on the pair's own I/O (as EC).
+ *
+ * A restart of this array is a link loss: a pair that was copying or equivalent comes back
+ * halted (intent merged into diff), and recovery auto resumes it once the link is up.
+ */
+import { BlockDeviceError } from '../block/BlockDevice.js';
+import { CopyBitmap } from './CopyBitmap.js';
+import { CopyError, CopyFaultError, RemoteLinkError, type Mutation, type RecMode, type RecRecord, type SessionInfo } from './CopySession.js';
+import { type RecLink, SessionBase, type SessionContext } from './SessionBase.js';
+import type { JournalSession } from './SessionJournal.js';
+import type { Next, SourceRole } from './VolumeTap.js';
+
+export class RecSession extends SessionBase implements SourceRole {
+  readonly diff: CopyBitmap;
+  readonly intent: CopyBitmap;
+  private cursor = 0;
+  private readonly flushWatchers = new Set<Set<number>>();
+  private linkObj: RecLink | undefined;
+  /** Asynchronous modes: the last instant nothing was pending (not journalled: it describes now). */
+  private drainedAt: string | undefined;
+
+  constructor(ctx: SessionContext, j: JournalSession, blockSize: number) {
+    super(ctx, j.record, blockSize);
+    this.check(j.record.type === 'rec' && j.record.rec?.role === 'source', `not a REC source record: ${j.record.type}`);
+    this.diff = CopyBitmap.fromRuns(this.geo.units, j.bitmaps.diff ?? []);
+    this.intent = CopyBitmap.fromRuns(this.geo.units, j.bitmaps.intent ?? []);
+  }
+
+  get sessionId(): string {
+    return this.id;
+  }
+
+  get rec(): RecRecord {
+    return this.record.rec!;
+  }
+
+  /** The pair's link, made on first use and kept until the session ends. */
+  get link(): RecLink {
+    this.linkObj ??= this.ctx.recLink(this.record, {
+      up: () => this.ctx.linkEvent(this.id, 'up'),
+      down: (err) => this.ctx.linkEvent(this.id, 'down', err),
+    });
+    return this.linkObj;
+  }
+
+  /** Sync mode and copying or equivalent: every host write goes to the remote too. */
+  get mirroring(): boolean {
+    return this.rec.mode === 'sync' && (this.state === 'copying' || this.state === 'equivalent');
+  }
+
+  /** The copier idles while nothing is pending (stack, through): the engine need not tick. */
+  get idleWhenDrained(): boolean {
+    return this.rec.mode !== 'sync';
+  }
+
+  attach(): void {
+    this.src.addSource(this);
+  }
+
+  detach(): void {
+    this.src.removeSource(this);
+  }
+
+  /** The session ended: the link stops (its connection closes). */
+  closeLink(): void {
+    this.linkObj?.close();
+    this.linkObj = undefined;
+  }
+
+  protected bitmaps(): CopyBitmap[] {
+    return [this.diff, this.intent];
+  }
+
+  copiedUnits(): number {
+    return this.geo.units - this.diff.count;
+  }
+
+  pendingUnits(): number {
+    return this.state === 'copying' ? this.diff.count : 0;
+  }
+
+  override info(): SessionInfo {
+    const r = this.rec;
+    return {
+      ...super.info(),
+      remote: {
+        role: 'source',
+        peer: r.peer,
+        mode: r.mode,
+        split: r.split,
+        recovery: r.recovery,
+        ...(r.haltReason !== undefined ? { haltReason: r.haltReason } : {}),
+        ...(r.haltDetail !== undefined ? { haltDetail: r.haltDetail } : {}),
+        linkUp: this.linkObj?.up ?? false,
+        pendingBytes: Math.min(this.diff.count * this.record.unitSize, this.geo.sizeBytes),
+        ...(this.drainedAt !== undefined && this.diff.count === 0 ? { drainedAt: this.drainedAt } : {}),
+      },
+    };
+  }
+
+  /** After a restart: a restart is a link loss (the remote end saw its connection close). */
+  recover(): void {
+    this.mergeIntent();
+    if (this.state === 'copying' || this.state === 'equivalent') {
+      this.setHalt(new RemoteLinkError(`array restarted while the pair was ${this.state}`, 'link-down'));
+    }
+    if (this.state === 'halt' && this.rec.recovery === 'auto') this.link.watch(true);
+  }
+
+  // ---- control (the engine holds the source around each) ----
+
+  /** Switches the transfer mode; sync from an asynchronous mode resyncs what is pending first (still copying). */
+  setMode(mode: RecMode): void {
+    if (mode === this.rec.mode) return;
+    if (this.state === 'equivalent' && mode !== 'sync') {
+      this.setState('copying', `mode ${mode}: host writes are recorded and sent in the background`, { rec: { ...this.rec, mode } });
+      return;
+    }
+    this.record = { ...this.record, rec: { ...this.rec, mode } };
+    this.ctx.journal.putSession(this.record);
+    this.ctx.emit({ sessionId: this.id, kind: 'state', state: this.state, message: `REC ${this.describe()}: mode ${mode}` });
+  }
+
+  /**
+   * suspend or split. Sync: from equivalent (split also from suspended). Async: from copying,
+   * after draining every pending unit under the caller's cut. From halt: here only (the remote
+   * cannot be told); its image is of the halt. Caller commits.
+   */
+  async freeze(to: 'suspended' | 'split'): Promise<void> {
+    const verb = to === 'split' ? 'split' : 'suspend';
+    if (this.state === 'halt') {
+      this.link.watch(false);
+      this.setState(to, `${verb} while halted: host writes to ${this.record.source} go on and are recorded; the remote keeps the image of the halt`, {
+        imageAt: undefined,
+      });
+      return;
+    }
+    if (this.state === 'error-suspended') {
+      throw new CopyError('FAILED_PRECONDITION', `cannot ${verb} REC session ${this.id} (${this.describe()}): backup cannot run: ${this.record.error}`);
+    }
+    const sync = this.rec.mode === 'sync';
+    const ok = (sync ? this.state === 'equivalent' : this.state === 'copying') || (to === 'split' && this.state === 'suspended');
+    if (!ok) {
+      throw new CopyError(
+        'FAILED_PRECONDITION',
+        `cannot ${verb} REC session ${this.id} (${this.describe()}): ` +
+          (sync
+            ? `backup cannot run before the pair is equivalent; it is ${this.state} (${this.copiedUnits()}/${this.geo.units} units copied); wait for state equivalent`
+            : `it is ${this.state}; resume it first`),
+      );
+    }
+    if (this.state !== 'suspended') {
+      try {
+        if (!sync) await this.drainAll();
+        await Promise.all([this.src.below.flush(), this.link.flush()]); // J4: the frozen image is durable on both sides
+      } catch (err) {
+        throw this.refusal(verb, err);
+      }
+      this.intent.reset();
+      this.ctx.journal.clearBits(this.id, 'intent', 0, this.geo.units);
+      this.check(this.diff.count === 0, 'frozen REC pair with units to copy');
+    }
+    const imageAt = this.state === 'suspended' ? this.record.imageAt : new Date(this.ctx.now()).toISOString();
+    try {
+      await this.link.setRemoteState(to, { imageAt });
+    } catch (err) {
+      throw this.refusal(verb, err);
+    }
+    this.setState(
+      to,
+      `${verb === 'split' ? 'split' : 'suspended'}: the remote ${this.record.destination} holds the image of ${imageAt}; changes are recorded`,
+      {
+        imageAt,
+      },
+    );
+  }
+
+  /**
+   * resume (suspended, halt, error-suspended) or rejoin (split): the remote end goes copying and
+   * says what its hosts changed; those units and this side's join diff; the copier resyncs them.
+   */
+  async resume(force: boolean): Promise<void> {
+    const from = this.state;
+    if (from !== 'suspended' && from !== 'split' && from !== 'halt' && from !== 'error-suspended') {
+      throw new CopyError('FAILED_PRECONDITION', `cannot resume REC session ${this.id} (${this.describe()}): it is ${from}, not suspended, split or halt`);
+    }
+    let runs: Array<[number, number]>;
+    try {
+      runs = await this.link.resumeRemote(force);
+    } catch (err) {
+      throw this.refusal('resume', err);
+    }
+    const j = this.ctx.journal;
+    for (const [s, n] of runs) {
+      const len = Math.max(0, Math.min(n, this.geo.units - s));
+      if (len === 0) continue;
+      this.diff.set(s, len);
+      j.setBits(this.id, 'diff', s, len);
+    }
+    this.mergeIntent();
+    this.link.watch(false);
+    this.cursor = 0;
+    this.setState('copying', `resync of ${this.diff.count} changed units (${runs.length} run(s) changed on the remote)`, {
+      imageAt: undefined,
+      error: undefined,
+      rec: { ...this.rec, haltReason: undefined, haltDetail: undefined },
+    });
+  }
+
+  /** A control operation's failure on the link, as its refusal. */
+  private refusal(verb: string, err: unknown): Error {
+    if (err instanceof RemoteLinkError || err instanceof CopyFaultError) {
+      return new CopyError(
+        'FAILED_PRECONDITION',
+        `cannot ${verb} REC session ${this.id} (${this.describe()}): ${err.message}; restore the link and retry` +
+          (this.rec.recovery === 'auto' && verb === 'resume' ? ' (a halted pair also resumes by itself once the link is back)' : ''),
+      );
+    }
+    return err as Error;
+  }
+
+  /**
+   * The link failed: copying or equivalent -> halt (intent merged into diff, so a crash also
+   * resyncs what a mirrored write may have left different). The caller syncs. Idempotent.
+   */
+  setHalt(err: RemoteLinkError): boolean {
+    if (this.state !== 'copying' && this.state !== 'equivalent') return false;
+    this.mergeIntent();
+    const writes =
+      this.rec.split === 'auto'
+        ? `host writes to ${this.record.source} go on and are recorded`
+        : `host writes to ${this.record.source} fail until the link returns or the pair is suspended (split manual)`;
+    const after =
+      this.rec.recovery === 'auto' ? 'it resumes by itself when the link returns' : `resume it with 'arraylab copy resume ${this.id}' once the link is back`;
+    this.setState('halt', `REC session ${this.id} (${this.describe()}) halted: ${err.message}; ${writes}; ${after}`, {
+      rec: { ...this.rec, haltReason: err.reason, haltDetail: err.message },
+    });
+    if (this.rec.recovery === 'auto') this.link.watch(true);
+    return true;
+  }
+
+  async halt(err: RemoteLinkError): Promise<void> {
+    if (this.setHalt(err)) await this.ctx.journal.sync();
+  }
+
+  private mergeIntent(): void {
+    const j = this.ctx.journal;
+    for (const [s, n] of this.intent.runs()) {
+      this.diff.set(s, n);
+      j.setBits(this.id, 'diff', s, n);
+    }
+    this.intent.reset();
+    j.clearBits(this.id, 'intent', 0, this.geo.units);
+  }
+
+  protected override errorFix(): string {
+    return 'host writes to the source go on and are recorded; fix the cause, then resume the session (it resyncs the changed units), or cancel it';
+  }
+
+  // ---- the source role ----
+
+  sourceWrite(m: Mutation, next: Next): Promise<void> {
+    const [u0, u1] = this.geo.unitsOf(m.offset, m.length);
+    if (u0 === u1) return next();
+    if (this.state === 'halt' && this.rec.split === 'manual') return Promise.reject(this.manualSplitRefusal());
+    if (this.mirroring) return this.mirror(u0, u1, m, next);
+    // Asynchronous: always under the unit lock, so a copy step of the unit cannot clear its
+    // bit between this write's recording and its landing.
+    return this.trackThen(u0, u1, next);
+  }
+
+  private manualSplitRefusal(): BlockDeviceError {
+    return new BlockDeviceError(
+      'EIO',
+      `write refused: volume ${this.record.source} is the source of REC session ${this.id} (${this.describe()}), halted (${this.rec.haltReason ?? 'link-down'}) with split manual; ` +
+        `restore the link, or suspend the session ('arraylab copy suspend ${this.id}') to write without the remote`,
+    );
+  }
+
+  private async mirror(u0: number, u1: number, m: Mutation, next: Next): Promise<void> {
+    const unlock = await this.locks.lockRange(u0, u1);
+    try {
+      for (const w of this.flushWatchers) for (let u = u0; u < u1; u++) w.add(u);
+      if (!this.intent.allSet(u0, u1)) {
+        const region = Math.max(1, Math.floor(this.ctx.intentRegion / this.record.unitSize));
+        const r0 = u0 - (u0 % region);
+        const r1 = Math.min(this.geo.units, Math.ceil(u1 / region) * region);
+        await this.persistSet([['intent', this.intent, this.clearIn(this.intent, r0, r1)]]); // J3
+      }
+      if (!this.mirroring) {
+        if (this.state === 'halt' && this.rec.split === 'manual') throw this.manualSplitRefusal();
+        return await this.trackLocked(u0, u1, next);
+      }
+      const [own, remote] = await Promise.allSettled([next(), this.remoteWrite(m)]);
+      if (remote.status === 'rejected') {
+        // One side may have the write and the other not: resync those units.
+        await this.persistSet([['diff', this.diff, this.clearIn(this.diff, u0, u1)]]);
+        const err = remote.reason as unknown;
+        if (err instanceof CopyFaultError) {
+          if (this.mirroring) {
+            this.mergeIntent();
+            this.errorSuspend(err, 'a mirrored write');
+            await this.ctx.journal.sync();
+          }
+        } else if (err instanceof RemoteLinkError) {
+          await this.halt(err);
+          if (own.status === 'fulfilled' && this.rec.split === 'manual') throw this.manualSplitRefusal();
+        } else if (own.status === 'fulfilled') {
+          throw err;
+        }
+      }
+      if (own.status === 'rejected') {
+        if (remote.status === 'fulfilled') await this.persistSet([['diff', this.diff, this.clearIn(this.diff, u0, u1)]]);
+        throw own.reason;
+      }
+    } finally {
+      unlock();
+    }
+  }
+
+  /** The part of m inside the pair, to the remote. */
+  private remoteWrite(m: Mutation): Promise<void> {
+    const end = Math.min(m.offset + m.length, this.geo.sizeBytes);
+    if (end <= m.offset) return Promise.resolve();
+    try {
+      this.faultCheck('write', this.record.destination, m.offset, end - m.offset);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const len = end - m.offset;
+    if (m.kind === 'write') return this.link.write(m.offset, len === m.length ? m.data : m.data.subarray(0, len), m.opts);
+    return this.link.writeZeroes(m.offset, len, m.opts);
+  }
+
+  private async trackThen(u0: number, u1: number, next: Next): Promise<void> {
+    const unlock = await this.locks.lockRange(u0, u1);
+    try {
+      await this.trackLocked(u0, u1, next);
+    } finally {
+      unlock();
+    }
+  }
+
+  private async trackLocked(u0: number, u1: number, next: Next): Promise<void> {
+    const wasIdle = this.diff.count === 0;
+    await this.persistSet([['diff', this.diff, this.clearIn(this.diff, u0, u1)]]); // J3
+    await next();
+    if (wasIdle && this.state === 'copying') this.ctx.wake(this.id);
+  }
+
+  async sourceFlush(next: Next): Promise<void> {
+    if (!this.mirroring || this.intent.count === 0) return next();
+    const touched = new Set<number>(this.locks.lockedUnits());
+    this.flushWatchers.add(touched);
+    let own: PromiseSettledResult<void>;
+    let remote: PromiseSettledResult<void>;
+    try {
+      [own, remote] = await Promise.allSettled([next(), this.link.flush()]);
+    } finally {
+      this.flushWatchers.delete(touched);
+    }
+    if (own.status === 'rejected') throw own.reason;
+    if (remote.status === 'rejected') {
+      const err = remote.reason as unknown;
+      if (!(err instanceof RemoteLinkError)) throw err;
+      await this.halt(err); // intent went to diff: nothing is lost
+      if (this.rec.split === 'manual') throw this.manualSplitRefusal();
+      return;
+    }
+    // J5: both sides durable for every write that completed before the flush.
+    for (const [s, n] of this.intent.runs()) {
+      for (let u = s; u < s + n; u++) {
+        if (touched.has(u) || this.locks.isLocked(u)) continue;
+        this.intent.clear(u);
+        this.ctx.journal.clearBits(this.id, 'intent', u, 1);
+      }
+    }
+  }
+
+  // ---- background copy ----
+
+  async copyStep(maxUnits: number): Promise<number> {
+    if (this.state !== 'copying' || this.done) return 0;
+    const units = await this.lockBatch(
+      (from) => this.diff.nextSet(from),
+      (u) => this.diff.test(u),
+      this.cursor,
+      maxUnits,
+    );
+    try {
+      if (units.length > 0) {
+        if (this.state !== 'copying') return 0;
+        try {
+          await this.sendUnits(units);
+        } catch (err) {
+          if (err instanceof RemoteLinkError) {
+            await this.halt(err);
+            return 0;
+          }
+          if (err instanceof CopyFaultError) {
+            if (this.state === 'copying') {
+              this.mergeIntent();
+              this.errorSuspend(err, 'the background copy');
+              await this.ctx.journal.sync();
+            }
+            return 0;
+          }
+          throw err;
+        }
+        for (const u of units) {
+          this.diff.clear(u);
+          this.ctx.journal.clearBits(this.id, 'diff', u, 1);
+        }
+        await this.ctx.journal.sync();
+        this.cursor = units[units.length - 1]! + 1;
+        this.noteCopied(units.length);
+      }
+    } finally {
+      this.unlockAll(units);
+    }
+    if (this.state === 'copying' && this.diff.count === 0) {
+      if (this.rec.mode !== 'sync') {
+        this.drainedAt = new Date(this.ctx.now()).toISOString();
+      } else {
+        try {
+          await this.link.setRemoteState('equivalent');
+        } catch (err) {
+          if (!(err instanceof RemoteLinkError)) throw err;
+          await this.halt(err);
+          return units.length;
+        }
+        this.setState('equivalent', 'equivalent: every source write is now mirrored to the remote');
+        await this.ctx.journal.sync();
+      }
+    }
+    return units.length;
+  }
+
+  /** Units (locked) to the remote, then both sides durable (J5) before their bits may go. */
+  private async sendUnits(units: number[]): Promise<void> {
+    await this.copyUnits(this.src.below, this.link, units);
+    await Promise.all([this.src.below.flush(), this.link.flush()]);
+  }
+
+  /** Under a cut (no host writes): every pending unit to the remote. */
+  private async drainAll(): Promise<void> {
+    while (this.diff.count > 0) {
+      const units: number[] = [];
+      for (let u = this.diff.nextSet(0); u < this.geo.units && units.length < 512; u = this.diff.nextSet(u + 1)) units.push(u);
+      await this.sendUnits(units);
+      for (const u of units) {
+        this.diff.clear(u);
+        this.ctx.journal.clearBits(this.id, 'diff', u, 1);
+      }
+    }
+    this.drainedAt = new Date(this.ctx.now()).toISOString();
+  }
+
+  private describe(): string {
+    return `${this.record.source} -> ${this.record.destination}`;
+  }
+}
