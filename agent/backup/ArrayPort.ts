@@ -18,7 +18,11 @@ export type ArrayPort = Pick<
   | 'cancelCopy'
   | 'restoreFromClone'
   | 'setCopyRate'
+  | 'listRemotes'
 >;
+
+/** What the agent asks a remote array itself: a remote backup volume's size (remote.ts). */
+export type RemoteArrayPort = Pick<ArrayClient, 'getVolume' | 'close'>;
 
 /** True when an array call failed because the thing is gone (ApiError NOT_FOUND). */
 export function isNotFound(err: unknown): boolean {

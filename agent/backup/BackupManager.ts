@@ -11,6 +11,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { ArrayClient } from '../../proto/ArrayClient.js';
 import type { CopySessionView, StartCopyParams } from '../../proto/views.js';
 import type { VolumeInfo } from '../../proto/views.js';
 import { formatSize } from '../../proto/util/units.js';
@@ -48,10 +49,11 @@ import {
   type HostSide,
   type VolumeOutcome,
 } from '../types.js';
-import { isNotFound, type ArrayPort } from './ArrayPort.js';
+import { isNotFound, type ArrayPort, type RemoteArrayPort } from './ArrayPort.js';
 import { LockLedger } from './LockLedger.js';
 import { codeOf, deviceOf, hookOk, isAlive, noDeviceMessage, type ManagerContext } from './context.js';
 import { resourceMatch } from './resourceMatch.js';
+import { isRemoteVolume, isSyncPairType, pairName, remoteOf } from './remote.js';
 import { restore } from './restore.js';
 
 export interface BackupManagerOptions {
@@ -67,7 +69,15 @@ export interface BackupManagerOptions {
   now?: () => Date;
   /** How often a restore polls its copy session; default 100 ms. */
   pollMs?: number;
+  /**
+   * A client of a remote array's API (HOST:PORT from the array's remote list), to read a
+   * remote backup volume's size at registration; default an ArrayClient with a short deadline.
+   */
+  remoteArray?: (api: string) => RemoteArrayPort;
 }
+
+/** Deadline of the one call the agent makes to a remote array (registering REMOTE:VOL). */
+const REMOTE_DEADLINE_MS = 5000;
 
 /** SnapOPC+ keeps at most this many generations per source (the array drops or refuses the 9th). */
 export const MAX_SNAP_GENERATIONS = 8;
@@ -124,6 +134,7 @@ export class BackupManager implements AgentCore {
   private readonly freezeDeadlineMs: number | undefined;
   private readonly now: () => Date;
   private readonly pollMs: number;
+  private readonly remoteArray: (api: string) => RemoteArrayPort;
   /** Tells this manager's operation rows from another's in the same process. */
   readonly owner = randomUUID();
 
@@ -137,6 +148,7 @@ export class BackupManager implements AgentCore {
     this.freezeDeadlineMs = opts.freezeDeadlineMs;
     this.now = opts.now ?? (() => new Date());
     this.pollMs = opts.pollMs ?? 100;
+    this.remoteArray = opts.remoteArray ?? ((api) => new ArrayClient(api, { deadlineMs: REMOTE_DEADLINE_MS }));
   }
 
   /** Opens (creating) the store at <stateDir>/agent.db. */
@@ -241,7 +253,7 @@ export class BackupManager implements AgentCore {
         `${volume} is registered as a transaction volume; a volume has one role: unregister it first (arraylab-agent unregister ${volume})`,
       );
     }
-    const info = await this.arrayVolume(volume);
+    const info = isRemoteVolume(volume) ? await this.remoteVolume(volume) : await this.arrayVolume(volume);
     const existing = this.store.getBackupVolume(volume);
     this.store.putBackupVolume({
       volume,
@@ -274,7 +286,7 @@ export class BackupManager implements AgentCore {
         if (sync) await this.cancelQuietly(sync.sessionId);
         // Suspended pairs of released generations (kept for Suspend/Resume) go too.
         const bvs = new Set(this.store.listBackupVolumes().map((b) => b.volume));
-        for (const c of await this.copiesQuietly()) if (c.type === 'ec' && c.source === volume && bvs.has(c.destination)) await this.cancelQuietly(c.id);
+        for (const c of await this.copiesQuietly()) if (isSyncPairType(c.type) && c.source === volume && bvs.has(c.destination)) await this.cancelQuietly(c.id);
         this.store.deleteTransaction(volume);
       } else {
         const inUse = this.store.getBackupVolume(volume)!.inUseBy;
@@ -530,7 +542,14 @@ export class BackupManager implements AgentCore {
       if (opts.type !== undefined && opts.type !== 'ec') {
         throw new AgentError(
           'FAILED_PRECONDITION',
-          `${volume} has a sync pair with ${job.sync.backupVolume}: back it up without --type (the EC pair is the backup), or cancel-sync first for a ${opts.type} backup`,
+          `${volume} has a sync pair with ${job.sync.backupVolume}: back it up without --type (the ${pairName(job.sync.backupVolume)} is the backup), or cancel-sync first for a ${opts.type} backup`,
+        );
+      }
+      if (isRemoteVolume(job.sync.backupVolume) && opts.to !== undefined && opts.to !== 'disk') {
+        // The tape library is the agent's array's; the generation's image is on the remote one.
+        throw new AgentError(
+          'FAILED_PRECONDITION',
+          `${volume} is mirrored to the remote backup volume ${job.sync.backupVolume}, which this array's tape library cannot read; back it up with --to disk (or without --to), or use a local backup volume for tape copies`,
         );
       }
       job.kind = 'sync';
@@ -597,6 +616,10 @@ export class BackupManager implements AgentCore {
     prefer?: (bv: string) => boolean,
   ): string {
     const sameSize = this.store.listBackupVolumes().filter((b) => {
+      // A remote backup volume serves synchronized backups only (REC), with the size and block
+      // size it was registered with: its array is not the one listed here. If it has changed
+      // since, the array refuses the REC start and says why.
+      if (isRemoteVolume(b.volume)) return purpose === 'start-sync' && b.sizeBytes === tvInfo.sizeBytes && b.blockSize === tvInfo.blockSize;
       const a = arrayVolumes.get(b.volume);
       return a !== undefined && a.sizeBytes === tvInfo.sizeBytes && a.blockSize === tvInfo.blockSize;
     });
@@ -705,21 +728,28 @@ export class BackupManager implements AgentCore {
     // Synchronized: the cut suspends each pair, which stays suspended while its generation is
     // held (Suspend/Resume: the backup volume keeps the image, the array tracks the changes).
     const ec = jobs.filter((j) => j.kind === 'sync');
+    const views = new Map<string, CopySessionView>();
     let cut = false;
     if (ec.length > 1) {
       try {
-        const views = await this.array.cutCopyGroup('suspend', { ids: ec.map((j) => j.sync!.sessionId) });
-        for (const j of ec) j.imageAt = views.find((v) => v.id === j.sync!.sessionId)?.imageAt ?? '';
+        for (const v of await this.array.cutCopyGroup('suspend', { ids: ec.map((j) => j.sync!.sessionId) })) views.set(v.id, v);
         cut = true;
       } catch (err) {
         this.log.warn({ err: (err as Error).message }, 'group suspend refused; suspending each pair on its own');
       }
     }
     for (const j of ec) {
+      let s: CopySessionView | undefined;
       try {
-        if (!cut) j.imageAt = (await this.array.suspendCopy(j.sync!.sessionId)).imageAt ?? '';
+        s = cut ? views.get(j.sync!.sessionId) : await this.array.suspendCopy(j.sync!.sessionId);
       } catch (err) {
-        this.failJob(j, err, `cannot suspend the EC pair ${j.volume} -> ${j.bv}: `);
+        this.failJob(j, err, `cannot suspend the ${pairName(j.bv)} ${j.volume} -> ${j.bv}: `);
+        continue;
+      }
+      j.imageAt = s?.imageAt ?? '';
+      const notCut = s ? this.notCut(j, s) : undefined;
+      if (notCut) {
+        this.failJob(j, notCut);
         continue;
       }
       j.sessionId = j.sync!.sessionId;
@@ -728,6 +758,22 @@ export class BackupManager implements AgentCore {
       j.copied = true;
       this.log.info({ volume: j.volume, backupVolume: j.bv, generation: j.generation, sessionId: j.sessionId }, 'synchronized backup: pair suspended');
     }
+  }
+
+  /**
+   * Why the suspend did not cut the pair at this backup's instant. The array suspends a
+   * halted REC pair too (its remote keeps the image of the halt, and it says so by giving no
+   * imageAt): the pair may halt between the equivalency check and the cut, and the agent never
+   * reports a backup that did not happen. The pair is left suspended: the error says what next.
+   */
+  private notCut(j: Job, s: CopySessionView): AgentError | undefined {
+    if (s.type !== 'rec') return undefined;
+    if (!s.remote?.haltReason && s.imageAt) return undefined;
+    const why = s.remote?.haltReason ? `${s.remote.haltReason}${s.remote.haltDetail ? `: ${s.remote.haltDetail}` : ''}` : 'the array gave no image instant';
+    return new AgentError(
+      'FAILED_PRECONDITION',
+      `the REC pair ${j.volume} -> ${j.bv} (session ${s.id}) halted before the cut (${why}), so ${j.bv} holds the image of the halt, not of this backup; no generation was made; the pair is now suspended: once the link is back, resume it (arraylab copy resume ${s.id}) and back up again when it is equivalent, or cancel-sync and start-sync again`,
+    );
   }
 
   private pair(j: Job): StartCopyParams {
@@ -1135,6 +1181,49 @@ export class BackupManager implements AgentCore {
       if (isNotFound(err))
         throw new AgentError('NOT_FOUND', `no volume named ${volume} on the array; create it (arraylab volume create ${volume} --size SIZE) or check the name`);
       throw new AgentError(codeOf(err), (err as Error).message);
+    }
+  }
+
+  /**
+   * The size and block size of backup volume REMOTE:VOL, from the remote array itself (the
+   * agent's array's remote list gives its API address). Refused, naming the fix, when the
+   * array knows no such remote, the remote has no such volume, or cannot be reached.
+   */
+  private async remoteVolume(name: string): Promise<VolumeInfo> {
+    const r = remoteOf(name)!;
+    if (r.remote === '' || r.volume === '' || r.volume.includes(':')) {
+      throw new AgentError('INVALID_ARGUMENT', `${name} is not REMOTE:VOL; name a remote array the array knows and a volume on it, e.g. site-b:vol1`);
+    }
+    let remotes: Awaited<ReturnType<ArrayPort['listRemotes']>>;
+    try {
+      remotes = await this.array.listRemotes();
+    } catch (err) {
+      throw new AgentError(codeOf(err), `cannot register ${name}: the array's remote arrays could not be listed: ${(err as Error).message}`);
+    }
+    const remote = remotes.find((x) => x.name === r.remote);
+    if (!remote) {
+      const known = remotes.map((x) => x.name).join(', ');
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `cannot register ${name}: the array knows no remote array named ${r.remote} (its remote list: ${known || 'empty'}); add it on the array with: arraylab remote add ${r.remote} --api HOST:PORT, then register ${name} again`,
+      );
+    }
+    const client = this.remoteArray(remote.api);
+    try {
+      return await client.getVolume(r.volume);
+    } catch (err) {
+      if (isNotFound(err)) {
+        throw new AgentError(
+          'NOT_FOUND',
+          `cannot register ${name}: remote array ${r.remote} (${remote.api}) has no volume named ${r.volume}; create it there (arraylab --api ${remote.api} volume create ${r.volume} --size SIZE) or check the name`,
+        );
+      }
+      throw new AgentError(
+        'UNAVAILABLE',
+        `cannot register ${name}: the size of ${r.volume} could not be read from remote array ${r.remote} at ${remote.api}: ${(err as Error).message}; the agent asks the remote array's API for it, so this host must reach ${remote.api}: check that the remote array runs and the address in arraylab remote list`,
+      );
+    } finally {
+      client.close();
     }
   }
 

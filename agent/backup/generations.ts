@@ -11,6 +11,7 @@
 import type { CopySessionView } from '../../proto/views.js';
 import type { VolumeInfo } from '../../proto/views.js';
 import type { GenerationRecord, HistoryEntry } from '../types.js';
+import { isRemoteVolume, pairName } from './remote.js';
 
 /** What the array has now, for assess(). */
 export interface ArrayState {
@@ -74,7 +75,9 @@ export function relativeNumbers(gens: GenerationRecord[]): Map<string, number> {
 export function assess(g: GenerationRecord, a: ArrayState): Health | undefined {
   if (g.status !== 'held') return undefined;
   const gen = `${g.transactionVolume} generation #${g.number}`;
-  if (!a.volumes.has(g.backupVolume)) return { status: 'lost', reason: `its backup volume ${g.backupVolume} no longer exists on the array` };
+  // A remote backup volume (REMOTE:VOL) is not on this array: its REC session speaks for it.
+  if (!isRemoteVolume(g.backupVolume) && !a.volumes.has(g.backupVolume))
+    return { status: 'lost', reason: `its backup volume ${g.backupVolume} no longer exists on the array` };
   if (endedUnfinished(g)) return { status: 'lost', reason: g.error };
   if (errorSeen(g) && (!g.sessionId || !a.copies.has(g.sessionId))) {
     return { status: 'error', reason: `${g.error}; the session has since ended, so ${g.backupVolume} may hold only part of ${gen}` };
@@ -98,7 +101,7 @@ export function assess(g: GenerationRecord, a: ArrayState): Health | undefined {
       case 'ec':
         return {
           status: 'lost',
-          reason: `its suspended EC pair ${g.sessionId} was cancelled on the array: ${g.backupVolume} is no longer protected and may have been overwritten`,
+          reason: `its suspended ${pairName(g.backupVolume)} ${g.sessionId} was cancelled on the array: ${g.backupVolume} is no longer protected and may have been overwritten`,
         };
     }
   }
@@ -111,15 +114,17 @@ export function assess(g: GenerationRecord, a: ArrayState): Health | undefined {
   }
   if (s.state === 'error-suspended') return { status: 'error', reason: `${ERROR_SUSPENDED}${s.id}: ${s.error || 'no reason given'}` };
   if (g.type === 'ec') {
-    if (s.state === 'copying' || s.state === 'equivalent') {
+    const pair = pairName(g.backupVolume);
+    // halt: a REC pair halts only from copying or equivalent, i.e. once resumed.
+    if (s.state === 'copying' || s.state === 'equivalent' || s.state === 'halt') {
       return {
         status: 'lost',
-        reason: `its EC pair ${s.id} was resumed on the array (now ${s.state}): ${g.backupVolume} follows ${g.transactionVolume} again and no longer holds ${gen}`,
+        reason: `its ${pair} ${s.id} was resumed on the array (now ${s.state}): ${g.backupVolume} follows ${g.transactionVolume} again and no longer holds ${gen}`,
       };
     }
     if (s.state === 'split')
-      return { status: 'error', reason: `its EC pair ${s.id} was split on the array: ${g.backupVolume} is writable and may have changed since the backup` };
-    if (s.reversed) return { status: 'error', reason: `its EC pair ${s.id} was reversed on the array (${s.source} -> ${s.destination})` };
+      return { status: 'error', reason: `its ${pair} ${s.id} was split on the array: ${g.backupVolume} is writable and may have changed since the backup` };
+    if (s.reversed) return { status: 'error', reason: `its ${pair} ${s.id} was reversed on the array (${s.source} -> ${s.destination})` };
   }
   return undefined;
 }

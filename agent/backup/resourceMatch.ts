@@ -13,6 +13,7 @@ import type { VolumeInfo } from '../../proto/views.js';
 import { AgentError, type ResourceMatchReport } from '../types.js';
 import { isAlive, type ManagerContext } from './context.js';
 import { assess, endedUnfinished, errorSeen } from './generations.js';
+import { isRemoteVolume, isSyncPairType, pairName } from './remote.js';
 
 export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchReport> {
   const repaired: string[] = [];
@@ -117,10 +118,10 @@ export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchRep
     const sync = m.store.getSync(tv.volume);
     if (sync) {
       const s = copies.get(sync.sessionId);
-      if (s === undefined || s.type !== 'ec') {
+      if (s === undefined || !isSyncPairType(s.type)) {
         m.store.deleteSync(tv.volume);
         repaired.push(
-          `removed the sync pair ${tv.volume} -> ${sync.backupVolume}: its EC session ${sync.sessionId} is gone from the array; start it again with: arraylab-agent start-sync ${tv.volume}`,
+          `removed the sync pair ${tv.volume} -> ${sync.backupVolume}: its ${pairName(sync.backupVolume)} ${sync.sessionId} is gone from the array; start it again with: arraylab-agent start-sync ${tv.volume}`,
         );
       }
     }
@@ -131,6 +132,9 @@ export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchRep
       unresolved.set(bv.volume, bv.needsResourceMatch);
       continue;
     }
+    // A remote backup volume is on another array: its REC sessions speak for it (a missing or
+    // resized one makes start-sync fail with the array's reason).
+    if (isRemoteVolume(bv.volume)) continue;
     if (!vols.has(bv.volume)) {
       const msg = `backup volume ${bv.volume} no longer exists on the array; recreate it (${formatBytes(bv.sizeBytes)}), or forget it with: arraylab-agent unregister ${bv.volume}`;
       remaining.push(msg);

@@ -29,6 +29,7 @@ import { isNotFound } from './ArrayPort.js';
 import { codeOf, deviceOf, hookOk, percent, type ManagerContext } from './context.js';
 import { toHistory, type ArrayState } from './generations.js';
 import { LockLedger } from './LockLedger.js';
+import { isRemoteVolume, isSyncPairType, pairName, remoteOf } from './remote.js';
 
 const RM_FIX = 'run arraylab-agent resource-match';
 
@@ -46,6 +47,16 @@ export async function restore(m: ManagerContext, volume: string, opts: RestoreOp
   const rel = opts.generation ?? 1;
   const g = pickGeneration(m, volume, rel, fromTape, a);
   const what = `restore ${volume} generation ${rel} (#${g.number})`;
+  if (!fromTape && isRemoteVolume(g.backupVolume)) {
+    // Both ways the array restores an EC generation need its backup volume on this array: a
+    // restore from clone reverses the pair, an OPC reads the backup volume; REC has neither
+    // (no reverse yet, and an OPC cannot read another array's volume).
+    const r = remoteOf(g.backupVolume)!;
+    throw new AgentError(
+      'FAILED_PRECONDITION',
+      `cannot ${what}: restore from a remote backup volume is not supported yet; its image is on ${r.volume} of remote array ${r.remote} (suspended REC pair, session ${g.sessionId || 'none'}), which that array's hosts can read: copy it back from there yourself (e.g. nbdcopy from ${r.volume}'s export on ${r.remote} onto ${target}, with ${target} unmounted), or restore another generation`,
+    );
+  }
   if (target !== volume) {
     const bv = m.store.getBackupVolume(target);
     if (bv?.inUseBy)
@@ -303,11 +314,11 @@ function blockers(m: ManagerContext, what: string, target: string, g: Generation
       cancel.push(s);
       continue;
     }
-    if (s.type === 'ec' && (s.state === 'suspended' || s.state === 'split') && !s.reversed && tvs.has(s.source) && bvs.has(s.destination)) {
+    if (isSyncPairType(s.type) && (s.state === 'suspended' || s.state === 'split') && !s.reversed && tvs.has(s.source) && bvs.has(s.destination)) {
       cancel.push(s);
       continue;
     }
-    if (s.type === 'ec') {
+    if (isSyncPairType(s.type)) {
       throw new AgentError(
         'FAILED_PRECONDITION',
         `cannot ${what} onto ${target}: ${which} (${s.state}) is in the way; cancel it first (arraylab-agent cancel-sync ${s.source}, or arraylab copy cancel ${s.id})`,
@@ -331,7 +342,7 @@ async function cancelInTheWay(m: ManagerContext, s: CopySessionView): Promise<st
   const whose = gens.length ? ` of ${gens.map((x) => `${x.transactionVolume} generation #${x.number}`).join(', ')}` : '';
   const next = s.type === 'quickopc' ? 'the next backup of that pair copies in full' : `a start-sync onto ${s.destination} copies in full`;
   m.log.warn({ sessionId: s.id, source: s.source, destination: s.destination }, `session cancelled for a restore; ${next}`);
-  return `${s.type === 'ec' ? 'EC pair' : 'QuickOPC session'} ${s.id} (${s.source} -> ${s.destination})${whose} was cancelled for the restore; its image stays on ${s.destination}, and ${next}`;
+  return `${isSyncPairType(s.type) ? pairName(s.destination) : 'QuickOPC session'} ${s.id} (${s.source} -> ${s.destination})${whose} was cancelled for the restore; its image stays on ${s.destination}, and ${next}`;
 }
 
 /** Polls a session until it has ended (OPC), is tracking again (reversed QuickOPC) or equivalent (EC). */

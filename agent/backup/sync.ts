@@ -8,6 +8,11 @@
  * but keeps its suspended pair; start-sync prefers such a volume and resumes the pair, which
  * copies only what changed since that backup. A volume without one (or --full) gets a new pair
  * and a full initial copy. N generations still need N+1 backup volumes.
+ *
+ * A backup volume on a remote array (REMOTE:VOL, remote.ts) gets a REC pair in sync mode
+ * (split auto, recovery auto) instead of EC, and the same cycle. A halted REC pair is not
+ * equivalent: its remote holds the image of the halt, so a backup is refused with the array's
+ * reason (the session's remote.haltReason and haltDetail).
  */
 import type { CopySessionView } from '../../proto/views.js';
 import { AgentError, type ProgressEvent, type StartSyncOptions, type SyncView } from '../types.js';
@@ -15,12 +20,15 @@ import type { SyncPairRecord } from '../store/AgentStore.js';
 import { isNotFound } from './ArrayPort.js';
 import { codeOf, deviceOf, hookOk, percent, sleep, type ManagerContext } from './context.js';
 import { LockLedger } from './LockLedger.js';
+import { haltOf, isRemoteVolume, isSyncPairType, pairName } from './remote.js';
 
 const RM_FIX = 'run arraylab-agent resource-match';
 
-/** A suspended (or split) EC pair from tv to bv that a resume can bring back to equivalency. */
+/** A suspended (or split) EC or REC pair from tv to bv that a resume can bring back to equivalency. */
 export function resumablePair(copies: CopySessionView[], tv: string, bv: string): CopySessionView | undefined {
-  return copies.find((s) => s.type === 'ec' && s.source === tv && s.destination === bv && !s.reversed && (s.state === 'suspended' || s.state === 'split'));
+  return copies.find(
+    (s) => isSyncPairType(s.type) && s.source === tv && s.destination === bv && !s.reversed && (s.state === 'suspended' || s.state === 'split'),
+  );
 }
 
 /**
@@ -29,7 +37,7 @@ export function resumablePair(copies: CopySessionView[], tv: string, bv: string)
  */
 export function leftoverPairs(m: ManagerContext, copies: CopySessionView[], bv: string): CopySessionView[] {
   const ours = new Set(m.store.listTransactions().map((t) => t.volume));
-  return copies.filter((s) => s.type === 'ec' && s.destination === bv && ours.has(s.source) && (s.state === 'suspended' || s.state === 'split'));
+  return copies.filter((s) => isSyncPairType(s.type) && s.destination === bv && ours.has(s.source) && (s.state === 'suspended' || s.state === 'split'));
 }
 
 export async function startSync(m: ManagerContext, volume: string, opts: StartSyncOptions = {}): Promise<SyncView> {
@@ -70,6 +78,7 @@ export async function startSync(m: ManagerContext, volume: string, opts: StartSy
     }
     claimed.push(bv);
     const resume = opts.full ? undefined : resumablePair(copies, volume, bv);
+    const pair = pairName(bv);
     const devices = await m.host.devices(list);
     const tvDevice = deviceOf(devices, volume);
     const bvDevice = deviceOf(devices, bv);
@@ -85,7 +94,7 @@ export async function startSync(m: ManagerContext, volume: string, opts: StartSy
     let startErr: unknown;
     try {
       if (resume) {
-        progress('copy', `resuming the suspended EC pair ${volume} -> ${bv} (session ${resume.id}): only the changes since its backup are copied`);
+        progress('copy', `resuming the suspended ${pair} ${volume} -> ${bv} (session ${resume.id}): only the changes since its backup are copied`);
         // The rate first (an unthrottled resume may be done before a later change); without
         // --rate, unthrottled, whatever an earlier start-sync of the pair set.
         await m.array.setCopyRate(resume.id, opts.rateMiBs);
@@ -95,10 +104,12 @@ export async function startSync(m: ManagerContext, volume: string, opts: StartSy
         // Pairs left on this volume (by a released generation, or --full) make way for a new one.
         for (const s of leftoverPairs(m, copies, bv)) {
           await m.cancelSession(s.id);
-          m.log.info({ volume, backupVolume: bv, sessionId: s.id }, 'suspended EC pair of a released generation cancelled for a new pair');
+          m.log.info({ volume, backupVolume: bv, sessionId: s.id }, `suspended ${pair} of a released generation cancelled for a new pair`);
         }
         session = await m.array.startCopy({
-          type: 'ec',
+          // A remote backup volume: REC, synchronous so that equivalent means the remote has
+          // every acknowledged write, as an EC pair's destination does.
+          ...(isRemoteVolume(bv) ? { type: 'rec' as const, mode: 'sync', split: 'auto', recovery: 'auto' } : { type: 'ec' as const }),
           source: volume,
           destination: bv,
           force: true,
@@ -115,7 +126,7 @@ export async function startSync(m: ManagerContext, volume: string, opts: StartSy
     if (!hookOk(post)) errors.push(`sync-start-post hook failed: ${post.message}`);
     if (errors.length > 0) m.flag(volume, `start-sync post-processing failed: ${errors.join('; ')}`);
     if (startErr !== undefined) {
-      const what = resume ? `resume the EC pair ${volume} -> ${bv} (session ${resume.id})` : `start the EC pair ${volume} -> ${bv}`;
+      const what = resume ? `resume the ${pair} ${volume} -> ${bv} (session ${resume.id})` : `start the ${pair} ${volume} -> ${bv}`;
       throw new AgentError(
         codeOf(startErr),
         `cannot ${what}: ${(startErr as Error).message}${errors.length ? `; post-processing failed too (${errors.join('; ')}): ${RM_FIX}` : ''}`,
@@ -124,10 +135,13 @@ export async function startSync(m: ManagerContext, volume: string, opts: StartSy
     if (errors.length > 0)
       throw new AgentError(
         'INTERNAL',
-        `the EC pair ${volume} -> ${bv} started, but post-processing failed: ${errors.join('; ')}; ${volume} needs a resource match: ${RM_FIX}`,
+        `the ${pair} ${volume} -> ${bv} started, but post-processing failed: ${errors.join('; ')}; ${volume} needs a resource match: ${RM_FIX}`,
       );
     view = { ...syncView(volume, bv, session!), start: resume ? 'resume' : 'full', unitsToCopy: session!.totalBlocks - session!.copiedBlocks };
-    progress('copy', `EC ${volume} -> ${bv} ${resume ? 'resumed' : 'started'}: ${view.unitsToCopy} of ${view.totalUnits} units to copy`);
+    progress(
+      'copy',
+      `${isRemoteVolume(bv) ? 'REC' : 'EC'} ${volume} -> ${bv} ${resume ? 'resumed' : 'started'}: ${view.unitsToCopy} of ${view.totalUnits} units to copy`,
+    );
   } finally {
     m.store.releaseOperation(claimed, m.owner);
   }
@@ -172,6 +186,7 @@ export async function waitEquivalent(
 ): Promise<CopySessionView> {
   const progress = m.progressOf(onProgress, volume);
   const deadline = Date.now() + waitSeconds * 1000;
+  const pair = pairName(sync.backupVolume);
   for (;;) {
     let s: CopySessionView;
     try {
@@ -180,7 +195,7 @@ export async function waitEquivalent(
       if (isNotFound(err)) {
         throw new AgentError(
           'FAILED_PRECONDITION',
-          `cannot ${purpose}: its EC session ${sync.sessionId} to ${sync.backupVolume} is gone from the array; ${RM_FIX}, then start-sync again`,
+          `cannot ${purpose}: its ${pair} ${sync.sessionId} to ${sync.backupVolume} is gone from the array; ${RM_FIX}, then start-sync again`,
         );
       }
       throw err;
@@ -190,13 +205,28 @@ export async function waitEquivalent(
       // The array's reason names the session, the failure and the fault; it never heals by waiting.
       throw new AgentError(
         'FAILED_PRECONDITION',
-        `cannot ${purpose}: the array error-suspended its EC pair to ${sync.backupVolume}: ${s.error || 'no reason given'}; resume it once the cause is fixed (arraylab copy resume ${s.id}) and wait for equivalency, or cancel-sync and start-sync again`,
+        `cannot ${purpose}: the array error-suspended its ${pair} to ${sync.backupVolume}: ${s.error || 'no reason given'}; resume it once the cause is fixed (arraylab copy resume ${s.id}) and wait for equivalency, or cancel-sync and start-sync again`,
       );
     }
-    if (s.state !== 'copying') {
+    // A halted REC pair: its remote keeps the image of the halt. With recovery auto it resyncs
+    // by itself once the link is back, so a finite wait may see it equivalent again.
+    const halted = s.state === 'halt';
+    const healsItself = halted && s.remote?.recovery === 'auto' && Number.isFinite(waitSeconds);
+    if (halted && (!healsItself || Date.now() >= deadline)) {
+      const waited = healsItself && waitSeconds > 0 ? ` after waiting ${waitSeconds} s` : '';
+      const next =
+        s.remote?.recovery === 'auto'
+          ? `restore the link to the remote array; the pair resyncs by itself (recovery auto) and a backup is possible once it is equivalent (backup --wait-equivalent SECONDS waits for it)`
+          : `restore the link to the remote array, then resume the pair (arraylab copy resume ${s.id}) and back up once it is equivalent`;
       throw new AgentError(
         'FAILED_PRECONDITION',
-        `cannot ${purpose}: its EC pair to ${sync.backupVolume} (session ${s.id}) is ${s.state}${s.error ? ` (${s.error})` : ''}, not equivalent; cancel-sync and start-sync again`,
+        `cannot ${purpose}: its ${pair} to ${sync.backupVolume} (session ${s.id}) is halted (${haltOf(s)})${waited}, so ${sync.backupVolume} holds the image of the halt, not of now; ${next}`,
+      );
+    }
+    if (s.state !== 'copying' && !halted) {
+      throw new AgentError(
+        'FAILED_PRECONDITION',
+        `cannot ${purpose}: its ${pair} to ${sync.backupVolume} (session ${s.id}) is ${s.state}${s.error ? ` (${s.error})` : ''}, not equivalent; cancel-sync and start-sync again`,
       );
     }
     if (Date.now() >= deadline) {
@@ -206,7 +236,14 @@ export async function waitEquivalent(
         `cannot ${purpose}: its copy to ${sync.backupVolume} is not yet equivalent (${s.state}, ${percent(s)}%)${waited}; wait for equivalency (arraylab-agent status, or backup --wait-equivalent SECONDS) and retry`,
       );
     }
-    progress('sync', `waiting for ${volume} -> ${sync.backupVolume} to be equivalent`, s.copiedBlocks * s.unitSize, s.totalBlocks * s.unitSize);
+    progress(
+      'sync',
+      halted
+        ? `${volume} -> ${sync.backupVolume} is halted (${haltOf(s)}); waiting for the link and the resync`
+        : `waiting for ${volume} -> ${sync.backupVolume} to be equivalent`,
+      s.copiedBlocks * s.unitSize,
+      s.totalBlocks * s.unitSize,
+    );
     await sleep(m.pollMs);
   }
 }

@@ -215,7 +215,7 @@ export async function run(argv: string[]): Promise<number> {
         )
         .command(
           'backup <volume>',
-          'register a backup volume (a copy destination of the same size as a transaction volume)',
+          'register a backup volume (a copy destination of the same size as a transaction volume); REMOTE:VOL is a volume of a remote array the array knows (arraylab remote list), for synchronized backups over REC',
           (c) => c.positional('volume', { type: 'string', demandOption: true }),
           async (a) => {
             const rec = await withAgent(a, (core) => core.registerBackup(a.volume));

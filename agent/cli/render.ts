@@ -69,7 +69,7 @@ export function renderSync(s: SyncView): string {
       : s.start === 'full'
         ? `new pair (${s.unitsToCopy} of ${s.totalUnits} units to copy)`
         : '';
-  return `${s.transactionVolume} -> ${s.backupVolume}: EC session ${s.sessionId}${how ? `, ${how}` : ''}, ${s.state}, ${s.copiedPercent.toFixed(1)}% copied`;
+  return `${s.transactionVolume} -> ${s.backupVolume}: ${s.backupVolume.includes(':') ? 'REC' : 'EC'} session ${s.sessionId}${how ? `, ${how}` : ''}, ${s.state}, ${s.copiedPercent.toFixed(1)}% copied`;
 }
 
 export function renderRestore(r: RestoreReport): string {

@@ -7,6 +7,9 @@
  *                backend), I/O through its export handles;
  *   integration  a real `arraylab serve` from dist/ (servedArray.ts), I/O by qemu-io and
  *                qemu-img over NBD.
+ *
+ * addRemote() starts a second array of the same kind and registers it on the first as a remote
+ * array (`arraylab remote add`), for backup volumes on a remote array (REC).
  */
 import { rmSync } from 'node:fs';
 import pino from 'pino';
@@ -53,12 +56,28 @@ export interface Lab extends Omit<ArrayUnderTest, 'apiAddress' | 'write' | 'expe
   write(volume: string, pattern: number, offset?: number, length?: string): Promise<void>;
   expectPattern(volume: string, pattern: number, offset?: number, length?: string): Promise<void>;
   waitCopy(id: string, until: (s: { state: string } | undefined) => boolean): Promise<void>;
+  /** A second array, registered on this one as remote array `name`; stopped with the lab. */
+  addRemote(name: string): Promise<RemoteSite>;
 }
 
+/** A remote array of the lab: its own API, volumes and host I/O. */
+export interface RemoteSite {
+  name: string;
+  apiAddress: string;
+  /** A client of the remote array's own API. */
+  array: ArrayClient;
+  mk(names: string[], size?: string): Promise<void>;
+  write(volume: string, pattern: number, offset?: number, length?: string): Promise<void>;
+  expectPattern(volume: string, pattern: number, offset?: number, length?: string): Promise<void>;
+}
+
+const startArray = (): Promise<ArrayUnderTest> => (testTier() === 'unit' ? startInProcessArray(silent) : startServedArray());
+
 export async function startLab(): Promise<Lab> {
-  const under = testTier() === 'unit' ? await startInProcessArray(silent) : await startServedArray();
+  const under = await startArray();
   const array = new ArrayClient(under.apiAddress);
   const managers: BackupManager[] = [];
+  const remotes: Array<{ under: ArrayUnderTest; array: ArrayClient }> = [];
   // The array's own tape library, with one cartridge.
   await array.addCartridge('T00001', 1 << 30);
   const tape: TapePort = array;
@@ -90,10 +109,30 @@ export async function startLab(): Promise<Lab> {
         onTimeout: (s) => `copy session ${id} did not reach the expected state within 60 s (now ${s?.state ?? 'gone'})`,
       });
     },
+    async addRemote(name) {
+      const r = await startArray();
+      const client = new ArrayClient(r.apiAddress);
+      remotes.push({ under: r, array: client });
+      await array.addRemote(name, r.apiAddress);
+      return {
+        name,
+        apiAddress: r.apiAddress,
+        array: client,
+        async mk(names, size = '64MiB') {
+          for (const n of names) await client.createVolume({ name: n, sizeBytes: parseSize(size) });
+        },
+        write: (volume, pattern, offset = 0, length = '1M') => r.write(volume, pattern, offset, length),
+        expectPattern: (volume, pattern, offset = 0, length = '1M') => r.expectPattern(volume, pattern, offset, length),
+      };
+    },
     async stop() {
       for (const m of managers) await m.close();
       array.close();
       await under.stop();
+      for (const r of remotes) {
+        r.array.close();
+        await r.under.stop();
+      }
     },
   };
 }
