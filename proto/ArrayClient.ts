@@ -238,6 +238,25 @@ export class ArrayClient {
     return this.call(this.remoteCopyClient(), 'ResumeRemoteEnd', { pairId, force });
   }
 
+  async commitCycle(cycle: number, pairIds: string[]): Promise<void> {
+    await this.call(this.remoteCopyClient(), 'CommitCycle', { cycle, pairIds });
+  }
+
+  /** REC buffer settings of a remote (consistency mode); fields left out keep their value. */
+  async setRemoteBuffer(name: string, s: { bytes?: number; haltWaitMs?: number; monitorMs?: number; cycleMs?: number }): Promise<RemoteView> {
+    return remoteFromWire(
+      await this.call(this.remoteClient(), 'SetRemote', {
+        name,
+        buffer: {
+          ...(s.bytes !== undefined ? { bytes: s.bytes } : {}),
+          ...(s.haltWaitMs !== undefined ? { haltWaitMs: s.haltWaitMs } : {}),
+          ...(s.monitorMs !== undefined ? { monitorMs: s.monitorMs } : {}),
+          ...(s.cycleMs !== undefined ? { cycleMs: s.cycleMs } : {}),
+        },
+      }),
+    );
+  }
+
   async closeRemoteEnd(pairId: string): Promise<pb.RemoteEnd__Output> {
     return this.call(this.remoteCopyClient(), 'CloseRemoteEnd', { pairId });
   }

@@ -103,7 +103,7 @@ export interface RemoteCopyView {
   role: 'source' | 'remote-end';
   /** The other array: its registered name, or array-ID. */
   peer: string;
-  mode: 'sync' | 'stack' | 'through';
+  mode: 'sync' | 'stack' | 'consistency' | 'through';
   split: 'auto' | 'manual';
   recovery: 'auto' | 'manual';
   /** halt: link-down | remote-failed; empty otherwise. */
@@ -113,8 +113,14 @@ export interface RemoteCopyView {
   linkUp: boolean;
   /** Bytes written here and not yet on the remote. */
   pendingBytes: number;
-  /** Asynchronous modes: the last instant the remote held every write; empty if pending. */
+  /**
+   * Asynchronous modes: the newest instant the remote holds every write of (consistency: the
+   * close of the last cycle applied there; RPO = now minus this); empty when unknown.
+   */
   drainedAt: string;
+  /** Consistency mode: the REC buffer to this remote (used and size); 0 otherwise. */
+  bufferUsedBytes: number;
+  bufferSizeBytes: number;
 }
 
 /** Another array this one knows (arraylab remote). */
@@ -130,6 +136,8 @@ export interface RemoteView {
   addedAt: string;
   sessionCount: number;
   version: string;
+  /** The REC buffer of consistency-mode pairs to it. */
+  buffer: { bytes: number; haltWaitMs: number; monitorMs: number; cycleMs: number };
 }
 
 /** One event of WatchCopies. */

@@ -57,6 +57,8 @@ export function copySessionToWire(s: SessionInfo): pb.CopySession {
             linkUp: s.remote.linkUp,
             pendingBytes: s.remote.pendingBytes,
             drainedAt: s.remote.drainedAt ?? '',
+            bufferUsedBytes: s.remote.buffer?.usedBytes ?? 0,
+            bufferSizeBytes: s.remote.buffer?.sizeBytes ?? 0,
           },
         }
       : {}),

@@ -18,6 +18,7 @@ export interface RemoteControl {
     list(): RemoteView[];
     get(name: string, opts: { probe?: boolean }): Promise<RemoteView>;
     remove(name: string, opts: { force?: boolean }): void;
+    setBuffer(name: string, change: { bytes?: number; haltWaitMs?: number; monitorMs?: number; cycleMs?: number }): RemoteView;
   };
   openRemoteEnd(req: {
     pairId: string;
@@ -31,13 +32,14 @@ export interface RemoteControl {
     secret: string;
     force: boolean;
   }): Promise<SessionInfo>;
-  setRemoteEndState(id: string, state: string, extra: { imageAt?: string; haltReason?: string }): Promise<SessionInfo>;
+  setRemoteEndState(id: string, state: string, extra: { imageAt?: string; haltReason?: string; mode?: string }): Promise<SessionInfo>;
   resumeRemoteEnd(id: string, force: boolean): Promise<{ info: SessionInfo; runs: Array<[number, number]> }>;
   closeRemoteEnd(id: string): Promise<void>;
+  commitRemoteCycle(cycle: number, ids: string[]): Promise<void>;
 }
 
 export function remoteToWire(r: RemoteView): pb.Remote {
-  return { ...r };
+  return { ...r, buffer: { ...r.buffer } };
 }
 
 function endToWire(s: SessionInfo): pb.RemoteEnd {
@@ -53,6 +55,15 @@ export function remoteHandlers(control: RemoteControl, unary: Unary): pb.RemoteS
     RemoveRemote: unary('RemoveRemote', (req: pb.RemoveRemoteRequest__Output) => {
       r.remove(req.name, { force: req.force });
       return {};
+    }),
+    SetRemote: unary('SetRemote', (req: pb.SetRemoteRequest__Output) => {
+      const b = req.buffer;
+      const change: { bytes?: number; haltWaitMs?: number; monitorMs?: number; cycleMs?: number } = {};
+      if (b?.bytes !== undefined && b.bytes !== null) change.bytes = toByteCount(b.bytes, 'buffer.bytes');
+      if (b?.haltWaitMs !== undefined && b.haltWaitMs !== null) change.haltWaitMs = b.haltWaitMs;
+      if (b?.monitorMs !== undefined && b.monitorMs !== null) change.monitorMs = b.monitorMs;
+      if (b?.cycleMs !== undefined && b.cycleMs !== null) change.cycleMs = b.cycleMs;
+      return remoteToWire(r.setBuffer(req.name, change));
     }),
   };
 }
@@ -80,12 +91,17 @@ export function remoteCopyHandlers(control: RemoteControl, unary: Unary): pb.Rem
         await control.setRemoteEndState(req.pairId, req.state, {
           ...(req.imageAt ? { imageAt: req.imageAt } : {}),
           ...(req.haltReason ? { haltReason: req.haltReason } : {}),
+          ...(req.mode ? { mode: req.mode } : {}),
         }),
       ),
     ),
     ResumeRemoteEnd: unary('ResumeRemoteEnd', async (req: pb.ResumeRemoteEndRequest__Output) => {
       const { info, runs } = await control.resumeRemoteEnd(req.pairId, req.force);
       return { end: endToWire(info), starts: runs.map(([s]) => s), counts: runs.map(([, n]) => n) };
+    }),
+    CommitCycle: unary('CommitCycle', async (req: pb.CommitCycleRequest__Output) => {
+      await control.commitRemoteCycle(toByteCount(req.cycle, 'cycle'), req.pairIds);
+      return {};
     }),
     CloseRemoteEnd: unary('CloseRemoteEnd', async (req: pb.RemoteEndId__Output) => {
       await control.closeRemoteEnd(req.pairId);

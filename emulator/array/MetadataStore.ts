@@ -160,7 +160,8 @@ const MIGRATIONS: Migration[] = [
         api      TEXT NOT NULL,
         array_id TEXT NOT NULL DEFAULT '',
         nbd      TEXT NOT NULL DEFAULT '',
-        added_at TEXT NOT NULL
+        added_at TEXT NOT NULL,
+        buffer   TEXT NOT NULL DEFAULT '{}'
       ) STRICT;
     `);
   },
@@ -173,6 +174,8 @@ export interface RemoteRow {
   arrayId: string;
   nbd: string;
   addedAt: string;
+  /** REC buffer settings set for it (JSON of RecBufferSettings, the ones set only). */
+  buffer: string;
 }
 
 /** One commit of the copy-session journal (SqliteSessionJournal.sync). */
@@ -297,18 +300,18 @@ export class MetadataStore {
 
   listRemotes(): RemoteRow[] {
     return this.db
-      .prepare<[], { name: string; api: string; array_id: string; nbd: string; added_at: string }>('SELECT * FROM remotes ORDER BY name')
+      .prepare<[], { name: string; api: string; array_id: string; nbd: string; added_at: string; buffer: string }>('SELECT * FROM remotes ORDER BY name')
       .all()
-      .map((r) => ({ name: r.name, api: r.api, arrayId: r.array_id, nbd: r.nbd, addedAt: r.added_at }));
+      .map((r) => ({ name: r.name, api: r.api, arrayId: r.array_id, nbd: r.nbd, addedAt: r.added_at, buffer: r.buffer }));
   }
 
   /** Inserts or replaces a remote (what add and a learnt address write). */
   putRemote(r: RemoteRow): void {
     this.db
-      .prepare<[string, string, string, string, string]>(
-        'INSERT INTO remotes (name, api, array_id, nbd, added_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET api = excluded.api, array_id = excluded.array_id, nbd = excluded.nbd',
+      .prepare<[string, string, string, string, string, string]>(
+        'INSERT INTO remotes (name, api, array_id, nbd, added_at, buffer) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET api = excluded.api, array_id = excluded.array_id, nbd = excluded.nbd, buffer = excluded.buffer',
       )
-      .run(r.name, r.api, r.arrayId, r.nbd, r.addedAt);
+      .run(r.name, r.api, r.arrayId, r.nbd, r.addedAt, r.buffer);
   }
 
   deleteRemote(name: string): void {

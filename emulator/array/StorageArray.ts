@@ -56,7 +56,8 @@ import { CopyEngine, type OverwriteCheck, type StartOptions } from '../copy/Copy
 import { COPY_TYPE_NAMES, CopyError, type CopyEvent, type CopyType, isRemoteVolume, REC_MODES, type RecMode, type SessionInfo } from '../copy/CopySession.js';
 import type { RemoteEndState } from '../copy/SessionBase.js';
 import { RemoteArrays } from '../remote/RemoteArrays.js';
-import { REPLICA_EXPORT_PREFIX, recOptions, replicaHandle } from '../remote/replica.js';
+import { CycleStage } from '../remote/CycleStage.js';
+import { REPLICA_EXPORT_PREFIX, ReplicaDevice, recOptions, replicaHandle } from '../remote/replica.js';
 import { formatSize } from '../../proto/util/units.js';
 import { HostAffinity, type VolumeDirectory } from './HostAffinity.js';
 import { HostRecords } from './HostRecords.js';
@@ -139,6 +140,8 @@ export class StorageArray implements ExportProvider {
   readonly faults: FaultEngine;
   /** The other arrays this one knows (REC). */
   readonly remotes: RemoteArrays;
+  /** Remote ends in consistency mode: each pair's cycle stage, opened when it starts staging. */
+  private readonly stages = new Map<string, CycleStage>();
   /** Until when (ms) a power cut keeps connections out. */
   private poweredOffUntil = 0;
   /** Set by whoever serves tape (ArrayServer), so faults can name cartridges. */
@@ -161,6 +164,7 @@ export class StorageArray implements ExportProvider {
       arrayId: db.arrayId,
       faults: () => this.faults,
       sessionsUsing: (remote) => this.copy.list().filter((s) => s.remote?.role === 'source' && s.remote.peer === remote).length,
+      onBufferSettings: (remote, settings) => this.copy.recBufferOf(remote)?.configure(settings),
     });
     this.copy = new CopyEngine({
       journal: this.journal,
@@ -204,6 +208,7 @@ export class StorageArray implements ExportProvider {
       array.faults.load();
       array.remotes.load();
       await array.copy.recover();
+      await array.recoverRemoteEnds();
       return array;
     }
     if (opts.backend !== 'file') {
@@ -231,6 +236,7 @@ export class StorageArray implements ExportProvider {
       array.faults.load();
       array.remotes.load();
       const sessions = await array.copy.recover();
+      await array.recoverRemoteEnds();
       if (sessions.length > 0) log.info({ sessions: sessions.map((s) => ({ id: s.id, type: s.type, state: s.state })) }, 'recovered copy sessions');
     } catch (err) {
       await array.closeAll();
@@ -635,26 +641,94 @@ export class StorageArray implements ExportProvider {
     });
   }
 
-  setRemoteEndState(id: string, state: string, extra: { imageAt?: string; haltReason?: string }): Promise<SessionInfo> {
+  setRemoteEndState(id: string, state: string, extra: { imageAt?: string; haltReason?: string; mode?: string }): Promise<SessionInfo> {
     return copyCall(async () => {
       const states = ['equivalent', 'suspended', 'split', 'halt'];
       if (!states.includes(state)) throw new ArrayError('INVALID_ARGUMENT', `remote end state ${state} is not one of ${states.join(', ')}`);
-      return this.copy.setRemoteEndState(id, state as RemoteEndState, {
+      if (extra.mode !== undefined && !(REC_MODES as readonly string[]).includes(extra.mode)) {
+        throw new ArrayError('INVALID_ARGUMENT', `REC mode ${extra.mode} is not one of ${REC_MODES.join(', ')}`);
+      }
+      // A stage must exist before the pair stages, and whatever a pair leaving it staged was
+      // never committed (the source drains before it suspends), so it goes.
+      if (state === 'equivalent' && extra.mode === 'consistency') await this.stageOf(id);
+      const info = await this.copy.setRemoteEndState(id, state as RemoteEndState, {
         ...(extra.imageAt ? { imageAt: extra.imageAt } : {}),
-        ...(extra.haltReason === 'remote-failed' ? { haltReason: 'remote-failed' as const } : {}),
+        ...(extra.haltReason === 'remote-failed' || extra.haltReason === 'buffer-overload' ? { haltReason: extra.haltReason } : {}),
+        ...(extra.mode ? { mode: extra.mode as RecMode } : {}),
       });
+      if (!(state === 'equivalent' && info.remote?.mode === 'consistency')) await this.stages.get(id)?.reset();
+      return info;
     });
   }
 
   resumeRemoteEnd(id: string, force: boolean): Promise<{ info: SessionInfo; runs: Array<[number, number]> }> {
-    return copyCall(() =>
-      this.copy.resumeRemoteEnd(id, force ? undefined : (name) => this.refuseIfWritten(name, `cannot resume REC session ${id} into ${name}`)),
-    );
+    return copyCall(async () => {
+      const out = await this.copy.resumeRemoteEnd(id, force ? undefined : (name) => this.refuseIfWritten(name, `cannot resume REC session ${id} into ${name}`));
+      await this.stages.get(id)?.reset(); // a cycle cut short by the loss: never committed
+      return out;
+    });
+  }
+
+  /**
+   * Consistency mode: applies the staged cycle of each pair as one. The commit is durable for
+   * all of them before any is applied; a crash in between applies them at the next start.
+   */
+  commitRemoteCycle(cycle: number, ids: string[]): Promise<void> {
+    return copyCall(async () => {
+      if (ids.length === 0) return;
+      for (const id of ids) if (!this.stages.has(id)) throw new ArrayError('FAILED_PRECONDITION', `REC pair ${id} has no cycle stage here; resume the pair`);
+      const ends = await this.copy.commitRemoteCycle(ids, cycle);
+      for (const e of ends) {
+        const stage = this.stages.get(e.id)!;
+        await stage.apply(e.tap.below);
+        await stage.reset();
+      }
+      this.copy.remoteCycleApplied(ids, cycle);
+    });
   }
 
   /** The source ended the pair: the remote end goes (the volume keeps what it has). */
   closeRemoteEnd(id: string): Promise<void> {
-    return copyCall(() => this.copy.cancel(id, { force: true }));
+    return copyCall(async () => {
+      await this.copy.cancel(id, { force: true });
+      const stage = this.stages.get(id);
+      this.stages.delete(id);
+      await stage?.close(true);
+    });
+  }
+
+  private async stageOf(id: string): Promise<CycleStage> {
+    let s = this.stages.get(id);
+    if (s === undefined) {
+      s = await CycleStage.open(id, this.volumesDir === undefined ? undefined : path.join(path.dirname(this.volumesDir), 'rec-stage'));
+      const raced = this.stages.get(id);
+      if (raced !== undefined) {
+        await s.close();
+        return raced;
+      }
+      this.stages.set(id, s);
+    }
+    return s;
+  }
+
+  /**
+   * At open: a committed cycle not yet applied is applied (a crash came between), an
+   * uncommitted stage is dropped, and a remote end that was live halts (its source's
+   * connection went with the restart; the source resumes the pair).
+   */
+  private async recoverRemoteEnds(): Promise<void> {
+    for (const e of this.copy.remoteEnds()) {
+      if (e.consistency) {
+        const stage = await this.stageOf(e.id);
+        if (e.unapplied !== undefined) {
+          await stage.apply(e.tap.below);
+          this.copy.remoteCycleApplied([e.id], e.unapplied);
+          this.log.info({ pair: e.id, volume: e.volume, cycle: e.unapplied }, 'REC: applied a committed cycle that a restart interrupted');
+        }
+        await stage.reset();
+      }
+      if (e.state === 'copying' || e.state === 'equivalent') await this.copy.remoteEndLinkLost(e.id, 'the array restarted');
+    }
   }
 
   onCopyEvent(listener: (e: CopyEvent) => void): () => void {
@@ -749,7 +823,14 @@ export class StorageArray implements ExportProvider {
     const end = this.copy.remoteEndFor(id, secret);
     if (end === undefined || this.closing !== undefined) return undefined;
     this.log.info({ pair: id, volume: end.volume, remoteAddress: client.remoteAddress }, 'REC source array connected');
-    return replicaHandle(end.volume, end.tap.below, () => {
+    const device = new ReplicaDevice(end.tap.below, () => {
+      if (!end.staging()) return undefined;
+      const stage = this.stages.get(id);
+      // Staging without a stage would write half cycles onto the volume: refuse instead.
+      if (stage === undefined) throw new BlockDeviceError('EIO', `REC pair ${id}: the cycle stage is not open; the source resumes the pair`);
+      return stage;
+    });
+    return replicaHandle(end.volume, device, () => {
       if (this.closing !== undefined) return;
       void this.copy.remoteEndLinkLost(id, `the data connection from the source array (${client.remoteAddress}) closed`).catch(() => undefined);
     });
@@ -1110,6 +1191,8 @@ export class StorageArray implements ExportProvider {
       await v.writeCache?.flush().catch((err: unknown) => this.log.error({ err, volume: v.name }, 'destaging the write cache at shutdown failed'));
     await this.copy.close(); // no more background copies; sessions stay in the journal
     this.remotes.close();
+    for (const s of this.stages.values()) await s.close().catch(() => undefined);
+    this.stages.clear();
     try {
       if (this.db.isOpen) this.journal.commit(); // lazy clears appended since the last sync
     } catch (err) {

@@ -7,7 +7,7 @@ import { keyValues, print, printJson, table, yesNo } from '../../proto/util/tabl
 
 const TYPES = ['opc', 'quickopc', 'snapopcplus', 'ec', 'rec'] as const;
 const TYPE_NAMES: Record<string, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC', rec: 'REC' };
-const REC_MODES = ['sync', 'stack', 'through'] as const;
+const REC_MODES = ['sync', 'stack', 'consistency', 'through'] as const;
 
 function parseRate(text: unknown, command: string): number | undefined {
   if (text === undefined) return undefined;
@@ -102,7 +102,11 @@ function showSession(s: CopySessionView): string {
     if (r.role === 'source') {
       pairs.push(['link', r.linkUp ? 'up' : 'down (or not used yet)']);
       pairs.push(['pending', `${r.pendingBytes} bytes not yet on the remote`]);
-      if (r.mode !== 'sync') pairs.push(['remote drained at', r.drainedAt || '- (units are pending)']);
+      if (r.mode !== 'sync') {
+        const age = r.drainedAt ? ` (${Math.max(0, (Date.now() - Date.parse(r.drainedAt)) / 1000).toFixed(1)} s ago)` : '';
+        pairs.push([r.mode === 'consistency' ? 'remote consistent at' : 'remote drained at', r.drainedAt ? `${r.drainedAt}${age}` : '- (units are pending)']);
+      }
+      if (r.bufferSizeBytes > 0) pairs.push(['REC buffer', `${r.bufferUsedBytes} of ${r.bufferSizeBytes} bytes used`]);
     }
     if (r.haltReason) pairs.push(['halt reason', `${r.haltReason}${r.haltDetail ? `: ${r.haltDetail}` : ''}`]);
   }
@@ -210,7 +214,8 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
           })
           .option('mode', {
             choices: REC_MODES,
-            describe: 'rec: sync (a write is acknowledged once the remote has it), stack (sent in the background), through (stack, draining) [default: sync]',
+            describe:
+              'rec: sync (a write is acknowledged once the remote has it), stack (sent in the background), consistency (sent in cycles: the remote is always a consistent past instant), through (stack, draining) [default: sync]',
           })
           .option('split', {
             choices: ['auto', 'manual'] as const,
@@ -345,7 +350,7 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
     .command(
       'mode <id> <mode>',
       'REC: switch the transfer mode (e.g. to through, to drain a stack-mode backlog before a suspend)',
-      (c) => idPositional(c).positional('mode', { choices: REC_MODES, demandOption: true, describe: 'sync, stack or through' }),
+      (c) => idPositional(c).positional('mode', { choices: REC_MODES, demandOption: true, describe: 'sync, stack, consistency or through' }),
       async (a) => {
         const s = await withClient(a, (client) => client.setCopyMode(a.id, a.mode));
         if (a.json) printJson(s);

@@ -2,7 +2,9 @@
 import type { Argv } from 'yargs';
 import type { RemoteView } from '../../proto/views.js';
 import { keyValues, print, printJson, table, yesNo } from '../../proto/util/table.js';
+import { formatSize, parseSize } from '../../proto/util/units.js';
 import { withApiOption, withClient } from './client.js';
+import { UsageError } from './errors.js';
 
 const namePositional = <T>(c: Argv<T>) =>
   c.positional('name', { type: 'string', demandOption: true, describe: "the remote array's name here (see arraylab remote list)" });
@@ -57,6 +59,36 @@ export function remoteCommands(y: Argv<{ json: boolean }>) {
       },
     )
     .command(
+      'set <name>',
+      'change the REC buffer to a remote (consistency mode); pairs on it follow at once',
+      (c) =>
+        namePositional(c)
+          .option('buffer', { type: 'string', requiresArg: true, describe: 'bytes of write data it holds, e.g. 128MiB (1MiB to 8GiB)' })
+          .option('halt-wait', { type: 'number', requiresArg: true, describe: 'seconds a write waits for space before the pairs halt: 0, 5, 10 or 15' })
+          .option('monitor-time', { type: 'number', requiresArg: true, describe: 'seconds the buffer may stay half full before the pairs halt' })
+          .option('cycle-ms', { type: 'number', requiresArg: true, describe: 'a cycle closes this often (ms)' }),
+      async (a) => {
+        let bytes: number | undefined;
+        if (a.buffer !== undefined) {
+          try {
+            bytes = parseSize(a.buffer);
+          } catch (err) {
+            throw new UsageError(`--buffer: ${(err as Error).message}`, 'remote set');
+          }
+        }
+        const change = {
+          ...(bytes !== undefined ? { bytes } : {}),
+          ...(a['halt-wait'] !== undefined ? { haltWaitMs: Math.round(a['halt-wait'] * 1000) } : {}),
+          ...(a['monitor-time'] !== undefined ? { monitorMs: Math.round(a['monitor-time'] * 1000) } : {}),
+          ...(a['cycle-ms'] !== undefined ? { cycleMs: Math.round(a['cycle-ms']) } : {}),
+        };
+        if (Object.keys(change).length === 0) throw new UsageError('give at least one of --buffer, --halt-wait, --monitor-time, --cycle-ms', 'remote set');
+        const r = await withClient(a, (client) => client.setRemoteBuffer(a.name, change));
+        if (a.json) return printJson(r);
+        print(showRemote(r));
+      },
+    )
+    .command(
       ['remove <name>', 'rm <name>'],
       'forget a remote array; refused while REC sessions use it',
       (c) => namePositional(c).option('force', { type: 'boolean', default: false, describe: 'remove it although REC sessions use it (they halt)' }),
@@ -66,7 +98,7 @@ export function remoteCommands(y: Argv<{ json: boolean }>) {
         else print(`removed remote ${a.name}`);
       },
     )
-    .demandCommand(1, 'give a remote command: add, list, show or remove');
+    .demandCommand(1, 'give a remote command: add, list, show, set or remove');
 }
 
 function showRemote(r: RemoteView): string {
@@ -78,6 +110,10 @@ function showRemote(r: RemoteView): string {
     ['reachable', r.reachable ? 'yes' : `no${r.error ? `: ${r.error}` : ''}`],
     ['version', r.version || '-'],
     ['REC sessions', String(r.sessionCount)],
+    [
+      'REC buffer',
+      `${formatSize(r.buffer.bytes)}; halt wait ${r.buffer.haltWaitMs / 1000} s; monitoring time ${r.buffer.monitorMs / 1000} s; cycle ${r.buffer.cycleMs} ms`,
+    ],
     ['added', r.addedAt],
   ]);
 }

@@ -61,6 +61,7 @@ import {
 } from './CopySession.js';
 import { EcSession } from './equivalentCopy.js';
 import { RecRemoteEnd } from './recRemoteEnd.js';
+import { RecBuffer, type RecBufferSettings } from './recBuffer.js';
 import { RecSession } from './remoteEquivalentCopy.js';
 import { OpcSession } from './opc.js';
 import type { RecLink, RecLinkEvents, RemoteEndState, SessionBase, SessionContext } from './SessionBase.js';
@@ -108,6 +109,10 @@ export interface RemoteCopyHook {
   closeRemoteEnd(record: SessionRecord): Promise<void>;
   /** The data path and control calls of one pair. */
   link(record: SessionRecord, events: RecLinkEvents): RecLink;
+  /** Consistency mode: how the REC buffer to a remote behaves. */
+  bufferSettings(remote: string): RecBufferSettings;
+  /** Consistency mode: the remote applies the staged cycle of these pairs as one (CommitCycle). */
+  commitCycle(remote: string, cycle: number, pairIds: string[]): Promise<void>;
 }
 
 export interface RecStartOptions extends StartOptions {
@@ -237,11 +242,28 @@ export class CopyEngine {
         const s = this.sessions.get(id);
         if (s !== undefined) this.schedule(s);
       },
+      recBuffer: (remote) => {
+        let b = this.buffers.get(remote);
+        if (b === undefined) {
+          const hook = opts.remote;
+          if (hook === undefined) throw new RemoteLinkError('this array has no remote links', 'link-down');
+          b = new RecBuffer(remote, hook.bufferSettings(remote), (cycle, ids) => hook.commitCycle(remote, cycle, ids), this.now);
+          this.buffers.set(remote, b);
+        }
+        return b;
+      },
     };
     this.remote = opts.remote;
   }
 
   private readonly remote: RemoteCopyHook | undefined;
+  /** Consistency mode: one REC buffer per remote array, made on first use. */
+  private readonly buffers = new Map<string, RecBuffer>();
+
+  /** The REC buffer to a remote, if a consistency-mode pair made one (its settings can change live). */
+  recBufferOf(remote: string): RecBuffer | undefined {
+    return this.buffers.get(remote);
+  }
 
   // ---- volumes ----
 
@@ -402,7 +424,7 @@ export class CopyEngine {
       remote.checkRemote(peer);
       const mode = opts.mode ?? 'sync';
       if (!(REC_MODES as readonly string[]).includes(mode)) {
-        throw new CopyError('INVALID_ARGUMENT', `REC mode ${String(mode)} is not one of ${REC_MODES.join(', ')} (consistency mode is not supported yet)`);
+        throw new CopyError('INVALID_ARGUMENT', `REC mode ${String(mode)} is not one of ${REC_MODES.join(', ')}`);
       }
       const src = this.tapOf(source);
       const asDest = this.sessionsOf(source).find((x) => x.record.destination === source);
@@ -469,7 +491,7 @@ export class CopyEngine {
     }
     return this.controlOn(id, `set mode ${mode} of`, async (s) => {
       if (!(s instanceof RecSession)) throw new CopyError('FAILED_PRECONDITION', `cannot set the mode of session ${s.id}: it is not the source of a REC pair`);
-      s.setMode(mode);
+      await s.setMode(mode);
     });
   }
 
@@ -545,11 +567,50 @@ export class CopyEngine {
     });
   }
 
+  /**
+   * Consistency mode, remote ends: the cycle each pair staged is committed, for all of them in
+   * one journal commit; the caller then applies the stages and calls remoteCycleApplied.
+   */
+  commitRemoteCycle(ids: string[], cycle: number): Promise<Array<{ id: string; volume: string; tap: VolumeTap }>> {
+    return this.serially(async () => {
+      const ends = ids.map((id) => this.remoteEnd(this.session(id), 'commit a cycle of'));
+      for (const s of ends) {
+        if (!s.staging)
+          throw new CopyError('FAILED_PRECONDITION', `cannot commit cycle ${cycle} of ${describe(s)}: it is ${s.state} (${s.rec.mode}), not staging cycles`);
+      }
+      for (const s of ends) s.markCommitted(cycle);
+      await this.journal.sync();
+      return ends.map((s) => ({ id: s.id, volume: s.record.destination, tap: this.tapOf(s.record.destination) }));
+    });
+  }
+
+  remoteCycleApplied(ids: string[], cycle: number): void {
+    for (const id of ids) {
+      const s = this.sessions.get(id);
+      if (s instanceof RecRemoteEnd) s.markApplied(cycle);
+    }
+  }
+
+  /** Remote ends in consistency mode: whether each stages now, and a committed cycle it has not applied. */
+  remoteEnds(): Array<{ id: string; volume: string; tap: VolumeTap; staging: boolean; consistency: boolean; state: string; unapplied: number | undefined }> {
+    return [...this.sessions.values()]
+      .filter((s): s is RecRemoteEnd => s instanceof RecRemoteEnd)
+      .map((s) => ({
+        id: s.id,
+        volume: s.record.destination,
+        tap: this.tapOf(s.record.destination),
+        staging: s.staging,
+        consistency: s.rec.mode === 'consistency',
+        state: s.state,
+        unapplied: s.unappliedCycle,
+      }));
+  }
+
   /** The remote end with this id and secret, for the array's .rec export. */
-  remoteEndFor(id: string, secret: string): { volume: string; tap: VolumeTap } | undefined {
+  remoteEndFor(id: string, secret: string): { volume: string; tap: VolumeTap; staging: () => boolean } | undefined {
     const s = this.sessions.get(id);
     if (!(s instanceof RecRemoteEnd) || s.rec.secret !== secret) return undefined;
-    return { volume: s.record.destination, tap: this.tapOf(s.record.destination) };
+    return { volume: s.record.destination, tap: this.tapOf(s.record.destination), staging: () => s.staging && !s.done };
   }
 
   private remoteEnd(s: SessionBase, op: string): RecRemoteEnd {
@@ -824,6 +885,7 @@ export class CopyEngine {
     for (const id of [...this.timers.keys()]) this.unschedule(id);
     await this.queue.catch(() => undefined);
     for (const s of this.sessions.values()) if (s instanceof RecSession) s.closeLink();
+    for (const b of this.buffers.values()) b.close();
     // Writes a SnapOPC+ chain acknowledged but has not applied yet (write-behind) must reach
     // the source before its store closes; their errors were already reported or are lost
     // with the process, like an unflushed write-back cache.
@@ -1280,7 +1342,7 @@ export class CopyEngine {
   private schedule(s: SessionBase, spentMs = 0): void {
     if (this.clock !== 'timers' || this.closed || this.timers.has(s.id)) return;
     if (s.done || s.state !== 'copying' || s.record.rate === 0) return;
-    if (s instanceof RecSession && s.idleWhenDrained && s.pendingUnits() === 0) return; // woken by the next recorded write
+    if (s instanceof RecSession && s.idleWhenDrained && s.pendingUnits() === 0 && !s.wantsStep) return; // woken by the next recorded write
     const rate = s.record.rate;
     const maxUnits = Math.max(this.stepUnits, Math.floor(TIMER_STEP_BYTES / s.record.unitSize));
     const fire = (): void => {

@@ -20,11 +20,11 @@ export const COPY_TYPE_NAMES: Record<CopyType, string> = { opc: 'OPC', quickopc:
 
 export type CopyState = 'copying' | 'equivalent' | 'suspended' | 'tracking' | 'snap' | 'split' | 'error-suspended' | 'halt';
 
-/** REC transfer modes (consistency: not yet). */
-export const REC_MODES = ['sync', 'stack', 'through'] as const;
+/** REC transfer modes. */
+export const REC_MODES = ['sync', 'stack', 'consistency', 'through'] as const;
 export type RecMode = (typeof REC_MODES)[number];
 /** Why a REC pair halted. */
-export type HaltReason = 'link-down' | 'remote-failed';
+export type HaltReason = 'link-down' | 'remote-failed' | 'buffer-overload';
 
 /**
  * A volume name with a colon is a volume of another array: REMOTE:VOLUME (volume names have no
@@ -53,6 +53,9 @@ export interface RecRecord {
   haltDetail?: string | undefined;
   /** Asynchronous modes: the last instant the remote held every write (ISO 8601). */
   drainedAt?: string | undefined;
+  /** Remote end, consistency mode: the newest cycle committed (durable) and applied here. */
+  committedCycle?: number | undefined;
+  appliedCycle?: number | undefined;
 }
 
 /**
@@ -200,7 +203,13 @@ export interface RecInfo {
   linkUp: boolean;
   /** Bytes to send before the remote holds every write (units pending times the unit size). */
   pendingBytes: number;
+  /**
+   * Asynchronous modes: the newest instant the remote holds every write of (stack, through:
+   * when nothing was pending; consistency: the close of the last cycle applied there).
+   */
   drainedAt?: string;
+  /** Consistency mode: the REC buffer to this remote (shared by its consistency pairs). */
+  buffer?: { usedBytes: number; sizeBytes: number };
 }
 
 export type CopyEventKind = 'started' | 'state' | 'completed' | 'cancelled' | 'dropped' | 'error';

@@ -5,9 +5,11 @@
 import { EXTENT_ZERO, type BlockDevice } from '../block/BlockDevice.js';
 import { type CopyBitmap, UnitGeometry } from './CopyBitmap.js';
 import type { WriteOptions, ZeroOptions } from '../block/BlockDevice.js';
+import type { RecBuffer } from './recBuffer.js';
 import {
   COPY_TYPE_NAMES,
   type HaltReason,
+  type RecMode,
   type RemoteLinkError,
   type CopyFaultError,
   invariant,
@@ -42,6 +44,8 @@ export interface SessionContext {
   linkEvent(sessionId: string, event: 'up' | 'down', err?: RemoteLinkError): void;
   /** A session that idles when drained (REC stack) has work again: the engine schedules its copier. */
   wake(sessionId: string): void;
+  /** REC consistency mode: the REC buffer to a remote (one per remote, shared by its pairs). */
+  recBuffer(remote: string): RecBuffer;
 }
 
 /** What a REC link tells its session (through the engine). */
@@ -60,8 +64,11 @@ export interface RecLink {
   write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void>;
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void>;
   flush(): Promise<void>;
-  /** Tells the remote end the pair's state. */
-  setRemoteState(state: RemoteEndState, extra?: { imageAt?: string | undefined; haltReason?: HaltReason | undefined }): Promise<void>;
+  /** Tells the remote end the pair's state (and mode, when it changes). */
+  setRemoteState(
+    state: RemoteEndState,
+    extra?: { imageAt?: string | undefined; haltReason?: HaltReason | undefined; mode?: RecMode | undefined },
+  ): Promise<void>;
   /** The remote end goes copying; returns the runs of units its hosts changed ([start, count]). */
   resumeRemote(force: boolean): Promise<Array<[number, number]>>;
   /** While on, a link that is down reconnects with back-off and calls events.up() once it is. */

@@ -46,6 +46,30 @@ export class RecRemoteEnd extends SessionBase implements DestRole {
     return this.record.rec!;
   }
 
+  /** Consistency mode and equivalent: the source's writes are staged and applied a cycle at a time. */
+  get staging(): boolean {
+    return this.rec.mode === 'consistency' && this.state === 'equivalent';
+  }
+
+  /** A committed cycle not applied yet (a crash between the two), or undefined. */
+  get unappliedCycle(): number | undefined {
+    const c = this.rec.committedCycle;
+    return c !== undefined && c > (this.rec.appliedCycle ?? 0) ? c : undefined;
+  }
+
+  /** The cycle is committed: durable with the caller's sync, before it is applied. */
+  markCommitted(cycle: number): void {
+    this.check(this.staging, 'a cycle committed while not staging');
+    this.record = { ...this.record, rec: { ...this.rec, committedCycle: cycle } };
+    this.ctx.journal.putSession(this.record);
+  }
+
+  /** The cycle is applied (lazily journalled: losing it only applies the stage again). */
+  markApplied(cycle: number): void {
+    this.record = { ...this.record, rec: { ...this.rec, appliedCycle: cycle } };
+    this.ctx.journal.putSession(this.record);
+  }
+
   get hostReadOnly(): boolean {
     return this.state !== 'suspended' && this.state !== 'split';
   }

@@ -14,8 +14,14 @@
  *   stack    host writes are recorded in diff only; the copier sends them in the background
  *            (the remote is not consistent while units are pending). The copier idles while
  *            nothing is pending and is woken by the next recorded write.
+ *   consistency
+ *            once the initial copy is done (equivalent), host writes go to the REC buffer to
+ *            the remote (recBuffer.ts) and are sent in cycles that the remote applies whole:
+ *            the remote is always a crash-consistent image of some past instant. During the
+ *            initial copy or a resync (copying) writes are recorded in diff, as in stack.
  *   through  as stack; the mode an operator switches to so the backlog drains while hosts
- *            run, before a suspend (which in either mode drains what is left under its cut).
+ *            run, before a suspend (which in any asynchronous mode drains what is left under
+ *            its cut: the remote then holds the suspend instant).
  *
  * States (record.state)
  *   copying      initial copy or resync (sync: writes are mirrored meanwhile); async modes
@@ -35,12 +41,13 @@
  */
 import { BlockDeviceError } from '../block/BlockDevice.js';
 import { CopyBitmap } from './CopyBitmap.js';
+import type { BufferMember, RecBuffer } from './recBuffer.js';
 import { CopyError, CopyFaultError, RemoteLinkError, type Mutation, type RecMode, type RecRecord, type SessionInfo } from './CopySession.js';
 import { type RecLink, SessionBase, type SessionContext } from './SessionBase.js';
 import type { JournalSession } from './SessionJournal.js';
 import type { Next, SourceRole } from './VolumeTap.js';
 
-export class RecSession extends SessionBase implements SourceRole {
+export class RecSession extends SessionBase implements SourceRole, BufferMember {
   readonly diff: CopyBitmap;
   readonly intent: CopyBitmap;
   private cursor = 0;
@@ -48,6 +55,8 @@ export class RecSession extends SessionBase implements SourceRole {
   private linkObj: RecLink | undefined;
   /** Asynchronous modes: the last instant nothing was pending (not journalled: it describes now). */
   private drainedAt: string | undefined;
+  /** Consistency mode, equivalent: the REC buffer the pair's writes go to. */
+  private buffer: RecBuffer | undefined;
 
   constructor(ctx: SessionContext, j: JournalSession, blockSize: number) {
     super(ctx, j.record, blockSize);
@@ -93,8 +102,58 @@ export class RecSession extends SessionBase implements SourceRole {
 
   /** The session ended: the link stops (its connection closes). */
   closeLink(): void {
+    this.leaveBuffer();
     this.linkObj?.close();
     this.linkObj = undefined;
+  }
+
+  /** Consistency mode and equivalent: writes go to the REC buffer in cycles. */
+  get cycling(): boolean {
+    return this.rec.mode === 'consistency' && this.state === 'equivalent';
+  }
+
+  private joinBuffer(): void {
+    this.buffer ??= this.ctx.recBuffer(this.rec.peer);
+    this.buffer.add(this);
+  }
+
+  private leaveBuffer(): void {
+    this.buffer?.remove(this.id);
+    this.buffer = undefined;
+  }
+
+  // ---- BufferMember ----
+
+  bufferFailed(err: RemoteLinkError): void {
+    this.ctx.linkEvent(this.id, 'down', err);
+  }
+
+  cycleCommitted(closedAt: number, drained: boolean): void {
+    this.drainedAt = new Date(closedAt).toISOString();
+    if (drained && this.intent.count > 0) void this.clearIntentDrained().catch(() => undefined);
+  }
+
+  /**
+   * J5 in consistency mode: once nothing of the pair is pending in the buffer, the source is
+   * flushed and then the write intent of units no write holds now is cleared: both sides hold
+   * every write that completed before the flush.
+   */
+  private async clearIntentDrained(): Promise<void> {
+    const touched = new Set<number>(this.locks.lockedUnits());
+    this.flushWatchers.add(touched);
+    try {
+      await this.src.below.flush();
+    } finally {
+      this.flushWatchers.delete(touched);
+    }
+    if (!this.cycling || this.buffer === undefined || this.buffer.pendingOf(this.id) > 0) return;
+    for (const [s, n] of this.intent.runs()) {
+      for (let u = s; u < s + n; u++) {
+        if (touched.has(u) || this.locks.isLocked(u)) continue;
+        this.intent.clear(u);
+        this.ctx.journal.clearBits(this.id, 'intent', u, 1);
+      }
+    }
   }
 
   protected bitmaps(): CopyBitmap[] {
@@ -107,6 +166,11 @@ export class RecSession extends SessionBase implements SourceRole {
 
   pendingUnits(): number {
     return this.state === 'copying' ? this.diff.count : 0;
+  }
+
+  /** Consistency mode, copying: a step must run even with nothing pending, to start the cycles. */
+  get wantsStep(): boolean {
+    return this.rec.mode === 'consistency' && this.state === 'copying';
   }
 
   override info(): SessionInfo {
@@ -122,8 +186,9 @@ export class RecSession extends SessionBase implements SourceRole {
         ...(r.haltReason !== undefined ? { haltReason: r.haltReason } : {}),
         ...(r.haltDetail !== undefined ? { haltDetail: r.haltDetail } : {}),
         linkUp: this.linkObj?.up ?? false,
-        pendingBytes: Math.min(this.diff.count * this.record.unitSize, this.geo.sizeBytes),
+        pendingBytes: Math.min(this.diff.count * this.record.unitSize, this.geo.sizeBytes) + (this.buffer?.pendingOf(this.id) ?? 0),
         ...(this.drainedAt !== undefined && this.diff.count === 0 ? { drainedAt: this.drainedAt } : {}),
+        ...(this.buffer !== undefined ? { buffer: { usedBytes: this.buffer.bytesUsed, sizeBytes: this.buffer.settings.bytes } } : {}),
       },
     };
   }
@@ -139,15 +204,39 @@ export class RecSession extends SessionBase implements SourceRole {
 
   // ---- control (the engine holds the source around each) ----
 
-  /** Switches the transfer mode; sync from an asynchronous mode resyncs what is pending first (still copying). */
-  setMode(mode: RecMode): void {
-    if (mode === this.rec.mode) return;
-    if (this.state === 'equivalent' && mode !== 'sync') {
-      this.setState('copying', `mode ${mode}: host writes are recorded and sent in the background`, { rec: { ...this.rec, mode } });
+  /**
+   * Switches the transfer mode (under the caller's cut). Leaving consistency drains the buffer
+   * first; an equivalent pair that leaves sync or consistency for stack or through records its
+   * writes from now on (copying); sync <-> consistency while equivalent switches at once (the
+   * remote end stages cycles in consistency); any other switch to sync or consistency takes
+   * effect once the copier has sent what is pending.
+   */
+  async setMode(mode: RecMode): Promise<void> {
+    const from = this.rec.mode;
+    if (mode === from) return;
+    if (this.cycling) {
+      try {
+        await this.buffer!.drain();
+      } catch (err) {
+        throw this.refusal(`switch to ${mode}`, err);
+      }
+      this.leaveBuffer();
+    }
+    const rec = { ...this.rec, mode };
+    if (this.state === 'equivalent' && (mode === 'stack' || mode === 'through')) {
+      this.setState('copying', `mode ${mode}: host writes are recorded and sent in the background`, { rec });
       return;
     }
-    this.record = { ...this.record, rec: { ...this.rec, mode } };
+    if (this.state === 'equivalent') {
+      try {
+        await this.link.setRemoteState('equivalent', { mode });
+      } catch (err) {
+        throw this.refusal(`switch to ${mode}`, err);
+      }
+    }
+    this.record = { ...this.record, rec };
     this.ctx.journal.putSession(this.record);
+    if (this.cycling) this.joinBuffer();
     this.ctx.emit({ sessionId: this.id, kind: 'state', state: this.state, message: `REC ${this.describe()}: mode ${mode}` });
   }
 
@@ -169,7 +258,10 @@ export class RecSession extends SessionBase implements SourceRole {
       throw new CopyError('FAILED_PRECONDITION', `cannot ${verb} REC session ${this.id} (${this.describe()}): backup cannot run: ${this.record.error}`);
     }
     const sync = this.rec.mode === 'sync';
-    const ok = (sync ? this.state === 'equivalent' : this.state === 'copying') || (to === 'split' && this.state === 'suspended');
+    const consistency = this.rec.mode === 'consistency';
+    const ok =
+      (sync ? this.state === 'equivalent' : consistency ? this.state === 'equivalent' || this.state === 'copying' : this.state === 'copying') ||
+      (to === 'split' && this.state === 'suspended');
     if (!ok) {
       throw new CopyError(
         'FAILED_PRECONDITION',
@@ -181,6 +273,7 @@ export class RecSession extends SessionBase implements SourceRole {
     }
     if (this.state !== 'suspended') {
       try {
+        if (this.cycling) await this.buffer!.drain(); // the last cycles, applied whole on the remote
         if (!sync) await this.drainAll();
         await Promise.all([this.src.below.flush(), this.link.flush()]); // J4: the frozen image is durable on both sides
       } catch (err) {
@@ -196,6 +289,7 @@ export class RecSession extends SessionBase implements SourceRole {
     } catch (err) {
       throw this.refusal(verb, err);
     }
+    this.leaveBuffer();
     this.setState(
       to,
       `${verb === 'split' ? 'split' : 'suspended'}: the remote ${this.record.destination} holds the image of ${imageAt}; changes are recorded`,
@@ -255,6 +349,7 @@ export class RecSession extends SessionBase implements SourceRole {
    */
   setHalt(err: RemoteLinkError): boolean {
     if (this.state !== 'copying' && this.state !== 'equivalent') return false;
+    this.leaveBuffer(); // its entries go: their units are in intent, merged here
     this.mergeIntent();
     const writes =
       this.rec.split === 'auto'
@@ -294,6 +389,7 @@ export class RecSession extends SessionBase implements SourceRole {
     if (u0 === u1) return next();
     if (this.state === 'halt' && this.rec.split === 'manual') return Promise.reject(this.manualSplitRefusal());
     if (this.mirroring) return this.mirror(u0, u1, m, next);
+    if (this.cycling) return this.cycleWrite(u0, u1, m, next);
     // Asynchronous: always under the unit lock, so a copy step of the unit cannot clear its
     // bit between this write's recording and its landing.
     return this.trackThen(u0, u1, next);
@@ -342,6 +438,45 @@ export class RecSession extends SessionBase implements SourceRole {
       if (own.status === 'rejected') {
         if (remote.status === 'fulfilled') await this.persistSet([['diff', this.diff, this.clearIn(this.diff, u0, u1)]]);
         throw own.reason;
+      }
+    } finally {
+      unlock();
+    }
+  }
+
+  /**
+   * Consistency mode: the write lands on the source, then joins the open cycle, under its unit
+   * lock (so overlapping writes join in the order they landed), before it is acknowledged.
+   * Write intent covers it until the buffer has drained (J3, as sync mode's).
+   */
+  private async cycleWrite(u0: number, u1: number, m: Mutation, next: Next): Promise<void> {
+    const unlock = await this.locks.lockRange(u0, u1);
+    try {
+      for (const w of this.flushWatchers) for (let u = u0; u < u1; u++) w.add(u);
+      if (!this.intent.allSet(u0, u1)) {
+        const region = Math.max(1, Math.floor(this.ctx.intentRegion / this.record.unitSize));
+        const r0 = u0 - (u0 % region);
+        const r1 = Math.min(this.geo.units, Math.ceil(u1 / region) * region);
+        await this.persistSet([['intent', this.intent, this.clearIn(this.intent, r0, r1)]]); // J3
+      }
+      const end = Math.min(m.offset + m.length, this.geo.sizeBytes);
+      const space = this.cycling ? this.buffer!.reserve(end - m.offset) : undefined;
+      if (space !== undefined) {
+        try {
+          await space;
+        } catch (err) {
+          if (!(err instanceof RemoteLinkError)) throw err;
+          // Overloaded: every pair on the buffer halts (through the engine); this one now.
+          await this.halt(err);
+        }
+      }
+      if (!this.cycling) {
+        if (this.state === 'halt' && this.rec.split === 'manual') throw this.manualSplitRefusal();
+        return await this.trackLocked(u0, u1, next);
+      }
+      await next();
+      if (this.cycling && this.buffer !== undefined && end > m.offset) {
+        this.buffer.append(this, m.offset, end - m.offset, m.kind === 'write' ? m.data.subarray(0, end - m.offset) : undefined);
       }
     } finally {
       unlock();
@@ -449,7 +584,9 @@ export class RecSession extends SessionBase implements SourceRole {
       this.unlockAll(units);
     }
     if (this.state === 'copying' && this.diff.count === 0) {
-      if (this.rec.mode !== 'sync') {
+      if (this.rec.mode === 'consistency') {
+        await this.startCycles();
+      } else if (this.rec.mode !== 'sync') {
         this.drainedAt = new Date(this.ctx.now()).toISOString();
       } else {
         try {
@@ -464,6 +601,31 @@ export class RecSession extends SessionBase implements SourceRole {
       }
     }
     return units.length;
+  }
+
+  /**
+   * Consistency mode, initial copy or resync done: under a hold of the source (no write in
+   * flight, so none is half recorded in diff and half in the buffer), the remote end starts
+   * staging cycles and the pair goes equivalent.
+   */
+  private async startCycles(): Promise<void> {
+    await this.src.hold();
+    try {
+      if (this.state !== 'copying' || this.diff.count !== 0 || this.rec.mode !== 'consistency') return;
+      try {
+        await this.link.setRemoteState('equivalent', { mode: 'consistency' });
+      } catch (err) {
+        if (!(err instanceof RemoteLinkError)) throw err;
+        await this.halt(err);
+        return;
+      }
+      this.drainedAt = new Date(this.ctx.now()).toISOString();
+      this.setState('equivalent', 'equivalent: host writes go to the REC buffer and reach the remote in cycles, each applied whole');
+      this.joinBuffer();
+      await this.ctx.journal.sync();
+    } finally {
+      this.src.release();
+    }
   }
 
   /** Units (locked) to the remote, then both sides durable (J5) before their bits may go. */

@@ -22,7 +22,7 @@
  */
 import type { Logger } from 'pino';
 import type { WriteOptions, ZeroOptions } from '../block/BlockDevice.js';
-import { RemoteLinkError, type HaltReason, type SessionRecord } from '../copy/CopySession.js';
+import { RemoteLinkError, type HaltReason, type RecMode, type SessionRecord } from '../copy/CopySession.js';
 import type { RecLink, RecLinkEvents, RemoteEndState } from '../copy/SessionBase.js';
 import type { LinkFaultHook, LinkOp } from '../fault/link.js';
 import { NbdClient, NbdRequestError } from './NbdClient.js';
@@ -162,14 +162,17 @@ export class RecDataPath implements RecLink {
 
   // ---- control ----
 
-  async setRemoteState(state: RemoteEndState, extra: { imageAt?: string | undefined; haltReason?: HaltReason | undefined } = {}): Promise<void> {
+  async setRemoteState(
+    state: RemoteEndState,
+    extra: { imageAt?: string | undefined; haltReason?: HaltReason | undefined; mode?: RecMode | undefined } = {},
+  ): Promise<void> {
     await this.opts.remotes.control(this.remote, `set the remote end ${state}`, (c) =>
       c.setRemoteEndState({
         pairId: this.pairId,
         state,
         imageAt: extra.imageAt ?? '',
         haltReason: extra.haltReason ?? '',
-        mode: '',
+        mode: extra.mode ?? '',
       }),
     );
   }

@@ -16,6 +16,7 @@ import { VOLUME_NAME_PATTERN } from '../../proto/views.js';
 import type { MetadataStore, RemoteRow } from '../array/MetadataStore.js';
 import type { RemoteCopyHook } from '../copy/CopyEngine.js';
 import { CopyError, RemoteLinkError, type SessionRecord } from '../copy/CopySession.js';
+import { DEFAULT_REC_BUFFER, HALT_WAIT_CHOICES_MS, type RecBufferSettings } from '../copy/recBuffer.js';
 import type { RecLink, RecLinkEvents } from '../copy/SessionBase.js';
 import type { LinkFaultHook } from '../fault/link.js';
 import { RecDataPath } from './RecLink.js';
@@ -40,6 +41,8 @@ export interface RemoteArraysOptions {
   faults: () => LinkFaultHook | undefined;
   /** REC sessions of this array that use a remote (remove refuses while any do). */
   sessionsUsing: (remote: string) => number;
+  /** New REC buffer settings for a remote (the engine's buffer follows at once). */
+  onBufferSettings: (remote: string, settings: RecBufferSettings) => void;
 }
 
 export class RemoteArrays implements RemoteCopyHook {
@@ -75,7 +78,7 @@ export class RemoteArrays implements RemoteCopyHook {
     if (have !== undefined && have.row.api !== address) {
       throw new StatusError('ALREADY_EXISTS', `remote ${name} exists already (api ${have.row.api}); remove it first or choose another name`);
     }
-    const e = have ?? this.entry({ name, api: address, arrayId: '', nbd: '', addedAt: new Date().toISOString() });
+    const e = have ?? this.entry({ name, api: address, arrayId: '', nbd: '', addedAt: new Date().toISOString(), buffer: '{}' });
     await this.probe(e);
     if (!e.reachable && !opts.offline) {
       if (have === undefined) e.client.close();
@@ -113,6 +116,44 @@ export class RemoteArrays implements RemoteCopyHook {
     this.opts.db.deleteRemote(name);
     this.remotes.delete(name);
     e.client.close();
+  }
+
+  /**
+   * Changes the REC buffer to a remote (consistency mode). Unset fields keep their value.
+   * Bounds: 1 MiB to 8 GiB; halt wait 0, 5, 10 or 15 s; monitoring time 100 ms to 1 h;
+   * cycles every 10 ms to 60 s.
+   */
+  setBuffer(name: string, change: Partial<RecBufferSettings>): RemoteView {
+    const e = this.must(name);
+    const bad = (what: string): never => {
+      throw new StatusError('INVALID_ARGUMENT', `remote ${name}: ${what}`);
+    };
+    const next = { ...this.bufferSettings(name), ...change };
+    if (!Number.isSafeInteger(next.bytes) || next.bytes < 1024 * 1024 || next.bytes > 8 * 1024 ** 3) bad(`--buffer ${next.bytes}: give 1MiB to 8GiB`);
+    if (!(HALT_WAIT_CHOICES_MS as readonly number[]).includes(next.haltWaitMs)) bad(`--halt-wait ${next.haltWaitMs / 1000}: give 0, 5, 10 or 15 (seconds)`);
+    if (!Number.isFinite(next.monitorMs) || next.monitorMs < 100 || next.monitorMs > 3_600_000) bad(`--monitor-time ${next.monitorMs} ms: give 100 ms to 1 h`);
+    if (!Number.isFinite(next.cycleMs) || next.cycleMs < 10 || next.cycleMs > 60_000) bad(`--cycle ${next.cycleMs} ms: give 10 ms to 60 s`);
+    const stored = { ...(JSON.parse(e.row.buffer || '{}') as Partial<RecBufferSettings>), ...change };
+    const row = { ...e.row, buffer: JSON.stringify(stored) };
+    this.opts.db.putRemote(row);
+    e.row = row;
+    this.opts.onBufferSettings(name, next);
+    return this.view(e);
+  }
+
+  bufferSettings(name: string): RecBufferSettings {
+    const e = this.remotes.get(name);
+    let set: Partial<RecBufferSettings> = {};
+    try {
+      set = JSON.parse(e?.row.buffer || '{}') as Partial<RecBufferSettings>;
+    } catch {
+      // a damaged value: the defaults (setBuffer writes it anew)
+    }
+    return { ...DEFAULT_REC_BUFFER, ...set };
+  }
+
+  async commitCycle(remote: string, cycle: number, pairIds: string[]): Promise<void> {
+    await this.control(remote, `commit cycle ${cycle}`, (c) => c.commitCycle(cycle, pairIds));
   }
 
   /** The registered name of an array id, for showing a remote end's source. */
@@ -257,6 +298,7 @@ export class RemoteArrays implements RemoteCopyHook {
       addedAt: e.row.addedAt,
       sessionCount: this.opts.sessionsUsing(e.row.name),
       version: e.version,
+      buffer: this.bufferSettings(e.row.name),
     };
   }
 }

@@ -2,8 +2,9 @@
  * The remote end's side of a REC pair's data path: the export a source array opens
  * (`.rec/PAIR/SECRET`), and the small helpers the array uses to start a REC pair.
  */
-import type { BlockDevice, ExportHandle } from '../block/BlockDevice.js';
+import type { BlockDevice, Extent, ExportHandle, WriteOptions, ZeroOptions } from '../block/BlockDevice.js';
 import { CopyError, REC_MODES, type RecMode } from '../copy/CopySession.js';
+import type { CycleStage } from './CycleStage.js';
 
 /** Export names starting with this are REC data connections, never volumes (volume names have no '.' first). */
 export const REPLICA_EXPORT_PREFIX = '.rec/';
@@ -28,6 +29,53 @@ export function replicaHandle(volume: string, device: BlockDevice, onClose: () =
   };
 }
 
+/**
+ * What the source's data connection writes to: the volume below the engine's layer, or, while
+ * the remote end stages cycles (consistency mode, equivalent), the stage (`staging()`).
+ */
+export class ReplicaDevice implements BlockDevice {
+  constructor(
+    private readonly below: BlockDevice,
+    private readonly staging: () => CycleStage | undefined,
+  ) {}
+
+  get size(): number {
+    return this.below.size;
+  }
+  get blockSize(): number {
+    return this.below.blockSize;
+  }
+  get readOnly(): boolean {
+    return false;
+  }
+  get thin(): boolean {
+    return this.below.thin;
+  }
+  read(offset: number, into: Buffer): Promise<void> {
+    return this.below.read(offset, into);
+  }
+  write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
+    const s = this.staging();
+    return s === undefined ? this.below.write(offset, data, opts) : s.write(offset, data);
+  }
+  writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
+    const s = this.staging();
+    return s === undefined ? this.below.writeZeroes(offset, length, opts) : s.writeZeroes(offset, length);
+  }
+  trim(offset: number, length: number): Promise<void> {
+    return this.writeZeroes(offset, length);
+  }
+  async flush(): Promise<void> {
+    await Promise.all([this.staging()?.flush(), this.below.flush()]);
+  }
+  blockStatus(offset: number, length: number, maxExtents?: number): Promise<Extent[]> {
+    return this.below.blockStatus(offset, length, maxExtents);
+  }
+  cache(offset: number, length: number): Promise<void> {
+    return this.below.cache(offset, length);
+  }
+}
+
 /** A start request's REC options, checked; words as the CLI takes them. */
 export function recOptions(req: { mode?: string | undefined; split?: string | undefined; recovery?: string | undefined }): {
   mode?: RecMode;
@@ -36,9 +84,6 @@ export function recOptions(req: { mode?: string | undefined; split?: string | un
 } {
   const out: { mode?: RecMode; split?: 'auto' | 'manual'; recovery?: 'auto' | 'manual' } = {};
   if (req.mode) {
-    if (req.mode === 'consistency') {
-      throw new CopyError('INVALID_ARGUMENT', 'REC mode consistency is not supported yet; use sync, or stack (switch to through to drain before a suspend)');
-    }
     if (!(REC_MODES as readonly string[]).includes(req.mode))
       throw new CopyError('INVALID_ARGUMENT', `REC mode ${req.mode} is not one of ${REC_MODES.join(', ')}`);
     out.mode = req.mode as RecMode;

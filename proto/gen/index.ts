@@ -18,6 +18,8 @@ export { type Cartridge, type Cartridge__Output } from './arraylab/v1/Cartridge.
 export { type CartridgeLabel, type CartridgeLabel__Output } from './arraylab/v1/CartridgeLabel.js';
 export { type ClearFaultsRequest, type ClearFaultsRequest__Output } from './arraylab/v1/ClearFaultsRequest.js';
 export { type ClearFaultsResponse, type ClearFaultsResponse__Output } from './arraylab/v1/ClearFaultsResponse.js';
+export { type CommitCycleRequest, type CommitCycleRequest__Output } from './arraylab/v1/CommitCycleRequest.js';
+export { type CommitCycleResponse, type CommitCycleResponse__Output } from './arraylab/v1/CommitCycleResponse.js';
 export { type Connection, type Connection__Output } from './arraylab/v1/Connection.js';
 export { type CopyEnding, type CopyEnding__Output } from './arraylab/v1/CopyEnding.js';
 export { type CopyEvent, type CopyEvent__Output } from './arraylab/v1/CopyEvent.js';
@@ -89,6 +91,7 @@ export { type PowerCutVolume, type PowerCutVolume__Output } from './arraylab/v1/
 export { type ProgressEvent, type ProgressEvent__Output } from './arraylab/v1/ProgressEvent.js';
 export { Protocol, type Protocol__Output } from './arraylab/v1/Protocol.js';
 export { Provisioning, type Provisioning__Output } from './arraylab/v1/Provisioning.js';
+export { type RecBufferSettings, type RecBufferSettings__Output } from './arraylab/v1/RecBufferSettings.js';
 export { type RecordCheck, type RecordCheck__Output } from './arraylab/v1/RecordCheck.js';
 export { type RegisterBackupRequest, type RegisterBackupRequest__Output } from './arraylab/v1/RegisterBackupRequest.js';
 export { type RegisterTransactionRequest, type RegisterTransactionRequest__Output } from './arraylab/v1/RegisterTransactionRequest.js';
@@ -118,6 +121,7 @@ export { type SetCopyRateRequest, type SetCopyRateRequest__Output } from './arra
 export { type SetFaultFlagRequest, type SetFaultFlagRequest__Output } from './arraylab/v1/SetFaultFlagRequest.js';
 export { type SetFaultRateRequest, type SetFaultRateRequest__Output } from './arraylab/v1/SetFaultRateRequest.js';
 export { type SetRemoteEndStateRequest, type SetRemoteEndStateRequest__Output } from './arraylab/v1/SetRemoteEndStateRequest.js';
+export { type SetRemoteRequest, type SetRemoteRequest__Output } from './arraylab/v1/SetRemoteRequest.js';
 export { type SplitCopyRequest, type SplitCopyRequest__Output } from './arraylab/v1/SplitCopyRequest.js';
 export { type StartCopyGroupRequest, type StartCopyGroupRequest__Output } from './arraylab/v1/StartCopyGroupRequest.js';
 export { type StartCopyRequest, type StartCopyRequest__Output } from './arraylab/v1/StartCopyRequest.js';

@@ -3,10 +3,13 @@ import type * as grpc from '@grpc/grpc-js';
 import type { MessageTypeDefinition } from '@grpc/proto-loader';
 
 import type { AddRemoteRequest as _arraylab_v1_AddRemoteRequest, AddRemoteRequest__Output as _arraylab_v1_AddRemoteRequest__Output } from './arraylab/v1/AddRemoteRequest.js';
+import type { CommitCycleRequest as _arraylab_v1_CommitCycleRequest, CommitCycleRequest__Output as _arraylab_v1_CommitCycleRequest__Output } from './arraylab/v1/CommitCycleRequest.js';
+import type { CommitCycleResponse as _arraylab_v1_CommitCycleResponse, CommitCycleResponse__Output as _arraylab_v1_CommitCycleResponse__Output } from './arraylab/v1/CommitCycleResponse.js';
 import type { GetRemoteRequest as _arraylab_v1_GetRemoteRequest, GetRemoteRequest__Output as _arraylab_v1_GetRemoteRequest__Output } from './arraylab/v1/GetRemoteRequest.js';
 import type { ListRemotesRequest as _arraylab_v1_ListRemotesRequest, ListRemotesRequest__Output as _arraylab_v1_ListRemotesRequest__Output } from './arraylab/v1/ListRemotesRequest.js';
 import type { ListRemotesResponse as _arraylab_v1_ListRemotesResponse, ListRemotesResponse__Output as _arraylab_v1_ListRemotesResponse__Output } from './arraylab/v1/ListRemotesResponse.js';
 import type { OpenRemoteEndRequest as _arraylab_v1_OpenRemoteEndRequest, OpenRemoteEndRequest__Output as _arraylab_v1_OpenRemoteEndRequest__Output } from './arraylab/v1/OpenRemoteEndRequest.js';
+import type { RecBufferSettings as _arraylab_v1_RecBufferSettings, RecBufferSettings__Output as _arraylab_v1_RecBufferSettings__Output } from './arraylab/v1/RecBufferSettings.js';
 import type { Remote as _arraylab_v1_Remote, Remote__Output as _arraylab_v1_Remote__Output } from './arraylab/v1/Remote.js';
 import type { RemoteCopyServiceClient as _arraylab_v1_RemoteCopyServiceClient, RemoteCopyServiceDefinition as _arraylab_v1_RemoteCopyServiceDefinition } from './arraylab/v1/RemoteCopyService.js';
 import type { RemoteEnd as _arraylab_v1_RemoteEnd, RemoteEnd__Output as _arraylab_v1_RemoteEnd__Output } from './arraylab/v1/RemoteEnd.js';
@@ -17,6 +20,7 @@ import type { RemoveRemoteRequest as _arraylab_v1_RemoveRemoteRequest, RemoveRem
 import type { RemoveRemoteResponse as _arraylab_v1_RemoveRemoteResponse, RemoveRemoteResponse__Output as _arraylab_v1_RemoveRemoteResponse__Output } from './arraylab/v1/RemoveRemoteResponse.js';
 import type { ResumeRemoteEndRequest as _arraylab_v1_ResumeRemoteEndRequest, ResumeRemoteEndRequest__Output as _arraylab_v1_ResumeRemoteEndRequest__Output } from './arraylab/v1/ResumeRemoteEndRequest.js';
 import type { SetRemoteEndStateRequest as _arraylab_v1_SetRemoteEndStateRequest, SetRemoteEndStateRequest__Output as _arraylab_v1_SetRemoteEndStateRequest__Output } from './arraylab/v1/SetRemoteEndStateRequest.js';
+import type { SetRemoteRequest as _arraylab_v1_SetRemoteRequest, SetRemoteRequest__Output as _arraylab_v1_SetRemoteRequest__Output } from './arraylab/v1/SetRemoteRequest.js';
 
 type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> = {
   new(...args: ConstructorParameters<Constructor>): Subtype;
@@ -26,10 +30,13 @@ export interface ProtoGrpcType {
   arraylab: {
     v1: {
       AddRemoteRequest: MessageTypeDefinition<_arraylab_v1_AddRemoteRequest, _arraylab_v1_AddRemoteRequest__Output>
+      CommitCycleRequest: MessageTypeDefinition<_arraylab_v1_CommitCycleRequest, _arraylab_v1_CommitCycleRequest__Output>
+      CommitCycleResponse: MessageTypeDefinition<_arraylab_v1_CommitCycleResponse, _arraylab_v1_CommitCycleResponse__Output>
       GetRemoteRequest: MessageTypeDefinition<_arraylab_v1_GetRemoteRequest, _arraylab_v1_GetRemoteRequest__Output>
       ListRemotesRequest: MessageTypeDefinition<_arraylab_v1_ListRemotesRequest, _arraylab_v1_ListRemotesRequest__Output>
       ListRemotesResponse: MessageTypeDefinition<_arraylab_v1_ListRemotesResponse, _arraylab_v1_ListRemotesResponse__Output>
       OpenRemoteEndRequest: MessageTypeDefinition<_arraylab_v1_OpenRemoteEndRequest, _arraylab_v1_OpenRemoteEndRequest__Output>
+      RecBufferSettings: MessageTypeDefinition<_arraylab_v1_RecBufferSettings, _arraylab_v1_RecBufferSettings__Output>
       Remote: MessageTypeDefinition<_arraylab_v1_Remote, _arraylab_v1_Remote__Output>
       RemoteCopyService: SubtypeConstructor<typeof grpc.Client, _arraylab_v1_RemoteCopyServiceClient> & { service: _arraylab_v1_RemoteCopyServiceDefinition }
       RemoteEnd: MessageTypeDefinition<_arraylab_v1_RemoteEnd, _arraylab_v1_RemoteEnd__Output>
@@ -40,6 +47,7 @@ export interface ProtoGrpcType {
       RemoveRemoteResponse: MessageTypeDefinition<_arraylab_v1_RemoveRemoteResponse, _arraylab_v1_RemoveRemoteResponse__Output>
       ResumeRemoteEndRequest: MessageTypeDefinition<_arraylab_v1_ResumeRemoteEndRequest, _arraylab_v1_ResumeRemoteEndRequest__Output>
       SetRemoteEndStateRequest: MessageTypeDefinition<_arraylab_v1_SetRemoteEndStateRequest, _arraylab_v1_SetRemoteEndStateRequest__Output>
+      SetRemoteRequest: MessageTypeDefinition<_arraylab_v1_SetRemoteRequest, _arraylab_v1_SetRemoteRequest__Output>
     }
   }
 }

@@ -216,6 +216,8 @@ function remoteCopyFromWire(w: pb.RemoteCopyInfo__Output): RemoteCopyView {
     linkUp: w.linkUp,
     pendingBytes: toByteCount(w.pendingBytes, 'pendingBytes'),
     drainedAt: w.drainedAt,
+    bufferUsedBytes: toByteCount(w.bufferUsedBytes, 'bufferUsedBytes'),
+    bufferSizeBytes: toByteCount(w.bufferSizeBytes, 'bufferSizeBytes'),
   };
 }
 
@@ -230,6 +232,12 @@ export function remoteFromWire(w: pb.Remote__Output): RemoteView {
     addedAt: w.addedAt,
     sessionCount: w.sessionCount,
     version: w.version,
+    buffer: {
+      bytes: toByteCount(w.buffer?.bytes ?? 0, 'buffer.bytes'),
+      haltWaitMs: w.buffer?.haltWaitMs ?? 0,
+      monitorMs: w.buffer?.monitorMs ?? 0,
+      cycleMs: w.buffer?.cycleMs ?? 0,
+    },
   };
 }
 

@@ -250,10 +250,98 @@ describe('REC refusals', () => {
       /exported read-write to 1 connected client; dismount it first or pass --force/,
     );
     await host.close();
-    await expect(a.api.startCopy({ type: 'rec', source: 'vol1', destination: 'site-b:vol1', mode: 'consistency' })).rejects.toThrow(
-      /consistency is not supported yet/,
+    await expect(a.api.startCopy({ type: 'rec', source: 'vol1', destination: 'site-b:vol1', mode: 'bogus' })).rejects.toThrow(
+      /REC mode bogus is not one of sync, stack, consistency, through/,
     );
     await expect(a.api.addRemote('self', `127.0.0.1:${(await a.api.getStatus()).listeners.api.port}`)).rejects.toThrow(/this array itself/);
     await expect(a.api.addRemote('gone', '127.0.0.1:1')).rejects.toThrow(/pass --offline/);
+  });
+});
+
+describe('REC consistency', () => {
+  it('the remote is at every moment a consistent past instant: a prefix of the ordered writes', async () => {
+    const a = await site(['vol1']);
+    const b = await site(['vol1']);
+    await a.api.addRemote('site-b', b.apiAddress);
+    await a.api.setRemoteBuffer('site-b', { cycleMs: 30 });
+    const { id } = await a.api.startCopy({ type: 'rec', source: 'vol1', destination: 'site-b:vol1', mode: 'consistency' });
+    await until(
+      () => a.api.getCopy(id),
+      (s) => s.state === 'equivalent',
+      'equivalent (cycles)',
+    );
+    expect((await b.api.getCopy(id)).state).toBe('equivalent');
+    const host = await nbd(a, 'vol1');
+    // Write k (k = 1..N) stamps block k with k, one after another: any consistent past instant
+    // holds exactly writes 1..m for some m.
+    const N = 400;
+    const block = (k: number) => {
+      const buf = Buffer.alloc(4096);
+      buf.writeUInt32BE(k, 0);
+      buf.writeUInt32BE(k ^ 0x5a5a5a5a, 4092);
+      return buf;
+    };
+    const checkPrefix = async (): Promise<number> => {
+      const img = await readAll(b, 'vol1');
+      let m = 0;
+      while (m < N && img.readUInt32BE((m + 1) * 4096) === m + 1) m++;
+      for (let k = m + 1; k <= N; k++) expect(img.readUInt32BE(k * 4096), `block ${k} is on the remote but write ${m + 1} is not`).toBe(0);
+      return m;
+    };
+    const seen: number[] = [];
+    for (let k = 1; k <= N; k++) {
+      await host.write(k * 4096, block(k));
+      if (k % 50 === 0) seen.push(await checkPrefix());
+    }
+    await until(
+      async () => a.api.getCopy(id),
+      (s) => s.remote?.pendingBytes === 0,
+      'the buffer drained',
+    );
+    expect(await checkPrefix()).toBe(N);
+    const s = await a.api.getCopy(id);
+    expect(s.remote?.drainedAt).not.toBe('');
+    expect(s.remote?.bufferSizeBytes).toBe(128 * MiB);
+    expect(seen.some((m) => m > 0)).toBe(true); // cycles reached the remote while writing
+  });
+
+  it('a suspend drains the buffer: the remote holds the suspend instant', async () => {
+    const { a, b, host, id } = await pair({ mode: 'consistency' });
+    await until(
+      () => a.api.getCopy(id),
+      (s) => s.state === 'equivalent',
+      'equivalent',
+    );
+    for (let i = 0; i < 50; i++) await host.write(i * 128 * 1024, randomBytes(4096));
+    const s = await a.api.suspendCopy(id);
+    expect(s.state).toBe('suspended');
+    const source = Buffer.alloc(SIZE);
+    await host.read(0, source);
+    expect((await readAll(b, 'vol1')).equals(source)).toBe(true);
+    await a.api.resumeCopy(id);
+    await until(
+      () => a.api.getCopy(id),
+      (x) => x.state === 'equivalent',
+      'equivalent again',
+    );
+  });
+
+  it('a full buffer halts the pair with reason buffer-overload once the halt wait timer runs out', async () => {
+    const { a, host, id } = await pair({ mode: 'consistency', recovery: 'manual' });
+    await until(
+      () => a.api.getCopy(id),
+      (s) => s.state === 'equivalent',
+      'equivalent',
+    );
+    await a.api.setRemoteBuffer('site-b', { bytes: MiB, haltWaitMs: 0, cycleMs: 20 });
+    await a.api.addFault({ kind: 'link-delay', target: 'remote:site-b', ms: 300 });
+    for (let i = 0; i < 40; i++) await host.write(i * 64 * 1024, randomBytes(64 * 1024)); // 2.5 MiB
+    const halted = await until(
+      () => a.api.getCopy(id),
+      (s) => s.state === 'halt',
+      'halt',
+    );
+    expect(halted.remote).toMatchObject({ haltReason: 'buffer-overload' });
+    expect(halted.remote?.haltDetail).toMatch(/overloaded.*arraylab remote set site-b --buffer SIZE/);
   });
 });

@@ -16,7 +16,7 @@ export interface RemoteCopyInfo {
    */
   'peer'?: (string);
   /**
-   * sync | stack | through (consistency: not yet)
+   * sync | stack | consistency | through
    */
   'mode'?: (string);
   /**
@@ -29,7 +29,7 @@ export interface RemoteCopyInfo {
    */
   'recovery'?: (string);
   /**
-   * halt: link-down | remote-failed
+   * halt: link-down | remote-failed | buffer-overload
    */
   'haltReason'?: (string);
   /**
@@ -42,14 +42,20 @@ export interface RemoteCopyInfo {
    */
   'pendingBytes'?: (number | string | Long);
   /**
-   * Asynchronous modes: the newest instant at which the remote held every write (empty
-   * while units are pending and never drained since the start).
+   * Asynchronous modes: the newest instant the remote holds every write of: stack and
+   * through, when nothing was pending; consistency, the close of the last cycle applied there
+   * (the age of the newest consistent remote image is now minus this). Empty when unknown.
    */
   'drainedAt'?: (string);
   /**
    * halt: what failed, in words.
    */
   'haltDetail'?: (string);
+  /**
+   * Consistency mode: the REC buffer to this remote, shared by its consistency pairs.
+   */
+  'bufferUsedBytes'?: (number | string | Long);
+  'bufferSizeBytes'?: (number | string | Long);
 }
 
 /**
@@ -66,7 +72,7 @@ export interface RemoteCopyInfo__Output {
    */
   'peer': (string);
   /**
-   * sync | stack | through (consistency: not yet)
+   * sync | stack | consistency | through
    */
   'mode': (string);
   /**
@@ -79,7 +85,7 @@ export interface RemoteCopyInfo__Output {
    */
   'recovery': (string);
   /**
-   * halt: link-down | remote-failed
+   * halt: link-down | remote-failed | buffer-overload
    */
   'haltReason': (string);
   /**
@@ -92,12 +98,18 @@ export interface RemoteCopyInfo__Output {
    */
   'pendingBytes': (string);
   /**
-   * Asynchronous modes: the newest instant at which the remote held every write (empty
-   * while units are pending and never drained since the start).
+   * Asynchronous modes: the newest instant the remote holds every write of: stack and
+   * through, when nothing was pending; consistency, the close of the last cycle applied there
+   * (the age of the newest consistent remote image is now minus this). Empty when unknown.
    */
   'drainedAt': (string);
   /**
    * halt: what failed, in words.
    */
   'haltDetail': (string);
+  /**
+   * Consistency mode: the REC buffer to this remote, shared by its consistency pairs.
+   */
+  'bufferUsedBytes': (string);
+  'bufferSizeBytes': (string);
 }

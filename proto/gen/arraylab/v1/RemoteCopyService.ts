@@ -2,6 +2,8 @@
 
 import type * as grpc from '@grpc/grpc-js'
 import type { MethodDefinition } from '@grpc/proto-loader'
+import type { CommitCycleRequest as _arraylab_v1_CommitCycleRequest, CommitCycleRequest__Output as _arraylab_v1_CommitCycleRequest__Output } from '../../arraylab/v1/CommitCycleRequest.js';
+import type { CommitCycleResponse as _arraylab_v1_CommitCycleResponse, CommitCycleResponse__Output as _arraylab_v1_CommitCycleResponse__Output } from '../../arraylab/v1/CommitCycleResponse.js';
 import type { OpenRemoteEndRequest as _arraylab_v1_OpenRemoteEndRequest, OpenRemoteEndRequest__Output as _arraylab_v1_OpenRemoteEndRequest__Output } from '../../arraylab/v1/OpenRemoteEndRequest.js';
 import type { RemoteEnd as _arraylab_v1_RemoteEnd, RemoteEnd__Output as _arraylab_v1_RemoteEnd__Output } from '../../arraylab/v1/RemoteEnd.js';
 import type { RemoteEndChanges as _arraylab_v1_RemoteEndChanges, RemoteEndChanges__Output as _arraylab_v1_RemoteEndChanges__Output } from '../../arraylab/v1/RemoteEndChanges.js';
@@ -24,6 +26,25 @@ export interface RemoteCopyServiceClient extends grpc.Client {
   closeRemoteEnd(argument: _arraylab_v1_RemoteEndId, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_RemoteEnd__Output>): grpc.ClientUnaryCall;
   closeRemoteEnd(argument: _arraylab_v1_RemoteEndId, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_RemoteEnd__Output>): grpc.ClientUnaryCall;
   closeRemoteEnd(argument: _arraylab_v1_RemoteEndId, callback: grpc.requestCallback<_arraylab_v1_RemoteEnd__Output>): grpc.ClientUnaryCall;
+  
+  /**
+   * Consistency mode: applies the staged cycle of every pair named, as one (recorded durably
+   * for all of them first, so a restart finishes it). The source has flushed each pair's data
+   * export, which made its stage durable.
+   */
+  CommitCycle(argument: _arraylab_v1_CommitCycleRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CommitCycleResponse__Output>): grpc.ClientUnaryCall;
+  CommitCycle(argument: _arraylab_v1_CommitCycleRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_CommitCycleResponse__Output>): grpc.ClientUnaryCall;
+  CommitCycle(argument: _arraylab_v1_CommitCycleRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CommitCycleResponse__Output>): grpc.ClientUnaryCall;
+  CommitCycle(argument: _arraylab_v1_CommitCycleRequest, callback: grpc.requestCallback<_arraylab_v1_CommitCycleResponse__Output>): grpc.ClientUnaryCall;
+  /**
+   * Consistency mode: applies the staged cycle of every pair named, as one (recorded durably
+   * for all of them first, so a restart finishes it). The source has flushed each pair's data
+   * export, which made its stage durable.
+   */
+  commitCycle(argument: _arraylab_v1_CommitCycleRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CommitCycleResponse__Output>): grpc.ClientUnaryCall;
+  commitCycle(argument: _arraylab_v1_CommitCycleRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_CommitCycleResponse__Output>): grpc.ClientUnaryCall;
+  commitCycle(argument: _arraylab_v1_CommitCycleRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CommitCycleResponse__Output>): grpc.ClientUnaryCall;
+  commitCycle(argument: _arraylab_v1_CommitCycleRequest, callback: grpc.requestCallback<_arraylab_v1_CommitCycleResponse__Output>): grpc.ClientUnaryCall;
   
   /**
    * Makes a volume of this array the destination (remote end) of a REC pair. Refused as a
@@ -87,6 +108,13 @@ export interface RemoteCopyServiceHandlers extends grpc.UntypedServiceImplementa
   CloseRemoteEnd: grpc.handleUnaryCall<_arraylab_v1_RemoteEndId__Output, _arraylab_v1_RemoteEnd>;
   
   /**
+   * Consistency mode: applies the staged cycle of every pair named, as one (recorded durably
+   * for all of them first, so a restart finishes it). The source has flushed each pair's data
+   * export, which made its stage durable.
+   */
+  CommitCycle: grpc.handleUnaryCall<_arraylab_v1_CommitCycleRequest__Output, _arraylab_v1_CommitCycleResponse>;
+  
+  /**
    * Makes a volume of this array the destination (remote end) of a REC pair. Refused as a
    * local destination would be: unknown, smaller, other block size, read-only, already in a
    * session, or exported read-write to a connected client (unless force).
@@ -109,6 +137,7 @@ export interface RemoteCopyServiceHandlers extends grpc.UntypedServiceImplementa
 
 export interface RemoteCopyServiceDefinition extends grpc.ServiceDefinition {
   CloseRemoteEnd: MethodDefinition<_arraylab_v1_RemoteEndId, _arraylab_v1_RemoteEnd, _arraylab_v1_RemoteEndId__Output, _arraylab_v1_RemoteEnd__Output>
+  CommitCycle: MethodDefinition<_arraylab_v1_CommitCycleRequest, _arraylab_v1_CommitCycleResponse, _arraylab_v1_CommitCycleRequest__Output, _arraylab_v1_CommitCycleResponse__Output>
   OpenRemoteEnd: MethodDefinition<_arraylab_v1_OpenRemoteEndRequest, _arraylab_v1_RemoteEnd, _arraylab_v1_OpenRemoteEndRequest__Output, _arraylab_v1_RemoteEnd__Output>
   ResumeRemoteEnd: MethodDefinition<_arraylab_v1_ResumeRemoteEndRequest, _arraylab_v1_RemoteEndChanges, _arraylab_v1_ResumeRemoteEndRequest__Output, _arraylab_v1_RemoteEndChanges__Output>
   SetRemoteEndState: MethodDefinition<_arraylab_v1_SetRemoteEndStateRequest, _arraylab_v1_RemoteEnd, _arraylab_v1_SetRemoteEndStateRequest__Output, _arraylab_v1_RemoteEnd__Output>

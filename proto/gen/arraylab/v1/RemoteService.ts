@@ -9,6 +9,7 @@ import type { ListRemotesResponse as _arraylab_v1_ListRemotesResponse, ListRemot
 import type { Remote as _arraylab_v1_Remote, Remote__Output as _arraylab_v1_Remote__Output } from '../../arraylab/v1/Remote.js';
 import type { RemoveRemoteRequest as _arraylab_v1_RemoveRemoteRequest, RemoveRemoteRequest__Output as _arraylab_v1_RemoveRemoteRequest__Output } from '../../arraylab/v1/RemoveRemoteRequest.js';
 import type { RemoveRemoteResponse as _arraylab_v1_RemoveRemoteResponse, RemoveRemoteResponse__Output as _arraylab_v1_RemoveRemoteResponse__Output } from '../../arraylab/v1/RemoveRemoteResponse.js';
+import type { SetRemoteRequest as _arraylab_v1_SetRemoteRequest, SetRemoteRequest__Output as _arraylab_v1_SetRemoteRequest__Output } from '../../arraylab/v1/SetRemoteRequest.js';
 
 export interface RemoteServiceClient extends grpc.Client {
   /**
@@ -61,6 +62,21 @@ export interface RemoteServiceClient extends grpc.Client {
   removeRemote(argument: _arraylab_v1_RemoveRemoteRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_RemoveRemoteResponse__Output>): grpc.ClientUnaryCall;
   removeRemote(argument: _arraylab_v1_RemoveRemoteRequest, callback: grpc.requestCallback<_arraylab_v1_RemoveRemoteResponse__Output>): grpc.ClientUnaryCall;
   
+  /**
+   * Changes how the REC buffer to it behaves (consistency mode); pairs on it see it at once.
+   */
+  SetRemote(argument: _arraylab_v1_SetRemoteRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_Remote__Output>): grpc.ClientUnaryCall;
+  SetRemote(argument: _arraylab_v1_SetRemoteRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_Remote__Output>): grpc.ClientUnaryCall;
+  SetRemote(argument: _arraylab_v1_SetRemoteRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_Remote__Output>): grpc.ClientUnaryCall;
+  SetRemote(argument: _arraylab_v1_SetRemoteRequest, callback: grpc.requestCallback<_arraylab_v1_Remote__Output>): grpc.ClientUnaryCall;
+  /**
+   * Changes how the REC buffer to it behaves (consistency mode); pairs on it see it at once.
+   */
+  setRemote(argument: _arraylab_v1_SetRemoteRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_Remote__Output>): grpc.ClientUnaryCall;
+  setRemote(argument: _arraylab_v1_SetRemoteRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_Remote__Output>): grpc.ClientUnaryCall;
+  setRemote(argument: _arraylab_v1_SetRemoteRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_Remote__Output>): grpc.ClientUnaryCall;
+  setRemote(argument: _arraylab_v1_SetRemoteRequest, callback: grpc.requestCallback<_arraylab_v1_Remote__Output>): grpc.ClientUnaryCall;
+  
 }
 
 export interface RemoteServiceHandlers extends grpc.UntypedServiceImplementation {
@@ -79,6 +95,11 @@ export interface RemoteServiceHandlers extends grpc.UntypedServiceImplementation
    */
   RemoveRemote: grpc.handleUnaryCall<_arraylab_v1_RemoveRemoteRequest__Output, _arraylab_v1_RemoveRemoteResponse>;
   
+  /**
+   * Changes how the REC buffer to it behaves (consistency mode); pairs on it see it at once.
+   */
+  SetRemote: grpc.handleUnaryCall<_arraylab_v1_SetRemoteRequest__Output, _arraylab_v1_Remote>;
+  
 }
 
 export interface RemoteServiceDefinition extends grpc.ServiceDefinition {
@@ -86,4 +107,5 @@ export interface RemoteServiceDefinition extends grpc.ServiceDefinition {
   GetRemote: MethodDefinition<_arraylab_v1_GetRemoteRequest, _arraylab_v1_Remote, _arraylab_v1_GetRemoteRequest__Output, _arraylab_v1_Remote__Output>
   ListRemotes: MethodDefinition<_arraylab_v1_ListRemotesRequest, _arraylab_v1_ListRemotesResponse, _arraylab_v1_ListRemotesRequest__Output, _arraylab_v1_ListRemotesResponse__Output>
   RemoveRemote: MethodDefinition<_arraylab_v1_RemoveRemoteRequest, _arraylab_v1_RemoveRemoteResponse, _arraylab_v1_RemoveRemoteRequest__Output, _arraylab_v1_RemoveRemoteResponse__Output>
+  SetRemote: MethodDefinition<_arraylab_v1_SetRemoteRequest, _arraylab_v1_Remote, _arraylab_v1_SetRemoteRequest__Output, _arraylab_v1_Remote__Output>
 }

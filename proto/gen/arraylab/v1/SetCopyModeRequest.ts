@@ -4,7 +4,7 @@
 export interface SetCopyModeRequest {
   'id'?: (string);
   /**
-   * REC: sync | stack | through
+   * REC: sync | stack | consistency | through
    */
   'mode'?: (string);
 }
@@ -12,7 +12,7 @@ export interface SetCopyModeRequest {
 export interface SetCopyModeRequest__Output {
   'id': (string);
   /**
-   * REC: sync | stack | through
+   * REC: sync | stack | consistency | through
    */
   'mode': (string);
 }

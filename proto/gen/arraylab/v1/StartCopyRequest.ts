@@ -21,8 +21,8 @@ export interface StartCopyRequest {
    */
   'refuseIfFull'?: (boolean);
   /**
-   * REC: sync (default) | stack | through; split: auto (default) | manual; recovery: auto
-   * (default) | manual. See RemoteCopyInfo.
+   * REC: sync (default) | stack | consistency | through; split: auto (default) | manual;
+   * recovery: auto (default) | manual. See RemoteCopyInfo.
    */
   'mode'?: (string);
   'split'?: (string);
@@ -49,8 +49,8 @@ export interface StartCopyRequest__Output {
    */
   'refuseIfFull': (boolean);
   /**
-   * REC: sync (default) | stack | through; split: auto (default) | manual; recovery: auto
-   * (default) | manual. See RemoteCopyInfo.
+   * REC: sync (default) | stack | consistency | through; split: auto (default) | manual;
+   * recovery: auto (default) | manual. See RemoteCopyInfo.
    */
   'mode': (string);
   'split': (string);
