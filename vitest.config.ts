@@ -25,6 +25,7 @@ const UNIT = [
   'test/net/**/*.test.ts',
   'test/fault/unit/**/*.test.ts',
   'test/remote/unit/**/*.test.ts',
+  'test/lab/unit/**/*.test.ts',
   'test/nbd/{hostile,lifecycle,output}.test.ts',
   'test/iscsi/{chap,commandWindow,conformanceParse,negotiation,pdu,text,targetProtocol}.test.ts',
   'test/iscsi/scsi*.test.ts',

@@ -1,4 +1,4 @@
-/** `arraylab lab up|down|status FILE`: a lab file's arrays, volumes, hosts and VMs (emulator/lab/). */
+/** `arraylab lab up|down|status FILE`: a lab file's arrays, volumes, hosts, remotes, REC pairs and VMs (emulator/lab/). */
 import type { Argv } from 'yargs';
 import type { LabItem } from '../lab/apply.js';
 import { EXIT_USAGE, CommandError } from './errors.js';
@@ -16,15 +16,18 @@ async function load(file: string) {
   }
 }
 
+/** An item's name; in a lab with several arrays, ARRAY:NAME for what is on one of them. */
+const nameOf = (i: LabItem) => (i.array ? `${i.array}:${i.name}` : i.name);
+
 function line(i: LabItem): string {
-  return `${i.kind} ${i.name}: ${i.state}${i.detail ? ` (${i.detail})` : ''}`;
+  return `${i.kind} ${nameOf(i)}: ${i.state}${i.detail ? ` (${i.detail})` : ''}`;
 }
 
 export function labCommands(y: Argv<{ json: boolean }>) {
   return withRunDirOption(y)
     .command(
       'up <file>',
-      'create what the lab file declares and is missing (start its array, volumes, hosts, VMs); leaves what exists',
+      'create what the lab file declares and is missing (start its arrays; volumes, hosts, remotes, REC pairs, VMs); leaves what exists',
       (c) => c.positional('file', { type: 'string', demandOption: true }),
       async (a) => {
         const lab = await load(String(a.file));
@@ -39,12 +42,12 @@ export function labCommands(y: Argv<{ json: boolean }>) {
     )
     .command(
       'down <file>',
-      "stop the lab's VMs and the array lab up started; keeps data unless --purge",
+      "stop the lab's VMs and the arrays lab up started; keeps data unless --purge",
       (c) =>
         c.positional('file', { type: 'string', demandOption: true }).option('purge', {
           type: 'boolean',
           default: false,
-          describe: "also delete the lab's hosts and volumes, and the data directory of an array lab up started",
+          describe: "also cancel the lab's REC pairs, remove its remotes, delete its hosts and volumes, and the data directory of an array lab up started",
         }),
       async (a) => {
         const lab = await load(String(a.file));
@@ -70,7 +73,7 @@ export function labCommands(y: Argv<{ json: boolean }>) {
         print(
           table(items, [
             { header: 'KIND', value: (i) => i.kind },
-            { header: 'NAME', value: (i) => i.name },
+            { header: 'NAME', value: nameOf },
             { header: 'STATE', value: (i) => i.state },
             { header: 'DETAIL', value: (i) => i.detail ?? '' },
           ]),

@@ -1,5 +1,8 @@
 /**
- * The lab file: the arrays, volumes, hosts and VMs of a lab (`arraylab lab up|down|status`).
+ * The lab file: the arrays of a lab, each with its volumes, hosts, faults, the other arrays it
+ * knows (remotes) and the REC pairs it sends, and the lab's VMs (`arraylab lab up|down|status`).
+ * A lab with one array may declare that array's volumes, hosts and faults at the top level (the
+ * first lab files did); a lab with several declares them under each array.
  * Validation is strict like emulator/config.ts: unknown keys are errors and every message is
  * one line naming the file, the key path and the fix:
  *   lab labs/backup.yaml: vms[0].attach[1].via: "scsi" is not a transport; use nbd or iscsi
@@ -11,23 +14,6 @@ import { formatHostPort, parseHostPort } from '../../proto/util/address.js';
 import { checkIscsiName, IscsiNameError } from '../array/iscsiNames.js';
 import { MAX_LUN, VOLUME_NAME_PATTERN } from '../array/types.js';
 import { parseSize, SizeError } from '../../proto/util/units.js';
-
-export interface LabArray {
-  name: string;
-  /** HOST:PORT of its control API. */
-  api: string;
-  /** Start `arraylab serve` (detached) when nothing answers at api; lab down stops it. */
-  start: boolean;
-  /** Absolute; where a started array keeps its data. */
-  dataDir: string;
-  /**
-   * Listen addresses of a started array: NBD (the VMs' via: nbd disks) and the iSCSI portal
-   * (via: iscsi). Default: the built-in config's, 127.0.0.1:10809 and 127.0.0.1:3260. Unused
-   * when an array already answers at api.
-   */
-  nbd?: string;
-  iscsi?: string;
-}
 
 export interface LabVolume {
   name: string;
@@ -44,8 +30,66 @@ export interface LabHost {
   luns: Array<{ volume: string; lun?: number }>;
 }
 
+/** Another array this one knows as `name` (`arraylab remote add NAME --api ...`). */
+export interface LabRemote {
+  name: string;
+  /** The lab's array it is (lab up adds it with that array's API address once it runs)... */
+  array?: string;
+  /** ...or HOST:PORT of an array outside the lab. */
+  api?: string;
+}
+
+/** A REC pair this array sends: `arraylab copy start --type rec --src SRC --dst REMOTE:VOLUME`. */
+export interface LabCopy {
+  type: 'rec';
+  src: string;
+  /** REMOTE:VOLUME as written; remote is one of the array's remotes. */
+  dst: string;
+  remote: string;
+  volume: string;
+  mode: (typeof REC_MODES)[number];
+  split: 'auto' | 'manual';
+  recovery: 'auto' | 'manual';
+}
+
+export interface LabArray {
+  name: string;
+  /** Key path in the lab file, for messages: arrays[1]. */
+  at: string;
+  /**
+   * HOST:PORT of its control API. Port 0 (only with start): a free port lab up picks at the
+   * first start and keeps (in the data directory) for the next ones, so remotes stay valid.
+   */
+  api: string;
+  /** Start `arraylab serve` (detached) when nothing answers at api; lab down stops it. */
+  start: boolean;
+  /** Absolute; where a started array keeps its data. */
+  dataDir: string;
+  /**
+   * Listen addresses of a started array: NBD (the VMs' via: nbd disks) and the iSCSI portal
+   * (via: iscsi). Default: in a one-array lab the built-in config's, 127.0.0.1:10809 and
+   * 127.0.0.1:3260; with several arrays 127.0.0.1:0 (free ports). Unused when an array already
+   * answers at api.
+   */
+  nbd?: string;
+  iscsi?: string;
+  volumes: LabVolume[];
+  hosts: LabHost[];
+  remotes: LabRemote[];
+  copies: LabCopy[];
+  /**
+   * Faults set once the lab is up, as one plan named "lab" (emulator/fault/README.md); each
+   * entry as in a plan file, checked by the array when it is applied.
+   */
+  faults: Array<Record<string, unknown>>;
+  /** Where its volumes, hosts and faults are in the lab file: `volumes` (top level) or `arrays[0].volumes`. */
+  keys: { volumes: string; hosts: string; faults: string };
+}
+
 export interface LabVm {
   name: string;
+  /** The lab array whose volumes it attaches. */
+  array: string;
   memoryMiB: number;
   attach: Array<{ volume: string; via: 'nbd' | 'iscsi' }>;
 }
@@ -54,14 +98,7 @@ export interface Lab {
   /** Absolute path of the lab file. */
   file: string;
   arrays: LabArray[];
-  volumes: LabVolume[];
-  hosts: LabHost[];
   vms: LabVm[];
-  /**
-   * Faults set once the lab is up, as one plan named "lab" (emulator/fault/README.md); each
-   * entry as in a plan file, checked by the array when it is applied.
-   */
-  faults: Array<Record<string, unknown>>;
   /** Seeds the lab's randomness (its faults); default 0. */
   seed: number;
 }
@@ -78,6 +115,12 @@ type Obj = Record<string, unknown>;
 
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 const show = (v: unknown): string => (v === undefined ? 'nothing' : JSON.stringify(v));
+
+/** REC modes (emulator/copy/CopySession.ts REC_MODES; the array refuses one it does not support). */
+const REC_MODES = ['sync', 'stack', 'consistency', 'through'] as const;
+
+const ARRAY_KEYS = ['name', 'api', 'start', 'dataDir', 'nbd', 'iscsi', 'volumes', 'hosts', 'remotes', 'copies', 'faults'];
+const ARRAY_EXAMPLE = '{name: array0, api: 127.0.0.1:7390, start: true, dataDir: ./lab-data}';
 
 function checkKeys(o: Obj, allowed: string[], at: string, fail: Fail): void {
   for (const k of Object.keys(o)) {
@@ -98,6 +141,12 @@ function list(v: unknown, at: string, example: string, fail: Fail): unknown[] {
   return v as unknown[];
 }
 
+function choice<T extends string>(v: unknown, dflt: T, allowed: readonly T[], at: string, what: string, fail: Fail): T {
+  const x = v ?? dflt;
+  if (typeof x !== 'string' || !allowed.includes(x as T)) fail(at, `${show(x)} is not ${what}; use ${allowed.join(', ')}`);
+  return x as T;
+}
+
 export function loadLab(path: string): Lab {
   const file = resolve(path);
   let text: string;
@@ -110,67 +159,15 @@ export function loadLab(path: string): Lab {
   return parseLab(text, file);
 }
 
-export function parseLab(text: string, file: string): Lab {
-  const fail: Fail = (path, message) => {
-    throw new LabError(`lab ${file}: ${path ? `${path}: ` : ''}${message}`);
-  };
-  const doc = parseDocument(text, { uniqueKeys: true });
-  const syntax = doc.errors[0];
-  if (syntax) {
-    const pos = syntax.linePos?.[0];
-    const what = syntax.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
-    fail('', `YAML syntax error at ${pos ? `line ${pos.line}, column ${pos.col}` : 'unknown position'}: ${what}; fix the YAML`);
-  }
-  const root: unknown = doc.toJS();
-  if (!isObj(root)) return fail('', 'the top level must be a mapping with arrays, volumes, hosts, vms and optionally faults and seed');
-  checkKeys(root, ['arrays', 'volumes', 'hosts', 'vms', 'faults', 'seed'], '', fail);
-  const baseDir = dirname(file);
-
-  const arraysRaw = list(root.arrays, 'arrays', '[{name: array0, api: 127.0.0.1:7390, start: true, dataDir: ./lab-data}]', fail);
-  if (arraysRaw.length !== 1)
-    fail(
-      'arrays',
-      `declares ${arraysRaw.length} arrays; a lab has exactly one for now, e.g. [{name: array0, api: 127.0.0.1:7390, start: true, dataDir: ./lab-data}]`,
-    );
-  const arrays = arraysRaw.map((raw, i): LabArray => {
-    const at = `arrays[${i}]`;
-    if (!isObj(raw)) return fail(at, 'must be a mapping, e.g. {name: array0, api: 127.0.0.1:7390, start: true, dataDir: ./lab-data}');
-    checkKeys(raw, ['name', 'api', 'start', 'dataDir', 'nbd', 'iscsi'], at, fail);
-    const addr = (key: string, required: boolean): string | undefined => {
-      const v = raw[key];
-      if (v === undefined || v === null) return required ? fail(`${at}.${key}`, 'is missing; give HOST:PORT such as 127.0.0.1:7390') : undefined;
-      if (typeof v !== 'string') return fail(`${at}.${key}`, `${show(v)} is not an address; use HOST:PORT such as 127.0.0.1:7390`);
-      try {
-        return formatHostPort(parseHostPort(v));
-      } catch (err) {
-        return fail(`${at}.${key}`, (err as Error).message);
-      }
-    };
-    const start = raw.start ?? false;
-    if (typeof start !== 'boolean') fail(`${at}.start`, `${show(start)} is not true or false`);
-    const dataDir = raw.dataDir ?? './lab-data';
-    if (typeof dataDir !== 'string' || dataDir === '')
-      fail(`${at}.dataDir`, `${show(dataDir)} is not a directory path; use a path such as ./lab-data (relative to the lab file)`);
-    const nbd = addr('nbd', false);
-    const iscsi = addr('iscsi', false);
-    return {
-      name: name(raw.name, `${at}.name`, 'array', fail),
-      api: addr('api', true)!,
-      start: start as boolean,
-      dataDir: resolve(baseDir, dataDir as string),
-      ...(nbd ? { nbd } : {}),
-      ...(iscsi ? { iscsi } : {}),
-    };
-  });
-
+function parseVolumes(raws: unknown[], key: string, fail: Fail): LabVolume[] {
   const volumes: LabVolume[] = [];
-  list(root.volumes, 'volumes', '[{name: tv1, size: 256MiB}]', fail).forEach((raw, i) => {
-    const at = `volumes[${i}]`;
+  raws.forEach((raw, i) => {
+    const at = `${key}[${i}]`;
     if (!isObj(raw)) return fail(at, 'must be a mapping with at least name and size, e.g. {name: tv1, size: 256MiB}');
     checkKeys(raw, ['name', 'size', 'blockSize', 'provisioning'], at, fail);
     const n = name(raw.name, `${at}.name`, 'volume', fail);
     const dup = volumes.findIndex((v) => v.name === n);
-    if (dup >= 0) fail(`${at}.name`, `volume ${n} is declared twice (also volumes[${dup}]); remove one`);
+    if (dup >= 0) fail(`${at}.name`, `volume ${n} is declared twice (also ${key}[${dup}]); remove one`);
     if (raw.size === undefined) fail(`${at}.size`, 'is missing; give a size such as 256MiB or 1GiB');
     if (typeof raw.size !== 'string' && typeof raw.size !== 'number')
       fail(`${at}.size`, `${show(raw.size)} is not a size; use a number with a unit such as 256MiB`);
@@ -189,10 +186,125 @@ export function parseLab(text: string, file: string): Lab {
     if (provisioning !== 'thin' && provisioning !== 'thick') fail(`${at}.provisioning`, `${show(provisioning)} is not a provisioning type; use thin or thick`);
     volumes.push({ name: n, sizeBytes, blockSize: blockSize as 512 | 4096, provisioning: provisioning as 'thin' | 'thick' });
   });
-  const volumeRef = (v: unknown, at: string): string => {
+  return volumes;
+}
+
+export function parseLab(text: string, file: string): Lab {
+  const fail: Fail = (path, message) => {
+    throw new LabError(`lab ${file}: ${path ? `${path}: ` : ''}${message}`);
+  };
+  const doc = parseDocument(text, { uniqueKeys: true });
+  const syntax = doc.errors[0];
+  if (syntax) {
+    const pos = syntax.linePos?.[0];
+    const what = syntax.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
+    fail('', `YAML syntax error at ${pos ? `line ${pos.line}, column ${pos.col}` : 'unknown position'}: ${what}; fix the YAML`);
+  }
+  const root: unknown = doc.toJS();
+  if (!isObj(root)) return fail('', 'the top level must be a mapping with arrays, volumes, hosts, vms and optionally faults and seed');
+  checkKeys(root, ['arrays', 'volumes', 'hosts', 'vms', 'faults', 'seed'], '', fail);
+  const baseDir = dirname(file);
+
+  const arraysRaw = list(root.arrays, 'arrays', `[${ARRAY_EXAMPLE}]`, fail);
+  if (arraysRaw.length === 0) fail('arrays', `declares no array; a lab needs at least one, e.g. [${ARRAY_EXAMPLE}]`);
+  const several = arraysRaw.length > 1;
+  // With several arrays, top-level volumes, hosts and faults would belong to none in particular.
+  if (several) {
+    for (const key of ['volumes', 'hosts', 'faults'] as const) {
+      if (root[key] !== undefined && root[key] !== null)
+        fail(key, `a lab with several arrays declares ${key} under each array; move them to arrays[N].${key} of the array they belong to`);
+    }
+  }
+
+  // First each array's own keys and volumes: remotes, copies, VMs and hosts refer to them.
+  const arrays = arraysRaw.map((raw, i): LabArray => {
+    const at = `arrays[${i}]`;
+    if (!isObj(raw)) return fail(at, `must be a mapping, e.g. ${ARRAY_EXAMPLE}`);
+    checkKeys(raw, ARRAY_KEYS, at, fail);
+    const n = name(raw.name, `${at}.name`, 'array', fail);
+    const start = raw.start ?? false;
+    if (typeof start !== 'boolean') fail(`${at}.start`, `${show(start)} is not true or false`);
+    const addr = (key: string): string | undefined => {
+      const v = raw[key];
+      if (v === undefined || v === null) return undefined;
+      if (typeof v !== 'string') return fail(`${at}.${key}`, `${show(v)} is not an address; use HOST:PORT such as 127.0.0.1:7390`);
+      try {
+        return formatHostPort(parseHostPort(v));
+      } catch (err) {
+        return fail(`${at}.${key}`, (err as Error).message);
+      }
+    };
+    let api = addr('api');
+    if (api === undefined) {
+      if (!start)
+        fail(`${at}.api`, 'is missing; give HOST:PORT of a running array such as 127.0.0.1:7390, or set start: true (lab up then starts one on a free port)');
+      api = '127.0.0.1:0';
+    } else if (parseHostPort(api).port === 0 && !start) {
+      fail(`${at}.api`, `${api}: port 0 is a free port lab up picks for an array it starts; set start: true, or give the address of a running array`);
+    }
+    const dataDir = raw.dataDir ?? (several ? `./lab-data/${n}` : './lab-data');
+    if (typeof dataDir !== 'string' || dataDir === '')
+      fail(`${at}.dataDir`, `${show(dataDir)} is not a directory path; use a path such as ./lab-data (relative to the lab file)`);
+    // Two arrays cannot share the built-in config's ports: with several, free ports by default.
+    const nbd = addr('nbd') ?? (several ? '127.0.0.1:0' : undefined);
+    const iscsi = addr('iscsi') ?? (several ? '127.0.0.1:0' : undefined);
+    const keys = several
+      ? { volumes: `${at}.volumes`, hosts: `${at}.hosts`, faults: `${at}.faults` }
+      : {
+          volumes: raw.volumes !== undefined ? `${at}.volumes` : 'volumes',
+          hosts: raw.hosts !== undefined ? `${at}.hosts` : 'hosts',
+          faults: raw.faults !== undefined ? `${at}.faults` : 'faults',
+        };
+    if (!several) {
+      for (const key of ['volumes', 'hosts', 'faults'] as const) {
+        if (raw[key] !== undefined && root[key] !== undefined)
+          fail(`${at}.${key}`, `the lab declares ${key} at the top level too; declare them in one place (the top-level ones are this array's)`);
+      }
+    }
+    const from = (key: 'volumes' | 'hosts' | 'faults') => (keys[key] === key ? root[key] : raw[key]);
+    return {
+      name: n,
+      at,
+      api,
+      start: start as boolean,
+      dataDir: resolve(baseDir, dataDir as string),
+      ...(nbd ? { nbd } : {}),
+      ...(iscsi ? { iscsi } : {}),
+      volumes: parseVolumes(list(from('volumes'), keys.volumes, '[{name: tv1, size: 256MiB}]', fail), keys.volumes, fail),
+      hosts: [],
+      remotes: [],
+      copies: [],
+      faults: [],
+      keys,
+    };
+  });
+  const rawOf = (a: LabArray) => arraysRaw[Number(/\d+/.exec(a.at)![0])] as Obj;
+  const fromKey = (a: LabArray, key: 'hosts' | 'faults'): unknown => (a.keys[key] === key ? root[key] : rawOf(a)[key]);
+
+  // Arrays are told apart by name, and a started one needs addresses and a data directory of its own.
+  const seen = new Map<string, string>();
+  for (const a of arrays) {
+    const dup = arrays.find((b) => b !== a && b.name === a.name);
+    if (dup && arrays.indexOf(dup) < arrays.indexOf(a))
+      fail(`${a.at}.name`, `array ${a.name} is declared twice (also ${dup.at}); give each array its own name`);
+    for (const key of ['api', 'nbd', 'iscsi'] as const) {
+      const v = a[key];
+      if (v === undefined || parseHostPort(v).port === 0 || (key !== 'api' && !a.start)) continue;
+      const other = seen.get(v);
+      if (other) fail(`${a.at}.${key}`, `${v} is also ${other}; give each array its own port (0: a free port)`);
+      seen.set(v, `${a.at}.${key}`);
+    }
+    const sameDir = arrays.find((b) => b !== a && b.dataDir === a.dataDir);
+    if (sameDir && a.start && sameDir.start && arrays.indexOf(sameDir) < arrays.indexOf(a))
+      fail(`${a.at}.dataDir`, `${a.dataDir} is also the data directory of ${sameDir.at}; give each array its own, e.g. ./lab-data/${a.name}`);
+  }
+  const arrayByName = new Map(arrays.map((a) => [a.name, a]));
+  const first = arrays[0]!;
+
+  const volumeRef = (a: LabArray, v: unknown, at: string): string => {
     const n = name(v, at, 'volume', fail);
-    if (!volumes.some((x) => x.name === n))
-      fail(at, `volume ${n} is not declared in volumes (${volumes.map((x) => x.name).join(', ') || 'there are none'}); declare it there`);
+    if (!a.volumes.some((x) => x.name === n))
+      fail(at, `volume ${n} is not declared in ${a.keys.volumes} (${a.volumes.map((x) => x.name).join(', ') || 'there are none'}); declare it there`);
     return n;
   };
 
@@ -200,75 +312,202 @@ export function parseLab(text: string, file: string): Lab {
   list(root.vms, 'vms', '[{name: lab1, attach: [{volume: tv1, via: nbd}]}]', fail).forEach((raw, i) => {
     const at = `vms[${i}]`;
     if (!isObj(raw)) return fail(at, 'must be a mapping, e.g. {name: lab1, memory: 1024, attach: [{volume: tv1, via: nbd}]}');
-    checkKeys(raw, ['name', 'memory', 'attach'], at, fail);
+    checkKeys(raw, ['name', 'array', 'memory', 'attach'], at, fail);
     const n = name(raw.name, `${at}.name`, 'VM', fail);
     const dup = vms.findIndex((v) => v.name === n);
     if (dup >= 0) fail(`${at}.name`, `VM ${n} is declared twice (also vms[${dup}]); remove one`);
+    let a = first;
+    if (raw.array !== undefined) {
+      const an = name(raw.array, `${at}.array`, 'array', fail);
+      a = arrayByName.get(an) ?? fail(`${at}.array`, `array ${an} is not declared in arrays (${arrays.map((x) => x.name).join(', ')}); use one of them`);
+    }
     const memory = raw.memory ?? 1024;
     if (typeof memory !== 'number' || !Number.isInteger(memory) || memory < 512)
       fail(`${at}.memory`, `${show(memory)} is not a memory size; give MiB as a whole number of at least 512, e.g. 1024`);
-    const attach = list(raw.attach, `${at}.attach`, '[{volume: tv1, via: nbd}]', fail).map((a, j) => {
+    const attach = list(raw.attach, `${at}.attach`, '[{volume: tv1, via: nbd}]', fail).map((x, j) => {
       const aat = `${at}.attach[${j}]`;
-      if (typeof a === 'string') return { volume: volumeRef(a, aat), via: 'nbd' as const };
-      if (!isObj(a)) return fail(aat, 'must be a volume name or a mapping {volume: tv1, via: nbd}');
-      checkKeys(a, ['volume', 'via'], aat, fail);
-      const via = a.via ?? 'nbd';
+      if (typeof x === 'string') return { volume: volumeRef(a, x, aat), via: 'nbd' as const };
+      if (!isObj(x)) return fail(aat, 'must be a volume name or a mapping {volume: tv1, via: nbd}');
+      checkKeys(x, ['volume', 'via'], aat, fail);
+      const via = x.via ?? 'nbd';
       if (via !== 'nbd' && via !== 'iscsi') fail(`${aat}.via`, `${show(via)} is not a transport; use nbd or iscsi`);
-      return { volume: volumeRef(a.volume, `${aat}.volume`), via: via as 'nbd' | 'iscsi' };
+      return { volume: volumeRef(a, x.volume, `${aat}.volume`), via: via as 'nbd' | 'iscsi' };
     });
-    const twice = attach.find((a, j) => attach.findIndex((b) => b.volume === a.volume) !== j);
+    const twice = attach.find((x, j) => attach.findIndex((b) => b.volume === x.volume) !== j);
     if (twice) fail(`${at}.attach`, `volume ${twice.volume} is attached twice; attach each volume once`);
-    vms.push({ name: n, memoryMiB: memory as number, attach });
+    vms.push({ name: n, array: a.name, memoryMiB: memory as number, attach });
   });
 
-  const hosts: LabHost[] = [];
-  list(root.hosts, 'hosts', '[{name: lab1, vms: [lab1], luns: [{volume: tv1, lun: 0}]}]', fail).forEach((raw, i) => {
-    const at = `hosts[${i}]`;
-    if (!isObj(raw)) return fail(at, 'must be a mapping, e.g. {name: lab1, vms: [lab1], luns: [{volume: tv1, lun: 0}]}');
-    checkKeys(raw, ['name', 'initiators', 'vms', 'luns'], at, fail);
-    const n = name(raw.name, `${at}.name`, 'host', fail);
-    if (hosts.some((h) => h.name === n)) fail(`${at}.name`, `host ${n} is declared twice; remove one`);
-    const initiators = list(raw.initiators, `${at}.initiators`, '[iqn.1994-05.com.redhat:web1]', fail).map((v, j) => {
-      try {
-        return checkIscsiName(v);
-      } catch (err) {
-        if (err instanceof IscsiNameError) fail(`${at}.initiators[${j}]`, err.message);
-        throw err;
+  for (const a of arrays) {
+    const key = a.keys.hosts;
+    list(fromKey(a, 'hosts'), key, '[{name: lab1, vms: [lab1], luns: [{volume: tv1, lun: 0}]}]', fail).forEach((raw, i) => {
+      const at = `${key}[${i}]`;
+      if (!isObj(raw)) return fail(at, 'must be a mapping, e.g. {name: lab1, vms: [lab1], luns: [{volume: tv1, lun: 0}]}');
+      checkKeys(raw, ['name', 'initiators', 'vms', 'luns'], at, fail);
+      const n = name(raw.name, `${at}.name`, 'host', fail);
+      if (a.hosts.some((h) => h.name === n)) fail(`${at}.name`, `host ${n} is declared twice; remove one`);
+      const initiators = list(raw.initiators, `${at}.initiators`, '[iqn.1994-05.com.redhat:web1]', fail).map((v, j) => {
+        try {
+          return checkIscsiName(v);
+        } catch (err) {
+          if (err instanceof IscsiNameError) fail(`${at}.initiators[${j}]`, err.message);
+          throw err;
+        }
+      });
+      const hvms = list(raw.vms, `${at}.vms`, '[lab1]', fail).map((v, j) => {
+        const vn = name(v, `${at}.vms[${j}]`, 'VM', fail);
+        if (!vms.some((x) => x.name === vn)) fail(`${at}.vms[${j}]`, `VM ${vn} is not declared in vms; declare it there`);
+        return vn;
+      });
+      if (initiators.length === 0 && hvms.length === 0)
+        fail(at, "has no initiators and no vms; a host needs at least one (vms: [NAME] uses the VM's initiator name)");
+      const luns = list(raw.luns, `${at}.luns`, '[{volume: tv1, lun: 0}]', fail).map((l, j) => {
+        const lat = `${at}.luns[${j}]`;
+        if (typeof l === 'string') return { volume: volumeRef(a, l, lat) };
+        if (!isObj(l)) return fail(lat, 'must be a volume name or a mapping {volume: tv1, lun: 0}');
+        checkKeys(l, ['volume', 'lun'], lat, fail);
+        if (l.lun !== undefined && (typeof l.lun !== 'number' || !Number.isInteger(l.lun) || l.lun < 0 || l.lun > MAX_LUN))
+          fail(`${lat}.lun`, `${show(l.lun)} is not a LUN; give a whole number from 0 to ${MAX_LUN}, or leave it out for the lowest free one`);
+        return { volume: volumeRef(a, l.volume, `${lat}.volume`), ...(l.lun !== undefined ? { lun: l.lun as number } : {}) };
+      });
+      a.hosts.push({ name: n, initiators, vms: hvms, luns });
+    });
+  }
+
+  // Remotes: each array's view of the others (array X knows array Y as NAME).
+  for (const a of arrays) {
+    const key = `${a.at}.remotes`;
+    list(rawOf(a).remotes, key, '[{name: site-b, array: site-b}]', fail).forEach((raw, i) => {
+      const at = `${key}[${i}]`;
+      // A bare name is the lab's array of that name, known by its own name.
+      const r = typeof raw === 'string' ? { name: raw, array: raw } : raw;
+      if (!isObj(r)) return fail(at, 'must be an array name or a mapping, e.g. {name: site-b, array: site-b} or {name: far, api: 10.0.0.5:7390}');
+      checkKeys(r, ['name', 'array', 'api'], at, fail);
+      const n = name(r.name, `${at}.name`, 'remote', fail);
+      if (a.remotes.some((x) => x.name === n)) fail(`${at}.name`, `remote ${n} is declared twice on array ${a.name}; remove one`);
+      if ((r.array === undefined) === (r.api === undefined))
+        fail(
+          at,
+          `give either array (one of the lab's arrays: ${arrays.map((x) => x.name).join(', ')}) or api (HOST:PORT of an array outside the lab), not ${r.array === undefined ? 'neither' : 'both'}`,
+        );
+      if (r.array !== undefined) {
+        const an = name(r.array, `${at}.array`, 'array', fail);
+        const other = arrayByName.get(an);
+        if (!other)
+          fail(
+            `${at}.array`,
+            `array ${an} is not declared in arrays (${arrays.map((x) => x.name).join(', ')}); declare it there, or give api: HOST:PORT for an array outside the lab`,
+          );
+        if (other === a)
+          fail(
+            `${at}.array`,
+            `array ${an} is this array; a remote is another array, e.g. one of ${
+              arrays
+                .filter((x) => x !== a)
+                .map((x) => x.name)
+                .join(', ') || '(declare a second array)'
+            }`,
+          );
+        a.remotes.push({ name: n, array: an });
+      } else {
+        let api: string;
+        try {
+          api =
+            typeof r.api === 'string'
+              ? formatHostPort(parseHostPort(r.api))
+              : fail(`${at}.api`, `${show(r.api)} is not an address; use HOST:PORT such as 10.0.0.5:7390`);
+        } catch (err) {
+          if (err instanceof LabError) throw err;
+          return fail(`${at}.api`, (err as Error).message);
+        }
+        if (parseHostPort(api).port === 0)
+          fail(`${at}.api`, `${api}: a remote's port cannot be 0; give the port its array listens on, or array: NAME for one of the lab's arrays`);
+        const lab = arrays.find((x) => x.api === api && x !== a);
+        if (lab) fail(`${at}.api`, `${api} is the lab's array ${lab.name}; write array: ${lab.name} instead`);
+        a.remotes.push({ name: n, api });
       }
     });
-    const hvms = list(raw.vms, `${at}.vms`, '[lab1]', fail).map((v, j) => {
-      const vn = name(v, `${at}.vms[${j}]`, 'VM', fail);
-      if (!vms.some((x) => x.name === vn)) fail(`${at}.vms[${j}]`, `VM ${vn} is not declared in vms; declare it there`);
-      return vn;
-    });
-    if (initiators.length === 0 && hvms.length === 0)
-      fail(at, "has no initiators and no vms; a host needs at least one (vms: [NAME] uses the VM's initiator name)");
-    const luns = list(raw.luns, `${at}.luns`, '[{volume: tv1, lun: 0}]', fail).map((l, j) => {
-      const lat = `${at}.luns[${j}]`;
-      if (typeof l === 'string') return { volume: volumeRef(l, lat) };
-      if (!isObj(l)) return fail(lat, 'must be a volume name or a mapping {volume: tv1, lun: 0}');
-      checkKeys(l, ['volume', 'lun'], lat, fail);
-      if (l.lun !== undefined && (typeof l.lun !== 'number' || !Number.isInteger(l.lun) || l.lun < 0 || l.lun > MAX_LUN))
-        fail(`${lat}.lun`, `${show(l.lun)} is not a LUN; give a whole number from 0 to ${MAX_LUN}, or leave it out for the lowest free one`);
-      return { volume: volumeRef(l.volume, `${lat}.volume`), ...(l.lun !== undefined ? { lun: l.lun as number } : {}) };
-    });
-    hosts.push({ name: n, initiators, vms: hvms, luns });
-  });
+  }
 
-  const faults = list(root.faults, 'faults', '[{kind: error, target: volume:tv1, ops: [read], probability: 0.01}]', fail).map((raw, i) => {
-    const at = `faults[${i}]`;
-    if (!isObj(raw)) return fail(at, 'must be a mapping, e.g. {kind: error, target: volume:tv1, ops: [read], probability: 0.01}');
-    if (typeof raw.kind !== 'string')
-      fail(`${at}.kind`, `${show(raw.kind)} is not a fault kind; use error, bad-blocks, delay, rate, pause, ... (arraylab fault add --help)`);
-    const t = raw.target;
-    if (typeof t === 'string' && /^(volume|export):/.test(t) && !volumes.some((v) => `${t}`.endsWith(`:${v.name}`))) {
-      fail(`${at}.target`, `${t} names no volume of this lab; use one of ${volumes.map((v) => `volume:${v.name}`).join(', ') || '(none declared)'}`);
-    }
-    return raw;
-  });
+  // REC pairs: each on the array that holds its source.
+  for (const a of arrays) {
+    const key = `${a.at}.copies`;
+    list(rawOf(a).copies, key, '[{type: rec, src: vol1, dst: site-b:vol1, mode: sync}]', fail).forEach((raw, i) => {
+      const at = `${key}[${i}]`;
+      if (!isObj(raw)) return fail(at, 'must be a mapping, e.g. {type: rec, src: vol1, dst: site-b:vol1, mode: sync}');
+      checkKeys(raw, ['type', 'src', 'dst', 'mode', 'split', 'recovery'], at, fail);
+      if ((raw.type ?? 'rec') !== 'rec')
+        fail(`${at}.type`, `${show(raw.type)} is not a copy type a lab starts; use rec (start local copies with arraylab copy start)`);
+      const src = volumeRef(a, raw.src, `${at}.src`);
+      const dst = raw.dst;
+      const m = typeof dst === 'string' ? /^([^:]+):([^:]+)$/.exec(dst) : null;
+      if (!m) return fail(`${at}.dst`, `${show(dst)} is not a remote volume; use REMOTE:VOLUME with REMOTE one of ${a.at}.remotes, e.g. site-b:${src}`);
+      const [, rn, vn] = m as unknown as [string, string, string];
+      const remote = a.remotes.find((x) => x.name === rn);
+      if (!remote)
+        fail(
+          `${at}.dst`,
+          `remote ${rn} is not declared in ${a.at}.remotes (${a.remotes.map((x) => x.name).join(', ') || 'there are none'}); declare it there, e.g. {name: ${rn}, array: ${rn}}`,
+        );
+      name(vn, `${at}.dst`, 'volume', fail);
+      const other = remote.array !== undefined ? arrayByName.get(remote.array)! : undefined;
+      if (other) {
+        const d = other.volumes.find((x) => x.name === vn);
+        if (!d) fail(`${at}.dst`, `volume ${vn} is not declared in ${other.keys.volumes} (array ${other.name}); declare it there`);
+        const s = a.volumes.find((x) => x.name === src)!;
+        if (d.blockSize !== s.blockSize)
+          fail(`${at}.dst`, `${other.name}'s ${vn} has ${d.blockSize}-byte blocks and ${src} ${s.blockSize}-byte blocks; declare them with one block size`);
+        if (d.sizeBytes < s.sizeBytes)
+          fail(`${at}.dst`, `${other.name}'s ${vn} (${d.sizeBytes} bytes) is smaller than ${src} (${s.sizeBytes} bytes); declare it at least as large`);
+        const twice = arrays
+          .flatMap((x) => x.copies.map((c) => ({ x, c })))
+          .find(({ x, c }) => x.remotes.find((r) => r.name === c.remote)?.array === other.name && c.volume === vn);
+        if (twice)
+          fail(
+            `${at}.dst`,
+            `${other.name}'s ${vn} is already the destination of a pair of ${twice.x.name} (${twice.c.src} -> ${twice.c.dst}); a volume is the destination of one pair`,
+          );
+      }
+      if (a.copies.some((c) => c.src === src && c.dst === dst)) fail(at, `the pair ${src} -> ${dst} is declared twice; remove one`);
+      a.copies.push({
+        type: 'rec',
+        src,
+        dst: dst as string,
+        remote: rn,
+        volume: vn,
+        mode: choice(raw.mode, 'sync', REC_MODES, `${at}.mode`, 'a REC mode', fail),
+        split: choice(raw.split, 'auto', ['auto', 'manual'] as const, `${at}.split`, 'a split mode', fail),
+        recovery: choice(raw.recovery, 'auto', ['auto', 'manual'] as const, `${at}.recovery`, 'a recovery mode', fail),
+      });
+    });
+  }
+
+  for (const a of arrays) {
+    const key = a.keys.faults;
+    a.faults = list(fromKey(a, 'faults'), key, '[{kind: error, target: volume:tv1, ops: [read], probability: 0.01}]', fail).map((raw, i) => {
+      const at = `${key}[${i}]`;
+      if (!isObj(raw)) return fail(at, 'must be a mapping, e.g. {kind: error, target: volume:tv1, ops: [read], probability: 0.01}');
+      if (typeof raw.kind !== 'string')
+        fail(`${at}.kind`, `${show(raw.kind)} is not a fault kind; use error, bad-blocks, delay, rate, pause, ... (arraylab fault add --help)`);
+      const t = raw.target;
+      if (typeof t === 'string' && /^(volume|export):/.test(t) && !a.volumes.some((v) => `${t}`.endsWith(`:${v.name}`))) {
+        const which = several ? `of array ${a.name}` : 'of this lab';
+        fail(`${at}.target`, `${t} names no volume ${which}; use one of ${a.volumes.map((v) => `volume:${v.name}`).join(', ') || '(none declared)'}`);
+      }
+      // A link fault names a remote of this array: target remote:NAME.
+      const remote = typeof t === 'string' && t.startsWith('remote:') ? t.slice('remote:'.length) : undefined;
+      if (remote !== undefined && !a.remotes.some((r) => r.name === remote))
+        fail(
+          `${at}.target`,
+          `${t} names no remote of array ${a.name}; use one of ${a.remotes.map((r) => `remote:${r.name}`).join(', ') || '(none declared)'}, declared in ${a.at}.remotes`,
+        );
+      return raw;
+    });
+  }
+
   const seed = root.seed ?? 0;
   if (typeof seed !== 'number' || !Number.isSafeInteger(seed) || seed < 0 || seed > 0xffffffff)
     fail('seed', `${show(seed)} is not a seed; use a whole number from 0 to 4294967295`);
 
-  return { file, arrays, volumes, hosts, vms, faults, seed: seed as number };
+  return { file, arrays, vms, seed: seed as number };
 }

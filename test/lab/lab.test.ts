@@ -126,7 +126,10 @@ describe('arraylab lab', () => {
       'arrays: [{name: a, api: 127.0.0.1:7390}]\nvolumes: [{name: v, size: 1GiB, colour: red}]\n',
       /: volumes\[0\]\.colour: unknown key; use one of name, size, blockSize, provisioning$/,
     ],
-    ['arrays: [{name: a, api: 127.0.0.1:7390}, {name: b, api: 127.0.0.1:7391}]\n', /: arrays: declares 2 arrays; a lab has exactly one for now/],
+    [
+      'arrays: [{name: a, api: 127.0.0.1:7390}, {name: b, api: 127.0.0.1:7391}]\nvolumes: [{name: v, size: 1GiB}]\n',
+      /: volumes: a lab with several arrays declares volumes under each array; move them to arrays\[N\]\.volumes of the array they belong to$/,
+    ],
     [
       'arrays: [{name: a, api: 127.0.0.1:7390}]\nvolumes: [{name: v, size: 1GiB}]\nvms: [{name: m, attach: [{volume: v, via: scsi}]}]\n',
       /: vms\[0\]\.attach\[0\]\.via: "scsi" is not a transport; use nbd or iscsi$/,
