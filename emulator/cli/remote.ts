@@ -16,10 +16,13 @@ export function remoteCommands(y: Argv<{ json: boolean }>) {
       'register another array by its control API address, so REC pairs can mirror to it (copy start --type rec --dst NAME:VOLUME)',
       (c) =>
         namePositional(c)
-          .option('api', { type: 'string', demandOption: true, requiresArg: true, describe: "the remote array's control API, HOST:PORT" })
+          // --api names the remote here (as `remote add NAME --api HOST:PORT` reads); the array
+          // that registers it is --array, else ARRAYLAB_API, else the default address.
+          .option('api', { type: 'string', demandOption: true, requiresArg: true, describe: "the REMOTE array's control API, HOST:PORT" })
+          .option('array', { type: 'string', requiresArg: true, describe: 'the array that registers it, HOST:PORT [env ARRAYLAB_API; default 127.0.0.1:7390]' })
           .option('offline', { type: 'boolean', default: false, describe: 'add it even if it does not answer now' }),
       async (a) => {
-        const r = await withClient(a, (client) => client.addRemote(a.name, a.api, { offline: a.offline }));
+        const r = await withClient({ api: a.array }, (client) => client.addRemote(a.name, a.api, { offline: a.offline }));
         if (a.json) return printJson(r);
         print(
           r.reachable

@@ -109,16 +109,25 @@ export class RecBuffer {
     this.arm();
   }
 
-  /** The pair leaves (halted, suspended, cancelled): its entries go, their space is freed. */
-  remove(id: string): void {
-    if (!this.members.delete(id)) return;
+  /**
+   * The pair leaves (halted, suspended, cancelled): its entries go, their space is freed.
+   * Returns what they covered ([offset, length]): the caller records it for a resync.
+   */
+  remove(id: string): Array<[number, number]> {
+    const dropped: Array<[number, number]> = [];
+    if (!this.members.delete(id)) return dropped;
     for (const c of [this.open, ...this.closed]) {
       const keep = c.entries.filter((e) => e.member.id !== id);
-      for (const e of c.entries) if (e.member.id === id) this.free(e, c);
+      for (const e of c.entries) {
+        if (e.member.id !== id) continue;
+        this.free(e, c);
+        dropped.push([e.offset, e.length]);
+      }
       c.entries = keep;
     }
     this.wakeWaiters();
     if (this.members.size === 0) this.disarm();
+    return dropped;
   }
 
   /** Bytes of a pair's entries still to be applied on the remote. */
@@ -249,7 +258,7 @@ export class RecBuffer {
       );
       const ids = [...byMember.keys()].map((m) => m.id);
       if (ids.length > 0) await this.commit(c.seq, ids);
-      if (this.closed[0] !== c) return; // the buffer failed meanwhile (failAll freed it)
+      if (this.closed[0] !== c) return; // its pairs left meanwhile (they halted)
       this.closed.shift();
       for (const e of c.entries) this.free(e, c);
       c.entries = [];
@@ -261,6 +270,7 @@ export class RecBuffer {
       const e =
         err instanceof RemoteLinkError ? err : new RemoteLinkError(`sending cycle ${c.seq} to ${this.remote} failed: ${(err as Error).message}`, 'link-down');
       this.failAll(e);
+      return; // nothing more is sent: the pairs halt and leave, and a resume starts anew
     } finally {
       this.sending = false;
     }
@@ -295,16 +305,14 @@ export class RecBuffer {
     return err;
   }
 
-  /** Every pair halts; every entry goes; waiting writers learn why. */
+  /**
+   * Every pair halts; waiting writers learn why. The entries stay until each pair leaves
+   * (remove(), in its halt), which records what they covered; the pump stops meanwhile.
+   */
   private failAll(err: RemoteLinkError): void {
     this.failures++;
     this.lastFailure = err;
     const members = [...this.members.values()];
-    for (const c of [this.open, ...this.closed]) {
-      for (const e of c.entries) this.free(e, c);
-      c.entries = [];
-    }
-    this.closed.splice(0);
     for (const w of this.waiters.splice(0)) {
       clearTimeout(w.timer);
       w.reject(err);

@@ -40,10 +40,16 @@
  * halted (intent merged into diff), and recovery auto resumes it once the link is up.
  */
 import { BlockDeviceError } from '../block/BlockDevice.js';
+import { EXTENT_ZERO } from '../block/BlockDevice.js';
 import { CopyBitmap } from './CopyBitmap.js';
 import type { BufferMember, RecBuffer } from './recBuffer.js';
 import { CopyError, CopyFaultError, RemoteLinkError, type Mutation, type RecMode, type RecRecord, type SessionInfo } from './CopySession.js';
-import { type RecLink, SessionBase, type SessionContext } from './SessionBase.js';
+import { type RecLink, SessionBase, type SessionContext, toRuns } from './SessionBase.js';
+
+/** Bytes one asynchronous copy step reads into memory and sends (it holds them until sent). */
+const ASYNC_STEP_BYTES = 8 * 1024 * 1024;
+/** Largest piece one read or remote write moves. */
+const COPY_PIECE = 1024 * 1024;
 import type { JournalSession } from './SessionJournal.js';
 import type { Next, SourceRole } from './VolumeTap.js';
 
@@ -117,9 +123,19 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
     this.buffer.add(this);
   }
 
+  /** Leaves the REC buffer; units its dropped entries covered go to diff (journalled with the caller's sync). */
   private leaveBuffer(): void {
-    this.buffer?.remove(this.id);
+    const dropped = this.buffer?.remove(this.id) ?? [];
     this.buffer = undefined;
+    for (const [offset, length] of dropped) {
+      const [u0, u1] = this.geo.unitsOf(offset, length);
+      if (u1 > u0) this.diff.set(u0, u1 - u0);
+    }
+  }
+
+  /** Every unit in diff is journalled (units the light tracking set in memory only). Caller syncs. */
+  private persistDiff(): void {
+    for (const [s, n] of this.diff.runs()) this.ctx.journal.setBits(this.id, 'diff', s, n);
   }
 
   // ---- BufferMember ----
@@ -321,7 +337,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
       this.diff.set(s, len);
       j.setBits(this.id, 'diff', s, len);
     }
-    this.mergeIntent();
+    if (from === 'error-suspended') this.mergeIntent(); // as EC (E4)
     this.link.watch(false);
     this.cursor = 0;
     this.setState('copying', `resync of ${this.diff.count} changed units (${runs.length} run(s) changed on the remote)`, {
@@ -344,13 +360,15 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
   }
 
   /**
-   * The link failed: copying or equivalent -> halt (intent merged into diff, so a crash also
-   * resyncs what a mirrored write may have left different). The caller syncs. Idempotent.
+   * The link failed: copying or equivalent -> halt. diff says exactly what may differ: a
+   * mirrored write whose remote half failed put its units there, the light tracking's bits
+   * and the units of dropped buffer entries are journalled now; the resync copies only those.
+   * Write intent stays for a crash (recovery merges it). The caller syncs. Idempotent.
    */
   setHalt(err: RemoteLinkError): boolean {
     if (this.state !== 'copying' && this.state !== 'equivalent') return false;
-    this.leaveBuffer(); // its entries go: their units are in intent, merged here
-    this.mergeIntent();
+    this.leaveBuffer();
+    this.persistDiff();
     const writes =
       this.rec.split === 'auto'
         ? `host writes to ${this.record.source} go on and are recorded`
@@ -392,7 +410,33 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
     if (this.cycling) return this.cycleWrite(u0, u1, m, next);
     // Asynchronous: always under the unit lock, so a copy step of the unit cannot clear its
     // bit between this write's recording and its landing.
+    if (this.state === 'copying') return this.trackLight(u0, u1, next);
     return this.trackThen(u0, u1, next);
+  }
+
+  /**
+   * Asynchronous modes while copying: the write's region is made durable in intent (once per
+   * region: J3, as sync mode's), its units are set in diff in memory only. A crash merges
+   * intent into diff; a halt journals diff. Per-unit commits here made a stack-mode host write
+   * wait for a journal commit nearly every time (the copier keeps clearing the bits).
+   */
+  private async trackLight(u0: number, u1: number, next: Next): Promise<void> {
+    const unlock = await this.locks.lockRange(u0, u1);
+    try {
+      if (!this.intent.allSet(u0, u1)) {
+        const region = Math.max(1, Math.floor(this.ctx.intentRegion / this.record.unitSize));
+        const r0 = u0 - (u0 % region);
+        const r1 = Math.min(this.geo.units, Math.ceil(u1 / region) * region);
+        await this.persistSet([['intent', this.intent, this.clearIn(this.intent, r0, r1)]]); // J3
+      }
+      if (this.state !== 'copying' || this.mirroring || this.cycling) return await this.trackLocked(u0, u1, next); // changed while we waited
+      const wasIdle = this.diff.count === 0;
+      this.diff.set(u0, u1 - u0);
+      await next();
+      if (wasIdle) this.ctx.wake(this.id);
+    } finally {
+      unlock();
+    }
   }
 
   private manualSplitRefusal(): BlockDeviceError {
@@ -417,7 +461,8 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
         if (this.state === 'halt' && this.rec.split === 'manual') throw this.manualSplitRefusal();
         return await this.trackLocked(u0, u1, next);
       }
-      const [own, remote] = await Promise.allSettled([next(), this.remoteWrite(m)]);
+      const toRemote = this.remoteWrite(m); // first: its request is queued before the local write blocks
+      const [own, remote] = await Promise.allSettled([next(), toRemote]);
       if (remote.status === 'rejected') {
         // One side may have the write and the other not: resync those units.
         await this.persistSet([['diff', this.diff, this.clearIn(this.diff, u0, u1)]]);
@@ -546,6 +591,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
 
   async copyStep(maxUnits: number): Promise<number> {
     if (this.state !== 'copying' || this.done) return 0;
+    if (!this.mirroring) return this.copyStepAsync(Math.min(maxUnits, ASYNC_STEP_BYTES / this.record.unitSize));
     const units = await this.lockBatch(
       (from) => this.diff.nextSet(from),
       (u) => this.diff.test(u),
@@ -576,6 +622,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
           this.diff.clear(u);
           this.ctx.journal.clearBits(this.id, 'diff', u, 1);
         }
+        if (!this.mirroring) this.clearDrainedIntent(units);
         await this.ctx.journal.sync();
         this.cursor = units[units.length - 1]! + 1;
         this.noteCopied(units.length);
@@ -632,6 +679,120 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
   private async sendUnits(units: number[]): Promise<void> {
     await this.copyUnits(this.src.below, this.link, units);
     await Promise.all([this.src.below.flush(), this.link.flush()]);
+  }
+
+  /**
+   * Asynchronous modes: the units are read and their bits cleared under their locks, then sent
+   * without them, so a host write to a unit being sent does not wait for the link (it sets the
+   * bit again, and the unit goes again later). A bit is journalled clear only if no write set it
+   * again, after both sides were flushed (J5). Sync mode cannot do this: a mirrored write
+   * beside the send could be overtaken by the older data.
+   */
+  private async copyStepAsync(maxUnits: number): Promise<number> {
+    const units = await this.lockBatch(
+      (from) => this.diff.nextSet(from),
+      (u) => this.diff.test(u),
+      this.cursor,
+      Math.max(1, Math.floor(maxUnits)),
+    );
+    if (units.length === 0) return this.afterStep(0);
+    let pieces: Array<{ pos: number; len: number; data: Buffer | undefined }>;
+    try {
+      if (this.state !== 'copying' || this.mirroring) return 0;
+      pieces = await this.readUnits(units);
+      for (const u of units) this.diff.clear(u);
+    } catch (err) {
+      if (!(err instanceof CopyFaultError)) throw err;
+      if (this.state === 'copying') {
+        this.mergeIntent();
+        this.errorSuspend(err, 'the background copy');
+        await this.ctx.journal.sync();
+      }
+      return 0;
+    } finally {
+      this.unlockAll(units);
+    }
+    try {
+      for (const p of pieces) this.faultCheck('write', this.record.destination, p.pos, p.len);
+      await Promise.all(pieces.map((p) => (p.data === undefined ? this.link.writeZeroes(p.pos, p.len) : this.link.write(p.pos, p.data))));
+      await Promise.all([this.src.below.flush(), this.link.flush()]);
+    } catch (err) {
+      for (const u of units) this.diff.set(u); // still to send
+      if (err instanceof RemoteLinkError) {
+        await this.halt(err);
+        return 0;
+      }
+      if (err instanceof CopyFaultError) {
+        if (this.state === 'copying') {
+          this.mergeIntent();
+          this.persistDiff();
+          this.errorSuspend(err, 'the background copy');
+          await this.ctx.journal.sync();
+        }
+        return 0;
+      }
+      throw err;
+    }
+    const sent = units.filter((u) => !this.diff.test(u));
+    for (const u of sent) this.ctx.journal.clearBits(this.id, 'diff', u, 1);
+    this.clearDrainedIntent(sent);
+    await this.ctx.journal.sync();
+    this.cursor = units[units.length - 1]! + 1;
+    this.noteCopied(units.length);
+    return this.afterStep(units.length);
+  }
+
+  /** Reads units (locked) of the source: data pieces, and zero extents as zeroes (a thin remote stays thin). */
+  private async readUnits(units: number[]): Promise<Array<{ pos: number; len: number; data: Buffer | undefined }>> {
+    const out: Array<{ pos: number; len: number; data: Buffer | undefined }> = [];
+    const from = this.src.below;
+    for (const [s, n] of toRuns(units)) {
+      const end = this.geo.start(s + n - 1) + this.geo.length(s + n - 1);
+      for (let pos = this.geo.start(s); pos < end; ) {
+        const [ext] = await from.blockStatus(pos, Math.min(COPY_PIECE, end - pos), 1);
+        const len = Math.min(ext!.length, COPY_PIECE, end - pos);
+        this.faultCheck('read', this.record.source, pos, len);
+        if ((ext!.flags & EXTENT_ZERO) !== 0) {
+          out.push({ pos, len, data: undefined });
+        } else {
+          const data = Buffer.allocUnsafe(len);
+          await from.read(pos, data);
+          out.push({ pos, len, data });
+        }
+        pos += len;
+      }
+    }
+    return out;
+  }
+
+  /** What a step does once nothing is pending: the mode's next state. */
+  private async afterStep(copied: number): Promise<number> {
+    if (this.state !== 'copying' || this.diff.count !== 0) return copied;
+    if (this.rec.mode === 'consistency') await this.startCycles();
+    else if (this.rec.mode !== 'sync') this.drainedAt = new Date(this.ctx.now()).toISOString();
+    return copied;
+  }
+
+  /**
+   * Asynchronous modes, J5: a region whose units are all copied (and flushed on both sides by
+   * the step) and none held by a write loses its intent. Lazy: appended with the step's sync.
+   */
+  private clearDrainedIntent(copied: number[]): void {
+    const region = Math.max(1, Math.floor(this.ctx.intentRegion / this.record.unitSize));
+    const mine = new Set(copied);
+    const seen = new Set<number>();
+    for (const u of copied) {
+      const r0 = u - (u % region);
+      if (seen.has(r0)) continue;
+      seen.add(r0);
+      const r1 = Math.min(this.geo.units, r0 + region);
+      if (!this.intent.anySet(r0, r1) || this.diff.anySet(r0, r1)) continue;
+      let held = false;
+      for (const l of this.locks.lockedUnits()) if (l >= r0 && l < r1 && !mine.has(l)) held = true;
+      if (held) continue;
+      this.intent.clear(r0, r1 - r0);
+      this.ctx.journal.clearBits(this.id, 'intent', r0, r1 - r0);
+    }
   }
 
   /** Under a cut (no host writes): every pending unit to the remote. */

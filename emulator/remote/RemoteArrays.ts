@@ -82,7 +82,8 @@ export class RemoteArrays implements RemoteCopyHook {
     await this.probe(e);
     if (!e.reachable && !opts.offline) {
       if (have === undefined) e.client.close();
-      throw new StatusError('UNAVAILABLE', `cannot add remote ${name}: ${e.error}; start that array, check --api, or pass --offline to add it anyway`);
+      // Not UNAVAILABLE: that is what clients say of the array they called, and this one answered.
+      throw new StatusError('FAILED_PRECONDITION', `cannot add remote ${name}: ${e.error}; start that array, check --api, or pass --offline to add it anyway`);
     }
     if (e.row.arrayId === this.opts.arrayId) {
       if (have === undefined) e.client.close();
