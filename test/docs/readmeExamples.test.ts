@@ -14,7 +14,7 @@ import { runProcess } from '../support/process.js';
 import { requireTool } from '../support/tools.js';
 
 /** The marked examples, in README order, in the order the README says they run. */
-const EXAMPLES = ['volumes', 'copy', 'tape', 'faults', 'agent'];
+const EXAMPLES = ['volumes', 'copy', 'tape', 'faults', 'remote', 'agent'];
 
 /**
  * What the agent example sets up on this host (it attaches a volume through FUSE and a loop
@@ -22,6 +22,7 @@ const EXAMPLES = ['volumes', 'copy', 'tape', 'faults', 'agent'];
  */
 const AGENT_EXAMPLE_CLEANUP = [
   'set +e', // also as the EXIT trap of a `set -e` script: every step is tried, none fails it
+  '[ -n "${SITE_B:-}" ] && kill "$SITE_B" 2>/dev/null', // the remote example's second array
   'umount /mnt/app 2>/dev/null',
   'for d in $(losetup -j /tmp/app.img -O NAME -n 2>/dev/null); do losetup -d "$d"; done',
   '[ -f /tmp/app-qsd.pid ] && kill "$(cat /tmp/app-qsd.pid)" 2>/dev/null',
@@ -32,9 +33,10 @@ const AGENT_EXAMPLE_CLEANUP = [
 
 /**
  * Lines that do not run here, each with why: they do not end by themselves. `copy watch`
- * without an id follows sessions until Ctrl-C; `serve` runs the array (the test starts its own).
+ * without an id follows sessions until Ctrl-C; `serve` runs the array (the test starts its own),
+ * unless it is sent to the background (`&`: the remote example's second array, which it kills).
  */
-const SKIP = /^npx arraylab (copy watch|serve)\b/;
+const SKIP = /^npx arraylab (copy watch|serve)\b(?!.*&$)/;
 
 interface Example {
   name: string;
@@ -56,7 +58,7 @@ function readmeExamples(): Example[] {
 const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 describe('README examples', () => {
-  it('marks the volume, copy-session, tape, fault and agent examples', () => {
+  it('marks the volume, copy-session, tape, fault, remote and agent examples', () => {
     expect(readmeExamples().map((e) => e.name)).toEqual(EXAMPLES);
   });
 
