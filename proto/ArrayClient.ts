@@ -238,6 +238,10 @@ export class ArrayClient {
     return this.call(this.remoteCopyClient(), 'ResumeRemoteEnd', { pairId, force });
   }
 
+  async reverseRemoteEnd(req: pb.ReverseRemoteEndRequest): Promise<pb.RemoteEnd__Output> {
+    return this.call(this.remoteCopyClient(), 'ReverseRemoteEnd', req);
+  }
+
   async commitCycle(cycle: number, pairIds: string[]): Promise<void> {
     await this.call(this.remoteCopyClient(), 'CommitCycle', { cycle, pairIds });
   }

@@ -32,10 +32,18 @@ export interface RemoteControl {
     secret: string;
     force: boolean;
   }): Promise<SessionInfo>;
-  setRemoteEndState(id: string, state: string, extra: { imageAt?: string; haltReason?: string; mode?: string }): Promise<SessionInfo>;
-  resumeRemoteEnd(id: string, force: boolean): Promise<{ info: SessionInfo; runs: Array<[number, number]> }>;
+  setRemoteEndState(id: string, state: string, extra: { imageAt?: string; haltReason?: string; mode?: string; resynced?: boolean }): Promise<SessionInfo>;
+  resumeRemoteEnd(id: string, force: boolean): Promise<{ info: SessionInfo; runs: Array<[number, number]>; restarted: boolean }>;
   closeRemoteEnd(id: string): Promise<void>;
   commitRemoteCycle(cycle: number, ids: string[]): Promise<void>;
+  reverseRemoteEnd(req: {
+    pairId: string;
+    sourceArrayId: string;
+    changed: Array<[number, number]>;
+    mode: string;
+    split: string;
+    recovery: string;
+  }): Promise<SessionInfo>;
 }
 
 export function remoteToWire(r: RemoteView): pb.Remote {
@@ -92,12 +100,25 @@ export function remoteCopyHandlers(control: RemoteControl, unary: Unary): pb.Rem
           ...(req.imageAt ? { imageAt: req.imageAt } : {}),
           ...(req.haltReason ? { haltReason: req.haltReason } : {}),
           ...(req.mode ? { mode: req.mode } : {}),
+          ...(req.resynced ? { resynced: true } : {}),
         }),
       ),
     ),
     ResumeRemoteEnd: unary('ResumeRemoteEnd', async (req: pb.ResumeRemoteEndRequest__Output) => {
-      const { info, runs } = await control.resumeRemoteEnd(req.pairId, req.force);
-      return { end: endToWire(info), starts: runs.map(([s]) => s), counts: runs.map(([, n]) => n) };
+      const { info, runs, restarted } = await control.resumeRemoteEnd(req.pairId, req.force);
+      return { end: endToWire(info), starts: runs.map(([s]) => s), counts: runs.map(([, n]) => n), restarted };
+    }),
+    ReverseRemoteEnd: unary('ReverseRemoteEnd', async (req: pb.ReverseRemoteEndRequest__Output) => {
+      const changed = req.starts.map((s, i): [number, number] => [toByteCount(s, 'starts'), toByteCount(req.counts[i] ?? 0, 'counts')]);
+      const info = await control.reverseRemoteEnd({
+        pairId: req.pairId,
+        sourceArrayId: req.sourceArrayId,
+        changed,
+        mode: req.mode,
+        split: req.split,
+        recovery: req.recovery,
+      });
+      return { pairId: info.id, volume: info.source, state: info.state };
     }),
     CommitCycle: unary('CommitCycle', async (req: pb.CommitCycleRequest__Output) => {
       await control.commitRemoteCycle(toByteCount(req.cycle, 'cycle'), req.pairIds);

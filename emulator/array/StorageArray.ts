@@ -628,6 +628,7 @@ export class StorageArray implements ExportProvider {
           pairId: req.pairId,
           source: `${peer}:${req.sourceVolume}`,
           peer,
+          peerArrayId: req.sourceArrayId,
           sourceVolume: req.sourceVolume,
           volume: req.volume,
           sizeBytes: req.sizeBytes,
@@ -641,7 +642,7 @@ export class StorageArray implements ExportProvider {
     });
   }
 
-  setRemoteEndState(id: string, state: string, extra: { imageAt?: string; haltReason?: string; mode?: string }): Promise<SessionInfo> {
+  setRemoteEndState(id: string, state: string, extra: { imageAt?: string; haltReason?: string; mode?: string; resynced?: boolean }): Promise<SessionInfo> {
     return copyCall(async () => {
       const states = ['equivalent', 'suspended', 'split', 'halt'];
       if (!states.includes(state)) throw new ArrayError('INVALID_ARGUMENT', `remote end state ${state} is not one of ${states.join(', ')}`);
@@ -655,18 +656,58 @@ export class StorageArray implements ExportProvider {
         ...(extra.imageAt ? { imageAt: extra.imageAt } : {}),
         ...(extra.haltReason === 'remote-failed' || extra.haltReason === 'buffer-overload' ? { haltReason: extra.haltReason } : {}),
         ...(extra.mode ? { mode: extra.mode as RecMode } : {}),
+        ...(extra.resynced ? { resynced: true } : {}),
       });
       if (!(state === 'equivalent' && info.remote?.mode === 'consistency')) await this.stages.get(id)?.reset();
       return info;
     });
   }
 
-  resumeRemoteEnd(id: string, force: boolean): Promise<{ info: SessionInfo; runs: Array<[number, number]> }> {
+  resumeRemoteEnd(id: string, force: boolean): Promise<{ info: SessionInfo; runs: Array<[number, number]>; restarted: boolean }> {
     return copyCall(async () => {
-      const out = await this.copy.resumeRemoteEnd(id, force ? undefined : (name) => this.refuseIfWritten(name, `cannot resume REC session ${id} into ${name}`));
+      const out = await this.copy.resumeRemoteEnd(
+        id,
+        force,
+        force ? undefined : (name) => this.refuseIfWritten(name, `cannot resume REC session ${id} into ${name}`),
+      );
       await this.stages.get(id)?.reset(); // a cycle cut short by the loss: never committed
       return out;
     });
+  }
+
+  /**
+   * REC reverse, asked by the pair's source array: this remote end becomes the source towards
+   * it. This array must know the caller as a remote (by its array id), to reach it.
+   */
+  reverseRemoteEnd(req: {
+    pairId: string;
+    sourceArrayId: string;
+    changed: Array<[number, number]>;
+    mode: string;
+    split: string;
+    recovery: string;
+  }): Promise<SessionInfo> {
+    return this.serially(() =>
+      copyCall(async () => {
+        const peer = this.remotes.nameOf(req.sourceArrayId);
+        if (peer === undefined) {
+          throw new ArrayError(
+            'FAILED_PRECONDITION',
+            `cannot reverse REC session ${req.pairId}: this array (${this.arrayId}) has no remote for array ${req.sourceArrayId}, which it would send to; register it here first: arraylab --array THIS_ARRAY remote add NAME --api ITS_API`,
+          );
+        }
+        const o = recOptions(req);
+        const info = await this.copy.reverseRemoteEnd(req.pairId, peer, req.changed, {
+          mode: o.mode ?? 'sync',
+          split: o.split ?? 'auto',
+          recovery: o.recovery ?? 'auto',
+        });
+        const stage = this.stages.get(req.pairId);
+        this.stages.delete(req.pairId);
+        await stage?.close(true);
+        return info;
+      }),
+    );
   }
 
   /**
@@ -712,9 +753,8 @@ export class StorageArray implements ExportProvider {
   }
 
   /**
-   * At open: a committed cycle not yet applied is applied (a crash came between), an
-   * uncommitted stage is dropped, and a remote end that was live halts (its source's
-   * connection went with the restart; the source resumes the pair).
+   * At open: a committed cycle not yet applied is applied (a crash came between), and an
+   * uncommitted stage is dropped. (A remote end that was live halted in the engine's recovery.)
    */
   private async recoverRemoteEnds(): Promise<void> {
     for (const e of this.copy.remoteEnds()) {
@@ -727,7 +767,6 @@ export class StorageArray implements ExportProvider {
         }
         await stage.reset();
       }
-      if (e.state === 'copying' || e.state === 'equivalent') await this.copy.remoteEndLinkLost(e.id, 'the array restarted');
     }
   }
 
@@ -822,14 +861,20 @@ export class StorageArray implements ExportProvider {
     const [, id = '', secret = ''] = name.slice(REPLICA_EXPORT_PREFIX.length - 1).split('/');
     const end = this.copy.remoteEndFor(id, secret);
     if (end === undefined || this.closing !== undefined) return undefined;
+    const refused = end.accepting();
+    if (refused !== undefined) throw new BlockDeviceError('EACCES', refused);
     this.log.info({ pair: id, volume: end.volume, remoteAddress: client.remoteAddress }, 'REC source array connected');
-    const device = new ReplicaDevice(end.tap.below, () => {
-      if (!end.staging()) return undefined;
-      const stage = this.stages.get(id);
-      // Staging without a stage would write half cycles onto the volume: refuse instead.
-      if (stage === undefined) throw new BlockDeviceError('EIO', `REC pair ${id}: the cycle stage is not open; the source resumes the pair`);
-      return stage;
-    });
+    const device = new ReplicaDevice(
+      end.tap.below,
+      () => {
+        if (!end.staging()) return undefined;
+        const stage = this.stages.get(id);
+        // Staging without a stage would write half cycles onto the volume: refuse instead.
+        if (stage === undefined) throw new BlockDeviceError('EIO', `REC pair ${id}: the cycle stage is not open; the source resumes the pair`);
+        return stage;
+      },
+      end.accepting,
+    );
     return replicaHandle(end.volume, device, () => {
       if (this.closing !== undefined) return;
       void this.copy.remoteEndLinkLost(id, `the data connection from the source array (${client.remoteAddress}) closed`).catch(() => undefined);

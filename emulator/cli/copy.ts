@@ -290,7 +290,7 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
     .command(
       ...control(
         'resume',
-        'EC: resync a suspended or split pair (differential); refused while a client writes to the destination',
+        'EC, REC: resync a suspended, split or halted pair (differential); refused while a client writes to the destination',
         'resumed',
         'resume even if the destination is exported read-write to a connected client (its I/O then fails)',
       ),
@@ -298,7 +298,7 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
     .command(
       ...control(
         'reverse',
-        'EC: swap the direction of a suspended or split pair; QuickOPC: restore the destination onto the source (tracking, differential); refused while a client writes to the source',
+        'EC: swap the direction of a suspended or split pair; QuickOPC: restore the destination onto the source (tracking, differential); REC (suspended, split or halted): the remote array sends from now on (failback); refused while a client writes to the source',
         'reversed',
         'reverse even if the source (the new destination) is exported read-write to a connected client (it is overwritten)',
       ),

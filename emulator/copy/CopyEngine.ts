@@ -56,6 +56,7 @@ import {
   type RecMode,
   REC_MODES,
   RemoteLinkError,
+  RemoteRefusalError,
   type SessionInfo,
   type SessionRecord,
 } from './CopySession.js';
@@ -129,6 +130,7 @@ export interface RemoteEndRequest {
   /** The source as this array shows it: PEER:VOLUME. */
   source: string;
   peer: string;
+  peerArrayId: string;
   sourceVolume: string;
   volume: string;
   sizeBytes: number;
@@ -187,6 +189,8 @@ export class CopyEngine {
   private readonly sessions = new Map<string, SessionBase>();
   private readonly chains = new Map<string, SnapChain>();
   private readonly timers = new Map<string, NodeJS.Timeout | NodeJS.Immediate>();
+  /** Sessions whose step is queued or running (schedule() waits for it). */
+  private readonly stepping = new Set<string>();
   private readonly listeners = new Set<(e: CopyEvent) => void>();
   readonly events: CopyEvent[] = [];
   /**
@@ -198,7 +202,7 @@ export class CopyEngine {
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
   /** The control operation running now (atomically): its sessions, and their events held back until it commits. */
-  private tx: { ids: Set<string>; events: CopyEvent[] } | undefined;
+  private tx: { ids: Set<string>; events: CopyEvent[]; rollbacks: Array<() => void> } | undefined;
   private readonly ctx: SessionContext;
   private readonly journal: SessionJournal;
   private readonly clock: 'timers' | 'manual';
@@ -238,6 +242,9 @@ export class CopyEngine {
         return opts.remote.link(record, events);
       },
       linkEvent: (id, event, err) => this.linkEvent(id, event, err),
+      onRollback: (fn) => {
+        this.tx?.rollbacks.push(fn);
+      },
       wake: (id) => {
         const s = this.sessions.get(id);
         if (s !== undefined) this.schedule(s);
@@ -380,7 +387,7 @@ export class CopyEngine {
         }
         const s = this.build(j);
         await this.cut([r.source, r.destination], async () => this.install(s));
-        if (s instanceof EcSession || s instanceof RecSession) s.recover();
+        if (s instanceof EcSession || s instanceof RecSession || s instanceof RecRemoteEnd) s.recover();
       }
       await this.journal.sync();
       for (const s of this.sessions.values()) this.schedule(s);
@@ -523,7 +530,16 @@ export class CopyEngine {
             sizeBytes: req.sizeBytes,
             rate: 0,
             createdAt: new Date(this.now()).toISOString(),
-            rec: { role: 'remote-end', peer: req.peer, peerVolume: req.sourceVolume, mode: req.mode, split: 'auto', recovery: 'auto', secret: req.secret },
+            rec: {
+              role: 'remote-end',
+              peer: req.peer,
+              peerArrayId: req.peerArrayId,
+              peerVolume: req.sourceVolume,
+              mode: req.mode,
+              split: 'auto',
+              recovery: 'auto',
+              secret: req.secret,
+            },
           };
           this.journal.putSession(record);
           const s = this.build({ record, bitmaps: {} });
@@ -538,23 +554,31 @@ export class CopyEngine {
   setRemoteEndState(
     id: string,
     state: RemoteEndState,
-    extra: { imageAt?: string | undefined; haltReason?: HaltReason | undefined; mode?: RecMode | undefined } = {},
+    extra: { imageAt?: string | undefined; haltReason?: HaltReason | undefined; mode?: RecMode | undefined; resynced?: boolean | undefined } = {},
   ): Promise<SessionInfo> {
     return this.controlOn(id, `set ${state}:`, async (s) => this.remoteEnd(s, `set the state of`).setRemoteState(state, extra));
   }
 
-  /** The pair resyncs; returns the units hosts changed here. `check` refuses while clients write here (under the cut). */
-  resumeRemoteEnd(id: string, check?: (volume: string) => void): Promise<{ info: SessionInfo; runs: Array<[number, number]> }> {
+  /**
+   * The pair resyncs; returns the units hosts changed here, and whether this array restarted
+   * since the pair was live. `check` refuses while clients write here (under the cut); force
+   * also overwrites a remote end split here for a failover.
+   */
+  resumeRemoteEnd(
+    id: string,
+    force: boolean,
+    check?: (volume: string) => void,
+  ): Promise<{ info: SessionInfo; runs: Array<[number, number]>; restarted: boolean }> {
     return this.serially(async () => {
       const s = this.remoteEnd(this.session(id), 'resume');
-      let runs: Array<[number, number]> = [];
+      let out: { runs: Array<[number, number]>; restarted: boolean } = { runs: [], restarted: false };
       await this.cut([s.record.destination], () =>
         this.atomically(`resume ${describe(s)}`, [s.record.destination], async () => {
           if (s.state === 'suspended' || s.state === 'split') check?.(s.record.destination);
-          runs = s.resumeEnd();
+          out = s.resumeEnd(force);
         }),
       );
-      return { info: s.info(), runs };
+      return { info: s.info(), ...out };
     });
   }
 
@@ -607,10 +631,22 @@ export class CopyEngine {
   }
 
   /** The remote end with this id and secret, for the array's .rec export. */
-  remoteEndFor(id: string, secret: string): { volume: string; tap: VolumeTap; staging: () => boolean } | undefined {
+  remoteEndFor(id: string, secret: string): { volume: string; tap: VolumeTap; staging: () => boolean; accepting: () => string | undefined } | undefined {
     const s = this.sessions.get(id);
     if (!(s instanceof RecRemoteEnd) || s.rec.secret !== secret) return undefined;
-    return { volume: s.record.destination, tap: this.tapOf(s.record.destination), staging: () => s.staging && !s.done };
+    return {
+      volume: s.record.destination,
+      tap: this.tapOf(s.record.destination),
+      staging: () => s.staging && !s.done,
+      // Data is taken only while the pair runs: after a halt (or a restart of this array) the
+      // source must resume first, which tells it what this side may have lost.
+      accepting: () =>
+        s.done || this.sessions.get(id) !== s
+          ? `REC pair ${id} has no remote end here any more`
+          : s.state === 'copying' || s.state === 'equivalent'
+            ? undefined
+            : `REC pair ${id}'s remote end is ${s.state} here: it takes data only after the source resumes the pair`,
+    };
   }
 
   private remoteEnd(s: SessionBase, op: string): RecRemoteEnd {
@@ -623,14 +659,18 @@ export class CopyEngine {
     const s = this.sessions.get(id);
     if (!(s instanceof RecSession) || this.closed) return;
     if (event === 'down') {
-      void this.serially(() => s.halt(err ?? new RemoteLinkError('the link was lost', 'link-down'))).catch(() => undefined);
+      void this.serially(async () => {
+        // The session may have ended (or been reversed) while this waited in the queue.
+        if (s.done || this.sessions.get(id) !== s) return;
+        await s.halt(err ?? new RemoteLinkError('the link was lost', 'link-down'));
+      }).catch(() => undefined);
       return;
     }
     if (s.state !== 'halt' || s.rec.recovery !== 'auto') return;
     this.resume(id).catch((e: unknown) => {
-      // Still unreachable (or refused there): keep watching; the next reconnect tries again.
       this.emit({ sessionId: id, kind: 'error', state: s.state, message: `automatic resume of ${describe(s)} failed: ${(e as Error).message}` });
-      if (s.state === 'halt' && !s.done) s.link.watch(true);
+      // Still unreachable: keep watching. Refused by the remote (a failover split there): an operator decides.
+      if (s.state === 'halt' && !s.done && !(e instanceof RemoteRefusalError)) s.link.watch(true);
     });
   }
 
@@ -696,8 +736,15 @@ export class CopyEngine {
   reverse(id: string, opts: OverwriteOptions = {}): Promise<SessionInfo> {
     return this.controlOn(id, 'reverse', async (s) => {
       if (s instanceof OpcSession && s.type === 'quickopc') return this.doReverseQuickOpc(s, opts.check);
+      if (s instanceof RecSession) return this.doReverseRec(s);
+      if (s instanceof RecRemoteEnd) {
+        throw new CopyError(
+          'FAILED_PRECONDITION',
+          `cannot reverse ${describe(s)} here: this array holds its remote end; reverse it on the source array (${s.rec.peer}), which must reach this one`,
+        );
+      }
       if (!(s instanceof EcSession))
-        throw new CopyError('FAILED_PRECONDITION', `cannot reverse session ${s.id}: it is an ${s.type} session; only EC and QuickOPC sessions reverse`);
+        throw new CopyError('FAILED_PRECONDITION', `cannot reverse session ${s.id}: it is an ${s.type} session; only EC, QuickOPC and REC sessions reverse`);
       this.doReverse(s, opts.check);
     });
   }
@@ -1149,6 +1196,127 @@ export class CopyEngine {
     s.restart();
   }
 
+  /**
+   * REC reverse (failback), on the source's array: the other array's remote end becomes the
+   * source (ReverseRemoteEnd, with this side's changed units), then this side becomes the
+   * remote end, in this control operation's commit. The pair stays suspended or split; a resume
+   * there copies both sides' changes onto this volume. Only when the new source is consistent:
+   * suspended, split, or halted (the remote holds the image of the halt).
+   */
+  private async doReverseRec(s: RecSession): Promise<void> {
+    if (s.state !== 'suspended' && s.state !== 'split' && s.state !== 'halt') {
+      throw new CopyError(
+        'FAILED_PRECONDITION',
+        `cannot reverse ${describe(s)}: it is ${s.state}; the remote is not a consistent image while the pair runs; suspend or split it first`,
+      );
+    }
+    this.checkAlone(s);
+    const changed = s.changedRuns();
+    try {
+      await s.link.reverseRemote(changed, s.rec);
+    } catch (err) {
+      if (err instanceof RemoteLinkError) {
+        throw new CopyError('FAILED_PRECONDITION', `cannot reverse ${describe(s)}: ${err.message}; restore the link (the other array must run) and retry`);
+      }
+      throw err;
+    }
+    const r = s.record;
+    const rec = s.rec;
+    s.closeLink();
+    s.detach();
+    s.done = true;
+    this.unschedule(s.id);
+    const record: SessionRecord = {
+      id: r.id,
+      type: 'rec',
+      state: r.state === 'split' ? 'split' : 'suspended',
+      source: r.destination,
+      destination: r.source,
+      unitSize: r.unitSize,
+      sizeBytes: r.sizeBytes,
+      rate: 0,
+      createdAt: r.createdAt,
+      reversed: !r.reversed,
+      ...(r.group !== undefined ? { group: r.group } : {}),
+      ...(r.imageAt !== undefined ? { imageAt: r.imageAt } : {}),
+      rec: { role: 'remote-end', peer: rec.peer, peerVolume: rec.peerVolume, mode: rec.mode, split: rec.split, recovery: rec.recovery, secret: rec.secret },
+    };
+    const units = Math.ceil(r.sizeBytes / r.unitSize);
+    this.journal.clearBits(r.id, 'diff', 0, units);
+    this.journal.clearBits(r.id, 'intent', 0, units);
+    this.journal.putSession(record);
+    const end = this.build({ record, bitmaps: {} });
+    this.sessions.set(end.id, end);
+    end.attach();
+    this.emit({
+      sessionId: r.id,
+      kind: 'state',
+      state: end.state,
+      message: `REC reversed: ${record.source} -> ${record.destination}; this array holds the remote end now`,
+    });
+  }
+
+  /**
+   * REC reverse, on the remote end's array (ReverseRemoteEnd): it becomes the pair's source,
+   * towards `peer` (this array's name for the caller), with `changed` (the caller's changed
+   * units) joining its own. Stays suspended or split.
+   */
+  reverseRemoteEnd(
+    id: string,
+    peer: string,
+    changed: Array<[number, number]>,
+    opts: { mode: RecMode; split: 'auto' | 'manual'; recovery: 'auto' | 'manual' },
+  ): Promise<SessionInfo> {
+    return this.serially(async () => {
+      const s = this.remoteEnd(this.session(id), 'reverse');
+      const vol = s.record.destination;
+      await this.cut([vol], () =>
+        this.atomically(`reverse ${describe(s)}`, [vol], async () => {
+          if (s.state !== 'suspended' && s.state !== 'split' && s.state !== 'halt') {
+            throw new CopyError('FAILED_PRECONDITION', `cannot reverse ${describe(s)}: it is ${s.state} here; suspend or split the pair first`);
+          }
+          const r = s.record;
+          const own = s.diff.runs();
+          s.detach();
+          s.done = true;
+          const record: SessionRecord = {
+            id: r.id,
+            type: 'rec',
+            state: r.state === 'split' ? 'split' : 'suspended',
+            source: r.destination,
+            destination: `${peer}:${s.rec.peerVolume}`,
+            unitSize: r.unitSize,
+            sizeBytes: r.sizeBytes,
+            rate: Number.POSITIVE_INFINITY,
+            createdAt: r.createdAt,
+            reversed: !r.reversed,
+            ...(r.imageAt !== undefined ? { imageAt: r.imageAt } : {}),
+            rec: { role: 'source', peer, peerVolume: s.rec.peerVolume, mode: opts.mode, split: opts.split, recovery: opts.recovery, secret: s.rec.secret },
+          };
+          const units = Math.ceil(r.sizeBytes / r.unitSize);
+          const diff: Array<[number, number]> = [];
+          for (const [a, n] of [...own, ...changed]) {
+            const len = Math.max(0, Math.min(n, units - a));
+            if (len > 0) diff.push([a, len]);
+          }
+          this.journal.clearBits(r.id, 'diff', 0, units);
+          for (const [a, n] of diff) this.journal.setBits(r.id, 'diff', a, n);
+          this.journal.putSession(record);
+          const src = this.build({ record, bitmaps: { diff } });
+          this.sessions.set(src.id, src);
+          src.attach();
+          this.emit({
+            sessionId: r.id,
+            kind: 'state',
+            state: src.state,
+            message: `REC reversed: ${record.source} -> ${record.destination}; this array sends now`,
+          });
+        }),
+      );
+      return this.session(id).info();
+    });
+  }
+
   /** Reversing makes a source a destination: neither volume may be in another session. */
   private checkAlone(s: SessionBase): void {
     for (const v of [s.record.source, s.record.destination]) {
@@ -1236,8 +1404,9 @@ export class CopyEngine {
       const s = this.session(id);
       const vols = [s.record.source, s.record.destination];
       await this.cut(vols, () => this.atomically(`${verb} ${describe(s)}`, vols, () => op(s)));
-      this.schedule(s);
-      return s.info();
+      const now = this.sessions.get(id) ?? s; // a REC reverse replaces the session's object
+      this.schedule(now);
+      return now.info();
     });
   }
 
@@ -1256,7 +1425,7 @@ export class CopyEngine {
     const held = new Set(volumes);
     const involved = [...this.sessions.values()].filter((s) => held.has(s.record.source) && held.has(s.record.destination));
     const undo = this.checkpoint(volumes, involved);
-    const tx = { ids: new Set(involved.map((s) => s.id)), events: [] as CopyEvent[] };
+    const tx = { ids: new Set(involved.map((s) => s.id)), events: [] as CopyEvent[], rollbacks: [] as Array<() => void> };
     this.tx = tx;
     this.journal.stage(tx.ids);
     let out: T;
@@ -1277,6 +1446,7 @@ export class CopyEngine {
     } catch (err) {
       this.tx = undefined;
       undo();
+      for (const fn of tx.rollbacks) fn(); // e.g. a REC pair whose remote changed already halts, so a resume reconciles
       throw err;
     }
     this.tx = undefined;
@@ -1340,18 +1510,25 @@ export class CopyEngine {
 
   /** spentMs: how long the previous step took; the next tick comes that much sooner, so the rate holds. */
   private schedule(s: SessionBase, spentMs = 0): void {
-    if (this.clock !== 'timers' || this.closed || this.timers.has(s.id)) return;
+    // One step of a session in the queue at a time: a wake during a step would queue more, and
+    // control operations would wait behind all of them.
+    if (this.clock !== 'timers' || this.closed || this.timers.has(s.id) || this.stepping.has(s.id)) return;
     if (s.done || s.state !== 'copying' || s.record.rate === 0) return;
     if (s instanceof RecSession && s.idleWhenDrained && s.pendingUnits() === 0 && !s.wantsStep) return; // woken by the next recorded write
     const rate = s.record.rate;
     const maxUnits = Math.max(this.stepUnits, Math.floor(TIMER_STEP_BYTES / s.record.unitSize));
     const fire = (): void => {
       this.timers.delete(s.id);
+      this.stepping.add(s.id);
       const began = this.now();
       const units = Number.isFinite(rate) ? Math.max(1, Math.floor((rate * TICK_MS) / 1000 / s.record.unitSize)) : maxUnits;
       this.serially(() => this.stepSession(s, Math.min(units, maxUnits))).then(
-        () => this.schedule(s, this.now() - began),
         () => {
+          this.stepping.delete(s.id);
+          this.schedule(s, this.now() - began);
+        },
+        () => {
+          this.stepping.delete(s.id);
           // stepSession noted the failure (one event per episode) and when to retry.
           if (this.closed || s.copyFailure === undefined) return;
           this.timers.set(

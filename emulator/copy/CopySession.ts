@@ -48,6 +48,16 @@ export interface RecRecord {
   recovery: 'auto' | 'manual';
   /** Opens the pair's data export on the remote end (.rec/ID/SECRET). */
   secret: string;
+  /** Remote end: the source array's id (a reverse looks up the name this array knows it by). */
+  peerArrayId?: string | undefined;
+  /**
+   * Remote end: this array restarted while the pair was live: writes acknowledged to the
+   * source but not yet flushed here may be gone, so the next resume resyncs the source's write
+   * intent too. Cleared by that resume.
+   */
+  restarted?: boolean | undefined;
+  /** Remote end: split here (a failover): the source's automatic resume is refused, it would overwrite. */
+  splitHere?: boolean | undefined;
   haltReason?: HaltReason | undefined;
   /** halt: what failed, in words. */
   haltDetail?: string | undefined;
@@ -87,6 +97,18 @@ export class CopyError extends StatusError {
   constructor(code: CopyErrorCode, message: string) {
     super(code, message);
     this.name = 'CopyError';
+  }
+}
+
+/**
+ * The remote array answered a REC control call with a refusal (its own reason, e.g. the remote
+ * end was split there for a failover): not a link failure, so an automatic resume does not
+ * retry it.
+ */
+export class RemoteRefusalError extends CopyError {
+  constructor(code: CopyErrorCode, message: string) {
+    super(code, message);
+    this.name = 'RemoteRefusalError';
   }
 }
 

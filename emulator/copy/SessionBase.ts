@@ -10,6 +10,7 @@ import {
   COPY_TYPE_NAMES,
   type HaltReason,
   type RecMode,
+  type RecRecord,
   type RemoteLinkError,
   type CopyFaultError,
   invariant,
@@ -42,6 +43,12 @@ export interface SessionContext {
   recLink(record: SessionRecord, events: RecLinkEvents): RecLink;
   /** REC: the link of a session went down or came back (the engine halts or auto-resumes it, in its queue). */
   linkEvent(sessionId: string, event: 'up' | 'down', err?: RemoteLinkError): void;
+  /**
+   * Runs fn if the control operation running now is undone (refused half way, or its commit
+   * failed), after the engine's memory is put back: a REC pair whose remote end changed already
+   * halts then, so that a resume reconciles the two. Nothing when no control operation runs.
+   */
+  onRollback(fn: () => void): void;
   /** A session that idles when drained (REC stack) has work again: the engine schedules its copier. */
   wake(sessionId: string): void;
   /** REC consistency mode: the REC buffer to a remote (one per remote, shared by its pairs). */
@@ -67,10 +74,21 @@ export interface RecLink {
   /** Tells the remote end the pair's state (and mode, when it changes). */
   setRemoteState(
     state: RemoteEndState,
-    extra?: { imageAt?: string | undefined; haltReason?: HaltReason | undefined; mode?: RecMode | undefined },
+    extra?: {
+      imageAt?: string | undefined;
+      haltReason?: HaltReason | undefined;
+      mode?: RecMode | undefined;
+      /** The source copied every unit that may differ since the last resume (see remote.proto). */
+      resynced?: boolean | undefined;
+    },
   ): Promise<void>;
-  /** The remote end goes copying; returns the runs of units its hosts changed ([start, count]). */
-  resumeRemote(force: boolean): Promise<Array<[number, number]>>;
+  /**
+   * The remote end goes copying; returns the runs of units its hosts changed ([start, count]),
+   * and whether its array restarted while the pair was live (writes it had not flushed may be lost).
+   */
+  resumeRemote(force: boolean): Promise<{ runs: Array<[number, number]>; restarted: boolean }>;
+  /** Reverse: the remote end becomes the source, taking `changed` (units changed here) with it. */
+  reverseRemote(changed: Array<[number, number]>, rec: RecRecord): Promise<void>;
   /** While on, a link that is down reconnects with back-off and calls events.up() once it is. */
   watch(on: boolean): void;
   /** Stops the link for good (the session ended or the engine closes). */

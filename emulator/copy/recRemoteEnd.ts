@@ -119,11 +119,30 @@ export class RecRemoteEnd extends SessionBase implements DestRole {
 
   // ---- driven by the source (the engine holds the volume around each) ----
 
-  setRemoteState(state: RemoteEndState, extra: { imageAt?: string | undefined; haltReason?: HaltReason | undefined; mode?: RecMode | undefined }): void {
+  setRemoteState(
+    state: RemoteEndState,
+    extra: { imageAt?: string | undefined; haltReason?: HaltReason | undefined; mode?: RecMode | undefined; resynced?: boolean | undefined },
+  ): void {
     if (state === 'copying') throw new CopyError('INVALID_ARGUMENT', `remote end ${this.id}: copying is entered by ResumeRemoteEnd, not set`);
-    if (this.state === 'copying' && state !== 'halt') this.forgetChanges(); // the source resynced them
+    // Equivalent, suspended and split say the volume holds the source's image: only a pair that
+    // ran here (copying, equivalent; a suspended one may split) can say so. A halted remote end
+    // (the link was lost, or this array restarted and may have lost unflushed writes) cannot:
+    // the source must resume the pair, which resyncs what may differ.
+    const from = this.state;
+    const ok = state === 'halt' || state === from || from === 'copying' || from === 'equivalent' || (state === 'split' && from === 'suspended');
+    if (!ok) {
+      throw new CopyError(
+        'FAILED_PRECONDITION',
+        `remote end of REC ${this.describe()} (${this.id}) is ${from} here${this.rec.haltDetail ? ` (${this.rec.haltDetail})` : ''}; it cannot be ${state} without a resync: resume the pair at the source`,
+      );
+    }
+    // Only the source knows whether it copied what this side's hosts changed (its resume may not
+    // have committed): it says so. Equivalent always means it did.
+    const resynced = state === 'equivalent' || (extra.resynced === true && state !== 'halt');
+    if (resynced) this.forgetChanges();
     const rec: RecRecord = {
       ...this.rec,
+      ...(resynced ? { restarted: undefined } : {}),
       ...(extra.mode !== undefined ? { mode: extra.mode } : {}),
       haltReason: state === 'halt' ? (extra.haltReason ?? 'link-down') : undefined,
       haltDetail: state === 'halt' ? 'the source array reported the link lost' : undefined,
@@ -132,14 +151,47 @@ export class RecRemoteEnd extends SessionBase implements DestRole {
     this.setState(state, `remote end of REC ${this.describe()}: ${state}`, { rec, imageAt });
   }
 
-  /** The pair resyncs: hosts here lose the volume; returns the units they changed. */
-  resumeEnd(): Array<[number, number]> {
+  /**
+   * The pair resyncs: hosts here lose the volume; returns the units they changed, and whether
+   * this array restarted while the pair was live. A remote end split here (a failover) is not
+   * overwritten unless force: its hosts' changes would be lost.
+   */
+  resumeEnd(force: boolean): { runs: Array<[number, number]>; restarted: boolean } {
+    if (this.rec.splitHere && !force) {
+      throw new CopyError(
+        'FAILED_PRECONDITION',
+        `cannot resume REC session ${this.id}: its remote end ${this.record.destination} was split on that array for a failover and its hosts may have written to it; ` +
+          'reverse the pair at the source to copy those changes back, or resume with --force to overwrite them',
+      );
+    }
     const runs = [...this.diff.runs()];
+    const restarted = this.rec.restarted === true;
     this.setState('copying', `remote end of REC ${this.describe()}: resync (${this.diff.count} unit(s) changed here go back to the source's image)`, {
       imageAt: undefined,
-      rec: { ...this.rec, haltReason: undefined, haltDetail: undefined },
+      // restarted stays, as diff does, until the resync is done: a source whose commit of this
+      // resume fails (or whose answer is lost) asks again and must hear it again.
+      rec: { ...this.rec, haltReason: undefined, haltDetail: undefined, splitHere: undefined },
     });
-    return runs;
+    return { runs, restarted };
+  }
+
+  /**
+   * After a restart of this array: a pair that was live halts (the source's connection went),
+   * and the next resume is told (in any state), so the source resyncs what this array may not
+   * have flushed.
+   */
+  recover(): void {
+    // In any state: a pair halted (or failed over from a halt) was never flushed here after the
+    // source's last mirrored writes. Costs at most a coarser resync (the source's write intent).
+    const rec: RecRecord = { ...this.rec, restarted: true };
+    if (this.state !== 'copying' && this.state !== 'equivalent') {
+      this.record = { ...this.record, rec };
+      this.ctx.journal.putSession(this.record);
+      return;
+    }
+    this.setState('halt', `remote end of REC ${this.describe()} halted: the array restarted; the source resumes the pair when it reaches it`, {
+      rec: { ...rec, haltReason: 'link-down', haltDetail: 'the array restarted' },
+    });
   }
 
   /** The data connection closed while the pair was live: halt here too. Caller syncs. */
@@ -155,7 +207,10 @@ export class RecRemoteEnd extends SessionBase implements DestRole {
     return true;
   }
 
-  /** Failover: the operator here makes the volume writable while the source is gone. */
+  /**
+   * Failover: the operator here makes the volume writable while the source is gone (halted)
+   * or the pair suspended. Refused while the source still mirrors into it, or while copying.
+   */
   split(): void {
     if (this.state === 'split') return;
     if (this.state === 'copying') {
@@ -164,11 +219,18 @@ export class RecRemoteEnd extends SessionBase implements DestRole {
         `cannot split the remote end of REC ${this.describe()} (${this.id}): it is copying, so ${this.record.destination} holds no complete image; cancel it with --force to keep what it has`,
       );
     }
+    if (this.state === 'equivalent') {
+      throw new CopyError(
+        'FAILED_PRECONDITION',
+        `cannot split the remote end of REC ${this.describe()} (${this.id}) here: the source still sends to it (equivalent); split or suspend it at the source, or, if the source is lost, wait until the pair halts here`,
+      );
+    }
     this.setState(
       'split',
-      `remote end of REC ${this.describe()} split here: ${this.record.destination} is writable; changes are recorded for the source's next resume`,
+      `remote end of REC ${this.describe()} split here: ${this.record.destination} is writable; changes are recorded; reverse the pair at the source to copy them back`,
       {
         imageAt: this.record.imageAt ?? new Date(this.ctx.now()).toISOString(),
+        rec: { ...this.rec, splitHere: true },
       },
     );
   }

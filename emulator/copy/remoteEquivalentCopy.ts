@@ -43,7 +43,16 @@ import { BlockDeviceError } from '../block/BlockDevice.js';
 import { EXTENT_ZERO } from '../block/BlockDevice.js';
 import { CopyBitmap } from './CopyBitmap.js';
 import type { BufferMember, RecBuffer } from './recBuffer.js';
-import { CopyError, CopyFaultError, RemoteLinkError, type Mutation, type RecMode, type RecRecord, type SessionInfo } from './CopySession.js';
+import {
+  CopyError,
+  CopyFaultError,
+  RemoteLinkError,
+  RemoteRefusalError,
+  type Mutation,
+  type RecMode,
+  type RecRecord,
+  type SessionInfo,
+} from './CopySession.js';
 import { type RecLink, SessionBase, type SessionContext, toRuns } from './SessionBase.js';
 
 /** Bytes one asynchronous copy step reads into memory and sends (it holds them until sent). */
@@ -240,6 +249,15 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
     }
     const rec = { ...this.rec, mode };
     if (this.state === 'equivalent' && (mode === 'stack' || mode === 'through')) {
+      // The remote is no longer a usable image while units arrive out of order: its end goes copying.
+      this.haltOnRollback(`the remote end may be copying while this side is not (a switch to ${mode} did not complete)`);
+      let changed: { runs: Array<[number, number]>; restarted: boolean };
+      try {
+        changed = await this.link.resumeRemote(false);
+      } catch (err) {
+        throw this.refusal(`switch to ${mode}`, err);
+      }
+      this.takeRemoteChanges(changed);
       this.setState('copying', `mode ${mode}: host writes are recorded and sent in the background`, { rec });
       return;
     }
@@ -250,6 +268,9 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
         throw this.refusal(`switch to ${mode}`, err);
       }
     }
+    // Sync mode clears write intent at each flush (J5), trusting diff to be durable: the bits the
+    // light tracking of an asynchronous mode set in memory only are journalled first.
+    if (mode === 'sync') this.persistDiff();
     this.record = { ...this.record, rec };
     this.ctx.journal.putSession(this.record);
     if (this.cycling) this.joinBuffer();
@@ -263,7 +284,8 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
    */
   async freeze(to: 'suspended' | 'split'): Promise<void> {
     const verb = to === 'split' ? 'split' : 'suspend';
-    if (this.state === 'halt') {
+    // Halted, or suspended while halted (no image instant: the remote was never told): here only.
+    if (this.state === 'halt' || (this.state === 'suspended' && to === 'split' && this.record.imageAt === undefined)) {
       this.link.watch(false);
       this.setState(to, `${verb} while halted: host writes to ${this.record.source} go on and are recorded; the remote keeps the image of the halt`, {
         imageAt: undefined,
@@ -300,8 +322,13 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
       this.check(this.diff.count === 0, 'frozen REC pair with units to copy');
     }
     const imageAt = this.state === 'suspended' ? this.record.imageAt : new Date(this.ctx.now()).toISOString();
+    // From here the remote may be frozen (even if its answer is lost): if this operation is
+    // undone, the pair halts, and its resume brings both sides together again.
+    this.haltOnRollback(`the remote end may be ${to} while this side is not (a ${verb} did not complete)`);
     try {
-      await this.link.setRemoteState(to, { imageAt });
+      // From copying or equivalent this freeze drained everything (the resume that began the run
+      // merged the remote's changes); from suspended (a split) it copied nothing.
+      await this.link.setRemoteState(to, { imageAt, resynced: this.state !== 'suspended' });
     } catch (err) {
       throw this.refusal(verb, err);
     }
@@ -324,19 +351,14 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
     if (from !== 'suspended' && from !== 'split' && from !== 'halt' && from !== 'error-suspended') {
       throw new CopyError('FAILED_PRECONDITION', `cannot resume REC session ${this.id} (${this.describe()}): it is ${from}, not suspended, split or halt`);
     }
-    let runs: Array<[number, number]>;
+    let changed: { runs: Array<[number, number]>; restarted: boolean };
     try {
-      runs = await this.link.resumeRemote(force);
+      changed = await this.link.resumeRemote(force);
     } catch (err) {
       throw this.refusal('resume', err);
     }
-    const j = this.ctx.journal;
-    for (const [s, n] of runs) {
-      const len = Math.max(0, Math.min(n, this.geo.units - s));
-      if (len === 0) continue;
-      this.diff.set(s, len);
-      j.setBits(this.id, 'diff', s, len);
-    }
+    const runs = changed.runs;
+    this.takeRemoteChanges(changed);
     if (from === 'error-suspended') this.mergeIntent(); // as EC (E4)
     this.link.watch(false);
     this.cursor = 0;
@@ -347,8 +369,38 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
     });
   }
 
+  /** Units that may differ, for a reverse: diff and write intent (a halt keeps intent for a crash). */
+  changedRuns(): Array<[number, number]> {
+    const all = this.diff.snapshot();
+    for (const [s, n] of this.intent.runs()) all.set(s, n);
+    return all.runs();
+  }
+
+  /**
+   * What ResumeRemoteEnd said joins diff (journalled with the caller's commit): the units the
+   * remote's hosts changed, and, if the remote restarted while the pair was live, this side's
+   * write intent (writes it acknowledged but had not flushed may be gone there).
+   */
+  private takeRemoteChanges(changed: { runs: Array<[number, number]>; restarted: boolean }): void {
+    for (const [s, n] of changed.runs) {
+      const len = Math.max(0, Math.min(n, this.geo.units - s));
+      if (len === 0) continue;
+      this.diff.set(s, len);
+      this.ctx.journal.setBits(this.id, 'diff', s, len);
+    }
+    if (changed.restarted) this.mergeIntent();
+  }
+
+  /** If the control operation running now is undone, the pair halts afterwards (see SessionContext.onRollback). */
+  private haltOnRollback(why: string): void {
+    this.ctx.onRollback(() => this.ctx.linkEvent(this.id, 'down', new RemoteLinkError(why, 'link-down')));
+  }
+
   /** A control operation's failure on the link, as its refusal. */
   private refusal(verb: string, err: unknown): Error {
+    // The link failed under this operation: once it is undone, the pair halts as it would have
+    // at its next transfer (a copying or equivalent pair only).
+    if (err instanceof RemoteLinkError) this.ctx.onRollback(() => this.ctx.linkEvent(this.id, 'down', err));
     if (err instanceof RemoteLinkError || err instanceof CopyFaultError) {
       return new CopyError(
         'FAILED_PRECONDITION',
@@ -378,6 +430,9 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
     this.setState('halt', `REC session ${this.id} (${this.describe()}) halted: ${err.message}; ${writes}; ${after}`, {
       rec: { ...this.rec, haltReason: err.reason, haltDetail: err.message },
     });
+    // The link itself works (the remote failed a write, or the buffer overflowed): the remote
+    // end hears of it, so it does not go on showing itself equivalent. Best effort.
+    if (err.reason !== 'link-down') void this.link.setRemoteState('halt', { haltReason: err.reason }).catch(() => undefined);
     if (this.rec.recovery === 'auto') this.link.watch(true);
     return true;
   }
@@ -636,18 +691,33 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
       } else if (this.rec.mode !== 'sync') {
         this.drainedAt = new Date(this.ctx.now()).toISOString();
       } else {
-        try {
-          await this.link.setRemoteState('equivalent');
-        } catch (err) {
-          if (!(err instanceof RemoteLinkError)) throw err;
-          await this.halt(err);
-          return units.length;
-        }
-        this.setState('equivalent', 'equivalent: every source write is now mirrored to the remote');
-        await this.ctx.journal.sync();
+        await this.becomeEquivalent();
       }
     }
     return units.length;
+  }
+
+  /**
+   * Sync mode, copy done: under a hold of the source (no mirrored write in flight, so none can
+   * fail and put units back in diff unseen), the remote end is told and the pair goes
+   * equivalent, if it is still copying with nothing left after the call.
+   */
+  private async becomeEquivalent(): Promise<void> {
+    await this.src.hold();
+    try {
+      if (this.state !== 'copying' || this.diff.count !== 0 || this.rec.mode !== 'sync') return;
+      try {
+        await this.link.setRemoteState('equivalent');
+      } catch (err) {
+        await this.halt(asLinkError(err));
+        return;
+      }
+      if (this.state !== 'copying' || this.diff.count !== 0) return;
+      this.setState('equivalent', 'equivalent: every source write is now mirrored to the remote');
+      await this.ctx.journal.sync();
+    } finally {
+      this.src.release();
+    }
   }
 
   /**
@@ -662,8 +732,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
       try {
         await this.link.setRemoteState('equivalent', { mode: 'consistency' });
       } catch (err) {
-        if (!(err instanceof RemoteLinkError)) throw err;
-        await this.halt(err);
+        await this.halt(asLinkError(err));
         return;
       }
       this.drainedAt = new Date(this.ctx.now()).toISOString();
@@ -812,4 +881,15 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
   private describe(): string {
     return `${this.record.source} -> ${this.record.destination}`;
   }
+}
+
+/**
+ * A failure of a call the pair cannot go on without, as the halt it causes: a link failure as it
+ * is; the remote's refusal (its end halted on its own: that array restarted) as link-down with
+ * its reason, so the pair resumes (and resyncs) when it can.
+ */
+function asLinkError(err: unknown): RemoteLinkError {
+  if (err instanceof RemoteLinkError) return err;
+  if (err instanceof RemoteRefusalError) return new RemoteLinkError(err.message, 'link-down');
+  throw err;
 }

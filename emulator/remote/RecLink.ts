@@ -22,7 +22,7 @@
  */
 import type { Logger } from 'pino';
 import type { WriteOptions, ZeroOptions } from '../block/BlockDevice.js';
-import { RemoteLinkError, type HaltReason, type RecMode, type SessionRecord } from '../copy/CopySession.js';
+import { RemoteLinkError, type HaltReason, type RecMode, type RecRecord, type SessionRecord } from '../copy/CopySession.js';
 import type { RecLink, RecLinkEvents, RemoteEndState } from '../copy/SessionBase.js';
 import type { LinkFaultHook, LinkOp } from '../fault/link.js';
 import { NbdClient, NbdRequestError } from './NbdClient.js';
@@ -164,7 +164,7 @@ export class RecDataPath implements RecLink {
 
   async setRemoteState(
     state: RemoteEndState,
-    extra: { imageAt?: string | undefined; haltReason?: HaltReason | undefined; mode?: RecMode | undefined } = {},
+    extra: { imageAt?: string | undefined; haltReason?: HaltReason | undefined; mode?: RecMode | undefined; resynced?: boolean | undefined } = {},
   ): Promise<void> {
     await this.opts.remotes.control(this.remote, `set the remote end ${state}`, (c) =>
       c.setRemoteEndState({
@@ -173,13 +173,28 @@ export class RecDataPath implements RecLink {
         imageAt: extra.imageAt ?? '',
         haltReason: extra.haltReason ?? '',
         mode: extra.mode ?? '',
+        resynced: extra.resynced ?? false,
       }),
     );
   }
 
-  async resumeRemote(force: boolean): Promise<Array<[number, number]>> {
+  async reverseRemote(changed: Array<[number, number]>, rec: RecRecord): Promise<void> {
+    await this.opts.remotes.control(this.remote, 'reverse the pair', (c) =>
+      c.reverseRemoteEnd({
+        pairId: this.pairId,
+        sourceArrayId: this.opts.remotes.arrayId,
+        starts: changed.map(([s]) => s),
+        counts: changed.map(([, n]) => n),
+        mode: rec.mode,
+        split: rec.split,
+        recovery: rec.recovery,
+      }),
+    );
+  }
+
+  async resumeRemote(force: boolean): Promise<{ runs: Array<[number, number]>; restarted: boolean }> {
     const res = await this.opts.remotes.control(this.remote, 'resume the remote end', (c) => c.resumeRemoteEnd(this.pairId, force));
-    return res.starts.map((s, i) => [Number(s), Number(res.counts[i] ?? 0)]);
+    return { runs: res.starts.map((s, i) => [Number(s), Number(res.counts[i] ?? 0)]), restarted: res.restarted };
   }
 
   // ---- reconnect ----
@@ -203,10 +218,16 @@ export class RecDataPath implements RecLink {
     this.watchTimer.unref();
   }
 
+  /**
+   * The remote answers again (and no link-down fault applies): the session resumes, which
+   * dials the data path anew. Not the data export itself: a halted remote end refuses it until
+   * the resume.
+   */
   private async tryUp(): Promise<void> {
     if (!this.watching || this.closed) return;
     try {
-      if (!this.up) await this.connect();
+      if (this.opts.faults()?.linkDown(this.remote)) throw new Error('a link-down fault applies');
+      await this.opts.remotes.control(this.remote, 'answer', (c) => c.getStatus());
     } catch {
       this.backoff = Math.min(BACKOFF_MAX_MS, this.backoff * 2);
       if (this.watching) this.schedule();

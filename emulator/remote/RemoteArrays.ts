@@ -15,7 +15,7 @@ import type { RemoteView } from '../../proto/views.js';
 import { VOLUME_NAME_PATTERN } from '../../proto/views.js';
 import type { MetadataStore, RemoteRow } from '../array/MetadataStore.js';
 import type { RemoteCopyHook } from '../copy/CopyEngine.js';
-import { CopyError, RemoteLinkError, type SessionRecord } from '../copy/CopySession.js';
+import { CopyError, RemoteLinkError, RemoteRefusalError, type SessionRecord } from '../copy/CopySession.js';
 import { DEFAULT_REC_BUFFER, HALT_WAIT_CHOICES_MS, type RecBufferSettings } from '../copy/recBuffer.js';
 import type { RecLink, RecLinkEvents } from '../copy/SessionBase.js';
 import type { LinkFaultHook } from '../fault/link.js';
@@ -238,7 +238,7 @@ export class RemoteArrays implements RemoteCopyHook {
     } catch (err) {
       if (err instanceof ApiError && err.code !== 'UNAVAILABLE' && err.code !== 'DEADLINE_EXCEEDED') {
         const code = err.code === 'NOT_FOUND' || err.code === 'INVALID_ARGUMENT' || err.code === 'ALREADY_EXISTS' ? err.code : 'FAILED_PRECONDITION';
-        throw new CopyError(code, `remote ${remote} refused to ${what}: ${err.message}`);
+        throw new RemoteRefusalError(code, `remote ${remote} refused to ${what}: ${err.message}`);
       }
       e.reachable = false;
       e.error = (err as Error).message;

@@ -2,7 +2,7 @@
  * The remote end's side of a REC pair's data path: the export a source array opens
  * (`.rec/PAIR/SECRET`), and the small helpers the array uses to start a REC pair.
  */
-import type { BlockDevice, Extent, ExportHandle, WriteOptions, ZeroOptions } from '../block/BlockDevice.js';
+import { BlockDeviceError, type BlockDevice, type Extent, type ExportHandle, type WriteOptions, type ZeroOptions } from '../block/BlockDevice.js';
 import { CopyError, REC_MODES, type RecMode } from '../copy/CopySession.js';
 import type { CycleStage } from './CycleStage.js';
 
@@ -37,7 +37,14 @@ export class ReplicaDevice implements BlockDevice {
   constructor(
     private readonly below: BlockDevice,
     private readonly staging: () => CycleStage | undefined,
+    /** Why the remote end takes no data now (halted, suspended, gone), or undefined. */
+    private readonly refusal: () => string | undefined = () => undefined,
   ) {}
+
+  private gate(): void {
+    const why = this.refusal();
+    if (why !== undefined) throw new BlockDeviceError('EIO', why);
+  }
 
   get size(): number {
     return this.below.size;
@@ -55,10 +62,20 @@ export class ReplicaDevice implements BlockDevice {
     return this.below.read(offset, into);
   }
   write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
+    try {
+      this.gate();
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const s = this.staging();
     return s === undefined ? this.below.write(offset, data, opts) : s.write(offset, data);
   }
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
+    try {
+      this.gate();
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const s = this.staging();
     return s === undefined ? this.below.writeZeroes(offset, length, opts) : s.writeZeroes(offset, length);
   }

@@ -116,6 +116,7 @@ export { type RestoreTapeRequest, type RestoreTapeRequest__Output } from './arra
 export { type ResumeCopyRequest, type ResumeCopyRequest__Output } from './arraylab/v1/ResumeCopyRequest.js';
 export { type ResumeRemoteEndRequest, type ResumeRemoteEndRequest__Output } from './arraylab/v1/ResumeRemoteEndRequest.js';
 export { type ReverseCopyRequest, type ReverseCopyRequest__Output } from './arraylab/v1/ReverseCopyRequest.js';
+export { type ReverseRemoteEndRequest, type ReverseRemoteEndRequest__Output } from './arraylab/v1/ReverseRemoteEndRequest.js';
 export { type SetCopyModeRequest, type SetCopyModeRequest__Output } from './arraylab/v1/SetCopyModeRequest.js';
 export { type SetCopyRateRequest, type SetCopyRateRequest__Output } from './arraylab/v1/SetCopyRateRequest.js';
 export { type SetFaultFlagRequest, type SetFaultFlagRequest__Output } from './arraylab/v1/SetFaultFlagRequest.js';

@@ -19,6 +19,7 @@ import type { RemoteServiceClient as _arraylab_v1_RemoteServiceClient, RemoteSer
 import type { RemoveRemoteRequest as _arraylab_v1_RemoveRemoteRequest, RemoveRemoteRequest__Output as _arraylab_v1_RemoveRemoteRequest__Output } from './arraylab/v1/RemoveRemoteRequest.js';
 import type { RemoveRemoteResponse as _arraylab_v1_RemoveRemoteResponse, RemoveRemoteResponse__Output as _arraylab_v1_RemoveRemoteResponse__Output } from './arraylab/v1/RemoveRemoteResponse.js';
 import type { ResumeRemoteEndRequest as _arraylab_v1_ResumeRemoteEndRequest, ResumeRemoteEndRequest__Output as _arraylab_v1_ResumeRemoteEndRequest__Output } from './arraylab/v1/ResumeRemoteEndRequest.js';
+import type { ReverseRemoteEndRequest as _arraylab_v1_ReverseRemoteEndRequest, ReverseRemoteEndRequest__Output as _arraylab_v1_ReverseRemoteEndRequest__Output } from './arraylab/v1/ReverseRemoteEndRequest.js';
 import type { SetRemoteEndStateRequest as _arraylab_v1_SetRemoteEndStateRequest, SetRemoteEndStateRequest__Output as _arraylab_v1_SetRemoteEndStateRequest__Output } from './arraylab/v1/SetRemoteEndStateRequest.js';
 import type { SetRemoteRequest as _arraylab_v1_SetRemoteRequest, SetRemoteRequest__Output as _arraylab_v1_SetRemoteRequest__Output } from './arraylab/v1/SetRemoteRequest.js';
 
@@ -46,6 +47,7 @@ export interface ProtoGrpcType {
       RemoveRemoteRequest: MessageTypeDefinition<_arraylab_v1_RemoveRemoteRequest, _arraylab_v1_RemoveRemoteRequest__Output>
       RemoveRemoteResponse: MessageTypeDefinition<_arraylab_v1_RemoveRemoteResponse, _arraylab_v1_RemoveRemoteResponse__Output>
       ResumeRemoteEndRequest: MessageTypeDefinition<_arraylab_v1_ResumeRemoteEndRequest, _arraylab_v1_ResumeRemoteEndRequest__Output>
+      ReverseRemoteEndRequest: MessageTypeDefinition<_arraylab_v1_ReverseRemoteEndRequest, _arraylab_v1_ReverseRemoteEndRequest__Output>
       SetRemoteEndStateRequest: MessageTypeDefinition<_arraylab_v1_SetRemoteEndStateRequest, _arraylab_v1_SetRemoteEndStateRequest__Output>
       SetRemoteRequest: MessageTypeDefinition<_arraylab_v1_SetRemoteRequest, _arraylab_v1_SetRemoteRequest__Output>
     }

@@ -239,6 +239,6 @@ describe('QuickOPC reverse (restore)', () => {
     await engine.startOpc('a', 'c', { rate: 0 });
     await expect(engine.reverse(q.id)).rejects.toThrow(/volume a is also in opc session/);
     const other = engine.list().find((x) => x.type === 'opc')!;
-    await expect(engine.reverse(other.id)).rejects.toThrow(/only EC and QuickOPC sessions reverse/);
+    await expect(engine.reverse(other.id)).rejects.toThrow(/only EC, QuickOPC and REC sessions reverse/);
   });
 });

@@ -22,6 +22,7 @@ const EXAMPLES = ['volumes', 'copy', 'tape', 'faults', 'remote', 'agent'];
  */
 const AGENT_EXAMPLE_CLEANUP = [
   'set +e', // also as the EXIT trap of a `set -e` script: every step is tried, none fails it
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell parameter expansion, not a template
   '[ -n "${SITE_B:-}" ] && kill "$SITE_B" 2>/dev/null', // the remote example's second array
   'umount /mnt/app 2>/dev/null',
   'for d in $(losetup -j /tmp/app.img -O NAME -n 2>/dev/null); do losetup -d "$d"; done',

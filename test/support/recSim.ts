@@ -19,7 +19,7 @@
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../../emulator/block/BlockDevice.js';
 import type { VolumeStore } from '../../emulator/array/Volume.js';
 import type { CopyEngine, RemoteCopyHook } from '../../emulator/copy/CopyEngine.js';
-import { CopyError, type HaltReason, type RecMode, RemoteLinkError, type SessionRecord } from '../../emulator/copy/CopySession.js';
+import { CopyError, type HaltReason, type RecMode, RemoteLinkError, RemoteRefusalError, type SessionRecord } from '../../emulator/copy/CopySession.js';
 import type { RecLink, RecLinkEvents, RemoteEndState } from '../../emulator/copy/SessionBase.js';
 import type { SimStore } from '../copy/support.js';
 
@@ -127,6 +127,7 @@ export class SimNet {
               pairId: r.id,
               source: `site-a:${r.source}`,
               peer: 'site-a',
+              peerArrayId: 'a0a0a0a0a0a0',
               sourceVolume: r.source,
               volume: rec.peerVolume,
               sizeBytes: r.sizeBytes,
@@ -170,7 +171,7 @@ export class SimNet {
       if (this.epochB !== epochB) throw new RemoteLinkError(`remote array ${REMOTE} did not answer: it restarted`, 'link-down');
       if (err instanceof CopyError) {
         const code = err.code === 'NOT_FOUND' || err.code === 'INVALID_ARGUMENT' || err.code === 'ALREADY_EXISTS' ? err.code : 'FAILED_PRECONDITION';
-        throw new CopyError(code, `remote ${REMOTE} refused to ${what}: ${err.message}`);
+        throw new RemoteRefusalError(code, `remote ${REMOTE} refused to ${what}: ${err.message}`);
       }
       throw new RemoteLinkError(`remote array ${REMOTE} did not answer: ${(err as Error).message}`, 'link-down');
     }
@@ -249,14 +250,22 @@ export class SimLink implements RecLink {
     if (!this.net.up || b === undefined) throw this.linkDown('down (simulated)');
     const end = b.remoteEndFor(this.record.id, this.record.rec!.secret);
     if (end === undefined) throw this.linkDown(`remote has no export .rec/${this.record.id} (no such remote end)`);
+    const refused = end.accepting();
+    if (refused !== undefined) throw this.linkDown(refused);
     this.device = end.tap.below;
     this.deviceEpochB = this.net.epochB;
+    this.accepting = end.accepting;
     return this.device;
   }
+
+  /** The remote end's gate, as the real export's ReplicaDevice checks it per write. */
+  private accepting: () => string | undefined = () => undefined;
 
   private async transfer(what: string, fn: (d: BlockDevice) => Promise<void>): Promise<void> {
     await this.net.delay();
     const dev = this.dial();
+    const refused = this.accepting();
+    if (refused !== undefined) throw new RemoteLinkError(`remote ${REMOTE} failed a ${what} (${refused})`, 'remote-failed');
     if (this.net.remoteFail > 0 && this.net.rand() < this.net.remoteFail) {
       this.net.stats.remoteFailed++;
       throw new RemoteLinkError(`remote ${REMOTE} failed a ${what} (EIO, simulated) on ${this.record.destination}`, 'remote-failed');
@@ -287,7 +296,7 @@ export class SimLink implements RecLink {
 
   async setRemoteState(
     state: RemoteEndState,
-    extra: { imageAt?: string | undefined; haltReason?: HaltReason | undefined; mode?: RecMode | undefined } = {},
+    extra: { imageAt?: string | undefined; haltReason?: HaltReason | undefined; mode?: RecMode | undefined; resynced?: boolean | undefined } = {},
   ): Promise<void> {
     if (!this.alive) throw this.linkDown('closed');
     await this.net.control(`set the remote end ${state}`, this.epochA, (b) =>
@@ -295,14 +304,20 @@ export class SimLink implements RecLink {
         ...(extra.imageAt ? { imageAt: extra.imageAt } : {}),
         ...(extra.haltReason !== undefined ? { haltReason: extra.haltReason } : {}),
         ...(extra.mode !== undefined ? { mode: extra.mode } : {}),
+        ...(extra.resynced ? { resynced: true } : {}),
       }),
     );
   }
 
-  async resumeRemote(_force: boolean): Promise<Array<[number, number]>> {
+  async resumeRemote(force: boolean): Promise<{ runs: Array<[number, number]>; restarted: boolean }> {
     if (!this.alive) throw this.linkDown('closed');
-    const res = await this.net.control('resume the remote end', this.epochA, (b) => b.resumeRemoteEnd(this.record.id));
-    return res.runs;
+    const res = await this.net.control('resume the remote end', this.epochA, (b) => b.resumeRemoteEnd(this.record.id, force));
+    return { runs: res.runs, restarted: res.restarted };
+  }
+
+  /** Reverse is not simulated: the source stays the source. */
+  reverseRemote(): Promise<void> {
+    return Promise.reject(new RemoteLinkError('reverse is not simulated', 'link-down'));
   }
 
   watch(on: boolean): void {
@@ -312,11 +327,8 @@ export class SimLink implements RecLink {
   /** The reconnect timer fired: dial; once connected, the session hears events.up(). */
   tryUp(): void {
     if (!this.watching || !this.alive) return;
-    try {
-      this.dial();
-    } catch {
-      return;
-    }
+    // As RecDataPath: the remote answers (not a data dial: a halted remote end refuses it).
+    if (!this.net.up || this.net.siteB() === undefined) return;
     this.watching = false;
     this.net.stats.upEvents++;
     this.events.up();

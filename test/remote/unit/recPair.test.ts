@@ -345,3 +345,70 @@ describe('REC consistency', () => {
     expect(halted.remote?.haltDetail).toMatch(/overloaded.*arraylab remote set site-b --buffer SIZE/);
   });
 });
+
+describe('REC failover and failback', () => {
+  it('the remote is split there while the source is lost, then reversed, resynced back, and turned round again', async () => {
+    const { a, b, host, id } = await pair();
+    await until(
+      () => a.api.getCopy(id),
+      (s) => s.state === 'equivalent',
+      'equivalent',
+    );
+    await b.api.addRemote('site-a', a.apiAddress); // site-b must reach site-a to send back
+    // The link goes: both halt. Site-b fails over: its copy is made writable, its hosts write.
+    const fault = await a.api.addFault({ kind: 'link-down', target: 'remote:site-b' });
+    await until(
+      () => b.api.getCopy(id),
+      (s) => s.state === 'halt',
+      'halt at site-b',
+    );
+    await expect(b.api.splitCopy(id)).resolves.toMatchObject({ state: 'split' });
+    const dr = await nbd(b, 'vol1');
+    expect(dr.readOnly).toBe(false);
+    const atSiteB = randomBytes(128 * 1024);
+    await dr.write(2 * MiB, atSiteB);
+    await dr.flush();
+    await dr.close();
+    await host.write(6 * MiB, randomBytes(4096)); // the source's host writes too, while halted
+    // The link returns: the automatic resume is refused (it would overwrite site-b's changes).
+    await a.api.removeFault(fault.id);
+    await new Promise((r) => setTimeout(r, 600));
+    expect((await a.api.getCopy(id)).state).toBe('halt');
+    expect((await b.api.getCopy(id)).state).toBe('split');
+    await expect(a.api.resumeCopy(id)).rejects.toThrow(/split on that array for a failover.*reverse the pair/);
+
+    // Failback: reverse (site-b sends now), resume there: site-b's image, its changes included, lands on site-a.
+    const reversed = await a.api.reverseCopy(id);
+    expect(reversed.remote).toMatchObject({ role: 'remote-end' });
+    const newSource = await b.api.getCopy(id);
+    expect(newSource).toMatchObject({ source: 'vol1', destination: 'site-a:vol1', remote: { role: 'source', peer: 'site-a' } });
+    await host.close();
+    await b.api.resumeCopy(id);
+    await until(
+      () => b.api.getCopy(id),
+      (s) => s.state === 'equivalent',
+      'equivalent from site-b',
+    );
+    const bImage = await readAll(b, 'vol1');
+    expect(bImage.subarray(2 * MiB, 2 * MiB + atSiteB.length).equals(atSiteB)).toBe(true);
+    expect((await readAll(a, 'vol1')).equals(bImage)).toBe(true);
+
+    // And back: suspend and reverse at site-b; site-a sends again.
+    await b.api.suspendCopy(id);
+    await b.api.reverseCopy(id);
+    expect(await a.api.getCopy(id)).toMatchObject({ source: 'vol1', destination: 'site-b:vol1', remote: { role: 'source' } });
+    await a.api.resumeCopy(id);
+    await until(
+      () => a.api.getCopy(id),
+      (s) => s.state === 'equivalent',
+      'equivalent from site-a again',
+    );
+    const back = await nbd(a, 'vol1');
+    const w = randomBytes(4096);
+    await back.write(0, w);
+    const got = Buffer.alloc(4096);
+    const remote = await nbd(b, 'vol1');
+    await remote.read(0, got);
+    expect(got.equals(w)).toBe(true); // mirrored to site-b again
+  });
+});

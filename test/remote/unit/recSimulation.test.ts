@@ -36,7 +36,7 @@ import { describe, expect, it } from 'vitest';
 import type { Volume } from '../../../emulator/array/Volume.js';
 import type { BlockDevice } from '../../../emulator/block/BlockDevice.js';
 import { CopyEngine } from '../../../emulator/copy/CopyEngine.js';
-import { CopyError, type RecMode, type SessionInfo } from '../../../emulator/copy/CopySession.js';
+import { CopyError, type RecMode, RemoteRefusalError, type SessionInfo } from '../../../emulator/copy/CopySession.js';
 import { MemoryJournal } from '../../../emulator/copy/SessionJournal.js';
 import { client, makeVolume, rng, SimStore, tagged, tagsOf } from '../../copy/support.js';
 import { FuaStore, SimNet } from '../../support/recSim.js';
@@ -55,28 +55,7 @@ class Failure extends Error {}
  * with it enabled, and starts failing once the bug is fixed: then delete the entry.
  * STRICT=1 enables them all.
  */
-const KNOWN = {
-  /**
-   * setRecMode(stack|through) of an equivalent pair (RecSession.setMode) leaves the remote end
-   * 'equivalent' (read-only, readable) while the source is copying and sends units in the
-   * background: site-b shows an inconsistent image as equivalent. Enabled: the check.
-   */
-  asyncModeKeepsRemoteEquivalent: 'a mode switch to stack/through leaves the remote end equivalent',
-  /**
-   * RecSession.freeze tells the remote end 'suspended'/'split' before its own commit: if that
-   * commit fails, or the remote's answer is lost, the source stays equivalent/copying and goes on
-   * sending to a volume site-b's hosts may now write. Enabled: lost replies to those calls and
-   * failing commits under suspend/split (the triggers).
-   */
-  freezeToldRemoteFirst: 'a failed suspend/split leaves the remote end suspended/split while the source sends',
-  /**
-   * Since 4449a06 a halt journals diff only and resume no longer merges write intent: a restart
-   * of site-b loses mirrored writes it had not flushed, the source halts (link-down) and the
-   * resync skips those units, so the pair goes equivalent with R != A. Enabled: site-b's
-   * restarts lose unflushed writes (the trigger); else its store is flushed first (a clean restart).
-   */
-  remoteRestartLosesMirroredWrites: 'after a restart of site-b the resync misses mirrored writes it lost',
-} as const satisfies Record<string, string>;
+const KNOWN = {} as const satisfies Record<string, string>;
 type Bug = keyof typeof KNOWN;
 
 /** A volume as hosts must see it, and what each block may hold after a crash. */
@@ -185,6 +164,8 @@ class Sim {
   crashes = 0;
   /** Crashes of site-a so far: a host write to A started before one does not count. */
   crashesOfA = 0;
+  /** Site-b failed over (split its remote end) and no forced resume has overwritten it since. */
+  failedOver = false;
   readonly stats = { crashesA: 0, crashesB: 0, syncAckChecks: 0, equalChecks: 0, frozenChecks: 0, heals: 0, halts: 0, failedControls: 0, failovers: 0 };
 
   constructor(
@@ -195,7 +176,6 @@ class Sim {
     this.rand = rng(seed);
     const storeRand = rng(seed ^ 0x5eed);
     this.net = new SimNet(() => (this.bUp ? this.engineB : undefined), rng(seed ^ 0x11e7), 6);
-    if (!bugs.has('freezeToldRemoteFirst')) this.net.noLostReply = (what) => /set the remote end (suspended|split)/.test(what);
     this.storeA = new FuaStore(new SimStore(BLOCKS * BLOCK, storeRand, Number.POSITIVE_INFINITY, undefined, BLOCK));
     this.storeB = new FuaStore(new SimStore(BLOCKS * BLOCK, storeRand, Number.POSITIVE_INFINITY, undefined, BLOCK));
     this.journalA = this.journal(rng(seed ^ 0x10a1));
@@ -226,7 +206,19 @@ class Sim {
     return Math.floor(this.rand() * n);
   }
   get healthy(): boolean {
-    return this.net.up && this.net.remoteFail === 0 && this.net.lostReply === 0;
+    // A remote end that halted on its own (site-b restarted) takes no data until the source
+    // resumes: the source learns it at its next transfer and halts too, so the link is not
+    // "healthy" for a pair that has not heard yet.
+    const s = this.source();
+    const e = this.remoteEnd();
+    const unheard =
+      s !== undefined &&
+      e !== undefined &&
+      (((s.state === 'copying' || s.state === 'equivalent') && (e.state === 'halt' || (e.state === 'split' && this.failedOver))) ||
+        // A resume cut short (a crash, a lost answer) left the remote end copying or halted: it
+        // no longer vouches for the frozen image, so a split is refused until the pair resumes.
+        ((s.state === 'suspended' || s.state === 'split') && (e.state === 'halt' || e.state === 'copying')));
+    return this.net.up && this.net.remoteFail === 0 && this.net.lostReply === 0 && !unheard;
   }
 
   async bootA(recover: boolean): Promise<void> {
@@ -530,13 +522,20 @@ class Sim {
     const before = this.source()!.state;
     const allowed = ['suspended', 'split', 'halt', 'error-suspended'].includes(before);
     const rejoin = before === 'split' && this.rand() < 0.5;
-    this.log.push(`${rejoin ? 'rejoin' : 'resume'} ${p.id} (${before}) expect ${allowed ? 'ok' : 'refused'}`);
+    // After a failover at site-b only a forced resume may overwrite R (its hosts wrote to it).
+    const force = this.failedOver && this.rand() < 0.5;
+    this.log.push(`${rejoin ? 'rejoin' : 'resume'}${force ? ' --force' : ''} ${p.id} (${before}) expect ${allowed ? 'ok' : 'refused'}`);
     let info: SessionInfo;
     try {
-      info = await (rejoin ? this.engineA.rejoin(p.id) : this.engineA.resume(p.id));
+      info = await (rejoin ? this.engineA.rejoin(p.id, { force }) : this.engineA.resume(p.id, { force }));
     } catch (e) {
+      if (this.failedOver && !force && e instanceof RemoteRefusalError && this.remoteEnd()?.state === 'split') {
+        this.log.push(`  refused (failover): ${(e as Error).message}`);
+        return;
+      }
       return this.controlFailed('resume', e, allowed, before);
     }
+    this.failedOver = false;
     if (!allowed) this.fail(`resume of ${p.id} (${before}) succeeded; expected a refusal`);
     if (info.state !== 'copying') this.fail(`resume of ${p.id} left it ${info.state}`);
     p.state = 'copying';
@@ -555,6 +554,8 @@ class Sim {
     try {
       info = await this.engineA.setRecMode(p.id, mode);
     } catch (e) {
+      // Leaving equivalent for stack/through tells the remote end (it goes copying): the link must work.
+      if (before === 'equivalent' && mode !== 'sync') return this.controlFailed('mode', e, true, before);
       return this.fail(`mode ${mode} of ${p.id} failed: ${(e as Error).message}`);
     }
     const want = before === 'equivalent' ? 'copying' : before;
@@ -585,6 +586,7 @@ class Sim {
     const info = await this.engineB.split(e.id);
     if (info.state !== 'split') this.fail(`failover split left the remote end ${info.state}`);
     this.stats.failovers++;
+    this.failedOver = true;
   }
 
   /** A control operation failed: refused (CopyError), allowed only when it was not allowed or the link is faulty. */
@@ -617,8 +619,14 @@ class Sim {
     else if (s.state === 'copying') ok = e?.state === 'copying';
     else if (frozen && this.pair!.exact) ok = e?.state === s.state || ['split', 'copying', 'halt'].includes(e?.state ?? '');
     else ok = true; // frozen while halted: the remote was not told, it keeps its state
+    // Site-b restarted and its remote end halted on its own: the source hears at its next transfer.
+    if (
+      !ok &&
+      (s.state === 'copying' || s.state === 'equivalent') &&
+      ((e?.state === 'halt' && e.remote?.haltDetail === 'the array restarted') || (e?.state === 'split' && this.failedOver))
+    )
+      ok = true;
     // An asynchronous pair runs in copying: the remote end is not consistent, so not equivalent either.
-    if (!ok && s.state === 'copying' && e?.state === 'equivalent' && !this.bugs.has('asyncModeKeepsRemoteEquivalent')) ok = true;
     if (!ok || e?.id !== s.id) this.fail(`after ${op} the source ${s.id} is ${s.state} (${s.remote?.mode}) but the remote end is ${e?.id} ${e?.state}`);
   }
 
@@ -683,7 +691,6 @@ class Sim {
     this.stats.crashesB++;
     this.log.push('CRASH site-b + restart');
     this.bUp = false;
-    if (!this.bugs.has('remoteRestartLosesMirroredWrites')) await this.storeB.flush();
     this.net.crashB();
     void this.engineB.close().catch(() => undefined);
     this.storeB = this.storeB.crash();
@@ -776,7 +783,7 @@ class Sim {
       case 'split':
         return this.engineA.split(id);
       case 'resume':
-        return this.engineA.resume(id);
+        return this.engineA.resume(id, { force: true });
       case 'mode':
         return this.engineA.setRecMode(id, this.pick<RecMode>(['sync', 'stack', 'through']));
       case 'cancel':
@@ -793,7 +800,7 @@ class Sim {
   async controlThenFail(): Promise<void> {
     const p = this.pair;
     if (p === undefined) return this.start();
-    const kind = this.pick<ControlKind>(this.bugs.has('freezeToldRemoteFirst') ? ['suspend', 'split', 'resume', 'mode'] : ['resume', 'mode']);
+    const kind = this.pick<ControlKind>(['suspend', 'split', 'resume', 'mode']);
     const before = this.source()!.state;
     this.log.push(`${kind} ${p.id} (${before}) with its commit failing`);
     this.journalA.failCommit = ({ staged }) => (staged ? new CopyError('RESOURCE_EXHAUSTED', 'disk full (simulated)') : undefined);
@@ -830,7 +837,7 @@ class Sim {
     if (['halt', 'suspended', 'split', 'error-suspended'].includes(s.state)) {
       this.log.push(`  resume ${p.id} (${s.state})`);
       try {
-        await this.engineA.resume(p.id);
+        await this.engineA.resume(p.id, { force: true }); // heal overwrites a failover's changes
       } catch (e) {
         this.fail(`heal: resume of ${p.id} (${s.state}) failed on a healthy link: ${(e as Error).message}`);
       }
@@ -844,6 +851,13 @@ class Sim {
     }
     for (let i = 0; i < 50; i++) {
       s = this.source()!;
+      if (s.state === 'halt') {
+        // It learnt only now that site-b restarted (its remote end refuses data until a resume).
+        this.log.push(`  resume ${p.id} (halt: ${s.remote?.haltDetail ?? ''})`);
+        await this.engineA.resume(p.id, { force: true }).catch((e: unknown) => this.fail(`heal: resume of ${p.id} failed: ${(e as Error).message}`));
+        this.dst.unknown();
+        continue;
+      }
       if (s.state !== 'copying') break;
       await this.engineA.step(16);
     }
@@ -883,15 +897,19 @@ class Sim {
       if (s.state === 'halt' && p.state !== 'halt') this.stats.halts++;
       if (s.state === 'halt' && !['link-down', 'remote-failed'].includes(s.remote?.haltReason ?? '')) this.fail(`${p.id} halted without a reason`);
       p.state = s.state;
-      if (s.state === 'equivalent') {
+      // Site-b restarted and its remote end halted on its own; the source had no connection to lose,
+      // so it hears at its next transfer (refused: it halts then). R may miss unflushed writes meanwhile.
+      const unheard = e?.id === p.id && ((e.state === 'halt' && e.remote?.haltDetail === 'the array restarted') || (e.state === 'split' && this.failedOver));
+      if (s.state === 'equivalent' && !unheard) {
         if (e?.id !== p.id || e.state !== 'equivalent') this.fail(`${p.id} is equivalent but its remote end is ${e?.id} ${e?.state}`);
         const [a, r] = [await this.read(this.devA), await this.remoteData()];
         for (let b = 0; b < BLOCKS; b++) if (a[b] !== r[b]) this.fail(`${p.id} is equivalent but R block ${b} holds ${r[b]}, A ${a[b]}`);
         this.stats.equalChecks++;
       }
-      // The source writes to R while copying or equivalent: R's hosts must not be able to.
-      if ((s.state === 'copying' || s.state === 'equivalent') && e?.id === p.id && (e.state === 'suspended' || e.state === 'split'))
-        this.fail(`${p.id} is ${s.state} (it sends to R) but its remote end is ${e.state}: R's hosts write to it, and the source's data lands over theirs`);
+      // The source may believe it sends to R (copying, equivalent) while R's end is suspended or
+      // split (site-b restarted and failed over, or a freeze was undone): R's export then refuses
+      // its data (the remote end's gate) and the source halts at its next transfer; R's own host
+      // writes stay, as the frozen-image check below sees.
       if ((s.state === 'suspended' || s.state === 'split') && p.exact) {
         // (copying, halt: a resume that failed after the remote end went copying; the source resumes again.)
         if (e?.id !== p.id || e.state === 'equivalent') this.fail(`${p.id} is ${s.state} but its remote end is ${e?.id} ${e?.state}`);
@@ -1017,17 +1035,4 @@ describe('REC simulation (two arrays, link faults, crashes)', () => {
     },
     Math.max(120_000, (only !== undefined ? 1 : seeds) * steps * 2),
   );
-});
-
-describe('REC simulation: known bugs (reported; once one is fixed its test fails: delete it and its KNOWN entry)', () => {
-  const known = (seed: number, steps: number, bug: Bug) => () => runSeed(seed, steps, new Set([bug])).then(() => undefined);
-  it.fails('a switch to stack/through leaves the remote end equivalent (seed 31)', known(31, 32, 'asyncModeKeepsRemoteEquivalent'));
-  it.fails('a suspend whose answer is lost leaves the remote end suspended while the source sends (seed 38)', known(38, 4, 'freezeToldRemoteFirst'));
-  it.fails('a restart of site-b loses mirrored writes the resync never sends (seed 18)', known(18, 19, 'remoteRestartLosesMirroredWrites'));
-  // Not gated (rare in the default run): a link-down queued behind a cancel puts the cancelled
-  // pair's record back (CopyEngine.linkEvent), so a restart of site-a brings it back halted.
-  it.fails('a cancelled pair comes back after a restart (seed 890)', () => runSeed(890, 172).then(() => undefined));
-  // Not gated: RecSession.copyStep sets equivalent after its setRemoteState('equivalent') await
-  // without looking again: a mirrored write that failed meanwhile halted the pair and set diff.
-  it.fails('the copier makes a pair equivalent that a failed mirrored write just halted (seed 651)', () => runSeed(651, 179).then(() => undefined));
 });

@@ -9,6 +9,7 @@ import type { RemoteEnd as _arraylab_v1_RemoteEnd, RemoteEnd__Output as _arrayla
 import type { RemoteEndChanges as _arraylab_v1_RemoteEndChanges, RemoteEndChanges__Output as _arraylab_v1_RemoteEndChanges__Output } from '../../arraylab/v1/RemoteEndChanges.js';
 import type { RemoteEndId as _arraylab_v1_RemoteEndId, RemoteEndId__Output as _arraylab_v1_RemoteEndId__Output } from '../../arraylab/v1/RemoteEndId.js';
 import type { ResumeRemoteEndRequest as _arraylab_v1_ResumeRemoteEndRequest, ResumeRemoteEndRequest__Output as _arraylab_v1_ResumeRemoteEndRequest__Output } from '../../arraylab/v1/ResumeRemoteEndRequest.js';
+import type { ReverseRemoteEndRequest as _arraylab_v1_ReverseRemoteEndRequest, ReverseRemoteEndRequest__Output as _arraylab_v1_ReverseRemoteEndRequest__Output } from '../../arraylab/v1/ReverseRemoteEndRequest.js';
 import type { SetRemoteEndStateRequest as _arraylab_v1_SetRemoteEndStateRequest, SetRemoteEndStateRequest__Output as _arraylab_v1_SetRemoteEndStateRequest__Output } from '../../arraylab/v1/SetRemoteEndStateRequest.js';
 
 export interface RemoteCopyServiceClient extends grpc.Client {
@@ -85,6 +86,29 @@ export interface RemoteCopyServiceClient extends grpc.Client {
   resumeRemoteEnd(argument: _arraylab_v1_ResumeRemoteEndRequest, callback: grpc.requestCallback<_arraylab_v1_RemoteEndChanges__Output>): grpc.ClientUnaryCall;
   
   /**
+   * Reverse (failback): this array's remote end becomes the pair's source, sending to the
+   * array that calls (which must be registered here as a remote: arraylab remote add). The
+   * pair stays suspended (split stays split); the units given changed on the caller's side and
+   * join this side's changes, so a resume copies both back. Refused unless suspended, split or
+   * halt.
+   */
+  ReverseRemoteEnd(argument: _arraylab_v1_ReverseRemoteEndRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_RemoteEnd__Output>): grpc.ClientUnaryCall;
+  ReverseRemoteEnd(argument: _arraylab_v1_ReverseRemoteEndRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_RemoteEnd__Output>): grpc.ClientUnaryCall;
+  ReverseRemoteEnd(argument: _arraylab_v1_ReverseRemoteEndRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_RemoteEnd__Output>): grpc.ClientUnaryCall;
+  ReverseRemoteEnd(argument: _arraylab_v1_ReverseRemoteEndRequest, callback: grpc.requestCallback<_arraylab_v1_RemoteEnd__Output>): grpc.ClientUnaryCall;
+  /**
+   * Reverse (failback): this array's remote end becomes the pair's source, sending to the
+   * array that calls (which must be registered here as a remote: arraylab remote add). The
+   * pair stays suspended (split stays split); the units given changed on the caller's side and
+   * join this side's changes, so a resume copies both back. Refused unless suspended, split or
+   * halt.
+   */
+  reverseRemoteEnd(argument: _arraylab_v1_ReverseRemoteEndRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_RemoteEnd__Output>): grpc.ClientUnaryCall;
+  reverseRemoteEnd(argument: _arraylab_v1_ReverseRemoteEndRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_RemoteEnd__Output>): grpc.ClientUnaryCall;
+  reverseRemoteEnd(argument: _arraylab_v1_ReverseRemoteEndRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_RemoteEnd__Output>): grpc.ClientUnaryCall;
+  reverseRemoteEnd(argument: _arraylab_v1_ReverseRemoteEndRequest, callback: grpc.requestCallback<_arraylab_v1_RemoteEnd__Output>): grpc.ClientUnaryCall;
+  
+  /**
    * The source tells the remote end its pair's new state: equivalent, suspended, split, halt.
    */
   SetRemoteEndState(argument: _arraylab_v1_SetRemoteEndStateRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_RemoteEnd__Output>): grpc.ClientUnaryCall;
@@ -129,6 +153,15 @@ export interface RemoteCopyServiceHandlers extends grpc.UntypedServiceImplementa
   ResumeRemoteEnd: grpc.handleUnaryCall<_arraylab_v1_ResumeRemoteEndRequest__Output, _arraylab_v1_RemoteEndChanges>;
   
   /**
+   * Reverse (failback): this array's remote end becomes the pair's source, sending to the
+   * array that calls (which must be registered here as a remote: arraylab remote add). The
+   * pair stays suspended (split stays split); the units given changed on the caller's side and
+   * join this side's changes, so a resume copies both back. Refused unless suspended, split or
+   * halt.
+   */
+  ReverseRemoteEnd: grpc.handleUnaryCall<_arraylab_v1_ReverseRemoteEndRequest__Output, _arraylab_v1_RemoteEnd>;
+  
+  /**
    * The source tells the remote end its pair's new state: equivalent, suspended, split, halt.
    */
   SetRemoteEndState: grpc.handleUnaryCall<_arraylab_v1_SetRemoteEndStateRequest__Output, _arraylab_v1_RemoteEnd>;
@@ -140,5 +173,6 @@ export interface RemoteCopyServiceDefinition extends grpc.ServiceDefinition {
   CommitCycle: MethodDefinition<_arraylab_v1_CommitCycleRequest, _arraylab_v1_CommitCycleResponse, _arraylab_v1_CommitCycleRequest__Output, _arraylab_v1_CommitCycleResponse__Output>
   OpenRemoteEnd: MethodDefinition<_arraylab_v1_OpenRemoteEndRequest, _arraylab_v1_RemoteEnd, _arraylab_v1_OpenRemoteEndRequest__Output, _arraylab_v1_RemoteEnd__Output>
   ResumeRemoteEnd: MethodDefinition<_arraylab_v1_ResumeRemoteEndRequest, _arraylab_v1_RemoteEndChanges, _arraylab_v1_ResumeRemoteEndRequest__Output, _arraylab_v1_RemoteEndChanges__Output>
+  ReverseRemoteEnd: MethodDefinition<_arraylab_v1_ReverseRemoteEndRequest, _arraylab_v1_RemoteEnd, _arraylab_v1_ReverseRemoteEndRequest__Output, _arraylab_v1_RemoteEnd__Output>
   SetRemoteEndState: MethodDefinition<_arraylab_v1_SetRemoteEndStateRequest, _arraylab_v1_RemoteEnd, _arraylab_v1_SetRemoteEndStateRequest__Output, _arraylab_v1_RemoteEnd__Output>
 }

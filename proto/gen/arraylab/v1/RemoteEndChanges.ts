@@ -10,6 +10,11 @@ export interface RemoteEndChanges {
    */
   'starts'?: (number | string | Long)[];
   'counts'?: (number | string | Long)[];
+  /**
+   * This array restarted while the pair was live: writes it had not flushed may be gone, so
+   * the source also resyncs its write intent.
+   */
+  'restarted'?: (boolean);
 }
 
 export interface RemoteEndChanges__Output {
@@ -19,4 +24,9 @@ export interface RemoteEndChanges__Output {
    */
   'starts': (string)[];
   'counts': (string)[];
+  /**
+   * This array restarted while the pair was live: writes it had not flushed may be gone, so
+   * the source also resyncs its write intent.
+   */
+  'restarted': (boolean);
 }

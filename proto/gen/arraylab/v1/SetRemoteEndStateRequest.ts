@@ -16,6 +16,12 @@ export interface SetRemoteEndStateRequest {
    */
   'haltReason'?: (string);
   'mode'?: (string);
+  /**
+   * The source copied every unit that may differ since the last ResumeRemoteEnd (it leaves
+   * copying having drained, or becomes equivalent): the units this array's hosts changed are
+   * then forgotten here. False for a split of a suspended pair, which copied nothing.
+   */
+  'resynced'?: (boolean);
 }
 
 export interface SetRemoteEndStateRequest__Output {
@@ -33,4 +39,10 @@ export interface SetRemoteEndStateRequest__Output {
    */
   'haltReason': (string);
   'mode': (string);
+  /**
+   * The source copied every unit that may differ since the last ResumeRemoteEnd (it leaves
+   * copying having drained, or becomes equivalent): the units this array's hosts changed are
+   * then forgotten here. False for a split of a suspended pair, which copied nothing.
+   */
+  'resynced': (boolean);
 }
