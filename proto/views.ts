@@ -58,7 +58,7 @@ export interface ArrayStatus {
 /** A copy session as the API and CLI show it (`copy show --json`). */
 export interface CopySessionView {
   id: string;
-  type: 'opc' | 'quickopc' | 'snapopcplus' | 'ec' | 'rec';
+  type: 'opc' | 'quickopc' | 'snapopcplus' | 'ec' | 'rec' | 'ropc';
   state: 'copying' | 'equivalent' | 'suspended' | 'tracking' | 'snap' | 'split' | 'error-suspended' | 'halt';
   source: string;
   destination: string;
@@ -103,7 +103,7 @@ export interface RemoteCopyView {
   role: 'source' | 'remote-end';
   /** The other array: its registered name, or array-ID. */
   peer: string;
-  mode: 'sync' | 'stack' | 'consistency' | 'through';
+  mode: 'sync' | 'stack' | 'consistency' | 'through' | 'ropc';
   split: 'auto' | 'manual';
   recovery: 'auto' | 'manual';
   /** halt: link-down | remote-failed; empty otherwise. */

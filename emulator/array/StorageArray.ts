@@ -378,7 +378,9 @@ export class StorageArray implements ExportProvider {
                 ...(req.refuseIfFull ? { refuseIfFull: true } : {}),
               });
             case 'rec':
+            case 'ropc':
               return this.copy.startRec(source, destination, {
+                type,
                 ...opts,
                 ...recOptions(req),
                 ...(req.force ? { force: true } : {}),
@@ -400,7 +402,7 @@ export class StorageArray implements ExportProvider {
           checkGroupName(group);
           if (reqs.length === 0) throw new ArrayError('INVALID_ARGUMENT', `consistency group ${group}: give at least one pair to start`);
           for (const r of reqs) this.checkCopyStart(r);
-          if (reqs.some((r) => r.type === 'rec')) {
+          if (reqs.some((r) => r.type === 'rec' || r.type === 'ropc')) {
             throw new ArrayError('INVALID_ARGUMENT', `consistency group ${group}: REC pairs cannot be started in a group yet; start them one by one`);
           }
           if (reqs.some((r) => r.refuseIfFull)) {
@@ -412,7 +414,7 @@ export class StorageArray implements ExportProvider {
           }
           return this.copy.group(
             reqs.map((r) => ({
-              op: r.type as Exclude<CopyType, 'rec'>,
+              op: r.type as Exclude<CopyType, 'rec' | 'ropc'>,
               source: r.source,
               destination: r.destination,
               group,
@@ -461,10 +463,13 @@ export class StorageArray implements ExportProvider {
     if (!(type in COPY_TYPE_NAMES))
       throw new ArrayError('INVALID_ARGUMENT', `unknown copy type ${JSON.stringify(type)}: use opc, quickopc, snapopcplus, ec or rec`);
     const what = `cannot start ${COPY_TYPE_NAMES[type]} ${source} -> ${destination}`;
-    if (type === 'rec' || isRemoteVolume(destination)) {
-      if (type !== 'rec') throw new ArrayError('INVALID_ARGUMENT', `${what}: a destination on another array (REMOTE:VOLUME) takes --type rec`);
-      if (!isRemoteVolume(destination))
-        throw new ArrayError('INVALID_ARGUMENT', `${what}: a REC destination is REMOTE:VOLUME, a volume of a registered remote array`);
+    if (type === 'rec' || type === 'ropc' || isRemoteVolume(destination)) {
+      if (type !== 'rec' && type !== 'ropc') {
+        throw new ArrayError('INVALID_ARGUMENT', `${what}: a destination on another array (REMOTE:VOLUME) takes --type rec or ropc`);
+      }
+      if (!isRemoteVolume(destination)) {
+        throw new ArrayError('INVALID_ARGUMENT', `${what}: a ${COPY_TYPE_NAMES[type]} destination is REMOTE:VOLUME, a volume of a registered remote array`);
+      }
       const v = this.volumes.get(source);
       if (v === undefined || v.deleting) throw new ArrayError('NOT_FOUND', `${what}: no volume named "${source}"; list volumes with "arraylab volume list"`);
       return; // the remote array checks its volume (OpenRemoteEnd)
@@ -517,7 +522,7 @@ export class StorageArray implements ExportProvider {
       this.destaged(() =>
         copyCall(() => {
           const s = this.copy.get(id);
-          if (s.type === 'rec') return this.copy.resume(id, { force: opts.force ?? false });
+          if (s.type === 'rec' || s.type === 'ropc') return this.copy.resume(id, { force: opts.force ?? false });
           const check = this.overwriteCheck(opts.force, (dst, src) => `cannot resume ${COPY_TYPE_NAMES[s.type]} ${src} -> ${dst} (session ${id})`);
           return s.state === 'split' ? this.copy.rejoin(id, { check }) : this.copy.resume(id, { check });
         }),
@@ -620,8 +625,8 @@ export class StorageArray implements ExportProvider {
       const v = this.volumes.get(req.volume);
       if (v === undefined || v.deleting) throw new ArrayError('NOT_FOUND', `${what}: no volume named "${req.volume}" on this array; create it first`);
       if (!/^[0-9a-f]{32}$/.test(req.secret)) throw new ArrayError('INVALID_ARGUMENT', `${what}: the pair's secret is malformed`);
-      if (!(REC_MODES as readonly string[]).includes(req.mode))
-        throw new ArrayError('INVALID_ARGUMENT', `${what}: mode ${req.mode} is not one of ${REC_MODES.join(', ')}`);
+      if (!(REC_MODES as readonly string[]).includes(req.mode) && req.mode !== 'ropc')
+        throw new ArrayError('INVALID_ARGUMENT', `${what}: mode ${req.mode} is not one of ${REC_MODES.join(', ')} (or ropc: a point-in-time copy)`);
       const peer = this.remotes.nameOf(req.sourceArrayId) ?? `array-${req.sourceArrayId}`;
       return this.copy.openRemoteEnd(
         {

@@ -5,8 +5,8 @@ import { withApiOption, withClient } from './client.js';
 import { UsageError } from './errors.js';
 import { keyValues, print, printJson, table, yesNo } from '../../proto/util/table.js';
 
-const TYPES = ['opc', 'quickopc', 'snapopcplus', 'ec', 'rec'] as const;
-const TYPE_NAMES: Record<string, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC', rec: 'REC' };
+const TYPES = ['opc', 'quickopc', 'snapopcplus', 'ec', 'rec', 'ropc'] as const;
+const TYPE_NAMES: Record<string, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC', rec: 'REC', ropc: 'ROPC' };
 const REC_MODES = ['sync', 'stack', 'consistency', 'through'] as const;
 
 function parseRate(text: unknown, command: string): number | undefined {
@@ -200,7 +200,8 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
           .option('type', {
             choices: TYPES,
             demandOption: true,
-            describe: 'opc: full point-in-time copy; quickopc: opc + change tracking; snapopcplus: before-image snapshot generation; ec: mirror',
+            describe:
+              'opc: full point-in-time copy; quickopc: opc + change tracking; snapopcplus: before-image snapshot generation; ec: mirror; rec: mirror to another array (--dst REMOTE:VOL); ropc: point-in-time copy to another array',
           })
           .option('src', { type: 'string', array: true, demandOption: true, requiresArg: true, describe: 'source volume (repeat with --dst for a group)' })
           .option('dst', { type: 'string', array: true, demandOption: true, requiresArg: true, describe: 'destination volume (snap volume for snapopcplus)' })

@@ -64,6 +64,7 @@ import { EcSession } from './equivalentCopy.js';
 import { RecRemoteEnd } from './recRemoteEnd.js';
 import { RecBuffer, type RecBufferSettings } from './recBuffer.js';
 import { RecSession } from './remoteEquivalentCopy.js';
+import { RopcSession } from './remoteOpc.js';
 import { OpcSession } from './opc.js';
 import type { RecLink, RecLinkEvents, RemoteEndState, SessionBase, SessionContext } from './SessionBase.js';
 import type { JournalSession, SessionJournal } from './SessionJournal.js';
@@ -117,6 +118,8 @@ export interface RemoteCopyHook {
 }
 
 export interface RecStartOptions extends StartOptions {
+  /** rec (default): a mirror; ropc: a point-in-time copy that ends once the remote has it all. */
+  type?: 'rec' | 'ropc';
   mode?: RecMode;
   split?: 'auto' | 'manual';
   recovery?: 'auto' | 'manual';
@@ -429,8 +432,9 @@ export class CopyEngine {
         );
       }
       remote.checkRemote(peer);
-      const mode = opts.mode ?? 'sync';
-      if (!(REC_MODES as readonly string[]).includes(mode)) {
+      const type = opts.type ?? 'rec';
+      const mode: RecMode = type === 'ropc' ? 'ropc' : (opts.mode ?? 'sync');
+      if (type === 'rec' && !(REC_MODES as readonly string[]).includes(mode)) {
         throw new CopyError('INVALID_ARGUMENT', `REC mode ${String(mode)} is not one of ${REC_MODES.join(', ')}`);
       }
       const src = this.tapOf(source);
@@ -443,7 +447,7 @@ export class CopyEngine {
       }
       const rate = opts.rate ?? Number.POSITIVE_INFINITY;
       checkRate(rate);
-      const record = this.newRecord('rec', source, destination, src, opts.unitSize, rate);
+      const record = this.newRecord(type, source, destination, src, opts.unitSize, rate);
       record.rec = {
         role: 'source',
         peer,
@@ -469,7 +473,7 @@ export class CopyEngine {
       let info: SessionInfo;
       try {
         info = await this.cut([source], () =>
-          this.atomically(`start REC ${source} -> ${destination}`, [source], async () => {
+          this.atomically(`start ${COPY_TYPE_NAMES[type]} ${source} -> ${destination}`, [source], async () => {
             this.tx?.ids.add(record.id);
             this.journal.stage([record.id]);
             await src.below.flush(); // J4
@@ -477,7 +481,7 @@ export class CopyEngine {
             this.journal.setBits(record.id, 'diff', 0, units);
             const s = this.build({ record, bitmaps: { diff: [[0, units]] } });
             this.install(s);
-            this.emit({ sessionId: s.id, kind: 'started', state: s.state, message: `REC ${source} -> ${destination} (${mode}) started` });
+            this.emit({ sessionId: s.id, kind: 'started', state: s.state, message: `${COPY_TYPE_NAMES[type]} ${source} -> ${destination} (${mode}) started` });
             return s.info();
           }),
         );
@@ -522,7 +526,7 @@ export class CopyEngine {
           this.journal.stage([req.pairId]);
           const record: SessionRecord = {
             id: req.pairId,
-            type: 'rec',
+            type: req.mode === 'ropc' ? 'ropc' : 'rec',
             state: 'copying',
             source: req.source,
             destination: req.volume,
@@ -966,6 +970,17 @@ export class CopyEngine {
       s.done = false; // still in the engine and the journal: the next step finishes it again
       throw err;
     }
+    if (s instanceof RecSession) {
+      // ROPC: the remote holds the image; its end goes, and the volume there is a plain volume.
+      s.closeLink();
+      await this.remote?.closeRemoteEnd(s.record).catch((err: unknown) => {
+        this.emit({
+          sessionId: s.id,
+          kind: 'error',
+          message: `${describe(s)} completed, but the remote array was not told (${(err as Error).message}); end its remote end there with 'arraylab copy cancel ${s.id} --force'`,
+        });
+      });
+    }
   }
 
   /** A background copy step failed: the first failure of an episode is announced, later ones only back off. */
@@ -1010,9 +1025,9 @@ export class CopyEngine {
       case 'snapopcplus':
         return new SnapGeneration(this.ctx, j, blockSize);
       case 'rec':
-        return j.record.rec?.role === 'remote-end'
-          ? new RecRemoteEnd(this.ctx, j, this.tapOf(j.record.destination).blockSize)
-          : new RecSession(this.ctx, j, blockSize);
+      case 'ropc':
+        if (j.record.rec?.role === 'remote-end') return new RecRemoteEnd(this.ctx, j, this.tapOf(j.record.destination).blockSize);
+        return j.record.type === 'ropc' ? new RopcSession(this.ctx, j, blockSize) : new RecSession(this.ctx, j, blockSize);
     }
   }
 
@@ -1204,6 +1219,8 @@ export class CopyEngine {
    * suspended, split, or halted (the remote holds the image of the halt).
    */
   private async doReverseRec(s: RecSession): Promise<void> {
+    if (s instanceof RopcSession)
+      throw new CopyError('FAILED_PRECONDITION', `cannot reverse ROPC session ${s.id}: a point-in-time copy has no direction to turn; cancel it`);
     if (s.state !== 'suspended' && s.state !== 'split' && s.state !== 'halt') {
       throw new CopyError(
         'FAILED_PRECONDITION',

@@ -13,16 +13,17 @@
 import { StatusError } from '../../proto/errors.js';
 import type { BlockDevice, WriteOptions, ZeroOptions } from '../block/BlockDevice.js';
 
-export type CopyType = 'opc' | 'quickopc' | 'snapopcplus' | 'ec' | 'rec';
+export type CopyType = 'opc' | 'quickopc' | 'snapopcplus' | 'ec' | 'rec' | 'ropc';
 
 /** The types as the array's messages name them. */
-export const COPY_TYPE_NAMES: Record<CopyType, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC', rec: 'REC' };
+export const COPY_TYPE_NAMES: Record<CopyType, string> = { opc: 'OPC', quickopc: 'QuickOPC', snapopcplus: 'SnapOPC+', ec: 'EC', rec: 'REC', ropc: 'ROPC' };
 
 export type CopyState = 'copying' | 'equivalent' | 'suspended' | 'tracking' | 'snap' | 'split' | 'error-suspended' | 'halt';
 
 /** REC transfer modes. */
 export const REC_MODES = ['sync', 'stack', 'consistency', 'through'] as const;
-export type RecMode = (typeof REC_MODES)[number];
+/** A REC pair's mode; 'ropc' marks a remote point-in-time copy (a ROPC session), not a REC mode. */
+export type RecMode = (typeof REC_MODES)[number] | 'ropc';
 /** Why a REC pair halted. */
 export type HaltReason = 'link-down' | 'remote-failed' | 'buffer-overload';
 

@@ -34,7 +34,7 @@ export class RecRemoteEnd extends SessionBase implements DestRole {
 
   constructor(ctx: SessionContext, j: JournalSession, blockSize: number) {
     super(ctx, j.record, blockSize);
-    this.check(j.record.type === 'rec' && j.record.rec?.role === 'remote-end', `not a REC remote-end record: ${j.record.type}`);
+    this.check((j.record.type === 'rec' || j.record.type === 'ropc') && j.record.rec?.role === 'remote-end', `not a REC remote-end record: ${j.record.type}`);
     this.diff = CopyBitmap.fromRuns(this.geo.units, j.bitmaps.diff ?? []);
   }
 

@@ -75,7 +75,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
 
   constructor(ctx: SessionContext, j: JournalSession, blockSize: number) {
     super(ctx, j.record, blockSize);
-    this.check(j.record.type === 'rec' && j.record.rec?.role === 'source', `not a REC source record: ${j.record.type}`);
+    this.check((j.record.type === 'rec' || j.record.type === 'ropc') && j.record.rec?.role === 'source', `not a REC source record: ${j.record.type}`);
     this.diff = CopyBitmap.fromRuns(this.geo.units, j.bitmaps.diff ?? []);
     this.intent = CopyBitmap.fromRuns(this.geo.units, j.bitmaps.intent ?? []);
   }

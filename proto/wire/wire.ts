@@ -146,6 +146,7 @@ const COPY_TYPES: Record<CopySessionView['type'], pb.CopyType__Output> = {
   snapopcplus: 'COPY_TYPE_SNAPOPCPLUS',
   ec: 'COPY_TYPE_EC',
   rec: 'COPY_TYPE_REC',
+  ropc: 'COPY_TYPE_ROPC',
 };
 
 const COPY_STATES: Record<CopySessionView['state'], pb.CopyState__Output> = {

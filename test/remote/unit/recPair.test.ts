@@ -412,3 +412,53 @@ describe('REC failover and failback', () => {
     expect(got.equals(w)).toBe(true); // mirrored to site-b again
   });
 });
+
+describe('ROPC', () => {
+  it('copies the start instant to the remote (copy-on-write before host writes), then ends on both arrays', async () => {
+    const a = await site(['vol1']);
+    const b = await site(['vol1']);
+    await a.api.addRemote('site-b', b.apiAddress);
+    const host = await nbd(a, 'vol1');
+    const atStart = randomBytes(SIZE);
+    await host.write(0, atStart);
+    await host.flush();
+    const s = await a.api.startCopy({ type: 'ropc', source: 'vol1', destination: 'site-b:vol1', rateMiBs: 0 });
+    expect(s).toMatchObject({ type: 'ropc', state: 'copying', copiedBlocks: 0, remote: { role: 'source', mode: 'ropc' } });
+    expect((await b.api.getCopy(s.id)).type).toBe('ropc');
+    // Host writes after the start: the remote still gets the start instant's data.
+    await host.write(MiB, randomBytes(3 * 64 * 1024));
+    await host.write(5 * MiB + 100 * 512, randomBytes(512));
+    expect((await a.api.getCopy(s.id)).copiedBlocks).toBe(4); // the copy-on-writes: 3 + 1 units
+    await a.api.setCopyRate(s.id, undefined); // unthrottled: the rest goes
+    await until(
+      async () => {
+        const l = await a.api.copyEndings([s.id]);
+        return { how: l.get(s.id) } as unknown as CopySessionView;
+      },
+      (x) => (x as unknown as { how?: string }).how === 'completed',
+      'completed',
+    );
+    await expect(b.api.getCopy(s.id)).rejects.toMatchObject({ code: 'NOT_FOUND' }); // the remote end went
+    expect((await readAll(b, 'vol1')).equals(atStart)).toBe(true);
+    const plain = await nbd(b, 'vol1');
+    expect(plain.readOnly).toBe(false); // a plain volume again
+  });
+
+  it('a host write to an uncopied unit while the link is down loses the image: error-suspended, with the fix', async () => {
+    const a = await site(['vol1']);
+    const b = await site(['vol1']);
+    await a.api.addRemote('site-b', b.apiAddress);
+    const host = await nbd(a, 'vol1');
+    const s = await a.api.startCopy({ type: 'ropc', source: 'vol1', destination: 'site-b:vol1', rateMiBs: 0 });
+    await a.api.addFault({ kind: 'link-down', target: 'remote:site-b' });
+    await host.write(0, randomBytes(4096)); // goes on
+    const e = await until(
+      () => a.api.getCopy(s.id),
+      (x) => x.state === 'error-suspended',
+      'error-suspended',
+    );
+    expect(e.error).toMatch(/came while the link was down.*cancel the session and start it again/);
+    await expect(a.api.resumeCopy(s.id)).rejects.toThrow(/cannot resume ROPC session/);
+    await expect(a.api.suspendCopy(s.id)).rejects.toThrow(/nothing to freeze/);
+  });
+});

@@ -10,6 +10,10 @@ export const CopyType = {
   COPY_TYPE_SNAPOPCPLUS: 'COPY_TYPE_SNAPOPCPLUS',
   COPY_TYPE_EC: 'COPY_TYPE_EC',
   COPY_TYPE_REC: 'COPY_TYPE_REC',
+  /**
+   * Remote OPC: a point-in-time copy onto a volume of another array; ends once it is all there.
+   */
+  COPY_TYPE_ROPC: 'COPY_TYPE_ROPC',
 } as const;
 
 export type CopyType =
@@ -28,5 +32,10 @@ export type CopyType =
   | 4
   | 'COPY_TYPE_REC'
   | 5
+  /**
+   * Remote OPC: a point-in-time copy onto a volume of another array; ends once it is all there.
+   */
+  | 'COPY_TYPE_ROPC'
+  | 6
 
 export type CopyType__Output = typeof CopyType[keyof typeof CopyType]

@@ -16,7 +16,7 @@ export interface RemoteCopyInfo {
    */
   'peer'?: (string);
   /**
-   * sync | stack | consistency | through
+   * sync | stack | consistency | through (ropc: a ROPC session, no transfer mode)
    */
   'mode'?: (string);
   /**
@@ -72,7 +72,7 @@ export interface RemoteCopyInfo__Output {
    */
   'peer': (string);
   /**
-   * sync | stack | consistency | through
+   * sync | stack | consistency | through (ropc: a ROPC session, no transfer mode)
    */
   'mode': (string);
   /**
