@@ -16,6 +16,11 @@ import path from 'node:path';
 import { BlockDeviceError, type BlockDevice } from '../block/BlockDevice.js';
 
 const HEADER = 13;
+/**
+ * A file stage also keeps its records in memory up to this many bytes, so a commit applies them
+ * from there rather than reading the file back (the file is for a restart only).
+ */
+const MEMORY_COPY_BYTES = 256 * 1024 * 1024;
 /** A REC buffer is 128 MiB by default; a cycle larger than this is refused. */
 export const MAX_STAGE_BYTES = 1024 * 1024 * 1024;
 const APPLY_CHUNK = 32 * 1024 * 1024;
@@ -23,6 +28,9 @@ const APPLY_CHUNK = 32 * 1024 * 1024;
 export class CycleStage {
   private bytes = 0;
   private readonly mem: Array<{ offset: number; length: number; data: Buffer | undefined }> = [];
+  /** File stage: mem holds every record written since the last reset (else apply reads the file). */
+  private memWhole = true;
+  private memBytes = 0;
   private fh: FileHandle | undefined;
 
   private constructor(
@@ -37,6 +45,7 @@ export class CycleStage {
     const s = new CycleStage(pairId, path.join(dir, `${pairId}.stage`));
     s.fh = await open(s.file!, 'a+');
     s.bytes = (await s.fh.stat()).size;
+    s.memWhole = s.bytes === 0; // records from before a restart are in the file only
     return s;
   }
 
@@ -54,7 +63,21 @@ export class CycleStage {
     const h = header(offset, data.length, 0);
     const at = this.bytes;
     this.bytes += HEADER + data.length;
+    this.remember(offset, data.length, data);
     await this.fh.writev([h, data], at);
+  }
+
+  /** The memory copy of a file stage's record (copied: the caller's buffer is reused after the write). */
+  private remember(offset: number, length: number, data: Buffer | undefined): void {
+    if (!this.memWhole) return;
+    if (this.memBytes + length > MEMORY_COPY_BYTES) {
+      this.memWhole = false;
+      this.mem.length = 0;
+      this.memBytes = 0;
+      return;
+    }
+    this.mem.push({ offset, length, data: data === undefined ? undefined : Buffer.from(data) });
+    if (data !== undefined) this.memBytes += length;
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
@@ -66,6 +89,7 @@ export class CycleStage {
     }
     const at = this.bytes;
     this.bytes += HEADER;
+    this.remember(offset, length, undefined);
     await this.fh.write(header(offset, length, 1), 0, HEADER, at);
   }
 
@@ -76,7 +100,7 @@ export class CycleStage {
 
   /** Applies every staged record, in order, to the volume (below the engine's layer), then flushes it. */
   async apply(target: BlockDevice): Promise<void> {
-    if (this.fh === undefined) {
+    if (this.fh === undefined || this.memWhole) {
       for (const r of this.mem) await (r.data === undefined ? target.writeZeroes(r.offset, r.length) : target.write(r.offset, r.data));
     } else {
       const h = Buffer.alloc(HEADER);
@@ -108,6 +132,8 @@ export class CycleStage {
   /** Drops what is staged (applied, or never committed). */
   async reset(): Promise<void> {
     this.mem.length = 0;
+    this.memBytes = 0;
+    this.memWhole = true;
     this.bytes = 0;
     if (this.fh !== undefined) {
       await this.fh.truncate(0);
