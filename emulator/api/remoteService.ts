@@ -8,6 +8,7 @@ import type * as pb from '../../proto/gen/index.js';
 import type { RemoteView } from '../../proto/views.js';
 import { toByteCount } from '../../proto/wire/wire.js';
 import type { SessionInfo } from '../copy/CopySession.js';
+import type { OpenRemoteEndParams, RemoteEndStateParams } from '../remote/replica.js';
 
 type Unary = <Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>) => grpc.handleUnaryCall<Req, Res>;
 
@@ -20,19 +21,8 @@ export interface RemoteControl {
     remove(name: string, opts: { force?: boolean }): void;
     setBuffer(name: string, change: { bytes?: number; haltWaitMs?: number; monitorMs?: number; cycleMs?: number }): RemoteView;
   };
-  openRemoteEnd(req: {
-    pairId: string;
-    sourceArrayId: string;
-    sourceVolume: string;
-    volume: string;
-    sizeBytes: number;
-    blockSize: number;
-    unitSize: number;
-    mode: string;
-    secret: string;
-    force: boolean;
-  }): Promise<SessionInfo>;
-  setRemoteEndState(id: string, state: string, extra: { imageAt?: string; haltReason?: string; mode?: string; resynced?: boolean }): Promise<SessionInfo>;
+  openRemoteEnd(req: OpenRemoteEndParams): Promise<SessionInfo>;
+  setRemoteEndState(id: string, state: string, extra: RemoteEndStateParams): Promise<SessionInfo>;
   resumeRemoteEnd(id: string, force: boolean): Promise<{ info: SessionInfo; runs: Array<[number, number]>; restarted: boolean }>;
   closeRemoteEnd(id: string): Promise<void>;
   commitRemoteCycle(cycle: number, ids: string[]): Promise<void>;

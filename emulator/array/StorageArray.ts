@@ -57,7 +57,7 @@ import { COPY_TYPE_NAMES, CopyError, type CopyEvent, type CopyType, isRemoteVolu
 import type { RemoteEndState } from '../copy/SessionBase.js';
 import { RemoteArrays } from '../remote/RemoteArrays.js';
 import { CycleStage } from '../remote/CycleStage.js';
-import { REPLICA_EXPORT_PREFIX, ReplicaDevice, recOptions, replicaHandle } from '../remote/replica.js';
+import { type OpenRemoteEndParams, type RemoteEndStateParams, REPLICA_EXPORT_PREFIX, ReplicaDevice, recOptions, replicaHandle } from '../remote/replica.js';
 import { formatSize } from '../../proto/util/units.js';
 import { HostAffinity, type VolumeDirectory } from './HostAffinity.js';
 import { HostRecords } from './HostRecords.js';
@@ -608,18 +608,7 @@ export class StorageArray implements ExportProvider {
 
   // ---- REC remote ends (RemoteCopyService: the source array calls these) ----
 
-  openRemoteEnd(req: {
-    pairId: string;
-    sourceArrayId: string;
-    sourceVolume: string;
-    volume: string;
-    sizeBytes: number;
-    blockSize: number;
-    unitSize: number;
-    mode: string;
-    secret: string;
-    force: boolean;
-  }): Promise<SessionInfo> {
+  openRemoteEnd(req: OpenRemoteEndParams): Promise<SessionInfo> {
     return copyCall(async () => {
       const what = `cannot make ${req.volume} the remote end of REC ${req.sourceVolume} (array ${req.sourceArrayId})`;
       const v = this.volumes.get(req.volume);
@@ -647,7 +636,7 @@ export class StorageArray implements ExportProvider {
     });
   }
 
-  setRemoteEndState(id: string, state: string, extra: { imageAt?: string; haltReason?: string; mode?: string; resynced?: boolean }): Promise<SessionInfo> {
+  setRemoteEndState(id: string, state: string, extra: RemoteEndStateParams): Promise<SessionInfo> {
     return copyCall(async () => {
       const states = ['equivalent', 'suspended', 'split', 'halt'];
       if (!states.includes(state)) throw new ArrayError('INVALID_ARGUMENT', `remote end state ${state} is not one of ${states.join(', ')}`);

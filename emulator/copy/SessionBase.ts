@@ -324,6 +324,24 @@ export abstract class SessionBase implements CopySession {
     for (const [, bitmap, units] of entries) for (const u of units) bitmap.set(u);
   }
 
+  /** Units in one write-intent region (CopyEngineOptions.intentRegion). */
+  protected get intentRegionUnits(): number {
+    return Math.max(1, Math.floor(this.ctx.intentRegion / this.record.unitSize));
+  }
+
+  /**
+   * J3 for a write to units [u0, u1): write intent is made durable a whole region at a time, so
+   * only the first write to a region after intent was cleared pays a journal commit; a crash
+   * resyncs at most the regions written since. Call under the units' locks.
+   */
+  protected async persistIntent(intent: CopyBitmap, u0: number, u1: number): Promise<void> {
+    if (intent.allSet(u0, u1)) return;
+    const region = this.intentRegionUnits;
+    const r0 = u0 - (u0 % region);
+    const r1 = Math.min(this.geo.units, Math.ceil(u1 / region) * region);
+    await this.persistSet([['intent', intent, this.clearIn(intent, r0, r1)]]);
+  }
+
   /** Units of [u0, u1) whose bit is clear. */
   protected clearIn(bitmap: CopyBitmap, u0: number, u1: number): number[] {
     const out: number[] = [];

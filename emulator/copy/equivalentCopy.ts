@@ -199,14 +199,7 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
     const unlock = await this.locks.lockRange(u0, u1);
     try {
       for (const w of this.flushWatchers) for (let u = u0; u < u1; u++) w.add(u);
-      if (!this.intent.allSet(u0, u1)) {
-        // Intent is set a whole region at a time, so only the first write to a region after a
-        // flush pays a journal commit; recovery resyncs at most the regions written since.
-        const region = Math.max(1, Math.floor(this.ctx.intentRegion / this.record.unitSize));
-        const r0 = u0 - (u0 % region);
-        const r1 = Math.min(this.geo.units, Math.ceil(u1 / region) * region);
-        await this.persistSet([['intent', this.intent, this.clearIn(this.intent, r0, r1)]]); // J3
-      }
+      await this.persistIntent(this.intent, u0, u1); // J3
       if (!this.mirroring) return await this.trackLocked(u0, u1, next); // suspended while we waited
       const results = await Promise.allSettled([next(), this.mirrorWrite(m)]);
       const [own, mirrored] = results;

@@ -478,12 +478,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
   private async trackLight(u0: number, u1: number, next: Next): Promise<void> {
     const unlock = await this.locks.lockRange(u0, u1);
     try {
-      if (!this.intent.allSet(u0, u1)) {
-        const region = Math.max(1, Math.floor(this.ctx.intentRegion / this.record.unitSize));
-        const r0 = u0 - (u0 % region);
-        const r1 = Math.min(this.geo.units, Math.ceil(u1 / region) * region);
-        await this.persistSet([['intent', this.intent, this.clearIn(this.intent, r0, r1)]]); // J3
-      }
+      await this.persistIntent(this.intent, u0, u1); // J3
       if (this.state !== 'copying' || this.mirroring || this.cycling) return await this.trackLocked(u0, u1, next); // changed while we waited
       const wasIdle = this.diff.count === 0;
       this.diff.set(u0, u1 - u0);
@@ -506,12 +501,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
     const unlock = await this.locks.lockRange(u0, u1);
     try {
       for (const w of this.flushWatchers) for (let u = u0; u < u1; u++) w.add(u);
-      if (!this.intent.allSet(u0, u1)) {
-        const region = Math.max(1, Math.floor(this.ctx.intentRegion / this.record.unitSize));
-        const r0 = u0 - (u0 % region);
-        const r1 = Math.min(this.geo.units, Math.ceil(u1 / region) * region);
-        await this.persistSet([['intent', this.intent, this.clearIn(this.intent, r0, r1)]]); // J3
-      }
+      await this.persistIntent(this.intent, u0, u1); // J3
       if (!this.mirroring) {
         if (this.state === 'halt' && this.rec.split === 'manual') throw this.manualSplitRefusal();
         return await this.trackLocked(u0, u1, next);
@@ -553,12 +543,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
     const unlock = await this.locks.lockRange(u0, u1);
     try {
       for (const w of this.flushWatchers) for (let u = u0; u < u1; u++) w.add(u);
-      if (!this.intent.allSet(u0, u1)) {
-        const region = Math.max(1, Math.floor(this.ctx.intentRegion / this.record.unitSize));
-        const r0 = u0 - (u0 % region);
-        const r1 = Math.min(this.geo.units, Math.ceil(u1 / region) * region);
-        await this.persistSet([['intent', this.intent, this.clearIn(this.intent, r0, r1)]]); // J3
-      }
+      await this.persistIntent(this.intent, u0, u1); // J3
       const end = Math.min(m.offset + m.length, this.geo.sizeBytes);
       const space = this.cycling ? this.buffer!.reserve(end - m.offset) : undefined;
       if (space !== undefined) {
@@ -847,7 +832,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
    * the step) and none held by a write loses its intent. Lazy: appended with the step's sync.
    */
   private clearDrainedIntent(copied: number[]): void {
-    const region = Math.max(1, Math.floor(this.ctx.intentRegion / this.record.unitSize));
+    const region = this.intentRegionUnits;
     const mine = new Set(copied);
     const seen = new Set<number>();
     for (const u of copied) {

@@ -113,3 +113,26 @@ export function recOptions(req: { mode?: string | undefined; split?: string | un
   }
   return out;
 }
+
+/** OpenRemoteEnd as the array takes it (uint64s as numbers). */
+export interface OpenRemoteEndParams {
+  pairId: string;
+  sourceArrayId: string;
+  sourceVolume: string;
+  volume: string;
+  sizeBytes: number;
+  blockSize: number;
+  unitSize: number;
+  /** A REC mode, or ropc for a ROPC session. */
+  mode: string;
+  secret: string;
+  force: boolean;
+}
+
+/** SetRemoteEndState's optional parts. */
+export interface RemoteEndStateParams {
+  imageAt?: string;
+  haltReason?: string;
+  mode?: string;
+  resynced?: boolean;
+}
