@@ -438,13 +438,14 @@ export class StorageArray implements ExportProvider {
           const ids = [...(sel.ids ?? [])];
           if (sel.group) {
             const members = this.copy.list().filter((s) => s.group === sel.group);
-            const ec = members.filter((s) => s.type === 'ec');
+            // EC pairs and the REC pairs this array sends (Concurrent Suspend across arrays' links).
+            const ec = members.filter((s) => s.type === 'ec' || (s.type === 'rec' && s.remote?.role === 'source'));
             if (ec.length === 0) {
               throw new ArrayError(
                 'NOT_FOUND',
                 members.length === 0
                   ? `no copy sessions in consistency group ${sel.group}; start them with --group ${sel.group}`
-                  : `consistency group ${sel.group} has no EC sessions (${members.length} other); only EC pairs ${op}`,
+                  : `consistency group ${sel.group} has no EC or REC sessions (${members.length} other); only EC and REC pairs ${op}`,
               );
             }
             ids.push(...ec.map((s) => s.id));

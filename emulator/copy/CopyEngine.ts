@@ -828,9 +828,11 @@ export class CopyEngine {
           const infos: SessionInfo[] = [];
           for (const a of actions) {
             if ('id' in a) {
-              const ec = this.ec(this.session(a.id), a.op);
-              await ec.freeze(a.op === 'suspend' ? 'suspended' : 'split');
-              infos.push(ec.info());
+              // EC and REC pairs alike (Concurrent Suspend): every source is held by this cut.
+              const s = this.session(a.id);
+              const pair = s instanceof RecSession && !(s instanceof RopcSession) ? s : this.ec(s, a.op);
+              await pair.freeze(a.op === 'suspend' ? 'suspended' : 'split');
+              infos.push(pair.info());
             } else if (a.op === 'snapopcplus') {
               infos.push(await this.doStartSnap(a.source, a.destination, a));
             } else {
@@ -852,6 +854,7 @@ export class CopyEngine {
     for (const a of actions) {
       if ('id' in a) {
         const s = this.session(a.id);
+        if (s instanceof RecSession && !(s instanceof RopcSession)) continue; // its freeze refuses what it must, and a group is undone whole
         const ok = s.state === 'equivalent' || (a.op === 'split' && s.state === 'suspended');
         if (!(s instanceof EcSession) || !ok) {
           throw new CopyError(
