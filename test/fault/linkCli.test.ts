@@ -3,8 +3,8 @@
  * set, listed and shown, a plan names the link as `target: remote:NAME`, `fault rate` changes a
  * link-rate cap, and bad link faults get one line with an example.
  *
- * The array does not check the remote's name until emulator/remote sets faults.remoteExists;
- * once it does, this test registers site-b first (arraylab remote add).
+ * The array checks the remote's name (a fault on a remote it does not know is refused), so the
+ * test registers site-b first (offline: nothing answers there, and nothing is sent).
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -16,6 +16,8 @@ describe('arraylab fault: link faults', () => {
   const dir = makeTempDir('arraylab-linkfault-cli-');
   beforeAll(async () => {
     lab = await startArraylab({ memory: true });
+    const r = await lab.cli(['remote', 'add', 'site-b', '--api', '127.0.0.1:9', '--offline']);
+    expect(r.code, r.stderr).toBe(0);
   });
   afterAll(async () => {
     await lab?.stop();
@@ -48,6 +50,10 @@ describe('arraylab fault: link faults', () => {
       1,
       `arraylab: fault ${rate} is a link-rate fault: it takes --mibs only, e.g. arraylab fault rate ${rate} --mibs 10`,
     ]);
+    // A remote this array does not know is refused, naming where to look.
+    const unknown = await lab.cli(['fault', 'add', 'link-down', '--remote', 'site-c']);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/remote array site-c.*arraylab remote list/);
     // Nothing sent on the link yet: nothing fired (link-down's window has not opened).
     expect(JSON.parse(await ok(['fault', 'events', '--json'])).events).toEqual([]);
     await ok(['fault', 'clear']);
