@@ -51,6 +51,8 @@ function copyTable(sessions: CopySessionView[]): string {
 }
 
 function sessionTable(sessions: CopySessionView[]): string {
+  // The REMOTE column only when a REC or ROPC pair is listed: local-only arrays keep their table.
+  const remote = sessions.some((s) => s.remote !== null);
   return table(sessions, [
     { header: 'ID', value: (s) => s.id },
     { header: 'TYPE', value: (s) => s.type },
@@ -62,13 +64,17 @@ function sessionTable(sessions: CopySessionView[]): string {
     { header: 'ETA', value: formatEta, right: true },
     { header: 'GEN(1=newest)', value: (s) => (s.type === 'snapopcplus' ? `${s.generationIndex}/${s.generationCount} (#${s.generation})` : '') },
     { header: 'GROUP', value: (s) => s.group },
-    {
-      header: 'REMOTE',
-      value: (s) =>
-        s.remote === null
-          ? ''
-          : `${s.remote.role === 'source' ? 'to' : 'from'} ${s.remote.peer} ${s.remote.mode}${s.remote.haltReason ? ` (${s.remote.haltReason})` : ''}`,
-    },
+    ...(remote
+      ? [
+          {
+            header: 'REMOTE',
+            value: (s: CopySessionView) =>
+              s.remote === null
+                ? ''
+                : `${s.remote.role === 'source' ? 'to' : 'from'} ${s.remote.peer} ${s.remote.mode}${s.remote.haltReason ? ` (${s.remote.haltReason})` : ''}`,
+          },
+        ]
+      : []),
   ]);
 }
 

@@ -441,7 +441,7 @@ describe('arraylab copy', () => {
     expect(badType.code).toBe(2);
     expect(badType.stderr.trimEnd().split('\n')).toHaveLength(1);
     expect(badType.stderr).toMatch(
-      /^arraylab: Invalid values: Argument: type, Given: "bogus", Choices: "opc", "quickopc", "snapopcplus", "ec" \(see 'arraylab copy start --help'\)\n$/,
+      /^arraylab: Invalid values: Argument: type, Given: "bogus", Choices: "opc", "quickopc", "snapopcplus", "ec", "rec", "ropc" \(see 'arraylab copy start --help'\)\n$/,
     );
     const badRate = await lab.cli(['copy', 'start', '--type', 'opc', '--src', 'a', '--dst', 'b', '--rate', 'fast']);
     expect(badRate.code).toBe(2);
