@@ -7,16 +7,24 @@
  * (SimStore: volatile until flush, a crash keeps any prefix of each block's unflushed writes;
  * FUA writes are durable when they complete). 512-byte blocks, 2 KiB units (most writes are
  * partial-unit), 62 blocks (the last unit is short). Site-a's RemoteCopyHook is SimNet
- * (test/support/recSim.ts): control calls to site-b's engine, data into R below its tap, with
- * random delays (completions reorder), link down/up, remote I/O errors and lost replies.
+ * (test/support/recSim.ts): control calls to site-b's engine, data into R below its tap (or,
+ * in consistency mode, into the pair's cycle stage), with random delays (completions reorder),
+ * link down/up, remote I/O errors and lost replies.
+ *
+ * Consistency mode: the REC buffer is small (4 or 16 KiB; the halt wait 0 or 5 s) and its
+ * cycles are closed by the simulator (RecBuffer.cycleNow: a "cycle timer" action, amid bursts,
+ * before operations that drain, and while a host write waits for room), so runs are
+ * deterministic; the model keeps A's image at each close. Site-b stages, commits and applies
+ * as StorageArray does, its stage files surviving a crash as far as they were flushed.
  *
  * Each step is one random action: host writes to A (some FUA, some followed by a flush),
  * bursts of concurrent ones (with a copy step, a flush, and a fault or crash landing inside),
  * host writes and flushes on R, suspend, split, resume/rejoin, mode changes, copy steps, link
  * down/up, reconnect timers, remote I/O errors, lost replies, crashes of either site (also
  * inside a control operation), a journal commit that fails under a control operation, a
- * failover split at site-b of a halted remote end, cancel and a new start, and "heal" (every
- * fault removed, the pair resumed in sync mode and copied until equivalent).
+ * failover split at site-b of a halted remote end, cancel and a new start, the cycle timer,
+ * and "heal" (every fault removed, the pair resumed in sync mode, or in consistency mode half
+ * the time, and copied until equivalent).
  *
  * Checked after every step: A reads as the model (acknowledged and flushed/FUA writes survive
  * a crash of site-a); a sync write acknowledged while the pair is equivalent is on R when it
@@ -26,7 +34,10 @@
  * source's state changes only as documented (link faults halt copying/equivalent, recovery
  * auto resumes, a restart of site-a halts copying/equivalent, suspended/split never move by
  * themselves); after a successful control operation both sides agree; a failed one leaves the
- * pair resumable; and heal always ends equivalent with R == A (halt never loses track).
+ * pair resumable; and heal always ends equivalent with R == A (halt never loses track;
+ * consistency mode: once a cycle is sent). Consistency mode (ConsistencyModel): while the
+ * remote end stages cycles, or halted from that (also after a crash of either site), R is the
+ * image of the newest committed cycle, never a mix.
  *
  *   SEED=n  run only seed n (prints the action log on failure; LOG=lines)
  *   SEEDS, FIRST, STEPS  sizes    MAX_FAILURES=n  collect up to n failing seeds    STATS=1
@@ -39,7 +50,7 @@ import { CopyEngine } from '../../../emulator/copy/CopyEngine.js';
 import { CopyError, type RecMode, RemoteRefusalError, type SessionInfo } from '../../../emulator/copy/CopySession.js';
 import { MemoryJournal } from '../../../emulator/copy/SessionJournal.js';
 import { client, makeVolume, rng, SimStore, tagged, tagsOf } from '../../copy/support.js';
-import { FuaStore, SimNet } from '../../support/recSim.js';
+import { type ConsistencyObserver, FuaStore, SimNet } from '../../support/recSim.js';
 
 const BLOCK = 512;
 const UNIT = 2048;
@@ -51,11 +62,31 @@ class Failure extends Error {}
 
 /**
  * Bugs found by this simulator and reported, not fixed yet. The default run keeps clear of
- * what triggers each (so it still finds new ones); the it.fails test of each runs a short seed
- * with it enabled, and starts failing once the bug is fixed: then delete the entry.
- * STRICT=1 enables them all.
+ * what triggers each (so it still finds new ones); STRICT=1 (or STRICT=name) enables it, so
+ * the seeds that found it fail until it is fixed: then delete the entry and its guard.
  */
-const KNOWN = {} as const satisfies Record<string, string>;
+const KNOWN = {
+  staleRemoteMode:
+    'a pair that leaves consistency mode while not equivalent does not tell its remote end, and becomeEquivalent (sync) sets it ' +
+    'equivalent without a mode: it stages cycles, and sync writes go to the stage, never to R (SEED=2 STEPS=103 STRICT=1). ' +
+    'Also a switch sync -> consistency while equivalent that site-b carried out but the source undid (lost reply, crash, failed commit).',
+  modeRollback:
+    'a switch consistency -> sync while equivalent whose commit fails leaves the pair equivalent in consistency mode with no REC ' +
+    'buffer (leaveBuffer ran, the rollback does not rejoin) and site-b no longer staging: the next host write fails with a TypeError ' +
+    '(SEED=138 STEPS=86 STRICT=modeRollback); so does one refused by site-b (its remote end halted: SEED=1983 STEPS=187 before the guard)',
+  unflushedSwitch:
+    'staging starts (a switch sync -> consistency while equivalent; startCycles after a copy step that sent nothing) with mirrored ' +
+    'writes of sync mode still unflushed at site-b: a crash there before the first cycle commits leaves R an arbitrary mix of them, ' +
+    'not the image of an instant (SEED=347 STEPS=152 before the guard)',
+  lazyApplied:
+    'the remote end journals a cycle applied lazily (markApplied): a crash of site-b after the next cycle was staged, before any ' +
+    'journal commit, makes the restart apply "committed cycle N" again from a stage that holds cycle N+1, uncommitted and perhaps ' +
+    'partial: R becomes a mix (SEED=90 STEPS=53 STRICT=1)',
+  haltDropsWrite:
+    'a consistency-mode host write that lands while the pair halts (a link fault, a failed cycle, an overload by another write) is ' +
+    'neither appended to the cycle nor set in diff (cycleWrite after next()): only write intent holds it, which a resume does not ' +
+    'copy, so R never gets it (SEED=68 STEPS=73 STRICT=1)',
+} as const satisfies Record<string, string>;
 type Bug = keyof typeof KNOWN;
 
 /** A volume as hosts must see it, and what each block may hold after a crash. */
@@ -137,6 +168,38 @@ interface MPair {
 
 type ControlKind = 'suspend' | 'split' | 'resume' | 'mode' | 'cancel' | 'start';
 
+/** A host write to A not yet acknowledged (or failed): a cycle closing now may or may not hold it. */
+interface InFlight {
+  tag: number;
+  blocks: number[];
+  /** The blocks' values before it. */
+  old: number[];
+}
+
+/** A's image at an instant: val, with each write that was in flight then either whole in it or not at all. */
+interface Image {
+  val: number[];
+  uncertain: InFlight[];
+}
+
+/**
+ * Consistency mode, what R (below site-b's tap) must hold while the remote end stages cycles or
+ * halted from that: from the instant its staging began (R == A then: the pair was copied and
+ * the source held), the image of that instant; once a CommitCycle of cycle k committed at
+ * site-b, A's image at the close of cycle k. Between, R changes only inside a commit's apply,
+ * which checks never see (they wait until no call is under way; a crash of site-b inside the
+ * apply is finished by its restart). A commit cut by a crash of site-b may have landed or not:
+ * R holds the previous image or that cycle's, the first check after pins which.
+ */
+class ConsistencyModel {
+  active = false;
+  current: Image | undefined;
+  alt: Image | undefined;
+  /** A's image at each cycle's close, by `EPOCH_A:SEQ` (cycle numbers start again with a new process at site-a). */
+  readonly images = new Map<string, Image>();
+  committing: string | undefined;
+}
+
 class Sim {
   readonly rand: () => number;
   readonly log: string[] = [];
@@ -166,7 +229,29 @@ class Sim {
   crashesOfA = 0;
   /** Site-b failed over (split its remote end) and no forced resume has overwritten it since. */
   failedOver = false;
-  readonly stats = { crashesA: 0, crashesB: 0, syncAckChecks: 0, equalChecks: 0, frozenChecks: 0, heals: 0, halts: 0, failedControls: 0, failovers: 0 };
+  readonly stats = {
+    crashesA: 0,
+    crashesB: 0,
+    syncAckChecks: 0,
+    equalChecks: 0,
+    frozenChecks: 0,
+    heals: 0,
+    halts: 0,
+    failedControls: 0,
+    failovers: 0,
+    cyclesClosed: 0,
+    cyclesCommitted: 0,
+    stagingStarts: 0,
+    consistentChecks: 0,
+    consistentAfterCrashB: 0,
+    commitsCutByCrashB: 0,
+    overloadHalts: 0,
+    consistentHeals: 0,
+    unknownCycles: 0,
+  };
+  /** Host writes to A under way. */
+  readonly inflight = new Map<number, InFlight>();
+  readonly cons = new ConsistencyModel();
 
   constructor(
     readonly seed: number,
@@ -176,6 +261,10 @@ class Sim {
     this.rand = rng(seed);
     const storeRand = rng(seed ^ 0x5eed);
     this.net = new SimNet(() => (this.bUp ? this.engineB : undefined), rng(seed ^ 0x11e7), 6);
+    // Consistency mode: a small buffer (a few writes fill it), and a write that does not fit
+    // either halts the pairs at once or waits for the cycles to make room.
+    this.net.bufferSettings = { ...this.net.bufferSettings, bytes: this.rand() < 0.5 ? 4096 : 16 * 1024, haltWaitMs: this.rand() < 0.5 ? 0 : 5000 };
+    this.net.observer = this.observer();
     this.storeA = new FuaStore(new SimStore(BLOCKS * BLOCK, storeRand, Number.POSITIVE_INFINITY, undefined, BLOCK));
     this.storeB = new FuaStore(new SimStore(BLOCKS * BLOCK, storeRand, Number.POSITIVE_INFINITY, undefined, BLOCK));
     this.journalA = this.journal(rng(seed ^ 0x10a1));
@@ -241,13 +330,147 @@ class Sim {
     this.engineB = new CopyEngine({ journal: this.journalB, clock: 'manual', defaultUnitSize: UNIT, intentRegion: UNIT * 4 });
     this.engineB.addVolume(this.volB);
     this.devB = client(this.volB);
-    if (recover) await this.engineB.recover();
+    if (recover) {
+      await this.engineB.recover();
+      for (const d of await this.net.recoverB(this.engineB)) this.log.push(`  site-b restart: ${d}`);
+    }
     this.bUp = true;
+  }
+
+  // ---- consistency mode ----
+
+  private observer(): ConsistencyObserver {
+    const c = this.cons;
+    return {
+      stagingStarted: (id) => {
+        if (id !== this.pair?.id) return;
+        c.active = true;
+        c.current = this.snapshot();
+        c.alt = undefined;
+        this.stats.stagingStarts++;
+        this.log.push(`  (site-b: ${id} stages cycles from here)`);
+      },
+      stagingEnded: (id, why) => {
+        if (id !== this.pair?.id || !c.active) return;
+        c.active = false;
+        this.log.push(`  (site-b: ${id} stopped staging: ${why})`);
+      },
+      commit: (key, phase) => {
+        if (phase === 'start') c.committing = key;
+        else if (phase === 'end') c.committing = undefined;
+        else {
+          this.stats.cyclesCommitted++;
+          this.log.push(`  (site-b: cycle ${key} committed)`);
+          if (!c.active) return;
+          const img = c.images.get(key);
+          if (img === undefined) {
+            // A cycle closed where the model did not close it: nothing to check until staging starts again.
+            this.stats.unknownCycles++;
+            this.log.push(`  (cycle ${key} was closed unseen: consistency checks pause)`);
+            c.active = false;
+            return;
+          }
+          c.current = img;
+          c.alt = undefined;
+        }
+      },
+    };
+  }
+
+  /** A's image now: writes under way may or may not be in it, each whole. */
+  private snapshot(): Image {
+    const val = [...this.src.val];
+    const uncertain = [...this.inflight.values()];
+    for (const w of uncertain) w.blocks.forEach((b, i) => (val[b] = w.old[i]!));
+    return { val, uncertain };
+  }
+
+  /** The cycle timer fires (RecBuffer.cycleNow): the open cycle closes and is sent; the model keeps A's image of now. */
+  cycleNow(): void {
+    const buf = this.engineA.recBufferOf('site-b');
+    if (buf === undefined) return;
+    const seq = buf.cycleNow();
+    if (seq === undefined) return;
+    this.stats.cyclesClosed++;
+    this.cons.images.set(`${this.net.epochA}:${seq}`, this.snapshot());
+    this.log.push(`  cycle ${this.net.epochA}:${seq} closed`);
+  }
+
+  /**
+   * Before an operation that drains the buffer (it closes the open cycle itself, unseen by the
+   * model): the timer closes it first, so the drain finds it empty; mostly it is sent too.
+   */
+  private async beforeDrain(): Promise<void> {
+    this.cycleNow();
+    if (this.rand() < 0.7) await this.settle();
+  }
+
+  async cycle(): Promise<void> {
+    this.log.push('cycle timer');
+    this.cycleNow();
+    if (this.rand() < 0.5) await this.settle();
+  }
+
+  /**
+   * Awaits host I/O; while it waits (for room in the REC buffer, say) the cycle timer fires, as
+   * it would in real time, so a write waiting for space gets it when a cycle is committed.
+   */
+  private async pumped<T>(p: Promise<T>): Promise<T> {
+    let done = false;
+    const q = p.finally(() => {
+      done = true;
+    });
+    q.catch(() => undefined);
+    for (let i = 0; !done; i++) {
+      for (let k = 0; k < 50 && !done; k++) await Promise.resolve();
+      if (done) break;
+      if (i > 5000) this.fail('host I/O to A never completed (waiting for room in the REC buffer?)');
+      this.cycleNow();
+    }
+    return q;
+  }
+
+  /** Whether R is this image: every block as it says, each write in flight then whole or not at all. */
+  private matches(img: Image, got: number[]): string | undefined {
+    const free = new Set<number>();
+    for (const w of img.uncertain) for (const b of w.blocks) free.add(b);
+    for (let b = 0; b < BLOCKS; b++) if (!free.has(b) && got[b] !== img.val[b]) return `block ${b} holds ${got[b]}, the image ${img.val[b]}`;
+    for (const w of img.uncertain) {
+      const all = w.blocks.every((b) => got[b] === w.tag);
+      const none = w.blocks.every((b, i) => got[b] === w.old[i]);
+      if (!all && !none) return `write ${w.tag} (blocks ${w.blocks.join(',')}) is partly there: ${w.blocks.map((b) => got[b]).join(',')}`;
+    }
+    return undefined;
+  }
+
+  /** Consistency mode: R is the image of the newest committed cycle (see ConsistencyModel). */
+  private async checkConsistent(): Promise<void> {
+    const c = this.cons;
+    const p = this.pair;
+    if (!c.active || p === undefined) return;
+    const e = this.remoteEnd();
+    if (e?.id !== p.id || !((e.state === 'equivalent' && e.remote?.mode === 'consistency') || e.state === 'halt')) {
+      c.active = false;
+      return;
+    }
+    const got = await this.remoteData();
+    const bad = this.matches(c.current!, got);
+    if (bad !== undefined) {
+      if (c.alt !== undefined && this.matches(c.alt, got) === undefined) {
+        c.current = c.alt;
+      } else {
+        const cut = c.alt !== undefined ? ` (nor the image of the cycle whose commit a crash cut: ${this.matches(c.alt, got)})` : '';
+        this.fail(`consistency: R (remote end ${e.state}) is not the image of the newest committed cycle: ${bad}${cut}; R = ${got.join(',')}`);
+      }
+    }
+    c.alt = undefined;
+    this.stats.consistentChecks++;
   }
 
   /** Waits until both engines' queues (link events, automatic resumes, closed connections) are idle. */
   async settle(): Promise<void> {
     for (let i = 0; i < 4; i++) {
+      await this.net.idle();
       await this.engineA.stepOne('\0settle').catch(() => undefined);
       await Promise.all(this.net.pendingB.splice(0));
       await this.engineB.stepOne('\0settle').catch(() => undefined);
@@ -292,10 +515,12 @@ class Sim {
       old.push(this.src.val[k]!);
       this.src.set(k, tag);
     }
+    this.inflight.set(tag, { tag, blocks: Array.from({ length: n }, (_, i) => b + i), old });
     const epoch = this.crashes;
     const epochA = this.crashesOfA;
     return this.devA.write(b * BLOCK, tagged(tag, n, BLOCK), fua ? { fua: true } : {}).then(
       async () => {
+        this.inflight.delete(tag);
         if (this.crashesOfA !== epochA) return;
         if (fua) {
           for (let k = b; k < b + n; k++) {
@@ -306,7 +531,7 @@ class Sim {
         if (this.crashes !== epoch) return;
         // Sync: acknowledged while the pair is equivalent => on the remote now.
         const s = this.source();
-        if (s?.state !== 'equivalent' || !this.bUp) return;
+        if (s?.state !== 'equivalent' || s.remote?.mode !== 'sync' || !this.bUp) return;
         const dev = this.engineB.tapOf('R').below;
         const buf = Buffer.alloc(n * BLOCK);
         try {
@@ -322,6 +547,7 @@ class Sim {
           if (got[k] !== tag) this.fail(`write A[${b}+${n}]=${tag} was acknowledged while ${s.id} is equivalent, but R block ${b + k} holds ${got[k]}`);
       },
       (e: { code?: string; message?: string }) => {
+        this.inflight.delete(tag);
         if (this.crashesOfA !== epochA) return;
         for (let k = b; k < b + n; k++) {
           this.src.val[k] = old[k - b]!;
@@ -355,7 +581,7 @@ class Sim {
   async writeA(): Promise<void> {
     const n = 1 + this.int(6);
     const b = this.int(BLOCKS - n + 1);
-    await this.hostWrite(b, n, this.rand() < 0.2);
+    await this.pumped(this.hostWrite(b, n, this.rand() < 0.2));
     if (this.rand() < 0.2) await this.flushA();
   }
 
@@ -384,7 +610,15 @@ class Sim {
   /** Concurrent writes to A (disjoint blocks), perhaps a copy step, a flush and a fault or crash inside. */
   async burst(): Promise<void> {
     const k = 2 + this.int(4);
-    this.log.push(`burst of ${k}`);
+    // KNOWN haltDropsWrite: while the pair cycles, nothing may halt it under concurrent writes: the
+    // buffer is emptied first (no overload), no cycle is sent and no fault lands amid them.
+    const calm = !this.bugs.has('haltDropsWrite') && this.source()?.state === 'equivalent' && this.pair?.mode === 'consistency';
+    if (calm) {
+      this.cycleNow();
+      await this.settle();
+    }
+    this.log.push(`burst of ${k}${calm ? ' (calm: KNOWN haltDropsWrite)' : ''}`);
+    let room = this.net.bufferSettings.bytes;
     const ps: Promise<void>[] = [];
     const used = new Set<number>();
     for (let i = 0; i < k; i++) {
@@ -393,6 +627,10 @@ class Sim {
       let clash = false;
       for (let j = b; j < b + n; j++) if (used.has(j)) clash = true;
       if (clash) continue;
+      if (calm) {
+        if (n * BLOCK > room) continue; // a calm burst fits the buffer: no overload amid it
+        room -= n * BLOCK;
+      }
       for (let j = b; j < b + n; j++) used.add(j);
       ps.push(this.hostWrite(b, n, this.rand() < 0.2));
     }
@@ -430,18 +668,23 @@ class Sim {
         ),
       );
     }
+    // The cycle timer fires amid the writes: a cycle is sent and committed while they land (and
+    // a crash below may cut its commit or its apply at site-b).
+    if (this.rand() < 0.4 && !calm) this.cycleNow();
     const r = this.rand();
-    if (r < 0.45) {
+    if (r < 0.45 && !calm) {
       const ticks = this.int(20);
       for (let i = 0; i < ticks; i++) await Promise.resolve();
       this.log.push(`  after ${ticks} ticks:`);
       if (r < 0.12) this.linkDown();
       else if (r < 0.18) this.armRemoteFail(1);
       else if (r < 0.3) await this.crashA();
+      else if (this.crashBRisky())
+        await this.crashA(); // KNOWN lazyApplied
       else await this.crashB();
     }
     const errors: unknown[] = [];
-    await Promise.all(ps.map((p) => p.catch((e: unknown) => errors.push(e))));
+    await this.pumped(Promise.all(ps.map((p) => p.catch((e: unknown) => errors.push(e)))));
     if (errors.length > 0) throw errors[0];
   }
 
@@ -464,7 +707,7 @@ class Sim {
       this.log.push(`site-b: cancel --force ${e.id} (${e.state}), left behind`);
       await this.engineB.cancel(e.id, { force: true });
     }
-    const mode = this.pick<RecMode>(['sync', 'sync', 'sync', 'stack', 'through']);
+    const mode = this.pick<RecMode>(['sync', 'sync', 'stack', 'through', 'consistency', 'consistency', 'consistency']);
     const split = this.rand() < 0.25 ? 'manual' : 'auto';
     const recovery = this.rand() < 0.25 ? 'manual' : 'auto';
     this.log.push(`start REC A -> ${DEST} ${mode} split ${split} recovery ${recovery}`);
@@ -478,6 +721,7 @@ class Sim {
       return;
     }
     this.log.push(`  started ${info.id}`);
+    this.cons.active = false;
     if (info.state !== 'copying') this.fail(`${info.id} started ${info.state}; expected copying`);
     this.src.markFlushed(); // J4: the start flushes the source
     this.pair = { id: info.id, mode, split, recovery, state: 'copying', exact: false };
@@ -490,9 +734,12 @@ class Sim {
   async freeze(op: 'suspend' | 'split'): Promise<void> {
     const p = this.pair;
     if (p === undefined) return this.start();
+    await this.beforeDrain();
     const before = this.source()!.state;
-    const sync = p.mode === 'sync';
-    const allowed = before === 'halt' || (sync ? before === 'equivalent' : before === 'copying') || (op === 'split' && before === 'suspended');
+    const allowed =
+      before === 'halt' ||
+      (p.mode === 'sync' ? before === 'equivalent' : p.mode === 'consistency' ? before === 'equivalent' || before === 'copying' : before === 'copying') ||
+      (op === 'split' && before === 'suspended');
     const snap = [...this.src.val];
     this.log.push(`${op} ${p.id} (${before}, ${p.mode}) expect ${allowed ? 'ok' : 'refused'}`);
     let info: SessionInfo;
@@ -547,18 +794,26 @@ class Sim {
   async setMode(): Promise<void> {
     const p = this.pair;
     if (p === undefined) return this.start();
-    const mode = this.pick<RecMode>(['sync', 'stack', 'through'].filter((m) => m !== p.mode) as RecMode[]);
+    await this.beforeDrain();
+    // KNOWN unflushedSwitch: a host flush first makes the mirrored writes durable at site-b (it may halt the pair).
+    const was = this.source()!.state;
+    if (p.mode === 'sync' && (was === 'equivalent' || was === 'copying') && !this.bugs.has('unflushedSwitch')) {
+      await this.flushA();
+      await this.settle();
+      p.state = this.source()!.state;
+    }
     const before = this.source()!.state;
+    const mode = this.pick(this.modeChoices(p, before, !this.healthy, false));
     this.log.push(`mode ${mode} ${p.id} (${before}, ${p.mode})`);
     let info: SessionInfo;
     try {
       info = await this.engineA.setRecMode(p.id, mode);
     } catch (e) {
-      // Leaving equivalent for stack/through tells the remote end (it goes copying): the link must work.
-      if (before === 'equivalent' && mode !== 'sync') return this.controlFailed('mode', e, true, before);
+      // Leaving equivalent tells the remote end (consistency: after draining the buffer): the link must work.
+      if (before === 'equivalent') return this.controlFailed('mode', e, true, before);
       return this.fail(`mode ${mode} of ${p.id} failed: ${(e as Error).message}`);
     }
-    const want = before === 'equivalent' ? 'copying' : before;
+    const want = before === 'equivalent' && (mode === 'stack' || mode === 'through') ? 'copying' : before;
     if (info.state !== want || info.remote?.mode !== mode)
       this.fail(`mode ${mode} of ${p.id} (${before}) left it ${info.state} ${info.remote?.mode}; expected ${want} ${mode}`);
     p.mode = mode;
@@ -570,6 +825,7 @@ class Sim {
     const p = this.pair;
     if (p === undefined) return this.start();
     this.log.push(`cancel ${p.id}`);
+    this.cons.active = false;
     await this.engineA.cancel(p.id);
     this.pair = undefined;
     await this.settle();
@@ -583,6 +839,7 @@ class Sim {
     const e = this.remoteEnd();
     if (e === undefined || e.state !== 'halt') return;
     this.log.push(`site-b: split ${e.id} (failover)`);
+    this.cons.active = false; // R is its hosts' now
     const info = await this.engineB.split(e.id);
     if (info.state !== 'split') this.fail(`failover split left the remote end ${info.state}`);
     this.stats.failovers++;
@@ -662,6 +919,7 @@ class Sim {
     this.crashesOfA++;
     this.stats.crashesA++;
     this.log.push('CRASH site-a + restart');
+    this.inflight.clear(); // its writes under way die with it (their cycles too)
     const before = this.source()?.state;
     this.net.crashA();
     void this.engineA.close().catch(() => undefined);
@@ -686,11 +944,42 @@ class Sim {
     p.state = s.state;
   }
 
+  /**
+   * KNOWN lazyApplied: a crash of site-b now could find a staged next cycle after an applied one
+   * whose mark is not durable (the remote end applied a cycle since it began staging, and its
+   * stage holds something or a cycle is on its way). A crash inside the first commit of a
+   * staging run is safe, and stays in.
+   */
+  private crashBRisky(): boolean {
+    if (this.bugs.has('lazyApplied')) return false;
+    const e = this.remoteEnd();
+    if (e === undefined || !this.net.stagingAtB(e.id) || !this.net.appliedSinceStaging.has(e.id)) return false;
+    return this.net.busy.size > 0 || (this.net.procB.stages.get(e.id)?.stage.size ?? 0) > 0;
+  }
+
+  async crashSiteB(): Promise<void> {
+    if (this.crashBRisky()) await this.settle();
+    if (this.crashBRisky()) {
+      this.log.push('CRASH site-b: skipped (KNOWN lazyApplied: a stage holds a cycle)');
+      return;
+    }
+    await this.crashB();
+  }
+
   async crashB(): Promise<void> {
     this.crashes++;
     this.stats.crashesB++;
     this.log.push('CRASH site-b + restart');
     this.bUp = false;
+    const c = this.cons;
+    if (c.committing !== undefined && c.active) {
+      // The commit may have landed (the restart then applies it) or not.
+      this.stats.commitsCutByCrashB++;
+      c.alt = c.images.get(c.committing);
+      if (c.alt === undefined) c.active = false;
+      this.log.push(`  (cycle ${c.committing}'s commit cut)`);
+    }
+    c.committing = undefined;
     this.net.crashB();
     void this.engineB.close().catch(() => undefined);
     this.storeB = this.storeB.crash();
@@ -703,6 +992,10 @@ class Sim {
       const bad = this.dst.afterCrash(got, 'R');
       if (bad !== undefined) this.fail(bad);
     } else this.dst.unknown();
+    if (this.cons.active) {
+      await this.checkConsistent();
+      if (this.cons.active) this.stats.consistentAfterCrashB++;
+    }
   }
 
   private pendingControl: ControlKind | undefined;
@@ -716,6 +1009,7 @@ class Sim {
     const siteA = this.rand() < 0.5;
     const ticks = this.int(40);
     this.log.push(`${kind} with a crash of site-${siteA ? 'a' : 'b'} after ${ticks} ticks:`);
+    this.cycleNow();
     this.pendingControl = kind;
     const op = this.engineA
       .list()
@@ -737,7 +1031,8 @@ class Sim {
       },
     );
     for (let i = 0; i < ticks && !settled; i++) await Promise.resolve();
-    if (siteA) await this.crashA();
+    if (siteA || this.crashBRisky())
+      await this.crashA(); // KNOWN lazyApplied
     else await this.crashB();
     const result = await out;
     this.pendingControl = undefined;
@@ -774,8 +1069,24 @@ class Sim {
     }
   }
 
+  /**
+   * The modes a switch may go to now, without the triggers of KNOWN bugs. risky: the switch may
+   * be cut (a faulty link, a crash); failing: its commit fails.
+   */
+  private modeChoices(p: MPair, state: string | undefined, risky: boolean, failing: boolean): RecMode[] {
+    let ms = (['sync', 'stack', 'through', 'consistency'] as RecMode[]).filter((m) => m !== p.mode);
+    if (!this.bugs.has('staleRemoteMode')) {
+      // Only a switch while equivalent (or the start of the cycles) tells the remote end its mode.
+      if (state !== 'equivalent' && this.remoteEnd()?.remote?.mode === 'consistency') ms = ms.filter((m) => m !== 'sync');
+      if (p.mode === 'sync' && state === 'equivalent' && risky) ms = ms.filter((m) => m !== 'consistency');
+    }
+    if (!this.bugs.has('modeRollback') && p.mode === 'consistency' && state === 'equivalent' && (failing || risky || this.remoteEnd()?.state !== 'equivalent'))
+      ms = ms.filter((m) => m !== 'sync');
+    return ms;
+  }
+
   /** The engine call of a control operation alone (no model update). */
-  private rawControl(kind: ControlKind, p: MPair | undefined): Promise<unknown> {
+  private rawControl(kind: ControlKind, p: MPair | undefined, failing = false): Promise<unknown> {
     const id = p?.id ?? '';
     switch (kind) {
       case 'suspend':
@@ -784,14 +1095,22 @@ class Sim {
         return this.engineA.split(id);
       case 'resume':
         return this.engineA.resume(id, { force: true });
-      case 'mode':
-        return this.engineA.setRecMode(id, this.pick<RecMode>(['sync', 'stack', 'through']));
+      case 'mode': {
+        const state = this.source()?.state;
+        const choices = p === undefined ? [] : this.modeChoices(p, state, true, failing);
+        if (choices.length === 0) return Promise.resolve(undefined);
+        const mode = this.pick(choices);
+        if (p?.mode === 'sync' && (state === 'equivalent' || state === 'copying') && !this.bugs.has('unflushedSwitch'))
+          return this.devA.flush().then(() => this.engineA.setRecMode(id, mode)); // KNOWN
+        return this.engineA.setRecMode(id, mode);
+      }
       case 'cancel':
         return this.engineA.cancel(id);
       case 'start':
         return (async () => {
           for (const e of this.engineB.list()) await this.engineB.cancel(e.id, { force: true });
-          return this.engineA.startRec('A', DEST, { mode: this.pick<RecMode>(['sync', 'stack']) });
+          this.cons.active = false;
+          return this.engineA.startRec('A', DEST, { mode: this.pick<RecMode>(['sync', 'stack', 'consistency']) });
         })();
     }
   }
@@ -803,10 +1122,11 @@ class Sim {
     const kind = this.pick<ControlKind>(['suspend', 'split', 'resume', 'mode']);
     const before = this.source()!.state;
     this.log.push(`${kind} ${p.id} (${before}) with its commit failing`);
+    this.cycleNow();
     this.journalA.failCommit = ({ staged }) => (staged ? new CopyError('RESOURCE_EXHAUSTED', 'disk full (simulated)') : undefined);
     let failed = false;
     try {
-      await this.rawControl(kind, p);
+      await this.rawControl(kind, p, true);
     } catch (e) {
       failed = true;
       this.log.push(`  failed: ${(e as Error).message}`);
@@ -833,6 +1153,8 @@ class Sim {
     if (p === undefined) return;
     this.net.poll();
     await this.settle();
+    this.cycleNow();
+    await this.settle();
     let s = this.source()!;
     if (['halt', 'suspended', 'split', 'error-suspended'].includes(s.state)) {
       this.log.push(`  resume ${p.id} (${s.state})`);
@@ -844,7 +1166,18 @@ class Sim {
       p.exact = false;
       this.dst.unknown();
     }
-    if (p.mode !== 'sync') {
+    // Consistency mode heals in that mode half the time: it must end equivalent with R == A once a cycle is sent.
+    let cycles = p.mode === 'consistency' && this.rand() < 0.5;
+    if (!this.bugs.has('staleRemoteMode') && this.source()!.state !== 'equivalent' && this.remoteEnd()?.remote?.mode === 'consistency') {
+      // KNOWN: sync would become equivalent with its remote end still staging cycles.
+      cycles = true;
+      if (p.mode !== 'consistency') {
+        this.log.push(`  mode consistency ${p.id}`);
+        await this.engineA.setRecMode(p.id, 'consistency');
+        p.mode = 'consistency';
+      }
+    }
+    if (p.mode !== 'sync' && !cycles) {
       this.log.push(`  mode sync ${p.id}`);
       await this.engineA.setRecMode(p.id, 'sync');
       p.mode = 'sync';
@@ -864,6 +1197,14 @@ class Sim {
     s = this.source()!;
     if (s.state !== 'equivalent') this.fail(`heal: ${p.id} is ${s.state} after resume and copying on a healthy link; expected equivalent`);
     p.state = 'equivalent';
+    if (cycles) {
+      this.cycleNow();
+      await this.settle();
+      const [a, r] = [await this.read(this.devA), await this.remoteData()];
+      for (let b = 0; b < BLOCKS; b++)
+        if (a[b] !== r[b]) this.fail(`heal (consistency): ${p.id} is equivalent and its cycles are sent, but R block ${b} holds ${r[b]}, A ${a[b]}`);
+      this.stats.consistentHeals++;
+    }
   }
 
   // ---- checks ----
@@ -871,7 +1212,7 @@ class Sim {
   /** The source's state moved as only the engine may move it by itself. */
   private legal(from: string, to: string, p: MPair): boolean {
     if (from === to) return true;
-    if (from === 'copying' && to === 'equivalent') return p.mode === 'sync';
+    if (from === 'copying' && to === 'equivalent') return p.mode === 'sync' || p.mode === 'consistency';
     if ((from === 'copying' || from === 'equivalent') && to === 'halt') return true;
     if (from === 'halt' && (to === 'copying' || to === 'equivalent')) return p.recovery === 'auto';
     if (from === 'equivalent' && to === 'copying') return p.recovery === 'auto'; // halted and resumed by itself
@@ -895,13 +1236,17 @@ class Sim {
       if (s.remote?.mode !== p.mode) this.fail(`${p.id} is in mode ${s.remote?.mode}; model ${p.mode}`);
       if (!this.legal(p.state, s.state, p)) this.fail(`${p.id} (${p.mode}, recovery ${p.recovery}) went ${p.state} -> ${s.state} by itself`);
       if (s.state === 'halt' && p.state !== 'halt') this.stats.halts++;
-      if (s.state === 'halt' && !['link-down', 'remote-failed'].includes(s.remote?.haltReason ?? '')) this.fail(`${p.id} halted without a reason`);
+      if (s.state === 'halt' && !['link-down', 'remote-failed', 'buffer-overload'].includes(s.remote?.haltReason ?? ''))
+        this.fail(`${p.id} halted without a reason (${s.remote?.haltReason})`);
+      if (s.state === 'halt' && p.state !== 'halt' && s.remote?.haltReason === 'buffer-overload') this.stats.overloadHalts++;
       p.state = s.state;
       // Site-b restarted and its remote end halted on its own; the source had no connection to lose,
       // so it hears at its next transfer (refused: it halts then). R may miss unflushed writes meanwhile.
       const unheard = e?.id === p.id && ((e.state === 'halt' && e.remote?.haltDetail === 'the array restarted') || (e.state === 'split' && this.failedOver));
       if (s.state === 'equivalent' && !unheard) {
         if (e?.id !== p.id || e.state !== 'equivalent') this.fail(`${p.id} is equivalent but its remote end is ${e?.id} ${e?.state}`);
+      }
+      if (s.state === 'equivalent' && !unheard && p.mode === 'sync') {
         const [a, r] = [await this.read(this.devA), await this.remoteData()];
         for (let b = 0; b < BLOCKS; b++) if (a[b] !== r[b]) this.fail(`${p.id} is equivalent but R block ${b} holds ${r[b]}, A ${a[b]}`);
         this.stats.equalChecks++;
@@ -915,6 +1260,7 @@ class Sim {
         if (e?.id !== p.id || e.state === 'equivalent') this.fail(`${p.id} is ${s.state} but its remote end is ${e?.id} ${e?.state}`);
       }
     }
+    await this.checkConsistent();
     // R as its hosts see it: writable while suspended or split there (or in no pair).
     if (this.remoteAccess() === 'ok') {
       const bad = this.dst.learn(await this.read(this.devB), 'R');
@@ -946,13 +1292,13 @@ class Sim {
       else if (r < 78) this.armRemoteFail();
       else if (r < 80) this.armLostReply();
       else if (r < 83) await this.crashA();
-      else if (r < 86) await this.crashB();
+      else if (r < 86) await this.crashSiteB();
       else if (r < 88) await this.controlThenCrash();
       else if (r < 89) await this.controlThenFail();
       else if (r < 90) await this.failover();
       else if (r < 91) await this.cancel();
       else if (r < 95) await this.heal();
-      else await this.step();
+      else await this.cycle();
       await this.checkAll();
     }
     this.log.push('#end');
@@ -1023,6 +1369,12 @@ describe('REC simulation (two arrays, link faults, crashes)', () => {
           'frozenChecks',
           'heals',
           'halts',
+          'cyclesCommitted',
+          'stagingStarts',
+          'consistentChecks',
+          'consistentAfterCrashB',
+          'overloadHalts',
+          'consistentHeals',
           'failedControls',
           'failovers',
           'remoteFailed',
