@@ -713,13 +713,10 @@ export class StorageArray implements ExportProvider {
     return copyCall(async () => {
       if (ids.length === 0) return;
       for (const id of ids) if (!this.stages.has(id)) throw new ArrayError('FAILED_PRECONDITION', `REC pair ${id} has no cycle stage here; resume the pair`);
-      const ends = await this.copy.commitRemoteCycle(ids, cycle);
-      for (const e of ends) {
-        const stage = this.stages.get(e.id)!;
-        await stage.apply(e.tap.below);
-        await stage.reset();
-      }
-      this.copy.remoteCycleApplied(ids, cycle);
+      await this.copy.commitRemoteCycle(ids, cycle, {
+        apply: (e) => this.stages.get(e.id)!.apply(e.tap.below),
+        reset: async (e) => this.stages.get(e.id)?.reset(),
+      });
     });
   }
 
@@ -757,7 +754,7 @@ export class StorageArray implements ExportProvider {
         const stage = await this.stageOf(e.id);
         if (e.unapplied !== undefined) {
           await stage.apply(e.tap.below);
-          this.copy.remoteCycleApplied([e.id], e.unapplied);
+          await this.copy.remoteCycleApplied([e.id], e.unapplied);
           this.log.info({ pair: e.id, volume: e.volume, cycle: e.unapplied }, 'REC: applied a committed cycle that a restart interrupted');
         }
         await stage.reset();

@@ -117,6 +117,13 @@ export interface RemoteCopyHook {
   commitCycle(remote: string, cycle: number, pairIds: string[]): Promise<void>;
 }
 
+/** A remote end's volume, for the array's cycle stages. */
+export interface RemoteEndRef {
+  id: string;
+  volume: string;
+  tap: VolumeTap;
+}
+
 export interface RecStartOptions extends StartOptions {
   /** rec (default): a mirror; ropc: a point-in-time copy that ends once the remote has it all. */
   type?: 'rec' | 'ropc';
@@ -599,7 +606,14 @@ export class CopyEngine {
    * Consistency mode, remote ends: the cycle each pair staged is committed, for all of them in
    * one journal commit; the caller then applies the stages and calls remoteCycleApplied.
    */
-  commitRemoteCycle(ids: string[], cycle: number): Promise<Array<{ id: string; volume: string; tap: VolumeTap }>> {
+  /**
+   * Consistency mode, remote ends: the cycle each pair staged is committed for all of them in
+   * one journal commit, then applied (steps.apply), then recorded as applied, durably, and only
+   * then are the stages dropped (steps.reset): a restart re-applies a stage only while it holds
+   * the committed cycle, never the next one staged after it. All in the engine's queue, so no
+   * resume, state change or reverse of these pairs runs in between.
+   */
+  commitRemoteCycle(ids: string[], cycle: number, steps: { apply(e: RemoteEndRef): Promise<void>; reset(e: RemoteEndRef): Promise<void> }): Promise<void> {
     return this.serially(async () => {
       const ends = ids.map((id) => this.remoteEnd(this.session(id), 'commit a cycle of'));
       for (const s of ends) {
@@ -608,15 +622,21 @@ export class CopyEngine {
       }
       for (const s of ends) s.markCommitted(cycle);
       await this.journal.sync();
-      return ends.map((s) => ({ id: s.id, volume: s.record.destination, tap: this.tapOf(s.record.destination) }));
+      const refs = ends.map((s) => ({ id: s.id, volume: s.record.destination, tap: this.tapOf(s.record.destination) }));
+      for (const e of refs) await steps.apply(e);
+      for (const s of ends) s.markApplied(cycle);
+      await this.journal.sync();
+      for (const e of refs) await steps.reset(e);
     });
   }
 
-  remoteCycleApplied(ids: string[], cycle: number): void {
+  /** A committed cycle applied at recovery: recorded durably (before its stage is dropped). */
+  async remoteCycleApplied(ids: string[], cycle: number): Promise<void> {
     for (const id of ids) {
       const s = this.sessions.get(id);
       if (s instanceof RecRemoteEnd) s.markApplied(cycle);
     }
+    await this.journal.sync();
   }
 
   /** Remote ends in consistency mode: whether each stages now, and a committed cycle it has not applied. */

@@ -246,6 +246,11 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
         throw this.refusal(`switch to ${mode}`, err);
       }
       this.leaveBuffer();
+      // Undone (a failed commit, a refusal there): it cycles again here, and halts (below), so
+      // a resume brings the two sides' modes together.
+      this.ctx.onRollback(() => {
+        if (this.cycling && !this.done) this.joinBuffer();
+      });
     }
     const rec = { ...this.rec, mode };
     if (this.state === 'equivalent' && (mode === 'stack' || mode === 'through')) {
@@ -262,7 +267,12 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
       return;
     }
     if (this.state === 'equivalent') {
+      // sync <-> consistency while equivalent: the remote end starts or stops staging now.
+      this.haltOnRollback(`the remote end may be in mode ${mode} while this side is not (a switch to ${mode} did not complete)`);
       try {
+        // Into consistency: every mirrored write is durable there before staging begins, so the
+        // first cycle's base is this instant's image (a crash there cannot mix it).
+        if (mode === 'consistency') await this.link.flush();
         await this.link.setRemoteState('equivalent', { mode });
       } catch (err) {
         throw this.refusal(`switch to ${mode}`, err);
@@ -328,7 +338,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
     try {
       // From copying or equivalent this freeze drained everything (the resume that began the run
       // merged the remote's changes); from suspended (a split) it copied nothing.
-      await this.link.setRemoteState(to, { imageAt, resynced: this.state !== 'suspended' });
+      await this.link.setRemoteState(to, { imageAt, resynced: this.state !== 'suspended', mode: this.rec.mode });
     } catch (err) {
       throw this.refusal(verb, err);
     }
@@ -545,6 +555,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
       for (const w of this.flushWatchers) for (let u = u0; u < u1; u++) w.add(u);
       await this.persistIntent(this.intent, u0, u1); // J3
       const end = Math.min(m.offset + m.length, this.geo.sizeBytes);
+      if (this.cycling && this.buffer === undefined) this.joinBuffer(); // an undone mode switch left it out
       const space = this.cycling ? this.buffer!.reserve(end - m.offset) : undefined;
       if (space !== undefined) {
         try {
@@ -562,6 +573,10 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
       await next();
       if (this.cycling && this.buffer !== undefined && end > m.offset) {
         this.buffer.append(this, m.offset, end - m.offset, m.kind === 'write' ? m.data.subarray(0, end - m.offset) : undefined);
+      } else if (end > m.offset) {
+        // The pair halted (or left cycles) while the write landed: it is in no cycle, so it is
+        // recorded for the resync, as a mirrored write whose remote half failed is.
+        await this.persistSet([['diff', this.diff, this.clearIn(this.diff, u0, u1)]]);
       }
     } finally {
       unlock();
@@ -692,7 +707,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
     try {
       if (this.state !== 'copying' || this.diff.count !== 0 || this.rec.mode !== 'sync') return;
       try {
-        await this.link.setRemoteState('equivalent');
+        await this.link.setRemoteState('equivalent', { mode: this.rec.mode }); // the remote end may hold an older mode
       } catch (err) {
         await this.halt(asLinkError(err));
         return;
@@ -715,6 +730,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
     try {
       if (this.state !== 'copying' || this.diff.count !== 0 || this.rec.mode !== 'consistency') return;
       try {
+        await this.link.flush(); // what the copier and mirrored writes sent is durable before staging begins
         await this.link.setRemoteState('equivalent', { mode: 'consistency' });
       } catch (err) {
         await this.halt(asLinkError(err));

@@ -292,14 +292,16 @@ export class SimNet {
       for (const id of ids) if (!proc.stages.has(id)) throw new CopyError('FAILED_PRECONDITION', `REC pair ${id} has no cycle stage here; resume the pair`);
       this.observer?.commit(key, 'start');
       try {
-        const ends = await b.commitRemoteCycle(ids, cycle);
-        if (proc.epoch === this.epochB) this.observer?.commit(key, 'done');
-        for (const e of ends) {
-          const stage = proc.stages.get(e.id)!;
-          await stage.apply(e.tap.below);
-          await stage.reset();
-        }
-        b.remoteCycleApplied(ids, cycle);
+        let committed = false;
+        await b.commitRemoteCycle(ids, cycle, {
+          apply: async (e) => {
+            // The engine has made the commit durable before the first apply.
+            if (!committed && proc.epoch === this.epochB) this.observer?.commit(key, 'done');
+            committed = true;
+            await proc.stages.get(e.id)!.apply(e.tap.below);
+          },
+          reset: async (e) => proc.stages.get(e.id)?.reset(),
+        });
         if (proc.epoch === this.epochB) for (const id of ids) this.appliedSinceStaging.add(id);
       } finally {
         if (proc.epoch === this.epochB) this.observer?.commit(key, 'end');
@@ -317,7 +319,7 @@ export class SimNet {
       if (e.unapplied !== undefined) {
         did.push(`${e.id}: applied committed cycle ${e.unapplied} (a stage of ${stage.stage.size} bytes)`);
         await stage.apply(e.tap.below);
-        b.remoteCycleApplied([e.id], e.unapplied);
+        await b.remoteCycleApplied([e.id], e.unapplied);
       } else if (stage.stage.size > 0) did.push(`${e.id}: dropped an uncommitted stage of ${stage.stage.size} bytes`);
       await stage.reset();
     }
