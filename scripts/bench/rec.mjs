@@ -32,7 +32,7 @@
 // --node-args "--cpu-prof --cpu-prof-dir=/tmp/prof" profiles both servers (the files are named
 // by pid; the pids are logged); with --cases sync --only iops it profiles one case, with
 // --cases consistency --only seq the consistency case (site-b's profile holds the remote end).
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';
 import { join, dirname } from 'node:path';
@@ -400,6 +400,10 @@ async function benchWrites(a, pairs, part, fioArgs) {
           peak = Math.max(peak, s.remote.bufferUsedBytes ?? 0);
           const haltReasons = halts.map((e) => e.session?.remote?.haltReason || 'halt');
           const drainS = await a.drained(c.pair.id);
+          // The drain left dirty pages on both arrays: write them back and let the machine settle,
+          // so the next case does not pay for this one's writeback (an order effect otherwise).
+          execFileSync('sync');
+          await new Promise((r) => setTimeout(r, 1000));
           asyncs[c.name].push({ backlog, drainS, peakMiB: peak / MiB, bufferAtEnd, halts: haltReasons });
           extra = `; ${backlog.toFixed(1)} MiB pending at the end, drained in ${drainS.toFixed(2)} s`;
           if (c.name === 'consistency') {
