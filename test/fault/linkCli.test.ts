@@ -30,7 +30,7 @@ describe('arraylab fault: link faults', () => {
   };
 
   it('adds, lists and shows the four kinds; fault rate changes a link-rate cap', async () => {
-    const down = (await ok(['fault', 'add', 'link-down', '--remote', 'site-b', '--window', '5s-20s'])).trim();
+    const down = (await ok(['fault', 'add', 'link-down', '--remote', 'site-b', '--window', '600s-1200s'])).trim();
     const delay = (await ok(['fault', 'add', 'link-delay', '--remote', 'site-b', '--ms', '20', '--ops', 'write'])).trim();
     const rate = (await ok(['fault', 'add', 'link-rate', '--remote', 'site-b', '--mibs', '5'])).trim();
     const loss = (await ok(['fault', 'add', 'link-loss', '--remote', 'site-b', '--probability', '0.01', '--seed', '7', '--transient'])).trim();
@@ -40,7 +40,7 @@ describe('arraylab fault: link faults', () => {
     expect(shown).toMatchObject({ kind: 'link-loss', target: 'remote:site-b', ops: ['write', 'read', 'flush', 'control'], seed: 7, transient: true });
     expect(shown.description).toBe('link loss (drops the connection) with probability 0.01 (seed 7)');
     const list = await ok(['fault', 'list']);
-    expect(list).toMatch(new RegExp(`^${down}\\s+remote:site-b\\s+link-down\\s+0/0\\s+link down from 5000 ms to 20000 ms$`, 'm'));
+    expect(list).toMatch(new RegExp(`^${down}\\s+remote:site-b\\s+link-down\\s+0/0\\s+link down from 600000 ms to 1200000 ms$`, 'm'));
     expect(list).toMatch(new RegExp(`^${delay}\\s+remote:site-b\\s+link-delay\\s+0/0\\s+link delay 20 ms on write$`, 'm'));
     expect(list).toMatch(new RegExp(`^${rate}\\s+remote:site-b\\s+link-rate\\s+0/0\\s+link rate 5 MiB/s$`, 'm'));
 
