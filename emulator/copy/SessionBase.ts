@@ -8,6 +8,7 @@ import type { WriteOptions, ZeroOptions } from '../block/BlockDevice.js';
 import type { RecBuffer } from './recBuffer.js';
 import {
   COPY_TYPE_NAMES,
+  type Mutation,
   type HaltReason,
   type RecMode,
   type RecRecord,
@@ -322,6 +323,24 @@ export abstract class SessionBase implements CopySession {
     if (!any) return;
     await this.ctx.journal.sync();
     for (const [, bitmap, units] of entries) for (const u of units) bitmap.set(u);
+  }
+
+  /**
+   * A host's mutation mirrored to the pair's destination (EC: below the destination's tap; REC:
+   * the link): only the part inside the pair (after a reverse the source may be the larger
+   * volume), after the fault check of the session's own I/O.
+   */
+  protected mirrorInside(m: Mutation, to: Pick<BlockDevice, 'write' | 'writeZeroes'>): Promise<void> {
+    const end = Math.min(m.offset + m.length, this.geo.sizeBytes);
+    if (end <= m.offset) return Promise.resolve();
+    try {
+      this.faultCheck('write', this.record.destination, m.offset, end - m.offset);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const len = end - m.offset;
+    if (m.kind === 'write') return to.write(m.offset, len === m.length ? m.data : m.data.subarray(0, len), m.opts);
+    return to.writeZeroes(m.offset, len, m.opts);
   }
 
   /** Units in one write-intent region (CopyEngineOptions.intentRegion). */

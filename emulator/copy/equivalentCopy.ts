@@ -30,7 +30,7 @@
  */
 import { BlockDeviceError } from '../block/BlockDevice.js';
 import { CopyBitmap } from './CopyBitmap.js';
-import { applyMutation, CopyError, CopyFaultError, type Mutation } from './CopySession.js';
+import { CopyError, CopyFaultError, type Mutation } from './CopySession.js';
 import { SessionBase, type SessionContext } from './SessionBase.js';
 import type { JournalSession } from './SessionJournal.js';
 import type { DestRole, Next, SourceRole } from './VolumeTap.js';
@@ -225,18 +225,8 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
     }
   }
 
-  /** The part of m inside the pair (after a reverse the source may be the larger volume). */
   private mirrorWrite(m: Mutation): Promise<void> {
-    const end = Math.min(m.offset + m.length, this.geo.sizeBytes);
-    if (end <= m.offset) return Promise.resolve();
-    try {
-      this.faultCheck('write', this.record.destination, m.offset, end - m.offset);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    if (end === m.offset + m.length) return applyMutation(this.dst.below, m);
-    const len = end - m.offset;
-    return m.kind === 'write' ? this.dst.below.write(m.offset, m.data.subarray(0, len), m.opts) : this.dst.below.writeZeroes(m.offset, len, m.opts);
+    return this.mirrorInside(m, this.dst.below);
   }
 
   private async trackThen(u0: number, u1: number, next: Next): Promise<void> {

@@ -583,18 +583,8 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
     }
   }
 
-  /** The part of m inside the pair, to the remote. */
   private remoteWrite(m: Mutation): Promise<void> {
-    const end = Math.min(m.offset + m.length, this.geo.sizeBytes);
-    if (end <= m.offset) return Promise.resolve();
-    try {
-      this.faultCheck('write', this.record.destination, m.offset, end - m.offset);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    const len = end - m.offset;
-    if (m.kind === 'write') return this.link.write(m.offset, len === m.length ? m.data : m.data.subarray(0, len), m.opts);
-    return this.link.writeZeroes(m.offset, len, m.opts);
+    return this.mirrorInside(m, this.link);
   }
 
   private async trackThen(u0: number, u1: number, next: Next): Promise<void> {
