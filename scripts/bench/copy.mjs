@@ -31,7 +31,7 @@ import { performance } from 'node:perf_hooks';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const cli = join(root, 'dist', 'emulator', 'cli', 'arraylab.js');
-const clientModule = join(root, 'dist', 'emulator', 'api', 'ArrayClient.js');
+const clientModule = join(root, 'dist', 'proto', 'ArrayClient.js');
 
 const args = process.argv.slice(2);
 const opt = (name, dflt) => {
