@@ -160,6 +160,18 @@ export class RecDataPath implements RecLink {
     this.opts.events.down(new RemoteLinkError(reason, 'link-down'));
   }
 
+  /** The remote this link goes to; its registry entry went: the pair halts now (remote remove --force). */
+  get remoteName(): string {
+    return this.remote;
+  }
+
+  /** The link is cut from this side (its remote was removed): the session halts with `reason`. */
+  cut(reason: string): void {
+    if (this.closed) return;
+    this.drop();
+    this.opts.events.down(new RemoteLinkError(reason, 'link-down'));
+  }
+
   // ---- control ----
 
   async setRemoteState(

@@ -117,6 +117,9 @@ export class RemoteArrays implements RemoteCopyHook {
     this.opts.db.deleteRemote(name);
     this.remotes.delete(name);
     e.client.close();
+    // Its pairs lose their link now, and cannot dial again until the remote is added anew.
+    const why = `remote array ${name} was removed from this array (remote remove --force); add it again (arraylab remote add ${name} --api HOST:PORT) or cancel the pair`;
+    for (const l of [...this.links]) if (l.remoteName === name) l.cut(why);
   }
 
   /**
@@ -221,7 +224,7 @@ export class RemoteArrays implements RemoteCopyHook {
    * its message and code.
    */
   async control<T>(remote: string, what: string, call: (c: ArrayClient) => Promise<T>): Promise<T> {
-    const e = this.must(remote);
+    const e = this.linked(remote);
     const fault = this.opts.faults()?.linkSend(remote, 'control', 0);
     if (fault !== undefined) {
       try {
@@ -248,7 +251,7 @@ export class RemoteArrays implements RemoteCopyHook {
 
   /** Where a remote's NBD server is (learnt from it; probed again when unknown). */
   async nbdAddress(remote: string): Promise<{ host: string; port: number }> {
-    const e = this.must(remote);
+    const e = this.linked(remote);
     if (e.row.nbd === '') await this.probe(e);
     if (e.row.nbd === '')
       throw new RemoteLinkError(`remote array ${remote} (${e.row.api}) did not answer: ${e.error || 'its NBD address is unknown'}`, 'link-down');
@@ -274,6 +277,21 @@ export class RemoteArrays implements RemoteCopyHook {
       e.reachable = false;
       e.error = (err as Error).message;
     }
+  }
+
+  /**
+   * The remote a pair's link uses: one removed with --force while pairs used it is a lost link
+   * for them (they halt, saying why), not an error of the caller's.
+   */
+  private linked(name: string): RemoteEntry {
+    const e = this.remotes.get(name);
+    if (e === undefined) {
+      throw new RemoteLinkError(
+        `remote array ${name} is no longer registered on this array; add it again (arraylab remote add ${name} --api HOST:PORT) or cancel the pair`,
+        'link-down',
+      );
+    }
+    return e;
   }
 
   private must(name: string): RemoteEntry {

@@ -515,3 +515,23 @@ describe('REC Concurrent Suspend', () => {
     expect(seen).toBeGreaterThan(0);
   });
 });
+
+describe('REC and the remote registry', () => {
+  it('a remote removed with --force while a pair uses it is a lost link: the pair halts, saying how to fix it', async () => {
+    const { a, host, id } = await pair({ recovery: 'manual' });
+    await until(
+      () => a.api.getCopy(id),
+      (s) => s.state === 'equivalent',
+      'equivalent',
+    );
+    await expect(a.api.removeRemote('site-b')).rejects.toThrow(/1 REC session\(s\) use it; cancel them first, or pass --force/);
+    await a.api.removeRemote('site-b', { force: true });
+    await host.write(0, randomBytes(4096)); // the host's write goes on (split auto) ...
+    const s = await until(
+      () => a.api.getCopy(id),
+      (x) => x.state === 'halt',
+      'halt',
+    );
+    expect(s.remote?.haltDetail).toMatch(/was removed from this array.*add it again/); // ... and the pair says why
+  });
+});
