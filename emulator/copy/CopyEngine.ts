@@ -445,13 +445,7 @@ export class CopyEngine {
         throw new CopyError('INVALID_ARGUMENT', `REC mode ${String(mode)} is not one of ${REC_MODES.join(', ')}`);
       }
       const src = this.tapOf(source);
-      const asDest = this.sessionsOf(source).find((x) => x.record.destination === source);
-      if (asDest !== undefined) {
-        throw new CopyError(
-          'FAILED_PRECONDITION',
-          `source ${source} is the destination of ${asDest.type} session ${asDest.id} (${asDest.state}); a destination cannot be copied from while it is in a session`,
-        );
-      }
+      this.checkSource(source);
       const rate = opts.rate ?? Number.POSITIVE_INFINITY;
       checkRate(rate);
       const record = this.newRecord(type, source, destination, src, opts.unitSize, rate);
@@ -698,7 +692,7 @@ export class CopyEngine {
     });
   }
 
-  /** The destination refusals shared by local pairs and remote ends. */
+  /** The destination refusals shared by local pairs (checkPair) and remote ends (openRemoteEnd). */
   private checkDestination(destination: string, dst: VolumeTap, source: string, sizeBytes: number, blockSize: number): void {
     if (dst.blockSize !== blockSize) {
       throw new CopyError(
@@ -1168,27 +1162,13 @@ export class CopyEngine {
     const src = this.tapOf(source);
     const dst = this.tapOf(destination);
     if (source === destination) throw new CopyError('INVALID_ARGUMENT', `source and destination are both ${source}; copy to another volume`);
-    if (dst.blockSize !== src.blockSize) {
-      throw new CopyError(
-        'INVALID_ARGUMENT',
-        `destination ${destination} has ${dst.blockSize}-byte blocks and source ${source} ${src.blockSize}-byte blocks; use volumes of one block size`,
-      );
-    }
-    if (dst.size < src.size) {
-      throw new CopyError(
-        'INVALID_ARGUMENT',
-        `destination ${destination} (${dst.size} bytes) is smaller than source ${source} (${src.size} bytes); use a destination at least as large`,
-      );
-    }
-    if (dst.below.readOnly) throw new CopyError('FAILED_PRECONDITION', `destination ${destination} is read-only; choose a writable volume`);
-    const busy = this.sessionsOf(destination)[0] ?? (this.chains.has(destination) ? this.chains.get(destination)!.gens[0] : undefined);
-    if (busy !== undefined) {
-      const role = busy.record.destination === destination ? 'destination' : 'source';
-      throw new CopyError(
-        'FAILED_PRECONDITION',
-        `destination ${destination} is already the ${role} of ${busy.type} session ${busy.id} (${busy.state}); cancel that session or choose another destination`,
-      );
-    }
+    this.checkDestination(destination, dst, source, src.size, src.blockSize);
+    this.checkSource(source);
+    return { src, dst };
+  }
+
+  /** A destination of a session cannot be copied from while it is in it. */
+  private checkSource(source: string): void {
     const asDest = this.sessionsOf(source).find((s) => s.record.destination === source);
     if (asDest !== undefined) {
       throw new CopyError(
@@ -1196,7 +1176,6 @@ export class CopyEngine {
         `source ${source} is the destination of ${asDest.type} session ${asDest.id} (${asDest.state}); a destination cannot be copied from while it is in a session`,
       );
     }
-    return { src, dst };
   }
 
   private doResume(ec: EcSession, from: 'suspended' | 'split' | 'error-suspended', check: OverwriteCheck | undefined): void {

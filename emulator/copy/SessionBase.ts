@@ -343,6 +343,20 @@ export abstract class SessionBase implements CopySession {
     return to.writeZeroes(m.offset, len, m.opts);
   }
 
+  /**
+   * J5 after both sides were flushed: write intent goes (lazily journalled) for every unit no
+   * write held while the flush ran (`touched`) or holds now.
+   */
+  protected clearIntentExcept(intent: CopyBitmap, touched: Set<number>): void {
+    for (const [s, n] of intent.runs()) {
+      for (let u = s; u < s + n; u++) {
+        if (touched.has(u) || this.locks.isLocked(u)) continue;
+        intent.clear(u);
+        this.ctx.journal.clearBits(this.id, 'intent', u, 1);
+      }
+    }
+  }
+
   /** Units in one write-intent region (CopyEngineOptions.intentRegion). */
   protected get intentRegionUnits(): number {
     return Math.max(1, Math.floor(this.ctx.intentRegion / this.record.unitSize));

@@ -253,13 +253,7 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
       this.flushWatchers.delete(touched);
     }
     // J5: both sides durable for every write that completed before the flush.
-    for (const [s, n] of this.intent.runs()) {
-      for (let u = s; u < s + n; u++) {
-        if (touched.has(u) || this.locks.isLocked(u)) continue;
-        this.intent.clear(u);
-        this.ctx.journal.clearBits(this.id, 'intent', u, 1);
-      }
-    }
+    this.clearIntentExcept(this.intent, touched);
   }
 
   checkRead(op: string): void {

@@ -172,13 +172,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
       this.flushWatchers.delete(touched);
     }
     if (!this.cycling || this.buffer === undefined || this.buffer.pendingOf(this.id) > 0) return;
-    for (const [s, n] of this.intent.runs()) {
-      for (let u = s; u < s + n; u++) {
-        if (touched.has(u) || this.locks.isLocked(u)) continue;
-        this.intent.clear(u);
-        this.ctx.journal.clearBits(this.id, 'intent', u, 1);
-      }
-    }
+    this.clearIntentExcept(this.intent, touched);
   }
 
   protected bitmaps(): CopyBitmap[] {
@@ -623,13 +617,7 @@ export class RecSession extends SessionBase implements SourceRole, BufferMember 
       return;
     }
     // J5: both sides durable for every write that completed before the flush.
-    for (const [s, n] of this.intent.runs()) {
-      for (let u = s; u < s + n; u++) {
-        if (touched.has(u) || this.locks.isLocked(u)) continue;
-        this.intent.clear(u);
-        this.ctx.journal.clearBits(this.id, 'intent', u, 1);
-      }
-    }
+    this.clearIntentExcept(this.intent, touched);
   }
 
   // ---- background copy ----
