@@ -48,9 +48,12 @@ export class Site {
   async start(): Promise<void> {
     // startArraylab passes --nbd/--api with port 0, which win over a config's listen
     // addresses; the later flags here win over those.
+    // No iSCSI: a target on a free port could take this site's fixed API port, free again
+    // after a kill9, before the restarted API binds it (seen once in CI).
     this.current = await startArraylab({
       dataDir: this.dataDir,
       config: { volumes: [] },
+      iscsi: false,
       extraArgs: ['--nbd', `127.0.0.1:${this.nbdPort}`, '--api', this.apiAddress],
     });
     if (this.current.nbdPort !== this.nbdPort || this.current.apiPort !== this.apiPort) {
