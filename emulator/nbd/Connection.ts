@@ -13,12 +13,13 @@ import { negotiate, type HandshakeHost } from './handshake.js';
 import { InputQueue } from '../net/InputQueue.js';
 import { Output } from './Output.js';
 import { Transmission } from './transmission.js';
-import type { NbdLogger } from './types.js';
+import type { NbdAccess, NbdExportScope, NbdLogger, NbdPeer } from './types.js';
 
 export interface ConnectionContext {
   provider: ExportProvider;
   logger: NbdLogger;
-  tls?: { context: SecureContext; require: boolean; verifyClient: boolean };
+  tls?: { context: SecureContext; require: boolean; verifyClient: boolean; psk?: (identity: string) => Buffer | undefined };
+  access?: NbdAccess;
   handshakeTimeoutMs: number;
   /** Large I/O buffers shared by the server's connections. */
   pool: BufferPool;
@@ -38,6 +39,8 @@ export class Connection implements HandshakeHost {
   input: InputQueue;
   out: Output;
   tlsActive = false;
+  /** Who the TLS peer proved to be; undefined until then, or without a client identity. */
+  peer: NbdPeer | undefined;
   /** Resolves when the connection is fully closed and its handle released. */
   readonly done: Promise<void>;
 
@@ -76,6 +79,16 @@ export class Connection implements HandshakeHost {
     return this.ctx.tls?.require === true;
   }
 
+  /** The exports this connection may see and use now. */
+  scope(): NbdExportScope {
+    return this.ctx.access?.exportsFor(this.peer) ?? 'all';
+  }
+
+  /** What a client naming an export outside its scope is told. */
+  refusal(name: string): string {
+    return this.ctx.access?.refusal(this.peer, name) ?? `no export named "${name}"`;
+  }
+
   openExport(name: string): ExportHandle | undefined {
     const readOnly = this.provider.describeExport(name)?.readOnly ?? false;
     const handle = this.provider.openExport(name, { protocol: 'nbd', connectionId: this.id, remoteAddress: this.remoteAddress, readOnly });
@@ -112,11 +125,32 @@ export class Connection implements HandshakeHost {
     const tls = this.ctx.tls!;
     this.input.detach();
     this.out.flush();
+    const psk = tls.psk;
+    /** The identity whose key this handshake was given (a TLS 1.3 client may offer several). */
+    let pskIdentity: string | undefined;
     const secure = new TLSSocket(this.socket, {
       isServer: true,
       secureContext: tls.context,
       requestCert: tls.verifyClient,
       rejectUnauthorized: tls.verifyClient,
+      ...(psk === undefined
+        ? {}
+        : {
+            pskCallback: (_socket: TLSSocket, identity: string) => {
+              let key: Buffer | undefined;
+              try {
+                key = psk(identity);
+              } catch (err) {
+                this.log.error({ err, pskIdentity: identity }, 'PSK lookup failed: refusing the identity');
+              }
+              if (key === undefined) {
+                this.log.warn({ pskIdentity: identity }, 'TLS-PSK identity unknown: handshake refused');
+                return null;
+              }
+              pskIdentity = identity;
+              return key;
+            },
+          }),
     });
     secure.on('error', this.onSocketError);
     this.socket = secure;
@@ -130,8 +164,18 @@ export class Connection implements HandshakeHost {
         resolve(ok);
       };
       const onSecure = () => {
+        // A bare TLSSocket accepts any client certificate and leaves the verdict to its owner
+        // (tls.Server checks it; we are not one): without this, a certificate from any CA passed.
+        const refused = tls.verifyClient && pskIdentity === undefined ? clientCertificateError(secure) : undefined;
+        if (refused !== undefined) {
+          this.log.warn({ reason: refused }, 'client certificate refused: closing');
+          secure.destroy();
+          settle(false);
+          return;
+        }
         this.tlsActive = true;
-        this.log.debug({ protocol: secure.getProtocol() }, 'TLS established');
+        this.peer = peerOf(secure, pskIdentity, tls.verifyClient);
+        this.log.info({ protocol: secure.getProtocol(), cipher: secure.getCipher()?.name, ...this.peer }, 'TLS established');
         settle(true);
       };
       const onFail = (err?: unknown) => {
@@ -175,7 +219,7 @@ export class Connection implements HandshakeHost {
       const neg = await negotiate(this).finally(() => clearTimeout(timer));
       if (neg === undefined) return;
       this.log.info(
-        { export: neg.handle.name, size: neg.size, readOnly: neg.handle.readOnly, structured: neg.structured, tls: this.tlsActive },
+        { export: neg.handle.name, size: neg.size, readOnly: neg.handle.readOnly, structured: neg.structured, tls: this.tlsActive, ...this.peer },
         'client connected to export',
       );
       if (this.shuttingDown || this.dropped) return;
@@ -243,4 +287,31 @@ export class Connection implements HandshakeHost {
     // Resets and aborts are how clients leave; the connection closes through EOF handling.
     this.log.debug({ code: err.code, msg: err.message }, 'socket error');
   };
+}
+
+/**
+ * Why the client's certificate chain does not verify against the configured CA, or undefined
+ * when it does. Node checks this itself only for sockets of a tls.Server; the handle's
+ * verifyError() is what that check calls. Fails closed if the handle lacks it.
+ */
+function clientCertificateError(secure: TLSSocket): string | undefined {
+  const handle = (secure as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } })._handle;
+  if (typeof handle?.verifyError !== 'function') return 'this node cannot verify client certificates';
+  const err = handle.verifyError();
+  return err === null ? undefined : (err.code ?? err.message);
+}
+
+/**
+ * The peer's identity after a TLS handshake: the PSK identity when one was accepted (a PSK
+ * handshake has no certificates), else the client certificate when one was demanded and
+ * verified. A session resumed from a ticket proves neither here: it gets no identity.
+ */
+function peerOf(secure: TLSSocket, pskIdentity: string | undefined, verifyClient: boolean): NbdPeer | undefined {
+  if (pskIdentity !== undefined) return { pskIdentity };
+  if (!verifyClient) return undefined;
+  const cert = secure.getPeerCertificate();
+  if (cert === null || typeof cert.fingerprint256 !== 'string' || cert.fingerprint256 === '') return undefined;
+  const cn = cert.subject?.CN;
+  const subjectCN = Array.isArray(cn) ? cn[0] : cn;
+  return { certFingerprint256: cert.fingerprint256, ...(subjectCN ? { certSubjectCN: subjectCN } : {}) };
 }

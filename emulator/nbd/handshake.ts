@@ -45,7 +45,7 @@ import { infoBlockSize, infoExport, infoString, transmissionFlags, writeU64 } fr
 import type { InputQueue } from '../net/InputQueue.js';
 import { parseExportRequest, parseMetaRequest, selectMetaContexts } from './optionParsers.js';
 import type { Output } from './Output.js';
-import type { NbdLogger } from './types.js';
+import type { NbdExportScope, NbdLogger } from './types.js';
 
 /** What the connection needs from its owner during negotiation. */
 export interface HandshakeHost {
@@ -59,6 +59,10 @@ export interface HandshakeHost {
   readonly tlsActive: boolean;
   /** Upgrades the connection after the ACK; false when the TLS handshake failed. */
   startTls(): Promise<boolean>;
+  /** The exports this connection may see and use (asked per option, never per request). */
+  scope(): NbdExportScope;
+  /** What a client is told for an export outside its scope. */
+  refusal(name: string): string;
   /** provider.openExport with this connection's ClientInfo; throws are the provider's. */
   openExport(name: string): ExportHandle | undefined;
 }
@@ -231,6 +235,11 @@ function exportName(host: HandshakeHost, state: State, data: Buffer, noZeroes: b
     return undefined;
   }
   const name = data.toString('utf8');
+  if (!inScope(host, name)) {
+    // EXPORT_NAME cannot carry a message: the spec says to close.
+    host.log.warn({ export: name }, `EXPORT_NAME refused: ${host.refusal(name)}`);
+    return undefined;
+  }
   const handle = open(host, name);
   if (handle === undefined || typeof handle === 'string') {
     // EXPORT_NAME cannot fail with an error: the spec says to close.
@@ -252,6 +261,10 @@ function infoOrGo(host: HandshakeHost, state: State, opt: number, data: Buffer):
   const req = parseExportRequest(data);
   if (typeof req === 'string') {
     invalid(host, opt, req);
+    return undefined;
+  }
+  if (!inScope(host, req.name)) {
+    outOfScope(host, state, opt, req.name);
     return undefined;
   }
   let size: number;
@@ -303,12 +316,30 @@ function unknownExport(host: HandshakeHost, state: State, opt: number, name: str
   host.out.optionReply(opt, REP_ERR_UNKNOWN, `no export named "${name}"`);
 }
 
+/** The export is one this connection may see. */
+function inScope(host: HandshakeHost, name: string): boolean {
+  const scope = host.scope();
+  return scope === 'all' || scope.has(name);
+}
+
+/** An export this connection may not see: answered as if there were none, with the policy's advice. */
+function outOfScope(host: HandshakeHost, state: State, opt: number, name: string): void {
+  const message = host.refusal(name);
+  // A client probing one name (INFO then GO) is one warning.
+  if (state.warnedUnknown.has(name)) host.log.debug({ export: name, option: opt }, `export refused: ${message}`);
+  else host.log.warn({ export: name, option: opt }, `export refused: ${message}`);
+  state.warnedUnknown.add(name);
+  host.out.optionReply(opt, REP_ERR_UNKNOWN, message);
+}
+
 function list(host: HandshakeHost, data: Buffer): void {
   if (data.length !== 0) {
     invalid(host, OPT_LIST, 'LIST takes no data');
     return;
   }
+  const scope = host.scope();
   for (const e of host.provider.listExports()) {
+    if (scope !== 'all' && !scope.has(e.name)) continue;
     const nameLen = Buffer.byteLength(e.name);
     const b = Buffer.allocUnsafe(4 + nameLen + Buffer.byteLength(e.description));
     b.writeUInt32BE(nameLen, 0);
@@ -332,8 +363,13 @@ function metaContext(host: HandshakeHost, state: State, opt: number, data: Buffe
     invalid(host, opt, req);
     return;
   }
+  // Clients ask for contexts right before GO; the GO's failure is the one worth a warning.
+  if (!inScope(host, req.name)) {
+    host.log.debug({ export: req.name }, 'meta context request for an export out of scope');
+    host.out.optionReply(opt, REP_ERR_UNKNOWN, host.refusal(req.name));
+    return;
+  }
   if (host.provider.describeExport(req.name) === undefined) {
-    // Clients ask for contexts right before GO; the GO's failure is the one worth a warning.
     host.log.debug({ export: req.name }, 'meta context request for an unknown export');
     host.out.optionReply(opt, REP_ERR_UNKNOWN, `no export named "${req.name}"`);
     return;

@@ -1,3 +1,3 @@
 /** The NBD server library: serves an ExportProvider's exports over the NBD protocol. See README.md. */
 export { NbdServer } from './NbdServer.js';
-export type { NbdLogger, NbdServerOptions, NbdTlsOptions } from './types.js';
+export type { NbdAccess, NbdExportScope, NbdLogger, NbdPeer, NbdServerOptions, NbdTlsOptions } from './types.js';

@@ -1,6 +1,6 @@
 /** Shared setup for the NBD tests: an in-process server, a log capture, and runners for real clients. */
 import { execFile } from 'node:child_process';
-import { NbdServer, type NbdLogger, type NbdTlsOptions } from '../../emulator/nbd/index.js';
+import { NbdServer, type NbdAccess, type NbdLogger, type NbdTlsOptions } from '../../emulator/nbd/index.js';
 import { requireNbdsh } from '../support/tools.js';
 import { until } from '../support/wait.js';
 import type { MemoryProvider } from '../support/memoryProvider.js';
@@ -49,7 +49,7 @@ export interface Started {
 export async function startServer(
   provider: MemoryProvider,
   tls?: NbdTlsOptions,
-  limits: { handshakeTimeoutMs?: number; maxConnections?: number } = {},
+  limits: { handshakeTimeoutMs?: number; maxConnections?: number; access?: NbdAccess } = {},
 ): Promise<Started> {
   const logger = captureLogger();
   const server = new NbdServer({ provider, logger, tls, ...limits });
