@@ -27,7 +27,7 @@ const UNIT = [
   'test/remote/unit/**/*.test.ts',
   'test/lab/unit/**/*.test.ts',
   'test/nbd/{hostile,lifecycle,output}.test.ts',
-  'test/iscsi/{chap,commandWindow,conformanceParse,negotiation,pdu,text,targetProtocol}.test.ts',
+  'test/iscsi/{chap,commandWindow,conformanceParse,negotiation,pdu,text,targetProtocol,hostChap,loginThrottle}.test.ts',
   'test/iscsi/scsi*.test.ts',
   'test/vm/qemuArgs.test.ts',
   'test/agent/{cliUsage,config}.test.ts',

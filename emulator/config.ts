@@ -10,6 +10,7 @@ import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { formatHostPort, parseHostPort, type HostPort } from '../proto/util/address.js';
 import { checkIscsiName, IscsiNameError } from './array/iscsiNames.js';
+import { CHAP_ALGORITHM_NAMES, chapValueProblem } from './iscsi/chap.js';
 import { VOLUME_NAME_PATTERN, type LogicalBlockSize, type Provisioning, type VolumeSpec as ArrayVolumeSpec } from './array/types.js';
 import { isLogLevel, LOG_LEVELS, type LogLevel } from '../proto/util/log.js';
 import { parseSize, SizeError } from '../proto/util/units.js';
@@ -66,6 +67,12 @@ export interface IscsiConfig {
   /** Host affinity even with no host defined: no initiator sees a volume until mapped. */
   requireHostAffinity: boolean;
   chap: IscsiChapConfig | null;
+  /**
+   * CHAP algorithms the target accepts (numbers of chap.ts), in its order of preference; absent:
+   * all four. Leaving MD5 out refuses MD5 CHAP, which is all libiscsi (so qemu and
+   * iscsi-ls) speaks: their CHAP logins then fail, with a log line that says why.
+   */
+  chapAlgorithms?: readonly number[];
 }
 
 /** The target name used when the config gives none: stable for a data directory. */
@@ -74,12 +81,7 @@ export function defaultTargetName(arrayId: string): string {
   return TARGET_NAME_PREFIX + arrayId;
 }
 
-/**
- * CHAP secrets: RFC 7143 asks for at least 96 bits (12 bytes) where the link is not protected
- * by IPsec; 255 bytes is what open-iscsi and libiscsi hold. Windows initiators take 12 to 16.
- */
-export const CHAP_SECRET_MIN_BYTES = 12;
-export const CHAP_TEXT_MAX_BYTES = 255;
+export { CHAP_SECRET_MIN_BYTES, CHAP_TEXT_MAX_BYTES } from './iscsi/chap.js';
 
 /** tape: a cartridge the config declares; created at start-up if missing. */
 export interface CartridgeSpec {
@@ -322,7 +324,7 @@ function parseIscsi(raw: unknown, fail: Fail): IscsiConfig {
   const out: IscsiConfig = { targetName: null, requireHostAffinity: false, chap: null };
   if (raw === undefined || raw === null) return out;
   if (!isPlainObject(raw)) return fail('iscsi', 'must be a mapping, e.g. iscsi: {requireHostAffinity: true}');
-  checkKeys(raw, ['targetName', 'requireHostAffinity', 'chap'], 'iscsi', fail);
+  checkKeys(raw, ['targetName', 'requireHostAffinity', 'chap', 'chapAlgorithms'], 'iscsi', fail);
   if (raw.targetName !== undefined && raw.targetName !== null) {
     try {
       out.targetName = checkIscsiName(raw.targetName);
@@ -335,6 +337,23 @@ function parseIscsi(raw: unknown, fail: Fail): IscsiConfig {
   if (typeof require !== 'boolean') fail('iscsi.requireHostAffinity', `${show(require)} is not true or false`);
   out.requireHostAffinity = require as boolean;
   if (raw.chap !== undefined && raw.chap !== null) out.chap = parseChap(raw.chap, fail);
+  if (raw.chapAlgorithms !== undefined && raw.chapAlgorithms !== null) out.chapAlgorithms = parseChapAlgorithms(raw.chapAlgorithms, fail);
+  return out;
+}
+
+/** A list of names (any case): [SHA3-256, SHA-256, SHA-1] refuses MD5. */
+function parseChapAlgorithms(raw: unknown, fail: Fail): number[] {
+  const known = Object.keys(CHAP_ALGORITHM_NAMES).join(', ');
+  if (!Array.isArray(raw) || raw.length === 0)
+    return fail('iscsi.chapAlgorithms', `must be a non-empty list of ${known}, e.g. [SHA-256, SHA3-256] to refuse MD5`);
+  const out: number[] = [];
+  raw.forEach((item, i) => {
+    const name = Object.keys(CHAP_ALGORITHM_NAMES).find((k) => typeof item === 'string' && k.toLowerCase() === item.trim().toLowerCase());
+    if (name === undefined) fail(`iscsi.chapAlgorithms[${i}]`, `${show(item)} is not a CHAP algorithm; use ${known}`);
+    const n = CHAP_ALGORITHM_NAMES[name]!;
+    if (out.includes(n)) fail(`iscsi.chapAlgorithms[${i}]`, `${name} is listed twice; list each algorithm once`);
+    out.push(n);
+  });
   return out;
 }
 
@@ -347,16 +366,9 @@ function parseChap(raw: unknown, fail: Fail): IscsiChapConfig {
     if (value === undefined || value === null) return undefined;
     const at = `iscsi.chap.${key}`;
     if (typeof value !== 'string') return fail(at, `${secret ? 'is not text' : `${show(value)} is not text`}; quote it`);
-    const bytes = Buffer.byteLength(value, 'utf8');
-    if (bytes === 0) fail(at, 'is empty; give a value or remove the key');
-    if (/[\u0000-\u001f\u007f]/.test(value)) fail(at, 'contains a control character; use printable characters only');
-    if (bytes > CHAP_TEXT_MAX_BYTES) fail(at, `is ${bytes} bytes, more than the ${CHAP_TEXT_MAX_BYTES} initiators accept; shorten it`);
-    if (secret && bytes < CHAP_SECRET_MIN_BYTES) {
-      fail(
-        at,
-        `is ${bytes} bytes; a CHAP secret needs at least ${CHAP_SECRET_MIN_BYTES} bytes (96 bits, RFC 7143) and Windows initiators take at most 16: use 12 to 16 characters`,
-      );
-    }
+    if (value.length === 0) fail(at, 'is empty; give a value or remove the key');
+    const problem = chapValueProblem(value, secret ? 'secret' : 'user');
+    if (problem !== undefined) fail(at, problem);
     return value;
   };
   const username = text('username', false);

@@ -62,7 +62,9 @@ export interface FullFeaturePhase {
 /** What a connection needs from its target. */
 export interface ConnectionContext {
   readonly targetName: string;
-  readonly auth?: IscsiAuthOptions | undefined;
+  /** The CHAP an initiator must pass (its host's, else the target's), or undefined for none. */
+  authFor(initiatorName: string | undefined): IscsiAuthOptions | undefined;
+  readonly chapAlgorithms?: readonly number[] | undefined;
   readonly config: TargetNegotiationConfig;
   readonly logger: IscsiLogger;
   readonly loginTimeoutMs: number;
@@ -73,6 +75,10 @@ export interface ConnectionContext {
   startFullFeature(conn: Connection, session: Session): FullFeaturePhase;
   /** The connection is gone: the session ends with it (MaxConnections=1, ErrorRecoveryLevel 0). */
   connectionClosed(conn: Connection): void;
+  /** A login ended in a refusal (after its final response was queued): the failed-login throttle counts it. */
+  loginRefused?(conn: Connection, failure: LoginFailure): void;
+  /** A login reached full feature phase. */
+  loggedIn?(conn: Connection): void;
 }
 
 /** A protocol violation the connection cannot recover from at ErrorRecoveryLevel 0. */
@@ -399,11 +405,13 @@ export class Connection {
           initiator: p.initiatorName,
           sessionType: p.sessionType,
           status: `0x${((f.statusClass << 8) | f.statusDetail).toString(16).padStart(4, '0')}`,
+          ...(this.login.authLabel !== undefined ? { chap: this.login.authLabel } : {}),
           reason: f.message,
         },
         'login refused',
       );
       this.sendLoginFailure(pdu, f.statusClass, f.statusDetail);
+      this.ctx.loginRefused?.(this, f);
       return false;
     }
     if (session !== undefined) {
@@ -420,12 +428,14 @@ export class Connection {
           isid: session.info().isid,
           tsih: session.tsih,
           auth: p.authMethod ?? 'None',
+          ...(this.login!.authLabel !== undefined ? { chap: this.login!.authLabel } : {}),
           headerDigest: p.headerDigest,
           dataDigest: p.dataDigest,
           luns: session.luns.size,
         },
         'initiator logged in',
       );
+      this.ctx.loggedIn?.(this);
     }
     return true;
   }
@@ -434,7 +444,8 @@ export class Connection {
     const conn = this;
     return {
       targetName: this.ctx.targetName,
-      auth: this.ctx.auth,
+      authFor: (name) => this.ctx.authFor(name),
+      chapAlgorithms: this.ctx.chapAlgorithms,
       config: this.ctx.config,
       enterFullFeature(params, id) {
         conn.cid = id.cid;

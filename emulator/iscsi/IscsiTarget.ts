@@ -1,6 +1,10 @@
 /**
  * The iSCSI target: listener, connections, sessions (TSIH, reinstatement), the SCSI device
  * server they share, host affinity changes, target resets and shutdown. See README.md.
+ *
+ * Authentication: an initiator whose host has CHAP (luns.chapFor) must pass that; any other
+ * must pass the target's `auth` when it is set. Authentication failures count per initiator
+ * address (loginThrottle.ts): too many, and the address's connections are refused for a while.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import type { BlockDevice, HandleEvent } from '../block/BlockDevice.js';
@@ -9,8 +13,10 @@ import { drainConnections, listenTcp } from '../net/tcpListener.js';
 import { Connection, type ConnectionContext } from './Connection.js';
 import { FullFeature, type FullFeatureHost } from './FullFeature.js';
 import { LoginFailure, type LoginIdentity } from './login.js';
+import { LoginThrottle } from './loginThrottle.js';
 import { DEFAULT_TARGET_CONFIG, type SessionParams, type TargetNegotiationConfig } from './negotiation.js';
 import {
+  LOGIN_AUTH_FAILED,
   LOGIN_CLASS_INITIATOR_ERROR,
   LOGIN_CLASS_TARGET_ERROR,
   LOGIN_SERVICE_UNAVAILABLE,
@@ -47,6 +53,8 @@ export class IscsiTarget {
   private closing: Promise<void> | undefined;
   /** Resets the array asked for that are still running, by "target" or "lu:<wwn>": one at a time each. */
   private readonly arrayResets = new Map<string, Promise<void>>();
+  /** Failed logins per initiator address; undefined: not throttled. */
+  readonly throttle: LoginThrottle | undefined;
 
   constructor(readonly opts: IscsiTargetOptions) {
     this.scsi = new ScsiLogicalUnits((nexus) => this.byPort.get(nexus.initiatorPort)?.lunDevices ?? EMPTY_LUNS, {
@@ -54,15 +62,21 @@ export class IscsiTarget {
       logger: opts.logger,
       abortTasks: (wwn, nexuses) => this.abortTasksOf(wwn, nexuses),
     });
+    // authMethods is decided per login (the initiator's host may have CHAP of its own).
     const config: TargetNegotiationConfig = {
       ...DEFAULT_TARGET_CONFIG,
       authMethods: opts.auth === undefined ? ['None'] : ['CHAP'],
       ...(opts.targetAlias === undefined ? {} : { targetAlias: opts.targetAlias }),
     };
     const pool = new BufferPool();
+    const globalAuth = opts.auth === undefined ? undefined : { ...opts.auth, label: opts.auth.label ?? 'iscsi.chap' };
+    this.throttle = opts.loginThrottle === false ? undefined : new LoginThrottle(opts.loginThrottle ?? {});
     this.ctx = {
       targetName: opts.targetName,
-      auth: opts.auth,
+      authFor: (name) => (name === undefined ? undefined : opts.luns.chapFor?.(name)) ?? globalAuth,
+      chapAlgorithms: opts.chapAlgorithms,
+      loginRefused: (conn, failure) => this.loginRefused(conn, failure),
+      loggedIn: (conn) => this.throttle?.succeeded(conn.socket.remoteAddress ?? ''),
       config,
       logger: opts.logger,
       loginTimeoutMs: opts.loginTimeoutMs ?? DEFAULT_LOGIN_TIMEOUT_MS,
@@ -141,10 +155,28 @@ export class IscsiTarget {
       socket.destroy();
       return;
     }
+    const blocked = this.throttle?.blockedFor(socket.remoteAddress ?? '') ?? 0;
+    if (blocked > 0) {
+      this.opts.logger.debug({ remote: socket.remoteAddress, retryInMs: blocked }, 'iSCSI connection refused: too many failed logins from this address');
+      socket.destroy();
+      return;
+    }
     const conn = new Connection(socket, this.ctx);
     this.connections.add(conn);
     conn.log.debug('initiator connected');
     void conn.done.finally(() => this.connections.delete(conn));
+  }
+
+  /** Counts authentication failures; one that starts a block is logged with the address and how long. */
+  private loginRefused(conn: Connection, failure: LoginFailure): void {
+    if (this.throttle === undefined || failure.statusClass !== LOGIN_CLASS_INITIATOR_ERROR || failure.statusDetail !== LOGIN_AUTH_FAILED) return;
+    const address = conn.socket.remoteAddress ?? '';
+    const blockMs = this.throttle.failed(address);
+    if (blockMs === undefined) return;
+    this.opts.logger.warn(
+      { address, failures: this.throttle.maxFailures, windowMs: this.throttle.windowMs, blockMs },
+      `${this.throttle.maxFailures} failed iSCSI logins from ${address} within ${this.throttle.windowMs / 1000} s: refusing its connections for ${blockMs / 1000} s`,
+    );
   }
 
   private *fullFeatureSessions(): Iterable<FullFeature> {

@@ -30,6 +30,44 @@ const HASH: Record<number, { name: string; length: number }> = {
   [CHAP_SHA3_256]: { name: 'sha3-256', length: 32 },
 };
 
+/** Names operators use (config iscsi.chapAlgorithms, logs) -> algorithm number. */
+export const CHAP_ALGORITHM_NAMES: Readonly<Record<string, number>> = Object.freeze({
+  'SHA3-256': CHAP_SHA3_256,
+  'SHA-256': CHAP_SHA256,
+  'SHA-1': CHAP_SHA1,
+  MD5: CHAP_MD5,
+});
+
+/** Every algorithm, strongest first: the default preference. */
+export const ALL_CHAP_ALGORITHMS: readonly number[] = Object.freeze([CHAP_SHA3_256, CHAP_SHA256, CHAP_SHA1, CHAP_MD5]);
+
+/** "SHA-256" for 7; the number itself for one we do not know. */
+export function chapAlgorithmName(a: number): string {
+  return Object.entries(CHAP_ALGORITHM_NAMES).find(([, n]) => n === a)?.[0] ?? String(a);
+}
+
+/**
+ * CHAP secrets: RFC 7143 asks for at least 96 bits (12 bytes) where the link is not protected
+ * by IPsec; 255 bytes is what open-iscsi and libiscsi hold. Windows initiators take 12 to 16.
+ */
+export const CHAP_SECRET_MIN_BYTES = 12;
+export const CHAP_TEXT_MAX_BYTES = 255;
+
+/**
+ * What is wrong with a CHAP user name or secret, or undefined. The answer names the rule,
+ * never the value (a secret must not reach a log or an error).
+ */
+export function chapValueProblem(value: string, kind: 'user' | 'secret'): string | undefined {
+  const bytes = Buffer.byteLength(value, 'utf8');
+  if (bytes === 0) return 'is empty';
+  if (/[\u0000-\u001f\u007f]/.test(value)) return 'contains a control character; use printable characters only';
+  if (bytes > CHAP_TEXT_MAX_BYTES) return `is ${bytes} bytes, more than the ${CHAP_TEXT_MAX_BYTES} initiators accept; shorten it`;
+  if (kind === 'secret' && bytes < CHAP_SECRET_MIN_BYTES) {
+    return `is ${bytes} bytes; a CHAP secret needs at least ${CHAP_SECRET_MIN_BYTES} bytes (96 bits, RFC 7143) and Windows initiators take at most 16: use 12 to 16 characters`;
+  }
+  return undefined;
+}
+
 /** Largest challenge we accept from an initiator (binary bytes). */
 export const MAX_INITIATOR_CHALLENGE = 1024;
 
@@ -86,7 +124,7 @@ export class ChapAuthenticator {
   private readonly random: (n: number) => Buffer;
 
   constructor(private readonly opts: ChapOptions) {
-    this.algorithms = opts.algorithms ?? [CHAP_SHA3_256, CHAP_SHA256, CHAP_SHA1, CHAP_MD5];
+    this.algorithms = opts.algorithms ?? ALL_CHAP_ALGORITHMS;
     for (const a of this.algorithms) if (!HASH[a]) throw new RangeError(`CHAP algorithm ${a} is not supported (5 MD5, 6 SHA-1, 7 SHA-256, 8 SHA3-256)`);
     this.random = opts.random ?? randomBytes;
     if (opts.target && Buffer.compare(toBuf(opts.target.secret), toBuf(opts.initiator.secret)) === 0) {
@@ -111,7 +149,16 @@ export class ChapAuthenticator {
         const offered = a.split(',').map((s) => parseNumber(s));
         const chosen = offered.find((n) => n !== null && this.algorithms.includes(n));
         if (chosen === undefined || chosen === null) {
-          throw new ChapError('unsupported-algorithm', `none of the offered algorithms CHAP_A=${clip(a)} is enabled (enabled: ${this.algorithms.join(',')})`);
+          const names = (list: readonly (number | null)[]) => list.map((n) => (n === null ? '?' : chapAlgorithmName(n))).join(', ');
+          // libiscsi (qemu, iscsi-ls) offers MD5 only: say so, since refusing MD5 is a deliberate setting.
+          const md5Only = offered.length > 0 && offered.every((n) => n === CHAP_MD5) && !this.algorithms.includes(CHAP_MD5);
+          throw new ChapError(
+            'unsupported-algorithm',
+            `the initiator offers CHAP_A=${clip(a)} (${names(offered)}), none of which this target accepts (${names(this.algorithms)})` +
+              (md5Only
+                ? '; MD5 is refused by iscsi.chapAlgorithms: use an initiator with SHA-256 CHAP (open-iscsi 2.1.2 or later, node.session.auth.chap_algs) or add MD5 back'
+                : ''),
+          );
         }
         this.algorithm = chosen;
         this.id = this.random(1)[0]!;

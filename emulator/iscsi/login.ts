@@ -6,6 +6,10 @@
  * Login Response; the connection sends it. What creates sessions (TSIH, reinstatement) is the
  * host's: `enterFullFeature` is called once, when the initiator asks to go to full feature
  * phase and everything is in order.
+ *
+ * Which CHAP (if any) a login must pass is decided by the first Login Request, which names the
+ * initiator (RFC 7143 §13.6): `authFor` answers with its host's credentials, the target's, or
+ * none, and the AuthMethod offered back follows from that.
  */
 import { ChapAuthenticator, ChapError } from './chap.js';
 import { NegotiationError, Negotiator, type NegotiationStep, type SessionParams, type TargetNegotiationConfig } from './negotiation.js';
@@ -53,7 +57,11 @@ export interface LoginIdentity {
 
 export interface LoginHost {
   readonly targetName: string;
-  readonly auth?: IscsiAuthOptions | undefined;
+  /** The CHAP this initiator must pass, or undefined for none. Asked once, at the first Login Request. */
+  authFor(initiatorName: string | undefined): IscsiAuthOptions | undefined;
+  /** CHAP algorithms accepted, preferred first; default all four. */
+  readonly chapAlgorithms?: readonly number[] | undefined;
+  /** authMethods is replaced by what authFor decides. */
   readonly config: TargetNegotiationConfig;
   /**
    * The login is complete: create (or refuse) the session. Returns the TSIH, or throws
@@ -78,7 +86,10 @@ export interface LoginReply {
 const EMPTY = Buffer.alloc(0);
 
 export class LoginExchange {
-  readonly negotiator: Negotiator;
+  private neg: Negotiator;
+  /** What authFor answered; decided at the first Login Request. */
+  private auth: IscsiAuthOptions | undefined;
+  private authDecided = false;
   private chap: ChapAuthenticator | undefined;
   private readonly reassembler = new TextReassembler();
   private stage = -1;
@@ -89,8 +100,17 @@ export class LoginExchange {
   private authenticated: boolean;
 
   constructor(private readonly host: LoginHost) {
-    this.negotiator = new Negotiator(host.config);
-    this.authenticated = host.auth === undefined;
+    this.neg = new Negotiator(host.config);
+    this.authenticated = false;
+  }
+
+  get negotiator(): Negotiator {
+    return this.neg;
+  }
+
+  /** Whose CHAP this login must pass ("host web", "iscsi.chap"), once decided; undefined: none. */
+  get authLabel(): string | undefined {
+    return this.auth === undefined ? undefined : (this.auth.label ?? 'CHAP');
   }
 
   get identity(): LoginIdentity | undefined {
@@ -204,6 +224,7 @@ export class LoginExchange {
   }
 
   private negotiate(pdu: LoginRequestPdu, pairs: TextPair[]): TextPair[] {
+    if (!this.authDecided) this.decideAuth(pairs);
     const phase = pdu.csg === STAGE_SECURITY ? 'security' : 'operational';
     let step: NegotiationStep;
     try {
@@ -222,11 +243,19 @@ export class LoginExchange {
     const response = step.response;
     if (phase === 'security') {
       const chosen = response.find(([k]) => k === 'AuthMethod')?.[1];
-      if (chosen === 'Reject' && this.host.auth !== undefined) {
-        throw new LoginFailure('the initiator offers no AuthMethod this target accepts (CHAP is required)', LOGIN_CLASS_INITIATOR_ERROR, LOGIN_AUTH_FAILED);
+      if (chosen === 'Reject' && this.auth !== undefined) {
+        throw new LoginFailure(
+          `the initiator offers no AuthMethod this target accepts (CHAP of ${this.authLabel} is required)`,
+          LOGIN_CLASS_INITIATOR_ERROR,
+          LOGIN_AUTH_FAILED,
+        );
       }
-      if (chosen === 'CHAP' && this.host.auth !== undefined) {
-        this.chap = new ChapAuthenticator({ initiator: this.host.auth.initiator, target: this.host.auth.target });
+      if (chosen === 'CHAP' && this.auth !== undefined) {
+        this.chap = new ChapAuthenticator({
+          initiator: this.auth.initiator,
+          target: this.auth.target,
+          ...(this.host.chapAlgorithms !== undefined ? { algorithms: this.host.chapAlgorithms } : {}),
+        });
       }
       if (step.auth.length > 0) {
         if (this.chap === undefined) {
@@ -235,15 +264,24 @@ export class LoginExchange {
         try {
           response.push(...this.chap.step(step.auth));
         } catch (err) {
-          if (err instanceof ChapError) throw new LoginFailure(err.message, err.statusClass, err.statusDetail);
+          if (err instanceof ChapError) throw new LoginFailure(`${err.message} (CHAP of ${this.authLabel})`, err.statusClass, err.statusDetail);
           throw err;
         }
         if (this.chap.done) this.authenticated = true;
       } else if (chosen === 'None') {
-        this.authenticated = this.host.auth === undefined;
+        this.authenticated = this.auth === undefined;
       }
     }
     return response;
+  }
+
+  /** At the first Login Request: whose CHAP, if any, this initiator must pass, and so which AuthMethod to accept. */
+  private decideAuth(pairs: readonly TextPair[]): void {
+    this.authDecided = true;
+    const initiatorName = pairs.find(([k]) => k === 'InitiatorName')?.[1];
+    this.auth = this.host.authFor(initiatorName);
+    this.authenticated = this.auth === undefined;
+    this.neg = new Negotiator({ ...this.host.config, authMethods: this.auth === undefined ? ['None'] : ['CHAP'] });
   }
 
   /** May the login leave its current stage now? Throws when it never can. */
@@ -256,7 +294,11 @@ export class LoginExchange {
     }
     // CHAP still running: stay in the security stage until the initiator has answered.
     if (pdu.csg === STAGE_SECURITY && this.chap !== undefined) return false;
-    throw new LoginFailure('the initiator did not authenticate (CHAP is required for this target)', LOGIN_CLASS_INITIATOR_ERROR, LOGIN_AUTH_FAILED);
+    throw new LoginFailure(
+      `the initiator did not authenticate (CHAP of ${this.authLabel ?? 'this target'} is required)`,
+      LOGIN_CLASS_INITIATOR_ERROR,
+      LOGIN_AUTH_FAILED,
+    );
   }
 }
 

@@ -6,6 +6,7 @@
  */
 import type { ExportProvider } from '../block/BlockDevice.js';
 import type { ChapCredentials } from './chap.js';
+import type { LoginThrottleOptions } from './loginThrottle.js';
 
 /** The subset of pino's Logger the target uses; a pino logger fits as is. */
 export interface IscsiLogger {
@@ -30,6 +31,11 @@ export interface IscsiLunSource {
    * IscsiTarget.lunsChanged().
    */
   lunsFor(initiatorName: string): readonly LunMapping[];
+  /**
+   * The CHAP an initiator's host requires, or undefined (then `auth`, if set, applies). Asked
+   * at every login, once the first Login Request has named the initiator.
+   */
+  chapFor?(initiatorName: string): IscsiAuthOptions | undefined;
 }
 
 export interface IscsiAuthOptions {
@@ -37,6 +43,8 @@ export interface IscsiAuthOptions {
   readonly initiator: ChapCredentials;
   /** When set, the target also answers the initiator's challenge with these (mutual CHAP). */
   readonly target?: ChapCredentials;
+  /** Whose credentials these are, for the log: "host web", "iscsi.chap". */
+  readonly label?: string;
 }
 
 /**
@@ -55,8 +63,12 @@ export interface IscsiTargetOptions {
   readonly provider: ExportProvider;
   readonly luns: IscsiLunSource;
   readonly logger: IscsiLogger;
-  /** Absent: no authentication (AuthMethod=None). */
+  /** CHAP every initiator must log in with, unless luns.chapFor names its host's; absent: AuthMethod=None. */
   readonly auth?: IscsiAuthOptions | undefined;
+  /** CHAP algorithms accepted, preferred first (chap.ts numbers); default all four. Without MD5, libiscsi cannot log in with CHAP. */
+  readonly chapAlgorithms?: readonly number[];
+  /** Failed-login throttle per initiator address (loginThrottle.ts); false: none. */
+  readonly loginThrottle?: LoginThrottleOptions | false;
   /** For APTPL; absent means reservations are never persisted (APTPL=1 is then refused). */
   readonly reservations?: ReservationStore;
   /** A connection must finish login within this time or be closed. Default 15 s. */

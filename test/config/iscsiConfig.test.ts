@@ -82,6 +82,20 @@ iscsi:
     expect(m.startsWith(`config ${SRC}: ${message}`), m).toBe(true);
   });
 
+  it('reads iscsi.chapAlgorithms: names in any case, in order; leaving MD5 out refuses it', () => {
+    expect(parse('iscsi: {}').iscsi.chapAlgorithms).toBeUndefined(); // all four
+    expect(parse('iscsi: {chapAlgorithms: [sha-256, SHA3-256]}').iscsi.chapAlgorithms).toEqual([7, 8]);
+    expect(parse('iscsi: {chapAlgorithms: [MD5]}').iscsi.chapAlgorithms).toEqual([5]);
+    expect(errorOf('iscsi: {chapAlgorithms: []}')).toBe(
+      'config /etc/arraylab.yaml: iscsi.chapAlgorithms: must be a non-empty list of SHA3-256, SHA-256, SHA-1, MD5, e.g. [SHA-256, SHA3-256] to refuse MD5',
+    );
+    expect(errorOf('iscsi: {chapAlgorithms: SHA-256}')).toMatch(/iscsi.chapAlgorithms: must be a non-empty list/);
+    expect(errorOf('iscsi: {chapAlgorithms: [SHA-256, SHA512]}')).toBe(
+      'config /etc/arraylab.yaml: iscsi.chapAlgorithms[1]: "SHA512" is not a CHAP algorithm; use SHA3-256, SHA-256, SHA-1, MD5',
+    );
+    expect(errorOf('iscsi: {chapAlgorithms: [SHA-1, sha-1]}')).toMatch(/iscsi.chapAlgorithms\[1\]: SHA-1 is listed twice/);
+  });
+
   it('never shows a secret in an error', () => {
     for (const yaml of [
       'iscsi: {chap: {username: u, secret: "s3cr3t"}}',

@@ -10,7 +10,7 @@ import * as op from '../../emulator/iscsi/opcodes.js';
 import { dataDigest, pad4, readDigest, writeDigest, type InitiatorPdu } from '../../emulator/iscsi/pdu.js';
 import { buildInitiatorBhs } from './iscsiInitiatorPdu.js';
 import { buildText, parseText, type TextPair } from '../../emulator/iscsi/text.js';
-import type { IscsiAuthOptions, IscsiLogger, LunMapping } from '../../emulator/iscsi/types.js';
+import type { IscsiAuthOptions, IscsiLogger, IscsiTargetOptions, LunMapping } from '../../emulator/iscsi/types.js';
 import { MemoryProvider } from './memoryProvider.js';
 
 export const TARGET_IQN = 'iqn.2026-11.lab.arraylab:array0';
@@ -67,6 +67,10 @@ export interface TargetFixture {
 export interface FixtureOptions {
   exports?: { name: string; size: number; blockSize?: 512 | 4096 }[];
   auth?: IscsiAuthOptions;
+  /** Per-initiator CHAP (the array's host CHAP). */
+  chapFor?: (initiatorName: string) => IscsiAuthOptions | undefined;
+  chapAlgorithms?: readonly number[];
+  loginThrottle?: IscsiTargetOptions['loginThrottle'];
   loginTimeoutMs?: number;
   maxConnections?: number;
 }
@@ -81,8 +85,10 @@ export async function startTarget(o: FixtureOptions = {}): Promise<TargetFixture
     targetName: TARGET_IQN,
     provider,
     logger,
-    luns: { lunsFor: (iqn) => affinity.get(iqn) ?? affinity.get('*') ?? [] },
+    luns: { lunsFor: (iqn) => affinity.get(iqn) ?? affinity.get('*') ?? [], ...(o.chapFor ? { chapFor: o.chapFor } : {}) },
     ...(o.auth ? { auth: o.auth } : {}),
+    ...(o.chapAlgorithms ? { chapAlgorithms: o.chapAlgorithms } : {}),
+    ...(o.loginThrottle !== undefined ? { loginThrottle: o.loginThrottle } : {}),
     ...(o.loginTimeoutMs !== undefined ? { loginTimeoutMs: o.loginTimeoutMs } : {}),
     ...(o.maxConnections !== undefined ? { maxConnections: o.maxConnections } : {}),
   });
