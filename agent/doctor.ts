@@ -6,6 +6,7 @@ import { accessSync, constants, mkdirSync, readdirSync, statSync } from 'node:fs
 import { delimiter, join } from 'node:path';
 import type { VolumeInfo } from '../proto/views.js';
 import type { AgentSettings } from './config.js';
+import { agentUid, ownershipProblem } from './host/trust.js';
 import { HOOK_PHASES, type AgentStatus, type DoctorCheck, type HostSide } from './types.js';
 
 export interface DoctorDeps {
@@ -189,7 +190,12 @@ export async function runDoctor(d: DoctorDeps): Promise<DoctorCheck[]> {
   return checks;
 }
 
-function hooksCheck(dir: string): [string, boolean, string, string] {
+/**
+ * The hooks directory: scripts named after a phase, executable, and (the agent runs them as
+ * root) owned by root or the agent's user and not writable by group or others, the directory
+ * too. uid: the agent's (tests give another).
+ */
+export function hooksCheck(dir: string, uid: number = agentUid()): [string, boolean, string, string] {
   let names: string[];
   try {
     names = readdirSync(dir);
@@ -197,20 +203,34 @@ function hooksCheck(dir: string): [string, boolean, string, string] {
     return ['hooks', true, `no hooks directory ${dir} (default processing only)`, ''];
   }
   const problems: string[] = [];
+  const untrusted: string[] = [];
   const found: string[] = [];
+  const dirProblem = ownershipProblem(dir, statSync(dir), uid);
+  if (dirProblem) untrusted.push(dirProblem);
   for (const name of names) {
     if (name.startsWith('.')) continue;
+    const path = join(dir, name);
     if (!(HOOK_PHASES as readonly string[]).includes(name)) {
       problems.push(`${name} is not a phase (${HOOK_PHASES.join(', ')})`);
       continue;
     }
     try {
-      accessSync(join(dir, name), constants.X_OK);
-      found.push(name);
+      accessSync(path, constants.X_OK);
     } catch {
-      problems.push(`${name} is not executable (chmod +x ${join(dir, name)})`);
+      problems.push(`${name} is not executable (chmod +x ${path})`);
+      continue;
     }
+    const trust = ownershipProblem(path, statSync(path), uid);
+    if (trust) untrusted.push(trust);
+    else found.push(name);
   }
+  if (untrusted.length > 0)
+    return [
+      'hooks',
+      false,
+      `${dir}: hooks that others could change are not run as root: ${[...untrusted, ...problems].join('; ')}`,
+      `chown root and chmod go-w the scripts and the directory as said${problems.length ? '; rename or chmod +x the others' : ''}`,
+    ];
   if (problems.length > 0)
     return ['hooks', false, `${dir}: ${problems.join('; ')}`, 'rename or chmod the scripts as said; a hook must be named after its phase'];
   return ['hooks', true, found.length ? `${dir}: ${found.join(', ')}` : `${dir} holds no scripts`, ''];

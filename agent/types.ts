@@ -59,6 +59,11 @@ export interface DeviceMapping {
    * 'map': the --device-map file
    */
   how: 'wwn' | 'serial' | 'nbd' | 'virtio' | 'map';
+  /**
+   * The WWN the device itself reports (VPD 0x83, from sysfs), lower-case hex, when it has one
+   * (SCSI disks; not NBD or loop devices): checked against the volume's pinned WWN.
+   */
+  wwn?: string;
 }
 
 /** One line of /proc/self/mountinfo that concerns a device. */
@@ -138,6 +143,11 @@ export interface HookResult {
  * did itself.
  */
 export interface HostSide {
+  /**
+   * Set when the host side is the agent in a guest (--guest): which guest (its agent socket).
+   * Lock records taken through it are tagged with it, and never replayed on another host side.
+   */
+  readonly guestId?: string;
   /** Maps each volume that has a local block device; volumes come from the array. */
   devices(volumes: VolumeInfo[]): Promise<DeviceMapping[]>;
   /** Current mounts of a device (by device number, so /dev/disk/by-id links match too). */

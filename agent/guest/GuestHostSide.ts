@@ -4,6 +4,7 @@
  * with its own LinuxHost. Backup management stays on the host. The connection itself (sync,
  * calls, timeouts, reconnects) is the protocol's GuestChannel (proto/guest/).
  */
+import { resolve } from 'node:path';
 import type { VolumeInfo } from '../../proto/views.js';
 import { GuestChannel, type GuestChannelOptions } from '../../proto/guest/GuestChannel.js';
 import type { DeviceMapping, DoctorCheck, HookContext, HookResult, HostProgress, HostSide, LockRecord, MountEntry, TransactionPrep } from '../types.js';
@@ -13,6 +14,11 @@ export type GuestHostSideOptions = GuestChannelOptions;
 const HOOK_MARGIN_MS = 10_000;
 
 export class GuestHostSide extends GuestChannel implements HostSide {
+  /** Lock records taken in the guest are tagged with its socket (never replayed on the host). */
+  get guestId(): string {
+    return resolve(this.socketPath);
+  }
+
   // --- HostSide --------------------------------------------------------------------------------
 
   devices(volumes: VolumeInfo[]): Promise<DeviceMapping[]> {

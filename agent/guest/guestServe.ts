@@ -14,6 +14,8 @@ export interface GuestServeOptions {
   hooksDir: string;
   hookTimeoutMs: number;
   freezeDeadlineMs: number;
+  /** Where lock records may mount (config mountPrefixes); empty: the default rule. */
+  mountPrefixes?: readonly string[];
   log: Logger;
 }
 
@@ -24,6 +26,7 @@ export async function guestServe(o: GuestServeOptions): Promise<number> {
     hooksDir: o.hooksDir,
     hookTimeoutMs: o.hookTimeoutMs,
     freezeDeadlineMs: o.freezeDeadlineMs,
+    ...(o.mountPrefixes?.length ? { mountPrefixes: o.mountPrefixes } : {}),
     log: o.log,
   });
   const server = new GuestServer({ host, port, log: o.log, hooksDir: o.hooksDir, hookTimeoutMs: o.hookTimeoutMs, freezeDeadlineMs: o.freezeDeadlineMs });

@@ -2,6 +2,11 @@
  * HostSide on Linux: the agent's hands on the host. Composed of the small parts next to it:
  * devices.ts (which device is which volume), mounts.ts, unmount.ts, freezeGuard.ts, backupHold.ts,
  * invalidate.ts, hooks.ts, copyDevice.ts, frozenProbe.ts.
+ *
+ * Guards, since it runs as root on what an array says: it never acts on the disk holding /,
+ * /boot or swap (systemDisks.ts); a lock record is replayed only if its mount points pass the
+ * mount policy (mountPolicy.ts); a recorded freeze guard pid is signalled only if it still is
+ * that guard (processes.ts).
  */
 import type { FileHandle } from 'node:fs/promises';
 import type { Logger } from 'pino';
@@ -15,8 +20,10 @@ import { probeFrozen } from './frozenProbe.js';
 import { runHook } from './hooks.js';
 import { invalidateDevice } from './invalidate.js';
 import { deviceNumber, mountsOfDevice, readMountinfo, toEntry, type HostMountEntry } from './mounts.js';
-import { cmdlineOf, processAlive } from './processes.js';
+import { mountPointProblem } from './mountPolicy.js';
+import { isFreezeGuardOf, processAlive, signalIfProgram } from './processes.js';
 import { run, said } from './run.js';
+import { SystemDiskProbe } from './systemDisks.js';
 import { remountAll, unmountAll } from './unmount.js';
 
 export interface LinuxHostOptions extends DeviceRoots {
@@ -29,6 +36,14 @@ export interface LinuxHostOptions extends DeviceRoots {
   hookTimeoutMs?: number;
   /** Default 30 s. */
   freezeDeadlineMs?: number;
+  /** Mount points a lock record may name (config mountPrefixes); empty: the default rule. */
+  mountPrefixes?: readonly string[];
+  /** Which disks hold /, /boot or swap (tests inject a fake one). */
+  systemDisks?: Pick<SystemDiskProbe, 'refusal'>;
+  /** The agent's uid, whose hook scripts are trusted besides root's (default: this process's). */
+  uid?: number;
+  /** Sends a signal to a recorded pid (default process.kill; tests record instead). */
+  kill?: (pid: number, signal: NodeJS.Signals) => void;
 }
 
 export class LinuxHost implements HostSide {
@@ -38,8 +53,38 @@ export class LinuxHost implements HostSide {
   /** Freeze guards we started, by pid. */
   private readonly guards = new Map<number, FreezeGuard>();
 
+  private readonly systemDisks: Pick<SystemDiskProbe, 'refusal'>;
+
   constructor(private readonly opts: LinuxHostOptions) {
     this.log = opts.log.child({ part: 'host' });
+    this.systemDisks =
+      opts.systemDisks ?? new SystemDiskProbe({ ...(opts.procRoot ? { procRoot: opts.procRoot } : {}), ...(opts.sysRoot ? { sysRoot: opts.sysRoot } : {}) });
+  }
+
+  /** Refuses to act on a device on the system disk, whatever said it is a volume. */
+  private async refuseSystemDisk(device: string, what: string): Promise<void> {
+    const why = await this.systemDisks.refusal(device);
+    if (why)
+      throw new Error(
+        `refusing to touch ${device} for ${what}: ${why}; the agent never acts on the disk holding /, /boot or swap, whatever the array or the device map say: check the device map (--device-map) and which volume has that disk's WWN`,
+      );
+  }
+
+  /** Refuses a lock record whose mount points the agent must not mount or unmount. */
+  private checkRecord(rec: LockRecord): void {
+    const problems: string[] = [];
+    for (const m of rec.mounts) {
+      const p = mountPointProblem(m.mountPoint, this.opts.mountPrefixes);
+      if (p) problems.push(p);
+      const root = (m as HostMountEntry).root;
+      if (root !== undefined && (typeof root !== 'string' || !root.startsWith('/') || root.split('/').includes('..')))
+        problems.push(`bind mount root ${JSON.stringify(root)} is not an absolute path without ".."`);
+      if (typeof m.fsType !== 'string' || !/^[A-Za-z0-9._-]+$/.test(m.fsType)) problems.push(`filesystem type ${JSON.stringify(m.fsType)} is not a type name`);
+    }
+    if (problems.length > 0)
+      throw new Error(
+        `refusing to undo the ${rec.action} of ${rec.volume} from its record: ${problems.join('; ')}; the record is not one this agent wrote for this host: mount it by hand if needed, then clear it with resource-match${this.opts.mountPrefixes?.length ? '' : ' (or allow its prefix with mountPrefixes in the config)'}`,
+      );
   }
 
   devices(volumes: VolumeInfo[]): Promise<DeviceMapping[]> {
@@ -55,6 +100,7 @@ export class LinuxHost implements HostSide {
     const base = { volume, role: 'transaction' as const, device, at };
     if (device === '') return { ...base, action: 'none', mounts: [] };
     const what = `transaction volume ${volume}`;
+    await this.refuseSystemDisk(device, what);
     const mounts = await this.currentMounts(what, device);
 
     if (prep === 'flush') {
@@ -101,6 +147,7 @@ export class LinuxHost implements HostSide {
     if (device === '') return { ...base, action: 'none', mounts: [] };
     const held = this.holds.get(volume);
     if (held && held.device === device) return { ...base, action: 'held', mounts: [] }; // already ours
+    await this.refuseSystemDisk(device, `backup volume ${volume}`);
     const mounts = await this.currentMounts(`backup volume ${volume}`, device);
     if (mounts.length)
       await unmountAll(mounts, device, `backup volume ${volume}`, 'stop what uses it; a backup volume must not be in use while the array writes it', this.log);
@@ -134,6 +181,8 @@ export class LinuxHost implements HostSide {
       }
       case 'unmounted':
         if (rec.role === 'backup') return; // a backup volume stays dismounted
+        this.checkRecord(rec);
+        await this.refuseSystemDisk(rec.device, `transaction volume ${rec.volume}`);
         try {
           await deviceNumber(rec.device);
         } catch (err) {
@@ -153,6 +202,7 @@ export class LinuxHost implements HostSide {
   private async thaw(rec: LockRecord): Promise<void> {
     const mountPoint = rec.mounts[0]?.mountPoint;
     if (!mountPoint) return;
+    this.checkRecord(rec);
     const pid = rec.freezeGuardPid;
     const guard = pid !== undefined ? this.guards.get(pid) : undefined;
     if (guard) {
@@ -164,14 +214,16 @@ export class LinuxHost implements HostSide {
       } catch (err) {
         this.log.warn({ volume: rec.volume, mountPoint, err: (err as Error).message }, 'freeze guard did not thaw; thawing directly');
       }
-    } else if (pid !== undefined && (await processAlive(pid)) && (await cmdlineOf(pid)).some((a) => a.endsWith('freezeGuardMain.js'))) {
-      // Another agent process's guard (or ours before a restart): SIGTERM makes it thaw.
-      try {
-        process.kill(pid, 'SIGTERM');
-      } catch {
-        // gone meanwhile
-      }
-      for (let i = 0; i < 100 && (await processAlive(pid)); i++) await new Promise((r) => setTimeout(r, 50));
+    } else if (pid !== undefined) {
+      // Another agent process's guard (or ours before a restart): SIGTERM makes it thaw. Only
+      // if that pid still is the guard of this mount point: a recycled pid is left alone.
+      const procRoot = this.opts.procRoot;
+      const sent = await signalIfProgram(pid, (argv) => isFreezeGuardOf(argv, mountPoint), 'SIGTERM', {
+        ...(procRoot ? { procRoot } : {}),
+        ...(this.opts.kill ? { kill: this.opts.kill } : {}),
+      });
+      if (sent) for (let i = 0; i < 100 && (await processAlive(pid, procRoot)); i++) await new Promise((r) => setTimeout(r, 50));
+      else this.log.info({ volume: rec.volume, pid }, 'the recorded freeze guard pid is not that guard (any more): not signalled');
     }
     // Idempotent: thawing a filesystem that is not frozen counts as done. Skip when it is no
     // longer mounted there (it cannot be frozen then).
@@ -185,15 +237,23 @@ export class LinuxHost implements HostSide {
     this.log.info({ volume: rec.volume, mountPoint }, 'thawed');
   }
 
-  invalidate(device: string): Promise<void> {
+  async invalidate(device: string): Promise<void> {
+    await this.refuseSystemDisk(device, 'dropping its cached blocks');
     return invalidateDevice(device);
   }
 
   runHook(ctx: HookContext, opts: { timeoutMs?: number } = {}): Promise<HookResult> {
-    return runHook(this.opts.hooksDir ?? '', ctx, opts.timeoutMs ?? this.opts.hookTimeoutMs ?? 60_000);
+    return runHook(
+      this.opts.hooksDir ?? '',
+      ctx,
+      opts.timeoutMs ?? this.opts.hookTimeoutMs ?? 60_000,
+      this.opts.uid !== undefined ? { uid: this.opts.uid } : {},
+    );
   }
 
-  copyDevice(from: string, to: string, onProgress?: (p: HostProgress) => void): Promise<void> {
+  async copyDevice(from: string, to: string, onProgress?: (p: HostProgress) => void): Promise<void> {
+    await this.refuseSystemDisk(from, `a copy onto ${to}`);
+    await this.refuseSystemDisk(to, `a copy from ${from}`);
     return copyWholeDevice(from, to, onProgress);
   }
 

@@ -14,7 +14,7 @@
  * The /sys, /dev and /proc roots are parameters so that discovery is tested on a fake tree.
  */
 import type { Stats } from 'node:fs';
-import { readdir, readFile, readlink, stat } from 'node:fs/promises';
+import { readdir, readFile, readlink, realpath, stat } from 'node:fs/promises';
 import { basename, join, resolve as resolvePath } from 'node:path';
 import type { VolumeInfo } from '../../proto/views.js';
 import type { DeviceMapping } from '../types.js';
@@ -201,7 +201,20 @@ export function volumeOfVirtioSerial<V extends { name: string }>(serial: string,
   return candidates.length === 1 ? candidates[0] : undefined;
 }
 
-/** Every volume with a local device: map file entries first (they win), then discovery. */
+/** The WWN a block device itself reports (sysfs's copy of VPD 0x83, "naa.<hex>"), or undefined. */
+export async function deviceWwn(device: string, roots: DeviceRoots = {}): Promise<string | undefined> {
+  const sys = roots.sysRoot ?? '/sys';
+  const name = basename(await realpath(device).catch(() => device));
+  const wwid = (await readText(join(sys, 'block', name, 'device', 'wwid')))?.trim().toLowerCase();
+  const m = wwid ? /^naa\.([0-9a-f]+)$/.exec(wwid) : null;
+  return m ? m[1]! : undefined;
+}
+
+/**
+ * Every volume with a local device: map file entries first (they win), then discovery. Each
+ * mapping carries the WWN the device itself reports, where it has one, so that the caller can
+ * check it against the volume's pinned identity.
+ */
 export async function mapDevices(volumes: VolumeInfo[], opts: DeviceRoots & { deviceMapFile?: string } = {}): Promise<DeviceMapping[]> {
   const known = new Set(volumes.map((v) => v.name));
   const out = new Map<string, DeviceMapping>();
@@ -212,5 +225,10 @@ export async function mapDevices(volumes: VolumeInfo[], opts: DeviceRoots & { de
     }
   }
   for (const d of await discoverDevices(volumes, opts)) if (!out.has(d.volume)) out.set(d.volume, d);
-  return volumes.filter((v) => out.has(v.name)).map((v) => out.get(v.name)!);
+  const mapped = volumes.filter((v) => out.has(v.name)).map((v) => out.get(v.name)!);
+  for (const d of mapped) {
+    const wwn = await deviceWwn(d.device, opts);
+    if (wwn !== undefined) d.wwn = wwn;
+  }
+  return mapped;
 }

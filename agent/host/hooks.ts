@@ -4,15 +4,56 @@
  * process group is killed (SIGTERM, then SIGKILL 2 s later). Exit codes follow ACM's rule
  * (Operator's Guide, table A.2): 0 success, 100-255 the user's own errors, 1-99 reserved for
  * arraylab-agent.
+ *
+ * The agent runs as root, so a script (or its directory) that another user could rewrite is
+ * never run (trust.ts), and a script gets a minimal environment (HOOK_ENV_BASE plus ARRAYLAB_*),
+ * nothing of the agent's own: no LD_PRELOAD, NODE_OPTIONS or tokens leak in.
  */
 import { spawn } from 'node:child_process';
 import type { Stats } from 'node:fs';
 import { access, constants, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { HookContext, HookResult } from '../types.js';
+import { agentUid, ownershipProblem } from './trust.js';
 
 export const HOOK_OUTPUT_BYTES = 4096;
 const KILL_GRACE_MS = 2000;
+
+/** What a hook's environment holds besides the ARRAYLAB_* variables of its context. */
+export const HOOK_ENV_BASE = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C' } as const;
+
+/** A hook's whole environment: HOOK_ENV_BASE and the documented ARRAYLAB_* variables. */
+export function hookEnv(ctx: HookContext): NodeJS.ProcessEnv {
+  return {
+    ...HOOK_ENV_BASE,
+    ARRAYLAB_PHASE: ctx.phase,
+    ARRAYLAB_VOLUME: ctx.volume,
+    ARRAYLAB_DEVICE: ctx.device,
+    ARRAYLAB_MOUNTPOINT: ctx.mountPoint,
+    ARRAYLAB_BACKUP_VOLUME: ctx.backupVolume ?? '',
+    ARRAYLAB_GENERATION: ctx.generation === undefined ? '' : String(ctx.generation),
+  };
+}
+
+/**
+ * Why a hook script cannot be trusted to run as the agent, or '': the script and its directory
+ * must be owned by root (or the agent's user) and not writable by group or others.
+ */
+export async function hookTrustProblem(script: string, st: Pick<Stats, 'uid' | 'mode'>, uid: number = agentUid()): Promise<string> {
+  const dir = dirname(script);
+  let dirSt: Stats;
+  try {
+    dirSt = await stat(dir);
+  } catch (err) {
+    return `its directory ${dir} cannot be read: ${(err as Error).message}`;
+  }
+  return [ownershipProblem(script, st, uid), ownershipProblem(dir, dirSt, uid)].filter(Boolean).join('; ');
+}
+
+export interface RunHookOptions {
+  /** The agent's uid, whose files are trusted besides root's (default: this process's). */
+  uid?: number;
+}
 
 /** Keeps the last `limit` bytes written to it. */
 class Tail {
@@ -30,7 +71,7 @@ class Tail {
   }
 }
 
-export async function runHook(hooksDir: string, ctx: HookContext, timeoutMs: number): Promise<HookResult> {
+export async function runHook(hooksDir: string, ctx: HookContext, timeoutMs: number, opts: RunHookOptions = {}): Promise<HookResult> {
   const started = Date.now();
   const script = hooksDir ? join(hooksDir, ctx.phase) : '';
   const base = { phase: ctx.phase, exitCode: null, signal: null, output: '' };
@@ -56,16 +97,14 @@ export async function runHook(hooksDir: string, ctx: HookContext, timeoutMs: num
   } catch {
     return result({ verdict: 'spawn-error', message: `${ctx.phase} script ${script} is not executable; chmod +x ${script}` });
   }
+  const untrusted = await hookTrustProblem(script, st, opts.uid);
+  if (untrusted)
+    return result({
+      verdict: 'spawn-error',
+      message: `${ctx.phase} script ${script} was not run: the agent runs hooks as its own user (root), and ${untrusted}`,
+    });
 
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    ARRAYLAB_PHASE: ctx.phase,
-    ARRAYLAB_VOLUME: ctx.volume,
-    ARRAYLAB_DEVICE: ctx.device,
-    ARRAYLAB_MOUNTPOINT: ctx.mountPoint,
-    ARRAYLAB_BACKUP_VOLUME: ctx.backupVolume ?? '',
-    ARRAYLAB_GENERATION: ctx.generation === undefined ? '' : String(ctx.generation),
-  };
+  const env = hookEnv(ctx);
   const out = new Tail(HOOK_OUTPUT_BYTES);
 
   return new Promise<HookResult>((resolve) => {

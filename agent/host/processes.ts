@@ -117,3 +117,38 @@ export async function cmdlineOf(pid: number, procRoot = '/proc'): Promise<string
     return [];
   }
 }
+
+export interface SignalProgramOptions {
+  procRoot?: string;
+  /** Default process.kill (tests record instead). */
+  kill?: (pid: number, signal: NodeJS.Signals) => void;
+}
+
+/**
+ * Sends signal to a pid taken from a record only if /proc/PID/cmdline shows the program the
+ * record says it is (isExpected): a pid recycled by another program since (after a reboot, or a
+ * long while) is never signalled. Returns whether the signal was sent.
+ */
+export async function signalIfProgram(
+  pid: number,
+  isExpected: (argv: string[]) => boolean,
+  signal: NodeJS.Signals,
+  opts: SignalProgramOptions = {},
+): Promise<boolean> {
+  if (!Number.isInteger(pid) || pid <= 1) return false;
+  const procRoot = opts.procRoot ?? '/proc';
+  if (!(await processAlive(pid, procRoot))) return false;
+  const argv = await cmdlineOf(pid, procRoot);
+  if (argv.length === 0 || !isExpected(argv)) return false;
+  try {
+    (opts.kill ?? ((p, s) => process.kill(p, s)))(pid, signal);
+    return true;
+  } catch {
+    return false; // gone meanwhile
+  }
+}
+
+/** Is argv a freeze guard's (freezeGuardMain.js) of that mount point? */
+export function isFreezeGuardOf(argv: string[], mountPoint: string): boolean {
+  return argv.length >= 3 && /(^|\/)freezeGuardMain\.js$/.test(argv[1]!) && argv[2] === mountPoint;
+}

@@ -1,12 +1,14 @@
 /**
  * Hook scripts: exit code rules (0 ok, 100-255 the user's, 1-99 reserved), timeout with the
- * whole process group killed, missing and non-executable scripts, arguments and environment.
+ * whole process group killed, missing and non-executable scripts, arguments and environment;
+ * a script (or directory) others could change is not run, and doctor fails on it.
  */
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { hooksCheck } from '../../../agent/doctor.js';
 import { LinuxHost } from '../../../agent/host/LinuxHost.js';
 import type { HookContext } from '../../../agent/types.js';
 import { sleep } from './loopFs.js';
@@ -129,5 +131,82 @@ describe('runHook', () => {
     expect(Buffer.byteLength(r.output)).toBeGreaterThan(4000);
     expect(r.output.endsWith('LAST\n')).toBe(true);
     expect(r.output).not.toContain('line 1\n');
+  });
+
+  it('runs with a minimal environment: PATH, LANG and ARRAYLAB_* only', async () => {
+    script('backup-pre', 'env | sort');
+    process.env.ARRAYLAB_AGENT_TOKEN_FOR_TEST = 'secret';
+    process.env.LD_PRELOAD_FOR_TEST = '/tmp/evil.so';
+    try {
+      const r = await new LinuxHost({ log, hooksDir: dir }).runHook(ctx);
+      expect(r.verdict).toBe('ok');
+      const names = r.output
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => l.split('=')[0]!)
+        // what sh itself sets
+        .filter((n) => !['PWD', 'SHLVL', '_', 'OLDPWD'].includes(n));
+      expect(names.sort()).toEqual(
+        ['ARRAYLAB_BACKUP_VOLUME', 'ARRAYLAB_DEVICE', 'ARRAYLAB_GENERATION', 'ARRAYLAB_MOUNTPOINT', 'ARRAYLAB_PHASE', 'ARRAYLAB_VOLUME', 'LANG', 'PATH'].sort(),
+      );
+      expect(r.output).toContain('PATH=/usr/sbin:/usr/bin:/sbin:/bin\n');
+      expect(r.output).toContain('LANG=C\n');
+    } finally {
+      delete process.env.ARRAYLAB_AGENT_TOKEN_FOR_TEST;
+      delete process.env.LD_PRELOAD_FOR_TEST;
+    }
+  });
+});
+
+describe('hooks others could change', () => {
+  const uid = process.getuid!();
+  /** As root the file is really given to nobody; otherwise the agent is told it runs as another uid. */
+  const otherOwner = (path: string): number => {
+    if (uid === 0) {
+      chownSync(path, 65534, 65534);
+      return 0;
+    }
+    return uid + 1;
+  };
+
+  it('a world-writable hook is not run, and doctor fails on it with the fix', async () => {
+    const marker = join(dir, 'ran');
+    const p = script('backup-pre', `touch '${marker}'`, 0o777);
+    const r = await new LinuxHost({ log, hooksDir: dir }).runHook(ctx);
+    expect(r.verdict).toBe('spawn-error');
+    expect(r.message).toBe(
+      `backup-pre script ${p} was not run: the agent runs hooks as its own user (root), and ${p} is writable by group and others (mode 0777; fix: chmod go-w ${p})`,
+    );
+    expect(() => readFileSync(marker)).toThrow(); // never ran
+    const [name, ok, detail, fix] = hooksCheck(dir);
+    expect([name, ok]).toEqual(['hooks', false]);
+    expect(detail).toContain(`${p} is writable by group and others (mode 0777; fix: chmod go-w ${p})`);
+    expect(fix).toMatch(/chown root and chmod go-w the scripts and the directory/);
+
+    chmodSync(p, 0o755);
+    expect((await new LinuxHost({ log, hooksDir: dir }).runHook(ctx)).verdict).toBe('ok');
+    rmSync(marker); // it ran this time
+    expect(hooksCheck(dir)).toEqual(['hooks', true, `${dir}: backup-pre`, '']);
+  });
+
+  it('a hook in a group-writable directory is not run', async () => {
+    const p = script('backup-post', 'exit 0');
+    chmodSync(dir, 0o775);
+    const r = await new LinuxHost({ log, hooksDir: dir }).runHook({ ...ctx, phase: 'backup-post' });
+    expect(r.verdict).toBe('spawn-error');
+    expect(r.message).toContain(`${dir} is writable by its group (mode 0775; fix: chmod go-w ${dir})`);
+    expect(r.message).toContain(p);
+    expect(hooksCheck(dir)[2]).toContain(`${dir} is writable by its group`);
+  });
+
+  it('a hook owned by another user is not run, and doctor fails on it with the fix', async () => {
+    const p = script('restore-pre', 'exit 0');
+    const agentUid = otherOwner(p);
+    const r = await new LinuxHost({ log, hooksDir: dir, uid: agentUid }).runHook({ ...ctx, phase: 'restore-pre' });
+    expect(r.verdict).toBe('spawn-error');
+    expect(r.message).toMatch(new RegExp(`^restore-pre script ${p} was not run: .*${p} is owned by uid \\d+, not by root.*\\(fix: chown root ${p}\\)$`));
+    const [, ok, detail] = hooksCheck(dir, agentUid);
+    expect(ok).toBe(false);
+    expect(detail).toContain(`(fix: chown root ${p})`);
   });
 });
