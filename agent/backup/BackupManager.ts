@@ -8,7 +8,7 @@
  * and generations are shown with the array's verdict on them (generations.ts).
  */
 import { randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ArrayClient } from '../../proto/ArrayClient.js';
@@ -52,6 +52,7 @@ import {
 import { isNotFound, type ArrayPort, type RemoteArrayPort } from './ArrayPort.js';
 import { LockLedger } from './LockLedger.js';
 import { codeOf, deviceOf, hookOk, isAlive, noDeviceMessage, type ManagerContext } from './context.js';
+import { pin, pinnedDevice } from './pins.js';
 import { resourceMatch } from './resourceMatch.js';
 import { isRemoteVolume, isSyncPairType, pairName, remoteOf } from './remote.js';
 import { restore } from './restore.js';
@@ -155,6 +156,9 @@ export class BackupManager implements AgentCore {
   static async open(stateDir: string, opts: Omit<BackupManagerOptions, 'store'>): Promise<BackupManager> {
     try {
       mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+      // An existing one (made by hand, or by an older agent) is made private too.
+      const st = statSync(stateDir);
+      if ((st.mode & 0o077) !== 0 && st.uid === (process.getuid?.() ?? -1)) chmodSync(stateDir, 0o700);
     } catch (err) {
       throw new AgentError(
         'FAILED_PRECONDITION',
@@ -214,7 +218,8 @@ export class BackupManager implements AgentCore {
       needsResourceMatch: existing?.needsResourceMatch ?? '',
     };
     this.store.putTransaction(rec);
-    this.log.info({ volume, lock, generations, defaultType }, 'transaction volume registered');
+    pin(this.store, volume, info, this.iso());
+    this.log.info({ volume, lock, generations, defaultType, wwn: info.wwn, uuid: info.uuid }, 'transaction volume registered (pinned to its WWN and UUID)');
     const warnings: string[] = [];
     if (lock !== 'none' || flushOnly) {
       // Said now rather than at the first backup, which will fail for it.
@@ -263,7 +268,8 @@ export class BackupManager implements AgentCore {
       inUseBy: '',
       needsResourceMatch: existing?.needsResourceMatch ?? '',
     });
-    this.log.info({ volume, sizeBytes: info.sizeBytes }, 'backup volume registered');
+    pin(this.store, volume, info, this.iso());
+    this.log.info({ volume, sizeBytes: info.sizeBytes, wwn: info.wwn, uuid: info.uuid }, 'backup volume registered (pinned to its WWN and UUID)');
     return publicBv(this.store.getBackupVolume(volume)!);
   }
 
@@ -530,7 +536,7 @@ export class BackupManager implements AgentCore {
     const tvInfo = arrayVolumes.get(volume);
     if (!tvInfo) throw new AgentError('NOT_FOUND', `transaction volume ${volume} does not exist on the array; recreate it, or ${RM_FIX} to flag its records`);
     job.prep = opts.flushOnly || job.tv.flushOnly ? 'flush' : job.tv.lock;
-    job.tvDevice = deviceOf(devices, volume);
+    job.tvDevice = this.pinnedDevice(devices, volume, tvInfo, 'transaction');
     // Never a backup "with a lock" that locked nothing: only --lock none goes without a device.
     if (job.prep !== 'none' && job.tvDevice === '') {
       const what = job.prep === 'flush' ? 'flush it' : job.prep === 'freeze' ? 'freeze it (--lock freeze)' : 'lock it (--lock unmount)';
@@ -555,7 +561,7 @@ export class BackupManager implements AgentCore {
       job.kind = 'sync';
       job.type = 'ec';
       job.bv = job.sync.backupVolume;
-      job.bvDevice = deviceOf(devices, job.bv);
+      job.bvDevice = this.pinnedDevice(devices, job.bv, arrayVolumes.get(job.bv), 'backup');
       return;
     }
     if (opts.resync === true)
@@ -599,7 +605,7 @@ export class BackupManager implements AgentCore {
       if (!bvInfo)
         throw new AgentError('NOT_FOUND', `backup volume ${job.bv} of ${volume}'s oldest generation ${oldest.number} does not exist on the array; ${RM_FIX}`);
     }
-    job.bvDevice = deviceOf(devices, job.bv);
+    job.bvDevice = this.pinnedDevice(devices, job.bv, arrayVolumes.get(job.bv), 'backup');
   }
 
   /**
@@ -1150,7 +1156,13 @@ export class BackupManager implements AgentCore {
       pickUnused: (v, info, held, vols, purpose, prefer) => this.pickUnused(v, info, held, vols, purpose, prefer),
       arrayState: () => this.arrayState(),
       arrayStateError: () => this.arrayStateError,
+      pinnedDevice: (devices, volume, info, role) => this.pinnedDevice(devices, volume, info, role),
     };
+  }
+
+  /** A registered volume's device here, refused if it is not the volume pinned at registration (pins.ts). */
+  private pinnedDevice(devices: DeviceMapping[], volume: string, info: VolumeInfo | undefined, role: 'transaction' | 'backup'): string {
+    return pinnedDevice(this.store, this.log, devices, volume, info, role, this.iso());
   }
 
   /** The array's copy sessions, or none (logged) when it cannot be reached. */

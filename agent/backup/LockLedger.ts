@@ -20,7 +20,8 @@ export class LockLedger {
   /** Runs one locking step and records what it did. */
   async take(step: () => Promise<LockRecord>): Promise<LockRecord> {
     const rec = await step();
-    const id = this.store.addLock(this.opVolume, this.owner, process.pid, rec);
+    // A guest's record is tagged with the guest: resource-match replays it only through it.
+    const id = this.store.addLock(this.opVolume, this.owner, process.pid, rec, this.host.guestId ?? '');
     this.taken.push({ id, rec });
     return rec;
   }

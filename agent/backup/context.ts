@@ -49,6 +49,8 @@ export interface ManagerContext {
   arrayState(): Promise<ArrayState | undefined>;
   /** Why the last arrayState() had none: the array unreachable, or its answer an error (e.g. an injected api-error). */
   arrayStateError(): string;
+  /** A volume's device here ('' when none), refused (AgentError) if it is not the volume pinned at registration. */
+  pinnedDevice(devices: DeviceMapping[], volume: string, info: VolumeInfo | undefined, role: 'transaction' | 'backup'): string;
 }
 
 export function hookOk(h: HookResult): boolean {

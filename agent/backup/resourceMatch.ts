@@ -8,6 +8,7 @@
  *      generation the array reports broken or gone is recorded as error or lost (generations.ts);
  *   4. clear the needs-resource-match flag of every volume with nothing left to fix.
  */
+import { existsSync } from 'node:fs';
 import type { CopySessionView } from '../../proto/views.js';
 import type { VolumeInfo } from '../../proto/views.js';
 import { AgentError, type ResourceMatchReport } from '../types.js';
@@ -32,9 +33,25 @@ export async function resourceMatch(m: ManagerContext): Promise<ResourceMatchRep
     repaired.push(`cleared the ${op.op} of ${op.volume} started by pid ${op.pid} at ${op.startedAt} (the process is gone)`);
   }
 
-  // 1: outstanding locks, newest first (the reverse of how they were taken).
+  // 1: outstanding locks, newest first (the reverse of how they were taken). A lock is undone
+  // only through the host side that took it: a guest's record names the guest's devices and
+  // mount points, and replayed on this host it would mount or unmount this host's.
+  const here = m.host.guestId ?? '';
   for (const lock of m.store.listLocks().reverse()) {
     const r = lock.record;
+    if (lock.guest !== here) {
+      if (lock.guest !== '' && here === '' && !existsSync(lock.guest)) {
+        m.store.removeLock(lock.id);
+        repaired.push(
+          `dropped the ${r.action} record of ${r.volume} taken in the guest on ${lock.guest}, whose socket is gone (the guest stopped: its freezes and holds ended with it; a filesystem it had unmounted is mounted again by the guest's boot, or by hand)`,
+        );
+        continue;
+      }
+      const msg = `${r.volume}: its ${r.action} lock was taken ${lock.guest ? `in the guest on ${lock.guest}` : 'on this host'}, and is undone only there: run ${lock.guest ? `arraylab-agent --guest ${lock.guest} resource-match` : 'arraylab-agent resource-match without --guest'}`;
+      remaining.push(msg);
+      unresolved.set(lock.volume, msg);
+      continue;
+    }
     if (isAlive(lock.pid) && busy.has(lock.volume)) {
       remaining.push(
         `${r.volume}: its ${r.action} lock belongs to a ${lock.volume} operation of pid ${lock.pid} that is still running; run resource-match again once it has ended`,

@@ -26,7 +26,7 @@ import type { VolumeInfo } from '../../proto/views.js';
 import { formatSize } from '../../proto/util/units.js';
 import { AgentError, type GenerationRecord, type RestoreOptions, type RestoreReport } from '../types.js';
 import { isNotFound } from './ArrayPort.js';
-import { codeOf, deviceOf, hookOk, percent, type ManagerContext } from './context.js';
+import { codeOf, hookOk, percent, type ManagerContext } from './context.js';
 import { toHistory, type ArrayState } from './generations.js';
 import { LockLedger } from './LockLedger.js';
 import { isRemoteVolume, isSyncPairType, pairName, remoteOf } from './remote.js';
@@ -80,8 +80,8 @@ export async function restore(m: ManagerContext, volume: string, opts: RestoreOp
   try {
     const list = [...a.volumes.values()];
     const devices = await m.host.devices(list);
-    const targetDevice = deviceOf(devices, target);
-    const bvDevice = deviceOf(devices, g.backupVolume);
+    const targetDevice = m.pinnedDevice(devices, target, targetInfo, m.store.getBackupVolume(target) ? 'backup' : 'transaction');
+    const bvDevice = m.pinnedDevice(devices, g.backupVolume, a.volumes.get(g.backupVolume), 'backup');
     if (!force) await checkInUse(m, target, targetDevice, volume, what);
 
     // Decide (and refuse) before anything is locked.

@@ -18,7 +18,7 @@ import type { CopySessionView } from '../../proto/views.js';
 import { AgentError, type ProgressEvent, type StartSyncOptions, type SyncView } from '../types.js';
 import type { SyncPairRecord } from '../store/AgentStore.js';
 import { isNotFound } from './ArrayPort.js';
-import { codeOf, deviceOf, hookOk, percent, sleep, type ManagerContext } from './context.js';
+import { codeOf, hookOk, percent, sleep, type ManagerContext } from './context.js';
 import { LockLedger } from './LockLedger.js';
 import { haltOf, isRemoteVolume, isSyncPairType, pairName } from './remote.js';
 
@@ -80,8 +80,8 @@ export async function startSync(m: ManagerContext, volume: string, opts: StartSy
     const resume = opts.full ? undefined : resumablePair(copies, volume, bv);
     const pair = pairName(bv);
     const devices = await m.host.devices(list);
-    const tvDevice = deviceOf(devices, volume);
-    const bvDevice = deviceOf(devices, bv);
+    const tvDevice = m.pinnedDevice(devices, volume, tvInfo, 'transaction');
+    const bvDevice = m.pinnedDevice(devices, bv, vols.get(bv), 'backup');
     const mountPoint = await m.mountPointOf(tvDevice);
     const pre = await m.runHook('sync-start-pre', volume, tvDevice, mountPoint, bv);
     if (!hookOk(pre)) {

@@ -8,8 +8,12 @@
  *
  * Several agent processes may open one store (the CLI and the daemon); every multi-row change
  * is one IMMEDIATE transaction, so claiming a volume for an operation is atomic across them.
+ *
+ * The database (and SQLite's -wal and -shm beside it, which take its mode) is 0600: it names
+ * every volume, device and mount point the agent acts on as root.
  */
 import Database from 'better-sqlite3';
+import { chmodSync, closeSync, existsSync, openSync, statSync } from 'node:fs';
 import type {
   BackupType,
   BackupVolumeRecord,
@@ -123,9 +127,31 @@ const MIGRATIONS: Migration[] = [
       CREATE INDEX generations_by_backup_volume ON generations (backup_volume, status);
     `);
   },
+  // 3: hardening. pins: the UUID and WWN a volume had at its registration (a device or an array
+  // answer of another identity is refused). locks.guest: the guest whose host side took a lock
+  // ('' = this host), so that a guest's record is never replayed on the host.
+  (db) => {
+    db.exec(`
+      CREATE TABLE pins (
+        volume    TEXT PRIMARY KEY,
+        uuid      TEXT NOT NULL,
+        wwn       TEXT NOT NULL,
+        pinned_at TEXT NOT NULL
+      ) STRICT;
+      ALTER TABLE locks ADD COLUMN guest TEXT NOT NULL DEFAULT '';
+    `);
+  },
 ];
 
 export const AGENT_SCHEMA_VERSION = MIGRATIONS.length;
+
+/** A volume's identity when it was registered. */
+export interface VolumePin {
+  volume: string;
+  uuid: string;
+  wwn: string;
+  pinnedAt: string;
+}
 
 /** A backup volume as stored: the record plus its block size (a copy needs equal block sizes). */
 export interface StoredBackupVolume extends BackupVolumeRecord {
@@ -156,6 +182,8 @@ export interface StoredLock {
   owner: string;
   pid: number;
   record: LockRecord;
+  /** The guest whose host side took it (its agent socket), or '' for this host. */
+  guest: string;
 }
 
 /** What claimOperation found: rows of dead processes it took over. */
@@ -257,11 +285,13 @@ export class AgentStore {
 
   /** @param file a path, or ':memory:'. */
   constructor(readonly file: string) {
+    if (file !== ':memory:') privateFile(file);
     this.db = new Database(file, { timeout: 5000 });
     try {
       if (file !== ':memory:') this.db.pragma('journal_mode = WAL');
       this.db.pragma('synchronous = FULL');
       this.migrate();
+      if (file !== ':memory:') for (const f of [`${file}-wal`, `${file}-shm`]) if (existsSync(f)) privateFile(f);
     } catch (err) {
       this.db.close();
       throw err;
@@ -318,6 +348,7 @@ export class AgentStore {
       this.db.prepare('DELETE FROM generations WHERE transaction_volume = ?').run(volume);
       this.db.prepare('DELETE FROM sync_pairs WHERE transaction_volume = ?').run(volume);
       this.db.prepare('DELETE FROM transaction_volumes WHERE volume = ?').run(volume);
+      this.deletePin(volume);
     })();
   }
 
@@ -360,7 +391,10 @@ export class AgentStore {
   }
 
   deleteBackupVolume(volume: string): void {
-    this.db.prepare('DELETE FROM backup_volumes WHERE volume = ?').run(volume);
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM backup_volumes WHERE volume = ?').run(volume);
+      this.deletePin(volume);
+    })();
   }
 
   /** Sets (or with '' clears) the resource-match flag of a transaction or backup volume. */
@@ -526,11 +560,35 @@ export class AgentStore {
     this.db.prepare('DELETE FROM operations WHERE volume = ? AND owner = ? AND pid = ?').run(op.volume, op.owner, op.pid);
   }
 
+  // ---- pins ----
+
+  /** Pins a volume to its identity (registration, or a re-registration after it was replaced). */
+  putPin(p: VolumePin): void {
+    this.db
+      .prepare(
+        'INSERT INTO pins (volume, uuid, wwn, pinned_at) VALUES (?, ?, ?, ?) ON CONFLICT (volume) DO UPDATE SET uuid = excluded.uuid, wwn = excluded.wwn, pinned_at = excluded.pinned_at',
+      )
+      .run(p.volume, p.uuid, p.wwn, p.pinnedAt);
+  }
+
+  getPin(volume: string): VolumePin | undefined {
+    const r = this.db.prepare('SELECT * FROM pins WHERE volume = ?').get(volume) as
+      | { volume: string; uuid: string; wwn: string; pinned_at: string }
+      | undefined;
+    return r && { volume: r.volume, uuid: r.uuid, wwn: r.wwn, pinnedAt: r.pinned_at };
+  }
+
+  deletePin(volume: string): void {
+    this.db.prepare('DELETE FROM pins WHERE volume = ?').run(volume);
+  }
+
   // ---- locks not yet undone ----
 
-  addLock(volume: string, owner: string, pid: number, record: LockRecord): number {
+  /** guest: the guest whose host side took the lock (its agent socket); '' for this host. */
+  addLock(volume: string, owner: string, pid: number, record: LockRecord, guest = ''): number {
     return Number(
-      this.db.prepare('INSERT INTO locks (volume, owner, pid, record) VALUES (?, ?, ?, ?)').run(volume, owner, pid, JSON.stringify(record)).lastInsertRowid,
+      this.db.prepare('INSERT INTO locks (volume, owner, pid, record, guest) VALUES (?, ?, ?, ?, ?)').run(volume, owner, pid, JSON.stringify(record), guest)
+        .lastInsertRowid,
     );
   }
 
@@ -540,8 +598,15 @@ export class AgentStore {
 
   /** In the order they were taken. */
   listLocks(): StoredLock[] {
-    const rows = this.db.prepare('SELECT * FROM locks ORDER BY id').all() as Array<{ id: number; volume: string; owner: string; pid: number; record: string }>;
-    return rows.map((r) => ({ id: r.id, volume: r.volume, owner: r.owner, pid: r.pid, record: JSON.parse(r.record) as LockRecord }));
+    const rows = this.db.prepare('SELECT * FROM locks ORDER BY id').all() as Array<{
+      id: number;
+      volume: string;
+      owner: string;
+      pid: number;
+      record: string;
+      guest: string;
+    }>;
+    return rows.map((r) => ({ id: r.id, volume: r.volume, owner: r.owner, pid: r.pid, record: JSON.parse(r.record) as LockRecord, guest: r.guest }));
   }
 
   private migrate(): void {
@@ -563,4 +628,14 @@ export class AgentStore {
         .immediate();
     }
   }
+}
+
+/**
+ * Makes a data file 0600, creating it empty when missing (SQLite then keeps that mode, and gives
+ * it to its -wal and -shm): one the agent's user does not own is left as it is.
+ */
+function privateFile(path: string): void {
+  if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600));
+  const st = statSync(path);
+  if ((st.mode & 0o077) !== 0 && st.uid === (process.getuid?.() ?? -1)) chmodSync(path, 0o600);
 }
