@@ -10,9 +10,12 @@
  *   hooksDir: /etc/arraylab-agent/hooks
  *   hookTimeoutSeconds: 60
  *   freezeDeadlineSeconds: 30
- *   listen: 127.0.0.1:7391           # serve: AgentService
- *   tokenFile: /etc/arraylab-agent/token
+ *   arrayTokenFile: /etc/arraylab-agent/array.token   # the array API's token (--token-file)
+ *   listen: 127.0.0.1:7391           # serve: AgentService (or unix:/PATH, or unix: RUNDIR/agent.sock)
+ *   tokenFile: /etc/arraylab-agent/token              # serve: the daemon's own token (--agent-token-file)
  *   tls: { cert: /etc/arraylab-agent/agent.crt, key: /etc/arraylab-agent/agent.key }
+ *   runDir: /run/arraylab-agent      # sockets; default: that as root, else $XDG_RUNTIME_DIR/arraylab-agent
+ *   mountPrefixes: [/srv, /mnt]      # where lock records may mount (default: any but system dirs)
  *   logLevel: info
  */
 import { existsSync, readFileSync } from 'node:fs';
@@ -20,10 +23,38 @@ import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { parseHostPort } from '../proto/util/address.js';
 import { isLogLevel, type LogLevel } from '../proto/util/log.js';
+import { prefixProblem } from './host/mountPolicy.js';
 
 export const DEFAULT_CONFIG_FILE = '/etc/arraylab-agent/agent.yaml';
 export const DEFAULT_STATE_DIR = '/var/lib/arraylab-agent';
 export const DEFAULT_LISTEN = '127.0.0.1:7391';
+/** The run directory of an agent running as root. */
+export const ROOT_RUN_DIR = '/run/arraylab-agent';
+/** The daemon's socket in the run directory, for --listen unix. */
+export const AGENT_SOCKET_NAME = 'agent.sock';
+
+/** The run directory: /run/arraylab-agent as root, else $XDG_RUNTIME_DIR/arraylab-agent, else STATE/run. */
+export function defaultRunDir(stateDir: string, env: NodeJS.ProcessEnv, uid: number): string {
+  if (uid === 0) return ROOT_RUN_DIR;
+  const xdg = env.XDG_RUNTIME_DIR;
+  if (xdg?.startsWith('/')) return join(xdg, 'arraylab-agent');
+  return join(stateDir, 'run');
+}
+
+/** Is this a --listen / --agent address of a Unix socket (unix:/PATH)? */
+export function isUnixAddress(address: string): boolean {
+  return address.startsWith('unix:');
+}
+
+/** Checks a --listen value: HOST:PORT, unix:/ABSOLUTE/PATH, or unix (the run directory's socket). */
+function checkListen(v: string): void {
+  if (v === 'unix' || v === 'unix:') return;
+  if (isUnixAddress(v)) {
+    if (!v.slice('unix:'.length).startsWith('/')) throw new Error(`${JSON.stringify(v)}: give the socket as unix:/ABSOLUTE/PATH`);
+    return;
+  }
+  parseHostPort(v);
+}
 
 export interface AgentSettings {
   array: string;
@@ -33,9 +64,19 @@ export interface AgentSettings {
   hooksDir: string;
   hookTimeoutMs: number;
   freezeDeadlineMs: number;
+  /** HOST:PORT or unix:/PATH (a bare "unix" is resolved to the run directory's socket). */
   listen: string;
+  /** The daemon's own token (serve, and clients with --agent). */
   tokenFile: string;
+  /** The array API's token file (--token-file, config arrayTokenFile); '' when none is given. */
+  arrayTokenFile: string;
+  /** The array API's token from ARRAYLAB_TOKEN ('' when unset, or when --token-file is given). */
+  arrayToken: string;
   tls: { cert: string; key: string } | null;
+  /** Sockets: 0700, owned by the agent's user. */
+  runDir: string;
+  /** Where lock records may mount and unmount; empty: anywhere but /, /boot, /proc, /sys, /dev, /run. */
+  mountPrefixes: string[];
   logLevel: LogLevel;
   /** The config file read, or '' (for messages). */
   configFile: string;
@@ -51,7 +92,10 @@ export interface SettingOverrides {
   hookTimeout?: number | undefined;
   freezeDeadline?: number | undefined;
   listen?: string | undefined;
-  tokenFile?: string | undefined;
+  /** --agent-token-file: the daemon's token. */
+  agentTokenFile?: string | undefined;
+  /** --token-file: the array API's token. */
+  arrayTokenFile?: string | undefined;
   tlsCert?: string | undefined;
   tlsKey?: string | undefined;
   logLevel?: string | undefined;
@@ -64,7 +108,21 @@ export class ConfigError extends Error {
   }
 }
 
-const KEYS = ['array', 'stateDir', 'deviceMap', 'hooksDir', 'hookTimeoutSeconds', 'freezeDeadlineSeconds', 'listen', 'tokenFile', 'tls', 'logLevel'] as const;
+const KEYS = [
+  'array',
+  'stateDir',
+  'deviceMap',
+  'hooksDir',
+  'hookTimeoutSeconds',
+  'freezeDeadlineSeconds',
+  'listen',
+  'tokenFile',
+  'arrayTokenFile',
+  'tls',
+  'runDir',
+  'mountPrefixes',
+  'logLevel',
+] as const;
 
 interface FileConfig {
   array?: string;
@@ -75,7 +133,10 @@ interface FileConfig {
   freezeDeadlineSeconds?: number;
   listen?: string;
   tokenFile?: string;
+  arrayTokenFile?: string;
   tls?: { cert: string; key: string };
+  runDir?: string;
+  mountPrefixes?: string[];
   logLevel?: string;
 }
 
@@ -112,7 +173,8 @@ export function readConfigFile(path: string): FileConfig {
       case 'listen':
         out[key] = str();
         try {
-          parseHostPort(out[key]!);
+          if (key === 'listen') checkListen(out[key]!);
+          else parseHostPort(out[key]!);
         } catch (err) {
           throw new ConfigError(`${where}: ${(err as Error).message}`);
         }
@@ -121,8 +183,21 @@ export function readConfigFile(path: string): FileConfig {
       case 'deviceMap':
       case 'hooksDir':
       case 'tokenFile':
+      case 'arrayTokenFile':
         out[key] = str();
         break;
+      case 'runDir':
+        out.runDir = str();
+        if (!out.runDir.startsWith('/')) throw new ConfigError(`${where} must be an absolute path, e.g. /run/arraylab-agent`);
+        break;
+      case 'mountPrefixes': {
+        if (!Array.isArray(value) || value.length === 0 || value.some((v) => typeof v !== 'string'))
+          throw new ConfigError(`${where} must be a list of absolute paths, e.g. [/srv, /mnt]`);
+        const bad = (value as string[]).map(prefixProblem).find(Boolean);
+        if (bad) throw new ConfigError(`${where}: ${bad}`);
+        out.mountPrefixes = value as string[];
+        break;
+      }
       case 'hookTimeoutSeconds':
       case 'freezeDeadlineSeconds':
         out[key] = seconds();
@@ -147,7 +222,7 @@ export function readConfigFile(path: string): FileConfig {
 }
 
 /** Resolves settings: flags > environment > config file > defaults. */
-export function resolveSettings(o: SettingOverrides, env: NodeJS.ProcessEnv = process.env): AgentSettings {
+export function resolveSettings(o: SettingOverrides, env: NodeJS.ProcessEnv = process.env, uid: number = process.getuid?.() ?? -1): AgentSettings {
   const configFile = o.config ?? env.ARRAYLAB_AGENT_CONFIG ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : '');
   const file = configFile ? readConfigFile(configFile) : {};
   const stateDir = o.stateDir ?? env.ARRAYLAB_AGENT_STATE ?? file.stateDir ?? DEFAULT_STATE_DIR;
@@ -161,17 +236,19 @@ export function resolveSettings(o: SettingOverrides, env: NodeJS.ProcessEnv = pr
   const logLevel = o.logLevel ?? env.ARRAYLAB_LOG_LEVEL ?? file.logLevel ?? 'info';
   if (!isLogLevel(logLevel)) throw new ConfigError(`log level ${JSON.stringify(logLevel)} is not one of fatal, error, warn, info, debug, trace, silent`);
   const array = o.array ?? (env.ARRAYLAB_API || undefined) ?? file.array ?? '127.0.0.1:7390';
-  const listen = o.listen ?? file.listen ?? DEFAULT_LISTEN;
-  for (const [flag, v] of [
-    ['array', array],
-    ['listen', listen],
-  ] as const) {
-    try {
-      parseHostPort(v);
-    } catch (err) {
-      throw new ConfigError(`--${flag}: ${(err as Error).message}`);
-    }
+  const runDir = file.runDir ?? defaultRunDir(stateDir, env, uid);
+  let listen = o.listen ?? file.listen ?? DEFAULT_LISTEN;
+  try {
+    parseHostPort(array);
+  } catch (err) {
+    throw new ConfigError(`--array: ${(err as Error).message}`);
   }
+  try {
+    checkListen(listen);
+  } catch (err) {
+    throw new ConfigError(`--listen: ${(err as Error).message}; or give unix:/PATH for a Unix socket`);
+  }
+  if (listen === 'unix' || listen === 'unix:') listen = `unix:${join(runDir, AGENT_SOCKET_NAME)}`;
   return {
     array,
     stateDir,
@@ -180,8 +257,13 @@ export function resolveSettings(o: SettingOverrides, env: NodeJS.ProcessEnv = pr
     hookTimeoutMs: Math.round(hookTimeout * 1000),
     freezeDeadlineMs: Math.round(freezeDeadline * 1000),
     listen,
-    tokenFile: o.tokenFile ?? file.tokenFile ?? join(stateDir, 'agent.token'),
+    tokenFile: o.agentTokenFile ?? file.tokenFile ?? join(stateDir, 'agent.token'),
+    // --token-file beats ARRAYLAB_TOKEN, which beats the config's file.
+    arrayTokenFile: o.arrayTokenFile ?? (env.ARRAYLAB_TOKEN ? '' : (file.arrayTokenFile ?? '')),
+    arrayToken: o.arrayTokenFile === undefined ? (env.ARRAYLAB_TOKEN ?? '') : '',
     tls: o.tlsCert !== undefined ? { cert: o.tlsCert, key: o.tlsKey! } : (file.tls ?? null),
+    runDir,
+    mountPrefixes: file.mountPrefixes ?? [],
     logLevel,
     configFile,
   };

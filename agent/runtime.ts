@@ -6,7 +6,8 @@
 import type { Logger } from 'pino';
 import { ArrayClient } from '../proto/ArrayClient.js';
 import { BackupManager } from './backup/BackupManager.js';
-import type { AgentSettings } from './config.js';
+import { readFileSync } from 'node:fs';
+import { ConfigError, type AgentSettings } from './config.js';
 import { runDoctor } from './doctor.js';
 import { GuestHostSide } from './guest/GuestHostSide.js';
 import { LinuxHost } from './host/LinuxHost.js';
@@ -34,13 +35,43 @@ function hostSideFor(settings: AgentSettings, log: Logger, opts: LocalAgentOptio
     hooksDir: settings.hooksDir,
     hookTimeoutMs: settings.hookTimeoutMs,
     freezeDeadlineMs: settings.freezeDeadlineMs,
+    ...(settings.mountPrefixes.length ? { mountPrefixes: settings.mountPrefixes } : {}),
     log,
   });
   return { host, close: async () => undefined };
 }
 
+/**
+ * The array API's token: ARRAYLAB_TOKEN, or the --token-file / arrayTokenFile file; undefined
+ * when none is given (ArrayClient then finds the array's local admin credential by its address).
+ */
+export function arrayToken(settings: Pick<AgentSettings, 'arrayToken' | 'arrayTokenFile'>): string | undefined {
+  if (settings.arrayToken) return settings.arrayToken;
+  if (!settings.arrayTokenFile) return undefined;
+  let text: string;
+  try {
+    text = readFileSync(settings.arrayTokenFile, 'utf8');
+  } catch (err) {
+    throw new ConfigError(
+      `cannot read the array token ${settings.arrayTokenFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; check --token-file (or arrayTokenFile in the config), or set ARRAYLAB_TOKEN`,
+    );
+  }
+  const token = text.trim();
+  if (token === '' || /\s/.test(token))
+    throw new ConfigError(
+      `the array token file ${settings.arrayTokenFile} must hold one token on one line; write the token \`arraylab user add\` printed into it`,
+    );
+  return token;
+}
+
+/** The client of the array's API, with the agent's token for it. */
+export function arrayClientOf(settings: AgentSettings): ArrayClient {
+  const token = arrayToken(settings);
+  return new ArrayClient(settings.array, token !== undefined ? { token } : {});
+}
+
 export async function openLocalAgent(settings: AgentSettings, log: Logger, opts: LocalAgentOptions = {}): Promise<LocalAgent> {
-  const array = new ArrayClient(settings.array);
+  const array = arrayClientOf(settings);
   const side = hostSideFor(settings, log, opts);
   const host = side.host;
   // With a guest, its hook timeout and freeze deadline are guest-serve's: pass none from here.
@@ -66,7 +97,7 @@ export async function openLocalAgent(settings: AgentSettings, log: Logger, opts:
 
 /** Doctor without the store (when the state directory cannot be opened). */
 export async function doctorWithoutStore(settings: AgentSettings, log: Logger, opts: LocalAgentOptions = {}): Promise<DoctorCheck[]> {
-  const array = new ArrayClient(settings.array);
+  const array = arrayClientOf(settings);
   const side = hostSideFor(settings, log, opts);
   try {
     return await runDoctor({ settings, array, host: side.host, ...(side.guest ? { guest: side.guest } : {}) });

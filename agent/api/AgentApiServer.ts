@@ -4,15 +4,43 @@
  * Every call must carry `authorization: Bearer <token>`; the token is compared in constant time
  * (as SHA-256 digests, so lengths do not leak either). Errors keep their message and get the
  * status code of their kind: AgentError's code, the array's ApiError code, else INTERNAL.
+ *
+ * Where it listens: TCP with TLS; plaintext TCP only on a loopback address (elsewhere it is
+ * refused, since the token and every command, run as root, would cross the network in the
+ * clear); or a Unix socket, 0600 in a directory only the agent's user may use (0700). grpc-js
+ * does not give the peer's credentials (SO_PEERCRED), so the socket's and directory's modes
+ * are what keep other local users out, with the token still required.
  */
 import * as grpc from '@grpc/grpc-js';
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { connect } from 'node:net';
+import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { grpcStatusOfError } from '../../proto/errors.js';
 import type { AgentCore, DoctorCheck, LockMode, ProgressEvent } from '../types.js';
 import type * as pb from '../../proto/gen/index.js';
 import { addService, agentServiceDefinition } from '../../proto/loader.js';
+import { ensurePrivateDir } from '../host/trust.js';
 import { backupReportToWire, restoreReportToWire } from './wire.js';
+
+/** 127.0.0.0/8, ::1 (and ::ffff:127.x), localhost: addresses no other machine reaches. */
+export function isLoopback(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h === '::1' || /^(::ffff:)?127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/** Is something serving on that Unix socket (a live agent), rather than a socket file left behind? */
+function socketServed(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = connect(path);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}
 
 export interface AgentApiServerOptions {
   core: AgentCore;
@@ -104,17 +132,55 @@ export class AgentApiServer {
     addService(this.server, agentServiceDefinition(), handlers);
   }
 
-  /** Binds host:port (port 0 = any free port) and returns the port bound. */
-  async listen(host: string, port: number): Promise<number> {
-    const creds = this.opts.tls
+  private credentials(): grpc.ServerCredentials {
+    return this.opts.tls
       ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: this.opts.tls.cert, private_key: this.opts.tls.key }], false)
       : grpc.ServerCredentials.createInsecure();
+  }
+
+  /**
+   * Binds host:port (port 0 = any free port) and returns the port bound. Plaintext is refused
+   * on an address other machines can reach.
+   */
+  async listen(host: string, port: number): Promise<number> {
     const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+    if (!this.opts.tls && !isLoopback(host)) {
+      throw new Error(
+        `refusing to serve the agent API in plaintext on ${address}: its token, and the commands it runs as root, would cross the network in the clear; give a certificate with --tls-cert PEM --tls-key PEM (or "tls: {cert: PEM, key: PEM}" in the config), or listen on 127.0.0.1 or on a Unix socket (--listen unix)`,
+      );
+    }
     return new Promise((resolve, reject) => {
-      this.server.bindAsync(address, creds, (err, bound) =>
+      this.server.bindAsync(address, this.credentials(), (err, bound) =>
         err ? reject(new Error(`cannot listen on ${address}: ${err.message}; choose another --listen address`)) : resolve(bound),
       );
     });
+  }
+
+  /**
+   * Binds a Unix socket at path: its directory must be the agent's own (made 0700 when missing,
+   * refused when another user owns it or others may write it), and the socket is made 0600. A
+   * socket file left by an agent that is gone is replaced; a served one is refused.
+   */
+  async listenUnix(path: string): Promise<void> {
+    if (!path.startsWith('/')) throw new Error(`the agent socket ${path} must be an absolute path; give --listen unix:/PATH`);
+    ensurePrivateDir(dirname(path), 'socket directory');
+    let existing: ReturnType<typeof lstatSync> | undefined;
+    try {
+      existing = lstatSync(path);
+    } catch {
+      // none: fine
+    }
+    if (existing) {
+      if (!existing.isSocket()) throw new Error(`${path} exists and is not a socket; remove it or choose another --listen unix:/PATH`);
+      if (await socketServed(path)) throw new Error(`another agent serves on ${path}; stop it, or choose another --listen unix:/PATH`);
+      unlinkSync(path);
+    }
+    await new Promise<void>((resolve, reject) => {
+      this.server.bindAsync(`unix:${path}`, this.credentials(), (err) =>
+        err ? reject(new Error(`cannot listen on ${path}: ${err.message}; choose another --listen unix:/PATH`)) : resolve(),
+      );
+    });
+    chmodSync(path, 0o600);
   }
 
   /** Stops taking calls; running ones finish (a backup in progress runs its post-processing). */

@@ -67,7 +67,8 @@ export class AgentClient implements AgentCore {
   private readonly opts: AgentClientOptions;
 
   constructor(address: string, opts: AgentClientOptions) {
-    this.address = formatHostPort(parseHostPort(address));
+    // unix:/PATH is grpc's own name for a Unix socket; anything else is HOST:PORT.
+    this.address = address.startsWith('unix:') ? address : formatHostPort(parseHostPort(address));
     this.opts = opts;
     const Client = agentServiceClientConstructor();
     const creds = opts.tlsCa ? grpc.credentials.createSsl(opts.tlsCa) : grpc.credentials.createInsecure();

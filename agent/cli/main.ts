@@ -39,9 +39,10 @@ or /etc/arraylab-agent/agent.yaml), then defaults.
 
 Environment:
   ARRAYLAB_API           the array's control API (default 127.0.0.1:7390)
+  ARRAYLAB_TOKEN         the array API's token (else --token-file, or the config's arrayTokenFile)
   ARRAYLAB_AGENT_STATE   state directory (default /var/lib/arraylab-agent)
-  ARRAYLAB_AGENT         send commands to this agent daemon (HOST:PORT)
-  ARRAYLAB_AGENT_TOKEN   the daemon's token (else --token-file)
+  ARRAYLAB_AGENT         send commands to this agent daemon (HOST:PORT or unix:/PATH)
+  ARRAYLAB_AGENT_TOKEN   the daemon's token (else --agent-token-file)
 
 Exit status: 0 success, 1 the operation failed, 2 wrong command line or config.`;
 
@@ -56,6 +57,7 @@ interface GlobalArgs {
   'freeze-deadline'?: number | undefined;
   agent?: string | undefined;
   'token-file'?: string | undefined;
+  'agent-token-file'?: string | undefined;
   'tls-ca'?: string | undefined;
   'log-level'?: string | undefined;
   progress?: boolean | undefined;
@@ -77,7 +79,8 @@ function settingsOf(a: GlobalArgs & { listen?: string | undefined; 'tls-cert'?: 
     hookTimeout: a['hook-timeout'],
     freezeDeadline: a['freeze-deadline'],
     listen: a.listen,
-    tokenFile: a['token-file'],
+    agentTokenFile: a['agent-token-file'],
+    arrayTokenFile: a['token-file'],
     tlsCert: a['tls-cert'],
     tlsKey: a['tls-key'],
     logLevel: a['log-level'],
@@ -103,6 +106,10 @@ async function withAgent<R>(a: GlobalArgs, fn: (core: AgentCore & { doctor?: () 
   const remote = a.agent ?? (process.env.ARRAYLAB_AGENT || undefined);
   checkGuestArgs(a, remote); // [G1]
   if (remote) {
+    if (a['token-file'] !== undefined && a['agent-token-file'] === undefined)
+      throw new UsageError(
+        `--token-file is the array API's token, which the agent daemon at ${remote} has its own of; give the daemon's token with --agent-token-file FILE (or ARRAYLAB_AGENT_TOKEN)`,
+      );
     const { AgentClient } = await import('../api/AgentClient.js');
     const { readFileSync } = await import('node:fs');
     const token = process.env.ARRAYLAB_AGENT_TOKEN || readToken(settings.tokenFile);
@@ -169,8 +176,17 @@ export async function run(argv: string[]): Promise<number> {
       requiresArg: true,
       describe: 'seconds after which a frozen filesystem is thawed whatever happens (default 30)',
     })
-    .option('agent', { type: 'string', requiresArg: true, describe: 'send the command to this agent daemon HOST:PORT [env ARRAYLAB_AGENT]' })
-    .option('token-file', { type: 'string', requiresArg: true, describe: "the daemon's token file (default STATE-DIR/agent.token) [env ARRAYLAB_AGENT_TOKEN]" })
+    .option('token-file', {
+      type: 'string',
+      requiresArg: true,
+      describe: "the array API's token file (default: the array's local admin credential) [env ARRAYLAB_TOKEN]",
+    })
+    .option('agent', { type: 'string', requiresArg: true, describe: 'send the command to this agent daemon HOST:PORT or unix:/PATH [env ARRAYLAB_AGENT]' })
+    .option('agent-token-file', {
+      type: 'string',
+      requiresArg: true,
+      describe: "the agent daemon's token file (default STATE-DIR/agent.token) [env ARRAYLAB_AGENT_TOKEN]",
+    })
     .option('tls-ca', { type: 'string', requiresArg: true, describe: "with --agent: CA certificate (PEM) of the daemon's TLS certificate" })
     .option('log-level', { type: 'string', requiresArg: true, describe: 'fatal|error|warn|info|debug|trace|silent [env ARRAYLAB_LOG_LEVEL]' })
     .option('progress', { type: 'boolean', describe: 'show progress on stderr (default: when stderr is a terminal)' })
@@ -406,7 +422,12 @@ export async function run(argv: string[]): Promise<number> {
       'run the agent daemon: AgentService over gRPC (token required) until SIGTERM/SIGINT',
       (c) =>
         c
-          .option('listen', { type: 'string', requiresArg: true, describe: 'HOST:PORT to serve on (default 127.0.0.1:7391; port 0 = any free port)' })
+          .option('listen', {
+            type: 'string',
+            requiresArg: true,
+            describe:
+              'HOST:PORT to serve on (default 127.0.0.1:7391; port 0 = any free port; off loopback only with TLS), or unix:/PATH, or unix (RUN-DIR/agent.sock)',
+          })
           .option('tls-cert', { type: 'string', requiresArg: true, describe: 'serve TLS with this certificate (PEM)' })
           .option('tls-key', { type: 'string', requiresArg: true, describe: 'and this private key (PEM)' }),
       async (a) => {
@@ -432,6 +453,7 @@ export async function run(argv: string[]): Promise<number> {
           hooksDir: settings.hooksDir,
           hookTimeoutMs: settings.hookTimeoutMs,
           freezeDeadlineMs: settings.freezeDeadlineMs,
+          mountPrefixes: settings.mountPrefixes,
           log,
         });
       },

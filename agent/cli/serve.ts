@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { parseHostPort } from '../../proto/util/address.js';
 import { createLogger } from '../../proto/util/log.js';
 import { AgentApiServer } from '../api/AgentApiServer.js';
-import type { AgentSettings } from '../config.js';
+import { isUnixAddress, type AgentSettings } from '../config.js';
 import { openLocalAgent } from '../runtime.js';
 import { ensureToken } from './token.js';
 
@@ -19,17 +19,20 @@ export async function serve(settings: AgentSettings, json: boolean, guestSocket?
   const agent = await openLocalAgent(settings, log, guestSocket ? { guestSocket } : {});
   const tls = settings.tls ? { cert: readFileSync(settings.tls.cert), key: readFileSync(settings.tls.key) } : undefined;
   const server = new AgentApiServer({ core: agent.core, doctor: agent.doctor, token, log, ...(tls ? { tls } : {}) });
-  const { host, port } = parseHostPort(settings.listen);
-  let bound: number;
+  const socket = isUnixAddress(settings.listen) ? settings.listen.slice('unix:'.length) : '';
+  const { host, port } = socket ? { host: '', port: 0 } : parseHostPort(settings.listen);
+  let bound = 0;
   try {
-    bound = await server.listen(host, port);
+    if (socket) await server.listenUnix(socket);
+    else bound = await server.listen(host, port);
   } catch (err) {
     await agent.close();
     throw err;
   }
+  const where = socket ? `unix:${socket}` : `${host}:${bound}`;
   const info = {
     pid: process.pid,
-    listen: { host, port: bound },
+    listen: socket ? { socket } : { host, port: bound },
     tls: tls !== undefined,
     array: settings.array,
     stateDir: settings.stateDir,
@@ -39,7 +42,7 @@ export async function serve(settings: AgentSettings, json: boolean, guestSocket?
   if (json) process.stdout.write(`${JSON.stringify(info)}\n`);
   else
     process.stdout.write(
-      `arraylab-agent serving on ${host}:${bound}${tls ? ' (TLS)' : ''}; array ${settings.array}; state ${settings.stateDir}${guestSocket ? `; host side: the agent in the guest on ${guestSocket}` : ''}\n`,
+      `arraylab-agent serving on ${where}${tls ? ' (TLS)' : ''}; array ${settings.array}; state ${settings.stateDir}${guestSocket ? `; host side: the agent in the guest on ${guestSocket}` : ''}\n`,
     );
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', resolve);

@@ -2,8 +2,8 @@
  * `arraylab-agent serve` with the real backup manager behind it, driven by the same CLI with
  * --agent: the daemon makes a 0600 token file, refuses a wrong token, runs backups and restores
  * for remote callers with the records they would get locally, answers doctor, and stops cleanly
- * on SIGTERM. (The volumes here have no device on this host: the filesystem side is covered by
- * test/agent/e2e.)
+ * on SIGTERM; plaintext off loopback is refused, and a Unix socket is served privately. (The
+ * volumes here have no device on this host: the filesystem side is covered by test/agent/e2e.)
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { statSync, writeFileSync } from 'node:fs';
@@ -33,7 +33,7 @@ async function agent(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ cod
   }
 }
 
-const remote = () => ['--agent', agentAddress, '--token-file', join(stateDir, 'agent.token'), '--json'];
+const remote = () => ['--agent', agentAddress, '--agent-token-file', join(stateDir, 'agent.token'), '--json'];
 
 beforeAll(async () => {
   lab = await startArraylab();
@@ -70,7 +70,7 @@ describe('arraylab-agent serve', () => {
     expect(statSync(join(stateDir, 'agent.token')).mode & 0o777).toBe(0o600);
     const wrong = join(stateDir, 'wrong.token');
     writeFileSync(wrong, `${'x'.repeat(40)}\n`, { mode: 0o600 });
-    const r = await agent(['status', '--agent', agentAddress, '--token-file', wrong]);
+    const r = await agent(['status', '--agent', agentAddress, '--agent-token-file', wrong]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^arraylab-agent: the agent at 127\.0\.0\.1:\d+ refused the call: missing or wrong token/);
   });
@@ -119,6 +119,39 @@ describe('arraylab-agent serve', () => {
     const doctor = JSON.parse((await agent(['doctor', ...remote()])).stdout) as Array<{ name: string; ok: boolean }>;
     expect(doctor.find((c) => c.name === 'array')).toMatchObject({ ok: true });
     expect(doctor.find((c) => c.name === 'root')).toMatchObject({ ok: true });
+  });
+
+  it('refuses a plaintext listener off loopback, saying how to enable TLS', async () => {
+    const r = await agent(['serve', '--listen', '0.0.0.0:0', '--array', lab.apiAddress, '--state-dir', makeTempDir('agent-serve-open-')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^arraylab-agent: refusing to serve the agent API in plaintext on 0\.0\.0\.0:0: .*--tls-cert PEM --tls-key PEM.*--listen unix/);
+  });
+
+  it('serves on a Unix socket (0600, in a 0700 directory) for --agent unix:/PATH', async () => {
+    const dir = join(makeTempDir('agent-serve-unix-'), 'run');
+    const socket = join(dir, 'agent.sock');
+    const state = makeTempDir('agent-serve-unix-state-');
+    const d = spawn(process.execPath, [AGENT_CLI, 'serve', '--listen', `unix:${socket}`, '--array', lab.apiAddress, '--state-dir', state, '--json'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    try {
+      const first = await new Promise<string>((resolve, reject) => {
+        createInterface({ input: d.stdout! }).once('line', resolve);
+        d.once('exit', () => reject(new Error('arraylab-agent serve on a Unix socket exited')));
+      });
+      expect(JSON.parse(first).listen).toEqual({ socket });
+      expect(statSync(dir).mode & 0o777).toBe(0o700);
+      expect(statSync(socket).mode & 0o777).toBe(0o600);
+      const r = await agent(['status', '--agent', `unix:${socket}`, '--agent-token-file', join(state, 'agent.token'), '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ transactionVolumes: [] });
+      // --token-file is the array's token: with --agent it is a mistake, said so.
+      const mixed = await agent(['status', '--agent', `unix:${socket}`, '--token-file', join(state, 'agent.token')]);
+      expect(mixed.code).toBe(2);
+      expect(mixed.stderr).toMatch(/--token-file is the array API's token, .*give the daemon's token with --agent-token-file FILE/);
+    } finally {
+      d.kill('SIGTERM');
+    }
   });
 
   it('stops on SIGTERM with exit status 0', async () => {

@@ -82,7 +82,7 @@ beforeAll(async () => {
   });
   const info = JSON.parse(first) as { listen: { host: string; port: number }; guest: string };
   expect(info.guest).toBe(port.path);
-  remote = ['--agent', `${info.listen.host}:${info.listen.port}`, '--token-file', join(stateDir, 'agent.token'), '--json'];
+  remote = ['--agent', `${info.listen.host}:${info.listen.port}`, '--agent-token-file', join(stateDir, 'agent.token'), '--json'];
 });
 
 afterAll(async () => {
