@@ -398,6 +398,16 @@ export class ArrayClient {
     return hostFromWire(await this.call(this.hostClient(), 'GetHost', { name }));
   }
 
+  /** Sets or clears a host's NBD identities and CHAP (`host set`); a new PSK key comes back this once. */
+  async setHostCredentials(
+    name: string,
+    change: Omit<pb.SetHostCredentialsRequest, 'name'>,
+  ): Promise<{ host: HostView; nbdPsk?: { identity: string; key: Buffer } }> {
+    const res = await this.call(this.hostClient(), 'SetHostCredentials', { ...change, name });
+    const key = Buffer.from(res.nbdPskKey ?? []);
+    return { host: hostFromWire(res.host!), ...(key.length > 0 ? { nbdPsk: { identity: res.nbdPskIdentity, key } } : {}) };
+  }
+
   // ---- tape library (TapeService) ----
   // Streaming calls have no deadline (a big volume takes a while), but the server sends
   // progress at least every second: TAPE_SILENCE_MS without a message fails the call.

@@ -286,6 +286,22 @@ export interface HostInfo {
   luns: HostLun[];
   /** ISO 8601. */
   createdAt: string;
+  /** How the host proves who it is beyond its initiator names (`host set`). */
+  credentials: HostCredentials;
+}
+
+/** A host's NBD identities and CHAP user names; keys and secrets are never shown. */
+export interface HostCredentials {
+  /** TLS-PSK identity its NBD clients use (the key was shown once, when it was made). */
+  nbdPskIdentity?: string;
+  /** SHA-256 fingerprint of its NBD client certificate: upper-case hex, colon-separated. */
+  nbdCertFingerprint?: string;
+  /** Subject CN of its NBD client certificate. */
+  nbdCertSubject?: string;
+  /** CHAP user its initiators log in with. */
+  chapUser?: string;
+  /** Mutual CHAP: the user the target answers with. */
+  chapMutualUser?: string;
 }
 
 // ---- tape (the array's virtual tape library) ----

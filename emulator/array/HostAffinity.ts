@@ -15,13 +15,27 @@
  * So a running session never sees another volume move; a freed number may be given to a volume
  * created later, which is a different LU (new WWN), announced like any other change.
  *
+ * Credentials (`host set`). NBD has no initiator names: an NBD client is a host's when its TLS
+ * peer is — a TLS-PSK identity (the array makes the 256-bit key and shows it once), a client
+ * certificate's SHA-256 fingerprint, or its subject CN, each belonging to one host only. NBD
+ * follows the same on/off rule: while host affinity is on, a client sees only its host's
+ * volumes, and one with no identity or no matching host sees none. iSCSI: a host may have its
+ * own CHAP secret (chapFor); its initiators must then log in with it, whatever iscsi.chap says.
+ * Keys and secrets live in the metadata database (a 0600 file) and leave it only through
+ * nbdPsk() and chapFor(), for the NBD and iSCSI servers; listings show identities and user
+ * names only.
+ *
  * Every change calls the listeners (the iSCSI target's lunsChanged(): it re-evaluates lunsFor
  * for its sessions and raises REPORTED LUNS DATA HAS CHANGED). The state is small and read at
  * login, not per I/O; it is reloaded from the database after every change, so memory never
  * disagrees with what a restart would see.
  */
+import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { HostRecords, HostRow } from './HostRecords.js';
+import { chapValueProblem } from '../iscsi/chap.js';
+import type { IscsiAuthOptions } from '../iscsi/types.js';
+import type { HostCredentials } from '../../proto/views.js';
+import type { HostCredentialsRow, HostRecords, HostRow } from './HostRecords.js';
 import { checkIscsiName, canonicalIscsiName, IscsiNameError } from './iscsiNames.js';
 import { ArrayError, HOST_NAME_PATTERN, MAX_LUN, type HostInfo, type HostLun, type InitiatorLun } from './types.js';
 
@@ -43,6 +57,40 @@ export interface VolumeDirectory {
   inCreationOrder(): Array<{ uuid: string; name: string }>;
 }
 
+/** What an NBD server knows of a TLS peer: a PSK identity, or a client certificate. */
+export interface NbdPeer {
+  pskIdentity?: string;
+  certFingerprint256?: string;
+  certSubjectCN?: string;
+}
+
+/** Bytes of a host's TLS-PSK key (256 bits). */
+export const NBD_PSK_KEY_BYTES = 32;
+/** A PSK identity: no ':' (psktool's IDENTITY:HEX files split there), no space, at most 128 characters. */
+export const NBD_PSK_IDENTITY_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$/;
+/** X.509's upper bound for a CN (RFC 5280 ub-common-name). */
+const MAX_SUBJECT_CN = 64;
+
+/**
+ * A change of a host's credentials (`host set`); what is left out stays as it is, null clears.
+ * nbdPsk 'generate' makes a new key (and replaces an old one); its identity is nbdPskIdentity,
+ * or the current identity, or the host name.
+ */
+export interface HostCredentialsChange {
+  nbdPsk?: 'generate' | 'clear';
+  nbdPskIdentity?: string;
+  nbdCertFingerprint?: string | null;
+  nbdCertSubject?: string | null;
+  /** CHAP the host's initiators must log in with; mutual: the target's answer. null: none. */
+  chap?: { user: string; secret: string; mutualUser?: string; mutualSecret?: string } | null;
+}
+
+export interface HostCredentialsResult {
+  host: HostInfo;
+  /** Set when a key was made: the only time it leaves the array through the API. */
+  nbdPsk?: { identity: string; key: Buffer };
+}
+
 export interface HostAffinityOptions {
   /** Host affinity even with no host defined: then no initiator sees anything. */
   requireHostAffinity?: boolean;
@@ -51,6 +99,9 @@ export interface HostAffinityOptions {
 export class HostAffinity {
   private hosts = new Map<string, HostRow>();
   private byInitiator = new Map<string, HostRow>();
+  private byPskIdentity = new Map<string, HostRow>();
+  private byCertSha256 = new Map<string, HostRow>();
+  private byCertSubject = new Map<string, HostRow>();
   private defaults = new Map<string, number>();
   private readonly listeners = new Set<() => void>();
   readonly requireHostAffinity: boolean;
@@ -172,7 +223,11 @@ export class HostAffinity {
     this.write(`remove host ${name}`, () => this.records.deleteHost(h.id));
     this.log.info({ host: name, unmapped: luns.map((l) => ({ lun: l.lun, volume: l.volume })) }, 'removed host');
     if (!this.hostAffinity)
-      this.log.warn('no host is defined any more: host affinity is off, every initiator sees every volume (set iscsi.requireHostAffinity to prevent this)');
+      this.log.warn(
+        'no host is defined any more: host affinity is off, every iSCSI initiator and NBD client sees every volume (set iscsi.requireHostAffinity to prevent this)',
+      );
+    else if (this.hosts.size === 0)
+      this.log.info('no host is defined any more; host affinity stays on (requireHostAffinity): no initiator or NBD client sees a volume');
     this.changed();
     return { unmapped: luns };
   }
@@ -256,6 +311,169 @@ export class HostAffinity {
     return { host: this.getHost(hostName), lun: entry.lun };
   }
 
+  /**
+   * Sets or clears a host's NBD identities and CHAP. Identities belong to one host only.
+   * A made PSK key is returned here and never again.
+   */
+  setHostCredentials(hostName: string, change: HostCredentialsChange): HostCredentialsResult {
+    const h = this.host(hostName);
+    const next: HostCredentialsRow = { ...h.credentials };
+    const what: string[] = [];
+    let made: { identity: string; key: Buffer } | undefined;
+    if (change.nbdPskIdentity !== undefined && change.nbdPsk !== 'generate') {
+      throw new ArrayError(
+        'INVALID_ARGUMENT',
+        `host ${hostName}: a PSK identity goes with a new key; give --nbd-psk with --nbd-psk-identity (the client's PSK file must change with it)`,
+      );
+    }
+    if (change.nbdPsk === 'generate') {
+      const identity = change.nbdPskIdentity ?? h.credentials.nbdPskIdentity ?? hostName;
+      if (!NBD_PSK_IDENTITY_PATTERN.test(identity)) {
+        throw new ArrayError(
+          'INVALID_ARGUMENT',
+          `host ${hostName}: PSK identity ${JSON.stringify(identity)} is not valid; use 1 to 128 letters, digits, '.', '_', '@', '+' or '-', starting with a letter or digit (no ':')`,
+        );
+      }
+      this.checkFree(hostName, 'nbdPskIdentity', identity, `NBD PSK identity ${identity}`, '--nbd-psk-identity');
+      made = { identity, key: randomBytes(NBD_PSK_KEY_BYTES) };
+      next.nbdPskIdentity = identity;
+      next.nbdPskKey = made.key;
+      what.push(`NBD PSK identity ${identity} (new key)`);
+    } else if (change.nbdPsk === 'clear') {
+      next.nbdPskIdentity = null;
+      next.nbdPskKey = null;
+      what.push('NBD PSK cleared');
+    }
+    if (change.nbdCertFingerprint === null) {
+      next.nbdCertSha256 = null;
+      what.push('NBD certificate fingerprint cleared');
+    } else if (change.nbdCertFingerprint !== undefined) {
+      const fp = normalizeFingerprint(change.nbdCertFingerprint);
+      if (fp === undefined) {
+        throw new ArrayError(
+          'INVALID_ARGUMENT',
+          `host ${hostName}: ${JSON.stringify(change.nbdCertFingerprint.slice(0, 120))} is not a SHA-256 fingerprint; give the 64 hex digits (colons optional) that "openssl x509 -noout -fingerprint -sha256 -in CERT" prints`,
+        );
+      }
+      this.checkFree(hostName, 'nbdCertSha256', fp, `certificate fingerprint ${formatFingerprint(fp)}`, '--nbd-cert-fingerprint');
+      next.nbdCertSha256 = fp;
+      what.push(`NBD certificate fingerprint ${formatFingerprint(fp)}`);
+    }
+    if (change.nbdCertSubject === null) {
+      next.nbdCertSubject = null;
+      what.push('NBD certificate subject cleared');
+    } else if (change.nbdCertSubject !== undefined) {
+      const cn = change.nbdCertSubject;
+      if (cn.length === 0 || cn.length > MAX_SUBJECT_CN || /[\u0000-\u001f\u007f]/.test(cn)) {
+        throw new ArrayError(
+          'INVALID_ARGUMENT',
+          `host ${hostName}: certificate subject CN ${JSON.stringify(cn.slice(0, 80))} is not valid; give 1 to ${MAX_SUBJECT_CN} printable characters, the CN alone (not the whole subject)`,
+        );
+      }
+      this.checkFree(hostName, 'nbdCertSubject', cn, `certificate subject CN ${cn}`, '--nbd-cert-subject');
+      next.nbdCertSubject = cn;
+      what.push(`NBD certificate subject CN ${cn}`);
+    }
+    if (change.chap === null) {
+      next.chapUser = next.chapSecret = next.chapMutualUser = next.chapMutualSecret = null;
+      what.push('CHAP cleared');
+    } else if (change.chap !== undefined) {
+      const c = change.chap;
+      const check = (value: string | undefined, kind: 'user' | 'secret', flag: string): void => {
+        const problem = value === undefined ? 'is missing' : chapValueProblem(value, kind);
+        if (problem !== undefined) throw new ArrayError('INVALID_ARGUMENT', `host ${hostName}: CHAP ${flag} ${problem}`);
+      };
+      check(c.user, 'user', 'user (--chap-user)');
+      check(c.secret, 'secret', 'secret (--chap-secret-file)');
+      if ((c.mutualUser === undefined) !== (c.mutualSecret === undefined)) {
+        throw new ArrayError(
+          'INVALID_ARGUMENT',
+          `host ${hostName}: mutual CHAP needs both --mutual-user and --mutual-secret-file (or neither, for one-way CHAP)`,
+        );
+      }
+      if (c.mutualUser !== undefined) {
+        check(c.mutualUser, 'user', 'mutual user (--mutual-user)');
+        check(c.mutualSecret, 'secret', 'mutual secret (--mutual-secret-file)');
+        if (c.mutualSecret === c.secret) {
+          throw new ArrayError(
+            'INVALID_ARGUMENT',
+            `host ${hostName}: the mutual secret is the same as the CHAP secret; RFC 7143 forbids one secret for both directions: give the target its own`,
+          );
+        }
+      }
+      next.chapUser = c.user;
+      next.chapSecret = c.secret;
+      next.chapMutualUser = c.mutualUser ?? null;
+      next.chapMutualSecret = c.mutualSecret ?? null;
+      what.push(`CHAP user ${c.user}${c.mutualUser !== undefined ? `, mutual user ${c.mutualUser}` : ''}`);
+    }
+    if (what.length === 0) {
+      throw new ArrayError(
+        'INVALID_ARGUMENT',
+        `host ${hostName}: nothing to set; give --nbd-psk, --nbd-cert-fingerprint, --nbd-cert-subject or --chap-user (or a --clear-* option)`,
+      );
+    }
+    this.write(`set the credentials of host ${hostName}`, () => this.records.setCredentials(h.id, next));
+    // Identities and user names only: never a key or secret in the log.
+    this.log.info({ host: hostName, changed: what }, 'set host credentials');
+    // Which NBD clients see what depends on identities; iSCSI logins read CHAP at the next login.
+    this.changed();
+    return { host: this.getHost(hostName), ...(made ? { nbdPsk: made } : {}) };
+  }
+
+  /** The host an NBD TLS peer belongs to, or undefined. Fingerprint compare: case-insensitive, colons optional. */
+  hostForNbdPeer(peer: NbdPeer): string | undefined {
+    if (peer.pskIdentity !== undefined) {
+      const h = this.byPskIdentity.get(peer.pskIdentity);
+      if (h) return h.name;
+    }
+    if (peer.certFingerprint256 !== undefined) {
+      const fp = normalizeFingerprint(peer.certFingerprint256);
+      const h = fp === undefined ? undefined : this.byCertSha256.get(fp);
+      if (h) return h.name;
+    }
+    if (peer.certSubjectCN !== undefined) {
+      const h = this.byCertSubject.get(peer.certSubjectCN);
+      if (h) return h.name;
+    }
+    return undefined;
+  }
+
+  /** The TLS-PSK key of a host's NBD identity (for the TLS server's pskCallback), or undefined. */
+  nbdPsk(identity: string): Buffer | undefined {
+    const key = this.byPskIdentity.get(identity)?.credentials.nbdPskKey;
+    return key ? Buffer.from(key) : undefined;
+  }
+
+  /** Which volumes (names) an NBD peer may see and open: 'all' when host affinity is off. */
+  nbdVolumesFor(peer: NbdPeer | undefined): ReadonlySet<string> | 'all' {
+    if (!this.hostAffinity) return 'all';
+    const name = peer === undefined ? undefined : this.hostForNbdPeer(peer);
+    const h = name === undefined ? undefined : this.hosts.get(name);
+    const out = new Set<string>();
+    for (const l of h?.luns ?? []) {
+      const volume = this.volumes.nameOf(l.volumeUuid);
+      if (volume !== undefined) out.add(volume);
+    }
+    return out;
+  }
+
+  /**
+   * The CHAP an initiator's host requires, or undefined: the initiator is in no host, or its
+   * host has no CHAP (then the target's iscsi.chap applies, if set). For the iSCSI target.
+   */
+  chapFor(initiatorName: string): IscsiAuthOptions | undefined {
+    const canonical = canonicalIscsiName(initiatorName);
+    const h = canonical === undefined ? undefined : this.byInitiator.get(canonical);
+    const c = h?.credentials;
+    if (!h || !c || c.chapUser === null || c.chapSecret === null) return undefined;
+    return {
+      initiator: { username: c.chapUser, secret: c.chapSecret },
+      ...(c.chapMutualUser !== null && c.chapMutualSecret !== null ? { target: { username: c.chapMutualUser, secret: c.chapMutualSecret } } : {}),
+      label: `host ${h.name}`,
+    };
+  }
+
   /** A volume was just created: give it a default LUN. */
   volumeCreated(uuid: string): void {
     this.assignDefaults([uuid]);
@@ -306,6 +524,18 @@ export class HostAffinity {
     return c;
   }
 
+  /** Refuses an NBD identity another host has (each names one host). */
+  private checkFree(hostName: string, key: 'nbdPskIdentity' | 'nbdCertSha256' | 'nbdCertSubject', value: string, what: string, flag: string): void {
+    const map = key === 'nbdPskIdentity' ? this.byPskIdentity : key === 'nbdCertSha256' ? this.byCertSha256 : this.byCertSubject;
+    const owner = map.get(value);
+    if (owner && owner.name !== hostName) {
+      throw new ArrayError(
+        'ALREADY_EXISTS',
+        `${what} already identifies host ${owner.name}; an NBD identity names one host only: give another ${flag}, or clear it there first`,
+      );
+    }
+  }
+
   private assignDefaults(uuids: string[]): void {
     const used = new Set(this.defaults.values());
     const assignments: Array<{ volumeUuid: string; lun: number }> = [];
@@ -338,6 +568,11 @@ export class HostAffinity {
     const hosts = this.records.listHosts();
     this.hosts = new Map(hosts.map((h) => [h.name, h]));
     this.byInitiator = new Map(hosts.flatMap((h) => h.initiators.map((i) => [i, h] as const)));
+    const by = (key: 'nbdPskIdentity' | 'nbdCertSha256' | 'nbdCertSubject') =>
+      new Map(hosts.flatMap((h) => (h.credentials[key] === null ? [] : [[h.credentials[key], h] as const])));
+    this.byPskIdentity = by('nbdPskIdentity');
+    this.byCertSha256 = by('nbdCertSha256');
+    this.byCertSubject = by('nbdCertSubject');
     this.defaults = this.records.listDefaultLuns();
   }
 
@@ -352,7 +587,7 @@ export class HostAffinity {
   }
 
   private info(h: HostRow): HostInfo {
-    return { name: h.name, initiators: [...h.initiators], luns: this.resolve(h.luns), createdAt: h.createdAt };
+    return { name: h.name, initiators: [...h.initiators], luns: this.resolve(h.luns), createdAt: h.createdAt, credentials: credentialsInfo(h.credentials) };
   }
 
   /** LUN entries with the volumes' current names; a volume being deleted is left out. */
@@ -387,4 +622,30 @@ function checkLun(lun: number): void {
 function lowestFree(used: Set<number>): number | undefined {
   for (let lun = 0; lun <= MAX_LUN; lun++) if (!used.has(lun)) return lun;
   return undefined;
+}
+
+/** What listings show of a host's credentials: identities and user names, never a key or secret. */
+function credentialsInfo(c: HostCredentialsRow): HostCredentials {
+  return {
+    ...(c.nbdPskIdentity !== null ? { nbdPskIdentity: c.nbdPskIdentity } : {}),
+    ...(c.nbdCertSha256 !== null ? { nbdCertFingerprint: formatFingerprint(c.nbdCertSha256) } : {}),
+    ...(c.nbdCertSubject !== null ? { nbdCertSubject: c.nbdCertSubject } : {}),
+    ...(c.chapUser !== null ? { chapUser: c.chapUser } : {}),
+    ...(c.chapMutualUser !== null ? { chapMutualUser: c.chapMutualUser } : {}),
+  };
+}
+
+/** 64 lower-case hex digits from a SHA-256 fingerprint in any case, with or without colons; undefined if it is not one. */
+export function normalizeFingerprint(text: string): string | undefined {
+  const hex = text
+    .trim()
+    .replace(/^sha-?256( fingerprint)?\s*[=:]\s*/i, '')
+    .replace(/:/g, '')
+    .toLowerCase();
+  return /^[0-9a-f]{64}$/.test(hex) ? hex : undefined;
+}
+
+/** AB:CD:... as openssl and Node's fingerprint256 print it. */
+function formatFingerprint(hex: string): string {
+  return hex.toUpperCase().match(/../g)!.join(':');
 }

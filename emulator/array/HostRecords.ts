@@ -1,6 +1,7 @@
 /**
  * Host affinity as stored: hosts, their initiators, their LUN maps and the volumes' default
- * LUNs, in the array database (tables of MetadataStore migration 4). Statements only; the
+ * LUNs, in the array database (tables of MetadataStore migration 4), and the hosts' credentials
+ * (NBD identities, CHAP; migration 9). Statements only; the
  * rules are HostAffinity's. Every change is one transaction, durable on return
  * (synchronous=FULL), so a crash leaves a host with all or none of what one command gave it.
  */
@@ -15,7 +16,35 @@ export interface HostRow {
   initiators: string[];
   /** LUN -> volume UUID, ascending by LUN. */
   luns: Array<{ lun: number; volumeUuid: string }>;
+  credentials: HostCredentialsRow;
 }
+
+/** How a host proves who it is; null: not set. */
+export interface HostCredentialsRow {
+  /** TLS-PSK identity and its 32-byte key (both or neither). */
+  nbdPskIdentity: string | null;
+  nbdPskKey: Buffer | null;
+  /** SHA-256 fingerprint of a client certificate: 64 lower-case hex digits. */
+  nbdCertSha256: string | null;
+  /** A client certificate's subject CN. */
+  nbdCertSubject: string | null;
+  /** CHAP the host's initiators log in with (user and secret both or neither), and the target's for mutual CHAP. */
+  chapUser: string | null;
+  chapSecret: string | null;
+  chapMutualUser: string | null;
+  chapMutualSecret: string | null;
+}
+
+export const NO_CREDENTIALS: Readonly<HostCredentialsRow> = Object.freeze({
+  nbdPskIdentity: null,
+  nbdPskKey: null,
+  nbdCertSha256: null,
+  nbdCertSubject: null,
+  chapUser: null,
+  chapSecret: null,
+  chapMutualUser: null,
+  chapMutualSecret: null,
+});
 
 export class HostRecords {
   private readonly db: Database.Database;
@@ -36,9 +65,24 @@ export class HostRecords {
   /** Every host with its initiators and LUNs, by name. */
   listHosts(): HostRow[] {
     const hosts = new Map<number, HostRow>();
-    for (const h of this.stmts.hosts.all()) hosts.set(h.id, { id: h.id, name: h.name, createdAt: h.created_at, initiators: [], luns: [] });
+    for (const h of this.stmts.hosts.all())
+      hosts.set(h.id, { id: h.id, name: h.name, createdAt: h.created_at, initiators: [], luns: [], credentials: { ...NO_CREDENTIALS } });
     for (const i of this.stmts.initiators.all()) hosts.get(i.host_id)?.initiators.push(i.initiator);
     for (const l of this.stmts.luns.all()) hosts.get(l.host_id)?.luns.push({ lun: l.lun, volumeUuid: l.volume_uuid });
+    for (const c of this.stmts.credentials.all()) {
+      const h = hosts.get(c.host_id);
+      if (h === undefined) continue;
+      h.credentials = {
+        nbdPskIdentity: c.nbd_psk_identity,
+        nbdPskKey: c.nbd_psk_key,
+        nbdCertSha256: c.nbd_cert_sha256,
+        nbdCertSubject: c.nbd_cert_subject,
+        chapUser: c.chap_user,
+        chapSecret: c.chap_secret,
+        chapMutualUser: c.chap_mutual_user,
+        chapMutualSecret: c.chap_mutual_secret,
+      };
+    }
     return [...hosts.values()];
   }
 
@@ -72,12 +116,43 @@ export class HostRecords {
     this.stmts.deleteLun.run(hostId, lun);
   }
 
+  /** Replaces a host's credentials; with none set, its row goes. */
+  setCredentials(hostId: number, c: HostCredentialsRow): void {
+    if (Object.values(c).every((v) => v === null)) {
+      this.stmts.deleteCredentials.run(hostId);
+      return;
+    }
+    this.stmts.putCredentials.run({
+      host_id: hostId,
+      nbd_psk_identity: c.nbdPskIdentity,
+      nbd_psk_key: c.nbdPskKey,
+      nbd_cert_sha256: c.nbdCertSha256,
+      nbd_cert_subject: c.nbdCertSubject,
+      chap_user: c.chapUser,
+      chap_secret: c.chapSecret,
+      chap_mutual_user: c.chapMutualUser,
+      chap_mutual_secret: c.chapMutualSecret,
+    });
+  }
+
   /** Gives volumes their default LUNs, all in one transaction. */
   setDefaultLuns(assignments: Array<{ volumeUuid: string; lun: number }>): void {
     this.db.transaction(() => {
       for (const a of assignments) this.stmts.insertDefault.run(a.volumeUuid, a.lun);
     })();
   }
+}
+
+interface CredentialsDbRow {
+  host_id: number;
+  nbd_psk_identity: string | null;
+  nbd_psk_key: Buffer | null;
+  nbd_cert_sha256: string | null;
+  nbd_cert_subject: string | null;
+  chap_user: string | null;
+  chap_secret: string | null;
+  chap_mutual_user: string | null;
+  chap_mutual_secret: string | null;
 }
 
 function prepare(db: Database.Database) {
@@ -94,5 +169,11 @@ function prepare(db: Database.Database) {
     insertLun: db.prepare<[number, number, string]>('INSERT INTO host_luns (host_id, lun, volume_uuid) VALUES (?, ?, ?)'),
     deleteLun: db.prepare<[number, number]>('DELETE FROM host_luns WHERE host_id = ? AND lun = ?'),
     insertDefault: db.prepare<[string, number]>('INSERT INTO default_luns (volume_uuid, lun) VALUES (?, ?)'),
+    credentials: db.prepare<[], CredentialsDbRow>('SELECT * FROM host_credentials'),
+    putCredentials: db.prepare<[CredentialsDbRow]>(
+      `INSERT OR REPLACE INTO host_credentials (host_id, nbd_psk_identity, nbd_psk_key, nbd_cert_sha256, nbd_cert_subject, chap_user, chap_secret, chap_mutual_user, chap_mutual_secret)
+       VALUES (@host_id, @nbd_psk_identity, @nbd_psk_key, @nbd_cert_sha256, @nbd_cert_subject, @chap_user, @chap_secret, @chap_mutual_user, @chap_mutual_secret)`,
+    ),
+    deleteCredentials: db.prepare<[number]>('DELETE FROM host_credentials WHERE host_id = ?'),
   };
 }

@@ -165,6 +165,30 @@ const MIGRATIONS: Migration[] = [
       ) STRICT;
     `);
   },
+  // 9: host credentials (HostRecords): how a host proves who it is. NBD: a TLS-PSK identity
+  // with its 256-bit key, a client certificate's SHA-256 fingerprint (64 lower-case hex digits)
+  // and a certificate subject CN, each naming at most one host; iSCSI: the host's CHAP user and
+  // secret, and the target's for mutual CHAP. Keys and secrets are kept as they are (an
+  // initiator's CHAP needs the secret itself): the database file must stay private (0600).
+  (db) => {
+    db.exec(`
+      CREATE TABLE host_credentials (
+        host_id            INTEGER PRIMARY KEY REFERENCES hosts (id) ON DELETE CASCADE,
+        nbd_psk_identity   TEXT UNIQUE,
+        nbd_psk_key        BLOB CHECK (nbd_psk_key IS NULL OR length(nbd_psk_key) = 32),
+        nbd_cert_sha256    TEXT UNIQUE CHECK (nbd_cert_sha256 IS NULL OR (length(nbd_cert_sha256) = 64 AND nbd_cert_sha256 NOT GLOB '*[^0-9a-f]*')),
+        nbd_cert_subject   TEXT UNIQUE,
+        chap_user          TEXT,
+        chap_secret        TEXT,
+        chap_mutual_user   TEXT,
+        chap_mutual_secret TEXT,
+        CHECK ((nbd_psk_identity IS NULL) = (nbd_psk_key IS NULL)),
+        CHECK ((chap_user IS NULL) = (chap_secret IS NULL)),
+        CHECK ((chap_mutual_user IS NULL) = (chap_mutual_secret IS NULL)),
+        CHECK (chap_mutual_user IS NULL OR chap_user IS NOT NULL)
+      ) STRICT;
+    `);
+  },
 ];
 
 /** A remote array as the metadata store keeps it. */

@@ -8,6 +8,8 @@ import type { DeleteHostResponse as _arraylab_v1_DeleteHostResponse, DeleteHostR
 import type { GetHostRequest as _arraylab_v1_GetHostRequest, GetHostRequest__Output as _arraylab_v1_GetHostRequest__Output } from './arraylab/v1/GetHostRequest.js';
 import type { Host as _arraylab_v1_Host, Host__Output as _arraylab_v1_Host__Output } from './arraylab/v1/Host.js';
 import type { HostAffinityServiceClient as _arraylab_v1_HostAffinityServiceClient, HostAffinityServiceDefinition as _arraylab_v1_HostAffinityServiceDefinition } from './arraylab/v1/HostAffinityService.js';
+import type { HostChap as _arraylab_v1_HostChap, HostChap__Output as _arraylab_v1_HostChap__Output } from './arraylab/v1/HostChap.js';
+import type { HostCredentials as _arraylab_v1_HostCredentials, HostCredentials__Output as _arraylab_v1_HostCredentials__Output } from './arraylab/v1/HostCredentials.js';
 import type { HostInitiatorRequest as _arraylab_v1_HostInitiatorRequest, HostInitiatorRequest__Output as _arraylab_v1_HostInitiatorRequest__Output } from './arraylab/v1/HostInitiatorRequest.js';
 import type { HostLun as _arraylab_v1_HostLun, HostLun__Output as _arraylab_v1_HostLun__Output } from './arraylab/v1/HostLun.js';
 import type { IscsiSession as _arraylab_v1_IscsiSession, IscsiSession__Output as _arraylab_v1_IscsiSession__Output } from './arraylab/v1/IscsiSession.js';
@@ -16,6 +18,8 @@ import type { ListHostsRequest as _arraylab_v1_ListHostsRequest, ListHostsReques
 import type { ListHostsResponse as _arraylab_v1_ListHostsResponse, ListHostsResponse__Output as _arraylab_v1_ListHostsResponse__Output } from './arraylab/v1/ListHostsResponse.js';
 import type { MapVolumeRequest as _arraylab_v1_MapVolumeRequest, MapVolumeRequest__Output as _arraylab_v1_MapVolumeRequest__Output } from './arraylab/v1/MapVolumeRequest.js';
 import type { MapVolumeResponse as _arraylab_v1_MapVolumeResponse, MapVolumeResponse__Output as _arraylab_v1_MapVolumeResponse__Output } from './arraylab/v1/MapVolumeResponse.js';
+import type { SetHostCredentialsRequest as _arraylab_v1_SetHostCredentialsRequest, SetHostCredentialsRequest__Output as _arraylab_v1_SetHostCredentialsRequest__Output } from './arraylab/v1/SetHostCredentialsRequest.js';
+import type { SetHostCredentialsResponse as _arraylab_v1_SetHostCredentialsResponse, SetHostCredentialsResponse__Output as _arraylab_v1_SetHostCredentialsResponse__Output } from './arraylab/v1/SetHostCredentialsResponse.js';
 import type { UnmapVolumeRequest as _arraylab_v1_UnmapVolumeRequest, UnmapVolumeRequest__Output as _arraylab_v1_UnmapVolumeRequest__Output } from './arraylab/v1/UnmapVolumeRequest.js';
 
 type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> = {
@@ -31,6 +35,8 @@ export interface ProtoGrpcType {
       GetHostRequest: MessageTypeDefinition<_arraylab_v1_GetHostRequest, _arraylab_v1_GetHostRequest__Output>
       Host: MessageTypeDefinition<_arraylab_v1_Host, _arraylab_v1_Host__Output>
       HostAffinityService: SubtypeConstructor<typeof grpc.Client, _arraylab_v1_HostAffinityServiceClient> & { service: _arraylab_v1_HostAffinityServiceDefinition }
+      HostChap: MessageTypeDefinition<_arraylab_v1_HostChap, _arraylab_v1_HostChap__Output>
+      HostCredentials: MessageTypeDefinition<_arraylab_v1_HostCredentials, _arraylab_v1_HostCredentials__Output>
       HostInitiatorRequest: MessageTypeDefinition<_arraylab_v1_HostInitiatorRequest, _arraylab_v1_HostInitiatorRequest__Output>
       HostLun: MessageTypeDefinition<_arraylab_v1_HostLun, _arraylab_v1_HostLun__Output>
       IscsiSession: MessageTypeDefinition<_arraylab_v1_IscsiSession, _arraylab_v1_IscsiSession__Output>
@@ -39,6 +45,8 @@ export interface ProtoGrpcType {
       ListHostsResponse: MessageTypeDefinition<_arraylab_v1_ListHostsResponse, _arraylab_v1_ListHostsResponse__Output>
       MapVolumeRequest: MessageTypeDefinition<_arraylab_v1_MapVolumeRequest, _arraylab_v1_MapVolumeRequest__Output>
       MapVolumeResponse: MessageTypeDefinition<_arraylab_v1_MapVolumeResponse, _arraylab_v1_MapVolumeResponse__Output>
+      SetHostCredentialsRequest: MessageTypeDefinition<_arraylab_v1_SetHostCredentialsRequest, _arraylab_v1_SetHostCredentialsRequest__Output>
+      SetHostCredentialsResponse: MessageTypeDefinition<_arraylab_v1_SetHostCredentialsResponse, _arraylab_v1_SetHostCredentialsResponse__Output>
       UnmapVolumeRequest: MessageTypeDefinition<_arraylab_v1_UnmapVolumeRequest, _arraylab_v1_UnmapVolumeRequest__Output>
     }
   }

@@ -59,6 +59,8 @@ export { type HistoryResponse, type HistoryResponse__Output } from './arraylab/v
 export { type HookResult, type HookResult__Output } from './arraylab/v1/HookResult.js';
 export { type Host, type Host__Output } from './arraylab/v1/Host.js';
 export { type HostAffinityServiceClient, type HostAffinityServiceDefinition, type HostAffinityServiceHandlers } from './arraylab/v1/HostAffinityService.js';
+export { type HostChap, type HostChap__Output } from './arraylab/v1/HostChap.js';
+export { type HostCredentials, type HostCredentials__Output } from './arraylab/v1/HostCredentials.js';
 export { type HostInitiatorRequest, type HostInitiatorRequest__Output } from './arraylab/v1/HostInitiatorRequest.js';
 export { type HostLun, type HostLun__Output } from './arraylab/v1/HostLun.js';
 export { type IscsiSession, type IscsiSession__Output } from './arraylab/v1/IscsiSession.js';
@@ -121,6 +123,8 @@ export { type SetCopyModeRequest, type SetCopyModeRequest__Output } from './arra
 export { type SetCopyRateRequest, type SetCopyRateRequest__Output } from './arraylab/v1/SetCopyRateRequest.js';
 export { type SetFaultFlagRequest, type SetFaultFlagRequest__Output } from './arraylab/v1/SetFaultFlagRequest.js';
 export { type SetFaultRateRequest, type SetFaultRateRequest__Output } from './arraylab/v1/SetFaultRateRequest.js';
+export { type SetHostCredentialsRequest, type SetHostCredentialsRequest__Output } from './arraylab/v1/SetHostCredentialsRequest.js';
+export { type SetHostCredentialsResponse, type SetHostCredentialsResponse__Output } from './arraylab/v1/SetHostCredentialsResponse.js';
 export { type SetRemoteEndStateRequest, type SetRemoteEndStateRequest__Output } from './arraylab/v1/SetRemoteEndStateRequest.js';
 export { type SetRemoteRequest, type SetRemoteRequest__Output } from './arraylab/v1/SetRemoteRequest.js';
 export { type SplitCopyRequest, type SplitCopyRequest__Output } from './arraylab/v1/SplitCopyRequest.js';

@@ -3,7 +3,7 @@
  * whose types are generated (proto/gen/; repeated fields always arrays on receipt).
  */
 import type * as pb from '../gen/index.js';
-import type { HostListView, HostLun, HostView, IscsiSessionView } from '../views.js';
+import type { HostCredentials, HostListView, HostLun, HostView, IscsiSessionView } from '../views.js';
 
 /** The wire and view shapes are the same; these copy, so neither side aliases the other's arrays. */
 export function hostLunFromWire(w: pb.HostLun__Output): HostLun {
@@ -22,7 +22,28 @@ export function sessionFromWire(w: pb.IscsiSession__Output): IscsiSessionView {
 }
 
 export function hostToWire(h: HostView): pb.Host {
-  return { name: h.name, initiators: h.initiators, luns: h.luns, createdAt: h.createdAt, sessions: h.sessions };
+  return { name: h.name, initiators: h.initiators, luns: h.luns, createdAt: h.createdAt, sessions: h.sessions, credentials: credentialsToWire(h.credentials) };
+}
+
+/** Absent on the view is '' on the wire, and back. */
+export function credentialsToWire(c: HostCredentials): pb.HostCredentials {
+  return {
+    nbdPskIdentity: c.nbdPskIdentity ?? '',
+    nbdCertFingerprint: c.nbdCertFingerprint ?? '',
+    nbdCertSubject: c.nbdCertSubject ?? '',
+    chapUser: c.chapUser ?? '',
+    chapMutualUser: c.chapMutualUser ?? '',
+  };
+}
+
+export function credentialsFromWire(w: pb.HostCredentials__Output | null | undefined): HostCredentials {
+  return {
+    ...(w?.nbdPskIdentity ? { nbdPskIdentity: w.nbdPskIdentity } : {}),
+    ...(w?.nbdCertFingerprint ? { nbdCertFingerprint: w.nbdCertFingerprint } : {}),
+    ...(w?.nbdCertSubject ? { nbdCertSubject: w.nbdCertSubject } : {}),
+    ...(w?.chapUser ? { chapUser: w.chapUser } : {}),
+    ...(w?.chapMutualUser ? { chapMutualUser: w.chapMutualUser } : {}),
+  };
 }
 
 export function hostFromWire(w: pb.Host__Output): HostView {
@@ -32,6 +53,7 @@ export function hostFromWire(w: pb.Host__Output): HostView {
     luns: (w.luns ?? []).map(hostLunFromWire),
     createdAt: w.createdAt,
     sessions: (w.sessions ?? []).map(sessionFromWire),
+    credentials: credentialsFromWire(w.credentials),
   };
 }
 

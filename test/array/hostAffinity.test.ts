@@ -158,7 +158,7 @@ describe('hosts', () => {
     const a = await openArray();
     await withVolumes(a, 'v0', 'v1', 'v2');
     const created = a.hosts.createHost('web', [WEB1, 'IQN.1994-05.COM.REDHAT:WEB2']);
-    expect(created).toEqual({ name: 'web', initiators: [WEB1, WEB2], luns: [], createdAt: expect.any(String) });
+    expect(created).toEqual({ name: 'web', initiators: [WEB1, WEB2], luns: [], createdAt: expect.any(String), credentials: {} });
     expect(a.hosts.hostAffinity).toBe(true);
     expect(a.hosts.lunsFor(WEB1)).toEqual([]);
     expect(a.hosts.mapVolume('web', 'v2', 5)).toMatchObject({ lun: 5 });

@@ -83,7 +83,7 @@ describe('arraylab host', () => {
 
   it('does the same with --json', async () => {
     const added = await json(['host', 'add', 'db', '--initiator', DB1]);
-    expect(added).toEqual({ name: 'db', initiators: [DB1], luns: [], createdAt: expect.any(String), sessions: [] });
+    expect(added).toEqual({ name: 'db', initiators: [DB1], luns: [], createdAt: expect.any(String), sessions: [], credentials: {} });
     expect(Date.parse(added.createdAt as string)).not.toBeNaN();
     expect(await json(['host', 'map', 'db', 'vol1', '--lun', '16383'])).toEqual({ host: 'db', volume: 'vol1', lun: 16383 });
     expect(await json(['host', 'map', 'db', 'vol0'])).toEqual({ host: 'db', volume: 'vol0', lun: 0 });

@@ -7,6 +7,11 @@ export interface DeleteHostResponse {
    * The LUNs the host had.
    */
   'unmapped'?: (_arraylab_v1_HostLun)[];
+  /**
+   * Host affinity after the removal: false once the last host is gone on an array that does
+   * not require it (every initiator and NBD client then sees every volume).
+   */
+  'hostAffinity'?: (boolean);
 }
 
 export interface DeleteHostResponse__Output {
@@ -14,4 +19,9 @@ export interface DeleteHostResponse__Output {
    * The LUNs the host had.
    */
   'unmapped': (_arraylab_v1_HostLun__Output)[];
+  /**
+   * Host affinity after the removal: false once the last host is gone on an array that does
+   * not require it (every initiator and NBD client then sees every volume).
+   */
+  'hostAffinity': (boolean);
 }

@@ -2,6 +2,7 @@
 
 import type { HostLun as _arraylab_v1_HostLun, HostLun__Output as _arraylab_v1_HostLun__Output } from '../../arraylab/v1/HostLun.js';
 import type { IscsiSession as _arraylab_v1_IscsiSession, IscsiSession__Output as _arraylab_v1_IscsiSession__Output } from '../../arraylab/v1/IscsiSession.js';
+import type { HostCredentials as _arraylab_v1_HostCredentials, HostCredentials__Output as _arraylab_v1_HostCredentials__Output } from '../../arraylab/v1/HostCredentials.js';
 
 export interface Host {
   'name'?: (string);
@@ -18,6 +19,7 @@ export interface Host {
    * Sessions logged in now with one of the host's initiators.
    */
   'sessions'?: (_arraylab_v1_IscsiSession)[];
+  'credentials'?: (_arraylab_v1_HostCredentials | null);
 }
 
 export interface Host__Output {
@@ -35,4 +37,5 @@ export interface Host__Output {
    * Sessions logged in now with one of the host's initiators.
    */
   'sessions': (_arraylab_v1_IscsiSession__Output)[];
+  'credentials': (_arraylab_v1_HostCredentials__Output | null);
 }

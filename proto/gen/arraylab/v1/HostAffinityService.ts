@@ -12,6 +12,8 @@ import type { ListHostsRequest as _arraylab_v1_ListHostsRequest, ListHostsReques
 import type { ListHostsResponse as _arraylab_v1_ListHostsResponse, ListHostsResponse__Output as _arraylab_v1_ListHostsResponse__Output } from '../../arraylab/v1/ListHostsResponse.js';
 import type { MapVolumeRequest as _arraylab_v1_MapVolumeRequest, MapVolumeRequest__Output as _arraylab_v1_MapVolumeRequest__Output } from '../../arraylab/v1/MapVolumeRequest.js';
 import type { MapVolumeResponse as _arraylab_v1_MapVolumeResponse, MapVolumeResponse__Output as _arraylab_v1_MapVolumeResponse__Output } from '../../arraylab/v1/MapVolumeResponse.js';
+import type { SetHostCredentialsRequest as _arraylab_v1_SetHostCredentialsRequest, SetHostCredentialsRequest__Output as _arraylab_v1_SetHostCredentialsRequest__Output } from '../../arraylab/v1/SetHostCredentialsRequest.js';
+import type { SetHostCredentialsResponse as _arraylab_v1_SetHostCredentialsResponse, SetHostCredentialsResponse__Output as _arraylab_v1_SetHostCredentialsResponse__Output } from '../../arraylab/v1/SetHostCredentialsResponse.js';
 import type { UnmapVolumeRequest as _arraylab_v1_UnmapVolumeRequest, UnmapVolumeRequest__Output as _arraylab_v1_UnmapVolumeRequest__Output } from '../../arraylab/v1/UnmapVolumeRequest.js';
 
 export interface HostAffinityServiceClient extends grpc.Client {
@@ -102,6 +104,25 @@ export interface HostAffinityServiceClient extends grpc.Client {
   removeHostInitiator(argument: _arraylab_v1_HostInitiatorRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_Host__Output>): grpc.ClientUnaryCall;
   removeHostInitiator(argument: _arraylab_v1_HostInitiatorRequest, callback: grpc.requestCallback<_arraylab_v1_Host__Output>): grpc.ClientUnaryCall;
   
+  /**
+   * Sets or clears a host's NBD identities and CHAP; what the request leaves out stays as it
+   * is. ALREADY_EXISTS if an NBD identity belongs to another host; INVALID_ARGUMENT for a bad
+   * fingerprint, a CHAP secret under 12 bytes, or one mutual secret equal to the secret.
+   */
+  SetHostCredentials(argument: _arraylab_v1_SetHostCredentialsRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_SetHostCredentialsResponse__Output>): grpc.ClientUnaryCall;
+  SetHostCredentials(argument: _arraylab_v1_SetHostCredentialsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_SetHostCredentialsResponse__Output>): grpc.ClientUnaryCall;
+  SetHostCredentials(argument: _arraylab_v1_SetHostCredentialsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_SetHostCredentialsResponse__Output>): grpc.ClientUnaryCall;
+  SetHostCredentials(argument: _arraylab_v1_SetHostCredentialsRequest, callback: grpc.requestCallback<_arraylab_v1_SetHostCredentialsResponse__Output>): grpc.ClientUnaryCall;
+  /**
+   * Sets or clears a host's NBD identities and CHAP; what the request leaves out stays as it
+   * is. ALREADY_EXISTS if an NBD identity belongs to another host; INVALID_ARGUMENT for a bad
+   * fingerprint, a CHAP secret under 12 bytes, or one mutual secret equal to the secret.
+   */
+  setHostCredentials(argument: _arraylab_v1_SetHostCredentialsRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_SetHostCredentialsResponse__Output>): grpc.ClientUnaryCall;
+  setHostCredentials(argument: _arraylab_v1_SetHostCredentialsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_SetHostCredentialsResponse__Output>): grpc.ClientUnaryCall;
+  setHostCredentials(argument: _arraylab_v1_SetHostCredentialsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_SetHostCredentialsResponse__Output>): grpc.ClientUnaryCall;
+  setHostCredentials(argument: _arraylab_v1_SetHostCredentialsRequest, callback: grpc.requestCallback<_arraylab_v1_SetHostCredentialsResponse__Output>): grpc.ClientUnaryCall;
+  
   UnmapVolume(argument: _arraylab_v1_UnmapVolumeRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_MapVolumeResponse__Output>): grpc.ClientUnaryCall;
   UnmapVolume(argument: _arraylab_v1_UnmapVolumeRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_MapVolumeResponse__Output>): grpc.ClientUnaryCall;
   UnmapVolume(argument: _arraylab_v1_UnmapVolumeRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_MapVolumeResponse__Output>): grpc.ClientUnaryCall;
@@ -140,6 +161,13 @@ export interface HostAffinityServiceHandlers extends grpc.UntypedServiceImplemen
    */
   RemoveHostInitiator: grpc.handleUnaryCall<_arraylab_v1_HostInitiatorRequest__Output, _arraylab_v1_Host>;
   
+  /**
+   * Sets or clears a host's NBD identities and CHAP; what the request leaves out stays as it
+   * is. ALREADY_EXISTS if an NBD identity belongs to another host; INVALID_ARGUMENT for a bad
+   * fingerprint, a CHAP secret under 12 bytes, or one mutual secret equal to the secret.
+   */
+  SetHostCredentials: grpc.handleUnaryCall<_arraylab_v1_SetHostCredentialsRequest__Output, _arraylab_v1_SetHostCredentialsResponse>;
+  
   UnmapVolume: grpc.handleUnaryCall<_arraylab_v1_UnmapVolumeRequest__Output, _arraylab_v1_MapVolumeResponse>;
   
 }
@@ -152,5 +180,6 @@ export interface HostAffinityServiceDefinition extends grpc.ServiceDefinition {
   ListHosts: MethodDefinition<_arraylab_v1_ListHostsRequest, _arraylab_v1_ListHostsResponse, _arraylab_v1_ListHostsRequest__Output, _arraylab_v1_ListHostsResponse__Output>
   MapVolume: MethodDefinition<_arraylab_v1_MapVolumeRequest, _arraylab_v1_MapVolumeResponse, _arraylab_v1_MapVolumeRequest__Output, _arraylab_v1_MapVolumeResponse__Output>
   RemoveHostInitiator: MethodDefinition<_arraylab_v1_HostInitiatorRequest, _arraylab_v1_Host, _arraylab_v1_HostInitiatorRequest__Output, _arraylab_v1_Host__Output>
+  SetHostCredentials: MethodDefinition<_arraylab_v1_SetHostCredentialsRequest, _arraylab_v1_SetHostCredentialsResponse, _arraylab_v1_SetHostCredentialsRequest__Output, _arraylab_v1_SetHostCredentialsResponse__Output>
   UnmapVolume: MethodDefinition<_arraylab_v1_UnmapVolumeRequest, _arraylab_v1_MapVolumeResponse, _arraylab_v1_UnmapVolumeRequest__Output, _arraylab_v1_MapVolumeResponse__Output>
 }
