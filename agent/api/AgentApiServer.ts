@@ -30,6 +30,15 @@ export function isLoopback(host: string): boolean {
   return h === 'localhost' || h === '::1' || /^(::ffff:)?127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
 }
 
+/** Throws when a listener on host:port would be plaintext TCP that other machines can reach. */
+export function refusePlaintext(host: string, port: number, tls: boolean): void {
+  if (tls || isLoopback(host)) return;
+  const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+  throw new Error(
+    `refusing to serve the agent API in plaintext on ${address}: its token, and the commands it runs as root, would cross the network in the clear; give a certificate with --tls-cert PEM --tls-key PEM (or "tls: {cert: PEM, key: PEM}" in the config), or listen on 127.0.0.1 or on a Unix socket (--listen unix)`,
+  );
+}
+
 /** Is something serving on that Unix socket (a live agent), rather than a socket file left behind? */
 function socketServed(path: string): Promise<boolean> {
   return new Promise((resolve) => {
@@ -144,11 +153,7 @@ export class AgentApiServer {
    */
   async listen(host: string, port: number): Promise<number> {
     const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-    if (!this.opts.tls && !isLoopback(host)) {
-      throw new Error(
-        `refusing to serve the agent API in plaintext on ${address}: its token, and the commands it runs as root, would cross the network in the clear; give a certificate with --tls-cert PEM --tls-key PEM (or "tls: {cert: PEM, key: PEM}" in the config), or listen on 127.0.0.1 or on a Unix socket (--listen unix)`,
-      );
-    }
+    refusePlaintext(host, port, this.opts.tls !== undefined);
     return new Promise((resolve, reject) => {
       this.server.bindAsync(address, this.credentials(), (err, bound) =>
         err ? reject(new Error(`cannot listen on ${address}: ${err.message}; choose another --listen address`)) : resolve(bound),

@@ -6,21 +6,23 @@
 import { readFileSync } from 'node:fs';
 import { parseHostPort } from '../../proto/util/address.js';
 import { createLogger } from '../../proto/util/log.js';
-import { AgentApiServer } from '../api/AgentApiServer.js';
+import { AgentApiServer, refusePlaintext } from '../api/AgentApiServer.js';
 import { isUnixAddress, type AgentSettings } from '../config.js';
 import { openLocalAgent } from '../runtime.js';
 import { ensureToken } from './token.js';
 
 /** guestSocket: the daemon's host side is the agent in that guest (as with --guest on a command). */
 export async function serve(settings: AgentSettings, json: boolean, guestSocket?: string): Promise<number> {
+  const socket = isUnixAddress(settings.listen) ? settings.listen.slice('unix:'.length) : '';
+  const { host, port } = socket ? { host: '', port: 0 } : parseHostPort(settings.listen);
+  // Refused before anything is made or opened.
+  if (!socket) refusePlaintext(host, port, settings.tls !== null);
   const log = await createLogger({ level: settings.logLevel });
   const { token, created } = ensureToken(settings.tokenFile);
   if (created) log.info({ tokenFile: settings.tokenFile }, 'made a new agent token');
   const agent = await openLocalAgent(settings, log, guestSocket ? { guestSocket } : {});
   const tls = settings.tls ? { cert: readFileSync(settings.tls.cert), key: readFileSync(settings.tls.key) } : undefined;
   const server = new AgentApiServer({ core: agent.core, doctor: agent.doctor, token, log, ...(tls ? { tls } : {}) });
-  const socket = isUnixAddress(settings.listen) ? settings.listen.slice('unix:'.length) : '';
-  const { host, port } = socket ? { host: '', port: 0 } : parseHostPort(settings.listen);
   let bound = 0;
   try {
     if (socket) await server.listenUnix(socket);
