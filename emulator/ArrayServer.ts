@@ -21,6 +21,7 @@ import { ArrayError, type VolumeInfo } from './array/types.js';
 import { defaultTargetName, formatHostPort, type ArraylabConfig, type HostPort, type VolumeSpec } from './config.js';
 import type { IscsiSessionInfo, IscsiTargetOptions } from './iscsi/types.js';
 import { NbdServer } from './nbd/index.js';
+import { NbdExports, type ReservationBook } from './array/nbdExports.js';
 import { formatSize } from '../proto/util/units.js';
 import { arrayTapeVolumes } from './tape/arrayVolumes.js'; // tape
 import { TapeLibrary } from './tape/TapeLibrary.js'; // tape
@@ -39,6 +40,8 @@ export interface IscsiTargetLike {
   close(): Promise<void>;
   lunsChanged(): void;
   sessions(): IscsiSessionInfo[];
+  /** Its SCSI device server: NBD I/O honours the reservations in it. */
+  readonly scsi?: { readonly reservations: ReservationBook };
 }
 
 export interface ArrayServerOptions {
@@ -60,6 +63,8 @@ export class ArrayServer {
   private readonly log: Logger;
   private storage?: StorageArray;
   private nbd?: NbdServer;
+  /** The volumes as NBD sees them (host affinity by TLS identity, iSCSI reservations). */
+  private nbdExports?: NbdExports;
   private iscsi?: IscsiTargetLike;
   private iscsiTargetName = '';
   private offHostChanges?: () => void;
@@ -130,7 +135,8 @@ export class ArrayServer {
       const tapeLibrary = this.tapeLibrary;
       this.storage.tapeExists = (label) => tapeLibrary.list().some((c) => c.label === label);
 
-      this.nbd = new NbdServer({ provider: this.storage, logger: this.log, ...(tls ? { tls } : {}) });
+      this.nbdExports = new NbdExports(this.storage, this.log.child({ component: 'nbd' }));
+      this.nbd = new NbdServer({ provider: this.nbdExports, logger: this.log, ...(tls ? { tls } : {}) });
       const nbd = await listenOrExplain('NBD', config.listen.nbd, '--nbd HOST:PORT or listen.nbd', () =>
         this.nbd!.listen(config.listen.nbd.port, config.listen.nbd.host),
       );
@@ -182,6 +188,7 @@ export class ArrayServer {
         : {}),
     };
     this.iscsi = await (this.opts.iscsiTarget ? this.opts.iscsiTarget(opts) : loadIscsiTarget(opts));
+    if (this.nbdExports && this.iscsi.scsi) this.nbdExports.reservations = this.iscsi.scsi.reservations;
     // Subscribed before listening: no session can log in under a LUN map it is not told about.
     this.offHostChanges = storage.hosts.onChange(() => this.iscsi?.lunsChanged());
     const bound = await listenOrExplain('iSCSI', addr, '--iscsi HOST:PORT or listen.iscsi', () => this.iscsi!.listen(addr.port, addr.host));
