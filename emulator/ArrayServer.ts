@@ -21,7 +21,7 @@ import { ArrayError, type VolumeInfo } from './array/types.js';
 import { defaultTargetName, formatHostPort, type ArraylabConfig, type HostPort, type VolumeSpec } from './config.js';
 import type { IscsiSessionInfo, IscsiTargetOptions } from './iscsi/types.js';
 import { NbdServer } from './nbd/index.js';
-import { NbdExports, type ReservationBook } from './array/nbdExports.js';
+import { NbdExports, nbdAccess, type ReservationBook } from './array/nbdExports.js';
 import { formatSize } from '../proto/util/units.js';
 import { arrayTapeVolumes } from './tape/arrayVolumes.js'; // tape
 import { TapeLibrary } from './tape/TapeLibrary.js'; // tape
@@ -136,7 +136,13 @@ export class ArrayServer {
       this.storage.tapeExists = (label) => tapeLibrary.list().some((c) => c.label === label);
 
       this.nbdExports = new NbdExports(this.storage, this.log.child({ component: 'nbd' }));
-      this.nbd = new NbdServer({ provider: this.nbdExports, logger: this.log, ...(tls ? { tls } : {}) });
+      const hosts = this.storage.hosts;
+      this.nbd = new NbdServer({
+        provider: this.nbdExports,
+        logger: this.log,
+        access: nbdAccess(hosts),
+        ...(tls ? { tls: { ...tls, ...(config.nbd.tls?.psk ? { psk: (identity: string) => hosts.nbdPsk(identity) } : {}) } } : {}),
+      });
       const nbd = await listenOrExplain('NBD', config.listen.nbd, '--nbd HOST:PORT or listen.nbd', () =>
         this.nbd!.listen(config.listen.nbd.port, config.listen.nbd.host),
       );
@@ -338,7 +344,7 @@ export async function reconcileCartridges(
   }
 }
 
-function readTls(config: ArraylabConfig): { key: Buffer; cert: Buffer; ca?: Buffer; require: boolean } {
+function readTls(config: ArraylabConfig): { key?: Buffer; cert?: Buffer; ca?: Buffer; require: boolean } {
   const tls = config.nbd.tls!;
   const read = (key: 'cert' | 'key' | 'ca', path: string): Buffer => {
     try {
@@ -350,8 +356,7 @@ function readTls(config: ArraylabConfig): { key: Buffer; cert: Buffer; ca?: Buff
     }
   };
   return {
-    cert: read('cert', tls.cert),
-    key: read('key', tls.key),
+    ...(tls.cert && tls.key ? { cert: read('cert', tls.cert), key: read('key', tls.key) } : {}),
     ...(tls.ca ? { ca: read('ca', tls.ca) } : {}),
     require: tls.require,
   };

@@ -45,10 +45,12 @@ export interface VolumeSpec extends ArrayVolumeSpec {
 }
 
 export interface NbdTlsConfig {
-  /** Absolute paths. */
-  cert: string;
-  key: string;
+  /** Absolute paths; cert and key both or neither (then psk is on). */
+  cert?: string;
+  key?: string;
   ca?: string;
+  /** TLS-PSK with the keys of hosts (arraylab host set HOST --nbd-psk). */
+  psk: boolean;
   /** Refuse clients that do not start TLS. */
   require: boolean;
 }
@@ -187,9 +189,11 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
     const nbdRaw = top.nbd as Record<string, unknown>;
     checkKeys(nbdRaw, ['tls'], 'nbd', fail);
     if (nbdRaw.tls !== undefined && nbdRaw.tls !== null) {
-      if (!isPlainObject(nbdRaw.tls)) fail('nbd.tls', 'must be a mapping with cert and key file paths');
+      if (!isPlainObject(nbdRaw.tls)) fail('nbd.tls', 'must be a mapping with cert and key file paths, or psk: true');
       const tls = nbdRaw.tls as Record<string, unknown>;
-      checkKeys(tls, ['cert', 'key', 'ca', 'require'], 'nbd.tls', fail);
+      checkKeys(tls, ['cert', 'key', 'ca', 'psk', 'require'], 'nbd.tls', fail);
+      const psk = tls.psk ?? false;
+      if (typeof psk !== 'boolean') fail('nbd.tls.psk', `${show(psk)} is not true or false`);
       const path = (key: string, required: boolean): string | undefined => {
         const value = tls[key];
         if (value === undefined || value === null) {
@@ -202,7 +206,12 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
       const requireTls = tls.require ?? false;
       if (typeof requireTls !== 'boolean') fail('nbd.tls.require', `${show(requireTls)} is not true or false`);
       const ca = path('ca', false);
-      nbd.tls = { cert: path('cert', true)!, key: path('key', true)!, ...(ca ? { ca } : {}), require: requireTls as boolean };
+      // Certificates, TLS-PSK, or both: without psk the certificate is required.
+      const certs = !psk || tls.cert != null || tls.key != null;
+      const cert = path('cert', certs);
+      const key = path('key', certs);
+      if (ca && !certs) fail('nbd.tls.ca', 'verifies client certificates, which need a server certificate too: give cert and key as well');
+      nbd.tls = { ...(cert && key ? { cert, key } : {}), ...(ca ? { ca } : {}), psk: psk as boolean, require: requireTls as boolean };
     }
   }
 
