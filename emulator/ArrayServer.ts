@@ -26,6 +26,9 @@ import { formatSize } from '../proto/util/units.js';
 import { arrayTapeVolumes } from './tape/arrayVolumes.js'; // tape
 import { TapeLibrary } from './tape/TapeLibrary.js'; // tape
 import { TapeError } from './tape/types.js'; // tape
+import { AccessControl } from './auth/AccessControl.js';
+import { ensureAdminCredential, linkCredential, unlinkCredential } from './auth/adminCredential.js';
+import { isLoopback } from './api/ArrayApiServer.js';
 
 export interface ServerAddresses {
   nbd: HostPort;
@@ -47,6 +50,10 @@ export interface IscsiTargetLike {
 export interface ArrayServerOptions {
   /** Makes the iSCSI target (tests); default: emulator/iscsi's IscsiTarget. */
   iscsiTarget?: (opts: IscsiTargetOptions) => IscsiTargetLike;
+  /** Make a new admin token even though users exist (serve --reset-admin-token). */
+  resetAdminToken?: boolean;
+  /** Do not link the admin token from ~/.config/arraylab/credentials (in-process tests pass tokens themselves). */
+  noCredentialLink?: boolean;
 }
 
 /** Why status shows iSCSI as not available when listen.iscsi is not set. */
@@ -73,6 +80,11 @@ export class ArrayServer {
   private tapeLibrary?: TapeLibrary;
   private tapeTempDir?: string;
   private bound?: ServerAddresses;
+  /** Access control, when api.auth is on. */
+  private accessControl?: AccessControl;
+  private tokenFile?: string;
+  private tokenDir?: string;
+  private credentialLinks: string[] = [];
   private startedAt = new Date();
   private starting?: Promise<ServerAddresses>;
   private stopping?: Promise<void>;
@@ -106,6 +118,16 @@ export class ArrayServer {
     return this.bound;
   }
 
+  /** Where the admin token is (api.auth on and the file exists); undefined otherwise. */
+  get adminTokenFile(): string | undefined {
+    return this.tokenFile;
+  }
+
+  /** Users, tenants and the audit log, once started with api.auth on. */
+  get access(): AccessControl | undefined {
+    return this.accessControl;
+  }
+
   start(): Promise<ServerAddresses> {
     this.starting ??= this.startUp();
     return this.starting;
@@ -135,8 +157,8 @@ export class ArrayServer {
       const tapeLibrary = this.tapeLibrary;
       this.storage.tapeExists = (label) => tapeLibrary.list().some((c) => c.label === label);
 
-      this.nbdExports = new NbdExports(this.storage, this.log.child({ component: 'nbd' }));
       const hosts = this.storage.hosts;
+      this.nbdExports = new NbdExports(this.storage, this.log.child({ component: 'nbd' }));
       this.nbd = new NbdServer({
         provider: this.nbdExports,
         logger: this.log,
@@ -149,7 +171,18 @@ export class ArrayServer {
 
       const iscsi = config.listen.iscsi ? await this.startIscsi(config.listen.iscsi) : null;
 
+      const access = config.api.auth ? this.startAccess() : undefined;
+      if (!config.api.auth) {
+        if (!isLoopback(config.listen.api.host)) {
+          throw new Error(
+            `refusing to serve the control API on ${formatHostPort(config.listen.api)} with api.auth off: other machines could reach it; turn authentication on, or listen on 127.0.0.1`,
+          );
+        }
+        this.log.warn('control API authentication is off (api.auth: off): every local user may do anything');
+      }
       this.api = new ArrayApiServer({
+        ...(access ? { access } : {}),
+        ...(config.api.tls ? { tls: readApiTls(config) } : {}),
         array: this.storage,
         copy: this.storage,
         hosts: this.storage.hosts,
@@ -162,6 +195,7 @@ export class ArrayServer {
         logger: this.log,
       });
       const api = await this.api.listen(config.listen.api);
+      if (this.tokenFile && !this.opts.noCredentialLink) this.credentialLinks = linkCredential(api, this.tokenFile, this.log);
 
       this.bound = { nbd: { host: nbd.host, port: nbd.port }, api, iscsi };
       return this.bound;
@@ -170,6 +204,57 @@ export class ArrayServer {
       await this.stopping.catch((stopErr: unknown) => this.log.error({ err: stopErr }, 'clean-up after a failed start failed'));
       throw err;
     }
+  }
+
+  /** Access control over the array's metadata store; the admin credential on a first start. */
+  private startAccess() {
+    const storage = this.storage!;
+    const tape = this.tapeLibrary;
+    const control = new AccessControl(
+      storage.accessStore,
+      {
+        volumes: () => storage.listVolumes().map((v) => ({ name: v.name, uuid: v.uuid, sizeBytes: v.sizeBytes })),
+        sessions: () =>
+          storage
+            .listCopies()
+            .map((s) => ({ id: s.id, source: s.remote?.role === 'remote-end' ? '' : s.source, destination: s.remote?.role === 'source' ? '' : s.destination })),
+        hostNames: () => storage.hosts.listHosts().map((h) => h.name),
+        cartridgeLabels: () => tape?.list().map((c) => c.label) ?? [],
+      },
+      this.log,
+    );
+    this.accessControl = control;
+    // The memory backend keeps its token in a private temp dir for the server's life.
+    const dir = this.config.backend === 'file' ? this.config.dataDir : (this.tokenDir = mkdtempSync(join(tmpdir(), 'arraylab-auth-')));
+    const tokenFile = ensureAdminCredential(control, dir, this.log, { reset: this.opts.resetAdminToken === true });
+    if (tokenFile) this.tokenFile = tokenFile;
+    const volumeUuid = (name: string) => storage.listVolumes().find((v) => v.name === name)?.uuid;
+    return {
+      control,
+      dir: {
+        volumeUuid,
+        volumeSize: (name: string) => storage.listVolumes().find((v) => v.name === name)?.sizeBytes,
+        session: (id: string) => {
+          const s = storage.listCopies().find((c) => c.id === id);
+          if (s === undefined) return undefined;
+          return {
+            source: s.remote?.role === 'remote-end' ? '' : s.source,
+            destination: s.remote?.role === 'source' ? '' : s.destination,
+            remote: s.remote !== undefined,
+          };
+        },
+        sessionsInGroup: (group: string) =>
+          storage
+            .listCopies()
+            .filter((c) => c.group === group)
+            .map((c) => c.id),
+      },
+      keys: {
+        volumeUuid: (name: string) => storage.getVolume(name).uuid,
+        hostExists: (name: string) => storage.hosts.listHosts().some((h) => h.name === name),
+        cartridgeExists: (label: string) => tape?.list().some((c) => c.label === label) ?? false,
+      },
+    };
   }
 
   private async startIscsi(addr: HostPort): Promise<HostPort> {
@@ -239,6 +324,8 @@ export class ArrayServer {
     }
     if (this.tapeTempDir) rmSync(this.tapeTempDir, { recursive: true, force: true }); // tape
     await this.api?.close();
+    if (this.tokenFile) unlinkCredential(this.credentialLinks, this.tokenFile);
+    if (this.tokenDir) rmSync(this.tokenDir, { recursive: true, force: true });
     this.log.info('stopped');
   }
 
@@ -360,6 +447,20 @@ function readTls(config: ArraylabConfig): { key?: Buffer; cert?: Buffer; ca?: Bu
     ...(tls.ca ? { ca: read('ca', tls.ca) } : {}),
     require: tls.require,
   };
+}
+
+function readApiTls(config: ArraylabConfig): { cert: Buffer; key: Buffer; ca?: Buffer } {
+  const tls = config.api.tls!;
+  const read = (key: 'cert' | 'key' | 'ca', path: string): Buffer => {
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new Error(
+        `config ${config.source}: api.tls.${key}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; fix the path`,
+      );
+    }
+  };
+  return { cert: read('cert', tls.cert), key: read('key', tls.key), ...(tls.ca ? { ca: read('ca', tls.ca) } : {}) };
 }
 
 async function listenOrExplain<T>(what: string, addr: HostPort, fix: string, listen: () => Promise<T>): Promise<T> {

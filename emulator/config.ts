@@ -44,6 +44,13 @@ export interface VolumeSpec extends ArrayVolumeSpec {
   origin: string;
 }
 
+export interface ApiConfig {
+  /** Tokens, roles, tenants and the audit log (emulator/auth); off only on a loopback address. */
+  auth: boolean;
+  /** Absolute PEM paths; with ca, client certificates are required and verified (mutual TLS). */
+  tls?: { cert: string; key: string; ca?: string };
+}
+
 export interface NbdTlsConfig {
   /** Absolute paths; cert and key both or neither (then psk is on). */
   cert?: string;
@@ -106,6 +113,8 @@ export interface ArraylabConfig {
     api: HostPort;
   };
   nbd: { tls?: NbdTlsConfig };
+  /** The control API: authentication (on unless turned off) and TLS. */
+  api: ApiConfig;
   iscsi: IscsiConfig;
   log: { level: LogLevel };
   volumes: VolumeSpec[];
@@ -154,7 +163,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
   const root: unknown = doc.toJS() ?? {};
   if (!isPlainObject(root)) fail('', 'the top level must be a mapping of keys such as dataDir, listen and volumes');
   const top = root as Record<string, unknown>;
-  checkKeys(top, ['dataDir', 'backend', 'listen', 'nbd', 'iscsi', 'log', 'volumes', 'tape'], '', fail);
+  checkKeys(top, ['dataDir', 'backend', 'listen', 'nbd', 'api', 'iscsi', 'log', 'volumes', 'tape'], '', fail);
 
   const dataDirRaw = top.dataDir ?? './arraylab-data';
   if (typeof dataDirRaw !== 'string' || dataDirRaw === '') fail('dataDir', `${show(dataDirRaw)} is not a directory path; use a path such as ./arraylab-data`);
@@ -212,6 +221,33 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
       const key = path('key', certs);
       if (ca && !certs) fail('nbd.tls.ca', 'verifies client certificates, which need a server certificate too: give cert and key as well');
       nbd.tls = { ...(cert && key ? { cert, key } : {}), ...(ca ? { ca } : {}), psk: psk as boolean, require: requireTls as boolean };
+    }
+  }
+
+  const api: ApiConfig = { auth: true };
+  if (top.api !== undefined && top.api !== null) {
+    if (!isPlainObject(top.api)) fail('api', 'must be a mapping, e.g. api: {tls: {cert: api.crt, key: api.key}}');
+    const apiRaw = top.api as Record<string, unknown>;
+    checkKeys(apiRaw, ['auth', 'tls'], 'api', fail);
+    if (apiRaw.auth !== undefined) {
+      if (apiRaw.auth !== 'on' && apiRaw.auth !== 'off' && typeof apiRaw.auth !== 'boolean') fail('api.auth', `${show(apiRaw.auth)} is not on or off`);
+      api.auth = apiRaw.auth === 'on' || apiRaw.auth === true;
+    }
+    if (apiRaw.tls !== undefined && apiRaw.tls !== null) {
+      if (!isPlainObject(apiRaw.tls)) fail('api.tls', 'must be a mapping with cert and key file paths (and ca for client certificates)');
+      const tls = apiRaw.tls as Record<string, unknown>;
+      checkKeys(tls, ['cert', 'key', 'ca'], 'api.tls', fail);
+      const path = (key: string, required: boolean): string | undefined => {
+        const value = tls[key];
+        if (value === undefined || value === null) {
+          if (required) fail(`api.tls.${key}`, `is missing; give the path of the PEM ${key} file`);
+          return undefined;
+        }
+        if (typeof value !== 'string' || value === '') fail(`api.tls.${key}`, `${show(value)} is not a file path; give the path of a PEM file`);
+        return resolve(baseDir, value as string);
+      };
+      const ca = path('ca', false);
+      api.tls = { cert: path('cert', true)!, key: path('key', true)!, ...(ca ? { ca } : {}) };
     }
   }
 
@@ -287,6 +323,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
     backend: backend as 'file' | 'memory',
     listen: { nbd: nbdAddr!, iscsi: iscsiAddr, api: apiAddr! },
     nbd,
+    api,
     iscsi,
     log: { level },
     volumes,
@@ -406,6 +443,10 @@ export interface ConfigOverrides {
   api?: string;
   iscsi?: string;
   requireHostAffinity?: boolean;
+  apiAuth?: 'on' | 'off';
+  apiTlsCert?: string;
+  apiTlsKey?: string;
+  apiTlsCa?: string;
 }
 
 /** Applies CLI flags; flag errors name the flag. Relative --data-dir is relative to the working directory. */
@@ -428,7 +469,26 @@ export function applyOverrides(config: ArraylabConfig, o: ConfigOverrides): Arra
       api: o.api !== undefined ? flagAddress('api', o.api) : config.listen.api,
     },
     iscsi: { ...config.iscsi, requireHostAffinity: o.requireHostAffinity || config.iscsi.requireHostAffinity },
+    api: apiOverrides(config.api, o),
   };
+}
+
+function apiOverrides(api: ApiConfig, o: ConfigOverrides): ApiConfig {
+  const out: ApiConfig = { ...api };
+  if (o.apiAuth !== undefined) out.auth = o.apiAuth === 'on';
+  if ((o.apiTlsCert === undefined) !== (o.apiTlsKey === undefined)) {
+    throw new ConfigError('--api-tls-cert and --api-tls-key go together: give the PEM certificate and its key');
+  }
+  if (o.apiTlsCert !== undefined && o.apiTlsKey !== undefined) {
+    out.tls = { cert: resolve(o.apiTlsCert), key: resolve(o.apiTlsKey), ...(o.apiTlsCa !== undefined ? { ca: resolve(o.apiTlsCa) } : {}) };
+  } else if (o.apiTlsCa !== undefined) {
+    if (out.tls === undefined)
+      throw new ConfigError(
+        '--api-tls-ca needs --api-tls-cert and --api-tls-key (or api.tls in the config): the API must serve TLS to verify client certificates',
+      );
+    out.tls = { ...out.tls, ca: resolve(o.apiTlsCa) };
+  }
+  return out;
 }
 
 function checkKeys(obj: Record<string, unknown>, allowed: string[], path: string, fail: (path: string, message: string) => never): void {

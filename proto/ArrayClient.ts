@@ -10,6 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { CreateVolumeRequest, HostLun, RenameVolumeOptions, VolumeInfo, WriteCacheMode } from './views.js';
 import type { SizeChange } from './util/units.js';
 import { formatHostPort, parseHostPort, type HostPort } from './util/address.js';
+import { AUTHORIZATION, resolveCredential, type ResolvedCredential, type TlsFiles } from './auth/credentials.js';
 import { ApiError, statusCodeOf } from './errors.js';
 import type * as pb from './gen/index.js';
 import { openStream, unaryCall, type RequestOf, type ResponseOf, type StreamMethod, type StreamRequestOf, type UnaryMethod } from './rpc.js';
@@ -23,12 +24,13 @@ import {
   remoteCopyServiceClientConstructor,
   remoteServiceClientConstructor,
   tapeServiceClientConstructor,
+  accessServiceClientConstructor,
   type ClientConstructor,
 } from './loader.js';
 import type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView } from './views.js';
 import { cartridgeFromWire, tapeRecordFromWire, tapeRestoreFromWire } from './wire/tapeWire.js';
 import { faultEventFromWire, faultFromWire, powerCutFromWire } from './wire/faultWire.js';
-import type { FaultEventView, FaultView, PowerCutView, RemoteView } from './views.js';
+import type { AuditEntryView, FaultEventView, FaultView, PowerCutView, RemoteView, TenantView, UserView } from './views.js';
 import {
   copyEventFromWire,
   copySessionFromWire,
@@ -45,8 +47,14 @@ export { ApiError, type ApiErrorCode } from './errors.js';
 export interface ArrayClientOptions {
   /** Per-call deadline; default 10 s. */
   deadlineMs?: number;
-  /** Sent with every call, e.g. {authorization: 'Bearer ...'} once the API checks roles. */
+  /** Sent with every call. */
   metadata?: Record<string, string>;
+  /** The bearer token; absent: found as proto/auth/credentials.ts says (ARRAYLAB_TOKEN, the local link). */
+  token?: string;
+  /** A file holding the token (the CLI's --token-file). */
+  tokenFile?: string;
+  /** TLS to the API (CA, and a client certificate for mutual TLS); absent: ARRAYLAB_TLS_* or plaintext. */
+  tls?: TlsFiles;
 }
 
 export const DEFAULT_DEADLINE_MS = 10_000;
@@ -60,14 +68,27 @@ export class ArrayClient {
   private faultStub: pb.FaultServiceClient | undefined;
   private remoteStub: pb.RemoteServiceClient | undefined;
   private remoteCopyStub: pb.RemoteCopyServiceClient | undefined;
+  private accessStub: pb.AccessServiceClient | undefined;
   private readonly deadlineMs: number;
   private readonly metadata: Record<string, string>;
+  private readonly credential: ResolvedCredential;
+  private readonly channelCredentials: grpc.ChannelCredentials;
 
+  /** Throws ApiError UNAUTHENTICATED when a token or TLS file it was told to read cannot be read. */
   constructor(address: HostPort | string, opts: ArrayClientOptions = {}) {
-    this.address = typeof address === 'string' ? formatHostPort(parseHostPort(address)) : formatHostPort(address);
+    const hostPort = typeof address === 'string' ? parseHostPort(address) : address;
+    this.address = formatHostPort(hostPort);
+    try {
+      this.credential = resolveCredential(hostPort, { token: opts.token, tokenFile: opts.tokenFile, tls: opts.tls });
+    } catch (err) {
+      throw new ApiError('UNAUTHENTICATED', (err as Error).message);
+    }
+    const tls = this.credential.tls;
+    this.channelCredentials = tls ? grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null) : grpc.credentials.createInsecure();
     this.client = this.stub(arrayServiceClientConstructor);
     this.deadlineMs = opts.deadlineMs ?? DEFAULT_DEADLINE_MS;
-    this.metadata = opts.metadata ?? {};
+    this.metadata = { ...opts.metadata };
+    if (this.credential.token !== undefined) this.metadata[AUTHORIZATION] = `Bearer ${this.credential.token}`;
   }
 
   async createVolume(req: CreateVolumeRequest): Promise<VolumeInfo> {
@@ -203,6 +224,87 @@ export class ArrayClient {
   /** REC: switches the transfer mode (sync, stack, through). */
   async setCopyMode(id: string, mode: string): Promise<CopySessionView> {
     return copySessionFromWire(await this.call(this.copyClient(), 'SetCopyMode', { id, mode }));
+  }
+
+  // ---- users, tenants, audit (AccessService) ----
+
+  async whoAmI(): Promise<UserView> {
+    return userFromWire(await this.call(this.accessClient(), 'WhoAmI', {}));
+  }
+
+  /** Creates a user; the token is returned once (empty for a certificate-only user). */
+  async addUser(req: {
+    name: string;
+    role: string;
+    tenant?: string;
+    expiresInSeconds?: number;
+    certSubject?: string;
+    certFingerprint?: string;
+    noToken?: boolean;
+  }): Promise<{ user: UserView; token: string }> {
+    const res = await this.call(this.accessClient(), 'AddUser', {
+      name: req.name,
+      role: req.role,
+      tenant: req.tenant ?? '',
+      expiresInSeconds: req.expiresInSeconds ?? 0,
+      certSubject: req.certSubject ?? '',
+      certFingerprint: req.certFingerprint ?? '',
+      noToken: req.noToken ?? false,
+    });
+    return { user: userFromWire(res.user!), token: res.token };
+  }
+
+  async listUsers(): Promise<UserView[]> {
+    return (await this.call(this.accessClient(), 'ListUsers', {})).users.map(userFromWire);
+  }
+
+  async getUser(name: string): Promise<UserView> {
+    return userFromWire(await this.call(this.accessClient(), 'GetUser', { name }));
+  }
+
+  async removeUser(name: string): Promise<void> {
+    await this.call(this.accessClient(), 'RemoveUser', { name });
+  }
+
+  async rotateUser(name: string, expiresInSeconds?: number): Promise<{ user: UserView; token: string }> {
+    const res = await this.call(this.accessClient(), 'RotateUser', { name, expiresInSeconds: expiresInSeconds ?? 0 });
+    return { user: userFromWire(res.user!), token: res.token };
+  }
+
+  async addTenant(spec: TenantSpec): Promise<TenantView> {
+    return tenantFromWire(await this.call(this.accessClient(), 'AddTenant', tenantSpecToWire(spec)));
+  }
+
+  async setTenant(spec: TenantSpec): Promise<TenantView> {
+    return tenantFromWire(await this.call(this.accessClient(), 'SetTenant', tenantSpecToWire(spec)));
+  }
+
+  async listTenants(): Promise<TenantView[]> {
+    return (await this.call(this.accessClient(), 'ListTenants', {})).tenants.map(tenantFromWire);
+  }
+
+  async getTenant(name: string): Promise<TenantView> {
+    return tenantFromWire(await this.call(this.accessClient(), 'GetTenant', { name }));
+  }
+
+  async removeTenant(name: string, force = false): Promise<void> {
+    await this.call(this.accessClient(), 'RemoveTenant', { name, force });
+  }
+
+  /** Gives objects to a tenant ('' : to none). */
+  async assignToTenant(tenant: string, objects: { volumes?: string[]; hosts?: string[]; cartridges?: string[] }): Promise<void> {
+    await this.call(this.accessClient(), 'AssignToTenant', {
+      tenant,
+      volumes: objects.volumes ?? [],
+      hosts: objects.hosts ?? [],
+      cartridges: objects.cartridges ?? [],
+    });
+  }
+
+  /** Newest first. */
+  async listAudit(q: { since?: string; user?: string; limit?: number } = {}): Promise<AuditEntryView[]> {
+    const res = await this.call(this.accessClient(), 'ListAudit', { since: q.since ?? '', user: q.user ?? '', limit: q.limit ?? 0 });
+    return res.entries.map((e) => ({ ...e, seq: Number(e.seq) }));
   }
 
   // ---- remote arrays (RemoteService) ----
@@ -557,6 +659,11 @@ export class ArrayClient {
     this.remoteCopyStub?.close();
   }
 
+  private accessClient(): pb.AccessServiceClient {
+    this.accessStub ??= this.stub(accessServiceClientConstructor);
+    return this.accessStub;
+  }
+
   private remoteClient(): pb.RemoteServiceClient {
     this.remoteStub ??= this.stub(remoteServiceClientConstructor);
     return this.remoteStub;
@@ -570,7 +677,7 @@ export class ArrayClient {
   private stub<C extends grpc.Client>(ctor: () => ClientConstructor<C>): C {
     const Client = ctor();
     // No retries or reconnect back-off hidden behind a call: a CLI wants a prompt answer.
-    return new Client(this.address, grpc.credentials.createInsecure(), {
+    return new Client(this.address, this.channelCredentials, {
       'grpc.enable_retries': 0,
       'grpc.initial_reconnect_backoff_ms': 100,
     });
@@ -601,6 +708,10 @@ export class ArrayClient {
 
   private toApiError(err: grpc.ServiceError): ApiError {
     const code = statusCodeOf(err.code);
+    if (err.code === grpc.status.UNAUTHENTICATED) {
+      const from = this.credential.source === undefined ? 'no token was sent' : `the token came from ${this.credential.source}`;
+      return new ApiError('UNAUTHENTICATED', `${err.details} (${from})`);
+    }
     // The array's own refusals carry the thing and the fix: kept as they are.
     if (!['UNAVAILABLE', 'DEADLINE_EXCEEDED', 'UNKNOWN', 'CANCELLED', 'UNIMPLEMENTED'].includes(code)) return new ApiError(code, err.details);
     // An api-error fault the array injected (its message names the fault): the server did answer.
@@ -653,4 +764,29 @@ function startToWire(p: StartCopyParams): pb.StartCopyRequest {
     split: p.split ?? '',
     recovery: p.recovery ?? '',
   };
+}
+
+/** A tenant's quotas as given to tenant add/set (absent: none on add, unchanged on set; 0: none). */
+export interface TenantSpec {
+  name: string;
+  maxCapacityBytes?: number;
+  maxVolumes?: number;
+  maxSessions?: number;
+}
+
+function tenantSpecToWire(t: TenantSpec): pb.TenantSpec {
+  return {
+    name: t.name,
+    ...(t.maxCapacityBytes !== undefined ? { maxCapacityBytes: t.maxCapacityBytes } : {}),
+    ...(t.maxVolumes !== undefined ? { maxVolumes: t.maxVolumes } : {}),
+    ...(t.maxSessions !== undefined ? { maxSessions: t.maxSessions } : {}),
+  };
+}
+
+function userFromWire(u: pb.User__Output): UserView {
+  return { ...u, permissions: [...u.permissions] };
+}
+
+function tenantFromWire(t: pb.Tenant__Output): TenantView {
+  return { ...t, maxCapacityBytes: Number(t.maxCapacityBytes), capacityBytes: Number(t.capacityBytes) };
 }

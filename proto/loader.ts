@@ -19,6 +19,7 @@ const PROTO_FILES = [
   'arraylab/v1/agent.proto',
   'arraylab/v1/fault.proto',
   'arraylab/v1/remote.proto',
+  'arraylab/v1/access.proto',
 ];
 
 /**
@@ -69,6 +70,7 @@ export const agentServiceClientConstructor = (): ClientConstructor<pb.AgentServi
 export const faultServiceClientConstructor = (): ClientConstructor<pb.FaultServiceClient> => service('FaultService');
 export const remoteServiceClientConstructor = (): ClientConstructor<pb.RemoteServiceClient> => service('RemoteService');
 export const remoteCopyServiceClientConstructor = (): ClientConstructor<pb.RemoteCopyServiceClient> => service('RemoteCopyService');
+export const accessServiceClientConstructor = (): ClientConstructor<pb.AccessServiceClient> => service('AccessService');
 
 export const arrayServiceDefinition = (): grpc.ServiceDefinition => arrayServiceClientConstructor().service;
 export const copyServiceDefinition = (): grpc.ServiceDefinition => copyServiceClientConstructor().service;
@@ -78,6 +80,7 @@ export const agentServiceDefinition = (): grpc.ServiceDefinition => agentService
 export const faultServiceDefinition = (): grpc.ServiceDefinition => faultServiceClientConstructor().service;
 export const remoteServiceDefinition = (): grpc.ServiceDefinition => remoteServiceClientConstructor().service;
 export const remoteCopyServiceDefinition = (): grpc.ServiceDefinition => remoteCopyServiceClientConstructor().service;
+export const accessServiceDefinition = (): grpc.ServiceDefinition => accessServiceClientConstructor().service;
 
 /**
  * Adds a service to a server with handlers typed by its generated interface (the generated

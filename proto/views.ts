@@ -393,3 +393,46 @@ export interface PowerCutView {
   connectionsDropped: number;
   volumes: Array<{ name: string; writesLost: number; writesKept: number; writesTorn: number; bytesLost: number }>;
 }
+
+/** A user of the array's control API (arraylab user). */
+export interface UserView {
+  name: string;
+  role: string;
+  /** '': array-wide. */
+  tenant: string;
+  createdAt: string;
+  /** '': never. */
+  expiresAt: string;
+  certSubject: string;
+  certFingerprint: string;
+  hasToken: boolean;
+  tokenRotatedAt: string;
+  permissions: string[];
+}
+
+/** A tenant, its quotas (0: none) and what it uses (arraylab tenant). */
+export interface TenantView {
+  name: string;
+  maxCapacityBytes: number;
+  maxVolumes: number;
+  maxSessions: number;
+  capacityBytes: number;
+  volumes: number;
+  sessions: number;
+  hosts: number;
+  cartridges: number;
+  users: number;
+  createdAt: string;
+}
+
+/** One audited call (arraylab audit). */
+export interface AuditEntryView {
+  seq: number;
+  at: string;
+  user: string;
+  tenant: string;
+  peer: string;
+  rpc: string;
+  target: string;
+  result: string;
+}

@@ -24,7 +24,12 @@ import {
   remoteCopyServiceDefinition,
   remoteServiceDefinition,
   tapeServiceDefinition,
+  accessServiceDefinition,
 } from '../../proto/loader.js';
+import type { AccessControl } from '../auth/AccessControl.js';
+import { apiGuard, principalOf } from '../auth/ApiGuard.js';
+import { Scope, type ScopeDirectory } from '../auth/tenantScope.js';
+import { accessHandlers, type OwnershipKeys } from './accessService.js';
 import type { FaultEngine } from '../fault/FaultEngine.js';
 import { faultHandlers, type PowerCutControl } from './faultService.js';
 import { tapeHandlers, type TapeControl } from './tapeService.js'; // tape
@@ -92,10 +97,21 @@ export interface ArrayApiServerOptions {
   power?: PowerCutControl;
   /** Remote arrays and REC remote ends; RemoteService and RemoteCopyService are served only when given. */
   remote?: RemoteControl;
+  /**
+   * Access control (emulator/auth): every call is authenticated, authorised, scoped to its
+   * tenant and audited, and AccessService is served. Absent: anyone may call anything (tests
+   * of the services themselves, and api.auth: off on a loopback address).
+   */
+  access?: { control: AccessControl; dir: ScopeDirectory; keys: OwnershipKeys };
+  /** TLS for the API (PEM); with ca, client certificates are verified and may name users. */
+  tls?: { cert: Buffer; key: Buffer; ca?: Buffer };
 }
 
 export class ArrayApiServer {
-  private readonly server = new grpc.Server();
+  private readonly server: grpc.Server;
+  private readonly tls: ArrayApiServerOptions['tls'];
+  private readonly authenticated: boolean;
+  private readonly access: ArrayApiServerOptions['access'];
   private readonly array: ArrayControl;
   private readonly serverStatus: () => ServerStatus;
   private readonly sessions: SessionSource;
@@ -112,6 +128,18 @@ export class ArrayApiServer {
     this.sessions = opts.iscsiSessions ?? (() => []);
     this.log = opts.logger.child({ component: 'api' });
     this.faults = opts.faults;
+    this.tls = opts.tls;
+    this.access = opts.access;
+    this.authenticated = opts.access !== undefined;
+    const guard = opts.access && apiGuard({ access: opts.access.control, dir: opts.access.dir, log: this.log, clientCertificates: opts.tls?.ca !== undefined });
+    this.server = new grpc.Server(guard ? { interceptors: [guard] } : {});
+    if (opts.access) {
+      addService(
+        this.server,
+        accessServiceDefinition(),
+        accessHandlers(opts.access.control, opts.access.keys, (method, fn) => this.unary(method, fn)),
+      );
+    }
     const arrayHandlers: pb.ArrayServiceHandlers = {
       CreateVolume: this.unary('CreateVolume', (req) => this.createVolume(req)),
       ListVolumes: this.unary('ListVolumes', () => ({ volumes: this.array.listVolumes().map(volumeToWire) })),
@@ -216,7 +244,10 @@ export class ArrayApiServer {
     }
     const only = call.request.id;
     const interval = Math.max(50, call.request.progressIntervalMs || 1000);
-    const wanted = (id: string) => only === '' || only === id;
+    // A tenant's user watches only sessions between its volumes (ApiGuard checked an id given).
+    const principal = principalOf(call.metadata);
+    const scope = principal !== undefined && principal.tenant !== '' && this.access ? new Scope(principal, this.access.control, this.access.dir) : undefined;
+    const wanted = (id: string) => (only === '' || only === id) && (scope === undefined || scope.ownsSession(id));
     const current = (id: string): SessionInfo | undefined => copy.listCopies().find((s) => s.id === id);
     const send = (e: pb.CopyEvent) => {
       if (!call.writableEnded && !call.cancelled) call.write(e);
@@ -282,8 +313,22 @@ export class ArrayApiServer {
   /** Binds and starts serving; returns the bound address (the real port when asked for port 0). */
   listen(address: HostPort = DEFAULT_API_ADDRESS): Promise<HostPort> {
     const target = formatHostPort(address);
+    if (!isLoopback(address.host) && (this.tls === undefined || !this.authenticated)) {
+      const missing = [
+        this.tls === undefined ? 'TLS (api.tls.cert and api.tls.key, or --api-tls-cert and --api-tls-key)' : '',
+        this.authenticated ? '' : 'authentication (api.auth: on)',
+      ]
+        .filter((m) => m !== '')
+        .join(' and ');
+      return Promise.reject(
+        new Error(`refusing to serve the control API on ${target} without ${missing}: other machines could reach it; enable them, or listen on 127.0.0.1`),
+      );
+    }
+    const credentials = this.tls
+      ? grpc.ServerCredentials.createSsl(this.tls.ca ?? null, [{ cert_chain: this.tls.cert, private_key: this.tls.key }], this.tls.ca !== undefined)
+      : grpc.ServerCredentials.createInsecure();
     return new Promise((resolve, reject) => {
-      this.server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, port) => {
+      this.server.bindAsync(target, credentials, (err, port) => {
         if (err) {
           const inUse = /EADDRINUSE|address already in use/i.test(err.message);
           const reason = inUse ? 'the address is in use (is another arraylab running?)' : err.message;
@@ -293,7 +338,14 @@ export class ArrayApiServer {
           return;
         }
         this.listening = true;
-        this.log.info({ address: formatHostPort({ host: address.host, port }) }, 'control API listening');
+        this.log.info(
+          {
+            address: formatHostPort({ host: address.host, port }),
+            tls: this.tls ? (this.tls.ca ? 'mutual' : 'on') : 'off',
+            auth: this.authenticated ? 'on' : 'off',
+          },
+          'control API listening',
+        );
         resolve({ host: address.host, port });
       });
     });
@@ -409,10 +461,10 @@ export class ArrayApiServer {
   }
 
   /**
-   * Wraps a handler: refusal while draining, error mapping, logging. Every call passes here, so
-   * this is where the role check will go (from call.metadata's authorization) when the API gets one.
+   * Wraps a handler: refusal while draining, error mapping, logging. Who may call it was
+   * decided before, by ApiGuard (emulator/auth), which every call passes.
    */
-  private unary<Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+  private unary<Req, Res>(method: string, fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Res | Promise<Res>): grpc.handleUnaryCall<Req, Res> {
     return (call, callback) => {
       if (this.draining) {
         callback({ code: grpc.status.UNAVAILABLE, details: 'the arraylab server is shutting down; retry when it is back' });
@@ -421,7 +473,7 @@ export class ArrayApiServer {
       const started = process.hrtime.bigint();
       const faults = this.faults;
       (faults === undefined || faults.count === 0 ? Promise.resolve() : faults.apiFault(method))
-        .then(() => fn(call.request))
+        .then(() => fn(call.request, call))
         .then(
           (response) => {
             this.log.debug({ method, ms: elapsedMs(started) }, 'api call');
@@ -467,4 +519,9 @@ function groupSelection(req: { group: string; ids: string[] }): { ids: string[];
 
 function elapsedMs(started: bigint): number {
   return Number(process.hrtime.bigint() - started) / 1e6;
+}
+
+/** Loopback addresses: only this machine reaches them. */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }

@@ -165,6 +165,55 @@ const MIGRATIONS: Migration[] = [
       ) STRICT;
     `);
   },
+  // 8: access control (emulator/auth): users (tokens kept as SHA-256 hashes), tenants and their
+  // quotas, which tenant owns which object (volumes by UUID, so a rename follows; the triggers
+  // forget an owner with its object), the audit log, and the token a remote array is called with.
+  (db) => {
+    db.exec(`
+      CREATE TABLE users (
+        name             TEXT PRIMARY KEY,
+        role             TEXT NOT NULL,
+        tenant           TEXT NOT NULL DEFAULT '',
+        token_hash       TEXT UNIQUE,
+        cert_subject     TEXT NOT NULL DEFAULT '',
+        cert_fingerprint TEXT NOT NULL DEFAULT '',
+        created_at       TEXT NOT NULL,
+        expires_at       TEXT NOT NULL DEFAULT '',
+        rotated_at       TEXT NOT NULL DEFAULT ''
+      ) STRICT;
+      CREATE TABLE tenants (
+        name               TEXT PRIMARY KEY,
+        max_capacity_bytes INTEGER NOT NULL DEFAULT 0,
+        max_volumes        INTEGER NOT NULL DEFAULT 0,
+        max_sessions       INTEGER NOT NULL DEFAULT 0,
+        created_at         TEXT NOT NULL
+      ) STRICT;
+      CREATE TABLE owners (
+        kind   TEXT NOT NULL CHECK (kind IN ('volume', 'host', 'cartridge')),
+        key    TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        PRIMARY KEY (kind, key)
+      ) STRICT;
+      CREATE TRIGGER owners_volume_gone AFTER DELETE ON volumes BEGIN
+        DELETE FROM owners WHERE kind = 'volume' AND key = OLD.uuid;
+      END;
+      CREATE TRIGGER owners_host_gone AFTER DELETE ON hosts BEGIN
+        DELETE FROM owners WHERE kind = 'host' AND key = OLD.name;
+      END;
+      CREATE TABLE audit (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        at     TEXT NOT NULL,
+        user   TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        peer   TEXT NOT NULL,
+        rpc    TEXT NOT NULL,
+        target TEXT NOT NULL,
+        result TEXT NOT NULL
+      ) STRICT;
+      CREATE INDEX audit_at ON audit (at);
+      ALTER TABLE remotes ADD COLUMN token TEXT NOT NULL DEFAULT '';
+    `);
+  },
   // 9: host credentials (HostRecords): how a host proves who it is. NBD: a TLS-PSK identity
   // with its 256-bit key, a client certificate's SHA-256 fingerprint (64 lower-case hex digits)
   // and a certificate subject CN, each naming at most one host; iSCSI: the host's CHAP user and

@@ -64,6 +64,7 @@ import { HostRecords } from './HostRecords.js';
 import { newVolumeIdentity, renewedIdentity } from './identity.js';
 import { DATABASE_FILE, MetadataStore, type VolumeRecord } from './MetadataStore.js';
 import { SqliteReservationStore } from './SqliteReservationStore.js';
+import { AccessStore } from '../auth/AccessStore.js';
 import { SqliteSessionJournal } from './SqliteSessionJournal.js';
 import {
   ArrayError,
@@ -136,6 +137,8 @@ export class StorageArray implements ExportProvider {
   readonly hosts: HostAffinity;
   /** Persistent reservations that survive restarts (APTPL), for the iSCSI target. */
   readonly reservations: SqliteReservationStore;
+  /** Users, tenants, ownership and the audit log (emulator/auth), in the metadata database. */
+  readonly accessStore: AccessStore;
   /** Injected faults (emulator/fault): host I/O, connections, copy sessions, tape, the API, remote links. */
   readonly faults: FaultEngine;
   /** The other arrays this one knows (REC). */
@@ -158,6 +161,7 @@ export class StorageArray implements ExportProvider {
     this.journal = new SqliteSessionJournal(db);
     this.hosts = new HostAffinity(new HostRecords(db), this.volumeDirectory(), log, { requireHostAffinity });
     this.reservations = new SqliteReservationStore(db);
+    this.accessStore = new AccessStore(db.sqlite);
     this.remotes = new RemoteArrays({
       db,
       log,
@@ -219,10 +223,14 @@ export class StorageArray implements ExportProvider {
     }
     const dataDir = path.resolve(opts.dataDir);
     const volumesDir = path.join(dataDir, VOLUMES_DIR);
-    await fsp.mkdir(volumesDir, { recursive: true });
+    await fsp.mkdir(volumesDir, { recursive: true, mode: 0o700 });
+    // Only the array's user reads its data: volumes, the database (tokens' hashes, CHAP secrets, NBD PSKs), tape.
+    await keepPrivate(dataDir);
+    await keepPrivate(volumesDir);
     let db: MetadataStore;
     try {
       db = new MetadataStore(path.join(dataDir, DATABASE_FILE), { exclusive: true });
+      for (const suffix of ['', '-wal', '-shm']) await fsp.chmod(path.join(dataDir, DATABASE_FILE + suffix), 0o600).catch(() => undefined);
     } catch (err) {
       if (isLockError(err)) {
         throw new ArrayError('FAILED_PRECONDITION', `data directory ${dataDir} is in use by another arraylab process; stop it or use another data directory`);
@@ -1388,4 +1396,11 @@ function storeError(what: string, err: unknown, dataDir: string | undefined, thi
 function isLockError(err: unknown): boolean {
   const code = (err as { code?: string }).code;
   return code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED' || /database is locked/.test(String((err as Error).message));
+}
+
+/** Makes a directory of ours 0700 (one another user owns is left as it is: not ours to change). */
+async function keepPrivate(dir: string): Promise<void> {
+  const st = await fsp.stat(dir);
+  if (process.getuid !== undefined && st.uid !== process.getuid()) return;
+  if ((st.mode & 0o077) !== 0) await fsp.chmod(dir, st.mode & 0o7700);
 }

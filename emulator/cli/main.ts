@@ -1,5 +1,5 @@
 /**
- * The arraylab command line: `serve` runs the array; `volume`, `copy`, `remote`, `host`, `tape`, `export`, `fault`, `power-cut` and `status`
+ * The arraylab command line: `serve` runs the array; `volume`, `copy`, `remote`, `host`, `tape`, `export`, `fault`, `power-cut`, `status`, `user`, `tenant` and `audit`
  * talk to a running one over the control API. Every command takes --json.
  *
  * Failures print exactly one line, `arraylab: ...`, on stderr: exit status 2 for a wrong command
@@ -22,11 +22,17 @@ import { tapeCommands } from './tape.js'; // tape
 import { volumeCommands } from './volume.js';
 import { vmCommands } from './vm.js'; // vm, lab (issue 6)
 import { labCommands } from './lab.js'; // vm, lab (issue 6)
+import { userCommands } from './user.js';
+import { tenantCommands } from './tenant.js';
+import { auditCommand, auditOptions } from './audit.js';
 
 const EPILOGUE = `Sizes take binary units K/M/G/T (= KiB/MiB/GiB/TiB) or decimal KB/MB/GB/TB, e.g. 64MiB, 10G, 4k.
 
 Environment:
   ARRAYLAB_API        control API address for client commands (default 127.0.0.1:7390)
+  ARRAYLAB_TOKEN      control API token (or ARRAYLAB_TOKEN_FILE: a file holding it); default: the
+                      admin token of an array this user started on this machine
+  ARRAYLAB_TLS_CA     CA of the API's TLS certificate (ARRAYLAB_TLS_CERT, ARRAYLAB_TLS_KEY: mutual TLS)
   ARRAYLAB_LOG_LEVEL  serve's log level
 
 Exit status: 0 success, 1 the operation failed, 2 wrong command line or config.`;
@@ -70,8 +76,16 @@ export async function run(argv: string[]): Promise<number> {
       (a) => statusCommand(a),
     )
     .command('vm', 'lab VMs on the array: start (volumes over NBD or iSCSI), list, stop, console', (y) => vmCommands(y)) // vm, lab (issue 6)
+    .command('user', 'users of the control API: add (prints a token), list, show, whoami, rotate, remove', (y) => userCommands(y))
+    .command('tenant', 'tenants: add, list, show, set quotas, assign objects, remove', (y) => tenantCommands(y))
+    .command(
+      'audit',
+      'the audit log: every call that changed or tried to change the array, newest first',
+      (y) => auditOptions(y),
+      (a) => auditCommand(a),
+    )
     .command('lab', 'bring a lab file (arrays, volumes, hosts, VMs) up, down, or show its status', (y) => labCommands(y)) // vm, lab (issue 6)
-    .demandCommand(1, 'give a command: serve, volume, copy, host, export, tape, fault, power-cut, status, vm or lab')
+    .demandCommand(1, 'give a command: serve, volume, copy, host, export, tape, fault, power-cut, status, user, tenant, audit, vm or lab')
     .recommendCommands()
     .strict()
     .help()

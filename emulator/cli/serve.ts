@@ -21,6 +21,10 @@ export interface ServeArgs {
   api?: string | undefined;
   memory: boolean;
   'require-host-affinity'?: boolean | undefined;
+  'api-auth'?: 'on' | 'off' | undefined;
+  'api-tls-cert'?: string | undefined;
+  'api-tls-key'?: string | undefined;
+  'api-tls-ca'?: string | undefined;
   'log-level'?: string | undefined;
   json: boolean;
 }
@@ -38,6 +42,10 @@ export async function serve(a: ServeArgs): Promise<number> {
       ...(api !== undefined ? { api } : {}),
       ...(iscsi !== undefined ? { iscsi } : {}),
       ...(a['require-host-affinity'] ? { requireHostAffinity: true } : {}),
+      ...(a['api-auth'] !== undefined ? { apiAuth: a['api-auth'] } : {}),
+      ...(last(a['api-tls-cert']) !== undefined ? { apiTlsCert: last(a['api-tls-cert'])! } : {}),
+      ...(last(a['api-tls-key']) !== undefined ? { apiTlsKey: last(a['api-tls-key'])! } : {}),
+      ...(last(a['api-tls-ca']) !== undefined ? { apiTlsCa: last(a['api-tls-ca'])! } : {}),
       memory: a.memory,
     });
   } catch (err) {
@@ -85,6 +93,7 @@ function announce(config: ArraylabConfig, addresses: ServerAddresses, server: Ar
       iscsi: addresses.iscsi ? { ...addresses.iscsi, targetName: server.targetName } : null,
       backend: config.backend,
       dataDir: config.backend === 'file' ? config.dataDir : null,
+      adminTokenFile: server.adminTokenFile ?? null,
       volumes,
     });
     return;
@@ -102,6 +111,9 @@ function announce(config: ArraylabConfig, addresses: ServerAddresses, server: Ar
         ? `iSCSI   iscsi://${formatHostPort(addresses.iscsi)}/${server.targetName}  (${who})`
         : 'iSCSI   not served (set listen.iscsi or --iscsi HOST:PORT)',
       `DATA    ${config.backend === 'file' ? config.dataDir : 'in memory (lost at exit)'}`,
+      server.adminTokenFile
+        ? `AUTH    on; admin token in ${server.adminTokenFile} (this user's CLI finds it; others: --token-file or ARRAYLAB_TOKEN)`
+        : 'AUTH    off: anyone who reaches the API may do anything',
     ].join('\n'),
   );
 }

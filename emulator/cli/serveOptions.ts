@@ -18,6 +18,13 @@ export function serveOptions(y: Argv<{ json: boolean }>) {
       describe: 'iSCSI: no initiator sees a volume until it is mapped to its host (arraylab host map) [config iscsi.requireHostAffinity]',
     })
     .option('api', { type: 'string', requiresArg: true, describe: 'control API listen address HOST:PORT (port 0: any free port)' })
+    .option('api-auth', {
+      choices: ['on', 'off'] as const,
+      describe: 'control API authentication (tokens, roles, tenants, audit); off only on a loopback address [config api.auth; default on]',
+    })
+    .option('api-tls-cert', { type: 'string', requiresArg: true, describe: 'control API TLS certificate (PEM) [config api.tls.cert]' })
+    .option('api-tls-key', { type: 'string', requiresArg: true, describe: 'control API TLS private key (PEM) [config api.tls.key]' })
+    .option('api-tls-ca', { type: 'string', requiresArg: true, describe: 'CA (PEM) that client certificates must chain to: mutual TLS [config api.tls.ca]' })
     .option('memory', { type: 'boolean', default: false, describe: 'keep volumes in memory (lost at exit); no data dir' })
     .option('log-level', { type: 'string', requiresArg: true, describe: `log level: ${LEVELS} [env ARRAYLAB_LOG_LEVEL; default from config: info]` });
 }

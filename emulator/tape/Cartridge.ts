@@ -136,7 +136,7 @@ export class Cartridge {
   /** Makes a new empty cartridge file (refused if the file exists); durable when it resolves. */
   static async create(file: string, label: string, capacityBytes: number, createdMs = Date.now()): Promise<Cartridge> {
     const header: CartridgeHeader = { label, capacityBytes, createdMs };
-    const fh = await fsp.open(file, 'wx');
+    const fh = await fsp.open(file, 'wx', 0o600);
     try {
       await fh.write(encodeCartridgeHeader(header), 0, CARTRIDGE_HEADER_SIZE, 0);
       await fh.write(encodeEod({ recordCount: 0, offset: CARTRIDGE_HEADER_SIZE }), 0, EOD_SIZE, CARTRIDGE_HEADER_SIZE);

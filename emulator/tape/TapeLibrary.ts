@@ -77,7 +77,8 @@ export class TapeLibrary {
 
   static async open(opts: TapeLibraryOptions): Promise<TapeLibrary> {
     const log = opts.logger.child({ component: 'tape' });
-    await fsp.mkdir(opts.dir, { recursive: true });
+    await fsp.mkdir(opts.dir, { recursive: true, mode: 0o700 });
+    await fsp.chmod(opts.dir, 0o700).catch(() => undefined);
     const lib = new TapeLibrary(opts.dir, opts.volumes, log, opts.faults);
     for (const file of (await fsp.readdir(opts.dir)).sort()) {
       if (!file.endsWith(SUFFIX)) continue;

@@ -423,6 +423,7 @@ describe('persistence', () => {
     raw.exec(`
       DROP TRIGGER scsi_reservations_volume_deleted; DROP TRIGGER scsi_reservations_identity_renewed;
       DROP TABLE scsi_reservations; DROP TABLE default_luns; DROP TABLE host_luns; DROP TABLE host_initiators;
+      DROP TRIGGER owners_volume_gone; DROP TABLE users; DROP TABLE tenants; DROP TABLE owners; DROP TABLE audit;
       DROP TABLE hosts; DROP TABLE array_properties; DROP TABLE faults; DROP TABLE remotes; ALTER TABLE volumes DROP COLUMN write_cache;
       UPDATE schema_version SET version = 3;
       INSERT INTO volumes (uuid, name, wwn, serial, size_bytes, block_size, provisioning, created_at)

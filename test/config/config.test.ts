@@ -44,7 +44,7 @@ volumes:
     expect(c.dataDir).toBe('/etc/data');
     expect(c.backend).toBe('memory');
     expect(c.listen).toEqual({ nbd: { host: '0.0.0.0', port: 0 }, api: { host: '::1', port: 7391 }, iscsi: null });
-    expect(c.nbd.tls).toEqual({ cert: '/etc/tls/server.crt', key: '/abs/server.key', ca: '/etc/ca.pem', require: true });
+    expect(c.nbd.tls).toEqual({ cert: '/etc/tls/server.crt', key: '/abs/server.key', ca: '/etc/ca.pem', psk: false, require: true });
     expect(c.log.level).toBe('debug');
     expect(c.volumes).toEqual([
       { name: 'a', sizeBytes: 64 * 2 ** 20, blockSize: 512, provisioning: 'thin', readOnly: false, description: '', origin: `config ${SRC}: volumes[0]` },
@@ -82,7 +82,7 @@ volumes:
 
   it.each([
     ['[1, 2]', 'config /etc/arraylab.yaml: the top level must be a mapping'],
-    ['dataDirr: x', 'config /etc/arraylab.yaml: dataDirr: unknown key; expected one of dataDir, backend, listen, nbd, iscsi, log, volumes'],
+    ['dataDirr: x', 'config /etc/arraylab.yaml: dataDirr: unknown key; expected one of dataDir, backend, listen, nbd, api, iscsi, log, volumes'],
     ['backend: disk', 'backend: "disk" is not a backend; use file or memory'],
     ['listen: {nbd: localhost}', 'listen.nbd: "localhost" is not an address; use HOST:PORT such as 127.0.0.1:10809'],
     ['listen: {nbd: "1.2.3.4:70000"}', 'listen.nbd: "1.2.3.4:70000" is not an address'],
