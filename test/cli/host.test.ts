@@ -69,15 +69,17 @@ describe('arraylab host', () => {
     expect(show).toMatch(/^\s*5\s+vol2\s+[0-9a-f-]{36}$/m);
 
     const list = (await ok(['host', 'list'])).trimEnd().split('\n');
-    expect(list[0]).toMatch(/^HOST\s+INITIATORS\s+LUNS\s+SESSIONS$/);
-    expect(list[1]).toMatch(new RegExp(`^web\\s+${WEB1}\\s+2\\s+0$`));
+    expect(list[0]).toMatch(/^HOST\s+INITIATORS\s+LUNS\s+SESSIONS\s+CREDENTIALS$/);
+    expect(list[1]).toMatch(new RegExp(`^web\\s+${WEB1}\\s+2\\s+0\\s+-$`));
     expect(list[2]).toMatch(new RegExp(`^\\s+${WEB2}$`));
     expect(list[3]).toBe("host affinity on: an initiator sees only its host's LUNs; one in no host sees none");
 
     expect(await ok(['host', 'unmap', 'web', 'vol2'])).toBe('unmapped volume vol2 (LUN 5) from host web\n');
     expect(await ok(['host', 'add-initiator', 'web', DB1])).toBe(`added initiator ${DB1} to host web\n`);
     expect(await ok(['host', 'remove-initiator', 'web', DB1])).toBe(`removed initiator ${DB1} from host web\n`);
-    expect(await ok(['host', 'remove', 'web', '--force'])).toBe('removed host web and unmapped its LUN (LUN 0 vol0)\n');
+    expect(await ok(['host', 'remove', 'web', '--force'])).toBe(
+      `removed host web and unmapped its LUN (LUN 0 vol0); no host is left, so host affinity is off: every initiator and NBD client sees every volume (set iscsi.requireHostAffinity to prevent this)\n`,
+    );
     expect(await ok(['host', 'ls'])).toMatch(/^no hosts: host affinity is off/);
   });
 
@@ -101,7 +103,11 @@ describe('arraylab host', () => {
     expect(await json(['host', 'add-initiator', 'db', WEB1])).toMatchObject({ initiators: [DB1, WEB1] });
     expect(await json(['host', 'remove-initiator', 'db', WEB1])).toMatchObject({ initiators: [DB1] });
     expect(await json(['host', 'unmap', 'db', 'vol1'])).toEqual({ host: 'db', volume: 'vol1', lun: 16383 });
-    expect(await json(['host', 'remove', 'db', '--force'])).toEqual({ removed: 'db', unmapped: [{ lun: 0, volume: 'vol0', volumeUuid: vol0 }] });
+    expect(await json(['host', 'remove', 'db', '--force'])).toEqual({
+      removed: 'db',
+      unmapped: [{ lun: 0, volume: 'vol0', volumeUuid: vol0 }],
+      hostAffinity: false,
+    });
     expect(await json(['host', 'list'])).toMatchObject({ hostAffinity: false, hosts: [] });
   });
 
@@ -114,7 +120,9 @@ describe('arraylab host', () => {
     await ok(['volume', 'delete', 'tmp2']);
     expect((await json(['host', 'show', 'app'])).luns).toEqual([]);
     expect(await ok(['host', 'show', 'app'])).toMatch(/^luns:\s+none; map one with: arraylab host map app VOLUME$/m);
-    expect(await ok(['host', 'remove', 'app'])).toBe('removed host app\n');
+    expect(await ok(['host', 'remove', 'app'])).toBe(
+      `removed host app; no host is left, so host affinity is off: every initiator and NBD client sees every volume (set iscsi.requireHostAffinity to prevent this)\n`,
+    );
   });
 
   it('refuses operations that would break the maps with one line and exit status 1', async () => {
@@ -167,7 +175,7 @@ describe('arraylab host', () => {
     }
     expect(await bad(['host', 'map', 'web'])).toMatch(/^arraylab: Not enough non-option arguments.*\(see 'arraylab host map --help'\)\n$/);
     expect(await bad(['host'])).toMatch(
-      /^arraylab: host needs a subcommand: add, remove, map, unmap, list, show, add-initiator or remove-initiator \(see 'arraylab host --help'\)\n$/,
+      /^arraylab: host needs a subcommand: add, remove, map, unmap, list, show, set, add-initiator or remove-initiator \(see 'arraylab host --help'\)\n$/,
     );
     expect(await bad(['host', 'frob'])).toMatch(/^arraylab: Unknown argument: frob.*\(see 'arraylab host --help'\)\n$/);
     expect(await bad(['host', 'add-initiator', 'web', 'eui.123'])).toMatch(
