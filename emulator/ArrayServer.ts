@@ -162,7 +162,7 @@ export class ArrayServer {
       this.nbd = new NbdServer({
         provider: this.nbdExports,
         logger: this.log,
-        access: nbdAccess(hosts),
+        access: nbdAccess(hosts, tls !== undefined),
         ...(tls ? { tls: { ...tls, ...(config.nbd.tls?.psk ? { psk: (identity: string) => hosts.nbdPsk(identity) } : {}) } } : {}),
       });
       const nbd = await listenOrExplain('NBD', config.listen.nbd, '--nbd HOST:PORT or listen.nbd', () =>

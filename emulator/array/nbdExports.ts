@@ -61,8 +61,11 @@ export interface ReservationLog {
   child(bindings: object): ReservationLog;
 }
 
-/** The access policy the NBD server asks (NbdServerOptions.access). */
-export function nbdAccess(hosts: NbdHosts): NbdAccess {
+/**
+ * The access policy the NBD server asks (NbdServerOptions.access). `tls`: whether the NBD
+ * server offers TLS at all (without it no client can prove an identity).
+ */
+export function nbdAccess(hosts: NbdHosts, tls = true): NbdAccess {
   return {
     exportsFor(peer: NbdPeer | undefined): NbdExportScope {
       const volumes = hosts.nbdVolumesFor(peer);
@@ -71,6 +74,9 @@ export function nbdAccess(hosts: NbdHosts): NbdAccess {
     },
     refusal(peer: NbdPeer | undefined, name: string): string {
       const what = `no export named "${name}" for this client`;
+      if (peer === undefined && !tls) {
+        return `${what}: host affinity is on, and a client without a TLS identity sees no volume; this array serves NBD without TLS: set nbd.tls in its config (psk: true for host keys, or ca for client certificates)`;
+      }
       if (peer === undefined) {
         return `${what}: host affinity is on, and a client without a TLS identity sees no volume; connect with TLS-PSK (arraylab host set HOST --nbd-psk prints the key) or a client certificate the array knows (arraylab host set HOST --nbd-cert-fingerprint FP)`;
       }

@@ -43,6 +43,7 @@ describe('nbdAccess', () => {
     expect(none.refusal(undefined, 'vol2')).toMatch(
       /^no export named "vol2" for this client: host affinity is on, and a client without a TLS identity sees no volume; connect with TLS-PSK/,
     );
+    expect(nbdAccess(hosts(new Set(), undefined), false).refusal(undefined, 'vol2')).toMatch(/this array serves NBD without TLS: set nbd\.tls in its config/);
     expect(none.refusal({ pskIdentity: 'ci' }, 'vol2')).toBe(
       'no export named "vol2" for this client: TLS-PSK identity "ci" belongs to no host; give it to one with arraylab host set HOST --nbd-psk --nbd-psk-identity ci',
     );
