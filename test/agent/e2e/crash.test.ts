@@ -17,6 +17,8 @@ import { join } from 'node:path';
 import { EXT4, mountAt, shTry, sleep, useAgentLab, startApiGate, writeCompletes, type Agent, type ApiGate } from '../../support/agentLab.js';
 import type { AgentStatus, BackupReport, ResourceMatchReport } from '../../../agent/types.js';
 import { until } from '../../support/wait.js';
+import { credentialLinkName, credentialsDir } from '../../../proto/auth/credentials.js';
+import { parseHostPort } from '../../../proto/util/address.js';
 
 describe('arraylab-agent killed with -9 mid-backup', () => {
   const env = useAgentLab();
@@ -47,6 +49,12 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     }
   }
 
+  /**
+   * Through the gate the agent meets the array at another address, for which no local admin
+   * credential is linked: it is given the array's (--token-file) for the commands after useArray.
+   */
+  const viaGate = (args: string[]): string[] => [...args, '--token-file', join(credentialsDir(), credentialLinkName(parseHostPort(env.lab.apiAddress)))];
+
   /** How this file waits: every 25 ms, 30 s unless a step says otherwise. */
   const PACE = { timeoutMs: 30_000, intervalMs: 25 };
 
@@ -62,7 +70,7 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     const writer = env.startWriter(join(tv.mnt, 'records'));
     await writer.progress(20);
 
-    const child = agent.spawn(['backup', tv.volume]);
+    const child = agent.spawn(viaGate(['backup', tv.volume]));
     await until('the backup-pre hook', hook.ran, PACE);
     hook.closeGate();
     // Frozen: the writer stops making progress.
@@ -87,7 +95,7 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     await writer.progress(20);
 
     gate.resume();
-    const st = await agent.json<AgentStatus>(['status']);
+    const st = await agent.json<AgentStatus>(viaGate(['status']));
     const lock = st.outstandingLocks.find((l) => l.volume === tv.volume);
     expect(lock, `status should show the lock the killed agent left: ${JSON.stringify(st.outstandingLocks)}`).toMatchObject({
       role: 'transaction',
@@ -96,17 +104,17 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     });
     if (lock?.freezeGuardPid) expect(alive(lock.freezeGuardPid), `the freeze guard ${lock.freezeGuardPid} should have exited after thawing`).toBe(false);
 
-    const r = await agent.run(['resource-match']);
+    const r = await agent.run(viaGate(['resource-match']));
     expect(r.code, r.stdout + r.stderr).toBe(0);
     const match = r.json as ResourceMatchReport;
     expect(match.repaired.join('\n')).toContain(tv.volume);
     expect(match.remaining).toEqual([]);
-    const after = await agent.json<AgentStatus>(['status']);
+    const after = await agent.json<AgentStatus>(viaGate(['status']));
     expect(after.outstandingLocks).toEqual([]);
     expect(after.transactionVolumes.find((t) => t.volume === tv.volume)!.needsResourceMatch).toBe('');
 
     // The killed operation does not block the next one.
-    const again = await agent.run(['backup', tv.volume]);
+    const again = await agent.run(viaGate(['backup', tv.volume]));
     expect(again.code, again.stdout + again.stderr).toBe(0);
     expect((again.json as BackupReport).ok).toBe(true);
   });
@@ -121,7 +129,7 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     agent.useArray(gate.address);
     const hook = gateInHook(agent, gate, 'stuck');
 
-    const child = agent.spawn(['backup', tv.volume]);
+    const child = agent.spawn(viaGate(['backup', tv.volume]));
     await until('the backup-pre hook', hook.ran, PACE);
     hook.closeGate();
     await until('the filesystem to freeze', async () => !(await writeCompletes(tv.mnt, 300)), { ...PACE, timeoutMs: 20_000 });
@@ -136,7 +144,7 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     // The copy would be taken after the thaw: not the frozen image the user asked for.
     expect(r.code, `a backup whose freeze ran out before the copy succeeded: ${r.stdout}`).toBe(1);
     expect(r.stdout + r.stderr).toMatch(/deadline/i);
-    const st = await agent.json<AgentStatus>(['status']);
+    const st = await agent.json<AgentStatus>(viaGate(['status']));
     expect(st.outstandingLocks).toEqual([]);
     expect(await writeCompletes(tv.mnt, 3000)).toBe(true);
   });
@@ -151,7 +159,7 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     agent.useArray(gate.address);
     const hook = gateInHook(agent, gate, 'unmount');
 
-    const child = agent.spawn(['backup', tv.volume]);
+    const child = agent.spawn(viaGate(['backup', tv.volume]));
     await until('the backup-pre hook', hook.ran, PACE);
     hook.closeGate();
     await until('the agent to unmount the volume', () => mountAt(tv.mnt) === undefined, { ...PACE, timeoutMs: 20_000 });
@@ -161,10 +169,10 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
     expect(mountAt(tv.mnt), 'left unmounted by the killed agent').toBeUndefined();
 
     gate.resume();
-    const st = await agent.json<AgentStatus>(['status']);
+    const st = await agent.json<AgentStatus>(viaGate(['status']));
     expect(st.outstandingLocks.find((l) => l.volume === tv.volume)).toMatchObject({ role: 'transaction', action: 'unmounted' });
 
-    const r = await agent.run(['resource-match']);
+    const r = await agent.run(viaGate(['resource-match']));
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect((r.json as ResourceMatchReport).remaining).toEqual([]);
     const m = mountAt(tv.mnt);
@@ -174,11 +182,11 @@ describe('arraylab-agent killed with -9 mid-backup', () => {
       mountOptions: tv.mount.mountOptions,
       superOptions: tv.mount.superOptions,
     });
-    const after = await agent.json<AgentStatus>(['status']);
+    const after = await agent.json<AgentStatus>(viaGate(['status']));
     expect(after.outstandingLocks).toEqual([]);
     expect(after.transactionVolumes.find((t) => t.volume === tv.volume)!.needsResourceMatch).toBe('');
     // A second resource-match finds nothing to do.
-    const twice = await agent.json<ResourceMatchReport>(['resource-match']);
+    const twice = await agent.json<ResourceMatchReport>(viaGate(['resource-match']));
     expect(twice).toEqual({ repaired: [], remaining: [] });
   });
 });
