@@ -423,7 +423,7 @@ describe('persistence', () => {
     raw.exec(`
       DROP TRIGGER scsi_reservations_volume_deleted; DROP TRIGGER scsi_reservations_identity_renewed;
       DROP TABLE scsi_reservations; DROP TABLE default_luns; DROP TABLE host_luns; DROP TABLE host_initiators;
-      DROP TRIGGER owners_volume_gone; DROP TABLE users; DROP TABLE tenants; DROP TABLE owners; DROP TABLE audit;
+      DROP TRIGGER owners_volume_gone; DROP TABLE users; DROP TABLE tenants; DROP TABLE owners; DROP TABLE audit; DROP TABLE host_credentials;
       DROP TABLE hosts; DROP TABLE array_properties; DROP TABLE faults; DROP TABLE remotes; ALTER TABLE volumes DROP COLUMN write_cache;
       UPDATE schema_version SET version = 3;
       INSERT INTO volumes (uuid, name, wwn, serial, size_bytes, block_size, provisioning, created_at)
@@ -437,7 +437,7 @@ describe('persistence', () => {
       expect(db.arrayId).toMatch(/^[0-9a-f]{12}$/);
       const tables = db.sqlite.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as Array<{ name: string }>;
       expect(tables.map((t) => t.name)).toEqual(
-        expect.arrayContaining(['hosts', 'host_initiators', 'host_luns', 'default_luns', 'scsi_reservations', 'array_properties']),
+        expect.arrayContaining(['hosts', 'host_initiators', 'host_luns', 'default_luns', 'scsi_reservations', 'array_properties', 'host_credentials']),
       );
       // The schema's own checks back HostAffinity's: LUN range, one volume per host, real volumes only.
       db.sqlite.exec("INSERT INTO hosts (name, created_at) VALUES ('h', 'now')");

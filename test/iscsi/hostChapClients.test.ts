@@ -109,6 +109,7 @@ describe('per-host CHAP with libiscsi and qemu', () => {
     const json = JSON.stringify(await cliJson(lab, ['host', 'show', 'web']));
     expect(json).toContain('"chapUser":"webuser"');
     expect(json).not.toContain(WEB_CHAP.secret);
+    expect(await cliOk(lab, ['audit', '--json'])).not.toContain(WEB_CHAP.secret);
     expect(await cliOk(lab, ['host', 'list'])).toMatch(/^web\s+iqn\.1994-05\.com\.redhat:web1\s+1\s+\d+\s+chap$/m);
     await cliOk(lab, ['host', 'set', 'web', '--clear-chap']);
     expect((await inq(WEB, GLOBAL)).code).toBe(0);
@@ -155,6 +156,12 @@ describe('NBD identities through the CLI', () => {
     expect(psk.identity).toBe('web-client');
     expect(psk.pskFileLine).toBe(`web-client:${psk.key}`);
     expect(psk.key).not.toBe(key);
+    // The audit log records the calls, never the keys they made.
+    const audit = await cliOk(lab, ['audit', '--json']);
+    expect(audit).toContain('SetHostCredentials');
+    expect(audit).not.toContain(key);
+    expect(audit).not.toContain(psk.key);
+    expect(lab.logs()).not.toContain(key);
   });
 
   it('records certificate fingerprints and subjects, and clears them', async () => {
