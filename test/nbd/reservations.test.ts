@@ -5,6 +5,9 @@
  * nothing while it is held; reads are refused only under the Exclusive Access types and SPC-2.
  * After RELEASE, and after the reserving session logs out (SPC-2), NBD writes go through again.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as op from '../../emulator/iscsi/opcodes.js';
 import { startArraylab, type Arraylab } from '../support/arraylab.js';
@@ -41,10 +44,11 @@ async function scsi(f: { cdb: number[]; write?: Buffer; readBytes?: number }): P
   }
 }
 
-function prOut(sa: number, o: { key?: bigint; sark?: bigint; type?: number } = {}): Promise<number> {
+function prOut(sa: number, o: { key?: bigint; sark?: bigint; type?: number; aptpl?: boolean } = {}): Promise<number> {
   const params = Buffer.alloc(24);
   params.writeBigUInt64BE(o.key ?? 0n, 0);
   params.writeBigUInt64BE(o.sark ?? 0n, 8);
+  if (o.aptpl) params[20] = 1;
   return scsi({ cdb: [0x5f, sa, o.type ?? 0, 0, 0, 0, 0, 0, 24, 0], write: params });
 }
 
@@ -132,5 +136,37 @@ describe('SPC-2 RESERVE', () => {
     ini.close();
     await ini.closed;
     await expect.poll(async () => (await nbdOutcomes()).write, { timeout: 5000 }).toBe(null);
+  });
+});
+
+describe('a persistent reservation kept across a restart (APTPL)', () => {
+  it('refuses NBD writes after the restart, before any initiator logs in again', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'nbd-aptpl-'));
+    const config = { iscsi: { targetName: TARGET_IQN }, volumes: [{ name: 'vol1', size: '4MiB', blockSize: 512 }] };
+    try {
+      await lab.stop();
+      lab = await startArraylab({ dataDir, config });
+      portal = iscsiPortalOf(lab);
+      await login();
+      expect(await prOut(PR.REGISTER, { sark: KEY, aptpl: true })).toBe(0);
+      expect(await prOut(PR.RESERVE, { key: KEY, type: TYPE.WE })).toBe(0);
+      ini.close();
+      await lab.stop();
+
+      lab = await startArraylab({ dataDir, config });
+      portal = iscsiPortalOf(lab);
+      py.close();
+      py = await startNbdsh();
+      await py.ok(`h = connect(${JSON.stringify(lab.nbdUri('vol1'))})`);
+      expect(await nbdOutcomes()).toEqual({ write: 'EPERM', trim: 'EPERM', zero: 'EPERM', read: null });
+      await login();
+      expect(await prOut(PR.CLEAR, { key: KEY })).toBe(0);
+      expect(await nbdOutcomes()).toEqual({ write: null, trim: null, zero: null, read: null });
+      py.close();
+      ini.close();
+      await lab.stop();
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 });
