@@ -44,10 +44,10 @@ export class NbdServer {
       if (psk !== undefined) {
         options.ciphers = pskCiphers();
         options.honorCipherOrder = true;
-        // OpenSSL treats a TLS 1.3 PSK like a resumed session: with client certificates
-        // requested it refuses one whose session id context is unset.
-        options.sessionIdContext = 'arraylab-nbd';
       }
+      // With client certificates requested, OpenSSL refuses to resume a session (and a TLS 1.3
+      // PSK handshake is one) whose session id context is unset.
+      options.sessionIdContext = 'arraylab-nbd';
       this.ctx.tls = {
         context: createSecureContext(options),
         require: opts.tls.require === true,
