@@ -174,6 +174,9 @@ describe('NBD identities through the CLI', () => {
     const taken = await lab.cli(['host', 'set', 'db', '--nbd-cert-subject', 'web.lab']);
     expect(taken.code).toBe(1);
     expect(taken.stderr).toMatch(/certificate subject CN web.lab already identifies host web/);
+    const both = await lab.cli(['host', 'set', 'web', '--nbd-psk', '--clear-nbd-psk']);
+    expect(both.code).toBe(1);
+    expect(both.stderr).toMatch(/host web: the NBD PSK is both set and cleared; give one of them/);
     await cliOk(lab, ['host', 'set', 'web', '--clear-nbd-cert-fingerprint', '--clear-nbd-cert-subject', '--clear-nbd-psk']);
     expect(await cliOk(lab, ['host', 'show', 'web'])).toMatch(/^credentials:\s+none; set some with/m);
   });
