@@ -21,6 +21,7 @@ const UNIT = [
   'test/block/**/*.test.ts',
   'test/array/**/*.test.ts',
   'test/api/**/*.test.ts',
+  'test/auth/unit/**/*.test.ts',
   'test/tape/library.test.ts',
   'test/net/**/*.test.ts',
   'test/fault/unit/**/*.test.ts',
@@ -32,6 +33,7 @@ const UNIT = [
   'test/vm/qemuArgs.test.ts',
   'test/agent/{cliUsage,config}.test.ts',
   'test/agent/host/hooks.test.ts',
+  'test/agent/hardening.test.ts',
   'test/agent/backup/*.test.ts',
 ];
 const VM = ['test/vm/**/*.test.ts', 'test/agent/guest/vm.test.ts', 'test/lab/lab.test.ts'];

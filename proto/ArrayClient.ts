@@ -309,8 +309,9 @@ export class ArrayClient {
 
   // ---- remote arrays (RemoteService) ----
 
-  async addRemote(name: string, api: string, opts: { offline?: boolean } = {}): Promise<RemoteView> {
-    return remoteFromWire(await this.call(this.remoteClient(), 'AddRemote', { name, api, offline: opts.offline ?? false }));
+  /** opts.token: the token the array will call the remote with (a replication user's there). */
+  async addRemote(name: string, api: string, opts: { offline?: boolean; token?: string } = {}): Promise<RemoteView> {
+    return remoteFromWire(await this.call(this.remoteClient(), 'AddRemote', { name, api, offline: opts.offline ?? false, token: opts.token ?? '' }));
   }
 
   async listRemotes(): Promise<RemoteView[]> {

@@ -15,7 +15,7 @@ type Unary = <Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>) =>
 /** What the two services need of the array; StorageArray (and its RemoteArrays) provide it. */
 export interface RemoteControl {
   remotes: {
-    add(name: string, api: string, opts: { offline?: boolean }): Promise<RemoteView>;
+    add(name: string, api: string, opts: { offline?: boolean; token?: string }): Promise<RemoteView>;
     list(): RemoteView[];
     get(name: string, opts: { probe?: boolean }): Promise<RemoteView>;
     remove(name: string, opts: { force?: boolean }): void;
@@ -47,7 +47,9 @@ function endToWire(s: SessionInfo): pb.RemoteEnd {
 export function remoteHandlers(control: RemoteControl, unary: Unary): pb.RemoteServiceHandlers {
   const r = control.remotes;
   return {
-    AddRemote: unary('AddRemote', async (req: pb.AddRemoteRequest__Output) => remoteToWire(await r.add(req.name, req.api, { offline: req.offline }))),
+    AddRemote: unary('AddRemote', async (req: pb.AddRemoteRequest__Output) =>
+      remoteToWire(await r.add(req.name, req.api, { offline: req.offline, ...(req.token ? { token: req.token } : {}) })),
+    ),
     ListRemotes: unary('ListRemotes', () => ({ remotes: r.list().map(remoteToWire) })),
     GetRemote: unary('GetRemote', async (req: pb.GetRemoteRequest__Output) => remoteToWire(await r.get(req.name, { probe: req.probe }))),
     RemoveRemote: unary('RemoveRemote', (req: pb.RemoveRemoteRequest__Output) => {

@@ -249,6 +249,8 @@ export interface RemoteRow {
   addedAt: string;
   /** REC buffer settings set for it (JSON of RecBufferSettings, the ones set only). */
   buffer: string;
+  /** The token this array calls it with ('': found as any client finds one). */
+  token?: string;
 }
 
 /** One commit of the copy-session journal (SqliteSessionJournal.sync). */
@@ -373,18 +375,20 @@ export class MetadataStore {
 
   listRemotes(): RemoteRow[] {
     return this.db
-      .prepare<[], { name: string; api: string; array_id: string; nbd: string; added_at: string; buffer: string }>('SELECT * FROM remotes ORDER BY name')
+      .prepare<[], { name: string; api: string; array_id: string; nbd: string; added_at: string; buffer: string; token: string }>(
+        'SELECT * FROM remotes ORDER BY name',
+      )
       .all()
-      .map((r) => ({ name: r.name, api: r.api, arrayId: r.array_id, nbd: r.nbd, addedAt: r.added_at, buffer: r.buffer }));
+      .map((r) => ({ name: r.name, api: r.api, arrayId: r.array_id, nbd: r.nbd, addedAt: r.added_at, buffer: r.buffer, token: r.token }));
   }
 
   /** Inserts or replaces a remote (what add and a learnt address write). */
   putRemote(r: RemoteRow): void {
     this.db
-      .prepare<[string, string, string, string, string, string]>(
-        'INSERT INTO remotes (name, api, array_id, nbd, added_at, buffer) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET api = excluded.api, array_id = excluded.array_id, nbd = excluded.nbd, buffer = excluded.buffer',
+      .prepare<[string, string, string, string, string, string, string]>(
+        'INSERT INTO remotes (name, api, array_id, nbd, added_at, buffer, token) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET api = excluded.api, array_id = excluded.array_id, nbd = excluded.nbd, buffer = excluded.buffer, token = excluded.token',
       )
-      .run(r.name, r.api, r.arrayId, r.nbd, r.addedAt, r.buffer);
+      .run(r.name, r.api, r.arrayId, r.nbd, r.addedAt, r.buffer, r.token ?? '');
   }
 
   deleteRemote(name: string): void {

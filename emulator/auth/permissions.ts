@@ -128,9 +128,8 @@ const rows: Array<[service: string, perms: Record<string, Permission>]> = [
       UnmapVolume: 'host.write',
       ListHosts: 'read',
       GetHost: 'read',
-      // Host credentials (NBD identities, per-host CHAP), when the service has them.
+      // NBD identities and per-host CHAP.
       SetHostCredentials: 'host.write',
-      UpdateHost: 'host.write',
     },
   ],
   [

@@ -184,6 +184,7 @@ const rules: Record<string, ScopeRule> = {
     },
   },
   'HostAffinityService/GetHost': hostByName,
+  'HostAffinityService/SetHostCredentials': { check: (r, s) => s.host(r.name) },
   'HostAffinityService/ListHosts': {
     filter: (res, s) => ({
       ...res,

@@ -5,6 +5,7 @@ import { keyValues, print, printJson, table, yesNo } from '../../proto/util/tabl
 import { formatSize, parseSize } from '../../proto/util/units.js';
 import { withApiOption, withClient } from './client.js';
 import { UsageError } from './errors.js';
+import { readTokenFile } from '../../proto/auth/credentials.js';
 
 const namePositional = <T>(c: Argv<T>) =>
   c.positional('name', { type: 'string', demandOption: true, describe: "the remote array's name here (see arraylab remote list)" });
@@ -20,9 +21,30 @@ export function remoteCommands(y: Argv<{ json: boolean }>) {
           // that registers it is --array, else ARRAYLAB_API, else the default address.
           .option('api', { type: 'string', demandOption: true, requiresArg: true, describe: "the REMOTE array's control API, HOST:PORT" })
           .option('array', { type: 'string', requiresArg: true, describe: 'the array that registers it, HOST:PORT [env ARRAYLAB_API; default 127.0.0.1:7390]' })
+          // As --api, --token-file is the remote's here: the token this array will call it with.
+          .option('token-file', {
+            type: 'string',
+            requiresArg: true,
+            describe:
+              'file holding a token of the REMOTE array (a user of role replication there, made with arraylab user add on it) [default: found as the CLI finds one]',
+          })
+          .option('array-token-file', {
+            type: 'string',
+            requiresArg: true,
+            describe: 'file holding the token for the array that registers it [env ARRAYLAB_TOKEN]',
+          })
           .option('offline', { type: 'boolean', default: false, describe: 'add it even if it does not answer now' }),
       async (a) => {
-        const r = await withClient({ api: a.array }, (client) => client.addRemote(a.name, a.api, { offline: a.offline }));
+        let token: string | undefined;
+        if (a['token-file'] !== undefined) {
+          try {
+            token = readTokenFile(a['token-file']);
+          } catch (err) {
+            throw new UsageError(`--token-file: ${(err as Error).message}`, 'remote add');
+          }
+        }
+        const local = { ...a, api: a.array, 'token-file': a['array-token-file'] };
+        const r = await withClient(local, (client) => client.addRemote(a.name, a.api, { offline: a.offline, ...(token !== undefined ? { token } : {}) }));
         if (a.json) return printJson(r);
         print(
           r.reachable

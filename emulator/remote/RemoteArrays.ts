@@ -64,7 +64,8 @@ export class RemoteArrays implements RemoteCopyHook {
 
   // ---- the operator's registry ----
 
-  async add(name: string, api: string, opts: { offline?: boolean } = {}): Promise<RemoteView> {
+  /** opts.token: what this array calls the remote with (a replication or admin user's token there). */
+  async add(name: string, api: string, opts: { offline?: boolean; token?: string } = {}): Promise<RemoteView> {
     if (typeof name !== 'string' || !VOLUME_NAME_PATTERN.test(name)) {
       throw new StatusError('INVALID_ARGUMENT', `remote name ${JSON.stringify(name)} is not valid; use 1-63 letters, digits, '.', '_' or '-', e.g. site-b`);
     }
@@ -78,15 +79,21 @@ export class RemoteArrays implements RemoteCopyHook {
     if (have !== undefined && have.row.api !== address) {
       throw new StatusError('ALREADY_EXISTS', `remote ${name} exists already (api ${have.row.api}); remove it first or choose another name`);
     }
-    const e = have ?? this.entry({ name, api: address, arrayId: '', nbd: '', addedAt: new Date().toISOString(), buffer: '{}' });
+    const token = opts.token ?? '';
+    let e = have ?? this.entry({ name, api: address, arrayId: '', nbd: '', addedAt: new Date().toISOString(), buffer: '{}', token });
+    if (have !== undefined && token !== '' && token !== have.row.token) {
+      // Adding it again with a new token: the new credential from now on.
+      have.client.close();
+      e = this.entry({ ...have.row, token });
+    }
     await this.probe(e);
     if (!e.reachable && !opts.offline) {
-      if (have === undefined) e.client.close();
+      if (e !== have) e.client.close();
       // Not UNAVAILABLE: that is what clients say of the array they called, and this one answered.
       throw new StatusError('FAILED_PRECONDITION', `cannot add remote ${name}: ${e.error}; start that array, check --api, or pass --offline to add it anyway`);
     }
     if (e.row.arrayId === this.opts.arrayId) {
-      if (have === undefined) e.client.close();
+      if (e !== have) e.client.close();
       throw new StatusError(
         'INVALID_ARGUMENT',
         `cannot add remote ${name}: ${address} is this array itself (array id ${this.opts.arrayId}); give another array's API address`,
@@ -303,7 +310,8 @@ export class RemoteArrays implements RemoteCopyHook {
   }
 
   private entry(row: RemoteRow): RemoteEntry {
-    return { row, client: new ArrayClient(row.api, { deadlineMs: CONTROL_DEADLINE_MS }), reachable: false, error: '', version: '' };
+    const client = new ArrayClient(row.api, { deadlineMs: CONTROL_DEADLINE_MS, ...(row.token ? { token: row.token } : {}) });
+    return { row, client, reachable: false, error: '', version: '' };
   }
 
   private view(e: RemoteEntry): RemoteView {

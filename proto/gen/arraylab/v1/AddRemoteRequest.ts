@@ -14,6 +14,11 @@ export interface AddRemoteRequest {
    * Register even if the remote does not answer now (its array id is learnt later).
    */
   'offline'?: (boolean);
+  /**
+   * The token this array calls the remote with: a user of role replication (or admin) there.
+   * Empty: found as any client finds one (ARRAYLAB_TOKEN, the local link of an array on this machine).
+   */
+  'token'?: (string);
 }
 
 export interface AddRemoteRequest__Output {
@@ -29,4 +34,9 @@ export interface AddRemoteRequest__Output {
    * Register even if the remote does not answer now (its array id is learnt later).
    */
   'offline': (boolean);
+  /**
+   * The token this array calls the remote with: a user of role replication (or admin) there.
+   * Empty: found as any client finds one (ARRAYLAB_TOKEN, the local link of an array on this machine).
+   */
+  'token': (string);
 }
