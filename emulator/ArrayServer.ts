@@ -269,6 +269,7 @@ export class ArrayServer {
       luns: storage.hosts,
       logger: this.log.child({ component: 'iscsi' }),
       reservations: storage.reservations,
+      ...(iscsi.chapAlgorithms ? { chapAlgorithms: iscsi.chapAlgorithms } : {}),
       ...(chap
         ? {
             auth: {
