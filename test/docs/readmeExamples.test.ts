@@ -14,7 +14,7 @@ import { runProcess } from '../support/process.js';
 import { requireTool } from '../support/tools.js';
 
 /** The marked examples, in README order, in the order the README says they run. */
-const EXAMPLES = ['volumes', 'copy', 'tape', 'faults', 'remote', 'agent'];
+const EXAMPLES = ['volumes', 'copy', 'tape', 'faults', 'remote', 'agent', 'access'];
 
 /**
  * What the agent example sets up on this host (it attaches a volume through FUSE and a loop
@@ -29,6 +29,7 @@ const AGENT_EXAMPLE_CLEANUP = [
   '[ -f /tmp/app-qsd.pid ] && kill "$(cat /tmp/app-qsd.pid)" 2>/dev/null',
   'for i in $(seq 50); do mountpoint -q /tmp/app.img || break; sleep 0.1; done',
   'rm -rf /tmp/app.img /tmp/app-qsd.pid /tmp/app.devices /tmp/app-agent.yaml /tmp/app-agent',
+  'rm -f alice.token', // the access example's token file, in the repository where the examples run
   'true',
 ].join('; ');
 
@@ -59,7 +60,7 @@ function readmeExamples(): Example[] {
 const shellQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 describe('README examples', () => {
-  it('marks the volume, copy-session, tape, fault, remote and agent examples', () => {
+  it('marks the volume, copy-session, tape, fault, remote, agent and access examples', () => {
     expect(readmeExamples().map((e) => e.name)).toEqual(EXAMPLES);
   });
 
