@@ -198,6 +198,13 @@ export function apiGuard(o: ApiGuardOptions): grpc.ServerInterceptor {
         next(out);
       },
       sendStatus: (status, next) => {
+        if (status.code === grpc.status.OK && rule?.removed && request !== undefined) {
+          try {
+            for (const obj of rule.removed(request)) o.access.setOwner(obj.kind, obj.key, '');
+          } catch (err) {
+            log.error({ err, path }, 'forgetting the owner of a removed object failed');
+          }
+        }
         record(status.code === grpc.status.OK ? 'ok' : `${grpc.status[status.code]}: ${status.details}`);
         next(status);
       },

@@ -87,6 +87,11 @@ export interface ScopeRule {
   filter?(res: Msg, s: Scope): Msg;
   /** After a successful create: what the tenant now owns. */
   created?(res: Msg, req: Msg, s: Scope): Array<{ kind: OwnedKind; key: string }>;
+  /**
+   * After a successful removal, whoever called: what no tenant owns any more. (Volumes and
+   * hosts are forgotten by the database's triggers; a cartridge is a file, so here.)
+   */
+  removed?(req: Msg): Array<{ kind: OwnedKind; key: string }>;
 }
 
 const volumeByName: ScopeRule = { check: (r, s) => s.volume(r.name) };
@@ -198,7 +203,7 @@ const rules: Record<string, ScopeRule> = {
   'TapeService/ListCartridges': { filter: (res, s) => ({ ...res, cartridges: res.cartridges.filter((c: Msg) => s.ownsCartridge(c.label)) }) },
   'TapeService/GetCartridge': cartridgeByLabel,
   'TapeService/EraseCartridge': cartridgeByLabel,
-  'TapeService/RemoveCartridge': cartridgeByLabel,
+  'TapeService/RemoveCartridge': { ...cartridgeByLabel, removed: (req) => [{ kind: 'cartridge', key: req.label }] },
   'TapeService/WriteTape': {
     check: (r, s) => {
       s.volume(r.volume);

@@ -22,6 +22,7 @@ export interface ServeArgs {
   memory: boolean;
   'require-host-affinity'?: boolean | undefined;
   'api-auth'?: 'on' | 'off' | undefined;
+  'reset-admin-token'?: boolean | undefined;
   'api-tls-cert'?: string | undefined;
   'api-tls-key'?: string | undefined;
   'api-tls-ca'?: string | undefined;
@@ -65,7 +66,7 @@ export async function serve(a: ServeArgs): Promise<number> {
     'starting',
   );
 
-  const server = new ArrayServer(config, logger);
+  const server = new ArrayServer(config, logger, a['reset-admin-token'] ? { resetAdminToken: true } : {});
   const stopped = handleSignals(server, logger);
   let addresses: ServerAddresses;
   try {

@@ -22,6 +22,10 @@ export function serveOptions(y: Argv<{ json: boolean }>) {
       choices: ['on', 'off'] as const,
       describe: 'control API authentication (tokens, roles, tenants, audit); off only on a loopback address [config api.auth; default on]',
     })
+    .option('reset-admin-token', {
+      type: 'boolean',
+      describe: 'write a new token for the user admin to <dataDir>/admin.token (the old one stops working): when the file was lost',
+    })
     .option('api-tls-cert', { type: 'string', requiresArg: true, describe: 'control API TLS certificate (PEM) [config api.tls.cert]' })
     .option('api-tls-key', { type: 'string', requiresArg: true, describe: 'control API TLS private key (PEM) [config api.tls.key]' })
     .option('api-tls-ca', { type: 'string', requiresArg: true, describe: 'CA (PEM) that client certificates must chain to: mutual TLS [config api.tls.ca]' })

@@ -97,7 +97,7 @@ describe('README examples', () => {
     for (const k of ['ARRAYLAB_RUN_DIR', 'ARRAYLAB_LOG_LEVEL', 'ARRAYLAB_AGENT', 'ARRAYLAB_AGENT_CONFIG', 'ARRAYLAB_AGENT_STATE', 'ARRAYLAB_AGENT_TOKEN'])
       delete env[k];
 
-    const r = await runProcess('bash', ['-c', script.join('\n')], { env, cwd: REPO_ROOT, timeoutMs: 180_000 });
+    const r = await runProcess('bash', ['-c', script.join('\n')], { env, cwd: REPO_ROOT, timeoutMs: 300_000 });
     const failedAt = r.stdout
       .split('\n')
       .filter((l) => l.startsWith('@@ '))
@@ -107,5 +107,5 @@ describe('README examples', () => {
     expect(r.stderr, `README examples wrote to stderr; output:\n${r.output}`).toBe('');
     console.log(`README examples: ${ran.length} lines ran in ${(r.ms / 1000).toFixed(1)} s; skipped: ${skipped.join(' | ')}`);
     await lab.stop();
-  }, 240_000);
+  }, 360_000);
 });

@@ -111,6 +111,11 @@ describe('tenant isolation', () => {
     await alice.writeTape({ volume: 'va', cartridge: 'TA001' });
     await expect(alice.restoreTape({ cartridge: 'TA001', record: 1, volume: 'vb' })).rejects.toMatchObject(notFound('volume vb'));
     await expect(bob.restoreTape({ cartridge: 'TA001', record: 1, volume: 'vb' })).rejects.toMatchObject(notFound('cartridge TA001'));
+    // A removed cartridge's label is free: one made again by an admin is no longer the tenant's.
+    await alice.addCartridge('TA002', 64 * MiB);
+    await alice.removeCartridge('TA002');
+    await admin.addCartridge('TA002', 64 * MiB);
+    expect((await alice.listCartridges()).map((c) => c.label)).toEqual(['TA001']);
   });
 });
 
