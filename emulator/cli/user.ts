@@ -34,7 +34,13 @@ export function userCommands(y: Argv<{ json: boolean }>) {
           .option('expires', { type: 'string', requiresArg: true, describe: 'the token expires after this long, e.g. 8h or 7d [default: never]' })
           .option('cert-subject', { type: 'string', requiresArg: true, describe: 'a TLS client certificate with this subject CN is this user (mutual TLS)' })
           .option('cert-fingerprint', { type: 'string', requiresArg: true, describe: 'a TLS client certificate with this SHA-256 fingerprint is this user' })
-          .option('no-token', { type: 'boolean', default: false, describe: 'certificate only: no token' }),
+          .option('token', {
+            type: 'boolean',
+            default: true,
+            // yargs reads --no-token as token=false (boolean negation); an option named
+            // "no-token" made --no-token an unknown argument "token".
+            describe: 'give the user a token; --no-token: certificate only (with --cert-subject or --cert-fingerprint)',
+          }),
       async (a) => {
         const expires = a.expires !== undefined ? parseDuration(a.expires, '--expires', 'user add') : undefined;
         const res = await withClient(a, (client) =>
@@ -45,7 +51,7 @@ export function userCommands(y: Argv<{ json: boolean }>) {
             ...(expires !== undefined ? { expiresInSeconds: expires } : {}),
             ...(a['cert-subject'] !== undefined ? { certSubject: a['cert-subject'] } : {}),
             ...(a['cert-fingerprint'] !== undefined ? { certFingerprint: a['cert-fingerprint'] } : {}),
-            noToken: a['no-token'],
+            noToken: !a.token,
           }),
         );
         if (a.json) return printJson(res);
