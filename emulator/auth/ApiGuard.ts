@@ -123,6 +123,8 @@ export function apiGuard(o: ApiGuardOptions): grpc.ServerInterceptor {
     let request: unknown;
     let target = '';
     let finished = false;
+    /** A role refusal, sent once the request is read so that the audit names its target. */
+    let denied: StatusError | undefined;
 
     const record = (result: string) => {
       if (!mutating || finished) return;
@@ -156,7 +158,9 @@ export function apiGuard(o: ApiGuardOptions): grpc.ServerInterceptor {
                 throw new StatusError('PERMISSION_DENIED', `${path} has no permission in the role matrix, so nobody may call it (a bug: report it)`);
               if (!ROLE_PERMISSIONS[principal.role].has(perm)) {
                 const may = ROLES.filter((r) => ROLE_PERMISSIONS[r].has(perm)).join(', ');
-                throw new StatusError(
+                // Not refused yet: the caller is known, and "who tried to add which user" needs
+                // the request. The handler never sees it (onReceiveMessage stops here).
+                denied = new StatusError(
                   'PERMISSION_DENIED',
                   `user ${principal.user} (role ${principal.role}) may not call ${path.slice(path.lastIndexOf('/') + 1)}: it needs ${perm}, which roles ${may} have; ask an admin`,
                 );
@@ -174,6 +178,10 @@ export function apiGuard(o: ApiGuardOptions): grpc.ServerInterceptor {
             if (finished) return;
             request = msg;
             target = describeTarget(msg);
+            if (denied) {
+              refuse(denied);
+              return;
+            }
             if (scope?.scoped && rule?.check) {
               try {
                 rule.check(msg, scope);
@@ -183,6 +191,16 @@ export function apiGuard(o: ApiGuardOptions): grpc.ServerInterceptor {
               }
             }
             nextMsg(msg);
+          },
+          onReceiveHalfClose: (next) => {
+            // Refused already: the handler is not to run. A refused caller that sent no request
+            // at all is refused now, not left waiting.
+            if (finished) return;
+            if (denied) {
+              refuse(denied);
+              return;
+            }
+            next();
           },
         }),
       sendMessage: (msg, next) => {
