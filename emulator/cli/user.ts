@@ -4,13 +4,14 @@
  */
 import type { Argv } from 'yargs';
 import { ApiError } from '../../proto/errors.js';
+import { isRole, ROLES } from '../auth/permissions.js';
 import type { UserView } from '../../proto/views.js';
 import { keyValues, print, printJson, table } from '../../proto/util/table.js';
 import { withApiOption, withClient } from './client.js';
 import { UsageError } from './errors.js';
 
-/** Roles and what each is for (emulator/auth/permissions.ts has the matrix). */
-const ROLE_HELP = 'monitor, backup-operator, operator, admin, security-admin, instructor, replication';
+/** Roles (emulator/auth/permissions.ts has the matrix). */
+const ROLE_HELP = ROLES.join(', ');
 
 const namePositional = <T>(c: Argv<T>) => c.positional('name', { type: 'string', demandOption: true, describe: 'the user name' });
 
@@ -44,6 +45,7 @@ export function userCommands(y: Argv<{ json: boolean }>) {
           }),
       async (a) => {
         const expires = a.expires !== undefined ? parseDuration(a.expires, '--expires', 'user add') : undefined;
+        if (!isRole(a.role)) throw new UsageError(`--role: unknown role ${JSON.stringify(a.role)}; use one of ${ROLES.join(', ')}`, 'user add');
         const res = await withClient(a, (client) =>
           client.addUser({
             name: a.name,
