@@ -31,7 +31,7 @@ const UNIT = [
   'test/nbd/{hostile,lifecycle,output}.test.ts',
   'test/iscsi/{chap,commandWindow,conformanceParse,negotiation,pdu,text,targetProtocol,hostChap,loginThrottle}.test.ts',
   'test/iscsi/scsi*.test.ts',
-  'test/vm/qemuArgs.test.ts',
+  'test/vm/{qemuArgs,nbdPsk}.test.ts',
   'test/agent/{cliUsage,config}.test.ts',
   'test/agent/host/hooks.test.ts',
   'test/agent/hardening.test.ts',

@@ -7,6 +7,7 @@ import type { Argv } from 'yargs';
 import type { Socket } from 'node:net';
 import { createLogger, isLogLevel, type Logger } from '../../proto/util/log.js';
 import type { AttachRequest } from '../vm/attach.js';
+import type { NbdPsk } from '../vm/nbdPsk.js';
 import { withApiOption, withClient } from './client.js';
 import { CommandError, UsageError } from './errors.js';
 import { print, printJson, table } from '../../proto/util/table.js';
@@ -76,12 +77,30 @@ export function vmCommands(y: Argv<{ json: boolean }>) {
           .option('via', { choices: ['nbd', 'iscsi'] as const, default: 'nbd' as const, describe: 'how volumes attach: NBD as /dev/vdX, iSCSI as /dev/sdX' })
           .option('memory', { type: 'number', default: 1024, requiresArg: true, describe: 'guest memory in MiB (the initramfs lives in it: at least 512)' })
           .option('wait-agent', { type: 'boolean', default: false, describe: 'also wait until the in-guest agent says hello on its port' })
-          .option('boot-timeout', { type: 'number', default: 90, requiresArg: true, describe: 'seconds the boot may take' }),
+          .option('boot-timeout', { type: 'number', default: 90, requiresArg: true, describe: 'seconds the boot may take' })
+          .option('nbd-psk-file', {
+            type: 'string',
+            requiresArg: true,
+            describe:
+              "attach NBD disks over TLS-PSK with the key in FILE (psktool IDENTITY:HEX lines, as arraylab host set HOST --nbd-psk prints): the guest sees its host's volumes",
+          })
+          .option('nbd-psk-identity', { type: 'string', requiresArg: true, describe: 'which key of --nbd-psk-file [default: its only one]' }),
       async (a) => {
         const memory = Number(a.memory);
         if (!Number.isInteger(memory) || memory < 256)
           throw new UsageError(`--memory: ${a.memory} is not a memory size in MiB; give a whole number of at least 512, e.g. 1024`, 'vm start');
         const attach = parseAttach(a.attach, a.via, 'vm start');
+        if (a['nbd-psk-identity'] !== undefined && a['nbd-psk-file'] === undefined)
+          throw new UsageError('--nbd-psk-identity picks a key of --nbd-psk-file; give the file too', 'vm start');
+        let nbdPsk: NbdPsk | undefined;
+        if (a['nbd-psk-file'] !== undefined) {
+          const { readPskFile } = await import('../vm/nbdPsk.js');
+          try {
+            nbdPsk = readPskFile(a['nbd-psk-file'], a['nbd-psk-identity']);
+          } catch (err) {
+            throw new UsageError(`--nbd-psk-file: ${(err as Error).message}`, 'vm start');
+          }
+        }
         const runDir = await runDirOf(a);
         const log = await cliLogger();
         const { startVm } = await import('../vm/start.js');
@@ -95,6 +114,7 @@ export function vmCommands(y: Argv<{ json: boolean }>) {
             log,
             bootTimeoutMs: a['boot-timeout'] * 1000,
             ...(a['wait-agent'] ? { waitAgentMs: 120_000 } : {}),
+            ...(nbdPsk ? { nbdPsk } : {}),
           }),
         ).catch(asCommandError);
         if (a.json) return printJson({ ...rec, state: 'running' });

@@ -12,11 +12,14 @@ import { connect, type Socket } from 'node:net';
 import { delimiter, join } from 'node:path';
 import type { Logger } from 'pino';
 import { ConsoleShell, GUEST_READY, POWEROFF_KEYS } from './ConsoleShell.js';
+import { writeQemuPskDir, type NbdPsk } from './nbdPsk.js';
 import { qemuArgs } from './qemuArgs.js';
 import { qmpCommand } from './qmp.js';
 import { isQemuAlive, readRecord, removeVm, vmDir, vmState, writeRecord, type VmDisk, type VmRecord } from './registry.js';
 
 export const QEMU = 'qemu-system-x86_64';
+/** In a VM's directory: keys.psk for its NBD disks over TLS-PSK. */
+export const NBD_PSK_DIR = 'nbd-psk';
 
 export interface DetachedStartOptions {
   name: string;
@@ -33,6 +36,8 @@ export interface DetachedStartOptions {
   /** Default 90 s. */
   bootTimeoutMs?: number;
   cmdline?: string;
+  /** Written to NAME/nbd-psk/keys.psk (0600) for disks whose attach has tls (their pskDir). */
+  nbdPsk?: NbdPsk;
 }
 
 /** Throws with the install command unless qemu is on PATH (or the path given is executable). */
@@ -125,6 +130,7 @@ export async function startDetachedGuest(o: DetachedStartOptions): Promise<VmRec
   // An exited VM's leftovers (or a start that crashed) make way for the new one.
   removeVm(o.runDir, o.name);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (o.nbdPsk) writeQemuPskDir(join(dir, NBD_PSK_DIR), o.nbdPsk);
 
   const files = { dir, pidFile: join(dir, 'qemu.pid'), qemuLog: join(dir, 'qemu.log'), consoleLog: join(dir, 'console.log') };
   const sockets = { console: join(dir, 'console.sock'), qmp: join(dir, 'qmp.sock'), agent: join(dir, 'agent.sock') };

@@ -1,7 +1,8 @@
 /**
  * The qemu-system-x86_64 command line of a guest: TCG, serial console on stdio, the array's
  * volumes as disks (NBD through qemu's NBD client as virtio-blk; iSCSI through libiscsi as SCSI
- * disks on virtio-scsi), and the virtio-serial port the in-guest agent is reached through.
+ * disks on virtio-scsi; NBD over TLS-PSK with a tls-creds-psk object), and the virtio-serial port
+ * the in-guest agent is reached through.
  * Pure: no processes, so the argument rules are testable on their own.
  */
 
@@ -12,6 +13,11 @@ export interface NbdDisk {
   port: number;
   export: string;
   readOnly?: boolean;
+  /**
+   * TLS-PSK (an array with nbd.tls.psk, where a host's NBD identity decides what it sees): qemu
+   * reads DIR/keys.psk (psktool lines) and offers identity's key.
+   */
+  tls?: { pskDir: string; identity: string };
 }
 
 /**
@@ -130,13 +136,30 @@ export function qemuArgs(o: QemuArgsOptions): string[] {
   ];
 
   let scsiController = false;
+  // One tls-creds-psk object per key directory and identity, shared by the disks that use it.
+  const tlsCreds = new Map<string, string>();
   o.disks.forEach((disk, i) => {
     const node = `disk${i}`;
     const ro = disk.readOnly ? ',read-only=on' : '';
     if (disk.via === 'nbd') {
+      let tls = '';
+      if (disk.tls) {
+        const { pskDir, identity } = disk.tls;
+        const key = `${pskDir}\0${identity}`;
+        let id = tlsCreds.get(key);
+        if (id === undefined) {
+          id = `tls${tlsCreds.size}`;
+          tlsCreds.set(key, id);
+          args.push(
+            '-object',
+            `tls-creds-psk,id=${id},endpoint=client,dir=${noComma('NBD PSK directory', pskDir)},username=${noComma('NBD PSK identity', identity)}`,
+          );
+        }
+        tls = `,tls-creds=${id}`;
+      }
       args.push(
         '-blockdev',
-        `driver=nbd,node-name=${node},server.type=inet,server.host=${noComma('NBD host', disk.host)},server.port=${disk.port},export=${noComma('export', disk.export)}${ro}`,
+        `driver=nbd,node-name=${node},server.type=inet,server.host=${noComma('NBD host', disk.host)},server.port=${disk.port},export=${noComma('export', disk.export)}${tls}${ro}`,
       );
       // The export name as the disk's serial (/sys/block/vdX/serial, at most 20 bytes).
       args.push('-device', `virtio-blk-pci,drive=${node},serial=${disk.export.slice(0, 20)}`);

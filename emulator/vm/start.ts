@@ -1,13 +1,17 @@
 /**
  * `arraylab vm start` and `lab up` share this: check the name, find the image and qemu, ask the
  * array where the volumes are, start the guest detached, and optionally wait for the agent.
+ * With an NBD PSK the guest's NBD disks go over TLS-PSK as that identity (its host's volumes);
+ * the key is copied into the VM's own directory (0600), which vm stop removes.
  */
 import type { Logger } from 'pino';
 import type { ArrayClient } from '../../proto/ArrayClient.js';
 import { resolveDisks, type AttachRequest } from './attach.js';
-import { findQemu, startDetachedGuest } from './detached.js';
+import { findQemu, NBD_PSK_DIR, startDetachedGuest } from './detached.js';
+import type { NbdPsk } from './nbdPsk.js';
 import { readGuestImage } from './image.js';
-import { readRecord, vmState, writeRecord, type VmRecord } from './registry.js';
+import { readRecord, vmDir, vmState, writeRecord, type VmRecord } from './registry.js';
+import { join } from 'node:path';
 
 export const VM_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
 
@@ -21,6 +25,8 @@ export interface StartVmOptions {
   /** Also wait (this long, ms) for the in-guest agent's hello on its port. */
   waitAgentMs?: number;
   bootTimeoutMs?: number;
+  /** NBD over TLS-PSK as this identity (`host set HOST --nbd-psk`): needed under host affinity. */
+  nbdPsk?: NbdPsk;
 }
 
 export interface StartedVm extends VmRecord {
@@ -40,7 +46,8 @@ export async function startVm(o: StartVmOptions): Promise<StartedVm> {
   }
   findQemu();
   const image = readGuestImage();
-  const disks = await resolveDisks(o.client, o.name, o.attach);
+  const pskDir = join(vmDir(o.runDir, o.name), NBD_PSK_DIR);
+  const disks = await resolveDisks(o.client, o.name, o.attach, o.nbdPsk ? { identity: o.nbdPsk.identity, pskDir } : undefined);
   const rec: StartedVm = await startDetachedGuest({
     name: o.name,
     kernel: image.kernel,
@@ -53,6 +60,7 @@ export async function startVm(o: StartVmOptions): Promise<StartedVm> {
     cmdline: 'arraylab.agent=on',
     ...(o.memoryMiB !== undefined ? { memoryMiB: o.memoryMiB } : {}),
     ...(o.bootTimeoutMs !== undefined ? { bootTimeoutMs: o.bootTimeoutMs } : {}),
+    ...(o.nbdPsk ? { nbdPsk: o.nbdPsk } : {}),
   });
   if (o.waitAgentMs !== undefined) {
     const t0 = Date.now();

@@ -1,6 +1,7 @@
 /**
  * The guest's qemu command line: disks attach the way the array's hosts see them (NBD through
- * qemu's NBD client as virtio-blk, iSCSI through libiscsi as SCSI passthrough on virtio-scsi),
+ * qemu's NBD client as virtio-blk, over TLS-PSK when the array wants an identity; iSCSI through
+ * libiscsi as SCSI passthrough on virtio-scsi),
  * the agent port is there, and names qemu would split are refused with the fix.
  */
 import { describe, expect, it } from 'vitest';
@@ -54,6 +55,34 @@ describe('qemuArgs', () => {
     expect(devices).toContain(`virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`);
     expect(values(args, '-chardev')).toContain('socket,id=agent,path=/run/a.sock,server=on,wait=off');
     expect(values(args, '-append')[0]).toMatch(/arraylab\.disks=3$/);
+  });
+
+  it('attaches NBD over TLS-PSK: one tls-creds-psk client object per key directory and identity, named on each blockdev', () => {
+    const psk = { pskDir: '/run/vms/g1/nbd-psk', identity: 'web' };
+    const args = qemuArgs({
+      ...base,
+      disks: [
+        { via: 'nbd', host: '127.0.0.1', port: 10809, export: 'vol1', tls: psk },
+        { via: 'nbd', host: '127.0.0.1', port: 10809, export: 'vol2', tls: psk, readOnly: true },
+        { via: 'nbd', host: '127.0.0.1', port: 10810, export: 'vol3', tls: { pskDir: '/k', identity: 'db' } },
+        { via: 'nbd', host: '127.0.0.1', port: 10809, export: 'plain' },
+      ],
+    });
+    expect(values(args, '-object')).toEqual([
+      'tls-creds-psk,id=tls0,endpoint=client,dir=/run/vms/g1/nbd-psk,username=web',
+      'tls-creds-psk,id=tls1,endpoint=client,dir=/k,username=db',
+    ]);
+    expect(values(args, '-blockdev')).toEqual([
+      'driver=nbd,node-name=disk0,server.type=inet,server.host=127.0.0.1,server.port=10809,export=vol1,tls-creds=tls0',
+      'driver=nbd,node-name=disk1,server.type=inet,server.host=127.0.0.1,server.port=10809,export=vol2,tls-creds=tls0,read-only=on',
+      'driver=nbd,node-name=disk2,server.type=inet,server.host=127.0.0.1,server.port=10810,export=vol3,tls-creds=tls1',
+      'driver=nbd,node-name=disk3,server.type=inet,server.host=127.0.0.1,server.port=10809,export=plain',
+    ]);
+    // The object comes before the first blockdev that names it.
+    expect(args.indexOf('tls-creds-psk,id=tls1,endpoint=client,dir=/k,username=db')).toBeLessThan(args.findIndex((a) => a.includes('tls-creds=tls1')));
+    expect(() => qemuArgs({ ...base, disks: [{ via: 'nbd', host: 'h', port: 1, export: 'v', tls: { pskDir: '/a,b', identity: 'web' } }] })).toThrow(
+      /NBD PSK directory "\/a,b" holds a comma/,
+    );
   });
 
   it('refuses what qemu would split or misread, naming the fix', () => {
