@@ -1,4 +1,4 @@
-/** `arraylab lab up|down|status FILE`: a lab file's arrays, volumes, hosts, remotes, REC pairs and VMs (emulator/lab/). */
+/** `arraylab lab up|down|status FILE`: a lab file's arrays, seats, volumes, hosts, remotes, REC pairs and VMs (emulator/lab/). */
 import type { Argv } from 'yargs';
 import type { LabItem } from '../lab/apply.js';
 import { EXIT_USAGE, CommandError } from './errors.js';
@@ -27,7 +27,7 @@ export function labCommands(y: Argv<{ json: boolean }>) {
   return withRunDirOption(y)
     .command(
       'up <file>',
-      'create what the lab file declares and is missing (start its arrays; volumes, hosts, remotes, REC pairs, VMs); leaves what exists',
+      'create what the lab file declares and is missing (start its arrays; seats, volumes, hosts, remotes, REC pairs, VMs); leaves what exists',
       (c) => c.positional('file', { type: 'string', demandOption: true }),
       async (a) => {
         const lab = await load(String(a.file));
@@ -42,13 +42,20 @@ export function labCommands(y: Argv<{ json: boolean }>) {
     )
     .command(
       'down <file>',
-      "stop the lab's VMs and the arrays lab up started; keeps data unless --purge",
+      "stop the lab's VMs and the arrays lab up started, remove its seats; keeps data unless --purge",
       (c) =>
-        c.positional('file', { type: 'string', demandOption: true }).option('purge', {
-          type: 'boolean',
-          default: false,
-          describe: "also cancel the lab's REC pairs, remove its remotes, delete its hosts and volumes, and the data directory of an array lab up started",
-        }),
+        c
+          .positional('file', { type: 'string', demandOption: true })
+          .option('purge', {
+            type: 'boolean',
+            default: false,
+            describe: "also cancel the lab's REC pairs, remove its remotes, delete its hosts and volumes, and the data directory of an array lab up started",
+          })
+          .option('keep-seats', {
+            type: 'boolean',
+            default: false,
+            describe: 'keep the trainee seats (their tenants, users and token files); by default lab down removes them (tenant remove --force)',
+          }),
       async (a) => {
         const lab = await load(String(a.file));
         const { labDown } = await import('../lab/apply.js');
@@ -56,6 +63,7 @@ export function labCommands(y: Argv<{ json: boolean }>) {
           runDir: await runDirOf(a),
           log: await cliLogger(),
           purge: a.purge,
+          keepSeats: a['keep-seats'],
           ...(a.json ? {} : { onItem: (i: LabItem) => print(line(i)) }),
         }).catch(asCommandError);
         if (a.json) printJson({ file: lab.file, items });

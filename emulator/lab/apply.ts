@@ -7,32 +7,42 @@
  * pairs, remotes, volumes, hosts and, for an array it started, the data directory. What lab up
  * started is remembered in the run directory (.lab-<name>-<hash>.json), so lab down stops only
  * that. A started array runs with a config of its own (lab-array.yaml in its data directory):
- * none of the built-in config's volumes.
+ * none of the built-in config's volumes, and NBD TLS-PSK on.
+ *
+ * Seats: on each array a tenant and a user per trainee seat, the token in a 0600 file in the
+ * lab's directory in the run directory (.lab-<name>-<hash>/ARRAY/SEAT.token); an existing seat
+ * keeps its token. lab down removes them (tenant remove --force) unless told to keep them.
+ *
+ * NBD under host affinity: a lab host with VMs that attach via nbd gets an NBD PSK identity
+ * (`host set HOST --nbd-psk`), its key kept in .lab-<name>-<hash>/ARRAY/keys.psk (psktool, 0600),
+ * and its VMs attach over TLS-PSK with it. Before the VMs boot, lab up checks that the array's
+ * NBD server takes the key, and says what to change when it does not.
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import { formatHostPort, parseHostPort } from '../../proto/util/address.js';
-import { ArrayClient } from '../../proto/ArrayClient.js';
+import { ApiError, ArrayClient } from '../../proto/ArrayClient.js';
 import type { CopySessionView } from '../../proto/views.js';
 import { loadConfig } from '../config.js';
 import { formatSize } from '../../proto/util/units.js';
 import { stopDetachedGuest } from '../vm/detached.js';
+import { parsePskFile, probeNbdPsk, writePskFile, type NbdPsk } from '../vm/nbdPsk.js';
 import { defaultInitiatorName } from '../vm/qemuArgs.js';
 import { readRecord, vmState } from '../vm/registry.js';
 import { startVm } from '../vm/start.js';
-import type { Lab, LabArray, LabCopy } from './schema.js';
+import type { Lab, LabArray, LabCopy, LabHost, LabSeats } from './schema.js';
 import { stringify as stringifyYaml } from 'yaml';
 
 /** The plan a lab's faults are applied as: applying it again replaces them. */
 const LAB_PLAN = 'lab';
 
 export interface LabItem {
-  kind: 'array' | 'volume' | 'host' | 'remote' | 'copy' | 'vm' | 'fault';
+  kind: 'array' | 'seat' | 'volume' | 'host' | 'remote' | 'copy' | 'vm' | 'fault';
   name: string;
   /** up: created, exists, started, running, mapped...; status: the item's state. */
   state: string;
@@ -63,9 +73,45 @@ interface LabState {
   serve?: ServeState | undefined;
 }
 
-function stateFile(lab: Lab, runDir: string): string {
+/** NAME-HASH of a lab file: its basename and a hash of its path. */
+function labTag(lab: Lab): string {
   const tag = createHash('sha256').update(lab.file).digest('hex').slice(0, 8);
-  return join(runDir, `.lab-${basename(lab.file).replace(/\.ya?ml$/, '')}-${tag}.json`);
+  return `${basename(lab.file).replace(/\.ya?ml$/, '')}-${tag}`;
+}
+
+function stateFile(lab: Lab, runDir: string): string {
+  return join(runDir, `.lab-${labTag(lab)}.json`);
+}
+
+/**
+ * The lab's secrets on one array, 0700: seat tokens and NBD keys (.secrets-NAME-HASH/ARRAY; a VM
+ * name cannot start with a dot, so no VM's directory is mistaken for it).
+ */
+const secretsDir = (lab: Lab, runDir: string) => join(runDir, `.secrets-${labTag(lab)}`);
+const labFilesDir = (lab: Lab, runDir: string, a: LabArray) => join(secretsDir(lab, runDir), a.name);
+
+const seatTokenFile = (lab: Lab, runDir: string, a: LabArray, seat: string) => join(labFilesDir(lab, runDir, a), `${seat}.token`);
+const pskFileOf = (lab: Lab, runDir: string, a: LabArray) => join(labFilesDir(lab, runDir, a), 'keys.psk');
+
+function readKeys(file: string): NbdPsk[] {
+  try {
+    return parsePskFile(readFileSync(file, 'utf8'), file);
+  } catch {
+    return [];
+  }
+}
+
+/** Writes a secret 0600 in a 0700 directory. */
+function writeSecret(file: string, text: string): void {
+  mkdirSync(join(file, '..'), { recursive: true, mode: 0o700 });
+  writeFileSync(file, text, { mode: 0o600 });
+  chmodSync(file, 0o600);
+}
+
+/** Lab hosts whose VMs attach volumes via nbd: they get an NBD PSK identity. */
+function nbdHosts(lab: Lab, a: LabArray): LabHost[] {
+  const vms = lab.vms.filter((v) => v.array === a.name && v.attach.some((d) => d.via === 'nbd'));
+  return a.hosts.filter((h) => h.vms.some((n) => vms.some((v) => v.name === n)));
 }
 
 function readState(lab: Lab, runDir: string): LabState & { arrays: Record<string, ServeState> } {
@@ -99,8 +145,9 @@ async function answers(client: ArrayClient | undefined): Promise<boolean> {
   try {
     await client.getStatus();
     return true;
-  } catch {
-    return false;
+  } catch (err) {
+    // An array that wants another credential answers all the same.
+    return err instanceof ApiError && (err.code === 'UNAUTHENTICATED' || err.code === 'PERMISSION_DENIED');
   }
 }
 
@@ -142,7 +189,14 @@ async function freeApi(a: LabArray): Promise<string> {
   return formatHostPort({ host, port });
 }
 
-const clientAt = (api: string) => new ArrayClient(api, { deadlineMs: 5000 });
+/**
+ * A client for a lab array. One lab up started is reached with its admin token
+ * (<dataDir>/admin.token); another with the caller's credential (ARRAYLAB_TOKEN, the local link).
+ */
+function clientAt(api: string, a?: LabArray, startedByLab = false): ArrayClient {
+  const token = a && startedByLab ? join(a.dataDir, 'admin.token') : undefined;
+  return new ArrayClient(api, { deadlineMs: 5000, ...(token && existsSync(token) ? { tokenFile: token } : {}) });
+}
 
 /** The arraylab CLI of this build (dist/emulator/cli/arraylab.js). */
 function cliPath(): string {
@@ -164,7 +218,12 @@ function writeServeConfig(lab: Lab, a: LabArray): string {
   const file = join(a.dataDir, 'lab-array.yaml');
   writeFileSync(
     file,
-    `# Written by arraylab lab up for ${lab.file} (array ${a.name}) at every start of its array.\n# No volumes: the lab's volumes are created by lab up; listen addresses and dataDir are flags.\nvolumes: []\n`,
+    `# Written by arraylab lab up for ${lab.file} (array ${a.name}) at every start of its array.\n` +
+      `# No volumes: the lab's volumes are created by lab up; listen addresses and dataDir are flags.\n` +
+      `volumes: []\n` +
+      `# NBD TLS-PSK: a lab host's VMs attach with its key (arraylab host set HOST --nbd-psk), so they\n` +
+      `# see their host's volumes once host affinity is on; without hosts, plain NBD works as before.\n` +
+      `nbd:\n  tls:\n    psk: true\n`,
   );
   return file;
 }
@@ -251,7 +310,8 @@ interface Site {
 function sitesOf(lab: Lab, state: LabState & { arrays: Record<string, ServeState> }): Site[] {
   return lab.arrays.map((a) => {
     const api = apiOf(a, state);
-    return { a, api, c: api ? clientAt(api) : undefined };
+    const st = state.arrays[a.name];
+    return { a, api, c: api ? clientAt(api, a, st !== undefined && alive(st.pid)) : undefined };
   });
 }
 
@@ -264,6 +324,160 @@ const findPair = (sessions: CopySessionView[], p: LabCopy) =>
   sessions.find((s) => s.type === 'rec' && s.remote?.role === 'source' && s.source === p.src && s.destination === p.dst);
 
 const pairName = (p: LabCopy) => `${p.src}->${p.dst}`;
+
+const quotaText = (t: { maxCapacityBytes: number; maxVolumes: number; maxSessions: number }) =>
+  [
+    t.maxCapacityBytes > 0 ? `${formatSize(t.maxCapacityBytes)}` : '',
+    t.maxVolumes > 0 ? `${t.maxVolumes} volumes` : '',
+    t.maxSessions > 0 ? `${t.maxSessions} sessions` : '',
+  ]
+    .filter(Boolean)
+    .join(', ');
+
+/** The quotas the lab file gives each seat, as the tenant has them (0: none). */
+const wantedQuotas = (seats: LabSeats) => ({
+  maxCapacityBytes: seats.maxCapacityBytes ?? 0,
+  maxVolumes: seats.maxVolumes ?? 0,
+  maxSessions: seats.maxSessions ?? 0,
+});
+
+/**
+ * Each seat on array a: its tenant (with the lab's quotas) and its user (the lab's role, in that
+ * tenant), the token written to the seat's file. An existing user keeps its token.
+ */
+async function upSeats(lab: Lab, a: LabArray, c: ArrayClient, o: LabOptions, say: (i: LabItem) => void): Promise<void> {
+  const tenants = new Map((await c.listTenants()).map((t) => [t.name, t]));
+  const users = new Map((await c.listUsers()).map((u) => [u.name, u]));
+  const want = wantedQuotas(lab.seats);
+  const quotas = quotaText(want);
+  for (const seat of lab.seats.names) {
+    const file = seatTokenFile(lab, o.runDir, a, seat);
+    const user = users.get(seat);
+    if (user && user.tenant !== seat) {
+      throw new Error(
+        `lab ${lab.file}: seats: array ${a.name} has a user ${seat} that is not seat ${seat}'s (role ${user.role}, ${user.tenant ? `tenant ${user.tenant}` : 'no tenant'}); name the seat otherwise, or remove the user: arraylab user remove ${seat} --api ${c.address}`,
+      );
+    }
+    const done: string[] = [];
+    const t = tenants.get(seat);
+    if (!t) {
+      await c.addTenant({ name: seat, ...want });
+      done.push('created');
+    } else if (t.maxCapacityBytes !== want.maxCapacityBytes || t.maxVolumes !== want.maxVolumes || t.maxSessions !== want.maxSessions) {
+      await c.setTenant({ name: seat, ...want });
+      done.push(`quotas set${quotas ? ` (${quotas})` : ' (none)'}`);
+    }
+    let tokenNote: string;
+    if (!user) {
+      const { token } = await c.addUser({ name: seat, role: lab.seats.role, tenant: seat });
+      writeSecret(file, `${token}\n`);
+      if (done[0] !== 'created') done.unshift('created');
+      tokenNote = `token in ${file}`;
+    } else {
+      tokenNote = existsSync(file)
+        ? `token in ${file}`
+        : `its token is not in ${file} (made elsewhere); give it a new one with: arraylab user rotate ${seat} --api ${c.address}`;
+    }
+    const role = user && user.role !== lab.seats.role ? `${user.role} (the lab says ${lab.seats.role}; left as is)` : lab.seats.role;
+    say({
+      kind: 'seat',
+      name: seat,
+      state: done[0] === 'created' ? 'created' : done.length ? 'updated' : 'exists',
+      detail: `user ${seat}, ${role}, tenant ${seat}${quotas ? ` (${quotas})` : ''}; ${[...done.filter((d) => d !== 'created'), tokenNote].join('; ')}`,
+    });
+  }
+}
+
+/** Gives lab objects to a seat's tenant (as `arraylab tenant assign`). */
+async function assignSeat(lab: Lab, a: LabArray, c: ArrayClient, seat: string, objects: { volumes?: string[]; hosts?: string[] }): Promise<void> {
+  await c.assignToTenant(seat, objects).catch((err: Error) => {
+    const what = objects.volumes ? `volume ${objects.volumes.join(', ')}` : `host ${objects.hosts?.join(', ')}`;
+    throw new Error(`lab ${lab.file}: array ${a.name} cannot give ${what} to seat ${seat}: ${err.message}`);
+  });
+}
+
+/**
+ * A lab host whose VMs attach via nbd: the NBD PSK identity HOST (its name), its key in the lab's
+ * keys.psk. A host that has it, with its key in the file, keeps it; otherwise a new key is made
+ * (host set HOST --nbd-psk --nbd-psk-identity HOST). Returns what was done, or undefined.
+ */
+async function nbdKeyFor(
+  lab: Lab,
+  a: LabArray,
+  c: ArrayClient,
+  h: LabHost,
+  identity: string | undefined,
+  runDir: string,
+  renew = false,
+): Promise<string | undefined> {
+  const file = pskFileOf(lab, runDir, a);
+  const keys = readKeys(file);
+  if (!renew && identity === h.name && keys.some((k) => k.identity === h.name)) return undefined;
+  const r = await c.setHostCredentials(h.name, { generateNbdPsk: true, nbdPskIdentity: h.name }).catch((err: Error) => {
+    throw new Error(`lab ${lab.file}: array ${a.name} cannot give host ${h.name} an NBD PSK key: ${err.message}`);
+  });
+  if (!r.nbdPsk) throw new Error(`lab ${lab.file}: array ${a.name} made no NBD PSK key for host ${h.name}; is it an arraylab of this version?`);
+  writePskFile(file, [...keys.filter((k) => k.identity !== r.nbdPsk!.identity), r.nbdPsk]);
+  return `NBD PSK identity ${r.nbdPsk.identity} (key in ${file})`;
+}
+
+/** The NBD key of the host a VM is in, when its host got one. */
+function vmPsk(lab: Lab, a: LabArray, vm: string, runDir: string): NbdPsk | undefined {
+  const h = nbdHosts(lab, a).find((x) => x.vms.includes(vm));
+  if (!h) return undefined;
+  return readKeys(pskFileOf(lab, runDir, a)).find((k) => k.identity === h.name);
+}
+
+/**
+ * An array whose lab hosts got NBD keys must take them: a server without TLS, or without
+ * nbd.tls.psk, would leave the VMs with disks they cannot open. Says what to do.
+ */
+async function checkNbdPsk(lab: Lab, s: Site & { api: string; c: ArrayClient }, started: ServeState | undefined, runDir: string): Promise<void> {
+  const { a, c } = s;
+  const h = nbdHosts(lab, a)[0];
+  if (!h) return;
+  const psk = vmPsk(lab, a, h.vms[0]!, runDir);
+  if (!psk) return;
+  const { listeners } = await c.getStatus();
+  const l = listeners.nbd;
+  const host = l.host === '0.0.0.0' || l.host === '::' || l.host === '' ? parseHostPort(s.api).host : l.host;
+  let r = await probeNbdPsk(host, l.port, psk);
+  if (r.ok) return;
+  if (r.why === 'no-psk') {
+    // Perhaps the array has another key for the host now (host set --nbd-psk elsewhere): new keys, once.
+    for (const x of nbdHosts(lab, a)) await nbdKeyFor(lab, a, c, x, x.name, runDir, true);
+    r = await probeNbdPsk(host, l.port, vmPsk(lab, a, h.vms[0]!, runDir)!);
+    if (r.ok) return;
+  }
+  const vms = lab.vms.filter((v) => v.array === a.name && v.attach.some((d) => d.via === 'nbd')).map((v) => v.name);
+  const why = `VM${vms.length > 1 ? 's' : ''} ${vms.join(', ')} attach${vms.length > 1 ? '' : 'es'} volumes via nbd, and with hosts defined an NBD client sees its host's volumes only with its TLS-PSK identity`;
+  const ours = started !== undefined && alive(started.pid);
+  const fix = ours
+    ? `it was started by an earlier lab up without NBD TLS-PSK; restart it: arraylab lab down ${lab.file} && arraylab lab up ${lab.file}`
+    : `restart it with nbd.tls.psk on (in its config: nbd: {tls: {psk: true}}), or attach those volumes via: iscsi, or have the lab start an array of its own (start: true, another api)`;
+  if (r.why === 'unreachable')
+    throw new Error(`lab ${lab.file}: ${a.at}: cannot reach the NBD server of array ${a.name} at ${host}:${l.port} (${r.detail}); is it serving NBD?`);
+  const what = r.why === 'no-tls' ? `serves NBD without TLS (${r.detail})` : `does not take host ${h.name}'s NBD TLS-PSK key (${r.detail})`;
+  throw new Error(`lab ${lab.file}: ${a.at}: array ${a.name} at ${s.api} ${what}; ${why}: ${fix}`);
+}
+
+/** The user array a calls its lab peer with (role replication there). */
+const recUser = (a: LabArray) => `rec-${a.name}`.slice(0, 64);
+
+/**
+ * The token array a calls the lab's array peer with: a replication user's on peer, made once
+ * and kept (0600) in the lab's secrets for peer; a user whose token the lab lost gets a new one
+ * (fresh: the remote must be told).
+ */
+async function recToken(lab: Lab, a: LabArray, peer: Site & { c: ArrayClient }, runDir: string): Promise<{ user: string; token: string; fresh: boolean }> {
+  const user = recUser(a);
+  const file = join(labFilesDir(lab, runDir, peer.a), `${user}.token`);
+  const has = (await peer.c.listUsers()).find((u) => u.name === user);
+  if (has && existsSync(file)) return { user, token: readFileSync(file, 'utf8').trim(), fresh: false };
+  const { token } = has ? await peer.c.rotateUser(user) : await peer.c.addUser({ name: user, role: 'replication' });
+  writeSecret(file, `${token}\n`);
+  return { user, token, fresh: true };
+}
 
 export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
   const items: LabItem[] = [];
@@ -284,9 +498,11 @@ export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
         say({ kind: 'array', name: a.name, state: st && alive(st.pid) ? 'running' : 'exists', detail: `answers at ${s.api}` });
       } else if (a.start) {
         s.api ??= await freeApi(a);
-        s.c ??= clientAt(s.api);
         state.arrays[a.name] = await startArray(lab, a, s.api, o);
         writeState(lab, o.runDir, { file: lab.file, arrays: state.arrays });
+        // Now its admin token exists: talk to it with that.
+        s.c?.close();
+        s.c = clientAt(s.api, a, true);
         const { listeners: l } = await s.c.getStatus();
         const ports = `NBD ${l.nbd.host}:${l.nbd.port}${l.iscsi.available ? `, iSCSI ${l.iscsi.host}:${l.iscsi.port}` : ''}`;
         say({
@@ -303,6 +519,7 @@ export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
     const site = (name: string) => running.find((s) => s.a.name === name)!;
 
     for (const { a, c } of running) {
+      if (lab.seats.names.length > 0) await upSeats(lab, a, c, o, (i) => say(i, a));
       const have = new Map((await c.listVolumes()).map((v) => [v.name, v]));
       for (const v of a.volumes) {
         const cur = have.get(v.name);
@@ -314,13 +531,24 @@ export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
             provisioning: v.provisioning,
             description: `lab ${basename(lab.file)}`,
           });
-          say({ kind: 'volume', name: v.name, state: 'created', detail: `${formatSize(v.sizeBytes)} ${v.provisioning}, ${v.blockSize}-byte blocks` }, a);
+          if (v.seat !== undefined) await assignSeat(lab, a, c, v.seat, { volumes: [v.name] });
+          const seat = v.seat !== undefined ? `; seat ${v.seat}` : '';
+          say({ kind: 'volume', name: v.name, state: 'created', detail: `${formatSize(v.sizeBytes)} ${v.provisioning}, ${v.blockSize}-byte blocks${seat}` }, a);
         } else {
           const differs =
             cur.sizeBytes !== v.sizeBytes || cur.blockSize !== v.blockSize
               ? ` (the lab says ${formatSize(v.sizeBytes)}/${v.blockSize}, the array has ${formatSize(cur.sizeBytes)}/${cur.blockSize}; left as is)`
               : '';
-          say({ kind: 'volume', name: v.name, state: 'exists', detail: `${formatSize(cur.sizeBytes)}${differs}` }, a);
+          if (v.seat !== undefined) await assignSeat(lab, a, c, v.seat, { volumes: [v.name] });
+          say(
+            {
+              kind: 'volume',
+              name: v.name,
+              state: 'exists',
+              detail: `${formatSize(cur.sizeBytes)}${differs}${v.seat !== undefined ? `; seat ${v.seat}` : ''}`,
+            },
+            a,
+          );
         }
       }
 
@@ -346,12 +574,17 @@ export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
             const r = await c.mapVolume(h.name, l.volume, l.lun);
             done.push(`mapped ${l.volume} at LUN ${r.lun}`);
           }
+          if (nbdHosts(lab, a).includes(h)) {
+            const made = await nbdKeyFor(lab, a, c, h, cur.credentials.nbdPskIdentity, o.runDir);
+            if (made) done.push(made);
+          }
+          if (h.seat !== undefined) await assignSeat(lab, a, c, h.seat, { hosts: [h.name] });
           say(
             {
               kind: 'host',
               name: h.name,
               state: done.length ? (done[0] === 'created' ? 'created' : 'updated') : 'exists',
-              detail: done.join(', ') || undefined,
+              detail: [...done, ...(h.seat !== undefined ? [`seat ${h.seat}`] : [])].join(', ') || undefined,
             },
             a,
           );
@@ -370,8 +603,13 @@ export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
         const fail = (err: unknown): never => {
           throw new Error(`lab ${lab.file}: ${a.at}.remotes[${i}]: array ${a.name} cannot add remote ${r.name} (${what}): ${(err as Error).message}`);
         };
+        // A lab array is called with a replication user's token there (made once, kept in the lab's secrets).
+        const peer = r.array !== undefined ? await recToken(lab, a, site(r.array), o.runDir).catch(fail) : undefined;
         if (cur?.api === want) {
-          say({ kind: 'remote', name: r.name, state: 'exists', detail: what }, a);
+          if (peer?.fresh) {
+            await c.addRemote(r.name, want, { token: peer.token }).catch(fail);
+            say({ kind: 'remote', name: r.name, state: 'updated', detail: `${what}, with a new token of user ${peer.user} there` }, a);
+          } else say({ kind: 'remote', name: r.name, state: 'exists', detail: what }, a);
           continue;
         }
         if (cur && cur.sessionCount > 0) {
@@ -382,7 +620,7 @@ export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
         }
         // Unused and elsewhere (the lab's array moved to another port): point it at the lab's.
         if (cur) await c.removeRemote(r.name).catch(fail);
-        await c.addRemote(r.name, want).catch(fail);
+        await c.addRemote(r.name, want, peer ? { token: peer.token } : {}).catch(fail);
         say({ kind: 'remote', name: r.name, state: cur ? 'updated' : 'added', detail: cur ? `${what}, was at ${cur.api}` : what }, a);
       }
     }
@@ -406,18 +644,39 @@ export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
       }
     }
 
+    // Before any VM boots: each array whose lab hosts got NBD keys must take them over TLS-PSK.
+    const checked = new Set<string>();
+    for (const vm of lab.vms) {
+      const s = site(vm.array);
+      const rec = readRecord(o.runDir, vm.name);
+      if (checked.has(s.a.name) || (rec && vmState(rec) !== 'exited')) continue;
+      checked.add(s.a.name);
+      await checkNbdPsk(lab, s, state.arrays[s.a.name], o.runDir);
+    }
+
     for (const vm of lab.vms) {
       const rec = readRecord(o.runDir, vm.name);
       if (rec && vmState(rec) !== 'exited') {
         say({ kind: 'vm', name: vm.name, state: 'running', detail: `pid ${rec.pid}` });
         continue;
       }
-      const started = await startVm({ client: site(vm.array).c, name: vm.name, attach: vm.attach, memoryMiB: vm.memoryMiB, runDir: o.runDir, log: o.log });
+      const { a, c } = site(vm.array);
+      const nbdPsk = vmPsk(lab, a, vm.name, o.runDir);
+      const started = await startVm({
+        client: c,
+        name: vm.name,
+        attach: vm.attach,
+        memoryMiB: vm.memoryMiB,
+        runDir: o.runDir,
+        log: o.log,
+        ...(nbdPsk ? { nbdPsk } : {}),
+      });
+      const tls = nbdPsk ? `; NBD over TLS-PSK as ${nbdPsk.identity}` : '';
       say({
         kind: 'vm',
         name: vm.name,
         state: 'started',
-        detail: `booted in ${((started.bootMs ?? 0) / 1000).toFixed(2)} s; ${started.disks.map((d) => `${d.volume} as ${d.guestDevice}`).join(', ')}; agent socket ${started.sockets.agent}`,
+        detail: `booted in ${((started.bootMs ?? 0) / 1000).toFixed(2)} s; ${started.disks.map((d) => `${d.volume} as ${d.guestDevice}`).join(', ')}${tls}; agent socket ${started.sockets.agent}`,
       });
     }
 
@@ -437,7 +696,7 @@ export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
   return items;
 }
 
-export async function labDown(lab: Lab, o: LabOptions & { purge?: boolean }): Promise<LabItem[]> {
+export async function labDown(lab: Lab, o: LabOptions & { purge?: boolean; keepSeats?: boolean }): Promise<LabItem[]> {
   const items: LabItem[] = [];
   const several = lab.arrays.length > 1;
   const say = (item: LabItem, a?: LabArray) => {
@@ -467,6 +726,30 @@ export async function labDown(lab: Lab, o: LabOptions & { purge?: boolean }): Pr
         say({ kind: 'fault', name: f.id, state: 'removed', detail: `${f.target}: ${f.description}` }, a);
       }
     }
+    // Seats: the tenant goes with its users (tenant remove --force); its objects stay, with no tenant.
+    if (!o.keepSeats && lab.seats.names.length > 0) {
+      for (const s of sites) {
+        const { a } = s;
+        const on = up.find((x) => x.a === a);
+        const tenants = on ? new Set((await on.c.listTenants()).map((t) => t.name)) : undefined;
+        const users = on ? new Map((await on.c.listUsers()).map((u) => [u.name, u])) : undefined;
+        for (const seat of lab.seats.names) {
+          const file = seatTokenFile(lab, o.runDir, a, seat);
+          if (!on || !tenants || !users) {
+            say({ kind: 'seat', name: seat, state: 'not removed', detail: `array ${a.name} does not answer; run lab down again once it does` }, a);
+            continue;
+          }
+          try {
+            if (tenants.has(seat)) await on.c.removeTenant(seat, true);
+            else if (users.get(seat)?.tenant === seat) await on.c.removeUser(seat);
+            rmSync(file, { force: true });
+            say({ kind: 'seat', name: seat, state: 'removed', detail: `tenant ${seat} and user ${seat}` }, a);
+          } catch (err) {
+            say({ kind: 'seat', name: seat, state: 'not removed', detail: (err as Error).message }, a);
+          }
+        }
+      }
+    }
     if (o.purge) {
       // Pairs before remotes, remotes and hosts before volumes: each is refused while used.
       for (const { a, c } of up) {
@@ -487,6 +770,10 @@ export async function labDown(lab: Lab, o: LabOptions & { purge?: boolean }): Pr
         for (const r of a.remotes) {
           try {
             await c.removeRemote(r.name);
+            // And the user it called a lab peer with.
+            const peer = r.array !== undefined ? up.find((x) => x.a.name === r.array) : undefined;
+            if (peer && (await peer.c.listUsers()).some((u) => u.name === recUser(a))) await peer.c.removeUser(recUser(a));
+            if (peer) rmSync(join(labFilesDir(lab, o.runDir, peer.a), `${recUser(a)}.token`), { force: true });
             say({ kind: 'remote', name: r.name, state: 'removed' }, a);
           } catch (err) {
             say({ kind: 'remote', name: r.name, state: 'not removed', detail: (err as Error).message }, a);
@@ -531,7 +818,19 @@ export async function labDown(lab: Lab, o: LabOptions & { purge?: boolean }): Pr
     }
   }
   rmSync(stateFile(lab, o.runDir), { force: true });
+  // The NBD keys go with their hosts; the lab's directory once nothing of it is left.
+  if (o.purge) for (const a of lab.arrays) rmSync(pskFileOf(lab, o.runDir, a), { force: true });
+  for (const a of lab.arrays) rmEmpty(labFilesDir(lab, o.runDir, a));
+  rmEmpty(secretsDir(lab, o.runDir));
   return items;
+}
+
+function rmEmpty(dir: string): void {
+  try {
+    rmdirSync(dir);
+  } catch {
+    // not empty (kept seats or keys), or not there
+  }
 }
 
 export async function labStatus(lab: Lab, o: LabOptions): Promise<LabItem[]> {
@@ -549,6 +848,21 @@ export async function labStatus(lab: Lab, o: LabOptions): Promise<LabItem[]> {
       const by = st && alive(st.pid) ? `, started by lab up (pid ${st.pid})` : '';
       const where = api ?? `${a.api} (lab up picks the port)`;
       add({ kind: 'array', name: a.name, state: up ? 'running' : 'down', detail: up ? `answers at ${api}${by}` : `nothing answers at ${where}` }, a);
+      if (lab.seats.names.length > 0) {
+        const tenants = up ? new Map((await c.listTenants()).map((t) => [t.name, t])) : null;
+        const users = up ? new Map((await c.listUsers()).map((u) => [u.name, u])) : null;
+        for (const seat of lab.seats.names) {
+          const t = tenants?.get(seat);
+          const u = users?.get(seat);
+          const file = seatTokenFile(lab, o.runDir, a, seat);
+          const st = !tenants ? 'unknown' : t && u?.tenant === seat ? 'present' : 'missing';
+          const detail = t
+            ? `user ${u?.tenant === seat ? `${seat}, ${u.role}` : `${seat} missing`}, tenant ${seat}: ${t.volumes} volume(s), ${t.hosts} host(s), ${t.sessions} session(s)` +
+              `${quotaText(t) ? `; quotas ${quotaText(t)}` : ''}; ${existsSync(file) ? `token in ${file}` : 'no token file'}`
+            : undefined;
+          add({ kind: 'seat', name: seat, state: st, detail }, a);
+        }
+      }
       const vols = up ? new Map((await c.listVolumes()).map((v) => [v.name, v])) : null;
       for (const v of a.volumes) {
         const cur = vols?.get(v.name);

@@ -14,12 +14,15 @@ import { formatHostPort, parseHostPort } from '../../proto/util/address.js';
 import { checkIscsiName, IscsiNameError } from '../array/iscsiNames.js';
 import { MAX_LUN, VOLUME_NAME_PATTERN } from '../array/types.js';
 import { parseSize, SizeError } from '../../proto/util/units.js';
+import { ACCESS_NAME_PATTERN, TENANT_ROLES } from '../auth/AccessControl.js';
 
 export interface LabVolume {
   name: string;
   sizeBytes: number;
   blockSize: 512 | 4096;
   provisioning: 'thin' | 'thick';
+  /** The seat (tenant) it is given to (`arraylab tenant assign`). */
+  seat?: string;
 }
 
 export interface LabHost {
@@ -28,6 +31,23 @@ export interface LabHost {
   initiators: string[];
   vms: string[];
   luns: Array<{ volume: string; lun?: number }>;
+  /** The seat (tenant) it is given to. */
+  seat?: string;
+}
+
+/** A seat's role: one that can belong to a tenant. */
+export type SeatRole = 'monitor' | 'backup-operator' | 'operator';
+
+/**
+ * Trainee seats: on each array, a tenant and a user (role, that tenant) per name, with the
+ * tenant's quotas (absent: none).
+ */
+export interface LabSeats {
+  names: string[];
+  role: SeatRole;
+  maxCapacityBytes?: number;
+  maxVolumes?: number;
+  maxSessions?: number;
 }
 
 /** Another array this one knows as `name` (`arraylab remote add NAME --api ...`). */
@@ -101,6 +121,8 @@ export interface Lab {
   vms: LabVm[];
   /** Seeds the lab's randomness (its faults); default 0. */
   seed: number;
+  /** Trainee seats (none: names is empty). */
+  seats: LabSeats;
 }
 
 export class LabError extends Error {
@@ -121,6 +143,64 @@ const REC_MODES = ['sync', 'stack', 'consistency', 'through'] as const;
 
 const ARRAY_KEYS = ['name', 'api', 'start', 'dataDir', 'nbd', 'iscsi', 'volumes', 'hosts', 'remotes', 'copies', 'faults'];
 const ARRAY_EXAMPLE = '{name: array0, api: 127.0.0.1:7390, start: true, dataDir: ./lab-data}';
+const SEATS_EXAMPLE = '{count: 3, role: operator, prefix: seat} or {names: [alice, bob], role: operator}';
+const SEAT_ROLES = [...TENANT_ROLES] as SeatRole[];
+/** At most this many seats (each is a tenant and a user on every array). */
+const MAX_SEATS = 100;
+
+function parseSeats(v: unknown, fail: Fail): LabSeats {
+  if (v === undefined || v === null) return { names: [], role: 'operator' };
+  const raw: Obj = Array.isArray(v) ? { names: v } : isObj(v) ? v : fail('seats', `must be a mapping or a list of names, e.g. ${SEATS_EXAMPLE}`);
+  checkKeys(raw, ['count', 'prefix', 'names', 'role', 'maxCapacity', 'maxVolumes', 'maxSessions'], 'seats', fail);
+  if ((raw.count === undefined) === (raw.names === undefined))
+    fail('seats', `give either count (seats prefix1..prefixN) or names, not ${raw.count === undefined ? 'neither' : 'both'}; e.g. ${SEATS_EXAMPLE}`);
+  const seatName = (n: unknown, at: string): string => {
+    if (typeof n !== 'string' || !ACCESS_NAME_PATTERN.test(n))
+      fail(at, `${show(n)} is not a seat name; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (it names a tenant and a user)`);
+    return n as string;
+  };
+  let names: string[];
+  if (raw.count !== undefined) {
+    const count = raw.count;
+    if (typeof count !== 'number' || !Number.isInteger(count) || count < 1 || count > MAX_SEATS)
+      fail('seats.count', `${show(count)} is not a number of seats; give a whole number from 1 to ${MAX_SEATS}`);
+    if (raw.prefix !== undefined) seatName(raw.prefix, 'seats.prefix');
+    const prefix = (raw.prefix as string | undefined) ?? 'seat';
+    names = Array.from({ length: count as number }, (_, i) => seatName(`${prefix}${i + 1}`, 'seats.prefix'));
+  } else {
+    if (raw.prefix !== undefined) fail('seats.prefix', 'goes with count (prefix1..prefixN); with names, leave it out');
+    names = list(raw.names, 'seats.names', '[alice, bob]', fail).map((n, i) => seatName(n, `seats.names[${i}]`));
+    if (names.length === 0) fail('seats.names', 'is empty; name at least one seat, or leave seats out');
+    if (names.length > MAX_SEATS) fail('seats.names', `has ${names.length} seats; a lab has at most ${MAX_SEATS}`);
+    const dup = names.find((n, i) => names.indexOf(n) !== i);
+    if (dup !== undefined) fail(`seats.names[${names.lastIndexOf(dup)}]`, `seat ${dup} is named twice; remove one`);
+  }
+  const role = choice(raw.role, 'operator', SEAT_ROLES, 'seats.role', 'a role a tenant user can have', fail);
+  const seats: LabSeats = { names, role };
+  if (raw.maxCapacity !== undefined) {
+    const c = raw.maxCapacity;
+    let bytes = 0;
+    try {
+      if (typeof c !== 'string' && typeof c !== 'number') throw new SizeError(`${show(c)} is not a size`);
+      bytes = parseSize(c);
+    } catch (err) {
+      if (!(err instanceof SizeError)) throw err;
+      fail('seats.maxCapacity', `${err.message}; give a size such as 1GiB (what each seat's volumes may hold in all)`);
+    }
+    if (bytes <= 0) fail('seats.maxCapacity', `${show(c)} is no capacity; give a size such as 1GiB, or leave it out for no limit`);
+    seats.maxCapacityBytes = bytes;
+  }
+  for (const [key, field] of [
+    ['maxVolumes', 'maxVolumes'],
+    ['maxSessions', 'maxSessions'],
+  ] as const) {
+    const n = raw[key];
+    if (n === undefined) continue;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 1) fail(`seats.${key}`, `${show(n)} is not a limit; give a whole number of at least 1`);
+    seats[field] = n as number;
+  }
+  return seats;
+}
 
 function checkKeys(o: Obj, allowed: string[], at: string, fail: Fail): void {
   for (const k of Object.keys(o)) {
@@ -159,12 +239,22 @@ export function loadLab(path: string): Lab {
   return parseLab(text, file);
 }
 
-function parseVolumes(raws: unknown[], key: string, fail: Fail): LabVolume[] {
+/** A volume's or host's `seat:`: one of the lab's seats. */
+function seatRef(v: unknown, at: string, seats: LabSeats, fail: Fail): string {
+  if (typeof v !== 'string' || !seats.names.includes(v))
+    fail(
+      at,
+      `${show(v)} is not one of the lab's seats (${seats.names.length ? seats.names.join(', ') : 'it declares none'}); use one of them${seats.names.length ? '' : `, after declaring seats: ${SEATS_EXAMPLE}`}`,
+    );
+  return v as string;
+}
+
+function parseVolumes(raws: unknown[], key: string, seats: LabSeats, fail: Fail): LabVolume[] {
   const volumes: LabVolume[] = [];
   raws.forEach((raw, i) => {
     const at = `${key}[${i}]`;
     if (!isObj(raw)) return fail(at, 'must be a mapping with at least name and size, e.g. {name: tv1, size: 256MiB}');
-    checkKeys(raw, ['name', 'size', 'blockSize', 'provisioning'], at, fail);
+    checkKeys(raw, ['name', 'size', 'blockSize', 'provisioning', 'seat'], at, fail);
     const n = name(raw.name, `${at}.name`, 'volume', fail);
     const dup = volumes.findIndex((v) => v.name === n);
     if (dup >= 0) fail(`${at}.name`, `volume ${n} is declared twice (also ${key}[${dup}]); remove one`);
@@ -184,7 +274,13 @@ function parseVolumes(raws: unknown[], key: string, fail: Fail): LabVolume[] {
       fail(`${at}.size`, `${sizeBytes} bytes is not a positive multiple of the block size ${blockSize}; round it, e.g. 256MiB`);
     const provisioning = raw.provisioning ?? 'thin';
     if (provisioning !== 'thin' && provisioning !== 'thick') fail(`${at}.provisioning`, `${show(provisioning)} is not a provisioning type; use thin or thick`);
-    volumes.push({ name: n, sizeBytes, blockSize: blockSize as 512 | 4096, provisioning: provisioning as 'thin' | 'thick' });
+    volumes.push({
+      name: n,
+      sizeBytes,
+      blockSize: blockSize as 512 | 4096,
+      provisioning: provisioning as 'thin' | 'thick',
+      ...(raw.seat !== undefined ? { seat: seatRef(raw.seat, `${at}.seat`, seats, fail) } : {}),
+    });
   });
   return volumes;
 }
@@ -202,8 +298,9 @@ export function parseLab(text: string, file: string): Lab {
   }
   const root: unknown = doc.toJS();
   if (!isObj(root)) return fail('', 'the top level must be a mapping with arrays, volumes, hosts, vms and optionally faults and seed');
-  checkKeys(root, ['arrays', 'volumes', 'hosts', 'vms', 'faults', 'seed'], '', fail);
+  checkKeys(root, ['arrays', 'volumes', 'hosts', 'vms', 'faults', 'seed', 'seats'], '', fail);
   const baseDir = dirname(file);
+  const seats = parseSeats(root.seats, fail);
 
   const arraysRaw = list(root.arrays, 'arrays', `[${ARRAY_EXAMPLE}]`, fail);
   if (arraysRaw.length === 0) fail('arrays', `declares no array; a lab needs at least one, e.g. [${ARRAY_EXAMPLE}]`);
@@ -270,7 +367,7 @@ export function parseLab(text: string, file: string): Lab {
       dataDir: resolve(baseDir, dataDir as string),
       ...(nbd ? { nbd } : {}),
       ...(iscsi ? { iscsi } : {}),
-      volumes: parseVolumes(list(from('volumes'), keys.volumes, '[{name: tv1, size: 256MiB}]', fail), keys.volumes, fail),
+      volumes: parseVolumes(list(from('volumes'), keys.volumes, '[{name: tv1, size: 256MiB}]', fail), keys.volumes, seats, fail),
       hosts: [],
       remotes: [],
       copies: [],
@@ -343,7 +440,7 @@ export function parseLab(text: string, file: string): Lab {
     list(fromKey(a, 'hosts'), key, '[{name: lab1, vms: [lab1], luns: [{volume: tv1, lun: 0}]}]', fail).forEach((raw, i) => {
       const at = `${key}[${i}]`;
       if (!isObj(raw)) return fail(at, 'must be a mapping, e.g. {name: lab1, vms: [lab1], luns: [{volume: tv1, lun: 0}]}');
-      checkKeys(raw, ['name', 'initiators', 'vms', 'luns'], at, fail);
+      checkKeys(raw, ['name', 'initiators', 'vms', 'luns', 'seat'], at, fail);
       const n = name(raw.name, `${at}.name`, 'host', fail);
       if (a.hosts.some((h) => h.name === n)) fail(`${at}.name`, `host ${n} is declared twice; remove one`);
       const initiators = list(raw.initiators, `${at}.initiators`, '[iqn.1994-05.com.redhat:web1]', fail).map((v, j) => {
@@ -357,6 +454,9 @@ export function parseLab(text: string, file: string): Lab {
       const hvms = list(raw.vms, `${at}.vms`, '[lab1]', fail).map((v, j) => {
         const vn = name(v, `${at}.vms[${j}]`, 'VM', fail);
         if (!vms.some((x) => x.name === vn)) fail(`${at}.vms[${j}]`, `VM ${vn} is not declared in vms; declare it there`);
+        // Its initiator name and its NBD identity belong to one host.
+        const other = a.hosts.findIndex((x) => x.vms.includes(vn));
+        if (other >= 0) fail(`${at}.vms[${j}]`, `VM ${vn} is also in ${key}[${other}] (host ${a.hosts[other]!.name}); a VM belongs to one host`);
         return vn;
       });
       if (initiators.length === 0 && hvms.length === 0)
@@ -370,8 +470,31 @@ export function parseLab(text: string, file: string): Lab {
           fail(`${lat}.lun`, `${show(l.lun)} is not a LUN; give a whole number from 0 to ${MAX_LUN}, or leave it out for the lowest free one`);
         return { volume: volumeRef(a, l.volume, `${lat}.volume`), ...(l.lun !== undefined ? { lun: l.lun as number } : {}) };
       });
-      a.hosts.push({ name: n, initiators, vms: hvms, luns });
+      a.hosts.push({ name: n, initiators, vms: hvms, luns, ...(raw.seat !== undefined ? { seat: seatRef(raw.seat, `${at}.seat`, seats, fail) } : {}) });
     });
+  }
+
+  // NBD under host affinity (an array with hosts): a client sees only the volumes of the host its
+  // TLS identity belongs to, so a VM's NBD disks must be mapped to the one host it is in.
+  for (const [i, vm] of vms.entries()) {
+    const a = arrayByName.get(vm.array)!;
+    if (a.hosts.length === 0) continue;
+    for (const [j, d] of vm.attach.entries()) {
+      if (d.via !== 'nbd') continue;
+      const at = `vms[${i}].attach[${j}]`;
+      const hi = a.hosts.findIndex((h) => h.vms.includes(vm.name));
+      if (hi < 0)
+        fail(
+          at,
+          `VM ${vm.name} attaches ${d.volume} via nbd, and array ${a.name} has hosts (${a.keys.hosts}), so NBD clients see only their host's volumes; list ${vm.name} in the vms of one of them and map ${d.volume} to it (luns)`,
+        );
+      const h = a.hosts[hi]!;
+      if (!h.luns.some((l) => l.volume === d.volume))
+        fail(
+          at,
+          `volume ${d.volume} is not mapped to host ${h.name} (${a.keys.hosts}[${hi}]), VM ${vm.name}'s host, and over NBD a VM sees only its host's volumes; add ${d.volume} to ${a.keys.hosts}[${hi}].luns`,
+        );
+    }
   }
 
   // Remotes: each array's view of the others (array X knows array Y as NAME).
@@ -509,5 +632,5 @@ export function parseLab(text: string, file: string): Lab {
   if (typeof seed !== 'number' || !Number.isSafeInteger(seed) || seed < 0 || seed > 0xffffffff)
     fail('seed', `${show(seed)} is not a seed; use a whole number from 0 to 4294967295`);
 
-  return { file, arrays, vms, seed: seed as number };
+  return { file, arrays, vms, seed: seed as number, seats };
 }

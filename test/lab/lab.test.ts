@@ -124,7 +124,7 @@ describe('arraylab lab', () => {
     ['arrays: [\n  {name: a, api: 127.0.0.1:7390\n', /: YAML syntax error at line \d+, column \d+: .*; fix the YAML$/],
     [
       'arrays: [{name: a, api: 127.0.0.1:7390}]\nvolumes: [{name: v, size: 1GiB, colour: red}]\n',
-      /: volumes\[0\]\.colour: unknown key; use one of name, size, blockSize, provisioning$/,
+      /: volumes\[0\]\.colour: unknown key; use one of name, size, blockSize, provisioning, seat$/,
     ],
     [
       'arrays: [{name: a, api: 127.0.0.1:7390}, {name: b, api: 127.0.0.1:7391}]\nvolumes: [{name: v, size: 1GiB}]\n',

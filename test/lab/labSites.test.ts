@@ -4,7 +4,8 @@
  * vol1 -> site-b:vol1 that the lab declares, and the pair reaches equivalent on both arrays
  * (copy list --json on each, as a user checks it). A second up changes nothing, status shows
  * each array and the pair, and down stops both arrays. A second up after down finds the pair
- * again on the same API ports (the remotes' addresses stay valid).
+ * again on the same API ports (the remotes' addresses stay valid), each array calling the other
+ * as a replication user there, so the pair resumes after both restart.
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -120,6 +121,14 @@ describe('a lab with two arrays and a REC pair', () => {
       remotes: Array<{ name: string; api: string; reachable: boolean }>;
     };
     expect(remotes.remotes).toMatchObject([{ name: 'site-a', api: a, reachable: true }]);
+    // Each array calls the other as a replication user there, not with an admin token.
+    for (const [api, caller] of [
+      [b, 'site-a'],
+      [a, 'site-b'],
+    ] as const) {
+      const users = JSON.parse((await runCli(['user', 'list', '--json', '--api', api])).stdout) as { users: Array<{ name: string; role: string }> };
+      expect(users.users.filter((u) => u.name.startsWith('rec-'))).toMatchObject([{ name: `rec-${caller}`, role: 'replication' }]);
+    }
 
     // Again: everything exists, nothing is started twice.
     const again = await lab(['up', file, '--json']);

@@ -250,7 +250,7 @@ describe('a lab with one array', () => {
 
   it('names top-level keys in its messages, as before', () => {
     expect(error('arrays: [{name: a, api: "127.0.0.1:7390"}]\nvolumes: [{name: v, size: 1GiB, colour: red}]\n')).toBe(
-      `lab ${FILE}: volumes[0].colour: unknown key; use one of name, size, blockSize, provisioning`,
+      `lab ${FILE}: volumes[0].colour: unknown key; use one of name, size, blockSize, provisioning, seat`,
     );
     expect(error('arrays: [{name: a, api: "127.0.0.1:7390"}]\nvms: [{name: m, attach: [w]}]\n')).toBe(
       `lab ${FILE}: vms[0].attach[0]: volume w is not declared in volumes (there are none); declare it there`,
