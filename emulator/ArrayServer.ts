@@ -137,6 +137,9 @@ export class ArrayServer {
     const { config } = this;
     this.startedAt = new Date();
     try {
+      // Refused before anything is made: an API others could reach, unprotected.
+      checkApiExposure(config);
+      const apiTls = config.api.tls ? readApiTls(config) : undefined;
       const tls = config.nbd.tls ? readTls(config) : undefined;
       this.storage = await StorageArray.open({
         backend: config.backend,
@@ -172,17 +175,10 @@ export class ArrayServer {
       const iscsi = config.listen.iscsi ? await this.startIscsi(config.listen.iscsi) : null;
 
       const access = config.api.auth ? this.startAccess() : undefined;
-      if (!config.api.auth) {
-        if (!isLoopback(config.listen.api.host)) {
-          throw new Error(
-            `refusing to serve the control API on ${formatHostPort(config.listen.api)} with api.auth off: other machines could reach it; turn authentication on, or listen on 127.0.0.1`,
-          );
-        }
-        this.log.warn('control API authentication is off (api.auth: off): every local user may do anything');
-      }
+      if (!config.api.auth) this.log.warn('control API authentication is off (api.auth: off): every local user may do anything');
       this.api = new ArrayApiServer({
         ...(access ? { access } : {}),
-        ...(config.api.tls ? { tls: readApiTls(config) } : {}),
+        ...(apiTls ? { tls: apiTls } : {}),
         array: this.storage,
         copy: this.storage,
         hosts: this.storage.hosts,
@@ -448,6 +444,23 @@ function readTls(config: ArraylabConfig): { key?: Buffer; cert?: Buffer; ca?: Bu
     ...(tls.ca ? { ca: read('ca', tls.ca) } : {}),
     require: tls.require,
   };
+}
+
+/** The control API on an address other machines reach needs TLS and authentication. */
+function checkApiExposure(config: ArraylabConfig): void {
+  const api = config.listen.api;
+  if (isLoopback(api.host)) return;
+  const missing = [
+    config.api.tls ? '' : 'TLS (api.tls.cert and api.tls.key, or --api-tls-cert and --api-tls-key)',
+    config.api.auth ? '' : 'authentication (api.auth: on)',
+  ]
+    .filter((m) => m !== '')
+    .join(' and ');
+  if (missing !== '') {
+    throw new Error(
+      `refusing to serve the control API on ${formatHostPort(api)} without ${missing}: other machines could reach it; enable them, or listen on 127.0.0.1`,
+    );
+  }
 }
 
 function readApiTls(config: ArraylabConfig): { cert: Buffer; key: Buffer; ca?: Buffer } {

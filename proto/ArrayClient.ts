@@ -717,9 +717,22 @@ export class ArrayClient {
     if (!['UNAVAILABLE', 'DEADLINE_EXCEEDED', 'UNKNOWN', 'CANCELLED', 'UNIMPLEMENTED'].includes(code)) return new ApiError(code, err.details);
     // An api-error fault the array injected (its message names the fault): the server did answer.
     if (/ failed: injected [A-Z_]+ \(fault f\d+\)/.test(err.details)) return new ApiError(code, err.details);
-    const hint = 'is `arraylab serve` running? (set --api or ARRAYLAB_API)';
+    const tls = this.credential.tls !== undefined;
+    const hint = `is \`arraylab serve\` running? (set --api or ARRAYLAB_API)${tls ? '' : '; if it serves TLS, pass --tls-ca CA.pem or set ARRAYLAB_TLS_CA'}`;
     if (err.code === grpc.status.UNAVAILABLE) {
       if (/shutting down/.test(err.details)) return new ApiError('UNAVAILABLE', err.details);
+      if (/certificate required|alert number 116/i.test(err.details)) {
+        return new ApiError(
+          'UNAVAILABLE',
+          `the arraylab API at ${this.address} wants a client certificate (mutual TLS): pass --tls-cert and --tls-key (or set ARRAYLAB_TLS_CERT and ARRAYLAB_TLS_KEY)`,
+        );
+      }
+      if (tls && /certificate|self.signed|unable to verify|CERT_|handshake/i.test(err.details)) {
+        return new ApiError(
+          'UNAVAILABLE',
+          `the TLS handshake with the arraylab API at ${this.address} failed: ${describeUnreachable(err.details)}; pass the CA that signed its certificate with --tls-ca (ARRAYLAB_TLS_CA), and a client certificate it trusts`,
+        );
+      }
       return new ApiError('UNAVAILABLE', `cannot reach the arraylab API at ${this.address}: ${describeUnreachable(err.details)}; ${hint}`);
     }
     if (err.code === grpc.status.DEADLINE_EXCEEDED) {
@@ -736,7 +749,7 @@ function describeUnreachable(details: string): string {
   if (/EHOSTUNREACH|ENETUNREACH/.test(details)) return 'host unreachable';
   if (/ETIMEDOUT/.test(details)) return 'connection timed out';
   if (/ECONNRESET|Connection dropped|socket hang up/i.test(details)) return 'the connection was reset (is something other than arraylab listening there?)';
-  return details;
+  return details.replace(/\s*\n\s*/g, ' ').trim();
 }
 
 /** tape: a streaming call that has been silent this long has lost its server. */

@@ -7,5 +7,7 @@
  * is imported dynamically after the variable is set. A value the user set is kept.
  */
 process.env.UV_THREADPOOL_SIZE ||= '16';
+const { quietTlsIpWarning } = await import('../../proto/util/quietWarnings.js');
+quietTlsIpWarning();
 const { main } = await import('./main.js');
 await main(process.argv.slice(2));

@@ -90,7 +90,11 @@ export class RemoteArrays implements RemoteCopyHook {
     if (!e.reachable && !opts.offline) {
       if (e !== have) e.client.close();
       // Not UNAVAILABLE: that is what clients say of the array they called, and this one answered.
-      throw new StatusError('FAILED_PRECONDITION', `cannot add remote ${name}: ${e.error}; start that array, check --api, or pass --offline to add it anyway`);
+      const refused = /UNAUTHENTICATED|PERMISSION_DENIED|needs a credential|not valid on this array|may not call/.test(e.error);
+      const fix = refused
+        ? 'give remote add --token-file FILE with the token of a user of role replication there (arraylab user add NAME --role replication, on that array)'
+        : 'start that array, check --api, or pass --offline to add it anyway';
+      throw new StatusError('FAILED_PRECONDITION', `cannot add remote ${name}: ${e.error}; ${fix}`);
     }
     if (e.row.arrayId === this.opts.arrayId) {
       if (e !== have) e.client.close();

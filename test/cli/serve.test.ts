@@ -39,13 +39,14 @@ describe('arraylab serve', () => {
     children.push(s.child);
     const out = await s.ready;
     const lines = out.trimEnd().split('\n');
-    expect(lines).toHaveLength(4);
+    expect(lines).toHaveLength(5);
     expect(lines[0]).toMatch(/^NBD {5}nbd:\/\/127\.0\.0\.1:([1-9]\d*)\/ {2}\(exports: demo\)$/);
     expect(lines[1]).toMatch(/^API {5}127\.0\.0\.1:([1-9]\d*) {2}\(arraylab status --api 127\.0\.0\.1:\d+\)$/);
     expect(lines[2]).toMatch(
       /^iSCSI {3}iscsi:\/\/127\.0\.0\.1:([1-9]\d*)\/iqn\.2026-11\.lab\.arraylab:array-[0-9a-f]{12} {2}\(every initiator sees every volume until a host is defined\)$/,
     );
     expect(lines[3]).toBe(`DATA    ${dataDir}`);
+    expect(lines[4]).toBe(`AUTH    on; admin token in ${dataDir}/admin.token (this user's CLI finds it; others: --token-file or ARRAYLAB_TOKEN)`);
     const apiPort = /127\.0\.0\.1:(\d+)/.exec(lines[1]!)![1];
     const status = await runCli(['status', '--json', '--api', `127.0.0.1:${apiPort}`]);
     expect(status.code, status.stderr).toBe(0);
@@ -207,6 +208,6 @@ describe('arraylab --help and --version', () => {
   it('asks for a command', async () => {
     const r = await runCli([]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe("arraylab: give a command: serve, volume, copy, host, export, tape, fault, power-cut, status, vm or lab (see 'arraylab --help')\n");
+    expect(r.stderr).toBe("arraylab: give a command: serve, volume, copy, host, export, tape, fault, power-cut, status, user, tenant, audit, vm or lab (see 'arraylab --help')\n");
   });
 });

@@ -101,7 +101,7 @@ describe('corrupt config files', () => {
     ],
     ['volumes:\n  - name: a\n   size: 3\n', /^YAML syntax error at line 3, column \d+: .*; fix the YAML$/],
     ['listen:\n  nbd: 10809\n', 'listen.nbd: 10809 is not an address; use HOST:PORT such as 127.0.0.1:10809'],
-    ['volume: []\n', 'volume: unknown key; expected one of dataDir, backend, listen, nbd, iscsi, log, volumes, tape'],
+    ['volume: []\n', 'volume: unknown key; expected one of dataDir, backend, listen, nbd, api, iscsi, log, volumes, tape'],
     ['log: {level: verbose}\n', 'log.level: "verbose" is not a log level; use one of fatal, error, warn, info, debug, trace, silent'],
   ])('refuses %j with one line naming the file, key and fix (exit 2)', async (yaml, message) => {
     const { file, result } = serveWith(yaml);

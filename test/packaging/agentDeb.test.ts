@@ -135,11 +135,17 @@ describe('the arraylab-agent Debian package', () => {
       const state = join(work, 'state');
       // Exactly this environment: no NODE_PATH, no ARRAYLAB_*; node is the host's /usr/bin/node.
       const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: work, LANG: 'C.UTF-8' };
+      // As deployed: the array's admin made the agent a user, and its token is in a 0600 file.
+      const user = JSON.parse((await lab.cli(['user', 'add', 'agent-web1', '--role', 'operator', '--json'])).stdout) as { token: string };
+      const tokenFile = join(work, 'array.token');
+      writeFileSync(tokenFile, `${user.token}\n`, { mode: 0o600 });
       const common = [
         '--config',
         join(root, 'etc/arraylab-agent/agent.yaml'),
         '--array',
         lab.apiAddress,
+        '--token-file',
+        tokenFile,
         '--state-dir',
         state,
         '--hooks-dir',
