@@ -1,18 +1,20 @@
 /**
  * `arraylab lab up|status|down` with the example lab (vm-images/labs/backup-restore.yaml) on
  * its own API port and data dir: up starts arraylab serve detached, creates the volumes and
- * boots the VM; a second up changes nothing; down stops both and keeps the data. Lab files
- * that do not validate fail with file: key: message and exit 2.
+ * boots the VM; a second up changes nothing; down stops both and keeps the data. A lab with a
+ * host: the array runs with NBD TLS-PSK, the host gets a key and its VM attaches over TLS-PSK,
+ * while an anonymous NBD client sees nothing. Lab files that do not validate fail with file:
+ * key: message and exit 2.
  */
 import { execFile } from 'node:child_process';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { stopDetachedGuest } from '../../emulator/vm/detached.js';
-import { isQemuAlive, listRecords } from '../../emulator/vm/registry.js';
+import { isQemuAlive, listRecords, readRecord } from '../../emulator/vm/registry.js';
 import { makeTempDir, REPO_ROOT, runCli } from '../support/arraylab.js';
 import { requireTool } from '../support/tools.js';
 import { labServePids } from '../support/lab.js';
@@ -118,6 +120,55 @@ describe('arraylab lab', () => {
     expect(after.items.at(-1)).toMatchObject({ kind: 'vm', state: 'not started' });
     // Data kept: the volumes are still in the data directory for the next lab up.
     expect(readdirSync(join(dir, 'data')).length).toBeGreaterThan(0);
+  }, 240_000);
+
+  it("gives a lab host's VM its volume over NBD TLS-PSK (host affinity on), and an anonymous NBD client nothing", async () => {
+    requireTool('nbdinfo');
+    const api = `127.0.0.1:${await freePort()}`;
+    const file = join(dir, 'hosted.yaml');
+    writeFileSync(
+      file,
+      stringify({
+        arrays: [{ name: 'array0', api, start: true, dataDir: './hosted-data', nbd: '127.0.0.1:0', iscsi: '127.0.0.1:0' }],
+        seats: { count: 1 },
+        volumes: [
+          { name: 'tv1', size: '64MiB', seat: 'seat1' },
+          { name: 'spare', size: '8MiB' },
+        ],
+        hosts: [{ name: 'h1', vms: ['web1'], luns: ['tv1'], seat: 'seat1' }],
+        vms: [{ name: 'web1', memory: 1024, attach: [{ volume: 'tv1', via: 'nbd' }] }],
+      }),
+    );
+    const up = await lab(['up', file]);
+    expect(up.stderr).toBe('');
+    expect(up.code).toBe(0);
+    const nbd = /^array array0: started \(.*, NBD (127\.0\.0\.1:\d+),/m.exec(up.stdout)?.[1];
+    const keys = /^host h1: created \(created, mapped tv1 at LUN 0, NBD PSK identity h1 \(key in (\S+)\), seat seat1\)$/m.exec(up.stdout)?.[1];
+    expect(keys, up.stdout).toMatch(/\/\.secrets-hosted-[0-9a-f]{8}\/array0\/keys\.psk$/);
+    expect(statSync(keys!).mode & 0o777).toBe(0o600);
+    expect(up.stdout).toMatch(/^vm web1: started \(booted in [\d.]+ s; tv1 as \/dev\/vda; NBD over TLS-PSK as h1; agent socket /m);
+    console.log(up.stdout.trim().split('\n').at(-1));
+    // The array the lab wrote runs with TLS-PSK, and the guest's qemu offers the host's identity.
+    expect(readFileSync(join(dir, 'hosted-data', 'lab-array.yaml'), 'utf8')).toMatch(/^nbd:\n {2}tls:\n {4}psk: true$/m);
+    const rec = readRecord(runDir, 'web1')!;
+    expect(rec.argv).toContain(`tls-creds-psk,id=tls0,endpoint=client,dir=${join(runDir, 'web1', 'nbd-psk')},username=h1`);
+    const serial = await runCli(['vm', 'console', 'web1', '--run-dir', runDir, '-c', 'cat /sys/block/vda/serial; blockdev --getsize64 /dev/vda']);
+    expect(serial.stdout).toBe(`tv1${64 * 1024 * 1024}\n`);
+    // nbdinfo lists the host's volume with its key (the lab's keys.psk) and nothing without one.
+    const list = async (uri: string) => {
+      const r = await run('nbdinfo', ['--list', '--json', uri]).catch((err: { stdout?: string }) => ({ stdout: err.stdout ?? '' }));
+      return r.stdout ? (JSON.parse(r.stdout) as { exports: Array<{ 'export-name': string }> }).exports.map((e) => e['export-name']) : [];
+    };
+    expect(await list(`nbds://h1@${nbd}/?tls-psk-file=${keys}`)).toEqual(['tv1']);
+    expect(await list(`nbd://${nbd}/`)).toEqual([]);
+
+    const down = await lab(['down', file, '--purge']);
+    expect(down.code, down.stderr).toBe(0);
+    expect(down.stdout).toContain('vm web1: stopped (powered off)');
+    expect(down.stdout).toContain('seat seat1: removed (tenant seat1 and user seat1)');
+    expect(existsSync(keys!)).toBe(false);
+    expect(listRecords(runDir)).toEqual([]);
+    expect(servePids()).toEqual([]);
   }, 240_000);
 
   it.each([

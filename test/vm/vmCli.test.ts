@@ -2,10 +2,12 @@
  * `arraylab vm start|list|console|stop` with a real arraylab: a detached qemu guest with one
  * volume over NBD and one over iSCSI, which it sees as /dev/vda (the export name as serial) and
  * /dev/sda (the array's WWN); commands through the console socket; a clean poweroff. Errors:
- * unknown volume, a name taken, stop of an unknown VM, a bad --attach.
+ * unknown volume, a name taken, stop of an unknown VM, a bad --attach. Under host affinity on an
+ * array with nbd.tls.psk: --nbd-psk-file attaches the host's volume over TLS-PSK; without it, or
+ * with a volume the host does not map, vm start refuses before qemu runs, naming the fix.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pino from 'pino';
@@ -158,4 +160,54 @@ describe('arraylab vm', () => {
     expect(noArray.code).toBe(1);
     expect(noArray.stderr).toMatch(/127\.0\.0\.1:1/);
   }, 60_000);
+});
+
+describe('arraylab vm start --nbd-psk-file', () => {
+  let psk: Arraylab;
+  afterAll(async () => {
+    await stopAll();
+    await psk?.stop();
+  }, 60_000);
+
+  it("attaches its host's volume over NBD TLS-PSK under host affinity, and refuses NBD without an identity", async () => {
+    psk = await startArraylab({ config: { nbd: { tls: { psk: true } } } });
+    for (const v of ['mine', 'theirs']) await cliJson(psk, ['volume', 'create', v, '--size', '16MiB']);
+    await cliJson(psk, ['host', 'add', 'web', '--initiator', 'iqn.2026-01.lab.test:web']);
+    await cliJson(psk, ['host', 'map', 'web', 'mine']);
+    const set = await cliJson(psk, ['host', 'set', 'web', '--nbd-psk']);
+    const keyFile = join(runDir, '..', 'web.psk');
+    writeFileSync(keyFile, `${(set.nbdPsk as { pskFileLine: string }).pskFileLine}\n`, { mode: 0o600 });
+    const start = (name: string, args: string[]) => psk.cli(['vm', 'start', name, ...args, '--run-dir', runDir], { timeoutMs: 150_000 });
+
+    // Refused before qemu runs: no identity, and a volume its host does not map.
+    const anon = await start('p0', ['--attach', 'mine']);
+    expect(anon.code).toBe(1);
+    expect(anon.stderr).toBe(
+      `arraylab: vm p0: host affinity is on at ${psk.apiAddress}, and an NBD client without a TLS identity sees no volume (here: mine); give the VM's host a key with: arraylab host set HOST --nbd-psk, save the line it prints in a file and start with --nbd-psk-file FILE (or attach via iscsi)\n`,
+    );
+    const other = await start('p0', ['--attach', 'theirs', '--nbd-psk-file', keyFile]);
+    expect(other.stderr).toBe('arraylab: vm p0: volume theirs is not mapped to host web (NBD PSK identity web); map it with: arraylab host map web theirs\n');
+    expect(listRecords(runDir)).toEqual([]);
+
+    const ok = await start('p1', ['--attach', 'mine', '--nbd-psk-file', keyFile, '--json']);
+    expect(ok.stderr).toBe('');
+    const rec = JSON.parse(ok.stdout) as { argv: string[]; disks: Array<{ attach: { tls?: { identity: string; pskDir: string } } }> };
+    const pskDir = join(runDir, 'p1', 'nbd-psk');
+    expect(rec.disks[0]!.attach.tls).toEqual({ identity: 'web', pskDir });
+    expect(rec.argv).toContain(`tls-creds-psk,id=tls0,endpoint=client,dir=${pskDir},username=web`);
+    expect(statSync(join(pskDir, 'keys.psk')).mode & 0o777).toBe(0o600);
+    // The guest's disk is the host's volume, read and written over TLS.
+    const serial = await psk.cli([
+      'vm',
+      'console',
+      'p1',
+      '--run-dir',
+      runDir,
+      '-c',
+      'cat /sys/block/vda/serial && echo tls-psk-ok | dd of=/dev/vda bs=512 conv=sync,fsync 2>/dev/null && echo written',
+    ]);
+    expect(serial.stdout).toBe('minewritten\n');
+    await psk.cli(['vm', 'stop', 'p1', '--run-dir', runDir]);
+    expect(existsSync(pskDir)).toBe(false);
+  }, 240_000);
 });
