@@ -130,8 +130,10 @@ describe.each([{ via: 'nbd' as const }, { via: 'iscsi' as const }])('a VM backup
     const status = await hostAgentJson<{ hostname: string; kernel: string; pid: number }>(['--guest', guest.agentSocket, 'guest-status']);
     expect(status).toMatchObject({ hostname: (await guest.runOk('uname -n')).trim(), kernel: image.kernelRelease, pid: hello.pid });
     const common = ['--guest', guest.agentSocket, '--array', array.apiAddress, '--state-dir', makeTempDir('arraylab-cycle-state-')];
-    const devices = await hostAgentJson<Array<{ volume: string; device: string; how: string }>>([...common, 'devices']);
-    expect(devices).toEqual([{ volume: 'tv', device: dev, how: via === 'nbd' ? 'virtio' : 'wwn' }]);
+    const devices = await hostAgentJson<Array<{ volume: string; device: string; how: string; wwn?: string }>>([...common, 'devices']);
+    // Over iSCSI the guest sees the array's WWN, which the agent reports (and pins volumes to).
+    const wwn = via === 'iscsi' ? { wwn: (await cliJson(array, ['volume', 'show', 'tv'])).wwn } : {};
+    expect(devices).toEqual([{ volume: 'tv', device: dev, how: via === 'nbd' ? 'virtio' : 'wwn', ...wwn }]);
 
     // 2. In the guest: ext4, a file that stays put, and the writer.
     await guest.runOk(`mkfs.ext4 -q -F ${dev} && mkdir -p /mnt/tv && mount ${dev} /mnt/tv && head -c 4194304 /dev/urandom > /mnt/tv/data.bin && sync`, {
