@@ -9,14 +9,19 @@
  * that. A started array runs with a config of its own (lab-array.yaml in its data directory):
  * none of the built-in config's volumes, and NBD TLS-PSK on.
  *
- * Seats: on each array a tenant and a user per trainee seat, the token in a 0600 file in the
- * lab's directory in the run directory (.lab-<name>-<hash>/ARRAY/SEAT.token); an existing seat
- * keeps its token. lab down removes them (tenant remove --force) unless told to keep them.
+ * Secrets go in the run directory, .secrets-<name>-<hash>/ARRAY/ (0700, files 0600):
  *
- * NBD under host affinity: a lab host with VMs that attach via nbd gets an NBD PSK identity
- * (`host set HOST --nbd-psk`), its key kept in .lab-<name>-<hash>/ARRAY/keys.psk (psktool, 0600),
- * and its VMs attach over TLS-PSK with it. Before the VMs boot, lab up checks that the array's
- * NBD server takes the key, and says what to change when it does not.
+ * Seats: on each array a tenant and a user per trainee seat, the token in SEAT.token; an
+ * existing seat keeps its token. lab down removes them (tenant remove --force) unless told to
+ * keep them.
+ *
+ * NBD under host affinity: a lab host with VMs that attach via nbd gets the NBD PSK identity
+ * HOST (`host set HOST --nbd-psk`), its key kept in keys.psk (psktool), and its VMs attach over
+ * TLS-PSK with it. Before the VMs boot, lab up checks that the array's NBD server takes the key,
+ * and says what to change when it does not.
+ *
+ * Remotes between lab arrays: each calls the other as a replication user there (rec-ARRAY, its
+ * token in rec-ARRAY.token), not with an admin token.
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -670,6 +675,15 @@ export async function labUp(lab: Lab, o: LabOptions): Promise<LabItem[]> {
         runDir: o.runDir,
         log: o.log,
         ...(nbdPsk ? { nbdPsk } : {}),
+      }).catch((err: Error) => {
+        // An array used as it is may have hosts the lab does not declare: in a lab, the fix is a lab host.
+        if (!nbdPsk && err.message.includes('an NBD client without a TLS identity sees no volume')) {
+          const vols = vm.attach.filter((d) => d.via === 'nbd').map((d) => d.volume);
+          throw new Error(
+            `${err.message.split(';')[0]}; declare a host for it in the lab file (${a.keys.hosts}: [{name: ${vm.name}, vms: [${vm.name}], luns: [${vols.join(', ')}]}]: lab up gives it an NBD key), or attach via: iscsi`,
+          );
+        }
+        throw err;
       });
       const tls = nbdPsk ? `; NBD over TLS-PSK as ${nbdPsk.identity}` : '';
       say({
