@@ -718,7 +718,7 @@ export class ArrayClient {
     // An api-error fault the array injected (its message names the fault): the server did answer.
     if (/ failed: injected [A-Z_]+ \(fault f\d+\)/.test(err.details)) return new ApiError(code, err.details);
     const tls = this.credential.tls !== undefined;
-    const hint = `is \`arraylab serve\` running? (set --api or ARRAYLAB_API)${tls ? '' : '; if it serves TLS, pass --tls-ca CA.pem or set ARRAYLAB_TLS_CA'}`;
+    const hint = 'is `arraylab serve` running? (set --api or ARRAYLAB_API)';
     if (err.code === grpc.status.UNAVAILABLE) {
       if (/shutting down/.test(err.details)) return new ApiError('UNAVAILABLE', err.details);
       if (/certificate required|alert number 116/i.test(err.details)) {
@@ -733,7 +733,11 @@ export class ArrayClient {
           `the TLS handshake with the arraylab API at ${this.address} failed: ${describeUnreachable(err.details)}; pass the CA that signed its certificate with --tls-ca (ARRAYLAB_TLS_CA), and a client certificate it trusts`,
         );
       }
-      return new ApiError('UNAVAILABLE', `cannot reach the arraylab API at ${this.address}: ${describeUnreachable(err.details)}; ${hint}`);
+      const reason = describeUnreachable(err.details);
+      // Something answered, but not in plaintext gRPC: maybe a TLS API.
+      const socketError = /^(connection refused|host not found|host unreachable|connection timed out)$/.test(reason);
+      const tlsHint = tls || socketError ? '' : '; if it serves TLS, pass --tls-ca CA.pem or set ARRAYLAB_TLS_CA';
+      return new ApiError('UNAVAILABLE', `cannot reach the arraylab API at ${this.address}: ${reason}; ${hint}${tlsHint}`);
     }
     if (err.code === grpc.status.DEADLINE_EXCEEDED) {
       return new ApiError('DEADLINE_EXCEEDED', `the arraylab API at ${this.address} did not answer within ${this.deadlineMs / 1000} s; ${hint}`);

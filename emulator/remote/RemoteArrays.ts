@@ -250,6 +250,17 @@ export class RemoteArrays implements RemoteCopyHook {
       e.error = '';
       return out;
     } catch (err) {
+      if (err instanceof ApiError && err.code === 'UNAUTHENTICATED') {
+        // A credential problem is fixed on the other array or with remote add --token-file: the
+        // pairs halt and retry, as for a lost link, with a client that looks for it again.
+        this.renewClient(e);
+        e.reachable = false;
+        e.error = err.message;
+        throw new RemoteLinkError(
+          `remote array ${remote} (${e.row.api}) refused this array's credential: ${err.message}; give remote add ${remote} --api ${e.row.api} --token-file FILE a replication user's token`,
+          'link-down',
+        );
+      }
       if (err instanceof ApiError && err.code !== 'UNAVAILABLE' && err.code !== 'DEADLINE_EXCEEDED') {
         const code = err.code === 'NOT_FOUND' || err.code === 'INVALID_ARGUMENT' || err.code === 'ALREADY_EXISTS' ? err.code : 'FAILED_PRECONDITION';
         throw new RemoteRefusalError(code, `remote ${remote} refused to ${what}: ${err.message}`);
@@ -287,7 +298,19 @@ export class RemoteArrays implements RemoteCopyHook {
     } catch (err) {
       e.reachable = false;
       e.error = (err as Error).message;
+      if (err instanceof ApiError && err.code === 'UNAUTHENTICATED') this.renewClient(e);
     }
+  }
+
+  /**
+   * A remote added without a token uses what a client finds (ARRAYLAB_TOKEN, the link an array
+   * on this machine makes when it starts), which may appear or change after this client was
+   * made: make a new one, which looks again.
+   */
+  private renewClient(e: RemoteEntry): void {
+    if (e.row.token) return;
+    e.client.close();
+    e.client = this.entry(e.row).client;
   }
 
   /**
