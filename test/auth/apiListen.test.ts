@@ -57,7 +57,9 @@ describe('the control API off loopback', () => {
       const r = await serveRefused(dataDir, ['--api', '0.0.0.0:0', '--api-auth', 'off', ...tls]);
       expect(r.code).toBe(1);
       expect(r.stdout).toBe('');
-      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^arraylab: refusing to serve the control API on 0\.0\.0\.0:0 without (TLS .* and )?authentication \(api\.auth: on\)/)]);
+      expect(r.stderr.trim().split('\n')).toEqual([
+        expect.stringMatching(/^arraylab: refusing to serve the control API on 0\.0\.0\.0:0 without (TLS .* and )?authentication \(api\.auth: on\)/),
+      ]);
       expect(r.stderr).toMatch(/enable them, or listen on 127\.0\.0\.1/);
       expect(existsSync(join(dataDir, 'admin.token'))).toBe(false);
     }

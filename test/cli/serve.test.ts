@@ -208,6 +208,8 @@ describe('arraylab --help and --version', () => {
   it('asks for a command', async () => {
     const r = await runCli([]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toBe("arraylab: give a command: serve, volume, copy, host, export, tape, fault, power-cut, status, user, tenant, audit, vm or lab (see 'arraylab --help')\n");
+    expect(r.stderr).toBe(
+      "arraylab: give a command: serve, volume, copy, host, export, tape, fault, power-cut, status, user, tenant, audit, vm or lab (see 'arraylab --help')\n",
+    );
   });
 });
