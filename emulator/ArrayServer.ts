@@ -326,6 +326,18 @@ export class ArrayServer {
     this.log.info('stopped');
   }
 
+  /** How a listener is protected, as status shows it (labs and tests read it too). */
+  private security(which: 'nbd' | 'iscsi' | 'api'): string[] {
+    const { nbd, iscsi, api } = this.config;
+    const tags: Array<string | false | undefined> =
+      which === 'nbd'
+        ? [nbd.tls?.cert !== undefined && 'tls', nbd.tls?.psk && 'psk', nbd.tls?.ca !== undefined && 'client-certificates', nbd.tls?.require && 'tls-required']
+        : which === 'iscsi'
+          ? [iscsi.chap !== null && 'chap', iscsi.chapAlgorithms !== undefined && !iscsi.chapAlgorithms.includes(5) && 'no-md5']
+          : [api.auth && 'auth', api.tls !== undefined && 'tls', api.tls?.ca !== undefined && 'mutual-tls'];
+    return tags.filter((t): t is string => typeof t === 'string');
+  }
+
   private serverStatus(): ServerStatus {
     const listener = (addr: HostPort | undefined) =>
       addr ? { available: true, host: addr.host, port: addr.port, note: '' } : { available: false, host: '', port: 0, note: 'not listening' };
@@ -335,11 +347,11 @@ export class ArrayServer {
       dataDir: this.config.backend === 'file' ? this.config.dataDir : '',
       backend: this.config.backend,
       listeners: {
-        nbd: listener(this.bound?.nbd),
+        nbd: { ...listener(this.bound?.nbd), security: this.security('nbd') },
         iscsi: this.bound?.iscsi
-          ? listener(this.bound.iscsi)
+          ? { ...listener(this.bound.iscsi), security: this.security('iscsi') }
           : { available: false, host: '', port: 0, note: this.config.listen.iscsi ? 'not listening' : ISCSI_NOT_CONFIGURED },
-        api: listener(this.bound?.api),
+        api: { ...listener(this.bound?.api), security: this.security('api') },
       },
       iscsiTargetName: this.bound?.iscsi ? this.iscsiTargetName : '',
       arrayId: this.storage?.arrayId ?? '',

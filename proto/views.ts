@@ -32,6 +32,8 @@ export interface ListenerStatus {
   port: number;
   /** Why it is not available. */
   note: string;
+  /** How it is protected (array.proto's Listener.security); absent: plaintext and open. */
+  security?: string[];
 }
 
 export interface ArrayStatus {

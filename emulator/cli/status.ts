@@ -13,7 +13,7 @@ export async function statusCommand(a: { api?: string | undefined; json: boolean
 
 function listener(l: ListenerStatus, scheme = ''): string {
   if (!l.available) return `not available${l.note ? ` (${l.note})` : ''}`;
-  return `${scheme}${formatHostPort(l)}${scheme ? '/' : ''}`;
+  return `${scheme}${formatHostPort(l)}${scheme ? '/' : ''}  (${l.security?.length ? l.security.join(', ') : 'plaintext, open'})`;
 }
 
 /** The faults line: a lab or a test must never forget that the array is broken on purpose. */

@@ -117,6 +117,7 @@ export function statusFromWire(w: pb.ArrayStatus__Output): ArrayStatus {
     host: l?.host ?? '',
     port: l?.port ?? 0,
     note: l?.note ?? '',
+    ...(l?.security && l.security.length > 0 ? { security: [...l.security] } : {}),
   });
   return {
     version: w.version,

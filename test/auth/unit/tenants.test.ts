@@ -186,6 +186,12 @@ describe('users', () => {
     }
   });
 
+  it('says in the status how each listener is protected', async () => {
+    const st = await admin.getStatus();
+    expect(st.listeners.api.security).toEqual(['auth']);
+    expect(st.listeners.nbd.security).toBeUndefined(); // plaintext NBD: nothing to list
+  });
+
   it('keeps tokens only as hashes', async () => {
     const { token } = await admin.addUser({ name: 'hashed', role: 'monitor' });
     const raw = server.array.accessStore.getUser('hashed')!;

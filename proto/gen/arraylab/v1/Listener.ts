@@ -12,6 +12,11 @@ export interface Listener {
    * Why it is not available, for humans.
    */
   'note'?: (string);
+  /**
+   * How it is protected: nbd "tls", "psk", "client-certificates", "tls-required"; iscsi "chap",
+   * "no-md5"; api "auth", "tls", "mutual-tls". Empty: plaintext and open.
+   */
+  'security'?: (string)[];
 }
 
 export interface Listener__Output {
@@ -25,4 +30,9 @@ export interface Listener__Output {
    * Why it is not available, for humans.
    */
   'note': (string);
+  /**
+   * How it is protected: nbd "tls", "psk", "client-certificates", "tls-required"; iscsi "chap",
+   * "no-md5"; api "auth", "tls", "mutual-tls". Empty: plaintext and open.
+   */
+  'security': (string)[];
 }
