@@ -250,7 +250,9 @@ export class RemoteArrays implements RemoteCopyHook {
       e.error = '';
       return out;
     } catch (err) {
-      if (err instanceof ApiError && err.code === 'UNAUTHENTICATED') {
+      // Throttled after failed authentications: the same credential problem, a little later.
+      const throttled = err instanceof ApiError && err.code === 'RESOURCE_EXHAUSTED' && /failed authentications/.test(err.message);
+      if (err instanceof ApiError && (err.code === 'UNAUTHENTICATED' || throttled)) {
         // A credential problem is fixed on the other array or with remote add --token-file: the
         // pairs halt and retry, as for a lost link, with a client that looks for it again.
         this.renewClient(e);
