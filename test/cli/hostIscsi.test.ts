@@ -84,7 +84,7 @@ describe('host affinity over iSCSI', () => {
       iscsiTargetName: 'iqn.2026-11.lab.arraylab:hosttest',
     });
     const human = await cliOk(lab, ['status']);
-    expect(human).toMatch(new RegExp(`^iscsi:\\s+iscsi://127\\.0\\.0\\.1:${iscsi.port}/$`, 'm'));
+    expect(human).toMatch(new RegExp(`^iscsi:\\s+iscsi://127\\.0\\.0\\.1:${iscsi.port}/  \\(plaintext, open\\)$`, 'm'));
     expect(human).toMatch(/^iscsi target:\s+iqn\.2026-11\.lab\.arraylab:hosttest$/m);
   });
 

@@ -115,8 +115,9 @@ describe('arraylab serve', () => {
     expect(s.version).toMatch(/^\d+\.\d+\.\d+/);
     expect(s.uptimeSeconds).toBeGreaterThanOrEqual(0);
     const human = await lab.cli(['status']);
-    expect(human.stdout).toMatch(new RegExp(`^nbd:\\s+nbd://127\\.0\\.0\\.1:${lab.nbdPort}/$`, 'm'));
-    expect(human.stdout).toMatch(new RegExp(`^iscsi:\\s+iscsi://127\\.0\\.0\\.1:${iscsi.port}/$`, 'm'));
+    expect(human.stdout).toMatch(new RegExp(`^nbd:\\s+nbd://127\\.0\\.0\\.1:${lab.nbdPort}/  \\(plaintext, open\\)$`, 'm'));
+    expect(human.stdout).toMatch(new RegExp(`^iscsi:\\s+iscsi://127\\.0\\.0\\.1:${iscsi.port}/  \\(plaintext, open\\)$`, 'm'));
+    expect(human.stdout).toMatch(new RegExp(`^api:\\s+127\\.0\\.0\\.1:${lab.apiPort}  \\(auth\\)$`, 'm'));
     expect(human.stdout).toMatch(new RegExp(`^iscsi target:\\s+${iscsi.targetName.replace(/\./g, '\\.')}$`, 'm'));
     expect(human.stdout).toMatch(/^volumes:\s+1$/m);
     expect(human.stdout).toMatch(/^provisioned:\s+1 GiB$/m);
