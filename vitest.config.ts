@@ -22,6 +22,7 @@ const UNIT = [
   'test/array/**/*.test.ts',
   'test/api/**/*.test.ts',
   'test/auth/unit/**/*.test.ts',
+  'test/events/unit/**/*.test.ts',
   'test/docs/roleMatrix.test.ts',
   'test/tape/library.test.ts',
   'test/net/**/*.test.ts',

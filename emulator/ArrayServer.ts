@@ -29,6 +29,7 @@ import { TapeError } from './tape/types.js'; // tape
 import { AccessControl } from './auth/AccessControl.js';
 import { ensureAdminCredential, linkCredential, unlinkCredential } from './auth/adminCredential.js';
 import { isLoopback } from './api/ArrayApiServer.js';
+import { EventLog } from './events/EventLog.js';
 
 export interface ServerAddresses {
   nbd: HostPort;
@@ -174,11 +175,19 @@ export class ArrayServer {
 
       const iscsi = config.listen.iscsi ? await this.startIscsi(config.listen.iscsi) : null;
 
+      // The event stream, only with api.events: on (opt-in).
+      let events: EventLog | undefined;
+      if (config.api.events) {
+        events = new EventLog();
+        this.storage.attachEvents(events);
+        if (this.tapeLibrary) this.tapeLibrary.events = events; // tape
+      }
       const access = config.api.auth ? this.startAccess() : undefined;
       if (!config.api.auth) this.log.warn('control API authentication is off (api.auth: off): every local user may do anything');
       this.api = new ArrayApiServer({
         ...(access ? { access } : {}),
         ...(apiTls ? { tls: apiTls } : {}),
+        ...(events ? { events } : {}),
         array: this.storage,
         copy: this.storage,
         hosts: this.storage.hosts,

@@ -49,6 +49,8 @@ export interface ApiConfig {
   auth: boolean;
   /** Absolute PEM paths; with ca, client certificates are required and verified (mutual TLS). */
   tls?: { cert: string; key: string; ca?: string };
+  /** The event stream (EventService, arraylab events): kept in memory only when on. */
+  events?: boolean;
 }
 
 export interface NbdTlsConfig {
@@ -228,7 +230,12 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
   if (top.api !== undefined && top.api !== null) {
     if (!isPlainObject(top.api)) fail('api', 'must be a mapping, e.g. api: {tls: {cert: api.crt, key: api.key}}');
     const apiRaw = top.api as Record<string, unknown>;
-    checkKeys(apiRaw, ['auth', 'tls'], 'api', fail);
+    checkKeys(apiRaw, ['auth', 'tls', 'events'], 'api', fail);
+    if (apiRaw.events !== undefined) {
+      if (apiRaw.events !== 'on' && apiRaw.events !== 'off' && typeof apiRaw.events !== 'boolean')
+        fail('api.events', `${show(apiRaw.events)} is not on or off`);
+      api.events = apiRaw.events === 'on' || apiRaw.events === true;
+    }
     if (apiRaw.auth !== undefined) {
       if (apiRaw.auth !== 'on' && apiRaw.auth !== 'off' && typeof apiRaw.auth !== 'boolean') fail('api.auth', `${show(apiRaw.auth)} is not on or off`);
       api.auth = apiRaw.auth === 'on' || apiRaw.auth === true;

@@ -25,11 +25,13 @@ import {
   remoteServiceClientConstructor,
   tapeServiceClientConstructor,
   accessServiceClientConstructor,
+  eventServiceClientConstructor,
   type ClientConstructor,
 } from './loader.js';
 import type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView } from './views.js';
 import { cartridgeFromWire, tapeRecordFromWire, tapeRestoreFromWire } from './wire/tapeWire.js';
 import { faultEventFromWire, faultFromWire, powerCutFromWire } from './wire/faultWire.js';
+import { type ArrayEventView, type EventQuery, eventFromWire, eventQueryToWire } from './wire/eventWire.js';
 import type { AuditEntryView, FaultEventView, FaultView, PowerCutView, RemoteView, TenantView, UserView } from './views.js';
 import {
   copyEventFromWire,
@@ -69,6 +71,7 @@ export class ArrayClient {
   private remoteStub: pb.RemoteServiceClient | undefined;
   private remoteCopyStub: pb.RemoteCopyServiceClient | undefined;
   private accessStub: pb.AccessServiceClient | undefined;
+  private eventStub: pb.EventServiceClient | undefined;
   private readonly deadlineMs: number;
   private readonly metadata: Record<string, string>;
   private readonly credential: ResolvedCredential;
@@ -397,6 +400,26 @@ export class ArrayClient {
     };
   }
 
+  // ---- events (EventService) ----
+
+  /** The events the array keeps that match, oldest first (FAILED_PRECONDITION when api.events is off). */
+  async listEvents(q: EventQuery = {}): Promise<ArrayEventView[]> {
+    const res = await this.call(this.eventClient(), 'ListEvents', eventQueryToWire(q));
+    return (res.events ?? []).map(eventFromWire);
+  }
+
+  /** The kept events that match, then with follow every new one until cancel(). */
+  watchEvents(q: EventQuery & { follow?: boolean }, onEvent: (e: ArrayEventView) => void): { cancel: () => void; done: Promise<void> } {
+    const req = { ...eventQueryToWire(q), follow: q.follow ?? false };
+    const stream = openStream(this.eventClient(), 'WatchEvents', req, this.callMetadata()) as grpc.ClientReadableStream<pb.ArrayEvent__Output>;
+    return this.follow(stream, (w) => onEvent(eventFromWire(w)));
+  }
+
+  private eventClient(): pb.EventServiceClient {
+    this.eventStub ??= this.stub(eventServiceClientConstructor);
+    return this.eventStub;
+  }
+
   // ---- faults (FaultService) ----
 
   /** Sets a fault given as the wire's FaultSpec (the CLI's options, one to one). */
@@ -658,6 +681,7 @@ export class ArrayClient {
     this.faultStub?.close();
     this.remoteStub?.close();
     this.remoteCopyStub?.close();
+    this.eventStub?.close();
   }
 
   private accessClient(): pb.AccessServiceClient {

@@ -20,6 +20,7 @@ const PROTO_FILES = [
   'arraylab/v1/fault.proto',
   'arraylab/v1/remote.proto',
   'arraylab/v1/access.proto',
+  'arraylab/v1/events.proto',
 ];
 
 /**
@@ -71,6 +72,7 @@ export const faultServiceClientConstructor = (): ClientConstructor<pb.FaultServi
 export const remoteServiceClientConstructor = (): ClientConstructor<pb.RemoteServiceClient> => service('RemoteService');
 export const remoteCopyServiceClientConstructor = (): ClientConstructor<pb.RemoteCopyServiceClient> => service('RemoteCopyService');
 export const accessServiceClientConstructor = (): ClientConstructor<pb.AccessServiceClient> => service('AccessService');
+export const eventServiceClientConstructor = (): ClientConstructor<pb.EventServiceClient> => service('EventService');
 
 export const arrayServiceDefinition = (): grpc.ServiceDefinition => arrayServiceClientConstructor().service;
 export const copyServiceDefinition = (): grpc.ServiceDefinition => copyServiceClientConstructor().service;
@@ -81,6 +83,7 @@ export const faultServiceDefinition = (): grpc.ServiceDefinition => faultService
 export const remoteServiceDefinition = (): grpc.ServiceDefinition => remoteServiceClientConstructor().service;
 export const remoteCopyServiceDefinition = (): grpc.ServiceDefinition => remoteCopyServiceClientConstructor().service;
 export const accessServiceDefinition = (): grpc.ServiceDefinition => accessServiceClientConstructor().service;
+export const eventServiceDefinition = (): grpc.ServiceDefinition => eventServiceClientConstructor().service;
 
 /**
  * Adds a service to a server with handlers typed by its generated interface (the generated

@@ -25,7 +25,10 @@ import {
   remoteServiceDefinition,
   tapeServiceDefinition,
   accessServiceDefinition,
+  eventServiceDefinition,
 } from '../../proto/loader.js';
+import type { EventLog } from '../events/EventLog.js';
+import { eventHandlers, stampTenants } from './eventService.js';
 import type { AccessControl } from '../auth/AccessControl.js';
 import { apiGuard, principalOf } from '../auth/ApiGuard.js';
 import { Scope, type ScopeDirectory } from '../auth/tenantScope.js';
@@ -105,6 +108,8 @@ export interface ArrayApiServerOptions {
   access?: { control: AccessControl; dir: ScopeDirectory; keys: OwnershipKeys };
   /** TLS for the API (PEM); with ca, client certificates are verified and may name users. */
   tls?: { cert: Buffer; key: Buffer; ca?: Buffer };
+  /** The event stream (api.events: on). Absent: EventService answers FAILED_PRECONDITION. */
+  events?: EventLog;
 }
 
 export class ArrayApiServer {
@@ -196,6 +201,21 @@ export class ArrayApiServer {
       addService(this.server, remoteServiceDefinition(), remoteHandlers(opts.remote, unary));
       addService(this.server, remoteCopyServiceDefinition(), remoteCopyHandlers(opts.remote, unary));
     }
+    // Always served, so every role's access to it is the same whether the stream is on or off.
+    if (opts.events && opts.access) stampTenants(opts.events, opts.access.control, opts.access.dir);
+    addService(
+      this.server,
+      eventServiceDefinition(),
+      eventHandlers(opts.events, {
+        unary: (method, fn) => this.unary(method, fn),
+        draining: () => this.draining,
+        track: (stop) => {
+          this.watches.add(stop);
+          return () => this.watches.delete(stop);
+        },
+        access: opts.access,
+      }),
+    );
     const copy = opts.copy;
     if (copy) {
       const copyHandlers: pb.CopyServiceHandlers = {

@@ -32,6 +32,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
+import type { EventLog } from '../events/EventLog.js';
 import { chapValueProblem } from '../iscsi/chap.js';
 import type { IscsiAuthOptions } from '../iscsi/types.js';
 import type { HostCredentials } from '../../proto/views.js';
@@ -105,6 +106,8 @@ export class HostAffinity {
   private defaults = new Map<string, number>();
   private readonly listeners = new Set<() => void>();
   readonly requireHostAffinity: boolean;
+  /** The array's event stream, when on (api.events). */
+  events: EventLog | undefined = undefined;
 
   constructor(
     private readonly records: HostRecords,
@@ -201,6 +204,7 @@ export class HostAffinity {
     }
     this.write(`add host ${name}`, () => this.records.createHost(name, new Date().toISOString(), canonical));
     this.log.info({ host: name, initiators: canonical }, 'added host');
+    this.events?.add({ kind: 'host.created', subject: { kind: 'host', name }, message: `host ${name} added`, fields: { initiators: canonical.join(',') } });
     this.changed();
     return this.getHost(name);
   }
@@ -222,6 +226,12 @@ export class HostAffinity {
     }
     this.write(`remove host ${name}`, () => this.records.deleteHost(h.id));
     this.log.info({ host: name, unmapped: luns.map((l) => ({ lun: l.lun, volume: l.volume })) }, 'removed host');
+    this.events?.add({
+      kind: 'host.deleted',
+      subject: { kind: 'host', name },
+      message: `host ${name} removed`,
+      fields: { unmapped: luns.map((l) => l.volume).join(',') },
+    });
     if (!this.hostAffinity)
       this.log.warn(
         'no host is defined any more: host affinity is off, every iSCSI initiator and NBD client sees every volume (set iscsi.requireHostAffinity to prevent this)',
@@ -243,6 +253,12 @@ export class HostAffinity {
     const c = this.freeInitiator(hostName, initiator);
     this.write(`add initiator ${c} to host ${hostName}`, () => this.records.addInitiator(h.id, c));
     this.log.info({ host: hostName, initiator: c }, 'added initiator to host');
+    this.events?.add({
+      kind: 'host.changed',
+      subject: { kind: 'host', name: hostName },
+      message: `initiator ${c} added to host ${hostName}`,
+      fields: { initiator: c },
+    });
     this.changed();
     return this.getHost(hostName);
   }
@@ -261,6 +277,12 @@ export class HostAffinity {
     }
     this.write(`remove initiator ${c} from host ${hostName}`, () => this.records.removeInitiator(h.id, c));
     this.log.info({ host: hostName, initiator: c }, 'removed initiator from host');
+    this.events?.add({
+      kind: 'host.changed',
+      subject: { kind: 'host', name: hostName },
+      message: `initiator ${c} removed from host ${hostName}`,
+      fields: { initiator: c },
+    });
     this.changed();
     return this.getHost(hostName);
   }
@@ -296,6 +318,13 @@ export class HostAffinity {
     if (chosen === undefined) throw new ArrayError('RESOURCE_EXHAUSTED', `host ${hostName} has all ${MAX_LUN + 1} LUNs mapped; unmap one first`);
     this.write(`map volume ${volume} to host ${hostName}`, () => this.records.mapLun(h.id, chosen, uuid));
     this.log.info({ host: hostName, volume, volumeUuid: uuid, lun: chosen }, 'mapped volume to host');
+    this.events?.add({
+      kind: 'host.mapped',
+      subject: { kind: 'host', name: hostName },
+      message: `volume ${volume} mapped to host ${hostName} as LUN ${chosen}`,
+      fields: { volume, lun: chosen },
+      volumes: [volume],
+    });
     this.changed();
     return { host: this.getHost(hostName), lun: chosen };
   }
@@ -307,6 +336,13 @@ export class HostAffinity {
     if (!entry) throw new ArrayError('NOT_FOUND', `volume ${volume} is not mapped to host ${hostName}; see its LUNs with "arraylab host show ${hostName}"`);
     this.write(`unmap volume ${volume} from host ${hostName}`, () => this.records.unmapLun(h.id, entry.lun));
     this.log.info({ host: hostName, volume, lun: entry.lun }, 'unmapped volume from host');
+    this.events?.add({
+      kind: 'host.unmapped',
+      subject: { kind: 'host', name: hostName },
+      message: `volume ${volume} (LUN ${entry.lun}) unmapped from host ${hostName}`,
+      fields: { volume, lun: entry.lun },
+      volumes: [volume],
+    });
     this.changed();
     return { host: this.getHost(hostName), lun: entry.lun };
   }

@@ -78,6 +78,7 @@ import {
 } from './types.js';
 import { Volume, type VolumeStore } from './Volume.js';
 import { FaultEngine } from '../fault/FaultEngine.js';
+import type { EventLog } from '../events/EventLog.js';
 import { cutPower, parsePowerCut, type PowerCutResult } from '../fault/powerCut.js';
 import { isWriteCacheMode, type WriteCacheMode } from '../fault/WriteCache.js';
 
@@ -135,6 +136,10 @@ export class StorageArray implements ExportProvider {
   readonly copy: CopyEngine;
   /** Hosts, their initiators and LUN maps; the iSCSI target's LUN source. */
   readonly hosts: HostAffinity;
+  /** The event stream, once attachEvents() was called (api.events: on); nothing is recorded without it. */
+  private events: EventLog | undefined = undefined;
+  /** A copy session's volumes, kept while it lives so its last events still name them. */
+  private readonly sessionVolumes = new Map<string, string[]>();
   /** Persistent reservations that survive restarts (APTPL), for the iSCSI target. */
   readonly reservations: SqliteReservationStore;
   /** Users, tenants, ownership and the audit log (emulator/auth), in the metadata database. */
@@ -201,6 +206,31 @@ export class StorageArray implements ExportProvider {
       const fields = { sessionId: e.sessionId, kind: e.kind, state: e.state };
       if (e.kind === 'error') this.log.warn(fields, e.message);
       else this.log.info(fields, e.message);
+      if (this.events !== undefined) this.copyEventToLog(this.events, e);
+    });
+  }
+
+  /** Turns the event stream on: from now on the array, its hosts and its faults record their events in log. */
+  attachEvents(log: EventLog): void {
+    this.events = log;
+    this.hosts.events = log;
+    this.faults.eventLog = log;
+  }
+
+  private copyEventToLog(log: EventLog, e: CopyEvent): void {
+    let volumes = this.sessionVolumes.get(e.sessionId);
+    if (volumes === undefined) {
+      const s = this.copy.list().find((x) => x.id === e.sessionId);
+      volumes = s === undefined ? [] : [s.source, s.destination].filter((v) => v !== '' && !v.includes(':'));
+      this.sessionVolumes.set(e.sessionId, volumes);
+    }
+    if (e.kind === 'completed' || e.kind === 'cancelled' || e.kind === 'dropped') this.sessionVolumes.delete(e.sessionId);
+    log.add({
+      kind: `copy.${e.kind}`,
+      subject: { kind: 'session', name: e.sessionId },
+      message: e.message,
+      fields: { state: e.state, source: volumes[0], destination: volumes[1] },
+      volumes,
     });
   }
 
@@ -849,6 +879,19 @@ export class StorageArray implements ExportProvider {
       { volume: name, protocol: client.protocol, connectionId: client.connectionId, remoteAddress: client.remoteAddress, readOnly: handle.readOnly },
       'client opened volume',
     );
+    const events = this.events;
+    if (events !== undefined) {
+      const who = (c: ClientInfo) => `${c.protocol} client ${c.initiator ?? c.remoteAddress}`;
+      const fields = (c: ClientInfo) => ({ protocol: c.protocol, connectionId: c.connectionId, remoteAddress: c.remoteAddress, initiator: c.initiator });
+      events.add({ kind: 'client.connected', subject: { kind: 'volume', name }, message: `${who(client)} opened volume ${name}`, fields: fields(client) });
+      v.handleClosed ??= (h) =>
+        this.events?.add({
+          kind: 'client.disconnected',
+          subject: { kind: 'volume', name: v.name },
+          message: `${who(h.client)} closed volume ${v.name}`,
+          fields: fields(h.client),
+        });
+    }
     return handle;
   }
 
@@ -962,6 +1005,12 @@ export class StorageArray implements ExportProvider {
         { volume: record.name, uuid: record.uuid, wwn: record.wwn, sizeBytes: record.sizeBytes, provisioning: record.provisioning },
         'created volume',
       );
+      this.events?.add({
+        kind: 'volume.created',
+        subject: { kind: 'volume', name: record.name },
+        message: `volume ${record.name} created (${record.sizeBytes} bytes, ${record.provisioning})`,
+        fields: { uuid: record.uuid, sizeBytes: record.sizeBytes, provisioning: record.provisioning },
+      });
       try {
         this.hosts.volumeCreated(record.uuid);
       } catch (err) {
@@ -1018,6 +1067,12 @@ export class StorageArray implements ExportProvider {
     // Until then, hosts that connect see the grown size.
     this.dbWrite(`resize volume ${name}`, () => v.setSize(this.db, newSize));
     this.log.info({ volume: name, from: oldSize, to: newSize, clients: v.handles.size }, 'resized volume');
+    this.events?.add({
+      kind: 'volume.resized',
+      subject: { kind: 'volume', name },
+      message: `volume ${name} resized from ${oldSize} to ${newSize} bytes`,
+      fields: { uuid: v.record.uuid, from: oldSize, to: newSize },
+    });
     for (const h of v.handles) {
       h.notifyResize(newSize, (err) => this.log.error({ err, volume: name }, 'resize listener failed'));
     }
@@ -1097,6 +1152,12 @@ export class StorageArray implements ExportProvider {
       },
       identity ? 'renamed volume with a new identity' : 'renamed volume',
     );
+    this.events?.add({
+      kind: 'volume.renamed',
+      subject: { kind: 'volume', name: newName },
+      message: `volume ${oldName} renamed to ${newName}${identity ? ' with a new identity' : ''}`,
+      fields: { uuid: old.uuid, from: oldName },
+    });
     this.hosts.volumesChanged(); // LUN maps follow the UUID; the export name they resolve to changed
     return v.info();
   }
@@ -1133,6 +1194,7 @@ export class StorageArray implements ExportProvider {
       }
     }
     this.log.info({ volume: name, uuid: v.record.uuid }, 'deleted volume');
+    this.events?.add({ kind: 'volume.deleted', subject: { kind: 'volume', name }, message: `volume ${name} deleted`, fields: { uuid: v.record.uuid } });
   }
 
   /**

@@ -170,11 +170,14 @@ export class VolumeHandle implements ExportHandle {
     this.listeners.clear();
     this.eventListeners.clear();
     this.volume.handles.delete(this);
+    this.volume.handleClosed?.(this);
   }
 }
 
 export class Volume {
   readonly handles = new Set<VolumeHandle>();
+  /** Told when a client's handle closes (the event stream, when on). */
+  handleClosed: ((h: VolumeHandle) => void) | undefined = undefined;
   /** Layers above the store, lowest first. */
   private readonly layers: BlockDevice[] = [];
   /** The faults set on this volume's host I/O, installed by the fault engine; undefined: none. */

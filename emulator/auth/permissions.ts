@@ -183,6 +183,13 @@ const rows: Array<[service: string, perms: Record<string, Permission>]> = [
     },
   ],
   [
+    'EventService',
+    {
+      WatchEvents: 'read',
+      ListEvents: 'read',
+    },
+  ],
+  [
     'AccessService',
     {
       WhoAmI: 'self',

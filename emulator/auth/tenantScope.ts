@@ -223,6 +223,9 @@ const rules: Record<string, ScopeRule> = {
     },
   },
   'TapeService/VerifyTape': { check: (r, s) => s.cartridge(r.cartridge) },
+  // EventService: the handlers keep each event to its subject's tenant (emulator/api/eventService.ts).
+  'EventService/WatchEvents': {},
+  'EventService/ListEvents': {},
 };
 
 /** path (/arraylab.v1.Service/Method) -> its tenant rule. */

@@ -21,6 +21,7 @@ import { parse as parseYaml } from 'yaml';
 import { BlockDeviceError, type ClientInfo, type HandleEvent } from '../block/BlockDevice.js';
 import { StatusError } from '../../proto/errors.js';
 import type { Logger } from '../../proto/util/log.js';
+import type { EventLog } from '../events/EventLog.js';
 import { FaultPoint, type ActiveFault, type FiredEvent, opMaskOf } from './FaultPoint.js';
 import type { Injector } from './io.js';
 import { badBlocksInjector } from './injectors/badBlocks.js';
@@ -124,6 +125,8 @@ export class FaultEngine implements LinkFaultHook {
   private nextId = 1;
   private readonly now: () => number;
   private readonly log: Logger | undefined;
+  /** The array's event stream, when on (api.events): faults set and removed. */
+  eventLog: EventLog | undefined = undefined;
 
   constructor(private readonly opts: FaultEngineOptions) {
     this.historySize = opts.historySize ?? 10_000;
@@ -157,6 +160,12 @@ export class FaultEngine implements LinkFaultHook {
       { faultId: fault.id, target: formatTarget(fault.target), fault: describeFault(fault) },
       `fault ${fault.id} set on ${formatTarget(fault.target)}`,
     );
+    this.eventLog?.add({
+      kind: 'fault.added',
+      subject: { kind: 'fault', name: fault.id },
+      message: `fault ${fault.id} set on ${formatTarget(fault.target)}: ${describeFault(fault)}`,
+      fields: { target: formatTarget(fault.target) },
+    });
     if (fault.ops.length === 0) {
       this.applyAtOnce(held);
     }
@@ -175,6 +184,12 @@ export class FaultEngine implements LinkFaultHook {
     this.uninstall(held);
     if (!held.fault.transient) this.opts.store?.removeFault(id);
     this.log?.info({ faultId: id }, `fault ${id} removed`);
+    this.eventLog?.add({
+      kind: 'fault.removed',
+      subject: { kind: 'fault', name: id },
+      message: `fault ${id} removed`,
+      fields: { target: formatTarget(held.fault.target) },
+    });
     return held.fault;
   }
 

@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import type { EventLog } from '../events/EventLog.js';
 import { BlockDeviceError } from '../block/BlockDevice.js';
 import { formatSize } from '../../proto/util/units.js';
 import { VOLUME_NAME_PATTERN } from '../array/types.js';
@@ -61,6 +62,8 @@ interface Busy {
 
 export class TapeLibrary {
   private readonly cartridges = new Map<string, Cartridge>();
+  /** The array's event stream, when on (api.events): writes, restores, erases. */
+  events: EventLog | undefined = undefined;
   /** Cartridge files that cannot be read, by label: listed nowhere, removable. */
   private readonly broken = new Map<string, string>();
   private readonly busy = new Map<string, Busy>();
@@ -142,6 +145,7 @@ export class TapeLibrary {
       const c = await Cartridge.create(this.fileOf(label), label, capacityBytes).catch((err: unknown) => this.addFailed(label, err));
       this.cartridges.set(label, c);
       this.log.info({ cartridge: label, capacityBytes }, 'added cartridge');
+      this.events?.add({ kind: 'tape.added', subject: { kind: 'cartridge', name: label }, message: `cartridge ${label} added`, fields: { capacityBytes } });
       return c.view();
     });
   }
@@ -166,6 +170,12 @@ export class TapeLibrary {
       const records = c.records.length;
       await c.erase();
       this.log.info({ cartridge: label, records }, 'erased cartridge');
+      this.events?.add({
+        kind: 'tape.erased',
+        subject: { kind: 'cartridge', name: label },
+        message: `cartridge ${label} erased (${records} records)`,
+        fields: { records },
+      });
       return c.view();
     });
   }
@@ -183,6 +193,7 @@ export class TapeLibrary {
     this.cartridges.delete(label); // synchronously: no operation can start on it from here
     await this.removeFile(label);
     this.log.info({ cartridge: label }, 'removed cartridge');
+    this.events?.add({ kind: 'tape.removed', subject: { kind: 'cartridge', name: label }, message: `cartridge ${label} removed` });
   }
 
   /**
@@ -291,6 +302,13 @@ export class TapeLibrary {
       );
       const view = c.recordView(entry);
       this.log.info({ cartridge: c.label, record: view.record, volume: vol.name, dataBytes: view.dataBytes, sha256: view.sha256 }, 'tape write done');
+      this.events?.add({
+        kind: 'tape.write',
+        subject: { kind: 'cartridge', name: c.label },
+        message: `volume ${vol.name} written to cartridge ${c.label} record ${view.record}`,
+        fields: { volume: vol.name, record: view.record, dataBytes: view.dataBytes, sha256: view.sha256 },
+        volumes: [vol.name],
+      });
       return view;
     } finally {
       release();
@@ -404,6 +422,13 @@ export class TapeLibrary {
       );
     }
     this.log.info({ cartridge: c.label, record: rec.record, volume: vol.name, sha256: digest }, 'tape restore done');
+    this.events?.add({
+      kind: 'tape.restore',
+      subject: { kind: 'cartridge', name: c.label },
+      message: `cartridge ${c.label} record ${rec.record} restored onto volume ${vol.name}`,
+      fields: { volume: vol.name, record: rec.record, sha256: digest },
+      volumes: [vol.name],
+    });
     return { cartridge: c.label, record: rec.record, volume: vol.name, bytes: size, sha256: digest };
   }
 

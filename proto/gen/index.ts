@@ -8,6 +8,7 @@ export { type AgentProgress, type AgentProgress__Output } from './arraylab/v1/Ag
 export { type AgentServiceClient, type AgentServiceDefinition, type AgentServiceHandlers } from './arraylab/v1/AgentService.js';
 export { type AgentStatus, type AgentStatus__Output } from './arraylab/v1/AgentStatus.js';
 export { type ApplyFaultPlanRequest, type ApplyFaultPlanRequest__Output } from './arraylab/v1/ApplyFaultPlanRequest.js';
+export { type ArrayEvent, type ArrayEvent__Output } from './arraylab/v1/ArrayEvent.js';
 export { type ArrayServiceClient, type ArrayServiceDefinition, type ArrayServiceHandlers } from './arraylab/v1/ArrayService.js';
 export { type ArrayStatus, type ArrayStatus__Output } from './arraylab/v1/ArrayStatus.js';
 export { type AssignToTenantRequest, type AssignToTenantRequest__Output } from './arraylab/v1/AssignToTenantRequest.js';
@@ -46,6 +47,7 @@ export { type DevicesResponse, type DevicesResponse__Output } from './arraylab/v
 export { type DoctorCheck, type DoctorCheck__Output } from './arraylab/v1/DoctorCheck.js';
 export { type DoctorRequest, type DoctorRequest__Output } from './arraylab/v1/DoctorRequest.js';
 export { type DoctorResponse, type DoctorResponse__Output } from './arraylab/v1/DoctorResponse.js';
+export { type EventServiceClient, type EventServiceDefinition, type EventServiceHandlers } from './arraylab/v1/EventService.js';
 export { type Export, type Export__Output } from './arraylab/v1/Export.js';
 export { type Fault, type Fault__Output } from './arraylab/v1/Fault.js';
 export { type FaultEvent, type FaultEvent__Output } from './arraylab/v1/FaultEvent.js';
@@ -78,6 +80,8 @@ export { type ListCartridgesRequest, type ListCartridgesRequest__Output } from '
 export { type ListCartridgesResponse, type ListCartridgesResponse__Output } from './arraylab/v1/ListCartridgesResponse.js';
 export { type ListCopiesRequest, type ListCopiesRequest__Output } from './arraylab/v1/ListCopiesRequest.js';
 export { type ListCopiesResponse, type ListCopiesResponse__Output } from './arraylab/v1/ListCopiesResponse.js';
+export { type ListEventsRequest, type ListEventsRequest__Output } from './arraylab/v1/ListEventsRequest.js';
+export { type ListEventsResponse, type ListEventsResponse__Output } from './arraylab/v1/ListEventsResponse.js';
 export { type ListExportsRequest, type ListExportsRequest__Output } from './arraylab/v1/ListExportsRequest.js';
 export { type ListExportsResponse, type ListExportsResponse__Output } from './arraylab/v1/ListExportsResponse.js';
 export { type ListFaultFlagsRequest, type ListFaultFlagsRequest__Output } from './arraylab/v1/ListFaultFlagsRequest.js';
@@ -172,6 +176,7 @@ export { type Volume, type Volume__Output } from './arraylab/v1/Volume.js';
 export { type VolumeOutcome, type VolumeOutcome__Output } from './arraylab/v1/VolumeOutcome.js';
 export { type VolumeRequest, type VolumeRequest__Output } from './arraylab/v1/VolumeRequest.js';
 export { type WatchCopiesRequest, type WatchCopiesRequest__Output } from './arraylab/v1/WatchCopiesRequest.js';
+export { type WatchEventsRequest, type WatchEventsRequest__Output } from './arraylab/v1/WatchEventsRequest.js';
 export { type WatchFaultEventsRequest, type WatchFaultEventsRequest__Output } from './arraylab/v1/WatchFaultEventsRequest.js';
 export { type WhoAmIRequest, type WhoAmIRequest__Output } from './arraylab/v1/WhoAmIRequest.js';
 export { type WriteTapeRequest, type WriteTapeRequest__Output } from './arraylab/v1/WriteTapeRequest.js';

@@ -14,6 +14,7 @@ import { ArrayClient } from '../../../proto/ArrayClient.js';
 import {
   accessServiceDefinition,
   arrayServiceDefinition,
+  eventServiceDefinition,
   copyServiceDefinition,
   faultServiceDefinition,
   hostAffinityServiceDefinition,
@@ -32,6 +33,7 @@ const SERVICES = {
   RemoteService: remoteServiceDefinition,
   RemoteCopyService: remoteCopyServiceDefinition,
   AccessService: accessServiceDefinition,
+  EventService: eventServiceDefinition,
 };
 
 interface Method {

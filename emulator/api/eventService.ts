@@ -1,0 +1,169 @@
+/**
+ * EventService: the array's event stream (emulator/events/EventLog.ts) over gRPC. A tenant's
+ * user sees only events about its own objects: the handler filters, as WatchCopies does, since
+ * a stream's items never pass ApiGuard's response filter.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { StatusError } from '../../proto/errors.js';
+import type * as pb from '../../proto/gen/index.js';
+import type { AccessControl } from '../auth/AccessControl.js';
+import { principalOf } from '../auth/ApiGuard.js';
+import { Scope, type ScopeDirectory } from '../auth/tenantScope.js';
+import type { ArrayEvent, EventFilter, EventLog } from '../events/EventLog.js';
+import { matches } from '../events/EventLog.js';
+
+export const EVENTS_OFF = 'the event stream is off on this array; start it with api.events: on in the config';
+
+export interface EventServiceDeps {
+  unary: <Req, Res>(method: string, fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Res | Promise<Res>) => grpc.handleUnaryCall<Req, Res>;
+  draining: () => boolean;
+  /** Registers a stream to end when the server drains; returns its unregister. */
+  track: (stop: () => void) => () => void;
+  access: { control: AccessControl; dir: ScopeDirectory } | undefined;
+}
+
+/** Who owned an event's subject when it happened (set on the event by stampTenant): a deleted volume's events stay its tenant's. */
+const tenantAtEvent = new WeakMap<ArrayEvent, string>();
+
+/** What the tenant of the subject is now, '' for array-wide objects or none. */
+export function subjectTenant(e: ArrayEvent, control: AccessControl, dir: ScopeDirectory): string {
+  const owners = control.owners();
+  const ofVolume = (name: string) => {
+    const uuid = dir.volumeUuid(name) ?? (e.subject.kind === 'volume' && e.subject.name === name ? e.fields.uuid : undefined);
+    return uuid === undefined ? '' : (owners.get(`volume:${uuid}`) ?? '');
+  };
+  switch (e.subject.kind) {
+    case 'volume':
+      return ofVolume(e.subject.name);
+    case 'host':
+      return owners.get(`host:${e.subject.name}`) ?? '';
+    case 'cartridge':
+      return owners.get(`cartridge:${e.subject.name}`) ?? '';
+    case 'session': {
+      const vols = e.volumes ?? [];
+      const tenants = new Set(vols.map(ofVolume));
+      return vols.length > 0 && tenants.size === 1 ? [...tenants][0]! : '';
+    }
+    default:
+      return '';
+  }
+}
+
+/** Records the subject's tenant as the event happens (access control on). */
+export function stampTenants(log: EventLog, control: AccessControl, dir: ScopeDirectory): () => void {
+  return log.subscribe((e) => {
+    const t = subjectTenant(e, control, dir);
+    if (t !== '') tenantAtEvent.set(e, t);
+  });
+}
+
+function visibleTo(s: Scope | undefined): (e: ArrayEvent) => boolean {
+  if (s === undefined) return () => true;
+  return (e) => {
+    if (tenantAtEvent.get(e) === s.p.tenant) return true;
+    switch (e.subject.kind) {
+      case 'volume':
+        return s.ownsVolume(e.subject.name);
+      case 'host':
+        return s.ownsHost(e.subject.name);
+      case 'cartridge':
+        return s.ownsCartridge(e.subject.name);
+      case 'session':
+        return s.ownsSession(e.subject.name) || ((e.volumes ?? []).length > 0 && (e.volumes ?? []).every((v) => s.ownsVolume(v)));
+      default:
+        // Faults and the array as a whole are shared: a tenant's user sees them, as it lists faults.
+        return e.subject.kind === 'fault' || e.subject.kind === 'array';
+    }
+  };
+}
+
+function filterFromWire(req: { sinceSeq: string | number; sinceTime: string; kinds: string[] }): EventFilter {
+  const f: EventFilter = { sinceSeq: Number(req.sinceSeq ?? 0), kinds: req.kinds ?? [] };
+  if (req.sinceTime) {
+    const t = Date.parse(req.sinceTime);
+    if (Number.isNaN(t))
+      throw new StatusError('INVALID_ARGUMENT', `since_time ${JSON.stringify(req.sinceTime)} is not an ISO 8601 time, e.g. 2026-12-06T10:00:00Z`);
+    f.sinceTime = t;
+  }
+  return f;
+}
+
+export function eventToWire(e: ArrayEvent): pb.ArrayEvent {
+  return { seq: e.seq, at: e.at, kind: e.kind, subjectKind: e.subject.kind, subjectName: e.subject.name, message: e.message, fields: e.fields };
+}
+
+function scopeOf(md: grpc.Metadata, access: EventServiceDeps['access']): Scope | undefined {
+  const p = principalOf(md);
+  return p !== undefined && p.tenant !== '' && access ? new Scope(p, access.control, access.dir) : undefined;
+}
+
+export function eventHandlers(log: EventLog | undefined, deps: EventServiceDeps): pb.EventServiceHandlers {
+  return {
+    ListEvents: deps.unary('ListEvents', (req: pb.ListEventsRequest__Output, call) => {
+      if (log === undefined) throw new StatusError('FAILED_PRECONDITION', EVENTS_OFF);
+      const visible = visibleTo(scopeOf(call.metadata, deps.access));
+      return { events: log.list(filterFromWire(req)).filter(visible).map(eventToWire) };
+    }),
+    WatchEvents: (call: grpc.ServerWritableStream<pb.WatchEventsRequest__Output, pb.ArrayEvent>) => {
+      const fail = (code: grpc.status, details: string): void => {
+        call.emit('error', { code, details });
+      };
+      if (deps.draining()) {
+        fail(grpc.status.UNAVAILABLE, 'the arraylab server is shutting down; retry when it is back');
+        return;
+      }
+      if (log === undefined) {
+        fail(grpc.status.FAILED_PRECONDITION, EVENTS_OFF);
+        return;
+      }
+      let filter: EventFilter;
+      try {
+        filter = filterFromWire(call.request);
+      } catch (err) {
+        fail(grpc.status.INVALID_ARGUMENT, (err as Error).message);
+        return;
+      }
+      const visible = visibleTo(scopeOf(call.metadata, deps.access));
+      const send = (e: ArrayEvent) => {
+        if (!call.writableEnded && !call.cancelled && visible(e)) call.write(eventToWire(e));
+      };
+      let last = 0;
+      // Subscribe first so nothing falls between the history and the live events; skip repeats by seq.
+      const live: ArrayEvent[] = [];
+      let replaying = true;
+      const off = call.request.follow
+        ? log.subscribe((e) => {
+            if (!matches(e, filter)) return;
+            if (replaying) live.push(e);
+            else if (e.seq > last) {
+              last = e.seq;
+              send(e);
+            }
+          })
+        : () => undefined;
+      for (const e of log.list(filter)) {
+        last = e.seq;
+        send(e);
+      }
+      replaying = false;
+      for (const e of live) {
+        if (e.seq <= last) continue;
+        last = e.seq;
+        send(e);
+      }
+      if (!call.request.follow) {
+        call.end();
+        return;
+      }
+      const stop = () => {
+        off();
+        untrack();
+        if (!call.writableEnded) call.end();
+      };
+      const untrack = deps.track(stop);
+      call.on('cancelled', stop);
+      call.on('error', stop);
+      call.on('close', stop);
+    },
+  };
+}

@@ -1,0 +1,34 @@
+/** The array's events (EventService) as the client sees them. */
+import type * as pb from '../gen/index.js';
+
+export interface ArrayEventView {
+  seq: number;
+  at: string;
+  /** e.g. volume.created, client.connected, copy.state, host.mapped, tape.write, fault.added. */
+  kind: string;
+  subject: { kind: string; name: string };
+  message: string;
+  fields: Record<string, string>;
+}
+
+/** Which events: after a sequence number, since a time, of some kinds (a prefix matches: "copy"). */
+export interface EventQuery {
+  sinceSeq?: number;
+  sinceTime?: Date;
+  kinds?: string[];
+}
+
+export function eventQueryToWire(q: EventQuery): { sinceSeq: number; sinceTime: string; kinds: string[] } {
+  return { sinceSeq: q.sinceSeq ?? 0, sinceTime: q.sinceTime?.toISOString() ?? '', kinds: q.kinds ?? [] };
+}
+
+export function eventFromWire(e: pb.ArrayEvent__Output): ArrayEventView {
+  return {
+    seq: Number(e.seq),
+    at: e.at,
+    kind: e.kind,
+    subject: { kind: e.subjectKind, name: e.subjectName },
+    message: e.message,
+    fields: { ...(e.fields ?? {}) },
+  };
+}
