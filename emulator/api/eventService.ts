@@ -25,35 +25,51 @@ export interface EventServiceDeps {
 /** Who owned an event's subject when it happened (set on the event by stampTenant): a deleted volume's events stay its tenant's. */
 const tenantAtEvent = new WeakMap<ArrayEvent, string>();
 
-/** What the tenant of the subject is now, '' for array-wide objects or none. */
-export function subjectTenant(e: ArrayEvent, control: AccessControl, dir: ScopeDirectory): string {
-  const owners = control.owners();
-  const ofVolume = (name: string) => {
-    const uuid = dir.volumeUuid(name) ?? (e.subject.kind === 'volume' && e.subject.name === name ? e.fields.uuid : undefined);
-    return uuid === undefined ? '' : (owners.get(`volume:${uuid}`) ?? '');
-  };
+/** The owner key of an event's subject (volumes by UUID, so a deleted or renamed one keeps it); undefined: shared. */
+function ownerKey(e: ArrayEvent, dir: ScopeDirectory): string | undefined {
   switch (e.subject.kind) {
-    case 'volume':
-      return ofVolume(e.subject.name);
-    case 'host':
-      return owners.get(`host:${e.subject.name}`) ?? '';
-    case 'cartridge':
-      return owners.get(`cartridge:${e.subject.name}`) ?? '';
-    case 'session': {
-      const vols = e.volumes ?? [];
-      const tenants = new Set(vols.map(ofVolume));
-      return vols.length > 0 && tenants.size === 1 ? [...tenants][0]! : '';
+    case 'volume': {
+      const uuid = dir.volumeUuid(e.subject.name) ?? e.fields.uuid;
+      return uuid === undefined ? undefined : `volume:${uuid}`;
     }
+    case 'host':
+      return `host:${e.subject.name}`;
+    case 'cartridge':
+      return `cartridge:${e.subject.name}`;
     default:
-      return '';
+      return undefined;
   }
 }
 
-/** Records the subject's tenant as the event happens (access control on). */
+/**
+ * Records the subject's tenant on each event as it happens (access control on), so a tenant
+ * keeps the events of a volume or host it has since deleted: the owners table forgets an
+ * object with it. A create is owned only once its call answers (ApiGuard), so the owner of a
+ * new object is looked up again right after; owners seen are remembered until the object goes.
+ */
 export function stampTenants(log: EventLog, control: AccessControl, dir: ScopeDirectory): () => void {
+  const known = new Map<string, string>();
+  const stamp = (e: ArrayEvent): boolean => {
+    if (e.subject.kind === 'session') {
+      const tenants = new Set(
+        (e.volumes ?? []).map((v) => known.get(`volume:${dir.volumeUuid(v)}`) ?? control.owners().get(`volume:${dir.volumeUuid(v)}`) ?? ''),
+      );
+      const t = tenants.size === 1 ? [...tenants][0]! : '';
+      if (t !== '') tenantAtEvent.set(e, t);
+      return true;
+    }
+    const key = ownerKey(e, dir);
+    if (key === undefined) return true;
+    const t = control.owners().get(key) ?? known.get(key) ?? '';
+    if (t !== '') {
+      tenantAtEvent.set(e, t);
+      known.set(key, t);
+    }
+    if (e.kind.endsWith('.deleted') || e.kind === 'tape.removed') known.delete(key);
+    return t !== '';
+  };
   return log.subscribe((e) => {
-    const t = subjectTenant(e, control, dir);
-    if (t !== '') tenantAtEvent.set(e, t);
+    if (!stamp(e) && (e.kind.endsWith('.created') || e.kind === 'tape.added')) setImmediate(() => stamp(e));
   });
 }
 

@@ -25,6 +25,7 @@ import { labCommands } from './lab.js'; // vm, lab (issue 6)
 import { userCommands } from './user.js';
 import { tenantCommands } from './tenant.js';
 import { auditCommand, auditOptions } from './audit.js';
+import { eventsCommand, eventsOptions } from './events.js';
 
 const EPILOGUE = `Sizes take binary units K/M/G/T (= KiB/MiB/GiB/TiB) or decimal KB/MB/GB/TB, e.g. 64MiB, 10G, 4k.
 
@@ -83,6 +84,12 @@ export async function run(argv: string[]): Promise<number> {
       'the audit log: every call that changed or tried to change the array, newest first',
       (y) => auditOptions(y),
       (a) => auditCommand(a),
+    )
+    .command(
+      'events',
+      'the event stream (api.events: on): volumes, clients, copy sessions, hosts, tape, faults; --follow for new ones',
+      (y) => eventsOptions(y),
+      (a) => eventsCommand(a),
     )
     .command('lab', 'bring a lab file (arrays, volumes, hosts, VMs) up, down, or show its status', (y) => labCommands(y)) // vm, lab (issue 6)
     .demandCommand(1, 'give a command: serve, volume, copy, host, export, tape, fault, power-cut, status, user, tenant, audit, vm or lab')

@@ -111,10 +111,14 @@ describe('the event stream, on', () => {
       await bob.createVolume({ name: 'vb', sizeBytes: 4 * MiB });
       const s = await alice.startCopy({ type: 'opc', source: 'va', destination: 'va2', rateMiBs: 0 });
       await alice.cancelCopy(s.id);
+      await alice.createVolume({ name: 'vtmp', sizeBytes: 4 * MiB });
+      await alice.deleteVolume('vtmp');
       const seenByAlice: ArrayEventView[] = [];
       await alice.watchEvents({}, (e) => seenByAlice.push(e)).done;
       const names = new Set(seenByAlice.map((e) => e.subject.name));
-      expect(names).toEqual(new Set(['va', 'va2', s.id]));
+      expect(names).toEqual(new Set(['va', 'va2', s.id, 'vtmp']));
+      // A deleted volume's events stay its tenant's.
+      expect(seenByAlice.filter((e) => e.subject.name === 'vtmp').map((e) => e.kind)).toEqual(['volume.created', 'volume.deleted']);
       expect((await bob.listEvents()).map((e) => e.subject.name)).toEqual(['vb']);
       const adminSees = new Set((await a.admin.listEvents()).map((e) => e.subject.name));
       for (const n of ['src', 'va', 'vb', s.id, 'h1']) expect(adminSees.has(n), n).toBe(true);
