@@ -100,6 +100,27 @@ describe('the event stream, on', () => {
     expect(hosts[1]).toMatchObject({ subject: { kind: 'host', name: 'h1' }, fields: { volume: 'src', lun: '0' } });
   });
 
+  it('records clients opening and closing a volume, tape writes and faults set and removed', async () => {
+    const first = (await a.admin.listEvents()).at(-1)!.seq;
+    const handle = a.server.array.openExport('src', { protocol: 'nbd', connectionId: 'c-events', remoteAddress: '127.0.0.1:4000', readOnly: false });
+    handle?.close();
+    await a.admin.addCartridge('EV0001', 64 * MiB);
+    await a.admin.writeTape({ volume: 'src', cartridge: 'EV0001' });
+    const fault = await a.admin.addFault({ kind: 'error', target: 'volume:src', ops: ['read'] });
+    await a.admin.removeFault(fault.id);
+    const events = await a.admin.listEvents({ sinceSeq: first });
+    expect(events.map((e) => `${e.kind} ${e.subject.kind}:${e.subject.name}`)).toEqual([
+      'client.connected volume:src',
+      'client.disconnected volume:src',
+      'tape.added cartridge:EV0001',
+      'tape.write cartridge:EV0001',
+      `fault.added fault:${fault.id}`,
+      `fault.removed fault:${fault.id}`,
+    ]);
+    expect(events[0]).toMatchObject({ fields: { protocol: 'nbd', connectionId: 'c-events', remoteAddress: '127.0.0.1:4000' } });
+    expect(events[3]).toMatchObject({ fields: { volume: 'src', record: '1' } });
+  });
+
   it("shows a tenant's user only the events about its own objects; an admin sees all", async () => {
     await a.admin.addTenant({ name: 'ta' });
     await a.admin.addTenant({ name: 'tb' });
@@ -115,11 +136,12 @@ describe('the event stream, on', () => {
       await alice.deleteVolume('vtmp');
       const seenByAlice: ArrayEventView[] = [];
       await alice.watchEvents({}, (e) => seenByAlice.push(e)).done;
-      const names = new Set(seenByAlice.map((e) => e.subject.name));
+      // Faults are array-wide: every tenant sees them, as it lists them.
+      const names = new Set(seenByAlice.filter((e) => e.subject.kind !== 'fault').map((e) => e.subject.name));
       expect(names).toEqual(new Set(['va', 'va2', s.id, 'vtmp']));
       // A deleted volume's events stay its tenant's.
       expect(seenByAlice.filter((e) => e.subject.name === 'vtmp').map((e) => e.kind)).toEqual(['volume.created', 'volume.deleted']);
-      expect((await bob.listEvents()).map((e) => e.subject.name)).toEqual(['vb']);
+      expect((await bob.listEvents()).filter((e) => e.subject.kind !== 'fault').map((e) => e.subject.name)).toEqual(['vb']);
       const adminSees = new Set((await a.admin.listEvents()).map((e) => e.subject.name));
       for (const n of ['src', 'va', 'vb', s.id, 'h1']) expect(adminSees.has(n), n).toBe(true);
     } finally {
