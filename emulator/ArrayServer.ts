@@ -30,12 +30,16 @@ import { AccessControl } from './auth/AccessControl.js';
 import { ensureAdminCredential, linkCredential, unlinkCredential } from './auth/adminCredential.js';
 import { isLoopback } from './api/ArrayApiServer.js';
 import { EventLog } from './events/EventLog.js';
+import { ArrayMetrics } from './metrics/ArrayMetrics.js';
+import { MetricsServer } from './metrics/MetricsServer.js';
 
 export interface ServerAddresses {
   nbd: HostPort;
   api: HostPort;
   /** null when iSCSI is not served (no listen.iscsi). */
   iscsi: HostPort | null;
+  /** The /metrics listener; absent unless listen.metrics or --metrics asks for one. */
+  metrics?: HostPort;
 }
 
 /** What the server uses of the iSCSI target (emulator/iscsi/index.ts's IscsiTarget). */
@@ -77,6 +81,9 @@ export class ArrayServer {
   private iscsiTargetName = '';
   private offHostChanges?: () => void;
   private api?: ArrayApiServer;
+  /** Prometheus metrics, only with listen.metrics (opt-in). */
+  private metrics?: ArrayMetrics;
+  private metricsServer?: MetricsServer;
   /** tape: the tape library, and its temp directory for the memory backend (removed at stop). */
   private tapeLibrary?: TapeLibrary;
   private tapeTempDir?: string;
@@ -182,6 +189,7 @@ export class ArrayServer {
         this.storage.attachEvents(events);
         if (this.tapeLibrary) this.tapeLibrary.events = events; // tape
       }
+      if (config.listen.metrics) this.metrics = this.makeMetrics();
       const access = config.api.auth ? this.startAccess() : undefined;
       if (!config.api.auth) this.log.warn('control API authentication is off (api.auth: off): every local user may do anything');
       this.api = new ArrayApiServer({
@@ -202,13 +210,40 @@ export class ArrayServer {
       const api = await this.api.listen(config.listen.api);
       if (this.tokenFile && !this.opts.noCredentialLink) this.credentialLinks = linkCredential(api, this.tokenFile, this.log);
 
-      this.bound = { nbd: { host: nbd.host, port: nbd.port }, api, iscsi };
+      const metrics = config.listen.metrics ? await this.startMetrics(config.listen.metrics) : undefined;
+
+      this.bound = { nbd: { host: nbd.host, port: nbd.port }, api, iscsi, ...(metrics ? { metrics } : {}) };
       return this.bound;
     } catch (err) {
       this.stopping ??= this.shutdown();
       await this.stopping.catch((stopErr: unknown) => this.log.error({ err: stopErr }, 'clean-up after a failed start failed'));
       throw err;
     }
+  }
+
+  /** The metrics read what the array lists, at scrape time. */
+  private makeMetrics(): ArrayMetrics {
+    const storage = this.storage!;
+    return new ArrayMetrics({
+      volumes: () => storage.listVolumes(),
+      connections: () => storage.listConnections(),
+      copies: () => storage.listCopies(),
+      cartridges: () => this.tapeLibrary?.list() ?? [],
+      faults: () => storage.faults.list(),
+      perVolume: this.config.metrics?.perVolume ?? true,
+    });
+  }
+
+  private async startMetrics(addr: HostPort): Promise<HostPort> {
+    this.metricsServer = new MetricsServer(this.metrics!, this.log.child({ component: 'metrics' }));
+    const bound = await listenOrExplain('metrics', addr, '--metrics HOST:PORT or listen.metrics', () => this.metricsServer!.listen(addr));
+    if (!isLoopback(addr.host))
+      this.log.warn(
+        { address: formatHostPort(bound) },
+        '/metrics is unauthenticated and reachable from other machines: it names volumes, hosts and copy sessions',
+      );
+    this.log.info({ address: formatHostPort(bound), perVolume: this.config.metrics?.perVolume ?? true }, 'metrics listening (/metrics)');
+    return bound;
   }
 
   /** Access control over the array's metadata store; the admin credential on a first start. */
@@ -234,8 +269,10 @@ export class ArrayServer {
     const tokenFile = ensureAdminCredential(control, dir, this.log, { reset: this.opts.resetAdminToken === true });
     if (tokenFile) this.tokenFile = tokenFile;
     const volumeUuid = (name: string) => storage.listVolumes().find((v) => v.name === name)?.uuid;
+    const metrics = this.metrics;
     return {
       control,
+      ...(metrics ? { onCallEnded: (path: string, code: string) => metrics.apiCallEnded(path, code) } : {}),
       dir: {
         volumeUuid,
         volumeSize: (name: string) => storage.listVolumes().find((v) => v.name === name)?.sizeBytes,
@@ -310,6 +347,7 @@ export class ArrayServer {
 
   private async shutdown(): Promise<void> {
     this.api?.drain();
+    await this.metricsServer?.close();
     if (this.nbd) {
       this.log.info('stopping NBD: no new clients; closing connected ones');
       await this.nbd.close();

@@ -113,7 +113,11 @@ export interface ArraylabConfig {
     /** The iSCSI target's portal; null: no iSCSI. */
     iscsi: HostPort | null;
     api: HostPort;
+    /** The Prometheus /metrics listener; absent: none (opt-in, listen.metrics or --metrics). */
+    metrics?: HostPort;
   };
+  /** Present with listen.metrics: whether per-volume series are served (off for thousands of volumes). */
+  metrics?: { perVolume: boolean };
   nbd: { tls?: NbdTlsConfig };
   /** The control API: authentication (on unless turned off) and TLS. */
   api: ApiConfig;
@@ -177,7 +181,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
   const listenRaw = top.listen ?? {};
   if (!isPlainObject(listenRaw)) fail('listen', 'must be a mapping with nbd, iscsi and api addresses');
   const listen = listenRaw as Record<string, unknown>;
-  checkKeys(listen, ['nbd', 'iscsi', 'api'], 'listen', fail);
+  checkKeys(listen, ['nbd', 'iscsi', 'api', 'metrics'], 'listen', fail);
   const address = (key: string, fallback: string | null): HostPort | null => {
     const value = listen[key] === undefined ? fallback : listen[key];
     if (value === null || value === '') return null;
@@ -193,6 +197,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
   if (!nbdAddr) fail('listen.nbd', 'is empty; the NBD server needs an address such as 127.0.0.1:10809');
   if (!apiAddr) fail('listen.api', 'is empty; the control API needs an address such as 127.0.0.1:7390');
   const iscsiAddr = address('iscsi', null);
+  const metrics = parseMetricsListen(listen.metrics, fail);
 
   const nbd: ArraylabConfig['nbd'] = {};
   if (top.nbd !== undefined && top.nbd !== null) {
@@ -328,7 +333,8 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
     source,
     dataDir,
     backend: backend as 'file' | 'memory',
-    listen: { nbd: nbdAddr!, iscsi: iscsiAddr, api: apiAddr! },
+    listen: { nbd: nbdAddr!, iscsi: iscsiAddr, api: apiAddr!, ...(metrics ? { metrics: metrics.address } : {}) },
+    ...(metrics ? { metrics: { perVolume: metrics.perVolume } } : {}),
     nbd,
     api,
     iscsi,
@@ -372,6 +378,30 @@ function parseTape(raw: unknown, source: string, fail: Fail): ArraylabConfig['ta
 }
 
 type Fail = (path: string, message: string) => never;
+
+/**
+ * listen.metrics: `127.0.0.1:9390`, or `{address: 127.0.0.1:9390, perVolume: off}` to drop the
+ * per-volume series; absent or empty: no metrics listener.
+ */
+function parseMetricsListen(raw: unknown, fail: Fail): { address: HostPort; perVolume: boolean } | undefined {
+  if (raw === undefined || raw === null || raw === '') return undefined;
+  let addr: unknown = raw;
+  let perVolume = true;
+  if (isPlainObject(raw)) {
+    checkKeys(raw, ['address', 'perVolume'], 'listen.metrics', fail);
+    addr = raw.address;
+    const pv = raw.perVolume ?? true;
+    if (pv !== 'on' && pv !== 'off' && typeof pv !== 'boolean') fail('listen.metrics.perVolume', `${show(pv)} is not on or off`);
+    perVolume = pv === 'on' || pv === true;
+  }
+  if (typeof addr !== 'string' || addr === '')
+    return fail('listen.metrics', `${show(addr)} is not an address; use HOST:PORT such as 127.0.0.1:9390, or {address: 127.0.0.1:9390, perVolume: off}`);
+  try {
+    return { address: parseHostPort(addr), perVolume };
+  } catch (err) {
+    return fail('listen.metrics', (err as Error).message);
+  }
+}
 
 function parseIscsi(raw: unknown, fail: Fail): IscsiConfig {
   const out: IscsiConfig = { targetName: null, requireHostAffinity: false, chap: null };
@@ -454,6 +484,9 @@ export interface ConfigOverrides {
   apiTlsCert?: string;
   apiTlsKey?: string;
   apiTlsCa?: string;
+  /** --metrics HOST:PORT, or off: no metrics listener even if the config has one. */
+  metrics?: string;
+  metricsPerVolume?: 'on' | 'off';
 }
 
 /** Applies CLI flags; flag errors name the flag. Relative --data-dir is relative to the working directory. */
@@ -465,7 +498,7 @@ export function applyOverrides(config: ArraylabConfig, o: ConfigOverrides): Arra
       throw new ConfigError(`--${flag}: ${(err as Error).message}`);
     }
   };
-  return {
+  const out: ArraylabConfig = {
     ...config,
     dataDir: o.dataDir !== undefined ? resolve(o.dataDir) : config.dataDir,
     backend: o.memory ? 'memory' : config.backend,
@@ -478,6 +511,26 @@ export function applyOverrides(config: ArraylabConfig, o: ConfigOverrides): Arra
     iscsi: { ...config.iscsi, requireHostAffinity: o.requireHostAffinity || config.iscsi.requireHostAffinity },
     api: apiOverrides(config.api, o),
   };
+  applyMetricsOverrides(out, o, flagAddress);
+  return out;
+}
+
+/** --metrics and --metrics-per-volume, applied to the (already copied) listen and metrics. */
+function applyMetricsOverrides(out: ArraylabConfig, o: ConfigOverrides, flagAddress: (flag: string, value: string) => HostPort): void {
+  if (o.metrics !== undefined) {
+    if (o.metrics === 'off') {
+      delete out.listen.metrics;
+      delete out.metrics;
+    } else {
+      out.listen.metrics = flagAddress('metrics', o.metrics);
+      out.metrics = { perVolume: out.metrics?.perVolume ?? true };
+    }
+  }
+  if (o.metricsPerVolume !== undefined && o.metrics !== 'off') {
+    if (out.listen.metrics === undefined)
+      throw new ConfigError('--metrics-per-volume needs --metrics HOST:PORT (or listen.metrics in the config): metrics are off unless asked for');
+    out.metrics = { perVolume: o.metricsPerVolume === 'on' };
+  }
 }
 
 function apiOverrides(api: ApiConfig, o: ConfigOverrides): ApiConfig {

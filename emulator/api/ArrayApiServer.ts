@@ -105,7 +105,7 @@ export interface ArrayApiServerOptions {
    * tenant and audited, and AccessService is served. Absent: anyone may call anything (tests
    * of the services themselves, and api.auth: off on a loopback address).
    */
-  access?: { control: AccessControl; dir: ScopeDirectory; keys: OwnershipKeys };
+  access?: { control: AccessControl; dir: ScopeDirectory; keys: OwnershipKeys; onCallEnded?: (path: string, code: string) => void };
   /** TLS for the API (PEM); with ca, client certificates are verified and may name users. */
   tls?: { cert: Buffer; key: Buffer; ca?: Buffer };
   /** The event stream (api.events: on). Absent: EventService answers FAILED_PRECONDITION. */
@@ -136,7 +136,15 @@ export class ArrayApiServer {
     this.tls = opts.tls;
     this.access = opts.access;
     this.authenticated = opts.access !== undefined;
-    const guard = opts.access && apiGuard({ access: opts.access.control, dir: opts.access.dir, log: this.log, clientCertificates: opts.tls?.ca !== undefined });
+    const guard =
+      opts.access &&
+      apiGuard({
+        access: opts.access.control,
+        dir: opts.access.dir,
+        log: this.log,
+        clientCertificates: opts.tls?.ca !== undefined,
+        ...(opts.access.onCallEnded ? { onCallEnded: opts.access.onCallEnded } : {}),
+      });
     this.server = new grpc.Server(guard ? { interceptors: [guard] } : {});
     if (opts.access) {
       addService(

@@ -33,6 +33,11 @@ export interface ApiGuardOptions {
   throttle?: AuthThrottle;
   /** The API verifies client certificates (mutual TLS): a certificate may then name the user. */
   clientCertificates?: boolean;
+  /**
+   * Told once per call as it ends, with the method path and the gRPC status name (OK, or the
+   * refusal's): the metrics' arraylab_api_calls_total. Must not throw or block.
+   */
+  onCallEnded?(path: string, code: string): void;
 }
 
 /** The caller of a call that passed the guard; undefined when the API runs without one. */
@@ -125,6 +130,12 @@ export function apiGuard(o: ApiGuardOptions): grpc.ServerInterceptor {
     let finished = false;
     /** A role refusal, sent once the request is read so that the audit names its target. */
     let denied: StatusError | undefined;
+    let counted = false;
+    const ended = (code: string) => {
+      if (counted || o.onCallEnded === undefined) return;
+      counted = true;
+      o.onCallEnded(path, code);
+    };
 
     const record = (result: string) => {
       if (!mutating || finished) return;
@@ -145,6 +156,7 @@ export function apiGuard(o: ApiGuardOptions): grpc.ServerInterceptor {
       const e = err instanceof StatusError ? err : new StatusError('INTERNAL', `access check failed: ${(err as Error).message}`);
       record(`${e.code}: ${e.message}`);
       finished = true;
+      ended(e.code);
       call.sendStatus({ code: grpc.status[e.code], details: e.message, metadata: new grpc.Metadata() });
     };
 
@@ -224,6 +236,7 @@ export function apiGuard(o: ApiGuardOptions): grpc.ServerInterceptor {
           }
         }
         record(status.code === grpc.status.OK ? 'ok' : `${grpc.status[status.code]}: ${status.details}`);
+        ended(grpc.status[status.code] ?? String(status.code));
         next(status);
       },
     });

@@ -27,6 +27,8 @@ export interface ServeArgs {
   'api-tls-key'?: string | undefined;
   'api-tls-ca'?: string | undefined;
   'log-level'?: string | undefined;
+  metrics?: string | undefined;
+  'metrics-per-volume'?: 'on' | 'off' | undefined;
   json: boolean;
 }
 
@@ -47,6 +49,8 @@ export async function serve(a: ServeArgs): Promise<number> {
       ...(last(a['api-tls-cert']) !== undefined ? { apiTlsCert: last(a['api-tls-cert'])! } : {}),
       ...(last(a['api-tls-key']) !== undefined ? { apiTlsKey: last(a['api-tls-key'])! } : {}),
       ...(last(a['api-tls-ca']) !== undefined ? { apiTlsCa: last(a['api-tls-ca'])! } : {}),
+      ...(last(a.metrics) !== undefined ? { metrics: last(a.metrics)! } : {}),
+      ...(a['metrics-per-volume'] !== undefined ? { metricsPerVolume: a['metrics-per-volume'] } : {}),
       memory: a.memory,
     });
   } catch (err) {
@@ -77,7 +81,12 @@ export async function serve(a: ServeArgs): Promise<number> {
   }
   announce(config, addresses, server, a.json);
   logger.info(
-    { nbd: formatHostPort(addresses.nbd), api: formatHostPort(addresses.api), iscsi: addresses.iscsi ? formatHostPort(addresses.iscsi) : null },
+    {
+      nbd: formatHostPort(addresses.nbd),
+      api: formatHostPort(addresses.api),
+      iscsi: addresses.iscsi ? formatHostPort(addresses.iscsi) : null,
+      ...(addresses.metrics ? { metrics: formatHostPort(addresses.metrics) } : {}),
+    },
     'serving',
   );
   return stopped;
@@ -95,6 +104,7 @@ function announce(config: ArraylabConfig, addresses: ServerAddresses, server: Ar
       backend: config.backend,
       dataDir: config.backend === 'file' ? config.dataDir : null,
       adminTokenFile: server.adminTokenFile ?? null,
+      metrics: addresses.metrics ?? null,
       volumes,
     });
     return;
@@ -115,6 +125,8 @@ function announce(config: ArraylabConfig, addresses: ServerAddresses, server: Ar
       server.adminTokenFile
         ? `AUTH    on; admin token in ${server.adminTokenFile} (this user's CLI finds it; others: --token-file or ARRAYLAB_TOKEN)`
         : 'AUTH    off: anyone who reaches the API may do anything',
+      // Only when asked for: the text of a server without metrics stays as it was.
+      ...(addresses.metrics ? [`METRICS http://${formatHostPort(addresses.metrics)}/metrics  (Prometheus; unauthenticated)`] : []),
     ].join('\n'),
   );
 }

@@ -29,6 +29,15 @@ export function serveOptions(y: Argv<{ json: boolean }>) {
     .option('api-tls-cert', { type: 'string', requiresArg: true, describe: 'control API TLS certificate (PEM) [config api.tls.cert]' })
     .option('api-tls-key', { type: 'string', requiresArg: true, describe: 'control API TLS private key (PEM) [config api.tls.key]' })
     .option('api-tls-ca', { type: 'string', requiresArg: true, describe: 'CA (PEM) that client certificates must chain to: mutual TLS [config api.tls.ca]' })
+    .option('metrics', {
+      type: 'string',
+      requiresArg: true,
+      describe: 'serve Prometheus /metrics on HOST:PORT (unauthenticated: keep it on loopback), or off [config listen.metrics; default: none]',
+    })
+    .option('metrics-per-volume', {
+      choices: ['on', 'off'] as const,
+      describe: 'per-volume metric series; off for arrays with thousands of volumes [config listen.metrics.perVolume; default on]',
+    })
     .option('memory', { type: 'boolean', default: false, describe: 'keep volumes in memory (lost at exit); no data dir' })
     .option('log-level', { type: 'string', requiresArg: true, describe: `log level: ${LEVELS} [env ARRAYLAB_LOG_LEVEL; default from config: info]` });
 }
