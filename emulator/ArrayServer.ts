@@ -20,6 +20,7 @@ import { StorageArray } from './array/StorageArray.js';
 import { ArrayError, type VolumeInfo } from './array/types.js';
 import { defaultTargetName, formatHostPort, type ArraylabConfig, type HostPort, type VolumeSpec } from './config.js';
 import type { IscsiSessionInfo, IscsiTargetOptions } from './iscsi/types.js';
+import type { SessionInfo } from './copy/CopySession.js';
 import { NbdServer } from './nbd/index.js';
 import { NbdExports, nbdAccess, type ReservationBook } from './array/nbdExports.js';
 import { formatSize } from '../proto/util/units.js';
@@ -254,10 +255,7 @@ export class ArrayServer {
       storage.accessStore,
       {
         volumes: () => storage.listVolumes().map((v) => ({ name: v.name, uuid: v.uuid, sizeBytes: v.sizeBytes })),
-        sessions: () =>
-          storage
-            .listCopies()
-            .map((s) => ({ id: s.id, source: s.remote?.role === 'remote-end' ? '' : s.source, destination: s.remote?.role === 'source' ? '' : s.destination })),
+        sessions: () => storage.listCopies().map((s) => ({ id: s.id, ...localVolumes(s) })),
         hostNames: () => storage.hosts.listHosts().map((h) => h.name),
         cartridgeLabels: () => tape?.list().map((c) => c.label) ?? [],
       },
@@ -268,22 +266,27 @@ export class ArrayServer {
     const dir = this.config.backend === 'file' ? this.config.dataDir : (this.tokenDir = mkdtempSync(join(tmpdir(), 'arraylab-auth-')));
     const tokenFile = ensureAdminCredential(control, dir, this.log, { reset: this.opts.resetAdminToken === true });
     if (tokenFile) this.tokenFile = tokenFile;
-    const volumeUuid = (name: string) => storage.listVolumes().find((v) => v.name === name)?.uuid;
+    // Point lookups: the tenant filters ask once per listed item.
+    const volume = (name: string) => {
+      try {
+        return storage.getVolume(name);
+      } catch {
+        return undefined;
+      }
+    };
     const metrics = this.metrics;
     return {
       control,
       ...(metrics ? { onCallEnded: (path: string, code: string) => metrics.apiCallEnded(path, code) } : {}),
       dir: {
-        volumeUuid,
-        volumeSize: (name: string) => storage.listVolumes().find((v) => v.name === name)?.sizeBytes,
+        volumeUuid: (name: string) => volume(name)?.uuid,
+        volumeSize: (name: string) => volume(name)?.sizeBytes,
         session: (id: string) => {
-          const s = storage.listCopies().find((c) => c.id === id);
-          if (s === undefined) return undefined;
-          return {
-            source: s.remote?.role === 'remote-end' ? '' : s.source,
-            destination: s.remote?.role === 'source' ? '' : s.destination,
-            remote: s.remote !== undefined,
-          };
+          try {
+            return localVolumes(storage.getCopy(id));
+          } catch {
+            return undefined;
+          }
         },
         sessionsInGroup: (group: string) =>
           storage
@@ -489,15 +492,7 @@ export async function reconcileCartridges(
 
 function readTls(config: ArraylabConfig): { key?: Buffer; cert?: Buffer; ca?: Buffer; require: boolean } {
   const tls = config.nbd.tls!;
-  const read = (key: 'cert' | 'key' | 'ca', path: string): Buffer => {
-    try {
-      return readFileSync(path);
-    } catch (err) {
-      throw new Error(
-        `config ${config.source}: nbd.tls.${key}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; fix the path`,
-      );
-    }
-  };
+  const read = (key: 'cert' | 'key' | 'ca', path: string) => readPem(config, `nbd.tls.${key}`, path);
   return {
     ...(tls.cert && tls.key ? { cert: read('cert', tls.cert), key: read('key', tls.key) } : {}),
     ...(tls.ca ? { ca: read('ca', tls.ca) } : {}),
@@ -524,16 +519,22 @@ function checkApiExposure(config: ArraylabConfig): void {
 
 function readApiTls(config: ArraylabConfig): { cert: Buffer; key: Buffer; ca?: Buffer } {
   const tls = config.api.tls!;
-  const read = (key: 'cert' | 'key' | 'ca', path: string): Buffer => {
-    try {
-      return readFileSync(path);
-    } catch (err) {
-      throw new Error(
-        `config ${config.source}: api.tls.${key}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; fix the path`,
-      );
-    }
-  };
+  const read = (key: 'cert' | 'key' | 'ca', path: string) => readPem(config, `api.tls.${key}`, path);
   return { cert: read('cert', tls.cert), key: read('key', tls.key), ...(tls.ca ? { ca: read('ca', tls.ca) } : {}) };
+}
+
+/** A PEM file the config names; the error names the config key and the fix. */
+function readPem(config: ArraylabConfig, key: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new Error(`config ${config.source}: ${key}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; fix the path`);
+  }
+}
+
+/** A session's volumes on this array: a REC source's destination and a remote end's source are elsewhere (''). */
+function localVolumes(s: SessionInfo): { source: string; destination: string } {
+  return { source: s.remote?.role === 'remote-end' ? '' : s.source, destination: s.remote?.role === 'source' ? '' : s.destination };
 }
 
 async function listenOrExplain<T>(what: string, addr: HostPort, fix: string, listen: () => Promise<T>): Promise<T> {

@@ -210,15 +210,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
       checkKeys(tls, ['cert', 'key', 'ca', 'psk', 'require'], 'nbd.tls', fail);
       const psk = tls.psk ?? false;
       if (typeof psk !== 'boolean') fail('nbd.tls.psk', `${show(psk)} is not true or false`);
-      const path = (key: string, required: boolean): string | undefined => {
-        const value = tls[key];
-        if (value === undefined || value === null) {
-          if (required) fail(`nbd.tls.${key}`, `is missing; give the path of the PEM ${key} file`);
-          return undefined;
-        }
-        if (typeof value !== 'string' || value === '') fail(`nbd.tls.${key}`, `${show(value)} is not a file path; give the path of a PEM file`);
-        return resolve(baseDir, value as string);
-      };
+      const path = (key: string, required: boolean) => pemPath(tls, 'nbd.tls', key, required, baseDir, fail);
       const requireTls = tls.require ?? false;
       if (typeof requireTls !== 'boolean') fail('nbd.tls.require', `${show(requireTls)} is not true or false`);
       const ca = path('ca', false);
@@ -249,15 +241,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
       if (!isPlainObject(apiRaw.tls)) fail('api.tls', 'must be a mapping with cert and key file paths (and ca for client certificates)');
       const tls = apiRaw.tls as Record<string, unknown>;
       checkKeys(tls, ['cert', 'key', 'ca'], 'api.tls', fail);
-      const path = (key: string, required: boolean): string | undefined => {
-        const value = tls[key];
-        if (value === undefined || value === null) {
-          if (required) fail(`api.tls.${key}`, `is missing; give the path of the PEM ${key} file`);
-          return undefined;
-        }
-        if (typeof value !== 'string' || value === '') fail(`api.tls.${key}`, `${show(value)} is not a file path; give the path of a PEM file`);
-        return resolve(baseDir, value as string);
-      };
+      const path = (key: string, required: boolean) => pemPath(tls, 'api.tls', key, required, baseDir, fail);
       const ca = path('ca', false);
       api.tls = { cert: path('cert', true)!, key: path('key', true)!, ...(ca ? { ca } : {}) };
     }
@@ -565,4 +549,22 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
 
 function show(value: unknown): string {
   return value === undefined ? 'nothing' : JSON.stringify(value);
+}
+
+/** A PEM file path under a tls mapping (nbd.tls, api.tls): resolved against the config's folder. */
+function pemPath(
+  tls: Record<string, unknown>,
+  at: string,
+  key: string,
+  required: boolean,
+  baseDir: string,
+  fail: (path: string, message: string) => never,
+): string | undefined {
+  const value = tls[key];
+  if (value === undefined || value === null) {
+    if (required) fail(`${at}.${key}`, `is missing; give the path of the PEM ${key} file`);
+    return undefined;
+  }
+  if (typeof value !== 'string' || value === '') fail(`${at}.${key}`, `${show(value)} is not a file path; give the path of a PEM file`);
+  return resolve(baseDir, value as string);
 }

@@ -18,7 +18,7 @@ export interface ScopeDirectory {
   volumeUuid(name: string): string | undefined;
   volumeSize(name: string): number | undefined;
   /** A copy session's local volumes (a remote end has no local source: ''). */
-  session(id: string): { source: string; destination: string; remote: boolean } | undefined;
+  session(id: string): { source: string; destination: string } | undefined;
   sessionsInGroup(group: string): string[];
 }
 
