@@ -25,6 +25,7 @@ PACKAGES=(
   qemu-system-x86       # guests on the array (emulator/vm, vm-images)
   busybox-static cpio lz4 kmod binutils dash  # the guest image build (vm-images/build.sh)
   dpkg-dev pandoc       # the agent's Debian package (scripts/package-agent.sh): dpkg-shlibdeps, the man page
+  chromium              # the dashboard's browser tests (headless, driven by puppeteer-core)
 )
 
 SUDO=""

@@ -29,6 +29,7 @@ const PACKAGE_OF: Record<string, string> = {
   tgtd: 'tgt',
   tgtadm: 'tgt',
   jq: 'jq',
+  chromium: 'chromium',
 };
 
 const found = new Map<string, string>();
