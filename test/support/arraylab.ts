@@ -60,6 +60,8 @@ export interface ServeInfo {
   nbd: { host: string; port: number };
   api: { host: string; port: number };
   iscsi: { host: string; port: number; targetName: string } | null;
+  /** The web dashboard's address (serve --dashboard); null or absent when it is off. */
+  dashboard?: { host: string; port: number } | null;
   backend: 'file' | 'memory';
   dataDir: string | null;
   volumes: Array<{ name: string; sizeBytes: number; blockSize: number; [key: string]: unknown }>;
