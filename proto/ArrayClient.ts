@@ -15,7 +15,7 @@ import { ApiError, statusCodeOf } from './errors.js';
 import type * as pb from './gen/index.js';
 import { openStream, unaryCall, type RequestOf, type ResponseOf, type StreamMethod, type StreamRequestOf, type UnaryMethod } from './rpc.js';
 import { hostFromWire, hostListFromWire, hostLunFromWire } from './wire/hostWire.js';
-import type { ArrayStatus, CopyEventView, CopySessionView, ExportInfo, HostListView, HostView, StartCopyParams } from './views.js';
+import type { ArrayStatus, CopyBitmapView, CopyEventView, CopySessionView, ExportInfo, HostListView, HostView, StartCopyParams } from './views.js';
 import {
   arrayServiceClientConstructor,
   copyServiceClientConstructor,
@@ -36,6 +36,8 @@ import type { AuditEntryView, FaultEventView, FaultView, PowerCutView, RemoteVie
 import {
   copyEventFromWire,
   copySessionFromWire,
+  copyStateFromWire,
+  copyTypeFromWire,
   copyTypeToWire,
   exportFromWire,
   provisioningToWire,
@@ -194,6 +196,24 @@ export class ArrayClient {
 
   async getCopy(id: string): Promise<CopySessionView> {
     return copySessionFromWire(await this.call(this.copyClient(), 'GetCopy', { id }));
+  }
+
+  /**
+   * The session's bitmap as cells (see CopyBitmapView): at most maxCells (default 4096, at
+   * most 65536). FAILED_PRECONDITION on the remote end of a REC/ROPC pair: ask the source array.
+   */
+  async copyBitmap(id: string, maxCells?: number): Promise<CopyBitmapView> {
+    const w = await this.call(this.copyClient(), 'GetCopyBitmap', { id, maxCells: maxCells ?? 0 });
+    return {
+      id: w.id,
+      type: copyTypeFromWire(w.type),
+      state: copyStateFromWire(w.state),
+      units: Number(w.units),
+      unitBytes: w.unitBytes,
+      unitsPerCell: Number(w.unitsPerCell),
+      cells: w.cells,
+      counts: { copied: Number(w.copied), pending: Number(w.pending), tracked: Number(w.tracked), beforeImage: Number(w.beforeImage) },
+    };
   }
 
   async suspendCopy(id: string): Promise<CopySessionView> {

@@ -142,6 +142,24 @@ export interface RemoteView {
   buffer: { bytes: number; haltWaitMs: number; monitorMs: number; cycleMs: number };
 }
 
+/**
+ * A copy session's bitmap as a picture (`copy bitmap --json`, GetCopyBitmap): one letter per
+ * cell of unitsPerCell units: 'C' copied (the destination holds the point-in-time data),
+ * 'P' pending (still to copy), 'T' tracked (changed since the copy point: QuickOPC/EC re-copy
+ * candidates), 'B' before-image saved (SnapOPC+), '.' nothing. A cell of several units shows
+ * the first of P, T, B, C, '.' that any of them is. counts are in units, not cells.
+ */
+export interface CopyBitmapView {
+  id: string;
+  type: string;
+  state: string;
+  units: number;
+  unitBytes: number;
+  unitsPerCell: number;
+  cells: string;
+  counts: { copied: number; pending: number; tracked: number; beforeImage: number };
+}
+
 /** One event of WatchCopies. */
 export interface CopyEventView {
   at: string;

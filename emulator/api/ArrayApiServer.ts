@@ -12,6 +12,7 @@ import { ArrayError, type ConnectionInfo, type CreateVolumeRequest, type Logical
 import { DEFAULT_API_ADDRESS, formatHostPort, type HostPort } from '../../proto/util/address.js';
 import type { ArrayStatus, ExportInfo, WriteCacheMode } from '../../proto/views.js';
 import type { CopyEvent, SessionInfo } from '../copy/CopySession.js';
+import type { SessionBitmap } from '../copy/sessionBitmap.js';
 import { grpcStatusOf, StatusError } from '../../proto/errors.js';
 import type { StartCopyRequest } from '../array/StorageArray.js';
 import { hostAffinityHandlers, type HostControl, type SessionSource } from './hostService.js';
@@ -36,7 +37,7 @@ import { accessHandlers, type OwnershipKeys } from './accessService.js';
 import type { FaultEngine } from '../fault/FaultEngine.js';
 import { faultHandlers, type PowerCutControl } from './faultService.js';
 import { tapeHandlers, type TapeControl } from './tapeService.js'; // tape
-import { copySessionToWire, rateFromWire } from './copyWire.js';
+import { copyBitmapToWire, copySessionToWire, rateFromWire } from './copyWire.js';
 import { remoteCopyHandlers, remoteHandlers, type RemoteControl } from './remoteService.js';
 import type * as pb from '../../proto/gen/index.js';
 import { copyStateToWire, copyTypeFromWire, exportToWire, provisioningFromWire, statusToWire, toByteCount, volumeToWire } from '../../proto/wire/wire.js';
@@ -65,6 +66,8 @@ export interface CopyControl {
   /** How a session that is gone ended, if known (optional: fakes leave it out: unknown). */
   copyEndedAs?(id: string): 'completed' | 'cancelled' | 'dropped' | undefined;
   getCopy(id: string): SessionInfo;
+  /** The session's bitmap as cells (GetCopyBitmap); absent: UNIMPLEMENTED. */
+  copyBitmap?(id: string, maxCells?: number): SessionBitmap;
   suspendCopy(id: string): Promise<SessionInfo>;
   resumeCopy(id: string, opts?: { force?: boolean }): Promise<SessionInfo>;
   reverseCopy(id: string, opts?: { force?: boolean }): Promise<SessionInfo>;
@@ -235,6 +238,10 @@ export class ArrayApiServer {
           return { sessions: sessions.map(copySessionToWire), ended };
         }),
         GetCopy: this.unary('GetCopy', (req) => copySessionToWire(copy.getCopy(req.id))),
+        GetCopyBitmap: this.unary('GetCopyBitmap', (req) => {
+          if (copy.copyBitmap === undefined) throw new StatusError('UNIMPLEMENTED', 'this array cannot show copy bitmaps');
+          return copyBitmapToWire(copy.copyBitmap(req.id, req.maxCells));
+        }),
         SuspendCopy: this.unary('SuspendCopy', async (req) => copySessionToWire(await copy.suspendCopy(req.id))),
         ResumeCopy: this.unary('ResumeCopy', async (req) => copySessionToWire(await copy.resumeCopy(req.id, { force: req.force }))),
         ReverseCopy: this.unary('ReverseCopy', async (req) => copySessionToWire(await copy.reverseCopy(req.id, { force: req.force }))),

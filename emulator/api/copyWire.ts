@@ -4,6 +4,7 @@
  * proto/wire/wire.ts.
  */
 import type { SessionInfo } from '../copy/CopySession.js';
+import type { SessionBitmap } from '../copy/sessionBitmap.js';
 import { ArrayError } from '../array/types.js';
 import type * as pb from '../../proto/gen/index.js';
 import { copyStateToWire, copyTypeToWire, MiB } from '../../proto/wire/wire.js';
@@ -62,5 +63,21 @@ export function copySessionToWire(s: SessionInfo): pb.CopySession {
           },
         }
       : {}),
+  };
+}
+
+export function copyBitmapToWire(b: SessionBitmap): pb.CopyBitmapResponse {
+  return {
+    id: b.id,
+    type: copyTypeToWire(b.type),
+    state: copyStateToWire(b.state),
+    units: b.units,
+    unitBytes: b.unitBytes,
+    unitsPerCell: b.unitsPerCell,
+    cells: b.cells,
+    copied: b.counts.copied,
+    pending: b.counts.pending,
+    tracked: b.counts.tracked,
+    beforeImage: b.counts.beforeImage,
   };
 }

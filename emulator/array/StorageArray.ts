@@ -55,6 +55,7 @@ import { MemoryBlockStore } from '../block/MemoryBlockStore.js';
 import { CopyEngine, type OverwriteCheck, type StartOptions } from '../copy/CopyEngine.js';
 import { COPY_TYPE_NAMES, CopyError, type CopyEvent, type CopyType, isRemoteVolume, REC_MODES, type RecMode, type SessionInfo } from '../copy/CopySession.js';
 import type { RemoteEndState } from '../copy/SessionBase.js';
+import type { SessionBitmap } from '../copy/sessionBitmap.js';
 import { RemoteArrays } from '../remote/RemoteArrays.js';
 import { CycleStage } from '../remote/CycleStage.js';
 import { type OpenRemoteEndParams, type RemoteEndStateParams, REPLICA_EXPORT_PREFIX, ReplicaDevice, recOptions, replicaHandle } from '../remote/replica.js';
@@ -545,6 +546,11 @@ export class StorageArray implements ExportProvider {
 
   getCopy(id: string): SessionInfo {
     return copyCallSync(() => this.copy.get(id));
+  }
+
+  /** The session's bitmap as cells (emulator/copy/sessionBitmap.ts). */
+  copyBitmap(id: string, maxCells?: number): SessionBitmap {
+    return copyCallSync(() => this.copy.bitmap(id, maxCells));
   }
 
   suspendCopy(id: string): Promise<SessionInfo> {

@@ -103,6 +103,7 @@ const rows: Array<[service: string, perms: Record<string, Permission>]> = [
       StartCopy: 'copy.write',
       ListCopies: 'read',
       GetCopy: 'read',
+      GetCopyBitmap: 'read',
       SuspendCopy: 'copy.write',
       ResumeCopy: 'copy.write',
       ReverseCopy: 'copy.write',

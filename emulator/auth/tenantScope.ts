@@ -159,6 +159,7 @@ const rules: Record<string, ScopeRule> = {
     filter: (res, s) => ({ ...res, sessions: res.sessions.filter((c: Msg) => s.ownsSession(c.id)), ended: [] }),
   },
   'CopyService/GetCopy': sessionById,
+  'CopyService/GetCopyBitmap': sessionById,
   'CopyService/SuspendCopy': sessionById,
   'CopyService/ResumeCopy': sessionById,
   'CopyService/ReverseCopy': sessionById,

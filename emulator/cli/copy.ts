@@ -1,6 +1,6 @@
-/** `arraylab copy start|list|show|suspend|resume|reverse|split|restore|cancel|rate|mode|watch`. */
+/** `arraylab copy start|list|show|bitmap|suspend|resume|reverse|split|restore|cancel|rate|mode|watch`. */
 import type { Argv } from 'yargs';
-import type { CopyEventView, CopySessionView } from '../../proto/views.js';
+import type { CopyBitmapView, CopyEventView, CopySessionView } from '../../proto/views.js';
 import { withApiOption, withClient } from './client.js';
 import { UsageError } from './errors.js';
 import { keyValues, print, printJson, table, yesNo } from '../../proto/util/table.js';
@@ -293,6 +293,25 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
         else print(showSession(s));
       },
     )
+    .command(
+      'bitmap <id>',
+      "show a session's units as a grid: copied, pending, tracked, before-image",
+      (c) =>
+        idPositional(c).option('cells', {
+          type: 'number',
+          default: 4096,
+          requiresArg: true,
+          describe: 'cells at most (each cell groups units; at most 65536)',
+        }),
+      async (a) => {
+        if (!Number.isInteger(a.cells) || a.cells < 1 || a.cells > 65536) {
+          throw new UsageError(`--cells: give a whole number from 1 to 65536, not ${String(a.cells)}`, 'copy bitmap');
+        }
+        const b = await withClient(a, (client) => client.copyBitmap(a.id, a.cells));
+        if (a.json) printJson(b);
+        else print(bitmapText(b));
+      },
+    )
     .command(...cut('suspend', 'EC: freeze the destination as of now (equivalent -> suspended)'))
     .command(
       ...control(
@@ -375,7 +394,31 @@ export function copyCommands(y: Argv<{ json: boolean }>) {
         await withClient(a, (client) => watch(client, a.id, a.interval, a.json));
       },
     )
-    .demandCommand(1, 'give a copy command: start, list, show, suspend, resume, reverse, split, restore, cancel, rate, mode or watch');
+    .demandCommand(1, 'give a copy command: start, list, show, bitmap, suspend, resume, reverse, split, restore, cancel, rate, mode or watch');
+}
+
+/** Cells per row of `copy bitmap`. */
+const BITMAP_ROW = 64;
+
+/** The grid of `copy bitmap`: a heading, rows of 64 cells (each row starts with its first unit), a legend with the counts. */
+export function bitmapText(b: CopyBitmapView): string {
+  const per = b.unitsPerCell === 1 ? '1 unit' : `${b.unitsPerCell} units`;
+  const lines = [`${TYPE_NAMES[b.type] ?? b.type} session ${b.id}, ${b.state}: ${b.units} units of ${b.unitBytes} bytes, ${per} per cell`];
+  const width = String(Math.max(0, (b.cells.length - 1) * b.unitsPerCell)).length;
+  for (let i = 0; i < b.cells.length; i += BITMAP_ROW) {
+    lines.push(`${String(i * b.unitsPerCell).padStart(width)}  ${b.cells.slice(i, i + BITMAP_ROW)}`);
+  }
+  const c = b.counts;
+  lines.push(
+    '',
+    `C copied        ${c.copied} units (the destination holds the point-in-time data)`,
+    `P pending       ${c.pending} units (still to copy)`,
+    `T tracked       ${c.tracked} units (changed since the copy point; copied again by a restart or resume)`,
+    `B before-image  ${c.beforeImage} units (saved in the SnapOPC+ snap volume)`,
+    `. nothing       (not copied, not saved)`,
+    b.unitsPerCell > 1 ? 'a cell shows the first of P, T, B, C that any of its units is' : '',
+  );
+  return lines.join('\n').trimEnd();
 }
 
 const ENDED = new Set(['completed', 'cancelled', 'dropped']);

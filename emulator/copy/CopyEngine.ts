@@ -68,6 +68,7 @@ import { RopcSession } from './remoteOpc.js';
 import { OpcSession } from './opc.js';
 import type { RecLink, RecLinkEvents, RemoteEndState, SessionBase, SessionContext } from './SessionBase.js';
 import type { JournalSession, SessionJournal } from './SessionJournal.js';
+import { type SessionBitmap, sessionBitmap } from './sessionBitmap.js';
 import { SnapChain, SnapGeneration } from './snapOpcPlus.js';
 import { VolumeTap } from './VolumeTap.js';
 
@@ -906,6 +907,11 @@ export class CopyEngine {
 
   get(id: string): SessionInfo {
     return this.session(id).info();
+  }
+
+  /** The session's bitmap as cells (sessionBitmap.ts); read-only, bounded by maxCells. */
+  bitmap(id: string, maxCells?: number): SessionBitmap {
+    return sessionBitmap(this.session(id), maxCells);
   }
 
   /** Session ids a volume is in, as source or destination. */

@@ -4,6 +4,8 @@ import type { EnumTypeDefinition, MessageTypeDefinition } from '@grpc/proto-load
 
 import type { CancelCopyRequest as _arraylab_v1_CancelCopyRequest, CancelCopyRequest__Output as _arraylab_v1_CancelCopyRequest__Output } from './arraylab/v1/CancelCopyRequest.js';
 import type { CancelCopyResponse as _arraylab_v1_CancelCopyResponse, CancelCopyResponse__Output as _arraylab_v1_CancelCopyResponse__Output } from './arraylab/v1/CancelCopyResponse.js';
+import type { CopyBitmapRequest as _arraylab_v1_CopyBitmapRequest, CopyBitmapRequest__Output as _arraylab_v1_CopyBitmapRequest__Output } from './arraylab/v1/CopyBitmapRequest.js';
+import type { CopyBitmapResponse as _arraylab_v1_CopyBitmapResponse, CopyBitmapResponse__Output as _arraylab_v1_CopyBitmapResponse__Output } from './arraylab/v1/CopyBitmapResponse.js';
 import type { CopyEnding as _arraylab_v1_CopyEnding, CopyEnding__Output as _arraylab_v1_CopyEnding__Output } from './arraylab/v1/CopyEnding.js';
 import type { CopyEvent as _arraylab_v1_CopyEvent, CopyEvent__Output as _arraylab_v1_CopyEvent__Output } from './arraylab/v1/CopyEvent.js';
 import type { CopyGroupRequest as _arraylab_v1_CopyGroupRequest, CopyGroupRequest__Output as _arraylab_v1_CopyGroupRequest__Output } from './arraylab/v1/CopyGroupRequest.js';
@@ -32,6 +34,8 @@ export interface ProtoGrpcType {
     v1: {
       CancelCopyRequest: MessageTypeDefinition<_arraylab_v1_CancelCopyRequest, _arraylab_v1_CancelCopyRequest__Output>
       CancelCopyResponse: MessageTypeDefinition<_arraylab_v1_CancelCopyResponse, _arraylab_v1_CancelCopyResponse__Output>
+      CopyBitmapRequest: MessageTypeDefinition<_arraylab_v1_CopyBitmapRequest, _arraylab_v1_CopyBitmapRequest__Output>
+      CopyBitmapResponse: MessageTypeDefinition<_arraylab_v1_CopyBitmapResponse, _arraylab_v1_CopyBitmapResponse__Output>
       CopyEnding: MessageTypeDefinition<_arraylab_v1_CopyEnding, _arraylab_v1_CopyEnding__Output>
       CopyEvent: MessageTypeDefinition<_arraylab_v1_CopyEvent, _arraylab_v1_CopyEvent__Output>
       CopyGroupRequest: MessageTypeDefinition<_arraylab_v1_CopyGroupRequest, _arraylab_v1_CopyGroupRequest__Output>

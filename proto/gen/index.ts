@@ -27,6 +27,8 @@ export { type ClearFaultsResponse, type ClearFaultsResponse__Output } from './ar
 export { type CommitCycleRequest, type CommitCycleRequest__Output } from './arraylab/v1/CommitCycleRequest.js';
 export { type CommitCycleResponse, type CommitCycleResponse__Output } from './arraylab/v1/CommitCycleResponse.js';
 export { type Connection, type Connection__Output } from './arraylab/v1/Connection.js';
+export { type CopyBitmapRequest, type CopyBitmapRequest__Output } from './arraylab/v1/CopyBitmapRequest.js';
+export { type CopyBitmapResponse, type CopyBitmapResponse__Output } from './arraylab/v1/CopyBitmapResponse.js';
 export { type CopyEnding, type CopyEnding__Output } from './arraylab/v1/CopyEnding.js';
 export { type CopyEvent, type CopyEvent__Output } from './arraylab/v1/CopyEvent.js';
 export { type CopyGroupRequest, type CopyGroupRequest__Output } from './arraylab/v1/CopyGroupRequest.js';

@@ -4,6 +4,8 @@ import type * as grpc from '@grpc/grpc-js'
 import type { MethodDefinition } from '@grpc/proto-loader'
 import type { CancelCopyRequest as _arraylab_v1_CancelCopyRequest, CancelCopyRequest__Output as _arraylab_v1_CancelCopyRequest__Output } from '../../arraylab/v1/CancelCopyRequest.js';
 import type { CancelCopyResponse as _arraylab_v1_CancelCopyResponse, CancelCopyResponse__Output as _arraylab_v1_CancelCopyResponse__Output } from '../../arraylab/v1/CancelCopyResponse.js';
+import type { CopyBitmapRequest as _arraylab_v1_CopyBitmapRequest, CopyBitmapRequest__Output as _arraylab_v1_CopyBitmapRequest__Output } from '../../arraylab/v1/CopyBitmapRequest.js';
+import type { CopyBitmapResponse as _arraylab_v1_CopyBitmapResponse, CopyBitmapResponse__Output as _arraylab_v1_CopyBitmapResponse__Output } from '../../arraylab/v1/CopyBitmapResponse.js';
 import type { CopyEvent as _arraylab_v1_CopyEvent, CopyEvent__Output as _arraylab_v1_CopyEvent__Output } from '../../arraylab/v1/CopyEvent.js';
 import type { CopyGroupRequest as _arraylab_v1_CopyGroupRequest, CopyGroupRequest__Output as _arraylab_v1_CopyGroupRequest__Output } from '../../arraylab/v1/CopyGroupRequest.js';
 import type { CopyId as _arraylab_v1_CopyId, CopyId__Output as _arraylab_v1_CopyId__Output } from '../../arraylab/v1/CopyId.js';
@@ -46,6 +48,23 @@ export interface CopyServiceClient extends grpc.Client {
   getCopy(argument: _arraylab_v1_CopyId, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
   getCopy(argument: _arraylab_v1_CopyId, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
   getCopy(argument: _arraylab_v1_CopyId, callback: grpc.requestCallback<_arraylab_v1_CopySession__Output>): grpc.ClientUnaryCall;
+  
+  /**
+   * The session's bitmap as a picture: one letter per cell of units (see CopyBitmap).
+   * FAILED_PRECONDITION for the remote end of a REC/ROPC pair (ask the source array).
+   */
+  GetCopyBitmap(argument: _arraylab_v1_CopyBitmapRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CopyBitmapResponse__Output>): grpc.ClientUnaryCall;
+  GetCopyBitmap(argument: _arraylab_v1_CopyBitmapRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_CopyBitmapResponse__Output>): grpc.ClientUnaryCall;
+  GetCopyBitmap(argument: _arraylab_v1_CopyBitmapRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CopyBitmapResponse__Output>): grpc.ClientUnaryCall;
+  GetCopyBitmap(argument: _arraylab_v1_CopyBitmapRequest, callback: grpc.requestCallback<_arraylab_v1_CopyBitmapResponse__Output>): grpc.ClientUnaryCall;
+  /**
+   * The session's bitmap as a picture: one letter per cell of units (see CopyBitmap).
+   * FAILED_PRECONDITION for the remote end of a REC/ROPC pair (ask the source array).
+   */
+  getCopyBitmap(argument: _arraylab_v1_CopyBitmapRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CopyBitmapResponse__Output>): grpc.ClientUnaryCall;
+  getCopyBitmap(argument: _arraylab_v1_CopyBitmapRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_CopyBitmapResponse__Output>): grpc.ClientUnaryCall;
+  getCopyBitmap(argument: _arraylab_v1_CopyBitmapRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_CopyBitmapResponse__Output>): grpc.ClientUnaryCall;
+  getCopyBitmap(argument: _arraylab_v1_CopyBitmapRequest, callback: grpc.requestCallback<_arraylab_v1_CopyBitmapResponse__Output>): grpc.ClientUnaryCall;
   
   ListCopies(argument: _arraylab_v1_ListCopiesRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_ListCopiesResponse__Output>): grpc.ClientUnaryCall;
   ListCopies(argument: _arraylab_v1_ListCopiesRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_ListCopiesResponse__Output>): grpc.ClientUnaryCall;
@@ -265,6 +284,12 @@ export interface CopyServiceHandlers extends grpc.UntypedServiceImplementation {
   
   GetCopy: grpc.handleUnaryCall<_arraylab_v1_CopyId__Output, _arraylab_v1_CopySession>;
   
+  /**
+   * The session's bitmap as a picture: one letter per cell of units (see CopyBitmap).
+   * FAILED_PRECONDITION for the remote end of a REC/ROPC pair (ask the source array).
+   */
+  GetCopyBitmap: grpc.handleUnaryCall<_arraylab_v1_CopyBitmapRequest__Output, _arraylab_v1_CopyBitmapResponse>;
+  
   ListCopies: grpc.handleUnaryCall<_arraylab_v1_ListCopiesRequest__Output, _arraylab_v1_ListCopiesResponse>;
   
   /**
@@ -343,6 +368,7 @@ export interface CopyServiceHandlers extends grpc.UntypedServiceImplementation {
 export interface CopyServiceDefinition extends grpc.ServiceDefinition {
   CancelCopy: MethodDefinition<_arraylab_v1_CancelCopyRequest, _arraylab_v1_CancelCopyResponse, _arraylab_v1_CancelCopyRequest__Output, _arraylab_v1_CancelCopyResponse__Output>
   GetCopy: MethodDefinition<_arraylab_v1_CopyId, _arraylab_v1_CopySession, _arraylab_v1_CopyId__Output, _arraylab_v1_CopySession__Output>
+  GetCopyBitmap: MethodDefinition<_arraylab_v1_CopyBitmapRequest, _arraylab_v1_CopyBitmapResponse, _arraylab_v1_CopyBitmapRequest__Output, _arraylab_v1_CopyBitmapResponse__Output>
   ListCopies: MethodDefinition<_arraylab_v1_ListCopiesRequest, _arraylab_v1_ListCopiesResponse, _arraylab_v1_ListCopiesRequest__Output, _arraylab_v1_ListCopiesResponse__Output>
   RestoreFromClone: MethodDefinition<_arraylab_v1_RestoreFromCloneRequest, _arraylab_v1_CopySession, _arraylab_v1_RestoreFromCloneRequest__Output, _arraylab_v1_CopySession__Output>
   ResumeCopy: MethodDefinition<_arraylab_v1_ResumeCopyRequest, _arraylab_v1_CopySession, _arraylab_v1_ResumeCopyRequest__Output, _arraylab_v1_CopySession__Output>
