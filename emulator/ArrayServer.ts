@@ -183,9 +183,9 @@ export class ArrayServer {
 
       const iscsi = config.listen.iscsi ? await this.startIscsi(config.listen.iscsi) : null;
 
-      // The event stream, only with api.events: on (opt-in).
+      // The event stream: on unless api.events: off (EventLog keeps a bounded ring).
       let events: EventLog | undefined;
-      if (config.api.events) {
+      if (config.api.events !== false) {
         events = new EventLog();
         this.storage.attachEvents(events);
         if (this.tapeLibrary) this.tapeLibrary.events = events; // tape

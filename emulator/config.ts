@@ -49,7 +49,7 @@ export interface ApiConfig {
   auth: boolean;
   /** Absolute PEM paths; with ca, client certificates are required and verified (mutual TLS). */
   tls?: { cert: string; key: string; ca?: string };
-  /** The event stream (EventService, arraylab events): kept in memory only when on. */
+  /** The event stream (EventService, arraylab events), a bounded ring in memory: on unless false (api.events: off). */
   events?: boolean;
 }
 
@@ -471,6 +471,8 @@ export interface ConfigOverrides {
   /** --metrics HOST:PORT, or off: no metrics listener even if the config has one. */
   metrics?: string;
   metricsPerVolume?: 'on' | 'off';
+  /** --events on|off: the event stream, over api.events. */
+  events?: 'on' | 'off';
 }
 
 /** Applies CLI flags; flag errors name the flag. Relative --data-dir is relative to the working directory. */
@@ -520,6 +522,7 @@ function applyMetricsOverrides(out: ArraylabConfig, o: ConfigOverrides, flagAddr
 function apiOverrides(api: ApiConfig, o: ConfigOverrides): ApiConfig {
   const out: ApiConfig = { ...api };
   if (o.apiAuth !== undefined) out.auth = o.apiAuth === 'on';
+  if (o.events !== undefined) out.events = o.events === 'on';
   if ((o.apiTlsCert === undefined) !== (o.apiTlsKey === undefined)) {
     throw new ConfigError('--api-tls-cert and --api-tls-key go together: give the PEM certificate and its key');
   }

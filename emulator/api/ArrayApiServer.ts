@@ -111,7 +111,7 @@ export interface ArrayApiServerOptions {
   access?: { control: AccessControl; dir: ScopeDirectory; keys: OwnershipKeys; onCallEnded?: (path: string, code: string) => void };
   /** TLS for the API (PEM); with ca, client certificates are verified and may name users. */
   tls?: { cert: Buffer; key: Buffer; ca?: Buffer };
-  /** The event stream (api.events: on). Absent: EventService answers FAILED_PRECONDITION. */
+  /** The event stream (unless api.events: off). Absent: EventService answers FAILED_PRECONDITION. */
   events?: EventLog;
 }
 

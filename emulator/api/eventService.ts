@@ -12,7 +12,7 @@ import { Scope, type ScopeDirectory } from '../auth/tenantScope.js';
 import type { ArrayEvent, EventFilter, EventLog } from '../events/EventLog.js';
 import { matches } from '../events/EventLog.js';
 
-export const EVENTS_OFF = 'the event stream is off on this array; start it with api.events: on in the config';
+export const EVENTS_OFF = 'the event stream is off on this array (api.events: off); turn it on with api.events: on in the config, or serve --events on';
 
 export interface EventServiceDeps {
   unary: <Req, Res>(method: string, fn: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Res | Promise<Res>) => grpc.handleUnaryCall<Req, Res>;

@@ -87,7 +87,7 @@ export async function run(argv: string[]): Promise<number> {
     )
     .command(
       'events',
-      'the event stream (api.events: on): volumes, clients, copy sessions, hosts, tape, faults; --follow for new ones',
+      'the event stream (unless api.events: off): volumes, clients, copy sessions, hosts, tape, faults; --follow for new ones',
       (y) => eventsOptions(y),
       (a) => eventsCommand(a),
     )

@@ -29,6 +29,7 @@ export interface ServeArgs {
   'log-level'?: string | undefined;
   metrics?: string | undefined;
   'metrics-per-volume'?: 'on' | 'off' | undefined;
+  events?: 'on' | 'off' | undefined;
   json: boolean;
 }
 
@@ -51,6 +52,7 @@ export async function serve(a: ServeArgs): Promise<number> {
       ...(last(a['api-tls-ca']) !== undefined ? { apiTlsCa: last(a['api-tls-ca'])! } : {}),
       ...(last(a.metrics) !== undefined ? { metrics: last(a.metrics)! } : {}),
       ...(a['metrics-per-volume'] !== undefined ? { metricsPerVolume: a['metrics-per-volume'] } : {}),
+      ...(a.events !== undefined ? { events: a.events } : {}),
       memory: a.memory,
     });
   } catch (err) {

@@ -2,7 +2,8 @@
  * The array's event stream: what happened to volumes, clients, copy sessions, hosts, tape and
  * faults, in order, with a sequence number. A bounded in-memory ring, so a late subscriber (the
  * CLI, a dashboard) gets the recent history and memory stays fixed however long the array runs.
- * Off unless api.events is on: the array calls add() only when it was given a log.
+ * On unless api.events is off (or serve --events off): the array calls add() only when it was
+ * given a log.
  */
 
 /** What an event is about; a tenant's user sees only events about its own objects. */

@@ -1,7 +1,8 @@
 /**
- * The event stream (api.events: on): volume, copy and host events in order with their
- * sequence numbers, the history a late subscriber gets, the bounded ring, each tenant's view,
- * and the stream being off (FAILED_PRECONDITION) unless the config turns it on.
+ * The event stream (on unless api.events: off): volume, copy and host events in order with
+ * their sequence numbers, the history a late subscriber gets, the bounded ring, each tenant's
+ * view, on by default, and off (FAILED_PRECONDITION naming api.events) with api.events: off or
+ * serve --events off.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,16 +11,17 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ArrayServer } from '../../../emulator/ArrayServer.js';
 import { readAdminToken } from '../../../emulator/auth/adminCredential.js';
-import { parseConfig } from '../../../emulator/config.js';
+import { applyOverrides, type ConfigOverrides, parseConfig } from '../../../emulator/config.js';
 import { EventLog } from '../../../emulator/events/EventLog.js';
 import { ArrayClient } from '../../../proto/ArrayClient.js';
 import type { ArrayEventView } from '../../../proto/wire/eventWire.js';
 
 const MiB = 2 ** 20;
 
-async function startArray(extra: string): Promise<{ server: ArrayServer; dataDir: string; api: string; admin: ArrayClient }> {
+/** flags: what serve's flags would change (serve --events on|off). */
+async function startArray(extra: string, flags: ConfigOverrides = {}): Promise<{ server: ArrayServer; dataDir: string; api: string; admin: ArrayClient }> {
   const dataDir = mkdtempSync(join(tmpdir(), 'arraylab-events-'));
-  const config = parseConfig(`dataDir: ${dataDir}\nlisten: {nbd: "127.0.0.1:0", api: "127.0.0.1:0"}\n${extra}`, 'test', '/tmp');
+  const config = applyOverrides(parseConfig(`dataDir: ${dataDir}\nlisten: {nbd: "127.0.0.1:0", api: "127.0.0.1:0"}\n${extra}`, 'test', '/tmp'), flags);
   const server = new ArrayServer(config, pino({ level: 'silent' }), { noCredentialLink: true });
   const api = `127.0.0.1:${(await server.start()).api.port}`;
   return { server, dataDir, api, admin: new ArrayClient(api, { token: readAdminToken(dataDir) }) };
@@ -151,21 +153,46 @@ describe('the event stream, on', () => {
   });
 });
 
-describe('the event stream, off (the default)', () => {
-  let a: Awaited<ReturnType<typeof startArray>>;
-  beforeAll(async () => {
-    a = await startArray('');
-  });
+describe('the event stream, by default and off', () => {
+  const started: Array<Awaited<ReturnType<typeof startArray>>> = [];
+  const start = async (extra: string, flags: ConfigOverrides = {}) => {
+    const a = await startArray(extra, flags);
+    started.push(a);
+    return a;
+  };
   afterAll(async () => {
-    a?.admin.close();
-    await a?.server.stop();
-    if (a) rmSync(a.dataDir, { recursive: true, force: true });
+    for (const a of started) {
+      a.admin.close();
+      await a.server.stop();
+      rmSync(a.dataDir, { recursive: true, force: true });
+    }
   });
 
-  it('answers FAILED_PRECONDITION naming the config key', async () => {
-    await expect(a.admin.listEvents()).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', message: expect.stringMatching(/api\.events: on/) });
-    await expect(a.admin.watchEvents({ follow: true }, () => undefined).done).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
+  it('is on when the config does not mention api.events', async () => {
+    const a = await start('');
+    await a.admin.createVolume({ name: 'dflt', sizeBytes: MiB });
+    const events = await a.admin.listEvents();
+    expect(events.map((e) => [e.kind, e.subject.name])).toContainEqual(['volume.created', 'dflt']);
   });
+
+  it('serve --events on turns it on over api.events: off', async () => {
+    const a = await start('api: {events: off}\n', { events: 'on' });
+    await a.admin.createVolume({ name: 'flag', sizeBytes: MiB });
+    expect((await a.admin.listEvents()).map((e) => e.kind)).toContain('volume.created');
+  });
+
+  for (const [how, extra, flags] of [
+    ['api.events: off', 'api: {events: off}\n', {}],
+    ['serve --events off', '', { events: 'off' }],
+  ] as const) {
+    it(`${how}: nothing is kept; the calls answer FAILED_PRECONDITION naming api.events and the fix`, async () => {
+      const a = await start(extra, flags);
+      await a.admin.createVolume({ name: 'quiet', sizeBytes: MiB });
+      const off = { code: 'FAILED_PRECONDITION', message: expect.stringMatching(/api\.events: off.*api\.events: on.*serve --events on/) };
+      await expect(a.admin.listEvents()).rejects.toMatchObject(off);
+      await expect(a.admin.watchEvents({ follow: true }, () => undefined).done).rejects.toMatchObject(off);
+    });
+  }
 });
 
 describe('EventLog', () => {
