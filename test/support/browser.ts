@@ -81,7 +81,17 @@ export async function openPage(browser: Browser | BrowserContext, url: string): 
   });
   page.on('response', (res) => {
     const path = new URL(res.url()).pathname;
-    if (path.startsWith('/api/') && res.status() >= 400) log.failedApi.push(`${res.request().method()} ${path} ${res.status()}`);
+    if (!path.startsWith('/api/') || res.status() < 400) return;
+    const call = `${res.request().method()} ${path} ${res.status()}`;
+    log.failedApi.push(call);
+    // The dashboard answers errors as {error}: keep the reason for the failure message.
+    res
+      .text()
+      .then((body) => {
+        const i = log.failedApi.indexOf(call);
+        if (i >= 0) log.failedApi[i] = `${call} ${body.slice(0, 300)}`;
+      })
+      .catch(() => undefined);
   });
   page.on('dialog', (d) => void d.accept()); // a confirm() before an action: the user says yes
   await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 30_000 });
@@ -113,8 +123,13 @@ export const tid = (id: string, more = ''): string => `[data-testid="${id}"]${mo
 /** What the page shows now, for failure messages: URL, the start of its text, its logged errors. */
 export async function describePage(page: Page): Promise<string> {
   let text: string;
+  let alerts: string[] = [];
   try {
     text = String(await page.evaluate('document.body ? document.body.innerText : "(no body)"'));
+    // Toasts and alerts sit at the end of the text, past what fits in a message: show them first.
+    alerts = (await page.evaluate(
+      `[...document.querySelectorAll('[role="alert"], [data-testid="toast"]')].filter((e) => e.checkVisibility()).map((e) => e.innerText.trim())`,
+    )) as string[];
   } catch (err) {
     text = `(cannot read the page: ${(err as Error).message})`;
   }
@@ -122,6 +137,7 @@ export async function describePage(page: Page): Promise<string> {
   const log = logs.get(page);
   return [
     `url: ${page.url()}`,
+    ...(alerts.length ? [`alerts shown: ${alerts.join(' | ')}`] : []),
     `text: ${squeezed.length > 600 ? `${squeezed.slice(0, 600)}…` : squeezed || '(empty)'}`,
     ...(log?.errors.length ? [`page errors: ${log.errors.slice(-5).join(' | ')}`] : []),
     ...(log?.failedApi.length ? [`failed API calls: ${log.failedApi.slice(-5).join(', ')}`] : []),
