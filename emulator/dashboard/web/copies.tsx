@@ -17,12 +17,12 @@ function Session(props: { s: CopySessionView }) {
     <article class="card session" data-testid="copy-session" data-session={s.id} data-state={s.state}>
       <header class="session-head">
         <h2>
-          <span class="muted">#{s.id}</span> {COPY_TYPE_NAMES[s.type] ?? s.type}
+          {COPY_TYPE_NAMES[s.type] ?? s.type} {s.source} → {s.destination}
         </h2>
-        <span class="route">
-          <strong>{s.source}</strong> → <strong>{s.destination}</strong>
-        </span>
         <StateBadge state={s.state} />
+        <span class="muted small mono" title="session id">
+          {s.id}
+        </span>
         {s.group ? <span class="tag">group {s.group}</span> : null}
         {s.reversed ? <span class="tag">reversed</span> : null}
         {s.generationCount > 0 ? (

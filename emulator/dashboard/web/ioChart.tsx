@@ -66,6 +66,11 @@ function data(volume: string): uPlot.AlignedData {
 
 const HEIGHT = 160;
 
+function xRange(min: number | null, max: number | null): uPlot.Range.MinMax {
+  const hi = max ?? Date.now() / 1000;
+  return [Math.min(min ?? hi, hi - 60), hi];
+}
+
 /** version: bumped by the caller when new samples came in, to redraw. */
 export function IoChart(props: { volume: string; version: number }) {
   const box = useRef<HTMLDivElement>(null);
@@ -80,9 +85,10 @@ export function IoChart(props: { volume: string; version: number }) {
     const opts: uPlot.Options = {
       width: Math.max(200, el.clientWidth),
       height: HEIGHT,
-      legend: { show: true },
+      legend: { show: true, live: false },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(1024, max * 1.1)] } },
+      // At least a minute across, so the first samples do not fill the width with sub-second ticks.
+      scales: { x: { time: true, range: (_u, min, max) => xRange(min, max) }, y: { range: (_u, _min, max) => [0, Math.max(1024, max * 1.1)] } },
       axes: [axis, { ...axis, size: 90, values: (_u, vals) => vals.map((v) => rate(v)) }],
       series: [
         {},

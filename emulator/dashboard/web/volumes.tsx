@@ -3,7 +3,9 @@ import { useEffect, useState } from 'preact/hooks';
 import { Bar, Empty, Page, useData } from './common.js';
 import { bytes, percent, time } from './format.js';
 import { IoChart, keepOnly, recordIo } from './ioChart.js';
-import type { HostView, VolumesPage as VolumesData, VolumeWithIo } from './types.js';
+import type { HostView, VolumeIoCounts, VolumesPage as VolumesData, VolumeWithIo } from './types.js';
+
+const ZERO_IO: VolumeIoCounts = { readOps: 0, readBytes: 0, writeOps: 0, writeBytes: 0, flushOps: 0, trimOps: 0, trimBytes: 0, errors: 0 };
 
 function mappings(hosts: HostView[], volume: string): Array<{ host: string; lun: number }> {
   const out: Array<{ host: string; lun: number }> = [];
@@ -11,7 +13,7 @@ function mappings(hosts: HostView[], volume: string): Array<{ host: string; lun:
   return out;
 }
 
-function Volume(props: { v: VolumeWithIo; hosts: HostView[]; version: number }) {
+function Volume(props: { v: VolumeWithIo; hosts: HostView[]; version: number; metricsOn: boolean }) {
   const { v } = props;
   const maps = mappings(props.hosts, v.name);
   const limit = v.allocLimitBytes;
@@ -65,7 +67,11 @@ function Volume(props: { v: VolumeWithIo; hosts: HostView[]; version: number }) 
           </dl>
         </div>
         <div class="volume-chart">
-          {v.io ? <IoChart volume={v.name} version={props.version} /> : <Empty>No I/O figures: the array serves them with metrics on (serve --metrics).</Empty>}
+          {props.metricsOn ? (
+            <IoChart volume={v.name} version={props.version} />
+          ) : (
+            <Empty>No I/O figures: the array serves them with metrics on (serve --metrics).</Empty>
+          )}
         </div>
       </div>
     </article>
@@ -79,12 +85,15 @@ export function VolumesPage() {
     if (!data) return;
     const now = Date.now();
     let changed = false;
-    for (const v of data.volumes) if (v.io && recordIo(v.name, v.io, now)) changed = true;
+    // With metrics on, a volume no host has touched yet has no counters: it is at zero.
+    const metricsOn = data.volumes.some((v) => v.io !== undefined);
+    for (const v of data.volumes) if (metricsOn && recordIo(v.name, v.io ?? ZERO_IO, now)) changed = true;
     keepOnly(data.volumes.map((v) => v.name));
     if (changed) setVersion((n) => n + 1);
   }, [data]);
   if (!data) return <Page id="volumes" title="Volumes" error={error} loading={!error} children={null} />;
   const total = data.volumes.reduce((n, v) => n + v.sizeBytes, 0);
+  const metricsOn = data.volumes.some((v) => v.io !== undefined);
   const allocated = data.volumes.reduce((n, v) => n + v.allocatedBytes, 0);
   return (
     <Page id="volumes" title="Volumes" error={error}>
@@ -95,7 +104,7 @@ export function VolumesPage() {
       {data.volumes.length === 0 ? (
         <Empty>No volumes yet. Create one with: arraylab volume create NAME --size 1G</Empty>
       ) : (
-        data.volumes.map((v) => <Volume key={v.name} v={v} hosts={data.hosts} version={version} />)
+        data.volumes.map((v) => <Volume key={v.name} v={v} hosts={data.hosts} version={version} metricsOn={metricsOn} />)
       )}
     </Page>
   );
