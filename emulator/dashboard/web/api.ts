@@ -63,8 +63,11 @@ export interface RequestOptions {
 
 export async function api<T>(path: string, opts: RequestOptions = {}): Promise<T> {
   const init: RequestInit = { method: opts.method ?? 'GET', credentials: 'same-origin', headers: { accept: 'application/json' } };
-  if (opts.body !== undefined) {
-    init.body = JSON.stringify(opts.body);
+  // Every change carries a JSON body ({} when there is nothing to say): the server takes only
+  // application/json for POST and DELETE, which a cross-site form cannot send.
+  const body = opts.body ?? (init.method === 'GET' ? undefined : {});
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
     init.headers = { accept: 'application/json', 'content-type': 'application/json' };
   }
   let res: Response;

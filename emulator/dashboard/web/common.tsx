@@ -26,6 +26,9 @@ export function useData<T>(path: string, opts: { live?: boolean } = {}): Data<T>
   const [error, setError] = useState('');
   const [again, setAgain] = useState(0);
   const inFlight = useRef(false);
+  // A refresh or reload that came while a fetch was under way: fetch once more when it ends, so
+  // what the user just did (a fault removed) shows without waiting for the next tick.
+  const missed = useRef(false);
   const alive = useRef(true);
   useEffect(() => {
     alive.current = true;
@@ -34,7 +37,10 @@ export function useData<T>(path: string, opts: { live?: boolean } = {}): Data<T>
     };
   }, []);
   useEffect(() => {
-    if (inFlight.current) return;
+    if (inFlight.current) {
+      missed.current = true;
+      return;
+    }
     inFlight.current = true;
     api<T>(path)
       .then((d) => {
@@ -47,6 +53,10 @@ export function useData<T>(path: string, opts: { live?: boolean } = {}): Data<T>
       })
       .finally(() => {
         inFlight.current = false;
+        if (missed.current && alive.current) {
+          missed.current = false;
+          setAgain((n) => n + 1);
+        }
       });
   }, [path, refresh, again]);
   const reload = useCallback(() => setAgain((n) => n + 1), []);

@@ -162,6 +162,11 @@ function AddForm(props: { can: boolean; title: string | undefined; onAdded: () =
   return (
     <form class="card fault-form" onSubmit={submit}>
       <h2>Add a fault</h2>
+      {props.can ? null : (
+        <p class="notice" data-testid="fault-denied">
+          You can watch faults here; adding and removing them {props.title}.
+        </p>
+      )}
       <div class="form-grid">
         <label>
           Kind
