@@ -33,6 +33,7 @@ import { isLoopback } from './api/ArrayApiServer.js';
 import { EventLog } from './events/EventLog.js';
 import { ArrayMetrics } from './metrics/ArrayMetrics.js';
 import { MetricsServer } from './metrics/MetricsServer.js';
+import { VolumeIoStats } from './metrics/VolumeIo.js';
 
 export interface ServerAddresses {
   nbd: HostPort;
@@ -82,8 +83,10 @@ export class ArrayServer {
   private iscsiTargetName = '';
   private offHostChanges?: () => void;
   private api?: ArrayApiServer;
-  /** Prometheus metrics, only with listen.metrics (opt-in). */
+  /** Prometheus metrics, only with listen.metrics. */
   private metrics?: ArrayMetrics;
+  /** Host I/O counters per volume and latencies; present whenever metrics are on (listen.metrics). */
+  readonly volumeIo: VolumeIoStats | undefined;
   private metricsServer?: MetricsServer;
   /** tape: the tape library, and its temp directory for the memory backend (removed at stop). */
   private tapeLibrary?: TapeLibrary;
@@ -104,6 +107,7 @@ export class ArrayServer {
     this.config = config;
     this.log = logger;
     this.opts = opts;
+    this.volumeIo = config.listen.metrics ? new VolumeIoStats() : undefined;
   }
 
   /** The iSCSI target's name (IQN) once started with iSCSI; empty otherwise. */
@@ -191,6 +195,8 @@ export class ArrayServer {
         if (this.tapeLibrary) this.tapeLibrary.events = events; // tape
       }
       if (config.listen.metrics) this.metrics = this.makeMetrics();
+      this.storage.io = this.volumeIo;
+      const arrayMetrics = this.metrics;
       const access = config.api.auth ? this.startAccess() : undefined;
       if (!config.api.auth) this.log.warn('control API authentication is off (api.auth: off): every local user may do anything');
       this.api = new ArrayApiServer({
@@ -207,6 +213,7 @@ export class ArrayServer {
         remote: this.storage, // RemoteService, RemoteCopyService (REC)
         status: () => this.serverStatus(),
         logger: this.log,
+        ...(arrayMetrics ? { onCallEnded: (path: string, code: string) => arrayMetrics.apiCallEnded(path, code) } : {}),
       });
       const api = await this.api.listen(config.listen.api);
       if (this.tokenFile && !this.opts.noCredentialLink) this.credentialLinks = linkCredential(api, this.tokenFile, this.log);
@@ -231,6 +238,8 @@ export class ArrayServer {
       copies: () => storage.listCopies(),
       cartridges: () => this.tapeLibrary?.list() ?? [],
       faults: () => storage.faults.list(),
+      faultInjections: () => storage.faults.injections(),
+      ...(this.volumeIo ? { io: this.volumeIo } : {}),
       perVolume: this.config.metrics?.perVolume ?? true,
     });
   }
@@ -274,10 +283,8 @@ export class ArrayServer {
         return undefined;
       }
     };
-    const metrics = this.metrics;
     return {
       control,
-      ...(metrics ? { onCallEnded: (path: string, code: string) => metrics.apiCallEnded(path, code) } : {}),
       dir: {
         volumeUuid: (name: string) => volume(name)?.uuid,
         volumeSize: (name: string) => volume(name)?.sizeBytes,

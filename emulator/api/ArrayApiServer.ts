@@ -9,7 +9,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { ArrayError, type ConnectionInfo, type CreateVolumeRequest, type LogicalBlockSize, type RenameVolumeOptions, type VolumeInfo } from '../array/types.js';
-import { DEFAULT_API_ADDRESS, formatHostPort, type HostPort } from '../../proto/util/address.js';
+import { DEFAULT_API_ADDRESS, formatHostPort, type HostPort, isLoopbackHost } from '../../proto/util/address.js';
 import type { ArrayStatus, ExportInfo, WriteCacheMode } from '../../proto/views.js';
 import type { CopyEvent, SessionInfo } from '../copy/CopySession.js';
 import type { SessionBitmap } from '../copy/sessionBitmap.js';
@@ -31,7 +31,7 @@ import {
 import type { EventLog } from '../events/EventLog.js';
 import { eventHandlers, stampTenants } from './eventService.js';
 import type { AccessControl } from '../auth/AccessControl.js';
-import { apiGuard, principalOf } from '../auth/ApiGuard.js';
+import { apiGuard, callCounter, principalOf } from '../auth/ApiGuard.js';
 import { Scope, type ScopeDirectory } from '../auth/tenantScope.js';
 import { accessHandlers, type OwnershipKeys } from './accessService.js';
 import type { FaultEngine } from '../fault/FaultEngine.js';
@@ -108,7 +108,9 @@ export interface ArrayApiServerOptions {
    * tenant and audited, and AccessService is served. Absent: anyone may call anything (tests
    * of the services themselves, and api.auth: off on a loopback address).
    */
-  access?: { control: AccessControl; dir: ScopeDirectory; keys: OwnershipKeys; onCallEnded?: (path: string, code: string) => void };
+  access?: { control: AccessControl; dir: ScopeDirectory; keys: OwnershipKeys };
+  /** Told each call's method path and gRPC status name as it ends (the metrics), with or without access control. */
+  onCallEnded?: (path: string, code: string) => void;
   /** TLS for the API (PEM); with ca, client certificates are verified and may name users. */
   tls?: { cert: Buffer; key: Buffer; ca?: Buffer };
   /** The event stream (unless api.events: off). Absent: EventService answers FAILED_PRECONDITION. */
@@ -146,9 +148,10 @@ export class ArrayApiServer {
         dir: opts.access.dir,
         log: this.log,
         clientCertificates: opts.tls?.ca !== undefined,
-        ...(opts.access.onCallEnded ? { onCallEnded: opts.access.onCallEnded } : {}),
+        ...(opts.onCallEnded ? { onCallEnded: opts.onCallEnded } : {}),
       });
-    this.server = new grpc.Server(guard ? { interceptors: [guard] } : {});
+    const counter = guard === undefined && opts.onCallEnded ? callCounter(opts.onCallEnded) : undefined;
+    this.server = new grpc.Server(guard ? { interceptors: [guard] } : counter ? { interceptors: [counter] } : {});
     if (opts.access) {
       addService(
         this.server,
@@ -558,5 +561,5 @@ function elapsedMs(started: bigint): number {
 
 /** Loopback addresses: only this machine reaches them. */
 export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+  return isLoopbackHost(host);
 }

@@ -56,6 +56,7 @@ import { CopyEngine, type OverwriteCheck, type StartOptions } from '../copy/Copy
 import { COPY_TYPE_NAMES, CopyError, type CopyEvent, type CopyType, isRemoteVolume, REC_MODES, type RecMode, type SessionInfo } from '../copy/CopySession.js';
 import type { RemoteEndState } from '../copy/SessionBase.js';
 import type { SessionBitmap } from '../copy/sessionBitmap.js';
+import type { VolumeIoStats } from '../metrics/VolumeIo.js';
 import { RemoteArrays } from '../remote/RemoteArrays.js';
 import { CycleStage } from '../remote/CycleStage.js';
 import { type OpenRemoteEndParams, type RemoteEndStateParams, REPLICA_EXPORT_PREFIX, ReplicaDevice, recOptions, replicaHandle } from '../remote/replica.js';
@@ -139,6 +140,8 @@ export class StorageArray implements ExportProvider {
   readonly hosts: HostAffinity;
   /** The event stream, once attachEvents() was called (api.events: on); nothing is recorded without it. */
   private events: EventLog | undefined = undefined;
+  /** Host I/O counters and latencies (the metrics, when on); each open's device counts into them. */
+  io: VolumeIoStats | undefined = undefined;
   /** A copy session's volumes, kept while it lives so its last events still name them. */
   private readonly sessionVolumes = new Map<string, string[]>();
   /** Persistent reservations that survive restarts (APTPL), for the iSCSI target. */
@@ -880,7 +883,8 @@ export class StorageArray implements ExportProvider {
         'iSCSI session sees a volume hosts may not use yet: its I/O gets NOT READY',
       );
     }
-    const handle = v.open(client);
+    const io = this.io;
+    const handle = v.open(client, io === undefined ? undefined : (device) => io.counted(name, client.protocol, device));
     this.log.info(
       { volume: name, protocol: client.protocol, connectionId: client.connectionId, remoteAddress: client.remoteAddress, readOnly: handle.readOnly },
       'client opened volume',
@@ -1135,6 +1139,7 @@ export class StorageArray implements ExportProvider {
           this.volumes.delete(oldName);
           this.volumes.set(newName, v);
           v.renamed(record);
+          this.io?.renamed(oldName, newName);
           v.faults = this.faults.pointFor(newName); // faults name volumes: they stay with the old name
           renamed = true;
         }),
@@ -1184,6 +1189,7 @@ export class StorageArray implements ExportProvider {
     v.deleting = true; // for holders of the Volume object: it is gone
     this.volumes.delete(name);
     this.byUuid.delete(v.record.uuid);
+    this.io?.forget(name);
     if (mappings.length > 0) this.log.info({ volume: name, mappings }, 'unmapped the deleted volume from its hosts');
     this.hosts.volumesChanged();
     try {

@@ -117,8 +117,11 @@ export class VolumeHandle implements ExportHandle {
     private readonly volume: Volume,
     readonly client: ClientInfo,
     private readonly fixedReadOnly: boolean,
+    /** Layers the open's device (the metrics' I/O counting); applied once, here. */
+    wrap?: (device: BlockDevice) => BlockDevice,
   ) {
-    this.device = new VolumeDevice(volume, fixedReadOnly, { client, connection: this });
+    const device = new VolumeDevice(volume, fixedReadOnly, { client, connection: this });
+    this.device = wrap === undefined ? device : wrap(device);
   }
 
   /** By policy or the client's choice, or for now (a layer makes the volume read-only). */
@@ -268,10 +271,10 @@ export class Volume {
     }
   }
 
-  /** Opens the volume for one client. */
-  open(client: ClientInfo): VolumeHandle {
+  /** Opens the volume for one client; `wrap` layers its device (I/O counting). */
+  open(client: ClientInfo, wrap?: (device: BlockDevice) => BlockDevice): VolumeHandle {
     const readOnly = this.record.readOnly || client.readOnly;
-    const handle = new VolumeHandle(this, client, readOnly);
+    const handle = new VolumeHandle(this, client, readOnly, wrap);
     this.handles.add(handle);
     return handle;
   }

@@ -83,6 +83,20 @@ export function describeTarget(req: unknown): string {
   return text.length > 300 ? `${text.slice(0, 297)}...` : text;
 }
 
+/**
+ * With api.auth off there is no guard: this interceptor only tells `onCallEnded` each call's
+ * path and status as it ends, so arraylab_api_calls_total counts then too.
+ */
+export function callCounter(onCallEnded: (path: string, code: string) => void): grpc.ServerInterceptor {
+  return (method, call) =>
+    new grpc.ServerInterceptingCall(call, {
+      sendStatus: (status, next) => {
+        onCallEnded(method.path, grpc.status[status.code] ?? String(status.code));
+        next(status);
+      },
+    });
+}
+
 export function apiGuard(o: ApiGuardOptions): grpc.ServerInterceptor {
   const throttle = o.throttle ?? new AuthThrottle();
   const log = o.log.child({ component: 'access' });

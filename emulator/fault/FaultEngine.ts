@@ -122,6 +122,8 @@ export class FaultEngine implements LinkFaultHook {
   private readonly historySize: number;
   private readonly listeners = new Set<(e: FaultEvent) => void>();
   private seq = 0;
+  /** Injections by fault kind since the array started (the metrics' arraylab_fault_injections_total). */
+  private readonly injected = new Map<string, number>();
   private nextId = 1;
   private readonly now: () => number;
   private readonly log: Logger | undefined;
@@ -282,6 +284,11 @@ export class FaultEngine implements LinkFaultHook {
   events(since = 0): FaultEvent[] {
     const first = this.history.findIndex((e) => e.seq > since);
     return first < 0 ? [] : this.history.slice(first);
+  }
+
+  /** How many times each fault kind was injected since the array started; kinds never injected are absent. */
+  injections(): ReadonlyMap<string, number> {
+    return this.injected;
   }
 
   /** An event the array reports itself in the same stream (a power cut: faultId "power-cut"). */
@@ -647,6 +654,8 @@ export class FaultEngine implements LinkFaultHook {
     /** The log line, when it is not a fault firing (an event the array notes itself). */
     message?: string,
   ): void {
+    // Every injection passes here, once; a note (message given: a power cut) is not one.
+    if (message === undefined) this.injected.set(kind, (this.injected.get(kind) ?? 0) + 1);
     const e: FaultEvent = { seq: ++this.seq, at: new Date(this.now()).toISOString(), faultId, kind, target, op, ...where, detail };
     this.history.push(e);
     if (this.history.length > this.historySize) this.history.splice(0, this.history.length - this.historySize);

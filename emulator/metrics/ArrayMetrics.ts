@@ -2,16 +2,20 @@
  * The array's Prometheus metrics (README.md in this folder lists every series).
  *
  * Gauges are pulled: each computes its values in collect(), at scrape time, from what the
- * array already lists, so nothing is added to the I/O path. The one counter,
- * arraylab_api_calls_total, is told by the API guard as each call ends (apiCallEnded).
+ * array already lists. The I/O counters and latency histograms are pulled too, from
+ * VolumeIoStats (plain numbers the I/O path adds to), and fault injections from the fault
+ * engine's counts: no prom-client call happens per I/O. arraylab_api_calls_total is told by the
+ * API (its guard, or with api.auth off its call counter) as each call ends (apiCallEnded).
  * A private registry: nothing global, so two arrays in one process do not mix.
  */
-import { Counter, Gauge, Registry } from 'prom-client';
+import { Counter, Gauge, type Metric, Registry } from 'prom-client';
 import type { CopyState, SessionInfo } from '../copy/CopySession.js';
 import type { ConnectionInfo } from '../array/types.js';
 import type { VolumeInfo } from '../../proto/views.js';
 import type { CartridgeView } from '../../proto/views.js';
 import { METHOD_PERMISSIONS } from '../auth/permissions.js';
+import { FAULT_KINDS } from '../fault/kinds.js';
+import { IO_OPERATIONS, IO_PROTOCOLS, LATENCY_BUCKETS, type VolumeIoCounts, type VolumeIoStats } from './VolumeIo.js';
 
 /** Every copy state, so that each session has one 0/1 series per state (not a numeric enum). */
 export const COPY_STATES = ['copying', 'equivalent', 'suspended', 'tracking', 'snap', 'split', 'error-suspended', 'halt'] as const;
@@ -29,6 +33,10 @@ export interface MetricsSources {
   copies(): SessionInfo[];
   cartridges(): CartridgeView[];
   faults(): unknown[];
+  /** Injections so far by fault kind (FaultEngine.injections). */
+  faultInjections?(): ReadonlyMap<string, number>;
+  /** Host I/O counters and latencies; absent: no I/O series (unit tests of the gauges). */
+  io?: VolumeIoStats;
   /** Per-volume series (size, allocation, clients per export); off for thousands of volumes. */
   perVolume: boolean;
   now?: () => number;
@@ -90,6 +98,28 @@ export class ArrayMetrics {
           for (const v of volumes) this.set({ volume: v.name }, v.sizeBytes);
         },
       });
+      const io = src.io;
+      if (io !== undefined) {
+        const ioCounter = (name: string, help: string, field: keyof VolumeIoCounts) =>
+          new Counter({
+            name,
+            help,
+            labelNames: ['volume'],
+            registers: reg,
+            collect() {
+              this.reset(); // a deleted volume's series goes
+              for (const v of volumes) this.inc({ volume: v.name }, io.live(v.name)?.[field] ?? 0);
+            },
+          });
+        ioCounter('arraylab_volume_read_ops_total', 'Host reads completed (NBD and iSCSI).', 'readOps');
+        ioCounter('arraylab_volume_read_bytes_total', 'Bytes read by hosts.', 'readBytes');
+        ioCounter('arraylab_volume_write_ops_total', 'Host writes completed, write-zeroes included.', 'writeOps');
+        ioCounter('arraylab_volume_write_bytes_total', 'Bytes written by hosts, write-zeroes included.', 'writeBytes');
+        ioCounter('arraylab_volume_flush_ops_total', 'Host flushes (NBD FLUSH, SCSI SYNCHRONIZE CACHE) completed.', 'flushOps');
+        ioCounter('arraylab_volume_trim_ops_total', 'Host trims (NBD TRIM, SCSI UNMAP) completed.', 'trimOps');
+        ioCounter('arraylab_volume_trim_bytes_total', 'Bytes trimmed by hosts.', 'trimBytes');
+        ioCounter('arraylab_volume_io_errors_total', 'Host operations that failed (faults, reservations, read-only, I/O errors).', 'errors');
+      }
       perVolume('arraylab_volume_allocated_bytes', 'Bytes of the volume that hold data (allocated).', (v) => v.allocatedBytes);
       perVolume(
         'arraylab_volume_alloc_limit_bytes',
@@ -188,16 +218,31 @@ export class ArrayMetrics {
         this.set(src.faults().length);
       },
     });
+    const injections = src.faultInjections;
+    if (injections !== undefined) {
+      new Counter({
+        name: 'arraylab_fault_injections_total',
+        help: 'Times a fault acted (an error returned, a delay, a dropped connection...), by fault kind.',
+        labelNames: ['kind'],
+        registers: reg,
+        collect() {
+          const counts = injections();
+          this.reset();
+          for (const kind of FAULT_KINDS) this.inc({ kind }, counts.get(kind) ?? 0);
+        },
+      });
+    }
+    if (src.io !== undefined) this.registry.registerMetric(latencyHistogram(src.io) as unknown as Metric);
 
     this.apiCalls = new Counter({
       name: 'arraylab_api_calls_total',
-      help: 'Control API calls that passed the access guard, by RPC and gRPC status (not counted while api.auth is off).',
+      help: 'Control API calls by RPC and gRPC status (refusals of the access guard included).',
       labelNames: ['rpc', 'code'],
       registers: reg,
     });
   }
 
-  /** A control API call ended (the guard's onCallEnded); unknown paths share one series. */
+  /** A control API call ended (the API's onCallEnded); unknown paths share one series. */
   apiCallEnded(path: string, code: string): void {
     const rpc = METHOD_PERMISSIONS.has(path) ? path.slice(path.lastIndexOf('/') + 1) : 'unknown';
     this.apiCalls.inc({ rpc, code });
@@ -207,4 +252,42 @@ export class ArrayMetrics {
   async scrape(): Promise<{ contentType: string; body: string }> {
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
+}
+
+/**
+ * arraylab_io_latency_seconds{protocol, operation}: a histogram whose buckets VolumeIoStats
+ * keeps, exposed through prom-client's registry as a metric of our own (prom-client's Histogram
+ * cannot take bucket counts from elsewhere, and observing into it per I/O is what we avoid).
+ * Every protocol and operation is always served, zeros included.
+ */
+function latencyHistogram(io: VolumeIoStats) {
+  const name = 'arraylab_io_latency_seconds';
+  const help = 'Host I/O latency, from the array receiving an operation to its completion, by protocol and operation.';
+  const bounds = LATENCY_BUCKETS.map(String);
+  return {
+    name,
+    help,
+    type: 'histogram',
+    aggregator: 'sum',
+    labelNames: ['protocol', 'operation'],
+    reset(): void {
+      // The counts are the array's, since it started; a registry reset does not clear them.
+    },
+    async get() {
+      const values: Array<{ metricName: string; labels: Record<string, string | number>; value: number }> = [];
+      for (const protocol of IO_PROTOCOLS)
+        for (const operation of IO_OPERATIONS) {
+          const h = io.latency[protocol][operation];
+          let acc = 0;
+          for (let i = 0; i < bounds.length; i++) {
+            acc += h.counts[i]!;
+            values.push({ metricName: `${name}_bucket`, labels: { protocol, operation, le: bounds[i]! }, value: acc });
+          }
+          values.push({ metricName: `${name}_bucket`, labels: { protocol, operation, le: '+Inf' }, value: h.count });
+          values.push({ metricName: `${name}_sum`, labels: { protocol, operation }, value: h.sum });
+          values.push({ metricName: `${name}_count`, labels: { protocol, operation }, value: h.count });
+        }
+      return { name, help, type: 'histogram', aggregator: 'sum', values };
+    },
+  };
 }

@@ -23,3 +23,8 @@ export function parseHostPort(text: string): HostPort {
 export function formatHostPort({ host, port }: HostPort): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
+
+/** A loopback host: localhost, ::1 or 127.x.y.z (only this machine reaches it). */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
