@@ -59,7 +59,9 @@ const tier = (name: 'unit' | 'integration' | 'vm', t: Tier) => ({
     exclude: [...configDefaults.exclude, ...t.exclude],
     maxWorkers: t.maxWorkers,
     sequence: { groupOrder: t.groupOrder },
-    env: { ARRAYLAB_TEST_TIER: name },
+    // ARRAYLAB_METRICS: every serve a test starts has no metrics unless it passes --metrics
+    // (startArraylab: 127.0.0.1:0), so no test takes serve's default 127.0.0.1:9390.
+    env: { ARRAYLAB_TEST_TIER: name, ARRAYLAB_METRICS: 'off' },
   },
 });
 

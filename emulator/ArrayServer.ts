@@ -40,7 +40,7 @@ export interface ServerAddresses {
   api: HostPort;
   /** null when iSCSI is not served (no listen.iscsi). */
   iscsi: HostPort | null;
-  /** The /metrics listener; absent unless listen.metrics or --metrics asks for one. */
+  /** The /metrics listener; absent without listen.metrics, or when a defaulted one found its port busy. */
   metrics?: HostPort;
 }
 
@@ -244,9 +244,21 @@ export class ArrayServer {
     });
   }
 
-  private async startMetrics(addr: HostPort): Promise<HostPort> {
-    this.metricsServer = new MetricsServer(this.metrics!, this.log.child({ component: 'metrics' }));
-    const bound = await listenOrExplain('metrics', addr, '--metrics HOST:PORT or listen.metrics', () => this.metricsServer!.listen(addr));
+  private async startMetrics(addr: HostPort): Promise<HostPort | undefined> {
+    const server = new MetricsServer(this.metrics!, this.log.child({ component: 'metrics' }));
+    let bound: HostPort;
+    try {
+      bound = await listenOrExplain('metrics', addr, '--metrics HOST:PORT or listen.metrics', () => server.listen(addr));
+    } catch (err) {
+      // Nobody asked for the default address: another array (or anything) on it is no reason not to serve.
+      if (this.config.metrics?.listener !== 'default') throw err;
+      this.log.warn(
+        { address: formatHostPort(addr), err: (err as Error).message },
+        `metrics not served: the default address ${formatHostPort(addr)} is busy; pass --metrics HOST:PORT (port 0: any free port) to serve them elsewhere, or --metrics off`,
+      );
+      return undefined;
+    }
+    this.metricsServer = server;
     if (!isLoopback(addr.host))
       this.log.warn(
         { address: formatHostPort(bound) },

@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
-import { formatHostPort, parseHostPort, type HostPort } from '../proto/util/address.js';
+import { formatHostPort, isLoopbackHost, parseHostPort, type HostPort } from '../proto/util/address.js';
 import { checkIscsiName, IscsiNameError } from './array/iscsiNames.js';
 import { CHAP_ALGORITHM_NAMES, chapValueProblem } from './iscsi/chap.js';
 import { VOLUME_NAME_PATTERN, type LogicalBlockSize, type Provisioning, type VolumeSpec as ArrayVolumeSpec } from './array/types.js';
@@ -23,6 +23,8 @@ listen:
   nbd: 127.0.0.1:10809
   iscsi: 127.0.0.1:3260
   api: 127.0.0.1:7390
+  # Prometheus /metrics (unauthenticated: keep it on loopback); off: no metrics.
+  metrics: 127.0.0.1:9390
 # Target name iqn.2026-11.lab.arraylab:array-<array id>; until a host is defined
 # (arraylab host add), every initiator sees every volume.
 iscsi:
@@ -113,11 +115,16 @@ export interface ArraylabConfig {
     /** The iSCSI target's portal; null: no iSCSI. */
     iscsi: HostPort | null;
     api: HostPort;
-    /** The Prometheus /metrics listener; absent: none (opt-in, listen.metrics or --metrics). */
+    /** The Prometheus /metrics listener; absent: none (listen.metrics, --metrics, or serve's loopback default). */
     metrics?: HostPort;
   };
-  /** Present with listen.metrics: whether per-volume series are served (off for thousands of volumes). */
-  metrics?: { perVolume: boolean };
+  /**
+   * Present with listen.metrics: whether per-volume series are served (off for thousands of
+   * volumes). `listener`: 'default' when nobody asked for this address (serve's loopback
+   * default, the built-in config), so a busy port is a warning, not a failed start; 'off' when
+   * the config says listen.metrics: off (serve adds no default then).
+   */
+  metrics?: { perVolume: boolean; listener?: 'default' | 'off' };
   nbd: { tls?: NbdTlsConfig };
   /** The control API: authentication (on unless turned off) and TLS. */
   api: ApiConfig;
@@ -317,8 +324,15 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
     source,
     dataDir,
     backend: backend as 'file' | 'memory',
-    listen: { nbd: nbdAddr!, iscsi: iscsiAddr, api: apiAddr!, ...(metrics ? { metrics: metrics.address } : {}) },
-    ...(metrics ? { metrics: { perVolume: metrics.perVolume } } : {}),
+    listen: { nbd: nbdAddr!, iscsi: iscsiAddr, api: apiAddr!, ...(metrics?.address ? { metrics: metrics.address } : {}) },
+    ...(metrics
+      ? {
+          metrics: {
+            perVolume: metrics.perVolume,
+            ...(metrics.address === undefined ? { listener: 'off' as const } : source === DEFAULT_CONFIG_SOURCE ? { listener: 'default' as const } : {}),
+          },
+        }
+      : {}),
     nbd,
     api,
     iscsi,
@@ -365,10 +379,12 @@ type Fail = (path: string, message: string) => never;
 
 /**
  * listen.metrics: `127.0.0.1:9390`, or `{address: 127.0.0.1:9390, perVolume: off}` to drop the
- * per-volume series; absent or empty: no metrics listener.
+ * per-volume series; `off`: no metrics listener (address undefined); absent or empty: none
+ * either, but serve may add its loopback default.
  */
-function parseMetricsListen(raw: unknown, fail: Fail): { address: HostPort; perVolume: boolean } | undefined {
+function parseMetricsListen(raw: unknown, fail: Fail): { address: HostPort | undefined; perVolume: boolean } | undefined {
   if (raw === undefined || raw === null || raw === '') return undefined;
+  if (raw === 'off' || raw === false) return { address: undefined, perVolume: true };
   let addr: unknown = raw;
   let perVolume = true;
   if (isPlainObject(raw)) {
@@ -377,6 +393,7 @@ function parseMetricsListen(raw: unknown, fail: Fail): { address: HostPort; perV
     const pv = raw.perVolume ?? true;
     if (pv !== 'on' && pv !== 'off' && typeof pv !== 'boolean') fail('listen.metrics.perVolume', `${show(pv)} is not on or off`);
     perVolume = pv === 'on' || pv === true;
+    if (addr === 'off' || addr === false) return { address: undefined, perVolume };
   }
   if (typeof addr !== 'string' || addr === '')
     return fail('listen.metrics', `${show(addr)} is not an address; use HOST:PORT such as 127.0.0.1:9390, or {address: 127.0.0.1:9390, perVolume: off}`);
@@ -471,6 +488,12 @@ export interface ConfigOverrides {
   /** --metrics HOST:PORT, or off: no metrics listener even if the config has one. */
   metrics?: string;
   metricsPerVolume?: 'on' | 'off';
+  /**
+   * serve's default metrics address (127.0.0.1:9390), used when neither --metrics nor the config
+   * sets listen.metrics and the API is on loopback. Only serve passes it: an ArrayServer built
+   * from a parsed config gets no listener it did not ask for.
+   */
+  metricsDefault?: string;
   /** --events on|off: the event stream, over api.events. */
   events?: 'on' | 'off';
 }
@@ -511,11 +534,16 @@ function applyMetricsOverrides(out: ArraylabConfig, o: ConfigOverrides, flagAddr
       out.listen.metrics = flagAddress('metrics', o.metrics);
       out.metrics = { perVolume: out.metrics?.perVolume ?? true };
     }
+  } else if (o.metricsDefault !== undefined && out.listen.metrics === undefined && out.metrics?.listener !== 'off' && isLoopbackHost(out.listen.api.host)) {
+    out.listen.metrics = parseHostPort(o.metricsDefault);
+    out.metrics = { perVolume: out.metrics?.perVolume ?? true, listener: 'default' };
   }
   if (o.metricsPerVolume !== undefined && o.metrics !== 'off') {
     if (out.listen.metrics === undefined)
-      throw new ConfigError('--metrics-per-volume needs --metrics HOST:PORT (or listen.metrics in the config): metrics are off unless asked for');
-    out.metrics = { perVolume: o.metricsPerVolume === 'on' };
+      throw new ConfigError(
+        '--metrics-per-volume needs a metrics listener: pass --metrics HOST:PORT (metrics are on by default only when the API is on loopback and the config does not say listen.metrics: off)',
+      );
+    out.metrics = { ...out.metrics, perVolume: o.metricsPerVolume === 'on' };
   }
 }
 

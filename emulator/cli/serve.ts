@@ -33,6 +33,9 @@ export interface ServeArgs {
   json: boolean;
 }
 
+/** Where serve puts /metrics when nothing says otherwise and the API is on loopback. */
+export const DEFAULT_METRICS_ADDRESS = '127.0.0.1:9390';
+
 /** Runs until stopped; resolves with the exit status. */
 export async function serve(a: ServeArgs): Promise<number> {
   let config: ArraylabConfig;
@@ -40,6 +43,8 @@ export async function serve(a: ServeArgs): Promise<number> {
     // A flag given twice arrives as an array; the last one wins, as in most commands.
     const last = (v: string | string[] | undefined) => (Array.isArray(v) ? v[v.length - 1] : v);
     const [dataDir, nbd, api, iscsi] = [last(a['data-dir']), last(a.nbd), last(a.api), last(a.iscsi)];
+    // ARRAYLAB_METRICS: --metrics for every serve of an environment (the tests: off, never 9390).
+    const metrics = last(a.metrics) ?? (process.env.ARRAYLAB_METRICS || undefined);
     config = applyOverrides(loadConfig(last(a.config)), {
       ...(dataDir !== undefined ? { dataDir } : {}),
       ...(nbd !== undefined ? { nbd } : {}),
@@ -50,8 +55,10 @@ export async function serve(a: ServeArgs): Promise<number> {
       ...(last(a['api-tls-cert']) !== undefined ? { apiTlsCert: last(a['api-tls-cert'])! } : {}),
       ...(last(a['api-tls-key']) !== undefined ? { apiTlsKey: last(a['api-tls-key'])! } : {}),
       ...(last(a['api-tls-ca']) !== undefined ? { apiTlsCa: last(a['api-tls-ca'])! } : {}),
-      ...(last(a.metrics) !== undefined ? { metrics: last(a.metrics)! } : {}),
+      ...(metrics !== undefined ? { metrics } : {}),
       ...(a['metrics-per-volume'] !== undefined ? { metricsPerVolume: a['metrics-per-volume'] } : {}),
+      // On by default on loopback; a busy default port is a warning (ArrayServer), not a failed start.
+      metricsDefault: DEFAULT_METRICS_ADDRESS,
       ...(a.events !== undefined ? { events: a.events } : {}),
       memory: a.memory,
     });

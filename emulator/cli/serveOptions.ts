@@ -32,7 +32,8 @@ export function serveOptions(y: Argv<{ json: boolean }>) {
     .option('metrics', {
       type: 'string',
       requiresArg: true,
-      describe: 'serve Prometheus /metrics on HOST:PORT (unauthenticated: keep it on loopback), or off [config listen.metrics; default: none]',
+      describe:
+        'serve Prometheus /metrics on HOST:PORT (unauthenticated: keep it on loopback), or off [env ARRAYLAB_METRICS; config listen.metrics; default: 127.0.0.1:9390 when the API is on loopback]',
     })
     .option('metrics-per-volume', {
       choices: ['on', 'off'] as const,

@@ -21,7 +21,10 @@ describe('built-in default config', () => {
       nbd: { host: '127.0.0.1', port: 10809 },
       iscsi: { host: '127.0.0.1', port: 3260 },
       api: { host: '127.0.0.1', port: 7390 },
+      metrics: { host: '127.0.0.1', port: 9390 },
     });
+    // Nobody asked for it: a busy port is a warning, not a failed start (test/metrics/unit).
+    expect(c.metrics).toEqual({ perVolume: true, listener: 'default' });
     expect(c.log.level).toBe('info');
     expect(c.iscsi).toEqual({ targetName: null, requireHostAffinity: false, chap: null });
     expect(c.volumes).toEqual([expect.objectContaining({ name: 'demo', sizeBytes: 2 ** 30, blockSize: 512, provisioning: 'thin', readOnly: false })]);

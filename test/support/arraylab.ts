@@ -60,6 +60,8 @@ export interface ServeInfo {
   nbd: { host: string; port: number };
   api: { host: string; port: number };
   iscsi: { host: string; port: number; targetName: string } | null;
+  /** The /metrics listener (startArraylab asks for one on a free port); null when off. */
+  metrics: { host: string; port: number } | null;
   /** The web dashboard's address (serve --dashboard); null or absent when it is off. */
   dashboard?: { host: string; port: number } | null;
   backend: 'file' | 'memory';
@@ -202,6 +204,8 @@ export async function startArraylab(opts: StartOptions = {}): Promise<Arraylab> 
     args.push('--data-dir', makeTempDir('arraylab-data-'));
   }
   if (opts.iscsi !== false && !(opts.extraArgs ?? []).includes('--iscsi')) args.push('--iscsi', '127.0.0.1:0');
+  // Metrics on, on a free port: parallel tests never take serve's default 127.0.0.1:9390.
+  if (!(opts.extraArgs ?? []).includes('--metrics')) args.push('--metrics', '127.0.0.1:0');
   args.push(...(opts.extraArgs ?? []));
 
   const child = spawn(process.execPath, [CLI_PATH, ...args], {
