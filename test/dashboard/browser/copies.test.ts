@@ -72,11 +72,12 @@ describe('dashboard copies page', () => {
     await (await waitForTestId(page, 'nav-copies')).click();
     await waitForTestId(page, 'page-copies');
     await waitForTestId(page, 'copy-session', `[data-session="${id}"]`);
+    // The bitmap is fetched after the session list: its canvas says data-cells="0" until then.
     const first = await pollPage(
       page,
-      `session ${id} with its progress and bitmap`,
+      `session ${id} with its progress and a loaded bitmap`,
       () => sample(id),
-      (s) => s !== null,
+      (s) => s !== null && s.cells > 0,
     );
     expect(first!.state).toBe('copying');
     expect(first!.percent).toBeGreaterThanOrEqual(0);

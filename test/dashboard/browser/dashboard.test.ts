@@ -144,7 +144,7 @@ describe('dashboard', () => {
     for (const name of PAGES) {
       await goTo(page, name);
       // Let a refresh or two come in (the page refreshes every second): a late failure shows too.
-      await new Promise((r) => setTimeout(r, 1200));
+      await new Promise((r) => setTimeout(r, 1000));
       expect(await errorToasts(page), `error toasts on ${name}`).toEqual([]);
       assertNotBlank(await screenshot(page, `page-${name}`));
     }
