@@ -1,90 +1,22 @@
 /**
- * Prometheus /metrics on the real server (opt-in with --metrics): the text parses with a strict
- * exposition-format parser of the test's own (not prom-client's), and the series move as the
- * array changes: a volume appears, NBD writes grow its allocation, an OPC's state and copied
- * units move, CreateVolume is counted. Other paths are 404; the listener closes with the server.
+ * Prometheus /metrics on the real server (startArraylab passes --metrics 127.0.0.1:0): the text
+ * parses with a strict exposition-format parser of the tests' own (not prom-client's), and the
+ * series move as the array changes: a volume appears, qemu-io's NBD writes are counted to the
+ * byte and grow its allocation, an OPC's state and copied units move, CreateVolume is counted.
+ * Other paths are 404; the listener closes with the server; --metrics off and listen.metrics:
+ * off serve none.
  */
 import { execFile } from 'node:child_process';
-import { request } from 'node:http';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { cliJson, cliOk, runCli, startArraylab, type Arraylab } from '../support/arraylab.js';
+import { cliJson, cliOk, makeTempDir, runCli, startArraylab, type Arraylab } from '../support/arraylab.js';
 import { requireTool } from '../support/tools.js';
 import { waitFor } from '../support/wait.js';
+import { type Family, get, parseExposition, sampleValue } from './exposition.js';
 
 const run = promisify(execFile);
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-interface Family {
-  type: string;
-  help: string;
-  samples: Sample[];
-}
-
-const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
-const LABEL = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
-
-/** Text format 0.0.4, strictly: HELP and TYPE before a family's samples, valid names, escapes and values. */
-function parseExposition(text: string): Map<string, Family> {
-  const families = new Map<string, Family>();
-  if (!text.endsWith('\n')) throw new Error('the exposition must end with a newline');
-  const family = (name: string): Family => {
-    let f = families.get(name);
-    if (f === undefined) families.set(name, (f = { type: 'untyped', help: '', samples: [] }));
-    return f;
-  };
-  for (const line of text.slice(0, -1).split('\n')) {
-    if (line === '') continue;
-    const meta = /^# (HELP|TYPE) (\S+) ?(.*)$/.exec(line);
-    if (meta) {
-      const [, kind, name, rest] = meta as unknown as [string, string, string, string];
-      if (!NAME.test(name)) throw new Error(`bad metric name in ${line}`);
-      if (kind === 'TYPE') {
-        if (!['counter', 'gauge', 'histogram', 'summary', 'untyped'].includes(rest)) throw new Error(`bad type in ${line}`);
-        if (families.get(name)?.samples.length) throw new Error(`TYPE after samples: ${line}`);
-        family(name).type = rest;
-      } else family(name).help = rest;
-      continue;
-    }
-    if (line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)( -?\d+)?$/.exec(line);
-    if (!m) throw new Error(`bad sample line: ${line}`);
-    const [, name, , body, raw] = m as unknown as [string, string, string | undefined, string | undefined, string];
-    const labels: Record<string, string> = {};
-    let rest = body ?? '';
-    while (rest !== '') {
-      const l = /^([^=]+)="((?:[^"\\]|\\["\\n])*)"(,|$)/.exec(rest);
-      if (!l || !LABEL.test(l[1]!)) throw new Error(`bad labels in ${line}`);
-      if (l[1]! in labels) throw new Error(`label ${l[1]} twice in ${line}`);
-      labels[l[1]!] = l[2]!.replace(/\\(["\\n])/g, (_, c: string) => (c === 'n' ? '\n' : c));
-      rest = rest.slice(l[0].length);
-    }
-    const value = raw === '+Inf' ? Infinity : raw === '-Inf' ? -Infinity : raw === 'NaN' ? Number.NaN : Number(raw);
-    if (raw !== 'NaN' && Number.isNaN(value)) throw new Error(`bad value in ${line}`);
-    const base = families.has(name) ? name : name.replace(/_(bucket|sum|count)$/, '');
-    const f = families.get(base);
-    if (f === undefined || f.type === 'untyped') throw new Error(`sample before its TYPE: ${line}`);
-    f.samples.push({ name, labels, value });
-  }
-  return families;
-}
-
-function get(path: string, port: number): Promise<{ status: number; type: string; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, method: 'GET' }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type'] ?? ''), body }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 describe('arraylab serve --metrics (real server, Prometheus text)', () => {
   let lab: Arraylab | undefined;
@@ -98,8 +30,7 @@ describe('arraylab serve --metrics (real server, Prometheus text)', () => {
     expect(r.type).toMatch(/^text\/plain; version=0\.0\.4/);
     return parseExposition(r.body);
   };
-  const value = (fams: Map<string, Family>, name: string, labels: Record<string, string>): number | undefined =>
-    fams.get(name)?.samples.find((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value;
+  const value = sampleValue;
 
   it('serves gauges and counters that follow volumes, NBD writes, an OPC and API calls', async () => {
     lab = await startArraylab({ memory: true, config: { volumes: [] }, iscsi: false, extraArgs: ['--metrics', '127.0.0.1:0'] });
@@ -122,9 +53,17 @@ describe('arraylab serve --metrics (real server, Prometheus text)', () => {
     expect(value(m, 'arraylab_export_clients', { volume: 'src', protocol: 'nbd' })).toBe(0);
     expect(value(m, 'arraylab_api_calls_total', { rpc: 'CreateVolume', code: 'OK' })).toBe(2);
 
+    const nbdWrites = (f: Map<string, Family>) => value(f, 'arraylab_io_latency_seconds_count', { protocol: 'nbd', operation: 'write' }) ?? Number.NaN;
+    const writesBefore = nbdWrites(m);
     await run(requireTool('qemu-io'), ['-f', 'raw', '-c', 'write -P 0x5a 0 2M', lab.nbdUri('src')]);
     m = await scrape();
     expect(value(m, 'arraylab_volume_allocated_bytes', { volume: 'src' })).toBeGreaterThanOrEqual(2 * 2 ** 20);
+    // Host I/O: exactly the bytes qemu-io wrote, in as many writes as the histogram observed.
+    expect(value(m, 'arraylab_volume_write_bytes_total', { volume: 'src' })).toBe(2 * 2 ** 20);
+    const writeOps = value(m, 'arraylab_volume_write_ops_total', { volume: 'src' })!;
+    expect(writeOps).toBeGreaterThanOrEqual(1);
+    expect(nbdWrites(m) - writesBefore).toBe(writeOps);
+    expect(value(m, 'arraylab_volume_io_errors_total', { volume: 'src' })).toBe(0);
 
     // 1 MiB/s: the 4 MiB OPC takes a few seconds, long enough to see it move.
     const id = String((await cliJson(lab, ['copy', 'start', '--type', 'opc', '--src', 'src', '--dst', 'dst', '--rate', '1'])).id);
@@ -144,6 +83,8 @@ describe('arraylab serve --metrics (real server, Prometheus text)', () => {
       (n) => n > first,
       { timeoutMs: 20_000, intervalMs: 200 },
     );
+    // The copy engine writes dst, but a copy is not host I/O.
+    expect(value(m, 'arraylab_volume_write_bytes_total', { volume: 'dst' })).toBe(0);
     // A refused call is counted under its status.
     expect((await lab.cli(['volume', 'create', 'src', '--size', '4MiB'])).code).not.toBe(0);
     m = await scrape();
@@ -185,15 +126,24 @@ describe('arraylab serve --metrics (real server, Prometheus text)', () => {
     }
   });
 
-  it('is off unless asked for: serve --json says metrics null, and --metrics-per-volume alone is a usage error', async () => {
-    const l = await startArraylab({ memory: true, config: { volumes: [] }, iscsi: false });
+  it('--metrics off serves none: serve --json says metrics null', async () => {
+    const l = await startArraylab({ memory: true, config: { volumes: [] }, iscsi: false, extraArgs: ['--metrics', 'off'] });
     try {
-      expect((l.info as unknown as { metrics: unknown }).metrics).toBeNull();
+      expect(l.info.metrics).toBeNull();
     } finally {
       await l.stop();
     }
-    const r = await runCli(['serve', '--memory', '--metrics-per-volume', 'off']);
+  });
+
+  it('listen.metrics: off in the config turns the default off; --metrics-per-volume then is a usage error', async () => {
+    const dir = makeTempDir('arraylab-metrics-');
+    const file = join(dir, 'arraylab.yaml');
+    writeFileSync(file, 'listen: {metrics: off}\nvolumes: []\n');
+    // Without the tests' ARRAYLAB_METRICS=off (vitest.config.ts): the config alone says off.
+    const r = await runCli(['serve', '--memory', '--config', file, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--metrics-per-volume', 'off'], {
+      env: { ARRAYLAB_METRICS: '' },
+    });
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/--metrics-per-volume needs --metrics HOST:PORT/);
+    expect(r.stderr).toMatch(/--metrics-per-volume needs a metrics listener: pass --metrics HOST:PORT/);
   });
 });
