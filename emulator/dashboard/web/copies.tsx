@@ -66,7 +66,7 @@ export function CopiesPage() {
   return (
     <Page id="copies" title="Copy sessions" error={error}>
       {data.copies.length === 0 ? (
-        <Empty>No copy sessions. Start one with: arraylab copy start opc SOURCE DEST</Empty>
+        <Empty>No copy sessions. Start one with: arraylab copy start --type opc --src SOURCE --dst DEST</Empty>
       ) : (
         data.copies.map((s) => <Session key={s.id} s={s} />)
       )}

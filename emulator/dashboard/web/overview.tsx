@@ -18,7 +18,7 @@ export function OverviewPage() {
         <div class="card" data-testid="overview-capacity">
           <h2>Capacity</h2>
           <p class="big">
-            {bytes(status.allocatedBytes || allocated)} <span class="muted">used of</span> {bytes(status.totalBytes || total)}
+            {bytes(status.allocatedBytes || allocated)} <span class="muted of">of {bytes(status.totalBytes || total)}</span>
           </p>
           <Bar
             pct={percent(status.allocatedBytes || allocated, status.totalBytes || total)}
@@ -59,7 +59,7 @@ export function OverviewPage() {
         <div>
           <h2>Volumes</h2>
           {volumes.length === 0 ? (
-            <Empty>No volumes yet. Create one with: arraylab volume create NAME --size 1G</Empty>
+            <Empty>No volumes yet. Create one with: arraylab volume create NAME --size 1GiB</Empty>
           ) : (
             <table>
               <thead>
@@ -96,7 +96,7 @@ export function OverviewPage() {
 
           <h2>Copy sessions</h2>
           {copies.length === 0 ? (
-            <Empty>No copy sessions. Start one with: arraylab copy start opc SOURCE DEST</Empty>
+            <Empty>No copy sessions. Start one with: arraylab copy start --type opc --src SOURCE --dst DEST</Empty>
           ) : (
             <table>
               <thead>
@@ -112,7 +112,9 @@ export function OverviewPage() {
                 {copies.map((c) => (
                   <tr key={c.id} data-testid="copy-session" data-session={c.id} data-state={c.state}>
                     <td>
-                      <a href="#/copies">{c.id}</a>
+                      <a href="#/copies" class="mono" title={c.id}>
+                        {c.id.length > 12 ? `${c.id.slice(0, 8)}…` : c.id}
+                      </a>
                     </td>
                     <td>{COPY_TYPE_NAMES[c.type] ?? c.type}</td>
                     <td>

@@ -9,7 +9,7 @@ export function RemotesPage() {
   return (
     <Page id="remotes" title="Remote arrays" error={error}>
       {data.remotes.length === 0 ? (
-        <Empty>No remote arrays. Register one with: arraylab remote add NAME HOST:PORT</Empty>
+        <Empty>No remote arrays. Register one with: arraylab remote add NAME --api HOST:PORT</Empty>
       ) : (
         <table>
           <thead>

@@ -9,7 +9,7 @@ export function TapePage() {
   return (
     <Page id="tape" title="Tape library" error={error}>
       {data.cartridges.length === 0 ? (
-        <Empty>No cartridges. Add one with: arraylab tape add LABEL --capacity 10G (the array needs a tape library in its config).</Empty>
+        <Empty>No cartridges. Add one with: arraylab tape add T0001 --capacity 10GiB.</Empty>
       ) : (
         <table>
           <thead>

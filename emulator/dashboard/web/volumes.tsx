@@ -102,7 +102,7 @@ export function VolumesPage() {
         is open, over the last 5 minutes.
       </p>
       {data.volumes.length === 0 ? (
-        <Empty>No volumes yet. Create one with: arraylab volume create NAME --size 1G</Empty>
+        <Empty>No volumes yet. Create one with: arraylab volume create NAME --size 1GiB</Empty>
       ) : (
         data.volumes.map((v) => <Volume key={v.name} v={v} hosts={data.hosts} version={version} metricsOn={metricsOn} />)
       )}
