@@ -32,7 +32,7 @@ import type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView } fro
 import { cartridgeFromWire, tapeRecordFromWire, tapeRestoreFromWire } from './wire/tapeWire.js';
 import { faultEventFromWire, faultFromWire, powerCutFromWire } from './wire/faultWire.js';
 import { type ArrayEventView, type EventQuery, eventFromWire, eventQueryToWire } from './wire/eventWire.js';
-import type { AuditEntryView, FaultEventView, FaultView, PowerCutView, RemoteView, TenantView, UserView } from './views.js';
+import type { AgentEventReport, AuditEntryView, FaultEventView, FaultView, PowerCutView, RemoteView, TenantView, UserView } from './views.js';
 import {
   copyEventFromWire,
   copySessionFromWire,
@@ -433,6 +433,25 @@ export class ArrayClient {
     const req = { ...eventQueryToWire(q), follow: q.follow ?? false };
     const stream = openStream(this.eventClient(), 'WatchEvents', req, this.callMetadata()) as grpc.ClientReadableStream<pb.ArrayEvent__Output>;
     return this.follow(stream, (w) => onEvent(eventFromWire(w)));
+  }
+
+  /**
+   * A host agent's report of a backup it ran, recorded as an event of the transaction volume
+   * (needs copy.write); returns the event. FAILED_PRECONDITION when the array's events are off.
+   */
+  async reportAgentEvent(report: AgentEventReport): Promise<ArrayEventView> {
+    return eventFromWire(
+      await this.call(this.eventClient(), 'ReportAgentEvent', {
+        kind: report.kind,
+        volume: report.volume,
+        backupVolume: report.backupVolume ?? '',
+        type: report.type ?? '',
+        generation: report.generation ?? 0,
+        sessionId: report.sessionId ?? '',
+        error: report.error ?? '',
+        host: report.host ?? '',
+      }),
+    );
   }
 
   private eventClient(): pb.EventServiceClient {

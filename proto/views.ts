@@ -160,6 +160,21 @@ export interface CopyBitmapView {
   counts: { copied: number; pending: number; tracked: number; beforeImage: number };
 }
 
+/** What a host agent reports of a backup (ArrayClient.reportAgentEvent, EventService.ReportAgentEvent). */
+export interface AgentEventReport {
+  kind: 'agent.backup.completed' | 'agent.backup.failed';
+  /** The transaction volume. */
+  volume: string;
+  backupVolume?: string;
+  type?: string;
+  /** The agent's absolute generation number. */
+  generation?: number;
+  sessionId?: string;
+  error?: string;
+  /** The agent's host name. */
+  host?: string;
+}
+
 /** One event of WatchCopies. */
 export interface CopyEventView {
   at: string;

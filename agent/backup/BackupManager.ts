@@ -9,10 +9,11 @@
  */
 import { randomUUID } from 'node:crypto';
 import { chmodSync, mkdirSync, statSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ArrayClient } from '../../proto/ArrayClient.js';
-import type { CopySessionView, StartCopyParams } from '../../proto/views.js';
+import type { AgentEventReport, CopySessionView, StartCopyParams } from '../../proto/views.js';
 import type { VolumeInfo } from '../../proto/views.js';
 import { formatSize } from '../../proto/util/units.js';
 import { AGENT_DATABASE_FILE, AgentStore, BusyError, type SyncPairRecord } from '../store/AgentStore.js';
@@ -76,6 +77,9 @@ export interface BackupManagerOptions {
    */
   remoteArray?: (api: string) => RemoteArrayPort;
 }
+
+/** How long the agent waits for the array to take a backup report (reportToArray) before it goes on. */
+const REPORT_TIMEOUT_MS = 5000;
 
 /** Deadline of the one call the agent makes to a remote array (registering REMOTE:VOL). */
 const REMOTE_DEADLINE_MS = 5000;
@@ -425,7 +429,48 @@ export class BackupManager implements AgentCore {
     const resyncs = jobs.filter((j) => j.kind === 'sync' && j.copied && !j.failed && j.resync);
     for (const job of resyncs.filter((j) => !background.includes(j))) await this.resync(job, opts);
     for (const job of background) this.runInBackground(job, opts);
+    await this.reportToArray(jobs);
     return { ok: jobs.every((j) => !j.failed), volumes: jobs.map((j) => j.outcome) };
+  }
+
+  /**
+   * Tells the array how each volume's backup ended (an event on its stream, `arraylab events`),
+   * best-effort: an array with its events off, an older array or a lost connection costs a
+   * warning, never the backup. Each report waits REPORT_TIMEOUT_MS at most.
+   */
+  private async reportToArray(jobs: Job[]): Promise<void> {
+    if (this.array.reportAgentEvent === undefined) return;
+    const host = hostname();
+    await Promise.all(
+      jobs.map(async (j) => {
+        const planned = j.bv !== '';
+        const report: AgentEventReport = {
+          kind: j.failed ? 'agent.backup.failed' : 'agent.backup.completed',
+          volume: j.volume,
+          host,
+          ...(planned ? { backupVolume: j.bv, type: j.type } : {}),
+          ...(j.copied ? { generation: j.generation } : {}),
+          ...(j.sessionId ? { sessionId: j.sessionId } : {}),
+          ...(j.failed ? { error: j.outcome.error ?? '' } : {}),
+        };
+        let timer: NodeJS.Timeout | undefined;
+        try {
+          await Promise.race([
+            this.array.reportAgentEvent!(report),
+            new Promise((_, reject) => {
+              timer = setTimeout(() => reject(new Error(`no answer within ${REPORT_TIMEOUT_MS / 1000} s`)), REPORT_TIMEOUT_MS);
+            }),
+          ]);
+        } catch (err) {
+          this.log.warn(
+            { volume: j.volume, event: report.kind, err: (err as Error).message },
+            'could not report the backup to the array (arraylab events will not show it); the backup itself is not affected',
+          );
+        } finally {
+          clearTimeout(timer);
+        }
+      }),
+    );
   }
 
   /** Background work (tape copies of --complete-after disk) still running; close() waits for it. */

@@ -228,6 +228,14 @@ export class ArrayApiServer {
           return () => this.watches.delete(stop);
         },
         access: opts.access,
+        volumeExists: (name) => {
+          try {
+            this.array.getVolume(name);
+            return true;
+          } catch {
+            return false;
+          }
+        },
       }),
     );
     const copy = opts.copy;

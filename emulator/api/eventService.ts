@@ -9,7 +9,7 @@ import type * as pb from '../../proto/gen/index.js';
 import type { AccessControl } from '../auth/AccessControl.js';
 import { principalOf } from '../auth/ApiGuard.js';
 import { Scope, type ScopeDirectory } from '../auth/tenantScope.js';
-import type { ArrayEvent, EventFilter, EventLog } from '../events/EventLog.js';
+import type { ArrayEvent, EventFilter, EventLog, NewEvent } from '../events/EventLog.js';
 import { matches } from '../events/EventLog.js';
 
 export const EVENTS_OFF = 'the event stream is off on this array (api.events: off); turn it on with api.events: on in the config, or serve --events on';
@@ -20,6 +20,48 @@ export interface EventServiceDeps {
   /** Registers a stream to end when the server drains; returns its unregister. */
   track: (stop: () => void) => () => void;
   access: { control: AccessControl; dir: ScopeDirectory } | undefined;
+  /** ReportAgentEvent: whether the array has the volume (absent: any name is taken). */
+  volumeExists?: (name: string) => boolean;
+}
+
+/** What a host agent may report (ReportAgentEvent). */
+export const AGENT_EVENT_KINDS = ['agent.backup.completed', 'agent.backup.failed'] as const;
+
+/** Longest text kept of a reported field, and of a reported error: the ring's memory stays bounded. */
+const AGENT_FIELD_MAX = 256;
+const AGENT_ERROR_MAX = 1000;
+
+function clip(s: string, max: number): string {
+  return s.length <= max ? s : `${s.slice(0, max - 1)}…`;
+}
+
+/** A host agent's report as an event of its transaction volume; refuses what no agent sends. */
+export function agentEvent(req: pb.ReportAgentEventRequest__Output, volumeExists: ((name: string) => boolean) | undefined): NewEvent {
+  const kind = req.kind;
+  if (!(AGENT_EVENT_KINDS as readonly string[]).includes(kind)) {
+    throw new StatusError('INVALID_ARGUMENT', `${JSON.stringify(kind)} is not an agent event; report ${AGENT_EVENT_KINDS.join(' or ')}`);
+  }
+  const volume = req.volume;
+  if (volume === '') throw new StatusError('INVALID_ARGUMENT', 'name the transaction volume the backup was of');
+  if (volumeExists !== undefined && !volumeExists(volume)) {
+    throw new StatusError('NOT_FOUND', `no volume named ${clip(volume, AGENT_FIELD_MAX)} on this array; report backups of this array's volumes`);
+  }
+  const host = clip(req.host, AGENT_FIELD_MAX);
+  const backupVolume = clip(req.backupVolume, AGENT_FIELD_MAX);
+  const type = clip(req.type, 32);
+  const sessionId = clip(req.sessionId, 64);
+  const error = clip(req.error, AGENT_ERROR_MAX);
+  const generation = req.generation > 0 ? req.generation : undefined;
+  const what = [type, generation !== undefined ? `generation ${generation}` : ''].filter((x) => x !== '').join(', ');
+  const to = backupVolume !== '' ? ` to ${backupVolume}` : '';
+  const on = host !== '' ? ` (agent on ${host})` : '';
+  const message =
+    kind === 'agent.backup.completed'
+      ? `backup of ${volume}${to}${what ? ` (${what})` : ''} completed${on}`
+      : `backup of ${volume}${to}${what ? ` (${what})` : ''} failed${on}${error ? `: ${error}` : ''}`;
+  const fields: Record<string, unknown> = { host, backupVolume, type, generation, sessionId, error };
+  for (const k of Object.keys(fields)) if (fields[k] === '' || fields[k] === undefined) delete fields[k];
+  return { kind, subject: { kind: 'volume', name: volume }, message, fields };
 }
 
 /** Who owned an event's subject when it happened (set on the event by stampTenant): a deleted volume's events stay its tenant's. */
@@ -119,6 +161,10 @@ export function eventHandlers(log: EventLog | undefined, deps: EventServiceDeps)
       if (log === undefined) throw new StatusError('FAILED_PRECONDITION', EVENTS_OFF);
       const visible = visibleTo(scopeOf(call.metadata, deps.access));
       return { events: log.list(filterFromWire(req)).filter(visible).map(eventToWire) };
+    }),
+    ReportAgentEvent: deps.unary('ReportAgentEvent', (req: pb.ReportAgentEventRequest__Output) => {
+      if (log === undefined) throw new StatusError('FAILED_PRECONDITION', EVENTS_OFF);
+      return eventToWire(log.add(agentEvent(req, deps.volumeExists)));
     }),
     WatchEvents: (call: grpc.ServerWritableStream<pb.WatchEventsRequest__Output, pb.ArrayEvent>) => {
       const fail = (code: grpc.status, details: string): void => {

@@ -188,6 +188,8 @@ const rows: Array<[service: string, perms: Record<string, Permission>]> = [
     {
       WatchEvents: 'read',
       ListEvents: 'read',
+      // What a backup-operator's agent does: it drives copy sessions of the same volumes.
+      ReportAgentEvent: 'copy.write',
     },
   ],
   [

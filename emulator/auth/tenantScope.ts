@@ -227,6 +227,7 @@ const rules: Record<string, ScopeRule> = {
   // EventService: the handlers keep each event to its subject's tenant (emulator/api/eventService.ts).
   'EventService/WatchEvents': {},
   'EventService/ListEvents': {},
+  'EventService/ReportAgentEvent': { check: (r, s) => s.volume(r.volume) },
 };
 
 /** path (/arraylab.v1.Service/Method) -> its tenant rule. */

@@ -18,7 +18,7 @@ export function eventsOptions(y: Argv<{ json: boolean }>) {
       type: 'string',
       array: true,
       requiresArg: true,
-      describe: 'only events of this kind or family (volume, client, copy, host, tape, fault, or e.g. copy.state); repeatable',
+      describe: 'only events of this kind or family (volume, client, copy, host, tape, fault, agent, or e.g. copy.state); repeatable',
     });
 }
 

@@ -6,6 +6,7 @@ import type { ArrayEvent as _arraylab_v1_ArrayEvent, ArrayEvent__Output as _arra
 import type { EventServiceClient as _arraylab_v1_EventServiceClient, EventServiceDefinition as _arraylab_v1_EventServiceDefinition } from './arraylab/v1/EventService.js';
 import type { ListEventsRequest as _arraylab_v1_ListEventsRequest, ListEventsRequest__Output as _arraylab_v1_ListEventsRequest__Output } from './arraylab/v1/ListEventsRequest.js';
 import type { ListEventsResponse as _arraylab_v1_ListEventsResponse, ListEventsResponse__Output as _arraylab_v1_ListEventsResponse__Output } from './arraylab/v1/ListEventsResponse.js';
+import type { ReportAgentEventRequest as _arraylab_v1_ReportAgentEventRequest, ReportAgentEventRequest__Output as _arraylab_v1_ReportAgentEventRequest__Output } from './arraylab/v1/ReportAgentEventRequest.js';
 import type { WatchEventsRequest as _arraylab_v1_WatchEventsRequest, WatchEventsRequest__Output as _arraylab_v1_WatchEventsRequest__Output } from './arraylab/v1/WatchEventsRequest.js';
 
 type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> = {
@@ -19,6 +20,7 @@ export interface ProtoGrpcType {
       EventService: SubtypeConstructor<typeof grpc.Client, _arraylab_v1_EventServiceClient> & { service: _arraylab_v1_EventServiceDefinition }
       ListEventsRequest: MessageTypeDefinition<_arraylab_v1_ListEventsRequest, _arraylab_v1_ListEventsRequest__Output>
       ListEventsResponse: MessageTypeDefinition<_arraylab_v1_ListEventsResponse, _arraylab_v1_ListEventsResponse__Output>
+      ReportAgentEventRequest: MessageTypeDefinition<_arraylab_v1_ReportAgentEventRequest, _arraylab_v1_ReportAgentEventRequest__Output>
       WatchEventsRequest: MessageTypeDefinition<_arraylab_v1_WatchEventsRequest, _arraylab_v1_WatchEventsRequest__Output>
     }
   }

@@ -131,6 +131,7 @@ export { type RemoveTenantResponse, type RemoveTenantResponse__Output } from './
 export { type RemoveUserRequest, type RemoveUserRequest__Output } from './arraylab/v1/RemoveUserRequest.js';
 export { type RemoveUserResponse, type RemoveUserResponse__Output } from './arraylab/v1/RemoveUserResponse.js';
 export { type RenameVolumeRequest, type RenameVolumeRequest__Output } from './arraylab/v1/RenameVolumeRequest.js';
+export { type ReportAgentEventRequest, type ReportAgentEventRequest__Output } from './arraylab/v1/ReportAgentEventRequest.js';
 export { type ResizeVolumeRequest, type ResizeVolumeRequest__Output } from './arraylab/v1/ResizeVolumeRequest.js';
 export { type ResourceMatchReport, type ResourceMatchReport__Output } from './arraylab/v1/ResourceMatchReport.js';
 export { type ResourceMatchRequest, type ResourceMatchRequest__Output } from './arraylab/v1/ResourceMatchRequest.js';

@@ -5,6 +5,7 @@ import type { MethodDefinition } from '@grpc/proto-loader'
 import type { ArrayEvent as _arraylab_v1_ArrayEvent, ArrayEvent__Output as _arraylab_v1_ArrayEvent__Output } from '../../arraylab/v1/ArrayEvent.js';
 import type { ListEventsRequest as _arraylab_v1_ListEventsRequest, ListEventsRequest__Output as _arraylab_v1_ListEventsRequest__Output } from '../../arraylab/v1/ListEventsRequest.js';
 import type { ListEventsResponse as _arraylab_v1_ListEventsResponse, ListEventsResponse__Output as _arraylab_v1_ListEventsResponse__Output } from '../../arraylab/v1/ListEventsResponse.js';
+import type { ReportAgentEventRequest as _arraylab_v1_ReportAgentEventRequest, ReportAgentEventRequest__Output as _arraylab_v1_ReportAgentEventRequest__Output } from '../../arraylab/v1/ReportAgentEventRequest.js';
 import type { WatchEventsRequest as _arraylab_v1_WatchEventsRequest, WatchEventsRequest__Output as _arraylab_v1_WatchEventsRequest__Output } from '../../arraylab/v1/WatchEventsRequest.js';
 
 export interface EventServiceClient extends grpc.Client {
@@ -22,6 +23,25 @@ export interface EventServiceClient extends grpc.Client {
   listEvents(argument: _arraylab_v1_ListEventsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_ListEventsResponse__Output>): grpc.ClientUnaryCall;
   listEvents(argument: _arraylab_v1_ListEventsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_ListEventsResponse__Output>): grpc.ClientUnaryCall;
   listEvents(argument: _arraylab_v1_ListEventsRequest, callback: grpc.requestCallback<_arraylab_v1_ListEventsResponse__Output>): grpc.ClientUnaryCall;
+  
+  /**
+   * A host agent reports a backup it ran (arraylab-agent backup): recorded as an event of the
+   * transaction volume and returned. Needs copy.write (backup-operator); a tenant's user only
+   * for its own volumes. NOT_FOUND for a volume the array does not have.
+   */
+  ReportAgentEvent(argument: _arraylab_v1_ReportAgentEventRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_ArrayEvent__Output>): grpc.ClientUnaryCall;
+  ReportAgentEvent(argument: _arraylab_v1_ReportAgentEventRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_ArrayEvent__Output>): grpc.ClientUnaryCall;
+  ReportAgentEvent(argument: _arraylab_v1_ReportAgentEventRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_ArrayEvent__Output>): grpc.ClientUnaryCall;
+  ReportAgentEvent(argument: _arraylab_v1_ReportAgentEventRequest, callback: grpc.requestCallback<_arraylab_v1_ArrayEvent__Output>): grpc.ClientUnaryCall;
+  /**
+   * A host agent reports a backup it ran (arraylab-agent backup): recorded as an event of the
+   * transaction volume and returned. Needs copy.write (backup-operator); a tenant's user only
+   * for its own volumes. NOT_FOUND for a volume the array does not have.
+   */
+  reportAgentEvent(argument: _arraylab_v1_ReportAgentEventRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_ArrayEvent__Output>): grpc.ClientUnaryCall;
+  reportAgentEvent(argument: _arraylab_v1_ReportAgentEventRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_arraylab_v1_ArrayEvent__Output>): grpc.ClientUnaryCall;
+  reportAgentEvent(argument: _arraylab_v1_ReportAgentEventRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_arraylab_v1_ArrayEvent__Output>): grpc.ClientUnaryCall;
+  reportAgentEvent(argument: _arraylab_v1_ReportAgentEventRequest, callback: grpc.requestCallback<_arraylab_v1_ArrayEvent__Output>): grpc.ClientUnaryCall;
   
   /**
    * The kept events that match, then (with follow) every new one until cancelled.
@@ -43,6 +63,13 @@ export interface EventServiceHandlers extends grpc.UntypedServiceImplementation 
   ListEvents: grpc.handleUnaryCall<_arraylab_v1_ListEventsRequest__Output, _arraylab_v1_ListEventsResponse>;
   
   /**
+   * A host agent reports a backup it ran (arraylab-agent backup): recorded as an event of the
+   * transaction volume and returned. Needs copy.write (backup-operator); a tenant's user only
+   * for its own volumes. NOT_FOUND for a volume the array does not have.
+   */
+  ReportAgentEvent: grpc.handleUnaryCall<_arraylab_v1_ReportAgentEventRequest__Output, _arraylab_v1_ArrayEvent>;
+  
+  /**
    * The kept events that match, then (with follow) every new one until cancelled.
    */
   WatchEvents: grpc.handleServerStreamingCall<_arraylab_v1_WatchEventsRequest__Output, _arraylab_v1_ArrayEvent>;
@@ -51,5 +78,6 @@ export interface EventServiceHandlers extends grpc.UntypedServiceImplementation 
 
 export interface EventServiceDefinition extends grpc.ServiceDefinition {
   ListEvents: MethodDefinition<_arraylab_v1_ListEventsRequest, _arraylab_v1_ListEventsResponse, _arraylab_v1_ListEventsRequest__Output, _arraylab_v1_ListEventsResponse__Output>
+  ReportAgentEvent: MethodDefinition<_arraylab_v1_ReportAgentEventRequest, _arraylab_v1_ArrayEvent, _arraylab_v1_ReportAgentEventRequest__Output, _arraylab_v1_ArrayEvent__Output>
   WatchEvents: MethodDefinition<_arraylab_v1_WatchEventsRequest, _arraylab_v1_ArrayEvent, _arraylab_v1_WatchEventsRequest__Output, _arraylab_v1_ArrayEvent__Output>
 }
