@@ -2,9 +2,19 @@
  * What the dashboard server's endpoints return (emulator/dashboard/README.md): envelopes around
  * the views ArrayClient returns (proto/views.ts). Types only: nothing here exists at run time.
  */
-import type { ArrayStatus, CartridgeView, CopySessionView, ExportInfo, FaultView, HostView, RemoteView, VolumeInfo } from '../../../proto/views.js';
+import type {
+  ArrayStatus,
+  CartridgeView,
+  CopyBitmapView,
+  CopySessionView,
+  ExportInfo,
+  FaultView,
+  HostView,
+  RemoteView,
+  VolumeInfo,
+} from '../../../proto/views.js';
 
-export type { ArrayStatus, CartridgeView, CopySessionView, ExportInfo, FaultView, HostView, RemoteView, VolumeInfo };
+export type { ArrayStatus, CartridgeView, CopyBitmapView, CopySessionView, ExportInfo, FaultView, HostView, RemoteView, VolumeInfo };
 
 /** An array event as the stream and /api/overview carry it (emulator/events/EventLog.ts). */
 export interface ArrayEvent {
@@ -27,18 +37,6 @@ export interface VolumeIoCounts {
   trimOps: number;
   trimBytes: number;
   errors: number;
-}
-
-/** GetCopyBitmap's answer: one character per cell, C P T B or '.'; counts in units. */
-export interface CopyBitmapView {
-  id: string;
-  type: string;
-  state: string;
-  units: number;
-  unitBytes: number;
-  unitsPerCell: number;
-  cells: string;
-  counts: { copied: number; pending: number; tracked: number; beforeImage: number };
 }
 
 export interface WhoAmI {
