@@ -22,6 +22,7 @@ import {
   tid,
   launchBrowser,
   waitForGone,
+  waitForSelector,
   waitForTestId,
 } from '../../support/browser.js';
 import { type DashboardLab, startDashboardLab } from './harness.js';
@@ -151,4 +152,13 @@ describe('dashboard', () => {
     expect(pageErrors(page), 'errors the pages logged').toEqual([]);
     expect(failedApiCalls(page), 'API calls that failed').toEqual([]);
   }, 40_000);
+
+  it('logs out: the login form returns, and a reload does not sign back in', async () => {
+    // No data-testid in the contract for it: the button by its label.
+    await (await waitForSelector(page, 'button::-p-text(Log out)', { what: 'the Log out button' })).click();
+    await waitForTestId(page, 'login-token');
+    await page.reload({ waitUntil: 'domcontentloaded' });
+    await waitForTestId(page, 'login-token'); // the session ended on the server, not only in the page
+    expect(await page.$(tid('whoami'))).toBeNull();
+  });
 });
