@@ -23,11 +23,11 @@ export const LATENCY_BUCKETS: readonly number[] = [0.00005, 0.0001, 0.00025, 0.0
 export interface VolumeIoCounts {
   readOps: number;
   readBytes: number;
-  /** Writes and write-zeroes (as Linux's disk statistics count them). */
+  /** Writes and write-zeroes (as Linux's disk statistics count them; SCSI WRITE SAME of zeroes too). */
   writeOps: number;
   writeBytes: number;
   flushOps: number;
-  /** Trims (NBD TRIM, SCSI UNMAP). */
+  /** Trims: NBD TRIM, SCSI UNMAP and WRITE SAME with UNMAP. */
   trimOps: number;
   trimBytes: number;
   /** Operations that failed (a fault, a reservation, a read-only refusal, an I/O error). */
@@ -66,6 +66,11 @@ export class LatencyHistogram {
 /** What one open records into: its volume's counters and its protocol's four histograms. */
 interface IoRecorder {
   readonly counts: VolumeIoSlot;
+  /**
+   * iSCSI: a write-zeroes that may deallocate is an UNMAP or a WRITE SAME with UNMAP (the SCSI
+   * layer does both with writeZeroes), so it counts as a trim; NBD's WRITE_ZEROES is a write.
+   */
+  readonly unmapZeroes: boolean;
   readonly read: LatencyHistogram;
   readonly write: LatencyHistogram;
   readonly flush: LatencyHistogram;
@@ -113,7 +118,7 @@ export class VolumeIoStats {
   counted(volume: string, protocol: IoProtocol, inner: BlockDevice): BlockDevice {
     let counts = this.slots.get(volume);
     if (counts === undefined) this.slots.set(volume, (counts = new VolumeIoSlot()));
-    return new CountedDevice(inner, { counts, ...this.latency[protocol] });
+    return new CountedDevice(inner, { counts, unmapZeroes: protocol === 'iscsi', ...this.latency[protocol] });
   }
 }
 
@@ -177,16 +182,23 @@ class CountedDevice implements BlockDevice {
   async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     const t = performance.now();
     const c = this.rec.counts;
+    const unmap = this.rec.unmapZeroes && opts?.noHole !== true;
     try {
       await this.inner.writeZeroes(offset, length, opts);
     } catch (err) {
       c.errors++;
-      this.rec.write.observe(seconds(t));
+      (unmap ? this.rec.trim : this.rec.write).observe(seconds(t));
       throw err;
     }
-    c.writeOps++;
-    c.writeBytes += length;
-    this.rec.write.observe(seconds(t));
+    if (unmap) {
+      c.trimOps++;
+      c.trimBytes += length;
+      this.rec.trim.observe(seconds(t));
+    } else {
+      c.writeOps++;
+      c.writeBytes += length;
+      this.rec.write.observe(seconds(t));
+    }
   }
 
   async flush(): Promise<void> {

@@ -131,7 +131,7 @@ describe('host I/O, fault injections and API calls, counted and scraped', () => 
     expect(sampleValue(m, 'arraylab_io_latency_seconds_sum', { protocol: 'nbd', operation: 'write' })).toBeGreaterThan(0);
   });
 
-  it('iSCSI WRITE(10) and READ(10) count on v2 under protocol iscsi', async () => {
+  it('iSCSI WRITE(10), READ(10) and UNMAP count on v2 under protocol iscsi', async () => {
     const ini = await RawInitiator.connect(server.addresses!.iscsi!.port);
     try {
       expect((await ini.login()).bhs[36]).toBe(0);
@@ -151,15 +151,32 @@ describe('host I/O, fault injections and API calls, counted and scraped', () => 
       // LUN 0 is v1, LUN 1 is v2 (every initiator sees every volume, in name order).
       expect(await run({ cdb: rw10(0x2a, 8, 16), lun: 1, write: true, edtl: 8 * KiB }, Buffer.alloc(8 * KiB, 0x11))).toBe(0);
       expect(await run({ cdb: rw10(0x28, 0, 32), lun: 1, read: true, edtl: 16 * KiB })).toBe(0);
+      // UNMAP of 4 blocks at LBA 8 (one descriptor): a trim, though the SCSI layer zeroes with it.
+      const unmapList = Buffer.alloc(24);
+      unmapList.writeUInt16BE(22, 0);
+      unmapList.writeUInt16BE(16, 2);
+      unmapList.writeUInt32BE(8, 12);
+      unmapList.writeUInt32BE(4, 16);
+      expect(await run({ cdb: [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], lun: 1, write: true, edtl: 24 }, unmapList)).toBe(0);
     } finally {
       ini.close();
     }
-    expect(server.volumeIo!.get('v2')).toMatchObject({ writeOps: 1, writeBytes: 8 * KiB, readOps: 1, readBytes: 16 * KiB, errors: 0 });
+    expect(server.volumeIo!.get('v2')).toEqual({
+      readOps: 1,
+      readBytes: 16 * KiB,
+      writeOps: 1,
+      writeBytes: 8 * KiB,
+      flushOps: 0,
+      trimOps: 1,
+      trimBytes: 2 * KiB,
+      errors: 0,
+    });
     const m = await scrape();
     expect(sampleValue(m, 'arraylab_volume_write_bytes_total', { volume: 'v2' })).toBe(8 * KiB);
     expect(sampleValue(m, 'arraylab_volume_read_bytes_total', { volume: 'v2' })).toBe(16 * KiB);
     expect(latencyCount(m, 'iscsi', 'write')).toBe(1);
     expect(latencyCount(m, 'iscsi', 'read')).toBe(1);
+    expect(latencyCount(m, 'iscsi', 'trim')).toBe(1);
   });
 
   it('an injected read error counts as an injection of its kind and as an I/O error of the volume', async () => {
