@@ -4,7 +4,7 @@
  * the current page to fetch again, at most once a second, so a copy's progress moves on its own.
  */
 import { render } from 'preact';
-import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
+import { useCallback, useEffect, useState } from 'preact/hooks';
 import { ApiError, api, dismissToast, onUnauthorized, subscribeToasts, type Toast } from './api.js';
 import { RefreshContext, WhoAmIContext } from './common.js';
 import { CopiesPage } from './copies.js';
@@ -43,36 +43,60 @@ function useRoute(): RouteId {
   return route;
 }
 
-/** A counter bumped by the event stream, at most once a second (trailing: the last event is never lost). */
-function useLiveRefresh(enabled: boolean): { refresh: number; live: boolean } {
+/**
+ * A counter bumped by the event stream, at most once a second (trailing: the last event is never
+ * lost). Without the stream (refused, a proxy that buffers, the server restarting) the page still
+ * refreshes every few seconds, and the stream is opened again.
+ */
+function useLiveRefresh(): { refresh: number; live: boolean } {
   const [refresh, setRefresh] = useState(0);
   const [live, setLive] = useState(false);
-  const last = useRef(0);
-  const timer = useRef<number | undefined>(undefined);
   useEffect(() => {
-    if (!enabled) return;
+    let last = 0;
+    let lastEvent = 0;
+    let timer: number | undefined;
+    let reopen: number | undefined;
+    let es: EventSource | undefined;
     const bump = () => {
+      if (timer !== undefined) return;
+      timer = window.setTimeout(
+        () => {
+          timer = undefined;
+          last = Date.now();
+          setRefresh((n) => n + 1);
+        },
+        Math.max(0, last + 1000 - Date.now()),
+      );
+    };
+    const onEvent = () => {
+      lastEvent = Date.now();
       setLive(true);
-      if (timer.current !== undefined) return;
-      const wait = Math.max(0, last.current + 1000 - Date.now());
-      timer.current = window.setTimeout(() => {
-        timer.current = undefined;
-        last.current = Date.now();
-        setRefresh((n) => n + 1);
-      }, wait);
+      bump();
     };
-    const es = new EventSource('/api/events/stream');
-    es.addEventListener('array', bump);
-    es.addEventListener('tick', bump);
-    es.onopen = () => setLive(true);
-    // EventSource reconnects by itself; say so meanwhile. A lost login shows up on the next fetch (401).
-    es.onerror = () => setLive(false);
+    const open = () => {
+      reopen = undefined;
+      es = new EventSource('/api/events/stream');
+      es.addEventListener('array', onEvent);
+      es.addEventListener('tick', onEvent);
+      es.onopen = () => setLive(true);
+      es.onerror = () => {
+        setLive(false);
+        // EventSource retries a dropped connection itself, but gives up on an HTTP error (a 401,
+        // the subscriber cap): then open it again later. A lost login shows on the next fetch.
+        if (es?.readyState === EventSource.CLOSED && reopen === undefined) reopen = window.setTimeout(open, 5000);
+      };
+    };
+    open();
+    const poll = window.setInterval(() => {
+      if (Date.now() - lastEvent > 3000) bump();
+    }, 3000);
     return () => {
-      es.close();
-      if (timer.current !== undefined) window.clearTimeout(timer.current);
-      timer.current = undefined;
+      es?.close();
+      window.clearInterval(poll);
+      if (timer !== undefined) window.clearTimeout(timer);
+      if (reopen !== undefined) window.clearTimeout(reopen);
     };
-  }, [enabled]);
+  }, []);
   return { refresh, live };
 }
 
@@ -138,7 +162,7 @@ function Login(props: { onLogin: () => void }) {
 
 function Shell(props: { me: WhoAmI; onLogout: () => void }) {
   const route = useRoute();
-  const { refresh, live } = useLiveRefresh(true);
+  const { refresh, live } = useLiveRefresh();
   const current = ROUTES.find((r) => r.id === route) ?? ROUTES[0];
   const PageComponent = current.page;
   useEffect(() => {
