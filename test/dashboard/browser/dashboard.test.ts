@@ -4,6 +4,8 @@
  * volumes, faults appearing and being removed by someone allowed to, and every page rendering.
  * One array and one browser for the file; the tests run in order on one signed-in page.
  */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import type { Browser, Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cliJson, cliOk } from '../../support/arraylab.js';
@@ -25,7 +27,10 @@ import {
   waitForSelector,
   waitForTestId,
 } from '../../support/browser.js';
+import { requireTool } from '../../support/tools.js';
 import { type DashboardLab, startDashboardLab } from './harness.js';
+
+const run = promisify(execFile);
 
 const PAGES = ['overview', 'volumes', 'copies', 'hosts', 'tape', 'faults', 'remotes'] as const;
 
@@ -72,6 +77,8 @@ describe('dashboard', () => {
   it('lists the volumes on the overview', async () => {
     await cliOk(d.lab, ['volume', 'create', 'ov-alpha', '--size', '8MiB']);
     await cliOk(d.lab, ['volume', 'create', 'ov-beta', '--size', '16MiB']);
+    // A write for the volumes page's I/O figures (before any host: NBD sees every volume then).
+    await run(requireTool('qemu-io'), ['-f', 'raw', '-c', 'write -P 0x5a 0 1M', d.lab.nbdUri('ov-beta')], { timeout: 30_000 });
     await goTo(page, 'overview');
     // The page refreshes itself (Server-Sent Events): no reload.
     await waitForTestId(page, 'volume-row', '[data-volume="ov-alpha"]');
@@ -142,13 +149,28 @@ describe('dashboard', () => {
     await cliOk(d.lab, ['host', 'add', 'dash-host', '--initiator', 'iqn.2026-12.lab.arraylab:dash-host']);
     await cliOk(d.lab, ['host', 'map', 'dash-host', 'ov-alpha']);
     clearPageLog(page);
+    // What some pages must show of what this file made (the rest: their root and no error).
+    const shows: Partial<Record<(typeof PAGES)[number], string[]>> = {
+      overview: [tid('volume-row', '[data-volume="ov-alpha"]')],
+      volumes: [tid('volume-row', '[data-volume="ov-beta"]'), `${tid('volume-io-chart', '[data-volume="ov-beta"]')} canvas`],
+      hosts: [tid('host-row', '[data-host="dash-host"]')],
+    };
     for (const name of PAGES) {
       await goTo(page, name);
+      for (const selector of shows[name] ?? []) await waitForSelector(page, selector, { what: `${selector} on ${name}` });
       // Let a refresh or two come in (the page refreshes every second): a late failure shows too.
       await new Promise((r) => setTimeout(r, 1000));
       expect(await errorToasts(page), `error toasts on ${name}`).toEqual([]);
       assertNotBlank(await screenshot(page, `page-${name}`));
     }
+    // The LUN map the CLI made is on the hosts page.
+    await goTo(page, 'hosts');
+    const hostRow = await waitForTestId(page, 'host-row', '[data-host="dash-host"]');
+    expect(await hostRow.evaluate((el) => el.textContent)).toMatch(/LUN \d+ → ov-alpha/);
+    // The volumes page counts the write the overview test made.
+    await goTo(page, 'volumes');
+    const beta = await waitForTestId(page, 'volume-row', '[data-volume="ov-beta"]');
+    expect(await beta.evaluate((el) => el.textContent)).toMatch(/[1-9]\d* writes \(1\.00 MiB\)/);
     expect(pageErrors(page), 'errors the pages logged').toEqual([]);
     expect(failedApiCalls(page), 'API calls that failed').toEqual([]);
   }, 40_000);

@@ -19,7 +19,8 @@ export async function startDashboardLab(opts: StartOptions & { authOff?: boolean
   const lab = await startArraylab({
     config: { volumes: [] },
     ...start,
-    extraArgs: ['--dashboard', '127.0.0.1:0', ...(authOff ? ['--api-auth', 'off'] : []), ...(start.extraArgs ?? [])],
+    // Metrics on a free port (not the fixed default): the volumes page's I/O figures come from them.
+    extraArgs: ['--dashboard', '127.0.0.1:0', '--metrics', '127.0.0.1:0', ...(authOff ? ['--api-auth', 'off'] : []), ...(start.extraArgs ?? [])],
   });
   const address = lab.info.dashboard;
   if (!address) throw new Error(`serve --json reported no dashboard address (field "dashboard") although --dashboard was given: ${JSON.stringify(lab.info)}`);
