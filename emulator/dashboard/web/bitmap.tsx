@@ -49,7 +49,7 @@ function count(cells: string, ch: string): number {
   return n;
 }
 
-function draw(canvas: HTMLCanvasElement, view: CopyBitmapView, width: number): void {
+function draw(canvas: HTMLCanvasElement, view: CopyBitmapView, width: number): { size: number; cols: number } {
   const n = view.cells.length;
   const { size, cols, rows } = layout(n, width);
   const dpr = window.devicePixelRatio || 1;
@@ -60,7 +60,7 @@ function draw(canvas: HTMLCanvasElement, view: CopyBitmapView, width: number): v
   canvas.width = Math.round(cssW * dpr);
   canvas.height = Math.round(cssH * dpr);
   const ctx = canvas.getContext('2d');
-  if (!ctx) return;
+  if (!ctx) return { size, cols };
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, cssW, cssH);
   const style = getComputedStyle(canvas);
@@ -80,6 +80,20 @@ function draw(canvas: HTMLCanvasElement, view: CopyBitmapView, width: number): v
     const y = Math.floor(i / cols) * size;
     ctx.fillRect(x, y, size - gap, size - gap);
   }
+  return { size, cols };
+}
+
+const NAME_OF: Record<string, string> = Object.fromEntries(CELL_KINDS.map((k) => [k.ch, k.name]));
+
+/** What the square under the pointer stands for: its units and what they hold. */
+function describeCell(view: CopyBitmapView, grid: { size: number; cols: number }, x: number, y: number): string {
+  const col = Math.floor(x / grid.size);
+  const i = Math.floor(y / grid.size) * grid.cols + col;
+  if (col >= grid.cols || i < 0 || i >= view.cells.length) return '';
+  const first = i * view.unitsPerCell;
+  const last = Math.min(view.units, first + view.unitsPerCell) - 1;
+  const what = NAME_OF[view.cells[i] ?? '.'] ?? 'nothing';
+  return `${first === last ? `unit ${first}` : `units ${first}-${last}`} (bytes from ${bytes(first * view.unitBytes)}): ${what}`;
 }
 
 export function CopyBitmap(props: { sessionId: string }) {
@@ -117,9 +131,17 @@ export function CopyBitmap(props: { sessionId: string }) {
       });
   }, [props.sessionId, wanted, refresh]);
 
+  const grid = useRef<{ size: number; cols: number } | null>(null);
   useEffect(() => {
-    if (canvas.current && view && width > 0) draw(canvas.current, view, width);
+    if (canvas.current && view && width > 0) grid.current = draw(canvas.current, view, width);
   }, [view, width]);
+  // The title follows the pointer without a re-render: set on the element itself.
+  const hover = (e: MouseEvent) => {
+    const c = canvas.current;
+    if (!c || !view || !grid.current) return;
+    const r = c.getBoundingClientRect();
+    c.title = describeCell(view, grid.current, e.clientX - r.left, e.clientY - r.top);
+  };
 
   const cells = view?.cells ?? '';
   const units = view?.units ?? 0;
@@ -130,6 +152,7 @@ export function CopyBitmap(props: { sessionId: string }) {
       <div class="bitmap-box" ref={box}>
         <canvas
           ref={canvas}
+          onMouseMove={hover}
           data-testid="copy-bitmap"
           data-cells={cells.length}
           data-copied={count(cells, 'C')}
