@@ -243,9 +243,9 @@ function AddForm(props: { can: boolean; title: string | undefined; onAdded: () =
           <label>
             When
             <select value={f.trigger} onChange={(e) => set('trigger', (e.target as HTMLSelectElement).value as Trigger)}>
-              <option value="always">every matching operation</option>
-              <option value="once">the next one only</option>
-              <option value="every">every Nth</option>
+              <option value="always">every time</option>
+              <option value="once">once</option>
+              <option value="every">every Nth time</option>
               <option value="after">after the first N</option>
               <option value="probability">with probability P</option>
             </select>
