@@ -18,7 +18,7 @@ await build({
   outfile: join(out, 'assets', 'app.js'),
   bundle: true,
   minify: true,
-  sourcemap: 'external',
+  sourcemap: 'linked',
   target: 'es2020',
   format: 'iife',
   platform: 'browser',
