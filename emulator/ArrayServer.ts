@@ -33,6 +33,8 @@ import { isLoopback } from './api/ArrayApiServer.js';
 import { EventLog } from './events/EventLog.js';
 import { ArrayMetrics } from './metrics/ArrayMetrics.js';
 import { MetricsServer } from './metrics/MetricsServer.js';
+import { checkDashboardExposure, DashboardServer } from './dashboard/DashboardServer.js';
+import type { VolumeIoCounts } from './dashboard/gateway.js';
 import { VolumeIoStats } from './metrics/VolumeIo.js';
 
 export interface ServerAddresses {
@@ -42,6 +44,8 @@ export interface ServerAddresses {
   iscsi: HostPort | null;
   /** The /metrics listener; absent without listen.metrics, or when a defaulted one found its port busy. */
   metrics?: HostPort;
+  /** The web dashboard; absent unless listen.dashboard or --dashboard asks for one. */
+  dashboard?: HostPort;
 }
 
 /** What the server uses of the iSCSI target (emulator/iscsi/index.ts's IscsiTarget). */
@@ -88,6 +92,7 @@ export class ArrayServer {
   /** Host I/O counters per volume and latencies; present whenever metrics are on (listen.metrics). */
   readonly volumeIo: VolumeIoStats | undefined;
   private metricsServer?: MetricsServer;
+  private dashboardServer?: DashboardServer;
   /** tape: the tape library, and its temp directory for the memory backend (removed at stop). */
   private tapeLibrary?: TapeLibrary;
   private tapeTempDir?: string;
@@ -152,6 +157,7 @@ export class ArrayServer {
     try {
       // Refused before anything is made: an API others could reach, unprotected.
       checkApiExposure(config);
+      checkDashboardExposure(config);
       const apiTls = config.api.tls ? readApiTls(config) : undefined;
       const tls = config.nbd.tls ? readTls(config) : undefined;
       this.storage = await StorageArray.open({
@@ -220,7 +226,9 @@ export class ArrayServer {
 
       const metrics = config.listen.metrics ? await this.startMetrics(config.listen.metrics) : undefined;
 
-      this.bound = { nbd: { host: nbd.host, port: nbd.port }, api, iscsi, ...(metrics ? { metrics } : {}) };
+      const dashboard = config.listen.dashboard ? await this.startDashboard(config.listen.dashboard, api, apiTls) : undefined;
+
+      this.bound = { nbd: { host: nbd.host, port: nbd.port }, api, iscsi, ...(metrics ? { metrics } : {}), ...(dashboard ? { dashboard } : {}) };
       return this.bound;
     } catch (err) {
       this.stopping ??= this.shutdown();
@@ -266,6 +274,31 @@ export class ArrayServer {
       );
     this.log.info({ address: formatHostPort(bound), perVolume: this.config.metrics?.perVolume ?? true }, 'metrics listening (/metrics)');
     return bound;
+  }
+
+  /** The dashboard: a gateway to the API just bound, over HTTPS with the API's certificate off loopback. */
+  private async startDashboard(addr: HostPort, api: HostPort, apiTls: { cert: Buffer; key: Buffer } | undefined): Promise<HostPort> {
+    const loopback = isLoopback(addr.host);
+    const tlsCert = this.config.api.tls?.cert;
+    const server = new DashboardServer({
+      api,
+      auth: this.config.api.auth,
+      ...(tlsCert ? { apiCaFile: tlsCert } : {}),
+      ...(!loopback && apiTls ? { tls: { cert: apiTls.cert, key: apiTls.key } } : {}),
+      ioOf: (volume) => this.volumeIoOf(volume),
+      log: this.log.child({ component: 'dashboard' }),
+    });
+    this.dashboardServer = server;
+    const bound = await listenOrExplain('the dashboard', addr, '--dashboard HOST:PORT or listen.dashboard', () => server.listen(addr));
+    const url = `${loopback ? 'http' : 'https'}://${formatHostPort(bound)}/`;
+    if (this.config.api.auth) this.log.info({ address: url }, 'dashboard listening (log in with a token)');
+    else this.log.warn({ address: url }, 'dashboard listening, unauthenticated (api.auth off): anyone on this machine may use it');
+    return bound;
+  }
+
+  /** A volume's I/O counters for the dashboard, when the array keeps them (metrics on). */
+  private volumeIoOf(volume: string): VolumeIoCounts | undefined {
+    return (this as unknown as { volumeIo?: { get(volume: string): VolumeIoCounts | undefined } }).volumeIo?.get(volume);
   }
 
   /** Access control over the array's metadata store; the admin credential on a first start. */
@@ -370,6 +403,7 @@ export class ArrayServer {
   private async shutdown(): Promise<void> {
     this.api?.drain();
     await this.metricsServer?.close();
+    await this.dashboardServer?.close();
     if (this.nbd) {
       this.log.info('stopping NBD: no new clients; closing connected ones');
       await this.nbd.close();

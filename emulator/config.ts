@@ -117,6 +117,8 @@ export interface ArraylabConfig {
     api: HostPort;
     /** The Prometheus /metrics listener; absent: none (listen.metrics, --metrics, or serve's loopback default). */
     metrics?: HostPort;
+    /** The web dashboard (emulator/dashboard); absent: none (opt-in, listen.dashboard or --dashboard). */
+    dashboard?: HostPort;
   };
   /**
    * Present with listen.metrics: whether per-volume series are served (off for thousands of
@@ -188,7 +190,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
   const listenRaw = top.listen ?? {};
   if (!isPlainObject(listenRaw)) fail('listen', 'must be a mapping with nbd, iscsi and api addresses');
   const listen = listenRaw as Record<string, unknown>;
-  checkKeys(listen, ['nbd', 'iscsi', 'api', 'metrics'], 'listen', fail);
+  checkKeys(listen, ['nbd', 'iscsi', 'api', 'metrics', 'dashboard'], 'listen', fail);
   const address = (key: string, fallback: string | null): HostPort | null => {
     const value = listen[key] === undefined ? fallback : listen[key];
     if (value === null || value === '') return null;
@@ -205,6 +207,8 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
   if (!apiAddr) fail('listen.api', 'is empty; the control API needs an address such as 127.0.0.1:7390');
   const iscsiAddr = address('iscsi', null);
   const metrics = parseMetricsListen(listen.metrics, fail);
+  // dashboard: HOST:PORT, or off (the same as leaving it out).
+  const dashboardAddr = listen.dashboard === 'off' || listen.dashboard === false ? null : address('dashboard', null);
 
   const nbd: ArraylabConfig['nbd'] = {};
   if (top.nbd !== undefined && top.nbd !== null) {
@@ -324,7 +328,13 @@ export function parseConfig(text: string, source: string, baseDir: string): Arra
     source,
     dataDir,
     backend: backend as 'file' | 'memory',
-    listen: { nbd: nbdAddr!, iscsi: iscsiAddr, api: apiAddr!, ...(metrics?.address ? { metrics: metrics.address } : {}) },
+    listen: {
+      nbd: nbdAddr!,
+      iscsi: iscsiAddr,
+      api: apiAddr!,
+      ...(metrics?.address ? { metrics: metrics.address } : {}),
+      ...(dashboardAddr ? { dashboard: dashboardAddr } : {}),
+    },
     ...(metrics
       ? {
           metrics: {
@@ -488,6 +498,8 @@ export interface ConfigOverrides {
   /** --metrics HOST:PORT, or off: no metrics listener even if the config has one. */
   metrics?: string;
   metricsPerVolume?: 'on' | 'off';
+  /** --dashboard HOST:PORT, or off: no dashboard even if the config has one. */
+  dashboard?: string;
   /**
    * serve's default metrics address (127.0.0.1:9390), used when neither --metrics nor the config
    * sets listen.metrics and the API is on loopback. Only serve passes it: an ArrayServer built
@@ -521,6 +533,8 @@ export function applyOverrides(config: ArraylabConfig, o: ConfigOverrides): Arra
     api: apiOverrides(config.api, o),
   };
   applyMetricsOverrides(out, o, flagAddress);
+  if (o.dashboard === 'off') delete out.listen.dashboard;
+  else if (o.dashboard !== undefined) out.listen.dashboard = flagAddress('dashboard', o.dashboard);
   return out;
 }
 

@@ -29,6 +29,7 @@ export interface ServeArgs {
   'log-level'?: string | undefined;
   metrics?: string | undefined;
   'metrics-per-volume'?: 'on' | 'off' | undefined;
+  dashboard?: string | undefined;
   events?: 'on' | 'off' | undefined;
   json: boolean;
 }
@@ -57,6 +58,7 @@ export async function serve(a: ServeArgs): Promise<number> {
       ...(last(a['api-tls-ca']) !== undefined ? { apiTlsCa: last(a['api-tls-ca'])! } : {}),
       ...(metrics !== undefined ? { metrics } : {}),
       ...(a['metrics-per-volume'] !== undefined ? { metricsPerVolume: a['metrics-per-volume'] } : {}),
+      ...(last(a.dashboard) !== undefined ? { dashboard: last(a.dashboard)! } : {}),
       // On by default on loopback; a busy default port is a warning (ArrayServer), not a failed start.
       metricsDefault: DEFAULT_METRICS_ADDRESS,
       ...(a.events !== undefined ? { events: a.events } : {}),
@@ -95,6 +97,7 @@ export async function serve(a: ServeArgs): Promise<number> {
       api: formatHostPort(addresses.api),
       iscsi: addresses.iscsi ? formatHostPort(addresses.iscsi) : null,
       ...(addresses.metrics ? { metrics: formatHostPort(addresses.metrics) } : {}),
+      ...(addresses.dashboard ? { dashboard: formatHostPort(addresses.dashboard) } : {}),
     },
     'serving',
   );
@@ -114,6 +117,7 @@ function announce(config: ArraylabConfig, addresses: ServerAddresses, server: Ar
       dataDir: config.backend === 'file' ? config.dataDir : null,
       adminTokenFile: server.adminTokenFile ?? null,
       metrics: addresses.metrics ?? null,
+      dashboard: addresses.dashboard ?? null,
       volumes,
     });
     return;
@@ -136,8 +140,18 @@ function announce(config: ArraylabConfig, addresses: ServerAddresses, server: Ar
         : 'AUTH    off: anyone who reaches the API may do anything',
       // Only when asked for: the text of a server without metrics stays as it was.
       ...(addresses.metrics ? [`METRICS http://${formatHostPort(addresses.metrics)}/metrics  (Prometheus; unauthenticated)`] : []),
+      ...(addresses.dashboard ? [dashboardLine(config, addresses.dashboard)] : []),
     ].join('\n'),
   );
+}
+
+/** Where the dashboard is, and who may use it. */
+function dashboardLine(config: ArraylabConfig, addr: { host: string; port: number }): string {
+  const loopback = addr.host === 'localhost' || addr.host === '::1' || /^127\./.test(addr.host);
+  const url = `${loopback ? 'http' : 'https'}://${formatHostPort(addr)}/`;
+  return config.api.auth
+    ? `WEB     ${url}  (dashboard; log in with a token: each user sees and does what their role allows)`
+    : `WEB     ${url}  (dashboard; UNAUTHENTICATED, loopback only: anyone on this machine may use it)`;
 }
 
 /**

@@ -43,6 +43,16 @@ export function serveOptions(y: Argv<{ json: boolean }>) {
       choices: ['on', 'off'] as const,
       describe: 'the event stream (arraylab events; the last 1000 events in memory) [config api.events; default on]',
     })
+    .option('dashboard', {
+      type: 'string',
+      requiresArg: true,
+      describe:
+        'serve the web dashboard on HOST:PORT (loopback: HTTP; another address needs api.tls and serves HTTPS), or off [config listen.dashboard; default: none]',
+    })
+    .option('events', {
+      choices: ['on', 'off'] as const,
+      describe: 'the event stream (arraylab events; the last 1000 events in memory) [config api.events; default on]',
+    })
     .option('memory', { type: 'boolean', default: false, describe: 'keep volumes in memory (lost at exit); no data dir' })
     .option('log-level', { type: 'string', requiresArg: true, describe: `log level: ${LEVELS} [env ARRAYLAB_LOG_LEVEL; default from config: info]` });
 }
