@@ -3,12 +3,16 @@
 // side in one run, on backing files of the same size, driven by fio's nbd engine. Prints each
 // peer's figure and arraylab's ratio to it; then arraylab's RSS with 100 thin 10 GiB volumes and
 // 16 connected clients. Ratios, not absolute times, are what compare across machines.
+// arraylab runs twice, as "arraylab" (--metrics off) and "arraylab-metrics" (/metrics on, per-volume
+// series on, scraped once a second as Prometheus would, only faster): the cost of the I/O
+// counters and latency histograms, under the same load in the same run.
 // --baseline DIR adds another arraylab build (a checkout of an older commit, built there) as
 // the peer "baseline", measured in turn with the others: a before/after of a change under the
 // same load, which a busy machine otherwise makes noisy.
 //
-//   node scripts/bench/nbd.mjs [--tests randread,randwrite,read,write] [--runtime SECONDS] [--reps N] [--size 1GiB] [--json FILE] [--only arraylab,nbdkit,qemu-nbd] [--no-memory] [--node-args FLAGS] [--baseline DIR]
-import { spawn, execFileSync } from 'node:child_process';
+//   node scripts/bench/nbd.mjs [--tests randread,randwrite,read,write] [--runtime SECONDS] [--reps N] [--size 1GiB] [--json FILE] [--only arraylab,arraylab-metrics,nbdkit,qemu-nbd] [--no-memory] [--node-args FLAGS] [--baseline DIR]
+import { spawn, execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
@@ -30,7 +34,9 @@ const SIZE = SIZE_GIB * 1024 ** 3;
 const JSON_OUT = opt('json', undefined);
 const BASELINE = opt('baseline', undefined);
 const baselineCli = BASELINE === undefined ? undefined : join(BASELINE, 'dist', 'emulator', 'cli', 'arraylab.js');
-const ONLY = opt('only', BASELINE === undefined ? 'arraylab,nbdkit,qemu-nbd' : 'arraylab,baseline,nbdkit,qemu-nbd').split(',');
+const ONLY = opt('only', BASELINE === undefined ? 'arraylab,arraylab-metrics,nbdkit,qemu-nbd' : 'arraylab,arraylab-metrics,baseline,nbdkit,qemu-nbd').split(
+  ',',
+);
 const SKIP_MEMORY = args.includes('--no-memory');
 // Extra node flags for arraylab, e.g. --node-args "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile it.
 const NODE_ARGS = String(opt('node-args', '')).split(' ').filter(Boolean);
@@ -133,14 +139,18 @@ async function stop(child) {
 }
 
 /** Starts arraylab serve (of `cliPath`) with one file-backed thin volume and returns its NBD URI. */
-async function startArraylab(extraVolumes = [], cliPath = cli) {
+async function startArraylab(extraVolumes = [], cliPath = cli, serveArgs = ['--metrics', 'off']) {
   const dataDir = join(work, `arraylab-${Date.now()}`);
   const config = `${dataDir}.yaml`;
   const vols = [{ name: 'bench', size: `${SIZE_GIB}GiB` }, ...extraVolumes]
     .map((v) => `  - name: ${v.name}\n    size: ${v.size}\n    provisioning: thin\n    blockSize: 512\n`)
     .join('');
   writeFileSync(config, `dataDir: ${dataDir}\nlog:\n  level: warn\nvolumes:\n${vols}`);
-  const child = start('node', [...NODE_ARGS, cliPath, 'serve', '--config', config, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', '--json'], 'arraylab');
+  const child = start(
+    'node',
+    [...NODE_ARGS, cliPath, 'serve', '--config', config, '--nbd', '127.0.0.1:0', '--api', '127.0.0.1:0', ...serveArgs, '--json'],
+    'arraylab',
+  );
   let line;
   for (let i = 0; i < 400 && !line; i++) {
     if (child.exitCode !== null) throw new Error(`arraylab exited early:\n${child.output()}`);
@@ -152,7 +162,7 @@ async function startArraylab(extraVolumes = [], cliPath = cli) {
   }
   if (!line) throw new Error(`arraylab did not report its listeners:\n${child.output()}`);
   const info = JSON.parse(line);
-  return { child, port: info.nbd.port, uri: (name = 'bench') => `nbd://127.0.0.1:${info.nbd.port}/${name}` };
+  return { child, port: info.nbd.port, metricsPort: info.metrics?.port, uri: (name = 'bench') => `nbd://127.0.0.1:${info.nbd.port}/${name}` };
 }
 
 async function startNbdkit() {
@@ -177,8 +187,9 @@ async function startQemuNbd() {
   return { child, uri: () => `nbd://127.0.0.1:${port}/` };
 }
 
-function fio(uri, args) {
-  const out = execFileSync('fio', ['--name=bench', '--ioengine=nbd', `--uri=${uri}`, '--output-format=json', ...args], {
+/** fio, asynchronously: the scraper of arraylab-metrics keeps scraping while it runs. */
+async function fio(uri, args) {
+  const { stdout: out } = await promisify(execFile)('fio', ['--name=bench', '--ioengine=nbd', `--uri=${uri}`, '--output-format=json', ...args], {
     encoding: 'utf8',
     maxBuffer: 64 * 1024 * 1024,
   });
@@ -187,11 +198,11 @@ function fio(uri, args) {
 
 /** Writes the whole export once so that reads see real data on every peer. */
 function prefill(uri) {
-  fio(uri, ['--rw=write', '--bs=1M', '--iodepth=8', `--size=${SIZE}`, '--buffer_compress_percentage=0', '--refill_buffers=0']);
+  return fio(uri, ['--rw=write', '--bs=1M', '--iodepth=8', `--size=${SIZE}`, '--buffer_compress_percentage=0', '--refill_buffers=0']);
 }
 
-function measure(uri, t) {
-  const j = fio(uri, [
+async function measure(uri, t) {
+  const j = await fio(uri, [
     `--rw=${t.rw}`,
     `--bs=${t.bs}`,
     `--iodepth=${t.iodepth}`,
@@ -207,9 +218,32 @@ function measure(uri, t) {
   return t.metric === 'iops' ? side.iops : side.bw / 1024;
 }
 
+/** GET /metrics; the text. */
+async function scrape(port) {
+  const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+  if (!res.ok) throw new Error(`/metrics answered ${res.status}`);
+  return res.text();
+}
+
+/** arraylab with metrics on, scraped every second while it runs (a scrape costs too). */
+async function startArraylabMetrics() {
+  const peer = await startArraylab([], cli, ['--metrics', '127.0.0.1:0', '--metrics-per-volume', 'on']);
+  if (peer.metricsPort === undefined) throw new Error('arraylab --metrics 127.0.0.1:0 reported no metrics address');
+  peer.scrapes = 0;
+  peer.scraper = setInterval(() => {
+    scrape(peer.metricsPort).then(
+      () => peer.scrapes++,
+      (err) => process.stderr.write(`bench: scrape failed: ${err.message}\n`),
+    );
+  }, 1000);
+  return peer;
+}
+
 const peers = {
   arraylab: () => startArraylab(),
-  baseline: () => startArraylab([], baselineCli),
+  'arraylab-metrics': startArraylabMetrics,
+  // An older build may not know --metrics: it runs as it comes.
+  baseline: () => startArraylab([], baselineCli, []),
   nbdkit: startNbdkit,
   'qemu-nbd': startQemuNbd,
 };
@@ -219,12 +253,14 @@ const peers = {
 // which is what makes the ratios comparable.
 const running = {};
 const results = {};
+/** What arraylab-metrics' own series say of the bench volume after the run. */
+let metricsSeen;
 const samples = {};
 try {
   for (const name of ONLY) {
     process.stderr.write(`bench: ${name}: starting and prefilling\n`);
     running[name] = await peers[name]();
-    prefill(running[name].uri());
+    await prefill(running[name].uri());
     results[name] = {};
     samples[name] = {};
   }
@@ -234,7 +270,7 @@ try {
       // Every other rep in reverse order, so no peer always runs first on a warmer machine.
       for (const name of rep % 2 === 0 ? ONLY : [...ONLY].reverse()) {
         process.stderr.write(`bench: ${t.name}: ${name} (${rep + 1}/${REPS})\n`);
-        (samples[name][t.name] ??= []).push(measure(running[name].uri(), t));
+        (samples[name][t.name] ??= []).push(await measure(running[name].uri(), t));
       }
     }
     for (const name of ONLY) {
@@ -242,27 +278,62 @@ try {
       results[name][t.name] = sorted[Math.floor(sorted.length / 2)];
     }
   }
+  // The counters saw the load: what the bench volume's series say after it.
+  const m = running['arraylab-metrics'];
+  if (m !== undefined) {
+    clearInterval(m.scraper);
+    const text = await scrape(m.metricsPort);
+    const series = (name) => Number(text.match(new RegExp(`^${name}\\{volume="bench"\\} (\\S+)$`, 'm'))?.[1] ?? NaN);
+    const count = (op) => Number(text.match(new RegExp(`^arraylab_io_latency_seconds_count\\{protocol="nbd",operation="${op}"\\} (\\S+)$`, 'm'))?.[1] ?? NaN);
+    metricsSeen = {
+      readOps: series('arraylab_volume_read_ops_total'),
+      writeOps: series('arraylab_volume_write_ops_total'),
+      readBytes: series('arraylab_volume_read_bytes_total'),
+      writeBytes: series('arraylab_volume_write_bytes_total'),
+      latencyReads: count('read'),
+      latencyWrites: count('write'),
+      scrapes: m.scrapes,
+    };
+  }
 } finally {
-  for (const peer of Object.values(running)) await stop(peer.child);
+  for (const peer of Object.values(running)) {
+    if (peer.scraper !== undefined) clearInterval(peer.scraper);
+    await stop(peer.child);
+  }
 }
 
 const fmt = (v, metric) => (v === undefined ? '-' : metric === 'iops' ? `${Math.round(v)} IOPS` : `${v.toFixed(0)} MiB/s`);
 const ratio = (a, b) => (a === undefined || b === undefined ? '-' : `${(a / b).toFixed(2)}x`);
 const withBaseline = ONLY.includes('baseline');
+const withMetrics = ONLY.includes('arraylab-metrics');
 const rows = [
-  ['test', 'arraylab', ...(withBaseline ? ['baseline'] : []), 'nbdkit', 'qemu-nbd', ...(withBaseline ? ['vs baseline'] : []), 'vs nbdkit', 'vs qemu-nbd'],
+  [
+    'test',
+    'arraylab',
+    ...(withMetrics ? ['metrics on'] : []),
+    ...(withBaseline ? ['baseline'] : []),
+    'nbdkit',
+    'qemu-nbd',
+    ...(withMetrics ? ['on vs off'] : []),
+    ...(withBaseline ? ['vs baseline'] : []),
+    'vs nbdkit',
+    'vs qemu-nbd',
+  ],
 ];
 for (const t of TESTS) {
   const a = results.arraylab?.[t.name];
+  const am = results['arraylab-metrics']?.[t.name];
   const b = results.baseline?.[t.name];
   const k = results.nbdkit?.[t.name];
   const q = results['qemu-nbd']?.[t.name];
   rows.push([
     t.name,
     fmt(a, t.metric),
+    ...(withMetrics ? [fmt(am, t.metric)] : []),
     ...(withBaseline ? [fmt(b, t.metric)] : []),
     fmt(k, t.metric),
     fmt(q, t.metric),
+    ...(withMetrics ? [ratio(am, a)] : []),
     ...(withBaseline ? [ratio(a, b)] : []),
     ratio(a, k),
     ratio(a, q),
@@ -273,10 +344,21 @@ const line = (r) => `| ${r.map((c, i) => c.padEnd(widths[i])).join(' | ')} |`;
 console.log(
   `\nNBD benchmark: fio nbd engine, one job, one connection; median of ${REPS} runs of ${RUNTIME} s per test and peer, interleaved; ${SIZE_GIB} GiB backing, prefilled`,
 );
+if (withMetrics)
+  console.log(
+    'metrics on: arraylab serve --metrics 127.0.0.1:0 (per-volume series on), scraped every second; "on vs off": its figure over arraylab\'s (--metrics off)',
+  );
 if (withBaseline) console.log(`baseline: the arraylab built in ${BASELINE}`);
 console.log(line(rows[0]));
 console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
 for (const r of rows.slice(1)) console.log(line(r));
+
+if (metricsSeen !== undefined) {
+  const s = metricsSeen;
+  console.log(
+    `metrics on, volume bench after the run: ${s.readOps} reads (${(s.readBytes / 2 ** 30).toFixed(2)} GiB), ${s.writeOps} writes (${(s.writeBytes / 2 ** 30).toFixed(2)} GiB); latency histogram counts: nbd read ${s.latencyReads}, write ${s.latencyWrites}; ${s.scrapes} scrapes`,
+  );
+}
 
 // Memory: 100 thin 10 GiB volumes, 16 clients connected, each having written and read 4 MiB.
 let memory;
