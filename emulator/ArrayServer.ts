@@ -34,7 +34,6 @@ import { EventLog } from './events/EventLog.js';
 import { ArrayMetrics } from './metrics/ArrayMetrics.js';
 import { MetricsServer } from './metrics/MetricsServer.js';
 import { checkDashboardExposure, DashboardServer } from './dashboard/DashboardServer.js';
-import type { VolumeIoCounts } from './dashboard/gateway.js';
 import { VolumeIoStats } from './metrics/VolumeIo.js';
 
 export interface ServerAddresses {
@@ -285,20 +284,16 @@ export class ArrayServer {
       auth: this.config.api.auth,
       ...(tlsCert ? { apiCaFile: tlsCert } : {}),
       ...(!loopback && apiTls ? { tls: { cert: apiTls.cert, key: apiTls.key } } : {}),
-      ioOf: (volume) => this.volumeIoOf(volume),
+      ioOf: (volume) => this.volumeIo?.get(volume),
       log: this.log.child({ component: 'dashboard' }),
     });
     this.dashboardServer = server;
+    await server.checkApiTrust();
     const bound = await listenOrExplain('the dashboard', addr, '--dashboard HOST:PORT or listen.dashboard', () => server.listen(addr));
     const url = `${loopback ? 'http' : 'https'}://${formatHostPort(bound)}/`;
     if (this.config.api.auth) this.log.info({ address: url }, 'dashboard listening (log in with a token)');
     else this.log.warn({ address: url }, 'dashboard listening, unauthenticated (api.auth off): anyone on this machine may use it');
     return bound;
-  }
-
-  /** A volume's I/O counters for the dashboard, when the array keeps them (metrics on). */
-  private volumeIoOf(volume: string): VolumeIoCounts | undefined {
-    return (this as unknown as { volumeIo?: { get(volume: string): VolumeIoCounts | undefined } }).volumeIo?.get(volume);
   }
 
   /** Access control over the array's metadata store; the admin credential on a first start. */

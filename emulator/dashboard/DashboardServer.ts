@@ -13,7 +13,8 @@
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { dirname, extname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
@@ -174,6 +175,32 @@ export class DashboardServer {
     });
   }
 
+  /**
+   * With the API on TLS: can the gateway verify it with api.tls.cert as the CA? A self-signed
+   * certificate, or a file holding the chain up to its CA, can be; a lone CA-signed one cannot.
+   * Checked with a bare TLS handshake (no call: nothing for the API to count as a failed login).
+   */
+  async checkApiTrust(): Promise<void> {
+    const caFile = this.opts.apiCaFile;
+    if (caFile === undefined) return;
+    const { host, port } = this.apiAddress();
+    const problem = await new Promise<string | undefined>((resolve) => {
+      const socket = tlsConnect({ host, port, ca: readFileSync(caFile), ALPNProtocols: ['h2'], ...(isIP(host) ? {} : { servername: host }) }, () => {
+        socket.destroy();
+        resolve(undefined);
+      });
+      socket.setTimeout(5_000, () => {
+        socket.destroy();
+        resolve('the handshake timed out');
+      });
+      socket.on('error', (err) => resolve(err.message));
+    });
+    if (problem !== undefined)
+      throw new Error(
+        `the dashboard cannot verify the control API's certificate at ${formatHostPort({ host, port })} with ${caFile} as its CA (${problem}): put the CA's certificate after the server's in that file (a chain), or use a self-signed certificate for ${host}; or serve without the dashboard (--dashboard off)`,
+      );
+  }
+
   listen(addr: HostPort): Promise<HostPort> {
     this.loopbackOnly = isLoopback(addr.host);
     return new Promise((resolve, reject) => {
@@ -198,15 +225,18 @@ export class DashboardServer {
     });
   }
 
+  /** Where the gateway calls the API: a wildcard bind is reached on loopback. */
+  private apiAddress(): HostPort {
+    const api = this.opts.api;
+    return { host: api.host === '0.0.0.0' ? '127.0.0.1' : api.host === '::' ? '::1' : api.host, port: api.port };
+  }
+
   /** The gateway's client for a token (auth on), or the shared one (auth off). */
   private makeClient(token?: string): ArrayClient {
-    const api = this.opts.api;
-    // A wildcard bind is reached on loopback.
-    const host = api.host === '0.0.0.0' ? '127.0.0.1' : api.host === '::' ? '::1' : api.host;
-    return new ArrayClient(
-      { host, port: api.port },
-      { ...(token !== undefined ? { token } : {}), ...(this.opts.apiCaFile ? { tls: { ca: this.opts.apiCaFile } } : {}) },
-    );
+    return new ArrayClient(this.apiAddress(), {
+      ...(token !== undefined ? { token } : {}),
+      ...(this.opts.apiCaFile ? { tls: { ca: this.opts.apiCaFile } } : {}),
+    });
   }
 
   private makeRoutes(): Route[] {

@@ -8,18 +8,9 @@ import { ApiError, type ArrayClient } from '../../proto/ArrayClient.js';
 import type * as pb from '../../proto/gen/index.js';
 import type { ArrayEventView } from '../../proto/wire/eventWire.js';
 import { allowed, isRole } from '../auth/permissions.js';
+import type { VolumeIoCounts } from '../metrics/VolumeIo.js';
 
-/** A volume's I/O since the array started (emulator/metrics/VolumeIo.ts, when metrics are on). */
-export interface VolumeIoCounts {
-  readOps: number;
-  readBytes: number;
-  writeOps: number;
-  writeBytes: number;
-  flushOps: number;
-  trimOps: number;
-  trimBytes: number;
-  errors: number;
-}
+export type { VolumeIoCounts } from '../metrics/VolumeIo.js';
 
 /** What /api/overview lists of the event history: the newest. */
 export const OVERVIEW_EVENTS = 50;
@@ -125,9 +116,7 @@ export async function copyBitmap(client: ArrayClient, id: string, cellsParam: st
     if (!Number.isSafeInteger(cells) || cells < 1 || cells > MAX_BITMAP_CELLS)
       throw new HttpError(400, `cells=${cellsParam} is not a number of cells from 1 to ${MAX_BITMAP_CELLS}; e.g. cells=${DEFAULT_BITMAP_CELLS}`);
   }
-  const c = client as unknown as { copyBitmap?: (id: string, maxCells?: number) => Promise<unknown> };
-  if (typeof c.copyBitmap !== 'function') throw new HttpError(501, 'this arraylab cannot draw copy bitmaps yet (ArrayClient.copyBitmap is missing)');
-  return c.copyBitmap(id, cells);
+  return client.copyBitmap(id, cells);
 }
 
 /** tape: an array without a tape library lists no cartridges. */

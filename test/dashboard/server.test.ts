@@ -14,6 +14,7 @@ import { readAdminToken } from '../../emulator/auth/adminCredential.js';
 import { applyOverrides, parseConfig } from '../../emulator/config.js';
 import { checkDashboardExposure, DashboardServer } from '../../emulator/dashboard/DashboardServer.js';
 import { ArrayClient } from '../../proto/ArrayClient.js';
+import { CMD, WireClient } from '../support/nbdWire.js';
 
 const MiB = 2 ** 20;
 const silent = pino({ level: 'silent' });
@@ -117,7 +118,7 @@ describe('the dashboard with access control on', () => {
   beforeAll(async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'arraylab-dashboard-'));
     const config = parseConfig(
-      `dataDir: ${dataDir}\nlisten: {nbd: "127.0.0.1:0", api: "127.0.0.1:0", dashboard: "127.0.0.1:0"}\nvolumes: [{name: shared, size: 4MiB}]\n`,
+      `dataDir: ${dataDir}\nlisten: {nbd: "127.0.0.1:0", api: "127.0.0.1:0", dashboard: "127.0.0.1:0", metrics: "127.0.0.1:0"}\nvolumes: [{name: shared, size: 4MiB}]\n`,
       'test',
       '/tmp',
     );
@@ -179,8 +180,20 @@ describe('the dashboard with access control on', () => {
     expect(events.filter((e) => e.kind === 'volume.created').length).toBe(2);
     expect(events[0]!.seq).toBeGreaterThan(events[events.length - 1]!.seq);
     expect(r.headers.get('cache-control')).toBe('no-store');
+    // With metrics on, a volume a host has opened carries its I/O counters.
+    const nbd = await WireClient.connect(server.addresses!.nbd.port);
+    try {
+      await nbd.connectExport('shared');
+      nbd.sendRequest(CMD.WRITE, { cookie: 1n, offset: 0, length: 4096, payload: Buffer.alloc(4096, 1) });
+      expect((await nbd.readReply(0)).error).toBe(0);
+    } finally {
+      nbd.close();
+    }
     const vols = await call(base, '/api/volumes', { cookie });
     expect(vols.body).toMatchObject({ hosts: [] });
+    const byName = new Map((vols.body.volumes as Array<{ name: string; io?: Record<string, number> }>).map((v) => [v.name, v]));
+    expect(byName.get('shared')?.io).toMatchObject({ writeOps: 1, writeBytes: 4096, readOps: 0 });
+    expect(byName.get('va')).not.toHaveProperty('io');
     for (const p of ['/api/copies', '/api/hosts', '/api/tape', '/api/remotes', '/api/faults']) expect((await call(base, p, { cookie })).status).toBe(200);
   });
 
