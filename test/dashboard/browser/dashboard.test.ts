@@ -175,6 +175,26 @@ describe('dashboard', () => {
     expect(failedApiCalls(page), 'API calls that failed').toEqual([]);
   }, 40_000);
 
+  it("shows a tenant's operator only its tenant's volumes", async () => {
+    await cliOk(d.lab, ['tenant', 'add', 'blue']);
+    await cliOk(d.lab, ['tenant', 'assign', 'blue', '--volume', 'ov-alpha']);
+    const op = (await cliJson(d.lab, ['user', 'add', 'blue-op', '--role', 'operator', '--tenant', 'blue'])) as { token: string };
+    const context = await browser.createBrowserContext();
+    try {
+      const tp = await openPage(context, d.url);
+      await login(tp, op.token);
+      expect(await (await waitForTestId(tp, 'whoami')).evaluate((el) => el.textContent)).toMatch(/blue-op.*tenant blue/);
+      await waitForTestId(tp, 'page-overview');
+      await waitForTestId(tp, 'volume-row', '[data-volume="ov-alpha"]');
+      for (const other of ['ov-beta', 'fv']) expect(await tp.$(tid('volume-row', `[data-volume="${other}"]`)), other).toBeNull();
+      await goTo(tp, 'volumes');
+      await waitForTestId(tp, 'volume-row', '[data-volume="ov-alpha"]');
+      expect(await tp.$$eval(tid('volume-row'), (rows) => rows.map((r) => r.getAttribute('data-volume')))).toEqual(['ov-alpha']);
+    } finally {
+      await context.close();
+    }
+  });
+
   it('logs out: the login form returns, and a reload does not sign back in', async () => {
     // No data-testid in the contract for it: the button by its label.
     await (await waitForSelector(page, 'button::-p-text(Log out)', { what: 'the Log out button' })).click();
