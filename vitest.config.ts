@@ -23,7 +23,7 @@ const UNIT = [
   'test/api/**/*.test.ts',
   'test/auth/unit/**/*.test.ts',
   'test/events/unit/**/*.test.ts',
-  'test/dashboard/server.test.ts',
+  'test/dashboard/{server,sessions}.test.ts',
   'test/metrics/unit/**/*.test.ts',
   'test/docs/roleMatrix.test.ts',
   'test/tape/library.test.ts',

@@ -28,6 +28,14 @@ import { type DashboardSession, SessionStore, sessionCookie, sessionIdOf } from 
 import { SseBroker } from './sse.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
+/**
+ * Failed logins a minute, from all addresses together. The API counts failures per address and
+ * sees every dashboard user as the gateway's 127.0.0.1; at its limit (10) it would refuse every
+ * call from there, the other dashboard users' and the local CLI's too. This keeps the dashboard
+ * under it: a guesser blocks only logins, for a minute.
+ */
+export const MAX_LOGIN_FAILURES = 5;
+const LOGIN_WINDOW_MS = 60_000;
 export const MAX_CONNECTIONS = 128;
 const REQUEST_TIMEOUT_MS = 30_000;
 const HEADERS_TIMEOUT_MS = 10_000;
@@ -136,6 +144,8 @@ export class DashboardServer {
   private readonly sessions: SessionStore;
   private readonly broker: SseBroker;
   private readonly throttle = new AuthThrottle();
+  /** When the failed logins of the last minute happened, from any address (at most MAX_LOGIN_FAILURES). */
+  private failedLogins: number[] = [];
   private readonly routes: Route[];
   private readonly staticDir: string;
   private files = new Map<string, StaticFile>();
@@ -345,8 +355,10 @@ export class DashboardServer {
     if (typeof token !== 'string' || !/^[\x21-\x7e]{1,1024}$/.test(token.trim()))
       throw new HttpError(400, 'the body must be {"token": "..."} with your arraylab token (arraylab user add prints one)');
     const peer = c.req.socket.remoteAddress ?? '';
-    const wait = this.throttle.blockedFor(peer);
-    if (wait > 0) throw new HttpError(429, `too many failed logins from ${peer}; wait ${Math.ceil(wait / 1000)} s, then log in with a valid token`);
+    const now = Date.now();
+    this.failedLogins = this.failedLogins.filter((t) => now - t < LOGIN_WINDOW_MS);
+    const wait = Math.max(this.throttle.blockedFor(peer), this.failedLogins.length >= MAX_LOGIN_FAILURES ? this.failedLogins[0]! + LOGIN_WINDOW_MS - now : 0);
+    if (wait > 0) throw new HttpError(429, `too many failed logins; wait ${Math.ceil(wait / 1000)} s, then log in with a valid token`);
     const client = this.makeClient(token.trim());
     let user: { name: string; role: string; tenant: string };
     try {
@@ -355,6 +367,7 @@ export class DashboardServer {
       client.close();
       if (err instanceof ApiError && err.code === 'UNAUTHENTICATED') {
         this.throttle.failed(peer);
+        this.failedLogins.push(Date.now());
         // ArrayClient adds where the token came from, which here is always the form.
         throw new HttpError(401, `login refused: ${err.message.replace(/ \(the token came from the token given\)$/, '')}`);
       }

@@ -311,6 +311,25 @@ describe('the dashboard with access control on', () => {
     expect((await call(base, '/api/copies/nope/bitmap', { cookie })).status).toBe(404);
     await admin.cancelCopy(s.id, { force: true });
   });
+
+  it('stops failed logins before the API would refuse the gateway, and keeps sessions working', async () => {
+    const cookie = await login(tokens.mon);
+    const statuses: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      const r = await call(base, '/api/login', { method: 'POST', body: { token: `alab_wrong-${i}` } });
+      statuses.push(r.status);
+      if (r.status === 429) {
+        expect(r.body.error).toMatch(/^too many failed logins; wait \d+ s/);
+        break;
+      }
+    }
+    expect(statuses.at(-1)).toBe(429);
+    expect(statuses.filter((st) => st === 401).length).toBeLessThanOrEqual(5);
+    // A good token waits too, but the sessions, and the API's other local clients, go on.
+    expect((await call(base, '/api/login', { method: 'POST', body: { token: tokens.admin } })).status).toBe(429);
+    expect((await call(base, '/api/overview', { cookie })).status).toBe(200);
+    expect((await admin.listVolumes()).length).toBeGreaterThan(0);
+  });
 });
 
 describe('the dashboard with access control off', () => {
