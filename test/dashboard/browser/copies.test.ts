@@ -17,6 +17,8 @@ const run = promisify(execFile);
 
 let d: DashboardLab;
 let page: Page;
+/** The QuickOPC the first test starts (tracking once it is done). */
+let quickOpc: string;
 
 beforeAll(async () => {
   const [lab, browser] = await Promise.all([startDashboardLab(), launchBrowser()]);
@@ -34,6 +36,8 @@ interface Sample {
   cells: number;
   copied: number;
   pending: number;
+  tracked: number;
+  beforeImage: number;
 }
 
 /** What the copies page shows of session id now (null while it shows no such session). */
@@ -51,6 +55,9 @@ async function sample(id: string): Promise<Sample | null> {
     cells: Number(bitmap['data-cells']),
     copied: Number(bitmap['data-copied']),
     pending: Number(bitmap['data-pending']),
+    // Beyond the shared contract (which names cells, copied and pending): the front end's own.
+    tracked: Number(bitmap['data-tracked']),
+    beforeImage: Number(bitmap['data-before-image']),
   };
 }
 
@@ -68,6 +75,7 @@ describe('dashboard copies page', () => {
     };
     expect(started.state).toBe('copying');
     const id = started.id;
+    quickOpc = id;
 
     await (await waitForTestId(page, 'nav-copies')).click();
     await waitForTestId(page, 'page-copies');
@@ -115,4 +123,40 @@ describe('dashboard copies page', () => {
     expect(((await cliJson(d.lab, ['copy', 'show', id])) as { state: string }).state).toBe('tracking');
     assertNotBlank(await screenshot(page, 'copies-done'));
   }, 60_000);
+
+  it('shows writes to the source as tracked units (QuickOPC) and before-images (SnapOPC+)', async () => {
+    const qemuIo = requireTool('qemu-io');
+    await cliOk(d.lab, ['volume', 'create', 'cp-snap', '--size', '16MiB']);
+    const snap = (await cliJson(d.lab, ['copy', 'start', '--type', 'snapopcplus', '--src', 'cp-src', '--dst', 'cp-snap'])) as { id: string };
+    await waitForTestId(page, 'copy-session', `[data-session="${snap.id}"][data-state="snap"]`);
+    const before = await pollPage(
+      page,
+      `SnapOPC+ ${snap.id} with a loaded bitmap`,
+      () => sample(snap.id),
+      (s) => s !== null && s.cells > 0,
+    );
+    expect(before).toMatchObject({ cells: 256, beforeImage: 0 });
+
+    // 1 MiB at 4 MiB: 16 units of 64 KiB, each one cell (256 units fit in the picture).
+    await run(qemuIo, ['-f', 'raw', '-c', 'write -P 0x77 4M 1M', d.lab.nbdUri('cp-src')], { timeout: 30_000 });
+    await pollPage(
+      page,
+      `QuickOPC ${quickOpc} to show 16 tracked cells`,
+      () => sample(quickOpc),
+      (s) => s !== null && s.tracked === 16,
+      { timeoutMs: 10_000 },
+    );
+    await pollPage(
+      page,
+      `SnapOPC+ ${snap.id} to show 16 before-image cells`,
+      () => sample(snap.id),
+      (s) => s !== null && s.beforeImage === 16,
+      {
+        timeoutMs: 10_000,
+      },
+    );
+    const q = (await sample(quickOpc))!;
+    expect(q).toMatchObject({ state: 'tracking', pending: 0, tracked: 16, copied: 240 }); // a tracked cell is no longer shown as copied
+    assertNotBlank(await screenshot(page, 'copies-tracked'));
+  });
 });
