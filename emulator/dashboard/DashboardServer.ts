@@ -158,11 +158,12 @@ export class DashboardServer {
   constructor(private readonly opts: DashboardServerOptions) {
     this.log = opts.log;
     this.secure = opts.tls !== undefined;
+    this.broker = new SseBroker(this.log, opts.limits?.maxSubscribers);
     this.sessions = new SessionStore({
+      onRemove: (id) => this.broker.drop(id),
       ...(opts.limits?.maxSessions !== undefined ? { max: opts.limits.maxSessions } : {}),
       ...(opts.limits?.idleMs !== undefined ? { idleMs: opts.limits.idleMs } : {}),
     });
-    this.broker = new SseBroker(this.log, opts.limits?.maxSubscribers);
     this.staticDir = opts.staticDir ?? defaultStaticDir();
     this.loadStatic();
     this.routes = this.makeRoutes();
@@ -389,8 +390,8 @@ export class DashboardServer {
     return {};
   }
 
+  /** Its client is closed and its event streams end (onRemove). */
   private endSession(id: string): void {
-    this.broker.drop(id);
     this.sessions.remove(id);
   }
 

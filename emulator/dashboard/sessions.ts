@@ -25,6 +25,8 @@ export interface SessionStoreOptions {
   max?: number;
   idleMs?: number;
   now?: () => number;
+  /** Told when a session goes (logout, idle, evicted), after its client is closed: its event streams end. */
+  onRemove?: (id: string) => void;
 }
 
 export class SessionStore {
@@ -33,8 +35,10 @@ export class SessionStore {
   private readonly max: number;
   private readonly idleMs: number;
   private readonly now: () => number;
+  private readonly onRemove: ((id: string) => void) | undefined;
 
   constructor(opts: SessionStoreOptions = {}) {
+    this.onRemove = opts.onRemove;
     this.max = opts.max ?? MAX_SESSIONS;
     this.idleMs = opts.idleMs ?? IDLE_MS;
     this.now = opts.now ?? Date.now;
@@ -74,6 +78,7 @@ export class SessionStore {
     if (s === undefined) return;
     this.sessions.delete(id);
     s.client.close();
+    this.onRemove?.(id);
   }
 
   /** Drops the sessions idle too long (they are in last-use order: stop at the first fresh one). */

@@ -254,6 +254,19 @@ describe('the dashboard with access control on', () => {
     expect((await call(base, '/api/events/stream')).status).toBe(401);
   });
 
+  it("ends a session's event stream at logout", async () => {
+    const cookie = await login(tokens.mon);
+    const res = await fetch(`${base}/api/events/stream`, { headers: { cookie } });
+    const reader = res.body!.getReader();
+    await reader.read(); // the stream is open
+    expect((await call(base, '/api/logout', { method: 'POST', body: {}, cookie })).status).toBe(200);
+    const ended = (async () => {
+      for (;;) if ((await reader.read()).done) return true;
+    })();
+    const late = new Promise<boolean>((r) => setTimeout(() => r(false), 3000));
+    expect(await Promise.race([ended, late])).toBe(true);
+  });
+
   it('refuses state changes that could come from another site', async () => {
     const cookie = await login(tokens.inst);
     const body = JSON.stringify({ kind: 'error', volume: 'shared' });

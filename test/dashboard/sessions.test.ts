@@ -34,7 +34,8 @@ describe('SessionStore', () => {
 
   it('forgets a session idle too long, and a logout closes its client', () => {
     let now = 1_000_000;
-    const store = new SessionStore({ idleMs: 1000, now: () => now });
+    const gone: string[] = [];
+    const store = new SessionStore({ idleMs: 1000, now: () => now, onRemove: (id) => gone.push(id) });
     const closed: string[] = [];
     const a = store.create({ client: fakeClient(closed, 'a'), user: 'a', role: 'admin', tenant: '' });
     const b = store.create({ client: fakeClient(closed, 'b'), user: 'b', role: 'admin', tenant: '' });
@@ -46,6 +47,7 @@ describe('SessionStore', () => {
     expect(store.get(a.id)).toBe(a);
     store.remove(a.id);
     expect(closed).toEqual(['b', 'a']);
+    expect(gone).toEqual([b.id, a.id]); // their event streams end too
     expect(store.size).toBe(0);
   });
 });
