@@ -39,10 +39,6 @@ export function serveOptions(y: Argv<{ json: boolean }>) {
       choices: ['on', 'off'] as const,
       describe: 'per-volume metric series; off for arrays with thousands of volumes [config listen.metrics.perVolume; default on]',
     })
-    .option('events', {
-      choices: ['on', 'off'] as const,
-      describe: 'the event stream (arraylab events; the last 1000 events in memory) [config api.events; default on]',
-    })
     .option('dashboard', {
       type: 'string',
       requiresArg: true,
