@@ -138,7 +138,7 @@ function announce(config: ArraylabConfig, addresses: ServerAddresses, server: Ar
       server.adminTokenFile
         ? `AUTH    on; admin token in ${server.adminTokenFile} (this user's CLI finds it; others: --token-file or ARRAYLAB_TOKEN)`
         : 'AUTH    off: anyone who reaches the API may do anything',
-      // Only when asked for: the text of a server without metrics stays as it was.
+      // Only when served (by default on loopback; not with --metrics off or a busy default port).
       ...(addresses.metrics ? [`METRICS http://${formatHostPort(addresses.metrics)}/metrics  (Prometheus; unauthenticated)`] : []),
       ...(addresses.dashboard ? [dashboardLine(config, addresses.dashboard)] : []),
     ].join('\n'),
