@@ -66,9 +66,11 @@ function data(volume: string): uPlot.AlignedData {
 
 const HEIGHT = 160;
 
-function xRange(min: number | null, max: number | null): uPlot.Range.MinMax {
-  const hi = max ?? Date.now() / 1000;
-  return [Math.min(min ?? hi, hi - 60), hi];
+// Ends at now, not at uPlot's max: with a single sample uPlot pads max by a day's worth of
+// seconds, which would squash the one point against the left edge.
+function xRange(min: number | null): uPlot.Range.MinMax {
+  const now = Date.now() / 1000;
+  return [Math.min(min ?? now, now - 60), now];
 }
 
 /** version: bumped by the caller when new samples came in, to redraw. */
@@ -88,7 +90,7 @@ export function IoChart(props: { volume: string; version: number }) {
       legend: { show: true, live: false },
       cursor: { drag: { x: false, y: false } },
       // At least a minute across, so the first samples do not fill the width with sub-second ticks.
-      scales: { x: { time: true, range: (_u, min, max) => xRange(min, max) }, y: { range: (_u, _min, max) => [0, Math.max(1024, max * 1.1)] } },
+      scales: { x: { time: true, range: (_u, min) => xRange(min) }, y: { range: (_u, _min, max) => [0, Math.max(1024, max * 1.1)] } },
       axes: [axis, { ...axis, size: 90, values: (_u, vals) => vals.map((v) => rate(v)) }],
       series: [
         {},

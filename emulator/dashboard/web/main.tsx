@@ -145,7 +145,7 @@ function Login(props: { onLogin: () => void }) {
           autocomplete="current-password"
           value={token}
           onInput={(e) => setToken((e.target as HTMLInputElement).value)}
-          placeholder="paste the token, e.g. from arraylab user token NAME"
+          placeholder="paste a token: arraylab user add NAME --role monitor prints one"
         />
         <button type="submit" data-testid="login-submit" disabled={busy || token.trim() === ''}>
           {busy ? 'Logging in…' : 'Log in'}
