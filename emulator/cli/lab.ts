@@ -4,6 +4,7 @@ import type { LabItem } from '../lab/apply.js';
 import { EXIT_USAGE, CommandError } from './errors.js';
 import { print, printJson, table } from '../../proto/util/table.js';
 import { asCommandError, cliLogger, runDirOf, withRunDirOption } from './vm.js';
+import { scenarioCommands } from './labScenario.js';
 
 async function load(file: string) {
   const { loadLab, LabError } = await import('../lab/schema.js');
@@ -24,7 +25,8 @@ function line(i: LabItem): string {
 }
 
 export function labCommands(y: Argv<{ json: boolean }>) {
-  return withRunDirOption(y)
+  // Scenario commands (start, step, check, ...) first: lab.ts keeps up, down and status.
+  return scenarioCommands(withRunDirOption(y))
     .command(
       'up <file>',
       'create what the lab file declares and is missing (start its arrays; seats, volumes, hosts, remotes, REC pairs, VMs); leaves what exists',

@@ -15,6 +15,7 @@ import { checkIscsiName, IscsiNameError } from '../array/iscsiNames.js';
 import { MAX_LUN, VOLUME_NAME_PATTERN } from '../array/types.js';
 import { parseSize, SizeError } from '../../proto/util/units.js';
 import { ACCESS_NAME_PATTERN, TENANT_ROLES } from '../auth/AccessControl.js';
+import { parseScenario, type ScenarioPart } from './scenario/schema.js';
 
 export interface LabVolume {
   name: string;
@@ -123,6 +124,8 @@ export interface Lab {
   seed: number;
   /** Trainee seats (none: names is empty). */
   seats: LabSeats;
+  /** A lab with steps is a scenario: its title, description and steps (scenario/schema.ts). */
+  scenario?: ScenarioPart;
 }
 
 export class LabError extends Error {
@@ -298,7 +301,7 @@ export function parseLab(text: string, file: string): Lab {
   }
   const root: unknown = doc.toJS();
   if (!isObj(root)) return fail('', 'the top level must be a mapping with arrays, volumes, hosts, vms and optionally faults and seed');
-  checkKeys(root, ['arrays', 'volumes', 'hosts', 'vms', 'faults', 'seed', 'seats'], '', fail);
+  checkKeys(root, ['arrays', 'volumes', 'hosts', 'vms', 'faults', 'seed', 'seats', 'title', 'description', 'steps'], '', fail);
   const baseDir = dirname(file);
   const seats = parseSeats(root.seats, fail);
 
@@ -632,5 +635,7 @@ export function parseLab(text: string, file: string): Lab {
   if (typeof seed !== 'number' || !Number.isSafeInteger(seed) || seed < 0 || seed > 0xffffffff)
     fail('seed', `${show(seed)} is not a seed; use a whole number from 0 to 4294967295`);
 
-  return { file, arrays, vms, seed: seed as number, seats };
+  const names = arrays.map((a) => a.name);
+  const scenario = parseScenario(root, names, fail);
+  return { file, arrays, vms, seed: seed as number, seats, ...(scenario ? { scenario } : {}) };
 }

@@ -1,0 +1,175 @@
+/**
+ * The shell of a scenario: setup, solve and `shell:` check lines run with /bin/sh -c in the
+ * scenario file's folder, with `arraylab` and `arraylab-agent` on PATH (shims in the run
+ * directory running this checkout's dist/ with this node) and the lab's addresses and token in
+ * the environment (emulator/lab/README.md, "Scenarios").
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseHostPort } from '../../../proto/util/address.js';
+import type { Lab, LabArray } from '../schema.js';
+
+/** Default time a shell line may take. */
+export const LINE_TIMEOUT_MS = 120_000;
+/** Output kept per stream of a line: its end, where the error usually is. */
+const MAX_OUTPUT = 64 * 1024;
+
+export interface ShellEnv {
+  cwd: string;
+  env: NodeJS.ProcessEnv;
+}
+
+export interface LineResult {
+  line: string;
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  timedOut: boolean;
+  ms: number;
+}
+
+/** NAME-HASH of a lab file, as lab up names its state and secrets (apply.ts labTag). */
+export function labTag(lab: Lab): string {
+  const tag = createHash('sha256').update(lab.file).digest('hex').slice(0, 8);
+  return `${basename(lab.file).replace(/\.ya?ml$/, '')}-${tag}`;
+}
+
+/** The API address of a lab array: the file's, or for port 0 the one lab up picked (lab-array.json). */
+export function arrayApi(a: LabArray): string | undefined {
+  if (parseHostPort(a.api).port !== 0) return a.api;
+  try {
+    return (JSON.parse(readFileSync(join(a.dataDir, 'lab-array.json'), 'utf8')) as { api?: string }).api;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The admin token of an array the lab started (its data directory's admin.token), if there is one. */
+export function adminTokenFile(a: LabArray): string | undefined {
+  const f = join(a.dataDir, 'admin.token');
+  return a.start && existsSync(f) ? f : undefined;
+}
+
+/** A seat's token on an array (lab up writes it in the lab's secrets). */
+export function seatTokenFile(lab: Lab, runDir: string, a: LabArray, seat: string): string {
+  return join(runDir, `.secrets-${labTag(lab)}`, a.name, `${seat}.token`);
+}
+
+/** LAB_ARRAY_<NAME>_API: the name upper-cased, other than letters and digits as _. */
+export const arrayEnvName = (name: string) => `LAB_ARRAY_${name.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_API`;
+
+/** This build's CLIs (dist/emulator/cli/arraylab.js, dist/agent/cli/arraylab-agent.js). */
+function cliPaths(): { arraylab: string; agent: string } {
+  return {
+    arraylab: fileURLToPath(new URL('../../cli/arraylab.js', import.meta.url)),
+    agent: fileURLToPath(new URL('../../../agent/cli/arraylab-agent.js', import.meta.url)),
+  };
+}
+
+const quote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/** Writes the PATH shims in RUNDIR/.scenario-bin and returns that folder. */
+export function writeShims(runDir: string): string {
+  const dir = join(runDir, '.scenario-bin');
+  mkdirSync(dir, { recursive: true });
+  const { arraylab, agent } = cliPaths();
+  for (const [name, js] of [
+    ['arraylab', arraylab],
+    ['arraylab-agent', agent],
+  ] as const) {
+    const file = join(dir, name);
+    writeFileSync(file, `#!/bin/sh\n# Written by arraylab lab (scenarios): this checkout's ${name}.\nexec ${quote(process.execPath)} ${quote(js)} "$@"\n`);
+    chmodSync(file, 0o755);
+  }
+  return dir;
+}
+
+/** The environment of a scenario's shell lines at step (1-based), as the trainee or seat. */
+export function scenarioShell(lab: Lab, runDir: string, step: number, seat?: string): ShellEnv {
+  const bin = writeShims(runDir);
+  const first = lab.arrays[0]!;
+  const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}`, LAB_SEED: String(lab.seed), LAB_STEP: String(step) };
+  // The caller's credential must not stand in for the lab's.
+  delete env.ARRAYLAB_TOKEN;
+  delete env.ARRAYLAB_TOKEN_FILE;
+  const api = arrayApi(first);
+  if (api) env.ARRAYLAB_API = api;
+  const token = seat ? seatTokenFile(lab, runDir, first, seat) : adminTokenFile(first);
+  if (token) env.ARRAYLAB_TOKEN_FILE = token;
+  for (const a of lab.arrays) {
+    const x = arrayApi(a);
+    if (x) env[arrayEnvName(a.name)] = x;
+  }
+  return { cwd: dirname(lab.file), env };
+}
+
+/** Keeps the last MAX_OUTPUT bytes of a stream. */
+class Tail {
+  private chunks: Buffer[] = [];
+  private size = 0;
+  push(b: Buffer): void {
+    this.chunks.push(b);
+    this.size += b.length;
+    while (this.size - this.chunks[0]!.length >= MAX_OUTPUT) this.size -= this.chunks.shift()!.length;
+  }
+  text(): string {
+    const all = Buffer.concat(this.chunks);
+    return (all.length > MAX_OUTPUT ? all.subarray(all.length - MAX_OUTPUT) : all).toString('utf8');
+  }
+}
+
+/** Runs one line with /bin/sh -c; killed (its process group) after timeoutMs. */
+export function runLine(line: string, sh: ShellEnv, timeoutMs = LINE_TIMEOUT_MS): Promise<LineResult> {
+  const started = Date.now();
+  return new Promise((resolve) => {
+    const child = spawn('/bin/sh', ['-c', line], { cwd: sh.cwd, env: sh.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    const out = new Tail();
+    const err = new Tail();
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        // gone already
+      }
+    }, timeoutMs);
+    const done = (code: number | null) => {
+      clearTimeout(timer);
+      resolve({ line, code, stdout: out.text(), stderr: err.text(), timedOut, ms: Date.now() - started });
+    };
+    child.once('error', (e) => {
+      err.push(Buffer.from(String(e.message)));
+      done(127);
+    });
+    child.once('close', (code) => done(code));
+  });
+}
+
+/** What a failed line says: its exit and the end of its stderr (or stdout). */
+export function lineFailure(r: LineResult, timeoutMs = LINE_TIMEOUT_MS): string {
+  const why = r.timedOut ? `did not finish within ${Math.round(timeoutMs / 1000)} s` : `exited ${r.code ?? 'by a signal'}`;
+  const said = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-5).join('\n');
+  return `\`${r.line}\` ${why}${said ? `: ${said}` : ''}`;
+}
+
+/** Runs lines in order; stops at the first that fails. */
+export async function runLines(
+  lines: string[],
+  sh: ShellEnv,
+  onLine?: (r: LineResult) => void,
+): Promise<{ ok: boolean; results: LineResult[]; failure?: string }> {
+  const results: LineResult[] = [];
+  for (const line of lines) {
+    const r = await runLine(line, sh);
+    results.push(r);
+    onLine?.(r);
+    if (r.code !== 0 || r.timedOut) return { ok: false, results, failure: lineFailure(r) };
+  }
+  return { ok: true, results };
+}
