@@ -53,9 +53,12 @@ function error(text: string): string {
   throw new Error('the lab file parsed');
 }
 
+// biome-ignore lint/suspicious/noExplicitAny: the tests edit the parsed YAML tree freely
+type Doc = any;
+
 /** GOOD with one change made to its parsed form. */
-function edit(change: (doc: Record<string, any>) => void): string {
-  const doc = parse(GOOD) as Record<string, any>;
+function edit(change: (doc: Doc) => void): string {
+  const doc = parse(GOOD) as Doc;
   change(doc);
   return stringify(doc);
 }
@@ -106,77 +109,77 @@ describe('a scenario file', () => {
   it.each([
     [
       'a step key that does not exist',
-      (d: any) => (d.steps[0].checks = []),
+      (d: Doc) => (d.steps[0].checks = []),
       'steps[0].checks: unknown key; use one of title, instructions, setup, check, hints, solve',
     ],
-    ['no title with steps', (d: any) => delete d.title, "title: is missing; give the scenario's title (a lab with steps is a scenario)"],
-    ['a title without steps', (d: any) => delete d.steps, 'title: belongs to a scenario, and this lab has no steps; add steps: ['],
-    ['no steps', (d: any) => (d.steps = []), 'steps: is empty; give at least one step'],
+    ['no title with steps', (d: Doc) => delete d.title, "title: is missing; give the scenario's title (a lab with steps is a scenario)"],
+    ['a title without steps', (d: Doc) => delete d.steps, 'title: belongs to a scenario, and this lab has no steps; add steps: ['],
+    ['no steps', (d: Doc) => (d.steps = []), 'steps: is empty; give at least one step'],
     [
       'a step without instructions',
-      (d: any) => delete d.steps[0].instructions,
+      (d: Doc) => delete d.steps[0].instructions,
       'steps[0].instructions: is missing; give Markdown text saying what the trainee does',
     ],
-    ['a step without checks', (d: any) => (d.steps[1].check = []), 'steps[1].check: is empty; give at least one check'],
-    ['a step without solve', (d: any) => delete d.steps[1].solve, 'steps[1].solve: is missing; give the shell lines that make the checks pass'],
+    ['a step without checks', (d: Doc) => (d.steps[1].check = []), 'steps[1].check: is empty; give at least one check'],
+    ['a step without solve', (d: Doc) => delete d.steps[1].solve, 'steps[1].solve: is missing; give the shell lines that make the checks pass'],
     [
       'two kinds in one check',
-      (d: any) => (d.steps[1].check[0].shell = 'true'),
+      (d: Doc) => (d.steps[1].check[0].shell = 'true'),
       'steps[1].check[0]: has volume and shell; give exactly one of volume, absent, session, fault, event, data, shell per check',
     ],
     [
       'an unknown check kind',
-      (d: any) => (d.steps[1].check[0] = { file: {} }),
+      (d: Doc) => (d.steps[1].check[0] = { file: {} }),
       'steps[1].check[0].file: unknown key; use one of volume, absent, session, fault, event, data, shell, message, timeout',
     ],
     [
       'a session state that does not exist',
-      (d: any) => (d.steps[0].check[1].session.state = ['copying', 'done']),
+      (d: Doc) => (d.steps[0].check[1].session.state = ['copying', 'done']),
       'steps[0].check[1].session.state[1]: "done" is not a session state; use copying, equivalent',
     ],
     [
       'a copy type that does not exist',
-      (d: any) => (d.steps[0].check[1].session.type = 'snap'),
+      (d: Doc) => (d.steps[0].check[1].session.type = 'snap'),
       'steps[0].check[1].session.type: "snap" is not a copy type; use opc, quickopc',
     ],
     [
       'a progress over 100',
-      (d: any) => (d.steps[0].check[1].session.progressAtLeast = 101),
+      (d: Doc) => (d.steps[0].check[1].session.progressAtLeast = 101),
       'steps[0].check[1].session.progressAtLeast: 101 is not a percentage; give a number from 0 to 100',
     ],
     [
       'a timeout that is no duration',
-      (d: any) => (d.steps[0].check[1].timeout = 'soon'),
+      (d: Doc) => (d.steps[0].check[1].timeout = 'soon'),
       'steps[0].check[1].timeout: "soon" is not a duration; use e.g. 30s, 2m or 500ms',
     ],
-    ['a size that is no size', (d: any) => (d.steps[0].check[0].volume.sizeAtLeast = 'big'), 'steps[0].check[0].volume.sizeAtLeast: '],
+    ['a size that is no size', (d: Doc) => (d.steps[0].check[0].volume.sizeAtLeast = 'big'), 'steps[0].check[0].volume.sizeAtLeast: '],
     [
       'absent with two things',
-      (d: any) => (d.steps[0].check[2].absent.fault = { kind: 'error' }),
+      (d: Doc) => (d.steps[0].check[2].absent.fault = { kind: 'error' }),
       'steps[0].check[2].absent: give one of volume, session or fault, not volume and fault',
     ],
     [
       'data with sameAs and sha256',
-      (d: any) => (d.steps[0].check[7].data.sha256 = 'a'.repeat(64)),
+      (d: Doc) => (d.steps[0].check[7].data.sha256 = 'a'.repeat(64)),
       'steps[0].check[7].data: give either sameAs (another volume) or sha256 (of the bytes), not both',
     ],
     [
       'a sha256 that is not one',
-      (d: any) => (d.steps[0].check[8].data.sha256 = 'abc'),
+      (d: Doc) => (d.steps[0].check[8].data.sha256 = 'abc'),
       'steps[0].check[8].data.sha256: "abc" is not a SHA-256; give 64 hex digits',
     ],
     [
       'an array the lab does not have',
-      (d: any) => (d.steps[0].check[0].volume.array = 'array9'),
+      (d: Doc) => (d.steps[0].check[0].volume.array = 'array9'),
       'steps[0].check[0].volume.array: "array9" is not one of the lab\'s arrays (array0)',
     ],
     [
       'a volume name that is none',
-      (d: any) => (d.steps[0].check[0].volume.name = 3),
+      (d: Doc) => (d.steps[0].check[0].volume.name = 3),
       "steps[0].check[0].volume.name: 3 is not a volume name; give the volume's name, e.g. tv1",
     ],
-    ['a setup that is no list of lines', (d: any) => (d.steps[0].setup = { run: 'x' }), 'steps[0].setup: must be a list of shell lines'],
-    ['hints that are no list', (d: any) => (d.steps[0].hints = 'look'), 'steps[0].hints: must be a list of hints, revealed one by one'],
+    ['a setup that is no list of lines', (d: Doc) => (d.steps[0].setup = { run: 'x' }), 'steps[0].setup: must be a list of shell lines'],
+    ['hints that are no list', (d: Doc) => (d.steps[0].hints = 'look'), 'steps[0].hints: must be a list of hints, revealed one by one'],
   ])('refuses %s, naming the key and the fix', (_what, change, message) => {
     expect(error(edit(change))).toContain(`lab ${FILE}: ${message}`);
   });
