@@ -112,7 +112,8 @@ function progressOf(s: Scenario, o: RunnerOptions): Progress {
 
 /** Begins step n: its checkpoint (arrays the lab started), then its setup. */
 async function beginStep(s: Scenario, o: RunnerOptions, p: Progress, n: number): Promise<{ checkpointMs: number }> {
-  const cp = await takeCheckpoint(s, o, n, o.seat);
+  // A checkpoint stops the arrays every seat shares: not for one seat (its reset would undo the others' work too).
+  const cp = o.seat ? { arrays: [], ms: 0 } : await takeCheckpoint(s, o, n);
   p.step = n;
   p.hintsShown = 0;
   p.done = false;
@@ -207,12 +208,16 @@ export async function resetStep(s: Scenario, o: RunnerOptions, to?: number): Pro
   const n = to ?? p.step;
   if (!Number.isInteger(n) || n < 1 || n > p.step)
     throw new ScenarioError(`cannot reset to step ${n}: the scenario is at step ${p.step}; give a step from 1 to ${p.step} (--to-step)`);
+  if (o.seat)
+    throw new ScenarioError(
+      `lab reset works on a whole lab, and seat ${o.seat} shares its arrays with the other seats (a reset would undo their work too); put things back by hand, or run the scenario without --seat`,
+    );
   if (!p.checkpoints.includes(n))
     throw new ScenarioError(
       `there is no checkpoint of step ${n}: the lab started none of its arrays (lab up used arrays that answered already), so reset cannot bring them back; put things back by hand`,
     );
-  const r = await restoreCheckpoint(s, o, n, o.seat);
-  dropCheckpoints(s, o.runDir, n, o.seat);
+  const r = await restoreCheckpoint(s, o, n);
+  dropCheckpoints(s, o.runDir, n);
   p.step = n;
   p.hintsShown = 0;
   p.done = false;
@@ -231,9 +236,12 @@ export async function solveStep(s: Scenario, o: RunnerOptions): Promise<CheckOut
   return checkCurrent(s, o);
 }
 
-/** lab stop: lab down (purge: the lab's data too), forgets the progress and checkpoints. */
+/** lab stop: lab down (purge: the lab's data too), forgets the progress and checkpoints; for a seat, only its progress. */
 export async function stopScenario(s: Scenario, o: RunnerOptions & { purge?: boolean }): Promise<LabItem[]> {
-  const items = await labDown(s, { runDir: o.runDir, log: o.log, ...(o.purge ? { purge: true } : {}), ...(o.onItem ? { onItem: o.onItem } : {}) });
+  // A seat leaves the scenario; the lab stays up for the other seats (lab stop without --seat ends it).
+  const items = o.seat
+    ? []
+    : await labDown(s, { runDir: o.runDir, log: o.log, ...(o.purge ? { purge: true } : {}), ...(o.onItem ? { onItem: o.onItem } : {}) });
   dropCheckpoints(s, o.runDir, 0, o.seat);
   removeProgress(s, o.runDir, o.seat);
   clearCurrent(o.runDir, s.file, o.seat);
