@@ -90,5 +90,5 @@ export function labCommands(y: Argv<{ json: boolean }>) {
         );
       },
     )
-    .demandCommand(1, 'lab needs a subcommand: up, down or status');
+    .demandCommand(1, 'lab needs a subcommand: up, down or status; for a scenario start, step, check, hint, next, reset, solve, stop or run');
 }

@@ -114,6 +114,23 @@ describe('lab run --auto', () => {
   });
 });
 
+describe('what lab start and lab run refuse', () => {
+  it('a lab without steps, and lab run without --auto (exit 2, saying what to do)', async () => {
+    const plain = join(dir, 'plain.yaml');
+    writeFileSync(plain, 'arrays: [{name: array0, start: true}]\n');
+    const start = await lab(['start', plain]);
+    expect([start.code, start.stderr]).toEqual([
+      2,
+      `arraylab: lab ${plain}: is a lab without steps, not a scenario; use arraylab lab up ${plain}, or add title and steps (emulator/lab/README.md, "Scenarios")\n`,
+    ]);
+    const run = await lab(['run', scenario('manual')]);
+    expect([run.code, run.stderr]).toEqual([
+      2,
+      "arraylab: lab run needs --auto (it runs each step's solve); to work through a scenario yourself: arraylab lab start FILE\n",
+    ]);
+  });
+});
+
 describe('a trainee in a scenario', () => {
   it('starts, fails a check, gets hints one by one, solves, goes on, breaks the step and resets it exactly', async () => {
     const file = scenario('trainee');
