@@ -140,6 +140,13 @@ describe('a trainee in a scenario', () => {
       '# A test scenario\n\nTwo **short** steps.\n\n## Step 1/2: Create scratch\n\nCreate the volume `scratch`.\n\n(2 hints: arraylab lab hint)\n',
     );
 
+    // Another run directory's lab run --auto would purge this lab under the trainee: refused.
+    const other = await runCli(['lab', 'run', file, '--auto', '--run-dir', join(dir, 'other-run')], { timeoutMs: 60_000 });
+    expect(other.code).toBe(1);
+    expect(other.stderr).toMatch(
+      /^arraylab: lab .*trainee\.yaml: arrays\[0\]: array array0 answers at 127\.0\.0\.1:\d+ already, started from another run directory/,
+    );
+
     const check = await lab(['check']);
     expect([check.code, check.stdout]).toEqual([1, 'Step 1: Create scratch\n✗ scratch does not exist yet (volume scratch does not exist)\n']);
     expect((await lab(['hint'])).stdout).toBe('Hint 1/2: Volumes are made with arraylab volume create.\n');

@@ -4,10 +4,10 @@
  * returns what it did as data; the CLI prints it (emulator/cli/lab.ts).
  */
 import { existsSync } from 'node:fs';
-import { ArrayClient } from '../../../proto/ArrayClient.js';
+import { ApiError, ArrayClient } from '../../../proto/ArrayClient.js';
 import { labDown, type LabItem, type LabOptions, labUp } from '../apply.js';
 import type { Lab } from '../schema.js';
-import { dropCheckpoints, restoreCheckpoint, takeCheckpoint } from './checkpoint.js';
+import { dropCheckpoints, restoreCheckpoint, startedArrays, takeCheckpoint } from './checkpoint.js';
 import { type CheckContext, runCheck } from './checks/index.js';
 import { clearCurrent, type CheckRecord, type Progress, readProgress, removeProgress, writeCurrent, writeProgress } from './progress.js';
 import type { ScenarioPart, ScenarioStep } from './schema.js';
@@ -248,6 +248,30 @@ export async function stopScenario(s: Scenario, o: RunnerOptions & { purge?: boo
   return items;
 }
 
+/**
+ * An array the lab would start that answers already, started from another run directory (another
+ * lab start or lab run on the same data directory): run --auto would purge it under that run.
+ */
+async function refuseOthers(s: Scenario, runDir: string): Promise<void> {
+  const ours = startedArrays(s, runDir);
+  for (const a of s.arrays) {
+    const api = arrayApi(a);
+    if (!a.start || !api || ours.includes(a)) continue;
+    const c = new ArrayClient(api, { deadlineMs: 2000 });
+    try {
+      await c.getStatus();
+    } catch (err) {
+      // An array that wants a credential answers all the same; nothing answering is what we want.
+      if (!(err instanceof ApiError && (err.code === 'UNAUTHENTICATED' || err.code === 'PERMISSION_DENIED'))) continue;
+    } finally {
+      c.close();
+    }
+    throw new ScenarioError(
+      `lab ${s.file}: ${a.at}: array ${a.name} answers at ${api} already, started from another run directory (its data in ${a.dataDir}); lab run --auto purges the lab, so it needs it to itself: stop that one first (arraylab lab stop or lab down ${s.file} with its --run-dir), or give this run another dataDir`,
+    );
+  }
+}
+
 export interface AutoStep {
   step: number;
   title: string;
@@ -270,6 +294,7 @@ export async function runAuto(
   const t0 = Date.now();
   const quiet = { runDir: o.runDir, log: o.log };
   const steps: AutoStep[] = [];
+  await refuseOthers(s, o.runDir);
   await labDown(s, { ...quiet, purge: true });
   try {
     await labUp(s, quiet);
