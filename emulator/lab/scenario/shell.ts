@@ -153,7 +153,8 @@ export function runLine(line: string, sh: ShellEnv, timeoutMs = LINE_TIMEOUT_MS)
 
 /** What a failed line says: its exit and the end of its stderr (or stdout). */
 export function lineFailure(r: LineResult, timeoutMs = LINE_TIMEOUT_MS): string {
-  const why = r.timedOut ? `did not finish within ${Math.round(timeoutMs / 1000)} s` : `exited ${r.code ?? 'by a signal'}`;
+  const limit = timeoutMs < 1000 ? `${timeoutMs} ms` : `${Math.round(timeoutMs / 1000)} s`;
+  const why = r.timedOut ? `did not finish within ${limit}` : `exited ${r.code ?? 'by a signal'}`;
   const said = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-5).join('\n');
   return `\`${r.line}\` ${why}${said ? `: ${said}` : ''}`;
 }
