@@ -27,7 +27,7 @@ let ctx: CheckContext;
 beforeAll(async () => {
   dataDir = mkdtempSync(join(tmpdir(), 'arraylab-scn-checks-'));
   const config = parseConfig(
-    `dataDir: ${dataDir}\nlisten: {nbd: "127.0.0.1:0", api: "127.0.0.1:0"}\nvolumes: [{name: tv1, size: 4MiB}, {name: bv1, size: 4MiB}, {name: bv2, size: 4MiB}]\n`,
+    `dataDir: ${dataDir}\nlisten: {nbd: "127.0.0.1:0", api: "127.0.0.1:0"}\nnbd: {tls: {psk: true}}\nvolumes: [{name: tv1, size: 4MiB}, {name: bv1, size: 4MiB}, {name: bv2, size: 4MiB}]\n`,
     'test',
     '/tmp',
   );
@@ -146,6 +146,35 @@ describe('scenario checks', () => {
     expect(await check({ kind: 'absent', fault: { kind: 'error', target: 'volume:bv2' } })).toMatchObject({
       ok: true,
       message: 'no error fault on volume:bv2',
+    });
+  });
+
+  // Last: once the array has a host, a plain NBD client sees no volume.
+  it("data under host affinity: read over TLS-PSK with a lab host's key; says why when no key shows the volume", async () => {
+    await admin.createHost('h1', ['iqn.2026-11.lab.arraylab.guest:h1']);
+    const { nbdPsk } = await admin.setHostCredentials('h1', { generateNbdPsk: true, nbdPskIdentity: 'h1' });
+    await admin.mapVolume('h1', 'tv1');
+    const zeros = createHash('sha256')
+      .update(Buffer.alloc(4 * MiB))
+      .digest('hex');
+    const noKeys = await check({ kind: 'data', volume: 'bv2', sha256: zeros, offset: 0 });
+    expect(noKeys).toMatchObject({
+      ok: false,
+      message: expect.stringMatching(/^cannot read volume bv2 over NBD: the array has hosts, .*the lab holds no host key/),
+    });
+    const withKeys: CheckContext = { ...ctx, nbdKeys: () => [nbdPsk!] };
+    const spec = { kind: 'data' as const, volume: 'tv1', sha256: zeros, offset: 0 };
+    const r = await runCheck({ spec, timeoutMs: 0, at: 'x' }, withKeys);
+    // tv1 holds the bytes written above: the read went through.
+    expect(r).toMatchObject({ ok: false, message: expect.stringMatching(/^volume tv1 has SHA-256 [0-9a-f]{64}, not /) });
+    expect(await runCheck({ spec: { kind: 'data', volume: 'tv1', sameAs: 'bv1', offset: 0 }, timeoutMs: 0, at: 'x' }, withKeys)).toMatchObject({
+      ok: false,
+      message: expect.stringMatching(/^cannot read volume bv1 over NBD: .*none of the lab's host keys shows bv1 \(h1: /),
+    });
+    await admin.mapVolume('h1', 'bv1');
+    expect(await runCheck({ spec: { kind: 'data', volume: 'tv1', sameAs: 'bv1', offset: 0 }, timeoutMs: 0, at: 'x' }, withKeys)).toMatchObject({
+      ok: true,
+      message: 'volume tv1 holds the same 4 MiB as bv1',
     });
   });
 

@@ -1,5 +1,6 @@
 /** What every check kind is given, and what it answers. */
 import { ApiError, type ArrayClient } from '../../../../proto/ArrayClient.js';
+import type { NbdPsk } from '../../../vm/nbdPsk.js';
 import type { ShellEnv } from '../shell.js';
 
 export interface CheckResult {
@@ -14,6 +15,8 @@ export interface CheckContext {
   /** The array's name in messages: "" in a one-array lab, " on array NAME" otherwise. */
   where(array?: string): string;
   shell: ShellEnv;
+  /** The NBD TLS-PSK keys the lab holds for an array's hosts (lab up's keys.psk), for data checks under host affinity. */
+  nbdKeys?(array?: string): NbdPsk[];
   /** When the step began: events since then count. */
   stepStartedAt: Date;
 }

@@ -2,7 +2,8 @@
  * data: {volume, sameAs | sha256, offset?, length?}: the volume's bytes, read through the array
  * over NBD (the array has no read RPC), equal another volume's or hash to a SHA-256. Read in
  * 1 MiB pieces, hashed as they come: memory stays bounded whatever the volume's size.
- * Under host affinity (an array with hosts) a plain NBD client sees no volume: the check says so.
+ * Under host affinity (an array with hosts) a plain NBD client sees no volume: then the check
+ * reads over TLS-PSK with a key of the lab's hosts (lab up keeps them in the lab's secrets).
  */
 import { createHash } from 'node:crypto';
 import { parseHostPort } from '../../../../proto/util/address.js';
@@ -10,10 +11,21 @@ import { formatSize } from '../../../../proto/util/units.js';
 import { NbdClient, NbdExportError } from '../../../remote/NbdClient.js';
 import type { CheckSpec } from '../schema.js';
 import { type Check, type CheckContext, fail, orMissing, pass } from './context.js';
+import { openNbdTls } from './nbdTls.js';
 
 const PIECE = 1024 * 1024;
 
-async function open(ctx: CheckContext, array: string | undefined, volume: string): Promise<NbdClient | string> {
+/** What the check reads with: NbdClient (plain NBD) or the TLS-PSK reader. */
+interface Source {
+  read(offset: number, into: Buffer): Promise<void>;
+  close(): Promise<void> | void;
+}
+
+/**
+ * The volume over plain NBD; on an array with hosts (where a plain client sees nothing), over
+ * TLS-PSK with a key of the lab's hosts that maps it. A string says why it cannot be read.
+ */
+async function open(ctx: CheckContext, array: string | undefined, volume: string): Promise<Source | string> {
   const c = ctx.client(array);
   const { listeners } = await c.getStatus();
   const l = listeners.nbd;
@@ -21,10 +33,22 @@ async function open(ctx: CheckContext, array: string | undefined, volume: string
   try {
     return await NbdClient.connect({ host, port: l.port, exportName: volume, connectTimeoutMs: 10_000, timeoutMs: 30_000 });
   } catch (err) {
-    if (err instanceof NbdExportError && (await c.listHosts()).hosts.length > 0)
-      return `cannot read volume ${volume} over NBD: the array has hosts, so a client without a host's TLS identity sees no volume (${err.message})`;
-    return `cannot read volume ${volume} over NBD at ${host}:${l.port}: ${(err as Error).message}`;
+    if (!(err instanceof NbdExportError) || (await c.listHosts()).hosts.length === 0)
+      return `cannot read volume ${volume} over NBD at ${host}:${l.port}: ${(err as Error).message}`;
   }
+  const tried: string[] = [];
+  for (const key of ctx.nbdKeys?.(array) ?? []) {
+    try {
+      return await openNbdTls(host, l.port, volume, key);
+    } catch (err) {
+      tried.push(`${key.identity}: ${(err as Error).message}`);
+    }
+  }
+  return `cannot read volume ${volume} over NBD: the array has hosts, so a client sees only the volumes of the host its TLS-PSK key is; ${
+    tried.length
+      ? `none of the lab's host keys shows ${volume} (${tried.join('; ')})`
+      : 'the lab holds no host key (lab up gives one to a lab host whose VMs attach via nbd)'
+  }; map ${volume} to such a host, or check it with a shell: check`;
 }
 
 export const dataCheck: Check<Extract<CheckSpec, { kind: 'data' }>> = async (s, ctx) => {
@@ -66,6 +90,6 @@ export const dataCheck: Check<Extract<CheckSpec, { kind: 'data' }>> = async (s, 
     const got = h.digest('hex');
     return got === s.sha256 ? pass(`volume ${s.volume}${range} has SHA-256 ${got}`) : fail(`volume ${s.volume}${range} has SHA-256 ${got}, not ${s.sha256}`);
   } finally {
-    await Promise.all([a.close().catch(() => {}), b?.close().catch(() => {})]);
+    await Promise.all([Promise.resolve(a.close()).catch(() => {}), Promise.resolve(b?.close()).catch(() => {})]);
   }
 };
