@@ -6,7 +6,7 @@
  * The console socket takes one client at a time; start, stop and `vm console` each connect,
  * do their part and leave.
  */
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { accessSync, constants, existsSync, mkdirSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { delimiter, join } from 'node:path';
@@ -194,7 +194,7 @@ export async function startDetachedGuest(o: DetachedStartOptions): Promise<VmRec
 
   let socket: Socket | undefined;
   try {
-    ({ socket } = await openConsole(rec).then(async ({ shell, socket: s }) => {
+    ({ socket } = await openConsoleOnceListening(rec, child, 10_000).then(async ({ shell, socket: s }) => {
       await shell.waitFor(GUEST_READY, o.bootTimeoutMs ?? 90_000);
       return { socket: s };
     }));
@@ -207,6 +207,23 @@ export async function startDetachedGuest(o: DetachedStartOptions): Promise<VmRec
   writeRecord(o.runDir, rec);
   log.info({ bootMs: rec.bootMs }, `vm ${o.name} booted to its shell in ${(rec.bootMs / 1000).toFixed(2)} s`);
   return rec;
+}
+
+/**
+ * qemu creates the console socket file at bind() and listens a moment later: on a loaded machine
+ * a connect in between is refused, so a refusal while qemu runs is retried until the deadline.
+ */
+async function openConsoleOnceListening(rec: VmRecord, child: ChildProcess, timeoutMs: number): Promise<{ shell: ConsoleShell; socket: Socket }> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await openConsole(rec);
+    } catch (err) {
+      const refused = /ECONNREFUSED/.test((err as Error).message);
+      if (!refused || child.exitCode !== null || child.signalCode !== null || Date.now() > deadline) throw err;
+      await sleep(50);
+    }
+  }
 }
 
 export type StopHow = 'powered off' | 'quit (QMP)' | 'killed' | 'had already exited';
