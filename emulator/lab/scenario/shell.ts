@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseHostPort } from '../../../proto/util/address.js';
@@ -81,8 +81,14 @@ export function writeShims(runDir: string): string {
     ['arraylab-agent', agent],
   ] as const) {
     const file = join(dir, name);
-    writeFileSync(file, `#!/bin/sh\n# Written by arraylab lab (scenarios): this checkout's ${name}.\nexec ${quote(process.execPath)} ${quote(js)} "$@"\n`);
-    chmodSync(file, 0o755);
+    const text = `#!/bin/sh\n# Written by arraylab lab (scenarios): this checkout's ${name}.\nexec ${quote(process.execPath)} ${quote(js)} "$@"\n`;
+    if (existsSync(file) && readFileSync(file, 'utf8') === text) continue;
+    // Written beside and renamed: another run may be executing the shim right now, and
+    // rewriting a file in use fails with ETXTBSY.
+    const tmp = `${file}.${process.pid}.tmp`;
+    writeFileSync(tmp, text, { mode: 0o755 });
+    chmodSync(tmp, 0o755);
+    renameSync(tmp, file);
   }
   return dir;
 }
