@@ -39,6 +39,12 @@ Environment:
 Exit status: 0 success, 1 the operation failed, 2 wrong command line or config.`;
 
 export async function main(argv: string[]): Promise<void> {
+  // A reader that goes away (`arraylab events --json | head`) ends the command quietly, as it
+  // does for any Unix tool, instead of an EPIPE stack trace.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(EXIT_OK);
+    throw err;
+  });
   const code = await run(argv);
   process.exit(code);
 }
