@@ -1,0 +1,136 @@
+/**
+ * The shipped scenarios 03 (EC mirror, suspend/resume, clone, tape), 04 (a full snap pool and a
+ * medium error during backups) and 05 (disaster recovery with two arrays and REC) pass
+ * `arraylab lab run FILE --auto --json`: every step's setup, solve and checks, with the real
+ * clients they name (qemu-io, nbdcopy, jq). And 04 without the line that fixes the cause fails
+ * at that step with its check's message. Each file is copied into a temporary folder first, so
+ * its dataDir (../lab-data/NAME, relative to the file) is there and not in the checkout.
+ */
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeTempDir, REPO_ROOT, runCli } from '../../support/arraylab.js';
+import { requireTool } from '../../support/tools.js';
+
+const SHIPPED = join(REPO_ROOT, 'vm-images', 'labs', 'scenarios');
+let dir: string;
+let runDir: string;
+
+interface RunStep {
+  step: number;
+  title: string;
+  ok: boolean;
+  seconds: number;
+  message?: string;
+  results?: Array<{ ok: boolean; message: string; at: string; kind: string }>;
+}
+interface RunOut {
+  ok: boolean;
+  steps: RunStep[];
+  seconds: number;
+}
+
+/**
+ * Processes whose command line names this test's folder: the arrays a lab started there (their
+ * --data-dir is under it). Found from /proc, not from the lab's state file, which lab down
+ * removes even when an array outlives it.
+ */
+function servesUnder(folder: string): number[] {
+  const pids: number[] = [];
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+      if (cmd.includes('serve') && cmd.some((a) => a.startsWith(folder))) pids.push(Number(p));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+function killServes(): void {
+  for (const pid of servesUnder(dir)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
+}
+process.once('exit', () => dir && killServes());
+
+beforeAll(() => {
+  for (const tool of ['qemu-io', 'nbdcopy', 'jq']) requireTool(tool);
+  dir = makeTempDir('arraylab-shipped-b-');
+  runDir = join(dir, 'run');
+  mkdirSync(join(dir, 'scenarios'));
+});
+afterAll(() => killServes());
+
+/** The shipped file, copied (or given as text) into DIR/scenarios/. */
+function place(name: string, text?: string): string {
+  const file = join(dir, 'scenarios', name);
+  if (text === undefined) copyFileSync(join(SHIPPED, name), file);
+  else writeFileSync(file, text);
+  return file;
+}
+
+async function runAuto(file: string): Promise<{ code: number | null; stderr: string; out: RunOut }> {
+  const r = await runCli(['lab', 'run', file, '--auto', '--json', '--run-dir', runDir], { timeoutMs: 120_000 });
+  let out: RunOut;
+  try {
+    out = JSON.parse(r.stdout) as RunOut;
+  } catch {
+    throw new Error(`lab run --auto ${file} printed no JSON (exit ${r.code}): ${r.stdout}${r.stderr}`);
+  }
+  return { code: r.code, stderr: r.stderr, out };
+}
+
+const failed = (out: RunOut) => out.steps.filter((s) => !s.ok).map((s) => `step ${s.step} ${s.title}: ${s.message ?? ''}`);
+
+describe('shipped scenarios (B)', () => {
+  for (const [name, steps] of [
+    ['03-mirror-ec-and-tape.yaml', 6],
+    ['04-failure-pool-full-medium-error.yaml', 6],
+    ['05-disaster-recovery-rec.yaml', 4],
+  ] as const) {
+    it(`${name}: lab run --auto passes every step, well under 90 s, and leaves nothing running`, async () => {
+      const file = place(name);
+      const { code, stderr, out } = await runAuto(file);
+      expect(failed(out)).toEqual([]);
+      expect([code, stderr]).toEqual([0, '']);
+      expect(out.ok).toBe(true);
+      expect(out.steps.map((s) => s.step)).toEqual(Array.from({ length: steps }, (_, i) => i + 1));
+      for (const s of out.steps)
+        expect(
+          s.results?.every((c) => c.ok),
+          `step ${s.step}`,
+        ).toBe(true);
+      expect(out.seconds).toBeLessThan(90);
+      // The tests run one at a time. The files name their dataDir after themselves (05: one
+      // folder per array in it, which purge removes, leaving the empty parent).
+      expect(servesUnder(dir)).toEqual([]);
+      const data = join(dir, 'lab-data', name.replace(/\.yaml$/, ''));
+      expect(existsSync(data) ? readdirSync(data, { recursive: true }) : []).toEqual([]);
+    }, 150_000);
+  }
+
+  it('04 without the line that raises the allocation limit fails at step 3 with that check’s message', async () => {
+    const fix = '      - arraylab volume set snap1 --alloc-limit none\n';
+    const text = readFileSync(join(SHIPPED, '04-failure-pool-full-medium-error.yaml'), 'utf8');
+    expect(text.split(fix).length).toBe(2);
+    const file = place('04-broken.yaml', text.replace(fix, '      - arraylab volume show snap1\n'));
+    const { code, stderr, out } = await runAuto(file);
+    expect(code).toBe(1);
+    expect(stderr).toBe(`arraylab: scenario ${file}: step 3 failed\n`);
+    expect(out.ok).toBe(false);
+    expect(out.steps.map((s) => [s.step, s.ok])).toEqual([
+      [1, true],
+      [2, true],
+      [3, false],
+    ]);
+    expect(out.steps[2]!.message).toContain("snap1 may still allocate less than tv1's 8 MiB (arraylab volume set snap1 --alloc-limit ...)");
+    expect(servesUnder(dir)).toEqual([]);
+  }, 150_000);
+});
