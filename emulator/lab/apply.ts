@@ -794,6 +794,26 @@ export async function labDown(lab: Lab, o: LabOptions & { purge?: boolean; keepS
           }
         }
       }
+      // Sessions a trainee started on the lab's volumes hold them too. Several passes: a
+      // session may be refused while another (a newer generation, say) still stands.
+      for (const { a, c } of up) {
+        const mine = new Set(a.volumes.map((v) => v.name));
+        let left: string[] = [];
+        for (let pass = 0; pass < 3; pass++) {
+          left = [];
+          for (const s of await c.listCopies()) {
+            if (!mine.has(s.source) && !mine.has(s.destination)) continue;
+            try {
+              await c.cancelCopy(s.id, { force: true });
+              say({ kind: 'copy', name: `${s.type} ${s.source} -> ${s.destination}`, state: 'cancelled', detail: `session ${s.id}` }, a);
+            } catch (err) {
+              left.push(`${s.type} ${s.source} -> ${s.destination}: ${(err as Error).message}`);
+            }
+          }
+          if (left.length === 0) break;
+        }
+        for (const why of left) say({ kind: 'copy', name: why.split(':')[0]!, state: 'not cancelled', detail: why }, a);
+      }
       for (const { a, c } of up) {
         for (const h of a.hosts) {
           try {

@@ -79,8 +79,20 @@ describe('the array of lab up', () => {
     const status = JSON.parse((await runCli(['status', '--json', '--api', `127.0.0.1:${api}`])).stdout) as { listeners: Record<string, { port: number }> };
     expect([status.listeners.nbd!.port, status.listeners.iscsi!.port]).toEqual([nbd, iscsi]);
 
+    // Sessions a trainee started hold the lab's volumes: purge cancels them, then deletes.
+    for (const [type, dst] of [
+      ['quickopc', 'bv1'],
+      ['snapopcplus', 'bv2'],
+    ]) {
+      const started = await runCli(['copy', 'start', '--type', type!, '--src', 'tv1', '--dst', dst!, '--api', `127.0.0.1:${api}`]);
+      expect(started.code, started.stderr).toBe(0);
+    }
     const down = await lab(['down', file, '--purge']);
     expect(down.code).toBe(0);
+    expect(down.stdout).toMatch(/^copy quickopc tv1 -> bv1: cancelled \(session /m);
+    expect(down.stdout).toMatch(/^copy snapopcplus tv1 -> bv2: cancelled \(session /m);
+    expect(down.stdout).toMatch(/^volume tv1: deleted$/m);
+    expect(down.stdout).not.toMatch(/not deleted|not cancelled/);
     expect(servePids('plain')).toEqual([]);
   });
 
