@@ -189,6 +189,14 @@ describe('a trainee in a scenario', () => {
     expect(await sha256Of(a.nbdPort, 'tv1')).toBe(before);
     expect((await runCli(['volume', 'show', 'scratch', '--json'], { env: a.env })).code).toBe(0);
 
+    // The array lost outright (a DR exercise kills a site): reset starts it again from the checkpoint.
+    killServes();
+    await new Promise((r) => setTimeout(r, 300));
+    const revived = await lab(['reset', '--json']);
+    expect(revived.code, revived.stderr).toBe(0);
+    a = await arrayOf(dataDir);
+    expect(await sha256Of(a.nbdPort, 'tv1')).toBe(before);
+
     const done = await lab(['solve']);
     expect(done.code, done.stdout).toBe(0);
     expect((await lab(['next'])).stdout).toMatch(/Scenario complete: A test scenario/);

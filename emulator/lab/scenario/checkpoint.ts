@@ -89,22 +89,20 @@ export async function takeCheckpoint(lab: Lab, o: LabOptions, step: number, seat
  */
 export async function restoreCheckpoint(lab: Lab, o: LabOptions, step: number, seat?: string): Promise<CheckpointResult> {
   const t0 = Date.now();
-  const started = startedArrays(lab, o.runDir);
-  const notOurs = lab.arrays.filter((a) => !started.includes(a));
+  const dir = stepDir(lab, o.runDir, step, seat);
+  // The arrays the checkpoint holds are the lab's own, running or not: one a step stopped
+  // (site-a lost, say) is restored and started again like the others.
+  const saved = lab.arrays.filter((a) => existsSync(join(dir, a.name)));
+  if (saved.length === 0) throw new Error(`lab ${lab.file}: no checkpoint of step ${step} in ${dir}; reset to a step reached since lab start`);
+  const notOurs = lab.arrays.filter((a) => !saved.includes(a));
   if (notOurs.length > 0)
     throw new Error(
-      `lab ${lab.file}: cannot reset: array ${notOurs.map((a) => a.name).join(', ')} was not started by lab up (it answered at ${notOurs[0]!.api} already, or is down), so it cannot be stopped and brought back to a checkpoint; let the lab start its own (start: true and a free api), or put things back by hand`,
+      `lab ${lab.file}: cannot reset: array ${notOurs.map((a) => a.name).join(', ')} was not started by lab up (it answered at ${notOurs[0]!.api} already), so it cannot be stopped and brought back to a checkpoint; let the lab start its own (start: true and a free api), or put things back by hand`,
     );
-  const dir = stepDir(lab, o.runDir, step, seat);
-  const missing = started.filter((a) => !existsSync(join(dir, a.name)));
-  if (missing.length > 0)
-    throw new Error(
-      `lab ${lab.file}: no checkpoint of step ${step} for array ${missing.map((a) => a.name).join(', ')} in ${dir}; reset to a step reached since lab start`,
-    );
-  const arrays = await whileDown(lab, o, async (arrays) => {
-    for (const a of arrays) await copyDir(join(dir, a.name), a.dataDir);
+  await whileDown(lab, o, async () => {
+    for (const a of saved) await copyDir(join(dir, a.name), a.dataDir);
   });
-  return { step, arrays: arrays.map((a) => a.name), ms: Date.now() - t0 };
+  return { step, arrays: saved.map((a) => a.name), ms: Date.now() - t0 };
 }
 
 /** Removes the checkpoints of steps after keep (all with keep 0). */
