@@ -226,7 +226,9 @@ export class StorageArray implements ExportProvider {
     if (volumes === undefined) {
       const s = this.copy.list().find((x) => x.id === e.sessionId);
       volumes = s === undefined ? [] : [s.source, s.destination].filter((v) => v !== '' && !v.includes(':'));
-      this.sessionVolumes.set(e.sessionId, volumes);
+      // Not cached while the session is not listed yet (its first event can come before it
+      // is): its later events would lose their volumes, and with them the tenant's view.
+      if (s !== undefined) this.sessionVolumes.set(e.sessionId, volumes);
     }
     if (e.kind === 'completed' || e.kind === 'cancelled' || e.kind === 'dropped') this.sessionVolumes.delete(e.sessionId);
     log.add({
