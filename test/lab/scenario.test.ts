@@ -131,6 +131,32 @@ describe('what lab start and lab run refuse', () => {
   });
 });
 
+describe('lab start again', () => {
+  it("begins from the lab as declared, not from an earlier attempt's sessions and volumes", async () => {
+    const file = scenario('again');
+    expect((await lab(['start', file])).code).toBe(0);
+    const dataDir = join(dir, 'lab-data');
+    let a = await arrayOf(dataDir);
+    for (const args of [
+      ['volume', 'create', 'scratch', '--size', '1MiB'],
+      ['copy', 'start', '--type', 'quickopc', '--src', 'tv1', '--dst', 'bv1'],
+    ]) {
+      const r = await runCli(args, { env: a.env });
+      expect(r.code, r.stderr).toBe(0);
+    }
+    expect((await lab(['stop'])).code).toBe(0); // without --purge: the leftovers stay on disk
+
+    const again = await lab(['start', file]);
+    expect(again.code, again.stderr).toBe(0);
+    a = await arrayOf(dataDir);
+    const copies = JSON.parse((await runCli(['copy', 'list', '--json'], { env: a.env })).stdout) as { sessions: unknown[] };
+    expect(copies.sessions).toEqual([]);
+    expect((await runCli(['volume', 'show', 'scratch'], { env: a.env })).code).toBe(1);
+    expect((await lab(['check'])).code).toBe(1); // step 1 is not done yet: scratch is gone
+    expect((await lab(['stop', '--purge'])).code).toBe(0);
+  });
+});
+
 describe('a trainee in a scenario', () => {
   it('starts, fails a check, gets hints one by one, solves, goes on, breaks the step and resets it exactly', async () => {
     const file = scenario('trainee');

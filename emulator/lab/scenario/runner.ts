@@ -149,6 +149,16 @@ export async function startScenario(s: Scenario, o: RunnerOptions): Promise<Star
     throw new ScenarioError(
       `lab ${s.file}: seat ${o.seat} is not one of its seats (${s.seats.names.join(', ') || 'it declares none'}); use one of them, or leave --seat out`,
     );
+  // A scenario starts from its environment as declared, not from what an earlier attempt left
+  // (sessions, volumes, faults): purge first, as run --auto does. A seat joins a lab the
+  // instructor started and shares it with the other seats: nothing is purged for it.
+  if (!o.seat) {
+    await refuseOthers(s, o.runDir);
+    const quiet = { runDir: o.runDir, log: o.log };
+    // An earlier attempt stopped without --purge left its data: up first, so purge reaches it.
+    if (s.arrays.some((a) => a.start && existsSync(a.dataDir))) await labUp(s, quiet);
+    await labDown(s, { ...quiet, purge: true });
+  }
   const items = await labUp(s, o);
   if (o.seat && !s.arrays.some((a) => existsSync(seatTokenFile(s, o.runDir, a, o.seat!))))
     throw new ScenarioError(`lab ${s.file}: seat ${o.seat} has no token file; run arraylab lab up ${s.file} again`);
@@ -277,7 +287,7 @@ async function refuseOthers(s: Scenario, runDir: string): Promise<void> {
       c.close();
     }
     throw new ScenarioError(
-      `lab ${s.file}: ${a.at}: array ${a.name} answers at ${api} already, started from another run directory (its data in ${a.dataDir}); lab run --auto purges the lab, so it needs it to itself: stop that one first (arraylab lab stop or lab down ${s.file} with its --run-dir), or give this run another dataDir`,
+      `lab ${s.file}: ${a.at}: array ${a.name} answers at ${api} already, started from another run directory (its data in ${a.dataDir}); lab start and lab run --auto purge the lab, so they need it to themselves: stop that one first (arraylab lab stop or lab down ${s.file} with its --run-dir), or give this run another dataDir`,
     );
   }
 }
