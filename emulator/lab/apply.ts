@@ -79,12 +79,12 @@ interface LabState {
 }
 
 /** NAME-HASH of a lab file: its basename and a hash of its path. */
-function labTag(lab: Lab): string {
+export function labTag(lab: Lab): string {
   const tag = createHash('sha256').update(lab.file).digest('hex').slice(0, 8);
   return `${basename(lab.file).replace(/\.ya?ml$/, '')}-${tag}`;
 }
 
-function stateFile(lab: Lab, runDir: string): string {
+export function stateFile(lab: Lab, runDir: string): string {
   return join(runDir, `.lab-${labTag(lab)}.json`);
 }
 
@@ -95,8 +95,8 @@ function stateFile(lab: Lab, runDir: string): string {
 const secretsDir = (lab: Lab, runDir: string) => join(runDir, `.secrets-${labTag(lab)}`);
 const labFilesDir = (lab: Lab, runDir: string, a: LabArray) => join(secretsDir(lab, runDir), a.name);
 
-const seatTokenFile = (lab: Lab, runDir: string, a: LabArray, seat: string) => join(labFilesDir(lab, runDir, a), `${seat}.token`);
-const pskFileOf = (lab: Lab, runDir: string, a: LabArray) => join(labFilesDir(lab, runDir, a), 'keys.psk');
+export const seatTokenFile = (lab: Lab, runDir: string, a: LabArray, seat: string) => join(labFilesDir(lab, runDir, a), `${seat}.token`);
+export const pskFileOf = (lab: Lab, runDir: string, a: LabArray) => join(labFilesDir(lab, runDir, a), 'keys.psk');
 
 function readKeys(file: string): NbdPsk[] {
   try {
@@ -162,7 +162,7 @@ async function answers(client: ArrayClient | undefined): Promise<boolean> {
  */
 const labArrayFile = (a: LabArray) => join(a.dataDir, 'lab-array.json');
 
-function readLabArray(a: LabArray): { api?: string; createdDataDir?: boolean } {
+export function readLabArray(a: LabArray): { api?: string; createdDataDir?: boolean } {
   try {
     return JSON.parse(readFileSync(labArrayFile(a), 'utf8')) as { api?: string; createdDataDir?: boolean };
   } catch {

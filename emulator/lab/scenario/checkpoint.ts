@@ -12,9 +12,8 @@ import { execFile } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { labDown, type LabOptions, labUp } from '../apply.js';
+import { labDown, type LabOptions, labTag, labUp, stateFile } from '../apply.js';
 import type { Lab, LabArray } from '../schema.js';
-import { labTag } from './shell.js';
 
 const run = promisify(execFile);
 
@@ -34,7 +33,7 @@ function alive(pid: number): boolean {
 export function startedArrays(lab: Lab, runDir: string): LabArray[] {
   let pids: Record<string, { pid: number }> = {};
   try {
-    const s = JSON.parse(readFileSync(join(runDir, `.lab-${labTag(lab)}.json`), 'utf8')) as {
+    const s = JSON.parse(readFileSync(stateFile(lab, runDir), 'utf8')) as {
       arrays?: Record<string, { pid: number }>;
       serve?: { pid: number };
     };

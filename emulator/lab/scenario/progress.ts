@@ -7,7 +7,7 @@
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Lab } from '../schema.js';
-import { labTag } from './shell.js';
+import { labTag } from '../apply.js';
 
 export interface CheckRecord {
   at: string;

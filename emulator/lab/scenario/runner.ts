@@ -4,16 +4,15 @@
  * returns what it did as data; the CLI prints it (emulator/cli/lab.ts).
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { ApiError, ArrayClient } from '../../../proto/ArrayClient.js';
-import { labDown, type LabItem, type LabOptions, labUp } from '../apply.js';
+import { labDown, type LabItem, type LabOptions, labUp, pskFileOf, seatTokenFile } from '../apply.js';
 import type { Lab } from '../schema.js';
 import { dropCheckpoints, restoreCheckpoint, startedArrays, takeCheckpoint } from './checkpoint.js';
 import { type CheckContext, runCheck } from './checks/index.js';
 import { clearCurrent, type CheckRecord, type Progress, readProgress, removeProgress, writeCurrent, writeProgress } from './progress.js';
 import type { ScenarioPart, ScenarioStep } from './schema.js';
 import { parsePskFile } from '../../vm/nbdPsk.js';
-import { adminTokenFile, arrayApi, labTag, type LineResult, runLines, scenarioShell, seatTokenFile } from './shell.js';
+import { adminTokenFile, arrayApi, type LineResult, runLines, scenarioShell } from './shell.js';
 
 export type Scenario = Lab & { scenario: ScenarioPart };
 
@@ -79,7 +78,7 @@ function checkContext(s: Scenario, o: RunnerOptions, step: number, startedAt: Da
     where: (name) => (s.arrays.length > 1 ? ` on array ${arrayOf(name).name}` : ''),
     shell: scenarioShell(s, o.runDir, step, o.seat),
     nbdKeys: (name) => {
-      const file = join(o.runDir, `.secrets-${labTag(s)}`, arrayOf(name).name, 'keys.psk');
+      const file = pskFileOf(s, o.runDir, arrayOf(name));
       try {
         return parsePskFile(readFileSync(file, 'utf8'), file);
       } catch {

@@ -5,11 +5,11 @@
  * the environment (emulator/lab/README.md, "Scenarios").
  */
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseHostPort } from '../../../proto/util/address.js';
+import { readLabArray, seatTokenFile } from '../apply.js';
 import type { Lab, LabArray } from '../schema.js';
 
 /** Default time a shell line may take. */
@@ -31,31 +31,15 @@ export interface LineResult {
   ms: number;
 }
 
-/** NAME-HASH of a lab file, as lab up names its state and secrets (apply.ts labTag). */
-export function labTag(lab: Lab): string {
-  const tag = createHash('sha256').update(lab.file).digest('hex').slice(0, 8);
-  return `${basename(lab.file).replace(/\.ya?ml$/, '')}-${tag}`;
-}
-
 /** The API address of a lab array: the file's, or for port 0 the one lab up picked (lab-array.json). */
 export function arrayApi(a: LabArray): string | undefined {
-  if (parseHostPort(a.api).port !== 0) return a.api;
-  try {
-    return (JSON.parse(readFileSync(join(a.dataDir, 'lab-array.json'), 'utf8')) as { api?: string }).api;
-  } catch {
-    return undefined;
-  }
+  return parseHostPort(a.api).port !== 0 ? a.api : readLabArray(a).api;
 }
 
 /** The admin token of an array the lab started (its data directory's admin.token), if there is one. */
 export function adminTokenFile(a: LabArray): string | undefined {
   const f = join(a.dataDir, 'admin.token');
   return a.start && existsSync(f) ? f : undefined;
-}
-
-/** A seat's token on an array (lab up writes it in the lab's secrets). */
-export function seatTokenFile(lab: Lab, runDir: string, a: LabArray, seat: string): string {
-  return join(runDir, `.secrets-${labTag(lab)}`, a.name, `${seat}.token`);
 }
 
 /** LAB_ARRAY_<NAME>_API: the name upper-cased, other than letters and digits as _. */
