@@ -2,12 +2,14 @@
  * `arraylab lab start|step|check|hint|next|reset|solve|stop|run`: scenarios, lab files with
  * steps that check themselves (emulator/lab/scenario/, emulator/lab/README.md "Scenarios").
  */
+import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import type { LabItem } from '../lab/apply.js';
 import type { CheckRecord } from '../lab/scenario/progress.js';
 import type { RunnerOptions, Scenario, StepView } from '../lab/scenario/runner.js';
+import type { SeatRow } from '../lab/scenario/seats.js';
 import { CommandError, EXIT_USAGE } from './errors.js';
-import { print, printJson } from '../../proto/util/table.js';
+import { print, printJson, table } from '../../proto/util/table.js';
 import { asCommandError, cliLogger, runDirOf } from './vm.js';
 
 interface Common {
@@ -31,16 +33,36 @@ async function loadScenario(file: string): Promise<Scenario> {
 /** The scenario a command acts on: --scenario, else the one last started in the run directory. */
 async function current(a: Common): Promise<{ s: Scenario; o: RunnerOptions }> {
   const runDir = await runDirOf(a);
+  const inst = await seatInstanceOf(a, runDir);
+  if (inst) return { s: inst.s, o: { runDir: inst.runDir, log: await cliLogger() } };
   let file = a.scenario;
   let seat = a.seat;
   if (file === undefined) {
     const { readCurrent } = await import('../lab/scenario/progress.js');
     const cur = readCurrent(runDir);
+    const { readSeats } = await import('../lab/scenario/seats.js');
+    const seats = cur ? undefined : readSeats(runDir);
+    if (seats)
+      throw new CommandError(
+        `the scenario in ${runDir} runs as isolated seats (${seats.seats.map((x) => x.name).join(', ')}); say which: --seat NAME (arraylab lab seats shows them)`,
+      );
     if (!cur) throw new CommandError(`no scenario is started in ${runDir}; start one with: arraylab lab start FILE (or give --scenario FILE)`);
     file = cur.file;
     seat ??= cur.seat;
   }
   return { s: await loadScenario(file), o: { runDir, log: await cliLogger(), ...(seat ? { seat } : {}) } };
+}
+
+/**
+ * --seat NAME naming an isolated seat of lab start --seats (RUNDIR/.scenario-seats.json): that
+ * seat's own scenario instance and run directory. Otherwise undefined (a seat of the lab's seats:).
+ */
+async function seatInstanceOf(a: Common, runDir: string): Promise<{ s: Scenario; runDir: string } | undefined> {
+  if (!a.seat) return undefined;
+  const { readSeats, seatOf } = await import('../lab/scenario/seats.js');
+  const f = readSeats(runDir);
+  if (!f || (a.scenario !== undefined && resolve(a.scenario) !== f.file) || !f.seats.some((x) => x.name === a.seat)) return undefined;
+  return seatOf(f, await loadScenario(f.file), a.seat);
 }
 
 /** Errors of the runner (a setup line that failed, no such step) as the CLI's one line. */
@@ -62,6 +84,37 @@ const which = <T>(y: Argv<T>) =>
     .option('scenario', { type: 'string', requiresArg: true, describe: 'the scenario file (default: the one last started with lab start)' })
     .option('seat', { type: 'string', requiresArg: true, describe: "the seat whose progress (default: lab start's)" });
 
+/** lab start FILE --seats N: N isolated seats, one after the other, a line each. */
+async function startSeatsCommand(a: Common & { file: string; seats: number }): Promise<void> {
+  const { MAX_SEATS, startSeats, whyNoSeats } = await import('../lab/scenario/seats.js');
+  if (a.seat !== undefined)
+    throw new CommandError(
+      '--seats and --seat go apart: --seats N starts N isolated seats (as instructor), --seat NAME works as one seat of the lab; give one of them',
+      EXIT_USAGE,
+    );
+  if (!Number.isInteger(a.seats) || a.seats < 1 || a.seats > MAX_SEATS)
+    throw new CommandError(`--seats ${a.seats}: give a whole number of seats from 1 to ${MAX_SEATS}`, EXIT_USAGE);
+  const s = await loadScenario(a.file);
+  const why = whyNoSeats(s);
+  if (why) throw new CommandError(why, EXIT_USAGE);
+  const runDir = await runDirOf(a);
+  const seats = await startSeats(s, {
+    runDir,
+    log: await cliLogger(),
+    count: a.seats,
+    ...(a.json ? {} : { onSeat: (x) => print(`${x.name}: API ${x.api}, token in ${x.tokenFile}`) }),
+  }).catch(asError);
+  if (a.json)
+    return printJson({
+      file: s.file,
+      title: s.scenario.title,
+      seats: seats.map((x) => ({ name: x.name, api: x.api, tokenFile: x.tokenFile, runDir: x.runDir, checkpointMs: x.result.checkpointMs })),
+    });
+  print(
+    `\n# ${s.scenario.title}: ${seats.length} seat${seats.length === 1 ? '' : 's'} at step 1/${s.scenario.steps.length}\nEach trainee: eval "$(arraylab lab env --seat SEAT)", then arraylab lab step --seat SEAT. Their progress: arraylab lab seats`,
+  );
+}
+
 export function scenarioCommands<T extends { json: boolean }>(y: Argv<T>) {
   return y
     .command(
@@ -70,8 +123,14 @@ export function scenarioCommands<T extends { json: boolean }>(y: Argv<T>) {
       (c) =>
         c
           .positional('file', { type: 'string', demandOption: true })
-          .option('seat', { type: 'string', requiresArg: true, describe: 'work as this seat of the lab (its token)' }),
+          .option('seat', { type: 'string', requiresArg: true, describe: 'work as this seat of the lab (its token)' })
+          .option('seats', {
+            type: 'number',
+            requiresArg: true,
+            describe: 'as instructor: start N isolated seats, seat1..seatN, each with arrays of its own (1 to 32)',
+          }),
       async (a) => {
+        if (a.seats !== undefined) return startSeatsCommand(a as Common & { file: string; seats: number });
         const s = await loadScenario(String(a.file));
         const runDir = await runDirOf(a as Common);
         const { startScenario } = await import('../lab/scenario/runner.js');
@@ -181,11 +240,78 @@ export function scenarioCommands<T extends { json: boolean }>(y: Argv<T>) {
       'stop the scenario: lab down, forget its progress and checkpoints',
       (c) => which(c).option('purge', { type: 'boolean', default: false, describe: "also delete the lab's volumes, hosts and data (lab down --purge)" }),
       async (a) => {
+        if (!a.seat) {
+          const runDir = await runDirOf(a as Common);
+          const { readSeats, stopSeats } = await import('../lab/scenario/seats.js');
+          const f = readSeats(runDir);
+          if (f && (a.scenario === undefined || resolve(a.scenario) === f.file)) {
+            const items = await stopSeats(
+              {
+                runDir,
+                log: await cliLogger(),
+                purge: a.purge,
+                ...(a.json ? {} : { onSeatItem: (i: LabItem & { seat: string }) => print(`${i.seat}: ${lineOf(i)}`) }),
+              },
+              f,
+            ).catch(asError);
+            if (a.json) return printJson({ file: f.file, seats: f.seats.map((x) => x.name), items });
+            return print(`Scenario stopped on ${f.seats.length} seat${f.seats.length === 1 ? '' : 's'}: ${f.file}`);
+          }
+        }
         const { s, o } = await current(a as Common);
         const { stopScenario } = await import('../lab/scenario/runner.js');
         const items = await stopScenario(s, { ...o, purge: a.purge, ...(a.json ? {} : { onItem: (i: LabItem) => print(lineOf(i)) }) }).catch(asError);
         if (a.json) printJson({ file: s.file, items });
         else print(`Scenario stopped: ${s.scenario.title}`);
+      },
+    )
+    .command(
+      'env',
+      'print a seat\'s shell settings (ARRAYLAB_API, ARRAYLAB_TOKEN_FILE, LAB_ARRAY_<NAME>_API): eval "$(arraylab lab env --seat seat2)"',
+      (c) => which(c),
+      async (a) => {
+        const { s, o } = await current(a as Common);
+        const { seatEnv } = await import('../lab/scenario/seats.js');
+        const env = seatEnv(s);
+        // A seat of the lab's seats: (a tenant of the shared arrays) works with its own token.
+        if (a.seat && o.seat) {
+          const { seatTokenFile } = await import('../lab/apply.js');
+          env.ARRAYLAB_TOKEN_FILE = seatTokenFile(s, o.runDir, s.arrays[0]!, a.seat);
+        }
+        if (!env.ARRAYLAB_API)
+          throw new CommandError(`lab ${s.file}: array ${s.arrays[0]!.name} has no API address yet; is the scenario started? (arraylab lab start)`);
+        if (a.json) return printJson({ file: s.file, ...(a.seat ? { seat: a.seat } : {}), env });
+        const q = (v: string) => `'${v.replace(/'/g, `'\\''`)}'`;
+        print(
+          Object.entries(env)
+            .map(([k, v]) => `export ${k}=${q(v)}`)
+            .join('\n'),
+        );
+      },
+    )
+    .command(
+      'seats',
+      "the instructor's view of the seats of lab start --seats: each seat's step, last check and API",
+      (c) => c,
+      async (a) => {
+        const runDir = await runDirOf(a as Common);
+        const { readSeats, seatRows } = await import('../lab/scenario/seats.js');
+        const f = readSeats(runDir);
+        if (!f) throw new CommandError(`no seats are started in ${runDir}; start them with: arraylab lab start FILE --seats N`);
+        const s = await loadScenario(f.file);
+        const rows = seatRows(s, f);
+        if (a.json) return printJson({ file: f.file, title: s.scenario.title, seats: rows });
+        const time = (iso: string) => new Date(iso).toISOString().slice(11, 19);
+        const check = (r: SeatRow) =>
+          r.lastCheck ? `${r.lastCheck.ok ? '✓' : '✗'} ${time(r.lastCheck.at)}${r.lastCheck.step !== r.step ? ` (step ${r.lastCheck.step})` : ''}` : '-';
+        print(
+          table(rows, [
+            { header: 'SEAT', value: (r) => r.seat },
+            { header: 'STEP', value: (r) => (r.step ? `${r.step}/${r.of} ${r.title}${r.done ? ' (complete)' : ''}` : '-') },
+            { header: 'LAST CHECK', value: check },
+            { header: 'API', value: (r) => r.api ?? '-' },
+          ]).trimEnd(),
+        );
       },
     )
     .command(
