@@ -240,11 +240,13 @@ export function scenarioCommands<T extends { json: boolean }>(y: Argv<T>) {
       'stop the scenario: lab down, forget its progress and checkpoints',
       (c) => which(c).option('purge', { type: 'boolean', default: false, describe: "also delete the lab's volumes, hosts and data (lab down --purge)" }),
       async (a) => {
-        if (!a.seat) {
+        // Without --seat: every isolated seat; with the --seat of one: that seat alone (and it leaves the seats file).
+        {
           const runDir = await runDirOf(a as Common);
           const { readSeats, stopSeats } = await import('../lab/scenario/seats.js');
-          const f = readSeats(runDir);
-          if (f && (a.scenario === undefined || resolve(a.scenario) === f.file)) {
+          const all = readSeats(runDir);
+          const f = all && a.seat ? { ...all, seats: all.seats.filter((x) => x.name === a.seat) } : all;
+          if (f?.seats.length && (a.scenario === undefined || resolve(a.scenario) === f.file)) {
             const items = await stopSeats(
               {
                 runDir,

@@ -197,10 +197,18 @@ describe('lab start --seats', () => {
       `arraylab: the scenario in ${runDir} runs as isolated seats (seat1, seat2); say which: --seat NAME (arraylab lab seats shows them)\n`,
     ]);
 
+    // One seat leaves: its array stops, the other seat goes on.
     const pids = allServePids();
+    const one = await lab(['stop', '--seat', 'seat2', '--purge']);
+    expect(one.code, one.stderr).toBe(0);
+    expect(one.stdout).toMatch(/Scenario stopped on 1 seat: /);
+    expect(labServePids(seatDirs()[1]!)).toEqual([]);
+    expect(labServePids(seatDirs()[0]!)).toHaveLength(1);
+    expect((JSON.parse((await lab(['seats', '--json'])).stdout) as { seats: Array<{ seat: string }> }).seats.map((r) => r.seat)).toEqual(['seat1']);
+
     const stop = await lab(['stop', '--purge']);
     expect(stop.code, stop.stderr).toBe(0);
-    expect(stop.stdout).toMatch(/Scenario stopped on 2 seats/);
+    expect(stop.stdout).toMatch(/Scenario stopped on 1 seat: /);
     expect(allServePids()).toEqual([]);
     expect(pids.filter(alive)).toEqual([]);
     expect(existsSync(join(runDir, '.scenario-seats.json'))).toBe(false);
