@@ -269,17 +269,13 @@ export function scenarioCommands<T extends { json: boolean }>(y: Argv<T>) {
     )
     .command(
       'env',
-      'print a seat\'s shell settings (ARRAYLAB_API, ARRAYLAB_TOKEN_FILE, LAB_ARRAY_<NAME>_API): eval "$(arraylab lab env --seat seat2)"',
+      'print a seat\'s shell settings (ARRAYLAB_API, ARRAYLAB_TOKEN_FILE, LAB_ARRAY_<NAME>_API and _TOKEN_FILE): eval "$(arraylab lab env --seat seat2)"',
       (c) => which(c),
       async (a) => {
         const { s, o } = await current(a as Common);
-        const { seatEnv } = await import('../lab/scenario/seats.js');
-        const env = seatEnv(s);
+        const { arraysEnv } = await import('../lab/scenario/shell.js');
         // A seat of the lab's seats: (a tenant of the shared arrays) works with its own token.
-        if (a.seat && o.seat) {
-          const { seatTokenFile } = await import('../lab/apply.js');
-          env.ARRAYLAB_TOKEN_FILE = seatTokenFile(s, o.runDir, s.arrays[0]!, a.seat);
-        }
+        const env = arraysEnv(s, o.runDir, a.seat && o.seat ? a.seat : undefined);
         if (!env.ARRAYLAB_API)
           throw new CommandError(`lab ${s.file}: array ${s.arrays[0]!.name} has no API address yet; is the scenario started? (arraylab lab start)`);
         if (a.json) return printJson({ file: s.file, ...(a.seat ? { seat: a.seat } : {}), env });

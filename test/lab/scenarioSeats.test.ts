@@ -135,7 +135,7 @@ describe('lab start --seats', () => {
     expect(e1.LAB_ARRAY_ARRAY0_API).toBe(e1.ARRAYLAB_API);
     const sh = await lab(['env', '--seat', 'seat2']);
     expect(sh.stdout).toBe(
-      `export ARRAYLAB_API='${e2.ARRAYLAB_API}'\nexport ARRAYLAB_TOKEN_FILE='${e2.ARRAYLAB_TOKEN_FILE}'\nexport LAB_ARRAY_ARRAY0_API='${e2.LAB_ARRAY_ARRAY0_API}'\n`,
+      `export ARRAYLAB_API='${e2.ARRAYLAB_API}'\nexport ARRAYLAB_TOKEN_FILE='${e2.ARRAYLAB_TOKEN_FILE}'\nexport LAB_ARRAY_ARRAY0_API='${e2.LAB_ARRAY_ARRAY0_API}'\nexport LAB_ARRAY_ARRAY0_TOKEN_FILE='${e2.ARRAYLAB_TOKEN_FILE}'\n`,
     );
 
     // seat1's volume is on seat1's array only; seat2's token does not open seat1's array.

@@ -1,7 +1,7 @@
 /**
  * The shell of scenario lines (emulator/lab/scenario/shell.ts): the environment a setup, solve
  * or shell check sees (addresses, token, step, the arraylab shims on PATH), a line's time
- * limit, and output kept bounded. Integration tier: it runs /bin/sh.
+ * limit, and output kept bounded. Integration tier: it runs bash.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -25,6 +25,7 @@ describe('the shell of a scenario', () => {
     writeFileSync(join(lab.arrays[1]!.dataDir, 'lab-array.json'), '{"api":"127.0.0.1:7412"}\n');
     mkdirSync(lab.arrays[0]!.dataDir, { recursive: true });
     writeFileSync(join(lab.arrays[0]!.dataDir, 'admin.token'), 'x\n');
+    writeFileSync(join(lab.arrays[1]!.dataDir, 'admin.token'), 'y\n');
     const runDir = join(dir, 'run');
     const prev = process.env.ARRAYLAB_TOKEN;
     process.env.ARRAYLAB_TOKEN = 'the caller';
@@ -32,12 +33,13 @@ describe('the shell of a scenario', () => {
     if (prev === undefined) delete process.env.ARRAYLAB_TOKEN;
     else process.env.ARRAYLAB_TOKEN = prev;
     const r = await runLine(
-      'echo "$ARRAYLAB_API $LAB_ARRAY_SITE_A_API $LAB_ARRAY_SITE_B_API $LAB_SEED $LAB_STEP $(test -z "$ARRAYLAB_TOKEN" && echo none) $ARRAYLAB_TOKEN_FILE $(pwd)"; command -v arraylab; command -v arraylab-agent',
+      'echo "$ARRAYLAB_API $LAB_ARRAY_SITE_A_API $LAB_ARRAY_SITE_B_API $LAB_SEED $LAB_STEP $(test -z "$ARRAYLAB_TOKEN" && echo none) $ARRAYLAB_TOKEN_FILE $(pwd)"; echo "$LAB_ARRAY_SITE_B_TOKEN_FILE"; command -v arraylab; command -v arraylab-agent',
       sh,
     );
     expect(r.code).toBe(0);
     expect(r.stdout.split('\n')).toEqual([
       `127.0.0.1:7411 127.0.0.1:7411 127.0.0.1:7412 9 3 none ${join(lab.arrays[0]!.dataDir, 'admin.token')} ${dir}`,
+      join(lab.arrays[1]!.dataDir, 'admin.token'),
       join(runDir, '.scenario-bin', 'arraylab'),
       join(runDir, '.scenario-bin', 'arraylab-agent'),
       '',
@@ -45,6 +47,10 @@ describe('the shell of a scenario', () => {
     const shim = readFileSync(join(runDir, '.scenario-bin', 'arraylab'), 'utf8');
     expect(shim).toContain(`exec '${process.execPath}' '`);
     expect(shim).toMatch(/emulator\/cli\/arraylab\.js' "\$@"\n$/);
+
+    // A failing command before a pipe fails the line: jq 1.6 -e passes on empty input.
+    const piped = await runLine('arraylab --api 127.0.0.1:1 volume list --json | jq -e .volumes', sh);
+    expect(piped.code).not.toBe(0);
   });
 
   it('stops a line at its time limit, keeps the end of a long output, and says why a line failed', async () => {

@@ -12,7 +12,7 @@ import type { LabItem, LabOptions } from '../apply.js';
 import { type CheckRecord, readProgress } from './progress.js';
 import { loadLab } from '../schema.js';
 import { asScenario, type Scenario, ScenarioError, type StartResult, startScenario, stopScenario } from './runner.js';
-import { adminTokenFile, arrayApi, arrayEnvName } from './shell.js';
+import { arrayApi, arraysEnv } from './shell.js';
 
 export const MAX_SEATS = 32;
 
@@ -54,21 +54,6 @@ export function whyNoSeats(s: Scenario): string | undefined {
   return `lab ${s.file}: ${used[0]!.at}: array ${used[0]!.name} is used as it is (no start: true), and an array the lab does not start cannot be copied per seat; set start: true on every array for --seats, or run the scenario without --seats`;
 }
 
-/** What a trainee's shell needs: the seat's first array, its admin token, every array's API. */
-export function seatEnv(s: Scenario): Record<string, string> {
-  const env: Record<string, string> = {};
-  const first = s.arrays[0]!;
-  const api = arrayApi(first);
-  if (api) env.ARRAYLAB_API = api;
-  const token = adminTokenFile(first);
-  if (token) env.ARRAYLAB_TOKEN_FILE = token;
-  for (const a of s.arrays) {
-    const x = arrayApi(a);
-    if (x) env[arrayEnvName(a.name)] = x;
-  }
-  return env;
-}
-
 export interface SeatStarted {
   name: string;
   runDir: string;
@@ -99,7 +84,7 @@ export async function startSeats(s: Scenario, o: LabOptions & { count: number; o
     f.seats.push({ name, runDir: inst.runDir });
     writeSeats(o.runDir, f);
     const result = await startScenario(inst.s, { runDir: inst.runDir, log: o.log });
-    const env = seatEnv(inst.s);
+    const env = arraysEnv(inst.s, inst.runDir);
     const x = { name, runDir: inst.runDir, api: env.ARRAYLAB_API ?? '', tokenFile: env.ARRAYLAB_TOKEN_FILE ?? '', result };
     out.push(x);
     o.onSeat?.(x);

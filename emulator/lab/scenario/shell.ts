@@ -44,6 +44,27 @@ export function adminTokenFile(a: LabArray): string | undefined {
 
 /** LAB_ARRAY_<NAME>_API: the name upper-cased, other than letters and digits as _. */
 export const arrayEnvName = (name: string) => `LAB_ARRAY_${name.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_API`;
+/** LAB_ARRAY_<NAME>_TOKEN_FILE: the credential for that array, as ARRAYLAB_TOKEN_FILE is for the first. */
+export const arrayTokenEnvName = (name: string) => `LAB_ARRAY_${name.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_TOKEN_FILE`;
+
+/**
+ * Where the lab's arrays answer and with which credential: ARRAYLAB_API and ARRAYLAB_TOKEN_FILE
+ * for the first array, LAB_ARRAY_<NAME>_API and _TOKEN_FILE for each. A tenant seat's token
+ * with seat; else the admin token of an array the lab started.
+ */
+export function arraysEnv(lab: Lab, runDir: string, seat?: string): Record<string, string> {
+  const of = (a: LabArray) => ({ api: arrayApi(a), token: seat ? seatTokenFile(lab, runDir, a, seat) : adminTokenFile(a) });
+  const env: Record<string, string> = {};
+  const first = of(lab.arrays[0]!);
+  if (first.api) env.ARRAYLAB_API = first.api;
+  if (first.token) env.ARRAYLAB_TOKEN_FILE = first.token;
+  for (const a of lab.arrays) {
+    const { api, token } = of(a);
+    if (api) env[arrayEnvName(a.name)] = api;
+    if (token) env[arrayTokenEnvName(a.name)] = token;
+  }
+  return env;
+}
 
 /** This build's CLIs (dist/emulator/cli/arraylab.js, dist/agent/cli/arraylab-agent.js). */
 function cliPaths(): { arraylab: string; agent: string } {
@@ -80,19 +101,11 @@ export function writeShims(runDir: string): string {
 /** The environment of a scenario's shell lines at step (1-based), as the trainee or seat. */
 export function scenarioShell(lab: Lab, runDir: string, step: number, seat?: string): ShellEnv {
   const bin = writeShims(runDir);
-  const first = lab.arrays[0]!;
   const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}`, LAB_SEED: String(lab.seed), LAB_STEP: String(step) };
   // The caller's credential must not stand in for the lab's.
   delete env.ARRAYLAB_TOKEN;
   delete env.ARRAYLAB_TOKEN_FILE;
-  const api = arrayApi(first);
-  if (api) env.ARRAYLAB_API = api;
-  const token = seat ? seatTokenFile(lab, runDir, first, seat) : adminTokenFile(first);
-  if (token) env.ARRAYLAB_TOKEN_FILE = token;
-  for (const a of lab.arrays) {
-    const x = arrayApi(a);
-    if (x) env[arrayEnvName(a.name)] = x;
-  }
+  Object.assign(env, arraysEnv(lab, runDir, seat));
   return { cwd: dirname(lab.file), env };
 }
 
@@ -111,11 +124,13 @@ class Tail {
   }
 }
 
-/** Runs one line with /bin/sh -c; killed (its process group) after timeoutMs. */
+/** Runs one line with bash -o pipefail -c; killed (its process group) after timeoutMs. */
 export function runLine(line: string, sh: ShellEnv, timeoutMs = LINE_TIMEOUT_MS): Promise<LineResult> {
   const started = Date.now();
   return new Promise((resolve) => {
-    const child = spawn('/bin/sh', ['-c', line], { cwd: sh.cwd, env: sh.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    // bash (Essential in Debian) with pipefail: `arraylab ... | jq -e ...` fails when arraylab
+    // does, instead of jq passing on empty input.
+    const child = spawn('/bin/bash', ['-o', 'pipefail', '-c', line], { cwd: sh.cwd, env: sh.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     const out = new Tail();
     const err = new Tail();
     child.stdout.on('data', (b: Buffer) => out.push(b));
