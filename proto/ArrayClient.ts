@@ -15,7 +15,17 @@ import { ApiError, statusCodeOf } from './errors.js';
 import type * as pb from './gen/index.js';
 import { openStream, unaryCall, type RequestOf, type ResponseOf, type StreamMethod, type StreamRequestOf, type UnaryMethod } from './rpc.js';
 import { hostFromWire, hostListFromWire, hostLunFromWire } from './wire/hostWire.js';
-import type { ArrayStatus, CopyBitmapView, CopyEventView, CopySessionView, ExportInfo, HostListView, HostView, StartCopyParams } from './views.js';
+import type {
+  ArrayEventView,
+  ArrayStatus,
+  CopyBitmapView,
+  CopyEventView,
+  CopySessionView,
+  ExportInfo,
+  HostListView,
+  HostView,
+  StartCopyParams,
+} from './views.js';
 import {
   arrayServiceClientConstructor,
   copyServiceClientConstructor,
@@ -31,7 +41,7 @@ import {
 import type { CartridgeView, HostProgress, TapeRecordView, TapeRestoreView } from './views.js';
 import { cartridgeFromWire, tapeRecordFromWire, tapeRestoreFromWire } from './wire/tapeWire.js';
 import { faultEventFromWire, faultFromWire, powerCutFromWire } from './wire/faultWire.js';
-import { type ArrayEventView, type EventQuery, eventFromWire, eventQueryToWire } from './wire/eventWire.js';
+import { type EventQuery, eventFromWire, eventQueryToWire } from './wire/eventWire.js';
 import type { AgentEventReport, AuditEntryView, FaultEventView, FaultView, PowerCutView, RemoteView, TenantView, UserView } from './views.js';
 import {
   copyEventFromWire,

@@ -471,3 +471,32 @@ export interface AuditEntryView {
   target: string;
   result: string;
 }
+
+/** An array event (EventService; emulator/events/EventLog.ts keeps them). */
+export interface ArrayEventView {
+  seq: number;
+  at: string;
+  /** e.g. volume.created, client.connected, copy.state, host.mapped, tape.write, fault.added. */
+  kind: string;
+  subject: { kind: string; name: string };
+  message: string;
+  fields: Record<string, string>;
+}
+
+/**
+ * One volume's host I/O since the array started (monotonic): emulator/metrics/VolumeIo.ts counts
+ * it, the dashboard's /api/volumes carries it.
+ */
+export interface VolumeIoCounts {
+  readOps: number;
+  readBytes: number;
+  /** Writes and write-zeroes (as Linux's disk statistics count them; SCSI WRITE SAME of zeroes too). */
+  writeOps: number;
+  writeBytes: number;
+  flushOps: number;
+  /** Trims: NBD TRIM, SCSI UNMAP and WRITE SAME with UNMAP. */
+  trimOps: number;
+  trimBytes: number;
+  /** Operations that failed (a fault, a reservation, a read-only refusal, an I/O error). */
+  errors: number;
+}

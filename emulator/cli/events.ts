@@ -1,7 +1,8 @@
 /** `arraylab events`: what happened on the array (volumes, clients, copy sessions, hosts, tape, faults), oldest first. */
 import type { Argv } from 'yargs';
 import { print } from '../../proto/util/table.js';
-import type { ArrayEventView, EventQuery } from '../../proto/wire/eventWire.js';
+import type { ArrayEventView } from '../../proto/views.js';
+import type { EventQuery } from '../../proto/wire/eventWire.js';
 import { withApiOption, withClient } from './client.js';
 import { UsageError } from './errors.js';
 import { parseDuration } from './user.js';

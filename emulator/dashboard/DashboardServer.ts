@@ -23,7 +23,8 @@ import { isLoopback } from '../api/ArrayApiServer.js';
 import { AuthThrottle } from '../auth/AuthThrottle.js';
 import { type ArraylabConfig, formatHostPort, type HostPort } from '../config.js';
 import * as gw from './gateway.js';
-import { HttpError, httpStatusOf, type VolumeIoCounts } from './gateway.js';
+import type { VolumeIoCounts } from '../../proto/views.js';
+import { HttpError, httpStatusOf } from './gateway.js';
 import { type DashboardSession, SessionStore, sessionCookie, sessionIdOf } from './sessions.js';
 import { SseBroker } from './sse.js';
 

@@ -6,11 +6,8 @@
  */
 import { ApiError, type ArrayClient } from '../../proto/ArrayClient.js';
 import type * as pb from '../../proto/gen/index.js';
-import type { ArrayEventView } from '../../proto/wire/eventWire.js';
+import type { ArrayEventView, VolumeIoCounts } from '../../proto/views.js';
 import { allowed, isRole } from '../auth/permissions.js';
-import type { VolumeIoCounts } from '../metrics/VolumeIo.js';
-
-export type { VolumeIoCounts } from '../metrics/VolumeIo.js';
 
 /** What /api/overview lists of the event history: the newest. */
 export const OVERVIEW_EVENTS = 50;

@@ -11,7 +11,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import type { ApiError, ArrayClient } from '../../proto/ArrayClient.js';
-import type { ArrayEventView } from '../../proto/wire/eventWire.js';
+import type { ArrayEventView } from '../../proto/views.js';
 
 export const MAX_SUBSCRIBERS = 64;
 export const TICK_MS = 1000;

@@ -15,7 +15,8 @@ import type { VolumeInfo } from '../../proto/views.js';
 import type { CartridgeView } from '../../proto/views.js';
 import { METHOD_PERMISSIONS } from '../auth/permissions.js';
 import { FAULT_KINDS } from '../fault/kinds.js';
-import { IO_OPERATIONS, IO_PROTOCOLS, LATENCY_BUCKETS, type VolumeIoCounts, type VolumeIoStats } from './VolumeIo.js';
+import type { VolumeIoCounts } from '../../proto/views.js';
+import { IO_OPERATIONS, IO_PROTOCOLS, LATENCY_BUCKETS, type VolumeIoStats } from './VolumeIo.js';
 
 /** Every copy state, so that each session has one 0/1 series per state (not a numeric enum). */
 export const COPY_STATES = ['copying', 'equivalent', 'suspended', 'tracking', 'snap', 'split', 'error-suspended', 'halt'] as const;

@@ -9,6 +9,7 @@
  * and the iSCSI target stay libraries that see only a BlockDevice. Host I/O only: copy
  * sessions, the tape and REC replica connections do not pass here.
  */
+import type { VolumeIoCounts } from '../../proto/views.js';
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../block/BlockDevice.js';
 
 export const IO_PROTOCOLS = ['nbd', 'iscsi'] as const;
@@ -18,21 +19,6 @@ export type IoOperation = (typeof IO_OPERATIONS)[number];
 
 /** Latency bucket upper bounds, seconds (50 µs to 10 s; +Inf is implied). */
 export const LATENCY_BUCKETS: readonly number[] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
-
-/** One volume's host I/O since the array started (monotonic). */
-export interface VolumeIoCounts {
-  readOps: number;
-  readBytes: number;
-  /** Writes and write-zeroes (as Linux's disk statistics count them; SCSI WRITE SAME of zeroes too). */
-  writeOps: number;
-  writeBytes: number;
-  flushOps: number;
-  /** Trims: NBD TRIM, SCSI UNMAP and WRITE SAME with UNMAP. */
-  trimOps: number;
-  trimBytes: number;
-  /** Operations that failed (a fault, a reservation, a read-only refusal, an I/O error). */
-  errors: number;
-}
 
 /** The live counters of one volume; the I/O path adds to the fields in place. */
 class VolumeIoSlot implements VolumeIoCounts {

@@ -1,15 +1,6 @@
 /** The array's events (EventService) as the client sees them. */
 import type * as pb from '../gen/index.js';
-
-export interface ArrayEventView {
-  seq: number;
-  at: string;
-  /** e.g. volume.created, client.connected, copy.state, host.mapped, tape.write, fault.added. */
-  kind: string;
-  subject: { kind: string; name: string };
-  message: string;
-  fields: Record<string, string>;
-}
+import type { ArrayEventView } from '../views.js';
 
 /** Which events: after a sequence number, since a time, of some kinds (a prefix matches: "copy"). */
 export interface EventQuery {

@@ -3,6 +3,7 @@
  * the views ArrayClient returns (proto/views.ts). Types only: nothing here exists at run time.
  */
 import type {
+  ArrayEventView,
   ArrayStatus,
   CartridgeView,
   CopyBitmapView,
@@ -12,32 +13,22 @@ import type {
   HostView,
   RemoteView,
   VolumeInfo,
+  VolumeIoCounts,
 } from '../../../proto/views.js';
 
-export type { ArrayStatus, CartridgeView, CopyBitmapView, CopySessionView, ExportInfo, FaultView, HostView, RemoteView, VolumeInfo };
-
-/** An array event as the stream and /api/overview carry it (emulator/events/EventLog.ts). */
-export interface ArrayEvent {
-  seq: number;
-  at: string;
-  kind: string;
-  subject: { kind: string; name: string };
-  message: string;
-  fields: Record<string, string>;
-  volumes?: string[];
-}
-
-/** A volume's I/O counters since the array started (emulator/metrics/VolumeIo.ts). */
-export interface VolumeIoCounts {
-  readOps: number;
-  readBytes: number;
-  writeOps: number;
-  writeBytes: number;
-  flushOps: number;
-  trimOps: number;
-  trimBytes: number;
-  errors: number;
-}
+export type {
+  ArrayEventView,
+  ArrayStatus,
+  CartridgeView,
+  CopyBitmapView,
+  CopySessionView,
+  ExportInfo,
+  FaultView,
+  HostView,
+  RemoteView,
+  VolumeInfo,
+  VolumeIoCounts,
+};
 
 export interface WhoAmI {
   /** null with api.auth off (nobody is logged in). */
@@ -55,7 +46,7 @@ export interface Overview {
   exports: ExportInfo[];
   copies: CopySessionView[];
   faults: FaultView[];
-  events: ArrayEvent[];
+  events: ArrayEventView[];
 }
 
 export type VolumeWithIo = VolumeInfo & { io?: VolumeIoCounts };

@@ -14,7 +14,7 @@ import { readAdminToken } from '../../../emulator/auth/adminCredential.js';
 import { applyOverrides, type ConfigOverrides, parseConfig } from '../../../emulator/config.js';
 import { EventLog } from '../../../emulator/events/EventLog.js';
 import { ArrayClient } from '../../../proto/ArrayClient.js';
-import type { ArrayEventView } from '../../../proto/wire/eventWire.js';
+import type { ArrayEventView } from '../../../proto/views.js';
 
 const MiB = 2 ** 20;
 
