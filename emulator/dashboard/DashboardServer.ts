@@ -22,6 +22,7 @@ import { ApiError, ArrayClient } from '../../proto/ArrayClient.js';
 import { isLoopback } from '../api/ArrayApiServer.js';
 import { AuthThrottle } from '../auth/AuthThrottle.js';
 import { type ArraylabConfig, formatHostPort, type HostPort } from '../config.js';
+import { listenTcp } from '../net/tcpListener.js';
 import * as gw from './gateway.js';
 import type { VolumeIoCounts } from '../../proto/views.js';
 import { HttpError, httpStatusOf } from './gateway.js';
@@ -215,14 +216,7 @@ export class DashboardServer {
 
   listen(addr: HostPort): Promise<HostPort> {
     this.loopbackOnly = isLoopback(addr.host);
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(addr.port, addr.host, () => {
-        this.server.off('error', reject);
-        const a = this.server.address();
-        resolve(a !== null && typeof a === 'object' ? { host: a.address, port: a.port } : addr);
-      });
-    });
+    return listenTcp(this.server, addr.port, addr.host, 'the dashboard');
   }
 
   /** Stops listening; ends event streams, drops connections and logs everyone out. */

@@ -8,6 +8,7 @@ import { createServer, type Server } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { HostPort } from '../config.js';
+import { listenTcp } from '../net/tcpListener.js';
 import type { ArrayMetrics } from './ArrayMetrics.js';
 
 const MAX_CONNECTIONS = 32;
@@ -50,14 +51,7 @@ export class MetricsServer {
   }
 
   listen(addr: HostPort): Promise<HostPort> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(addr.port, addr.host, () => {
-        this.server.off('error', reject);
-        const a = this.server.address();
-        resolve(a !== null && typeof a === 'object' ? { host: a.address, port: a.port } : addr);
-      });
-    });
+    return listenTcp(this.server, addr.port, addr.host, 'the metrics listener');
   }
 
   /** Stops listening and drops open scrapes' connections. */
