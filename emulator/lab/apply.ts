@@ -143,6 +143,12 @@ function alive(pid: number): boolean {
   }
 }
 
+/** The lab's arrays that lab up started (its state file says so) and that run now. */
+export function startedArrays(lab: Lab, runDir: string): LabArray[] {
+  const { arrays } = readState(lab, runDir);
+  return lab.arrays.filter((a) => arrays[a.name] !== undefined && alive(arrays[a.name]!.pid));
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function answers(client: ArrayClient | undefined): Promise<boolean> {

@@ -9,40 +9,16 @@
  * Kept in RUNDIR/.scenario-<file>-<hash>[-SEAT].checkpoints/step-N/ARRAY.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { labDown, type LabOptions, labTag, labUp, stateFile } from '../apply.js';
+import { labDown, type LabOptions, labTag, labUp, startedArrays } from '../apply.js';
 import type { Lab, LabArray } from '../schema.js';
 
 const run = promisify(execFile);
 
 export const checkpointsDir = (lab: Lab, runDir: string, seat?: string) => join(runDir, `.scenario-${labTag(lab)}${seat ? `-${seat}` : ''}.checkpoints`);
 const stepDir = (lab: Lab, runDir: string, step: number, seat?: string) => join(checkpointsDir(lab, runDir, seat), `step-${step}`);
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return !/^\d+ \([^)]*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
-/** The lab's arrays that lab up started and that run now (from its state file, .lab-<file>-<hash>.json). */
-export function startedArrays(lab: Lab, runDir: string): LabArray[] {
-  let pids: Record<string, { pid: number }> = {};
-  try {
-    const s = JSON.parse(readFileSync(stateFile(lab, runDir), 'utf8')) as {
-      arrays?: Record<string, { pid: number }>;
-      serve?: { pid: number };
-    };
-    pids = s.arrays ?? (s.serve ? { [lab.arrays[0]!.name]: s.serve } : {});
-  } catch {
-    // no state: the lab started nothing
-  }
-  return lab.arrays.filter((a) => pids[a.name] !== undefined && alive(pids[a.name]!.pid));
-}
 
 /** Copies a directory keeping holes (a thin volume's file stays as small) and reflinking where it can. */
 async function copyDir(from: string, to: string): Promise<void> {

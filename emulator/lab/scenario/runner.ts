@@ -5,9 +5,9 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { ApiError, ArrayClient } from '../../../proto/ArrayClient.js';
-import { labDown, type LabItem, type LabOptions, labUp, pskFileOf, seatTokenFile } from '../apply.js';
+import { labDown, type LabItem, type LabOptions, labUp, pskFileOf, seatTokenFile, startedArrays } from '../apply.js';
 import type { Lab } from '../schema.js';
-import { dropCheckpoints, restoreCheckpoint, startedArrays, takeCheckpoint } from './checkpoint.js';
+import { dropCheckpoints, restoreCheckpoint, takeCheckpoint } from './checkpoint.js';
 import { type CheckContext, runCheck } from './checks/index.js';
 import { clearCurrent, type CheckRecord, type Progress, readProgress, removeProgress, writeCurrent, writeProgress } from './progress.js';
 import type { ScenarioPart, ScenarioStep } from './schema.js';
