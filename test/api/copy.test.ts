@@ -7,6 +7,7 @@ import { ArrayApiServer } from '../../emulator/api/ArrayApiServer.js';
 import { ApiError, ArrayClient } from '../../proto/ArrayClient.js';
 import type { CopyEventView } from '../../proto/views.js';
 import { StorageArray } from '../../emulator/array/StorageArray.js';
+import { memoryServerStatus } from '../support/serverStatus.js';
 import { until } from '../support/wait.js';
 
 const logger = pino({ level: 'silent' });
@@ -39,17 +40,7 @@ describe('CopyService', () => {
       array,
       copy: array,
       logger,
-      status: () => ({
-        version: '0',
-        startedAt: new Date().toISOString(),
-        dataDir: '',
-        backend: 'memory',
-        listeners: {
-          nbd: { available: false, host: '', port: 0, note: '' },
-          iscsi: { available: false, host: '', port: 0, note: '' },
-          api: { available: true, host: '127.0.0.1', port: 0, note: '' },
-        },
-      }),
+      status: () => memoryServerStatus(),
     });
     const addr = await server.listen({ host: '127.0.0.1', port: 0 });
     client = new ArrayClient(addr, { deadlineMs: 5000 });

@@ -9,6 +9,7 @@ import { StorageArray } from '../../emulator/array/StorageArray.js';
 import { bitmapText } from '../../emulator/cli/copy.js';
 import { ApiError, ArrayClient } from '../../proto/ArrayClient.js';
 import type { CopyBitmapView } from '../../proto/views.js';
+import { memoryServerStatus } from '../support/serverStatus.js';
 import { until } from '../support/wait.js';
 
 const logger = pino({ level: 'silent' });
@@ -51,17 +52,7 @@ describe('GetCopyBitmap', () => {
       array,
       copy: array,
       logger,
-      status: () => ({
-        version: '0',
-        startedAt: new Date().toISOString(),
-        dataDir: '',
-        backend: 'memory',
-        listeners: {
-          nbd: { available: false, host: '', port: 0, note: '' },
-          iscsi: { available: false, host: '', port: 0, note: '' },
-          api: { available: true, host: '127.0.0.1', port: 0, note: '' },
-        },
-      }),
+      status: () => memoryServerStatus(),
     });
     client = new ArrayClient(await server.listen({ host: '127.0.0.1', port: 0 }), { deadlineMs: 5000 });
   });

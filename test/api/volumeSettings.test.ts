@@ -2,6 +2,7 @@
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { memoryServerStatus } from '../support/serverStatus.js';
 import { ArrayApiServer } from '../../emulator/api/ArrayApiServer.js';
 import { ApiError, ArrayClient } from '../../proto/ArrayClient.js';
 import { arrayServiceClientConstructor } from '../../proto/loader.js';
@@ -21,17 +22,7 @@ describe('ArrayService UpdateVolume and RenameVolume', () => {
     server = new ArrayApiServer({
       array,
       logger,
-      status: () => ({
-        version: '0',
-        startedAt: new Date().toISOString(),
-        dataDir: '',
-        backend: 'memory',
-        listeners: {
-          nbd: { available: false, host: '', port: 0, note: '' },
-          iscsi: { available: false, host: '', port: 0, note: '' },
-          api: { available: false, host: '', port: 0, note: '' },
-        },
-      }),
+      status: () => memoryServerStatus(false),
     });
     const addr = await server.listen({ host: '127.0.0.1', port: 0 });
     address = `127.0.0.1:${addr.port}`;

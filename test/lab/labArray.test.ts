@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { makeTempDir, REPO_ROOT, runCli } from '../support/arraylab.js';
-import { labServePids } from '../support/lab.js';
+import { killPids, labServePids } from '../support/lab.js';
 import { freePort } from '../support/ports.js';
 
 const EXAMPLE = join(REPO_ROOT, 'vm-images', 'labs', 'backup-restore.yaml');
@@ -20,15 +20,7 @@ let runDir: string;
 /** arraylab serve processes lab up started, of the lab NAME.yaml or of every lab. */
 const servePids = (name = '') => labServePids(runDir, name);
 
-function killServes(): void {
-  for (const pid of servePids()) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
-}
+const killServes = () => killPids(servePids());
 process.once('exit', () => runDir && killServes());
 
 beforeAll(() => {

@@ -11,21 +11,13 @@ import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { makeTempDir, runCli, startArraylab } from '../support/arraylab.js';
-import { labServePids } from '../support/lab.js';
+import { killPids, labServePids } from '../support/lab.js';
 import { freePort } from '../support/ports.js';
 
 let dir: string;
 let runDir: string;
 
-function killServes(): void {
-  for (const pid of labServePids(runDir)) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
-}
+const killServes = () => killPids(labServePids(runDir));
 process.once('exit', () => runDir && killServes());
 
 beforeAll(() => {

@@ -11,21 +11,13 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir, runCli } from '../support/arraylab.js';
-import { labServePids } from '../support/lab.js';
+import { killPids, labServePids } from '../support/lab.js';
 import { until, waitFor } from '../support/wait.js';
 
 let dir: string;
 let runDir: string;
 
-function killServes(): void {
-  for (const pid of labServePids(runDir)) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
-}
+const killServes = () => killPids(labServePids(runDir));
 process.once('exit', () => runDir && killServes());
 
 beforeAll(() => {

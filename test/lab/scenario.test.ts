@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../../emulator/remote/NbdClient.js';
 import { makeTempDir, runCli } from '../support/arraylab.js';
-import { labServePids } from '../support/lab.js';
+import { killPids, labServePids } from '../support/lab.js';
 
 const MiB = 2 ** 20;
 let dir: string;
@@ -50,15 +50,7 @@ function scenario(name: string, solved = 'scratch'): string {
 
 const lab = (args: string[]) => runCli(['lab', ...args, '--run-dir', runDir], { timeoutMs: 60_000 });
 
-function killServes(): void {
-  for (const pid of labServePids(runDir)) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
-}
+const killServes = () => killPids(labServePids(runDir));
 process.once('exit', () => runDir && killServes());
 
 beforeAll(() => {

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiError, ArrayClient } from '../../proto/ArrayClient.js';
 import { NbdClient } from '../../emulator/remote/NbdClient.js';
 import { makeTempDir, runCli } from '../support/arraylab.js';
-import { labServePids } from '../support/lab.js';
+import { killPids, labServePids } from '../support/lab.js';
 
 const MiB = 2 ** 20;
 let dir: string;
@@ -40,15 +40,7 @@ steps:
 const seatDirs = () => ['seat1', 'seat2'].map((s) => join(runDir, 'seats', s));
 const allServePids = () => seatDirs().flatMap((d) => labServePids(d));
 
-function killServes(): void {
-  for (const pid of allServePids()) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
-}
+const killServes = () => killPids(allServePids());
 process.once('exit', () => runDir && killServes());
 
 beforeAll(() => {

@@ -6,88 +6,28 @@
  * at that step with its check's message. Each file is copied into a temporary folder first, so
  * its dataDir (../lab-data/NAME, relative to the file) is there and not in the checkout.
  */
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir, REPO_ROOT, runCli } from '../../support/arraylab.js';
+import { makeTempDir } from '../../support/arraylab.js';
+import { failedSteps as failed, killPids, placeScenario, runScenarioAuto, SHIPPED_SCENARIOS as SHIPPED, servesUnder } from '../../support/lab.js';
 import { requireTool } from '../../support/tools.js';
 
-const SHIPPED = join(REPO_ROOT, 'vm-images', 'labs', 'scenarios');
 let dir: string;
 let runDir: string;
 
-interface RunStep {
-  step: number;
-  title: string;
-  ok: boolean;
-  seconds: number;
-  message?: string;
-  results?: Array<{ ok: boolean; message: string; at: string; kind: string }>;
-}
-interface RunOut {
-  ok: boolean;
-  steps: RunStep[];
-  seconds: number;
-}
-
-/**
- * Processes whose command line names this test's folder: the arrays a lab started there (their
- * --data-dir is under it). Found from /proc, not from the lab's state file, which lab down
- * removes even when an array outlives it.
- */
-function servesUnder(folder: string): number[] {
-  const pids: number[] = [];
-  for (const p of readdirSync('/proc')) {
-    if (!/^\d+$/.test(p)) continue;
-    try {
-      const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
-      if (cmd.includes('serve') && cmd.some((a) => a.startsWith(folder))) pids.push(Number(p));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return pids;
-}
-
-function killServes(): void {
-  for (const pid of servesUnder(dir)) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone already
-    }
-  }
-}
+const killServes = () => killPids(servesUnder(dir));
 process.once('exit', () => dir && killServes());
 
 beforeAll(() => {
   for (const tool of ['qemu-io', 'nbdcopy', 'jq']) requireTool(tool);
   dir = makeTempDir('arraylab-shipped-b-');
   runDir = join(dir, 'run');
-  mkdirSync(join(dir, 'scenarios'));
 });
 afterAll(() => killServes());
 
-/** The shipped file, copied (or given as text) into DIR/scenarios/. */
-function place(name: string, text?: string): string {
-  const file = join(dir, 'scenarios', name);
-  if (text === undefined) copyFileSync(join(SHIPPED, name), file);
-  else writeFileSync(file, text);
-  return file;
-}
-
-async function runAuto(file: string): Promise<{ code: number | null; stderr: string; out: RunOut }> {
-  const r = await runCli(['lab', 'run', file, '--auto', '--json', '--run-dir', runDir], { timeoutMs: 120_000 });
-  let out: RunOut;
-  try {
-    out = JSON.parse(r.stdout) as RunOut;
-  } catch {
-    throw new Error(`lab run --auto ${file} printed no JSON (exit ${r.code}): ${r.stdout}${r.stderr}`);
-  }
-  return { code: r.code, stderr: r.stderr, out };
-}
-
-const failed = (out: RunOut) => out.steps.filter((s) => !s.ok).map((s) => `step ${s.step} ${s.title}: ${s.message ?? ''}`);
+const place = (name: string, text?: string) => placeScenario(dir, name, text);
+const runAuto = (file: string) => runScenarioAuto(file, runDir);
 
 describe('shipped scenarios (B)', () => {
   for (const [name, steps] of [
