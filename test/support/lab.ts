@@ -4,6 +4,7 @@
  */
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { expect } from 'vitest';
 import { REPO_ROOT, runCli } from './arraylab.js';
 
 interface Serve {
@@ -93,3 +94,18 @@ export async function runScenarioAuto(file: string, runDir: string): Promise<{ c
 
 /** The steps that failed, one line each with the check's message: [] when all passed. */
 export const failedSteps = (out: ScenarioRun) => out.steps.filter((s) => !s.ok).map((s) => `step ${s.step} ${s.title}: ${s.message ?? ''}`);
+
+/** lab run --auto passed: exit 0, every step in order with every check passing, within maxSeconds. */
+export function expectEveryStepPassed(run: { code: number | null; stderr: string; out: ScenarioRun }, steps: number, maxSeconds: number): void {
+  const { code, stderr, out } = run;
+  expect(failedSteps(out)).toEqual([]);
+  expect([code, stderr]).toEqual([0, '']);
+  expect(out.ok).toBe(true);
+  expect(out.steps.map((s) => s.step)).toEqual(Array.from({ length: steps }, (_, i) => i + 1));
+  for (const s of out.steps)
+    expect(
+      s.results?.every((c) => c.ok),
+      `step ${s.step}`,
+    ).toBe(true);
+  expect(out.seconds).toBeLessThan(maxSeconds);
+}

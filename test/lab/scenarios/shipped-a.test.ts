@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir } from '../../support/arraylab.js';
-import { failedSteps as failed, killPids, labServePids, placeScenario, runScenarioAuto, SHIPPED_SCENARIOS as SHIPPED } from '../../support/lab.js';
+import { expectEveryStepPassed, killPids, labServePids, placeScenario, runScenarioAuto, SHIPPED_SCENARIOS as SHIPPED } from '../../support/lab.js';
 import { requireTool } from '../../support/tools.js';
 
 let dir: string;
@@ -36,17 +36,7 @@ describe('shipped scenarios (A)', () => {
   ] as const) {
     it(`${name}: lab run --auto passes every step, well under 60 s, and leaves nothing running`, async () => {
       const file = place(name);
-      const { code, stderr, out } = await runAuto(file);
-      expect(failed(out)).toEqual([]);
-      expect([code, stderr]).toEqual([0, '']);
-      expect(out.ok).toBe(true);
-      expect(out.steps.map((s) => s.step)).toEqual(Array.from({ length: steps }, (_, i) => i + 1));
-      for (const s of out.steps)
-        expect(
-          s.results?.every((c) => c.ok),
-          `step ${s.step}`,
-        ).toBe(true);
-      expect(out.seconds).toBeLessThan(60);
+      expectEveryStepPassed(await runAuto(file), steps, 60);
       expect(labServePids(runDir, name.replace(/\.yaml$/, ''))).toEqual([]);
       expect(existsSync(join(dir, 'lab-data', name.replace(/\.yaml$/, '')))).toBe(false);
     }, 150_000);

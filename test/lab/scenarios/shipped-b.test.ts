@@ -10,7 +10,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir } from '../../support/arraylab.js';
-import { failedSteps as failed, killPids, placeScenario, runScenarioAuto, SHIPPED_SCENARIOS as SHIPPED, servesUnder } from '../../support/lab.js';
+import { expectEveryStepPassed, killPids, placeScenario, runScenarioAuto, SHIPPED_SCENARIOS as SHIPPED, servesUnder } from '../../support/lab.js';
 import { requireTool } from '../../support/tools.js';
 
 let dir: string;
@@ -37,17 +37,7 @@ describe('shipped scenarios (B)', () => {
   ] as const) {
     it(`${name}: lab run --auto passes every step, well under 90 s, and leaves nothing running`, async () => {
       const file = place(name);
-      const { code, stderr, out } = await runAuto(file);
-      expect(failed(out)).toEqual([]);
-      expect([code, stderr]).toEqual([0, '']);
-      expect(out.ok).toBe(true);
-      expect(out.steps.map((s) => s.step)).toEqual(Array.from({ length: steps }, (_, i) => i + 1));
-      for (const s of out.steps)
-        expect(
-          s.results?.every((c) => c.ok),
-          `step ${s.step}`,
-        ).toBe(true);
-      expect(out.seconds).toBeLessThan(90);
+      expectEveryStepPassed(await runAuto(file), steps, 90);
       // The tests run one at a time. The files name their dataDir after themselves (05: one
       // folder per array in it, which purge removes, leaving the empty parent).
       expect(servesUnder(dir)).toEqual([]);
