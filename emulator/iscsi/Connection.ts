@@ -11,7 +11,7 @@
 import type { Socket } from 'node:net';
 import type { BufferPool } from '../net/BufferPool.js';
 import { BatchedWriter } from '../net/BatchedWriter.js';
-import { InputQueue } from '../net/InputQueue.js';
+import type { InputQueue } from '../net/InputQueue.js';
 import { LOGIN_MRDSL, LoginExchange, LoginFailure, type LoginHost, type LoginIdentity } from './login.js';
 import type { SessionParams, TargetNegotiationConfig } from './negotiation.js';
 import {
@@ -112,6 +112,9 @@ const FILL_STEP = 256 * 1024;
 
 let nextId = 1;
 
+/** Received bytes buffered before the socket is paused. */
+export const INPUT_HIGH_WATER = 512 * 1024;
+
 export class Connection {
   readonly id = `iscsi-${nextId++}`;
   readonly log: IscsiLogger;
@@ -140,8 +143,10 @@ export class Connection {
   private finished = false;
   private drainWaiter: (() => void) | null = null;
 
+  /** `input` reads `socket` (InputQueue.adopt with INPUT_HIGH_WATER). */
   constructor(
     readonly socket: Socket,
+    input: InputQueue,
     readonly ctx: ConnectionContext,
   ) {
     const host = socket.remoteAddress ?? 'unknown';
@@ -151,7 +156,7 @@ export class Connection {
     this.log = ctx.logger.child({ conn: this.id, remote: this.remoteAddress });
     socket.setNoDelay(true);
     socket.on('error', this.onSocketError);
-    this.input = new InputQueue(socket, 512 * 1024);
+    this.input = input;
     this.out = new BatchedWriter(socket, OUTPUT_SLAB);
     this.out.onDrain(() => {
       const w = this.drainWaiter;

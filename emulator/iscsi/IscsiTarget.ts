@@ -7,10 +7,12 @@
  * address (loginThrottle.ts): too many, and the address's connections are refused for a while.
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { InputQueue } from '../net/InputQueue.js';
+import { ADOPTABLE } from '../net/ownBuffers.js';
 import type { BlockDevice, HandleEvent } from '../block/BlockDevice.js';
 import { BufferPool } from '../net/BufferPool.js';
 import { drainConnections, listenTcp } from '../net/tcpListener.js';
-import { Connection, type ConnectionContext } from './Connection.js';
+import { Connection, INPUT_HIGH_WATER, type ConnectionContext } from './Connection.js';
 import { FullFeature, type FullFeatureHost } from './FullFeature.js';
 import { LoginFailure, type LoginIdentity } from './login.js';
 import { LoginThrottle } from './loginThrottle.js';
@@ -96,7 +98,7 @@ export class IscsiTarget {
       taskManagement: (ffp, pdu) => taskManagement(this.tmfScope, ffp, pdu),
       afterTmfResponse: (ffp, pdu, response) => this.afterTmf(ffp, pdu, response),
     };
-    this.server = createServer((socket) => this.accept(socket));
+    this.server = createServer(ADOPTABLE, (socket) => this.accept(socket));
     this.server.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     this.server.on('error', (err) => opts.logger.error({ err }, 'iSCSI listener error'));
     this.server.on('drop', (d) =>
@@ -161,7 +163,9 @@ export class IscsiTarget {
       socket.destroy();
       return;
     }
-    const conn = new Connection(socket, this.ctx);
+    const adopted = InputQueue.adopt(socket, INPUT_HIGH_WATER);
+    if (adopted === undefined) return;
+    const conn = new Connection(adopted.socket, adopted.input, this.ctx);
     this.connections.add(conn);
     conn.log.debug('initiator connected');
     void conn.done.finally(() => this.connections.delete(conn));

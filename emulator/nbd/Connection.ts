@@ -53,8 +53,10 @@ export class Connection implements HandshakeHost {
   private dropped = false;
   private unsubscribeEvents: (() => void) | undefined;
 
+  /** `input` reads `socket` (InputQueue.adopt). */
   constructor(
     socket: Socket,
+    input: InputQueue,
     private readonly ctx: ConnectionContext,
   ) {
     this.socket = socket;
@@ -65,7 +67,7 @@ export class Connection implements HandshakeHost {
     this.log = ctx.logger.child({ conn: this.id, remote: this.remoteAddress });
     socket.setNoDelay(true);
     socket.on('error', this.onSocketError);
-    this.input = new InputQueue(socket);
+    this.input = input;
     this.out = new Output(socket);
     // run() handles its own errors; the catch is only so that a bug there can never become an unhandled rejection.
     this.done = this.run().catch((err: unknown) => this.log.error({ err }, 'connection teardown failed'));

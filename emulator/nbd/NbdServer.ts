@@ -1,5 +1,7 @@
 /** The NBD server: a TCP listener and its connections. */
 import { createServer, type Server, type Socket } from 'node:net';
+import { InputQueue } from '../net/InputQueue.js';
+import { ADOPTABLE } from '../net/ownBuffers.js';
 import { createSecureContext, DEFAULT_CIPHERS, type SecureContextOptions } from 'node:tls';
 import { BufferPool } from '../net/BufferPool.js';
 import { Connection, type ConnectionContext } from './Connection.js';
@@ -56,7 +58,7 @@ export class NbdServer {
       };
     }
     if (opts.access !== undefined) this.ctx.access = opts.access;
-    this.server = createServer((socket) => this.accept(socket));
+    this.server = createServer(ADOPTABLE, (socket) => this.accept(socket));
     this.server.on('error', (err) => opts.logger.error({ err }, 'NBD listener error'));
     this.server.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     this.server.on('drop', (d) =>
@@ -100,7 +102,9 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    const conn = new Connection(socket, this.ctx);
+    const adopted = InputQueue.adopt(socket);
+    if (adopted === undefined) return;
+    const conn = new Connection(adopted.socket, adopted.input, this.ctx);
     this.connections.add(conn);
     conn.log.debug('client connected');
     void conn.done.finally(() => this.connections.delete(conn));

@@ -5,12 +5,24 @@
  * payload that sits inside one chunk is handed out as a view, so the common case copies
  * nothing. Memory is bounded: the socket is paused once `highWater` bytes (or the size the
  * parser is waiting for, if larger) are buffered, and resumed when the parser wants more.
+ *
+ * Two sources. A stream's 'data' events (TLS, and any Duplex), or, for a plain TCP socket,
+ * reads into our own buffers (`ownBuffers.ts`: the queue is the socket's ReadTarget). Then
+ * bytes land in staging slabs, each filled by consecutive reads and handed out as views
+ * like chunks; and while fill() waits for a large payload, reads go straight into the
+ * caller's buffer, so its bytes are copied once, by the kernel.
  */
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { adoptAccepted, type ReadTarget } from './ownBuffers.js';
 
 const EMPTY = Buffer.alloc(0);
+/** A staging slab's size: as much as Node reads at a time by default. */
+const SLAB_BYTES = 64 * 1024;
+/** A new slab is started when the current one has less room than this (a read this small costs more than it brings). */
+const SLAB_MIN_ROOM = 8 * 1024;
 
-export class InputQueue {
+export class InputQueue implements ReadTarget {
   /** Unparsed bytes. */
   length = 0;
   /** After consume(): the bytes consumed, at [buf + off, buf + off + n). */
@@ -25,12 +37,51 @@ export class InputQueue {
   private ended = false;
   private paused = false;
   private detached = false;
+  private stream: Duplex | undefined;
 
+  // Own-buffer mode only.
+  private readonly own: boolean;
+  private slab: Buffer = EMPTY;
+  /** The view of the slab last handed to the socket. */
+  private slabView: Uint8Array | null = null;
+  /** Bytes of `slab` already filled. */
+  private slabUsed = 0;
+  /** The fill() in progress: reads go to direct[directAt, directEnd). */
+  private direct: Buffer | null = null;
+  private directAt = 0;
+  private directEnd = 0;
+  /** The view last handed to the socket as the direct target. */
+  private directView: Uint8Array | null = null;
+  private directWaiter: ((ok: boolean) => void) | null = null;
+  /** Bytes read straight into fill() buffers (own-buffer mode), never copied by us. */
+  directBytes = 0;
+
+  /** Reads `stream`'s 'data' events; without one, the queue is a ReadTarget (use adopt()). */
   constructor(
-    private readonly stream: Duplex,
+    stream: Duplex | undefined,
     private readonly highWater = 256 * 1024,
   ) {
-    stream.on('data', this.onData);
+    this.own = stream === undefined;
+    if (stream !== undefined) {
+      this.listen(stream);
+      stream.on('data', this.onData);
+    }
+  }
+
+  /**
+   * A socket accepted by a server created with ADOPTABLE, reading into a new queue's own
+   * buffers from now on; undefined (and `accepted` destroyed) if it is already gone.
+   */
+  static adopt(accepted: Socket, highWater?: number): { socket: Socket; input: InputQueue } | undefined {
+    const input = new InputQueue(undefined, highWater);
+    const socket = adoptAccepted(accepted, input);
+    if (socket === undefined) return undefined;
+    input.listen(socket);
+    return { socket, input };
+  }
+
+  private listen(stream: Duplex): void {
+    this.stream = stream;
     stream.on('end', this.onEnd);
     stream.on('close', this.onEnd);
   }
@@ -101,6 +152,12 @@ export class InputQueue {
    */
   async fill(into: Buffer, n: number, step: number): Promise<boolean> {
     let done = 0;
+    if (this.own) {
+      done = Math.min(n, this.length);
+      if (done > 0) this.copyOut(into, 0, done);
+      if (done === n) return true;
+      return this.fillDirect(into, done, n);
+    }
     for (;;) {
       const k = Math.min(n - done, this.length);
       if (k > 0) {
@@ -135,9 +192,11 @@ export class InputQueue {
    */
   detach(): void {
     this.detached = true;
-    this.stream.off('data', this.onData);
-    this.stream.off('end', this.onEnd);
-    this.stream.off('close', this.onEnd);
+    this.stream?.off('data', this.onData);
+    this.stream?.off('end', this.onEnd);
+    this.stream?.off('close', this.onEnd);
+    this.direct = null;
+    this.directView = null;
     this.chunks = [];
     this.pos = 0;
     this.length = 0;
@@ -167,17 +226,90 @@ export class InputQueue {
     if (chunk.length === 0) return;
     this.chunks.push(chunk);
     this.length += chunk.length;
+    this.arrived();
+  };
+
+  private arrived(): void {
     if (this.waiter !== null && this.length >= this.want) this.wake(true);
     if (!this.paused && this.length >= Math.max(this.highWater, this.want)) {
       this.paused = true;
-      this.stream.pause();
+      this.stream!.pause();
     }
-  };
+  }
 
   private readonly onEnd = (): void => {
     this.ended = true;
     if (this.waiter !== null) this.wake(false);
+    if (this.directWaiter !== null) this.endDirect(false);
   };
+
+  // ---- own-buffer mode (ReadTarget) ----
+
+  /** Waits until reads have filled into[at, end) directly; false if the stream ends first. */
+  private fillDirect(into: Buffer, at: number, end: number): Promise<boolean> {
+    if (this.ended) return Promise.resolve(false);
+    this.direct = into;
+    this.directAt = at;
+    this.directEnd = end;
+    if (this.paused) this.resume();
+    return new Promise((resolve) => {
+      this.directWaiter = resolve;
+    });
+  }
+
+  private endDirect(ok: boolean): void {
+    const w = this.directWaiter!;
+    this.direct = null;
+    this.directView = null;
+    this.directWaiter = null;
+    w(ok);
+  }
+
+  buffer(): Uint8Array {
+    if (this.direct !== null) {
+      this.directView = this.direct.subarray(this.directAt, this.directEnd);
+      return this.directView;
+    }
+    if (this.slab.length - this.slabUsed < SLAB_MIN_ROOM) {
+      // The old slab lives on in the views handed out of it, until they are dropped.
+      this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+      this.slabUsed = 0;
+    }
+    this.slabView = this.slab.subarray(this.slabUsed);
+    return this.slabView;
+  }
+
+  onRead(n: number, buf: Uint8Array): void {
+    if (n <= 0 || this.detached) return;
+    if (buf === this.directView) {
+      this.directBytes += n;
+      this.directAt += n;
+      if (this.directAt === this.directEnd) this.endDirect(true);
+      return;
+    }
+    // Every read lands in the last buffer handed out; anything else would lose bytes.
+    if (buf !== this.slabView || n > buf.length) throw new Error('invariant violated: InputQueue: a read lands in the buffer last handed to the socket');
+    // Into the slab: extend the last chunk when this read continued it, so that a payload
+    // spread over several reads still comes out as one view.
+    const start = this.slabUsed;
+    this.slabUsed += n;
+    const last = this.chunks.length > 0 ? this.chunks[this.chunks.length - 1]! : undefined;
+    if (last !== undefined && last.buffer === this.slab.buffer && last.byteOffset + last.length === this.slab.byteOffset + start) {
+      this.chunks[this.chunks.length - 1] = this.slab.subarray(last.byteOffset - this.slab.byteOffset, this.slabUsed);
+    } else {
+      this.chunks.push(this.slab.subarray(start, this.slabUsed));
+    }
+    this.length += n;
+    // A fill() began after this read was aimed at the slab: move what it wants across.
+    if (this.direct !== null) {
+      const k = Math.min(this.length, this.directEnd - this.directAt);
+      this.copyOut(this.direct, this.directAt, k);
+      this.directAt += k;
+      if (this.directAt === this.directEnd) this.endDirect(true);
+      return;
+    }
+    this.arrived();
+  }
 
   private wake(ok: boolean): void {
     const w = this.waiter!;
@@ -188,6 +320,6 @@ export class InputQueue {
 
   private resume(): void {
     this.paused = false;
-    this.stream.resume();
+    this.stream?.resume();
   }
 }
