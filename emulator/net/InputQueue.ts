@@ -21,6 +21,12 @@ const EMPTY = Buffer.alloc(0);
 const SLAB_BYTES = 64 * 1024;
 /** A new slab is started when the current one has less room than this (a read this small costs more than it brings). */
 const SLAB_MIN_ROOM = 8 * 1024;
+/**
+ * The read after a fill() completed takes at most this much: it is most likely the next
+ * header and the start of another large payload, whose bytes would otherwise be read into
+ * the slab (up to 64 KiB of it) and copied out again, and use up a slab per request.
+ */
+const AFTER_FILL_READ = 4 * 1024;
 
 export class InputQueue implements ReadTarget {
   /** Unparsed bytes. */
@@ -53,6 +59,8 @@ export class InputQueue implements ReadTarget {
   /** The view last handed to the socket as the direct target. */
   private directView: Uint8Array | null = null;
   private directWaiter: ((ok: boolean) => void) | null = null;
+  /** Set when a fill() just completed (see AFTER_FILL_READ). */
+  private afterFill = false;
   /** Bytes read straight into fill() buffers (own-buffer mode), never copied by us. */
   directBytes = 0;
 
@@ -275,7 +283,7 @@ export class InputQueue implements ReadTarget {
       this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
       this.slabUsed = 0;
     }
-    this.slabView = this.slab.subarray(this.slabUsed);
+    this.slabView = this.afterFill ? this.slab.subarray(this.slabUsed, this.slabUsed + AFTER_FILL_READ) : this.slab.subarray(this.slabUsed);
     return this.slabView;
   }
 
@@ -284,9 +292,13 @@ export class InputQueue implements ReadTarget {
     if (buf === this.directView) {
       this.directBytes += n;
       this.directAt += n;
-      if (this.directAt === this.directEnd) this.endDirect(true);
+      if (this.directAt === this.directEnd) {
+        this.endDirect(true);
+        this.afterFill = true;
+      }
       return;
     }
+    this.afterFill = false;
     // Every read lands in the last buffer handed out; anything else would lose bytes.
     if (buf !== this.slabView || n > buf.length) throw new Error('invariant violated: InputQueue: a read lands in the buffer last handed to the socket');
     // Into the slab: extend the last chunk when this read continued it, so that a payload
