@@ -35,6 +35,8 @@ export interface SessionContext {
   now(): number;
   /** EC write intent is recorded this many bytes at a time (CopyEngineOptions.intentRegion). */
   readonly intentRegion: number;
+  /** OPC background copy commits this many bytes at a time (CopyEngineOptions.commitPart). */
+  readonly commitPart: number;
   /**
    * Consulted before each of a session's own reads and writes (background copy, copy-on-write,
    * EC mirroring, SnapOPC+ saves): throws CopyFaultError when an injected fault fires.
@@ -104,14 +106,25 @@ export type RemoteEndState = 'copying' | 'equivalent' | 'suspended' | 'split' | 
  * (one pread on the threadpool, one pwrite) rather than a 64 KiB read and write per unit.
  */
 const COPY_PIECE = 1024 * 1024;
+/**
+ * Pieces one copy reads at once: a single read in flight left the source disk idle while
+ * each piece was written (a cold source is read at queue depth 1 otherwise).
+ */
+const COPY_DEPTH = 4;
 /** Copy buffers, reused: a fresh 64 KiB Buffer per unit cost 23% of an OPC in GC (profile). */
 const copyBuffers: Buffer[] = [];
+/** Free copy buffers kept for the next copy (enough for two copies at once). */
+const COPY_BUFFERS_KEPT = 2 * COPY_DEPTH;
 
 export abstract class SessionBase implements CopySession {
   readonly geo: UnitGeometry;
   readonly locks = new UnitLocks();
   /** Set once the session has ended; the engine then forgets it. */
   done = false;
+  /** Most bytes a timer-driven step of this session copies; undefined: the engine's default. */
+  get stepBytes(): number | undefined {
+    return undefined;
+  }
   /**
    * The background copy's current failure episode (CopyEngine: back-off and one event per
    * episode); not journalled: it describes now, not the session.
@@ -266,15 +279,15 @@ export abstract class SessionBase implements CopySession {
    */
   protected async copyUnits(from: BlockDevice, to: Pick<BlockDevice, 'write' | 'writeZeroes'>, units: number[]): Promise<void> {
     if (units.length === 0) return;
-    // Two buffers: the next piece is read (on the threadpool) while the last one is written.
-    const bufs = [copyBuffers.pop() ?? Buffer.allocUnsafeSlow(COPY_PIECE), copyBuffers.pop() ?? Buffer.allocUnsafeSlow(COPY_PIECE)] as const;
-    let pending: { pos: number; piece: Buffer; read: Promise<void> } | undefined;
+    // COPY_DEPTH buffers: that many pieces are read at once (on the threadpool) while the
+    // oldest is written; pieces are written in order, each once its read is done.
+    const bufs: Buffer[] = [];
+    for (let i = 0; i < COPY_DEPTH; i++) bufs.push(copyBuffers.pop() ?? Buffer.allocUnsafeSlow(COPY_PIECE));
+    const reading: Array<{ pos: number; piece: Buffer; read: Promise<void> }> = [];
     // Injected faults act on the pair's names (a copy always runs source -> destination).
     const { source, destination } = this.record;
-    const writePending = async (): Promise<void> => {
-      if (pending === undefined) return;
-      const p = pending;
-      pending = undefined;
+    const writeOldest = async (): Promise<void> => {
+      const p = reading.shift()!;
       await p.read;
       this.faultCheck('write', destination, p.pos, p.piece.length);
       await to.write(p.pos, p.piece);
@@ -288,23 +301,25 @@ export abstract class SessionBase implements CopySession {
           const len = Math.min(ext!.length, COPY_PIECE, end - pos);
           this.faultCheck('read', source, pos, len);
           if ((ext!.flags & EXTENT_ZERO) !== 0) {
-            await writePending();
+            while (reading.length > 0) await writeOldest();
             this.faultCheck('write', destination, pos, len);
             await to.writeZeroes(pos, len);
           } else {
-            const piece = bufs[k++ & 1]!.subarray(0, len);
+            // The buffer of piece k - COPY_DEPTH is free once fewer than COPY_DEPTH are queued.
+            if (reading.length === COPY_DEPTH) await writeOldest();
+            const piece = bufs[k++ % COPY_DEPTH]!.subarray(0, len);
             const read = from.read(pos, piece);
-            read.catch(() => undefined); // awaited in writePending; not unhandled if a write fails first
-            await writePending();
-            pending = { pos, piece, read };
+            read.catch(() => undefined); // awaited in writeOldest; not unhandled if a write fails first
+            reading.push({ pos, piece, read });
           }
           pos += len;
         }
       }
-      await writePending();
+      while (reading.length > 0) await writeOldest();
     } finally {
-      if (pending !== undefined) await pending.read.catch(() => undefined); // the buffer is ours again
-      for (const b of bufs) if (copyBuffers.length < 8) copyBuffers.push(b);
+      // The buffers are ours again only once no read is filling them.
+      for (const p of reading) await p.read.catch(() => undefined);
+      for (const b of bufs) if (copyBuffers.length < COPY_BUFFERS_KEPT) copyBuffers.push(b);
     }
   }
 
