@@ -530,7 +530,11 @@ export class FullFeature implements FullFeaturePhase {
     this.releaseBuffer(task, reusable);
     const silent = task.aborted || this.closed;
     this.finishTask(task);
-    if (silent) return;
+    if (silent) {
+      // Nothing was queued from it: the pooled read buffer is free.
+      if (r.dataInBuffer !== undefined) this.conn.pool.release(r.dataInBuffer);
+      return;
+    }
     try {
       this.respond(task, r);
     } catch (err) {
@@ -568,15 +572,18 @@ export class FullFeature implements FullFeaturePhase {
     const ok = r.sense === undefined && (r.status === GOOD || r.status === CONDITION_MET);
     if (data !== undefined && data.length > 0) {
       if (ok) {
-        this.sendDataIn(task, data, r.status, residual);
+        this.sendDataIn(task, data, r.status, residual, r.dataInBuffer);
         return;
       }
-      this.sendDataIn(task, data, undefined, 0);
+      this.sendDataIn(task, data, undefined, 0, r.dataInBuffer);
+    } else if (r.dataInBuffer !== undefined) {
+      this.conn.pool.release(r.dataInBuffer); // none of it is sent
     }
     this.sendResponse(task, r.status, r.sense, residual);
   }
 
-  private sendDataIn(task: Task, payload: Buffer, status: number | undefined, residual: number): void {
+  /** `owned`: the pooled buffer payload is a view of, released once the socket has sent it all. */
+  private sendDataIn(task: Task, payload: Buffer, status: number | undefined, residual: number, owned?: Buffer): void {
     const conn = this.conn;
     const s = this.dataIn;
     const seq = conn.seq(status !== undefined);
@@ -596,7 +603,10 @@ export class FullFeature implements FullFeaturePhase {
     const parts = this.parts;
     parts.length = 0;
     task.dataSN = buildDataInPdus(parts, headers, payload, s);
-    for (let i = 0; i < parts.length; i++) conn.out.queue(parts[i]!);
+    const last = parts.length - 1;
+    for (let i = 0; i < last; i++) conn.out.queue(parts[i]!);
+    // Parts leave in order: once the last is sent, so is every view of `owned`.
+    conn.out.queue(parts[last]!, owned === undefined ? undefined : (ok) => ok && this.conn.pool.release(owned));
     parts.length = 0;
   }
 

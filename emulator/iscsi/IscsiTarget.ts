@@ -59,8 +59,10 @@ export class IscsiTarget {
   readonly throttle: LoginThrottle | undefined;
 
   constructor(readonly opts: IscsiTargetOptions) {
+    const pool = new BufferPool();
     this.scsi = new ScsiLogicalUnits((nexus) => this.byPort.get(nexus.initiatorPort)?.lunDevices ?? EMPTY_LUNS, {
       ...(opts.reservations === undefined ? {} : { reservations: opts.reservations }),
+      dataInPool: pool,
       logger: opts.logger,
       abortTasks: (wwn, nexuses) => this.abortTasksOf(wwn, nexuses),
     });
@@ -70,7 +72,6 @@ export class IscsiTarget {
       authMethods: opts.auth === undefined ? ['None'] : ['CHAP'],
       ...(opts.targetAlias === undefined ? {} : { targetAlias: opts.targetAlias }),
     };
-    const pool = new BufferPool();
     const globalAuth = opts.auth === undefined ? undefined : { ...opts.auth, label: opts.auth.label ?? 'iscsi.chap' };
     this.throttle = opts.loginThrottle === false ? undefined : new LoginThrottle(opts.loginThrottle ?? {});
     this.ctx = {

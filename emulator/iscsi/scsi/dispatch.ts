@@ -32,6 +32,14 @@ export interface DeviceServer {
   unitAttentionForRegistrants(wwn: string, ascq16: number, registrations: readonly Registration[]): void;
   /** PREEMPT AND ABORT: hands the transport the live nexuses of the preempted registrations. */
   abortTasksOfRegistrants(wwn: string, registrations: readonly Registration[]): void;
+  /** Reusable buffers for large READ data (ScsiResult.dataInBuffer); none: allocate per command. */
+  readonly dataInPool: DataInPool | undefined;
+}
+
+/** The transport's pool of large buffers, as READ takes from it. */
+export interface DataInPool {
+  /** A buffer of at least n bytes, its contents arbitrary. */
+  acquire(n: number): Buffer;
 }
 
 export type Handler = (cmd: ScsiCommand, lu: LunDevice, target: DeviceServer) => Promise<ScsiResult> | ScsiResult;

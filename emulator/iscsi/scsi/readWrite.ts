@@ -14,6 +14,9 @@ import { dataOutTooShort, invalidFieldInCdb, lbaOutOfRange, writeProtected } fro
 import { CONDITION_MET, GOOD, type LunDevice, type ScsiCommand, type ScsiResult } from './types.js';
 import { usage10, usage12, usage16, usage6 } from './usage.js';
 
+/** READs above this many bytes take their buffer from DeviceServer.dataInPool. */
+const POOLED_READ_MIN = 64 * 1024;
+
 /**
  * READ. It holds a ticket like a write: WRITE ATOMIC, ORWRITE and COMPARE AND WRITE wait for
  * reads in flight on their range and reads wait for them, so a read never sees half of one.
@@ -31,7 +34,10 @@ async function read(cmd: ScsiCommand, lu: LunDevice, t: DeviceServer): Promise<S
   if (n === 0) return { status: GOOD };
   const len = n * bs;
   const offset = lba * bs;
-  const buf = Buffer.allocUnsafe(len);
+  // Large reads use a pooled buffer (a fresh 1 MiB one per READ cost page faults, zeroing
+  // and major GCs: half the target's CPU on 1 MiB reads); on failure it is simply dropped.
+  const pooled = len > POOLED_READ_MIN ? t.dataInPool?.acquire(len) : undefined;
+  const buf = pooled === undefined ? Buffer.allocUnsafe(len) : pooled.subarray(0, len);
   const locks = t.locks;
   const ticket = locks.active === 0 ? locks.beginWrite() : await locks.enterWrite(dev, offset, offset + len);
   try {
@@ -39,7 +45,7 @@ async function read(cmd: ScsiCommand, lu: LunDevice, t: DeviceServer): Promise<S
   } finally {
     locks.endWrite(ticket);
   }
-  return { status: GOOD, dataIn: buf };
+  return pooled === undefined ? { status: GOOD, dataIn: buf } : { status: GOOD, dataIn: buf, dataInBuffer: pooled };
 }
 
 /** WRITE and WRITE AND VERIFY (which writes with FUA: the data is verified once it is durable). */

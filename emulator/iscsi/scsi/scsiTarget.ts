@@ -17,7 +17,7 @@
  */
 import type { BlockDevice } from '../../block/BlockDevice.js';
 import type { ReservationStore } from '../types.js';
-import { checkCdbUsage, DispatchTable, isResult, type CommandDescriptor, type DeviceServer } from './dispatch.js';
+import { checkCdbUsage, DispatchTable, isResult, type CommandDescriptor, type DataInPool, type DeviceServer } from './dispatch.js';
 import { checkCondition, invalidOpcode, lunNotSupported, senseForError, UNIT_ATTENTION } from './sense.js';
 import { allCommands } from './commands.js';
 import { PersistentReservations, registrationMatches, type ReservationLogger } from './persistentReservations.js';
@@ -42,6 +42,8 @@ export interface ScsiLogicalUnitsOptions {
   abortTasks?: (wwn: string, nexuses: readonly Nexus[]) => void;
   /** Where unreadable stored reservation state is reported. */
   logger?: ReservationLogger;
+  /** Reusable buffers for large READ data (the transport's BufferPool); it releases them once sent. */
+  dataInPool?: DataInPool;
 }
 
 function nexusKey(nexus: Nexus): string {
@@ -63,6 +65,7 @@ export class ScsiLogicalUnits implements ScsiTarget, DeviceServer {
   /** Live I_T nexuses (logged-in sessions), by nexusKey. */
   private readonly nexuses = new Map<string, Nexus>();
   private readonly abortTasks: ScsiLogicalUnitsOptions['abortTasks'];
+  readonly dataInPool: DataInPool | undefined;
 
   constructor(
     readonly lunsFor: (nexus: Nexus) => ReadonlyMap<number, LunDevice>,
@@ -72,6 +75,7 @@ export class ScsiLogicalUnits implements ScsiTarget, DeviceServer {
     this.reservations = new PersistentReservations(opts.reservations, opts.logger);
     this.conflicts = opts.conflictsWithReservation ?? this.reservations.conflicts;
     this.abortTasks = opts.abortTasks;
+    this.dataInPool = opts.dataInPool;
   }
 
   /** A session logged in: its nexus now receives unit attentions about the devices it sees. */

@@ -63,6 +63,11 @@ export interface ScsiResult {
   sense?: Buffer;
   /** Data for the initiator; the transport truncates to the expected length and reports residuals. */
   dataIn?: Buffer;
+  /**
+   * The buffer dataIn is a view of, when it came from DeviceServer.dataInPool: the transport
+   * gives it back once the socket is done with it (or drops it to the GC if unsure).
+   */
+  dataInBuffer?: Buffer;
 }
 
 /** Task attributes and management are the transport's; the SCSI layer executes one command at a time per call. */
