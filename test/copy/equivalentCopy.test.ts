@@ -166,4 +166,96 @@ describe('EC', () => {
     expect(engine.get('e1').state).toBe('equivalent');
     expect(await readTags(client(b))).toEqual(await readTags(da));
   });
+  describe('the mirrored write path (hot path: no await before both writes when the units are free and their intent durable)', () => {
+    /** A store whose writes wait for a gate (while gated) and can fail. */
+    class GatedStore extends MemoryBlockStore {
+      gate: Promise<void> | undefined;
+      fail: BlockDeviceError | undefined;
+      issued = 0;
+      override async write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
+        this.issued++;
+        if (this.gate !== undefined) await this.gate;
+        if (this.fail !== undefined) throw this.fail;
+        return super.write(offset, data, opts);
+      }
+    }
+
+    async function gatedPair(intentRegion = 16384) {
+      const journal = new MemoryJournal();
+      const engine = new CopyEngine({ journal, clock: 'manual', defaultUnitSize: 16384, intentRegion, newId: () => 'e1' });
+      const sa = new GatedStore({ size: 64 * BS, blockSize: 4096 });
+      const sb = new GatedStore({ size: 64 * BS, blockSize: 4096 });
+      const a = makeVolume('a', sa, 0);
+      const b = makeVolume('b', sb, 1);
+      engine.addVolume(a);
+      engine.addVolume(b);
+      const da = client(a);
+      await engine.startEc('a', 'b');
+      await drain(engine);
+      expect(engine.get('e1').state).toBe('equivalent');
+      return { engine, journal, sa, sb, da, db: client(b) };
+    }
+
+    it('the first write to a region after a flush issues neither write before its intent is durable (J3)', async () => {
+      const { journal, sa, sb, da } = await gatedPair();
+      await da.flush(); // J5: intent clears
+      const syncs = journal.syncs;
+      const [ia, ib] = [sa.issued, sb.issued];
+      const w = put(da, 5, 1);
+      expect([sa.issued, sb.issued]).toEqual([ia, ib]); // waiting for the journal commit
+      await w;
+      expect(journal.syncs).toBe(syncs + 1);
+      expect([sa.issued, sb.issued]).toEqual([ia + 1, ib + 1]);
+      await put(da, 6, 2); // same unit, intent durable: no commit
+      expect(journal.syncs).toBe(syncs + 1);
+    });
+
+    it('a write to a unit that another write holds waits for it; both are mirrored in order', async () => {
+      const { sa, sb, da, db } = await gatedPair();
+      await put(da, 4, 9); // intent of unit 1 durable
+      let open!: () => void;
+      sa.gate = new Promise((r) => (open = r));
+      const first = put(da, 4, 1);
+      const second = put(da, 4, 2); // unit 1 is locked by the first
+      await Promise.resolve();
+      const issued = sb.issued;
+      open();
+      sa.gate = undefined;
+      await Promise.all([first, second]);
+      expect(sb.issued).toBe(issued + 1); // the second was issued after the first finished
+      expect(await readTags(db, 4, 1)).toEqual([2]);
+      expect(await readTags(db)).toEqual(await readTags(da));
+    });
+
+    it('a mirror that fails while the host write is still running: the write fails only once both settled, no unhandled rejection', async () => {
+      const { engine, sa, sb, da, db } = await gatedPair();
+      await put(da, 9, 3);
+      let open!: () => void;
+      sa.gate = new Promise((r) => (open = r));
+      sb.fail = new BlockDeviceError('EIO', 'injected destination error');
+      let settled = false;
+      const w = put(da, 9, 7).finally(() => (settled = true));
+      await new Promise((r) => setImmediate(r)); // a macrotask: a rejection nobody handles yet is reported now
+      expect(settled).toBe(false); // the host's own write is still running
+      open();
+      sa.gate = undefined;
+      sb.fail = undefined;
+      expect(await errCode(w)).toBe('EIO');
+      expect(engine.get('e1')).toMatchObject({ state: 'copying', copiedBlocks: 15 });
+      await drain(engine);
+      expect(engine.get('e1').state).toBe('equivalent');
+      expect(await readTags(db)).toEqual(await readTags(da));
+    });
+
+    it("both writes fail: the host gets its own volume's error", async () => {
+      const { engine, sa, sb, da } = await gatedPair();
+      sa.fail = new BlockDeviceError('ENOSPC', 'source full');
+      sb.fail = new BlockDeviceError('EIO', 'destination error');
+      expect(await errCode(put(da, 20, 1))).toBe('ENOSPC');
+      sa.fail = sb.fail = undefined;
+      expect(engine.get('e1').state).toBe('copying');
+      await drain(engine);
+      expect(engine.get('e1').state).toBe('equivalent');
+    });
+  });
 });
