@@ -31,7 +31,9 @@
  * them in memory (J6); only then are the round's held writes applied to the source below,
  * in queue order, through the same continuation (next) they would have used, so inner
  * source roles (EC mirror, OPC from the same source) see them in order. Saves that arrive
- * meanwhile join the next round.
+ * meanwhile join the next round. A round starts no sooner than ROUND_GATHER_MS after the
+ * previous one unless something waits on it (a writer, a flush, a cut, a half-full bound), so
+ * a stream of first writes pays the rounds' fixed flushes and journal commits boundedly often.
  *
  * Invariants (checked where cheap):
  *   W1 the source below receives a write over unit u only once u's before-image is durable
@@ -161,6 +163,24 @@ const HELD_ZERO_COST = 4096;
 const APPLY_CONCURRENCY = 16;
 /** Before-image buffers, reused (a fresh 64 KiB Buffer per save is GC churn on the hot path). */
 const saveBuffers: Buffer[] = [];
+/**
+ * Copies of acknowledged payloads, reused by length (a 4 KiB Buffer.from gets its own
+ * ArrayBuffer: per-write garbage). Only payloads up to HELD_POOL_MAX bytes, and at most
+ * HELD_POOL_BYTES kept free in all (the process's chains share it).
+ */
+const heldBuffers = new Map<number, Buffer[]>();
+const HELD_POOL_MAX = 64 * 1024;
+const HELD_POOL_BYTES = 8 * 1024 * 1024;
+let heldPoolBytes = 0;
+/**
+ * Least time between the starts of two rounds while nobody waits on one (ms). Each round has
+ * fixed costs beside its before-images: the stores' map flushes and the journal's commit, an
+ * fsync on the event loop that stalls every connection. Under a stream of first writes the
+ * rounds ran back to back, up to ~100 a second of a few units each; held (acknowledged) writes
+ * do not mind waiting a little longer. A writer that waits (FUA, bound, EC), a flush (settle)
+ * or a half-full bound starts the round at once.
+ */
+const ROUND_GATHER_MS = 20;
 
 /** A held source write (see the file comment). */
 interface Held {
@@ -176,6 +196,8 @@ interface Held {
   applied: boolean;
   failure: unknown;
   done: { resolve: () => void; reject: (err: unknown) => void } | undefined;
+  /** m.data came from heldBuffers: it goes back there once retired (if no read may still copy from it). */
+  pooled: boolean;
 }
 
 /** Before-images written (unflushed) into generation stores, committed together. */
@@ -222,6 +244,13 @@ export class SnapChain implements SourceRole {
   /** Generation failures so far, and how many of them a finished sync made durable (W7). */
   private failures = 0;
   private syncedFailures = 0;
+  /** Queued writes whose writer waits for them (not acknowledged): rounds start at once. */
+  private waiting = 0;
+  /** readOver calls between taking held writes and copying from them: payloads are not reused meanwhile. */
+  private reading = 0;
+  /** When the last round started (performance.now()), and how to end a round's gathering early. */
+  private lastRound = 0;
+  private wake: (() => void) | undefined;
 
   constructor(
     /** Renamed with the volume (CopyEngine.renameVolume). */
@@ -274,6 +303,27 @@ export class SnapChain implements SourceRole {
     return false;
   }
 
+  /** Locks [u0, u1) in ascending order (as every locker); undefined when taken at once: no promise, no closure. */
+  private lockUnits(u0: number, u1: number): Promise<void> | undefined {
+    for (let u = u0; u < u1; u++) {
+      const p = this.locks.lock(u);
+      if (p !== undefined) return this.lockRest(p, u + 1, u1);
+    }
+    return undefined;
+  }
+
+  private async lockRest(first: Promise<void>, u: number, u1: number): Promise<void> {
+    await first;
+    for (; u < u1; u++) {
+      const p = this.locks.lock(u);
+      if (p !== undefined) await p;
+    }
+  }
+
+  private unlockUnits(u0: number, u1: number): void {
+    for (let u = u0; u < u1; u++) this.locks.unlock(u);
+  }
+
   // ---- writes ----
 
   sourceWrite(m: Mutation, next: Next): Promise<void> {
@@ -289,7 +339,8 @@ export class SnapChain implements SourceRole {
   private async slowWrite(m: Mutation, u0: number, u1: number, next: Next): Promise<void> {
     let round = 0;
     let e: Held | undefined;
-    const unlock = await this.locks.lockRange(u0, u1);
+    const locking = this.lockUnits(u0, u1);
+    if (locking !== undefined) await locking;
     try {
       for (let u = u0; u < u1; u++) {
         const p = this.pending.get(u);
@@ -307,7 +358,7 @@ export class SnapChain implements SourceRole {
       }
       if (round > this.committed || this.heldIn(u0, u1)) e = this.enqueue(m, u0, u1, round, next);
     } finally {
-      unlock();
+      this.unlockUnits(u0, u1);
     }
     if (e === undefined) return next(); // every unit durably saved, nothing held before it
     if (e.bytes > 0) {
@@ -316,6 +367,8 @@ export class SnapChain implements SourceRole {
     }
     const held = e;
     const applied = new Promise<void>((resolve, reject) => (held.done = { resolve, reject }));
+    this.waiting++;
+    this.hurry();
     this.kick();
     await applied; // FUA or over the bound: the writer waits until it is applied
   }
@@ -328,11 +381,22 @@ export class SnapChain implements SourceRole {
       m.opts?.fua !== true && !(m.kind === 'zero' && m.opts?.fastZero === true) && this.heldBytes + cost <= HELD_BYTES_MAX && this.writeBehindAllowed();
     // The caller owns its buffer again once we resolve: hold a copy. `next` closes over this
     // same Mutation object, so replacing its data makes every inner role apply the copy.
-    if (ack && m.kind === 'write') m.data = Buffer.from(m.data);
-    const e: Held = { m, next, u0, u1, round, seq: ++this.seq, bytes: ack ? cost : 0, applied: false, failure: undefined, done: undefined };
+    let pooled = false;
+    if (ack && m.kind === 'write') {
+      const len = m.data.length;
+      const copy = len <= HELD_POOL_MAX ? heldBuffers.get(len)?.pop() : undefined;
+      if (copy !== undefined) {
+        heldPoolBytes -= len;
+        m.data.copy(copy);
+        m.data = copy;
+      } else m.data = Buffer.from(m.data);
+      pooled = len <= HELD_POOL_MAX;
+    }
+    const e: Held = { m, next, u0, u1, round, seq: ++this.seq, bytes: ack ? cost : 0, applied: false, failure: undefined, done: undefined, pooled };
     this.queue.push(e);
     for (let u = u0; u < u1; u++) this.heldUnits.set(u, (this.heldUnits.get(u) ?? 0) + 1);
     this.heldBytes += e.bytes;
+    if (this.heldBytes * 2 > HELD_BYTES_MAX) this.hurry();
     this.src.pin(); // W4
     SnapChain.stats.queued++;
     if (ack) SnapChain.stats.held++;
@@ -366,7 +430,7 @@ export class SnapChain implements SourceRole {
       const g = this.gens[n]!;
       const len = g.geo.length(u);
       const pooled = saveBuffers.pop();
-      const buf = pooled !== undefined && pooled.length >= len ? pooled.subarray(0, len) : Buffer.allocUnsafeSlow(len);
+      const buf = pooled !== undefined && pooled.length >= len ? (pooled.length === len ? pooled : pooled.subarray(0, len)) : Buffer.allocUnsafeSlow(len);
       try {
         g.checkFault('read', this.source, g.geo.start(u), len);
         await this.src.below.read(g.geo.start(u), buf);
@@ -417,6 +481,7 @@ export class SnapChain implements SourceRole {
     SnapChain.stats.committing++;
     try {
       while (this.roundWanted()) {
+        await this.gather();
         const r = this.open;
         this.open = { id: r.id + 1, units: [], gens: [] };
         try {
@@ -434,13 +499,40 @@ export class SnapChain implements SourceRole {
     }
   }
 
+  /** Lets saves gather into the open round until ROUND_GATHER_MS after the last round began, unless someone waits. */
+  private async gather(): Promise<void> {
+    const wait = this.lastRound + ROUND_GATHER_MS - performance.now();
+    if (wait >= 1 && !this.urgent()) {
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+        timer = setTimeout(resolve, wait);
+      });
+      clearTimeout(timer);
+      this.wake = undefined;
+    }
+    this.lastRound = performance.now();
+  }
+
+  private urgent(): boolean {
+    return this.waiting > 0 || this.settleWaiters.length > 0 || this.heldBytes * 2 > HELD_BYTES_MAX || this.src.held;
+  }
+
+  /** Someone waits on the next round: end its gathering. */
+  private hurry(): void {
+    const w = this.wake;
+    if (w === undefined) return;
+    this.wake = undefined;
+    w();
+  }
+
   private async commitRound(r: Round): Promise<void> {
     let units = r.units;
     let gens = r.gens;
     while (units.length > 0) {
       SnapChain.stats.rounds++;
       // J1: the stores are flushed before the bits saying they hold the before-images.
-      const stores = [...new Set(gens)];
+      const stores = gens.every((g) => g === gens[0]) ? [gens[0]!] : [...new Set(gens)];
       await Promise.all(
         stores.map(async (g) => {
           if (!g.healthy) return;
@@ -513,11 +605,12 @@ export class SnapChain implements SourceRole {
     let failure: unknown = this.roundErrors.size > 0 ? this.roundErrors.get(e.round) : undefined;
     if (failure === undefined) {
       try {
-        const unlock = await this.locks.lockRange(e.u0, e.u1); // W3
+        const locking = this.lockUnits(e.u0, e.u1); // W3
+        if (locking !== undefined) await locking;
         try {
           await e.next();
         } finally {
-          unlock();
+          this.unlockUnits(e.u0, e.u1);
         }
       } catch (err) {
         failure = err ?? new Error('held write failed');
@@ -553,7 +646,18 @@ export class SnapChain implements SourceRole {
     }
     this.heldBytes -= e.bytes;
     this.appliedSeq = e.seq;
+    if (e.pooled && this.reading === 0 && e.m.kind === 'write') {
+      // Applied below (the store copied it) or dropped, and in no read's overlay: reuse the copy.
+      const len = e.m.data.length;
+      let free = heldBuffers.get(len);
+      if (free === undefined) heldBuffers.set(len, (free = []));
+      if (heldPoolBytes + len <= HELD_POOL_BYTES) {
+        free.push(e.m.data);
+        heldPoolBytes += len;
+      }
+    }
     if (e.done !== undefined) {
+      this.waiting--;
       if (failure === undefined) e.done.resolve();
       else e.done.reject(failure);
     } else if (failure !== undefined) this.deferred ??= failure;
@@ -577,7 +681,9 @@ export class SnapChain implements SourceRole {
       this.deferred = undefined;
       return d === undefined ? Promise.resolve() : Promise.reject(d);
     }
-    return new Promise((resolve, reject) => this.settleWaiters.push({ seq: this.seq, resolve, reject }));
+    const p = new Promise<void>((resolve, reject) => this.settleWaiters.push({ seq: this.seq, resolve, reject }));
+    this.hurry();
+    return p;
   }
 
   // ---- reads ----
@@ -609,7 +715,12 @@ export class SnapChain implements SourceRole {
       const e = this.queue[i]!;
       if (e.m.offset < end && e.m.offset + e.m.length > offset) over.push(e);
     }
-    await next();
+    this.reading++;
+    try {
+      await next();
+    } finally {
+      this.reading--;
+    }
     for (const { m } of over) {
       const a = Math.max(offset, m.offset);
       const b = Math.min(end, m.offset + m.length);

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { CopyEngine } from '../../emulator/copy/CopyEngine.js';
 import { MemoryJournal } from '../../emulator/copy/SessionJournal.js';
 import { BS, client, errCode, makeVolume, memVolume, put, readTags, rig, rng, SimStore, tagged, tagsOf } from './support.js';
@@ -189,6 +189,55 @@ describe('SnapOPC+', () => {
       expect(await readTags(client(vols.s2), 4, 1)).toEqual([5]);
       expect(await readTags(client(vols.s1), 4, 1)).toEqual([104]);
       expect(await readTags(da, 4, 1)).toEqual([6]);
+    });
+
+    it('held payload copies are reused once applied: every held write and read stays exact', async () => {
+      const { engine, vols, gate, da } = gated();
+      for (let b = 0; b < 64; b++) await put(da, b, 100 + b);
+      const want = Array.from({ length: 64 }, (_, b) => 100 + b);
+      for (const [i, snap] of ['s1', 's2'].entries()) {
+        await engine.startSnapOpcPlus('a', snap); // a new newest generation: every unit saves again
+        gate.close();
+        for (let k = 0; k < 3; k++) {
+          for (let b = k; b < 64; b += 3) {
+            want[b] = 1000 * (i + 1) + 10 * k + b;
+            await put(da, b, want[b]!); // held behind the round (and, from k = 1, behind earlier ones: W2)
+          }
+        }
+        expect(await readTags(da)).toEqual(want); // overlaid from the held copies
+        gate.open();
+        await da.flush();
+        const stored: number[] = [];
+        for (let b = 0; b < 64; b++) stored.push((await storeTag(vols.a, b))!);
+        expect(stored).toEqual(want);
+      }
+      expect(await readTags(client(vols.s1))).toEqual(Array.from({ length: 64 }, (_, b) => 100 + b));
+      expect(await readTags(client(vols.s2))).toEqual(Array.from({ length: 64 }, (_, b) => 1000 + 10 * (b % 3) + b));
+    });
+
+    it('a flush or a FUA write does not wait for a round to gather', async () => {
+      // Fake timers never fire unless advanced: a round left gathering would hang these.
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+      try {
+        const { engine, vols, da } = gated();
+        for (let b = 0; b < 64; b++) await put(da, b, 100 + b);
+        await engine.startSnapOpcPlus('a', 's1');
+        await put(da, 0, 1); // unit 0's round
+        await da.flush();
+        await put(da, 40, 2); // unit 1: its round may gather
+        await da.flush();
+        expect(await storeTag(vols.a, 40)).toBe(2);
+        await engine.startSnapOpcPlus('a', 's2');
+        await put(da, 0, 3);
+        await da.write(40 * BS, tagged(4), { fua: true });
+        expect(await storeTag(vols.a, 40)).toBe(4);
+        await vi.advanceTimersByTimeAsync(100);
+        await da.flush();
+        expect(await readTags(client(vols.s2), 0, 1)).toEqual([1]);
+        expect(await readTags(client(vols.s2), 40, 1)).toEqual([2]);
+      } finally {
+        vi.useRealTimers();
+      }
     });
 
     it('a round whose journal commit fails drops its held writes and reports it on the next flush', async () => {
