@@ -55,7 +55,7 @@ import type { NbdLogger } from './types.js';
 const OUTPUT_LIMIT = 16 * 1024 * 1024;
 const READ_HEADER = CHUNK_HEADER_SIZE + 8;
 /** Small read buffers kept per connection for reuse (each COPY_MAX bytes). */
-const POOL_MAX = 16;
+const POOL_MAX = 32;
 /**
  * WRITE payloads larger than this are copied, as they arrive, into a buffer from the server's
  * BufferPool; smaller ones are handed to the device as they sit in the input (a view when
@@ -177,6 +177,14 @@ export class Transmission {
         const pooled = length > POOLED_WRITE_MIN;
         const cost = pooled ? BufferPool.bufferSize(length) : length;
         if (!this.canAdmit(cost) && !(await this.admission(cost))) return 'eof';
+        if (length <= COPY_MAX && input.length >= length) {
+          // Small and all here: into one of this connection's small buffers, given back
+          // when the write is done (a fresh buffer per request cost major GCs: see below).
+          const small = this.pool.pop() ?? Buffer.allocUnsafeSlow(COPY_MAX);
+          input.copyTo(small, length);
+          this.start(type, flags, offset, length, cookieHi, cookieLo, cost, small.subarray(0, length), small);
+          continue;
+        }
         if (!pooled) {
           if (input.length < length && !(await input.need(length))) return 'eof';
           this.start(type, flags, offset, length, cookieHi, cookieLo, cost, input.take(length), undefined);
@@ -324,7 +332,10 @@ export class Transmission {
     p.then(
       () => {
         // The write succeeded: the device is done with the payload.
-        if (whole !== undefined) this.host.pool.release(whole);
+        if (whole !== undefined) {
+          if (whole.length !== COPY_MAX) this.host.pool.release(whole);
+          else if (this.pool.length < POOL_MAX) this.pool.push(whole);
+        }
         this.finish(cost);
       },
       (err: unknown) => {
@@ -386,7 +397,7 @@ export class Transmission {
     const hdr = structured ? READ_HEADER : SIMPLE_REPLY_SIZE;
     const total = hdr + length;
     if (total > COPY_MAX) return this.readLarge(offset, length, hdr, cookieHi, cookieLo);
-    const whole = this.pool.pop() ?? Buffer.allocUnsafe(COPY_MAX);
+    const whole = this.pool.pop() ?? Buffer.allocUnsafeSlow(COPY_MAX);
     const buf = whole.subarray(0, total);
     // On failure the buffer is dropped, not pooled: a device may still be writing into it.
     await this.device.read(offset, buf.subarray(hdr));
