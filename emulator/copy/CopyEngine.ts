@@ -96,11 +96,6 @@ export interface CopyEngineOptions {
    * regions written since the last flush. Recorded per unit, nearly every random write paid one.
    */
   intentRegion?: number;
-  /**
-   * OPC background copy commits (destination flush, then bits) this many bytes at a time,
-   * one commit overlapping the next part's copy. Default 32 MiB; tests use a few units.
-   */
-  commitPart?: number;
   /** Injected faults on the sessions' own I/O (the array's fault engine); none by default. */
   faults?: CopyFaultHook | undefined;
   /** REC: links to other arrays (emulator/remote); without it REC sessions cannot start or run. */
@@ -192,17 +187,10 @@ const TICK_MS = 50;
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 60_000;
 /**
- * Most bytes one timer-driven step copies (unthrottled, or a high rate) unless the session
- * says otherwise (SessionBase.stepBytes): each step ends with a destination flush and a
- * journal commit, so at 4 MiB (64 units) those dominated an OPC.
+ * Most bytes one timer-driven step copies (unthrottled, or a high rate): each step ends with a
+ * destination flush and a journal commit, so at 4 MiB (64 units) those dominated an OPC.
  */
 const TIMER_STEP_BYTES = 32 * 1024 * 1024;
-/**
- * OPC commit parts (CopyEngineOptions.commitPart). A commit costs several fsyncs (data, map,
- * journal) of a few ms each on a virtual disk, so parts stay large: 8 MiB parts made a 1 GiB
- * OPC slower than one 32 MiB commit per step had been.
- */
-const DEFAULT_COMMIT_PART = 32 * 1024 * 1024;
 
 /** How many ended sessions endedAs() remembers. */
 const ENDED_KEPT = 10_000;
@@ -249,7 +237,6 @@ export class CopyEngine {
       emit: (e) => this.emit(e),
       now: this.now,
       intentRegion: opts.intentRegion ?? 64 * 1024 * 1024,
-      commitPart: opts.commitPart ?? DEFAULT_COMMIT_PART,
       copyFault: (id, op, volume, offset, length) => {
         const hook = opts.faults;
         if (hook === undefined) return;
@@ -1554,7 +1541,7 @@ export class CopyEngine {
     if (s.done || s.state !== 'copying' || s.record.rate === 0) return;
     if (s instanceof RecSession && s.idleWhenDrained && s.pendingUnits() === 0 && !s.wantsStep) return; // woken by the next recorded write
     const rate = s.record.rate;
-    const maxUnits = Math.max(this.stepUnits, Math.floor((s.stepBytes ?? TIMER_STEP_BYTES) / s.record.unitSize));
+    const maxUnits = Math.max(this.stepUnits, Math.floor(TIMER_STEP_BYTES / s.record.unitSize));
     const fire = (): void => {
       this.timers.delete(s.id);
       this.stepping.add(s.id);

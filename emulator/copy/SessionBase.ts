@@ -35,8 +35,6 @@ export interface SessionContext {
   now(): number;
   /** EC write intent is recorded this many bytes at a time (CopyEngineOptions.intentRegion). */
   readonly intentRegion: number;
-  /** OPC background copy commits this many bytes at a time (CopyEngineOptions.commitPart). */
-  readonly commitPart: number;
   /**
    * Consulted before each of a session's own reads and writes (background copy, copy-on-write,
    * EC mirroring, SnapOPC+ saves): throws CopyFaultError when an injected fault fires.
@@ -121,10 +119,6 @@ export abstract class SessionBase implements CopySession {
   readonly locks = new UnitLocks();
   /** Set once the session has ended; the engine then forgets it. */
   done = false;
-  /** Most bytes a timer-driven step of this session copies; undefined: the engine's default. */
-  get stepBytes(): number | undefined {
-    return undefined;
-  }
   /**
    * The background copy's current failure episode (CopyEngine: back-off and one event per
    * episode); not journalled: it describes now, not the session.

@@ -38,10 +38,6 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
   readonly copied: CopyBitmap;
   readonly tracked: CopyBitmap | undefined;
   readonly hostReadOnly = false;
-  /** Four commit parts per timer-driven step: three of the four flushes overlap a copy. */
-  override get stepBytes(): number {
-    return 4 * this.ctx.commitPart;
-  }
   private cursor = 0;
 
   constructor(ctx: SessionContext, j: JournalSession, blockSize: number) {
@@ -199,12 +195,6 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
 
   // ---- background copy ----
 
-  /**
-   * One background step: the batch is copied in parts of ctx.commitPart bytes, and each part's
-   * commit (flush the destination: J1; then its bits: persistSet) runs while the next part
-   * is copied, so the disk writes back one part while the next is read. Commits run one at
-   * a time, in order, and every one has finished before the step returns and unlocks.
-   */
   async copyStep(maxUnits: number): Promise<number> {
     if (this.state !== 'copying' || this.done) return 0;
     const units = await this.lockBatch(
@@ -213,54 +203,30 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
       this.cursor,
       maxUnits,
     );
-    const per = Math.max(1, Math.floor(this.ctx.commitPart / this.record.unitSize));
-    let commit: Promise<void> | undefined;
-    let committed = 0;
-    /** units[0, unlocked) are unlocked: each part once its commit is done. */
-    let unlocked = 0;
     try {
-      for (let i = 0; i < units.length; i += per) {
+      if (units.length > 0) {
         // A copy-on-write beside this step may have error-suspended the session (E1).
-        if (this.state !== 'copying') break;
-        const part = units.slice(i, i + per);
+        if (this.state !== 'copying') return 0;
         try {
-          await this.copyUnits(this.src.below, this.dst.below, part);
+          await this.copyUnits(this.src.below, this.dst.below, units);
         } catch (err) {
           if (!(err instanceof CopyFaultError)) throw err;
-          await commit; // the parts before this one are copied: their bits still count
           if (this.state === 'copying') {
             this.errorSuspend(err, 'the background copy');
             await this.ctx.journal.sync();
           }
           return 0; // error-suspended (by this failure or one beside it): nothing more to copy
         }
-        if (commit !== undefined) {
-          await commit;
-          this.unlockAll(units.slice(unlocked, i));
-          unlocked = i;
-        }
-        commit = this.commitPart(part);
-        commit.catch(() => undefined); // awaited below; not unhandled while the next part copies
-        committed += part.length;
-      }
-      await commit;
-      if (committed > 0) {
-        this.cursor = units[committed - 1]! + 1;
-        this.noteCopied(committed);
+        await this.dst.below.flush(); // J1
+        await this.persistSet([['copied', this.copied, units]]);
+        this.cursor = units[units.length - 1]! + 1;
+        this.noteCopied(units.length);
       }
     } finally {
-      // Never unlock under a commit still running (it may fail: its error is already thrown).
-      if (commit !== undefined) await commit.catch(() => undefined);
-      this.unlockAll(units.slice(unlocked));
+      this.unlockAll(units);
     }
     if (this.copied.full && this.state === 'copying') await this.copyDone();
-    return committed;
-  }
-
-  /** J1 then J6 for copied units: their data durable on the destination, then their bits. */
-  private async commitPart(units: number[]): Promise<void> {
-    await this.dst.below.flush();
-    await this.persistSet([['copied', this.copied, units]]);
+    return units.length;
   }
 
   private async copyDone(): Promise<void> {

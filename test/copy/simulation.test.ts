@@ -199,8 +199,6 @@ class Sim {
       clock: 'manual',
       defaultUnitSize: UNIT,
       intentRegion: UNIT * 4,
-      // Steps take 1-3 units (or the default 64): parts of 2 make most OPC steps pipeline commits.
-      commitPart: UNIT * 2,
       newId: () => `s${++this.ids}`,
       faults,
     });
