@@ -320,19 +320,14 @@ async function startServer(tag) {
   return server;
 }
 
+/** fio arguments that write all of SIZE once, incompressibly, and flush: volumes and the ceiling file alike. */
+const FILL_ARGS = ['--rw=write', '--bs=1M', '--iodepth=8', `--size=${SIZE}`, '--refill_buffers', '--buffer_compress_percentage=0', '--end_fsync=1'];
+
 /** Creates a thin volume of SIZE and writes all of it once with incompressible data, then flushes. */
 async function createFilled(server, name) {
   await server.client.createVolume({ name, sizeBytes: SIZE, provisioning: 'thin' });
   const t = performance.now();
-  await fio(server.uri(name), [
-    '--rw=write',
-    '--bs=1M',
-    '--iodepth=8',
-    `--size=${SIZE}`,
-    '--refill_buffers',
-    '--buffer_compress_percentage=0',
-    '--end_fsync=1',
-  ]);
+  await fio(server.uri(name), FILL_ARGS);
   const s = (performance.now() - t) / 1000;
   log(`  filled ${name}: ${SIZE_TEXT} in ${s.toFixed(1)} s (${(SIZE / MiB / s).toFixed(0)} MiB/s over NBD)`);
 }
@@ -440,15 +435,7 @@ async function benchIops(server) {
   if (!SKIP_CEILING) {
     ceiling = { file: join(work, 'ceiling.img'), engine: await ceilingEngine() };
     log(`iops: filling a ${SIZE_TEXT} file for fio (${ceiling.engine}), the machine's ceiling`);
-    await fioFile(ceiling.file, ceiling.engine, [
-      '--rw=write',
-      '--bs=1M',
-      '--iodepth=8',
-      `--size=${SIZE}`,
-      '--refill_buffers',
-      '--buffer_compress_percentage=0',
-      '--end_fsync=1',
-    ]);
+    await fioFile(ceiling.file, ceiling.engine, FILL_ARGS);
     peers.push({ name: 'ceiling' });
   }
   let gen;
