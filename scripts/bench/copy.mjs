@@ -174,7 +174,15 @@ async function fio(uri, fioArgs) {
 
 /** The machine's ceiling: fio on a file in the work directory (the data directories' filesystem). */
 async function fioFile(file, engine, fioArgs) {
-  const { stdout } = await run('fio', ['--name=ceiling', `--filename=${file}`, `--ioengine=${engine}`, '--direct=0', '--output-format=json', ...fioArgs]);
+  const { stdout } = await run('fio', [
+    '--name=ceiling',
+    `--filename=${file}`,
+    `--ioengine=${engine}`,
+    '--direct=0',
+    '--invalidate=0',
+    '--output-format=json',
+    ...fioArgs,
+  ]);
   const job = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0];
   if (job.error) throw new Error(`fio error ${job.error}`);
   return job;
@@ -710,7 +718,7 @@ if (results.iops) {
   );
   if (i.ceiling !== undefined)
     details.push(
-      `machine ceiling: fio --ioengine=${i.ceilingEngine} --direct=0, 4k randwrite QD16, same runtime, on a prefilled ${SIZE_TEXT} file in the work directory (the data directory's filesystem), a run after the peers in each rep: ${i.samples.ceiling.map(Math.round).join(', ')} IOPS; the no-session figure is the targets' reference`,
+      `machine ceiling: fio --ioengine=${i.ceilingEngine} --direct=0 --invalidate=0, 4k randwrite QD16, same runtime, on a prefilled ${SIZE_TEXT} file in the work directory (the data directory's filesystem), a run after the peers in each rep: ${i.samples.ceiling.map(Math.round).join(', ')} IOPS; the no-session figure is the targets' reference`,
     );
   details.push(
     `EC: pair equivalent for every run (initial copy ${i.ecInitialS.toFixed(1)} s); every write mirrored; a host flush before each run clears the write intent, so the first write to each unit after it pays a journal commit`,

@@ -110,7 +110,7 @@ fio_json() { node -e '
   });' -- "$@"; }
 ceiling() {
   local size=$1 depth=$2 count=$3 flag=${4:-} out
-  out=$(fio --name=ceiling --filename="$CEILING_FILE" --ioengine="$CEILING_ENGINE" --direct=0 --size="${SIZE_MIB}M" \
+  out=$(fio --name=ceiling --filename="$CEILING_FILE" --ioengine="$CEILING_ENGINE" --direct=0 --invalidate=0 --size="${SIZE_MIB}M" \
     --rw="$([ "$flag" = -w ] && echo write || echo read)" --bs="$size" --iodepth="$depth" --io_size=$((count * size)) \
     --output-format=json 2>&1) || { echo "bench: fio on $CEILING_FILE failed:" >&2; echo "$out" >&2; exit 1; }
   fio_json "${flag:-r}" "$count" <<<"$out"
@@ -164,7 +164,7 @@ TARGETS_APPLY=0
 CEIL_HEAD="ceiling (fio on the file)"
 echo
 echo "Targets (issue 20): 1 MiB read and write >= 1.50x tgtd (qemu-img bench); 4k rows informational"
-[ "$CEILING" = 1 ] && echo "$CEIL_HEAD: fio --ioengine=$CEILING_ENGINE --direct=0, sequential, same bs, depth and count, on a prefilled ${SIZE_MIB} MiB file in $BASE_DIR, beside the LUNs' files"
+[ "$CEILING" = 1 ] && echo "$CEIL_HEAD: fio --ioengine=$CEILING_ENGINE --direct=0 --invalidate=0, sequential, same bs, depth and count, on a prefilled ${SIZE_MIB} MiB file in $BASE_DIR, beside the LUNs' files"
 printf '%-14s %30s %30s %15s %10s %6s' "test" "$SUBJECT_LABEL" "$REFERENCE_LABEL" "$SUBJECT_LABEL/$REFERENCE_LABEL" "target" "result"
 [ "$CEILING" = 1 ] && printf ' %30s %16s' "$CEIL_HEAD" "$SUBJECT_LABEL/ceiling"
 echo

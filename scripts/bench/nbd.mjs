@@ -260,7 +260,7 @@ async function startCeiling() {
   const run = (fioArgs) =>
     promisify(execFile)(
       'fio',
-      ['--name=ceiling', `--filename=${file}`, `--ioengine=${engine}`, '--direct=0', `--size=${SIZE}`, '--output-format=json', ...fioArgs],
+      ['--name=ceiling', `--filename=${file}`, `--ioengine=${engine}`, '--direct=0', '--invalidate=0', `--size=${SIZE}`, '--output-format=json', ...fioArgs],
       { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
     ).then(({ stdout }) => JSON.parse(stdout.slice(stdout.indexOf('{'))));
   await run(['--rw=write', '--bs=1M', '--iodepth=8', '--buffer_compress_percentage=0', '--refill_buffers=0']);
@@ -429,7 +429,7 @@ if (withMetrics)
 if (withBaseline) console.log(`baseline: the arraylab built in ${BASELINE}`);
 if (withCeiling)
   console.log(
-    `${CEILING_HEAD}: fio --ioengine=${ceiling.engine} --direct=0 on a prefilled ${SIZE_GIB} GiB file in the work directory (the peers' filesystem), same bs, depth and runtime, measured in each rep with the peers`,
+    `${CEILING_HEAD}: fio --ioengine=${ceiling.engine} --direct=0 --invalidate=0 on a prefilled ${SIZE_GIB} GiB file in the work directory (the peers' filesystem), same bs, depth and runtime, measured in each rep with the peers`,
   );
 printTable(rows);
 
@@ -556,7 +556,7 @@ if (JSON_OUT)
         results,
         samples,
         ceiling: withCeiling
-          ? { method: `fio --ioengine=${ceiling.engine} --direct=0 on a prefilled file in the work directory`, results: results[CEILING] }
+          ? { method: `fio --ioengine=${ceiling.engine} --direct=0 --invalidate=0 on a prefilled file in the work directory`, results: results[CEILING] }
           : undefined,
         memory,
         targets,
