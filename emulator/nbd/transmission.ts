@@ -54,14 +54,8 @@ import type { NbdLogger } from './types.js';
 /** Reply bytes queued on the socket beyond which no new request is started. */
 const OUTPUT_LIMIT = 16 * 1024 * 1024;
 const READ_HEADER = CHUNK_HEADER_SIZE + 8;
-/** Small read buffers kept per connection for reuse (each COPY_MAX bytes). */
+/** Small buffers kept per connection for reuse (each COPY_MAX bytes): READ replies and WRITE payloads. */
 const POOL_MAX = 32;
-/**
- * WRITE payloads larger than this are copied, as they arrive, into a buffer from the server's
- * BufferPool; smaller ones are handed to the device as they sit in the input (a view when
- * the payload lies in one socket chunk).
- */
-const POOLED_WRITE_MIN = 64 * 1024;
 /**
  * Bytes of a pooled WRITE payload waited for at a time: less than a socket chunk, so each
  * chunk is copied (while still in cache) and released as soon as it arrives. Measured against
@@ -92,7 +86,7 @@ export interface TransmissionHost {
   readonly input: InputQueue;
   readonly out: Output;
   readonly log: NbdLogger;
-  /** The server's pool of large buffers (READ replies and WRITE payloads above 16/64 KiB). */
+  /** The server's pool of large buffers (READ replies and WRITE payloads above COPY_MAX). */
   readonly pool: BufferPool;
 }
 
@@ -174,24 +168,21 @@ export class Transmission {
           this.refuse(errno, type, cookieHi, cookieLo, offset, length);
           continue;
         }
-        const pooled = length > POOLED_WRITE_MIN;
-        const cost = pooled ? BufferPool.bufferSize(length) : length;
+        // Every payload goes into a reused buffer, given back when the write is done: a fresh
+        // buffer per request (or a view pinning a socket chunk) drove V8 into major GCs.
+        const small = length <= COPY_MAX;
+        const cost = small ? length : BufferPool.bufferSize(length);
         if (!this.canAdmit(cost) && !(await this.admission(cost))) return 'eof';
-        if (length <= COPY_MAX && input.length >= length) {
-          // Small and all here: into one of this connection's small buffers, given back
-          // when the write is done (a fresh buffer per request cost major GCs: see below).
-          const small = this.pool.pop() ?? Buffer.allocUnsafeSlow(COPY_MAX);
-          input.copyTo(small, length);
-          this.start(type, flags, offset, length, cookieHi, cookieLo, cost, small.subarray(0, length), small);
-          continue;
-        }
-        if (!pooled) {
+        if (small) {
+          // One of this connection's small buffers (the ones READ replies use).
           if (input.length < length && !(await input.need(length))) return 'eof';
-          this.start(type, flags, offset, length, cookieHi, cookieLo, cost, input.take(length), undefined);
+          const buf = this.pool.pop() ?? Buffer.allocUnsafeSlow(COPY_MAX);
+          input.copyTo(buf, length);
+          this.start(type, flags, offset, length, cookieHi, cookieLo, cost, buf.subarray(0, length), buf);
           continue;
         }
-        // Copy the payload into a pooled buffer as it streams in: no concatenation, no fresh
-        // 1 MiB allocation, and the socket chunks are released as they are copied.
+        // A buffer of the server's pool, filled as the payload streams in (or received into
+        // directly): no concatenation, no fresh 1 MiB allocation.
         const whole = this.host.pool.acquire(length);
         if (!(await input.fill(whole, length, FILL_STEP))) return 'eof';
         this.start(type, flags, offset, length, cookieHi, cookieLo, cost, whole.subarray(0, length), whole);

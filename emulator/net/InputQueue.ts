@@ -30,7 +30,7 @@ const SLABS_KEPT = 3;
 /**
  * The read after a fill() completed takes at most this much: it is most likely the next
  * header and the start of another large payload, whose bytes would otherwise be read into
- * the slab (up to 64 KiB of it) and copied out again, and use up a slab per request.
+ * the slab (as much as it has room for) and copied out again, and use up a slab per request.
  */
 const AFTER_FILL_READ = 4 * 1024;
 
@@ -333,8 +333,8 @@ export class InputQueue implements ReadTarget {
     this.afterFill = false;
     // Every read lands in the last buffer handed out; anything else would lose bytes.
     if (buf !== this.slabView || n > buf.length) throw new Error('invariant violated: InputQueue: a read lands in the buffer last handed to the socket');
-    // Into the slab: extend the last chunk when this read continued it, so that a payload
-    // spread over several reads still comes out as one view.
+    // Into the slab: extend the last chunk when this read continued it, so that bytes spread
+    // over several reads are still one chunk (a header parsed in place, a payload one copy).
     const start = this.slabUsed;
     this.slabUsed += n;
     const last = this.chunks.length > 0 ? this.chunks[this.chunks.length - 1]! : undefined;
