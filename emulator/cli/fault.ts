@@ -21,6 +21,7 @@ const ADD_EXAMPLES = [
   ['$0 fault add pause --volume vol1 --drain', 'a hung path: operations wait until the fault is removed'],
   ['$0 fault add disconnect --export vol1 --refuse-ms 5000', 'drop the clients now and refuse them for 5 s'],
   ['$0 fault add copy-error --session 3', "the session's copy fails: the pair goes error-suspended"],
+  ['$0 fault add copy-error --volume vol1 --ops read --once', 'the next copy that reads vol1 fails, whichever session it is (one your backup software starts)'],
   ['$0 fault add api-error --ops StartCopy --code UNAVAILABLE --once', 'the next StartCopy call fails'],
   ['$0 fault add link-down --remote site-b --window 5s-20s', 'the link to remote array site-b is down from 5 s to 20 s'],
   ['$0 fault add link-delay --remote site-b --ms 20 --jitter-ms 5', 'every transfer to site-b takes 15 to 25 ms longer'],
@@ -153,7 +154,12 @@ export function faultCommands(y: Argv<{ json: boolean }>) {
       (c) => {
         let b = c
           .positional('kind', { type: 'string', demandOption: true, choices: FAULT_KINDS, describe: 'what the fault does' })
-          .option('volume', { type: 'string', requiresArg: true, describe: "target: a volume's host I/O", group: 'Target:' })
+          .option('volume', {
+            type: 'string',
+            requiresArg: true,
+            describe: "target: a volume's host I/O (copy-error: the copy engine's I/O on it, any session)",
+            group: 'Target:',
+          })
           .option('export', { type: 'string', requiresArg: true, describe: "target: an export's connections and I/O", group: 'Target:' })
           .option('session', { type: 'string', requiresArg: true, describe: "target: a copy session's own I/O (copy-error)", group: 'Target:' })
           .option('tape', { type: 'string', requiresArg: true, describe: "target: a cartridge's reads and writes (tape-error)", group: 'Target:' })

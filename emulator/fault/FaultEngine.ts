@@ -6,6 +6,9 @@
  *   volume:NAME, export:NAME  host I/O to the volume (a FaultPoint on its device), and for
  *                             disconnect/reset and connect faults, its connections;
  *   session:ID                the copy engine's own I/O for that session (copyFault);
+ *                             a copy-error fault on volume:NAME: the copy engine's I/O on
+ *                             that volume, whatever session does it (one a backup product
+ *                             starts, whose id nobody knows beforehand), not host I/O;
  *   tape:LABEL                tape reads and writes of that cartridge (tapeFault);
  *   api                       control-API calls by RPC name (apiFault);
  *   remote:NAME               transfers on the link to a remote array (linkSend, linkDown:
@@ -333,12 +336,13 @@ export class FaultEngine implements LinkFaultHook {
     }
   }
 
-  /** Throws BlockDeviceError when a copy-error fault fires on the session's I/O. */
+  /** Throws BlockDeviceError when a copy-error fault fires on the session's I/O (by session, or by the volume it reads or writes). */
   copyFault(sessionId: string, op: 'read' | 'write', volume: string, offset: number, length: number): void {
     if (this.faults.size === 0) return;
     for (const h of this.faults.values()) {
       const t = h.fault.target;
-      if (t.kind !== 'session' || t.id !== sessionId || !h.fault.ops.includes(op) || !this.flagOk(h) || !h.trigger.fires()) continue;
+      const mine = t.kind === 'session' ? t.id === sessionId : t.kind === 'volume' && t.name === volume && h.fault.action.kind === 'copy-error';
+      if (!mine || !h.fault.ops.includes(op) || !this.flagOk(h) || !h.trigger.fires()) continue;
       this.emit(h.fault.id, 'copy-error', formatTarget(t), op, `copy ${op} of volume ${volume} failed`, { offset, length });
       throw new BlockDeviceError('EIO', `injected copy ${op} error on volume ${volume} at byte ${offset} (fault ${h.fault.id})`);
     }
@@ -590,7 +594,8 @@ export class FaultEngine implements LinkFaultHook {
     const byVolume = new Map<string, Held[]>();
     for (const h of this.faults.values()) {
       const t = h.fault.target;
-      if ((t.kind !== 'volume' && t.kind !== 'export') || h.opMask === 0) continue;
+      // A copy-error fault on a volume acts on the copy engine's I/O only (copyFault).
+      if ((t.kind !== 'volume' && t.kind !== 'export') || h.opMask === 0 || h.fault.action.kind === 'copy-error') continue;
       const list = byVolume.get(t.name);
       if (list === undefined) byVolume.set(t.name, [h]);
       else list.push(h);

@@ -136,7 +136,7 @@ const TARGETS: Record<FaultKind, ReadonlyArray<FaultTarget['kind']>> = {
   'lying-flush': ['volume', 'export'],
   disconnect: ['export', 'volume'],
   reset: ['export', 'volume'],
-  'copy-error': ['session'],
+  'copy-error': ['session', 'volume'],
   'tape-error': ['tape'],
   'api-error': ['api'],
   'api-delay': ['api'],

@@ -3,12 +3,13 @@
  * an OPC go error-suspended with the reason, which `copy show`, `copy list` and WatchCopies
  * give, and which survives a kill -9 and restart (the journal); hosts get EIO with the reason
  * where the session says so; EC resume recovers once the fault is removed, OPC is cancelled.
+ * On a volume, the fault fails whichever session's copy I/O touches it, and nothing else.
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ArrayClient } from '../../proto/ArrayClient.js';
-import type { CopyEventView } from '../../proto/views.js';
+import type { CopyEventView, FaultEventView } from '../../proto/views.js';
 import { cliJson, cliOk, makeTempDir, startArraylab, type Arraylab } from '../support/arraylab.js';
 import { requireTool } from '../support/tools.js';
 import { waitFor } from '../support/wait.js';
@@ -115,6 +116,44 @@ describe('copy-error faults (real server, CLI, qemu-io)', () => {
     expect(bad.out).toMatch(/Input\/output error/);
     expect((await qemuIo(lab.nbdUri('o-src'), 'write -P 0x55 8M 64k')).ok).toBe(true); // the source is not held back
     await cliOk(lab, ['copy', 'cancel', id]);
+    await cliOk(lab, ['fault', 'clear']);
+  });
+
+  it('on a volume: set before any session exists, it fails the copy of whichever session reads it, and neither host I/O nor other pairs', async () => {
+    const lab = await start(makeTempDir('arraylab-copyfault-'));
+    for (const v of ['v-src', 'v-dst', 'w-src', 'w-dst']) await cliOk(lab, ['volume', 'create', v, '--size', '16MiB']);
+    for (const v of ['v-src', 'w-src']) expect((await qemuIo(lab.nbdUri(v), 'write -P 0x66 0 4M')).ok).toBe(true);
+    const fault = (await cliOk(lab, ['fault', 'add', 'copy-error', '--volume', 'v-src', '--ops', 'read'])).trim();
+    // Host I/O to the volume does not pass this fault: it works, and the fault saw nothing.
+    expect((await qemuIo(lab.nbdUri('v-src'), 'read -P 0x66 0 4M')).ok).toBe(true);
+    expect((await qemuIo(lab.nbdUri('v-src'), 'write -P 0x67 4M 64k')).ok).toBe(true);
+    expect(await cliOk(lab, ['fault', 'list'])).toMatch(new RegExp(`^${fault}\\s+volume:v-src\\s+copy-error\\s+0/0\\s`, 'm'));
+    // A pair on other volumes copies on.
+    const other = ((await cliJson(lab, ['copy', 'start', '--type', 'ec', '--src', 'w-src', '--dst', 'w-dst'])) as { id: string }).id;
+    await waitFor(
+      () => state(lab, other),
+      (s) => s.state === 'equivalent',
+      { timeoutMs: 30_000, intervalMs: 100 },
+    );
+    // The first session that reads v-src, started after the fault: its background copy fails.
+    const id = ((await cliJson(lab, ['copy', 'start', '--type', 'opc', '--src', 'v-src', '--dst', 'v-dst'])) as { id: string }).id;
+    await waitFor(
+      () => state(lab, id),
+      (s) => s.state === 'error-suspended',
+      { timeoutMs: 30_000, intervalMs: 100 },
+    );
+    expect((await state(lab, id)).error).toMatch(
+      new RegExp(
+        `^OPC session ${id} \\(v-src -> v-dst\\) is error-suspended: the background copy failed: injected copy read error on volume v-src at byte \\d+ \\(fault ${fault}\\)`,
+      ),
+    );
+    expect((await state(lab, other)).state).toBe('equivalent');
+    const { events } = (await cliJson(lab, ['fault', 'events'])) as unknown as { events: FaultEventView[] };
+    const mine = events.filter((e) => e.faultId === fault);
+    expect(mine.length).toBeGreaterThan(0);
+    expect(mine.every((e) => e.kind === 'copy-error' && e.target === 'volume:v-src' && e.op === 'read')).toBe(true);
+    await cliOk(lab, ['copy', 'cancel', id]);
+    await cliOk(lab, ['copy', 'cancel', other]);
     await cliOk(lab, ['fault', 'clear']);
   });
 });
