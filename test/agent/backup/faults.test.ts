@@ -130,19 +130,13 @@ describe('a copy-error fault on the copy of an OPC backup', () => {
     const { m, host } = await L.manager();
     await registerAttached(m, host, 'oe-tv', { generations: 1, defaultType: 'opc' });
     await m.registerBackup('oe-b1');
-    await L.write('oe-tv', 0x61, 0, '256M'); // enough data that the copy is still running below
-    let id = '';
-    host.onCall = async (c) => {
-      if (c.method !== 'unlock' || c.volume !== 'oe-tv') return;
-      // Post-processing: the OPC has started. Hold its copy, set the fault, let it go on.
-      id = (await L.array.listCopies()).find((x) => x.source === 'oe-tv' && x.type === 'opc')!.id;
-      await L.array.setCopyRate(id, 0);
-      await L.array.addFault({ kind: 'copy-error', target: `session:${id}`, ops: ['write'], once: true });
-      await L.array.setCopyRate(id, undefined);
-    };
+    await L.write('oe-tv', 0x61, 0, '4M');
+    // Set before the backup, on the volume: the OPC the agent starts fails at its first copy
+    // write to oe-b1, however fast the copy would be (its id is not known before it exists).
+    await L.array.addFault({ kind: 'copy-error', target: 'volume:oe-b1', ops: ['write'], once: true });
     const r = await m.backup(['oe-tv']);
-    host.onCall = undefined;
     expect(r.ok, r.volumes[0]!.error).toBe(true); // the point-in-time copy was made: the truth then
+    const id = (await L.array.listCopies()).find((x) => x.source === 'oe-tv' && x.type === 'opc')!.id;
     await L.waitCopy(id, (s) => s?.state === 'error-suspended');
     const reason = (await L.array.getCopy(id)).error;
     expect(reason).toMatch(/OPC session .* is error-suspended: the background copy failed: .*cancel the session/);
@@ -220,18 +214,12 @@ describe('an api-error fault on the copy of a backup that reuses the oldest gene
 describe('tape-error and copy-error faults around synchronized backups and restores', () => {
   it('start-sync --wait fails at once with the reason when the initial copy is error-suspended', async () => {
     const { m, host, tv } = await setup('sw', '256MiB');
-    await L.write(tv, 0x91, 0, '256M'); // enough to copy that the initial copy is still running below
+    await L.write(tv, 0x91, 0, '4M');
     host.deviceMap.set('sw-b1', '/dev/fake-sw-b1');
-    host.onCall = async (c) => {
-      if (c.method !== 'unlock' || c.volume !== 'sw-b1') return; // start-sync's post-processing: the pair exists
-      const ec = (await L.array.listCopies()).find((x) => x.source === tv && x.type === 'ec')!;
-      await L.array.setCopyRate(ec.id, 0);
-      await L.array.addFault({ kind: 'copy-error', target: `session:${ec.id}`, ops: ['read'], once: true });
-      await L.array.setCopyRate(ec.id, undefined);
-    };
+    // Set before the pair exists, on the volume: its initial copy fails at its first read.
+    await L.array.addFault({ kind: 'copy-error', target: `volume:${tv}`, ops: ['read'], once: true });
     const began = Date.now();
     const e = await rejects(m.startSync(tv, { wait: true }));
-    host.onCall = undefined;
     expect(Date.now() - began).toBeLessThan(10_000);
     expect(e.code).toBe('FAILED_PRECONDITION');
     expect(e.message).toMatch(
