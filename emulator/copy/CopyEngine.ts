@@ -237,11 +237,11 @@ export class CopyEngine {
       emit: (e) => this.emit(e),
       now: this.now,
       intentRegion: opts.intentRegion ?? 64 * 1024 * 1024,
-      copyFault: (id, op, volume, offset, length) => {
+      copyFault: (id, op, volume, offset, length, blockSize) => {
         const hook = opts.faults;
         if (hook === undefined) return;
         try {
-          hook.copyFault(id, op, volume, offset, length);
+          hook.copyFault(id, op, volume, offset, length, blockSize);
         } catch (err) {
           // The hook's message names the volume, the byte and the fault (FaultEngine.copyFault).
           throw new CopyFaultError((err as Error).message, volume, op);

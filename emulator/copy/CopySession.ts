@@ -136,7 +136,8 @@ export class CopyFaultError extends Error {
  * engine does not depend on emulator/fault.
  */
 export interface CopyFaultHook {
-  copyFault(sessionId: string, op: 'read' | 'write', volume: string, offset: number, length: number): void;
+  /** blockSize: the volume's logical block size (bad blocks are numbered in it). */
+  copyFault(sessionId: string, op: 'read' | 'write', volume: string, offset: number, length: number, blockSize: number): void;
 }
 
 /** Invariant check: a failure is a bug in the engine, never a user error (proto's one assert). */

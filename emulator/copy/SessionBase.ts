@@ -39,7 +39,7 @@ export interface SessionContext {
    * Consulted before each of a session's own reads and writes (background copy, copy-on-write,
    * EC mirroring, SnapOPC+ saves): throws CopyFaultError when an injected fault fires.
    */
-  copyFault(sessionId: string, op: 'read' | 'write', volume: string, offset: number, length: number): void;
+  copyFault(sessionId: string, op: 'read' | 'write', volume: string, offset: number, length: number, blockSize: number): void;
   /** REC: the pair's link to its remote end (CopyEngineOptions.remote); throws when there is none. */
   recLink(record: SessionRecord, events: RecLinkEvents): RecLink;
   /** REC: the link of a session went down or came back (the engine halts or auto-resumes it, in its queue). */
@@ -206,7 +206,7 @@ export abstract class SessionBase implements CopySession {
 
   /** The engine's check of the session's own I/O (see SessionContext.copyFault). */
   protected faultCheck(op: 'read' | 'write', volume: string, offset: number, length: number): void {
-    this.ctx.copyFault(this.id, op, volume, offset, length);
+    this.ctx.copyFault(this.id, op, volume, offset, length, this.geo.blockSize);
   }
 
   setRate(rate: number): void {

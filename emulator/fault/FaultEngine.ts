@@ -9,6 +9,9 @@
  *                             a copy-error fault on volume:NAME: the copy engine's I/O on
  *                             that volume, whatever session does it (one a backup product
  *                             starts, whose id nobody knows beforehand), not host I/O;
+ *                             bad-blocks on volume:NAME: both. Bad blocks are on the medium,
+ *                             so the copy engine's reads meet them and its writes heal them;
+ *                             every other volume fault is on the host's path only;
  *   tape:LABEL                tape reads and writes of that cartridge (tapeFault);
  *   api                       control-API calls by RPC name (apiFault);
  *   remote:NAME               transfers on the link to a remote array (linkSend, linkDown:
@@ -26,7 +29,7 @@ import { StatusError } from '../../proto/errors.js';
 import type { Logger } from '../../proto/util/log.js';
 import type { EventLog } from '../events/EventLog.js';
 import { FaultPoint, type ActiveFault, type FiredEvent, opMaskOf } from './FaultPoint.js';
-import type { Injector } from './io.js';
+import type { Injector, IoRequest } from './io.js';
 import { badBlocksInjector } from './injectors/badBlocks.js';
 import { corruptInjector } from './injectors/corrupt.js';
 import { delayInjector, delayMs } from './injectors/delay.js';
@@ -336,16 +339,33 @@ export class FaultEngine implements LinkFaultHook {
     }
   }
 
-  /** Throws BlockDeviceError when a copy-error fault fires on the session's I/O (by session, or by the volume it reads or writes). */
-  copyFault(sessionId: string, op: 'read' | 'write', volume: string, offset: number, length: number): void {
+  /**
+   * Throws BlockDeviceError when a copy-error fault fires on the session's I/O (by session, or
+   * by the volume it reads or writes), or when it reads a bad block of the volume.
+   */
+  copyFault(sessionId: string, op: 'read' | 'write', volume: string, offset: number, length: number, blockSize: number): void {
     if (this.faults.size === 0) return;
     for (const h of this.faults.values()) {
       const t = h.fault.target;
+      if (t.kind === 'volume' && t.name === volume && h.fault.action.kind === 'bad-blocks') {
+        this.onMedium(h, op, volume, offset, length, blockSize);
+        continue;
+      }
       const mine = t.kind === 'session' ? t.id === sessionId : t.kind === 'volume' && t.name === volume && h.fault.action.kind === 'copy-error';
       if (!mine || !h.fault.ops.includes(op) || !this.flagOk(h) || !h.trigger.fires()) continue;
       this.emit(h.fault.id, 'copy-error', formatTarget(t), op, `copy ${op} of volume ${volume} failed`, { offset, length });
       throw new BlockDeviceError('EIO', `injected copy ${op} error on volume ${volume} at byte ${offset} (fault ${h.fault.id})`);
     }
+  }
+
+  /** A bad-blocks fault meets the copy engine's own I/O: its reads fail on a bad block, its writes heal them (badBlocks.ts). */
+  private onMedium(h: Held, op: 'read' | 'write', volume: string, offset: number, length: number, blockSize: number): void {
+    if (!h.fault.ops.includes(op)) return;
+    const req: IoRequest = { op, offset, length, volume, blockSize, client: undefined, data: undefined, into: undefined, fua: false, skip: false };
+    h.injector.observe?.(req);
+    if (!this.flagOk(h) || h.injector.match?.(req) !== true) return;
+    this.fired({ fault: h, req });
+    void h.injector.before(req, { connection: undefined }); // throws the medium error
   }
 
   /** Throws an Error when a tape-error fault fires on a read or write of the cartridge. */

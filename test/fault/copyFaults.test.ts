@@ -4,6 +4,7 @@
  * give, and which survives a kill -9 and restart (the journal); hosts get EIO with the reason
  * where the session says so; EC resume recovers once the fault is removed, OPC is cancelled.
  * On a volume, the fault fails whichever session's copy I/O touches it, and nothing else.
+ * Bad blocks are on the medium: the copy engine's reads meet them and its writes heal them.
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -154,6 +155,40 @@ describe('copy-error faults (real server, CLI, qemu-io)', () => {
     expect(mine.every((e) => e.kind === 'copy-error' && e.target === 'volume:v-src' && e.op === 'read')).toBe(true);
     await cliOk(lab, ['copy', 'cancel', id]);
     await cliOk(lab, ['copy', 'cancel', other]);
+    await cliOk(lab, ['fault', 'clear']);
+  });
+
+  it('bad blocks are on the medium: a copy that reads one goes error-suspended with the medium error, and a copy that writes one heals it', async () => {
+    const lab = await start(makeTempDir('arraylab-copyfault-'));
+    // 4 KiB blocks: block 256 is byte 1 MiB (bad blocks are numbered in the volume's own blocks).
+    for (const v of ['b-src', 'b-dst']) await cliOk(lab, ['volume', 'create', v, '--size', '16MiB', '--block-size', '4096']);
+    expect((await qemuIo(lab.nbdUri('b-src'), 'write -P 0x77 0 4M')).ok).toBe(true);
+    const onSrc = (await cliOk(lab, ['fault', 'add', 'bad-blocks', '--volume', 'b-src', '--lba', '256'])).trim();
+    const id = ((await cliJson(lab, ['copy', 'start', '--type', 'opc', '--src', 'b-src', '--dst', 'b-dst'])) as { id: string }).id;
+    await waitFor(
+      () => state(lab, id),
+      (s) => s.state === 'error-suspended',
+      { timeoutMs: 30_000, intervalMs: 100 },
+    );
+    expect((await state(lab, id)).error).toMatch(
+      new RegExp(
+        `^OPC session ${id} \\(b-src -> b-dst\\) is error-suspended: the background copy failed: medium error reading block 256 of volume b-src: it is a bad block \\(fault ${onSrc}\\); rewrite it to heal it`,
+      ),
+    );
+    await cliOk(lab, ['copy', 'cancel', id]);
+    await cliOk(lab, ['fault', 'remove', onSrc]);
+
+    // A bad block on the destination: hosts cannot read it until something rewrites it; the copy does.
+    await cliOk(lab, ['fault', 'add', 'bad-blocks', '--volume', 'b-dst', '--lba', '256']);
+    expect((await qemuIo(lab.nbdUri('b-dst'), 'read 1M 4k')).out).toMatch(/Input\/output error/);
+    const again = ((await cliJson(lab, ['copy', 'start', '--type', 'opc', '--src', 'b-src', '--dst', 'b-dst'])) as { id: string }).id;
+    await waitFor(
+      async () => ((await cliJson(lab, ['copy', 'list'])) as unknown as { sessions: Array<{ id: string }> }).sessions,
+      (list) => !list.some((x) => x.id === again),
+      { timeoutMs: 30_000, intervalMs: 100 },
+    ); // an OPC ends when every unit is copied
+    const healed = await qemuIo(lab.nbdUri('b-dst'), 'read -P 0x77 1M 4k');
+    expect(healed.ok, healed.out).toBe(true);
     await cliOk(lab, ['fault', 'clear']);
   });
 });
