@@ -33,6 +33,16 @@ describe('copy-error faults (real server, CLI, qemu-io)', () => {
     return l;
   };
   const state = async (l: Arraylab, id: string) => (await cliJson(l, ['copy', 'show', id])) as { state: string; error: string };
+  /** Starts a session with the CLI; its id. */
+  const startCopy = async (l: Arraylab, type: string, src: string, dst: string): Promise<string> =>
+    ((await cliJson(l, ['copy', 'start', '--type', type, '--src', src, '--dst', dst])) as { id: string }).id;
+  /** Waits until the session is in that state; its show. */
+  const reach = (l: Arraylab, id: string, want: string) =>
+    waitFor(
+      () => state(l, id),
+      (s) => s.state === want,
+      { timeoutMs: 30_000, intervalMs: 100 },
+    );
 
   it('EC: error-suspended with the reason in show, list and WatchCopies, kept across kill -9; resume recovers once the fault is gone', async () => {
     const dataDir = makeTempDir('arraylab-copyfault-');
@@ -130,20 +140,11 @@ describe('copy-error faults (real server, CLI, qemu-io)', () => {
     expect((await qemuIo(lab.nbdUri('v-src'), 'write -P 0x67 4M 64k')).ok).toBe(true);
     expect(await cliOk(lab, ['fault', 'list'])).toMatch(new RegExp(`^${fault}\\s+volume:v-src\\s+copy-error\\s+0/0\\s`, 'm'));
     // A pair on other volumes copies on.
-    const other = ((await cliJson(lab, ['copy', 'start', '--type', 'ec', '--src', 'w-src', '--dst', 'w-dst'])) as { id: string }).id;
-    await waitFor(
-      () => state(lab, other),
-      (s) => s.state === 'equivalent',
-      { timeoutMs: 30_000, intervalMs: 100 },
-    );
+    const other = await startCopy(lab, 'ec', 'w-src', 'w-dst');
+    await reach(lab, other, 'equivalent');
     // The first session that reads v-src, started after the fault: its background copy fails.
-    const id = ((await cliJson(lab, ['copy', 'start', '--type', 'opc', '--src', 'v-src', '--dst', 'v-dst'])) as { id: string }).id;
-    await waitFor(
-      () => state(lab, id),
-      (s) => s.state === 'error-suspended',
-      { timeoutMs: 30_000, intervalMs: 100 },
-    );
-    expect((await state(lab, id)).error).toMatch(
+    const id = await startCopy(lab, 'opc', 'v-src', 'v-dst');
+    expect((await reach(lab, id, 'error-suspended')).error).toMatch(
       new RegExp(
         `^OPC session ${id} \\(v-src -> v-dst\\) is error-suspended: the background copy failed: injected copy read error on volume v-src at byte \\d+ \\(fault ${fault}\\)`,
       ),
@@ -164,13 +165,8 @@ describe('copy-error faults (real server, CLI, qemu-io)', () => {
     for (const v of ['b-src', 'b-dst']) await cliOk(lab, ['volume', 'create', v, '--size', '16MiB', '--block-size', '4096']);
     expect((await qemuIo(lab.nbdUri('b-src'), 'write -P 0x77 0 4M')).ok).toBe(true);
     const onSrc = (await cliOk(lab, ['fault', 'add', 'bad-blocks', '--volume', 'b-src', '--lba', '256'])).trim();
-    const id = ((await cliJson(lab, ['copy', 'start', '--type', 'opc', '--src', 'b-src', '--dst', 'b-dst'])) as { id: string }).id;
-    await waitFor(
-      () => state(lab, id),
-      (s) => s.state === 'error-suspended',
-      { timeoutMs: 30_000, intervalMs: 100 },
-    );
-    expect((await state(lab, id)).error).toMatch(
+    const id = await startCopy(lab, 'opc', 'b-src', 'b-dst');
+    expect((await reach(lab, id, 'error-suspended')).error).toMatch(
       new RegExp(
         `^OPC session ${id} \\(b-src -> b-dst\\) is error-suspended: the background copy failed: medium error reading block 256 of volume b-src: it is a bad block \\(fault ${onSrc}\\); rewrite it to heal it`,
       ),
@@ -181,7 +177,7 @@ describe('copy-error faults (real server, CLI, qemu-io)', () => {
     // A bad block on the destination: hosts cannot read it until something rewrites it; the copy does.
     await cliOk(lab, ['fault', 'add', 'bad-blocks', '--volume', 'b-dst', '--lba', '256']);
     expect((await qemuIo(lab.nbdUri('b-dst'), 'read 1M 4k')).out).toMatch(/Input\/output error/);
-    const again = ((await cliJson(lab, ['copy', 'start', '--type', 'opc', '--src', 'b-src', '--dst', 'b-dst'])) as { id: string }).id;
+    const again = await startCopy(lab, 'opc', 'b-src', 'b-dst');
     await waitFor(
       async () => ((await cliJson(lab, ['copy', 'list'])) as unknown as { sessions: Array<{ id: string }> }).sessions,
       (list) => !list.some((x) => x.id === again),
