@@ -28,18 +28,11 @@ describe('synchronized backup', () => {
   it('is refused before equivalency, accepted after; suspends and keeps the pair; the next start-sync onto that volume resumes it (only the changes)', async () => {
     await L.mk(['sy-tv', 'sy-b1', 'sy-b2'], '256MiB');
     const { m, host } = await registerSync('sy');
-    await L.write('sy-tv', 0x70, 0, '256M'); // enough to copy that the pair is still copying below
     await L.write('sy-tv', 0x71, 0, '4M');
     host.deviceMap.set('sy-b1', '/dev/fake-sy-b1');
-    // Right after the EC start (post-processing unlocks the backup volume): hold the copy.
-    host.onCall = async (c) => {
-      if (c.method === 'unlock' && c.volume === 'sy-b1') {
-        const ec = (await L.array.listCopies()).find((x) => x.source === 'sy-tv' && x.type === 'ec')!;
-        await L.array.setCopyRate(ec.id, 0);
-      }
-    };
-    const view = await m.startSync('sy-tv');
-    host.onCall = undefined;
+    // Rate 0: the pair starts with no background copy, so it is still copying below, however
+    // fast the copy would be; the rate is lifted once the early backup was refused.
+    const view = await m.startSync('sy-tv', { rateMiBs: 0 });
     expect(view).toMatchObject({ transactionVolume: 'sy-tv', backupVolume: 'sy-b1', start: 'full', unitsToCopy: 4096, totalUnits: 4096 });
     expect(host.calls.filter((c) => c.method === 'lockBackup' || c.method === 'unlock').map((c) => `${c.method}:${c.volume}`)).toEqual([
       'lockBackup:sy-b1',
