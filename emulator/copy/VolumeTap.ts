@@ -26,7 +26,7 @@
  */
 import { BlockDeviceError, type BlockDevice, type Extent, type WriteOptions, type ZeroOptions } from '../block/BlockDevice.js';
 import { checkIo } from '../block/requestChecks.js';
-import { applyMutation, invariant, type Mutation } from './CopySession.js';
+import { applyMutation, CopyError, invariant, type Mutation } from './CopySession.js';
 
 export type Next = () => Promise<void>;
 
@@ -216,7 +216,7 @@ export class VolumeTap implements BlockDevice {
   private async settledFlush(settles: Promise<void>[]): Promise<void> {
     const results = await Promise.allSettled(settles);
     await this.flushChain();
-    for (const r of results) if (r.status === 'rejected') throw r.reason;
+    for (const r of results) if (r.status === 'rejected') throw forHost(r.reason, 'flush');
   }
 
   private flushChain(): Promise<void> {
@@ -280,9 +280,24 @@ export class VolumeTap implements BlockDevice {
         const inner = next;
         next = () => d.destWrite(m, inner);
       }
-      await next();
+      try {
+        await next();
+      } catch (err) {
+        throw forHost(err, m.kind === 'write' ? 'write' : 'write-zeroes');
+      }
     } finally {
       this.finished();
     }
   }
+}
+
+/**
+ * What a host gets when a session's own bookkeeping fails under its request (the journal could
+ * not record a bit the write needs first): a device error carrying the engine's reason, which
+ * names the cause and the fix. A full data directory is ENOSPC, so hosts see "no space left"
+ * rather than an unexplained I/O error; anything else from the engine is EIO.
+ */
+function forHost(err: unknown, op: string): unknown {
+  if (!(err instanceof CopyError)) return err;
+  return new BlockDeviceError(err.code === 'RESOURCE_EXHAUSTED' ? 'ENOSPC' : 'EIO', `${op} refused: ${err.message}`);
 }

@@ -13,10 +13,10 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { MetadataStore } from '../../emulator/array/MetadataStore.js';
 import { SqliteSessionJournal } from '../../emulator/array/SqliteSessionJournal.js';
 import type { Volume } from '../../emulator/array/Volume.js';
-import type { BlockDevice } from '../../emulator/block/BlockDevice.js';
+import { BlockDeviceError, type BlockDevice } from '../../emulator/block/BlockDevice.js';
 import { CopyEngine } from '../../emulator/copy/CopyEngine.js';
 import { CopyError, type SessionInfo } from '../../emulator/copy/CopySession.js';
-import { client, drain, memVolume, put } from './support.js';
+import { client, drain, memVolume, put, readTags } from './support.js';
 
 const VOLUMES = ['a', 'b', 'c', 'd', ...Array.from({ length: 9 }, (_, i) => `s${i + 1}`)];
 const dirs: string[] = [];
@@ -206,6 +206,25 @@ describe('a control operation whose commit fails (SQLITE_FULL) changes nothing',
       x.engine.group(ids.map((id) => ({ op: 'suspend' as const, id }))),
     );
     expect(x.engine.list().map((s: SessionInfo) => s.state)).toEqual(['suspended', 'suspended']);
+  });
+
+  it("a host write whose tracking bit cannot be recorded fails ENOSPC with the engine's reason, and works once there is space", async () => {
+    const x = array();
+    await x.engine.startQuickOpc('a', 'b');
+    await drain(x.engine); // tracking: the first write to a unit records its bit before it is issued (J3)
+    diskFullOnce(x.db);
+    const err = await put(x.dev.a!, 3, 7).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(BlockDeviceError);
+    expect(err).toMatchObject({
+      code: 'ENOSPC',
+      message: `write refused: the array's data directory ${x.dir} is full (SQLITE_FULL); free space there and retry`,
+    });
+    expect((await readTags(x.dev.a!, 3, 1))[0]).not.toBe(7); // not written: its bit was not durable
+    await put(x.dev.a!, 3, 7);
+    expect(await readTags(x.dev.a!, 3, 1)).toEqual([7]);
   });
 
   it('a refusal half way through a group (a bad unit size for its second member) leaves nothing either', async () => {
