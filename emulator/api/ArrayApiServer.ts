@@ -300,11 +300,26 @@ export class ArrayApiServer {
     };
     const lastCopied = new Map<string, number>();
     const snapshot = copy.listCopies().filter((s) => wanted(s.id));
+    const now = () => new Date().toISOString();
     if (only !== '' && snapshot.length === 0) {
-      call.emit('error', { code: grpc.status.NOT_FOUND, details: `no copy session ${only}; list sessions to see their ids` });
+      // A short copy may end before its watcher connects (copy start, then copy watch): say how
+      // it ended, as the event the watcher waited for, rather than that it does not exist.
+      const how = wanted(only) ? copy.copyEndedAs?.(only) : undefined;
+      if (how === undefined) {
+        call.emit('error', { code: grpc.status.NOT_FOUND, details: `no copy session ${only}; list sessions to see their ids` });
+        return;
+      }
+      send({
+        at: now(),
+        sessionId: only,
+        kind: how,
+        state: copyStateToWire(''),
+        message: `session ${only} had already ${how === 'dropped' ? 'been dropped' : how} when this watch began`,
+        session: null,
+      });
+      call.end();
       return;
     }
-    const now = () => new Date().toISOString();
     for (const s of snapshot) {
       lastCopied.set(s.id, s.copiedBlocks);
       send({

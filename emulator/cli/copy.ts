@@ -447,7 +447,9 @@ async function watch(client: import('../../proto/ArrayClient.js').ArrayClient, i
         if (!e.session && e.kind !== 'snapshot') {
           const last = sessions.get(e.sessionId);
           sessions.delete(e.sessionId);
-          if (last)
+          if (!last)
+            print(`${e.sessionId} ${e.kind}: ${e.message}`); // ended before the watch began
+          else
             sessions.set(e.sessionId, {
               ...last,
               state: e.kind as CopySessionView['state'],

@@ -1401,7 +1401,11 @@ export class CopyEngine {
 
   private session(id: string): SessionBase {
     const s = this.sessions.get(id);
-    if (s === undefined) throw new CopyError('NOT_FOUND', `no copy session ${id}; list sessions to see their ids`);
+    if (s === undefined) {
+      const how = this.ended.get(id);
+      const ended = how === undefined ? '' : `: it has ${how === 'dropped' ? 'been dropped' : how} and ended sessions are not kept`;
+      throw new CopyError('NOT_FOUND', `no copy session ${id}${ended}; list sessions to see their ids`);
+    }
     return s;
   }
 

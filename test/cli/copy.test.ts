@@ -134,6 +134,13 @@ describe('arraylab copy', () => {
     expect(events[0]).toMatchObject({ kind: 'snapshot', sessionId: id });
     expect(events.at(-1)).toMatchObject({ kind: 'completed', sessionId: id });
     expect(await json(['copy', 'list'])).toEqual({ sessions: [] });
+    // Watched once it has ended (a short copy, then a late copy watch): it says how it ended, exit 0.
+    const late = await lab.cli(['copy', 'watch', id]);
+    expect(late).toMatchObject({ code: 0, stderr: '' });
+    expect(late.stdout).toMatch(new RegExp(`^\\S+ ${id} completed: session ${id} had already completed when this watch began\n$`));
+    const gone = await lab.cli(['copy', 'show', id]);
+    expect(gone.code).toBe(1);
+    expect(gone.stderr).toBe(`arraylab: no copy session ${id}: it has completed and ended sessions are not kept; list sessions to see their ids\n`);
     const cmp2 = await run(qemuImg, ['compare', '-f', 'raw', '-F', 'raw', ref, lab.nbdUri('dst1')]);
     expect(cmp2.stdout).toMatch(/Images are identical/);
   }, 60_000);
