@@ -270,8 +270,10 @@ export abstract class SessionBase implements CopySession {
    * Copies units (ascending) from one device to the other, at the same offsets: adjacent units
    * as one run, in COPY_PIECE pieces through a pooled buffer. Parts of the source that read as
    * zeroes (block status) become write-zeroes, so a thin destination stays thin.
+   * progress.end: where the written prefix ends (pieces complete in ascending order), so a
+   * caller whose copy failed part-way can keep the units before it (copiedBefore).
    */
-  protected async copyUnits(from: BlockDevice, to: Pick<BlockDevice, 'write' | 'writeZeroes'>, units: number[]): Promise<void> {
+  protected async copyUnits(from: BlockDevice, to: Pick<BlockDevice, 'write' | 'writeZeroes'>, units: number[], progress?: { end: number }): Promise<void> {
     if (units.length === 0) return;
     // COPY_DEPTH buffers: that many pieces are read at once (on the threadpool) while the
     // oldest is written; pieces are written in order, each once its read is done.
@@ -285,6 +287,7 @@ export abstract class SessionBase implements CopySession {
       await p.read;
       this.faultCheck('write', destination, p.pos, p.piece.length);
       await to.write(p.pos, p.piece);
+      if (progress !== undefined) progress.end = p.pos + p.piece.length;
     };
     let k = 0;
     try {
@@ -298,6 +301,7 @@ export abstract class SessionBase implements CopySession {
             while (reading.length > 0) await writeOldest();
             this.faultCheck('write', destination, pos, len);
             await to.writeZeroes(pos, len);
+            if (progress !== undefined) progress.end = pos + len;
           } else {
             // The buffer of piece k - COPY_DEPTH is free once fewer than COPY_DEPTH are queued.
             if (reading.length === COPY_DEPTH) await writeOldest();
@@ -315,6 +319,13 @@ export abstract class SessionBase implements CopySession {
       for (const p of reading) await p.read.catch(() => undefined);
       for (const b of bufs) if (copyBuffers.length < COPY_BUFFERS_KEPT) copyBuffers.push(b);
     }
+  }
+
+  /** The units (a prefix of the ascending list) whose whole range a copy wrote before it stopped at byte end. */
+  protected copiedBefore(units: number[], end: number): number[] {
+    let n = 0;
+    while (n < units.length && this.geo.start(units[n]!) + this.geo.length(units[n]!) <= end) n++;
+    return units.slice(0, n);
   }
 
   /**

@@ -313,6 +313,18 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
 
   // ---- background copy ----
 
+  /** Copied units (locked) leave diff: J5, both sides durable first (the source too: an unflushed source write copied here must not be lost on one side only). */
+  private async clearCopied(units: number[]): Promise<void> {
+    if (units.length === 0) return;
+    await Promise.all([this.src.below.flush(), this.dst.below.flush()]);
+    for (const u of units) {
+      this.diff.clear(u);
+      this.ctx.journal.clearBits(this.id, 'diff', u, 1);
+    }
+    await this.ctx.journal.sync();
+    this.noteCopied(units.length);
+  }
+
   async copyStep(maxUnits: number): Promise<number> {
     if (this.state !== 'copying' || this.done) return 0;
     const units = await this.lockBatch(
@@ -325,23 +337,21 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
       if (units.length > 0) {
         // A mirrored write beside this step may have error-suspended the pair.
         if (this.state !== 'copying') return 0;
+        const progress = { end: 0 };
         try {
-          await this.copyUnits(this.src.below, this.dst.below, units);
+          await this.copyUnits(this.src.below, this.dst.below, units, progress);
         } catch (err) {
           if (!(err instanceof CopyFaultError)) throw err;
-          if (this.state === 'copying') await this.failPair(err, 'the background copy'); // the units stay in diff
+          // What the step copied before the failure leaves diff, so a resume does not copy it
+          // again (under a flaky copy path, a step redone whole might never get through); the
+          // units after it stay in diff.
+          // If that fails they stay in diff, which is always safe; the failure below is the news.
+          await this.clearCopied(this.copiedBefore(units, progress.end)).catch(() => undefined);
+          if (this.state === 'copying') await this.failPair(err, 'the background copy');
           return 0; // error-suspended (by this failure or a mirrored write beside it)
         }
-        // J5: both sides durable before the diff bits go (the source too: an unflushed
-        // source write copied here must not be lost on one side only).
-        await Promise.all([this.src.below.flush(), this.dst.below.flush()]);
-        for (const u of units) {
-          this.diff.clear(u);
-          this.ctx.journal.clearBits(this.id, 'diff', u, 1);
-        }
-        await this.ctx.journal.sync();
+        await this.clearCopied(units);
         this.cursor = units[units.length - 1]! + 1;
-        this.noteCopied(units.length);
       }
     } finally {
       this.unlockAll(units);

@@ -207,10 +207,22 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
       if (units.length > 0) {
         // A copy-on-write beside this step may have error-suspended the session (E1).
         if (this.state !== 'copying') return 0;
+        const progress = { end: 0 };
         try {
-          await this.copyUnits(this.src.below, this.dst.below, units);
+          await this.copyUnits(this.src.below, this.dst.below, units, progress);
         } catch (err) {
           if (!(err instanceof CopyFaultError)) throw err;
+          // What the step copied before the failure is kept, as an array's copy bitmap keeps it.
+          const done = this.copiedBefore(units, progress.end);
+          if (done.length > 0) {
+            try {
+              await this.dst.below.flush(); // J1
+              await this.persistSet([['copied', this.copied, done]]);
+              this.noteCopied(done.length);
+            } catch {
+              // Not kept: they stay uncopied, which is always safe; the failure below is the news.
+            }
+          }
           if (this.state === 'copying') {
             this.errorSuspend(err, 'the background copy');
             await this.ctx.journal.sync();
