@@ -343,9 +343,8 @@ export class EcSession extends SessionBase implements SourceRole, DestRole {
         } catch (err) {
           if (!(err instanceof CopyFaultError)) throw err;
           // What the step copied before the failure leaves diff, so a resume does not copy it
-          // again (under a flaky copy path, a step redone whole might never get through); the
-          // units after it stay in diff.
-          // If that fails they stay in diff, which is always safe; the failure below is the news.
+          // again (under a flaky copy path, a step redone whole might never get through). If
+          // that fails they stay in diff, which is always safe; the failure below is the news.
           await this.clearCopied(this.copiedBefore(units, progress.end)).catch(() => undefined);
           if (this.state === 'copying') await this.failPair(err, 'the background copy');
           return 0; // error-suspended (by this failure or a mirrored write beside it)

@@ -213,32 +213,30 @@ export class OpcSession extends SessionBase implements SourceRole, DestRole {
         } catch (err) {
           if (!(err instanceof CopyFaultError)) throw err;
           // What the step copied before the failure is kept, as an array's copy bitmap keeps it.
-          const done = this.copiedBefore(units, progress.end);
-          if (done.length > 0) {
-            try {
-              await this.dst.below.flush(); // J1
-              await this.persistSet([['copied', this.copied, done]]);
-              this.noteCopied(done.length);
-            } catch {
-              // Not kept: they stay uncopied, which is always safe; the failure below is the news.
-            }
-          }
+          // If that fails they stay uncopied, which is always safe; the failure below is the news.
+          await this.keepCopied(this.copiedBefore(units, progress.end)).catch(() => undefined);
           if (this.state === 'copying') {
             this.errorSuspend(err, 'the background copy');
             await this.ctx.journal.sync();
           }
           return 0; // error-suspended (by this failure or one beside it): nothing more to copy
         }
-        await this.dst.below.flush(); // J1
-        await this.persistSet([['copied', this.copied, units]]);
+        await this.keepCopied(units);
         this.cursor = units[units.length - 1]! + 1;
-        this.noteCopied(units.length);
       }
     } finally {
       this.unlockAll(units);
     }
     if (this.copied.full && this.state === 'copying') await this.copyDone();
     return units.length;
+  }
+
+  /** Copied units (locked) become copied: J1, the destination durable before their bits. */
+  private async keepCopied(units: number[]): Promise<void> {
+    if (units.length === 0) return;
+    await this.dst.below.flush();
+    await this.persistSet([['copied', this.copied, units]]);
+    this.noteCopied(units.length);
   }
 
   private async copyDone(): Promise<void> {
